@@ -1,0 +1,1 @@
+//! The replication core (placeholder until the core lands).
