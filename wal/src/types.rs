@@ -69,7 +69,7 @@ impl Lsn {
 
     /// `self + count`, asserting no overflow.
     #[inline]
-    pub fn add(self, count: u64) -> Lsn {
+    pub fn plus(self, count: u64) -> Lsn {
         Lsn(self.0.checked_add(count).expect("Lsn overflow"))
     }
 }

@@ -1,0 +1,895 @@
+//! The log: a directory of segments, opened with recovery, appended to, synced, truncated at
+//! either end, and read through [`Reader`]s that share its index.
+//!
+//! [`Wal`] is single-threaded (`&mut self`) and never syncs on its own: [`Wal::append`]
+//! writes, [`Wal::sync`] makes everything written durable. The group-commit thread in
+//! [`crate::writer`] decides when to sync; this type only keeps the files and the LSN
+//! pointers honest:
+//!
+//! ```text
+//! first_lsn - 1 ≤ durable_lsn ≤ last_lsn
+//! ```
+//!
+//! Recovery follows the table in FORMAT.md ("Recovery at open"): one arm per row in
+//! [`Wal::open`] and `open_segment`, one test per row in `wal/tests/recovery.rs`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::error::{Corruption, Error, IoOp, Result};
+use crate::format::{
+    decode_segment_header, encode_record, encode_segment_header, HeaderError, RecordKind,
+    VerifiedRecords, RECORD_HEADER_LEN, RECORD_PAYLOAD_LEN_MAX, SEGMENT_HEADER_LEN,
+};
+use crate::fs;
+use crate::reader::Reader;
+use crate::segment::{self, EpochStart, INDEX_INTERVAL_BYTES};
+use crate::types::{Epoch, Lsn};
+
+/// When the group-commit writer makes appends durable. The [`Wal`] itself only syncs when
+/// told to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every batch is fdatasync'd before its appenders are told it is durable.
+    Always,
+    /// Batches are written at once and fdatasync'd at most once per sync interval; the
+    /// durable LSN trails the written one by up to that interval.
+    Batch,
+}
+
+/// How to open a log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A segment is rolled when the next record would take it past this many bytes.
+    pub segment_bytes_max: u64,
+    /// The LSN the first segment starts at when the directory holds no log (after a
+    /// snapshot was installed, this is the snapshot's LSN + 1).
+    pub start_lsn: Lsn,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_bytes_max: 64 << 20,
+            start_lsn: Lsn(1),
+        }
+    }
+}
+
+/// What recovery at open found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    pub records: u64,
+    /// The torn tail that was cut, if any.
+    pub torn: Option<TornTail>,
+    /// Stale temp files (incomplete installs) that were removed.
+    pub removed_tmp: Vec<PathBuf>,
+    /// A fresh segment was created because the directory held no log.
+    pub created: bool,
+}
+
+/// A torn tail that recovery cut off the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    /// Where the file was cut (just past the last good record).
+    pub offset: u64,
+    /// How many bytes were cut.
+    pub cut_len: u64,
+    /// The LSN of the last good record.
+    pub last_lsn: Lsn,
+    pub reason: Corruption,
+}
+
+/// One segment as the index sees it. Shared with readers.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentEntry {
+    pub first_lsn: Lsn,
+    pub path: PathBuf,
+    /// Bytes written: header plus whole records. Readers never look past it.
+    pub len: u64,
+    /// LSN of the last record written (`first_lsn - 1` if none).
+    pub last_lsn: Lsn,
+    /// `(lsn, offset)` of a record at least every [`INDEX_INTERVAL_BYTES`], ascending.
+    pub index: Vec<(Lsn, u64)>,
+}
+
+impl SegmentEntry {
+    /// The offset of a record at or before `lsn` to start a forward scan from, and its LSN.
+    pub fn seek(&self, lsn: Lsn) -> (Lsn, u64) {
+        let at = self.index.partition_point(|&(entry_lsn, _)| entry_lsn <= lsn);
+        if at == 0 {
+            (self.first_lsn, SEGMENT_HEADER_LEN as u64)
+        } else {
+            self.index[at - 1]
+        }
+    }
+}
+
+/// The segments of a log, oldest first. Written by the [`Wal`], read by [`Reader`]s.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub segments: Vec<SegmentEntry>,
+}
+
+impl Index {
+    /// The segment that holds `lsn`, if any.
+    pub fn find(&self, lsn: Lsn) -> Option<&SegmentEntry> {
+        let at = self
+            .segments
+            .partition_point(|segment| segment.first_lsn <= lsn);
+        let segment = self.segments.get(at.checked_sub(1)?)?;
+        (lsn <= segment.last_lsn).then_some(segment)
+    }
+
+    pub fn first_lsn(&self) -> Lsn {
+        self.segments.first().map_or(Lsn(1), |s| s.first_lsn)
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.segments.last().map_or(Lsn::ZERO, |s| s.last_lsn)
+    }
+}
+
+/// The write-ahead log. See the module docs for the LSN chain it keeps.
+pub struct Wal {
+    dir: PathBuf,
+    options: Options,
+    index: Arc<RwLock<Index>>,
+    /// The last segment, open for writing.
+    active: File,
+    active_path: PathBuf,
+    active_first_lsn: Lsn,
+    active_len: u64,
+    active_next_index_offset: u64,
+    active_has_records: bool,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    /// Epoch of the last record; `Epoch::ZERO` for an empty log, or when the record before
+    /// the first retained one is unknown.
+    last_epoch: Epoch,
+    durable_lsn: Lsn,
+    epoch_starts: Vec<EpochStart>,
+    /// Encoding buffer, reused across appends.
+    buf: Vec<u8>,
+    poisoned: bool,
+}
+
+fn io<T>(op: IoOp, path: &Path, result: std::io::Result<T>) -> Result<T> {
+    result.map_err(|e| Error::io(op, path, e))
+}
+
+fn header_error(path: &Path, error: HeaderError) -> Error {
+    match error {
+        HeaderError::Short => Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            lsn: Lsn::ZERO,
+            reason: Corruption::BadField("segment header (file shorter than a header)"),
+        },
+        HeaderError::BadMagic(found) => Error::BadMagic {
+            path: path.to_owned(),
+            expected: "WAL segment",
+            found,
+        },
+        HeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+            path: path.to_owned(),
+            found,
+            supported: crate::format::SEGMENT_VERSION,
+        },
+        HeaderError::Corrupt(reason) => Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            lsn: Lsn::ZERO,
+            reason,
+        },
+    }
+}
+
+/// The files of a log directory, classified. Nothing is deleted here.
+struct Listing {
+    segments: Vec<(Lsn, PathBuf)>,
+    tmp: Vec<PathBuf>,
+}
+
+fn list_dir(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing {
+        segments: Vec::new(),
+        tmp: Vec::new(),
+    };
+    for entry in io(IoOp::ReadDir, dir, std::fs::read_dir(dir))? {
+        let entry = io(IoOp::ReadDir, dir, entry)?;
+        let path = entry.path();
+        let is_file = io(IoOp::Metadata, &path, entry.file_type())?.is_file();
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or("");
+        if is_file && name.ends_with(".tmp") {
+            listing.tmp.push(path);
+        } else if let (true, Some(first_lsn)) = (is_file, segment::parse_file_name(name)) {
+            listing.segments.push((first_lsn, path));
+        } else {
+            return Err(Error::ForeignFile { path });
+        }
+    }
+    listing.segments.sort();
+    Ok(listing)
+}
+
+/// Installs an empty segment starting at `first_lsn` (FORMAT.md, "Writing"): header to a
+/// temp file, fsync, rename, fsync the directory.
+fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<PathBuf> {
+    let path = segment::path(dir, first_lsn);
+    fs::write_atomic(&path, &encode_segment_header(first_lsn))?;
+    Ok(path)
+}
+
+fn open_for_append(path: &Path) -> Result<File> {
+    io(
+        IoOp::Open,
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(false)
+            .open(path),
+    )
+}
+
+/// What opening one segment found.
+struct Opened {
+    entry: SegmentEntry,
+    last_epoch: Epoch,
+    epoch_starts: Vec<EpochStart>,
+    torn: Option<TornTail>,
+}
+
+/// Reads, verifies and indexes one segment; applies the torn-tail rule when `is_last`.
+fn open_segment(
+    path: &Path,
+    name_lsn: Lsn,
+    prev_epoch: Epoch,
+    is_last: bool,
+) -> Result<Opened> {
+    let file = io(IoOp::Open, path, File::open(path))?;
+    let file_len = io(IoOp::Metadata, path, file.metadata())?.len();
+    if file_len < SEGMENT_HEADER_LEN as u64 {
+        // Segments are installed with their header (rename of a synced temp file), so a
+        // short one was damaged after the fact: refuse, delete nothing.
+        return Err(header_error(path, HeaderError::Short));
+    }
+    // SAFETY: the mapping is read-only and private to this call; the log is not written
+    // while it is being opened, and the map is dropped before this function returns.
+    let map = io(IoOp::Map, path, unsafe { memmap2::Mmap::map(&file) })?;
+    let bytes: &[u8] = &map;
+    let header_lsn = decode_segment_header(bytes).map_err(|e| header_error(path, e))?;
+    if header_lsn != name_lsn {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            lsn: header_lsn,
+            reason: Corruption::NameMismatch {
+                name_lsn,
+                header_lsn,
+            },
+        });
+    }
+    let scan = segment::scan(bytes, name_lsn, prev_epoch);
+    let mut torn = None;
+    if let Some((offset, reason)) = scan.stop {
+        let corrupt = || Error::Corrupt {
+            path: path.to_owned(),
+            offset,
+            lsn: scan.last_lsn.next(),
+            reason: reason.clone(),
+        };
+        // Row "corrupt": damage in a sealed segment, or damage that no crash makes.
+        if !is_last || !segment::stop_may_be_torn(&reason) {
+            return Err(corrupt());
+        }
+        // Row "corrupt": an intact record after the damage means it is not a torn write.
+        if segment::find_intact_after(bytes, offset as usize + 1, scan.last_lsn).is_some() {
+            return Err(corrupt());
+        }
+        // Row "torn": cut at the last good record and make the cut durable.
+        torn = Some(TornTail {
+            path: path.to_owned(),
+            offset: scan.good_len,
+            cut_len: file_len - scan.good_len,
+            last_lsn: scan.last_lsn,
+            reason,
+        });
+    }
+    drop(map);
+    drop(file);
+    if let Some(torn) = &torn {
+        let file = open_for_append(path)?;
+        io(IoOp::Truncate, path, file.set_len(torn.offset))?;
+        io(IoOp::Fsync, path, file.sync_all())?;
+    }
+    Ok(Opened {
+        entry: SegmentEntry {
+            first_lsn: name_lsn,
+            path: path.to_owned(),
+            len: scan.good_len,
+            last_lsn: scan.last_lsn,
+            index: scan.index,
+        },
+        last_epoch: scan.last_epoch,
+        epoch_starts: scan.epoch_starts,
+        torn,
+    })
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing), verifying every record of every segment
+    /// and cutting a torn tail of the last one (FORMAT.md, "Recovery at open").
+    ///
+    /// # Durability
+    /// A torn tail is cut and the cut fsynced before this returns, and the last segment is
+    /// fsynced, so everything the returned log holds is durable: `durable_lsn == last_lsn`.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery)> {
+        let dir = dir.as_ref().to_owned();
+        assert!(options.start_lsn > Lsn::ZERO, "logs start at lsn 1 or later");
+        assert!(
+            options.segment_bytes_max > SEGMENT_HEADER_LEN as u64,
+            "segment_bytes_max must exceed the segment header"
+        );
+        fs::ensure_dir(&dir)?;
+        let listing = list_dir(&dir)?;
+        let mut recovery = Recovery::default();
+        // Row "stale temp": an install that crashed before its rename.
+        for tmp in listing.tmp {
+            io(IoOp::Remove, &tmp, std::fs::remove_file(&tmp))?;
+            recovery.removed_tmp.push(tmp);
+        }
+        let mut found = listing.segments;
+        if found.is_empty() {
+            let path = create_segment(&dir, options.start_lsn)?;
+            found.push((options.start_lsn, path));
+            recovery.created = true;
+        }
+        let mut segments: Vec<SegmentEntry> = Vec::with_capacity(found.len());
+        let mut epoch_starts = Vec::new();
+        let mut last_epoch = Epoch::ZERO;
+        let count = found.len();
+        for (position, (first_lsn, path)) in found.into_iter().enumerate() {
+            if let Some(prev) = segments.last() {
+                // Row "gap".
+                if first_lsn != prev.last_lsn.next() {
+                    return Err(Error::Gap {
+                        path,
+                        expected_prev: prev.last_lsn,
+                        found: first_lsn,
+                    });
+                }
+            }
+            let opened = open_segment(&path, first_lsn, last_epoch, position + 1 == count)?;
+            recovery.records += opened.entry.last_lsn.get() + 1 - opened.entry.first_lsn.get();
+            if opened.torn.is_some() {
+                recovery.torn = opened.torn;
+            }
+            last_epoch = opened.last_epoch;
+            epoch_starts.extend(opened.epoch_starts);
+            segments.push(opened.entry);
+        }
+        recovery.segments = segments.len();
+        let last = segments.last().expect("at least one segment exists here");
+        let active_path = last.path.clone();
+        let active = open_for_append(&active_path)?;
+        // What a previous process wrote may still be only in the page cache.
+        io(IoOp::Fsync, &active_path, active.sync_data())?;
+        let active_first_lsn = last.first_lsn;
+        let active_len = last.len;
+        let active_has_records = last.last_lsn >= last.first_lsn;
+        let active_next_index_offset = last
+            .index
+            .last()
+            .map_or(0, |&(_, offset)| offset + INDEX_INTERVAL_BYTES);
+        let first_lsn = segments[0].first_lsn;
+        let last_lsn = last.last_lsn;
+        let wal = Wal {
+            dir,
+            options,
+            index: Arc::new(RwLock::new(Index { segments })),
+            active,
+            active_path,
+            active_first_lsn,
+            active_len,
+            active_next_index_offset,
+            active_has_records,
+            first_lsn,
+            last_lsn,
+            last_epoch,
+            durable_lsn: last_lsn,
+            epoch_starts,
+            buf: Vec::new(),
+            poisoned: false,
+        };
+        wal.validate();
+        Ok((wal, recovery))
+    }
+
+    /// Asserts the LSN chain of the module docs.
+    pub fn validate(&self) {
+        assert!(
+            self.first_lsn.prev() <= self.durable_lsn,
+            "durable_lsn {} below the log's start {}",
+            self.durable_lsn,
+            self.first_lsn
+        );
+        assert!(
+            self.durable_lsn <= self.last_lsn,
+            "durable_lsn {} above last_lsn {}",
+            self.durable_lsn,
+            self.last_lsn
+        );
+        assert!(self.active_first_lsn >= self.first_lsn);
+        assert!(self.active_first_lsn <= self.last_lsn.next());
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The first LSN the log holds (or would hold, if empty).
+    pub fn first_lsn(&self) -> Lsn {
+        self.first_lsn
+    }
+    /// The last LSN written (`first_lsn - 1` if the log is empty).
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+    /// The epoch of the last record (`Epoch::ZERO` if unknown or empty).
+    pub fn last_epoch(&self) -> Epoch {
+        self.last_epoch
+    }
+    /// Everything at or below this LSN is on disk.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+    /// Where each epoch starts in the retained log, ascending.
+    pub fn epoch_starts(&self) -> &[EpochStart] {
+        &self.epoch_starts
+    }
+    /// The epoch of the record at `lsn`, if the log holds it.
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        if lsn < self.first_lsn || lsn > self.last_lsn {
+            return None;
+        }
+        let at = self.epoch_starts.partition_point(|s| s.first_lsn <= lsn);
+        at.checked_sub(1).map(|i| self.epoch_starts[i].epoch)
+    }
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+    /// A reader over this log's segments; it sees what is written, as it is written.
+    pub fn reader(&self) -> Reader {
+        Reader::new(Arc::clone(&self.index))
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Latches the log failed if `result` is an error (FORMAT.md: a failed write or fsync
+    /// is never retried and trusted).
+    fn poison_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// Appends one record of `kind` per payload in `epoch`, returning the LSN range.
+    ///
+    /// # Durability
+    /// Written, not synced: call [`Wal::sync`]. Nothing is written if any payload is too
+    /// large.
+    pub fn append<'p>(
+        &mut self,
+        epoch: Epoch,
+        kind: RecordKind,
+        payloads: impl IntoIterator<Item = &'p [u8]> + Clone,
+    ) -> Result<(Lsn, Lsn)> {
+        self.check_poisoned()?;
+        for payload in payloads.clone() {
+            if payload.len() > RECORD_PAYLOAD_LEN_MAX {
+                return Err(Error::RecordTooLarge {
+                    len: payload.len() as u64,
+                    max: RECORD_PAYLOAD_LEN_MAX as u64,
+                });
+            }
+        }
+        assert!(
+            epoch >= self.last_epoch,
+            "append in epoch {epoch} after a record of epoch {}",
+            self.last_epoch
+        );
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let first_lsn = self.last_lsn.next();
+        let mut lsn = first_lsn;
+        for payload in payloads {
+            encode_record(&mut buf, lsn, epoch, kind, payload);
+            lsn = lsn.next();
+        }
+        let result = if lsn == first_lsn {
+            Ok(())
+        } else {
+            self.write_encoded(&buf)
+        };
+        self.buf = buf;
+        result?;
+        Ok((first_lsn, lsn.prev()))
+    }
+
+    /// Appends records received already encoded (from a peer, or read back), byte for byte:
+    /// the bytes on disk are the bytes on the wire.
+    ///
+    /// # Correctness
+    /// The run must start right after `last_lsn` and not go back in epoch; otherwise
+    /// `Error::OutOfOrder`/`Error::BadRecord` and nothing is written.
+    pub fn append_encoded(&mut self, records: &VerifiedRecords) -> Result<(Lsn, Lsn)> {
+        self.check_poisoned()?;
+        if records.first_lsn() != self.last_lsn.next() {
+            return Err(Error::OutOfOrder {
+                last: self.last_lsn,
+                found: records.first_lsn(),
+            });
+        }
+        if records.first_epoch() < self.last_epoch {
+            return Err(Error::BadRecord {
+                reason: Corruption::EpochOrder {
+                    previous: self.last_epoch.get(),
+                    found: records.first_epoch().get(),
+                },
+            });
+        }
+        self.write_encoded(records.bytes())?;
+        Ok((records.first_lsn(), records.last_lsn()))
+    }
+
+    /// Writes records encoded by this crate's own encoder (the group-commit writer's queue).
+    pub(crate) fn append_trusted(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check_poisoned()?;
+        self.write_encoded(bytes)
+    }
+
+    /// Writes encoded records (trusted: encoded here or verified) at the end of the log,
+    /// rolling segments as needed, and updates the index.
+    fn write_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut run_start = 0usize; // start of the bytes not yet written
+        let mut offset = 0usize;
+        let mut new_index: Vec<(Lsn, u64)> = Vec::new();
+        while offset < bytes.len() {
+            let header = &bytes[offset..offset + RECORD_HEADER_LEN];
+            let mut word = [0u8; 8];
+            let payload_len = {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&header[4..8]);
+                u32::from_le_bytes(w) as usize
+            };
+            word.copy_from_slice(&header[8..16]);
+            let lsn = Lsn(u64::from_le_bytes(word));
+            word.copy_from_slice(&header[16..24]);
+            let epoch = Epoch(u64::from_le_bytes(word));
+            let len = RECORD_HEADER_LEN + payload_len;
+            assert_eq!(lsn, self.last_lsn.next(), "records must be dense");
+            assert!(epoch >= self.last_epoch, "epochs must not go back");
+            let file_offset = self.active_len + (offset - run_start) as u64;
+            let would_be = file_offset + len as u64;
+            if would_be > self.options.segment_bytes_max
+                && (self.active_has_records || offset > run_start)
+            {
+                self.write_run(&bytes[run_start..offset], &mut new_index)?;
+                run_start = offset;
+                self.roll(lsn)?;
+                continue;
+            }
+            let file_offset = self.active_len + (offset - run_start) as u64;
+            if file_offset >= self.active_next_index_offset {
+                new_index.push((lsn, file_offset));
+                self.active_next_index_offset = file_offset + INDEX_INTERVAL_BYTES;
+            }
+            if epoch != self.last_epoch {
+                self.epoch_starts.push(EpochStart {
+                    epoch,
+                    first_lsn: lsn,
+                });
+            }
+            self.last_lsn = lsn;
+            self.last_epoch = epoch;
+            self.active_has_records = true;
+            offset += len;
+        }
+        self.write_run(&bytes[run_start..], &mut new_index)
+    }
+
+    /// Writes whole records at the end of the active segment and publishes them to readers.
+    fn write_run(&mut self, run: &[u8], new_index: &mut Vec<(Lsn, u64)>) -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let result = io(
+            IoOp::Write,
+            &self.active_path,
+            self.active.write_all_at(run, self.active_len),
+        );
+        self.poison_on_error(result)?;
+        self.active_len += run.len() as u64;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let entry = index
+            .segments
+            .last_mut()
+            .expect("the index always holds the active segment");
+        assert_eq!(entry.first_lsn, self.active_first_lsn);
+        entry.len = self.active_len;
+        entry.last_lsn = self.last_lsn;
+        entry.index.append(new_index);
+        Ok(())
+    }
+
+    /// Seals the active segment and installs a new one starting at `first_lsn` (FORMAT.md,
+    /// "Writing": sync the old one, then the atomic install of the new one).
+    fn roll(&mut self, first_lsn: Lsn) -> Result<()> {
+        // 1. The sealed segment must be complete on disk before a later one exists.
+        let result = io(IoOp::Fsync, &self.active_path, self.active.sync_data());
+        self.poison_on_error(result)?;
+        self.durable_lsn = first_lsn.prev();
+        // 2-5. Atomic install of the new segment's header.
+        let result = create_segment(&self.dir, first_lsn);
+        let path = self.poison_on_error(result)?;
+        let result = open_for_append(&path);
+        self.active = self.poison_on_error(result)?;
+        self.active_path = path.clone();
+        self.active_first_lsn = first_lsn;
+        self.active_len = SEGMENT_HEADER_LEN as u64;
+        self.active_next_index_offset = 0;
+        self.active_has_records = false;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        index.segments.push(SegmentEntry {
+            first_lsn,
+            path,
+            len: SEGMENT_HEADER_LEN as u64,
+            last_lsn: first_lsn.prev(),
+            index: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Makes everything written durable (one fdatasync of the active segment; sealed ones
+    /// were synced when they were sealed). Returns the new durable LSN.
+    ///
+    /// # Durability
+    /// Returns only after the fdatasync succeeded. After a failure the log is poisoned.
+    pub fn sync(&mut self) -> Result<Lsn> {
+        self.check_poisoned()?;
+        if self.durable_lsn == self.last_lsn {
+            return Ok(self.durable_lsn);
+        }
+        let result = io(IoOp::Fsync, &self.active_path, self.active.sync_data());
+        self.poison_on_error(result)?;
+        self.durable_lsn = self.last_lsn;
+        Ok(self.durable_lsn)
+    }
+
+    /// Cuts the log after `keep_through`, durably: a divergent, uncommitted suffix.
+    ///
+    /// # Correctness
+    /// The caller never truncates at or below its commit LSN (the replication core asserts
+    /// it). No reader may be positioned above `keep_through` while this runs: a memory map
+    /// of a cut file faults beyond the new end.
+    ///
+    /// # Durability
+    /// 1. delete whole segments above `keep_through`, newest first, fsyncing the directory
+    ///    after each; 2. cut the segment that holds `keep_through`; 3. fsync it. At every
+    ///    crash point the log on disk is a prefix of the old one that still holds
+    ///    `..=keep_through`, so a repeat after restart completes the truncation.
+    pub fn truncate_suffix(&mut self, keep_through: Lsn) -> Result<()> {
+        self.check_poisoned()?;
+        if keep_through >= self.last_lsn {
+            return Ok(());
+        }
+        if keep_through < self.first_lsn.prev() {
+            return Err(Error::NotInLog {
+                lsn: keep_through,
+                first: self.first_lsn,
+                last: self.last_lsn,
+            });
+        }
+        let result = self.truncate_suffix_files(keep_through);
+        self.poison_on_error(result)?;
+        self.last_lsn = keep_through;
+        self.durable_lsn = self.durable_lsn.min(keep_through);
+        self.epoch_starts.retain(|s| s.first_lsn <= keep_through);
+        self.last_epoch = if keep_through < self.first_lsn {
+            Epoch::ZERO
+        } else {
+            self.epoch_starts.last().map_or(Epoch::ZERO, |s| s.epoch)
+        };
+        self.validate();
+        Ok(())
+    }
+
+    fn truncate_suffix_files(&mut self, keep_through: Lsn) -> Result<()> {
+        // 1. Whole segments above the cut, newest first. The first segment is never
+        //    deleted: it records where the log starts.
+        loop {
+            let doomed = {
+                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+                let last = index.segments.last().expect("the index is never empty");
+                (index.segments.len() > 1 && last.first_lsn > keep_through)
+                    .then(|| last.path.clone())
+            };
+            let Some(path) = doomed else { break };
+            io(IoOp::Remove, &path, std::fs::remove_file(&path))?;
+            fs::sync_dir(&self.dir)?;
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.segments.pop();
+        }
+        // 2. Cut the segment that now ends the log right after `keep_through`.
+        let (path, first_lsn, cut_offset, entry_index) = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let last = index.segments.last().expect("the index is never empty");
+            let cut_offset = self.offset_after(last, keep_through)?;
+            let entry_index: Vec<(Lsn, u64)> = last
+                .index
+                .iter()
+                .copied()
+                .filter(|&(lsn, _)| lsn <= keep_through)
+                .collect();
+            (last.path.clone(), last.first_lsn, cut_offset, entry_index)
+        };
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let last = index.segments.last_mut().expect("the index is never empty");
+            last.len = cut_offset;
+            last.last_lsn = keep_through;
+            last.index = entry_index;
+        }
+        let file = open_for_append(&path)?;
+        io(IoOp::Truncate, &path, file.set_len(cut_offset))?;
+        // 3. Make the cut durable.
+        io(IoOp::Fsync, &path, file.sync_all())?;
+        self.active = file;
+        self.active_path = path;
+        self.active_first_lsn = first_lsn;
+        self.active_len = cut_offset;
+        self.active_has_records = keep_through >= first_lsn;
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let last = index.segments.last().expect("the index is never empty");
+        self.active_next_index_offset = last
+            .index
+            .last()
+            .map_or(0, |&(_, offset)| offset + INDEX_INTERVAL_BYTES);
+        Ok(())
+    }
+
+    /// The file offset just past record `lsn` in `segment` (the header's end if `lsn` is
+    /// before the segment), found from the sparse index and a short forward walk over
+    /// record headers.
+    fn offset_after(&self, segment: &SegmentEntry, lsn: Lsn) -> Result<u64> {
+        if lsn < segment.first_lsn {
+            return Ok(SEGMENT_HEADER_LEN as u64);
+        }
+        let (mut at_lsn, mut offset) = segment.seek(lsn);
+        let file = io(IoOp::Open, &segment.path, File::open(&segment.path))?;
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        loop {
+            io(
+                IoOp::Read,
+                &segment.path,
+                file.read_exact_at(&mut header, offset),
+            )?;
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&header[4..8]);
+            offset += (RECORD_HEADER_LEN + u32::from_le_bytes(w) as usize) as u64;
+            if at_lsn == lsn {
+                return Ok(offset);
+            }
+            at_lsn = at_lsn.next();
+        }
+    }
+
+    /// Deletes whole segments all of whose records are below `lsn` (after a snapshot that
+    /// covers them). The last segment is never deleted. Returns how many were deleted.
+    ///
+    /// # Durability
+    /// Oldest first, fsyncing the directory after each, so the segments left at any crash
+    /// point are contiguous.
+    pub fn truncate_prefix(&mut self, lsn: Lsn) -> Result<usize> {
+        self.check_poisoned()?;
+        let mut deleted = 0;
+        loop {
+            let doomed = {
+                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+                match index.segments.get(1) {
+                    Some(next) if next.first_lsn <= lsn => Some(index.segments[0].path.clone()),
+                    _ => None,
+                }
+            };
+            let Some(path) = doomed else { break };
+            let result = io(IoOp::Remove, &path, std::fs::remove_file(&path))
+                .and_then(|()| fs::sync_dir(&self.dir));
+            self.poison_on_error(result)?;
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.segments.remove(0);
+            self.first_lsn = index.first_lsn();
+            deleted += 1;
+        }
+        // Keep the epoch of the first retained record; its start moves up with the log.
+        let first = self.first_lsn;
+        let keep_from = self
+            .epoch_starts
+            .partition_point(|s| s.first_lsn <= first)
+            .saturating_sub(1);
+        self.epoch_starts.drain(..keep_from);
+        if let Some(start) = self.epoch_starts.first_mut() {
+            start.first_lsn = start.first_lsn.max(first);
+        }
+        self.validate();
+        Ok(deleted)
+    }
+
+    /// Replaces the whole log by an empty one that starts at `next_lsn` (after installing
+    /// a snapshot newer than anything the log holds).
+    ///
+    /// # Durability
+    /// Deletes every segment newest first, fsyncing the directory after each, then installs
+    /// an empty segment named `next_lsn`. A crash in between leaves a prefix of the old log
+    /// or an empty directory; the caller reopens with `Options::start_lsn = next_lsn`.
+    pub fn reset(&mut self, next_lsn: Lsn) -> Result<()> {
+        self.check_poisoned()?;
+        assert!(next_lsn > Lsn::ZERO);
+        let result = self.reset_files(next_lsn);
+        self.poison_on_error(result)?;
+        self.first_lsn = next_lsn;
+        self.last_lsn = next_lsn.prev();
+        self.durable_lsn = self.last_lsn;
+        self.last_epoch = Epoch::ZERO;
+        self.epoch_starts.clear();
+        self.validate();
+        Ok(())
+    }
+
+    fn reset_files(&mut self, next_lsn: Lsn) -> Result<()> {
+        loop {
+            let doomed = {
+                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+                index.segments.last().map(|s| s.path.clone())
+            };
+            let Some(path) = doomed else { break };
+            io(IoOp::Remove, &path, std::fs::remove_file(&path))?;
+            fs::sync_dir(&self.dir)?;
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.segments.pop();
+        }
+        let path = create_segment(&self.dir, next_lsn)?;
+        self.active = open_for_append(&path)?;
+        self.active_path = path.clone();
+        self.active_first_lsn = next_lsn;
+        self.active_len = SEGMENT_HEADER_LEN as u64;
+        self.active_next_index_offset = 0;
+        self.active_has_records = false;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        index.segments.push(SegmentEntry {
+            first_lsn: next_lsn,
+            path,
+            len: SEGMENT_HEADER_LEN as u64,
+            last_lsn: next_lsn.prev(),
+            index: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// The paths of the segments, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.segments.iter().map(|s| s.path.clone()).collect()
+    }
+}

@@ -1,0 +1,474 @@
+//! The group-commit writer: one thread owns the [`Wal`]; any number of appenders hand it
+//! records through a bounded queue. The thread writes everything queued while its last
+//! fsync ran with one `write`, then syncs once, so concurrent appenders share fsyncs.
+//!
+//! LSNs are assigned when a record is queued (under the queue's lock, so queue order is LSN
+//! order) and records are encoded straight into the queue's buffer: one copy of the payload,
+//! one CRC, no allocation per record. Appenders either block in [`Writer::wait_durable`] or
+//! are told through the `on_durable` callback (how the async shell hears of progress).
+//!
+//! After any failed write or fsync the writer is failed for good: every call returns
+//! `Error::Poisoned` and [`Writer::failure`] says what happened.
+
+use std::mem;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::format::{encode_record, RecordKind, VerifiedRecords, RECORD_PAYLOAD_LEN_MAX};
+use crate::log::{SyncPolicy, Wal};
+use crate::reader::Reader;
+use crate::types::{Epoch, Lsn};
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub sync: SyncPolicy,
+    /// Under [`SyncPolicy::Batch`], the longest a written record waits for its fsync.
+    pub sync_interval: Duration,
+    /// Appenders block while this many bytes are queued and not yet written
+    /// (DESIGN invariant 7: memory is bounded by configuration, not by load).
+    pub queue_bytes_max: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> WriterOptions {
+        WriterOptions {
+            sync: SyncPolicy::Always,
+            sync_interval: Duration::from_millis(10),
+            queue_bytes_max: 64 << 20,
+        }
+    }
+}
+
+/// What the writer has done, as told to `on_durable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub written_lsn: Lsn,
+    pub durable_lsn: Lsn,
+}
+
+type OnDurable = Box<dyn Fn(Progress) + Send + Sync>;
+
+enum Op {
+    /// Records encoded into a buffer.
+    Encoded(Vec<u8>),
+    /// Records received already encoded and verified.
+    Received(VerifiedRecords),
+    TruncateSuffix(Lsn),
+    TruncatePrefix(Lsn),
+    Reset(Lsn),
+    Sync,
+}
+
+struct State {
+    ops: Vec<Op>,
+    queued_bytes: usize,
+    /// Spare encode buffers, so steady-state appends allocate nothing.
+    spare: Vec<Vec<u8>>,
+    next_lsn: Lsn,
+    /// Epoch of the last queued record; `Epoch::ZERO` when unknown (after a truncation).
+    last_epoch: Epoch,
+    written_lsn: Lsn,
+    durable_lsn: Lsn,
+    first_lsn: Lsn,
+    /// Control operations queued and done, for waiting on them.
+    control_queued: u64,
+    control_done: u64,
+    failure: Option<String>,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer thread.
+    work: Condvar,
+    /// Wakes appenders waiting for durability, completion or queue space.
+    progress: Condvar,
+    options: WriterOptions,
+    on_durable: Option<OnDurable>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock aborts the process (panic = "abort"), so a
+        // poisoned mutex cannot be observed in production; tests may unwind, so recover.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The handle appenders share. Dropping it stops the thread after it has written and
+/// synced everything queued.
+pub struct Writer {
+    shared: Arc<Shared>,
+    reader: Reader,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread, which takes ownership of `wal`.
+    pub fn spawn(wal: Wal, options: WriterOptions, on_durable: Option<OnDurable>) -> Result<Writer> {
+        let reader = wal.reader();
+        let state = State {
+            ops: Vec::new(),
+            queued_bytes: 0,
+            spare: Vec::new(),
+            next_lsn: wal.last_lsn().next(),
+            last_epoch: wal.last_epoch(),
+            written_lsn: wal.last_lsn(),
+            durable_lsn: wal.durable_lsn(),
+            first_lsn: wal.first_lsn(),
+            control_queued: 0,
+            control_done: 0,
+            failure: None,
+            shutdown: false,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            options,
+            on_durable,
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || run(wal, &thread_shared))
+            .map_err(|e| Error::io(crate::error::IoOp::Create, "wal-writer thread", e))?;
+        Ok(Writer {
+            shared,
+            reader,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn reader(&self) -> Reader {
+        self.reader.clone()
+    }
+
+    /// LSN of the last record written to the file (not necessarily durable).
+    pub fn written_lsn(&self) -> Lsn {
+        self.shared.lock().written_lsn
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.lock().durable_lsn
+    }
+
+    /// LSN of the last record queued.
+    pub fn last_lsn(&self) -> Lsn {
+        self.shared.lock().next_lsn.prev()
+    }
+
+    pub fn first_lsn(&self) -> Lsn {
+        self.shared.lock().first_lsn
+    }
+
+    /// What failed, if the writer has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failure.clone()
+    }
+
+    /// Waits for queue space, then returns the locked state.
+    fn lock_with_space(&self, incoming: usize) -> Result<MutexGuard<'_, State>> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.failure.is_some() {
+                return Err(Error::Poisoned);
+            }
+            // An empty queue always takes a batch, however large, so nothing waits forever.
+            if state.queued_bytes == 0
+                || state.queued_bytes + incoming <= self.shared.options.queue_bytes_max
+            {
+                return Ok(state);
+            }
+            state = self
+                .shared
+                .progress
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Queues one record of `kind` per payload, in `epoch`, and returns their LSN range at
+    /// once. Use [`Writer::wait_durable`] (or the callback) to learn when they are durable.
+    ///
+    /// # Correctness
+    /// `epoch` must not be lower than the last record's (a caller bug: asserted).
+    pub fn append<'p>(
+        &self,
+        epoch: Epoch,
+        kind: RecordKind,
+        payloads: impl IntoIterator<Item = &'p [u8]> + Clone,
+    ) -> Result<(Lsn, Lsn)> {
+        let mut incoming = 0usize;
+        for payload in payloads.clone() {
+            if payload.len() > RECORD_PAYLOAD_LEN_MAX {
+                return Err(Error::RecordTooLarge {
+                    len: payload.len() as u64,
+                    max: RECORD_PAYLOAD_LEN_MAX as u64,
+                });
+            }
+            incoming += crate::format::record_len(payload.len());
+        }
+        let mut state = self.lock_with_space(incoming)?;
+        assert!(
+            epoch >= state.last_epoch,
+            "append in epoch {epoch} after a record of epoch {}",
+            state.last_epoch
+        );
+        let first_lsn = state.next_lsn;
+        let mut lsn = first_lsn;
+        let state = &mut *state;
+        let buf = match state.ops.last_mut() {
+            Some(Op::Encoded(buf)) => buf,
+            _ => {
+                let buf = state.spare.pop().unwrap_or_default();
+                state.ops.push(Op::Encoded(buf));
+                match state.ops.last_mut() {
+                    Some(Op::Encoded(buf)) => buf,
+                    _ => unreachable!("just pushed"),
+                }
+            }
+        };
+        for payload in payloads {
+            encode_record(buf, lsn, epoch, kind, payload);
+            lsn = lsn.next();
+        }
+        if lsn == first_lsn {
+            return Ok((first_lsn, first_lsn.prev()));
+        }
+        state.queued_bytes += incoming;
+        state.next_lsn = lsn;
+        state.last_epoch = epoch;
+        self.shared.work.notify_one();
+        Ok((first_lsn, lsn.prev()))
+    }
+
+    /// Queues records received already encoded; they are written byte for byte.
+    pub fn append_encoded(&self, records: VerifiedRecords) -> Result<(Lsn, Lsn)> {
+        let mut state = self.lock_with_space(records.bytes().len())?;
+        if records.first_lsn() != state.next_lsn {
+            return Err(Error::OutOfOrder {
+                last: state.next_lsn.prev(),
+                found: records.first_lsn(),
+            });
+        }
+        if records.first_epoch() < state.last_epoch {
+            return Err(Error::BadRecord {
+                reason: crate::error::Corruption::EpochOrder {
+                    previous: state.last_epoch.get(),
+                    found: records.first_epoch().get(),
+                },
+            });
+        }
+        let range = (records.first_lsn(), records.last_lsn());
+        state.queued_bytes += records.bytes().len();
+        state.next_lsn = records.last_lsn().next();
+        state.last_epoch = records.last_epoch();
+        state.ops.push(Op::Received(records));
+        self.shared.work.notify_one();
+        Ok(range)
+    }
+
+    /// Blocks until every record up to `lsn` is durable.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.durable_lsn >= lsn {
+                return Ok(());
+            }
+            if state.failure.is_some() {
+                return Err(Error::Poisoned);
+            }
+            state = self
+                .shared
+                .progress
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Queues a control operation and waits until the writer has done it.
+    fn control(&self, op: Op, next_lsn: Option<Lsn>) -> Result<()> {
+        let mut state = self.lock_with_space(0)?;
+        state.ops.push(op);
+        state.control_queued += 1;
+        let ticket = state.control_queued;
+        if let Some(next_lsn) = next_lsn {
+            state.next_lsn = next_lsn;
+            state.last_epoch = Epoch::ZERO;
+        }
+        self.shared.work.notify_one();
+        loop {
+            if state.control_done >= ticket {
+                return Ok(());
+            }
+            if state.failure.is_some() {
+                return Err(Error::Poisoned);
+            }
+            state = self
+                .shared
+                .progress
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Makes everything queued so far durable, whatever the policy; returns the durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        self.control(Op::Sync, None)?;
+        Ok(self.durable_lsn())
+    }
+
+    /// Cuts the log after `keep_through` (see [`Wal::truncate_suffix`]), after everything
+    /// queued before it; returns when the cut is durable.
+    pub fn truncate_suffix(&self, keep_through: Lsn) -> Result<()> {
+        let next = self.shared.lock().next_lsn;
+        let next_lsn = keep_through.next().min(next);
+        self.control(Op::TruncateSuffix(keep_through), Some(next_lsn))
+    }
+
+    /// Deletes whole segments below `lsn` (see [`Wal::truncate_prefix`]).
+    pub fn truncate_prefix(&self, lsn: Lsn) -> Result<()> {
+        self.control(Op::TruncatePrefix(lsn), None)
+    }
+
+    /// Replaces the log by an empty one starting at `next_lsn` (see [`Wal::reset`]).
+    pub fn reset(&self, next_lsn: Lsn) -> Result<()> {
+        self.control(Op::Reset(next_lsn), Some(next_lsn))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.work.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer thread: take everything queued, write it, sync per policy, publish.
+fn run(mut wal: Wal, shared: &Shared) {
+    let mut last_sync = Instant::now();
+    let mut batch: Vec<Op> = Vec::new();
+    loop {
+        // Take the whole queue, or wait for work (or for the batch-sync deadline).
+        let mut state = shared.lock();
+        loop {
+            if !state.ops.is_empty() || state.failure.is_some() {
+                break;
+            }
+            let unsynced = state.durable_lsn < state.written_lsn;
+            if state.shutdown && !unsynced {
+                return;
+            }
+            if unsynced {
+                let deadline = last_sync + shared.options.sync_interval;
+                let now = Instant::now();
+                if now >= deadline || state.shutdown {
+                    break;
+                }
+                state = shared
+                    .work
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            } else {
+                state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        if state.failure.is_some() {
+            return;
+        }
+        mem::swap(&mut batch, &mut state.ops);
+        state.queued_bytes = 0;
+        let shutting_down = state.shutdown;
+        // Appenders blocked on a full queue may go on while this batch is written.
+        shared.progress.notify_all();
+        drop(state);
+
+        // Write it all, in order; control operations complete in place.
+        let mut controls_done = 0u64;
+        let mut sync_requested = false;
+        let mut result: Result<()> = Ok(());
+        let mut spare = Vec::new();
+        for op in batch.drain(..) {
+            if result.is_err() {
+                break;
+            }
+            result = match op {
+                Op::Encoded(mut buf) => {
+                    let r = wal.append_trusted(&buf);
+                    buf.clear();
+                    spare.push(buf);
+                    r
+                }
+                Op::Received(records) => wal.append_encoded(&records).map(|_| ()),
+                Op::TruncateSuffix(lsn) => {
+                    controls_done += 1;
+                    wal.truncate_suffix(lsn)
+                }
+                Op::TruncatePrefix(lsn) => {
+                    controls_done += 1;
+                    wal.truncate_prefix(lsn).map(|_| ())
+                }
+                Op::Reset(lsn) => {
+                    controls_done += 1;
+                    wal.reset(lsn)
+                }
+                Op::Sync => {
+                    controls_done += 1;
+                    sync_requested = true;
+                    Ok(())
+                }
+            };
+        }
+        let written = wal.last_lsn();
+        // Sync once for the whole batch.
+        let must_sync = match shared.options.sync {
+            SyncPolicy::Always => true,
+            SyncPolicy::Batch => {
+                sync_requested
+                    || shutting_down
+                    || last_sync.elapsed() >= shared.options.sync_interval
+            }
+        };
+        if result.is_ok() && must_sync && wal.durable_lsn() < written {
+            result = wal.sync().map(|_| ());
+            last_sync = Instant::now();
+        } else if must_sync {
+            last_sync = Instant::now();
+        }
+
+        let progress = {
+            let mut state = shared.lock();
+            if let Err(e) = result {
+                state.failure = Some(match std::error::Error::source(&e) {
+                    Some(source) => format!("{e}: {source}"),
+                    None => e.to_string(),
+                });
+            }
+            state.written_lsn = written;
+            state.durable_lsn = wal.durable_lsn();
+            state.first_lsn = wal.first_lsn();
+            state.control_done += controls_done;
+            for buf in spare {
+                if state.spare.len() < 4 {
+                    state.spare.push(buf);
+                }
+            }
+            shared.progress.notify_all();
+            Progress {
+                written_lsn: state.written_lsn,
+                durable_lsn: state.durable_lsn,
+            }
+        };
+        if let Some(callback) = &shared.on_durable {
+            callback(progress);
+        }
+    }
+}
