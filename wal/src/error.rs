@@ -68,7 +68,10 @@ impl fmt::Display for Corruption {
         match self {
             Corruption::Truncated => f.write_str("file ends inside a record"),
             Corruption::Crc { stored, computed } => {
-                write!(f, "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
+                write!(
+                    f,
+                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
             }
             Corruption::LenTooLarge { len, max } => {
                 write!(f, "length {len} exceeds the limit of {max}")
@@ -80,7 +83,10 @@ impl fmt::Display for Corruption {
             Corruption::EpochOrder { previous, found } => {
                 write!(f, "epoch {found} after epoch {previous}")
             }
-            Corruption::NameMismatch { name_lsn, header_lsn } => write!(
+            Corruption::NameMismatch {
+                name_lsn,
+                header_lsn,
+            } => write!(
                 f,
                 "header says first lsn {header_lsn} but the file name says {name_lsn}"
             ),

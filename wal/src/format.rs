@@ -327,7 +327,9 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, HeaderError> {
     }
     let first_lsn = Lsn(u64_at(bytes, 16));
     if first_lsn == Lsn::ZERO {
-        return Err(HeaderError::Corrupt(Corruption::BadField("segment first lsn 0")));
+        return Err(HeaderError::Corrupt(Corruption::BadField(
+            "segment first lsn 0",
+        )));
     }
     Ok(first_lsn)
 }

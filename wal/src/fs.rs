@@ -44,7 +44,8 @@ pub fn create_tmp(path: &Path) -> Result<(File, PathBuf)> {
 /// temp file is removed, best effort.
 pub fn install(file: File, tmp: &Path, path: &Path) -> Result<()> {
     let result = (|| {
-        file.sync_all().map_err(|e| Error::io(IoOp::Fsync, tmp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(IoOp::Fsync, tmp, e))?;
         drop(file);
         std::fs::rename(tmp, path).map_err(|e| Error::io(IoOp::Rename, path, e))?;
         sync_dir(parent(path))

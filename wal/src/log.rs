@@ -100,7 +100,9 @@ pub(crate) struct SegmentEntry {
 impl SegmentEntry {
     /// The offset of a record at or before `lsn` to start a forward scan from, and its LSN.
     pub fn seek(&self, lsn: Lsn) -> (Lsn, u64) {
-        let at = self.index.partition_point(|&(entry_lsn, _)| entry_lsn <= lsn);
+        let at = self
+            .index
+            .partition_point(|&(entry_lsn, _)| entry_lsn <= lsn);
         if at == 0 {
             (self.first_lsn, SEGMENT_HEADER_LEN as u64)
         } else {
@@ -247,12 +249,7 @@ struct Opened {
 }
 
 /// Reads, verifies and indexes one segment; applies the torn-tail rule when `is_last`.
-fn open_segment(
-    path: &Path,
-    name_lsn: Lsn,
-    prev_epoch: Epoch,
-    is_last: bool,
-) -> Result<Opened> {
+fn open_segment(path: &Path, name_lsn: Lsn, prev_epoch: Epoch, is_last: bool) -> Result<Opened> {
     let file = io(IoOp::Open, path, File::open(path))?;
     let file_len = io(IoOp::Metadata, path, file.metadata())?.len();
     if file_len < SEGMENT_HEADER_LEN as u64 {
@@ -332,7 +329,10 @@ impl Wal {
     /// fsynced, so everything the returned log holds is durable: `durable_lsn == last_lsn`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery)> {
         let dir = dir.as_ref().to_owned();
-        assert!(options.start_lsn > Lsn::ZERO, "logs start at lsn 1 or later");
+        assert!(
+            options.start_lsn > Lsn::ZERO,
+            "logs start at lsn 1 or later"
+        );
         assert!(
             options.segment_bytes_max > SEGMENT_HEADER_LEN as u64,
             "segment_bytes_max must exceed the segment header"

@@ -74,12 +74,18 @@ impl Reader {
 
     /// The first LSN the log holds.
     pub fn first_lsn(&self) -> Lsn {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).first_lsn()
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_lsn()
     }
 
     /// The last LSN written.
     pub fn last_lsn(&self) -> Lsn {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).last_lsn()
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_lsn()
     }
 
     /// Iterates records from `lsn` up to whatever is written when the iterator gets there.
@@ -169,7 +175,8 @@ impl Records {
         // SAFETY: the file is only appended to past `len`, which we never read; the log cuts
         // a file only above an LSN no reader may be positioned past (see
         // `Wal::truncate_suffix`), and deleted files stay mapped until unmapped.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(IoOp::Map, &path, e))?;
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(IoOp::Map, &path, e))?;
         if map.len() < len {
             return Err(Error::Corrupt {
                 path,
@@ -210,8 +217,12 @@ impl Records {
         let first_lsn = self.next;
         let mut last_epoch = Epoch::ZERO;
         while self.next <= last_lsn && self.next <= mapped.last_lsn {
-            let (record, record_len) =
-                decode_at(&mapped.path, &mapped.bytes[..mapped.len], mapped.offset, self.next)?;
+            let (record, record_len) = decode_at(
+                &mapped.path,
+                &mapped.bytes[..mapped.len],
+                mapped.offset,
+                self.next,
+            )?;
             if mapped.offset > start && mapped.offset + record_len - start > max_bytes {
                 break;
             }
@@ -266,11 +277,15 @@ impl Iterator for Records {
             Err(e) => return Some(Err(e)),
         }
         let mapped = self.mapped.as_mut()?;
-        let (lsn, epoch, kind, len) =
-            match decode_at(&mapped.path, &mapped.bytes[..mapped.len], mapped.offset, self.next) {
-                Ok((record, len)) => (record.lsn, record.epoch, record.kind, len),
-                Err(e) => return Some(Err(e)),
-            };
+        let (lsn, epoch, kind, len) = match decode_at(
+            &mapped.path,
+            &mapped.bytes[..mapped.len],
+            mapped.offset,
+            self.next,
+        ) {
+            Ok((record, len)) => (record.lsn, record.epoch, record.kind, len),
+            Err(e) => return Some(Err(e)),
+        };
         let bytes = mapped.bytes.slice(mapped.offset..mapped.offset + len);
         mapped.offset += len;
         self.next = self.next.next();

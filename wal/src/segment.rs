@@ -188,7 +188,10 @@ mod tests {
     #[test]
     fn names_sort_in_lsn_order_and_round_trip() {
         assert_eq!(file_name(Lsn(52117)), "00000000000000052117.wal");
-        assert_eq!(parse_file_name("00000000000000052117.wal"), Some(Lsn(52117)));
+        assert_eq!(
+            parse_file_name("00000000000000052117.wal"),
+            Some(Lsn(52117))
+        );
         assert_eq!(parse_file_name("52117.wal"), None);
         assert_eq!(parse_file_name("0000000000000005211x.wal"), None);
         assert!(file_name(Lsn(9)) < file_name(Lsn(10)));
@@ -204,8 +207,14 @@ mod tests {
         assert_eq!(
             scan.epoch_starts,
             vec![
-                EpochStart { epoch: Epoch(2), first_lsn: Lsn(12) },
-                EpochStart { epoch: Epoch(5), first_lsn: Lsn(14) },
+                EpochStart {
+                    epoch: Epoch(2),
+                    first_lsn: Lsn(12)
+                },
+                EpochStart {
+                    epoch: Epoch(5),
+                    first_lsn: Lsn(14)
+                },
             ]
         );
     }
@@ -228,6 +237,9 @@ mod tests {
         let found = find_intact_after(&damaged, second, Lsn(1));
         assert_eq!(found.map(|(_, lsn)| lsn), Some(Lsn(3)));
         let torn = &bytes[..bytes.len() - 3];
-        assert_eq!(find_intact_after(torn, second + RECORD_HEADER_LEN + 10, Lsn(2)), None);
+        assert_eq!(
+            find_intact_after(torn, second + RECORD_HEADER_LEN + 10, Lsn(2)),
+            None
+        );
     }
 }

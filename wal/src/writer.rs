@@ -108,7 +108,11 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread, which takes ownership of `wal`.
-    pub fn spawn(wal: Wal, options: WriterOptions, on_durable: Option<OnDurable>) -> Result<Writer> {
+    pub fn spawn(
+        wal: Wal,
+        options: WriterOptions,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Writer> {
         let reader = wal.reader();
         let state = State {
             ops: Vec::new(),

@@ -1,0 +1,392 @@
+//! One test per row of the recovery table in FORMAT.md ("Recovery at open"), plus the bad
+//! inputs an operator can hand us: foreign files, empty and zero-length segments, headers of
+//! another version. Every test checks that nothing was deleted that was not a torn tail.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use wal::format::{RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use wal::log::Recovery;
+use wal::{Corruption, Epoch, Error, Lsn, Options, Wal};
+
+fn options(segment_bytes_max: u64) -> Options {
+    Options {
+        segment_bytes_max,
+        ..Options::default()
+    }
+}
+
+/// Payload of the record at `lsn`: recognisable, and of a size that varies with it.
+fn payload(lsn: u64) -> Vec<u8> {
+    let len = (lsn * 37 % 90) as usize + 1;
+    (0..len).map(|i| (lsn as usize + i) as u8).collect()
+}
+
+/// Writes records `1..=count` (epoch 1) and syncs. Returns the segment paths.
+fn write_log(dir: &Path, count: u64, segment_bytes_max: u64) -> Vec<PathBuf> {
+    let (mut wal, _) = Wal::open(dir, options(segment_bytes_max)).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=count).map(payload).collect();
+    wal.append(Epoch(1), RecordKind::App, payloads.iter().map(|p| &p[..]))
+        .unwrap();
+    wal.sync().unwrap();
+    wal.segment_paths()
+}
+
+fn read_all(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
+    wal.reader()
+        .iter_from(wal.first_lsn())
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn, r.payload().to_vec())
+        })
+        .collect()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn open(dir: &Path) -> Result<(Wal, Recovery), Error> {
+    Wal::open(dir, options(1024))
+}
+
+/// Row "intact": every record comes back, in order, with its payload.
+#[test]
+fn intact_log_reopens_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 100, 1024);
+    assert!(segments.len() > 3, "the test wants several segments");
+    let (wal, recovery) = open(dir.path()).unwrap();
+    assert_eq!(recovery.torn, None);
+    assert_eq!(recovery.records, 100);
+    assert_eq!(wal.last_lsn(), Lsn(100));
+    assert_eq!(wal.durable_lsn(), Lsn(100));
+    let records = read_all(&wal);
+    assert_eq!(records.len(), 100);
+    for (lsn, data) in records {
+        assert_eq!(data, payload(lsn.get()));
+    }
+}
+
+/// Row "torn": a partial last record is cut at the last good record, durably, and reported.
+#[test]
+fn torn_tail_is_cut_to_last_good_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = segments.last().unwrap();
+    let full_len = fs::metadata(last).unwrap().len();
+    let last_record_len = (RECORD_HEADER_LEN + payload(20).len()) as u64;
+    // Cut in the middle of record 20.
+    let cut = full_len - last_record_len / 2;
+    OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let (wal, recovery) = open(dir.path()).unwrap();
+    let torn = recovery.torn.expect("the torn tail is reported");
+    assert_eq!(torn.last_lsn, Lsn(19));
+    assert_eq!(torn.offset, full_len - last_record_len);
+    assert_eq!(wal.last_lsn(), Lsn(19));
+    assert_eq!(
+        fs::metadata(last).unwrap().len(),
+        full_len - last_record_len
+    );
+    // The log takes new records after the cut.
+    drop(wal);
+    let (mut wal, _) = open(dir.path()).unwrap();
+    wal.append(Epoch(1), RecordKind::App, [&b"after"[..]])
+        .unwrap();
+    wal.sync().unwrap();
+    assert_eq!(
+        read_all(&wal).last().unwrap(),
+        &(Lsn(20), b"after".to_vec())
+    );
+}
+
+/// Row "torn": zeroes after the last record (a file extended but never written) are cut.
+#[test]
+fn zeroed_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 5, 1 << 20);
+    let last = segments.last().unwrap();
+    let full_len = fs::metadata(last).unwrap().len();
+    OpenOptions::new()
+        .append(true)
+        .open(last)
+        .unwrap()
+        .write_all(&[0u8; 4096])
+        .unwrap();
+    let (wal, recovery) = open(dir.path()).unwrap();
+    assert_eq!(recovery.torn.unwrap().cut_len, 4096);
+    assert_eq!(wal.last_lsn(), Lsn(5));
+    assert_eq!(fs::metadata(last).unwrap().len(), full_len);
+}
+
+/// Row "corrupt": a bad record followed by a good one is corruption, not a torn tail.
+#[test]
+fn damaged_record_before_intact_ones_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 10, 1 << 20);
+    let last = segments.last().unwrap();
+    let before = fs::read(last).unwrap();
+    let mut bytes = before.clone();
+    // Flip a payload byte of record 3.
+    let offset = SEGMENT_HEADER_LEN
+        + (1..=2)
+            .map(|l| RECORD_HEADER_LEN + payload(l).len())
+            .sum::<usize>();
+    bytes[offset + RECORD_HEADER_LEN] ^= 0x40;
+    fs::write(last, &bytes).unwrap();
+    match open(dir.path()) {
+        Err(Error::Corrupt {
+            path,
+            offset: at,
+            lsn,
+            reason,
+        }) => {
+            assert_eq!(&path, last);
+            assert_eq!(at, offset as u64);
+            assert_eq!(lsn, Lsn(3));
+            assert!(matches!(reason, Corruption::Crc { .. }));
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+    // Nothing was cut.
+    assert_eq!(fs::read(last).unwrap(), bytes);
+}
+
+/// Row "corrupt": any damage in a sealed segment is corruption, even at its very end.
+#[test]
+fn damage_at_the_end_of_a_sealed_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 60, 1024);
+    let sealed = &segments[0];
+    let len = fs::metadata(sealed).unwrap().len();
+    let mut bytes = fs::read(sealed).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(sealed, &bytes).unwrap();
+    let err = open(dir.path()).err().expect("corruption");
+    assert!(
+        matches!(err, Error::Corrupt { ref path, .. } if path == sealed),
+        "{err}"
+    );
+    assert_eq!(fs::metadata(sealed).unwrap().len(), len);
+}
+
+/// Row "misplaced": a record with a valid CRC but the wrong LSN is corruption.
+#[test]
+fn record_with_the_wrong_lsn_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 3, 1 << 20);
+    let last = segments.last().unwrap();
+    let mut extra = Vec::new();
+    wal::format::encode_record(&mut extra, Lsn(7), Epoch(1), RecordKind::App, b"stray");
+    OpenOptions::new()
+        .append(true)
+        .open(last)
+        .unwrap()
+        .write_all(&extra)
+        .unwrap();
+    let err = open(dir.path()).err().expect("corruption");
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt {
+                reason: Corruption::Misplaced {
+                    expected: Lsn(4),
+                    found: Lsn(7)
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Row "bad header": another magic, a damaged header, or a name that disagrees.
+#[test]
+fn foreign_magic_and_damaged_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 3, 1 << 20);
+    let path = &segments[0];
+    let good = fs::read(path).unwrap();
+
+    let mut bytes = good.clone();
+    bytes[0..8].copy_from_slice(b"NOTAWAL!");
+    fs::write(path, &bytes).unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(matches!(err, Error::BadMagic { .. }), "{err}");
+    assert!(err.to_string().contains(&path.display().to_string()));
+
+    let mut bytes = good.clone();
+    bytes[17] ^= 1; // first_lsn, covered by the header CRC
+    fs::write(path, &bytes).unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt {
+                reason: Corruption::Crc { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    fs::write(path, &good).unwrap();
+    let renamed = dir.path().join(wal::segment::file_name(Lsn(5)));
+    fs::rename(path, &renamed).unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt {
+                reason: Corruption::NameMismatch { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Row "unsupported": a header of another version names the file and both versions.
+#[test]
+fn header_of_another_version_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 3, 1 << 20);
+    let path = &segments[0];
+    let mut bytes = fs::read(path).unwrap();
+    bytes[8..10].copy_from_slice(&7u16.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    fs::write(path, &bytes).unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(matches!(
+        err,
+        Error::UnsupportedVersion {
+            found: 7,
+            supported: 1,
+            ..
+        }
+    ));
+    let message = err.to_string();
+    assert!(message.contains("version 7"), "{message}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+}
+
+/// Row "gap": a missing segment in the middle is refused, never skipped.
+#[test]
+fn missing_segment_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 60, 1024);
+    assert!(segments.len() >= 3);
+    fs::remove_file(&segments[1]).unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(
+        matches!(err, Error::Gap { ref path, .. } if path == &segments[2]),
+        "{err}"
+    );
+}
+
+/// Row "empty": a last segment with only its header is a roll that crashed before its
+/// first record, and is used.
+#[test]
+fn empty_last_segment_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5, 1 << 20);
+    let next = dir.path().join(wal::segment::file_name(Lsn(6)));
+    fs::write(&next, wal::format::encode_segment_header(Lsn(6))).unwrap();
+    let (mut wal, _) = open(dir.path()).unwrap();
+    assert_eq!(wal.last_lsn(), Lsn(5));
+    assert_eq!(
+        wal.append(Epoch(1), RecordKind::App, [&b"x"[..]]).unwrap(),
+        (Lsn(6), Lsn(6))
+    );
+    wal.sync().unwrap();
+    assert!(fs::metadata(&next).unwrap().len() > SEGMENT_HEADER_LEN as u64);
+}
+
+/// An empty segment that is not the last one leaves a gap behind it.
+#[test]
+fn empty_sealed_segment_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5, 1 << 20);
+    for first in [6u64, 9] {
+        let path = dir.path().join(wal::segment::file_name(Lsn(first)));
+        fs::write(path, wal::format::encode_segment_header(Lsn(first))).unwrap();
+    }
+    let err = open(dir.path()).err().unwrap();
+    assert!(matches!(err, Error::Gap { found: Lsn(9), .. }), "{err}");
+}
+
+/// A zero-length segment file cannot come from our own crash (segments are installed with
+/// their header), so it is refused and kept.
+#[test]
+fn zero_length_segment_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5, 1 << 20);
+    let path = dir.path().join(wal::segment::file_name(Lsn(6)));
+    fs::write(&path, b"").unwrap();
+    let err = open(dir.path()).err().unwrap();
+    assert!(
+        matches!(err, Error::Corrupt { path: ref p, .. } if p == &path),
+        "{err}"
+    );
+    assert!(path.exists());
+}
+
+/// Row "foreign": a file we do not recognise stops the open and nothing is deleted.
+#[test]
+fn foreign_file_is_refused_and_nothing_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5, 1 << 20);
+    fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    fs::write(dir.path().join("00000000000000000009.wal.tmp"), b"half").unwrap();
+    let before = files(dir.path());
+    let err = open(dir.path()).err().unwrap();
+    assert!(matches!(err, Error::ForeignFile { .. }), "{err}");
+    assert!(err.to_string().contains("notes.txt"));
+    assert_eq!(files(dir.path()), before);
+}
+
+/// Row "stale temp": an install that crashed before its rename is cleaned up.
+#[test]
+fn stale_temp_file_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5, 1 << 20);
+    let tmp = dir.path().join("00000000000000000006.wal.tmp");
+    fs::write(&tmp, b"half a header").unwrap();
+    let (_, recovery) = open(dir.path()).unwrap();
+    assert_eq!(recovery.removed_tmp, vec![tmp.clone()]);
+    assert!(!tmp.exists());
+}
+
+/// An empty directory gets a first segment at the start LSN it is given.
+#[test]
+fn empty_directory_starts_at_the_given_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, recovery) = Wal::open(
+        dir.path(),
+        Options {
+            start_lsn: Lsn(501),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(recovery.created);
+    assert_eq!(wal.first_lsn(), Lsn(501));
+    assert_eq!(wal.last_lsn(), Lsn(500));
+    assert_eq!(
+        wal.append(Epoch(3), RecordKind::App, [&b"a"[..]]).unwrap(),
+        (Lsn(501), Lsn(501))
+    );
+}
