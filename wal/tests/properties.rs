@@ -151,14 +151,12 @@ proptest! {
         let bit = at.index(bytes.len() * 8);
         bytes[bit / 8] ^= 1 << (bit % 8);
         fs::write(path, &bytes).unwrap();
-        match reopen(dir.path()) {
-            Ok(records) => {
-                assert_prefix(&records, &model);
-                // Only the very last record can go, as a torn tail.
-                prop_assert_eq!(records.len() + 1, model.len());
-                prop_assert_eq!(which + 1, segments.len());
-            }
-            Err(_) => {}
+        // An error is the other allowed outcome.
+        if let Ok(records) = reopen(dir.path()) {
+            assert_prefix(&records, &model);
+            // Only the very last record can go, as a torn tail.
+            prop_assert_eq!(records.len() + 1, model.len());
+            prop_assert_eq!(which + 1, segments.len());
         }
     }
 
