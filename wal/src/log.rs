@@ -249,7 +249,14 @@ struct Opened {
 }
 
 /// Reads, verifies and indexes one segment; applies the torn-tail rule when `is_last`.
-fn open_segment(path: &Path, name_lsn: Lsn, prev_epoch: Epoch, is_last: bool) -> Result<Opened> {
+/// With `repair`, a torn tail is cut and the cut fsynced; without, it is only reported.
+fn open_segment(
+    path: &Path,
+    name_lsn: Lsn,
+    prev_epoch: Epoch,
+    is_last: bool,
+    repair: bool,
+) -> Result<Opened> {
     let file = io(IoOp::Open, path, File::open(path))?;
     let file_len = io(IoOp::Metadata, path, file.metadata())?.len();
     if file_len < SEGMENT_HEADER_LEN as u64 {
@@ -301,7 +308,7 @@ fn open_segment(path: &Path, name_lsn: Lsn, prev_epoch: Epoch, is_last: bool) ->
     }
     drop(map);
     drop(file);
-    if let Some(torn) = &torn {
+    if let (Some(torn), true) = (&torn, repair) {
         let file = open_for_append(path)?;
         io(IoOp::Truncate, path, file.set_len(torn.offset))?;
         io(IoOp::Fsync, path, file.sync_all())?;
@@ -366,7 +373,7 @@ impl Wal {
                     });
                 }
             }
-            let opened = open_segment(&path, first_lsn, last_epoch, position + 1 == count)?;
+            let opened = open_segment(&path, first_lsn, last_epoch, position + 1 == count, true)?;
             recovery.records += opened.entry.last_lsn.get() + 1 - opened.entry.first_lsn.get();
             if opened.torn.is_some() {
                 recovery.torn = opened.torn;
@@ -892,4 +899,88 @@ impl Wal {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         index.segments.iter().map(|s| s.path.clone()).collect()
     }
+}
+
+/// What a read-only look at a log directory found (see [`inspect`]).
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub segments: Vec<SegmentSummary>,
+    /// The torn tail that opening the log would cut, if any.
+    pub torn: Option<TornTail>,
+    /// Incomplete installs that opening the log would remove.
+    pub stale_tmp: Vec<PathBuf>,
+    /// Where each epoch starts, ascending.
+    pub epoch_starts: Vec<EpochStart>,
+    reader: Option<Reader>,
+}
+
+/// One verified segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    /// Bytes of header and intact records.
+    pub len: u64,
+}
+
+impl Inspection {
+    /// A reader over the intact records, or `None` if the directory holds no segment.
+    pub fn reader(&self) -> Option<Reader> {
+        self.reader.clone()
+    }
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.segments.first().map(|s| s.first_lsn)
+    }
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        self.segments.last().map(|s| s.last_lsn)
+    }
+}
+
+/// Verifies every record of every segment in `dir` with the checks of [`Wal::open`], but
+/// changes nothing: a torn tail is reported, not cut, and temp files are listed, not
+/// removed. For `understudy wal verify|dump` and for looking at a log another process owns.
+pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
+    let dir = dir.as_ref();
+    let listing = list_dir(dir)?;
+    let mut inspection = Inspection {
+        segments: Vec::new(),
+        torn: None,
+        stale_tmp: listing.tmp,
+        epoch_starts: Vec::new(),
+        reader: None,
+    };
+    let mut entries: Vec<SegmentEntry> = Vec::new();
+    let mut last_epoch = Epoch::ZERO;
+    let count = listing.segments.len();
+    for (position, (first_lsn, path)) in listing.segments.into_iter().enumerate() {
+        if let Some(prev) = entries.last() {
+            if first_lsn != prev.last_lsn.next() {
+                return Err(Error::Gap {
+                    path,
+                    expected_prev: prev.last_lsn,
+                    found: first_lsn,
+                });
+            }
+        }
+        let opened = open_segment(&path, first_lsn, last_epoch, position + 1 == count, false)?;
+        last_epoch = opened.last_epoch;
+        inspection.epoch_starts.extend(opened.epoch_starts);
+        if opened.torn.is_some() {
+            inspection.torn = opened.torn;
+        }
+        inspection.segments.push(SegmentSummary {
+            path: opened.entry.path.clone(),
+            first_lsn: opened.entry.first_lsn,
+            last_lsn: opened.entry.last_lsn,
+            len: opened.entry.len,
+        });
+        entries.push(opened.entry);
+    }
+    if !entries.is_empty() {
+        inspection.reader = Some(Reader::new(Arc::new(RwLock::new(Index {
+            segments: entries,
+        }))));
+    }
+    Ok(inspection)
 }

@@ -67,6 +67,15 @@ pub struct Reader {
     index: Arc<RwLock<Index>>,
 }
 
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("first_lsn", &self.first_lsn())
+            .field("last_lsn", &self.last_lsn())
+            .finish()
+    }
+}
+
 impl Reader {
     pub(crate) fn new(index: Arc<RwLock<Index>>) -> Reader {
         Reader { index }
