@@ -1,0 +1,359 @@
+//! The node metadata file (`<data-dir>/meta`, FORMAT.md "Node metadata"): the node's id, the
+//! cluster it belongs to, the highest epoch it has seen and its vote in that epoch, encoded
+//! in 40 bytes and replaced as a whole.
+//!
+//! This module encodes, decodes, loads and atomically stores that file. It does not decide
+//! anything: that the epoch never goes down and that a node votes once per epoch are the
+//! caller's rules (the core), which must store the new value *before* acting on it.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Corruption, Error, IoOp, Result};
+use crate::fs;
+use crate::types::{Epoch, Lsn, NodeId};
+
+/// The file name of the metadata file inside the data directory.
+pub const META_FILE_NAME: &str = "meta";
+/// `USTDYMTA`: the first 8 bytes of a metadata file.
+pub const META_MAGIC: [u8; 8] = *b"USTDYMTA";
+/// The metadata format version this build writes and reads.
+pub const META_VERSION: u16 = 1;
+/// A metadata file is exactly this long; any other length is corruption.
+pub const META_LEN: usize = 40;
+
+// Field offsets, as in FORMAT.md's table.
+const META_VERSION_OFFSET: usize = 8;
+const META_NODE_ID_OFFSET: usize = 10;
+const META_RESERVED_A_OFFSET: usize = 12;
+const META_CLUSTER_ID_OFFSET: usize = 16;
+const META_EPOCH_OFFSET: usize = 24;
+const META_VOTED_FOR_OFFSET: usize = 32;
+const META_RESERVED_B_OFFSET: usize = 34;
+const META_CRC_OFFSET: usize = 36;
+
+const _: () = assert!(META_CRC_OFFSET + 4 == META_LEN);
+const _: () = assert!(META_MAGIC.len() == META_VERSION_OFFSET);
+
+/// The node's identity and vote. `voted_for` is the node voted for in `epoch`, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub node_id: NodeId,
+    pub cluster_id: u64,
+    pub epoch: Epoch,
+    pub voted_for: Option<NodeId>,
+}
+
+impl Meta {
+    /// Encodes the 40-byte file.
+    ///
+    /// Panics if `node_id` is 0, if `voted_for` is `Some(NodeId(0))` (0 on disk means "no
+    /// vote", so that value could not be read back), or if there is a vote in epoch 0 (no
+    /// election happens in epoch 0): all three only a bug can produce.
+    pub fn encode(&self) -> [u8; META_LEN] {
+        assert!(self.node_id.get() != 0, "meta: node_id 0 is not a valid id");
+        if let Some(voted_for) = self.voted_for {
+            assert!(
+                voted_for.get() != 0,
+                "meta: voted_for Some(NodeId(0)) cannot be stored (0 means no vote)"
+            );
+            assert!(
+                self.epoch.get() != 0,
+                "meta: a vote for {voted_for} in epoch 0, where no election happens"
+            );
+        }
+
+        // Format (FORMAT.md, "Node metadata"): { magic: [u8; 8], version: u16, node_id: u16,
+        // reserved: u32, cluster_id: u64, epoch: u64, voted_for: u16, reserved: u16,
+        // crc: u32 = crc32(bytes 0..36) }
+        let mut bytes = [0u8; META_LEN];
+        bytes[..META_VERSION_OFFSET].copy_from_slice(&META_MAGIC);
+        put(&mut bytes, META_VERSION_OFFSET, &META_VERSION.to_le_bytes());
+        put(
+            &mut bytes,
+            META_NODE_ID_OFFSET,
+            &self.node_id.get().to_le_bytes(),
+        );
+        put(
+            &mut bytes,
+            META_CLUSTER_ID_OFFSET,
+            &self.cluster_id.to_le_bytes(),
+        );
+        put(
+            &mut bytes,
+            META_EPOCH_OFFSET,
+            &self.epoch.get().to_le_bytes(),
+        );
+        let voted_for = self.voted_for.map_or(0, NodeId::get);
+        put(&mut bytes, META_VOTED_FOR_OFFSET, &voted_for.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..META_CRC_OFFSET]);
+        put(&mut bytes, META_CRC_OFFSET, &crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a whole metadata file. `path` only names the file in errors.
+    ///
+    /// Checks, in order: magic (`Error::BadMagic`), version (`Error::UnsupportedVersion`),
+    /// length, CRC, reserved bytes, `node_id ≥ 1`, no vote in epoch 0 (all `Error::Corrupt`).
+    /// The magic and version come first so that a foreign file or a newer format is reported
+    /// as such rather than as a bad length. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Meta> {
+        let corrupt = |offset: usize, reason: Corruption| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            lsn: Lsn::ZERO,
+            reason,
+        };
+
+        if let Some(magic) = bytes.first_chunk::<8>() {
+            if *magic != META_MAGIC {
+                return Err(Error::BadMagic {
+                    path: path.to_path_buf(),
+                    expected: "metadata",
+                    found: *magic,
+                });
+            }
+        }
+        if bytes.len() >= META_NODE_ID_OFFSET {
+            let version = u16::from_le_bytes(get(bytes, META_VERSION_OFFSET));
+            if version != META_VERSION {
+                return Err(Error::UnsupportedVersion {
+                    path: path.to_path_buf(),
+                    found: version,
+                    supported: META_VERSION,
+                });
+            }
+        }
+        if bytes.len() < META_LEN {
+            return Err(corrupt(bytes.len(), Corruption::Truncated));
+        }
+        if bytes.len() > META_LEN {
+            return Err(corrupt(
+                META_LEN,
+                Corruption::LenTooLarge {
+                    len: bytes.len() as u64,
+                    max: META_LEN as u64,
+                },
+            ));
+        }
+
+        let stored = u32::from_le_bytes(get(bytes, META_CRC_OFFSET));
+        let computed = crc32fast::hash(&bytes[..META_CRC_OFFSET]);
+        if stored != computed {
+            return Err(corrupt(
+                META_CRC_OFFSET,
+                Corruption::Crc { stored, computed },
+            ));
+        }
+        if get::<4>(bytes, META_RESERVED_A_OFFSET) != [0; 4] {
+            return Err(corrupt(
+                META_RESERVED_A_OFFSET,
+                Corruption::BadField("reserved bytes 12..16"),
+            ));
+        }
+        if get::<2>(bytes, META_RESERVED_B_OFFSET) != [0; 2] {
+            return Err(corrupt(
+                META_RESERVED_B_OFFSET,
+                Corruption::BadField("reserved bytes 34..36"),
+            ));
+        }
+
+        let node_id = u16::from_le_bytes(get(bytes, META_NODE_ID_OFFSET));
+        if node_id == 0 {
+            return Err(corrupt(
+                META_NODE_ID_OFFSET,
+                Corruption::BadField("node_id 0"),
+            ));
+        }
+        let epoch = u64::from_le_bytes(get(bytes, META_EPOCH_OFFSET));
+        let voted_for = u16::from_le_bytes(get(bytes, META_VOTED_FOR_OFFSET));
+        if epoch == 0 && voted_for != 0 {
+            return Err(corrupt(
+                META_VOTED_FOR_OFFSET,
+                Corruption::BadField("vote in epoch 0"),
+            ));
+        }
+        Ok(Meta {
+            node_id: NodeId(node_id),
+            cluster_id: u64::from_le_bytes(get(bytes, META_CLUSTER_ID_OFFSET)),
+            epoch: Epoch(epoch),
+            voted_for: (voted_for != 0).then_some(NodeId(voted_for)),
+        })
+    }
+
+    /// Reads the metadata file at `path`.
+    ///
+    /// Returns `Ok(None)` only when the file does not exist (a new node). A short, long or
+    /// damaged file is an error, never read as "no metadata": a node that forgot its vote
+    /// could vote twice in an epoch. Also removes a stale `meta.tmp` left by a store that
+    /// crashed before its rename (FORMAT.md: such a file is never the current metadata).
+    ///
+    /// Must not run while a [`Meta::store`] to the same path is in progress (the node has one
+    /// owner of its data directory).
+    pub fn load(path: &Path) -> Result<Option<Meta>> {
+        Meta::load_remove_tmp(path)?;
+
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(IoOp::Open, path, e)),
+        };
+        // Read one byte more than a valid file has, so a long file is seen as too long
+        // without reading all of whatever it is into memory.
+        let mut bytes = Vec::with_capacity(META_LEN + 1);
+        file.take(META_LEN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(IoOp::Read, path, e))?;
+        Meta::decode(&bytes, path).map(Some)
+    }
+
+    /// Removes `meta.tmp` if it exists. Not followed by a directory fsync: if the removal is
+    /// lost in a crash, the next load removes the file again.
+    fn load_remove_tmp(path: &Path) -> Result<()> {
+        let tmp = fs::tmp_path(path);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(IoOp::Remove, &tmp, e)),
+        }
+    }
+
+    /// Replaces the metadata file at `path` with `self`, atomically.
+    ///
+    /// # Durability
+    /// Returns only once the new content is durable; only then may the caller act on it
+    /// (answer a vote, accept a new epoch). On error the file holds the old or the new
+    /// content; the caller must not act on the new one.
+    ///
+    /// Panics on the values [`Meta::encode`] refuses.
+    pub fn store(&self, path: &Path) -> Result<()> {
+        let bytes = self.encode();
+        // Crash argument (FORMAT.md, "Node metadata"; done by `fs::write_atomic`):
+        // 1. write `meta.tmp`;
+        // 2. fsync it;
+        // 3. rename it over `meta`;
+        // 4. fsync the data directory.
+        // A crash before 3 leaves the old `meta` intact (and a `meta.tmp` that `load`
+        // removes); after 3 `meta` is the complete new file, since its bytes were durable
+        // before its name was; 4 makes the rename itself survive a power loss.
+        fs::write_atomic(path, &bytes)
+    }
+}
+
+/// Copies `field` into `bytes` at `offset`.
+fn put(bytes: &mut [u8; META_LEN], offset: usize, field: &[u8]) {
+    bytes[offset..offset + field.len()].copy_from_slice(field);
+}
+
+/// The `N` bytes at `offset`. Callers check the length first; only a bug can make the
+/// range fall outside `bytes`.
+fn get<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+    let mut field = [0u8; N];
+    field.copy_from_slice(&bytes[offset..offset + N]);
+    field
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn sample() -> Meta {
+        Meta {
+            node_id: NodeId(3),
+            cluster_id: 0x0123_4567_89ab_cdef,
+            epoch: Epoch(42),
+            voted_for: Some(NodeId(2)),
+        }
+    }
+
+    /// The encoding is the byte table of FORMAT.md, field by field.
+    #[test]
+    fn encoding_follows_the_format_table() {
+        let bytes = sample().encode();
+        assert_eq!(&bytes[0..8], b"USTDYMTA");
+        assert_eq!(bytes[8..10], 1u16.to_le_bytes());
+        assert_eq!(bytes[10..12], 3u16.to_le_bytes());
+        assert_eq!(bytes[12..16], [0; 4]);
+        assert_eq!(bytes[16..24], 0x0123_4567_89ab_cdefu64.to_le_bytes());
+        assert_eq!(bytes[24..32], 42u64.to_le_bytes());
+        assert_eq!(bytes[32..34], 2u16.to_le_bytes());
+        assert_eq!(bytes[34..36], [0; 2]);
+        assert_eq!(bytes[36..40], crc32fast::hash(&bytes[..36]).to_le_bytes());
+    }
+
+    /// No vote is stored as voted_for 0 and read back as `None`.
+    #[test]
+    fn no_vote_is_stored_as_zero() {
+        let meta = Meta {
+            voted_for: None,
+            ..sample()
+        };
+        let bytes = meta.encode();
+        assert_eq!(bytes[32..34], [0, 0]);
+        assert_eq!(Meta::decode(&bytes, Path::new("meta")).ok(), Some(meta));
+    }
+
+    /// A CRC-valid file with node_id 0 is refused, not taken as a node without an id.
+    #[test]
+    fn node_id_zero_is_corrupt_even_with_a_good_crc() {
+        let mut bytes = sample().encode();
+        bytes[10..12].copy_from_slice(&[0, 0]);
+        let crc = crc32fast::hash(&bytes[..36]);
+        bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+        let path = PathBuf::from("/data/meta");
+        match Meta::decode(&bytes, &path) {
+            Err(Error::Corrupt {
+                path: p,
+                offset: 10,
+                reason: Corruption::BadField(_),
+                ..
+            }) => assert_eq!(p, path),
+            other => panic!("expected a corrupt node_id, got {other:?}"),
+        }
+    }
+
+    /// A CRC-valid file with non-zero reserved bytes is refused (a later version may use them).
+    #[test]
+    fn non_zero_reserved_bytes_are_corrupt_even_with_a_good_crc() {
+        for offset in [12, 13, 14, 15, 34, 35] {
+            let mut bytes = sample().encode();
+            bytes[offset] = 1;
+            let crc = crc32fast::hash(&bytes[..36]);
+            bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                matches!(
+                    Meta::decode(&bytes, Path::new("meta")),
+                    Err(Error::Corrupt {
+                        reason: Corruption::BadField(_),
+                        ..
+                    })
+                ),
+                "reserved byte {offset}"
+            );
+        }
+    }
+
+    /// Storing a vote for node 0 is a bug: 0 on disk means "no vote".
+    #[test]
+    #[should_panic(expected = "voted_for Some(NodeId(0))")]
+    fn encoding_a_vote_for_node_zero_panics() {
+        let _ = Meta {
+            voted_for: Some(NodeId(0)),
+            ..sample()
+        }
+        .encode();
+    }
+
+    /// Storing a vote in epoch 0 is a bug: no election happens in epoch 0.
+    #[test]
+    #[should_panic(expected = "epoch 0")]
+    fn encoding_a_vote_in_epoch_zero_panics() {
+        let _ = Meta {
+            epoch: Epoch(0),
+            ..sample()
+        }
+        .encode();
+    }
+}
