@@ -3,9 +3,11 @@
 //! - [`core`]: the replication state machine: roles, epochs, votes, heartbeats, log matching,
 //!   commit rule and lease. Messages in, actions out; no I/O, no clock reads.
 //! - [`cli`]: the command line, one file per subcommand.
+//! - [`config`]: flag validation: peers, timing, sync replicas, the cluster secret.
 #![warn(clippy::unwrap_used)]
 
 pub mod cli;
+pub mod config;
 pub mod core;
 
 pub use wal::{Epoch, Lsn, NodeId};

@@ -1,0 +1,304 @@
+//! The sidecar's validated configuration. [`crate::cli::run::RunArgs`] holds the flags as
+//! typed (each with an `UNDERSTUDY_*` environment fallback); [`Config::from_args`] checks
+//! them against each other and refuses, with one line that names the flag and the value,
+//! anything that would make the node misbehave later. What can only be checked against the
+//! world (a port in use, a data dir of another cluster) is checked when the node starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::NodeId;
+
+/// A configuration a node must not start with. Each names the flag and the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--node-id {0}: node ids start at 1")]
+    NodeIdZero(u16),
+    #[error("--peers: {entry:?} is not ID=HOST:PORT ({reason})")]
+    PeerSyntax { entry: String, reason: String },
+    #[error("--peers: node id {0} appears twice")]
+    DuplicatePeerId(u16),
+    #[error("--peers: address {0} appears twice")]
+    DuplicatePeerAddr(SocketAddr),
+    #[error("--node-id {node_id} is not in --peers ({peers})")]
+    NodeNotInPeers { node_id: u16, peers: String },
+    #[error("--peer-listen {listen} and --peers entry {node_id}={addr} differ in port: peers could not reach this node")]
+    ListenPortMismatch {
+        node_id: u16,
+        listen: SocketAddr,
+        addr: SocketAddr,
+    },
+    #[error("--heartbeat-interval {heartbeat:?} must be at most a third of --failover-timeout {failover:?}, so that two lost heartbeats do not cause a failover")]
+    HeartbeatTooSlow {
+        heartbeat: Duration,
+        failover: Duration,
+    },
+    #[error("--{flag} {value:?} must be more than zero")]
+    ZeroDuration { flag: &'static str, value: Duration },
+    #[error("--sync-replicas {value}: a cluster of {nodes} nodes has only {backups} backups")]
+    SyncReplicasTooMany {
+        value: usize,
+        nodes: usize,
+        backups: usize,
+    },
+    #[error("--sync-replicas {value} with {nodes} nodes would lose acknowledged writes on failover (the safe minimum is {safe}); pass --allow-unsafe-sync-replicas to accept that")]
+    SyncReplicasUnsafe {
+        value: usize,
+        nodes: usize,
+        safe: usize,
+    },
+    #[error("--cluster-secret-file {path}: {reason}")]
+    Secret { path: PathBuf, reason: String },
+}
+
+/// When the WAL makes appends durable before they count (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncMode {
+    /// fdatasync every group-commit batch before acknowledging it.
+    Always,
+    /// fdatasync at most every 10 ms; a crash of this machine can lose the last few
+    /// milliseconds of its log (still safe while a majority of machines survive).
+    Batch,
+}
+
+/// The shared secret that authenticates peers, and the cluster id derived from it.
+#[derive(Clone)]
+pub struct ClusterSecret {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    /// At least this many bytes of secret (after trimming a trailing newline).
+    pub const LEN_MIN: usize = 16;
+
+    pub fn from_bytes(path: &std::path::Path, bytes: &[u8]) -> Result<ClusterSecret, ConfigError> {
+        let key = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let key = key.strip_suffix(b"\r").unwrap_or(key);
+        if key.len() < Self::LEN_MIN {
+            return Err(ConfigError::Secret {
+                path: path.to_owned(),
+                reason: format!(
+                    "the secret is {} bytes; use at least {} (e.g. `head -c 32 /dev/urandom | base64`)",
+                    key.len(),
+                    Self::LEN_MIN
+                ),
+            });
+        }
+        Ok(ClusterSecret { key: key.to_vec() })
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<ClusterSecret, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Secret {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// HMAC-SHA256 of `parts` under the secret.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        // A key of any length is accepted by HMAC; `new_from_slice` cannot fail here.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Compares a MAC in constant time.
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        for part in parts {
+            mac.update(part);
+        }
+        mac.verify_slice(tag).is_ok()
+    }
+
+    /// The id stored in every data dir of this cluster: a data dir made under another
+    /// secret is refused at startup.
+    pub fn cluster_id(&self) -> u64 {
+        let tag = self.mac(&[b"understudy cluster id v1"]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&tag[..8]);
+        u64::from_le_bytes(id)
+    }
+}
+
+/// Parses `--peers 1=host:port,2=host:port,...` (addresses must be IP:port; names are not
+/// resolved, so a node's view of the cluster cannot change with DNS).
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let syntax = |reason: &str| ConfigError::PeerSyntax {
+            entry: entry.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (id, addr) = entry.split_once('=').ok_or_else(|| syntax("missing '='"))?;
+        let id: u16 = id
+            .trim()
+            .parse()
+            .map_err(|_| syntax("the id is not a number from 1 to 65535"))?;
+        if id == 0 {
+            return Err(syntax("node ids start at 1"));
+        }
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| syntax("the address is not IP:PORT"))?;
+        if peers.values().any(|a| *a == addr) {
+            return Err(ConfigError::DuplicatePeerAddr(addr));
+        }
+        if peers.insert(NodeId(id), addr).is_some() {
+            return Err(ConfigError::DuplicatePeerId(id));
+        }
+    }
+    if peers.is_empty() {
+        return Err(ConfigError::PeerSyntax {
+            entry: text.to_owned(),
+            reason: "no peers given".to_owned(),
+        });
+    }
+    Ok(peers)
+}
+
+/// The smallest `--sync-replicas` that keeps every acknowledged write across a failover:
+/// a committed record must be on a majority (primary + this many backups), so that every
+/// majority that can elect the next primary holds it.
+pub fn safe_sync_replicas(nodes: usize) -> usize {
+    nodes / 2
+}
+
+/// Checks a `--sync-replicas` value for a cluster of `nodes`.
+pub fn check_sync_replicas(
+    value: usize,
+    nodes: usize,
+    allow_unsafe: bool,
+) -> Result<usize, ConfigError> {
+    let backups = nodes.saturating_sub(1);
+    if value > backups {
+        return Err(ConfigError::SyncReplicasTooMany {
+            value,
+            nodes,
+            backups,
+        });
+    }
+    let safe = safe_sync_replicas(nodes);
+    if value < safe && !allow_unsafe {
+        return Err(ConfigError::SyncReplicasUnsafe { value, nodes, safe });
+    }
+    Ok(value)
+}
+
+/// Checks the heartbeat against the failover timeout.
+pub fn check_timing(heartbeat: Duration, failover: Duration) -> Result<(), ConfigError> {
+    if heartbeat.is_zero() {
+        return Err(ConfigError::ZeroDuration {
+            flag: "heartbeat-interval",
+            value: heartbeat,
+        });
+    }
+    if failover.is_zero() {
+        return Err(ConfigError::ZeroDuration {
+            flag: "failover-timeout",
+            value: failover,
+        });
+    }
+    if heartbeat * 3 > failover {
+        return Err(ConfigError::HeartbeatTooSlow {
+            heartbeat,
+            failover,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_refuse_duplicates() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&NodeId(2)], "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(
+            parse_peers("1=127.0.0.1:7001,1=127.0.0.1:7002"),
+            Err(ConfigError::DuplicatePeerId(1))
+        );
+        assert_eq!(
+            parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7001"),
+            Err(ConfigError::DuplicatePeerAddr(
+                "127.0.0.1:7001".parse().unwrap()
+            ))
+        );
+        for bad in [
+            "1:127.0.0.1:7001",
+            "x=127.0.0.1:1",
+            "0=127.0.0.1:1",
+            "1=localhost",
+            "",
+        ] {
+            let err = parse_peers(bad).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::PeerSyntax { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn sync_replicas_below_a_majority_is_refused_in_plain_words() {
+        assert_eq!(safe_sync_replicas(3), 1);
+        assert_eq!(safe_sync_replicas(5), 2);
+        assert_eq!(check_sync_replicas(1, 3, false), Ok(1));
+        let err = check_sync_replicas(0, 3, false).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("would lose acknowledged writes on failover"));
+        assert_eq!(check_sync_replicas(0, 3, true), Ok(0));
+        assert!(matches!(
+            check_sync_replicas(3, 3, false),
+            Err(ConfigError::SyncReplicasTooMany { .. })
+        ));
+    }
+
+    #[test]
+    fn heartbeat_must_fit_three_times_in_the_failover_timeout() {
+        let ms = Duration::from_millis;
+        assert!(check_timing(ms(50), ms(500)).is_ok());
+        assert!(matches!(
+            check_timing(ms(200), ms(500)),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
+        assert!(check_timing(ms(0), ms(500)).is_err());
+    }
+
+    #[test]
+    fn secret_is_never_printed_and_gives_a_stable_cluster_id() {
+        let path = std::path::Path::new("/secret");
+        let secret = ClusterSecret::from_bytes(path, b"0123456789abcdef0123\n").unwrap();
+        assert_eq!(format!("{secret:?}"), "ClusterSecret(..)");
+        let same = ClusterSecret::from_bytes(path, b"0123456789abcdef0123").unwrap();
+        assert_eq!(secret.cluster_id(), same.cluster_id());
+        let other = ClusterSecret::from_bytes(path, b"another secret of enough length").unwrap();
+        assert_ne!(secret.cluster_id(), other.cluster_id());
+        let tag = secret.mac(&[b"challenge"]);
+        assert!(secret.verify(&[b"challenge"], &tag));
+        assert!(!other.verify(&[b"challenge"], &tag));
+        assert!(ClusterSecret::from_bytes(path, b"short").is_err());
+    }
+}
