@@ -14,7 +14,8 @@ use wal::Lsn;
 
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
-    /// Verify every record's checksum and the log's structure; exit 1 on corruption.
+    /// Verify every record's checksum and the log's structure (and, in a data directory, the
+    /// metadata file and every snapshot); exit 1 on corruption.
     Verify {
         /// A data directory (its `wal/` is used) or a log directory.
         dir: PathBuf,
@@ -71,10 +72,47 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// In a data directory, also checks the metadata file and every snapshot.
+fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    let meta_path = data_dir.join(wal::meta::META_FILE_NAME);
+    if meta_path.exists() {
+        let bytes =
+            std::fs::read(&meta_path).with_context(|| format!("read {}", meta_path.display()))?;
+        let meta = wal::meta::Meta::decode(&bytes, &meta_path)?;
+        let vote = meta.voted_for.map_or("none".to_owned(), |n| n.to_string());
+        writeln!(
+            out,
+            "{}  node {}  cluster {:016x}  epoch {}  voted for {vote}  ok",
+            meta_path.display(),
+            meta.node_id,
+            meta.cluster_id,
+            meta.epoch
+        )?;
+    }
+    let snapshots = data_dir.join("snapshots");
+    if snapshots.is_dir() {
+        for info in wal::snapshot::list(&snapshots)? {
+            let info = wal::snapshot::verify(&info.path)?;
+            writeln!(
+                out,
+                "{}  lsn {}  epoch {}  {:.1} MiB  ok",
+                info.path.display(),
+                info.lsn,
+                info.epoch,
+                mib(info.body_len)
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn verify(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (dir, inspection) = open(dir)?;
     let mut out = std::io::stdout().lock();
+    if dir.join("wal").is_dir() {
+        verify_data_dir(dir, &mut out)?;
+    }
+    let (dir, inspection) = open(dir)?;
     let mut bytes = 0;
     for segment in &inspection.segments {
         let count = Lsn::count_between(segment.first_lsn, segment.last_lsn);
