@@ -232,6 +232,68 @@ impl VerifiedRecords {
     }
 }
 
+impl VerifiedRecords {
+    /// Encodes one record of `kind` per payload, at `first_lsn` onwards in `epoch`, into a
+    /// new buffer. Trusted by construction: these are the bytes the primary writes and ships
+    /// (one copy of each payload, one CRC each). An empty payload list gives `None`.
+    pub fn encode<'p>(
+        first_lsn: Lsn,
+        epoch: Epoch,
+        kind: RecordKind,
+        payloads: impl IntoIterator<Item = &'p [u8]>,
+        capacity: usize,
+    ) -> Option<VerifiedRecords> {
+        let mut buf = Vec::with_capacity(capacity);
+        let mut lsn = first_lsn;
+        for payload in payloads {
+            encode_record(&mut buf, lsn, epoch, kind, payload);
+            lsn = lsn.next();
+        }
+        (lsn > first_lsn).then(|| VerifiedRecords {
+            bytes: Bytes::from(buf),
+            first_lsn,
+            last_lsn: lsn.prev(),
+            first_epoch: epoch,
+            last_epoch: epoch,
+        })
+    }
+
+    /// The records `first..=last`, which must lie within this run: a sub-slice of the same
+    /// bytes, no copy.
+    pub fn slice(&self, first: Lsn, last: Lsn) -> VerifiedRecords {
+        assert!(
+            self.first_lsn <= first && first <= last && last <= self.last_lsn,
+            "slice {first}..={last} of records {}..={}",
+            self.first_lsn,
+            self.last_lsn
+        );
+        let mut start = 0;
+        let mut end = 0;
+        let mut first_epoch = Epoch::ZERO;
+        let mut last_epoch = Epoch::ZERO;
+        let mut offset = 0;
+        for record in self.iter() {
+            if record.lsn == first {
+                start = offset;
+                first_epoch = record.epoch;
+            }
+            offset += record.encoded_len();
+            if record.lsn == last {
+                end = offset;
+                last_epoch = record.epoch;
+                break;
+            }
+        }
+        VerifiedRecords {
+            bytes: self.bytes.slice(start..end),
+            first_lsn: first,
+            last_lsn: last,
+            first_epoch,
+            last_epoch,
+        }
+    }
+}
+
 /// Verifies a run of records received from a peer (or read back) as a whole: each record
 /// decodes, CRCs match, the first has LSN `first_lsn`, LSNs are dense, epochs
 /// non-decreasing, and the bytes end exactly at a record boundary. An empty run is refused.
@@ -390,6 +452,25 @@ mod tests {
             decode_segment_header(&other),
             Err(HeaderError::UnsupportedVersion(2))
         );
+    }
+
+    #[test]
+    fn slices_of_verified_records_are_the_same_bytes() {
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; i as usize]).collect();
+        let run = VerifiedRecords::encode(
+            Lsn(5),
+            Epoch(2),
+            RecordKind::App,
+            payloads.iter().map(|p| &p[..]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(verify_records(run.bytes().clone(), Lsn(5)).unwrap(), run);
+        let part = run.slice(Lsn(7), Lsn(9));
+        assert_eq!(verify_records(part.bytes().clone(), Lsn(7)).unwrap(), part);
+        let lens: Vec<usize> = part.iter().map(|r| r.payload.len()).collect();
+        assert_eq!(lens, vec![2, 3, 4]);
+        assert_eq!(run.slice(Lsn(5), Lsn(14)), run);
     }
 
     proptest! {
