@@ -1,1 +1,470 @@
-//! The replication core (placeholder until the core lands).
+//! The replication core: a deterministic state machine that decides roles, epochs, votes,
+//! heartbeats, log shipping, commit and the lease. [`Input`]s in, [`Action`]s out.
+//!
+//! It does no I/O, reads no clock, logs nothing and owns no randomness but the seeded
+//! generator it is given, so the simulator (`tests/sim`) runs it exactly as the shell does.
+//! It never sees a payload: it deals in LSNs and epochs, and the shell attaches record bytes
+//! to the LSN ranges the core names.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `input.rs`, `action.rs`, `message.rs` | the interface: what happens, what to do, what peers say |
+//! | `election.rs` | pre-vote, vote, candidacy, promotion |
+//! | `replication.rs` | shipping appends, log matching, conflict hints, snapshots hand-off |
+//! | `commit.rs` | the commit rule |
+//! | `lease.rs` | the lease and the timing argument for it |
+//! | `switchover.rs` | planned hand-over to a chosen backup |
+//! | `state.rs` | the state and `validate()` |
+//!
+//! A step runs to completion without waiting for anything, so every assertion holds from check
+//! to use. Work that must wait (a vote reply until the vote is persisted) is held in the state
+//! and released by a later input.
+
+mod action;
+mod commit;
+mod config;
+mod election;
+mod input;
+mod lease;
+mod message;
+mod replication;
+mod rng;
+mod state;
+mod switchover;
+mod time;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+pub use action::{Action, Rejection, Role, SwitchoverOutcome, SwitchoverRefusal};
+pub use config::{Config, ConfigError, TestKnobs, MEMBERS_MAX};
+pub use input::Input;
+pub use message::{Append, AppendResponse, Message};
+pub use rng::SplitMix64;
+pub use time::Time;
+
+use state::{Log, State};
+use wal::{Epoch, Lsn, NodeId};
+
+/// The persisted vote: the last `PersistMeta` that completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistedMeta {
+    pub epoch: Epoch,
+    pub voted_for: Option<NodeId>,
+}
+
+/// The log as recovered from disk at start-up: every record in it is durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveredLog {
+    /// The last LSN covered by the snapshot the log starts after (0 when none).
+    pub snapshot_lsn: Lsn,
+    /// The epoch of the record at `snapshot_lsn` (`ZERO` when `snapshot_lsn` is 0).
+    pub snapshot_epoch: Epoch,
+    pub last_lsn: Lsn,
+    /// `(epoch, first LSN of that epoch)` for the records `snapshot_lsn + 1 ..= last_lsn`.
+    pub epoch_starts: Vec<(Epoch, Lsn)>,
+}
+
+/// Why the core cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("recovered log is inconsistent: {reason}")]
+    RecoveredLog { reason: &'static str },
+}
+
+/// What `Core::status()` reports, for the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub epoch: Epoch,
+    pub primary: Option<NodeId>,
+    pub voted_for: Option<NodeId>,
+    pub snapshot_lsn: Lsn,
+    pub last_lsn: Lsn,
+    pub last_epoch: Epoch,
+    pub durable_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    /// On a primary: until when (local clock) it may serve without another acknowledgement.
+    pub lease_until: Option<Time>,
+    /// On a primary: one entry per backup.
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub node_id: NodeId,
+    /// Durable on the backup and matching this log.
+    pub match_lsn: Lsn,
+    pub next_lsn: Lsn,
+    pub last_ack: Option<Time>,
+}
+
+/// The replication state machine of one node.
+pub struct Core {
+    config: Config,
+    /// `members` without this node, in configuration order.
+    others: Vec<NodeId>,
+    majority: usize,
+    sync_replicas: usize,
+    lease: Duration,
+    rng: SplitMix64,
+    st: State,
+}
+
+impl Core {
+    /// A core starting as a backup from what the disk holds.
+    ///
+    /// `now` is the local clock. A restarted node treats its start as contact with a primary:
+    /// it refuses votes for `failover_timeout`, because it may have acknowledged a heartbeat
+    /// just before it stopped, and the lease argument (`lease.rs`) counts on that refusal.
+    ///
+    /// `rng_seed` seeds the election jitter.
+    pub fn new(
+        config: Config,
+        meta: PersistedMeta,
+        log: RecoveredLog,
+        now: Time,
+        rng_seed: u64,
+    ) -> Result<Core, StartError> {
+        config.validate()?;
+        let log = Core::new_check_log(log)?;
+        let majority = config.majority();
+        let sync_replicas = config.sync_replicas_effective();
+        let lease = config.lease();
+        let others: Vec<NodeId> =
+            config.members.iter().copied().filter(|&id| id != config.node_id).collect();
+        // A log may hold records of an epoch this node adopted but never persisted (adoption
+        // from an append is not waited for); the epoch is at least that of its last record.
+        let epoch = meta.epoch.max(log.last_epoch());
+        let voted_for = if epoch == meta.epoch { meta.voted_for } else { None };
+        let commit_lsn = log.snapshot_lsn;
+        let mut core = Core {
+            others,
+            majority,
+            sync_replicas,
+            lease,
+            rng: SplitMix64::new(rng_seed),
+            st: State {
+                epoch,
+                voted_for,
+                log,
+                commit_lsn,
+                role: Role::Backup,
+                primary: None,
+                now,
+                last_primary_contact: Some(now),
+                election_deadline: now,
+                election: None,
+                peers: Vec::new(),
+                epoch_start_lsn: Lsn::ZERO,
+                switchover: None,
+                bytes: replication::ByteIndex::default(),
+                verified_lsn: Lsn::ZERO,
+                primary_sent_at: Duration::ZERO,
+                acked_durable_lsn: Lsn::ZERO,
+                persists_requested: 0,
+                persists_done: 0,
+                persists_pending: VecDeque::new(),
+                held: Vec::new(),
+                reported: (Role::Backup, epoch, None),
+            },
+            config,
+        };
+        core.reset_election_deadline(now);
+        Ok(core)
+    }
+
+    fn new_check_log(recovered: RecoveredLog) -> Result<Log, StartError> {
+        let fail = |reason| Err(StartError::RecoveredLog { reason });
+        if recovered.last_lsn < recovered.snapshot_lsn {
+            return fail("last_lsn is below snapshot_lsn");
+        }
+        if (recovered.snapshot_lsn == Lsn::ZERO) != (recovered.snapshot_epoch == Epoch::ZERO) {
+            return fail("snapshot_lsn and snapshot_epoch disagree about whether there is a snapshot");
+        }
+        match recovered.epoch_starts.first() {
+            None if recovered.last_lsn != recovered.snapshot_lsn => {
+                return fail("the log holds records but no epoch starts");
+            }
+            None => {}
+            Some(&(epoch, start)) => {
+                if start != recovered.snapshot_lsn.next() {
+                    return fail("the first epoch start is not the first record after the snapshot");
+                }
+                if epoch < recovered.snapshot_epoch {
+                    return fail("the first epoch is below the snapshot's epoch");
+                }
+            }
+        }
+        for pair in recovered.epoch_starts.windows(2) {
+            if pair[0].0 >= pair[1].0 || pair[0].1 >= pair[1].1 {
+                return fail("epoch starts are not strictly increasing");
+            }
+        }
+        if let Some(&(_, start)) = recovered.epoch_starts.last() {
+            if start > recovered.last_lsn {
+                return fail("an epoch starts after the last record");
+            }
+        }
+        Ok(Log {
+            snapshot_lsn: recovered.snapshot_lsn,
+            snapshot_epoch: recovered.snapshot_epoch,
+            last_lsn: recovered.last_lsn,
+            durable_lsn: recovered.last_lsn,
+            epoch_starts: recovered.epoch_starts,
+        })
+    }
+
+    /// Feeds one input; appends the resulting actions to `out` (which the caller reuses).
+    pub fn step(&mut self, input: Input, out: &mut Vec<Action>) {
+        match input {
+            Input::Tick { now } => {
+                self.observe_time(now);
+                self.lease_check(out);
+                self.on_tick(out);
+            }
+            Input::Receive { now, from, message } => {
+                self.observe_time(now);
+                self.lease_check(out);
+                // Membership is static: a message from outside it, or from ourselves, is
+                // a misrouted frame and carries no authority.
+                if from != self.config.node_id && self.others.contains(&from) {
+                    self.on_message(from, message, out);
+                }
+            }
+            Input::Propose { now, count, bytes } => {
+                self.observe_time(now);
+                self.lease_check(out);
+                self.on_propose(count, bytes, out);
+            }
+            Input::Durable { lsn, epoch } => self.on_durable(lsn, epoch, out),
+            Input::MetaPersisted { epoch, voted_for } => self.on_meta_persisted(epoch, voted_for, out),
+            Input::Switchover { to } => self.on_switchover(to, out),
+            Input::PrefixTruncated { through } => self.on_prefix_truncated(through),
+            Input::SnapshotSent { to, lsn, epoch } => self.on_snapshot_sent(to, lsn, epoch, out),
+            Input::SnapshotFailed { to } => self.on_snapshot_failed(to),
+            Input::SnapshotInstalled { lsn, epoch } => self.on_snapshot_installed(lsn, epoch, out),
+        }
+        self.report_role(out);
+    }
+
+    fn on_tick(&mut self, out: &mut Vec<Action>) {
+        match self.st.role {
+            Role::Primary => {
+                self.switchover_check(out);
+                if self.st.role == Role::Primary {
+                    self.primary_on_tick(out);
+                }
+            }
+            Role::Backup | Role::Candidate => {
+                if self.st.now >= self.st.election_deadline {
+                    self.election_start_pre_vote(out);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, message: Message, out: &mut Vec<Action>) {
+        match message {
+            Message::PreVoteRequest { epoch, last_lsn, last_epoch } => {
+                self.on_pre_vote_request(from, epoch, last_lsn, last_epoch, out)
+            }
+            Message::PreVoteResponse { epoch, granted, voter_epoch } => {
+                self.on_pre_vote_response(from, epoch, granted, voter_epoch, out)
+            }
+            Message::VoteRequest { epoch, last_lsn, last_epoch, transfer } => {
+                self.on_vote_request(from, epoch, last_lsn, last_epoch, transfer, out)
+            }
+            Message::VoteResponse { epoch, granted } => self.on_vote_response(from, epoch, granted, out),
+            Message::Append(append) => self.on_append(from, append, out),
+            Message::AppendResponse(response) => self.on_append_response(from, response, out),
+            Message::TimeoutNow { epoch } => self.on_timeout_now(from, epoch, out),
+        }
+    }
+
+    fn on_durable(&mut self, lsn: Lsn, epoch: Epoch, out: &mut Vec<Action>) {
+        // A report about records since truncated (their LSN now holds another epoch, or is
+        // gone) says nothing about the records there now.
+        if lsn <= self.st.log.durable_lsn || self.st.log.epoch_of(lsn) != Some(epoch) {
+            return;
+        }
+        self.st.log.durable_lsn = lsn;
+        match self.st.role {
+            Role::Primary => {
+                self.commit_advance_primary(out);
+                self.switchover_check(out);
+            }
+            Role::Backup | Role::Candidate => self.backup_ack_durable(out),
+        }
+    }
+
+    fn on_meta_persisted(&mut self, epoch: Epoch, voted_for: Option<NodeId>, out: &mut Vec<Action>) {
+        let expected = self.st.persists_pending.pop_front();
+        assert_eq!(
+            expected,
+            Some((epoch, voted_for)),
+            "MetaPersisted out of order: the shell must report each PersistMeta once, in order"
+        );
+        self.st.persists_done += 1;
+        let done = self.st.persists_done;
+        let mut released = false;
+        self.st.held.retain(|&(seq, to, message)| {
+            if seq <= done {
+                out.push(Action::Send { to, message });
+                released = true;
+                false
+            } else {
+                true
+            }
+        });
+        let _ = released;
+        self.election_on_persisted(out);
+    }
+
+    /// The core's own view, for the admin API.
+    pub fn status(&self) -> Status {
+        let st = &self.st;
+        let primary = st.role == Role::Primary;
+        Status {
+            node_id: self.config.node_id,
+            role: st.role,
+            epoch: st.epoch,
+            primary: st.primary,
+            voted_for: st.voted_for,
+            snapshot_lsn: st.log.snapshot_lsn,
+            last_lsn: st.log.last_lsn,
+            last_epoch: st.log.last_epoch(),
+            durable_lsn: st.log.durable_lsn,
+            commit_lsn: st.commit_lsn,
+            lease_until: if primary { self.lease_until() } else { None },
+            peers: if primary {
+                st.peers
+                    .iter()
+                    .map(|peer| PeerStatus {
+                        node_id: peer.id,
+                        match_lsn: peer.match_lsn,
+                        next_lsn: peer.next_lsn,
+                        last_ack: peer.last_ack,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The epoch of the record at `lsn` in the local log, if the log (or its snapshot boundary)
+    /// holds it.
+    pub fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
+        self.st.log.epoch_of(lsn)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Asserts every relation between the state's fields (`state.rs`). The simulator calls it
+    /// after every step; it is cheap enough for production use too.
+    pub fn validate(&self) {
+        self.st.validate(self.config.node_id);
+    }
+
+    // Helpers shared by the protocol files.
+
+    fn observe_time(&mut self, now: Time) {
+        // The clock is monotonic per run; taking the maximum keeps a misbehaving clock from
+        // moving the core's time backwards.
+        self.st.now = self.st.now.max(now);
+    }
+
+    fn member_index(&self, id: NodeId) -> Option<usize> {
+        self.config.members.iter().position(|&m| m == id)
+    }
+
+    fn peer_index(&self, id: NodeId) -> Option<usize> {
+        self.st.peers.iter().position(|peer| peer.id == id)
+    }
+
+    /// Emits `PersistMeta` for the current epoch and vote; returns the number that
+    /// `persists_done` must reach before anything depending on it may leave.
+    fn persist_meta(&mut self, out: &mut Vec<Action>) -> u64 {
+        out.push(Action::PersistMeta { epoch: self.st.epoch, voted_for: self.st.voted_for });
+        self.st.persists_pending.push_back((self.st.epoch, self.st.voted_for));
+        self.st.persists_requested += 1;
+        self.st.persists_requested
+    }
+
+    /// Sends `message` once persist number `seq` is done (at once if it already is).
+    fn send_after_persist(&mut self, seq: u64, to: NodeId, message: Message, out: &mut Vec<Action>) {
+        if seq <= self.st.persists_done {
+            out.push(Action::Send { to, message });
+        } else {
+            self.st.held.push((seq, to, message));
+        }
+    }
+
+    /// Moves to a higher epoch learned from a peer: as a backup, no vote cast, primary unknown.
+    /// The epoch is persisted but nothing waits for it: adopting an epoch grants nothing.
+    fn adopt_epoch(&mut self, epoch: Epoch, out: &mut Vec<Action>) {
+        assert!(epoch > self.st.epoch, "adopt_epoch({epoch}) not above {}", self.st.epoch);
+        match self.st.role {
+            Role::Primary => self.step_down(out),
+            Role::Candidate | Role::Backup => {}
+        }
+        self.st.epoch = epoch;
+        self.st.voted_for = None;
+        self.st.role = Role::Backup;
+        self.st.primary = None;
+        self.st.election = None;
+        self.st.verified_lsn = Lsn::ZERO;
+        self.st.acked_durable_lsn = Lsn::ZERO;
+        self.persist_meta(out);
+    }
+
+    /// Primary to backup in the same epoch: lease lapsed, higher epoch seen, or handed over.
+    fn step_down(&mut self, out: &mut Vec<Action>) {
+        assert_eq!(self.st.role, Role::Primary, "step_down of a non-primary");
+        if self.st.log.last_lsn > self.st.commit_lsn {
+            out.push(Action::AppendsAbandoned { after: self.st.commit_lsn });
+        }
+        self.st.role = Role::Backup;
+        self.st.primary = None;
+        self.st.switchover = None;
+        self.st.peers.clear();
+        self.st.bytes.clear();
+        // We heard from no other primary: nothing for our refusal to protect.
+        self.st.last_primary_contact = None;
+        self.st.verified_lsn = Lsn::ZERO;
+        self.st.acked_durable_lsn = Lsn::ZERO;
+        let now = self.st.now;
+        self.reset_election_deadline(now);
+    }
+
+    /// A fresh wait before standing: `failover_timeout` plus jitter from `from`.
+    fn reset_election_deadline(&mut self, from: Time) {
+        let jitter_ns = self.config.election_jitter.as_nanos().min(u64::MAX as u128) as u64;
+        let jitter = Duration::from_nanos(self.rng.below(jitter_ns));
+        self.st.election_deadline = from + self.config.failover_timeout + jitter;
+    }
+
+    fn set_commit(&mut self, lsn: Lsn, out: &mut Vec<Action>) {
+        if lsn > self.st.commit_lsn {
+            self.st.commit_lsn = lsn;
+            out.push(Action::Committed { lsn });
+        }
+    }
+
+    fn report_role(&mut self, out: &mut Vec<Action>) {
+        let now = (self.st.role, self.st.epoch, self.st.primary);
+        if now != self.st.reported {
+            self.st.reported = now;
+            out.push(Action::RoleChanged { role: now.0, epoch: now.1, primary: now.2 });
+        }
+    }
+}

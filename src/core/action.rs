@@ -1,0 +1,85 @@
+//! [`Action`]: everything the core asks of the shell. The other half of its interface.
+//!
+//! # Correctness (what the shell must guarantee)
+//! - Disk actions (`PersistMeta`, `WriteEpochStart`, `WriteProposed`, `TruncateSuffix`,
+//!   `WriteReceived`) are executed in the order emitted, across steps.
+//! - `Send` may be executed at once: every message that depends on persisted state (a vote, a
+//!   vote request) is held back by the core until `Input::MetaPersisted` says so.
+//! - Durability is reported later with `Input::Durable`; a crash may lose any write not yet
+//!   reported durable, and nothing else.
+//! - A client's append is answered by `Committed` (its LSN is at or below), or failed by
+//!   `AppendsAbandoned` (its LSN is above `after`: outcome unknown, the client must check or
+//!   retry) or by the process ending. No other outcome exists, so no client waits forever.
+
+use wal::{Epoch, Lsn, NodeId};
+
+use super::Message;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to peer `to`. An `Append` names records the shell must attach.
+    Send { to: NodeId, message: Message },
+    /// Persist the epoch and vote (atomically: tmp, fsync, rename, fsync dir), then report
+    /// `Input::MetaPersisted` with the same values.
+    PersistMeta { epoch: Epoch, voted_for: Option<NodeId> },
+    /// Append the epoch-start record (no payload) at `lsn`, in `epoch`. Written once on promotion.
+    WriteEpochStart { lsn: Lsn, epoch: Epoch },
+    /// The proposal was accepted: write its records at `first_lsn..=last_lsn` in `epoch`.
+    WriteProposed { first_lsn: Lsn, last_lsn: Lsn, epoch: Epoch },
+    /// Drop every record after `keep_through` (an uncommitted, conflicting suffix).
+    TruncateSuffix { keep_through: Lsn },
+    /// Append records `first_lsn..=last_lsn` of the `Append` message being processed in this step.
+    WriteReceived { first_lsn: Lsn, last_lsn: Lsn },
+    /// Stream a snapshot to `to`, then report `Input::SnapshotSent` or `Input::SnapshotFailed`.
+    SendSnapshot { to: NodeId },
+    /// Every record at or below `lsn` is committed: the application may apply them.
+    Committed { lsn: Lsn },
+    /// This node's role, epoch or known primary changed.
+    RoleChanged { role: Role, epoch: Epoch, primary: Option<NodeId> },
+    /// This node stopped being primary: every append it accepted above `after` has an unknown
+    /// outcome (it may yet be committed by the next primary, or be truncated).
+    AppendsAbandoned { after: Lsn },
+    /// The proposal was refused; nothing was written.
+    ProposeRejected { reason: Rejection },
+    /// What became of an `Input::Switchover`.
+    Switchover { to: NodeId, outcome: SwitchoverOutcome },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Backup,
+    /// Asked for votes in its epoch and is waiting for them.
+    Candidate,
+    /// Elected in its epoch and holding the lease (a primary whose lease lapses becomes a
+    /// backup at once).
+    Primary,
+}
+
+/// Why a proposal was refused. The shell redirects on `NotPrimary`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// This node is not the primary; `primary` is the one it knows of, if any.
+    NotPrimary { primary: Option<NodeId> },
+    /// The primary is handing over; retry on the new primary shortly.
+    SwitchoverInProgress,
+    /// A proposal of zero records.
+    Empty,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchoverOutcome {
+    /// The target had every record; it was told to stand and this node stepped down.
+    HandedOver,
+    /// The target did not catch up within `failover_timeout`; this node serves again.
+    TimedOut,
+    /// Refused at once.
+    Refused(SwitchoverRefusal),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchoverRefusal {
+    NotPrimary,
+    UnknownTarget,
+    TargetIsSelf,
+    AlreadyInProgress,
+}

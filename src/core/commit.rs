@@ -1,0 +1,39 @@
+//! The commit rule, on the primary: a record is committed once it is durable on the primary
+//! and on `sync_replicas` backups, and a record of the current epoch is among those (so its
+//! commit carries every earlier record, as in Raft §5.4.2: a record of an older epoch stored on
+//! a majority may still be overwritten, one of the current epoch may not).
+//!
+//! With `sync_replicas = members - majority` the primary and its `sync_replicas` backups are
+//! `members - majority + 1` nodes, which meets every majority: every later primary's voters
+//! include one of them, whose log the winner's must be at least as up to date as. That is
+//! invariant 1. Backups learn the commit LSN from the primary's appends, bounded by the
+//! prefix they verified against that primary (`replication.rs`).
+
+use wal::Lsn;
+
+use super::{Action, Core, Role, MEMBERS_MAX};
+
+impl Core {
+    pub(super) fn commit_advance_primary(&mut self, out: &mut Vec<Action>) {
+        if self.st.role != Role::Primary {
+            return;
+        }
+        let mut candidate = self.st.log.durable_lsn;
+        if self.sync_replicas > 0 {
+            let mut matched = [Lsn::ZERO; MEMBERS_MAX];
+            let count = self.st.peers.len();
+            for (slot, peer) in matched.iter_mut().zip(&self.st.peers) {
+                *slot = peer.match_lsn;
+            }
+            let matched = &mut matched[..count];
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            candidate = candidate.min(matched[self.sync_replicas - 1]);
+        }
+        // The current-epoch rule: our epoch's records are exactly epoch_start_lsn..=last_lsn.
+        if candidate >= self.st.epoch_start_lsn && candidate > self.st.commit_lsn {
+            self.set_commit(candidate, out);
+            let lowest_acked = self.st.peers.iter().map(|peer| peer.acked_lsn).min().unwrap_or(candidate);
+            self.st.bytes.prune_through(lowest_acked.min(candidate));
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! [`Config`]: the core's settings, and [`ConfigError`], what is wrong with them.
+//!
+//! Validation happens once, in `Core::new`; every error names the setting and the value so
+//! the shell can print it as is. The timing settings are related by the lease argument in
+//! `lease.rs`: the lease is `failover_timeout - clock_drift_margin`, and the margin must cover
+//! the clock-rate difference between any two nodes (see [`Config::tolerated_drift_ppm`]).
+
+use std::time::Duration;
+
+use wal::NodeId;
+
+/// Most members a cluster may have: votes are counted in a `u64` bit set.
+pub const MEMBERS_MAX: usize = 64;
+
+/// The replication core's settings. Membership is static: every node is configured with the
+/// same `members`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; must be one of `members`.
+    pub node_id: NodeId,
+    /// Every node of the cluster, this one included. Ids are small integers, 1 or more.
+    pub members: Vec<NodeId>,
+    /// How often the primary sends an append (empty if there is nothing to ship) to each backup.
+    pub heartbeat_interval: Duration,
+    /// How long a backup waits without hearing from the primary before it stands for election,
+    /// and for how long after hearing from a primary a node refuses to vote for anyone else.
+    pub failover_timeout: Duration,
+    /// A backup waits `failover_timeout` plus a random extra in `0..election_jitter`, so that two
+    /// backups rarely stand at the same moment.
+    pub election_jitter: Duration,
+    /// The lease is `failover_timeout - clock_drift_margin`. See `lease.rs` for the argument and
+    /// [`Config::tolerated_drift_ppm`] for the clock-rate error it covers.
+    pub clock_drift_margin: Duration,
+    /// How many backups must hold a record durably (besides the primary) before it is committed.
+    /// `None` means the safe minimum for the cluster size, `members - majority` (1 of 3, 2 of 5).
+    pub sync_replicas: Option<usize>,
+    /// Accept a `sync_replicas` below the safe minimum. A failover may then lose writes that
+    /// were acknowledged to clients.
+    pub allow_unsafe_sync_replicas: bool,
+    /// Records shipped to one backup and not yet acknowledged as written, at most.
+    pub inflight_records_max: u64,
+    /// Bytes shipped to one backup and not yet acknowledged as written, at most (estimated from
+    /// the byte counts of `Input::Propose`; see `replication.rs`).
+    pub inflight_bytes_max: u64,
+    /// Records in one `Append` message, at most.
+    pub append_records_max: u64,
+    /// Rules switched off on purpose, so the simulator can show that its checker finds the
+    /// resulting violations. Never set outside tests.
+    #[doc(hidden)]
+    pub unsafe_testing: TestKnobs,
+}
+
+/// Safety rules that the simulator's "checker can fail" tests switch off. All `false` in any
+/// real configuration.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestKnobs {
+    /// Grant (pre-)votes without comparing logs: a stale candidate can win and lose committed
+    /// records (invariant 1).
+    pub skip_vote_log_check: bool,
+    /// Serve appends without a lease and never step down when it lapses: a partitioned old
+    /// primary keeps serving after a new one is elected (invariant 4).
+    pub skip_lease: bool,
+}
+
+impl Config {
+    /// A configuration with the documented defaults: heartbeat 50 ms, failover timeout 500 ms,
+    /// jitter 200 ms, drift margin 50 ms (lease 450 ms), safe `sync_replicas`, windows of 4096
+    /// records and 8 MiB per backup, 256 records per append.
+    pub fn new(node_id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            node_id,
+            members,
+            heartbeat_interval: Duration::from_millis(50),
+            failover_timeout: Duration::from_millis(500),
+            election_jitter: Duration::from_millis(200),
+            clock_drift_margin: Duration::from_millis(50),
+            sync_replicas: None,
+            allow_unsafe_sync_replicas: false,
+            inflight_records_max: 4096,
+            inflight_bytes_max: 8 << 20,
+            append_records_max: 256,
+            unsafe_testing: TestKnobs::default(),
+        }
+    }
+
+    /// Votes needed to win an election, and acknowledgements (the primary's own included)
+    /// needed to hold the lease.
+    pub fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// The smallest `sync_replicas` with which every commit quorum (primary + `sync_replicas`
+    /// backups) meets every election quorum (a majority): `1 + s + majority > n`.
+    pub fn sync_replicas_safe_min(&self) -> usize {
+        self.members.len() - self.majority()
+    }
+
+    /// `sync_replicas` as configured, or the safe minimum.
+    pub fn sync_replicas_effective(&self) -> usize {
+        self.sync_replicas.unwrap_or_else(|| self.sync_replicas_safe_min())
+    }
+
+    /// How long the primary may serve after the send time of the last heartbeat a majority
+    /// acknowledged.
+    pub fn lease(&self) -> Duration {
+        self.failover_timeout.saturating_sub(self.clock_drift_margin)
+    }
+
+    /// The clock-rate error (in parts per million, either direction, any node) the lease
+    /// tolerates: the largest `rho` with `lease * (1 + rho) <= failover_timeout * (1 - rho)`,
+    /// i.e. `rho = margin / (2 * failover_timeout - margin)`. With the defaults (500 ms, 50 ms)
+    /// that is 52 631 ppm, about 5 %: far beyond the drift of real oscillators (tens of ppm) and
+    /// of NTP slewing (500 ppm), so the margin also absorbs scheduling delay.
+    pub fn tolerated_drift_ppm(&self) -> u64 {
+        let margin = self.clock_drift_margin.as_nanos();
+        let denominator = 2 * self.failover_timeout.as_nanos() - margin.min(self.failover_timeout.as_nanos());
+        if denominator == 0 {
+            return 0;
+        }
+        (margin * 1_000_000 / denominator) as u64
+    }
+
+    /// Checks every setting; the error names the setting and the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == NodeId::ZERO {
+            return Err(ConfigError::NodeIdZero);
+        }
+        if self.members.len() > MEMBERS_MAX {
+            return Err(ConfigError::TooManyMembers { count: self.members.len(), max: MEMBERS_MAX });
+        }
+        for (i, id) in self.members.iter().enumerate() {
+            if *id == NodeId::ZERO {
+                return Err(ConfigError::NodeIdZero);
+            }
+            if self.members[..i].contains(id) {
+                return Err(ConfigError::DuplicateMember { id: *id });
+            }
+        }
+        if !self.members.contains(&self.node_id) {
+            return Err(ConfigError::NotAMember { node_id: self.node_id });
+        }
+        if self.clock_drift_margin.is_zero() || self.clock_drift_margin >= self.failover_timeout {
+            return Err(ConfigError::DriftMargin {
+                margin: self.clock_drift_margin,
+                failover_timeout: self.failover_timeout,
+            });
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease() {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat_interval: self.heartbeat_interval,
+                lease: self.lease(),
+            });
+        }
+        let backups = self.members.len() - 1;
+        if let Some(configured) = self.sync_replicas {
+            if configured > backups {
+                return Err(ConfigError::SyncReplicasAboveBackups { configured, backups });
+            }
+            let safe_min = self.sync_replicas_safe_min();
+            if configured < safe_min && !self.allow_unsafe_sync_replicas {
+                return Err(ConfigError::SyncReplicasUnsafe {
+                    configured,
+                    safe_min,
+                    members: self.members.len(),
+                });
+            }
+        }
+        for (field, value) in [
+            ("inflight_records_max", self.inflight_records_max),
+            ("inflight_bytes_max", self.inflight_bytes_max),
+            ("append_records_max", self.append_records_max),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit { field });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a [`Config`]. Each message names the setting and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node id 0 is not valid: node ids start at 1")]
+    NodeIdZero,
+    #[error("node id {node_id} is not in the member list")]
+    NotAMember { node_id: NodeId },
+    #[error("node id {id} appears twice in the member list")]
+    DuplicateMember { id: NodeId },
+    #[error("{count} members is more than the {max} a cluster may have")]
+    TooManyMembers { count: usize, max: usize },
+    #[error(
+        "clock drift margin {margin:?} must be more than zero and less than the failover timeout {failover_timeout:?}"
+    )]
+    DriftMargin { margin: Duration, failover_timeout: Duration },
+    #[error(
+        "heartbeat interval {heartbeat_interval:?} is too long for the lease {lease:?}: \
+         at least two heartbeats must fit in one lease (lease = failover timeout - drift margin)"
+    )]
+    HeartbeatTooSlow { heartbeat_interval: Duration, lease: Duration },
+    #[error(
+        "sync_replicas = {configured} can never be met: the cluster has only {backups} backups"
+    )]
+    SyncReplicasAboveBackups { configured: usize, backups: usize },
+    #[error(
+        "sync_replicas = {configured} is below {safe_min}, the smallest safe value for a \
+         {members}-node cluster: with it, a failover would lose acknowledged writes. \
+         Set allow_unsafe_sync_replicas to accept losing acknowledged writes on failover"
+    )]
+    SyncReplicasUnsafe { configured: usize, safe_min: usize, members: usize },
+    #[error("{field} must be at least 1")]
+    ZeroLimit { field: &'static str },
+}

@@ -1,0 +1,284 @@
+//! Elections: pre-vote, vote, candidacy and promotion.
+//!
+//! 1. A backup that has not heard from a primary for `failover_timeout` + jitter asks every
+//!    peer "would you vote for me in epoch + 1?" (pre-vote). Nothing changes or is persisted.
+//!    A peer says yes only if it too has not heard from a live primary within
+//!    `failover_timeout` and the asker's log is at least as up to date as its own. So a node
+//!    that is cut off, or rejoins after a partition, never raises the epoch and never deposes
+//!    a healthy primary: the primary's backups hear from it and say no.
+//! 2. With a majority of yeses (its own included) it raises its epoch, votes for itself,
+//!    persists both, and only then asks for votes.
+//! 3. A voter grants at most one vote per epoch, only to a candidate whose log (last epoch,
+//!    last LSN) is at least as up to date as its own, only if it has not heard from a live
+//!    primary within `failover_timeout` (except for a switchover's hand-over, see
+//!    `switchover.rs`), and replies only after the vote is persisted. Granting restarts the
+//!    voter's wait, as hearing from a primary does: the new primary's lease counts on it.
+//! 4. With a majority of persisted votes the candidate is primary: it appends the
+//!    epoch-start record and starts shipping.
+
+use wal::{Epoch, Lsn, NodeId};
+
+use super::state::{Election, Peer, Phase};
+use super::{Action, Core, Message, Role};
+
+impl Core {
+    /// Whether this node heard from a live primary (or is one) within `failover_timeout`.
+    /// Such a node refuses to vote, which is what keeps the primary's lease sound.
+    pub(super) fn heard_from_primary_recently(&self) -> bool {
+        match self.st.role {
+            Role::Primary => true,
+            Role::Backup | Role::Candidate => match self.st.last_primary_contact {
+                Some(contact) => self.st.now < contact + self.config.failover_timeout,
+                None => false,
+            },
+        }
+    }
+
+    /// Raft's up-to-date rule: a higher last epoch wins; with equal epochs, the longer log.
+    fn election_log_ok(&self, last_lsn: Lsn, last_epoch: Epoch) -> bool {
+        if self.config.unsafe_testing.skip_vote_log_check {
+            return true;
+        }
+        (last_epoch, last_lsn) >= (self.st.log.last_epoch(), self.st.log.last_lsn)
+    }
+
+    pub(super) fn election_start_pre_vote(&mut self, out: &mut Vec<Action>) {
+        let now = self.st.now;
+        self.reset_election_deadline(now);
+        self.st.role = Role::Backup;
+        self.st.primary = None;
+        let own = self.member_bit(self.config.node_id);
+        let epoch = self.st.epoch.next();
+        self.st.election = Some(Election {
+            phase: Phase::PreVote,
+            epoch,
+            granted: own,
+            persist_seq: 0,
+            requested_at: None,
+        });
+        if self.majority == 1 {
+            self.election_start_vote(false, out);
+            return;
+        }
+        let message = Message::PreVoteRequest {
+            epoch,
+            last_lsn: self.st.log.last_lsn,
+            last_epoch: self.st.log.last_epoch(),
+        };
+        for &to in &self.others {
+            out.push(Action::Send { to, message });
+        }
+    }
+
+    /// Raises the epoch, votes for itself, and asks for votes once that is persisted.
+    pub(super) fn election_start_vote(&mut self, transfer: bool, out: &mut Vec<Action>) {
+        let now = self.st.now;
+        self.reset_election_deadline(now);
+        self.st.epoch = self.st.epoch.next();
+        self.st.voted_for = Some(self.config.node_id);
+        self.st.role = Role::Candidate;
+        self.st.primary = None;
+        self.st.verified_lsn = Lsn::ZERO;
+        self.st.acked_durable_lsn = Lsn::ZERO;
+        let seq = self.persist_meta(out);
+        self.st.election = Some(Election {
+            phase: Phase::Vote,
+            epoch: self.st.epoch,
+            granted: self.member_bit(self.config.node_id),
+            persist_seq: seq,
+            requested_at: None,
+        });
+        let message = Message::VoteRequest {
+            epoch: self.st.epoch,
+            last_lsn: self.st.log.last_lsn,
+            last_epoch: self.st.log.last_epoch(),
+            transfer,
+        };
+        for i in 0..self.others.len() {
+            let to = self.others[i];
+            self.send_after_persist(seq, to, message, out);
+        }
+        // With a single member the own vote is the majority; it counts once persisted.
+        self.election_on_persisted(out);
+    }
+
+    pub(super) fn on_pre_vote_request(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        last_lsn: Lsn,
+        last_epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
+        let would_vote = epoch > self.st.epoch
+            || (epoch == self.st.epoch && matches!(self.st.voted_for, None) && self.st.role == Role::Backup);
+        let granted = would_vote && !self.heard_from_primary_recently() && self.election_log_ok(last_lsn, last_epoch);
+        out.push(Action::Send {
+            to: from,
+            message: Message::PreVoteResponse { epoch, granted, voter_epoch: self.st.epoch },
+        });
+    }
+
+    pub(super) fn on_pre_vote_response(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        granted: bool,
+        voter_epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
+        if voter_epoch > self.st.epoch && !granted {
+            // We are behind: our candidacy cannot succeed in an epoch that is already past.
+            self.adopt_epoch(voter_epoch, out);
+            return;
+        }
+        let bit = self.member_bit(from);
+        let majority = self.majority;
+        let Some(election) = self.st.election.as_mut() else { return };
+        if election.phase != Phase::PreVote || election.epoch != epoch || !granted {
+            return;
+        }
+        election.granted |= bit;
+        if election.granted.count_ones() as usize >= majority {
+            self.election_start_vote(false, out);
+        }
+    }
+
+    pub(super) fn on_vote_request(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        last_lsn: Lsn,
+        last_epoch: Epoch,
+        transfer: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let refuse = |core: &Core, out: &mut Vec<Action>| {
+            out.push(Action::Send {
+                to: from,
+                message: Message::VoteResponse { epoch: core.st.epoch, granted: false },
+            });
+        };
+        if epoch < self.st.epoch {
+            refuse(self, out);
+            return;
+        }
+        // A hand-over vote skips the refusal only on a node that is not itself primary: the
+        // primary that sent `TimeoutNow` stepped down before sending it.
+        let lease_exempt = transfer && self.st.role != Role::Primary;
+        if self.heard_from_primary_recently() && !lease_exempt {
+            // Neither adopt the epoch nor vote: a live primary's lease depends on it.
+            refuse(self, out);
+            return;
+        }
+        if epoch > self.st.epoch {
+            self.adopt_epoch(epoch, out);
+        }
+        let free = match self.st.voted_for {
+            None => true,
+            Some(id) => id == from,
+        };
+        if !free || !self.election_log_ok(last_lsn, last_epoch) {
+            refuse(self, out);
+            return;
+        }
+        let already = self.st.voted_for == Some(from);
+        self.st.voted_for = Some(from);
+        let now = self.st.now;
+        self.st.last_primary_contact = Some(now);
+        self.reset_election_deadline(now);
+        // Persist the vote before the reply leaves. A repeated request (duplicate or retry)
+        // waits for the same persist as the first one.
+        let seq = if already { self.st.persists_requested } else { self.persist_meta(out) };
+        let reply = Message::VoteResponse { epoch, granted: true };
+        self.send_after_persist(seq, from, reply, out);
+    }
+
+    pub(super) fn on_vote_response(&mut self, from: NodeId, epoch: Epoch, granted: bool, out: &mut Vec<Action>) {
+        if epoch > self.st.epoch {
+            self.adopt_epoch(epoch, out);
+            return;
+        }
+        if !granted || epoch != self.st.epoch || self.st.role != Role::Candidate {
+            return;
+        }
+        let bit = self.member_bit(from);
+        if let Some(election) = self.st.election.as_mut() {
+            election.granted |= bit;
+        }
+        self.election_check_won(out);
+    }
+
+    /// A switchover's hand-over: the primary of `epoch` stepped down and asks us to stand.
+    pub(super) fn on_timeout_now(&mut self, from: NodeId, epoch: Epoch, out: &mut Vec<Action>) {
+        if epoch != self.st.epoch || self.st.role != Role::Backup || self.st.primary != Some(from) {
+            return;
+        }
+        self.election_start_vote(true, out);
+    }
+
+    /// After a persist: note when our vote requests left, and see if we have won.
+    pub(super) fn election_on_persisted(&mut self, out: &mut Vec<Action>) {
+        let done = self.st.persists_done;
+        let now = self.st.now;
+        if let Some(election) = self.st.election.as_mut() {
+            if election.phase == Phase::Vote && election.persist_seq <= done && election.requested_at.is_none() {
+                // The requests left in this step, at the latest clock reading we have, which is
+                // at or before the true send time: the lease counted from it is conservative.
+                election.requested_at = Some(now);
+            }
+        }
+        self.election_check_won(out);
+    }
+
+    fn election_check_won(&mut self, out: &mut Vec<Action>) {
+        if self.st.role != Role::Candidate {
+            return;
+        }
+        let Some(election) = self.st.election.as_ref() else { return };
+        if election.requested_at.is_none() || (election.granted.count_ones() as usize) < self.majority {
+            return;
+        }
+        self.election_become_primary(out);
+    }
+
+    fn election_become_primary(&mut self, out: &mut Vec<Action>) {
+        let election = self.st.election.take().expect("a candidate has an election");
+        assert_eq!(election.epoch, self.st.epoch, "winning an election of another epoch");
+        let requested_at = election.requested_at.expect("won only after the requests left");
+        self.st.role = Role::Primary;
+        self.st.primary = Some(self.config.node_id);
+        self.st.last_primary_contact = None;
+        // 1. The epoch-start record: commits every earlier record once it is committed itself
+        //    (the current-epoch rule), even if no client writes.
+        let lsn = self.st.log.last_lsn.next();
+        self.st.log.append(lsn, lsn, self.st.epoch);
+        self.st.epoch_start_lsn = lsn;
+        self.st.bytes.restart_after(lsn);
+        out.push(Action::WriteEpochStart { lsn, epoch: self.st.epoch });
+        // 2. Peers: probe from the epoch-start record. Each voter refuses other candidates
+        //    for `failover_timeout` after granting, so its vote renews our lease like an
+        //    acknowledged heartbeat sent when the vote requests left.
+        let now = self.st.now;
+        self.st.peers.clear();
+        for i in 0..self.others.len() {
+            let id = self.others[i];
+            let mut peer = Peer::new(id, lsn, now);
+            if election.granted & self.member_bit(id) != 0 {
+                peer.lease_sent_at = Some(requested_at);
+            }
+            self.st.peers.push(peer);
+        }
+        for i in 0..self.st.peers.len() {
+            self.replicate_to(i, true, out);
+        }
+        self.commit_advance_primary(out);
+    }
+
+    pub(super) fn member_bit(&self, id: NodeId) -> u64 {
+        match self.member_index(id) {
+            Some(i) => 1u64 << i,
+            None => 0,
+        }
+    }
+}

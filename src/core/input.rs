@@ -1,0 +1,40 @@
+//! [`Input`]: everything that can happen to the core. Half of its whole interface; the other
+//! half is [`Action`](super::Action).
+//!
+//! Inputs that depend on "when" carry the local clock reading; the others happen at the last
+//! time the core saw, which only ever makes the lease more conservative (see `lease.rs`).
+
+use wal::{Epoch, Lsn, NodeId};
+
+use super::{Message, Time};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The clock moved. The shell ticks at least every few milliseconds (a tenth of the
+    /// heartbeat interval is plenty): heartbeats, elections and lease expiry happen on ticks.
+    Tick { now: Time },
+    /// A message from peer `from` arrived at `now`.
+    Receive { now: Time, from: NodeId, message: Message },
+    /// The local application asks to append `count` records totalling `bytes` bytes. The core
+    /// answers `WriteProposed` (with the LSNs) or `ProposeRejected`.
+    Propose { now: Time, count: u64, bytes: u64 },
+    /// Every record at or below `lsn` is durable, and the record at `lsn` has `epoch`. The epoch
+    /// lets the core ignore a report about records it has since truncated: two records with
+    /// the same LSN and epoch are the same record (log matching), whatever happened between.
+    Durable { lsn: Lsn, epoch: Epoch },
+    /// The `PersistMeta` with these values is durable. One report per `PersistMeta`, in order.
+    MetaPersisted { epoch: Epoch, voted_for: Option<NodeId> },
+    /// The operator asks the primary to hand over to `to`.
+    Switchover { to: NodeId },
+    /// The shell took a snapshot and dropped every record at or below `through` from the log.
+    /// `through` is at most `commit_lsn` and at most `durable_lsn`.
+    PrefixTruncated { through: Lsn },
+    /// Primary side: the snapshot asked for by `SendSnapshot { to }` reached `to`, which
+    /// installed it; it covers the log through `lsn` (of `epoch`).
+    SnapshotSent { to: NodeId, lsn: Lsn, epoch: Epoch },
+    /// Primary side: the snapshot transfer to `to` failed; the core will ask again.
+    SnapshotFailed { to: NodeId },
+    /// Backup side: the shell installed (durably) a snapshot covering the log through `lsn`
+    /// (of `epoch`) and dropped its whole log. Never below `commit_lsn`.
+    SnapshotInstalled { lsn: Lsn, epoch: Epoch },
+}

@@ -1,0 +1,88 @@
+//! The primary's lease: it serves (accepts appends, calls itself primary) only while a
+//! majority, itself included, acknowledged an append or granted it a vote recently enough that
+//! no other node can have been elected since. When the lease lapses it steps down at once.
+//!
+//! # Why no new primary can be elected while the lease holds
+//!
+//! Let every node's clock run at a rate within `1 ± rho` of true time, and write `T` for
+//! `failover_timeout`, `m` for `clock_drift_margin`, `L = T - m` for the lease.
+//!
+//! 1. The primary P stamps each append with its clock reading `s` when it leaves (true time
+//!    `S`). A backup B that answers it (in P's epoch) received it at true time `R >= S`.
+//! 2. From that receipt B refuses every vote and pre-vote, and does not stand, until its own
+//!    clock has advanced `T` (`heard_from_primary_recently`). That is true time at least
+//!    `R + T / (1 + rho)`. A vote granted earlier than that is impossible; a vote B granted
+//!    before `R` was for a higher epoch, and then B would have answered P's append with that
+//!    higher epoch, which P does not count.
+//! 3. P counts the acknowledgement until its own clock reads `s + L`: true time at most
+//!    `S + L / (1 - rho)`.
+//! 4. `L / (1 - rho) <= T / (1 + rho)` holds when `rho <= m / (2T - m)`
+//!    ([`Config::tolerated_drift_ppm`](super::Config::tolerated_drift_ppm)); then P's use of
+//!    B's acknowledgement ends before B can vote for anyone else.
+//! 5. A new primary needs votes from a majority; P's lease needs acknowledgements from a
+//!    majority; the two majorities share a node B. By 2-4, B cannot have voted while P's
+//!    lease, as counted from B's acknowledgement, holds. So at any instant P believes its
+//!    lease holds, no primary of a higher epoch has been elected.
+//!
+//! A restarted node does not remember its last receipt, so it refuses votes for `T` after it
+//! starts (`Core::new`), which is later than any receipt before its crash. A paused node is the
+//! same as a slow one: its clock keeps running, and the core compares against the reading the
+//! shell passes with the input, never a stale one. Votes renew the lease the same way (a voter
+//! restarts its wait on granting), which lets a new primary serve from its first moment. A
+//! switchover hand-over (`switchover.rs`) bypasses step 2, which is sound only because the
+//! old primary stops serving before it asks.
+//!
+//! Inputs without a clock reading (`Durable`, `MetaPersisted`) run at the last reading seen,
+//! which is earlier than the true time: a send time stamped from it is early, so the lease
+//! counted from it ends early. Errors only ever shorten the lease.
+
+use super::{Action, Core, Role, Time};
+
+impl Core {
+    /// Until when (local clock) the lease holds: the majority-th latest acknowledged send time
+    /// plus the lease. `None` when this node alone is a majority (the lease never lapses).
+    pub(super) fn lease_until(&self) -> Option<Time> {
+        let needed = self.majority - 1; // acknowledgements needed besides our own
+        if needed == 0 {
+            return None;
+        }
+        // At most 63 peers (MEMBERS_MAX): a fixed buffer, no allocation per step.
+        let mut sent = [Time::ZERO; super::MEMBERS_MAX];
+        let mut count = 0;
+        for peer in &self.st.peers {
+            if let Some(at) = peer.lease_sent_at {
+                sent[count] = at;
+                count += 1;
+            }
+        }
+        if count < needed {
+            return Some(Time::ZERO);
+        }
+        let acks = &mut sent[..count];
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        Some(acks[needed - 1] + self.lease)
+    }
+
+    pub(super) fn lease_valid(&self) -> bool {
+        if self.config.unsafe_testing.skip_lease {
+            return true;
+        }
+        match self.lease_until() {
+            None => true,
+            Some(until) => self.st.now < until,
+        }
+    }
+
+    /// Steps a primary whose lease lapsed down to backup. Runs before every input that carries
+    /// a clock reading, so the primary never acts on an expired lease.
+    pub(super) fn lease_check(&mut self, out: &mut Vec<Action>) {
+        match self.st.role {
+            Role::Primary => {
+                if !self.lease_valid() {
+                    self.step_down(out);
+                }
+            }
+            Role::Backup | Role::Candidate => {}
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! [`Message`]: what the cores of two nodes say to each other, as plain data.
+//!
+//! No payloads: an [`Append`] names an LSN range and the shell attaches the records' bytes
+//! from its cache or its WAL. All fields are integers, ids, LSNs, epochs, bools and durations,
+//! so the wire codec (elsewhere, later) is a straight field-by-field encoding. The sender is not
+//! part of the message; the transport knows it and passes it as `Input::Receive { from }`.
+
+use std::time::Duration;
+
+use wal::{Epoch, Lsn};
+
+/// A message between two cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// "Would you vote for me in `epoch`?", sent before standing so that a node that cannot
+    /// win (cut off, or behind) never raises the epoch and never disturbs a healthy primary.
+    /// The sender's own epoch is unchanged; nobody persists anything.
+    PreVoteRequest {
+        epoch: Epoch,
+        last_lsn: Lsn,
+        last_epoch: Epoch,
+    },
+    PreVoteResponse {
+        /// The epoch asked about.
+        epoch: Epoch,
+        granted: bool,
+        /// The voter's current epoch; a candidate behind it adopts it.
+        voter_epoch: Epoch,
+    },
+    /// "Vote for me in `epoch`." `transfer` is set only when the primary handed over
+    /// (`TimeoutNow`): voters then vote even though they heard from that primary recently.
+    VoteRequest {
+        epoch: Epoch,
+        last_lsn: Lsn,
+        last_epoch: Epoch,
+        transfer: bool,
+    },
+    /// Sent only after the vote is persisted. `epoch` is the voter's current epoch.
+    VoteResponse { epoch: Epoch, granted: bool },
+    Append(Append),
+    AppendResponse(AppendResponse),
+    /// From the primary of `epoch` during a switchover: "stand for election now".
+    TimeoutNow { epoch: Epoch },
+}
+
+/// Records `first_lsn..=last_lsn`, all written in `records_epoch`, following `prev_lsn` (of
+/// `prev_epoch`). Empty (`last_lsn == prev_lsn`) when it is only a heartbeat. It never spans an
+/// epoch boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Append {
+    /// The sender's epoch (it is the primary of that epoch).
+    pub epoch: Epoch,
+    pub prev_lsn: Lsn,
+    pub prev_epoch: Epoch,
+    /// Always `prev_lsn + 1`.
+    pub first_lsn: Lsn,
+    /// `prev_lsn` for a heartbeat.
+    pub last_lsn: Lsn,
+    pub records_epoch: Epoch,
+    /// The primary's commit LSN; a backup commits up to it within the prefix it verified.
+    pub commit_lsn: Lsn,
+    /// The primary's clock when it sent this; echoed back, it renews the primary's lease.
+    pub sent_at: Duration,
+}
+
+/// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResponse {
+    /// The backup's epoch; higher than the primary's means "you are deposed".
+    pub epoch: Epoch,
+    /// Whether `prev_lsn`/`prev_epoch` matched.
+    pub accepted: bool,
+    /// Accepted: the backup's log equals the primary's through this LSN (written, maybe not yet
+    /// durable). Rejected: a hint, the last LSN below the conflict that might match.
+    pub matched_lsn: Lsn,
+    /// The epoch of the backup's record at `matched_lsn`.
+    pub matched_epoch: Epoch,
+    /// Durable on the backup and known to equal the primary's log through this LSN.
+    pub durable_lsn: Lsn,
+    /// `sent_at` of the latest append received from this primary.
+    pub sent_at: Duration,
+}

@@ -1,0 +1,63 @@
+//! Planned switchover: the primary stops taking appends, waits until the target holds every
+//! record durably and everything is committed, then sends `TimeoutNow` and steps down. The
+//! target stands at once, skipping the pre-vote, and voters grant it even though they heard
+//! from the primary recently, which is sound because that primary stopped serving before it
+//! asked (see `lease.rs`).
+//!
+//! If the target does not catch up within `failover_timeout`, the switchover is abandoned and
+//! the primary serves again (it never stopped holding its lease). Once `TimeoutNow` has left,
+//! there is no way back: the old primary is a backup in its epoch. If the target never stands
+//! (the message was lost, it crashed), the cluster fails over the ordinary way after
+//! `failover_timeout`, and any node with an up-to-date log, the old primary included, may win.
+
+use wal::NodeId;
+
+use super::{Action, Core, Message, Role, SwitchoverOutcome, SwitchoverRefusal};
+use super::state::Switchover;
+
+impl Core {
+    pub(super) fn on_switchover(&mut self, to: NodeId, out: &mut Vec<Action>) {
+        let refusal = if self.st.role != Role::Primary {
+            Some(SwitchoverRefusal::NotPrimary)
+        } else if to == self.config.node_id {
+            Some(SwitchoverRefusal::TargetIsSelf)
+        } else if !self.others.contains(&to) {
+            Some(SwitchoverRefusal::UnknownTarget)
+        } else if self.st.switchover.is_some() {
+            Some(SwitchoverRefusal::AlreadyInProgress)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            out.push(Action::Switchover { to, outcome: SwitchoverOutcome::Refused(refusal) });
+            return;
+        }
+        let deadline = self.st.now + self.config.failover_timeout;
+        self.st.switchover = Some(Switchover { to, deadline });
+        self.switchover_check(out);
+        if let Some(i) = self.peer_index(to) {
+            if self.st.role == Role::Primary {
+                self.replicate_to(i, false, out);
+            }
+        }
+    }
+
+    /// Hands over if the target is ready; abandons the switchover past its deadline.
+    pub(super) fn switchover_check(&mut self, out: &mut Vec<Action>) {
+        let Some(switchover) = self.st.switchover else { return };
+        if self.st.role != Role::Primary {
+            return;
+        }
+        let Some(i) = self.peer_index(switchover.to) else { return };
+        let last = self.st.log.last_lsn;
+        let ready = self.st.peers[i].match_lsn == last && self.st.log.durable_lsn == last && self.st.commit_lsn == last;
+        if ready {
+            out.push(Action::Send { to: switchover.to, message: Message::TimeoutNow { epoch: self.st.epoch } });
+            out.push(Action::Switchover { to: switchover.to, outcome: SwitchoverOutcome::HandedOver });
+            self.step_down(out);
+        } else if self.st.now >= switchover.deadline {
+            self.st.switchover = None;
+            out.push(Action::Switchover { to: switchover.to, outcome: SwitchoverOutcome::TimedOut });
+        }
+    }
+}
