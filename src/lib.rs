@@ -4,10 +4,14 @@
 //!   commit rule and lease. Messages in, actions out; no I/O, no clock reads.
 //! - [`cli`]: the command line, one file per subcommand.
 //! - [`config`]: flag validation: peers, timing, sync replicas, the cluster secret.
+//! - [`proto`]: wire formats: peer frames and the application API, with their codecs.
+//! - [`node`]: the I/O shell: peer transport, disk, app API, admin HTTP, client proxy.
 #![warn(clippy::unwrap_used)]
 
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod node;
+pub mod proto;
 
 pub use wal::{Epoch, Lsn, NodeId};

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod run;
 pub mod wal;
 
 /// understudy: a primary-backup replication sidecar.
@@ -15,6 +16,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the sidecar beside a copy of the application.
+    Run(Box<run::RunArgs>),
     /// Inspect a write-ahead log offline: check every checksum, print records.
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -23,6 +26,7 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run::run(*args),
         Command::Wal(command) => wal::run(command),
     }
 }

@@ -67,7 +67,8 @@ impl Lsn {
         (last.0 + 1).saturating_sub(first.0)
     }
 
-    /// `self + count`, asserting no overflow.
+    /// `self + count`, asserting no overflow. (Not `std::ops::Add`: adding two LSNs means
+    /// nothing, only an LSN and a count.)
     #[inline]
     pub fn plus(self, count: u64) -> Lsn {
         Lsn(self.0.checked_add(count).expect("Lsn overflow"))

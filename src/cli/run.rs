@@ -1,0 +1,215 @@
+//! `understudy run`: the sidecar. Every flag has an `UNDERSTUDY_*` environment fallback.
+//! This file turns flags into a validated [`NodeConfig`], binds the listeners (so that a
+//! port in use is one clear line before anything starts), and runs the node until SIGTERM
+//! or SIGINT, which hand over (if primary) and exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::{self, ClusterSecret, FsyncMode};
+use crate::node::{self, Listeners, NodeConfig};
+use crate::NodeId;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 50ms, 2s)"))
+}
+
+/// Flags of `understudy run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's id (1 or more); must appear in --peers.
+    #[arg(long, env = "UNDERSTUDY_NODE_ID")]
+    pub node_id: u16,
+    /// Where this node keeps its log, snapshots and metadata.
+    #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to accept peer connections on (IP:PORT).
+    #[arg(long, env = "UNDERSTUDY_PEER_LISTEN")]
+    pub peer_listen: SocketAddr,
+    /// Every node's peer address, this one included: 1=IP:PORT,2=IP:PORT,...
+    #[arg(long, env = "UNDERSTUDY_PEERS")]
+    pub peers: String,
+    /// The application API socket (default: <data-dir>/app.sock).
+    #[arg(long, env = "UNDERSTUDY_APP_SOCKET")]
+    pub app_socket: Option<PathBuf>,
+    /// Address of the client port (a TCP proxy to the primary's application).
+    #[arg(long, env = "UNDERSTUDY_CLIENT_LISTEN")]
+    pub client_listen: Option<SocketAddr>,
+    /// Where the local application serves clients (the client port forwards here on the
+    /// primary).
+    #[arg(long, env = "UNDERSTUDY_APP_ADDR")]
+    pub app_addr: Option<SocketAddr>,
+    /// Address of the admin HTTP server (/status, /primary, /metrics, ...).
+    #[arg(long, env = "UNDERSTUDY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// How often the primary sends heartbeats.
+    #[arg(long, env = "UNDERSTUDY_HEARTBEAT_INTERVAL", default_value = "50ms", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+    /// How long backups wait without a heartbeat before electing a new primary.
+    #[arg(long, env = "UNDERSTUDY_FAILOVER_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub failover_timeout: Duration,
+    /// Backups that must hold a record durably before it is committed (default: the
+    /// smallest safe value, 1 of 3 nodes, 2 of 5).
+    #[arg(long, env = "UNDERSTUDY_SYNC_REPLICAS")]
+    pub sync_replicas: Option<usize>,
+    /// Accept a --sync-replicas below the safe value, and with it losing acknowledged
+    /// writes on failover.
+    #[arg(long, env = "UNDERSTUDY_ALLOW_UNSAFE_SYNC_REPLICAS")]
+    pub allow_unsafe_sync_replicas: bool,
+    /// How often to ask the application for a snapshot.
+    #[arg(long, env = "UNDERSTUDY_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = duration)]
+    pub snapshot_interval: Duration,
+    /// A file holding the cluster's shared secret (at least 16 bytes); peers prove they
+    /// hold it without sending it.
+    #[arg(long, env = "UNDERSTUDY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: PathBuf,
+    /// Shell command run when this node becomes primary (env: UNDERSTUDY_ROLE,
+    /// UNDERSTUDY_EPOCH, UNDERSTUDY_PRIMARY, UNDERSTUDY_PRIMARY_ADDR).
+    #[arg(long, env = "UNDERSTUDY_ON_PROMOTE")]
+    pub on_promote: Option<String>,
+    /// Shell command run when this node stops being primary (same environment).
+    #[arg(long, env = "UNDERSTUDY_ON_DEMOTE")]
+    pub on_demote: Option<String>,
+    /// When appends are made durable: every group-commit batch (always) or every 10 ms
+    /// (batch).
+    #[arg(long, env = "UNDERSTUDY_FSYNC", value_enum, default_value = "always")]
+    pub fsync: FsyncMode,
+}
+
+impl RunArgs {
+    /// Checks the flags against each other and builds the node's configuration.
+    pub fn config(&self) -> anyhow::Result<NodeConfig> {
+        if self.node_id == 0 {
+            return Err(config::ConfigError::NodeIdZero(0).into());
+        }
+        let node_id = NodeId(self.node_id);
+        let peers = config::parse_peers(&self.peers)?;
+        let Some(own) = peers.get(&node_id) else {
+            return Err(config::ConfigError::NodeNotInPeers {
+                node_id: self.node_id,
+                peers: self.peers.clone(),
+            }
+            .into());
+        };
+        if own.port() != self.peer_listen.port() {
+            return Err(config::ConfigError::ListenPortMismatch {
+                node_id: self.node_id,
+                listen: self.peer_listen,
+                addr: *own,
+            }
+            .into());
+        }
+        config::check_timing(self.heartbeat_interval, self.failover_timeout)?;
+        let sync_replicas = match self.sync_replicas {
+            Some(value) => Some(config::check_sync_replicas(
+                value,
+                peers.len(),
+                self.allow_unsafe_sync_replicas,
+            )?),
+            None => None,
+        };
+        let secret = ClusterSecret::load(&self.cluster_secret_file)?;
+        let mut core = crate::core::Config::new(node_id, peers.keys().copied().collect());
+        core.heartbeat_interval = self.heartbeat_interval;
+        core.failover_timeout = self.failover_timeout;
+        // Jitter and drift margin scale with the timeout (defaults: 200 ms and 50 ms of 500 ms).
+        core.election_jitter = self.failover_timeout * 2 / 5;
+        core.clock_drift_margin = self.failover_timeout / 10;
+        core.sync_replicas = sync_replicas;
+        core.allow_unsafe_sync_replicas = self.allow_unsafe_sync_replicas;
+        core.validate()?;
+        Ok(NodeConfig {
+            node_id,
+            data_dir: self.data_dir.clone(),
+            peers,
+            secret,
+            core,
+            fsync: self.fsync,
+            client_addr: self.client_listen,
+            app_addr: self.app_addr,
+            on_promote: self.on_promote.clone(),
+            on_demote: self.on_demote.clone(),
+        })
+    }
+
+    fn app_socket(&self) -> PathBuf {
+        self.app_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("app.sock"))
+    }
+}
+
+/// Binds the app socket, replacing a stale socket file left by a previous run (the data
+/// dir's lock, taken later, keeps two live nodes apart).
+fn bind_app_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("--app-socket {}: create its directory", path.display()))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            // Someone listening? Then refuse; otherwise the file is stale.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "--app-socket {}: another process is listening on it",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).with_context(|| {
+                format!("--app-socket {}: remove the stale socket", path.display())
+            })?;
+            UnixListener::bind(path).with_context(|| format!("--app-socket {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("--app-socket {}", path.display())),
+    }
+}
+
+async fn bind_tcp(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--{flag} {addr}: cannot listen"))
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("understudy")
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let peer = bind_tcp("peer-listen", args.peer_listen).await?;
+        let app = bind_app_socket(&args.app_socket())?;
+        tracing::info!(
+            node = %config.node_id,
+            peer = %args.peer_listen,
+            app_socket = %args.app_socket().display(),
+            "understudy starting"
+        );
+        node::run(config, Listeners { peer, app }, termination()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,266 @@
+//! The node's data directory: its lock, its identity check, the node metadata (epoch and
+//! vote), and the WAL behind its group-commit writer thread.
+//!
+//! ```text
+//! <data-dir>/
+//!   lock        held (flock) while a node runs here: a second node on the same dir is refused
+//!   meta        node id, cluster id, epoch, vote (wal/FORMAT.md, "Node metadata")
+//!   wal/        the log segments
+//! ```
+//!
+//! Disk work never runs on the async worker threads: WAL writes and fsyncs happen on the
+//! writer's own thread (which batches everything queued while its last fsync ran), and
+//! durability comes back through a watch channel. Metadata is persisted synchronously by the
+//! core loop under `block_in_place`: it happens once per election, and the core holds back
+//! every message that depends on it until it is done.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wal::meta::Meta;
+use wal::writer::{Progress, Writer, WriterOptions};
+use wal::{Epoch, Lsn, NodeId, SyncPolicy, Wal};
+
+use crate::config::FsyncMode;
+use crate::core::{PersistedMeta, RecoveredLog};
+
+/// Why the data directory cannot be used. Each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("data dir {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data dir {} is in use by another understudy process (its lock is held)", .path.display())]
+    Locked { path: PathBuf },
+    #[error("data dir {} belongs to node {found}, not node {expected}; use that node's id or another data dir", .path.display())]
+    OtherNode {
+        path: PathBuf,
+        found: NodeId,
+        expected: NodeId,
+    },
+    #[error("data dir {} belongs to another cluster (cluster id {found:016x}, this cluster's secret gives {expected:016x}); use the right --cluster-secret-file or another data dir", .path.display())]
+    OtherCluster {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("data dir {}: the log starts at lsn {first_lsn} but no snapshot covers the records before it", .path.display())]
+    MissingSnapshot { path: PathBuf, first_lsn: Lsn },
+    #[error(transparent)]
+    Wal(#[from] wal::Error),
+}
+
+/// An open data directory.
+pub struct DataDir {
+    path: PathBuf,
+    meta_path: PathBuf,
+    meta: Meta,
+    /// Held for the life of the node; dropping it releases the flock.
+    _lock: File,
+}
+
+/// Everything the node needs from its disk at start-up.
+pub struct Opened {
+    pub dir: DataDir,
+    pub writer: Writer,
+    pub durable: watch::Receiver<Progress>,
+    pub recovered: RecoveredLog,
+    pub recovery: wal::log::Recovery,
+    pub persisted: PersistedMeta,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl DataDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Persists the epoch and vote (atomic install; see `wal::meta::Meta::store`).
+    ///
+    /// # Durability
+    /// Returns only once the new file and its directory entry are fsynced.
+    pub fn persist(&mut self, epoch: Epoch, voted_for: Option<NodeId>) -> Result<(), DiskError> {
+        assert!(
+            epoch >= self.meta.epoch,
+            "the persisted epoch would go back from {} to {epoch}",
+            self.meta.epoch
+        );
+        let meta = Meta {
+            epoch,
+            voted_for,
+            ..self.meta
+        };
+        meta.store(&self.meta_path)?;
+        self.meta = meta;
+        Ok(())
+    }
+}
+
+/// Opens (creating if needed) the data directory for `node_id` of cluster `cluster_id`:
+/// takes its lock, checks or writes its identity, recovers the WAL and starts the writer.
+pub fn open(
+    path: &Path,
+    node_id: NodeId,
+    cluster_id: u64,
+    fsync: FsyncMode,
+) -> Result<Opened, DiskError> {
+    wal::fs::ensure_dir(path)?;
+    let lock_path = path.join("lock");
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(DiskError::Locked {
+                path: path.to_owned(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+    }
+
+    let meta_path = path.join(wal::meta::META_FILE_NAME);
+    let meta = match Meta::load(&meta_path)? {
+        Some(meta) => {
+            if meta.node_id != node_id {
+                return Err(DiskError::OtherNode {
+                    path: path.to_owned(),
+                    found: meta.node_id,
+                    expected: node_id,
+                });
+            }
+            if meta.cluster_id != cluster_id {
+                return Err(DiskError::OtherCluster {
+                    path: path.to_owned(),
+                    found: meta.cluster_id,
+                    expected: cluster_id,
+                });
+            }
+            meta
+        }
+        None => {
+            // A new node: record whose data dir this is before anything else goes in it.
+            let meta = Meta {
+                node_id,
+                cluster_id,
+                epoch: Epoch::ZERO,
+                voted_for: None,
+            };
+            meta.store(&meta_path)?;
+            meta
+        }
+    };
+
+    let (wal, recovery) = Wal::open(path.join("wal"), wal::Options::default())?;
+    if wal.first_lsn() > Lsn(1) {
+        // Snapshots (which make a log that starts later legitimate) are not kept yet.
+        return Err(DiskError::MissingSnapshot {
+            path: path.to_owned(),
+            first_lsn: wal.first_lsn(),
+        });
+    }
+    let recovered = RecoveredLog {
+        snapshot_lsn: Lsn::ZERO,
+        snapshot_epoch: Epoch::ZERO,
+        last_lsn: wal.last_lsn(),
+        epoch_starts: wal
+            .epoch_starts()
+            .iter()
+            .map(|start| (start.epoch, start.first_lsn))
+            .collect(),
+    };
+    let (durable_tx, durable) = watch::channel(Progress {
+        written_lsn: wal.last_lsn(),
+        durable_lsn: wal.durable_lsn(),
+        durable_epoch: wal.last_epoch(),
+        failed: false,
+    });
+    let durable_tx = Arc::new(durable_tx);
+    let options = WriterOptions {
+        sync: match fsync {
+            FsyncMode::Always => SyncPolicy::Always,
+            FsyncMode::Batch => SyncPolicy::Batch,
+        },
+        sync_interval: Duration::from_millis(10),
+        ..WriterOptions::default()
+    };
+    let writer = Writer::spawn(
+        wal,
+        options,
+        Some(Box::new(move |progress| {
+            durable_tx.send_replace(progress);
+        })),
+    )?;
+    Ok(Opened {
+        persisted: PersistedMeta {
+            epoch: meta.epoch,
+            voted_for: meta.voted_for,
+        },
+        dir: DataDir {
+            path: path.to_owned(),
+            meta_path,
+            meta,
+            _lock: lock,
+        },
+        writer,
+        durable,
+        recovered,
+        recovery,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second node cannot open a data dir that a running node holds, and a data dir keeps
+    /// its identity: another node id or another cluster is refused by name.
+    #[test]
+    fn data_dir_is_locked_and_keeps_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), NodeId(1), 7, FsyncMode::Always).unwrap();
+        let err = open(dir.path(), NodeId(1), 7, FsyncMode::Always)
+            .err()
+            .unwrap();
+        assert!(matches!(err, DiskError::Locked { .. }), "{err}");
+        drop(first);
+        let err = open(dir.path(), NodeId(2), 7, FsyncMode::Always)
+            .err()
+            .unwrap();
+        assert!(matches!(err, DiskError::OtherNode { .. }), "{err}");
+        let err = open(dir.path(), NodeId(1), 8, FsyncMode::Always)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("belongs to another cluster"),
+            "{err}"
+        );
+        let mut again = open(dir.path(), NodeId(1), 7, FsyncMode::Always).unwrap();
+        again.dir.persist(Epoch(3), Some(NodeId(2))).unwrap();
+        drop(again);
+        let reopened = open(dir.path(), NodeId(1), 7, FsyncMode::Always).unwrap();
+        assert_eq!(
+            reopened.persisted,
+            PersistedMeta {
+                epoch: Epoch(3),
+                voted_for: Some(NodeId(2))
+            }
+        );
+    }
+}

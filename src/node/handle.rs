@@ -1,0 +1,184 @@
+//! What the node's service tasks (the app API, the admin server, the client proxy) share
+//! with the core loop: a bounded request channel into it, and watch channels out of it.
+//!
+//! The core loop owns the replication core; nothing else touches it. A service task that
+//! needs the core to act sends a [`Request`] with a oneshot for the answer; a task that needs
+//! to follow the node's state watches [`NodeHandle::status`] (role, epoch, LSN pointers,
+//! peers) or [`NodeHandle::commit`] (the commit LSN alone, for subscribers), and reads
+//! committed records with [`NodeHandle::reader`] straight from the WAL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::{Role, SwitchoverOutcome};
+use crate::{Epoch, Lsn, NodeId};
+
+/// A request from a service task to the core loop.
+#[derive(Debug)]
+pub enum Request {
+    /// Append these records (one per payload) and answer once they are committed, or once
+    /// their outcome is known not to be "committed here".
+    Propose {
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<ProposeOutcome>,
+    },
+    /// Hand the primary role to `to` (operator switchover).
+    Switchover {
+        to: NodeId,
+        reply: oneshot::Sender<SwitchoverReply>,
+    },
+}
+
+/// How a proposal ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeOutcome {
+    /// Committed at these LSNs; the application may apply them (and will see them in its
+    /// subscription).
+    Committed { first_lsn: Lsn, last_lsn: Lsn },
+    /// This node is not the primary. `primary` is the one it knows of, with the address of
+    /// that node's client port, so the caller can redirect.
+    NotPrimary {
+        primary: Option<NodeId>,
+        client_addr: Option<SocketAddr>,
+    },
+    /// The primary is handing over; retry on the new primary shortly.
+    Busy,
+    /// This node stopped being primary after accepting the records: they may or may not end
+    /// up committed. The caller must check (read them back) before retrying.
+    Unknown,
+    /// The node cannot write (a failed disk); it will not acknowledge anything again.
+    Failed(String),
+}
+
+/// How a switchover ended, with the time writes were paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchoverReply {
+    pub outcome: SwitchoverOutcome,
+    pub paused: Duration,
+}
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub node_id: u16,
+    pub addr: SocketAddr,
+    pub connected: bool,
+    /// On the primary: the LSN through which the peer's log is known to match ours.
+    pub matched_lsn: u64,
+    /// On the primary: durable on the peer and matching.
+    pub durable_lsn: u64,
+    /// On the primary: records the peer is behind our last LSN.
+    pub lag_records: u64,
+    /// On the primary: bytes of log the peer is behind, estimated.
+    pub lag_bytes: u64,
+    /// Milliseconds since this node last heard from the peer, if ever.
+    pub last_heard_ms: Option<u64>,
+}
+
+/// The node's state, published by the core loop whenever it changes (at most every few
+/// milliseconds under load).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: u16,
+    #[serde(serialize_with = "serialize_role")]
+    pub role: Role,
+    pub epoch: u64,
+    pub primary: Option<u16>,
+    /// The primary's client port, when known (for redirects).
+    pub primary_client_addr: Option<SocketAddr>,
+    /// The primary is serving: it holds its lease.
+    pub lease_held: bool,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub durable_lsn: u64,
+    pub commit_lsn: u64,
+    /// Milliseconds since the last heartbeat from the primary (on a backup), if any.
+    pub heartbeat_age_ms: Option<u64>,
+    pub peers: Vec<PeerStatus>,
+    /// Set when the node's disk failed: it no longer acknowledges anything.
+    pub failed: Option<String>,
+}
+
+fn serialize_role<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(role_name(*role))
+}
+
+/// The role as operators read it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Backup => "backup",
+        Role::Candidate => "candidate",
+        Role::Primary => "primary",
+    }
+}
+
+/// The handle service tasks hold. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) status: watch::Receiver<Arc<NodeStatus>>,
+    pub(crate) commit: watch::Receiver<Lsn>,
+    pub(crate) reader: wal::reader::Reader,
+    pub(crate) node_id: NodeId,
+}
+
+/// The core loop has stopped (the node is shutting down or failed).
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+#[error("the node is shutting down")]
+pub struct NodeStopped;
+
+impl NodeHandle {
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Proposes records and waits for the outcome.
+    pub async fn propose(&self, payloads: Vec<Bytes>) -> Result<ProposeOutcome, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Propose { payloads, reply })
+            .await
+            .map_err(|_| NodeStopped)?;
+        answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// Asks for a switchover to `to` and waits for the outcome.
+    pub async fn switchover(&self, to: NodeId) -> Result<SwitchoverReply, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Switchover { to, reply })
+            .await
+            .map_err(|_| NodeStopped)?;
+        answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> Arc<NodeStatus> {
+        Arc::clone(&self.status.borrow())
+    }
+
+    /// A receiver that wakes whenever the status changes.
+    pub fn watch_status(&self) -> watch::Receiver<Arc<NodeStatus>> {
+        self.status.clone()
+    }
+
+    /// A receiver of the commit LSN.
+    pub fn watch_commit(&self) -> watch::Receiver<Lsn> {
+        self.commit.clone()
+    }
+
+    /// Reads committed records from the WAL. Only read at or below the commit LSN: records
+    /// above it may be truncated under a reader on a backup.
+    pub fn reader(&self) -> wal::reader::Reader {
+        self.reader.clone()
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.status.borrow().epoch)
+    }
+}

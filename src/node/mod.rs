@@ -1,0 +1,759 @@
+//! The I/O shell around the replication core: [`run`] takes a configuration, bound
+//! listeners and a shutdown future (as mini-redis's `server::run` does, so tests bind port 0
+//! and choose their own shutdown).
+//!
+//! One task, the *core loop*, owns the [`Core`] and is the only thing that touches it: it
+//! turns peer messages, app requests, disk progress and clock ticks into `Input`s and carries
+//! out the `Action`s that come back, in order. Everything slow happens elsewhere: WAL writes
+//! and fsyncs on the writer thread ([`disk`]), network I/O in per-connection tasks
+//! ([`peer`]), app connections in [`app_api`]. The loop never waits on a peer or a client.
+//!
+//! - [`handle`]: what service tasks share with the core loop (requests in, status out).
+//! - [`disk`]: the data directory: lock, identity, metadata, WAL writer.
+//! - [`peer`]: the authenticated peer transport.
+//! - [`app_api`]: the local application's socket: append, subscribe, role events.
+
+pub mod app_api;
+pub mod disk;
+pub mod handle;
+pub mod peer;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+use wal::format::{RecordKind, VerifiedRecords};
+
+use crate::config::{ClusterSecret, FsyncMode};
+use crate::core::{self, Action, Core, Input, Message, Rejection, Role, SwitchoverOutcome, Time};
+use crate::{Epoch, Lsn, NodeId};
+
+pub use handle::{NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply};
+
+/// Requests queued from service tasks to the core loop, at most.
+const REQUESTS_MAX: usize = 1024;
+/// Peer messages queued to the core loop, at most.
+const INBOUND_MAX: usize = 4096;
+/// Bytes of recently written records kept in memory for shipping to backups; older records
+/// are read back from the WAL.
+const TAIL_CACHE_BYTES_MAX: usize = 32 << 20;
+/// Bytes of records read from the WAL for one append to a lagging backup, at most.
+const CATCH_UP_READ_BYTES_MAX: usize = 4 << 20;
+
+/// Everything `run` needs, validated.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Every member's peer address, this node's included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub secret: ClusterSecret,
+    pub core: core::Config,
+    pub fsync: FsyncMode,
+    /// Where this node's client port is, told to peers for redirects.
+    pub client_addr: Option<SocketAddr>,
+    /// Where the local application serves clients.
+    pub app_addr: Option<SocketAddr>,
+    /// Shell commands run when this node becomes primary or stops being primary.
+    pub on_promote: Option<String>,
+    pub on_demote: Option<String>,
+}
+
+/// The node's listeners, bound by the caller.
+pub struct Listeners {
+    pub peer: TcpListener,
+    pub app: UnixListener,
+}
+
+/// Why the node stopped other than by a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    #[error("cannot start the replication core: {0}")]
+    Start(#[from] core::StartError),
+    #[error("the disk failed, so this node stopped acknowledging writes: {0}")]
+    DiskFailed(String),
+}
+
+/// Records recently written, by LSN, for shipping without reading them back.
+#[derive(Default)]
+struct TailCache {
+    runs: VecDeque<VerifiedRecords>,
+    bytes: usize,
+}
+
+impl TailCache {
+    fn push(&mut self, records: VerifiedRecords) {
+        if let Some(last) = self.runs.back() {
+            if last.last_lsn().next() != records.first_lsn() {
+                // Not contiguous (a truncation or a reset came between): start again.
+                self.runs.clear();
+                self.bytes = 0;
+            }
+        }
+        self.bytes += records.bytes().len();
+        self.runs.push_back(records);
+        while self.bytes > TAIL_CACHE_BYTES_MAX && self.runs.len() > 1 {
+            if let Some(old) = self.runs.pop_front() {
+                self.bytes -= old.bytes().len();
+            }
+        }
+    }
+
+    fn truncate_after(&mut self, keep_through: Lsn) {
+        while let Some(last) = self.runs.back() {
+            if last.first_lsn() > keep_through {
+                self.bytes -= last.bytes().len();
+                self.runs.pop_back();
+            } else if last.last_lsn() > keep_through {
+                let kept = last.slice(last.first_lsn(), keep_through);
+                self.bytes -= last.bytes().len() - kept.bytes().len();
+                if let Some(back) = self.runs.back_mut() {
+                    *back = kept;
+                }
+                break;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The bytes of records `first..=last` if the cache holds all of them.
+    fn get(&self, first: Lsn, last: Lsn) -> Option<Vec<Bytes>> {
+        let start = self.runs.front()?.first_lsn();
+        if first < start || last > self.runs.back()?.last_lsn() {
+            return None;
+        }
+        let at = self.runs.partition_point(|run| run.last_lsn() < first);
+        let mut pieces = Vec::new();
+        for run in self.runs.range(at..) {
+            if run.first_lsn() > last {
+                break;
+            }
+            let lo = first.max(run.first_lsn());
+            let hi = last.min(run.last_lsn());
+            pieces.push(run.slice(lo, hi).bytes().clone());
+        }
+        Some(pieces)
+    }
+}
+
+/// A local append waiting for its outcome.
+struct Pending {
+    last_lsn: Lsn,
+    first_lsn: Lsn,
+    reply: oneshot::Sender<ProposeOutcome>,
+}
+
+/// The context of one step: what came with the input that the action may need.
+#[derive(Default)]
+struct StepContext {
+    payloads: Option<Vec<Bytes>>,
+    reply: Option<oneshot::Sender<ProposeOutcome>>,
+    records: Option<VerifiedRecords>,
+}
+
+/// The core loop's state.
+struct Shell {
+    config: NodeConfig,
+    core: Core,
+    dir: disk::DataDir,
+    writer: wal::writer::Writer,
+    reader: wal::reader::Reader,
+    net: peer::PeerNet,
+    cache: TailCache,
+    pending: VecDeque<Pending>,
+    switchover: Option<(NodeId, oneshot::Sender<SwitchoverReply>, Instant)>,
+    started: Instant,
+    actions: Vec<Action>,
+    followups: VecDeque<Input>,
+    role: Role,
+    epoch: Epoch,
+    primary: Option<NodeId>,
+    commit_lsn: Lsn,
+    commit_tx: watch::Sender<Lsn>,
+    status_tx: watch::Sender<Arc<NodeStatus>>,
+    last_heard: BTreeMap<NodeId, Instant>,
+    /// Average encoded record length, for lag in bytes.
+    record_len_avg: u64,
+    failed: Option<String>,
+}
+
+impl Shell {
+    fn now(&self) -> Time {
+        Time::from_duration(self.started.elapsed())
+    }
+
+    /// Feeds one input to the core and carries out every action, then any follow-up inputs
+    /// (metadata persisted) the actions produced.
+    fn step(&mut self, input: Input, mut context: StepContext) -> Result<(), NodeError> {
+        let mut input = Some(input);
+        while let Some(next) = input.take().or_else(|| self.followups.pop_front()) {
+            let mut actions = std::mem::take(&mut self.actions);
+            self.core.step(next, &mut actions);
+            let result = actions
+                .drain(..)
+                .try_for_each(|action| self.act(action, &mut context));
+            self.actions = actions;
+            result?;
+            // Follow-ups are independent of the original context.
+            context.payloads = None;
+            context.records = None;
+        }
+        // A proposal the core neither accepted nor refused cannot happen; answer anyway.
+        if let Some(reply) = context.reply.take() {
+            let _ = reply.send(ProposeOutcome::Failed(
+                "the proposal was not handled".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, action: Action, context: &mut StepContext) -> Result<(), NodeError> {
+        match action {
+            Action::Send { to, message } => {
+                let records = match message {
+                    Message::Append(append) if append.last_lsn > append.prev_lsn => {
+                        match self.records_for(append.first_lsn, append.last_lsn) {
+                            Some(records) => records,
+                            // Not readable yet (still queued for the disk): the core sends
+                            // again after its resend interval.
+                            None => return Ok(()),
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                self.net.send(to, peer::Outbound { message, records });
+            }
+            Action::PersistMeta { epoch, voted_for } => {
+                let dir = &mut self.dir;
+                tokio::task::block_in_place(|| dir.persist(epoch, voted_for))?;
+                self.followups
+                    .push_back(Input::MetaPersisted { epoch, voted_for });
+            }
+            Action::WriteEpochStart { lsn, epoch } => {
+                let records =
+                    VerifiedRecords::encode(lsn, epoch, RecordKind::EpochStart, [&[][..]], 64)
+                        .unwrap_or_else(|| unreachable!("one record was given"));
+                self.write(records)?;
+            }
+            Action::WriteProposed {
+                first_lsn,
+                last_lsn,
+                epoch,
+            } => {
+                let payloads = context
+                    .payloads
+                    .take()
+                    .unwrap_or_else(|| unreachable!("WriteProposed answers a Propose"));
+                let capacity: usize = payloads
+                    .iter()
+                    .map(|p| wal::format::record_len(p.len()))
+                    .sum();
+                let records = VerifiedRecords::encode(
+                    first_lsn,
+                    epoch,
+                    RecordKind::App,
+                    payloads.iter().map(|p| &p[..]),
+                    capacity,
+                )
+                .unwrap_or_else(|| unreachable!("the core refuses empty proposals"));
+                assert_eq!(
+                    records.last_lsn(),
+                    last_lsn,
+                    "the core assigned {first_lsn}..={last_lsn} to {} records",
+                    payloads.len()
+                );
+                self.record_len_avg =
+                    (self.record_len_avg * 7 + (capacity / payloads.len()) as u64) / 8;
+                self.write(records)?;
+                if let Some(reply) = context.reply.take() {
+                    self.pending.push_back(Pending {
+                        first_lsn,
+                        last_lsn,
+                        reply,
+                    });
+                }
+            }
+            Action::TruncateSuffix { keep_through } => {
+                assert!(
+                    keep_through >= self.commit_lsn,
+                    "truncating after {keep_through} would drop committed records (commit_lsn {})",
+                    self.commit_lsn
+                );
+                info!(keep_through = %keep_through, "truncating a divergent log suffix");
+                let writer = &self.writer;
+                tokio::task::block_in_place(|| writer.truncate_suffix(keep_through))
+                    .map_err(|e| self.disk_failed(e))?;
+                self.cache.truncate_after(keep_through);
+            }
+            Action::WriteReceived {
+                first_lsn,
+                last_lsn,
+            } => {
+                let records = context
+                    .records
+                    .as_ref()
+                    .unwrap_or_else(|| unreachable!("WriteReceived answers an Append with records"))
+                    .slice(first_lsn, last_lsn);
+                self.write(records)?;
+            }
+            Action::SendSnapshot { to } => {
+                warn!(peer = %to, "peer needs a snapshot, which this build cannot send yet");
+                self.followups.push_back(Input::SnapshotFailed { to });
+            }
+            Action::Committed { lsn } => {
+                self.commit_lsn = lsn;
+                self.commit_tx.send_replace(lsn);
+                while let Some(pending) = self.pending.front() {
+                    if pending.last_lsn > lsn {
+                        break;
+                    }
+                    if let Some(pending) = self.pending.pop_front() {
+                        let _ = pending.reply.send(ProposeOutcome::Committed {
+                            first_lsn: pending.first_lsn,
+                            last_lsn: pending.last_lsn,
+                        });
+                    }
+                }
+            }
+            Action::RoleChanged {
+                role,
+                epoch,
+                primary,
+            } => self.role_changed(role, epoch, primary),
+            Action::AppendsAbandoned { after } => {
+                let abandoned = self.pending.iter().filter(|p| p.last_lsn > after).count();
+                if abandoned > 0 {
+                    warn!(after = %after, count = abandoned, "appends abandoned with an unknown outcome");
+                }
+                while let Some(pending) = self.pending.back() {
+                    if pending.last_lsn <= after {
+                        break;
+                    }
+                    if let Some(pending) = self.pending.pop_back() {
+                        let _ = pending.reply.send(ProposeOutcome::Unknown);
+                    }
+                }
+            }
+            Action::ProposeRejected { reason } => {
+                let outcome = match reason {
+                    Rejection::NotPrimary { primary } => ProposeOutcome::NotPrimary {
+                        primary,
+                        client_addr: primary.and_then(|p| self.client_addr_of(p)),
+                    },
+                    Rejection::SwitchoverInProgress => ProposeOutcome::Busy,
+                    Rejection::Empty => ProposeOutcome::Committed {
+                        first_lsn: self.commit_lsn.next(),
+                        last_lsn: self.commit_lsn,
+                    },
+                };
+                if let Some(reply) = context.reply.take() {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Action::Switchover { to, outcome } => {
+                info!(target_node = %to, ?outcome, "switchover ended");
+                if let Some((_, reply, started)) = self.switchover.take() {
+                    let _ = reply.send(SwitchoverReply {
+                        outcome,
+                        paused: started.elapsed(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn client_addr_of(&self, node: NodeId) -> Option<SocketAddr> {
+        if node == self.config.node_id {
+            self.config.client_addr
+        } else {
+            self.net.client_addr(node)
+        }
+    }
+
+    fn disk_failed(&mut self, error: wal::Error) -> NodeError {
+        let message = self.writer.failure().unwrap_or_else(|| error.to_string());
+        error!(error = %message, "disk failed; stopping");
+        self.failed = Some(message.clone());
+        NodeError::DiskFailed(message)
+    }
+
+    fn write(&mut self, records: VerifiedRecords) -> Result<(), NodeError> {
+        let first = records.first_lsn();
+        match self.writer.append_encoded(records.clone()) {
+            Ok((lo, _)) => assert_eq!(lo, first, "the WAL and the core disagree on the next lsn"),
+            Err(e) => return Err(self.disk_failed(e)),
+        }
+        self.cache.push(records);
+        Ok(())
+    }
+
+    /// The bytes of records `first..=last`: from the tail cache, else from the WAL.
+    fn records_for(&mut self, first: Lsn, last: Lsn) -> Option<Vec<Bytes>> {
+        if let Some(pieces) = self.cache.get(first, last) {
+            return Some(pieces);
+        }
+        let mut records = self.reader.iter_from(first).ok()?;
+        let mut pieces = Vec::new();
+        let mut budget = CATCH_UP_READ_BYTES_MAX;
+        while records.next_lsn() <= last {
+            match records.next_batch(budget, last) {
+                Ok(Some(batch)) => {
+                    budget = budget.saturating_sub(batch.bytes.len());
+                    pieces.push(batch.bytes);
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    error!(error = %e, "cannot read records to ship");
+                    return None;
+                }
+            }
+        }
+        Some(pieces)
+    }
+
+    fn role_changed(&mut self, role: Role, epoch: Epoch, primary: Option<NodeId>) {
+        let was_primary = self.role == Role::Primary;
+        info!(role = handle::role_name(role), epoch = %epoch, primary = ?primary.map(|p| p.get()), "role changed");
+        self.role = role;
+        self.epoch = epoch;
+        self.primary = primary;
+        let hook = match (was_primary, role == Role::Primary) {
+            (false, true) => self.config.on_promote.clone(),
+            (true, false) => self.config.on_demote.clone(),
+            _ => None,
+        };
+        if let Some(command) = hook {
+            let primary_addr = primary.and_then(|p| self.client_addr_of(p));
+            run_hook(command, role, epoch, primary, primary_addr);
+        }
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
+        let status = self.core.status();
+        let now = Instant::now();
+        let lease_held = status.role == Role::Primary
+            && status.lease_until.is_some_and(|until| until > self.now());
+        let peers = self
+            .config
+            .peers
+            .iter()
+            .filter(|(&id, _)| id != self.config.node_id)
+            .map(|(&id, &addr)| {
+                let core_peer = status.peers.iter().find(|p| p.node_id == id);
+                let matched = core_peer.map_or(Lsn::ZERO, |p| p.match_lsn);
+                let lag = if status.role == Role::Primary {
+                    status.last_lsn.get().saturating_sub(matched.get())
+                } else {
+                    0
+                };
+                PeerStatus {
+                    node_id: id.get(),
+                    addr,
+                    connected: self.net.is_connected(id),
+                    matched_lsn: matched.get(),
+                    durable_lsn: matched.get(),
+                    lag_records: lag,
+                    lag_bytes: lag * self.record_len_avg,
+                    last_heard_ms: self
+                        .last_heard
+                        .get(&id)
+                        .map(|at| now.duration_since(*at).as_millis() as u64),
+                }
+            })
+            .collect();
+        let heartbeat_age_ms = match (status.role, status.primary) {
+            (Role::Primary, _) => None,
+            (_, Some(primary)) => self
+                .last_heard
+                .get(&primary)
+                .map(|at| now.duration_since(*at).as_millis() as u64),
+            (_, None) => None,
+        };
+        self.status_tx.send_replace(Arc::new(NodeStatus {
+            node_id: self.config.node_id.get(),
+            role: status.role,
+            epoch: status.epoch.get(),
+            primary: status.primary.map(|p| p.get()),
+            primary_client_addr: status.primary.and_then(|p| self.client_addr_of(p)),
+            lease_held,
+            first_lsn: status.snapshot_lsn.next().get(),
+            last_lsn: status.last_lsn.get(),
+            durable_lsn: status.durable_lsn.get(),
+            commit_lsn: status.commit_lsn.get(),
+            heartbeat_age_ms,
+            peers,
+            failed: self.failed.clone(),
+        }));
+    }
+}
+
+/// Runs an `--on-promote`/`--on-demote` command without waiting for it; its outcome is
+/// logged. The environment says what happened.
+fn run_hook(
+    command: String,
+    role: Role,
+    epoch: Epoch,
+    primary: Option<NodeId>,
+    primary_addr: Option<SocketAddr>,
+) {
+    tokio::spawn(async move {
+        let mut child = tokio::process::Command::new("sh");
+        child
+            .arg("-c")
+            .arg(&command)
+            .env("UNDERSTUDY_ROLE", handle::role_name(role))
+            .env("UNDERSTUDY_EPOCH", epoch.to_string())
+            .env(
+                "UNDERSTUDY_PRIMARY",
+                primary.map(|p| p.to_string()).unwrap_or_default(),
+            )
+            .env(
+                "UNDERSTUDY_PRIMARY_ADDR",
+                primary_addr.map(|a| a.to_string()).unwrap_or_default(),
+            )
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(60), child.status()).await {
+            Ok(Ok(status)) if status.success() => info!(%command, "hook finished"),
+            Ok(Ok(status)) => warn!(%command, %status, "hook failed"),
+            Ok(Err(e)) => warn!(%command, error = %e, "hook could not start"),
+            Err(_) => warn!(%command, "hook still running after 60 s; killed"),
+        }
+    });
+}
+
+/// Runs the node until `shutdown` completes (then hands over if primary and stops cleanly)
+/// or the disk fails.
+///
+/// # Durability
+/// Every append it acknowledges is durable on this node and on `sync_replicas` backups
+/// before the acknowledgement leaves (the core's commit rule over `Input::Durable`).
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let cluster_id = config.secret.cluster_id();
+    let data_dir = config.data_dir.clone();
+    let node_id = config.node_id;
+    let fsync = config.fsync;
+    let opened =
+        tokio::task::spawn_blocking(move || disk::open(&data_dir, node_id, cluster_id, fsync))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    if let Some(torn) = &opened.recovery.torn {
+        warn!(path = %torn.path.display(), offset = torn.offset, cut_len = torn.cut_len, last_lsn = %torn.last_lsn, "cut a torn tail off the log");
+    }
+    info!(
+        node = %config.node_id,
+        last_lsn = %opened.recovered.last_lsn,
+        epoch = %opened.persisted.epoch,
+        "log recovered; joining as backup"
+    );
+    let started = Instant::now();
+    let seed = u64::from(config.node_id.get())
+        ^ started.elapsed().as_nanos() as u64
+        ^ std::process::id() as u64;
+    let core = Core::new(
+        config.core.clone(),
+        opened.persisted,
+        opened.recovered.clone(),
+        Time::ZERO,
+        seed,
+    )?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MAX);
+    let net = peer::PeerNet::start(
+        peer::PeerConfig {
+            node_id: config.node_id,
+            cluster_id,
+            secret: config.secret.clone(),
+            peers: config.peers.clone(),
+            client_addr: config.client_addr,
+        },
+        listeners.peer,
+        inbound_tx,
+        &tracker,
+        cancel.clone(),
+    );
+    let reader = opened.writer.reader();
+    let (requests_tx, mut requests_rx) = mpsc::channel(REQUESTS_MAX);
+    let (commit_tx, commit_rx) = watch::channel(Lsn::ZERO);
+    let (status_tx, status_rx) = watch::channel(Arc::new(NodeStatus {
+        node_id: config.node_id.get(),
+        role: Role::Backup,
+        epoch: opened.persisted.epoch.get(),
+        primary: None,
+        primary_client_addr: None,
+        lease_held: false,
+        first_lsn: 1,
+        last_lsn: opened.recovered.last_lsn.get(),
+        durable_lsn: opened.recovered.last_lsn.get(),
+        commit_lsn: 0,
+        heartbeat_age_ms: None,
+        peers: Vec::new(),
+        failed: None,
+    }));
+    let handle = NodeHandle {
+        requests: requests_tx,
+        status: status_rx,
+        commit: commit_rx,
+        reader: reader.clone(),
+        node_id: config.node_id,
+    };
+    let _ = (listeners.app, &handle); // TEMP
+
+    let mut durable_rx = opened.durable;
+    let mut shell = Shell {
+        epoch: opened.persisted.epoch,
+        core,
+        dir: opened.dir,
+        writer: opened.writer,
+        reader,
+        net,
+        cache: TailCache::default(),
+        pending: VecDeque::new(),
+        switchover: None,
+        started,
+        actions: Vec::new(),
+        followups: VecDeque::new(),
+        role: Role::Backup,
+        primary: None,
+        commit_lsn: Lsn::ZERO,
+        commit_tx,
+        status_tx,
+        last_heard: BTreeMap::new(),
+        record_len_avg: 64,
+        failed: None,
+        config,
+    };
+    shell.publish_status();
+
+    let tick_every = (shell.config.core.heartbeat_interval / 5).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval(tick_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_every = tokio::time::interval(Duration::from_millis(100));
+    status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let mut draining: Option<Instant> = None;
+    let drain_for = shell.config.core.failover_timeout * 2;
+
+    let result: Result<(), NodeError> = loop {
+        let step = tokio::select! {
+            biased;
+            _ = &mut shutdown, if draining.is_none() => {
+                // Hand over before leaving, if this node is the primary.
+                draining = Some(Instant::now());
+                let target = shell.core.status().peers.iter().max_by_key(|p| p.match_lsn).map(|p| p.node_id);
+                match (shell.role, target) {
+                    (Role::Primary, Some(to)) => {
+                        info!(target_node = %to, "shutting down: handing over first");
+                        shell.step(Input::Switchover { to }, StepContext::default())
+                    }
+                    _ => break Ok(()),
+                }
+            }
+            changed = durable_rx.changed() => {
+                if changed.is_err() {
+                    break Err(NodeError::DiskFailed("the WAL writer stopped".into()));
+                }
+                let progress = *durable_rx.borrow_and_update();
+                if progress.failed {
+                    let message = shell.writer.failure().unwrap_or_else(|| "write failed".into());
+                    shell.failed = Some(message.clone());
+                    shell.publish_status();
+                    break Err(NodeError::DiskFailed(message));
+                }
+                shell.step(
+                    Input::Durable { lsn: progress.durable_lsn, epoch: progress.durable_epoch },
+                    StepContext::default(),
+                )
+            }
+            Some(inbound) = inbound_rx.recv() => {
+                let now = shell.now();
+                shell.last_heard.insert(inbound.from, Instant::now());
+                shell.step(
+                    Input::Receive { now, from: inbound.from, message: inbound.message },
+                    StepContext { records: inbound.records, ..StepContext::default() },
+                )
+            }
+            Some(request) = requests_rx.recv() => match request {
+                Request::Propose { payloads, reply } => {
+                    let now = shell.now();
+                    let count = payloads.len() as u64;
+                    let bytes = payloads.iter().map(|p| wal::format::record_len(p.len()) as u64).sum();
+                    if count == 0 {
+                        let _ = reply.send(ProposeOutcome::Committed { first_lsn: shell.commit_lsn.next(), last_lsn: shell.commit_lsn });
+                        Ok(())
+                    } else {
+                        shell.step(
+                            Input::Propose { now, count, bytes },
+                            StepContext { payloads: Some(payloads), reply: Some(reply), records: None },
+                        )
+                    }
+                }
+                Request::Switchover { to, reply } => {
+                    if shell.switchover.is_some() {
+                        let _ = reply.send(SwitchoverReply {
+                            outcome: SwitchoverOutcome::Refused(core::SwitchoverRefusal::AlreadyInProgress),
+                            paused: Duration::ZERO,
+                        });
+                        Ok(())
+                    } else {
+                        shell.switchover = Some((to, reply, Instant::now()));
+                        shell.step(Input::Switchover { to }, StepContext::default())
+                    }
+                }
+            },
+            _ = ticker.tick() => {
+                let now = shell.now();
+                shell.step(Input::Tick { now }, StepContext::default())
+            }
+            _ = status_every.tick() => {
+                shell.publish_status();
+                Ok(())
+            }
+        };
+        if let Err(e) = step {
+            break Err(e);
+        }
+        if let Some(since) = draining {
+            if shell.role != Role::Primary || since.elapsed() > drain_for {
+                debug!("handover done or timed out; stopping");
+                break Ok(());
+            }
+        }
+    };
+
+    // Stop: tell service tasks, answer anyone still waiting, then let the writer finish
+    // (dropping it writes and syncs everything queued).
+    cancel.cancel();
+    for pending in shell.pending.drain(..) {
+        let _ = pending.reply.send(ProposeOutcome::Unknown);
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    let Shell { writer, .. } = shell;
+    tokio::task::spawn_blocking(move || drop(writer))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}

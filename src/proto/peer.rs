@@ -1,0 +1,651 @@
+//! The peer protocol: what sidecars say to each other over TCP.
+//!
+//! # Connections
+//!
+//! Every node dials every other node and sends its messages on the connection it dialled;
+//! it receives on the connections others dialled to it. A connection starts with a
+//! challenge-response handshake that proves both ends hold the cluster secret without
+//! sending it:
+//!
+//! ```text
+//! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, client_addr }
+//! acceptor -> dialler   Challenge { nonce_a, tag_a = HMAC(secret, "understudy acceptor" | from | to | nonce_d | nonce_a) }
+//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d) }
+//! ```
+//!
+//! Each side checks the other's tag (in constant time) over both nonces, so a recorded
+//! handshake cannot be replayed, and the two tags differ in their label, so one side's tag
+//! cannot be reflected back as the other's. A side that finds anything wrong (version,
+//! cluster id, node ids, tag) sends `Refuse { reason }` when it can and closes.
+//!
+//! # Frames
+//!
+//! All integers are little-endian. Every frame is
+//!
+//! ```text
+//! +-----------+---------+------------------------+
+//! | len: u32  | type: u8| body (len - 1 bytes)   |
+//! +-----------+---------+------------------------+
+//! ```
+//!
+//! where `len` counts the type byte and the body, and is at most [`FRAME_LEN_MAX`]; a larger
+//! one is refused before anything is allocated.
+//!
+//! | type | frame | body |
+//! |---|---|---|
+//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce [32], then the sender's client address as UTF-8 `IP:PORT` (the rest; empty if it has no client port) |
+//! | 2 | Challenge | nonce [32], tag [32] |
+//! | 3 | Proof | tag [32] |
+//! | 4 | Refuse | reason: UTF-8, the rest of the frame |
+//! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
+//! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64 |
+//! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
+//! | 19 | VoteResponse | epoch u64, granted u8 |
+//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, then the records |
+//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64 |
+//! | 22 | TimeoutNow | epoch u64 |
+//!
+//! The records of an `Append` are WAL records exactly as `wal/FORMAT.md` lays them out, back
+//! to back: the bytes the primary wrote are the bytes the backup stores. The decoder hands
+//! them out as a [`Bytes`] split from the read buffer (no copy); the receiver verifies every
+//! CRC and that they are exactly `first_lsn..=last_lsn` before the core sees the message.
+//! Booleans are 0 or 1; anything else is a bad frame.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::core::{Append, AppendResponse, Message};
+use crate::{Epoch, Lsn, NodeId};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame: one WAL record of the largest payload, plus headers.
+pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
+
+/// Bytes in a random nonce and in a MAC tag.
+pub const NONCE_LEN: usize = 32;
+pub const TAG_LEN: usize = 32;
+
+/// Labels that keep the two sides' tags apart.
+pub const ACCEPTOR_LABEL: &[u8] = b"understudy acceptor";
+pub const DIALLER_LABEL: &[u8] = b"understudy dialler";
+
+const APPEND_FIXED_LEN: usize = 8 * 8;
+
+const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub cluster_id: u64,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub nonce: [u8; NONCE_LEN],
+    /// Where the sender serves clients, so that a node can redirect clients to the primary.
+    pub client_addr: Option<std::net::SocketAddr>,
+}
+
+/// A peer frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Challenge {
+        nonce: [u8; NONCE_LEN],
+        tag: [u8; TAG_LEN],
+    },
+    Proof {
+        tag: [u8; TAG_LEN],
+    },
+    Refuse {
+        reason: String,
+    },
+    /// A core message; `records` is empty unless it is an `Append` that carries records.
+    Message {
+        message: Message,
+        records: Bytes,
+    },
+}
+
+/// Why bytes from a peer are not a frame. The connection is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("frame type {kind} has a body of {len} bytes, expected {expected}")]
+    BadLength {
+        kind: u8,
+        len: usize,
+        expected: usize,
+    },
+    #[error("bad boolean {0}")]
+    BadBool(u8),
+    #[error("text field is not valid UTF-8 or not an address")]
+    BadText,
+    #[error("append claims lsns {first}..={last} after {prev}")]
+    BadRange { prev: u64, first: u64, last: u64 },
+    #[error("node id 0")]
+    NodeIdZero,
+    #[error("reading the peer connection: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for DecodeError {
+    fn from(e: std::io::Error) -> DecodeError {
+        DecodeError::Io(e.to_string())
+    }
+}
+
+fn get_bool(body: &mut Bytes) -> Result<bool, DecodeError> {
+    match body.get_u8() {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::BadBool(other)),
+    }
+}
+
+fn get_array<const N: usize>(body: &mut Bytes) -> [u8; N] {
+    let mut array = [0u8; N];
+    body.copy_to_slice(&mut array);
+    array
+}
+
+fn node_id(raw: u16) -> Result<NodeId, DecodeError> {
+    if raw == 0 {
+        return Err(DecodeError::NodeIdZero);
+    }
+    Ok(NodeId(raw))
+}
+
+fn duration_ns(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Decodes the frame at the start of `bytes`: `Ok(None)` if more bytes are needed, the
+/// frame and the bytes it took otherwise. A plain function so a fuzz target and the tests
+/// can call it; the codec calls [`decode_frame`] on the split-off frame.
+pub fn decode(bytes: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
+    if bytes.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    if len > FRAME_LEN_MAX {
+        return Err(DecodeError::TooLong {
+            len,
+            max: FRAME_LEN_MAX,
+        });
+    }
+    if bytes.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = decode_frame(Bytes::copy_from_slice(&bytes[4..4 + len]))?;
+    Ok(Some((frame, 4 + len)))
+}
+
+/// Decodes one whole frame (type byte and body, without the length prefix).
+pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
+    if frame.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let kind = frame.get_u8();
+    let len = frame.len();
+    let expect = |expected: usize| -> Result<(), DecodeError> {
+        if len != expected {
+            return Err(DecodeError::BadLength {
+                kind,
+                len,
+                expected,
+            });
+        }
+        Ok(())
+    };
+    let body = &mut frame;
+    Ok(match kind {
+        1 => {
+            const FIXED: usize = 2 + 8 + 2 + 2 + NONCE_LEN;
+            if len < FIXED || len > FIXED + 64 {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len,
+                    expected: FIXED,
+                });
+            }
+            Frame::Hello(Hello {
+                version: body.get_u16_le(),
+                cluster_id: body.get_u64_le(),
+                from: node_id(body.get_u16_le())?,
+                to: node_id(body.get_u16_le())?,
+                nonce: get_array(body),
+                client_addr: if body.is_empty() {
+                    None
+                } else {
+                    let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
+                    Some(text.parse().map_err(|_| DecodeError::BadText)?)
+                },
+            })
+        }
+        2 => {
+            expect(NONCE_LEN + TAG_LEN)?;
+            Frame::Challenge {
+                nonce: get_array(body),
+                tag: get_array(body),
+            }
+        }
+        3 => {
+            expect(TAG_LEN)?;
+            Frame::Proof {
+                tag: get_array(body),
+            }
+        }
+        4 => Frame::Refuse {
+            reason: String::from_utf8(body.to_vec()).map_err(|_| DecodeError::BadText)?,
+        },
+        16 => {
+            expect(24)?;
+            message(Message::PreVoteRequest {
+                epoch: Epoch(body.get_u64_le()),
+                last_lsn: Lsn(body.get_u64_le()),
+                last_epoch: Epoch(body.get_u64_le()),
+            })
+        }
+        17 => {
+            expect(17)?;
+            message(Message::PreVoteResponse {
+                epoch: Epoch(body.get_u64_le()),
+                granted: get_bool(body)?,
+                voter_epoch: Epoch(body.get_u64_le()),
+            })
+        }
+        18 => {
+            expect(25)?;
+            message(Message::VoteRequest {
+                epoch: Epoch(body.get_u64_le()),
+                last_lsn: Lsn(body.get_u64_le()),
+                last_epoch: Epoch(body.get_u64_le()),
+                transfer: get_bool(body)?,
+            })
+        }
+        19 => {
+            expect(9)?;
+            message(Message::VoteResponse {
+                epoch: Epoch(body.get_u64_le()),
+                granted: get_bool(body)?,
+            })
+        }
+        20 => {
+            if len < APPEND_FIXED_LEN {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len,
+                    expected: APPEND_FIXED_LEN,
+                });
+            }
+            let append = Append {
+                epoch: Epoch(body.get_u64_le()),
+                prev_lsn: Lsn(body.get_u64_le()),
+                prev_epoch: Epoch(body.get_u64_le()),
+                first_lsn: Lsn(body.get_u64_le()),
+                last_lsn: Lsn(body.get_u64_le()),
+                records_epoch: Epoch(body.get_u64_le()),
+                commit_lsn: Lsn(body.get_u64_le()),
+                sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
+            };
+            if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
+                || append.last_lsn < append.prev_lsn
+            {
+                return Err(DecodeError::BadRange {
+                    prev: append.prev_lsn.get(),
+                    first: append.first_lsn.get(),
+                    last: append.last_lsn.get(),
+                });
+            }
+            // The rest of the frame is the records, handed on without a copy.
+            let records = std::mem::take(body);
+            Frame::Message {
+                message: Message::Append(append),
+                records,
+            }
+        }
+        21 => {
+            expect(41)?;
+            message(Message::AppendResponse(AppendResponse {
+                epoch: Epoch(body.get_u64_le()),
+                accepted: get_bool(body)?,
+                matched_lsn: Lsn(body.get_u64_le()),
+                matched_epoch: Epoch(body.get_u64_le()),
+                durable_lsn: Lsn(body.get_u64_le()),
+                sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
+            }))
+        }
+        22 => {
+            expect(8)?;
+            message(Message::TimeoutNow {
+                epoch: Epoch(body.get_u64_le()),
+            })
+        }
+        other => return Err(DecodeError::UnknownType(other)),
+    })
+}
+
+fn message(message: Message) -> Frame {
+    Frame::Message {
+        message,
+        records: Bytes::new(),
+    }
+}
+
+/// Appends the frame header and fixed fields of `frame` to `dst`. For an `Append` the
+/// records are *not* copied: the caller writes `records` after these bytes (the length
+/// prefix already counts them). Returns the records to write.
+pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
+    let start = dst.len();
+    dst.put_u32_le(0); // patched below
+    let mut records = Bytes::new();
+    match frame {
+        Frame::Hello(hello) => {
+            dst.put_u8(1);
+            dst.put_u16_le(hello.version);
+            dst.put_u64_le(hello.cluster_id);
+            dst.put_u16_le(hello.from.get());
+            dst.put_u16_le(hello.to.get());
+            dst.put_slice(&hello.nonce);
+            if let Some(addr) = hello.client_addr {
+                dst.put_slice(addr.to_string().as_bytes());
+            }
+        }
+        Frame::Challenge { nonce, tag } => {
+            dst.put_u8(2);
+            dst.put_slice(nonce);
+            dst.put_slice(tag);
+        }
+        Frame::Proof { tag } => {
+            dst.put_u8(3);
+            dst.put_slice(tag);
+        }
+        Frame::Refuse { reason } => {
+            dst.put_u8(4);
+            // Keep refusals short; they are for a log line.
+            let reason = reason.as_bytes();
+            dst.put_slice(&reason[..reason.len().min(1024)]);
+        }
+        Frame::Message {
+            message,
+            records: attached,
+        } => match message {
+            Message::PreVoteRequest {
+                epoch,
+                last_lsn,
+                last_epoch,
+            } => {
+                dst.put_u8(16);
+                dst.put_u64_le(epoch.get());
+                dst.put_u64_le(last_lsn.get());
+                dst.put_u64_le(last_epoch.get());
+            }
+            Message::PreVoteResponse {
+                epoch,
+                granted,
+                voter_epoch,
+            } => {
+                dst.put_u8(17);
+                dst.put_u64_le(epoch.get());
+                dst.put_u8(u8::from(*granted));
+                dst.put_u64_le(voter_epoch.get());
+            }
+            Message::VoteRequest {
+                epoch,
+                last_lsn,
+                last_epoch,
+                transfer,
+            } => {
+                dst.put_u8(18);
+                dst.put_u64_le(epoch.get());
+                dst.put_u64_le(last_lsn.get());
+                dst.put_u64_le(last_epoch.get());
+                dst.put_u8(u8::from(*transfer));
+            }
+            Message::VoteResponse { epoch, granted } => {
+                dst.put_u8(19);
+                dst.put_u64_le(epoch.get());
+                dst.put_u8(u8::from(*granted));
+            }
+            Message::Append(append) => {
+                dst.put_u8(20);
+                dst.put_u64_le(append.epoch.get());
+                dst.put_u64_le(append.prev_lsn.get());
+                dst.put_u64_le(append.prev_epoch.get());
+                dst.put_u64_le(append.first_lsn.get());
+                dst.put_u64_le(append.last_lsn.get());
+                dst.put_u64_le(append.records_epoch.get());
+                dst.put_u64_le(append.commit_lsn.get());
+                dst.put_u64_le(duration_ns(append.sent_at));
+                records = attached.clone();
+            }
+            Message::AppendResponse(response) => {
+                dst.put_u8(21);
+                dst.put_u64_le(response.epoch.get());
+                dst.put_u8(u8::from(response.accepted));
+                dst.put_u64_le(response.matched_lsn.get());
+                dst.put_u64_le(response.matched_epoch.get());
+                dst.put_u64_le(response.durable_lsn.get());
+                dst.put_u64_le(duration_ns(response.sent_at));
+            }
+            Message::TimeoutNow { epoch } => {
+                dst.put_u8(22);
+                dst.put_u64_le(epoch.get());
+            }
+        },
+    }
+    let len = dst.len() - start - 4 + records.len();
+    assert!(
+        len <= FRAME_LEN_MAX,
+        "frame of {len} bytes exceeds the limit of {FRAME_LEN_MAX}"
+    );
+    dst[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    records
+}
+
+/// Appends the head of a message frame whose `records_len` bytes of records the caller
+/// writes right after it (from several buffers, without copying them together).
+pub fn encode_message_head(message: &Message, records_len: usize, dst: &mut BytesMut) {
+    let start = dst.len();
+    let frame = Frame::Message {
+        message: *message,
+        records: Bytes::new(),
+    };
+    encode_head(&frame, dst);
+    let len = dst.len() - start - 4 + records_len;
+    assert!(
+        len <= FRAME_LEN_MAX,
+        "frame of {len} bytes exceeds the limit of {FRAME_LEN_MAX}"
+    );
+    dst[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+}
+
+/// The tokio-util codec. Decoding splits the frame off the read buffer and hands the
+/// records out without a copy; encoding copies (use [`encode_head`] and a vectored write on
+/// the hot path to avoid copying records).
+#[derive(Debug, Default)]
+pub struct PeerCodec;
+
+impl Decoder for PeerCodec {
+    type Item = Frame;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > FRAME_LEN_MAX {
+            return Err(DecodeError::TooLong {
+                len,
+                max: FRAME_LEN_MAX,
+            });
+        }
+        if src.len() < 4 + len {
+            // Reserve for the rest of this frame only: a peer cannot make us allocate more
+            // than one frame's worth, and the limit is checked above.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        decode_frame(src.split_to(len).freeze()).map(Some)
+    }
+}
+
+impl Encoder<Frame> for PeerCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        let records = encode_head(&frame, dst);
+        dst.extend_from_slice(&records);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn round_trip(frame: Frame) {
+        let mut buf = BytesMut::new();
+        PeerCodec.encode(frame.clone(), &mut buf).unwrap();
+        let (decoded, used) = decode(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(decoded, frame);
+        let mut codec_buf = buf.clone();
+        assert_eq!(PeerCodec.decode(&mut codec_buf).unwrap(), Some(frame));
+        assert!(codec_buf.is_empty());
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    fn append(records: Bytes) -> Frame {
+        Frame::Message {
+            message: Message::Append(Append {
+                epoch: Epoch(3),
+                prev_lsn: Lsn(9),
+                prev_epoch: Epoch(2),
+                first_lsn: Lsn(10),
+                last_lsn: Lsn(11),
+                records_epoch: Epoch(3),
+                commit_lsn: Lsn(8),
+                sent_at: Duration::from_nanos(123_456),
+            }),
+            records,
+        }
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        round_trip(Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            cluster_id: 0xfeed,
+            from: NodeId(1),
+            to: NodeId(3),
+            nonce: [7; NONCE_LEN],
+            client_addr: Some("127.0.0.1:6379".parse().unwrap()),
+        }));
+        round_trip(Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            cluster_id: 1,
+            from: NodeId(2),
+            to: NodeId(1),
+            nonce: [0; NONCE_LEN],
+            client_addr: None,
+        }));
+        round_trip(Frame::Challenge {
+            nonce: [1; NONCE_LEN],
+            tag: [2; TAG_LEN],
+        });
+        round_trip(Frame::Proof { tag: [3; TAG_LEN] });
+        round_trip(Frame::Refuse {
+            reason: "wrong cluster".into(),
+        });
+        for message in [
+            Message::PreVoteRequest {
+                epoch: Epoch(4),
+                last_lsn: Lsn(100),
+                last_epoch: Epoch(3),
+            },
+            Message::PreVoteResponse {
+                epoch: Epoch(4),
+                granted: true,
+                voter_epoch: Epoch(3),
+            },
+            Message::VoteRequest {
+                epoch: Epoch(4),
+                last_lsn: Lsn(100),
+                last_epoch: Epoch(3),
+                transfer: true,
+            },
+            Message::VoteResponse {
+                epoch: Epoch(4),
+                granted: false,
+            },
+            Message::AppendResponse(AppendResponse {
+                epoch: Epoch(4),
+                accepted: true,
+                matched_lsn: Lsn(99),
+                matched_epoch: Epoch(3),
+                durable_lsn: Lsn(98),
+                sent_at: Duration::from_millis(5),
+            }),
+            Message::TimeoutNow { epoch: Epoch(4) },
+        ] {
+            round_trip(Frame::Message {
+                message,
+                records: Bytes::new(),
+            });
+        }
+        round_trip(append(Bytes::from_static(b"records go here")));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocating() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(u32::MAX);
+        buf.put_u8(20);
+        assert!(matches!(
+            PeerCodec.decode(&mut buf),
+            Err(DecodeError::TooLong { .. })
+        ));
+        assert!(buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn append_with_an_inconsistent_range_is_refused() {
+        let mut buf = BytesMut::new();
+        PeerCodec.encode(append(Bytes::new()), &mut buf).unwrap();
+        // first_lsn is at 4 (len) + 1 (type) + 24.
+        buf[29..37].copy_from_slice(&50u64.to_le_bytes());
+        assert!(matches!(decode(&buf), Err(DecodeError::BadRange { .. })));
+    }
+
+    proptest! {
+        /// The fuzz target's property on stable: no input panics the decoder.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = PeerCodec.decode(&mut buf) {}
+        }
+
+        #[test]
+        fn appends_round_trip(records in proptest::collection::vec(any::<u8>(), 0..300), commit in any::<u64>()) {
+            let mut frame = append(Bytes::from(records));
+            if let Frame::Message { message: Message::Append(a), .. } = &mut frame {
+                a.commit_lsn = Lsn(commit);
+            }
+            round_trip(frame);
+        }
+    }
+}
