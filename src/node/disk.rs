@@ -115,6 +115,7 @@ pub fn open(
     node_id: NodeId,
     cluster_id: u64,
     fsync: FsyncMode,
+    metrics: Arc<super::metrics::Metrics>,
 ) -> Result<Opened, DiskError> {
     wal::fs::ensure_dir(path)?;
     let lock_path = path.join("lock");
@@ -190,6 +191,7 @@ pub fn open(
         durable_lsn: wal.durable_lsn(),
         durable_epoch: wal.last_epoch(),
         failed: false,
+        sync_duration: None,
     });
     let durable_tx = Arc::new(durable_tx);
     let options = WriterOptions {
@@ -203,7 +205,10 @@ pub fn open(
     let writer = Writer::spawn(
         wal,
         options,
-        Some(Box::new(move |progress| {
+        Some(Box::new(move |progress: Progress| {
+            if let Some(took) = progress.sync_duration {
+                metrics.fsync_latency.observe(took);
+            }
             durable_tx.send_replace(progress);
         })),
     )?;
@@ -234,27 +239,66 @@ mod tests {
     #[test]
     fn data_dir_is_locked_and_keeps_its_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let first = open(dir.path(), NodeId(1), 7, FsyncMode::Always).unwrap();
-        let err = open(dir.path(), NodeId(1), 7, FsyncMode::Always)
-            .err()
-            .unwrap();
+        let first = open(
+            dir.path(),
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+        )
+        .unwrap();
+        let err = open(
+            dir.path(),
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, DiskError::Locked { .. }), "{err}");
         drop(first);
-        let err = open(dir.path(), NodeId(2), 7, FsyncMode::Always)
-            .err()
-            .unwrap();
+        let err = open(
+            dir.path(),
+            NodeId(2),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, DiskError::OtherNode { .. }), "{err}");
-        let err = open(dir.path(), NodeId(1), 8, FsyncMode::Always)
-            .err()
-            .unwrap();
+        let err = open(
+            dir.path(),
+            NodeId(1),
+            8,
+            FsyncMode::Always,
+            Default::default(),
+        )
+        .err()
+        .unwrap();
         assert!(
             err.to_string().contains("belongs to another cluster"),
             "{err}"
         );
-        let mut again = open(dir.path(), NodeId(1), 7, FsyncMode::Always).unwrap();
+        let mut again = open(
+            dir.path(),
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+        )
+        .unwrap();
         again.dir.persist(Epoch(3), Some(NodeId(2))).unwrap();
         drop(again);
-        let reopened = open(dir.path(), NodeId(1), 7, FsyncMode::Always).unwrap();
+        let reopened = open(
+            dir.path(),
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(
             reopened.persisted,
             PersistedMeta {

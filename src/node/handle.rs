@@ -125,6 +125,7 @@ pub struct NodeHandle {
     pub(crate) commit: watch::Receiver<Lsn>,
     pub(crate) reader: wal::reader::Reader,
     pub(crate) node_id: NodeId,
+    pub(crate) metrics: Arc<super::metrics::Metrics>,
 }
 
 /// The core loop has stopped (the node is shutting down or failed).
@@ -176,6 +177,11 @@ impl NodeHandle {
     /// above it may be truncated under a reader on a backup.
     pub fn reader(&self) -> wal::reader::Reader {
         self.reader.clone()
+    }
+
+    /// The node's counters and histograms.
+    pub fn metrics(&self) -> &super::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn epoch(&self) -> Epoch {

@@ -11,11 +11,13 @@
 //! - [`handle`]: what service tasks share with the core loop (requests in, status out).
 //! - [`disk`]: the data directory: lock, identity, metadata, WAL writer.
 //! - [`peer`]: the authenticated peer transport.
+//! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`app_api`]: the local application's socket: append, subscribe, role events.
 
 pub mod app_api;
 pub mod disk;
 pub mod handle;
+pub mod metrics;
 pub mod peer;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +38,7 @@ use wal::format::{RecordKind, VerifiedRecords};
 use crate::config::{ClusterSecret, FsyncMode};
 use crate::core::{self, Action, Core, Input, Message, Rejection, Role, SwitchoverOutcome, Time};
 use crate::{Epoch, Lsn, NodeId};
+use metrics::Metrics;
 
 pub use handle::{NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply};
 
@@ -152,6 +155,7 @@ impl TailCache {
 struct Pending {
     last_lsn: Lsn,
     first_lsn: Lsn,
+    proposed_at: Instant,
     reply: oneshot::Sender<ProposeOutcome>,
 }
 
@@ -187,6 +191,7 @@ struct Shell {
     /// Average encoded record length, for lag in bytes.
     record_len_avg: u64,
     failed: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shell {
@@ -277,10 +282,16 @@ impl Shell {
                 self.record_len_avg =
                     (self.record_len_avg * 7 + (capacity / payloads.len()) as u64) / 8;
                 self.write(records)?;
+                Metrics::add(&self.metrics.appended_records, payloads.len() as u64);
+                Metrics::add(
+                    &self.metrics.appended_bytes,
+                    payloads.iter().map(|p| p.len() as u64).sum(),
+                );
                 if let Some(reply) = context.reply.take() {
                     self.pending.push_back(Pending {
                         first_lsn,
                         last_lsn,
+                        proposed_at: Instant::now(),
                         reply,
                     });
                 }
@@ -320,6 +331,13 @@ impl Shell {
                         break;
                     }
                     if let Some(pending) = self.pending.pop_front() {
+                        Metrics::add(
+                            &self.metrics.committed_records,
+                            Lsn::count_between(pending.first_lsn, pending.last_lsn),
+                        );
+                        self.metrics
+                            .commit_latency
+                            .observe(pending.proposed_at.elapsed());
                         let _ = pending.reply.send(ProposeOutcome::Committed {
                             first_lsn: pending.first_lsn,
                             last_lsn: pending.last_lsn,
@@ -426,6 +444,13 @@ impl Shell {
 
     fn role_changed(&mut self, role: Role, epoch: Epoch, primary: Option<NodeId>) {
         let was_primary = self.role == Role::Primary;
+        match role {
+            Role::Candidate if self.role != Role::Candidate => {
+                Metrics::add(&self.metrics.elections, 1)
+            }
+            Role::Primary if !was_primary => Metrics::add(&self.metrics.promotions, 1),
+            Role::Backup | Role::Candidate | Role::Primary => {}
+        }
         info!(role = handle::role_name(role), epoch = %epoch, primary = ?primary.map(|p| p.get()), "role changed");
         self.role = role;
         self.epoch = epoch;
@@ -550,10 +575,13 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let node_id = config.node_id;
     let fsync = config.fsync;
-    let opened =
-        tokio::task::spawn_blocking(move || disk::open(&data_dir, node_id, cluster_id, fsync))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let metrics = Arc::new(Metrics::default());
+    let disk_metrics = Arc::clone(&metrics);
+    let opened = tokio::task::spawn_blocking(move || {
+        disk::open(&data_dir, node_id, cluster_id, fsync, disk_metrics)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     if let Some(torn) = &opened.recovery.torn {
         warn!(path = %torn.path.display(), offset = torn.offset, cut_len = torn.cut_len, last_lsn = %torn.last_lsn, "cut a torn tail off the log");
     }
@@ -585,6 +613,7 @@ pub async fn run(
             secret: config.secret.clone(),
             peers: config.peers.clone(),
             client_addr: config.client_addr,
+            metrics: Arc::clone(&metrics),
         },
         listeners.peer,
         inbound_tx,
@@ -615,6 +644,7 @@ pub async fn run(
         commit: commit_rx,
         reader: reader.clone(),
         node_id: config.node_id,
+        metrics: Arc::clone(&metrics),
     };
     let _ = (listeners.app, &handle); // TEMP
 
@@ -640,6 +670,7 @@ pub async fn run(
         last_heard: BTreeMap::new(),
         record_len_avg: 64,
         failed: None,
+        metrics,
         config,
     };
     shell.publish_status();

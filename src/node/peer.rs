@@ -66,6 +66,7 @@ pub struct PeerConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// This node's client port, told to peers in the handshake.
     pub client_addr: Option<SocketAddr>,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// The running transport.
@@ -377,6 +378,7 @@ async fn accept_loop(
         let inbound = inbound.clone();
         let client_addrs = Arc::clone(&client_addrs);
         let shutdown = shutdown.clone();
+        let metrics = Arc::clone(&config.metrics);
         let span = tracing::info_span!("peer", %remote, dir = "in");
         tracker.spawn(
             async move {
@@ -386,7 +388,10 @@ async fn accept_loop(
                 };
                 match result {
                     Ok(()) | Err(LinkError::Closed) => debug!("inbound connection closed"),
-                    Err(e) => warn!(error = %e, "inbound connection dropped"),
+                    Err(e) => {
+                        super::metrics::Metrics::add(&metrics.peer_frames_refused, 1);
+                        warn!(error = %e, "inbound connection dropped");
+                    }
                 }
             }
             .instrument(span),

@@ -47,6 +47,13 @@ impl Default for WriterOptions {
 pub struct Progress {
     pub written_lsn: Lsn,
     pub durable_lsn: Lsn,
+    /// The epoch of the record at `durable_lsn` (`Epoch::ZERO` if the log holds none), so a
+    /// listener can tell this report from one about a record since truncated and rewritten.
+    pub durable_epoch: Epoch,
+    /// The writer has failed (see [`Writer::failure`]); nothing more will become durable.
+    pub failed: bool,
+    /// How long this batch's fdatasync took, if it synced (for an fsync latency histogram).
+    pub sync_duration: Option<Duration>,
 }
 
 type OnDurable = Box<dyn Fn(Progress) + Send + Sync>;
@@ -82,7 +89,10 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the writer thread.
+    /// Wakes the writer thread. Only the writer thread waits on it, and only while `ops` is
+    /// empty (checked under the lock), so a producer need notify only when it makes `ops`
+    /// non-empty: a later producer finds the writer already woken or not yet waiting. This
+    /// saves a futex syscall per append under load.
     work: Condvar,
     /// Wakes appenders waiting for durability, completion or queue space.
     progress: Condvar,
@@ -207,6 +217,7 @@ impl Writer {
         payloads: impl IntoIterator<Item = &'p [u8]> + Clone,
     ) -> Result<(Lsn, Lsn)> {
         let mut incoming = 0usize;
+        let mut count = 0usize;
         for payload in payloads.clone() {
             if payload.len() > RECORD_PAYLOAD_LEN_MAX {
                 return Err(Error::RecordTooLarge {
@@ -215,6 +226,7 @@ impl Writer {
                 });
             }
             incoming += crate::format::record_len(payload.len());
+            count += 1;
         }
         let mut state = self.lock_with_space(incoming)?;
         assert!(
@@ -223,8 +235,13 @@ impl Writer {
             state.last_epoch
         );
         let first_lsn = state.next_lsn;
+        if count == 0 {
+            // Nothing queued, so `ops` stays as it was (see `Shared::work`).
+            return Ok((first_lsn, first_lsn.prev()));
+        }
         let mut lsn = first_lsn;
         let state = &mut *state;
+        let was_empty = state.ops.is_empty();
         let buf = match state.ops.last_mut() {
             Some(Op::Encoded(buf)) => buf,
             _ => {
@@ -240,13 +257,12 @@ impl Writer {
             encode_record(buf, lsn, epoch, kind, payload);
             lsn = lsn.next();
         }
-        if lsn == first_lsn {
-            return Ok((first_lsn, first_lsn.prev()));
-        }
         state.queued_bytes += incoming;
         state.next_lsn = lsn;
         state.last_epoch = epoch;
-        self.shared.work.notify_one();
+        if was_empty {
+            self.shared.work.notify_one();
+        }
         Ok((first_lsn, lsn.prev()))
     }
 
@@ -271,8 +287,11 @@ impl Writer {
         state.queued_bytes += records.bytes().len();
         state.next_lsn = records.last_lsn().next();
         state.last_epoch = records.last_epoch();
+        let was_empty = state.ops.is_empty();
         state.ops.push(Op::Received(records));
-        self.shared.work.notify_one();
+        if was_empty {
+            self.shared.work.notify_one();
+        }
         Ok(range)
     }
 
@@ -441,9 +460,12 @@ fn run(mut wal: Wal, shared: &Shared) {
                     || last_sync.elapsed() >= shared.options.sync_interval
             }
         };
+        let mut sync_duration = None;
         if result.is_ok() && must_sync && wal.durable_lsn() < written {
+            let sync_started = Instant::now();
             result = wal.sync().map(|_| ());
             last_sync = Instant::now();
+            sync_duration = Some(last_sync - sync_started);
         } else if must_sync {
             last_sync = Instant::now();
         }
@@ -469,6 +491,9 @@ fn run(mut wal: Wal, shared: &Shared) {
             Progress {
                 written_lsn: state.written_lsn,
                 durable_lsn: state.durable_lsn,
+                durable_epoch: wal.epoch_at(state.durable_lsn).unwrap_or(Epoch::ZERO),
+                failed: state.failure.is_some(),
+                sync_duration,
             }
         };
         if let Some(callback) = &shared.on_durable {

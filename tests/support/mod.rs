@@ -1,0 +1,273 @@
+//! The process-test harness: a cluster of real `understudy` processes on loopback, each with
+//! its own temporary data dir and log file, killed by PID (SIGKILL) and again when the
+//! harness is dropped. `UNDERSTUDY_KEEP_TEMP=1` keeps the files of a run for a post-mortem;
+//! a panicking test prints the tail of every node's log.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Picks a free loopback port (bound then released; the OS hands out ports in rotation, so a
+/// race with another test is unlikely, and a collision fails loudly at bind).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub struct Node {
+    pub id: u16,
+    pub peer_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub app_socket: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// Extra flags for this node only.
+    pub extra: Vec<String>,
+}
+
+impl Node {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub secret: PathBuf,
+    pub peers: String,
+    pub nodes: Vec<Node>,
+    /// Flags every node gets.
+    pub args: Vec<String>,
+}
+
+/// Heartbeat and failover timeout for tests: fast, but with room for a loaded 2-core CI box.
+pub const TEST_TIMING: [&str; 4] = ["--heartbeat-interval", "20ms", "--failover-timeout", "300ms"];
+
+pub fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write the secret file");
+    path
+}
+
+impl Cluster {
+    /// Creates (but does not start) a cluster of `count` nodes.
+    pub fn new(count: u16) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("understudy-test-")
+            .tempdir()
+            .expect("a temp dir");
+        let secret = secret_file(dir.path(), "secret", "test-secret-0123456789abcdef\n");
+        let nodes: Vec<Node> = (1..=count)
+            .map(|id| Node {
+                id,
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                data_dir: dir.path().join(format!("node{id}")),
+                app_socket: dir.path().join(format!("node{id}.sock")),
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+                extra: Vec::new(),
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            dir,
+            secret,
+            peers,
+            nodes,
+            args: TEST_TIMING.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Creates and starts a cluster.
+    pub fn start(count: u16) -> Cluster {
+        let mut cluster = Cluster::new(count);
+        for id in 1..=count {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u16) -> &Node {
+        &self.nodes[usize::from(id) - 1]
+    }
+
+    pub fn node_mut(&mut self, id: u16) -> &mut Node {
+        &mut self.nodes[usize::from(id) - 1]
+    }
+
+    /// The command line a node runs with.
+    pub fn command(&self, id: u16) -> Command {
+        let node = self.node(id);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+        command
+            .arg("run")
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--peer-listen")
+            .arg(node.peer_addr.to_string())
+            .arg("--peers")
+            .arg(&self.peers)
+            .arg("--app-socket")
+            .arg(&node.app_socket)
+            .arg("--cluster-secret-file")
+            .arg(&self.secret)
+            .arg("--admin-listen")
+            .arg(node.admin_addr.to_string())
+            .arg("--client-listen")
+            .arg(node.client_addr.to_string())
+            .args(&self.args)
+            .args(&node.extra)
+            .env("RUST_LOG", "info,understudy=debug")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts (or restarts) node `id`, appending to its log file.
+    pub fn start_node(&mut self, id: u16) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.node(id).log)
+            .expect("open the node's log");
+        let log_err = log.try_clone().expect("clone the log handle");
+        let child = self
+            .command(id)
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("start understudy");
+        self.node_mut(id).child = Some(child);
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self, id: u16) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, id: u16, timeout: Duration) -> Option<i32> {
+        let mut child = self.node_mut(id).child.take()?;
+        // SAFETY: kill(2) with a PID we spawned and have not reaped.
+        unsafe {
+            libc_kill(child.id() as i32, 15);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGSTOP / SIGCONT a node (a stalled process).
+    pub fn pause(&self, id: u16, stop: bool) {
+        if let Some(pid) = self.node(id).pid() {
+            // SAFETY: signalling a child we spawned and have not reaped.
+            unsafe {
+                libc_kill(pid as i32, if stop { 19 } else { 18 });
+            }
+        }
+    }
+
+    /// The last lines of every node's log, for a failed test's message.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("---- node {} ({}) ----\n", node.id, node.log.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs `understudy wal dump` on a node's data dir and returns its stdout.
+    pub fn wal_dump(&self, id: u16) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_understudy"))
+            .args(["wal", "dump"])
+            .arg(&self.node(id).data_dir)
+            .output()
+            .expect("run understudy wal dump");
+        assert!(
+            output.status.success(),
+            "wal dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs_tail(40));
+        }
+        if std::env::var_os("UNDERSTUDY_KEEP_TEMP").is_some() {
+            let path = self.dir.path().to_owned();
+            eprintln!("keeping {}", path.display());
+            // Leak the TempDir so it is not removed.
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("a temp dir"),
+            );
+            std::mem::forget(dir);
+        }
+    }
+}
