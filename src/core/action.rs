@@ -21,11 +21,18 @@ pub enum Action {
     Send { to: NodeId, message: Message },
     /// Persist the epoch and vote (atomically: tmp, fsync, rename, fsync dir), then report
     /// `Input::MetaPersisted` with the same values.
-    PersistMeta { epoch: Epoch, voted_for: Option<NodeId> },
+    PersistMeta {
+        epoch: Epoch,
+        voted_for: Option<NodeId>,
+    },
     /// Append the epoch-start record (no payload) at `lsn`, in `epoch`. Written once on promotion.
     WriteEpochStart { lsn: Lsn, epoch: Epoch },
     /// The proposal was accepted: write its records at `first_lsn..=last_lsn` in `epoch`.
-    WriteProposed { first_lsn: Lsn, last_lsn: Lsn, epoch: Epoch },
+    WriteProposed {
+        first_lsn: Lsn,
+        last_lsn: Lsn,
+        epoch: Epoch,
+    },
     /// Drop every record after `keep_through` (an uncommitted, conflicting suffix).
     TruncateSuffix { keep_through: Lsn },
     /// Append records `first_lsn..=last_lsn` of the `Append` message being processed in this step.
@@ -35,14 +42,21 @@ pub enum Action {
     /// Every record at or below `lsn` is committed: the application may apply them.
     Committed { lsn: Lsn },
     /// This node's role, epoch or known primary changed.
-    RoleChanged { role: Role, epoch: Epoch, primary: Option<NodeId> },
+    RoleChanged {
+        role: Role,
+        epoch: Epoch,
+        primary: Option<NodeId>,
+    },
     /// This node stopped being primary: every append it accepted above `after` has an unknown
     /// outcome (it may yet be committed by the next primary, or be truncated).
     AppendsAbandoned { after: Lsn },
     /// The proposal was refused; nothing was written.
     ProposeRejected { reason: Rejection },
     /// What became of an `Input::Switchover`.
-    Switchover { to: NodeId, outcome: SwitchoverOutcome },
+    Switchover {
+        to: NodeId,
+        outcome: SwitchoverOutcome,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

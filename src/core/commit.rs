@@ -32,7 +32,13 @@ impl Core {
         // The current-epoch rule: our epoch's records are exactly epoch_start_lsn..=last_lsn.
         if candidate >= self.st.epoch_start_lsn && candidate > self.st.commit_lsn {
             self.set_commit(candidate, out);
-            let lowest_acked = self.st.peers.iter().map(|peer| peer.acked_lsn).min().unwrap_or(candidate);
+            let lowest_acked = self
+                .st
+                .peers
+                .iter()
+                .map(|peer| peer.acked_lsn)
+                .min()
+                .unwrap_or(candidate);
             self.st.bytes.prune_through(lowest_acked.min(candidate));
         }
     }

@@ -98,13 +98,15 @@ impl Config {
 
     /// `sync_replicas` as configured, or the safe minimum.
     pub fn sync_replicas_effective(&self) -> usize {
-        self.sync_replicas.unwrap_or_else(|| self.sync_replicas_safe_min())
+        self.sync_replicas
+            .unwrap_or_else(|| self.sync_replicas_safe_min())
     }
 
     /// How long the primary may serve after the send time of the last heartbeat a majority
     /// acknowledged.
     pub fn lease(&self) -> Duration {
-        self.failover_timeout.saturating_sub(self.clock_drift_margin)
+        self.failover_timeout
+            .saturating_sub(self.clock_drift_margin)
     }
 
     /// The clock-rate error (in parts per million, either direction, any node) the lease
@@ -114,7 +116,8 @@ impl Config {
     /// of NTP slewing (500 ppm), so the margin also absorbs scheduling delay.
     pub fn tolerated_drift_ppm(&self) -> u64 {
         let margin = self.clock_drift_margin.as_nanos();
-        let denominator = 2 * self.failover_timeout.as_nanos() - margin.min(self.failover_timeout.as_nanos());
+        let denominator =
+            2 * self.failover_timeout.as_nanos() - margin.min(self.failover_timeout.as_nanos());
         if denominator == 0 {
             return 0;
         }
@@ -127,7 +130,10 @@ impl Config {
             return Err(ConfigError::NodeIdZero);
         }
         if self.members.len() > MEMBERS_MAX {
-            return Err(ConfigError::TooManyMembers { count: self.members.len(), max: MEMBERS_MAX });
+            return Err(ConfigError::TooManyMembers {
+                count: self.members.len(),
+                max: MEMBERS_MAX,
+            });
         }
         for (i, id) in self.members.iter().enumerate() {
             if *id == NodeId::ZERO {
@@ -138,7 +144,9 @@ impl Config {
             }
         }
         if !self.members.contains(&self.node_id) {
-            return Err(ConfigError::NotAMember { node_id: self.node_id });
+            return Err(ConfigError::NotAMember {
+                node_id: self.node_id,
+            });
         }
         if self.clock_drift_margin.is_zero() || self.clock_drift_margin >= self.failover_timeout {
             return Err(ConfigError::DriftMargin {
@@ -155,7 +163,10 @@ impl Config {
         let backups = self.members.len() - 1;
         if let Some(configured) = self.sync_replicas {
             if configured > backups {
-                return Err(ConfigError::SyncReplicasAboveBackups { configured, backups });
+                return Err(ConfigError::SyncReplicasAboveBackups {
+                    configured,
+                    backups,
+                });
             }
             let safe_min = self.sync_replicas_safe_min();
             if configured < safe_min && !self.allow_unsafe_sync_replicas {
@@ -193,12 +204,18 @@ pub enum ConfigError {
     #[error(
         "clock drift margin {margin:?} must be more than zero and less than the failover timeout {failover_timeout:?}"
     )]
-    DriftMargin { margin: Duration, failover_timeout: Duration },
+    DriftMargin {
+        margin: Duration,
+        failover_timeout: Duration,
+    },
     #[error(
         "heartbeat interval {heartbeat_interval:?} is too long for the lease {lease:?}: \
          at least two heartbeats must fit in one lease (lease = failover timeout - drift margin)"
     )]
-    HeartbeatTooSlow { heartbeat_interval: Duration, lease: Duration },
+    HeartbeatTooSlow {
+        heartbeat_interval: Duration,
+        lease: Duration,
+    },
     #[error(
         "sync_replicas = {configured} can never be met: the cluster has only {backups} backups"
     )]
@@ -208,7 +225,11 @@ pub enum ConfigError {
          {members}-node cluster: with it, a failover would lose acknowledged writes. \
          Set allow_unsafe_sync_replicas to accept losing acknowledged writes on failover"
     )]
-    SyncReplicasUnsafe { configured: usize, safe_min: usize, members: usize },
+    SyncReplicasUnsafe {
+        configured: usize,
+        safe_min: usize,
+        members: usize,
+    },
     #[error("{field} must be at least 1")]
     ZeroLimit { field: &'static str },
 }

@@ -111,11 +111,19 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let would_vote = epoch > self.st.epoch
-            || (epoch == self.st.epoch && matches!(self.st.voted_for, None) && self.st.role == Role::Backup);
-        let granted = would_vote && !self.heard_from_primary_recently() && self.election_log_ok(last_lsn, last_epoch);
+            || (epoch == self.st.epoch
+                && matches!(self.st.voted_for, None)
+                && self.st.role == Role::Backup);
+        let granted = would_vote
+            && !self.heard_from_primary_recently()
+            && self.election_log_ok(last_lsn, last_epoch);
         out.push(Action::Send {
             to: from,
-            message: Message::PreVoteResponse { epoch, granted, voter_epoch: self.st.epoch },
+            message: Message::PreVoteResponse {
+                epoch,
+                granted,
+                voter_epoch: self.st.epoch,
+            },
         });
     }
 
@@ -134,7 +142,9 @@ impl Core {
         }
         let bit = self.member_bit(from);
         let majority = self.majority;
-        let Some(election) = self.st.election.as_mut() else { return };
+        let Some(election) = self.st.election.as_mut() else {
+            return;
+        };
         if election.phase != Phase::PreVote || election.epoch != epoch || !granted {
             return;
         }
@@ -156,7 +166,10 @@ impl Core {
         let refuse = |core: &Core, out: &mut Vec<Action>| {
             out.push(Action::Send {
                 to: from,
-                message: Message::VoteResponse { epoch: core.st.epoch, granted: false },
+                message: Message::VoteResponse {
+                    epoch: core.st.epoch,
+                    granted: false,
+                },
             });
         };
         if epoch < self.st.epoch {
@@ -189,12 +202,25 @@ impl Core {
         self.reset_election_deadline(now);
         // Persist the vote before the reply leaves. A repeated request (duplicate or retry)
         // waits for the same persist as the first one.
-        let seq = if already { self.st.persists_requested } else { self.persist_meta(out) };
-        let reply = Message::VoteResponse { epoch, granted: true };
+        let seq = if already {
+            self.st.persists_requested
+        } else {
+            self.persist_meta(out)
+        };
+        let reply = Message::VoteResponse {
+            epoch,
+            granted: true,
+        };
         self.send_after_persist(seq, from, reply, out);
     }
 
-    pub(super) fn on_vote_response(&mut self, from: NodeId, epoch: Epoch, granted: bool, out: &mut Vec<Action>) {
+    pub(super) fn on_vote_response(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        granted: bool,
+        out: &mut Vec<Action>,
+    ) {
         if epoch > self.st.epoch {
             self.adopt_epoch(epoch, out);
             return;
@@ -222,7 +248,10 @@ impl Core {
         let done = self.st.persists_done;
         let now = self.st.now;
         if let Some(election) = self.st.election.as_mut() {
-            if election.phase == Phase::Vote && election.persist_seq <= done && election.requested_at.is_none() {
+            if election.phase == Phase::Vote
+                && election.persist_seq <= done
+                && election.requested_at.is_none()
+            {
                 // The requests left in this step, at the latest clock reading we have, which is
                 // at or before the true send time: the lease counted from it is conservative.
                 election.requested_at = Some(now);
@@ -235,17 +264,30 @@ impl Core {
         if self.st.role != Role::Candidate {
             return;
         }
-        let Some(election) = self.st.election.as_ref() else { return };
-        if election.requested_at.is_none() || (election.granted.count_ones() as usize) < self.majority {
+        let Some(election) = self.st.election.as_ref() else {
+            return;
+        };
+        if election.requested_at.is_none()
+            || (election.granted.count_ones() as usize) < self.majority
+        {
             return;
         }
         self.election_become_primary(out);
     }
 
     fn election_become_primary(&mut self, out: &mut Vec<Action>) {
-        let election = self.st.election.take().expect("a candidate has an election");
-        assert_eq!(election.epoch, self.st.epoch, "winning an election of another epoch");
-        let requested_at = election.requested_at.expect("won only after the requests left");
+        let election = self
+            .st
+            .election
+            .take()
+            .expect("a candidate has an election");
+        assert_eq!(
+            election.epoch, self.st.epoch,
+            "winning an election of another epoch"
+        );
+        let requested_at = election
+            .requested_at
+            .expect("won only after the requests left");
         self.st.role = Role::Primary;
         self.st.primary = Some(self.config.node_id);
         self.st.last_primary_contact = None;
@@ -255,7 +297,10 @@ impl Core {
         self.st.log.append(lsn, lsn, self.st.epoch);
         self.st.epoch_start_lsn = lsn;
         self.st.bytes.restart_after(lsn);
-        out.push(Action::WriteEpochStart { lsn, epoch: self.st.epoch });
+        out.push(Action::WriteEpochStart {
+            lsn,
+            epoch: self.st.epoch,
+        });
         // 2. Peers: probe from the epoch-start record. Each voter refuses other candidates
         //    for `failover_timeout` after granting, so its vote renews our lease like an
         //    acknowledged heartbeat sent when the vote requests left.

@@ -14,7 +14,11 @@ pub enum Input {
     /// heartbeat interval is plenty): heartbeats, elections and lease expiry happen on ticks.
     Tick { now: Time },
     /// A message from peer `from` arrived at `now`.
-    Receive { now: Time, from: NodeId, message: Message },
+    Receive {
+        now: Time,
+        from: NodeId,
+        message: Message,
+    },
     /// The local application asks to append `count` records totalling `bytes` bytes. The core
     /// answers `WriteProposed` (with the LSNs) or `ProposeRejected`.
     Propose { now: Time, count: u64, bytes: u64 },
@@ -23,7 +27,10 @@ pub enum Input {
     /// the same LSN and epoch are the same record (log matching), whatever happened between.
     Durable { lsn: Lsn, epoch: Epoch },
     /// The `PersistMeta` with these values is durable. One report per `PersistMeta`, in order.
-    MetaPersisted { epoch: Epoch, voted_for: Option<NodeId> },
+    MetaPersisted {
+        epoch: Epoch,
+        voted_for: Option<NodeId>,
+    },
     /// The operator asks the primary to hand over to `to`.
     Switchover { to: NodeId },
     /// The shell took a snapshot and dropped every record at or below `through` from the log.

@@ -36,11 +36,16 @@ pub enum Message {
         transfer: bool,
     },
     /// Sent only after the vote is persisted. `epoch` is the voter's current epoch.
-    VoteResponse { epoch: Epoch, granted: bool },
+    VoteResponse {
+        epoch: Epoch,
+        granted: bool,
+    },
     Append(Append),
     AppendResponse(AppendResponse),
     /// From the primary of `epoch` during a switchover: "stand for election now".
-    TimeoutNow { epoch: Epoch },
+    TimeoutNow {
+        epoch: Epoch,
+    },
 }
 
 /// Records `first_lsn..=last_lsn`, all written in `records_epoch`, following `prev_lsn` (of

@@ -137,12 +137,20 @@ impl Core {
         let majority = config.majority();
         let sync_replicas = config.sync_replicas_effective();
         let lease = config.lease();
-        let others: Vec<NodeId> =
-            config.members.iter().copied().filter(|&id| id != config.node_id).collect();
+        let others: Vec<NodeId> = config
+            .members
+            .iter()
+            .copied()
+            .filter(|&id| id != config.node_id)
+            .collect();
         // A log may hold records of an epoch this node adopted but never persisted (adoption
         // from an append is not waited for); the epoch is at least that of its last record.
         let epoch = meta.epoch.max(log.last_epoch());
-        let voted_for = if epoch == meta.epoch { meta.voted_for } else { None };
+        let voted_for = if epoch == meta.epoch {
+            meta.voted_for
+        } else {
+            None
+        };
         let commit_lsn = log.snapshot_lsn;
         let mut core = Core {
             others,
@@ -186,7 +194,9 @@ impl Core {
             return fail("last_lsn is below snapshot_lsn");
         }
         if (recovered.snapshot_lsn == Lsn::ZERO) != (recovered.snapshot_epoch == Epoch::ZERO) {
-            return fail("snapshot_lsn and snapshot_epoch disagree about whether there is a snapshot");
+            return fail(
+                "snapshot_lsn and snapshot_epoch disagree about whether there is a snapshot",
+            );
         }
         match recovered.epoch_starts.first() {
             None if recovered.last_lsn != recovered.snapshot_lsn => {
@@ -195,7 +205,9 @@ impl Core {
             None => {}
             Some(&(epoch, start)) => {
                 if start != recovered.snapshot_lsn.next() {
-                    return fail("the first epoch start is not the first record after the snapshot");
+                    return fail(
+                        "the first epoch start is not the first record after the snapshot",
+                    );
                 }
                 if epoch < recovered.snapshot_epoch {
                     return fail("the first epoch is below the snapshot's epoch");
@@ -244,7 +256,9 @@ impl Core {
                 self.on_propose(count, bytes, out);
             }
             Input::Durable { lsn, epoch } => self.on_durable(lsn, epoch, out),
-            Input::MetaPersisted { epoch, voted_for } => self.on_meta_persisted(epoch, voted_for, out),
+            Input::MetaPersisted { epoch, voted_for } => {
+                self.on_meta_persisted(epoch, voted_for, out)
+            }
             Input::Switchover { to } => self.on_switchover(to, out),
             Input::PrefixTruncated { through } => self.on_prefix_truncated(through),
             Input::SnapshotSent { to, lsn, epoch } => self.on_snapshot_sent(to, lsn, epoch, out),
@@ -272,16 +286,25 @@ impl Core {
 
     fn on_message(&mut self, from: NodeId, message: Message, out: &mut Vec<Action>) {
         match message {
-            Message::PreVoteRequest { epoch, last_lsn, last_epoch } => {
-                self.on_pre_vote_request(from, epoch, last_lsn, last_epoch, out)
+            Message::PreVoteRequest {
+                epoch,
+                last_lsn,
+                last_epoch,
+            } => self.on_pre_vote_request(from, epoch, last_lsn, last_epoch, out),
+            Message::PreVoteResponse {
+                epoch,
+                granted,
+                voter_epoch,
+            } => self.on_pre_vote_response(from, epoch, granted, voter_epoch, out),
+            Message::VoteRequest {
+                epoch,
+                last_lsn,
+                last_epoch,
+                transfer,
+            } => self.on_vote_request(from, epoch, last_lsn, last_epoch, transfer, out),
+            Message::VoteResponse { epoch, granted } => {
+                self.on_vote_response(from, epoch, granted, out)
             }
-            Message::PreVoteResponse { epoch, granted, voter_epoch } => {
-                self.on_pre_vote_response(from, epoch, granted, voter_epoch, out)
-            }
-            Message::VoteRequest { epoch, last_lsn, last_epoch, transfer } => {
-                self.on_vote_request(from, epoch, last_lsn, last_epoch, transfer, out)
-            }
-            Message::VoteResponse { epoch, granted } => self.on_vote_response(from, epoch, granted, out),
             Message::Append(append) => self.on_append(from, append, out),
             Message::AppendResponse(response) => self.on_append_response(from, response, out),
             Message::TimeoutNow { epoch } => self.on_timeout_now(from, epoch, out),
@@ -304,7 +327,12 @@ impl Core {
         }
     }
 
-    fn on_meta_persisted(&mut self, epoch: Epoch, voted_for: Option<NodeId>, out: &mut Vec<Action>) {
+    fn on_meta_persisted(
+        &mut self,
+        epoch: Epoch,
+        voted_for: Option<NodeId>,
+        out: &mut Vec<Action>,
+    ) {
         let expected = self.st.persists_pending.pop_front();
         assert_eq!(
             expected,
@@ -365,6 +393,26 @@ impl Core {
         self.st.log.epoch_of(lsn)
     }
 
+    pub fn role(&self) -> Role {
+        self.st.role
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.st.epoch
+    }
+
+    pub fn primary(&self) -> Option<NodeId> {
+        self.st.primary
+    }
+
+    pub fn commit_lsn(&self) -> Lsn {
+        self.st.commit_lsn
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.st.log.last_lsn
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -394,14 +442,25 @@ impl Core {
     /// Emits `PersistMeta` for the current epoch and vote; returns the number that
     /// `persists_done` must reach before anything depending on it may leave.
     fn persist_meta(&mut self, out: &mut Vec<Action>) -> u64 {
-        out.push(Action::PersistMeta { epoch: self.st.epoch, voted_for: self.st.voted_for });
-        self.st.persists_pending.push_back((self.st.epoch, self.st.voted_for));
+        out.push(Action::PersistMeta {
+            epoch: self.st.epoch,
+            voted_for: self.st.voted_for,
+        });
+        self.st
+            .persists_pending
+            .push_back((self.st.epoch, self.st.voted_for));
         self.st.persists_requested += 1;
         self.st.persists_requested
     }
 
     /// Sends `message` once persist number `seq` is done (at once if it already is).
-    fn send_after_persist(&mut self, seq: u64, to: NodeId, message: Message, out: &mut Vec<Action>) {
+    fn send_after_persist(
+        &mut self,
+        seq: u64,
+        to: NodeId,
+        message: Message,
+        out: &mut Vec<Action>,
+    ) {
         if seq <= self.st.persists_done {
             out.push(Action::Send { to, message });
         } else {
@@ -412,7 +471,11 @@ impl Core {
     /// Moves to a higher epoch learned from a peer: as a backup, no vote cast, primary unknown.
     /// The epoch is persisted but nothing waits for it: adopting an epoch grants nothing.
     fn adopt_epoch(&mut self, epoch: Epoch, out: &mut Vec<Action>) {
-        assert!(epoch > self.st.epoch, "adopt_epoch({epoch}) not above {}", self.st.epoch);
+        assert!(
+            epoch > self.st.epoch,
+            "adopt_epoch({epoch}) not above {}",
+            self.st.epoch
+        );
         match self.st.role {
             Role::Primary => self.step_down(out),
             Role::Candidate | Role::Backup => {}
@@ -431,7 +494,9 @@ impl Core {
     fn step_down(&mut self, out: &mut Vec<Action>) {
         assert_eq!(self.st.role, Role::Primary, "step_down of a non-primary");
         if self.st.log.last_lsn > self.st.commit_lsn {
-            out.push(Action::AppendsAbandoned { after: self.st.commit_lsn });
+            out.push(Action::AppendsAbandoned {
+                after: self.st.commit_lsn,
+            });
         }
         self.st.role = Role::Backup;
         self.st.primary = None;
@@ -464,7 +529,11 @@ impl Core {
         let now = (self.st.role, self.st.epoch, self.st.primary);
         if now != self.st.reported {
             self.st.reported = now;
-            out.push(Action::RoleChanged { role: now.0, epoch: now.1, primary: now.2 });
+            out.push(Action::RoleChanged {
+                role: now.0,
+                epoch: now.1,
+                primary: now.2,
+            });
         }
     }
 }

@@ -58,7 +58,10 @@ impl ByteIndex {
     }
 
     pub fn push(&mut self, last_lsn: Lsn, count: u64, bytes: u64, batches_max: u64) {
-        let total = self.batches.back().map_or(self.base_bytes, |&(_, total)| total);
+        let total = self
+            .batches
+            .back()
+            .map_or(self.base_bytes, |&(_, total)| total);
         self.batches.push_back((last_lsn, total + bytes));
         self.records_seen += count;
         self.bytes_seen += bytes;
@@ -102,7 +105,9 @@ impl ByteIndex {
             let &(last, total) = self.batches.back().expect("not empty, checked above");
             return total as i128 + (at - last.get() as i128) * average;
         }
-        let (prev_last, prev_total) = if i == 0 { (base, self.base_bytes as i128) } else {
+        let (prev_last, prev_total) = if i == 0 {
+            (base, self.base_bytes as i128)
+        } else {
             let (l, t) = self.batches[i - 1];
             (l.get() as i128, t as i128)
         };
@@ -123,18 +128,26 @@ impl ByteIndex {
 impl Core {
     pub(super) fn on_propose(&mut self, count: u64, bytes: u64, out: &mut Vec<Action>) {
         if count == 0 {
-            out.push(Action::ProposeRejected { reason: Rejection::Empty });
+            out.push(Action::ProposeRejected {
+                reason: Rejection::Empty,
+            });
             return;
         }
         match self.st.role {
             Role::Primary => {}
             Role::Backup | Role::Candidate => {
-                out.push(Action::ProposeRejected { reason: Rejection::NotPrimary { primary: self.st.primary } });
+                out.push(Action::ProposeRejected {
+                    reason: Rejection::NotPrimary {
+                        primary: self.st.primary,
+                    },
+                });
                 return;
             }
         }
         if self.st.switchover.is_some() {
-            out.push(Action::ProposeRejected { reason: Rejection::SwitchoverInProgress });
+            out.push(Action::ProposeRejected {
+                reason: Rejection::SwitchoverInProgress,
+            });
             return;
         }
         // `lease_check` ran first in this step: a primary here holds its lease.
@@ -143,8 +156,14 @@ impl Core {
         let last_lsn = first_lsn.plus(count - 1);
         let epoch = self.st.epoch;
         self.st.log.append(first_lsn, last_lsn, epoch);
-        self.st.bytes.push(last_lsn, count, bytes, self.config.inflight_records_max);
-        out.push(Action::WriteProposed { first_lsn, last_lsn, epoch });
+        self.st
+            .bytes
+            .push(last_lsn, count, bytes, self.config.inflight_records_max);
+        out.push(Action::WriteProposed {
+            first_lsn,
+            last_lsn,
+            epoch,
+        });
         for i in 0..self.st.peers.len() {
             self.replicate_to(i, false, out);
         }
@@ -161,10 +180,9 @@ impl Core {
         let heartbeat = self.config.heartbeat_interval;
         for i in 0..self.st.peers.len() {
             let peer = &mut self.st.peers[i];
-            let quiet_since_send = peer.last_sent.is_none_or(|at| now >= at + resend_after);
-            if peer.probing && peer.probe_in_flight && quiet_since_send {
-                // The probe or its answer was lost.
-                peer.probe_in_flight = false;
+            if peer.probing && peer.probe_sent_at.is_some_and(|at| now >= at + resend_after) {
+                // The probe or its answer was lost: send it again.
+                peer.probe_sent_at = None;
             } else if !peer.probing
                 && !peer.snapshot_pending
                 && peer.match_lsn.next() < peer.next_lsn
@@ -176,7 +194,7 @@ impl Core {
                 peer.next_lsn = peer.match_lsn.next();
                 peer.acked_lsn = peer.match_lsn;
                 peer.probing = true;
-                peer.probe_in_flight = false;
+                peer.probe_sent_at = None;
                 peer.last_progress = now;
             }
             let heartbeat_due = peer.last_sent.is_none_or(|at| now >= at + heartbeat);
@@ -205,32 +223,51 @@ impl Core {
                 let log = &self.st.log;
                 let peer = &self.st.peers[i];
                 let next = peer.next_lsn;
-                if next > log.last_lsn || (peer.probing && peer.probe_in_flight) {
-                    break;
+                let probing = peer.probing;
+                if probing && peer.probe_sent_at.is_some() {
+                    break; // One probe at a time.
                 }
-                let inflight_records = next.get() - 1 - peer.acked_lsn.get();
-                let inflight_bytes = self.st.bytes.estimate(peer.acked_lsn.next(), next.prev());
-                let (inflight_records, inflight_bytes) =
-                    if peer.probing { (0, 0) } else { (inflight_records, inflight_bytes) };
+                if !probing && next > log.last_lsn {
+                    break; // Nothing more to ship.
+                }
+                // A probe ignores the window: it is one append, and the window counts from
+                // `acked_lsn`, which a rejection has made uncertain.
+                let (inflight_records, inflight_bytes) = if probing {
+                    (0, 0)
+                } else {
+                    (
+                        next.get() - 1 - peer.acked_lsn.get(),
+                        self.st.bytes.estimate(peer.acked_lsn.next(), next.prev()),
+                    )
+                };
                 if inflight_records >= records_max {
                     break;
                 }
-                let records_epoch = log.epoch_of(next).expect("next_lsn is inside the log");
-                let (_, epoch_last) = log.range_of_epoch(records_epoch).expect("epoch of a record in the log");
-                let mut count = self
-                    .config
-                    .append_records_max
-                    .min(records_max - inflight_records)
-                    .min(Lsn::count_between(next, epoch_last));
-                while count > 1 && inflight_bytes + self.st.bytes.estimate(next, next.plus(count - 1)) > bytes_max {
-                    count /= 2;
-                }
+                // A probe past the end of our log is empty: it only checks the match at
+                // `next - 1`.
+                let (records_epoch, count) = match log.epoch_of(next) {
+                    Some(epoch) if next <= log.last_lsn => {
+                        let (_, epoch_last) = log.range_of_epoch(epoch).expect("epoch of a record in the log");
+                        let mut count = self
+                            .config
+                            .append_records_max
+                            .min(records_max - inflight_records)
+                            .min(Lsn::count_between(next, epoch_last));
+                        while count > 1
+                            && inflight_bytes + self.st.bytes.estimate(next, next.plus(count - 1)) > bytes_max
+                        {
+                            count /= 2;
+                        }
+                        (epoch, count)
+                    }
+                    _ => (self.st.epoch, 0),
+                };
                 if inflight_records > 0 && inflight_bytes + self.st.bytes.estimate(next, next) > bytes_max {
                     break;
                 }
                 let prev_lsn = next.prev();
                 let prev_epoch = log.epoch_of(prev_lsn).expect("next_lsn - 1 is at or above the snapshot");
-                let last_lsn = next.plus(count - 1);
+                let last_lsn = prev_lsn.plus(count);
                 let append = Append {
                     epoch: self.st.epoch,
                     prev_lsn,
@@ -244,12 +281,12 @@ impl Core {
                 out.push(Action::Send { to, message: Message::Append(append) });
                 shipped = true;
                 let peer = &mut self.st.peers[i];
-                peer.next_lsn = last_lsn.next();
                 peer.last_sent = Some(now);
-                if peer.probing {
-                    peer.probe_in_flight = true;
+                if probing {
+                    peer.probe_sent_at = Some(now);
                     break;
                 }
+                peer.next_lsn = last_lsn.next();
             }
         }
         if !shipped && heartbeat_due {
@@ -270,12 +307,11 @@ impl Core {
                 commit_lsn: self.st.commit_lsn,
                 sent_at: now.as_duration(),
             };
-            out.push(Action::Send { to, message: Message::Append(append) });
-            let peer = &mut self.st.peers[i];
-            peer.last_sent = Some(now);
-            if peer.probing {
-                peer.probe_in_flight = true;
-            }
+            out.push(Action::Send {
+                to,
+                message: Message::Append(append),
+            });
+            self.st.peers[i].last_sent = Some(now);
         }
     }
 
@@ -294,7 +330,10 @@ impl Core {
                 durable_lsn: Lsn::ZERO,
                 sent_at: append.sent_at,
             };
-            out.push(Action::Send { to: from, message: Message::AppendResponse(response) });
+            out.push(Action::Send {
+                to: from,
+                message: Message::AppendResponse(response),
+            });
             return;
         }
         if append.epoch > self.st.epoch {
@@ -325,7 +364,9 @@ impl Core {
             self.backup_respond(from, false, lsn, epoch, out);
             return;
         }
-        if append.prev_lsn >= log.snapshot_lsn && log.epoch_of(append.prev_lsn) != Some(append.prev_epoch) {
+        if append.prev_lsn >= log.snapshot_lsn
+            && log.epoch_of(append.prev_lsn) != Some(append.prev_epoch)
+        {
             let (lsn, epoch) = self.on_append_hint(append.prev_lsn);
             self.backup_respond(from, false, lsn, epoch, out);
             return;
@@ -360,7 +401,10 @@ impl Core {
                     out.push(Action::TruncateSuffix { keep_through });
                 }
                 self.st.log.append(differs_at, high, append.records_epoch);
-                out.push(Action::WriteReceived { first_lsn: differs_at, last_lsn: high });
+                out.push(Action::WriteReceived {
+                    first_lsn: differs_at,
+                    last_lsn: high,
+                });
             }
         }
         self.st.verified_lsn = self.st.verified_lsn.max(append.last_lsn);
@@ -385,7 +429,14 @@ impl Core {
         }
     }
 
-    fn backup_respond(&mut self, to: NodeId, accepted: bool, lsn: Lsn, epoch: Epoch, out: &mut Vec<Action>) {
+    fn backup_respond(
+        &mut self,
+        to: NodeId,
+        accepted: bool,
+        lsn: Lsn,
+        epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
         let durable_lsn = self.st.log.durable_lsn.min(self.st.verified_lsn);
         self.st.acked_durable_lsn = self.st.acked_durable_lsn.max(durable_lsn);
         let response = AppendResponse {
@@ -396,12 +447,17 @@ impl Core {
             durable_lsn,
             sent_at: self.st.primary_sent_at,
         };
-        out.push(Action::Send { to, message: Message::AppendResponse(response) });
+        out.push(Action::Send {
+            to,
+            message: Message::AppendResponse(response),
+        });
     }
 
     /// A backup whose durable LSN advanced tells the primary (the commit may depend on it).
     pub(super) fn backup_ack_durable(&mut self, out: &mut Vec<Action>) {
-        let Some(primary) = self.st.primary else { return };
+        let Some(primary) = self.st.primary else {
+            return;
+        };
         if self.st.role != Role::Backup {
             return;
         }
@@ -413,7 +469,12 @@ impl Core {
         }
     }
 
-    pub(super) fn on_append_response(&mut self, from: NodeId, response: AppendResponse, out: &mut Vec<Action>) {
+    pub(super) fn on_append_response(
+        &mut self,
+        from: NodeId,
+        response: AppendResponse,
+        out: &mut Vec<Action>,
+    ) {
         if response.epoch > self.st.epoch {
             self.adopt_epoch(response.epoch, out);
             return;
@@ -421,7 +482,9 @@ impl Core {
         if self.st.role != Role::Primary || response.epoch < self.st.epoch {
             return; // For an epoch that is over.
         }
-        let Some(i) = self.peer_index(from) else { return };
+        let Some(i) = self.peer_index(from) else {
+            return;
+        };
         let now = self.st.now;
         let last_lsn = self.st.log.last_lsn;
         if response.matched_lsn > last_lsn && response.accepted {
@@ -443,12 +506,13 @@ impl Core {
                 peer.acked_lsn = peer.acked_lsn.max(durable);
                 peer.last_progress = now;
             }
-            if peer.next_lsn <= peer.acked_lsn {
+            if peer.next_lsn <= peer.acked_lsn || peer.probing && peer.acked_lsn.next() >= peer.next_lsn {
                 peer.next_lsn = peer.acked_lsn.next();
             }
             if peer.probing && peer.acked_lsn.next() >= peer.next_lsn {
+                // The probe (or anything after it) was accepted: pipeline from here.
                 peer.probing = false;
-                peer.probe_in_flight = false;
+                peer.probe_sent_at = None;
             }
             self.commit_advance_primary(out);
             self.switchover_check(out);
@@ -462,7 +526,7 @@ impl Core {
                 peer.next_lsn = next;
                 peer.acked_lsn = peer.acked_lsn.min(next.prev()).max(peer.match_lsn);
                 peer.probing = true;
-                peer.probe_in_flight = false;
+                peer.probe_sent_at = None;
             }
         }
         if self.st.role == Role::Primary {
@@ -506,7 +570,13 @@ impl Core {
         self.st.bytes.prune_through(through);
     }
 
-    pub(super) fn on_snapshot_sent(&mut self, to: NodeId, lsn: Lsn, epoch: Epoch, out: &mut Vec<Action>) {
+    pub(super) fn on_snapshot_sent(
+        &mut self,
+        to: NodeId,
+        lsn: Lsn,
+        epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
         let _ = epoch;
         if self.st.role != Role::Primary {
             return;
@@ -519,7 +589,7 @@ impl Core {
             peer.next_lsn = lsn.next().min(self.st.log.last_lsn.next());
         }
         peer.probing = true;
-        peer.probe_in_flight = false;
+        peer.probe_sent_at = None;
         peer.last_progress = now;
         self.replicate_to(i, false, out);
     }
@@ -537,7 +607,10 @@ impl Core {
     }
 
     pub(super) fn on_snapshot_installed(&mut self, lsn: Lsn, epoch: Epoch, out: &mut Vec<Action>) {
-        assert!(self.st.role != Role::Primary, "a primary installed a snapshot");
+        assert!(
+            self.st.role != Role::Primary,
+            "a primary installed a snapshot"
+        );
         assert!(
             lsn >= self.st.commit_lsn,
             "snapshot through {lsn} installed below commit_lsn {}",

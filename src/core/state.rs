@@ -51,8 +51,14 @@ impl Log {
         if lsn < self.snapshot_lsn || lsn > self.last_lsn {
             return None;
         }
-        let after = self.epoch_starts.partition_point(|&(_, start)| start <= lsn);
-        assert!(after > 0, "lsn {lsn} above snapshot {} has no epoch start", self.snapshot_lsn);
+        let after = self
+            .epoch_starts
+            .partition_point(|&(_, start)| start <= lsn);
+        assert!(
+            after > 0,
+            "lsn {lsn} above snapshot {} has no epoch start",
+            self.snapshot_lsn
+        );
         Some(self.epoch_starts[after - 1].0)
     }
 
@@ -83,10 +89,20 @@ impl Log {
     }
 
     pub fn append(&mut self, first_lsn: Lsn, last_lsn: Lsn, epoch: Epoch) {
-        assert_eq!(first_lsn, self.last_lsn.next(), "append must follow last_lsn");
-        assert!(last_lsn >= first_lsn, "append of no records ({first_lsn}..={last_lsn})");
+        assert_eq!(
+            first_lsn,
+            self.last_lsn.next(),
+            "append must follow last_lsn"
+        );
+        assert!(
+            last_lsn >= first_lsn,
+            "append of no records ({first_lsn}..={last_lsn})"
+        );
         let last_epoch = self.last_epoch();
-        assert!(epoch >= last_epoch, "record epoch {epoch} below last epoch {last_epoch}");
+        assert!(
+            epoch >= last_epoch,
+            "record epoch {epoch} below last epoch {last_epoch}"
+        );
         if self.epoch_starts.is_empty() || epoch != last_epoch {
             self.epoch_starts.push((epoch, first_lsn));
         }
@@ -95,21 +111,38 @@ impl Log {
 
     /// Drops every record after `keep_through`.
     pub fn truncate_suffix(&mut self, keep_through: Lsn) {
-        assert!(keep_through >= self.snapshot_lsn, "suffix truncation into the snapshot");
-        assert!(keep_through < self.last_lsn, "suffix truncation that drops nothing");
+        assert!(
+            keep_through >= self.snapshot_lsn,
+            "suffix truncation into the snapshot"
+        );
+        assert!(
+            keep_through < self.last_lsn,
+            "suffix truncation that drops nothing"
+        );
         self.last_lsn = keep_through;
         self.durable_lsn = self.durable_lsn.min(keep_through);
-        self.epoch_starts.retain(|&(_, start)| start <= keep_through);
+        self.epoch_starts
+            .retain(|&(_, start)| start <= keep_through);
     }
 
     /// Drops every record at or below `through` (now covered by a snapshot).
     pub fn truncate_prefix(&mut self, through: Lsn) {
-        assert!(through > self.snapshot_lsn, "prefix truncation that drops nothing");
-        assert!(through <= self.last_lsn, "prefix truncation past the end of the log");
-        let epoch = self.epoch_of(through).expect("epoch of an LSN inside the log is known");
+        assert!(
+            through > self.snapshot_lsn,
+            "prefix truncation that drops nothing"
+        );
+        assert!(
+            through <= self.last_lsn,
+            "prefix truncation past the end of the log"
+        );
+        let epoch = self
+            .epoch_of(through)
+            .expect("epoch of an LSN inside the log is known");
         let first = through.next();
         // The epoch of the new first record, if any, starts there now.
-        let keep_from = self.epoch_starts.partition_point(|&(_, start)| start <= first);
+        let keep_from = self
+            .epoch_starts
+            .partition_point(|&(_, start)| start <= first);
         let first_epoch = self.epoch_of(first);
         self.epoch_starts.drain(..keep_from);
         if let Some(first_epoch) = first_epoch {
@@ -142,21 +175,45 @@ impl Log {
             self.last_lsn
         );
         if self.snapshot_lsn == Lsn::ZERO {
-            assert_eq!(self.snapshot_epoch, Epoch::ZERO, "no snapshot but a snapshot epoch");
+            assert_eq!(
+                self.snapshot_epoch,
+                Epoch::ZERO,
+                "no snapshot but a snapshot epoch"
+            );
         }
         match self.epoch_starts.first() {
-            None => assert_eq!(self.last_lsn, self.snapshot_lsn, "records without epoch starts"),
+            None => assert_eq!(
+                self.last_lsn, self.snapshot_lsn,
+                "records without epoch starts"
+            ),
             Some(&(epoch, start)) => {
-                assert_eq!(start, self.snapshot_lsn.next(), "first epoch start is not the log start");
-                assert!(epoch >= self.snapshot_epoch, "first epoch {epoch} below snapshot epoch");
+                assert_eq!(
+                    start,
+                    self.snapshot_lsn.next(),
+                    "first epoch start is not the log start"
+                );
+                assert!(
+                    epoch >= self.snapshot_epoch,
+                    "first epoch {epoch} below snapshot epoch"
+                );
             }
         }
         for pair in self.epoch_starts.windows(2) {
-            assert!(pair[0].0 < pair[1].0, "epoch starts not increasing in epoch: {pair:?}");
-            assert!(pair[0].1 < pair[1].1, "epoch starts not increasing in lsn: {pair:?}");
+            assert!(
+                pair[0].0 < pair[1].0,
+                "epoch starts not increasing in epoch: {pair:?}"
+            );
+            assert!(
+                pair[0].1 < pair[1].1,
+                "epoch starts not increasing in lsn: {pair:?}"
+            );
         }
         if let Some(&(_, start)) = self.epoch_starts.last() {
-            assert!(start <= self.last_lsn, "epoch start {start} past last_lsn {}", self.last_lsn);
+            assert!(
+                start <= self.last_lsn,
+                "epoch start {start} past last_lsn {}",
+                self.last_lsn
+            );
         }
     }
 }
@@ -173,8 +230,9 @@ pub(crate) struct Peer {
     pub match_lsn: Lsn,
     /// After a rejection: one append at a time until one is accepted.
     pub probing: bool,
-    /// While probing: an append is out and unanswered.
-    pub probe_in_flight: bool,
+    /// While probing: when the probe (an append from `next_lsn`, which stays put until the
+    /// probe is accepted) left; `None` when no probe is out.
+    pub probe_sent_at: Option<Time>,
     /// A `SendSnapshot` is out and not yet answered.
     pub snapshot_pending: bool,
     pub last_sent: Option<Time>,
@@ -194,7 +252,7 @@ impl Peer {
             acked_lsn: Lsn::ZERO,
             match_lsn: Lsn::ZERO,
             probing: true,
-            probe_in_flight: false,
+            probe_sent_at: None,
             snapshot_pending: false,
             last_sent: None,
             last_progress: now,
@@ -231,7 +289,6 @@ pub(crate) struct Switchover {
     pub to: NodeId,
     pub deadline: Time,
 }
-
 
 /// Everything the core knows. Fields are grouped by who needs them.
 #[derive(Clone, Debug)]
@@ -301,7 +358,10 @@ impl State {
             log.last_epoch(),
             self.epoch
         );
-        assert!(self.verified_lsn <= log.last_lsn, "verified_lsn above last_lsn");
+        assert!(
+            self.verified_lsn <= log.last_lsn,
+            "verified_lsn above last_lsn"
+        );
         assert_eq!(
             self.persists_requested - self.persists_done,
             self.persists_pending.len() as u64,
@@ -316,13 +376,39 @@ impl State {
                     log.durable_lsn
                 );
                 assert_eq!(self.primary, Some(node_id), "primary does not know itself");
-                assert_eq!(self.voted_for, Some(node_id), "primary did not vote for itself");
+                assert_eq!(
+                    self.voted_for,
+                    Some(node_id),
+                    "primary did not vote for itself"
+                );
                 assert!(self.election.is_none(), "primary with an election");
-                assert!(self.epoch_start_lsn <= log.last_lsn, "epoch start past last_lsn");
-                assert_eq!(log.epoch_of(self.epoch_start_lsn), Some(self.epoch), "epoch start");
+                assert!(
+                    self.epoch_start_lsn <= log.last_lsn,
+                    "epoch start past last_lsn"
+                );
+                assert_eq!(
+                    log.last_epoch(),
+                    self.epoch,
+                    "primary's last record is not of its epoch"
+                );
+                if self.epoch_start_lsn >= log.snapshot_lsn {
+                    assert_eq!(
+                        log.epoch_of(self.epoch_start_lsn),
+                        Some(self.epoch),
+                        "epoch start record"
+                    );
+                }
                 for peer in &self.peers {
-                    assert!(peer.match_lsn <= peer.acked_lsn, "peer {} match above acked", peer.id);
-                    assert!(peer.acked_lsn < peer.next_lsn, "peer {} acked not below next", peer.id);
+                    assert!(
+                        peer.match_lsn <= peer.acked_lsn,
+                        "peer {} match above acked",
+                        peer.id
+                    );
+                    assert!(
+                        peer.acked_lsn < peer.next_lsn,
+                        "peer {} acked not below next",
+                        peer.id
+                    );
                     assert!(
                         peer.next_lsn <= log.last_lsn.next(),
                         "peer {} next_lsn {} past last_lsn {}",
@@ -333,7 +419,11 @@ impl State {
                 }
             }
             Role::Candidate => {
-                assert_eq!(self.voted_for, Some(node_id), "candidate did not vote for itself");
+                assert_eq!(
+                    self.voted_for,
+                    Some(node_id),
+                    "candidate did not vote for itself"
+                );
                 assert!(self.primary.is_none(), "candidate knows a primary");
                 let election = self.election.as_ref().expect("a candidate has an election");
                 assert_eq!(election.phase, Phase::Vote, "candidate in pre-vote");

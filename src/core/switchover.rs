@@ -12,8 +12,8 @@
 
 use wal::NodeId;
 
-use super::{Action, Core, Message, Role, SwitchoverOutcome, SwitchoverRefusal};
 use super::state::Switchover;
+use super::{Action, Core, Message, Role, SwitchoverOutcome, SwitchoverRefusal};
 
 impl Core {
     pub(super) fn on_switchover(&mut self, to: NodeId, out: &mut Vec<Action>) {
@@ -29,7 +29,10 @@ impl Core {
             None
         };
         if let Some(refusal) = refusal {
-            out.push(Action::Switchover { to, outcome: SwitchoverOutcome::Refused(refusal) });
+            out.push(Action::Switchover {
+                to,
+                outcome: SwitchoverOutcome::Refused(refusal),
+            });
             return;
         }
         let deadline = self.st.now + self.config.failover_timeout;
@@ -44,20 +47,37 @@ impl Core {
 
     /// Hands over if the target is ready; abandons the switchover past its deadline.
     pub(super) fn switchover_check(&mut self, out: &mut Vec<Action>) {
-        let Some(switchover) = self.st.switchover else { return };
+        let Some(switchover) = self.st.switchover else {
+            return;
+        };
         if self.st.role != Role::Primary {
             return;
         }
-        let Some(i) = self.peer_index(switchover.to) else { return };
+        let Some(i) = self.peer_index(switchover.to) else {
+            return;
+        };
         let last = self.st.log.last_lsn;
-        let ready = self.st.peers[i].match_lsn == last && self.st.log.durable_lsn == last && self.st.commit_lsn == last;
+        let ready = self.st.peers[i].match_lsn == last
+            && self.st.log.durable_lsn == last
+            && self.st.commit_lsn == last;
         if ready {
-            out.push(Action::Send { to: switchover.to, message: Message::TimeoutNow { epoch: self.st.epoch } });
-            out.push(Action::Switchover { to: switchover.to, outcome: SwitchoverOutcome::HandedOver });
+            out.push(Action::Send {
+                to: switchover.to,
+                message: Message::TimeoutNow {
+                    epoch: self.st.epoch,
+                },
+            });
+            out.push(Action::Switchover {
+                to: switchover.to,
+                outcome: SwitchoverOutcome::HandedOver,
+            });
             self.step_down(out);
         } else if self.st.now >= switchover.deadline {
             self.st.switchover = None;
-            out.push(Action::Switchover { to: switchover.to, outcome: SwitchoverOutcome::TimedOut });
+            out.push(Action::Switchover {
+                to: switchover.to,
+                outcome: SwitchoverOutcome::TimedOut,
+            });
         }
     }
 }

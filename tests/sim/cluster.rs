@@ -1,0 +1,895 @@
+//! One simulated run: N nodes running the real core against a fake network, disks and clocks,
+//! driven by an event queue in true (simulated) time. Everything random comes from one seed.
+//!
+//! A run has three phases:
+//! 1. **Faults** (`FAULT_MS`): client load, and every few tens of milliseconds a fault: crash and
+//!    later restart (losing what was not synced), pause (a stalled process whose clock jumps
+//!    when it resumes), symmetric or asymmetric partitions, loss/duplication/delay changes,
+//!    switchover requests. Snapshots truncate logs all along.
+//! 2. **Heal**: faults removed, crashed nodes restarted. Within `HEAL_BOUND_MS` a primary must
+//!    commit, every client proposal must be resolved, and every node must catch up.
+//! 3. **Clean failover**: the primary is killed on a quiet network; the time to the next commit
+//!    by a new primary is the failover time, bounded by `FAILOVER_BOUND_MS`.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use understudy::core::{Action, Config, Core, Input, Message, PersistedMeta, Role, SplitMix64, TestKnobs};
+use understudy::{Epoch, Lsn, NodeId};
+
+use crate::clock::Clock;
+use crate::disk::{Disk, Rec};
+use crate::invariants::{committed_survive, lease::Lease, log_matching::LogMatching, one_primary::OnePrimary};
+use crate::invariants::{violation, Violation};
+use crate::network::{Network, MS};
+use crate::workload::Workload;
+
+pub const FAULT_MS: u64 = 3_000;
+pub const CLIENT_MS_AFTER_HEAL: u64 = 500;
+pub const HEAL_BOUND_MS: u64 = 10_000;
+pub const FAILOVER_BOUND_MS: u64 = 5_000;
+const TICK_MS: u64 = 10;
+/// Clock rates stay within this, below what the lease tolerates (`tolerated_drift_ppm`,
+/// 52 631 ppm with the simulated timing).
+const DRIFT_PPM_MAX: u64 = 45_000;
+const TRACE_LEN: usize = 40;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    pub knobs: TestKnobs,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub nodes: usize,
+    pub steps: u64,
+    pub sim_ns: u64,
+    /// Primary crashed during the fault phase -> next commit by a newer primary.
+    pub failovers_under_faults_ns: Vec<u64>,
+    /// Primary killed on a quiet network -> next commit by a newer primary.
+    pub clean_failover_ns: u64,
+    /// Heal -> first commit by a primary.
+    pub heal_to_commit_ns: u64,
+    pub committed: usize,
+    pub unknown: usize,
+    pub rejected: u64,
+    pub snapshots_installed: u64,
+    pub elections: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick { node: usize, inc: u32 },
+    Deliver { from: usize, to: usize, message: Message, records: Option<Vec<Rec>> },
+    DiskSync { node: usize, inc: u32 },
+    MetaDone { node: usize, inc: u32 },
+    Client,
+    ClientRequest { node: usize, count: u64, bytes: u64 },
+    Fault,
+    Restart { node: usize },
+    TakeSnapshot { node: usize, inc: u32 },
+    SnapshotDone { from: usize, from_inc: u32, to: usize },
+    Heal,
+    StopClients,
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Earliest first from a max-heap.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Node {
+    id: NodeId,
+    core: Option<Core>,
+    inc: u32,
+    disk: Disk,
+    clock: Clock,
+    rate_ppm: i64,
+    paused_until: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Heal,
+    Drain,
+    CleanFailover,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TraceWhat {
+    Input(Input),
+    Fault(&'static str, u64),
+    Action(Action),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TraceEntry {
+    step: u64,
+    at: u64,
+    node: usize,
+    what: TraceWhat,
+}
+
+pub struct Sim {
+    seed: u64,
+    options: RunOptions,
+    rng: SplitMix64,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    nodes: Vec<Node>,
+    members: Vec<NodeId>,
+    config: Config,
+    net: Network,
+    work: Workload,
+    one_primary: OnePrimary,
+    log_matching: LogMatching,
+    lease: Lease,
+    trace: VecDeque<TraceEntry>,
+    steps: u64,
+    out: Vec<Action>,
+    delays: Vec<u64>,
+    done: Vec<usize>,
+    phase: Phase,
+    heal_at: u64,
+    heal_committed_at: Option<u64>,
+    failover_open: Option<(u64, Epoch)>,
+    report: RunReport,
+}
+
+impl Sim {
+    pub fn new(seed: u64, options: RunOptions) -> Sim {
+        let mut rng = SplitMix64::new(seed);
+        let size = if seed % 2 == 0 { 3 } else { 5 };
+        let members: Vec<NodeId> = (1..=size as u16).map(NodeId).collect();
+        let mut config = Config::new(members[0], members.clone());
+        // Small windows, so that pipelining, windows and probing are exercised.
+        config.inflight_records_max = 4 + rng.below(60);
+        config.append_records_max = 1 + rng.below(16);
+        config.inflight_bytes_max = 1_000 + rng.below(30_000);
+        config.unsafe_testing = options.knobs;
+        let mut net = Network::new(size);
+        net.loss_ppm = rng.below(30_000);
+        net.duplicate_ppm = rng.below(20_000);
+        net.delay_max = MS + rng.below(10 * MS);
+        net.long_delay_ppm = rng.below(20_000);
+        net.long_delay_max = 200 * MS;
+        let mut sim = Sim {
+            seed,
+            options,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            members: members.clone(),
+            config,
+            net,
+            work: Workload::new(size),
+            one_primary: OnePrimary::new(size),
+            log_matching: LogMatching::default(),
+            lease: Lease::default(),
+            trace: VecDeque::with_capacity(TRACE_LEN),
+            steps: 0,
+            out: Vec::new(),
+            delays: Vec::new(),
+            done: Vec::new(),
+            phase: Phase::Faults,
+            heal_at: FAULT_MS * MS,
+            heal_committed_at: None,
+            failover_open: None,
+            report: RunReport { nodes: size, ..RunReport::default() },
+        };
+        for (i, &id) in members.iter().enumerate() {
+            let rate_ppm = sim.rng.below(2 * DRIFT_PPM_MAX + 1) as i64 - DRIFT_PPM_MAX as i64;
+            let clock = Clock::new(0, sim.rng.below(10_000) * MS, rate_ppm);
+            sim.nodes.push(Node { id, core: None, inc: 0, disk: Disk::default(), clock, rate_ppm, paused_until: 0 });
+            sim.start_node(i).unwrap_or_else(|v| panic!("starting node {i}: {}", v.detail));
+        }
+        let first_client = sim.rng.below(20) * MS;
+        sim.schedule(first_client, Event::Client);
+        let first_fault = 50 * MS + sim.rng.below(300) * MS;
+        sim.schedule(first_fault, Event::Fault);
+        sim.schedule(sim.heal_at, Event::Heal);
+        sim
+    }
+
+    fn schedule(&mut self, after: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, event });
+    }
+
+    fn schedule_at(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at, seq: self.seq, event });
+    }
+
+    fn alive(&self, node: usize) -> bool {
+        self.nodes[node].core.is_some()
+    }
+
+    fn local(&self, node: usize) -> understudy::core::Time {
+        self.nodes[node].clock.read(self.now)
+    }
+
+    fn disk_latency(&mut self) -> u64 {
+        if self.rng.below(50) == 0 {
+            5 * MS + self.rng.below(30 * MS)
+        } else {
+            MS / 5 + self.rng.below(3 * MS)
+        }
+    }
+
+    fn note(&mut self, node: usize, what: &'static str, value: u64) {
+        self.trace_push(node, TraceWhat::Fault(what, value));
+    }
+
+    fn trace_push(&mut self, node: usize, what: TraceWhat) {
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(TraceEntry { step: self.steps, at: self.now, node, what });
+    }
+
+    /// Starts (or restarts) node `node` from its disk.
+    fn start_node(&mut self, node: usize) -> Result<(), Violation> {
+        let seed = self.rng.next_u64();
+        let n = &mut self.nodes[node];
+        assert!(n.core.is_none(), "starting a running node");
+        n.inc += 1;
+        if n.inc > 1 {
+            // A new process: a new clock, possibly starting at zero.
+            let reading = if seed % 2 == 0 { 0 } else { seed % (5_000 * MS) };
+            n.clock = Clock::new(self.now, reading, n.rate_ppm);
+        }
+        let mut config = self.config.clone();
+        config.node_id = n.id;
+        let now = n.clock.read(self.now);
+        let core = Core::new(config, n.disk.meta, n.disk.recover(), now, seed)
+            .map_err(|err| violation("start", format!("node {node} cannot start: {err}")))?;
+        self.one_primary.on_epoch(node, core.epoch())?;
+        n.core = Some(core);
+        n.paused_until = 0;
+        let inc = n.inc;
+        self.note(node, "start", inc as u64);
+        let first_tick = self.rng.below(TICK_MS) * MS;
+        self.schedule(first_tick, Event::Tick { node, inc });
+        let snapshot_after = 200 * MS + self.rng.below(600) * MS;
+        self.schedule(snapshot_after, Event::TakeSnapshot { node, inc });
+        Ok(())
+    }
+
+    fn crash(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        if n.core.is_none() {
+            return;
+        }
+        if n.core.as_ref().is_some_and(|core| core.role() == Role::Primary) && self.failover_open.is_none() {
+            let epoch = n.core.as_ref().map_or(Epoch::ZERO, Core::epoch);
+            self.failover_open = Some((self.now, epoch));
+        }
+        n.core = None;
+        n.disk.crash();
+        self.work.crashed(node);
+        self.note(node, "crash", 0);
+    }
+
+    /// Runs to the end; `Err` is the full failure message.
+    pub fn run(mut self) -> Result<RunReport, String> {
+        match self.run_inner() {
+            Ok(()) => {
+                self.report.steps = self.steps;
+                self.report.sim_ns = self.now;
+                self.report.committed = self.work.count(crate::workload::Outcome::Committed);
+                self.report.unknown = self.work.count(crate::workload::Outcome::Unknown);
+                self.report.rejected = self.work.rejected;
+                Ok(self.report)
+            }
+            Err(v) => Err(self.failure_message(&v)),
+        }
+    }
+
+    fn failure_message(&self, v: &Violation) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "simulation found a violation of invariant {}", v.invariant);
+        let _ = writeln!(
+            s,
+            "  seed {}, {} nodes, step {}, t={:.3}ms, phase {:?}",
+            self.seed,
+            self.nodes.len(),
+            self.steps,
+            self.now as f64 / MS as f64,
+            self.phase
+        );
+        let _ = writeln!(s, "  {}", v.detail);
+        let _ = writeln!(s, "  last events (step, true time, node index, what):");
+        for e in &self.trace {
+            let what = match e.what {
+                TraceWhat::Input(input) => format!("<- {}", compact(&format!("{input:?}"))),
+                TraceWhat::Action(action) => format!("   -> {}", compact(&format!("{action:?}"))),
+                TraceWhat::Fault(what, value) => format!("** {what} {value}"),
+            };
+            let _ = writeln!(s, "    #{} t={:.3}ms n{} {what}", e.step, e.at as f64 / MS as f64, e.node);
+        }
+        let knobs = self.options.knobs;
+        let mut env = String::new();
+        if knobs.skip_vote_log_check {
+            env.push_str("SIM_BREAK=vote_log_check ");
+        }
+        if knobs.skip_lease {
+            env.push_str("SIM_BREAK=lease ");
+        }
+        let _ = write!(s, "replay: {env}SIM_SEED={} cargo test --test sim", self.seed);
+        s
+    }
+
+    fn run_inner(&mut self) -> Result<(), Violation> {
+        while self.phase != Phase::Done {
+            let Some(next) = self.queue.pop() else {
+                return Err(violation("liveness", "the event queue ran dry".to_string()));
+            };
+            self.now = next.at;
+            self.steps += 1;
+            self.handle(next.event)?;
+            self.check_phase()?;
+        }
+        Ok(())
+    }
+
+    fn check_phase(&mut self) -> Result<(), Violation> {
+        match self.phase {
+            Phase::Faults | Phase::Heal => {}
+            Phase::Drain => {
+                let converged = self.work.pending_count() == 0 && self.converged();
+                if converged {
+                    self.report.heal_to_commit_ns = self.heal_committed_at.unwrap_or(self.now) - self.heal_at;
+                    // Clean failover: kill the primary on a quiet network.
+                    let primary = self.primary_node().expect("converged implies a primary");
+                    self.failover_open = None;
+                    self.crash(primary);
+                    self.phase = Phase::CleanFailover;
+                    self.heal_at = self.now;
+                    return Ok(());
+                }
+            }
+            Phase::CleanFailover => {}
+            Phase::Done => {}
+        }
+        let limit = match self.phase {
+            Phase::Faults => u64::MAX,
+            Phase::Heal | Phase::Drain => FAULT_MS * MS + HEAL_BOUND_MS * MS,
+            Phase::CleanFailover => self.heal_at + FAILOVER_BOUND_MS * MS,
+            Phase::Done => u64::MAX,
+        };
+        if self.now > limit {
+            let detail = match self.phase {
+                Phase::CleanFailover => format!("no new primary committed within {FAILOVER_BOUND_MS}ms of killing the primary"),
+                _ => format!(
+                    "{HEAL_BOUND_MS}ms after the faults healed: primary committed at {:?}, {} proposals pending, \
+                     nodes (role, epoch, commit, last): {}",
+                    self.heal_committed_at.map(|t| (t - self.heal_at) / MS),
+                    self.work.pending_count(),
+                    self.describe_nodes()
+                ),
+            };
+            return Err(violation("liveness after heal", detail));
+        }
+        Ok(())
+    }
+
+    fn describe_nodes(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            match &n.core {
+                Some(core) => {
+                    let _ = write!(
+                        s,
+                        "[n{i} {:?} e{} c{} l{}] ",
+                        core.role(),
+                        core.epoch(),
+                        core.commit_lsn(),
+                        core.last_lsn()
+                    );
+                }
+                None => {
+                    let _ = write!(s, "[n{i} down] ");
+                }
+            }
+        }
+        s
+    }
+
+    fn primary_node(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.nodes[i].core.as_ref().is_some_and(|c| c.role() == Role::Primary))
+    }
+
+    /// A primary whose whole log is committed, and every node holding all of it.
+    fn converged(&self) -> bool {
+        let Some(p) = self.primary_node() else { return false };
+        let core = self.nodes[p].core.as_ref().expect("primary is alive");
+        let last = core.last_lsn();
+        if core.commit_lsn() != last {
+            return false;
+        }
+        self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.commit_lsn() == last && c.last_lsn() == last))
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Tick { node, inc } => {
+                if !self.alive(node) || self.nodes[node].inc != inc {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_until > self.now {
+                    let at = self.nodes[node].paused_until;
+                    self.schedule_at(at, Event::Tick { node, inc });
+                    return Ok(());
+                }
+                let now = self.local(node);
+                self.step_node(node, Input::Tick { now }, None)?;
+                let after = (TICK_MS - 2) * MS + self.rng.below(4 * MS);
+                self.schedule(after, Event::Tick { node, inc });
+            }
+            Event::Deliver { from, to, message, records } => {
+                if !self.alive(to) || self.net.blocked(from, to) {
+                    return Ok(());
+                }
+                if self.nodes[to].paused_until > self.now {
+                    let at = self.nodes[to].paused_until;
+                    self.schedule_at(at, Event::Deliver { from, to, message, records });
+                    return Ok(());
+                }
+                let now = self.local(to);
+                let input = Input::Receive { now, from: self.nodes[from].id, message };
+                self.step_node(to, input, records.as_deref())?;
+            }
+            Event::DiskSync { node, inc } => {
+                if !self.alive(node) || self.nodes[node].inc != inc {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_until > self.now {
+                    let at = self.nodes[node].paused_until;
+                    self.schedule_at(at, Event::DiskSync { node, inc });
+                    return Ok(());
+                }
+                self.nodes[node].disk.sync_scheduled = false;
+                if let Some(rec) = self.nodes[node].disk.sync() {
+                    self.step_node(node, Input::Durable { lsn: rec.lsn, epoch: rec.epoch }, None)?;
+                }
+            }
+            Event::MetaDone { node, inc } => {
+                if !self.alive(node) || self.nodes[node].inc != inc {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_until > self.now {
+                    let at = self.nodes[node].paused_until;
+                    self.schedule_at(at, Event::MetaDone { node, inc });
+                    return Ok(());
+                }
+                let disk = &mut self.nodes[node].disk;
+                let Some(new) = disk.meta_queue.pop_front() else { return Ok(()) };
+                let old = disk.meta;
+                disk.meta = new;
+                let more = !disk.meta_queue.is_empty();
+                self.one_primary.on_meta_durable(node, old, new)?;
+                self.step_node(node, Input::MetaPersisted { epoch: new.epoch, voted_for: new.voted_for }, None)?;
+                if more && self.alive(node) && self.nodes[node].inc == inc {
+                    let after = self.disk_latency();
+                    self.schedule(after, Event::MetaDone { node, inc });
+                }
+            }
+            Event::Client => {
+                let clients_on = matches!(self.phase, Phase::Faults | Phase::Heal);
+                if !clients_on {
+                    return Ok(());
+                }
+                let node = match self.work.believed_primary {
+                    Some(p) if self.rng.below(100) < 85 => p,
+                    _ => self.rng.below(self.nodes.len() as u64) as usize,
+                };
+                let count = 1 + self.rng.below(4);
+                let bytes = count * (10 + self.rng.below(1_000));
+                self.handle(Event::ClientRequest { node, count, bytes })?;
+                let after = 2 * MS + self.rng.below(18 * MS);
+                self.schedule(after, Event::Client);
+            }
+            Event::ClientRequest { node, count, bytes } => {
+                if !self.alive(node) {
+                    return Ok(()); // Connection refused: the client tries elsewhere next time.
+                }
+                if self.nodes[node].paused_until > self.now {
+                    let at = self.nodes[node].paused_until;
+                    self.schedule_at(at, Event::ClientRequest { node, count, bytes });
+                    return Ok(());
+                }
+                let now = self.local(node);
+                self.step_node(node, Input::Propose { now, count, bytes }, None)?;
+            }
+            Event::Fault => {
+                if self.phase == Phase::Faults {
+                    self.inject_fault()?;
+                    let after = 20 * MS + self.rng.below(280 * MS);
+                    self.schedule(after, Event::Fault);
+                }
+            }
+            Event::Restart { node } => {
+                if !self.alive(node) && self.phase == Phase::Faults {
+                    self.start_node(node)?;
+                }
+            }
+            Event::TakeSnapshot { node, inc } => {
+                if !self.alive(node) || self.nodes[node].inc != inc {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_until <= self.now {
+                    let core = self.nodes[node].core.as_ref().expect("alive");
+                    let disk = &self.nodes[node].disk;
+                    let through = core.commit_lsn().min(disk.durable_lsn());
+                    if through > disk.snapshot_lsn {
+                        self.nodes[node].disk.snapshot_lsn = through;
+                        self.step_node(node, Input::PrefixTruncated { through }, None)?;
+                    }
+                }
+                let after = 200 * MS + self.rng.below(600 * MS);
+                self.schedule(after, Event::TakeSnapshot { node, inc });
+            }
+            Event::SnapshotDone { from, from_inc, to } => self.snapshot_done(from, from_inc, to)?,
+            Event::Heal => {
+                self.phase = Phase::Heal;
+                self.net.calm();
+                self.note(0, "heal", 0);
+                for node in 0..self.nodes.len() {
+                    if !self.alive(node) {
+                        self.start_node(node)?;
+                    }
+                }
+                self.schedule(CLIENT_MS_AFTER_HEAL * MS, Event::StopClients);
+            }
+            Event::StopClients => {
+                self.phase = Phase::Drain;
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_done(&mut self, from: usize, from_inc: u32, to: usize) -> Result<(), Violation> {
+        if !self.alive(from) || self.nodes[from].inc != from_inc {
+            return Ok(()); // The sender is gone; its successor starts afresh.
+        }
+        if self.nodes[to].paused_until > self.now || self.nodes[from].paused_until > self.now {
+            let at = self.nodes[to].paused_until.max(self.nodes[from].paused_until);
+            self.schedule_at(at, Event::SnapshotDone { from, from_inc, to });
+            return Ok(());
+        }
+        let to_id = self.nodes[to].id;
+        let reachable = self.alive(to) && !self.net.blocked(from, to) && !self.net.blocked(to, from);
+        let receiver_ok = self.nodes[to].core.as_ref().is_some_and(|c| c.role() != Role::Primary);
+        if !reachable || !receiver_ok {
+            return self.step_node(from, Input::SnapshotFailed { to: to_id }, None);
+        }
+        let lsn = self.nodes[from].disk.snapshot_lsn;
+        let epoch = self.nodes[from].disk.record(lsn).map_or(Epoch::ZERO, |rec| rec.epoch);
+        let receiver_commit = self.nodes[to].core.as_ref().map_or(Lsn::ZERO, Core::commit_lsn);
+        if lsn > receiver_commit && lsn > Lsn::ZERO {
+            let records: Vec<Rec> = self.nodes[from].disk.live[..lsn.get() as usize].to_vec();
+            for rec in &records {
+                self.log_matching.on_write(to, rec)?;
+            }
+            self.nodes[to].disk.install_snapshot(&records);
+            self.report.snapshots_installed += 1;
+            self.note(to, "snapshot installed", lsn.get());
+            self.step_node(to, Input::SnapshotInstalled { lsn, epoch }, None)?;
+        }
+        if self.alive(from) && self.nodes[from].inc == from_inc {
+            self.step_node(from, Input::SnapshotSent { to: to_id, lsn, epoch }, None)?;
+        }
+        Ok(())
+    }
+
+    fn inject_fault(&mut self) -> Result<(), Violation> {
+        let n = self.nodes.len();
+        let alive = (0..n).filter(|&i| self.alive(i)).count();
+        let majority = n / 2 + 1;
+        let pick_target = |sim: &mut Sim| -> usize {
+            match sim.primary_node() {
+                Some(p) if sim.rng.below(100) < 50 => p,
+                _ => sim.rng.below(n as u64) as usize,
+            }
+        };
+        let roll = self.rng.below(100);
+        match roll {
+            0..=24 => {
+                let node = pick_target(self);
+                if self.alive(node) && (alive > majority || self.rng.below(10) == 0) {
+                    self.crash(node);
+                    let down = 50 * MS + self.rng.below(2_000 * MS);
+                    self.schedule(down, Event::Restart { node });
+                }
+            }
+            25..=39 => {
+                let node = pick_target(self);
+                let pause = 10 * MS + self.rng.below(1_500 * MS);
+                self.nodes[node].paused_until = self.nodes[node].paused_until.max(self.now + pause);
+                self.note(node, "pause ms", pause / MS);
+            }
+            40..=54 => {
+                let mask = 1 + self.rng.below((1u64 << n) - 2);
+                self.net.heal();
+                self.net.split(mask);
+                self.note(0, "partition", mask);
+            }
+            55..=64 => {
+                let links = 1 + self.rng.below(n as u64);
+                for _ in 0..links {
+                    let a = self.rng.below(n as u64) as usize;
+                    let b = self.rng.below(n as u64) as usize;
+                    if a != b {
+                        self.net.block(a, b);
+                        self.note(a, "block link to", b as u64);
+                    }
+                }
+            }
+            65..=79 => {
+                self.net.heal();
+                self.note(0, "network healed", 0);
+            }
+            80..=87 => {
+                self.net.loss_ppm = self.rng.below(100_000);
+                self.net.duplicate_ppm = self.rng.below(50_000);
+                self.net.delay_max = self.net.delay_min + self.rng.below(20 * MS);
+                self.net.long_delay_ppm = self.rng.below(50_000);
+                self.note(0, "loss ppm", self.net.loss_ppm);
+            }
+            88..=92 => {
+                if let Some(p) = self.primary_node() {
+                    if self.nodes[p].paused_until <= self.now {
+                        let to = (p + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                        let to_id = self.nodes[to].id;
+                        self.note(p, "switchover to", to as u64);
+                        self.step_node(p, Input::Switchover { to: to_id }, None)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Feeds `input` to `node`'s core, checks it, and carries out its actions.
+    fn step_node(&mut self, node: usize, input: Input, records: Option<&[Rec]>) -> Result<(), Violation> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.trace_push(node, TraceWhat::Input(input));
+        let core = self.nodes[node].core.as_mut().expect("stepping a running node");
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            core.step(input, &mut out);
+            core.validate();
+        }));
+        if let Err(panic) = stepped {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            return Err(violation("core assertion", format!("node {node}: {message}")));
+        }
+        let epoch = core.epoch();
+        self.one_primary.on_epoch(node, epoch)?;
+        let mut result = Ok(());
+        for &action in &out {
+            self.trace_push(node, TraceWhat::Action(action));
+            result = self.apply(node, action, input, records);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.out = out;
+        result
+    }
+
+    fn schedule_sync(&mut self, node: usize) {
+        if !self.nodes[node].disk.sync_scheduled {
+            self.nodes[node].disk.sync_scheduled = true;
+            let inc = self.nodes[node].inc;
+            let after = self.disk_latency();
+            self.schedule(after, Event::DiskSync { node, inc });
+        }
+    }
+
+    fn write(&mut self, node: usize, lsn: Lsn, epoch: Epoch, payload: u64) -> Result<(), Violation> {
+        let rec = self.nodes[node].disk.append(lsn, epoch, payload);
+        self.log_matching.on_write(node, &rec)
+    }
+
+    fn apply(&mut self, node: usize, action: Action, input: Input, records: Option<&[Rec]>) -> Result<(), Violation> {
+        match action {
+            Action::Send { to, message } => {
+                let to = self.members.iter().position(|&m| m == to).expect("sending to a member");
+                let mut attached = None;
+                if let Message::Append(append) = message {
+                    if append.last_lsn >= append.first_lsn {
+                        let mut recs = Vec::with_capacity(Lsn::count_between(append.first_lsn, append.last_lsn) as usize);
+                        let mut lsn = append.first_lsn;
+                        while lsn <= append.last_lsn {
+                            match self.nodes[node].disk.record(lsn) {
+                                Some(rec) if rec.epoch == append.records_epoch => recs.push(*rec),
+                                found => {
+                                    return Err(violation(
+                                        "shell contract",
+                                        format!("node {node} ships lsn {lsn} of epoch {} but its disk has {found:?}", append.records_epoch),
+                                    ))
+                                }
+                            }
+                            lsn = lsn.next();
+                        }
+                        attached = Some(recs);
+                    }
+                }
+                let mut delays = std::mem::take(&mut self.delays);
+                self.net.plan(&mut self.rng, node, to, &mut delays);
+                for &delay in &delays {
+                    self.schedule(delay, Event::Deliver { from: node, to, message, records: attached.clone() });
+                }
+                self.delays = delays;
+            }
+            Action::PersistMeta { epoch, voted_for } => {
+                let disk = &mut self.nodes[node].disk;
+                disk.meta_queue.push_back(PersistedMeta { epoch, voted_for });
+                if disk.meta_queue.len() == 1 {
+                    let inc = self.nodes[node].inc;
+                    let after = self.disk_latency();
+                    self.schedule(after, Event::MetaDone { node, inc });
+                }
+            }
+            Action::WriteEpochStart { lsn, epoch } => {
+                self.write(node, lsn, epoch, 0)?;
+                self.schedule_sync(node);
+            }
+            Action::WriteProposed { first_lsn, last_lsn, epoch } => {
+                self.lease.on_serve(node, epoch, self.now)?;
+                let first_payload = self.work.accepted(node, first_lsn, last_lsn, epoch);
+                let mut lsn = first_lsn;
+                let mut payload = first_payload;
+                while lsn <= last_lsn {
+                    self.write(node, lsn, epoch, payload)?;
+                    lsn = lsn.next();
+                    payload += 1;
+                }
+                self.schedule_sync(node);
+            }
+            Action::TruncateSuffix { keep_through } => {
+                self.nodes[node].disk.truncate_suffix(keep_through);
+            }
+            Action::WriteReceived { first_lsn, last_lsn } => {
+                let (Input::Receive { message: Message::Append(append), .. }, Some(recs)) = (input, records) else {
+                    return Err(violation("shell contract", "WriteReceived outside an append with records".to_string()));
+                };
+                assert!(first_lsn >= append.first_lsn && last_lsn <= append.last_lsn, "WriteReceived outside the append");
+                let mut lsn = first_lsn;
+                while lsn <= last_lsn {
+                    let rec = recs[(lsn.get() - append.first_lsn.get()) as usize];
+                    self.write(node, lsn, rec.epoch, rec.payload)?;
+                    lsn = lsn.next();
+                }
+                self.schedule_sync(node);
+            }
+            Action::SendSnapshot { to } => {
+                let to = self.members.iter().position(|&m| m == to).expect("member");
+                let from_inc = self.nodes[node].inc;
+                let after = 5 * MS + self.rng.below(30 * MS);
+                self.schedule(after, Event::SnapshotDone { from: node, from_inc, to });
+            }
+            Action::Committed { lsn } => {
+                let mut done = std::mem::take(&mut self.done);
+                self.work.committed(node, lsn, &mut done);
+                let mut result = Ok(());
+                for &i in &done {
+                    let op = self.work.ops[i];
+                    let mut at = op.first_lsn;
+                    let mut payload = op.first_payload;
+                    while at <= op.last_lsn {
+                        let on_disk = self.nodes[node].disk.record(at).copied();
+                        if on_disk.is_none_or(|rec| rec.payload != payload || rec.epoch != op.epoch) {
+                            result = Err(violation(
+                                "1 (acknowledged records survive failover)",
+                                format!("node {node} acknowledged lsn {at} (payload {payload}) but holds {on_disk:?}"),
+                            ));
+                            break;
+                        }
+                        result = committed_survive::on_acknowledged(&mut self.work.acked, at, op.epoch, payload);
+                        if result.is_err() {
+                            break;
+                        }
+                        at = at.next();
+                        payload += 1;
+                    }
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                self.done = done;
+                result?;
+                let core = self.nodes[node].core.as_ref().expect("alive");
+                if core.role() == Role::Primary {
+                    if let Some((killed_at, epoch)) = self.failover_open {
+                        if core.epoch() > epoch {
+                            let took = self.now - killed_at;
+                            match self.phase {
+                                Phase::CleanFailover => {
+                                    self.report.clean_failover_ns = took;
+                                    let acked = &self.work.acked;
+                                    committed_survive::on_primary(acked, node, core.epoch(), &self.nodes[node].disk)?;
+                                    self.phase = Phase::Done;
+                                }
+                                _ => self.report.failovers_under_faults_ns.push(took),
+                            }
+                            self.failover_open = None;
+                        }
+                    }
+                    if matches!(self.phase, Phase::Heal | Phase::Drain) && self.heal_committed_at.is_none() {
+                        self.heal_committed_at = Some(self.now);
+                    }
+                }
+            }
+            Action::RoleChanged { role, epoch, primary } => {
+                if role == Role::Primary {
+                    self.report.elections += 1;
+                    self.one_primary.on_promoted(node, epoch)?;
+                    self.lease.on_promoted(node, epoch, self.now);
+                    committed_survive::on_primary(&self.work.acked, node, epoch, &self.nodes[node].disk)?;
+                }
+                if let Some(p) = primary {
+                    self.work.believed_primary = self.members.iter().position(|&m| m == p);
+                }
+            }
+            Action::AppendsAbandoned { after } => self.work.abandoned(node, after),
+            Action::ProposeRejected { .. } => self.work.rejected += 1,
+            Action::Switchover { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(seed: u64, options: RunOptions) -> Result<RunReport, String> {
+    Sim::new(seed, options).run()
+}
+
+/// Debug output without the newtype noise: `Lsn(12)` -> `12`, `NodeId(2)` -> `#2`.
+fn compact(debug: &str) -> String {
+    debug
+        .replace("NodeId(", "#(")
+        .replace("Lsn(", "(")
+        .replace("Epoch(", "e(")
+        .replace("AppendResponse(AppendResponse", "AppendResponse(")
+        .replace("Append(Append", "Append(")
+}
+
+pub fn ms(ns: u64) -> f64 {
+    Duration::from_nanos(ns).as_secs_f64() * 1_000.0
+}
