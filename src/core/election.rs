@@ -267,9 +267,17 @@ impl Core {
         let Some(election) = self.st.election.as_ref() else {
             return;
         };
-        if election.requested_at.is_none()
-            || (election.granted.count_ones() as usize) < self.majority
-        {
+        let Some(requested_at) = election.requested_at else {
+            return;
+        };
+        if (election.granted.count_ones() as usize) < self.majority {
+            return;
+        }
+        // The votes are our first lease (see `election_become_primary`). Votes that arrive
+        // after that lease ran out (long network delays) elect nobody: other nodes may have
+        // voted in a later epoch since, and a primary without a lease must not even call
+        // itself primary. The candidacy times out and starts over.
+        if self.st.now >= requested_at + self.lease && !self.config.unsafe_testing.skip_lease {
             return;
         }
         self.election_become_primary(out);

@@ -413,6 +413,17 @@ impl Core {
         self.st.log.last_lsn
     }
 
+    /// Whether a snapshot through `lsn` (of `epoch`), streamed by the primary, should be
+    /// installed. The shell asks before installing, and discards it when not (reporting the
+    /// transfer as done all the same): a log that already holds that record holds everything
+    /// the snapshot covers (log matching), and installing would throw away records after it
+    /// that this node may already have acknowledged as durable.
+    pub fn snapshot_wanted(&self, lsn: Lsn, epoch: Epoch) -> bool {
+        self.st.role != Role::Primary
+            && lsn > self.st.commit_lsn
+            && self.st.log.epoch_of(lsn) != Some(epoch)
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -35,6 +35,7 @@ const TICK_MS: u64 = 10;
 /// Clock rates stay within this, below what the lease tolerates (`tolerated_drift_ppm`,
 /// 52 631 ppm with the simulated timing).
 const DRIFT_PPM_MAX: u64 = 45_000;
+/// Trace entries kept for the failure message; `SIM_TRACE_LEN` raises it for a replay.
 const TRACE_LEN: usize = 40;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,6 +152,7 @@ pub struct Sim {
     log_matching: LogMatching,
     lease: Lease,
     trace: VecDeque<TraceEntry>,
+    trace_len: usize,
     steps: u64,
     out: Vec<Action>,
     delays: Vec<u64>,
@@ -194,7 +196,8 @@ impl Sim {
             one_primary: OnePrimary::new(size),
             log_matching: LogMatching::default(),
             lease: Lease::default(),
-            trace: VecDeque::with_capacity(TRACE_LEN),
+            trace: VecDeque::new(),
+            trace_len: std::env::var("SIM_TRACE_LEN").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LEN),
             steps: 0,
             out: Vec::new(),
             delays: Vec::new(),
@@ -250,7 +253,7 @@ impl Sim {
     }
 
     fn trace_push(&mut self, node: usize, what: TraceWhat) {
-        if self.trace.len() == TRACE_LEN {
+        if self.trace.len() >= self.trace_len {
             self.trace.pop_front();
         }
         self.trace.push_back(TraceEntry { step: self.steps, at: self.now, node, what });
@@ -594,8 +597,8 @@ impl Sim {
         }
         let lsn = self.nodes[from].disk.snapshot_lsn;
         let epoch = self.nodes[from].disk.record(lsn).map_or(Epoch::ZERO, |rec| rec.epoch);
-        let receiver_commit = self.nodes[to].core.as_ref().map_or(Lsn::ZERO, Core::commit_lsn);
-        if lsn > receiver_commit && lsn > Lsn::ZERO {
+        let wanted = self.nodes[to].core.as_ref().is_some_and(|core| core.snapshot_wanted(lsn, epoch));
+        if wanted {
             let records: Vec<Rec> = self.nodes[from].disk.live[..lsn.get() as usize].to_vec();
             for rec in &records {
                 self.log_matching.on_write(to, rec)?;
