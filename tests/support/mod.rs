@@ -43,6 +43,8 @@ pub struct Node {
     child: Option<Child>,
     /// Extra flags for this node only.
     pub extra: Vec<String>,
+    /// A secret file other than the cluster's, for this node only.
+    pub secret: Option<PathBuf>,
 }
 
 impl Node {
@@ -67,7 +69,12 @@ pub struct Cluster {
 }
 
 /// Heartbeat and failover timeout for tests: fast, but with room for a loaded 2-core CI box.
-pub const TEST_TIMING: [&str; 4] = ["--heartbeat-interval", "20ms", "--failover-timeout", "300ms"];
+pub const TEST_TIMING: [&str; 4] = [
+    "--heartbeat-interval",
+    "20ms",
+    "--failover-timeout",
+    "300ms",
+];
 
 pub fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
@@ -94,6 +101,7 @@ impl Cluster {
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
                 extra: Vec::new(),
+                secret: None,
             })
             .collect();
         let peers = nodes
@@ -144,7 +152,7 @@ impl Cluster {
             .arg("--app-socket")
             .arg(&node.app_socket)
             .arg("--cluster-secret-file")
-            .arg(&self.secret)
+            .arg(node.secret.as_ref().unwrap_or(&self.secret))
             .arg("--admin-listen")
             .arg(node.admin_addr.to_string())
             .arg("--client-listen")
@@ -218,7 +226,11 @@ impl Cluster {
         for node in &self.nodes {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("---- node {} ({}) ----\n", node.id, node.log.display()));
+            out.push_str(&format!(
+                "---- node {} ({}) ----\n",
+                node.id,
+                node.log.display()
+            ));
             for line in &all[all.len().saturating_sub(lines)..] {
                 out.push_str(line);
                 out.push('\n');
@@ -263,10 +275,7 @@ impl Drop for Cluster {
             let path = self.dir.path().to_owned();
             eprintln!("keeping {}", path.display());
             // Leak the TempDir so it is not removed.
-            let dir = std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("a temp dir"),
-            );
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a temp dir"));
             std::mem::forget(dir);
         }
     }

@@ -1,0 +1,108 @@
+//! The peer port under hostile input: garbage, oversized frames, a handshake with the wrong
+//! secret. The node drops the offender, logs it, and carries on electing and serving.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::{wait_until, Cluster};
+
+/// A running node whose last role line says it is primary.
+fn primary(cluster: &mut Cluster) -> Option<u16> {
+    let mut found = None;
+    for node in &mut cluster.nodes {
+        if !node.is_running() {
+            continue;
+        }
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        let last_role = log.lines().rev().find(|l| l.contains("role changed"));
+        if last_role.is_some_and(|l| l.contains("role=\"primary\"")) {
+            found = Some(node.id);
+        }
+    }
+    found
+}
+
+fn log_of(cluster: &Cluster, id: u16) -> String {
+    std::fs::read_to_string(&cluster.node(id).log).unwrap_or_default()
+}
+
+/// Garbage and an oversized length on the peer port get the connection dropped; the cluster
+/// still elects a primary and the node stays up.
+#[test]
+fn garbage_and_oversized_frames_on_the_peer_port_are_dropped() {
+    let mut cluster = Cluster::start(3);
+    assert!(
+        wait_until(Duration::from_secs(10), || primary(&mut cluster).is_some()),
+        "no primary"
+    );
+    let target = cluster.node(1).peer_addr;
+    // Garbage.
+    let mut stream = TcpStream::connect(target).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // The node closes the connection (read returns 0 or an error), it does not hang.
+    let _ = stream.read(&mut buf);
+    // An oversized length prefix: refused before anything is allocated.
+    let mut stream = TcpStream::connect(target).unwrap();
+    stream.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    stream.write_all(&[1u8; 16]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.read(&mut buf);
+    assert!(
+        wait_until(Duration::from_secs(5), || log_of(&cluster, 1)
+            .contains("exceeds the limit")),
+        "the oversized frame was not reported"
+    );
+    assert!(cluster.node_mut(1).is_running(), "node 1 died");
+    // The cluster still works: kill the primary, a new one is elected.
+    let old = primary(&mut cluster).unwrap();
+    cluster.kill(old);
+    assert!(
+        wait_until(Duration::from_secs(10), || primary(&mut cluster)
+            .is_some_and(|p| p != old)),
+        "no new primary after the garbage"
+    );
+}
+
+/// A node with the wrong cluster secret is refused by its peers and never joins; the other
+/// two elect a primary without it.
+#[test]
+fn wrong_cluster_secret_is_refused() {
+    let mut cluster = Cluster::new(3);
+    let wrong = support::secret_file(cluster.dir.path(), "wrong", "another-secret-entirely-42");
+    cluster.node_mut(3).secret = Some(wrong);
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || primary(&mut cluster)
+            .is_some_and(|p| p != 3)),
+        "nodes 1 and 2 elected no primary"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let logs = log_of(&cluster, 1) + &log_of(&cluster, 2);
+            logs.contains("another cluster") || logs.contains("does not hold the cluster secret")
+        }),
+        "the wrong secret was not reported"
+    );
+    let third = log_of(&cluster, 3);
+    assert!(
+        !third.contains("role=\"primary\""),
+        "node 3 became primary with a wrong secret"
+    );
+    assert!(
+        !third.contains("primary=Some(1)") && !third.contains("primary=Some(2)"),
+        "node 3 joined"
+    );
+}
