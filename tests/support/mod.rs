@@ -255,6 +255,33 @@ impl Cluster {
     }
 }
 
+/// Runs a command to completion, killing it after `timeout` (a command that should have
+/// refused to start but did not must not hang the test).
+pub fn output_within(mut command: Command, timeout: Duration) -> std::process::Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let pid = child.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done_tx.send(());
+        output
+    });
+    if done_rx.recv_timeout(timeout).is_err() {
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe {
+            libc_kill(pid, 9);
+        }
+    }
+    waiter
+        .join()
+        .expect("the waiter thread")
+        .expect("the command's output")
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, signal: i32) -> i32;
