@@ -112,7 +112,7 @@ impl Core {
     ) {
         let would_vote = epoch > self.st.epoch
             || (epoch == self.st.epoch
-                && matches!(self.st.voted_for, None)
+                && self.st.voted_for.is_none()
                 && self.st.role == Role::Backup);
         let granted = would_vote
             && !self.heard_from_primary_recently()

@@ -85,11 +85,11 @@ impl ByteIndex {
     }
 
     fn average(&self) -> u64 {
-        if self.records_seen == 0 {
-            1
-        } else {
-            (self.bytes_seen / self.records_seen).max(1)
-        }
+        // One byte per record until the first proposal says otherwise.
+        self.bytes_seen
+            .checked_div(self.records_seen)
+            .unwrap_or(1)
+            .max(1)
     }
 
     /// The running total at `lsn`, extended outside the index with the average record size.
@@ -180,7 +180,11 @@ impl Core {
         let heartbeat = self.config.heartbeat_interval;
         for i in 0..self.st.peers.len() {
             let peer = &mut self.st.peers[i];
-            if peer.probing && peer.probe_sent_at.is_some_and(|at| now >= at + resend_after) {
+            if peer.probing
+                && peer
+                    .probe_sent_at
+                    .is_some_and(|at| now >= at + resend_after)
+            {
                 // The probe or its answer was lost: send it again.
                 peer.probe_sent_at = None;
             } else if !peer.probing
@@ -247,14 +251,17 @@ impl Core {
                 // `next - 1`.
                 let (records_epoch, count) = match log.epoch_of(next) {
                     Some(epoch) if next <= log.last_lsn => {
-                        let (_, epoch_last) = log.range_of_epoch(epoch).expect("epoch of a record in the log");
+                        let (_, epoch_last) = log
+                            .range_of_epoch(epoch)
+                            .expect("epoch of a record in the log");
                         let mut count = self
                             .config
                             .append_records_max
                             .min(records_max - inflight_records)
                             .min(Lsn::count_between(next, epoch_last));
                         while count > 1
-                            && inflight_bytes + self.st.bytes.estimate(next, next.plus(count - 1)) > bytes_max
+                            && inflight_bytes + self.st.bytes.estimate(next, next.plus(count - 1))
+                                > bytes_max
                         {
                             count /= 2;
                         }
@@ -262,11 +269,15 @@ impl Core {
                     }
                     _ => (self.st.epoch, 0),
                 };
-                if inflight_records > 0 && inflight_bytes + self.st.bytes.estimate(next, next) > bytes_max {
+                if inflight_records > 0
+                    && inflight_bytes + self.st.bytes.estimate(next, next) > bytes_max
+                {
                     break;
                 }
                 let prev_lsn = next.prev();
-                let prev_epoch = log.epoch_of(prev_lsn).expect("next_lsn - 1 is at or above the snapshot");
+                let prev_epoch = log
+                    .epoch_of(prev_lsn)
+                    .expect("next_lsn - 1 is at or above the snapshot");
                 let last_lsn = prev_lsn.plus(count);
                 let append = Append {
                     epoch: self.st.epoch,
@@ -278,7 +289,10 @@ impl Core {
                     commit_lsn: self.st.commit_lsn,
                     sent_at: now.as_duration(),
                 };
-                out.push(Action::Send { to, message: Message::Append(append) });
+                out.push(Action::Send {
+                    to,
+                    message: Message::Append(append),
+                });
                 shipped = true;
                 let peer = &mut self.st.peers[i];
                 peer.last_sent = Some(now);
@@ -506,7 +520,9 @@ impl Core {
                 peer.acked_lsn = peer.acked_lsn.max(durable);
                 peer.last_progress = now;
             }
-            if peer.next_lsn <= peer.acked_lsn || peer.probing && peer.acked_lsn.next() >= peer.next_lsn {
+            if peer.next_lsn <= peer.acked_lsn
+                || peer.probing && peer.acked_lsn.next() >= peer.next_lsn
+            {
                 peer.next_lsn = peer.acked_lsn.next();
             }
             if peer.probing && peer.acked_lsn.next() >= peer.next_lsn {

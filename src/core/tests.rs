@@ -34,7 +34,12 @@ fn log_of(runs: &[(u64, u64)]) -> RecoveredLog {
         starts.push((Epoch(epoch), Lsn(next)));
         next = last + 1;
     }
-    RecoveredLog { snapshot_lsn: Lsn::ZERO, snapshot_epoch: Epoch::ZERO, last_lsn: Lsn(next - 1), epoch_starts: starts }
+    RecoveredLog {
+        snapshot_lsn: Lsn::ZERO,
+        snapshot_epoch: Epoch::ZERO,
+        last_lsn: Lsn(next - 1),
+        epoch_starts: starts,
+    }
 }
 
 fn step(core: &mut Core, input: Input) -> Vec<Action> {
@@ -45,10 +50,24 @@ fn step(core: &mut Core, input: Input) -> Vec<Action> {
 }
 
 fn receive(core: &mut Core, now: u64, from: NodeId, message: Message) -> Vec<Action> {
-    step(core, Input::Receive { now: ms(now), from, message })
+    step(
+        core,
+        Input::Receive {
+            now: ms(now),
+            from,
+            message,
+        },
+    )
 }
 
-fn append(epoch: u64, prev: (u64, u64), last: u64, records_epoch: u64, commit: u64, sent_ms: u64) -> Message {
+fn append(
+    epoch: u64,
+    prev: (u64, u64),
+    last: u64,
+    records_epoch: u64,
+    commit: u64,
+    sent_ms: u64,
+) -> Message {
     Message::Append(Append {
         epoch: Epoch(epoch),
         prev_lsn: Lsn(prev.0),
@@ -67,9 +86,32 @@ fn elect(core: &mut Core) -> Vec<Action> {
     let epoch = core.epoch();
     step(core, Input::Tick { now: ms(600) });
     let next = epoch.next();
-    receive(core, 600, N2, Message::PreVoteResponse { epoch: next, granted: true, voter_epoch: epoch });
-    step(core, Input::MetaPersisted { epoch: next, voted_for: Some(N1) });
-    let out = receive(core, 601, N2, Message::VoteResponse { epoch: next, granted: true });
+    receive(
+        core,
+        600,
+        N2,
+        Message::PreVoteResponse {
+            epoch: next,
+            granted: true,
+            voter_epoch: epoch,
+        },
+    );
+    step(
+        core,
+        Input::MetaPersisted {
+            epoch: next,
+            voted_for: Some(N1),
+        },
+    );
+    let out = receive(
+        core,
+        601,
+        N2,
+        Message::VoteResponse {
+            epoch: next,
+            granted: true,
+        },
+    );
     assert_eq!(core.role(), Role::Primary);
     out
 }
@@ -78,11 +120,34 @@ fn elect(core: &mut Core) -> Vec<Action> {
 /// nothing is persisted and the epoch does not move.
 #[test]
 fn backup_asks_for_pre_votes_after_failover_timeout() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     assert!(step(&mut core, Input::Tick { now: ms(499) }).is_empty());
     let out = step(&mut core, Input::Tick { now: ms(500) });
-    let ask = Message::PreVoteRequest { epoch: Epoch(2), last_lsn: Lsn(4), last_epoch: Epoch(1) };
-    assert_eq!(out, vec![Action::Send { to: N2, message: ask }, Action::Send { to: N3, message: ask }]);
+    let ask = Message::PreVoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(4),
+        last_epoch: Epoch(1),
+    };
+    assert_eq!(
+        out,
+        vec![
+            Action::Send {
+                to: N2,
+                message: ask
+            },
+            Action::Send {
+                to: N3,
+                message: ask
+            }
+        ]
+    );
     assert_eq!(core.epoch(), Epoch(1));
 }
 
@@ -90,44 +155,148 @@ fn backup_asks_for_pre_votes_after_failover_timeout() {
 /// vote requests leave only once that persist completes.
 #[test]
 fn vote_requests_wait_for_the_candidates_own_vote_to_persist() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     step(&mut core, Input::Tick { now: ms(500) });
-    let out = receive(&mut core, 501, N3, Message::PreVoteResponse { epoch: Epoch(2), granted: true, voter_epoch: Epoch(1) });
+    let out = receive(
+        &mut core,
+        501,
+        N3,
+        Message::PreVoteResponse {
+            epoch: Epoch(2),
+            granted: true,
+            voter_epoch: Epoch(1),
+        },
+    );
     assert_eq!(
         out,
         vec![
-            Action::PersistMeta { epoch: Epoch(2), voted_for: Some(N1) },
-            Action::RoleChanged { role: Role::Candidate, epoch: Epoch(2), primary: None },
+            Action::PersistMeta {
+                epoch: Epoch(2),
+                voted_for: Some(N1)
+            },
+            Action::RoleChanged {
+                role: Role::Candidate,
+                epoch: Epoch(2),
+                primary: None
+            },
         ]
     );
-    let out = step(&mut core, Input::MetaPersisted { epoch: Epoch(2), voted_for: Some(N1) });
-    let ask = Message::VoteRequest { epoch: Epoch(2), last_lsn: Lsn(4), last_epoch: Epoch(1), transfer: false };
-    assert_eq!(out, vec![Action::Send { to: N2, message: ask }, Action::Send { to: N3, message: ask }]);
+    let out = step(
+        &mut core,
+        Input::MetaPersisted {
+            epoch: Epoch(2),
+            voted_for: Some(N1),
+        },
+    );
+    let ask = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(4),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
+    assert_eq!(
+        out,
+        vec![
+            Action::Send {
+                to: N2,
+                message: ask
+            },
+            Action::Send {
+                to: N3,
+                message: ask
+            }
+        ]
+    );
 }
 
 /// A voter persists its vote (and the new epoch) before the reply leaves.
 #[test]
 fn vote_is_persisted_before_reply() {
-    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
-    let ask = Message::VoteRequest { epoch: Epoch(2), last_lsn: Lsn(4), last_epoch: Epoch(1), transfer: false };
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
+    let ask = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(4),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
     let out = receive(&mut core, 600, N1, ask);
     assert_eq!(
         out,
         vec![
-            Action::PersistMeta { epoch: Epoch(2), voted_for: None },
-            Action::PersistMeta { epoch: Epoch(2), voted_for: Some(N1) },
-            Action::RoleChanged { role: Role::Backup, epoch: Epoch(2), primary: None },
+            Action::PersistMeta {
+                epoch: Epoch(2),
+                voted_for: None
+            },
+            Action::PersistMeta {
+                epoch: Epoch(2),
+                voted_for: Some(N1)
+            },
+            Action::RoleChanged {
+                role: Role::Backup,
+                epoch: Epoch(2),
+                primary: None
+            },
         ]
     );
-    assert!(step(&mut core, Input::MetaPersisted { epoch: Epoch(2), voted_for: None }).is_empty());
-    let out = step(&mut core, Input::MetaPersisted { epoch: Epoch(2), voted_for: Some(N1) });
-    let reply = Message::VoteResponse { epoch: Epoch(2), granted: true };
-    assert_eq!(out, vec![Action::Send { to: N1, message: reply }]);
+    assert!(step(
+        &mut core,
+        Input::MetaPersisted {
+            epoch: Epoch(2),
+            voted_for: None
+        }
+    )
+    .is_empty());
+    let out = step(
+        &mut core,
+        Input::MetaPersisted {
+            epoch: Epoch(2),
+            voted_for: Some(N1),
+        },
+    );
+    let reply = Message::VoteResponse {
+        epoch: Epoch(2),
+        granted: true,
+    };
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N1,
+            message: reply
+        }]
+    );
     // One vote per epoch: node 3 asks in the same epoch and is refused at once.
-    let other = Message::VoteRequest { epoch: Epoch(2), last_lsn: Lsn(9), last_epoch: Epoch(1), transfer: false };
+    let other = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(9),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
     let out = receive(&mut core, 1200, N3, other);
-    let no = Message::VoteResponse { epoch: Epoch(2), granted: false };
-    assert_eq!(out, vec![Action::Send { to: N3, message: no }]);
+    let no = Message::VoteResponse {
+        epoch: Epoch(2),
+        granted: false,
+    };
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N3,
+            message: no
+        }]
+    );
 }
 
 /// A voter refuses a candidate whose log is behind its own (Raft's up-to-date rule): lower last
@@ -135,15 +304,40 @@ fn vote_is_persisted_before_reply() {
 #[test]
 fn vote_is_refused_to_a_candidate_with_a_stale_log() {
     for (last_lsn, last_epoch) in [(9, 1), (3, 2)] {
-        let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 2), (2, 4)]), PersistedMeta { epoch: Epoch(2), voted_for: None });
-        let ask = Message::VoteRequest { epoch: Epoch(3), last_lsn: Lsn(last_lsn), last_epoch: Epoch(last_epoch), transfer: false };
+        let mut core = new_core(
+            config(N2, &[1, 2, 3]),
+            log_of(&[(1, 2), (2, 4)]),
+            PersistedMeta {
+                epoch: Epoch(2),
+                voted_for: None,
+            },
+        );
+        let ask = Message::VoteRequest {
+            epoch: Epoch(3),
+            last_lsn: Lsn(last_lsn),
+            last_epoch: Epoch(last_epoch),
+            transfer: false,
+        };
         let out = receive(&mut core, 600, N1, ask);
         assert_eq!(
             out,
             vec![
-                Action::PersistMeta { epoch: Epoch(3), voted_for: None },
-                Action::Send { to: N1, message: Message::VoteResponse { epoch: Epoch(3), granted: false } },
-                Action::RoleChanged { role: Role::Backup, epoch: Epoch(3), primary: None },
+                Action::PersistMeta {
+                    epoch: Epoch(3),
+                    voted_for: None
+                },
+                Action::Send {
+                    to: N1,
+                    message: Message::VoteResponse {
+                        epoch: Epoch(3),
+                        granted: false
+                    }
+                },
+                Action::RoleChanged {
+                    role: Role::Backup,
+                    epoch: Epoch(3),
+                    primary: None
+                },
             ],
             "candidate log ({last_lsn}, epoch {last_epoch})"
         );
@@ -155,24 +349,74 @@ fn vote_is_refused_to_a_candidate_with_a_stale_log() {
 /// switchover's hand-over request is the one exception.
 #[test]
 fn vote_is_refused_while_the_primary_was_heard_recently() {
-    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     receive(&mut core, 1000, N1, append(1, (4, 1), 4, 1, 4, 900));
-    let pre = Message::PreVoteRequest { epoch: Epoch(2), last_lsn: Lsn(9), last_epoch: Epoch(1) };
+    let pre = Message::PreVoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(9),
+        last_epoch: Epoch(1),
+    };
     let out = receive(&mut core, 1499, N3, pre);
-    let no = Message::PreVoteResponse { epoch: Epoch(2), granted: false, voter_epoch: Epoch(1) };
-    assert_eq!(out, vec![Action::Send { to: N3, message: no }]);
-    let ask = Message::VoteRequest { epoch: Epoch(2), last_lsn: Lsn(9), last_epoch: Epoch(1), transfer: false };
+    let no = Message::PreVoteResponse {
+        epoch: Epoch(2),
+        granted: false,
+        voter_epoch: Epoch(1),
+    };
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N3,
+            message: no
+        }]
+    );
+    let ask = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(9),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
     let out = receive(&mut core, 1499, N3, ask);
-    assert_eq!(out, vec![Action::Send { to: N3, message: Message::VoteResponse { epoch: Epoch(1), granted: false } }]);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N3,
+            message: Message::VoteResponse {
+                epoch: Epoch(1),
+                granted: false
+            }
+        }]
+    );
     assert_eq!(core.epoch(), Epoch(1));
-    let transfer = Message::VoteRequest { epoch: Epoch(2), last_lsn: Lsn(9), last_epoch: Epoch(1), transfer: true };
+    let transfer = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(9),
+        last_epoch: Epoch(1),
+        transfer: true,
+    };
     let out = receive(&mut core, 1499, N3, transfer);
     assert_eq!(
         out,
         vec![
-            Action::PersistMeta { epoch: Epoch(2), voted_for: None },
-            Action::PersistMeta { epoch: Epoch(2), voted_for: Some(N3) },
-            Action::RoleChanged { role: Role::Backup, epoch: Epoch(2), primary: None },
+            Action::PersistMeta {
+                epoch: Epoch(2),
+                voted_for: None
+            },
+            Action::PersistMeta {
+                epoch: Epoch(2),
+                voted_for: Some(N3)
+            },
+            Action::RoleChanged {
+                role: Role::Backup,
+                epoch: Epoch(2),
+                primary: None
+            },
         ]
     );
 }
@@ -181,25 +425,66 @@ fn vote_is_refused_while_the_primary_was_heard_recently() {
 /// acknowledged a heartbeat just before it stopped.
 #[test]
 fn restarted_node_refuses_votes_for_a_failover_timeout() {
-    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
-    let ask = Message::VoteRequest { epoch: Epoch(2), last_lsn: Lsn(9), last_epoch: Epoch(1), transfer: false };
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
+    let ask = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(9),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
     let out = receive(&mut core, 499, N3, ask);
-    assert_eq!(out, vec![Action::Send { to: N3, message: Message::VoteResponse { epoch: Epoch(1), granted: false } }]);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N3,
+            message: Message::VoteResponse {
+                epoch: Epoch(1),
+                granted: false
+            }
+        }]
+    );
 }
 
 /// On winning, the primary writes its epoch-start record and probes every backup with it.
 #[test]
 fn elected_candidate_writes_epoch_start_and_probes_backups() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     let out = elect(&mut core);
     let probe = append(2, (4, 1), 5, 2, 0, 601);
     assert_eq!(
         out,
         vec![
-            Action::WriteEpochStart { lsn: Lsn(5), epoch: Epoch(2) },
-            Action::Send { to: N2, message: probe },
-            Action::Send { to: N3, message: probe },
-            Action::RoleChanged { role: Role::Primary, epoch: Epoch(2), primary: Some(N1) },
+            Action::WriteEpochStart {
+                lsn: Lsn(5),
+                epoch: Epoch(2)
+            },
+            Action::Send {
+                to: N2,
+                message: probe
+            },
+            Action::Send {
+                to: N3,
+                message: probe
+            },
+            Action::RoleChanged {
+                role: Role::Primary,
+                epoch: Epoch(2),
+                primary: Some(N1)
+            },
         ]
     );
 }
@@ -208,7 +493,14 @@ fn elected_candidate_writes_epoch_start_and_probes_backups() {
 /// whole run of that epoch, so the primary skips the epoch in one round trip.
 #[test]
 fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
-    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 3), (2, 9)]), PersistedMeta { epoch: Epoch(2), voted_for: None });
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 3), (2, 9)]),
+        PersistedMeta {
+            epoch: Epoch(2),
+            voted_for: None,
+        },
+    );
     let out = receive(&mut core, 1000, N1, append(3, (8, 3), 10, 3, 0, 900));
     let reply = AppendResponse {
         epoch: Epoch(3),
@@ -221,9 +513,19 @@ fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
     assert_eq!(
         out,
         vec![
-            Action::PersistMeta { epoch: Epoch(3), voted_for: None },
-            Action::Send { to: N1, message: Message::AppendResponse(reply) },
-            Action::RoleChanged { role: Role::Backup, epoch: Epoch(3), primary: Some(N1) },
+            Action::PersistMeta {
+                epoch: Epoch(3),
+                voted_for: None
+            },
+            Action::Send {
+                to: N1,
+                message: Message::AppendResponse(reply)
+            },
+            Action::RoleChanged {
+                role: Role::Backup,
+                epoch: Epoch(3),
+                primary: Some(N1)
+            },
         ]
     );
 }
@@ -232,7 +534,14 @@ fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
 /// suffix and writes the new records; what already matches is left alone.
 #[test]
 fn append_truncates_only_the_conflicting_suffix() {
-    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 3), (2, 9)]), PersistedMeta { epoch: Epoch(2), voted_for: None });
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 3), (2, 9)]),
+        PersistedMeta {
+            epoch: Epoch(2),
+            voted_for: None,
+        },
+    );
     let out = receive(&mut core, 1000, N1, append(3, (3, 1), 6, 3, 3, 900));
     let reply = AppendResponse {
         epoch: Epoch(3),
@@ -245,20 +554,45 @@ fn append_truncates_only_the_conflicting_suffix() {
     assert_eq!(
         out,
         vec![
-            Action::PersistMeta { epoch: Epoch(3), voted_for: None },
-            Action::TruncateSuffix { keep_through: Lsn(3) },
-            Action::WriteReceived { first_lsn: Lsn(4), last_lsn: Lsn(6) },
+            Action::PersistMeta {
+                epoch: Epoch(3),
+                voted_for: None
+            },
+            Action::TruncateSuffix {
+                keep_through: Lsn(3)
+            },
+            Action::WriteReceived {
+                first_lsn: Lsn(4),
+                last_lsn: Lsn(6)
+            },
             Action::Committed { lsn: Lsn(3) },
-            Action::Send { to: N1, message: Message::AppendResponse(reply) },
-            Action::RoleChanged { role: Role::Backup, epoch: Epoch(3), primary: Some(N1) },
+            Action::Send {
+                to: N1,
+                message: Message::AppendResponse(reply)
+            },
+            Action::RoleChanged {
+                role: Role::Backup,
+                epoch: Epoch(3),
+                primary: Some(N1)
+            },
         ]
     );
     // The same append again (a duplicate) writes and truncates nothing.
     let out = receive(&mut core, 1001, N1, append(3, (3, 1), 6, 3, 3, 900));
-    assert_eq!(out, vec![Action::Send { to: N1, message: Message::AppendResponse(reply) }]);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N1,
+            message: Message::AppendResponse(reply)
+        }]
+    );
     // A late, shorter append from the same primary does not cut what followed it.
     let out = receive(&mut core, 1002, N1, append(3, (3, 1), 4, 3, 3, 890));
-    assert!(!out.iter().any(|a| matches!(a, Action::TruncateSuffix { .. })), "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::TruncateSuffix { .. })),
+        "{out:?}"
+    );
     assert_eq!(core.last_lsn(), Lsn(6));
 }
 
@@ -266,7 +600,14 @@ fn append_truncates_only_the_conflicting_suffix() {
 #[test]
 #[should_panic(expected = "would drop committed records")]
 fn append_never_truncates_committed_records() {
-    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 3), (2, 9)]), PersistedMeta { epoch: Epoch(2), voted_for: None });
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 3), (2, 9)]),
+        PersistedMeta {
+            epoch: Epoch(2),
+            voted_for: None,
+        },
+    );
     receive(&mut core, 1000, N1, append(2, (9, 2), 9, 2, 8, 900));
     assert_eq!(core.commit_lsn(), Lsn(8));
     // A (buggy) primary of epoch 3 claims a different record at 6.
@@ -277,7 +618,14 @@ fn append_never_truncates_committed_records() {
 /// of the current epoch among them: old-epoch records commit only with the epoch-start record.
 #[test]
 fn commit_needs_sync_replicas_and_a_current_epoch_record() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     elect(&mut core);
     let ack = |matched: u64, durable: u64| {
         Message::AppendResponse(AppendResponse {
@@ -291,12 +639,24 @@ fn commit_needs_sync_replicas_and_a_current_epoch_record() {
     };
     // Node 2 holds the old records durably: not enough, none is of epoch 2.
     let out = receive(&mut core, 602, N2, ack(4, 4));
-    assert!(!out.iter().any(|a| matches!(a, Action::Committed { .. })), "{out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Committed { .. })),
+        "{out:?}"
+    );
     // The epoch-start record is durable on node 2 but not yet on the primary.
     let out = receive(&mut core, 603, N2, ack(5, 5));
-    assert!(!out.iter().any(|a| matches!(a, Action::Committed { .. })), "{out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Committed { .. })),
+        "{out:?}"
+    );
     // Durable on the primary too: everything through the epoch start is committed.
-    let out = step(&mut core, Input::Durable { lsn: Lsn(5), epoch: Epoch(2) });
+    let out = step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(5),
+            epoch: Epoch(2),
+        },
+    );
     assert_eq!(out, vec![Action::Committed { lsn: Lsn(5) }]);
 }
 
@@ -313,7 +673,10 @@ fn config_refuses_sync_replicas_that_lose_acknowledged_writes() {
     config.allow_unsafe_sync_replicas = true;
     assert_eq!(config.validate(), Ok(()));
     config.sync_replicas = Some(5);
-    assert!(config.validate().is_err(), "more backups than the cluster has");
+    assert!(
+        config.validate().is_err(),
+        "more backups than the cluster has"
+    );
 }
 
 /// The lease arithmetic: defaults tolerate about 5 % clock-rate error.
@@ -328,19 +691,53 @@ fn lease_is_failover_timeout_less_the_drift_margin() {
 /// append it accepted above the commit point is reported as of unknown outcome.
 #[test]
 fn lease_expiry_steps_down_and_abandons_pending_appends() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     elect(&mut core);
     // Votes were requested at 600 ms (when the persist completed): the lease runs to 1050 ms.
-    let out = step(&mut core, Input::Propose { now: ms(700), count: 2, bytes: 100 });
-    assert_eq!(out[0], Action::WriteProposed { first_lsn: Lsn(6), last_lsn: Lsn(7), epoch: Epoch(2) });
+    let out = step(
+        &mut core,
+        Input::Propose {
+            now: ms(700),
+            count: 2,
+            bytes: 100,
+        },
+    );
+    assert_eq!(
+        out[0],
+        Action::WriteProposed {
+            first_lsn: Lsn(6),
+            last_lsn: Lsn(7),
+            epoch: Epoch(2)
+        }
+    );
     assert_eq!(core.status().lease_until, Some(ms(1050)));
-    let out = step(&mut core, Input::Propose { now: ms(1050), count: 1, bytes: 10 });
+    let out = step(
+        &mut core,
+        Input::Propose {
+            now: ms(1050),
+            count: 1,
+            bytes: 10,
+        },
+    );
     assert_eq!(
         out,
         vec![
             Action::AppendsAbandoned { after: Lsn::ZERO },
-            Action::ProposeRejected { reason: Rejection::NotPrimary { primary: None } },
-            Action::RoleChanged { role: Role::Backup, epoch: Epoch(2), primary: None },
+            Action::ProposeRejected {
+                reason: Rejection::NotPrimary { primary: None }
+            },
+            Action::RoleChanged {
+                role: Role::Backup,
+                epoch: Epoch(2),
+                primary: None
+            },
         ]
     );
 }
@@ -349,12 +746,37 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
 /// the primary sends `TimeoutNow` and steps down; the target stands without a pre-vote.
 #[test]
 fn switchover_hands_over_once_the_target_is_caught_up() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     elect(&mut core);
-    step(&mut core, Input::Durable { lsn: Lsn(5), epoch: Epoch(2) });
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(5),
+            epoch: Epoch(2),
+        },
+    );
     assert!(step(&mut core, Input::Switchover { to: N3 }).is_empty());
-    let out = step(&mut core, Input::Propose { now: ms(610), count: 1, bytes: 1 });
-    assert_eq!(out, vec![Action::ProposeRejected { reason: Rejection::SwitchoverInProgress }]);
+    let out = step(
+        &mut core,
+        Input::Propose {
+            now: ms(610),
+            count: 1,
+            bytes: 1,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::ProposeRejected {
+            reason: Rejection::SwitchoverInProgress
+        }]
+    );
     let caught_up = Message::AppendResponse(AppendResponse {
         epoch: Epoch(2),
         accepted: true,
@@ -368,35 +790,100 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         out,
         vec![
             Action::Committed { lsn: Lsn(5) },
-            Action::Send { to: N3, message: Message::TimeoutNow { epoch: Epoch(2) } },
-            Action::Switchover { to: N3, outcome: SwitchoverOutcome::HandedOver },
-            Action::RoleChanged { role: Role::Backup, epoch: Epoch(2), primary: None },
+            Action::Send {
+                to: N3,
+                message: Message::TimeoutNow { epoch: Epoch(2) }
+            },
+            Action::Switchover {
+                to: N3,
+                outcome: SwitchoverOutcome::HandedOver
+            },
+            Action::RoleChanged {
+                role: Role::Backup,
+                epoch: Epoch(2),
+                primary: None
+            },
         ]
     );
 
     // The target, a backup of node 1 in epoch 2, stands at once.
-    let mut target = new_core(config(N3, &[1, 2, 3]), log_of(&[(1, 4), (2, 5)]), PersistedMeta { epoch: Epoch(2), voted_for: None });
+    let mut target = new_core(
+        config(N3, &[1, 2, 3]),
+        log_of(&[(1, 4), (2, 5)]),
+        PersistedMeta {
+            epoch: Epoch(2),
+            voted_for: None,
+        },
+    );
     receive(&mut target, 600, N1, append(2, (5, 2), 5, 2, 5, 600));
-    let out = receive(&mut target, 621, N1, Message::TimeoutNow { epoch: Epoch(2) });
+    let out = receive(
+        &mut target,
+        621,
+        N1,
+        Message::TimeoutNow { epoch: Epoch(2) },
+    );
     assert_eq!(
         out,
         vec![
-            Action::PersistMeta { epoch: Epoch(3), voted_for: Some(N3) },
-            Action::RoleChanged { role: Role::Candidate, epoch: Epoch(3), primary: None },
+            Action::PersistMeta {
+                epoch: Epoch(3),
+                voted_for: Some(N3)
+            },
+            Action::RoleChanged {
+                role: Role::Candidate,
+                epoch: Epoch(3),
+                primary: None
+            },
         ]
     );
-    let out = step(&mut target, Input::MetaPersisted { epoch: Epoch(3), voted_for: Some(N3) });
-    let ask = Message::VoteRequest { epoch: Epoch(3), last_lsn: Lsn(5), last_epoch: Epoch(2), transfer: true };
-    assert_eq!(out, vec![Action::Send { to: N1, message: ask }, Action::Send { to: N2, message: ask }]);
+    let out = step(
+        &mut target,
+        Input::MetaPersisted {
+            epoch: Epoch(3),
+            voted_for: Some(N3),
+        },
+    );
+    let ask = Message::VoteRequest {
+        epoch: Epoch(3),
+        last_lsn: Lsn(5),
+        last_epoch: Epoch(2),
+        transfer: true,
+    };
+    assert_eq!(
+        out,
+        vec![
+            Action::Send {
+                to: N1,
+                message: ask
+            },
+            Action::Send {
+                to: N2,
+                message: ask
+            }
+        ]
+    );
 }
 
 /// A backup that needs records below the primary's snapshot gets `SendSnapshot`; once the
 /// snapshot is in, shipping resumes right after it.
 #[test]
 fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
-    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), PersistedMeta { epoch: Epoch(1), voted_for: None });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
     elect(&mut core);
-    step(&mut core, Input::Durable { lsn: Lsn(5), epoch: Epoch(2) });
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(5),
+            epoch: Epoch(2),
+        },
+    );
     let ack = |matched: u64, durable: u64| {
         Message::AppendResponse(AppendResponse {
             epoch: Epoch(2),
@@ -423,6 +910,19 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
     assert!(out.is_empty(), "{out:?}");
     let out = step(&mut core, Input::Tick { now: ms(660) });
     assert!(out.contains(&Action::SendSnapshot { to: N3 }), "{out:?}");
-    let out = step(&mut core, Input::SnapshotSent { to: N3, lsn: Lsn(5), epoch: Epoch(2) });
-    assert_eq!(out, vec![Action::Send { to: N3, message: append(2, (5, 2), 5, 2, 5, 660) }]);
+    let out = step(
+        &mut core,
+        Input::SnapshotSent {
+            to: N3,
+            lsn: Lsn(5),
+            epoch: Epoch(2),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N3,
+            message: append(2, (5, 2), 5, 2, 5, 660)
+        }]
+    );
 }

@@ -20,7 +20,11 @@ pub struct Clock {
 impl Clock {
     pub fn new(started_at: u64, reading_at_start: u64, rate_ppm: i64) -> Clock {
         assert!(rate_ppm.abs() < 1_000_000, "clock rate {rate_ppm} ppm");
-        Clock { started_at, reading_at_start, rate_ppm }
+        Clock {
+            started_at,
+            reading_at_start,
+            rate_ppm,
+        }
     }
 
     /// The node's reading at true time `now` (nanoseconds).

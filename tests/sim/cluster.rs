@@ -17,12 +17,16 @@ use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use understudy::core::{Action, Config, Core, Input, Message, PersistedMeta, Role, SplitMix64, TestKnobs};
+use understudy::core::{
+    Action, Config, Core, Input, Message, PersistedMeta, Role, SplitMix64, TestKnobs,
+};
 use understudy::{Epoch, Lsn, NodeId};
 
 use crate::clock::Clock;
 use crate::disk::{Disk, Rec};
-use crate::invariants::{committed_survive, lease::Lease, log_matching::LogMatching, one_primary::OnePrimary};
+use crate::invariants::{
+    committed_survive, lease::Lease, log_matching::LogMatching, one_primary::OnePrimary,
+};
 use crate::invariants::{violation, Violation};
 use crate::network::{Network, MS};
 use crate::workload::Workload;
@@ -41,6 +45,8 @@ const TRACE_LEN: usize = 40;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
     pub knobs: TestKnobs,
+    /// No random faults and a perfect network: a scenario drives the run (`run_until`).
+    pub scripted: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -63,16 +69,43 @@ pub struct RunReport {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Tick { node: usize, inc: u32 },
-    Deliver { from: usize, to: usize, message: Message, records: Option<Vec<Rec>> },
-    DiskSync { node: usize, inc: u32 },
-    MetaDone { node: usize, inc: u32 },
+    Tick {
+        node: usize,
+        inc: u32,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Message,
+        records: Option<Vec<Rec>>,
+    },
+    DiskSync {
+        node: usize,
+        inc: u32,
+    },
+    MetaDone {
+        node: usize,
+        inc: u32,
+    },
     Client,
-    ClientRequest { node: usize, count: u64, bytes: u64 },
+    ClientRequest {
+        node: usize,
+        count: u64,
+        bytes: u64,
+    },
     Fault,
-    Restart { node: usize },
-    TakeSnapshot { node: usize, inc: u32 },
-    SnapshotDone { from: usize, from_inc: u32, to: usize },
+    Restart {
+        node: usize,
+    },
+    TakeSnapshot {
+        node: usize,
+        inc: u32,
+    },
+    SnapshotDone {
+        from: usize,
+        from_inc: u32,
+        to: usize,
+    },
     Heal,
     StopClients,
 }
@@ -197,7 +230,10 @@ impl Sim {
             log_matching: LogMatching::default(),
             lease: Lease::default(),
             trace: VecDeque::new(),
-            trace_len: std::env::var("SIM_TRACE_LEN").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LEN),
+            trace_len: std::env::var("SIM_TRACE_LEN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(TRACE_LEN),
             steps: 0,
             out: Vec::new(),
             delays: Vec::new(),
@@ -206,30 +242,54 @@ impl Sim {
             heal_at: FAULT_MS * MS,
             heal_committed_at: None,
             failover_open: None,
-            report: RunReport { nodes: size, ..RunReport::default() },
+            report: RunReport {
+                nodes: size,
+                ..RunReport::default()
+            },
         };
         for (i, &id) in members.iter().enumerate() {
             let rate_ppm = sim.rng.below(2 * DRIFT_PPM_MAX + 1) as i64 - DRIFT_PPM_MAX as i64;
             let clock = Clock::new(0, sim.rng.below(10_000) * MS, rate_ppm);
-            sim.nodes.push(Node { id, core: None, inc: 0, disk: Disk::default(), clock, rate_ppm, paused_until: 0 });
-            sim.start_node(i).unwrap_or_else(|v| panic!("starting node {i}: {}", v.detail));
+            sim.nodes.push(Node {
+                id,
+                core: None,
+                inc: 0,
+                disk: Disk::default(),
+                clock,
+                rate_ppm,
+                paused_until: 0,
+            });
+            sim.start_node(i)
+                .unwrap_or_else(|v| panic!("starting node {i}: {}", v.detail));
         }
         let first_client = sim.rng.below(20) * MS;
         sim.schedule(first_client, Event::Client);
         let first_fault = 50 * MS + sim.rng.below(300) * MS;
-        sim.schedule(first_fault, Event::Fault);
-        sim.schedule(sim.heal_at, Event::Heal);
+        if options.scripted {
+            sim.net.calm();
+        } else {
+            sim.schedule(first_fault, Event::Fault);
+            sim.schedule(sim.heal_at, Event::Heal);
+        }
         sim
     }
 
     fn schedule(&mut self, after: u64, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, event });
+        self.queue.push(Scheduled {
+            at: self.now + after,
+            seq: self.seq,
+            event,
+        });
     }
 
     fn schedule_at(&mut self, at: u64, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at, seq: self.seq, event });
+        self.queue.push(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        });
     }
 
     fn alive(&self, node: usize) -> bool {
@@ -256,7 +316,12 @@ impl Sim {
         if self.trace.len() >= self.trace_len {
             self.trace.pop_front();
         }
-        self.trace.push_back(TraceEntry { step: self.steps, at: self.now, node, what });
+        self.trace.push_back(TraceEntry {
+            step: self.steps,
+            at: self.now,
+            node,
+            what,
+        });
     }
 
     /// Starts (or restarts) node `node` from its disk.
@@ -267,7 +332,11 @@ impl Sim {
         n.inc += 1;
         if n.inc > 1 {
             // A new process: a new clock, possibly starting at zero.
-            let reading = if seed % 2 == 0 { 0 } else { seed % (5_000 * MS) };
+            let reading = if seed % 2 == 0 {
+                0
+            } else {
+                seed % (5_000 * MS)
+            };
             n.clock = Clock::new(self.now, reading, n.rate_ppm);
         }
         let mut config = self.config.clone();
@@ -292,8 +361,15 @@ impl Sim {
         if n.core.is_none() {
             return;
         }
-        if n.core.as_ref().is_some_and(|core| core.role() == Role::Primary) && self.failover_open.is_none() {
-            let epoch = n.core.as_ref().map_or(Epoch::ZERO, Core::epoch);
+        // Measure a failover only when the newest primary dies (not a deposed one that has not
+        // noticed yet).
+        let epoch = n.core.as_ref().map_or(Epoch::ZERO, Core::epoch);
+        let newest = n
+            .core
+            .as_ref()
+            .is_some_and(|core| core.role() == Role::Primary)
+            && epoch == self.lease.highest_elected();
+        if newest && self.failover_open.is_none() {
             self.failover_open = Some((self.now, epoch));
         }
         n.core = None;
@@ -319,7 +395,11 @@ impl Sim {
 
     fn failure_message(&self, v: &Violation) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "simulation found a violation of invariant {}", v.invariant);
+        let _ = writeln!(
+            s,
+            "simulation found a violation of invariant {}",
+            v.invariant
+        );
         let _ = writeln!(
             s,
             "  seed {}, {} nodes, step {}, t={:.3}ms, phase {:?}",
@@ -337,7 +417,13 @@ impl Sim {
                 TraceWhat::Action(action) => format!("   -> {}", compact(&format!("{action:?}"))),
                 TraceWhat::Fault(what, value) => format!("** {what} {value}"),
             };
-            let _ = writeln!(s, "    #{} t={:.3}ms n{} {what}", e.step, e.at as f64 / MS as f64, e.node);
+            let _ = writeln!(
+                s,
+                "    #{} t={:.3}ms n{} {what}",
+                e.step,
+                e.at as f64 / MS as f64,
+                e.node
+            );
         }
         let knobs = self.options.knobs;
         let mut env = String::new();
@@ -347,20 +433,39 @@ impl Sim {
         if knobs.skip_lease {
             env.push_str("SIM_BREAK=lease ");
         }
-        let _ = write!(s, "replay: {env}SIM_SEED={} cargo test --test sim", self.seed);
+        let _ = write!(
+            s,
+            "replay: {env}SIM_SEED={} cargo test --test sim",
+            self.seed
+        );
         s
     }
 
     fn run_inner(&mut self) -> Result<(), Violation> {
         while self.phase != Phase::Done {
-            let Some(next) = self.queue.pop() else {
-                return Err(violation("liveness", "the event queue ran dry".to_string()));
-            };
-            self.now = next.at;
-            self.steps += 1;
-            self.handle(next.event)?;
-            self.check_phase()?;
+            self.step_once()?;
         }
+        Ok(())
+    }
+
+    fn step_once(&mut self) -> Result<(), Violation> {
+        let Some(next) = self.queue.pop() else {
+            return Err(violation("liveness", "the event queue ran dry".to_string()));
+        };
+        self.now = next.at;
+        self.steps += 1;
+        self.handle(next.event)?;
+        self.check_phase()
+    }
+
+    /// Scenarios: runs every event up to true time `until` (nanoseconds).
+    fn run_until(&mut self, until: u64) -> Result<(), String> {
+        while self.queue.peek().is_some_and(|next| next.at <= until) {
+            if let Err(v) = self.step_once() {
+                return Err(self.failure_message(&v));
+            }
+        }
+        self.now = until;
         Ok(())
     }
 
@@ -370,7 +475,8 @@ impl Sim {
             Phase::Drain => {
                 let converged = self.work.pending_count() == 0 && self.converged();
                 if converged {
-                    self.report.heal_to_commit_ns = self.heal_committed_at.unwrap_or(self.now) - self.heal_at;
+                    self.report.heal_to_commit_ns =
+                        self.heal_committed_at.unwrap_or(self.now) - self.heal_at;
                     // Clean failover: kill the primary on a quiet network.
                     let primary = self.primary_node().expect("converged implies a primary");
                     self.failover_open = None;
@@ -428,18 +534,29 @@ impl Sim {
     }
 
     fn primary_node(&self) -> Option<usize> {
-        (0..self.nodes.len()).find(|&i| self.nodes[i].core.as_ref().is_some_and(|c| c.role() == Role::Primary))
+        (0..self.nodes.len()).find(|&i| {
+            self.nodes[i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.role() == Role::Primary)
+        })
     }
 
     /// A primary whose whole log is committed, and every node holding all of it.
     fn converged(&self) -> bool {
-        let Some(p) = self.primary_node() else { return false };
+        let Some(p) = self.primary_node() else {
+            return false;
+        };
         let core = self.nodes[p].core.as_ref().expect("primary is alive");
         let last = core.last_lsn();
         if core.commit_lsn() != last {
             return false;
         }
-        self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.commit_lsn() == last && c.last_lsn() == last))
+        self.nodes.iter().all(|n| {
+            n.core
+                .as_ref()
+                .is_some_and(|c| c.commit_lsn() == last && c.last_lsn() == last)
+        })
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Violation> {
@@ -458,17 +575,34 @@ impl Sim {
                 let after = (TICK_MS - 2) * MS + self.rng.below(4 * MS);
                 self.schedule(after, Event::Tick { node, inc });
             }
-            Event::Deliver { from, to, message, records } => {
+            Event::Deliver {
+                from,
+                to,
+                message,
+                records,
+            } => {
                 if !self.alive(to) || self.net.blocked(from, to) {
                     return Ok(());
                 }
                 if self.nodes[to].paused_until > self.now {
                     let at = self.nodes[to].paused_until;
-                    self.schedule_at(at, Event::Deliver { from, to, message, records });
+                    self.schedule_at(
+                        at,
+                        Event::Deliver {
+                            from,
+                            to,
+                            message,
+                            records,
+                        },
+                    );
                     return Ok(());
                 }
                 let now = self.local(to);
-                let input = Input::Receive { now, from: self.nodes[from].id, message };
+                let input = Input::Receive {
+                    now,
+                    from: self.nodes[from].id,
+                    message,
+                };
                 self.step_node(to, input, records.as_deref())?;
             }
             Event::DiskSync { node, inc } => {
@@ -482,7 +616,14 @@ impl Sim {
                 }
                 self.nodes[node].disk.sync_scheduled = false;
                 if let Some(rec) = self.nodes[node].disk.sync() {
-                    self.step_node(node, Input::Durable { lsn: rec.lsn, epoch: rec.epoch }, None)?;
+                    self.step_node(
+                        node,
+                        Input::Durable {
+                            lsn: rec.lsn,
+                            epoch: rec.epoch,
+                        },
+                        None,
+                    )?;
                 }
             }
             Event::MetaDone { node, inc } => {
@@ -495,12 +636,21 @@ impl Sim {
                     return Ok(());
                 }
                 let disk = &mut self.nodes[node].disk;
-                let Some(new) = disk.meta_queue.pop_front() else { return Ok(()) };
+                let Some(new) = disk.meta_queue.pop_front() else {
+                    return Ok(());
+                };
                 let old = disk.meta;
                 disk.meta = new;
                 let more = !disk.meta_queue.is_empty();
                 self.one_primary.on_meta_durable(node, old, new)?;
-                self.step_node(node, Input::MetaPersisted { epoch: new.epoch, voted_for: new.voted_for }, None)?;
+                self.step_node(
+                    node,
+                    Input::MetaPersisted {
+                        epoch: new.epoch,
+                        voted_for: new.voted_for,
+                    },
+                    None,
+                )?;
                 if more && self.alive(node) && self.nodes[node].inc == inc {
                     let after = self.disk_latency();
                     self.schedule(after, Event::MetaDone { node, inc });
@@ -585,19 +735,31 @@ impl Sim {
             return Ok(()); // The sender is gone; its successor starts afresh.
         }
         if self.nodes[to].paused_until > self.now || self.nodes[from].paused_until > self.now {
-            let at = self.nodes[to].paused_until.max(self.nodes[from].paused_until);
+            let at = self.nodes[to]
+                .paused_until
+                .max(self.nodes[from].paused_until);
             self.schedule_at(at, Event::SnapshotDone { from, from_inc, to });
             return Ok(());
         }
         let to_id = self.nodes[to].id;
-        let reachable = self.alive(to) && !self.net.blocked(from, to) && !self.net.blocked(to, from);
-        let receiver_ok = self.nodes[to].core.as_ref().is_some_and(|c| c.role() != Role::Primary);
+        let reachable =
+            self.alive(to) && !self.net.blocked(from, to) && !self.net.blocked(to, from);
+        let receiver_ok = self.nodes[to]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.role() != Role::Primary);
         if !reachable || !receiver_ok {
             return self.step_node(from, Input::SnapshotFailed { to: to_id }, None);
         }
         let lsn = self.nodes[from].disk.snapshot_lsn;
-        let epoch = self.nodes[from].disk.record(lsn).map_or(Epoch::ZERO, |rec| rec.epoch);
-        let wanted = self.nodes[to].core.as_ref().is_some_and(|core| core.snapshot_wanted(lsn, epoch));
+        let epoch = self.nodes[from]
+            .disk
+            .record(lsn)
+            .map_or(Epoch::ZERO, |rec| rec.epoch);
+        let wanted = self.nodes[to]
+            .core
+            .as_ref()
+            .is_some_and(|core| core.snapshot_wanted(lsn, epoch));
         if wanted {
             let records: Vec<Rec> = self.nodes[from].disk.live[..lsn.get() as usize].to_vec();
             for rec in &records {
@@ -609,7 +771,15 @@ impl Sim {
             self.step_node(to, Input::SnapshotInstalled { lsn, epoch }, None)?;
         }
         if self.alive(from) && self.nodes[from].inc == from_inc {
-            self.step_node(from, Input::SnapshotSent { to: to_id, lsn, epoch }, None)?;
+            self.step_node(
+                from,
+                Input::SnapshotSent {
+                    to: to_id,
+                    lsn,
+                    epoch,
+                },
+                None,
+            )?;
         }
         Ok(())
     }
@@ -684,11 +854,19 @@ impl Sim {
     }
 
     /// Feeds `input` to `node`'s core, checks it, and carries out its actions.
-    fn step_node(&mut self, node: usize, input: Input, records: Option<&[Rec]>) -> Result<(), Violation> {
+    fn step_node(
+        &mut self,
+        node: usize,
+        input: Input,
+        records: Option<&[Rec]>,
+    ) -> Result<(), Violation> {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         self.trace_push(node, TraceWhat::Input(input));
-        let core = self.nodes[node].core.as_mut().expect("stepping a running node");
+        let core = self.nodes[node]
+            .core
+            .as_mut()
+            .expect("stepping a running node");
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             core.step(input, &mut out);
             core.validate();
@@ -699,7 +877,10 @@ impl Sim {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            return Err(violation("core assertion", format!("node {node}: {message}")));
+            return Err(violation(
+                "core assertion",
+                format!("node {node}: {message}"),
+            ));
         }
         let epoch = core.epoch();
         self.one_primary.on_epoch(node, epoch)?;
@@ -724,19 +905,38 @@ impl Sim {
         }
     }
 
-    fn write(&mut self, node: usize, lsn: Lsn, epoch: Epoch, payload: u64) -> Result<(), Violation> {
+    fn write(
+        &mut self,
+        node: usize,
+        lsn: Lsn,
+        epoch: Epoch,
+        payload: u64,
+    ) -> Result<(), Violation> {
         let rec = self.nodes[node].disk.append(lsn, epoch, payload);
         self.log_matching.on_write(node, &rec)
     }
 
-    fn apply(&mut self, node: usize, action: Action, input: Input, records: Option<&[Rec]>) -> Result<(), Violation> {
+    fn apply(
+        &mut self,
+        node: usize,
+        action: Action,
+        input: Input,
+        records: Option<&[Rec]>,
+    ) -> Result<(), Violation> {
         match action {
             Action::Send { to, message } => {
-                let to = self.members.iter().position(|&m| m == to).expect("sending to a member");
+                let to = self
+                    .members
+                    .iter()
+                    .position(|&m| m == to)
+                    .expect("sending to a member");
                 let mut attached = None;
                 if let Message::Append(append) = message {
                     if append.last_lsn >= append.first_lsn {
-                        let mut recs = Vec::with_capacity(Lsn::count_between(append.first_lsn, append.last_lsn) as usize);
+                        let mut recs = Vec::with_capacity(Lsn::count_between(
+                            append.first_lsn,
+                            append.last_lsn,
+                        ) as usize);
                         let mut lsn = append.first_lsn;
                         while lsn <= append.last_lsn {
                             match self.nodes[node].disk.record(lsn) {
@@ -756,13 +956,22 @@ impl Sim {
                 let mut delays = std::mem::take(&mut self.delays);
                 self.net.plan(&mut self.rng, node, to, &mut delays);
                 for &delay in &delays {
-                    self.schedule(delay, Event::Deliver { from: node, to, message, records: attached.clone() });
+                    self.schedule(
+                        delay,
+                        Event::Deliver {
+                            from: node,
+                            to,
+                            message,
+                            records: attached.clone(),
+                        },
+                    );
                 }
                 self.delays = delays;
             }
             Action::PersistMeta { epoch, voted_for } => {
                 let disk = &mut self.nodes[node].disk;
-                disk.meta_queue.push_back(PersistedMeta { epoch, voted_for });
+                disk.meta_queue
+                    .push_back(PersistedMeta { epoch, voted_for });
                 if disk.meta_queue.len() == 1 {
                     let inc = self.nodes[node].inc;
                     let after = self.disk_latency();
@@ -773,7 +982,11 @@ impl Sim {
                 self.write(node, lsn, epoch, 0)?;
                 self.schedule_sync(node);
             }
-            Action::WriteProposed { first_lsn, last_lsn, epoch } => {
+            Action::WriteProposed {
+                first_lsn,
+                last_lsn,
+                epoch,
+            } => {
                 self.lease.on_serve(node, epoch, self.now)?;
                 let first_payload = self.work.accepted(node, first_lsn, last_lsn, epoch);
                 let mut lsn = first_lsn;
@@ -788,11 +1001,27 @@ impl Sim {
             Action::TruncateSuffix { keep_through } => {
                 self.nodes[node].disk.truncate_suffix(keep_through);
             }
-            Action::WriteReceived { first_lsn, last_lsn } => {
-                let (Input::Receive { message: Message::Append(append), .. }, Some(recs)) = (input, records) else {
-                    return Err(violation("shell contract", "WriteReceived outside an append with records".to_string()));
+            Action::WriteReceived {
+                first_lsn,
+                last_lsn,
+            } => {
+                let (
+                    Input::Receive {
+                        message: Message::Append(append),
+                        ..
+                    },
+                    Some(recs),
+                ) = (input, records)
+                else {
+                    return Err(violation(
+                        "shell contract",
+                        "WriteReceived outside an append with records".to_string(),
+                    ));
                 };
-                assert!(first_lsn >= append.first_lsn && last_lsn <= append.last_lsn, "WriteReceived outside the append");
+                assert!(
+                    first_lsn >= append.first_lsn && last_lsn <= append.last_lsn,
+                    "WriteReceived outside the append"
+                );
                 let mut lsn = first_lsn;
                 while lsn <= last_lsn {
                     let rec = recs[(lsn.get() - append.first_lsn.get()) as usize];
@@ -805,7 +1034,14 @@ impl Sim {
                 let to = self.members.iter().position(|&m| m == to).expect("member");
                 let from_inc = self.nodes[node].inc;
                 let after = 5 * MS + self.rng.below(30 * MS);
-                self.schedule(after, Event::SnapshotDone { from: node, from_inc, to });
+                self.schedule(
+                    after,
+                    Event::SnapshotDone {
+                        from: node,
+                        from_inc,
+                        to,
+                    },
+                );
             }
             Action::Committed { lsn } => {
                 let mut done = std::mem::take(&mut self.done);
@@ -813,18 +1049,25 @@ impl Sim {
                 let mut result = Ok(());
                 for &i in &done {
                     let op = self.work.ops[i];
+                    assert_eq!(op.node, node, "a node resolved another node's proposal");
                     let mut at = op.first_lsn;
                     let mut payload = op.first_payload;
                     while at <= op.last_lsn {
                         let on_disk = self.nodes[node].disk.record(at).copied();
-                        if on_disk.is_none_or(|rec| rec.payload != payload || rec.epoch != op.epoch) {
+                        if on_disk.is_none_or(|rec| rec.payload != payload || rec.epoch != op.epoch)
+                        {
                             result = Err(violation(
                                 "1 (acknowledged records survive failover)",
                                 format!("node {node} acknowledged lsn {at} (payload {payload}) but holds {on_disk:?}"),
                             ));
                             break;
                         }
-                        result = committed_survive::on_acknowledged(&mut self.work.acked, at, op.epoch, payload);
+                        result = committed_survive::on_acknowledged(
+                            &mut self.work.acked,
+                            at,
+                            op.epoch,
+                            payload,
+                        );
                         if result.is_err() {
                             break;
                         }
@@ -846,7 +1089,12 @@ impl Sim {
                                 Phase::CleanFailover => {
                                     self.report.clean_failover_ns = took;
                                     let acked = &self.work.acked;
-                                    committed_survive::on_primary(acked, node, core.epoch(), &self.nodes[node].disk)?;
+                                    committed_survive::on_primary(
+                                        acked,
+                                        node,
+                                        core.epoch(),
+                                        &self.nodes[node].disk,
+                                    )?;
                                     self.phase = Phase::Done;
                                 }
                                 _ => self.report.failovers_under_faults_ns.push(took),
@@ -854,17 +1102,28 @@ impl Sim {
                             self.failover_open = None;
                         }
                     }
-                    if matches!(self.phase, Phase::Heal | Phase::Drain) && self.heal_committed_at.is_none() {
+                    if matches!(self.phase, Phase::Heal | Phase::Drain)
+                        && self.heal_committed_at.is_none()
+                    {
                         self.heal_committed_at = Some(self.now);
                     }
                 }
             }
-            Action::RoleChanged { role, epoch, primary } => {
+            Action::RoleChanged {
+                role,
+                epoch,
+                primary,
+            } => {
                 if role == Role::Primary {
                     self.report.elections += 1;
                     self.one_primary.on_promoted(node, epoch)?;
                     self.lease.on_promoted(node, epoch, self.now);
-                    committed_survive::on_primary(&self.work.acked, node, epoch, &self.nodes[node].disk)?;
+                    committed_survive::on_primary(
+                        &self.work.acked,
+                        node,
+                        epoch,
+                        &self.nodes[node].disk,
+                    )?;
                 }
                 if let Some(p) = primary {
                     self.work.believed_primary = self.members.iter().position(|&m| m == p);
@@ -876,6 +1135,70 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Scenario: a backup is cut off from everyone for eight failover timeouts, then the partition
+/// heals. It keeps asking for pre-votes and nobody grants them (they hear from the primary), so
+/// it never raises its epoch, and on rejoining it cannot depose the healthy primary: the same
+/// node stays primary in the same epoch and the backup catches up.
+pub fn rejoin_after_partition(seed: u64) -> Result<(), String> {
+    let mut sim = Sim::new(
+        seed,
+        RunOptions {
+            scripted: true,
+            ..RunOptions::default()
+        },
+    );
+    sim.run_until(1_500 * MS)?;
+    let primary = sim
+        .primary_node()
+        .ok_or("no primary after 1.5 s on a perfect network")?;
+    let epoch = sim.nodes[primary]
+        .core
+        .as_ref()
+        .map_or(Epoch::ZERO, Core::epoch);
+    let cut_off = (primary + 1) % sim.nodes.len();
+    for other in 0..sim.nodes.len() {
+        if other != cut_off {
+            sim.net.block(cut_off, other);
+            sim.net.block(other, cut_off);
+        }
+    }
+    sim.run_until(5_500 * MS)?;
+    let standing = sim.nodes[cut_off]
+        .core
+        .as_ref()
+        .map_or(Epoch::ZERO, Core::epoch);
+    if standing != epoch {
+        return Err(format!(
+            "seed {seed}: the cut-off node {cut_off} raised its epoch to {standing} (primary's {epoch})"
+        ));
+    }
+    sim.net.heal();
+    sim.run_until(7_500 * MS)?;
+    let now_primary = sim.primary_node();
+    let now_epoch = now_primary
+        .and_then(|p| sim.nodes[p].core.as_ref())
+        .map(Core::epoch);
+    if now_primary != Some(primary) || now_epoch != Some(epoch) {
+        return Err(format!(
+            "seed {seed}: node {primary} was primary of epoch {epoch}; after node {cut_off} rejoined: \
+             {now_primary:?} of epoch {now_epoch:?}"
+        ));
+    }
+    let commit = |node: usize| {
+        sim.nodes[node]
+            .core
+            .as_ref()
+            .map_or(Lsn::ZERO, Core::commit_lsn)
+    };
+    if commit(cut_off).plus(50) < commit(primary) {
+        return Err(format!(
+            "seed {seed}: node {cut_off} did not catch up: {}",
+            sim.describe_nodes()
+        ));
+    }
+    Ok(())
 }
 
 /// Runs one seed.

@@ -65,15 +65,30 @@ impl Disk {
 
     /// Appends one record at the end; returns it with its prefix hash.
     pub fn append(&mut self, lsn: Lsn, epoch: Epoch, payload: u64) -> Rec {
-        assert_eq!(lsn, self.last_lsn().next(), "disk write must follow the last record");
-        let rec = Rec { lsn, epoch, payload, prefix_hash: prefix_hash(self.hash_before(lsn), lsn, epoch, payload) };
+        assert_eq!(
+            lsn,
+            self.last_lsn().next(),
+            "disk write must follow the last record"
+        );
+        let rec = Rec {
+            lsn,
+            epoch,
+            payload,
+            prefix_hash: prefix_hash(self.hash_before(lsn), lsn, epoch, payload),
+        };
         self.live.push(rec);
         rec
     }
 
     pub fn truncate_suffix(&mut self, keep_through: Lsn) {
-        assert!(keep_through < self.last_lsn(), "truncation that drops nothing");
-        assert!(keep_through >= self.snapshot_lsn, "truncation into the snapshot");
+        assert!(
+            keep_through < self.last_lsn(),
+            "truncation that drops nothing"
+        );
+        assert!(
+            keep_through >= self.snapshot_lsn,
+            "truncation into the snapshot"
+        );
         self.live.truncate(keep_through.get() as usize);
         self.synced = self.synced.min(self.live.len());
     }
@@ -104,18 +119,31 @@ impl Disk {
         self.synced = self.live.len();
         self.sync_scheduled = false;
         self.meta_queue.clear();
-        assert!(self.snapshot_lsn <= self.last_lsn(), "snapshot beyond the durable log");
+        assert!(
+            self.snapshot_lsn <= self.last_lsn(),
+            "snapshot beyond the durable log"
+        );
     }
 
     /// The log description a restarted node gives its core.
     pub fn recover(&self) -> RecoveredLog {
-        let snapshot_epoch = self.record(self.snapshot_lsn).map_or(Epoch::ZERO, |rec| rec.epoch);
+        let snapshot_epoch = self
+            .record(self.snapshot_lsn)
+            .map_or(Epoch::ZERO, |rec| rec.epoch);
         let mut epoch_starts: Vec<(Epoch, Lsn)> = Vec::new();
         for rec in &self.live[self.snapshot_lsn.get() as usize..] {
-            if epoch_starts.last().is_none_or(|&(epoch, _)| epoch != rec.epoch) {
+            if epoch_starts
+                .last()
+                .is_none_or(|&(epoch, _)| epoch != rec.epoch)
+            {
                 epoch_starts.push((rec.epoch, rec.lsn));
             }
         }
-        RecoveredLog { snapshot_lsn: self.snapshot_lsn, snapshot_epoch, last_lsn: self.last_lsn(), epoch_starts }
+        RecoveredLog {
+            snapshot_lsn: self.snapshot_lsn,
+            snapshot_epoch,
+            last_lsn: self.last_lsn(),
+            epoch_starts,
+        }
     }
 }

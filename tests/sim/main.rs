@@ -33,13 +33,18 @@ use cluster::{ms, run_seed, RunOptions, RunReport};
 use understudy::core::TestKnobs;
 
 /// Seeds in the default run: sized to stay well under a minute on two cores in the dev profile.
-const DEFAULT_SEEDS: u64 = 1_000;
+const DEFAULT_SEEDS: u64 = 6_000;
 /// How many seeds a rule-breaking test may try before declaring the checker blind.
 const BREAK_SEEDS_MAX: u64 = 400;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
-    Some(value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
 }
 
 fn knobs_from_env() -> TestKnobs {
@@ -68,7 +73,9 @@ fn run_seeds(
     let stop = AtomicBool::new(false);
     let reports = Mutex::new(Vec::new());
     let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(seeds.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
@@ -80,7 +87,10 @@ fn run_seeds(
                 match run_seed(seed, options) {
                     Ok(report) => reports.lock().expect("no panics while held").push(report),
                     Err(message) => {
-                        failures.lock().expect("no panics while held").push((seed, message));
+                        failures
+                            .lock()
+                            .expect("no panics while held")
+                            .push((seed, message));
                         if stop_on_failure {
                             stop.store(true, Ordering::Relaxed);
                         }
@@ -128,12 +138,23 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
             continue;
         }
         println!("  {nodes} nodes, {} seeds:", of_size.len());
-        println!("    clean failover (primary killed -> next commit): {}", percentiles(of_size.iter().map(|r| r.clean_failover_ns).collect()));
+        println!(
+            "    clean failover (primary killed -> next commit): {}",
+            percentiles(of_size.iter().map(|r| r.clean_failover_ns).collect())
+        );
         println!(
             "    failover under faults:                          {}",
-            percentiles(of_size.iter().flat_map(|r| r.failovers_under_faults_ns.iter().copied()).collect())
+            percentiles(
+                of_size
+                    .iter()
+                    .flat_map(|r| r.failovers_under_faults_ns.iter().copied())
+                    .collect()
+            )
         );
-        println!("    heal -> first commit:                           {}", percentiles(of_size.iter().map(|r| r.heal_to_commit_ns).collect()));
+        println!(
+            "    heal -> first commit:                           {}",
+            percentiles(of_size.iter().map(|r| r.heal_to_commit_ns).collect())
+        );
         let committed: usize = of_size.iter().map(|r| r.committed).sum();
         let unknown: usize = of_size.iter().map(|r| r.unknown).sum();
         let rejected: u64 = of_size.iter().map(|r| r.rejected).sum();
@@ -148,18 +169,44 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
 /// Every invariant holds on every default seed (or `SIM_SEEDS`, or the one `SIM_SEED`).
 #[test]
 fn simulated_clusters_keep_invariants() {
-    let options = RunOptions { knobs: knobs_from_env() };
+    let options = RunOptions {
+        knobs: knobs_from_env(),
+        scripted: false,
+    };
     let started = Instant::now();
     let (reports, failures) = match env_u64("SIM_SEED") {
         Some(seed) => run_seeds(std::iter::once(seed), options, true),
-        None => run_seeds(0..env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS), options, false),
+        None => run_seeds(
+            0..env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS),
+            options,
+            false,
+        ),
     };
     if std::env::var_os("SIM_REPORT").is_some() || env_u64("SIM_SEED").is_some() {
         print_report(&reports, started.elapsed());
     }
     if let Some((_, message)) = failures.first() {
-        let others: Vec<u64> = failures.iter().skip(1).map(|(seed, _)| *seed).take(20).collect();
-        panic!("{message}\n({} failing seeds; others: {others:?})", failures.len());
+        let others: Vec<u64> = failures
+            .iter()
+            .skip(1)
+            .map(|(seed, _)| *seed)
+            .take(20)
+            .collect();
+        panic!(
+            "{message}\n({} failing seeds; others: {others:?})",
+            failures.len()
+        );
+    }
+}
+
+/// A backup cut off for several failover timeouts rejoins without deposing the healthy primary
+/// (pre-vote and the refusal to vote while a primary is heard), on 3- and 5-node clusters.
+#[test]
+fn partitioned_backup_rejoins_without_deposing_the_primary() {
+    for seed in 0..20 {
+        if let Err(message) = cluster::rejoin_after_partition(seed) {
+            panic!("{message}");
+        }
     }
 }
 
@@ -168,27 +215,47 @@ fn checker_finds(knobs: TestKnobs, expect: &str) {
     if env_u64("SIM_SEED").is_some() {
         return; // A replay runs only the seed asked for.
     }
-    let options = RunOptions { knobs };
+    let options = RunOptions {
+        knobs,
+        scripted: false,
+    };
     // Batches keep the search short when a violation is found early.
     for batch in 0..(BREAK_SEEDS_MAX / 50) {
         let (_, failures) = run_seeds(batch * 50..(batch + 1) * 50, options, true);
         if let Some((seed, message)) = failures.first() {
             println!("with the rule switched off, seed {seed} fails as it should:\n{message}");
-            assert!(message.contains(expect), "seed {seed} failed, but not on {expect}:\n{message}");
+            assert!(
+                message.contains(expect),
+                "seed {seed} failed, but not on {expect}:\n{message}"
+            );
             return;
         }
     }
-    panic!("no violation in {BREAK_SEEDS_MAX} seeds with {knobs:?}: the checker cannot see this rule");
+    panic!(
+        "no violation in {BREAK_SEEDS_MAX} seeds with {knobs:?}: the checker cannot see this rule"
+    );
 }
 
 /// Without the up-to-date check on votes, a stale node wins and acknowledged records vanish.
 #[test]
 fn checker_finds_lost_writes_without_vote_log_check() {
-    checker_finds(TestKnobs { skip_vote_log_check: true, skip_lease: false }, "invariant");
+    checker_finds(
+        TestKnobs {
+            skip_vote_log_check: true,
+            skip_lease: false,
+        },
+        "invariant",
+    );
 }
 
 /// Without the lease, a cut-off primary keeps serving after another node is elected.
 #[test]
 fn checker_finds_stale_primary_without_lease() {
-    checker_finds(TestKnobs { skip_vote_log_check: false, skip_lease: true }, "invariant 4");
+    checker_finds(
+        TestKnobs {
+            skip_vote_log_check: false,
+            skip_lease: true,
+        },
+        "invariant 4",
+    );
 }

@@ -57,10 +57,6 @@ impl Network {
         }
     }
 
-    pub fn is_partitioned(&self) -> bool {
-        self.blocked.iter().any(|&b| b)
-    }
-
     /// Faults off, delays normal: the heal phase.
     pub fn calm(&mut self) {
         self.heal();
@@ -77,7 +73,11 @@ impl Network {
         if self.blocked(from, to) || rng.below(1_000_000) < self.loss_ppm {
             return;
         }
-        let copies = if rng.below(1_000_000) < self.duplicate_ppm { 2 } else { 1 };
+        let copies = if rng.below(1_000_000) < self.duplicate_ppm {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut delay = self.delay_min + rng.below(self.delay_max - self.delay_min + 1);
             if rng.below(1_000_000) < self.long_delay_ppm {

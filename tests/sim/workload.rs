@@ -40,7 +40,11 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(nodes: usize) -> Workload {
-        Workload { next_payload: 1, pending: vec![Vec::new(); nodes], ..Workload::default() }
+        Workload {
+            next_payload: 1,
+            pending: vec![Vec::new(); nodes],
+            ..Workload::default()
+        }
     }
 
     /// A proposal was accepted at `node`: returns the first payload id of its records.
@@ -48,7 +52,14 @@ impl Workload {
         let first_payload = self.next_payload;
         self.next_payload += Lsn::count_between(first_lsn, last_lsn);
         self.pending[node].push(self.ops.len());
-        self.ops.push(Op { node, first_lsn, last_lsn, epoch, first_payload, outcome: Outcome::Pending });
+        self.ops.push(Op {
+            node,
+            first_lsn,
+            last_lsn,
+            epoch,
+            first_payload,
+            outcome: Outcome::Pending,
+        });
         first_payload
     }
 
@@ -56,7 +67,10 @@ impl Workload {
     pub fn committed(&mut self, node: usize, lsn: Lsn, done: &mut Vec<usize>) {
         done.clear();
         let pending = &mut self.pending[node];
-        let split = pending.iter().take_while(|&&i| self.ops[i].last_lsn <= lsn).count();
+        let split = pending
+            .iter()
+            .take_while(|&&i| self.ops[i].last_lsn <= lsn)
+            .count();
         done.extend(pending.drain(..split));
         for &i in done.iter() {
             self.ops[i].outcome = Outcome::Committed;

@@ -21,14 +21,23 @@ pub fn on_acknowledged(
     match acked.insert(lsn, (epoch, payload)) {
         Some(earlier) if earlier != (epoch, payload) => Err(violation(
             NAME,
-            format!("lsn {lsn} acknowledged as {:?} and later as {:?}", earlier, (epoch, payload)),
+            format!(
+                "lsn {lsn} acknowledged as {:?} and later as {:?}",
+                earlier,
+                (epoch, payload)
+            ),
         )),
         _ => Ok(()),
     }
 }
 
 /// `disk` belongs to node `node`, primary of `epoch` from now on.
-pub fn on_primary(acked: &BTreeMap<Lsn, (Epoch, u64)>, node: usize, epoch: Epoch, disk: &Disk) -> Result<(), Violation> {
+pub fn on_primary(
+    acked: &BTreeMap<Lsn, (Epoch, u64)>,
+    node: usize,
+    epoch: Epoch,
+    disk: &Disk,
+) -> Result<(), Violation> {
     for (&lsn, &(ack_epoch, payload)) in acked {
         match disk.record(lsn) {
             Some(rec) if rec.epoch == ack_epoch && rec.payload == payload => {}

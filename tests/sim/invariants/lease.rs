@@ -24,6 +24,10 @@ impl Lease {
         }
     }
 
+    pub fn highest_elected(&self) -> Epoch {
+        self.highest_elected
+    }
+
     pub fn on_serve(&self, node: usize, epoch: Epoch, now: u64) -> Result<(), Violation> {
         if epoch < self.highest_elected {
             return Err(violation(

@@ -19,7 +19,10 @@ pub struct LogMatching {
 
 impl LogMatching {
     pub fn on_write(&mut self, node: usize, rec: &Rec) -> Result<(), Violation> {
-        let entry = self.seen.entry((rec.lsn, rec.epoch)).or_insert((rec.payload, rec.prefix_hash, node));
+        let entry =
+            self.seen
+                .entry((rec.lsn, rec.epoch))
+                .or_insert((rec.payload, rec.prefix_hash, node));
         if entry.0 != rec.payload {
             return Err(violation(
                 NAME,
