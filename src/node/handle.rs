@@ -184,6 +184,10 @@ impl NodeHandle {
         &self.metrics
     }
 
+    pub fn metrics_arc(&self) -> Arc<super::metrics::Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     pub fn epoch(&self) -> Epoch {
         Epoch(self.status.borrow().epoch)
     }

@@ -73,6 +73,12 @@ pub struct Metrics {
     pub promotions: AtomicU64,
     /// Peer frames refused (bad handshake, malformed, bad CRC).
     pub peer_frames_refused: AtomicU64,
+    /// Client-port connections accepted, refused over the limit, closed because the primary
+    /// changed, and open now.
+    pub proxy_accepted: AtomicU64,
+    pub proxy_refused: AtomicU64,
+    pub proxy_closed_on_role_change: AtomicU64,
+    pub proxy_active: AtomicU64,
     pub fsync_latency: Histogram,
     /// Proposal to commit, on the primary.
     pub commit_latency: Histogram,
@@ -87,6 +93,10 @@ impl Default for Metrics {
             elections: AtomicU64::new(0),
             promotions: AtomicU64::new(0),
             peer_frames_refused: AtomicU64::new(0),
+            proxy_accepted: AtomicU64::new(0),
+            proxy_refused: AtomicU64::new(0),
+            proxy_closed_on_role_change: AtomicU64::new(0),
+            proxy_active: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -101,7 +111,7 @@ impl Metrics {
     /// Appends the counters and histograms in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "understudy_appended_records_total",
                 "Records accepted from the local application.",
@@ -132,12 +142,37 @@ impl Metrics {
                 "Peer connections dropped for a bad handshake or frame.",
                 &self.peer_frames_refused,
             ),
+            (
+                "understudy_client_connections_total",
+                "Client-port connections accepted.",
+                &self.proxy_accepted,
+            ),
+            (
+                "understudy_client_connections_refused_total",
+                "Client-port connections refused over the limit.",
+                &self.proxy_refused,
+            ),
+            (
+                "understudy_client_connections_cut_total",
+                "Client-port connections closed because the primary changed.",
+                &self.proxy_closed_on_role_change,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP understudy_client_connections Client-port connections open now."
+        );
+        let _ = writeln!(out, "# TYPE understudy_client_connections gauge");
+        let _ = writeln!(
+            out,
+            "understudy_client_connections {}",
+            self.proxy_active.load(Ordering::Relaxed)
+        );
         self.fsync_latency.render(
             "understudy_fsync_seconds",
             "WAL fdatasync latency per group-commit batch.",

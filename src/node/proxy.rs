@@ -1,0 +1,335 @@
+//! The client port: a protocol-agnostic TCP proxy to whichever node is primary.
+//!
+//! On the primary (holding its lease) a connection is forwarded to the local application
+//! (`--app-addr`); on a backup, to the primary's client port (learned from the peer
+//! handshake). While no primary is known, a new connection is held for up to the hold time
+//! and then closed. Each connection remembers the `(role, epoch, primary)` it was routed
+//! under; the moment the node's status says otherwise (it stopped being primary, or the
+//! primary changed) the connection is closed, so no client keeps talking to a stale primary.
+//!
+//! Bytes are copied once each way through one buffer per direction
+//! (`copy_bidirectional_with_sizes`); both legs have TCP_NODELAY.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::handle::{NodeHandle, NodeStatus};
+use crate::core::Role;
+
+/// Buffer per direction per connection.
+const BUFFER_LEN: usize = 64 << 10;
+
+/// Limits of the client port.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyLimits {
+    /// Client connections carried at once; more are closed at accept.
+    pub connections_max: usize,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a new connection waits for a primary to be known.
+    pub hold: Duration,
+}
+
+/// Where a connection goes, and the state it was routed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    target: SocketAddr,
+    role: Role,
+    epoch: u64,
+    primary: Option<u16>,
+}
+
+/// The route for new connections under `status`, if any.
+fn route(status: &NodeStatus, app_addr: Option<SocketAddr>) -> Option<Route> {
+    let target = match status.role {
+        Role::Primary if status.lease_held => app_addr?,
+        Role::Primary | Role::Candidate => return None,
+        Role::Backup => status.primary_client_addr?,
+    };
+    Some(Route {
+        target,
+        role: status.role,
+        epoch: status.epoch,
+        primary: status.primary,
+    })
+}
+
+/// Whether a connection routed as `route` may go on under `status`.
+fn still_valid(route: &Route, status: &NodeStatus) -> bool {
+    status.role == route.role
+        && status.epoch == route.epoch
+        && status.primary == route.primary
+        && (route.role != Role::Primary || status.lease_held)
+}
+
+/// Serves the client port until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeHandle,
+    app_addr: Option<SocketAddr>,
+    limits: ProxyLimits,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.connections_max));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (client, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accept failed on the client port");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let metrics = node.metrics_arc();
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics.proxy_refused.fetch_add(1, Ordering::Relaxed);
+            debug!(%remote, "client connection refused: too many connections");
+            continue; // dropping `client` closes it
+        };
+        metrics.proxy_accepted.fetch_add(1, Ordering::Relaxed);
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::debug_span!("client", %remote);
+        tokio::spawn(
+            async move {
+                metrics.proxy_active.fetch_add(1, Ordering::Relaxed);
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => "node stopping",
+                    outcome = carry(client, &node, app_addr, limits) => outcome,
+                };
+                metrics.proxy_active.fetch_sub(1, Ordering::Relaxed);
+                if outcome == "role changed" {
+                    metrics
+                        .proxy_closed_on_role_change
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(outcome, "client connection closed");
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Routes and carries one connection; returns why it ended.
+async fn carry(
+    client: TcpStream,
+    node: &NodeHandle,
+    app_addr: Option<SocketAddr>,
+    limits: ProxyLimits,
+) -> &'static str {
+    let mut status = node.watch_status();
+    // Wait (bounded) for somewhere to send it.
+    let deadline = tokio::time::Instant::now() + limits.hold;
+    let route = loop {
+        if let Some(route) = route(&status.borrow_and_update(), app_addr) {
+            break route;
+        }
+        match tokio::time::timeout_at(deadline, status.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return "node stopping",
+            Err(_) => return "no primary known",
+        }
+    };
+    let upstream = match tokio::time::timeout(limits.hold, TcpStream::connect(route.target)).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            debug!(target = %route.target, error = %e, "cannot reach the upstream");
+            return "upstream unreachable";
+        }
+        Err(_) => return "upstream connect timed out",
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let activity = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut client = Tracked::new(client, Arc::clone(&activity), started);
+    let mut upstream = Tracked::new(upstream, Arc::clone(&activity), started);
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        BUFFER_LEN,
+        BUFFER_LEN,
+    );
+    tokio::pin!(copy);
+    let mut idle_check = tokio::time::interval(limits.idle_timeout.min(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            result = &mut copy => {
+                return match result {
+                    Ok(_) => "closed",
+                    Err(_) => "connection error",
+                };
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return "node stopping";
+                }
+                if !still_valid(&route, &status.borrow_and_update()) {
+                    info!(target = %route.target, "closing a client connection: the primary changed");
+                    return "role changed";
+                }
+            }
+            _ = idle_check.tick() => {
+                let last = Duration::from_nanos(activity.load(Ordering::Relaxed));
+                if started.elapsed().saturating_sub(last) > limits.idle_timeout {
+                    return "idle";
+                }
+            }
+        }
+    }
+}
+
+/// A stream that records the time of its last read or write, for the idle timeout.
+struct Tracked {
+    stream: TcpStream,
+    activity: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Tracked {
+    fn new(stream: TcpStream, activity: Arc<AtomicU64>, started: Instant) -> Tracked {
+        Tracked {
+            stream,
+            activity,
+            started,
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.activity.store(nanos, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(role: Role, epoch: u64, primary: Option<u16>, lease_held: bool) -> NodeStatus {
+        NodeStatus {
+            node_id: 1,
+            role,
+            epoch,
+            primary,
+            primary_client_addr: Some("127.0.0.1:7000".parse().unwrap()),
+            lease_held,
+            first_lsn: 1,
+            last_lsn: 0,
+            durable_lsn: 0,
+            commit_lsn: 0,
+            heartbeat_age_ms: None,
+            peers: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The primary forwards to its app only while it holds its lease; a backup forwards to
+    /// the primary it knows; nobody forwards without a primary.
+    #[test]
+    fn routes_follow_the_role() {
+        let app: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        let primary = status(Role::Primary, 3, Some(1), true);
+        assert_eq!(route(&primary, Some(app)).unwrap().target, app);
+        assert_eq!(
+            route(&status(Role::Primary, 3, Some(1), false), Some(app)),
+            None
+        );
+        let backup = status(Role::Backup, 3, Some(2), false);
+        assert_eq!(
+            route(&backup, Some(app)).unwrap().target,
+            "127.0.0.1:7000".parse().unwrap()
+        );
+        let mut lost = status(Role::Backup, 3, None, false);
+        lost.primary_client_addr = None;
+        assert_eq!(route(&lost, Some(app)), None);
+        assert_eq!(
+            route(&status(Role::Candidate, 4, None, false), Some(app)),
+            None
+        );
+    }
+
+    /// A connection is cut when the node stops being primary, loses its lease, or (on a
+    /// backup) when the primary changes.
+    #[test]
+    fn connections_are_cut_when_the_primary_changes() {
+        let app: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        let on_primary = route(&status(Role::Primary, 3, Some(1), true), Some(app)).unwrap();
+        assert!(still_valid(
+            &on_primary,
+            &status(Role::Primary, 3, Some(1), true)
+        ));
+        assert!(!still_valid(
+            &on_primary,
+            &status(Role::Primary, 3, Some(1), false)
+        ));
+        assert!(!still_valid(
+            &on_primary,
+            &status(Role::Backup, 4, Some(2), false)
+        ));
+        let on_backup = route(&status(Role::Backup, 3, Some(2), false), Some(app)).unwrap();
+        assert!(still_valid(
+            &on_backup,
+            &status(Role::Backup, 3, Some(2), false)
+        ));
+        assert!(!still_valid(
+            &on_backup,
+            &status(Role::Backup, 4, Some(3), false)
+        ));
+        assert!(!still_valid(
+            &on_backup,
+            &status(Role::Candidate, 4, None, false)
+        ));
+    }
+}
