@@ -341,17 +341,14 @@ impl Core {
         );
         self.st.persists_done += 1;
         let done = self.st.persists_done;
-        let mut released = false;
         self.st.held.retain(|&(seq, to, message)| {
             if seq <= done {
                 out.push(Action::Send { to, message });
-                released = true;
                 false
             } else {
                 true
             }
         });
-        let _ = released;
         self.election_on_persisted(out);
     }
 

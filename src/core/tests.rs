@@ -926,3 +926,79 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         }]
     );
 }
+
+/// A node cut off from everyone asks for pre-votes again and again but never raises its epoch,
+/// so when it returns it cannot depose the primary with a higher epoch.
+#[test]
+fn isolated_node_never_raises_its_epoch() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
+    for round in 1..=10 {
+        let out = step(
+            &mut core,
+            Input::Tick {
+                now: ms(500 * round),
+            },
+        );
+        assert!(
+            out.iter().all(|a| matches!(
+                a,
+                Action::Send {
+                    message: Message::PreVoteRequest { .. },
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+    }
+    assert_eq!(core.epoch(), Epoch(1));
+}
+
+/// Votes that arrive after the lease they would grant has run out elect nobody: in the
+/// meantime the voters may have voted in a later epoch.
+#[test]
+fn votes_arriving_after_the_lease_elect_nobody() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+        },
+    );
+    step(&mut core, Input::Tick { now: ms(600) });
+    receive(
+        &mut core,
+        600,
+        N2,
+        Message::PreVoteResponse {
+            epoch: Epoch(2),
+            granted: true,
+            voter_epoch: Epoch(1),
+        },
+    );
+    step(
+        &mut core,
+        Input::MetaPersisted {
+            epoch: Epoch(2),
+            voted_for: Some(N1),
+        },
+    );
+    let out = receive(
+        &mut core,
+        1050,
+        N2,
+        Message::VoteResponse {
+            epoch: Epoch(2),
+            granted: true,
+        },
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(core.role(), Role::Candidate);
+}

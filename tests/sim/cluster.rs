@@ -51,6 +51,7 @@ pub struct RunOptions {
 
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
+    pub seed: u64,
     pub nodes: usize,
     pub steps: u64,
     pub sim_ns: u64,
@@ -243,6 +244,7 @@ impl Sim {
             heal_committed_at: None,
             failover_open: None,
             report: RunReport {
+                seed,
                 nodes: size,
                 ..RunReport::default()
             },
@@ -542,8 +544,11 @@ impl Sim {
         })
     }
 
-    /// A primary whose whole log is committed, and every node holding all of it.
+    /// No node paused, a primary whose whole log is committed, and every node holding all of it.
     fn converged(&self) -> bool {
+        if self.nodes.iter().any(|n| n.paused_until > self.now) {
+            return false; // A paused primary has stopped heartbeating: not a clean start.
+        }
         let Some(p) = self.primary_node() else {
             return false;
         };

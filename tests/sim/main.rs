@@ -155,6 +155,15 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
             "    heal -> first commit:                           {}",
             percentiles(of_size.iter().map(|r| r.heal_to_commit_ns).collect())
         );
+        let fastest = of_size
+            .iter()
+            .min_by_key(|r| r.clean_failover_ns)
+            .map(|r| r.seed);
+        let slowest = of_size
+            .iter()
+            .max_by_key(|r| r.clean_failover_ns)
+            .map(|r| r.seed);
+        println!("    clean failover extremes: fastest seed {fastest:?}, slowest seed {slowest:?}");
         let committed: usize = of_size.iter().map(|r| r.committed).sum();
         let unknown: usize = of_size.iter().map(|r| r.unknown).sum();
         let rejected: u64 = of_size.iter().map(|r| r.rejected).sum();
