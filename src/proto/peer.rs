@@ -207,7 +207,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
     Ok(match kind {
         1 => {
             const FIXED: usize = 2 + 8 + 2 + 2 + NONCE_LEN;
-            if len < FIXED || len > FIXED + 64 {
+            if !(FIXED..=FIXED + 64).contains(&len) {
                 return Err(DecodeError::BadLength {
                     kind,
                     len,

@@ -201,7 +201,7 @@ pub struct Sim {
 impl Sim {
     pub fn new(seed: u64, options: RunOptions) -> Sim {
         let mut rng = SplitMix64::new(seed);
-        let size = if seed % 2 == 0 { 3 } else { 5 };
+        let size = if seed.is_multiple_of(2) { 3 } else { 5 };
         let members: Vec<NodeId> = (1..=size as u16).map(NodeId).collect();
         let mut config = Config::new(members[0], members.clone());
         // Small windows, so that pipelining, windows and probing are exercised.
@@ -334,7 +334,7 @@ impl Sim {
         n.inc += 1;
         if n.inc > 1 {
             // A new process: a new clock, possibly starting at zero.
-            let reading = if seed % 2 == 0 {
+            let reading = if seed.is_multiple_of(2) {
                 0
             } else {
                 seed % (5_000 * MS)

@@ -1,0 +1,188 @@
+//! End-to-end commit benchmark: three real `understudy` nodes on loopback with
+//! `--fsync always`, an application built on the client library, and N proposals in flight.
+//! Prints committed records per second and the commit latency seen by `propose` (p50, p99,
+//! p999) for each N.
+//!
+//! ```text
+//! cargo bench --bench commit                       # 1, 16 and 256 in flight, 128-byte records
+//! cargo bench --bench commit -- --inflight 256 --seconds 10 --record-len 1024
+//! ```
+//!
+//! Not a timed test: it measures, prints, and always exits 0 unless the cluster fails.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use understudy::client::{BoxError, Driver, Role, StateMachine};
+use understudy::Lsn;
+
+/// Applies nothing but counts: the benchmark measures replication, not the application.
+#[derive(Default)]
+struct Sink(u64);
+
+impl StateMachine for Sink {
+    type Output = ();
+    fn apply(&mut self, _lsn: Lsn, _command: &[u8]) {
+        self.0 += 1;
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, _lsn: Lsn, _snapshot: &[u8]) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+struct Options {
+    inflight: Vec<usize>,
+    seconds: f64,
+    record_len: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        inflight: vec![1, 16, 256],
+        seconds: 3.0,
+        record_len: 128,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--inflight" => {
+                options.inflight = args
+                    .next()
+                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or_default()
+            }
+            "--seconds" => {
+                options.seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(3.0)
+            }
+            "--record-len" => {
+                options.record_len = args.next().and_then(|v| v.parse().ok()).unwrap_or(128)
+            }
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    options
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at]
+}
+
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(run(options));
+}
+
+async fn run(options: Options) {
+    let mut cluster = support::Cluster::new(3);
+    cluster.args = vec![
+        "--heartbeat-interval".into(),
+        "50ms".into(),
+        "--failover-timeout".into(),
+        "500ms".into(),
+        "--fsync".into(),
+        "always".into(),
+    ];
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    let mut drivers = Vec::new();
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let driver = loop {
+            match Driver::connect(&node.app_socket, Sink::default()).await {
+                Ok(driver) => break Arc::new(driver),
+                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        drivers.push(driver);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let primary = loop {
+        if let Some(d) = drivers.iter().find(|d| d.role().role == Role::Primary) {
+            break Arc::clone(d);
+        }
+        assert!(Instant::now() < deadline, "no primary");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "3 nodes, --fsync always, {}-byte records, {} s per run; primary is node {}",
+        options.record_len,
+        options.seconds,
+        primary.node_id()
+    );
+    println!(
+        "{:>9}  {:>12}  {:>9}  {:>9}  {:>9}",
+        "in flight", "records/s", "p50", "p99", "p999"
+    );
+    let payload = Bytes::from(vec![b'x'; options.record_len]);
+    for &inflight in &options.inflight {
+        // Warm up briefly, then measure.
+        let _ = measure(&primary, &payload, inflight, 0.3).await;
+        let (count, mut latencies, elapsed) =
+            measure(&primary, &payload, inflight, options.seconds).await;
+        latencies.sort_unstable();
+        println!(
+            "{inflight:>9}  {:>12.0}  {:>7.2}ms  {:>7.2}ms  {:>7.2}ms",
+            count as f64 / elapsed.as_secs_f64(),
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.999).as_secs_f64() * 1e3,
+        );
+    }
+    drop(drivers);
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+}
+
+/// Runs `inflight` proposers for `seconds`; returns commits, their latencies and the time.
+async fn measure(
+    driver: &Arc<Driver<Sink>>,
+    payload: &Bytes,
+    inflight: usize,
+    seconds: f64,
+) -> (usize, Vec<Duration>, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..inflight)
+        .map(|_| {
+            let driver = Arc::clone(driver);
+            let payload = payload.clone();
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                while !stop.load(Ordering::Relaxed) {
+                    let at = Instant::now();
+                    driver.propose(payload.clone()).await.expect("committed");
+                    latencies.push(at.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a proposer"));
+    }
+    let elapsed = started.elapsed();
+    (all.len(), all, elapsed)
+}

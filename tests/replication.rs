@@ -1,0 +1,372 @@
+//! Three real `understudy` processes on loopback replicate an application's log and fail
+//! over. The application is a journal built on the client library, one driver per node, in
+//! this test process. A write oracle records every command acknowledged as committed (and
+//! every outcome-unknown one); after faults, every acknowledged command must be in the new
+//! primary's state, and the logs must agree.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{wait_until, Cluster};
+use understudy::client::{BoxError, Driver, ProposeError, Role, StateMachine};
+use understudy::Lsn;
+
+/// The application: the list of commands applied, in order.
+#[derive(Default)]
+struct Journal {
+    entries: Vec<(Lsn, Vec<u8>)>,
+}
+
+impl StateMachine for Journal {
+    type Output = Lsn;
+    fn apply(&mut self, lsn: Lsn, command: &[u8]) -> Lsn {
+        self.entries.push((lsn, command.to_vec()));
+        lsn
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _lsn: Lsn, _snapshot: &[u8]) -> Result<(), BoxError> {
+        Err("this journal keeps no snapshots".into())
+    }
+}
+
+type Drivers = Arc<Mutex<Vec<Option<Arc<Driver<Journal>>>>>>;
+
+async fn connect(socket: &Path) -> Arc<Driver<Journal>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Driver::connect(socket, Journal::default()).await {
+            Ok(driver) => return Arc::new(driver),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", socket.display()),
+        }
+    }
+}
+
+async fn connect_all(cluster: &Cluster) -> Drivers {
+    let mut drivers = Vec::new();
+    for node in &cluster.nodes {
+        drivers.push(Some(connect(&node.app_socket).await));
+    }
+    Arc::new(Mutex::new(drivers))
+}
+
+fn driver(drivers: &Drivers, id: u16) -> Option<Arc<Driver<Journal>>> {
+    drivers.lock().unwrap()[usize::from(id) - 1].clone()
+}
+
+/// The node whose sidecar says it is primary, if exactly one connected driver says so.
+fn primary(drivers: &Drivers) -> Option<u16> {
+    let drivers = drivers.lock().unwrap();
+    let primaries: Vec<u16> = drivers
+        .iter()
+        .flatten()
+        .filter(|d| d.is_connected() && d.role().role == Role::Primary)
+        .map(|d| d.node_id().get())
+        .collect();
+    (primaries.len() == 1).then(|| primaries[0])
+}
+
+async fn wait_primary(drivers: &Drivers, other_than: Option<u16>) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(p) = primary(drivers) {
+            if Some(p) != other_than {
+                return p;
+            }
+        }
+        assert!(Instant::now() < deadline, "no primary elected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What the writers saw: commands acknowledged, commands with an unknown outcome.
+#[derive(Default)]
+struct Oracle {
+    acked: Vec<(Lsn, Vec<u8>)>,
+    unknown: Vec<Vec<u8>>,
+}
+
+/// Writes `command-<writer>-<i>` through whichever node is primary until `stop`, following
+/// `NotPrimary` hints and retrying only commands that were certainly not written.
+async fn writer(
+    drivers: Drivers,
+    writer: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    oracle: Arc<Mutex<Oracle>>,
+) {
+    let mut i = 0u64;
+    let mut target: u16 = 1;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let command = format!("command-{writer}-{i}").into_bytes();
+        let Some(node) = driver(&drivers, target).filter(|d| d.is_connected()) else {
+            target = target % 3 + 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        match node.propose(command.clone()).await {
+            Ok(lsn) => {
+                oracle.lock().unwrap().acked.push((lsn, command));
+                i += 1;
+            }
+            Err(ProposeError::NotPrimary { primary, .. }) => {
+                target = primary.map_or(target % 3 + 1, |p| p.get());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(ProposeError::Busy | ProposeError::Disconnected) => {
+                target = target % 3 + 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(ProposeError::Unknown) => {
+                oracle.lock().unwrap().unknown.push(command);
+                i += 1;
+            }
+            Err(e) => panic!("unexpected proposal error: {e}"),
+        }
+    }
+}
+
+/// Checks that every acknowledged command is in `driver`'s state at its LSN.
+fn assert_all_acked_present(oracle: &Oracle, driver: &Driver<Journal>) {
+    driver.read(|journal| {
+        let present: std::collections::BTreeMap<Lsn, &[u8]> =
+            journal.entries.iter().map(|(l, c)| (*l, &c[..])).collect();
+        for (lsn, command) in &oracle.acked {
+            assert_eq!(
+                present.get(lsn).copied(),
+                Some(&command[..]),
+                "acknowledged command {} at lsn {lsn} is missing",
+                String::from_utf8_lossy(command)
+            );
+        }
+        // No command appears twice.
+        let distinct: BTreeSet<&[u8]> = journal.entries.iter().map(|(_, c)| &c[..]).collect();
+        assert_eq!(
+            distinct.len(),
+            journal.entries.len(),
+            "a command was applied twice"
+        );
+    });
+}
+
+async fn wait_converged(drivers: &Drivers, ids: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let applied: Vec<Lsn> = ids
+            .iter()
+            .map(|&id| driver(drivers, id).map_or(Lsn::ZERO, |d| d.applied_lsn()))
+            .collect();
+        let commit = ids
+            .iter()
+            .filter_map(|&id| driver(drivers, id))
+            .map(|d| d.role().commit_lsn)
+            .max()
+            .unwrap_or(Lsn::ZERO);
+        if applied.iter().all(|&a| a == applied[0] && a >= commit) && applied[0] > Lsn::ZERO {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drivers did not converge: {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes commit on the primary and reach every node's application in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_and_every_application_applies_them_in_order() {
+    let cluster = Cluster::start(3);
+    let drivers = connect_all(&cluster).await;
+    let primary = wait_primary(&drivers, None).await;
+    let leader = driver(&drivers, primary).unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let leader = Arc::clone(&leader);
+        tasks.push(tokio::spawn(async move {
+            let mut lsns = Vec::new();
+            for i in 0..25 {
+                lsns.push(
+                    leader
+                        .propose(format!("w{task}-{i}"))
+                        .await
+                        .expect("committed"),
+                );
+            }
+            lsns
+        }));
+    }
+    let mut lsns = Vec::new();
+    for task in tasks {
+        lsns.extend(task.await.unwrap());
+    }
+    assert_eq!(lsns.len(), 400);
+    let distinct: BTreeSet<Lsn> = lsns.iter().copied().collect();
+    assert_eq!(distinct.len(), 400, "two commands got the same lsn");
+    wait_converged(&drivers, &[1, 2, 3]).await;
+    let journals: Vec<Vec<(Lsn, Vec<u8>)>> = (1..=3)
+        .map(|id| driver(&drivers, id).unwrap().read(|j| j.entries.clone()))
+        .collect();
+    assert_eq!(journals[0].len(), 400);
+    assert_eq!(journals[0], journals[1]);
+    assert_eq!(journals[0], journals[2]);
+    // A backup refuses with the primary's id.
+    let backup = (1..=3).find(|&id| id != primary).unwrap();
+    match driver(&drivers, backup).unwrap().propose("x").await {
+        Err(ProposeError::NotPrimary {
+            primary: Some(p), ..
+        }) => assert_eq!(p.get(), primary),
+        other => panic!("expected NotPrimary, got {other:?}"),
+    }
+}
+
+/// `kill -9` of the primary under load: a new primary is elected, every acknowledged write
+/// is in its log, and the old primary, restarted, rejoins as a backup with an identical log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_primary_loses_no_acknowledged_write_and_rejoins_with_an_identical_log() {
+    let mut cluster = Cluster::start(3);
+    let drivers = connect_all(&cluster).await;
+    let old = wait_primary(&drivers, None).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let oracle = Arc::new(Mutex::new(Oracle::default()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            tokio::spawn(writer(
+                Arc::clone(&drivers),
+                w,
+                Arc::clone(&stop),
+                Arc::clone(&oracle),
+            ))
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || oracle
+        .lock()
+        .unwrap()
+        .acked
+        .len()
+        >= 200));
+    let killed_at = Instant::now();
+    cluster.kill(old);
+    drivers.lock().unwrap()[usize::from(old) - 1] = None;
+    let acked_before = oracle.lock().unwrap().acked.len();
+    let new = wait_primary(&drivers, Some(old)).await;
+    // Writes resume on the new primary.
+    assert!(
+        wait_until(Duration::from_secs(10), || oracle
+            .lock()
+            .unwrap()
+            .acked
+            .len()
+            >= acked_before + 200),
+        "writes did not resume after the failover"
+    );
+    eprintln!(
+        "failover: writes resumed {:?} after the kill",
+        killed_at.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Every acknowledged write is in the new primary's state.
+    let survivors: Vec<u16> = (1..=3).filter(|&id| id != old).collect();
+    wait_converged(&drivers, &survivors).await;
+    assert_all_acked_present(&oracle.lock().unwrap(), &driver(&drivers, new).unwrap());
+
+    // The old primary rejoins and catches up.
+    cluster.start_node(old);
+    let rejoined = connect(&cluster.node(old).app_socket).await;
+    drivers.lock().unwrap()[usize::from(old) - 1] = Some(Arc::clone(&rejoined));
+    // One more write so every node's commit point covers the whole log.
+    let leader = driver(&drivers, new).unwrap();
+    leader
+        .propose("after-rejoin")
+        .await
+        .expect("committed after the rejoin");
+    wait_converged(&drivers, &[1, 2, 3]).await;
+    assert_eq!(rejoined.role().role, Role::Backup);
+    assert_all_acked_present(&oracle.lock().unwrap(), &rejoined);
+    // The logs on disk are identical (wal dump reads the files of running nodes).
+    let new_log = cluster.wal_dump(new);
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.wal_dump(old)
+            == cluster.wal_dump(new)),
+        "logs differ:\n--- old primary\n{}\n--- new primary\n{}",
+        cluster.wal_dump(old),
+        new_log
+    );
+}
+
+/// A planned switchover moves the primary with no acknowledged write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_moves_the_primary_and_loses_nothing() {
+    let cluster = Cluster::start(3);
+    let drivers = connect_all(&cluster).await;
+    let old = wait_primary(&drivers, None).await;
+    let target = (1..=3).find(|&id| id != old).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let oracle = Arc::new(Mutex::new(Oracle::default()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            tokio::spawn(writer(
+                Arc::clone(&drivers),
+                w,
+                Arc::clone(&stop),
+                Arc::clone(&oracle),
+            ))
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || oracle
+        .lock()
+        .unwrap()
+        .acked
+        .len()
+        >= 100));
+    let admin = cluster.node(old).admin_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+            .args(["switchover", "--admin", &admin, "--to", &target.to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "switchover failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{stdout}");
+    let new = wait_primary(&drivers, Some(old)).await;
+    assert_eq!(new, target);
+    let acked_before = oracle.lock().unwrap().acked.len();
+    assert!(wait_until(Duration::from_secs(10), || oracle
+        .lock()
+        .unwrap()
+        .acked
+        .len()
+        >= acked_before + 100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    wait_converged(&drivers, &[1, 2, 3]).await;
+    let oracle = oracle.lock().unwrap();
+    assert!(
+        oracle.unknown.is_empty(),
+        "a switchover left outcomes unknown: {}",
+        oracle.unknown.len()
+    );
+    for id in 1..=3 {
+        assert_all_acked_present(&oracle, &driver(&drivers, id).unwrap());
+    }
+}
