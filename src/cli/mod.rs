@@ -3,7 +3,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod admin_client;
 pub mod run;
+pub mod status;
+pub mod switchover;
 pub mod wal;
 
 /// understudy: a primary-backup replication sidecar.
@@ -18,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar beside a copy of the application.
     Run(Box<run::RunArgs>),
+    /// Print the cluster as a table, from the nodes' admin ports.
+    Status(status::StatusArgs),
+    /// Hand the primary role to another node (a planned switchover) and report the pause.
+    Switchover(switchover::SwitchoverArgs),
     /// Inspect a write-ahead log offline: check every checksum, print records.
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -27,6 +34,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(*args),
+        Command::Status(args) => status::run(args),
+        Command::Switchover(args) => switchover::run(args),
         Command::Wal(command) => wal::run(command),
     }
 }

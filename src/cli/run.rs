@@ -203,13 +203,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let peer = bind_tcp("peer-listen", args.peer_listen).await?;
         let app = bind_app_socket(&args.app_socket())?;
+        let admin = match args.admin_listen {
+            Some(addr) => Some(bind_tcp("admin-listen", addr).await?),
+            None => None,
+        };
         tracing::info!(
             node = %config.node_id,
             peer = %args.peer_listen,
             app_socket = %args.app_socket().display(),
+            admin = ?args.admin_listen,
             "understudy starting"
         );
-        node::run(config, Listeners { peer, app }, termination()).await?;
+        node::run(config, Listeners { peer, app, admin }, termination()).await?;
         Ok(())
     })
 }

@@ -13,7 +13,9 @@
 //! - [`peer`]: the authenticated peer transport.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`app_api`]: the local application's socket: append, subscribe, role events.
+//! - [`admin`]: the admin HTTP server (`--admin-listen`): status, health checks, metrics.
 
+pub mod admin;
 pub mod app_api;
 pub mod disk;
 pub mod handle;
@@ -75,6 +77,8 @@ pub struct NodeConfig {
 pub struct Listeners {
     pub peer: TcpListener,
     pub app: UnixListener,
+    /// The admin HTTP server's listener (`--admin-listen`), if any.
+    pub admin: Option<TcpListener>,
 }
 
 /// Why the node stopped other than by a clean shutdown.
@@ -647,6 +651,9 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
     };
     let _ = (listeners.app, &handle); // TEMP
+    if let Some(admin) = listeners.admin {
+        tracker.spawn(admin::serve(admin, handle.clone(), cancel.clone()));
+    }
 
     let mut durable_rx = opened.durable;
     let mut shell = Shell {

@@ -1,0 +1,656 @@
+//! The admin HTTP server (`--admin-listen`): what operators, load balancers and Prometheus
+//! ask a node. HTTP/1.1 only, served with hyper and no framework.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /status` | 200, the node's [`NodeStatus`] as JSON: role, epoch, LSN pointers, every peer |
+//! | `GET /primary` | 200 `primary` on a primary holding its lease, else 503 and the role |
+//! | `GET /replica` | 200 `backup` on a backup following a primary it heard from within [`REPLICA_HEARTBEAT_AGE_MAX_MS`], else 503 and why |
+//! | `GET /health` | 200 `ok` while the node runs and its disk has not failed, else 503 and why |
+//! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms |
+//! | `POST /switchover?to=N` | a planned switchover to node N: 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
+//!
+//! `HEAD` is answered like `GET`. An unknown path is 404, a known path with the wrong method
+//! 405 (with `Allow`), a bad `to` 400.
+//!
+//! Limits: at most [`CONNECTIONS_MAX`] connections at once (the next accept waits for a free
+//! slot, as in mini-redis's server); a request's head must arrive within
+//! [`HEADER_READ_TIMEOUT`], which also closes idle keep-alive connections; a connection lives
+//! at most [`CONNECTION_LIFETIME_MAX`]; a switchover is waited for at most
+//! [`SWITCHOVER_WAIT_MAX`] (the core gives up on its own after the failover timeout, far
+//! sooner). Request bodies are never read.
+//!
+//! This module only reads the node's published status and metrics and forwards switchover
+//! requests to the core loop; it holds no state of its own and never touches the core.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::handle::{role_name, NodeHandle, NodeStatus};
+use super::metrics::Metrics;
+use crate::core::{Role, SwitchoverOutcome, SwitchoverRefusal};
+use crate::NodeId;
+
+/// Admin connections served at once, at most; the next accept waits for one to end.
+pub const CONNECTIONS_MAX: usize = 64;
+/// A request's head (request line and headers) must arrive within this; an idle keep-alive
+/// connection is closed after it too.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is asked to close after this, however busy (a Prometheus scraper simply
+/// reconnects).
+pub const CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(300);
+/// How long a switchover request waits for the core's answer, at most. The core answers
+/// within the failover timeout; this is a backstop against a core loop that stopped.
+pub const SWITCHOVER_WAIT_MAX: Duration = Duration::from_secs(60);
+/// A backup counts as a replica (`GET /replica` 200) only if it heard from its primary within
+/// this. Heartbeats come every `--heartbeat-interval` (50 ms by default) and the status is
+/// republished every 100 ms, so a healthy backup's age stays far below it; a backup cut off
+/// from its primary crosses it within a second and drops out of the load balancer.
+pub const REPLICA_HEARTBEAT_AGE_MAX_MS: u64 = 1000;
+/// Read buffer per connection, at most (hyper's floor is 8 KiB).
+const CONNECTION_BUFFER_BYTES_MAX: usize = 64 << 10;
+/// Open connections get this long to finish their request at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The body of every `POST /switchover` answer except a 400.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverResponse {
+    /// The node asked to take over.
+    pub to: u16,
+    /// `handed_over`, `timed_out`, `not_primary`, `unknown_target`, `target_is_self`,
+    /// `already_in_progress` or `stopping`.
+    pub outcome: String,
+    /// How long this node refused new appends for the switchover, in milliseconds...
+    pub paused_ms: u64,
+    /// ...and in microseconds, since a switchover to a caught-up node pauses for less than
+    /// one.
+    pub paused_us: u64,
+    /// The outcome in words, for an operator.
+    pub message: String,
+}
+
+/// Serves the admin HTTP API on `listener` until `shutdown` is cancelled, then gives open
+/// connections [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(listener: TcpListener, node: NodeHandle, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "admin server listening");
+    }
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let connections = TaskTracker::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(CONNECTION_BUFFER_BYTES_MAX);
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                // Only a closed semaphore fails, and nothing closes this one.
+                Err(_) => break,
+            },
+        };
+        let (stream, client) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "admin server cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let service_node = node.clone();
+        let service = service_fn(move |request| {
+            let node = service_node.clone();
+            async move { Ok::<_, Infallible>(respond(&node, request).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            // Held for as long as the connection lives.
+            let _slot = slot;
+            tokio::pin!(connection);
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME_MAX);
+            tokio::pin!(lifetime);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                _ = &mut lifetime => None,
+                _ = shutdown.cancelled() => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    // Lifetime over or shutting down: finish the request in flight, if any,
+                    // then close.
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = ended {
+                debug!(%client, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, connections.wait()).await;
+}
+
+/// The endpoints, by path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Status,
+    Primary,
+    Replica,
+    Health,
+    Metrics,
+    Switchover,
+}
+
+impl Endpoint {
+    fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/status" => Endpoint::Status,
+            "/primary" => Endpoint::Primary,
+            "/replica" => Endpoint::Replica,
+            "/health" => Endpoint::Health,
+            "/metrics" => Endpoint::Metrics,
+            "/switchover" => Endpoint::Switchover,
+            _ => return None,
+        })
+    }
+
+    /// The methods the endpoint answers, as the `Allow` header spells them.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Switchover => "POST",
+            Endpoint::Status
+            | Endpoint::Primary
+            | Endpoint::Replica
+            | Endpoint::Health
+            | Endpoint::Metrics => "GET, HEAD",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Endpoint::Switchover => method == Method::POST,
+            Endpoint::Status
+            | Endpoint::Primary
+            | Endpoint::Replica
+            | Endpoint::Health
+            | Endpoint::Metrics => method == Method::GET || method == Method::HEAD,
+        }
+    }
+}
+
+/// Answers one request. Never fails: every problem is an HTTP status.
+async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; the admin API has /status, /primary, /replica, /health, /metrics and POST /switchover?to=N\n".into(),
+        );
+    };
+    if !endpoint.allows(request.method()) {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} takes {}\n", request.uri().path(), endpoint.allow()),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(endpoint.allow()));
+        return response;
+    }
+    match endpoint {
+        Endpoint::Status => {
+            let status = node.status();
+            match serde_json::to_vec_pretty(&*status) {
+                Ok(mut body) => {
+                    body.push(b'\n');
+                    with_type(StatusCode::OK, "application/json", body.into())
+                }
+                // NodeStatus holds only numbers, strings and addresses.
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot encode the status: {e}\n"),
+                ),
+            }
+        }
+        Endpoint::Primary => {
+            let (code, body) = primary_check(&node.status());
+            text(code, body)
+        }
+        Endpoint::Replica => {
+            let (code, body) = replica_check(&node.status());
+            text(code, body)
+        }
+        Endpoint::Health => {
+            let (code, body) = health_check(&node.status(), node.requests.is_closed());
+            text(code, body)
+        }
+        Endpoint::Metrics => {
+            let mut out = String::with_capacity(8 << 10);
+            render_metrics(&node.status(), node.metrics(), &mut out);
+            with_type(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                out.into(),
+            )
+        }
+        Endpoint::Switchover => switchover(node, request.uri().query()).await,
+    }
+}
+
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(code, "text/plain; charset=utf-8", body.into())
+}
+
+fn with_type(code: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// `GET /primary`: only a primary that holds its lease may serve writes (invariant 4), so
+/// only it tells a load balancer to send them.
+fn primary_check(status: &NodeStatus) -> (StatusCode, String) {
+    match (status.role, status.lease_held) {
+        (Role::Primary, true) => (StatusCode::OK, "primary\n".into()),
+        (Role::Primary, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "primary without its lease\n".into(),
+        ),
+        (role @ (Role::Backup | Role::Candidate), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", role_name(role)),
+        ),
+    }
+}
+
+/// `GET /replica`: a backup that follows a primary and heard from it recently.
+fn replica_check(status: &NodeStatus) -> (StatusCode, String) {
+    if let Some(failed) = &status.failed {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed: {failed}\n"),
+        );
+    }
+    match (status.role, status.primary, status.heartbeat_age_ms) {
+        (Role::Backup, Some(_), Some(age_ms)) if age_ms < REPLICA_HEARTBEAT_AGE_MAX_MS => {
+            (StatusCode::OK, "backup\n".into())
+        }
+        (Role::Backup, Some(primary), Some(age_ms)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("backup; last heard from primary {primary} {age_ms} ms ago\n"),
+        ),
+        (Role::Backup, _, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backup without a primary\n".into(),
+        ),
+        (role @ (Role::Candidate | Role::Primary), _, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", role_name(role)),
+        ),
+    }
+}
+
+/// `GET /health`: the process runs its core loop and its disk works. Role does not matter.
+fn health_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String) {
+    if let Some(failed) = &status.failed {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed: {failed}\n"),
+        );
+    }
+    if core_stopped {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
+    }
+    (StatusCode::OK, "ok\n".into())
+}
+
+/// The `to` of `?to=N`: a node id (1 or more).
+fn switchover_target(query: Option<&str>) -> Result<NodeId, String> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "to")
+        .map(|(_, value)| value)
+        .ok_or_else(|| "say which node takes over: POST /switchover?to=N".to_string())?;
+    match value.parse::<u16>() {
+        Ok(id) if id >= 1 => Ok(NodeId(id)),
+        _ => Err(format!("to={value:?} is not a node id (1 or more)")),
+    }
+}
+
+/// `POST /switchover?to=N`.
+async fn switchover(node: &NodeHandle, query: Option<&str>) -> Response<Full<Bytes>> {
+    let to = match switchover_target(query) {
+        Ok(to) => to,
+        Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+    };
+    info!(target_node = %to, "switchover requested on the admin port");
+    let status = node.status();
+    let answer = tokio::time::timeout(SWITCHOVER_WAIT_MAX, node.switchover(to)).await;
+    let (code, response) = match answer {
+        Ok(Ok(reply)) => {
+            let paused_ms = u64::try_from(reply.paused.as_millis()).unwrap_or(u64::MAX);
+            let paused_us = u64::try_from(reply.paused.as_micros()).unwrap_or(u64::MAX);
+            let (code, outcome, message) = switchover_words(&status, to, reply.outcome);
+            (
+                code,
+                SwitchoverResponse {
+                    to: to.get(),
+                    outcome: outcome.into(),
+                    paused_ms,
+                    paused_us,
+                    message,
+                },
+            )
+        }
+        Ok(Err(stopped)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            SwitchoverResponse {
+                to: to.get(),
+                outcome: "stopping".into(),
+                paused_ms: 0,
+                paused_us: 0,
+                message: stopped.to_string(),
+            },
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            SwitchoverResponse {
+                to: to.get(),
+                outcome: "timed_out".into(),
+                paused_ms: 0,
+                paused_us: 0,
+                message: format!(
+                    "no answer from the node within {} s",
+                    SWITCHOVER_WAIT_MAX.as_secs()
+                ),
+            },
+        ),
+    };
+    match serde_json::to_vec(&response) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            with_type(code, "application/json", body.into())
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}\n"),
+        ),
+    }
+}
+
+/// The HTTP status, the outcome's name and its words. `status` is the node's status when
+/// the request arrived (for naming the primary in a refusal).
+fn switchover_words(
+    status: &NodeStatus,
+    to: NodeId,
+    outcome: SwitchoverOutcome,
+) -> (StatusCode, &'static str, String) {
+    let me = status.node_id;
+    match outcome {
+        SwitchoverOutcome::HandedOver => (StatusCode::OK, "handed_over", "handed over".into()),
+        SwitchoverOutcome::TimedOut => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timed_out",
+            format!("timed out: node {to} did not catch up in time, so node {me} serves again"),
+        ),
+        SwitchoverOutcome::Refused(refusal) => {
+            let (name, words) = match refusal {
+                SwitchoverRefusal::NotPrimary => (
+                    "not_primary",
+                    match status.primary {
+                        Some(primary) if primary != me => format!(
+                            "refused: node {me} is not the primary (node {primary} is; ask its admin port)"
+                        ),
+                        _ => format!("refused: node {me} is not the primary"),
+                    },
+                ),
+                SwitchoverRefusal::UnknownTarget => (
+                    "unknown_target",
+                    format!("refused: node {to} is not a member of the cluster"),
+                ),
+                SwitchoverRefusal::TargetIsSelf => (
+                    "target_is_self",
+                    format!("refused: node {to} is already the primary"),
+                ),
+                SwitchoverRefusal::AlreadyInProgress => (
+                    "already_in_progress",
+                    "refused: another switchover is in progress".to_string(),
+                ),
+            };
+            (StatusCode::CONFLICT, name, words)
+        }
+    }
+}
+
+/// Appends `# HELP` and `# TYPE gauge` for a metric.
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
+/// Renders `/metrics`: the status as gauges, then the node's counters and histograms.
+pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) {
+    gauge(
+        out,
+        "understudy_role",
+        "The node's role: 1 for the current one, 0 for the others.",
+    );
+    for role in [Role::Primary, Role::Backup, Role::Candidate] {
+        let current = u8::from(status.role == role);
+        let _ = writeln!(
+            out,
+            "understudy_role{{role=\"{}\"}} {current}",
+            role_name(role)
+        );
+    }
+    let scalars: [(&str, &str, u64); 6] = [
+        (
+            "understudy_epoch",
+            "The node's current epoch.",
+            status.epoch,
+        ),
+        (
+            "understudy_last_lsn",
+            "The last LSN in the node's log.",
+            status.last_lsn,
+        ),
+        (
+            "understudy_durable_lsn",
+            "The last LSN synced to the node's disk.",
+            status.durable_lsn,
+        ),
+        (
+            "understudy_commit_lsn",
+            "The last LSN the node knows to be committed.",
+            status.commit_lsn,
+        ),
+        (
+            "understudy_lease_held",
+            "1 while the node is a primary holding its lease.",
+            u64::from(status.lease_held),
+        ),
+        (
+            "understudy_failed",
+            "1 once the node's disk failed and it stopped acknowledging.",
+            u64::from(status.failed.is_some()),
+        ),
+    ];
+    for (name, help, value) in scalars {
+        gauge(out, name, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    type PeerValue = fn(&super::PeerStatus) -> Option<f64>;
+    let per_peer: [(&str, &str, PeerValue); 4] = [
+        (
+            "understudy_peer_lag_records",
+            "Records the peer is behind this node's last LSN (on the primary; 0 elsewhere).",
+            |peer| Some(peer.lag_records as f64),
+        ),
+        (
+            "understudy_peer_lag_bytes",
+            "Bytes of log the peer is behind, estimated (on the primary; 0 elsewhere).",
+            |peer| Some(peer.lag_bytes as f64),
+        ),
+        (
+            "understudy_peer_connected",
+            "1 while a peer connection is up.",
+            |peer| Some(f64::from(u8::from(peer.connected))),
+        ),
+        (
+            "understudy_peer_last_heard_seconds",
+            "Seconds since this node last heard from the peer (absent if never).",
+            |peer| peer.last_heard_ms.map(|ms| ms as f64 / 1000.0),
+        ),
+    ];
+    for (name, help, value) in per_peer {
+        gauge(out, name, help);
+        for peer in &status.peers {
+            if let Some(value) = value(peer) {
+                let _ = writeln!(out, "{name}{{peer=\"{}\"}} {value}", peer.node_id);
+            }
+        }
+    }
+    metrics.render(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::PeerStatus;
+
+    fn status(role: Role) -> NodeStatus {
+        NodeStatus {
+            node_id: 1,
+            role,
+            epoch: 3,
+            primary: Some(if role == Role::Primary { 1 } else { 2 }),
+            primary_client_addr: None,
+            lease_held: role == Role::Primary,
+            first_lsn: 1,
+            last_lsn: 10,
+            durable_lsn: 9,
+            commit_lsn: 8,
+            heartbeat_age_ms: (role == Role::Backup).then_some(15),
+            peers: vec![PeerStatus {
+                node_id: 2,
+                addr: "127.0.0.1:7002".parse().unwrap(),
+                connected: true,
+                matched_lsn: 7,
+                durable_lsn: 7,
+                lag_records: 3,
+                lag_bytes: 192,
+                last_heard_ms: Some(1500),
+            }],
+            failed: None,
+        }
+    }
+
+    /// Every gauge the load balancer and dashboards rely on is there, with the role as a
+    /// one-hot label set and peers labelled by id.
+    #[test]
+    fn metrics_render_status_gauges_then_counters() {
+        let mut out = String::new();
+        render_metrics(&status(Role::Primary), &Metrics::default(), &mut out);
+        for line in [
+            "understudy_role{role=\"primary\"} 1\n",
+            "understudy_role{role=\"backup\"} 0\n",
+            "understudy_role{role=\"candidate\"} 0\n",
+            "understudy_epoch 3\n",
+            "understudy_last_lsn 10\n",
+            "understudy_durable_lsn 9\n",
+            "understudy_commit_lsn 8\n",
+            "understudy_lease_held 1\n",
+            "understudy_peer_lag_records{peer=\"2\"} 3\n",
+            "understudy_peer_lag_bytes{peer=\"2\"} 192\n",
+            "understudy_peer_connected{peer=\"2\"} 1\n",
+            "understudy_peer_last_heard_seconds{peer=\"2\"} 1.5\n",
+            "# TYPE understudy_fsync_seconds histogram\n",
+            "understudy_elections_total 0\n",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+    }
+
+    /// Only a primary with its lease passes `/primary`; only a backup that hears its primary
+    /// passes `/replica`.
+    #[test]
+    fn primary_and_replica_checks_follow_role_lease_and_heartbeat() {
+        let primary = status(Role::Primary);
+        assert_eq!(primary_check(&primary).0, StatusCode::OK);
+        assert_eq!(replica_check(&primary).0, StatusCode::SERVICE_UNAVAILABLE);
+        let lapsed = NodeStatus {
+            lease_held: false,
+            ..primary
+        };
+        assert_eq!(primary_check(&lapsed).0, StatusCode::SERVICE_UNAVAILABLE);
+
+        let backup = status(Role::Backup);
+        assert_eq!(primary_check(&backup).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(replica_check(&backup).0, StatusCode::OK);
+        let stale = NodeStatus {
+            heartbeat_age_ms: Some(REPLICA_HEARTBEAT_AGE_MAX_MS),
+            ..backup.clone()
+        };
+        assert_eq!(replica_check(&stale).0, StatusCode::SERVICE_UNAVAILABLE);
+        let orphan = NodeStatus {
+            primary: None,
+            heartbeat_age_ms: None,
+            ..backup.clone()
+        };
+        assert_eq!(replica_check(&orphan).0, StatusCode::SERVICE_UNAVAILABLE);
+        let failed = NodeStatus {
+            failed: Some("fsync: EIO".into()),
+            ..backup
+        };
+        assert_eq!(replica_check(&failed).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            health_check(&failed, false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// `to` must be a node id; anything else is refused before the core hears of it.
+    #[test]
+    fn switchover_target_parses_only_node_ids() {
+        assert_eq!(switchover_target(Some("to=2")), Ok(NodeId(2)));
+        assert_eq!(switchover_target(Some("x=1&to=3")), Ok(NodeId(3)));
+        assert!(switchover_target(None).is_err());
+        assert!(switchover_target(Some("to=0")).is_err());
+        assert!(switchover_target(Some("to=two")).is_err());
+        assert!(switchover_target(Some("to=70000")).is_err());
+        assert!(switchover_target(Some("to")).is_err());
+    }
+}
