@@ -47,6 +47,20 @@ pub struct RunArgs {
     /// Address of the admin HTTP server (/status, /primary, /metrics, ...).
     #[arg(long, env = "UNDERSTUDY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Client-port connections carried at once; more are refused.
+    #[arg(
+        long,
+        env = "UNDERSTUDY_CLIENT_CONNECTIONS_MAX",
+        default_value_t = 4096
+    )]
+    pub client_connections_max: usize,
+    /// Close a client-port connection idle for this long.
+    #[arg(long, env = "UNDERSTUDY_CLIENT_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub client_idle_timeout: Duration,
+    /// How long a new client connection waits for a primary to be known (default: twice
+    /// the failover timeout).
+    #[arg(long, env = "UNDERSTUDY_CLIENT_HOLD", value_parser = duration)]
+    pub client_hold: Option<Duration>,
     /// How often the primary sends heartbeats.
     #[arg(long, env = "UNDERSTUDY_HEARTBEAT_INTERVAL", default_value = "50ms", value_parser = duration)]
     pub heartbeat_interval: Duration,
@@ -134,6 +148,11 @@ impl RunArgs {
             app_addr: self.app_addr,
             on_promote: self.on_promote.clone(),
             on_demote: self.on_demote.clone(),
+            proxy: node::proxy::ProxyLimits {
+                connections_max: self.client_connections_max.max(1),
+                idle_timeout: self.client_idle_timeout,
+                hold: self.client_hold.unwrap_or(self.failover_timeout * 2),
+            },
         })
     }
 
@@ -214,7 +233,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             admin = ?args.admin_listen,
             "understudy starting"
         );
-        node::run(config, Listeners { peer, app, admin }, termination()).await?;
+        let client = match args.client_listen {
+            Some(addr) => Some(bind_tcp("client-listen", addr).await?),
+            None => None,
+        };
+        node::run(
+            config,
+            Listeners {
+                peer,
+                app,
+                admin,
+                client,
+            },
+            termination(),
+        )
+        .await?;
         Ok(())
     })
 }

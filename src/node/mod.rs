@@ -12,6 +12,7 @@
 //! - [`disk`]: the data directory: lock, identity, metadata, WAL writer.
 //! - [`peer`]: the authenticated peer transport.
 //! - [`metrics`]: counters and histograms for `/metrics`.
+//! - [`proxy`]: the client port, a TCP proxy to whichever node is primary.
 //! - [`app_api`]: the local application's socket: append, subscribe, role events.
 //! - [`admin`]: the admin HTTP server (`--admin-listen`): status, health checks, metrics.
 
@@ -21,6 +22,7 @@ pub mod disk;
 pub mod handle;
 pub mod metrics;
 pub mod peer;
+pub mod proxy;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -71,6 +73,8 @@ pub struct NodeConfig {
     /// Shell commands run when this node becomes primary or stops being primary.
     pub on_promote: Option<String>,
     pub on_demote: Option<String>,
+    /// Limits of the client port.
+    pub proxy: proxy::ProxyLimits,
 }
 
 /// The node's listeners, bound by the caller.
@@ -79,6 +83,8 @@ pub struct Listeners {
     pub app: UnixListener,
     /// The admin HTTP server's listener (`--admin-listen`), if any.
     pub admin: Option<TcpListener>,
+    /// The client port (`--client-listen`), if any.
+    pub client: Option<TcpListener>,
 }
 
 /// Why the node stopped other than by a clean shutdown.
@@ -650,7 +656,20 @@ pub async fn run(
         node_id: config.node_id,
         metrics: Arc::clone(&metrics),
     };
-    let _ = (listeners.app, &handle); // TEMP
+    tracker.spawn(app_api::serve(
+        listeners.app,
+        handle.clone(),
+        cancel.clone(),
+    ));
+    if let Some(client) = listeners.client {
+        tracker.spawn(proxy::serve(
+            client,
+            handle.clone(),
+            config.app_addr,
+            config.proxy,
+            cancel.clone(),
+        ));
+    }
     if let Some(admin) = listeners.admin {
         tracker.spawn(admin::serve(admin, handle.clone(), cancel.clone()));
     }
@@ -706,6 +725,16 @@ pub async fn run(
                     _ => break Ok(()),
                 }
             }
+            // Ticks come before messages and requests: under a flood of either, the
+            // primary must still send heartbeats and check its lease on time.
+            _ = ticker.tick() => {
+                let now = shell.now();
+                shell.step(Input::Tick { now }, StepContext::default())
+            }
+            _ = status_every.tick() => {
+                shell.publish_status();
+                Ok(())
+            }
             changed = durable_rx.changed() => {
                 if changed.is_err() {
                     break Err(NodeError::DiskFailed("the WAL writer stopped".into()));
@@ -758,14 +787,6 @@ pub async fn run(
                     }
                 }
             },
-            _ = ticker.tick() => {
-                let now = shell.now();
-                shell.step(Input::Tick { now }, StepContext::default())
-            }
-            _ = status_every.tick() => {
-                shell.publish_status();
-                Ok(())
-            }
         };
         if let Err(e) = step {
             break Err(e);

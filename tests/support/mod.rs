@@ -9,13 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Picks a free loopback port (bound then released; the OS hands out ports in rotation, so a
-/// race with another test is unlikely, and a collision fails loudly at bind).
+/// Picks a free loopback port: bound then released, and never the same port twice in one
+/// test process (the OS may hand a just-released port out again). Another process could
+/// still take it in between; a collision then fails loudly at bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
