@@ -172,6 +172,7 @@ impl Core {
                 peers: Vec::new(),
                 epoch_start_lsn: Lsn::ZERO,
                 switchover: None,
+                handed_over: None,
                 bytes: replication::ByteIndex::default(),
                 verified_lsn: Lsn::ZERO,
                 primary_sent_at: Duration::ZERO,
@@ -277,6 +278,7 @@ impl Core {
                 }
             }
             Role::Backup | Role::Candidate => {
+                self.switchover_resend(out);
                 if self.st.now >= self.st.election_deadline {
                     self.election_start_pre_vote(out);
                 }

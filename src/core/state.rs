@@ -290,6 +290,18 @@ pub(crate) struct Switchover {
     pub deadline: Time,
 }
 
+/// After a hand-over: `TimeoutNow` is sent again every heartbeat until the target is heard
+/// of in a later epoch or `until` passes, so one lost message does not turn a planned
+/// switchover into a full failover timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HandedOver {
+    pub to: NodeId,
+    /// The epoch the hand-over happened in; a later epoch means the target stood.
+    pub epoch: super::Epoch,
+    pub until: Time,
+    pub next_send: Time,
+}
+
 /// Everything the core knows. Fields are grouped by who needs them.
 #[derive(Clone, Debug)]
 pub(crate) struct State {
@@ -317,6 +329,7 @@ pub(crate) struct State {
     pub peers: Vec<Peer>,
     pub epoch_start_lsn: Lsn,
     pub switchover: Option<Switchover>,
+    pub handed_over: Option<HandedOver>,
     pub bytes: super::replication::ByteIndex,
 
     // Backup.

@@ -12,7 +12,7 @@
 
 use wal::NodeId;
 
-use super::state::Switchover;
+use super::state::{HandedOver, Switchover};
 use super::{Action, Core, Message, Role, SwitchoverOutcome, SwitchoverRefusal};
 
 impl Core {
@@ -71,12 +71,44 @@ impl Core {
                 to: switchover.to,
                 outcome: SwitchoverOutcome::HandedOver,
             });
+            let epoch = self.st.epoch;
             self.step_down(out);
+            self.st.handed_over = Some(HandedOver {
+                to: switchover.to,
+                epoch,
+                until: self.st.now + self.config.failover_timeout,
+                next_send: self.st.now + self.config.heartbeat_interval,
+            });
         } else if self.st.now >= switchover.deadline {
             self.st.switchover = None;
             out.push(Action::Switchover {
                 to: switchover.to,
                 outcome: SwitchoverOutcome::TimedOut,
+            });
+        }
+    }
+
+    /// Resends `TimeoutNow` after a hand-over (see [`HandedOver`]) until the target stands
+    /// (our epoch moves on) or the wait is over. Safe to repeat: the target acts on it only
+    /// in the epoch it names, once.
+    pub(super) fn switchover_resend(&mut self, out: &mut Vec<Action>) {
+        let Some(handed) = self.st.handed_over else {
+            return;
+        };
+        if self.st.epoch != handed.epoch || self.st.now >= handed.until {
+            self.st.handed_over = None;
+            return;
+        }
+        if self.st.now >= handed.next_send {
+            out.push(Action::Send {
+                to: handed.to,
+                message: Message::TimeoutNow {
+                    epoch: handed.epoch,
+                },
+            });
+            self.st.handed_over = Some(HandedOver {
+                next_send: self.st.now + self.config.heartbeat_interval,
+                ..handed
             });
         }
     }

@@ -214,8 +214,6 @@ async fn dial_loop(
                 connected.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 was_up = true;
-                // Anything queued while we were away is stale by now; the core resends.
-                while queue.try_recv().is_ok() {}
                 let result = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     result = send_loop(stream, &mut queue) => result,
