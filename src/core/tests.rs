@@ -806,6 +806,30 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         ]
     );
 
+    // A lost TimeoutNow is not the end of it: it goes again every heartbeat (50 ms) until
+    // the target is heard of in a later epoch or the failover timeout has passed.
+    assert!(step(&mut core, Input::Tick { now: ms(660) }).is_empty());
+    assert_eq!(
+        step(&mut core, Input::Tick { now: ms(671) }),
+        vec![Action::Send {
+            to: N3,
+            message: Message::TimeoutNow { epoch: Epoch(2) }
+        }]
+    );
+    for now in [1121, 1180] {
+        let out = step(&mut core, Input::Tick { now: ms(now) });
+        assert!(
+            !out.iter().any(|a| matches!(
+                a,
+                Action::Send {
+                    message: Message::TimeoutNow { .. },
+                    ..
+                }
+            )),
+            "TimeoutNow resent after the wait at {now} ms: {out:?}"
+        );
+    }
+
     // The target, a backup of node 1 in epoch 2, stands at once.
     let mut target = new_core(
         config(N3, &[1, 2, 3]),
