@@ -6,9 +6,11 @@
 //! - [`config`]: flag validation: peers, timing, sync replicas, the cluster secret.
 //! - [`proto`]: wire formats: peer frames and the application API, with their codecs.
 //! - [`node`]: the I/O shell: peer transport, disk, app API, admin HTTP, client proxy.
+//! - [`client`]: the application library: a `StateMachine` trait and the `Driver` that runs it.
 #![warn(clippy::unwrap_used)]
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod node;

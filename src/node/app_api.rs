@@ -1,0 +1,571 @@
+//! The sidecar's side of the app API ([`crate::proto::app`] is the protocol): accepts the
+//! local application's connections on the `--app-socket` listener and serves each one.
+//!
+//! Per connection, three kinds of task share one bounded outbox of frames, drained by one
+//! writer task:
+//! - the reader (the connection task itself) decodes frames, answers `Status`, and hands
+//!   each `Append` to its own task, up to [`APPENDS_INFLIGHT_MAX`] appends and
+//!   [`APPENDS_INFLIGHT_BYTES_MAX`] payload bytes at once, so appends are not serialised on
+//!   the round trip to the core, and memory stays bounded (DESIGN invariant 7);
+//! - an append task calls [`NodeHandle::propose`] and queues `Appended`/`Rejected`. It does
+//!   not stop when the application disconnects: the proposal goes through the core either
+//!   way and only its answer is dropped, so a disconnect mid-append loses nothing;
+//! - the subscription task follows the commit LSN and queues `Records` read straight from the
+//!   WAL (never past the commit LSN), and `Role` on every change of role, epoch or primary.
+//!
+//! A bad frame (garbage, oversized, out of place) is answered with `Error`, logged at `warn`,
+//! and closes that connection only. At most [`CONNECTIONS_MAX`] connections are served at
+//! once; further ones wait in the listen backlog.
+//!
+//! It does not bind or remove the socket file (the node's start-up does), and it does not
+//! serve snapshot frames yet: they are answered with `Error`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::node::handle::{NodeHandle, NodeStatus, ProposeOutcome, Request};
+use crate::proto::app::{
+    CodecError, Frame, FrameReader, FrameWriter, RejectReason, APPEND_COUNT_MAX, FRAME_LEN_MAX,
+    PROTOCOL_VERSION,
+};
+use crate::{Epoch, Lsn, NodeId};
+
+/// Application connections served at once.
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// Appends one connection may have in flight; the connection is not read further until one
+/// is answered.
+pub const APPENDS_INFLIGHT_MAX: usize = 1024;
+
+/// Payload bytes one connection may have in flight, likewise.
+pub const APPENDS_INFLIGHT_BYTES_MAX: usize = 128 << 20;
+
+// One largest append must fit, or it would wait for permits forever.
+const _: () = assert!(FRAME_LEN_MAX <= APPENDS_INFLIGHT_BYTES_MAX);
+const _: () = assert!(APPENDS_INFLIGHT_BYTES_MAX <= u32::MAX as usize);
+
+/// Record bytes per `Records` frame (a single larger record goes alone).
+pub const RECORDS_FRAME_BYTES_MAX: usize = 1 << 20;
+
+/// Frames queued for one connection's writer.
+const OUTBOX_FRAMES_MAX: usize = 64;
+
+/// How long a new connection has to send `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a closing connection waits to get its `Error` frame out to an application that
+/// is not reading.
+const ERROR_LINGER: Duration = Duration::from_secs(1);
+
+/// How long to wait before accepting again after `accept` failed (out of descriptors).
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Serves the app API on `listener` until `shutdown` is cancelled, then closes every
+/// connection and returns once their tasks have ended. Append tasks still waiting for the
+/// core are not waited for: they end when the core answers or stops.
+pub async fn serve(listener: UnixListener, node: NodeHandle, shutdown: CancellationToken) {
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let tracker = TaskTracker::new();
+    let mut connection_id: u64 = 0;
+    info!(node = %node.node_id(), "app api listening");
+    loop {
+        // Wait for a free slot before accepting, so that the backlog holds the excess.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&connections).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else {
+            // The semaphore is never closed.
+            break;
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                connection_id += 1;
+                let span = tracing::info_span!("app", connection = connection_id);
+                tracker.spawn(
+                    connection(stream, node.clone(), shutdown.child_token(), permit)
+                        .instrument(span),
+                );
+            }
+            Err(error) => {
+                warn!(%error, "app api accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_RETRY_DELAY) => {}
+                }
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    info!("app api stopped");
+}
+
+/// How a connection's reading ended.
+enum Ended {
+    /// The application closed the connection.
+    Eof,
+    /// The connection is closing (server shutdown, or the writer sent a fatal `Error`).
+    Closing,
+    /// The application broke the protocol: send it this and close.
+    Refused(String),
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+impl From<CodecError> for Ended {
+    fn from(error: CodecError) -> Ended {
+        match error {
+            CodecError::Decode(error) => Ended::Refused(error.to_string()),
+            CodecError::Io(error) => Ended::Io(error),
+        }
+    }
+}
+
+/// Serves one connection. `closing` is cancelled when the server shuts down or the
+/// connection must close; `_permit` is its connection slot.
+async fn connection(
+    stream: UnixStream,
+    node: NodeHandle,
+    closing: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    debug!("app connected");
+    let (read, write) = stream.into_split();
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX_FRAMES_MAX);
+    let writer = tokio::spawn(connection_writer(write, outbox_rx, closing.clone()));
+    // Cancelled when reading stops, to end the subscription.
+    let reading = closing.child_token();
+    let ended = connection_read(read, &node, &outbox, &closing, &reading).await;
+    reading.cancel();
+    match ended {
+        Ended::Eof => info!("app disconnected"),
+        Ended::Closing => debug!("app connection closing"),
+        Ended::Io(error) => info!(%error, "app connection failed"),
+        Ended::Refused(message) => {
+            warn!(reason = %message, "bad frame from app; closing the connection");
+            // The writer closes the connection after the Error frame. An application that
+            // does not read is not waited for long.
+            let error = Frame::Error { message };
+            let _ = tokio::time::timeout(ERROR_LINGER, outbox.send(error)).await;
+            drop(outbox);
+            let mut writer = writer;
+            if tokio::time::timeout(ERROR_LINGER, &mut writer)
+                .await
+                .is_err()
+            {
+                closing.cancel();
+                let _ = writer.await;
+            }
+            return;
+        }
+    }
+    // The writer goes on delivering the answers of appends still in flight (the
+    // application may only have closed its sending side), and ends when they are all
+    // answered, when the socket fails, or at shutdown.
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// The connection's reading loop: handshake, then frames until the end.
+async fn connection_read(
+    read: OwnedReadHalf,
+    node: &NodeHandle,
+    outbox: &mpsc::Sender<Frame>,
+    closing: &CancellationToken,
+    reading: &CancellationToken,
+) -> Ended {
+    let mut frames = FrameReader::new(read);
+    let hello = tokio::select! {
+        _ = closing.cancelled() => return Ended::Closing,
+        hello = tokio::time::timeout(HELLO_TIMEOUT, frames.read_frame()) => hello,
+    };
+    match hello {
+        Err(_) => return Ended::Refused("no Hello within 10 s".to_owned()),
+        Ok(Err(error)) => return error.into(),
+        Ok(Ok(None)) => return Ended::Eof,
+        Ok(Ok(Some(Frame::Hello { version }))) if version == PROTOCOL_VERSION => {}
+        Ok(Ok(Some(Frame::Hello { version }))) => {
+            return Ended::Refused(format!(
+            "app api version {version} is not supported (this sidecar speaks {PROTOCOL_VERSION})"
+        ))
+        }
+        Ok(Ok(Some(frame))) => {
+            return Ended::Refused(format!("expected Hello, got {}", frame.name()))
+        }
+    }
+    let welcome = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        node_id: node.node_id(),
+        frame_len_max: FRAME_LEN_MAX as u32,
+        append_count_max: APPEND_COUNT_MAX as u32,
+    };
+    if outbox.send(welcome).await.is_err() {
+        return Ended::Closing;
+    }
+    debug!("app handshake done");
+
+    let inflight = Arc::new(Semaphore::new(APPENDS_INFLIGHT_MAX));
+    let inflight_bytes = Arc::new(Semaphore::new(APPENDS_INFLIGHT_BYTES_MAX));
+    let mut subscribed = false;
+    loop {
+        let frame = tokio::select! {
+            _ = closing.cancelled() => return Ended::Closing,
+            frame = frames.read_frame() => frame,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ended::Eof,
+            Err(error) => return error.into(),
+        };
+        match frame {
+            Frame::Append {
+                request_id,
+                payloads,
+            } => {
+                // At most FRAME_LEN_MAX, which fits both limits (asserted above).
+                let len: usize = payloads.iter().map(Bytes::len).sum();
+                let permits = tokio::select! {
+                    _ = closing.cancelled() => return Ended::Closing,
+                    permits = async {
+                        let count = Arc::clone(&inflight).acquire_owned().await?;
+                        let bytes = Arc::clone(&inflight_bytes).acquire_many_owned(len as u32).await?;
+                        Ok::<_, tokio::sync::AcquireError>((count, bytes))
+                    } => permits,
+                };
+                let Ok(permits) = permits else {
+                    // The semaphores are never closed.
+                    return Ended::Closing;
+                };
+                tokio::spawn(
+                    append(node.clone(), request_id, payloads, outbox.clone(), permits)
+                        .in_current_span(),
+                );
+            }
+            Frame::Subscribe { from_lsn } => {
+                if subscribed {
+                    return Ended::Refused("already subscribed on this connection".to_owned());
+                }
+                subscribed = true;
+                tokio::spawn(
+                    subscription(node.clone(), from_lsn, outbox.clone(), reading.clone())
+                        .in_current_span(),
+                );
+            }
+            Frame::Status => {
+                let reply = match serde_json::to_string(&*node.status()) {
+                    Ok(json) => Frame::StatusReply { json },
+                    Err(error) => Frame::Error {
+                        message: format!("status could not be encoded: {error}"),
+                    },
+                };
+                if outbox.send(reply).await.is_err() {
+                    return Ended::Closing;
+                }
+            }
+            Frame::Hello { .. } => {
+                return Ended::Refused("Hello after the handshake".to_owned());
+            }
+            Frame::SnapshotOffer { .. }
+            | Frame::SnapshotChunk { .. }
+            | Frame::SnapshotDone
+            | Frame::SnapshotDecline
+            | Frame::SnapshotFetch => {
+                return Ended::Refused(format!("{} is not supported yet", frame.name()));
+            }
+            Frame::Welcome { .. }
+            | Frame::Appended { .. }
+            | Frame::Rejected { .. }
+            | Frame::Records { .. }
+            | Frame::Role { .. }
+            | Frame::StatusReply { .. }
+            | Frame::Error { .. }
+            | Frame::SnapshotRequest
+            | Frame::RestoreBegin { .. }
+            | Frame::RestoreChunk { .. }
+            | Frame::RestoreEnd => {
+                return Ended::Refused(format!(
+                    "{} is a sidecar-to-app frame; an app does not send it",
+                    frame.name()
+                ));
+            }
+        }
+    }
+}
+
+/// Drains the outbox to the socket, flushing whenever the outbox runs empty. Ends when every
+/// sender is gone, after writing an `Error` frame (which closes the connection), when
+/// `closing` is cancelled, or when the socket fails.
+async fn connection_writer(
+    write: OwnedWriteHalf,
+    mut outbox: mpsc::Receiver<Frame>,
+    closing: CancellationToken,
+) {
+    let mut out = FrameWriter::new(write);
+    let result = tokio::select! {
+        _ = closing.cancelled() => Ok(()),
+        result = async {
+            while let Some(frame) = outbox.recv().await {
+                let fatal = matches!(frame, Frame::Error { .. });
+                out.write_frame(&frame).await?;
+                if fatal {
+                    out.shutdown().await?;
+                    return Ok(());
+                }
+                if outbox.is_empty() {
+                    out.flush().await?;
+                }
+            }
+            out.shutdown().await
+        } => result,
+    };
+    if let Err(error) = result {
+        debug!(%error, "app connection write failed");
+    }
+    // Whatever ended the writing ends the connection: stop reading and subscribing.
+    closing.cancel();
+}
+
+/// Proposes one append and queues its answer. Runs to the end even if the connection is
+/// gone, so that a disconnect does not cancel a proposal the core has taken.
+async fn append(
+    node: NodeHandle,
+    request_id: u64,
+    payloads: Vec<Bytes>,
+    outbox: mpsc::Sender<Frame>,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let count = payloads.len();
+    let rejected =
+        |reason, primary: Option<NodeId>, client_addr: String, message: &str| Frame::Rejected {
+            request_id,
+            reason,
+            primary,
+            client_addr,
+            message: message.to_owned(),
+        };
+    let answer = match node.propose(payloads).await {
+        Ok(ProposeOutcome::Committed {
+            first_lsn,
+            last_lsn,
+        }) => {
+            debug!(request_id, count, %first_lsn, %last_lsn, "append committed");
+            Frame::Appended {
+                request_id,
+                first_lsn,
+                last_lsn,
+            }
+        }
+        Ok(ProposeOutcome::NotPrimary {
+            primary,
+            client_addr,
+        }) => rejected(
+            RejectReason::NotPrimary,
+            primary,
+            client_addr.map(|addr| addr.to_string()).unwrap_or_default(),
+            "this node is not the primary",
+        ),
+        Ok(ProposeOutcome::Busy) => rejected(
+            RejectReason::Busy,
+            None,
+            String::new(),
+            "the primary is handing over; retry on the new primary",
+        ),
+        Ok(ProposeOutcome::Unknown) => rejected(
+            RejectReason::UnknownOutcome,
+            None,
+            String::new(),
+            "this node stopped being primary after taking the records; they may or may not be committed",
+        ),
+        Ok(ProposeOutcome::Failed(message)) => {
+            rejected(RejectReason::Failed, None, String::new(), &message)
+        }
+        Err(stopped) => rejected(
+            RejectReason::UnknownOutcome,
+            None,
+            String::new(),
+            &stopped.to_string(),
+        ),
+    };
+    if outbox.send(answer).await.is_err() {
+        debug!(request_id, "app connection gone; append answer dropped");
+    }
+}
+
+/// The fields of a `Role` frame that make a change worth telling (not the commit LSN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RoleView {
+    role: crate::core::Role,
+    epoch: Epoch,
+    primary: Option<NodeId>,
+    primary_client_addr: String,
+}
+
+impl RoleView {
+    fn of(status: &NodeStatus) -> RoleView {
+        RoleView {
+            role: status.role,
+            epoch: Epoch(status.epoch),
+            primary: status.primary.map(NodeId),
+            primary_client_addr: status
+                .primary_client_addr
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn frame(&self, commit_lsn: Lsn) -> Frame {
+        Frame::Role {
+            role: self.role,
+            epoch: self.epoch,
+            primary: self.primary,
+            primary_client_addr: self.primary_client_addr.clone(),
+            commit_lsn,
+        }
+    }
+}
+
+/// Streams committed records from `from_lsn` and role changes until `stop` is cancelled, the
+/// connection goes, or the node stops.
+async fn subscription(
+    node: NodeHandle,
+    from_lsn: Lsn,
+    outbox: mpsc::Sender<Frame>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        result = subscription_stream(&node, from_lsn, &outbox) => {
+            if let Err(message) = result {
+                warn!(%from_lsn, reason = %message, "app subscription ended");
+                let _ = outbox.send(Frame::Error { message }).await;
+            }
+        }
+    }
+}
+
+/// The body of [`subscription`]: returns `Ok` when the connection or the node is gone, and
+/// the message for an `Error` frame when the stream cannot go on.
+async fn subscription_stream(
+    node: &NodeHandle,
+    from_lsn: Lsn,
+    outbox: &mpsc::Sender<Frame>,
+) -> Result<(), String> {
+    let mut commit = node.watch_commit();
+    let mut status = node.watch_status();
+    let reader = node.reader();
+    let mut role = RoleView::of(&status.borrow_and_update());
+    let commit_lsn = *commit.borrow();
+    if outbox.send(role.frame(commit_lsn)).await.is_err() {
+        return Ok(());
+    }
+    debug!(%from_lsn, %commit_lsn, "app subscribed");
+    let mut next = from_lsn;
+    // Opened once the commit LSN reaches `next`, so that the log holds `next` by then.
+    let mut records: Option<wal::reader::Records> = None;
+    loop {
+        let commit_lsn = *commit.borrow_and_update();
+        while next <= commit_lsn {
+            if status.has_changed().unwrap_or(false)
+                && !subscription_role(&mut status, &mut role, commit_lsn, outbox).await
+            {
+                return Ok(());
+            }
+            let iter = match records.as_mut() {
+                Some(iter) => iter,
+                None => records.insert(reader.iter_from(next).map_err(|error| {
+                    format!("cannot stream from lsn {next}: {error}; restore a snapshot first")
+                })?),
+            };
+            let batch = iter
+                .next_batch(RECORDS_FRAME_BYTES_MAX, commit_lsn)
+                .map_err(|error| format!("reading the log at lsn {next} failed: {error}"))?;
+            let Some(batch) = batch else {
+                // Committed but not readable yet: look again on the next change.
+                break;
+            };
+            assert!(
+                batch.first_lsn == next && batch.last_lsn <= commit_lsn,
+                "the reader returned lsns {}..={} for a read from {next} up to {commit_lsn}",
+                batch.first_lsn,
+                batch.last_lsn
+            );
+            next = batch.last_lsn.next();
+            if outbox
+                .send(Frame::Records { bytes: batch.bytes })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            changed = commit.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let commit_lsn = *commit.borrow();
+                if !subscription_role(&mut status, &mut role, commit_lsn, outbox).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sends a `Role` frame if the role, epoch or primary changed. False when the connection is
+/// gone.
+async fn subscription_role(
+    status: &mut watch::Receiver<Arc<NodeStatus>>,
+    role: &mut RoleView,
+    commit_lsn: Lsn,
+    outbox: &mpsc::Sender<Frame>,
+) -> bool {
+    let now = RoleView::of(&status.borrow_and_update());
+    if now == *role {
+        return true;
+    }
+    *role = now;
+    debug!(role = ?role.role, epoch = %role.epoch, "role sent to app");
+    outbox.send(role.frame(commit_lsn)).await.is_ok()
+}
+
+impl NodeHandle {
+    /// A handle wired to channels the caller drives, so that a test can stand in for the
+    /// core loop: it answers the `requests`, publishes `status` and `commit`, and writes the
+    /// WAL that `reader` reads.
+    #[doc(hidden)]
+    pub fn for_tests(
+        requests: mpsc::Sender<Request>,
+        status: watch::Receiver<Arc<NodeStatus>>,
+        commit: watch::Receiver<Lsn>,
+        reader: wal::reader::Reader,
+        node_id: NodeId,
+    ) -> NodeHandle {
+        NodeHandle {
+            requests,
+            status,
+            commit,
+            reader,
+            node_id,
+            metrics: Arc::new(crate::node::metrics::Metrics::default()),
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! The app API server and the client driver against a fake core loop: a test task stands in
+//! for the core, answering proposals by writing a real WAL in a temp dir and moving the
+//! commit watch, so the server streams real records from a real log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use understudy::client::{BoxError, ClientError, Driver, ProposeError, Role, StateMachine};
+use understudy::node::app_api::serve;
+use understudy::node::{NodeHandle, NodeStatus, ProposeOutcome, Request};
+use understudy::proto::app::{Frame, FrameReader, RejectReason, FRAME_LEN_MAX, PROTOCOL_VERSION};
+use understudy::{Epoch, Lsn, NodeId};
+use wal::format::decode_record;
+use wal::{RecordKind, Wal};
+
+/// Every wait in these tests ends by this deadline; a hang is a failure, not a slow pass.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+fn status(role: Role, epoch: u64, primary: Option<u16>, addr: Option<SocketAddr>) -> NodeStatus {
+    NodeStatus {
+        node_id: 1,
+        role,
+        epoch,
+        primary,
+        primary_client_addr: addr,
+        lease_held: role == Role::Primary,
+        first_lsn: 1,
+        last_lsn: 0,
+        durable_lsn: 0,
+        commit_lsn: 0,
+        heartbeat_age_ms: None,
+        peers: Vec::new(),
+        failed: None,
+    }
+}
+
+/// A sidecar without a core: the app API server over a real WAL, with the core's channels
+/// in the test's hands.
+struct Sidecar {
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    wal: Arc<Mutex<Wal>>,
+    status: watch::Sender<Arc<NodeStatus>>,
+    commit: Arc<watch::Sender<Lsn>>,
+    requests: Option<mpsc::Receiver<Request>>,
+}
+
+impl Sidecar {
+    fn start() -> Sidecar {
+        Sidecar::start_at(Lsn(1))
+    }
+
+    /// A sidecar whose log starts at `start_lsn` (as after a snapshot).
+    fn start_at(start_lsn: Lsn) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let options = wal::Options {
+            start_lsn,
+            ..wal::Options::default()
+        };
+        let (wal, _) = Wal::open(dir.path().join("wal"), options).unwrap();
+        let (requests_tx, requests) = mpsc::channel(16);
+        let (status, status_rx) = watch::channel(Arc::new(status(
+            Role::Primary,
+            1,
+            Some(1),
+            Some("127.0.0.1:7001".parse().unwrap()),
+        )));
+        let (commit, commit_rx) = watch::channel(start_lsn.prev());
+        let handle =
+            NodeHandle::for_tests(requests_tx, status_rx, commit_rx, wal.reader(), NodeId(1));
+        let listener = UnixListener::bind(dir.path().join("app.sock")).unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, handle, shutdown.clone()));
+        Sidecar {
+            dir,
+            shutdown,
+            server,
+            wal: Arc::new(Mutex::new(wal)),
+            status,
+            commit: Arc::new(commit),
+            requests: Some(requests),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("app.sock")
+    }
+
+    /// Writes records in epoch 1; they are not committed until [`Sidecar::commit_through`].
+    fn write(&self, kind: RecordKind, payloads: &[&[u8]]) -> (Lsn, Lsn) {
+        write(&self.wal, kind, payloads)
+    }
+
+    fn commit_through(&self, lsn: Lsn) {
+        self.commit.send_replace(lsn);
+    }
+
+    /// Stands in for the core loop: every proposal is written and committed at once.
+    /// Returns the count of proposals (`Append`s reaching the core) seen so far.
+    fn run_committing_core(&mut self) -> Arc<AtomicUsize> {
+        self.run_committing_core_after(None)
+    }
+
+    /// As [`Sidecar::run_committing_core`], but the first proposal is answered only once
+    /// `gate` says the test is ready.
+    fn run_committing_core_after(
+        &mut self,
+        gate: Option<watch::Receiver<bool>>,
+    ) -> Arc<AtomicUsize> {
+        let mut gate = gate;
+        let mut requests = self.requests.take().expect("the core runs once");
+        let wal = Arc::clone(&self.wal);
+        let commit = Arc::clone(&self.commit);
+        let proposals = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&proposals);
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                let Request::Propose { payloads, reply } = request else {
+                    continue;
+                };
+                seen.fetch_add(1, Ordering::SeqCst);
+                if let Some(mut gate) = gate.take() {
+                    let _ = within("the gate", gate.wait_for(|open| *open)).await;
+                }
+                let payloads: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+                let (first_lsn, last_lsn) = write(&wal, RecordKind::App, &payloads);
+                commit.send_replace(last_lsn);
+                let _ = reply.send(ProposeOutcome::Committed {
+                    first_lsn,
+                    last_lsn,
+                });
+            }
+        });
+        proposals
+    }
+
+    /// The next request the server makes of the core.
+    async fn next_proposal(
+        &mut self,
+    ) -> (Vec<Bytes>, tokio::sync::oneshot::Sender<ProposeOutcome>) {
+        let requests = self.requests.as_mut().expect("no core is running");
+        match within("a proposal", requests.recv()).await {
+            Some(Request::Propose { payloads, reply }) => (payloads, reply),
+            other => panic!("expected a proposal, got {other:?}"),
+        }
+    }
+}
+
+fn write(wal: &Mutex<Wal>, kind: RecordKind, payloads: &[&[u8]]) -> (Lsn, Lsn) {
+    let mut wal = wal.lock().unwrap();
+    wal.append(Epoch(1), kind, payloads.iter().copied())
+        .unwrap()
+}
+
+/// A hand-driven app connection speaking raw frames.
+struct Raw {
+    frames: FrameReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl Raw {
+    async fn connect(socket: &Path) -> Raw {
+        let stream = UnixStream::connect(socket).await.unwrap();
+        let (read, write) = stream.into_split();
+        Raw {
+            frames: FrameReader::new(read),
+            write,
+        }
+    }
+
+    /// Connects and completes the handshake.
+    async fn hello(socket: &Path) -> Raw {
+        let mut raw = Raw::connect(socket).await;
+        raw.send(Frame::Hello {
+            version: PROTOCOL_VERSION,
+        })
+        .await;
+        match raw.recv().await {
+            Some(Frame::Welcome {
+                version, node_id, ..
+            }) => {
+                assert_eq!(version, PROTOCOL_VERSION);
+                assert_eq!(node_id, NodeId(1));
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        raw
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        self.send_bytes(&buf).await;
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` once the sidecar closed the connection.
+    async fn recv(&mut self) -> Option<Frame> {
+        within("a frame", self.frames.read_frame()).await.unwrap()
+    }
+
+    /// Expects an `Error` frame and then the end of the connection.
+    async fn expect_error_and_close(&mut self) -> String {
+        let message = match self.recv().await {
+            Some(Frame::Error { message }) => message,
+            other => panic!("expected Error, got {other:?}"),
+        };
+        assert_eq!(
+            self.recv().await,
+            None,
+            "the connection stays open after Error"
+        );
+        message
+    }
+
+    async fn append(&mut self, request_id: u64, payloads: &[&'static [u8]]) {
+        let payloads = payloads.iter().map(|p| Bytes::from_static(p)).collect();
+        self.send(Frame::Append {
+            request_id,
+            payloads,
+        })
+        .await;
+    }
+
+    /// Receives `Records` frames until `last_lsn`, returning `(lsn, kind, payload)` for each
+    /// record and checking every record against its CRC.
+    async fn records_through(&mut self, last_lsn: Lsn) -> Vec<(Lsn, RecordKind, Vec<u8>)> {
+        let mut records = Vec::new();
+        while records.last().map(|(lsn, _, _)| *lsn) != Some(last_lsn) {
+            let Some(Frame::Records { bytes }) = self.recv().await else {
+                panic!("expected Records after {:?}", records.last());
+            };
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let (record, len) = decode_record(rest).unwrap().unwrap();
+                records.push((record.lsn, record.kind, record.payload.to_vec()));
+                rest = &rest[len..];
+            }
+        }
+        records
+    }
+}
+
+/// Remembers every command it applied, in order; outputs how many it has applied.
+#[derive(Default)]
+struct Log(Vec<(Lsn, Vec<u8>)>);
+
+impl StateMachine for Log {
+    type Output = usize;
+    fn apply(&mut self, lsn: Lsn, command: &[u8]) -> usize {
+        self.0.push((lsn, command.to_vec()));
+        self.0.len()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        (self.0.len() as u64).to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError> {
+        let count = u64::from_le_bytes(snapshot.try_into()?);
+        self.0 = (0..count).map(|_| (lsn, b"restored".to_vec())).collect();
+        Ok(())
+    }
+}
+
+/// An append is answered with the LSNs its records got, once committed.
+#[tokio::test]
+async fn append_is_answered_with_its_lsn_range_once_committed() {
+    let mut sidecar = Sidecar::start();
+    sidecar.write(RecordKind::EpochStart, &[b""]);
+    sidecar.commit_through(Lsn(1));
+    sidecar.run_committing_core();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.append(7, &[b"a", b"b", b"c"]).await;
+    assert_eq!(
+        app.recv().await,
+        Some(Frame::Appended {
+            request_id: 7,
+            first_lsn: Lsn(2),
+            last_lsn: Lsn(4)
+        })
+    );
+}
+
+/// Appends on one connection are not serialised: the second is answered while the first
+/// still waits for the core.
+#[tokio::test]
+async fn appends_in_flight_are_answered_in_any_order() {
+    let mut sidecar = Sidecar::start();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.append(1, &[b"first"]).await;
+    app.append(2, &[b"second"]).await;
+    let (first_payloads, first_reply) = sidecar.next_proposal().await;
+    let (second_payloads, second_reply) = sidecar.next_proposal().await;
+    // Requests reach the core in the order sent.
+    assert_eq!(first_payloads, vec![Bytes::from_static(b"first")]);
+    assert_eq!(second_payloads, vec![Bytes::from_static(b"second")]);
+    second_reply
+        .send(ProposeOutcome::Committed {
+            first_lsn: Lsn(2),
+            last_lsn: Lsn(2),
+        })
+        .unwrap();
+    assert!(matches!(
+        app.recv().await,
+        Some(Frame::Appended { request_id: 2, .. })
+    ));
+    first_reply.send(ProposeOutcome::Busy).unwrap();
+    assert!(matches!(
+        app.recv().await,
+        Some(Frame::Rejected {
+            request_id: 1,
+            reason: RejectReason::Busy,
+            ..
+        })
+    ));
+}
+
+/// The stream carries every committed record from the asked LSN, in order, epoch-start
+/// records included, and never one above the commit LSN.
+#[tokio::test]
+async fn subscription_delivers_exactly_the_committed_records_in_order() {
+    let sidecar = Sidecar::start();
+    sidecar.write(RecordKind::EpochStart, &[b""]);
+    let payloads: Vec<Vec<u8>> = (2..=10).map(|i| format!("r{i}").into_bytes()).collect();
+    let payload_refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    sidecar.write(RecordKind::App, &payload_refs);
+    sidecar.commit_through(Lsn(6));
+
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Subscribe { from_lsn: Lsn(1) }).await;
+    assert!(matches!(
+        app.recv().await,
+        Some(Frame::Role {
+            commit_lsn: Lsn(6),
+            ..
+        })
+    ));
+    let records = app.records_through(Lsn(6)).await;
+    let lsns: Vec<u64> = records.iter().map(|(lsn, _, _)| lsn.get()).collect();
+    assert_eq!(lsns, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(records[0].1, RecordKind::EpochStart);
+    assert_eq!(records[1].2, b"r2");
+    assert_eq!(records[5].2, b"r6");
+
+    // Written records above the commit LSN come only once committed, and only as far.
+    sidecar.commit_through(Lsn(8));
+    let records = app.records_through(Lsn(8)).await;
+    let lsns: Vec<u64> = records.iter().map(|(lsn, _, _)| lsn.get()).collect();
+    assert_eq!(lsns, vec![7, 8]);
+
+    // A second subscriber may start in the middle.
+    let mut late = Raw::hello(&sidecar.socket()).await;
+    late.send(Frame::Subscribe { from_lsn: Lsn(5) }).await;
+    assert!(matches!(late.recv().await, Some(Frame::Role { .. })));
+    let lsns: Vec<u64> = late
+        .records_through(Lsn(8))
+        .await
+        .iter()
+        .map(|(lsn, _, _)| lsn.get())
+        .collect();
+    assert_eq!(lsns, vec![5, 6, 7, 8]);
+}
+
+/// A subscription from above the commit LSN waits for the commit LSN to get there.
+#[tokio::test]
+async fn subscription_from_above_the_commit_lsn_starts_when_it_is_committed() {
+    let sidecar = Sidecar::start();
+    sidecar.write(RecordKind::App, &[b"a", b"b", b"c"]);
+    sidecar.commit_through(Lsn(1));
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Subscribe { from_lsn: Lsn(3) }).await;
+    assert!(matches!(app.recv().await, Some(Frame::Role { .. })));
+    sidecar.commit_through(Lsn(3));
+    let records = app.records_through(Lsn(3)).await;
+    assert_eq!(records, vec![(Lsn(3), RecordKind::App, b"c".to_vec())]);
+}
+
+/// A subscription from an LSN the log no longer holds is refused: the app needs a snapshot.
+#[tokio::test]
+async fn subscription_below_the_log_start_is_refused() {
+    let sidecar = Sidecar::start_at(Lsn(10));
+    sidecar.write(RecordKind::App, &[b"x"]);
+    sidecar.commit_through(Lsn(10));
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Subscribe { from_lsn: Lsn(1) }).await;
+    assert!(matches!(app.recv().await, Some(Frame::Role { .. })));
+    let message = app.expect_error_and_close().await;
+    assert!(message.contains("snapshot"), "{message}");
+}
+
+/// Role frames come at subscribe and on every change of role, epoch or primary, and not
+/// for status changes that touch none of them.
+#[tokio::test]
+async fn role_changes_are_pushed_to_subscribers() {
+    let sidecar = Sidecar::start();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Subscribe { from_lsn: Lsn(1) }).await;
+    assert_eq!(
+        app.recv().await,
+        Some(Frame::Role {
+            role: Role::Primary,
+            epoch: Epoch(1),
+            primary: Some(NodeId(1)),
+            primary_client_addr: "127.0.0.1:7001".to_owned(),
+            commit_lsn: Lsn(0),
+        })
+    );
+    let mut same_role = status(
+        Role::Primary,
+        1,
+        Some(1),
+        Some("127.0.0.1:7001".parse().unwrap()),
+    );
+    same_role.last_lsn = 5;
+    sidecar.status.send_replace(Arc::new(same_role));
+    sidecar.status.send_replace(Arc::new(status(
+        Role::Backup,
+        2,
+        Some(2),
+        Some("127.0.0.1:7002".parse().unwrap()),
+    )));
+    assert_eq!(
+        app.recv().await,
+        Some(Frame::Role {
+            role: Role::Backup,
+            epoch: Epoch(2),
+            primary: Some(NodeId(2)),
+            primary_client_addr: "127.0.0.1:7002".to_owned(),
+            commit_lsn: Lsn(0),
+        })
+    );
+}
+
+/// `Status` is answered with the node's status as JSON.
+#[tokio::test]
+async fn status_is_answered_with_json() {
+    let sidecar = Sidecar::start();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Status).await;
+    let Some(Frame::StatusReply { json }) = app.recv().await else {
+        panic!("expected StatusReply");
+    };
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["role"], "primary");
+    assert_eq!(status["node_id"], 1);
+}
+
+/// A version the sidecar does not speak is refused with an Error frame.
+#[tokio::test]
+async fn unknown_version_is_refused_with_an_error() {
+    let sidecar = Sidecar::start();
+    let mut app = Raw::connect(&sidecar.socket()).await;
+    app.send(Frame::Hello { version: 99 }).await;
+    let message = app.expect_error_and_close().await;
+    assert!(message.contains("99"), "{message}");
+}
+
+/// Garbage (before and after the handshake) gets an Error and closes that connection only:
+/// another connection, opened before, goes on working.
+#[tokio::test]
+async fn garbage_frames_get_an_error_and_close_only_that_connection() {
+    let mut sidecar = Sidecar::start();
+    sidecar.run_committing_core();
+    let mut good = Raw::hello(&sidecar.socket()).await;
+
+    let mut http = Raw::connect(&sidecar.socket()).await;
+    http.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    http.expect_error_and_close().await;
+
+    let mut unknown = Raw::hello(&sidecar.socket()).await;
+    unknown.send_bytes(&[1, 0, 0, 0, 0xEE]).await;
+    let message = unknown.expect_error_and_close().await;
+    assert!(message.contains("0xee"), "{message}");
+
+    let mut short = Raw::hello(&sidecar.socket()).await;
+    short.send_bytes(&[4, 0, 0, 0, 0x03, 1, 2, 3]).await;
+    short.expect_error_and_close().await;
+
+    let mut backwards = Raw::hello(&sidecar.socket()).await;
+    backwards
+        .send(Frame::Appended {
+            request_id: 1,
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(1),
+        })
+        .await;
+    backwards.expect_error_and_close().await;
+
+    good.append(1, &[b"still here"]).await;
+    assert!(matches!(
+        good.recv().await,
+        Some(Frame::Appended { request_id: 1, .. })
+    ));
+}
+
+/// A frame longer than the limit is refused from its length field alone, before its body is
+/// sent; other connections are not affected.
+#[tokio::test]
+async fn oversized_frame_is_refused_before_its_body_arrives() {
+    let mut sidecar = Sidecar::start();
+    sidecar.run_committing_core();
+    let mut good = Raw::hello(&sidecar.socket()).await;
+    let mut big = Raw::hello(&sidecar.socket()).await;
+    let mut header = ((FRAME_LEN_MAX + 1) as u32).to_le_bytes().to_vec();
+    header.push(0x02);
+    big.send_bytes(&header).await;
+    let message = big.expect_error_and_close().await;
+    assert!(message.contains("exceeds"), "{message}");
+    good.append(1, &[b"x"]).await;
+    assert!(matches!(
+        good.recv().await,
+        Some(Frame::Appended { request_id: 1, .. })
+    ));
+}
+
+/// An app that disconnects while its append is with the core loses nothing: the proposal
+/// still waits for the core's answer, the record is in the committed log, and the server
+/// goes on serving.
+#[tokio::test]
+async fn client_disconnecting_mid_append_loses_nothing() {
+    let mut sidecar = Sidecar::start();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.append(1, &[b"keep me"]).await;
+    drop(app);
+    let (payloads, reply) = sidecar.next_proposal().await;
+    assert_eq!(payloads, vec![Bytes::from_static(b"keep me")]);
+    let payloads: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    let (first_lsn, last_lsn) = sidecar.write(RecordKind::App, &payloads);
+    sidecar.commit_through(last_lsn);
+    // The server's append task is still there to take the answer.
+    reply
+        .send(ProposeOutcome::Committed {
+            first_lsn,
+            last_lsn,
+        })
+        .unwrap();
+
+    let mut reader = Raw::hello(&sidecar.socket()).await;
+    reader.send(Frame::Subscribe { from_lsn: Lsn(1) }).await;
+    assert!(matches!(reader.recv().await, Some(Frame::Role { .. })));
+    let records = reader.records_through(Lsn(1)).await;
+    assert_eq!(
+        records,
+        vec![(Lsn(1), RecordKind::App, b"keep me".to_vec())]
+    );
+}
+
+/// Shutting the server down closes its connections and `serve` returns.
+#[tokio::test]
+async fn shutdown_closes_connections_and_serve_returns() {
+    let sidecar = Sidecar::start();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Subscribe { from_lsn: Lsn(1) }).await;
+    assert!(matches!(app.recv().await, Some(Frame::Role { .. })));
+    sidecar.shutdown.cancel();
+    assert_eq!(app.recv().await, None);
+    within("serve to return", sidecar.server).await.unwrap();
+}
+
+/// The driver replays the committed log into the state machine in LSN order (skipping
+/// epoch-start records), and `propose` returns what `apply` returned for the new record.
+#[tokio::test]
+async fn driver_applies_records_in_order_and_propose_returns_apply_output() {
+    let mut sidecar = Sidecar::start();
+    sidecar.write(RecordKind::EpochStart, &[b""]);
+    sidecar.write(RecordKind::App, &[b"a", b"b"]);
+    sidecar.commit_through(Lsn(3));
+    sidecar.run_committing_core();
+
+    let driver = within("connect", Driver::connect(sidecar.socket(), Log::default()))
+        .await
+        .unwrap();
+    assert_eq!(driver.node_id(), NodeId(1));
+    let role = driver.role();
+    assert_eq!(role.role, Role::Primary);
+    assert_eq!(
+        role.primary_client_addr,
+        Some("127.0.0.1:7001".parse().unwrap())
+    );
+    within("replay", driver.wait_applied(role.commit_lsn))
+        .await
+        .unwrap();
+    assert_eq!(
+        driver.read(|log| log.0.clone()),
+        vec![(Lsn(2), b"a".to_vec()), (Lsn(3), b"b".to_vec())]
+    );
+
+    let output = within("propose", driver.propose("c")).await.unwrap();
+    assert_eq!(output, 3);
+    assert_eq!(driver.applied_lsn(), Lsn(4));
+    assert_eq!(driver.read(|log| log.0[2].clone()), (Lsn(4), b"c".to_vec()));
+}
+
+/// Many proposals in flight at once reach the core in far fewer appends, and each proposer
+/// gets the output of its own record. (On several threads, so that proposers race the
+/// driver's writer as they do in an application.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_proposals_are_batched_into_few_appends() {
+    const PROPOSALS: usize = 200;
+    let mut sidecar = Sidecar::start();
+    // The core holds its first answer until every proposer has called `propose`, so the
+    // driver's window of appends in flight fills whatever the threads' timing.
+    let (gate, gate_rx) = watch::channel(false);
+    let appends = sidecar.run_committing_core_after(Some(gate_rx));
+    let started = Arc::new(AtomicUsize::new(0));
+    let driver = Arc::new(
+        within("connect", Driver::connect(sidecar.socket(), Log::default()))
+            .await
+            .unwrap(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PROPOSALS {
+        let driver = Arc::clone(&driver);
+        let started = Arc::clone(&started);
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let command = format!("cmd {i}");
+            if started.fetch_add(1, Ordering::SeqCst) + 1 == PROPOSALS {
+                gate.send_replace(true);
+            }
+            let output = driver.propose(command.clone()).await.unwrap();
+            (command, output)
+        });
+    }
+    let mut outputs = Vec::new();
+    while let Some(joined) = within("proposals", tasks.join_next()).await {
+        outputs.push(joined.unwrap());
+    }
+    let appends = appends.load(Ordering::SeqCst);
+    assert!(
+        appends * 10 <= PROPOSALS,
+        "{PROPOSALS} proposals took {appends} appends"
+    );
+    // Output n is the n-th command applied: each proposer got its own record's output.
+    let applied = driver.read(|log| log.0.clone());
+    assert_eq!(applied.len(), PROPOSALS);
+    for (command, output) in outputs {
+        assert_eq!(applied[output - 1].1, command.into_bytes());
+    }
+}
+
+/// A proposal to a node that is not the primary fails with the primary and its address.
+#[tokio::test]
+async fn not_primary_rejection_carries_the_primary_and_its_address() {
+    let mut sidecar = Sidecar::start();
+    let driver = within("connect", Driver::connect(sidecar.socket(), Log::default()))
+        .await
+        .unwrap();
+    let proposing = tokio::spawn(async move { driver.propose("x").await });
+    let (_, reply) = sidecar.next_proposal().await;
+    let addr: SocketAddr = "10.0.0.3:7000".parse().unwrap();
+    reply
+        .send(ProposeOutcome::NotPrimary {
+            primary: Some(NodeId(3)),
+            client_addr: Some(addr),
+        })
+        .unwrap();
+    assert_eq!(
+        within("the rejection", proposing).await.unwrap(),
+        Err(ProposeError::NotPrimary {
+            primary: Some(NodeId(3)),
+            client_addr: Some(addr),
+        })
+    );
+}
+
+/// The driver publishes role changes.
+#[tokio::test]
+async fn driver_follows_role_changes() {
+    let sidecar = Sidecar::start();
+    let driver = within("connect", Driver::connect(sidecar.socket(), Log::default()))
+        .await
+        .unwrap();
+    let mut roles = driver.watch_role();
+    sidecar
+        .status
+        .send_replace(Arc::new(status(Role::Backup, 2, Some(2), None)));
+    within(
+        "the role change",
+        roles.wait_for(|role| role.epoch == Epoch(2)),
+    )
+    .await
+    .unwrap();
+    let role = driver.role();
+    assert_eq!(role.role, Role::Backup);
+    assert_eq!(role.primary, Some(NodeId(2)));
+    assert_eq!(role.primary_client_addr, None);
+}
+
+/// A driver restored from a snapshot follows the log from the record after it.
+#[tokio::test]
+async fn driver_restored_from_a_snapshot_follows_the_log_after_it() {
+    let sidecar = Sidecar::start();
+    sidecar.write(RecordKind::App, &[b"a", b"b", b"c", b"d"]);
+    sidecar.commit_through(Lsn(4));
+    let driver = within(
+        "connect",
+        Driver::connect_restored(
+            sidecar.socket(),
+            Log::default(),
+            Lsn(2),
+            &2u64.to_le_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    within("replay", driver.wait_applied(Lsn(4))).await.unwrap();
+    let applied = driver.read(|log| log.0.clone());
+    assert_eq!(applied.len(), 4);
+    assert_eq!(
+        applied[2..],
+        [(Lsn(3), b"c".to_vec()), (Lsn(4), b"d".to_vec())]
+    );
+    let (lsn, snapshot) = driver.snapshot();
+    assert_eq!((lsn, snapshot), (Lsn(4), 4u64.to_le_bytes().to_vec()));
+}
+
+/// A record that fails its CRC is never applied, and the driver stops following a sidecar
+/// that sent it. (The sidecar here is a hand-written fake that sends a damaged record.)
+#[tokio::test]
+async fn driver_refuses_a_corrupt_record_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fake.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, write) = stream.into_split();
+        let mut app = Raw {
+            frames: FrameReader::new(read),
+            write,
+        };
+        assert!(matches!(app.recv().await, Some(Frame::Hello { .. })));
+        app.send(Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            node_id: NodeId(1),
+            frame_len_max: FRAME_LEN_MAX as u32,
+            append_count_max: 16,
+        })
+        .await;
+        assert_eq!(
+            app.recv().await,
+            Some(Frame::Subscribe { from_lsn: Lsn(1) })
+        );
+        app.send(Frame::Role {
+            role: Role::Backup,
+            epoch: Epoch(1),
+            primary: None,
+            primary_client_addr: String::new(),
+            commit_lsn: Lsn(2),
+        })
+        .await;
+        let mut records = Vec::new();
+        wal::format::encode_record(&mut records, Lsn(1), Epoch(1), RecordKind::App, b"good");
+        wal::format::encode_record(&mut records, Lsn(2), Epoch(1), RecordKind::App, b"evil");
+        let last = records.len() - 1;
+        records[last] ^= 0x10;
+        app.send(Frame::Records {
+            bytes: Bytes::from(records),
+        })
+        .await;
+        // Hold the connection open until the driver closes it.
+        assert_eq!(app.recv().await, None);
+    });
+    let driver = within("connect", Driver::connect(&socket, Log::default()))
+        .await
+        .unwrap();
+    let failure = within("the failure", driver.wait_applied(Lsn(2)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(*failure, ClientError::Corrupt { lsn: Lsn(2), .. }),
+        "{failure:?}"
+    );
+    assert_eq!(
+        driver.read(|log| log.0.clone()),
+        vec![(Lsn(1), b"good".to_vec())]
+    );
+    assert!(!driver.is_connected());
+    assert_eq!(driver.propose("x").await, Err(ProposeError::Disconnected));
+    drop(driver);
+    within("the fake sidecar", fake).await.unwrap();
+}
