@@ -145,12 +145,20 @@ impl Records {
 
     /// Makes sure `self.mapped` covers `self.next`, mapping or remapping as needed. Returns
     /// false when `next` is not written yet.
+    #[inline]
     fn ensure_mapped(&mut self) -> Result<bool> {
         if let Some(mapped) = &self.mapped {
             if self.next <= mapped.last_lsn {
                 return Ok(true);
             }
         }
+        self.remap()
+    }
+
+    /// The slow path of [`Records::ensure_mapped`]: look at the index again and map the
+    /// segment that holds `next` (or more of the current one).
+    #[inline(never)]
+    fn remap(&mut self) -> Result<bool> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let Some(segment) = index.find(self.next) else {
             if self.next < index.first_lsn() {
@@ -249,6 +257,7 @@ impl Records {
 }
 
 /// Decodes and checks the record at `offset`, which must have LSN `lsn`.
+#[inline]
 fn decode_at<'a>(
     path: &std::path::Path,
     bytes: &'a [u8],
