@@ -545,27 +545,40 @@ fn run_hook(
     primary: Option<NodeId>,
     primary_addr: Option<SocketAddr>,
 ) {
+    // The hook is started at once (not on a task that a stopping runtime might never
+    // poll), and is not killed when the sidecar exits: a demote hook run during a SIGTERM
+    // hand-over must be able to finish after we are gone.
+    let spawned = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("UNDERSTUDY_ROLE", handle::role_name(role))
+        .env("UNDERSTUDY_EPOCH", epoch.to_string())
+        .env(
+            "UNDERSTUDY_PRIMARY",
+            primary.map(|p| p.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "UNDERSTUDY_PRIMARY_ADDR",
+            primary_addr.map(|a| a.to_string()).unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            warn!(%command, error = %e, "hook could not start");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let mut child = tokio::process::Command::new("sh");
-        child
-            .arg("-c")
-            .arg(&command)
-            .env("UNDERSTUDY_ROLE", handle::role_name(role))
-            .env("UNDERSTUDY_EPOCH", epoch.to_string())
-            .env(
-                "UNDERSTUDY_PRIMARY",
-                primary.map(|p| p.to_string()).unwrap_or_default(),
-            )
-            .env(
-                "UNDERSTUDY_PRIMARY_ADDR",
-                primary_addr.map(|a| a.to_string()).unwrap_or_default(),
-            )
-            .kill_on_drop(true);
-        match tokio::time::timeout(Duration::from_secs(60), child.status()).await {
+        match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
             Ok(Ok(status)) if status.success() => info!(%command, "hook finished"),
             Ok(Ok(status)) => warn!(%command, %status, "hook failed"),
-            Ok(Err(e)) => warn!(%command, error = %e, "hook could not start"),
-            Err(_) => warn!(%command, "hook still running after 60 s; killed"),
+            Ok(Err(e)) => warn!(%command, error = %e, "hook could not be waited for"),
+            Err(_) => {
+                warn!(%command, "hook still running after 60 s; killing it");
+                let _ = child.start_kill();
+            }
         }
     });
 }
