@@ -1,7 +1,7 @@
-//! The sidecar's validated configuration. [`crate::cli::run::RunArgs`] holds the flags as
-//! typed (each with an `UNDERSTUDY_*` environment fallback); [`Config::from_args`] checks
-//! them against each other and refuses, with one line that names the flag and the value,
-//! anything that would make the node misbehave later. What can only be checked against the
+//! Validation of the sidecar's flags. [`crate::cli::run::RunArgs`] holds the flags as
+//! typed (each with an `UNDERSTUDY_*` environment fallback); `RunArgs::config` checks them
+//! against each other with the functions here and refuses, with one line that names the
+//! flag and the value, anything that would make the node misbehave later. What can only be checked against the
 //! world (a port in use, a data dir of another cluster) is checked when the node starts.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! The command line: clap definitions and one file per subcommand. `main.rs` parses, sets up
-//! logging, calls [`run`], and prints one line if it fails.
+//! logging, calls [`run()`], and prints one line if it fails.
 
 use clap::{Parser, Subcommand};
 

@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// Every node's peer address, this one included: 1=IP:PORT,2=IP:PORT,...
     #[arg(long, env = "UNDERSTUDY_PEERS")]
     pub peers: String,
-    /// The application API socket (default: <data-dir>/app.sock).
+    /// The application API socket (default: `<data-dir>/app.sock`).
     #[arg(long, env = "UNDERSTUDY_APP_SOCKET")]
     pub app_socket: Option<PathBuf>,
     /// Address of the client port (a TCP proxy to the primary's application).

@@ -89,7 +89,7 @@ pub struct SwitchoverResponse {
 }
 
 /// Serves the admin HTTP API on `listener` until `shutdown` is cancelled, then gives open
-/// connections [`SHUTDOWN_GRACE`] to finish.
+/// connections `SHUTDOWN_GRACE` to finish.
 pub async fn serve(listener: TcpListener, node: NodeHandle, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin server listening");

@@ -4,7 +4,7 @@
 //! The core loop owns the replication core; nothing else touches it. A service task that
 //! needs the core to act sends a [`Request`] with a oneshot for the answer; a task that needs
 //! to follow the node's state watches [`NodeHandle::status`] (role, epoch, LSN pointers,
-//! peers) or [`NodeHandle::commit`] (the commit LSN alone, for subscribers), and reads
+//! peers) or [`NodeHandle::watch_commit`] (the commit LSN alone, for subscribers), and reads
 //! committed records with [`NodeHandle::reader`] straight from the WAL.
 
 use std::net::SocketAddr;

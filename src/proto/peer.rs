@@ -33,9 +33,9 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce [32], then the sender's client address as UTF-8 `IP:PORT` (the rest; empty if it has no client port) |
-//! | 2 | Challenge | nonce [32], tag [32] |
-//! | 3 | Proof | tag [32] |
+//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), then the sender's client address as UTF-8 `IP:PORT` (the rest; empty if it has no client port) |
+//! | 2 | Challenge | nonce (32 bytes), tag (32 bytes) |
+//! | 3 | Proof | tag (32 bytes) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
 //! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64 |
