@@ -1,0 +1,464 @@
+//! The replicated key-value server: RESP connections in, the [`Driver`] and the [`Store`]
+//! behind them. `main.rs` parses flags and calls [`serve`]; `tests/kv_example.rs` runs
+//! [`serve`] in-process against a real cluster.
+//!
+//! - [`resp`]: the RESP2 request parser and reply encoder.
+//! - [`command`]: a request's arguments to a [`Plan`]: an answer, a read or a write.
+//! - [`codec`]: the binary record the writes are replicated as.
+//! - [`store`]: the state machine, with `apply`, `snapshot` and `restore`.
+//!
+//! # What a client is promised
+//! - **Writes** are answered with what `apply` returned for them, so only once they are
+//!   committed (on enough disks that no failover can lose them) and applied here.
+//! - **Reads** on the primary are linearizable: before answering, the server proposes a
+//!   read barrier (a record with no operations) and answers from the state after it is
+//!   applied. The barrier committing proves that this node was primary, under its lease,
+//!   after the read arrived, and everything committed before it is applied. A read thus
+//!   costs one commit round trip, shared by everything the driver batches with it; a
+//!   lease-based local read would need the lease's expiry, which the app API does not
+//!   report yet. Reads that directly follow writes in the same pipeline need no barrier:
+//!   those writes serve as one.
+//! - **On a backup** every read and write is answered `-NOTPRIMARY primary is node N at
+//!   ADDR`, ADDR being the primary's client port. Clients normally connect through
+//!   understudy's client port, which forwards to the primary's server and closes the
+//!   connection when the primary changes, so they see this only if they connect here
+//!   directly.
+//! - `-UNKNOWN` answers a write whose outcome is unknown (the primary changed after taking
+//!   it): it may or may not be committed. `-TRYAGAIN` answers a request that was not
+//!   carried out and may be retried (a switchover in progress, a read barrier lost).
+//!
+//! # Pipelining
+//! A connection's requests are handled a pipeline at a time: every complete request in the
+//! read buffer (up to [`PIPELINE_REQUESTS_MAX`]). Consecutive writes of a pipeline (with
+//! answers that need no state in between) become one record, so `redis-benchmark -P 16`
+//! costs one commit per 16 requests; a run of reads shares one barrier. Replies go out in
+//! request order. Requests are read again only once the pipeline's replies are written, so
+//! a connection's memory is one pipeline's requests and replies.
+
+pub mod codec;
+pub mod command;
+pub mod resp;
+pub mod store;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+use understudy::client::{ClientError, Driver, ProposeError, Role};
+use understudy::Lsn;
+
+use codec::{Batch, Op, HEADER_LEN, RECORD_LEN_MAX};
+use command::{Plan, Read};
+use resp::{ProtocolError, Reply, RequestParser};
+pub use store::Store;
+
+/// Requests handled as one pipeline at most; more wait in the buffer for the next.
+pub const PIPELINE_REQUESTS_MAX: usize = 1024;
+
+/// Client connections served at once by default.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// What a connection reads at a time, at least.
+const READ_LEN: usize = 16 << 10;
+
+/// A connection's read or write buffer above this is given back once it is empty.
+const BUFFER_KEEP_LEN_MAX: usize = 1 << 20;
+
+/// How long to wait before accepting again after `accept` failed (say, out of file
+/// descriptors), so the loop does not spin.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Limits of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Client connections served at once; more are answered an error and closed.
+    pub connections_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Why [`serve`] stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The driver's connection to the sidecar ended; a new driver (and so a new server)
+    /// is needed. Until then nothing could be committed or confirmed.
+    #[error("lost the connection to the sidecar")]
+    SidecarLost(#[source] Arc<ClientError>),
+}
+
+/// Serves RESP clients on `listener` until `shutdown` completes (then `Ok`) or the driver
+/// loses its sidecar (then `Err`). Either way, every connection is closed before it
+/// returns; requests in flight are abandoned (a write already proposed may still commit).
+pub async fn serve(
+    listener: TcpListener,
+    driver: Arc<Driver<Store>>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.connections_max));
+    let sidecar_lost = driver.wait_applied(Lsn(u64::MAX));
+    tokio::pin!(shutdown, sidecar_lost);
+    let result = loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            lost = &mut sidecar_lost => {
+                let error = lost.err().unwrap_or_else(|| Arc::new(ClientError::Closed));
+                break Err(ServeError::SidecarLost(error));
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            warn!(%peer, limit = config.connections_max, "too many connections; refusing one");
+            // Best effort, as Redis does: the socket buffer takes this at once, or never.
+            let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+            continue;
+        };
+        let driver = Arc::clone(&driver);
+        let stop = stop.clone();
+        let span = tracing::debug_span!("client", %peer);
+        connections.spawn(
+            async move {
+                debug!("connected");
+                match serve_connection(stream, &driver, &stop).await {
+                    Ok(()) => debug!("disconnected"),
+                    Err(error) => debug!(%error, "connection failed"),
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    };
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
+    if let Err(error) = &result {
+        info!(error = %error.to_string(), "stopped serving");
+    }
+    result
+}
+
+/// Reads pipelines of requests and answers them, until the client leaves, a protocol error
+/// that cannot be recovered from, QUIT, or `stop`.
+async fn serve_connection(
+    mut stream: TcpStream,
+    driver: &Driver<Store>,
+    stop: &CancellationToken,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut parser = RequestParser::default();
+    let mut buf = BytesMut::with_capacity(READ_LEN);
+    let mut out = BytesMut::new();
+    loop {
+        let mut requests = Vec::new();
+        let mut fatal = None;
+        while requests.len() < PIPELINE_REQUESTS_MAX {
+            match parser.parse(&mut buf) {
+                Ok(Some(args)) => requests.push(Ok(args)),
+                Ok(None) => break,
+                Err(error) if error.recoverable => requests.push(Err(error)),
+                Err(error) => {
+                    fatal = Some(error);
+                    break;
+                }
+            }
+        }
+        if requests.is_empty() && fatal.is_none() {
+            if buf.is_empty() && buf.capacity() > BUFFER_KEEP_LEN_MAX {
+                buf = BytesMut::with_capacity(READ_LEN);
+            }
+            buf.reserve(READ_LEN);
+            let read = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                read = stream.read_buf(&mut buf) => read?,
+            };
+            if read == 0 {
+                return Ok(());
+            }
+            continue;
+        }
+        let quit = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            quit = execute(driver, requests, &mut out) => quit,
+        };
+        if let Some(error) = &fatal {
+            warn!(%error, "protocol error; closing the connection");
+            protocol_error(error).encode(&mut out);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            written = stream.write_all(&out) => written?,
+        }
+        out.clear();
+        if out.capacity() > BUFFER_KEEP_LEN_MAX {
+            out = BytesMut::new();
+        }
+        if quit || fatal.is_some() {
+            return stream.shutdown().await;
+        }
+    }
+}
+
+fn protocol_error(error: &ProtocolError) -> Reply {
+    Reply::error(format!("ERR Protocol error: {}", error.message))
+}
+
+/// Milliseconds since the UNIX epoch on this machine's clock (0 before it).
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Handles one pipeline and appends its replies to `out`, in request order. True after
+/// QUIT (the requests after it are dropped, as Redis does).
+async fn execute(
+    driver: &Driver<Store>,
+    requests: Vec<Result<Vec<Bytes>, ProtocolError>>,
+    out: &mut BytesMut,
+) -> bool {
+    // The proposer's clock for this pipeline's writes: never behind the store's, so a
+    // relative expiry counts from the time `apply` will judge it by.
+    let now_ms = wall_clock_ms().max(driver.read(Store::clock_ms));
+    let mut pipeline = Pipeline {
+        driver,
+        now_ms,
+        replies: Vec::with_capacity(requests.len()),
+        writes: Vec::new(),
+        reads: Vec::new(),
+        fresh: false,
+    };
+    let mut quit = false;
+    for request in requests {
+        let plan = match request {
+            Ok(args) => command::plan(args, now_ms),
+            Err(error) => Plan::Now(protocol_error(&error)),
+        };
+        let index = pipeline.replies.len();
+        pipeline.replies.push(None);
+        match plan {
+            Plan::Now(reply) => pipeline.replies[index] = Some(reply),
+            Plan::Info(sections) => pipeline.replies[index] = Some(info(driver, &sections)),
+            Plan::Quit => {
+                pipeline.replies[index] = Some(Reply::ok());
+                quit = true;
+                break;
+            }
+            Plan::Write(op) => {
+                pipeline.flush_reads().await;
+                pipeline.writes.push((index, op));
+            }
+            Plan::Read(read) => {
+                pipeline.flush_writes().await;
+                pipeline.reads.push((index, read));
+            }
+        }
+    }
+    pipeline.flush_writes().await;
+    pipeline.flush_reads().await;
+    for reply in pipeline.replies {
+        // Every request was answered above; a missing answer would be a bug here.
+        let reply = reply.unwrap_or_else(|| Reply::error("ERR internal error: no reply"));
+        reply.encode(out);
+    }
+    quit
+}
+
+/// A pipeline being handled: the replies so far, and the run of writes or reads waiting
+/// to be carried out together (one of the two is always empty).
+struct Pipeline<'a> {
+    driver: &'a Driver<Store>,
+    now_ms: u64,
+    replies: Vec<Option<Reply>>,
+    writes: Vec<(usize, Op)>,
+    reads: Vec<(usize, Read)>,
+    /// The last record this pipeline proposed committed, and nothing was read since:
+    /// a read now needs no barrier of its own.
+    fresh: bool,
+}
+
+impl Pipeline<'_> {
+    /// Proposes the waiting writes, as few records as the record limit allows, and
+    /// records their replies.
+    async fn flush_writes(&mut self) {
+        let mut record: Vec<(usize, Op)> = Vec::new();
+        let mut record_len = HEADER_LEN;
+        for (index, op) in std::mem::take(&mut self.writes) {
+            let op_len = op.encoded_len();
+            if HEADER_LEN + op_len > RECORD_LEN_MAX {
+                self.replies[index] = Some(Reply::error(format!(
+                    "ERR the write takes {} bytes, above the record limit of {RECORD_LEN_MAX}",
+                    HEADER_LEN + op_len
+                )));
+                continue;
+            }
+            if record_len + op_len > RECORD_LEN_MAX {
+                self.propose(std::mem::take(&mut record)).await;
+                record_len = HEADER_LEN;
+            }
+            record_len += op_len;
+            record.push((index, op));
+        }
+        if !record.is_empty() {
+            self.propose(record).await;
+        }
+    }
+
+    async fn propose(&mut self, record: Vec<(usize, Op)>) {
+        let (indices, ops): (Vec<usize>, Vec<Op>) = record.into_iter().unzip();
+        let batch = Batch {
+            now_ms: self.now_ms,
+            ops,
+        };
+        let result = self.driver.propose(batch.encode()).await;
+        self.fresh = result.is_ok();
+        let replies = match result {
+            Ok(replies) if replies.len() == indices.len() => replies,
+            Ok(_) => vec![Reply::error(store::NOT_A_COMMAND); indices.len()],
+            Err(error) => vec![propose_error_reply(&error, false); indices.len()],
+        };
+        for (index, reply) in indices.into_iter().zip(replies) {
+            self.replies[index] = Some(reply);
+        }
+    }
+
+    /// Confirms this node is still primary with a barrier (unless a write just did) and
+    /// answers the waiting reads from the state after it.
+    async fn flush_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads);
+        if !self.fresh {
+            let barrier = Batch::barrier(self.now_ms).encode();
+            if let Err(error) = self.driver.propose(barrier).await {
+                let reply = propose_error_reply(&error, true);
+                for (index, _) in reads {
+                    self.replies[index] = Some(reply.clone());
+                }
+                return;
+            }
+        }
+        self.fresh = false;
+        let replies = &mut self.replies;
+        self.driver.read(|store| {
+            let now_ms = wall_clock_ms().max(store.clock_ms());
+            for (index, read) in &reads {
+                replies[*index] = Some(read.answer(store, now_ms));
+            }
+        });
+    }
+}
+
+/// The answer to a request whose proposal failed (`barrier`: it was a read's barrier, so
+/// nothing the client asked for was written either way).
+fn propose_error_reply(error: &ProposeError, barrier: bool) -> Reply {
+    Reply::error(match error {
+        ProposeError::NotPrimary {
+            primary,
+            client_addr,
+        } => match (primary, client_addr) {
+            (Some(primary), Some(addr)) => {
+                format!("NOTPRIMARY primary is node {primary} at {addr}")
+            }
+            (Some(primary), None) => {
+                format!("NOTPRIMARY primary is node {primary} at an unknown address")
+            }
+            (None, _) => "NOTPRIMARY no primary is known; retry shortly".to_owned(),
+        },
+        ProposeError::Busy => "TRYAGAIN the primary is handing over; retry shortly".to_owned(),
+        ProposeError::Unknown if barrier => {
+            "TRYAGAIN the read could not be confirmed on the primary; retry".to_owned()
+        }
+        ProposeError::Unknown => {
+            "UNKNOWN the write may or may not be committed; read before retrying".to_owned()
+        }
+        ProposeError::Failed(message) => format!("ERR this node cannot write: {message}"),
+        ProposeError::Disconnected => "ERR not connected to the sidecar".to_owned(),
+        ProposeError::TooLarge { len, max } => {
+            format!("ERR the write takes {len} bytes, above the record limit of {max}")
+        }
+    })
+}
+
+/// INFO: `server`, `replication` and `keyspace` sections (all three by default). Read from
+/// this node's state without a barrier: a report, not a linearizable read.
+fn info(driver: &Driver<Store>, sections: &[String]) -> Reply {
+    let wants = |name: &str| {
+        sections.is_empty()
+            || sections
+                .iter()
+                .any(|s| s == name || s == "all" || s == "default" || s == "everything")
+    };
+    let mut text = String::new();
+    if wants("server") {
+        text.push_str("# Server\r\n");
+        text.push_str(&format!(
+            "understudy_version:{}\r\nnode_id:{}\r\nprocess_id:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            driver.node_id(),
+            std::process::id()
+        ));
+    }
+    if wants("replication") {
+        let role = driver.role();
+        let applied_lsn = driver.applied_lsn();
+        text.push_str("# Replication\r\n");
+        let role_name = match role.role {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Candidate => "candidate",
+        };
+        text.push_str(&format!("role:{role_name}\r\n"));
+        text.push_str(&format!("node_id:{}\r\n", driver.node_id()));
+        text.push_str(&format!("epoch:{}\r\n", role.epoch));
+        match role.primary {
+            Some(primary) => text.push_str(&format!("primary_node:{primary}\r\n")),
+            None => text.push_str("primary_node:none\r\n"),
+        }
+        if let Some(addr) = role.primary_client_addr {
+            text.push_str(&format!("primary_client_addr:{addr}\r\n"));
+        }
+        // The sidecar reports its commit LSN with role changes, not every commit; what is
+        // applied here is committed too, so the larger of the two is the best known.
+        text.push_str(&format!(
+            "commit_lsn:{}\r\n",
+            role.commit_lsn.max(applied_lsn)
+        ));
+        text.push_str(&format!("applied_lsn:{applied_lsn}\r\n\r\n"));
+    }
+    if wants("keyspace") {
+        let (keys, expires) = driver.read(|store| {
+            let now_ms = wall_clock_ms().max(store.clock_ms());
+            (store.live_count(now_ms), store.expiring_count(now_ms))
+        });
+        text.push_str("# Keyspace\r\n");
+        if keys > 0 {
+            text.push_str(&format!("db0:keys={keys},expires={expires}\r\n"));
+        }
+    }
+    Reply::Bulk(Bytes::from(text))
+}
