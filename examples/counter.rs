@@ -76,11 +76,8 @@ async fn run(socket: &str, steps: &[i64]) -> Result<(), BoxError> {
     for step in steps {
         match driver.propose(format!("incr {step}")).await {
             Ok(value) => println!("incr {step} -> {value}"),
-            Err(ProposeError::NotPrimary {
-                primary,
-                client_addr,
-            }) => {
-                println!("not the primary; the primary is {primary:?} at {client_addr:?}");
+            Err(refused @ ProposeError::NotPrimary { .. }) => {
+                println!("{refused}");
                 break;
             }
             Err(error) => return Err(error.into()),
