@@ -297,9 +297,17 @@ impl Writer {
 
     /// Blocks until every record up to `lsn` is durable.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
-        let mut state = self.shared.lock();
+        self.wait_until(self.shared.lock(), |state| state.durable_lsn >= lsn)
+    }
+
+    /// Waits on the progress condvar until `done` holds, or the writer has failed.
+    fn wait_until(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        done: impl Fn(&State) -> bool,
+    ) -> Result<()> {
         loop {
-            if state.durable_lsn >= lsn {
+            if done(&state) {
                 return Ok(());
             }
             if state.failure.is_some() {
@@ -324,19 +332,7 @@ impl Writer {
             state.last_epoch = Epoch::ZERO;
         }
         self.shared.work.notify_one();
-        loop {
-            if state.control_done >= ticket {
-                return Ok(());
-            }
-            if state.failure.is_some() {
-                return Err(Error::Poisoned);
-            }
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
-        }
+        self.wait_until(state, |state| state.control_done >= ticket)
     }
 
     /// Makes everything queued so far durable, whatever the policy; returns the durable LSN.
