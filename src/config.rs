@@ -176,10 +176,11 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigErr
 }
 
 /// The smallest `--sync-replicas` that keeps every acknowledged write across a failover:
-/// a committed record must be on a majority (primary + this many backups), so that every
-/// majority that can elect the next primary holds it.
+/// the commit quorum (primary + this many backups) must meet every election majority, so
+/// `1 + s + majority > N`, i.e. `s = N - majority` (1 of 3, 1 of 4, 2 of 5).
 pub fn safe_sync_replicas(nodes: usize) -> usize {
-    nodes / 2
+    // The same rule as the core's `Config::sync_replicas_safe_min`: N minus a majority.
+    nodes.saturating_sub(nodes / 2 + 1)
 }
 
 /// Checks a `--sync-replicas` value for a cluster of `nodes`.
@@ -264,6 +265,20 @@ mod tests {
     fn sync_replicas_below_a_majority_is_refused_in_plain_words() {
         assert_eq!(safe_sync_replicas(3), 1);
         assert_eq!(safe_sync_replicas(5), 2);
+        // Even clusters: a commit on 2 of 4 meets every election majority of 3.
+        assert_eq!(safe_sync_replicas(4), 1);
+        for nodes in 1..=9 {
+            let mut core = crate::core::Config::new(
+                crate::NodeId(1),
+                (1..=nodes as u16).map(crate::NodeId).collect(),
+            );
+            core.sync_replicas = None;
+            assert_eq!(
+                safe_sync_replicas(nodes),
+                core.sync_replicas_safe_min(),
+                "{nodes} nodes"
+            );
+        }
         assert_eq!(check_sync_replicas(1, 3, false), Ok(1));
         let err = check_sync_replicas(0, 3, false).unwrap_err();
         assert!(err
