@@ -9,22 +9,46 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Picks a free loopback port: bound then released, and never the same port twice in one
-/// test process (the OS may hand a just-released port out again). Another process could
-/// still take it in between; a collision then fails loudly at bind.
+/// Picks a free loopback port below the kernel's ephemeral range, never the same port
+/// twice in one test process.
+///
+/// Why below: a port found by binding port 0 is itself ephemeral, and once released the
+/// kernel may use it as the local port of any outgoing connection (a node dialling a peer)
+/// before the node under test binds it; the node then fails at start with "address in
+/// use". Ports below the range are never handed out implicitly. Each process starts at an
+/// offset derived from its PID so that two test processes rarely probe the same ports, and
+/// every candidate is checked by binding it; a collision that still slips through fails
+/// loudly at bind.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, high) = port_window();
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = low + u16::try_from(offset).expect("offset below the window size");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The window `free_port` draws from: from 10000 up to the start of the ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default on Linux).
+fn port_window() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_start > LOW + 1_000,
+        "the ephemeral port range starts at {ephemeral_start}; tests need ports 10000-11000 free of it"
+    );
+    (LOW, ephemeral_start)
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
