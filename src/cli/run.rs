@@ -214,9 +214,8 @@ async fn termination() {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("understudy")
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {

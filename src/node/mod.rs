@@ -252,7 +252,7 @@ impl Shell {
             }
             Action::PersistMeta { epoch, voted_for } => {
                 let dir = &mut self.dir;
-                tokio::task::block_in_place(|| dir.persist(epoch, voted_for))?;
+                blocking(|| dir.persist(epoch, voted_for))?;
                 self.followups
                     .push_back(Input::MetaPersisted { epoch, voted_for });
             }
@@ -314,7 +314,7 @@ impl Shell {
                 );
                 info!(keep_through = %keep_through, "truncating a divergent log suffix");
                 let writer = &self.writer;
-                tokio::task::block_in_place(|| writer.truncate_suffix(keep_through))
+                blocking(|| writer.truncate_suffix(keep_through))
                     .map_err(|e| self.disk_failed(e))?;
                 self.cache.truncate_after(keep_through);
             }
@@ -533,6 +533,16 @@ impl Shell {
             peers,
             failed: self.failed.clone(),
         }));
+    }
+}
+
+/// Runs a short blocking disk operation from the core loop: under `block_in_place` on a
+/// multi-threaded runtime (other tasks move to another worker meanwhile), directly on a
+/// current-thread runtime, whose only thread it then holds for the duration.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

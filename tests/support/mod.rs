@@ -51,6 +51,12 @@ fn port_window() -> (u16, u16) {
     (LOW, ephemeral_start)
 }
 
+/// The `understudy` executable under test: `UNDERSTUDY_BIN` if set (to compare two builds
+/// with the same benchmark), else the one Cargo built with this test.
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("UNDERSTUDY_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_understudy").into())
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -171,7 +177,7 @@ impl Cluster {
     /// The command line a node runs with.
     pub fn command(&self, id: u16) -> Command {
         let node = self.node(id);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+        let mut command = Command::new(binary());
         command
             .arg("run")
             .arg("--node-id")
@@ -274,7 +280,7 @@ impl Cluster {
 
     /// Runs `understudy wal dump` on a node's data dir and returns its stdout.
     pub fn wal_dump(&self, id: u16) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        let output = Command::new(binary())
             .args(["wal", "dump"])
             .arg(&self.node(id).data_dir)
             .output()
