@@ -115,6 +115,9 @@ impl SegmentEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub segments: Vec<SegmentEntry>,
+    /// How far past its written bytes a reader maps a segment, so that it can follow the
+    /// growing tail without remapping for every append (the segment size limit).
+    pub map_len: u64,
 }
 
 impl Index {
@@ -397,10 +400,11 @@ impl Wal {
             .map_or(0, |&(_, offset)| offset + INDEX_INTERVAL_BYTES);
         let first_lsn = segments[0].first_lsn;
         let last_lsn = last.last_lsn;
+        let map_len = options.segment_bytes_max;
         let wal = Wal {
             dir,
             options,
-            index: Arc::new(RwLock::new(Index { segments })),
+            index: Arc::new(RwLock::new(Index { segments, map_len })),
             active,
             active_path,
             active_first_lsn,
@@ -980,6 +984,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
     if !entries.is_empty() {
         inspection.reader = Some(Reader::new(Arc::new(RwLock::new(Index {
             segments: entries,
+            // Read-only: the files do not grow, so map what is there.
+            map_len: 0,
         }))));
     }
     Ok(inspection)

@@ -177,6 +177,19 @@ impl Records {
             segment.len as usize,
             segment.last_lsn,
         );
+        // The same segment, grown since we mapped it, and still within the mapping: follow
+        // the tail without mapping again (the hot case of a reader keeping up with appends).
+        if let Some(mapped) = self.mapped.as_mut() {
+            if mapped.path == path
+                && mapped.first_lsn == first_lsn
+                && mapped.offset <= len
+                && len <= mapped.bytes.len()
+            {
+                mapped.len = len;
+                mapped.last_lsn = last_lsn;
+                return Ok(self.next <= last_lsn);
+            }
+        }
         // Continue from where we are in the same segment, or seek with the sparse index.
         let (mut at_lsn, mut offset) = match &self.mapped {
             Some(m) if m.path == path && m.first_lsn == first_lsn && m.offset <= len => {
@@ -187,21 +200,35 @@ impl Records {
                 (lsn, offset as usize)
             }
         };
+        let map_len = index.map_len;
         drop(index);
         let file = File::open(&path).map_err(|e| Error::io(IoOp::Open, &path, e))?;
-        // SAFETY: the file is only appended to past `len`, which we never read; the log cuts
-        // a file only above an LSN no reader may be positioned past (see
-        // `Wal::truncate_suffix`), and deleted files stay mapped until unmapped.
-        let map =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(IoOp::Map, &path, e))?;
-        if map.len() < len {
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(IoOp::Metadata, &path, e))?
+            .len();
+        if file_len < len as u64 {
             return Err(Error::Corrupt {
                 path,
-                offset: map.len() as u64,
+                offset: file_len,
                 lsn: self.next,
                 reason: Corruption::Truncated,
             });
         }
+        // Map up to the segment size limit, past the end of the file, so that later appends
+        // to this segment are readable through this same mapping.
+        //
+        // SAFETY: we only ever read below `len`, bytes the index says are written, hence
+        // inside the file (touching a page wholly past the end of a file would fault). The
+        // file is only appended to past `len`; the log cuts a file only above an LSN no
+        // reader may be positioned past (see `Wal::truncate_suffix`); deleted files stay
+        // mapped until unmapped.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(usize::try_from(map_len.max(file_len)).unwrap_or(usize::MAX))
+                .map(&file)
+        }
+        .map_err(|e| Error::io(IoOp::Map, &path, e))?;
         let bytes = Bytes::from_owner(map);
         // Walk forward from the index entry to `next`, verifying what we pass.
         while at_lsn < self.next {

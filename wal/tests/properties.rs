@@ -222,6 +222,37 @@ proptest! {
         }
         prop_assert_eq!(next, wal.last_lsn().next());
     }
+
+    /// A reader that keeps up with appends (as a subscription does) yields every record
+    /// once and in order, whether the log grew within the segment it has mapped or rolled
+    /// to new ones, and with batches read at any point between appends.
+    #[test]
+    fn reader_following_appends_matches_the_model(batches in batches(), max_bytes in 1usize..400) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), Options { segment_bytes_max: SEGMENT_BYTES_MAX, ..Options::default() }).unwrap();
+        let mut iter = wal.reader().iter_from(Lsn(1)).unwrap();
+        let mut model: Model = Vec::new();
+        let mut seen: Model = Vec::new();
+        let mut epoch = Epoch(1);
+        for (bump, payloads) in &batches {
+            epoch = Epoch(epoch.get() + bump);
+            wal.append(epoch, RecordKind::App, payloads.iter().map(|p| &p[..])).unwrap();
+            model.extend(payloads.iter().map(|p| (epoch, p.clone())));
+            // Read part of what is there now (one batch), leaving the rest for later.
+            if let Some(batch) = iter.next_batch(max_bytes, wal.last_lsn()).unwrap() {
+                let verified = wal::format::verify_records(batch.bytes.clone(), batch.first_lsn).unwrap();
+                prop_assert_eq!(batch.first_lsn, Lsn(seen.len() as u64 + 1));
+                for record in verified.iter() {
+                    seen.push((record.epoch, record.payload.to_vec()));
+                }
+            }
+        }
+        for record in iter {
+            let record = record.unwrap();
+            seen.push((record.epoch, record.payload().to_vec()));
+        }
+        prop_assert_eq!(seen, model);
+    }
 }
 
 /// A record a backup received from a peer is stored byte for byte: the bytes read back are
