@@ -85,6 +85,10 @@ struct State {
     control_done: u64,
     failure: Option<String>,
     shutdown: bool,
+    /// Threads waiting on `Shared::progress`. The writer thread notifies only when this is
+    /// non-zero: a notify is a futex syscall even with nobody waiting, and the sidecar,
+    /// which learns of progress through the callback, would pay two per batch for nothing.
+    progress_waiters: usize,
 }
 
 struct Shared {
@@ -133,6 +137,7 @@ impl Writer {
             written_lsn: wal.last_lsn(),
             durable_lsn: wal.durable_lsn(),
             first_lsn: wal.first_lsn(),
+            progress_waiters: 0,
             control_queued: 0,
             control_done: 0,
             failure: None,
@@ -197,12 +202,20 @@ impl Writer {
             {
                 return Ok(state);
             }
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.wait_progress(state);
         }
+    }
+
+    /// Waits once on the progress condvar, counted in `progress_waiters`.
+    fn wait_progress<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.progress_waiters += 1;
+        let mut state = self
+            .shared
+            .progress
+            .wait(state)
+            .unwrap_or_else(|e| e.into_inner());
+        state.progress_waiters -= 1;
+        state
     }
 
     /// Queues one record of `kind` per payload, in `epoch`, and returns their LSN range at
@@ -313,11 +326,7 @@ impl Writer {
             if state.failure.is_some() {
                 return Err(Error::Poisoned);
             }
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.wait_progress(state);
         }
     }
 
@@ -407,7 +416,9 @@ fn run(mut wal: Wal, shared: &Shared) {
         state.queued_bytes = 0;
         let shutting_down = state.shutdown;
         // Appenders blocked on a full queue may go on while this batch is written.
-        shared.progress.notify_all();
+        if state.progress_waiters > 0 {
+            shared.progress.notify_all();
+        }
         drop(state);
 
         // Write it all, in order; control operations complete in place.
@@ -483,7 +494,9 @@ fn run(mut wal: Wal, shared: &Shared) {
                     state.spare.push(buf);
                 }
             }
-            shared.progress.notify_all();
+            if state.progress_waiters > 0 {
+                shared.progress.notify_all();
+            }
             Progress {
                 written_lsn: state.written_lsn,
                 durable_lsn: state.durable_lsn,
