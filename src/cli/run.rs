@@ -15,6 +15,35 @@ use crate::config::{self, ClusterSecret, FsyncMode};
 use crate::node::{self, Listeners, NodeConfig};
 use crate::NodeId;
 
+/// A byte count: digits, optionally followed by K, M, G (powers of 1000) or KiB, MiB, GiB.
+fn byte_count(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use K, M, G, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count"))?;
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 50ms, 2s)"))
 }
@@ -75,9 +104,20 @@ pub struct RunArgs {
     /// writes on failover.
     #[arg(long, env = "UNDERSTUDY_ALLOW_UNSAFE_SYNC_REPLICAS")]
     pub allow_unsafe_sync_replicas: bool,
-    /// How often to ask the application for a snapshot.
+    /// How often to ask the application for a snapshot (every node asks its own).
     #[arg(long, env = "UNDERSTUDY_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = duration)]
     pub snapshot_interval: Duration,
+    /// Ask for a snapshot sooner, once this much log was written since the last one
+    /// (bytes; suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, env = "UNDERSTUDY_SNAPSHOT_AFTER_BYTES", default_value = "1GiB", value_parser = byte_count)]
+    pub snapshot_after_bytes: u64,
+    /// Snapshots to keep; the log reaches back to the oldest of them.
+    #[arg(long, env = "UNDERSTUDY_SNAPSHOTS_RETAIN", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshots_retain: u32,
+    /// Bytes of log kept behind the newest snapshot, so that a briefly lagging backup
+    /// catches up from the log rather than by a snapshot (suffixes as above).
+    #[arg(long, env = "UNDERSTUDY_WAL_RETAIN_BYTES", default_value = "64MiB", value_parser = byte_count)]
+    pub wal_retain_bytes: u64,
     /// A file holding the cluster's shared secret (at least 16 bytes); peers prove they
     /// hold it without sending it.
     #[arg(long, env = "UNDERSTUDY_CLUSTER_SECRET_FILE")]
@@ -152,6 +192,12 @@ impl RunArgs {
                 connections_max: self.client_connections_max.max(1),
                 idle_timeout: self.client_idle_timeout,
                 hold: self.client_hold.unwrap_or(self.failover_timeout * 2),
+            },
+            snapshot: node::snapshot::SnapshotConfig {
+                interval: self.snapshot_interval.max(Duration::from_millis(1)),
+                after_bytes: self.snapshot_after_bytes,
+                retain: self.snapshots_retain as usize,
+                wal_retain_bytes: self.wal_retain_bytes,
             },
         })
     }

@@ -24,9 +24,11 @@
 //!   flight. Memory is bounded by the records committed while the oldest request is in
 //!   flight.
 
+mod snapshot;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -141,7 +143,9 @@ impl<S: StateMachine> Driver<S> {
             .await
             .map_err(|_| ClientError::Timeout(HANDSHAKE_TIMEOUT))??;
         debug!(node = %node_id, %applied_lsn, "connected to the sidecar");
-        let shared = Arc::new(Shared::new(state_machine, applied_lsn, role));
+        let mut shared = Shared::new(state_machine, applied_lsn, role);
+        shared.socket_path = path.to_owned();
+        let shared = Arc::new(shared);
         let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let stop = CancellationToken::new();
         tokio::spawn(run_reader(frames, Arc::clone(&shared), stop.clone()));
@@ -476,6 +480,10 @@ struct Shared<S: StateMachine> {
     failure: Mutex<Option<Arc<ClientError>>>,
     /// Cancelled once the connection is gone.
     closed: CancellationToken,
+    /// Where the sidecar listens, for snapshot uploads on connections of their own.
+    socket_path: PathBuf,
+    /// A restore being received (`snapshot.rs`).
+    restoring: Mutex<Option<snapshot::Restoring>>,
 }
 
 struct Applied<S> {
@@ -542,6 +550,8 @@ impl<S: StateMachine> Shared<S> {
             }),
             failure: Mutex::new(None),
             closed: CancellationToken::new(),
+            socket_path: PathBuf::new(),
+            restoring: Mutex::new(None),
         }
     }
 
@@ -624,6 +634,17 @@ impl<S: StateMachine> Shared<S> {
                 Ok(())
             }
             Frame::Error { message } => Err(ClientError::Refused { message }),
+            Frame::SnapshotRequest => {
+                self.on_snapshot_request();
+                Ok(())
+            }
+            Frame::RestoreBegin {
+                lsn,
+                epoch,
+                body_len,
+            } => self.on_restore_begin(lsn, epoch, body_len),
+            Frame::RestoreChunk { offset, data } => self.on_restore_chunk(offset, &data),
+            Frame::RestoreEnd => self.on_restore_end(),
             frame => Err(ClientError::Unexpected {
                 frame: frame.name(),
                 during: "while following the log",

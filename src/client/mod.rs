@@ -166,6 +166,15 @@ pub enum ClientError {
     },
     #[error("the driver was dropped")]
     Dropped,
+    #[error("the sidecar restores a snapshot at lsn {lsn}, behind the applied lsn {applied_lsn}")]
+    RestoreBehind { lsn: Lsn, applied_lsn: Lsn },
+    #[error("restore chunk of {len} bytes at offset {found} where offset {expected} was due (body of {body_len} bytes)")]
+    RestoreOffset {
+        expected: u64,
+        found: u64,
+        len: u64,
+        body_len: u64,
+    },
 }
 
 impl From<CodecError> for ClientError {

@@ -17,8 +17,13 @@
 //! and closes that connection only. At most [`CONNECTIONS_MAX`] connections are served at
 //! once; further ones wait in the listen backlog.
 //!
-//! It does not bind or remove the socket file (the node's start-up does), and it does not
-//! serve snapshot frames yet: they are answered with `Error`.
+//! Snapshots (`super::snapshot` does the work): a subscription passes the node's snapshot
+//! requests on as `SnapshotRequest`, and starts with the newest snapshot (`RestoreBegin`…
+//! `RestoreEnd`) when the log no longer holds where it starts, when it starts from nothing,
+//! or when the node replaced its log by a snapshot from the primary. A `SnapshotOffer`
+//! starts an upload of the application's snapshot; `SnapshotFetch` asks for the newest one.
+//!
+//! It does not bind or remove the socket file (the node's start-up does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,12 +283,27 @@ async fn connection_read(
             Frame::Hello { .. } => {
                 return Ended::Refused("Hello after the handshake".to_owned());
             }
-            Frame::SnapshotOffer { .. }
-            | Frame::SnapshotChunk { .. }
-            | Frame::SnapshotDone
-            | Frame::SnapshotDecline
-            | Frame::SnapshotFetch => {
-                return Ended::Refused(format!("{} is not supported yet", frame.name()));
+            Frame::SnapshotOffer { lsn, epoch } => {
+                let upload = super::snapshot::upload(node, lsn, epoch, &mut frames);
+                let result = tokio::select! {
+                    _ = closing.cancelled() => return Ended::Closing,
+                    result = upload => result,
+                };
+                if let Err(message) = result {
+                    return Ended::Refused(message);
+                }
+            }
+            Frame::SnapshotDecline => super::snapshot::declined(&node.snapshots),
+            Frame::SnapshotFetch => {
+                match super::snapshot::restore_to_app(&node.snapshots, outbox).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) if outbox.is_closed() => return Ended::Closing,
+                    Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
+                    Err(message) => return Ended::Refused(message),
+                }
+            }
+            Frame::SnapshotChunk { .. } | Frame::SnapshotDone => {
+                return Ended::Refused(format!("{} without a SnapshotOffer", frame.name()));
             }
             Frame::Welcome { .. }
             | Frame::Appended { .. }
@@ -465,6 +485,10 @@ async fn subscription_stream(
 ) -> Result<(), String> {
     let mut commit = node.watch_commit();
     let mut status = node.watch_status();
+    let mut requests = node.snapshots.watch_requests();
+    let mut reset = node.snapshots.watch_reset();
+    requests.borrow_and_update();
+    reset.borrow_and_update();
     let reader = node.reader();
     let mut role = RoleView::of(&status.borrow_and_update());
     let commit_lsn = *commit.borrow();
@@ -473,6 +497,12 @@ async fn subscription_stream(
     }
     debug!(%from_lsn, %commit_lsn, "app subscribed");
     let mut next = from_lsn;
+    if super::snapshot::restore_wanted(&node.snapshots, next, reader.first_lsn()) {
+        match super::snapshot::restore_to_app(&node.snapshots, outbox).await? {
+            Some(lsn) => next = lsn.next(),
+            None => return Ok(()),
+        }
+    }
     // Opened once the commit LSN reaches `next`, so that the log holds `next` by then.
     let mut records: Option<wal::reader::Records> = None;
     loop {
@@ -483,15 +513,27 @@ async fn subscription_stream(
             {
                 return Ok(());
             }
-            let iter = match records.as_mut() {
-                Some(iter) => iter,
-                None => records.insert(reader.iter_from(next).map_err(|error| {
-                    format!("cannot stream from lsn {next}: {error}; restore a snapshot first")
-                })?),
+            let batch = match records.as_mut() {
+                Some(iter) => iter.next_batch(RECORDS_FRAME_BYTES_MAX, commit_lsn),
+                None => reader
+                    .iter_from(next)
+                    .map(|iter| records.insert(iter))
+                    .and_then(|iter| iter.next_batch(RECORDS_FRAME_BYTES_MAX, commit_lsn)),
             };
-            let batch = iter
-                .next_batch(RECORDS_FRAME_BYTES_MAX, commit_lsn)
-                .map_err(|error| format!("reading the log at lsn {next} failed: {error}"))?;
+            // A snapshot from the primary replaced the log (published before the log went
+            // and the commit LSN moved): what was just read may be the old log's, or the
+            // read failed because the old log is gone. Either way, restore instead.
+            if reset.has_changed().unwrap_or(false) && *reset.borrow_and_update() >= next {
+                records = None;
+                match super::snapshot::restore_to_app(&node.snapshots, outbox).await? {
+                    Some(lsn) => next = lsn.next(),
+                    None => return Ok(()),
+                }
+                continue;
+            }
+            let batch = batch.map_err(|error| {
+                format!("cannot stream from lsn {next}: {error}; restore a snapshot first")
+            })?;
             let Some(batch) = batch else {
                 // Committed but not readable yet: look again on the next change.
                 break;
@@ -523,6 +565,15 @@ async fn subscription_stream(
                 }
                 let commit_lsn = *commit.borrow();
                 if !subscription_role(&mut status, &mut role, commit_lsn, outbox).await {
+                    return Ok(());
+                }
+            }
+            changed = requests.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                requests.borrow_and_update();
+                if outbox.send(Frame::SnapshotRequest).await.is_err() {
                     return Ok(());
                 }
             }
@@ -566,6 +617,7 @@ impl NodeHandle {
             reader,
             node_id,
             metrics: Arc::new(crate::node::metrics::Metrics::default()),
+            snapshots: Arc::new(crate::node::snapshot::Snapshots::detached()),
         }
     }
 }

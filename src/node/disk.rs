@@ -6,6 +6,7 @@
 //!   lock        held (flock) while a node runs here: a second node on the same dir is refused
 //!   meta        node id, cluster id, epoch, vote (wal/FORMAT.md, "Node metadata")
 //!   wal/        the log segments
+//!   snapshots/  the newest snapshots (`super::snapshot`)
 //! ```
 //!
 //! Disk work never runs on the async worker threads: WAL writes and fsyncs happen on the
@@ -50,8 +51,14 @@ pub enum DiskError {
         found: u64,
         expected: u64,
     },
-    #[error("data dir {}: the log starts at lsn {first_lsn} but no snapshot covers the records before it", .path.display())]
+    #[error("data dir {}: the log starts at lsn {first_lsn} but no snapshot covers the records before it; refusing to start with records missing (restore the snapshots, or empty the data dir to rejoin from the primary)", .path.display())]
     MissingSnapshot { path: PathBuf, first_lsn: Lsn },
+    #[error("data dir {}: the log starts at lsn {first_lsn} but the newest usable snapshot covers only through lsn {snapshot_lsn}; refusing to start with records missing (restore the snapshots, or empty the data dir to rejoin from the primary)", .path.display())]
+    LogGap {
+        path: PathBuf,
+        first_lsn: Lsn,
+        snapshot_lsn: Lsn,
+    },
     #[error(transparent)]
     Wal(#[from] wal::Error),
 }
@@ -73,6 +80,8 @@ pub struct Opened {
     pub recovered: RecoveredLog,
     pub recovery: wal::log::Recovery,
     pub persisted: PersistedMeta,
+    /// The snapshots in use, ascending; the log continues after the last one.
+    pub snapshots: Vec<wal::snapshot::SnapshotInfo>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -168,24 +177,9 @@ pub fn open(
         }
     };
 
-    let (wal, recovery) = Wal::open(path.join("wal"), wal::Options::default())?;
-    if wal.first_lsn() > Lsn(1) {
-        // Snapshots (which make a log that starts later legitimate) are not kept yet.
-        return Err(DiskError::MissingSnapshot {
-            path: path.to_owned(),
-            first_lsn: wal.first_lsn(),
-        });
-    }
-    let recovered = RecoveredLog {
-        snapshot_lsn: Lsn::ZERO,
-        snapshot_epoch: Epoch::ZERO,
-        last_lsn: wal.last_lsn(),
-        epoch_starts: wal
-            .epoch_starts()
-            .iter()
-            .map(|start| (start.epoch, start.first_lsn))
-            .collect(),
-    };
+    let (mut wal, recovery) = Wal::open(path.join("wal"), wal::Options::default())?;
+    let snapshots = super::snapshot::recover(path, &mut wal)?.installed;
+    let recovered = open_recovered_log(&wal, snapshots.last());
     let (durable_tx, durable) = watch::channel(Progress {
         written_lsn: wal.last_lsn(),
         durable_lsn: wal.durable_lsn(),
@@ -227,7 +221,47 @@ pub fn open(
         durable,
         recovered,
         recovery,
+        snapshots,
     })
+}
+
+/// The log as the core sees it: after the snapshot, if there is one (`snapshot::recover`
+/// made the log continue it). Records the WAL still holds at or below the snapshot's LSN
+/// are kept for backups and applications that read them, but the core starts after them.
+fn open_recovered_log(wal: &Wal, snapshot: Option<&wal::snapshot::SnapshotInfo>) -> RecoveredLog {
+    let (snapshot_lsn, snapshot_epoch) =
+        snapshot.map_or((Lsn::ZERO, Epoch::ZERO), |s| (s.lsn, s.epoch));
+    assert!(
+        wal.first_lsn() <= snapshot_lsn.next(),
+        "the log starts at {} after the snapshot at {snapshot_lsn}",
+        wal.first_lsn()
+    );
+    assert!(
+        wal.last_lsn() >= snapshot_lsn,
+        "the log ends at {} before the snapshot at {snapshot_lsn}",
+        wal.last_lsn()
+    );
+    let mut epoch_starts = Vec::new();
+    let first = snapshot_lsn.next();
+    if wal.last_lsn() >= first {
+        // The log holds `first` (it starts at or before it and ends at or after it).
+        let Some(epoch) = wal.epoch_at(first) else {
+            unreachable!("the log holds lsn {first} but knows no epoch for it");
+        };
+        epoch_starts.push((epoch, first));
+        epoch_starts.extend(
+            wal.epoch_starts()
+                .iter()
+                .filter(|start| start.first_lsn > first)
+                .map(|start| (start.epoch, start.first_lsn)),
+        );
+    }
+    RecoveredLog {
+        snapshot_lsn,
+        snapshot_epoch,
+        last_lsn: wal.last_lsn(),
+        epoch_starts,
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,7 @@ pub struct NodeHandle {
     pub(crate) reader: wal::reader::Reader,
     pub(crate) node_id: NodeId,
     pub(crate) metrics: Arc<super::metrics::Metrics>,
+    pub(crate) snapshots: Arc<super::snapshot::Snapshots>,
 }
 
 /// The core loop has stopped (the node is shutting down or failed).
@@ -186,6 +187,11 @@ impl NodeHandle {
 
     pub fn metrics_arc(&self) -> Arc<super::metrics::Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// The node's snapshots.
+    pub fn snapshots(&self) -> &super::snapshot::Snapshots {
+        &self.snapshots
     }
 
     pub fn epoch(&self) -> Epoch {

@@ -15,6 +15,8 @@
 //! - [`proxy`]: the client port, a TCP proxy to whichever node is primary.
 //! - [`app_api`]: the local application's socket: append, subscribe, role events.
 //! - [`admin`]: the admin HTTP server (`--admin-listen`): status, health checks, metrics.
+//! - [`snapshot`]: snapshots: asking the application, storing, truncating the log, the
+//!   transfer to backups that need one, restoring the application.
 
 pub mod admin;
 pub mod app_api;
@@ -23,6 +25,7 @@ pub mod handle;
 pub mod metrics;
 pub mod peer;
 pub mod proxy;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -75,6 +78,8 @@ pub struct NodeConfig {
     pub on_demote: Option<String>,
     /// Limits of the client port.
     pub proxy: proxy::ProxyLimits,
+    /// When to take snapshots and how much to keep.
+    pub snapshot: snapshot::SnapshotConfig,
 }
 
 /// The node's listeners, bound by the caller.
@@ -202,6 +207,7 @@ struct Shell {
     record_len_avg: u64,
     failed: Option<String>,
     metrics: Arc<Metrics>,
+    snapshots: Arc<snapshot::Snapshots>,
 }
 
 impl Shell {
@@ -329,10 +335,7 @@ impl Shell {
                     .slice(first_lsn, last_lsn);
                 self.write(records)?;
             }
-            Action::SendSnapshot { to } => {
-                warn!(peer = %to, "peer needs a snapshot, which this build cannot send yet");
-                self.followups.push_back(Input::SnapshotFailed { to });
-            }
+            Action::SendSnapshot { to } => self.snapshot_send(to),
             Action::Committed { lsn } => {
                 self.commit_lsn = lsn;
                 self.commit_tx.send_replace(lsn);
@@ -424,6 +427,7 @@ impl Shell {
             Ok((lo, _)) => assert_eq!(lo, first, "the WAL and the core disagree on the next lsn"),
             Err(e) => return Err(self.disk_failed(e)),
         }
+        self.snapshots.note_log_bytes(records.bytes().len() as u64);
         self.cache.push(records);
         Ok(())
     }
@@ -638,6 +642,14 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let (snapshot_tx, mut snapshot_rx) = mpsc::channel(REQUESTS_MAX);
+    let snapshots = Arc::new(snapshot::Snapshots::new(
+        &config.data_dir,
+        config.snapshot,
+        opened.snapshots,
+        snapshot_tx,
+        cancel.clone(),
+    ));
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MAX);
     let net = peer::PeerNet::start(
         peer::PeerConfig {
@@ -647,6 +659,7 @@ pub async fn run(
             peers: config.peers.clone(),
             client_addr: config.client_addr,
             metrics: Arc::clone(&metrics),
+            snapshots: Arc::clone(&snapshots),
         },
         listeners.peer,
         inbound_tx,
@@ -678,7 +691,12 @@ pub async fn run(
         reader: reader.clone(),
         node_id: config.node_id,
         metrics: Arc::clone(&metrics),
+        snapshots: Arc::clone(&snapshots),
     };
+    tracker.spawn(snapshot::schedule(
+        Arc::clone(&snapshots),
+        handle.watch_commit(),
+    ));
     tracker.spawn(app_api::serve(
         listeners.app,
         handle.clone(),
@@ -720,6 +738,7 @@ pub async fn run(
         record_len_avg: 64,
         failed: None,
         metrics,
+        snapshots,
         config,
     };
     shell.publish_status();
@@ -774,6 +793,7 @@ pub async fn run(
                     StepContext::default(),
                 )
             }
+            Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
             Some(inbound) = inbound_rx.recv() => {
                 let now = shell.now();
                 shell.last_heard.insert(inbound.from, Instant::now());

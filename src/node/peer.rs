@@ -71,10 +71,13 @@ pub struct PeerConfig {
     /// This node's client port, told to peers in the handshake.
     pub client_addr: Option<SocketAddr>,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Where a snapshot connection's data goes (`snapshot::receive`).
+    pub snapshots: Arc<super::snapshot::Snapshots>,
 }
 
 /// The running transport.
 pub struct PeerNet {
+    config: Arc<PeerConfig>,
     queues: BTreeMap<NodeId, mpsc::Sender<Outbound>>,
     connected: BTreeMap<NodeId, Arc<AtomicBool>>,
     /// Client addresses peers told us in their handshakes.
@@ -117,6 +120,7 @@ impl PeerNet {
             shutdown,
         ));
         PeerNet {
+            config,
             queues,
             connected,
             client_addrs,
@@ -130,6 +134,11 @@ impl PeerNet {
                 debug!(peer = %to, "outbound queue full or closed; message dropped");
             }
         }
+    }
+
+    /// The transport's configuration, for a snapshot connection (`snapshot::send`).
+    pub fn config(&self) -> Arc<PeerConfig> {
+        Arc::clone(&self.config)
     }
 
     pub fn is_connected(&self, peer: NodeId) -> bool {
@@ -167,7 +176,7 @@ fn id_bytes(from: NodeId, to: NodeId) -> [u8; 4] {
 
 /// Why a connection ended or could not be set up.
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub(super) enum LinkError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("bad frame: {0}")]
@@ -178,6 +187,8 @@ enum LinkError {
     Timeout,
     #[error("connection closed")]
     Closed,
+    #[error("snapshot transfer: {0}")]
+    Snapshot(String),
 }
 
 async fn read_frame(
@@ -250,7 +261,7 @@ async fn dial_loop(
 }
 
 /// The dialler's side of the handshake (module docs).
-async fn dial_handshake(
+pub(super) async fn dial_handshake(
     config: &PeerConfig,
     peer: NodeId,
     stream: TcpStream,
@@ -428,6 +439,12 @@ async fn serve_inbound(
     info!(peer = %from, "peer connected");
     loop {
         let frame = read_frame(&mut reader).await?;
+        if let Frame::SnapshotBegin { .. } = frame {
+            // A snapshot connection: it carries nothing else.
+            return super::snapshot::receive(&config.snapshots, from, frame, reader, writer)
+                .await
+                .map_err(LinkError::Snapshot);
+        }
         let Frame::Message { message, records } = frame else {
             return Err(LinkError::Handshake(
                 "handshake frame after the handshake".into(),

@@ -44,7 +44,38 @@
 //! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, then the records |
 //! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64 |
 //! | 22 | TimeoutNow | epoch u64 |
+//! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64 |
+//! | 33 | SnapshotChunk | offset u64, then one chunk exactly as in the snapshot file: len u32, crc u32, data |
+//! | 34 | SnapshotEnd | body_crc u32 |
+//! | 35 | SnapshotAck | offset u64 |
+//! | 36 | SnapshotDone | installed u8 |
 //!
+//! # Snapshot transfer
+//!
+//! A primary streams a snapshot to a backup that needs records its log no longer holds on a
+//! connection of its own (so that a transfer never holds up heartbeats and appends), dialled
+//! and authenticated like any other. This connection carries traffic both ways:
+//!
+//! ```text
+//! sender   -> receiver  SnapshotBegin { epoch, lsn, snapshot_epoch, body_len }
+//! receiver -> sender    SnapshotAck { offset }          where to start: 0, or the length of a
+//!                                                       partial copy of this same snapshot
+//!                                                       from a transfer that broke off
+//!                                                       (or SnapshotDone { installed: 0 }
+//!                                                       if it does not want it)
+//! sender   -> receiver  SnapshotChunk { offset, chunk } ... while fewer than the window's
+//!                                                       bytes are unacknowledged
+//! receiver -> sender    SnapshotAck { offset }          after writing each chunk
+//! sender   -> receiver  SnapshotEnd { body_crc }        the sender's trailer CRC
+//! receiver -> sender    SnapshotDone { installed }      once the snapshot is installed and
+//!                                                       the log reset after it (or refused)
+//! ```
+//!
+//! Each chunk carries its CRC over its body offset and data (`wal/FORMAT.md`, "Snapshot
+//! file"): the receiver verifies it at the offset it expects before writing it, and the
+//! whole body against `body_crc` before installing. A chunk that fails, or a gap, ends the
+//! connection; the sender dials again and the receiver answers with the offset it has.
+//! Memory on both ends is bounded by the window, not by the snapshot's size.
 //! The records of an `Append` are WAL records exactly as `wal/FORMAT.md` lays them out, back
 //! to back: the bytes the primary wrote are the bytes the backup stores. The decoder hands
 //! them out as a [`Bytes`] split from the read buffer (no copy); the receiver verifies every
@@ -104,6 +135,28 @@ pub enum Frame {
     Message {
         message: Message,
         records: Bytes,
+    },
+    /// The first frame of a snapshot connection (module docs, "Snapshot transfer").
+    SnapshotBegin {
+        /// The sender's epoch.
+        epoch: Epoch,
+        lsn: Lsn,
+        snapshot_epoch: Epoch,
+        body_len: u64,
+    },
+    /// One chunk as the snapshot file holds it (header included); not yet verified.
+    SnapshotChunk {
+        offset: u64,
+        raw: Bytes,
+    },
+    SnapshotEnd {
+        body_crc: u32,
+    },
+    SnapshotAck {
+        offset: u64,
+    },
+    SnapshotDone {
+        installed: bool,
     },
 }
 
@@ -327,6 +380,48 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 epoch: Epoch(body.get_u64_le()),
             })
         }
+        32 => {
+            expect(32)?;
+            Frame::SnapshotBegin {
+                epoch: Epoch(body.get_u64_le()),
+                lsn: Lsn(body.get_u64_le()),
+                snapshot_epoch: Epoch(body.get_u64_le()),
+                body_len: body.get_u64_le(),
+            }
+        }
+        33 => {
+            if len < 8 {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len,
+                    expected: 8,
+                });
+            }
+            let offset = body.get_u64_le();
+            // The chunk's bytes are handed on without a copy and verified by the receiver.
+            Frame::SnapshotChunk {
+                offset,
+                raw: std::mem::take(body),
+            }
+        }
+        34 => {
+            expect(4)?;
+            Frame::SnapshotEnd {
+                body_crc: body.get_u32_le(),
+            }
+        }
+        35 => {
+            expect(8)?;
+            Frame::SnapshotAck {
+                offset: body.get_u64_le(),
+            }
+        }
+        36 => {
+            expect(1)?;
+            Frame::SnapshotDone {
+                installed: get_bool(body)?,
+            }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     })
 }
@@ -439,6 +534,35 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(epoch.get());
             }
         },
+        Frame::SnapshotBegin {
+            epoch,
+            lsn,
+            snapshot_epoch,
+            body_len,
+        } => {
+            dst.put_u8(32);
+            dst.put_u64_le(epoch.get());
+            dst.put_u64_le(lsn.get());
+            dst.put_u64_le(snapshot_epoch.get());
+            dst.put_u64_le(*body_len);
+        }
+        Frame::SnapshotChunk { offset, raw } => {
+            dst.put_u8(33);
+            dst.put_u64_le(*offset);
+            records = raw.clone();
+        }
+        Frame::SnapshotEnd { body_crc } => {
+            dst.put_u8(34);
+            dst.put_u32_le(*body_crc);
+        }
+        Frame::SnapshotAck { offset } => {
+            dst.put_u8(35);
+            dst.put_u64_le(*offset);
+        }
+        Frame::SnapshotDone { installed } => {
+            dst.put_u8(36);
+            dst.put_u8(u8::from(*installed));
+        }
     }
     let len = dst.len() - start - 4 + records.len();
     assert!(
@@ -607,6 +731,21 @@ mod tests {
             });
         }
         round_trip(append(Bytes::from_static(b"records go here")));
+        round_trip(Frame::SnapshotBegin {
+            epoch: Epoch(5),
+            lsn: Lsn(1000),
+            snapshot_epoch: Epoch(4),
+            body_len: 1 << 30,
+        });
+        round_trip(Frame::SnapshotChunk {
+            offset: 262_144,
+            raw: Bytes::from_static(b"\x03\0\0\0crc!abc"),
+        });
+        round_trip(Frame::SnapshotEnd {
+            body_crc: 0xdead_beef,
+        });
+        round_trip(Frame::SnapshotAck { offset: 7 });
+        round_trip(Frame::SnapshotDone { installed: true });
     }
 
     #[test]

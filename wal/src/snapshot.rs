@@ -407,6 +407,12 @@ impl SnapshotWriter {
         self.body_len
     }
 
+    /// The CRC of the body accepted so far: what the trailer will hold if nothing more is
+    /// written. A receiver compares it with the sender's before installing.
+    pub fn body_crc(&self) -> u32 {
+        self.body_crc.clone().finalize()
+    }
+
     /// Appends `data` to the body, writing a chunk each time [`SNAPSHOT_CHUNK_LEN`] bytes
     /// have gathered.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
@@ -993,6 +999,39 @@ impl io::Read for SnapshotReader {
         buf[..copy_len].copy_from_slice(&self.pending[..copy_len]);
         let _ = self.pending.split_to(copy_len);
         Ok(copy_len)
+    }
+}
+
+/// Reads the trailer of the snapshot at `path` (its own CRC and end marker checked, not the
+/// body): what a sender that resumes a transfer past offset 0 tells the receiver the body
+/// CRC must be. Call it on a snapshot already verified whole.
+pub fn read_trailer(path: &Path) -> Result<SnapshotTrailer> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| Error::io(IoOp::Open, path, e))?;
+    let len = file
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(IoOp::Read, path, e))?;
+    let min_len = (SNAPSHOT_HEADER_LEN + SNAPSHOT_TRAILER_LEN) as u64;
+    let corrupt = |offset: u64, reason: Corruption| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        lsn: Lsn::ZERO,
+        reason,
+    };
+    if len < min_len {
+        return Err(corrupt(len, Corruption::Truncated));
+    }
+    let offset = len - SNAPSHOT_TRAILER_LEN as u64;
+    let mut bytes = [0u8; SNAPSHOT_TRAILER_LEN];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| Error::io(IoOp::Read, path, e))?;
+    match decode_trailer(&bytes) {
+        Ok(Some(trailer)) => Ok(trailer),
+        Ok(None) => unreachable!("decode_trailer wants more than {SNAPSHOT_TRAILER_LEN} bytes"),
+        Err(reason) => Err(corrupt(offset, reason)),
     }
 }
 
