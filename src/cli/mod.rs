@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod admin_client;
 pub mod run;
+pub mod snapshot;
 pub mod status;
 pub mod switchover;
 pub mod wal;
@@ -28,6 +29,9 @@ pub enum Command {
     /// Inspect a write-ahead log offline: check every checksum, print records.
     #[command(subcommand)]
     Wal(wal::WalCommand),
+    /// Inspect a node's snapshots offline: list them, verify every checksum.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 /// Runs a parsed command line.
@@ -37,5 +41,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Switchover(args) => switchover::run(args),
         Command::Wal(command) => wal::run(command),
+        Command::Snapshot(command) => snapshot::run(command),
     }
 }

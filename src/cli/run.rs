@@ -15,6 +15,9 @@ use crate::config::{self, ClusterSecret, FsyncMode};
 use crate::node::{self, Listeners, NodeConfig};
 use crate::NodeId;
 
+/// The smallest `--wal-segment-bytes`: a segment holds its header and some records.
+const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
+
 /// A byte count: digits, optionally followed by K, M, G (powers of 1000) or KiB, MiB, GiB.
 fn byte_count(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -118,6 +121,10 @@ pub struct RunArgs {
     /// catches up from the log rather than by a snapshot (suffixes as above).
     #[arg(long, env = "UNDERSTUDY_WAL_RETAIN_BYTES", default_value = "64MiB", value_parser = byte_count)]
     pub wal_retain_bytes: u64,
+    /// Size at which a log segment is closed and the next one started; the log is
+    /// truncated in whole segments (suffixes as above).
+    #[arg(long, env = "UNDERSTUDY_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = byte_count)]
+    pub wal_segment_bytes: u64,
     /// A file holding the cluster's shared secret (at least 16 bytes); peers prove they
     /// hold it without sending it.
     #[arg(long, env = "UNDERSTUDY_CLUSTER_SECRET_FILE")]
@@ -167,6 +174,12 @@ impl RunArgs {
             )?),
             None => None,
         };
+        if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+            anyhow::bail!(
+                "--wal-segment-bytes {}: must be at least {WAL_SEGMENT_BYTES_MIN}",
+                self.wal_segment_bytes
+            );
+        }
         let secret = ClusterSecret::load(&self.cluster_secret_file)?;
         let mut core = crate::core::Config::new(node_id, peers.keys().copied().collect());
         core.heartbeat_interval = self.heartbeat_interval;
@@ -198,6 +211,7 @@ impl RunArgs {
                 after_bytes: self.snapshot_after_bytes,
                 retain: self.snapshots_retain as usize,
                 wal_retain_bytes: self.wal_retain_bytes,
+                wal_segment_bytes: self.wal_segment_bytes,
             },
         })
     }

@@ -533,6 +533,16 @@ impl Core {
             self.commit_advance_primary(out);
             self.switchover_check(out);
         } else {
+            let peer = &mut self.st.peers[i];
+            if response.durable_lsn < peer.match_lsn && response.matched_lsn < peer.match_lsn {
+                // The backup no longer holds records it reported durable: it was started on
+                // an empty data dir (a replaced machine). Matching starts over from nothing.
+                // Lowering `match_lsn` is always safe: the commit LSN never goes back, and
+                // a lower match only counts this backup for fewer records until it has them.
+                peer.match_lsn = Lsn::ZERO;
+                peer.acked_lsn = Lsn::ZERO;
+                peer.probing = true;
+            }
             let next = self.on_append_response_next(response.matched_lsn, response.matched_epoch);
             let peer = &mut self.st.peers[i];
             let next = next.max(peer.match_lsn.next());

@@ -207,6 +207,19 @@ impl Endpoint {
     }
 }
 
+/// The node's status with its snapshots (newest LSN, transfers in progress with their
+/// rate and ETA, a warning when the application does not answer) under `"snapshot"`.
+fn status_with_snapshots(node: &NodeHandle) -> serde_json::Value {
+    let mut status = serde_json::to_value(&*node.status()).unwrap_or_default();
+    if let (Some(object), Ok(snapshot)) = (
+        status.as_object_mut(),
+        serde_json::to_value(node.snapshots().status()),
+    ) {
+        object.insert("snapshot".to_owned(), snapshot);
+    }
+    status
+}
+
 /// Answers one request. Never fails: every problem is an HTTP status.
 async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
@@ -227,8 +240,8 @@ async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full
     }
     match endpoint {
         Endpoint::Status => {
-            let status = node.status();
-            match serde_json::to_vec_pretty(&*status) {
+            let status = status_with_snapshots(node);
+            match serde_json::to_vec_pretty(&status) {
                 Ok(mut body) => {
                     body.push(b'\n');
                     with_type(StatusCode::OK, "application/json", body.into())
@@ -255,6 +268,7 @@ async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full
         Endpoint::Metrics => {
             let mut out = String::with_capacity(8 << 10);
             render_metrics(&node.status(), node.metrics(), &mut out);
+            node.snapshots().render_metrics(&mut out);
             with_type(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

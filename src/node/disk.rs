@@ -80,8 +80,9 @@ pub struct Opened {
     pub recovered: RecoveredLog,
     pub recovery: wal::log::Recovery,
     pub persisted: PersistedMeta,
-    /// The snapshots in use, ascending; the log continues after the last one.
-    pub snapshots: Vec<wal::snapshot::SnapshotInfo>,
+    /// The snapshots in use (the log continues after the last one), and how many were
+    /// found damaged.
+    pub snapshots: super::snapshot::Recovered,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -125,6 +126,25 @@ pub fn open(
     cluster_id: u64,
     fsync: FsyncMode,
     metrics: Arc<super::metrics::Metrics>,
+) -> Result<Opened, DiskError> {
+    open_with(
+        path,
+        node_id,
+        cluster_id,
+        fsync,
+        metrics,
+        wal::Options::default().segment_bytes_max,
+    )
+}
+
+/// [`open`], with log segments rolled at `segment_bytes_max` (`--wal-segment-bytes`).
+pub fn open_with(
+    path: &Path,
+    node_id: NodeId,
+    cluster_id: u64,
+    fsync: FsyncMode,
+    metrics: Arc<super::metrics::Metrics>,
+    segment_bytes_max: u64,
 ) -> Result<Opened, DiskError> {
     wal::fs::ensure_dir(path)?;
     let lock_path = path.join("lock");
@@ -177,9 +197,13 @@ pub fn open(
         }
     };
 
-    let (mut wal, recovery) = Wal::open(path.join("wal"), wal::Options::default())?;
-    let snapshots = super::snapshot::recover(path, &mut wal)?.installed;
-    let recovered = open_recovered_log(&wal, snapshots.last());
+    let options = wal::Options {
+        segment_bytes_max,
+        ..wal::Options::default()
+    };
+    let (mut wal, recovery) = Wal::open(path.join("wal"), options)?;
+    let snapshots = super::snapshot::recover(path, &mut wal)?;
+    let recovered = open_recovered_log(&wal, snapshots.installed.last());
     let (durable_tx, durable) = watch::channel(Progress {
         written_lsn: wal.last_lsn(),
         durable_lsn: wal.durable_lsn(),

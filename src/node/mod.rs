@@ -612,10 +612,18 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let node_id = config.node_id;
     let fsync = config.fsync;
+    let segment_bytes = config.snapshot.wal_segment_bytes;
     let metrics = Arc::new(Metrics::default());
     let disk_metrics = Arc::clone(&metrics);
     let opened = tokio::task::spawn_blocking(move || {
-        disk::open(&data_dir, node_id, cluster_id, fsync, disk_metrics)
+        disk::open_with(
+            &data_dir,
+            node_id,
+            cluster_id,
+            fsync,
+            disk_metrics,
+            segment_bytes,
+        )
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;

@@ -77,7 +77,7 @@ pub const CORRUPT_DIR: &str = "snapshots-corrupt";
 
 /// Body bytes a sender may have sent and not had acknowledged: the transfer's memory bound
 /// on both ends (plus one chunk being read or written).
-pub const TRANSFER_WINDOW_BYTES: u64 = 4 << 20;
+pub const TRANSFER_WINDOW_BYTES: u64 = 2 << 20;
 /// Body bytes per `RestoreChunk`/`SnapshotChunk` the driver sends: one stored chunk.
 pub const APP_CHUNK_LEN: usize = wal::snapshot::SNAPSHOT_CHUNK_LEN;
 /// How many times a sender dials again after a transfer broke off, before it reports the
@@ -86,6 +86,8 @@ pub const APP_CHUNK_LEN: usize = wal::snapshot::SNAPSHOT_CHUNK_LEN;
 const SEND_ATTEMPTS_MAX: u32 = 5;
 /// Progress is logged at most this often per transfer.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(2);
+/// How long a new snapshot connection waits for a receive still running on an old one.
+const RECEIVE_WAIT: Duration = Duration::from_secs(5);
 /// Chunks queued between a blocking reader thread and the task that sends them.
 const READ_AHEAD_CHUNKS: usize = 4;
 
@@ -106,6 +108,9 @@ pub struct SnapshotConfig {
     pub retain: usize,
     /// Bytes of log kept behind the newest snapshot (`--wal-retain-bytes`).
     pub wal_retain_bytes: u64,
+    /// Log segments are rolled at this size (`--wal-segment-bytes`); truncation deletes
+    /// whole segments.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for SnapshotConfig {
@@ -115,6 +120,7 @@ impl Default for SnapshotConfig {
             after_bytes: 1 << 30,
             retain: 2,
             wal_retain_bytes: 64 << 20,
+            wal_segment_bytes: wal::Options::default().segment_bytes_max,
         }
     }
 }
@@ -265,10 +271,15 @@ impl Snapshots {
     pub fn new(
         data_dir: &Path,
         config: SnapshotConfig,
-        installed: Vec<SnapshotInfo>,
+        recovered: Recovered,
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> Snapshots {
+        let metrics = SnapshotMetrics::default();
+        metrics
+            .corrupt_found
+            .store(recovered.corrupt as u64, Ordering::Relaxed);
+        let installed = recovered.installed;
         let now = Instant::now();
         let chunk_delay = std::env::var("UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS")
             .ok()
@@ -290,7 +301,7 @@ impl Snapshots {
             reset_tx: watch::Sender::new(Lsn::ZERO),
             events,
             log_bytes: AtomicU64::new(0),
-            metrics: SnapshotMetrics::default(),
+            metrics,
             cancel,
             chunk_delay,
         }
@@ -304,7 +315,10 @@ impl Snapshots {
         Snapshots::new(
             Path::new("/nonexistent"),
             SnapshotConfig::default(),
-            Vec::new(),
+            Recovered {
+                installed: Vec::new(),
+                corrupt: 0,
+            },
             events,
             CancellationToken::new(),
         )
@@ -409,6 +423,8 @@ impl Snapshots {
 pub struct Recovered {
     /// The snapshots to use, ascending; the last one the log continues from.
     pub installed: Vec<SnapshotInfo>,
+    /// Snapshots found damaged and moved aside.
+    pub corrupt: usize,
 }
 
 /// Picks the snapshot the node starts from and makes the log continue after it.
@@ -431,8 +447,12 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
     if removed > 0 {
         info!(count = removed, "removed incomplete snapshot files");
     }
-    let mut candidates = recover_candidates(&dir)?;
+    let mut candidates = snapshot_files(&dir).map_err(|source| DiskError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let mut installed: Vec<SnapshotInfo> = Vec::new();
+    let mut corrupt = 0;
     // The newest that verifies whole.
     while let Some(path) = candidates.pop() {
         match wal::snapshot::verify(&path) {
@@ -440,14 +460,20 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
                 installed.push(info);
                 break;
             }
-            Err(e) => recover_quarantine(data_dir, &path, &e)?,
+            Err(e) => {
+                corrupt += 1;
+                recover_quarantine(data_dir, &path, &e)?;
+            }
         }
     }
     // Older ones: their headers (each is verified whole if it is ever used or sent).
     for path in candidates.into_iter().rev() {
         match SnapshotReader::open(&path) {
             Ok(reader) => installed.insert(0, reader.info()),
-            Err(e) => recover_quarantine(data_dir, &path, &e)?,
+            Err(e) => {
+                corrupt += 1;
+                recover_quarantine(data_dir, &path, &e)?;
+            }
         }
     }
     let Some(newest) = installed.last() else {
@@ -457,7 +483,7 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
                 first_lsn: wal.first_lsn(),
             });
         }
-        return Ok(Recovered { installed });
+        return Ok(Recovered { installed, corrupt });
     };
     let (lsn, epoch) = (newest.lsn, newest.epoch);
     if wal.first_lsn() > lsn.next() {
@@ -476,21 +502,15 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
         installed.drain(..installed.len() - 1);
     }
     info!(snapshot_lsn = %lsn, log_first_lsn = %wal.first_lsn(), log_last_lsn = %wal.last_lsn(), "starting from a snapshot");
-    Ok(Recovered { installed })
+    Ok(Recovered { installed, corrupt })
 }
 
-/// The `<lsn>.snap` files of `dir`, ascending. Other files are left alone.
-fn recover_candidates(dir: &Path) -> Result<Vec<PathBuf>, DiskError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DiskError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+/// The `<lsn>.snap` files of `dir`, ascending by LSN. Temp files and other files are left
+/// alone (`wal::snapshot::list` refuses foreign files; start-up must not).
+pub fn snapshot_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| DiskError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
         let name = entry.file_name();
         if let Some(lsn) = name.to_str().and_then(wal::snapshot::parse_file_name) {
             found.push((lsn, entry.path()));
@@ -849,6 +869,12 @@ impl Shell {
             self.followups.push_back(Input::SnapshotFailed { to });
             return;
         };
+        if !self.net.is_connected(to) {
+            // Unreachable: the core asks again with a later heartbeat.
+            debug!(peer = %to, "a backup needs a snapshot but is not connected");
+            self.followups.push_back(Input::SnapshotFailed { to });
+            return;
+        }
         let snapshots = Arc::clone(&self.snapshots);
         let peer_config = self.net.config();
         let epoch = self.core.epoch();
@@ -958,9 +984,18 @@ impl Shell {
     }
 }
 
-/// Removes snapshot files (best effort: a file left behind is only unused) and fsyncs the
-/// directory once.
+/// Removes snapshot files on a blocking thread (best effort: a file left behind is only
+/// unused, and start-up or the next retention removes it) and fsyncs the directory once.
 fn snapshot_remove<'a>(dir: &Path, doomed: impl Iterator<Item = &'a SnapshotInfo>) {
+    let doomed: Vec<SnapshotInfo> = doomed.cloned().collect();
+    if doomed.is_empty() {
+        return;
+    }
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || snapshot_remove_now(&dir, &doomed));
+}
+
+fn snapshot_remove_now(dir: &Path, doomed: &[SnapshotInfo]) {
     let mut removed = false;
     for info in doomed {
         match std::fs::remove_file(&info.path) {
@@ -1242,42 +1277,58 @@ where
     let mut sent = start;
     let mut acked = start;
     let mut ended = false;
+    let mut progress_at = Instant::now();
     loop {
-        while !ended && sent - acked < TRANSFER_WINDOW_BYTES {
-            if let Some(delay) = snapshots.chunk_delay {
+        let can_send = !ended && sent - acked < TRANSFER_WINDOW_BYTES;
+        // An answer is due while anything is unacknowledged, or after the end.
+        let waiting = ended || sent > acked;
+        tokio::select! {
+            biased;
+            frame = frames.next(), if waiting => {
+                let frame = match frame {
+                    None => return Err(TransferError::Closed),
+                    Some(frame) => frame?,
+                };
+                match frame {
+                    Frame::SnapshotAck { offset } if offset >= acked && offset <= sent => {
+                        Metrics::add(&snapshots.metrics.bytes_sent, offset - acked);
+                        acked = offset;
+                        progress_at = Instant::now();
+                        meter.update(snapshots, acked);
+                    }
+                    Frame::SnapshotDone { installed } => return Ok(installed),
+                    other => {
+                        return Err(TransferError::Protocol(format!(
+                            "unexpected {other:?} during the transfer"
+                        )))
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until((progress_at + stall).into()), if waiting => {
+                return Err(TransferError::Stalled(stall));
+            }
+            chunk = chunks.recv(), if can_send => {
+                if let Some(delay) = snapshots.chunk_delay {
+                    tokio::time::sleep(delay).await;
+                }
+                match chunk {
+                    Some(chunk) => {
+                        assert_eq!(chunk.offset, sent, "snapshot chunks read out of order");
+                        sent += chunk.data.len() as u64;
+                        let frame = Frame::SnapshotChunk {
+                            offset: chunk.offset,
+                            raw: chunk.raw,
+                        };
+                        write_frame(out, head, &frame).await?;
+                    }
+                    None => {
+                        // The reader ended: the body is all sent (or it failed to read, which
+                        // the caller reports; the receiver then refuses the short body).
+                        write_frame(out, head, &Frame::SnapshotEnd { body_crc }).await?;
+                        ended = true;
+                    }
+                }
                 out.flush().await?;
-                tokio::time::sleep(delay).await;
-            }
-            match chunks.recv().await {
-                Some(chunk) => {
-                    assert_eq!(chunk.offset, sent, "snapshot chunks read out of order");
-                    sent += chunk.data.len() as u64;
-                    let frame = Frame::SnapshotChunk {
-                        offset: chunk.offset,
-                        raw: chunk.raw,
-                    };
-                    write_frame(out, head, &frame).await?;
-                }
-                None => {
-                    // The reader ended: the body is all sent (or it failed to read, which
-                    // the caller reports; the receiver then refuses the short body).
-                    write_frame(out, head, &Frame::SnapshotEnd { body_crc }).await?;
-                    ended = true;
-                }
-            }
-        }
-        out.flush().await?;
-        match read_answer(frames, stall).await? {
-            Frame::SnapshotAck { offset } if offset >= acked && offset <= sent => {
-                Metrics::add(&snapshots.metrics.bytes_sent, offset - acked);
-                acked = offset;
-                meter.update(snapshots, acked);
-            }
-            Frame::SnapshotDone { installed } => return Ok(installed),
-            other => {
-                return Err(TransferError::Protocol(format!(
-                    "unexpected {other:?} during the transfer"
-                )))
             }
         }
     }
@@ -1350,11 +1401,7 @@ where
         out.flush().await.map_err(|e| e.to_string())?;
         return Ok(());
     }
-    let writer = match receive_writer(snapshots, from, lsn, epoch, body_len).await {
-        Ok(writer) => writer,
-        Err(e) => return Err(format!("cannot create the snapshot file: {e}")),
-    };
-    lock(&snapshots.state).receiving = Some(lsn);
+    let writer = receive_writer(snapshots, from, lsn, epoch, body_len).await?;
     let start = writer.body_len();
     let mut meter = Meter::new(from, "receiving", lsn, body_len, start);
     let mut slot = Some(writer);
@@ -1385,15 +1432,30 @@ where
     result
 }
 
-/// The partial receive of this same snapshot, or a new file.
+/// The partial receive of this same snapshot, or a new file. A receive still running on an
+/// older connection (its sender gave up on it and dialled again) is waited for, a bounded
+/// time: it ends as soon as it sees the old connection closed, and leaves what it received.
 async fn receive_writer(
     snapshots: &Snapshots,
     from: NodeId,
     lsn: Lsn,
     epoch: Epoch,
     body_len: u64,
-) -> Result<SnapshotWriter, wal::Error> {
-    let partial = lock(&snapshots.state).partial.take();
+) -> Result<SnapshotWriter, String> {
+    let deadline = Instant::now() + RECEIVE_WAIT;
+    let partial = loop {
+        {
+            let mut state = lock(&snapshots.state);
+            if state.receiving.is_none() {
+                state.receiving = Some(lsn);
+                break state.partial.take();
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("another receive is still running".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     if let Some(partial) = partial {
         if partial.lsn == lsn && partial.epoch == epoch && partial.body_len == body_len {
             info!(peer = %from, %lsn, offset = partial.writer.body_len(), previous_sender = %partial.from, "resuming a snapshot receive");
@@ -1404,7 +1466,11 @@ async fn receive_writer(
         blocking(move || drop(partial)).await;
     }
     let dir = snapshots.dir.clone();
-    blocking(move || SnapshotWriter::create(&dir, lsn, epoch)).await
+    let created = blocking(move || SnapshotWriter::create(&dir, lsn, epoch)).await;
+    created.map_err(|e| {
+        lock(&snapshots.state).receiving = None;
+        format!("cannot create the snapshot file: {e}")
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -82,6 +82,8 @@ pub struct Node {
     child: Option<Child>,
     /// Extra flags for this node only.
     pub extra: Vec<String>,
+    /// Extra environment variables for this node only.
+    pub env: Vec<(String, String)>,
     /// A secret file other than the cluster's, for this node only.
     pub secret: Option<PathBuf>,
 }
@@ -140,6 +142,7 @@ impl Cluster {
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
                 extra: Vec::new(),
+                env: Vec::new(),
                 secret: None,
             })
             .collect();
@@ -198,6 +201,7 @@ impl Cluster {
             .arg(node.client_addr.to_string())
             .args(&self.args)
             .args(&node.extra)
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,understudy=debug")
             .stdin(Stdio::null());
         command

@@ -1,0 +1,545 @@
+//! Snapshots with real `understudy` processes on loopback: a backup that missed records the
+//! primary truncated rejoins by a snapshot and converges; a node with an empty data dir
+//! joins the same way; a transfer cut halfway resumes where it stopped; a damaged snapshot
+//! is found at start-up and the one before it used; an application that never answers
+//! snapshot requests keeps working and the log is kept. The application is a small state
+//! machine on the client library whose state is every command applied, so that two nodes'
+//! states are equal only if they applied the same commands in the same order.
+
+mod support;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{output_within, wait_until, Cluster};
+use understudy::client::{BoxError, Driver, ProposeError, Role, StateMachine};
+use understudy::Lsn;
+
+/// The application: a count, a running FNV-1a digest, and every command's bytes.
+#[derive(Default, Clone, PartialEq, Eq)]
+struct Blob {
+    count: u64,
+    digest: u64,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Blob {{ count: {}, digest: {:016x}, data: {} bytes }}",
+            self.count,
+            self.digest,
+            self.data.len()
+        )
+    }
+}
+
+impl StateMachine for Blob {
+    type Output = u64;
+    fn apply(&mut self, _lsn: Lsn, command: &[u8]) -> u64 {
+        self.count += 1;
+        let mut digest = self.digest ^ 0xcbf2_9ce4_8422_2325;
+        for byte in command {
+            digest = (digest ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.digest = digest;
+        self.data.extend_from_slice(command);
+        self.count
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.data.len());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.digest.to_le_bytes());
+        out.extend_from_slice(&self.data);
+        out
+    }
+    fn restore(&mut self, _lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError> {
+        if snapshot.len() < 16 {
+            return Err("snapshot shorter than its header".into());
+        }
+        self.count = u64::from_le_bytes(snapshot[0..8].try_into()?);
+        self.digest = u64::from_le_bytes(snapshot[8..16].try_into()?);
+        self.data = snapshot[16..].to_vec();
+        Ok(())
+    }
+}
+
+type Node = Arc<Driver<Blob>>;
+
+/// Flags that make snapshots and truncation happen within a test: small segments, a short
+/// interval, no extra log kept behind the newest snapshot.
+const SNAPSHOT_ARGS: [&str; 4] = ["--wal-segment-bytes", "65536", "--wal-retain-bytes", "0"];
+
+fn cluster(count: u16) -> Cluster {
+    cluster_every(count, "300ms")
+}
+
+/// A cluster whose nodes ask for a snapshot every `interval`.
+fn cluster_every(count: u16, interval: &str) -> Cluster {
+    let mut cluster = Cluster::new(count);
+    // Snapshots of a few MiB are written, copied and sent several times a second here: give
+    // a loaded 2-core machine room before a missed heartbeat starts an election.
+    cluster.args = ["--heartbeat-interval", "50ms", "--failover-timeout", "1s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    cluster
+        .args
+        .extend(SNAPSHOT_ARGS.iter().map(|s| s.to_string()));
+    cluster
+        .args
+        .extend(["--snapshot-interval".to_owned(), interval.to_owned()]);
+    cluster
+}
+
+async fn connect(socket: &Path) -> Node {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match Driver::connect(socket, Blob::default()).await {
+            Ok(driver) => return Arc::new(driver),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to {}: {e}",
+                    socket.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn wait_primary(nodes: &[Option<Node>]) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let primaries: Vec<u16> = nodes
+            .iter()
+            .flatten()
+            .filter(|d| d.is_connected() && d.role().role == Role::Primary)
+            .map(|d| d.node_id().get())
+            .collect();
+        if primaries.len() == 1 {
+            return primaries[0];
+        }
+        assert!(Instant::now() < deadline, "no primary elected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Proposes `count` commands of `len` bytes on `node` (the primary), numbered from `from`.
+async fn write(node: &Node, from: u64, count: u64, len: usize) {
+    for i in from..from + count {
+        let mut command = format!("command-{i}-").into_bytes();
+        command.resize(len, b'.');
+        loop {
+            match node.propose(command.clone()).await {
+                Ok(_) => break,
+                Err(ProposeError::Busy) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => panic!("proposal {i} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// A one-shot HTTP GET: the body, if the port answers 200.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+fn status(cluster: &Cluster, id: u16) -> serde_json::Value {
+    let body = get(cluster.node(id).admin_addr, "/status").expect("/status answers");
+    serde_json::from_str(&body).expect("/status is JSON")
+}
+
+fn snapshot_lsn(cluster: &Cluster, id: u16) -> u64 {
+    status(cluster, id)["snapshot"]["snapshot_lsn"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn first_lsn(cluster: &Cluster, id: u16) -> u64 {
+    status(cluster, id)["first_lsn"].as_u64().unwrap_or(0)
+}
+
+fn metric(cluster: &Cluster, id: u16, name: &str) -> u64 {
+    let body = get(cluster.node(id).admin_addr, "/metrics").unwrap_or_default();
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn log_of(cluster: &Cluster, id: u16) -> String {
+    std::fs::read_to_string(&cluster.node(id).log).unwrap_or_default()
+}
+
+/// Waits (a bounded time) until the primary has a snapshot through at least `lsn`.
+async fn wait_snapshot(cluster: &Cluster, id: u16, lsn: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while snapshot_lsn(cluster, id) < lsn {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} took no snapshot through lsn {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `node` has applied everything `primary` has and their states are equal.
+async fn wait_converged(primary: &Node, node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let target = primary.applied_lsn();
+        if node.applied_lsn() >= target {
+            let (a, b) = (primary.read(Blob::clone), node.read(Blob::clone));
+            if primary.applied_lsn() == node.applied_lsn() {
+                assert_eq!(a, b, "same applied lsn {target}, different states");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} did not converge: applied {} of {} (connected: {}, failure: {:?})",
+            node.node_id(),
+            node.applied_lsn(),
+            target,
+            node.is_connected(),
+            node.failure()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a cluster, connects an application to every node, and returns the primary.
+async fn start(cluster: &mut Cluster) -> (Vec<Option<Node>>, u16) {
+    let count = cluster.nodes.len() as u16;
+    for id in 1..=count {
+        cluster.start_node(id);
+    }
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        nodes.push(Some(connect(&cluster.node(id).app_socket).await));
+    }
+    let primary = wait_primary(&nodes).await;
+    (nodes, primary)
+}
+
+fn node(nodes: &[Option<Node>], id: u16) -> Node {
+    nodes[usize::from(id) - 1]
+        .clone()
+        .expect("the node's application is connected")
+}
+
+/// A backup is stopped while the primary takes two snapshots and truncates its log past
+/// what the backup has; restarted, it is sent the newest snapshot, installs it, hands it
+/// to its application, continues from the log, and ends with the primary's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_stopped_during_two_snapshots_rejoins_via_snapshot_and_converges() {
+    let mut cluster = cluster(3);
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let backup = if primary == 1 { 2 } else { 1 };
+    let p = node(&nodes, primary);
+    write(&p, 0, 100, 512).await;
+    wait_converged(&p, &node(&nodes, backup)).await;
+    let backup_last = p.applied_lsn().get();
+    nodes[usize::from(backup) - 1] = None;
+    cluster.kill(backup);
+
+    // Two snapshots taken after the backup stopped, and the log truncated past it.
+    let mut written = 100;
+    for _ in 0..2 {
+        write(&p, written, 300, 512).await;
+        written += 300;
+        wait_snapshot(&cluster, primary, p.applied_lsn().get()).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || first_lsn(&cluster, primary)
+            > backup_last + 1),
+        "the primary still holds the backup's next record (first_lsn {}, backup at {backup_last})",
+        first_lsn(&cluster, primary)
+    );
+
+    cluster.start_node(backup);
+    let b = connect(&cluster.node(backup).app_socket).await;
+    write(&p, written, 20, 512).await;
+    wait_converged(&p, &b).await;
+    assert!(
+        log_of(&cluster, backup).contains("installed a snapshot from the primary"),
+        "the backup did not rejoin by a snapshot"
+    );
+    assert!(metric(&cluster, primary, "understudy_snapshot_sent_bytes_total") > 0);
+    // The third node, which followed all along, agrees too.
+    let third = 6 - primary - backup;
+    wait_converged(&p, &node(&nodes, third)).await;
+    nodes[usize::from(backup) - 1] = Some(b);
+}
+
+/// A replacement machine: a node whose data dir is empty joins by a snapshot and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_an_empty_data_dir_joins_via_snapshot_and_converges() {
+    let mut cluster = cluster(3);
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let p = node(&nodes, primary);
+    write(&p, 0, 600, 512).await;
+    wait_snapshot(&cluster, primary, p.applied_lsn().get()).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || first_lsn(&cluster, primary) > 1),
+        "the primary's log was not truncated"
+    );
+
+    let replaced = if primary == 3 { 2 } else { 3 };
+    nodes[usize::from(replaced) - 1] = None;
+    cluster.kill(replaced);
+    std::fs::remove_dir_all(&cluster.node(replaced).data_dir).unwrap();
+    cluster.start_node(replaced);
+    let r = connect(&cluster.node(replaced).app_socket).await;
+    write(&p, 600, 20, 512).await;
+    wait_converged(&p, &r).await;
+    assert!(log_of(&cluster, replaced).contains("installed a snapshot from the primary"));
+    nodes[usize::from(replaced) - 1] = Some(r);
+}
+
+/// A transfer is cut halfway (the receiver is stopped until the sender gives up on the
+/// connection); the sender dials again and the receiver resumes from what it has, instead
+/// of starting over; the backup then converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_transfer_cut_halfway_resumes() {
+    let mut cluster = cluster_every(3, "1s");
+    // Slow the sender down so that the transfer of a few MiB lasts long enough to cut.
+    for node in &mut cluster.nodes {
+        node.env.push((
+            "UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS".into(),
+            "150".into(),
+        ));
+    }
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let backup = if primary == 1 { 2 } else { 1 };
+    let p = node(&nodes, primary);
+    write(&p, 0, 10, 512).await;
+    nodes[usize::from(backup) - 1] = None;
+    cluster.kill(backup);
+    // About 4 MiB of state: 16 chunks of 256 KiB.
+    write(&p, 10, 500, 8192).await;
+    wait_snapshot(&cluster, primary, p.applied_lsn().get()).await;
+
+    cluster.start_node(backup);
+    // Wait until a quarter has been acknowledged (the sender sends a chunk every 150 ms,
+    // 16 in all), then stop the receiver.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let transfers = status(&cluster, primary)["snapshot"]["transfers"].clone();
+        let done = transfers[0]["bytes_done"].as_u64().unwrap_or(0);
+        let total = transfers[0]["bytes_total"].as_u64().unwrap_or(u64::MAX);
+        if done >= total / 4 {
+            assert!(
+                done < total,
+                "the transfer ended before it could be cut: {transfers}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.pause(backup, true);
+    // Longer than the sender's stall timeout (2 s): it drops the connection.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    cluster.pause(backup, false);
+
+    let b = connect(&cluster.node(backup).app_socket).await;
+    wait_converged(&p, &b).await;
+    assert!(
+        log_of(&cluster, backup).contains("resuming a snapshot receive"),
+        "the receiver did not resume"
+    );
+    assert!(
+        metric(
+            &cluster,
+            primary,
+            "understudy_snapshot_transfers_resumed_total"
+        ) >= 1
+    );
+    nodes[usize::from(backup) - 1] = Some(b);
+}
+
+/// The newest snapshot file of a data dir.
+fn newest_snapshot(data_dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    files.sort();
+    files.pop().expect("a snapshot")
+}
+
+/// A byte flipped in the newest snapshot is found at start-up: the node says so, moves the
+/// file aside, starts from the snapshot before it and the log after that, and converges.
+/// `understudy snapshot verify` names the damage too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_snapshot_is_detected_and_not_used() {
+    let mut cluster = cluster(3);
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let p = node(&nodes, primary);
+    let victim = if primary == 1 { 2 } else { 1 };
+    write(&p, 0, 300, 512).await;
+    wait_snapshot(&cluster, victim, p.applied_lsn().get()).await;
+    write(&p, 300, 300, 512).await;
+    wait_snapshot(&cluster, victim, p.applied_lsn().get()).await;
+    nodes[usize::from(victim) - 1] = None;
+    cluster.kill(victim);
+
+    let path = newest_snapshot(&cluster.node(victim).data_dir);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    let at = len / 2;
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(&[byte[0] ^ 0x40]).unwrap();
+    drop(file);
+
+    let mut verify = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
+    verify.args(["snapshot", "verify"]).arg(&path);
+    let output = output_within(verify, Duration::from_secs(10));
+    assert!(!output.status.success(), "verify passed a damaged snapshot");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+
+    cluster.start_node(victim);
+    let v = connect(&cluster.node(victim).app_socket).await;
+    write(&p, 600, 20, 512).await;
+    wait_converged(&p, &v).await;
+    let log = log_of(&cluster, victim);
+    assert!(
+        log.contains("snapshot is damaged"),
+        "the damage was not reported"
+    );
+    let name = path.file_name().unwrap();
+    assert!(!path.exists(), "the damaged snapshot is still in use");
+    assert!(cluster
+        .node(victim)
+        .data_dir
+        .join("snapshots-corrupt")
+        .join(name)
+        .exists());
+    assert_eq!(
+        metric(&cluster, victim, "understudy_snapshots_corrupt_total"),
+        1
+    );
+    nodes[usize::from(victim) - 1] = Some(v);
+}
+
+/// An application that subscribes but never answers snapshot requests keeps being served;
+/// the log is not truncated, and a warning, `/status` and a metric say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_that_never_answers_keeps_working_and_the_log_is_kept() {
+    use understudy::proto::app::{Frame, FrameReader, FrameWriter, PROTOCOL_VERSION};
+    let mut cluster = cluster(1);
+    cluster.start_node(1);
+    // A raw application: subscribes and appends, never answers a SnapshotRequest.
+    let socket = cluster.node(1).app_socket.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let (read, write_half) = stream.into_split();
+    let mut frames = FrameReader::new(read);
+    let mut sink = FrameWriter::new(write_half);
+    sink.write_frame(&Frame::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .await
+    .unwrap();
+    sink.write_frame(&Frame::Subscribe { from_lsn: Lsn(1) })
+        .await
+        .unwrap();
+    sink.flush().await.unwrap();
+    // (snapshot requests seen, appends answered, primary)
+    let (counts_tx, mut counts) = tokio::sync::watch::channel((0u64, 0u64, false));
+    tokio::spawn(async move {
+        let (mut requests, mut appended, mut primary) = (0, 0, false);
+        while let Ok(Some(frame)) = frames.read_frame().await {
+            match frame {
+                Frame::SnapshotRequest => requests += 1,
+                Frame::Appended { .. } => appended += 1,
+                Frame::Role { role, .. } => primary = role == Role::Primary,
+                _ => {}
+            }
+            counts_tx.send_replace((requests, appended, primary));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !counts.borrow_and_update().2 {
+        assert!(Instant::now() < deadline, "the node did not become primary");
+        let _ = tokio::time::timeout(Duration::from_millis(100), counts.changed()).await;
+    }
+    // Appends keep committing meanwhile (a one-node cluster commits alone).
+    let mut request_id = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        request_id += 1;
+        let payloads = (0..20)
+            .map(|_| bytes::Bytes::from(vec![b'x'; 512]))
+            .collect();
+        let append = Frame::Append {
+            request_id,
+            payloads,
+        };
+        sink.write_frame(&append).await.unwrap();
+        sink.flush().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counts.borrow_and_update().1 < request_id {
+            assert!(
+                Instant::now() < deadline,
+                "append {request_id} was not answered"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), counts.changed()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        counts.borrow().0 >= 1,
+        "no snapshot request reached the application"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        metric(&cluster, 1, "understudy_snapshot_requests_unanswered_total") >= 1
+    }));
+    let status = status(&cluster, 1);
+    assert!(
+        status["snapshot"]["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("did not answer")),
+        "{status}"
+    );
+    assert_eq!(
+        status["first_lsn"].as_u64(),
+        Some(1),
+        "the log was truncated"
+    );
+    assert_eq!(metric(&cluster, 1, "understudy_snapshots_taken_total"), 0);
+    assert!(log_of(&cluster, 1).contains("application did not answer the snapshot request"));
+}
