@@ -14,6 +14,11 @@
 //! app     -> sidecar  Subscribe { from_lsn }            answered by Role, then a stream of
 //!                                                       Records and Role frames
 //! app     -> sidecar  Status                            answered by StatusReply
+//! app     -> sidecar  SnapshotOffer, SnapshotChunk…,    the app's snapshot (usually when
+//!                     SnapshotDone                      asked by SnapshotRequest)
+//! app     -> sidecar  SnapshotDecline                   "not now", to a SnapshotRequest
+//! app     -> sidecar  SnapshotFetch                     answered by RestoreBegin,
+//!                                                       RestoreChunk…, RestoreEnd
 //! ```
 //!
 //! - **Append.** The sidecar proposes the payloads as consecutive records (one per payload,
@@ -40,9 +45,32 @@
 //!   before applying it, and skips epoch-start records (kind 2), which carry no payload.
 //!   `from_lsn` may be above the sidecar's commit LSN (the stream then starts when the
 //!   commit LSN gets there). If the log no longer holds `from_lsn` (it was truncated after a
-//!   snapshot), the sidecar answers `Error` and closes: the app must restore a snapshot
-//!   first. A `Role` frame comes first and again on every change of role, epoch, primary
-//!   or primary's address. One subscription per connection.
+//!   snapshot) the sidecar first streams its newest snapshot (below), then the records
+//!   after it; with no snapshot to give it answers `Error` and closes. A subscription from
+//!   LSN 1 also starts with the newest snapshot when there is one (an application
+//!   starting from nothing restores rather than replays). A `Role` frame comes first and
+//!   again on every change of role, epoch, primary or primary's address. One subscription
+//!   per connection.
+//! - **Snapshots, asked for.** Every `--snapshot-interval` (or after
+//!   `--snapshot-after-bytes` of log) the sidecar sends `SnapshotRequest` on each
+//!   subscribed connection. The app answers, on any connection (the Rust driver opens a new
+//!   one so that the log keeps flowing), with `SnapshotOffer { lsn, epoch }`, the body as
+//!   `SnapshotChunk { offset, data }` frames in order from offset 0, and `SnapshotDone`;
+//!   the sidecar closes that connection once the snapshot is stored. `lsn` must be an LSN
+//!   the app has applied (the snapshot covers exactly the records through it) and
+//!   committed; `epoch` is that record's epoch, or 0 if the app does not know it (the
+//!   sidecar fills it in from its log, and refuses a snapshot whose non-zero epoch
+//!   disagrees with it). An offer not newer than the sidecar's newest snapshot is read and
+//!   dropped. `SnapshotDecline` says "not now"; an app that neither offers nor declines is
+//!   not waited for: the sidecar logs a warning, counts it
+//!   (`understudy_snapshot_requests_unanswered_total`) and does not truncate the log.
+//! - **Restore.** `RestoreBegin { lsn, epoch, body_len }`, `RestoreChunk { offset, data }`
+//!   frames in order, `RestoreEnd`: the app replaces its state by the snapshot's, which
+//!   covers every record through `lsn`; `Records` that follow start at `lsn + 1`. It comes
+//!   at the start of a subscription (above), in the middle of one when the node replaced
+//!   its log by a snapshot from the primary (a backup that fell too far behind), or in
+//!   answer to `SnapshotFetch`. The sidecar verified every chunk's checksum before sending
+//!   it.
 //! - **Error** is always the last frame on a connection: the sidecar closes it after
 //!   sending it (bad frame, oversized frame, unknown version, a frame in the wrong place).
 //!   Other connections are not affected.
@@ -71,11 +99,11 @@
 //! | 0x02 | Append | request_id u64, count u32 (1 ..= [`APPEND_COUNT_MAX`]), then `count` times: len u32 (≤ 64 MiB, `wal::format::RECORD_PAYLOAD_LEN_MAX`), payload (len bytes) |
 //! | 0x03 | Subscribe | from_lsn u64 (≥ 1) |
 //! | 0x04 | Status | (empty) |
-//! | 0x10 | SnapshotOffer | lsn u64, epoch u64 (reserved: snapshots) |
-//! | 0x11 | SnapshotChunk | offset u64, data bytes… (reserved) |
-//! | 0x12 | SnapshotDone | (empty; reserved) |
-//! | 0x13 | SnapshotDecline | (empty; reserved) |
-//! | 0x14 | SnapshotFetch | (empty; reserved) |
+//! | 0x10 | SnapshotOffer | lsn u64, epoch u64 (0 = unknown) |
+//! | 0x11 | SnapshotChunk | offset u64, data bytes… |
+//! | 0x12 | SnapshotDone | (empty) |
+//! | 0x13 | SnapshotDecline | (empty) |
+//! | 0x14 | SnapshotFetch | (empty) |
 //!
 //! Sidecar to app:
 //!
@@ -88,13 +116,10 @@
 //! | 0x85 | Role | role u8 (1 backup, 2 candidate, 3 primary), epoch u64, primary u16 (0 = unknown), primary_client_addr str, commit_lsn u64 |
 //! | 0x86 | StatusReply | json str (the node's status, as `GET /status` serves it) |
 //! | 0x87 | Error | message str |
-//! | 0x90 | SnapshotRequest | (empty; reserved) |
-//! | 0x91 | RestoreBegin | lsn u64, epoch u64, body_len u64 (reserved) |
-//! | 0x92 | RestoreChunk | offset u64, data bytes… (reserved) |
-//! | 0x93 | RestoreEnd | (empty; reserved) |
-//!
-//! The snapshot frames are defined so that the codec and the numbers are fixed; a sidecar
-//! of this version answers them with `Error` ("not supported yet") and closes.
+//! | 0x90 | SnapshotRequest | (empty) |
+//! | 0x91 | RestoreBegin | lsn u64, epoch u64, body_len u64 |
+//! | 0x92 | RestoreChunk | offset u64, data bytes… |
+//! | 0x93 | RestoreEnd | (empty) |
 //!
 //! For example, `Appended { request_id: 7, first_lsn: 1, last_lsn: 2 }` is
 //!
