@@ -90,9 +90,14 @@ fn field(cluster: &Cluster, id: u16, path: &[&str]) -> u64 {
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     text.lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -252,6 +257,7 @@ fn main() {
         let snapshot_len = bytes;
         let sender = cluster.node(p).pid().expect("primary pid");
         let before_kib = vm_hwm_kib(sender);
+        let rss_kib = proc_status_kib(sender, "VmRSS:");
         // Reset the sender's peak RSS so that it measures the transfer alone.
         let _ = std::fs::write(format!("/proc/{sender}/clear_refs"), "5");
         let took = catch_up(&mut cluster, backup, target);
@@ -263,8 +269,9 @@ fn main() {
             snapshot_len as f64 / 1e6 / took.as_secs_f64()
         );
         println!(
-            "peak RSS during the transfer: sender (node {p}) {:.1} MiB (before the transfer, after writing: {:.1} MiB), receiver (node {backup}) {:.1} MiB; third node {:.1} MiB",
+            "peak RSS during the transfer: sender (node {p}) {:.1} MiB (RSS when the transfer started {:.1} MiB; peak while writing the log {:.1} MiB), receiver (node {backup}) {:.1} MiB; third node {:.1} MiB",
             vm_hwm_kib(sender) as f64 / 1024.0,
+            rss_kib as f64 / 1024.0,
             before_kib as f64 / 1024.0,
             vm_hwm_kib(receiver) as f64 / 1024.0,
             cluster.node(other).pid().map_or(0, vm_hwm_kib) as f64 / 1024.0,
