@@ -260,7 +260,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Runs `f` on a blocking thread (file I/O) and waits for it.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+async fn on_blocking_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -622,7 +622,7 @@ pub async fn upload<R: AsyncRead + Unpin>(
         (Err(message), _) => Err(message),
         (Ok(false), _) => Ok(false),
         (Ok(true), None) => Ok(false),
-        (Ok(true), Some(writer)) => match blocking(move || writer.finish()).await {
+        (Ok(true), Some(writer)) => match on_blocking_thread(move || writer.finish()).await {
             Ok(info) => {
                 info!(lsn = %info.lsn, body_len = info.body_len, "application snapshot stored");
                 SnapshotMetrics::add(&snapshots.metrics.taken);
@@ -684,7 +684,7 @@ async fn upload_begin(
         )),
         Some(epoch) => {
             let dir = snapshots.dir.clone();
-            blocking(move || SnapshotWriter::create(&dir, lsn, epoch))
+            on_blocking_thread(move || SnapshotWriter::create(&dir, lsn, epoch))
                 .await
                 .map(Some)
                 .map_err(|e| format!("cannot create the snapshot file: {e}"))
@@ -718,7 +718,7 @@ async fn upload_body<R: AsyncRead + Unpin>(
                         w.body_len()
                     ));
                 }
-                let (w, result) = blocking(move || {
+                let (w, result) = on_blocking_thread(move || {
                     let result = w.write(&data);
                     (w, result)
                 })
@@ -903,8 +903,7 @@ impl Shell {
         // Subscriptions stop reading the old log before it goes and the commit LSN jumps.
         self.snapshots.reset_tx.send_replace(info.lsn);
         let writer = &self.writer;
-        tokio::task::block_in_place(|| writer.reset(info.lsn.next()))
-            .map_err(|e| self.disk_failed(e))?;
+        super::blocking(|| writer.reset(info.lsn.next())).map_err(|e| self.disk_failed(e))?;
         self.cache = TailCache::default();
         self.step(
             Input::SnapshotInstalled {
@@ -966,8 +965,7 @@ impl Shell {
             return Ok(());
         }
         let writer = &self.writer;
-        tokio::task::block_in_place(|| writer.truncate_prefix(cut))
-            .map_err(|e| self.disk_failed(e))?;
+        super::blocking(|| writer.truncate_prefix(cut)).map_err(|e| self.disk_failed(e))?;
         let now_first = self.reader.first_lsn();
         let deleted = segments.iter().filter(|(lsn, _)| *lsn < now_first).count();
         Metrics::add(
@@ -1153,7 +1151,7 @@ pub async fn send(
         return None;
     };
     let path = info.path.clone();
-    let trailer = match blocking(move || wal::snapshot::read_trailer(&path)).await {
+    let trailer = match on_blocking_thread(move || wal::snapshot::read_trailer(&path)).await {
         Ok(trailer) => trailer,
         Err(e) => {
             error!(error = %e, "cannot read the snapshot to send");
@@ -1463,10 +1461,10 @@ async fn receive_writer(
         }
         debug!(old_lsn = %partial.lsn, %lsn, "dropping a partial snapshot of another lsn");
         // Dropping the writer removes its temp file.
-        blocking(move || drop(partial)).await;
+        on_blocking_thread(move || drop(partial)).await;
     }
     let dir = snapshots.dir.clone();
-    let created = blocking(move || SnapshotWriter::create(&dir, lsn, epoch)).await;
+    let created = on_blocking_thread(move || SnapshotWriter::create(&dir, lsn, epoch)).await;
     created.map_err(|e| {
         lock(&snapshots.state).receiving = None;
         format!("cannot create the snapshot file: {e}")
@@ -1517,7 +1515,7 @@ where
                     ));
                 }
                 let before = writer.body_len();
-                let (writer, result) = blocking(move || {
+                let (writer, result) = on_blocking_thread(move || {
                     let result = writer.write_raw_chunk(&raw);
                     (writer, result)
                 })
@@ -1556,7 +1554,7 @@ where
                         writer.body_crc()
                     ));
                 }
-                let info = blocking(move || writer.finish())
+                let info = on_blocking_thread(move || writer.finish())
                     .await
                     .map_err(|e| format!("cannot install the snapshot: {e}"))?;
                 let (reply, answer) = oneshot::channel();
