@@ -55,7 +55,7 @@ const REQUESTS_MAX: usize = 1024;
 const INBOUND_MAX: usize = 4096;
 /// Bytes of recently written records kept in memory for shipping to backups; older records
 /// are read back from the WAL.
-const TAIL_CACHE_BYTES_MAX: usize = 32 << 20;
+const TAIL_CACHE_BYTES_MAX: usize = 8 << 20;
 /// Bytes of records read from the WAL for one append to a lagging backup, at most.
 const CATCH_UP_READ_BYTES_MAX: usize = 4 << 20;
 
