@@ -56,8 +56,9 @@ const INBOUND_MAX: usize = 4096;
 /// Bytes of recently written records kept in memory for shipping to backups; older records
 /// are read back from the WAL.
 const TAIL_CACHE_BYTES_MAX: usize = 8 << 20;
-/// Bytes of records read from the WAL for one append to a lagging backup, at most.
-const CATCH_UP_READ_BYTES_MAX: usize = 4 << 20;
+/// Bytes of one piece of records read from the WAL for an append to a lagging backup, at
+/// most (an append may take several pieces; the core's in-flight window bounds its size).
+const CATCH_UP_PIECE_BYTES_MAX: usize = 4 << 20;
 
 /// Everything `run` needs, validated.
 #[derive(Clone, Debug)]
@@ -439,13 +440,10 @@ impl Shell {
         }
         let mut records = self.reader.iter_from(first).ok()?;
         let mut pieces = Vec::new();
-        let mut budget = CATCH_UP_READ_BYTES_MAX;
+        // The whole range the core named (its window bounds it), in pieces of bounded size.
         while records.next_lsn() <= last {
-            match records.next_batch(budget, last) {
-                Ok(Some(batch)) => {
-                    budget = budget.saturating_sub(batch.bytes.len());
-                    pieces.push(batch.bytes);
-                }
+            match records.next_batch(CATCH_UP_PIECE_BYTES_MAX, last) {
+                Ok(Some(batch)) => pieces.push(batch.bytes),
                 Ok(None) => return None,
                 Err(e) => {
                     error!(error = %e, "cannot read records to ship");

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +61,39 @@ pub struct Outbound {
     pub records: Vec<Bytes>,
 }
 
+/// Record bytes queued for one peer, at most. The core keeps at most its in-flight window
+/// (8 MiB) unacknowledged per backup, so a connected link stays well below this; a peer
+/// that is down or stalled would otherwise collect up to `OUTBOUND_QUEUE_MAX` resends of
+/// that window, each pinning its pages of the log. Past the bound a message with records is
+/// dropped, as a lossy network would; the core ships it again when the link makes progress.
+const OUTBOUND_QUEUE_BYTES_MAX: usize = 16 << 20;
+
+/// An [`Outbound`] in a peer's queue, its record bytes counted against
+/// [`OUTBOUND_QUEUE_BYTES_MAX`] until it is written or discarded.
+struct Queued {
+    outbound: Outbound,
+    _charge: Charge,
+}
+
+/// Gives its bytes back to the queue's count when dropped.
+struct Charge {
+    bytes: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// One peer's outbound queue.
+struct PeerQueue {
+    tx: mpsc::Sender<Queued>,
+    /// Record bytes in `tx`, charged by [`Charge`].
+    bytes: Arc<AtomicUsize>,
+}
+
 /// What the transport needs to know.
 #[derive(Clone)]
 pub struct PeerConfig {
@@ -78,7 +111,7 @@ pub struct PeerConfig {
 /// The running transport.
 pub struct PeerNet {
     config: Arc<PeerConfig>,
-    queues: BTreeMap<NodeId, mpsc::Sender<Outbound>>,
+    queues: BTreeMap<NodeId, PeerQueue>,
     connected: BTreeMap<NodeId, Arc<AtomicBool>>,
     /// Client addresses peers told us in their handshakes.
     client_addrs: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
@@ -103,7 +136,13 @@ impl PeerNet {
             }
             let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
             let flag = Arc::new(AtomicBool::new(false));
-            queues.insert(peer, tx);
+            queues.insert(
+                peer,
+                PeerQueue {
+                    tx,
+                    bytes: Arc::new(AtomicUsize::new(0)),
+                },
+            );
             connected.insert(peer, Arc::clone(&flag));
             let span = tracing::info_span!("peer", peer = %peer, %addr, dir = "out");
             tracker.spawn(
@@ -127,12 +166,30 @@ impl PeerNet {
         }
     }
 
-    /// Queues a message for `to`; drops it if the queue is full (as a lossy network would).
+    /// Queues a message for `to`; drops it if the queue is full, by count or by record bytes
+    /// (as a lossy network would).
     pub fn send(&self, to: NodeId, outbound: Outbound) {
-        if let Some(queue) = self.queues.get(&to) {
-            if queue.try_send(outbound).is_err() {
-                debug!(peer = %to, "outbound queue full or closed; message dropped");
+        let Some(queue) = self.queues.get(&to) else {
+            return;
+        };
+        let bytes: usize = outbound.records.iter().map(Bytes::len).sum();
+        if bytes > 0 {
+            let before = queue.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if before > 0 && before + bytes > OUTBOUND_QUEUE_BYTES_MAX {
+                queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                debug!(peer = %to, queued = before, "outbound queue holds too many record bytes; append dropped");
+                return;
             }
+        }
+        let queued = Queued {
+            outbound,
+            _charge: Charge {
+                bytes,
+                queued: Arc::clone(&queue.bytes),
+            },
+        };
+        if queue.tx.try_send(queued).is_err() {
+            debug!(peer = %to, "outbound queue full or closed; message dropped");
         }
     }
 
@@ -205,7 +262,7 @@ async fn dial_loop(
     config: Arc<PeerConfig>,
     peer: NodeId,
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: mpsc::Receiver<Queued>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
@@ -329,7 +386,7 @@ async fn write_frame_half(
 /// queue closes (shutdown), `Err` when the connection breaks.
 async fn send_loop(
     mut stream: BufWriter<TcpStream>,
-    queue: &mut mpsc::Receiver<Outbound>,
+    queue: &mut mpsc::Receiver<Queued>,
 ) -> Result<(), LinkError> {
     let mut head = BytesMut::with_capacity(4096);
     let mut probe = [0u8; 1];
@@ -345,7 +402,7 @@ async fn send_loop(
                 };
             }
         };
-        let Some(mut outbound) = outbound else {
+        let Some(Queued { mut outbound, .. }) = outbound else {
             return Ok(());
         };
         loop {
@@ -357,7 +414,7 @@ async fn send_loop(
                 stream.write_all(piece).await?;
             }
             match queue.try_recv() {
-                Ok(next) => outbound = next,
+                Ok(next) => outbound = next.outbound,
                 Err(_) => break,
             }
         }
