@@ -52,6 +52,10 @@ pub enum Action {
     AppendsAbandoned { after: Lsn },
     /// The proposal was refused; nothing was written.
     ProposeRejected { reason: Rejection },
+    /// A node started with `Start::Fresh` has waited out its quarantine and votes from now on.
+    /// The shell records it durably, so that a restart after this is `Start::Recovered`, and a
+    /// restart before it is `Start::Fresh` again.
+    QuarantineEnded,
     /// What became of an `Input::Switchover`.
     Switchover {
         to: NodeId,

@@ -14,7 +14,43 @@
 //!    `switchover.rs`), and replies only after the vote is persisted. Granting restarts the
 //!    voter's wait, as hearing from a primary does: the new primary's lease counts on it.
 //! 4. With a majority of persisted votes the candidate is primary: it appends the
-//!    epoch-start record and starts shipping.
+//!    epoch-start record and starts shipping. Votes count only until the candidacy's election
+//!    deadline (`failover_timeout` + jitter after it started): a candidacy ends then, won or not.
+//!
+//! # A fresh data dir
+//!
+//! A node whose data dir was lost (a replaced machine, a wiped disk) starts with no epoch and
+//! no vote. It may have voted for candidate A in epoch E just before; if it now voted for B in
+//! E, A and B could both be elected in E. So a node that starts fresh (`Start::Fresh`) neither
+//! votes nor pre-votes, nor stands, nor accepts a hand-over, until its clock has advanced the
+//! quarantine `Q = 2 * (T + J) + m` ([`Config::fresh_quarantine`](super::Config::fresh_quarantine);
+//! `T` the failover timeout, `J` the election jitter, `m` the drift margin) since it started.
+//! It replicates as usual meanwhile: only its votes are held back.
+//!
+//! Why `Q` is long enough, with clock rates within `1 ± rho` of true time as in `lease.rs`:
+//!
+//! 1. The node voted for A in E before it lost its disk, so before it restarted (true time `R`).
+//! 2. Another candidate B of E counts votes only until its own clock has advanced `T + J` from
+//!    when it stood (step 4 above): at most `(T + J) / (1 - rho)` of true time. A candidacy of
+//!    E under way at `R` therefore ends by `R + (T + J) / (1 - rho)`.
+//! 3. The fresh node grants nothing until its clock has advanced `Q` from `R`: true time at
+//!    least `R + Q / (1 + rho)`.
+//! 4. `Q / (1 + rho) >= (T + J) / (1 - rho)` holds for any `rho` the lease tolerates
+//!    (`rho <= m / (2T - m)`, so `(1 + rho) / (1 - rho) <= T / (T - m) < 2`): the factor 2
+//!    covers it with room to spare, and `m` adds to it. So no candidacy that was under way when
+//!    the node lost its disk can still count a vote from it.
+//! 5. A candidacy of E that starts after `R` needs a candidate still at epoch E - 1. Once A is
+//!    primary, its appends carry E to every node it reaches, and those stand for E + 1 or
+//!    later. The quarantine does not cover a candidate cut off from A (and from every node
+//!    that learned E) until the fresh node's quarantine is over: losing a disk is a failure,
+//!    and that case adds a second one. Nor does it make the lost copy of the log come back:
+//!    a fresh node's empty log lets it vote for any candidate once its quarantine is over, so a
+//!    committed record that had only one other copy is safe only while that copy's node
+//!    takes part in the next election (README, "A new or wiped data directory").
+//!
+//! The shell keeps the quarantine across restarts: a node that restarts before it ended starts
+//! fresh again, so the wait is always measured from a start at or after the loss. The first
+//! start of a new cluster is fresh on every node, so the first election waits `Q` as well.
 
 use wal::{Epoch, Lsn, NodeId};
 
@@ -31,6 +67,32 @@ impl Core {
                 Some(contact) => self.st.now < contact + self.config.failover_timeout,
                 None => false,
             },
+        }
+    }
+
+    /// Whether this node started with a fresh data dir and has not yet waited out its
+    /// quarantine: it then neither votes, pre-votes nor stands (see the module docs).
+    pub(super) fn quarantined(&self) -> bool {
+        self.st.quarantine_until.is_some()
+    }
+
+    /// Ends the quarantine once the clock has reached its end.
+    pub(super) fn quarantine_check(&mut self, out: &mut Vec<Action>) {
+        if let Some(until) = self.st.quarantine_until {
+            if self.st.now >= until {
+                self.st.quarantine_until = None;
+                out.push(Action::QuarantineEnded);
+            }
+        }
+    }
+
+    /// A quarantined node's election deadline: the end of the quarantine plus a fresh jitter,
+    /// so that the nodes of a new cluster, all fresh, do not all stand at the same moment.
+    pub(super) fn quarantine_defer_deadline(&mut self) {
+        if let Some(until) = self.st.quarantine_until {
+            let jitter_ns = self.config.election_jitter.as_nanos().min(u64::MAX as u128) as u64;
+            let jitter = std::time::Duration::from_nanos(self.rng.below(jitter_ns));
+            self.st.election_deadline = self.st.election_deadline.max(until + jitter);
         }
     }
 
@@ -115,6 +177,7 @@ impl Core {
                 && self.st.voted_for.is_none()
                 && self.st.role == Role::Backup);
         let granted = would_vote
+            && !self.quarantined()
             && !self.heard_from_primary_recently()
             && self.election_log_ok(last_lsn, last_epoch);
         out.push(Action::Send {
@@ -173,6 +236,11 @@ impl Core {
             });
         };
         if epoch < self.st.epoch {
+            refuse(self, out);
+            return;
+        }
+        if self.quarantined() {
+            // A fresh data dir: this node may have voted in `epoch` and forgotten it.
             refuse(self, out);
             return;
         }
@@ -237,7 +305,11 @@ impl Core {
 
     /// A switchover's hand-over: the primary of `epoch` stepped down and asks us to stand.
     pub(super) fn on_timeout_now(&mut self, from: NodeId, epoch: Epoch, out: &mut Vec<Action>) {
-        if epoch != self.st.epoch || self.st.role != Role::Backup || self.st.primary != Some(from) {
+        if epoch != self.st.epoch
+            || self.st.role != Role::Backup
+            || self.st.primary != Some(from)
+            || self.quarantined()
+        {
             return;
         }
         self.election_start_vote(true, out);
@@ -271,6 +343,11 @@ impl Core {
             return;
         };
         if (election.granted.count_ones() as usize) < self.majority {
+            return;
+        }
+        // The candidacy is over at its deadline: the fresh-data-dir quarantine (module docs)
+        // counts on no vote being counted later.
+        if self.st.now >= self.st.election_deadline {
             return;
         }
         // The votes are our first lease (see `election_become_primary`). Votes that arrive

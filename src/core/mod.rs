@@ -16,6 +16,11 @@
 //! | `switchover.rs` | planned hand-over to a chosen backup |
 //! | `state.rs` | the state and `validate()` |
 //!
+//! A node whose data dir was created from nothing (`Start::Fresh`: new, or lost and wiped)
+//! may have voted before and forgotten it, so it neither votes nor stands for
+//! [`Config::fresh_quarantine`] after it starts; it replicates as usual meanwhile (the argument
+//! is in `election.rs`).
+//!
 //! A step runs to completion without waiting for anything, so every assertion holds from check
 //! to use. Work that must wait (a vote reply until the vote is persisted) is held in the state
 //! and released by a later input.
@@ -66,6 +71,18 @@ pub struct RecoveredLog {
     pub last_lsn: Lsn,
     /// `(epoch, first LSN of that epoch)` for the records `snapshot_lsn + 1 ..= last_lsn`.
     pub epoch_starts: Vec<(Epoch, Lsn)>,
+}
+
+/// Whether the node's data directory survived from an earlier run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The epoch and vote were read from the disk: whatever this node voted before is known.
+    Recovered,
+    /// The data directory was created from nothing (a new node, or one whose disk was lost or
+    /// wiped), or such a start has not yet finished its quarantine: this node may have voted
+    /// before and forgotten it, so it waits [`Config::fresh_quarantine`] before it votes,
+    /// pre-votes or stands (see `election.rs`).
+    Fresh,
 }
 
 /// Why the core cannot start.
@@ -124,11 +141,16 @@ impl Core {
     /// it refuses votes for `failover_timeout`, because it may have acknowledged a heartbeat
     /// just before it stopped, and the lease argument (`lease.rs`) counts on that refusal.
     ///
+    /// `start` says whether the data directory is fresh; a fresh node waits out a quarantine
+    /// before it takes part in elections (`election.rs`), and reports its end with
+    /// [`Action::QuarantineEnded`].
+    ///
     /// `rng_seed` seeds the election jitter.
     pub fn new(
         config: Config,
         meta: PersistedMeta,
         log: RecoveredLog,
+        start: Start,
         now: Time,
         rng_seed: u64,
     ) -> Result<Core, StartError> {
@@ -152,6 +174,12 @@ impl Core {
             None
         };
         let commit_lsn = log.snapshot_lsn;
+        let quarantine_until = match start {
+            Start::Fresh if !config.unsafe_testing.skip_fresh_quarantine => {
+                Some(now + config.fresh_quarantine())
+            }
+            Start::Fresh | Start::Recovered => None,
+        };
         let mut core = Core {
             others,
             majority,
@@ -167,6 +195,7 @@ impl Core {
                 primary: None,
                 now,
                 last_primary_contact: Some(now),
+                quarantine_until,
                 election_deadline: now,
                 election: None,
                 peers: Vec::new(),
@@ -186,6 +215,7 @@ impl Core {
             config,
         };
         core.reset_election_deadline(now);
+        core.quarantine_defer_deadline();
         Ok(core)
     }
 
@@ -240,6 +270,7 @@ impl Core {
             Input::Tick { now } => {
                 self.observe_time(now);
                 self.lease_check(out);
+                self.quarantine_check(out);
                 self.on_tick(out);
             }
             Input::Receive { now, from, message } => {
@@ -279,7 +310,9 @@ impl Core {
             }
             Role::Backup | Role::Candidate => {
                 self.switchover_resend(out);
-                if self.st.now >= self.st.election_deadline {
+                if self.st.now >= self.st.election_deadline && self.quarantined() {
+                    self.quarantine_defer_deadline();
+                } else if self.st.now >= self.st.election_deadline {
                     self.election_start_pre_vote(out);
                 }
             }

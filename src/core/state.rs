@@ -322,6 +322,9 @@ pub(crate) struct State {
     /// When this node last heard from a live primary (an append of the current epoch), granted a
     /// vote, or started. It refuses votes until `failover_timeout` after it.
     pub last_primary_contact: Option<Time>,
+    /// A node started with a fresh data dir votes, pre-votes and stands only from this time
+    /// on (`None` once it has passed, or when the data dir was recovered).
+    pub quarantine_until: Option<Time>,
     pub election_deadline: Time,
     pub election: Option<Election>,
 

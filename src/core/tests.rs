@@ -23,7 +23,7 @@ fn config(node: NodeId, members: &[u16]) -> Config {
 }
 
 fn new_core(config: Config, log: RecoveredLog, meta: PersistedMeta) -> Core {
-    Core::new(config, meta, log, Time::ZERO, 7).expect("valid test setup")
+    Core::new(config, meta, log, Start::Recovered, Time::ZERO, 7).expect("valid test setup")
 }
 
 /// A log of `(epoch, last lsn of that epoch)` runs, starting at LSN 1.
@@ -450,6 +450,89 @@ fn restarted_node_refuses_votes_for_a_failover_timeout() {
             }
         }]
     );
+}
+
+/// A node with a fresh data dir neither pre-votes, votes nor stands until its quarantine
+/// (`2 * (failover_timeout + jitter) + drift margin`, 1050 ms here) has passed, though a node
+/// that recovered the same (empty) state would; afterwards it does all three.
+#[test]
+fn fresh_node_neither_votes_nor_stands_until_its_quarantine_ends() {
+    let config = config(N2, &[1, 2, 3]);
+    assert_eq!(config.fresh_quarantine(), Duration::from_millis(1050));
+    let pre = Message::PreVoteRequest {
+        epoch: Epoch(1),
+        last_lsn: Lsn(0),
+        last_epoch: Epoch(0),
+    };
+    let ask = Message::VoteRequest {
+        epoch: Epoch(1),
+        last_lsn: Lsn(0),
+        last_epoch: Epoch(0),
+        transfer: false,
+    };
+    let pre_granted = |out: &[Action]| {
+        out.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::PreVoteResponse { granted: true, .. },
+                    ..
+                }
+            )
+        })
+    };
+    let voted = |out: &[Action]| {
+        out.contains(&Action::PersistMeta {
+            epoch: Epoch(1),
+            voted_for: Some(N3),
+        })
+    };
+    let stood = |out: &[Action]| {
+        out.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::PreVoteRequest { .. },
+                    ..
+                }
+            )
+        })
+    };
+
+    // The same state read from a kept data dir votes once the restart refusal is over.
+    let mut kept = new_core(
+        config.clone(),
+        RecoveredLog::default(),
+        PersistedMeta::default(),
+    );
+    assert!(pre_granted(&receive(&mut kept, 600, N3, pre)));
+    assert!(voted(&receive(&mut kept, 600, N3, ask)));
+
+    let mut fresh = Core::new(
+        config,
+        PersistedMeta::default(),
+        RecoveredLog::default(),
+        Start::Fresh,
+        Time::ZERO,
+        7,
+    )
+    .expect("valid test setup");
+    assert!(!pre_granted(&receive(&mut fresh, 600, N3, pre)));
+    let out = receive(&mut fresh, 600, N3, ask);
+    assert!(!voted(&out), "{out:?}");
+    assert_eq!(fresh.epoch(), Epoch(0));
+    let out = step(&mut fresh, Input::Tick { now: ms(1049) });
+    assert!(
+        !stood(&out) && !out.contains(&Action::QuarantineEnded),
+        "{out:?}"
+    );
+    assert!(!pre_granted(&receive(&mut fresh, 1049, N3, pre)));
+
+    let out = step(&mut fresh, Input::Tick { now: ms(1050) });
+    assert!(out.contains(&Action::QuarantineEnded), "{out:?}");
+    assert!(stood(&out), "stands once the quarantine is over: {out:?}");
+    assert!(pre_granted(&receive(&mut fresh, 1051, N3, pre)));
+    assert!(voted(&receive(&mut fresh, 1051, N3, ask)));
 }
 
 /// On winning, the primary writes its epoch-start record and probes every backup with it.

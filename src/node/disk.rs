@@ -5,6 +5,8 @@
 //! <data-dir>/
 //!   lock        held (flock) while a node runs here: a second node on the same dir is refused
 //!   meta        node id, cluster id, epoch, vote (wal/FORMAT.md, "Node metadata")
+//!   fresh       present while a node that started without `meta` (a new or wiped data dir)
+//!               has not finished its vote quarantine (`core::Start::Fresh`); empty
 //!   wal/        the log segments
 //!   snapshots/  the newest snapshots (`super::snapshot`)
 //! ```
@@ -26,7 +28,10 @@ use wal::writer::{Progress, Writer, WriterOptions};
 use wal::{Epoch, Lsn, NodeId, SyncPolicy, Wal};
 
 use crate::config::FsyncMode;
-use crate::core::{PersistedMeta, RecoveredLog};
+use crate::core::{PersistedMeta, RecoveredLog, Start};
+
+/// The marker of an unfinished vote quarantine (see [`Opened::start`]).
+const FRESH_FILE_NAME: &str = "fresh";
 
 /// Why the data directory cannot be used. Each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,7 @@ pub struct DataDir {
     path: PathBuf,
     meta_path: PathBuf,
     meta: Meta,
+    fresh_path: PathBuf,
     /// Held for the life of the node; dropping it releases the flock.
     _lock: File,
 }
@@ -80,6 +86,9 @@ pub struct Opened {
     pub recovered: RecoveredLog,
     pub recovery: wal::log::Recovery,
     pub persisted: PersistedMeta,
+    /// `Fresh` when this start created the node's `meta` from nothing (a new or wiped data
+    /// dir), or an earlier such start did not finish its quarantine.
+    pub start: Start,
     /// The snapshots in use (the log continues after the last one), and how many were
     /// found damaged.
     pub snapshots: super::snapshot::Recovered,
@@ -114,6 +123,19 @@ impl DataDir {
         };
         meta.store(&self.meta_path)?;
         self.meta = meta;
+        Ok(())
+    }
+
+    /// The quarantine of a fresh start is over (`Action::QuarantineEnded`): the next start is
+    /// `Start::Recovered`. Removing the marker is synced; should that fail to reach the disk,
+    /// the next start waits once more, which is safe.
+    pub fn quarantine_ended(&mut self) -> Result<(), DiskError> {
+        match std::fs::remove_file(&self.fresh_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&self.fresh_path)(e)),
+        }
+        wal::fs::sync_dir(&self.path)?;
         Ok(())
     }
 }
@@ -166,6 +188,7 @@ pub fn open_with(
     }
 
     let meta_path = path.join(wal::meta::META_FILE_NAME);
+    let fresh_path = path.join(FRESH_FILE_NAME);
     let meta = match Meta::load(&meta_path)? {
         Some(meta) => {
             if meta.node_id != node_id {
@@ -185,7 +208,11 @@ pub fn open_with(
             meta
         }
         None => {
-            // A new node: record whose data dir this is before anything else goes in it.
+            // A new node, or one whose data dir was lost: it may have voted before and cannot
+            // know. Mark the quarantine before `meta` exists, so that a crash between the two
+            // still starts fresh next time.
+            wal::fs::write_atomic(&fresh_path, &[])?;
+            // Record whose data dir this is before anything else goes in it.
             let meta = Meta {
                 node_id,
                 cluster_id,
@@ -195,6 +222,12 @@ pub fn open_with(
             meta.store(&meta_path)?;
             meta
         }
+    };
+
+    let start = if fresh_path.exists() {
+        Start::Fresh
+    } else {
+        Start::Recovered
     };
 
     let options = wal::Options {
@@ -235,10 +268,12 @@ pub fn open_with(
             epoch: meta.epoch,
             voted_for: meta.voted_for,
         },
+        start,
         dir: DataDir {
             path: path.to_owned(),
             meta_path,
             meta,
+            fresh_path,
             _lock: lock,
         },
         writer,
@@ -364,5 +399,28 @@ mod tests {
                 voted_for: Some(NodeId(2))
             }
         );
+    }
+
+    /// A start that creates `meta` is fresh, and so is every start until the quarantine is
+    /// recorded as over; a wiped data dir is fresh again.
+    #[test]
+    fn a_start_without_meta_is_fresh_until_the_quarantine_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("node");
+        let open_node = || open(&node, NodeId(1), 7, FsyncMode::Always, Default::default());
+        let first = open_node().unwrap();
+        assert_eq!(first.start, Start::Fresh);
+        drop(first);
+        let mut again = open_node().unwrap();
+        assert_eq!(
+            again.start,
+            Start::Fresh,
+            "restarted before the quarantine ended"
+        );
+        again.dir.quarantine_ended().unwrap();
+        drop(again);
+        assert_eq!(open_node().unwrap().start, Start::Recovered);
+        std::fs::remove_dir_all(&node).unwrap();
+        assert_eq!(open_node().unwrap().start, Start::Fresh, "wiped");
     }
 }

@@ -43,7 +43,9 @@ use tracing::{debug, error, info, warn};
 use wal::format::{RecordKind, VerifiedRecords};
 
 use crate::config::{ClusterSecret, FsyncMode};
-use crate::core::{self, Action, Core, Input, Message, Rejection, Role, SwitchoverOutcome, Time};
+use crate::core::{
+    self, Action, Core, Input, Message, Rejection, Role, Start, SwitchoverOutcome, Time,
+};
 use crate::{Epoch, Lsn, NodeId};
 use metrics::Metrics;
 
@@ -394,6 +396,11 @@ impl Shell {
                     let _ = reply.send(outcome);
                 }
             }
+            Action::QuarantineEnded => {
+                let dir = &mut self.dir;
+                blocking(|| dir.quarantine_ended())?;
+                info!("fresh data dir: quarantine over, voting from now on");
+            }
             Action::Switchover { to, outcome } => {
                 info!(target_node = %to, ?outcome, "switchover ended");
                 if let Some((_, reply, started)) = self.switchover.take() {
@@ -638,10 +645,19 @@ pub async fn run(
     let seed = u64::from(config.node_id.get())
         ^ started.elapsed().as_nanos() as u64
         ^ std::process::id() as u64;
+    if opened.start == Start::Fresh {
+        let quarantine = config.core.fresh_quarantine();
+        info!(
+            quarantine_ms = quarantine.as_millis() as u64,
+            "fresh data dir: not voting until {} ms after start (this node may have voted before its data dir was lost)",
+            quarantine.as_millis()
+        );
+    }
     let core = Core::new(
         config.core.clone(),
         opened.persisted,
         opened.recovered.clone(),
+        opened.start,
         Time::ZERO,
         seed,
     )?;

@@ -5,7 +5,8 @@
 //! 1. **Faults** (`FAULT_MS`): client load, and every few tens of milliseconds a fault: crash and
 //!    later restart (losing what was not synced), pause (a stalled process whose clock jumps
 //!    when it resumes), symmetric or asymmetric partitions, loss/duplication/delay changes,
-//!    switchover requests. Snapshots truncate logs all along.
+//!    switchover requests, and now and then a wiped data dir (log and metadata lost; the node
+//!    restarts fresh). Snapshots truncate logs all along.
 //! 2. **Heal**: faults removed, crashed nodes restarted. Within `HEAL_BOUND_MS` a primary must
 //!    commit, every client proposal must be resolved, and every node must catch up.
 //! 3. **Clean failover**: the primary is killed on a quiet network; the time to the next commit
@@ -18,7 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use understudy::core::{
-    Action, Config, Core, Input, Message, PersistedMeta, Role, SplitMix64, TestKnobs,
+    Action, Config, Core, Input, Message, PersistedMeta, Role, SplitMix64, Start, TestKnobs,
 };
 use understudy::{Epoch, Lsn, NodeId};
 
@@ -144,6 +145,10 @@ struct Node {
     clock: Clock,
     rate_ppm: i64,
     paused_until: u64,
+    /// The data dir's quarantine marker: set when it is wiped, cleared on
+    /// `Action::QuarantineEnded`. The first start of the cluster is not fresh, so runs elect
+    /// their first primary without waiting out a quarantine.
+    fresh: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +200,9 @@ pub struct Sim {
     heal_at: u64,
     heal_committed_at: Option<u64>,
     failover_open: Option<(u64, Epoch)>,
+    /// A wiped node and the commit LSN it must reach before another fault may strike: a wiped
+    /// data dir is a failure of its own, and one on top of it could lose acknowledged records.
+    wiped: Option<(usize, Lsn)>,
     report: RunReport,
 }
 
@@ -243,6 +251,7 @@ impl Sim {
             heal_at: FAULT_MS * MS,
             heal_committed_at: None,
             failover_open: None,
+            wiped: None,
             report: RunReport {
                 seed,
                 nodes: size,
@@ -260,6 +269,7 @@ impl Sim {
                 clock,
                 rate_ppm,
                 paused_until: 0,
+                fresh: false,
             });
             sim.start_node(i)
                 .unwrap_or_else(|v| panic!("starting node {i}: {}", v.detail));
@@ -344,7 +354,12 @@ impl Sim {
         let mut config = self.config.clone();
         config.node_id = n.id;
         let now = n.clock.read(self.now);
-        let core = Core::new(config, n.disk.meta, n.disk.recover(), now, seed)
+        let start = if n.fresh {
+            Start::Fresh
+        } else {
+            Start::Recovered
+        };
+        let core = Core::new(config, n.disk.meta, n.disk.recover(), start, now, seed)
             .map_err(|err| violation("start", format!("node {node} cannot start: {err}")))?;
         self.one_primary.on_epoch(node, core.epoch())?;
         n.core = Some(core);
@@ -434,6 +449,9 @@ impl Sim {
         }
         if knobs.skip_lease {
             env.push_str("SIM_BREAK=lease ");
+        }
+        if knobs.skip_fresh_quarantine {
+            env.push_str("SIM_BREAK=fresh_votes ");
         }
         let _ = write!(
             s,
@@ -793,6 +811,16 @@ impl Sim {
         let n = self.nodes.len();
         let alive = (0..n).filter(|&i| self.alive(i)).count();
         let majority = n / 2 + 1;
+        if let Some((node, lsn)) = self.wiped {
+            let caught_up = self.nodes[node]
+                .core
+                .as_ref()
+                .is_some_and(|core| core.commit_lsn() >= lsn && core.last_lsn() >= lsn);
+            if !caught_up {
+                return Ok(()); // The wiped node is the one failure until it holds its copy again.
+            }
+            self.wiped = None;
+        }
         let pick_target = |sim: &mut Sim| -> usize {
             match sim.primary_node() {
                 Some(p) if sim.rng.below(100) < 50 => p,
@@ -853,9 +881,52 @@ impl Sim {
                     }
                 }
             }
+            93..=95 => {
+                let node = pick_target(self);
+                if self.wipe_loses_no_copy(node) {
+                    self.wipe(node);
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether every other node is up and holds every committed record durably, so that
+    /// wiping `node` leaves every acknowledged record where any majority finds it. (With
+    /// `sync_replicas` at its minimum a committed record may have just one other copy; losing
+    /// a disk then is like losing a node, and one more fault could lose the record. The wipe
+    /// tests the votes of a node that forgot them, not that double fault.)
+    fn wipe_loses_no_copy(&self, node: usize) -> bool {
+        let commit = (0..self.nodes.len())
+            .filter_map(|i| self.nodes[i].core.as_ref().map(Core::commit_lsn))
+            .max()
+            .unwrap_or(Lsn::ZERO);
+        (0..self.nodes.len()).all(|i| {
+            let n = &self.nodes[i];
+            n.core.is_some()
+                && n.paused_until <= self.now
+                && (i == node || n.disk.durable_lsn() >= commit)
+        })
+    }
+
+    /// The data dir of `node` is lost (log and metadata) and the node restarts on an empty one
+    /// shortly after. The network heals at the same moment, so that the wipe is the only
+    /// failure until the node has caught up again.
+    fn wipe(&mut self, node: usize) {
+        let commit = (0..self.nodes.len())
+            .filter_map(|i| self.nodes[i].core.as_ref().map(Core::commit_lsn))
+            .max()
+            .unwrap_or(Lsn::ZERO);
+        self.crash(node);
+        self.nodes[node].disk = Disk::default();
+        self.nodes[node].fresh = true;
+        self.one_primary.on_wiped(node);
+        self.net.heal();
+        self.wiped = Some((node, commit));
+        self.note(node, "wipe", 0);
+        let down = self.rng.below(300 * MS);
+        self.schedule(down, Event::Restart { node });
     }
 
     /// Feeds `input` to `node`'s core, checks it, and carries out its actions.
@@ -1137,6 +1208,7 @@ impl Sim {
             Action::AppendsAbandoned { after } => self.work.abandoned(node, after),
             Action::ProposeRejected { .. } => self.work.rejected += 1,
             Action::Switchover { .. } => {}
+            Action::QuarantineEnded => self.nodes[node].fresh = false,
         }
         Ok(())
     }

@@ -15,7 +15,8 @@
 //! SIM_REPORT=1 cargo test --test sim -- --nocapture  # seeds/s and failover times
 //! ```
 //!
-//! `SIM_BREAK` (`vote_log_check` or `lease`) switches off one safety rule in the core; the
+//! `SIM_BREAK` (`vote_log_check`, `lease` or `fresh_votes`) switches off one safety rule in the
+//! core (`fresh_votes`: the vote quarantine of a node whose data dir was wiped); the
 //! `checker_finds_*` tests do so and must find a violation, which shows the checker can fail.
 
 mod clock;
@@ -54,7 +55,10 @@ fn knobs_from_env() -> TestKnobs {
             match rule {
                 "vote_log_check" => knobs.skip_vote_log_check = true,
                 "lease" => knobs.skip_lease = true,
-                other => panic!("SIM_BREAK={other:?}: known rules are vote_log_check and lease"),
+                "fresh_votes" => knobs.skip_fresh_quarantine = true,
+                other => panic!(
+                    "SIM_BREAK={other:?}: known rules are vote_log_check, lease and fresh_votes"
+                ),
             }
         }
     }
@@ -251,7 +255,7 @@ fn checker_finds_lost_writes_without_vote_log_check() {
     checker_finds(
         TestKnobs {
             skip_vote_log_check: true,
-            skip_lease: false,
+            ..TestKnobs::default()
         },
         "invariant",
     );
@@ -262,8 +266,8 @@ fn checker_finds_lost_writes_without_vote_log_check() {
 fn checker_finds_stale_primary_without_lease() {
     checker_finds(
         TestKnobs {
-            skip_vote_log_check: false,
             skip_lease: true,
+            ..TestKnobs::default()
         },
         "invariant 4",
     );

@@ -1,11 +1,12 @@
 //! Invariant 2: at most one node is primary in an epoch, and an epoch once voted never goes
 //! backwards on any node (the persisted epoch never decreases, and a restarted node starts at
-//! or above the last epoch it voted in).
+//! or above the last epoch it voted in). A node votes at most once in an epoch, across restarts
+//! and wipes of its data dir alike: every persisted vote is remembered here.
 
 use std::collections::HashMap;
 
 use understudy::core::PersistedMeta;
-use understudy::Epoch;
+use understudy::{Epoch, NodeId};
 
 use super::{violation, Violation};
 
@@ -15,6 +16,8 @@ const NAME: &str = "2 (one primary per epoch; epochs never go back)";
 pub struct OnePrimary {
     primary_of: HashMap<Epoch, usize>,
     voted_epoch: Vec<Epoch>,
+    /// Every vote ever persisted: `(node, epoch) -> candidate`.
+    votes: HashMap<(usize, Epoch), NodeId>,
 }
 
 impl OnePrimary {
@@ -22,6 +25,7 @@ impl OnePrimary {
         OnePrimary {
             primary_of: HashMap::new(),
             voted_epoch: vec![Epoch::ZERO; nodes],
+            votes: HashMap::new(),
         }
     }
 
@@ -60,10 +64,28 @@ impl OnePrimary {
                 ),
             ));
         }
-        if new.voted_for.is_some() {
+        if let Some(candidate) = new.voted_for {
             self.voted_epoch[node] = self.voted_epoch[node].max(new.epoch);
+            match self.votes.insert((node, new.epoch), candidate) {
+                Some(earlier) if earlier != candidate => {
+                    return Err(violation(
+                        NAME,
+                        format!(
+                            "node {node} voted for {earlier} and for {candidate} in epoch {}",
+                            new.epoch
+                        ),
+                    ))
+                }
+                _ => {}
+            }
         }
         Ok(())
+    }
+
+    /// `node`'s data dir was wiped: its epoch legitimately starts again from zero, but the votes
+    /// it cast stay cast.
+    pub fn on_wiped(&mut self, node: usize) {
+        self.voted_epoch[node] = Epoch::ZERO;
     }
 
     /// `node`'s core reports `epoch` (after any step, restarts included).
