@@ -9,6 +9,10 @@
 //! - [`client`]: the application library: a `StateMachine` trait and the `Driver` that runs it.
 #![warn(clippy::unwrap_used)]
 
+// `understudy demo` compiles the key-value example's server into the binary
+// (`cli/demo/`), and that code names this crate `understudy::`, as an application would.
+extern crate self as understudy;
+
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -414,3 +414,102 @@ async fn killed_primary_loses_no_acknowledged_set_and_clients_move() {
         acked.len() as i64 + 1
     );
 }
+
+/// A planned switchover demotes the primary without stopping it: a client connected
+/// through the demoted node's port is disconnected at once, and so is a client whose
+/// connection a backup's port was forwarding to it; reconnecting to the same ports reaches
+/// the new primary, with every acknowledged SET there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_demoted_primary_are_disconnected_and_reconnect_to_the_new_one() {
+    let kv = KvCluster::start().await;
+    let old = kv.primary(None).await;
+    let target = (1..=3).find(|&id| id != old).unwrap();
+    let other = (1..=3).find(|&id| id != old && id != target).unwrap();
+    let old_port = kv.cluster.node(old).client_addr;
+    let other_port = kv.cluster.node(other).client_addr;
+
+    let mut through_old = redis_connect(old_port).await.unwrap();
+    let mut through_other = redis_connect(other_port).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let (con, key) = if i % 2 == 0 {
+            (&mut through_old, format!("old-{i}"))
+        } else {
+            (&mut through_other, format!("other-{i}"))
+        };
+        let ok: String = query(con, &["SET", &key, "v"]).await.unwrap();
+        assert_eq!(ok, "OK");
+        acked.push(key);
+    }
+
+    let admin = kv.cluster.node(old).admin_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        support::output_within(
+            {
+                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
+                command.args(["switchover", "--admin", &admin, "--to", &target.to_string()]);
+                command
+            },
+            DEADLINE,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "switchover failed: {} {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(kv.primary(Some(old)).await, target);
+    // The demoted node is still running, as a backup.
+    assert_eq!(kv.kv(old).driver.role().role, Role::Backup);
+
+    // Both connections were carried to the old primary's server: both are cut, promptly
+    // (not by a timeout).
+    for con in [&mut through_old, &mut through_other] {
+        let asked = Instant::now();
+        let answer = eventually("the connection to be cut", || {
+            let mut con = con.clone();
+            async move { query::<String>(&mut con, &["PING"]).await.err() }
+        })
+        .await;
+        assert!(
+            answer.is_io_error()
+                || answer.is_connection_dropped()
+                || answer.is_unrecoverable_error(),
+            "{answer:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+
+    // Reconnecting to the demoted node's port reaches the new primary, which has every
+    // acknowledged SET.
+    let mut con = eventually(
+        "a connection through the demoted node's port to the new primary",
+        || async move {
+            let mut con = redis_connect(old_port).await.ok()?;
+            let info: String = query(&mut con, &["INFO", "replication"]).await.ok()?;
+            info.contains(&format!("node_id:{target}\r\n"))
+                .then_some(con)
+        },
+    )
+    .await;
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&acked)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        values.iter().all(|v| v.as_deref() == Some("v")),
+        "{values:?}"
+    );
+    let ok: String = query(&mut con, &["SET", "after", "switchover"])
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+}

@@ -42,20 +42,10 @@ mod server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-use tracing::info;
-use understudy::client::{BoxError, ClientError, Driver};
-
-use server::{Config, Store};
+use server::Config;
 
 const USAGE: &str = "usage: kv --app-socket PATH --listen ADDR [--connections-max N]";
-
-/// How long to keep trying to reach the sidecar's socket at startup (the sidecar may be
-/// starting at the same time).
-const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 struct Args {
     app_socket: PathBuf,
@@ -115,43 +105,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args).await {
+    match server::run(
+        &args.app_socket,
+        args.listen,
+        args.config,
+        shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kv: {}", error_chain(&*error));
             ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(args: Args) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
-    let driver = Arc::new(connect(&args.app_socket).await?);
-    let role = driver.role();
-    info!(
-        node = %driver.node_id(),
-        role = ?role.role,
-        epoch = %role.epoch,
-        listen = %args.listen,
-        "serving"
-    );
-    server::serve(listener, driver, args.config, shutdown_signal()).await?;
-    info!("shut down");
-    Ok(())
-}
-
-/// Connects to the sidecar, retrying while its socket is not there yet.
-async fn connect(socket: &std::path::Path) -> Result<Driver<Store>, ClientError> {
-    let deadline = Instant::now() + CONNECT_WAIT;
-    loop {
-        match Driver::connect(socket, Store::default()).await {
-            Ok(driver) => return Ok(driver),
-            Err(ClientError::Connect { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => return Err(error),
         }
     }
 }

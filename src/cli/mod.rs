@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod admin_client;
+pub mod demo;
 pub mod run;
 pub mod snapshot;
 pub mod status;
@@ -26,6 +27,12 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Hand the primary role to another node (a planned switchover) and report the pause.
     Switchover(switchover::SwitchoverArgs),
+    /// Show a three-node cluster on loopback: a failover under writes, a rejoin, no
+    /// acknowledged write lost.
+    Demo(demo::DemoArgs),
+    /// The demo's key-value server (run by `understudy demo` beside each sidecar).
+    #[command(hide = true)]
+    DemoKv(demo::KvArgs),
     /// Inspect a write-ahead log offline: check every checksum, print records.
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -42,5 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Switchover(args) => switchover::run(args),
         Command::Wal(command) => wal::run(command),
         Command::Snapshot(command) => snapshot::run(command),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoKv(args) => demo::run_kv(args),
     }
 }

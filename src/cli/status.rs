@@ -42,26 +42,26 @@ pub struct StatusArgs {
 /// The part of a node's `/status` this command reads (`node::NodeStatus`); fields it does
 /// not know are ignored, so a newer node can still be read.
 #[derive(Debug, Clone, Deserialize)]
-struct StatusView {
-    node_id: u16,
-    role: String,
-    epoch: u64,
-    primary: Option<u16>,
-    lease_held: bool,
-    durable_lsn: u64,
-    commit_lsn: u64,
+pub(crate) struct StatusView {
+    pub(crate) node_id: u16,
+    pub(crate) role: String,
+    pub(crate) epoch: u64,
+    pub(crate) primary: Option<u16>,
+    pub(crate) lease_held: bool,
+    pub(crate) durable_lsn: u64,
+    pub(crate) commit_lsn: u64,
     heartbeat_age_ms: Option<u64>,
-    peers: Vec<PeerView>,
+    pub(crate) peers: Vec<PeerView>,
     failed: Option<String>,
 }
 
 /// The part of a `node::PeerStatus` this command reads.
 #[derive(Debug, Clone, Deserialize)]
-struct PeerView {
-    node_id: u16,
-    connected: bool,
-    durable_lsn: u64,
-    lag_records: u64,
+pub(crate) struct PeerView {
+    pub(crate) node_id: u16,
+    pub(crate) connected: bool,
+    pub(crate) durable_lsn: u64,
+    pub(crate) lag_records: u64,
     lag_bytes: u64,
     last_heard_ms: Option<u64>,
 }
@@ -108,7 +108,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     if !views.is_empty() {
         let mut out = std::io::stdout().lock();
-        out.write_all(render(&rows(&views)).as_bytes())?;
+        out.write_all(table(&views).as_bytes())?;
         out.flush()?;
     }
     // One line per admin port that did not answer; the last one is the command's error.
@@ -123,9 +123,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The table `understudy status` prints for these answers (`understudy demo` shows it live).
+pub(crate) fn table(views: &[StatusView]) -> String {
+    render(&rows(views))
+}
+
 /// `GET /status` from one admin port.
 async fn fetch(addr: &str) -> anyhow::Result<StatusView> {
-    let answer = admin_client::request(addr, Method::GET, "/status", STATUS_TIMEOUT).await?;
+    fetch_within(addr, STATUS_TIMEOUT).await
+}
+
+/// `GET /status` from one admin port, giving up after `timeout`.
+pub(crate) async fn fetch_within(addr: &str, timeout: Duration) -> anyhow::Result<StatusView> {
+    let answer = admin_client::request(addr, Method::GET, "/status", timeout).await?;
     if answer.status != StatusCode::OK {
         bail!(
             "the admin port {addr} answered /status with {}: {}",

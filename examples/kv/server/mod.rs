@@ -1,6 +1,7 @@
 //! The replicated key-value server: RESP connections in, the [`Driver`] and the [`Store`]
-//! behind them. `main.rs` parses flags and calls [`serve`]; `tests/kv_example.rs` runs
-//! [`serve`] in-process against a real cluster.
+//! behind them. `main.rs` parses flags and calls [`run`]; `understudy demo` compiles this
+//! module into the `understudy` binary and runs it the same way (a hidden `demo-kv`
+//! subcommand); `tests/kv_example.rs` runs [`serve`] in-process against a real cluster.
 //!
 //! - [`resp`]: the RESP2 request parser and reply encoder.
 //! - [`command`]: a request's arguments to a [`Plan`]: an answer, a read or a write.
@@ -42,8 +43,10 @@ pub mod store;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +55,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
-use understudy::client::{ClientError, Driver, ProposeError, Role};
+use understudy::client::{BoxError, ClientError, Driver, ProposeError, Role};
 use understudy::Lsn;
 
 use codec::{Batch, Op, HEADER_LEN, RECORD_LEN_MAX};
@@ -87,6 +90,51 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             connections_max: CONNECTIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// How long [`run`] keeps trying to reach the sidecar's socket at startup (the sidecar may
+/// be starting at the same time).
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// The whole server: listens on `listen`, connects to the sidecar's app socket (retrying
+/// for a while: the sidecar may be starting too), and serves until `shutdown` (then `Ok`)
+/// or until the sidecar connection ends (then `Err`: restart the server with its sidecar;
+/// it replays the log).
+pub async fn run(
+    app_socket: &Path,
+    listen: SocketAddr,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let driver = Arc::new(connect(app_socket).await?);
+    let role = driver.role();
+    info!(
+        node = %driver.node_id(),
+        role = ?role.role,
+        epoch = %role.epoch,
+        %listen,
+        "serving"
+    );
+    serve(listener, driver, config, shutdown).await?;
+    info!("shut down");
+    Ok(())
+}
+
+/// Connects to the sidecar, retrying while its socket is not there yet.
+async fn connect(socket: &Path) -> Result<Driver<Store>, ClientError> {
+    let deadline = Instant::now() + CONNECT_WAIT;
+    loop {
+        match Driver::connect(socket, Store::default()).await {
+            Ok(driver) => return Ok(driver),
+            Err(ClientError::Connect { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error),
         }
     }
 }

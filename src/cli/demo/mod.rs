@@ -1,0 +1,646 @@
+//! `understudy demo`: a three-node cluster on loopback, a failover and a rejoin, in one
+//! command.
+//!
+//! It starts three sidecars (`understudy run`, child processes of this executable) and
+//! three replicated key-value servers (the one in `examples/kv/`, compiled into this binary
+//! and run as the hidden `understudy demo-kv` subcommand), all in a temporary directory.
+//! A writer SETs one new key after another through a backup's client port and records each
+//! acknowledged write. The demo shows the cluster table live, kills the primary's sidecar
+//! and app with SIGKILL, reports the new primary and how long writes paused as the writer
+//! saw it, restarts the killed node and shows it rejoin as a backup and catch up, and at
+//! the end reads every acknowledged key back through a client port and prints the count
+//! (exit status 1 if any is missing).
+//!
+//! Every child is killed and reaped on the way out, also after Ctrl-C, SIGTERM or SIGHUP
+//! (and, through `PR_SET_PDEATHSIG`, if the demo itself is killed). On success the node
+//! data directories are removed and the logs kept; on failure everything is kept.
+//! `--keep` leaves the cluster running after the check, prints the ports for `redis-cli`,
+//! and stops it at Ctrl-C. `--trials N` repeats the kill and rejoin N times and prints the
+//! failover time's minimum, median and maximum (`benches/README.md`).
+
+mod cluster;
+mod screen;
+mod writer;
+
+#[allow(dead_code)] // parts only the example's `main` and its tests use
+#[path = "../../../examples/kv/server/mod.rs"]
+mod kv;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use tokio::task::JoinHandle;
+
+use cluster::{settled, Admins, Cluster, Ports, NODES};
+use screen::Screen;
+use writer::{Target, Writer};
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 3s)"))
+}
+
+/// Flags of `understudy demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to write in each phase: before the kill, between the failover and the
+    /// restart, and after the rejoin.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub phase: Duration,
+    /// Kill and restart the primary this many times; with more than one, the failover
+    /// times' minimum, median and maximum are printed at the end.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub trials: u32,
+    /// Leave the cluster running after the check, print its ports for redis-cli, and stop
+    /// it at Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// First of the ports: node N's client port is BASE+N, its peer port BASE+10+N, its
+    /// admin port BASE+20+N and its key-value server BASE+30+N (default: 7000, or the
+    /// first of 7100, 7200, ... whose ports are all free).
+    #[arg(long, value_name = "BASE")]
+    pub base_port: Option<u16>,
+    /// Where to put the nodes' data and logs (default: a new directory under $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The sidecars' --heartbeat-interval.
+    #[arg(long, default_value = "50ms", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+    /// The sidecars' --failover-timeout.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub failover_timeout: Duration,
+    /// Print progress lines only, no table redrawn in place (the default when stdout is
+    /// not a terminal).
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// Flags of the hidden `understudy demo-kv`: the key-value example's server, run by the
+/// demo beside each sidecar.
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    /// The sidecar's --app-socket.
+    #[arg(long)]
+    pub app_socket: PathBuf,
+    /// Where to serve RESP clients (the sidecar's --app-addr).
+    #[arg(long)]
+    pub listen: SocketAddr,
+}
+
+/// `understudy demo-kv`: the key-value server until SIGTERM/SIGINT or until its sidecar
+/// goes away.
+pub fn run_kv(args: KvArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("kv")
+        .build()
+        .context("start the async runtime")?;
+    runtime
+        .block_on(kv::run(
+            &args.app_socket,
+            args.listen,
+            kv::Config::default(),
+            async {
+                let _ = signal_name().await;
+            },
+        ))
+        .map_err(|error| anyhow!(error_chain(&*error)))
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Resolves with the signal's name when SIGINT, SIGTERM or SIGHUP arrives.
+async fn signal_name() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install the signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+/// `understudy demo`.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    crate::config::check_timing(args.heartbeat_interval, args.failover_timeout)?;
+    // One thread: every child is spawned from it, and PR_SET_PDEATHSIG follows the thread
+    // that spawned, so it must live as long as the demo.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(demo(args))
+}
+
+/// A new directory under the system's temporary directory.
+fn temp_dir() -> anyhow::Result<PathBuf> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow!("random name: {e}"))?;
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("understudy-demo-{tag}"));
+    std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let ports = Ports::pick(args.base_port)?;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            dir.clone()
+        }
+        None => temp_dir()?,
+    };
+    let mut cluster = Cluster::new(dir, ports, args.heartbeat_interval, args.failover_timeout)?;
+    let screen = Screen::new(args.plain);
+    screen.say(format!(
+        "understudy demo: three sidecars and three key-value servers on 127.0.0.1, heartbeat {}, \
+         failover timeout {}\nfiles in {}, logs in {}",
+        humantime::format_duration(args.heartbeat_interval),
+        humantime::format_duration(args.failover_timeout),
+        cluster.dir.display(),
+        cluster.logs_dir().display(),
+    ));
+
+    let mut finished = false;
+    let (outcome, interrupted) = tokio::select! {
+        outcome = scenario(&mut cluster, &screen, &args, &mut finished) => (outcome, false),
+        signal = signal_name() => {
+            screen.freeze();
+            if finished {
+                (Ok(()), true)
+            } else {
+                (Err(anyhow!("interrupted by {signal}")), true)
+            }
+        }
+    };
+    screen.freeze();
+
+    let stopped = cluster.stop_all().await;
+    let pids = cluster
+        .pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    screen.say(format!(
+        "stopped the cluster: {stopped} processes killed and reaped (every PID started: {pids})"
+    ));
+    if outcome.is_ok() || interrupted {
+        for id in 1..=NODES {
+            let data = cluster.data_dir(id);
+            if let Err(error) = std::fs::remove_dir_all(&data) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    screen.say(format!("could not remove {}: {error}", data.display()));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(cluster.dir.join("cluster-secret"));
+        screen.say(format!(
+            "removed the data directories; the logs are in {}",
+            cluster.logs_dir().display()
+        ));
+    } else {
+        screen.say(format!(
+            "kept {} for a post-mortem; the logs are in {}",
+            cluster.dir.display(),
+            cluster.logs_dir().display()
+        ));
+    }
+    outcome
+}
+
+/// Aborts a spawned task when dropped (the scenario may be dropped at a signal).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The whole show; `finished` is set once the check passed (with `--keep`, the scenario
+/// then waits for a signal).
+async fn scenario(
+    cluster: &mut Cluster,
+    screen: &Screen,
+    args: &DemoArgs,
+    finished: &mut bool,
+) -> anyhow::Result<()> {
+    let admins = cluster.admins();
+    let ports = cluster.ports;
+    // Generous for a loaded two-core machine, and scaled with the timing asked for.
+    let patience = Duration::from_secs(15) + args.failover_timeout * 10;
+
+    for id in 1..=NODES {
+        let (sidecar, app) = cluster.start_node(id)?;
+        screen.say(format!(
+            "node {id}: sidecar pid {sidecar} (client port {}, peer {}, admin {}), \
+             key-value server pid {app} ({})",
+            ports.client(id).port(),
+            ports.peer(id).port(),
+            ports.admin(id).port(),
+            ports.app(id).port(),
+        ));
+    }
+    let started = Instant::now();
+    let (primary, epoch) = wait_for(cluster, "the nodes to elect a primary", patience, || {
+        let admins = admins.clone();
+        async move { settled(&admins.statuses().await, usize::from(NODES)) }
+    })
+    .await?;
+    let backups: Vec<u16> = (1..=NODES).filter(|&id| id != primary).collect();
+    screen.say(format!(
+        "node {primary} is primary (epoch {epoch}), elected {:.1} s after the start; nodes {} \
+         and {} are its backups",
+        started.elapsed().as_secs_f64(),
+        backups[0],
+        backups[1]
+    ));
+
+    let through = backups[0];
+    let mut writer = Writer::start(Target {
+        node: through,
+        addr: ports.client(through),
+    });
+    let _table = AbortOnDrop(tokio::spawn(refresh_table(
+        admins.clone(),
+        writer.shared_log(),
+        screen.clone(),
+        writer.subscribe(),
+    )));
+    screen.say(format!(
+        "writing: SET demo:N value-N, one at a time, through node {through}'s client port \
+         {} (a backup's: it forwards to the primary's)",
+        ports.client(through)
+    ));
+    let since = Instant::now();
+    wait_for(cluster, "a first acknowledged write", patience, || {
+        let acked = writer.log().acks.len();
+        async move { (acked > 0).then_some(()) }
+    })
+    .await?;
+    screen.say(format!(
+        "the first write was acknowledged {:.0} ms later",
+        ms(since.elapsed())
+    ));
+    show_now(screen, &admins, &writer).await;
+
+    let mut failovers: Vec<(Duration, Duration)> = Vec::new();
+    let mut last_killed = primary;
+    for trial in 1..=args.trials {
+        if args.trials > 1 {
+            screen.say(format!("trial {trial} of {}", args.trials));
+        }
+        write_for(cluster, args.phase).await?;
+        let (old, old_epoch) = wait_for(cluster, "a settled cluster", patience, || {
+            let admins = admins.clone();
+            async move { settled(&admins.statuses().await, usize::from(NODES)) }
+        })
+        .await?;
+        show_now(screen, &admins, &writer).await;
+        // Write through a backup's port, so that the client sees the failover from a node
+        // that survives it.
+        if writer.target().node == old {
+            let node = (1..=NODES).find(|&id| id != old).unwrap_or(1);
+            writer.retarget(Target {
+                node,
+                addr: ports.client(node),
+            });
+            screen.say(format!(
+                "the writer moves to node {node}'s client port {}",
+                ports.client(node)
+            ));
+            let moved = Instant::now();
+            wait_for(cluster, "a write through the new port", patience, || {
+                let after = writer.log().around(moved).1.is_some();
+                async move { after.then_some(()) }
+            })
+            .await?;
+        }
+        let (sidecar, app) = cluster.pids_of(old);
+        let acked_before = writer.log().acks.len();
+        screen.say(format!(
+            "kill -9 node {old}, the primary: its sidecar (pid {}) and its key-value server \
+             (pid {}); {acked_before} writes acknowledged so far",
+            sidecar.unwrap_or(0),
+            app.unwrap_or(0)
+        ));
+        let kill_at = Instant::now();
+        cluster.kill_node(old).await;
+        let killed_at = Instant::now();
+        last_killed = old;
+
+        let (before, after) = wait_for(
+            cluster,
+            "the writer's first acknowledged write after the kill",
+            patience,
+            || {
+                let around = writer.log().around(killed_at);
+                async move {
+                    match around {
+                        (before, Some(after)) => Some((before, after)),
+                        _ => None,
+                    }
+                }
+            },
+        )
+        .await?;
+        let first_write = after.saturating_duration_since(kill_at);
+        let pause = after.saturating_duration_since(before.unwrap_or(kill_at));
+        let failed = writer.log().failed;
+        let (new, new_epoch) = wait_for(cluster, "a new primary", patience, || {
+            let admins = admins.clone();
+            async move {
+                settled(&admins.statuses().await, usize::from(NODES) - 1)
+                    .filter(|&(id, _)| id != old)
+            }
+        })
+        .await?;
+        screen.say(format!(
+            "node {new} is the new primary (epoch {new_epoch}, was {old_epoch}); the writer's \
+             first acknowledged write came {:.0} ms after the kill\nwrites paused {:.0} ms \
+             (from the last acknowledged write before the kill to the first after it); {} \
+             attempts so far were cut off or refused",
+            ms(first_write),
+            ms(pause),
+            failed
+        ));
+        show_now(screen, &admins, &writer).await;
+        failovers.push((first_write, pause));
+
+        write_for(cluster, args.phase).await?;
+        let target = admins
+            .statuses()
+            .await
+            .into_iter()
+            .flatten()
+            .find(|view| view.node_id == new)
+            .map_or(0, |view| view.commit_lsn);
+        let (sidecar, app) = cluster.start_node(old)?;
+        let restarted = Instant::now();
+        screen.say(format!(
+            "restarting node {old}: sidecar pid {sidecar}, key-value server pid {app}; the \
+             primary's commit LSN is {target}"
+        ));
+        let app_addr = ports.app(old);
+        let (as_backup, caught_up, applied) = wait_for(
+            cluster,
+            &format!("node {old} to rejoin and catch up"),
+            patience,
+            || {
+                let admins = admins.clone();
+                async move {
+                    let views = admins.statuses().await;
+                    let own = views.iter().flatten().find(|v| v.node_id == old)?;
+                    let from_primary = views.iter().flatten().find(|v| v.node_id == new)?;
+                    let seen = from_primary
+                        .peers
+                        .iter()
+                        .any(|p| p.node_id == old && p.connected);
+                    let joined = own.role == "backup" && own.primary == Some(new) && seen;
+                    if !joined || own.durable_lsn < target {
+                        return None;
+                    }
+                    let applied: u64 = writer::info_field(app_addr, "applied_lsn")
+                        .await
+                        .ok()?
+                        .parse()
+                        .ok()?;
+                    (applied >= target).then_some((own.epoch, own.durable_lsn, applied))
+                }
+            },
+        )
+        .await?;
+        let gap = writer.log().longest_gap_since(restarted);
+        screen.say(format!(
+            "node {old} rejoined as a backup of node {new} (epoch {as_backup}) and caught up \
+             {:.1} s after the restart: its log is durable to LSN {caught_up}, its key-value \
+             server replayed it to LSN {applied}\nthe longest pause in writes meanwhile: {:.0} ms",
+            restarted.elapsed().as_secs_f64(),
+            ms(gap),
+        ));
+        show_now(screen, &admins, &writer).await;
+    }
+
+    write_for(cluster, args.phase).await?;
+    writer.stop().await;
+    show_now(screen, &admins, &writer).await;
+    let (seqs, failed, connections, rate_window) = {
+        let log = writer.log();
+        let seqs: Vec<u64> = log.acks.iter().map(|(seq, _)| *seq).collect();
+        let window = match (log.acks.first(), log.acks.last()) {
+            (Some(first), Some(last)) => last.1.saturating_duration_since(first.1),
+            _ => Duration::ZERO,
+        };
+        (seqs, log.failed, log.connections, window)
+    };
+    screen.say(format!(
+        "stopped writing: {} writes acknowledged ({:.0} a second), {failed} attempts cut off \
+         or refused (their outcome is unknown; they are not counted), {connections} connections",
+        seqs.len(),
+        seqs.len() as f64 / rate_window.as_secs_f64().max(0.001),
+    ));
+    let reader = last_killed;
+    screen.say(format!(
+        "reading every acknowledged key back through node {reader}'s client port {} ...",
+        ports.client(reader)
+    ));
+    let missing = writer::read_back(ports.client(reader), &seqs).await?;
+    if !missing.is_empty() {
+        let examples: Vec<String> = missing
+            .iter()
+            .take(5)
+            .map(|&seq| writer::key_value(seq).0)
+            .collect();
+        bail!(
+            "{} of {} acknowledged writes are missing or wrong (e.g. {})",
+            missing.len(),
+            seqs.len(),
+            examples.join(", ")
+        );
+    }
+    screen.say(format!(
+        "all {} acknowledged writes are readable: none was lost",
+        seqs.len()
+    ));
+    if failovers.len() > 1 {
+        screen.say(summary(&failovers));
+    }
+    *finished = true;
+
+    if args.keep {
+        let mut text =
+            String::from("\nThe cluster keeps running; Ctrl-C stops it and cleans up.\n");
+        for id in 1..=NODES {
+            text.push_str(&format!(
+                "  node {id}: redis-cli -p {}    (client port; the server itself: {}, admin: \
+                 http://{}/status)\n",
+                ports.client(id).port(),
+                ports.app(id),
+                ports.admin(id)
+            ));
+        }
+        text.push_str(&format!(
+            "  understudy status --admin {}\n  logs: {}\n",
+            admins.0.join(","),
+            cluster.logs_dir().display()
+        ));
+        screen.print(text);
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The trials' failover times: minimum, median, maximum.
+fn summary(failovers: &[(Duration, Duration)]) -> String {
+    let stats = |mut values: Vec<Duration>| {
+        values.sort_unstable();
+        let median = if values.len() % 2 == 1 {
+            values[values.len() / 2]
+        } else {
+            (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2
+        };
+        format!(
+            "min {:.0} ms, median {:.0} ms, max {:.0} ms",
+            ms(values[0]),
+            ms(median),
+            ms(values[values.len() - 1])
+        )
+    };
+    let list = |values: &[Duration]| {
+        values
+            .iter()
+            .map(|d| format!("{:.0}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let first: Vec<Duration> = failovers.iter().map(|f| f.0).collect();
+    let pause: Vec<Duration> = failovers.iter().map(|f| f.1).collect();
+    format!(
+        "failover over {} trials, as the writer saw it through a backup's client port:\n  \
+         kill -9 to the first acknowledged write: {}\n    (each, ms: {})\n  \
+         writes paused (last acknowledged before the kill to first after): {}\n    (each, ms: {})",
+        failovers.len(),
+        stats(first.clone()),
+        list(&first),
+        stats(pause.clone()),
+        list(&pause),
+    )
+}
+
+/// Lets the writer run for `phase`, failing early if a child exits on its own.
+async fn write_for(cluster: &mut Cluster, phase: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + phase;
+    while Instant::now() < end {
+        if let Some(exited) = cluster.exited() {
+            bail!(exited);
+        }
+        tokio::time::sleep(Duration::from_millis(50).min(end - Instant::now())).await;
+    }
+    Ok(())
+}
+
+/// Polls `check` every 50 ms until it gives a value; fails after `patience`, or at once
+/// if a child exits on its own.
+async fn wait_for<T, F: Future<Output = Option<T>>>(
+    cluster: &mut Cluster,
+    what: &str,
+    patience: Duration,
+    mut check: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if let Some(exited) = cluster.exited() {
+            bail!("while waiting for {what}: {exited}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "gave up waiting for {what} after {} s (see the logs in {})",
+                patience.as_secs(),
+                cluster.logs_dir().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Redraws the live area every 200 ms: the cluster table from the admin ports, and the
+/// writer's figures.
+async fn refresh_table(admins: Admins, log: SharedLog, screen: Screen, target: TargetWatch) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        screen.set_live(live_lines(&admins, &log, &target).await);
+    }
+}
+
+type SharedLog = std::sync::Arc<std::sync::Mutex<writer::Log>>;
+type TargetWatch = tokio::sync::watch::Receiver<Target>;
+
+/// The live area's text as of now.
+async fn live_lines(admins: &Admins, log: &SharedLog, target: &TargetWatch) -> Vec<String> {
+    let views: Vec<_> = admins.statuses().await.into_iter().flatten().collect();
+    let mut lines: Vec<String> = Vec::new();
+    if views.is_empty() {
+        lines.push("no node answers on its admin port".to_string());
+    } else {
+        let table = crate::cli::status::table(&views);
+        lines.extend(table.lines().map(str::to_string));
+    }
+    let now = Instant::now();
+    let log = writer::lock(log);
+    let last = log.acks.last().map_or("never".to_string(), |(_, at)| {
+        format!("{:.0} ms ago", ms(now.saturating_duration_since(*at)))
+    });
+    let target = *target.borrow();
+    let state = if log.stopped {
+        "stopped".to_string()
+    } else {
+        format!("{}/s, last {last}", log.rate(now))
+    };
+    lines.push(format!(
+        "writer (through node {}'s client port {}): {} acknowledged, {state}; {} cut off or \
+         refused",
+        target.node,
+        target.addr.port(),
+        log.acks.len(),
+        log.failed,
+    ));
+    lines
+}
+
+/// Brings the live area up to date now and, without a terminal, prints it.
+async fn show_now(screen: &Screen, admins: &Admins, writer: &Writer) {
+    let lines = live_lines(admins, &writer.shared_log(), &writer.subscribe()).await;
+    screen.set_live(lines);
+    screen.show();
+}

@@ -1,0 +1,218 @@
+//! `understudy demo`, run as a user would (not on a terminal, so in plain-output mode) with
+//! short phases: it succeeds, reports the write pause and a count of acknowledged writes
+//! all readable, and leaves no process and no data directory behind; SIGTERM in the
+//! middle stops every child too.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The demos of this file run one at a time: each picks its ports by probing for a free
+/// block, and two probing at once could pick the same.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The number after `prefix` in `text`.
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    let at = text.find(prefix)? + prefix.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// PIDs of live processes whose command line mentions `dir` (the demo's children all do:
+/// their data dir, socket or secret is in it).
+fn processes_using(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+fn demo_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+    command
+        .args(["demo", "--phase", "1s", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let temp = tempfile::Builder::new()
+        .prefix("understudy-demo-test-")
+        .tempdir()
+        .unwrap();
+    let dir = temp.path().join("demo");
+    let started = Instant::now();
+    let output = support::output_within(demo_command(&dir), Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let logs = || {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = body.lines().rev().take(15).collect();
+            text.push_str(&format!("---- {} ----\n", entry.path().display()));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    };
+    assert!(
+        output.status.success(),
+        "the demo failed ({}):\n{stdout}\n{stderr}\n{}",
+        output.status,
+        logs()
+    );
+    eprintln!("{stdout}");
+    eprintln!("the demo took {:.1} s", started.elapsed().as_secs_f64());
+
+    // It killed the primary and says how long writes paused.
+    assert!(stdout.contains("kill -9 node"), "{stdout}");
+    let pause = number_after(&stdout, "writes paused ").expect("a write pause is reported");
+    assert!(pause > 0 && pause < 30_000, "pause {pause} ms\n{stdout}");
+    assert!(stdout.contains("is the new primary"), "{stdout}");
+    assert!(stdout.contains("rejoined as a backup"), "{stdout}");
+
+    // Every acknowledged write is readable, and there were some.
+    let readable = number_after(&stdout, "all ").expect("a count of readable writes");
+    let acknowledged = number_after(&stdout, "stopped writing: ").expect("a count of writes");
+    assert!(readable > 0, "{stdout}");
+    assert_eq!(readable, acknowledged, "{stdout}");
+    assert!(
+        stdout.contains(&format!("all {readable} acknowledged writes are readable")),
+        "{stdout}"
+    );
+
+    // No process it started is left, and only the logs remain.
+    let pids_line = stdout
+        .lines()
+        .find(|line| line.contains("every PID started: "))
+        .expect("the demo lists the PIDs it started");
+    let pids: Vec<u32> = pids_line
+        .split("every PID started: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    // Three sidecars and three servers, and the killed node's two again.
+    assert_eq!(pids.len(), 8, "{pids_line}");
+    let left = processes_using(&dir);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    for pid in pids {
+        // A PID may have been reused by now, but not by a process of this demo.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()),
+            "pid {pid} is still running"
+        );
+    }
+    for id in 1..=3 {
+        assert!(!dir.join(format!("node{id}")).exists(), "node{id} left");
+    }
+    assert!(dir.join("logs/node1.log").exists());
+    assert!(dir.join("logs/kv1.log").exists());
+    assert!(stdout.contains(&dir.join("logs").display().to_string()));
+}
+
+/// SIGTERM while the demo writes: it stops and reaps every child and exits non-zero.
+#[test]
+fn sigterm_stops_every_child() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let temp = tempfile::Builder::new()
+        .prefix("understudy-demo-test-")
+        .tempdir()
+        .unwrap();
+    let dir = temp.path().join("demo");
+    let mut child = demo_command(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Until it is writing (so every child is up), then SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(timeout) {
+            Ok(line) => {
+                let writing = line.contains("the first write was acknowledged");
+                seen.push(line);
+                if writing {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the demo did not start writing:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    let children = processes_using(&dir)
+        .into_iter()
+        .filter(|(pid, _)| *pid != child.id())
+        .count();
+    assert_eq!(children, 6, "{}", seen.join("\n"));
+    // SAFETY: kill(2) of a child we spawned and have not reaped.
+    unsafe {
+        kill(child.id() as i32, 15);
+    }
+    let exited = support::wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    seen.extend(lines_rx.try_iter());
+    let text = seen.join("\n");
+    assert!(exited, "the demo did not stop at SIGTERM:\n{text}");
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("stopped the cluster: 6 processes"), "{text}");
+    let left = processes_using(&dir);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(!dir.join("node1").exists(), "{text}");
+}
+
+extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
