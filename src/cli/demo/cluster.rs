@@ -389,4 +389,48 @@ mod tests {
         assert_eq!(ports.app(3).to_string(), "127.0.0.1:7033");
         assert_eq!(ports.all().count(), 12);
     }
+
+    fn view(id: u16, role: &str, epoch: u64, primary: Option<u16>) -> Option<StatusView> {
+        let json = serde_json::json!({
+            "node_id": id, "role": role, "epoch": epoch, "primary": primary,
+            "lease_held": role == "primary", "durable_lsn": 10, "commit_lsn": 10,
+            "heartbeat_age_ms": null, "peers": [], "failed": null,
+        });
+        Some(serde_json::from_value(json).unwrap())
+    }
+
+    /// The cluster is settled once one primary holds its lease and every node that answers
+    /// follows it in its epoch; not while a node is a candidate or an epoch behind.
+    #[test]
+    fn settled_needs_every_answer_to_agree() {
+        let all = [
+            view(1, "backup", 2, Some(2)),
+            view(2, "primary", 2, Some(2)),
+            view(3, "backup", 2, Some(2)),
+        ];
+        assert_eq!(settled(&all, 3), Some((2, 2)));
+        assert_eq!(settled(&[None, all[1].clone(), all[2].clone()], 3), None);
+        assert_eq!(
+            settled(&[None, all[1].clone(), all[2].clone()], 2),
+            Some((2, 2))
+        );
+        let lagging = [
+            view(1, "backup", 1, Some(1)),
+            all[1].clone(),
+            all[2].clone(),
+        ];
+        assert_eq!(settled(&lagging, 3), None);
+        let electing = [
+            view(1, "candidate", 3, None),
+            all[1].clone(),
+            all[2].clone(),
+        ];
+        assert_eq!(settled(&electing, 3), None);
+        let mut no_lease = all.clone();
+        no_lease[1] = view(2, "primary", 2, Some(2)).map(|mut v| {
+            v.lease_held = false;
+            v
+        });
+        assert_eq!(settled(&no_lease, 3), None);
+    }
 }

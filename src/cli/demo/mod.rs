@@ -644,3 +644,21 @@ async fn show_now(screen: &Screen, admins: &Admins, writer: &Writer) {
     screen.set_live(lines);
     screen.show();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_gives_min_median_and_max() {
+        let ms = |n| Duration::from_millis(n);
+        let text = summary(&[(ms(600), ms(610)), (ms(550), ms(560)), (ms(900), ms(950))]);
+        assert!(
+            text.contains("first acknowledged write: min 550 ms, median 600 ms, max 900 ms"),
+            "{text}"
+        );
+        assert!(text.contains("(each, ms: 600 550 900)"), "{text}");
+        let even = summary(&[(ms(500), ms(500)), (ms(700), ms(700))]);
+        assert!(even.contains("median 600 ms"), "{even}");
+    }
+}

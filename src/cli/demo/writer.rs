@@ -400,7 +400,7 @@ mod tests {
         );
         assert_eq!(
             parse(b"-ERR no\r\nrest").unwrap(),
-            Some((Value::Error("ERR no".into()), 8))
+            Some((Value::Error("ERR no".into()), 9))
         );
         assert_eq!(parse(b":42\r\n").unwrap(), Some((Value::Integer(42), 5)));
         assert_eq!(parse(b"$3\r\nab").unwrap(), None);
@@ -411,7 +411,7 @@ mod tests {
                     Value::Bulk(Some(b"a".to_vec())),
                     Value::Bulk(None)
                 ])),
-                17
+                16
             ))
         );
         assert_eq!(parse(b"*2\r\n$1\r\na\r\n").unwrap(), None);
