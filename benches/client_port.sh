@@ -9,7 +9,8 @@
 # proxy: `redis-benchmark -t set,get -d 128 -P 16 -c 50 -n $REQUESTS` against the
 #   primary's key-value server directly, through the primary's client port (one proxy hop)
 #   and through a backup's client port (two hops: the backup's proxy, then the primary's),
-#   $ROUNDS rounds in turn so that drift in the machine's load hits all three alike.
+#   $ROUNDS rounds in turn so that drift in the machine's load hits all three alike; and
+#   PING (`-t ping_mbulk`, 5 x $REQUESTS), which commits nothing, for the proxy's raw cost.
 # failover: `understudy demo --trials $TRIALS`: kill -9 of the primary, time to the first
 #   acknowledged write through a backup's client port, min/median/max.
 #
@@ -63,6 +64,9 @@ if [[ $what == all || $what == proxy ]]; then
             echo "-- round $round: ${label[$target]}, load $(cut -d' ' -f1 /proc/loadavg)"
             redis-benchmark -h 127.0.0.1 -p "${port[$target]}" -t set,get -d 128 -P 16 -c 50 \
                 -n "$REQUESTS" -q 2>&1 | tr '\r' '\n' | grep -E '^(SET|GET): .*requests per second'
+            # PING commits nothing: the proxy's own cost, with nothing else to hide it.
+            redis-benchmark -h 127.0.0.1 -p "${port[$target]}" -t ping_mbulk -P 16 -c 50 \
+                -n "$((REQUESTS * 5))" -q 2>&1 | tr '\r' '\n' | grep -E '^PING.*requests per second'
         done
     done
     kill -INT $demo

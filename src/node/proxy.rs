@@ -8,11 +8,13 @@
 //! primary changed) the connection is closed, so no client keeps talking to a stale primary.
 //!
 //! Bytes are copied once each way through one buffer per direction
-//! (`copy_bidirectional_with_sizes`); both legs have TCP_NODELAY.
+//! (`copy_bidirectional_with_sizes`), in a task that does nothing else; both legs have
+//! TCP_NODELAY. A second task per connection watches the node's status and the idle time
+//! and ends the copy when either says so.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -155,24 +157,25 @@ async fn carry(
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let activity = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut client = Tracked::new(client, Arc::clone(&activity), started);
-    let mut upstream = Tracked::new(upstream, Arc::clone(&activity), started);
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        BUFFER_LEN,
-        BUFFER_LEN,
-    );
-    tokio::pin!(copy);
-    let mut idle_check = tokio::time::interval(limits.idle_timeout.min(Duration::from_secs(1)));
+    // The bytes are carried by a task of their own, which wakes only for data; this one
+    // wakes only for the node's status and the idle check, and ends the copy by aborting
+    // it (which drops, and so closes, both sockets). Watching both in one task would poll
+    // the status watch and the timer on every read and write as well.
+    let active = Arc::new(AtomicBool::new(false));
+    let mut copy = AbortOnDrop(tokio::spawn(copy_both_ways(
+        client,
+        upstream,
+        Arc::clone(&active),
+    )));
+    let period = limits.idle_timeout.min(Duration::from_secs(1));
+    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut last_active = Instant::now();
     loop {
         tokio::select! {
-            result = &mut copy => {
+            result = &mut copy.0 => {
                 return match result {
-                    Ok(_) => "closed",
-                    Err(_) => "connection error",
+                    Ok(Ok(())) => "closed",
+                    Ok(Err(_)) | Err(_) => "connection error",
                 };
             }
             changed = status.changed() => {
@@ -185,8 +188,9 @@ async fn carry(
                 }
             }
             _ = idle_check.tick() => {
-                let last = Duration::from_nanos(activity.load(Ordering::Relaxed));
-                if started.elapsed().saturating_sub(last) > limits.idle_timeout {
+                if active.swap(false, Ordering::Relaxed) {
+                    last_active = Instant::now();
+                } else if last_active.elapsed() >= limits.idle_timeout {
                     return "idle";
                 }
             }
@@ -194,25 +198,44 @@ async fn carry(
     }
 }
 
-/// A stream that records the time of its last read or write, for the idle timeout.
+/// Copies both ways until both sides are done (or one fails), through one buffer per
+/// direction.
+async fn copy_both_ways(
+    client: TcpStream,
+    upstream: TcpStream,
+    active: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let mut client = Tracked::new(client, Arc::clone(&active));
+    let mut upstream = Tracked::new(upstream, active);
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER_LEN, BUFFER_LEN)
+        .await
+        .map(|_| ())
+}
+
+/// Aborts the task when dropped: a connection ended by the node (or by its shutdown) takes
+/// its copy task, and so its sockets, with it.
+struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A stream that notes that bytes moved, for the idle check: one relaxed store per read
+/// or write, no clock read.
 struct Tracked {
     stream: TcpStream,
-    activity: Arc<AtomicU64>,
-    started: Instant,
+    active: Arc<AtomicBool>,
 }
 
 impl Tracked {
-    fn new(stream: TcpStream, activity: Arc<AtomicU64>, started: Instant) -> Tracked {
-        Tracked {
-            stream,
-            activity,
-            started,
-        }
+    fn new(stream: TcpStream, active: Arc<AtomicBool>) -> Tracked {
+        Tracked { stream, active }
     }
 
     fn touch(&self) {
-        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.activity.store(nanos, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
     }
 }
 

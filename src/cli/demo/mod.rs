@@ -356,13 +356,11 @@ async fn scenario(
             "the writer's first acknowledged write after the kill",
             patience,
             || {
-                let around = writer.log().around(killed_at);
-                async move {
-                    match around {
-                        (before, Some(after)) => Some((before, after)),
-                        _ => None,
-                    }
-                }
+                // The last acknowledgement before the kill was sent, and the first after it
+                // took effect (one in between was an old primary's answer).
+                let log = writer.log();
+                let (before, after) = (log.around(kill_at).0, log.around(killed_at).1);
+                async move { after.map(|after| (before, after)) }
             },
         )
         .await?;
