@@ -15,9 +15,10 @@
 //! client port closes its connections when the primary changes, so a client reconnects and
 //! lands on the new one.
 //!
-//! `understudy demo` runs three sidecars with this server beside each on loopback; against
-//! it, point `redis-cli -p PORT` at any client port the demo prints. By hand, for node 1 of
-//! three (nodes 2 and 3 alike, with their own ports, sockets and directories):
+//! `understudy demo` runs three sidecars with this server beside each on loopback; with
+//! `--keep` it leaves them running: point `redis-cli -p PORT` at any client port it prints.
+//! By hand, for node 1 of three (nodes 2 and 3 alike, with their own ports, sockets and
+//! directories):
 //!
 //! ```text
 //! head -c 32 /dev/urandom | base64 > /tmp/kv-secret
