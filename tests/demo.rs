@@ -49,10 +49,29 @@ fn processes_using(dir: &Path) -> Vec<(u32, String)> {
     found
 }
 
+/// A base for `--base-port` whose 12 ports are free now. Left to itself the demo tries
+/// 7000 first; starting from a block derived from this process's PID keeps two test runs
+/// on one machine (two worktrees, say) from probing the same block at the same moment.
+fn base_port() -> u16 {
+    let blocks = 30; // 7000, 7100, ... 9900
+    let first = std::process::id() % blocks;
+    (0..blocks)
+        .map(|i| 7000 + 100 * ((first + i) % blocks) as u16)
+        .find(|base| {
+            [1, 11, 21, 31]
+                .iter()
+                .flat_map(|offset| (0..3).map(move |n| base + offset + n))
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .expect("a free block of ports between 7000 and 9999")
+}
+
 fn demo_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
     command
-        .args(["demo", "--phase", "1s", "--dir"])
+        .args(["demo", "--phase", "1s", "--base-port"])
+        .arg(base_port().to_string())
+        .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null());
     command
