@@ -275,9 +275,7 @@ impl Cluster {
     pub(super) async fn stop_all(&mut self) -> usize {
         let mut stopped = 0;
         for id in 1..=NODES {
-            if self.is_running(id) {
-                stopped += self.running_count(id);
-            }
+            stopped += self.running_count(id);
             self.kill_node(id).await;
         }
         stopped
@@ -291,10 +289,6 @@ impl Cluster {
             .filter_map(|child| child.try_wait().ok())
             .filter(Option::is_none)
             .count()
-    }
-
-    fn is_running(&mut self, id: u16) -> bool {
-        self.running_count(id) > 0
     }
 
     /// A child that exited on its own (it should not have), as one line naming its log.
