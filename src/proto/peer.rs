@@ -596,6 +596,9 @@ pub fn encode_message_head(message: &Message, records_len: usize, dst: &mut Byte
 #[derive(Debug, Default)]
 pub struct PeerCodec;
 
+/// The most [`PeerCodec`] reserves at once for the unread part of a frame.
+const RESERVE_STEP_LEN: usize = 64 * 1024;
+
 impl Decoder for PeerCodec {
     type Item = Frame;
     type Error = DecodeError;
@@ -612,9 +615,11 @@ impl Decoder for PeerCodec {
             });
         }
         if src.len() < 4 + len {
-            // Reserve for the rest of this frame only: a peer cannot make us allocate more
-            // than one frame's worth, and the limit is checked above.
-            src.reserve(4 + len - src.len());
+            // Make room for a little more of this frame at a time, not for all of it: four
+            // bytes announcing a frame near the limit, from a peer that has not even proved
+            // it holds the secret, must not reserve tens of megabytes. The buffer still grows
+            // with what actually arrives (amortised doubling), and never past one frame.
+            src.reserve((4 + len - src.len()).min(RESERVE_STEP_LEN));
             return Ok(None);
         }
         src.advance(4);
@@ -758,6 +763,22 @@ mod tests {
             Err(DecodeError::TooLong { .. })
         ));
         assert!(buf.capacity() < 1 << 20);
+    }
+
+    /// Regression (found by the peer_frame fuzz target, which ran at a few hundred inputs a
+    /// second because of it): a length prefix alone made the codec reserve the whole
+    /// announced frame, up to `FRAME_LEN_MAX`, before a byte of it arrived.
+    #[test]
+    fn a_length_prefix_alone_does_not_reserve_the_whole_frame() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le((FRAME_LEN_MAX - 1) as u32);
+        buf.put_u8(20);
+        assert_eq!(PeerCodec.decode(&mut buf), Ok(None));
+        assert!(
+            buf.capacity() <= 2 * RESERVE_STEP_LEN,
+            "reserved {}",
+            buf.capacity()
+        );
     }
 
     #[test]
