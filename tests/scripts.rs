@@ -1,0 +1,122 @@
+//! Runs the short version of every crash-and-restart script in `tests/scripts/` against the
+//! binaries this build made, one script at a time (each starts its own 3-node cluster and
+//! its timing must not compete with another's). A script's output is printed when it fails.
+//!
+//! The long versions are run by hand, e.g. `tests/scripts/kill_random.sh --cycles 200`
+//! (tests/scripts/README.md). `UNDERSTUDY_KEEP_TEMP=1` keeps a run's directory.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One script at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The exit status a script uses to say it cannot run here (it prints why).
+const SKIP: i32 = 77;
+
+/// The key-value example's binary: `cargo test` builds the examples beside the test
+/// binaries (`target/<profile>/examples/`); built here if it is missing.
+fn kv_example() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let kv = profile_dir.join("examples").join("kv");
+    if !kv.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "kv"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --example kv");
+        assert!(status.success(), "cargo build --example kv failed");
+    }
+    kv
+}
+
+fn run_script(name: &str, args: &[&str]) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scripts")
+        .join(name);
+    let mut command = Command::new("bash");
+    command
+        .arg(&script)
+        .args(args)
+        .env("UNDERSTUDY_BIN", env!("CARGO_BIN_EXE_understudy"))
+        .env("CHAOS_BIN", env!("CARGO_BIN_EXE_understudy-chaos"))
+        .env("KV_BIN", kv_example());
+    let started = std::time::Instant::now();
+    let output = support::output_within(command, Duration::from_secs(240));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(SKIP) {
+        eprintln!("skipped {name}: {}", stdout.trim());
+        return;
+    }
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed ({:?}) after {:?}\n--- stdout ---\n{stdout}\n--- stderr (tail) ---\n{}",
+        output.status,
+        started.elapsed(),
+        tail(&stderr, 60)
+    );
+    eprintln!("{name} passed in {:?}:\n{stdout}", started.elapsed());
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[test]
+fn kill_primary_loses_no_acknowledged_write() {
+    run_script("kill_primary.sh", &["--cycles", "1"]);
+}
+
+#[test]
+fn kill_random_node_repeatedly_loses_no_acknowledged_write() {
+    run_script("kill_random.sh", &["--cycles", "3"]);
+}
+
+#[test]
+fn paused_primary_does_not_serve_when_it_wakes() {
+    run_script("pause_primary.sh", &["--cycles", "1"]);
+}
+
+#[test]
+fn partitioned_primary_stops_serving_and_majority_elects() {
+    run_script("partition_primary.sh", &["--cycles", "1"]);
+}
+
+#[test]
+fn flapping_link_causes_no_split_brain_and_few_elections() {
+    run_script("flapping_link.sh", &["--flaps", "6"]);
+}
+
+/// Needs root to mount a tmpfs; the script exits 77 (skipped, with the reason) without it.
+#[test]
+fn full_disk_stops_acknowledging_without_corruption_and_recovers() {
+    run_script("disk_full.sh", &[]);
+}
+
+#[test]
+fn flipped_byte_in_a_sealed_segment_is_detected_and_never_served() {
+    run_script("flip_bytes.sh", &[]);
+}
+
+/// Known bug: a backup restarted with an empty data directory is never sent the log,
+/// because the primary keeps the old node's matched and durable LSN for it (the node stays
+/// at last_lsn 0 while the primary reports it matched and durable at its own last LSN; so
+/// it would also count toward the commit rule without holding the records). Run it with
+/// `cargo test --test scripts -- --ignored` once the core or the peer layer resets its
+/// view of a peer whose log went backwards.
+#[test]
+#[ignore = "known bug: a wiped backup never catches up (see the comment)"]
+fn wiped_backup_catches_up_from_the_primary() {
+    run_script("wipe_backup.sh", &[]);
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# flip_bytes.sh: flip bytes inside a sealed WAL segment of a backup.
+#
+# Starts a 3-node cluster (sidecar + key-value example per node) on loopback and a writer of
+# 64 KiB values that records every acknowledged write, until the log has rolled to a second
+# segment (segments hold 64 MiB). Then it SIGKILLs a backup and inverts COUNT bytes in the
+# middle of that backup's first, sealed segment. Checks: `understudy wal verify` fails and
+# names the segment; the restarted node refuses to start (it must never serve the damaged
+# range) and says why. The node then stays down (see wipe_backup.sh for the repair, which
+# does not work yet); more writes follow, and at the end it checks that every
+# acknowledged write is readable and that the two other logs agree on the committed prefix.
+#
+# Run: tests/scripts/flip_bytes.sh [--count N]   (default 1 byte). Writes about 70 MiB per
+#      node under $TMPDIR.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+COUNT=1
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --count) COUNT=$2; shift 2 ;;
+    *) echo "usage: $0 [--count N]" >&2; exit 2 ;;
+    esac
+done
+
+setup plain
+start_cluster
+victim=$(other_than "$PRIMARY")
+start_writer 300 --value-len 65536
+for _ in $(seq 1 600); do
+    segments=$(find "${DATA_DIR[$victim]}/wal" -name '*.wal' | wc -l)
+    [[ $segments -ge 2 ]] && break
+    sleep 0.5
+done
+[[ $segments -ge 2 ]] || fail "node $victim's log did not roll to a second segment"
+sleep 0.5
+stop_writer
+kill_node "$victim"
+sealed=$(find "${DATA_DIR[$victim]}/wal" -name '*.wal' | sort | head -n 1)
+size=$(stat -c %s "$sealed")
+offset=$((size / 2))
+# Invert COUNT bytes at the middle of the sealed segment.
+original=$(od -An -v -tx1 -j "$offset" -N "$COUNT" "$sealed" | tr -d ' \n')
+for i in $(seq 0 $((COUNT - 1))); do
+    byte=$((16#${original:$((2 * i)):2} ^ 0xff))
+    # shellcheck disable=SC2059 # the format is an octal escape built here
+    printf "\\$(printf '%03o' "$byte")" | dd of="$sealed" bs=1 seek=$((offset + i)) conv=notrunc status=none
+done
+log "inverted $COUNT byte(s) at offset $offset of $sealed ($size bytes)"
+if "$UNDERSTUDY" wal verify "${DATA_DIR[$victim]}" >"$WORK/verify.flipped" 2>&1; then
+    fail "wal verify did not notice the damage"
+fi
+grep -q "$(basename "$sealed")" "$WORK/verify.flipped" \
+    || fail "wal verify did not name the damaged segment: $(cat "$WORK/verify.flipped")"
+log "wal verify: $(grep -m1 -i "corrupt" "$WORK/verify.flipped")"
+start_node "$victim"
+wait_exited "$victim" || fail "node $victim started on a damaged sealed segment"
+grep -q -i "corrupt" "$WORK/n$victim.log" || fail "node $victim refused to start without saying why"
+log "node $victim refused to start: $(grep -i -m1 -o 'understudy: .*' "$WORK/n$victim.log" | cut -c1-200)"
+kill_node "$victim"
+# The operator's repair would be to move the damaged directory aside and start the node
+# empty, to catch up from the primary; that rejoin does not work yet (wipe_backup.sh), so
+# the node stays down and the checks cover the two others.
+leave_out "$victim"
+start_writer 2
+sleep 2
+stop_writer
+check_all
+log "PASS flip_bytes"

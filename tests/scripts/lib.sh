@@ -1,0 +1,299 @@
+# shellcheck shell=bash
+# Shared by the crash-and-restart scripts in this folder; sourced, not run.
+#
+# It starts a 3-node cluster of real processes on loopback: for each node an `understudy
+# run` sidecar and the key-value example (`examples/kv`) beside it, optionally with the
+# fault proxy (`understudy-chaos proxy`) on every peer link. It runs a write workload that
+# records every acknowledged write, and checks at the end that every acknowledged write is
+# readable from the current primary and that all logs agree on the committed prefix
+# (`understudy wal verify` and `understudy wal dump`).
+#
+# Binaries: $UNDERSTUDY_BIN, $CHAOS_BIN and $KV_BIN, or else target/release/{understudy,
+# understudy-chaos,examples/kv}, built if missing. Everything lives in one temporary
+# directory ($WORK), removed on success; it is kept, and its path printed, on failure or
+# when UNDERSTUDY_KEEP_TEMP=1. Every process started here is killed by PID on exit.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HEARTBEAT=${HEARTBEAT:-20ms}
+FAILOVER_TIMEOUT_MS=${FAILOVER_TIMEOUT_MS:-300}
+NODES=(1 2 3)
+
+declare -A NODE_PID KV_PID PEER_PORT ADMIN_PORT CLIENT_PORT APP_PORT PROXY_PORT DATA_DIR
+PROXY_PID=""
+WRITER_PID=""
+EXTRA_PIDS=()
+PROXY_CONTROL=""
+FAILED=1
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*"; }
+fail() {
+    log "FAIL: $*"
+    exit 1
+}
+
+binaries() {
+    UNDERSTUDY=${UNDERSTUDY_BIN:-$ROOT/target/release/understudy}
+    CHAOS=${CHAOS_BIN:-$ROOT/target/release/understudy-chaos}
+    KV=${KV_BIN:-$ROOT/target/release/examples/kv}
+    if [[ ! -x $UNDERSTUDY || ! -x $CHAOS || ! -x $KV ]]; then
+        log "building the sidecar, the chaos tool and the kv example (release)"
+        (cd "$ROOT" && cargo build --release --bin understudy --bin understudy-chaos --example kv)
+    fi
+}
+
+# cleanup: kills everything this script started, by PID; keeps $WORK on failure.
+cleanup() {
+    local status=$?
+    set +e
+    [[ -n $WRITER_PID ]] && kill -9 "$WRITER_PID" 2>/dev/null
+    for id in "${NODES[@]}"; do
+        [[ -n ${NODE_PID[$id]:-} ]] && kill -CONT "${NODE_PID[$id]}" 2>/dev/null
+        [[ -n ${NODE_PID[$id]:-} ]] && kill -9 "${NODE_PID[$id]}" 2>/dev/null
+        [[ -n ${KV_PID[$id]:-} ]] && kill -CONT "${KV_PID[$id]}" 2>/dev/null
+        [[ -n ${KV_PID[$id]:-} ]] && kill -9 "${KV_PID[$id]}" 2>/dev/null
+    done
+    [[ -n $PROXY_PID ]] && kill -9 "$PROXY_PID" 2>/dev/null
+    for pid in "${EXTRA_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    if declare -F script_cleanup >/dev/null; then script_cleanup; fi
+    if [[ -n ${WORK:-} && -d $WORK ]]; then
+        if [[ $status -ne 0 || $FAILED -ne 0 || -n ${UNDERSTUDY_KEEP_TEMP:-} ]]; then
+            for id in "${NODES[@]}"; do
+                echo "---- node $id: last lines of $WORK/n$id.log ----"
+                tail -n 15 "$WORK/n$id.log" 2>/dev/null
+            done
+            log "kept $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$status"
+}
+
+# setup plain|proxy: ports, directories and the secret; with "proxy", the fault proxy on
+# every peer link too.
+setup() {
+    binaries
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/understudy-script.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    head -c 32 /dev/urandom | base64 >"$WORK/secret"
+    local ports
+    read -r -a ports <<<"$("$CHAOS" ports 19)"
+    local i=0
+    for id in "${NODES[@]}"; do
+        PEER_PORT[$id]=${ports[i++]}
+        ADMIN_PORT[$id]=${ports[i++]}
+        CLIENT_PORT[$id]=${ports[i++]}
+        APP_PORT[$id]=${ports[i++]}
+        DATA_DIR[$id]=${DATA_DIR[$id]:-$WORK/n$id}
+    done
+    PROXY_CONTROL=127.0.0.1:${ports[i++]}
+    addresses
+    if [[ $1 == proxy ]]; then
+        # Link "A-B" carries what node A sends to node B (A dials B through it).
+        local links=() port
+        for from in "${NODES[@]}"; do
+            for to in "${NODES[@]}"; do
+                [[ $from == "$to" ]] && continue
+                port=${ports[i++]}
+                PROXY_PORT[$from-$to]=$port
+                links+=(--link "$from-$to=127.0.0.1:$port,127.0.0.1:${PEER_PORT[$to]}")
+            done
+        done
+        "$CHAOS" proxy --control "$PROXY_CONTROL" --exit-after 1h "${links[@]}" \
+            2>>"$WORK/proxy.log" &
+        PROXY_PID=$!
+    fi
+    log "work dir $WORK"
+}
+
+# addresses: $ADMINS and $CLIENTS, the admin and client addresses of the nodes in $NODES.
+addresses() {
+    ADMINS=$(for id in "${NODES[@]}"; do printf '127.0.0.1:%s,' "${ADMIN_PORT[$id]}"; done)
+    CLIENTS=$(for id in "${NODES[@]}"; do printf '127.0.0.1:%s,' "${CLIENT_PORT[$id]}"; done)
+}
+
+# leave_out ID: the end-of-run checks and the role watcher ignore node ID from now on (it
+# was left down on purpose). It must already be stopped.
+leave_out() {
+    local id kept=()
+    for id in "${NODES[@]}"; do
+        if [[ $id != "$1" ]]; then kept+=("$id"); fi
+    done
+    NODES=("${kept[@]}")
+    addresses
+}
+
+# peers_of ID: the --peers list node ID uses: its own address, and the others' through the
+# proxy when there is one.
+peers_of() {
+    local id=$1 list="" peer addr
+    for peer in "${NODES[@]}"; do
+        addr=127.0.0.1:${PEER_PORT[$peer]}
+        if [[ -n $PROXY_PID && $peer != "$id" ]]; then
+            addr=127.0.0.1:${PROXY_PORT[$id-$peer]}
+        fi
+        list+="$peer=$addr,"
+    done
+    echo "${list%,}"
+}
+
+# start_node ID: the sidecar and its key-value server, logs appended to $WORK/nID.log.
+start_node() {
+    local id=$1
+    mkdir -p "${DATA_DIR[$id]}"
+    RUST_LOG=${RUST_LOG:-info} "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
+        --peer-listen "127.0.0.1:${PEER_PORT[$id]}" --peers "$(peers_of "$id")" \
+        --cluster-secret-file "$WORK/secret" --app-socket "$WORK/n$id.sock" \
+        --admin-listen "127.0.0.1:${ADMIN_PORT[$id]}" \
+        --client-listen "127.0.0.1:${CLIENT_PORT[$id]}" --app-addr "127.0.0.1:${APP_PORT[$id]}" \
+        --heartbeat-interval "$HEARTBEAT" --failover-timeout "${FAILOVER_TIMEOUT_MS}ms" \
+        >>"$WORK/n$id.log" 2>&1 &
+    NODE_PID[$id]=$!
+    "$KV" --app-socket "$WORK/n$id.sock" --listen "127.0.0.1:${APP_PORT[$id]}" \
+        >>"$WORK/n$id.kv.log" 2>&1 &
+    KV_PID[$id]=$!
+}
+
+start_cluster() {
+    for id in "${NODES[@]}"; do start_node "$id"; done
+    PRIMARY=$(wait_primary 15s)
+    log "cluster up: node $PRIMARY is primary"
+}
+
+# kill_node ID: SIGKILL the sidecar and its application (a crashed machine), then reap.
+kill_node() {
+    local id=$1
+    kill -9 "${NODE_PID[$id]}" "${KV_PID[$id]}" 2>/dev/null || true
+    wait "${NODE_PID[$id]}" "${KV_PID[$id]}" 2>/dev/null || true
+    NODE_PID[$id]=""
+    KV_PID[$id]=""
+}
+
+# wait_exited ID: waits up to 10 s for node ID's sidecar to exit by itself; fails (status
+# 1) if it still runs.
+wait_exited() {
+    local _
+    for _ in $(seq 1 200); do
+        kill -0 "${NODE_PID[$1]}" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# pause_node ID STOP|CONT: SIGSTOP or SIGCONT the sidecar and its application.
+pause_node() {
+    kill -"$2" "${NODE_PID[$1]}" "${KV_PID[$1]}"
+}
+
+# wait_primary [TIMEOUT]: prints the id of the single primary (holding its lease).
+wait_primary() {
+    "$CHAOS" primary --admin "$ADMINS" --timeout "${1:-15s}"
+}
+
+# start_writer SECONDS [FLAGS...]: the write workload in the background, acked writes
+# appended to $WORK/acked; it stops after SECONDS or once $WORK/stop-writer exists.
+start_writer() {
+    local seconds=$1
+    shift
+    rm -f "$WORK/stop-writer"
+    "$CHAOS" write --client "$CLIENTS" --out "$WORK/acked" --duration "${seconds}s" \
+        --stop-file "$WORK/stop-writer" "$@" >"$WORK/writer.out" 2>&1 &
+    WRITER_PID=$!
+}
+
+stop_writer() {
+    touch "$WORK/stop-writer"
+    wait "$WRITER_PID" || fail "the writer failed: $(cat "$WORK/writer.out")"
+    WRITER_PID=""
+    log "writer: $(cat "$WORK/writer.out")"
+}
+
+proxy() {
+    "$CHAOS" ctl "$PROXY_CONTROL" "$@" >/dev/null
+}
+
+# check_all: the end-of-run checks. Every node running, the cluster settled (one primary,
+# every node durable and committed through its last LSN), every acknowledged write
+# readable through a client port, then every log verified and identical through the
+# committed LSN.
+check_all() {
+    local commit acked
+    acked=$(wc -l <"$WORK/acked")
+    [[ $acked -gt 0 ]] || fail "no write was acknowledged"
+    commit=$("$CHAOS" settle --admin "$ADMINS" --timeout 30s) || fail "the cluster did not settle"
+    log "settled at commit lsn $commit"
+    "$CHAOS" check --client "127.0.0.1:${CLIENT_PORT[$(wait_primary 15s)]}" --acked "$WORK/acked" \
+        || fail "acknowledged writes were lost"
+    log "all $acked acknowledged writes are readable from the primary"
+    for id in "${NODES[@]}"; do kill_node "$id"; done
+    check_logs "$commit"
+    FAILED=0
+}
+
+# check_logs COMMIT: `wal verify` passes on every data dir, and `wal dump` shows the same
+# records on every node for LSNs 1..COMMIT.
+check_logs() {
+    local commit=$1 id first=""
+    for id in "${NODES[@]}"; do
+        "$UNDERSTUDY" wal verify "${DATA_DIR[$id]}" >"$WORK/verify.$id" 2>&1 \
+            || fail "wal verify failed on node $id: $(cat "$WORK/verify.$id")"
+        "$UNDERSTUDY" wal dump "${DATA_DIR[$id]}" 2>/dev/null \
+            | awk -v commit="$commit" 'NR > 1 && $1 ~ /^[0-9]+$/ && $1 <= commit' >"$WORK/dump.$id"
+        [[ $(wc -l <"$WORK/dump.$id") -eq $commit ]] \
+            || fail "node $id holds $(wc -l <"$WORK/dump.$id") of the $commit committed records"
+        if [[ -z $first ]]; then
+            first=$id
+        elif ! cmp -s "$WORK/dump.$first" "$WORK/dump.$id"; then
+            fail "logs of nodes $first and $id differ within the committed prefix: $(diff "$WORK/dump.$first" "$WORK/dump.$id" | head -n 4)"
+        fi
+    done
+    log "logs of nodes ${NODES[*]} verify and agree on lsn 1..$commit"
+}
+
+# start_watch: the role watcher in the background (two primaries in one epoch, elections);
+# stop_watch fails the run if it saw two primaries in one epoch.
+start_watch() {
+    "$CHAOS" watch --admin "$ADMINS" --duration 1h --stop-file "$WORK/stop-watch" \
+        --out "$WORK/roles" >"$WORK/watch.out" 2>&1 &
+    WATCH_PID=$!
+    EXTRA_PIDS+=("$WATCH_PID")
+}
+
+stop_watch() {
+    touch "$WORK/stop-watch"
+    wait "$WATCH_PID" || fail "two primaries in one epoch: $(cat "$WORK/watch.out")"
+    log "roles: $(tr -s ' ' <"$WORK/roles" | tr '\n' ';')"
+}
+
+# admins_except ID: the admin addresses of every node but ID.
+admins_except() {
+    local id
+    for id in "${NODES[@]}"; do
+        if [[ $id != "$1" ]]; then
+            printf '127.0.0.1:%s,' "${ADMIN_PORT[$id]}"
+        fi
+    done
+}
+
+# other_than ID: a node id other than ID (the lowest).
+other_than() {
+    local id
+    for id in "${NODES[@]}"; do
+        if [[ $id != "$1" ]]; then
+            echo "$id"
+            return
+        fi
+    done
+}
+
+# ms_since START_NS: milliseconds since a `date +%s%N` reading.
+ms_since() {
+    echo $((($(date +%s%N) - $1) / 1000000))
+}
+
+# sleep_ms MS
+sleep_ms() {
+    sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"
+}
