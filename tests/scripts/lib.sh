@@ -57,7 +57,7 @@ cleanup() {
     wait 2>/dev/null
     if declare -F script_cleanup >/dev/null; then script_cleanup; fi
     if [[ -n ${WORK:-} && -d $WORK ]]; then
-        if [[ $status -ne 0 || $FAILED -ne 0 || -n ${UNDERSTUDY_KEEP_TEMP:-} ]]; then
+        if [[ ($status -ne 0 && $status -ne 77) || $FAILED -ne 0 || -n ${UNDERSTUDY_KEEP_TEMP:-} ]]; then
             for id in "${NODES[@]}"; do
                 echo "---- node $id: last lines of $WORK/n$id.log ----"
                 tail -n 15 "$WORK/n$id.log" 2>/dev/null
