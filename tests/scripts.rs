@@ -109,14 +109,12 @@ fn flipped_byte_in_a_sealed_segment_is_detected_and_never_served() {
     run_script("flip_bytes.sh", &[]);
 }
 
-/// Known bug: a backup restarted with an empty data directory is never sent the log,
-/// because the primary keeps the old node's matched and durable LSN for it (the node stays
-/// at last_lsn 0 while the primary reports it matched and durable at its own last LSN; so
-/// it would also count toward the commit rule without holding the records). Run it with
-/// `cargo test --test scripts -- --ignored` once the core or the peer layer resets its
-/// view of a peer whose log went backwards.
 #[test]
-#[ignore = "known bug: a wiped backup never catches up (see the comment)"]
 fn wiped_backup_catches_up_from_the_primary() {
     run_script("wipe_backup.sh", &[]);
+}
+
+#[test]
+fn kill_during_a_snapshot_and_a_snapshot_transfer_loses_nothing() {
+    run_script("kill_snapshot.sh", &["--cycles", "2"]);
 }

@@ -2,16 +2,15 @@
 # flip_bytes.sh: flip bytes inside a sealed WAL segment of a backup.
 #
 # Starts a 3-node cluster (sidecar + key-value example per node) on loopback and a writer of
-# 64 KiB values that records every acknowledged write, until the log has rolled to a second
-# segment (segments hold 64 MiB). Then it SIGKILLs a backup and inverts COUNT bytes in the
+# 4 KiB values that records every acknowledged write, until the log has rolled to a second
+# segment (`--wal-segment-bytes 4MiB`, snapshots off for the run: `--snapshot-interval 1h`). Then it SIGKILLs a backup and inverts COUNT bytes in the
 # middle of that backup's first, sealed segment. Checks: `understudy wal verify` fails and
 # names the segment; the restarted node refuses to start (it must never serve the damaged
-# range) and says why. The node then stays down (see wipe_backup.sh for the repair, which
-# does not work yet); more writes follow, and at the end it checks that every
-# acknowledged write is readable and that the two other logs agree on the committed prefix.
+# range) and says why. The operator's repair follows: the damaged data directory is moved
+# aside and the node started empty, and it catches up from the primary. At the end checks
+# every acknowledged write and that all logs agree on the committed prefix.
 #
-# Run: tests/scripts/flip_bytes.sh [--count N]   (default 1 byte). Writes about 70 MiB per
-#      node under $TMPDIR.
+# Run: tests/scripts/flip_bytes.sh [--count N]   (default 1 byte).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -24,10 +23,11 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+NODE_ARGS=(--wal-segment-bytes 4MiB --snapshot-interval 1h)
 setup plain
 start_cluster
 victim=$(other_than "$PRIMARY")
-start_writer 300 --value-len 65536
+start_writer 300 --value-len 4096
 for _ in $(seq 1 600); do
     segments=$(find "${DATA_DIR[$victim]}/wal" -name '*.wal' | wc -l)
     [[ $segments -ge 2 ]] && break
@@ -59,10 +59,11 @@ wait_exited "$victim" || fail "node $victim started on a damaged sealed segment"
 grep -q -i "corrupt" "$WORK/n$victim.log" || fail "node $victim refused to start without saying why"
 log "node $victim refused to start: $(grep -i -m1 -o 'understudy: .*' "$WORK/n$victim.log" | cut -c1-200)"
 kill_node "$victim"
-# The operator's repair would be to move the damaged directory aside and start the node
-# empty, to catch up from the primary; that rejoin does not work yet (wipe_backup.sh), so
-# the node stays down and the checks cover the two others.
-leave_out "$victim"
+# The operator's repair: move the damaged directory aside and start the node empty; it
+# catches up from the primary.
+mv "${DATA_DIR[$victim]}" "${DATA_DIR[$victim]}.damaged"
+start_node "$victim"
+log "moved the damaged data directory aside and restarted node $victim empty"
 start_writer 2
 sleep 2
 stop_writer

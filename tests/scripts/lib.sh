@@ -17,6 +17,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HEARTBEAT=${HEARTBEAT:-20ms}
 FAILOVER_TIMEOUT_MS=${FAILOVER_TIMEOUT_MS:-300}
 NODES=(1 2 3)
+# Extra flags for every `understudy run` (a script sets them before start_cluster).
+NODE_ARGS=()
 
 declare -A NODE_PID KV_PID PEER_PORT ADMIN_PORT CLIENT_PORT APP_PORT PROXY_PORT DATA_DIR
 PROXY_PID=""
@@ -114,17 +116,6 @@ addresses() {
     CLIENTS=$(for id in "${NODES[@]}"; do printf '127.0.0.1:%s,' "${CLIENT_PORT[$id]}"; done)
 }
 
-# leave_out ID: the end-of-run checks and the role watcher ignore node ID from now on (it
-# was left down on purpose). It must already be stopped.
-leave_out() {
-    local id kept=()
-    for id in "${NODES[@]}"; do
-        if [[ $id != "$1" ]]; then kept+=("$id"); fi
-    done
-    NODES=("${kept[@]}")
-    addresses
-}
-
 # peers_of ID: the --peers list node ID uses: its own address, and the others' through the
 # proxy when there is one.
 peers_of() {
@@ -149,7 +140,7 @@ start_node() {
         --admin-listen "127.0.0.1:${ADMIN_PORT[$id]}" \
         --client-listen "127.0.0.1:${CLIENT_PORT[$id]}" --app-addr "127.0.0.1:${APP_PORT[$id]}" \
         --heartbeat-interval "$HEARTBEAT" --failover-timeout "${FAILOVER_TIMEOUT_MS}ms" \
-        >>"$WORK/n$id.log" 2>&1 &
+        "${NODE_ARGS[@]}" >>"$WORK/n$id.log" 2>&1 &
     NODE_PID[$id]=$!
     "$KV" --app-socket "$WORK/n$id.sock" --listen "127.0.0.1:${APP_PORT[$id]}" \
         >>"$WORK/n$id.kv.log" 2>&1 &
@@ -233,23 +224,32 @@ check_all() {
 }
 
 # check_logs COMMIT: `wal verify` passes on every data dir, and `wal dump` shows the same
-# records on every node for LSNs 1..COMMIT.
+# records on every node for the committed LSNs they all still hold (a log truncated behind
+# a snapshot starts later): from the highest first LSN to COMMIT.
 check_logs() {
-    local commit=$1 id first=""
+    local commit=$1 id first="" low=1 node_first
     for id in "${NODES[@]}"; do
         "$UNDERSTUDY" wal verify "${DATA_DIR[$id]}" >"$WORK/verify.$id" 2>&1 \
             || fail "wal verify failed on node $id: $(cat "$WORK/verify.$id")"
         "$UNDERSTUDY" wal dump "${DATA_DIR[$id]}" 2>/dev/null \
-            | awk -v commit="$commit" 'NR > 1 && $1 ~ /^[0-9]+$/ && $1 <= commit' >"$WORK/dump.$id"
-        [[ $(wc -l <"$WORK/dump.$id") -eq $commit ]] \
-            || fail "node $id holds $(wc -l <"$WORK/dump.$id") of the $commit committed records"
+            | awk 'NR > 1 && $1 ~ /^[0-9]+$/' >"$WORK/dump-all.$id"
+        node_first=$(awk 'NR == 1 {print $1}' "$WORK/dump-all.$id")
+        [[ -n $node_first ]] || fail "node $id holds no log"
+        [[ $node_first -gt $low ]] && low=$node_first
+    done
+    [[ $low -le $commit ]] || fail "some node's log starts after the commit lsn $commit"
+    for id in "${NODES[@]}"; do
+        awk -v low="$low" -v commit="$commit" '$1 >= low && $1 <= commit' \
+            "$WORK/dump-all.$id" >"$WORK/dump.$id"
+        [[ $(wc -l <"$WORK/dump.$id") -eq $((commit - low + 1)) ]] \
+            || fail "node $id holds $(wc -l <"$WORK/dump.$id") of the committed records $low..$commit"
         if [[ -z $first ]]; then
             first=$id
         elif ! cmp -s "$WORK/dump.$first" "$WORK/dump.$id"; then
             fail "logs of nodes $first and $id differ within the committed prefix: $(diff "$WORK/dump.$first" "$WORK/dump.$id" | head -n 4)"
         fi
     done
-    log "logs of nodes ${NODES[*]} verify and agree on lsn 1..$commit"
+    log "logs of nodes ${NODES[*]} verify and agree on lsn $low..$commit"
 }
 
 # start_watch: the role watcher in the background (two primaries in one epoch, elections);

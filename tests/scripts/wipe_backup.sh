@@ -8,10 +8,6 @@
 # it, writes more, and checks that it catches up, that every acknowledged write is readable
 # and that all logs agree on the committed prefix.
 #
-# Known to fail today: the primary keeps the wiped backup's old matched and durable LSN, so
-# the empty node is never sent the log (it stays at last_lsn 0) and the cluster never
-# settles. `cargo test --test scripts` keeps it as an ignored test until that is fixed.
-#
 # Run: tests/scripts/wipe_backup.sh
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh

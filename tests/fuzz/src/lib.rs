@@ -387,7 +387,27 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
             records: Bytes::new(),
         },
     ];
-    for frame in peer_frames {
+    let chunk_data = b"snapshot body";
+    let mut chunk = wal::snapshot::encode_chunk_header(0, chunk_data).to_vec();
+    chunk.extend_from_slice(chunk_data);
+    let snapshot_frames = [
+        peer::Frame::SnapshotBegin {
+            epoch: Epoch(3),
+            lsn: Lsn(7),
+            snapshot_epoch: Epoch(2),
+            body_len: chunk_data.len() as u64,
+        },
+        peer::Frame::SnapshotChunk {
+            offset: 0,
+            raw: Bytes::from(chunk),
+        },
+        peer::Frame::SnapshotEnd {
+            body_crc: 0x1234_5678,
+        },
+        peer::Frame::SnapshotAck { offset: 13 },
+        peer::Frame::SnapshotDone { installed: true },
+    ];
+    for frame in peer_frames.into_iter().chain(snapshot_frames) {
         let mut one = BytesMut::new();
         peer::PeerCodec
             .encode(frame, &mut one)
