@@ -294,9 +294,18 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 tag: get_array(body),
             }
         }
-        4 => Frame::Refuse {
-            reason: String::from_utf8(body.to_vec()).map_err(|_| DecodeError::BadText)?,
-        },
+        4 => {
+            if len > REFUSE_REASON_LEN_MAX {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len,
+                    expected: REFUSE_REASON_LEN_MAX,
+                });
+            }
+            Frame::Refuse {
+                reason: String::from_utf8(body.to_vec()).map_err(|_| DecodeError::BadText)?,
+            }
+        }
         16 => {
             expect(24)?;
             message(Message::PreVoteRequest {
@@ -463,9 +472,13 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
         }
         Frame::Refuse { reason } => {
             dst.put_u8(4);
-            // Keep refusals short; they are for a log line.
-            let reason = reason.as_bytes();
-            dst.put_slice(&reason[..reason.len().min(1024)]);
+            // Keep refusals short; they are for a log line. Cut at a character boundary, or
+            // the receiver would refuse the text as invalid UTF-8.
+            let mut end = reason.len().min(REFUSE_REASON_LEN_MAX);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            dst.put_slice(&reason.as_bytes()[..end]);
         }
         Frame::Message {
             message,
@@ -595,6 +608,10 @@ pub fn encode_message_head(message: &Message, records_len: usize, dst: &mut Byte
 /// the hot path to avoid copying records).
 #[derive(Debug, Default)]
 pub struct PeerCodec;
+
+/// The longest `Refuse` reason, in bytes: the sender cuts a longer one, the receiver refuses
+/// it (the peer may not have passed the handshake yet).
+const REFUSE_REASON_LEN_MAX: usize = 1024;
 
 /// The most [`PeerCodec`] reserves at once for the unread part of a frame.
 const RESERVE_STEP_LEN: usize = 64 * 1024;
@@ -778,6 +795,38 @@ mod tests {
             buf.capacity() <= 2 * RESERVE_STEP_LEN,
             "reserved {}",
             buf.capacity()
+        );
+    }
+
+    /// Regression (peer_frame fuzz target): a `Refuse` longer than the encoder writes was
+    /// accepted, and re-encoding it cut it short; now the decoder refuses it.
+    #[test]
+    fn an_overlong_refuse_reason_is_refused() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(1 + REFUSE_REASON_LEN_MAX as u32 + 1);
+        buf.put_u8(4);
+        buf.put_slice(&[b'w'; REFUSE_REASON_LEN_MAX + 1]);
+        assert!(matches!(
+            decode(&buf),
+            Err(DecodeError::BadLength { kind: 4, .. })
+        ));
+    }
+
+    /// The encoder cuts a long reason at a character boundary, so what it sends decodes.
+    #[test]
+    fn a_long_refuse_reason_is_cut_at_a_character_boundary() {
+        let mut buf = BytesMut::new();
+        // One byte, then two-byte characters: byte 1024 falls inside a character.
+        let reason = format!("a{}", "é".repeat(REFUSE_REASON_LEN_MAX));
+        PeerCodec
+            .encode(Frame::Refuse { reason }, &mut buf)
+            .unwrap();
+        let (frame, _) = decode(&buf).unwrap().unwrap();
+        assert_eq!(
+            frame,
+            Frame::Refuse {
+                reason: format!("a{}", "é".repeat(REFUSE_REASON_LEN_MAX / 2 - 1))
+            }
         );
     }
 
