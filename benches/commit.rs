@@ -13,7 +13,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+use common::{measure, percentile};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,14 +71,6 @@ fn options() -> Options {
         }
     }
     options
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at]
 }
 
 fn main() {
@@ -150,39 +144,4 @@ async fn run(options: Options) {
     for id in 1..=3 {
         cluster.kill(id);
     }
-}
-
-/// Runs `inflight` proposers for `seconds`; returns commits, their latencies and the time.
-async fn measure(
-    driver: &Arc<Driver<Sink>>,
-    payload: &Bytes,
-    inflight: usize,
-    seconds: f64,
-) -> (usize, Vec<Duration>, Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..inflight)
-        .map(|_| {
-            let driver = Arc::clone(driver);
-            let payload = payload.clone();
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 16);
-                while !stop.load(Ordering::Relaxed) {
-                    let at = Instant::now();
-                    driver.propose(payload.clone()).await.expect("committed");
-                    latencies.push(at.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("a proposer"));
-    }
-    let elapsed = started.elapsed();
-    (all.len(), all, elapsed)
 }

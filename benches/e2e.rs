@@ -29,6 +29,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+use common::{measure, percentile};
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -114,14 +117,6 @@ fn options() -> Options {
         }
     }
     options
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at]
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -470,38 +465,6 @@ fn admin_answers(addr: SocketAddr) -> bool {
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
-}
-
-/// Runs `inflight` proposers for `seconds`; returns commits, their latencies and the time.
-async fn measure(
-    driver: &Arc<Driver<Timed>>,
-    payload: &Bytes,
-    inflight: usize,
-    seconds: f64,
-) -> (usize, Vec<Duration>, Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..inflight)
-        .map(|_| {
-            let (driver, payload, stop) = (Arc::clone(driver), payload.clone(), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 14);
-                while !stop.load(Ordering::Relaxed) {
-                    let at = Instant::now();
-                    driver.propose(payload.clone()).await.expect("committed");
-                    latencies.push(at.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("a proposer"));
-    }
-    (all.len(), all, started.elapsed())
 }
 
 /// `SET` + `WAIT 1 0` against a Redis primary, one connection per in-flight operation.
