@@ -545,6 +545,48 @@ impl Shell {
     }
 }
 
+/// Runs the client port on a thread and runtime of its own: client traffic is bulk copying
+/// that would otherwise share the core loop's one thread (heartbeats, commits) and leave
+/// the machine's other cores idle. It stops when `shutdown` is cancelled.
+fn spawn_proxy(
+    listener: TcpListener,
+    node: NodeHandle,
+    app_addr: Option<SocketAddr>,
+    limits: proxy::ProxyLimits,
+    shutdown: CancellationToken,
+) {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(error = %e, "cannot hand the client port to its thread; client port closed");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("client-port".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    error!(error = %e, "cannot start the client port's runtime; client port closed");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => proxy::serve(listener, node, app_addr, limits, shutdown).await,
+                    Err(e) => error!(error = %e, "cannot listen on the client port"),
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        error!(error = %e, "cannot start the client port's thread; client port closed");
+    }
+}
+
 /// Runs a short blocking disk operation from the core loop: under `block_in_place` on a
 /// multi-threaded runtime (other tasks move to another worker meanwhile), directly on a
 /// current-thread runtime, whose only thread it then holds for the duration.
@@ -725,13 +767,13 @@ pub async fn run(
         cancel.clone(),
     ));
     if let Some(client) = listeners.client {
-        tracker.spawn(proxy::serve(
+        spawn_proxy(
             client,
             handle.clone(),
             config.app_addr,
             config.proxy,
             cancel.clone(),
-        ));
+        );
     }
     if let Some(admin) = listeners.admin {
         tracker.spawn(admin::serve(admin, handle.clone(), cancel.clone()));
