@@ -129,15 +129,7 @@ impl<S: StateMachine> Driver<S> {
         state_machine: S,
         applied_lsn: Lsn,
     ) -> Result<Driver<S>, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (read, write) = stream.into_split();
-        let mut frames = FrameReader::new(read);
-        let mut sink = FrameWriter::new(write);
+        let (mut frames, mut sink) = open(path).await?;
         let handshake = connect_handshake(&mut frames, &mut sink, applied_lsn.next());
         let (node_id, limits, role) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
@@ -264,6 +256,20 @@ impl<S: StateMachine> Drop for Driver<S> {
 }
 
 /// Hello, Welcome, Subscribe, and the first Role frame.
+/// Connects to the sidecar's app socket, framed both ways.
+pub(super) async fn open(
+    path: &Path,
+) -> Result<(FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>), ClientError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let (read, write) = stream.into_split();
+    Ok((FrameReader::new(read), FrameWriter::new(write)))
+}
+
 async fn connect_handshake(
     frames: &mut FrameReader<OwnedReadHalf>,
     sink: &mut FrameWriter<OwnedWriteHalf>,

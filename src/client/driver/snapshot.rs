@@ -15,13 +15,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
 use super::{lock, Shared};
 use crate::client::{ClientError, ProposeError, StateMachine};
 use crate::node::snapshot::APP_CHUNK_LEN;
-use crate::proto::app::{Frame, FrameReader, FrameWriter, PROTOCOL_VERSION};
+use crate::proto::app::{Frame, PROTOCOL_VERSION};
 use crate::{Epoch, Lsn};
 
 /// How long an upload waits for the sidecar to take the snapshot in.
@@ -147,15 +146,7 @@ impl<S: StateMachine> Shared<S> {
 /// Opens a connection and sends the snapshot (or a decline), then waits for the sidecar to
 /// close it: it does once the snapshot is stored, or with an `Error` frame.
 async fn upload(path: PathBuf, offer: Option<(Lsn, Epoch, Vec<u8>)>) -> Result<(), ClientError> {
-    let stream = UnixStream::connect(&path)
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: path.clone(),
-            source,
-        })?;
-    let (read, write) = stream.into_split();
-    let mut frames = FrameReader::new(read);
-    let mut sink = FrameWriter::new(write);
+    let (mut frames, mut sink) = super::open(&path).await?;
     sink.write_frame(&Frame::Hello {
         version: PROTOCOL_VERSION,
     })
