@@ -66,6 +66,27 @@ pub enum FsyncMode {
     Batch,
 }
 
+/// What an empty data dir is (`--initial-cluster-state`, etcd's flag and meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialClusterState {
+    /// A founding member of a new cluster: a voter from its first start. Ignored by a data
+    /// dir that already holds state; a founding member that hears of a cluster with a log
+    /// turns learner at once.
+    New,
+    /// Joining or rejoining an existing cluster (a replaced machine, a wiped disk): a learner
+    /// that neither votes nor counts towards commit until it has caught up.
+    Existing,
+}
+
+impl From<InitialClusterState> for crate::node::disk::InitialClusterState {
+    fn from(state: InitialClusterState) -> Self {
+        match state {
+            InitialClusterState::New => crate::node::disk::InitialClusterState::New,
+            InitialClusterState::Existing => crate::node::disk::InitialClusterState::Existing,
+        }
+    }
+}
+
 /// The shared secret that authenticates peers, and the cluster id derived from it.
 #[derive(Clone)]
 pub struct ClusterSecret {

@@ -42,6 +42,7 @@ fn status(role: Role, epoch: u64, primary: Option<u16>, addr: Option<SocketAddr>
         primary,
         primary_client_addr: addr,
         lease_held: role == Role::Primary,
+        standing: "voter",
         first_lsn: 1,
         last_lsn: 0,
         durable_lsn: 0,

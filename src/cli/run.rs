@@ -140,6 +140,16 @@ pub struct RunArgs {
     /// (batch).
     #[arg(long, env = "UNDERSTUDY_FSYNC", value_enum, default_value = "always")]
     pub fsync: FsyncMode,
+    /// What an empty data dir is: `new` for a founding member of a new cluster (a voter from
+    /// the start), `existing` for a node joining or rejoining one after its data dir was lost
+    /// (a learner until it has caught up). A data dir that already holds state ignores it.
+    #[arg(
+        long,
+        env = "UNDERSTUDY_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
+    pub initial_cluster_state: config::InitialClusterState,
 }
 
 impl RunArgs {
@@ -197,6 +207,7 @@ impl RunArgs {
             secret,
             core,
             fsync: self.fsync,
+            initial_cluster_state: self.initial_cluster_state.into(),
             client_addr: self.client_listen,
             app_addr: self.app_addr,
             on_promote: self.on_promote.clone(),

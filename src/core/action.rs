@@ -24,6 +24,7 @@ pub enum Action {
     PersistMeta {
         epoch: Epoch,
         voted_for: Option<NodeId>,
+        learner: bool,
     },
     /// Append the epoch-start record (no payload) at `lsn`, in `epoch`. Written once on promotion.
     WriteEpochStart { lsn: Lsn, epoch: Epoch },
@@ -56,6 +57,14 @@ pub enum Action {
     /// The shell records it durably, so that a restart after this is `Start::Recovered`, and a
     /// restart before it is `Start::Fresh` again.
     QuarantineEnded,
+    /// This node stopped being a learner: the primary of its epoch found that it durably holds
+    /// every record through `through`, which covers every record committed so far. It votes
+    /// from now on (once any quarantine is over). `PersistMeta` records it.
+    Promoted { through: Lsn },
+    /// This node became a learner while running: it was a member of no cluster yet (epoch 0,
+    /// empty log) and heard of one that exists, so its empty data dir may be a wiped one.
+    /// `PersistMeta` records it.
+    BecameLearner,
     /// What became of an `Input::Switchover`.
     Switchover {
         to: NodeId,
@@ -100,4 +109,6 @@ pub enum SwitchoverRefusal {
     UnknownTarget,
     TargetIsSelf,
     AlreadyInProgress,
+    /// The target is a learner: it may not stand.
+    TargetIsLearner,
 }

@@ -20,10 +20,16 @@ impl Core {
         }
         let mut candidate = self.st.log.durable_lsn;
         if self.sync_replicas > 0 {
+            // Learners do not count (`election.rs`, "Learners"): a learner's copy is not one a
+            // later election is bound to find.
             let mut matched = [Lsn::ZERO; MEMBERS_MAX];
-            let count = self.st.peers.len();
-            for (slot, peer) in matched.iter_mut().zip(&self.st.peers) {
-                *slot = peer.match_lsn;
+            let mut count = 0;
+            for peer in self.st.peers.iter().filter(|peer| peer.learner == 0) {
+                matched[count] = peer.match_lsn;
+                count += 1;
+            }
+            if count < self.sync_replicas {
+                return;
             }
             let matched = &mut matched[..count];
             matched.sort_unstable_by(|a, b| b.cmp(a));

@@ -64,6 +64,13 @@ pub struct TestKnobs {
     /// Let a node that started with a fresh data dir vote and stand at once: after a wipe it
     /// can vote a second time in an epoch it already voted in (invariant 2).
     pub skip_fresh_quarantine: bool,
+    /// Start every node as a voter, whatever its data dir lost: a wiped node that held the
+    /// only other copy of a committed record votes for a candidate that lacks it (invariant 1).
+    pub skip_learner: bool,
+    /// The lease as it once was: backups echo the largest send time ever seen, from any
+    /// primary, and the primary clamps a send time from the future to its own clock, so it
+    /// counts an acknowledgement from when it arrived, not from when it was sent (invariant 4).
+    pub old_lease_echo: bool,
 }
 
 impl Config {

@@ -49,8 +49,58 @@
 //!    takes part in the next election (README, "A new or wiped data directory").
 //!
 //! The shell keeps the quarantine across restarts: a node that restarts before it ended starts
-//! fresh again, so the wait is always measured from a start at or after the loss. The first
-//! start of a new cluster is fresh on every node, so the first election waits `Q` as well.
+//! fresh again, so the wait is always measured from a start at or after the loss. The founding
+//! members of a new cluster (`--initial-cluster-state new`) have voted nowhere and start
+//! without it.
+//!
+//! # Learners
+//!
+//! The quarantine says nothing about the log. A committed record may have had only one copy
+//! besides the primary's; if that copy's disk is lost and the node votes again with an empty
+//! or shortened log, it can elect a candidate that lacks the record. So a node that cannot
+//! vouch for its log (a new or wiped data dir joining an existing cluster, a recovery that cut
+//! more than a provably torn tail, a restart after an fsync failure) is a **learner**:
+//!
+//! 1. A learner replicates and acknowledges like any backup, but grants no vote or pre-vote,
+//!    never stands, and takes no hand-over. Its responses carry its nonce
+//!    (`AppendResponse::learner`), and the primary counts them neither towards commit nor
+//!    towards its lease. The flag is persisted, so a learner that restarts is one again.
+//! 2. The primary, holding its lease, tells the learner to vote (`Append::promote`, echoing
+//!    the nonce) once the learner's durable, matching log reaches the primary's commit LSN and
+//!    that commit LSN has reached the primary's epoch-start record. The learner checks the
+//!    same of its own log (durable and verified against this primary through `commit_lsn`,
+//!    which covers this epoch's first record) and only then stops being a learner.
+//!
+//! Why every record acknowledged to a client stays in every later primary's log (invariant 1)
+//! with learners about. Write `S` for a record's commit set (the primary and the
+//! `sync_replicas` voters whose durable acknowledgement committed it) and `M` for the voters
+//! that elect a later primary; `|S| + |M| > n`, so they share a node `Y`.
+//!
+//! - `Y` held the record durably when it acknowledged it. If it lost it since (a wipe, a cut
+//!   tail, an fsync failure), it restarted as a learner, and a learner's vote is never
+//!   granted; so as a voter in `M`, `Y` either still holds it or was promoted after the loss.
+//! - A promotion at true time `t` came from a primary `P` holding its lease at `t`, so no
+//!   primary of a later epoch had been elected by `t`, and every record acknowledged before `t`
+//!   was in `P`'s log at or below `P`'s commit LSN (earlier primaries' records by induction
+//!   lie before `P`'s epoch-start record, which the commit LSN covers; `P`'s own acknowledged
+//!   records are at or below its commit LSN). The learner holds all of them durably. A
+//!   promotion that arrives late changes nothing: from `t` until it arrives the node was a
+//!   learner, counted in no commit set. The nonce ties a promotion to one run of the node, so
+//!   a promotion meant for a run that has since lost its disk is ignored.
+//! - So `Y` holds the record, and by the up-to-date rule so does the candidate `M` elected.
+//!
+//! A node whose votes were lost may also have voted, before the loss, in an epoch above the
+//! one its promoter is in, for a candidacy still under way. The quarantine above still covers
+//! that: a quarantined node reports itself a learner, so neither its votes nor its
+//! acknowledgements (which would renew a lease that its forgotten vote contradicts) count
+//! until every candidacy that could hold its old vote is over.
+//!
+//! A learner that is never promoted (no primary can be elected without it) keeps the cluster
+//! waiting rather than risk a committed record: that is the point. A founding member (its data
+//! dir created empty, for a new cluster) that is still in its quarantine, at epoch 0 with no
+//! log, turns learner the moment it hears of a cluster that has one (any append, any append
+//! response, a vote request from a node with a log): its empty data dir may be a wiped one
+//! started with `--initial-cluster-state new` by mistake.
 
 use wal::{Epoch, Lsn, NodeId};
 
@@ -74,6 +124,80 @@ impl Core {
     /// quarantine: it then neither votes, pre-votes nor stands (see the module docs).
     pub(super) fn quarantined(&self) -> bool {
         self.st.quarantine_until.is_some()
+    }
+
+    /// Whether this node takes part in elections and counts towards commit and the lease:
+    /// neither a learner nor quarantined (module docs).
+    pub(super) fn voter(&self) -> bool {
+        !self.st.learner && !self.quarantined()
+    }
+
+    /// What this node puts in `AppendResponse::learner`: zero for a voter, else its nonce.
+    pub(super) fn learner_report(&self) -> u64 {
+        if self.voter() {
+            0
+        } else {
+            self.st.learner_nonce
+        }
+    }
+
+    /// A founding member (epoch 0, nothing in its log, a voter) that hears of a cluster that
+    /// already has a log turns learner: its empty data dir may be a wiped one (module docs).
+    pub(super) fn founding_check(&mut self, message: &Message, out: &mut Vec<Action>) {
+        // A data dir created empty by this start or an earlier one still in its quarantine;
+        // a node that ran before with the same data dir is the member it says it is.
+        let founding = self.quarantined()
+            && self.st.epoch == Epoch::ZERO
+            && self.st.log.last_lsn == Lsn::ZERO
+            && self.st.log.snapshot_lsn == Lsn::ZERO
+            && !self.st.learner;
+        if !founding || self.config.unsafe_testing.skip_learner {
+            return;
+        }
+        let cluster_exists = match *message {
+            Message::Append(_) | Message::AppendResponse(_) => true,
+            Message::PreVoteRequest {
+                last_lsn,
+                last_epoch,
+                ..
+            }
+            | Message::VoteRequest {
+                last_lsn,
+                last_epoch,
+                ..
+            } => last_lsn > Lsn::ZERO || last_epoch > Epoch::ZERO,
+            Message::PreVoteResponse { .. }
+            | Message::VoteResponse { .. }
+            | Message::TimeoutNow { .. } => false,
+        };
+        if cluster_exists {
+            self.st.learner = true;
+            self.persist_meta(out);
+            out.push(Action::BecameLearner);
+        }
+    }
+
+    /// A learner's promotion (module docs, step 2), checked against its own log.
+    pub(super) fn learner_promote(&mut self, promote: u64, commit_lsn: Lsn, out: &mut Vec<Action>) {
+        if promote == 0 || promote != self.st.learner_nonce || !self.st.learner {
+            return;
+        }
+        let log = &self.st.log;
+        let holds = self.st.verified_lsn >= commit_lsn && log.durable_lsn >= commit_lsn;
+        // The primary's epoch-start record, at or below `commit_lsn` in its log, is in ours
+        // at the same LSN (verified through `commit_lsn`); a snapshot covering it counts too.
+        let covers_epoch_start = match log.range_of_epoch(self.st.epoch) {
+            Some((first, _)) => first <= commit_lsn,
+            None => log.snapshot_epoch == self.st.epoch && log.snapshot_lsn <= commit_lsn,
+        };
+        if !holds || !covers_epoch_start {
+            return;
+        }
+        self.st.learner = false;
+        self.persist_meta(out);
+        out.push(Action::Promoted {
+            through: commit_lsn,
+        });
     }
 
     /// Ends the quarantine once the clock has reached its end.
@@ -117,6 +241,7 @@ impl Core {
             granted: own,
             persist_seq: 0,
             requested_at: None,
+            voter_epoch_max: Epoch::ZERO,
         });
         if self.majority == 1 {
             self.election_start_vote(false, out);
@@ -134,14 +259,23 @@ impl Core {
 
     /// Raises the epoch, votes for itself, and asks for votes once that is persisted.
     pub(super) fn election_start_vote(&mut self, transfer: bool, out: &mut Vec<Action>) {
+        assert!(!self.st.learner, "a learner stands for election");
         let now = self.st.now;
         self.reset_election_deadline(now);
-        self.st.epoch = self.st.epoch.next();
+        let reported = self
+            .st
+            .election
+            .as_ref()
+            .map_or(Epoch::ZERO, |election| election.voter_epoch_max);
+        self.st.epoch = self.st.epoch.max(reported).next();
         self.st.voted_for = Some(self.config.node_id);
         self.st.role = Role::Candidate;
         self.st.primary = None;
         self.st.verified_lsn = Lsn::ZERO;
         self.st.acked_durable_lsn = Lsn::ZERO;
+        if !self.config.unsafe_testing.old_lease_echo {
+            self.st.primary_sent_at = std::time::Duration::ZERO;
+        }
         let seq = self.persist_meta(out);
         self.st.election = Some(Election {
             phase: Phase::Vote,
@@ -149,6 +283,7 @@ impl Core {
             granted: self.member_bit(self.config.node_id),
             persist_seq: seq,
             requested_at: None,
+            voter_epoch_max: Epoch::ZERO,
         });
         let message = Message::VoteRequest {
             epoch: self.st.epoch,
@@ -177,7 +312,7 @@ impl Core {
                 && self.st.voted_for.is_none()
                 && self.st.role == Role::Backup);
         let granted = would_vote
-            && !self.quarantined()
+            && self.voter()
             && !self.heard_from_primary_recently()
             && self.election_log_ok(last_lsn, last_epoch);
         out.push(Action::Send {
@@ -212,6 +347,9 @@ impl Core {
             return;
         }
         election.granted |= bit;
+        // A granter already in the epoch asked about has not voted in it, but some node may
+        // have: stand above every epoch a granter reports, never in one already in use.
+        election.voter_epoch_max = election.voter_epoch_max.max(voter_epoch);
         if election.granted.count_ones() as usize >= majority {
             self.election_start_vote(false, out);
         }
@@ -239,8 +377,9 @@ impl Core {
             refuse(self, out);
             return;
         }
-        if self.quarantined() {
-            // A fresh data dir: this node may have voted in `epoch` and forgotten it.
+        if !self.voter() {
+            // A learner may lack committed records; a fresh data dir may have voted in
+            // `epoch` and forgotten it.
             refuse(self, out);
             return;
         }
@@ -308,7 +447,7 @@ impl Core {
         if epoch != self.st.epoch
             || self.st.role != Role::Backup
             || self.st.primary != Some(from)
-            || self.quarantined()
+            || !self.voter()
         {
             return;
         }

@@ -30,6 +30,7 @@ pub enum Input {
     MetaPersisted {
         epoch: Epoch,
         voted_for: Option<NodeId>,
+        learner: bool,
     },
     /// The operator asks the primary to hand over to `to`.
     Switchover { to: NodeId },

@@ -66,6 +66,10 @@ pub struct Append {
     pub commit_lsn: Lsn,
     /// The primary's clock when it sent this; echoed back, it renews the primary's lease.
     pub sent_at: Duration,
+    /// Non-zero: the learner whose nonce this is (`AppendResponse::learner`) holds, durably and
+    /// matching this primary's log, every record through `commit_lsn`, and `commit_lsn` covers
+    /// this primary's epoch-start record; it may vote from now on (`election.rs`, "Learners").
+    pub promote: u64,
 }
 
 /// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.
@@ -82,6 +86,12 @@ pub struct AppendResponse {
     pub matched_epoch: Epoch,
     /// Durable on the backup and known to equal the primary's log through this LSN.
     pub durable_lsn: Lsn,
-    /// `sent_at` of the latest append received from this primary.
+    /// `sent_at` of the append being answered, or (unasked) of the latest append received from
+    /// this primary in this epoch; zero when answering an append of an older epoch. Renews the
+    /// primary's lease only when the responder is a voter.
     pub sent_at: Duration,
+    /// Zero when the responder is a voter; otherwise it is a learner (it neither votes nor
+    /// counts towards commit or the lease) and this is its nonce, fresh on every start, which
+    /// the primary echoes in `Append::promote` once the learner has caught up.
+    pub learner: u64,
 }

@@ -16,10 +16,12 @@
 //! | `switchover.rs` | planned hand-over to a chosen backup |
 //! | `state.rs` | the state and `validate()` |
 //!
-//! A node whose data dir was created from nothing (`Start::Fresh`: new, or lost and wiped)
-//! may have voted before and forgotten it, so it neither votes nor stands for
-//! [`Config::fresh_quarantine`] after it starts; it replicates as usual meanwhile (the argument
-//! is in `election.rs`).
+//! A node that cannot vouch for its earlier votes and log (a wiped or new data dir joining an
+//! existing cluster, a recovery that cut more than a provably torn tail, a restart after an
+//! fsync failure) starts as a **learner**: it replicates and acknowledges, but neither votes,
+//! stands, nor counts towards commit or the lease, until the primary of its epoch tells it that
+//! it durably holds every committed record. One whose votes were lost with its data dir also
+//! waits out [`Config::fresh_quarantine`] after it starts. The argument is in `election.rs`.
 //!
 //! A step runs to completion without waiting for anything, so every assertion holds from check
 //! to use. Work that must wait (a vote reply until the vote is persisted) is held in the state
@@ -54,11 +56,13 @@ pub use time::Time;
 use state::{Log, State};
 use wal::{Epoch, Lsn, NodeId};
 
-/// The persisted vote: the last `PersistMeta` that completed.
+/// The persisted vote and standing: the last `PersistMeta` that completed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PersistedMeta {
     pub epoch: Epoch,
     pub voted_for: Option<NodeId>,
+    /// The node is a learner (module docs): it may not vote until a primary promotes it.
+    pub learner: bool,
 }
 
 /// The log as recovered from disk at start-up: every record in it is durable.
@@ -73,16 +77,37 @@ pub struct RecoveredLog {
     pub epoch_starts: Vec<(Epoch, Lsn)>,
 }
 
-/// Whether the node's data directory survived from an earlier run.
+/// How the node may take part in elections when it starts, as the shell found its data dir.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// The epoch and vote were read from the disk: whatever this node voted before is known.
-    Recovered,
-    /// The data directory was created from nothing (a new node, or one whose disk was lost or
-    /// wiped), or such a start has not yet finished its quarantine: this node may have voted
-    /// before and forgotten it, so it waits [`Config::fresh_quarantine`] before it votes,
-    /// pre-votes or stands (see `election.rs`).
-    Fresh,
+pub struct Start {
+    /// The node cannot vouch for its log or its votes: it starts as a learner (neither votes,
+    /// stands, nor counts towards commit or the lease) until a primary of its epoch promotes it.
+    pub learner: bool,
+    /// The data directory was created from nothing (a wiped or replaced disk) and this node
+    /// may have voted before and forgotten it, or such a start has not finished its
+    /// quarantine: it waits [`Config::fresh_quarantine`] before it votes, pre-votes, stands or
+    /// counts towards the lease, even once promoted (see `election.rs`).
+    pub quarantine: bool,
+}
+
+impl Start {
+    /// Epoch, vote and log read from a data dir this node can vouch for (or a founding member
+    /// of a new cluster, which has neither voted nor written anything).
+    pub const VOTER: Start = Start {
+        learner: false,
+        quarantine: false,
+    };
+    /// The metadata survived but the log cannot be vouched for (a suspect tail was cut, an
+    /// fsync failed, or the node was a learner when it stopped).
+    pub const LEARNER: Start = Start {
+        learner: true,
+        quarantine: false,
+    };
+    /// A new or wiped data dir joining an existing cluster.
+    pub const WIPED: Start = Start {
+        learner: true,
+        quarantine: true,
+    };
 }
 
 /// Why the core cannot start.
@@ -102,6 +127,10 @@ pub struct Status {
     pub epoch: Epoch,
     pub primary: Option<NodeId>,
     pub voted_for: Option<NodeId>,
+    /// A learner: neither votes nor counts towards commit until promoted.
+    pub learner: bool,
+    /// Still waiting out the quarantine of a fresh data dir.
+    pub quarantined: bool,
     pub snapshot_lsn: Lsn,
     pub last_lsn: Lsn,
     pub last_epoch: Epoch,
@@ -120,6 +149,8 @@ pub struct PeerStatus {
     pub match_lsn: Lsn,
     pub next_lsn: Lsn,
     pub last_ack: Option<Time>,
+    /// It reported itself a learner (or still quarantined) in its latest response.
+    pub learner: bool,
 }
 
 /// The replication state machine of one node.
@@ -141,9 +172,9 @@ impl Core {
     /// it refuses votes for `failover_timeout`, because it may have acknowledged a heartbeat
     /// just before it stopped, and the lease argument (`lease.rs`) counts on that refusal.
     ///
-    /// `start` says whether the data directory is fresh; a fresh node waits out a quarantine
-    /// before it takes part in elections (`election.rs`), and reports its end with
-    /// [`Action::QuarantineEnded`].
+    /// `start` says whether the node starts as a learner and whether its data directory is
+    /// fresh; a fresh node waits out a quarantine before it takes part in elections
+    /// (`election.rs`), and reports its end with [`Action::QuarantineEnded`].
     ///
     /// `rng_seed` seeds the election jitter.
     pub fn new(
@@ -174,21 +205,26 @@ impl Core {
             None
         };
         let commit_lsn = log.snapshot_lsn;
-        let quarantine_until = match start {
-            Start::Fresh if !config.unsafe_testing.skip_fresh_quarantine => {
-                Some(now + config.fresh_quarantine())
-            }
-            Start::Fresh | Start::Recovered => None,
+        let quarantine_until = if start.quarantine && !config.unsafe_testing.skip_fresh_quarantine {
+            Some(now + config.fresh_quarantine())
+        } else {
+            None
         };
+        let learner = (start.learner || meta.learner) && !config.unsafe_testing.skip_learner;
+        let mut rng = SplitMix64::new(rng_seed);
+        // Never zero: zero in `AppendResponse::learner` means "a voter".
+        let learner_nonce = rng.next_u64() | 1;
         let mut core = Core {
             others,
             majority,
             sync_replicas,
             lease,
-            rng: SplitMix64::new(rng_seed),
+            rng,
             st: State {
                 epoch,
                 voted_for,
+                learner,
+                learner_nonce,
                 log,
                 commit_lsn,
                 role: Role::Backup,
@@ -279,6 +315,7 @@ impl Core {
                 // Membership is static: a message from outside it, or from ourselves, is
                 // a misrouted frame and carries no authority.
                 if from != self.config.node_id && self.others.contains(&from) {
+                    self.founding_check(&message, out);
                     self.on_message(from, message, out);
                 }
             }
@@ -288,9 +325,18 @@ impl Core {
                 self.on_propose(count, bytes, out);
             }
             Input::Durable { lsn, epoch } => self.on_durable(lsn, epoch, out),
-            Input::MetaPersisted { epoch, voted_for } => {
-                self.on_meta_persisted(epoch, voted_for, out)
-            }
+            Input::MetaPersisted {
+                epoch,
+                voted_for,
+                learner,
+            } => self.on_meta_persisted(
+                PersistedMeta {
+                    epoch,
+                    voted_for,
+                    learner,
+                },
+                out,
+            ),
             Input::Switchover { to } => self.on_switchover(to, out),
             Input::PrefixTruncated { through } => self.on_prefix_truncated(through),
             Input::SnapshotSent { to, lsn, epoch } => self.on_snapshot_sent(to, lsn, epoch, out),
@@ -312,6 +358,10 @@ impl Core {
                 self.switchover_resend(out);
                 if self.st.now >= self.st.election_deadline && self.quarantined() {
                     self.quarantine_defer_deadline();
+                } else if self.st.now >= self.st.election_deadline && self.st.learner {
+                    // A learner never stands; it waits to be promoted.
+                    let now = self.st.now;
+                    self.reset_election_deadline(now);
                 } else if self.st.now >= self.st.election_deadline {
                     self.election_start_pre_vote(out);
                 }
@@ -362,16 +412,11 @@ impl Core {
         }
     }
 
-    fn on_meta_persisted(
-        &mut self,
-        epoch: Epoch,
-        voted_for: Option<NodeId>,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_meta_persisted(&mut self, persisted: PersistedMeta, out: &mut Vec<Action>) {
         let expected = self.st.persists_pending.pop_front();
         assert_eq!(
             expected,
-            Some((epoch, voted_for)),
+            Some(persisted),
             "MetaPersisted out of order: the shell must report each PersistMeta once, in order"
         );
         self.st.persists_done += 1;
@@ -397,6 +442,8 @@ impl Core {
             epoch: st.epoch,
             primary: st.primary,
             voted_for: st.voted_for,
+            learner: st.learner,
+            quarantined: st.quarantine_until.is_some(),
             snapshot_lsn: st.log.snapshot_lsn,
             last_lsn: st.log.last_lsn,
             last_epoch: st.log.last_epoch(),
@@ -411,6 +458,7 @@ impl Core {
                         match_lsn: peer.match_lsn,
                         next_lsn: peer.next_lsn,
                         last_ack: peer.last_ack,
+                        learner: peer.learner != 0,
                     })
                     .collect()
             } else {
@@ -423,6 +471,12 @@ impl Core {
     /// holds it.
     pub fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
         self.st.log.epoch_of(lsn)
+    }
+
+    /// Whether this node takes part in elections and counts towards commit and the lease:
+    /// neither a learner nor waiting out a fresh data dir's quarantine.
+    pub fn is_voter(&self) -> bool {
+        self.voter()
     }
 
     pub fn role(&self) -> Role {
@@ -485,13 +539,17 @@ impl Core {
     /// Emits `PersistMeta` for the current epoch and vote; returns the number that
     /// `persists_done` must reach before anything depending on it may leave.
     fn persist_meta(&mut self, out: &mut Vec<Action>) -> u64 {
-        out.push(Action::PersistMeta {
+        let meta = PersistedMeta {
             epoch: self.st.epoch,
             voted_for: self.st.voted_for,
+            learner: self.st.learner,
+        };
+        out.push(Action::PersistMeta {
+            epoch: meta.epoch,
+            voted_for: meta.voted_for,
+            learner: meta.learner,
         });
-        self.st
-            .persists_pending
-            .push_back((self.st.epoch, self.st.voted_for));
+        self.st.persists_pending.push_back(meta);
         self.st.persists_requested += 1;
         self.st.persists_requested
     }
@@ -530,6 +588,9 @@ impl Core {
         self.st.election = None;
         self.st.verified_lsn = Lsn::ZERO;
         self.st.acked_durable_lsn = Lsn::ZERO;
+        if !self.config.unsafe_testing.old_lease_echo {
+            self.st.primary_sent_at = Duration::ZERO;
+        }
         self.persist_meta(out);
     }
 
@@ -550,6 +611,9 @@ impl Core {
         self.st.last_primary_contact = None;
         self.st.verified_lsn = Lsn::ZERO;
         self.st.acked_durable_lsn = Lsn::ZERO;
+        if !self.config.unsafe_testing.old_lease_echo {
+            self.st.primary_sent_at = Duration::ZERO;
+        }
         let now = self.st.now;
         self.reset_election_deadline(now);
     }

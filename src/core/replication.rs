@@ -214,6 +214,7 @@ impl Core {
         let bytes_max = self.config.inflight_bytes_max;
         let mut shipped = false;
         let to = self.st.peers[i].id;
+        let promote = self.replicate_promote(i);
         if self.st.peers[i].snapshot_pending {
             // Only heartbeats until the snapshot transfer answers.
         } else if self.st.peers[i].next_lsn <= self.st.log.snapshot_lsn {
@@ -288,6 +289,7 @@ impl Core {
                     records_epoch,
                     commit_lsn: self.st.commit_lsn,
                     sent_at: now.as_duration(),
+                    promote,
                 };
                 out.push(Action::Send {
                     to,
@@ -320,12 +322,27 @@ impl Core {
                 records_epoch: self.st.epoch,
                 commit_lsn: self.st.commit_lsn,
                 sent_at: now.as_duration(),
+                promote,
             };
             out.push(Action::Send {
                 to,
                 message: Message::Append(append),
             });
             self.st.peers[i].last_sent = Some(now);
+        }
+    }
+
+    /// The nonce to put in `Append::promote` for peer `i`: its learner nonce once it durably
+    /// holds everything through our commit LSN, which covers our epoch-start record
+    /// (`election.rs`, "Learners"); zero otherwise. Only a primary sends appends, and only
+    /// while its lease holds.
+    fn replicate_promote(&self, i: usize) -> u64 {
+        let peer = &self.st.peers[i];
+        let commit = self.st.commit_lsn;
+        if peer.learner != 0 && commit >= self.st.epoch_start_lsn && peer.match_lsn >= commit {
+            peer.learner
+        } else {
+            0
         }
     }
 
@@ -342,7 +359,13 @@ impl Core {
                 matched_lsn: lsn,
                 matched_epoch: epoch,
                 durable_lsn: Lsn::ZERO,
-                sent_at: append.sent_at,
+                // We did not take it as from our primary: it renews nothing.
+                sent_at: if self.config.unsafe_testing.old_lease_echo {
+                    append.sent_at
+                } else {
+                    std::time::Duration::ZERO
+                },
+                learner: self.learner_report(),
             };
             out.push(Action::Send {
                 to: from,
@@ -366,23 +389,33 @@ impl Core {
         if let Some(known) = self.st.primary {
             assert_eq!(known, from, "two primaries in epoch {}", self.st.epoch);
         }
+        let sent_at = if self.config.unsafe_testing.old_lease_echo {
+            self.st.primary_sent_at = self.st.primary_sent_at.max(append.sent_at);
+            self.st.primary_sent_at
+        } else {
+            if self.st.primary != Some(from) {
+                self.st.primary_sent_at = std::time::Duration::ZERO;
+            }
+            // One primary, one epoch, one run of it: its clock only moves forward.
+            self.st.primary_sent_at = self.st.primary_sent_at.max(append.sent_at);
+            append.sent_at
+        };
         self.st.primary = Some(from);
         let now = self.st.now;
         self.st.last_primary_contact = Some(now);
         self.reset_election_deadline(now);
-        self.st.primary_sent_at = self.st.primary_sent_at.max(append.sent_at);
 
         let log = &self.st.log;
         if append.prev_lsn > log.last_lsn {
             let (lsn, epoch) = (log.last_lsn, log.last_epoch());
-            self.backup_respond(from, false, lsn, epoch, out);
+            self.backup_respond(from, false, lsn, epoch, sent_at, out);
             return;
         }
         if append.prev_lsn >= log.snapshot_lsn
             && log.epoch_of(append.prev_lsn) != Some(append.prev_epoch)
         {
             let (lsn, epoch) = self.on_append_hint(append.prev_lsn);
-            self.backup_respond(from, false, lsn, epoch, out);
+            self.backup_respond(from, false, lsn, epoch, sent_at, out);
             return;
         }
         // Below our snapshot everything is committed, hence the same as the primary's.
@@ -424,9 +457,10 @@ impl Core {
         self.st.verified_lsn = self.st.verified_lsn.max(append.last_lsn);
         let commit = append.commit_lsn.min(self.st.verified_lsn);
         self.set_commit(commit, out);
+        self.learner_promote(append.promote, append.commit_lsn, out);
         let verified = self.st.verified_lsn;
         let verified_epoch = self.st.log.epoch_of(verified).unwrap_or(Epoch::ZERO);
-        self.backup_respond(from, true, verified, verified_epoch, out);
+        self.backup_respond(from, true, verified, verified_epoch, sent_at, out);
     }
 
     /// The last LSN below the conflict at `prev_lsn` that might match: just before the
@@ -449,6 +483,7 @@ impl Core {
         accepted: bool,
         lsn: Lsn,
         epoch: Epoch,
+        sent_at: std::time::Duration,
         out: &mut Vec<Action>,
     ) {
         let durable_lsn = self.st.log.durable_lsn.min(self.st.verified_lsn);
@@ -459,7 +494,8 @@ impl Core {
             matched_lsn: lsn,
             matched_epoch: epoch,
             durable_lsn,
-            sent_at: self.st.primary_sent_at,
+            sent_at,
+            learner: self.learner_report(),
         };
         out.push(Action::Send {
             to,
@@ -479,7 +515,8 @@ impl Core {
         if durable > self.st.acked_durable_lsn {
             let verified = self.st.verified_lsn;
             let epoch = self.st.log.epoch_of(verified).unwrap_or(Epoch::ZERO);
-            self.backup_respond(primary, true, verified, epoch, out);
+            let sent_at = self.st.primary_sent_at;
+            self.backup_respond(primary, true, verified, epoch, sent_at, out);
         }
     }
 
@@ -504,11 +541,21 @@ impl Core {
         if response.matched_lsn > last_lsn && response.accepted {
             return; // Not an answer to anything we sent in this epoch.
         }
+        let old_lease_echo = self.config.unsafe_testing.old_lease_echo;
         let peer = &mut self.st.peers[i];
         peer.last_ack = Some(now);
-        // We sent it, in this epoch, so it is not after `now`; `min` guards a confused peer.
-        let sent_at = super::Time::from_duration(response.sent_at).min(now);
-        peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
+        peer.learner = response.learner;
+        let sent_at = super::Time::from_duration(response.sent_at);
+        if old_lease_echo {
+            let sent_at = sent_at.min(now);
+            peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
+        } else if response.learner == 0 && sent_at > super::Time::ZERO && sent_at <= now {
+            // The echo of an append we sent in this epoch (backups forget other primaries'
+            // send times), from a voter, which refuses votes for `failover_timeout` after it
+            // received it (`lease.rs`). A send time after `now` is not one of ours: ignored,
+            // never clamped, for clamping would count the acknowledgement from its arrival.
+            peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
+        }
         if response.accepted {
             if response.matched_lsn > peer.acked_lsn {
                 peer.acked_lsn = response.matched_lsn;

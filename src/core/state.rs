@@ -240,8 +240,12 @@ pub(crate) struct Peer {
     pub last_progress: Time,
     /// When any response from it last arrived in this epoch.
     pub last_ack: Option<Time>,
-    /// The latest send time (our clock) of an append or vote request it answered in this epoch.
+    /// The latest send time (our clock) of an append or vote request it answered in this epoch
+    /// while a voter. A learner's acknowledgements renew nothing (`lease.rs`).
     pub lease_sent_at: Option<Time>,
+    /// Its latest response said it is a learner (`AppendResponse::learner`, non-zero): it does
+    /// not count towards commit or the lease, and is told to vote once it has caught up.
+    pub learner: u64,
 }
 
 impl Peer {
@@ -258,6 +262,7 @@ impl Peer {
             last_progress: now,
             last_ack: None,
             lease_sent_at: None,
+            learner: 0,
         }
     }
 }
@@ -282,6 +287,8 @@ pub(crate) struct Election {
     pub persist_seq: u64,
     /// `Phase::Vote`: our clock when the vote requests left (after the persist).
     pub requested_at: Option<Time>,
+    /// `Phase::PreVote`: the highest epoch a granter reported; the vote is for an epoch above it.
+    pub voter_epoch_max: Epoch,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -308,6 +315,13 @@ pub(crate) struct State {
     // Persisted (`PersistMeta`).
     pub epoch: Epoch,
     pub voted_for: Option<NodeId>,
+    /// A learner neither votes, stands, nor counts towards commit or the lease (`election.rs`).
+    pub learner: bool,
+
+    /// Fresh on every start, never zero; tells the primary which learner it may promote, so
+    /// that a promotion meant for an earlier run of this node (delayed in the network) is
+    /// never taken by this one.
+    pub learner_nonce: u64,
 
     pub log: Log,
     pub commit_lsn: Lsn,
@@ -338,14 +352,16 @@ pub(crate) struct State {
     // Backup.
     /// This backup's log equals the current primary's through this LSN.
     pub verified_lsn: Lsn,
-    /// `sent_at` of the latest append from the current primary, echoed in unasked responses.
+    /// `sent_at` of the latest append from the current primary in the current epoch, echoed in
+    /// unasked responses. Zero when the epoch or the primary changes: a send time of another
+    /// primary's clock means nothing to this one (`lease.rs`).
     pub primary_sent_at: std::time::Duration,
     pub acked_durable_lsn: Lsn,
 
     // Meta persistence: messages held until a persist completes.
     pub persists_requested: u64,
     pub persists_done: u64,
-    pub persists_pending: VecDeque<(Epoch, Option<NodeId>)>,
+    pub persists_pending: VecDeque<super::PersistedMeta>,
     pub held: Vec<(u64, NodeId, super::Message)>,
 
     pub reported: (Role, Epoch, Option<NodeId>),
@@ -385,6 +401,7 @@ impl State {
         );
         match self.role {
             Role::Primary => {
+                assert!(!self.learner, "a learner is primary");
                 assert!(
                     self.commit_lsn <= log.durable_lsn,
                     "primary commit_lsn {} above durable_lsn {}",
@@ -435,6 +452,7 @@ impl State {
                 }
             }
             Role::Candidate => {
+                assert!(!self.learner, "a learner stands for election");
                 assert_eq!(
                     self.voted_for,
                     Some(node_id),

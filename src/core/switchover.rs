@@ -25,6 +25,11 @@ impl Core {
             Some(SwitchoverRefusal::UnknownTarget)
         } else if self.st.switchover.is_some() {
             Some(SwitchoverRefusal::AlreadyInProgress)
+        } else if self
+            .peer_index(to)
+            .is_some_and(|i| self.st.peers[i].learner != 0)
+        {
+            Some(SwitchoverRefusal::TargetIsLearner)
         } else {
             None
         };

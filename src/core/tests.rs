@@ -23,7 +23,7 @@ fn config(node: NodeId, members: &[u16]) -> Config {
 }
 
 fn new_core(config: Config, log: RecoveredLog, meta: PersistedMeta) -> Core {
-    Core::new(config, meta, log, Start::Recovered, Time::ZERO, 7).expect("valid test setup")
+    Core::new(config, meta, log, Start::VOTER, Time::ZERO, 7).expect("valid test setup")
 }
 
 /// A log of `(epoch, last lsn of that epoch)` runs, starting at LSN 1.
@@ -77,6 +77,7 @@ fn append(
         records_epoch: Epoch(records_epoch),
         commit_lsn: Lsn(commit),
         sent_at: Duration::from_millis(sent_ms),
+        promote: 0,
     })
 }
 
@@ -101,6 +102,7 @@ fn elect(core: &mut Core) -> Vec<Action> {
         Input::MetaPersisted {
             epoch: next,
             voted_for: Some(N1),
+            learner: false,
         },
     );
     let out = receive(
@@ -126,6 +128,7 @@ fn backup_asks_for_pre_votes_after_failover_timeout() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     assert!(step(&mut core, Input::Tick { now: ms(499) }).is_empty());
@@ -161,6 +164,7 @@ fn vote_requests_wait_for_the_candidates_own_vote_to_persist() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     step(&mut core, Input::Tick { now: ms(500) });
@@ -179,7 +183,8 @@ fn vote_requests_wait_for_the_candidates_own_vote_to_persist() {
         vec![
             Action::PersistMeta {
                 epoch: Epoch(2),
-                voted_for: Some(N1)
+                voted_for: Some(N1),
+                learner: false,
             },
             Action::RoleChanged {
                 role: Role::Candidate,
@@ -193,6 +198,7 @@ fn vote_requests_wait_for_the_candidates_own_vote_to_persist() {
         Input::MetaPersisted {
             epoch: Epoch(2),
             voted_for: Some(N1),
+            learner: false,
         },
     );
     let ask = Message::VoteRequest {
@@ -225,6 +231,7 @@ fn vote_is_persisted_before_reply() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     let ask = Message::VoteRequest {
@@ -239,11 +246,13 @@ fn vote_is_persisted_before_reply() {
         vec![
             Action::PersistMeta {
                 epoch: Epoch(2),
-                voted_for: None
+                voted_for: None,
+                learner: false,
             },
             Action::PersistMeta {
                 epoch: Epoch(2),
-                voted_for: Some(N1)
+                voted_for: Some(N1),
+                learner: false,
             },
             Action::RoleChanged {
                 role: Role::Backup,
@@ -256,7 +265,8 @@ fn vote_is_persisted_before_reply() {
         &mut core,
         Input::MetaPersisted {
             epoch: Epoch(2),
-            voted_for: None
+            voted_for: None,
+            learner: false,
         }
     )
     .is_empty());
@@ -265,6 +275,7 @@ fn vote_is_persisted_before_reply() {
         Input::MetaPersisted {
             epoch: Epoch(2),
             voted_for: Some(N1),
+            learner: false,
         },
     );
     let reply = Message::VoteResponse {
@@ -310,6 +321,7 @@ fn vote_is_refused_to_a_candidate_with_a_stale_log() {
             PersistedMeta {
                 epoch: Epoch(2),
                 voted_for: None,
+                learner: false,
             },
         );
         let ask = Message::VoteRequest {
@@ -324,7 +336,8 @@ fn vote_is_refused_to_a_candidate_with_a_stale_log() {
             vec![
                 Action::PersistMeta {
                     epoch: Epoch(3),
-                    voted_for: None
+                    voted_for: None,
+                    learner: false,
                 },
                 Action::Send {
                     to: N1,
@@ -355,6 +368,7 @@ fn vote_is_refused_while_the_primary_was_heard_recently() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     receive(&mut core, 1000, N1, append(1, (4, 1), 4, 1, 4, 900));
@@ -406,11 +420,13 @@ fn vote_is_refused_while_the_primary_was_heard_recently() {
         vec![
             Action::PersistMeta {
                 epoch: Epoch(2),
-                voted_for: None
+                voted_for: None,
+                learner: false,
             },
             Action::PersistMeta {
                 epoch: Epoch(2),
-                voted_for: Some(N3)
+                voted_for: Some(N3),
+                learner: false,
             },
             Action::RoleChanged {
                 role: Role::Backup,
@@ -431,6 +447,7 @@ fn restarted_node_refuses_votes_for_a_failover_timeout() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     let ask = Message::VoteRequest {
@@ -485,6 +502,7 @@ fn fresh_node_neither_votes_nor_stands_until_its_quarantine_ends() {
         out.contains(&Action::PersistMeta {
             epoch: Epoch(1),
             voted_for: Some(N3),
+            learner: false,
         })
     };
     let stood = |out: &[Action]| {
@@ -512,7 +530,10 @@ fn fresh_node_neither_votes_nor_stands_until_its_quarantine_ends() {
         config,
         PersistedMeta::default(),
         RecoveredLog::default(),
-        Start::Fresh,
+        Start {
+            learner: false,
+            quarantine: true,
+        },
         Time::ZERO,
         7,
     )
@@ -544,6 +565,7 @@ fn elected_candidate_writes_epoch_start_and_probes_backups() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     let out = elect(&mut core);
@@ -582,6 +604,7 @@ fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
         PersistedMeta {
             epoch: Epoch(2),
             voted_for: None,
+            learner: false,
         },
     );
     let out = receive(&mut core, 1000, N1, append(3, (8, 3), 10, 3, 0, 900));
@@ -592,13 +615,15 @@ fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
         matched_epoch: Epoch(1),
         durable_lsn: Lsn::ZERO,
         sent_at: Duration::from_millis(900),
+        learner: 0,
     };
     assert_eq!(
         out,
         vec![
             Action::PersistMeta {
                 epoch: Epoch(3),
-                voted_for: None
+                voted_for: None,
+                learner: false,
             },
             Action::Send {
                 to: N1,
@@ -623,6 +648,7 @@ fn append_truncates_only_the_conflicting_suffix() {
         PersistedMeta {
             epoch: Epoch(2),
             voted_for: None,
+            learner: false,
         },
     );
     let out = receive(&mut core, 1000, N1, append(3, (3, 1), 6, 3, 3, 900));
@@ -633,13 +659,15 @@ fn append_truncates_only_the_conflicting_suffix() {
         matched_epoch: Epoch(3),
         durable_lsn: Lsn(3),
         sent_at: Duration::from_millis(900),
+        learner: 0,
     };
     assert_eq!(
         out,
         vec![
             Action::PersistMeta {
                 epoch: Epoch(3),
-                voted_for: None
+                voted_for: None,
+                learner: false,
             },
             Action::TruncateSuffix {
                 keep_through: Lsn(3)
@@ -689,6 +717,7 @@ fn append_never_truncates_committed_records() {
         PersistedMeta {
             epoch: Epoch(2),
             voted_for: None,
+            learner: false,
         },
     );
     receive(&mut core, 1000, N1, append(2, (9, 2), 9, 2, 8, 900));
@@ -707,6 +736,7 @@ fn commit_needs_sync_replicas_and_a_current_epoch_record() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     elect(&mut core);
@@ -718,6 +748,7 @@ fn commit_needs_sync_replicas_and_a_current_epoch_record() {
             matched_epoch: Epoch(if matched >= 5 { 2 } else { 1 }),
             durable_lsn: Lsn(durable),
             sent_at: Duration::from_millis(601),
+            learner: 0,
         })
     };
     // Node 2 holds the old records durably: not enough, none is of epoch 2.
@@ -780,6 +811,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     elect(&mut core);
@@ -835,6 +867,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     elect(&mut core);
@@ -867,6 +900,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         matched_epoch: Epoch(2),
         durable_lsn: Lsn(5),
         sent_at: Duration::from_millis(601),
+        learner: 0,
     });
     let out = receive(&mut core, 620, N3, caught_up);
     assert_eq!(
@@ -920,6 +954,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         PersistedMeta {
             epoch: Epoch(2),
             voted_for: None,
+            learner: false,
         },
     );
     receive(&mut target, 600, N1, append(2, (5, 2), 5, 2, 5, 600));
@@ -934,7 +969,8 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         vec![
             Action::PersistMeta {
                 epoch: Epoch(3),
-                voted_for: Some(N3)
+                voted_for: Some(N3),
+                learner: false,
             },
             Action::RoleChanged {
                 role: Role::Candidate,
@@ -948,6 +984,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         Input::MetaPersisted {
             epoch: Epoch(3),
             voted_for: Some(N3),
+            learner: false,
         },
     );
     let ask = Message::VoteRequest {
@@ -981,6 +1018,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     elect(&mut core);
@@ -999,6 +1037,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
             matched_epoch: Epoch(2),
             durable_lsn: Lsn(durable),
             sent_at: Duration::from_millis(601),
+            learner: 0,
         })
     };
     receive(&mut core, 602, N2, ack(5, 5));
@@ -1012,6 +1051,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         matched_epoch: Epoch::ZERO,
         durable_lsn: Lsn::ZERO,
         sent_at: Duration::from_millis(601),
+        learner: 0,
     });
     let out = receive(&mut core, 603, N3, empty);
     assert!(out.is_empty(), "{out:?}");
@@ -1044,6 +1084,7 @@ fn isolated_node_never_raises_its_epoch() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     for round in 1..=10 {
@@ -1077,6 +1118,7 @@ fn votes_arriving_after_the_lease_elect_nobody() {
         PersistedMeta {
             epoch: Epoch(1),
             voted_for: None,
+            learner: false,
         },
     );
     step(&mut core, Input::Tick { now: ms(600) });
@@ -1095,6 +1137,7 @@ fn votes_arriving_after_the_lease_elect_nobody() {
         Input::MetaPersisted {
             epoch: Epoch(2),
             voted_for: Some(N1),
+            learner: false,
         },
     );
     let out = receive(

@@ -463,6 +463,10 @@ fn switchover_words(
                     "already_in_progress",
                     "refused: another switchover is in progress".to_string(),
                 ),
+                SwitchoverRefusal::TargetIsLearner => (
+                    "target_is_learner",
+                    format!("refused: node {to} is a learner (still catching up after losing its data); it cannot stand"),
+                ),
             };
             (StatusCode::CONFLICT, name, words)
         }
@@ -573,6 +577,7 @@ mod tests {
             primary: Some(if role == Role::Primary { 1 } else { 2 }),
             primary_client_addr: None,
             lease_held: role == Role::Primary,
+            standing: "voter",
             first_lsn: 1,
             last_lsn: 10,
             durable_lsn: 9,
@@ -587,6 +592,7 @@ mod tests {
                 lag_records: 3,
                 lag_bytes: 192,
                 last_heard_ms: Some(1500),
+                learner: false,
             }],
             failed: None,
         }

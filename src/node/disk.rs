@@ -5,8 +5,12 @@
 //! <data-dir>/
 //!   lock        held (flock) while a node runs here: a second node on the same dir is refused
 //!   meta        node id, cluster id, epoch, vote (wal/FORMAT.md, "Node metadata")
-//!   fresh       present while a node that started without `meta` (a new or wiped data dir)
-//!               has not finished its vote quarantine (`core::Start::Fresh`); empty
+//!   fresh       present while a node that started without `meta` (a new or wiped data dir
+//!               joining an existing cluster) has not finished its vote quarantine
+//!               (`core::Start::quarantine`); empty
+//!   fsync-failed  present after a write or fsync of the log failed: the LSN through which
+//!               the log was durable before it (decimal). The next start cuts the log there
+//!               and starts as a learner (the page cache may hold records the disk lost)
 //!   wal/        the log segments
 //!   snapshots/  the newest snapshots (`super::snapshot`)
 //! ```
@@ -32,6 +36,25 @@ use crate::core::{PersistedMeta, RecoveredLog, Start};
 
 /// The marker of an unfinished vote quarantine (see [`Opened::start`]).
 const FRESH_FILE_NAME: &str = "fresh";
+/// The marker of a failed log write or fsync (module docs).
+const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
+
+/// What an empty data directory is, as `--initial-cluster-state` says (etcd's flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InitialClusterState {
+    /// A founding member of a new cluster: it holds nothing, so it is a voter from its first
+    /// start (after the vote quarantine every empty data dir waits out, in case it is a wiped
+    /// one). A data dir that already holds state ignores this, and a
+    /// founding member that hears of a cluster that already has a log turns learner at once
+    /// (`core::election`, "Learners"), so a wiped node restarted with `new` by mistake does
+    /// not vote with a log it lost.
+    #[default]
+    New,
+    /// Joining (or rejoining, after its disk was lost) a cluster that exists: the node may
+    /// have voted and held records before, so it starts as a learner and waits out the vote
+    /// quarantine.
+    Existing,
+}
 
 /// Why the data directory cannot be used. Each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +97,7 @@ pub struct DataDir {
     meta_path: PathBuf,
     meta: Meta,
     fresh_path: PathBuf,
+    fsync_failed_path: PathBuf,
     /// Held for the life of the node; dropping it releases the flock.
     _lock: File,
 }
@@ -86,9 +110,12 @@ pub struct Opened {
     pub recovered: RecoveredLog,
     pub recovery: wal::log::Recovery,
     pub persisted: PersistedMeta,
-    /// `Fresh` when this start created the node's `meta` from nothing (a new or wiped data
-    /// dir), or an earlier such start did not finish its quarantine.
+    /// How the node takes part in elections: a learner when it cannot vouch for its log or
+    /// votes, quarantined when its `meta` was created from nothing for an existing cluster
+    /// (or an earlier such start did not finish its quarantine).
     pub start: Start,
+    /// Why the node starts as a learner, for the log; `None` for a voter.
+    pub learner_reason: Option<String>,
     /// The snapshots in use (the log continues after the last one), and how many were
     /// found damaged.
     pub snapshots: super::snapshot::Recovered,
@@ -110,7 +137,12 @@ impl DataDir {
     ///
     /// # Durability
     /// Returns only once the new file and its directory entry are fsynced.
-    pub fn persist(&mut self, epoch: Epoch, voted_for: Option<NodeId>) -> Result<(), DiskError> {
+    pub fn persist(
+        &mut self,
+        epoch: Epoch,
+        voted_for: Option<NodeId>,
+        learner: bool,
+    ) -> Result<(), DiskError> {
         assert!(
             epoch >= self.meta.epoch,
             "the persisted epoch would go back from {} to {epoch}",
@@ -119,10 +151,23 @@ impl DataDir {
         let meta = Meta {
             epoch,
             voted_for,
+            learner,
             ..self.meta
         };
         meta.store(&self.meta_path)?;
         self.meta = meta;
+        Ok(())
+    }
+
+    /// A write or fsync of the log failed: record through which LSN the log was durable
+    /// before it, so that the next start cuts what came after (the page cache may still hold
+    /// those records while the disk lost them, and a later fsync would not say so) and starts
+    /// as a learner. Called on the way out; the node stops acknowledging either way.
+    pub fn record_fsync_failure(&self, durable_lsn: Lsn) -> Result<(), DiskError> {
+        wal::fs::write_atomic(
+            &self.fsync_failed_path,
+            durable_lsn.get().to_string().as_bytes(),
+        )?;
         Ok(())
     }
 
@@ -140,8 +185,9 @@ impl DataDir {
     }
 }
 
-/// Opens (creating if needed) the data directory for `node_id` of cluster `cluster_id`:
-/// takes its lock, checks or writes its identity, recovers the WAL and starts the writer.
+/// Opens (creating if needed, as a node joining an existing cluster) the data directory for
+/// `node_id` of cluster `cluster_id`: takes its lock, checks or writes its identity, recovers
+/// the WAL and starts the writer.
 pub fn open(
     path: &Path,
     node_id: NodeId,
@@ -156,6 +202,7 @@ pub fn open(
         fsync,
         metrics,
         wal::Options::default().segment_bytes_max,
+        InitialClusterState::Existing,
     )
 }
 
@@ -167,6 +214,7 @@ pub fn open_with(
     fsync: FsyncMode,
     metrics: Arc<super::metrics::Metrics>,
     segment_bytes_max: u64,
+    initial: InitialClusterState,
 ) -> Result<Opened, DiskError> {
     wal::fs::ensure_dir(path)?;
     let lock_path = path.join("lock");
@@ -189,7 +237,9 @@ pub fn open_with(
 
     let meta_path = path.join(wal::meta::META_FILE_NAME);
     let fresh_path = path.join(FRESH_FILE_NAME);
-    let meta = match Meta::load(&meta_path)? {
+    let fsync_failed_path = path.join(FSYNC_FAILED_FILE_NAME);
+    let mut learner_reason = None;
+    let mut meta = match Meta::load(&meta_path)? {
         Some(meta) => {
             if meta.node_id != node_id {
                 return Err(DiskError::OtherNode {
@@ -208,33 +258,67 @@ pub fn open_with(
             meta
         }
         None => {
-            // A new node, or one whose data dir was lost: it may have voted before and cannot
-            // know. Mark the quarantine before `meta` exists, so that a crash between the two
-            // still starts fresh next time.
+            // Whatever the flag says, an empty data dir may be one that was wiped, whose
+            // node voted before and cannot know: mark the vote quarantine before `meta`
+            // exists, so that a crash between the two still starts fresh next time. A node
+            // joining an existing cluster may also have held records: a learner.
             wal::fs::write_atomic(&fresh_path, &[])?;
+            let joining = initial == InitialClusterState::Existing;
+            if joining {
+                learner_reason = Some("a new or wiped data dir joining an existing cluster".into());
+            }
             // Record whose data dir this is before anything else goes in it.
             let meta = Meta {
                 node_id,
                 cluster_id,
                 epoch: Epoch::ZERO,
                 voted_for: None,
+                learner: joining,
             };
             meta.store(&meta_path)?;
             meta
         }
     };
-
-    let start = if fresh_path.exists() {
-        Start::Fresh
-    } else {
-        Start::Recovered
-    };
+    if meta.learner && learner_reason.is_none() {
+        learner_reason = Some("it was a learner when it stopped".into());
+    }
 
     let options = wal::Options {
         segment_bytes_max,
         ..wal::Options::default()
     };
     let (mut wal, recovery) = Wal::open(path.join("wal"), options)?;
+    if let Some(reason) = open_suspect_cut(&recovery) {
+        learner_reason = Some(reason);
+    }
+    // After a failed write or fsync: 1. cut the log back to what was durable before it
+    // (the cut is fsynced by `truncate_suffix`); 2. persist `meta` as a learner; 3. remove
+    // the marker and fsync the directory. A crash before 3 repeats the whole sequence, which
+    // is idempotent.
+    if let Some(durable_lsn) = open_fsync_marker(&fsync_failed_path)? {
+        let keep_through = durable_lsn.max(wal.first_lsn().prev());
+        if keep_through < wal.last_lsn() {
+            wal.truncate_suffix(keep_through)?;
+        }
+        learner_reason = Some(format!(
+            "a write or fsync of its log failed before it stopped; records after lsn {durable_lsn} were cut"
+        ));
+    }
+    if learner_reason.is_some() && !meta.learner {
+        meta = Meta {
+            learner: true,
+            ..meta
+        };
+        meta.store(&meta_path)?;
+    }
+    if fsync_failed_path.exists() {
+        std::fs::remove_file(&fsync_failed_path).map_err(io(&fsync_failed_path))?;
+        wal::fs::sync_dir(path)?;
+    }
+    let start = Start {
+        learner: meta.learner,
+        quarantine: fresh_path.exists(),
+    };
     let snapshots = super::snapshot::recover(path, &mut wal)?;
     let recovered = open_recovered_log(&wal, snapshots.installed.last());
     let (durable_tx, durable) = watch::channel(Progress {
@@ -267,13 +351,16 @@ pub fn open_with(
         persisted: PersistedMeta {
             epoch: meta.epoch,
             voted_for: meta.voted_for,
+            learner: meta.learner,
         },
         start,
+        learner_reason,
         dir: DataDir {
             path: path.to_owned(),
             meta_path,
             meta,
             fresh_path,
+            fsync_failed_path,
             _lock: lock,
         },
         writer,
@@ -282,6 +369,35 @@ pub fn open_with(
         recovery,
         snapshots,
     })
+}
+
+/// Whether recovery cut more than a provably torn tail (a complete last record that failed
+/// its check may be a latent sector error on a record acknowledged long ago): if so, why.
+fn open_suspect_cut(recovery: &wal::log::Recovery) -> Option<String> {
+    let torn = recovery.torn.as_ref()?;
+    if torn.provably_torn {
+        return None;
+    }
+    Some(format!(
+        "recovery cut a last record that was complete but failed its check ({}, offset {}, after lsn {}); it may have been acknowledged",
+        torn.path.display(),
+        torn.offset,
+        torn.last_lsn
+    ))
+}
+
+/// The durable LSN recorded by [`DataDir::record_fsync_failure`], if the marker is there.
+fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    match text.trim().parse::<u64>() {
+        Ok(lsn) => Ok(Some(Lsn(lsn))),
+        // Damaged: trust nothing after the start of the log.
+        Err(_) => Ok(Some(Lsn::ZERO)),
+    }
 }
 
 /// The log as the core sees it: after the snapshot, if there is one (`snapshot::recover`
@@ -382,7 +498,7 @@ mod tests {
             Default::default(),
         )
         .unwrap();
-        again.dir.persist(Epoch(3), Some(NodeId(2))).unwrap();
+        again.dir.persist(Epoch(3), Some(NodeId(2)), false).unwrap();
         drop(again);
         let reopened = open(
             dir.path(),
@@ -396,31 +512,117 @@ mod tests {
             reopened.persisted,
             PersistedMeta {
                 epoch: Epoch(3),
-                voted_for: Some(NodeId(2))
+                voted_for: Some(NodeId(2)),
+                learner: false,
             }
         );
     }
 
-    /// A start that creates `meta` is fresh, and so is every start until the quarantine is
-    /// recorded as over; a wiped data dir is fresh again.
+    /// A start that creates `meta` for a node joining an existing cluster is a quarantined
+    /// learner, and stays quarantined until the quarantine is recorded as over and a learner
+    /// until the core is promoted; a wiped data dir starts over.
     #[test]
-    fn a_start_without_meta_is_fresh_until_the_quarantine_ends() {
+    fn a_wiped_data_dir_joining_a_cluster_is_a_quarantined_learner() {
         let dir = tempfile::tempdir().unwrap();
         let node = dir.path().join("node");
         let open_node = || open(&node, NodeId(1), 7, FsyncMode::Always, Default::default());
         let first = open_node().unwrap();
-        assert_eq!(first.start, Start::Fresh);
+        assert_eq!(first.start, Start::WIPED);
+        assert!(first.persisted.learner);
         drop(first);
         let mut again = open_node().unwrap();
         assert_eq!(
             again.start,
-            Start::Fresh,
+            Start::WIPED,
             "restarted before the quarantine ended"
         );
         again.dir.quarantine_ended().unwrap();
         drop(again);
-        assert_eq!(open_node().unwrap().start, Start::Recovered);
+        let mut third = open_node().unwrap();
+        assert_eq!(third.start, Start::LEARNER, "not yet promoted");
+        third.dir.persist(Epoch(2), None, false).unwrap();
+        drop(third);
+        assert_eq!(open_node().unwrap().start, Start::VOTER, "promoted");
         std::fs::remove_dir_all(&node).unwrap();
-        assert_eq!(open_node().unwrap().start, Start::Fresh, "wiped");
+        assert_eq!(open_node().unwrap().start, Start::WIPED, "wiped");
+    }
+
+    /// A founding member of a new cluster is a voter once the vote quarantine every empty
+    /// data dir waits out is over; the flag means nothing to a data dir that holds state.
+    #[test]
+    fn a_founding_member_is_a_quarantined_voter_and_the_flag_is_ignored_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_as = |initial| {
+            open_with(
+                dir.path(),
+                NodeId(1),
+                7,
+                FsyncMode::Always,
+                Default::default(),
+                wal::Options::default().segment_bytes_max,
+                initial,
+            )
+        };
+        let mut first = open_as(InitialClusterState::New).unwrap();
+        assert_eq!(
+            first.start,
+            Start {
+                learner: false,
+                quarantine: true
+            }
+        );
+        first.dir.quarantine_ended().unwrap();
+        drop(first);
+        assert_eq!(
+            open_as(InitialClusterState::Existing).unwrap().start,
+            Start::VOTER,
+            "the data dir holds state: the flag is ignored"
+        );
+    }
+
+    /// After a failed fsync the next start cuts the log back to what was durable before the
+    /// failure (the page cache may hold records the disk lost) and starts as a learner, once.
+    #[test]
+    fn a_start_after_an_fsync_failure_cuts_to_the_durable_lsn_and_is_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || {
+            open_with(
+                dir.path(),
+                NodeId(1),
+                7,
+                FsyncMode::Always,
+                Default::default(),
+                wal::Options::default().segment_bytes_max,
+                InitialClusterState::New,
+            )
+        };
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        for _ in 1..=5u64 {
+            first
+                .writer
+                .append(Epoch(1), wal::format::RecordKind::App, [&b"x"[..]])
+                .unwrap();
+        }
+        first.writer.sync().unwrap();
+        first.dir.record_fsync_failure(Lsn(3)).unwrap();
+        drop(first);
+        let second = open_node().unwrap();
+        assert_eq!(second.start, Start::LEARNER);
+        assert_eq!(
+            second.recovered.last_lsn,
+            Lsn(3),
+            "records after the durable LSN cut"
+        );
+        assert!(second.learner_reason.is_some());
+        assert!(!dir.path().join(FSYNC_FAILED_FILE_NAME).exists());
+        drop(second);
+        let third = open_node().unwrap();
+        assert_eq!(
+            third.start,
+            Start::LEARNER,
+            "still a learner until promoted"
+        );
+        assert_eq!(third.recovered.last_lsn, Lsn(3), "cut once");
     }
 }

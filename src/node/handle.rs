@@ -78,6 +78,8 @@ pub struct PeerStatus {
     pub lag_bytes: u64,
     /// Milliseconds since this node last heard from the peer, if ever.
     pub last_heard_ms: Option<u64>,
+    /// On the primary: the peer said it is a learner (it does not count towards commit).
+    pub learner: bool,
 }
 
 /// The node's state, published by the core loop whenever it changes (at most every few
@@ -93,6 +95,10 @@ pub struct NodeStatus {
     pub primary_client_addr: Option<SocketAddr>,
     /// The primary is serving: it holds its lease.
     pub lease_held: bool,
+    /// `voter`, or `learner` while this node cannot vouch for its log and votes (it neither
+    /// votes, stands, nor counts towards commit until a primary promotes it), or
+    /// `quarantined` while a node with a fresh data dir waits before it votes.
+    pub standing: &'static str,
     pub first_lsn: u64,
     pub last_lsn: u64,
     pub durable_lsn: u64,
@@ -106,6 +112,17 @@ pub struct NodeStatus {
 
 fn serialize_role<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(role_name(*role))
+}
+
+/// The node's standing in elections as operators read it (`NodeStatus::standing`).
+pub fn standing_name(learner: bool, quarantined: bool) -> &'static str {
+    if learner {
+        "learner"
+    } else if quarantined {
+        "quarantined"
+    } else {
+        "voter"
+    }
 }
 
 /// The role as operators read it.

@@ -43,9 +43,7 @@ use tracing::{debug, error, info, warn};
 use wal::format::{RecordKind, VerifiedRecords};
 
 use crate::config::{ClusterSecret, FsyncMode};
-use crate::core::{
-    self, Action, Core, Input, Message, Rejection, Role, Start, SwitchoverOutcome, Time,
-};
+use crate::core::{self, Action, Core, Input, Message, Rejection, Role, SwitchoverOutcome, Time};
 use crate::{Epoch, Lsn, NodeId};
 use metrics::Metrics;
 
@@ -83,6 +81,8 @@ pub struct NodeConfig {
     pub proxy: proxy::ProxyLimits,
     /// When to take snapshots and how much to keep.
     pub snapshot: snapshot::SnapshotConfig,
+    /// What an empty data dir is: a founding member of a new cluster, or a node joining one.
+    pub initial_cluster_state: disk::InitialClusterState,
 }
 
 /// The node's listeners, bound by the caller.
@@ -259,11 +259,18 @@ impl Shell {
                 };
                 self.net.send(to, peer::Outbound { message, records });
             }
-            Action::PersistMeta { epoch, voted_for } => {
+            Action::PersistMeta {
+                epoch,
+                voted_for,
+                learner,
+            } => {
                 let dir = &mut self.dir;
-                blocking(|| dir.persist(epoch, voted_for))?;
-                self.followups
-                    .push_back(Input::MetaPersisted { epoch, voted_for });
+                blocking(|| dir.persist(epoch, voted_for, learner))?;
+                self.followups.push_back(Input::MetaPersisted {
+                    epoch,
+                    voted_for,
+                    learner,
+                });
             }
             Action::WriteEpochStart { lsn, epoch } => {
                 let records =
@@ -396,6 +403,14 @@ impl Shell {
                     let _ = reply.send(outcome);
                 }
             }
+            Action::Promoted { through } => {
+                info!(through = %through, "learner promoted: this node holds every committed record and votes from now on");
+                self.publish_status();
+            }
+            Action::BecameLearner => {
+                warn!("this node had no log and heard of a cluster that has one: learner until it has caught up (its empty data dir may be a wiped one)");
+                self.publish_status();
+            }
             Action::QuarantineEnded => {
                 let dir = &mut self.dir;
                 blocking(|| dir.quarantine_ended())?;
@@ -425,6 +440,7 @@ impl Shell {
     fn disk_failed(&mut self, error: wal::Error) -> NodeError {
         let message = self.writer.failure().unwrap_or_else(|| error.to_string());
         error!(error = %message, "disk failed; stopping");
+        self.record_fsync_failure();
         self.failed = Some(message.clone());
         NodeError::DiskFailed(message)
     }
@@ -459,6 +475,15 @@ impl Shell {
             }
         }
         Some(pieces)
+    }
+
+    /// Leaves the marker that makes the next start cut the log back to what was durable
+    /// before the failure and start as a learner (`disk`, module docs).
+    fn record_fsync_failure(&self) {
+        let durable = self.writer.durable_lsn();
+        if let Err(e) = self.dir.record_fsync_failure(durable) {
+            error!(error = %e, durable_lsn = %durable, "cannot record the disk failure; before restarting this node, empty its data dir or restart it with --initial-cluster-state existing on an empty one");
+        }
     }
 
     fn role_changed(&mut self, role: Role, epoch: Epoch, primary: Option<NodeId>) {
@@ -516,6 +541,7 @@ impl Shell {
                         .last_heard
                         .get(&id)
                         .map(|at| now.duration_since(*at).as_millis() as u64),
+                    learner: core_peer.is_some_and(|p| p.learner),
                 }
             })
             .collect();
@@ -534,6 +560,7 @@ impl Shell {
             primary: status.primary.map(|p| p.get()),
             primary_client_addr: status.primary.and_then(|p| self.client_addr_of(p)),
             lease_held,
+            standing: handle::standing_name(status.learner, status.quarantined),
             first_lsn: status.snapshot_lsn.next().get(),
             last_lsn: status.last_lsn.get(),
             durable_lsn: status.durable_lsn.get(),
@@ -660,6 +687,7 @@ pub async fn run(
     let node_id = config.node_id;
     let fsync = config.fsync;
     let segment_bytes = config.snapshot.wal_segment_bytes;
+    let initial_cluster_state = config.initial_cluster_state;
     let metrics = Arc::new(Metrics::default());
     let disk_metrics = Arc::clone(&metrics);
     let opened = tokio::task::spawn_blocking(move || {
@@ -670,6 +698,7 @@ pub async fn run(
             fsync,
             disk_metrics,
             segment_bytes,
+            initial_cluster_state,
         )
     })
     .await
@@ -687,7 +716,10 @@ pub async fn run(
     let seed = u64::from(config.node_id.get())
         ^ started.elapsed().as_nanos() as u64
         ^ std::process::id() as u64;
-    if opened.start == Start::Fresh {
+    if let Some(reason) = &opened.learner_reason {
+        warn!(%reason, "starting as a learner: replicating, but neither voting nor counting towards commit until the primary finds it caught up");
+    }
+    if opened.start.quarantine {
         let quarantine = config.core.fresh_quarantine();
         info!(
             quarantine_ms = quarantine.as_millis() as u64,
@@ -740,6 +772,7 @@ pub async fn run(
         primary: None,
         primary_client_addr: None,
         lease_held: false,
+        standing: handle::standing_name(opened.start.learner, opened.start.quarantine),
         first_lsn: 1,
         last_lsn: opened.recovered.last_lsn.get(),
         durable_lsn: opened.recovered.last_lsn.get(),
@@ -822,7 +855,7 @@ pub async fn run(
             _ = &mut shutdown, if draining.is_none() => {
                 // Hand over before leaving, if this node is the primary.
                 draining = Some(Instant::now());
-                let target = shell.core.status().peers.iter().max_by_key(|p| p.match_lsn).map(|p| p.node_id);
+                let target = shell.core.status().peers.iter().filter(|p| !p.learner).max_by_key(|p| p.match_lsn).map(|p| p.node_id);
                 match (shell.role, target) {
                     (Role::Primary, Some(to)) => {
                         info!(target_node = %to, "shutting down: handing over first");
@@ -848,6 +881,8 @@ pub async fn run(
                 let progress = *durable_rx.borrow_and_update();
                 if progress.failed {
                     let message = shell.writer.failure().unwrap_or_else(|| "write failed".into());
+                    error!(error = %message, "disk failed; stopping");
+                    shell.record_fsync_failure();
                     shell.failed = Some(message.clone());
                     shell.publish_status();
                     break Err(NodeError::DiskFailed(message));

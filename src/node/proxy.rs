@@ -288,6 +288,7 @@ mod tests {
             primary,
             primary_client_addr: Some("127.0.0.1:7000".parse().unwrap()),
             lease_held,
+            standing: "voter",
             first_lsn: 1,
             last_lsn: 0,
             durable_lsn: 0,

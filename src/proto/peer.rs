@@ -41,8 +41,8 @@
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64 |
 //! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
 //! | 19 | VoteResponse | epoch u64, granted u8 |
-//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, then the records |
-//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64 |
+//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, then the records |
+//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64 |
 //! | 22 | TimeoutNow | epoch u64 |
 //! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64 |
 //! | 33 | SnapshotChunk | offset u64, then one chunk exactly as in the snapshot file: len u32, crc u32, data |
@@ -89,7 +89,9 @@ use crate::core::{Append, AppendResponse, Message};
 use crate::{Epoch, Lsn, NodeId};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 added `Append::promote` and `AppendResponse::learner` (learners).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -102,7 +104,7 @@ pub const TAG_LEN: usize = 32;
 pub const ACCEPTOR_LABEL: &[u8] = b"understudy acceptor";
 pub const DIALLER_LABEL: &[u8] = b"understudy dialler";
 
-const APPEND_FIXED_LEN: usize = 8 * 8;
+const APPEND_FIXED_LEN: usize = 9 * 8;
 
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 
@@ -355,6 +357,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 records_epoch: Epoch(body.get_u64_le()),
                 commit_lsn: Lsn(body.get_u64_le()),
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
+                promote: body.get_u64_le(),
             };
             if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
                 || append.last_lsn < append.prev_lsn
@@ -373,7 +376,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             }
         }
         21 => {
-            expect(41)?;
+            expect(49)?;
             message(Message::AppendResponse(AppendResponse {
                 epoch: Epoch(body.get_u64_le()),
                 accepted: get_bool(body)?,
@@ -381,6 +384,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 matched_epoch: Epoch(body.get_u64_le()),
                 durable_lsn: Lsn(body.get_u64_le()),
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
+                learner: body.get_u64_le(),
             }))
         }
         22 => {
@@ -531,6 +535,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(append.records_epoch.get());
                 dst.put_u64_le(append.commit_lsn.get());
                 dst.put_u64_le(duration_ns(append.sent_at));
+                dst.put_u64_le(append.promote);
                 records = attached.clone();
             }
             Message::AppendResponse(response) => {
@@ -541,6 +546,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(response.matched_epoch.get());
                 dst.put_u64_le(response.durable_lsn.get());
                 dst.put_u64_le(duration_ns(response.sent_at));
+                dst.put_u64_le(response.learner);
             }
             Message::TimeoutNow { epoch } => {
                 dst.put_u8(22);
@@ -685,6 +691,7 @@ mod tests {
                 records_epoch: Epoch(3),
                 commit_lsn: Lsn(8),
                 sent_at: Duration::from_nanos(123_456),
+                promote: 0x1234,
             }),
             records,
         }
@@ -744,6 +751,7 @@ mod tests {
                 matched_epoch: Epoch(3),
                 durable_lsn: Lsn(98),
                 sent_at: Duration::from_millis(5),
+                learner: 77,
             }),
             Message::TimeoutNow { epoch: Epoch(4) },
         ] {

@@ -40,6 +40,9 @@ const TICK_MS: u64 = 10;
 /// Clock rates stay within this, below what the lease tolerates (`tolerated_drift_ppm`,
 /// 52 631 ppm with the simulated timing).
 const DRIFT_PPM_MAX: u64 = 45_000;
+/// Clocks start (and restart) anywhere in their first ten minutes: the lease must not depend
+/// on two nodes' clocks being close.
+const CLOCK_OFFSET_MAX_MS: u64 = 600_000;
 /// Trace entries kept for the failure message; `SIM_TRACE_LEN` raises it for a replay.
 const TRACE_LEN: usize = 40;
 
@@ -200,9 +203,11 @@ pub struct Sim {
     heal_at: u64,
     heal_committed_at: Option<u64>,
     failover_open: Option<(u64, Epoch)>,
-    /// A wiped node and the commit LSN it must reach before another fault may strike: a wiped
+    /// A node that lost data (a wiped data dir, a corrupt record cut at recovery, a failed
+    /// fsync) and is not yet a voter again: no second loss of data strikes until it is (two
+    /// disks lost at once can lose any record), though every other fault does.
     /// data dir is a failure of its own, and one on top of it could lose acknowledged records.
-    wiped: Option<(usize, Lsn)>,
+    data_loss: Option<usize>,
     report: RunReport,
 }
 
@@ -251,7 +256,7 @@ impl Sim {
             heal_at: FAULT_MS * MS,
             heal_committed_at: None,
             failover_open: None,
-            wiped: None,
+            data_loss: None,
             report: RunReport {
                 seed,
                 nodes: size,
@@ -260,7 +265,8 @@ impl Sim {
         };
         for (i, &id) in members.iter().enumerate() {
             let rate_ppm = sim.rng.below(2 * DRIFT_PPM_MAX + 1) as i64 - DRIFT_PPM_MAX as i64;
-            let clock = Clock::new(0, sim.rng.below(10_000) * MS, rate_ppm);
+            // Uptimes differ by minutes: each clock starts at its own reading.
+            let clock = Clock::new(0, sim.rng.below(CLOCK_OFFSET_MAX_MS) * MS, rate_ppm);
             sim.nodes.push(Node {
                 id,
                 core: None,
@@ -343,21 +349,21 @@ impl Sim {
         assert!(n.core.is_none(), "starting a running node");
         n.inc += 1;
         if n.inc > 1 {
-            // A new process: a new clock, possibly starting at zero.
+            // A new process: a new clock, possibly starting at zero, or (a restarted machine
+            // of a cluster up for a while) anywhere in the first minutes.
             let reading = if seed.is_multiple_of(2) {
                 0
             } else {
-                seed % (5_000 * MS)
+                seed % (CLOCK_OFFSET_MAX_MS * MS)
             };
             n.clock = Clock::new(self.now, reading, n.rate_ppm);
         }
         let mut config = self.config.clone();
         config.node_id = n.id;
         let now = n.clock.read(self.now);
-        let start = if n.fresh {
-            Start::Fresh
-        } else {
-            Start::Recovered
+        let start = Start {
+            learner: n.disk.meta.learner,
+            quarantine: n.fresh,
         };
         let core = Core::new(config, n.disk.meta, n.disk.recover(), start, now, seed)
             .map_err(|err| violation("start", format!("node {node} cannot start: {err}")))?;
@@ -538,8 +544,9 @@ impl Sim {
                 Some(core) => {
                     let _ = write!(
                         s,
-                        "[n{i} {:?} e{} c{} l{}] ",
+                        "[n{i} {:?}{} e{} c{} l{}] ",
                         core.role(),
+                        if core.is_voter() { "" } else { " (learner)" },
                         core.epoch(),
                         core.commit_lsn(),
                         core.last_lsn()
@@ -575,10 +582,12 @@ impl Sim {
         if core.commit_lsn() != last {
             return false;
         }
+        // Every node a voter again, too: a learner or a quarantined node left over would make
+        // the clean failover wait for it, which is right, but not what is measured.
         self.nodes.iter().all(|n| {
             n.core
                 .as_ref()
-                .is_some_and(|c| c.commit_lsn() == last && c.last_lsn() == last)
+                .is_some_and(|c| c.commit_lsn() == last && c.last_lsn() == last && c.is_voter())
         })
     }
 
@@ -671,6 +680,7 @@ impl Sim {
                     Input::MetaPersisted {
                         epoch: new.epoch,
                         voted_for: new.voted_for,
+                        learner: new.learner,
                     },
                     None,
                 )?;
@@ -811,15 +821,10 @@ impl Sim {
         let n = self.nodes.len();
         let alive = (0..n).filter(|&i| self.alive(i)).count();
         let majority = n / 2 + 1;
-        if let Some((node, lsn)) = self.wiped {
-            let caught_up = self.nodes[node]
-                .core
-                .as_ref()
-                .is_some_and(|core| core.commit_lsn() >= lsn && core.last_lsn() >= lsn);
-            if !caught_up {
-                return Ok(()); // The wiped node is the one failure until it holds its copy again.
+        if let Some(node) = self.data_loss {
+            if self.nodes[node].core.as_ref().is_some_and(Core::is_voter) {
+                self.data_loss = None;
             }
-            self.wiped = None;
         }
         let pick_target = |sim: &mut Sim| -> usize {
             match sim.primary_node() {
@@ -881,10 +886,14 @@ impl Sim {
                     }
                 }
             }
-            93..=95 => {
+            93..=97 if self.data_loss.is_none() => {
                 let node = pick_target(self);
-                if self.wipe_loses_no_copy(node) {
-                    self.wipe(node);
+                if self.alive(node) {
+                    match roll {
+                        93..=95 => self.wipe(node),
+                        96 => self.corrupt(node),
+                        _ => self.fsync_failure(node),
+                    }
                 }
             }
             _ => {}
@@ -892,40 +901,56 @@ impl Sim {
         Ok(())
     }
 
-    /// Whether every other node is up and holds every committed record durably, so that
-    /// wiping `node` leaves every acknowledged record where any majority finds it. (With
-    /// `sync_replicas` at its minimum a committed record may have just one other copy; losing
-    /// a disk then is like losing a node, and one more fault could lose the record. The wipe
-    /// tests the votes of a node that forgot them, not that double fault.)
-    fn wipe_loses_no_copy(&self, node: usize) -> bool {
-        let commit = (0..self.nodes.len())
-            .filter_map(|i| self.nodes[i].core.as_ref().map(Core::commit_lsn))
-            .max()
-            .unwrap_or(Lsn::ZERO);
-        (0..self.nodes.len()).all(|i| {
-            let n = &self.nodes[i];
-            n.core.is_some()
-                && n.paused_until <= self.now
-                && (i == node || n.disk.durable_lsn() >= commit)
-        })
-    }
-
     /// The data dir of `node` is lost (log and metadata) and the node restarts on an empty one
-    /// shortly after. The network heals at the same moment, so that the wipe is the only
-    /// failure until the node has caught up again.
+    /// shortly after, as a node joining an existing cluster (`--initial-cluster-state
+    /// existing`, the README's procedure): a quarantined learner. Nothing else is held back:
+    /// the primary may crash while it catches up, and then the cluster must wait for it.
     fn wipe(&mut self, node: usize) {
-        let commit = (0..self.nodes.len())
-            .filter_map(|i| self.nodes[i].core.as_ref().map(Core::commit_lsn))
-            .max()
-            .unwrap_or(Lsn::ZERO);
         self.crash(node);
         self.nodes[node].disk = Disk::default();
+        self.nodes[node].disk.meta.learner = true;
         self.nodes[node].fresh = true;
         self.one_primary.on_wiped(node);
-        self.net.heal();
-        self.wiped = Some((node, commit));
+        self.data_loss = Some(node);
         self.note(node, "wipe", 0);
         let down = self.rng.below(300 * MS);
+        self.schedule(down, Event::Restart { node });
+    }
+
+    /// A record that `node` had made durable (its last one, or one further back, as in a
+    /// sealed segment) is found corrupt at its next start: recovery cuts the log there and the
+    /// node starts as a learner (what the shell does when it cannot repair the record from a
+    /// peer). Its metadata survives.
+    fn corrupt(&mut self, node: usize) {
+        self.crash(node);
+        let disk = &mut self.nodes[node].disk;
+        let (low, high) = (disk.snapshot_lsn.next(), disk.durable_lsn());
+        if low > high {
+            self.note(node, "crash (nothing to corrupt)", 0);
+        } else {
+            let lsn = if self.rng.below(2) == 0 {
+                high
+            } else {
+                low.plus(self.rng.below(high.get() - low.get() + 1))
+            };
+            let disk = &mut self.nodes[node].disk;
+            disk.lose_from(lsn);
+            disk.meta.learner = true;
+            self.data_loss = Some(node);
+            self.note(node, "corrupt record, cut at", lsn.get());
+        }
+        let down = 20 * MS + self.rng.below(300 * MS);
+        self.schedule(down, Event::Restart { node });
+    }
+
+    /// A write or fsync of `node`'s log fails: it stops at once, loses what was not durable,
+    /// and starts as a learner (the shell's `fsync-failed` marker).
+    fn fsync_failure(&mut self, node: usize) {
+        self.crash(node);
+        self.nodes[node].disk.meta.learner = true;
+        self.data_loss = Some(node);
+        self.note(node, "fsync failed", 0);
+        let down = 20 * MS + self.rng.below(300 * MS);
         self.schedule(down, Event::Restart { node });
     }
 
@@ -1044,10 +1069,17 @@ impl Sim {
                 }
                 self.delays = delays;
             }
-            Action::PersistMeta { epoch, voted_for } => {
+            Action::PersistMeta {
+                epoch,
+                voted_for,
+                learner,
+            } => {
                 let disk = &mut self.nodes[node].disk;
-                disk.meta_queue
-                    .push_back(PersistedMeta { epoch, voted_for });
+                disk.meta_queue.push_back(PersistedMeta {
+                    epoch,
+                    voted_for,
+                    learner,
+                });
                 if disk.meta_queue.len() == 1 {
                     let inc = self.nodes[node].inc;
                     let after = self.disk_latency();
@@ -1209,6 +1241,7 @@ impl Sim {
             Action::ProposeRejected { .. } => self.work.rejected += 1,
             Action::Switchover { .. } => {}
             Action::QuarantineEnded => self.nodes[node].fresh = false,
+            Action::Promoted { .. } | Action::BecameLearner => {}
         }
         Ok(())
     }

@@ -125,6 +125,18 @@ impl Disk {
         );
     }
 
+    /// After a crash: every record from `lsn` on is lost (recovery cut a corrupt record).
+    pub fn lose_from(&mut self, lsn: Lsn) {
+        assert!(
+            lsn > self.snapshot_lsn,
+            "losing records covered by the snapshot"
+        );
+        let keep = lsn.get() as usize - 1;
+        self.live.truncate(keep);
+        self.durable.truncate(keep);
+        self.synced = self.synced.min(keep);
+    }
+
     /// The log description a restarted node gives its core.
     pub fn recover(&self) -> RecoveredLog {
         let snapshot_epoch = self

@@ -82,6 +82,8 @@ pub struct TornTail {
     /// The LSN of the last good record.
     pub last_lsn: Lsn,
     pub reason: Corruption,
+    /// The file ends inside the last record: only a crash during its write does that.
+    pub provably_torn: bool,
 }
 
 /// One segment as the index sees it. Shared with readers.
@@ -306,6 +308,7 @@ fn open_segment(
             offset: scan.good_len,
             cut_len: file_len - scan.good_len,
             last_lsn: scan.last_lsn,
+            provably_torn: matches!(reason, Corruption::Truncated),
             reason,
         });
     }

@@ -43,6 +43,7 @@ pub struct Meta {
     pub cluster_id: u64,
     pub epoch: Epoch,
     pub voted_for: Option<NodeId>,
+    pub learner: bool,
 }
 
 impl Meta {
@@ -87,6 +88,11 @@ impl Meta {
         );
         let voted_for = self.voted_for.map_or(0, NodeId::get);
         put(&mut bytes, META_VOTED_FOR_OFFSET, &voted_for.to_le_bytes());
+        put(
+            &mut bytes,
+            META_RESERVED_B_OFFSET,
+            &u16::from(self.learner).to_le_bytes(),
+        );
         let crc = crc32fast::hash(&bytes[..META_CRC_OFFSET]);
         put(&mut bytes, META_CRC_OFFSET, &crc.to_le_bytes());
         bytes
@@ -152,7 +158,8 @@ impl Meta {
                 Corruption::BadField("reserved bytes 12..16"),
             ));
         }
-        if get::<2>(bytes, META_RESERVED_B_OFFSET) != [0; 2] {
+        let learner = u16::from_le_bytes(get(bytes, META_RESERVED_B_OFFSET));
+        if learner > 1 {
             return Err(corrupt(
                 META_RESERVED_B_OFFSET,
                 Corruption::BadField("reserved bytes 34..36"),
@@ -179,6 +186,7 @@ impl Meta {
             cluster_id: u64::from_le_bytes(get(bytes, META_CLUSTER_ID_OFFSET)),
             epoch: Epoch(epoch),
             voted_for: (voted_for != 0).then_some(NodeId(voted_for)),
+            learner: learner == 1,
         })
     }
 
@@ -265,6 +273,7 @@ mod tests {
             cluster_id: 0x0123_4567_89ab_cdef,
             epoch: Epoch(42),
             voted_for: Some(NodeId(2)),
+            learner: false,
         }
     }
 

@@ -13,6 +13,7 @@ fn sample() -> Meta {
         cluster_id: 0xfeed_f00d_0000_0001,
         epoch: Epoch(9),
         voted_for: Some(NodeId(3)),
+        learner: false,
     }
 }
 
@@ -37,6 +38,7 @@ fn arb_meta() -> impl Strategy<Value = Meta> {
             epoch: Epoch(epoch),
             // No vote exists in epoch 0.
             voted_for: voted_for.filter(|_| epoch != 0).map(NodeId),
+            learner: false,
         })
 }
 

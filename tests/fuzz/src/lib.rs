@@ -372,6 +372,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 records_epoch: Epoch(2),
                 commit_lsn: Lsn(4),
                 sent_at: std::time::Duration::from_millis(12),
+                promote: 0,
             }),
             records: Bytes::from(records.clone()),
         },
@@ -383,6 +384,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 matched_epoch: Epoch(2),
                 durable_lsn: Lsn(7),
                 sent_at: std::time::Duration::from_millis(12),
+                learner: 0x5eed,
             }),
             records: Bytes::new(),
         },
@@ -509,6 +511,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         cluster_id: 0x5eed,
         epoch: Epoch(3),
         voted_for: Some(NodeId(1)),
+        learner: false,
     };
     seeds.push(("meta", meta.encode().to_vec()));
     seeds
