@@ -227,7 +227,8 @@ impl Sim {
         net.duplicate_ppm = rng.below(20_000);
         net.delay_max = MS + rng.below(10 * MS);
         net.long_delay_ppm = rng.below(20_000);
-        net.long_delay_max = 200 * MS;
+        net.long_delay_max = 400 * MS;
+        net.retransmit_ppm = rng.below(150_000);
         let mut sim = Sim {
             seed,
             options,
@@ -459,6 +460,12 @@ impl Sim {
         if knobs.skip_fresh_quarantine {
             env.push_str("SIM_BREAK=fresh_votes ");
         }
+        if knobs.skip_learner {
+            env.push_str("SIM_BREAK=learner ");
+        }
+        if knobs.old_lease_echo {
+            env.push_str("SIM_BREAK=lease_echo ");
+        }
         let _ = write!(
             s,
             "replay: {env}SIM_SEED={} cargo test --test sim",
@@ -604,6 +611,14 @@ impl Sim {
                 }
                 let now = self.local(node);
                 self.step_node(node, Input::Tick { now }, None)?;
+                // A primary after a tick holds its lease (it stepped down otherwise) and would
+                // answer `/primary` with 200: it is serving.
+                if let Some(core) = self.nodes[node].core.as_ref() {
+                    if core.role() == Role::Primary {
+                        let epoch = core.epoch();
+                        self.lease.on_serve(node, epoch, self.now)?;
+                    }
+                }
                 let after = (TICK_MS - 2) * MS + self.rng.below(4 * MS);
                 self.schedule(after, Event::Tick { node, inc });
             }
@@ -854,7 +869,18 @@ impl Sim {
                 self.net.split(mask);
                 self.note(0, "partition", mask);
             }
-            55..=64 => {
+            55..=59 => {
+                // The primary is no longer heard, while what others send still reaches it
+                // (one direction of its links down): its lease must run out on the
+                // acknowledgements already on their way to it, not on when they arrive.
+                if let Some(p) = self.primary_node() {
+                    for other in (0..n).filter(|&other| other != p) {
+                        self.net.block(p, other);
+                    }
+                    self.note(p, "primary unheard", 0);
+                }
+            }
+            60..=64 => {
                 let links = 1 + self.rng.below(n as u64);
                 for _ in 0..links {
                     let a = self.rng.below(n as u64) as usize;
@@ -874,6 +900,7 @@ impl Sim {
                 self.net.duplicate_ppm = self.rng.below(50_000);
                 self.net.delay_max = self.net.delay_min + self.rng.below(20 * MS);
                 self.net.long_delay_ppm = self.rng.below(50_000);
+                self.net.retransmit_ppm = self.rng.below(300_000);
                 self.note(0, "loss ppm", self.net.loss_ppm);
             }
             88..=92 => {
@@ -1055,7 +1082,9 @@ impl Sim {
                     }
                 }
                 let mut delays = std::mem::take(&mut self.delays);
-                self.net.plan(&mut self.rng, node, to, &mut delays);
+                let acknowledgement = matches!(message, Message::AppendResponse(_));
+                self.net
+                    .plan(&mut self.rng, node, to, acknowledgement, &mut delays);
                 for &delay in &delays {
                     self.schedule(
                         delay,

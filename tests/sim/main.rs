@@ -15,9 +15,12 @@
 //! SIM_REPORT=1 cargo test --test sim -- --nocapture  # seeds/s and failover times
 //! ```
 //!
-//! `SIM_BREAK` (`vote_log_check`, `lease` or `fresh_votes`) switches off one safety rule in the
-//! core (`fresh_votes`: the vote quarantine of a node whose data dir was wiped); the
-//! `checker_finds_*` tests do so and must find a violation, which shows the checker can fail.
+//! `SIM_BREAK` switches off one safety rule in the core: `vote_log_check` (the up-to-date
+//! check on votes), `lease`, `fresh_votes` (the vote quarantine of a node whose data dir was
+//! wiped), `learner` (every node a voter whatever its data dir lost) or `lease_echo` (the
+//! lease counted from a send time echoed across primaries and clamped to the receiver's
+//! clock). The `checker_finds_*` tests do so and must find a violation, which shows the
+//! checker can fail.
 
 mod clock;
 mod cluster;
@@ -37,6 +40,8 @@ use understudy::core::TestKnobs;
 const DEFAULT_SEEDS: u64 = 6_000;
 /// How many seeds a rule-breaking test may try before declaring the checker blind.
 const BREAK_SEEDS_MAX: u64 = 400;
+/// ... and the one for the old lease echo, whose violation needs several faults to line up.
+const LEASE_ECHO_SEEDS_MAX: u64 = 60_000;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -56,8 +61,10 @@ fn knobs_from_env() -> TestKnobs {
                 "vote_log_check" => knobs.skip_vote_log_check = true,
                 "lease" => knobs.skip_lease = true,
                 "fresh_votes" => knobs.skip_fresh_quarantine = true,
+                "learner" => knobs.skip_learner = true,
+                "lease_echo" => knobs.old_lease_echo = true,
                 other => panic!(
-                    "SIM_BREAK={other:?}: known rules are vote_log_check, lease and fresh_votes"
+                    "SIM_BREAK={other:?}: known rules are vote_log_check, lease, fresh_votes, learner and lease_echo"
                 ),
             }
         }
@@ -225,6 +232,11 @@ fn partitioned_backup_rejoins_without_deposing_the_primary() {
 
 /// Finds the first seed on which the checker reports a violation with `knobs` set.
 fn checker_finds(knobs: TestKnobs, expect: &str) {
+    checker_finds_within(knobs, expect, BREAK_SEEDS_MAX);
+}
+
+/// [`checker_finds`], trying up to `seeds_max` seeds.
+fn checker_finds_within(knobs: TestKnobs, expect: &str, seeds_max: u64) {
     if env_u64("SIM_SEED").is_some() {
         return; // A replay runs only the seed asked for.
     }
@@ -233,8 +245,9 @@ fn checker_finds(knobs: TestKnobs, expect: &str) {
         scripted: false,
     };
     // Batches keep the search short when a violation is found early.
-    for batch in 0..(BREAK_SEEDS_MAX / 50) {
-        let (_, failures) = run_seeds(batch * 50..(batch + 1) * 50, options, true);
+    let batch_len = 50.max(seeds_max / 100);
+    for batch in 0..seeds_max.div_ceil(batch_len) {
+        let (_, failures) = run_seeds(batch * batch_len..(batch + 1) * batch_len, options, true);
         if let Some((seed, message)) = failures.first() {
             println!("with the rule switched off, seed {seed} fails as it should:\n{message}");
             assert!(
@@ -244,9 +257,7 @@ fn checker_finds(knobs: TestKnobs, expect: &str) {
             return;
         }
     }
-    panic!(
-        "no violation in {BREAK_SEEDS_MAX} seeds with {knobs:?}: the checker cannot see this rule"
-    );
+    panic!("no violation in {seeds_max} seeds with {knobs:?}: the checker cannot see this rule");
 }
 
 /// Without the up-to-date check on votes, a stale node wins and acknowledged records vanish.
@@ -270,5 +281,49 @@ fn checker_finds_stale_primary_without_lease() {
             ..TestKnobs::default()
         },
         "invariant 4",
+    );
+}
+
+/// Without the learner state, a node that lost its disk votes with the log it has left and
+/// elects a candidate that lacks a record acknowledged before the loss.
+#[test]
+fn checker_finds_lost_writes_without_learners() {
+    checker_finds(
+        TestKnobs {
+            skip_learner: true,
+            ..TestKnobs::default()
+        },
+        "invariant",
+    );
+}
+
+/// With the lease counted from an echoed send time of another primary's clock (clamped to the
+/// receiver's), a new primary cut off from its backups keeps serving after the next is elected.
+/// It takes a new primary whose clock is behind an earlier one's, an acknowledgement held up
+/// by a retransmission and the primary cut off just then: rare, so many seeds (tens of
+/// seconds).
+#[test]
+fn checker_finds_overlapping_primaries_with_the_old_lease_echo() {
+    checker_finds_within(
+        TestKnobs {
+            old_lease_echo: true,
+            ..TestKnobs::default()
+        },
+        "invariant 4",
+        LEASE_ECHO_SEEDS_MAX,
+    );
+}
+
+/// Without the quarantine or the learner state, a node whose data dir was wiped votes at once:
+/// again in an epoch it voted in before, or with the log it lost.
+#[test]
+fn checker_finds_violations_when_a_wiped_node_votes_at_once() {
+    checker_finds(
+        TestKnobs {
+            skip_fresh_quarantine: true,
+            skip_learner: true,
+            ..TestKnobs::default()
+        },
+        "invariant",
     );
 }

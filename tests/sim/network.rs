@@ -18,7 +18,16 @@ pub struct Network {
     /// Chance of a long delay (up to `long_delay_max`), which reorders messages.
     pub long_delay_ppm: u64,
     pub long_delay_max: u64,
+    /// Chance that an answer to an append (the acknowledgement a lease is renewed by) is held
+    /// back by a TCP retransmission: `RETRANSMIT_MIN..=RETRANSMIT_MAX` while later messages
+    /// overtake it.
+    pub retransmit_ppm: u64,
 }
+
+/// A retransmission-sized delay: TCP's minimum retransmission timeout is 200 ms, and one
+/// more backoff doubles it.
+pub const RETRANSMIT_MIN: u64 = 200 * MS;
+pub const RETRANSMIT_MAX: u64 = 450 * MS;
 
 impl Network {
     pub fn new(nodes: usize) -> Network {
@@ -31,6 +40,7 @@ impl Network {
             delay_max: 5 * MS,
             long_delay_ppm: 0,
             long_delay_max: 0,
+            retransmit_ppm: 0,
         }
     }
 
@@ -63,12 +73,21 @@ impl Network {
         self.loss_ppm = 0;
         self.duplicate_ppm = 0;
         self.long_delay_ppm = 0;
+        self.retransmit_ppm = 0;
         self.delay_min = MS / 2;
         self.delay_max = 5 * MS;
     }
 
     /// Delivery delays for one message sent now: none if lost, two if duplicated.
-    pub fn plan(&self, rng: &mut SplitMix64, from: usize, to: usize, delays: &mut Vec<u64>) {
+    /// `acknowledgement`: the message answers an append (see `retransmit_ppm`).
+    pub fn plan(
+        &self,
+        rng: &mut SplitMix64,
+        from: usize,
+        to: usize,
+        acknowledgement: bool,
+        delays: &mut Vec<u64>,
+    ) {
         delays.clear();
         if self.blocked(from, to) || rng.below(1_000_000) < self.loss_ppm {
             return;
@@ -82,6 +101,9 @@ impl Network {
             let mut delay = self.delay_min + rng.below(self.delay_max - self.delay_min + 1);
             if rng.below(1_000_000) < self.long_delay_ppm {
                 delay += rng.below(self.long_delay_max + 1);
+            }
+            if acknowledgement && rng.below(1_000_000) < self.retransmit_ppm {
+                delay += RETRANSMIT_MIN + rng.below(RETRANSMIT_MAX - RETRANSMIT_MIN + 1);
             }
             delays.push(delay);
         }

@@ -1,6 +1,8 @@
 //! Invariant 4: no node serves a write while it does not hold a valid lease. Checked against true
-//! simulated time: when a node accepts a proposal in epoch `e`, no node may have been elected
-//! primary in an epoch above `e` at any earlier true time.
+//! simulated time: a node serves when it accepts a proposal, and at every tick it ends as
+//! primary (it would answer `/primary` with 200 then). When a node serves in epoch `e`, no
+//! node may have been elected primary in an epoch above `e` at any earlier true time: the
+//! serving intervals of two primaries never overlap.
 
 use understudy::Epoch;
 
