@@ -1152,3 +1152,313 @@ fn votes_arriving_after_the_lease_elect_nobody() {
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(core.role(), Role::Candidate);
 }
+
+/// The first `AppendResponse` sent to `to` among `out`.
+fn response_to(out: &[Action], to: NodeId) -> AppendResponse {
+    out.iter()
+        .find_map(|action| match action {
+            Action::Send {
+                to: dest,
+                message: Message::AppendResponse(response),
+            } if *dest == to => Some(*response),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no append response to {to} in {out:?}"))
+}
+
+fn ack(epoch: u64, lsn: u64, sent_ms: u64, learner: u64) -> Message {
+    Message::AppendResponse(AppendResponse {
+        epoch: Epoch(epoch),
+        accepted: true,
+        matched_lsn: Lsn(lsn),
+        matched_epoch: Epoch(epoch),
+        durable_lsn: Lsn(lsn),
+        sent_at: Duration::from_millis(sent_ms),
+        learner,
+    })
+}
+
+/// A backup echoes the send time of the very append it answers, never one another primary's
+/// clock stamped (finding: the largest send time ever seen was echoed to every later primary,
+/// whose `min(now)` then counted the acknowledgement from its arrival).
+#[test]
+fn backup_echoes_the_send_time_of_the_append_it_answers() {
+    let mut core = new_core(
+        config(N2, &[1, 2, 3]),
+        log_of(&[(1, 2)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    // Node 1, up for minutes, was primary of epoch 1.
+    let out = receive(&mut core, 1000, N1, append(1, (2, 1), 2, 1, 2, 300_000));
+    assert_eq!(
+        response_to(&out, N1).sent_at,
+        Duration::from_millis(300_000)
+    );
+    // Node 3, restarted a moment ago, is primary of epoch 2: its clock reads 40 ms.
+    let out = receive(&mut core, 1700, N3, append(2, (2, 1), 3, 2, 2, 40));
+    assert_eq!(response_to(&out, N3).sent_at, Duration::from_millis(40));
+    // An append of epoch 1 arriving late is refused, and its send time renews nothing.
+    let out = receive(&mut core, 1701, N1, append(1, (2, 1), 2, 1, 2, 300_100));
+    let refusal = response_to(&out, N1);
+    assert!(!refusal.accepted);
+    assert_eq!(refusal.sent_at, Duration::ZERO);
+}
+
+/// A primary ignores an echoed send time later than its own clock (it cannot be one of its
+/// own) instead of clamping it to `now`, and a learner's acknowledgement renews nothing.
+#[test]
+fn primary_lease_ignores_future_send_times_and_learners() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 2)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    elect(&mut core);
+    let lease = core
+        .status()
+        .lease_until
+        .expect("a 3-node primary has a lease");
+    assert_eq!(
+        lease,
+        ms(600) + core.config().lease(),
+        "counted from the vote"
+    );
+    receive(&mut core, 700, N2, ack(2, 3, 900_000, 0));
+    assert_eq!(
+        core.status().lease_until,
+        Some(lease),
+        "a send time from the future"
+    );
+    receive(&mut core, 710, N3, ack(2, 3, 690, 77));
+    assert_eq!(core.status().lease_until, Some(lease), "a learner's echo");
+    receive(&mut core, 720, N2, ack(2, 3, 690, 0));
+    assert_eq!(
+        core.status().lease_until,
+        Some(ms(690) + core.config().lease()),
+        "a voter's echo of our own send time"
+    );
+}
+
+/// A learner is counted neither for commit nor for the lease; once its durable log reaches
+/// the commit LSN the primary's appends to it carry its nonce in `promote`.
+#[test]
+fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 2)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    elect(&mut core);
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(3),
+            epoch: Epoch(2),
+        },
+    );
+    receive(&mut core, 610, N2, ack(2, 3, 600, 0xabc));
+    assert_eq!(
+        core.commit_lsn(),
+        Lsn(0),
+        "the learner's copy does not commit"
+    );
+    let out = receive(&mut core, 620, N3, ack(2, 3, 600, 0));
+    assert_eq!(core.commit_lsn(), Lsn(3), "the voter's copy does");
+    assert!(out.contains(&Action::Committed { lsn: Lsn(3) }), "{out:?}");
+    let out = step(&mut core, Input::Tick { now: ms(660) });
+    let promote = out.iter().find_map(|action| match action {
+        Action::Send {
+            to,
+            message: Message::Append(append),
+        } if *to == N2 => Some((append.promote, append.commit_lsn)),
+        _ => None,
+    });
+    assert_eq!(promote, Some((0xabc, Lsn(3))), "{out:?}");
+    let out = step(&mut core, Input::Switchover { to: N2 });
+    assert!(
+        out.contains(&Action::Switchover {
+            to: N2,
+            outcome: SwitchoverOutcome::Refused(SwitchoverRefusal::TargetIsLearner)
+        }),
+        "{out:?}"
+    );
+}
+
+/// A learner neither votes, pre-votes nor stands; promoted by the primary of its epoch once
+/// its log durably holds the commit LSN, it persists that and votes from then on.
+#[test]
+fn learner_votes_only_after_promotion() {
+    let mut core = Core::new(
+        config(N2, &[1, 2, 3]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: true,
+        },
+        log_of(&[(1, 2)]),
+        Start::LEARNER,
+        Time::ZERO,
+        7,
+    )
+    .expect("valid test setup");
+    assert!(!core.is_voter());
+    // Past its election deadline it does not stand.
+    let out = step(&mut core, Input::Tick { now: ms(2_000) });
+    assert!(
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::PreVoteRequest { .. },
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    let refused = receive(
+        &mut core,
+        2_001,
+        N3,
+        Message::VoteRequest {
+            epoch: Epoch(2),
+            last_lsn: Lsn(9),
+            last_epoch: Epoch(1),
+            transfer: false,
+        },
+    );
+    assert!(
+        refused.contains(&Action::Send {
+            to: N3,
+            message: Message::VoteResponse {
+                epoch: Epoch(1),
+                granted: false
+            }
+        }),
+        "{refused:?}"
+    );
+    // Node 1, primary of epoch 2, ships the epoch start at 3 and commits it.
+    let out = receive(&mut core, 2_100, N1, append(2, (2, 1), 3, 2, 0, 100));
+    let nonce = response_to(&out, N1).learner;
+    assert_ne!(nonce, 0, "a learner says so");
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(3),
+            epoch: Epoch(2),
+        },
+    );
+    // A promotion for another run of this node (another nonce) is ignored.
+    let mut promote = |core: &mut Core, now: u64, nonce: u64| {
+        receive(
+            core,
+            now,
+            N1,
+            Message::Append(Append {
+                epoch: Epoch(2),
+                prev_lsn: Lsn(3),
+                prev_epoch: Epoch(2),
+                first_lsn: Lsn(4),
+                last_lsn: Lsn(3),
+                records_epoch: Epoch(2),
+                commit_lsn: Lsn(3),
+                sent_at: Duration::from_millis(150),
+                promote: nonce,
+            }),
+        )
+    };
+    promote(&mut core, 2_150, nonce ^ 2);
+    assert!(!core.is_voter());
+    let out = promote(&mut core, 2_160, nonce);
+    assert!(core.is_voter());
+    assert!(
+        out.contains(&Action::Promoted { through: Lsn(3) }),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&Action::PersistMeta {
+            epoch: Epoch(2),
+            voted_for: None,
+            learner: false
+        }),
+        "{out:?}"
+    );
+    assert_eq!(response_to(&out, N1).learner, 0, "a voter now");
+}
+
+/// A founding member still in its quarantine, at epoch 0 with nothing in its log, that hears
+/// of a cluster that has a log turns learner: its empty data dir may be a wiped one.
+#[test]
+fn founding_member_turns_learner_on_hearing_of_an_existing_cluster() {
+    let founding = || {
+        Core::new(
+            config(N2, &[1, 2, 3]),
+            PersistedMeta::default(),
+            RecoveredLog::default(),
+            Start {
+                learner: false,
+                quarantine: true,
+            },
+            Time::ZERO,
+            7,
+        )
+        .expect("valid test setup")
+    };
+    // The first election of a new cluster is no such news.
+    let mut core = founding();
+    let out = receive(
+        &mut core,
+        10,
+        N1,
+        Message::VoteRequest {
+            epoch: Epoch(1),
+            last_lsn: Lsn(0),
+            last_epoch: Epoch(0),
+            transfer: false,
+        },
+    );
+    assert!(!out.contains(&Action::BecameLearner), "{out:?}");
+    // A primary's append is.
+    let mut core = founding();
+    let out = receive(&mut core, 10, N1, append(4, (0, 0), 0, 4, 0, 5));
+    assert!(out.contains(&Action::BecameLearner), "{out:?}");
+    assert!(core.status().learner);
+}
+
+/// A candidate stands above every epoch its pre-vote granters report, never in one some
+/// node may already have voted in.
+#[test]
+fn candidate_stands_above_the_epochs_its_granters_report() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    step(&mut core, Input::Tick { now: ms(600) });
+    receive(
+        &mut core,
+        601,
+        N2,
+        Message::PreVoteResponse {
+            epoch: Epoch(2),
+            granted: true,
+            voter_epoch: Epoch(2),
+        },
+    );
+    assert_eq!(core.epoch(), Epoch(3));
+    assert_eq!(core.role(), Role::Candidate);
+}
