@@ -1359,7 +1359,7 @@ fn learner_votes_only_after_promotion() {
         },
     );
     // A promotion for another run of this node (another nonce) is ignored.
-    let mut promote = |core: &mut Core, now: u64, nonce: u64| {
+    let promote = |core: &mut Core, now: u64, nonce: u64| {
         receive(
             core,
             now,
