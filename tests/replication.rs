@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{wait_until, Cluster};
+use support::{http_get, wait_until, Cluster};
 use understudy::client::{BoxError, Driver, ProposeError, Role, StateMachine};
 use understudy::Lsn;
 
@@ -369,4 +369,191 @@ async fn switchover_moves_the_primary_and_loses_nothing() {
     for id in 1..=3 {
         assert_all_acked_present(&oracle, &driver(&drivers, id).unwrap());
     }
+}
+
+/// A node's `standing` (`voter`, `learner`, `quarantined`) and role from its `/status`.
+fn standing(cluster: &Cluster, id: u16) -> Option<(String, String)> {
+    let (code, body) = http_get(cluster.node(id).admin_addr, "/status")?;
+    if code != 200 {
+        return None;
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((
+        status["standing"].as_str()?.to_string(),
+        status["role"].as_str()?.to_string(),
+    ))
+}
+
+/// Kills node `id`, empties its data dir (a lost disk) and starts it again as the README's
+/// procedure says: `--initial-cluster-state existing`.
+fn wipe_and_restart(cluster: &mut Cluster, drivers: &Drivers, id: u16) {
+    cluster.kill(id);
+    drivers.lock().unwrap()[usize::from(id) - 1] = None;
+    std::fs::remove_dir_all(&cluster.node(id).data_dir).expect("wipe the data dir");
+    cluster.node_mut(id).extra = vec!["--initial-cluster-state".into(), "existing".into()];
+    cluster.start_node(id);
+}
+
+/// Proposes `count` commands on `leader`, recording each acknowledged one.
+async fn propose_many(leader: &Driver<Journal>, oracle: &Mutex<Oracle>, tag: &str, count: u64) {
+    for i in 0..count {
+        let command = format!("{tag}-{i}").into_bytes();
+        let lsn = leader
+            .propose(command.clone())
+            .await
+            .unwrap_or_else(|e| panic!("proposal {tag}-{i}: {e}"));
+        oracle.lock().unwrap().acked.push((lsn, command));
+    }
+}
+
+/// A backup whose data dir is lost and that restarts empty under writes is a learner (it
+/// replicates, but neither votes nor counts towards commit) until it has caught up; a kill -9
+/// during that phase leaves it a learner; once promoted it votes, and the cluster fails over
+/// with its vote, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_backup_is_a_learner_until_caught_up_and_then_votes() {
+    let mut cluster = Cluster::start(3);
+    let drivers = connect_all(&cluster).await;
+    let primary_id = wait_primary(&drivers, None).await;
+    let wiped = primary_id % 3 + 1;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let oracle = Arc::new(Mutex::new(Oracle::default()));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            tokio::spawn(writer(
+                Arc::clone(&drivers),
+                w,
+                Arc::clone(&stop),
+                Arc::clone(&oracle),
+            ))
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || oracle
+        .lock()
+        .unwrap()
+        .acked
+        .len()
+        >= 200));
+
+    wipe_and_restart(&mut cluster, &drivers, wiped);
+    assert!(
+        wait_until(Duration::from_secs(10), || standing(&cluster, wiped)
+            .is_some_and(|(s, _)| s == "learner")),
+        "the wiped node did not report itself a learner:\n{}",
+        cluster.logs_tail(20)
+    );
+    // kill -9 in the learner phase: it comes back a learner, not a voter.
+    cluster.kill(wiped);
+    cluster.start_node(wiped);
+    assert!(
+        wait_until(Duration::from_secs(10), || standing(&cluster, wiped)
+            .is_some_and(|(s, _)| s == "learner")),
+        "restarted during its learner phase, the node is not a learner:\n{}",
+        cluster.logs_tail(20)
+    );
+    let log = std::fs::read_to_string(&cluster.node(wiped).log).unwrap_or_default();
+    assert!(log.contains("starting as a learner"), "{log}");
+    assert!(
+        wait_until(Duration::from_secs(15), || standing(&cluster, wiped)
+            .is_some_and(|(s, _)| s == "voter")),
+        "the wiped node never became a voter:\n{}",
+        cluster.logs_tail(30)
+    );
+    let log = std::fs::read_to_string(&cluster.node(wiped).log).unwrap_or_default();
+    assert!(log.contains("learner promoted"), "{log}");
+    let rejoined = connect(&cluster.node(wiped).app_socket).await;
+    drivers.lock().unwrap()[usize::from(wiped) - 1] = Some(rejoined);
+
+    // It votes: with the primary gone, the two others elect one of them.
+    let acked_before = oracle.lock().unwrap().acked.len();
+    cluster.kill(primary_id);
+    drivers.lock().unwrap()[usize::from(primary_id) - 1] = None;
+    let new = wait_primary(&drivers, Some(primary_id)).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || oracle
+            .lock()
+            .unwrap()
+            .acked
+            .len()
+            >= acked_before + 100),
+        "writes did not resume after the failover"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let survivors: Vec<u16> = (1..=3).filter(|&id| id != primary_id).collect();
+    wait_converged(&drivers, &survivors).await;
+    for id in survivors {
+        assert_all_acked_present(&oracle.lock().unwrap(), &driver(&drivers, id).unwrap());
+    }
+    let _ = new;
+}
+
+/// With `--sync-replicas 1` of 3, records acknowledged while one backup was stalled are on the
+/// primary and the other backup only. That backup loses its disk and restarts empty; the
+/// primary dies while it catches up. The cluster waits (the learner does not vote for the
+/// stalled backup, which lacks the records) until the old primary is back, and then loses
+/// nothing. Before learners, the wiped node voted once its quarantine was over and the
+/// stalled backup was elected without the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_while_a_wiped_backup_catches_up_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    let drivers = connect_all(&cluster).await;
+    let primary_id = wait_primary(&drivers, None).await;
+    let holder = primary_id % 3 + 1;
+    let stalled = holder % 3 + 1;
+    let oracle = Mutex::new(Oracle::default());
+    let leader = driver(&drivers, primary_id).unwrap();
+    propose_many(&leader, &oracle, "all-three", 20).await;
+    // The stalled backup misses these: they commit on the primary and `holder` alone.
+    cluster.pause(stalled, true);
+    propose_many(&leader, &oracle, "two-copies", 50).await;
+    wipe_and_restart(&mut cluster, &drivers, holder);
+    cluster.kill(primary_id);
+    drivers.lock().unwrap()[usize::from(primary_id) - 1] = None;
+    cluster.pause(stalled, false);
+
+    // Nobody may be elected: the stalled backup lacks acknowledged records and the wiped one
+    // is a learner. Wait well past its quarantine.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for id in [holder, stalled] {
+            if let Some((_, role)) = standing(&cluster, id) {
+                assert_ne!(
+                    role,
+                    "primary",
+                    "node {id} was elected while the only full copies were on a dead node and a wiped one:\n{}",
+                    cluster.logs_tail(30)
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        standing(&cluster, holder).map(|(s, _)| s),
+        Some("learner".to_string())
+    );
+
+    // The old primary comes back: it holds everything, is elected, and promotes the learner.
+    cluster.start_node(primary_id);
+    for id in 1..=3u16 {
+        if driver(&drivers, id).is_none() {
+            let connected = connect(&cluster.node(id).app_socket).await;
+            drivers.lock().unwrap()[usize::from(id) - 1] = Some(connected);
+        }
+    }
+    let new = wait_primary(&drivers, None).await;
+    let leader = driver(&drivers, new).unwrap();
+    propose_many(&leader, &oracle, "after", 5).await;
+    wait_converged(&drivers, &[1, 2, 3]).await;
+    for id in 1..=3u16 {
+        assert_all_acked_present(&oracle.lock().unwrap(), &driver(&drivers, id).unwrap());
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || standing(&cluster, holder)
+            .is_some_and(|(s, _)| s == "voter")),
+        "the wiped node was never promoted:\n{}",
+        cluster.logs_tail(20)
+    );
 }
