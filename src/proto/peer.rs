@@ -49,6 +49,8 @@
 //! | 34 | SnapshotEnd | body_crc u32 |
 //! | 35 | SnapshotAck | offset u64 |
 //! | 36 | SnapshotDone | installed u8 |
+//! | 40 | RepairRequest | first_lsn u64, last_lsn u64 |
+//! | 41 | RepairRecords | then the records (none: the sender does not hold them intact) |
 //!
 //! # Snapshot transfer
 //!
@@ -76,6 +78,22 @@
 //! whole body against `body_crc` before installing. A chunk that fails, or a gap, ends the
 //! connection; the sender dials again and the receiver answers with the offset it has.
 //! Memory on both ends is bounded by the window, not by the snapshot's size.
+//! # Repair
+//!
+//! A node that finds a record of its log damaged (a checksum that fails where no crash can
+//! explain it) fetches it from a peer on a connection of its own, dialled and authenticated
+//! like any other, one request per connection:
+//!
+//! ```text
+//! requester -> holder   RepairRequest { first_lsn, last_lsn }
+//! holder -> requester   RepairRecords { records }   the records it holds intact in that
+//!                                                   range, from first_lsn on (or none)
+//! ```
+//!
+//! The requester verifies every record's CRC and LSN, and uses one only if its epoch is the
+//! one its own log says that LSN has: two logs that hold a record with the same LSN and epoch
+//! hold the same record (invariant 3), byte for byte.
+//!
 //! The records of an `Append` are WAL records exactly as `wal/FORMAT.md` lays them out, back
 //! to back: the bytes the primary wrote are the bytes the backup stores. The decoder hands
 //! them out as a [`Bytes`] split from the read buffer (no copy); the receiver verifies every
@@ -160,6 +178,10 @@ pub enum Frame {
     SnapshotDone {
         installed: bool,
     },
+    /// The first and only request of a repair connection (module docs, "Repair").
+    RepairRequest { first_lsn: Lsn, last_lsn: Lsn },
+    /// The answer: records back to back as in the log, not yet verified.
+    RepairRecords { records: Bytes },
 }
 
 /// Why bytes from a peer are not a frame. The connection is dropped.
@@ -435,6 +457,25 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 installed: get_bool(body)?,
             }
         }
+        40 => {
+            expect(16)?;
+            let first_lsn = Lsn(body.get_u64_le());
+            let last_lsn = Lsn(body.get_u64_le());
+            if first_lsn == Lsn::ZERO || last_lsn < first_lsn {
+                return Err(DecodeError::BadRange {
+                    prev: first_lsn.get().saturating_sub(1),
+                    first: first_lsn.get(),
+                    last: last_lsn.get(),
+                });
+            }
+            Frame::RepairRequest {
+                first_lsn,
+                last_lsn,
+            }
+        }
+        41 => Frame::RepairRecords {
+            records: std::mem::take(body),
+        },
         other => return Err(DecodeError::UnknownType(other)),
     })
 }
@@ -581,6 +622,18 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
         Frame::SnapshotDone { installed } => {
             dst.put_u8(36);
             dst.put_u8(u8::from(*installed));
+        }
+        Frame::RepairRequest {
+            first_lsn,
+            last_lsn,
+        } => {
+            dst.put_u8(40);
+            dst.put_u64_le(first_lsn.get());
+            dst.put_u64_le(last_lsn.get());
+        }
+        Frame::RepairRecords { records: attached } => {
+            dst.put_u8(41);
+            records = attached.clone();
         }
     }
     let len = dst.len() - start - 4 + records.len();
@@ -776,6 +829,13 @@ mod tests {
         });
         round_trip(Frame::SnapshotAck { offset: 7 });
         round_trip(Frame::SnapshotDone { installed: true });
+        round_trip(Frame::RepairRequest {
+            first_lsn: Lsn(5),
+            last_lsn: Lsn(9),
+        });
+        round_trip(Frame::RepairRecords {
+            records: Bytes::from_static(b"records"),
+        });
     }
 
     #[test]
