@@ -16,7 +16,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Corruption, Error, IoOp, Result};
 use crate::format::{
@@ -87,6 +88,12 @@ pub struct TornTail {
 /// One segment as the index sees it. Shared with readers.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentEntry {
+    /// Names these bytes for readers: given by [`Index::push`] when the segment enters the
+    /// index and again whenever the segment is cut, never reused. While a segment keeps its
+    /// id, every byte below its `len` is the byte it was when the id was given, so a position
+    /// a reader verified under this id still holds. (The path cannot say this: a segment that
+    /// a cut deleted can be written again under the same name.)
+    pub id: u64,
     pub first_lsn: Lsn,
     pub path: PathBuf,
     /// Bytes written: header plus whole records. Readers never look past it.
@@ -118,9 +125,32 @@ pub(crate) struct Index {
     /// How far past its written bytes a reader maps a segment, so that it can follow the
     /// growing tail without remapping for every append (the segment size limit).
     pub map_len: u64,
+    /// The next [`SegmentEntry::id`] to give.
+    next_id: u64,
 }
 
 impl Index {
+    pub fn new(map_len: u64) -> Index {
+        Index {
+            segments: Vec::new(),
+            map_len,
+            next_id: 0,
+        }
+    }
+
+    /// Adds `entry` as the newest segment, with an id of its own.
+    pub fn push(&mut self, mut entry: SegmentEntry) {
+        entry.id = self.take_id();
+        self.segments.push(entry);
+    }
+
+    /// A [`SegmentEntry::id`] never given before.
+    pub fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
     /// The segment that holds `lsn`, if any.
     pub fn find(&self, lsn: Lsn) -> Option<&SegmentEntry> {
         let at = self
@@ -139,11 +169,61 @@ impl Index {
     }
 }
 
+/// The [`Index`] and the count of changes that took written bytes away, shared by the
+/// [`Wal`] (the only writer) and its [`Reader`]s.
+///
+/// # Correctness
+/// A change that takes written bytes away (a cut, a deleted segment, a reset) is published
+/// here before any file is cut or deleted: the index is changed and `cuts` bumped under the
+/// write lock first. So a reader that finds `cuts` unchanged since it last looked at the index
+/// may trust, without the lock, that everything the index said was written then still is, and
+/// is still the same records; and a file the index names exists while the read lock is held.
+#[derive(Debug)]
+pub(crate) struct SharedIndex {
+    index: RwLock<Index>,
+    cuts: AtomicU64,
+}
+
+impl SharedIndex {
+    pub fn new(index: Index) -> SharedIndex {
+        SharedIndex {
+            index: RwLock::new(index),
+            cuts: AtomicU64::new(0),
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        // A panic while holding the lock aborts the process (panic = "abort"); tests may
+        // unwind, so recover.
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many changes so far took written bytes away (see the type's docs).
+    #[inline]
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::Acquire)
+    }
+
+    /// The write lock, for a change that only adds: appended records, a new segment.
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write lock, for a change that takes written bytes away; bumps `cuts`, so that
+    /// every reader looks at the index again before it reads on. Make the change through the
+    /// guard before cutting or deleting the file.
+    fn write_cut(&self) -> RwLockWriteGuard<'_, Index> {
+        let index = self.write();
+        self.cuts.fetch_add(1, Ordering::Release);
+        index
+    }
+}
+
 /// The write-ahead log. See the module docs for the LSN chain it keeps.
 pub struct Wal {
     dir: PathBuf,
     options: Options,
-    index: Arc<RwLock<Index>>,
+    index: Arc<SharedIndex>,
     /// The last segment, open for writing.
     active: File,
     active_path: PathBuf,
@@ -318,6 +398,7 @@ fn open_segment(
     }
     Ok(Opened {
         entry: SegmentEntry {
+            id: 0, // given by `Index::push`
             first_lsn: name_lsn,
             path: path.to_owned(),
             len: scan.good_len,
@@ -400,11 +481,14 @@ impl Wal {
             .map_or(0, |&(_, offset)| offset + INDEX_INTERVAL_BYTES);
         let first_lsn = segments[0].first_lsn;
         let last_lsn = last.last_lsn;
-        let map_len = options.segment_bytes_max;
+        let mut index = Index::new(options.segment_bytes_max);
+        for entry in segments {
+            index.push(entry);
+        }
         let wal = Wal {
             dir,
             options,
-            index: Arc::new(RwLock::new(Index { segments, map_len })),
+            index: Arc::new(SharedIndex::new(index)),
             active,
             active_path,
             active_first_lsn,
@@ -633,7 +717,7 @@ impl Wal {
         );
         self.poison_on_error(result)?;
         self.active_len += run.len() as u64;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.write();
         let entry = index
             .segments
             .last_mut()
@@ -662,8 +746,8 @@ impl Wal {
         self.active_len = SEGMENT_HEADER_LEN as u64;
         self.active_next_index_offset = 0;
         self.active_has_records = false;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        index.segments.push(SegmentEntry {
+        self.index.write().push(SegmentEntry {
+            id: 0, // given by `Index::push`
             first_lsn,
             path,
             len: SEGMENT_HEADER_LEN as u64,
@@ -693,8 +777,11 @@ impl Wal {
     ///
     /// # Correctness
     /// The caller never truncates at or below its commit LSN (the replication core asserts
-    /// it). No reader may be positioned above `keep_through` while this runs: a memory map
-    /// of a cut file faults beyond the new end.
+    /// it). Readers may be positioned anywhere: each looks at the index again before it
+    /// reads on, and then reads the records written after the cut, at their new places (see
+    /// [`crate::reader`]). But no read of a record above `keep_through` may be in progress
+    /// while this runs, and no record above it that a reader handed out may be looked at
+    /// after it: those bytes share a memory map of the file, which faults past its new end.
     ///
     /// # Durability
     /// 1. delete whole segments above `keep_through`, newest first, fsyncing the directory
@@ -729,23 +816,28 @@ impl Wal {
 
     fn truncate_suffix_files(&mut self, keep_through: Lsn) -> Result<()> {
         // 1. Whole segments above the cut, newest first. The first segment is never
-        //    deleted: it records where the log starts.
+        //    deleted: it records where the log starts. Each leaves the index (readers look
+        //    there before reading on) before its file goes.
         loop {
             let doomed = {
-                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+                let index = self.index.read();
                 let last = index.segments.last().expect("the index is never empty");
-                (index.segments.len() > 1 && last.first_lsn > keep_through)
-                    .then(|| last.path.clone())
+                index.segments.len() > 1 && last.first_lsn > keep_through
             };
-            let Some(path) = doomed else { break };
+            if !doomed {
+                break;
+            }
+            let path = {
+                let mut index = self.index.write_cut();
+                let last = index.segments.pop().expect("the index is never empty");
+                last.path
+            };
             io(IoOp::Remove, &path, std::fs::remove_file(&path))?;
             fs::sync_dir(&self.dir)?;
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.segments.pop();
         }
         // 2. Cut the segment that now ends the log right after `keep_through`.
         let (path, first_lsn, cut_offset, entry_index) = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = self.index.read();
             let last = index.segments.last().expect("the index is never empty");
             let cut_offset = self.offset_after(last, keep_through)?;
             let entry_index: Vec<(Lsn, u64)> = last
@@ -757,8 +849,12 @@ impl Wal {
             (last.path.clone(), last.first_lsn, cut_offset, entry_index)
         };
         {
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            // The cut is published (a new id: positions verified before it may not hold)
+            // before the file shrinks.
+            let mut index = self.index.write_cut();
+            let id = index.take_id();
             let last = index.segments.last_mut().expect("the index is never empty");
+            last.id = id;
             last.len = cut_offset;
             last.last_lsn = keep_through;
             last.index = entry_index;
@@ -772,7 +868,7 @@ impl Wal {
         self.active_first_lsn = first_lsn;
         self.active_len = cut_offset;
         self.active_has_records = keep_through >= first_lsn;
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.index.read();
         let last = index.segments.last().expect("the index is never empty");
         self.active_next_index_offset = last
             .index
@@ -818,19 +914,23 @@ impl Wal {
         let mut deleted = 0;
         loop {
             let doomed = {
-                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-                match index.segments.get(1) {
-                    Some(next) if next.first_lsn <= lsn => Some(index.segments[0].path.clone()),
-                    _ => None,
-                }
+                let index = self.index.read();
+                matches!(index.segments.get(1), Some(next) if next.first_lsn <= lsn)
             };
-            let Some(path) = doomed else { break };
+            if !doomed {
+                break;
+            }
+            // The segment leaves the index (readers look there before reading on) before
+            // its file goes.
+            let path = {
+                let mut index = self.index.write_cut();
+                let oldest = index.segments.remove(0);
+                self.first_lsn = index.first_lsn();
+                oldest.path
+            };
             let result = io(IoOp::Remove, &path, std::fs::remove_file(&path))
                 .and_then(|()| fs::sync_dir(&self.dir));
             self.poison_on_error(result)?;
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.segments.remove(0);
-            self.first_lsn = index.first_lsn();
             deleted += 1;
         }
         // Keep the epoch of the first retained record; its start moves up with the log.
@@ -869,16 +969,17 @@ impl Wal {
     }
 
     fn reset_files(&mut self, next_lsn: Lsn) -> Result<()> {
+        // Newest first; each segment leaves the index (readers look there before reading
+        // on) before its file goes.
         loop {
-            let doomed = {
-                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-                index.segments.last().map(|s| s.path.clone())
-            };
-            let Some(path) = doomed else { break };
-            io(IoOp::Remove, &path, std::fs::remove_file(&path))?;
+            let doomed = self.index.write_cut().segments.pop();
+            let Some(doomed) = doomed else { break };
+            io(
+                IoOp::Remove,
+                &doomed.path,
+                std::fs::remove_file(&doomed.path),
+            )?;
             fs::sync_dir(&self.dir)?;
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.segments.pop();
         }
         let path = create_segment(&self.dir, next_lsn)?;
         self.active = open_for_append(&path)?;
@@ -887,8 +988,8 @@ impl Wal {
         self.active_len = SEGMENT_HEADER_LEN as u64;
         self.active_next_index_offset = 0;
         self.active_has_records = false;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        index.segments.push(SegmentEntry {
+        self.index.write().push(SegmentEntry {
+            id: 0, // given by `Index::push`
             first_lsn: next_lsn,
             path,
             len: SEGMENT_HEADER_LEN as u64,
@@ -900,7 +1001,7 @@ impl Wal {
 
     /// The paths of the segments, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.index.read();
         index.segments.iter().map(|s| s.path.clone()).collect()
     }
 }
@@ -982,11 +1083,12 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
         entries.push(opened.entry);
     }
     if !entries.is_empty() {
-        inspection.reader = Some(Reader::new(Arc::new(RwLock::new(Index {
-            segments: entries,
-            // Read-only: the files do not grow, so map what is there.
-            map_len: 0,
-        }))));
+        // Read-only: the files do not grow, so map what is there.
+        let mut index = Index::new(0);
+        for entry in entries {
+            index.push(entry);
+        }
+        inspection.reader = Some(Reader::new(Arc::new(SharedIndex::new(index))));
     }
     Ok(inspection)
 }
