@@ -89,8 +89,49 @@ fn verify_reports_a_torn_tail_without_cutting_it() {
         .unwrap();
     let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("torn tail after lsn 9"), "{out}");
+    assert!(
+        out.contains("torn tail (provably torn) after lsn 9"),
+        "{out}"
+    );
+    assert!(!out.contains("suspect"), "{out}");
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), len - 5);
+
+    let (code, out, _) = understudy(&["wal", "dump", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.ends_with("# torn tail after lsn 9 not shown (34 bytes)\n"),
+        "{out}"
+    );
+}
+
+/// A last record that is whole but fails its CRC may be an acknowledged record gone bad, not
+/// a torn write: verify says so, and that the node will start as a learner, and cuts nothing.
+#[test]
+fn verify_reports_a_suspect_tail_without_cutting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10);
+    let segment = dir.path().join(wal::segment::file_name(Lsn(1)));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x20; // the last payload byte of record 10
+    std::fs::write(&segment, &bytes).unwrap();
+    let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "suspect tail: the last record is complete but fails its check; \
+             the node will start as a learner (after lsn 9"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("provably torn"), "{out}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+
+    let (code, out, _) = understudy(&["wal", "dump", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("# suspect tail after lsn 9 not shown"),
+        "{out}"
+    );
 }
 
 #[test]

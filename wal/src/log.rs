@@ -64,7 +64,8 @@ impl Default for Options {
 pub struct Recovery {
     pub segments: usize,
     pub records: u64,
-    /// The torn tail that was cut, if any.
+    /// The damaged tail that was cut, if any: provably torn, or suspect (see
+    /// [`TornTail::provably_torn`]).
     pub torn: Option<TornTail>,
     /// Stale temp files (incomplete installs) that were removed.
     pub removed_tmp: Vec<PathBuf>,
@@ -72,7 +73,8 @@ pub struct Recovery {
     pub created: bool,
 }
 
-/// A torn tail that recovery cut off the last segment.
+/// A damaged tail that recovery cut off the last segment (FORMAT.md, "Recovery at open":
+/// rows "torn (provable)" and "suspect tail").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
@@ -83,6 +85,13 @@ pub struct TornTail {
     /// The LSN of the last good record.
     pub last_lsn: Lsn,
     pub reason: Corruption,
+    /// The file ends inside the last record: a write torn by a crash, never reported
+    /// durable, so the cut lost nothing that was acknowledged. False for any other damaged
+    /// tail (a whole record failing its CRC, a length over the limit, zeroes, ...), which
+    /// may as well be damage to a record fsynced and acknowledged long ago: the cut may have
+    /// taken a record this node acknowledged, and the node starts as a learner.
+    /// See [`crate::segment::stop_is_provably_torn`].
+    pub provably_torn: bool,
 }
 
 /// One segment as the index sees it. Shared with readers.
@@ -331,8 +340,8 @@ struct Opened {
     torn: Option<TornTail>,
 }
 
-/// Reads, verifies and indexes one segment; applies the torn-tail rule when `is_last`.
-/// With `repair`, a torn tail is cut and the cut fsynced; without, it is only reported.
+/// Reads, verifies and indexes one segment; applies the torn-tail rules when `is_last`.
+/// With `repair`, a damaged tail is cut and the cut fsynced; without, it is only reported.
 fn open_segment(
     path: &Path,
     name_lsn: Lsn,
@@ -380,13 +389,23 @@ fn open_segment(
         if segment::find_intact_after(bytes, offset as usize + 1, scan.last_lsn).is_some() {
             return Err(corrupt());
         }
-        // Row "torn": cut at the last good record and make the cut durable.
+        // Rows "torn (provable)" and "suspect tail": cut at the last good record and make
+        // the cut durable either way; say which it was, for the node to decide whether it
+        // may still vouch for its log.
+        let provably_torn = segment::stop_is_provably_torn(
+            bytes,
+            offset,
+            &reason,
+            scan.last_lsn.next(),
+            scan.last_epoch,
+        );
         torn = Some(TornTail {
             path: path.to_owned(),
             offset: scan.good_len,
             cut_len: file_len - scan.good_len,
             last_lsn: scan.last_lsn,
             reason,
+            provably_torn,
         });
     }
     drop(map);
@@ -413,11 +432,17 @@ fn open_segment(
 
 impl Wal {
     /// Opens the log in `dir` (created if missing), verifying every record of every segment
-    /// and cutting a torn tail of the last one (FORMAT.md, "Recovery at open").
+    /// and cutting a damaged tail of the last one (FORMAT.md, "Recovery at open").
+    ///
+    /// # Correctness
+    /// A tail that is not provably torn (`Recovery::torn` with `provably_torn: false`) may
+    /// have been a record this node acknowledged: the caller must not vouch for its log
+    /// (vote, count towards commit) until a primary has verified it again.
     ///
     /// # Durability
-    /// A torn tail is cut and the cut fsynced before this returns, and the last segment is
-    /// fsynced, so everything the returned log holds is durable: `durable_lsn == last_lsn`.
+    /// A damaged tail (provably torn or suspect) is cut and the cut fsynced before this
+    /// returns, and the last segment is fsynced, so everything the returned log holds is
+    /// durable: `durable_lsn == last_lsn`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery)> {
         let dir = dir.as_ref().to_owned();
         assert!(
@@ -1010,7 +1035,8 @@ impl Wal {
 #[derive(Debug, Clone)]
 pub struct Inspection {
     pub segments: Vec<SegmentSummary>,
-    /// The torn tail that opening the log would cut, if any.
+    /// The damaged tail that opening the log would cut, if any, and whether it is provably
+    /// torn or suspect ([`TornTail::provably_torn`]).
     pub torn: Option<TornTail>,
     /// Incomplete installs that opening the log would remove.
     pub stale_tmp: Vec<PathBuf>,
