@@ -83,9 +83,10 @@ fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> 
             std::fs::read(&meta_path).with_context(|| format!("read {}", meta_path.display()))?;
         let meta = wal::meta::Meta::decode(&bytes, &meta_path)?;
         let vote = meta.voted_for.map_or("none".to_owned(), |n| n.to_string());
+        let learner = if meta.learner { "  learner" } else { "" };
         writeln!(
             out,
-            "{}  node {}  cluster {:016x}  epoch {}  voted for {vote}  ok",
+            "{}  node {}  cluster {:016x}  epoch {}  voted for {vote}{learner}  ok",
             meta_path.display(),
             meta.node_id,
             meta.cluster_id,

@@ -218,6 +218,7 @@ pub fn open_with(
                 cluster_id,
                 epoch: Epoch::ZERO,
                 voted_for: None,
+                learner: false,
             };
             meta.store(&meta_path)?;
             meta

@@ -437,7 +437,10 @@ impl Wal {
     /// # Correctness
     /// A tail that is not provably torn (`Recovery::torn` with `provably_torn: false`) may
     /// have been a record this node acknowledged: the caller must not vouch for its log
-    /// (vote, count towards commit) until a primary has verified it again.
+    /// (vote, count towards commit) until a primary has verified it again. Once the cut is
+    /// durable nothing is left to say so after a crash, so a caller that keeps that state on
+    /// disk (the learner flag of `crate::meta::Meta`) stores it first: [`inspect`] reports
+    /// the same tail, `provably_torn` included, without cutting it.
     ///
     /// # Durability
     /// A damaged tail (provably torn or suspect) is cut and the cut fsynced before this
