@@ -89,8 +89,87 @@ fn verify_reports_a_torn_tail_without_cutting_it() {
         .unwrap();
     let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("torn tail after lsn 9"), "{out}");
+    assert!(
+        out.contains("torn tail (provably torn) after lsn 9"),
+        "{out}"
+    );
+    assert!(!out.contains("suspect"), "{out}");
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), len - 5);
+
+    let (code, out, _) = understudy(&["wal", "dump", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.ends_with("# torn tail after lsn 9 not shown (34 bytes)\n"),
+        "{out}"
+    );
+}
+
+/// A last record that is whole but fails its CRC may be an acknowledged record gone bad, not
+/// a torn write: verify says so, and that the node will start as a learner, and cuts nothing.
+#[test]
+fn verify_reports_a_suspect_tail_without_cutting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10);
+    let segment = dir.path().join(wal::segment::file_name(Lsn(1)));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x20; // the last payload byte of record 10
+    std::fs::write(&segment, &bytes).unwrap();
+    let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "suspect tail: the last record is complete but fails its check; \
+             the node will start as a learner (after lsn 9"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("provably torn"), "{out}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+
+    let (code, out, _) = understudy(&["wal", "dump", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("# suspect tail after lsn 9 not shown"),
+        "{out}"
+    );
+}
+
+/// In a data directory verify checks the metadata file and says when the node is a learner;
+/// a version 1 file (no learner flag) verifies as a node that is not.
+#[test]
+fn verify_prints_the_metadata_and_whether_the_node_is_a_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(&dir.path().join("wal"), 3);
+    let meta_path = dir.path().join(wal::meta::META_FILE_NAME);
+    let meta = wal::meta::Meta {
+        node_id: wal::NodeId(2),
+        cluster_id: 0xabc,
+        epoch: Epoch(4),
+        voted_for: Some(wal::NodeId(3)),
+        learner: true,
+    };
+    meta.store(&meta_path).unwrap();
+    let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("node 2  cluster 0000000000000abc  epoch 4  voted for 3  learner  ok"),
+        "{out}"
+    );
+
+    // The same node as version 1 wrote it: bytes 34..36 reserved, so not a learner.
+    let mut v1 = wal::meta::Meta {
+        learner: false,
+        ..meta
+    }
+    .encode();
+    v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let crc = crc32fast::hash(&v1[..36]);
+    v1[36..40].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&meta_path, v1).unwrap();
+    let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("epoch 4  voted for 3  ok"), "{out}");
+    assert!(!out.contains("learner"), "{out}");
 }
 
 #[test]

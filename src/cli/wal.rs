@@ -1,6 +1,9 @@
 //! `understudy wal verify DIR` and `understudy wal dump DIR [--from LSN]`: offline looks at a
-//! log. Both are read-only: a torn tail is reported, not cut (the node cuts it when it
-//! opens the log), and nothing in the directory is changed.
+//! log. Both are read-only: a damaged tail is reported, not cut (the node cuts it when it
+//! opens the log), and nothing in the directory is changed. A tail is either provably torn (a
+//! crash cut the last record short: nothing acknowledged is lost) or suspect (the last record
+//! is whole but fails its check: it may have been acknowledged, so the node starts as a
+//! learner); both are reported, neither is an error.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,9 +83,10 @@ fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> 
             std::fs::read(&meta_path).with_context(|| format!("read {}", meta_path.display()))?;
         let meta = wal::meta::Meta::decode(&bytes, &meta_path)?;
         let vote = meta.voted_for.map_or("none".to_owned(), |n| n.to_string());
+        let learner = if meta.learner { "  learner" } else { "" };
         writeln!(
             out,
-            "{}  node {}  cluster {:016x}  epoch {}  voted for {vote}  ok",
+            "{}  node {}  cluster {:016x}  epoch {}  voted for {vote}{learner}  ok",
             meta_path.display(),
             meta.node_id,
             meta.cluster_id,
@@ -134,15 +138,23 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
         )?;
     }
     if let Some(torn) = &inspection.torn {
-        writeln!(
-            out,
-            "{}  torn tail after lsn {} at offset {} ({} bytes: {}); cut when the node starts",
-            torn.path.display(),
-            torn.last_lsn,
-            torn.offset,
-            torn.cut_len,
-            torn.reason
-        )?;
+        let path = torn.path.display();
+        let (last_lsn, offset, cut_len, reason) =
+            (torn.last_lsn, torn.offset, torn.cut_len, &torn.reason);
+        if torn.provably_torn {
+            writeln!(
+                out,
+                "{path}  torn tail (provably torn) after lsn {last_lsn} at offset {offset} \
+                 ({cut_len} bytes: {reason}); cut when the node starts"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{path}  suspect tail: the last record is complete but fails its check; the \
+                 node will start as a learner (after lsn {last_lsn} at offset {offset}, \
+                 {cut_len} bytes: {reason}; cut when the node starts)"
+            )?;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     match (inspection.first_lsn(), inspection.last_lsn()) {
@@ -218,9 +230,14 @@ fn dump(
         )?;
     }
     if let Some(torn) = &inspection.torn {
+        let what = if torn.provably_torn {
+            "torn tail"
+        } else {
+            "suspect tail"
+        };
         writeln!(
             out,
-            "# torn tail after lsn {} not shown ({} bytes)",
+            "# {what} after lsn {} not shown ({} bytes)",
             torn.last_lsn, torn.cut_len
         )?;
     }

@@ -16,7 +16,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Corruption, Error, IoOp, Result};
 use crate::format::{
@@ -63,7 +64,8 @@ impl Default for Options {
 pub struct Recovery {
     pub segments: usize,
     pub records: u64,
-    /// The torn tail that was cut, if any.
+    /// The damaged tail that was cut, if any: provably torn, or suspect (see
+    /// [`TornTail::provably_torn`]).
     pub torn: Option<TornTail>,
     /// Stale temp files (incomplete installs) that were removed.
     pub removed_tmp: Vec<PathBuf>,
@@ -71,7 +73,8 @@ pub struct Recovery {
     pub created: bool,
 }
 
-/// A torn tail that recovery cut off the last segment.
+/// A damaged tail that recovery cut off the last segment (FORMAT.md, "Recovery at open":
+/// rows "torn (provable)" and "suspect tail").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
@@ -82,13 +85,24 @@ pub struct TornTail {
     /// The LSN of the last good record.
     pub last_lsn: Lsn,
     pub reason: Corruption,
-    /// The file ends inside the last record: only a crash during its write does that.
+    /// The file ends inside the last record: a write torn by a crash, never reported
+    /// durable, so the cut lost nothing that was acknowledged. False for any other damaged
+    /// tail (a whole record failing its CRC, a length over the limit, zeroes, ...), which
+    /// may as well be damage to a record fsynced and acknowledged long ago: the cut may have
+    /// taken a record this node acknowledged, and the node starts as a learner.
+    /// See [`crate::segment::stop_is_provably_torn`].
     pub provably_torn: bool,
 }
 
 /// One segment as the index sees it. Shared with readers.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentEntry {
+    /// Names these bytes for readers: given by [`Index::push`] when the segment enters the
+    /// index and again whenever the segment is cut, never reused. While a segment keeps its
+    /// id, every byte below its `len` is the byte it was when the id was given, so a position
+    /// a reader verified under this id still holds. (The path cannot say this: a segment that
+    /// a cut deleted can be written again under the same name.)
+    pub id: u64,
     pub first_lsn: Lsn,
     pub path: PathBuf,
     /// Bytes written: header plus whole records. Readers never look past it.
@@ -120,9 +134,32 @@ pub(crate) struct Index {
     /// How far past its written bytes a reader maps a segment, so that it can follow the
     /// growing tail without remapping for every append (the segment size limit).
     pub map_len: u64,
+    /// The next [`SegmentEntry::id`] to give.
+    next_id: u64,
 }
 
 impl Index {
+    pub fn new(map_len: u64) -> Index {
+        Index {
+            segments: Vec::new(),
+            map_len,
+            next_id: 0,
+        }
+    }
+
+    /// Adds `entry` as the newest segment, with an id of its own.
+    pub fn push(&mut self, mut entry: SegmentEntry) {
+        entry.id = self.take_id();
+        self.segments.push(entry);
+    }
+
+    /// A [`SegmentEntry::id`] never given before.
+    pub fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
     /// The segment that holds `lsn`, if any.
     pub fn find(&self, lsn: Lsn) -> Option<&SegmentEntry> {
         let at = self
@@ -141,11 +178,61 @@ impl Index {
     }
 }
 
+/// The [`Index`] and the count of changes that took written bytes away, shared by the
+/// [`Wal`] (the only writer) and its [`Reader`]s.
+///
+/// # Correctness
+/// A change that takes written bytes away (a cut, a deleted segment, a reset) is published
+/// here before any file is cut or deleted: the index is changed and `cuts` bumped under the
+/// write lock first. So a reader that finds `cuts` unchanged since it last looked at the index
+/// may trust, without the lock, that everything the index said was written then still is, and
+/// is still the same records; and a file the index names exists while the read lock is held.
+#[derive(Debug)]
+pub(crate) struct SharedIndex {
+    index: RwLock<Index>,
+    cuts: AtomicU64,
+}
+
+impl SharedIndex {
+    pub fn new(index: Index) -> SharedIndex {
+        SharedIndex {
+            index: RwLock::new(index),
+            cuts: AtomicU64::new(0),
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        // A panic while holding the lock aborts the process (panic = "abort"); tests may
+        // unwind, so recover.
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many changes so far took written bytes away (see the type's docs).
+    #[inline]
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::Acquire)
+    }
+
+    /// The write lock, for a change that only adds: appended records, a new segment.
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write lock, for a change that takes written bytes away; bumps `cuts`, so that
+    /// every reader looks at the index again before it reads on. Make the change through the
+    /// guard before cutting or deleting the file.
+    fn write_cut(&self) -> RwLockWriteGuard<'_, Index> {
+        let index = self.write();
+        self.cuts.fetch_add(1, Ordering::Release);
+        index
+    }
+}
+
 /// The write-ahead log. See the module docs for the LSN chain it keeps.
 pub struct Wal {
     dir: PathBuf,
     options: Options,
-    index: Arc<RwLock<Index>>,
+    index: Arc<SharedIndex>,
     /// The last segment, open for writing.
     active: File,
     active_path: PathBuf,
@@ -253,8 +340,8 @@ struct Opened {
     torn: Option<TornTail>,
 }
 
-/// Reads, verifies and indexes one segment; applies the torn-tail rule when `is_last`.
-/// With `repair`, a torn tail is cut and the cut fsynced; without, it is only reported.
+/// Reads, verifies and indexes one segment; applies the torn-tail rules when `is_last`.
+/// With `repair`, a damaged tail is cut and the cut fsynced; without, it is only reported.
 fn open_segment(
     path: &Path,
     name_lsn: Lsn,
@@ -302,14 +389,23 @@ fn open_segment(
         if segment::find_intact_after(bytes, offset as usize + 1, scan.last_lsn).is_some() {
             return Err(corrupt());
         }
-        // Row "torn": cut at the last good record and make the cut durable.
+        // Rows "torn (provable)" and "suspect tail": cut at the last good record and make
+        // the cut durable either way; say which it was, for the node to decide whether it
+        // may still vouch for its log.
+        let provably_torn = segment::stop_is_provably_torn(
+            bytes,
+            offset,
+            &reason,
+            scan.last_lsn.next(),
+            scan.last_epoch,
+        );
         torn = Some(TornTail {
             path: path.to_owned(),
             offset: scan.good_len,
             cut_len: file_len - scan.good_len,
             last_lsn: scan.last_lsn,
-            provably_torn: matches!(reason, Corruption::Truncated),
             reason,
+            provably_torn,
         });
     }
     drop(map);
@@ -321,6 +417,7 @@ fn open_segment(
     }
     Ok(Opened {
         entry: SegmentEntry {
+            id: 0, // given by `Index::push`
             first_lsn: name_lsn,
             path: path.to_owned(),
             len: scan.good_len,
@@ -335,11 +432,20 @@ fn open_segment(
 
 impl Wal {
     /// Opens the log in `dir` (created if missing), verifying every record of every segment
-    /// and cutting a torn tail of the last one (FORMAT.md, "Recovery at open").
+    /// and cutting a damaged tail of the last one (FORMAT.md, "Recovery at open").
+    ///
+    /// # Correctness
+    /// A tail that is not provably torn (`Recovery::torn` with `provably_torn: false`) may
+    /// have been a record this node acknowledged: the caller must not vouch for its log
+    /// (vote, count towards commit) until a primary has verified it again. Once the cut is
+    /// durable nothing is left to say so after a crash, so a caller that keeps that state on
+    /// disk (the learner flag of `crate::meta::Meta`) stores it first: [`inspect`] reports
+    /// the same tail, `provably_torn` included, without cutting it.
     ///
     /// # Durability
-    /// A torn tail is cut and the cut fsynced before this returns, and the last segment is
-    /// fsynced, so everything the returned log holds is durable: `durable_lsn == last_lsn`.
+    /// A damaged tail (provably torn or suspect) is cut and the cut fsynced before this
+    /// returns, and the last segment is fsynced, so everything the returned log holds is
+    /// durable: `durable_lsn == last_lsn`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery)> {
         let dir = dir.as_ref().to_owned();
         assert!(
@@ -403,11 +509,14 @@ impl Wal {
             .map_or(0, |&(_, offset)| offset + INDEX_INTERVAL_BYTES);
         let first_lsn = segments[0].first_lsn;
         let last_lsn = last.last_lsn;
-        let map_len = options.segment_bytes_max;
+        let mut index = Index::new(options.segment_bytes_max);
+        for entry in segments {
+            index.push(entry);
+        }
         let wal = Wal {
             dir,
             options,
-            index: Arc::new(RwLock::new(Index { segments, map_len })),
+            index: Arc::new(SharedIndex::new(index)),
             active,
             active_path,
             active_first_lsn,
@@ -636,7 +745,7 @@ impl Wal {
         );
         self.poison_on_error(result)?;
         self.active_len += run.len() as u64;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.write();
         let entry = index
             .segments
             .last_mut()
@@ -665,8 +774,8 @@ impl Wal {
         self.active_len = SEGMENT_HEADER_LEN as u64;
         self.active_next_index_offset = 0;
         self.active_has_records = false;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        index.segments.push(SegmentEntry {
+        self.index.write().push(SegmentEntry {
+            id: 0, // given by `Index::push`
             first_lsn,
             path,
             len: SEGMENT_HEADER_LEN as u64,
@@ -696,8 +805,11 @@ impl Wal {
     ///
     /// # Correctness
     /// The caller never truncates at or below its commit LSN (the replication core asserts
-    /// it). No reader may be positioned above `keep_through` while this runs: a memory map
-    /// of a cut file faults beyond the new end.
+    /// it). Readers may be positioned anywhere: each looks at the index again before it
+    /// reads on, and then reads the records written after the cut, at their new places (see
+    /// [`crate::reader`]). But no read of a record above `keep_through` may be in progress
+    /// while this runs, and no record above it that a reader handed out may be looked at
+    /// after it: those bytes share a memory map of the file, which faults past its new end.
     ///
     /// # Durability
     /// 1. delete whole segments above `keep_through`, newest first, fsyncing the directory
@@ -732,23 +844,28 @@ impl Wal {
 
     fn truncate_suffix_files(&mut self, keep_through: Lsn) -> Result<()> {
         // 1. Whole segments above the cut, newest first. The first segment is never
-        //    deleted: it records where the log starts.
+        //    deleted: it records where the log starts. Each leaves the index (readers look
+        //    there before reading on) before its file goes.
         loop {
             let doomed = {
-                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+                let index = self.index.read();
                 let last = index.segments.last().expect("the index is never empty");
-                (index.segments.len() > 1 && last.first_lsn > keep_through)
-                    .then(|| last.path.clone())
+                index.segments.len() > 1 && last.first_lsn > keep_through
             };
-            let Some(path) = doomed else { break };
+            if !doomed {
+                break;
+            }
+            let path = {
+                let mut index = self.index.write_cut();
+                let last = index.segments.pop().expect("the index is never empty");
+                last.path
+            };
             io(IoOp::Remove, &path, std::fs::remove_file(&path))?;
             fs::sync_dir(&self.dir)?;
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.segments.pop();
         }
         // 2. Cut the segment that now ends the log right after `keep_through`.
         let (path, first_lsn, cut_offset, entry_index) = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = self.index.read();
             let last = index.segments.last().expect("the index is never empty");
             let cut_offset = self.offset_after(last, keep_through)?;
             let entry_index: Vec<(Lsn, u64)> = last
@@ -760,8 +877,12 @@ impl Wal {
             (last.path.clone(), last.first_lsn, cut_offset, entry_index)
         };
         {
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            // The cut is published (a new id: positions verified before it may not hold)
+            // before the file shrinks.
+            let mut index = self.index.write_cut();
+            let id = index.take_id();
             let last = index.segments.last_mut().expect("the index is never empty");
+            last.id = id;
             last.len = cut_offset;
             last.last_lsn = keep_through;
             last.index = entry_index;
@@ -775,7 +896,7 @@ impl Wal {
         self.active_first_lsn = first_lsn;
         self.active_len = cut_offset;
         self.active_has_records = keep_through >= first_lsn;
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.index.read();
         let last = index.segments.last().expect("the index is never empty");
         self.active_next_index_offset = last
             .index
@@ -821,19 +942,23 @@ impl Wal {
         let mut deleted = 0;
         loop {
             let doomed = {
-                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-                match index.segments.get(1) {
-                    Some(next) if next.first_lsn <= lsn => Some(index.segments[0].path.clone()),
-                    _ => None,
-                }
+                let index = self.index.read();
+                matches!(index.segments.get(1), Some(next) if next.first_lsn <= lsn)
             };
-            let Some(path) = doomed else { break };
+            if !doomed {
+                break;
+            }
+            // The segment leaves the index (readers look there before reading on) before
+            // its file goes.
+            let path = {
+                let mut index = self.index.write_cut();
+                let oldest = index.segments.remove(0);
+                self.first_lsn = index.first_lsn();
+                oldest.path
+            };
             let result = io(IoOp::Remove, &path, std::fs::remove_file(&path))
                 .and_then(|()| fs::sync_dir(&self.dir));
             self.poison_on_error(result)?;
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.segments.remove(0);
-            self.first_lsn = index.first_lsn();
             deleted += 1;
         }
         // Keep the epoch of the first retained record; its start moves up with the log.
@@ -872,16 +997,17 @@ impl Wal {
     }
 
     fn reset_files(&mut self, next_lsn: Lsn) -> Result<()> {
+        // Newest first; each segment leaves the index (readers look there before reading
+        // on) before its file goes.
         loop {
-            let doomed = {
-                let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-                index.segments.last().map(|s| s.path.clone())
-            };
-            let Some(path) = doomed else { break };
-            io(IoOp::Remove, &path, std::fs::remove_file(&path))?;
+            let doomed = self.index.write_cut().segments.pop();
+            let Some(doomed) = doomed else { break };
+            io(
+                IoOp::Remove,
+                &doomed.path,
+                std::fs::remove_file(&doomed.path),
+            )?;
             fs::sync_dir(&self.dir)?;
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.segments.pop();
         }
         let path = create_segment(&self.dir, next_lsn)?;
         self.active = open_for_append(&path)?;
@@ -890,8 +1016,8 @@ impl Wal {
         self.active_len = SEGMENT_HEADER_LEN as u64;
         self.active_next_index_offset = 0;
         self.active_has_records = false;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        index.segments.push(SegmentEntry {
+        self.index.write().push(SegmentEntry {
+            id: 0, // given by `Index::push`
             first_lsn: next_lsn,
             path,
             len: SEGMENT_HEADER_LEN as u64,
@@ -903,7 +1029,7 @@ impl Wal {
 
     /// The paths of the segments, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.index.read();
         index.segments.iter().map(|s| s.path.clone()).collect()
     }
 }
@@ -912,7 +1038,8 @@ impl Wal {
 #[derive(Debug, Clone)]
 pub struct Inspection {
     pub segments: Vec<SegmentSummary>,
-    /// The torn tail that opening the log would cut, if any.
+    /// The damaged tail that opening the log would cut, if any, and whether it is provably
+    /// torn or suspect ([`TornTail::provably_torn`]).
     pub torn: Option<TornTail>,
     /// Incomplete installs that opening the log would remove.
     pub stale_tmp: Vec<PathBuf>,
@@ -985,11 +1112,12 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
         entries.push(opened.entry);
     }
     if !entries.is_empty() {
-        inspection.reader = Some(Reader::new(Arc::new(RwLock::new(Index {
-            segments: entries,
-            // Read-only: the files do not grow, so map what is there.
-            map_len: 0,
-        }))));
+        // Read-only: the files do not grow, so map what is there.
+        let mut index = Index::new(0);
+        for entry in entries {
+            index.push(entry);
+        }
+        inspection.reader = Some(Reader::new(Arc::new(SharedIndex::new(index))));
     }
     Ok(inspection)
 }

@@ -1,10 +1,12 @@
 //! The node metadata file (`<data-dir>/meta`, FORMAT.md "Node metadata"): the node's id, the
-//! cluster it belongs to, the highest epoch it has seen and its vote in that epoch, encoded
-//! in 40 bytes and replaced as a whole.
+//! cluster it belongs to, the highest epoch it has seen, its vote in that epoch and whether
+//! it is a learner, encoded in 40 bytes and replaced as a whole.
 //!
-//! This module encodes, decodes, loads and atomically stores that file. It does not decide
-//! anything: that the epoch never goes down and that a node votes once per epoch are the
-//! caller's rules (the core), which must store the new value *before* acting on it.
+//! This module encodes, decodes, loads and atomically stores that file, and reads the files
+//! of every earlier version (version 1 had no learner flag: such a node is not a learner).
+//! It does not decide anything: that the epoch never goes down, that a node votes once per
+//! epoch and when a node is or stops being a learner are the caller's rules (the core), which
+//! must store the new value *before* acting on it.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,8 +20,11 @@ use crate::types::{Epoch, Lsn, NodeId};
 pub const META_FILE_NAME: &str = "meta";
 /// `USTDYMTA`: the first 8 bytes of a metadata file.
 pub const META_MAGIC: [u8; 8] = *b"USTDYMTA";
-/// The metadata format version this build writes and reads.
-pub const META_VERSION: u16 = 1;
+/// The metadata format version this build writes (and reads).
+pub const META_VERSION: u16 = 2;
+/// The oldest metadata format version this build still reads: every version from this one
+/// to [`META_VERSION`] is read; files are always written in [`META_VERSION`].
+pub const META_VERSION_MIN: u16 = 1;
 /// A metadata file is exactly this long; any other length is corruption.
 pub const META_LEN: usize = 40;
 
@@ -30,11 +35,14 @@ const META_RESERVED_A_OFFSET: usize = 12;
 const META_CLUSTER_ID_OFFSET: usize = 16;
 const META_EPOCH_OFFSET: usize = 24;
 const META_VOTED_FOR_OFFSET: usize = 32;
-const META_RESERVED_B_OFFSET: usize = 34;
+/// Version 2 on; reserved (zero) in version 1.
+const META_LEARNER_OFFSET: usize = 34;
+const META_RESERVED_B_OFFSET: usize = 35;
 const META_CRC_OFFSET: usize = 36;
 
 const _: () = assert!(META_CRC_OFFSET + 4 == META_LEN);
 const _: () = assert!(META_MAGIC.len() == META_VERSION_OFFSET);
+const _: () = assert!(META_VERSION_MIN <= META_VERSION);
 
 /// The node's identity and vote. `voted_for` is the node voted for in `epoch`, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +51,17 @@ pub struct Meta {
     pub cluster_id: u64,
     pub epoch: Epoch,
     pub voted_for: Option<NodeId>,
+    /// This node cannot vouch for its earlier votes and log (a new or wiped data dir joining
+    /// an existing cluster, a recovery that cut a suspect tail, a restart after an fsync
+    /// failure): it replicates and applies but neither votes, stands for election nor counts
+    /// towards commit or the lease until the primary of its epoch tells it that it durably
+    /// holds every record through that primary's commit LSN. Cleared, like every change
+    /// here, by a [`Meta::store`] of the whole file (FORMAT.md, "Node metadata").
     pub learner: bool,
 }
 
 impl Meta {
-    /// Encodes the 40-byte file.
+    /// Encodes the 40-byte file, in version [`META_VERSION`].
     ///
     /// Panics if `node_id` is 0, if `voted_for` is `Some(NodeId(0))` (0 on disk means "no
     /// vote", so that value could not be read back), or if there is a vote in epoch 0 (no
@@ -65,9 +79,9 @@ impl Meta {
             );
         }
 
-        // Format (FORMAT.md, "Node metadata"): { magic: [u8; 8], version: u16, node_id: u16,
-        // reserved: u32, cluster_id: u64, epoch: u64, voted_for: u16, reserved: u16,
-        // crc: u32 = crc32(bytes 0..36) }
+        // Format (FORMAT.md, "Node metadata"): { magic: [u8; 8], version: u16 = 2,
+        // node_id: u16, reserved: u32, cluster_id: u64, epoch: u64, voted_for: u16,
+        // learner: u8 (0 or 1), reserved: u8, crc: u32 = crc32(bytes 0..36) }
         let mut bytes = [0u8; META_LEN];
         bytes[..META_VERSION_OFFSET].copy_from_slice(&META_MAGIC);
         put(&mut bytes, META_VERSION_OFFSET, &META_VERSION.to_le_bytes());
@@ -88,22 +102,21 @@ impl Meta {
         );
         let voted_for = self.voted_for.map_or(0, NodeId::get);
         put(&mut bytes, META_VOTED_FOR_OFFSET, &voted_for.to_le_bytes());
-        put(
-            &mut bytes,
-            META_RESERVED_B_OFFSET,
-            &u16::from(self.learner).to_le_bytes(),
-        );
+        put(&mut bytes, META_LEARNER_OFFSET, &[u8::from(self.learner)]);
         let crc = crc32fast::hash(&bytes[..META_CRC_OFFSET]);
         put(&mut bytes, META_CRC_OFFSET, &crc.to_le_bytes());
         bytes
     }
 
-    /// Decodes a whole metadata file. `path` only names the file in errors.
+    /// Decodes a whole metadata file of any version from [`META_VERSION_MIN`] to
+    /// [`META_VERSION`]; a version 1 file is not a learner. `path` only names the file in
+    /// errors.
     ///
     /// Checks, in order: magic (`Error::BadMagic`), version (`Error::UnsupportedVersion`),
-    /// length, CRC, reserved bytes, `node_id ≥ 1`, no vote in epoch 0 (all `Error::Corrupt`).
-    /// The magic and version come first so that a foreign file or a newer format is reported
-    /// as such rather than as a bad length. Never panics, whatever the bytes.
+    /// length, CRC, reserved bytes (in version 1, the learner byte is one), `node_id ≥ 1`,
+    /// a learner byte of 0 or 1, no vote in epoch 0 (all `Error::Corrupt`). The magic and
+    /// version come first so that a foreign file or a newer format is reported as such rather
+    /// than as a bad length. Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Meta> {
         let corrupt = |offset: usize, reason: Corruption| Error::Corrupt {
             path: path.to_path_buf(),
@@ -123,7 +136,7 @@ impl Meta {
         }
         if bytes.len() >= META_NODE_ID_OFFSET {
             let version = u16::from_le_bytes(get(bytes, META_VERSION_OFFSET));
-            if version != META_VERSION {
+            if !(META_VERSION_MIN..=META_VERSION).contains(&version) {
                 return Err(Error::UnsupportedVersion {
                     path: path.to_path_buf(),
                     found: version,
@@ -158,11 +171,18 @@ impl Meta {
                 Corruption::BadField("reserved bytes 12..16"),
             ));
         }
-        let learner = u16::from_le_bytes(get(bytes, META_RESERVED_B_OFFSET));
-        if learner > 1 {
+        // The version was checked above, on the same bytes.
+        let version = u16::from_le_bytes(get(bytes, META_VERSION_OFFSET));
+        if version == 1 && get::<2>(bytes, META_LEARNER_OFFSET) != [0; 2] {
+            return Err(corrupt(
+                META_LEARNER_OFFSET,
+                Corruption::BadField("reserved bytes 34..36 (version 1)"),
+            ));
+        }
+        if get::<1>(bytes, META_RESERVED_B_OFFSET) != [0] {
             return Err(corrupt(
                 META_RESERVED_B_OFFSET,
-                Corruption::BadField("reserved bytes 34..36"),
+                Corruption::BadField("reserved byte 35"),
             ));
         }
 
@@ -173,6 +193,16 @@ impl Meta {
                 Corruption::BadField("node_id 0"),
             ));
         }
+        let learner = match get::<1>(bytes, META_LEARNER_OFFSET) {
+            [0] => false,
+            [1] => true,
+            [_] => {
+                return Err(corrupt(
+                    META_LEARNER_OFFSET,
+                    Corruption::BadField("learner flag other than 0 or 1"),
+                ))
+            }
+        };
         let epoch = u64::from_le_bytes(get(bytes, META_EPOCH_OFFSET));
         let voted_for = u16::from_le_bytes(get(bytes, META_VOTED_FOR_OFFSET));
         if epoch == 0 && voted_for != 0 {
@@ -186,7 +216,7 @@ impl Meta {
             cluster_id: u64::from_le_bytes(get(bytes, META_CLUSTER_ID_OFFSET)),
             epoch: Epoch(epoch),
             voted_for: (voted_for != 0).then_some(NodeId(voted_for)),
-            learner: learner == 1,
+            learner,
         })
     }
 
@@ -231,8 +261,9 @@ impl Meta {
     ///
     /// # Durability
     /// Returns only once the new content is durable; only then may the caller act on it
-    /// (answer a vote, accept a new epoch). On error the file holds the old or the new
-    /// content; the caller must not act on the new one.
+    /// (answer a vote, accept a new epoch, vote or count towards commit as a learner no
+    /// more). On error the file holds the old or the new content; the caller must not act on
+    /// the new one. A version 1 file is replaced by a version 2 one.
     ///
     /// Panics on the values [`Meta::encode`] refuses.
     pub fn store(&self, path: &Path) -> Result<()> {
@@ -273,7 +304,7 @@ mod tests {
             cluster_id: 0x0123_4567_89ab_cdef,
             epoch: Epoch(42),
             voted_for: Some(NodeId(2)),
-            learner: false,
+            learner: true,
         }
     }
 
@@ -282,14 +313,20 @@ mod tests {
     fn encoding_follows_the_format_table() {
         let bytes = sample().encode();
         assert_eq!(&bytes[0..8], b"USTDYMTA");
-        assert_eq!(bytes[8..10], 1u16.to_le_bytes());
+        assert_eq!(bytes[8..10], 2u16.to_le_bytes());
         assert_eq!(bytes[10..12], 3u16.to_le_bytes());
         assert_eq!(bytes[12..16], [0; 4]);
         assert_eq!(bytes[16..24], 0x0123_4567_89ab_cdefu64.to_le_bytes());
         assert_eq!(bytes[24..32], 42u64.to_le_bytes());
         assert_eq!(bytes[32..34], 2u16.to_le_bytes());
-        assert_eq!(bytes[34..36], [0; 2]);
+        assert_eq!(bytes[34], 1);
+        assert_eq!(bytes[35], 0);
         assert_eq!(bytes[36..40], crc32fast::hash(&bytes[..36]).to_le_bytes());
+        let voter = Meta {
+            learner: false,
+            ..sample()
+        };
+        assert_eq!(voter.encode()[34], 0);
     }
 
     /// No vote is stored as voted_for 0 and read back as `None`.
@@ -323,11 +360,46 @@ mod tests {
         }
     }
 
-    /// A CRC-valid file with non-zero reserved bytes is refused (a later version may use them).
+    /// A CRC-valid file with non-zero reserved bytes is refused (a later version may use them);
+    /// so is a learner byte other than 0 or 1.
     #[test]
     fn non_zero_reserved_bytes_are_corrupt_even_with_a_good_crc() {
-        for offset in [12, 13, 14, 15, 34, 35] {
+        for (offset, value) in [
+            (12, 1),
+            (13, 1),
+            (14, 1),
+            (15, 1),
+            (34, 2),
+            (34, 0xff),
+            (35, 1),
+        ] {
             let mut bytes = sample().encode();
+            bytes[offset] = value;
+            let crc = crc32fast::hash(&bytes[..36]);
+            bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                matches!(
+                    Meta::decode(&bytes, Path::new("meta")),
+                    Err(Error::Corrupt {
+                        reason: Corruption::BadField(_),
+                        ..
+                    })
+                ),
+                "byte {offset} = {value}"
+            );
+        }
+    }
+
+    /// In a version 1 file bytes 34..36 are reserved: a 1 there is corruption, not a learner.
+    #[test]
+    fn version_1_reserved_bytes_34_and_35_are_corrupt_even_with_a_good_crc() {
+        for offset in [34, 35] {
+            let mut bytes = Meta {
+                learner: false,
+                ..sample()
+            }
+            .encode();
+            bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
             bytes[offset] = 1;
             let crc = crc32fast::hash(&bytes[..36]);
             bytes[36..40].copy_from_slice(&crc.to_le_bytes());

@@ -6,20 +6,38 @@
 //! A reader sees what the log has written, as it is written: at the end of what it has mapped
 //! it looks at the index again and maps further. It never looks past the written length, so
 //! it never sees half a record from a concurrent append.
+//!
+//! The log also takes records away: `truncate_suffix` cuts a file (and may delete segments
+//! that are later written again under the same names), `truncate_prefix` deletes segments,
+//! `reset` replaces them all. So a reader trusts what it learnt from the index (how far the
+//! segment is written, where its next record starts) only while nothing was taken away since:
+//! before every record or batch it compares the index's count of such changes
+//! (`SharedIndex::cuts`, one atomic load) with the count it saw, and on any difference looks
+//! at the index again. There it keeps its position only if its segment is the same bytes as
+//! before (`SegmentEntry::id`); otherwise it maps the segment that now holds its LSN and
+//! seeks to it, or answers "not yet" (`None`) while that LSN is not written, or
+//! `Error::NotInLog` once it is gone. It never reads a byte the index does not say is
+//! written now, so it never faults on a mapping past the end of a cut file, and every
+//! record it hands out is the one the log holds at that LSN now.
+//!
+//! It does not notice a record it handed out earlier being cut (the caller, which decided
+//! the cut, knows), nor make a concurrent cut of the record it is reading safe: see the
+//! `# Correctness` of [`crate::Wal::truncate_suffix`].
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::{Corruption, Error, IoOp, Result};
 use crate::format::{decode_record, RecordKind, RECORD_HEADER_LEN};
-use crate::log::Index;
+use crate::log::SharedIndex;
 use crate::types::{Epoch, Lsn};
 
 /// A record read from the log: its header fields and its encoded bytes (on-disk form, which
-/// is also the wire form), sharing the segment's memory map.
+/// is also the wire form), sharing the segment's memory map (so it must not be looked at
+/// once the log has cut it: [`crate::Wal::truncate_suffix`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     pub lsn: Lsn,
@@ -64,7 +82,7 @@ pub struct Batch {
 /// A handle for reading a log; cheap to clone and to send to another thread.
 #[derive(Clone)]
 pub struct Reader {
-    index: Arc<RwLock<Index>>,
+    index: Arc<SharedIndex>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -77,24 +95,18 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    pub(crate) fn new(index: Arc<RwLock<Index>>) -> Reader {
+    pub(crate) fn new(index: Arc<SharedIndex>) -> Reader {
         Reader { index }
     }
 
     /// The first LSN the log holds.
     pub fn first_lsn(&self) -> Lsn {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .first_lsn()
+        self.index.read().first_lsn()
     }
 
     /// The last LSN written.
     pub fn last_lsn(&self) -> Lsn {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_lsn()
+        self.index.read().last_lsn()
     }
 
     /// Iterates records from `lsn` up to whatever is written when the iterator gets there.
@@ -102,7 +114,7 @@ impl Reader {
     /// and yields more if called again after further appends).
     pub fn iter_from(&self, lsn: Lsn) -> Result<Records> {
         let (first, last) = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = self.index.read();
             (index.first_lsn(), index.last_lsn())
         };
         if lsn < first || lsn > last.next() {
@@ -116,23 +128,28 @@ impl Reader {
     }
 }
 
-/// The mapped part of one segment.
+/// The mapped part of one segment, and what the index said of it when last looked at.
 struct Mapped {
     path: PathBuf,
-    first_lsn: Lsn,
+    /// The segment's [`crate::log::SegmentEntry`] id when mapped: the same bytes while the
+    /// index shows the same id.
+    segment_id: u64,
     /// The whole mapping; only `..len` is read.
     bytes: Bytes,
-    /// Bytes known written when mapped.
+    /// Bytes the index said were written.
     len: usize,
     /// Last LSN within `..len`.
     last_lsn: Lsn,
+    /// The index's count of cuts when it said so; while it is unchanged, `..len` still holds
+    /// records `..=last_lsn`, unchanged.
+    cuts: u64,
     /// Offset of record `Records::next`.
     offset: usize,
 }
 
 /// An iterator over records; see [`Reader::iter_from`].
 pub struct Records {
-    index: Arc<RwLock<Index>>,
+    index: Arc<SharedIndex>,
     next: Lsn,
     mapped: Option<Mapped>,
 }
@@ -143,71 +160,77 @@ impl Records {
         self.next
     }
 
-    /// Makes sure `self.mapped` covers `self.next`, mapping or remapping as needed. Returns
-    /// false when `next` is not written yet.
+    /// Makes sure `self.mapped` covers `self.next` as the log is now, mapping or remapping
+    /// as needed. Returns false when `next` is not written (yet, or again after a cut).
     #[inline]
     fn ensure_mapped(&mut self) -> Result<bool> {
         if let Some(mapped) = &self.mapped {
-            if self.next <= mapped.last_lsn {
+            // The hot path: one atomic load. Nothing was taken away from the log since the
+            // index said `..=last_lsn` was written, so it still is, and still the same.
+            if self.next <= mapped.last_lsn && self.index.cuts() == mapped.cuts {
                 return Ok(true);
             }
         }
         self.remap()
     }
 
-    /// The slow path of [`Records::ensure_mapped`]: look at the index again and map the
-    /// segment that holds `next` (or more of the current one).
+    /// The slow path of [`Records::ensure_mapped`]: look at the index again and follow the
+    /// segment that holds `next`, map it, or seek in it.
     #[inline(never)]
     fn remap(&mut self) -> Result<bool> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        // Held to the end: the log takes a segment out of the index before it cuts or
+        // deletes its file, so while this is held the file at the entry's path is the one
+        // the entry describes, at least `len` long.
+        let index = self.index.read();
+        let cuts = self.index.cuts();
         let Some(segment) = index.find(self.next) else {
             if self.next < index.first_lsn() {
-                // The log was truncated in front of us.
+                // The log was truncated in front of us, or replaced.
                 return Err(Error::NotInLog {
                     lsn: self.next,
                     first: index.first_lsn(),
                     last: index.last_lsn(),
                 });
             }
+            // Not written yet, or cut and not written again yet. Whatever is mapped is looked
+            // at again next time (its `cuts` or its `last_lsn` says so).
             return Ok(false);
         };
-        let (path, first_lsn, len, last_lsn) = (
-            segment.path.clone(),
-            segment.first_lsn,
-            segment.len as usize,
-            segment.last_lsn,
-        );
-        // The same segment, grown since we mapped it, and still within the mapping: follow
-        // the tail without mapping again (the hot case of a reader keeping up with appends).
+        let len = segment.len as usize;
+        // The same bytes as mapped (the id changes with every cut), grown since and still
+        // within the mapping: follow the tail without mapping again (the hot case of a
+        // reader keeping up with appends).
         if let Some(mapped) = self.mapped.as_mut() {
-            if mapped.path == path
-                && mapped.first_lsn == first_lsn
-                && mapped.offset <= len
-                && len <= mapped.bytes.len()
-            {
+            if mapped.segment_id == segment.id && len <= mapped.bytes.len() {
+                assert!(
+                    mapped.offset <= len,
+                    "{}: reader at offset {} of an uncut segment written to {len}",
+                    mapped.path.display(),
+                    mapped.offset
+                );
                 mapped.len = len;
-                mapped.last_lsn = last_lsn;
-                return Ok(self.next <= last_lsn);
+                mapped.last_lsn = segment.last_lsn;
+                mapped.cuts = cuts;
+                return Ok(true);
             }
         }
-        // Continue from where we are in the same segment, or seek with the sparse index.
+        // Continue from where we are in the same bytes, or seek with the sparse index (a
+        // cut may have moved `next` to another offset, or another file).
         let (mut at_lsn, mut offset) = match &self.mapped {
-            Some(m) if m.path == path && m.first_lsn == first_lsn && m.offset <= len => {
-                (self.next, m.offset)
-            }
+            Some(m) if m.segment_id == segment.id => (self.next, m.offset),
             _ => {
                 let (lsn, offset) = segment.seek(self.next);
                 (lsn, offset as usize)
             }
         };
-        let map_len = index.map_len;
-        drop(index);
+        let path = segment.path.clone();
         let file = File::open(&path).map_err(|e| Error::io(IoOp::Open, &path, e))?;
         let file_len = file
             .metadata()
             .map_err(|e| Error::io(IoOp::Metadata, &path, e))?
             .len();
         if file_len < len as u64 {
+            // Cut by someone other than the log.
             return Err(Error::Corrupt {
                 path,
                 offset: file_len,
@@ -219,13 +242,14 @@ impl Records {
         // to this segment are readable through this same mapping.
         //
         // SAFETY: we only ever read below `len`, bytes the index says are written, hence
-        // inside the file (touching a page wholly past the end of a file would fault). The
-        // file is only appended to past `len`; the log cuts a file only above an LSN no
-        // reader may be positioned past (see `Wal::truncate_suffix`); deleted files stay
-        // mapped until unmapped.
+        // inside the file (touching a page wholly past the end of a file would fault), and
+        // we look at the index again before reading on after any cut (`ensure_mapped`).
+        // The file is only appended to past `len`; the log publishes a cut in the index
+        // before it cuts the file, and never cuts a record a read is in progress on (see
+        // `Wal::truncate_suffix`); deleted files stay mapped until unmapped.
         let map = unsafe {
             memmap2::MmapOptions::new()
-                .len(usize::try_from(map_len.max(file_len)).unwrap_or(usize::MAX))
+                .len(usize::try_from(index.map_len.max(file_len)).unwrap_or(usize::MAX))
                 .map(&file)
         }
         .map_err(|e| Error::io(IoOp::Map, &path, e))?;
@@ -238,10 +262,11 @@ impl Records {
         }
         self.mapped = Some(Mapped {
             path,
-            first_lsn,
+            segment_id: segment.id,
             bytes,
             len,
-            last_lsn,
+            last_lsn: segment.last_lsn,
+            cuts,
             offset,
         });
         Ok(true)

@@ -140,6 +140,62 @@ pub fn stop_may_be_torn(reason: &Corruption) -> bool {
     }
 }
 
+/// Whether a scan that stopped at `offset` for `reason`, with nothing intact after it, proves
+/// a torn write: that the file ends inside the last record, which only a crash in the middle
+/// of its append can leave. A record that was complete and fsynced does not lose bytes off
+/// the end of its file when a sector goes bad; it can only have its bytes changed, and no
+/// check of ours can tell changed bytes of an old record from the garbage or zeroes a crash
+/// may leave. So this is true only for [`Corruption::Truncated`], and then only when the
+/// bytes left cannot be a complete record whose damaged header makes it look longer:
+///
+/// - fewer bytes than a record header are left: the file ends inside the header; or
+/// - the header is whole and is the one expected here (`expected_lsn`, a known kind, zero
+///   reserved bytes, an epoch of at least `prev_epoch`), so its length is trusted, and the
+///   bytes left are not a whole record under its CRC once the length field is replaced by
+///   the length that is there (a complete record with a damaged length would be).
+///
+/// Anything else that a crash may also have left (a CRC mismatch, a length over the limit,
+/// zeroes, a header that is not the expected one) is not proof, and is reported as a
+/// suspect tail by [`crate::log`].
+pub fn stop_is_provably_torn(
+    bytes: &[u8],
+    offset: u64,
+    reason: &Corruption,
+    expected_lsn: Lsn,
+    prev_epoch: Epoch,
+) -> bool {
+    if *reason != Corruption::Truncated {
+        return false;
+    }
+    let Some(rest) = usize::try_from(offset).ok().and_then(|at| bytes.get(at..)) else {
+        return false;
+    };
+    if rest.len() < RECORD_HEADER_LEN {
+        return true;
+    }
+    let u64_at = |at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&rest[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    let header_expected = u64_at(8) == expected_lsn.get()
+        && RecordKind::from_u8(rest[24]).is_some()
+        && rest[25..28] == [0, 0, 0]
+        && u64_at(16) >= prev_epoch.get().max(1);
+    if !header_expected {
+        return false;
+    }
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(&rest[..4]);
+    let Ok(actual_payload_len) = u32::try_from(rest.len() - RECORD_HEADER_LEN) else {
+        return true;
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&actual_payload_len.to_le_bytes());
+    crc.update(&rest[8..]);
+    crc.finalize() != u32::from_le_bytes(stored)
+}
+
 /// Looks for any intact record with an LSN after `after_lsn` starting at or after `from` in
 /// `bytes`. Finding one means the damage at `from` is not a torn tail (records are written in
 /// order, so nothing intact can follow a torn write), and returns its offset.
@@ -226,6 +282,43 @@ mod tests {
         let scan = scan(&bytes, Lsn(1), Epoch::ZERO);
         assert_eq!(scan.count, 2);
         assert!(matches!(scan.stop, Some((_, Corruption::Misplaced { .. }))));
+    }
+
+    /// A short last record is proof of a torn write only when its header is the one that
+    /// belongs there: a header with another LSN, cut short, may be a damaged record.
+    #[test]
+    fn short_tail_with_an_unexpected_header_is_not_proof_of_a_torn_write() {
+        let bytes = segment(1, &[1, 1, 1]);
+        let third = SEGMENT_HEADER_LEN + 2 * (RECORD_HEADER_LEN + 10);
+        let torn = &bytes[..bytes.len() - 3];
+        let is_proof = |bytes: &[u8], lsn: u64, epoch: u64| {
+            stop_is_provably_torn(
+                bytes,
+                third as u64,
+                &Corruption::Truncated,
+                Lsn(lsn),
+                Epoch(epoch),
+            )
+        };
+        assert!(is_proof(torn, 3, 1));
+        assert!(!is_proof(torn, 4, 1), "another lsn");
+        assert!(!is_proof(torn, 3, 2), "a lower epoch");
+        assert!(
+            is_proof(&bytes[..third + 5], 4, 9),
+            "the file ends inside the header"
+        );
+        assert!(!is_proof(&bytes, 3, 1), "a whole record is not short");
+        let crc = Corruption::Crc {
+            stored: 0,
+            computed: 1,
+        };
+        assert!(!stop_is_provably_torn(
+            &bytes,
+            third as u64,
+            &crc,
+            Lsn(3),
+            Epoch(1)
+        ));
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The node metadata file (FORMAT.md, "Node metadata"): round trips, every kind of damage
-//! refused with an error naming the file, and the atomic replace.
+//! The node metadata file (FORMAT.md, "Node metadata"): round trips, files of version 1 read
+//! as not a learner, every kind of damage refused with an error naming the file, and the
+//! atomic replace.
 
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use wal::meta::{Meta, META_LEN};
+use wal::meta::{Meta, META_LEN, META_VERSION};
 use wal::{Corruption, Epoch, Error, NodeId};
 
 fn sample() -> Meta {
@@ -15,6 +16,23 @@ fn sample() -> Meta {
         voted_for: Some(NodeId(3)),
         learner: false,
     }
+}
+
+/// `meta` as version 1 wrote it (FORMAT.md's table without the learner byte); `meta` must not
+/// be a learner, which version 1 could not say.
+fn encode_v1(meta: &Meta) -> [u8; META_LEN] {
+    assert!(!meta.learner);
+    let mut bytes = [0u8; META_LEN];
+    bytes[0..8].copy_from_slice(b"USTDYMTA");
+    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    bytes[10..12].copy_from_slice(&meta.node_id.get().to_le_bytes());
+    bytes[16..24].copy_from_slice(&meta.cluster_id.to_le_bytes());
+    bytes[24..32].copy_from_slice(&meta.epoch.get().to_le_bytes());
+    let voted_for = meta.voted_for.map_or(0, NodeId::get);
+    bytes[32..34].copy_from_slice(&voted_for.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..36]);
+    bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+    bytes
 }
 
 fn meta_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -31,14 +49,15 @@ fn arb_meta() -> impl Strategy<Value = Meta> {
         any::<u64>(),
         any::<u64>(),
         proptest::option::of(1u16..),
+        any::<bool>(),
     )
-        .prop_map(|(node_id, cluster_id, epoch, voted_for)| Meta {
+        .prop_map(|(node_id, cluster_id, epoch, voted_for, learner)| Meta {
             node_id: NodeId(node_id),
             cluster_id,
             epoch: Epoch(epoch),
             // No vote exists in epoch 0.
             voted_for: voted_for.filter(|_| epoch != 0).map(NodeId),
-            learner: false,
+            learner,
         })
 }
 
@@ -51,14 +70,72 @@ proptest! {
         prop_assert_eq!(Meta::decode(&bytes, Path::new("meta")).ok(), Some(meta));
     }
 
+    /// Any metadata that version 1 could hold (no learner) reads back the same from its
+    /// version 1 encoding, as not a learner.
+    #[test]
+    fn any_version_1_meta_decodes_to_itself(meta in arb_meta()) {
+        let meta = Meta { learner: false, ..meta };
+        prop_assert_eq!(Meta::decode(&encode_v1(&meta), Path::new("meta")).ok(), Some(meta));
+    }
+
     /// The decoder is a fuzz target: any bytes give a value or an error, never a panic, and
-    /// a value only for bytes that re-encode to themselves.
+    /// a value only for bytes that re-encode to themselves (in version 1, to what version 1
+    /// would have written).
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
         if let Ok(meta) = Meta::decode(&bytes, Path::new("meta")) {
-            prop_assert_eq!(&meta.encode()[..], &bytes[..]);
+            if bytes[8..10] == META_VERSION.to_le_bytes() {
+                prop_assert_eq!(&meta.encode()[..], &bytes[..]);
+            } else {
+                prop_assert_eq!(&encode_v1(&meta)[..], &bytes[..]);
+            }
         }
     }
+}
+
+/// A version 1 file (every data dir before the learner flag) loads, as not a learner, and
+/// the next store writes it as version 2.
+#[test]
+fn version_1_file_loads_as_not_a_learner_and_is_stored_as_version_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = meta_path(&dir);
+    std::fs::write(&path, encode_v1(&sample())).expect("write");
+    let loaded = Meta::load(&path).expect("load").expect("a meta");
+    assert_eq!(loaded, sample());
+    assert!(!loaded.learner);
+
+    let voted = Meta {
+        epoch: Epoch(10),
+        ..loaded
+    };
+    voted.store(&path).expect("store");
+    let bytes = std::fs::read(&path).expect("read");
+    assert_eq!(bytes[8..10], 2u16.to_le_bytes());
+    assert_eq!(Meta::load(&path).expect("load"), Some(voted));
+}
+
+/// The learner flag is stored and loaded both ways: set (a wiped data dir, a suspect tail)
+/// and cleared again (the primary has confirmed the log), each a whole-file replace.
+#[test]
+fn learner_flag_round_trips_set_and_cleared() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = meta_path(&dir);
+    let learner = Meta {
+        learner: true,
+        ..sample()
+    };
+    learner.store(&path).expect("store");
+    assert_eq!(Meta::load(&path).expect("load"), Some(learner));
+    assert_eq!(std::fs::read(&path).expect("read")[34], 1);
+
+    let voter = Meta {
+        learner: false,
+        ..learner
+    };
+    voter.store(&path).expect("store");
+    assert_eq!(Meta::load(&path).expect("load"), Some(voter));
+    assert_eq!(std::fs::read(&path).expect("read")[34], 0);
+    assert!(!tmp_path(&dir).exists());
 }
 
 /// What was stored is what is loaded.
@@ -203,21 +280,32 @@ fn unknown_magic_is_bad_magic_naming_the_file() {
     }
 }
 
-/// A version this build does not read is reported as such, naming the file.
+/// A version this build does not read (a later one, or 0) is reported as such, naming the
+/// file, even with a CRC that matches.
 #[test]
 fn unknown_version_is_unsupported_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = meta_path(&dir);
-    let mut bytes = sample().encode();
-    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
-    std::fs::write(&path, bytes).expect("write");
-    match Meta::load(&path) {
-        Err(Error::UnsupportedVersion {
-            path: p,
-            found: 2,
-            supported: 1,
-        }) => assert_eq!(p, path),
-        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    for version in [3u16, 0, u16::MAX] {
+        let mut bytes = sample().encode();
+        bytes[8..10].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..36]);
+        bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, bytes).expect("write");
+        match Meta::load(&path) {
+            Err(
+                err @ Error::UnsupportedVersion {
+                    found,
+                    supported: 2,
+                    ..
+                },
+            ) => {
+                assert_eq!(found, version);
+                let message = err.to_string();
+                assert!(message.contains(&path.display().to_string()), "{message}");
+            }
+            other => panic!("version {version}: expected UnsupportedVersion, got {other:?}"),
+        }
     }
 }
 

@@ -75,7 +75,8 @@ fn intact_log_reopens_with_every_record() {
     }
 }
 
-/// Row "torn": a partial last record is cut at the last good record, durably, and reported.
+/// Row "torn (provable)": a partial last record is cut at the last good record, durably,
+/// and reported as provably torn.
 #[test]
 fn torn_tail_is_cut_to_last_good_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,6 +94,11 @@ fn torn_tail_is_cut_to_last_good_record() {
         .unwrap();
     let (wal, recovery) = open(dir.path()).unwrap();
     let torn = recovery.torn.expect("the torn tail is reported");
+    assert!(
+        torn.provably_torn,
+        "the file ends inside record 20's header"
+    );
+    assert_eq!(torn.reason, Corruption::Truncated);
     assert_eq!(torn.last_lsn, Lsn(19));
     assert_eq!(torn.offset, full_len - last_record_len);
     assert_eq!(wal.last_lsn(), Lsn(19));
@@ -112,7 +118,8 @@ fn torn_tail_is_cut_to_last_good_record() {
     );
 }
 
-/// Row "torn": zeroes after the last record (a file extended but never written) are cut.
+/// Row "suspect tail": zeroes after the last record (a file extended but never written, or
+/// a record that reads back as zeroes) are cut, but are no proof of a torn write.
 #[test]
 fn zeroed_tail_is_cut() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,9 +133,131 @@ fn zeroed_tail_is_cut() {
         .write_all(&[0u8; 4096])
         .unwrap();
     let (wal, recovery) = open(dir.path()).unwrap();
-    assert_eq!(recovery.torn.unwrap().cut_len, 4096);
+    let torn = recovery.torn.unwrap();
+    assert_eq!(torn.cut_len, 4096);
+    assert!(!torn.provably_torn);
     assert_eq!(wal.last_lsn(), Lsn(5));
     assert_eq!(fs::metadata(last).unwrap().len(), full_len);
+}
+
+/// Offset of record `lsn` in the one segment `write_log` wrote for a large segment size.
+fn offset_of(lsn: u64) -> usize {
+    SEGMENT_HEADER_LEN
+        + (1..lsn)
+            .map(|l| RECORD_HEADER_LEN + payload(l).len())
+            .sum::<usize>()
+}
+
+/// Row "torn (provable)": the file ends inside the payload that the last record's intact
+/// header announces.
+#[test]
+fn tail_ending_inside_the_last_payload_is_provably_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    let cut = offset_of(20) + RECORD_HEADER_LEN + payload(20).len() / 2;
+    OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    let (wal, recovery) = open(dir.path()).unwrap();
+    let torn = recovery.torn.expect("the torn tail is reported");
+    assert!(torn.provably_torn);
+    assert_eq!(torn.reason, Corruption::Truncated);
+    assert_eq!(torn.offset, offset_of(20) as u64);
+    assert_eq!(wal.last_lsn(), Lsn(19));
+}
+
+/// Row "suspect tail": a last record that is whole but fails its CRC (a latent sector error
+/// in a record fsynced and acknowledged long ago looks just like this) is cut, fsynced and
+/// reported as not provably torn.
+#[test]
+fn complete_last_record_failing_its_crc_is_a_suspect_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    let mut bytes = fs::read(last).unwrap();
+    let full_len = bytes.len();
+    bytes[offset_of(20) + RECORD_HEADER_LEN] ^= 0x01;
+    fs::write(last, &bytes).unwrap();
+    let (wal, recovery) = open(dir.path()).unwrap();
+    let torn = recovery.torn.expect("the damaged tail is reported");
+    assert!(!torn.provably_torn);
+    assert!(
+        matches!(torn.reason, Corruption::Crc { .. }),
+        "{:?}",
+        torn.reason
+    );
+    assert_eq!(torn.last_lsn, Lsn(19));
+    assert_eq!(torn.offset, offset_of(20) as u64);
+    assert_eq!(torn.cut_len, (full_len - offset_of(20)) as u64);
+    assert_eq!(wal.last_lsn(), Lsn(19));
+    assert_eq!(fs::metadata(last).unwrap().len(), offset_of(20) as u64);
+    // The cut was made as for a torn write: a second open finds nothing to cut.
+    drop(wal);
+    let (_, recovery) = open(dir.path()).unwrap();
+    assert_eq!(recovery.torn, None);
+}
+
+/// Row "suspect tail": a whole last record whose length field alone was damaged to a larger
+/// value looks cut short by the end of the file, but its bytes are a complete record under its
+/// CRC, so it is no proof of a torn write.
+#[test]
+fn complete_last_record_with_a_damaged_length_is_a_suspect_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    let mut bytes = fs::read(last).unwrap();
+    let len_field = offset_of(20) + 4;
+    let longer = payload(20).len() as u32 | 0x100;
+    bytes[len_field..len_field + 4].copy_from_slice(&longer.to_le_bytes());
+    fs::write(last, &bytes).unwrap();
+    let (wal, recovery) = open(dir.path()).unwrap();
+    let torn = recovery.torn.expect("the damaged tail is reported");
+    assert_eq!(torn.reason, Corruption::Truncated);
+    assert!(!torn.provably_torn);
+    assert_eq!(wal.last_lsn(), Lsn(19));
+}
+
+/// Row "suspect tail": a length over the format's limit in the last record's header.
+#[test]
+fn last_record_with_a_length_over_the_limit_is_a_suspect_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    let mut bytes = fs::read(last).unwrap();
+    let len_field = offset_of(20) + 4;
+    bytes[len_field..len_field + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    fs::write(last, &bytes).unwrap();
+    let (wal, recovery) = open(dir.path()).unwrap();
+    let torn = recovery.torn.expect("the damaged tail is reported");
+    assert!(matches!(torn.reason, Corruption::LenTooLarge { .. }));
+    assert!(!torn.provably_torn);
+    assert_eq!(wal.last_lsn(), Lsn(19));
+}
+
+/// `inspect` (what `understudy wal verify` reads) tells a provably torn tail from a suspect
+/// one as `Wal::open` does, and cuts neither.
+#[test]
+fn inspect_reports_whether_a_tail_is_provably_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    let good = fs::read(last).unwrap();
+
+    fs::write(last, &good[..good.len() - 3]).unwrap();
+    let torn = wal::log::inspect(dir.path()).unwrap().torn.unwrap();
+    assert!(torn.provably_torn);
+    assert_eq!(fs::metadata(last).unwrap().len(), good.len() as u64 - 3);
+
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 0x80;
+    fs::write(last, &flipped).unwrap();
+    let torn = wal::log::inspect(dir.path()).unwrap().torn.unwrap();
+    assert!(!torn.provably_torn);
+    assert_eq!(fs::read(last).unwrap(), flipped);
 }
 
 /// Row "corrupt": a bad record followed by a good one is corruption, not a torn tail.

@@ -164,8 +164,9 @@ pub fn wal_records(data: &[u8]) {
 /// `dir` must be an empty directory; it is emptied again before returning.
 ///
 /// Properties: `inspect` (read-only, what `wal verify` uses) and `Wal::open` (which cuts a
-/// torn tail) accept and refuse the same files; when they accept, both see the same last
-/// LSN, every record reads back verified, and a second open finds nothing to repair.
+/// damaged tail) accept and refuse the same files; when they accept, both see the same last
+/// LSN and the same tail (provably torn or suspect), every record reads back verified, and a
+/// second open finds nothing to repair.
 pub fn wal_segment(data: &[u8], dir: &Path) {
     let Some((&layout, rest)) = data.split_first() else {
         return;
@@ -183,7 +184,8 @@ pub fn wal_segment(data: &[u8], dir: &Path) {
     match (&inspected, &opened) {
         (Ok(inspection), Ok((log, recovery))) => {
             assert_eq!(inspection.last_lsn(), Some(log.last_lsn()));
-            assert_eq!(inspection.torn.is_some(), recovery.torn.is_some());
+            // The same tail, provably torn or suspect alike.
+            assert_eq!(inspection.torn, recovery.torn);
             assert_eq!(log.durable_lsn(), log.last_lsn());
             let from_inspection = read_all(inspection.reader(), log.last_lsn());
             let from_log = read_all(Some(log.reader()), log.last_lsn());
@@ -264,13 +266,39 @@ pub fn snapshot(data: &[u8], dir: &Path) {
     empty_dir(dir);
 }
 
-/// The metadata file: whatever decodes re-encodes to exactly its bytes.
+/// The metadata file: whatever decodes re-encodes to exactly its bytes, or, for a file of an
+/// older version, to the same bytes in the current version (version 1 had no learner flag:
+/// it reads as not a learner), which decode to the same value.
 pub fn meta(data: &[u8]) {
-    if let Ok(meta) = wal::meta::Meta::decode(data, Path::new("meta")) {
+    use wal::meta::{Meta, META_VERSION};
+    if let Ok(meta) = Meta::decode(data, Path::new("meta")) {
+        let encoded = meta.encode();
+        if data[8..10] == META_VERSION.to_le_bytes() {
+            assert_eq!(
+                &encoded[..],
+                data,
+                "metadata does not re-encode to its bytes"
+            );
+        } else {
+            assert_eq!(
+                data[8..10],
+                1u16.to_le_bytes(),
+                "an unknown version decoded"
+            );
+            assert!(!meta.learner, "a version 1 file decoded as a learner");
+            // The same bytes but for the version and the CRC over it.
+            assert_eq!(encoded[..8], data[..8]);
+            assert_eq!(encoded[8..10], META_VERSION.to_le_bytes());
+            assert_eq!(
+                encoded[10..36],
+                data[10..36],
+                "version 1 metadata does not re-encode to the same fields in the current version"
+            );
+        }
         assert_eq!(
-            &meta.encode()[..],
-            data,
-            "metadata does not re-encode to its bytes"
+            Meta::decode(&encoded, Path::new("meta")).ok(),
+            Some(meta),
+            "re-encoded metadata does not decode to the same value"
         );
     }
 }
@@ -514,6 +542,11 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         learner: false,
     };
     seeds.push(("meta", meta.encode().to_vec()));
+    let learner = wal::meta::Meta {
+        learner: true,
+        ..meta
+    };
+    seeds.push(("meta", learner.encode().to_vec()));
     seeds
 }
 
