@@ -9,6 +9,8 @@
 //! ([`peer`]), app connections in [`app_api`]. The loop never waits on a peer or a client.
 //!
 //! - [`handle`]: what service tasks share with the core loop (requests in, status out).
+//! - [`clock`]: the clock every reading handed to the core comes from (`CLOCK_BOOTTIME`,
+//!   which keeps running through suspend).
 //! - [`disk`]: the data directory: lock, identity, metadata, WAL writer.
 //! - [`peer`]: the authenticated peer transport.
 //! - [`metrics`]: counters and histograms for `/metrics`.
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod app_api;
+pub mod clock;
 pub mod disk;
 pub mod handle;
 pub mod metrics;
@@ -47,6 +50,7 @@ use crate::core::{
     self, Action, Core, Input, Message, Rejection, Role, Start, SwitchoverOutcome, Time,
 };
 use crate::{Epoch, Lsn, NodeId};
+use clock::BootInstant;
 use metrics::Metrics;
 
 pub use handle::{NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply};
@@ -196,7 +200,8 @@ struct Shell {
     cache: TailCache,
     pending: VecDeque<Pending>,
     switchover: Option<(NodeId, oneshot::Sender<SwitchoverReply>, Instant)>,
-    started: Instant,
+    /// Time zero of the core's clock (see [`clock`]).
+    started: BootInstant,
     actions: Vec<Action>,
     followups: VecDeque<Input>,
     role: Role,
@@ -205,7 +210,7 @@ struct Shell {
     commit_lsn: Lsn,
     commit_tx: watch::Sender<Lsn>,
     status_tx: watch::Sender<Arc<NodeStatus>>,
-    last_heard: BTreeMap<NodeId, Instant>,
+    last_heard: BTreeMap<NodeId, BootInstant>,
     /// Average encoded record length, for lag in bytes.
     record_len_avg: u64,
     failed: Option<String>,
@@ -214,6 +219,8 @@ struct Shell {
 }
 
 impl Shell {
+    /// The core's clock: `CLOCK_BOOTTIME` since start, so that time spent suspended counts
+    /// against leases and timeouts ([`clock`]).
     fn now(&self) -> Time {
         Time::from_duration(self.started.elapsed())
     }
@@ -488,7 +495,7 @@ impl Shell {
 
     fn publish_status(&self) {
         let status = self.core.status();
-        let now = Instant::now();
+        let now = BootInstant::now();
         let lease_held = status.role == Role::Primary
             && status.lease_until.is_some_and(|until| until > self.now());
         let peers = self
@@ -683,9 +690,9 @@ pub async fn run(
         epoch = %opened.persisted.epoch,
         "log recovered; joining as backup"
     );
-    let started = Instant::now();
+    let started = BootInstant::now();
     let seed = u64::from(config.node_id.get())
-        ^ started.elapsed().as_nanos() as u64
+        ^ started.since_boot().as_nanos() as u64
         ^ std::process::id() as u64;
     if opened.start == Start::Fresh {
         let quarantine = config.core.fresh_quarantine();
@@ -813,7 +820,7 @@ pub async fn run(
     let mut status_every = tokio::time::interval(Duration::from_millis(100));
     status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    let mut draining: Option<Instant> = None;
+    let mut draining: Option<BootInstant> = None;
     let drain_for = shell.config.core.failover_timeout * 2;
 
     let result: Result<(), NodeError> = loop {
@@ -821,7 +828,7 @@ pub async fn run(
             biased;
             _ = &mut shutdown, if draining.is_none() => {
                 // Hand over before leaving, if this node is the primary.
-                draining = Some(Instant::now());
+                draining = Some(BootInstant::now());
                 let target = shell.core.status().peers.iter().max_by_key(|p| p.match_lsn).map(|p| p.node_id);
                 match (shell.role, target) {
                     (Role::Primary, Some(to)) => {
@@ -860,7 +867,7 @@ pub async fn run(
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
             Some(inbound) = inbound_rx.recv() => {
                 let now = shell.now();
-                shell.last_heard.insert(inbound.from, Instant::now());
+                shell.last_heard.insert(inbound.from, BootInstant::now());
                 shell.step(
                     Input::Receive { now, from: inbound.from, message: inbound.message },
                     StepContext { records: inbound.records, ..StepContext::default() },
