@@ -20,6 +20,9 @@
 //!   of log, asks the application; if it does not answer, says so (log and metric) and the
 //!   log is not truncated.
 //! - [`upload`], in the app API: the application's snapshot, streamed into a snapshot file.
+//!   One at a time; it holds the scheduler's request until it ends, however it ends (stored,
+//!   refused, stalled for [`SnapshotConfig::answer_timeout`], or dropped with its
+//!   connection), and then the scheduler asks again.
 //! - `Shell::on_snapshot_event` (core loop): retention, truncation, installing a received
 //!   snapshot, and the core's `SnapshotSent`/`SnapshotFailed`/`SnapshotInstalled` inputs.
 //! - [`send`] (a task per backup) and [`receive`] (a peer connection): the transfer
@@ -126,8 +129,9 @@ impl Default for SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// How long the application has to start answering a snapshot request.
-    fn answer_timeout(&self) -> Duration {
+    /// How long the application has to start answering a snapshot request, and, during an
+    /// upload, to send the next piece of it.
+    pub fn answer_timeout(&self) -> Duration {
         self.interval
             .clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
@@ -156,6 +160,8 @@ pub struct SnapshotStatus {
     pub snapshot_count: usize,
     /// Why the log is not being truncated, when the application does not answer.
     pub warning: Option<String>,
+    /// The request to the application: `idle`, `asked` or `uploading`.
+    pub request: &'static str,
     pub transfers: Vec<TransferStatus>,
 }
 
@@ -165,6 +171,8 @@ pub struct SnapshotMetrics {
     pub taken: AtomicU64,
     pub requests_unanswered: AtomicU64,
     pub requests_declined: AtomicU64,
+    /// Uploads of the application's snapshot that stalled or broke off before the end.
+    pub uploads_abandoned: AtomicU64,
     pub installed_from_primary: AtomicU64,
     pub transfers_resumed: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -209,8 +217,19 @@ enum Request {
     Idle { not_before: Instant },
     /// Asked at this time; no answer yet.
     Asked { at: Instant },
-    /// The application is streaming its snapshot.
-    Uploading,
+    /// The application is streaming its snapshot; the [`UploadGuard`] with this `id` owns
+    /// the request until the upload ends.
+    Uploading { id: u64 },
+}
+
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Idle { .. } => "idle",
+            Request::Asked { .. } => "asked",
+            Request::Uploading { .. } => "uploading",
+        }
+    }
 }
 
 /// A receive that broke off, kept to resume from (its temp file holds `body_len` bytes).
@@ -231,6 +250,8 @@ struct State {
     receiving: Option<Lsn>,
     transfers: BTreeMap<(u16, &'static str), TransferStatus>,
     request: Request,
+    /// Uploads started, for the next upload's id.
+    uploads_started: u64,
     last_taken: Instant,
     warning: Option<String>,
 }
@@ -294,6 +315,7 @@ impl Snapshots {
                 receiving: None,
                 transfers: BTreeMap::new(),
                 request: Request::Idle { not_before: now },
+                uploads_started: 0,
                 last_taken: now,
                 warning: None,
             }),
@@ -354,6 +376,7 @@ impl Snapshots {
             snapshot_lsn: state.installed.last().map_or(0, |info| info.lsn.get()),
             snapshot_count: state.installed.len(),
             warning: state.warning.clone(),
+            request: state.request.name(),
             transfers: state.transfers.values().cloned().collect(),
         }
     }
@@ -362,10 +385,11 @@ impl Snapshots {
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let m = &self.metrics;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             ("understudy_snapshots_taken_total", "Snapshots of the local application stored.", &m.taken),
             ("understudy_snapshot_requests_unanswered_total", "Snapshot requests the application did not answer in time; the log is not truncated meanwhile.", &m.requests_unanswered),
             ("understudy_snapshot_requests_declined_total", "Snapshot requests the application declined.", &m.requests_declined),
+            ("understudy_snapshot_uploads_abandoned_total", "Uploads of the application's snapshot that stalled or broke off before the end; the application is asked again.", &m.uploads_abandoned),
             ("understudy_snapshots_installed_from_primary_total", "Snapshots received from the primary and installed.", &m.installed_from_primary),
             ("understudy_snapshot_transfers_resumed_total", "Snapshot transfers resumed after a broken connection.", &m.transfers_resumed),
             ("understudy_snapshot_sent_bytes_total", "Snapshot body bytes sent to backups and acknowledged.", &m.bytes_sent),
@@ -582,7 +606,7 @@ pub async fn schedule(snapshots: Arc<Snapshots>, commit: watch::Receiver<Lsn>) {
                 };
                 SnapshotMetrics::add(&snapshots.metrics.requests_unanswered);
             }
-            Request::Asked { .. } | Request::Uploading => {}
+            Request::Asked { .. } | Request::Uploading { .. } => {}
         }
     }
 }
@@ -595,10 +619,88 @@ impl SnapshotMetrics {
 
 // The application's snapshot, uploaded over the app API.
 
+/// The upload in progress: it owns `Request::Uploading { id }` from the moment the offer
+/// is accepted until the upload ends, and gives the request back however that happens. An
+/// upload's future is dropped, not finished, when its connection goes (the application
+/// crashed, or a write to it failed: the app API's reader stops on `closing`); the drop
+/// gives the request back too. Without that the scheduler would skip the request forever,
+/// no snapshot would be asked for again, and the log would grow until the disk is full.
+struct UploadGuard {
+    snapshots: Arc<Snapshots>,
+    id: u64,
+    ended: bool,
+}
+
+impl UploadGuard {
+    /// Takes the request for a new upload (`state` is locked by the caller).
+    fn start(snapshots: &Arc<Snapshots>, state: &mut State) -> UploadGuard {
+        assert!(
+            !matches!(state.request, Request::Uploading { .. }),
+            "an upload started while another holds the request"
+        );
+        state.uploads_started += 1;
+        let id = state.uploads_started;
+        state.request = Request::Uploading { id };
+        UploadGuard {
+            snapshots: Arc::clone(snapshots),
+            id,
+            ended: false,
+        }
+    }
+
+    /// The upload ended with a snapshot stored, or was refused before any data (not the
+    /// application's fault: nothing to warn of).
+    fn finish(mut self, taken: bool) {
+        self.ended = true;
+        self.give_back(taken);
+    }
+
+    /// The upload broke off before the end: say so, count it, and let the scheduler ask
+    /// again soon.
+    fn abandon(mut self, reason: &str) {
+        self.ended = true;
+        self.abandon_now(reason);
+    }
+
+    fn abandon_now(&self, reason: &str) {
+        warn!(upload = self.id, %reason, "application snapshot upload abandoned; asking again later");
+        SnapshotMetrics::add(&self.snapshots.metrics.uploads_abandoned);
+        lock(&self.snapshots.state).warning =
+            Some(format!("the last snapshot upload was abandoned: {reason}"));
+        self.give_back(false);
+    }
+
+    /// Back to idle, if the request is still this upload's.
+    fn give_back(&self, taken: bool) {
+        let owned = lock(&self.snapshots.state).request == Request::Uploading { id: self.id };
+        if owned {
+            self.snapshots.request_done(taken);
+        }
+    }
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.abandon_now("the connection closed or failed during the upload");
+        }
+    }
+}
+
+/// Why reading an upload ended early.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("the application sent no snapshot data for {0:?} in the middle of an upload")]
+    Stalled(Duration),
+    #[error("{0}")]
+    Protocol(String),
+}
+
 /// Serves an upload that starts with `SnapshotOffer { lsn, epoch }` on an app connection:
 /// reads its `SnapshotChunk`s up to `SnapshotDone` from `frames`, writes them into a
 /// snapshot file and, when complete, tells the core loop. Returns the message of an `Error`
-/// frame if the application broke the protocol.
+/// frame if the application broke the protocol or stalled (nothing for
+/// [`SnapshotConfig::answer_timeout`] between two frames).
 ///
 /// An offer not needed (not newer than the newest snapshot, or another upload in progress)
 /// is read to its end and dropped.
@@ -609,36 +711,46 @@ pub async fn upload<R: AsyncRead + Unpin>(
     frames: &mut FrameReader<R>,
 ) -> Result<(), String> {
     let snapshots = &node.snapshots;
-    let writer = upload_begin(snapshots, lsn, app_epoch).await;
-    let mut writer = match writer {
-        Ok(writer) => writer,
+    let (mut writer, guard) = match upload_begin(snapshots, lsn, app_epoch).await {
+        Ok((writer, guard)) => (Some(writer), Some(guard)),
         Err(reason) => {
             debug!(%lsn, %reason, "application snapshot not needed; dropping it");
-            None
+            (None, None)
         }
     };
-    let result = upload_body(&mut writer, frames).await;
-    let taken = match (result, writer) {
-        (Err(message), _) => Err(message),
-        (Ok(false), _) => Ok(false),
-        (Ok(true), None) => Ok(false),
-        (Ok(true), Some(writer)) => match on_blocking_thread(move || writer.finish()).await {
-            Ok(info) => {
-                info!(lsn = %info.lsn, body_len = info.body_len, "application snapshot stored");
-                SnapshotMetrics::add(&snapshots.metrics.taken);
-                let _ = snapshots.events.send(Event::Taken(info)).await;
-                Ok(true)
-            }
-            Err(e) => {
-                error!(error = %e, "cannot store the application's snapshot");
-                Ok(false)
-            }
-        },
+    let result = upload_body(&mut writer, frames, snapshots.config.answer_timeout()).await;
+    let Some(guard) = guard else {
+        // Not stored: only whether the application kept to the protocol matters.
+        return result.map(|_| ()).map_err(|e| e.to_string());
     };
-    if matches!(lock(&snapshots.state).request, Request::Uploading) {
-        snapshots.request_done(matches!(taken, Ok(true)));
+    match result {
+        Err(e) => {
+            guard.abandon(&e.to_string());
+            Err(e.to_string())
+        }
+        Ok(false) => {
+            guard.abandon("the application ended the upload before SnapshotDone");
+            Ok(())
+        }
+        Ok(true) => {
+            let Some(writer) = writer else {
+                unreachable!("upload_body puts the writer back after every chunk it writes");
+            };
+            match on_blocking_thread(move || writer.finish()).await {
+                Ok(info) => {
+                    info!(lsn = %info.lsn, body_len = info.body_len, "application snapshot stored");
+                    SnapshotMetrics::add(&snapshots.metrics.taken);
+                    guard.finish(true);
+                    let _ = snapshots.events.send(Event::Taken(info)).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot store the application's snapshot");
+                    guard.finish(false);
+                }
+            }
+            Ok(())
+        }
     }
-    taken.map(|_| ())
 }
 
 /// Decides whether to store an offered snapshot and creates its file. `Err` (a reason for
@@ -647,18 +759,18 @@ async fn upload_begin(
     snapshots: &Arc<Snapshots>,
     lsn: Lsn,
     app_epoch: Epoch,
-) -> Result<Option<SnapshotWriter>, String> {
+) -> Result<(SnapshotWriter, UploadGuard), String> {
     if lsn == Lsn::ZERO {
         return Err("a snapshot at lsn 0 covers nothing".into());
     }
-    {
+    let guard = {
         let mut state = lock(&snapshots.state);
         if let Some(newest) = state.installed.last() {
             if newest.lsn >= lsn {
                 return Err(format!("a snapshot through lsn {} exists", newest.lsn));
             }
         }
-        if state.request == Request::Uploading {
+        if matches!(state.request, Request::Uploading { .. }) {
             return Err("another upload is in progress".into());
         }
         if state.receiving == Some(lsn) {
@@ -668,8 +780,8 @@ async fn upload_begin(
         if state.partial.as_ref().is_some_and(|p| p.lsn == lsn) {
             state.partial = None;
         }
-        state.request = Request::Uploading;
-    }
+        UploadGuard::start(snapshots, &mut state)
+    };
     let (reply, answer) = oneshot::channel();
     let epoch = match snapshots.events.send(Event::EpochOf { lsn, reply }).await {
         Ok(()) => answer.await.ok().flatten(),
@@ -686,26 +798,30 @@ async fn upload_begin(
             let dir = snapshots.dir.clone();
             on_blocking_thread(move || SnapshotWriter::create(&dir, lsn, epoch))
                 .await
-                .map(Some)
                 .map_err(|e| format!("cannot create the snapshot file: {e}"))
         }
     };
-    if result.is_err() {
-        snapshots.request_done(false);
+    match result {
+        Ok(writer) => Ok((writer, guard)),
+        Err(reason) => {
+            guard.finish(false);
+            Err(reason)
+        }
     }
-    result
 }
 
-/// Reads chunks until `SnapshotDone` (true) or `SnapshotDecline`/end of connection (false).
+/// Reads chunks until `SnapshotDone` (true) or `SnapshotDecline`/end of connection (false);
+/// gives up when no frame comes for `stall`.
 async fn upload_body<R: AsyncRead + Unpin>(
     writer: &mut Option<SnapshotWriter>,
     frames: &mut FrameReader<R>,
-) -> Result<bool, String> {
+    stall: Duration,
+) -> Result<bool, UploadError> {
     loop {
-        let frame = frames
-            .read_frame()
+        let frame = tokio::time::timeout(stall, frames.read_frame())
             .await
-            .map_err(|e| format!("reading the snapshot: {e}"))?;
+            .map_err(|_| UploadError::Stalled(stall))?
+            .map_err(|e| UploadError::Protocol(format!("reading the snapshot: {e}")))?;
         match frame {
             None => return Ok(false),
             Some(app::Frame::SnapshotChunk { offset, data }) => {
@@ -713,22 +829,27 @@ async fn upload_body<R: AsyncRead + Unpin>(
                     continue;
                 };
                 if offset != w.body_len() {
-                    return Err(format!(
+                    return Err(UploadError::Protocol(format!(
                         "snapshot chunk at offset {offset}, expected {}",
                         w.body_len()
-                    ));
+                    )));
                 }
                 let (w, result) = on_blocking_thread(move || {
                     let result = w.write(&data);
                     (w, result)
                 })
                 .await;
-                result.map_err(|e| format!("cannot write the snapshot: {e}"))?;
+                result.map_err(|e| {
+                    UploadError::Protocol(format!("cannot write the snapshot: {e}"))
+                })?;
                 *writer = Some(w);
             }
             Some(app::Frame::SnapshotDone) => return Ok(true),
             Some(frame) => {
-                return Err(format!("{} in the middle of a snapshot", frame.name()));
+                return Err(UploadError::Protocol(format!(
+                    "{} in the middle of a snapshot",
+                    frame.name()
+                )));
             }
         }
     }
@@ -740,8 +861,12 @@ pub fn declined(snapshots: &Snapshots) {
     SnapshotMetrics::add(&snapshots.metrics.requests_declined);
     let mut state = lock(&snapshots.state);
     state.warning = Some("the application declined the last snapshot request".into());
+    // An upload in progress (another subscriber answered) keeps the request.
+    let asked = matches!(state.request, Request::Asked { .. });
     drop(state);
-    snapshots.request_done(false);
+    if asked {
+        snapshots.request_done(false);
+    }
 }
 
 // Restoring the application.
