@@ -448,6 +448,88 @@ async fn corrupted_snapshot_is_detected_and_not_used() {
     nodes[usize::from(victim) - 1] = Some(v);
 }
 
+/// Flips one byte in the middle of the file at `path`.
+fn flip_byte_in_the_middle(path: &Path) {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = file.metadata().unwrap().len() / 2;
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(&[byte[0] ^ 0x40]).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// The primary's newest snapshot is damaged on disk after start-up verified it, while a
+/// backup needs a transfer: the sender finds the damage as it reads, moves the file to
+/// `snapshots-corrupt/`, sends the snapshot before it (the log still continues that one),
+/// and the backup catches up without any new write (nothing new to snapshot, so no new
+/// snapshot would have come to the rescue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_newest_snapshot_on_the_primary_falls_back_to_the_one_before() {
+    let mut cluster = cluster(3);
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let backup = if primary == 1 { 2 } else { 1 };
+    let p = node(&nodes, primary);
+    write(&p, 0, 100, 512).await;
+    wait_converged(&p, &node(&nodes, backup)).await;
+    let backup_last = p.applied_lsn().get();
+    nodes[usize::from(backup) - 1] = None;
+    cluster.kill(backup);
+
+    // Two snapshots after the backup stopped, the log truncated past it.
+    let mut written = 100;
+    for _ in 0..2 {
+        write(&p, written, 300, 512).await;
+        written += 300;
+        wait_snapshot(&cluster, primary, p.applied_lsn().get()).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || first_lsn(&cluster, primary)
+            > backup_last + 1),
+        "the primary still holds the backup's next record"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&cluster, primary)
+            ["snapshot"]["snapshot_count"]
+            .as_u64()
+            == Some(2)),
+        "the primary does not keep two snapshots"
+    );
+    let damaged = newest_snapshot(&cluster.node(primary).data_dir);
+    flip_byte_in_the_middle(&damaged);
+
+    cluster.start_node(backup);
+    let b = connect(&cluster.node(backup).app_socket).await;
+    wait_converged(&p, &b).await;
+    assert!(
+        log_of(&cluster, backup).contains("installed a snapshot from the primary"),
+        "the backup did not rejoin by a snapshot"
+    );
+    assert!(
+        log_of(&cluster, primary).contains("snapshot found damaged while sending"),
+        "the sender did not report the damage"
+    );
+    assert!(cluster
+        .node(primary)
+        .data_dir
+        .join("snapshots-corrupt")
+        .join(damaged.file_name().unwrap())
+        .exists());
+    assert_eq!(
+        metric(&cluster, primary, "understudy_snapshots_corrupt_total"),
+        1
+    );
+    // And the cluster goes on.
+    write(&p, written, 20, 512).await;
+    wait_converged(&p, &b).await;
+    nodes[usize::from(backup) - 1] = Some(b);
+}
+
 /// An application that subscribes but never answers snapshot requests keeps being served;
 /// the log is not truncated, and a warning, `/status` and a metric say why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! ```text
 //! <data-dir>/
 //!   snapshots/            <lsn:020>.snap, the newest --snapshots-retain of them
-//!   snapshots-corrupt/    snapshots found damaged at start-up, moved aside for inspection
+//!   snapshots-corrupt/    snapshots found damaged (at start-up, or by a sender), moved aside
+//!                         for inspection
 //! ```
 //!
 //! The pieces, and who runs them:
@@ -27,7 +28,9 @@
 //!   snapshot, and the core's `SnapshotSent`/`SnapshotFailed`/`SnapshotInstalled` inputs.
 //! - [`send`] (a task per backup) and [`receive`] (a peer connection): the transfer
 //!   protocol of `proto::peer` ("Snapshot transfer"), windowed, resumable, every chunk
-//!   verified.
+//!   verified. A sender that finds its snapshot damaged (the disk changed it after
+//!   start-up verified it) moves it to `snapshots-corrupt/`, sends the one before it, and
+//!   the application is asked for a new snapshot at once.
 //! - [`restore_to_app`], in the app API: the newest snapshot as `RestoreBegin`,
 //!   `RestoreChunk`s and `RestoreEnd`.
 //!
@@ -252,6 +255,9 @@ struct State {
     request: Request,
     /// Uploads started, for the next upload's id.
     uploads_started: u64,
+    /// A snapshot in use was found damaged: ask for a new one without waiting for the
+    /// interval.
+    wanted_soon: bool,
     last_taken: Instant,
     warning: Option<String>,
 }
@@ -316,6 +322,7 @@ impl Snapshots {
                 transfers: BTreeMap::new(),
                 request: Request::Idle { not_before: now },
                 uploads_started: 0,
+                wanted_soon: false,
                 last_taken: now,
                 warning: None,
             }),
@@ -430,6 +437,7 @@ impl Snapshots {
         if taken {
             state.last_taken = now;
             state.warning = None;
+            state.wanted_soon = false;
             self.log_bytes.store(0, Ordering::Relaxed);
             state.request = Request::Idle { not_before: now };
         } else {
@@ -438,6 +446,50 @@ impl Snapshots {
             };
         }
     }
+
+    /// A snapshot in use failed verification after start-up (`error`): stop using it, move
+    /// it to `snapshots-corrupt/` as start-up does, and ask the application for a new one
+    /// at once. The snapshot before it, if one is kept, is the newest from now on (the log
+    /// reaches back to the oldest kept: module docs). Logs one line. Nothing happens if
+    /// another transfer already put it aside.
+    async fn quarantine(&self, info: &SnapshotInfo, error: &wal::Error) {
+        let fallback = {
+            let mut state = lock(&self.state);
+            let Some(at) = state.installed.iter().position(|i| i.path == info.path) else {
+                return;
+            };
+            state.installed.remove(at);
+            state.wanted_soon = true;
+            if let Request::Idle { not_before } = &mut state.request {
+                *not_before = Instant::now();
+            }
+            state.installed.last().map(|i| i.lsn)
+        };
+        SnapshotMetrics::add(&self.metrics.corrupt_found);
+        error!(
+            path = %info.path.display(),
+            lsn = %info.lsn,
+            %error,
+            fallback_lsn = fallback.map(|lsn| lsn.get()),
+            "snapshot found damaged while sending; moved to snapshots-corrupt/, using the one before it and asking the application for a new one"
+        );
+        let data_dir = wal::fs::parent(&self.dir).to_owned();
+        let path = info.path.clone();
+        if let Err(e) = on_blocking_thread(move || quarantine_file(&data_dir, &path)).await {
+            warn!(path = %info.path.display(), error = %e, "cannot move the damaged snapshot aside; it is no longer used");
+        }
+    }
+}
+
+/// Whether `error` says a snapshot file's bytes are damaged (as opposed to a failure to
+/// read them at all, which may pass).
+fn is_damage(error: &wal::Error) -> bool {
+    matches!(
+        error,
+        wal::Error::Corrupt { .. }
+            | wal::Error::BadMagic { .. }
+            | wal::Error::UnsupportedVersion { .. }
+    )
 }
 
 // Start-up.
@@ -546,6 +598,12 @@ pub fn snapshot_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn recover_quarantine(data_dir: &Path, path: &Path, e: &wal::Error) -> Result<(), DiskError> {
     error!(path = %path.display(), error = %e, "snapshot is damaged; not using it (moved to snapshots-corrupt/)");
+    quarantine_file(data_dir, path)
+}
+
+/// Moves a damaged snapshot file to `<data_dir>/snapshots-corrupt/` and fsyncs the
+/// directory it left.
+fn quarantine_file(data_dir: &Path, path: &Path) -> Result<(), DiskError> {
     let aside = data_dir.join(CORRUPT_DIR);
     wal::fs::ensure_dir(&aside)?;
     let name = path.file_name().unwrap_or_default();
@@ -580,7 +638,8 @@ pub async fn schedule(snapshots: Arc<Snapshots>, commit: watch::Receiver<Lsn>) {
             Request::Idle { not_before } => {
                 let newest = state.installed.last().map_or(Lsn::ZERO, |info| info.lsn);
                 let due = now.duration_since(state.last_taken) >= config.interval
-                    || snapshots.log_bytes.load(Ordering::Relaxed) >= config.after_bytes;
+                    || snapshots.log_bytes.load(Ordering::Relaxed) >= config.after_bytes
+                    || state.wanted_soon;
                 if now >= not_before && due && commit_lsn > newest {
                     state.request = Request::Asked { at: now };
                     drop(state);
@@ -1003,10 +1062,11 @@ impl Shell {
         let snapshots = Arc::clone(&self.snapshots);
         let peer_config = self.net.config();
         let epoch = self.core.epoch();
+        let log = self.reader.clone();
         tokio::spawn(async move {
             let delivered = tokio::select! {
                 _ = snapshots.cancel.cancelled() => return,
-                delivered = send(&snapshots, &peer_config, to, addr, epoch) => delivered,
+                delivered = send(&snapshots, &peer_config, to, addr, epoch, &log) => delivered,
             };
             let _ = snapshots.events.send(Event::Sent { to, delivered }).await;
         });
@@ -1042,6 +1102,7 @@ impl Shell {
             let older = std::mem::take(&mut state.installed);
             state.installed.push(info.clone());
             state.last_taken = Instant::now();
+            state.wanted_soon = false;
             older
         };
         self.snapshots.log_bytes.store(0, Ordering::Relaxed);
@@ -1264,33 +1325,64 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Streams the newest snapshot to `to`; retries a broken-off transfer (the receiver
 /// resumes) up to [`SEND_ATTEMPTS_MAX`] times. Returns what was delivered, for the core.
+///
+/// Every chunk is verified as it is read. A snapshot found damaged is put aside
+/// ([`Snapshots::quarantine`]) and the one before it sent instead, if the log (`log`)
+/// still continues it; each pass uses up one snapshot, so this ends.
 pub async fn send(
     snapshots: &Arc<Snapshots>,
     config: &Arc<PeerConfig>,
     to: NodeId,
     addr: std::net::SocketAddr,
     epoch: Epoch,
+    log: &wal::reader::Reader,
 ) -> Option<(Lsn, Epoch)> {
-    let Some(info) = snapshots.newest() else {
-        warn!(peer = %to, "a backup needs a snapshot, but this node has none yet");
-        return None;
-    };
+    loop {
+        let Some(info) = snapshots.newest() else {
+            warn!(peer = %to, "a backup needs a snapshot, but this node has none yet");
+            return None;
+        };
+        let log_first_lsn = log.first_lsn();
+        if info.lsn.next() < log_first_lsn {
+            // The backup would need records between the snapshot and the log's start.
+            warn!(peer = %to, lsn = %info.lsn, log_first_lsn = %log_first_lsn, "the newest usable snapshot ends before the log starts; waiting for a new snapshot");
+            return None;
+        }
+        match send_snapshot(snapshots, config, to, addr, epoch, &info).await {
+            Ok(delivered) => return delivered,
+            Err(damage) => snapshots.quarantine(&info, &damage).await,
+        }
+    }
+}
+
+/// [`send`] of one snapshot: what was delivered (`None` if the transfer failed), or the
+/// damage found in the file.
+async fn send_snapshot(
+    snapshots: &Arc<Snapshots>,
+    config: &Arc<PeerConfig>,
+    to: NodeId,
+    addr: std::net::SocketAddr,
+    epoch: Epoch,
+    info: &SnapshotInfo,
+) -> Result<Option<(Lsn, Epoch)>, wal::Error> {
     let path = info.path.clone();
     let trailer = match on_blocking_thread(move || wal::snapshot::read_trailer(&path)).await {
         Ok(trailer) => trailer,
+        Err(e) if is_damage(&e) => return Err(e),
         Err(e) => {
             error!(error = %e, "cannot read the snapshot to send");
-            return None;
+            return Ok(None);
         }
     };
     info!(peer = %to, lsn = %info.lsn, body_len = info.body_len, "sending a snapshot to a backup");
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=SEND_ATTEMPTS_MAX {
-        match send_attempt(snapshots, config, to, addr, epoch, &info, trailer.body_crc).await {
+        match send_attempt(snapshots, config, to, addr, epoch, info, trailer.body_crc).await {
             Ok(installed) => {
                 info!(peer = %to, lsn = %info.lsn, installed, "snapshot transfer done");
-                return Some((info.lsn, info.epoch));
+                return Ok(Some((info.lsn, info.epoch)));
             }
+            Err(TransferError::Snapshot(e)) if is_damage(&e) => return Err(e),
             Err(e) => {
                 warn!(peer = %to, attempt, error = %e, "snapshot transfer broke off; it resumes where it stopped");
             }
@@ -1298,7 +1390,7 @@ pub async fn send(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
-    None
+    Ok(None)
 }
 
 async fn send_attempt(
@@ -1371,7 +1463,10 @@ async fn send_attempt(
     match reading.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            error!(path = %info.path.display(), error = %e, "the snapshot being sent failed to read");
+            // Damage is reported once, by `send`, as it puts the snapshot aside.
+            if !is_damage(&e) {
+                error!(path = %info.path.display(), error = %e, "the snapshot being sent failed to read");
+            }
             return Err(e.into());
         }
         Err(e) => std::panic::resume_unwind(e.into_panic()),
