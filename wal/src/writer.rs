@@ -9,6 +9,11 @@
 //!
 //! After any failed write or fsync the writer is failed for good: every call returns
 //! `Error::Poisoned` and [`Writer::failure`] says what happened.
+//!
+//! Test-only fault knob: in a debug build (`cfg(debug_assertions)`, which is what the
+//! process tests run), `UNDERSTUDY_TEST_FSYNC_DELAY_MS=n` in the environment makes the
+//! writer thread sleep `n` ms before every fsync, a stand-in for a slow disk. A release
+//! build never reads it.
 
 use std::mem;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -102,6 +107,21 @@ struct Shared {
     progress: Condvar,
     options: WriterOptions,
     on_durable: Option<OnDurable>,
+    /// The test-only fsync delay (module docs); `None` in a release build.
+    sync_delay: Option<Duration>,
+}
+
+/// The test-only fsync delay: `UNDERSTUDY_TEST_FSYNC_DELAY_MS` (module docs).
+#[cfg(debug_assertions)]
+fn test_sync_delay() -> Option<Duration> {
+    let ms = std::env::var("UNDERSTUDY_TEST_FSYNC_DELAY_MS").ok()?;
+    ms.trim().parse().ok().map(Duration::from_millis)
+}
+
+/// A release build is never slowed down on purpose.
+#[cfg(not(debug_assertions))]
+fn test_sync_delay() -> Option<Duration> {
+    None
 }
 
 impl Shared {
@@ -149,6 +169,7 @@ impl Writer {
             progress: Condvar::new(),
             options,
             on_durable,
+            sync_delay: test_sync_delay(),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -470,6 +491,9 @@ fn run(mut wal: Wal, shared: &Shared) {
         let mut sync_duration = None;
         if result.is_ok() && must_sync && wal.durable_lsn() < written {
             let sync_started = Instant::now();
+            if let Some(delay) = shared.sync_delay {
+                std::thread::sleep(delay);
+            }
             result = wal.sync().map(|_| ());
             last_sync = Instant::now();
             sync_duration = Some(last_sync - sync_started);
