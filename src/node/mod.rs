@@ -216,6 +216,12 @@ struct Shell {
     failed: Option<String>,
     metrics: Arc<Metrics>,
     snapshots: Arc<snapshot::Snapshots>,
+    /// The writer's durable progress (a second receiver of the loop's watch), to read the
+    /// latest without waiting for the loop to get to it.
+    durable: watch::Receiver<wal::writer::Progress>,
+    /// The core has been told the log holds nothing at or below this
+    /// (`Input::PrefixTruncated`, or a snapshot installed): see [`Shell::prefix_catch_up`].
+    prefix_told: Lsn,
 }
 
 impl Shell {
@@ -445,6 +451,53 @@ impl Shell {
         self.snapshots.note_log_bytes(records.bytes().len() as u64);
         self.cache.push(records);
         Ok(())
+    }
+
+    /// Tells the core the writer's durable progress, then anything that progress lets it
+    /// be told about the log's prefix.
+    fn on_durable(&mut self, progress: wal::writer::Progress) -> Result<(), NodeError> {
+        self.step(
+            Input::Durable {
+                lsn: progress.durable_lsn,
+                epoch: progress.durable_epoch,
+            },
+            StepContext::default(),
+        )?;
+        self.prefix_catch_up()
+    }
+
+    /// Tells the core how far the WAL's prefix is gone (`Input::PrefixTruncated`), but never
+    /// through an LSN the core has not been told is durable, nor past its commit LSN: the
+    /// core asserts both. The cut itself is safe (the records are in a snapshot), and by the
+    /// time the writer has cut, everything before the cut is on disk; but on a backup the
+    /// application applies, and snapshots, committed records before they are durable here,
+    /// and the core learns of durability only from the durable watch, which the loop may not
+    /// have read yet. So the latest progress goes in first, and what the clamp still holds
+    /// back is told after a later `Input::Durable`.
+    fn prefix_catch_up(&mut self) -> Result<(), NodeError> {
+        let cut_through = self.reader.first_lsn().prev();
+        if cut_through <= self.prefix_told {
+            return Ok(());
+        }
+        let status = self.core.status();
+        self.prefix_told = self.prefix_told.max(status.snapshot_lsn);
+        let through = cut_through.min(status.durable_lsn).min(status.commit_lsn);
+        if through <= self.prefix_told {
+            return Ok(());
+        }
+        self.prefix_told = through;
+        self.step(Input::PrefixTruncated { through }, StepContext::default())
+    }
+
+    /// Feeds the core the writer's latest durable progress, read now rather than when the
+    /// loop next looks at the watch (which then finds nothing new for the core).
+    fn durable_catch_up(&mut self) -> Result<(), NodeError> {
+        let progress = *self.durable.borrow();
+        if progress.failed {
+            // The loop stops the node when it reads this.
+            return Ok(());
+        }
+        self.on_durable(progress)
     }
 
     /// The bytes of records `first..=last`: from the tail cache, else from the WAL.
@@ -787,6 +840,7 @@ pub async fn run(
     }
 
     let mut durable_rx = opened.durable;
+    let prefix_told = opened.recovered.snapshot_lsn;
     let mut shell = Shell {
         epoch: opened.persisted.epoch,
         core,
@@ -810,6 +864,8 @@ pub async fn run(
         failed: None,
         metrics,
         snapshots,
+        durable: durable_rx.clone(),
+        prefix_told,
         config,
     };
     shell.publish_status();
@@ -859,10 +915,7 @@ pub async fn run(
                     shell.publish_status();
                     break Err(NodeError::DiskFailed(message));
                 }
-                shell.step(
-                    Input::Durable { lsn: progress.durable_lsn, epoch: progress.durable_epoch },
-                    StepContext::default(),
-                )
+                shell.on_durable(progress)
             }
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
             Some(inbound) = inbound_rx.recv() => {

@@ -1159,12 +1159,9 @@ impl Shell {
             deleted as u64,
         );
         info!(snapshot_lsn = %newest, first_lsn = %now_first, segments = deleted, "log truncated behind a snapshot");
-        self.step(
-            Input::PrefixTruncated {
-                through: now_first.prev(),
-            },
-            StepContext::default(),
-        )
+        // The core may not have heard yet that the records cut are durable (see
+        // `Shell::prefix_catch_up`).
+        self.durable_catch_up()
     }
 }
 
