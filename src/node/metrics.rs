@@ -79,6 +79,9 @@ pub struct Metrics {
     pub proxy_refused: AtomicU64,
     pub proxy_closed_on_role_change: AtomicU64,
     pub proxy_active: AtomicU64,
+    /// On a backup: the longest time, in nanoseconds, between two appends (heartbeats
+    /// included) the core loop took in from the same primary in the same epoch.
+    pub heartbeat_gap_max_nanos: AtomicU64,
     pub fsync_latency: Histogram,
     /// Proposal to commit, on the primary.
     pub commit_latency: Histogram,
@@ -97,6 +100,7 @@ impl Default for Metrics {
             proxy_refused: AtomicU64::new(0),
             proxy_closed_on_role_change: AtomicU64::new(0),
             proxy_active: AtomicU64::new(0),
+            heartbeat_gap_max_nanos: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -106,6 +110,13 @@ impl Default for Metrics {
 impl Metrics {
     pub fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Counts a gap between two appends from the primary towards the largest seen.
+    pub fn observe_heartbeat_gap(&self, gap: Duration) {
+        let nanos = u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX);
+        self.heartbeat_gap_max_nanos
+            .fetch_max(nanos, Ordering::Relaxed);
     }
 
     /// Appends the counters and histograms in Prometheus text format.
@@ -173,6 +184,16 @@ impl Metrics {
             "understudy_client_connections {}",
             self.proxy_active.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP understudy_heartbeat_gap_max_seconds On a backup: the longest time between two appends (heartbeats included) the core loop took in from the same primary in the same epoch, since start."
+        );
+        let _ = writeln!(out, "# TYPE understudy_heartbeat_gap_max_seconds gauge");
+        let _ = writeln!(
+            out,
+            "understudy_heartbeat_gap_max_seconds {}",
+            self.heartbeat_gap_max_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
         self.fsync_latency.render(
             "understudy_fsync_seconds",
             "WAL fdatasync latency per group-commit batch.",
@@ -202,5 +223,20 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"0.01\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    /// The heartbeat gap gauge keeps the largest gap observed, in seconds.
+    #[test]
+    fn heartbeat_gap_gauge_keeps_the_largest_gap() {
+        let metrics = Metrics::default();
+        metrics.observe_heartbeat_gap(Duration::from_millis(40));
+        metrics.observe_heartbeat_gap(Duration::from_millis(250));
+        metrics.observe_heartbeat_gap(Duration::from_millis(60));
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains("\nunderstudy_heartbeat_gap_max_seconds 0.25\n"),
+            "{out}"
+        );
     }
 }

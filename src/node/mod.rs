@@ -222,6 +222,8 @@ struct Shell {
     /// The core has been told the log holds nothing at or below this
     /// (`Input::PrefixTruncated`, or a snapshot installed): see [`Shell::prefix_catch_up`].
     prefix_told: Lsn,
+    /// The primary and epoch of the last append taken in, and when: for the heartbeat gap.
+    last_append: Option<(NodeId, Epoch, BootInstant)>,
 }
 
 impl Shell {
@@ -487,6 +489,19 @@ impl Shell {
         }
         self.prefix_told = through;
         self.step(Input::PrefixTruncated { through }, StepContext::default())
+    }
+
+    /// The heartbeat gap: time since the last append from the same primary in the same
+    /// epoch, as this loop takes them in (so it includes any time the loop itself was held
+    /// up). The largest goes to `/metrics` (`understudy_heartbeat_gap_max_seconds`).
+    fn note_append(&mut self, from: NodeId, epoch: Epoch) {
+        let now = BootInstant::now();
+        if let Some((last_from, last_epoch, at)) = self.last_append {
+            if last_from == from && last_epoch == epoch {
+                self.metrics.observe_heartbeat_gap(now.duration_since(at));
+            }
+        }
+        self.last_append = Some((from, epoch, now));
     }
 
     /// Feeds the core the writer's latest durable progress, read now rather than when the
@@ -866,6 +881,7 @@ pub async fn run(
         snapshots,
         durable: durable_rx.clone(),
         prefix_told,
+        last_append: None,
         config,
     };
     shell.publish_status();
@@ -921,6 +937,9 @@ pub async fn run(
             Some(inbound) = inbound_rx.recv() => {
                 let now = shell.now();
                 shell.last_heard.insert(inbound.from, BootInstant::now());
+                if let Message::Append(append) = &inbound.message {
+                    shell.note_append(inbound.from, append.epoch);
+                }
                 shell.step(
                     Input::Receive { now, from: inbound.from, message: inbound.message },
                     StepContext { records: inbound.records, ..StepContext::default() },
