@@ -7,6 +7,12 @@
 //! The application is a small state machine on the client library: a count and a running
 //! digest of every command applied, so that two nodes agree only if they applied the same
 //! commands in the same order.
+//!
+//! What is measured: `understudy_heartbeat_gap_max_seconds` of each backup, the longest
+//! time between two appends (heartbeats included) its core loop took in from the primary.
+//! It covers both ends: a primary whose loop stops sending, and a backup whose loop stops
+//! taking in. A healthy pair keeps it near the heartbeat interval; a loop that waits for
+//! an fsync shows the fsync.
 
 mod support;
 
@@ -21,6 +27,15 @@ use understudy::Lsn;
 
 /// The fsync delay of the slow node.
 const FSYNC_DELAY_MS: u64 = 300;
+
+/// The heartbeat interval of these clusters.
+const HEARTBEAT: Duration = Duration::from_millis(50);
+
+/// How late a heartbeat may be on top of the interval: the primary's ticker runs every
+/// fifth of an interval, and three sidecars, their applications and the test share two
+/// cores (with other builds, on a CI box). Well under the fsync delay, so a loop that waits
+/// for one fsync exceeds it.
+const GAP_SLACK: Duration = Duration::from_millis(100);
 
 /// The application: how many commands, and an FNV-1a digest over them in order.
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -199,6 +214,107 @@ async fn wait_converged(primary: &App, app: &App) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Node `id`'s epoch, from `/status`.
+fn epoch_of(cluster: &Cluster, id: u16) -> u64 {
+    let (code, body) = support::http_get(cluster.node(id).admin_addr, "/status")
+        .unwrap_or_else(|| panic!("node {id} does not answer /status"));
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    status["epoch"].as_u64().expect("/status has the epoch")
+}
+
+/// Node `slow` has the slow disk and node `primary` is the primary; under a write load of
+/// `writers` writers of `len`-byte commands nobody stands for election (the epoch stays)
+/// and no backup sees a heartbeat gap longer than the interval plus [`GAP_SLACK`].
+async fn slow_disk_deposes_nobody(slow: u16, primary: u16, writers: usize, len: usize) {
+    let mut cluster = slow_cluster(slow);
+    let apps = start(&mut cluster, primary).await;
+    let epoch = epoch_of(&cluster, primary);
+    let (committed, refused) = load(
+        &apps[usize::from(primary) - 1],
+        writers,
+        len,
+        Duration::from_secs(8),
+    )
+    .await;
+    let backups: Vec<u16> = (1..=3).filter(|&id| id != primary).collect();
+    let gaps: Vec<(u16, Option<f64>)> = backups
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                cluster.metric(id, "understudy_heartbeat_gap_max_seconds"),
+            )
+        })
+        .collect();
+    let fsyncs = cluster
+        .metric(slow, "understudy_fsync_seconds_count")
+        .unwrap_or(0.0);
+    let fsync_seconds = cluster
+        .metric(slow, "understudy_fsync_seconds_sum")
+        .unwrap_or(0.0);
+    eprintln!(
+        "slow node {slow} (primary {primary}): {committed} commands of {len} bytes committed, {refused} refused in 8 s; {fsyncs} fsyncs averaging {:.0} ms; max heartbeat gap on the backups: {}",
+        fsync_seconds * 1000.0 / fsyncs.max(1.0),
+        gaps.iter()
+            .map(|(id, gap)| match gap {
+                Some(gap) => format!("node {id} {:.1} ms", gap * 1000.0),
+                None => format!("node {id} not reported"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(
+        cluster
+            .metric(slow, "understudy_log_segments_truncated_total")
+            .unwrap_or(0.0)
+            > 0.0,
+        "the slow node never truncated its log: the test did not exercise it"
+    );
+    for id in 1..=3 {
+        assert!(
+            cluster.node_mut(id).is_running(),
+            "node {id} stopped:\n{}",
+            cluster.logs_tail(20)
+        );
+        assert_eq!(
+            epoch_of(&cluster, id),
+            epoch,
+            "node {id} is in another epoch: an election happened"
+        );
+    }
+    let limit = (HEARTBEAT + GAP_SLACK).as_secs_f64();
+    for (id, gap) in gaps {
+        let gap = gap.unwrap_or_else(|| panic!("node {id} reports no heartbeat gap"));
+        assert!(
+            gap <= limit,
+            "node {id} saw {:.0} ms between two appends from the primary (limit {:.0} ms)",
+            gap * 1000.0,
+            limit * 1000.0
+        );
+    }
+    for app in &apps {
+        wait_converged(&apps[usize::from(primary) - 1], app).await;
+    }
+}
+
+/// The primary's every fsync takes 300 ms (six heartbeat intervals, more than half the
+/// failover timeout) while it takes writes (each commit waits for one of its fsyncs, so
+/// many writers of larger commands), snapshots and cuts its log: it keeps heartbeating on
+/// time and stays primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_with_a_slow_disk_keeps_heartbeating_and_stays_primary() {
+    slow_disk_deposes_nobody(1, 1, 64, 4096).await;
+}
+
+/// A backup's every fsync takes 300 ms: its loop keeps taking in the primary's heartbeats
+/// on time (it would otherwise stand for election, and count time in a way that makes a
+/// healthy primary look gone) and nobody is deposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_with_a_slow_disk_keeps_up_with_heartbeats_and_nobody_is_deposed() {
+    slow_disk_deposes_nobody(3, 1, 8, 1024).await;
 }
 
 fn log_of(cluster: &Cluster, id: u16) -> String {

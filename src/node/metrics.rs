@@ -79,6 +79,11 @@ pub struct Metrics {
     pub proxy_refused: AtomicU64,
     pub proxy_closed_on_role_change: AtomicU64,
     pub proxy_active: AtomicU64,
+    /// Proposals refused because the WAL writer's queue was full (the disk is behind).
+    pub proposals_refused_disk_behind: AtomicU64,
+    /// Appends from the primary taken in as heartbeats, their records dropped, because the
+    /// WAL writer's queue was full.
+    pub appends_deferred: AtomicU64,
     /// On a backup: the longest time, in nanoseconds, between two appends (heartbeats
     /// included) the core loop took in from the same primary in the same epoch.
     pub heartbeat_gap_max_nanos: AtomicU64,
@@ -100,6 +105,8 @@ impl Default for Metrics {
             proxy_refused: AtomicU64::new(0),
             proxy_closed_on_role_change: AtomicU64::new(0),
             proxy_active: AtomicU64::new(0),
+            proposals_refused_disk_behind: AtomicU64::new(0),
+            appends_deferred: AtomicU64::new(0),
             heartbeat_gap_max_nanos: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
@@ -122,7 +129,7 @@ impl Metrics {
     /// Appends the counters and histograms in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "understudy_appended_records_total",
                 "Records accepted from the local application.",
@@ -167,6 +174,16 @@ impl Metrics {
                 "understudy_client_connections_cut_total",
                 "Client-port connections closed because the primary changed.",
                 &self.proxy_closed_on_role_change,
+            ),
+            (
+                "understudy_proposals_refused_disk_behind_total",
+                "Proposals refused because the WAL writer's queue was full.",
+                &self.proposals_refused_disk_behind,
+            ),
+            (
+                "understudy_appends_deferred_total",
+                "Appends from the primary taken in as heartbeats, records dropped for the primary to resend, because the WAL writer's queue was full.",
+                &self.appends_deferred,
             ),
         ];
         for (name, help, counter) in counters {

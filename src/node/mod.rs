@@ -8,6 +8,24 @@
 //! and fsyncs on the writer thread ([`disk`]), network I/O in per-connection tasks
 //! ([`peer`]), app connections in [`app_api`]. The loop never waits on a peer or a client.
 //!
+//! Nor on the disk: a slow fsync must not stop heartbeats, or a healthy primary is deposed.
+//! Records are queued to the writer without waiting for queue space, and log truncations
+//! are queued and heard back through the durable watch (`Writer::control_done`). The
+//! writer's queue stays bounded because the loop checks for room *before* it lets the core
+//! take on records, never halfway through carrying out a step (refusing there would leave
+//! the core and the WAL disagreeing on the next LSN): a proposal that does not fit is
+//! refused (`ProposeOutcome::DiskBehind`, the application retries), and an append from the
+//! primary that does not fit reaches the core as a heartbeat (its records dropped; the
+//! primary resends them after its resend interval), so the backup still hears its
+//! primary and still renews the primary's lease. The loop is the writer's only appender,
+//! so a check holds until the loop queues something itself; each step queues at most one
+//! proposal's or one append's records beyond it, plus an epoch-start record. One thing
+//! still waits for the writer: installing a snapshot from the primary, which replaces the
+//! whole log (a backup catching up; `Shell::snapshot_install` says why). The node
+//! metadata's fsync (`DataDir::persist`, once per vote) is not the writer's and stays
+//! synchronous. `understudy_heartbeat_gap_max_seconds` in `/metrics` is what a backup's
+//! loop saw: the longest time between two appends it took in from its primary.
+//!
 //! - [`handle`]: what service tasks share with the core loop (requests in, status out).
 //! - [`clock`]: the clock every reading handed to the core comes from (`CLOCK_BOOTTIME`,
 //!   which keeps running through suspend).
@@ -216,14 +234,28 @@ struct Shell {
     failed: Option<String>,
     metrics: Arc<Metrics>,
     snapshots: Arc<snapshot::Snapshots>,
-    /// The writer's durable progress (a second receiver of the loop's watch), to read the
-    /// latest without waiting for the loop to get to it.
-    durable: watch::Receiver<wal::writer::Progress>,
     /// The core has been told the log holds nothing at or below this
     /// (`Input::PrefixTruncated`, or a snapshot installed): see [`Shell::prefix_catch_up`].
     prefix_told: Lsn,
+    /// A prefix truncation queued to the writer and not yet done (one at a time).
+    prefix_cut: Option<PrefixCut>,
+    /// A divergent suffix cut queued to the writer and not yet done: its ticket and the
+    /// lowest `keep_through` queued. Until it is done the WAL may still hold the old records
+    /// after that LSN, so they are not read back for shipping.
+    suffix_cut: Option<(u64, Lsn)>,
     /// The primary and epoch of the last append taken in, and when: for the heartbeat gap.
     last_append: Option<(NodeId, Epoch, BootInstant)>,
+}
+
+/// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
+struct PrefixCut {
+    ticket: u64,
+    /// The new first LSN of the log.
+    first_lsn: Lsn,
+    /// The newest snapshot, which the cut is behind.
+    snapshot_lsn: Lsn,
+    /// Segments the cut deletes.
+    segments: usize,
 }
 
 impl Shell {
@@ -337,9 +369,15 @@ impl Shell {
                     self.commit_lsn
                 );
                 info!(keep_through = %keep_through, "truncating a divergent log suffix");
-                let writer = &self.writer;
-                blocking(|| writer.truncate_suffix(keep_through))
-                    .map_err(|e| self.disk_failed(e))?;
+                // Queued, not waited for: the records received next are queued after it.
+                let ticket = match self.writer.queue_truncate_suffix(keep_through) {
+                    Ok(ticket) => ticket,
+                    Err(e) => return Err(self.disk_failed(e)),
+                };
+                let lowest = self
+                    .suffix_cut
+                    .map_or(keep_through, |(_, queued)| queued.min(keep_through));
+                self.suffix_cut = Some((ticket, lowest));
                 self.cache.truncate_after(keep_through);
             }
             Action::WriteReceived {
@@ -444,9 +482,11 @@ impl Shell {
         NodeError::DiskFailed(message)
     }
 
+    /// Queues records to the writer without waiting for queue space: the loop checked for
+    /// room before the core took them on (module docs).
     fn write(&mut self, records: VerifiedRecords) -> Result<(), NodeError> {
         let first = records.first_lsn();
-        match self.writer.append_encoded(records.clone()) {
+        match self.writer.queue_encoded(records.clone()) {
             Ok((lo, _)) => assert_eq!(lo, first, "the WAL and the core disagree on the next lsn"),
             Err(e) => return Err(self.disk_failed(e)),
         }
@@ -458,6 +498,7 @@ impl Shell {
     /// Tells the core the writer's durable progress, then anything that progress lets it
     /// be told about the log's prefix.
     fn on_durable(&mut self, progress: wal::writer::Progress) -> Result<(), NodeError> {
+        self.controls_catch_up();
         self.step(
             Input::Durable {
                 lsn: progress.durable_lsn,
@@ -470,12 +511,12 @@ impl Shell {
 
     /// Tells the core how far the WAL's prefix is gone (`Input::PrefixTruncated`), but never
     /// through an LSN the core has not been told is durable, nor past its commit LSN: the
-    /// core asserts both. The cut itself is safe (the records are in a snapshot), and by the
-    /// time the writer has cut, everything before the cut is on disk; but on a backup the
-    /// application applies, and snapshots, committed records before they are durable here,
-    /// and the core learns of durability only from the durable watch, which the loop may not
-    /// have read yet. So the latest progress goes in first, and what the clamp still holds
-    /// back is told after a later `Input::Durable`.
+    /// core asserts both. The cut itself is safe (the records are in a snapshot); but on a
+    /// backup the application applies, and snapshots, committed records before they are
+    /// durable here, and the core learns of durability only from the durable watch, whose
+    /// latest value may be newer than the cut the reader shows, or older. So this runs
+    /// after every `Input::Durable` (the writer reports a batch after the cut in it is
+    /// done), and what the clamp holds back is told after a later one.
     fn prefix_catch_up(&mut self) -> Result<(), NodeError> {
         let cut_through = self.reader.first_lsn().prev();
         if cut_through <= self.prefix_told {
@@ -491,6 +532,55 @@ impl Shell {
         self.step(Input::PrefixTruncated { through }, StepContext::default())
     }
 
+    /// Notes the writer's queued truncations that are done.
+    fn controls_catch_up(&mut self) {
+        if let Some((ticket, _)) = self.suffix_cut {
+            if self.writer.control_done(ticket) {
+                self.suffix_cut = None;
+            }
+        }
+        if let Some(cut) = &self.prefix_cut {
+            if self.writer.control_done(cut.ticket) {
+                Metrics::add(
+                    &self.snapshots.metrics.log_segments_truncated,
+                    cut.segments as u64,
+                );
+                info!(snapshot_lsn = %cut.snapshot_lsn, first_lsn = %cut.first_lsn, segments = cut.segments, "log truncated behind a snapshot");
+                self.prefix_cut = None;
+            }
+        }
+    }
+
+    /// Takes in a message from a peer. An append whose records do not fit in the writer's
+    /// queue is taken in as a heartbeat (module docs).
+    fn on_inbound(&mut self, inbound: peer::Inbound) -> Result<(), NodeError> {
+        let now = self.now();
+        self.last_heard.insert(inbound.from, BootInstant::now());
+        let peer::Inbound {
+            from,
+            mut message,
+            mut records,
+        } = inbound;
+        if let Message::Append(append) = &mut message {
+            self.note_append(from, append.epoch);
+            if let Some(verified) = &records {
+                if !self.writer.has_room(verified.bytes().len()) {
+                    debug!(peer = %from, first_lsn = %append.first_lsn, last_lsn = %append.last_lsn, "the disk is behind; taking an append in as a heartbeat");
+                    Metrics::add(&self.metrics.appends_deferred, 1);
+                    append.last_lsn = append.prev_lsn;
+                    records = None;
+                }
+            }
+        }
+        self.step(
+            Input::Receive { now, from, message },
+            StepContext {
+                records,
+                ..StepContext::default()
+            },
+        )
+    }
+
     /// The heartbeat gap: time since the last append from the same primary in the same
     /// epoch, as this loop takes them in (so it includes any time the loop itself was held
     /// up). The largest goes to `/metrics` (`understudy_heartbeat_gap_max_seconds`).
@@ -504,21 +594,56 @@ impl Shell {
         self.last_append = Some((from, epoch, now));
     }
 
-    /// Feeds the core the writer's latest durable progress, read now rather than when the
-    /// loop next looks at the watch (which then finds nothing new for the core).
-    fn durable_catch_up(&mut self) -> Result<(), NodeError> {
-        let progress = *self.durable.borrow();
-        if progress.failed {
-            // The loop stops the node when it reads this.
+    /// Hands a proposal to the core, unless this node is the primary and the writer's queue
+    /// has no room for it: then it is refused at once (module docs).
+    fn on_propose(
+        &mut self,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<ProposeOutcome>,
+    ) -> Result<(), NodeError> {
+        let now = self.now();
+        let count = payloads.len() as u64;
+        let bytes: u64 = payloads
+            .iter()
+            .map(|p| wal::format::record_len(p.len()) as u64)
+            .sum();
+        if count == 0 {
+            let _ = reply.send(ProposeOutcome::Committed {
+                first_lsn: self.commit_lsn.next(),
+                last_lsn: self.commit_lsn,
+            });
             return Ok(());
         }
-        self.on_durable(progress)
+        if self.role == Role::Primary
+            && !self
+                .writer
+                .has_room(usize::try_from(bytes).unwrap_or(usize::MAX))
+        {
+            Metrics::add(&self.metrics.proposals_refused_disk_behind, 1);
+            let _ = reply.send(ProposeOutcome::DiskBehind);
+            return Ok(());
+        }
+        self.step(
+            Input::Propose { now, count, bytes },
+            StepContext {
+                payloads: Some(payloads),
+                reply: Some(reply),
+                records: None,
+            },
+        )
     }
 
     /// The bytes of records `first..=last`: from the tail cache, else from the WAL.
     fn records_for(&mut self, first: Lsn, last: Lsn) -> Option<Vec<Bytes>> {
         if let Some(pieces) = self.cache.get(first, last) {
             return Some(pieces);
+        }
+        if self
+            .suffix_cut
+            .is_some_and(|(_, keep_through)| last > keep_through)
+        {
+            // The WAL may still hold the records cut off there: not readable yet.
+            return None;
         }
         let mut records = self.reader.iter_from(first).ok()?;
         let mut pieces = Vec::new();
@@ -879,8 +1004,9 @@ pub async fn run(
         failed: None,
         metrics,
         snapshots,
-        durable: durable_rx.clone(),
         prefix_told,
+        prefix_cut: None,
+        suffix_cut: None,
         last_append: None,
         config,
     };
@@ -934,32 +1060,9 @@ pub async fn run(
                 shell.on_durable(progress)
             }
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
-            Some(inbound) = inbound_rx.recv() => {
-                let now = shell.now();
-                shell.last_heard.insert(inbound.from, BootInstant::now());
-                if let Message::Append(append) = &inbound.message {
-                    shell.note_append(inbound.from, append.epoch);
-                }
-                shell.step(
-                    Input::Receive { now, from: inbound.from, message: inbound.message },
-                    StepContext { records: inbound.records, ..StepContext::default() },
-                )
-            }
+            Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
-                Request::Propose { payloads, reply } => {
-                    let now = shell.now();
-                    let count = payloads.len() as u64;
-                    let bytes = payloads.iter().map(|p| wal::format::record_len(p.len()) as u64).sum();
-                    if count == 0 {
-                        let _ = reply.send(ProposeOutcome::Committed { first_lsn: shell.commit_lsn.next(), last_lsn: shell.commit_lsn });
-                        Ok(())
-                    } else {
-                        shell.step(
-                            Input::Propose { now, count, bytes },
-                            StepContext { payloads: Some(payloads), reply: Some(reply), records: None },
-                        )
-                    }
-                }
+                Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),
                 Request::Switchover { to, reply } => {
                     if shell.switchover.is_some() {
                         let _ = reply.send(SwitchoverReply {

@@ -1074,6 +1074,14 @@ impl Shell {
 
     /// Puts a snapshot received from the primary in use: the log is replaced by it.
     ///
+    /// This waits for the writer (a batch and its fsync, then the reset), unlike every other
+    /// log change the loop makes: the core's log, the WAL, the subscriptions and the list of
+    /// snapshots change over at one point of the loop. Queued instead, the core would go on
+    /// with the old log while the WAL numbers the next record after the snapshot (a
+    /// promotion in between would write its epoch-start record at an LSN the WAL refuses),
+    /// and subscriptions could read the old log while it is being deleted. It happens only
+    /// on a backup catching up, never on the primary.
+    ///
     /// Crash argument: 1. the snapshot file is installed (fsynced, renamed, directory
     /// fsynced) before this runs; 2. the log is reset to start after it (segments deleted,
     /// directory fsynced, an empty segment installed). A crash between 1 and 2 leaves the
@@ -1090,6 +1098,9 @@ impl Shell {
         let writer = &self.writer;
         super::blocking(|| writer.reset(info.lsn.next())).map_err(|e| self.disk_failed(e))?;
         self.cache = TailCache::default();
+        // Everything queued before the reset is done, and it replaced what they did.
+        self.prefix_cut = None;
+        self.suffix_cut = None;
         self.step(
             Input::SnapshotInstalled {
                 lsn: info.lsn,
@@ -1147,21 +1158,24 @@ impl Shell {
             return Ok(());
         };
         let first = self.reader.first_lsn();
-        if cut <= first {
+        if cut <= first || self.prefix_cut.is_some() {
+            // Nothing to cut, or a cut still queued (the next snapshot cuts further).
             return Ok(());
         }
-        let writer = &self.writer;
-        super::blocking(|| writer.truncate_prefix(cut)).map_err(|e| self.disk_failed(e))?;
-        let now_first = self.reader.first_lsn();
-        let deleted = segments.iter().filter(|(lsn, _)| *lsn < now_first).count();
-        Metrics::add(
-            &self.snapshots.metrics.log_segments_truncated,
-            deleted as u64,
-        );
-        info!(snapshot_lsn = %newest, first_lsn = %now_first, segments = deleted, "log truncated behind a snapshot");
-        // The core may not have heard yet that the records cut are durable (see
-        // `Shell::prefix_catch_up`).
-        self.durable_catch_up()
+        // Queued, not waited for (the writer may be in a slow fsync): the loop hears that it
+        // is done with the batch's durable progress, logs it then, and tells the core
+        // (`Shell::prefix_catch_up`).
+        let ticket = match self.writer.queue_truncate_prefix(cut) {
+            Ok(ticket) => ticket,
+            Err(e) => return Err(self.disk_failed(e)),
+        };
+        self.prefix_cut = Some(super::PrefixCut {
+            ticket,
+            first_lsn: cut,
+            snapshot_lsn: newest,
+            segments: segments.iter().filter(|(lsn, _)| *lsn < cut).count(),
+        });
+        Ok(())
     }
 }
 
