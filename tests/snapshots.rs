@@ -448,6 +448,88 @@ async fn corrupted_snapshot_is_detected_and_not_used() {
     nodes[usize::from(victim) - 1] = Some(v);
 }
 
+/// Flips one byte in the middle of the file at `path`.
+fn flip_byte_in_the_middle(path: &Path) {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = file.metadata().unwrap().len() / 2;
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(&[byte[0] ^ 0x40]).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// The primary's newest snapshot is damaged on disk after start-up verified it, while a
+/// backup needs a transfer: the sender finds the damage as it reads, moves the file to
+/// `snapshots-corrupt/`, sends the snapshot before it (the log still continues that one),
+/// and the backup catches up without any new write (nothing new to snapshot, so no new
+/// snapshot would have come to the rescue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_newest_snapshot_on_the_primary_falls_back_to_the_one_before() {
+    let mut cluster = cluster(3);
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let backup = if primary == 1 { 2 } else { 1 };
+    let p = node(&nodes, primary);
+    write(&p, 0, 100, 512).await;
+    wait_converged(&p, &node(&nodes, backup)).await;
+    let backup_last = p.applied_lsn().get();
+    nodes[usize::from(backup) - 1] = None;
+    cluster.kill(backup);
+
+    // Two snapshots after the backup stopped, the log truncated past it.
+    let mut written = 100;
+    for _ in 0..2 {
+        write(&p, written, 300, 512).await;
+        written += 300;
+        wait_snapshot(&cluster, primary, p.applied_lsn().get()).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || first_lsn(&cluster, primary)
+            > backup_last + 1),
+        "the primary still holds the backup's next record"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&cluster, primary)
+            ["snapshot"]["snapshot_count"]
+            .as_u64()
+            == Some(2)),
+        "the primary does not keep two snapshots"
+    );
+    let damaged = newest_snapshot(&cluster.node(primary).data_dir);
+    flip_byte_in_the_middle(&damaged);
+
+    cluster.start_node(backup);
+    let b = connect(&cluster.node(backup).app_socket).await;
+    wait_converged(&p, &b).await;
+    assert!(
+        log_of(&cluster, backup).contains("installed a snapshot from the primary"),
+        "the backup did not rejoin by a snapshot"
+    );
+    assert!(
+        log_of(&cluster, primary).contains("snapshot found damaged while sending"),
+        "the sender did not report the damage"
+    );
+    assert!(cluster
+        .node(primary)
+        .data_dir
+        .join("snapshots-corrupt")
+        .join(damaged.file_name().unwrap())
+        .exists());
+    assert_eq!(
+        metric(&cluster, primary, "understudy_snapshots_corrupt_total"),
+        1
+    );
+    // And the cluster goes on.
+    write(&p, written, 20, 512).await;
+    wait_converged(&p, &b).await;
+    nodes[usize::from(backup) - 1] = Some(b);
+}
+
 /// An application that subscribes but never answers snapshot requests keeps being served;
 /// the log is not truncated, and a warning, `/status` and a metric say why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,4 +625,189 @@ async fn application_that_never_answers_keeps_working_and_the_log_is_kept() {
     );
     assert_eq!(metric(&cluster, 1, "understudy_snapshots_taken_total"), 0);
     assert!(log_of(&cluster, 1).contains("application did not answer the snapshot request"));
+}
+
+/// A raw application on the app API, speaking frames itself, so that a test can stop in
+/// the middle of an upload. Its reader task records what the sidecar sent.
+struct RawApp {
+    sink: understudy::proto::app::FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    seen: tokio::sync::watch::Receiver<Seen>,
+    /// A second handle on the same socket, to shut down one direction.
+    socket: std::os::unix::net::UnixStream,
+    request_id: u64,
+}
+
+/// What a [`RawApp`] received.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    primary: bool,
+    appended: u64,
+    last_lsn: u64,
+}
+
+impl RawApp {
+    /// Connects, says Hello and subscribes from LSN 1.
+    async fn connect(socket: &Path) -> RawApp {
+        use understudy::proto::app::{Frame, FrameReader, FrameWriter, PROTOCOL_VERSION};
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "cannot connect: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let handle = stream.try_clone().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let (read, write) = tokio::net::UnixStream::from_std(stream)
+            .unwrap()
+            .into_split();
+        let mut frames = FrameReader::new(read);
+        let mut sink = FrameWriter::new(write);
+        sink.write_frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+        })
+        .await
+        .unwrap();
+        sink.write_frame(&Frame::Subscribe { from_lsn: Lsn(1) })
+            .await
+            .unwrap();
+        sink.flush().await.unwrap();
+        let (seen_tx, seen) = tokio::sync::watch::channel(Seen::default());
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = frames.read_frame().await {
+                seen_tx.send_modify(|seen| match frame {
+                    Frame::Role { role, .. } => seen.primary = role == Role::Primary,
+                    Frame::Appended { last_lsn, .. } => {
+                        seen.appended += 1;
+                        seen.last_lsn = seen.last_lsn.max(last_lsn.get());
+                    }
+                    _ => {}
+                });
+            }
+        });
+        RawApp {
+            sink,
+            seen,
+            socket: handle,
+            request_id: 0,
+        }
+    }
+
+    async fn wait(&mut self, what: &str, mut done: impl FnMut(&Seen) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.seen.borrow_and_update()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.seen.changed()).await;
+        }
+    }
+
+    /// Appends `count` records and waits for them to commit; returns the last LSN.
+    async fn append(&mut self, count: usize) -> Lsn {
+        self.request_id += 1;
+        let payloads = (0..count)
+            .map(|_| bytes::Bytes::from(vec![b'x'; 100]))
+            .collect();
+        self.send(understudy::proto::app::Frame::Append {
+            request_id: self.request_id,
+            payloads,
+        })
+        .await;
+        let answered = self.request_id;
+        self.wait("an append to commit", |seen| seen.appended >= answered)
+            .await;
+        Lsn(self.seen.borrow().last_lsn)
+    }
+
+    async fn send(&mut self, frame: understudy::proto::app::Frame) {
+        self.sink.write_frame(&frame).await.unwrap();
+        self.sink.flush().await.unwrap();
+    }
+}
+
+/// How an application leaves its snapshot upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Midway {
+    /// Its connection fails under the sidecar (an application that crashed): the sidecar's
+    /// next write to it fails, and the upload is dropped with the connection.
+    ConnectionFails,
+    /// It stops sending, connection open (a hung application).
+    Stalls,
+}
+
+/// An application starts uploading a snapshot and leaves it `how`; another application
+/// that answers snapshot requests connects. A later snapshot must still be asked for and
+/// taken, and the abandoned upload is counted.
+async fn snapshot_upload_left_midway(how: Midway) {
+    use understudy::proto::app::Frame;
+    let mut cluster = cluster_every(1, "300ms");
+    cluster.start_node(1);
+    let socket = cluster.node(1).app_socket.clone();
+    let mut raw = RawApp::connect(&socket).await;
+    raw.wait("the node to become primary", |seen| seen.primary)
+        .await;
+    let lsn = raw.append(10).await;
+    // Offer a snapshot of the records it appended, send a first piece, then stop.
+    raw.send(Frame::SnapshotOffer {
+        lsn,
+        epoch: understudy::Epoch(0),
+    })
+    .await;
+    raw.send(Frame::SnapshotChunk {
+        offset: 0,
+        data: bytes::Bytes::from(vec![7u8; 1000]),
+    })
+    .await;
+    // The sidecar took the offer: the snapshot's temp file is there.
+    let snapshots_dir = cluster.node(1).data_dir.join("snapshots");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_dir(&snapshots_dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+        }),
+        "the upload did not start"
+    );
+    if how == Midway::ConnectionFails {
+        // Its receiving side is gone: the next frame the sidecar writes to it (the records
+        // committed below, on its subscription) fails with EPIPE.
+        raw.socket.shutdown(std::net::Shutdown::Read).unwrap();
+    }
+    let app = connect(&socket).await;
+    write(&app, 0, 20, 100).await;
+
+    let taken = wait_until(Duration::from_secs(15), || {
+        metric(&cluster, 1, "understudy_snapshots_taken_total") >= 1
+    });
+    assert!(
+        taken,
+        "no snapshot was taken after the upload was left {how:?} (snapshot status: {})",
+        status(&cluster, 1)["snapshot"]
+    );
+    assert!(snapshot_lsn(&cluster, 1) > lsn.get());
+    assert!(
+        metric(&cluster, 1, "understudy_snapshot_uploads_abandoned_total") >= 1,
+        "the abandoned upload was not counted"
+    );
+    assert!(log_of(&cluster, 1).contains("application snapshot upload abandoned"));
+    drop(raw);
+}
+
+/// An application whose connection fails in the middle of a snapshot upload does not stop
+/// snapshots: the upload gives the request back, and the next one is asked for and taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_upload_whose_connection_fails_midway_does_not_stop_later_snapshots() {
+    snapshot_upload_left_midway(Midway::ConnectionFails).await;
+}
+
+/// An application that stalls in the middle of a snapshot upload is given up on after the
+/// answer timeout (its connection is closed with an error), and the next snapshot is asked
+/// for and taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_upload_that_stalls_midway_times_out_and_later_snapshots_are_taken() {
+    snapshot_upload_left_midway(Midway::Stalls).await;
 }

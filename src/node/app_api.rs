@@ -403,6 +403,12 @@ async fn append(
             String::new(),
             "the primary is handing over; retry on the new primary",
         ),
+        Ok(ProposeOutcome::DiskBehind) => rejected(
+            RejectReason::Busy,
+            None,
+            String::new(),
+            "the primary's disk is behind; nothing was written, retry shortly",
+        ),
         Ok(ProposeOutcome::Unknown) => rejected(
             RejectReason::UnknownOutcome,
             None,

@@ -48,6 +48,9 @@ pub enum ProposeOutcome {
     },
     /// The primary is handing over; retry on the new primary shortly.
     Busy,
+    /// The primary's disk is behind (its WAL writer's queue is full); nothing was written.
+    /// Retry shortly.
+    DiskBehind,
     /// This node stopped being primary after accepting the records: they may or may not end
     /// up committed. The caller must check (read them back) before retrying.
     Unknown,

@@ -79,6 +79,14 @@ pub struct Metrics {
     pub proxy_refused: AtomicU64,
     pub proxy_closed_on_role_change: AtomicU64,
     pub proxy_active: AtomicU64,
+    /// Proposals refused because the WAL writer's queue was full (the disk is behind).
+    pub proposals_refused_disk_behind: AtomicU64,
+    /// Appends from the primary taken in as heartbeats, their records dropped, because the
+    /// WAL writer's queue was full.
+    pub appends_deferred: AtomicU64,
+    /// On a backup: the longest time, in nanoseconds, between two appends (heartbeats
+    /// included) the core loop took in from the same primary in the same epoch.
+    pub heartbeat_gap_max_nanos: AtomicU64,
     pub fsync_latency: Histogram,
     /// Proposal to commit, on the primary.
     pub commit_latency: Histogram,
@@ -97,6 +105,9 @@ impl Default for Metrics {
             proxy_refused: AtomicU64::new(0),
             proxy_closed_on_role_change: AtomicU64::new(0),
             proxy_active: AtomicU64::new(0),
+            proposals_refused_disk_behind: AtomicU64::new(0),
+            appends_deferred: AtomicU64::new(0),
+            heartbeat_gap_max_nanos: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -108,10 +119,17 @@ impl Metrics {
         counter.fetch_add(value, Ordering::Relaxed);
     }
 
+    /// Counts a gap between two appends from the primary towards the largest seen.
+    pub fn observe_heartbeat_gap(&self, gap: Duration) {
+        let nanos = u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX);
+        self.heartbeat_gap_max_nanos
+            .fetch_max(nanos, Ordering::Relaxed);
+    }
+
     /// Appends the counters and histograms in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "understudy_appended_records_total",
                 "Records accepted from the local application.",
@@ -157,6 +175,16 @@ impl Metrics {
                 "Client-port connections closed because the primary changed.",
                 &self.proxy_closed_on_role_change,
             ),
+            (
+                "understudy_proposals_refused_disk_behind_total",
+                "Proposals refused because the WAL writer's queue was full.",
+                &self.proposals_refused_disk_behind,
+            ),
+            (
+                "understudy_appends_deferred_total",
+                "Appends from the primary taken in as heartbeats, records dropped for the primary to resend, because the WAL writer's queue was full.",
+                &self.appends_deferred,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -172,6 +200,16 @@ impl Metrics {
             out,
             "understudy_client_connections {}",
             self.proxy_active.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP understudy_heartbeat_gap_max_seconds On a backup: the longest time between two appends (heartbeats included) the core loop took in from the same primary in the same epoch, since start."
+        );
+        let _ = writeln!(out, "# TYPE understudy_heartbeat_gap_max_seconds gauge");
+        let _ = writeln!(
+            out,
+            "understudy_heartbeat_gap_max_seconds {}",
+            self.heartbeat_gap_max_nanos.load(Ordering::Relaxed) as f64 / 1e9
         );
         self.fsync_latency.render(
             "understudy_fsync_seconds",
@@ -202,5 +240,20 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"0.01\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    /// The heartbeat gap gauge keeps the largest gap observed, in seconds.
+    #[test]
+    fn heartbeat_gap_gauge_keeps_the_largest_gap() {
+        let metrics = Metrics::default();
+        metrics.observe_heartbeat_gap(Duration::from_millis(40));
+        metrics.observe_heartbeat_gap(Duration::from_millis(250));
+        metrics.observe_heartbeat_gap(Duration::from_millis(60));
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains("\nunderstudy_heartbeat_gap_max_seconds 0.25\n"),
+            "{out}"
+        );
     }
 }

@@ -8,7 +8,27 @@
 //! and fsyncs on the writer thread ([`disk`]), network I/O in per-connection tasks
 //! ([`peer`]), app connections in [`app_api`]. The loop never waits on a peer or a client.
 //!
+//! Nor on the disk: a slow fsync must not stop heartbeats, or a healthy primary is deposed.
+//! Records are queued to the writer without waiting for queue space, and log truncations
+//! are queued and heard back through the durable watch (`Writer::control_done`). The
+//! writer's queue stays bounded because the loop checks for room *before* it lets the core
+//! take on records, never halfway through carrying out a step (refusing there would leave
+//! the core and the WAL disagreeing on the next LSN): a proposal that does not fit is
+//! refused (`ProposeOutcome::DiskBehind`, the application retries), and an append from the
+//! primary that does not fit reaches the core as a heartbeat (its records dropped; the
+//! primary resends them after its resend interval), so the backup still hears its
+//! primary and still renews the primary's lease. The loop is the writer's only appender,
+//! so a check holds until the loop queues something itself; each step queues at most one
+//! proposal's or one append's records beyond it, plus an epoch-start record. One thing
+//! still waits for the writer: installing a snapshot from the primary, which replaces the
+//! whole log (a backup catching up; `Shell::snapshot_install` says why). The node
+//! metadata's fsync (`DataDir::persist`, once per vote) is not the writer's and stays
+//! synchronous. `understudy_heartbeat_gap_max_seconds` in `/metrics` is what a backup's
+//! loop saw: the longest time between two appends it took in from its primary.
+//!
 //! - [`handle`]: what service tasks share with the core loop (requests in, status out).
+//! - [`clock`]: the clock every reading handed to the core comes from (`CLOCK_BOOTTIME`,
+//!   which keeps running through suspend).
 //! - [`disk`]: the data directory: lock, identity, metadata, WAL writer.
 //! - [`peer`]: the authenticated peer transport.
 //! - [`metrics`]: counters and histograms for `/metrics`.
@@ -20,6 +40,7 @@
 
 pub mod admin;
 pub mod app_api;
+pub mod clock;
 pub mod disk;
 pub mod handle;
 pub mod metrics;
@@ -45,6 +66,7 @@ use wal::format::{RecordKind, VerifiedRecords};
 use crate::config::{ClusterSecret, FsyncMode};
 use crate::core::{self, Action, Core, Input, Message, Rejection, Role, SwitchoverOutcome, Time};
 use crate::{Epoch, Lsn, NodeId};
+use clock::BootInstant;
 use metrics::Metrics;
 
 pub use handle::{NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply};
@@ -196,7 +218,8 @@ struct Shell {
     cache: TailCache,
     pending: VecDeque<Pending>,
     switchover: Option<(NodeId, oneshot::Sender<SwitchoverReply>, Instant)>,
-    started: Instant,
+    /// Time zero of the core's clock (see [`clock`]).
+    started: BootInstant,
     actions: Vec<Action>,
     followups: VecDeque<Input>,
     role: Role,
@@ -205,15 +228,39 @@ struct Shell {
     commit_lsn: Lsn,
     commit_tx: watch::Sender<Lsn>,
     status_tx: watch::Sender<Arc<NodeStatus>>,
-    last_heard: BTreeMap<NodeId, Instant>,
+    last_heard: BTreeMap<NodeId, BootInstant>,
     /// Average encoded record length, for lag in bytes.
     record_len_avg: u64,
     failed: Option<String>,
     metrics: Arc<Metrics>,
     snapshots: Arc<snapshot::Snapshots>,
+    /// The core has been told the log holds nothing at or below this
+    /// (`Input::PrefixTruncated`, or a snapshot installed): see [`Shell::prefix_catch_up`].
+    prefix_told: Lsn,
+    /// A prefix truncation queued to the writer and not yet done (one at a time).
+    prefix_cut: Option<PrefixCut>,
+    /// A divergent suffix cut queued to the writer and not yet done: its ticket and the
+    /// lowest `keep_through` queued. Until it is done the WAL may still hold the old records
+    /// after that LSN, so they are not read back for shipping.
+    suffix_cut: Option<(u64, Lsn)>,
+    /// The primary and epoch of the last append taken in, and when: for the heartbeat gap.
+    last_append: Option<(NodeId, Epoch, BootInstant)>,
+}
+
+/// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
+struct PrefixCut {
+    ticket: u64,
+    /// The new first LSN of the log.
+    first_lsn: Lsn,
+    /// The newest snapshot, which the cut is behind.
+    snapshot_lsn: Lsn,
+    /// Segments the cut deletes.
+    segments: usize,
 }
 
 impl Shell {
+    /// The core's clock: `CLOCK_BOOTTIME` since start, so that time spent suspended counts
+    /// against leases and timeouts ([`clock`]).
     fn now(&self) -> Time {
         Time::from_duration(self.started.elapsed())
     }
@@ -329,9 +376,15 @@ impl Shell {
                     self.commit_lsn
                 );
                 info!(keep_through = %keep_through, "truncating a divergent log suffix");
-                let writer = &self.writer;
-                blocking(|| writer.truncate_suffix(keep_through))
-                    .map_err(|e| self.disk_failed(e))?;
+                // Queued, not waited for: the records received next are queued after it.
+                let ticket = match self.writer.queue_truncate_suffix(keep_through) {
+                    Ok(ticket) => ticket,
+                    Err(e) => return Err(self.disk_failed(e)),
+                };
+                let lowest = self
+                    .suffix_cut
+                    .map_or(keep_through, |(_, queued)| queued.min(keep_through));
+                self.suffix_cut = Some((ticket, lowest));
                 self.cache.truncate_after(keep_through);
             }
             Action::WriteReceived {
@@ -445,9 +498,11 @@ impl Shell {
         NodeError::DiskFailed(message)
     }
 
+    /// Queues records to the writer without waiting for queue space: the loop checked for
+    /// room before the core took them on (module docs).
     fn write(&mut self, records: VerifiedRecords) -> Result<(), NodeError> {
         let first = records.first_lsn();
-        match self.writer.append_encoded(records.clone()) {
+        match self.writer.queue_encoded(records.clone()) {
             Ok((lo, _)) => assert_eq!(lo, first, "the WAL and the core disagree on the next lsn"),
             Err(e) => return Err(self.disk_failed(e)),
         }
@@ -456,10 +511,155 @@ impl Shell {
         Ok(())
     }
 
+    /// Tells the core the writer's durable progress, then anything that progress lets it
+    /// be told about the log's prefix.
+    fn on_durable(&mut self, progress: wal::writer::Progress) -> Result<(), NodeError> {
+        self.controls_catch_up();
+        self.step(
+            Input::Durable {
+                lsn: progress.durable_lsn,
+                epoch: progress.durable_epoch,
+            },
+            StepContext::default(),
+        )?;
+        self.prefix_catch_up()
+    }
+
+    /// Tells the core how far the WAL's prefix is gone (`Input::PrefixTruncated`), but never
+    /// through an LSN the core has not been told is durable, nor past its commit LSN: the
+    /// core asserts both. The cut itself is safe (the records are in a snapshot); but on a
+    /// backup the application applies, and snapshots, committed records before they are
+    /// durable here, and the core learns of durability only from the durable watch, whose
+    /// latest value may be newer than the cut the reader shows, or older. So this runs
+    /// after every `Input::Durable` (the writer reports a batch after the cut in it is
+    /// done), and what the clamp holds back is told after a later one.
+    fn prefix_catch_up(&mut self) -> Result<(), NodeError> {
+        let cut_through = self.reader.first_lsn().prev();
+        if cut_through <= self.prefix_told {
+            return Ok(());
+        }
+        let status = self.core.status();
+        self.prefix_told = self.prefix_told.max(status.snapshot_lsn);
+        let through = cut_through.min(status.durable_lsn).min(status.commit_lsn);
+        if through <= self.prefix_told {
+            return Ok(());
+        }
+        self.prefix_told = through;
+        self.step(Input::PrefixTruncated { through }, StepContext::default())
+    }
+
+    /// Notes the writer's queued truncations that are done.
+    fn controls_catch_up(&mut self) {
+        if let Some((ticket, _)) = self.suffix_cut {
+            if self.writer.control_done(ticket) {
+                self.suffix_cut = None;
+            }
+        }
+        if let Some(cut) = &self.prefix_cut {
+            if self.writer.control_done(cut.ticket) {
+                Metrics::add(
+                    &self.snapshots.metrics.log_segments_truncated,
+                    cut.segments as u64,
+                );
+                info!(snapshot_lsn = %cut.snapshot_lsn, first_lsn = %cut.first_lsn, segments = cut.segments, "log truncated behind a snapshot");
+                self.prefix_cut = None;
+            }
+        }
+    }
+
+    /// Takes in a message from a peer. An append whose records do not fit in the writer's
+    /// queue is taken in as a heartbeat (module docs).
+    fn on_inbound(&mut self, inbound: peer::Inbound) -> Result<(), NodeError> {
+        let now = self.now();
+        self.last_heard.insert(inbound.from, BootInstant::now());
+        let peer::Inbound {
+            from,
+            mut message,
+            mut records,
+        } = inbound;
+        if let Message::Append(append) = &mut message {
+            self.note_append(from, append.epoch);
+            if let Some(verified) = &records {
+                if !self.writer.has_room(verified.bytes().len()) {
+                    debug!(peer = %from, first_lsn = %append.first_lsn, last_lsn = %append.last_lsn, "the disk is behind; taking an append in as a heartbeat");
+                    Metrics::add(&self.metrics.appends_deferred, 1);
+                    append.last_lsn = append.prev_lsn;
+                    records = None;
+                }
+            }
+        }
+        self.step(
+            Input::Receive { now, from, message },
+            StepContext {
+                records,
+                ..StepContext::default()
+            },
+        )
+    }
+
+    /// The heartbeat gap: time since the last append from the same primary in the same
+    /// epoch, as this loop takes them in (so it includes any time the loop itself was held
+    /// up). The largest goes to `/metrics` (`understudy_heartbeat_gap_max_seconds`).
+    fn note_append(&mut self, from: NodeId, epoch: Epoch) {
+        let now = BootInstant::now();
+        if let Some((last_from, last_epoch, at)) = self.last_append {
+            if last_from == from && last_epoch == epoch {
+                self.metrics.observe_heartbeat_gap(now.duration_since(at));
+            }
+        }
+        self.last_append = Some((from, epoch, now));
+    }
+
+    /// Hands a proposal to the core, unless this node is the primary and the writer's queue
+    /// has no room for it: then it is refused at once (module docs).
+    fn on_propose(
+        &mut self,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<ProposeOutcome>,
+    ) -> Result<(), NodeError> {
+        let now = self.now();
+        let count = payloads.len() as u64;
+        let bytes: u64 = payloads
+            .iter()
+            .map(|p| wal::format::record_len(p.len()) as u64)
+            .sum();
+        if count == 0 {
+            let _ = reply.send(ProposeOutcome::Committed {
+                first_lsn: self.commit_lsn.next(),
+                last_lsn: self.commit_lsn,
+            });
+            return Ok(());
+        }
+        if self.role == Role::Primary
+            && !self
+                .writer
+                .has_room(usize::try_from(bytes).unwrap_or(usize::MAX))
+        {
+            Metrics::add(&self.metrics.proposals_refused_disk_behind, 1);
+            let _ = reply.send(ProposeOutcome::DiskBehind);
+            return Ok(());
+        }
+        self.step(
+            Input::Propose { now, count, bytes },
+            StepContext {
+                payloads: Some(payloads),
+                reply: Some(reply),
+                records: None,
+            },
+        )
+    }
+
     /// The bytes of records `first..=last`: from the tail cache, else from the WAL.
     fn records_for(&mut self, first: Lsn, last: Lsn) -> Option<Vec<Bytes>> {
         if let Some(pieces) = self.cache.get(first, last) {
             return Some(pieces);
+        }
+        if self
+            .suffix_cut
+            .is_some_and(|(_, keep_through)| last > keep_through)
+        {
+            // The WAL may still hold the records cut off there: not readable yet.
+            return None;
         }
         let mut records = self.reader.iter_from(first).ok()?;
         let mut pieces = Vec::new();
@@ -513,7 +713,7 @@ impl Shell {
 
     fn publish_status(&self) {
         let status = self.core.status();
-        let now = Instant::now();
+        let now = BootInstant::now();
         let lease_held = status.role == Role::Primary
             && status.lease_until.is_some_and(|until| until > self.now());
         let peers = self
@@ -712,9 +912,9 @@ pub async fn run(
         epoch = %opened.persisted.epoch,
         "log recovered; joining as backup"
     );
-    let started = Instant::now();
+    let started = BootInstant::now();
     let seed = u64::from(config.node_id.get())
-        ^ started.elapsed().as_nanos() as u64
+        ^ started.since_boot().as_nanos() as u64
         ^ std::process::id() as u64;
     if let Some(reason) = &opened.learner_reason {
         warn!(%reason, "starting as a learner: replicating, but neither voting nor counting towards commit until the primary finds it caught up");
@@ -813,6 +1013,7 @@ pub async fn run(
     }
 
     let mut durable_rx = opened.durable;
+    let prefix_told = opened.recovered.snapshot_lsn;
     let mut shell = Shell {
         epoch: opened.persisted.epoch,
         core,
@@ -836,6 +1037,10 @@ pub async fn run(
         failed: None,
         metrics,
         snapshots,
+        prefix_told,
+        prefix_cut: None,
+        suffix_cut: None,
+        last_append: None,
         config,
     };
     shell.publish_status();
@@ -846,7 +1051,7 @@ pub async fn run(
     let mut status_every = tokio::time::interval(Duration::from_millis(100));
     status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    let mut draining: Option<Instant> = None;
+    let mut draining: Option<BootInstant> = None;
     let drain_for = shell.config.core.failover_timeout * 2;
 
     let result: Result<(), NodeError> = loop {
@@ -854,7 +1059,7 @@ pub async fn run(
             biased;
             _ = &mut shutdown, if draining.is_none() => {
                 // Hand over before leaving, if this node is the primary.
-                draining = Some(Instant::now());
+                draining = Some(BootInstant::now());
                 let target = shell.core.status().peers.iter().filter(|p| !p.learner).max_by_key(|p| p.match_lsn).map(|p| p.node_id);
                 match (shell.role, target) {
                     (Role::Primary, Some(to)) => {
@@ -887,35 +1092,12 @@ pub async fn run(
                     shell.publish_status();
                     break Err(NodeError::DiskFailed(message));
                 }
-                shell.step(
-                    Input::Durable { lsn: progress.durable_lsn, epoch: progress.durable_epoch },
-                    StepContext::default(),
-                )
+                shell.on_durable(progress)
             }
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
-            Some(inbound) = inbound_rx.recv() => {
-                let now = shell.now();
-                shell.last_heard.insert(inbound.from, Instant::now());
-                shell.step(
-                    Input::Receive { now, from: inbound.from, message: inbound.message },
-                    StepContext { records: inbound.records, ..StepContext::default() },
-                )
-            }
+            Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
-                Request::Propose { payloads, reply } => {
-                    let now = shell.now();
-                    let count = payloads.len() as u64;
-                    let bytes = payloads.iter().map(|p| wal::format::record_len(p.len()) as u64).sum();
-                    if count == 0 {
-                        let _ = reply.send(ProposeOutcome::Committed { first_lsn: shell.commit_lsn.next(), last_lsn: shell.commit_lsn });
-                        Ok(())
-                    } else {
-                        shell.step(
-                            Input::Propose { now, count, bytes },
-                            StepContext { payloads: Some(payloads), reply: Some(reply), records: None },
-                        )
-                    }
-                }
+                Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),
                 Request::Switchover { to, reply } => {
                     if shell.switchover.is_some() {
                         let _ = reply.send(SwitchoverReply {

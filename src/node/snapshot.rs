@@ -6,7 +6,8 @@
 //! ```text
 //! <data-dir>/
 //!   snapshots/            <lsn:020>.snap, the newest --snapshots-retain of them
-//!   snapshots-corrupt/    snapshots found damaged at start-up, moved aside for inspection
+//!   snapshots-corrupt/    snapshots found damaged (at start-up, or by a sender), moved aside
+//!                         for inspection
 //! ```
 //!
 //! The pieces, and who runs them:
@@ -20,11 +21,16 @@
 //!   of log, asks the application; if it does not answer, says so (log and metric) and the
 //!   log is not truncated.
 //! - [`upload`], in the app API: the application's snapshot, streamed into a snapshot file.
+//!   One at a time; it holds the scheduler's request until it ends, however it ends (stored,
+//!   refused, stalled for [`SnapshotConfig::answer_timeout`], or dropped with its
+//!   connection), and then the scheduler asks again.
 //! - `Shell::on_snapshot_event` (core loop): retention, truncation, installing a received
 //!   snapshot, and the core's `SnapshotSent`/`SnapshotFailed`/`SnapshotInstalled` inputs.
 //! - [`send`] (a task per backup) and [`receive`] (a peer connection): the transfer
 //!   protocol of `proto::peer` ("Snapshot transfer"), windowed, resumable, every chunk
-//!   verified.
+//!   verified. A sender that finds its snapshot damaged (the disk changed it after
+//!   start-up verified it) moves it to `snapshots-corrupt/`, sends the one before it, and
+//!   the application is asked for a new snapshot at once.
 //! - [`restore_to_app`], in the app API: the newest snapshot as `RestoreBegin`,
 //!   `RestoreChunk`s and `RestoreEnd`.
 //!
@@ -126,8 +132,9 @@ impl Default for SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// How long the application has to start answering a snapshot request.
-    fn answer_timeout(&self) -> Duration {
+    /// How long the application has to start answering a snapshot request, and, during an
+    /// upload, to send the next piece of it.
+    pub fn answer_timeout(&self) -> Duration {
         self.interval
             .clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
@@ -156,6 +163,8 @@ pub struct SnapshotStatus {
     pub snapshot_count: usize,
     /// Why the log is not being truncated, when the application does not answer.
     pub warning: Option<String>,
+    /// The request to the application: `idle`, `asked` or `uploading`.
+    pub request: &'static str,
     pub transfers: Vec<TransferStatus>,
 }
 
@@ -165,6 +174,8 @@ pub struct SnapshotMetrics {
     pub taken: AtomicU64,
     pub requests_unanswered: AtomicU64,
     pub requests_declined: AtomicU64,
+    /// Uploads of the application's snapshot that stalled or broke off before the end.
+    pub uploads_abandoned: AtomicU64,
     pub installed_from_primary: AtomicU64,
     pub transfers_resumed: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -209,8 +220,19 @@ enum Request {
     Idle { not_before: Instant },
     /// Asked at this time; no answer yet.
     Asked { at: Instant },
-    /// The application is streaming its snapshot.
-    Uploading,
+    /// The application is streaming its snapshot; the [`UploadGuard`] with this `id` owns
+    /// the request until the upload ends.
+    Uploading { id: u64 },
+}
+
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Idle { .. } => "idle",
+            Request::Asked { .. } => "asked",
+            Request::Uploading { .. } => "uploading",
+        }
+    }
 }
 
 /// A receive that broke off, kept to resume from (its temp file holds `body_len` bytes).
@@ -231,6 +253,11 @@ struct State {
     receiving: Option<Lsn>,
     transfers: BTreeMap<(u16, &'static str), TransferStatus>,
     request: Request,
+    /// Uploads started, for the next upload's id.
+    uploads_started: u64,
+    /// A snapshot in use was found damaged: ask for a new one without waiting for the
+    /// interval.
+    wanted_soon: bool,
     last_taken: Instant,
     warning: Option<String>,
 }
@@ -294,6 +321,8 @@ impl Snapshots {
                 receiving: None,
                 transfers: BTreeMap::new(),
                 request: Request::Idle { not_before: now },
+                uploads_started: 0,
+                wanted_soon: false,
                 last_taken: now,
                 warning: None,
             }),
@@ -354,6 +383,7 @@ impl Snapshots {
             snapshot_lsn: state.installed.last().map_or(0, |info| info.lsn.get()),
             snapshot_count: state.installed.len(),
             warning: state.warning.clone(),
+            request: state.request.name(),
             transfers: state.transfers.values().cloned().collect(),
         }
     }
@@ -362,10 +392,11 @@ impl Snapshots {
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let m = &self.metrics;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             ("understudy_snapshots_taken_total", "Snapshots of the local application stored.", &m.taken),
             ("understudy_snapshot_requests_unanswered_total", "Snapshot requests the application did not answer in time; the log is not truncated meanwhile.", &m.requests_unanswered),
             ("understudy_snapshot_requests_declined_total", "Snapshot requests the application declined.", &m.requests_declined),
+            ("understudy_snapshot_uploads_abandoned_total", "Uploads of the application's snapshot that stalled or broke off before the end; the application is asked again.", &m.uploads_abandoned),
             ("understudy_snapshots_installed_from_primary_total", "Snapshots received from the primary and installed.", &m.installed_from_primary),
             ("understudy_snapshot_transfers_resumed_total", "Snapshot transfers resumed after a broken connection.", &m.transfers_resumed),
             ("understudy_snapshot_sent_bytes_total", "Snapshot body bytes sent to backups and acknowledged.", &m.bytes_sent),
@@ -406,6 +437,7 @@ impl Snapshots {
         if taken {
             state.last_taken = now;
             state.warning = None;
+            state.wanted_soon = false;
             self.log_bytes.store(0, Ordering::Relaxed);
             state.request = Request::Idle { not_before: now };
         } else {
@@ -414,6 +446,50 @@ impl Snapshots {
             };
         }
     }
+
+    /// A snapshot in use failed verification after start-up (`error`): stop using it, move
+    /// it to `snapshots-corrupt/` as start-up does, and ask the application for a new one
+    /// at once. The snapshot before it, if one is kept, is the newest from now on (the log
+    /// reaches back to the oldest kept: module docs). Logs one line. Nothing happens if
+    /// another transfer already put it aside.
+    async fn quarantine(&self, info: &SnapshotInfo, error: &wal::Error) {
+        let fallback = {
+            let mut state = lock(&self.state);
+            let Some(at) = state.installed.iter().position(|i| i.path == info.path) else {
+                return;
+            };
+            state.installed.remove(at);
+            state.wanted_soon = true;
+            if let Request::Idle { not_before } = &mut state.request {
+                *not_before = Instant::now();
+            }
+            state.installed.last().map(|i| i.lsn)
+        };
+        SnapshotMetrics::add(&self.metrics.corrupt_found);
+        error!(
+            path = %info.path.display(),
+            lsn = %info.lsn,
+            %error,
+            fallback_lsn = fallback.map(|lsn| lsn.get()),
+            "snapshot found damaged while sending; moved to snapshots-corrupt/, using the one before it and asking the application for a new one"
+        );
+        let data_dir = wal::fs::parent(&self.dir).to_owned();
+        let path = info.path.clone();
+        if let Err(e) = on_blocking_thread(move || quarantine_file(&data_dir, &path)).await {
+            warn!(path = %info.path.display(), error = %e, "cannot move the damaged snapshot aside; it is no longer used");
+        }
+    }
+}
+
+/// Whether `error` says a snapshot file's bytes are damaged (as opposed to a failure to
+/// read them at all, which may pass).
+fn is_damage(error: &wal::Error) -> bool {
+    matches!(
+        error,
+        wal::Error::Corrupt { .. }
+            | wal::Error::BadMagic { .. }
+            | wal::Error::UnsupportedVersion { .. }
+    )
 }
 
 // Start-up.
@@ -522,6 +598,12 @@ pub fn snapshot_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn recover_quarantine(data_dir: &Path, path: &Path, e: &wal::Error) -> Result<(), DiskError> {
     error!(path = %path.display(), error = %e, "snapshot is damaged; not using it (moved to snapshots-corrupt/)");
+    quarantine_file(data_dir, path)
+}
+
+/// Moves a damaged snapshot file to `<data_dir>/snapshots-corrupt/` and fsyncs the
+/// directory it left.
+fn quarantine_file(data_dir: &Path, path: &Path) -> Result<(), DiskError> {
     let aside = data_dir.join(CORRUPT_DIR);
     wal::fs::ensure_dir(&aside)?;
     let name = path.file_name().unwrap_or_default();
@@ -556,7 +638,8 @@ pub async fn schedule(snapshots: Arc<Snapshots>, commit: watch::Receiver<Lsn>) {
             Request::Idle { not_before } => {
                 let newest = state.installed.last().map_or(Lsn::ZERO, |info| info.lsn);
                 let due = now.duration_since(state.last_taken) >= config.interval
-                    || snapshots.log_bytes.load(Ordering::Relaxed) >= config.after_bytes;
+                    || snapshots.log_bytes.load(Ordering::Relaxed) >= config.after_bytes
+                    || state.wanted_soon;
                 if now >= not_before && due && commit_lsn > newest {
                     state.request = Request::Asked { at: now };
                     drop(state);
@@ -582,7 +665,7 @@ pub async fn schedule(snapshots: Arc<Snapshots>, commit: watch::Receiver<Lsn>) {
                 };
                 SnapshotMetrics::add(&snapshots.metrics.requests_unanswered);
             }
-            Request::Asked { .. } | Request::Uploading => {}
+            Request::Asked { .. } | Request::Uploading { .. } => {}
         }
     }
 }
@@ -595,10 +678,88 @@ impl SnapshotMetrics {
 
 // The application's snapshot, uploaded over the app API.
 
+/// The upload in progress: it owns `Request::Uploading { id }` from the moment the offer
+/// is accepted until the upload ends, and gives the request back however that happens. An
+/// upload's future is dropped, not finished, when its connection goes (the application
+/// crashed, or a write to it failed: the app API's reader stops on `closing`); the drop
+/// gives the request back too. Without that the scheduler would skip the request forever,
+/// no snapshot would be asked for again, and the log would grow until the disk is full.
+struct UploadGuard {
+    snapshots: Arc<Snapshots>,
+    id: u64,
+    ended: bool,
+}
+
+impl UploadGuard {
+    /// Takes the request for a new upload (`state` is locked by the caller).
+    fn start(snapshots: &Arc<Snapshots>, state: &mut State) -> UploadGuard {
+        assert!(
+            !matches!(state.request, Request::Uploading { .. }),
+            "an upload started while another holds the request"
+        );
+        state.uploads_started += 1;
+        let id = state.uploads_started;
+        state.request = Request::Uploading { id };
+        UploadGuard {
+            snapshots: Arc::clone(snapshots),
+            id,
+            ended: false,
+        }
+    }
+
+    /// The upload ended with a snapshot stored, or was refused before any data (not the
+    /// application's fault: nothing to warn of).
+    fn finish(mut self, taken: bool) {
+        self.ended = true;
+        self.give_back(taken);
+    }
+
+    /// The upload broke off before the end: say so, count it, and let the scheduler ask
+    /// again soon.
+    fn abandon(mut self, reason: &str) {
+        self.ended = true;
+        self.abandon_now(reason);
+    }
+
+    fn abandon_now(&self, reason: &str) {
+        warn!(upload = self.id, %reason, "application snapshot upload abandoned; asking again later");
+        SnapshotMetrics::add(&self.snapshots.metrics.uploads_abandoned);
+        lock(&self.snapshots.state).warning =
+            Some(format!("the last snapshot upload was abandoned: {reason}"));
+        self.give_back(false);
+    }
+
+    /// Back to idle, if the request is still this upload's.
+    fn give_back(&self, taken: bool) {
+        let owned = lock(&self.snapshots.state).request == Request::Uploading { id: self.id };
+        if owned {
+            self.snapshots.request_done(taken);
+        }
+    }
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.abandon_now("the connection closed or failed during the upload");
+        }
+    }
+}
+
+/// Why reading an upload ended early.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("the application sent no snapshot data for {0:?} in the middle of an upload")]
+    Stalled(Duration),
+    #[error("{0}")]
+    Protocol(String),
+}
+
 /// Serves an upload that starts with `SnapshotOffer { lsn, epoch }` on an app connection:
 /// reads its `SnapshotChunk`s up to `SnapshotDone` from `frames`, writes them into a
 /// snapshot file and, when complete, tells the core loop. Returns the message of an `Error`
-/// frame if the application broke the protocol.
+/// frame if the application broke the protocol or stalled (nothing for
+/// [`SnapshotConfig::answer_timeout`] between two frames).
 ///
 /// An offer not needed (not newer than the newest snapshot, or another upload in progress)
 /// is read to its end and dropped.
@@ -609,36 +770,46 @@ pub async fn upload<R: AsyncRead + Unpin>(
     frames: &mut FrameReader<R>,
 ) -> Result<(), String> {
     let snapshots = &node.snapshots;
-    let writer = upload_begin(snapshots, lsn, app_epoch).await;
-    let mut writer = match writer {
-        Ok(writer) => writer,
+    let (mut writer, guard) = match upload_begin(snapshots, lsn, app_epoch).await {
+        Ok((writer, guard)) => (Some(writer), Some(guard)),
         Err(reason) => {
             debug!(%lsn, %reason, "application snapshot not needed; dropping it");
-            None
+            (None, None)
         }
     };
-    let result = upload_body(&mut writer, frames).await;
-    let taken = match (result, writer) {
-        (Err(message), _) => Err(message),
-        (Ok(false), _) => Ok(false),
-        (Ok(true), None) => Ok(false),
-        (Ok(true), Some(writer)) => match on_blocking_thread(move || writer.finish()).await {
-            Ok(info) => {
-                info!(lsn = %info.lsn, body_len = info.body_len, "application snapshot stored");
-                SnapshotMetrics::add(&snapshots.metrics.taken);
-                let _ = snapshots.events.send(Event::Taken(info)).await;
-                Ok(true)
-            }
-            Err(e) => {
-                error!(error = %e, "cannot store the application's snapshot");
-                Ok(false)
-            }
-        },
+    let result = upload_body(&mut writer, frames, snapshots.config.answer_timeout()).await;
+    let Some(guard) = guard else {
+        // Not stored: only whether the application kept to the protocol matters.
+        return result.map(|_| ()).map_err(|e| e.to_string());
     };
-    if matches!(lock(&snapshots.state).request, Request::Uploading) {
-        snapshots.request_done(matches!(taken, Ok(true)));
+    match result {
+        Err(e) => {
+            guard.abandon(&e.to_string());
+            Err(e.to_string())
+        }
+        Ok(false) => {
+            guard.abandon("the application ended the upload before SnapshotDone");
+            Ok(())
+        }
+        Ok(true) => {
+            let Some(writer) = writer else {
+                unreachable!("upload_body puts the writer back after every chunk it writes");
+            };
+            match on_blocking_thread(move || writer.finish()).await {
+                Ok(info) => {
+                    info!(lsn = %info.lsn, body_len = info.body_len, "application snapshot stored");
+                    SnapshotMetrics::add(&snapshots.metrics.taken);
+                    guard.finish(true);
+                    let _ = snapshots.events.send(Event::Taken(info)).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot store the application's snapshot");
+                    guard.finish(false);
+                }
+            }
+            Ok(())
+        }
     }
-    taken.map(|_| ())
 }
 
 /// Decides whether to store an offered snapshot and creates its file. `Err` (a reason for
@@ -647,18 +818,18 @@ async fn upload_begin(
     snapshots: &Arc<Snapshots>,
     lsn: Lsn,
     app_epoch: Epoch,
-) -> Result<Option<SnapshotWriter>, String> {
+) -> Result<(SnapshotWriter, UploadGuard), String> {
     if lsn == Lsn::ZERO {
         return Err("a snapshot at lsn 0 covers nothing".into());
     }
-    {
+    let guard = {
         let mut state = lock(&snapshots.state);
         if let Some(newest) = state.installed.last() {
             if newest.lsn >= lsn {
                 return Err(format!("a snapshot through lsn {} exists", newest.lsn));
             }
         }
-        if state.request == Request::Uploading {
+        if matches!(state.request, Request::Uploading { .. }) {
             return Err("another upload is in progress".into());
         }
         if state.receiving == Some(lsn) {
@@ -668,8 +839,8 @@ async fn upload_begin(
         if state.partial.as_ref().is_some_and(|p| p.lsn == lsn) {
             state.partial = None;
         }
-        state.request = Request::Uploading;
-    }
+        UploadGuard::start(snapshots, &mut state)
+    };
     let (reply, answer) = oneshot::channel();
     let epoch = match snapshots.events.send(Event::EpochOf { lsn, reply }).await {
         Ok(()) => answer.await.ok().flatten(),
@@ -686,26 +857,30 @@ async fn upload_begin(
             let dir = snapshots.dir.clone();
             on_blocking_thread(move || SnapshotWriter::create(&dir, lsn, epoch))
                 .await
-                .map(Some)
                 .map_err(|e| format!("cannot create the snapshot file: {e}"))
         }
     };
-    if result.is_err() {
-        snapshots.request_done(false);
+    match result {
+        Ok(writer) => Ok((writer, guard)),
+        Err(reason) => {
+            guard.finish(false);
+            Err(reason)
+        }
     }
-    result
 }
 
-/// Reads chunks until `SnapshotDone` (true) or `SnapshotDecline`/end of connection (false).
+/// Reads chunks until `SnapshotDone` (true) or `SnapshotDecline`/end of connection (false);
+/// gives up when no frame comes for `stall`.
 async fn upload_body<R: AsyncRead + Unpin>(
     writer: &mut Option<SnapshotWriter>,
     frames: &mut FrameReader<R>,
-) -> Result<bool, String> {
+    stall: Duration,
+) -> Result<bool, UploadError> {
     loop {
-        let frame = frames
-            .read_frame()
+        let frame = tokio::time::timeout(stall, frames.read_frame())
             .await
-            .map_err(|e| format!("reading the snapshot: {e}"))?;
+            .map_err(|_| UploadError::Stalled(stall))?
+            .map_err(|e| UploadError::Protocol(format!("reading the snapshot: {e}")))?;
         match frame {
             None => return Ok(false),
             Some(app::Frame::SnapshotChunk { offset, data }) => {
@@ -713,22 +888,27 @@ async fn upload_body<R: AsyncRead + Unpin>(
                     continue;
                 };
                 if offset != w.body_len() {
-                    return Err(format!(
+                    return Err(UploadError::Protocol(format!(
                         "snapshot chunk at offset {offset}, expected {}",
                         w.body_len()
-                    ));
+                    )));
                 }
                 let (w, result) = on_blocking_thread(move || {
                     let result = w.write(&data);
                     (w, result)
                 })
                 .await;
-                result.map_err(|e| format!("cannot write the snapshot: {e}"))?;
+                result.map_err(|e| {
+                    UploadError::Protocol(format!("cannot write the snapshot: {e}"))
+                })?;
                 *writer = Some(w);
             }
             Some(app::Frame::SnapshotDone) => return Ok(true),
             Some(frame) => {
-                return Err(format!("{} in the middle of a snapshot", frame.name()));
+                return Err(UploadError::Protocol(format!(
+                    "{} in the middle of a snapshot",
+                    frame.name()
+                )));
             }
         }
     }
@@ -740,8 +920,12 @@ pub fn declined(snapshots: &Snapshots) {
     SnapshotMetrics::add(&snapshots.metrics.requests_declined);
     let mut state = lock(&snapshots.state);
     state.warning = Some("the application declined the last snapshot request".into());
+    // An upload in progress (another subscriber answered) keeps the request.
+    let asked = matches!(state.request, Request::Asked { .. });
     drop(state);
-    snapshots.request_done(false);
+    if asked {
+        snapshots.request_done(false);
+    }
 }
 
 // Restoring the application.
@@ -878,16 +1062,25 @@ impl Shell {
         let snapshots = Arc::clone(&self.snapshots);
         let peer_config = self.net.config();
         let epoch = self.core.epoch();
+        let log = self.reader.clone();
         tokio::spawn(async move {
             let delivered = tokio::select! {
                 _ = snapshots.cancel.cancelled() => return,
-                delivered = send(&snapshots, &peer_config, to, addr, epoch) => delivered,
+                delivered = send(&snapshots, &peer_config, to, addr, epoch, &log) => delivered,
             };
             let _ = snapshots.events.send(Event::Sent { to, delivered }).await;
         });
     }
 
     /// Puts a snapshot received from the primary in use: the log is replaced by it.
+    ///
+    /// This waits for the writer (a batch and its fsync, then the reset), unlike every other
+    /// log change the loop makes: the core's log, the WAL, the subscriptions and the list of
+    /// snapshots change over at one point of the loop. Queued instead, the core would go on
+    /// with the old log while the WAL numbers the next record after the snapshot (a
+    /// promotion in between would write its epoch-start record at an LSN the WAL refuses),
+    /// and subscriptions could read the old log while it is being deleted. It happens only
+    /// on a backup catching up, never on the primary.
     ///
     /// Crash argument: 1. the snapshot file is installed (fsynced, renamed, directory
     /// fsynced) before this runs; 2. the log is reset to start after it (segments deleted,
@@ -905,6 +1098,9 @@ impl Shell {
         let writer = &self.writer;
         super::blocking(|| writer.reset(info.lsn.next())).map_err(|e| self.disk_failed(e))?;
         self.cache = TailCache::default();
+        // Everything queued before the reset is done, and it replaced what they did.
+        self.prefix_cut = None;
+        self.suffix_cut = None;
         self.step(
             Input::SnapshotInstalled {
                 lsn: info.lsn,
@@ -917,6 +1113,7 @@ impl Shell {
             let older = std::mem::take(&mut state.installed);
             state.installed.push(info.clone());
             state.last_taken = Instant::now();
+            state.wanted_soon = false;
             older
         };
         self.snapshots.log_bytes.store(0, Ordering::Relaxed);
@@ -961,24 +1158,24 @@ impl Shell {
             return Ok(());
         };
         let first = self.reader.first_lsn();
-        if cut <= first {
+        if cut <= first || self.prefix_cut.is_some() {
+            // Nothing to cut, or a cut still queued (the next snapshot cuts further).
             return Ok(());
         }
-        let writer = &self.writer;
-        super::blocking(|| writer.truncate_prefix(cut)).map_err(|e| self.disk_failed(e))?;
-        let now_first = self.reader.first_lsn();
-        let deleted = segments.iter().filter(|(lsn, _)| *lsn < now_first).count();
-        Metrics::add(
-            &self.snapshots.metrics.log_segments_truncated,
-            deleted as u64,
-        );
-        info!(snapshot_lsn = %newest, first_lsn = %now_first, segments = deleted, "log truncated behind a snapshot");
-        self.step(
-            Input::PrefixTruncated {
-                through: now_first.prev(),
-            },
-            StepContext::default(),
-        )
+        // Queued, not waited for (the writer may be in a slow fsync): the loop hears that it
+        // is done with the batch's durable progress, logs it then, and tells the core
+        // (`Shell::prefix_catch_up`).
+        let ticket = match self.writer.queue_truncate_prefix(cut) {
+            Ok(ticket) => ticket,
+            Err(e) => return Err(self.disk_failed(e)),
+        };
+        self.prefix_cut = Some(super::PrefixCut {
+            ticket,
+            first_lsn: cut,
+            snapshot_lsn: newest,
+            segments: segments.iter().filter(|(lsn, _)| *lsn < cut).count(),
+        });
+        Ok(())
     }
 }
 
@@ -1139,33 +1336,64 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Streams the newest snapshot to `to`; retries a broken-off transfer (the receiver
 /// resumes) up to [`SEND_ATTEMPTS_MAX`] times. Returns what was delivered, for the core.
+///
+/// Every chunk is verified as it is read. A snapshot found damaged is put aside
+/// ([`Snapshots::quarantine`]) and the one before it sent instead, if the log (`log`)
+/// still continues it; each pass uses up one snapshot, so this ends.
 pub async fn send(
     snapshots: &Arc<Snapshots>,
     config: &Arc<PeerConfig>,
     to: NodeId,
     addr: std::net::SocketAddr,
     epoch: Epoch,
+    log: &wal::reader::Reader,
 ) -> Option<(Lsn, Epoch)> {
-    let Some(info) = snapshots.newest() else {
-        warn!(peer = %to, "a backup needs a snapshot, but this node has none yet");
-        return None;
-    };
+    loop {
+        let Some(info) = snapshots.newest() else {
+            warn!(peer = %to, "a backup needs a snapshot, but this node has none yet");
+            return None;
+        };
+        let log_first_lsn = log.first_lsn();
+        if info.lsn.next() < log_first_lsn {
+            // The backup would need records between the snapshot and the log's start.
+            warn!(peer = %to, lsn = %info.lsn, log_first_lsn = %log_first_lsn, "the newest usable snapshot ends before the log starts; waiting for a new snapshot");
+            return None;
+        }
+        match send_snapshot(snapshots, config, to, addr, epoch, &info).await {
+            Ok(delivered) => return delivered,
+            Err(damage) => snapshots.quarantine(&info, &damage).await,
+        }
+    }
+}
+
+/// [`send`] of one snapshot: what was delivered (`None` if the transfer failed), or the
+/// damage found in the file.
+async fn send_snapshot(
+    snapshots: &Arc<Snapshots>,
+    config: &Arc<PeerConfig>,
+    to: NodeId,
+    addr: std::net::SocketAddr,
+    epoch: Epoch,
+    info: &SnapshotInfo,
+) -> Result<Option<(Lsn, Epoch)>, wal::Error> {
     let path = info.path.clone();
     let trailer = match on_blocking_thread(move || wal::snapshot::read_trailer(&path)).await {
         Ok(trailer) => trailer,
+        Err(e) if is_damage(&e) => return Err(e),
         Err(e) => {
             error!(error = %e, "cannot read the snapshot to send");
-            return None;
+            return Ok(None);
         }
     };
     info!(peer = %to, lsn = %info.lsn, body_len = info.body_len, "sending a snapshot to a backup");
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=SEND_ATTEMPTS_MAX {
-        match send_attempt(snapshots, config, to, addr, epoch, &info, trailer.body_crc).await {
+        match send_attempt(snapshots, config, to, addr, epoch, info, trailer.body_crc).await {
             Ok(installed) => {
                 info!(peer = %to, lsn = %info.lsn, installed, "snapshot transfer done");
-                return Some((info.lsn, info.epoch));
+                return Ok(Some((info.lsn, info.epoch)));
             }
+            Err(TransferError::Snapshot(e)) if is_damage(&e) => return Err(e),
             Err(e) => {
                 warn!(peer = %to, attempt, error = %e, "snapshot transfer broke off; it resumes where it stopped");
             }
@@ -1173,7 +1401,7 @@ pub async fn send(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
-    None
+    Ok(None)
 }
 
 async fn send_attempt(
@@ -1246,7 +1474,10 @@ async fn send_attempt(
     match reading.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            error!(path = %info.path.display(), error = %e, "the snapshot being sent failed to read");
+            // Damage is reported once, by `send`, as it puts the snapshot aside.
+            if !is_damage(&e) {
+                error!(path = %info.path.display(), error = %e, "the snapshot being sent failed to read");
+            }
             return Err(e.into());
         }
         Err(e) => std::panic::resume_unwind(e.into_panic()),

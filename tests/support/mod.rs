@@ -315,6 +315,34 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A counter or gauge from node `id`'s `/metrics` (the line `name value`), if it
+    /// answers and reports it.
+    pub fn metric(&self, id: u16, name: &str) -> Option<f64> {
+        let (code, body) = http_get(self.node(id).admin_addr, "/metrics")?;
+        if code != 200 {
+            return None;
+        }
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Asks node `from`, the primary, to hand over to node `to` (`understudy switchover`);
+    /// true if it says it did.
+    pub fn switchover(&self, from: u16, to: u16) -> bool {
+        let mut command = Command::new(binary());
+        command
+            .arg("switchover")
+            .arg("--admin")
+            .arg(self.node(from).admin_addr.to_string())
+            .arg("--to")
+            .arg(to.to_string());
+        output_within(command, Duration::from_secs(20))
+            .status
+            .success()
+    }
+}
+
 /// Runs a command to completion, killing it after `timeout` (a command that should have
 /// refused to start but did not must not hang the test).
 pub fn output_within(mut command: Command, timeout: Duration) -> std::process::Output {

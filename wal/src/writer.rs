@@ -7,8 +7,21 @@
 //! one CRC, no allocation per record. Appenders either block in [`Writer::wait_durable`] or
 //! are told through the `on_durable` callback (how the async shell hears of progress).
 //!
+//! Two ways to queue. The blocking calls ([`Writer::append`], [`Writer::append_encoded`],
+//! [`Writer::truncate_prefix`], ...) wait for queue space, and the control operations for
+//! their completion. The `queue_*` calls never wait, for a caller that must not stall (the
+//! node's core loop sends heartbeats between its writes): [`Writer::queue_encoded`] leaves
+//! keeping the queue bounded to the caller (it checks [`Writer::has_room`] before it takes
+//! on more work), and `queue_truncate_*` return a ticket to look up with
+//! [`Writer::control_done`] once `on_durable` reports a batch.
+//!
 //! After any failed write or fsync the writer is failed for good: every call returns
 //! `Error::Poisoned` and [`Writer::failure`] says what happened.
+//!
+//! Test-only fault knob: in a debug build (`cfg(debug_assertions)`, which is what the
+//! process tests run), `UNDERSTUDY_TEST_FSYNC_DELAY_MS=n` in the environment makes the
+//! writer thread sleep `n` ms before every fsync, a stand-in for a slow disk. A release
+//! build never reads it.
 
 use std::mem;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -102,9 +115,30 @@ struct Shared {
     progress: Condvar,
     options: WriterOptions,
     on_durable: Option<OnDurable>,
+    /// The test-only fsync delay (module docs); `None` in a release build.
+    sync_delay: Option<Duration>,
+}
+
+/// The test-only fsync delay: `UNDERSTUDY_TEST_FSYNC_DELAY_MS` (module docs).
+#[cfg(debug_assertions)]
+fn test_sync_delay() -> Option<Duration> {
+    let ms = std::env::var("UNDERSTUDY_TEST_FSYNC_DELAY_MS").ok()?;
+    ms.trim().parse().ok().map(Duration::from_millis)
+}
+
+/// A release build is never slowed down on purpose.
+#[cfg(not(debug_assertions))]
+fn test_sync_delay() -> Option<Duration> {
+    None
 }
 
 impl Shared {
+    /// Whether `incoming` more bytes fit in the queue. An empty queue always takes a
+    /// batch, however large, so nothing waits forever.
+    fn fits(&self, state: &State, incoming: usize) -> bool {
+        state.queued_bytes == 0 || state.queued_bytes + incoming <= self.options.queue_bytes_max
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock aborts the process (panic = "abort"), so a
         // poisoned mutex cannot be observed in production; tests may unwind, so recover.
@@ -149,6 +183,7 @@ impl Writer {
             progress: Condvar::new(),
             options,
             on_durable,
+            sync_delay: test_sync_delay(),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -196,14 +231,27 @@ impl Writer {
             if state.failure.is_some() {
                 return Err(Error::Poisoned);
             }
-            // An empty queue always takes a batch, however large, so nothing waits forever.
-            if state.queued_bytes == 0
-                || state.queued_bytes + incoming <= self.shared.options.queue_bytes_max
-            {
+            if self.shared.fits(&state, incoming) {
                 return Ok(state);
             }
             state = self.wait_progress(state);
         }
+    }
+
+    /// The locked state, without waiting for anything; `Poisoned` if the writer has failed.
+    fn lock_live(&self) -> Result<MutexGuard<'_, State>> {
+        let state = self.shared.lock();
+        if state.failure.is_some() {
+            return Err(Error::Poisoned);
+        }
+        Ok(state)
+    }
+
+    /// Whether `incoming` more bytes fit in the queue now (`queue_bytes_max`; an empty queue
+    /// takes anything). Only the writer thread frees space, so for the only appender the
+    /// answer holds until it queues something itself.
+    pub fn has_room(&self, incoming: usize) -> bool {
+        self.shared.fits(&self.shared.lock(), incoming)
     }
 
     /// Waits once on the progress condvar, counted in `progress_waiters`.
@@ -279,9 +327,26 @@ impl Writer {
         Ok((first_lsn, lsn.prev()))
     }
 
-    /// Queues records received already encoded; they are written byte for byte.
+    /// Queues records received already encoded; they are written byte for byte. Waits for
+    /// queue space.
     pub fn append_encoded(&self, records: VerifiedRecords) -> Result<(Lsn, Lsn)> {
-        let mut state = self.lock_with_space(records.bytes().len())?;
+        let state = self.lock_with_space(records.bytes().len())?;
+        self.push_encoded(state, records)
+    }
+
+    /// [`Writer::append_encoded`] without waiting for queue space: the queue may go past
+    /// `queue_bytes_max` by what this adds. A caller that must keep memory bounded checks
+    /// [`Writer::has_room`] before it takes on the records.
+    pub fn queue_encoded(&self, records: VerifiedRecords) -> Result<(Lsn, Lsn)> {
+        let state = self.lock_live()?;
+        self.push_encoded(state, records)
+    }
+
+    fn push_encoded(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        records: VerifiedRecords,
+    ) -> Result<(Lsn, Lsn)> {
         if records.first_lsn() != state.next_lsn {
             return Err(Error::OutOfOrder {
                 last: state.next_lsn.prev(),
@@ -332,7 +397,14 @@ impl Writer {
 
     /// Queues a control operation and waits until the writer has done it.
     fn control(&self, op: Op, next_lsn: Option<Lsn>) -> Result<()> {
-        let mut state = self.lock_with_space(0)?;
+        let ticket = self.control_queue(op, next_lsn)?;
+        self.wait_until(self.shared.lock(), |state| state.control_done >= ticket)
+    }
+
+    /// Queues a control operation and returns its ticket at once. Appends queued after it
+    /// continue from `next_lsn`, if given.
+    fn control_queue(&self, op: Op, next_lsn: Option<Lsn>) -> Result<u64> {
+        let mut state = self.lock_live()?;
         state.ops.push(op);
         state.control_queued += 1;
         let ticket = state.control_queued;
@@ -341,7 +413,14 @@ impl Writer {
             state.last_epoch = Epoch::ZERO;
         }
         self.shared.work.notify_one();
-        self.wait_until(state, |state| state.control_done >= ticket)
+        Ok(ticket)
+    }
+
+    /// Whether the control operation `ticket` (from a `queue_*` call) is done. It is done
+    /// before the `on_durable` report of its batch, which then says how durable the log is
+    /// after it.
+    pub fn control_done(&self, ticket: u64) -> bool {
+        self.shared.lock().control_done >= ticket
     }
 
     /// Makes everything queued so far durable, whatever the policy; returns the durable LSN.
@@ -353,14 +432,34 @@ impl Writer {
     /// Cuts the log after `keep_through` (see [`Wal::truncate_suffix`]), after everything
     /// queued before it; returns when the cut is durable.
     pub fn truncate_suffix(&self, keep_through: Lsn) -> Result<()> {
-        let next = self.shared.lock().next_lsn;
-        let next_lsn = keep_through.next().min(next);
-        self.control(Op::TruncateSuffix(keep_through), Some(next_lsn))
+        let ticket = self.queue_truncate_suffix(keep_through)?;
+        self.wait_until(self.shared.lock(), |state| state.control_done >= ticket)
+    }
+
+    /// [`Writer::truncate_suffix`] without waiting: appends queued from now on continue
+    /// after `keep_through` at once; the cut is done when [`Writer::control_done`] says so.
+    /// Until then a [`Reader`] may still see the records after `keep_through`.
+    pub fn queue_truncate_suffix(&self, keep_through: Lsn) -> Result<u64> {
+        let mut state = self.lock_live()?;
+        let next_lsn = keep_through.next().min(state.next_lsn);
+        state.ops.push(Op::TruncateSuffix(keep_through));
+        state.control_queued += 1;
+        let ticket = state.control_queued;
+        state.next_lsn = next_lsn;
+        state.last_epoch = Epoch::ZERO;
+        self.shared.work.notify_one();
+        Ok(ticket)
     }
 
     /// Deletes whole segments below `lsn` (see [`Wal::truncate_prefix`]).
     pub fn truncate_prefix(&self, lsn: Lsn) -> Result<()> {
         self.control(Op::TruncatePrefix(lsn), None)
+    }
+
+    /// [`Writer::truncate_prefix`] without waiting; done when [`Writer::control_done`] says
+    /// so (then [`Writer::first_lsn`] and the reader show the new start).
+    pub fn queue_truncate_prefix(&self, lsn: Lsn) -> Result<u64> {
+        self.control_queue(Op::TruncatePrefix(lsn), None)
     }
 
     /// Replaces the log by an empty one starting at `next_lsn` (see [`Wal::reset`]).
@@ -470,6 +569,9 @@ fn run(mut wal: Wal, shared: &Shared) {
         let mut sync_duration = None;
         if result.is_ok() && must_sync && wal.durable_lsn() < written {
             let sync_started = Instant::now();
+            if let Some(delay) = shared.sync_delay {
+                std::thread::sleep(delay);
+            }
             result = wal.sync().map(|_| ());
             last_sync = Instant::now();
             sync_duration = Some(last_sync - sync_started);
@@ -508,5 +610,53 @@ fn run(mut wal: Wal, shared: &Shared) {
         if let Some(callback) = &shared.on_durable {
             callback(progress);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Options;
+
+    fn records(first: u64, count: u64, epoch: u64) -> VerifiedRecords {
+        let payloads: Vec<Vec<u8>> = (first..first + count)
+            .map(|lsn| format!("record-{lsn}-epoch-{epoch}").into_bytes())
+            .collect();
+        VerifiedRecords::encode(
+            Lsn(first),
+            Epoch(epoch),
+            RecordKind::App,
+            payloads.iter().map(|p| &p[..]),
+            1024,
+        )
+        .unwrap()
+    }
+
+    /// A queued suffix cut returns a ticket at once and takes effect in queue order: the
+    /// records queued after it continue after the cut (in a later epoch), and once
+    /// `control_done` says so the log holds the old records up to the cut and the new ones
+    /// after it.
+    #[test]
+    fn queued_suffix_cut_takes_effect_in_queue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), Options::default()).unwrap();
+        let writer = Writer::spawn(wal, WriterOptions::default(), None).unwrap();
+        assert!(writer.has_room(usize::MAX), "an empty queue takes anything");
+        writer.queue_encoded(records(1, 5, 1)).unwrap();
+        let ticket = writer.queue_truncate_suffix(Lsn(3)).unwrap();
+        assert_eq!(writer.last_lsn(), Lsn(3));
+        writer.queue_encoded(records(4, 2, 2)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !writer.control_done(ticket) {
+            assert!(Instant::now() < deadline, "the queued cut was never done");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writer.wait_durable(Lsn(5)).unwrap();
+        let mut read = writer.reader().iter_from(Lsn(1)).unwrap();
+        let batch = read.next_batch(1 << 20, Lsn(5)).unwrap().unwrap();
+        assert_eq!((batch.first_lsn, batch.last_lsn), (Lsn(1), Lsn(5)));
+        let mut expected = records(1, 3, 1).bytes().to_vec();
+        expected.extend_from_slice(records(4, 2, 2).bytes());
+        assert_eq!(&batch.bytes[..], &expected[..]);
     }
 }
