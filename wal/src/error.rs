@@ -118,6 +118,16 @@ pub enum Error {
         expected: &'static str,
         found: [u8; 8],
     },
+    /// The last record of the last segment is damaged in a way a crash may also leave (a
+    /// complete record failing its CRC, zeroes, ...) but that is no proof of a torn write: it
+    /// may be a record this node acknowledged. Returned instead of cutting it under
+    /// [`crate::Damage::CutTornOnly`]; nothing was changed.
+    #[error("{}: the last record, at offset {offset} (lsn {lsn}), is damaged and may have been acknowledged; nothing was cut", .path.display())]
+    SuspectTail {
+        path: PathBuf,
+        offset: u64,
+        lsn: Lsn,
+    },
     #[error("{}: format version {found} is not supported (this build reads {supported})", .path.display())]
     UnsupportedVersion {
         path: PathBuf,

@@ -25,5 +25,5 @@ pub mod writer;
 
 pub use error::{Corruption, Error, IoOp, Result};
 pub use format::{RecordKind, RecordRef};
-pub use log::{Options, SyncPolicy, Wal};
+pub use log::{Damage, Options, SyncPolicy, Wal};
 pub use types::{Epoch, Lsn, NodeId};
