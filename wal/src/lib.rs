@@ -6,7 +6,7 @@
 //! - [`segment`]: one segment file: header, scanning and verifying its records.
 //! - [`wal`](mod@crate::log): the log: open with recovery, append, sync, truncate, read.
 //! - [`writer`]: the group-commit writer thread shared by many appenders.
-//! - [`reader`]: iterating records from any LSN over memory-mapped segments.
+//! - [`reader`]: iterating records from any LSN over memory-mapped segments; scrubbing them.
 //! - [`snapshot`]: snapshot files written and verified as streams of checksummed chunks.
 //! - [`meta`]: the node metadata file (identity, epoch, vote), replaced atomically.
 //! - [`fs`]: fsync and atomic-install helpers.

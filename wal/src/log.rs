@@ -186,6 +186,9 @@ pub(crate) struct Index {
     /// How far past its written bytes a reader maps a segment, so that it can follow the
     /// growing tail without remapping for every append (the segment size limit).
     pub map_len: u64,
+    /// Where each epoch starts in the log, ascending: the [`Wal`]'s own list, published with
+    /// the records it describes (so readers can tell the epoch of any LSN, damaged or not).
+    pub epoch_starts: Vec<EpochStart>,
     /// The next [`SegmentEntry::id`] to give.
     next_id: u64,
 }
@@ -195,8 +198,18 @@ impl Index {
         Index {
             segments: Vec::new(),
             map_len,
+            epoch_starts: Vec::new(),
             next_id: 0,
         }
+    }
+
+    /// The epoch of the record at `lsn`, if the log holds it.
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        if lsn < self.first_lsn() || lsn > self.last_lsn() {
+            return None;
+        }
+        let at = self.epoch_starts.partition_point(|s| s.first_lsn <= lsn);
+        at.checked_sub(1).map(|i| self.epoch_starts[i].epoch)
     }
 
     /// Adds `entry` as the newest segment, with an id of its own.
@@ -807,6 +820,7 @@ impl Wal {
         for entry in segments {
             index.push(entry);
         }
+        index.epoch_starts = epoch_starts.clone();
         let wal = Wal {
             dir,
             options,
@@ -1048,6 +1062,17 @@ impl Wal {
         entry.len = self.active_len;
         entry.last_lsn = self.last_lsn;
         entry.index.append(new_index);
+        // The epochs that start in the records just published (the index's list is a prefix
+        // of ours: appends only add to both).
+        let published = index.epoch_starts.len();
+        assert!(
+            published <= self.epoch_starts.len(),
+            "the index knows {published} epoch starts, the log only {}",
+            self.epoch_starts.len()
+        );
+        index
+            .epoch_starts
+            .extend_from_slice(&self.epoch_starts[published..]);
         Ok(())
     }
 
@@ -1127,6 +1152,7 @@ impl Wal {
         self.last_lsn = keep_through;
         self.durable_lsn = self.durable_lsn.min(keep_through);
         self.epoch_starts.retain(|s| s.first_lsn <= keep_through);
+        self.publish_epoch_starts();
         self.last_epoch = if keep_through < self.first_lsn {
             Epoch::ZERO
         } else {
@@ -1265,6 +1291,7 @@ impl Wal {
         if let Some(start) = self.epoch_starts.first_mut() {
             start.first_lsn = start.first_lsn.max(first);
         }
+        self.publish_epoch_starts();
         self.validate();
         Ok(deleted)
     }
@@ -1286,6 +1313,7 @@ impl Wal {
         self.durable_lsn = self.last_lsn;
         self.last_epoch = Epoch::ZERO;
         self.epoch_starts.clear();
+        self.publish_epoch_starts();
         self.validate();
         Ok(())
     }
@@ -1319,6 +1347,13 @@ impl Wal {
             index: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Replaces the index's epoch starts by ours, after a change that took some away or
+    /// moved one (a truncation or a reset). Readers ask the index for an epoch only within
+    /// the LSNs it says the log holds, which the change already published.
+    fn publish_epoch_starts(&self) {
+        self.index.write().epoch_starts = self.epoch_starts.clone();
     }
 
     /// The paths of the segments, oldest first.
@@ -1427,6 +1462,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
         for entry in entries {
             index.push(entry);
         }
+        index.epoch_starts = inspection.epoch_starts.clone();
         inspection.reader = Some(Reader::new(Arc::new(SharedIndex::new(index))));
     }
     Ok(inspection)
