@@ -23,7 +23,7 @@
 //! Scrubbing ([`Reader::first_damaged`]) walks records the same way without handing them
 //! out, and also checks each record's epoch against the one the log assigns to its LSN
 //! ([`Reader::epoch_at`]: the log publishes where each epoch starts in the index, with the
-//! records).
+//! records). Repairing what it finds is [`crate::repair`].
 //!
 //! It does not notice a record it handed out earlier being cut (the caller, which decided
 //! the cut, knows), nor make a concurrent cut of the record it is reading safe: see the
@@ -102,6 +102,11 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     pub(crate) fn new(index: Arc<SharedIndex>) -> Reader {
         Reader { index }
+    }
+
+    /// The index this reader reads by (for [`crate::repair`]).
+    pub(crate) fn shared_index(&self) -> &SharedIndex {
+        &self.index
     }
 
     /// The first LSN the log holds.
