@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::types::Lsn;
+use crate::types::{Epoch, Lsn};
 
 /// What the failed I/O was doing, so an error reads "fsync /data/wal/…0001.wal: …".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,67 @@ impl fmt::Display for Corruption {
     }
 }
 
+/// Why a record offered to [`crate::repair::rewrite`] was refused: it is not, or cannot be
+/// shown to be, the record the log holds at its LSN. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The log assigns another epoch to this LSN, so the offered record is another record
+    /// (only the same LSN and epoch imply the same bytes: DESIGN invariant 3).
+    Epoch { ours: Epoch, offered: Epoch },
+    /// The offered record would end at `end`, past the `written` bytes of its segment (a
+    /// repair never extends a file).
+    PastWritten { end: u64, written: u64 },
+    /// The offered record would end at `end`, but the segment's last record ends at
+    /// `segment_end`: ours has another length.
+    SegmentEnd { end: u64, segment_end: u64 },
+    /// The offered record would end at `end`, where the record after it starts, but the bytes
+    /// there are not that record (`found`): either ours has another length, or the record
+    /// after it is damaged too (repair a run that includes it).
+    NextRecord { end: u64, found: Corruption },
+    /// The segment's index puts the record at `indexed`, not where the run does.
+    Indexed { indexed: u64 },
+    /// The record on disk passes every check but its bytes differ from the offered ones:
+    /// two records with the same LSN and epoch, which invariant 3 rules out. An intact record
+    /// is never overwritten.
+    IntactDiffers,
+    /// After the rewrite, the record read back is not the offered bytes.
+    ReadBack,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mismatch::Epoch { ours, offered } => write!(
+                f,
+                "the log holds epoch {ours} at this lsn, the offered record epoch {offered}"
+            ),
+            Mismatch::PastWritten { end, written } => write!(
+                f,
+                "it would end at offset {end}, past the {written} bytes written in the segment"
+            ),
+            Mismatch::SegmentEnd { end, segment_end } => write!(
+                f,
+                "it would end at offset {end} but the segment's last record ends at {segment_end}"
+            ),
+            Mismatch::NextRecord { end, found } => write!(
+                f,
+                "it would end at offset {end}, where the next record is not found ({found}); \
+                 the lengths differ or the next record is damaged too"
+            ),
+            Mismatch::Indexed { indexed } => {
+                write!(
+                    f,
+                    "the segment's index puts this record at offset {indexed}"
+                )
+            }
+            Mismatch::IntactDiffers => {
+                f.write_str("the record on disk is intact and differs from the offered one")
+            }
+            Mismatch::ReadBack => f.write_str("the bytes read back after the rewrite differ"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} {}", .path.display())]
@@ -117,6 +178,25 @@ pub enum Error {
         path: PathBuf,
         expected: &'static str,
         found: [u8; 8],
+    },
+    /// The last record of the last segment is damaged in a way a crash may also leave (a
+    /// complete record failing its CRC, zeroes, ...) but that is no proof of a torn write: it
+    /// may be a record this node acknowledged. Returned instead of cutting it under
+    /// [`crate::Damage::CutTornOnly`]; nothing was changed.
+    #[error("{}: the last record, at offset {offset} (lsn {lsn}), is damaged and may have been acknowledged; nothing was cut", .path.display())]
+    SuspectTail {
+        path: PathBuf,
+        offset: u64,
+        lsn: Lsn,
+    },
+    /// A record offered for a repair in place is not the one the log holds at `lsn`, or
+    /// cannot be shown to be; nothing was written.
+    #[error("{}: record offered for lsn {lsn} at offset {offset} does not fit the log: {reason}", .path.display())]
+    RepairMismatch {
+        path: PathBuf,
+        offset: u64,
+        lsn: Lsn,
+        reason: Mismatch,
     },
     #[error("{}: format version {found} is not supported (this build reads {supported})", .path.display())]
     UnsupportedVersion {

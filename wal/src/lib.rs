@@ -6,7 +6,8 @@
 //! - [`segment`]: one segment file: header, scanning and verifying its records.
 //! - [`wal`](mod@crate::log): the log: open with recovery, append, sync, truncate, read.
 //! - [`writer`]: the group-commit writer thread shared by many appenders.
-//! - [`reader`]: iterating records from any LSN over memory-mapped segments.
+//! - [`reader`]: iterating records from any LSN over memory-mapped segments; scrubbing them.
+//! - [`repair`]: rewriting damaged records in place with a peer's copies.
 //! - [`snapshot`]: snapshot files written and verified as streams of checksummed chunks.
 //! - [`meta`]: the node metadata file (identity, epoch, vote), replaced atomically.
 //! - [`fs`]: fsync and atomic-install helpers.
@@ -18,12 +19,13 @@ pub mod fs;
 pub mod log;
 pub mod meta;
 pub mod reader;
+pub mod repair;
 pub mod segment;
 pub mod snapshot;
 pub mod types;
 pub mod writer;
 
-pub use error::{Corruption, Error, IoOp, Result};
+pub use error::{Corruption, Error, IoOp, Mismatch, Result};
 pub use format::{RecordKind, RecordRef};
-pub use log::{Options, SyncPolicy, Wal};
+pub use log::{Damage, Options, SyncPolicy, Wal};
 pub use types::{Epoch, Lsn, NodeId};

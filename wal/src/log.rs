@@ -21,8 +21,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Corruption, Error, IoOp, Result};
 use crate::format::{
-    decode_segment_header, encode_record, encode_segment_header, HeaderError, RecordKind,
-    VerifiedRecords, RECORD_HEADER_LEN, RECORD_PAYLOAD_LEN_MAX, SEGMENT_HEADER_LEN,
+    decode_record, decode_segment_header, encode_record, encode_segment_header, HeaderError,
+    RecordKind, VerifiedRecords, RECORD_HEADER_LEN, RECORD_PAYLOAD_LEN_MAX, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
 use crate::reader::Reader;
@@ -40,6 +40,35 @@ pub enum SyncPolicy {
     Batch,
 }
 
+/// What [`Wal::open`] may cut when it finds a damaged record (FORMAT.md, "Recovery at
+/// open"). Damage that is not one damaged record (a gap between segments, a foreign file, a
+/// segment of another magic or version, a damaged header of the first segment) is refused
+/// under every policy, and nothing is changed when `open` returns an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Damage {
+    /// Cut a provably torn tail (the file ends inside the last record); refuse anything else:
+    /// a suspect tail gives `Error::SuspectTail { path, offset, lsn }`, other damage
+    /// `Error::Corrupt`. Nothing is cut when an error is returned.
+    CutTornOnly,
+    /// Cut a torn or suspect tail of the last segment, refuse other damage (the default).
+    #[default]
+    CutTail,
+    /// Cut the log just before the first damaged record found anywhere (in a sealed segment,
+    /// in the middle of a segment, a suspect tail): that segment is cut at the record's offset
+    /// and every later segment deleted, each step fsynced, and the cut is reported in
+    /// [`Recovery::cut`]. A segment after the first whose header is damaged is the cut point
+    /// itself: it is deleted with every later one (a file without a header is not a
+    /// segment). Segments after the cut point are not verified, only checked to be ours
+    /// (our magic and version): whatever they hold follows a record the log no longer has.
+    ///
+    /// # Correctness
+    /// The cut may take records this node acknowledged: the caller stores that it cannot
+    /// vouch for its log (the learner flag of `crate::meta::Meta`) before opening with this
+    /// policy, typically after an open under [`Damage::CutTornOnly`] returned
+    /// `Error::SuspectTail` or `Error::Corrupt` and changed nothing.
+    CutAll,
+}
+
 /// How to open a log.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -48,6 +77,8 @@ pub struct Options {
     /// The LSN the first segment starts at when the directory holds no log (after a
     /// snapshot was installed, this is the snapshot's LSN + 1).
     pub start_lsn: Lsn,
+    /// What recovery at open may cut.
+    pub damage: Damage,
 }
 
 impl Default for Options {
@@ -55,6 +86,7 @@ impl Default for Options {
         Options {
             segment_bytes_max: 64 << 20,
             start_lsn: Lsn(1),
+            damage: Damage::default(),
         }
     }
 }
@@ -67,10 +99,30 @@ pub struct Recovery {
     /// The damaged tail that was cut, if any: provably torn, or suspect (see
     /// [`TornTail::provably_torn`]).
     pub torn: Option<TornTail>,
+    /// Under [`Damage::CutAll`], the cut made at the first damaged record that was not a
+    /// provably torn tail (a suspect tail is reported here and in `torn`).
+    pub cut: Option<DamageCut>,
     /// Stale temp files (incomplete installs) that were removed.
     pub removed_tmp: Vec<PathBuf>,
     /// A fresh segment was created because the directory held no log.
     pub created: bool,
+}
+
+/// Where [`Damage::CutAll`] cut the log: everything from `lsn` on is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageCut {
+    /// The segment holding the first damaged record; it was cut at `offset`, or deleted when
+    /// its header was the damage (`offset` 0).
+    pub path: PathBuf,
+    pub offset: u64,
+    /// The LSN of the first record cut (the damaged one).
+    pub lsn: Lsn,
+    pub reason: Corruption,
+    /// How many records from `lsn` on (the damaged one included) the log held, as far as the
+    /// intact records found after the damage tell: the highest LSN among them, minus `lsn`,
+    /// plus one. 0 when none was found (a damaged tail: whether it held a record at all is
+    /// unknown).
+    pub records_cut: u64,
 }
 
 /// A damaged tail that recovery cut off the last segment (FORMAT.md, "Recovery at open":
@@ -134,6 +186,9 @@ pub(crate) struct Index {
     /// How far past its written bytes a reader maps a segment, so that it can follow the
     /// growing tail without remapping for every append (the segment size limit).
     pub map_len: u64,
+    /// Where each epoch starts in the log, ascending: the [`Wal`]'s own list, published with
+    /// the records it describes (so readers can tell the epoch of any LSN, damaged or not).
+    pub epoch_starts: Vec<EpochStart>,
     /// The next [`SegmentEntry::id`] to give.
     next_id: u64,
 }
@@ -143,8 +198,18 @@ impl Index {
         Index {
             segments: Vec::new(),
             map_len,
+            epoch_starts: Vec::new(),
             next_id: 0,
         }
+    }
+
+    /// The epoch of the record at `lsn`, if the log holds it.
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        if lsn < self.first_lsn() || lsn > self.last_lsn() {
+            return None;
+        }
+        let at = self.epoch_starts.partition_point(|s| s.first_lsn <= lsn);
+        at.checked_sub(1).map(|i| self.epoch_starts[i].epoch)
     }
 
     /// Adds `entry` as the newest segment, with an id of its own.
@@ -333,36 +398,64 @@ fn open_for_append(path: &Path) -> Result<File> {
 }
 
 /// What opening one segment found.
-struct Opened {
+enum Opened {
+    /// The header is intact; the records were verified up to the damage, if any.
+    Segment(OpenedSegment),
+    /// Row "bad header", for a header that is ours but damaged (short file, wrong CRC,
+    /// non-zero reserved bytes, a first LSN other than the name's): the error that reports
+    /// it. A foreign magic or an unknown version is an `Err` of [`open_segment`] instead.
+    DamagedHeader(Error),
+}
+
+/// A segment whose header is intact, verified.
+struct OpenedSegment {
+    /// The intact records: `len` stops at the damage, if any.
     entry: SegmentEntry,
     last_epoch: Epoch,
     epoch_starts: Vec<EpochStart>,
-    torn: Option<TornTail>,
+    damage: Option<SegmentDamage>,
 }
 
-/// Reads, verifies and indexes one segment; applies the torn-tail rules when `is_last`.
-/// With `repair`, a damaged tail is cut and the cut fsynced; without, it is only reported.
-fn open_segment(
-    path: &Path,
-    name_lsn: Lsn,
-    prev_epoch: Epoch,
-    is_last: bool,
-    repair: bool,
-) -> Result<Opened> {
+/// Where and how a segment's records are damaged (FORMAT.md, "Recovery at open").
+enum SegmentDamage {
+    /// Rows "torn (provable)" and "suspect tail": the tail of the last segment, with nothing
+    /// intact after it. Nothing was cut yet.
+    Tail(TornTail),
+    /// Rows "corrupt" and "misplaced": a record that fails a check and is no tail (in a
+    /// sealed segment, before an intact record, or damage no crash makes).
+    Record {
+        offset: u64,
+        lsn: Lsn,
+        reason: Corruption,
+    },
+}
+
+/// Reads, verifies and indexes one segment, and classifies the first damage in it (the
+/// torn-tail rules apply when `is_last`). Changes nothing.
+fn open_segment(path: &Path, name_lsn: Lsn, prev_epoch: Epoch, is_last: bool) -> Result<Opened> {
     let file = io(IoOp::Open, path, File::open(path))?;
     let file_len = io(IoOp::Metadata, path, file.metadata())?.len();
     if file_len < SEGMENT_HEADER_LEN as u64 {
         // Segments are installed with their header (rename of a synced temp file), so a
-        // short one was damaged after the fact: refuse, delete nothing.
-        return Err(header_error(path, HeaderError::Short));
+        // short one was damaged after the fact.
+        return Ok(Opened::DamagedHeader(header_error(
+            path,
+            HeaderError::Short,
+        )));
     }
     // SAFETY: the mapping is read-only and private to this call; the log is not written
     // while it is being opened, and the map is dropped before this function returns.
     let map = io(IoOp::Map, path, unsafe { memmap2::Mmap::map(&file) })?;
     let bytes: &[u8] = &map;
-    let header_lsn = decode_segment_header(bytes).map_err(|e| header_error(path, e))?;
+    let header_lsn = match decode_segment_header(bytes) {
+        Ok(lsn) => lsn,
+        Err(e @ HeaderError::Corrupt(_)) => {
+            return Ok(Opened::DamagedHeader(header_error(path, e)))
+        }
+        Err(e) => return Err(header_error(path, e)),
+    };
     if header_lsn != name_lsn {
-        return Err(Error::Corrupt {
+        return Ok(Opened::DamagedHeader(Error::Corrupt {
             path: path.to_owned(),
             offset: 0,
             lsn: header_lsn,
@@ -370,52 +463,14 @@ fn open_segment(
                 name_lsn,
                 header_lsn,
             },
-        });
+        }));
     }
     let scan = segment::scan(bytes, name_lsn, prev_epoch);
-    let mut torn = None;
-    if let Some((offset, reason)) = scan.stop {
-        let corrupt = || Error::Corrupt {
-            path: path.to_owned(),
-            offset,
-            lsn: scan.last_lsn.next(),
-            reason: reason.clone(),
-        };
-        // Row "corrupt": damage in a sealed segment, or damage that no crash makes.
-        if !is_last || !segment::stop_may_be_torn(&reason) {
-            return Err(corrupt());
-        }
-        // Row "corrupt": an intact record after the damage means it is not a torn write.
-        if segment::find_intact_after(bytes, offset as usize + 1, scan.last_lsn).is_some() {
-            return Err(corrupt());
-        }
-        // Rows "torn (provable)" and "suspect tail": cut at the last good record and make
-        // the cut durable either way; say which it was, for the node to decide whether it
-        // may still vouch for its log.
-        let provably_torn = segment::stop_is_provably_torn(
-            bytes,
-            offset,
-            &reason,
-            scan.last_lsn.next(),
-            scan.last_epoch,
-        );
-        torn = Some(TornTail {
-            path: path.to_owned(),
-            offset: scan.good_len,
-            cut_len: file_len - scan.good_len,
-            last_lsn: scan.last_lsn,
-            reason,
-            provably_torn,
-        });
-    }
-    drop(map);
-    drop(file);
-    if let (Some(torn), true) = (&torn, repair) {
-        let file = open_for_append(path)?;
-        io(IoOp::Truncate, path, file.set_len(torn.offset))?;
-        io(IoOp::Fsync, path, file.sync_all())?;
-    }
-    Ok(Opened {
+    let damage = scan
+        .stop
+        .clone()
+        .map(|(offset, reason)| open_segment_damage(path, bytes, &scan, offset, reason, is_last));
+    Ok(Opened::Segment(OpenedSegment {
         entry: SegmentEntry {
             id: 0, // given by `Index::push`
             first_lsn: name_lsn,
@@ -426,26 +481,286 @@ fn open_segment(
         },
         last_epoch: scan.last_epoch,
         epoch_starts: scan.epoch_starts,
-        torn,
+        damage,
+    }))
+}
+
+/// Which row of the recovery table the damage a scan stopped at falls in.
+fn open_segment_damage(
+    path: &Path,
+    bytes: &[u8],
+    scan: &segment::Scan,
+    offset: u64,
+    reason: Corruption,
+    is_last: bool,
+) -> SegmentDamage {
+    let lsn = scan.last_lsn.next();
+    // Row "corrupt": damage in a sealed segment, or damage that no crash makes.
+    if !is_last || !segment::stop_may_be_torn(&reason) {
+        return SegmentDamage::Record {
+            offset,
+            lsn,
+            reason,
+        };
+    }
+    // Row "corrupt": an intact record after the damage means it is not a torn write.
+    if segment::find_intact_after(bytes, offset as usize + 1, scan.last_lsn).is_some() {
+        return SegmentDamage::Record {
+            offset,
+            lsn,
+            reason,
+        };
+    }
+    // Rows "torn (provable)" and "suspect tail": say which it is, for the policy (and the
+    // node) to decide whether the log may still be vouched for.
+    let provably_torn =
+        segment::stop_is_provably_torn(bytes, offset, &reason, lsn, scan.last_epoch);
+    SegmentDamage::Tail(TornTail {
+        path: path.to_owned(),
+        offset: scan.good_len,
+        cut_len: bytes.len() as u64 - scan.good_len,
+        last_lsn: scan.last_lsn,
+        reason,
+        provably_torn,
     })
+}
+
+/// What verifying every segment found and what the damage policy decided; nothing on disk
+/// has changed yet.
+#[derive(Default)]
+struct Verified {
+    /// The segments kept, oldest first, each as it will be after the cut.
+    segments: Vec<SegmentEntry>,
+    last_epoch: Epoch,
+    epoch_starts: Vec<EpochStart>,
+    torn: Option<TornTail>,
+    cut: Option<DamageCut>,
+    /// Whole segments to delete, newest first.
+    doomed: Vec<PathBuf>,
+    /// The last kept segment is cut at this offset.
+    cut_file: Option<(PathBuf, u64)>,
+}
+
+/// Verifies every segment in `found` (sorted, named as segments) and applies the recovery
+/// table under `damage`, changing nothing on disk: an error leaves the directory as it was.
+fn open_verify(found: &[(Lsn, PathBuf)], damage: Damage) -> Result<Verified> {
+    let mut verified = Verified::default();
+    let count = found.len();
+    for (position, (first_lsn, path)) in found.iter().enumerate() {
+        let first_lsn = *first_lsn;
+        if let Some(prev) = verified.segments.last() {
+            // Row "gap".
+            if first_lsn != prev.last_lsn.next() {
+                return Err(Error::Gap {
+                    path: path.clone(),
+                    expected_prev: prev.last_lsn,
+                    found: first_lsn,
+                });
+            }
+        }
+        let is_last = position + 1 == count;
+        let opened = match open_segment(path, first_lsn, verified.last_epoch, is_last)? {
+            Opened::Segment(opened) => opened,
+            Opened::DamagedHeader(error) => {
+                // Row "bad header". Under `CutAll` a damaged header after the first segment
+                // is the cut point: the segment goes whole, with every later one. The first
+                // segment's header says where the log starts, which nothing else can tell.
+                let reason = match (&error, damage, position) {
+                    (Error::Corrupt { reason, .. }, Damage::CutAll, 1..) => reason.clone(),
+                    _ => return Err(error),
+                };
+                let later_last_lsn = open_verify_doomed(&found[position + 1..])?;
+                verified.cut = Some(DamageCut {
+                    path: path.clone(),
+                    offset: 0,
+                    lsn: first_lsn,
+                    reason,
+                    records_cut: records_from(first_lsn, later_last_lsn),
+                });
+                verified.doomed = found[position..]
+                    .iter()
+                    .rev()
+                    .map(|(_, path)| path.clone())
+                    .collect();
+                break;
+            }
+        };
+        verified.last_epoch = opened.last_epoch;
+        verified.epoch_starts.extend(opened.epoch_starts);
+        verified.segments.push(opened.entry);
+        match opened.damage {
+            None => {}
+            Some(SegmentDamage::Tail(torn)) => {
+                let lsn = torn.last_lsn.next();
+                match (torn.provably_torn, damage) {
+                    (true, _) | (false, Damage::CutTail) => {}
+                    (false, Damage::CutTornOnly) => {
+                        return Err(Error::SuspectTail {
+                            path: path.clone(),
+                            offset: torn.offset,
+                            lsn,
+                        })
+                    }
+                    (false, Damage::CutAll) => {
+                        verified.cut = Some(DamageCut {
+                            path: path.clone(),
+                            offset: torn.offset,
+                            lsn,
+                            reason: torn.reason.clone(),
+                            // Nothing intact follows a tail.
+                            records_cut: 0,
+                        });
+                    }
+                }
+                verified.cut_file = Some((path.clone(), torn.offset));
+                verified.torn = Some(torn);
+            }
+            Some(SegmentDamage::Record {
+                offset,
+                lsn,
+                reason,
+            }) => {
+                if damage != Damage::CutAll {
+                    return Err(Error::Corrupt {
+                        path: path.clone(),
+                        offset,
+                        lsn,
+                        reason,
+                    });
+                }
+                let later = &found[position + 1..];
+                let last_lsn = match open_verify_doomed(later)? {
+                    Some(last_lsn) => Some(last_lsn),
+                    None => open_verify_resync(path, offset, lsn)?,
+                };
+                verified.cut = Some(DamageCut {
+                    path: path.clone(),
+                    offset,
+                    lsn,
+                    reason,
+                    records_cut: records_from(lsn, last_lsn),
+                });
+                verified.cut_file = Some((path.clone(), offset));
+                verified.doomed = later.iter().rev().map(|(_, path)| path.clone()).collect();
+                break;
+            }
+        }
+    }
+    Ok(verified)
+}
+
+/// How many records `first..=last` holds; 0 when `last` is unknown.
+fn records_from(first: Lsn, last: Option<Lsn>) -> u64 {
+    last.map_or(0, |last| Lsn::count_between(first, last))
+}
+
+/// Checks that the segments after a `CutAll` cut point, which will be deleted unverified,
+/// are ours (our magic and version: we delete nothing we do not understand; a damaged header
+/// is fine), and returns the highest LSN of an intact record among them, if any.
+fn open_verify_doomed(later: &[(Lsn, PathBuf)]) -> Result<Option<Lsn>> {
+    let mut last_lsn = None;
+    for (name_lsn, path) in later {
+        let file = io(IoOp::Open, path, File::open(path))?;
+        let file_len = io(IoOp::Metadata, path, file.metadata())?.len();
+        if file_len < SEGMENT_HEADER_LEN as u64 {
+            continue;
+        }
+        // SAFETY: as in `open_segment`: read-only, private, dropped before returning.
+        let map = io(IoOp::Map, path, unsafe { memmap2::Mmap::map(&file) })?;
+        match decode_segment_header(&map) {
+            Ok(header_lsn) if header_lsn == *name_lsn => {
+                let scan = segment::scan(&map, *name_lsn, Epoch::ZERO);
+                if scan.count > 0 {
+                    last_lsn = last_lsn.max(Some(scan.last_lsn));
+                }
+            }
+            Ok(_) | Err(HeaderError::Short | HeaderError::Corrupt(_)) => {}
+            Err(e @ (HeaderError::BadMagic(_) | HeaderError::UnsupportedVersion(_))) => {
+                return Err(header_error(path, e))
+            }
+        }
+    }
+    Ok(last_lsn)
+}
+
+/// The highest LSN of the intact records that follow the damaged record `lsn` at `offset`
+/// in the segment at `path`, found by looking for the next intact record and reading on
+/// from it; `None` if there is none.
+fn open_verify_resync(path: &Path, offset: u64, lsn: Lsn) -> Result<Option<Lsn>> {
+    let file = io(IoOp::Open, path, File::open(path))?;
+    // SAFETY: as in `open_segment`: read-only, private, dropped before returning.
+    let map = io(IoOp::Map, path, unsafe { memmap2::Mmap::map(&file) })?;
+    let bytes: &[u8] = &map;
+    let Some((found_at, found_lsn)) =
+        segment::find_intact_after(bytes, offset as usize + 1, lsn.prev())
+    else {
+        return Ok(None);
+    };
+    // An offset into `bytes`, which is in memory: it fits a usize.
+    let mut at = found_at as usize;
+    let mut expected = found_lsn;
+    while let Ok(Some((record, len))) = decode_record(&bytes[at..]) {
+        if record.lsn != expected {
+            break;
+        }
+        at += len;
+        expected = expected.next();
+    }
+    Ok(Some(expected.prev()))
+}
+
+/// Carries out the cut [`open_verify`] decided, if any.
+///
+/// # Durability
+/// 1. Delete the segments after the cut point, newest first, fsyncing the directory after
+///    each (so no older deletion can reach the disk before a newer one); 2. cut the segment
+///    holding the first damaged record at its offset (or, when its header was the damage, it
+///    was deleted in 1 as the oldest of them); 3. fsync that file. A file is cut only once
+///    no later segment is left, so at every crash point the directory holds a prefix of the
+///    segments, contiguous: either the damaged record is still there, and the next open
+///    finds it again (the same damage, at the same LSN, perhaps now in the last segment),
+///    or the log ends just before it. Never a log with a hole. Repeating the open under
+///    the same policy finishes the cut.
+fn open_cut(dir: &Path, verified: &Verified) -> Result<()> {
+    // 1.
+    for path in &verified.doomed {
+        io(IoOp::Remove, path, std::fs::remove_file(path))?;
+        fs::sync_dir(dir)?;
+    }
+    // 2.
+    if let Some((path, offset)) = &verified.cut_file {
+        let file = open_for_append(path)?;
+        io(IoOp::Truncate, path, file.set_len(*offset))?;
+        // 3.
+        io(IoOp::Fsync, path, file.sync_all())?;
+    }
+    Ok(())
 }
 
 impl Wal {
     /// Opens the log in `dir` (created if missing), verifying every record of every segment
-    /// and cutting a damaged tail of the last one (FORMAT.md, "Recovery at open").
+    /// and cutting what `options.damage` allows (FORMAT.md, "Recovery at open"): by default
+    /// a damaged tail of the last segment.
+    ///
+    /// Every segment is verified before anything is changed, so an error (a damaged record
+    /// the policy does not cut, `Error::SuspectTail` under [`Damage::CutTornOnly`], a gap, a
+    /// foreign file, ...) leaves the directory as it was, stale temp files included; only an
+    /// I/O error while cutting can leave part of a cut done (see the crash argument below).
     ///
     /// # Correctness
-    /// A tail that is not provably torn (`Recovery::torn` with `provably_torn: false`) may
-    /// have been a record this node acknowledged: the caller must not vouch for its log
-    /// (vote, count towards commit) until a primary has verified it again. Once the cut is
-    /// durable nothing is left to say so after a crash, so a caller that keeps that state on
-    /// disk (the learner flag of `crate::meta::Meta`) stores it first: [`inspect`] reports
-    /// the same tail, `provably_torn` included, without cutting it.
+    /// A tail that is not provably torn (`Recovery::torn` with `provably_torn: false`), or any
+    /// cut under [`Damage::CutAll`] (`Recovery::cut`), may have taken a record this node
+    /// acknowledged: the caller must not vouch for its log (vote, count towards commit) until
+    /// a primary has verified it again. Once the cut is durable nothing is left to say so
+    /// after a crash, so a caller that keeps that state on disk (the learner flag of
+    /// `crate::meta::Meta`) stores it first: [`inspect`] reports the same tail,
+    /// `provably_torn` included, without cutting it, and an open under
+    /// [`Damage::CutTornOnly`] refuses (and changes nothing) where a later open under
+    /// [`Damage::CutAll`] would cut.
     ///
     /// # Durability
-    /// A damaged tail (provably torn or suspect) is cut and the cut fsynced before this
-    /// returns, and the last segment is fsynced, so everything the returned log holds is
-    /// durable: `durable_lsn == last_lsn`.
+    /// A cut is made durable before this returns (see `open_cut`), and the last segment is
+    /// fsynced, so everything the returned log holds is durable: `durable_lsn == last_lsn`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery)> {
         let dir = dir.as_ref().to_owned();
         assert!(
@@ -458,42 +773,34 @@ impl Wal {
         );
         fs::ensure_dir(&dir)?;
         let listing = list_dir(&dir)?;
+        // Verify and decide first; nothing has changed on disk if this fails.
+        let mut verified = open_verify(&listing.segments, options.damage)?;
         let mut recovery = Recovery::default();
         // Row "stale temp": an install that crashed before its rename.
         for tmp in listing.tmp {
             io(IoOp::Remove, &tmp, std::fs::remove_file(&tmp))?;
             recovery.removed_tmp.push(tmp);
         }
-        let mut found = listing.segments;
-        if found.is_empty() {
+        if listing.segments.is_empty() {
             let path = create_segment(&dir, options.start_lsn)?;
-            found.push((options.start_lsn, path));
+            verified = open_verify(&[(options.start_lsn, path)], options.damage)?;
             recovery.created = true;
         }
-        let mut segments: Vec<SegmentEntry> = Vec::with_capacity(found.len());
-        let mut epoch_starts = Vec::new();
-        let mut last_epoch = Epoch::ZERO;
-        let count = found.len();
-        for (position, (first_lsn, path)) in found.into_iter().enumerate() {
-            if let Some(prev) = segments.last() {
-                // Row "gap".
-                if first_lsn != prev.last_lsn.next() {
-                    return Err(Error::Gap {
-                        path,
-                        expected_prev: prev.last_lsn,
-                        found: first_lsn,
-                    });
-                }
-            }
-            let opened = open_segment(&path, first_lsn, last_epoch, position + 1 == count, true)?;
-            recovery.records += opened.entry.last_lsn.get() + 1 - opened.entry.first_lsn.get();
-            if opened.torn.is_some() {
-                recovery.torn = opened.torn;
-            }
-            last_epoch = opened.last_epoch;
-            epoch_starts.extend(opened.epoch_starts);
-            segments.push(opened.entry);
-        }
+        open_cut(&dir, &verified)?;
+        let Verified {
+            segments,
+            last_epoch,
+            epoch_starts,
+            torn,
+            cut,
+            ..
+        } = verified;
+        recovery.torn = torn;
+        recovery.cut = cut;
+        recovery.records = segments
+            .iter()
+            .map(|s| Lsn::count_between(s.first_lsn, s.last_lsn))
+            .sum();
         recovery.segments = segments.len();
         let last = segments.last().expect("at least one segment exists here");
         let active_path = last.path.clone();
@@ -513,6 +820,7 @@ impl Wal {
         for entry in segments {
             index.push(entry);
         }
+        index.epoch_starts = epoch_starts.clone();
         let wal = Wal {
             dir,
             options,
@@ -754,6 +1062,17 @@ impl Wal {
         entry.len = self.active_len;
         entry.last_lsn = self.last_lsn;
         entry.index.append(new_index);
+        // The epochs that start in the records just published (the index's list is a prefix
+        // of ours: appends only add to both).
+        let published = index.epoch_starts.len();
+        assert!(
+            published <= self.epoch_starts.len(),
+            "the index knows {published} epoch starts, the log only {}",
+            self.epoch_starts.len()
+        );
+        index
+            .epoch_starts
+            .extend_from_slice(&self.epoch_starts[published..]);
         Ok(())
     }
 
@@ -833,6 +1152,7 @@ impl Wal {
         self.last_lsn = keep_through;
         self.durable_lsn = self.durable_lsn.min(keep_through);
         self.epoch_starts.retain(|s| s.first_lsn <= keep_through);
+        self.publish_epoch_starts();
         self.last_epoch = if keep_through < self.first_lsn {
             Epoch::ZERO
         } else {
@@ -971,6 +1291,7 @@ impl Wal {
         if let Some(start) = self.epoch_starts.first_mut() {
             start.first_lsn = start.first_lsn.max(first);
         }
+        self.publish_epoch_starts();
         self.validate();
         Ok(deleted)
     }
@@ -992,6 +1313,7 @@ impl Wal {
         self.durable_lsn = self.last_lsn;
         self.last_epoch = Epoch::ZERO;
         self.epoch_starts.clear();
+        self.publish_epoch_starts();
         self.validate();
         Ok(())
     }
@@ -1025,6 +1347,13 @@ impl Wal {
             index: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Replaces the index's epoch starts by ours, after a change that took some away or
+    /// moved one (a truncation or a reset). Readers ask the index for an epoch only within
+    /// the LSNs it says the log holds, which the change already published.
+    fn publish_epoch_starts(&self) {
+        self.index.write().epoch_starts = self.epoch_starts.clone();
     }
 
     /// The paths of the segments, oldest first.
@@ -1097,11 +1426,27 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
                 });
             }
         }
-        let opened = open_segment(&path, first_lsn, last_epoch, position + 1 == count, false)?;
+        let opened = match open_segment(&path, first_lsn, last_epoch, position + 1 == count)? {
+            Opened::Segment(opened) => opened,
+            Opened::DamagedHeader(error) => return Err(error),
+        };
         last_epoch = opened.last_epoch;
         inspection.epoch_starts.extend(opened.epoch_starts);
-        if opened.torn.is_some() {
-            inspection.torn = opened.torn;
+        match opened.damage {
+            None => {}
+            Some(SegmentDamage::Tail(torn)) => inspection.torn = Some(torn),
+            Some(SegmentDamage::Record {
+                offset,
+                lsn,
+                reason,
+            }) => {
+                return Err(Error::Corrupt {
+                    path,
+                    offset,
+                    lsn,
+                    reason,
+                })
+            }
         }
         inspection.segments.push(SegmentSummary {
             path: opened.entry.path.clone(),
@@ -1117,6 +1462,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection> {
         for entry in entries {
             index.push(entry);
         }
+        index.epoch_starts = inspection.epoch_starts.clone();
         inspection.reader = Some(Reader::new(Arc::new(SharedIndex::new(index))));
     }
     Ok(inspection)

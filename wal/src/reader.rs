@@ -20,6 +20,11 @@
 //! written now, so it never faults on a mapping past the end of a cut file, and every
 //! record it hands out is the one the log holds at that LSN now.
 //!
+//! Scrubbing ([`Reader::first_damaged`]) walks records the same way without handing them
+//! out, and also checks each record's epoch against the one the log assigns to its LSN
+//! ([`Reader::epoch_at`]: the log publishes where each epoch starts in the index, with the
+//! records). Repairing what it finds is [`crate::repair`].
+//!
 //! It does not notice a record it handed out earlier being cut (the caller, which decided
 //! the cut, knows), nor make a concurrent cut of the record it is reading safe: see the
 //! `# Correctness` of [`crate::Wal::truncate_suffix`].
@@ -99,6 +104,11 @@ impl Reader {
         Reader { index }
     }
 
+    /// The index this reader reads by (for [`crate::repair`]).
+    pub(crate) fn shared_index(&self) -> &SharedIndex {
+        &self.index
+    }
+
     /// The first LSN the log holds.
     pub fn first_lsn(&self) -> Lsn {
         self.index.read().first_lsn()
@@ -107,6 +117,77 @@ impl Reader {
     /// The last LSN written.
     pub fn last_lsn(&self) -> Lsn {
         self.index.read().last_lsn()
+    }
+
+    /// The epoch the log assigns to `lsn`, or `None` if the log does not hold `lsn`. The
+    /// answer comes from the epoch starts the log keeps in memory (built from the records as
+    /// they were written or verified at open), not from the record's bytes, so it holds for a
+    /// damaged record too: the epoch a peer's copy of it must carry. A binary search under
+    /// the index's read lock.
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.index.read().epoch_at(lsn)
+    }
+
+    /// Verifies every record from `from` through `through` (or through the last record
+    /// written when this is called, if lower) and returns the LSN of the first that fails its
+    /// checks (FORMAT.md, "Record": length, CRC, kind and reserved bytes, the LSN its position
+    /// implies, and the epoch the log assigns to that LSN), or `None` if all pass. Records not
+    /// written yet are not looked at, so a record is never reported for being absent.
+    ///
+    /// The walk to `from` starts at the nearest index entry at or before it (one per
+    /// [`crate::segment::INDEX_INTERVAL_BYTES`]) and verifies the records it passes: if one of
+    /// them is damaged, the position of `from` cannot be established and that record's LSN,
+    /// below `from`, is returned. Scrub from the log's first LSN to see every record.
+    ///
+    /// Reads through memory maps as [`Reader::iter_from`] does (no copy, no allocation per
+    /// record: one per call for the epoch starts of the range) and may run while a writer
+    /// appends. `Err` is for what is not damage: I/O, or `Error::NotInLog` when `from` is
+    /// before the log (or the log was truncated in front of the scrub).
+    ///
+    /// # Correctness
+    /// As for any read, no `truncate_suffix` may cut records in `from..=through` while this
+    /// runs (keep `through` at or below the commit LSN, which is never cut).
+    pub fn first_damaged(&self, from: Lsn, through: Lsn) -> Result<Option<Lsn>> {
+        let (through, epoch_starts) = {
+            let index = self.index.read();
+            let through = through.min(index.last_lsn());
+            if from > through {
+                return Ok(None);
+            }
+            // The epochs of `from..=through`: the start at or before `from`, and every later
+            // one up to `through`.
+            let starts = &index.epoch_starts;
+            let first = starts
+                .partition_point(|s| s.first_lsn <= from)
+                .saturating_sub(1);
+            let last = starts.partition_point(|s| s.first_lsn <= through);
+            (through, starts[first..last.max(first)].to_vec())
+        };
+        let mut records = self.iter_from(from)?;
+        let mut next_start = 0usize;
+        let mut epoch = None;
+        while records.next_lsn() <= through {
+            let lsn = records.next_lsn();
+            while let Some(start) = epoch_starts.get(next_start) {
+                if start.first_lsn > lsn {
+                    break;
+                }
+                epoch = Some(start.epoch);
+                next_start += 1;
+            }
+            match records.next_verified() {
+                Ok(Some(found_epoch)) => {
+                    if epoch.is_some_and(|epoch| epoch != found_epoch) {
+                        return Ok(Some(lsn));
+                    }
+                }
+                // Not written after all: the log was cut under us (see # Correctness).
+                Ok(None) => return Ok(None),
+                Err(Error::Corrupt { lsn, .. }) => return Ok(Some(lsn)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Iterates records from `lsn` up to whatever is written when the iterator gets there.
@@ -270,6 +351,29 @@ impl Records {
             offset,
         });
         Ok(true)
+    }
+
+    /// Verifies the next record and steps past it without handing it out (no slice of the
+    /// mapping is taken): its epoch, or `None` when it is not written. A damaged record is
+    /// `Error::Corrupt` naming its LSN (or that of a damaged record before it, on the walk
+    /// from the index entry to it).
+    fn next_verified(&mut self) -> Result<Option<Epoch>> {
+        if !self.ensure_mapped()? {
+            return Ok(None);
+        }
+        let Some(mapped) = self.mapped.as_mut() else {
+            return Ok(None);
+        };
+        let (record, len) = decode_at(
+            &mapped.path,
+            &mapped.bytes[..mapped.len],
+            mapped.offset,
+            self.next,
+        )?;
+        let epoch = record.epoch;
+        mapped.offset += len;
+        self.next = self.next.next();
+        Ok(Some(epoch))
     }
 
     /// Reads a run of consecutive records, all from one segment, starting at the next LSN,

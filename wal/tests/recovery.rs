@@ -2,13 +2,14 @@
 //! inputs an operator can hand us: foreign files, empty and zero-length segments, headers of
 //! another version. Every test checks that nothing was deleted that was not a torn tail.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use wal::format::{RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use wal::log::Recovery;
-use wal::{Corruption, Epoch, Error, Lsn, Options, Wal};
+use wal::{Corruption, Damage, Epoch, Error, Lsn, Options, Wal};
 
 fn options(segment_bytes_max: u64) -> Options {
     Options {
@@ -518,4 +519,317 @@ fn empty_directory_starts_at_the_given_lsn() {
         wal.append(Epoch(3), RecordKind::App, [&b"a"[..]]).unwrap(),
         (Lsn(501), Lsn(501))
     );
+}
+
+// The damage policies (`Options::damage`): what each may cut, and that a refusal changes
+// nothing.
+
+fn open_under(dir: &Path, damage: Damage) -> Result<(Wal, Recovery), Error> {
+    Wal::open(
+        dir,
+        Options {
+            damage,
+            ..options(1024)
+        },
+    )
+}
+
+/// Every file in `dir` with its bytes, to show that a refused open changed nothing.
+fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    files(dir)
+        .into_iter()
+        .map(|name| {
+            let bytes = fs::read(dir.join(&name)).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// The offset of record `lsn` in the segment at `path`, found by walking its length fields.
+fn record_offset(path: &Path, lsn: u64) -> usize {
+    let bytes = fs::read(path).unwrap();
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let mut at_lsn = wal::segment::parse_file_name(name).unwrap().get();
+    let mut offset = SEGMENT_HEADER_LEN;
+    while at_lsn < lsn {
+        let len = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap());
+        offset += RECORD_HEADER_LEN + len as usize;
+        at_lsn += 1;
+    }
+    offset
+}
+
+/// Flips a payload byte of record `lsn` in the segment at `path`; returns its offset.
+fn damage_record(path: &Path, lsn: u64) -> usize {
+    let offset = record_offset(path, lsn);
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset + RECORD_HEADER_LEN] ^= 0x10;
+    fs::write(path, &bytes).unwrap();
+    offset
+}
+
+/// The first LSN in the segment at `path`.
+fn first_lsn_of(path: &Path) -> u64 {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    wal::segment::parse_file_name(name).unwrap().get()
+}
+
+/// `CutTornOnly` still cuts a provably torn tail: it is a write that was never durable.
+#[test]
+fn cut_torn_only_cuts_a_provably_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    let good_len = offset_of(20) as u64;
+    OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(good_len + 10)
+        .unwrap();
+    let (wal, recovery) = open_under(dir.path(), Damage::CutTornOnly).unwrap();
+    let torn = recovery.torn.expect("the torn tail is reported");
+    assert!(torn.provably_torn);
+    assert_eq!(recovery.cut, None);
+    assert_eq!(wal.last_lsn(), Lsn(19));
+    assert_eq!(fs::metadata(last).unwrap().len(), good_len);
+}
+
+/// `CutTornOnly` refuses a suspect tail with `Error::SuspectTail` naming the file, the
+/// offset and the LSN of the damaged record, and changes nothing, not even a stale temp file.
+#[test]
+fn cut_torn_only_refuses_a_suspect_tail_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let last = &segments[0];
+    damage_record(last, 20);
+    fs::write(dir.path().join("00000000000000000021.wal.tmp"), b"half").unwrap();
+    let before = contents(dir.path());
+    let err = open_under(dir.path(), Damage::CutTornOnly).err().unwrap();
+    match &err {
+        Error::SuspectTail { path, offset, lsn } => {
+            assert_eq!(path, last);
+            assert_eq!(*offset, offset_of(20) as u64);
+            assert_eq!(*lsn, Lsn(20));
+        }
+        other => panic!("expected a suspect tail, got {other}"),
+    }
+    assert!(err.to_string().contains(&last.display().to_string()));
+    assert_eq!(contents(dir.path()), before);
+}
+
+/// `CutTornOnly` refuses damage before intact records, as every policy but `CutAll` does.
+#[test]
+fn cut_torn_only_refuses_damage_before_intact_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 10, 1 << 20);
+    damage_record(&segments[0], 4);
+    let before = contents(dir.path());
+    let err = open_under(dir.path(), Damage::CutTornOnly).err().unwrap();
+    assert!(matches!(err, Error::Corrupt { lsn: Lsn(4), .. }), "{err}");
+    assert_eq!(contents(dir.path()), before);
+}
+
+/// `CutAll` cuts the log just before a damaged record in a sealed segment: that segment is
+/// cut at the record, every later one deleted, and the cut reported with how many records
+/// went; the log then reopens clean under the strictest policy.
+#[test]
+fn cut_all_cuts_before_a_damaged_record_in_a_sealed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 60, 1024);
+    assert!(segments.len() >= 4, "the test wants several segments");
+    let damaged = &segments[1];
+    let lsn = first_lsn_of(damaged) + 2;
+    let offset = damage_record(damaged, lsn);
+    let (wal, recovery) = open_under(dir.path(), Damage::CutAll).unwrap();
+    let cut = recovery.cut.expect("the cut is reported");
+    assert_eq!(&cut.path, damaged);
+    assert_eq!(cut.offset, offset as u64);
+    assert_eq!(cut.lsn, Lsn(lsn));
+    assert!(
+        matches!(cut.reason, Corruption::Crc { .. }),
+        "{:?}",
+        cut.reason
+    );
+    assert_eq!(cut.records_cut, 60 - lsn + 1);
+    assert_eq!(recovery.torn, None);
+    assert_eq!(recovery.records, lsn - 1);
+    assert_eq!(wal.last_lsn(), Lsn(lsn - 1));
+    assert_eq!(wal.segment_paths(), segments[..2].to_vec());
+    for gone in &segments[2..] {
+        assert!(!gone.exists(), "{} was deleted", gone.display());
+    }
+    assert_eq!(fs::metadata(damaged).unwrap().len(), offset as u64);
+    let records = read_all(&wal);
+    assert_eq!(records.len() as u64, lsn - 1);
+    for (at, data) in records {
+        assert_eq!(data, payload(at.get()));
+    }
+    drop(wal);
+    let (mut wal, recovery) = open_under(dir.path(), Damage::CutTornOnly).unwrap();
+    assert_eq!((recovery.torn, recovery.cut), (None, None));
+    assert_eq!(
+        wal.append(Epoch(1), RecordKind::App, [&b"next"[..]])
+            .unwrap(),
+        (Lsn(lsn), Lsn(lsn))
+    );
+}
+
+/// `CutAll` on damage in the middle of the last segment counts the intact records after it.
+#[test]
+fn cut_all_counts_the_intact_records_after_damage_in_the_last_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    let offset = damage_record(&segments[0], 5);
+    let (wal, recovery) = open_under(dir.path(), Damage::CutAll).unwrap();
+    let cut = recovery.cut.unwrap();
+    assert_eq!(
+        (cut.lsn, cut.offset, cut.records_cut),
+        (Lsn(5), offset as u64, 16)
+    );
+    assert_eq!(recovery.torn, None);
+    assert_eq!(wal.last_lsn(), Lsn(4));
+}
+
+/// `CutAll` cuts a suspect tail, reported both as the torn tail it looks like and as a cut.
+#[test]
+fn cut_all_cuts_a_suspect_tail_and_reports_it_as_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 20, 1 << 20);
+    damage_record(&segments[0], 20);
+    let (wal, recovery) = open_under(dir.path(), Damage::CutAll).unwrap();
+    let torn = recovery.torn.unwrap();
+    assert!(!torn.provably_torn);
+    let cut = recovery.cut.unwrap();
+    assert_eq!(
+        (cut.lsn, cut.offset, cut.records_cut),
+        (Lsn(20), offset_of(20) as u64, 0)
+    );
+    assert_eq!(wal.last_lsn(), Lsn(19));
+}
+
+/// `CutAll` takes a damaged header of a segment after the first as the cut point: that
+/// segment and every later one are deleted.
+#[test]
+fn cut_all_deletes_a_later_segment_whose_header_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 60, 1024);
+    assert!(segments.len() >= 4);
+    let damaged = &segments[2];
+    let mut bytes = fs::read(damaged).unwrap();
+    bytes[17] ^= 1; // first_lsn, under the header CRC
+    fs::write(damaged, &bytes).unwrap();
+    let first = first_lsn_of(damaged);
+    assert!(matches!(
+        open_under(dir.path(), Damage::CutTail).err().unwrap(),
+        Error::Corrupt { offset: 0, .. }
+    ));
+    let (wal, recovery) = open_under(dir.path(), Damage::CutAll).unwrap();
+    let cut = recovery.cut.unwrap();
+    assert_eq!(&cut.path, damaged);
+    assert_eq!((cut.offset, cut.lsn), (0, Lsn(first)));
+    assert_eq!(cut.records_cut, 60 - first + 1);
+    assert_eq!(wal.last_lsn(), Lsn(first - 1));
+    assert_eq!(wal.segment_paths(), segments[..2].to_vec());
+    assert_eq!(read_all(&wal).len() as u64, first - 1);
+}
+
+/// The first segment's header says where the log starts: damaged, it is refused even under
+/// `CutAll`, and so are a gap and a segment of another magic after the cut point: nothing
+/// is deleted.
+#[test]
+fn cut_all_refuses_what_is_not_one_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 60, 1024);
+    assert!(segments.len() >= 4);
+    let good = contents(dir.path());
+
+    let mut bytes = good[&files(dir.path())[0]].clone();
+    bytes[17] ^= 1;
+    fs::write(&segments[0], &bytes).unwrap();
+    let before = contents(dir.path());
+    let err = open_under(dir.path(), Damage::CutAll).err().unwrap();
+    assert!(
+        matches!(err, Error::Corrupt { offset: 0, ref path, .. } if path == &segments[0]),
+        "{err}"
+    );
+    assert_eq!(contents(dir.path()), before);
+    fs::write(&segments[0], &good[&files(dir.path())[0]]).unwrap();
+
+    damage_record(&segments[0], 3);
+    let last = segments.last().unwrap();
+    let mut bytes = fs::read(last).unwrap();
+    bytes[0..8].copy_from_slice(b"NOTAWAL!");
+    fs::write(last, &bytes).unwrap();
+    let before = contents(dir.path());
+    let err = open_under(dir.path(), Damage::CutAll).err().unwrap();
+    assert!(
+        matches!(err, Error::BadMagic { ref path, .. } if path == last),
+        "{err}"
+    );
+    assert_eq!(contents(dir.path()), before);
+
+    fs::remove_file(last).unwrap();
+    fs::remove_file(&segments[1]).unwrap();
+    let mut bytes = fs::read(&segments[0]).unwrap();
+    let offset = record_offset(&segments[0], 3) + RECORD_HEADER_LEN;
+    bytes[offset] ^= 0x10; // undo the damage
+    fs::write(&segments[0], &bytes).unwrap();
+    let before = contents(dir.path());
+    let err = open_under(dir.path(), Damage::CutAll).err().unwrap();
+    assert!(matches!(err, Error::Gap { .. }), "{err}");
+    assert_eq!(contents(dir.path()), before);
+}
+
+/// What the node does: open under `CutTornOnly`, which refuses and changes nothing; store
+/// the learner flag; open under `CutAll`, which cuts; any later open is clean.
+#[test]
+fn refused_open_then_cut_all_then_a_clean_open() {
+    for lsn in [7u64, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = write_log(dir.path(), 40, 1024);
+        let damaged = segments
+            .iter()
+            .rev()
+            .find(|p| first_lsn_of(p) <= lsn)
+            .unwrap();
+        damage_record(damaged, lsn);
+        let before = contents(dir.path());
+        let err = open_under(dir.path(), Damage::CutTornOnly).err().unwrap();
+        assert!(
+            matches!(err, Error::Corrupt { lsn: l, .. } | Error::SuspectTail { lsn: l, .. } if l == Lsn(lsn)),
+            "{err}"
+        );
+        assert_eq!(contents(dir.path()), before, "the refusal changed nothing");
+        let (wal, recovery) = open_under(dir.path(), Damage::CutAll).unwrap();
+        assert_eq!(recovery.cut.unwrap().lsn, Lsn(lsn));
+        assert_eq!(wal.last_lsn(), Lsn(lsn - 1));
+        drop(wal);
+        let (wal, recovery) = open_under(dir.path(), Damage::CutTornOnly).unwrap();
+        assert_eq!((recovery.torn, recovery.cut), (None, None));
+        assert_eq!(wal.last_lsn(), Lsn(lsn - 1));
+    }
+}
+
+/// A crash in the middle of a `CutAll` cut (here: after the newest later segment was
+/// deleted, before the rest) leaves the damage where it was: the next open finds the same
+/// record again, refuses under `CutTornOnly`, and finishes the cut under `CutAll`.
+#[test]
+fn cut_all_interrupted_after_a_deletion_finds_the_same_damage_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_log(dir.path(), 60, 1024);
+    assert!(segments.len() >= 4);
+    let lsn = first_lsn_of(&segments[0]) + 3;
+    damage_record(&segments[0], lsn);
+    // What `CutAll` does first: the newest segment goes.
+    fs::remove_file(segments.last().unwrap()).unwrap();
+    let err = open_under(dir.path(), Damage::CutTornOnly).err().unwrap();
+    assert!(
+        matches!(err, Error::Corrupt { lsn: l, .. } if l == Lsn(lsn)),
+        "{err}"
+    );
+    let (wal, recovery) = open_under(dir.path(), Damage::CutAll).unwrap();
+    assert_eq!(recovery.cut.unwrap().lsn, Lsn(lsn));
+    assert_eq!(wal.last_lsn(), Lsn(lsn - 1));
+    assert_eq!(wal.segment_paths(), segments[..1].to_vec());
 }
