@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Recovery follows the table in FORMAT.md ("Recovery at open"): one arm per row in
-//! [`Wal::open`] and `open_segment`, one test per row in `wal/tests/recovery.rs`.
+//! `open_segment` (which finds) and `open_verify` (which decides under the [`Damage`]
+//! policy), both before [`Wal::open`] changes anything, then `open_cut`; one test per row and
+//! per policy in `wal/tests/recovery.rs`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
