@@ -557,3 +557,135 @@ async fn primary_killed_while_a_wiped_backup_catches_up_loses_no_acknowledged_wr
         cluster.logs_tail(20)
     );
 }
+
+/// Flips one byte in the middle of the oldest sealed segment of node `id`'s log.
+fn flip_byte_in_a_sealed_segment(cluster: &Cluster, id: u16) -> std::path::PathBuf {
+    let wal_dir = cluster.node(id).data_dir.join("wal");
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(&wal_dir)
+        .expect("list the log")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "no sealed segment in {segments:?}");
+    let sealed = segments[0].clone();
+    let mut bytes = std::fs::read(&sealed).expect("read the segment");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    // Written in place (same inode), as a latent sector error would show up.
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sealed)
+        .expect("open the segment");
+    file.seek(SeekFrom::Start(at as u64)).expect("seek");
+    file.write_all(&bytes[at..at + 1]).expect("flip the byte");
+    sealed
+}
+
+/// Whether `understudy wal verify` finds every checksum of node `id`'s log intact.
+fn wal_verifies(cluster: &Cluster, id: u16) -> bool {
+    std::process::Command::new(support::binary())
+        .args(["wal", "verify"])
+        .arg(&cluster.node(id).data_dir)
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// A flipped byte in a sealed segment, on a backup and then on the primary, is found by the
+/// scrub and repaired from a peer's copy while the nodes run: the primary steps down first,
+/// the damaged node is a learner until repaired and caught up, and nothing acknowledged is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_sealed_segment_is_repaired_from_a_peer_without_a_restart() {
+    let mut cluster = Cluster::new(3);
+    cluster.args.extend(
+        ["--scrub-interval", "200ms", "--wal-segment-bytes", "65536"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    let drivers = connect_all(&cluster).await;
+    let primary_id = wait_primary(&drivers, None).await;
+    let oracle = Mutex::new(Oracle::default());
+    let leader = driver(&drivers, primary_id).unwrap();
+    // About 300 KB of log: several sealed 64 KiB segments on every node.
+    for batch in 0..30 {
+        let commands: Vec<Vec<u8>> = (0..100)
+            .map(|i| format!("{batch:04}-{i:04}-{}", "x".repeat(80)).into_bytes())
+            .collect();
+        for command in commands {
+            let lsn = leader.propose(command.clone()).await.expect("committed");
+            oracle.lock().unwrap().acked.push((lsn, command));
+        }
+    }
+    wait_converged(&drivers, &[1, 2, 3]).await;
+
+    // A backup.
+    let backup = primary_id % 3 + 1;
+    let damaged = flip_byte_in_a_sealed_segment(&cluster, backup);
+    assert!(!wal_verifies(&cluster, backup), "the flip went unnoticed");
+    let repaired = |id: u16| {
+        std::fs::read_to_string(&cluster.node(id).log)
+            .unwrap_or_default()
+            .contains("repaired a damaged record from a peer's copy")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || repaired(backup)),
+        "{} was not repaired:\n{}",
+        damaged.display(),
+        cluster.logs_tail(30)
+    );
+    assert!(
+        wal_verifies(&cluster, backup),
+        "the log still fails verification"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || standing(&cluster, backup)
+            .is_some_and(|(s, _)| s == "voter")),
+        "the repaired backup was not promoted again:\n{}",
+        cluster.logs_tail(20)
+    );
+
+    // The primary: it steps down before anything else.
+    let damaged = flip_byte_in_a_sealed_segment(&cluster, primary_id);
+    assert!(
+        wait_until(Duration::from_secs(10), || repaired(primary_id)),
+        "{} was not repaired:\n{}",
+        damaged.display(),
+        cluster.logs_tail(30)
+    );
+    let log = std::fs::read_to_string(&cluster.node(primary_id).log).unwrap_or_default();
+    assert!(
+        log.contains("a committed record of the log is damaged"),
+        "{log}"
+    );
+    assert!(wal_verifies(&cluster, primary_id));
+    let new = wait_primary(&drivers, None).await;
+    let leader = driver(&drivers, new).unwrap();
+    let lsn = leader.propose("after-repair").await.expect("committed");
+    oracle
+        .lock()
+        .unwrap()
+        .acked
+        .push((lsn, b"after-repair".to_vec()));
+    wait_converged(&drivers, &[1, 2, 3]).await;
+    for id in 1..=3u16 {
+        assert_all_acked_present(&oracle.lock().unwrap(), &driver(&drivers, id).unwrap());
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            (1..=3).all(|id| standing(&cluster, id).is_some_and(|(s, _)| s == "voter"))
+        }),
+        "not every node is a voter again:\n{}",
+        cluster.logs_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.wal_dump(1)
+            == cluster.wal_dump(2)
+            && cluster.wal_dump(2) == cluster.wal_dump(3)),
+        "the logs differ after the repairs"
+    );
+}

@@ -150,6 +150,10 @@ pub struct RunArgs {
         default_value = "new"
     )]
     pub initial_cluster_state: config::InitialClusterState,
+    /// How often the committed log is read back and every checksum verified; a damaged
+    /// record is repaired from a peer's copy.
+    #[arg(long, env = "UNDERSTUDY_SCRUB_INTERVAL", value_parser = duration, default_value = "1h")]
+    pub scrub_interval: Duration,
 }
 
 impl RunArgs {
@@ -208,6 +212,7 @@ impl RunArgs {
             core,
             fsync: self.fsync,
             initial_cluster_state: self.initial_cluster_state.into(),
+            scrub_interval: self.scrub_interval,
             client_addr: self.client_listen,
             app_addr: self.app_addr,
             on_promote: self.on_promote.clone(),

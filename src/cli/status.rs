@@ -53,6 +53,9 @@ pub(crate) struct StatusView {
     heartbeat_age_ms: Option<u64>,
     pub(crate) peers: Vec<PeerView>,
     failed: Option<String>,
+    /// `voter`, `learner` or `quarantined` (absent from nodes before learners existed).
+    #[serde(default)]
+    standing: Option<String>,
 }
 
 /// The part of a `node::PeerStatus` this command reads.
@@ -64,6 +67,8 @@ pub(crate) struct PeerView {
     pub(crate) lag_records: u64,
     lag_bytes: u64,
     last_heard_ms: Option<u64>,
+    #[serde(default)]
+    learner: bool,
 }
 
 /// One line of the table, as text.
@@ -185,6 +190,11 @@ fn own_row(view: &StatusView, primary_view: Option<&StatusView>) -> Row {
     if view.failed.is_some() {
         role.push_str(" (disk failed)");
     }
+    match view.standing.as_deref() {
+        Some("learner") => role.push_str(" (learner)"),
+        Some("quarantined") => role.push_str(" (quarantined)"),
+        _ => {}
+    }
     let is_primary = view.role == "primary";
     let lag = if is_primary {
         "-".to_string()
@@ -225,10 +235,10 @@ fn peer_row(id: u16, views: &[StatusView], primary_view: Option<&StatusView>) ->
     let unknown = || "-".to_string();
     let (role, epoch, durable_lsn, lag) = if view.role == "primary" {
         // The primary ships to every peer and hears their acknowledgements.
-        let role = if peer.connected {
-            "backup"
-        } else {
-            "unreachable"
+        let role = match (peer.connected, peer.learner) {
+            (true, false) => "backup",
+            (true, true) => "backup (learner)",
+            (false, _) => "unreachable",
         };
         (
             role.to_string(),
@@ -344,6 +354,7 @@ mod tests {
             lag_records,
             lag_bytes: lag_records * 64,
             last_heard_ms: Some(12),
+            learner: false,
         }
     }
 
@@ -359,6 +370,7 @@ mod tests {
             heartbeat_age_ms: None,
             peers: vec![peer(2, 100, 0), peer(3, 90, 10)],
             failed: None,
+            standing: None,
         }
     }
 
@@ -374,6 +386,7 @@ mod tests {
             heartbeat_age_ms: Some(20),
             peers: vec![peer(1, 0, 0), peer(if node_id == 2 { 3 } else { 2 }, 0, 0)],
             failed: None,
+            standing: None,
         }
     }
 

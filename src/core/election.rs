@@ -173,7 +173,9 @@ impl Core {
         if cluster_exists {
             self.st.learner = true;
             self.persist_meta(out);
-            out.push(Action::BecameLearner);
+            out.push(Action::BecameLearner {
+                reason: super::LearnerReason::HeardOfCluster,
+            });
         }
     }
 

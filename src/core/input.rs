@@ -42,6 +42,11 @@ pub enum Input {
     SnapshotSent { to: NodeId, lsn: Lsn, epoch: Epoch },
     /// Primary side: the snapshot transfer to `to` failed; the core will ask again.
     SnapshotFailed { to: NodeId },
+    /// The shell found a record of the local log damaged (a checksum that fails where no crash
+    /// explains it): this node can no longer vouch for its log. A primary steps down; every
+    /// node becomes a learner until the record is repaired from a peer and a primary finds it
+    /// caught up (`election.rs`, "Learners").
+    LogDamaged,
     /// Backup side: the shell installed (durably) a snapshot covering the log through `lsn`
     /// (of `epoch`) and dropped its whole log. Never below `commit_lsn`.
     SnapshotInstalled { lsn: Lsn, epoch: Epoch },

@@ -46,7 +46,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-pub use action::{Action, Rejection, Role, SwitchoverOutcome, SwitchoverRefusal};
+pub use action::{Action, LearnerReason, Rejection, Role, SwitchoverOutcome, SwitchoverRefusal};
 pub use config::{Config, ConfigError, TestKnobs, MEMBERS_MAX};
 pub use input::Input;
 pub use message::{Append, AppendResponse, Message};
@@ -342,6 +342,7 @@ impl Core {
             Input::SnapshotSent { to, lsn, epoch } => self.on_snapshot_sent(to, lsn, epoch, out),
             Input::SnapshotFailed { to } => self.on_snapshot_failed(to),
             Input::SnapshotInstalled { lsn, epoch } => self.on_snapshot_installed(lsn, epoch, out),
+            Input::LogDamaged => self.on_log_damaged(out),
         }
         self.report_role(out);
     }
@@ -592,6 +593,26 @@ impl Core {
             self.st.primary_sent_at = Duration::ZERO;
         }
         self.persist_meta(out);
+    }
+
+    /// A damaged record in the local log (`Input::LogDamaged`): step down if primary, and be
+    /// a learner until a primary promotes this node again.
+    fn on_log_damaged(&mut self, out: &mut Vec<Action>) {
+        match self.st.role {
+            Role::Primary => self.step_down(out),
+            Role::Candidate => {
+                self.st.role = Role::Backup;
+                self.st.election = None;
+            }
+            Role::Backup => self.st.election = None,
+        }
+        if !self.st.learner && !self.config.unsafe_testing.skip_learner {
+            self.st.learner = true;
+            self.persist_meta(out);
+            out.push(Action::BecameLearner {
+                reason: LearnerReason::LogDamaged,
+            });
+        }
     }
 
     /// Primary to backup in the same epoch: lease lapsed, higher epoch seen, or handed over.

@@ -1427,11 +1427,21 @@ fn founding_member_turns_learner_on_hearing_of_an_existing_cluster() {
             transfer: false,
         },
     );
-    assert!(!out.contains(&Action::BecameLearner), "{out:?}");
+    assert!(
+        !out.contains(&Action::BecameLearner {
+            reason: LearnerReason::HeardOfCluster
+        }),
+        "{out:?}"
+    );
     // A primary's append is.
     let mut core = founding();
     let out = receive(&mut core, 10, N1, append(4, (0, 0), 0, 4, 0, 5));
-    assert!(out.contains(&Action::BecameLearner), "{out:?}");
+    assert!(
+        out.contains(&Action::BecameLearner {
+            reason: LearnerReason::HeardOfCluster
+        }),
+        "{out:?}"
+    );
     assert!(core.status().learner);
 }
 
@@ -1461,4 +1471,37 @@ fn candidate_stands_above_the_epochs_its_granters_report() {
     );
     assert_eq!(core.epoch(), Epoch(3));
     assert_eq!(core.role(), Role::Candidate);
+}
+
+/// A primary that finds a record of its log damaged steps down at once and becomes a learner
+/// (it cannot vouch for its log until the record is repaired and a primary promotes it).
+#[test]
+fn damaged_log_makes_a_primary_step_down_and_a_learner() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 2)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    elect(&mut core);
+    let out = step(&mut core, Input::LogDamaged);
+    assert_eq!(core.role(), Role::Backup);
+    assert!(!core.is_voter());
+    assert!(
+        out.contains(&Action::PersistMeta {
+            epoch: Epoch(2),
+            voted_for: Some(N1),
+            learner: true
+        }),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&Action::BecameLearner {
+            reason: LearnerReason::LogDamaged
+        }),
+        "{out:?}"
+    );
 }

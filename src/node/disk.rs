@@ -283,14 +283,38 @@ pub fn open_with(
         learner_reason = Some("it was a learner when it stopped".into());
     }
 
+    // Recovery cuts a provably torn tail by itself. Anything else (a complete last record
+    // that fails its check, a damaged record further back) may be a record this node
+    // acknowledged: 1. open refusing it, nothing cut; 2. persist `meta` as a learner;
+    // 3. open again, cutting the log just before the damage. A crash between 2 and 3 finds
+    // the damage again and the learner flag already set; after 3 the node is a learner with
+    // a shorter log, which it catches up from the primary.
     let options = wal::Options {
         segment_bytes_max,
+        damage: wal::Damage::CutTornOnly,
         ..wal::Options::default()
     };
-    let (mut wal, recovery) = Wal::open(path.join("wal"), options)?;
-    if let Some(reason) = open_suspect_cut(&recovery) {
-        learner_reason = Some(reason);
-    }
+    let (mut wal, recovery) = match Wal::open(path.join("wal"), options.clone()) {
+        Ok(opened) => opened,
+        Err(damage @ (wal::Error::SuspectTail { .. } | wal::Error::Corrupt { .. })) => {
+            learner_reason = Some(format!(
+                "{damage}; the log is cut just before it, and the node catches up from the primary"
+            ));
+            if !meta.learner {
+                meta = Meta {
+                    learner: true,
+                    ..meta
+                };
+                meta.store(&meta_path)?;
+            }
+            let options = wal::Options {
+                damage: wal::Damage::CutAll,
+                ..options
+            };
+            Wal::open(path.join("wal"), options)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     // After a failed write or fsync: 1. cut the log back to what was durable before it
     // (the cut is fsynced by `truncate_suffix`); 2. persist `meta` as a learner; 3. remove
     // the marker and fsync the directory. A crash before 3 repeats the whole sequence, which
@@ -369,21 +393,6 @@ pub fn open_with(
         recovery,
         snapshots,
     })
-}
-
-/// Whether recovery cut more than a provably torn tail (a complete last record that failed
-/// its check may be a latent sector error on a record acknowledged long ago): if so, why.
-fn open_suspect_cut(recovery: &wal::log::Recovery) -> Option<String> {
-    let torn = recovery.torn.as_ref()?;
-    if torn.provably_torn {
-        return None;
-    }
-    Some(format!(
-        "recovery cut a last record that was complete but failed its check ({}, offset {}, after lsn {}); it may have been acknowledged",
-        torn.path.display(),
-        torn.offset,
-        torn.last_lsn
-    ))
 }
 
 /// The durable LSN recorded by [`DataDir::record_fsync_failure`], if the marker is there.

@@ -87,6 +87,9 @@ pub struct Metrics {
     /// On a backup: the longest time, in nanoseconds, between two appends (heartbeats
     /// included) the core loop took in from the same primary in the same epoch.
     pub heartbeat_gap_max_nanos: AtomicU64,
+    /// Damaged committed records found in the local log, and repaired from a peer's copy.
+    pub records_damaged: AtomicU64,
+    pub records_repaired: AtomicU64,
     pub fsync_latency: Histogram,
     /// Proposal to commit, on the primary.
     pub commit_latency: Histogram,
@@ -108,6 +111,8 @@ impl Default for Metrics {
             proposals_refused_disk_behind: AtomicU64::new(0),
             appends_deferred: AtomicU64::new(0),
             heartbeat_gap_max_nanos: AtomicU64::new(0),
+            records_damaged: AtomicU64::new(0),
+            records_repaired: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -129,7 +134,7 @@ impl Metrics {
     /// Appends the counters and histograms in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "understudy_appended_records_total",
                 "Records accepted from the local application.",
@@ -184,6 +189,16 @@ impl Metrics {
                 "understudy_appends_deferred_total",
                 "Appends from the primary taken in as heartbeats, records dropped for the primary to resend, because the WAL writer's queue was full.",
                 &self.appends_deferred,
+            ),
+            (
+                "understudy_records_damaged_total",
+                "Damaged committed records found in the local log (checksum failures no crash explains).",
+                &self.records_damaged,
+            ),
+            (
+                "understudy_records_repaired_total",
+                "Damaged records rewritten from a peer's verified copy.",
+                &self.records_repaired,
             ),
         ];
         for (name, help, counter) in counters {

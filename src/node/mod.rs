@@ -37,6 +37,8 @@
 //! - [`admin`]: the admin HTTP server (`--admin-listen`): status, health checks, metrics.
 //! - [`snapshot`]: snapshots: asking the application, storing, truncating the log, the
 //!   transfer to backups that need one, restoring the application.
+//! - [`repair`]: the scrub of the committed log, and the repair of a damaged record from a
+//!   peer's copy.
 
 pub mod admin;
 pub mod app_api;
@@ -46,6 +48,7 @@ pub mod handle;
 pub mod metrics;
 pub mod peer;
 pub mod proxy;
+pub mod repair;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -105,6 +108,8 @@ pub struct NodeConfig {
     pub snapshot: snapshot::SnapshotConfig,
     /// What an empty data dir is: a founding member of a new cluster, or a node joining one.
     pub initial_cluster_state: disk::InitialClusterState,
+    /// How often the committed log is verified end to end (`repair`).
+    pub scrub_interval: Duration,
 }
 
 /// The node's listeners, bound by the caller.
@@ -234,6 +239,8 @@ struct Shell {
     failed: Option<String>,
     metrics: Arc<Metrics>,
     snapshots: Arc<snapshot::Snapshots>,
+    /// Damaged records the core loop ran into, for the repair task.
+    damaged_found: mpsc::Sender<Lsn>,
     /// The core has been told the log holds nothing at or below this
     /// (`Input::PrefixTruncated`, or a snapshot installed): see [`Shell::prefix_catch_up`].
     prefix_told: Lsn,
@@ -460,8 +467,11 @@ impl Shell {
                 info!(through = %through, "learner promoted: this node holds every committed record and votes from now on");
                 self.publish_status();
             }
-            Action::BecameLearner => {
-                warn!("this node had no log and heard of a cluster that has one: learner until it has caught up (its empty data dir may be a wiped one)");
+            Action::BecameLearner { reason } => {
+                match reason {
+                    core::LearnerReason::HeardOfCluster => warn!("this node had no log and heard of a cluster that has one: learner until it has caught up (its empty data dir may be a wiped one)"),
+                    core::LearnerReason::LogDamaged => warn!("a record of this node's log is damaged: learner (and not primary) until it is repaired from a peer and the primary finds it caught up"),
+                }
                 self.publish_status();
             }
             Action::QuarantineEnded => {
@@ -670,6 +680,10 @@ impl Shell {
                 Ok(None) => return None,
                 Err(e) => {
                     error!(error = %e, "cannot read records to ship");
+                    if let wal::Error::Corrupt { lsn, .. } = e {
+                        // Never shipped; the repair task fetches a verified copy.
+                        let _ = self.damaged_found.try_send(lsn);
+                    }
                     return None;
                 }
             }
@@ -947,22 +961,24 @@ pub async fn run(
         cancel.clone(),
     ));
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MAX);
+    let reader = opened.writer.reader();
+    let peer_config = Arc::new(peer::PeerConfig {
+        node_id: config.node_id,
+        cluster_id,
+        secret: config.secret.clone(),
+        peers: config.peers.clone(),
+        client_addr: config.client_addr,
+        metrics: Arc::clone(&metrics),
+        snapshots: Arc::clone(&snapshots),
+        reader: reader.clone(),
+    });
     let net = peer::PeerNet::start(
-        peer::PeerConfig {
-            node_id: config.node_id,
-            cluster_id,
-            secret: config.secret.clone(),
-            peers: config.peers.clone(),
-            client_addr: config.client_addr,
-            metrics: Arc::clone(&metrics),
-            snapshots: Arc::clone(&snapshots),
-        },
+        Arc::clone(&peer_config),
         listeners.peer,
         inbound_tx,
         &tracker,
         cancel.clone(),
     );
-    let reader = opened.writer.reader();
     let (requests_tx, mut requests_rx) = mpsc::channel(REQUESTS_MAX);
     let (commit_tx, commit_rx) = watch::channel(Lsn::ZERO);
     let (status_tx, status_rx) = watch::channel(Arc::new(NodeStatus {
@@ -1011,6 +1027,20 @@ pub async fn run(
     if let Some(admin) = listeners.admin {
         tracker.spawn(admin::serve(admin, handle.clone(), cancel.clone()));
     }
+    let (damaged_found, damaged_found_rx) = mpsc::channel(repair::FOUND_QUEUE_MAX);
+    let (damaged_tx, mut damaged_rx) = mpsc::channel(repair::FOUND_QUEUE_MAX);
+    tracker.spawn(repair::run(
+        repair::Repairer {
+            peer_config,
+            reader: reader.clone(),
+            commit: handle.watch_commit(),
+            damaged: damaged_tx,
+            metrics: Arc::clone(&metrics),
+            scrub_interval: config.scrub_interval.max(Duration::from_millis(1)),
+        },
+        damaged_found_rx,
+        cancel.clone(),
+    ));
 
     let mut durable_rx = opened.durable;
     let prefix_told = opened.recovered.snapshot_lsn;
@@ -1041,6 +1071,7 @@ pub async fn run(
         prefix_cut: None,
         suffix_cut: None,
         last_append: None,
+        damaged_found,
         config,
     };
     shell.publish_status();
@@ -1095,6 +1126,10 @@ pub async fn run(
                 shell.on_durable(progress)
             }
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
+            Some(lsn) = damaged_rx.recv() => {
+                error!(lsn = %lsn, "a committed record of the log is damaged");
+                shell.step(Input::LogDamaged, StepContext::default())
+            }
             Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
                 Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),

@@ -106,6 +106,8 @@ pub struct PeerConfig {
     pub metrics: Arc<super::metrics::Metrics>,
     /// Where a snapshot connection's data goes (`snapshot::receive`).
     pub snapshots: Arc<super::snapshot::Snapshots>,
+    /// The local log, for answering repair requests (`repair::serve`).
+    pub reader: wal::reader::Reader,
 }
 
 /// The running transport.
@@ -120,13 +122,12 @@ pub struct PeerNet {
 impl PeerNet {
     /// Starts the dialling tasks and the accept loop. Inbound messages go to `inbound`.
     pub fn start(
-        config: PeerConfig,
+        config: Arc<PeerConfig>,
         listener: TcpListener,
         inbound: mpsc::Sender<Inbound>,
         tracker: &tokio_util::task::TaskTracker,
         shutdown: CancellationToken,
     ) -> PeerNet {
-        let config = Arc::new(config);
         let client_addrs = Arc::new(Mutex::new(BTreeMap::new()));
         let mut queues = BTreeMap::new();
         let mut connected = BTreeMap::new();
@@ -501,6 +502,15 @@ async fn serve_inbound(
             return super::snapshot::receive(&config.snapshots, from, frame, reader, writer)
                 .await
                 .map_err(LinkError::Snapshot);
+        }
+        if let Frame::RepairRequest {
+            first_lsn,
+            last_lsn,
+        } = frame
+        {
+            // A repair connection: one request, one answer.
+            debug!(first_lsn = %first_lsn, last_lsn = %last_lsn, "peer asks for records to repair its log");
+            return Ok(super::repair::serve(&config.reader, first_lsn, last_lsn, writer).await?);
         }
         let Frame::Message { message, records } = frame else {
             return Err(LinkError::Handshake(

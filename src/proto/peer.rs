@@ -179,9 +179,14 @@ pub enum Frame {
         installed: bool,
     },
     /// The first and only request of a repair connection (module docs, "Repair").
-    RepairRequest { first_lsn: Lsn, last_lsn: Lsn },
+    RepairRequest {
+        first_lsn: Lsn,
+        last_lsn: Lsn,
+    },
     /// The answer: records back to back as in the log, not yet verified.
-    RepairRecords { records: Bytes },
+    RepairRecords {
+        records: Bytes,
+    },
 }
 
 /// Why bytes from a peer are not a frame. The connection is dropped.

@@ -837,7 +837,10 @@ impl Sim {
         let alive = (0..n).filter(|&i| self.alive(i)).count();
         let majority = n / 2 + 1;
         if let Some(node) = self.data_loss {
-            if self.nodes[node].core.as_ref().is_some_and(Core::is_voter) {
+            // A voter again, and durably so: a promotion whose metadata write has not landed
+            // yet is undone by a crash, and the node is a learner once more.
+            let n = &self.nodes[node];
+            if n.core.as_ref().is_some_and(Core::is_voter) && !n.disk.meta.learner && !n.fresh {
                 self.data_loss = None;
             }
         }
@@ -913,13 +916,14 @@ impl Sim {
                     }
                 }
             }
-            93..=97 if self.data_loss.is_none() => {
+            93..=98 if self.data_loss.is_none() => {
                 let node = pick_target(self);
                 if self.alive(node) {
                     match roll {
                         93..=95 => self.wipe(node),
                         96 => self.corrupt(node),
-                        _ => self.fsync_failure(node),
+                        97 => self.fsync_failure(node),
+                        _ => self.damaged_while_running(node)?,
                     }
                 }
             }
@@ -968,6 +972,18 @@ impl Sim {
         }
         let down = 20 * MS + self.rng.below(300 * MS);
         self.schedule(down, Event::Restart { node });
+    }
+
+    /// The scrub of a running `node` finds a committed record damaged: the shell tells the
+    /// core (a primary steps down, the node turns learner) and repairs the record in place
+    /// from a peer, which the simulated disk, holding every record intact, needs no step for.
+    fn damaged_while_running(&mut self, node: usize) -> Result<(), Violation> {
+        if self.nodes[node].paused_until > self.now {
+            return Ok(());
+        }
+        self.data_loss = Some(node);
+        self.note(node, "damaged record found", 0);
+        self.step_node(node, Input::LogDamaged, None)
     }
 
     /// A write or fsync of `node`'s log fails: it stops at once, loses what was not durable,
@@ -1270,7 +1286,7 @@ impl Sim {
             Action::ProposeRejected { .. } => self.work.rejected += 1,
             Action::Switchover { .. } => {}
             Action::QuarantineEnded => self.nodes[node].fresh = false,
-            Action::Promoted { .. } | Action::BecameLearner => {}
+            Action::Promoted { .. } | Action::BecameLearner { .. } => {}
         }
         Ok(())
     }
