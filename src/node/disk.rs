@@ -634,4 +634,110 @@ mod tests {
         );
         assert_eq!(third.recovered.last_lsn, Lsn(3), "cut once");
     }
+
+    /// A complete last record that fails its check may be one this node acknowledged long ago
+    /// (a latent sector error), not a torn write: the node cuts it and starts as a learner,
+    /// and stays one across a restart (before: the record was cut as a torn tail and the node
+    /// voted as if nothing had happened).
+    #[test]
+    fn a_start_that_cuts_a_suspect_tail_is_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || {
+            open_with(
+                dir.path(),
+                NodeId(1),
+                7,
+                FsyncMode::Always,
+                Default::default(),
+                wal::Options::default().segment_bytes_max,
+                InitialClusterState::New,
+            )
+        };
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        for _ in 1..=5u64 {
+            first
+                .writer
+                .append(Epoch(1), wal::format::RecordKind::App, [&b"payload"[..]])
+                .unwrap();
+        }
+        first.writer.sync().unwrap();
+        drop(first);
+        // Flip a byte inside the last record's payload: the record stays complete.
+        let segment = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "wal"))
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+        let second = open_node().unwrap();
+        assert_eq!(second.start, Start::LEARNER);
+        assert_eq!(
+            second.recovered.last_lsn,
+            Lsn(4),
+            "the suspect record is cut"
+        );
+        assert!(second.learner_reason.is_some());
+        drop(second);
+        assert_eq!(
+            open_node().unwrap().start,
+            Start::LEARNER,
+            "and it stays a learner"
+        );
+    }
+
+    /// A damaged record in the middle of the log (a sealed segment, say) no longer stops the
+    /// node from starting: it cuts its log just before the damage and starts as a learner,
+    /// which catches up from the primary.
+    #[test]
+    fn a_start_on_a_log_damaged_midway_cuts_it_there_and_is_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || {
+            open_with(
+                dir.path(),
+                NodeId(1),
+                7,
+                FsyncMode::Always,
+                Default::default(),
+                4096,
+                InitialClusterState::New,
+            )
+        };
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        let payload = [7u8; 300];
+        for _ in 0..60 {
+            first
+                .writer
+                .append(Epoch(1), wal::format::RecordKind::App, [&payload[..]])
+                .unwrap();
+        }
+        first.writer.sync().unwrap();
+        drop(first);
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 3, "{segments:?}");
+        let mut bytes = std::fs::read(&segments[1]).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(&segments[1], &bytes).unwrap();
+        let second = open_node().unwrap();
+        assert_eq!(second.start, Start::LEARNER);
+        assert!(second.recovered.last_lsn < Lsn(60));
+        assert!(
+            second.recovered.last_lsn > Lsn(5),
+            "the records before the damage stay"
+        );
+        assert!(second
+            .learner_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("corrupt")));
+    }
 }
