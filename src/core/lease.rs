@@ -8,7 +8,15 @@
 //! `failover_timeout`, `m` for `clock_drift_margin`, `L = T - m` for the lease.
 //!
 //! 1. The primary P stamps each append with its clock reading `s` when it leaves (true time
-//!    `S`). A backup B that answers it (in P's epoch) received it at true time `R >= S`.
+//!    `S`). A backup B that answers it (in P's epoch) received it at true time `R >= S`, and
+//!    echoes `s` itself: the send time of the very append it answers (unasked, after a later
+//!    fsync, that of the latest append it received from P in this epoch). B forgets P's send
+//!    times when the epoch or the primary changes, and echoes zero when it refuses an append
+//!    of an older epoch, so an echo is always a reading of P's own clock in this run of P.
+//!    P ignores (never clamps) an echo later than its clock: clamping would count an
+//!    acknowledgement from when it arrived, which a retransmission can make hundreds of
+//!    milliseconds after B's receipt. P counts only echoes from voters: a learner (wiped, or
+//!    quarantined) may have voted before it forgot, so its refusal proves nothing.
 //! 2. From that receipt B refuses every vote and pre-vote, and does not stand, until its own
 //!    clock has advanced `T` (`heard_from_primary_recently`). That is true time at least
 //!    `R + T / (1 + rho)`. A vote granted earlier than that is impossible; a vote B granted
