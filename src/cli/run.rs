@@ -271,7 +271,9 @@ async fn bind_tcp(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("--{flag} {addr}: cannot listen"))
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
+/// Resolves when SIGTERM or SIGINT arrives. SIGHUP, which would otherwise end the process
+/// at once (a closed terminal, a reload by a service manager), is answered with one log line:
+/// nothing the sidecar runs with can be reloaded yet, and it keeps running.
 async fn termination() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -282,9 +284,27 @@ async fn termination() {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                return;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping");
+                return;
+            }
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: nothing to reload; still running (SIGTERM stops, handing over first)");
+            }
+        }
     }
 }
 

@@ -1082,7 +1082,11 @@ pub async fn run(
     let mut status_every = tokio::time::interval(Duration::from_millis(100));
     status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    let mut draining: Option<BootInstant> = None;
+    // Shutting down: since when, and in which epoch. A primary hands over and then waits,
+    // up to `drain_for`, until a primary of a later epoch is heard: leaving at once would
+    // cancel the peer links with `TimeoutNow` (resent every heartbeat) perhaps not yet sent,
+    // turning a planned hand-over into a full failover timeout.
+    let mut draining: Option<(BootInstant, Epoch)> = None;
     let drain_for = shell.config.core.failover_timeout * 2;
 
     let result: Result<(), NodeError> = loop {
@@ -1090,7 +1094,7 @@ pub async fn run(
             biased;
             _ = &mut shutdown, if draining.is_none() => {
                 // Hand over before leaving, if this node is the primary.
-                draining = Some(BootInstant::now());
+                draining = Some((BootInstant::now(), shell.epoch));
                 let target = shell.core.status().peers.iter().filter(|p| !p.learner).max_by_key(|p| p.match_lsn).map(|p| p.node_id);
                 match (shell.role, target) {
                     (Role::Primary, Some(to)) => {
@@ -1150,9 +1154,12 @@ pub async fn run(
         if let Err(e) = step {
             break Err(e);
         }
-        if let Some(since) = draining {
-            if shell.role != Role::Primary || since.elapsed() > drain_for {
-                debug!("handover done or timed out; stopping");
+        if let Some((since, epoch)) = draining {
+            let taken_over = shell.role != Role::Primary
+                && shell.epoch > epoch
+                && shell.primary.is_some_and(|p| p != shell.config.node_id);
+            if taken_over || since.elapsed() > drain_for {
+                debug!(taken_over, "hand-over done or timed out; stopping");
                 break Ok(());
             }
         }
