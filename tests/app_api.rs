@@ -50,6 +50,7 @@ fn status(role: Role, epoch: u64, primary: Option<u16>, addr: Option<SocketAddr>
         heartbeat_age_ms: None,
         peers: Vec::new(),
         failed: None,
+        app: None,
     }
 }
 

@@ -3,11 +3,11 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /status` | 200, the node's [`NodeStatus`] as JSON: role, epoch, LSN pointers, every peer |
+//! | `GET /status` | 200, the node's [`NodeStatus`] as JSON: role, epoch, LSN pointers, every peer, the application the sidecar runs, if any (`app`) |
 //! | `GET /primary` | 200 `primary` on a primary holding its lease, else 503 and the role |
 //! | `GET /replica` | 200 `backup` on a backup following a primary it heard from within [`REPLICA_HEARTBEAT_AGE_MAX_MS`], else 503 and why |
 //! | `GET /health` | 200 `ok` while the node runs and its disk has not failed, else 503 and why |
-//! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms |
+//! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` when the sidecar runs the application) |
 //! | `POST /switchover?to=N` | a planned switchover to node N: 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
 //!
 //! `HEAD` is answered like `GET`. An unknown path is 404, a known path with the wrong method
@@ -562,6 +562,21 @@ pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) 
         }
     }
     metrics.render(out);
+    if status.app.is_some() {
+        let name = "understudy_app_restarts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Times the application run by the sidecar was started again after it exited."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            metrics
+                .app_restarts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -595,7 +610,40 @@ mod tests {
                 learner: false,
             }],
             failed: None,
+            app: None,
         }
+    }
+
+    /// Without an application run by the sidecar neither `/status` nor `/metrics` mention
+    /// one; with one, `/status` has `app` and `/metrics` counts its restarts.
+    #[test]
+    fn app_is_reported_only_when_supervised() {
+        let metrics = Metrics::default();
+        Metrics::add(&metrics.app_restarts, 2);
+        let plain = status(Role::Backup);
+        let mut out = String::new();
+        render_metrics(&plain, &metrics, &mut out);
+        assert!(!out.contains("understudy_app_"), "{out}");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("app").is_none(), "{json}");
+
+        let supervised = NodeStatus {
+            app: Some(crate::node::AppStatus {
+                pid: Some(4242),
+                restarts: 2,
+                running_since_ms: Some(1_700_000_000_000),
+                last_exit: None,
+            }),
+            ..plain
+        };
+        let mut out = String::new();
+        render_metrics(&supervised, &metrics, &mut out);
+        assert!(out.contains("\nunderstudy_app_restarts_total 2\n"), "{out}");
+        let json = serde_json::to_value(&supervised).unwrap();
+        assert_eq!(
+            json["app"],
+            serde_json::json!({"pid": 4242, "restarts": 2, "running_since_ms": 1_700_000_000_000u64})
+        );
     }
 
     /// Every gauge the load balancer and dashboards rely on is there, with the role as a

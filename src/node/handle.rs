@@ -111,6 +111,27 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// Set when the node's disk failed: it no longer acknowledges anything.
     pub failed: Option<String>,
+    /// The application the sidecar runs (`--app-cmd`); absent without the flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppStatus>,
+}
+
+/// The application the sidecar runs with `--app-cmd`, as the supervisor last saw it
+/// (`node::supervise`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct AppStatus {
+    /// The process id of the running application (of its `sh -c`, which may have exec'd
+    /// the command), absent while it is not running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Times it was started again after it exited (or could not be started).
+    pub restarts: u64,
+    /// While it runs: when it was started, in milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_since_ms: Option<u64>,
+    /// How its last run ended (`exit status: 1`, `signal: 9 (SIGKILL)`), once one has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 fn serialize_role<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {

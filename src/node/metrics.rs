@@ -90,6 +90,9 @@ pub struct Metrics {
     /// Damaged committed records found in the local log, and repaired from a peer's copy.
     pub records_damaged: AtomicU64,
     pub records_repaired: AtomicU64,
+    /// Times the application run by the sidecar was started again after it exited
+    /// (rendered only when there is one: see `admin::render_metrics`).
+    pub app_restarts: AtomicU64,
     pub fsync_latency: Histogram,
     /// Proposal to commit, on the primary.
     pub commit_latency: Histogram,
@@ -113,6 +116,7 @@ impl Default for Metrics {
             heartbeat_gap_max_nanos: AtomicU64::new(0),
             records_damaged: AtomicU64::new(0),
             records_repaired: AtomicU64::new(0),
+            app_restarts: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
         }

@@ -72,7 +72,9 @@ use crate::{Epoch, Lsn, NodeId};
 use clock::BootInstant;
 use metrics::Metrics;
 
-pub use handle::{NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply};
+pub use handle::{
+    AppStatus, NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply,
+};
 
 /// Requests queued from service tasks to the core loop, at most.
 const REQUESTS_MAX: usize = 1024;
@@ -782,6 +784,7 @@ impl Shell {
             heartbeat_age_ms,
             peers,
             failed: self.failed.clone(),
+            app: None,
         }));
     }
 }
@@ -996,6 +999,7 @@ pub async fn run(
         heartbeat_age_ms: None,
         peers: Vec::new(),
         failed: None,
+        app: None,
     }));
     let handle = NodeHandle {
         requests: requests_tx,

@@ -296,6 +296,7 @@ mod tests {
             heartbeat_age_ms: None,
             peers: Vec::new(),
             failed: None,
+            app: None,
         }
     }
 
