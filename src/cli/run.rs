@@ -154,6 +154,16 @@ pub struct RunArgs {
     /// record is repaired from a peer's copy.
     #[arg(long, env = "UNDERSTUDY_SCRUB_INTERVAL", value_parser = duration, default_value = "1h")]
     pub scrub_interval: Duration,
+    /// Run the application under the sidecar: `sh -c COMMAND`, started once the listeners
+    /// are bound, started again when it exits, stopped after the sidecar's hand-over (env:
+    /// UNDERSTUDY_APP_SOCKET, UNDERSTUDY_NODE_ID, UNDERSTUDY_ROLE, UNDERSTUDY_DATA_DIR,
+    /// UNDERSTUDY_APP_ADDR, UNDERSTUDY_ADMIN).
+    #[arg(long, env = "UNDERSTUDY_APP_CMD")]
+    pub app_cmd: Option<String>,
+    /// When the sidecar stops: how long the --app-cmd application has from SIGTERM until
+    /// SIGKILL.
+    #[arg(long, env = "UNDERSTUDY_APP_STOP_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub app_stop_timeout: Duration,
 }
 
 impl RunArgs {
@@ -194,6 +204,9 @@ impl RunArgs {
                 self.wal_segment_bytes
             );
         }
+        if self.app_cmd.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            anyhow::bail!("--app-cmd \"\": the command is empty");
+        }
         let secret = ClusterSecret::load(&self.cluster_secret_file)?;
         let mut core = crate::core::Config::new(node_id, peers.keys().copied().collect());
         core.heartbeat_interval = self.heartbeat_interval;
@@ -217,6 +230,15 @@ impl RunArgs {
             app_addr: self.app_addr,
             on_promote: self.on_promote.clone(),
             on_demote: self.on_demote.clone(),
+            app_cmd: self
+                .app_cmd
+                .as_ref()
+                .map(|command| node::supervise::AppCommand {
+                    command: command.clone(),
+                    stop_timeout: self.app_stop_timeout,
+                    socket: self.app_socket(),
+                    admin: self.admin_listen,
+                }),
             proxy: node::proxy::ProxyLimits {
                 connections_max: self.client_connections_max.max(1),
                 idle_timeout: self.client_idle_timeout,

@@ -3,11 +3,11 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /status` | 200, the node's [`NodeStatus`] as JSON: role, epoch, LSN pointers, every peer, the application the sidecar runs, if any (`app`) |
+//! | `GET /status` | 200, the node's [`NodeStatus`] as JSON: role, epoch, LSN pointers, every peer, the `--app-cmd` application (`app`) |
 //! | `GET /primary` | 200 `primary` on a primary holding its lease, else 503 and the role |
 //! | `GET /replica` | 200 `backup` on a backup following a primary it heard from within [`REPLICA_HEARTBEAT_AGE_MAX_MS`], else 503 and why |
 //! | `GET /health` | 200 `ok` while the node runs and its disk has not failed, else 503 and why |
-//! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` when the sidecar runs the application) |
+//! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` with `--app-cmd`) |
 //! | `POST /switchover?to=N` | a planned switchover to node N: 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
 //!
 //! `HEAD` is answered like `GET`. An unknown path is 404, a known path with the wrong method
@@ -566,7 +566,7 @@ pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) 
         let name = "understudy_app_restarts_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Times the application run by the sidecar was started again after it exited."
+            "# HELP {name} Times the --app-cmd application was started again after it exited."
         );
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(
@@ -614,8 +614,8 @@ mod tests {
         }
     }
 
-    /// Without an application run by the sidecar neither `/status` nor `/metrics` mention
-    /// one; with one, `/status` has `app` and `/metrics` counts its restarts.
+    /// Without `--app-cmd` neither `/status` nor `/metrics` mention an application; with
+    /// it, `/status` has `app` and `/metrics` counts its restarts.
     #[test]
     fn app_is_reported_only_when_supervised() {
         let metrics = Metrics::default();

@@ -117,7 +117,7 @@ pub struct NodeStatus {
 }
 
 /// The application the sidecar runs with `--app-cmd`, as the supervisor last saw it
-/// (`node::supervise`).
+/// ([`super::supervise`]).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct AppStatus {
     /// The process id of the running application (of its `sh -c`, which may have exec'd

@@ -39,6 +39,8 @@
 //!   transfer to backups that need one, restoring the application.
 //! - [`repair`]: the scrub of the committed log, and the repair of a damaged record from a
 //!   peer's copy.
+//! - [`supervise`]: the application run by the sidecar (`--app-cmd`): start, output to the
+//!   log, restart with backoff, stop after the node's hand-over.
 
 pub mod admin;
 pub mod app_api;
@@ -50,6 +52,7 @@ pub mod peer;
 pub mod proxy;
 pub mod repair;
 pub mod snapshot;
+pub mod supervise;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -112,6 +115,8 @@ pub struct NodeConfig {
     pub initial_cluster_state: disk::InitialClusterState,
     /// How often the committed log is verified end to end (`repair`).
     pub scrub_interval: Duration,
+    /// The application the sidecar runs itself (`--app-cmd`), if any.
+    pub app_cmd: Option<supervise::AppCommand>,
 }
 
 /// The node's listeners, bound by the caller.
@@ -254,6 +259,8 @@ struct Shell {
     suffix_cut: Option<(u64, Lsn)>,
     /// The primary and epoch of the last append taken in, and when: for the heartbeat gap.
     last_append: Option<(NodeId, Epoch, BootInstant)>,
+    /// The `--app-cmd` application's status, copied into the node's.
+    app_status: Option<watch::Receiver<AppStatus>>,
 }
 
 /// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
@@ -784,7 +791,7 @@ impl Shell {
             heartbeat_age_ms,
             peers,
             failed: self.failed.clone(),
-            app: None,
+            app: self.app_status.as_ref().map(|app| app.borrow().clone()),
         }));
     }
 }
@@ -889,7 +896,7 @@ fn run_hook(
 }
 
 /// Runs the node until `shutdown` completes (then hands over if primary and stops cleanly)
-/// or the disk fails.
+/// or the disk fails; either way it stops the `--app-cmd` application before it returns.
 ///
 /// # Durability
 /// Every append it acknowledges is durable on this node and on `sync_replicas` backups
@@ -1045,6 +1052,16 @@ pub async fn run(
         damaged_found_rx,
         cancel.clone(),
     ));
+    // The application last: the node's listeners are served by now.
+    let app = config.app_cmd.as_ref().map(|app| {
+        supervise::start(
+            app,
+            &config,
+            handle.watch_status(),
+            Arc::clone(&metrics),
+            cancel.clone(),
+        )
+    });
 
     let mut durable_rx = opened.durable;
     let prefix_told = opened.recovered.snapshot_lsn;
@@ -1076,6 +1093,7 @@ pub async fn run(
         suffix_cut: None,
         last_append: None,
         damaged_found,
+        app_status: app.as_ref().map(supervise::Supervisor::watch_status),
         config,
     };
     shell.publish_status();
@@ -1176,7 +1194,16 @@ pub async fn run(
         let _ = pending.reply.send(ProposeOutcome::Unknown);
     }
     tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    // The application is stopped meanwhile (SIGTERM, SIGKILL after `--app-stop-timeout`).
+    let app_stopped = async {
+        if let Some(app) = app {
+            app.stopped().await;
+        }
+    };
+    let _ = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), tracker.wait()),
+        app_stopped
+    );
     let Shell { writer, .. } = shell;
     tokio::task::spawn_blocking(move || drop(writer))
         .await
