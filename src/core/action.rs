@@ -62,8 +62,8 @@ pub enum Action {
     /// from now on (once any quarantine is over). `PersistMeta` records it.
     Promoted { through: Lsn },
     /// This node became a learner while running: it was a member of no cluster yet (epoch 0,
-    /// empty log) and heard of one that exists, so its empty data dir may be a wiped one; or
-    /// its log was found damaged (`Input::LogDamaged`). `PersistMeta` records it.
+    /// empty log) and heard of one that exists, so its empty data dir may be a wiped one.
+    /// `PersistMeta` records it.
     BecameLearner { reason: LearnerReason },
     /// What became of an `Input::Switchover`.
     Switchover {
@@ -77,8 +77,6 @@ pub enum Action {
 pub enum LearnerReason {
     /// A founding member with no log heard of a cluster that has one.
     HeardOfCluster,
-    /// A record of its log was found damaged.
-    LogDamaged,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -65,11 +65,11 @@
 //!    never stands, and takes no hand-over. Its responses carry its nonce
 //!    (`AppendResponse::learner`), and the primary counts them neither towards commit nor
 //!    towards its lease. The flag is persisted, so a learner that restarts is one again.
-//! 2. The primary, holding its lease, tells the learner to vote (`Append::promote`, echoing
-//!    the nonce) once the learner's durable, matching log reaches the primary's commit LSN and
-//!    that commit LSN has reached the primary's epoch-start record. The learner checks the
-//!    same of its own log (durable and verified against this primary through `commit_lsn`,
-//!    which covers this epoch's first record) and only then stops being a learner.
+//! 2. When the primary first hears a learner's nonce it notes its own last LSN, `F`. Holding
+//!    its lease, it tells the learner to vote (`Append::promote`, echoing the nonce, with
+//!    `promote_through = F`) once the learner's durable, matching log reaches `F`. The learner
+//!    checks the same of its own log (durable, and verified against this primary, through
+//!    `F`) and only then stops being a learner.
 //!
 //! Why every record acknowledged to a client stays in every later primary's log (invariant 1)
 //! with learners about. Write `S` for a record's commit set (the primary and the
@@ -79,14 +79,19 @@
 //! - `Y` held the record durably when it acknowledged it. If it lost it since (a wipe, a cut
 //!   tail, an fsync failure), it restarted as a learner, and a learner's vote is never
 //!   granted; so as a voter in `M`, `Y` either still holds it or was promoted after the loss.
-//! - A promotion at true time `t` came from a primary `P` holding its lease at `t`, so no
-//!   primary of a later epoch had been elected by `t`, and every record acknowledged before `t`
-//!   was in `P`'s log at or below `P`'s commit LSN (earlier primaries' records by induction
-//!   lie before `P`'s epoch-start record, which the commit LSN covers; `P`'s own acknowledged
-//!   records are at or below its commit LSN). The learner holds all of them durably. A
-//!   promotion that arrives late changes nothing: from `t` until it arrives the node was a
-//!   learner, counted in no commit set. The nonce ties a promotion to one run of the node, so
-//!   a promotion meant for a run that has since lost its disk is ignored.
+//! - A promotion came from a primary `P` holding its lease when it sent it, so no primary of a
+//!   later epoch had been elected then, and `P`'s log held every record acknowledged so far
+//!   (earlier primaries' by induction, and its own). Those acknowledged before `P` first heard
+//!   the nonce (true time `h`) are at or below `F`, and the learner holds them all durably.
+//!   Those committed after `h` did not count this run of the node: it was a learner, and
+//!   reported so, from its start until the promotion arrived (a late or duplicated promotion
+//!   changes nothing). One exception is not a hole: an acknowledgement from an *earlier* run
+//!   of the node, sent as a voter before it lost its disk and delivered late, may count after
+//!   `h`. It acknowledges a record that run held then, which `P` had sent it, so one at or
+//!   below `F`: the promoted run holds it again. (Checking against `P`'s commit LSN instead of
+//!   `F` would promote a run that lacks it, and a later election could lose it.) The nonce
+//!   ties a promotion to one run of the node, so one meant for a run that has since lost its
+//!   disk is ignored.
 //! - So `Y` holds the record, and by the up-to-date rule so does the candidate `M` elected.
 //!
 //! A node whose votes were lost may also have voted, before the loss, in an epoch above the
@@ -179,27 +184,19 @@ impl Core {
         }
     }
 
-    /// A learner's promotion (module docs, step 2), checked against its own log.
-    pub(super) fn learner_promote(&mut self, promote: u64, commit_lsn: Lsn, out: &mut Vec<Action>) {
+    /// A learner's promotion (module docs, step 2), checked against its own log: it holds,
+    /// durably and verified against this primary, everything through `through`.
+    pub(super) fn learner_promote(&mut self, promote: u64, through: Lsn, out: &mut Vec<Action>) {
         if promote == 0 || promote != self.st.learner_nonce || !self.st.learner {
             return;
         }
-        let log = &self.st.log;
-        let holds = self.st.verified_lsn >= commit_lsn && log.durable_lsn >= commit_lsn;
-        // The primary's epoch-start record, at or below `commit_lsn` in its log, is in ours
-        // at the same LSN (verified through `commit_lsn`); a snapshot covering it counts too.
-        let covers_epoch_start = match log.range_of_epoch(self.st.epoch) {
-            Some((first, _)) => first <= commit_lsn,
-            None => log.snapshot_epoch == self.st.epoch && log.snapshot_lsn <= commit_lsn,
-        };
-        if !holds || !covers_epoch_start {
+        let holds = self.st.verified_lsn >= through && self.st.log.durable_lsn >= through;
+        if !holds {
             return;
         }
         self.st.learner = false;
         self.persist_meta(out);
-        out.push(Action::Promoted {
-            through: commit_lsn,
-        });
+        out.push(Action::Promoted { through });
     }
 
     /// Ends the quarantine once the clock has reached its end.
@@ -450,6 +447,7 @@ impl Core {
             || self.st.role != Role::Backup
             || self.st.primary != Some(from)
             || !self.voter()
+            || self.st.damaged
         {
             return;
         }

@@ -42,11 +42,13 @@ pub enum Input {
     SnapshotSent { to: NodeId, lsn: Lsn, epoch: Epoch },
     /// Primary side: the snapshot transfer to `to` failed; the core will ask again.
     SnapshotFailed { to: NodeId },
-    /// The shell found a record of the local log damaged (a checksum that fails where no crash
-    /// explains it): this node can no longer vouch for its log. A primary steps down; every
-    /// node becomes a learner until the record is repaired from a peer and a primary finds it
-    /// caught up (`election.rs`, "Learners").
+    /// The shell found a committed record of the local log damaged (a checksum that fails
+    /// where no crash explains it). The log's LSNs and epochs are intact, so the node still
+    /// votes and acknowledges, but it could not ship that record: a primary steps down, and
+    /// the node stands for nothing until `LogRepaired`.
     LogDamaged,
+    /// Every damaged record was rewritten from a peer's verified copy.
+    LogRepaired,
     /// Backup side: the shell installed (durably) a snapshot covering the log through `lsn`
     /// (of `epoch`) and dropped its whole log. Never below `commit_lsn`.
     SnapshotInstalled { lsn: Lsn, epoch: Epoch },

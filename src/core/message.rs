@@ -67,9 +67,13 @@ pub struct Append {
     /// The primary's clock when it sent this; echoed back, it renews the primary's lease.
     pub sent_at: Duration,
     /// Non-zero: the learner whose nonce this is (`AppendResponse::learner`) holds, durably and
-    /// matching this primary's log, every record through `commit_lsn`, and `commit_lsn` covers
-    /// this primary's epoch-start record; it may vote from now on (`election.rs`, "Learners").
+    /// matching this primary's log, every record through `promote_through`; it may vote from
+    /// now on (`election.rs`, "Learners").
     pub promote: u64,
+    /// With `promote`: this primary's last LSN when it first heard of the learner's nonce.
+    /// Every record the node acknowledged in an earlier run (an acknowledgement that may still
+    /// be on its way) is at or below it. Zero without `promote`.
+    pub promote_through: Lsn,
 }
 
 /// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.

@@ -131,6 +131,8 @@ pub struct Status {
     pub learner: bool,
     /// Still waiting out the quarantine of a fresh data dir.
     pub quarantined: bool,
+    /// A damaged record awaits repair: the node does not stand.
+    pub damaged: bool,
     pub snapshot_lsn: Lsn,
     pub last_lsn: Lsn,
     pub last_epoch: Epoch,
@@ -224,6 +226,7 @@ impl Core {
                 epoch,
                 voted_for,
                 learner,
+                damaged: false,
                 learner_nonce,
                 log,
                 commit_lsn,
@@ -343,6 +346,7 @@ impl Core {
             Input::SnapshotFailed { to } => self.on_snapshot_failed(to),
             Input::SnapshotInstalled { lsn, epoch } => self.on_snapshot_installed(lsn, epoch, out),
             Input::LogDamaged => self.on_log_damaged(out),
+            Input::LogRepaired => self.st.damaged = false,
         }
         self.report_role(out);
     }
@@ -359,8 +363,11 @@ impl Core {
                 self.switchover_resend(out);
                 if self.st.now >= self.st.election_deadline && self.quarantined() {
                     self.quarantine_defer_deadline();
-                } else if self.st.now >= self.st.election_deadline && self.st.learner {
-                    // A learner never stands; it waits to be promoted.
+                } else if self.st.now >= self.st.election_deadline
+                    && (self.st.learner || self.st.damaged)
+                {
+                    // A learner never stands (it waits to be promoted), nor does a node that
+                    // could not ship a damaged record (it waits for the repair).
                     let now = self.st.now;
                     self.reset_election_deadline(now);
                 } else if self.st.now >= self.st.election_deadline {
@@ -445,6 +452,7 @@ impl Core {
             voted_for: st.voted_for,
             learner: st.learner,
             quarantined: st.quarantine_until.is_some(),
+            damaged: st.damaged,
             snapshot_lsn: st.log.snapshot_lsn,
             last_lsn: st.log.last_lsn,
             last_epoch: st.log.last_epoch(),
@@ -478,6 +486,11 @@ impl Core {
     /// neither a learner nor waiting out a fresh data dir's quarantine.
     pub fn is_voter(&self) -> bool {
         self.voter()
+    }
+
+    /// Whether a damaged record of the local log awaits repair (`Input::LogDamaged`).
+    pub fn is_damaged(&self) -> bool {
+        self.st.damaged
     }
 
     pub fn role(&self) -> Role {
@@ -595,24 +608,24 @@ impl Core {
         self.persist_meta(out);
     }
 
-    /// A damaged record in the local log (`Input::LogDamaged`): step down if primary, and be
-    /// a learner until a primary promotes this node again.
+    /// A damaged record in the local log (`Input::LogDamaged`): step down if primary, give up
+    /// a candidacy (its vote requests not yet sent are dropped), and stand for nothing until
+    /// `Input::LogRepaired`.
     fn on_log_damaged(&mut self, out: &mut Vec<Action>) {
         match self.st.role {
             Role::Primary => self.step_down(out),
             Role::Candidate => {
                 self.st.role = Role::Backup;
                 self.st.election = None;
+                self.st
+                    .held
+                    .retain(|&(_, _, message)| !matches!(message, Message::VoteRequest { .. }));
             }
             Role::Backup => self.st.election = None,
         }
-        if !self.st.learner && !self.config.unsafe_testing.skip_learner {
-            self.st.learner = true;
-            self.persist_meta(out);
-            out.push(Action::BecameLearner {
-                reason: LearnerReason::LogDamaged,
-            });
-        }
+        self.st.damaged = true;
+        let now = self.st.now;
+        self.reset_election_deadline(now);
     }
 
     /// Primary to backup in the same epoch: lease lapsed, higher epoch seen, or handed over.

@@ -214,7 +214,7 @@ impl Core {
         let bytes_max = self.config.inflight_bytes_max;
         let mut shipped = false;
         let to = self.st.peers[i].id;
-        let promote = self.replicate_promote(i);
+        let (promote, promote_through) = self.replicate_promote(i);
         if self.st.peers[i].snapshot_pending {
             // Only heartbeats until the snapshot transfer answers.
         } else if self.st.peers[i].next_lsn <= self.st.log.snapshot_lsn {
@@ -290,6 +290,7 @@ impl Core {
                     commit_lsn: self.st.commit_lsn,
                     sent_at: now.as_duration(),
                     promote,
+                    promote_through,
                 };
                 out.push(Action::Send {
                     to,
@@ -323,6 +324,7 @@ impl Core {
                 commit_lsn: self.st.commit_lsn,
                 sent_at: now.as_duration(),
                 promote,
+                promote_through,
             };
             out.push(Action::Send {
                 to,
@@ -332,17 +334,19 @@ impl Core {
         }
     }
 
-    /// The nonce to put in `Append::promote` for peer `i`: its learner nonce once it durably
-    /// holds everything through our commit LSN, which covers our epoch-start record
+    /// `Append::promote` and `promote_through` for peer `i`: its learner nonce once it durably
+    /// holds everything through our last LSN as it was when we first heard that nonce
     /// (`election.rs`, "Learners"); zero otherwise. Only a primary sends appends, and only
     /// while its lease holds.
-    fn replicate_promote(&self, i: usize) -> u64 {
+    fn replicate_promote(&self, i: usize) -> (u64, Lsn) {
         let peer = &self.st.peers[i];
-        let commit = self.st.commit_lsn;
-        if peer.learner != 0 && commit >= self.st.epoch_start_lsn && peer.match_lsn >= commit {
-            peer.learner
+        if peer.learner != 0
+            && peer.learner == peer.learner_seen
+            && peer.match_lsn >= peer.promote_through
+        {
+            (peer.learner, peer.promote_through)
         } else {
-            0
+            (0, Lsn::ZERO)
         }
     }
 
@@ -457,7 +461,7 @@ impl Core {
         self.st.verified_lsn = self.st.verified_lsn.max(append.last_lsn);
         let commit = append.commit_lsn.min(self.st.verified_lsn);
         self.set_commit(commit, out);
-        self.learner_promote(append.promote, append.commit_lsn, out);
+        self.learner_promote(append.promote, append.promote_through, out);
         let verified = self.st.verified_lsn;
         let verified_epoch = self.st.log.epoch_of(verified).unwrap_or(Epoch::ZERO);
         self.backup_respond(from, true, verified, verified_epoch, sent_at, out);
@@ -545,6 +549,13 @@ impl Core {
         let peer = &mut self.st.peers[i];
         peer.last_ack = Some(now);
         peer.learner = response.learner;
+        if response.learner != 0 && response.learner != peer.learner_seen {
+            // A run of this node we have not heard from before. Whatever an earlier run of it
+            // acknowledged (an answer that may still be on its way, and would count) is at
+            // or below our last LSN now: promote it only once it holds all of that again.
+            peer.learner_seen = response.learner;
+            peer.promote_through = last_lsn;
+        }
         let sent_at = super::Time::from_duration(response.sent_at);
         if old_lease_echo {
             let sent_at = sent_at.min(now);

@@ -246,6 +246,10 @@ pub(crate) struct Peer {
     /// Its latest response said it is a learner (`AppendResponse::learner`, non-zero): it does
     /// not count towards commit or the lease, and is told to vote once it has caught up.
     pub learner: u64,
+    /// The learner nonce this primary last saw first, and its last LSN at that moment: the
+    /// learner is promoted once it durably holds everything through it (`election.rs`).
+    pub learner_seen: u64,
+    pub promote_through: Lsn,
 }
 
 impl Peer {
@@ -263,6 +267,8 @@ impl Peer {
             last_ack: None,
             lease_sent_at: None,
             learner: 0,
+            learner_seen: 0,
+            promote_through: Lsn::ZERO,
         }
     }
 }
@@ -317,6 +323,11 @@ pub(crate) struct State {
     pub voted_for: Option<NodeId>,
     /// A learner neither votes, stands, nor counts towards commit or the lease (`election.rs`).
     pub learner: bool,
+    /// A committed record of the local log is damaged and not yet repaired
+    /// (`Input::LogDamaged`): the node neither stands nor takes a hand-over, since it could not
+    /// ship that record; it still votes and acknowledges, its log's LSNs and epochs being
+    /// intact. Not persisted: at a restart, recovery finds the damage and cuts the log there.
+    pub damaged: bool,
 
     /// Fresh on every start, never zero; tells the primary which learner it may promote, so
     /// that a promotion meant for an earlier run of this node (delayed in the network) is
@@ -402,6 +413,7 @@ impl State {
         match self.role {
             Role::Primary => {
                 assert!(!self.learner, "a learner is primary");
+                assert!(!self.damaged, "a node with a damaged log is primary");
                 assert!(
                     self.commit_lsn <= log.durable_lsn,
                     "primary commit_lsn {} above durable_lsn {}",

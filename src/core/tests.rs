@@ -78,6 +78,7 @@ fn append(
         commit_lsn: Lsn(commit),
         sent_at: Duration::from_millis(sent_ms),
         promote: 0,
+        promote_through: Lsn::ZERO,
     })
 }
 
@@ -1282,7 +1283,7 @@ fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
         Action::Send {
             to,
             message: Message::Append(append),
-        } if *to == N2 => Some((append.promote, append.commit_lsn)),
+        } if *to == N2 => Some((append.promote, append.promote_through)),
         _ => None,
     });
     assert_eq!(promote, Some((0xabc, Lsn(3))), "{out:?}");
@@ -1374,6 +1375,7 @@ fn learner_votes_only_after_promotion() {
                 commit_lsn: Lsn(3),
                 sent_at: Duration::from_millis(150),
                 promote: nonce,
+                promote_through: Lsn(3),
             }),
         )
     };
@@ -1473,10 +1475,35 @@ fn candidate_stands_above_the_epochs_its_granters_report() {
     assert_eq!(core.role(), Role::Candidate);
 }
 
-/// A primary that finds a record of its log damaged steps down at once and becomes a learner
-/// (it cannot vouch for its log until the record is repaired and a primary promotes it).
+/// The first `Append` sent to `to` among `out`.
+fn append_to(out: &[Action], to: NodeId) -> Option<Append> {
+    out.iter().find_map(|action| match action {
+        Action::Send {
+            to: dest,
+            message: Message::Append(append),
+        } if *dest == to => Some(*append),
+        _ => None,
+    })
+}
+
+fn pre_vote_sent(out: &[Action]) -> bool {
+    out.iter().any(|a| {
+        matches!(
+            a,
+            Action::Send {
+                message: Message::PreVoteRequest { .. },
+                ..
+            }
+        )
+    })
+}
+
+/// A primary that finds a record of its log damaged steps down at once. The node keeps voting
+/// (its log's LSNs and epochs are intact) but stands for nothing and takes no hand-over until
+/// the record is repaired (before: it turned learner and the primary's next append, its log
+/// pointers unchanged, promoted it back before any repair).
 #[test]
-fn damaged_log_makes_a_primary_step_down_and_a_learner() {
+fn damaged_log_makes_a_primary_step_down_and_stand_for_nothing_until_repaired() {
     let mut core = new_core(
         config(N1, &[1, 2, 3]),
         log_of(&[(1, 2)]),
@@ -1487,21 +1514,161 @@ fn damaged_log_makes_a_primary_step_down_and_a_learner() {
         },
     );
     elect(&mut core);
-    let out = step(&mut core, Input::LogDamaged);
+    step(&mut core, Input::LogDamaged);
     assert_eq!(core.role(), Role::Backup);
-    assert!(!core.is_voter());
+    assert!(core.is_damaged());
+    assert!(core.is_voter(), "it still votes");
+    let out = step(&mut core, Input::Tick { now: ms(5_000) });
+    assert!(!pre_vote_sent(&out), "{out:?}");
+    let out = receive(
+        &mut core,
+        5_001,
+        N2,
+        Message::TimeoutNow { epoch: Epoch(2) },
+    );
+    assert_eq!(core.role(), Role::Backup, "{out:?}");
+    step(&mut core, Input::LogRepaired);
+    assert!(!core.is_damaged());
+    let out = step(&mut core, Input::Tick { now: ms(10_000) });
     assert!(
-        out.contains(&Action::PersistMeta {
+        pre_vote_sent(&out),
+        "it stands again once repaired: {out:?}"
+    );
+}
+
+/// An acknowledgement that a node's earlier run sent as a voter, before a restart cut the
+/// record it acknowledged, arrives after the new run was heard as a learner: the primary
+/// promotes the new run only once it holds everything through the primary's last LSN as it
+/// was then, so the node never votes without a record such an acknowledgement may commit
+/// (before: promoted at the commit LSN, it voted for a node that lacked the record).
+#[test]
+fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_lacks() {
+    let mut p = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 2)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    elect(&mut p);
+    step(
+        &mut p,
+        Input::Durable {
+            lsn: Lsn(3),
+            epoch: Epoch(2),
+        },
+    );
+    receive(&mut p, 605, N2, ack(2, 3, 600, 0));
+    receive(&mut p, 606, N3, ack(2, 3, 600, 0));
+    assert_eq!(p.commit_lsn(), Lsn(3));
+    step(
+        &mut p,
+        Input::Propose {
+            now: ms(620),
+            count: 1,
+            bytes: 10,
+        },
+    );
+    step(
+        &mut p,
+        Input::Durable {
+            lsn: Lsn(4),
+            epoch: Epoch(2),
+        },
+    );
+    // Node 2's old run acknowledges lsn 4 durable; the answer is held up. It crashes, and
+    // at restart its last record (4) fails its check and is cut: a learner with 1..=3.
+    let stale_ack = ack(2, 4, 620, 0);
+    let mut y = Core::new(
+        config(N2, &[1, 2, 3]),
+        PersistedMeta {
             epoch: Epoch(2),
             voted_for: Some(N1),
-            learner: true
-        }),
-        "{out:?}"
+            learner: true,
+        },
+        log_of(&[(1, 2), (2, 3)]),
+        Start::LEARNER,
+        Time::ZERO,
+        99,
+    )
+    .expect("valid test setup");
+    let out = receive(&mut y, 10, N1, append(2, (3, 2), 3, 2, 3, 650));
+    let answer = response_to(&out, N1);
+    assert_ne!(answer.learner, 0);
+    receive(&mut p, 660, N2, Message::AppendResponse(answer));
+    let out = step(&mut p, Input::Tick { now: ms(700) });
+    let to_y = append_to(&out, N2).expect("an append to node 2");
+    assert_eq!(
+        to_y.promote, 0,
+        "node 2 lacks lsn 4, which existed when it was first heard"
     );
+    // The stale answer arrives and counts: lsn 4 commits with the copy node 2 had then.
+    receive(&mut p, 720, N2, stale_ack);
+    // The primary dies. Node 2, still a learner, does not vote for node 3, which lacks lsn 4.
+    let out = receive(
+        &mut y,
+        800,
+        N3,
+        Message::VoteRequest {
+            epoch: Epoch(3),
+            last_lsn: Lsn(3),
+            last_epoch: Epoch(2),
+            transfer: false,
+        },
+    );
+    assert!(!y.is_voter());
     assert!(
-        out.contains(&Action::BecameLearner {
-            reason: LearnerReason::LogDamaged
-        }),
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::VoteResponse { granted: true, .. },
+                ..
+            }
+        )),
         "{out:?}"
     );
+}
+
+/// With `sync_replicas` above the safe minimum (both backups of three), a primary elected
+/// while one backup is a learner still promotes it once it has caught up (before: promotion
+/// waited for a commit LSN that needed the learner itself, and nothing ever committed).
+#[test]
+fn a_learner_is_promoted_when_commit_needs_it() {
+    let mut cfg = config(N1, &[1, 2, 3]);
+    cfg.sync_replicas = Some(2);
+    let mut p = Core::new(
+        cfg,
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+        log_of(&[(1, 2)]),
+        Start::VOTER,
+        Time::ZERO,
+        7,
+    )
+    .expect("valid test setup");
+    elect(&mut p);
+    step(
+        &mut p,
+        Input::Durable {
+            lsn: Lsn(3),
+            epoch: Epoch(2),
+        },
+    );
+    receive(&mut p, 610, N2, ack(2, 3, 605, 0));
+    receive(&mut p, 611, N3, ack(2, 3, 605, 0x55));
+    assert_eq!(p.commit_lsn(), Lsn(0), "the learner does not count");
+    let out = step(&mut p, Input::Tick { now: ms(660) });
+    let to_learner = append_to(&out, N3).expect("an append to node 3");
+    assert_eq!(
+        (to_learner.promote, to_learner.promote_through),
+        (0x55, Lsn(3))
+    );
+    // Promoted, it counts: the epoch start commits.
+    receive(&mut p, 670, N3, ack(2, 3, 660, 0));
+    assert_eq!(p.commit_lsn(), Lsn(3));
 }

@@ -100,7 +100,8 @@ pub struct NodeStatus {
     pub lease_held: bool,
     /// `voter`, or `learner` while this node cannot vouch for its log and votes (it neither
     /// votes, stands, nor counts towards commit until a primary promotes it), or
-    /// `quarantined` while a node with a fresh data dir waits before it votes.
+    /// `quarantined` while a node with a fresh data dir waits before it votes, or `damaged`
+    /// while a damaged record awaits repair (it votes but does not stand).
     pub standing: &'static str,
     pub first_lsn: u64,
     pub last_lsn: u64,
@@ -139,11 +140,13 @@ fn serialize_role<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::E
 }
 
 /// The node's standing in elections as operators read it (`NodeStatus::standing`).
-pub fn standing_name(learner: bool, quarantined: bool) -> &'static str {
+pub fn standing_name(learner: bool, quarantined: bool, damaged: bool) -> &'static str {
     if learner {
         "learner"
     } else if quarantined {
         "quarantined"
+    } else if damaged {
+        "damaged"
     } else {
         "voter"
     }

@@ -479,7 +479,6 @@ impl Shell {
             Action::BecameLearner { reason } => {
                 match reason {
                     core::LearnerReason::HeardOfCluster => warn!("this node had no log and heard of a cluster that has one: learner until it has caught up (its empty data dir may be a wiped one)"),
-                    core::LearnerReason::LogDamaged => warn!("a record of this node's log is damaged: learner (and not primary) until it is repaired from a peer and the primary finds it caught up"),
                 }
                 self.publish_status();
             }
@@ -783,7 +782,7 @@ impl Shell {
             primary: status.primary.map(|p| p.get()),
             primary_client_addr: status.primary.and_then(|p| self.client_addr_of(p)),
             lease_held,
-            standing: handle::standing_name(status.learner, status.quarantined),
+            standing: handle::standing_name(status.learner, status.quarantined, status.damaged),
             first_lsn: status.snapshot_lsn.next().get(),
             last_lsn: status.last_lsn.get(),
             durable_lsn: status.durable_lsn.get(),
@@ -998,7 +997,7 @@ pub async fn run(
         primary: None,
         primary_client_addr: None,
         lease_held: false,
-        standing: handle::standing_name(opened.start.learner, opened.start.quarantine),
+        standing: handle::standing_name(opened.start.learner, opened.start.quarantine, false),
         first_lsn: 1,
         last_lsn: opened.recovered.last_lsn.get(),
         durable_lsn: opened.recovered.last_lsn.get(),
@@ -1152,10 +1151,16 @@ pub async fn run(
                 shell.on_durable(progress)
             }
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
-            Some(lsn) = damaged_rx.recv() => {
-                error!(lsn = %lsn, "a committed record of the log is damaged");
-                shell.step(Input::LogDamaged, StepContext::default())
-            }
+            Some(event) = damaged_rx.recv() => match event {
+                repair::Damage::Found(lsn) => {
+                    error!(lsn = %lsn, "a committed record of the log is damaged: not standing for election, and stepping down if primary, until it is repaired");
+                    shell.step(Input::LogDamaged, StepContext::default())
+                }
+                repair::Damage::Repaired => {
+                    info!("every damaged record repaired: standing for election again");
+                    shell.step(Input::LogRepaired, StepContext::default())
+                }
+            },
             Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
                 Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),

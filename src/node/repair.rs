@@ -5,19 +5,20 @@
 //! verifies the committed part of the log every `--scrub-interval`, or by the core loop when
 //! it cannot read a record it must ship. Then, in order:
 //!
-//! 1. The core is told (`Input::LogDamaged`): a primary steps down, and the node becomes a
-//!    learner. It no longer vouches for its log, so it neither votes nor counts towards
-//!    commit, and the damaged record is never served, shipped or applied (the reader verifies
-//!    every record it hands out).
+//! 1. The core is told (`Input::LogDamaged`): a primary steps down, and the node stands for
+//!    nothing and takes no hand-over until the repair is done, since it could not ship the
+//!    record. Its log's LSNs and epochs are intact, so it still votes (for a candidate at
+//!    least as up to date, which then holds the record) and acknowledges. The damaged record
+//!    is never served, shipped or applied (the reader verifies every record it hands out).
 //! 2. The record is asked of each peer in turn on a connection of its own
 //!    (`proto::peer`, "Repair"). A copy is used only if its CRC and LSN verify and its epoch is
 //!    the epoch this node's own log gives that LSN: the same LSN and epoch is the same record,
 //!    byte for byte (invariant 3).
 //! 3. The copy is written over the damaged bytes in place and fsynced
 //!    (`wal::repair::rewrite`), then read back and verified.
-//! 4. The node stays a learner until the primary finds its log caught up and promotes it, as
-//!    any learner (`core::election`, "Learners"). If no peer holds the record intact, it
-//!    says so in one line and stays a learner; the scrub asks again later.
+//! 4. Once the committed log verifies again, the core is told (`Input::LogRepaired`) and the
+//!    node may stand again. If no peer holds the record intact, it says so in one line and
+//!    keeps asking; it does not stand meanwhile.
 //!
 //! Only committed records are repaired: an uncommitted suffix may yet be cut by the primary,
 //! and the in-place rewrite must never write where a truncation may have moved the end of a
@@ -171,13 +172,22 @@ pub(super) async fn fetch(
         .map_err(|reason| RepairError::Verify(reason.to_string()))
 }
 
+/// What the repair task tells the core loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// A damaged committed record (`Input::LogDamaged`).
+    Found(Lsn),
+    /// The committed log verifies again (`Input::LogRepaired`).
+    Repaired,
+}
+
 /// What the repair task needs.
 pub(super) struct Repairer {
     pub peer_config: Arc<PeerConfig>,
     pub reader: Reader,
     pub commit: watch::Receiver<Lsn>,
-    /// Tells the core loop (`Input::LogDamaged`).
-    pub damaged: mpsc::Sender<Lsn>,
+    /// Tells the core loop.
+    pub damaged: mpsc::Sender<Damage>,
     pub metrics: Arc<Metrics>,
     pub scrub_interval: Duration,
 }
@@ -203,15 +213,22 @@ pub(super) async fn run(
         // Repair everything damaged, from the first damaged record on, until the committed
         // log verifies or a record cannot be had from any peer.
         let mut from = hint.unwrap_or_else(|| repairer.reader.first_lsn());
+        let mut repaired_any = false;
         loop {
             let through = *repairer.commit.borrow();
             let Some(lsn) = run_scrub(&repairer.reader, from, through).await else {
+                if repaired_any {
+                    let _ = repairer.damaged.send(Damage::Repaired).await;
+                }
                 break;
             };
             if !run_repair(&repairer, lsn, &shutdown).await {
                 break;
             }
-            from = lsn;
+            repaired_any = true;
+            // Scan the whole committed log again: `first_damaged` may find damage below
+            // where it was asked to start.
+            from = repairer.reader.first_lsn();
         }
     }
 }
@@ -241,7 +258,7 @@ async fn run_scrub(reader: &Reader, from: Lsn, through: Lsn) -> Option<Lsn> {
 /// whether it was repaired.
 async fn run_repair(repairer: &Repairer, lsn: Lsn, shutdown: &CancellationToken) -> bool {
     Metrics::add(&repairer.metrics.records_damaged, 1);
-    let _ = repairer.damaged.send(lsn).await;
+    let _ = repairer.damaged.send(Damage::Found(lsn)).await;
     let Some(epoch) = repairer.reader.epoch_at(lsn) else {
         warn!(lsn = %lsn, "a damaged record's epoch is unknown to the log index; cannot check a peer's copy");
         return false;
@@ -284,7 +301,7 @@ async fn run_repair(repairer: &Repairer, lsn: Lsn, shutdown: &CancellationToken)
                 }
             }
         }
-        warn!(lsn = %lsn, epoch = %epoch, "no peer holds the damaged record intact; this node stays a learner and asks again");
+        warn!(lsn = %lsn, epoch = %epoch, "no peer holds the damaged record intact; this node does not stand for election, and asks again");
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(RETRY_AFTER) => {}

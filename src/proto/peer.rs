@@ -41,7 +41,7 @@
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64 |
 //! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
 //! | 19 | VoteResponse | epoch u64, granted u8 |
-//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, then the records |
+//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, then the records |
 //! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64 |
 //! | 22 | TimeoutNow | epoch u64 |
 //! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64 |
@@ -108,7 +108,8 @@ use crate::{Epoch, Lsn, NodeId};
 
 /// The protocol version this build speaks.
 ///
-/// Version 2 added `Append::promote` and `AppendResponse::learner` (learners).
+/// Version 2 added `Append::promote`, `Append::promote_through` and `AppendResponse::learner`
+/// (learners), and the repair frames.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
@@ -122,7 +123,7 @@ pub const TAG_LEN: usize = 32;
 pub const ACCEPTOR_LABEL: &[u8] = b"understudy acceptor";
 pub const DIALLER_LABEL: &[u8] = b"understudy dialler";
 
-const APPEND_FIXED_LEN: usize = 9 * 8;
+const APPEND_FIXED_LEN: usize = 10 * 8;
 
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 
@@ -385,6 +386,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 commit_lsn: Lsn(body.get_u64_le()),
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
                 promote: body.get_u64_le(),
+                promote_through: Lsn(body.get_u64_le()),
             };
             if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
                 || append.last_lsn < append.prev_lsn
@@ -582,6 +584,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(append.commit_lsn.get());
                 dst.put_u64_le(duration_ns(append.sent_at));
                 dst.put_u64_le(append.promote);
+                dst.put_u64_le(append.promote_through.get());
                 records = attached.clone();
             }
             Message::AppendResponse(response) => {
@@ -750,6 +753,7 @@ mod tests {
                 commit_lsn: Lsn(8),
                 sent_at: Duration::from_nanos(123_456),
                 promote: 0x1234,
+                promote_through: Lsn(7),
             }),
             records,
         }

@@ -111,6 +111,11 @@ enum Event {
         from_inc: u32,
         to: usize,
     },
+    /// The shell of a running node has repaired its damaged records (`Input::LogRepaired`).
+    Repaired {
+        node: usize,
+        inc: u32,
+    },
     Heal,
     StopClients,
 }
@@ -221,6 +226,13 @@ impl Sim {
         config.inflight_records_max = 4 + rng.below(60);
         config.append_records_max = 1 + rng.below(16);
         config.inflight_bytes_max = 1_000 + rng.below(30_000);
+        // Now and then more synchronous backups than the safe minimum (up to all of them):
+        // learners must still be promoted when commit needs them.
+        if rng.below(4) == 0 {
+            let safe_min = config.sync_replicas_safe_min() as u64;
+            config.sync_replicas =
+                Some((safe_min + 1 + rng.below(size as u64 - 1 - safe_min)) as usize);
+        }
         config.unsafe_testing = options.knobs;
         let mut net = Network::new(size);
         net.loss_ppm = rng.below(30_000);
@@ -510,6 +522,13 @@ impl Sim {
                 if converged {
                     self.report.heal_to_commit_ns =
                         self.heal_committed_at.unwrap_or(self.now) - self.heal_at;
+                    let n = self.nodes.len();
+                    if self.config.sync_replicas.is_some_and(|s| s > n - 2) {
+                        // Every backup must hold a record before it commits: with one node
+                        // killed nothing can commit, so there is no failover to time.
+                        self.phase = Phase::Done;
+                        return Ok(());
+                    }
                     // Clean failover: kill the primary on a quiet network.
                     let primary = self.primary_node().expect("converged implies a primary");
                     self.failover_open = None;
@@ -592,9 +611,9 @@ impl Sim {
         // Every node a voter again, too: a learner or a quarantined node left over would make
         // the clean failover wait for it, which is right, but not what is measured.
         self.nodes.iter().all(|n| {
-            n.core
-                .as_ref()
-                .is_some_and(|c| c.commit_lsn() == last && c.last_lsn() == last && c.is_voter())
+            n.core.as_ref().is_some_and(|c| {
+                c.commit_lsn() == last && c.last_lsn() == last && c.is_voter() && !c.is_damaged()
+            })
         })
     }
 
@@ -760,6 +779,18 @@ impl Sim {
                 self.schedule(after, Event::TakeSnapshot { node, inc });
             }
             Event::SnapshotDone { from, from_inc, to } => self.snapshot_done(from, from_inc, to)?,
+            Event::Repaired { node, inc } => {
+                if !self.alive(node) || self.nodes[node].inc != inc {
+                    return Ok(()); // A restart finds no damage: the record is intact on disk.
+                }
+                if self.nodes[node].paused_until > self.now {
+                    let at = self.nodes[node].paused_until;
+                    self.schedule_at(at, Event::Repaired { node, inc });
+                    return Ok(());
+                }
+                self.note(node, "damage repaired", 0);
+                self.step_node(node, Input::LogRepaired, None)?;
+            }
             Event::Heal => {
                 self.phase = Phase::Heal;
                 self.net.calm();
@@ -840,7 +871,12 @@ impl Sim {
             // A voter again, and durably so: a promotion whose metadata write has not landed
             // yet is undone by a crash, and the node is a learner once more.
             let n = &self.nodes[node];
-            if n.core.as_ref().is_some_and(Core::is_voter) && !n.disk.meta.learner && !n.fresh {
+            if n.core
+                .as_ref()
+                .is_some_and(|core| core.is_voter() && !core.is_damaged())
+                && !n.disk.meta.learner
+                && !n.fresh
+            {
                 self.data_loss = None;
             }
         }
@@ -975,14 +1011,18 @@ impl Sim {
     }
 
     /// The scrub of a running `node` finds a committed record damaged: the shell tells the
-    /// core (a primary steps down, the node turns learner) and repairs the record in place
-    /// from a peer, which the simulated disk, holding every record intact, needs no step for.
+    /// core (a primary steps down; the node stands for nothing) and repairs the record in
+    /// place from a peer some time later (the simulated disk holds every record intact, so
+    /// only the time passes), then tells the core it is done.
     fn damaged_while_running(&mut self, node: usize) -> Result<(), Violation> {
         if self.nodes[node].paused_until > self.now {
             return Ok(());
         }
         self.data_loss = Some(node);
         self.note(node, "damaged record found", 0);
+        let inc = self.nodes[node].inc;
+        let repair = 5 * MS + self.rng.below(500 * MS);
+        self.schedule(repair, Event::Repaired { node, inc });
         self.step_node(node, Input::LogDamaged, None)
     }
 

@@ -151,7 +151,13 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
         println!("  {nodes} nodes, {} seeds:", of_size.len());
         println!(
             "    clean failover (primary killed -> next commit): {}",
-            percentiles(of_size.iter().map(|r| r.clean_failover_ns).collect())
+            percentiles(
+                of_size
+                    .iter()
+                    .map(|r| r.clean_failover_ns)
+                    .filter(|&ns| ns > 0)
+                    .collect()
+            )
         );
         println!(
             "    failover under faults:                          {}",

@@ -401,6 +401,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 commit_lsn: Lsn(4),
                 sent_at: std::time::Duration::from_millis(12),
                 promote: 0,
+                promote_through: Lsn::ZERO,
             }),
             records: Bytes::from(records.clone()),
         },
