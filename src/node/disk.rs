@@ -452,6 +452,30 @@ fn open_recovered_log(wal: &Wal, snapshot: Option<&wal::snapshot::SnapshotInfo>)
 mod tests {
     use super::*;
 
+    /// Opens `dir` as a founding member would, with segments of `segment_bytes`.
+    fn open_founding(dir: &Path, segment_bytes: u64) -> Result<Opened, DiskError> {
+        open_with(
+            dir,
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+            segment_bytes,
+            InitialClusterState::New,
+        )
+    }
+
+    /// Appends `count` records of `payload` in epoch 1 and makes them durable.
+    fn append_durable(opened: &Opened, count: usize, payload: &[u8]) {
+        for _ in 0..count {
+            opened
+                .writer
+                .append(Epoch(1), wal::format::RecordKind::App, [payload])
+                .unwrap();
+        }
+        opened.writer.sync().unwrap();
+    }
+
     /// A second node cannot open a data dir that a running node holds, and a data dir keeps
     /// its identity: another node id or another cluster is refused by name.
     #[test]
@@ -594,26 +618,10 @@ mod tests {
     #[test]
     fn a_start_after_an_fsync_failure_cuts_to_the_durable_lsn_and_is_a_learner() {
         let dir = tempfile::tempdir().unwrap();
-        let open_node = || {
-            open_with(
-                dir.path(),
-                NodeId(1),
-                7,
-                FsyncMode::Always,
-                Default::default(),
-                wal::Options::default().segment_bytes_max,
-                InitialClusterState::New,
-            )
-        };
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
         let mut first = open_node().unwrap();
         first.dir.quarantine_ended().unwrap();
-        for _ in 1..=5u64 {
-            first
-                .writer
-                .append(Epoch(1), wal::format::RecordKind::App, [&b"x"[..]])
-                .unwrap();
-        }
-        first.writer.sync().unwrap();
+        append_durable(&first, 5, b"x");
         first.dir.record_fsync_failure(Lsn(3)).unwrap();
         drop(first);
         let second = open_node().unwrap();
@@ -642,26 +650,10 @@ mod tests {
     #[test]
     fn a_start_that_cuts_a_suspect_tail_is_a_learner() {
         let dir = tempfile::tempdir().unwrap();
-        let open_node = || {
-            open_with(
-                dir.path(),
-                NodeId(1),
-                7,
-                FsyncMode::Always,
-                Default::default(),
-                wal::Options::default().segment_bytes_max,
-                InitialClusterState::New,
-            )
-        };
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
         let mut first = open_node().unwrap();
         first.dir.quarantine_ended().unwrap();
-        for _ in 1..=5u64 {
-            first
-                .writer
-                .append(Epoch(1), wal::format::RecordKind::App, [&b"payload"[..]])
-                .unwrap();
-        }
-        first.writer.sync().unwrap();
+        append_durable(&first, 5, b"payload");
         drop(first);
         // Flip a byte inside the last record's payload: the record stays complete.
         let segment = std::fs::read_dir(dir.path().join("wal"))
@@ -695,27 +687,10 @@ mod tests {
     #[test]
     fn a_start_on_a_log_damaged_midway_cuts_it_there_and_is_a_learner() {
         let dir = tempfile::tempdir().unwrap();
-        let open_node = || {
-            open_with(
-                dir.path(),
-                NodeId(1),
-                7,
-                FsyncMode::Always,
-                Default::default(),
-                4096,
-                InitialClusterState::New,
-            )
-        };
+        let open_node = || open_founding(dir.path(), 4096);
         let mut first = open_node().unwrap();
         first.dir.quarantine_ended().unwrap();
-        let payload = [7u8; 300];
-        for _ in 0..60 {
-            first
-                .writer
-                .append(Epoch(1), wal::format::RecordKind::App, [&payload[..]])
-                .unwrap();
-        }
-        first.writer.sync().unwrap();
+        append_durable(&first, 60, &[7u8; 300]);
         drop(first);
         let mut segments: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
             .unwrap()

@@ -328,30 +328,10 @@ impl Launch {
             .stderr(stderr_write)
             .process_group(0)
             .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("UNDERSTUDY_") {
-                command.env_remove(name);
-            }
-        }
+        tie_to_this_process(&mut command);
         command
             .envs(self.env.iter().map(|(name, value)| (name, value)))
             .env("UNDERSTUDY_ROLE", role_name(self.node_status.borrow().role));
-        let parent = std::process::id();
-        // SAFETY: between fork and exec the closure only makes async-signal-safe system
-        // calls (prctl, getppid, and perhaps kill of itself) and allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                // Die with the sidecar, however it ends.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The sidecar may have died before the line above took effect.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
-                }
-                Ok(())
-            });
-        }
         let child = command.spawn()?;
         // The write ends of the pipes go with the command: from now on only the application
         // holds them, so the readers see the end of the output when it is gone.
@@ -686,6 +666,34 @@ fn printable(line: &[u8]) -> String {
             }
         })
         .collect()
+}
+
+/// Prepares a child that `command` will start to live no longer than this process: it gets
+/// `PR_SET_PDEATHSIG` (SIGKILL), kills itself if this process died before that took effect,
+/// and inherits none of this process's `UNDERSTUDY_*` variables (it takes its settings from
+/// what the caller gives it alone). Also used by `understudy demo`.
+pub(crate) fn tie_to_this_process(command: &mut tokio::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("UNDERSTUDY_") {
+            command.env_remove(name);
+        }
+    }
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+    // (prctl, getppid, and perhaps kill of itself) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // Die with this process, however it ends.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // This process may have died before the line above took effect.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]

@@ -226,28 +226,8 @@ impl Cluster {
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true);
-        // The children take their settings from their flags alone.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("UNDERSTUDY_") {
-                command.env_remove(name);
-            }
-        }
-        let parent = std::process::id();
-        // SAFETY: between fork and exec the closure only makes two async-signal-safe
-        // system calls (prctl, getppid) and possibly a third (kill of itself).
-        unsafe {
-            command.pre_exec(move || {
-                // Die with the demo, however it ends.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The demo may have died before the line above took effect.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
-                }
-                Ok(())
-            });
-        }
+        // The children take their settings from their flags alone, and die with the demo.
+        crate::node::supervise::tie_to_this_process(&mut command);
         Ok(command)
     }
 
