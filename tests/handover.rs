@@ -28,14 +28,11 @@ fn primary_of(cluster: &Cluster) -> Option<(u16, u64)> {
     })
 }
 
-fn signal(cluster: &Cluster, id: u16, name: &str) {
+fn signal(cluster: &Cluster, id: u16, signal: i32) {
     let pid = cluster.node(id).pid().expect("the node runs");
-    let sent = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -{name} {pid}");
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    let sent = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(sent, 0, "kill({pid}, {signal})");
 }
 
 /// The target a stopping primary named in its log, after byte `from` of the log.
@@ -81,7 +78,7 @@ fn sigterm_hands_over_to_the_named_target_every_time() {
                 && p == Some(u64::from(old))))));
         let log_from = std::fs::metadata(&cluster.node(old).log).map_or(0, |m| m.len() as usize);
         let sent = Instant::now();
-        signal(&cluster, old, "TERM");
+        signal(&cluster, old, libc::SIGTERM);
         let mut new = None;
         let elected = wait_until(Duration::from_secs(5), || {
             new = (1..=3u16)
@@ -135,7 +132,7 @@ fn sigterm_hands_over_to_the_named_target_every_time() {
 fn sighup_does_not_stop_the_sidecar() {
     let mut cluster = Cluster::start(3);
     assert!(wait_until(Duration::from_secs(15), || primary_of(&cluster).is_some()));
-    signal(&cluster, 2, "HUP");
+    signal(&cluster, 2, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         cluster.node_mut(2).is_running(),
