@@ -118,3 +118,8 @@ fn wiped_backup_catches_up_from_the_primary() {
 fn kill_during_a_snapshot_and_a_snapshot_transfer_loses_nothing() {
     run_script("kill_snapshot.sh", &["--cycles", "2"]);
 }
+
+#[test]
+fn rolling_restart_with_sigterm_loses_nothing() {
+    run_script("rolling_restart.sh", &["--rounds", "1"]);
+}

@@ -8,7 +8,7 @@
 //!                        [--value-len N] [--stop-file PATH]
 //! understudy-chaos check --client ADDR --acked FILE [--timeout D]
 //! understudy-chaos primary --admin ADDR[,ADDR...] [--timeout D]
-//! understudy-chaos settle --admin ADDR[,ADDR...] [--timeout D]
+//! understudy-chaos settle --admin ADDR[,ADDR...] [--timeout D] [--within N]
 //! understudy-chaos watch --admin ADDR[,ADDR...] --duration D --out FILE [--stop-file PATH]
 //! understudy-chaos demoted --admin ADDR --within D
 //! understudy-chaos ports N
@@ -32,12 +32,15 @@
 //!   `key value` before the next is sent; a write that failed or timed out is unknown (it
 //!   may or may not have committed) and is not recorded. On an error it moves to the next
 //!   client address. Keys are `<prefix><seq>` (default prefix `k<pid>-`), values `v<seq>`, padded with `.` to `--value-len` bytes.
-//!   It stops early once `--stop-file` exists. Prints `acked N unknown M` at the end.
+//!   It stops early once `--stop-file` exists. Prints `acked N unknown M max_pause_ms P` at
+//!   the end, `P` the longest time between two acknowledgements; with `--pauses FILE`, each
+//!   pause of 20 ms or more is appended to FILE as `<unix ms at its end> <pause ms>`.
 //! - `check`: reads every key in an `--acked` file through a client port (`MGET`, in
 //!   batches) and fails, naming the first few, if any is missing or has another value.
 //! - `primary`: waits until exactly one node's `/primary` answers 200 and prints its id.
 //! - `settle`: waits until one node is primary and every listed node reports the primary's
-//!   epoch and commit LSN equal to the primary's last LSN; prints that commit LSN.
+//!   epoch and commit LSN equal to the primary's last LSN; prints that commit LSN. With
+//!   `--within N`, within N records of it (a cluster still taking writes).
 //! - `watch`: polls `/status` of every node every 20 ms for `--duration` and writes one
 //!   line per observed change of (node, role, epoch) (stopping early once `--stop-file`
 //!   exists), then checks that no two nodes were
@@ -584,6 +587,9 @@ mod workload {
 
     const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+    /// Pauses between acknowledgements at least this long are written to `--pauses`.
+    const PAUSE_REPORTED_MIN: Duration = Duration::from_millis(20);
+
     pub fn write(args: &[String]) -> Result<(), BoxError> {
         let flags = Flags::parse(args)?;
         let clients = flags.addrs("--client")?;
@@ -600,6 +606,18 @@ mod workload {
             .parse()
             .map_err(|e| format!("--value-len: {e}"))?;
         let stop_file = flags.get("--stop-file").map(std::path::Path::new);
+        let mut pauses = match flags.get("--pauses") {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("open {path}: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut last_ack = Instant::now();
+        let mut max_pause = Duration::ZERO;
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -635,6 +653,17 @@ mod workload {
                     // interleave within a line.
                     out.write_all(format!("{key} {value}\n").as_bytes())?;
                     acked += 1;
+                    let pause = last_ack.elapsed();
+                    last_ack = Instant::now();
+                    max_pause = max_pause.max(pause);
+                    if let (Some(file), true) = (pauses.as_mut(), pause >= PAUSE_REPORTED_MIN) {
+                        let at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        file.write_all(
+                            format!("{} {}\n", at.as_millis(), pause.as_millis()).as_bytes(),
+                        )?;
+                    }
                 }
                 Ok(_) | Err(_) => {
                     // Refused, failed or timed out: it may or may not have committed.
@@ -646,7 +675,10 @@ mod workload {
             }
         }
         out.sync_all()?;
-        println!("acked {acked} unknown {unknown}");
+        println!(
+            "acked {acked} unknown {unknown} max_pause_ms {}",
+            max_pause.as_millis()
+        );
         Ok(())
     }
 
@@ -784,6 +816,13 @@ mod admin {
         let flags = Flags::parse(args)?;
         let admins = flags.addrs("--admin")?;
         let timeout = flags.duration("--timeout", Duration::from_secs(20))?;
+        // `--within N`: settled once every node is within N records of the primary's last
+        // LSN (for a cluster still taking writes); 0, the default, means all equal.
+        let within: u64 = flags
+            .get("--within")
+            .unwrap_or("0")
+            .parse()
+            .map_err(|e| format!("--within: {e}"))?;
         let deadline = Instant::now() + timeout;
         loop {
             let all: Vec<Option<serde_json::Value>> = admins.iter().map(|a| status(*a)).collect();
@@ -793,9 +832,8 @@ mod admin {
             if let ([primary], true) = (&primaries[..], statuses.len() == admins.len()) {
                 let (epoch, last_lsn) = (field(primary, "epoch"), field(primary, "last_lsn"));
                 let settled = statuses.iter().all(|s| {
-                    field(s, "epoch") == epoch
-                        && field(s, "commit_lsn") == last_lsn
-                        && field(s, "durable_lsn") == last_lsn
+                    let near = |name| field(s, name) + within >= last_lsn;
+                    field(s, "epoch") == epoch && near("commit_lsn") && near("durable_lsn")
                 });
                 if settled {
                     println!("{last_lsn}");
