@@ -134,6 +134,38 @@ async fn writer(
     }
 }
 
+type Writers = Vec<tokio::task::JoinHandle<()>>;
+
+/// Starts `count` writers (see [`writer`]) and waits until 200 writes are acknowledged.
+async fn start_writers(
+    drivers: &Drivers,
+    count: usize,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<Mutex<Oracle>>,
+    Writers,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let oracle = Arc::new(Mutex::new(Oracle::default()));
+    let writers = (0..count)
+        .map(|w| {
+            tokio::spawn(writer(
+                Arc::clone(drivers),
+                w,
+                Arc::clone(&stop),
+                Arc::clone(&oracle),
+            ))
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || oracle
+        .lock()
+        .unwrap()
+        .acked
+        .len()
+        >= 200));
+    (stop, oracle, writers)
+}
+
 /// Checks that every acknowledged command is in `driver`'s state at its LSN.
 fn assert_all_acked_present(oracle: &Oracle, driver: &Driver<Journal>) {
     driver.read(|journal| {
@@ -235,24 +267,7 @@ async fn killed_primary_loses_no_acknowledged_write_and_rejoins_with_an_identica
     let mut cluster = Cluster::start(3);
     let drivers = connect_all(&cluster).await;
     let old = wait_primary(&drivers, None).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let oracle = Arc::new(Mutex::new(Oracle::default()));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            tokio::spawn(writer(
-                Arc::clone(&drivers),
-                w,
-                Arc::clone(&stop),
-                Arc::clone(&oracle),
-            ))
-        })
-        .collect();
-    assert!(wait_until(Duration::from_secs(10), || oracle
-        .lock()
-        .unwrap()
-        .acked
-        .len()
-        >= 200));
+    let (stop, oracle, writers) = start_writers(&drivers, 4).await;
     let killed_at = Instant::now();
     cluster.kill(old);
     drivers.lock().unwrap()[usize::from(old) - 1] = None;
@@ -416,24 +431,7 @@ async fn wiped_backup_is_a_learner_until_caught_up_and_then_votes() {
     let drivers = connect_all(&cluster).await;
     let primary_id = wait_primary(&drivers, None).await;
     let wiped = primary_id % 3 + 1;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let oracle = Arc::new(Mutex::new(Oracle::default()));
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            tokio::spawn(writer(
-                Arc::clone(&drivers),
-                w,
-                Arc::clone(&stop),
-                Arc::clone(&oracle),
-            ))
-        })
-        .collect();
-    assert!(wait_until(Duration::from_secs(10), || oracle
-        .lock()
-        .unwrap()
-        .acked
-        .len()
-        >= 200));
+    let (stop, oracle, writers) = start_writers(&drivers, 2).await;
 
     wipe_and_restart(&mut cluster, &drivers, wiped);
     assert!(
