@@ -119,6 +119,29 @@ fn elect(core: &mut Core) -> Vec<Action> {
     out
 }
 
+/// Node 1 of {1, 2, 3}, its log at epoch 1 through LSN 2, elected primary of epoch 2 at
+/// 600 ms with node 2's vote, its epoch-start record (LSN 3) durable.
+fn elected_primary() -> Core {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 2)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    elect(&mut core);
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(3),
+            epoch: Epoch(2),
+        },
+    );
+    core
+}
+
 /// A backup that has not heard from a primary for the failover timeout asks for pre-votes;
 /// nothing is persisted and the epoch does not move.
 #[test]
@@ -1213,16 +1236,7 @@ fn backup_echoes_the_send_time_of_the_append_it_answers() {
 /// own) instead of clamping it to `now`, and a learner's acknowledgement renews nothing.
 #[test]
 fn primary_lease_ignores_future_send_times_and_learners() {
-    let mut core = new_core(
-        config(N1, &[1, 2, 3]),
-        log_of(&[(1, 2)]),
-        PersistedMeta {
-            epoch: Epoch(1),
-            voted_for: None,
-            learner: false,
-        },
-    );
-    elect(&mut core);
+    let mut core = elected_primary();
     let lease = core
         .status()
         .lease_until
@@ -1252,23 +1266,7 @@ fn primary_lease_ignores_future_send_times_and_learners() {
 /// the commit LSN the primary's appends to it carry its nonce in `promote`.
 #[test]
 fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
-    let mut core = new_core(
-        config(N1, &[1, 2, 3]),
-        log_of(&[(1, 2)]),
-        PersistedMeta {
-            epoch: Epoch(1),
-            voted_for: None,
-            learner: false,
-        },
-    );
-    elect(&mut core);
-    step(
-        &mut core,
-        Input::Durable {
-            lsn: Lsn(3),
-            epoch: Epoch(2),
-        },
-    );
+    let mut core = elected_primary();
     receive(&mut core, 610, N2, ack(2, 3, 600, 0xabc));
     assert_eq!(
         core.commit_lsn(),
@@ -1504,16 +1502,7 @@ fn pre_vote_sent(out: &[Action]) -> bool {
 /// pointers unchanged, promoted it back before any repair).
 #[test]
 fn damaged_log_makes_a_primary_step_down_and_stand_for_nothing_until_repaired() {
-    let mut core = new_core(
-        config(N1, &[1, 2, 3]),
-        log_of(&[(1, 2)]),
-        PersistedMeta {
-            epoch: Epoch(1),
-            voted_for: None,
-            learner: false,
-        },
-    );
-    elect(&mut core);
+    let mut core = elected_primary();
     step(&mut core, Input::LogDamaged);
     assert_eq!(core.role(), Role::Backup);
     assert!(core.is_damaged());
@@ -1543,23 +1532,7 @@ fn damaged_log_makes_a_primary_step_down_and_stand_for_nothing_until_repaired() 
 /// (before: promoted at the commit LSN, it voted for a node that lacked the record).
 #[test]
 fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_lacks() {
-    let mut p = new_core(
-        config(N1, &[1, 2, 3]),
-        log_of(&[(1, 2)]),
-        PersistedMeta {
-            epoch: Epoch(1),
-            voted_for: None,
-            learner: false,
-        },
-    );
-    elect(&mut p);
-    step(
-        &mut p,
-        Input::Durable {
-            lsn: Lsn(3),
-            epoch: Epoch(2),
-        },
-    );
+    let mut p = elected_primary();
     receive(&mut p, 605, N2, ack(2, 3, 600, 0));
     receive(&mut p, 606, N3, ack(2, 3, 600, 0));
     assert_eq!(p.commit_lsn(), Lsn(3));
