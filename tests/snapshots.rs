@@ -340,6 +340,11 @@ async fn snapshot_transfer_cut_halfway_resumes() {
     // Wait until a quarter has been acknowledged (the sender sends a chunk every 150 ms,
     // 16 in all), then stop the receiver.
     let deadline = Instant::now() + Duration::from_secs(20);
+    // A transfer that broke off by itself before a quarter was acknowledged (a receiver
+    // stalled for the sender's 2 s, seen now and then on a loaded machine) resumes the same
+    // way: then there is nothing left to cut.
+    let broke_off_by_itself = || log_of(&cluster, backup).contains("resuming a snapshot receive");
+    let mut cut = true;
     loop {
         let transfers = status(&cluster, primary)["snapshot"]["transfers"].clone();
         let done = transfers[0]["bytes_done"].as_u64().unwrap_or(0);
@@ -351,13 +356,19 @@ async fn snapshot_transfer_cut_halfway_resumes() {
             );
             break;
         }
+        if broke_off_by_itself() {
+            cut = false;
+            break;
+        }
         assert!(Instant::now() < deadline, "the transfer did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cluster.pause(backup, true);
-    // Longer than the sender's stall timeout (2 s): it drops the connection.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    cluster.pause(backup, false);
+    if cut {
+        cluster.pause(backup, true);
+        // Longer than the sender's stall timeout (2 s): it drops the connection.
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        cluster.pause(backup, false);
+    }
 
     let b = connect(&cluster.node(backup).app_socket).await;
     wait_converged(&p, &b).await;
