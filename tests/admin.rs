@@ -206,8 +206,13 @@ fn admin_endpoints_report_roles_status_and_metrics() {
     assert_eq!(code(admin(primary), "/switchover?to=2"), Some(405));
     let (code_bad, _, body) = http(admin(primary), "POST", "/switchover?to=two").expect("answers");
     assert_eq!(code_bad, 400, "{body}");
-    let (code_none, _, _) = http(admin(primary), "POST", "/switchover").expect("answers");
-    assert_eq!(code_none, 400);
+    // Without `to`, the primary picks the backup itself (the most up to date).
+    let (code_none, _, body) = http(admin(primary), "POST", "/switchover").expect("answers");
+    assert_eq!(code_none, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(body.trim()).expect("JSON");
+    let chosen = answer["to"].as_u64().expect("a chosen target");
+    assert_ne!(chosen, u64::from(primary), "{body}");
+    assert_eq!(answer["outcome"], "handed_over", "{body}");
     eprintln!("took {:?}", started.elapsed());
 }
 

@@ -36,21 +36,11 @@ async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
 
 fn status(role: Role, epoch: u64, primary: Option<u16>, addr: Option<SocketAddr>) -> NodeStatus {
     NodeStatus {
-        node_id: 1,
-        role,
         epoch,
         primary,
         primary_client_addr: addr,
         lease_held: role == Role::Primary,
-        standing: "voter",
-        first_lsn: 1,
-        last_lsn: 0,
-        durable_lsn: 0,
-        commit_lsn: 0,
-        heartbeat_age_ms: None,
-        peers: Vec::new(),
-        failed: None,
-        app: None,
+        ..NodeStatus::for_tests(role)
     }
 }
 
@@ -218,9 +208,14 @@ impl Raw {
         self.write.write_all(bytes).await.unwrap();
     }
 
-    /// The next frame, or `None` once the sidecar closed the connection.
+    /// The next frame other than a `Ping`, or `None` once the sidecar closed the connection.
     async fn recv(&mut self) -> Option<Frame> {
-        within("a frame", self.frames.read_frame()).await.unwrap()
+        loop {
+            match within("a frame", self.frames.read_frame()).await.unwrap() {
+                Some(Frame::Ping { .. }) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Expects an `Error` frame and then the end of the connection.

@@ -41,7 +41,7 @@ fn named_target(cluster: &Cluster, id: u16, from: usize) -> Option<u16> {
     let line = log
         .get(from..)?
         .lines()
-        .find(|line| line.contains("shutting down: handing over first"))?;
+        .find(|line| line.contains("switchover: handing over"))?;
     let at = line.find("target_node=")? + "target_node=".len();
     line[at..]
         .chars()

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod admin_client;
 pub mod demo;
+pub mod pause;
 pub mod run;
 pub mod snapshot;
 pub mod status;
@@ -27,6 +28,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Hand the primary role to another node (a planned switchover) and report the pause.
     Switchover(switchover::SwitchoverArgs),
+    /// Maintenance: stop automatic failover on every node (stored; a restart keeps it).
+    Pause(pause::PauseArgs),
+    /// End maintenance: automatic failover again on every node.
+    Resume(pause::PauseArgs),
     /// Show a three-node cluster on loopback: a failover under writes, a rejoin, no
     /// acknowledged write lost.
     Demo(demo::DemoArgs),
@@ -47,6 +52,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(*args),
         Command::Status(args) => status::run(args),
         Command::Switchover(args) => switchover::run(args),
+        Command::Pause(args) => pause::run(args, true),
+        Command::Resume(args) => pause::run(args, false),
         Command::Wal(command) => wal::run(command),
         Command::Snapshot(command) => snapshot::run(command),
         Command::Demo(args) => demo::run(args),

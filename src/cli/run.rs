@@ -164,6 +164,22 @@ pub struct RunArgs {
     /// SIGKILL.
     #[arg(long, env = "UNDERSTUDY_APP_STOP_TIMEOUT", value_parser = duration, default_value = "5s")]
     pub app_stop_timeout: Duration,
+    /// How long the primary's application may be gone (detached from the app API, not
+    /// answering its pings, or refusing connections at --app-addr) before the primary hands
+    /// over to a backup whose application is live (default: the failover timeout).
+    #[arg(long, env = "UNDERSTUDY_APP_TIMEOUT", value_parser = duration)]
+    pub app_timeout: Option<Duration>,
+    /// A higher priority wins a tie between equally up-to-date candidates, and is preferred
+    /// by a switchover without --to (0-255).
+    #[arg(long, env = "UNDERSTUDY_PRIORITY", default_value_t = 0)]
+    pub priority: u8,
+    /// Never become primary: still vote and replicate.
+    #[arg(long, env = "UNDERSTUDY_NO_FAILOVER")]
+    pub no_failover: bool,
+    /// /ready on a backup fails while more than this many committed records are not yet
+    /// durable here.
+    #[arg(long, env = "UNDERSTUDY_READY_MAX_LAG", default_value_t = 10_000)]
+    pub ready_max_lag: u64,
 }
 
 impl RunArgs {
@@ -216,6 +232,12 @@ impl RunArgs {
         core.clock_drift_margin = self.failover_timeout / 10;
         core.sync_replicas = sync_replicas;
         core.allow_unsafe_sync_replicas = self.allow_unsafe_sync_replicas;
+        if self.app_timeout.is_some_and(|t| t.is_zero()) {
+            anyhow::bail!("--app-timeout 0: must be more than zero");
+        }
+        core.app_timeout = self.app_timeout.unwrap_or(self.failover_timeout);
+        core.priority = self.priority;
+        core.no_failover = self.no_failover;
         core.validate()?;
         Ok(NodeConfig {
             node_id,
@@ -228,6 +250,8 @@ impl RunArgs {
             scrub_interval: self.scrub_interval,
             client_addr: self.client_listen,
             app_addr: self.app_addr,
+            admin_addr: self.admin_listen,
+            ready_lag_max: self.ready_max_lag,
             on_promote: self.on_promote.clone(),
             on_demote: self.on_demote.clone(),
             app_cmd: self

@@ -56,6 +56,21 @@ pub(crate) struct StatusView {
     /// `voter`, `learner` or `quarantined` (absent from nodes before learners existed).
     #[serde(default)]
     standing: Option<String>,
+    /// Automatic failover paused here.
+    #[serde(default)]
+    pub(crate) paused: bool,
+    /// The application's liveness (absent from older nodes).
+    #[serde(default)]
+    app_health: Option<AppHealthView>,
+}
+
+/// The part of `/status` `app_health` this command reads.
+#[derive(Debug, Clone, Deserialize)]
+struct AppHealthView {
+    expected: bool,
+    live: bool,
+    applied_lsn: u64,
+    since_ms: u64,
 }
 
 /// The part of a `node::PeerStatus` this command reads.
@@ -69,6 +84,12 @@ pub(crate) struct PeerView {
     last_heard_ms: Option<u64>,
     #[serde(default)]
     learner: bool,
+    /// The admin address the peer announced (absent from older nodes).
+    #[serde(default)]
+    pub(crate) admin_addr: Option<String>,
+    /// On the primary: whether the peer's application is live.
+    #[serde(default)]
+    app_live: bool,
 }
 
 /// One line of the table, as text.
@@ -81,12 +102,14 @@ struct Row {
     commit_lsn: String,
     lag: String,
     last_heartbeat: String,
+    app: String,
     reported_by: u16,
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "NODE",
     "ROLE",
+    "APP",
     "EPOCH",
     "DURABLE LSN",
     "COMMIT LSN",
@@ -195,6 +218,20 @@ fn own_row(view: &StatusView, primary_view: Option<&StatusView>) -> Row {
         Some("quarantined") => role.push_str(" (quarantined)"),
         _ => {}
     }
+    if view.paused {
+        role.push_str(" (paused)");
+    }
+    let app = match &view.app_health {
+        Some(app) if app.live => format!("live, applied {}", app.applied_lsn),
+        Some(app) if app.expected => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let gone_for = age_words(Some(now_ms.saturating_sub(app.since_ms)));
+            format!("gone since {gone_for}")
+        }
+        _ => "-".to_string(),
+    };
     let is_primary = view.role == "primary";
     let lag = if is_primary {
         "-".to_string()
@@ -216,6 +253,7 @@ fn own_row(view: &StatusView, primary_view: Option<&StatusView>) -> Row {
         commit_lsn: view.commit_lsn.to_string(),
         lag,
         last_heartbeat,
+        app,
         reported_by: view.node_id,
     }
 }
@@ -233,6 +271,11 @@ fn peer_row(id: u16, views: &[StatusView], primary_view: Option<&StatusView>) ->
         .find(|p| p.node_id == id)
         .unwrap_or_else(|| unreachable!("the view was chosen because it lists the peer"));
     let unknown = || "-".to_string();
+    let app = if view.role == "primary" && peer.app_live {
+        "live".to_string()
+    } else {
+        unknown()
+    };
     let (role, epoch, durable_lsn, lag) = if view.role == "primary" {
         // The primary ships to every peer and hears their acknowledgements.
         let role = match (peer.connected, peer.learner) {
@@ -265,6 +308,7 @@ fn peer_row(id: u16, views: &[StatusView], primary_view: Option<&StatusView>) ->
         commit_lsn: unknown(),
         lag,
         last_heartbeat: age_words(peer.last_heard_ms),
+        app,
         reported_by: view.node_id,
     }
 }
@@ -304,12 +348,13 @@ fn age_words(age_ms: Option<u64>) -> String {
 
 /// The table with every column as wide as its widest cell.
 fn render(rows: &[Row]) -> String {
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|row| {
             [
                 row.node.to_string(),
                 row.role.clone(),
+                row.app.clone(),
                 row.epoch.clone(),
                 row.durable_lsn.clone(),
                 row.commit_lsn.clone(),
@@ -355,6 +400,8 @@ mod tests {
             lag_bytes: lag_records * 64,
             last_heard_ms: Some(12),
             learner: false,
+            admin_addr: None,
+            app_live: true,
         }
     }
 
@@ -371,6 +418,8 @@ mod tests {
             peers: vec![peer(2, 100, 0), peer(3, 90, 10)],
             failed: None,
             standing: None,
+            paused: false,
+            app_health: None,
         }
     }
 
@@ -387,6 +436,8 @@ mod tests {
             peers: vec![peer(1, 0, 0), peer(if node_id == 2 { 3 } else { 2 }, 0, 0)],
             failed: None,
             standing: None,
+            paused: false,
+            app_health: None,
         }
     }
 

@@ -141,6 +141,12 @@ impl<S: StateMachine> Driver<S> {
         let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let stop = CancellationToken::new();
         tokio::spawn(run_reader(frames, Arc::clone(&shared), stop.clone()));
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
+        tokio::spawn(run_ponger(
+            Arc::clone(&sink),
+            Arc::clone(&shared),
+            stop.clone(),
+        ));
         tokio::spawn(run_writer(
             sink,
             proposals_rx,
@@ -364,10 +370,42 @@ async fn run_reader<S: StateMachine>(
     shared.fail(error);
 }
 
+/// Answers the sidecar's liveness pings (`Ping`, noted by the reader after it handled every
+/// frame before it) with `Pong` and the applied LSN, until the driver is dropped or the
+/// connection ends. Only the latest ping is answered: the sidecar needs one answer, not all.
+async fn run_ponger<S: StateMachine>(
+    sink: Arc<tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>>,
+    shared: Arc<Shared<S>>,
+    stop: CancellationToken,
+) {
+    let mut pings = shared.ping.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.closed.cancelled() => return,
+            changed = pings.changed() => if changed.is_err() { return },
+        }
+        let nonce = *pings.borrow_and_update();
+        let pong = Frame::Pong {
+            nonce,
+            applied_lsn: *shared.applied.borrow(),
+        };
+        let mut sink = sink.lock().await;
+        let written = async {
+            sink.write_frame(&pong).await?;
+            sink.flush().await
+        };
+        if let Err(error) = written.await {
+            shared.fail(ClientError::Io(error));
+            return;
+        }
+    }
+}
+
 /// Sends waiting proposals as one `Append` at a time, until the driver is dropped or the
 /// connection ends; then answers every proposal it did not send with `Disconnected`.
 async fn run_writer<S: StateMachine>(
-    mut sink: FrameWriter<OwnedWriteHalf>,
+    sink: Arc<tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>>,
     mut proposals: mpsc::Receiver<Proposal<S::Output>>,
     shared: Arc<Shared<S>>,
     limits: Limits,
@@ -416,6 +454,7 @@ async fn run_writer<S: StateMachine>(
         let written = tokio::select! {
             _ = stop.cancelled() => break,
             written = async {
+                let mut sink = sink.lock().await;
                 sink.write_frame(&append).await?;
                 sink.flush().await
             } => written,
@@ -490,6 +529,8 @@ struct Shared<S: StateMachine> {
     socket_path: PathBuf,
     /// A restore being received (`snapshot.rs`).
     restoring: Mutex<Option<snapshot::Restoring>>,
+    /// The nonce of the latest `Ping`, for the ponger.
+    ping: watch::Sender<u64>,
 }
 
 struct Applied<S> {
@@ -558,6 +599,7 @@ impl<S: StateMachine> Shared<S> {
             closed: CancellationToken::new(),
             socket_path: PathBuf::new(),
             restoring: Mutex::new(None),
+            ping: watch::Sender::new(0),
         }
     }
 
@@ -651,6 +693,10 @@ impl<S: StateMachine> Shared<S> {
             } => self.on_restore_begin(lsn, epoch, body_len),
             Frame::RestoreChunk { offset, data } => self.on_restore_chunk(offset, &data),
             Frame::RestoreEnd => self.on_restore_end(),
+            Frame::Ping { nonce } => {
+                self.ping.send_replace(nonce);
+                Ok(())
+            }
             frame => Err(ClientError::Unexpected {
                 frame: frame.name(),
                 during: "while following the log",

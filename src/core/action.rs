@@ -65,11 +65,33 @@ pub enum Action {
     /// empty log) and heard of one that exists, so its empty data dir may be a wiped one.
     /// `PersistMeta` records it.
     BecameLearner { reason: LearnerReason },
-    /// What became of an `Input::Switchover`.
-    Switchover {
+    /// A switchover began: the primary stopped taking appends and waits for `to` to catch up.
+    SwitchoverStarted {
         to: NodeId,
+        reason: SwitchoverReason,
+    },
+    /// What became of a switchover (asked for by `Input::Switchover`, or started by the
+    /// primary itself). `to` is `None` only for a refusal before a target was chosen.
+    Switchover {
+        to: Option<NodeId>,
         outcome: SwitchoverOutcome,
     },
+    /// The pause changed (`Input::SetPaused`, or a backup adopting its primary's): the shell
+    /// stores it, so that a restart keeps it.
+    PauseChanged { paused: bool, from_primary: bool },
+    /// This node's pre-vote succeeded but it did not stand, once, so that `to`, a granter
+    /// better fit to serve (a live app where its own is not, or a higher priority with the
+    /// same log), stands instead (`health.rs`).
+    ElectionDeferred { to: NodeId },
+}
+
+/// Why a switchover began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchoverReason {
+    /// `Input::Switchover` (the operator, or a shutdown).
+    Asked,
+    /// The primary's application was gone for `app_timeout`.
+    AppGone,
 }
 
 /// Why a running node became a learner.
@@ -118,4 +140,9 @@ pub enum SwitchoverRefusal {
     AlreadyInProgress,
     /// The target is a learner: it may not stand.
     TargetIsLearner,
+    /// The target may not stand: `no_failover`, or a damaged record awaiting repair.
+    TargetCannotStand,
+    /// No target was named and no backup is fit: none is a voter that may stand and was
+    /// heard from within the failover timeout.
+    NoTarget,
 }

@@ -44,6 +44,14 @@ pub struct Config {
     pub inflight_bytes_max: u64,
     /// Records in one `Append` message, at most.
     pub append_records_max: u64,
+    /// How long the primary's application may be gone (`Input::AppHealth`) before the primary
+    /// hands over to a backup whose application is live (`health.rs`).
+    pub app_timeout: Duration,
+    /// A higher priority wins a tie between equally up-to-date candidates, and a switchover
+    /// without a named target.
+    pub priority: u8,
+    /// Never become primary (never stand, take no hand-over); still vote and replicate.
+    pub no_failover: bool,
     /// Rules switched off on purpose, so the simulator can show that its checker finds the
     /// resulting violations. Never set outside tests.
     #[doc(hidden)]
@@ -76,7 +84,8 @@ pub struct TestKnobs {
 impl Config {
     /// A configuration with the documented defaults: heartbeat 50 ms, failover timeout 500 ms,
     /// jitter 200 ms, drift margin 50 ms (lease 450 ms), safe `sync_replicas`, windows of 4096
-    /// records and 8 MiB per backup, 256 records per append.
+    /// records and 8 MiB per backup, 256 records per append, app timeout 500 ms (the failover
+    /// timeout), priority 0, failover allowed.
     pub fn new(node_id: NodeId, members: Vec<NodeId>) -> Config {
         Config {
             node_id,
@@ -90,6 +99,9 @@ impl Config {
             inflight_records_max: 4096,
             inflight_bytes_max: 8 << 20,
             append_records_max: 256,
+            app_timeout: Duration::from_millis(500),
+            priority: 0,
+            no_failover: false,
             unsafe_testing: TestKnobs::default(),
         }
     }
@@ -193,6 +205,11 @@ impl Config {
                     members: self.members.len(),
                 });
             }
+        }
+        if self.app_timeout.is_zero() {
+            return Err(ConfigError::ZeroLimit {
+                field: "app_timeout",
+            });
         }
         for (field, value) in [
             ("inflight_records_max", self.inflight_records_max),

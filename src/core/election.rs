@@ -110,7 +110,7 @@
 use wal::{Epoch, Lsn, NodeId};
 
 use super::state::{Election, Peer, Phase};
-use super::{Action, Core, Message, Role};
+use super::{Action, Core, Health, Message, Role};
 
 impl Core {
     /// Whether this node heard from a live primary (or is one) within `failover_timeout`.
@@ -241,6 +241,7 @@ impl Core {
             persist_seq: 0,
             requested_at: None,
             voter_epoch_max: Epoch::ZERO,
+            defer_to: None,
         });
         if self.majority == 1 {
             self.election_start_vote(false, out);
@@ -283,6 +284,7 @@ impl Core {
             persist_seq: seq,
             requested_at: None,
             voter_epoch_max: Epoch::ZERO,
+            defer_to: None,
         });
         let message = Message::VoteRequest {
             epoch: self.st.epoch,
@@ -310,26 +312,34 @@ impl Core {
             || (epoch == self.st.epoch
                 && self.st.voted_for.is_none()
                 && self.st.role == Role::Backup);
+        // A paused node grants no pre-vote: no automatic failover while paused (`health.rs`).
         let granted = would_vote
             && self.voter()
+            && !self.st.paused
             && !self.heard_from_primary_recently()
             && self.election_log_ok(last_lsn, last_epoch);
+        let same_log = (last_epoch, last_lsn) == (self.st.log.last_epoch(), self.st.log.last_lsn);
         out.push(Action::Send {
             to: from,
             message: Message::PreVoteResponse {
                 epoch,
                 granted,
                 voter_epoch: self.st.epoch,
+                health: self.health(),
+                same_log,
             },
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_pre_vote_response(
         &mut self,
         from: NodeId,
         epoch: Epoch,
         granted: bool,
         voter_epoch: Epoch,
+        health: Health,
+        same_log: bool,
         out: &mut Vec<Action>,
     ) {
         if voter_epoch > self.st.epoch && !granted {
@@ -339,6 +349,7 @@ impl Core {
         }
         let bit = self.member_bit(from);
         let majority = self.majority;
+        let better = self.better_fit(health, same_log);
         let Some(election) = self.st.election.as_mut() else {
             return;
         };
@@ -349,8 +360,14 @@ impl Core {
         // A granter already in the epoch asked about has not voted in it, but some node may
         // have: stand above every epoch a granter reports, never in one already in use.
         election.voter_epoch_max = election.voter_epoch_max.max(voter_epoch);
+        if better && election.defer_to.is_none() {
+            election.defer_to = Some(from);
+        }
         if election.granted.count_ones() as usize >= majority {
-            self.election_start_vote(false, out);
+            let defer_to = election.defer_to;
+            if !self.election_defer(defer_to, out) {
+                self.election_start_vote(false, out);
+            }
         }
     }
 
@@ -446,8 +463,7 @@ impl Core {
         if epoch != self.st.epoch
             || self.st.role != Role::Backup
             || self.st.primary != Some(from)
-            || !self.voter()
-            || self.st.damaged
+            || !self.can_stand()
         {
             return;
         }

@@ -32,8 +32,15 @@ pub enum Input {
         voted_for: Option<NodeId>,
         learner: bool,
     },
-    /// The operator asks the primary to hand over to `to`.
-    Switchover { to: NodeId },
+    /// The operator asks the primary to hand over to `to`, or (`None`) to the best backup:
+    /// one whose app is live if any, then the most up to date, then the highest priority.
+    Switchover { to: Option<NodeId> },
+    /// The local application (`health.rs`): whether one is `expected` here (only then does
+    /// its absence count against the node) and whether it is attached and answering. Sent
+    /// when either changes; a core starts with neither.
+    AppHealth { expected: bool, live: bool },
+    /// `understudy pause` / `resume`: no automatic failover while paused (`health.rs`).
+    SetPaused { paused: bool },
     /// The shell took a snapshot and dropped every record at or below `through` from the log.
     /// `through` is at most `commit_lsn` and at most `durable_lsn`.
     PrefixTruncated { through: Lsn },

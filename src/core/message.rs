@@ -26,6 +26,11 @@ pub enum Message {
         granted: bool,
         /// The voter's current epoch; a candidate behind it adopts it.
         voter_epoch: Epoch,
+        /// Whether the voter could serve as primary (`health.rs`): a candidate whose app is
+        /// not live, or of lower priority, lets a better granter stand instead, once.
+        health: Health,
+        /// The voter's log is exactly as up to date as the asker's (same last epoch and LSN).
+        same_log: bool,
     },
     /// "Vote for me in `epoch`." `transfer` is set only when the primary handed over
     /// (`TimeoutNow`): voters then vote even though they heard from that primary recently.
@@ -74,6 +79,8 @@ pub struct Append {
     /// Every record the node acknowledged in an earlier run (an acknowledgement that may still
     /// be on its way) is at or below it. Zero without `promote`.
     pub promote_through: Lsn,
+    /// The primary is paused (`understudy pause`): no automatic failover. Backups adopt it.
+    pub paused: bool,
 }
 
 /// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.
@@ -98,4 +105,18 @@ pub struct AppendResponse {
     /// counts towards commit or the lease) and this is its nonce, fresh on every start, which
     /// the primary echoes in `Append::promote` once the learner has caught up.
     pub learner: u64,
+    /// Whether the backup could serve as primary: the primary hands over only to a backup
+    /// whose app is live (`health.rs`).
+    pub health: Health,
+}
+
+/// What a node says about its fitness to be primary, in pre-vote and append responses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Its application is attached and answering (`Input::AppHealth`).
+    pub app_live: bool,
+    /// It may stand for election: a voter, not `no_failover`, no damaged record.
+    pub can_stand: bool,
+    /// `--priority`: the higher wins a tie between equally up-to-date candidates.
+    pub priority: u8,
 }

@@ -14,6 +14,7 @@
 //! | `commit.rs` | the commit rule |
 //! | `lease.rs` | the lease and the timing argument for it |
 //! | `switchover.rs` | planned hand-over to a chosen backup |
+//! | `health.rs` | the application's liveness, priority, `no_failover` and the pause: who should serve |
 //! | `state.rs` | the state and `validate()` |
 //!
 //! A node that cannot vouch for its earlier votes and log (a wiped or new data dir joining an
@@ -31,6 +32,7 @@ mod action;
 mod commit;
 mod config;
 mod election;
+mod health;
 mod input;
 mod lease;
 mod message;
@@ -46,10 +48,12 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-pub use action::{Action, LearnerReason, Rejection, Role, SwitchoverOutcome, SwitchoverRefusal};
+pub use action::{
+    Action, LearnerReason, Rejection, Role, SwitchoverOutcome, SwitchoverReason, SwitchoverRefusal,
+};
 pub use config::{Config, ConfigError, TestKnobs, MEMBERS_MAX};
 pub use input::Input;
-pub use message::{Append, AppendResponse, Message};
+pub use message::{Append, AppendResponse, Health, Message};
 pub use rng::SplitMix64;
 pub use time::Time;
 
@@ -133,6 +137,8 @@ pub struct Status {
     pub quarantined: bool,
     /// A damaged record awaits repair: the node does not stand.
     pub damaged: bool,
+    /// Automatic failover is paused (`Input::SetPaused`).
+    pub paused: bool,
     pub snapshot_lsn: Lsn,
     pub last_lsn: Lsn,
     pub last_epoch: Epoch,
@@ -153,6 +159,8 @@ pub struct PeerStatus {
     pub last_ack: Option<Time>,
     /// It reported itself a learner (or still quarantined) in its latest response.
     pub learner: bool,
+    /// What its latest response said of its fitness to serve.
+    pub health: Health,
 }
 
 /// The replication state machine of one node.
@@ -227,6 +235,10 @@ impl Core {
                 voted_for,
                 learner,
                 damaged: false,
+                app_live: false,
+                app_gone_since: None,
+                paused: false,
+                deferred_in: None,
                 learner_nonce,
                 log,
                 commit_lsn,
@@ -347,6 +359,8 @@ impl Core {
             Input::SnapshotInstalled { lsn, epoch } => self.on_snapshot_installed(lsn, epoch, out),
             Input::LogDamaged => self.on_log_damaged(out),
             Input::LogRepaired => self.st.damaged = false,
+            Input::AppHealth { expected, live } => self.on_app_health(expected, live),
+            Input::SetPaused { paused } => self.on_set_paused(paused, out),
         }
         self.report_role(out);
     }
@@ -355,6 +369,7 @@ impl Core {
         match self.st.role {
             Role::Primary => {
                 self.switchover_check(out);
+                self.app_gone_check(out);
                 if self.st.role == Role::Primary {
                     self.primary_on_tick(out);
                 }
@@ -364,10 +379,11 @@ impl Core {
                 if self.st.now >= self.st.election_deadline && self.quarantined() {
                     self.quarantine_defer_deadline();
                 } else if self.st.now >= self.st.election_deadline
-                    && (self.st.learner || self.st.damaged)
+                    && (!self.can_stand() || self.st.paused)
                 {
                     // A learner never stands (it waits to be promoted), nor does a node that
-                    // could not ship a damaged record (it waits for the repair).
+                    // could not ship a damaged record (it waits for the repair), one with
+                    // `no_failover`, or a paused one (`health.rs`).
                     let now = self.st.now;
                     self.reset_election_deadline(now);
                 } else if self.st.now >= self.st.election_deadline {
@@ -388,7 +404,11 @@ impl Core {
                 epoch,
                 granted,
                 voter_epoch,
-            } => self.on_pre_vote_response(from, epoch, granted, voter_epoch, out),
+                health,
+                same_log,
+            } => {
+                self.on_pre_vote_response(from, epoch, granted, voter_epoch, health, same_log, out)
+            }
             Message::VoteRequest {
                 epoch,
                 last_lsn,
@@ -453,6 +473,7 @@ impl Core {
             learner: st.learner,
             quarantined: st.quarantine_until.is_some(),
             damaged: st.damaged,
+            paused: st.paused,
             snapshot_lsn: st.log.snapshot_lsn,
             last_lsn: st.log.last_lsn,
             last_epoch: st.log.last_epoch(),
@@ -468,6 +489,7 @@ impl Core {
                         next_lsn: peer.next_lsn,
                         last_ack: peer.last_ack,
                         learner: peer.learner != 0,
+                        health: peer.health,
                     })
                     .collect()
             } else {
@@ -480,6 +502,11 @@ impl Core {
     /// holds it.
     pub fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
         self.st.log.epoch_of(lsn)
+    }
+
+    /// Whether a switchover (asked for, or for a gone application) is under way.
+    pub fn switchover_in_progress(&self) -> bool {
+        self.st.switchover.is_some()
     }
 
     /// Whether this node takes part in elections and counts towards commit and the lease:

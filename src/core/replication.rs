@@ -291,6 +291,7 @@ impl Core {
                     sent_at: now.as_duration(),
                     promote,
                     promote_through,
+                    paused: self.st.paused,
                 };
                 out.push(Action::Send {
                     to,
@@ -325,6 +326,7 @@ impl Core {
                 sent_at: now.as_duration(),
                 promote,
                 promote_through,
+                paused: self.st.paused,
             };
             out.push(Action::Send {
                 to,
@@ -370,6 +372,7 @@ impl Core {
                     std::time::Duration::ZERO
                 },
                 learner: self.learner_report(),
+                health: self.health(),
             };
             out.push(Action::Send {
                 to: from,
@@ -408,6 +411,7 @@ impl Core {
         let now = self.st.now;
         self.st.last_primary_contact = Some(now);
         self.reset_election_deadline(now);
+        self.adopt_pause(append.paused, out);
 
         let log = &self.st.log;
         if append.prev_lsn > log.last_lsn {
@@ -500,6 +504,7 @@ impl Core {
             durable_lsn,
             sent_at,
             learner: self.learner_report(),
+            health: self.health(),
         };
         out.push(Action::Send {
             to,
@@ -549,6 +554,7 @@ impl Core {
         let peer = &mut self.st.peers[i];
         peer.last_ack = Some(now);
         peer.learner = response.learner;
+        peer.health = response.health;
         if response.learner != 0 && response.learner != peer.learner_seen {
             // A run of this node we have not heard from before. Whatever an earlier run of it
             // acknowledged (an answer that may still be on its way, and would count) is at

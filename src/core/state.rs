@@ -250,6 +250,8 @@ pub(crate) struct Peer {
     /// learner is promoted once it durably holds everything through it (`election.rs`).
     pub learner_seen: u64,
     pub promote_through: Lsn,
+    /// What its latest response said of its fitness to serve (`health.rs`).
+    pub health: super::Health,
 }
 
 impl Peer {
@@ -269,6 +271,7 @@ impl Peer {
             learner: 0,
             learner_seen: 0,
             promote_through: Lsn::ZERO,
+            health: super::Health::default(),
         }
     }
 }
@@ -295,6 +298,8 @@ pub(crate) struct Election {
     pub requested_at: Option<Time>,
     /// `Phase::PreVote`: the highest epoch a granter reported; the vote is for an epoch above it.
     pub voter_epoch_max: Epoch,
+    /// `Phase::PreVote`: a granter better fit to serve than this node (`health.rs`).
+    pub defer_to: Option<NodeId>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -328,6 +333,15 @@ pub(crate) struct State {
     /// ship that record; it still votes and acknowledges, its log's LSNs and epochs being
     /// intact. Not persisted: at a restart, recovery finds the damage and cuts the log there.
     pub damaged: bool,
+    /// The application is attached and answering (`Input::AppHealth`; `health.rs`).
+    pub app_live: bool,
+    /// Since when an expected application is not; `None` while it is, or none is expected.
+    pub app_gone_since: Option<Time>,
+    /// No automatic failover (`Input::SetPaused`; stored by the shell, not in `meta`).
+    pub paused: bool,
+    /// The epoch in which this node last deferred standing to a better granter: it defers
+    /// once per epoch (`health.rs`).
+    pub deferred_in: Option<Epoch>,
 
     /// Fresh on every start, never zero; tells the primary which learner it may promote, so
     /// that a promotion meant for an earlier run of this node (delayed in the network) is

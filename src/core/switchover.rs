@@ -12,42 +12,42 @@
 
 use wal::NodeId;
 
-use super::state::{HandedOver, Switchover};
-use super::{Action, Core, Message, Role, SwitchoverOutcome, SwitchoverRefusal};
+use super::state::HandedOver;
+use super::{Action, Core, Message, Role, SwitchoverOutcome, SwitchoverReason, SwitchoverRefusal};
 
 impl Core {
-    pub(super) fn on_switchover(&mut self, to: NodeId, out: &mut Vec<Action>) {
-        let refusal = if self.st.role != Role::Primary {
-            Some(SwitchoverRefusal::NotPrimary)
-        } else if to == self.config.node_id {
+    pub(super) fn on_switchover(&mut self, to: Option<NodeId>, out: &mut Vec<Action>) {
+        if self.st.role != Role::Primary {
+            return Core::switchover_refused(to, SwitchoverRefusal::NotPrimary, out);
+        }
+        if self.st.switchover.is_some() {
+            return Core::switchover_refused(to, SwitchoverRefusal::AlreadyInProgress, out);
+        }
+        let to = match to {
+            Some(to) => to,
+            None => match self.switchover_target(false) {
+                Some(to) => to,
+                None => return Core::switchover_refused(None, SwitchoverRefusal::NoTarget, out),
+            },
+        };
+        let refusal = if to == self.config.node_id {
             Some(SwitchoverRefusal::TargetIsSelf)
         } else if !self.others.contains(&to) {
             Some(SwitchoverRefusal::UnknownTarget)
-        } else if self.st.switchover.is_some() {
-            Some(SwitchoverRefusal::AlreadyInProgress)
         } else if self
             .peer_index(to)
             .is_some_and(|i| self.st.peers[i].learner != 0)
         {
             Some(SwitchoverRefusal::TargetIsLearner)
+        } else if self.target_cannot_stand(to) {
+            Some(SwitchoverRefusal::TargetCannotStand)
         } else {
             None
         };
         if let Some(refusal) = refusal {
-            out.push(Action::Switchover {
-                to,
-                outcome: SwitchoverOutcome::Refused(refusal),
-            });
-            return;
+            return Core::switchover_refused(Some(to), refusal, out);
         }
-        let deadline = self.st.now + self.config.failover_timeout;
-        self.st.switchover = Some(Switchover { to, deadline });
-        self.switchover_check(out);
-        if let Some(i) = self.peer_index(to) {
-            if self.st.role == Role::Primary {
-                self.replicate_to(i, false, out);
-            }
-        }
+        self.switchover_begin(to, SwitchoverReason::Asked, out);
     }
 
     /// Hands over if the target is ready; abandons the switchover past its deadline.
@@ -73,7 +73,7 @@ impl Core {
                 },
             });
             out.push(Action::Switchover {
-                to: switchover.to,
+                to: Some(switchover.to),
                 outcome: SwitchoverOutcome::HandedOver,
             });
             let epoch = self.st.epoch;
@@ -87,7 +87,7 @@ impl Core {
         } else if self.st.now >= switchover.deadline {
             self.st.switchover = None;
             out.push(Action::Switchover {
-                to: switchover.to,
+                to: Some(switchover.to),
                 outcome: SwitchoverOutcome::TimedOut,
             });
         }

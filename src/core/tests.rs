@@ -11,6 +11,12 @@ use super::*;
 const N1: NodeId = NodeId(1);
 const N2: NodeId = NodeId(2);
 const N3: NodeId = NodeId(3);
+/// What a voter with no application reports: it may stand.
+const STANDS: Health = Health {
+    app_live: false,
+    can_stand: true,
+    priority: 0,
+};
 
 fn ms(ms: u64) -> Time {
     Time::from_millis(ms)
@@ -79,6 +85,7 @@ fn append(
         sent_at: Duration::from_millis(sent_ms),
         promote: 0,
         promote_through: Lsn::ZERO,
+        paused: false,
     })
 }
 
@@ -96,6 +103,8 @@ fn elect(core: &mut Core) -> Vec<Action> {
             epoch: next,
             granted: true,
             voter_epoch: epoch,
+            health: STANDS,
+            same_log: false,
         },
     );
     step(
@@ -200,6 +209,8 @@ fn vote_requests_wait_for_the_candidates_own_vote_to_persist() {
             epoch: Epoch(2),
             granted: true,
             voter_epoch: Epoch(1),
+            health: STANDS,
+            same_log: false,
         },
     );
     assert_eq!(
@@ -406,6 +417,8 @@ fn vote_is_refused_while_the_primary_was_heard_recently() {
         epoch: Epoch(2),
         granted: false,
         voter_epoch: Epoch(1),
+        health: STANDS,
+        same_log: false,
     };
     assert_eq!(
         out,
@@ -640,6 +653,7 @@ fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
         durable_lsn: Lsn::ZERO,
         sent_at: Duration::from_millis(900),
         learner: 0,
+        health: STANDS,
     };
     assert_eq!(
         out,
@@ -684,6 +698,7 @@ fn append_truncates_only_the_conflicting_suffix() {
         durable_lsn: Lsn(3),
         sent_at: Duration::from_millis(900),
         learner: 0,
+        health: STANDS,
     };
     assert_eq!(
         out,
@@ -773,6 +788,7 @@ fn commit_needs_sync_replicas_and_a_current_epoch_record() {
             durable_lsn: Lsn(durable),
             sent_at: Duration::from_millis(601),
             learner: 0,
+            health: STANDS,
         })
     };
     // Node 2 holds the old records durably: not enough, none is of epoch 2.
@@ -902,7 +918,13 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
             epoch: Epoch(2),
         },
     );
-    assert!(step(&mut core, Input::Switchover { to: N3 }).is_empty());
+    assert_eq!(
+        step(&mut core, Input::Switchover { to: Some(N3) }),
+        vec![Action::SwitchoverStarted {
+            to: N3,
+            reason: SwitchoverReason::Asked
+        }]
+    );
     let out = step(
         &mut core,
         Input::Propose {
@@ -925,6 +947,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
         durable_lsn: Lsn(5),
         sent_at: Duration::from_millis(601),
         learner: 0,
+        health: STANDS,
     });
     let out = receive(&mut core, 620, N3, caught_up);
     assert_eq!(
@@ -936,7 +959,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
                 message: Message::TimeoutNow { epoch: Epoch(2) }
             },
             Action::Switchover {
-                to: N3,
+                to: Some(N3),
                 outcome: SwitchoverOutcome::HandedOver
             },
             Action::RoleChanged {
@@ -1062,6 +1085,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
             durable_lsn: Lsn(durable),
             sent_at: Duration::from_millis(601),
             learner: 0,
+            health: STANDS,
         })
     };
     receive(&mut core, 602, N2, ack(5, 5));
@@ -1076,6 +1100,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         durable_lsn: Lsn::ZERO,
         sent_at: Duration::from_millis(601),
         learner: 0,
+        health: STANDS,
     });
     let out = receive(&mut core, 603, N3, empty);
     assert!(out.is_empty(), "{out:?}");
@@ -1154,6 +1179,8 @@ fn votes_arriving_after_the_lease_elect_nobody() {
             epoch: Epoch(2),
             granted: true,
             voter_epoch: Epoch(1),
+            health: STANDS,
+            same_log: false,
         },
     );
     step(
@@ -1199,6 +1226,7 @@ fn ack(epoch: u64, lsn: u64, sent_ms: u64, learner: u64) -> Message {
         durable_lsn: Lsn(lsn),
         sent_at: Duration::from_millis(sent_ms),
         learner,
+        health: STANDS,
     })
 }
 
@@ -1285,10 +1313,10 @@ fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
         _ => None,
     });
     assert_eq!(promote, Some((0xabc, Lsn(3))), "{out:?}");
-    let out = step(&mut core, Input::Switchover { to: N2 });
+    let out = step(&mut core, Input::Switchover { to: Some(N2) });
     assert!(
         out.contains(&Action::Switchover {
-            to: N2,
+            to: Some(N2),
             outcome: SwitchoverOutcome::Refused(SwitchoverRefusal::TargetIsLearner)
         }),
         "{out:?}"
@@ -1374,6 +1402,7 @@ fn learner_votes_only_after_promotion() {
                 sent_at: Duration::from_millis(150),
                 promote: nonce,
                 promote_through: Lsn(3),
+                paused: false,
             }),
         )
     };
@@ -1467,6 +1496,8 @@ fn candidate_stands_above_the_epochs_its_granters_report() {
             epoch: Epoch(2),
             granted: true,
             voter_epoch: Epoch(2),
+            health: STANDS,
+            same_log: false,
         },
     );
     assert_eq!(core.epoch(), Epoch(3));
@@ -1644,4 +1675,295 @@ fn a_learner_is_promoted_when_commit_needs_it() {
     // Promoted, it counts: the epoch start commits.
     receive(&mut p, 670, N3, ack(2, 3, 660, 0));
     assert_eq!(p.commit_lsn(), Lsn(3));
+}
+
+/// A backup's acknowledgement of everything through `lsn` in epoch 2, reporting `health`.
+fn ack_with(lsn: u64, sent_ms: u64, health: Health) -> Message {
+    Message::AppendResponse(AppendResponse {
+        epoch: Epoch(2),
+        accepted: true,
+        matched_lsn: Lsn(lsn),
+        matched_epoch: Epoch(2),
+        durable_lsn: Lsn(lsn),
+        sent_at: Duration::from_millis(sent_ms),
+        learner: 0,
+        health,
+    })
+}
+
+const LIVE: Health = Health {
+    app_live: true,
+    can_stand: true,
+    priority: 0,
+};
+
+fn switchover_started(out: &[Action]) -> Option<(NodeId, SwitchoverReason)> {
+    out.iter().find_map(|a| match a {
+        Action::SwitchoverStarted { to, reason } => Some((*to, *reason)),
+        _ => None,
+    })
+}
+
+/// A primary whose expected application is gone hands over once `app_timeout` has passed,
+/// to a caught-up backup whose application is live; not before, not to one whose
+/// application is not, and not while paused. With no live backup it stays primary.
+#[test]
+fn primary_hands_over_when_its_application_is_gone() {
+    let mut core = elected_primary();
+    step(
+        &mut core,
+        Input::AppHealth {
+            expected: true,
+            live: true,
+        },
+    );
+    // Node 2 caught up, application not live; node 3 caught up, live.
+    receive(&mut core, 610, N2, ack_with(3, 600, STANDS));
+    receive(&mut core, 610, N3, ack_with(3, 600, LIVE));
+    step(
+        &mut core,
+        Input::AppHealth {
+            expected: true,
+            live: false,
+        },
+    );
+    let out = step(&mut core, Input::Tick { now: ms(1000) });
+    assert_eq!(
+        switchover_started(&out),
+        None,
+        "before app_timeout: {out:?}"
+    );
+    // Paused: no hand-over, however long it has been.
+    step(&mut core, Input::SetPaused { paused: true });
+    receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
+    receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
+    let out = step(&mut core, Input::Tick { now: ms(1120) });
+    assert_eq!(switchover_started(&out), None, "paused: {out:?}");
+    step(&mut core, Input::SetPaused { paused: false });
+    let out = step(&mut core, Input::Tick { now: ms(1130) });
+    assert_eq!(
+        switchover_started(&out),
+        Some((N3, SwitchoverReason::AppGone)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                to: N3,
+                message: Message::TimeoutNow { .. }
+            }
+        )),
+        "node 3 holds everything: handed over at once: {out:?}"
+    );
+    assert_eq!(core.role(), Role::Backup);
+
+    // The same without any live backup: it stays primary.
+    let mut core = elected_primary();
+    receive(&mut core, 610, N2, ack_with(3, 600, STANDS));
+    receive(&mut core, 610, N3, ack_with(3, 600, STANDS));
+    step(
+        &mut core,
+        Input::AppHealth {
+            expected: true,
+            live: false,
+        },
+    );
+    step(&mut core, Input::Tick { now: ms(1000) });
+    receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
+    receive(&mut core, 1010, N3, ack_with(3, 1000, STANDS));
+    let out = step(&mut core, Input::Tick { now: ms(1210) });
+    assert_eq!(switchover_started(&out), None, "{out:?}");
+    assert_eq!(core.role(), Role::Primary);
+
+    // Nor does a node where no application is expected.
+    let mut core = elected_primary();
+    receive(&mut core, 610, N3, ack_with(3, 600, LIVE));
+    step(&mut core, Input::Tick { now: ms(1000) });
+    receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
+    receive(&mut core, 1010, N2, ack_with(3, 1000, LIVE));
+    let out = step(&mut core, Input::Tick { now: ms(1210) });
+    assert_eq!(switchover_started(&out), None, "{out:?}");
+}
+
+/// A candidate whose application is not live lets a granter whose application is live stand
+/// first, once per epoch; at its next timeout it stands itself.
+#[test]
+fn candidate_without_a_live_application_defers_once() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    step(&mut core, Input::Tick { now: ms(600) });
+    let out = receive(
+        &mut core,
+        601,
+        N2,
+        Message::PreVoteResponse {
+            epoch: Epoch(2),
+            granted: true,
+            voter_epoch: Epoch(1),
+            health: LIVE,
+            same_log: false,
+        },
+    );
+    assert!(
+        out.contains(&Action::ElectionDeferred { to: N2 }),
+        "{out:?}"
+    );
+    assert_eq!(core.role(), Role::Backup);
+    assert_eq!(core.epoch(), Epoch(1));
+    // Nobody won meanwhile: at the next timeout it stands.
+    let out = step(&mut core, Input::Tick { now: ms(1200) });
+    assert!(pre_vote_sent(&out), "{out:?}");
+    receive(
+        &mut core,
+        1201,
+        N2,
+        Message::PreVoteResponse {
+            epoch: Epoch(2),
+            granted: true,
+            voter_epoch: Epoch(1),
+            health: LIVE,
+            same_log: false,
+        },
+    );
+    assert_eq!(core.role(), Role::Candidate);
+    assert_eq!(core.epoch(), Epoch(2));
+}
+
+/// Priority breaks a tie between equal logs only: a candidate defers to a granter of higher
+/// priority with the same log, not to one with a shorter log.
+#[test]
+fn higher_priority_wins_a_tie_between_equal_logs() {
+    let higher = Health {
+        priority: 5,
+        ..STANDS
+    };
+    for (same_log, defers) in [(true, true), (false, false)] {
+        let mut core = new_core(
+            config(N1, &[1, 2, 3]),
+            log_of(&[(1, 4)]),
+            PersistedMeta {
+                epoch: Epoch(1),
+                voted_for: None,
+                learner: false,
+            },
+        );
+        step(&mut core, Input::Tick { now: ms(600) });
+        let out = receive(
+            &mut core,
+            601,
+            N2,
+            Message::PreVoteResponse {
+                epoch: Epoch(2),
+                granted: true,
+                voter_epoch: Epoch(1),
+                health: higher,
+                same_log,
+            },
+        );
+        assert_eq!(
+            out.contains(&Action::ElectionDeferred { to: N2 }),
+            defers,
+            "same_log {same_log}: {out:?}"
+        );
+        assert_eq!(core.role() == Role::Candidate, !defers);
+    }
+}
+
+/// `no_failover`: the node never stands and ignores `TimeoutNow`, but still votes; a paused
+/// node neither stands nor grants pre-votes; a backup takes its primary's pause.
+#[test]
+fn no_failover_and_pause_keep_a_node_from_standing() {
+    let mut cfg = config(N1, &[1, 2, 3]);
+    cfg.no_failover = true;
+    let meta = PersistedMeta {
+        epoch: Epoch(1),
+        voted_for: None,
+        learner: false,
+    };
+    let mut core = new_core(cfg, log_of(&[(1, 4)]), meta);
+    let out = step(&mut core, Input::Tick { now: ms(5000) });
+    assert!(!pre_vote_sent(&out), "{out:?}");
+    let out = receive(
+        &mut core,
+        5001,
+        N2,
+        Message::VoteRequest {
+            epoch: Epoch(2),
+            last_lsn: Lsn(4),
+            last_epoch: Epoch(1),
+            transfer: false,
+        },
+    );
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::PersistMeta {
+                voted_for: Some(N2),
+                ..
+            }
+        )),
+        "it still votes: {out:?}"
+    );
+
+    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), meta);
+    let out = step(&mut core, Input::SetPaused { paused: true });
+    assert_eq!(
+        out,
+        vec![Action::PauseChanged {
+            paused: true,
+            from_primary: false
+        }]
+    );
+    let out = step(&mut core, Input::Tick { now: ms(5000) });
+    assert!(!pre_vote_sent(&out), "paused: {out:?}");
+    let out = receive(
+        &mut core,
+        5001,
+        N2,
+        Message::PreVoteRequest {
+            epoch: Epoch(2),
+            last_lsn: Lsn(4),
+            last_epoch: Epoch(1),
+        },
+    );
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::PreVoteResponse { granted: false, .. },
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    // The primary of epoch 2 is not paused: its append resumes this backup.
+    let heartbeat = Message::Append(Append {
+        epoch: Epoch(2),
+        prev_lsn: Lsn(4),
+        prev_epoch: Epoch(1),
+        first_lsn: Lsn(5),
+        last_lsn: Lsn(4),
+        records_epoch: Epoch(2),
+        commit_lsn: Lsn(4),
+        sent_at: Duration::from_millis(5000),
+        promote: 0,
+        promote_through: Lsn::ZERO,
+        paused: false,
+    });
+    let out = receive(&mut core, 5002, N2, heartbeat);
+    assert!(
+        out.contains(&Action::PauseChanged {
+            paused: false,
+            from_primary: true
+        }),
+        "{out:?}"
+    );
 }

@@ -4,11 +4,13 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /status` | 200, the node's [`NodeStatus`] as JSON: role, epoch, LSN pointers, every peer, the `--app-cmd` application (`app`) |
-//! | `GET /primary` | 200 `primary` on a primary holding its lease, else 503 and the role |
+//! | `GET /primary` | 200 `primary` on a primary holding its lease whose application (when one is expected) is live, else 503 and why |
 //! | `GET /replica` | 200 `backup` on a backup following a primary it heard from within [`REPLICA_HEARTBEAT_AGE_MAX_MS`], else 503 and why |
-//! | `GET /health` | 200 `ok` while the node runs and its disk has not failed, else 503 and why |
+//! | `GET /health` | 200 `ok` while the node runs and its disk has not failed, else 503 and why (liveness of the sidecar) |
+//! | `GET /ready` | 200 and the role when the node can serve its role: its application live (when one is expected), and on a primary its lease held, on a backup a primary heard within [`REPLICA_HEARTBEAT_AGE_MAX_MS`] and at most `--ready-max-lag` committed records not yet durable here; else 503 and why |
 //! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` with `--app-cmd`) |
-//! | `POST /switchover?to=N` | a planned switchover to node N: 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
+//! | `POST /switchover?to=N` | a planned switchover to node N (without `to`, to the best backup: one whose application is live, then the most up to date, then the highest priority): 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
+//! | `POST /pause`, `POST /resume` | stop or restart automatic failover on this node (stored in the data dir; a primary passes it to its backups): 200 `paused` / `resumed` once stored |
 //!
 //! `HEAD` is answered like `GET`. An unknown path is 404, a known path with the wrong method
 //! 405 (with `Allow`), a bad `to` 400.
@@ -21,7 +23,8 @@
 //! sooner). Request bodies are never read.
 //!
 //! This module only reads the node's published status and metrics and forwards switchover
-//! requests to the core loop; it holds no state of its own and never touches the core.
+//! and pause requests to the core loop; it holds no state of its own and never touches the
+//! core.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -74,8 +77,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The body of every `POST /switchover` answer except a 400.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchoverResponse {
-    /// The node asked to take over.
-    pub to: u16,
+    /// The node asked to take over (chosen by the primary when none was named; absent when
+    /// none could be).
+    pub to: Option<u16>,
     /// `handed_over`, `timed_out`, `not_primary`, `unknown_target`, `target_is_self`,
     /// `already_in_progress` or `stopping`.
     pub outcome: String,
@@ -168,6 +172,9 @@ enum Endpoint {
     Health,
     Metrics,
     Switchover,
+    Ready,
+    Pause,
+    Resume,
 }
 
 impl Endpoint {
@@ -179,6 +186,9 @@ impl Endpoint {
             "/health" => Endpoint::Health,
             "/metrics" => Endpoint::Metrics,
             "/switchover" => Endpoint::Switchover,
+            "/ready" => Endpoint::Ready,
+            "/pause" => Endpoint::Pause,
+            "/resume" => Endpoint::Resume,
             _ => return None,
         })
     }
@@ -186,22 +196,24 @@ impl Endpoint {
     /// The methods the endpoint answers, as the `Allow` header spells them.
     fn allow(self) -> &'static str {
         match self {
-            Endpoint::Switchover => "POST",
+            Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume => "POST",
             Endpoint::Status
             | Endpoint::Primary
             | Endpoint::Replica
             | Endpoint::Health
+            | Endpoint::Ready
             | Endpoint::Metrics => "GET, HEAD",
         }
     }
 
     fn allows(self, method: &Method) -> bool {
         match self {
-            Endpoint::Switchover => method == Method::POST,
+            Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume => method == Method::POST,
             Endpoint::Status
             | Endpoint::Primary
             | Endpoint::Replica
             | Endpoint::Health
+            | Endpoint::Ready
             | Endpoint::Metrics => method == Method::GET || method == Method::HEAD,
         }
     }
@@ -225,7 +237,7 @@ async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; the admin API has /status, /primary, /replica, /health, /metrics and POST /switchover?to=N\n".into(),
+            "not found; the admin API has /status, /primary, /replica, /health, /ready, /metrics, POST /switchover[?to=N], POST /pause and POST /resume\n".into(),
         );
     };
     if !endpoint.allows(request.method()) {
@@ -276,6 +288,24 @@ async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full
             )
         }
         Endpoint::Switchover => switchover(node, request.uri().query()).await,
+        Endpoint::Ready => {
+            let (code, body) = ready_check(&node.status(), node.requests.is_closed());
+            text(code, body)
+        }
+        Endpoint::Pause | Endpoint::Resume => {
+            let paused = endpoint == Endpoint::Pause;
+            match node.set_paused(paused).await {
+                Ok(Ok(())) => text(
+                    StatusCode::OK,
+                    if paused { "paused\n" } else { "resumed\n" }.into(),
+                ),
+                Ok(Err(message)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot store the pause: {message}\n"),
+                ),
+                Err(stopped) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{stopped}\n")),
+            }
+        }
     }
 }
 
@@ -296,6 +326,13 @@ fn with_type(code: StatusCode, content_type: &'static str, body: Bytes) -> Respo
 /// only it tells a load balancer to send them.
 fn primary_check(status: &NodeStatus) -> (StatusCode, String) {
     match (status.role, status.lease_held) {
+        (Role::Primary, true) if app_gone(status).is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "primary whose application is gone ({})\n",
+                app_gone(status).unwrap_or_default()
+            ),
+        ),
         (Role::Primary, true) => (StatusCode::OK, "primary\n".into()),
         (Role::Primary, false) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -335,6 +372,57 @@ fn replica_check(status: &NodeStatus) -> (StatusCode, String) {
     }
 }
 
+/// Why the application makes this node unfit to serve, if it does: only an expected one
+/// (`app_health`) that is not live.
+fn app_gone(status: &NodeStatus) -> Option<&'static str> {
+    let app = &status.app_health;
+    if app.expected && !app.live {
+        Some(app.gone.unwrap_or("not live"))
+    } else {
+        None
+    }
+}
+
+/// `GET /ready`: the node can serve its role now (module docs).
+fn ready_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String) {
+    let (code, body) = health_check(status, core_stopped);
+    if code != StatusCode::OK {
+        return (code, body);
+    }
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    if let Some(why) = app_gone(status) {
+        return unavailable(format!(
+            "{}; application gone: {why}",
+            role_name(status.role)
+        ));
+    }
+    match status.role {
+        Role::Primary if status.lease_held => (StatusCode::OK, "primary\n".into()),
+        Role::Primary => unavailable("primary without its lease".into()),
+        Role::Candidate => unavailable("candidate".into()),
+        Role::Backup => {
+            let lag = status.commit_lsn.saturating_sub(status.durable_lsn);
+            match (status.primary, status.heartbeat_age_ms) {
+                (Some(_), Some(age_ms))
+                    if age_ms < REPLICA_HEARTBEAT_AGE_MAX_MS && lag <= status.ready_lag_max =>
+                {
+                    (StatusCode::OK, "backup\n".into())
+                }
+                (Some(primary), Some(age_ms)) if age_ms >= REPLICA_HEARTBEAT_AGE_MAX_MS => {
+                    unavailable(format!(
+                        "backup; last heard from primary {primary} {age_ms} ms ago"
+                    ))
+                }
+                (Some(_), Some(_)) => unavailable(format!(
+                    "backup; {lag} committed records not yet durable here (more than {})",
+                    status.ready_lag_max
+                )),
+                _ => unavailable("backup without a primary".into()),
+            }
+        }
+    }
+}
+
 /// `GET /health`: the process runs its core loop and its disk works. Role does not matter.
 fn health_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String) {
     if let Some(failed) = &status.failed {
@@ -349,17 +437,19 @@ fn health_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String)
     (StatusCode::OK, "ok\n".into())
 }
 
-/// The `to` of `?to=N`: a node id (1 or more).
-fn switchover_target(query: Option<&str>) -> Result<NodeId, String> {
-    let value = query
+/// The `to` of `?to=N`: a node id (1 or more), or none (the primary picks).
+fn switchover_target(query: Option<&str>) -> Result<Option<NodeId>, String> {
+    let Some(value) = query
         .unwrap_or("")
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| *key == "to")
         .map(|(_, value)| value)
-        .ok_or_else(|| "say which node takes over: POST /switchover?to=N".to_string())?;
+    else {
+        return Ok(None);
+    };
     match value.parse::<u16>() {
-        Ok(id) if id >= 1 => Ok(NodeId(id)),
+        Ok(id) if id >= 1 => Ok(Some(NodeId(id))),
         _ => Err(format!("to={value:?} is not a node id (1 or more)")),
     }
 }
@@ -370,18 +460,18 @@ async fn switchover(node: &NodeHandle, query: Option<&str>) -> Response<Full<Byt
         Ok(to) => to,
         Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
-    info!(target_node = %to, "switchover requested on the admin port");
+    info!(target_node = ?to.map(NodeId::get), "switchover requested on the admin port");
     let status = node.status();
     let answer = tokio::time::timeout(SWITCHOVER_WAIT_MAX, node.switchover(to)).await;
     let (code, response) = match answer {
         Ok(Ok(reply)) => {
             let paused_ms = u64::try_from(reply.paused.as_millis()).unwrap_or(u64::MAX);
             let paused_us = u64::try_from(reply.paused.as_micros()).unwrap_or(u64::MAX);
-            let (code, outcome, message) = switchover_words(&status, to, reply.outcome);
+            let (code, outcome, message) = switchover_words(&status, reply.to, reply.outcome);
             (
                 code,
                 SwitchoverResponse {
-                    to: to.get(),
+                    to: reply.to.map(NodeId::get),
                     outcome: outcome.into(),
                     paused_ms,
                     paused_us,
@@ -392,7 +482,7 @@ async fn switchover(node: &NodeHandle, query: Option<&str>) -> Response<Full<Byt
         Ok(Err(stopped)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             SwitchoverResponse {
-                to: to.get(),
+                to: to.map(NodeId::get),
                 outcome: "stopping".into(),
                 paused_ms: 0,
                 paused_us: 0,
@@ -402,7 +492,7 @@ async fn switchover(node: &NodeHandle, query: Option<&str>) -> Response<Full<Byt
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             SwitchoverResponse {
-                to: to.get(),
+                to: to.map(NodeId::get),
                 outcome: "timed_out".into(),
                 paused_ms: 0,
                 paused_us: 0,
@@ -429,10 +519,11 @@ async fn switchover(node: &NodeHandle, query: Option<&str>) -> Response<Full<Byt
 /// the request arrived (for naming the primary in a refusal).
 fn switchover_words(
     status: &NodeStatus,
-    to: NodeId,
+    to: Option<NodeId>,
     outcome: SwitchoverOutcome,
 ) -> (StatusCode, &'static str, String) {
     let me = status.node_id;
+    let to = to.map_or_else(|| "?".to_string(), |to| to.to_string());
     match outcome {
         SwitchoverOutcome::HandedOver => (StatusCode::OK, "handed_over", "handed over".into()),
         SwitchoverOutcome::TimedOut => (
@@ -466,6 +557,14 @@ fn switchover_words(
                 SwitchoverRefusal::TargetIsLearner => (
                     "target_is_learner",
                     format!("refused: node {to} is a learner (still catching up after losing its data); it cannot stand"),
+                ),
+                SwitchoverRefusal::TargetCannotStand => (
+                    "target_cannot_stand",
+                    format!("refused: node {to} may not become primary (--no-failover, or a damaged record awaiting repair)"),
+                ),
+                SwitchoverRefusal::NoTarget => (
+                    "no_target",
+                    "refused: no backup can take over (none is a voter that may stand and was heard from within the failover timeout)".to_string(),
                 ),
             };
             (StatusCode::CONFLICT, name, words)
@@ -586,14 +685,9 @@ mod tests {
 
     fn status(role: Role) -> NodeStatus {
         NodeStatus {
-            node_id: 1,
-            role,
             epoch: 3,
             primary: Some(if role == Role::Primary { 1 } else { 2 }),
-            primary_client_addr: None,
             lease_held: role == Role::Primary,
-            standing: "voter",
-            first_lsn: 1,
             last_lsn: 10,
             durable_lsn: 9,
             commit_lsn: 8,
@@ -608,10 +702,70 @@ mod tests {
                 lag_bytes: 192,
                 last_heard_ms: Some(1500),
                 learner: false,
+                app_live: true,
+                can_stand: true,
+                admin_addr: None,
             }],
-            failed: None,
-            app: None,
+            ..NodeStatus::for_tests(role)
         }
+    }
+
+    /// An expected application that is gone fails `/primary` and `/ready` at once, whatever
+    /// the lease; a backup is ready only while it hears its primary and is not far behind.
+    #[test]
+    fn ready_and_primary_follow_the_application() {
+        let primary = status(Role::Primary);
+        assert_eq!(ready_check(&primary, false).0, StatusCode::OK);
+        let gone = crate::node::app_health::AppHealthStatus {
+            live: false,
+            answering: false,
+            gone: Some("not answering pings on the app API"),
+            ..primary.app_health.clone()
+        };
+        let hung = NodeStatus {
+            app_health: gone.clone(),
+            ..primary.clone()
+        };
+        let (code, body) = primary_check(&hung);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not answering pings"), "{body}");
+        assert_eq!(ready_check(&hung, false).0, StatusCode::SERVICE_UNAVAILABLE);
+        // No application expected here: the lease alone decides, as before.
+        let none_expected = NodeStatus {
+            app_health: crate::node::app_health::AppHealthStatus {
+                expected: false,
+                ..gone
+            },
+            ..primary.clone()
+        };
+        assert_eq!(primary_check(&none_expected).0, StatusCode::OK);
+        assert_eq!(ready_check(&none_expected, false).0, StatusCode::OK);
+        assert_eq!(
+            ready_check(&primary, true).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        let backup = status(Role::Backup);
+        assert_eq!(ready_check(&backup, false).0, StatusCode::OK);
+        let behind = NodeStatus {
+            commit_lsn: 500,
+            ..backup.clone()
+        };
+        let (code, body) = ready_check(&behind, false);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not yet durable"), "{body}");
+        let stale = NodeStatus {
+            heartbeat_age_ms: Some(REPLICA_HEARTBEAT_AGE_MAX_MS),
+            ..backup
+        };
+        assert_eq!(
+            ready_check(&stale, false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ready_check(&status(Role::Candidate), false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     /// Without `--app-cmd` neither `/status` nor `/metrics` mention an application; with
@@ -623,7 +777,7 @@ mod tests {
         let plain = status(Role::Backup);
         let mut out = String::new();
         render_metrics(&plain, &metrics, &mut out);
-        assert!(!out.contains("understudy_app_"), "{out}");
+        assert!(!out.contains("understudy_app_restarts_total"), "{out}");
         let json = serde_json::to_value(&plain).unwrap();
         assert!(json.get("app").is_none(), "{json}");
 
@@ -713,12 +867,13 @@ mod tests {
     /// `to` must be a node id; anything else is refused before the core hears of it.
     #[test]
     fn switchover_target_parses_only_node_ids() {
-        assert_eq!(switchover_target(Some("to=2")), Ok(NodeId(2)));
-        assert_eq!(switchover_target(Some("x=1&to=3")), Ok(NodeId(3)));
-        assert!(switchover_target(None).is_err());
+        assert_eq!(switchover_target(Some("to=2")), Ok(Some(NodeId(2))));
+        assert_eq!(switchover_target(Some("x=1&to=3")), Ok(Some(NodeId(3))));
+        assert_eq!(switchover_target(None), Ok(None));
+        assert_eq!(switchover_target(Some("x=1")), Ok(None));
         assert!(switchover_target(Some("to=0")).is_err());
         assert!(switchover_target(Some("to=two")).is_err());
         assert!(switchover_target(Some("to=70000")).is_err());
-        assert!(switchover_target(Some("to")).is_err());
+        assert_eq!(switchover_target(Some("to")), Ok(None));
     }
 }

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::node::handle::{NodeHandle, NodeStatus, ProposeOutcome, Request};
 use crate::proto::app::{
     CodecError, Frame, FrameReader, FrameWriter, RejectReason, APPEND_COUNT_MAX, FRAME_LEN_MAX,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use crate::{Epoch, Lsn, NodeId};
 
@@ -197,22 +197,26 @@ async fn connection_read(
         _ = closing.cancelled() => return Ended::Closing,
         hello = tokio::time::timeout(HELLO_TIMEOUT, frames.read_frame()) => hello,
     };
-    match hello {
+    let version = match hello {
         Err(_) => return Ended::Refused("no Hello within 10 s".to_owned()),
         Ok(Err(error)) => return error.into(),
         Ok(Ok(None)) => return Ended::Eof,
-        Ok(Ok(Some(Frame::Hello { version }))) if version == PROTOCOL_VERSION => {}
+        Ok(Ok(Some(Frame::Hello { version })))
+            if (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) =>
+        {
+            version
+        }
         Ok(Ok(Some(Frame::Hello { version }))) => {
             return Ended::Refused(format!(
-            "app api version {version} is not supported (this sidecar speaks {PROTOCOL_VERSION})"
+            "app api version {version} is not supported (this sidecar speaks {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION})"
         ))
         }
         Ok(Ok(Some(frame))) => {
             return Ended::Refused(format!("expected Hello, got {}", frame.name()))
         }
-    }
+    };
     let welcome = Frame::Welcome {
-        version: PROTOCOL_VERSION,
+        version,
         node_id: node.node_id(),
         frame_len_max: FRAME_LEN_MAX as u32,
         append_count_max: APPEND_COUNT_MAX as u32,
@@ -225,6 +229,9 @@ async fn connection_read(
     let inflight = Arc::new(Semaphore::new(APPENDS_INFLIGHT_MAX));
     let inflight_bytes = Arc::new(Semaphore::new(APPENDS_INFLIGHT_BYTES_MAX));
     let mut subscribed = false;
+    // While subscribed: this connection counts towards the application's liveness
+    // (`app_health`), and is pinged if its session speaks version 2.
+    let mut attached: Option<super::app_health::Attached> = None;
     loop {
         let frame = tokio::select! {
             _ = closing.cancelled() => return Ended::Closing,
@@ -268,6 +275,19 @@ async fn connection_read(
                     subscription(node.clone(), from_lsn, outbox.clone(), reading.clone())
                         .in_current_span(),
                 );
+                let pinged = version >= 2;
+                attached = Some(node.app_health.attach(pinged));
+                if pinged {
+                    tokio::spawn(
+                        ping(node.app_health.ping_every, outbox.clone(), reading.clone())
+                            .in_current_span(),
+                    );
+                }
+            }
+            Frame::Pong { applied_lsn, .. } => {
+                if let Some(attached) = &attached {
+                    attached.answered(applied_lsn);
+                }
             }
             Frame::Status => {
                 let reply = match serde_json::to_string(&*node.status()) {
@@ -315,12 +335,33 @@ async fn connection_read(
             | Frame::SnapshotRequest
             | Frame::RestoreBegin { .. }
             | Frame::RestoreChunk { .. }
-            | Frame::RestoreEnd => {
+            | Frame::RestoreEnd
+            | Frame::Ping { .. } => {
                 return Ended::Refused(format!(
                     "{} is a sidecar-to-app frame; an app does not send it",
                     frame.name()
                 ));
             }
+        }
+    }
+}
+
+/// Sends `Ping` on a subscribed connection every `every`, with a nonce that grows, until the
+/// connection's reading ends or its outbox closes. A ping that finds the outbox full waits:
+/// an application that does not read its socket does not answer either.
+async fn ping(every: Duration, outbox: mpsc::Sender<Frame>, reading: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    loop {
+        tokio::select! {
+            _ = reading.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        nonce += 1;
+        tokio::select! {
+            _ = reading.cancelled() => return,
+            sent = outbox.send(Frame::Ping { nonce }) => if sent.is_err() { return },
         }
     }
 }
@@ -624,6 +665,12 @@ impl NodeHandle {
             node_id,
             metrics: Arc::new(crate::node::metrics::Metrics::default()),
             snapshots: Arc::new(crate::node::snapshot::Snapshots::detached()),
+            app_health: Arc::new(crate::node::app_health::AppHealth::new(
+                false,
+                false,
+                Duration::from_millis(50),
+                Arc::new(crate::node::metrics::Metrics::default()),
+            )),
         }
     }
 }

@@ -36,6 +36,8 @@ use crate::core::{PersistedMeta, RecoveredLog, Start};
 
 /// The marker of an unfinished vote quarantine (see [`Opened::start`]).
 const FRESH_FILE_NAME: &str = "fresh";
+/// The marker of a paused node (`understudy pause`): no automatic failover.
+pub const PAUSED_FILE_NAME: &str = "paused";
 /// The marker of a failed log write or fsync (module docs).
 const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
 
@@ -168,6 +170,29 @@ impl DataDir {
             &self.fsync_failed_path,
             durable_lsn.get().to_string().as_bytes(),
         )?;
+        Ok(())
+    }
+
+    /// Whether automatic failover is paused here (`understudy pause`; the marker file
+    /// [`PAUSED_FILE_NAME`] exists).
+    pub fn paused(&self) -> bool {
+        self.path.join(PAUSED_FILE_NAME).exists()
+    }
+
+    /// Stores the pause: the marker is installed atomically, or removed and the directory
+    /// synced, so that a restart finds what the operator last asked for.
+    pub fn store_paused(&self, paused: bool) -> Result<(), DiskError> {
+        let marker = self.path.join(PAUSED_FILE_NAME);
+        if paused {
+            wal::fs::write_atomic(&marker, b"paused\n")?;
+            return Ok(());
+        }
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&marker)(e)),
+        }
+        wal::fs::sync_dir(&self.path)?;
         Ok(())
     }
 

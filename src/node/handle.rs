@@ -27,10 +27,15 @@ pub enum Request {
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<ProposeOutcome>,
     },
-    /// Hand the primary role to `to` (operator switchover).
+    /// Hand the primary role to `to`, or to the best backup (operator switchover).
     Switchover {
-        to: NodeId,
+        to: Option<NodeId>,
         reply: oneshot::Sender<SwitchoverReply>,
+    },
+    /// Pause or resume automatic failover; answered once the change is stored.
+    SetPaused {
+        paused: bool,
+        reply: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -61,6 +66,8 @@ pub enum ProposeOutcome {
 /// How a switchover ended, with the time writes were paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwitchoverReply {
+    /// The target (chosen by the primary when none was named), if one was.
+    pub to: Option<NodeId>,
     pub outcome: SwitchoverOutcome,
     pub paused: Duration,
 }
@@ -83,6 +90,12 @@ pub struct PeerStatus {
     pub last_heard_ms: Option<u64>,
     /// On the primary: the peer said it is a learner (it does not count towards commit).
     pub learner: bool,
+    /// On the primary: the peer's application is live, by its latest response.
+    pub app_live: bool,
+    /// On the primary: the peer may stand for election (a voter, not `--no-failover`).
+    pub can_stand: bool,
+    /// The peer's admin address, as it told this node when it connected.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// The node's state, published by the core loop whenever it changes (at most every few
@@ -115,6 +128,19 @@ pub struct NodeStatus {
     /// The application the sidecar runs (`--app-cmd`); absent without the flag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<AppStatus>,
+    /// Whether the application is attached, answering and reachable (`app_health`).
+    pub app_health: super::app_health::AppHealthStatus,
+    /// Automatic failover is paused (`understudy pause`).
+    pub paused: bool,
+    /// `--priority`.
+    pub priority: u8,
+    /// `--no-failover`: this node never becomes primary.
+    pub no_failover: bool,
+    /// This node's admin address (`--admin-listen`), if any.
+    pub admin_addr: Option<SocketAddr>,
+    /// `--ready-max-lag`, for `/ready` on a backup.
+    #[serde(skip)]
+    pub ready_lag_max: u64,
 }
 
 /// The application the sidecar runs with `--app-cmd`, as the supervisor last saw it
@@ -133,6 +159,46 @@ pub struct AppStatus {
     /// How its last run ended (`exit status: 1`, `signal: 9 (SIGKILL)`), once one has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+}
+
+impl NodeStatus {
+    /// A plain status for unit tests: a voter in epoch 0 with an empty log, no peers, and an
+    /// application expected and live.
+    #[doc(hidden)]
+    pub fn for_tests(role: Role) -> NodeStatus {
+        NodeStatus {
+            node_id: 1,
+            role,
+            epoch: 0,
+            primary: None,
+            primary_client_addr: None,
+            lease_held: false,
+            standing: "voter",
+            first_lsn: 1,
+            last_lsn: 0,
+            durable_lsn: 0,
+            commit_lsn: 0,
+            heartbeat_age_ms: None,
+            peers: Vec::new(),
+            failed: None,
+            app: None,
+            app_health: super::app_health::AppHealthStatus {
+                expected: true,
+                live: true,
+                attached: true,
+                answering: true,
+                reachable: None,
+                applied_lsn: 0,
+                since_ms: 0,
+                gone: None,
+            },
+            paused: false,
+            priority: 0,
+            no_failover: false,
+            admin_addr: None,
+            ready_lag_max: 100,
+        }
+    }
 }
 
 fn serialize_role<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
@@ -171,6 +237,7 @@ pub struct NodeHandle {
     pub(crate) node_id: NodeId,
     pub(crate) metrics: Arc<super::metrics::Metrics>,
     pub(crate) snapshots: Arc<super::snapshot::Snapshots>,
+    pub(crate) app_health: Arc<super::app_health::AppHealth>,
 }
 
 /// The core loop has stopped (the node is shutting down or failed).
@@ -193,14 +260,29 @@ impl NodeHandle {
         answer.await.map_err(|_| NodeStopped)
     }
 
-    /// Asks for a switchover to `to` and waits for the outcome.
-    pub async fn switchover(&self, to: NodeId) -> Result<SwitchoverReply, NodeStopped> {
+    /// Asks for a switchover to `to` (or the best backup) and waits for the outcome.
+    pub async fn switchover(&self, to: Option<NodeId>) -> Result<SwitchoverReply, NodeStopped> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Switchover { to, reply })
             .await
             .map_err(|_| NodeStopped)?;
         answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// Pauses or resumes automatic failover; returns once the change is stored.
+    pub async fn set_paused(&self, paused: bool) -> Result<Result<(), String>, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::SetPaused { paused, reply })
+            .await
+            .map_err(|_| NodeStopped)?;
+        answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// The application's liveness record.
+    pub fn app_health(&self) -> &super::app_health::AppHealth {
+        &self.app_health
     }
 
     /// The latest status.

@@ -93,6 +93,14 @@ pub struct Metrics {
     /// Times the application run by the sidecar was started again after it exited
     /// (rendered only when there is one: see `admin::render_metrics`).
     pub app_restarts: AtomicU64,
+    /// Connections to `--app-addr` that failed (the client port's and the liveness probe's).
+    pub app_upstream_failures: AtomicU64,
+    /// Times the application's last subscribed app API connection went away.
+    pub app_detachments: AtomicU64,
+    /// Times the application was found gone (detached, not answering, or unreachable).
+    pub app_gone: AtomicU64,
+    /// 1 while the application is live (`app_health`), else 0.
+    pub app_live: AtomicU64,
     pub fsync_latency: Histogram,
     /// Proposal to commit, on the primary.
     pub commit_latency: Histogram,
@@ -117,6 +125,10 @@ impl Default for Metrics {
             records_damaged: AtomicU64::new(0),
             records_repaired: AtomicU64::new(0),
             app_restarts: AtomicU64::new(0),
+            app_upstream_failures: AtomicU64::new(0),
+            app_detachments: AtomicU64::new(0),
+            app_gone: AtomicU64::new(0),
+            app_live: AtomicU64::new(0),
             fsync_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -138,7 +150,7 @@ impl Metrics {
     /// Appends the counters and histograms in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "understudy_appended_records_total",
                 "Records accepted from the local application.",
@@ -204,6 +216,21 @@ impl Metrics {
                 "Damaged records rewritten from a peer's verified copy.",
                 &self.records_repaired,
             ),
+            (
+                "understudy_app_upstream_failures_total",
+                "Connections to the application's --app-addr that failed (client port and liveness probe).",
+                &self.app_upstream_failures,
+            ),
+            (
+                "understudy_app_detachments_total",
+                "Times the application's last subscribed app API connection closed.",
+                &self.app_detachments,
+            ),
+            (
+                "understudy_app_gone_total",
+                "Times the application was found gone: detached, not answering pings, or unreachable at --app-addr.",
+                &self.app_gone,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -219,6 +246,16 @@ impl Metrics {
             out,
             "understudy_client_connections {}",
             self.proxy_active.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP understudy_app_live 1 while the application is attached, answering and reachable."
+        );
+        let _ = writeln!(out, "# TYPE understudy_app_live gauge");
+        let _ = writeln!(
+            out,
+            "understudy_app_live {}",
+            self.app_live.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -44,6 +44,7 @@
 
 pub mod admin;
 pub mod app_api;
+pub mod app_health;
 pub mod clock;
 pub mod disk;
 pub mod handle;
@@ -117,6 +118,10 @@ pub struct NodeConfig {
     pub scrub_interval: Duration,
     /// The application the sidecar runs itself (`--app-cmd`), if any.
     pub app_cmd: Option<supervise::AppCommand>,
+    /// This node's admin address (`--admin-listen`), told to peers.
+    pub admin_addr: Option<SocketAddr>,
+    /// `/ready` on a backup: at most this many committed records not yet durable here.
+    pub ready_lag_max: u64,
 }
 
 /// The node's listeners, bound by the caller.
@@ -229,7 +234,7 @@ struct Shell {
     net: peer::PeerNet,
     cache: TailCache,
     pending: VecDeque<Pending>,
-    switchover: Option<(NodeId, oneshot::Sender<SwitchoverReply>, Instant)>,
+    switchover: Option<(Option<NodeId>, oneshot::Sender<SwitchoverReply>, Instant)>,
     /// Time zero of the core's clock (see [`clock`]).
     started: BootInstant,
     actions: Vec<Action>,
@@ -261,6 +266,11 @@ struct Shell {
     last_append: Option<(NodeId, Epoch, BootInstant)>,
     /// The `--app-cmd` application's status, copied into the node's.
     app_status: Option<watch::Receiver<AppStatus>>,
+    /// The application's liveness, evaluated on every tick.
+    app_health: Arc<app_health::AppHealth>,
+    app_view: app_health::AppHealthStatus,
+    /// `(expected, live)` as last told to the core.
+    app_told: Option<(bool, bool)>,
 }
 
 /// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
@@ -487,14 +497,46 @@ impl Shell {
                 blocking(|| dir.quarantine_ended())?;
                 info!("fresh data dir: quarantine over, voting from now on");
             }
+            Action::SwitchoverStarted { to, reason } => match reason {
+                core::SwitchoverReason::Asked => {
+                    info!(target_node = %to, "switchover: handing over once it has every record")
+                }
+                core::SwitchoverReason::AppGone => warn!(
+                    target_node = %to,
+                    app_timeout_ms = self.config.core.app_timeout.as_millis() as u64,
+                    "the application has been gone for --app-timeout: handing over to a backup whose application is live"
+                ),
+            },
             Action::Switchover { to, outcome } => {
-                info!(target_node = %to, ?outcome, "switchover ended");
+                info!(target_node = ?to.map(NodeId::get), ?outcome, "switchover ended");
                 if let Some((_, reply, started)) = self.switchover.take() {
                     let _ = reply.send(SwitchoverReply {
+                        to,
                         outcome,
                         paused: started.elapsed(),
                     });
                 }
+            }
+            Action::PauseChanged {
+                paused,
+                from_primary,
+            } => {
+                let dir = &self.dir;
+                blocking(|| dir.store_paused(paused))?;
+                let by = if from_primary {
+                    "the primary"
+                } else {
+                    "the operator"
+                };
+                if paused {
+                    warn!(by, "automatic failover paused");
+                } else {
+                    info!(by, "automatic failover resumed");
+                }
+                self.publish_status();
+            }
+            Action::ElectionDeferred { to } => {
+                info!(better_node = %to, "not standing for election this time: a node whose application is live (or of higher priority, with the same log) stands first");
             }
         }
         Ok(())
@@ -744,6 +786,12 @@ impl Shell {
             .iter()
             .filter(|(&id, _)| id != self.config.node_id)
             .map(|(&id, &addr)| {
+                let health = status
+                    .peers
+                    .iter()
+                    .find(|p| p.node_id == id)
+                    .map(|p| p.health)
+                    .unwrap_or_default();
                 let core_peer = status.peers.iter().find(|p| p.node_id == id);
                 let matched = core_peer.map_or(Lsn::ZERO, |p| p.match_lsn);
                 let lag = if status.role == Role::Primary {
@@ -764,6 +812,9 @@ impl Shell {
                         .get(&id)
                         .map(|at| now.duration_since(*at).as_millis() as u64),
                     learner: core_peer.is_some_and(|p| p.learner),
+                    app_live: health.app_live,
+                    can_stand: health.can_stand,
+                    admin_addr: self.net.admin_addr(id),
                 }
             })
             .collect();
@@ -791,7 +842,35 @@ impl Shell {
             peers,
             failed: self.failed.clone(),
             app: self.app_status.as_ref().map(|app| app.borrow().clone()),
+            app_health: self.app_view.clone(),
+            paused: status.paused,
+            priority: self.config.core.priority,
+            no_failover: self.config.core.no_failover,
+            admin_addr: self.config.admin_addr,
+            ready_lag_max: self.config.ready_lag_max,
         }));
+    }
+
+    /// Evaluates the application's liveness and tells the core when it changed.
+    fn app_health_check(&mut self) -> Result<(), NodeError> {
+        let view = self.app_health.evaluate();
+        let told = (view.expected, view.live);
+        let changed = view != self.app_view;
+        self.app_view = view;
+        if self.app_told != Some(told) {
+            self.app_told = Some(told);
+            self.step(
+                Input::AppHealth {
+                    expected: told.0,
+                    live: told.1,
+                },
+                StepContext::default(),
+            )?;
+        }
+        if changed {
+            self.publish_status();
+        }
+        Ok(())
     }
 }
 
@@ -977,6 +1056,7 @@ pub async fn run(
         secret: config.secret.clone(),
         peers: config.peers.clone(),
         client_addr: config.client_addr,
+        admin_addr: config.admin_addr,
         metrics: Arc::clone(&metrics),
         snapshots: Arc::clone(&snapshots),
         reader: reader.clone(),
@@ -990,6 +1070,20 @@ pub async fn run(
     );
     let (requests_tx, mut requests_rx) = mpsc::channel(REQUESTS_MAX);
     let (commit_tx, commit_rx) = watch::channel(Lsn::ZERO);
+    let app_health = Arc::new(app_health::AppHealth::new(
+        config.app_cmd.is_some() || config.app_addr.is_some(),
+        config.app_addr.is_some(),
+        config.core.heartbeat_interval,
+        Arc::clone(&metrics),
+    ));
+    let app_view = app_health.evaluate();
+    if let Some(addr) = config.app_addr {
+        tracker.spawn(app_health::probe(
+            Arc::clone(&app_health),
+            addr,
+            cancel.clone(),
+        ));
+    }
     let (status_tx, status_rx) = watch::channel(Arc::new(NodeStatus {
         node_id: config.node_id.get(),
         role: Role::Backup,
@@ -1006,6 +1100,12 @@ pub async fn run(
         peers: Vec::new(),
         failed: None,
         app: None,
+        app_health: app_view.clone(),
+        paused: opened.dir.paused(),
+        priority: config.core.priority,
+        no_failover: config.core.no_failover,
+        admin_addr: config.admin_addr,
+        ready_lag_max: config.ready_lag_max,
     }));
     let handle = NodeHandle {
         requests: requests_tx,
@@ -1015,6 +1115,7 @@ pub async fn run(
         node_id: config.node_id,
         metrics: Arc::clone(&metrics),
         snapshots: Arc::clone(&snapshots),
+        app_health: Arc::clone(&app_health),
     };
     tracker.spawn(snapshot::schedule(
         Arc::clone(&snapshots),
@@ -1093,8 +1194,16 @@ pub async fn run(
         last_append: None,
         damaged_found,
         app_status: app.as_ref().map(supervise::Supervisor::watch_status),
+        app_health,
+        app_view,
+        app_told: None,
         config,
     };
+    if shell.dir.paused() {
+        warn!("automatic failover is paused (understudy resume ends it)");
+        shell.step(Input::SetPaused { paused: true }, StepContext::default())?;
+    }
+    shell.app_health_check()?;
     shell.publish_status();
 
     let tick_every = (shell.config.core.heartbeat_interval / 5).max(Duration::from_millis(1));
@@ -1116,20 +1225,24 @@ pub async fn run(
             _ = &mut shutdown, if draining.is_none() => {
                 // Hand over before leaving, if this node is the primary.
                 draining = Some((BootInstant::now(), shell.epoch));
-                let target = shell.core.status().peers.iter().filter(|p| !p.learner).max_by_key(|p| p.match_lsn).map(|p| p.node_id);
-                match (shell.role, target) {
-                    (Role::Primary, Some(to)) => {
-                        info!(target_node = %to, "shutting down: handing over first");
-                        shell.step(Input::Switchover { to }, StepContext::default())
-                    }
-                    _ => break Ok(()),
+                if shell.role != Role::Primary {
+                    break Ok(());
                 }
+                info!("shutting down: handing over first");
+                if let Err(e) = shell.step(Input::Switchover { to: None }, StepContext::default()) {
+                    break Err(e);
+                }
+                if shell.role == Role::Primary && !shell.core.switchover_in_progress() {
+                    // No backup to hand over to (or one was already under way and ended).
+                    break Ok(());
+                }
+                Ok(())
             }
             // Ticks come before messages and requests: under a flood of either, the
             // primary must still send heartbeats and check its lease on time.
             _ = ticker.tick() => {
                 let now = shell.now();
-                shell.step(Input::Tick { now }, StepContext::default())
+                shell.step(Input::Tick { now }, StepContext::default()).and_then(|()| shell.app_health_check())
             }
             _ = status_every.tick() => {
                 shell.publish_status();
@@ -1164,9 +1277,18 @@ pub async fn run(
             Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
                 Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),
+                Request::SetPaused { paused, reply } => {
+                    let result = shell.step(Input::SetPaused { paused }, StepContext::default());
+                    let _ = reply.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                    result
+                }
                 Request::Switchover { to, reply } => {
                     if shell.switchover.is_some() {
                         let _ = reply.send(SwitchoverReply {
+                            to,
                             outcome: SwitchoverOutcome::Refused(core::SwitchoverRefusal::AlreadyInProgress),
                             paused: Duration::ZERO,
                         });

@@ -103,6 +103,8 @@ pub struct PeerConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// This node's client port, told to peers in the handshake.
     pub client_addr: Option<SocketAddr>,
+    /// This node's admin address, told to peers in the handshake.
+    pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<super::metrics::Metrics>,
     /// Where a snapshot connection's data goes (`snapshot::receive`).
     pub snapshots: Arc<super::snapshot::Snapshots>,
@@ -115,8 +117,15 @@ pub struct PeerNet {
     config: Arc<PeerConfig>,
     queues: BTreeMap<NodeId, PeerQueue>,
     connected: BTreeMap<NodeId, Arc<AtomicBool>>,
-    /// Client addresses peers told us in their handshakes.
-    client_addrs: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+    /// Client and admin addresses peers told us in their handshakes.
+    client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
+}
+
+/// What a peer announced in its handshake.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Announced {
+    pub client: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 impl PeerNet {
@@ -207,11 +216,21 @@ impl PeerNet {
 
     /// The client address `peer` announced, if it has connected to us.
     pub fn client_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.announced(peer).client
+    }
+
+    /// The admin address `peer` announced, if it has connected to us.
+    pub fn admin_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.announced(peer).admin
+    }
+
+    fn announced(&self, peer: NodeId) -> Announced {
         self.client_addrs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&peer)
             .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -335,6 +354,7 @@ pub(super) async fn dial_handshake(
         to: peer,
         nonce: nonce_d,
         client_addr: config.client_addr,
+        admin_addr: config.admin_addr,
     };
     write_frame_half(&mut writer, &Frame::Hello(hello)).await?;
     let ids = id_bytes(config.node_id, peer);
@@ -428,7 +448,7 @@ async fn accept_loop(
     config: Arc<PeerConfig>,
     listener: TcpListener,
     inbound: mpsc::Sender<Inbound>,
-    client_addrs: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+    client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
     tracker: tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -475,7 +495,7 @@ async fn serve_inbound(
     config: Arc<PeerConfig>,
     stream: TcpStream,
     inbound: mpsc::Sender<Inbound>,
-    client_addrs: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+    client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     let (read, write) = tokio::io::split(stream);
@@ -487,12 +507,10 @@ async fn serve_inbound(
     )
     .await
     .map_err(|_| LinkError::Timeout)??;
-    if let Some(addr) = from.1 {
-        client_addrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(from.0, addr);
-    }
+    client_addrs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(from.0, from.1);
     let from = from.0;
     info!(peer = %from, "peer connected");
     loop {
@@ -572,7 +590,7 @@ async fn accept_handshake(
     config: &PeerConfig,
     reader: &mut FramedRead<tokio::io::ReadHalf<TcpStream>, PeerCodec>,
     writer: &mut BufWriter<tokio::io::WriteHalf<TcpStream>>,
-) -> Result<(NodeId, Option<SocketAddr>), LinkError> {
+) -> Result<(NodeId, Announced), LinkError> {
     let hello = match read_frame(reader).await? {
         Frame::Hello(hello) => hello,
         other => {
@@ -647,5 +665,11 @@ async fn accept_handshake(
             )))
         }
     }
-    Ok((hello.from, hello.client_addr))
+    Ok((
+        hello.from,
+        Announced {
+            client: hello.client_addr,
+            admin: hello.admin_addr,
+        },
+    ))
 }

@@ -53,8 +53,11 @@ struct Route {
 
 /// The route for new connections under `status`, if any.
 fn route(status: &NodeStatus, app_addr: Option<SocketAddr>) -> Option<Route> {
+    let app_gone = status.app_health.expected && !status.app_health.live;
     let target = match status.role {
-        Role::Primary if status.lease_held => app_addr?,
+        // A primary whose application is gone holds new connections (up to the hold time)
+        // until it is back or another node is primary, rather than failing them.
+        Role::Primary if status.lease_held && !app_gone => app_addr?,
         Role::Primary | Role::Candidate => return None,
         Role::Backup => status.primary_client_addr?,
     };
@@ -147,13 +150,30 @@ async fn carry(
             Err(_) => return "no primary known",
         }
     };
+    let to_app = route.role == Role::Primary;
     let upstream = match tokio::time::timeout(limits.hold, TcpStream::connect(route.target)).await {
-        Ok(Ok(upstream)) => upstream,
+        Ok(Ok(upstream)) => {
+            if to_app {
+                node.app_health().reached(true);
+            }
+            upstream
+        }
         Ok(Err(e)) => {
-            debug!(target = %route.target, error = %e, "cannot reach the upstream");
+            if to_app {
+                // Counted, and the application is unreachable until a connection succeeds.
+                node.app_health().reached(false);
+                warn!(target = %route.target, error = %e, "cannot reach the application at --app-addr");
+            } else {
+                debug!(target = %route.target, error = %e, "cannot reach the primary's client port");
+            }
             return "upstream unreachable";
         }
-        Err(_) => return "upstream connect timed out",
+        Err(_) => {
+            if to_app {
+                node.app_health().reached(false);
+            }
+            return "upstream connect timed out";
+        }
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
@@ -282,21 +302,11 @@ mod tests {
 
     fn status(role: Role, epoch: u64, primary: Option<u16>, lease_held: bool) -> NodeStatus {
         NodeStatus {
-            node_id: 1,
-            role,
             epoch,
             primary,
             primary_client_addr: Some("127.0.0.1:7000".parse().unwrap()),
             lease_held,
-            standing: "voter",
-            first_lsn: 1,
-            last_lsn: 0,
-            durable_lsn: 0,
-            commit_lsn: 0,
-            heartbeat_age_ms: None,
-            peers: Vec::new(),
-            failed: None,
-            app: None,
+            ..NodeStatus::for_tests(role)
         }
     }
 

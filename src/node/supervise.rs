@@ -782,23 +782,8 @@ mod tests {
     }
 
     fn launch(command: &str, stop_timeout: Duration) -> Launch {
-        let (_status_tx, node_status) = watch::channel(Arc::new(NodeStatus {
-            node_id: 1,
-            role: crate::core::Role::Backup,
-            epoch: 0,
-            primary: None,
-            primary_client_addr: None,
-            lease_held: false,
-            standing: "voter",
-            first_lsn: 1,
-            last_lsn: 0,
-            durable_lsn: 0,
-            commit_lsn: 0,
-            heartbeat_age_ms: None,
-            peers: Vec::new(),
-            failed: None,
-            app: None,
-        }));
+        let (_status_tx, node_status) =
+            watch::channel(Arc::new(NodeStatus::for_tests(crate::core::Role::Backup)));
         Launch {
             command: command.to_owned(),
             name: app_name(command).into(),

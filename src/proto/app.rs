@@ -19,6 +19,9 @@
 //! app     -> sidecar  SnapshotDecline                   "not now", to a SnapshotRequest
 //! app     -> sidecar  SnapshotFetch                     answered by RestoreBegin,
 //!                                                       RestoreChunk…, RestoreEnd
+//! sidecar -> app      Ping { nonce }                    on a subscribed connection, every
+//!                                                       heartbeat interval; answered by
+//!                                                       Pong { nonce, applied_lsn }
 //! ```
 //!
 //! - **Append.** The sidecar proposes the payloads as consecutive records (one per payload,
@@ -71,6 +74,15 @@
 //!   its log by a snapshot from the primary (a backup that fell too far behind), or in
 //!   answer to `SnapshotFetch`. The sidecar verified every chunk's checksum before sending
 //!   it.
+//! - **Liveness.** The sidecar counts its application as live while some connection holds a
+//!   subscription and answers every `Ping` (sent on that connection each heartbeat interval,
+//!   with a nonce that grows) with a `Pong` echoing the nonce within a few heartbeat
+//!   intervals, and, when `--app-addr` is set, while the application accepts connections
+//!   there. `applied_lsn` is the last record the application has applied (0 if none), shown
+//!   in `/status`. An application that stops answering is treated as gone: a primary whose
+//!   application has been gone for `--app-timeout` hands over to a backup whose application
+//!   is live, and a backup whose application is gone does not stand for election. A
+//!   session of version 1 gets no pings; its application counts as live while subscribed.
 //! - **Error** is always the last frame on a connection: the sidecar closes it after
 //!   sending it (bad frame, oversized frame, unknown version, a frame in the wrong place).
 //!   Other connections are not affected.
@@ -95,7 +107,7 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 0x01 | Hello | version u16 (this is version [`PROTOCOL_VERSION`] = 1) |
+//! | 0x01 | Hello | version u16 (this is version [`PROTOCOL_VERSION`] = 2; the sidecar also speaks 1, without pings) |
 //! | 0x02 | Append | request_id u64, count u32 (1 ..= [`APPEND_COUNT_MAX`]), then `count` times: len u32 (≤ 64 MiB, `wal::format::RECORD_PAYLOAD_LEN_MAX`), payload (len bytes) |
 //! | 0x03 | Subscribe | from_lsn u64 (≥ 1) |
 //! | 0x04 | Status | (empty) |
@@ -104,6 +116,7 @@
 //! | 0x12 | SnapshotDone | (empty) |
 //! | 0x13 | SnapshotDecline | (empty) |
 //! | 0x14 | SnapshotFetch | (empty) |
+//! | 0x05 | Pong | nonce u64, applied_lsn u64 |
 //!
 //! Sidecar to app:
 //!
@@ -116,6 +129,7 @@
 //! | 0x85 | Role | role u8 (1 backup, 2 candidate, 3 primary), epoch u64, primary u16 (0 = unknown), primary_client_addr str, commit_lsn u64 |
 //! | 0x86 | StatusReply | json str (the node's status, as `GET /status` serves it) |
 //! | 0x87 | Error | message str |
+//! | 0x88 | Ping | nonce u64 |
 //! | 0x90 | SnapshotRequest | (empty) |
 //! | 0x91 | RestoreBegin | lsn u64, epoch u64, body_len u64 |
 //! | 0x92 | RestoreChunk | offset u64, data bytes… |
@@ -145,8 +159,11 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::core::Role;
 use crate::{Epoch, Lsn, NodeId};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added `Ping` and `Pong`.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest version the sidecar still speaks (a session of it gets no pings).
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
 
 /// The largest frame (`len` field): one largest WAL record or payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 4096;
@@ -250,6 +267,10 @@ pub enum Frame {
     SnapshotDone,
     SnapshotDecline,
     SnapshotFetch,
+    Pong {
+        nonce: u64,
+        applied_lsn: Lsn,
+    },
     // Sidecar to app.
     Welcome {
         version: u16,
@@ -298,6 +319,9 @@ pub enum Frame {
         data: Bytes,
     },
     RestoreEnd,
+    Ping {
+        nonce: u64,
+    },
 }
 
 mod kind {
@@ -310,6 +334,7 @@ mod kind {
     pub const SNAPSHOT_DONE: u8 = 0x12;
     pub const SNAPSHOT_DECLINE: u8 = 0x13;
     pub const SNAPSHOT_FETCH: u8 = 0x14;
+    pub const PONG: u8 = 0x05;
     pub const WELCOME: u8 = 0x81;
     pub const APPENDED: u8 = 0x82;
     pub const REJECTED: u8 = 0x83;
@@ -317,6 +342,7 @@ mod kind {
     pub const ROLE: u8 = 0x85;
     pub const STATUS_REPLY: u8 = 0x86;
     pub const ERROR: u8 = 0x87;
+    pub const PING: u8 = 0x88;
     pub const SNAPSHOT_REQUEST: u8 = 0x90;
     pub const RESTORE_BEGIN: u8 = 0x91;
     pub const RESTORE_CHUNK: u8 = 0x92;
@@ -345,6 +371,8 @@ impl Frame {
             Frame::SnapshotDone => kind::SNAPSHOT_DONE,
             Frame::SnapshotDecline => kind::SNAPSHOT_DECLINE,
             Frame::SnapshotFetch => kind::SNAPSHOT_FETCH,
+            Frame::Pong { .. } => kind::PONG,
+            Frame::Ping { .. } => kind::PING,
             Frame::Welcome { .. } => kind::WELCOME,
             Frame::Appended { .. } => kind::APPENDED,
             Frame::Rejected { .. } => kind::REJECTED,
@@ -390,6 +418,8 @@ impl Frame {
             Frame::StatusReply { json } => 4 + json.len(),
             Frame::Error { message } => 4 + message.len(),
             Frame::RestoreBegin { .. } => 24,
+            Frame::Pong { .. } => 16,
+            Frame::Ping { .. } => 8,
         };
         1 + body
     }
@@ -511,6 +541,11 @@ impl Frame {
                 dst.put_u64_le(epoch.get());
                 dst.put_u64_le(*body_len);
             }
+            Frame::Pong { nonce, applied_lsn } => {
+                dst.put_u64_le(*nonce);
+                dst.put_u64_le(applied_lsn.get());
+            }
+            Frame::Ping { nonce } => dst.put_u64_le(*nonce),
         }
     }
 }
@@ -531,6 +566,8 @@ fn name_of(type_byte: u8) -> &'static str {
         kind::SNAPSHOT_DONE => "SnapshotDone",
         kind::SNAPSHOT_DECLINE => "SnapshotDecline",
         kind::SNAPSHOT_FETCH => "SnapshotFetch",
+        kind::PONG => "Pong",
+        kind::PING => "Ping",
         kind::WELCOME => "Welcome",
         kind::APPENDED => "Appended",
         kind::REJECTED => "Rejected",
@@ -825,6 +862,13 @@ fn decode_frame(mut bytes: Bytes) -> Result<Frame, DecodeError> {
             data: body.rest(),
         },
         kind::RESTORE_END => Frame::RestoreEnd,
+        kind::PONG => Frame::Pong {
+            nonce: body.u64("nonce")?,
+            applied_lsn: Lsn(body.u64("applied_lsn")?),
+        },
+        kind::PING => Frame::Ping {
+            nonce: body.u64("nonce")?,
+        },
         other => return Err(DecodeError::UnknownType(other)),
     };
     body.finish(frame)
@@ -1199,6 +1243,11 @@ mod tests {
             Just(Frame::SnapshotDone),
             Just(Frame::SnapshotDecline),
             Just(Frame::SnapshotFetch),
+            (any::<u64>(), any::<u64>()).prop_map(|(nonce, applied)| Frame::Pong {
+                nonce,
+                applied_lsn: Lsn(applied)
+            }),
+            any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             (any::<u16>(), 1u16.., any::<u32>(), any::<u32>()).prop_map(
                 |(version, node_id, frame_len_max, append_count_max)| Frame::Welcome {
                     version,
@@ -1283,7 +1332,7 @@ mod tests {
         /// Arbitrary bodies behind a valid length and a known type never panic either, and
         /// what decodes re-encodes to the same bytes.
         #[test]
-        fn decode_of_arbitrary_bodies_is_exact(type_byte in prop_oneof![0x01u8..=0x04, 0x10u8..=0x14, 0x81u8..=0x87, 0x90u8..=0x93], body in proptest::collection::vec(any::<u8>(), 0..80)) {
+        fn decode_of_arbitrary_bodies_is_exact(type_byte in prop_oneof![0x01u8..=0x05, 0x10u8..=0x14, 0x81u8..=0x88, 0x90u8..=0x93], body in proptest::collection::vec(any::<u8>(), 0..80)) {
             let mut bytes = ((body.len() + 1) as u32).to_le_bytes().to_vec();
             bytes.push(type_byte);
             bytes.extend_from_slice(&body);

@@ -8,7 +8,7 @@
 //! sending it:
 //!
 //! ```text
-//! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, client_addr }
+//! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, client_addr, admin_addr }
 //! acceptor -> dialler   Challenge { nonce_a, tag_a = HMAC(secret, "understudy acceptor" | from | to | nonce_d | nonce_a) }
 //! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d) }
 //! ```
@@ -33,16 +33,16 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), then the sender's client address as UTF-8 `IP:PORT` (the rest; empty if it has no client port) |
+//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
 //! | 2 | Challenge | nonce (32 bytes), tag (32 bytes) |
 //! | 3 | Proof | tag (32 bytes) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
 //! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
-//! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64 |
+//! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64, health u8, priority u8 |
 //! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
 //! | 19 | VoteResponse | epoch u64, granted u8 |
-//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, then the records |
-//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64 |
+//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, then the records |
+//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64, health u8, priority u8 |
 //! | 22 | TimeoutNow | epoch u64 |
 //! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64 |
 //! | 33 | SnapshotChunk | offset u64, then one chunk exactly as in the snapshot file: len u32, crc u32, data |
@@ -98,19 +98,22 @@
 //! to back: the bytes the primary wrote are the bytes the backup stores. The decoder hands
 //! them out as a [`Bytes`] split from the read buffer (no copy); the receiver verifies every
 //! CRC and that they are exactly `first_lsn..=last_lsn` before the core sees the message.
-//! Booleans are 0 or 1; anything else is a bad frame.
+//! Booleans are 0 or 1; anything else is a bad frame. `health` is a bit set: 1 = the sender's
+//! application is live, 2 = it may stand for election, 4 (in a `PreVoteResponse` only) = its
+//! log is exactly as up to date as the asker's; other bits set make a bad frame.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::core::{Append, AppendResponse, Message};
+use crate::core::{Append, AppendResponse, Health, Message};
 use crate::{Epoch, Lsn, NodeId};
 
 /// The protocol version this build speaks.
 ///
 /// Version 2 added `Append::promote`, `Append::promote_through` and `AppendResponse::learner`
-/// (learners), and the repair frames.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (learners), and the repair frames. Version 3 added the health of pre-vote and append
+/// responses, `Append::paused`, and the admin address in `Hello`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -123,7 +126,7 @@ pub const TAG_LEN: usize = 32;
 pub const ACCEPTOR_LABEL: &[u8] = b"understudy acceptor";
 pub const DIALLER_LABEL: &[u8] = b"understudy dialler";
 
-const APPEND_FIXED_LEN: usize = 10 * 8;
+const APPEND_FIXED_LEN: usize = 10 * 8 + 1;
 
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 
@@ -136,6 +139,9 @@ pub struct Hello {
     pub nonce: [u8; NONCE_LEN],
     /// Where the sender serves clients, so that a node can redirect clients to the primary.
     pub client_addr: Option<std::net::SocketAddr>,
+    /// Where the sender serves its admin HTTP, so that operator commands pointed at any node
+    /// find the others (`/status` lists them).
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// A peer frame.
@@ -207,6 +213,8 @@ pub enum DecodeError {
     },
     #[error("bad boolean {0}")]
     BadBool(u8),
+    #[error("health bits {0:#04x} name no known state")]
+    BadHealth(u8),
     #[error("text field is not valid UTF-8 or not an address")]
     BadText,
     #[error("append claims lsns {first}..={last} after {prev}")]
@@ -229,6 +237,42 @@ fn get_bool(body: &mut Bytes) -> Result<bool, DecodeError> {
         1 => Ok(true),
         other => Err(DecodeError::BadBool(other)),
     }
+}
+
+const HEALTH_APP_LIVE: u8 = 1;
+const HEALTH_CAN_STAND: u8 = 2;
+const HEALTH_SAME_LOG: u8 = 4;
+
+/// `health u8, priority u8` (module docs); the same-log bit only where `same_log_allowed`.
+fn get_health(body: &mut Bytes, same_log_allowed: bool) -> Result<(Health, bool), DecodeError> {
+    let bits = body.get_u8();
+    let priority = body.get_u8();
+    let known =
+        HEALTH_APP_LIVE | HEALTH_CAN_STAND | if same_log_allowed { HEALTH_SAME_LOG } else { 0 };
+    if bits & !known != 0 {
+        return Err(DecodeError::BadHealth(bits));
+    }
+    let health = Health {
+        app_live: bits & HEALTH_APP_LIVE != 0,
+        can_stand: bits & HEALTH_CAN_STAND != 0,
+        priority,
+    };
+    Ok((health, bits & HEALTH_SAME_LOG != 0))
+}
+
+fn put_health(dst: &mut BytesMut, health: Health, same_log: bool) {
+    let mut bits = 0;
+    if health.app_live {
+        bits |= HEALTH_APP_LIVE;
+    }
+    if health.can_stand {
+        bits |= HEALTH_CAN_STAND;
+    }
+    if same_log {
+        bits |= HEALTH_SAME_LOG;
+    }
+    dst.put_u8(bits);
+    dst.put_u8(health.priority);
 }
 
 fn get_array<const N: usize>(body: &mut Bytes) -> [u8; N] {
@@ -290,26 +334,34 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
     Ok(match kind {
         1 => {
             const FIXED: usize = 2 + 8 + 2 + 2 + NONCE_LEN;
-            if !(FIXED..=FIXED + 64).contains(&len) {
+            if !(FIXED..=FIXED + 128).contains(&len) {
                 return Err(DecodeError::BadLength {
                     kind,
                     len,
                     expected: FIXED,
                 });
             }
-            Frame::Hello(Hello {
+            let mut hello = Hello {
                 version: body.get_u16_le(),
                 cluster_id: body.get_u64_le(),
                 from: node_id(body.get_u16_le())?,
                 to: node_id(body.get_u16_le())?,
                 nonce: get_array(body),
-                client_addr: if body.is_empty() {
-                    None
+                client_addr: None,
+                admin_addr: None,
+            };
+            let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
+            let (client, admin) = text.split_once(' ').unwrap_or((text, ""));
+            let addr = |text: &str| -> Result<Option<std::net::SocketAddr>, DecodeError> {
+                if text.is_empty() {
+                    Ok(None)
                 } else {
-                    let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
-                    Some(text.parse().map_err(|_| DecodeError::BadText)?)
-                },
-            })
+                    text.parse().map(Some).map_err(|_| DecodeError::BadText)
+                }
+            };
+            hello.client_addr = addr(client)?;
+            hello.admin_addr = addr(admin)?;
+            Frame::Hello(hello)
         }
         2 => {
             expect(NONCE_LEN + TAG_LEN)?;
@@ -345,11 +397,19 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             })
         }
         17 => {
-            expect(17)?;
+            expect(19)?;
+            let (epoch, granted, voter_epoch) = (
+                Epoch(body.get_u64_le()),
+                get_bool(body)?,
+                Epoch(body.get_u64_le()),
+            );
+            let (health, same_log) = get_health(body, true)?;
             message(Message::PreVoteResponse {
-                epoch: Epoch(body.get_u64_le()),
-                granted: get_bool(body)?,
-                voter_epoch: Epoch(body.get_u64_le()),
+                epoch,
+                granted,
+                voter_epoch,
+                health,
+                same_log,
             })
         }
         18 => {
@@ -387,6 +447,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
                 promote: body.get_u64_le(),
                 promote_through: Lsn(body.get_u64_le()),
+                paused: get_bool(body)?,
             };
             if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
                 || append.last_lsn < append.prev_lsn
@@ -405,7 +466,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             }
         }
         21 => {
-            expect(49)?;
+            expect(51)?;
             message(Message::AppendResponse(AppendResponse {
                 epoch: Epoch(body.get_u64_le()),
                 accepted: get_bool(body)?,
@@ -414,6 +475,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 durable_lsn: Lsn(body.get_u64_le()),
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
                 learner: body.get_u64_le(),
+                health: get_health(body, false)?.0,
             }))
         }
         22 => {
@@ -509,8 +571,14 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             dst.put_u16_le(hello.from.get());
             dst.put_u16_le(hello.to.get());
             dst.put_slice(&hello.nonce);
-            if let Some(addr) = hello.client_addr {
-                dst.put_slice(addr.to_string().as_bytes());
+            let addr = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.to_string());
+            match (addr(hello.client_addr), addr(hello.admin_addr)) {
+                (None, None) => {}
+                (client, admin) => {
+                    dst.put_slice(client.unwrap_or_default().as_bytes());
+                    dst.put_u8(b' ');
+                    dst.put_slice(admin.unwrap_or_default().as_bytes());
+                }
             }
         }
         Frame::Challenge { nonce, tag } => {
@@ -550,11 +618,14 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 epoch,
                 granted,
                 voter_epoch,
+                health,
+                same_log,
             } => {
                 dst.put_u8(17);
                 dst.put_u64_le(epoch.get());
                 dst.put_u8(u8::from(*granted));
                 dst.put_u64_le(voter_epoch.get());
+                put_health(dst, *health, *same_log);
             }
             Message::VoteRequest {
                 epoch,
@@ -585,6 +656,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(duration_ns(append.sent_at));
                 dst.put_u64_le(append.promote);
                 dst.put_u64_le(append.promote_through.get());
+                dst.put_u8(u8::from(append.paused));
                 records = attached.clone();
             }
             Message::AppendResponse(response) => {
@@ -596,6 +668,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(response.durable_lsn.get());
                 dst.put_u64_le(duration_ns(response.sent_at));
                 dst.put_u64_le(response.learner);
+                put_health(dst, response.health, false);
             }
             Message::TimeoutNow { epoch } => {
                 dst.put_u8(22);
@@ -754,6 +827,7 @@ mod tests {
                 sent_at: Duration::from_nanos(123_456),
                 promote: 0x1234,
                 promote_through: Lsn(7),
+                paused: false,
             }),
             records,
         }
@@ -768,6 +842,7 @@ mod tests {
             to: NodeId(3),
             nonce: [7; NONCE_LEN],
             client_addr: Some("127.0.0.1:6379".parse().unwrap()),
+            admin_addr: None,
         }));
         round_trip(Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -776,6 +851,7 @@ mod tests {
             to: NodeId(1),
             nonce: [0; NONCE_LEN],
             client_addr: None,
+            admin_addr: None,
         }));
         round_trip(Frame::Challenge {
             nonce: [1; NONCE_LEN],
@@ -795,6 +871,8 @@ mod tests {
                 epoch: Epoch(4),
                 granted: true,
                 voter_epoch: Epoch(3),
+                health: Health::default(),
+                same_log: false,
             },
             Message::VoteRequest {
                 epoch: Epoch(4),
@@ -814,6 +892,7 @@ mod tests {
                 durable_lsn: Lsn(98),
                 sent_at: Duration::from_millis(5),
                 learner: 77,
+                health: Health::default(),
             }),
             Message::TimeoutNow { epoch: Epoch(4) },
         ] {

@@ -19,6 +19,8 @@ FAILOVER_TIMEOUT_MS=${FAILOVER_TIMEOUT_MS:-300}
 NODES=(1 2 3)
 # Extra flags for every `understudy run` (a script sets them before start_cluster).
 NODE_ARGS=()
+# 1: the sidecar runs the key-value server itself (--app-cmd).
+SUPERVISED=${SUPERVISED:-0}
 
 declare -A NODE_PID KV_PID PEER_PORT ADMIN_PORT CLIENT_PORT APP_PORT PROXY_PORT DATA_DIR
 PROXY_PID=""
@@ -131,20 +133,51 @@ peers_of() {
 }
 
 # start_node ID: the sidecar and its key-value server, logs appended to $WORK/nID.log.
+# With SUPERVISED=1 the sidecar runs the key-value server itself (--app-cmd).
 start_node() {
-    local id=$1
+    local id=$1 app=()
     mkdir -p "${DATA_DIR[$id]}"
+    if [[ $SUPERVISED == 1 ]]; then
+        app=(--app-cmd "exec $(kv_command "$id")")
+    fi
     RUST_LOG=${RUST_LOG:-info} "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
         --peer-listen "127.0.0.1:${PEER_PORT[$id]}" --peers "$(peers_of "$id")" \
         --cluster-secret-file "$WORK/secret" --app-socket "$WORK/n$id.sock" \
         --admin-listen "127.0.0.1:${ADMIN_PORT[$id]}" \
         --client-listen "127.0.0.1:${CLIENT_PORT[$id]}" --app-addr "127.0.0.1:${APP_PORT[$id]}" \
         --heartbeat-interval "$HEARTBEAT" --failover-timeout "${FAILOVER_TIMEOUT_MS}ms" \
-        "${NODE_ARGS[@]}" >>"$WORK/n$id.log" 2>&1 &
+        "${app[@]}" "${NODE_ARGS[@]}" >>"$WORK/n$id.log" 2>&1 &
     NODE_PID[$id]=$!
-    "$KV" --app-socket "$WORK/n$id.sock" --listen "127.0.0.1:${APP_PORT[$id]}" \
-        >>"$WORK/n$id.kv.log" 2>&1 &
+    if [[ $SUPERVISED != 1 ]]; then start_app "$id"; fi
+}
+
+# kv_command ID: the command line of node ID's key-value server.
+kv_command() {
+    echo "$KV --app-socket $WORK/n$1.sock --listen 127.0.0.1:${APP_PORT[$1]}"
+}
+
+# start_app ID: node ID's key-value server alone (not supervised), log appended to
+# $WORK/nID.kv.log.
+start_app() {
+    local id=$1
+    # shellcheck disable=SC2046
+    $(kv_command "$id") >>"$WORK/n$id.kv.log" 2>&1 &
     KV_PID[$id]=$!
+}
+
+# app_pid ID: the process id of node ID's key-value server, found by its command line
+# (a supervised one is started by the sidecar).
+app_pid() {
+    local want p line
+    want="$(kv_command "$1")"
+    for p in /proc/[0-9]*; do
+        line=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+        if [[ $line == "$want " ]]; then
+            echo "${p#/proc/}"
+            return 0
+        fi
+    done
+    return 1
 }
 
 start_cluster() {

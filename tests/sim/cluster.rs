@@ -153,6 +153,10 @@ struct Node {
     clock: Clock,
     rate_ppm: i64,
     paused_until: u64,
+    /// Whether its application is live (`Input::AppHealth`); every node expects one.
+    app_live: bool,
+    /// `Config::priority`.
+    priority: u8,
     /// The data dir's quarantine marker: set when it is wiped, cleared on
     /// `Action::QuarantineEnded`. The first start of the cluster is not fresh, so runs elect
     /// their first primary without waiting out a quarantine.
@@ -288,6 +292,8 @@ impl Sim {
                 clock,
                 rate_ppm,
                 paused_until: 0,
+                app_live: true,
+                priority: sim.rng.below(3) as u8,
                 fresh: false,
             });
             sim.start_node(i)
@@ -373,6 +379,7 @@ impl Sim {
         }
         let mut config = self.config.clone();
         config.node_id = n.id;
+        config.priority = n.priority;
         let now = n.clock.read(self.now);
         let start = Start {
             learner: n.disk.meta.learner,
@@ -384,7 +391,16 @@ impl Sim {
         n.core = Some(core);
         n.paused_until = 0;
         let inc = n.inc;
+        let live = n.app_live;
         self.note(node, "start", inc as u64);
+        self.step_node(
+            node,
+            Input::AppHealth {
+                expected: true,
+                live,
+            },
+            None,
+        )?;
         let first_tick = self.rng.below(TICK_MS) * MS;
         self.schedule(first_tick, Event::Tick { node, inc });
         let snapshot_after = 200 * MS + self.rng.below(600) * MS;
@@ -796,8 +812,18 @@ impl Sim {
                 self.net.calm();
                 self.note(0, "heal", 0);
                 for node in 0..self.nodes.len() {
+                    self.nodes[node].app_live = true;
                     if !self.alive(node) {
                         self.start_node(node)?;
+                    } else {
+                        self.step_node(
+                            node,
+                            Input::AppHealth {
+                                expected: true,
+                                live: true,
+                            },
+                            None,
+                        )?;
                     }
                 }
                 self.schedule(CLIENT_MS_AFTER_HEAL * MS, Event::StopClients);
@@ -945,11 +971,34 @@ impl Sim {
             88..=92 => {
                 if let Some(p) = self.primary_node() {
                     if self.nodes[p].paused_until <= self.now {
-                        let to = (p + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-                        let to_id = self.nodes[to].id;
-                        self.note(p, "switchover to", to as u64);
-                        self.step_node(p, Input::Switchover { to: to_id }, None)?;
+                        let to = if roll <= 90 {
+                            let to = (p + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                            self.note(p, "switchover to", to as u64);
+                            Some(self.nodes[to].id)
+                        } else {
+                            self.note(p, "switchover to the best backup", 0);
+                            None
+                        };
+                        self.step_node(p, Input::Switchover { to }, None)?;
                     }
+                }
+            }
+            99 => {
+                // An application dies or comes back: a primary whose application is gone
+                // hands over, a backup whose application is gone defers its candidacy.
+                let node = self.rng.below(n as u64) as usize;
+                let live = !self.nodes[node].app_live;
+                self.nodes[node].app_live = live;
+                self.note(node, "app live", u64::from(live));
+                if self.alive(node) && self.nodes[node].paused_until <= self.now {
+                    self.step_node(
+                        node,
+                        Input::AppHealth {
+                            expected: true,
+                            live,
+                        },
+                        None,
+                    )?;
                 }
             }
             93..=98 if self.data_loss.is_none() => {
@@ -1324,7 +1373,10 @@ impl Sim {
             }
             Action::AppendsAbandoned { after } => self.work.abandoned(node, after),
             Action::ProposeRejected { .. } => self.work.rejected += 1,
-            Action::Switchover { .. } => {}
+            Action::Switchover { .. }
+            | Action::SwitchoverStarted { .. }
+            | Action::PauseChanged { .. }
+            | Action::ElectionDeferred { .. } => {}
             Action::QuarantineEnded => self.nodes[node].fresh = false,
             Action::Promoted { .. } | Action::BecameLearner { .. } => {}
         }

@@ -370,6 +370,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
             to: NodeId(2),
             nonce: [7; peer::NONCE_LEN],
             client_addr: Some("127.0.0.1:6379".parse().expect("a literal address")),
+            admin_addr: None,
         }),
         peer::Frame::Challenge {
             nonce: [1; peer::NONCE_LEN],
@@ -402,6 +403,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 sent_at: std::time::Duration::from_millis(12),
                 promote: 0,
                 promote_through: Lsn::ZERO,
+                paused: false,
             }),
             records: Bytes::from(records.clone()),
         },
@@ -414,6 +416,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 durable_lsn: Lsn(7),
                 sent_at: std::time::Duration::from_millis(12),
                 learner: 0x5eed,
+                health: understudy::core::Health::default(),
             }),
             records: Bytes::new(),
         },
