@@ -10,6 +10,8 @@
 //!
 //! An admin port that cannot be reached is one line on stderr, and the command exits 1
 //! after printing what the others said.
+//!
+//! With `--json`, it prints each asked node's `/status` as is, in an array.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -37,6 +39,10 @@ pub struct StatusArgs {
         value_delimiter = ','
     )]
     pub admins: Vec<String>,
+    /// Print each asked node's `/status` as JSON (an array, in the order asked) instead of
+    /// the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The part of a node's `/status` this command reads (`node::NodeStatus`); fields it does
@@ -123,6 +129,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    if args.json {
+        return print_json(&runtime, &args.admins);
+    }
     let answers = runtime.block_on(futures_util::future::join_all(
         args.admins.iter().map(|addr| fetch(addr)),
     ));
@@ -140,6 +149,45 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     // One line per admin port that did not answer; the last one is the command's error.
+    match errors.pop() {
+        None => Ok(()),
+        Some(last) => {
+            for error in &errors {
+                eprintln!("understudy: {error:#}");
+            }
+            Err(last)
+        }
+    }
+}
+
+/// `--json`: every asked node's `/status` as it answered, in an array; a node that did not
+/// answer is one line on stderr and makes the command fail after printing the others.
+fn print_json(runtime: &tokio::runtime::Runtime, admins: &[String]) -> anyhow::Result<()> {
+    let answers = runtime.block_on(futures_util::future::join_all(admins.iter().map(
+        |addr| async move {
+            let answer =
+                admin_client::request(addr, Method::GET, "/status", STATUS_TIMEOUT).await?;
+            if answer.status != StatusCode::OK {
+                bail!(
+                    "the admin port {addr} answered /status with {}: {}",
+                    answer.status,
+                    answer.body_line()
+                );
+            }
+            serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .map_err(|e| anyhow!("the admin port {addr} sent a status that is not JSON: {e}"))
+        },
+    )));
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(value) => values.push(value),
+            Err(e) => errors.push(e),
+        }
+    }
+    let text = serde_json::to_string_pretty(&values).context("encode the statuses")?;
+    println!("{text}");
     match errors.pop() {
         None => Ok(()),
         Some(last) => {

@@ -48,12 +48,10 @@ supervised)
 esac
 PAUSE_MAX_MS=$((APP_TIMEOUT_MS + 1000))
 
-# epoch_of ID: node ID's epoch, from `understudy status --json`.
+# epoch_of ID: node ID's epoch, from `understudy status --json` (its first "epoch" field).
 epoch_of() {
-    "$UNDERSTUDY" status --json --admin "127.0.0.1:${ADMIN_PORT[$1]}" 2>/dev/null \
-        | tr ',' '\n' | awk -F: -v id="$1" '
-            /"node_id"/ {node = $2 + 0}
-            /"epoch"/ && node == id {print $2 + 0; exit}'
+    "$UNDERSTUDY" status --json --admin "127.0.0.1:${ADMIN_PORT[$1]}" \
+        | awk -F: '/"epoch":/ && !found {gsub(/[ ,]/, "", $2); print $2; found = 1}'
 }
 
 setup plain
@@ -96,8 +94,11 @@ for trial in $(seq 1 "$TRIALS"); do
     touch "$WORK/stop-writer"
     wait "$WRITER_PID" || fail "the writer failed: $(cat "$WORK/writer.out")"
     WRITER_PID=""
-    pause=$(awk '{for (i = 1; i < NF; i++) if ($i == "max_pause_ms") print $(i + 1)}' "$WORK/writer.out")
-    [[ -n $pause ]] || fail "the writer printed no pause: $(cat "$WORK/writer.out")"
+    read -r acked pause < <(awk '{for (i = 1; i < NF; i++) {
+        if ($i == "acked") a = $(i + 1); if ($i == "max_pause_ms") p = $(i + 1)}}
+        END {print a, p}' "$WORK/writer.out")
+    [[ -n $pause && ${acked:-0} -gt 0 ]] \
+        || fail "trial $trial: no write was acknowledged: $(cat "$WORK/writer.out")"
     echo "$pause" >>"$WORK/app-pauses"
     case $MODE in
     kill)
