@@ -123,3 +123,18 @@ fn kill_during_a_snapshot_and_a_snapshot_transfer_loses_nothing() {
 fn rolling_restart_with_sigterm_loses_nothing() {
     run_script("rolling_restart.sh", &["--rounds", "1"]);
 }
+
+#[test]
+fn killed_application_on_the_primary_hands_over_and_loses_nothing() {
+    run_script("app_kill.sh", &["--mode", "kill", "--trials", "1"]);
+}
+
+#[test]
+fn hung_application_on_the_primary_hands_over_and_loses_nothing() {
+    run_script("app_kill.sh", &["--mode", "stop", "--trials", "1"]);
+}
+
+#[test]
+fn supervised_application_is_restarted_in_place_without_a_failover() {
+    run_script("app_kill.sh", &["--mode", "supervised", "--trials", "1"]);
+}

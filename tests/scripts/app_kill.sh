@@ -60,12 +60,11 @@ for trial in $(seq 1 "$TRIALS"); do
     old=$PRIMARY
     backup=$(other_than "$old")
     old_epoch=$(epoch_of "$old")
-    rm -f "$WORK/writer.out"
+    rm -f "$WORK/writer.out" "$WORK/stop-writer"
     "$CHAOS" write --client "127.0.0.1:${CLIENT_PORT[$backup]}" --out "$WORK/acked" \
         --duration 3600s --stop-file "$WORK/stop-writer" --prefix "t$trial-" \
         >"$WORK/writer.out" 2>&1 &
     WRITER_PID=$!
-    rm -f "$WORK/stop-writer"
     sleep 1
     pid=$(app_pid "$old") || fail "node $old's application is not running"
     started=$(date +%s%N)

@@ -189,8 +189,8 @@ start_cluster() {
 # kill_node ID: SIGKILL the sidecar and its application (a crashed machine), then reap.
 kill_node() {
     local id=$1
-    kill -9 "${NODE_PID[$id]}" "${KV_PID[$id]}" 2>/dev/null || true
-    wait "${NODE_PID[$id]}" "${KV_PID[$id]}" 2>/dev/null || true
+    kill -9 "${NODE_PID[$id]}" "${KV_PID[$id]:-}" 2>/dev/null || true
+    wait "${NODE_PID[$id]}" "${KV_PID[$id]:-}" 2>/dev/null || true
     NODE_PID[$id]=""
     KV_PID[$id]=""
 }
