@@ -17,13 +17,16 @@
 //! and closes that connection only. At most [`CONNECTIONS_MAX`] connections are served at
 //! once; further ones wait in the listen backlog.
 //!
-//! Snapshots (`super::snapshot` does the work): a subscription passes the node's snapshot
-//! requests on as `SnapshotRequest`, and starts with the newest snapshot (`RestoreBegin`…
-//! `RestoreEnd`) when the log no longer holds where it starts, when it starts from nothing,
-//! or when the node replaced its log by a snapshot from the primary. A `SnapshotOffer`
-//! starts an upload of the application's snapshot; `SnapshotFetch` asks for the newest one.
+//! Snapshots ([`snapshot`] serves their frames; [`super::snapshot`] keeps the snapshots): a
+//! subscription passes the node's snapshot requests on as `SnapshotRequest`, and starts
+//! with the newest snapshot (`RestoreBegin`… `RestoreEnd`) when the log no longer holds
+//! where it starts, when it starts from nothing, or when the node replaced its log by a
+//! snapshot from the primary. A `SnapshotOffer` starts an upload of the application's
+//! snapshot; `SnapshotFetch` asks for the newest one.
 //!
 //! It does not bind or remove the socket file (the node's start-up does).
+
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,7 +287,7 @@ async fn connection_read(
                 return Ended::Refused("Hello after the handshake".to_owned());
             }
             Frame::SnapshotOffer { lsn, epoch } => {
-                let upload = super::snapshot::upload(node, lsn, epoch, &mut frames);
+                let upload = snapshot::upload(node, lsn, epoch, &mut frames);
                 let result = tokio::select! {
                     _ = closing.cancelled() => return Ended::Closing,
                     result = upload => result,
@@ -293,15 +296,13 @@ async fn connection_read(
                     return Ended::Refused(message);
                 }
             }
-            Frame::SnapshotDecline => super::snapshot::declined(&node.snapshots),
-            Frame::SnapshotFetch => {
-                match super::snapshot::restore_to_app(&node.snapshots, outbox).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) if outbox.is_closed() => return Ended::Closing,
-                    Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
-                    Err(message) => return Ended::Refused(message),
-                }
-            }
+            Frame::SnapshotDecline => snapshot::declined(&node.snapshots),
+            Frame::SnapshotFetch => match snapshot::restore_to_app(&node.snapshots, outbox).await {
+                Ok(Some(_)) => {}
+                Ok(None) if outbox.is_closed() => return Ended::Closing,
+                Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
+                Err(message) => return Ended::Refused(message),
+            },
             Frame::SnapshotChunk { .. } | Frame::SnapshotDone => {
                 return Ended::Refused(format!("{} without a SnapshotOffer", frame.name()));
             }
@@ -503,8 +504,8 @@ async fn subscription_stream(
     }
     debug!(%from_lsn, %commit_lsn, "app subscribed");
     let mut next = from_lsn;
-    if super::snapshot::restore_wanted(&node.snapshots, next, reader.first_lsn()) {
-        match super::snapshot::restore_to_app(&node.snapshots, outbox).await? {
+    if snapshot::restore_wanted(&node.snapshots, next, reader.first_lsn()) {
+        match snapshot::restore_to_app(&node.snapshots, outbox).await? {
             Some(lsn) => next = lsn.next(),
             None => return Ok(()),
         }
@@ -531,7 +532,7 @@ async fn subscription_stream(
             // read failed because the old log is gone. Either way, restore instead.
             if reset.has_changed().unwrap_or(false) && *reset.borrow_and_update() >= next {
                 records = None;
-                match super::snapshot::restore_to_app(&node.snapshots, outbox).await? {
+                match snapshot::restore_to_app(&node.snapshots, outbox).await? {
                     Some(lsn) => next = lsn.next(),
                     None => return Ok(()),
                 }
