@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use understudy::client::{BoxError, ClientError, Driver, ProposeError, Role, StateMachine};
+use understudy::core;
 use understudy::node::app_api::serve;
 use understudy::node::{NodeHandle, NodeStatus, ProposeOutcome, Request};
 use understudy::proto::app::{Frame, FrameReader, RejectReason, FRAME_LEN_MAX, PROTOCOL_VERSION};
@@ -34,14 +35,19 @@ async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
     }
 }
 
-fn status(role: Role, epoch: u64, primary: Option<u16>, addr: Option<SocketAddr>) -> NodeStatus {
+fn status(
+    role: core::Role,
+    epoch: u64,
+    primary: Option<u16>,
+    addr: Option<SocketAddr>,
+) -> NodeStatus {
     NodeStatus {
         node_id: 1,
         role,
         epoch,
         primary,
         primary_client_addr: addr,
-        lease_held: role == Role::Primary,
+        lease_held: role == core::Role::Primary,
         standing: "voter",
         first_lsn: 1,
         last_lsn: 0,
@@ -81,7 +87,7 @@ impl Sidecar {
         let (wal, _) = Wal::open(dir.path().join("wal"), options).unwrap();
         let (requests_tx, requests) = mpsc::channel(16);
         let (status, status_rx) = watch::channel(Arc::new(status(
-            Role::Primary,
+            core::Role::Primary,
             1,
             Some(1),
             Some("127.0.0.1:7001".parse().unwrap()),
@@ -429,7 +435,7 @@ async fn role_changes_are_pushed_to_subscribers() {
         })
     );
     let mut same_role = status(
-        Role::Primary,
+        core::Role::Primary,
         1,
         Some(1),
         Some("127.0.0.1:7001".parse().unwrap()),
@@ -437,7 +443,7 @@ async fn role_changes_are_pushed_to_subscribers() {
     same_role.last_lsn = 5;
     sidecar.status.send_replace(Arc::new(same_role));
     sidecar.status.send_replace(Arc::new(status(
-        Role::Backup,
+        core::Role::Backup,
         2,
         Some(2),
         Some("127.0.0.1:7002".parse().unwrap()),
@@ -697,7 +703,7 @@ async fn driver_follows_role_changes() {
     let mut roles = driver.watch_role();
     sidecar
         .status
-        .send_replace(Arc::new(status(Role::Backup, 2, Some(2), None)));
+        .send_replace(Arc::new(status(core::Role::Backup, 2, Some(2), None)));
     within(
         "the role change",
         roles.wait_for(|role| role.epoch == Epoch(2)),

@@ -39,10 +39,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::core;
 use crate::node::handle::{NodeHandle, NodeStatus, ProposeOutcome, Request};
 use crate::proto::app::{
-    CodecError, Frame, FrameReader, FrameWriter, RejectReason, APPEND_COUNT_MAX, FRAME_LEN_MAX,
-    PROTOCOL_VERSION,
+    CodecError, Frame, FrameReader, FrameWriter, RejectReason, Role, APPEND_COUNT_MAX,
+    FRAME_LEN_MAX, PROTOCOL_VERSION,
 };
 use crate::{Epoch, Lsn, NodeId};
 
@@ -431,10 +432,22 @@ async fn append(
     }
 }
 
+/// The core's role as the app protocol spells it. Here, on the node's side, because the
+/// core knows nothing of the wire and the protocol nothing of the core.
+impl From<core::Role> for Role {
+    fn from(role: core::Role) -> Role {
+        match role {
+            core::Role::Backup => Role::Backup,
+            core::Role::Candidate => Role::Candidate,
+            core::Role::Primary => Role::Primary,
+        }
+    }
+}
+
 /// The fields of a `Role` frame that make a change worth telling (not the commit LSN).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RoleView {
-    role: crate::core::Role,
+    role: Role,
     epoch: Epoch,
     primary: Option<NodeId>,
     primary_client_addr: String,
@@ -443,7 +456,7 @@ struct RoleView {
 impl RoleView {
     fn of(status: &NodeStatus) -> RoleView {
         RoleView {
-            role: status.role,
+            role: status.role.into(),
             epoch: Epoch(status.epoch),
             primary: status.primary.map(NodeId),
             primary_client_addr: status

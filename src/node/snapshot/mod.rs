@@ -64,14 +64,7 @@ use tracing::{error, warn};
 use wal::snapshot::{SnapshotInfo, SnapshotWriter};
 use wal::{Epoch, Lsn, NodeId};
 
-use crate::proto::app;
 use store::{quarantine_file, Recovered, SNAPSHOTS_DIR};
-
-/// Body bytes per `RestoreChunk`/`SnapshotChunk` the driver sends: one stored chunk.
-pub const APP_CHUNK_LEN: usize = wal::snapshot::SNAPSHOT_CHUNK_LEN;
-
-// A driver chunk must fit in one app frame with its offset and type byte.
-const _: () = assert!(APP_CHUNK_LEN + 64 <= app::FRAME_LEN_MAX);
 
 /// The snapshot flags of `understudy run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
