@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use understudy::client::{BoxError, ClientError, Driver, ProposeError, Role, StateMachine};
+use understudy::core;
 use understudy::node::app_api::serve;
 use understudy::node::{NodeHandle, NodeStatus, ProposeOutcome, Request};
 use understudy::proto::app::{Frame, FrameReader, RejectReason, FRAME_LEN_MAX, PROTOCOL_VERSION};
@@ -34,12 +35,17 @@ async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
     }
 }
 
-fn status(role: Role, epoch: u64, primary: Option<u16>, addr: Option<SocketAddr>) -> NodeStatus {
+fn status(
+    role: core::Role,
+    epoch: u64,
+    primary: Option<u16>,
+    addr: Option<SocketAddr>,
+) -> NodeStatus {
     NodeStatus {
         epoch,
         primary,
         primary_client_addr: addr,
-        lease_held: role == Role::Primary,
+        lease_held: role == core::Role::Primary,
         ..NodeStatus::for_tests(role)
     }
 }
@@ -71,7 +77,7 @@ impl Sidecar {
         let (wal, _) = Wal::open(dir.path().join("wal"), options).unwrap();
         let (requests_tx, requests) = mpsc::channel(16);
         let (status, status_rx) = watch::channel(Arc::new(status(
-            Role::Primary,
+            core::Role::Primary,
             1,
             Some(1),
             Some("127.0.0.1:7001".parse().unwrap()),
@@ -424,7 +430,7 @@ async fn role_changes_are_pushed_to_subscribers() {
         })
     );
     let mut same_role = status(
-        Role::Primary,
+        core::Role::Primary,
         1,
         Some(1),
         Some("127.0.0.1:7001".parse().unwrap()),
@@ -432,7 +438,7 @@ async fn role_changes_are_pushed_to_subscribers() {
     same_role.last_lsn = 5;
     sidecar.status.send_replace(Arc::new(same_role));
     sidecar.status.send_replace(Arc::new(status(
-        Role::Backup,
+        core::Role::Backup,
         2,
         Some(2),
         Some("127.0.0.1:7002".parse().unwrap()),
@@ -692,7 +698,7 @@ async fn driver_follows_role_changes() {
     let mut roles = driver.watch_role();
     sidecar
         .status
-        .send_replace(Arc::new(status(Role::Backup, 2, Some(2), None)));
+        .send_replace(Arc::new(status(core::Role::Backup, 2, Some(2), None)));
     within(
         "the role change",
         roles.wait_for(|role| role.epoch == Epoch(2)),

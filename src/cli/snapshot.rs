@@ -72,12 +72,12 @@ fn snapshot_paths(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("{}: not a directory or a snapshot file", dir.display());
     }
-    let nested = dir.join(crate::node::snapshot::SNAPSHOTS_DIR);
+    let nested = dir.join(crate::node::snapshot::store::SNAPSHOTS_DIR);
     let dir = if nested.is_dir() {
         nested
     } else {
         dir.to_owned()
     };
-    crate::node::snapshot::snapshot_files(&dir)
+    crate::node::snapshot::store::snapshot_files(&dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
 }

@@ -41,9 +41,8 @@ use tracing::{debug, warn};
 use wal::format::{decode_record, RecordKind, RECORD_PAYLOAD_LEN_MAX};
 
 use super::{ClientError, ProposeError, StateMachine};
-use crate::core::Role;
 use crate::proto::app::{
-    append_frame_len, Frame, FrameReader, FrameWriter, RejectReason, APPEND_COUNT_MAX,
+    append_frame_len, Frame, FrameReader, FrameWriter, RejectReason, Role, APPEND_COUNT_MAX,
     FRAME_LEN_MAX, PROTOCOL_VERSION,
 };
 use crate::{Epoch, Lsn, NodeId};

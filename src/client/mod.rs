@@ -44,13 +44,17 @@
 //! the caller may do, and a driver whose connection is gone stays gone (connect a new one,
 //! restoring from a snapshot of the old one's state if it has one). Snapshots requested by
 //! the sidecar are not served yet.
+//!
+//! It uses nothing of the sidecar but what [`crate::proto::app`] specifies (its frames,
+//! constants and [`Role`]) and the `wal` record format, so an application in another
+//! language can do what it does from those docs.
 
 mod driver;
 
 pub use driver::{Driver, RoleInfo, APPENDS_INFLIGHT_MAX};
 
 /// The node's role, as reported in [`RoleInfo`].
-pub use crate::core::Role;
+pub use crate::proto::app::Role;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -17,13 +17,16 @@
 //! and closes that connection only. At most [`CONNECTIONS_MAX`] connections are served at
 //! once; further ones wait in the listen backlog.
 //!
-//! Snapshots (`super::snapshot` does the work): a subscription passes the node's snapshot
-//! requests on as `SnapshotRequest`, and starts with the newest snapshot (`RestoreBegin`…
-//! `RestoreEnd`) when the log no longer holds where it starts, when it starts from nothing,
-//! or when the node replaced its log by a snapshot from the primary. A `SnapshotOffer`
-//! starts an upload of the application's snapshot; `SnapshotFetch` asks for the newest one.
+//! Snapshots ([`snapshot`] serves their frames; [`super::snapshot`] keeps the snapshots): a
+//! subscription passes the node's snapshot requests on as `SnapshotRequest`, and starts
+//! with the newest snapshot (`RestoreBegin`… `RestoreEnd`) when the log no longer holds
+//! where it starts, when it starts from nothing, or when the node replaced its log by a
+//! snapshot from the primary. A `SnapshotOffer` starts an upload of the application's
+//! snapshot; `SnapshotFetch` asks for the newest one.
 //!
 //! It does not bind or remove the socket file (the node's start-up does).
+
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +39,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::core;
 use crate::node::handle::{NodeHandle, NodeStatus, ProposeOutcome, Request};
 use crate::proto::app::{
-    CodecError, Frame, FrameReader, FrameWriter, RejectReason, APPEND_COUNT_MAX, FRAME_LEN_MAX,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    CodecError, Frame, FrameReader, FrameWriter, RejectReason, Role, APPEND_COUNT_MAX,
+    FRAME_LEN_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use crate::{Epoch, Lsn, NodeId};
 
@@ -304,7 +308,7 @@ async fn connection_read(
                 return Ended::Refused("Hello after the handshake".to_owned());
             }
             Frame::SnapshotOffer { lsn, epoch } => {
-                let upload = super::snapshot::upload(node, lsn, epoch, &mut frames);
+                let upload = snapshot::upload(node, lsn, epoch, &mut frames);
                 let result = tokio::select! {
                     _ = closing.cancelled() => return Ended::Closing,
                     result = upload => result,
@@ -313,15 +317,13 @@ async fn connection_read(
                     return Ended::Refused(message);
                 }
             }
-            Frame::SnapshotDecline => super::snapshot::declined(&node.snapshots),
-            Frame::SnapshotFetch => {
-                match super::snapshot::restore_to_app(&node.snapshots, outbox).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) if outbox.is_closed() => return Ended::Closing,
-                    Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
-                    Err(message) => return Ended::Refused(message),
-                }
-            }
+            Frame::SnapshotDecline => snapshot::declined(&node.snapshots),
+            Frame::SnapshotFetch => match snapshot::restore_to_app(&node.snapshots, outbox).await {
+                Ok(Some(_)) => {}
+                Ok(None) if outbox.is_closed() => return Ended::Closing,
+                Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
+                Err(message) => return Ended::Refused(message),
+            },
             Frame::SnapshotChunk { .. } | Frame::SnapshotDone => {
                 return Ended::Refused(format!("{} without a SnapshotOffer", frame.name()));
             }
@@ -471,10 +473,22 @@ async fn append(
     }
 }
 
+/// The core's role as the app protocol spells it. Here, on the node's side, because the
+/// core knows nothing of the wire and the protocol nothing of the core.
+impl From<core::Role> for Role {
+    fn from(role: core::Role) -> Role {
+        match role {
+            core::Role::Backup => Role::Backup,
+            core::Role::Candidate => Role::Candidate,
+            core::Role::Primary => Role::Primary,
+        }
+    }
+}
+
 /// The fields of a `Role` frame that make a change worth telling (not the commit LSN).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RoleView {
-    role: crate::core::Role,
+    role: Role,
     epoch: Epoch,
     primary: Option<NodeId>,
     primary_client_addr: String,
@@ -483,7 +497,7 @@ struct RoleView {
 impl RoleView {
     fn of(status: &NodeStatus) -> RoleView {
         RoleView {
-            role: status.role,
+            role: status.role.into(),
             epoch: Epoch(status.epoch),
             primary: status.primary.map(NodeId),
             primary_client_addr: status
@@ -544,8 +558,8 @@ async fn subscription_stream(
     }
     debug!(%from_lsn, %commit_lsn, "app subscribed");
     let mut next = from_lsn;
-    if super::snapshot::restore_wanted(&node.snapshots, next, reader.first_lsn()) {
-        match super::snapshot::restore_to_app(&node.snapshots, outbox).await? {
+    if snapshot::restore_wanted(&node.snapshots, next, reader.first_lsn()) {
+        match snapshot::restore_to_app(&node.snapshots, outbox).await? {
             Some(lsn) => next = lsn.next(),
             None => return Ok(()),
         }
@@ -572,7 +586,7 @@ async fn subscription_stream(
             // read failed because the old log is gone. Either way, restore instead.
             if reset.has_changed().unwrap_or(false) && *reset.borrow_and_update() >= next {
                 records = None;
-                match super::snapshot::restore_to_app(&node.snapshots, outbox).await? {
+                match snapshot::restore_to_app(&node.snapshots, outbox).await? {
                     Some(lsn) => next = lsn.next(),
                     None => return Ok(()),
                 }

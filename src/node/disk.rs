@@ -12,7 +12,7 @@
 //!               the log was durable before it (decimal). The next start cuts the log there
 //!               and starts as a learner (the page cache may hold records the disk lost)
 //!   wal/        the log segments
-//!   snapshots/  the newest snapshots (`super::snapshot`)
+//!   snapshots/  the newest snapshots (`super::snapshot::store`)
 //! ```
 //!
 //! Disk work never runs on the async worker threads: WAL writes and fsyncs happen on the
@@ -120,7 +120,7 @@ pub struct Opened {
     pub learner_reason: Option<String>,
     /// The snapshots in use (the log continues after the last one), and how many were
     /// found damaged.
-    pub snapshots: super::snapshot::Recovered,
+    pub snapshots: super::snapshot::store::Recovered,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -368,7 +368,7 @@ pub fn open_with(
         learner: meta.learner,
         quarantine: fresh_path.exists(),
     };
-    let snapshots = super::snapshot::recover(path, &mut wal)?;
+    let snapshots = super::snapshot::store::recover(path, &mut wal)?;
     let recovered = open_recovered_log(&wal, snapshots.installed.last());
     let (durable_tx, durable) = watch::channel(Progress {
         written_lsn: wal.last_lsn(),
@@ -434,7 +434,7 @@ fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
     }
 }
 
-/// The log as the core sees it: after the snapshot, if there is one (`snapshot::recover`
+/// The log as the core sees it: after the snapshot, if there is one (`snapshot::store::recover`
 /// made the log continue it). Records the WAL still holds at or below the snapshot's LSN
 /// are kept for backups and applications that read them, but the core starts after them.
 fn open_recovered_log(wal: &Wal, snapshot: Option<&wal::snapshot::SnapshotInfo>) -> RecoveredLog {

@@ -33,10 +33,11 @@
 //! - [`peer`]: the authenticated peer transport.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`proxy`]: the client port, a TCP proxy to whichever node is primary.
-//! - [`app_api`]: the local application's socket: append, subscribe, role events.
+//! - [`app_api`]: the local application's socket: append, subscribe, role events, and
+//!   snapshots uploaded and restored ([`app_api::snapshot`]).
 //! - [`admin`]: the admin HTTP server (`--admin-listen`): status, health checks, metrics.
 //! - [`snapshot`]: snapshots: asking the application, storing, truncating the log, the
-//!   transfer to backups that need one, restoring the application.
+//!   transfer to backups that need one, restoring the application (one file per job).
 //! - [`repair`]: the scrub of the committed log, and the repair of a damaged record from a
 //!   peer's copy.
 //! - [`supervise`]: the application run by the sidecar (`--app-cmd`): start, output to the
@@ -1117,7 +1118,7 @@ pub async fn run(
         snapshots: Arc::clone(&snapshots),
         app_health: Arc::clone(&app_health),
     };
-    tracker.spawn(snapshot::schedule(
+    tracker.spawn(snapshot::schedule::schedule(
         Arc::clone(&snapshots),
         handle.watch_commit(),
     ));

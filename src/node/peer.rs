@@ -106,7 +106,7 @@ pub struct PeerConfig {
     /// This node's admin address, told to peers in the handshake.
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<super::metrics::Metrics>,
-    /// Where a snapshot connection's data goes (`snapshot::receive`).
+    /// Where a snapshot connection's data goes (`snapshot::transfer::receive`).
     pub snapshots: Arc<super::snapshot::Snapshots>,
     /// The local log, for answering repair requests (`repair::serve`).
     pub reader: wal::reader::Reader,
@@ -203,7 +203,7 @@ impl PeerNet {
         }
     }
 
-    /// The transport's configuration, for a snapshot connection (`snapshot::send`).
+    /// The transport's configuration, for a snapshot connection (`snapshot::transfer::send`).
     pub fn config(&self) -> Arc<PeerConfig> {
         Arc::clone(&self.config)
     }
@@ -517,9 +517,15 @@ async fn serve_inbound(
         let frame = read_frame(&mut reader).await?;
         if let Frame::SnapshotBegin { .. } = frame {
             // A snapshot connection: it carries nothing else.
-            return super::snapshot::receive(&config.snapshots, from, frame, reader, writer)
-                .await
-                .map_err(LinkError::Snapshot);
+            return super::snapshot::transfer::receive(
+                &config.snapshots,
+                from,
+                frame,
+                reader,
+                writer,
+            )
+            .await
+            .map_err(LinkError::Snapshot);
         }
         if let Frame::RepairRequest {
             first_lsn,

@@ -156,7 +156,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::core::Role;
 use crate::{Epoch, Lsn, NodeId};
 
 /// The protocol version this build speaks. Version 2 added `Ping` and `Pong`.
@@ -187,6 +186,12 @@ const _: () = assert!(append_frame_len(1, wal::format::RECORD_PAYLOAD_LEN_MAX) <
 const _: () = assert!(wal::format::record_len(wal::format::RECORD_PAYLOAD_LEN_MAX) < FRAME_LEN_MAX);
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 const _: () = assert!(APPEND_COUNT_MAX <= u32::MAX as usize);
+
+/// Body bytes per `RestoreChunk`/`SnapshotChunk` the driver sends: one stored chunk.
+pub const APP_CHUNK_LEN: usize = wal::snapshot::SNAPSHOT_CHUNK_LEN;
+
+// A driver chunk must fit in one app frame with its offset and type byte.
+const _: () = assert!(APP_CHUNK_LEN + 64 <= FRAME_LEN_MAX);
 
 /// Bodies at least this long are written from their own `Bytes` instead of being copied into
 /// the write buffer.
@@ -222,6 +227,17 @@ impl RejectReason {
             _ => None,
         }
     }
+}
+
+/// A node's role, as the application sees it in a `Role` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows the primary of its epoch, or waits to hear of one.
+    Backup,
+    /// Asked for votes in its epoch and is waiting for them.
+    Candidate,
+    /// Elected in its epoch and holding the lease: the node that takes appends.
+    Primary,
 }
 
 fn role_to_u8(role: Role) -> u8 {

@@ -19,8 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{lock, Shared};
 use crate::client::{ClientError, ProposeError, StateMachine};
-use crate::node::snapshot::APP_CHUNK_LEN;
-use crate::proto::app::{Frame, PROTOCOL_VERSION};
+use crate::proto::app::{Frame, APP_CHUNK_LEN, PROTOCOL_VERSION};
 use crate::{Epoch, Lsn};
 
 /// How long an upload waits for the sidecar to take the snapshot in.

@@ -355,7 +355,7 @@ pub fn scratch_dir() -> std::path::PathBuf {
 /// (the fuzzer could not guess a CRC), and inputs the replay test checks on every run.
 /// `dir` is an empty scratch directory (the snapshot seed is written through it).
 pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
-    use understudy::core::{Append, AppendResponse, Message, Role};
+    use understudy::core::{Append, AppendResponse, Message};
     use understudy::NodeId;
 
     let mut seeds = Vec::new();
@@ -478,7 +478,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
             bytes: Bytes::from(records.clone()),
         },
         app::Frame::Role {
-            role: Role::Primary,
+            role: app::Role::Primary,
             epoch: Epoch(2),
             primary: Some(NodeId(1)),
             primary_client_addr: "127.0.0.1:7001".into(),

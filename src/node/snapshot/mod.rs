@@ -1,0 +1,452 @@
+//! Snapshots in the running node: asking the local application for them, storing them,
+//! truncating the log behind them, streaming them to backups that need records the log no
+//! longer holds, installing one received from the primary, and handing the newest one to
+//! the application when it (re)starts.
+//!
+//! The pieces, one job to a file, and who runs them:
+//! - [`Snapshots`] (this file), shared by the core loop, the app API, the peer transport and
+//!   the admin server: the snapshots installed, a broken-off receive kept for resuming,
+//!   transfer progress, and the channels that ask subscribed applications for a snapshot
+//!   and tell them to restore.
+//! - [`store`]: the files. [`store::recover`], at start-up (`disk::open`): picks the newest
+//!   snapshot that verifies, moves damaged ones aside, and decides how the log continues
+//!   after it.
+//! - [`schedule`], a task: every `--snapshot-interval`, or after `--snapshot-after-bytes`
+//!   of log, asks the application; if it does not answer, says so (log and metric) and the
+//!   log is not truncated. It keeps the request, which an upload holds until it ends.
+//! - [`app_api::snapshot`](super::app_api::snapshot), in the app API: the application's
+//!   snapshot uploaded into a snapshot file, and the newest snapshot streamed to the
+//!   application as `RestoreBegin`, `RestoreChunk`s and `RestoreEnd`.
+//! - [`core_loop`]: `Shell::on_snapshot_event` (core loop): retention, truncation,
+//!   installing a received snapshot, and the core's `SnapshotSent`/`SnapshotFailed`/
+//!   `SnapshotInstalled` inputs.
+//! - [`transfer`]: [`transfer::send`] (a task per backup) and [`transfer::receive`] (a peer
+//!   connection): the transfer protocol of `proto::peer` ("Snapshot transfer"), windowed,
+//!   resumable, every chunk verified.
+//!
+//! What they use of each other and of the rest of the node: [`store`] needs nothing of the
+//! node but `disk::DiskError`, and `disk` needs nothing here but [`store`]; [`schedule`]
+//! works on [`Snapshots`] alone; [`core_loop`] is the core loop's side, and starts
+//! transfers; [`transfer`] dials through the peer transport and is handed the snapshot
+//! connections it accepts (as `repair` is); the app API's part uses [`Snapshots`],
+//! [`schedule`] and [`store`]. Nothing here uses the app API or the node's handle.
+//!
+//! # Which records the log keeps
+//!
+//! The log always reaches back to the oldest snapshot kept, so that any kept snapshot plus
+//! the log is the whole committed history: if the newest turns out damaged at start-up, the
+//! one before it is used. Beyond that it keeps `--wal-retain-bytes` of log behind the newest
+//! snapshot, so that a briefly lagging backup catches up from the log rather than by a
+//! snapshot. Only whole segments are deleted. In the chain of LSNs:
+//!
+//! ```text
+//! log first_lsn - 1  <=  oldest kept snapshot lsn  <=  newest snapshot lsn  <=  applied  <=  commit_lsn
+//! ```
+//!
+//! Nothing here blocks the core loop for long: files are written and read on blocking
+//! threads, one chunk at a time, so memory does not grow with a snapshot's size.
+
+pub mod core_loop;
+pub mod schedule;
+pub mod store;
+pub mod transfer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+use wal::snapshot::{SnapshotInfo, SnapshotWriter};
+use wal::{Epoch, Lsn, NodeId};
+
+use store::{quarantine_file, Recovered, SNAPSHOTS_DIR};
+
+/// The snapshot flags of `understudy run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Ask the application for a snapshot this often (`--snapshot-interval`).
+    pub interval: Duration,
+    /// ...or once this many bytes of log were written since the last one
+    /// (`--snapshot-after-bytes`).
+    pub after_bytes: u64,
+    /// Snapshots kept (`--snapshots-retain`, at least 1).
+    pub retain: usize,
+    /// Bytes of log kept behind the newest snapshot (`--wal-retain-bytes`).
+    pub wal_retain_bytes: u64,
+    /// Log segments are rolled at this size (`--wal-segment-bytes`); truncation deletes
+    /// whole segments.
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> SnapshotConfig {
+        SnapshotConfig {
+            interval: Duration::from_secs(600),
+            after_bytes: 1 << 30,
+            retain: 2,
+            wal_retain_bytes: 64 << 20,
+            wal_segment_bytes: wal::Options::default().segment_bytes_max,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// How long the application has to start answering a snapshot request, and, during an
+    /// upload, to send the next piece of it.
+    pub fn answer_timeout(&self) -> Duration {
+        self.interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
+/// A transfer in progress, as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TransferStatus {
+    pub peer: u16,
+    /// `sending` (this node is the primary) or `receiving`.
+    pub direction: &'static str,
+    pub lsn: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Where this attempt started (non-zero when it resumed a broken-off transfer).
+    pub resumed_at: u64,
+    pub rate_bytes_per_s: u64,
+    pub eta_ms: Option<u64>,
+}
+
+/// The snapshot part of `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SnapshotStatus {
+    /// The newest snapshot's LSN (0 when none).
+    pub snapshot_lsn: u64,
+    pub snapshot_count: usize,
+    /// Why the log is not being truncated, when the application does not answer.
+    pub warning: Option<String>,
+    /// The request to the application: `idle`, `asked` or `uploading`.
+    pub request: &'static str,
+    pub transfers: Vec<TransferStatus>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SnapshotMetrics {
+    pub taken: AtomicU64,
+    pub requests_unanswered: AtomicU64,
+    pub requests_declined: AtomicU64,
+    /// Uploads of the application's snapshot that stalled or broke off before the end.
+    pub uploads_abandoned: AtomicU64,
+    pub installed_from_primary: AtomicU64,
+    pub transfers_resumed: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub corrupt_found: AtomicU64,
+    pub log_segments_truncated: AtomicU64,
+}
+
+impl SnapshotMetrics {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the core loop is told or asked (`Shell::on_snapshot_event`).
+#[derive(Debug)]
+pub enum Event {
+    /// The local application's snapshot is installed.
+    Taken(SnapshotInfo),
+    /// A snapshot from the primary is installed on disk; put it in use if the core still
+    /// wants it, and answer whether it did.
+    Received {
+        info: SnapshotInfo,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Whether the core wants the snapshot the primary offers.
+    Wanted {
+        lsn: Lsn,
+        epoch: Epoch,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The transfer to `to` ended: delivered (installed or not wanted) through `lsn`, or failed.
+    Sent {
+        to: NodeId,
+        delivered: Option<(Lsn, Epoch)>,
+    },
+    /// The epoch of the committed record at `lsn`, if the log still knows it.
+    EpochOf {
+        lsn: Lsn,
+        reply: oneshot::Sender<Option<Epoch>>,
+    },
+}
+
+/// The scheduler's view of the current request to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// Nothing asked; ask again no earlier than this.
+    Idle { not_before: Instant },
+    /// Asked at this time; no answer yet.
+    Asked { at: Instant },
+    /// The application is streaming its snapshot; the [`schedule::UploadGuard`] with this `id` owns
+    /// the request until the upload ends.
+    Uploading { id: u64 },
+}
+
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Idle { .. } => "idle",
+            Request::Asked { .. } => "asked",
+            Request::Uploading { .. } => "uploading",
+        }
+    }
+}
+
+/// A receive that broke off, kept to resume from (its temp file holds `body_len` bytes).
+struct Partial {
+    from: NodeId,
+    lsn: Lsn,
+    epoch: Epoch,
+    body_len: u64,
+    writer: SnapshotWriter,
+}
+
+struct State {
+    /// Installed snapshots in use, ascending by LSN. The newest was verified whole (at
+    /// start-up, or as it was written); the others' headers were checked.
+    installed: Vec<SnapshotInfo>,
+    partial: Option<Partial>,
+    /// The LSN of a receive in progress.
+    receiving: Option<Lsn>,
+    transfers: BTreeMap<(u16, &'static str), TransferStatus>,
+    request: Request,
+    /// Uploads started, for the next upload's id.
+    uploads_started: u64,
+    /// A snapshot in use was found damaged: ask for a new one without waiting for the
+    /// interval.
+    wanted_soon: bool,
+    last_taken: Instant,
+    warning: Option<String>,
+}
+
+/// The node's snapshots; see the module docs. Shared through an `Arc`.
+pub struct Snapshots {
+    dir: PathBuf,
+    config: SnapshotConfig,
+    state: Mutex<State>,
+    /// Bumped to ask subscribed applications for a snapshot.
+    request_tx: watch::Sender<u64>,
+    /// The LSN of the last snapshot installed from the primary. Published before the log is
+    /// reset after it, so that app subscriptions stop reading the old log (see
+    /// [`Snapshots::watch_reset`]).
+    reset_tx: watch::Sender<Lsn>,
+    events: mpsc::Sender<Event>,
+    /// Bytes of log written since the last snapshot.
+    log_bytes: AtomicU64,
+    pub metrics: SnapshotMetrics,
+    cancel: CancellationToken,
+    /// Test knob: a pause before each chunk a sender sends (`UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS`).
+    chunk_delay: Option<Duration>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on a blocking thread (file I/O) and waits for it.
+pub(crate) async fn on_blocking_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+impl Snapshots {
+    /// The store for `data_dir`, holding the snapshots [`store::recover`] found.
+    pub fn new(
+        data_dir: &Path,
+        config: SnapshotConfig,
+        recovered: Recovered,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Snapshots {
+        let metrics = SnapshotMetrics::default();
+        metrics
+            .corrupt_found
+            .store(recovered.corrupt as u64, Ordering::Relaxed);
+        let installed = recovered.installed;
+        let now = Instant::now();
+        let chunk_delay = std::env::var("UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
+        Snapshots {
+            dir: data_dir.join(SNAPSHOTS_DIR),
+            config,
+            state: Mutex::new(State {
+                installed,
+                partial: None,
+                receiving: None,
+                transfers: BTreeMap::new(),
+                request: Request::Idle { not_before: now },
+                uploads_started: 0,
+                wanted_soon: false,
+                last_taken: now,
+                warning: None,
+            }),
+            request_tx: watch::Sender::new(0),
+            reset_tx: watch::Sender::new(Lsn::ZERO),
+            events,
+            log_bytes: AtomicU64::new(0),
+            metrics,
+            cancel,
+            chunk_delay,
+        }
+    }
+
+    /// A store with no directory behind it, for tests of the app API that stand in for the
+    /// core loop: it never asks for snapshots and has none to restore.
+    #[doc(hidden)]
+    pub fn detached() -> Snapshots {
+        let (events, _) = mpsc::channel(1);
+        Snapshots::new(
+            Path::new("/nonexistent"),
+            SnapshotConfig::default(),
+            Recovered {
+                installed: Vec::new(),
+                corrupt: 0,
+            },
+            events,
+            CancellationToken::new(),
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The snapshot flags this node runs with.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.config
+    }
+
+    /// The epoch of the committed record at `lsn`, asked of the core loop: `None` when `lsn`
+    /// is not committed, the log no longer holds it, or the loop is gone.
+    pub(crate) async fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
+        let (reply, answer) = oneshot::channel();
+        match self.events.send(Event::EpochOf { lsn, reply }).await {
+            Ok(()) => answer.await.ok().flatten(),
+            Err(_) => None,
+        }
+    }
+
+    /// The newest snapshot in use.
+    pub fn newest(&self) -> Option<SnapshotInfo> {
+        lock(&self.state).installed.last().cloned()
+    }
+
+    /// Counts log bytes written, towards `--snapshot-after-bytes`.
+    pub fn note_log_bytes(&self, len: u64) {
+        self.log_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Wakes on every request for a snapshot (app subscriptions watch it).
+    pub fn watch_requests(&self) -> watch::Receiver<u64> {
+        self.request_tx.subscribe()
+    }
+
+    /// Wakes when a snapshot from the primary replaced the log: the LSN it covers.
+    pub fn watch_reset(&self) -> watch::Receiver<Lsn> {
+        self.reset_tx.subscribe()
+    }
+
+    pub fn status(&self) -> SnapshotStatus {
+        let state = lock(&self.state);
+        SnapshotStatus {
+            snapshot_lsn: state.installed.last().map_or(0, |info| info.lsn.get()),
+            snapshot_count: state.installed.len(),
+            warning: state.warning.clone(),
+            request: state.request.name(),
+            transfers: state.transfers.values().cloned().collect(),
+        }
+    }
+
+    /// Appends the snapshot counters in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let m = &self.metrics;
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            ("understudy_snapshots_taken_total", "Snapshots of the local application stored.", &m.taken),
+            ("understudy_snapshot_requests_unanswered_total", "Snapshot requests the application did not answer in time; the log is not truncated meanwhile.", &m.requests_unanswered),
+            ("understudy_snapshot_requests_declined_total", "Snapshot requests the application declined.", &m.requests_declined),
+            ("understudy_snapshot_uploads_abandoned_total", "Uploads of the application's snapshot that stalled or broke off before the end; the application is asked again.", &m.uploads_abandoned),
+            ("understudy_snapshots_installed_from_primary_total", "Snapshots received from the primary and installed.", &m.installed_from_primary),
+            ("understudy_snapshot_transfers_resumed_total", "Snapshot transfers resumed after a broken connection.", &m.transfers_resumed),
+            ("understudy_snapshot_sent_bytes_total", "Snapshot body bytes sent to backups and acknowledged.", &m.bytes_sent),
+            ("understudy_snapshot_received_bytes_total", "Snapshot body bytes received and verified.", &m.bytes_received),
+            ("understudy_snapshots_corrupt_total", "Snapshots found damaged and not used.", &m.corrupt_found),
+            ("understudy_log_segments_truncated_total", "Log segments deleted behind a snapshot.", &m.log_segments_truncated),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+        }
+        let lsn = self.newest().map_or(0, |info| info.lsn.get());
+        let _ = writeln!(
+            out,
+            "# HELP understudy_snapshot_lsn The LSN the newest snapshot covers."
+        );
+        let _ = writeln!(out, "# TYPE understudy_snapshot_lsn gauge");
+        let _ = writeln!(out, "understudy_snapshot_lsn {lsn}");
+    }
+
+    fn set_transfer(&self, status: Option<TransferStatus>, key: (u16, &'static str)) {
+        let mut state = lock(&self.state);
+        match status {
+            Some(status) => {
+                state.transfers.insert(key, status);
+            }
+            None => {
+                state.transfers.remove(&key);
+            }
+        }
+    }
+
+    /// A snapshot in use failed verification after start-up (`error`): stop using it, move
+    /// it to `snapshots-corrupt/` as start-up does, and ask the application for a new one
+    /// at once. The snapshot before it, if one is kept, is the newest from now on (the log
+    /// reaches back to the oldest kept: module docs). Logs one line. Nothing happens if
+    /// another transfer already put it aside.
+    async fn quarantine(&self, info: &SnapshotInfo, error: &wal::Error) {
+        let fallback = {
+            let mut state = lock(&self.state);
+            let Some(at) = state.installed.iter().position(|i| i.path == info.path) else {
+                return;
+            };
+            state.installed.remove(at);
+            state.wanted_soon = true;
+            if let Request::Idle { not_before } = &mut state.request {
+                *not_before = Instant::now();
+            }
+            state.installed.last().map(|i| i.lsn)
+        };
+        SnapshotMetrics::add(&self.metrics.corrupt_found);
+        error!(
+            path = %info.path.display(),
+            lsn = %info.lsn,
+            %error,
+            fallback_lsn = fallback.map(|lsn| lsn.get()),
+            "snapshot found damaged while sending; moved to snapshots-corrupt/, using the one before it and asking the application for a new one"
+        );
+        let data_dir = wal::fs::parent(&self.dir).to_owned();
+        let path = info.path.clone();
+        if let Err(e) = on_blocking_thread(move || quarantine_file(&data_dir, &path)).await {
+            warn!(path = %info.path.display(), error = %e, "cannot move the damaged snapshot aside; it is no longer used");
+        }
+    }
+}
