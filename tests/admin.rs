@@ -135,6 +135,20 @@ fn admin_endpoints_report_roles_status_and_metrics() {
     for id in 1..=3 {
         assert_eq!(get(admin(id), "/health"), Some((200, "ok\n".into())));
     }
+    // No application is expected here (no --app-addr, none attached): each node is ready
+    // for its role, the primary with its lease, the backups following it.
+    assert_eq!(
+        get(admin(primary), "/ready"),
+        Some((200, "primary\n".into()))
+    );
+    for &id in &backups {
+        assert!(
+            wait_until(Duration::from_secs(5), || get(admin(id), "/ready")
+                == Some((200, "backup\n".into()))),
+            "backup {id} never became ready: {:?}",
+            get(admin(id), "/ready")
+        );
+    }
     let (code_head, head, _) = http(admin(primary), "HEAD", "/primary").expect("HEAD answers");
     assert_eq!(code_head, 200, "{head}");
 
@@ -319,11 +333,30 @@ fn switchover_command_moves_the_primary_role_and_reports_the_pause() {
         primaries(&cluster)
     );
 
-    // The old primary is a backup now: it refuses, naming the new primary if it knows it.
+    // Asked through the old primary, a backup now, the command finds the new primary (by
+    // the admin address it announced) and hands back: any node's admin port will do.
     let (code, out, err) = understudy(&args(&[
         "switchover",
         "--admin",
         &admin(old).to_string(),
+        "--to",
+        &old.to_string(),
+    ]));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.starts_with(&format!("switchover to node {old}: handed over")),
+        "{out}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || primaries(&cluster) == [old]),
+        "node {old} never became primary again; primaries now {:?}",
+        primaries(&cluster)
+    );
+    // A node that is its own target is refused in words.
+    let (code, out, err) = understudy(&args(&[
+        "switchover",
+        "--admin",
+        &admin(target).to_string(),
         "--to",
         &old.to_string(),
     ]));
@@ -332,7 +365,7 @@ fn switchover_command_moves_the_primary_role_and_reports_the_pause() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with(&format!(
-            "understudy: switchover to node {old}: refused: node {old} is not the primary"
+            "understudy: switchover to node {old}: refused: node {old} is already the primary"
         )),
         "{err}"
     );
