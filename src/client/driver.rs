@@ -1,9 +1,13 @@
-//! The [`Driver`]: one connection to the sidecar, two tasks, and the state machine.
+//! The [`Driver`]: one connection to the sidecar, three tasks, and the state machine.
 //!
 //! - The **reader task** reads every frame the sidecar sends. `Records`: each record is
 //!   decoded and its CRC verified, its LSN must be the next one, and then it is applied
 //!   (epoch-start records only advance the applied LSN). `Appended`/`Rejected`: the
-//!   proposers of that request are answered. `Role`: the role is published.
+//!   proposers of that request are answered. `Role`: the role is published. `Ping`: its
+//!   nonce is handed to the ponger.
+//! - The **ponger task** answers the latest `Ping` with `Pong` and the applied LSN. The
+//!   reader notes a ping only after it handled every frame before it, so a state machine
+//!   whose `apply` hangs stops the answers, and the sidecar finds the application hung.
 //! - The **writer task** takes proposals from a bounded queue and sends whatever is waiting
 //!   as one `Append`, registering its proposers under the request id first. At most
 //!   [`APPENDS_INFLIGHT_MAX`] appends are unanswered at once: while they are, new proposals
