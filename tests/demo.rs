@@ -1,12 +1,13 @@
 //! `understudy demo`, run as a user would (not on a terminal, so in plain-output mode) with
-//! short phases: it succeeds, reports the write pause and a count of acknowledged writes
-//! all readable, and leaves no process and no data directory behind; SIGTERM in the
-//! middle stops every child too.
+//! short phases, in each of its acts (the primary's machine killed; the primary's
+//! application alone killed): it succeeds, reports the write pause and a count of
+//! acknowledged writes all readable, and leaves no process and no data directory behind;
+//! SIGTERM in the middle stops every child too.
 
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -77,17 +78,25 @@ fn demo_command(dir: &Path) -> Command {
     command
 }
 
-#[test]
-fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// A finished demo run: its output, and the directory it was told to use.
+struct Run {
+    stdout: String,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+/// Runs `understudy demo` with short phases and `args`, and asserts that it succeeded.
+fn run_demo(args: &[&str]) -> Run {
     let temp = tempfile::Builder::new()
         .prefix("understudy-demo-test-")
         .tempdir()
         .unwrap();
     let dir = temp.path().join("demo");
     let started = Instant::now();
-    let output = support::output_within(demo_command(&dir), Duration::from_secs(90));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut command = demo_command(&dir);
+    command.args(args);
+    let output = support::output_within(command, Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let logs = || {
         let mut text = String::new();
@@ -114,25 +123,29 @@ fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
     );
     eprintln!("{stdout}");
     eprintln!("the demo took {:.1} s", started.elapsed().as_secs_f64());
+    Run {
+        stdout,
+        dir,
+        _temp: temp,
+    }
+}
 
-    // It killed the primary and says how long writes paused.
-    assert!(stdout.contains("kill -9 node"), "{stdout}");
-    let pause = number_after(&stdout, "writes paused ").expect("a write pause is reported");
-    assert!(pause > 0 && pause < 30_000, "pause {pause} ms\n{stdout}");
-    assert!(stdout.contains("is the new primary"), "{stdout}");
-    assert!(stdout.contains("rejoined as a backup"), "{stdout}");
-
-    // Every acknowledged write is readable, and there were some.
-    let readable = number_after(&stdout, "all ").expect("a count of readable writes");
-    let acknowledged = number_after(&stdout, "stopped writing: ").expect("a count of writes");
+/// Every acknowledged write is readable, and there were some.
+fn assert_nothing_lost(stdout: &str) {
+    let readable = number_after(stdout, "all ").expect("a count of readable writes");
+    let acknowledged = number_after(stdout, "stopped writing: ").expect("a count of writes");
     assert!(readable > 0, "{stdout}");
     assert_eq!(readable, acknowledged, "{stdout}");
     assert!(
         stdout.contains(&format!("all {readable} acknowledged writes are readable")),
         "{stdout}"
     );
+}
 
-    // No process it started is left, and only the logs remain.
+/// No process the demo started is left (it started `started` of them), and only the logs
+/// remain.
+fn assert_cleaned_up(run: &Run, started: usize) {
+    let (stdout, dir) = (&run.stdout, &run.dir);
     let pids_line = stdout
         .lines()
         .find(|line| line.contains("every PID started: "))
@@ -145,9 +158,8 @@ fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
         .split_whitespace()
         .map(|pid| pid.parse().unwrap())
         .collect();
-    // Three sidecars and three servers, and the killed node's two again.
-    assert_eq!(pids.len(), 8, "{pids_line}");
-    let left = processes_using(&dir);
+    assert_eq!(pids.len(), started, "{pids_line}");
+    let left = processes_using(dir);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     for pid in pids {
         // A PID may have been reused by now, but not by a process of this demo.
@@ -163,6 +175,64 @@ fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
     assert!(dir.join("logs/node1.log").exists());
     assert!(dir.join("logs/kv1.log").exists());
     assert!(stdout.contains(&dir.join("logs").display().to_string()));
+}
+
+#[test]
+fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let run = run_demo(&[]);
+    let stdout = &run.stdout;
+
+    // It killed the primary and says how long writes paused.
+    assert!(stdout.contains("kill -9 node"), "{stdout}");
+    let pause = number_after(stdout, "writes paused ").expect("a write pause is reported");
+    assert!(pause > 0 && pause < 30_000, "pause {pause} ms\n{stdout}");
+    assert!(stdout.contains("is the new primary"), "{stdout}");
+    assert!(stdout.contains("rejoined as a backup"), "{stdout}");
+    assert!(!stdout.contains("act: app-kill"), "{stdout}");
+
+    assert_nothing_lost(stdout);
+    // Three sidecars and three servers, and the killed node's two again.
+    assert_cleaned_up(&run, 8);
+}
+
+/// `--act app-kill`: only the primary's key-value server is killed; its sidecar reports the
+/// application gone and hands over within the app timeout (plus a second for the election
+/// and the client's reconnection), the restarted server comes back as a live backup's, and
+/// nothing acknowledged is lost.
+#[test]
+fn demo_app_kill_hands_over_to_a_live_application_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let app_timeout_ms = 500;
+    let run = run_demo(&["--act", "app-kill", "--app-timeout", "500ms"]);
+    let stdout = &run.stdout;
+
+    assert!(stdout.contains("app timeout 500ms"), "{stdout}");
+    // The primary's server alone was killed.
+    assert!(
+        stdout.contains("'s key-value server (pid ") && stdout.contains("keeps running"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reports its application gone") && stdout.contains("its /primary answers "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("handed over to node") && stdout.contains("whose application is live"),
+        "{stdout}"
+    );
+    let pause = number_after(stdout, "writes paused ").expect("a write pause is reported");
+    assert!(
+        pause > 0 && pause < app_timeout_ms + 1_000,
+        "pause {pause} ms, the app timeout {app_timeout_ms} ms\n{stdout}"
+    );
+    assert!(stdout.contains("application is live again"), "{stdout}");
+    // The failover act did not run.
+    assert!(!stdout.contains("rejoined as a backup"), "{stdout}");
+
+    assert_nothing_lost(stdout);
+    // Three sidecars and three servers, and the killed server again.
+    assert_cleaned_up(&run, 7);
 }
 
 /// SIGTERM while the demo writes: it stops and reaps every child and exits non-zero.

@@ -32,7 +32,8 @@ pub enum Command {
     Pause(pause::PauseArgs),
     /// End maintenance: automatic failover again on every node.
     Resume(pause::PauseArgs),
-    /// Show a three-node cluster on loopback: a failover under writes, a rejoin, no
+    /// Show a three-node cluster on loopback: a failover under writes (or, with --act
+    /// app-kill, the primary's application killed and a hand-over), a rejoin, no
     /// acknowledged write lost.
     Demo(demo::DemoArgs),
     /// The demo's key-value server (run by `understudy demo` beside each sidecar).

@@ -67,16 +67,20 @@ pub(crate) struct StatusView {
     pub(crate) paused: bool,
     /// The application's liveness (absent from older nodes).
     #[serde(default)]
-    app_health: Option<AppHealthView>,
+    pub(crate) app_health: Option<AppHealthView>,
 }
 
-/// The part of `/status` `app_health` this command reads.
+/// The part of `/status` `app_health` this command (and `understudy demo`) reads.
 #[derive(Debug, Clone, Deserialize)]
-struct AppHealthView {
-    expected: bool,
-    live: bool,
-    applied_lsn: u64,
-    since_ms: u64,
+pub(crate) struct AppHealthView {
+    pub(crate) expected: bool,
+    pub(crate) live: bool,
+    pub(crate) applied_lsn: u64,
+    /// When `live` last changed, in milliseconds since the Unix epoch.
+    pub(crate) since_ms: u64,
+    /// While not live: why, in words.
+    #[serde(default)]
+    pub(crate) gone: Option<String>,
 }
 
 /// The part of a `node::PeerStatus` this command reads.

@@ -19,8 +19,8 @@ use crate::cli::status::{self, StatusView};
 /// Nodes in the demo's cluster.
 pub(super) const NODES: u16 = 3;
 
-/// How long one node's admin port gets to answer `/status`.
-const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one node's admin port gets to answer `/status` (or `/primary`).
+pub(super) const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The demo's ports, from a base: node N's client port is BASE+N, its peer port BASE+10+N,
 /// its admin port BASE+20+N and its key-value app BASE+30+N.
@@ -92,7 +92,8 @@ pub(super) struct Cluster {
     pub(super) ports: Ports,
     exe: PathBuf,
     secret: PathBuf,
-    timing: [String; 4],
+    /// The sidecars' timing flags.
+    timing: Vec<String>,
     nodes: Vec<NodeProcesses>,
     /// Every PID started, in order.
     pub(super) pids: Vec<u32>,
@@ -105,6 +106,7 @@ impl Cluster {
         ports: Ports,
         heartbeat: Duration,
         failover: Duration,
+        app_timeout: Duration,
     ) -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe().context("find this executable")?;
         std::fs::create_dir_all(dir.join("logs"))
@@ -120,11 +122,18 @@ impl Cluster {
             exe,
             secret,
             timing: [
-                "--heartbeat-interval".into(),
-                humantime::format_duration(heartbeat).to_string(),
-                "--failover-timeout".into(),
-                humantime::format_duration(failover).to_string(),
-            ],
+                ("--heartbeat-interval", heartbeat),
+                ("--failover-timeout", failover),
+                ("--app-timeout", app_timeout),
+            ]
+            .into_iter()
+            .flat_map(|(flag, value)| {
+                [
+                    flag.to_string(),
+                    humantime::format_duration(value).to_string(),
+                ]
+            })
+            .collect(),
             nodes: (0..NODES).map(|_| NodeProcesses::default()).collect(),
             pids: Vec::new(),
         })
@@ -161,12 +170,24 @@ impl Cluster {
 
     /// Starts node `id`'s sidecar and its key-value app; returns their PIDs.
     pub(super) fn start_node(&mut self, id: u16) -> anyhow::Result<(u32, u32)> {
+        let sidecar = self.start_sidecar(id)?;
+        let app = self.start_app(id)?;
+        Ok((sidecar, app))
+    }
+
+    /// The app's end of node `id`'s app API.
+    fn app_socket(&self, id: u16) -> PathBuf {
+        self.data_dir(id).join("app.sock")
+    }
+
+    /// Starts node `id`'s sidecar; returns its PID.
+    fn start_sidecar(&mut self, id: u16) -> anyhow::Result<u32> {
         let peers = (1..=NODES)
             .map(|n| format!("{n}={}", self.ports.peer(n)))
             .collect::<Vec<_>>()
             .join(",");
         let data_dir = self.data_dir(id);
-        let socket = data_dir.join("app.sock");
+        let socket = self.app_socket(id);
         let mut sidecar = self.command(&self.sidecar_log(id))?;
         sidecar
             .arg("run")
@@ -195,11 +216,16 @@ impl Cluster {
         let sidecar_pid = sidecar.id().unwrap_or(0);
         self.pids.push(sidecar_pid);
         self.node(id).sidecar = Some(sidecar);
+        Ok(sidecar_pid)
+    }
 
+    /// Starts node `id`'s key-value app (it waits for its sidecar's socket); returns its
+    /// PID.
+    pub(super) fn start_app(&mut self, id: u16) -> anyhow::Result<u32> {
         let mut app = self.command(&self.app_log(id))?;
         app.arg("demo-kv")
             .arg("--app-socket")
-            .arg(&socket)
+            .arg(self.app_socket(id))
             .arg("--listen")
             .arg(self.ports.app(id).to_string());
         let app = app
@@ -208,7 +234,7 @@ impl Cluster {
         let app_pid = app.id().unwrap_or(0);
         self.pids.push(app_pid);
         self.node(id).app = Some(app);
-        Ok((sidecar_pid, app_pid))
+        Ok(app_pid)
     }
 
     /// A command of this executable with its output appended to `log`.
@@ -245,9 +271,15 @@ impl Cluster {
     pub(super) async fn kill_node(&mut self, id: u16) {
         let node = self.node(id);
         let (sidecar, app) = (node.sidecar.take(), node.app.take());
-        for mut child in [sidecar, app].into_iter().flatten() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+        for child in [sidecar, app].into_iter().flatten() {
+            kill_and_reap(child).await;
+        }
+    }
+
+    /// `kill -9` of node `id`'s app alone (its sidecar keeps running), reaped.
+    pub(super) async fn kill_app(&mut self, id: u16) {
+        if let Some(app) = self.node(id).app.take() {
+            kill_and_reap(app).await;
         }
     }
 
@@ -298,11 +330,22 @@ impl Cluster {
     }
 }
 
+/// SIGKILL, then wait for the exit.
+async fn kill_and_reap(mut child: Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
 /// The nodes' admin addresses, by node id (index 0 is node 1).
 #[derive(Debug, Clone)]
 pub(super) struct Admins(pub(super) Vec<String>);
 
 impl Admins {
+    /// Node `id`'s admin address.
+    pub(super) fn of(&self, id: u16) -> &str {
+        &self.0[usize::from(id) - 1]
+    }
+
     /// Each node's `/status`, `None` where it did not answer (not running, say).
     pub(super) async fn statuses(&self) -> Vec<Option<StatusView>> {
         futures_util::future::join_all(

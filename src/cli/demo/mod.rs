@@ -1,23 +1,32 @@
-//! `understudy demo`: a three-node cluster on loopback, a failover and a rejoin, in one
-//! command.
+//! `understudy demo`: a three-node cluster on loopback, a failure of the primary under
+//! writes and the part's return, in one command.
 //!
 //! It starts three sidecars (`understudy run`, child processes of this executable) and
 //! three replicated key-value servers (the one in `examples/kv/`, compiled into this binary
 //! and run as the hidden `understudy demo-kv` subcommand), all in a temporary directory.
 //! A writer SETs one new key after another through a backup's client port and records each
-//! acknowledged write. The demo shows the cluster table live, kills the primary's sidecar
-//! and app with SIGKILL, reports the new primary and how long writes paused as the writer
-//! saw it, restarts the killed node and shows it rejoin as a backup and catch up, and at
-//! the end reads every acknowledged key back through a client port and prints the count
-//! (exit status 1 if any is missing).
+//! acknowledged write. The demo shows the cluster table live and plays one act or both
+//! (`--act`, `act.rs`):
+//!
+//! - `failover` (the default): kills the primary's sidecar and app with SIGKILL, reports
+//!   the new primary and how long writes paused as the writer saw it, restarts the killed
+//!   node and shows it rejoin as a backup and catch up;
+//! - `app-kill`: kills the primary's app alone with SIGKILL, shows the primary report it
+//!   gone and hand over after `--app-timeout` to a backup whose app is live, reports the
+//!   pause, restarts the app and shows it live again on a backup that caught up;
+//! - `all`: `failover`, then `app-kill`, on the same cluster.
+//!
+//! At the end it reads every acknowledged key back through a client port and prints the
+//! count (exit status 1 if any is missing).
 //!
 //! Every child is killed and reaped on the way out, also after Ctrl-C, SIGTERM or SIGHUP
 //! (and, through `PR_SET_PDEATHSIG`, if the demo itself is killed). On success the node
 //! data directories are removed and the logs kept; on failure everything is kept.
 //! `--keep` leaves the cluster running after the check, prints the ports for `redis-cli`,
-//! and stops it at Ctrl-C. `--trials N` repeats the kill and rejoin N times and prints the
+//! and stops it at Ctrl-C. `--trials N` repeats the acts N times and prints, for each, the
 //! failover time's minimum, median and maximum (`benches/README.md`).
 
+mod act;
 mod cluster;
 mod screen;
 mod writer;
@@ -35,6 +44,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use tokio::task::JoinHandle;
 
+use act::Act;
 use cluster::{settled, Admins, Cluster, Ports, NODES};
 use screen::Screen;
 use writer::{Target, Writer};
@@ -43,15 +53,43 @@ fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 3s)"))
 }
 
+/// Which failure of the primary `understudy demo` shows (`--act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acts {
+    /// The primary's machine dies: kill -9 of its sidecar and its key-value server; a
+    /// backup takes over after the failover timeout.
+    Failover,
+    /// The primary's application dies and its sidecar keeps running: kill -9 of its
+    /// key-value server alone; the primary hands over after --app-timeout to a backup
+    /// whose application is live.
+    AppKill,
+    /// Both, one after the other, on the same cluster.
+    All,
+}
+
+impl Acts {
+    /// The acts to run, in order.
+    fn acts(self) -> &'static [Act] {
+        match self {
+            Acts::Failover => &[Act::Failover],
+            Acts::AppKill => &[Act::AppKill],
+            Acts::All => &[Act::Failover, Act::AppKill],
+        }
+    }
+}
+
 /// Flags of `understudy demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Which failure of the primary to show.
+    #[arg(long, value_enum, default_value = "failover")]
+    pub act: Acts,
     /// How long to write in each phase: before the kill, between the failover and the
     /// restart, and after the rejoin.
     #[arg(long, default_value = "3s", value_parser = duration)]
     pub phase: Duration,
-    /// Kill and restart the primary this many times; with more than one, the failover
-    /// times' minimum, median and maximum are printed at the end.
+    /// Run the act (with --act all, both) this many times; with more than one, the
+    /// failover times' minimum, median and maximum are printed at the end.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub trials: u32,
     /// Leave the cluster running after the check, print its ports for redis-cli, and stop
@@ -72,10 +110,20 @@ pub struct DemoArgs {
     /// The sidecars' --failover-timeout.
     #[arg(long, default_value = "500ms", value_parser = duration)]
     pub failover_timeout: Duration,
+    /// The sidecars' --app-timeout: how long a primary's application may be gone before
+    /// it hands over (default: the failover timeout).
+    #[arg(long, value_parser = duration)]
+    pub app_timeout: Option<Duration>,
     /// Print progress lines only, no table redrawn in place (the default when stdout is
     /// not a terminal).
     #[arg(long)]
     pub plain: bool,
+}
+
+impl DemoArgs {
+    fn app_timeout(&self) -> Duration {
+        self.app_timeout.unwrap_or(self.failover_timeout)
+    }
 }
 
 /// Flags of the hidden `understudy demo-kv`: the key-value example's server, run by the
@@ -143,6 +191,9 @@ async fn signal_name() -> &'static str {
 /// `understudy demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::config::check_timing(args.heartbeat_interval, args.failover_timeout)?;
+    if args.app_timeout().is_zero() {
+        bail!("--app-timeout 0: must be more than zero");
+    }
     // One thread: every child is spawned from it, and PR_SET_PDEATHSIG follows the thread
     // that spawned, so it must live as long as the demo.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -171,13 +222,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
         None => temp_dir()?,
     };
-    let mut cluster = Cluster::new(dir, ports, args.heartbeat_interval, args.failover_timeout)?;
+    let mut cluster = Cluster::new(
+        dir,
+        ports,
+        args.heartbeat_interval,
+        args.failover_timeout,
+        args.app_timeout(),
+    )?;
     let screen = Screen::new(args.plain);
     screen.say(format!(
         "understudy demo: three sidecars and three key-value servers on 127.0.0.1, heartbeat {}, \
-         failover timeout {}\nfiles in {}, logs in {}",
+         failover timeout {}, app timeout {}\nfiles in {}, logs in {}",
         humantime::format_duration(args.heartbeat_interval),
         humantime::format_duration(args.failover_timeout),
+        humantime::format_duration(args.app_timeout()),
         cluster.dir.display(),
         cluster.logs_dir().display(),
     ));
@@ -239,6 +297,54 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the acts work with: the cluster, the screen, the admin ports, the writer and the
+/// timing asked for.
+struct Stage<'a> {
+    cluster: &'a mut Cluster,
+    screen: &'a Screen,
+    admins: Admins,
+    writer: Writer,
+    /// How long to wait for anything before giving up.
+    patience: Duration,
+    /// How long to write in each phase.
+    phase: Duration,
+    /// The sidecars' --app-timeout.
+    app_timeout: Duration,
+}
+
+impl Stage<'_> {
+    /// Waits for the writer's first write acknowledged after `at`.
+    async fn wait_for_write(&mut self, what: &str, at: Instant) -> anyhow::Result<()> {
+        let writer = &self.writer;
+        wait_for(self.cluster, what, self.patience, || {
+            let acked = writer.log().around(at).1.is_some();
+            async move { acked.then_some(()) }
+        })
+        .await
+    }
+
+    /// Brings the live area up to date now and, without a terminal, prints it.
+    async fn show(&self) {
+        show_now(self.screen, &self.admins, &self.writer).await;
+    }
+}
+
+/// Waits until one primary holds its lease and at least `answering` nodes answer, every
+/// one following it; the primary is not to be node `not`.
+async fn wait_settled(
+    cluster: &mut Cluster,
+    admins: &Admins,
+    what: &str,
+    patience: Duration,
+    answering: u16,
+    not: Option<u16>,
+) -> anyhow::Result<(u16, u64)> {
+    wait_for(cluster, what, patience, || async move {
+        settled(&admins.statuses().await, usize::from(answering)).filter(|&(id, _)| Some(id) != not)
+    })
+    .await
+}
+
 /// The whole show; `finished` is set once the check passed (with `--keep`, the scenario
 /// then waits for a signal).
 async fn scenario(
@@ -250,7 +356,7 @@ async fn scenario(
     let admins = cluster.admins();
     let ports = cluster.ports;
     // Generous for a loaded two-core machine, and scaled with the timing asked for.
-    let patience = Duration::from_secs(15) + args.failover_timeout * 10;
+    let patience = Duration::from_secs(15) + args.failover_timeout.max(args.app_timeout()) * 10;
 
     for id in 1..=NODES {
         let (sidecar, app) = cluster.start_node(id)?;
@@ -264,10 +370,14 @@ async fn scenario(
         ));
     }
     let started = Instant::now();
-    let (primary, epoch) = wait_for(cluster, "the nodes to elect a primary", patience, || {
-        let admins = admins.clone();
-        async move { settled(&admins.statuses().await, usize::from(NODES)) }
-    })
+    let (primary, epoch) = wait_settled(
+        cluster,
+        &admins,
+        "the nodes to elect a primary",
+        patience,
+        NODES,
+        None,
+    )
     .await?;
     let backups: Vec<u16> = (1..=NODES).filter(|&id| id != primary).collect();
     screen.say(format!(
@@ -279,15 +389,23 @@ async fn scenario(
     ));
 
     let through = backups[0];
-    let mut writer = Writer::start(Target {
-        node: through,
-        addr: ports.client(through),
-    });
+    let mut stage = Stage {
+        cluster,
+        screen,
+        admins,
+        writer: Writer::start(Target {
+            node: through,
+            addr: ports.client(through),
+        }),
+        patience,
+        phase: args.phase,
+        app_timeout: args.app_timeout(),
+    };
     let _table = AbortOnDrop(tokio::spawn(refresh_table(
-        admins.clone(),
-        writer.shared_log(),
+        stage.admins.clone(),
+        stage.writer.shared_log(),
         screen.clone(),
-        writer.subscribe(),
+        stage.writer.subscribe(),
     )));
     screen.say(format!(
         "writing: SET demo:N value-N, one at a time, through node {through}'s client port \
@@ -295,157 +413,30 @@ async fn scenario(
         ports.client(through)
     ));
     let since = Instant::now();
-    wait_for(cluster, "a first acknowledged write", patience, || {
-        let acked = writer.log().acks.len();
-        async move { (acked > 0).then_some(()) }
-    })
-    .await?;
+    stage
+        .wait_for_write("a first acknowledged write", since)
+        .await?;
     screen.say(format!(
         "the first write was acknowledged {:.0} ms later",
         ms(since.elapsed())
     ));
-    show_now(screen, &admins, &writer).await;
+    stage.show().await;
 
-    let mut failovers: Vec<(Duration, Duration)> = Vec::new();
-    let mut last_killed = primary;
+    let mut outcomes: Vec<(Act, act::Outcome)> = Vec::new();
     for trial in 1..=args.trials {
         if args.trials > 1 {
             screen.say(format!("trial {trial} of {}", args.trials));
         }
-        write_for(cluster, args.phase).await?;
-        let (old, old_epoch) = wait_for(cluster, "a settled cluster", patience, || {
-            let admins = admins.clone();
-            async move { settled(&admins.statuses().await, usize::from(NODES)) }
-        })
-        .await?;
-        show_now(screen, &admins, &writer).await;
-        // Write through a backup's port, so that the client sees the failover from a node
-        // that survives it.
-        if writer.target().node == old {
-            let node = (1..=NODES).find(|&id| id != old).unwrap_or(1);
-            writer.retarget(Target {
-                node,
-                addr: ports.client(node),
-            });
-            screen.say(format!(
-                "the writer moves to node {node}'s client port {}",
-                ports.client(node)
-            ));
-            let moved = Instant::now();
-            wait_for(cluster, "a write through the new port", patience, || {
-                let after = writer.log().around(moved).1.is_some();
-                async move { after.then_some(()) }
-            })
-            .await?;
+        for &act in args.act.acts() {
+            outcomes.push((act, act::run(&mut stage, act).await?));
         }
-        let (sidecar, app) = cluster.pids_of(old);
-        let acked_before = writer.log().acks.len();
-        screen.say(format!(
-            "kill -9 node {old}, the primary: its sidecar (pid {}) and its key-value server \
-             (pid {}); {acked_before} writes acknowledged so far",
-            sidecar.unwrap_or(0),
-            app.unwrap_or(0)
-        ));
-        let kill_at = Instant::now();
-        cluster.kill_node(old).await;
-        let killed_at = Instant::now();
-        last_killed = old;
-
-        let (before, after) = wait_for(
-            cluster,
-            "the writer's first acknowledged write after the kill",
-            patience,
-            || {
-                // The last acknowledgement before the kill was sent, and the first after it
-                // took effect (one in between was an old primary's answer).
-                let log = writer.log();
-                let (before, after) = (log.around(kill_at).0, log.around(killed_at).1);
-                async move { after.map(|after| (before, after)) }
-            },
-        )
-        .await?;
-        let first_write = after.saturating_duration_since(kill_at);
-        let pause = after.saturating_duration_since(before.unwrap_or(kill_at));
-        let failed = writer.log().failed;
-        let (new, new_epoch) = wait_for(cluster, "a new primary", patience, || {
-            let admins = admins.clone();
-            async move {
-                settled(&admins.statuses().await, usize::from(NODES) - 1)
-                    .filter(|&(id, _)| id != old)
-            }
-        })
-        .await?;
-        screen.say(format!(
-            "node {new} is the new primary (epoch {new_epoch}, was {old_epoch}); the writer's \
-             first acknowledged write came {:.0} ms after the kill\nwrites paused {:.0} ms \
-             (from the last acknowledged write before the kill to the first after it); {} \
-             attempts so far were cut off or refused",
-            ms(first_write),
-            ms(pause),
-            failed
-        ));
-        show_now(screen, &admins, &writer).await;
-        failovers.push((first_write, pause));
-
-        write_for(cluster, args.phase).await?;
-        let target = admins
-            .statuses()
-            .await
-            .into_iter()
-            .flatten()
-            .find(|view| view.node_id == new)
-            .map_or(0, |view| view.commit_lsn);
-        let (sidecar, app) = cluster.start_node(old)?;
-        let restarted = Instant::now();
-        screen.say(format!(
-            "restarting node {old}: sidecar pid {sidecar}, key-value server pid {app}; the \
-             primary's commit LSN is {target}"
-        ));
-        let app_addr = ports.app(old);
-        let (as_backup, caught_up, applied) = wait_for(
-            cluster,
-            &format!("node {old} to rejoin and catch up"),
-            patience,
-            || {
-                let admins = admins.clone();
-                async move {
-                    let views = admins.statuses().await;
-                    let own = views.iter().flatten().find(|v| v.node_id == old)?;
-                    let from_primary = views.iter().flatten().find(|v| v.node_id == new)?;
-                    let seen = from_primary
-                        .peers
-                        .iter()
-                        .any(|p| p.node_id == old && p.connected);
-                    let joined = own.role == "backup" && own.primary == Some(new) && seen;
-                    if !joined || own.durable_lsn < target {
-                        return None;
-                    }
-                    let applied: u64 = writer::info_field(app_addr, "applied_lsn")
-                        .await
-                        .ok()?
-                        .parse()
-                        .ok()?;
-                    (applied >= target).then_some((own.epoch, own.durable_lsn, applied))
-                }
-            },
-        )
-        .await?;
-        let gap = writer.log().longest_gap_since(restarted);
-        screen.say(format!(
-            "node {old} rejoined as a backup of node {new} (epoch {as_backup}) and caught up \
-             {:.1} s after the restart: its log is durable to LSN {caught_up}, its key-value \
-             server replayed it to LSN {applied}\nthe longest pause in writes meanwhile: {:.0} ms",
-            restarted.elapsed().as_secs_f64(),
-            ms(gap),
-        ));
-        show_now(screen, &admins, &writer).await;
     }
 
-    write_for(cluster, args.phase).await?;
-    writer.stop().await;
-    show_now(screen, &admins, &writer).await;
+    write_for(stage.cluster, args.phase).await?;
+    stage.writer.stop().await;
+    stage.show().await;
     let (seqs, failed, connections, rate_window) = {
-        let log = writer.log();
+        let log = stage.writer.log();
         let seqs: Vec<u64> = log.acks.iter().map(|(seq, _)| *seq).collect();
         let window = match (log.acks.first(), log.acks.last()) {
             (Some(first), Some(last)) => last.1.saturating_duration_since(first.1),
@@ -459,7 +450,10 @@ async fn scenario(
         seqs.len(),
         seqs.len() as f64 / rate_window.as_secs_f64().max(0.001),
     ));
-    let reader = last_killed;
+    // Through the node killed last: it has come back, so this also shows it serving.
+    let reader = outcomes
+        .last()
+        .map_or(primary, |(_, outcome)| outcome.killed);
     screen.say(format!(
         "reading every acknowledged key back through node {reader}'s client port {} ...",
         ports.client(reader)
@@ -482,8 +476,15 @@ async fn scenario(
         "all {} acknowledged writes are readable: none was lost",
         seqs.len()
     ));
-    if failovers.len() > 1 {
-        screen.say(summary(&failovers));
+    if args.trials > 1 {
+        for &act in args.act.acts() {
+            let pauses: Vec<act::Outcome> = outcomes
+                .iter()
+                .filter(|(of, _)| *of == act)
+                .map(|(_, outcome)| *outcome)
+                .collect();
+            screen.say(act::summary(act, &pauses));
+        }
     }
     *finished = true;
 
@@ -501,8 +502,8 @@ async fn scenario(
         }
         text.push_str(&format!(
             "  understudy status --admin {}\n  logs: {}\n",
-            admins.0.join(","),
-            cluster.logs_dir().display()
+            stage.admins.0.join(","),
+            stage.cluster.logs_dir().display()
         ));
         screen.print(text);
         std::future::pending::<()>().await;
@@ -512,43 +513,6 @@ async fn scenario(
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// The trials' failover times: minimum, median, maximum.
-fn summary(failovers: &[(Duration, Duration)]) -> String {
-    let stats = |mut values: Vec<Duration>| {
-        values.sort_unstable();
-        let median = if values.len() % 2 == 1 {
-            values[values.len() / 2]
-        } else {
-            (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2
-        };
-        format!(
-            "min {:.0} ms, median {:.0} ms, max {:.0} ms",
-            ms(values[0]),
-            ms(median),
-            ms(values[values.len() - 1])
-        )
-    };
-    let list = |values: &[Duration]| {
-        values
-            .iter()
-            .map(|d| format!("{:.0}", ms(*d)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let first: Vec<Duration> = failovers.iter().map(|f| f.0).collect();
-    let pause: Vec<Duration> = failovers.iter().map(|f| f.1).collect();
-    format!(
-        "failover over {} trials, as the writer saw it through a backup's client port:\n  \
-         kill -9 to the first acknowledged write: {}\n    (each, ms: {})\n  \
-         writes paused (last acknowledged before the kill to first after): {}\n    (each, ms: {})",
-        failovers.len(),
-        stats(first.clone()),
-        list(&first),
-        stats(pause.clone()),
-        list(&pause),
-    )
 }
 
 /// Lets the writer run for `phase`, failing early if a child exits on its own.
@@ -641,22 +605,4 @@ async fn show_now(screen: &Screen, admins: &Admins, writer: &Writer) {
     let lines = live_lines(admins, &writer.shared_log(), &writer.subscribe()).await;
     screen.set_live(lines);
     screen.show();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_summary_gives_min_median_and_max() {
-        let ms = |n| Duration::from_millis(n);
-        let text = summary(&[(ms(600), ms(610)), (ms(550), ms(560)), (ms(900), ms(950))]);
-        assert!(
-            text.contains("first acknowledged write: min 550 ms, median 600 ms, max 900 ms"),
-            "{text}"
-        );
-        assert!(text.contains("(each, ms: 600 550 900)"), "{text}");
-        let even = summary(&[(ms(500), ms(500)), (ms(700), ms(700))]);
-        assert!(even.contains("median 600 ms"), "{even}");
-    }
 }
