@@ -43,7 +43,10 @@
 //!    is paused; a paused primary does not hand over when its app is gone. An operator's
 //!    switchover still works (its `TimeoutNow` skips the pre-vote). The primary's pause
 //!    travels in every append and its backups adopt it, so a node that was down when the
-//!    operator paused learns it; a backup can be resumed on its own when the primary is gone.
+//!    operator paused learns it (a backup takes the primary's pause when it first hears that
+//!    primary and when it changes, so an operator may pause backups before the primary
+//!    without an older append undoing it); a backup can be resumed on its own when the
+//!    primary is gone.
 
 use wal::NodeId;
 
@@ -85,9 +88,14 @@ impl Core {
         });
     }
 
-    /// A backup takes its primary's pause (`Append::paused`).
-    pub(super) fn adopt_pause(&mut self, paused: bool, out: &mut Vec<Action>) {
-        if paused == self.st.paused {
+    /// A backup takes its primary's pause (`Append::paused`) when it first hears that primary
+    /// in this epoch and whenever the primary's changes; not on every append, or an append
+    /// sent before the operator paused the primary would undo the pause the operator has
+    /// just set on this backup.
+    pub(super) fn adopt_pause(&mut self, from: NodeId, paused: bool, out: &mut Vec<Action>) {
+        let said = (from, self.st.epoch, paused);
+        let before = self.st.primary_paused.replace(said);
+        if before == Some(said) || paused == self.st.paused {
             return;
         }
         self.st.paused = paused;

@@ -238,6 +238,7 @@ impl Core {
                 app_live: false,
                 app_gone_since: None,
                 paused: false,
+                primary_paused: None,
                 deferred_in: None,
                 learner_nonce,
                 log,

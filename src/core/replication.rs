@@ -411,7 +411,7 @@ impl Core {
         let now = self.st.now;
         self.st.last_primary_contact = Some(now);
         self.reset_election_deadline(now);
-        self.adopt_pause(append.paused, out);
+        self.adopt_pause(from, append.paused, out);
 
         let log = &self.st.log;
         if append.prev_lsn > log.last_lsn {

@@ -339,6 +339,8 @@ pub(crate) struct State {
     pub app_gone_since: Option<Time>,
     /// No automatic failover (`Input::SetPaused`; stored by the shell, not in `meta`).
     pub paused: bool,
+    /// What the primary last said of its pause: (primary, epoch, paused) (`health.rs`).
+    pub primary_paused: Option<(NodeId, Epoch, bool)>,
     /// The epoch in which this node last deferred standing to a better granter: it defers
     /// once per epoch (`health.rs`).
     pub deferred_in: Option<Epoch>,

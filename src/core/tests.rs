@@ -1967,3 +1967,58 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
         "{out:?}"
     );
 }
+
+/// A backup takes its primary's pause when it first hears that primary and when the primary's
+/// changes, never from an append that merely repeats it: an operator who pauses a backup
+/// before its primary is not undone by an append the primary sent before it was paused.
+#[test]
+fn a_backup_paused_before_its_primary_stays_paused() {
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    let heartbeat = |sent_ms: u64, paused: bool| {
+        Message::Append(Append {
+            epoch: Epoch(2),
+            prev_lsn: Lsn(4),
+            prev_epoch: Epoch(1),
+            first_lsn: Lsn(5),
+            last_lsn: Lsn(4),
+            records_epoch: Epoch(2),
+            commit_lsn: Lsn(4),
+            sent_at: Duration::from_millis(sent_ms),
+            promote: 0,
+            promote_through: Lsn::ZERO,
+            paused,
+        })
+    };
+    let paused_changes = |out: &[Action]| -> Vec<(bool, bool)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::PauseChanged {
+                    paused,
+                    from_primary,
+                } => Some((*paused, *from_primary)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(paused_changes(&receive(&mut core, 100, N2, heartbeat(100, false))).is_empty());
+    step(&mut core, Input::SetPaused { paused: true });
+    let out = receive(&mut core, 150, N2, heartbeat(140, false));
+    assert!(
+        paused_changes(&out).is_empty(),
+        "undone by a stale append: {out:?}"
+    );
+    // The primary is paused in turn: nothing to change here.
+    let out = receive(&mut core, 200, N2, heartbeat(200, true));
+    assert!(paused_changes(&out).is_empty(), "{out:?}");
+    // The primary is resumed: so is this backup.
+    let out = receive(&mut core, 250, N2, heartbeat(250, false));
+    assert_eq!(paused_changes(&out), [(false, true)]);
+}
