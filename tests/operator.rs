@@ -553,8 +553,10 @@ fn switchover_without_target_from_a_backup_picks_the_best_backup() {
 /// The command asks the node it was given first, then the others by id, so a backup is
 /// paused before its primary. Before, a backup took its primary's pause from every append,
 /// and a heartbeat the primary sent before it was asked undid the backup's pause (9 runs of
-/// 10 failed); now a backup takes it only when it first hears a primary and when the
-/// primary's changes.
+/// 10 failed). Taking it only when the primary's changed still lost a quick pause-resume
+/// (the primary's pause reached a backup after the backup's resume). Now every command
+/// carries one stamp for all nodes, and a backup takes the primary's pause only when its
+/// stamp is newer than its own.
 #[test]
 fn pause_and_resume_hold_on_every_node_when_the_command_returns() {
     let all = [1, 2, 3];

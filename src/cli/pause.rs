@@ -56,9 +56,14 @@ async fn run_async(admin: &str, paused: bool) -> anyhow::Result<()> {
             None => unknown.push(peer.node_id),
         }
     }
+    // One stamp for every node: the newest command wins everywhere, whatever order the
+    // nodes hear it in (`core/health.rs`).
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
     let mut failures = 0;
     for (node, addr) in &targets {
-        let path = format!("/{verb}");
+        let path = format!("/{verb}?stamp={stamp}");
         match admin_client::request(addr, Method::POST, &path, TIMEOUT).await {
             Ok(answer) if answer.status == StatusCode::OK => {
                 println!("node {node} ({addr}): {}", answer.body_line());

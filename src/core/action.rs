@@ -78,7 +78,11 @@ pub enum Action {
     },
     /// The pause changed (`Input::SetPaused`, or a backup adopting its primary's): the shell
     /// stores it, so that a restart keeps it.
-    PauseChanged { paused: bool, from_primary: bool },
+    PauseChanged {
+        paused: bool,
+        stamp: u64,
+        from_primary: bool,
+    },
     /// This node's pre-vote succeeded but it did not stand, once, so that `to`, a granter
     /// better fit to serve (a live app where its own is not, or a higher priority with the
     /// same log), stands instead (`health.rs`).

@@ -43,9 +43,11 @@
 //!    is paused; a paused primary does not hand over when its app is gone. An operator's
 //!    switchover still works (its `TimeoutNow` skips the pre-vote). The primary's pause
 //!    travels in every append and its backups adopt it, so a node that was down when the
-//!    operator paused learns it (a backup takes the primary's pause when it first hears that
-//!    primary and when it changes, so an operator may pause backups before the primary
-//!    without an older append undoing it); a backup can be resumed on its own when the
+//!    operator paused learns it. Each pause or resume carries the stamp of the operator's
+//!    command (its wall-clock milliseconds), and a backup adopts the primary's only when its
+//!    stamp is newer than its own, so the newest command wins everywhere, whatever order the
+//!    nodes were asked in, and an append sent before the primary was asked never undoes what
+//!    the operator has just set on a backup. A backup can be resumed on its own when the
 //!    primary is gone.
 
 use wal::NodeId;
@@ -77,30 +79,32 @@ impl Core {
         };
     }
 
-    pub(super) fn on_set_paused(&mut self, paused: bool, out: &mut Vec<Action>) {
-        if paused == self.st.paused {
-            return;
-        }
+    pub(super) fn on_set_paused(&mut self, paused: bool, stamp: u64, out: &mut Vec<Action>) {
+        // The operator's command applies here whatever its stamp; a stamp at or below this
+        // node's (a command from a machine whose clock is behind) is raised above it, so
+        // that a pause adopted from the primary never overrides it.
+        let stamp = stamp.max(self.st.pause_stamp.saturating_add(1));
         self.st.paused = paused;
+        self.st.pause_stamp = stamp;
         out.push(Action::PauseChanged {
             paused,
+            stamp,
             from_primary: false,
         });
     }
 
-    /// A backup takes its primary's pause (`Append::paused`) when it first hears that primary
-    /// in this epoch and whenever the primary's changes; not on every append, or an append
-    /// sent before the operator paused the primary would undo the pause the operator has
-    /// just set on this backup.
-    pub(super) fn adopt_pause(&mut self, from: NodeId, paused: bool, out: &mut Vec<Action>) {
-        let said = (from, self.st.epoch, paused);
-        let before = self.st.primary_paused.replace(said);
-        if before == Some(said) || paused == self.st.paused {
+    /// A backup takes its primary's pause (`Append::paused`) when its stamp is newer than
+    /// this node's: the newest operator command wins, and an append the primary sent before
+    /// the operator reached it never undoes what the operator has just set here.
+    pub(super) fn adopt_pause(&mut self, paused: bool, stamp: u64, out: &mut Vec<Action>) {
+        if stamp <= self.st.pause_stamp {
             return;
         }
         self.st.paused = paused;
+        self.st.pause_stamp = stamp;
         out.push(Action::PauseChanged {
             paused,
+            stamp,
             from_primary: true,
         });
     }

@@ -40,7 +40,9 @@ pub enum Input {
     /// when either changes; a core starts with neither.
     AppHealth { expected: bool, live: bool },
     /// `understudy pause` / `resume`: no automatic failover while paused (`health.rs`).
-    SetPaused { paused: bool },
+    /// `stamp` orders the operator's commands (the command's wall-clock milliseconds): the
+    /// newest wins, on this node and when the primary passes its own on.
+    SetPaused { paused: bool, stamp: u64 },
     /// The shell took a snapshot and dropped every record at or below `through` from the log.
     /// `through` is at most `commit_lsn` and at most `durable_lsn`.
     PrefixTruncated { through: Lsn },

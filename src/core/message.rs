@@ -79,8 +79,10 @@ pub struct Append {
     /// Every record the node acknowledged in an earlier run (an acknowledgement that may still
     /// be on its way) is at or below it. Zero without `promote`.
     pub promote_through: Lsn,
-    /// The primary is paused (`understudy pause`): no automatic failover. Backups adopt it.
+    /// The primary is paused (`understudy pause`): no automatic failover. Backups adopt it,
+    /// with its stamp, when the stamp is newer than their own (`health.rs`).
     pub paused: bool,
+    pub pause_stamp: u64,
 }
 
 /// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.

@@ -238,7 +238,7 @@ impl Core {
                 app_live: false,
                 app_gone_since: None,
                 paused: false,
-                primary_paused: None,
+                pause_stamp: 0,
                 deferred_in: None,
                 learner_nonce,
                 log,
@@ -361,7 +361,7 @@ impl Core {
             Input::LogDamaged => self.on_log_damaged(out),
             Input::LogRepaired => self.st.damaged = false,
             Input::AppHealth { expected, live } => self.on_app_health(expected, live),
-            Input::SetPaused { paused } => self.on_set_paused(paused, out),
+            Input::SetPaused { paused, stamp } => self.on_set_paused(paused, stamp, out),
         }
         self.report_role(out);
     }

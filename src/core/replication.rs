@@ -292,6 +292,7 @@ impl Core {
                     promote,
                     promote_through,
                     paused: self.st.paused,
+                    pause_stamp: self.st.pause_stamp,
                 };
                 out.push(Action::Send {
                     to,
@@ -327,6 +328,7 @@ impl Core {
                 promote,
                 promote_through,
                 paused: self.st.paused,
+                pause_stamp: self.st.pause_stamp,
             };
             out.push(Action::Send {
                 to,
@@ -411,7 +413,7 @@ impl Core {
         let now = self.st.now;
         self.st.last_primary_contact = Some(now);
         self.reset_election_deadline(now);
-        self.adopt_pause(from, append.paused, out);
+        self.adopt_pause(append.paused, append.pause_stamp, out);
 
         let log = &self.st.log;
         if append.prev_lsn > log.last_lsn {

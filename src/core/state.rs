@@ -339,8 +339,9 @@ pub(crate) struct State {
     pub app_gone_since: Option<Time>,
     /// No automatic failover (`Input::SetPaused`; stored by the shell, not in `meta`).
     pub paused: bool,
-    /// What the primary last said of its pause: (primary, epoch, paused) (`health.rs`).
-    pub primary_paused: Option<(NodeId, Epoch, bool)>,
+    /// The stamp of the command that set `paused` (`Input::SetPaused`), or of the primary's
+    /// pause this node adopted; 0 if none.
+    pub pause_stamp: u64,
     /// The epoch in which this node last deferred standing to a better granter: it defers
     /// once per epoch (`health.rs`).
     pub deferred_in: Option<Epoch>,

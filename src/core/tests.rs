@@ -86,6 +86,7 @@ fn append(
         promote: 0,
         promote_through: Lsn::ZERO,
         paused: false,
+        pause_stamp: 0,
     })
 }
 
@@ -1403,6 +1404,7 @@ fn learner_votes_only_after_promotion() {
                 promote: nonce,
                 promote_through: Lsn(3),
                 paused: false,
+                pause_stamp: 0,
             }),
         )
     };
@@ -1734,12 +1736,24 @@ fn primary_hands_over_when_its_application_is_gone() {
         "before app_timeout: {out:?}"
     );
     // Paused: no hand-over, however long it has been.
-    step(&mut core, Input::SetPaused { paused: true });
+    step(
+        &mut core,
+        Input::SetPaused {
+            paused: true,
+            stamp: 10,
+        },
+    );
     receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
     receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
     let out = step(&mut core, Input::Tick { now: ms(1120) });
     assert_eq!(switchover_started(&out), None, "paused: {out:?}");
-    step(&mut core, Input::SetPaused { paused: false });
+    step(
+        &mut core,
+        Input::SetPaused {
+            paused: false,
+            stamp: 20,
+        },
+    );
     let out = step(&mut core, Input::Tick { now: ms(1130) });
     assert_eq!(
         switchover_started(&out),
@@ -1914,11 +1928,18 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
     );
 
     let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), meta);
-    let out = step(&mut core, Input::SetPaused { paused: true });
+    let out = step(
+        &mut core,
+        Input::SetPaused {
+            paused: true,
+            stamp: 100,
+        },
+    );
     assert_eq!(
         out,
         vec![Action::PauseChanged {
             paused: true,
+            stamp: 100,
             from_primary: false
         }]
     );
@@ -1944,7 +1965,7 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
         )),
         "{out:?}"
     );
-    // The primary of epoch 2 is not paused: its append resumes this backup.
+    // The primary of epoch 2 was resumed by a later command: its append resumes this backup.
     let heartbeat = Message::Append(Append {
         epoch: Epoch(2),
         prev_lsn: Lsn(4),
@@ -1957,20 +1978,22 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
         promote: 0,
         promote_through: Lsn::ZERO,
         paused: false,
+        pause_stamp: 200,
     });
     let out = receive(&mut core, 5002, N2, heartbeat);
     assert!(
         out.contains(&Action::PauseChanged {
             paused: false,
+            stamp: 200,
             from_primary: true
         }),
         "{out:?}"
     );
 }
 
-/// A backup takes its primary's pause when it first hears that primary and when the primary's
-/// changes, never from an append that merely repeats it: an operator who pauses a backup
-/// before its primary is not undone by an append the primary sent before it was paused.
+/// A backup takes its primary's pause only when the primary's stamp is newer than its own:
+/// an operator who pauses a backup before its primary is not undone by an append the primary
+/// sent before it was paused, and the newest command wins.
 #[test]
 fn a_backup_paused_before_its_primary_stays_paused() {
     let mut core = new_core(
@@ -1982,7 +2005,7 @@ fn a_backup_paused_before_its_primary_stays_paused() {
             learner: false,
         },
     );
-    let heartbeat = |sent_ms: u64, paused: bool| {
+    let heartbeat = |sent_ms: u64, paused: bool, pause_stamp: u64| {
         Message::Append(Append {
             epoch: Epoch(2),
             prev_lsn: Lsn(4),
@@ -1995,30 +2018,48 @@ fn a_backup_paused_before_its_primary_stays_paused() {
             promote: 0,
             promote_through: Lsn::ZERO,
             paused,
+            pause_stamp,
         })
     };
-    let paused_changes = |out: &[Action]| -> Vec<(bool, bool)> {
+    let paused_changes = |out: &[Action]| -> Vec<(bool, u64, bool)> {
         out.iter()
             .filter_map(|a| match a {
                 Action::PauseChanged {
                     paused,
+                    stamp,
                     from_primary,
-                } => Some((*paused, *from_primary)),
+                } => Some((*paused, *stamp, *from_primary)),
                 _ => None,
             })
             .collect()
     };
-    assert!(paused_changes(&receive(&mut core, 100, N2, heartbeat(100, false))).is_empty());
-    step(&mut core, Input::SetPaused { paused: true });
-    let out = receive(&mut core, 150, N2, heartbeat(140, false));
+    assert!(paused_changes(&receive(&mut core, 100, N2, heartbeat(100, false, 0))).is_empty());
+    let out = step(
+        &mut core,
+        Input::SetPaused {
+            paused: true,
+            stamp: 1000,
+        },
+    );
+    assert_eq!(paused_changes(&out), [(true, 1000, false)]);
+    let out = receive(&mut core, 150, N2, heartbeat(140, false, 0));
     assert!(
         paused_changes(&out).is_empty(),
         "undone by a stale append: {out:?}"
     );
-    // The primary is paused in turn: nothing to change here.
-    let out = receive(&mut core, 200, N2, heartbeat(200, true));
+    // The primary is paused by the same command: nothing to change here.
+    let out = receive(&mut core, 200, N2, heartbeat(200, true, 1000));
     assert!(paused_changes(&out).is_empty(), "{out:?}");
-    // The primary is resumed: so is this backup.
-    let out = receive(&mut core, 250, N2, heartbeat(250, false));
-    assert_eq!(paused_changes(&out), [(false, true)]);
+    // The primary is resumed by a later command: so is this backup.
+    let out = receive(&mut core, 250, N2, heartbeat(250, false, 2000));
+    assert_eq!(paused_changes(&out), [(false, 2000, true)]);
+    // A command from a machine whose clock is behind still applies, above what it saw.
+    let out = step(
+        &mut core,
+        Input::SetPaused {
+            paused: true,
+            stamp: 5,
+        },
+    );
+    assert_eq!(paused_changes(&out), [(true, 2001, false)]);
 }

@@ -10,7 +10,7 @@
 //! | `GET /ready` | 200 and the role when the node can serve its role: its application live (when one is expected), and on a primary its lease held, on a backup a primary heard within [`REPLICA_HEARTBEAT_AGE_MAX_MS`] and at most `--ready-max-lag` committed records not yet durable here; else 503 and why |
 //! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` with `--app-cmd`) |
 //! | `POST /switchover?to=N` | a planned switchover to node N (without `to`, to the best backup: one whose application is live, then the most up to date, then the highest priority): 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
-//! | `POST /pause`, `POST /resume` | stop or restart automatic failover on this node (stored in the data dir; a primary passes it to its backups): 200 `paused` / `resumed` once stored |
+//! | `POST /pause[?stamp=MS]`, `POST /resume[?stamp=MS]` | stop or restart automatic failover on this node (stored in the data dir; a primary passes it to its backups, which take it when its stamp is newer than theirs): 200 `paused` / `resumed` once stored. `stamp` (default: now, in Unix milliseconds) orders commands; `understudy pause` gives every node the same one |
 //!
 //! `HEAD` is answered like `GET`. An unknown path is 404, a known path with the wrong method
 //! 405 (with `Allow`), a bad `to` 400.
@@ -294,7 +294,11 @@ async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full
         }
         Endpoint::Pause | Endpoint::Resume => {
             let paused = endpoint == Endpoint::Pause;
-            match node.set_paused(paused).await {
+            let stamp = match pause_stamp(request.uri().query()) {
+                Ok(stamp) => stamp,
+                Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+            };
+            match node.set_paused(paused, stamp).await {
                 Ok(Ok(())) => text(
                     StatusCode::OK,
                     if paused { "paused\n" } else { "resumed\n" }.into(),
@@ -435,6 +439,25 @@ fn health_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String)
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
     }
     (StatusCode::OK, "ok\n".into())
+}
+
+/// The `stamp` of `POST /pause?stamp=MS` (the command's wall-clock milliseconds, the same
+/// for every node one command asks); now when absent.
+fn pause_stamp(query: Option<&str>) -> Result<u64, String> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "stamp")
+        .map(|(_, value)| value);
+    match value {
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)),
+        Some(value) => value
+            .parse::<u64>()
+            .map_err(|_| format!("stamp={value:?} is not a number of milliseconds")),
+    }
 }
 
 /// The `to` of `?to=N`: a node id (1 or more), or none (the primary picks).

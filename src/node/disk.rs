@@ -173,18 +173,27 @@ impl DataDir {
         Ok(())
     }
 
-    /// Whether automatic failover is paused here (`understudy pause`; the marker file
-    /// [`PAUSED_FILE_NAME`] exists).
-    pub fn paused(&self) -> bool {
-        self.path.join(PAUSED_FILE_NAME).exists()
+    /// The stamp of the pause stored here (`understudy pause`; the marker file
+    /// [`PAUSED_FILE_NAME`] holds it), if automatic failover is paused. A marker whose
+    /// content cannot be read as a stamp still means paused, with stamp 1.
+    pub fn paused(&self) -> Option<u64> {
+        let marker = self.path.join(PAUSED_FILE_NAME);
+        if !marker.exists() {
+            return None;
+        }
+        let stamp = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(1);
+        Some(stamp.max(1))
     }
 
-    /// Stores the pause: the marker is installed atomically, or removed and the directory
-    /// synced, so that a restart finds what the operator last asked for.
-    pub fn store_paused(&self, paused: bool) -> Result<(), DiskError> {
+    /// Stores the pause: the marker (holding the stamp) is installed atomically, or removed
+    /// and the directory synced, so that a restart finds what the operator last asked for.
+    pub fn store_paused(&self, paused: bool, stamp: u64) -> Result<(), DiskError> {
         let marker = self.path.join(PAUSED_FILE_NAME);
         if paused {
-            wal::fs::write_atomic(&marker, b"paused\n")?;
+            wal::fs::write_atomic(&marker, format!("{stamp}\n").as_bytes())?;
             return Ok(());
         }
         match std::fs::remove_file(&marker) {

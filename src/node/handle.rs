@@ -32,9 +32,11 @@ pub enum Request {
         to: Option<NodeId>,
         reply: oneshot::Sender<SwitchoverReply>,
     },
-    /// Pause or resume automatic failover; answered once the change is stored.
+    /// Pause or resume automatic failover; answered once the change is stored. `stamp`
+    /// orders operator commands (`core::Input::SetPaused`).
     SetPaused {
         paused: bool,
+        stamp: u64,
         reply: oneshot::Sender<Result<(), String>>,
     },
 }
@@ -271,10 +273,18 @@ impl NodeHandle {
     }
 
     /// Pauses or resumes automatic failover; returns once the change is stored.
-    pub async fn set_paused(&self, paused: bool) -> Result<Result<(), String>, NodeStopped> {
+    pub async fn set_paused(
+        &self,
+        paused: bool,
+        stamp: u64,
+    ) -> Result<Result<(), String>, NodeStopped> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::SetPaused { paused, reply })
+            .send(Request::SetPaused {
+                paused,
+                stamp,
+                reply,
+            })
             .await
             .map_err(|_| NodeStopped)?;
         answer.await.map_err(|_| NodeStopped)

@@ -520,10 +520,11 @@ impl Shell {
             }
             Action::PauseChanged {
                 paused,
+                stamp,
                 from_primary,
             } => {
                 let dir = &self.dir;
-                blocking(|| dir.store_paused(paused))?;
+                blocking(|| dir.store_paused(paused, stamp))?;
                 let by = if from_primary {
                     "the primary"
                 } else {
@@ -1102,7 +1103,7 @@ pub async fn run(
         failed: None,
         app: None,
         app_health: app_view.clone(),
-        paused: opened.dir.paused(),
+        paused: opened.dir.paused().is_some(),
         priority: config.core.priority,
         no_failover: config.core.no_failover,
         admin_addr: config.admin_addr,
@@ -1200,9 +1201,15 @@ pub async fn run(
         app_told: None,
         config,
     };
-    if shell.dir.paused() {
+    if let Some(stamp) = shell.dir.paused() {
         warn!("automatic failover is paused (understudy resume ends it)");
-        shell.step(Input::SetPaused { paused: true }, StepContext::default())?;
+        shell.step(
+            Input::SetPaused {
+                paused: true,
+                stamp,
+            },
+            StepContext::default(),
+        )?;
     }
     shell.app_health_check()?;
     shell.publish_status();
@@ -1278,8 +1285,8 @@ pub async fn run(
             Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
                 Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),
-                Request::SetPaused { paused, reply } => {
-                    let result = shell.step(Input::SetPaused { paused }, StepContext::default());
+                Request::SetPaused { paused, stamp, reply } => {
+                    let result = shell.step(Input::SetPaused { paused, stamp }, StepContext::default());
                     let _ = reply.send(match &result {
                         Ok(()) => Ok(()),
                         Err(e) => Err(e.to_string()),

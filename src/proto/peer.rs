@@ -41,7 +41,7 @@
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64, health u8, priority u8 |
 //! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
 //! | 19 | VoteResponse | epoch u64, granted u8 |
-//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, then the records |
+//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, pause_stamp u64, then the records |
 //! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64, health u8, priority u8 |
 //! | 22 | TimeoutNow | epoch u64 |
 //! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64 |
@@ -126,7 +126,7 @@ pub const TAG_LEN: usize = 32;
 pub const ACCEPTOR_LABEL: &[u8] = b"understudy acceptor";
 pub const DIALLER_LABEL: &[u8] = b"understudy dialler";
 
-const APPEND_FIXED_LEN: usize = 10 * 8 + 1;
+const APPEND_FIXED_LEN: usize = 10 * 8 + 1 + 8;
 
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 
@@ -448,6 +448,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 promote: body.get_u64_le(),
                 promote_through: Lsn(body.get_u64_le()),
                 paused: get_bool(body)?,
+                pause_stamp: body.get_u64_le(),
             };
             if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
                 || append.last_lsn < append.prev_lsn
@@ -657,6 +658,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(append.promote);
                 dst.put_u64_le(append.promote_through.get());
                 dst.put_u8(u8::from(append.paused));
+                dst.put_u64_le(append.pause_stamp);
                 records = attached.clone();
             }
             Message::AppendResponse(response) => {
@@ -828,6 +830,7 @@ mod tests {
                 promote: 0x1234,
                 promote_through: Lsn(7),
                 paused: false,
+                pause_stamp: 0,
             }),
             records,
         }

@@ -404,6 +404,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 promote: 0,
                 promote_through: Lsn::ZERO,
                 paused: false,
+                pause_stamp: 0,
             }),
             records: Bytes::from(records.clone()),
         },
