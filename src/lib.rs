@@ -7,6 +7,8 @@
 //! - [`proto`]: wire formats: peer frames and the application API, with their codecs.
 //! - [`node`]: the I/O shell: peer transport, disk, app API, admin HTTP, client proxy.
 //! - [`client`]: the application library: a `StateMachine` trait and the `Driver` that runs it.
+//! - [`follow`]: follow mode: an application's own files captured as log records and
+//!   materialized on backups.
 #![warn(clippy::unwrap_used)]
 
 // `understudy demo` compiles the key-value example's server into the binary
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod follow;
 pub mod node;
 pub mod proto;
 

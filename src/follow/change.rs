@@ -1,0 +1,289 @@
+//! One change to the followed directory, as the payload of one record of understudy's own
+//! log, and its codec.
+//!
+//! ```text
+//! +-----------+--------+-----------------+---------------------+-----------------------+
+//! | version u8| op u8  | name_len u16    | name (name_len)     | the op's fields       |
+//! +-----------+--------+-----------------+---------------------+-----------------------+
+//! ```
+//!
+//! All integers are little-endian. `version` is [`CHANGE_VERSION`]. `name` is a file name
+//! in the directory: 1 to [`NAME_LEN_MAX`] bytes, no `/`, no NUL, not `.` or `..`, and not
+//! starting with [`TEMP_PREFIX`] (the materializer's own temporary files).
+//!
+//! | op | change | fields |
+//! |---|---|---|
+//! | 1 | `Append` | offset u64, then the bytes (the rest): written at `offset`, which is the file's length before (a new file starts at 0) |
+//! | 2 | `Install` | the whole content (the rest): the file now holds exactly this (created, or replaced atomically) |
+//! | 3 | `Delete` | (none) |
+//! | 4 | `Rename` | to_len u16, to (a name, as above): the file is renamed, replacing `to` |
+//! | 5 | `SetLen` | len u64: the file is cut back to `len` bytes |
+//!
+//! The record around it carries the CRC, the LSN and the epoch; this layer adds no checksum
+//! of its own. A payload that does not decode exactly is refused with a [`ChangeError`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The format version this build writes and reads.
+pub const CHANGE_VERSION: u8 = 1;
+/// The longest file name (Linux's `NAME_MAX`).
+pub const NAME_LEN_MAX: usize = 255;
+/// Names the materializer uses for its own temporary files; never a followed file.
+pub const TEMP_PREFIX: &str = ".understudy-tmp-";
+
+/// One change to the followed directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Append {
+        name: Bytes,
+        offset: u64,
+        data: Bytes,
+    },
+    Install {
+        name: Bytes,
+        data: Bytes,
+    },
+    Delete {
+        name: Bytes,
+    },
+    Rename {
+        name: Bytes,
+        to: Bytes,
+    },
+    SetLen {
+        name: Bytes,
+        len: u64,
+    },
+}
+
+/// Why a payload is not a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("change of version {0}, this build reads version {CHANGE_VERSION}")]
+    Version(u8),
+    #[error("unknown change op {0}")]
+    UnknownOp(u8),
+    #[error("change payload ends early (at {field})")]
+    Short { field: &'static str },
+    #[error("change payload has {extra} bytes after its last field")]
+    Trailing { extra: usize },
+    #[error("bad file name in a change: {why}")]
+    BadName { why: &'static str },
+}
+
+impl Change {
+    /// The file the change is about (for a rename, its old name).
+    pub fn name(&self) -> &Bytes {
+        match self {
+            Change::Append { name, .. }
+            | Change::Install { name, .. }
+            | Change::Delete { name }
+            | Change::Rename { name, .. }
+            | Change::SetLen { name, .. } => name,
+        }
+    }
+
+    /// The encoded payload.
+    pub fn encode(&self) -> Bytes {
+        let data_len = match self {
+            Change::Append { data, .. } | Change::Install { data, .. } => data.len(),
+            _ => 0,
+        };
+        let mut out = BytesMut::with_capacity(2 + 2 + self.name().len() + 2 + 255 + 8 + data_len);
+        out.put_u8(CHANGE_VERSION);
+        let op = match self {
+            Change::Append { .. } => 1,
+            Change::Install { .. } => 2,
+            Change::Delete { .. } => 3,
+            Change::Rename { .. } => 4,
+            Change::SetLen { .. } => 5,
+        };
+        out.put_u8(op);
+        put_name(&mut out, self.name());
+        match self {
+            Change::Append { offset, data, .. } => {
+                out.put_u64_le(*offset);
+                out.put_slice(data);
+            }
+            Change::Install { data, .. } => out.put_slice(data),
+            Change::Delete { .. } => {}
+            Change::Rename { to, .. } => put_name(&mut out, to),
+            Change::SetLen { len, .. } => out.put_u64_le(*len),
+        }
+        out.freeze()
+    }
+
+    /// Decodes a payload; data is split from `payload` without a copy.
+    pub fn decode(mut payload: Bytes) -> Result<Change, ChangeError> {
+        let version = take_u8(&mut payload, "version")?;
+        if version != CHANGE_VERSION {
+            return Err(ChangeError::Version(version));
+        }
+        let op = take_u8(&mut payload, "op")?;
+        let name = take_name(&mut payload, "name")?;
+        let change = match op {
+            1 => {
+                let offset = take_u64(&mut payload, "offset")?;
+                let data = std::mem::take(&mut payload);
+                Change::Append { name, offset, data }
+            }
+            2 => {
+                let data = std::mem::take(&mut payload);
+                Change::Install { name, data }
+            }
+            3 => Change::Delete { name },
+            4 => {
+                let to = take_name(&mut payload, "to")?;
+                Change::Rename { name, to }
+            }
+            5 => {
+                let len = take_u64(&mut payload, "len")?;
+                Change::SetLen { name, len }
+            }
+            other => return Err(ChangeError::UnknownOp(other)),
+        };
+        if !payload.is_empty() {
+            return Err(ChangeError::Trailing {
+                extra: payload.len(),
+            });
+        }
+        Ok(change)
+    }
+}
+
+/// Whether `name` may be followed: see the module docs.
+pub fn check_name(name: &[u8]) -> Result<(), ChangeError> {
+    let bad = |why| Err(ChangeError::BadName { why });
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > NAME_LEN_MAX {
+        return bad("longer than 255 bytes");
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return bad("contains '/' or NUL");
+    }
+    if name == b"." || name == b".." {
+        return bad("is . or ..");
+    }
+    if name.starts_with(TEMP_PREFIX.as_bytes()) {
+        return bad("is a temporary file of the materializer");
+    }
+    Ok(())
+}
+
+fn put_name(out: &mut BytesMut, name: &[u8]) {
+    assert!(
+        check_name(name).is_ok(),
+        "encoding a change with a bad file name {name:?}"
+    );
+    out.put_u16_le(name.len() as u16);
+    out.put_slice(name);
+}
+
+fn take_u8(payload: &mut Bytes, field: &'static str) -> Result<u8, ChangeError> {
+    if payload.remaining() < 1 {
+        return Err(ChangeError::Short { field });
+    }
+    Ok(payload.get_u8())
+}
+
+fn take_u64(payload: &mut Bytes, field: &'static str) -> Result<u64, ChangeError> {
+    if payload.remaining() < 8 {
+        return Err(ChangeError::Short { field });
+    }
+    Ok(payload.get_u64_le())
+}
+
+fn take_name(payload: &mut Bytes, field: &'static str) -> Result<Bytes, ChangeError> {
+    if payload.remaining() < 2 {
+        return Err(ChangeError::Short { field });
+    }
+    let len = payload.get_u16_le() as usize;
+    if payload.remaining() < len {
+        return Err(ChangeError::Short { field });
+    }
+    let name = payload.split_to(len);
+    check_name(&name)?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = Bytes> {
+        "[a-zA-Z0-9_.-]{1,20}"
+            .prop_filter("not . or ..", |s| s != "." && s != "..")
+            .prop_map(Bytes::from)
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let data = proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from);
+        prop_oneof![
+            (name(), any::<u64>(), data.clone()).prop_map(|(name, offset, data)| Change::Append {
+                name,
+                offset,
+                data
+            }),
+            (name(), data).prop_map(|(name, data)| Change::Install { name, data }),
+            name().prop_map(|name| Change::Delete { name }),
+            (name(), name()).prop_map(|(name, to)| Change::Rename { name, to }),
+            (name(), any::<u64>()).prop_map(|(name, len)| Change::SetLen { name, len }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_change_round_trips(change in change()) {
+            prop_assert_eq!(Change::decode(change.encode()), Ok(change));
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Change::decode(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn a_cut_payload_is_refused(change in change(), cut in 1usize..8) {
+            let encoded = change.encode();
+            let fixed_len = match change {
+                Change::Append { ref data, .. } | Change::Install { ref data, .. } => encoded.len() - data.len(),
+                _ => encoded.len(),
+            };
+            let cut = cut.min(fixed_len);
+            // Cutting into the fixed fields is an error; cutting data is another change.
+            if cut > 0 && matches!(change, Change::Delete { .. } | Change::Rename { .. } | Change::SetLen { .. }) {
+                prop_assert!(Change::decode(encoded.slice(..encoded.len() - cut)).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_names_and_versions_are_refused() {
+        let mut payload = Change::Delete {
+            name: Bytes::from_static(b"a"),
+        }
+        .encode()
+        .to_vec();
+        payload[0] = 9;
+        assert_eq!(
+            Change::decode(Bytes::from(payload)),
+            Err(ChangeError::Version(9))
+        );
+        for name in [&b""[..], b".", b"..", b"a/b", b"a\0", b".understudy-tmp-x"] {
+            assert!(check_name(name).is_err(), "{name:?}");
+        }
+        let mut payload = vec![CHANGE_VERSION, 3, 2, 0];
+        payload.extend_from_slice(b"..");
+        assert!(matches!(
+            Change::decode(Bytes::from(payload)),
+            Err(ChangeError::BadName { .. })
+        ));
+        assert_eq!(
+            Change::decode(Bytes::from_static(&[CHANGE_VERSION, 7, 1, 0, b'a'])),
+            Err(ChangeError::UnknownOp(7))
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! Applies changes ([`Change`]) to a directory: a backup's copy of the followed directory,
+//! rebuilt record by record from the committed log.
+//!
+//! The directory must hold exactly the state before the changes (what the earlier records
+//! made of it): an `Append` must land at the file's current length, a `Rename` or `SetLen`
+//! must find its file. Anything else is refused with an error naming the file, never
+//! patched over: it means the directory is not the log's (a crash between applying and
+//! syncing, a hand edit), and the caller rebuilds it from a snapshot and the log.
+//!
+//! Writes are not synced one by one: [`Materializer::sync`] fsyncs every file written since
+//! the last sync and then the directory, so that whatever the caller records after it (the
+//! LSN materialized through) never runs ahead of the disk. An `Install` writes a temporary
+//! file ([`TEMP_PREFIX`]) and renames it over the name, so a reader of the directory never
+//! sees a half-written file; stale temporary files are removed when a materializer opens
+//! the directory.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::change::{Change, TEMP_PREFIX};
+
+/// Why a change could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: an append at offset {offset}, but the file holds {len} bytes: the directory is not the log's")]
+    Gap {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    #[error("{path}: {op} of a file that does not exist: the directory is not the log's")]
+    Missing { path: PathBuf, op: &'static str },
+    #[error("{path}: cut back to {len} bytes, but the file holds only {holds}: the directory is not the log's")]
+    Grow { path: PathBuf, len: u64, holds: u64 },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError + '_ {
+    move |source| MaterializeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A directory being materialized.
+#[derive(Debug)]
+pub struct Materializer {
+    dir: PathBuf,
+    /// Files written since the last sync.
+    dirty: BTreeSet<Bytes>,
+    /// Names added, removed or renamed since the last sync.
+    dir_dirty: bool,
+    next_temp: u64,
+}
+
+impl Materializer {
+    /// Opens `dir` (creating it if needed) and removes stale temporary files.
+    pub fn open(dir: &Path) -> Result<Materializer, MaterializeError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            if entry
+                .file_name()
+                .as_bytes()
+                .starts_with(TEMP_PREFIX.as_bytes())
+            {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(Materializer {
+            dir: dir.to_path_buf(),
+            dirty: BTreeSet::new(),
+            dir_dirty: false,
+            next_temp: 0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &[u8]) -> PathBuf {
+        self.dir.join(std::ffi::OsStr::from_bytes(name))
+    }
+
+    /// Applies one change (not yet durable: see [`Materializer::sync`]).
+    pub fn apply(&mut self, change: &Change) -> Result<(), MaterializeError> {
+        match change {
+            Change::Append { name, offset, data } => {
+                let path = self.path(name);
+                let mut file = OpenOptions::new()
+                    .create(*offset == 0)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            MaterializeError::Missing {
+                                path: path.clone(),
+                                op: "an append",
+                            }
+                        } else {
+                            io(&path)(e)
+                        }
+                    })?;
+                let len = file.metadata().map_err(io(&path))?.len();
+                if len != *offset {
+                    return Err(MaterializeError::Gap {
+                        path,
+                        offset: *offset,
+                        len,
+                    });
+                }
+                if len == 0 {
+                    self.dir_dirty = true;
+                }
+                file.seek(SeekFrom::Start(*offset)).map_err(io(&path))?;
+                file.write_all(data).map_err(io(&path))?;
+                self.dirty.insert(name.clone());
+            }
+            Change::Install { name, data } => {
+                let path = self.path(name);
+                self.next_temp += 1;
+                let temp = self.dir.join(format!(
+                    "{TEMP_PREFIX}{}-{}",
+                    std::process::id(),
+                    self.next_temp
+                ));
+                let mut file = File::create(&temp).map_err(io(&temp))?;
+                file.write_all(data).map_err(io(&temp))?;
+                // The content must be durable before the name points at it.
+                file.sync_data().map_err(io(&temp))?;
+                std::fs::rename(&temp, &path).map_err(io(&path))?;
+                self.dir_dirty = true;
+            }
+            Change::Delete { name } => {
+                let path = self.path(name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(MaterializeError::Missing {
+                            path,
+                            op: "a deletion",
+                        })
+                    }
+                    Err(e) => return Err(io(&path)(e)),
+                }
+                self.dirty.remove(name);
+                self.dir_dirty = true;
+            }
+            Change::Rename { name, to } => {
+                let from = self.path(name);
+                let to_path = self.path(to);
+                match std::fs::rename(&from, &to_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(MaterializeError::Missing {
+                            path: from,
+                            op: "a rename",
+                        })
+                    }
+                    Err(e) => return Err(io(&from)(e)),
+                }
+                if self.dirty.remove(name) {
+                    self.dirty.insert(to.clone());
+                }
+                self.dir_dirty = true;
+            }
+            Change::SetLen { name, len } => {
+                let path = self.path(name);
+                let file = OpenOptions::new().write(true).open(&path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        MaterializeError::Missing {
+                            path: path.clone(),
+                            op: "a cut",
+                        }
+                    } else {
+                        io(&path)(e)
+                    }
+                })?;
+                let holds = file.metadata().map_err(io(&path))?.len();
+                if *len > holds {
+                    return Err(MaterializeError::Grow {
+                        path,
+                        len: *len,
+                        holds,
+                    });
+                }
+                file.set_len(*len).map_err(io(&path))?;
+                self.dirty.insert(name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every change applied so far durable: each file written since the last sync,
+    /// then the directory (names added, removed, renamed).
+    pub fn sync(&mut self) -> Result<(), MaterializeError> {
+        for name in std::mem::take(&mut self.dirty) {
+            let path = self.path(&name);
+            match File::open(&path) {
+                Ok(file) => file.sync_data().map_err(io(&path))?,
+                // Deleted or renamed away since (a rename carries the name over).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        if std::mem::take(&mut self.dir_dirty) {
+            File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io(&self.dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// The directory's files and their contents (temporary files of the materializer left out),
+/// for comparing two directories.
+pub fn read_dir_contents(
+    dir: &Path,
+) -> std::io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().as_bytes().to_vec();
+        if name.starts_with(TEMP_PREFIX.as_bytes()) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let mut content = Vec::new();
+        File::open(entry.path())?.read_to_end(&mut content)?;
+        files.insert(name, content);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// A change valid against `model`, chosen by `pick`.
+    fn valid_change(model: &BTreeMap<Vec<u8>, Vec<u8>>, pick: (u8, u8, u8, Vec<u8>)) -> Change {
+        let (op, a, b, data) = pick;
+        let names: Vec<&Vec<u8>> = model.keys().collect();
+        let fresh = format!("f{}", a % 6).into_bytes();
+        let existing = if names.is_empty() {
+            None
+        } else {
+            Some(names[a as usize % names.len()].clone())
+        };
+        match (op % 5, existing) {
+            (0, Some(name)) | (1, Some(name)) => Change::Append {
+                offset: model[&name].len() as u64,
+                name: Bytes::from(name),
+                data: Bytes::from(data),
+            },
+            (2, Some(name)) => Change::Rename {
+                name: Bytes::from(name),
+                to: Bytes::from(format!("f{}", b % 6).into_bytes()),
+            },
+            (3, Some(name)) => Change::Delete {
+                name: Bytes::from(name),
+            },
+            (4, Some(name)) => Change::SetLen {
+                len: (b as u64).min(model[&name].len() as u64),
+                name: Bytes::from(name),
+            },
+            _ if model.contains_key(&fresh) => Change::Install {
+                name: Bytes::from(fresh),
+                data: Bytes::from(data),
+            },
+            _ => Change::Append {
+                name: Bytes::from(fresh),
+                offset: 0,
+                data: Bytes::from(data),
+            },
+        }
+    }
+
+    fn apply_model(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, change: &Change) {
+        match change {
+            Change::Append { name, data, .. } => model
+                .entry(name.to_vec())
+                .or_default()
+                .extend_from_slice(data),
+            Change::Install { name, data } => {
+                model.insert(name.to_vec(), data.to_vec());
+            }
+            Change::Delete { name } => {
+                model.remove(&name.to_vec());
+            }
+            Change::Rename { name, to } => {
+                if let Some(content) = model.remove(&name.to_vec()) {
+                    model.insert(to.to_vec(), content);
+                }
+            }
+            Change::SetLen { name, len } => {
+                if let Some(content) = model.get_mut(&name.to_vec()) {
+                    content.truncate(*len as usize);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Any sequence of valid changes, applied and synced, leaves the directory equal to
+        /// the model.
+        #[test]
+        fn applied_changes_match_the_model(
+            picks in proptest::collection::vec(
+                (any::<u8>(), any::<u8>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)),
+                1..40,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut materializer = Materializer::open(dir.path()).unwrap();
+            let mut model = BTreeMap::new();
+            for pick in picks {
+                let change = valid_change(&model, pick);
+                let decoded = Change::decode(change.encode()).unwrap();
+                materializer.apply(&decoded).unwrap();
+                apply_model(&mut model, &change);
+            }
+            materializer.sync().unwrap();
+            prop_assert_eq!(read_dir_contents(dir.path()).unwrap(), model);
+        }
+    }
+
+    #[test]
+    fn a_directory_that_is_not_the_logs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Materializer::open(dir.path()).unwrap();
+        let name = Bytes::from_static(b"aof");
+        m.apply(&Change::Append {
+            name: name.clone(),
+            offset: 0,
+            data: Bytes::from_static(b"abc"),
+        })
+        .unwrap();
+        let gap = m.apply(&Change::Append {
+            name: name.clone(),
+            offset: 5,
+            data: Bytes::from_static(b"x"),
+        });
+        assert!(
+            matches!(gap, Err(MaterializeError::Gap { len: 3, .. })),
+            "{gap:?}"
+        );
+        let missing = m.apply(&Change::Append {
+            name: Bytes::from_static(b"other"),
+            offset: 2,
+            data: Bytes::from_static(b"x"),
+        });
+        assert!(
+            matches!(missing, Err(MaterializeError::Missing { .. })),
+            "{missing:?}"
+        );
+        let grow = m.apply(&Change::SetLen { name, len: 9 });
+        assert!(
+            matches!(grow, Err(MaterializeError::Grow { .. })),
+            "{grow:?}"
+        );
+        // A stale temporary file is removed when the directory is opened again.
+        std::fs::write(dir.path().join(format!("{TEMP_PREFIX}1-1")), b"half").unwrap();
+        Materializer::open(dir.path()).unwrap();
+        assert_eq!(
+            read_dir_contents(dir.path())
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            [&b"aof".to_vec()]
+        );
+        assert!(!dir.path().join(format!("{TEMP_PREFIX}1-1")).exists());
+    }
+}
