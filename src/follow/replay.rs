@@ -1,0 +1,243 @@
+//! A backup's copy of the followed directory, kept up with the committed log: every
+//! committed record from the last one applied on is decoded ([`Change`]), its checksum
+//! having been verified by the log's reader, applied ([`Materializer`]), and once a run of
+//! them is synced, the LSN reached is recorded in a state file, atomically.
+//!
+//! The crash argument: the state file says `L` only after every change through `L` is
+//! durable in the directory (the sync comes first). After a crash the directory may hold
+//! changes after `L` too; applying them again would be refused (an append that does not
+//! land at the file's length), so a replay that finds the directory is not the log's
+//! rebuilds it: every followed file is removed and the whole committed log applied again.
+//! (Snapshots of the directory, for logs truncated behind one, are not built yet: a rebuild
+//! needs the log from LSN 1.)
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use wal::format::RecordKind;
+use wal::reader::Reader;
+
+use super::change::{Change, ChangeError};
+use super::materialize::{MaterializeError, Materializer};
+use crate::Lsn;
+
+/// Why the directory could not be brought up to the commit LSN.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Materialize(#[from] MaterializeError),
+    #[error("record {lsn} of the log is not a change of the followed directory: {source}")]
+    NotAChange {
+        lsn: Lsn,
+        #[source]
+        source: ChangeError,
+    },
+    #[error("the log: {0}")]
+    Log(#[from] wal::Error),
+    #[error("{path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds {text:?}, not an LSN")]
+    BadState { path: PathBuf, text: String },
+}
+
+/// The directory and how far it is materialized.
+#[derive(Debug)]
+pub struct Replay {
+    materializer: Materializer,
+    state_path: PathBuf,
+    applied: Lsn,
+}
+
+impl Replay {
+    /// Opens the directory and reads how far it was materialized (0 without a state file).
+    pub fn open(dir: &Path, state_path: &Path) -> Result<Replay, ReplayError> {
+        let materializer = Materializer::open(dir)?;
+        let applied = match std::fs::read_to_string(state_path) {
+            Ok(text) => Lsn(text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ReplayError::BadState {
+                    path: state_path.to_path_buf(),
+                    text: text.clone(),
+                })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lsn::ZERO,
+            Err(source) => {
+                return Err(ReplayError::State {
+                    path: state_path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(Replay {
+            materializer,
+            state_path: state_path.to_path_buf(),
+            applied,
+        })
+    }
+
+    /// The last LSN whose change is durable in the directory.
+    pub fn applied(&self) -> Lsn {
+        self.applied
+    }
+
+    /// Applies every record after [`Replay::applied`] through `commit`, syncs, records the
+    /// LSN reached. A directory that is not the log's is rebuilt from LSN 1 (the log must
+    /// still hold it). Returns the LSN reached.
+    pub fn catch_up(&mut self, reader: &Reader, commit: Lsn) -> Result<Lsn, ReplayError> {
+        match self.apply_through(reader, commit) {
+            Err(ReplayError::Materialize(
+                MaterializeError::Gap { .. }
+                | MaterializeError::Missing { .. }
+                | MaterializeError::Grow { .. },
+            )) => {
+                self.rebuild()?;
+                self.apply_through(reader, commit)
+            }
+            other => other,
+        }
+    }
+
+    fn apply_through(&mut self, reader: &Reader, commit: Lsn) -> Result<Lsn, ReplayError> {
+        if commit <= self.applied {
+            return Ok(self.applied);
+        }
+        let mut reached = self.applied;
+        for record in reader.iter_from(self.applied.next())? {
+            let record = record?;
+            if record.lsn > commit {
+                break;
+            }
+            if record.kind == RecordKind::App {
+                let change =
+                    Change::decode(record.payload()).map_err(|source| ReplayError::NotAChange {
+                        lsn: record.lsn,
+                        source,
+                    })?;
+                self.materializer.apply(&change)?;
+            }
+            reached = record.lsn;
+        }
+        if reached > self.applied {
+            // Durable first, then recorded.
+            self.materializer.sync()?;
+            self.store(reached)?;
+        }
+        Ok(reached)
+    }
+
+    /// Removes every followed file and forgets how far the directory was materialized.
+    pub fn rebuild(&mut self) -> Result<(), ReplayError> {
+        let dir = self.materializer.dir().to_path_buf();
+        let files =
+            super::materialize::read_dir_contents(&dir).map_err(|source| ReplayError::State {
+                path: dir.clone(),
+                source,
+            })?;
+        for name in files.keys() {
+            let path = dir.join(std::ffi::OsStr::from_bytes(name));
+            std::fs::remove_file(&path).map_err(|source| ReplayError::State { path, source })?;
+        }
+        self.store(Lsn::ZERO)?;
+        Ok(())
+    }
+
+    fn store(&mut self, lsn: Lsn) -> Result<(), ReplayError> {
+        wal::fs::write_atomic(&self.state_path, lsn.get().to_string().as_bytes()).map_err(|e| {
+            ReplayError::State {
+                path: self.state_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        self.applied = lsn;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::follow::materialize::read_dir_contents;
+    use bytes::Bytes;
+    use wal::{Epoch, Options, Wal};
+
+    fn append(name: &str, offset: u64, data: &'static [u8]) -> Vec<u8> {
+        Change::Append {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            offset,
+            data: Bytes::from_static(data),
+        }
+        .encode()
+        .to_vec()
+    }
+
+    /// Committed records reach the directory and the state file; records above the commit
+    /// LSN do not; a directory that got ahead of its state file (a crash between the sync
+    /// and the record) is rebuilt and ends up right.
+    #[test]
+    fn committed_changes_are_materialized_and_a_directory_ahead_is_rebuilt() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(root.path().join("wal"), Options::default()).unwrap();
+        let payloads = [
+            append("aof", 0, b"SET a 1\n"),
+            append("aof", 8, b"SET b 2\n"),
+            Change::Install {
+                name: Bytes::from_static(b"manifest"),
+                data: Bytes::from_static(b"aof\n"),
+            }
+            .encode()
+            .to_vec(),
+            append("aof", 16, b"SET c 3\n"),
+        ];
+        wal.append(Epoch(1), RecordKind::EpochStart, [&[][..]])
+            .unwrap();
+        wal.append(Epoch(1), RecordKind::App, payloads.iter().map(|p| &p[..]))
+            .unwrap();
+        wal.sync().unwrap();
+        let reader = wal.reader();
+        let dir = root.path().join("data");
+        let state = root.path().join("materialized");
+        let mut replay = Replay::open(&dir, &state).unwrap();
+        assert_eq!(replay.catch_up(&reader, Lsn(4)).unwrap(), Lsn(4));
+        let files = read_dir_contents(&dir).unwrap();
+        assert_eq!(files[&b"aof".to_vec()], b"SET a 1\nSET b 2\n");
+        assert_eq!(files[&b"manifest".to_vec()], b"aof\n");
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), "4");
+
+        // A crash after applying record 5 but before recording it: the directory is ahead.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("aof"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"SET c 3\n"))
+            .unwrap();
+        let mut replay = Replay::open(&dir, &state).unwrap();
+        assert_eq!(replay.applied(), Lsn(4));
+        assert_eq!(replay.catch_up(&reader, Lsn(5)).unwrap(), Lsn(5));
+        let files = read_dir_contents(&dir).unwrap();
+        assert_eq!(files[&b"aof".to_vec()], b"SET a 1\nSET b 2\nSET c 3\n");
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), "5");
+    }
+
+    /// A record that is not a change is refused with its LSN, never applied.
+    #[test]
+    fn a_record_that_is_not_a_change_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(root.path().join("wal"), Options::default()).unwrap();
+        wal.append(Epoch(1), RecordKind::App, [&b"not a change"[..]])
+            .unwrap();
+        wal.sync().unwrap();
+        let mut replay =
+            Replay::open(&root.path().join("data"), &root.path().join("state")).unwrap();
+        let error = replay.catch_up(&wal.reader(), Lsn(1)).unwrap_err();
+        assert!(
+            matches!(error, ReplayError::NotAChange { lsn: Lsn(1), .. }),
+            "{error}"
+        );
+        assert!(read_dir_contents(&root.path().join("data"))
+            .unwrap()
+            .is_empty());
+    }
+}
