@@ -303,6 +303,19 @@ pub fn meta(data: &[u8]) {
     }
 }
 
+/// Follow mode's change record (`understudy::follow::change`): decoding arbitrary bytes never
+/// panics, and a change that decodes re-encodes to exactly its bytes.
+pub fn follow_change(data: &[u8]) {
+    use understudy::follow::change::Change;
+    if let Ok(change) = Change::decode(Bytes::copy_from_slice(data)) {
+        assert_eq!(
+            &change.encode()[..],
+            data,
+            "a follow change does not re-encode to its bytes"
+        );
+    }
+}
+
 fn empty_dir(dir: &Path) {
     for entry in std::fs::read_dir(dir).expect("list the scratch directory") {
         let path = entry.expect("a directory entry").path();
@@ -311,13 +324,14 @@ fn empty_dir(dir: &Path) {
 }
 
 /// The targets, by the name of their corpus folder, for the corpus replay test.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "peer_frame",
     "app_frame",
     "wal_records",
     "wal_segment",
     "snapshot",
     "meta",
+    "follow_change",
 ];
 
 /// Runs target `name` on `data`, with `dir` as the scratch directory of the file targets.
@@ -329,6 +343,7 @@ pub fn run(name: &str, data: &[u8], dir: &Path) {
         "wal_segment" => wal_segment(data, dir),
         "snapshot" => snapshot(data, dir),
         "meta" => meta(data),
+        "follow_change" => follow_change(data),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -552,6 +567,29 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         ..meta
     };
     seeds.push(("meta", learner.encode().to_vec()));
+    {
+        use understudy::follow::change::Change;
+        let name = Bytes::from_static(b"appendonly.aof.1.incr.aof");
+        for change in [
+            Change::Append {
+                name: name.clone(),
+                offset: 4096,
+                data: Bytes::from_static(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n"),
+            },
+            Change::Install {
+                name: Bytes::from_static(b"appendonly.aof.manifest"),
+                data: Bytes::from_static(b"file appendonly.aof.1.base.rdb seq 1 type b\n"),
+            },
+            Change::Delete { name: name.clone() },
+            Change::Rename {
+                name: Bytes::from_static(b"temp-rewrite.aof"),
+                to: name.clone(),
+            },
+            Change::SetLen { name, len: 17 },
+        ] {
+            seeds.push(("follow_change", change.encode().to_vec()));
+        }
+    }
     seeds
 }
 
