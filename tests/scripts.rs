@@ -138,3 +138,11 @@ fn hung_application_on_the_primary_hands_over_and_loses_nothing() {
 fn supervised_application_is_restarted_in_place_without_a_failover() {
     run_script("app_kill.sh", &["--mode", "supervised", "--trials", "1"]);
 }
+
+#[test]
+fn hung_supervised_application_is_killed_and_restarted_in_place() {
+    run_script(
+        "app_kill.sh",
+        &["--mode", "supervised-stop", "--trials", "1"],
+    );
+}

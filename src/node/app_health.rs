@@ -176,6 +176,21 @@ impl AppHealth {
         }
     }
 
+    /// How long a pinged application has been silent: the shortest time since any pinged
+    /// subscription last answered, once it is past the hang bound; `None` while one answers
+    /// within it, or none is pinged.
+    pub fn hung_for(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let silence = inner
+            .subscribed
+            .values()
+            .filter(|s| s.pinged)
+            .map(|s| now.duration_since(s.last_answer))
+            .min()?;
+        (silence >= self.hang_after).then_some(silence)
+    }
+
     /// A connection to `--app-addr` succeeded or failed (a failure is counted).
     pub fn reached(&self, ok: bool) {
         if !ok {

@@ -1160,6 +1160,7 @@ pub async fn run(
             app,
             &config,
             handle.watch_status(),
+            Arc::clone(&handle.app_health),
             Arc::clone(&metrics),
             cancel.clone(),
         )

@@ -48,9 +48,12 @@
 //! the supervisor runs on the runtime of `understudy run`, whose one thread is the main
 //! thread, and the children are forked from that task.
 //!
-//! What it does not do: judge whether the application is healthy (one that hangs but keeps
-//! running is not restarted, and the node's role does not depend on it yet); talk to the
-//! core loop (it publishes an [`AppStatus`] on a watch channel, which the core loop copies
+//! - **Hung.** An application that stops answering its app API pings (`app_health`) for
+//!   half of `--app-timeout` (at least [`HUNG_KILL_AFTER_MIN`]) gets SIGKILL on its group,
+//!   and so is started again like one that exited: in place, before the primary would hand
+//!   over for it at `--app-timeout`.
+//!
+//! What it does not do: talk to the core loop (it publishes an [`AppStatus`] on a watch channel, which the core loop copies
 //! into `/status`); start or stop the application on role changes (`--on-promote` and
 //! `--on-demote` are for that); capture the application's files (follow mode).
 
@@ -68,6 +71,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::app_health::AppHealth;
 use super::handle::{role_name, AppStatus, NodeStatus};
 use super::metrics::Metrics;
 use super::NodeConfig;
@@ -78,6 +82,10 @@ pub const LINE_BYTES_MAX: usize = 4096;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest pause before starting the application again.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The shortest silence after which a hung application is killed (the longer of this and
+/// half of `--app-timeout`, so that a restart in place is under way before the primary
+/// would hand over).
+pub const HUNG_KILL_AFTER_MIN: Duration = Duration::from_millis(500);
 /// A run that lasted this long worked: the next pause is [`BACKOFF_MIN`] again.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// How often a stopping process group is checked for processes still running.
@@ -147,6 +155,7 @@ pub fn start(
     app: &AppCommand,
     node: &NodeConfig,
     node_status: watch::Receiver<Arc<NodeStatus>>,
+    health: Arc<AppHealth>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Supervisor {
@@ -170,6 +179,8 @@ pub fn start(
         env,
         node_status,
         stop_timeout: app.stop_timeout,
+        health: Some(health),
+        hung_kill_after: (node.core.app_timeout / 2).max(HUNG_KILL_AFTER_MIN),
     };
     let (status_tx, status) = watch::channel(AppStatus::default());
     let task = tokio::spawn(supervise(launch, status_tx, metrics, shutdown));
@@ -185,6 +196,10 @@ struct Launch {
     env: Vec<(&'static str, OsString)>,
     node_status: watch::Receiver<Arc<NodeStatus>>,
     stop_timeout: Duration,
+    /// The application's liveness: one that stops answering its pings for
+    /// `hung_kill_after` is killed, and so started again (`None` in unit tests).
+    health: Option<Arc<AppHealth>>,
+    hung_kill_after: Duration,
 }
 
 /// One run of the application.
@@ -244,6 +259,12 @@ async fn supervise(
                 let exited = tokio::select! {
                     exited = running.child.wait() => Some(exited),
                     () = shutdown.cancelled() => None,
+                    () = launch.hung(pid) => {
+                        // Ended by SIGKILL to its group; the exit is reported below.
+                        // SAFETY: kill(2) on the application's own process group.
+                        unsafe { libc::kill(-running.pgid, libc::SIGKILL) };
+                        Some(running.child.wait().await)
+                    }
                 };
                 let Some(exited) = exited else {
                     let exit = launch.stop(&mut running).await;
@@ -299,6 +320,31 @@ async fn supervise(
         }
         status.send_modify(|s| s.restarts += 1);
         Metrics::add(&metrics.app_restarts, 1);
+    }
+}
+
+impl Launch {
+    /// Returns once the running application (`pid`) has not answered its pings for
+    /// `hung_kill_after` (never without a liveness record).
+    async fn hung(&self, pid: u32) {
+        let Some(health) = &self.health else {
+            return std::future::pending().await;
+        };
+        let mut ticker = tokio::time::interval(health.ping_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Some(silent) = health.hung_for() {
+                if silent >= self.hung_kill_after {
+                    warn!(
+                        app.pid = pid,
+                        silent_ms = silent.as_millis() as u64,
+                        "the application has not answered its pings: killing it to start it again"
+                    );
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -790,6 +836,8 @@ mod tests {
             env: Vec::new(),
             node_status,
             stop_timeout,
+            health: None,
+            hung_kill_after: HUNG_KILL_AFTER_MIN,
         }
     }
 

@@ -14,14 +14,17 @@
 #   --mode supervised  every sidecar runs its key-value server itself (--app-cmd, with
 #                      --app-timeout 2s): SIGKILL the server; the sidecar starts it again
 #                      in place and the same node stays primary, no failover.
+#   --mode supervised-stop  the same, but SIGSTOP: the sidecar finds the server hung (no
+#                      answer to its pings for half the app timeout), kills it and starts
+#                      it again in place; no failover.
 #
 # Checks per trial: writes resume within --app-timeout + 1 s (the longest pause between two
 # acknowledged writes), on another node for kill and stop and on the same node, in the
-# same epoch, for supervised. At the end: every acknowledged write is readable and all logs
+# same epoch, for supervised and supervised-stop. At the end: every acknowledged write is readable and all logs
 # verify and agree on the committed prefix. Prints the client's pause per trial and its
 # min/median/max.
 #
-# Run: tests/scripts/app_kill.sh [--mode kill|stop|supervised] [--trials N]   (default
+# Run: tests/scripts/app_kill.sh [--mode kill|stop|supervised|supervised-stop] [--trials N]   (default
 #      kill, 3 trials; `cargo test --test scripts` runs one trial of each mode). Needs:
 #      bash, coreutils; builds target/release binaries if missing.
 set -euo pipefail
@@ -34,12 +37,12 @@ while [[ $# -gt 0 ]]; do
     case $1 in
     --mode) MODE=$2; shift 2 ;;
     --trials) TRIALS=$2; shift 2 ;;
-    *) echo "usage: $0 [--mode kill|stop|supervised] [--trials N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--mode kill|stop|supervised|supervised-stop] [--trials N]" >&2; exit 2 ;;
     esac
 done
 case $MODE in
 kill | stop) APP_TIMEOUT_MS=$FAILOVER_TIMEOUT_MS ;;
-supervised)
+supervised | supervised-stop)
     SUPERVISED=1
     APP_TIMEOUT_MS=2000
     NODE_ARGS+=(--app-timeout "${APP_TIMEOUT_MS}ms")
@@ -70,9 +73,9 @@ for trial in $(seq 1 "$TRIALS"); do
     started=$(date +%s%N)
     case $MODE in
     kill | supervised) kill -9 "$pid" ;;
-    stop) kill -STOP "$pid" ;;
+    stop | supervised-stop) kill -STOP "$pid" ;;
     esac
-    if [[ $MODE == supervised ]]; then
+    if [[ $MODE == supervised* ]]; then
         # The application comes back in place: a new process, the same primary.
         for _ in $(seq 1 200); do
             now_pid=$(app_pid "$old") && [[ $now_pid != "$pid" ]] && break
@@ -108,11 +111,11 @@ for trial in $(seq 1 "$TRIALS"); do
         kill -CONT "$pid"
         log "trial $trial/$TRIALS: node $old's application stopped; node $PRIMARY took over after $took ms; the client paused $pause ms"
         ;;
-    supervised)
+    supervised | supervised-stop)
         PRIMARY=$(wait_primary 15s) || fail "no primary after the restart in place"
         [[ $PRIMARY == "$old" ]] || fail "node $PRIMARY took over: the restart in place failed over"
         [[ $(epoch_of "$old") == "$old_epoch" ]] || fail "node $old's epoch moved: a failover happened"
-        log "trial $trial/$TRIALS: node $old's application killed and started again in place after $took ms; the client paused $pause ms; still primary in epoch $old_epoch"
+        log "trial $trial/$TRIALS: node $old's application ($MODE) killed and started again in place after $took ms; the client paused $pause ms; still primary in epoch $old_epoch"
         ;;
     esac
     [[ $pause -le $PAUSE_MAX_MS ]] || fail "the client paused $pause ms, more than --app-timeout + 1 s ($PAUSE_MAX_MS ms)"
