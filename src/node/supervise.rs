@@ -49,9 +49,10 @@
 //! thread, and the children are forked from that task.
 //!
 //! - **Hung.** An application that stops answering its app API pings (`app_health`) for
-//!   half of `--app-timeout` (at least [`HUNG_KILL_AFTER_MIN`]) gets SIGKILL on its group,
-//!   and so is started again like one that exited: in place, before the primary would hand
-//!   over for it at `--app-timeout`.
+//!   half of `--app-timeout`, and at least [`HUNG_KILL_AFTER_MIN`], gets SIGKILL on its
+//!   group, and so is started again like one that exited. With an app timeout of 4 s or
+//!   more that restart is under way before a primary would hand over for it; with a shorter
+//!   one the primary hands over first, and the application comes back as a backup's.
 //!
 //! What it does not do: talk to the core loop (it publishes an [`AppStatus`] on a watch channel, which the core loop copies
 //! into `/status`); start or stop the application on role changes (`--on-promote` and
@@ -82,10 +83,11 @@ pub const LINE_BYTES_MAX: usize = 4096;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest pause before starting the application again.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// The shortest silence after which a hung application is killed (the longer of this and
-/// half of `--app-timeout`, so that a restart in place is under way before the primary
-/// would hand over).
-pub const HUNG_KILL_AFTER_MIN: Duration = Duration::from_millis(500);
+/// The shortest silence after which a hung application is killed: the longer of this and
+/// half of `--app-timeout` (so that, with a generous app timeout, a restart in place is
+/// under way before the primary would hand over). An application busy for a moment (a long
+/// `apply`, a GC pause) is not killed for it.
+pub const HUNG_KILL_AFTER_MIN: Duration = Duration::from_secs(2);
 /// A run that lasted this long worked: the next pause is [`BACKOFF_MIN`] again.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// How often a stopping process group is checked for processes still running.

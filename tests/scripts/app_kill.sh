@@ -12,11 +12,11 @@
 #   --mode stop        SIGSTOP the key-value server (a hung application: it stops answering
 #                      the sidecar's pings); the same hand-over; then SIGCONT.
 #   --mode supervised  every sidecar runs its key-value server itself (--app-cmd, with
-#                      --app-timeout 2s): SIGKILL the server; the sidecar starts it again
+#                      --app-timeout 5s): SIGKILL the server; the sidecar starts it again
 #                      in place and the same node stays primary, no failover.
 #   --mode supervised-stop  the same, but SIGSTOP: the sidecar finds the server hung (no
 #                      answer to its pings for half the app timeout), kills it and starts
-#                      it again in place; no failover.
+#                      it again in place (after 2.5 s); no failover.
 #
 # Checks per trial: writes resume within --app-timeout + 1 s (the longest pause between two
 # acknowledged writes), on another node for kill and stop and on the same node, in the
@@ -44,7 +44,7 @@ case $MODE in
 kill | stop) APP_TIMEOUT_MS=$FAILOVER_TIMEOUT_MS ;;
 supervised | supervised-stop)
     SUPERVISED=1
-    APP_TIMEOUT_MS=2000
+    APP_TIMEOUT_MS=5000
     NODE_ARGS+=(--app-timeout "${APP_TIMEOUT_MS}ms")
     ;;
 *) fail "unknown mode $MODE" ;;
