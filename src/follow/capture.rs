@@ -534,6 +534,9 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 pub struct Capture {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Barrier requests to the capture thread, and the eventfd that wakes it for them.
+    barriers: mpsc::Sender<tokio::sync::oneshot::Sender<u64>>,
+    wake: Arc<std::os::fd::OwnedFd>,
 }
 
 impl Capture {
@@ -561,14 +564,55 @@ impl Capture {
         let tracker = Tracker::scan(dir)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
+        // SAFETY: eventfd(2) with valid flags; the descriptor it returns is owned below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(io(dir)(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a new descriptor nobody else owns.
+        let wake =
+            Arc::new(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        let (barriers, barrier_rx) = mpsc::channel();
+        let thread_wake = Arc::clone(&wake);
         let thread = std::thread::Builder::new()
             .name("follow-capture".into())
-            .spawn(move || run(inotify, tracker, changes, thread_stop))
+            .spawn(move || {
+                run(
+                    inotify,
+                    tracker,
+                    changes,
+                    thread_stop,
+                    barrier_rx,
+                    thread_wake,
+                )
+            })
             .map_err(io(dir))?;
         Ok(Capture {
             stop,
             thread: Some(thread),
+            barriers,
+            wake,
         })
+    }
+
+    /// The reply barrier's first half: how many changes the capture has sent once every
+    /// event the kernel had queued when this was called is handled. An application that
+    /// wrote its log before it answered has its write among them (inotify queues the event
+    /// before `write` returns), so a reply held until that many changes are committed
+    /// loses nothing. Barriers asked at once share one pass. `None` once capture stopped.
+    pub async fn barrier(&self) -> Option<u64> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.barriers.send(reply).ok()?;
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to an eventfd this capture owns.
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.wake),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+        answer.await.ok()
     }
 }
 
@@ -586,7 +630,12 @@ fn run(
     mut tracker: Tracker,
     changes: mpsc::Sender<Result<Change, CaptureError>>,
     stop: Arc<AtomicBool>,
+    barriers: mpsc::Receiver<tokio::sync::oneshot::Sender<u64>>,
+    wake: Arc<std::os::fd::OwnedFd>,
 ) {
+    let wake_fd = std::os::fd::AsRawFd::as_raw_fd(&*wake);
+    // Changes sent so far: what a barrier answers.
+    let mut sent: u64 = 0;
     let fd = inotify.as_raw_fd();
     let mut buffer = vec![0u8; 64 * 1024];
     tracker.source = Some(EventSource(Box::new(move || {
@@ -600,20 +649,39 @@ fn run(
     })));
     let mut out = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let mut poll = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut polls = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         // A rename's two events may straddle two reads: wait a little for the second.
         let timeout = if tracker.moving.is_some() {
             MOVE_PAIR_WAIT
         } else {
             STOP_POLL
         };
-        // SAFETY: one valid pollfd, for the duration of the call; `fd` stays open while
-        // the source that owns it lives in `tracker`.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
+        // SAFETY: two valid pollfds, for the duration of the call; `fd` stays open while
+        // the source that owns it lives in `tracker`, `wake_fd` while `wake` does.
+        let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, timeout.as_millis() as i32) };
+        let woken = polls[1].revents & libc::POLLIN != 0;
+        // The barriers this pass answers: those asked before it reads the kernel's events.
+        // One asked later is answered by the next pass (its wake-up is still pending).
+        let mut answering = Vec::new();
+        if woken {
+            let mut count = 0u64;
+            // SAFETY: an 8-byte read from the eventfd, which resets it.
+            unsafe { libc::read(wake_fd, (&mut count as *mut u64).cast(), 8) };
+            while let Ok(reply) = barriers.try_recv() {
+                answering.push(reply);
+            }
+        }
         if ready <= 0 {
             // Nothing followed a lone MovedFrom: the file left the directory.
             if let Some((_, from)) = tracker.moving.take() {
@@ -621,6 +689,7 @@ fn run(
                     let _ = changes.send(Ok(Change::Delete {
                         name: Bytes::from(from),
                     }));
+                    sent += 1;
                 }
             }
             continue;
@@ -637,6 +706,11 @@ fn run(
             if changes.send(Ok(change)).is_err() {
                 return;
             }
+            sent += 1;
+        }
+        // Every event queued before these barriers were asked is handled now.
+        for reply in answering {
+            let _ = reply.send(sent);
         }
     }
 }
@@ -816,6 +890,46 @@ mod tests {
                 }
             }
             prop_assert_eq!(&got, states.last().unwrap());
+        }
+    }
+
+    /// A barrier answers only once every change made before it was asked has been sent: the
+    /// changes received by then hold every byte written.
+    #[tokio::test]
+    async fn a_barrier_covers_every_write_made_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let capture = Capture::start(dir.path(), tx).unwrap();
+        let mut written = Vec::new();
+        let mut received = Vec::new();
+        for round in 0..50u32 {
+            let line = format!("SET k{round} v\n");
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("aof"))
+                .unwrap()
+                .write_all(line.as_bytes())
+                .unwrap();
+            written.extend_from_slice(line.as_bytes());
+            let count = capture.barrier().await.expect("capture runs");
+            while (received.len() as u64) < count {
+                received.push(
+                    rx.try_recv()
+                        .expect("a change the barrier counted was sent"),
+                );
+            }
+            let captured: Vec<u8> = received
+                .iter()
+                .flat_map(|change| match change {
+                    Ok(Change::Append { data, .. }) => data.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            assert_eq!(
+                captured, written,
+                "round {round}: the barrier came before the write was captured"
+            );
         }
     }
 
