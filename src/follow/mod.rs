@@ -6,6 +6,7 @@
 //! | `change.rs` | one change to the directory (append, install, delete, rename, cut) as the payload of one log record, and its codec |
 //! | `capture.rs` | the primary's side: inotify events turned into changes, in kernel order; the reply barrier's first half (`Capture::barrier`: how many changes cover every write made before it) |
 //! | `materialize.rs` | a backup's side: changes applied to its copy of the directory, strictly (a directory that is not the log's is refused), synced on demand |
+//! | `ship.rs` | the primary's captured changes proposed in order, and the reply barrier (`Shipper::reply_barrier`: every earlier write committed) |
 //! | `replay.rs` | a backup's copy kept up with the committed log: applied, synced, then the LSN reached recorded; a directory found ahead of its record rebuilt |
 //!
 //! Not built yet: the node's use of them (capture on the primary proposing records,
@@ -17,6 +18,7 @@ pub mod capture;
 pub mod change;
 pub mod materialize;
 pub mod replay;
+pub mod ship;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,257 @@
+//! The primary's side of follow mode after the capture: captured changes proposed to the
+//! node as records, in order, and the reply barrier's second half.
+//!
+//! A thread of its own takes the capture's changes ([`Capture`]), gathers what is waiting
+//! into one proposal (at most [`BATCH_CHANGES_MAX`] changes and [`BATCH_BYTES_MAX`] bytes),
+//! proposes it and waits for its commit, then publishes how many changes are committed.
+//! Proposals go one at a time, so changes are committed in the order they were captured.
+//! [`Shipper::reply_barrier`] asks the capture how many changes cover every write made so
+//! far and waits until that many are committed: the client port holds a reply from the
+//! application until then, and an acknowledged write is in the committed log.
+//!
+//! Anything but a commit (this node is no longer primary, the outcome is unknown, the disk
+//! failed) or a capture error ends the shipping: the barrier then never releases, and the
+//! node rewinds the directory when it follows again.
+
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::capture::{Capture, CaptureError};
+use super::change::Change;
+use crate::node::{NodeHandle, ProposeOutcome};
+
+/// Changes in one proposal, at most.
+pub const BATCH_CHANGES_MAX: usize = 1024;
+/// Payload bytes in one proposal, at most (one change may be larger: it goes alone).
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// Why shipping stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShipError {
+    #[error("the capture stopped: {0}")]
+    Capture(String),
+    #[error("a proposal of captured changes was not committed: {0}")]
+    NotCommitted(String),
+    #[error("the node stopped")]
+    NodeStopped,
+}
+
+/// The running shipper.
+pub struct Shipper {
+    /// `None` only while dropping.
+    capture: Option<Capture>,
+    committed: watch::Receiver<u64>,
+    ended: watch::Receiver<Option<ShipError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shipper {
+    /// Ships what `capture` sends on `changes` to `node`, proposing through `runtime`.
+    pub fn start(
+        capture: Capture,
+        changes: mpsc::Receiver<Result<Change, CaptureError>>,
+        node: NodeHandle,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<Shipper> {
+        let (committed_tx, committed) = watch::channel(0u64);
+        let (ended_tx, ended) = watch::channel(None);
+        let thread = std::thread::Builder::new()
+            .name("follow-ship".into())
+            .spawn(move || {
+                let error = ship(&changes, &node, &runtime, &committed_tx);
+                ended_tx.send_replace(Some(error));
+            })?;
+        Ok(Shipper {
+            capture: Some(capture),
+            committed,
+            ended,
+            thread: Some(thread),
+        })
+    }
+
+    /// How many captured changes are committed.
+    pub fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Returns once every write made to the directory before the call is in a committed
+    /// change; the error that ended shipping if it cannot be.
+    pub async fn reply_barrier(&self) -> Result<(), ShipError> {
+        let barrier = match &self.capture {
+            Some(capture) => capture.barrier().await,
+            None => None,
+        };
+        let Some(needed) = barrier else {
+            return Err(self.ended_error());
+        };
+        let mut committed = self.committed.clone();
+        let mut ended = self.ended.clone();
+        loop {
+            if *committed.borrow_and_update() >= needed {
+                return Ok(());
+            }
+            if let Some(error) = ended.borrow_and_update().clone() {
+                return Err(error);
+            }
+            tokio::select! {
+                changed = committed.changed() => if changed.is_err() { return Err(self.ended_error()) },
+                changed = ended.changed() => if changed.is_err() { return Err(self.ended_error()) },
+            }
+        }
+    }
+
+    fn ended_error(&self) -> ShipError {
+        self.ended
+            .borrow()
+            .clone()
+            .unwrap_or(ShipError::NodeStopped)
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        // The capture stops first (its sender closes), which ends the shipping thread.
+        drop(self.capture.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Proposes batches until something ends it; returns why.
+fn ship(
+    changes: &mpsc::Receiver<Result<Change, CaptureError>>,
+    node: &NodeHandle,
+    runtime: &tokio::runtime::Handle,
+    committed: &watch::Sender<u64>,
+) -> ShipError {
+    let mut count = 0u64;
+    loop {
+        let first = match changes.recv() {
+            Ok(Ok(change)) => change,
+            Ok(Err(error)) => return ShipError::Capture(error.to_string()),
+            Err(_) => return ShipError::Capture("the capture ended".into()),
+        };
+        let mut payloads: Vec<Bytes> = vec![first.encode()];
+        let mut bytes = payloads[0].len();
+        let mut failed = None;
+        while payloads.len() < BATCH_CHANGES_MAX && bytes < BATCH_BYTES_MAX {
+            match changes.try_recv() {
+                Ok(Ok(change)) => {
+                    let payload = change.encode();
+                    bytes += payload.len();
+                    payloads.push(payload);
+                }
+                Ok(Err(error)) => {
+                    failed = Some(ShipError::Capture(error.to_string()));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let batch = payloads.len() as u64;
+        match runtime.block_on(node.propose(payloads)) {
+            Ok(ProposeOutcome::Committed { .. }) => {
+                count += batch;
+                committed.send_replace(count);
+            }
+            Ok(other) => return ShipError::NotCommitted(format!("{other:?}")),
+            Err(_) => return ShipError::NodeStopped,
+        }
+        if let Some(error) = failed {
+            return error;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc as tokio_mpsc;
+
+    use super::*;
+    use crate::core::Role;
+    use crate::node::{NodeStatus, Request};
+    use crate::Lsn;
+
+    /// A stand-in for the core loop: commits every proposal after `delay`, keeping its
+    /// payloads in order.
+    fn fake_node(
+        delay: Duration,
+    ) -> (
+        NodeHandle,
+        Arc<std::sync::Mutex<Vec<Bytes>>>,
+        tempfile::TempDir,
+    ) {
+        let (requests, mut rx) = tokio_mpsc::channel(16);
+        let (_status_tx, status) = watch::channel(Arc::new(NodeStatus::for_tests(Role::Primary)));
+        let (_commit_tx, commit) = watch::channel(Lsn::ZERO);
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = wal::Wal::open(dir.path(), wal::Options::default()).unwrap();
+        let node = NodeHandle::for_tests(requests, status, commit, wal.reader(), wal::NodeId(1));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
+        tokio::spawn(async move {
+            let _wal = wal;
+            let _status_tx = _status_tx;
+            let _commit_tx = _commit_tx;
+            let mut next = 1u64;
+            while let Some(request) = rx.recv().await {
+                if let Request::Propose { payloads, reply } = request {
+                    tokio::time::sleep(delay).await;
+                    let count = payloads.len() as u64;
+                    kept.lock().unwrap().extend(payloads);
+                    let _ = reply.send(ProposeOutcome::Committed {
+                        first_lsn: Lsn(next),
+                        last_lsn: Lsn(next + count - 1),
+                    });
+                    next += count;
+                }
+            }
+        });
+        (node, log, dir)
+    }
+
+    /// A reply barrier returns only once every write made before it is in a committed
+    /// change; changes are proposed in the order captured.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reply_barrier_waits_for_the_commit_of_every_earlier_write() {
+        let (node, log, _wal_dir) = fake_node(Duration::from_millis(5));
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let capture = Capture::start(dir.path(), tx).unwrap();
+        let shipper = Shipper::start(capture, rx, node, tokio::runtime::Handle::current()).unwrap();
+        let mut written = Vec::new();
+        for round in 0..40u32 {
+            let line = format!("SET k{round} v\n");
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("aof"))
+                .unwrap()
+                .write_all(line.as_bytes())
+                .unwrap();
+            written.extend_from_slice(line.as_bytes());
+            shipper.reply_barrier().await.unwrap();
+            let committed: Vec<u8> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|payload| match Change::decode(payload.clone()) {
+                    Ok(Change::Append { data, .. }) => data.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            assert_eq!(
+                committed, written,
+                "round {round}: released before the commit"
+            );
+        }
+        assert!(shipper.committed() >= 40);
+    }
+}
