@@ -903,15 +903,7 @@ mod tests {
         let mut written = Vec::new();
         let mut received = Vec::new();
         for round in 0..50u32 {
-            let line = format!("SET k{round} v\n");
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.path().join("aof"))
-                .unwrap()
-                .write_all(line.as_bytes())
-                .unwrap();
-            written.extend_from_slice(line.as_bytes());
+            written.extend_from_slice(&crate::follow::tests::append_set(dir.path(), round));
             let count = capture.barrier().await.expect("capture runs");
             while (received.len() as u64) < count {
                 received.push(

@@ -21,7 +21,7 @@ pub mod replay;
 pub mod ship;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -32,6 +32,20 @@ mod tests {
     use super::capture::Capture;
     use super::materialize::read_dir_contents;
     use super::replay::Replay;
+
+    /// Appends `SET k<round> v` to `dir/aof` (creating it), as an application writes its log;
+    /// returns the line.
+    pub(crate) fn append_set(dir: &std::path::Path, round: u32) -> Vec<u8> {
+        let line = format!("SET k{round} v\n").into_bytes();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("aof"))
+            .unwrap()
+            .write_all(&line)
+            .unwrap();
+        line
+    }
 
     /// The pieces together, as a primary and a backup will use them, on what Redis does to
     /// its append-only directory: appends to the incremental file, a rewrite (a new base

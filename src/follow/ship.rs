@@ -168,7 +168,6 @@ fn ship(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -228,15 +227,7 @@ mod tests {
         let shipper = Shipper::start(capture, rx, node, tokio::runtime::Handle::current()).unwrap();
         let mut written = Vec::new();
         for round in 0..40u32 {
-            let line = format!("SET k{round} v\n");
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.path().join("aof"))
-                .unwrap()
-                .write_all(line.as_bytes())
-                .unwrap();
-            written.extend_from_slice(line.as_bytes());
+            written.extend_from_slice(&crate::follow::tests::append_set(dir.path(), round));
             shipper.reply_barrier().await.unwrap();
             let committed: Vec<u8> = log
                 .lock()
