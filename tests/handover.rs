@@ -56,10 +56,7 @@ fn named_target(cluster: &Cluster, id: u16, from: usize) -> Option<u16> {
 /// timeout could have run out, and the old primary exits cleanly once it has.
 #[test]
 fn sigterm_hands_over_to_the_named_target_every_time() {
-    let trials: usize = std::env::var("HANDOVER_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let trials = support::trials_from_env("HANDOVER_TRIALS", 8);
     let failover_timeout = Duration::from_millis(300);
     let mut cluster = Cluster::start(3);
     assert!(

@@ -368,10 +368,7 @@ fn pause_stops_failover_and_resume_restores_it() {
 #[test]
 fn no_failover_node_is_never_elected() {
     let started = Instant::now();
-    let trials: usize = std::env::var("NO_FAILOVER_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let trials = support::trials_from_env("NO_FAILOVER_TRIALS", 4);
     let all = [1, 2, 3];
     let mut cluster = Cluster::new(3);
     cluster.node_mut(3).extra.push("--no-failover".into());
@@ -442,10 +439,7 @@ fn no_failover_node_is_never_elected() {
 #[test]
 fn priority_node_wins_a_failover_among_equals() {
     let started = Instant::now();
-    let trials: usize = std::env::var("PRIORITY_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let trials = support::trials_from_env("PRIORITY_TRIALS", 6);
     let all = [1, 2, 3];
     let mut cluster = Cluster::new(3);
     cluster

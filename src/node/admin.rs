@@ -441,16 +441,19 @@ fn health_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String)
     (StatusCode::OK, "ok\n".into())
 }
 
+/// The value of `key` in a query string (`a=1&key=value`), if present.
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, value)| value)
+}
+
 /// The `stamp` of `POST /pause?stamp=MS` (the command's wall-clock milliseconds, the same
 /// for every node one command asks); now when absent.
 fn pause_stamp(query: Option<&str>) -> Result<u64, String> {
-    let value = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "stamp")
-        .map(|(_, value)| value);
-    match value {
+    match query_param(query, "stamp") {
         None => Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64)),
@@ -462,13 +465,7 @@ fn pause_stamp(query: Option<&str>) -> Result<u64, String> {
 
 /// The `to` of `?to=N`: a node id (1 or more), or none (the primary picks).
 fn switchover_target(query: Option<&str>) -> Result<Option<NodeId>, String> {
-    let Some(value) = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "to")
-        .map(|(_, value)| value)
-    else {
+    let Some(value) = query_param(query, "to") else {
         return Ok(None);
     };
     match value.parse::<u16>() {

@@ -391,8 +391,18 @@ impl Sim {
         n.core = Some(core);
         n.paused_until = 0;
         let inc = n.inc;
-        let live = n.app_live;
         self.note(node, "start", inc as u64);
+        self.tell_app_health(node)?;
+        let first_tick = self.rng.below(TICK_MS) * MS;
+        self.schedule(first_tick, Event::Tick { node, inc });
+        let snapshot_after = 200 * MS + self.rng.below(600) * MS;
+        self.schedule(snapshot_after, Event::TakeSnapshot { node, inc });
+        Ok(())
+    }
+
+    /// Tells `node`'s core whether its application is live (every node expects one).
+    fn tell_app_health(&mut self, node: usize) -> Result<(), Violation> {
+        let live = self.nodes[node].app_live;
         self.step_node(
             node,
             Input::AppHealth {
@@ -400,12 +410,7 @@ impl Sim {
                 live,
             },
             None,
-        )?;
-        let first_tick = self.rng.below(TICK_MS) * MS;
-        self.schedule(first_tick, Event::Tick { node, inc });
-        let snapshot_after = 200 * MS + self.rng.below(600) * MS;
-        self.schedule(snapshot_after, Event::TakeSnapshot { node, inc });
-        Ok(())
+        )
     }
 
     fn crash(&mut self, node: usize) {
@@ -816,14 +821,7 @@ impl Sim {
                     if !self.alive(node) {
                         self.start_node(node)?;
                     } else {
-                        self.step_node(
-                            node,
-                            Input::AppHealth {
-                                expected: true,
-                                live: true,
-                            },
-                            None,
-                        )?;
+                        self.tell_app_health(node)?;
                     }
                 }
                 self.schedule(CLIENT_MS_AFTER_HEAL * MS, Event::StopClients);
@@ -991,14 +989,7 @@ impl Sim {
                 self.nodes[node].app_live = live;
                 self.note(node, "app live", u64::from(live));
                 if self.alive(node) && self.nodes[node].paused_until <= self.now {
-                    self.step_node(
-                        node,
-                        Input::AppHealth {
-                            expected: true,
-                            live,
-                        },
-                        None,
-                    )?;
+                    self.tell_app_health(node)?;
                 }
             }
             93..=98 if self.data_loss.is_none() => {
