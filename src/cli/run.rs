@@ -176,6 +176,13 @@ pub struct RunArgs {
     /// Never become primary: still vote and replicate.
     #[arg(long, env = "UNDERSTUDY_NO_FAILOVER")]
     pub no_failover: bool,
+    /// Follow mode: replicate the application's own files in this directory (its
+    /// write-ahead log: files that only grow, files installed by rename, deletions), for an
+    /// application that does not use the app API. Needs --app-cmd and --app-addr: the
+    /// application runs only on the primary, and the client port holds each of its replies
+    /// until every change it made to the directory before replying is committed.
+    #[arg(long, env = "UNDERSTUDY_FOLLOW_DIR")]
+    pub follow_dir: Option<PathBuf>,
     /// /ready on a backup fails while more than this many committed records are not yet
     /// durable here.
     #[arg(long, env = "UNDERSTUDY_READY_MAX_LAG", default_value_t = 10_000)]
@@ -223,6 +230,22 @@ impl RunArgs {
         if self.app_cmd.as_ref().is_some_and(|c| c.trim().is_empty()) {
             anyhow::bail!("--app-cmd \"\": the command is empty");
         }
+        let follow = match &self.follow_dir {
+            None => None,
+            Some(dir) => {
+                let (Some(_), Some(app_addr)) = (&self.app_cmd, self.app_addr) else {
+                    anyhow::bail!(
+                        "--follow-dir {}: needs --app-cmd (the application runs only on the primary) and --app-addr (where it serves clients)",
+                        dir.display()
+                    );
+                };
+                Some(crate::follow::node::FollowConfig {
+                    dir: dir.clone(),
+                    state_path: self.data_dir.join("follow-state"),
+                    app_addr,
+                })
+            }
+        };
         let secret = ClusterSecret::load(&self.cluster_secret_file)?;
         let mut core = crate::core::Config::new(node_id, peers.keys().copied().collect());
         core.heartbeat_interval = self.heartbeat_interval;
@@ -252,6 +275,7 @@ impl RunArgs {
             app_addr: self.app_addr,
             admin_addr: self.admin_listen,
             ready_lag_max: self.ready_max_lag,
+            follow,
             on_promote: self.on_promote.clone(),
             on_demote: self.on_demote.clone(),
             app_cmd: self

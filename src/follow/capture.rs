@@ -616,6 +616,13 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Asks the capture thread to stop (within [`STOP_POLL`]); its sender closes then.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

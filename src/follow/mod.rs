@@ -17,6 +17,7 @@
 pub mod capture;
 pub mod change;
 pub mod materialize;
+pub mod node;
 pub mod replay;
 pub mod ship;
 

@@ -44,27 +44,48 @@ pub enum ReplayError {
     BadState { path: PathBuf, text: String },
 }
 
+/// What the state file holds while the application may be writing the directory (this
+/// node serves): the directory is not the log's at any LSN, and is rebuilt before it is
+/// followed again.
+const DIRTY: &str = "dirty";
+
 /// The directory and how far it is materialized.
 #[derive(Debug)]
 pub struct Replay {
     materializer: Materializer,
     state_path: PathBuf,
     applied: Lsn,
+    /// The directory must be rebuilt before anything is applied.
+    dirty: bool,
+    /// Where files found in a directory never materialized here were moved (see
+    /// [`Replay::open`]).
+    moved_aside: Option<PathBuf>,
 }
 
 impl Replay {
     /// Opens the directory and reads how far it was materialized (0 without a state file).
+    ///
+    /// A directory that holds files although this node never materialized it (no state
+    /// file: a data dir that was wiped, or files that were there before the node first
+    /// ran) cannot be trusted to be the log's; its files are moved into a new directory
+    /// beside it, `<dir>.understudy-old-<unix seconds>` (nothing is deleted), and
+    /// [`Replay::moved_aside`] says where.
     pub fn open(dir: &Path, state_path: &Path) -> Result<Replay, ReplayError> {
         let materializer = Materializer::open(dir)?;
-        let applied = match std::fs::read_to_string(state_path) {
-            Ok(text) => Lsn(text
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| ReplayError::BadState {
-                    path: state_path.to_path_buf(),
-                    text: text.clone(),
-                })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lsn::ZERO,
+        let (applied, dirty, known) = match std::fs::read_to_string(state_path) {
+            Ok(text) if text.trim() == DIRTY => (Lsn::ZERO, true, true),
+            Ok(text) => (
+                Lsn(text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| ReplayError::BadState {
+                        path: state_path.to_path_buf(),
+                        text: text.clone(),
+                    })?),
+                false,
+                true,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Lsn::ZERO, false, false),
             Err(source) => {
                 return Err(ReplayError::State {
                     path: state_path.to_path_buf(),
@@ -72,11 +93,68 @@ impl Replay {
                 })
             }
         };
-        Ok(Replay {
+        let mut replay = Replay {
             materializer,
             state_path: state_path.to_path_buf(),
             applied,
-        })
+            dirty,
+            moved_aside: None,
+        };
+        if !known {
+            replay.move_aside()?;
+            replay.store(Lsn::ZERO)?;
+        }
+        Ok(replay)
+    }
+
+    /// Where files found in a directory never materialized here were moved, if any were.
+    pub fn moved_aside(&self) -> Option<&Path> {
+        self.moved_aside.as_deref()
+    }
+
+    /// Records that the application may write the directory from now on: whatever happens
+    /// next (a crash included), it is rebuilt before it is followed again.
+    pub fn mark_dirty(&mut self) -> Result<(), ReplayError> {
+        self.write_state(DIRTY)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn move_aside(&mut self) -> Result<(), ReplayError> {
+        let dir = self.materializer.dir().to_path_buf();
+        let files = super::materialize::read_dir_contents(&dir).map_err(|source| {
+            ReplayError::State {
+                path: dir.clone(),
+                source,
+            }
+        })?;
+        if files.is_empty() {
+            return Ok(());
+        }
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = dir.clone().into_os_string();
+        aside.push(format!(".understudy-old-{seconds}"));
+        let aside = PathBuf::from(aside);
+        let state = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReplayError::State { path, source }
+        };
+        std::fs::create_dir_all(&aside).map_err(state(&aside))?;
+        for name in files.keys() {
+            let name = std::ffi::OsStr::from_bytes(name);
+            std::fs::rename(dir.join(name), aside.join(name)).map_err(state(&dir.join(name)))?;
+        }
+        // Both directories durable before the state file says the directory is empty.
+        for synced in [&aside, &dir] {
+            wal::fs::sync_dir(synced).map_err(|e| ReplayError::State {
+                path: synced.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        self.moved_aside = Some(aside);
+        Ok(())
     }
 
     /// The last LSN whose change is durable in the directory.
@@ -88,6 +166,9 @@ impl Replay {
     /// LSN reached. A directory that is not the log's is rebuilt from LSN 1 (the log must
     /// still hold it). Returns the LSN reached.
     pub fn catch_up(&mut self, reader: &Reader, commit: Lsn) -> Result<Lsn, ReplayError> {
+        if self.dirty {
+            self.rebuild()?;
+        }
         match self.apply_through(reader, commit) {
             Err(ReplayError::Materialize(
                 MaterializeError::Gap { .. }
@@ -141,19 +222,27 @@ impl Replay {
             let path = dir.join(std::ffi::OsStr::from_bytes(name));
             std::fs::remove_file(&path).map_err(|source| ReplayError::State { path, source })?;
         }
+        // The removals are durable before the state says so.
+        wal::fs::sync_dir(&dir).map_err(|e| ReplayError::State {
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         self.store(Lsn::ZERO)?;
+        self.dirty = false;
         Ok(())
     }
 
     fn store(&mut self, lsn: Lsn) -> Result<(), ReplayError> {
-        wal::fs::write_atomic(&self.state_path, lsn.get().to_string().as_bytes()).map_err(|e| {
-            ReplayError::State {
-                path: self.state_path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+        self.write_state(&lsn.get().to_string())?;
         self.applied = lsn;
         Ok(())
+    }
+
+    fn write_state(&self, text: &str) -> Result<(), ReplayError> {
+        wal::fs::write_atomic(&self.state_path, text.as_bytes()).map_err(|e| ReplayError::State {
+            path: self.state_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
 }
 

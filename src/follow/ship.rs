@@ -13,7 +13,9 @@
 //! failed) or a capture error ends the shipping: the barrier then never releases, and the
 //! node rewinds the directory when it follows again.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -27,6 +29,11 @@ pub const BATCH_CHANGES_MAX: usize = 1024;
 /// Payload bytes in one proposal, at most (one change may be larger: it goes alone).
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
 
+/// The first pause before a refused proposal is made again; it doubles up to
+/// [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(1);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(50);
+
 /// Why shipping stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShipError {
@@ -36,6 +43,8 @@ pub enum ShipError {
     NotCommitted(String),
     #[error("the node stopped")]
     NodeStopped,
+    #[error("shipping was stopped")]
+    Stopped,
 }
 
 /// The running shipper.
@@ -45,6 +54,7 @@ pub struct Shipper {
     committed: watch::Receiver<u64>,
     ended: watch::Receiver<Option<ShipError>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Shipper {
@@ -57,10 +67,12 @@ impl Shipper {
     ) -> std::io::Result<Shipper> {
         let (committed_tx, committed) = watch::channel(0u64);
         let (ended_tx, ended) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread_stopping = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("follow-ship".into())
             .spawn(move || {
-                let error = ship(&changes, &node, &runtime, &committed_tx);
+                let error = ship(&changes, &node, &runtime, &committed_tx, &thread_stopping);
                 ended_tx.send_replace(Some(error));
             })?;
         Ok(Shipper {
@@ -68,7 +80,29 @@ impl Shipper {
             committed,
             ended,
             thread: Some(thread),
+            stopping,
         })
+    }
+
+    /// Returns once shipping has ended, with why.
+    pub async fn ended(&self) -> ShipError {
+        let mut ended = self.ended.clone();
+        let error = match ended.wait_for(Option::is_some).await {
+            Ok(error) => error.clone().unwrap_or(ShipError::NodeStopped),
+            Err(_) => ShipError::NodeStopped,
+        };
+        error
+    }
+
+    /// Stops capturing and proposing, and returns once nothing more will be proposed: a
+    /// proposal under way has its outcome by then. Whoever else holds the shipper (a reply
+    /// barrier) gets an error from now on.
+    pub async fn stop(&self) -> ShipError {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(capture) = &self.capture {
+            capture.request_stop();
+        }
+        self.ended().await
     }
 
     /// How many captured changes are committed.
@@ -126,6 +160,7 @@ fn ship(
     node: &NodeHandle,
     runtime: &tokio::runtime::Handle,
     committed: &watch::Sender<u64>,
+    stopping: &AtomicBool,
 ) -> ShipError {
     let mut count = 0u64;
     loop {
@@ -152,13 +187,26 @@ fn ship(
             }
         }
         let batch = payloads.len() as u64;
-        match runtime.block_on(node.propose(payloads)) {
-            Ok(ProposeOutcome::Committed { .. }) => {
-                count += batch;
-                committed.send_replace(count);
+        // A refusal that wrote nothing (the disk is behind, a hand-over is starting) is
+        // retried with the same batch, so the order holds; anything else ends shipping.
+        let mut pause = RETRY_PAUSE_MIN;
+        loop {
+            if stopping.load(Ordering::Relaxed) {
+                return ShipError::Stopped;
             }
-            Ok(other) => return ShipError::NotCommitted(format!("{other:?}")),
-            Err(_) => return ShipError::NodeStopped,
+            match runtime.block_on(node.propose(payloads.clone())) {
+                Ok(ProposeOutcome::Committed { .. }) => {
+                    count += batch;
+                    committed.send_replace(count);
+                    break;
+                }
+                Ok(ProposeOutcome::DiskBehind | ProposeOutcome::Busy) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                Ok(other) => return ShipError::NotCommitted(format!("{other:?}")),
+                Err(_) => return ShipError::NodeStopped,
+            }
         }
         if let Some(error) = failed {
             return error;

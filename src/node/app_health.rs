@@ -89,6 +89,10 @@ struct Inner {
     applied_lsn: Lsn,
     live: bool,
     since: SystemTime,
+    /// Follow mode on a node that does not run its application now (a backup): `Some(ready)`,
+    /// where `ready` says its copy of the followed directory is current. Such a node expects
+    /// no application and counts as live when ready, so that a primary may hand over to it.
+    standby: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -142,6 +146,7 @@ impl AppHealth {
                 applied_lsn: Lsn::ZERO,
                 live: false,
                 since: SystemTime::now(),
+                standby: None,
             }),
             ping_every: heartbeat,
             hang_after: (heartbeat * HANG_AFTER_HEARTBEATS).max(HANG_AFTER_MIN),
@@ -202,6 +207,18 @@ impl AppHealth {
         }
     }
 
+    /// Follow mode: `Some(ready)` while this node does not run its application (a backup,
+    /// ready when its copy of the directory is current), `None` while it does. Leaving
+    /// standby makes `--app-addr` unknown again (counted as unreachable) until the next
+    /// connection there.
+    pub fn set_standby(&self, standby: Option<bool>) {
+        let mut inner = self.lock();
+        if inner.standby.is_some() && standby.is_none() && inner.reachable.is_some() {
+            inner.reachable = Some(false);
+        }
+        inner.standby = standby;
+    }
+
     /// The state now; logs and counts a change of `live`.
     pub fn evaluate(&self) -> AppHealthStatus {
         let now = Instant::now();
@@ -218,10 +235,17 @@ impl AppHealth {
         // reachability alone; one that attached once must stay attached and answering.
         let uses_api = inner.attached_ever || reachable.is_none();
         let api_ok = !uses_api || (attached && answering);
-        let live = api_ok && reachable != Some(false);
-        let expected = self.expected_by_flags || inner.attached_ever;
+        let (expected, live) = match inner.standby {
+            Some(ready) => (false, ready),
+            None => (
+                self.expected_by_flags || inner.attached_ever,
+                api_ok && reachable != Some(false),
+            ),
+        };
         let gone = if live {
             None
+        } else if inner.standby.is_some() {
+            Some("standby: the copy of the followed directory is not current")
         } else if uses_api && !attached {
             Some("not attached to the app API")
         } else if uses_api && !answering {
@@ -236,6 +260,9 @@ impl AppHealth {
                 .app_live
                 .store(u64::from(live), std::sync::atomic::Ordering::Relaxed);
             match gone {
+                None if inner.standby.is_some() => {
+                    info!("standby: the copy of the followed directory is current")
+                }
                 None => info!("application live"),
                 Some(why) if expected => {
                     Metrics::add(&self.metrics.app_gone, 1);

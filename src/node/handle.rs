@@ -143,6 +143,13 @@ pub struct NodeStatus {
     /// `--ready-max-lag`, for `/ready` on a backup.
     #[serde(skip)]
     pub ready_lag_max: u64,
+    /// On a primary: the LSN of its epoch's first record. Once the commit LSN reaches it,
+    /// every record committed in any earlier epoch is committed here too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch_start_lsn: Option<u64>,
+    /// Follow mode (`--follow-dir`): the followed directory's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow: Option<crate::follow::node::FollowStatus>,
 }
 
 /// The application the sidecar runs with `--app-cmd`, as the supervisor last saw it
@@ -199,6 +206,8 @@ impl NodeStatus {
             no_failover: false,
             admin_addr: None,
             ready_lag_max: 100,
+            epoch_start_lsn: None,
+            follow: None,
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct NodeConfig {
     pub admin_addr: Option<SocketAddr>,
     /// `/ready` on a backup: at most this many committed records not yet durable here.
     pub ready_lag_max: u64,
+    /// Follow mode (`--follow-dir`): the application's own files are replicated.
+    pub follow: Option<crate::follow::node::FollowConfig>,
 }
 
 /// The node's listeners, bound by the caller.
@@ -144,6 +146,8 @@ pub enum NodeError {
     Start(#[from] core::StartError),
     #[error("the disk failed, so this node stopped acknowledging writes: {0}")]
     DiskFailed(String),
+    #[error("follow mode: {0}")]
+    Follow(String),
 }
 
 /// Records recently written, by LSN, for shipping without reading them back.
@@ -272,6 +276,10 @@ struct Shell {
     app_view: app_health::AppHealthStatus,
     /// `(expected, live)` as last told to the core.
     app_told: Option<(bool, bool)>,
+    /// The last epoch-start record this node wrote: its epoch and LSN.
+    epoch_start: Option<(Epoch, Lsn)>,
+    /// Follow mode's state, copied into the node's.
+    follow_status: Option<watch::Receiver<crate::follow::node::FollowStatus>>,
 }
 
 /// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
@@ -347,10 +355,13 @@ impl Shell {
                 });
             }
             Action::WriteEpochStart { lsn, epoch } => {
+                self.epoch_start = Some((epoch, lsn));
                 let records =
                     VerifiedRecords::encode(lsn, epoch, RecordKind::EpochStart, [&[][..]], 64)
                         .unwrap_or_else(|| unreachable!("one record was given"));
                 self.write(records)?;
+                // Follow mode waits for this LSN's commit before it serves.
+                self.publish_status();
             }
             Action::WriteProposed {
                 first_lsn,
@@ -850,6 +861,11 @@ impl Shell {
             no_failover: self.config.core.no_failover,
             admin_addr: self.config.admin_addr,
             ready_lag_max: self.config.ready_lag_max,
+            epoch_start_lsn: self
+                .epoch_start
+                .filter(|&(epoch, _)| status.role == Role::Primary && epoch == status.epoch)
+                .map(|(_, lsn)| lsn.get()),
+            follow: self.follow_status.as_ref().map(|f| f.borrow().clone()),
         }));
     }
 
@@ -884,6 +900,7 @@ fn spawn_proxy(
     node: NodeHandle,
     app_addr: Option<SocketAddr>,
     limits: proxy::ProxyLimits,
+    follow: Option<crate::follow::node::Serving>,
     shutdown: CancellationToken,
 ) {
     let listener = match listener.into_std() {
@@ -908,7 +925,9 @@ fn spawn_proxy(
             };
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => proxy::serve(listener, node, app_addr, limits, shutdown).await,
+                    Ok(listener) => {
+                        proxy::serve(listener, node, app_addr, limits, follow, shutdown).await
+                    }
                     Err(e) => error!(error = %e, "cannot listen on the client port"),
                 }
             });
@@ -1108,6 +1127,8 @@ pub async fn run(
         no_failover: config.core.no_failover,
         admin_addr: config.admin_addr,
         ready_lag_max: config.ready_lag_max,
+        epoch_start_lsn: None,
+        follow: None,
     }));
     let handle = NodeHandle {
         requests: requests_tx,
@@ -1119,10 +1140,38 @@ pub async fn run(
         snapshots: Arc::clone(&snapshots),
         app_health: Arc::clone(&app_health),
     };
-    tracker.spawn(snapshot::schedule::schedule(
-        Arc::clone(&snapshots),
-        handle.watch_commit(),
-    ));
+    // Follow mode: the channels between the follow task, the supervisor and the client port.
+    let follow = config.follow.clone().map(|follow_config| {
+        let (gate_tx, gate_rx) = watch::channel(false);
+        let (running_tx, running_rx) = watch::channel(false);
+        let (serving_tx, serving_rx) = watch::channel(None);
+        let (status_tx, status_rx) = crate::follow::node::status_channel(&follow_config);
+        (
+            crate::follow::node::Follow {
+                config: follow_config,
+                node: handle.clone(),
+                health: Arc::clone(&app_health),
+                gate: gate_tx,
+                app_running: running_rx,
+                serving: serving_tx,
+                status: status_tx,
+            },
+            supervise::Gate {
+                allowed: gate_rx,
+                running: running_tx,
+            },
+            serving_rx,
+            status_rx,
+        )
+    });
+    if follow.is_none() {
+        // In follow mode the application takes no snapshots (the directory's are not built):
+        // the log is kept whole.
+        tracker.spawn(snapshot::schedule::schedule(
+            Arc::clone(&snapshots),
+            handle.watch_commit(),
+        ));
+    }
     tracker.spawn(app_api::serve(
         listeners.app,
         handle.clone(),
@@ -1134,6 +1183,7 @@ pub async fn run(
             handle.clone(),
             config.app_addr,
             config.proxy,
+            follow.as_ref().map(|(_, _, serving, _)| serving.clone()),
             cancel.clone(),
         );
     }
@@ -1155,6 +1205,10 @@ pub async fn run(
         cancel.clone(),
     ));
     // The application last: the node's listeners are served by now.
+    let (follow_task, gate, follow_status) = match follow {
+        Some((task, gate, _, status)) => (Some(task), Some(gate), Some(status)),
+        None => (None, None, None),
+    };
     let app = config.app_cmd.as_ref().map(|app| {
         supervise::start(
             app,
@@ -1163,8 +1217,18 @@ pub async fn run(
             Arc::clone(&handle.app_health),
             Arc::clone(&metrics),
             cancel.clone(),
+            gate,
         )
     });
+    let (follow_failed_tx, mut follow_failed) = mpsc::channel::<String>(1);
+    if let Some(task) = follow_task {
+        let follow_cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = task.run(follow_cancel).await {
+                let _ = follow_failed_tx.send(e.to_string()).await;
+            }
+        });
+    }
 
     let mut durable_rx = opened.durable;
     let prefix_told = opened.recovered.snapshot_lsn;
@@ -1200,6 +1264,8 @@ pub async fn run(
         app_health,
         app_view,
         app_told: None,
+        epoch_start: None,
+        follow_status,
         config,
     };
     if let Some(stamp) = shell.dir.paused() {
@@ -1271,6 +1337,10 @@ pub async fn run(
                     break Err(NodeError::DiskFailed(message));
                 }
                 shell.on_durable(progress)
+            }
+            Some(message) = follow_failed.recv() => {
+                error!(error = %message, "follow mode: cannot follow the directory; stopping");
+                break Err(NodeError::Follow(message));
             }
             Some(event) = snapshot_rx.recv() => shell.on_snapshot_event(event),
             Some(event) = damaged_rx.recv() => match event {

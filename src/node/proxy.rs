@@ -19,13 +19,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::handle::{NodeHandle, NodeStatus};
+use crate::follow::node::Serving;
+use crate::follow::ship::Shipper;
 use crate::core::Role;
 
 /// Buffer per direction per connection.
@@ -51,13 +53,21 @@ struct Route {
     primary: Option<u16>,
 }
 
-/// The route for new connections under `status`, if any.
-fn route(status: &NodeStatus, app_addr: Option<SocketAddr>) -> Option<Route> {
-    let app_gone = status.app_health.expected && !status.app_health.live;
+/// The route for new connections under `status`, if any. `follow_serving`: in follow mode,
+/// whether the follow task has the application serving (the primary's route waits for it).
+fn route(
+    status: &NodeStatus,
+    app_addr: Option<SocketAddr>,
+    follow_serving: Option<bool>,
+) -> Option<Route> {
+    let app_ok = match follow_serving {
+        Some(serving) => serving,
+        None => !status.app_health.expected || status.app_health.live,
+    };
     let target = match status.role {
         // A primary whose application is gone holds new connections (up to the hold time)
         // until it is back or another node is primary, rather than failing them.
-        Role::Primary if status.lease_held && !app_gone => app_addr?,
+        Role::Primary if status.lease_held && app_ok => app_addr?,
         Role::Primary | Role::Candidate => return None,
         Role::Backup => status.primary_client_addr?,
     };
@@ -83,6 +93,7 @@ pub async fn serve(
     node: NodeHandle,
     app_addr: Option<SocketAddr>,
     limits: ProxyLimits,
+    follow: Option<Serving>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.connections_max));
@@ -108,13 +119,14 @@ pub async fn serve(
         metrics.proxy_accepted.fetch_add(1, Ordering::Relaxed);
         let node = node.clone();
         let shutdown = shutdown.clone();
+        let follow = follow.clone();
         let span = tracing::debug_span!("client", %remote);
         tokio::spawn(
             async move {
                 metrics.proxy_active.fetch_add(1, Ordering::Relaxed);
                 let outcome = tokio::select! {
                     _ = shutdown.cancelled() => "node stopping",
-                    outcome = carry(client, &node, app_addr, limits) => outcome,
+                    outcome = carry(client, &node, app_addr, limits, follow) => outcome,
                 };
                 metrics.proxy_active.fetch_sub(1, Ordering::Relaxed);
                 if outcome == "role changed" {
@@ -136,18 +148,27 @@ async fn carry(
     node: &NodeHandle,
     app_addr: Option<SocketAddr>,
     limits: ProxyLimits,
+    mut follow: Option<Serving>,
 ) -> &'static str {
     let mut status = node.watch_status();
     // Wait (bounded) for somewhere to send it.
     let deadline = tokio::time::Instant::now() + limits.hold;
-    let route = loop {
-        if let Some(route) = route(&status.borrow_and_update(), app_addr) {
-            break route;
+    let (route, shipper) = loop {
+        let shipper = follow.as_mut().and_then(|f| f.borrow_and_update().clone());
+        let serving = follow.as_ref().map(|_| shipper.is_some());
+        if let Some(route) = route(&status.borrow_and_update(), app_addr, serving) {
+            break (route, shipper.filter(|_| route.role == Role::Primary));
         }
-        match tokio::time::timeout_at(deadline, status.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return "node stopping",
-            Err(_) => return "no primary known",
+        let serving_changed = async {
+            match follow.as_mut() {
+                Some(f) => f.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return "node stopping" },
+            ok = serving_changed => if !ok { return "node stopping" },
+            () = tokio::time::sleep_until(deadline) => return "no primary known",
         }
     };
     let to_app = route.role == Role::Primary;
@@ -182,11 +203,10 @@ async fn carry(
     // it (which drops, and so closes, both sockets). Watching both in one task would poll
     // the status watch and the timer on every read and write as well.
     let active = Arc::new(AtomicBool::new(false));
-    let mut copy = AbortOnDrop(tokio::spawn(copy_both_ways(
-        client,
-        upstream,
-        Arc::clone(&active),
-    )));
+    let mut copy = AbortOnDrop(match shipper {
+        Some(shipper) => tokio::spawn(copy_held(client, upstream, Arc::clone(&active), shipper)),
+        None => tokio::spawn(copy_both_ways(client, upstream, Arc::clone(&active))),
+    });
     let period = limits.idle_timeout.min(Duration::from_secs(1));
     let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_active = Instant::now();
@@ -230,6 +250,48 @@ async fn copy_both_ways(
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER_LEN, BUFFER_LEN)
         .await
         .map(|_| ())
+}
+
+/// Follow mode: copies like [`copy_both_ways`], but each piece of the application's
+/// replies is held until [`Shipper::reply_barrier`] says every change the application made
+/// to its directory before the piece arrived is committed. A barrier that fails (this node
+/// stopped serving) ends the connection: what the client has not received was never
+/// acknowledged.
+async fn copy_held(
+    client: TcpStream,
+    upstream: TcpStream,
+    active: Arc<AtomicBool>,
+    shipper: Arc<Shipper>,
+) -> std::io::Result<()> {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let requests = async {
+        let mut buffer = vec![0u8; BUFFER_LEN];
+        loop {
+            let n = client_read.read(&mut buffer).await?;
+            if n == 0 {
+                return upstream_write.shutdown().await;
+            }
+            active.store(true, Ordering::Relaxed);
+            upstream_write.write_all(&buffer[..n]).await?;
+        }
+    };
+    let replies = async {
+        let mut buffer = vec![0u8; BUFFER_LEN];
+        loop {
+            let n = upstream_read.read(&mut buffer).await?;
+            if n == 0 {
+                return client_write.shutdown().await;
+            }
+            active.store(true, Ordering::Relaxed);
+            shipper
+                .reply_barrier()
+                .await
+                .map_err(std::io::Error::other)?;
+            client_write.write_all(&buffer[..n]).await?;
+        }
+    };
+    tokio::try_join!(requests, replies).map(|_| ())
 }
 
 /// Aborts the task when dropped: a connection ended by the node (or by its shutdown) takes
@@ -316,21 +378,21 @@ mod tests {
     fn routes_follow_the_role() {
         let app: SocketAddr = "127.0.0.1:6379".parse().unwrap();
         let primary = status(Role::Primary, 3, Some(1), true);
-        assert_eq!(route(&primary, Some(app)).unwrap().target, app);
+        assert_eq!(route(&primary, Some(app), None).unwrap().target, app);
         assert_eq!(
-            route(&status(Role::Primary, 3, Some(1), false), Some(app)),
+            route(&status(Role::Primary, 3, Some(1), false), Some(app), None),
             None
         );
         let backup = status(Role::Backup, 3, Some(2), false);
         assert_eq!(
-            route(&backup, Some(app)).unwrap().target,
+            route(&backup, Some(app), None).unwrap().target,
             "127.0.0.1:7000".parse().unwrap()
         );
         let mut lost = status(Role::Backup, 3, None, false);
         lost.primary_client_addr = None;
-        assert_eq!(route(&lost, Some(app)), None);
+        assert_eq!(route(&lost, Some(app), None), None);
         assert_eq!(
-            route(&status(Role::Candidate, 4, None, false), Some(app)),
+            route(&status(Role::Candidate, 4, None, false), Some(app), None),
             None
         );
     }
@@ -340,7 +402,7 @@ mod tests {
     #[test]
     fn connections_are_cut_when_the_primary_changes() {
         let app: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-        let on_primary = route(&status(Role::Primary, 3, Some(1), true), Some(app)).unwrap();
+        let on_primary = route(&status(Role::Primary, 3, Some(1), true), Some(app), None).unwrap();
         assert!(still_valid(
             &on_primary,
             &status(Role::Primary, 3, Some(1), true)
@@ -353,7 +415,7 @@ mod tests {
             &on_primary,
             &status(Role::Backup, 4, Some(2), false)
         ));
-        let on_backup = route(&status(Role::Backup, 3, Some(2), false), Some(app)).unwrap();
+        let on_backup = route(&status(Role::Backup, 3, Some(2), false), Some(app), None).unwrap();
         assert!(still_valid(
             &on_backup,
             &status(Role::Backup, 3, Some(2), false)

@@ -130,6 +130,21 @@ pub struct AppCommand {
     pub admin: Option<SocketAddr>,
 }
 
+/// Follow mode's hold on the application: it runs only while `allowed` is true (this node
+/// serves as primary). `running` is true from just before a run starts until its whole
+/// process group is gone, so that whoever closes the gate can wait until nothing of the
+/// application is left before it touches the application's files.
+///
+/// Why no run starts after the gate is seen closed: the supervisor sets `running` and only
+/// then reads `allowed` again; the closer sets `allowed` and only then reads `running`
+/// (both through the channels' locks). If the closer reads `running` false, the
+/// supervisor's setting came after that read, so its read of `allowed` sees the gate
+/// closed and it does not start.
+pub struct Gate {
+    pub allowed: watch::Receiver<bool>,
+    pub running: watch::Sender<bool>,
+}
+
 /// The running supervisor: its status, and its task to wait for when the node stops.
 pub struct Supervisor {
     status: watch::Receiver<AppStatus>,
@@ -160,6 +175,7 @@ pub fn start(
     health: Arc<AppHealth>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    gate: Option<Gate>,
 ) -> Supervisor {
     let mut env: Vec<(&'static str, OsString)> = vec![
         ("UNDERSTUDY_APP_SOCKET", app.socket.clone().into_os_string()),
@@ -185,7 +201,7 @@ pub fn start(
         hung_kill_after: (node.core.app_timeout / 2).max(HUNG_KILL_AFTER_MIN),
     };
     let (status_tx, status) = watch::channel(AppStatus::default());
-    let task = tokio::spawn(supervise(launch, status_tx, metrics, shutdown));
+    let task = tokio::spawn(supervise(launch, status_tx, metrics, shutdown, gate));
     Supervisor { status, task }
 }
 
@@ -235,15 +251,47 @@ impl Running {
     }
 }
 
-/// Starts the application, again after each exit, until `shutdown`; then stops it.
+/// Waits until the gate is open and marks a run under way; `false` on shutdown.
+async fn gate_open(gate: &mut Gate, shutdown: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            opened = gate.allowed.wait_for(|allowed| *allowed) => if opened.is_err() { return false },
+            () = shutdown.cancelled() => return false,
+        }
+        gate.running.send_replace(true);
+        if *gate.allowed.borrow() {
+            return true;
+        }
+        gate.running.send_replace(false);
+    }
+}
+
+/// Returns once the gate closes (never without a gate).
+async fn gate_closed(gate: &mut Option<Gate>) {
+    match gate {
+        Some(gate) => {
+            let _ = gate.allowed.wait_for(|allowed| !*allowed).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the application, again after each exit, until `shutdown`; then stops it. With a
+/// gate, only while the gate is open; a run is killed when it closes.
 async fn supervise(
     launch: Launch,
     status: watch::Sender<AppStatus>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    mut gate: Option<Gate>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
+        if let Some(gate) = gate.as_mut() {
+            if !gate_open(gate, &shutdown).await {
+                return;
+            }
+        }
         let started = Instant::now();
         let restarts = status.borrow().restarts;
         let wait = match launch.spawn() {
@@ -267,10 +315,38 @@ async fn supervise(
                         unsafe { libc::kill(-running.pgid, libc::SIGKILL) };
                         Some(running.child.wait().await)
                     }
+                    () = gate_closed(&mut gate) => {
+                        // No longer primary: its files are about to be rewound, so it gets
+                        // no chance to write more (SIGKILL, not SIGTERM).
+                        info!(app.pid = pid, "this node no longer serves: killing the application");
+                        signal_group(running.pgid, libc::SIGKILL);
+                        let exited = tokio::time::timeout(REAP_AFTER_KILL_MAX, running.child.wait()).await;
+                        let deadline = Instant::now() + REAP_AFTER_KILL_MAX;
+                        while group_running(running.pgid).await && Instant::now() < deadline {
+                            tokio::time::sleep(GROUP_POLL).await;
+                        }
+                        running.release_guard().await;
+                        let exit = match exited {
+                            Ok(exited) => describe(exited),
+                            Err(_) => "not reaped after SIGKILL".to_owned(),
+                        };
+                        status.send_modify(|s| {
+                            s.pid = None;
+                            s.running_since_ms = None;
+                            s.last_exit = Some(exit);
+                        });
+                        if let Some(gate) = &gate {
+                            gate.running.send_replace(false);
+                        }
+                        continue;
+                    }
                 };
                 let Some(exited) = exited else {
                     let exit = launch.stop(&mut running).await;
                     running.release_guard().await;
+                    if let Some(gate) = &gate {
+                        gate.running.send_replace(false);
+                    }
                     // What it wrote while stopping reaches the log before the sidecar exits.
                     let output = futures_util::future::join_all(running.output);
                     let _ = tokio::time::timeout(OUTPUT_DRAIN_MAX, output).await;
@@ -316,6 +392,10 @@ async fn supervise(
                 wait
             }
         };
+        if let Some(gate) = &gate {
+            // The run (if any) and its group are gone.
+            gate.running.send_replace(false);
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
