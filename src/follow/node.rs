@@ -186,7 +186,11 @@ impl Follow {
 
     /// Keeps the directory up with the commit LSN until this node is a primary whose epoch
     /// start is committed; returns that epoch (`None` on shutdown).
-    async fn standby(&self, replay: &Arc<Mutex<Replay>>, cancel: &CancellationToken) -> Option<u64> {
+    async fn standby(
+        &self,
+        replay: &Arc<Mutex<Replay>>,
+        cancel: &CancellationToken,
+    ) -> Option<u64> {
         let mut status = self.node.watch_status();
         let mut commit = self.node.watch_commit();
         let mut failing = false;
@@ -403,7 +407,9 @@ fn still_primary(status: &NodeStatus, epoch: u64) -> bool {
 
 fn lock(replay: &Mutex<Replay>) -> std::sync::MutexGuard<'_, Replay> {
     // A panic aborts the process (`panic = "abort"`), so a poisoned lock cannot be seen.
-    replay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    replay
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -122,12 +122,11 @@ impl Replay {
 
     fn move_aside(&mut self) -> Result<(), ReplayError> {
         let dir = self.materializer.dir().to_path_buf();
-        let files = super::materialize::read_dir_contents(&dir).map_err(|source| {
-            ReplayError::State {
+        let files =
+            super::materialize::read_dir_contents(&dir).map_err(|source| ReplayError::State {
                 path: dir.clone(),
                 source,
-            }
-        })?;
+            })?;
         if files.is_empty() {
             return Ok(());
         }

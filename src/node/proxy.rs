@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::handle::{NodeHandle, NodeStatus};
+use crate::core::Role;
 use crate::follow::node::Serving;
 use crate::follow::ship::Shipper;
-use crate::core::Role;
 
 /// Buffer per direction per connection.
 const BUFFER_LEN: usize = 64 << 10;
