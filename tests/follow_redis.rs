@@ -325,6 +325,14 @@ fn bgrewriteaof_during_writes_then_a_failover_loses_nothing() {
     let writer = Writer::start(vec![cluster.node(primary).client_addr], 0);
     wait_acked(&writer, 300, &cluster);
     let mut admin = connect(cluster.node(backups[0]).client_addr).unwrap();
+    // One value larger than a record may carry: the append, and later the rewritten base
+    // file, go into the log in pieces.
+    let big = "x".repeat(40 << 20);
+    admin
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(command(&mut admin, &["SET", "big", &big]).unwrap(), "+OK");
     let reply = command(&mut admin, &["BGREWRITEAOF"]).unwrap();
     assert!(reply.contains("rewriting"), "BGREWRITEAOF: {reply}");
     // The rewrite is done once a second base file is in a backup's copy.
@@ -357,6 +365,11 @@ fn bgrewriteaof_during_writes_then_a_failover_loses_nothing() {
         acked.len(),
         lost[0],
         cluster.logs_tail(40)
+    );
+    let mut check = connect(cluster.node(new_primary).client_addr).unwrap();
+    assert_eq!(
+        command(&mut check, &["STRLEN", "big"]).unwrap(),
+        format!(":{}", big.len())
     );
 }
 

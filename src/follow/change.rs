@@ -31,6 +31,17 @@ pub const NAME_LEN_MAX: usize = 255;
 /// Names the materializer uses for its own temporary files; never a followed file.
 pub const TEMP_PREFIX: &str = ".understudy-tmp-";
 
+/// The most data one change carries once cut into pieces ([`Change::into_pieces`]): a
+/// record's payload has a limit (`wal::format::RECORD_PAYLOAD_LEN_MAX`), and one proposal
+/// should not hold a whole large file.
+pub const PIECE_LEN_MAX: usize = 16 << 20;
+/// The name a large installed file is built under, in pieces, before it is renamed into
+/// place. A committed prefix of the log that ends halfway through leaves such a file behind
+/// (the application never sees it: it names its own files).
+pub const PART_NAME: &str = ".understudy-part";
+
+const _: () = assert!(PIECE_LEN_MAX < wal::format::RECORD_PAYLOAD_LEN_MAX - 1024);
+
 /// One change to the followed directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -151,6 +162,52 @@ impl Change {
     }
 }
 
+impl Change {
+    /// This change as changes of at most [`PIECE_LEN_MAX`] bytes of data each, that
+    /// applied in order have the same effect: a long append as appends at increasing
+    /// offsets; a long install as an install of its first piece under [`PART_NAME`],
+    /// appends to it, and a rename over the name. Anything shorter is returned as it is.
+    pub fn into_pieces(self) -> Vec<Change> {
+        match self {
+            Change::Append { name, offset, data } if data.len() > PIECE_LEN_MAX => {
+                let mut pieces = Vec::with_capacity(data.len().div_ceil(PIECE_LEN_MAX));
+                let mut at = 0;
+                while at < data.len() {
+                    let end = (at + PIECE_LEN_MAX).min(data.len());
+                    pieces.push(Change::Append {
+                        name: name.clone(),
+                        offset: offset + at as u64,
+                        data: data.slice(at..end),
+                    });
+                    at = end;
+                }
+                pieces
+            }
+            Change::Install { name, data } if data.len() > PIECE_LEN_MAX => {
+                let part = Bytes::from_static(PART_NAME.as_bytes());
+                let mut pieces = vec![Change::Install {
+                    name: part.clone(),
+                    data: data.slice(..PIECE_LEN_MAX),
+                }];
+                pieces.extend(
+                    Change::Append {
+                        name: part.clone(),
+                        offset: PIECE_LEN_MAX as u64,
+                        data: data.slice(PIECE_LEN_MAX..),
+                    }
+                    .into_pieces(),
+                );
+                pieces.push(Change::Rename {
+                    name: part,
+                    to: name,
+                });
+                pieces
+            }
+            change => vec![change],
+        }
+    }
+}
+
 /// Whether `name` may be followed: see the module docs.
 pub fn check_name(name: &[u8]) -> Result<(), ChangeError> {
     let bad = |why| Err(ChangeError::BadName { why });
@@ -258,6 +315,56 @@ mod tests {
                 prop_assert!(Change::decode(encoded.slice(..encoded.len() - cut)).is_err());
             }
         }
+    }
+
+    /// A long append and a long install, cut into pieces, leave the directory as the whole
+    /// change does; every piece is within the limit and a valid change.
+    #[test]
+    fn long_changes_are_cut_into_pieces_with_the_same_effect() {
+        use crate::follow::materialize::{read_dir_contents, Materializer};
+        let data: Bytes = (0..PIECE_LEN_MAX * 2 + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        let changes = [
+            Change::Install {
+                name: Bytes::from_static(b"base"),
+                data: data.slice(..10),
+            },
+            Change::Append {
+                name: Bytes::from_static(b"base"),
+                offset: 10,
+                data: data.clone(),
+            },
+            Change::Install {
+                name: Bytes::from_static(b"big"),
+                data: data.clone(),
+            },
+            Change::Install {
+                name: Bytes::from_static(b"big"),
+                data: data.slice(5..PIECE_LEN_MAX + 7),
+            },
+        ];
+        let whole = tempfile::tempdir().unwrap();
+        let cut = tempfile::tempdir().unwrap();
+        let mut whole_m = Materializer::open(whole.path()).unwrap();
+        let mut cut_m = Materializer::open(cut.path()).unwrap();
+        let mut count = 0;
+        for change in changes {
+            whole_m.apply(&change).unwrap();
+            for piece in change.into_pieces() {
+                let encoded = piece.encode();
+                assert!(encoded.len() <= PIECE_LEN_MAX + 1024);
+                assert_eq!(Change::decode(encoded), Ok(piece.clone()));
+                cut_m.apply(&piece).unwrap();
+                count += 1;
+            }
+        }
+        assert_eq!(count, 1 + 3 + 4 + 3);
+        assert_eq!(
+            read_dir_contents(whole.path()).unwrap(),
+            read_dir_contents(cut.path()).unwrap()
+        );
     }
 
     #[test]

@@ -350,7 +350,7 @@ mod tests {
         let error = replay.catch_up(&wal.reader(), Lsn(4)).unwrap_err();
         assert!(matches!(error, ReplayError::Log(_)), "{error}");
         let files = read_dir_contents(&dir).unwrap();
-        let aof = files.get(&b"aof".to_vec()).cloned().unwrap_or_default();
+        let aof = files.get(b"aof".as_slice()).cloned().unwrap_or_default();
         assert!(
             aof.is_empty() || aof == b"SET a 1\n",
             "the damaged record or one after it reached the directory: {:?}",

@@ -155,6 +155,9 @@ impl Drop for Shipper {
 }
 
 /// Proposes batches until something ends it; returns why.
+///
+/// Each captured change is cut into pieces ([`Change::into_pieces`]); a batch holds whole
+/// pieces, and a change counts as committed once its last piece is.
 fn ship(
     changes: &mpsc::Receiver<Result<Change, CaptureError>>,
     node: &NodeHandle,
@@ -163,30 +166,54 @@ fn ship(
     stopping: &AtomicBool,
 ) -> ShipError {
     let mut count = 0u64;
+    // Pieces not yet proposed, each with whether it is the last of its change.
+    let mut queue: std::collections::VecDeque<(Bytes, bool)> = std::collections::VecDeque::new();
+    let mut failed = None;
+    let take = |change: Change, queue: &mut std::collections::VecDeque<(Bytes, bool)>| {
+        let pieces = change.into_pieces();
+        let last = pieces.len() - 1;
+        queue.extend(
+            pieces
+                .into_iter()
+                .enumerate()
+                .map(|(i, piece)| (piece.encode(), i == last)),
+        );
+    };
     loop {
-        let first = match changes.recv() {
-            Ok(Ok(change)) => change,
-            Ok(Err(error)) => return ShipError::Capture(error.to_string()),
-            Err(_) => return ShipError::Capture("the capture ended".into()),
-        };
-        let mut payloads: Vec<Bytes> = vec![first.encode()];
-        let mut bytes = payloads[0].len();
-        let mut failed = None;
-        while payloads.len() < BATCH_CHANGES_MAX && bytes < BATCH_BYTES_MAX {
+        if queue.is_empty() {
+            if let Some(error) = failed.take() {
+                return error;
+            }
+            match changes.recv() {
+                Ok(Ok(change)) => take(change, &mut queue),
+                Ok(Err(error)) => return ShipError::Capture(error.to_string()),
+                Err(_) => return ShipError::Capture("the capture ended".into()),
+            }
+        }
+        // Whatever else is waiting, up to the batch limits.
+        while failed.is_none() && queue.len() < BATCH_CHANGES_MAX {
             match changes.try_recv() {
-                Ok(Ok(change)) => {
-                    let payload = change.encode();
-                    bytes += payload.len();
-                    payloads.push(payload);
-                }
-                Ok(Err(error)) => {
-                    failed = Some(ShipError::Capture(error.to_string()));
-                    break;
-                }
+                Ok(Ok(change)) => take(change, &mut queue),
+                Ok(Err(error)) => failed = Some(ShipError::Capture(error.to_string())),
                 Err(_) => break,
             }
         }
-        let batch = payloads.len() as u64;
+        let mut payloads = Vec::new();
+        let mut bytes = 0;
+        let mut ends = 0u64;
+        while let Some((payload, _)) = queue.front() {
+            if !payloads.is_empty()
+                && (payloads.len() >= BATCH_CHANGES_MAX || bytes + payload.len() > BATCH_BYTES_MAX)
+            {
+                break;
+            }
+            let Some((payload, last)) = queue.pop_front() else {
+                break;
+            };
+            bytes += payload.len();
+            ends += u64::from(last);
+            payloads.push(payload);
+        }
         // A refusal that wrote nothing (the disk is behind, a hand-over is starting) is
         // retried with the same batch, so the order holds; anything else ends shipping.
         let mut pause = RETRY_PAUSE_MIN;
@@ -196,7 +223,7 @@ fn ship(
             }
             match runtime.block_on(node.propose(payloads.clone())) {
                 Ok(ProposeOutcome::Committed { .. }) => {
-                    count += batch;
+                    count += ends;
                     committed.send_replace(count);
                     break;
                 }
@@ -207,9 +234,6 @@ fn ship(
                 Ok(other) => return ShipError::NotCommitted(format!("{other:?}")),
                 Err(_) => return ShipError::NodeStopped,
             }
-        }
-        if let Some(error) = failed {
-            return error;
         }
     }
 }
