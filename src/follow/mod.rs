@@ -8,11 +8,11 @@
 //! | `materialize.rs` | a backup's side: changes applied to its copy of the directory, strictly (a directory that is not the log's is refused), synced on demand |
 //! | `ship.rs` | the primary's captured changes proposed in order, and the reply barrier (`Shipper::reply_barrier`: every earlier write committed) |
 //! | `replay.rs` | a backup's copy kept up with the committed log: applied, synced, then the LSN reached recorded; a directory found ahead of its record rebuilt |
+//! | `node.rs` | the node's use of them: standby (replay), promotion (materialize, capture, start the application), serving, demotion (stop, rewind) |
 //!
-//! Not built yet: the node's use of them (capture on the primary proposing records,
-//! replay on backups, the application started on promotion and the directory rewound on
-//! demotion), the client port's use of the barrier (hold a reply until that many changes
-//! are committed), and snapshots of the directory.
+//! The client port holds each reply from the application on the shipper's reply barrier
+//! (`node/proxy.rs`). Not built: snapshots of the directory (in follow mode the log is never
+//! truncated).
 
 pub mod capture;
 pub mod change;

@@ -198,10 +198,11 @@ impl AppHealth {
 
     /// A connection to `--app-addr` succeeded or failed (a failure is counted).
     pub fn reached(&self, ok: bool) {
-        if !ok {
+        let mut inner = self.lock();
+        // A follow-mode backup runs no application: nothing there is a failure.
+        if !ok && inner.standby.is_none() {
             Metrics::add(&self.metrics.app_upstream_failures, 1);
         }
-        let mut inner = self.lock();
         if inner.reachable.is_some() {
             inner.reachable = Some(ok);
         }

@@ -54,9 +54,15 @@
 //!   more that restart is under way before a primary would hand over for it; with a shorter
 //!   one the primary hands over first, and the application comes back as a backup's.
 //!
+//! - **Gate** (follow mode, [`Gate`]). The application runs only while the follow task
+//!   holds the gate open (this node serves as primary). Closing it kills the process
+//!   group with SIGKILL (its files are about to be rewound), waits until nothing of it is
+//!   left, and only then reports `running` false; such a stop is not a restart.
+//!
 //! What it does not do: talk to the core loop (it publishes an [`AppStatus`] on a watch channel, which the core loop copies
-//! into `/status`); start or stop the application on role changes (`--on-promote` and
-//! `--on-demote` are for that); capture the application's files (follow mode).
+//! into `/status`); decide when the application runs (the gate's holder does; without follow
+//! mode it runs on every node, and `--on-promote` and `--on-demote` are for role changes);
+//! capture the application's files (follow mode's `follow::node`).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, PipeReader};
@@ -929,6 +935,64 @@ mod tests {
             .ok()
             .and_then(|stat| proc_stat_state_and_group(&stat))
             .is_some_and(|(state, _)| state != 'Z' && state != 'X')
+    }
+
+    /// With a gate, the application runs only while it is open; closing it kills the whole
+    /// group (a forked child included) and says so through `running` only once it is gone.
+    #[tokio::test]
+    async fn a_gated_application_runs_only_while_the_gate_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let forked = dir.path().join("forked.pid");
+        let command = format!("sleep 30 & echo $! > {}; wait", forked.display());
+        let (allowed_tx, allowed) = watch::channel(false);
+        let (running_tx, mut running) = watch::channel(false);
+        let (status_tx, status) = watch::channel(AppStatus::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            launch(&command, Duration::from_secs(5)),
+            status_tx,
+            Arc::new(Metrics::default()),
+            shutdown.clone(),
+            Some(Gate {
+                allowed,
+                running: running_tx,
+            }),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!*running.borrow() && status.borrow().pid.is_none());
+        assert!(!forked.exists(), "started with the gate closed");
+
+        for round in 0..2 {
+            allowed_tx.send_replace(true);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let forked_pid: libc::pid_t = loop {
+                if let Some(pid) = std::fs::read_to_string(&forked)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                {
+                    break pid;
+                }
+                assert!(Instant::now() < deadline, "round {round}: never started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(*running.borrow());
+            allowed_tx.send_replace(false);
+            let began = Instant::now();
+            running.wait_for(|running| !*running).await.unwrap();
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "killed, not stopped with the stop timeout"
+            );
+            assert!(
+                !is_running(forked_pid),
+                "round {round}: the forked child survived"
+            );
+            assert!(status.borrow().pid.is_none());
+            std::fs::remove_file(&forked).unwrap();
+        }
+        assert_eq!(status.borrow().restarts, 0, "a gated stop is not a restart");
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     /// An application whose whole process group ignores SIGTERM is killed once the stop
