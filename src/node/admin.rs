@@ -400,6 +400,28 @@ fn ready_check(status: &NodeStatus, core_stopped: bool) -> (StatusCode, String) 
             role_name(status.role)
         ));
     }
+    // Follow mode: a primary serves once its application does; a backup is ready once its
+    // copy of the directory is current (it runs no application).
+    if let Some(follow) = &status.follow {
+        let role = role_name(status.role);
+        let behind = status.commit_lsn.saturating_sub(follow.applied_lsn);
+        match (status.role, follow.state) {
+            (Role::Primary, "serving") | (Role::Candidate, _) => {}
+            (Role::Backup, "standby") if behind > status.ready_lag_max => {
+                return unavailable(format!(
+                    "backup; the followed directory is {behind} committed records behind (more than {})",
+                    status.ready_lag_max
+                ));
+            }
+            (Role::Backup, "standby") => {}
+            (_, state) => {
+                return unavailable(match &follow.error {
+                    Some(error) => format!("{role}; followed directory {state}: {error}"),
+                    None => format!("{role}; followed directory {state}"),
+                });
+            }
+        }
+    }
     match status.role {
         Role::Primary if status.lease_held => (StatusCode::OK, "primary\n".into()),
         Role::Primary => unavailable("primary without its lease".into()),
@@ -786,6 +808,44 @@ mod tests {
             ready_check(&status(Role::Candidate), false).0,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    /// Follow mode: a backup is ready while its copy of the directory is current, not while
+    /// it is behind or failing; a primary once its application serves.
+    #[test]
+    fn ready_in_follow_mode_follows_the_directory() {
+        let follow = |state: &'static str, applied_lsn: u64| crate::follow::node::FollowStatus {
+            dir: "/d".into(),
+            state,
+            applied_lsn,
+            committed_changes: 0,
+            error: (state == "failed").then(|| "record 7: checksum".to_owned()),
+            last_start_ms: None,
+            since_ms: 0,
+        };
+        let with = |role, follow| NodeStatus {
+            commit_lsn: 300,
+            durable_lsn: 300,
+            follow: Some(follow),
+            ..status(role)
+        };
+        assert_eq!(
+            ready_check(&with(Role::Backup, follow("standby", 290)), false).0,
+            StatusCode::OK
+        );
+        let (code, body) = ready_check(&with(Role::Backup, follow("standby", 100)), false);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("200 committed records behind"), "{body}");
+        let (code, body) = ready_check(&with(Role::Backup, follow("failed", 290)), false);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("checksum"), "{body}");
+        assert_eq!(
+            ready_check(&with(Role::Primary, follow("serving", 0)), false).0,
+            StatusCode::OK
+        );
+        let (code, body) = ready_check(&with(Role::Primary, follow("starting", 0)), false);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
     }
 
     /// Without `--app-cmd` neither `/status` nor `/metrics` mention an application; with
