@@ -68,6 +68,18 @@ pub(crate) struct StatusView {
     /// The application's liveness (absent from older nodes).
     #[serde(default)]
     pub(crate) app_health: Option<AppHealthView>,
+    /// Follow mode's state of the followed directory (absent without `--follow-dir`).
+    #[serde(default)]
+    pub(crate) follow: Option<FollowView>,
+}
+
+/// The part of `/status` `follow` this command (and `understudy demo`) reads.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct FollowView {
+    pub(crate) state: String,
+    pub(crate) applied_lsn: u64,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
 }
 
 /// The part of `/status` `app_health` this command (and `understudy demo`) reads.
@@ -273,9 +285,19 @@ fn own_row(view: &StatusView, primary_view: Option<&StatusView>) -> Row {
     if view.paused {
         role.push_str(" (paused)");
     }
-    let app = match &view.app_health {
-        Some(app) if app.live => format!("live, applied {}", app.applied_lsn),
-        Some(app) if app.expected => {
+    let app = match (&view.follow, &view.app_health) {
+        // Follow mode: the application runs on the primary only; a backup's is its copy of
+        // the directory.
+        (Some(follow), _) if follow.state == "standby" => {
+            format!("standby, dir at {}", follow.applied_lsn)
+        }
+        (Some(follow), Some(app)) if follow.state == "serving" && app.live => "serving".into(),
+        (Some(follow), _) if follow.state != "serving" => match &follow.error {
+            Some(error) => format!("{}: {error}", follow.state),
+            None => follow.state.clone(),
+        },
+        (_, Some(app)) if app.live => format!("live, applied {}", app.applied_lsn),
+        (_, Some(app)) if app.expected => {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -472,6 +494,7 @@ mod tests {
             standing: None,
             paused: false,
             app_health: None,
+            follow: None,
         }
     }
 
@@ -490,6 +513,7 @@ mod tests {
             standing: None,
             paused: false,
             app_health: None,
+            follow: None,
         }
     }
 
