@@ -146,3 +146,11 @@ fn hung_supervised_application_is_killed_and_restarted_in_place() {
         &["--mode", "supervised-stop", "--trials", "1"],
     );
 }
+
+/// Follow mode with the system's redis-server (Debian's redis-server and redis-tools;
+/// `.ci/run` installs them): a kill -9 of the primary node, then of a backup, under
+/// redis-benchmark and a checking writer.
+#[test]
+fn follow_redis_kill_random_node_loses_no_acknowledged_set() {
+    run_script("follow_redis.sh", &["--cycles", "2"]);
+}
