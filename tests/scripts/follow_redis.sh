@@ -3,7 +3,7 @@
 # random node (its sidecar and its Redis), CYCLES times, under load.
 #
 # Starts 3 nodes on loopback, each an `understudy run` sidecar in follow mode: the sidecar
-# runs redis-server (--app-cmd, `appendonly yes`, `appendfsync everysec`) only while it is
+# runs redis-server (--app-cmd, `appendonly yes`, `appendfsync no`: with everysec Redis may postpone its write past its reply) only while it is
 # the primary and replicates Redis's append-only directory ($WORK/redisN/appendonlydir,
 # --follow-dir). Two loads go through the client ports the whole time:
 #
@@ -70,7 +70,7 @@ now_ms() {
 # redis_command ID: node ID's Redis command line (run by its sidecar through sh).
 redis_command() {
     echo "exec redis-server --port ${APP_PORT[$1]} --bind 127.0.0.1 --dir $WORK/redis$1" \
-        "--appendonly yes --appendfsync everysec --save '' --protected-mode no" \
+        "--appendonly yes --appendfsync no --save '' --protected-mode no" \
         "--daemonize no --loglevel warning"
 }
 
