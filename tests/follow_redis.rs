@@ -49,6 +49,9 @@ fn redis_cluster(extra_app_flags: &str) -> Cluster {
             command,
             "--app-stop-timeout".into(),
             "2s".into(),
+            // Redis accepts connections before it has read its files (-LOADING meanwhile).
+            "--app-ready-cmd".into(),
+            format!("redis-cli -p {port} ping | grep -q PONG"),
         ];
     }
     for id in 1..=3 {

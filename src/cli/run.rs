@@ -183,6 +183,13 @@ pub struct RunArgs {
     /// until every change it made to the directory before replying is committed.
     #[arg(long, env = "UNDERSTUDY_FOLLOW_DIR")]
     pub follow_dir: Option<PathBuf>,
+    /// Follow mode: after a promotion, once the application accepts connections, run this
+    /// (`sh -c`, env UNDERSTUDY_APP_ADDR) until it exits 0 before the client port serves:
+    /// for an application that accepts connections before it is ready (Redis answers
+    /// -LOADING while it reads its files), e.g.
+    /// `redis-cli -p 6379 ping | grep -q PONG`.
+    #[arg(long, env = "UNDERSTUDY_APP_READY_CMD", requires = "follow_dir")]
+    pub app_ready_cmd: Option<String>,
     /// /ready on a backup fails while more than this many committed records are not yet
     /// durable here.
     #[arg(long, env = "UNDERSTUDY_READY_MAX_LAG", default_value_t = 10_000)]
@@ -243,6 +250,7 @@ impl RunArgs {
                     dir: dir.clone(),
                     state_path: self.data_dir.join("follow-state"),
                     app_addr,
+                    ready_cmd: self.app_ready_cmd.clone(),
                 })
             }
         };

@@ -53,6 +53,8 @@ pub const RESTART_PAUSE: Duration = Duration::from_secs(1);
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
 /// How often a starting application is tried at `--app-addr`.
 const APP_CONNECT_EVERY: Duration = Duration::from_millis(2);
+/// How long one run of `--app-ready-cmd` may take.
+const READY_CMD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the client port's holders of the shipper get to let go of it at demotion.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
@@ -65,6 +67,10 @@ pub struct FollowConfig {
     pub state_path: PathBuf,
     /// Where the application serves clients.
     pub app_addr: SocketAddr,
+    /// `--app-ready-cmd`: run (`sh -c`) after the application accepts a connection, until it
+    /// exits 0, before the client port serves (an application that accepts connections
+    /// before it has loaded its data, as Redis does, answering `-LOADING`).
+    pub ready_cmd: Option<String>,
 }
 
 /// The followed directory's state, in `/status` (`follow`).
@@ -309,6 +315,7 @@ impl Follow {
             if tokio::net::TcpStream::connect(self.config.app_addr)
                 .await
                 .is_ok()
+                && self.ready().await
             {
                 self.health.reached(true);
                 break;
@@ -321,6 +328,33 @@ impl Follow {
         }
         self.serving.send_replace(Some(Arc::clone(&shipper)));
         Some(shipper)
+    }
+
+    /// Whether `--app-ready-cmd` (if any) says the application is ready: it exited 0 within
+    /// [`READY_CMD_TIMEOUT`].
+    async fn ready(&self) -> bool {
+        let Some(command) = &self.config.ready_cmd else {
+            return true;
+        };
+        let mut child = tokio::process::Command::new("sh");
+        child
+            .arg("-c")
+            .arg(command)
+            .env("UNDERSTUDY_APP_ADDR", self.config.app_addr.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match child.spawn() {
+            Ok(mut child) => matches!(
+                tokio::time::timeout(READY_CMD_TIMEOUT, child.wait()).await,
+                Ok(Ok(status)) if status.success()
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot run --app-ready-cmd");
+                false
+            }
+        }
     }
 
     /// Serves until demotion, shutdown or a shipping failure.

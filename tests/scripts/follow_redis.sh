@@ -86,6 +86,7 @@ start_follow_node() {
         --heartbeat-interval "$HEARTBEAT" --failover-timeout "${FAILOVER_TIMEOUT_MS}ms" \
         --app-addr "127.0.0.1:${APP_PORT[$id]}" --follow-dir "$WORK/redis$id/appendonlydir" \
         --app-cmd "$(redis_command "$id")" --app-stop-timeout 2s \
+        --app-ready-cmd "redis-cli -p ${APP_PORT[$id]} ping | grep -q PONG" \
         >>"$WORK/n$id.log" 2>&1 &
     NODE_PID[$id]=$!
 }
