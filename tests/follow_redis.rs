@@ -26,7 +26,11 @@ fn redis_cluster(extra_app_flags: &str) -> Cluster {
             .is_ok_and(|o| o.status.success()),
         "redis-server is not on the PATH: install Debian's redis-server package (.ci/run does)"
     );
-    let mut cluster = Cluster::new(3);
+    redis_nodes(Cluster::new(3), extra_app_flags)
+}
+
+/// Gives `cluster`'s nodes their Redis (as [`redis_cluster`]) and starts them.
+fn redis_nodes(mut cluster: Cluster, extra_app_flags: &str) -> Cluster {
     for id in 1..=3u16 {
         let port = free_port();
         let dir = cluster.dir.path().join(format!("redis{id}"));
@@ -535,4 +539,74 @@ fn a_record_flipped_on_a_backups_disk_is_detected_and_not_materialized() {
         );
     }
     assert!(missing(cluster.node(primary).client_addr, &acked).is_empty());
+}
+
+/// Snapshots of the followed directory: backups take them and truncate their logs; after
+/// the primary is killed, one of them serves with a truncated log; the old primary, its
+/// data dir and its Redis directory wiped, rejoins and needs records that log no longer
+/// holds, so it gets the new primary's snapshot, restores its copy from it and catches up.
+/// Nothing acknowledged is lost and the copy ends byte for byte the primary's.
+#[test]
+fn snapshots_truncate_the_log_and_a_wiped_node_restores_from_one() {
+    let mut cluster = Cluster::new(3);
+    cluster.args.extend(
+        [
+            "--snapshot-interval",
+            "300ms",
+            "--wal-segment-bytes",
+            "65536",
+            "--wal-retain-bytes",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let mut cluster = redis_nodes(cluster, "");
+    let all = [1, 2, 3];
+    let primary = wait_serving(&cluster, &all);
+    let backups: Vec<u16> = all.iter().copied().filter(|&id| id != primary).collect();
+    let writer = Writer::start(vec![cluster.node(backups[0]).client_addr], 0);
+    assert!(
+        wait_until(Duration::from_secs(30), || backups.iter().all(|&id| {
+            status(&cluster, id).is_some_and(|s| s["first_lsn"].as_u64() > Some(100))
+        })),
+        "the backups never truncated their logs behind a snapshot\n{}",
+        cluster.logs_tail(30)
+    );
+    let redis = redis_pid(&cluster, primary).expect("the primary's Redis pid");
+    cluster.kill(primary);
+    kill9(redis);
+    let new_primary = wait_serving(&cluster, &backups);
+    let before = writer.acked();
+    wait_acked(&writer, before + 200, &cluster);
+
+    // The old primary comes back with nothing.
+    std::fs::remove_dir_all(&cluster.node(primary).data_dir).unwrap();
+    let redis_dir = follow_dir(&cluster, primary);
+    std::fs::remove_dir_all(redis_dir.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(redis_dir.parent().unwrap()).unwrap();
+    cluster
+        .node_mut(primary)
+        .extra
+        .extend(["--initial-cluster-state".to_owned(), "existing".to_owned()]);
+    cluster.start_node(primary);
+    let before = writer.acked();
+    wait_acked(&writer, before + 200, &cluster);
+    let acked = writer.finish();
+    wait_current(&cluster, primary, new_primary);
+    wait_until(Duration::from_secs(5), || {
+        files(&follow_dir(&cluster, primary)) == files(&follow_dir(&cluster, new_primary))
+    });
+    assert!(
+        files(&follow_dir(&cluster, primary)) == files(&follow_dir(&cluster, new_primary)),
+        "the restored copy differs from the primary's directory\n{}",
+        cluster.logs_tail(30)
+    );
+    let log = std::fs::read_to_string(&cluster.node(primary).log).unwrap();
+    assert!(
+        log.contains("snapshot"),
+        "node {primary} caught up without a snapshot\n{}",
+        cluster.logs_tail(30)
+    );
+    let lost = missing(cluster.node(new_primary).client_addr, &acked);
+    assert!(lost.is_empty(), "{} acknowledged SETs lost", lost.len());
 }

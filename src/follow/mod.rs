@@ -8,11 +8,11 @@
 //! | `materialize.rs` | a backup's side: changes applied to its copy of the directory, strictly (a directory that is not the log's is refused), synced on demand |
 //! | `ship.rs` | the primary's captured changes proposed in order, and the reply barrier (`Shipper::reply_barrier`: every earlier write committed) |
 //! | `replay.rs` | a backup's copy kept up with the committed log: applied, synced, then the LSN reached recorded; a directory found ahead of its record rebuilt |
-//! | `node.rs` | the node's use of them: standby (replay), promotion (materialize, capture, start the application), serving, demotion (stop, rewind) |
+//! | `snapshot.rs` | a snapshot of the directory (its files as changes) in the node's snapshot format, written and restored |
+//! | `node.rs` | the node's use of them: standby (replay, snapshots), promotion (materialize, capture, start the application), serving, demotion (stop, rewind) |
 //!
 //! The client port holds each reply from the application on the shipper's reply barrier
-//! (`node/proxy.rs`). Not built: snapshots of the directory (in follow mode the log is never
-//! truncated).
+//! (`node/proxy.rs`).
 
 pub mod capture;
 pub mod change;
@@ -20,6 +20,7 @@ pub mod materialize;
 pub mod node;
 pub mod replay;
 pub mod ship;
+pub mod snapshot;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -26,8 +26,12 @@
 //!   promotion after [`RESTART_PAUSE`]. Meanwhile the application is gone, so a primary that
 //!   keeps failing hands over after `--app-timeout` (the app-health rules).
 //!
-//! The rebuild replays the log from LSN 1: snapshots of the directory are not built, so in
-//! follow mode the log is never truncated.
+//! - **Snapshots.** On standby the copy of the directory is exactly the committed log's
+//!   state at the LSN it holds, so the node's snapshot requests are answered with a snapshot
+//!   of it (`snapshot.rs`), and the log is truncated behind it as usual; a serving primary
+//!   declines (its directory is the application's, at no LSN). A rebuild starts from the
+//!   newest snapshot, and a snapshot received from the primary (the log replaced) is
+//!   restored into the copy.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,13 +41,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+use wal::snapshot::SnapshotWriter;
 
 use super::capture::Capture;
 use super::replay::{Replay, ReplayError};
 use super::ship::{ShipError, Shipper};
 use crate::core::Role;
 use crate::node::app_health::AppHealth;
+use crate::node::snapshot::schedule::UploadGuard;
 use crate::node::{NodeHandle, NodeStatus};
 use crate::Lsn;
 
@@ -150,6 +156,12 @@ impl Follow {
             );
         }
         let replay = Arc::new(Mutex::new(replay));
+        tokio::spawn(answer_snapshot_requests(
+            self.node.clone(),
+            Arc::clone(&replay),
+            self.status.subscribe(),
+            cancel.clone(),
+        ));
         self.health.set_standby(Some(false));
         loop {
             let Some(epoch) = self.standby(&replay, &cancel).await else {
@@ -199,6 +211,7 @@ impl Follow {
     ) -> Option<u64> {
         let mut status = self.node.watch_status();
         let mut commit = self.node.watch_commit();
+        let mut reset = self.node.snapshots.watch_reset();
         let mut failing = false;
         loop {
             let commit_lsn = *commit.borrow_and_update();
@@ -207,9 +220,11 @@ impl Follow {
                 return Some(epoch);
             }
             let applied = lock(replay).applied();
-            if commit_lsn > applied || failing {
+            let log_moved_on = applied.next() < self.node.reader().first_lsn();
+            if commit_lsn > applied || failing || log_moved_on {
                 let replay_for = Arc::clone(replay);
                 let reader = self.node.reader();
+                lock(replay).set_base(newest_snapshot(&self.node));
                 let caught =
                     blocking(move || lock(&replay_for).catch_up(&reader, commit_lsn)).await;
                 match caught {
@@ -250,6 +265,7 @@ impl Follow {
             tokio::select! {
                 changed = commit.changed() => if changed.is_err() { return None },
                 changed = status.changed() => if changed.is_err() { return None },
+                changed = reset.changed() => if changed.is_err() { return None },
                 () = cancel.cancelled() => return None,
             }
         }
@@ -267,6 +283,7 @@ impl Follow {
     ) -> Option<Arc<Shipper>> {
         self.set_state("starting", None);
         let commit_lsn = *self.node.watch_commit().borrow();
+        lock(replay).set_base(newest_snapshot(&self.node));
         let replay_for = Arc::clone(replay);
         let reader = self.node.reader();
         let dir = self.config.dir.clone();
@@ -423,6 +440,72 @@ impl Follow {
             s.state = state;
             s.error = error;
         });
+    }
+}
+
+/// The node's newest snapshot, as a rebuild's starting point.
+fn newest_snapshot(node: &NodeHandle) -> Option<(Lsn, PathBuf)> {
+    node.snapshots.newest().map(|info| (info.lsn, info.path))
+}
+
+/// Answers the node's snapshot requests until `cancel`: on standby, with a snapshot of the
+/// copy of the directory at the LSN it holds (taken under the replay's lock, so nothing is
+/// applied meanwhile); otherwise (serving: the directory is the application's, at no LSN)
+/// by declining, and the node asks again later.
+async fn answer_snapshot_requests(
+    node: NodeHandle,
+    replay: Arc<Mutex<Replay>>,
+    status: watch::Receiver<FollowStatus>,
+    cancel: CancellationToken,
+) {
+    let snapshots = Arc::clone(&node.snapshots);
+    let mut requests = snapshots.watch_requests();
+    loop {
+        tokio::select! {
+            changed = requests.changed() => if changed.is_err() { return },
+            () = cancel.cancelled() => return,
+        }
+        if status.borrow().state != "standby" {
+            debug!("follow mode: not on standby; no snapshot of the directory now");
+            snapshots.request_declined();
+            continue;
+        }
+        let (replay, reader, for_snapshots) =
+            (Arc::clone(&replay), node.reader(), Arc::clone(&snapshots));
+        let taken = blocking(move || -> Result<_, String> {
+            let replay = lock(&replay);
+            let lsn = replay.applied();
+            let epoch = reader
+                .epoch_at(lsn)
+                .ok_or_else(|| format!("lsn {lsn} is not in the log"))?;
+            let guard = UploadGuard::claim(&for_snapshots, lsn)?;
+            let written = (|| -> Result<_, String> {
+                let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, epoch)
+                    .map_err(|e| format!("cannot create the snapshot file: {e}"))?;
+                let files = super::snapshot::write_dir(replay.dir(), &mut writer)
+                    .map_err(|e| e.to_string())?;
+                let info = writer.finish().map_err(|e| e.to_string())?;
+                Ok((files, info))
+            })();
+            match written {
+                Ok((files, info)) => Ok((guard, files, info)),
+                Err(e) => {
+                    guard.abandon(&e);
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        match taken {
+            Ok((guard, files, info)) => {
+                info!(lsn = %info.lsn, files, body_len = info.body_len, "follow mode: snapshot of the directory stored");
+                guard.stored(info).await;
+            }
+            Err(reason) => {
+                debug!(%reason, "follow mode: no snapshot of the directory now");
+                snapshots.request_declined();
+            }
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 //! changes after `L` too; applying them again would be refused (an append that does not
 //! land at the file's length), so a replay that finds the directory is not the log's
 //! rebuilds it: every followed file is removed and the whole committed log applied again.
-//! (Snapshots of the directory, for logs truncated behind one, are not built yet: a rebuild
-//! needs the log from LSN 1.)
+//! A rebuild starts from the newest snapshot of the directory when there is one
+//! ([`Replay::set_base`]), and must when the log no longer reaches back to what the
+//! directory holds (a snapshot from the primary replaced it).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,14 @@ pub enum ReplayError {
     },
     #[error("{path} holds {text:?}, not an LSN")]
     BadState { path: PathBuf, text: String },
+    #[error("restoring the snapshot at lsn {lsn}: {source}")]
+    Snapshot {
+        lsn: Lsn,
+        #[source]
+        source: super::snapshot::DirSnapshotError,
+    },
+    #[error("the log begins at lsn {first}, the directory holds lsn {applied}, and no snapshot covers the gap")]
+    NoBase { first: Lsn, applied: Lsn },
 }
 
 /// What the state file holds while the application may be writing the directory (this
@@ -60,6 +69,8 @@ pub struct Replay {
     /// Where files found in a directory never materialized here were moved (see
     /// [`Replay::open`]).
     moved_aside: Option<PathBuf>,
+    /// The newest snapshot of the directory, a rebuild's starting point: its LSN and file.
+    base: Option<(Lsn, PathBuf)>,
 }
 
 impl Replay {
@@ -99,12 +110,24 @@ impl Replay {
             applied,
             dirty,
             moved_aside: None,
+            base: None,
         };
         if !known {
             replay.move_aside()?;
             replay.store(Lsn::ZERO)?;
         }
         Ok(replay)
+    }
+
+    /// The snapshot a rebuild starts from (the node's newest), if any.
+    pub fn set_base(&mut self, base: Option<(Lsn, PathBuf)>) {
+        self.base = base;
+    }
+
+    /// The directory, to write a snapshot of (exactly the log's state at
+    /// [`Replay::applied`] while nothing is applied).
+    pub fn dir(&self) -> &Path {
+        self.materializer.dir()
     }
 
     /// Where files found in a directory never materialized here were moved, if any were.
@@ -162,11 +185,20 @@ impl Replay {
     }
 
     /// Applies every record after [`Replay::applied`] through `commit`, syncs, records the
-    /// LSN reached. A directory that is not the log's is rebuilt from LSN 1 (the log must
+    /// LSN reached. A directory that is not the log's is rebuilt (from the newest snapshot, or else LSN 1: the log must
     /// still hold it). Returns the LSN reached.
     pub fn catch_up(&mut self, reader: &Reader, commit: Lsn) -> Result<Lsn, ReplayError> {
-        if self.dirty {
+        // A log that no longer reaches back to what the directory holds (a snapshot from the
+        // primary replaced it) needs the snapshot.
+        let behind_log = self.applied.next() < reader.first_lsn();
+        if self.dirty || behind_log {
             self.rebuild()?;
+            if self.applied.next() < reader.first_lsn() {
+                return Err(ReplayError::NoBase {
+                    first: reader.first_lsn(),
+                    applied: self.applied,
+                });
+            }
         }
         match self.apply_through(reader, commit) {
             Err(ReplayError::Materialize(
@@ -209,7 +241,8 @@ impl Replay {
         Ok(reached)
     }
 
-    /// Removes every followed file and forgets how far the directory was materialized.
+    /// Removes every followed file, then restores the newest snapshot if there is one
+    /// ([`Replay::set_base`]); the directory is then at its LSN (else empty, at 0).
     pub fn rebuild(&mut self) -> Result<(), ReplayError> {
         let dir = self.materializer.dir().to_path_buf();
         let files =
@@ -228,6 +261,22 @@ impl Replay {
         })?;
         self.store(Lsn::ZERO)?;
         self.dirty = false;
+        match &self.base {
+            Some((lsn, path)) => {
+                tracing::info!(dir = %dir.display(), snapshot_lsn = %lsn, snapshot = %path.display(), "rebuilding the followed directory from a snapshot and the log after it")
+            }
+            None => {
+                tracing::info!(dir = %dir.display(), "rebuilding the followed directory from the whole log")
+            }
+        }
+        if let Some((lsn, path)) = self.base.clone() {
+            // Restored and durable before the state says `lsn`; a crash in between leaves
+            // state 0 and a directory that is not the log's, which the next catch-up rebuilds.
+            super::snapshot::restore_dir(&path, &mut self.materializer)
+                .map_err(|source| ReplayError::Snapshot { lsn, source })?;
+            self.materializer.sync()?;
+            self.store(lsn)?;
+        }
         Ok(())
     }
 

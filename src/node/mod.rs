@@ -1164,14 +1164,11 @@ pub async fn run(
             status_rx,
         )
     });
-    if follow.is_none() {
-        // In follow mode the application takes no snapshots (the directory's are not built):
-        // the log is kept whole.
-        tracker.spawn(snapshot::schedule::schedule(
-            Arc::clone(&snapshots),
-            handle.watch_commit(),
-        ));
-    }
+    // Requests for snapshots go to the application, or in follow mode to the follow task.
+    tracker.spawn(snapshot::schedule::schedule(
+        Arc::clone(&snapshots),
+        handle.watch_commit(),
+    ));
     tracker.spawn(app_api::serve(
         listeners.app,
         handle.clone(),

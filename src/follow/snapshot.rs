@@ -1,0 +1,141 @@
+//! Snapshots of the followed directory, in the node's snapshot format (`wal::snapshot`):
+//! the body is the directory's files as changes that, applied in order to an empty
+//! directory, rebuild it.
+//!
+//! ```text
+//! body := frame*
+//! frame := len u32 (little-endian) | one encoded Change (change.rs), len bytes
+//! ```
+//!
+//! Each file is one `Install` ([`Change::into_pieces`] for a long one: an install under
+//! `PART_NAME`, appends, a rename), in name order. The snapshot file's own chunk checksums
+//! and trailer cover the body; frames add none.
+//!
+//! A backup writes one of its copy of the directory at the LSN it has materialized (the
+//! copy is exactly the committed log's state there); a primary, whose directory is the
+//! application's, writes none. A node restores from one when its log no longer reaches
+//! back to what its copy holds (a snapshot received from the primary replaced the log), and
+//! whenever it rebuilds its copy (after serving, or a copy found not the log's): restoring
+//! the newest snapshot and replaying the log after it is faster than replaying it all.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use bytes::{Buf, Bytes, BytesMut};
+use wal::snapshot::{SnapshotReader, SnapshotWriter};
+
+use super::change::{Change, ChangeError};
+use super::materialize::{read_dir_contents, MaterializeError, Materializer};
+
+/// Why a snapshot of the directory could not be written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum DirSnapshotError {
+    #[error("the snapshot file: {0}")]
+    File(#[from] wal::Error),
+    #[error("reading the followed directory: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the snapshot's frame at body offset {offset} is not a change: {source}")]
+    NotAChange {
+        offset: u64,
+        #[source]
+        source: ChangeError,
+    },
+    #[error("the snapshot's body ends inside a frame")]
+    Truncated,
+    #[error(transparent)]
+    Materialize(#[from] MaterializeError),
+}
+
+/// Writes every followed file of `dir` into `writer` as frames; returns how many files.
+pub fn write_dir(dir: &Path, writer: &mut SnapshotWriter) -> Result<usize, DirSnapshotError> {
+    let files = read_dir_contents(dir).map_err(DirSnapshotError::Read)?;
+    let count = files.len();
+    for (name, data) in files {
+        let change = Change::Install {
+            name: Bytes::from(name),
+            data: Bytes::from(data),
+        };
+        for piece in change.into_pieces() {
+            let encoded = piece.encode();
+            let len = u32::try_from(encoded.len())
+                .unwrap_or_else(|_| unreachable!("a piece is at most PIECE_LEN_MAX bytes"));
+            writer.write(&len.to_le_bytes())?;
+            writer.write(&encoded)?;
+        }
+    }
+    Ok(count)
+}
+
+/// Removes every followed file of the materializer's directory and applies the snapshot at
+/// `path` to it (not synced: the caller syncs before it records the LSN).
+pub fn restore_dir(path: &Path, materializer: &mut Materializer) -> Result<(), DirSnapshotError> {
+    let dir = materializer.dir().to_path_buf();
+    for name in read_dir_contents(&dir)
+        .map_err(DirSnapshotError::Read)?
+        .keys()
+    {
+        std::fs::remove_file(dir.join(std::ffi::OsStr::from_bytes(name)))
+            .map_err(DirSnapshotError::Read)?;
+    }
+    let mut reader = SnapshotReader::open(path)?;
+    let mut pending = BytesMut::new();
+    // The body offset of `pending`'s first byte.
+    let mut offset = 0u64;
+    while let Some(chunk) = reader.next_chunk()? {
+        pending.extend_from_slice(&chunk.data);
+        loop {
+            if pending.len() < 4 {
+                break;
+            }
+            let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+            if pending.len() < 4 + len {
+                break;
+            }
+            pending.advance(4);
+            let frame = pending.split_to(len).freeze();
+            let change = Change::decode(frame)
+                .map_err(|source| DirSnapshotError::NotAChange { offset, source })?;
+            materializer.apply(&change)?;
+            offset += 4 + len as u64;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(DirSnapshotError::Truncated);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::follow::change::PIECE_LEN_MAX;
+    use wal::{Epoch, Lsn};
+
+    /// A directory written into a snapshot and restored into another (which held other
+    /// files) is equal to it, a file longer than a piece included.
+    #[test]
+    fn a_directory_round_trips_through_a_snapshot() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("dir");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("manifest"), b"file base\n").unwrap();
+        std::fs::write(dir.join("empty"), b"").unwrap();
+        let big: Vec<u8> = (0..PIECE_LEN_MAX + 4321).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.join("base"), &big).unwrap();
+        let snapshots = root.path().join("snapshots");
+        std::fs::create_dir(&snapshots).unwrap();
+        let mut writer = SnapshotWriter::create(&snapshots, Lsn(42), Epoch(3)).unwrap();
+        assert_eq!(write_dir(&dir, &mut writer).unwrap(), 3);
+        let info = writer.finish().unwrap();
+
+        let copy = root.path().join("copy");
+        let mut materializer = Materializer::open(&copy).unwrap();
+        std::fs::write(copy.join("stale"), b"not in the snapshot").unwrap();
+        restore_dir(&info.path, &mut materializer).unwrap();
+        materializer.sync().unwrap();
+        assert_eq!(
+            read_dir_contents(&copy).unwrap(),
+            read_dir_contents(&dir).unwrap()
+        );
+    }
+}
