@@ -617,7 +617,7 @@ impl Capture {
 }
 
 impl Capture {
-    /// Asks the capture thread to stop (within [`STOP_POLL`]); its sender closes then.
+    /// Asks the capture thread to stop (within `STOP_POLL`, 50 ms); its sender closes then.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
