@@ -2,7 +2,10 @@
 //! short phases, in each of its acts (the primary's machine killed; the primary's
 //! application alone killed): it succeeds, reports the write pause and a count of
 //! acknowledged writes all readable, and leaves no process and no data directory behind;
-//! SIGTERM in the middle stops every child too.
+//! SIGTERM in the middle stops every child too. `--app redis` plays the same on the
+//! system's redis-server in follow mode (Debian's redis-server package; `.ci/run` installs
+//! it), and without redis-server on the PATH stops at once with a line saying how to
+//! install it.
 
 mod support;
 
@@ -143,8 +146,8 @@ fn assert_nothing_lost(stdout: &str) {
 }
 
 /// No process the demo started is left (it started `started` of them), and only the logs
-/// remain.
-fn assert_cleaned_up(run: &Run, started: usize) {
+/// remain (with `--app redis`, no Redis either).
+fn assert_cleaned_up(run: &Run, started: usize, redis: bool) {
     let (stdout, dir) = (&run.stdout, &run.dir);
     let pids_line = stdout
         .lines()
@@ -171,10 +174,63 @@ fn assert_cleaned_up(run: &Run, started: usize) {
     }
     for id in 1..=3 {
         assert!(!dir.join(format!("node{id}")).exists(), "node{id} left");
+        assert!(!dir.join(format!("redis{id}")).exists(), "redis{id} left");
     }
     assert!(dir.join("logs/node1.log").exists());
-    assert!(dir.join("logs/kv1.log").exists());
+    assert_eq!(dir.join("logs/kv1.log").exists(), !redis);
     assert!(stdout.contains(&dir.join("logs").display().to_string()));
+    if redis {
+        assert_no_redis_left(stdout);
+    }
+}
+
+/// Every Redis the demo's sidecars ran (it lists their PIDs) is gone: no process with one of
+/// those PIDs runs redis-server on one of the demo's Redis ports.
+fn assert_no_redis_left(stdout: &str) {
+    let ports: Vec<u64> = stdout
+        .lines()
+        .filter_map(|line| number_after(line, "Redis on port "))
+        .collect();
+    assert_eq!(ports.len(), 3, "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|line| line.contains("Redis PIDs seen: "))
+        .expect("the demo lists the Redis PIDs it saw");
+    assert!(
+        line.contains("every Redis the sidecars ran is gone with them"),
+        "{line}"
+    );
+    let pids: Vec<u32> = line
+        .split("Redis PIDs seen: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    assert!(!pids.is_empty(), "{line}");
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !(cmdline.contains("redis-server")
+                && ports
+                    .iter()
+                    .any(|port| cmdline.contains(&format!(":{port}")))),
+            "Redis pid {pid} is still running: {cmdline}"
+        );
+    }
+}
+
+/// `--app redis` needs the system's redis-server, as `tests/follow_redis.rs` does.
+fn assert_redis_installed() {
+    assert!(
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "redis-server is not on the PATH: install Debian's redis-server package (.ci/run does)"
+    );
 }
 
 #[test]
@@ -193,7 +249,7 @@ fn demo_fails_over_rejoins_loses_nothing_and_cleans_up() {
 
     assert_nothing_lost(stdout);
     // Three sidecars and three servers, and the killed node's two again.
-    assert_cleaned_up(&run, 8);
+    assert_cleaned_up(&run, 8, false);
 }
 
 /// `--act app-kill`: only the primary's key-value server is killed; its sidecar reports the
@@ -232,7 +288,105 @@ fn demo_app_kill_hands_over_to_a_live_application_and_loses_nothing() {
 
     assert_nothing_lost(stdout);
     // Three sidecars and three servers, and the killed server again.
-    assert_cleaned_up(&run, 7);
+    assert_cleaned_up(&run, 7, false);
+}
+
+/// `--app redis`: the sidecars run in follow mode, Redis on the primary alone; kill -9 of the
+/// primary's sidecar and Redis, a backup brings its copy of the append-only directory to
+/// the commit and serves Redis on it, the old node rejoins as a backup on standby, and no
+/// acknowledged write is lost.
+#[test]
+fn demo_with_redis_fails_over_in_follow_mode_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_redis_installed();
+    let run = run_demo(&["--app", "redis"]);
+    let stdout = &run.stdout;
+
+    assert!(stdout.contains("three sidecars in follow mode"), "{stdout}");
+    assert!(
+        stdout.contains("kill -9 node") && stdout.contains(": its Redis (pid "),
+        "{stdout}"
+    );
+    let pause = number_after(stdout, "writes paused ").expect("a write pause is reported");
+    assert!(pause > 0 && pause < 30_000, "pause {pause} ms\n{stdout}");
+    assert!(stdout.contains("is the new primary"), "{stdout}");
+    // The new primary's time from its epoch's first commit to Redis serving.
+    let start = number_after(stdout, "was serving ").expect("Redis's start time is reported");
+    assert!(start < 30_000, "Redis started in {start} ms\n{stdout}");
+    assert!(stdout.contains("rejoined as a backup"), "{stdout}");
+    assert!(
+        stdout.contains("its copy of Redis's append-only directory is materialized to LSN"),
+        "{stdout}"
+    );
+    // The table shows the followed directory's state in place of the app API's.
+    assert!(
+        stdout.contains("REDIS")
+            && stdout.contains("serving, pid ")
+            && stdout.contains("standby, applied "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("act: app-kill"), "{stdout}");
+
+    assert_nothing_lost(stdout);
+    // Three sidecars, and the killed node's again; no key-value servers.
+    assert_cleaned_up(&run, 4, true);
+}
+
+/// `--app redis --act app-kill`: only the primary's Redis is killed; its sidecar starts it
+/// again in place (or, if it is not back within the app timeout, hands over), the demo says
+/// which and how long writes paused, and nothing acknowledged is lost.
+#[test]
+fn demo_with_redis_app_kill_restarts_redis_or_hands_over_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_redis_installed();
+    let run = run_demo(&["--app", "redis", "--act", "app-kill"]);
+    let stdout = &run.stdout;
+
+    assert!(
+        stdout.contains("'s Redis (pid ") && stdout.contains("keeps running"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("restarted in place: ") || stdout.contains("handed over: "),
+        "{stdout}"
+    );
+    let pause = number_after(stdout, "writes paused ").expect("a write pause is reported");
+    assert!(pause > 0 && pause < 30_000, "pause {pause} ms\n{stdout}");
+    assert!(!stdout.contains("rejoined as a backup"), "{stdout}");
+
+    assert_nothing_lost(stdout);
+    // Three sidecars; Redis is restarted by a sidecar, not by the demo.
+    assert_cleaned_up(&run, 3, true);
+}
+
+/// `--app redis` without redis-server on the PATH: one line saying how to install it, and
+/// nothing started or created.
+#[test]
+fn demo_with_redis_but_no_redis_server_says_how_to_install_it() {
+    let temp = tempfile::Builder::new()
+        .prefix("understudy-demo-test-")
+        .tempdir()
+        .unwrap();
+    let empty = temp.path().join("bin");
+    std::fs::create_dir(&empty).unwrap();
+    let dir = temp.path().join("demo");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+    command
+        .args(["demo", "--app", "redis", "--dir"])
+        .arg(&dir)
+        .env("PATH", &empty)
+        .stdin(Stdio::null());
+    let output = support::output_within(command, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("redis-server") && stderr.contains("apt-get install redis-server"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(!dir.exists(), "the demo created {}", dir.display());
 }
 
 /// SIGTERM while the demo writes: it stops and reaps every child and exits non-zero.

@@ -2,6 +2,12 @@
 //! child process of the demo (the same executable: `understudy run ...` and the hidden
 //! `understudy demo-kv ...`), with their ports, files and PIDs.
 //!
+//! With `--app redis` there are no key-value apps: each sidecar runs in follow mode with the
+//! system's `redis-server` under `--app-cmd`, which it starts only while it is the serving
+//! primary; Redis's append-only directory (`redisN/appendonlydir`) is the followed
+//! directory. The demo learns Redis's PID from `/status` (`app.pid`), and after the
+//! sidecars are killed it makes sure that every Redis it saw is gone too.
+//!
 //! Every child is started in its own process group (a Ctrl-C in the terminal reaches the
 //! demo alone, which then stops them in order) and with `PR_SET_PDEATHSIG` = SIGKILL, so
 //! that even a demo killed with SIGKILL leaves no orphan behind.
@@ -11,10 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use anyhow::{bail, Context};
+use hyper::{Method, StatusCode};
+use serde::Deserialize;
 use tokio::process::{Child, Command};
 
-use crate::cli::status::{self, StatusView};
+use crate::cli::admin_client;
+use crate::cli::status::StatusView;
 
 /// Nodes in the demo's cluster.
 pub(super) const NODES: u16 = 3;
@@ -23,7 +35,7 @@ pub(super) const NODES: u16 = 3;
 pub(super) const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The demo's ports, from a base: node N's client port is BASE+N, its peer port BASE+10+N,
-/// its admin port BASE+20+N and its key-value app BASE+30+N.
+/// its admin port BASE+20+N and its key-value app (or its Redis) BASE+30+N.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ports {
     base: u16,
@@ -80,7 +92,19 @@ impl Ports {
     }
 }
 
-/// The processes of one node.
+/// What runs beside (or under) each sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum App {
+    /// The key-value example, a child process of the demo beside each sidecar, on the app
+    /// API.
+    Kv,
+    /// The system's `redis-server` (this binary), run by each sidecar in follow mode while
+    /// it is the serving primary.
+    Redis(PathBuf),
+}
+
+/// The processes of one node (with `App::Redis`, `app` stays `None`: the sidecar runs
+/// Redis).
 #[derive(Default)]
 struct NodeProcesses {
     sidecar: Option<Child>,
@@ -90,6 +114,7 @@ struct NodeProcesses {
 pub(super) struct Cluster {
     pub(super) dir: PathBuf,
     pub(super) ports: Ports,
+    pub(super) app: App,
     exe: PathBuf,
     secret: PathBuf,
     /// The sidecars' timing flags.
@@ -97,13 +122,19 @@ pub(super) struct Cluster {
     nodes: Vec<NodeProcesses>,
     /// Every PID started, in order.
     pub(super) pids: Vec<u32>,
+    /// Every Redis PID seen in a `/status` (the sidecars start them), shared with `Admins`.
+    redis_pids: RedisPids,
 }
+
+/// Redis PIDs seen, with the node whose sidecar ran each.
+type RedisPids = Arc<Mutex<BTreeSet<(u16, u32)>>>;
 
 impl Cluster {
     /// Lays out the directory (a secret, `logs/`); starts nothing.
     pub(super) fn new(
         dir: PathBuf,
         ports: Ports,
+        app: App,
         heartbeat: Duration,
         failover: Duration,
         app_timeout: Duration,
@@ -119,6 +150,7 @@ impl Cluster {
         Ok(Cluster {
             dir,
             ports,
+            app,
             exe,
             secret,
             timing: [
@@ -136,7 +168,18 @@ impl Cluster {
             .collect(),
             nodes: (0..NODES).map(|_| NodeProcesses::default()).collect(),
             pids: Vec::new(),
+            redis_pids: Arc::default(),
         })
+    }
+
+    /// Whether the nodes run Redis in follow mode.
+    pub(super) fn redis(&self) -> bool {
+        matches!(self.app, App::Redis(_))
+    }
+
+    /// Node `id`'s Redis directory (`--dir`); its `appendonlydir` is the followed one.
+    pub(super) fn redis_dir(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("redis{id}"))
     }
 
     pub(super) fn data_dir(&self, id: u16) -> PathBuf {
@@ -161,17 +204,22 @@ impl Cluster {
 
     /// The admin addresses, for `/status` (and `understudy status --admin`).
     pub(super) fn admins(&self) -> Admins {
-        Admins(
-            (1..=NODES)
+        Admins {
+            addrs: (1..=NODES)
                 .map(|id| self.ports.admin(id).to_string())
                 .collect(),
-        )
+            redis_pids: self.redis().then(|| Arc::clone(&self.redis_pids)),
+        }
     }
 
-    /// Starts node `id`'s sidecar and its key-value app; returns their PIDs.
-    pub(super) fn start_node(&mut self, id: u16) -> anyhow::Result<(u32, u32)> {
+    /// Starts node `id`'s sidecar and its key-value app; returns their PIDs (with Redis,
+    /// the sidecar's alone: it starts Redis itself when it is primary).
+    pub(super) fn start_node(&mut self, id: u16) -> anyhow::Result<(u32, Option<u32>)> {
         let sidecar = self.start_sidecar(id)?;
-        let app = self.start_app(id)?;
+        let app = match self.app {
+            App::Kv => Some(self.start_app(id)?),
+            App::Redis(_) => None,
+        };
         Ok((sidecar, app))
     }
 
@@ -210,6 +258,15 @@ impl Cluster {
             .arg("--cluster-secret-file")
             .arg(&self.secret)
             .args(&self.timing);
+        if let App::Redis(binary) = &self.app {
+            let dir = self.redis_dir(id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            sidecar
+                .arg("--follow-dir")
+                .arg(dir.join("appendonlydir"))
+                .arg("--app-cmd")
+                .arg(redis_command(binary, self.ports.app(id).port(), &dir));
+        }
         let sidecar = sidecar
             .spawn()
             .with_context(|| format!("start node {id}'s sidecar"))?;
@@ -283,6 +340,51 @@ impl Cluster {
         }
     }
 
+    /// `kill -9` of node `id`'s Redis, PID `pid` (from its sidecar's `/status`), if that
+    /// process is still node `id`'s Redis; returns whether it was.
+    pub(super) fn kill_redis(&self, id: u16, pid: u32) -> bool {
+        self.redis_pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((id, pid));
+        let port = self.ports.app(id).port();
+        if !is_redis(pid, port) {
+            return false;
+        }
+        // SAFETY: kill(2) has no memory effects; `pid` is a Redis this demo's sidecar
+        // started and has not reaped (it is still running as Redis on node `id`'s port).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) == 0 }
+    }
+
+    /// After the sidecars are gone: waits (up to 3 s) for every Redis they were seen
+    /// running to be gone as well (`PR_SET_PDEATHSIG` and the supervisor's guard kill it
+    /// with its sidecar) and kills any still there; returns the PIDs seen and how many had
+    /// to be killed here.
+    pub(super) async fn reap_redis(&self) -> (Vec<u32>, usize) {
+        let seen: Vec<(u16, u32)> = self
+            .redis_pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        let alive = |&(id, pid): &(u16, u32)| is_redis(pid, self.ports.app(id).port());
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while seen.iter().any(alive) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut killed = 0;
+        for &(id, pid) in seen.iter().filter(|entry| alive(entry)) {
+            if self.kill_redis(id, pid) {
+                killed += 1;
+            }
+        }
+        let mut pids: Vec<u32> = seen.iter().map(|&(_, pid)| pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        (pids, killed)
+    }
+
     /// Kills every running child with SIGKILL and reaps it; returns how many there were.
     pub(super) async fn stop_all(&mut self) -> usize {
         let mut stopped = 0;
@@ -330,6 +432,40 @@ impl Cluster {
     }
 }
 
+/// The `--app-cmd` of node `id`'s sidecar: `binary` on `port` with its files in `dir`,
+/// append-only (`dir/appendonlydir`, the followed directory), no RDB snapshots.
+///
+/// `--appendfsync no`: Redis then writes each change to its append-only file before it
+/// replies, which follow mode needs (the client port holds a reply until the changes
+/// already in the directory are committed, and the log, fsynced on a majority, is what makes
+/// them durable). With `everysec`, while its background fsync of the file is still running
+/// (a busy disk) Redis postpones its writes to the file for up to 2 s and replies all the
+/// same: those acknowledged writes are in no file, so nothing holds their replies, and a
+/// kill -9 loses them.
+fn redis_command(binary: &Path, port: u16, dir: &Path) -> String {
+    format!(
+        "exec {} --port {port} --bind 127.0.0.1 --dir {} --appendonly yes --appendfsync no \
+         --save '' --protected-mode no --daemonize no --loglevel warning",
+        shell_quote(&binary.to_string_lossy()),
+        shell_quote(&dir.to_string_lossy()),
+    )
+}
+
+/// `text` as one word for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// Whether `pid` is a running Redis serving `port` (it shows `redis-server 127.0.0.1:PORT`
+/// as its command line).
+fn is_redis(pid: u32, port: u16) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    cmdline.contains("redis-server") && cmdline.contains(&format!(":{port}"))
+}
+
 /// SIGKILL, then wait for the exit.
 async fn kill_and_reap(mut child: Child) {
     let _ = child.start_kill();
@@ -338,29 +474,122 @@ async fn kill_and_reap(mut child: Child) {
 
 /// The nodes' admin addresses, by node id (index 0 is node 1).
 #[derive(Debug, Clone)]
-pub(super) struct Admins(pub(super) Vec<String>);
+pub(super) struct Admins {
+    pub(super) addrs: Vec<String>,
+    /// With Redis: where each Redis PID seen in an answer is recorded (`Cluster::reap_redis`).
+    redis_pids: Option<RedisPids>,
+}
+
+/// What the demo reads in a node's `/status`: what `understudy status` reads, and in follow
+/// mode the followed directory's state and the application the sidecar runs.
+#[derive(Debug, Clone)]
+pub(super) struct View {
+    pub(super) status: StatusView,
+    pub(super) follow: Option<FollowView>,
+    pub(super) app: Option<AppView>,
+}
+
+impl std::ops::Deref for View {
+    type Target = StatusView;
+
+    fn deref(&self) -> &StatusView {
+        &self.status
+    }
+}
+
+/// `/status` `follow` (`follow::node::FollowStatus`), the part the demo reads.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct FollowView {
+    /// `standby`, `starting`, `serving` or `failed`.
+    pub(super) state: String,
+    /// On standby: the last LSN whose change is durable in the directory.
+    pub(super) applied_lsn: u64,
+    #[serde(default)]
+    pub(super) error: Option<String>,
+    /// The last promotion: from the commit of the epoch start to serving, in ms.
+    #[serde(default)]
+    pub(super) last_start_ms: Option<u64>,
+}
+
+/// `/status` `app` (`node::AppStatus`, the `--app-cmd` application), the part the demo
+/// reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct AppView {
+    #[serde(default)]
+    pub(super) pid: Option<u32>,
+    #[serde(default)]
+    pub(super) restarts: u64,
+    #[serde(default)]
+    pub(super) running_since_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) last_exit: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FollowFields {
+    #[serde(default)]
+    follow: Option<FollowView>,
+    #[serde(default)]
+    app: Option<AppView>,
+}
+
+impl View {
+    /// A view from a `/status` body.
+    pub(super) fn parse(body: &[u8]) -> anyhow::Result<View> {
+        let status: StatusView = serde_json::from_slice(body)?;
+        let extra: FollowFields = serde_json::from_slice(body)?;
+        Ok(View {
+            status,
+            follow: extra.follow,
+            app: extra.app,
+        })
+    }
+
+    /// The followed directory's state (`None` without follow mode).
+    pub(super) fn follow_state(&self) -> Option<&str> {
+        self.follow.as_ref().map(|f| f.state.as_str())
+    }
+
+    /// The PID of the application the sidecar runs, if it runs one now.
+    pub(super) fn app_pid(&self) -> Option<u32> {
+        self.app.as_ref().and_then(|app| app.pid)
+    }
+}
 
 impl Admins {
     /// Node `id`'s admin address.
     pub(super) fn of(&self, id: u16) -> &str {
-        &self.0[usize::from(id) - 1]
+        &self.addrs[usize::from(id) - 1]
+    }
+
+    /// Node `id`'s `/status`, `None` if it did not answer (not running, say).
+    pub(super) async fn status(&self, id: u16) -> Option<View> {
+        let answer = admin_client::request(self.of(id), Method::GET, "/status", STATUS_TIMEOUT)
+            .await
+            .ok()?;
+        if answer.status != StatusCode::OK {
+            return None;
+        }
+        let view = View::parse(&answer.body).ok()?;
+        if let (Some(pids), Some(pid)) = (&self.redis_pids, view.app_pid()) {
+            pids.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((view.node_id, pid));
+        }
+        Some(view)
     }
 
     /// Each node's `/status`, `None` where it did not answer (not running, say).
-    pub(super) async fn statuses(&self) -> Vec<Option<StatusView>> {
-        futures_util::future::join_all(
-            self.0
-                .iter()
-                .map(|addr| async move { status::fetch_within(addr, STATUS_TIMEOUT).await.ok() }),
-        )
-        .await
+    pub(super) async fn statuses(&self) -> Vec<Option<View>> {
+        futures_util::future::join_all((1..=NODES).map(|id| self.status(id))).await
     }
 }
 
 /// What the nodes' answers say, once they agree: the primary (holding its lease) and its
-/// epoch, every answering node a backup of it in that epoch.
-pub(super) fn settled(views: &[Option<StatusView>], expected: usize) -> Option<(u16, u64)> {
-    let answered: Vec<&StatusView> = views.iter().flatten().collect();
+/// epoch, every answering node a backup of it in that epoch. In follow mode the primary
+/// must also be serving its application and every backup on standby.
+pub(super) fn settled(views: &[Option<View>], expected: usize) -> Option<(u16, u64)> {
+    let answered: Vec<&View> = views.iter().flatten().collect();
     if answered.len() < expected {
         return None;
     }
@@ -372,10 +601,14 @@ pub(super) fn settled(views: &[Option<StatusView>], expected: usize) -> Option<(
         return None;
     }
     let agree = answered.iter().all(|view| {
-        view.node_id == primary.node_id
-            || (view.role == "backup"
+        if view.node_id == primary.node_id {
+            view.follow_state().is_none_or(|state| state == "serving")
+        } else {
+            view.role == "backup"
                 && view.primary == Some(primary.node_id)
-                && view.epoch == primary.epoch)
+                && view.epoch == primary.epoch
+                && view.follow_state().is_none_or(|state| state == "standby")
+        }
     });
     agree.then_some((primary.node_id, primary.epoch))
 }
@@ -407,13 +640,87 @@ mod tests {
         assert_eq!(ports.all().count(), 12);
     }
 
-    fn view(id: u16, role: &str, epoch: u64, primary: Option<u16>) -> Option<StatusView> {
+    fn view(id: u16, role: &str, epoch: u64, primary: Option<u16>) -> Option<View> {
         let json = serde_json::json!({
             "node_id": id, "role": role, "epoch": epoch, "primary": primary,
             "lease_held": role == "primary", "durable_lsn": 10, "commit_lsn": 10,
             "heartbeat_age_ms": null, "peers": [], "failed": null,
         });
-        Some(serde_json::from_value(json).unwrap())
+        Some(View::parse(json.to_string().as_bytes()).unwrap())
+    }
+
+    /// A node in follow mode, its directory in `state`, running the application `pid`.
+    fn follow_view(
+        id: u16,
+        role: &str,
+        primary: Option<u16>,
+        state: &str,
+        pid: Option<u32>,
+    ) -> Option<View> {
+        let json = serde_json::json!({
+            "node_id": id, "role": role, "epoch": 2, "primary": primary,
+            "lease_held": role == "primary", "durable_lsn": 10, "commit_lsn": 10,
+            "heartbeat_age_ms": null, "peers": [], "failed": null,
+            "follow": {"dir": "/x", "state": state, "applied_lsn": 9, "committed_changes": 0,
+                       "last_start_ms": 41, "since_ms": 5},
+            "app": {"pid": pid, "restarts": 1, "last_exit": "signal: 9 (SIGKILL)"},
+        });
+        Some(View::parse(json.to_string().as_bytes()).unwrap())
+    }
+
+    /// A `/status` in follow mode reads with its `follow` and `app` parts.
+    #[test]
+    fn follow_and_app_are_read_from_the_status() {
+        let serving = follow_view(2, "primary", Some(2), "serving", Some(4242)).unwrap();
+        assert_eq!(serving.follow_state(), Some("serving"));
+        assert_eq!(serving.app_pid(), Some(4242));
+        let follow = serving.follow.as_ref().unwrap();
+        assert_eq!((follow.applied_lsn, follow.last_start_ms), (9, Some(41)));
+        let app = serving.app.as_ref().unwrap();
+        assert_eq!(app.last_exit.as_deref(), Some("signal: 9 (SIGKILL)"));
+        assert_eq!(app.restarts, 1);
+        let plain = view(1, "backup", 2, Some(2)).unwrap();
+        assert!(plain.follow_state().is_none() && plain.app_pid().is_none());
+    }
+
+    /// In follow mode the cluster is settled only once the primary serves its application
+    /// and every backup is on standby.
+    #[test]
+    fn settled_in_follow_mode_waits_for_the_application() {
+        let backup = |id, state| follow_view(id, "backup", Some(2), state, None);
+        let serving = follow_view(2, "primary", Some(2), "serving", Some(7));
+        let all = [backup(1, "standby"), serving.clone(), backup(3, "standby")];
+        assert_eq!(settled(&all, 3), Some((2, 2)));
+        let starting = follow_view(2, "primary", Some(2), "starting", None);
+        assert_eq!(
+            settled(&[backup(1, "standby"), starting, backup(3, "standby")], 3),
+            None
+        );
+        assert_eq!(
+            settled(&[backup(1, "failed"), serving, backup(3, "standby")], 3),
+            None
+        );
+    }
+
+    #[test]
+    fn the_redis_command_quotes_its_paths() {
+        let command = redis_command(
+            Path::new("/usr/bin/redis-server"),
+            7031,
+            Path::new("/tmp/it's here/redis1"),
+        );
+        assert!(
+            command.starts_with("exec '/usr/bin/redis-server' --port 7031 --bind 127.0.0.1 --dir "),
+            "{command}"
+        );
+        assert!(
+            command.contains("--dir '/tmp/it'\\''s here/redis1' --appendonly yes"),
+            "{command}"
+        );
+        assert!(
+            command.contains("--appendonly yes --appendfsync no --save ''"),
+            "{command}"
+        );
     }
 
     /// The cluster is settled once one primary holds its lease and every node that answers
@@ -445,7 +752,7 @@ mod tests {
         assert_eq!(settled(&electing, 3), None);
         let mut no_lease = all.clone();
         no_lease[1] = view(2, "primary", 2, Some(2)).map(|mut v| {
-            v.lease_held = false;
+            v.status.lease_held = false;
             v
         });
         assert_eq!(settled(&no_lease, 3), None);

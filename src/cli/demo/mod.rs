@@ -19,6 +19,20 @@
 //! At the end it reads every acknowledged key back through a client port and prints the
 //! count (exit status 1 if any is missing).
 //!
+//! `--app redis` plays the same on the system's unmodified `redis-server` (7 or newer; the
+//! demo stops at once, with a line saying how to install it, if none is on the PATH). Each
+//! sidecar runs in follow mode with Redis under `--app-cmd`, on its append-only directory
+//! (`--follow-dir`): only the primary runs Redis, the backups keep their copies of the
+//! directory up to date from the log, and the client port holds each of Redis's replies
+//! until the changes Redis made before it are committed. There are no separate app
+//! processes. `failover` kills the primary's sidecar and its Redis (its PID from `/status`
+//! `app.pid`) and reports, beside the pause, how long the new primary took from its
+//! epoch's first commit to serving Redis (`follow.last_start_ms`); `app-kill` kills the
+//! primary's Redis alone, which its sidecar's supervisor usually starts again in place
+//! (no failover) and otherwise hands over after `--app-timeout`: the demo says which. The
+//! table's APP column becomes REDIS: the followed directory's state (serving with Redis's
+//! PID, or standby with the LSN applied to the directory).
+//!
 //! Every child is killed and reaped on the way out, also after Ctrl-C, SIGTERM or SIGHUP
 //! (and, through `PR_SET_PDEATHSIG`, if the demo itself is killed). On success the node
 //! data directories are removed and the logs kept; on failure everything is kept.
@@ -45,7 +59,7 @@ use clap::Args;
 use tokio::task::JoinHandle;
 
 use act::Act;
-use cluster::{settled, Admins, Cluster, Ports, NODES};
+use cluster::{settled, Admins, App, Cluster, Ports, View, NODES};
 use screen::Screen;
 use writer::{Target, Writer};
 
@@ -53,15 +67,28 @@ fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 3s)"))
 }
 
+/// Which application the demo's cluster replicates (`--app`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoApp {
+    /// The replicated key-value server of examples/kv (built in), one beside each sidecar,
+    /// on the app API.
+    Kv,
+    /// The system's unmodified redis-server (7 or newer) in follow mode: each sidecar runs
+    /// it under --app-cmd while it is primary, and replicates its append-only directory.
+    Redis,
+}
+
 /// Which failure of the primary `understudy demo` shows (`--act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Acts {
-    /// The primary's machine dies: kill -9 of its sidecar and its key-value server; a
-    /// backup takes over after the failover timeout.
+    /// The primary's machine dies: kill -9 of its sidecar and its application (key-value
+    /// server or Redis); a backup takes over after the failover timeout.
     Failover,
     /// The primary's application dies and its sidecar keeps running: kill -9 of its
-    /// key-value server alone; the primary hands over after --app-timeout to a backup
-    /// whose application is live.
+    /// key-value server alone, and the primary hands over after --app-timeout to a backup
+    /// whose application is live; with --app redis, kill -9 of its Redis alone, which its
+    /// sidecar starts again in place (or, if Redis is not back within --app-timeout, hands
+    /// over).
     AppKill,
     /// Both, one after the other, on the same cluster.
     All,
@@ -81,6 +108,10 @@ impl Acts {
 /// Flags of `understudy demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// The application: the built-in key-value server, or the system's redis-server in
+    /// follow mode.
+    #[arg(long, value_enum, default_value = "kv")]
+    pub app: DemoApp,
     /// Which failure of the primary to show.
     #[arg(long, value_enum, default_value = "failover")]
     pub act: Acts,
@@ -97,8 +128,8 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// First of the ports: node N's client port is BASE+N, its peer port BASE+10+N, its
-    /// admin port BASE+20+N and its key-value server BASE+30+N (default: 7000, or the
-    /// first of 7100, 7200, ... whose ports are all free).
+    /// admin port BASE+20+N and its key-value server (or Redis) BASE+30+N (default: 7000,
+    /// or the first of 7100, 7200, ... whose ports are all free).
     #[arg(long, value_name = "BASE")]
     pub base_port: Option<u16>,
     /// Where to put the nodes' data and logs (default: a new directory under $TMPDIR).
@@ -194,13 +225,73 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.app_timeout().is_zero() {
         bail!("--app-timeout 0: must be more than zero");
     }
+    let app = match args.app {
+        DemoApp::Kv => (App::Kv, None),
+        DemoApp::Redis => {
+            let (binary, version) = find_redis()?;
+            (App::Redis(binary), Some(version))
+        }
+    };
     // One thread: every child is spawned from it, and PR_SET_PDEATHSIG follows the thread
     // that spawned, so it must live as long as the demo.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(demo(args))
+    runtime.block_on(demo(args, app))
+}
+
+/// What to say when `--app redis` finds no usable `redis-server`.
+const INSTALL_REDIS: &str = "install it (Debian/Ubuntu: sudo apt-get install redis-server; \
+     Fedora: sudo dnf install redis; Arch: sudo pacman -S redis) or run the demo without \
+     --app redis";
+
+/// The `redis-server` on the PATH and its version; an error of one line saying how to
+/// install it if there is none, or if it is older than 7 (whose append-only file is not
+/// yet a directory, which follow mode needs).
+fn find_redis() -> anyhow::Result<(PathBuf, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let binary = std::env::split_paths(&path)
+        .map(|dir| dir.join("redis-server"))
+        .find(|file| {
+            std::fs::metadata(file)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+    let Some(binary) = binary else {
+        bail!(
+            "--app redis needs redis-server (Redis 7 or newer) on the PATH, and there is none: \
+             {INSTALL_REDIS}"
+        );
+    };
+    let output = std::process::Command::new(&binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("run {} --version", binary.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=..."
+    let version = text
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("v="))
+        .map(str::to_string);
+    let major = version
+        .as_deref()
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse::<u32>().ok());
+    match (version, major) {
+        (Some(version), Some(major)) if major >= 7 => Ok((binary, version)),
+        (Some(version), _) => bail!(
+            "--app redis needs Redis 7 or newer (its append-only directory is what the \
+             sidecars follow), and {} is Redis {version}: {INSTALL_REDIS}",
+            binary.display()
+        ),
+        (None, _) => bail!(
+            "--app redis: {} --version answered {:?}, not a Redis version",
+            binary.display(),
+            text.trim()
+        ),
+    }
 }
 
 /// A new directory under the system's temporary directory.
@@ -213,7 +304,7 @@ fn temp_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs, (app, redis_version): (App, Option<String>)) -> anyhow::Result<()> {
     let ports = Ports::pick(args.base_port)?;
     let dir = match &args.dir {
         Some(dir) => {
@@ -222,17 +313,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
         None => temp_dir()?,
     };
+    let what = match &app {
+        App::Kv => "three sidecars and three key-value servers".to_string(),
+        App::Redis(binary) => format!(
+            "three sidecars in follow mode, the primary's running Redis {} ({}) on its \
+             append-only directory,",
+            redis_version.as_deref().unwrap_or("?"),
+            binary.display()
+        ),
+    };
     let mut cluster = Cluster::new(
         dir,
         ports,
+        app,
         args.heartbeat_interval,
         args.failover_timeout,
         args.app_timeout(),
     )?;
     let screen = Screen::new(args.plain);
     screen.say(format!(
-        "understudy demo: three sidecars and three key-value servers on 127.0.0.1, heartbeat {}, \
-         failover timeout {}, app timeout {}\nfiles in {}, logs in {}",
+        "understudy demo: {what} on 127.0.0.1, heartbeat {}, failover timeout {}, app \
+         timeout {}\nfiles in {}, logs in {}",
         humantime::format_duration(args.heartbeat_interval),
         humantime::format_duration(args.failover_timeout),
         humantime::format_duration(args.app_timeout()),
@@ -264,12 +365,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     screen.say(format!(
         "stopped the cluster: {stopped} processes killed and reaped (every PID started: {pids})"
     ));
+    if cluster.redis() {
+        let (seen, killed) = cluster.reap_redis().await;
+        let seen = seen
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        screen.say(match killed {
+            0 => {
+                format!("every Redis the sidecars ran is gone with them (Redis PIDs seen: {seen})")
+            }
+            n => format!(
+                "{n} Redis processes outlived their sidecars and were killed here (Redis PIDs \
+                 seen: {seen})"
+            ),
+        });
+    }
     if outcome.is_ok() || interrupted {
+        let redis = cluster.redis();
         for id in 1..=NODES {
-            let data = cluster.data_dir(id);
-            if let Err(error) = std::fs::remove_dir_all(&data) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    screen.say(format!("could not remove {}: {error}", data.display()));
+            let redis_dir = redis.then(|| cluster.redis_dir(id));
+            for data in std::iter::once(cluster.data_dir(id)).chain(redis_dir) {
+                if let Err(error) = std::fs::remove_dir_all(&data) {
+                    if error.kind() != std::io::ErrorKind::NotFound {
+                        screen.say(format!("could not remove {}: {error}", data.display()));
+                    }
                 }
             }
         }
@@ -360,13 +481,19 @@ async fn scenario(
 
     for id in 1..=NODES {
         let (sidecar, app) = cluster.start_node(id)?;
+        let server = match app {
+            Some(pid) => format!("key-value server pid {pid} ({})", ports.app(id).port()),
+            None => format!(
+                "Redis on port {} while it is primary, in {}",
+                ports.app(id).port(),
+                cluster.redis_dir(id).display()
+            ),
+        };
         screen.say(format!(
-            "node {id}: sidecar pid {sidecar} (client port {}, peer {}, admin {}), \
-             key-value server pid {app} ({})",
+            "node {id}: sidecar pid {sidecar} (client port {}, peer {}, admin {}), {server}",
             ports.client(id).port(),
             ports.peer(id).port(),
             ports.admin(id).port(),
-            ports.app(id).port(),
         ));
     }
     let started = Instant::now();
@@ -380,12 +507,28 @@ async fn scenario(
     )
     .await?;
     let backups: Vec<u16> = (1..=NODES).filter(|&id| id != primary).collect();
+    let elected = started.elapsed();
+    let redis = if cluster.redis() {
+        let view = admins.status(primary).await;
+        format!(
+            ", its Redis (pid {}) serving {} after its epoch's first record was committed; \
+             nodes {} and {} are its backups, on standby (no Redis: they keep their copies of \
+             the append-only directory up to date from the log)",
+            view.as_ref()
+                .and_then(View::app_pid)
+                .map_or("?".to_string(), |pid| pid.to_string()),
+            view.as_ref()
+                .and_then(|view| view.follow.as_ref()?.last_start_ms)
+                .map_or("?".to_string(), |ms| format!("{ms} ms")),
+            backups[0],
+            backups[1]
+        )
+    } else {
+        format!("; nodes {} and {} are its backups", backups[0], backups[1])
+    };
     screen.say(format!(
-        "node {primary} is primary (epoch {epoch}), elected {:.1} s after the start; nodes {} \
-         and {} are its backups",
-        started.elapsed().as_secs_f64(),
-        backups[0],
-        backups[1]
+        "node {primary} is primary (epoch {epoch}), elected {:.1} s after the start{redis}",
+        elected.as_secs_f64(),
     ));
 
     let through = backups[0];
@@ -491,9 +634,14 @@ async fn scenario(
     if args.keep {
         let mut text =
             String::from("\nThe cluster keeps running; Ctrl-C stops it and cleans up.\n");
+        let server = if stage.cluster.redis() {
+            "Redis itself, on the primary alone"
+        } else {
+            "the server itself"
+        };
         for id in 1..=NODES {
             text.push_str(&format!(
-                "  node {id}: redis-cli -p {}    (client port; the server itself: {}, admin: \
+                "  node {id}: redis-cli -p {}    (client port; {server}: {}, admin: \
                  http://{}/status)\n",
                 ports.client(id).port(),
                 ports.app(id),
@@ -502,7 +650,7 @@ async fn scenario(
         }
         text.push_str(&format!(
             "  understudy status --admin {}\n  logs: {}\n",
-            stage.admins.0.join(","),
+            stage.admins.addrs.join(","),
             stage.cluster.logs_dir().display()
         ));
         screen.print(text);
@@ -575,7 +723,15 @@ async fn live_lines(admins: &Admins, log: &SharedLog, target: &TargetWatch) -> V
     if views.is_empty() {
         lines.push("no node answers on its admin port".to_string());
     } else {
-        let table = crate::cli::status::table(&views);
+        let statuses: Vec<_> = views.iter().map(|view| view.status.clone()).collect();
+        let mut table = crate::cli::status::table(&statuses);
+        if views.iter().any(|view| view.follow.is_some()) {
+            // The APP column tells a live application by its app-API applied LSN, which a
+            // followed Redis has not: show the followed directory's state instead.
+            table = screen::replace_column(&table, "APP", "EPOCH", "REDIS", |id| {
+                views.iter().find(|view| view.node_id == id).map(redis_cell)
+            });
+        }
         lines.extend(table.lines().map(str::to_string));
     }
     let now = Instant::now();
@@ -598,6 +754,36 @@ async fn live_lines(admins: &Admins, log: &SharedLog, target: &TargetWatch) -> V
         log.failed,
     ));
     lines
+}
+
+/// The REDIS cell of a node in follow mode: its directory's state, and Redis's PID where
+/// it runs.
+fn redis_cell(view: &View) -> String {
+    let Some(follow) = &view.follow else {
+        return "-".to_string();
+    };
+    match follow.state.as_str() {
+        "serving" => {
+            let live = view.app_health.as_ref().is_none_or(|app| app.live);
+            match view.app_pid() {
+                Some(pid) if live => format!("serving, pid {pid}"),
+                Some(pid) => format!("serving, pid {pid} not answering"),
+                None => "serving, Redis not running".to_string(),
+            }
+        }
+        "standby" => format!("standby, applied {}", follow.applied_lsn),
+        "starting" => "starting Redis".to_string(),
+        other => match &follow.error {
+            Some(error) => {
+                let mut text = format!("{other}: {error}");
+                if text.chars().count() > 40 {
+                    text = text.chars().take(39).collect::<String>() + "…";
+                }
+                text
+            }
+            None => other.to_string(),
+        },
+    }
 }
 
 /// Brings the live area up to date now and, without a terminal, prints it.

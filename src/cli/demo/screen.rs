@@ -154,6 +154,67 @@ fn indent(text: &str, stamp: &str) -> String {
     out
 }
 
+/// `table` (as `understudy status` renders it: a header line, then a line per node that
+/// starts with the node's id, each column as wide as its widest cell and two spaces apart)
+/// with its column `old`, the one before `next`, renamed `new` and each row's cell
+/// replaced by `cell(node id)` where that gives one. Unchanged without such columns.
+pub(super) fn replace_column(
+    table: &str,
+    old: &str,
+    next: &str,
+    new: &str,
+    cell: impl Fn(u16) -> Option<String>,
+) -> String {
+    let mut lines = table.lines();
+    let Some(header) = lines.next() else {
+        return table.to_string();
+    };
+    let column = |name: &str| {
+        let at = header.find(&format!("  {name}  "))?;
+        Some(header[..at].chars().count() + 2)
+    };
+    let (Some(start), Some(end)) = (column(old), column(next)) else {
+        return table.to_string();
+    };
+    if end <= start {
+        return table.to_string();
+    }
+    // Each line cut in three: before the column, the cell, from the next column on.
+    let cut = |line: &str, replace: Option<String>| {
+        let chars: Vec<char> = line.chars().collect();
+        let part = |from: usize, to: usize| -> String {
+            chars[from.min(chars.len())..to.min(chars.len())]
+                .iter()
+                .collect()
+        };
+        let before = part(0, start);
+        let own = part(start, end).trim_end().to_string();
+        let after = part(end, chars.len());
+        (before, replace.unwrap_or(own), after)
+    };
+    let mut rows = vec![cut(header, Some(new.to_string()))];
+    for line in lines {
+        let id = line
+            .split_whitespace()
+            .next()
+            .and_then(|word| word.parse::<u16>().ok());
+        rows.push(cut(line, id.and_then(&cell)));
+    }
+    let width = rows
+        .iter()
+        .map(|(_, cell, _)| cell.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (before, cell, after) in rows {
+        let pad = width - cell.chars().count();
+        let line = format!("{before}{cell}{}  {after}", " ".repeat(pad));
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Columns of the terminal on stdout (80 if it cannot be told).
 fn terminal_width() -> usize {
     let mut size = libc::winsize {
@@ -174,6 +235,40 @@ fn terminal_width() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_is_replaced_and_the_others_stay_aligned() {
+        let table = "\
+NODE  ROLE         APP              EPOCH  DURABLE LSN
+1     backup       live, applied 0  2      52
+2     primary      live, applied 0  2      57
+3     unreachable  -                -      0
+";
+        let out = replace_column(table, "APP", "EPOCH", "REDIS", |id| match id {
+            1 => Some("standby, applied 1234".to_string()),
+            2 => Some("serving, pid 4242".to_string()),
+            _ => None,
+        });
+        assert_eq!(
+            out,
+            "\
+NODE  ROLE         REDIS                  EPOCH  DURABLE LSN
+1     backup       standby, applied 1234  2      52
+2     primary      serving, pid 4242      2      57
+3     unreachable  -                      -      0
+"
+        );
+        let narrow = replace_column(table, "APP", "EPOCH", "REDIS", |_| Some("x".to_string()));
+        assert!(
+            narrow.starts_with("NODE  ROLE         REDIS  EPOCH  DURABLE LSN\n"),
+            "{narrow}"
+        );
+        assert!(
+            narrow.contains("\n1     backup       x      2      52\n"),
+            "{narrow}"
+        );
+        assert_eq!(replace_column(table, "NOPE", "EPOCH", "X", |_| None), table);
+    }
 
     #[test]
     fn continuation_lines_line_up_under_the_first() {

@@ -174,6 +174,25 @@ impl Log {
         (before, after)
     }
 
+    /// The longest time between two consecutive acknowledgements from the last one at or
+    /// before `from` to the first one after `to`, as (the earlier, the later); `None` until
+    /// there is an acknowledgement after `to`.
+    pub(super) fn longest_gap_around(
+        &self,
+        from: Instant,
+        to: Instant,
+    ) -> Option<(Instant, Instant)> {
+        let first = self.acks.partition_point(|(_, when)| *when <= from);
+        let last = self.acks.partition_point(|(_, when)| *when <= to);
+        if last >= self.acks.len() {
+            return None;
+        }
+        self.acks[first.saturating_sub(1)..=last]
+            .windows(2)
+            .map(|pair| (pair[0].1, pair[1].1))
+            .max_by_key(|(earlier, later)| later.saturating_duration_since(*earlier))
+    }
+
     /// The longest time between two acknowledgements after `from`.
     pub(super) fn longest_gap_since(&self, from: Instant) -> Duration {
         let start = self.acks.partition_point(|(_, when)| *when < from);
@@ -437,6 +456,19 @@ mod tests {
         assert_eq!(log.around(at(100)), (Some(at(10)), Some(at(700))));
         assert_eq!(log.around(at(800)), (Some(at(705)), None));
         assert_eq!(log.longest_gap_since(at(5)), Duration::from_millis(690));
+        assert_eq!(
+            log.longest_gap_around(at(5), at(10)),
+            Some((at(10), at(700)))
+        );
+        assert_eq!(
+            log.longest_gap_around(at(5), at(701)),
+            Some((at(10), at(700)))
+        );
+        assert_eq!(
+            log.longest_gap_around(at(702), at(702)),
+            Some((at(700), at(705)))
+        );
+        assert_eq!(log.longest_gap_around(at(5), at(705)), None);
         assert_eq!(log.rate(at(1500)), 2);
     }
 }
