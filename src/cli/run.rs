@@ -246,6 +246,9 @@ impl RunArgs {
                         dir.display()
                     );
                 };
+                if let Some(warning) = self.app_cmd.as_deref().and_then(redis_fsync_warning) {
+                    tracing::warn!("{warning}");
+                }
                 Some(crate::follow::node::FollowConfig {
                     dir: dir.clone(),
                     state_path: self.data_dir.join("follow-state"),
@@ -314,6 +317,29 @@ impl RunArgs {
         self.app_socket
             .clone()
             .unwrap_or_else(|| self.data_dir.join("app.sock"))
+    }
+}
+
+/// Follow mode with `redis-server` on the command line but without `--appendfsync no` or
+/// `always`: Redis's default, `everysec`, postpones its AOF write (up to 2 s) while a
+/// background fsync runs and replies anyway, so a reply can leave before its write and the
+/// client port cannot hold it. (A setting in a config file is not seen: hence a warning.)
+fn redis_fsync_warning(command: &str) -> Option<String> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    if !words.iter().any(|w| w.ends_with("redis-server")) {
+        return None;
+    }
+    let setting = words
+        .windows(2)
+        .rev()
+        .find(|pair| pair[0] == "--appendfsync")
+        .map(|pair| pair[1].trim_matches(['\'', '"']));
+    match setting {
+        Some("no" | "always") => None,
+        _ => Some(format!(
+            "--follow-dir with redis-server and appendfsync {}: with everysec (Redis's default) Redis may reply before it writes its append-only file, and such a write can be lost at failover; pass --appendfsync no (the sidecars' log is the durable copy) or always",
+            setting.unwrap_or("not set on the command line")
+        )),
     }
 }
 
@@ -423,4 +449,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_without_a_safe_appendfsync_is_warned_of() {
+        assert!(redis_fsync_warning("exec redis-server --port 1 --appendfsync no").is_none());
+        assert!(redis_fsync_warning("redis-server --appendfsync 'always'").is_none());
+        assert!(redis_fsync_warning("exec ./kv --listen x").is_none());
+        let warning = redis_fsync_warning("exec /usr/bin/redis-server --port 1").unwrap();
+        assert!(warning.contains("not set on the command line"), "{warning}");
+        assert!(redis_fsync_warning("redis-server --appendfsync everysec")
+            .unwrap()
+            .contains("appendfsync everysec"));
+    }
 }
