@@ -1,58 +1,165 @@
 #!/usr/bin/env bash
-# redis_compare.sh: understudy's end-to-end figures beside Redis's, from one run.
+# redis_compare.sh: understudy's figures beside Redis's, from one run. Two comparisons, the
+# first then the second by default; --e2e-only or --follow-only runs one alone.
 #
-# Sets up Redis on loopback from Debian's packages: a primary and two replicas (each with
-# `appendonly yes`, `appendfsync always`) and three Sentinels (quorum 2) with
-# `down-after-milliseconds` set by --down-after-ms (default 500, understudy's default failover
-# timeout, so that both detect a dead primary after the same time). Measures:
+# Both use Redis on loopback from Debian's packages: a primary and two replicas (each with
+# `appendonly yes`, `appendfsync always`) and three Sentinels (quorum 2, failover-timeout
+# 2 s). Sentinel will not start a failover of a master within twice its failover-timeout of
+# the last one it started or voted for, so kills here are spaced at least down-after + 5.5 s
+# apart, lest that wait be counted as failover time.
+#
+# 1. The end-to-end comparison (--e2e-only), understudy's own log against Redis:
 #   - commit latency and throughput: `SET` then `WAIT 1 0` per operation (acknowledged once
 #     one replica has received it), through `cargo bench --bench e2e -- --redis-master`,
 #     for the same in-flight counts and sizes as understudy's run;
 #     (Sentinel's down-after is raised to 60 s meanwhile, so no failover disturbs it);
-#   - Sentinel failover time: `kill -9` of the primary until a `SET` on the primary that
-#     Sentinel names succeeds and `WAIT 1` confirms a replica has it (FAILOVERS times;
-#     polled with redis-cli every ~10 ms, so each figure carries ~10-20 ms of polling);
-# then runs `cargo bench --bench e2e` for understudy (3 nodes, --fsync always, 500 ms
-# failover timeout) and prints both side by side with the ratio understudy / Redis.
+#   - Sentinel failover time with down-after 500 ms (understudy's default failover timeout,
+#     so that both detect a dead primary after the same time): `kill -9` of the primary
+#     until a `SET` on the primary that Sentinel names succeeds and `WAIT 1` confirms a
+#     replica has it (5 times; polled with redis-cli every ~10 ms, so each figure carries
+#     ~10-20 ms of polling);
+#   then `cargo bench --bench e2e` for understudy (3 nodes, --fsync always, 500 ms failover
+#   timeout), and both side by side with the ratio understudy / Redis.
 #
-# Run: benches/redis_compare.sh [--quick] [--failovers N] [--down-after-ms MS]
-#      (root installs redis-server, redis-sentinel and redis-tools if missing). Everything
-#      runs under one temporary directory, removed at the end; every process it starts is
-#      killed by PID on exit.
+# 2. The follow-mode comparison (--follow-only): the same unmodified redis-server under
+#   understudy's follow mode (3 `understudy run` nodes from target/release, failover timeout
+#   500 ms, Redis with `appendonly yes --appendfsync no`, its append-only directory as
+#   --follow-dir, Redis running on the primary only; every reply held by the client port
+#   until the changes before it are committed on a majority) against Redis alone and
+#   Redis + Sentinel:
+#   - throughput and latency at equal client concurrency, 50 connections x 16 requests in
+#     flight, random keys below 100000, 3-byte values: `redis-benchmark -t set -P 16 -c 50
+#     -r 100000 -n REQUESTS --csv` through the follow-mode primary's client port, then a
+#     backup's (forwarded to the primary: two proxy hops), and straight at a lone
+#     redis-server with `appendfsync always`. Redis + Sentinel: `SET` + `WAIT 1 0` pairs
+#     (acknowledged once a replica has the write) from benches/redis_load.rs, pipelined the
+#     same way (50 connections, batches of 16 pairs, a pair's latency from its batch's write
+#     to its `WAIT` reply, as redis-benchmark -P times each request), to the primary Sentinel
+#     names, with Sentinel's down-after at the failover setting below: the run fails if
+#     Sentinel fails over during it. (`cargo bench --bench e2e -- --redis-master` cannot do
+#     this: it runs one SET + WAIT at a time per connection, one connection per operation in
+#     flight.) A calibration line compares redis_load with SET alone against redis-benchmark
+#     on the lone Redis;
+#   - failover seen by a client, FAILOVERS times (default 10) each: follow mode, `kill -9`
+#     of the primary node's sidecar and its Redis until a `SET` through a surviving node's
+#     client port gets `+OK` (then the killed node is restarted and waits until its copy
+#     has caught up with the commit); Sentinel, `kill -9` of the primary until a `SET` on
+#     the primary Sentinel names gets `+OK` and `WAIT 1 100` confirms a replica has it (the
+#     killed one restarted as a replica). Both timed by `redis_load probe`, which tries
+#     every 2 ms. Sentinel's down-after is 100 ms here (--down-after-ms): the tightest value
+#     at which it did not fail over spuriously under the WAIT 1 load on the machine
+#     of benches/README.md (2 cores) while that machine was busy with other builds (50 ms
+#     did). Before the kills, `BGREWRITEAOF` compacts Redis's append-only file, so the new
+#     primary's Redis loads the 100000-key data set from its base file; the size of the
+#     directory at each kill is logged (Redis's load time grows with it);
+#   - acknowledged writes lost: during the follow-mode kills a checking writer (`redis_load
+#     writer`) sends `SET chk:<n> <n>` one at a time through the client ports and records
+#     every n that got `+OK`; afterwards every recorded key is read back through the serving
+#     primary's client port. The script fails if any is missing;
+#   and a table: figure | follow mode | Redis alone | Redis + Sentinel | follow/alone |
+#   follow/Sentinel.
+#
+# Run: benches/redis_compare.sh [--quick] [--e2e-only | --follow-only] [--failovers N]
+#        [--down-after-ms MS] [--requests N] [--keep]
+#   --quick          shorter e2e runs, 200000 requests per throughput run, 3 failovers each
+#   --failovers N    kills per failover measurement (default: 5 in the first comparison,
+#                    10 in the second)
+#   --down-after-ms  Sentinel's down-after-milliseconds (default: 500 in the first
+#                    comparison, 100 in the second)
+#   --requests N     requests per throughput run (default 1000000)
+#   --keep           keep the temporary directory (data and logs) and say where it is
+# The follow-mode comparison takes about 4 minutes on 2 cores (--quick: about 2), after the
+# builds (`cargo build --release --bin understudy`, `cargo bench --bench redis_load
+# --no-run`). Root installs redis-server, redis-sentinel, redis-tools, curl and jq if
+# missing. Everything runs under one temporary directory, removed at the end (a failed run
+# keeps its logs, and says where); every process it starts is killed by PID on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 QUICK=()
-FAILOVERS=5
-DOWN_AFTER_MS=500
+FAILOVERS=
+DOWN_AFTER_MS=
+REQUESTS=
+KEEP=0
+E2E=1
+FOLLOW=1
+usage="usage: $0 [--quick] [--e2e-only | --follow-only] [--failovers N] [--down-after-ms MS] [--requests N] [--keep]"
 while [[ $# -gt 0 ]]; do
     case $1 in
     --quick) QUICK=(--quick); shift ;;
+    --e2e-only) FOLLOW=0; shift ;;
+    --follow-only) E2E=0; shift ;;
     --failovers) FAILOVERS=$2; shift 2 ;;
     --down-after-ms) DOWN_AFTER_MS=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--failovers N] [--down-after-ms MS]" >&2; exit 2 ;;
+    --requests) REQUESTS=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "$usage" >&2; exit 2 ;;
     esac
 done
+[[ $E2E -eq 1 || $FOLLOW -eq 1 ]] || { echo "--e2e-only and --follow-only exclude each other" >&2; exit 2; }
+for value in "$FAILOVERS" "$DOWN_AFTER_MS" "$REQUESTS"; do
+    [[ -z $value || $value =~ ^[1-9][0-9]*$ ]] || { echo "$usage" >&2; exit 2; }
+done
+E2E_FAILOVERS=${FAILOVERS:-5}
+E2E_DOWN_AFTER_MS=${DOWN_AFTER_MS:-500}
+FOLLOW_DOWN_AFTER_MS=${DOWN_AFTER_MS:-100}
+if [[ ${#QUICK[@]} -gt 0 ]]; then
+    FOLLOW_FAILOVERS=${FAILOVERS:-3}
+    REQUESTS=${REQUESTS:-200000}
+else
+    FOLLOW_FAILOVERS=${FAILOVERS:-10}
+    REQUESTS=${REQUESTS:-1000000}
+fi
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; }
+die() {
+    echo "redis_compare.sh: $*" >&2
+    exit 1
+}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null \
-    || ! command -v redis-cli >/dev/null; then
+missing=()
+for tool in redis-server redis-sentinel redis-cli redis-benchmark; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [[ $FOLLOW -eq 1 ]]; then
+    for tool in curl jq; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel redis-tools >/dev/null
+        apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel redis-tools curl jq >/dev/null
     else
-        echo "needs redis-server, redis-sentinel and redis-cli (apt-get install redis-server redis-sentinel redis-tools)" >&2
+        echo "missing: ${missing[*]} (apt-get install redis-server redis-sentinel redis-tools curl jq)" >&2
         exit 1
     fi
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/redis-compare.XXXXXX")
 declare -A PID
+# Redis processes the follow-mode nodes started (their pids from /status), with the port
+# each serves: killed on exit too if still running, after a check that the pid is still
+# that Redis.
+declare -A APP_PORT
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
-    local name
+    local status=$? name pid kept
     for name in "${!PID[@]}"; do kill -9 "${PID[$name]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    for pid in "${!APP_PORT[@]}"; do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "redis-server 127.0.0.1:${APP_PORT[$pid]}"; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+    if [[ $KEEP -eq 1 ]]; then
+        echo "kept: $WORK" >&2
+    else
+        if [[ $status -ne 0 ]]; then
+            kept=$(mktemp -d "${TMPDIR:-/tmp}/redis-compare-failed.XXXXXX")
+            find "$WORK" -maxdepth 1 -type f \( -name '*.log' -o -name '*.out' -o -name '*.err' -o -name '*.conf' -o -name acked \) \
+                -exec cp {} "$kept/" \; 2>/dev/null || true
+            echo "the run failed; its logs are in $kept" >&2
+        fi
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -60,7 +167,9 @@ trap 'exit 130' INT TERM
 # Ports: from a PID-derived start in 20000..32000, each one that nothing listens on.
 declare -A PORT
 next_port=$((20000 + ($$ * 7) % 11000))
-for name in r0 r1 r2 s0 s1 s2; do
+names=(r0 r1 r2 s0 s1 s2)
+[[ $FOLLOW -eq 1 ]] && names+=(alone peer1 peer2 peer3 admin1 admin2 admin3 client1 client2 client3 app1 app2 app3)
+for name in "${names[@]}"; do
     while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do
         next_port=$((next_port + 1))
     done
@@ -81,14 +190,14 @@ start_redis() {
 }
 
 start_sentinel() {
-    local name=$1 master_port=$2
+    local name=$1 master_port=$2 down_after=$3
     cat >"$WORK/$name.conf" <<EOF
 port ${PORT[$name]}
 bind 127.0.0.1
 protected-mode no
 dir $WORK
 sentinel monitor bench 127.0.0.1 $master_port 2
-sentinel down-after-milliseconds bench $DOWN_AFTER_MS
+sentinel down-after-milliseconds bench $down_after
 sentinel failover-timeout bench 2000
 sentinel parallel-syncs bench 2
 EOF
@@ -106,49 +215,16 @@ wait_port() {
     return 1
 }
 
-start_redis r0
-wait_port "${PORT[r0]}"
-start_redis r1 --replicaof 127.0.0.1 "${PORT[r0]}"
-start_redis r2 --replicaof 127.0.0.1 "${PORT[r0]}"
-wait_port "${PORT[r1]}"
-wait_port "${PORT[r2]}"
-for name in s0 s1 s2; do start_sentinel "$name" "${PORT[r0]}"; done
-for name in s0 s1 s2; do wait_port "${PORT[$name]}"; done
-# Both replicas in sync and every
-# Sentinel agreeing on the primary before anything is measured.
-synced=0
-for _ in $(seq 1 300); do
-    if [[ $(redis-cli -p "${PORT[r0]}" WAIT 2 100) -ge 2 ]]; then
-        synced=1
-        break
-    fi
-    sleep 0.1
-done
-[[ $synced -eq 1 ]] || { echo "the replicas did not sync within 60 s" >&2; exit 1; }
 master_port() {
     redis-cli -p "${PORT[s0]}" SENTINEL get-master-addr-by-name bench 2>/dev/null | sed -n 2p
 }
-for _ in $(seq 1 100); do
-    [[ $(master_port) == "${PORT[r0]}" ]] && break
-    sleep 0.1
-done
-log "redis: primary :${PORT[r0]}, replicas :${PORT[r1]} :${PORT[r2]}, sentinels :${PORT[s0]} :${PORT[s1]} :${PORT[s2]}, down-after ${DOWN_AFTER_MS} ms"
 
-declare -A REDIS US
-# run_e2e NAME ARGS...: `cargo bench --bench e2e` with ARGS; its output is shown, and its
-# `summary KEY VALUE` lines are kept in $WORK/NAME.out for reading into REDIS or US.
-run_e2e() {
-    local name=$1
-    shift
-    if ! (cd "$ROOT" && cargo bench --bench e2e -- --summary "${QUICK[@]}" "$@") \
-        >"$WORK/$name.out" 2>"$WORK/$name.err"; then
-        grep -v '^summary ' "$WORK/$name.out" >&2
-        tail -n 20 "$WORK/$name.err" >&2
-        echo "cargo bench --bench e2e ($name) failed" >&2
-        exit 1
-    fi
-    grep -v '^summary ' "$WORK/$name.out" >&2
-    grep 'connections failed' "$WORK/$name.err" >&2 || true
+name_of_port() {
+    local name
+    for name in r0 r1 r2; do
+        [[ ${PORT[$name]} == "$1" ]] && echo "$name"
+    done
+    return 0
 }
 
 # sentinel_down_after MS: the failure-detection time, on every Sentinel.
@@ -159,71 +235,503 @@ sentinel_down_after() {
     done
 }
 
-# No failover while commits are measured: under load a primary fsyncing every write can
-# stall past a short down-after and be failed over mid-run.
-sentinel_down_after 60000
-log "redis: SET + WAIT 1 through cargo bench --bench e2e -- --redis-master"
-run_e2e redis --redis-master "127.0.0.1:${PORT[r0]}"
-while read -r _ key value; do REDIS[$key]=$value; done < <(grep '^summary ' "$WORK/redis.out")
-if [[ $(master_port) != "${PORT[r0]}" ]]; then
-    echo "Sentinel failed the primary over during the measurement; the figures are not comparable" >&2
-    exit 1
-fi
-
-name_of_port() {
-    local name
-    for name in r0 r1 r2; do
-        [[ ${PORT[$name]} == "$1" ]] && echo "$name"
+# wait_replicas PORT: until both replicas of the primary at PORT have acknowledged its
+# writes and every Sentinel names it.
+wait_replicas() {
+    local port=$1 _ name agreed acked named
+    for _ in $(seq 1 600); do
+        acked=$(redis-cli -p "$port" WAIT 2 100 2>/dev/null || true)
+        if [[ $acked =~ ^[0-9]+$ && $acked -ge 2 ]]; then
+            agreed=1
+            for name in s0 s1 s2; do
+                named=$(redis-cli -p "${PORT[$name]}" SENTINEL get-master-addr-by-name bench 2>/dev/null | sed -n 2p)
+                [[ $named == "$port" ]] || agreed=0
+            done
+            [[ $agreed -eq 1 ]] && return 0
+        fi
+        named=$(master_port)
+        if [[ -n $named && $named != "$port" ]]; then
+            die "Sentinel moved the primary from :$port to :$named on its own (down-after too tight for this machine now?)"
+        fi
+        sleep 0.1
     done
-    return 0
+    die "the replicas of :$port did not catch up, or the Sentinels do not all name it, within 60 s"
 }
 
-sentinel_down_after "$DOWN_AFTER_MS"
-times=()
-for cycle in $(seq 1 "$FAILOVERS"); do
-    old_port=$(master_port)
-    old=$(name_of_port "$old_port")
-    [[ -n $old ]] || { echo "Sentinel names no primary we started (:$old_port)" >&2; exit 1; }
-    started=$(date +%s%N)
-    kill -9 "${PID[$old]}"
-    wait "${PID[$old]}" 2>/dev/null || true
-    while :; do
-        port=$(master_port)
-        if [[ -n $port && $port != "$old_port" ]] \
-            && [[ $(redis-cli -p "$port" SET failover:probe "$cycle" 2>/dev/null) == OK ]] \
-            && [[ $(redis-cli -p "$port" WAIT 1 100 2>/dev/null) -ge 1 ]]; then
-            break
+# sentinel_spacing KILLED_AT_NS DOWN_AFTER_MS: sleeps until a Sentinel may start another
+# failover (down-after, up to 1 s of election desync, then twice the failover-timeout, and
+# 0.5 s to spare) after the kill at KILLED_AT_NS.
+sentinel_spacing() {
+    local until_ms=$(($1 / 1000000 + $2 + 5500)) now_ms
+    now_ms=$(($(date +%s%N) / 1000000))
+    if [[ $now_ms -lt $until_ms ]]; then
+        sleep "$(awk -v ms=$((until_ms - now_ms)) 'BEGIN { printf "%.3f", ms / 1000 }')"
+    fi
+}
+
+start_redis r0
+wait_port "${PORT[r0]}"
+start_redis r1 --replicaof 127.0.0.1 "${PORT[r0]}"
+start_redis r2 --replicaof 127.0.0.1 "${PORT[r0]}"
+wait_port "${PORT[r1]}"
+wait_port "${PORT[r2]}"
+first_down_after=$E2E_DOWN_AFTER_MS
+[[ $E2E -eq 1 ]] || first_down_after=$FOLLOW_DOWN_AFTER_MS
+for name in s0 s1 s2; do start_sentinel "$name" "${PORT[r0]}" "$first_down_after"; done
+for name in s0 s1 s2; do wait_port "${PORT[$name]}"; done
+# Both replicas in sync and every Sentinel agreeing on the primary before anything is
+# measured.
+wait_replicas "${PORT[r0]}"
+log "redis: primary :${PORT[r0]}, replicas :${PORT[r1]} :${PORT[r2]}, sentinels :${PORT[s0]} :${PORT[s1]} :${PORT[s2]}"
+
+machine_line() {
+    echo "machine: $(nproc) cores, $(uname -sr), loopback; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+# ---- 1. the end-to-end comparison -------------------------------------------------------
+
+e2e_comparison() {
+    local -A REDIS US
+    # run_e2e NAME ARGS...: `cargo bench --bench e2e` with ARGS; its output is shown, and its
+    # `summary KEY VALUE` lines are kept in $WORK/NAME.out for reading into REDIS or US.
+    run_e2e() {
+        local name=$1
+        shift
+        if ! (cd "$ROOT" && cargo bench --bench e2e -- --summary "${QUICK[@]}" "$@") \
+            >"$WORK/$name.out" 2>"$WORK/$name.err"; then
+            grep -v '^summary ' "$WORK/$name.out" >&2
+            tail -n 20 "$WORK/$name.err" >&2
+            die "cargo bench --bench e2e ($name) failed"
         fi
-        if [[ $((($(date +%s%N) - started) / 1000000)) -gt 60000 ]]; then
-            echo "no Sentinel failover within 60 s" >&2
-            exit 1
-        fi
-        sleep 0.01
+        grep -v '^summary ' "$WORK/$name.out" >&2
+        grep 'connections failed' "$WORK/$name.err" >&2 || true
+    }
+
+    # No failover while commits are measured: under load a primary fsyncing every write can
+    # stall past a short down-after and be failed over mid-run.
+    sentinel_down_after 60000
+    log "redis: SET + WAIT 1 through cargo bench --bench e2e -- --redis-master"
+    run_e2e redis --redis-master "127.0.0.1:${PORT[r0]}"
+    while read -r _ key value; do REDIS[$key]=$value; done < <(grep '^summary ' "$WORK/redis.out")
+    if [[ $(master_port) != "${PORT[r0]}" ]]; then
+        die "Sentinel failed the primary over during the measurement; the figures are not comparable"
+    fi
+
+    sentinel_down_after "$E2E_DOWN_AFTER_MS"
+    local times=() cycle old_port old started port took sorted
+    for cycle in $(seq 1 "$E2E_FAILOVERS"); do
+        old_port=$(master_port)
+        old=$(name_of_port "$old_port")
+        [[ -n $old ]] || die "Sentinel names no primary we started (:$old_port)"
+        started=$(date +%s%N)
+        kill -9 "${PID[$old]}"
+        wait "${PID[$old]}" 2>/dev/null || true
+        while :; do
+            port=$(master_port)
+            if [[ -n $port && $port != "$old_port" ]] \
+                && [[ $(redis-cli -p "$port" SET failover:probe "$cycle" 2>/dev/null) == OK ]] \
+                && [[ $(redis-cli -p "$port" WAIT 1 100 2>/dev/null) -ge 1 ]]; then
+                break
+            fi
+            if [[ $((($(date +%s%N) - started) / 1000000)) -gt 60000 ]]; then
+                die "no Sentinel failover within 60 s"
+            fi
+            sleep 0.01
+        done
+        took=$((($(date +%s%N) - started) / 1000000))
+        times+=("$took")
+        log "redis failover $cycle/$E2E_FAILOVERS: :$old_port killed, :$port took writes after $took ms"
+        # The killed primary comes back as a replica of the new one (Sentinel would convert it).
+        start_redis "$old" --replicaof 127.0.0.1 "$port"
+        wait_port "${PORT[$old]}"
+        wait_replicas "$port"
+        sentinel_spacing "$started" "$E2E_DOWN_AFTER_MS"
     done
-    took=$((($(date +%s%N) - started) / 1000000))
-    times+=("$took")
-    log "redis failover $cycle/$FAILOVERS: :$old_port killed, :$port took writes after $took ms"
-    # The killed primary comes back as a replica of the new one (Sentinel would convert it).
-    start_redis "$old" --replicaof 127.0.0.1 "$port"
-    wait_port "${PORT[$old]}"
-    sleep 2
-done
-mapfile -t sorted < <(printf '%s\n' "${times[@]}" | sort -n)
-REDIS[failover_min_ms]=${sorted[0]}
-REDIS[failover_median_ms]=${sorted[$((${#sorted[@]} / 2))]}
-REDIS[failover_max_ms]=${sorted[-1]}
+    mapfile -t sorted < <(printf '%s\n' "${times[@]}" | sort -n)
+    REDIS[failover_min_ms]=${sorted[0]}
+    REDIS[failover_median_ms]=${sorted[$((${#sorted[@]} / 2))]}
+    REDIS[failover_max_ms]=${sorted[-1]}
 
-log "understudy: cargo bench --bench e2e"
-run_e2e understudy --failovers "$FAILOVERS"
-while read -r _ key value; do US[$key]=$value; done < <(grep '^summary ' "$WORK/understudy.out")
+    log "understudy: cargo bench --bench e2e"
+    run_e2e understudy --failovers "$E2E_FAILOVERS"
+    while read -r _ key value; do US[$key]=$value; done < <(grep '^summary ' "$WORK/understudy.out")
 
-echo
-echo "understudy (3 nodes, --fsync always, failover timeout 500 ms) vs Redis (primary + 2"
-echo "replicas, appendfsync always, SET + WAIT 1; Sentinel down-after ${DOWN_AFTER_MS} ms), $(date -u +%F\ %H:%M) UTC"
-echo "machine: $(nproc) cores, $(uname -sr), loopback; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-30s %14s %14s %10s\n' figure understudy redis ratio
-for key in $(printf '%s\n' "${!REDIS[@]}" | sort -V); do
-    [[ -n ${US[$key]:-} ]] || continue
-    ratio=$(awk -v a="${US[$key]}" -v b="${REDIS[$key]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-    printf '%-30s %14s %14s %10s\n' "$key" "${US[$key]}" "${REDIS[$key]}" "$ratio"
-done
+    echo
+    echo "understudy (3 nodes, --fsync always, failover timeout 500 ms) vs Redis (primary + 2"
+    echo "replicas, appendfsync always, SET + WAIT 1; Sentinel down-after ${E2E_DOWN_AFTER_MS} ms), $(date -u +%F\ %H:%M) UTC"
+    machine_line
+    printf '%-30s %14s %14s %10s\n' figure understudy redis ratio
+    local key ratio
+    for key in $(printf '%s\n' "${!REDIS[@]}" | sort -V); do
+        [[ -n ${US[$key]:-} ]] || continue
+        ratio=$(awk -v a="${US[$key]}" -v b="${REDIS[$key]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+        printf '%-30s %14s %14s %10s\n' "$key" "${US[$key]}" "${REDIS[$key]}" "$ratio"
+    done
+}
+
+# ---- 2. the follow-mode comparison ------------------------------------------------------
+
+declare -A FIG    # FIG[figure,column]: the follow-mode table
+NOTES=()
+
+# build_follow_tools: the release sidecar and the redis_load bench program.
+build_follow_tools() {
+    log "building: cargo build --release --bin understudy; cargo bench --bench redis_load --no-run"
+    if ! (cd "$ROOT" && cargo build --release --bin understudy --message-format=json) \
+        >"$WORK/build.out" 2>"$WORK/build.err"; then
+        tail -n 30 "$WORK/build.err" >&2
+        die "cargo build --release --bin understudy failed"
+    fi
+    US_BIN=$(sed -n 's/.*"executable":"\([^"]*\/understudy\)".*/\1/p' "$WORK/build.out" | tail -n 1)
+    if ! (cd "$ROOT" && cargo bench --bench redis_load --no-run --message-format=json) \
+        >"$WORK/build.out" 2>"$WORK/build.err"; then
+        tail -n 30 "$WORK/build.err" >&2
+        die "cargo bench --bench redis_load --no-run failed"
+    fi
+    LOAD_BIN=$(sed -n 's/.*"executable":"\([^"]*\/redis_load-[^"]*\)".*/\1/p' "$WORK/build.out" | tail -n 1)
+    [[ -x $US_BIN ]] || die "no understudy binary after the build"
+    [[ -x $LOAD_BIN ]] || die "no redis_load binary after the build"
+}
+
+# csv_figures NAME FILE: requests/s, p50 and p99 from redis-benchmark's (or redis_load's)
+# --csv output into FIG[rps,NAME], FIG[p50,NAME], FIG[p99,NAME].
+csv_figures() {
+    local name=$1 file=$2 rps p50 p99
+    read -r rps p50 p99 < <(tr -d '"\r' <"$file" | awk -F, '$1 ~ /^SET/ { printf "%.0f %s %s\n", $2, $5, $7 }') || true
+    [[ -n ${p99:-} ]] || { cat "$file" >&2; die "no SET figures in $file"; }
+    FIG[rps,$name]=$rps
+    FIG[p50,$name]=$p50
+    FIG[p99,$name]=$p99
+}
+
+# benchmark NAME PORT: redis-benchmark's SET run at PORT.
+benchmark() {
+    local name=$1 port=$2
+    if ! redis-benchmark -h 127.0.0.1 -p "$port" -t set -P 16 -c 50 -r 100000 -n "$REQUESTS" --csv \
+        >"$WORK/bench-$name.out" 2>&1 || grep -qi 'error' "$WORK/bench-$name.out"; then
+        cat "$WORK/bench-$name.out" >&2
+        die "redis-benchmark against :$port ($name) failed"
+    fi
+    csv_figures "$name" "$WORK/bench-$name.out"
+    log "$name: ${FIG[rps,$name]} SET/s, p50 ${FIG[p50,$name]} ms, p99 ${FIG[p99,$name]} ms (load average $(cut -d' ' -f1 /proc/loadavg))"
+}
+
+# summarize NAME TIMES...: min, median and max into FIG[failover_*,NAME].
+summarize() {
+    local name=$1 sorted
+    shift
+    mapfile -t sorted < <(printf '%s\n' "$@" | sort -n)
+    FIG[failover_min,$name]=${sorted[0]}
+    FIG[failover_median,$name]=${sorted[$((${#sorted[@]} / 2))]}
+    FIG[failover_max,$name]=${sorted[-1]}
+    NOTES+=("$name failovers, ms in order: $*")
+}
+
+redis_alone() {
+    mkdir -p "$WORK/alone"
+    redis-server --port "${PORT[alone]}" --bind 127.0.0.1 --dir "$WORK/alone" --save '' \
+        --appendonly yes --appendfsync always --protected-mode no --daemonize no \
+        >>"$WORK/alone.log" 2>&1 &
+    PID[alone]=$!
+    wait_port "${PORT[alone]}"
+    log "redis alone (appendfsync always) :${PORT[alone]}: redis-benchmark"
+    benchmark alone "${PORT[alone]}"
+    # The load generator's own cost: SET alone through redis_load against redis-benchmark.
+    "$LOAD_BIN" load --addr "127.0.0.1:${PORT[alone]}" --requests "$REQUESTS" >"$WORK/calibrate.out" \
+        || die "redis_load load against Redis alone failed"
+    csv_figures calibrate "$WORK/calibrate.out"
+    NOTES+=("calibration, SET alone at Redis alone (appendfsync always) through redis_load: ${FIG[rps,calibrate]} SET/s, p50 ${FIG[p50,calibrate]} ms, p99 ${FIG[p99,calibrate]} ms (redis-benchmark, just before: ${FIG[rps,alone]} SET/s, p50 ${FIG[p50,alone]}, p99 ${FIG[p99,alone]})")
+    kill -9 "${PID[alone]}"
+    wait "${PID[alone]}" 2>/dev/null || true
+    unset 'PID[alone]'
+}
+
+# sentinel_events PATTERN: how many lines of the Sentinels' logs match.
+sentinel_events() {
+    cat "$WORK"/s[012].log | grep -c -- "$1" || true
+}
+
+redis_sentinel() {
+    local master sdown_before switch_before sdown switches
+    sentinel_down_after "$FOLLOW_DOWN_AFTER_MS"
+    master=$(master_port)
+    wait_replicas "$master"
+    sdown_before=$(sentinel_events '+sdown')
+    switch_before=$(sentinel_events '+switch-master')
+    log "redis + sentinel: SET + WAIT 1 0 pairs, 50 x 16 in flight, through redis_load at :$master (down-after $FOLLOW_DOWN_AFTER_MS ms)"
+    if ! "$LOAD_BIN" load --addr "127.0.0.1:$master" --requests "$REQUESTS" --wait 1 \
+        >"$WORK/bench-sentinel.out" 2>&1; then
+        cat "$WORK/bench-sentinel.out" >&2
+        die "redis_load (SET + WAIT 1) against :$master failed"
+    fi
+    # A failover Sentinel had started during the run shows only afterwards.
+    sleep 1
+    sdown=$(($(sentinel_events '+sdown') - sdown_before))
+    switches=$(($(sentinel_events '+switch-master') - switch_before))
+    if [[ $switches -gt 0 || $(master_port) != "$master" ]]; then
+        die "Sentinel failed the primary over under the WAIT 1 load with down-after $FOLLOW_DOWN_AFTER_MS ms: too tight for this machine now; raise --down-after-ms"
+    fi
+    csv_figures sentinel "$WORK/bench-sentinel.out"
+    log "sentinel: ${FIG[rps,sentinel]} pairs/s, p50 ${FIG[p50,sentinel]} ms, p99 ${FIG[p99,sentinel]} ms; +sdown events meanwhile: $sdown"
+    NOTES+=("Sentinel under the WAIT 1 load, down-after $FOLLOW_DOWN_AFTER_MS ms: no failover; subjective-down events (a Sentinel missing replies for down-after, no quorum): $sdown")
+
+    local times=() cycle old_port old started took port
+    for cycle in $(seq 1 "$FOLLOW_FAILOVERS"); do
+        old_port=$(master_port)
+        old=$(name_of_port "$old_port")
+        [[ -n $old ]] || die "Sentinel names no primary we started (:$old_port)"
+        started=$(date +%s%N)
+        kill -9 "${PID[$old]}"
+        if ! took=$("$LOAD_BIN" probe --since-ns "$started" --sentinel "127.0.0.1:${PORT[s0]}" --not "$old_port" 2>>"$WORK/probe.err"); then
+            die "no Sentinel failover within 60 s of killing :$old_port"
+        fi
+        wait "${PID[$old]}" 2>/dev/null || true
+        port=$(master_port)
+        times+=("$took")
+        log "sentinel failover $cycle/$FOLLOW_FAILOVERS: :$old_port killed, :$port took writes after $took ms"
+        start_redis "$old" --replicaof 127.0.0.1 "$port"
+        wait_port "${PORT[$old]}"
+        wait_replicas "$port"
+        sentinel_spacing "$started" "$FOLLOW_DOWN_AFTER_MS"
+    done
+    summarize sentinel "${times[@]}"
+    if grep -q 'Next failover delay' "$WORK"/s[012].log; then
+        NOTES+=("warning: a Sentinel postponed a failover (\"Next failover delay\" in its log): a figure may include that wait")
+    fi
+}
+
+# ---- follow-mode nodes
+
+FOLLOW_PEERS="1=127.0.0.1:${PORT[peer1]:-0},2=127.0.0.1:${PORT[peer2]:-0},3=127.0.0.1:${PORT[peer3]:-0}"
+
+start_node() {
+    local id=$1
+    mkdir -p "$WORK/redis$id"
+    "$US_BIN" run --node-id "$id" --data-dir "$WORK/node$id" \
+        --peer-listen "127.0.0.1:${PORT[peer$id]}" --peers "$FOLLOW_PEERS" \
+        --cluster-secret-file "$WORK/secret" --admin-listen "127.0.0.1:${PORT[admin$id]}" \
+        --client-listen "127.0.0.1:${PORT[client$id]}" --failover-timeout 500ms \
+        --app-addr "127.0.0.1:${PORT[app$id]}" --follow-dir "$WORK/redis$id/appendonlydir" \
+        --app-cmd "exec redis-server --port ${PORT[app$id]} --bind 127.0.0.1 --dir $WORK/redis$id --appendonly yes --appendfsync no --save '' --protected-mode no --daemonize no --loglevel warning" \
+        </dev/null >>"$WORK/node$id.log" 2>&1 &
+    PID[node$id]=$!
+}
+
+node_status() {
+    curl -sf --max-time 2 "http://127.0.0.1:${PORT[admin$1]}/status"
+}
+
+# wait_serving IDS...: until exactly one node among IDS is primary with Redis serving; its
+# id in SERVING, its Redis's pid in SERVING_PID (and in APP_PORT, for the exit).
+wait_serving() {
+    local _ id found pid
+    for _ in $(seq 1 300); do
+        found=()
+        for id in "$@"; do
+            [[ $(node_status "$id" | jq -r 'select(.role == "primary" and .follow.state == "serving") | .node_id' 2>/dev/null) == "$id" ]] \
+                && found+=("$id")
+        done
+        if [[ ${#found[@]} -eq 1 ]]; then
+            pid=$(node_status "${found[0]}" | jq -r '.app.pid // empty' 2>/dev/null || true)
+            if [[ $pid =~ ^[0-9]+$ ]]; then
+                SERVING=${found[0]}
+                SERVING_PID=$pid
+                APP_PORT[$pid]=${PORT[app$SERVING]}
+                return 0
+            fi
+        fi
+        sleep 0.1
+    done
+    node_logs_tail
+    die "no node among $* is primary with Redis serving after 30 s"
+}
+
+node_logs_tail() {
+    local id
+    for id in 1 2 3; do
+        echo "---- node $id ----" >&2
+        tail -n 15 "$WORK/node$id.log" >&2 || true
+    done
+}
+
+# wait_caught_up ID PRIMARY: until node ID is a backup whose copy of the directory has
+# reached the primary's commit LSN as it was when the wait began.
+wait_caught_up() {
+    local id=$1 primary=$2 commit _
+    commit=$(node_status "$primary" | jq -r '.commit_lsn')
+    [[ $commit =~ ^[0-9]+$ ]] || die "no commit LSN from node $primary"
+    for _ in $(seq 1 600); do
+        if node_status "$id" | jq -e --argjson c "$commit" \
+            '.role == "backup" and .follow.state == "standby" and .follow.applied_lsn >= $c' >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    node_logs_tail
+    die "node $id did not catch up to LSN $commit within 60 s"
+}
+
+# wait_aof_rewrite PORT: until no AOF rewrite is in progress or scheduled on the Redis
+# behind PORT.
+wait_aof_rewrite() {
+    local _
+    for _ in $(seq 1 600); do
+        if ! redis-cli -p "$1" INFO persistence 2>/dev/null | tr -d '\r' \
+            | grep -Eq '^aof_rewrite_(in_progress|scheduled):1'; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the AOF rewrite behind :$1 did not end within 60 s"
+}
+
+follow_mode() {
+    local primary backup id others
+    head -c 32 /dev/urandom | base64 >"$WORK/secret"
+    for id in 1 2 3; do start_node "$id"; done
+    wait_serving 1 2 3
+    primary=$SERVING
+    for id in 1 2 3; do [[ $id == "$primary" ]] || wait_caught_up "$id" "$primary"; done
+    backup=$((primary % 3 + 1))
+    log "follow mode: node $primary primary, Redis serving; redis-benchmark through its client port :${PORT[client$primary]}"
+    benchmark follow "${PORT[client$primary]}"
+    wait_caught_up "$backup" "$primary"
+    log "follow mode: redis-benchmark through node $backup's (a backup's) client port :${PORT[client$backup]}"
+    benchmark follow_backup "${PORT[client$backup]}"
+    for id in 1 2 3; do [[ $id == "$primary" ]] || wait_caught_up "$id" "$primary"; done
+
+    # A compact append-only file before the kills: the data set, not the benchmark's history.
+    [[ $(redis-cli -p "${PORT[client$primary]}" BGREWRITEAOF) == *rewriting* ]] \
+        || die "BGREWRITEAOF through the client port was refused"
+    sleep 0.2
+    wait_aof_rewrite "${PORT[client$primary]}"
+    for id in 1 2 3; do [[ $id == "$primary" ]] || wait_caught_up "$id" "$primary"; done
+    NOTES+=("follow mode: data set before the kills: $(redis-cli -p "${PORT[client$primary]}" DBSIZE) keys, append-only directory $(du -sh "$WORK/redis$primary/appendonlydir" | cut -f1) after BGREWRITEAOF")
+
+    log "follow mode: $FOLLOW_FAILOVERS kills of the primary (sidecar and Redis) under the checking writer"
+    "$LOAD_BIN" writer --acked "$WORK/acked" \
+        --ports "127.0.0.1:${PORT[client1]},127.0.0.1:${PORT[client2]},127.0.0.1:${PORT[client3]}" \
+        >"$WORK/writer.out" 2>&1 &
+    PID[writer]=$!
+    sleep 1
+    local times=() cycle redis_pid started took new ports aof
+    : >"$WORK/probe.err"
+    for cycle in $(seq 1 "$FOLLOW_FAILOVERS"); do
+        wait_serving 1 2 3
+        primary=$SERVING
+        redis_pid=$SERVING_PID
+        others=()
+        ports=()
+        for id in 1 2 3; do
+            [[ $id == "$primary" ]] && continue
+            others+=("$id")
+            ports+=("127.0.0.1:${PORT[client$id]}")
+        done
+        aof=$(du -sh "$WORK/redis$primary/appendonlydir" | cut -f1)
+        started=$(date +%s%N)
+        kill -9 "${PID[node$primary]}" "$redis_pid"
+        if ! took=$("$LOAD_BIN" probe --since-ns "$started" --ports "$(IFS=,; echo "${ports[*]}")" 2>>"$WORK/probe.err"); then
+            node_logs_tail
+            die "no SET succeeded through nodes ${others[*]} within 60 s of killing node $primary"
+        fi
+        wait "${PID[node$primary]}" 2>/dev/null || true
+        unset "PID[node$primary]"
+        wait_serving "${others[@]}"
+        new=$SERVING
+        times+=("$took")
+        log "follow failover $cycle/$FOLLOW_FAILOVERS: node $primary killed (append-only dir $aof), a SET through a client port succeeded after $took ms; node $new primary ($(tail -n 1 "$WORK/probe.err" 2>/dev/null | grep '^probe' || echo 'no failed attempts'))"
+        : >"$WORK/probe.err"
+        start_node "$primary"
+        wait_caught_up "$primary" "$new"
+        sleep 1
+    done
+    kill -TERM "${PID[writer]}"
+    wait "${PID[writer]}" || die "the checking writer failed: $(cat "$WORK/writer.out")"
+    unset 'PID[writer]'
+    summarize follow "${times[@]}"
+    while read -r line; do NOTES+=("follow mode, checking $line"); done <"$WORK/writer.out"
+
+    wait_serving 1 2 3
+    primary=$SERVING
+    local checked
+    checked=$("$LOAD_BIN" check --addr "127.0.0.1:${PORT[client$primary]}" --acked "$WORK/acked" 2>&1) || true
+    log "read back through node $primary's client port: $checked"
+    LOST=$(sed -n 's/^acknowledged writes checked: [0-9]*, lost: \([0-9]*\)$/\1/p' <<<"$checked")
+    [[ -n $LOST ]] || die "the read-back failed: $checked"
+    FIG[lost,follow]=$LOST
+    NOTES+=("follow mode: $checked")
+    if [[ $LOST -ne 0 ]]; then
+        KEEP=1
+    fi
+    if grep -q ' ERROR ' "$WORK"/node[123].log; then
+        NOTES+=("warning: ERROR lines in the node logs: $(grep -c ' ERROR ' "$WORK"/node[123].log | tr '\n' ' ')")
+    fi
+}
+
+# ratio A B: A / B to two places, or - when either is missing or B is 0.
+ratio() {
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a != "" && b != "" && b + 0 > 0) printf "%.2f", a / b; else print "-" }'
+}
+
+follow_table() {
+    echo
+    echo "follow mode (3 understudy nodes, failover timeout 500 ms, Redis appendfsync no behind the"
+    echo "client port's reply barrier) vs Redis alone (appendonly yes, appendfsync always) vs Redis +"
+    echo "Sentinel (primary + 2 replicas, appendfsync always, SET + WAIT 1 0; down-after ${FOLLOW_DOWN_AFTER_MS} ms), $(date -u +%F\ %H:%M) UTC"
+    machine_line
+    echo "load: 50 connections x 16 in flight, SET of random keys below 100000, 3-byte values, $REQUESTS requests a run"
+    echo "(redis-benchmark -t set -P 16 -c 50 -r 100000; Sentinel's SET + WAIT 1 pairs from redis_load);"
+    echo "failover: kill -9 of the primary to the first acknowledged SET, $FOLLOW_FAILOVERS kills each"
+    printf '%-34s %12s %12s %12s %12s %12s\n' figure "follow mode" "Redis alone" "R+Sentinel" follow/alone follow/Sent.
+    local row key column label value f a s
+    for row in \
+        "rps,follow|SET/s, primary's client port" \
+        "p50,follow|  p50 ms" \
+        "p99,follow|  p99 ms" \
+        "rps,follow_backup|SET/s, a backup's client port" \
+        "p50,follow_backup|  p50 ms" \
+        "p99,follow_backup|  p99 ms" \
+        "failover_min,follow|failover min ms" \
+        "failover_median,follow|failover median ms" \
+        "failover_max,follow|failover max ms" \
+        "lost,follow|acknowledged writes lost"; do
+        key=${row%%|*}
+        label=${row#*|}
+        column=${key%%,*}
+        f=${FIG[$key]:-}
+        a=${FIG[$column,alone]:-}
+        s=${FIG[$column,sentinel]:-}
+        printf '%-34s %12s %12s %12s %12s %12s\n' "$label" "${f:--}" "${a:--}" "${s:--}" "$(ratio "$f" "$a")" "$(ratio "$f" "$s")"
+    done
+    local note
+    for note in "${NOTES[@]}"; do echo "- $note"; done
+    local verdict=met
+    [[ $(awk -v f="${FIG[failover_median,follow]}" 'BEGIN { print (f < 1000) }') -eq 1 ]] || verdict="not met"
+    echo "target, follow-mode failover median under 1 s: $verdict (${FIG[failover_median,follow]} ms)"
+    verdict=met
+    [[ $(awk -v f="${FIG[rps,follow]}" -v a="${FIG[rps,alone]}" 'BEGIN { print (f >= 0.5 * a) }') -eq 1 ]] || verdict="not met"
+    echo "target, follow-mode throughput at least 0.5x Redis alone (appendfsync always): $verdict ($(ratio "${FIG[rps,follow]}" "${FIG[rps,alone]}")x)"
+    echo "acknowledged writes lost: ${FIG[lost,follow]}"
+}
+
+follow_comparison() {
+    build_follow_tools
+    redis_alone
+    redis_sentinel
+    # Redis + Sentinel is done: its processes stop, so they take nothing from follow mode.
+    local name
+    for name in r0 r1 r2 s0 s1 s2; do
+        kill -9 "${PID[$name]}" 2>/dev/null || true
+        wait "${PID[$name]}" 2>/dev/null || true
+        unset "PID[$name]"
+    done
+    follow_mode
+    follow_table
+    if [[ ${FIG[lost,follow]} -ne 0 ]]; then
+        die "acknowledged writes lost: ${FIG[lost,follow]} (the work directory is kept: $WORK)"
+    fi
+}
+
+if [[ $E2E -eq 1 ]]; then e2e_comparison; fi
+if [[ $FOLLOW -eq 1 ]]; then follow_comparison; fi
+exit 0
