@@ -223,6 +223,20 @@ fn missing(port: SocketAddr, acked: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// Fails, naming one, if any acknowledged SET is not read back through node `id`'s client
+/// port.
+fn assert_none_lost(cluster: &Cluster, id: u16, acked: &[u64]) {
+    let lost = missing(cluster.node(id).client_addr, acked);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged SETs lost (e.g. k{})\n{}",
+        lost.len(),
+        acked.len(),
+        lost[0],
+        cluster.logs_tail(40)
+    );
+}
+
 fn wait_acked(writer: &Writer, at_least: usize, cluster: &Cluster) {
     assert!(
         wait_until(Duration::from_secs(20), || writer.acked() >= at_least),
@@ -364,15 +378,7 @@ fn bgrewriteaof_during_writes_then_a_failover_loses_nothing() {
     kill9(redis);
     let new_primary = wait_serving(&cluster, &backups);
     let acked = writer.finish();
-    let lost = missing(cluster.node(new_primary).client_addr, &acked);
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged SETs lost (e.g. k{})\n{}",
-        lost.len(),
-        acked.len(),
-        lost[0],
-        cluster.logs_tail(40)
-    );
+    assert_none_lost(&cluster, new_primary, &acked);
     let mut check = connect(cluster.node(new_primary).client_addr).unwrap();
     assert_eq!(
         command(&mut check, &["STRLEN", "big"]).unwrap(),
@@ -416,15 +422,7 @@ fn redis_killed_alone_on_the_primary_restarts_in_place_or_fails_over() {
     let before = writer.acked();
     wait_acked(&writer, before + 200, &cluster);
     let acked = writer.finish();
-    let lost = missing(cluster.node(new_primary).client_addr, &acked);
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged SETs lost (e.g. k{})\n{}",
-        lost.len(),
-        acked.len(),
-        lost[0],
-        cluster.logs_tail(40)
-    );
+    assert_none_lost(&cluster, new_primary, &acked);
 }
 
 /// Every file of a directory, by name.

@@ -224,23 +224,42 @@ impl Materializer {
     }
 }
 
-/// The directory's files and their contents (temporary files of the materializer left out),
-/// for comparing two directories.
-pub fn read_dir_contents(
-    dir: &Path,
-) -> std::io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
-    let mut files = std::collections::BTreeMap::new();
+/// The names of the directory's files (temporary files of the materializer left out), in
+/// order, without reading them.
+pub fn read_dir_names(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().as_bytes().to_vec();
         if name.starts_with(TEMP_PREFIX.as_bytes()) || !entry.file_type()?.is_file() {
             continue;
         }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The directory's files and their contents (temporary files of the materializer left out),
+/// for comparing two directories.
+pub fn read_dir_contents(
+    dir: &Path,
+) -> std::io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut files = std::collections::BTreeMap::new();
+    for name in read_dir_names(dir)? {
         let mut content = Vec::new();
-        File::open(entry.path())?.read_to_end(&mut content)?;
+        File::open(dir.join(std::ffi::OsStr::from_bytes(&name)))?.read_to_end(&mut content)?;
         files.insert(name, content);
     }
     Ok(files)
+}
+
+/// Removes every followed file of `dir` (not synced).
+pub fn remove_followed(dir: &Path) -> std::io::Result<()> {
+    for name in read_dir_names(dir)? {
+        std::fs::remove_file(dir.join(std::ffi::OsStr::from_bytes(&name)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ impl Replay {
     fn move_aside(&mut self) -> Result<(), ReplayError> {
         let dir = self.materializer.dir().to_path_buf();
         let files =
-            super::materialize::read_dir_contents(&dir).map_err(|source| ReplayError::State {
+            super::materialize::read_dir_names(&dir).map_err(|source| ReplayError::State {
                 path: dir.clone(),
                 source,
             })?;
@@ -164,7 +164,7 @@ impl Replay {
             move |source| ReplayError::State { path, source }
         };
         std::fs::create_dir_all(&aside).map_err(state(&aside))?;
-        for name in files.keys() {
+        for name in &files {
             let name = std::ffi::OsStr::from_bytes(name);
             std::fs::rename(dir.join(name), aside.join(name)).map_err(state(&dir.join(name)))?;
         }
@@ -245,15 +245,10 @@ impl Replay {
     /// ([`Replay::set_base`]); the directory is then at its LSN (else empty, at 0).
     pub fn rebuild(&mut self) -> Result<(), ReplayError> {
         let dir = self.materializer.dir().to_path_buf();
-        let files =
-            super::materialize::read_dir_contents(&dir).map_err(|source| ReplayError::State {
-                path: dir.clone(),
-                source,
-            })?;
-        for name in files.keys() {
-            let path = dir.join(std::ffi::OsStr::from_bytes(name));
-            std::fs::remove_file(&path).map_err(|source| ReplayError::State { path, source })?;
-        }
+        super::materialize::remove_followed(&dir).map_err(|source| ReplayError::State {
+            path: dir.clone(),
+            source,
+        })?;
         // The removals are durable before the state says so.
         wal::fs::sync_dir(&dir).map_err(|e| ReplayError::State {
             path: dir.clone(),

@@ -18,14 +18,13 @@
 //! whenever it rebuilds its copy (after serving, or a copy found not the log's): restoring
 //! the newest snapshot and replaying the log after it is faster than replaying it all.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use bytes::{Buf, Bytes, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
 
 use super::change::{Change, ChangeError};
-use super::materialize::{read_dir_contents, MaterializeError, Materializer};
+use super::materialize::{read_dir_contents, remove_followed, MaterializeError, Materializer};
 
 /// Why a snapshot of the directory could not be written or restored.
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +68,7 @@ pub fn write_dir(dir: &Path, writer: &mut SnapshotWriter) -> Result<usize, DirSn
 /// Removes every followed file of the materializer's directory and applies the snapshot at
 /// `path` to it (not synced: the caller syncs before it records the LSN).
 pub fn restore_dir(path: &Path, materializer: &mut Materializer) -> Result<(), DirSnapshotError> {
-    let dir = materializer.dir().to_path_buf();
-    for name in read_dir_contents(&dir)
-        .map_err(DirSnapshotError::Read)?
-        .keys()
-    {
-        std::fs::remove_file(dir.join(std::ffi::OsStr::from_bytes(name)))
-            .map_err(DirSnapshotError::Read)?;
-    }
+    remove_followed(materializer.dir()).map_err(DirSnapshotError::Read)?;
     let mut reader = SnapshotReader::open(path)?;
     let mut pending = BytesMut::new();
     // The body offset of `pending`'s first byte.

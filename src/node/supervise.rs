@@ -929,6 +929,21 @@ mod tests {
         }
     }
 
+    /// The pid the test's command wrote to `path` (waited for up to 5 s).
+    async fn pid_written(path: &std::path::Path, what: &str) -> libc::pid_t {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+            {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "{what}: never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether `pid` runs (exists and is not a zombie).
     fn is_running(pid: libc::pid_t) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -964,17 +979,7 @@ mod tests {
 
         for round in 0..2 {
             allowed_tx.send_replace(true);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let forked_pid: libc::pid_t = loop {
-                if let Some(pid) = std::fs::read_to_string(&forked)
-                    .ok()
-                    .and_then(|text| text.trim().parse().ok())
-                {
-                    break pid;
-                }
-                assert!(Instant::now() < deadline, "round {round}: never started");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            let forked_pid = pid_written(&forked, &format!("round {round}")).await;
             assert!(*running.borrow());
             allowed_tx.send_replace(false);
             let began = Instant::now();
@@ -1007,17 +1012,7 @@ mod tests {
         );
         let launch = launch(&command, Duration::from_millis(300));
         let mut running = launch.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let forked_pid: libc::pid_t = loop {
-            if let Some(pid) = std::fs::read_to_string(&forked)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-            {
-                break pid;
-            }
-            assert!(Instant::now() < deadline, "the command never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let forked_pid = pid_written(&forked, "the command").await;
         assert!(is_running(forked_pid));
         let began = Instant::now();
         let exit = launch.stop(&mut running).await;
