@@ -820,8 +820,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
         /// Operations done while the capture runs: the captured changes materialize to the
-        /// directory's final state, and every prefix of them holds the names the directory
-        /// held at some moment, those moments in order.
+        /// directory's final state, every prefix of them holds the names the directory held
+        /// at some moment, those moments in order, and every file of a prefix holds (the
+        /// start of) a content some file really held.
         ///
         /// Before a file was read by name only after checking that no queued event moved the
         /// name on (`Tracker::refill`), about one run in five of 64 cases ended with another
@@ -868,6 +869,19 @@ mod tests {
                     k, change, names(&prefix), at
                 );
                 at = found.unwrap_or(at);
+                // Bytes: every file of the copy holds what some file of the directory held
+                // at some moment, or the start of it (the capture read it while a write was
+                // landing): never another file's bytes, nor bytes in another order.
+                for (name, content) in &prefix {
+                    let held = states.iter().any(|state| {
+                        state.values().any(|real| real.starts_with(content))
+                    });
+                    prop_assert!(
+                        held,
+                        "after change {} ({:?}) the copy's {} ({} bytes) is no content any file ever held",
+                        k, change, String::from_utf8_lossy(name), content.len()
+                    );
+                }
             }
             materializer.sync().unwrap();
             let got = read_dir_contents(&copy).unwrap();
