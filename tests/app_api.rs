@@ -132,7 +132,10 @@ impl Sidecar {
         let seen = Arc::clone(&proposals);
         tokio::spawn(async move {
             while let Some(request) = requests.recv().await {
-                let Request::Propose { payloads, reply } = request else {
+                let Request::Propose {
+                    payloads, reply, ..
+                } = request
+                else {
                     continue;
                 };
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -157,7 +160,9 @@ impl Sidecar {
     ) -> (Vec<Bytes>, tokio::sync::oneshot::Sender<ProposeOutcome>) {
         let requests = self.requests.as_mut().expect("no core is running");
         match within("a proposal", requests.recv()).await {
-            Some(Request::Propose { payloads, reply }) => (payloads, reply),
+            Some(Request::Propose {
+                payloads, reply, ..
+            }) => (payloads, reply),
             other => panic!("expected a proposal, got {other:?}"),
         }
     }

@@ -55,6 +55,12 @@ use crate::Lsn;
 
 /// The pause before a primary whose capture failed starts its application again.
 pub const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// On standby, the directory is brought up to the commit LSN at most this often: each
+/// catch-up fsyncs the files it wrote and stores the LSN reached (a file installed by
+/// rename), which under a steady write load costs a backup more CPU than the log itself
+/// when done for every commit. A promotion catches up on whatever is left first, so this
+/// only bounds how far a copy lags (and a snapshot of it) while nothing happens.
+const STANDBY_APPLY_EVERY: Duration = Duration::from_millis(25);
 /// The pause before a failed catch-up of the directory is tried again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
 /// How often a starting application is tried at `--app-addr`.
@@ -213,6 +219,7 @@ impl Follow {
         let mut commit = self.node.watch_commit();
         let mut reset = self.node.snapshots.watch_reset();
         let mut failing = false;
+        let mut applied_at: Option<tokio::time::Instant> = None;
         loop {
             let commit_lsn = *commit.borrow_and_update();
             let now = status.borrow_and_update().clone();
@@ -221,7 +228,21 @@ impl Follow {
             }
             let applied = lock(replay).applied();
             let log_moved_on = applied.next() < self.node.reader().first_lsn();
+            let due = applied_at.map(|at| at + STANDBY_APPLY_EVERY);
+            if commit_lsn > applied && !failing && !log_moved_on {
+                if let Some(due) = due.filter(|due| *due > tokio::time::Instant::now()) {
+                    // Too soon after the last catch-up: later, unless the role changes.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        changed = status.changed() => if changed.is_err() { return None },
+                        changed = reset.changed() => if changed.is_err() { return None },
+                        () = cancel.cancelled() => return None,
+                    }
+                    continue;
+                }
+            }
             if commit_lsn > applied || failing || log_moved_on {
+                applied_at = Some(tokio::time::Instant::now());
                 let replay_for = Arc::clone(replay);
                 let reader = self.node.reader();
                 lock(replay).set_base(newest_snapshot(&self.node));

@@ -2,9 +2,10 @@
 //! node as records, in order, and the reply barrier's second half.
 //!
 //! A thread of its own takes the capture's changes ([`Capture`]), gathers what is waiting
-//! into one proposal (at most [`BATCH_CHANGES_MAX`] changes and [`BATCH_BYTES_MAX`] bytes),
-//! proposes it and waits for its commit, then publishes how many changes are committed.
-//! Proposals go one at a time, so changes are committed in the order they were captured.
+//! into one proposal (at most [`BATCH_CHANGES_MAX`] changes and [`BATCH_BYTES_MAX`] bytes)
+//! and proposes it; a task awaits the outcomes and publishes how many changes are
+//! committed. A proposal goes once the one before has its place in the log (its LSNs), not
+//! its commit: several commit at once, in the order they were captured.
 //! [`Shipper::reply_barrier`] asks the capture how many changes cover every write made so
 //! far and waits until that many are committed: the client port holds a reply from the
 //! application until then, and an acknowledged write is in the committed log.
@@ -14,7 +15,7 @@
 //! node rewinds the directory when it follows again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,12 +23,18 @@ use tokio::sync::watch;
 
 use super::capture::{Capture, CaptureError};
 use super::change::Change;
-use crate::node::{NodeHandle, ProposeOutcome};
+use crate::node::{NodeHandle, Placement, ProposeOutcome};
 
 /// Changes in one proposal, at most.
 pub const BATCH_CHANGES_MAX: usize = 1024;
 /// Payload bytes in one proposal, at most (one change may be larger: it goes alone).
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// Proposals placed in the log and waiting for their outcome, at most (beyond the one being
+/// awaited).
+pub const IN_FLIGHT_MAX: usize = 8;
+/// How often the shipping thread, waiting for changes, checks whether it should stop.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// The first pause before a refused proposal is made again; it doubles up to
 /// [`RETRY_PAUSE_MAX`].
@@ -68,11 +75,24 @@ impl Shipper {
         let (committed_tx, committed) = watch::channel(0u64);
         let (ended_tx, ended) = watch::channel(None);
         let stopping = Arc::new(AtomicBool::new(false));
+        let first_error = Arc::new(Mutex::new(None));
+        let (flight_tx, flight_rx) = tokio::sync::mpsc::channel(IN_FLIGHT_MAX);
+        let committer = runtime.spawn(count_commits(
+            flight_rx,
+            committed_tx,
+            Arc::clone(&first_error),
+            Arc::clone(&stopping),
+        ));
         let thread_stopping = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("follow-ship".into())
             .spawn(move || {
-                let error = ship(&changes, &node, &runtime, &committed_tx, &thread_stopping);
+                let error = ship(&changes, &node, &runtime, &flight_tx, &thread_stopping);
+                note_first(&first_error, error);
+                // Every placed proposal has its outcome before shipping counts as ended.
+                drop(flight_tx);
+                let _ = runtime.block_on(committer);
+                let error = lock(&first_error).take().unwrap_or(ShipError::NodeStopped);
                 ended_tx.send_replace(Some(error));
             })?;
         Ok(Shipper {
@@ -154,18 +174,71 @@ impl Drop for Shipper {
     }
 }
 
-/// Proposes batches until something ends it; returns why.
+/// The first of the errors that end shipping is the one reported.
+fn note_first(slot: &Mutex<Option<ShipError>>, error: ShipError) {
+    lock(slot).get_or_insert(error);
+}
+
+fn lock(slot: &Mutex<Option<ShipError>>) -> std::sync::MutexGuard<'_, Option<ShipError>> {
+    // A panic while holding it leaves an `Option` that is still whole.
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A placed proposal: how many changes it ends, and its outcome to come (`None`: already
+/// committed).
+type InFlight = (u64, Option<tokio::sync::oneshot::Receiver<ProposeOutcome>>);
+
+/// Awaits the outcomes of placed proposals in the order they were placed (the log commits
+/// them in that order) and publishes how many changes are committed. The first outcome that
+/// is not a commit ends shipping; the rest are still awaited, so that once the channel
+/// closes every placed proposal has its outcome.
+async fn count_commits(
+    mut flight: tokio::sync::mpsc::Receiver<InFlight>,
+    committed: watch::Sender<u64>,
+    first_error: Arc<Mutex<Option<ShipError>>>,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut count = 0u64;
+    let mut failed = false;
+    while let Some((ends, outcome)) = flight.recv().await {
+        let outcome = match outcome {
+            None => Ok(()),
+            Some(outcome) => match outcome.await {
+                Ok(ProposeOutcome::Committed { .. }) => Ok(()),
+                Ok(other) => Err(ShipError::NotCommitted(format!("{other:?}"))),
+                Err(_) => Err(ShipError::NodeStopped),
+            },
+        };
+        match outcome {
+            Ok(()) if !failed => {
+                count += ends;
+                committed.send_replace(count);
+            }
+            Ok(()) => {}
+            Err(error) => {
+                failed = true;
+                note_first(&first_error, error);
+                stopping.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Places batches in the log until something ends it; returns why.
 ///
 /// Each captured change is cut into pieces ([`Change::into_pieces`]); a batch holds whole
-/// pieces, and a change counts as committed once its last piece is.
+/// pieces, and a change counts as committed once its last piece is. A batch is proposed
+/// once the one before it is placed (`NodeHandle::propose_placed`), so up to
+/// [`IN_FLIGHT_MAX`] batches commit at once and still in the order captured: a refused
+/// batch wrote nothing and is proposed again before any later one.
 fn ship(
     changes: &mpsc::Receiver<Result<Change, CaptureError>>,
     node: &NodeHandle,
     runtime: &tokio::runtime::Handle,
-    committed: &watch::Sender<u64>,
+    flight: &tokio::sync::mpsc::Sender<InFlight>,
     stopping: &AtomicBool,
 ) -> ShipError {
-    let mut count = 0u64;
     // Pieces not yet proposed, each with whether it is the last of its change.
     let mut queue: std::collections::VecDeque<(Bytes, bool)> = std::collections::VecDeque::new();
     let mut failed = None;
@@ -184,10 +257,21 @@ fn ship(
             if let Some(error) = failed.take() {
                 return error;
             }
-            match changes.recv() {
-                Ok(Ok(change)) => take(change, &mut queue),
-                Ok(Err(error)) => return ShipError::Capture(error.to_string()),
-                Err(_) => return ShipError::Capture("the capture ended".into()),
+            loop {
+                if stopping.load(Ordering::Relaxed) {
+                    return ShipError::Stopped;
+                }
+                match changes.recv_timeout(STOP_POLL) {
+                    Ok(Ok(change)) => {
+                        take(change, &mut queue);
+                        break;
+                    }
+                    Ok(Err(error)) => return ShipError::Capture(error.to_string()),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return ShipError::Capture("the capture ended".into())
+                    }
+                }
             }
         }
         // Whatever else is waiting, up to the batch limits.
@@ -221,19 +305,24 @@ fn ship(
             if stopping.load(Ordering::Relaxed) {
                 return ShipError::Stopped;
             }
-            match runtime.block_on(node.propose(payloads.clone())) {
-                Ok(ProposeOutcome::Committed { .. }) => {
-                    count += ends;
-                    committed.send_replace(count);
-                    break;
-                }
-                Ok(ProposeOutcome::DiskBehind | ProposeOutcome::Busy) => {
+            let placed = match runtime.block_on(node.propose_placed(payloads.clone())) {
+                Ok(Placement::Placed(outcome)) => Some(outcome),
+                Ok(Placement::Refused(ProposeOutcome::Committed { .. })) => None,
+                Ok(Placement::Refused(ProposeOutcome::DiskBehind | ProposeOutcome::Busy)) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    continue;
                 }
-                Ok(other) => return ShipError::NotCommitted(format!("{other:?}")),
+                Ok(Placement::Refused(other)) => {
+                    return ShipError::NotCommitted(format!("{other:?}"))
+                }
                 Err(_) => return ShipError::NodeStopped,
+            };
+            // Waits while IN_FLIGHT_MAX proposals are waiting for their outcome.
+            if flight.blocking_send((ends, placed)).is_err() {
+                return ShipError::NodeStopped;
             }
+            break;
         }
     }
 }
@@ -250,8 +339,8 @@ mod tests {
     use crate::node::{NodeStatus, Request};
     use crate::Lsn;
 
-    /// A stand-in for the core loop: commits every proposal after `delay`, keeping its
-    /// payloads in order.
+    /// A stand-in for the core loop: refuses every third proposal, places the others at
+    /// once and commits each `delay` later, in order, keeping the committed payloads.
     fn fake_node(
         delay: Duration,
     ) -> (
@@ -272,16 +361,42 @@ mod tests {
             let _status_tx = _status_tx;
             let _commit_tx = _commit_tx;
             let mut next = 1u64;
+            let mut proposals = 0u64;
+            let mut last_commit: Option<tokio::task::JoinHandle<()>> = None;
             while let Some(request) = rx.recv().await {
-                if let Request::Propose { payloads, reply } = request {
-                    tokio::time::sleep(delay).await;
+                if let Request::Propose {
+                    payloads,
+                    reply,
+                    placed,
+                } = request
+                {
+                    // Every third proposal is refused unplaced, as a full disk queue does.
+                    proposals += 1;
+                    if proposals.is_multiple_of(3) {
+                        let _ = reply.send(ProposeOutcome::DiskBehind);
+                        continue;
+                    }
                     let count = payloads.len() as u64;
-                    kept.lock().unwrap().extend(payloads);
-                    let _ = reply.send(ProposeOutcome::Committed {
-                        first_lsn: Lsn(next),
-                        last_lsn: Lsn(next + count - 1),
-                    });
+                    let first_lsn = Lsn(next);
                     next += count;
+                    if let Some(placed) = placed {
+                        let _ = placed.send(());
+                    }
+                    // Committed `delay` after being placed, after the proposal before it.
+                    let due = tokio::time::Instant::now() + delay;
+                    let before = last_commit.take();
+                    let kept = Arc::clone(&kept);
+                    last_commit = Some(tokio::spawn(async move {
+                        if let Some(before) = before {
+                            let _ = before.await;
+                        }
+                        tokio::time::sleep_until(due).await;
+                        kept.lock().unwrap().extend(payloads);
+                        let _ = reply.send(ProposeOutcome::Committed {
+                            first_lsn,
+                            last_lsn: Lsn(first_lsn.0 + count - 1),
+                        });
+                    }));
                 }
             }
         });

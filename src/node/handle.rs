@@ -26,6 +26,9 @@ pub enum Request {
     Propose {
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<ProposeOutcome>,
+        /// Told once the records have their LSNs (queued to the log, after every proposal
+        /// placed before): a proposal refused before that (`reply` says why) drops it.
+        placed: Option<oneshot::Sender<()>>,
     },
     /// Hand the primary role to `to`, or to the best backup (operator switchover).
     Switchover {
@@ -63,6 +66,16 @@ pub enum ProposeOutcome {
     Unknown,
     /// The node cannot write (a failed disk); it will not acknowledge anything again.
     Failed(String),
+}
+
+/// Where a proposal stands once [`NodeHandle::propose_placed`] returns.
+#[derive(Debug)]
+pub enum Placement {
+    /// Its records have their LSNs; the outcome comes on this channel (a closed channel: the
+    /// node stopped, the outcome unknown).
+    Placed(oneshot::Receiver<ProposeOutcome>),
+    /// Answered without being placed: refused (nothing written), or nothing to write.
+    Refused(ProposeOutcome),
 }
 
 /// How a switchover ended, with the time writes were paused.
@@ -265,10 +278,39 @@ impl NodeHandle {
     pub async fn propose(&self, payloads: Vec<Bytes>) -> Result<ProposeOutcome, NodeStopped> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Propose { payloads, reply })
+            .send(Request::Propose {
+                payloads,
+                reply,
+                placed: None,
+            })
             .await
             .map_err(|_| NodeStopped)?;
         answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// Proposes records and returns once they have their place in the log (their outcome
+    /// to come), or their refusal. A proposal made after this returned `Placed` comes after
+    /// these records in the log, or is refused: so one caller can keep several proposals in
+    /// flight and still have them committed in its order.
+    pub async fn propose_placed(&self, payloads: Vec<Bytes>) -> Result<Placement, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        let (placed, placed_rx) = oneshot::channel();
+        self.requests
+            .send(Request::Propose {
+                payloads,
+                reply,
+                placed: Some(placed),
+            })
+            .await
+            .map_err(|_| NodeStopped)?;
+        match placed_rx.await {
+            Ok(()) => Ok(Placement::Placed(answer)),
+            // Dropped unsent: refused (or answered at once), the reply says how.
+            Err(_) => answer
+                .await
+                .map(Placement::Refused)
+                .map_err(|_| NodeStopped),
+        }
     }
 
     /// Asks for a switchover to `to` (or the best backup) and waits for the outcome.

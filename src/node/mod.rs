@@ -78,7 +78,8 @@ use clock::BootInstant;
 use metrics::Metrics;
 
 pub use handle::{
-    AppStatus, NodeHandle, NodeStatus, PeerStatus, ProposeOutcome, Request, SwitchoverReply,
+    AppStatus, NodeHandle, NodeStatus, PeerStatus, Placement, ProposeOutcome, Request,
+    SwitchoverReply,
 };
 
 /// Requests queued from service tasks to the core loop, at most.
@@ -226,6 +227,8 @@ struct Pending {
 struct StepContext {
     payloads: Option<Vec<Bytes>>,
     reply: Option<oneshot::Sender<ProposeOutcome>>,
+    /// Told when the proposal's records have their LSNs.
+    placed: Option<oneshot::Sender<()>>,
     records: Option<VerifiedRecords>,
 }
 
@@ -405,6 +408,9 @@ impl Shell {
                         proposed_at: Instant::now(),
                         reply,
                     });
+                }
+                if let Some(placed) = context.placed.take() {
+                    let _ = placed.send(());
                 }
             }
             Action::TruncateSuffix { keep_through } => {
@@ -689,6 +695,7 @@ impl Shell {
         &mut self,
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<ProposeOutcome>,
+        placed: Option<oneshot::Sender<()>>,
     ) -> Result<(), NodeError> {
         let now = self.now();
         let count = payloads.len() as u64;
@@ -717,6 +724,7 @@ impl Shell {
             StepContext {
                 payloads: Some(payloads),
                 reply: Some(reply),
+                placed,
                 records: None,
             },
         )
@@ -1352,7 +1360,7 @@ pub async fn run(
             },
             Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
-                Request::Propose { payloads, reply } => shell.on_propose(payloads, reply),
+                Request::Propose { payloads, reply, placed } => shell.on_propose(payloads, reply, placed),
                 Request::SetPaused { paused, stamp, reply } => {
                     let result = shell.step(Input::SetPaused { paused, stamp }, StepContext::default());
                     let _ = reply.send(match &result {
