@@ -24,14 +24,14 @@ pub enum ConfigError {
     #[error("--peers: node id {0} appears twice")]
     DuplicatePeerId(u16),
     #[error("--peers: address {0} appears twice")]
-    DuplicatePeerAddr(SocketAddr),
+    DuplicatePeerAddr(PeerAddr),
     #[error("--node-id {node_id} is not in --peers ({peers})")]
     NodeNotInPeers { node_id: u16, peers: String },
     #[error("--peer-listen {listen} and --peers entry {node_id}={addr} differ in port: peers could not reach this node")]
     ListenPortMismatch {
         node_id: u16,
         listen: SocketAddr,
-        addr: SocketAddr,
+        addr: PeerAddr,
     },
     #[error("--heartbeat-interval {heartbeat:?} must be at most a third of --failover-timeout {failover:?}, so that two lost heartbeats do not cause a failover")]
     HeartbeatTooSlow {
@@ -159,10 +159,100 @@ impl ClusterSecret {
     }
 }
 
-/// Parses `--peers 1=host:port,2=host:port,...` (addresses must be IP:port; names are not
-/// resolved, so a node's view of the cluster cannot change with DNS).
-pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
-    let mut peers = BTreeMap::new();
+/// A peer's address from `--peers`: `IP:PORT` (`[IPv6]:PORT`), or `NAME:PORT` with a DNS
+/// name that is resolved each time the peer is dialled, so a peer whose name moves to
+/// another address (a Kubernetes pod restarted) is reached at the new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// An IP address, or a host name (letters, digits, `-`, `_` and `.`).
+    host: String,
+    port: u16,
+    /// `host` parsed, when it is an IP address.
+    ip: Option<std::net::IpAddr>,
+}
+
+impl PeerAddr {
+    /// Parses `HOST:PORT`; the reason it is not one otherwise.
+    pub fn parse(text: &str) -> Result<PeerAddr, &'static str> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or("the address is not HOST:PORT")?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| "the port is not a number from 1 to 65535")?;
+        if port == 0 {
+            return Err("the port is not a number from 1 to 65535");
+        }
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(PeerAddr {
+                host: ip.to_string(),
+                port,
+                ip: Some(ip),
+            });
+        }
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.len() <= 63)
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err("the host is neither an IP address nor a DNS name");
+        }
+        Ok(PeerAddr {
+            host: host.to_ascii_lowercase(),
+            port,
+            ip: None,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address, if it is given as an IP address (nothing to resolve).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.ip.map(|ip| SocketAddr::new(ip, self.port))
+    }
+
+    /// The addresses to dial now, in the resolver's order: the IP address as given, or
+    /// what the name resolves to (through the system's resolver, `/etc/hosts` included).
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Some(addr) = self.socket_addr() {
+            return Ok(vec![addr]);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} resolves to no address", self.host),
+            ));
+        }
+        Ok(addrs)
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip {
+            Some(ip @ std::net::IpAddr::V6(_)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Parses `--peers 1=host:port,2=host:port,...`. A host is an IP address or a DNS name
+/// (resolved when dialled, [`PeerAddr`]).
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, PeerAddr>, ConfigError> {
+    let mut peers: BTreeMap<NodeId, PeerAddr> = BTreeMap::new();
     for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let syntax = |reason: &str| ConfigError::PeerSyntax {
             entry: entry.to_owned(),
@@ -176,10 +266,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigErr
         if id == 0 {
             return Err(syntax("node ids start at 1"));
         }
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| syntax("the address is not IP:PORT"))?;
+        let addr = PeerAddr::parse(addr.trim()).map_err(syntax)?;
         if peers.values().any(|a| *a == addr) {
             return Err(ConfigError::DuplicatePeerAddr(addr));
         }
@@ -256,7 +343,10 @@ mod tests {
     fn peers_parse_and_refuse_duplicates() {
         let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap();
         assert_eq!(peers.len(), 3);
-        assert_eq!(peers[&NodeId(2)], "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(
+            peers[&NodeId(2)].socket_addr(),
+            Some("127.0.0.1:7002".parse().unwrap())
+        );
         assert_eq!(
             parse_peers("1=127.0.0.1:7001,1=127.0.0.1:7002"),
             Err(ConfigError::DuplicatePeerId(1))
@@ -264,14 +354,25 @@ mod tests {
         assert_eq!(
             parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7001"),
             Err(ConfigError::DuplicatePeerAddr(
-                "127.0.0.1:7001".parse().unwrap()
+                PeerAddr::parse("127.0.0.1:7001").unwrap()
             ))
         );
+        // Names are kept as names (lower case), resolved only when dialled.
+        let named = parse_peers("1=db-0.db.svc:7101,2=LOCALHOST:7102,3=[::1]:7103").unwrap();
+        assert_eq!(named[&NodeId(1)].to_string(), "db-0.db.svc:7101");
+        assert_eq!(named[&NodeId(1)].socket_addr(), None);
+        assert_eq!(named[&NodeId(2)].to_string(), "localhost:7102");
+        assert_eq!(named[&NodeId(3)].to_string(), "[::1]:7103");
+        assert_eq!(named[&NodeId(3)].port(), 7103);
         for bad in [
             "1:127.0.0.1:7001",
             "x=127.0.0.1:1",
             "0=127.0.0.1:1",
             "1=localhost",
+            "1=localhost:0",
+            "1=local host:7001",
+            "1=db..svc:7001",
+            "1=:7001",
             "",
         ] {
             let err = parse_peers(bad).unwrap_err();

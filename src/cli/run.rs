@@ -63,7 +63,9 @@ pub struct RunArgs {
     /// Address to accept peer connections on (IP:PORT).
     #[arg(long, env = "UNDERSTUDY_PEER_LISTEN")]
     pub peer_listen: SocketAddr,
-    /// Every node's peer address, this one included: 1=IP:PORT,2=IP:PORT,...
+    /// Every node's peer address, this one included: 1=HOST:PORT,2=HOST:PORT,... A HOST that
+    /// is a DNS name is resolved each time the peer is dialled. Every node must be given the
+    /// same ids: peers whose member lists differ refuse each other's connections.
     #[arg(long, env = "UNDERSTUDY_PEERS")]
     pub peers: String,
     /// The application API socket (default: `<data-dir>/app.sock`).
@@ -215,7 +217,7 @@ impl RunArgs {
             return Err(config::ConfigError::ListenPortMismatch {
                 node_id: self.node_id,
                 listen: self.peer_listen,
-                addr: *own,
+                addr: own.clone(),
             }
             .into());
         }

@@ -736,7 +736,7 @@ mod tests {
             heartbeat_age_ms: (role == Role::Backup).then_some(15),
             peers: vec![PeerStatus {
                 node_id: 2,
-                addr: "127.0.0.1:7002".parse().unwrap(),
+                addr: "127.0.0.1:7002".into(),
                 connected: true,
                 matched_lsn: 7,
                 durable_lsn: 7,

@@ -91,7 +91,7 @@ pub struct SwitchoverReply {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PeerStatus {
     pub node_id: u16,
-    pub addr: SocketAddr,
+    pub addr: String,
     pub connected: bool,
     /// On the primary: the LSN through which the peer's log is known to match ours.
     pub matched_lsn: u64,

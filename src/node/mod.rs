@@ -99,7 +99,7 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     pub data_dir: PathBuf,
     /// Every member's peer address, this node's included.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub peers: BTreeMap<NodeId, crate::config::PeerAddr>,
     pub secret: ClusterSecret,
     pub core: core::Config,
     pub fsync: FsyncMode,
@@ -806,7 +806,7 @@ impl Shell {
             .peers
             .iter()
             .filter(|(&id, _)| id != self.config.node_id)
-            .map(|(&id, &addr)| {
+            .map(|(&id, addr)| {
                 let health = status
                     .peers
                     .iter()
@@ -822,7 +822,7 @@ impl Shell {
                 };
                 PeerStatus {
                     node_id: id.get(),
-                    addr,
+                    addr: addr.to_string(),
                     connected: self.net.is_connected(id),
                     matched_lsn: matched.get(),
                     durable_lsn: matched.get(),

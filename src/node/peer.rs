@@ -24,7 +24,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::ClusterSecret;
+use crate::config::{ClusterSecret, PeerAddr};
 use crate::core::Message;
 use crate::proto::peer::{
     encode_head, encode_message_head, DecodeError, Frame, Hello, PeerCodec, ACCEPTOR_LABEL,
@@ -100,7 +100,8 @@ pub struct PeerConfig {
     pub node_id: NodeId,
     pub cluster_id: u64,
     pub secret: ClusterSecret,
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Every member's peer address, this node's included: the member list of the handshake.
+    pub peers: BTreeMap<NodeId, PeerAddr>,
     /// This node's client port, told to peers in the handshake.
     pub client_addr: Option<SocketAddr>,
     /// This node's admin address, told to peers in the handshake.
@@ -110,6 +111,47 @@ pub struct PeerConfig {
     pub snapshots: Arc<super::snapshot::Snapshots>,
     /// The local log, for answering repair requests (`repair::serve`).
     pub reader: wal::reader::Reader,
+}
+
+/// Connects to a peer: resolves its name now (every call, so a peer that moved is found at
+/// its new address) and tries each address in the resolver's order (`localhost` may give
+/// `::1` before `127.0.0.1`). Returns the stream and the address it reached.
+pub(crate) async fn connect(addr: &PeerAddr) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let mut last = None;
+    for candidate in addr.resolve().await? {
+        match TcpStream::connect(candidate).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok((stream, candidate));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+}
+
+impl PeerConfig {
+    /// The member list (ids of `--peers`), ascending, as the handshake carries it.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.peers.keys().copied().collect()
+    }
+}
+
+/// A member list as the handshake's tags cover it.
+fn member_bytes(members: &[NodeId]) -> Vec<u8> {
+    members
+        .iter()
+        .flat_map(|id| id.get().to_le_bytes())
+        .collect()
+}
+
+/// A member list for a log line: `1,2,3`.
+fn member_list(members: &[NodeId]) -> String {
+    members
+        .iter()
+        .map(|id| id.get().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The running transport.
@@ -140,7 +182,7 @@ impl PeerNet {
         let client_addrs = Arc::new(Mutex::new(BTreeMap::new()));
         let mut queues = BTreeMap::new();
         let mut connected = BTreeMap::new();
-        for (&peer, &addr) in &config.peers {
+        for (&peer, addr) in &config.peers {
             if peer == config.node_id {
                 continue;
             }
@@ -156,8 +198,15 @@ impl PeerNet {
             connected.insert(peer, Arc::clone(&flag));
             let span = tracing::info_span!("peer", peer = %peer, %addr, dir = "out");
             tracker.spawn(
-                dial_loop(Arc::clone(&config), peer, addr, rx, flag, shutdown.clone())
-                    .instrument(span),
+                dial_loop(
+                    Arc::clone(&config),
+                    peer,
+                    addr.clone(),
+                    rx,
+                    flag,
+                    shutdown.clone(),
+                )
+                .instrument(span),
             );
         }
         tracker.spawn(accept_loop(
@@ -281,17 +330,24 @@ async fn read_frame(
 async fn dial_loop(
     config: Arc<PeerConfig>,
     peer: NodeId,
-    addr: SocketAddr,
+    addr: PeerAddr,
     mut queue: mpsc::Receiver<Queued>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut was_up = false;
+    // The address last reached, to log when a name moves.
+    let mut reached: Option<SocketAddr> = addr.socket_addr();
     loop {
         let attempt = async {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
+            // A name is resolved again for every attempt: a peer that comes back at another
+            // address is reached there.
+            let (stream, now) = connect(&addr).await?;
+            if reached != Some(now) {
+                info!(resolved = %now, "peer reached at this address");
+                reached = Some(now);
+            }
             tokio::time::timeout(HANDSHAKE_TIMEOUT, dial_handshake(&config, peer, stream))
                 .await
                 .map_err(|_| LinkError::Timeout)?
@@ -347,12 +403,14 @@ pub(super) async fn dial_handshake(
     let mut reader = FramedRead::new(read, PeerCodec);
     let mut writer = BufWriter::new(write);
     let nonce_d = nonce();
+    let members = member_bytes(&config.members());
     let hello = Hello {
         version: PROTOCOL_VERSION,
         cluster_id: config.cluster_id,
         from: config.node_id,
         to: peer,
         nonce: nonce_d,
+        members: config.members(),
         client_addr: config.client_addr,
         admin_addr: config.admin_addr,
     };
@@ -365,7 +423,7 @@ pub(super) async fn dial_handshake(
         } => {
             if !config
                 .secret
-                .verify(&[ACCEPTOR_LABEL, &ids, &nonce_d, &nonce_a], &tag)
+                .verify(&[ACCEPTOR_LABEL, &ids, &nonce_d, &nonce_a, &members], &tag)
             {
                 return Err(LinkError::Handshake(
                     "the peer does not hold the cluster secret".into(),
@@ -373,7 +431,7 @@ pub(super) async fn dial_handshake(
             }
             let proof = config
                 .secret
-                .mac(&[DIALLER_LABEL, &ids, &nonce_a, &nonce_d]);
+                .mac(&[DIALLER_LABEL, &ids, &nonce_a, &nonce_d, &members]);
             write_frame_half(&mut writer, &Frame::Proof { tag: proof }).await?;
         }
         Frame::Refuse { reason } => return Err(LinkError::Handshake(reason)),
@@ -622,6 +680,16 @@ async fn accept_handshake(
             "node {} is not a member of this cluster",
             hello.from
         ))
+    } else if hello.members != config.members() {
+        Some(format!(
+            "node {} was started with members {} and node {} with members {}: nodes that \
+             disagree about the members disagree about what a majority is, so they do not \
+             talk; start every node with the same ids in --peers",
+            hello.from,
+            member_list(&hello.members),
+            config.node_id,
+            member_list(&config.members()),
+        ))
     } else {
         None
     };
@@ -636,10 +704,11 @@ async fn accept_handshake(
         return Err(LinkError::Handshake(reason));
     }
     let ids = id_bytes(hello.from, hello.to);
+    let members = member_bytes(&hello.members);
     let nonce_a = nonce();
     let tag = config
         .secret
-        .mac(&[ACCEPTOR_LABEL, &ids, &hello.nonce, &nonce_a]);
+        .mac(&[ACCEPTOR_LABEL, &ids, &hello.nonce, &nonce_a, &members]);
     write_frame_half(
         writer,
         &Frame::Challenge {
@@ -650,10 +719,10 @@ async fn accept_handshake(
     .await?;
     match read_frame(reader).await? {
         Frame::Proof { tag } => {
-            if !config
-                .secret
-                .verify(&[DIALLER_LABEL, &ids, &nonce_a, &hello.nonce], &tag)
-            {
+            if !config.secret.verify(
+                &[DIALLER_LABEL, &ids, &nonce_a, &hello.nonce, &members],
+                &tag,
+            ) {
                 let reason = format!("node {} does not hold the cluster secret", hello.from);
                 let _ = write_frame_half(
                     writer,

@@ -32,7 +32,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -123,12 +122,11 @@ pub(super) async fn fetch(
     first: Lsn,
     last: Lsn,
 ) -> Result<Option<VerifiedRecords>, RepairError> {
-    let Some(addr) = config.peers.get(&peer).copied() else {
+    let Some(addr) = config.peers.get(&peer).cloned() else {
         return Err(RepairError::Connect(format!("node {peer} has no address")));
     };
     let connect = async {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let (stream, _) = crate::node::peer::connect(&addr).await?;
         dial_handshake(config, peer, stream)
             .await
             .map_err(|e| RepairError::Connect(e.to_string()))

@@ -8,10 +8,16 @@
 //! sending it:
 //!
 //! ```text
-//! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, client_addr, admin_addr }
-//! acceptor -> dialler   Challenge { nonce_a, tag_a = HMAC(secret, "understudy acceptor" | from | to | nonce_d | nonce_a) }
-//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d) }
+//! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, members, client_addr, admin_addr }
+//! acceptor -> dialler   Challenge { nonce_a, tag_a = HMAC(secret, "understudy acceptor" | from | to | nonce_d | nonce_a | members) }
+//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d | members) }
 //! ```
+//!
+//! `members` is the dialler's member list (the ids of `--peers`, ascending). The acceptor
+//! refuses a dialler whose list differs from its own: two nodes that disagree about the
+//! members disagree about what a majority is, and votes or acknowledgements exchanged
+//! between them could elect two primaries or commit on a quorum that a later election does
+//! not meet. The tags cover the list, so it cannot be altered on the way.
 //!
 //! Each side checks the other's tag (in constant time) over both nonces, so a recorded
 //! handshake cannot be replayed, and the two tags differ in their label, so one side's tag
@@ -33,7 +39,7 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
+//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
 //! | 2 | Challenge | nonce (32 bytes), tag (32 bytes) |
 //! | 3 | Proof | tag (32 bytes) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
@@ -113,7 +119,7 @@ use crate::{Epoch, Lsn, NodeId};
 /// Version 2 added `Append::promote`, `Append::promote_through` and `AppendResponse::learner`
 /// (learners), and the repair frames. Version 3 added the health of pre-vote and append
 /// responses, `Append::paused`, and the admin address in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -130,13 +136,15 @@ const APPEND_FIXED_LEN: usize = 10 * 8 + 1 + 8;
 
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub version: u16,
     pub cluster_id: u64,
     pub from: NodeId,
     pub to: NodeId,
     pub nonce: [u8; NONCE_LEN],
+    /// The sender's member list, ascending.
+    pub members: Vec<NodeId>,
     /// Where the sender serves clients, so that a node can redirect clients to the primary.
     pub client_addr: Option<std::net::SocketAddr>,
     /// Where the sender serves its admin HTTP, so that operator commands pointed at any node
@@ -333,12 +341,18 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
     let body = &mut frame;
     Ok(match kind {
         1 => {
-            const FIXED: usize = 2 + 8 + 2 + 2 + NONCE_LEN;
-            if !(FIXED..=FIXED + 128).contains(&len) {
+            const FIXED: usize = 2 + 8 + 2 + 2 + NONCE_LEN + 1;
+            let count = if len >= FIXED {
+                usize::from(body[FIXED - 1])
+            } else {
+                0
+            };
+            let fixed = FIXED + 2 * count;
+            if !(fixed..=fixed + 128).contains(&len) {
                 return Err(DecodeError::BadLength {
                     kind,
                     len,
-                    expected: FIXED,
+                    expected: fixed,
                 });
             }
             let mut hello = Hello {
@@ -347,9 +361,14 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 from: node_id(body.get_u16_le())?,
                 to: node_id(body.get_u16_le())?,
                 nonce: get_array(body),
+                members: Vec::with_capacity(count),
                 client_addr: None,
                 admin_addr: None,
             };
+            body.advance(1);
+            for _ in 0..count {
+                hello.members.push(node_id(body.get_u16_le())?);
+            }
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
             let (client, admin) = text.split_once(' ').unwrap_or((text, ""));
             let addr = |text: &str| -> Result<Option<std::net::SocketAddr>, DecodeError> {
@@ -572,6 +591,14 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             dst.put_u16_le(hello.from.get());
             dst.put_u16_le(hello.to.get());
             dst.put_slice(&hello.nonce);
+            assert!(
+                hello.members.len() <= usize::from(u8::MAX),
+                "a member list is at most MEMBERS_MAX (64) long"
+            );
+            dst.put_u8(hello.members.len() as u8);
+            for id in &hello.members {
+                dst.put_u16_le(id.get());
+            }
             let addr = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.to_string());
             match (addr(hello.client_addr), addr(hello.admin_addr)) {
                 (None, None) => {}
@@ -844,6 +871,7 @@ mod tests {
             from: NodeId(1),
             to: NodeId(3),
             nonce: [7; NONCE_LEN],
+            members: vec![NodeId(1), NodeId(2), NodeId(3)],
             client_addr: Some("127.0.0.1:6379".parse().unwrap()),
             admin_addr: None,
         }));
@@ -853,6 +881,7 @@ mod tests {
             from: NodeId(2),
             to: NodeId(1),
             nonce: [0; NONCE_LEN],
+            members: Vec::new(),
             client_addr: None,
             admin_addr: None,
         }));

@@ -63,7 +63,7 @@ impl Shell {
 
     /// Starts streaming the newest snapshot to `to` (`Action::SendSnapshot`).
     pub(crate) fn snapshot_send(&mut self, to: NodeId) {
-        let Some(addr) = self.config.peers.get(&to).copied() else {
+        let Some(addr) = self.config.peers.get(&to).cloned() else {
             self.followups.push_back(Input::SnapshotFailed { to });
             return;
         };
@@ -80,7 +80,7 @@ impl Shell {
         tokio::spawn(async move {
             let delivered = tokio::select! {
                 _ = snapshots.cancel.cancelled() => return,
-                delivered = send(&snapshots, &peer_config, to, addr, epoch, &log) => delivered,
+                delivered = send(&snapshots, &peer_config, to, &addr, epoch, &log) => delivered,
             };
             let _ = snapshots.events.send(Event::Sent { to, delivered }).await;
         });

@@ -10,14 +10,13 @@
 //! It does not install what it receives: the core loop does, and says whether the core
 //! still wanted it ([`core_loop`](super::core_loop)).
 
-use std::net::SocketAddr;
+use crate::config::PeerAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
@@ -139,7 +138,7 @@ pub async fn send(
     snapshots: &Arc<Snapshots>,
     config: &Arc<PeerConfig>,
     to: NodeId,
-    addr: SocketAddr,
+    addr: &PeerAddr,
     epoch: Epoch,
     log: &wal::reader::Reader,
 ) -> Option<(Lsn, Epoch)> {
@@ -167,7 +166,7 @@ async fn send_snapshot(
     snapshots: &Arc<Snapshots>,
     config: &Arc<PeerConfig>,
     to: NodeId,
-    addr: SocketAddr,
+    addr: &PeerAddr,
     epoch: Epoch,
     info: &SnapshotInfo,
 ) -> Result<Option<(Lsn, Epoch)>, wal::Error> {
@@ -203,15 +202,14 @@ async fn send_attempt(
     snapshots: &Arc<Snapshots>,
     config: &Arc<PeerConfig>,
     to: NodeId,
-    addr: SocketAddr,
+    addr: &PeerAddr,
     epoch: Epoch,
     info: &SnapshotInfo,
     body_crc: u32,
 ) -> Result<bool, TransferError> {
     let stall = STALL_TIMEOUT;
     let connect = async {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let (stream, _) = crate::node::peer::connect(addr).await?;
         dial_handshake(config, to, stream)
             .await
             .map_err(|e| TransferError::Connect(e.to_string()))

@@ -384,6 +384,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
             from: NodeId(1),
             to: NodeId(2),
             nonce: [7; peer::NONCE_LEN],
+            members: vec![NodeId(1), NodeId(2), NodeId(3)],
             client_addr: Some("127.0.0.1:6379".parse().expect("a literal address")),
             admin_addr: None,
         }),
