@@ -339,6 +339,7 @@ async fn dial_loop(
     let mut was_up = false;
     // The address last reached, to log when a name moves.
     let mut reached: Option<SocketAddr> = addr.socket_addr();
+    let mut last_refusal: Option<String> = None;
     loop {
         let attempt = async {
             // A name is resolved again for every attempt: a peer that comes back at another
@@ -359,6 +360,7 @@ async fn dial_loop(
         match result {
             Ok(stream) => {
                 info!("connected");
+                last_refusal = None;
                 connected.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 was_up = true;
@@ -373,7 +375,14 @@ async fn dial_loop(
                 }
             }
             Err(LinkError::Handshake(reason)) => {
-                warn!(%reason, "peer refused or failed the handshake");
+                // Once per reason, not once per attempt: a refusal that stands (another
+                // member list, another secret) would otherwise fill the log every second.
+                if last_refusal.as_deref() != Some(reason.as_str()) {
+                    warn!(%reason, "peer refused or failed the handshake (logged again only if the reason changes)");
+                    last_refusal = Some(reason);
+                } else {
+                    debug!(%reason, "peer refused or failed the handshake");
+                }
             }
             Err(e) => {
                 if was_up {
