@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod admin_client;
 pub mod demo;
+pub mod docs;
 pub mod pause;
 pub mod run;
 pub mod snapshot;
@@ -45,6 +46,10 @@ pub enum Command {
     /// Inspect a node's snapshots offline: list them, verify every checksum.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command into a directory.
+    Man(docs::ManArgs),
 }
 
 /// Runs a parsed command line.
@@ -59,5 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(command) => snapshot::run(command),
         Command::Demo(args) => demo::run(args),
         Command::DemoKv(args) => demo::run_kv(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     }
 }

@@ -26,7 +26,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Args)]
 pub struct PauseArgs {
     /// Any node's admin address (its --admin-listen); every peer it knows is asked too.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "UNDERSTUDY_ADMIN")]
     pub admin: String,
 }
 

@@ -36,7 +36,8 @@ pub struct StatusArgs {
         long = "admin",
         value_name = "HOST:PORT",
         required = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        env = "UNDERSTUDY_ADMIN"
     )]
     pub admins: Vec<String>,
     /// Print each asked node's `/status` as JSON (an array, in the order asked) instead of

@@ -26,7 +26,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Args)]
 pub struct SwitchoverArgs {
     /// Any node's admin address (its --admin-listen); the primary's is found from it.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "UNDERSTUDY_ADMIN")]
     pub admin: String,
     /// The node to hand the primary role to (default: the best backup, chosen by the
     /// primary).
