@@ -623,6 +623,7 @@ wait_aof_rewrite() {
 follow_mode() {
     local primary backup id others
     head -c 32 /dev/urandom | base64 >"$WORK/secret"
+    chmod 600 "$WORK/secret"
     for id in 1 2 3; do start_node "$id"; done
     wait_serving 1 2 3
     primary=$SERVING

@@ -23,6 +23,14 @@ pub enum ConfigError {
     PeerSyntax { entry: String, reason: String },
     #[error("--peers: node id {0} appears twice")]
     DuplicatePeerId(u16),
+    #[error("{flag} {path}: its mode is {mode:04o}, so the group or others can read it; a secret must be readable by its owner only (chmod 600 {path})")]
+    NotPrivate {
+        flag: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("--admin-token-file {path}: {reason}")]
+    AdminToken { path: PathBuf, reason: String },
     #[error("--peers: address {0} appears twice")]
     DuplicatePeerAddr(PeerAddr),
     #[error("--node-id {node_id} is not in --peers ({peers})")]
@@ -125,6 +133,7 @@ impl ClusterSecret {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
+        check_private("--cluster-secret-file", path)?;
         Self::from_bytes(path, &bytes)
     }
 
@@ -156,6 +165,93 @@ impl ClusterSecret {
         let mut id = [0u8; 8];
         id.copy_from_slice(&tag[..8]);
         u64::from_le_bytes(id)
+    }
+}
+
+/// Refuses a secret file that its group or others may read (any of the mode bits 077): a
+/// secret anyone on the machine can read is no secret. Called after the file was read, so
+/// a missing file is reported as such first.
+pub fn check_private(flag: &'static str, path: &std::path::Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        // Read a moment ago; if it is gone now, the read's outcome stands.
+        Err(_) => return Ok(()),
+    };
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::NotPrivate {
+            flag,
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The admin API's bearer token (`--admin-token-file`): every request that changes state
+/// must carry `Authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct AdminToken {
+    token: Vec<u8>,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// At least this many bytes of token.
+    pub const LEN_MIN: usize = 16;
+
+    /// A token given as text (`UNDERSTUDY_ADMIN_TOKEN`, or a file's content): surrounding
+    /// white space (a trailing newline) is not part of it; what is left must be at least
+    /// [`AdminToken::LEN_MIN`] bytes of visible ASCII, as an HTTP header carries it.
+    pub fn from_text(text: &str) -> Result<AdminToken, String> {
+        let token = text.trim();
+        if token.len() < Self::LEN_MIN {
+            return Err(format!(
+                "the token is {} bytes; use at least {} (e.g. `head -c 32 /dev/urandom | base64`)",
+                token.len(),
+                Self::LEN_MIN
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII characters without spaces".into());
+        }
+        Ok(AdminToken {
+            token: token.as_bytes().to_vec(),
+        })
+    }
+
+    /// Reads `--admin-token-file`, which must be readable by its owner only.
+    pub fn load(path: &std::path::Path) -> Result<AdminToken, ConfigError> {
+        let error = |reason: String| ConfigError::AdminToken {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        check_private("--admin-token-file", path)?;
+        Self::from_text(&text).map_err(error)
+    }
+
+    /// The token, for a request's `Authorization: Bearer` header.
+    pub fn as_str(&self) -> &str {
+        // Checked to be ASCII when made.
+        std::str::from_utf8(&self.token).unwrap_or_default()
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this token>`, compared in
+    /// constant time.
+    pub fn admits(&self, header: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let given = given.trim_ascii();
+        given.len() == self.token.len() && bool::from(given.ct_eq(&self.token))
     }
 }
 

@@ -21,7 +21,7 @@
 //! directories):
 //!
 //! ```text
-//! head -c 32 /dev/urandom | base64 > /tmp/kv-secret
+//! head -c 32 /dev/urandom | base64 > /tmp/kv-secret && chmod 600 /tmp/kv-secret
 //! understudy run --node-id 1 --data-dir /tmp/kv1 --cluster-secret-file /tmp/kv-secret \
 //!     --peer-listen 127.0.0.1:7101 --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 \
 //!     --app-socket /tmp/kv1.sock --client-listen 127.0.0.1:6401 --app-addr 127.0.0.1:6501 &

@@ -10,10 +10,12 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{CONNECTION, HOST};
+use hyper::header::{AUTHORIZATION, CONNECTION, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use crate::config::AdminToken;
 
 /// An answer's body, at most. `/status` of a large cluster is a few KiB.
 const BODY_BYTES_MAX: usize = 4 << 20;
@@ -33,6 +35,30 @@ impl Answer {
     }
 }
 
+/// The admin token of the commands that change state (`switchover`, `pause`, `resume`).
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// A file holding the admin token the nodes run with (their --admin-token-file). Else
+    /// the token itself is taken from UNDERSTUDY_ADMIN_TOKEN, if set.
+    #[arg(long, value_name = "FILE", env = "UNDERSTUDY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token to send, if any.
+    pub fn token(&self) -> anyhow::Result<Option<AdminToken>> {
+        if let Some(path) = &self.admin_token_file {
+            return Ok(Some(AdminToken::load(path)?));
+        }
+        match std::env::var("UNDERSTUDY_ADMIN_TOKEN") {
+            Ok(text) => AdminToken::from_text(&text)
+                .map(Some)
+                .map_err(|reason| anyhow!("UNDERSTUDY_ADMIN_TOKEN: {reason}")),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
 /// Sends `method target` (a path with its query) to the admin port at `addr` (HOST:PORT) and
 /// returns the answer, or an error once `timeout` has passed.
 pub async fn request(
@@ -41,7 +67,18 @@ pub async fn request(
     target: &str,
     timeout: Duration,
 ) -> anyhow::Result<Answer> {
-    match tokio::time::timeout(timeout, request_exchange(addr, method, target)).await {
+    request_with_token(addr, method, target, timeout, None).await
+}
+
+/// [`request`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn request_with_token(
+    addr: &str,
+    method: Method,
+    target: &str,
+    timeout: Duration,
+    token: Option<&AdminToken>,
+) -> anyhow::Result<Answer> {
+    match tokio::time::timeout(timeout, request_exchange(addr, method, target, token)).await {
         Ok(answer) => answer,
         Err(_) => Err(anyhow!(
             "the admin port {addr} did not answer within {} s",
@@ -50,7 +87,12 @@ pub async fn request(
     }
 }
 
-async fn request_exchange(addr: &str, method: Method, target: &str) -> anyhow::Result<Answer> {
+async fn request_exchange(
+    addr: &str,
+    method: Method,
+    target: &str,
+    token: Option<&AdminToken>,
+) -> anyhow::Result<Answer> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| anyhow!("cannot reach the admin port {addr}: {}", io_words(&e)))?;
@@ -60,11 +102,15 @@ async fn request_exchange(addr: &str, method: Method, target: &str) -> anyhow::R
     // The connection is driven by its own task; it ends when the server closes it after
     // the answer (we asked for `Connection: close`).
     tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(target)
         .header(HOST, addr)
-        .header(CONNECTION, "close")
+        .header(CONNECTION, "close");
+    if let Some(token) = token {
+        request = request.header(AUTHORIZATION, format!("Bearer {}", token.as_str()));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .with_context(|| format!("build the request {target}"))?;
     let response = sender

@@ -18,6 +18,7 @@ use clap::Args;
 use hyper::{Method, StatusCode};
 
 use super::{admin_client, status};
+use crate::config::AdminToken;
 
 /// How long one node gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +29,8 @@ pub struct PauseArgs {
     /// Any node's admin address (its --admin-listen); every peer it knows is asked too.
     #[arg(long, value_name = "HOST:PORT", env = "UNDERSTUDY_ADMIN")]
     pub admin: String,
+    #[command(flatten)]
+    pub token: admin_client::TokenArgs,
 }
 
 /// Pauses (`paused`) or resumes automatic failover on every node reachable from `args.admin`.
@@ -36,10 +39,11 @@ pub fn run(args: PauseArgs, paused: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(run_async(&args.admin, paused))
+    let token = args.token.token()?;
+    runtime.block_on(run_async(&args.admin, token.as_ref(), paused))
 }
 
-async fn run_async(admin: &str, paused: bool) -> anyhow::Result<()> {
+async fn run_async(admin: &str, token: Option<&AdminToken>, paused: bool) -> anyhow::Result<()> {
     let verb = if paused { "pause" } else { "resume" };
     let view = status::fetch_within(admin, TIMEOUT).await?;
     // The node asked first (so that a resumed backup can stand even while others cannot be
@@ -64,7 +68,7 @@ async fn run_async(admin: &str, paused: bool) -> anyhow::Result<()> {
     let mut failures = 0;
     for (node, addr) in &targets {
         let path = format!("/{verb}?stamp={stamp}");
-        match admin_client::request(addr, Method::POST, &path, TIMEOUT).await {
+        match admin_client::request_with_token(addr, Method::POST, &path, TIMEOUT, token).await {
             Ok(answer) if answer.status == StatusCode::OK => {
                 println!("node {node} ({addr}): {}", answer.body_line());
             }

@@ -131,6 +131,13 @@ pub struct RunArgs {
     /// hold it without sending it.
     #[arg(long, env = "UNDERSTUDY_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: PathBuf,
+    /// A file holding the admin API's token (at least 16 bytes, readable by its owner
+    /// only). With it, every request that changes state (POST /switchover, /pause,
+    /// /resume) must carry `Authorization: Bearer <token>`; reads (/status, /primary,
+    /// /replica, /health, /ready, /metrics) stay open. Without it, anyone who reaches the
+    /// admin port may switch over or pause.
+    #[arg(long, env = "UNDERSTUDY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Shell command run when this node becomes primary (env: UNDERSTUDY_ROLE,
     /// UNDERSTUDY_EPOCH, UNDERSTUDY_PRIMARY, UNDERSTUDY_PRIMARY_ADDR).
     #[arg(long, env = "UNDERSTUDY_ON_PROMOTE")]
@@ -260,6 +267,10 @@ impl RunArgs {
             }
         };
         let secret = ClusterSecret::load(&self.cluster_secret_file)?;
+        let admin_token = match &self.admin_token_file {
+            Some(path) => Some(config::AdminToken::load(path)?),
+            None => None,
+        };
         let mut core = crate::core::Config::new(node_id, peers.keys().copied().collect());
         core.heartbeat_interval = self.heartbeat_interval;
         core.failover_timeout = self.failover_timeout;
@@ -280,6 +291,7 @@ impl RunArgs {
             data_dir: self.data_dir.clone(),
             peers,
             secret,
+            admin_token,
             core,
             fsync: self.fsync,
             initial_cluster_state: self.initial_cluster_state.into(),

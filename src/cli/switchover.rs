@@ -32,6 +32,8 @@ pub struct SwitchoverArgs {
     /// primary).
     #[arg(long, value_name = "NODE_ID", value_parser = clap::value_parser!(u16).range(1..))]
     pub to: Option<u16>,
+    #[command(flatten)]
+    pub token: admin_client::TokenArgs,
 }
 
 pub fn run(args: SwitchoverArgs) -> anyhow::Result<()> {
@@ -39,17 +41,19 @@ pub fn run(args: SwitchoverArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    let token = args.token.token()?;
     let admin = runtime.block_on(primary_admin(&args.admin))?;
     let (path, asked) = match args.to {
         Some(to) => (format!("/switchover?to={to}"), format!("node {to}")),
         None => ("/switchover".to_string(), "the best backup".to_string()),
     };
     // The server gives up after SWITCHOVER_WAIT_MAX; wait a little longer to hear it say so.
-    let answer = runtime.block_on(admin_client::request(
+    let answer = runtime.block_on(admin_client::request_with_token(
         &admin,
         Method::POST,
         &path,
         SWITCHOVER_WAIT_MAX + Duration::from_secs(5),
+        token.as_ref(),
     ))?;
     let response: SwitchoverResponse = serde_json::from_slice(&answer.body).map_err(|_| {
         anyhow!(

@@ -15,6 +15,11 @@
 //! `HEAD` is answered like `GET`. An unknown path is 404, a known path with the wrong method
 //! 405 (with `Allow`), a bad `to` 400.
 //!
+//! With `--admin-token-file`, the requests that change state (the `POST`s) must carry
+//! `Authorization: Bearer <token>` (compared in constant time); without it, or with another
+//! token, they are answered 401 with `WWW-Authenticate: Bearer` and nothing happens. Reads
+//! stay open, so load balancers and Prometheus need no secret.
+//!
 //! Limits: at most [`CONNECTIONS_MAX`] connections at once (the next accept waits for a free
 //! slot, as in mini-redis's server); a request's head must arrive within
 //! [`HEADER_READ_TIMEOUT`], which also closes idle keep-alive connections; a connection lives
@@ -34,7 +39,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -48,6 +53,7 @@ use tracing::{debug, info, warn};
 
 use super::handle::{role_name, NodeHandle, NodeStatus};
 use super::metrics::Metrics;
+use crate::config::AdminToken;
 use crate::core::{Role, SwitchoverOutcome, SwitchoverRefusal};
 use crate::NodeId;
 
@@ -94,7 +100,13 @@ pub struct SwitchoverResponse {
 
 /// Serves the admin HTTP API on `listener` until `shutdown` is cancelled, then gives open
 /// connections `SHUTDOWN_GRACE` to finish.
-pub async fn serve(listener: TcpListener, node: NodeHandle, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeHandle,
+    token: Option<AdminToken>,
+    shutdown: CancellationToken,
+) {
+    let token = Arc::new(token);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin server listening");
     }
@@ -126,9 +138,11 @@ pub async fn serve(listener: TcpListener, node: NodeHandle, shutdown: Cancellati
             },
         };
         let service_node = node.clone();
+        let service_token = Arc::clone(&token);
         let service = service_fn(move |request| {
             let node = service_node.clone();
-            async move { Ok::<_, Infallible>(respond(&node, request).await) }
+            let token = Arc::clone(&service_token);
+            async move { Ok::<_, Infallible>(respond(&node, token.as_ref().as_ref(), request).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
@@ -206,6 +220,14 @@ impl Endpoint {
         }
     }
 
+    /// Whether the endpoint changes the node's state (and so needs the admin token).
+    fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume
+        )
+    }
+
     fn allows(self, method: &Method) -> bool {
         match self {
             Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume => method == Method::POST,
@@ -233,7 +255,11 @@ fn status_with_snapshots(node: &NodeHandle) -> serde_json::Value {
 }
 
 /// Answers one request. Never fails: every problem is an HTTP status.
-async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    node: &NodeHandle,
+    token: Option<&AdminToken>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
@@ -249,6 +275,21 @@ async fn respond(node: &NodeHandle, request: Request<Incoming>) -> Response<Full
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static(endpoint.allow()));
         return response;
+    }
+    if let Some(token) = token.filter(|_| endpoint.changes_state()) {
+        let header = request.headers().get(AUTHORIZATION).map(|h| h.as_bytes());
+        if !token.admits(header) {
+            let reason = if header.is_none() {
+                "this node requires an admin token for POST requests: send Authorization: Bearer <token> (the operator commands read it from --admin-token-file or UNDERSTUDY_ADMIN_TOKEN)\n"
+            } else {
+                "the admin token does not match this node's --admin-token-file\n"
+            };
+            let mut response = text(StatusCode::UNAUTHORIZED, reason.into());
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
     }
     match endpoint {
         Endpoint::Status => {

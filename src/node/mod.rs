@@ -101,6 +101,9 @@ pub struct NodeConfig {
     /// Every member's peer address, this node's included.
     pub peers: BTreeMap<NodeId, crate::config::PeerAddr>,
     pub secret: ClusterSecret,
+    /// The admin API's token (`--admin-token-file`): required by the requests that change
+    /// state.
+    pub admin_token: Option<crate::config::AdminToken>,
     pub core: core::Config,
     pub fsync: FsyncMode,
     /// Where this node's client port is, told to peers for redirects.
@@ -1193,7 +1196,12 @@ pub async fn run(
         );
     }
     if let Some(admin) = listeners.admin {
-        tracker.spawn(admin::serve(admin, handle.clone(), cancel.clone()));
+        tracker.spawn(admin::serve(
+            admin,
+            handle.clone(),
+            config.admin_token.clone(),
+            cancel.clone(),
+        ));
     }
     let (damaged_found, damaged_found_rx) = mpsc::channel(repair::FOUND_QUEUE_MAX);
     let (damaged_tx, mut damaged_rx) = mpsc::channel(repair::FOUND_QUEUE_MAX);

@@ -82,6 +82,7 @@ setup() {
     trap cleanup EXIT
     trap 'exit 130' INT TERM
     head -c 32 /dev/urandom | base64 >"$WORK/secret"
+    chmod 600 "$WORK/secret"
     local ports
     read -r -a ports <<<"$("$CHAOS" ports 19)"
     local i=0

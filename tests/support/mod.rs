@@ -145,6 +145,10 @@ pub const TEST_TIMING: [&str; 4] = [
 pub fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).expect("write the secret file");
+    // Readable by its owner only, or the node refuses it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("make the secret file private");
     path
 }
 
