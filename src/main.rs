@@ -8,14 +8,10 @@ use understudy::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(err) = cli.init_logging() {
+        eprintln!("understudy: {err:#}");
+        return ExitCode::FAILURE;
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -19,6 +19,56 @@ pub mod wal;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines (on standard error) are written: `text` for people, `json` for a log
+    /// pipeline (one object per line: timestamp, level, target, fields, spans).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "UNDERSTUDY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Which log lines are written: error, warn, info, debug or trace, or a filter such as
+    /// `info,understudy::node::peer=debug`. RUST_LOG, when set, takes precedence.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "UNDERSTUDY_LOG_LEVEL"
+    )]
+    pub log_level: String,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// Sets up logging as the flags say; the error names the flag.
+    pub fn init_logging(&self) -> anyhow::Result<()> {
+        use tracing_subscriber::EnvFilter;
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(spec) if !spec.trim().is_empty() => {
+                EnvFilter::try_new(&spec).map_err(|e| anyhow::anyhow!("RUST_LOG {spec:?}: {e}"))?
+            }
+            _ => EnvFilter::try_new(&self.log_level)
+                .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", self.log_level))?,
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init(),
+            LogFormat::Json => builder.json().with_current_span(false).init(),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]

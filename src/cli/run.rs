@@ -443,7 +443,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             node = %config.node_id,
             peer = %args.peer_listen,
             app_socket = %args.app_socket().display(),
-            admin = ?args.admin_listen,
+            admin = args.admin_listen.map(|a| a.to_string()),
+            client = args.client_listen.map(|a| a.to_string()),
             "understudy starting"
         );
         let client = match args.client_listen {

@@ -543,7 +543,10 @@ async fn switchover(node: &NodeHandle, query: Option<&str>) -> Response<Full<Byt
         Ok(to) => to,
         Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
-    info!(target_node = ?to.map(NodeId::get), "switchover requested on the admin port");
+    info!(
+        target_node = to.map(NodeId::get),
+        "switchover requested on the admin port"
+    );
     let status = node.status();
     let answer = tokio::time::timeout(SWITCHOVER_WAIT_MAX, node.switchover(to)).await;
     let (code, response) = match answer {

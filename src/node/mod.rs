@@ -529,7 +529,11 @@ impl Shell {
                 ),
             },
             Action::Switchover { to, outcome } => {
-                info!(target_node = ?to.map(NodeId::get), ?outcome, "switchover ended");
+                info!(
+                    target_node = to.map(NodeId::get),
+                    ?outcome,
+                    "switchover ended"
+                );
                 if let Some((_, reply, started)) = self.switchover.take() {
                     let _ = reply.send(SwitchoverReply {
                         to,
@@ -783,7 +787,7 @@ impl Shell {
             Role::Primary if !was_primary => Metrics::add(&self.metrics.promotions, 1),
             Role::Backup | Role::Candidate | Role::Primary => {}
         }
-        info!(role = handle::role_name(role), epoch = %epoch, primary = ?primary.map(|p| p.get()), "role changed");
+        info!(role = handle::role_name(role), epoch = %epoch, primary = primary.map(|p| p.get()), "role changed");
         self.role = role;
         self.epoch = epoch;
         self.primary = primary;
