@@ -142,7 +142,8 @@ pub struct RunArgs {
     /// UNDERSTUDY_EPOCH, UNDERSTUDY_PRIMARY, UNDERSTUDY_PRIMARY_ADDR).
     #[arg(long, env = "UNDERSTUDY_ON_PROMOTE")]
     pub on_promote: Option<String>,
-    /// Shell command run when this node stops being primary (same environment).
+    /// Shell command run when this node stops being primary (same environment), and when
+    /// it stops (SIGTERM) while still primary.
     #[arg(long, env = "UNDERSTUDY_ON_DEMOTE")]
     pub on_demote: Option<String>,
     /// When appends are made durable: every group-commit batch (always) or every 10 ms

@@ -1410,6 +1410,14 @@ pub async fn run(
         }
     };
 
+    // A node that stops while still primary (no backup took over in time, or none was
+    // there) stops being primary all the same: its demote hook runs, as on a step-down.
+    if shell.role == Role::Primary {
+        if let Some(command) = shell.config.on_demote.clone() {
+            info!("stopping while primary: running the demote hook");
+            run_hook(command, Role::Backup, shell.epoch, None, None);
+        }
+    }
     // Stop: tell service tasks, answer anyone still waiting, then let the writer finish
     // (dropping it writes and syncs everything queued).
     cancel.cancel();
