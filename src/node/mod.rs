@@ -50,6 +50,7 @@ pub mod clock;
 pub mod disk;
 pub mod handle;
 pub mod metrics;
+pub mod notify;
 pub mod peer;
 pub mod proxy;
 pub mod repair;
@@ -1199,6 +1200,7 @@ pub async fn run(
             cancel.clone(),
         );
     }
+    tracker.spawn(notify::run(handle.watch_status(), cancel.clone()));
     if let Some(admin) = listeners.admin {
         tracker.spawn(admin::serve(
             admin,
