@@ -3,11 +3,31 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use understudy::cli::{self, Cli};
+use clap::{CommandFactory, FromArgMatches};
+use understudy::cli::{self, config_file, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before parsing: a config file's settings become the environment variables the flags
+    // read (config_file.rs).
+    let applied = match config_file::apply(&args) {
+        Ok(applied) => applied,
+        Err(err) => {
+            eprintln!("understudy: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let matches = Cli::command().get_matches_from(&args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    if let (Command::Run(run), Some(("run", run_matches))) = (&cli.command, matches.subcommand()) {
+        if run.print_config {
+            print!("{}", config_file::print(run_matches, &applied));
+            return ExitCode::SUCCESS;
+        }
+    }
     if let Err(err) = cli.init_logging() {
         eprintln!("understudy: {err:#}");
         return ExitCode::FAILURE;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod admin_client;
+pub mod config_file;
 pub mod demo;
 pub mod docs;
 pub mod pause;

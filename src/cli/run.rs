@@ -54,6 +54,14 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// Flags of `understudy run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A TOML file of settings: any flag of `run` without its dashes (`peer-listen =
+    /// "0.0.0.0:7101"`). Flags beat the environment (UNDERSTUDY_*), which beats the file,
+    /// which beats the defaults. See examples/deploy/understudy.toml.
+    #[arg(long, value_name = "FILE", env = "UNDERSTUDY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the merged configuration (each setting with where it came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// This node's id (1 or more); must appear in --peers.
     #[arg(long, env = "UNDERSTUDY_NODE_ID")]
     pub node_id: u16,
