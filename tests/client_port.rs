@@ -140,10 +140,10 @@ fn idle_connections_and_those_over_the_limit_are_closed_and_counted() {
     assert!(
         wait_until(Duration::from_secs(5), || metric(
             admin,
-            "understudy_client_connections"
+            "understudy_client_connections_open"
         ) == Some(3)),
         "gauge: {:?}",
-        metric(admin, "understudy_client_connections")
+        metric(admin, "understudy_client_connections_open")
     );
     assert!(metric(admin, "understudy_client_connections_refused_total") >= Some(1));
     assert!(metric(admin, "understudy_client_connections_total") >= Some(4));

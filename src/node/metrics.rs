@@ -239,12 +239,15 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP understudy_client_connections Client-port connections open now."
+            "# HELP understudy_client_connections_open Client-port connections open now."
         );
-        let _ = writeln!(out, "# TYPE understudy_client_connections gauge");
+        // Not `understudy_client_connections`: that is the family of the counter
+        // `understudy_client_connections_total`, and a strict parser refuses a family
+        // declared twice.
+        let _ = writeln!(out, "# TYPE understudy_client_connections_open gauge");
         let _ = writeln!(
             out,
-            "understudy_client_connections {}",
+            "understudy_client_connections_open {}",
             self.proxy_active.load(Ordering::Relaxed)
         );
         let _ = writeln!(
