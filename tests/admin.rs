@@ -230,8 +230,9 @@ fn admin_endpoints_report_roles_status_and_metrics() {
     eprintln!("took {:?}", started.elapsed());
 }
 
-/// `understudy status` prints an aligned table with a row per node: from one node's view
-/// when given one admin port, from each node's own status when given all three.
+/// `understudy status` prints an aligned table with a row per node, each from the node's
+/// own status, whether given one admin port (the others found through it) or all three;
+/// `--json` is the merged view.
 #[test]
 fn status_command_prints_a_row_per_node() {
     let started = Instant::now();
@@ -239,8 +240,19 @@ fn status_command_prints_a_row_per_node() {
     let primary = one_primary(&cluster);
     let admin = |id: u16| cluster.node(id).admin_addr.to_string();
 
-    let (code, out, err) = understudy(&args(&["status", "--admin", &admin(primary)]));
-    assert_eq!(code, 0, "{err}");
+    // One admin port is enough: the others are found through the peers it announces (once
+    // they have connected to it), and each row is then in its node's own words.
+    let mut out = String::new();
+    let found_all = support::wait_until(Duration::from_secs(5), || {
+        let (code, text, err) = understudy(&args(&["status", "--admin", &admin(primary)]));
+        assert_eq!(code, 0, "{err}");
+        out = text;
+        out.lines()
+            .skip(1)
+            .zip(1..=3u16)
+            .all(|(row, id)| row.ends_with(&format!("node {id}")))
+    });
+    assert!(found_all, "rows not reported by their own nodes:\n{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "a header and 3 rows:\n{out}");
     assert!(lines[0].starts_with("NODE"), "{out}");
@@ -262,7 +274,6 @@ fn status_command_prints_a_row_per_node() {
             row[role_at..].starts_with("primary") || row[role_at..].starts_with("backup"),
             "{out}"
         );
-        assert!(row.ends_with(&format!("node {primary}")), "{out}");
     }
     let primary_rows = lines[1..]
         .iter()
@@ -287,6 +298,24 @@ fn status_command_prints_a_row_per_node() {
         assert!(row.starts_with(&id.to_string()), "{out}");
         assert!(row.ends_with(&format!("node {id}")), "{out}");
     }
+
+    // --json from one admin port: every node's own status, and the primary.
+    let (code, out, err) = understudy(&args(&["status", "--json", "--admin", &admin(primary)]));
+    assert_eq!(code, 0, "{err}");
+    let merged: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(merged["primary"], primary, "{out}");
+    let ids: Vec<u64> = merged["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["node_id"].as_u64())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3], "{out}");
+    assert_eq!(
+        merged["unreachable"].as_array().map(Vec::len),
+        Some(0),
+        "{out}"
+    );
     eprintln!("took {:?}", started.elapsed());
 }
 

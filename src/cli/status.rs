@@ -40,8 +40,9 @@ pub struct StatusArgs {
         env = "UNDERSTUDY_ADMIN"
     )]
     pub admins: Vec<String>,
-    /// Print each asked node's `/status` as JSON (an array, in the order asked) instead of
-    /// the table.
+    /// Print the merged cluster view as JSON instead of the table: `primary`, every node's
+    /// own `/status` under `nodes`, each node's admin address, and the admin ports that did
+    /// not answer.
     #[arg(long)]
     pub json: bool,
 }
@@ -146,30 +147,25 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    let gathered = runtime.block_on(gather(&args.admins));
     if args.json {
-        return print_json(&runtime, &args.admins);
-    }
-    let answers = runtime.block_on(futures_util::future::join_all(
-        args.admins.iter().map(|addr| fetch(addr)),
-    ));
-    let mut views = Vec::new();
-    let mut errors = Vec::new();
-    for answer in answers {
-        match answer {
-            Ok(view) => views.push(view),
-            Err(e) => errors.push(e),
+        let text =
+            serde_json::to_string_pretty(&merged_json(&gathered)).context("encode the statuses")?;
+        println!("{text}");
+    } else {
+        let views: Vec<StatusView> = gathered.answers.iter().map(|a| a.view.clone()).collect();
+        if !views.is_empty() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(table(&views).as_bytes())?;
+            out.flush()?;
         }
     }
-    if !views.is_empty() {
-        let mut out = std::io::stdout().lock();
-        out.write_all(table(&views).as_bytes())?;
-        out.flush()?;
-    }
     // One line per admin port that did not answer; the last one is the command's error.
+    let mut errors = gathered.errors;
     match errors.pop() {
         None => Ok(()),
-        Some(last) => {
-            for error in &errors {
+        Some((_, last)) => {
+            for (_, error) in &errors {
                 eprintln!("understudy: {error:#}");
             }
             Err(last)
@@ -177,43 +173,86 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `--json`: every asked node's `/status` as it answered, in an array; a node that did not
-/// answer is one line on stderr and makes the command fail after printing the others.
-fn print_json(runtime: &tokio::runtime::Runtime, admins: &[String]) -> anyhow::Result<()> {
-    let answers = runtime.block_on(futures_util::future::join_all(admins.iter().map(
-        |addr| async move {
-            let answer =
-                admin_client::request(addr, Method::GET, "/status", STATUS_TIMEOUT).await?;
-            if answer.status != StatusCode::OK {
-                bail!(
-                    "the admin port {addr} answered /status with {}: {}",
-                    answer.status,
-                    answer.body_line()
-                );
+/// One node's answer: its status as this command reads it, and as it was sent.
+struct Answered {
+    admin: String,
+    view: StatusView,
+    raw: serde_json::Value,
+}
+
+/// What the asked admin ports, and the ones their peers announced, answered.
+struct Gathered {
+    answers: Vec<Answered>,
+    /// Admin ports that did not answer, with why.
+    errors: Vec<(String, anyhow::Error)>,
+}
+
+/// `GET /status` from every asked admin port, then from every admin port those nodes'
+/// peers announced that was not asked: one `--admin` is enough to see every node in its
+/// own words.
+async fn gather(admins: &[String]) -> Gathered {
+    let mut gathered = Gathered {
+        answers: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut asked: std::collections::BTreeSet<String> = admins.iter().cloned().collect();
+    let mut round: Vec<String> = admins.to_vec();
+    // Two rounds: the asked nodes, then the peers they name (a peer's peers are the same).
+    for _ in 0..2 {
+        let answers = futures_util::future::join_all(
+            round
+                .iter()
+                .map(|addr| async move { (addr.clone(), fetch_raw(addr).await) }),
+        )
+        .await;
+        for (admin, answer) in answers {
+            match answer {
+                Ok((view, raw)) => gathered.answers.push(Answered { admin, view, raw }),
+                Err(e) => gathered.errors.push((admin, e)),
             }
-            serde_json::from_slice::<serde_json::Value>(&answer.body)
-                .map_err(|e| anyhow!("the admin port {addr} sent a status that is not JSON: {e}"))
-        },
-    )));
-    let mut values = Vec::new();
-    let mut errors = Vec::new();
-    for answer in answers {
-        match answer {
-            Ok(value) => values.push(value),
-            Err(e) => errors.push(e),
+        }
+        let known: std::collections::BTreeSet<u16> =
+            gathered.answers.iter().map(|a| a.view.node_id).collect();
+        round = gathered
+            .answers
+            .iter()
+            .flat_map(|a| a.view.peers.iter())
+            .filter(|peer| !known.contains(&peer.node_id))
+            .filter_map(|peer| peer.admin_addr.clone())
+            .filter(|addr| asked.insert(addr.clone()))
+            .collect();
+        if round.is_empty() {
+            break;
         }
     }
-    let text = serde_json::to_string_pretty(&values).context("encode the statuses")?;
-    println!("{text}");
-    match errors.pop() {
-        None => Ok(()),
-        Some(last) => {
-            for error in &errors {
-                eprintln!("understudy: {error:#}");
-            }
-            Err(last)
-        }
+    gathered
+}
+
+/// `--json`: the merged cluster view. `nodes` holds each node's own `/status` (by node id,
+/// the first answer of a node asked twice), `primary` the node that is primary in the
+/// newest epoch any node reports, `unreachable` the admin ports that did not answer.
+fn merged_json(gathered: &Gathered) -> serde_json::Value {
+    let mut nodes: BTreeMap<u16, &serde_json::Value> = BTreeMap::new();
+    for answer in &gathered.answers {
+        nodes.entry(answer.view.node_id).or_insert(&answer.raw);
     }
+    let primary = gathered
+        .answers
+        .iter()
+        .filter(|a| a.view.role == "primary")
+        .max_by_key(|a| a.view.epoch)
+        .map(|a| a.view.node_id);
+    let unreachable: Vec<serde_json::Value> = gathered
+        .errors
+        .iter()
+        .map(|(admin, error)| serde_json::json!({ "admin": admin, "error": format!("{error:#}") }))
+        .collect();
+    serde_json::json!({
+        "primary": primary,
+        "nodes": nodes.values().collect::<Vec<_>>(),
+        "admins": gathered.answers.iter().map(|a| serde_json::json!({ "node_id": a.view.node_id, "admin": a.admin })).collect::<Vec<_>>(),
+        "unreachable": unreachable,
+    })
 }
 
 /// The table `understudy status` prints for these answers (`understudy demo` shows it live).
@@ -221,9 +260,22 @@ pub(crate) fn table(views: &[StatusView]) -> String {
     render(&rows(views))
 }
 
-/// `GET /status` from one admin port.
-async fn fetch(addr: &str) -> anyhow::Result<StatusView> {
-    fetch_within(addr, STATUS_TIMEOUT).await
+/// `GET /status` from one admin port: as this command reads it, and as sent.
+async fn fetch_raw(addr: &str) -> anyhow::Result<(StatusView, serde_json::Value)> {
+    let answer = admin_client::request(addr, Method::GET, "/status", STATUS_TIMEOUT).await?;
+    if answer.status != StatusCode::OK {
+        bail!(
+            "the admin port {addr} answered /status with {}: {}",
+            answer.status,
+            answer.body_line()
+        );
+    }
+    let raw: serde_json::Value = serde_json::from_slice(&answer.body)
+        .map_err(|e| anyhow!("the admin port {addr} sent a status that is not JSON: {e}"))?;
+    let view = serde_json::from_value(raw.clone()).map_err(|e| {
+        anyhow!("the admin port {addr} sent a status this command cannot read: {e}")
+    })?;
+    Ok((view, raw))
 }
 
 /// `GET /status` from one admin port, giving up after `timeout`.
