@@ -51,9 +51,9 @@ supervised | supervised-stop)
 esac
 PAUSE_MAX_MS=$((APP_TIMEOUT_MS + 1000))
 
-# epoch_of ID: node ID's epoch, from `understudy status --json` (its first "epoch" field).
+# epoch_of ID: node ID's epoch, from its /status (the first "epoch" field).
 epoch_of() {
-    "$UNDERSTUDY" status --json --admin "127.0.0.1:${ADMIN_PORT[$1]}" \
+    admin_get "${ADMIN_PORT[$1]}" /status \
         | awk -F: '/"epoch":/ && !found {gsub(/[ ,]/, "", $2); print $2; found = 1}'
 }
 

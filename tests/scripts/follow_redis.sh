@@ -92,10 +92,10 @@ start_follow_node() {
 }
 
 # node_status ID: "role commit_lsn follow.state follow.applied_lsn app.pid
-# follow.last_start_ms" of node ID (from `understudy status --json`; "-" for a missing or
+# follow.last_start_ms" of node ID (from its /status; "-" for a missing or
 # null field); status 1 if it does not answer.
 node_status() {
-    "$UNDERSTUDY" status --json --admin "127.0.0.1:${ADMIN_PORT[$1]}" 2>/dev/null | awk '
+    admin_get "${ADMIN_PORT[$1]}" /status 2>/dev/null | awk '
         {
             line = $0
             sub(/^[ \t]+/, "", line)

@@ -331,3 +331,11 @@ ms_since() {
 sleep_ms() {
     sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"
 }
+
+# admin_get PORT PATH: the body of `GET PATH` from the admin port on 127.0.0.1:PORT, with
+# bash's /dev/tcp (no HTTP client needed); status non-zero if it does not answer within 5 s.
+admin_get() {
+    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+        printf "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" "$1" >&3
+        sed "1,/^\r\$/d" <&3' "$1" "$2"
+}
