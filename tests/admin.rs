@@ -236,7 +236,7 @@ fn admin_endpoints_report_roles_status_and_metrics() {
 #[test]
 fn status_command_prints_a_row_per_node() {
     let started = Instant::now();
-    let cluster = start_cluster();
+    let mut cluster = start_cluster();
     let primary = one_primary(&cluster);
     let admin = |id: u16| cluster.node(id).admin_addr.to_string();
 
@@ -315,6 +315,24 @@ fn status_command_prints_a_row_per_node() {
         merged["unreachable"].as_array().map(Vec::len),
         Some(0),
         "{out}"
+    );
+
+    // A backup that is down: its row comes from the primary's view, a note says its admin
+    // port did not answer, and the command still succeeds (only an asked port fails it).
+    let down = (1..=3u16).find(|&id| id != primary).unwrap();
+    let (primary_admin, down_admin) = (admin(primary), admin(down));
+    cluster.kill(down);
+    let (code, out, err) = understudy(&args(&["status", "--admin", &primary_admin]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        err.contains("note: a peer's admin port did not answer"),
+        "{err}"
+    );
+    let (code, _, err) = understudy(&args(&["status", "--admin", &down_admin]));
+    assert_ne!(
+        code, 0,
+        "an asked port that does not answer must fail: {err}"
     );
     eprintln!("took {:?}", started.elapsed());
 }

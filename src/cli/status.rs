@@ -160,8 +160,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             out.flush()?;
         }
     }
-    // One line per admin port that did not answer; the last one is the command's error.
-    let mut errors = gathered.errors;
+    // An admin port found through a peer that does not answer is a note (its row comes
+    // from the others' views); one that was asked is an error, the last one the command's.
+    let (mut errors, found): (Vec<_>, Vec<_>) = gathered
+        .errors
+        .into_iter()
+        .partition(|(admin, _)| args.admins.contains(admin));
+    if !args.json {
+        for (_, error) in &found {
+            eprintln!("understudy: note: a peer's admin port did not answer: {error:#}");
+        }
+    }
     match errors.pop() {
         None => Ok(()),
         Some((_, last)) => {
