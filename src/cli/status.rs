@@ -271,16 +271,7 @@ pub(crate) fn table(views: &[StatusView]) -> String {
 
 /// `GET /status` from one admin port: as this command reads it, and as sent.
 async fn fetch_raw(addr: &str) -> anyhow::Result<(StatusView, serde_json::Value)> {
-    let answer = admin_client::request(addr, Method::GET, "/status", STATUS_TIMEOUT).await?;
-    if answer.status != StatusCode::OK {
-        bail!(
-            "the admin port {addr} answered /status with {}: {}",
-            answer.status,
-            answer.body_line()
-        );
-    }
-    let raw: serde_json::Value = serde_json::from_slice(&answer.body)
-        .map_err(|e| anyhow!("the admin port {addr} sent a status that is not JSON: {e}"))?;
+    let raw = fetch_json(addr, STATUS_TIMEOUT).await?;
     let view = serde_json::from_value(raw.clone()).map_err(|e| {
         anyhow!("the admin port {addr} sent a status this command cannot read: {e}")
     })?;
@@ -289,6 +280,13 @@ async fn fetch_raw(addr: &str) -> anyhow::Result<(StatusView, serde_json::Value)
 
 /// `GET /status` from one admin port, giving up after `timeout`.
 pub(crate) async fn fetch_within(addr: &str, timeout: Duration) -> anyhow::Result<StatusView> {
+    let raw = fetch_json(addr, timeout).await?;
+    serde_json::from_value(raw)
+        .map_err(|e| anyhow!("the admin port {addr} sent a status this command cannot read: {e}"))
+}
+
+/// `GET /status` from one admin port as JSON, giving up after `timeout`.
+async fn fetch_json(addr: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
     let answer = admin_client::request(addr, Method::GET, "/status", timeout).await?;
     if answer.status != StatusCode::OK {
         bail!(
@@ -298,7 +296,7 @@ pub(crate) async fn fetch_within(addr: &str, timeout: Duration) -> anyhow::Resul
         );
     }
     serde_json::from_slice(&answer.body)
-        .map_err(|e| anyhow!("the admin port {addr} sent a status this command cannot read: {e}"))
+        .map_err(|e| anyhow!("the admin port {addr} sent a status that is not JSON: {e}"))
 }
 
 /// The table's rows, one per node any view knows, by node id.
