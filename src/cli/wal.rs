@@ -218,6 +218,7 @@ fn dump(
         let kind = match record.kind {
             RecordKind::App => "app",
             RecordKind::EpochStart => "epoch-start",
+            RecordKind::Config => "config",
         };
         let payload = record.payload();
         writeln!(

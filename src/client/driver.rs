@@ -833,7 +833,7 @@ fn apply_records<S: StateMachine>(
                 let output = state.state_machine.apply(record.lsn, record.payload);
                 outputs.push((record.lsn, output));
             }
-            RecordKind::EpochStart => {}
+            RecordKind::EpochStart | RecordKind::Config => {}
         }
         state.last_epoch = record.epoch;
         state.applied_lsn = record.lsn;
@@ -886,6 +886,7 @@ mod tests {
             let payload: &[u8] = match kind {
                 RecordKind::App => b"cmd",
                 RecordKind::EpochStart => b"",
+                RecordKind::Config => b"{}",
             };
             encode_record(&mut buf, Lsn(first + i as u64), Epoch(1), *kind, payload);
         }

@@ -13,7 +13,7 @@
 
 use wal::{Epoch, Lsn, NodeId};
 
-use super::Message;
+use super::{Members, MembersRefusal, Message};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -34,6 +34,21 @@ pub enum Action {
         last_lsn: Lsn,
         epoch: Epoch,
     },
+    /// Append a config record at `lsn`, in `epoch`: the configuration `members`, in effect
+    /// from now on (`members.rs`). The shell fills in each member's address. Emitted for an
+    /// `Input::ProposeMembers`, for the seed's record after a new cluster's first election,
+    /// and for a learner the primary promotes once it has caught up.
+    WriteConfig {
+        lsn: Lsn,
+        epoch: Epoch,
+        members: Members,
+    },
+    /// The membership change asked for was refused; nothing was written.
+    MembersRefused { reason: MembersRefusal },
+    /// The configuration this node acts on changed (a config record written or received, or
+    /// one removed with a truncated suffix, or a snapshot installed): `members`, from the
+    /// config record at `lsn` (0: the seed).
+    MembersChanged { lsn: Lsn, members: Members },
     /// Drop every record after `keep_through` (an uncommitted, conflicting suffix).
     TruncateSuffix { keep_through: Lsn },
     /// Append records `first_lsn..=last_lsn` of the `Append` message being processed in this step.

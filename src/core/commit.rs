@@ -19,21 +19,29 @@ impl Core {
             return;
         }
         let mut candidate = self.st.log.durable_lsn;
-        if self.sync_replicas > 0 {
-            // Learners do not count (`election.rs`, "Learners"): a learner's copy is not one a
+        let sync_replicas = self.sync_replicas();
+        if sync_replicas > 0 {
+            // Learners do not count (`election.rs`, "Learners"), nor members that are not
+            // voters of the latest configuration (`members.rs`): their copies are not ones a
             // later election is bound to find.
+            let members = self.members();
             let mut matched = [Lsn::ZERO; MEMBERS_MAX];
             let mut count = 0;
-            for peer in self.st.peers.iter().filter(|peer| peer.learner == 0) {
+            for peer in self
+                .st
+                .peers
+                .iter()
+                .filter(|peer| peer.learner == 0 && members.is_voter(peer.id))
+            {
                 matched[count] = peer.match_lsn;
                 count += 1;
             }
-            if count < self.sync_replicas {
+            if count < sync_replicas {
                 return;
             }
             let matched = &mut matched[..count];
             matched.sort_unstable_by(|a, b| b.cmp(a));
-            candidate = candidate.min(matched[self.sync_replicas - 1]);
+            candidate = candidate.min(matched[sync_replicas - 1]);
         }
         // The current-epoch rule: our epoch's records are exactly epoch_start_lsn..=last_lsn.
         if candidate >= self.st.epoch_start_lsn && candidate > self.st.commit_lsn {

@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use wal::NodeId;
 
-/// Most members a cluster may have: votes are counted in a `u64` bit set.
+/// Most members a cluster may have, and the largest node id: configurations are `u64` bit
+/// sets of ids (`members.rs`).
 pub const MEMBERS_MAX: usize = 64;
 
-/// The replication core's settings. Membership is static: every node is configured with the
-/// same `members`.
+/// The replication core's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// This node's id; must be one of `members`.
     pub node_id: NodeId,
-    /// Every node of the cluster, this one included. Ids are small integers, 1 or more.
+    /// The seed configuration: every voter of a new cluster, this one included, used until
+    /// the log holds a configuration of its own (`members.rs`). Ids are 1..=64.
     pub members: Vec<NodeId>,
     /// How often the primary sends an append (empty if there is nothing to ship) to each backup.
     pub heartbeat_interval: Duration,
@@ -79,6 +80,9 @@ pub struct TestKnobs {
     /// primary, and the primary clamps a send time from the future to its own clock, so it
     /// counts an acknowledgement from when it arrived, not from when it was sent (invariant 4).
     pub old_lease_echo: bool,
+    /// Let a membership change add or remove more than one voter at once: the old and the new
+    /// configuration may then each have a majority that shares no node (`members.rs`).
+    pub skip_single_change: bool,
 }
 
 impl Config {
@@ -124,6 +128,20 @@ impl Config {
             .unwrap_or_else(|| self.sync_replicas_safe_min())
     }
 
+    /// `sync_replicas` for a configuration whose voters may differ from the seed's: the safe
+    /// minimum for its voter count (`voters - majority`), or the configured value if higher
+    /// (or lower, with `allow_unsafe_sync_replicas`), never more than its backups.
+    pub fn sync_replicas_for(&self, members: &super::Members) -> usize {
+        let voters = members.voter_count();
+        let safe_min = voters - members.majority();
+        let wanted = match self.sync_replicas {
+            None => safe_min,
+            Some(configured) if self.allow_unsafe_sync_replicas => configured,
+            Some(configured) => configured.max(safe_min),
+        };
+        wanted.min(voters.saturating_sub(1))
+    }
+
     /// How long the primary may serve after the send time of the last heartbeat a majority
     /// acknowledged.
     pub fn lease(&self) -> Duration {
@@ -158,6 +176,9 @@ impl Config {
         if self.node_id == NodeId::ZERO {
             return Err(ConfigError::NodeIdZero);
         }
+        if self.node_id.get() as usize > MEMBERS_MAX {
+            return Err(ConfigError::NodeIdTooLarge);
+        }
         if self.members.len() > MEMBERS_MAX {
             return Err(ConfigError::TooManyMembers {
                 count: self.members.len(),
@@ -167,6 +188,9 @@ impl Config {
         for (i, id) in self.members.iter().enumerate() {
             if *id == NodeId::ZERO {
                 return Err(ConfigError::NodeIdZero);
+            }
+            if id.get() as usize > MEMBERS_MAX {
+                return Err(ConfigError::NodeIdTooLarge);
             }
             if self.members[..i].contains(id) {
                 return Err(ConfigError::DuplicateMember { id: *id });
@@ -229,6 +253,8 @@ impl Config {
 pub enum ConfigError {
     #[error("node id 0 is not valid: node ids start at 1")]
     NodeIdZero,
+    #[error("node ids are 1 to 64")]
+    NodeIdTooLarge,
     #[error("node id {node_id} is not in the member list")]
     NotAMember { node_id: NodeId },
     #[error("node id {id} appears twice in the member list")]

@@ -134,7 +134,7 @@ impl Core {
     /// Whether this node takes part in elections and counts towards commit and the lease:
     /// neither a learner nor quarantined (module docs).
     pub(super) fn voter(&self) -> bool {
-        !self.st.learner && !self.quarantined()
+        !self.st.learner && !self.quarantined() && self.members().is_voter(self.config.node_id)
     }
 
     /// What this node puts in `AppendResponse::learner`: zero for a voter, else its nonce.
@@ -232,7 +232,7 @@ impl Core {
         self.reset_election_deadline(now);
         self.st.role = Role::Backup;
         self.st.primary = None;
-        let own = self.member_bit(self.config.node_id);
+        let own = Core::member_bit(self.config.node_id);
         let epoch = self.st.epoch.next();
         self.st.election = Some(Election {
             phase: Phase::PreVote,
@@ -243,7 +243,7 @@ impl Core {
             voter_epoch_max: Epoch::ZERO,
             defer_to: None,
         });
-        if self.majority == 1 {
+        if self.majority() == 1 {
             self.election_start_vote(false, out);
             return;
         }
@@ -252,7 +252,7 @@ impl Core {
             last_lsn: self.st.log.last_lsn,
             last_epoch: self.st.log.last_epoch(),
         };
-        for &to in &self.others {
+        for to in self.other_voters() {
             out.push(Action::Send { to, message });
         }
     }
@@ -280,7 +280,7 @@ impl Core {
         self.st.election = Some(Election {
             phase: Phase::Vote,
             epoch: self.st.epoch,
-            granted: self.member_bit(self.config.node_id),
+            granted: Core::member_bit(self.config.node_id),
             persist_seq: seq,
             requested_at: None,
             voter_epoch_max: Epoch::ZERO,
@@ -292,8 +292,8 @@ impl Core {
             last_epoch: self.st.log.last_epoch(),
             transfer,
         };
-        for i in 0..self.others.len() {
-            let to = self.others[i];
+        let voters: Vec<NodeId> = self.other_voters().collect();
+        for to in voters {
             self.send_after_persist(seq, to, message, out);
         }
         // With a single member the own vote is the majority; it counts once persisted.
@@ -347,8 +347,8 @@ impl Core {
             self.adopt_epoch(voter_epoch, out);
             return;
         }
-        let bit = self.member_bit(from);
-        let majority = self.majority;
+        let bit = Core::member_bit(from);
+        let members = self.members();
         let better = self.better_fit(health, same_log);
         let Some(election) = self.st.election.as_mut() else {
             return;
@@ -363,7 +363,7 @@ impl Core {
         if better && election.defer_to.is_none() {
             election.defer_to = Some(from);
         }
-        if election.granted.count_ones() as usize >= majority {
+        if members.count_voters(election.granted) >= members.majority() {
             let defer_to = election.defer_to;
             if !self.election_defer(defer_to, out) {
                 self.election_start_vote(false, out);
@@ -451,7 +451,7 @@ impl Core {
         if !granted || epoch != self.st.epoch || self.st.role != Role::Candidate {
             return;
         }
-        let bit = self.member_bit(from);
+        let bit = Core::member_bit(from);
         if let Some(election) = self.st.election.as_mut() {
             election.granted |= bit;
         }
@@ -497,7 +497,8 @@ impl Core {
         let Some(requested_at) = election.requested_at else {
             return;
         };
-        if (election.granted.count_ones() as usize) < self.majority {
+        let members = self.members();
+        if members.count_voters(election.granted) < members.majority() {
             return;
         }
         // The candidacy is over at its deadline: the fresh-data-dir quarantine (module docs)
@@ -541,18 +542,28 @@ impl Core {
             lsn,
             epoch: self.st.epoch,
         });
-        // 2. Peers: probe from the epoch-start record. Each voter refuses other candidates
-        //    for `failover_timeout` after granting, so its vote renews our lease like an
-        //    acknowledged heartbeat sent when the vote requests left.
+        // 2. Peers, every member of the latest configuration but this node: probe from the
+        //    epoch-start record. Each voter refuses other candidates for `failover_timeout`
+        //    after granting, so its vote renews our lease like an acknowledged heartbeat sent
+        //    when the vote requests left.
         let now = self.st.now;
         self.st.peers.clear();
-        for i in 0..self.others.len() {
-            let id = self.others[i];
+        let members = self.members();
+        for id in members.ids_owned() {
+            if id == self.config.node_id {
+                continue;
+            }
             let mut peer = Peer::new(id, lsn, now);
-            if election.granted & self.member_bit(id) != 0 {
+            if election.granted & Core::member_bit(id) != 0 {
                 peer.lease_sent_at = Some(requested_at);
             }
             self.st.peers.push(peer);
+        }
+        self.st.members_reported = Some(self.st.log.configs.latest());
+        // 3. A cluster still on its seed writes the seed's record, so that the log holds the
+        //    configuration from now on (`members.rs`). No change: safe at any time.
+        if self.st.log.configs.latest().0 == Lsn::ZERO {
+            self.members_write(members, out);
         }
         for i in 0..self.st.peers.len() {
             self.replicate_to(i, true, out);
@@ -560,10 +571,7 @@ impl Core {
         self.commit_advance_primary(out);
     }
 
-    pub(super) fn member_bit(&self, id: NodeId) -> u64 {
-        match self.member_index(id) {
-            Some(i) => 1u64 << i,
-            None => 0,
-        }
+    pub(super) fn member_bit(id: NodeId) -> u64 {
+        super::Members::bit(id).unwrap_or(0)
     }
 }

@@ -62,6 +62,7 @@ impl Core {
             app_live: self.st.app_live,
             can_stand: self.can_stand(),
             priority: self.config.priority,
+            can_vote: !self.st.learner && !self.quarantined(),
         }
     }
 

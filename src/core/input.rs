@@ -6,7 +6,7 @@
 
 use wal::{Epoch, Lsn, NodeId};
 
-use super::{Message, Time};
+use super::{Members, MembersChange, Message, Time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -59,6 +59,17 @@ pub enum Input {
     /// Every damaged record was rewritten from a peer's verified copy.
     LogRepaired,
     /// Backup side: the shell installed (durably) a snapshot covering the log through `lsn`
-    /// (of `epoch`) and dropped its whole log. Never below `commit_lsn`.
-    SnapshotInstalled { lsn: Lsn, epoch: Epoch },
+    /// (of `epoch`) and dropped its whole log. Never below `commit_lsn`. `members` is the
+    /// configuration in effect at `lsn`, from the config record at `members_lsn` (the
+    /// primary sends it with the snapshot).
+    SnapshotInstalled {
+        lsn: Lsn,
+        epoch: Epoch,
+        members_lsn: Lsn,
+        members: Members,
+    },
+    /// The operator asks the primary to change the membership (`members.rs`). The core
+    /// answers `WriteConfig` (the change is in the log; it is done once committed) or
+    /// `MembersRefused`.
+    ProposeMembers { now: Time, change: MembersChange },
 }

@@ -50,14 +50,20 @@ impl Core {
     /// Until when (local clock) the lease holds: the majority-th latest acknowledged send time
     /// plus the lease. `None` when this node alone is a majority (the lease never lapses).
     pub(super) fn lease_until(&self) -> Option<Time> {
-        let needed = self.majority - 1; // acknowledgements needed besides our own
+        let members = self.members();
+        let needed = members.majority() - 1; // acknowledgements needed besides our own
         if needed == 0 {
             return None;
         }
         // At most 63 peers (MEMBERS_MAX): a fixed buffer, no allocation per step.
         let mut sent = [Time::ZERO; super::MEMBERS_MAX];
         let mut count = 0;
-        for peer in &self.st.peers {
+        for peer in self
+            .st
+            .peers
+            .iter()
+            .filter(|peer| members.is_voter(peer.id))
+        {
             if let Some(at) = peer.lease_sent_at {
                 sent[count] = at;
                 count += 1;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use wal::{Epoch, Lsn};
 
+use super::Members;
+
 /// A message between two cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -83,6 +85,9 @@ pub struct Append {
     /// with its stamp, when the stamp is newer than their own (`health.rs`).
     pub paused: bool,
     pub pause_stamp: u64,
+    /// The record at `last_lsn` is a config record holding this configuration
+    /// (`members.rs`). An append carries at most one, always as its last record.
+    pub config: Option<Members>,
 }
 
 /// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.
@@ -121,4 +126,7 @@ pub struct Health {
     pub can_stand: bool,
     /// `--priority`: the higher wins a tie between equally up-to-date candidates.
     pub priority: u8,
+    /// It neither waits to be promoted after a wipe nor out a quarantine: it votes as soon
+    /// as the configuration makes it a voter (`members.rs`).
+    pub can_vote: bool,
 }

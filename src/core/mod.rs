@@ -35,6 +35,7 @@ mod election;
 mod health;
 mod input;
 mod lease;
+mod members;
 mod message;
 mod replication;
 mod rng;
@@ -53,6 +54,7 @@ pub use action::{
 };
 pub use config::{Config, ConfigError, TestKnobs, MEMBERS_MAX};
 pub use input::Input;
+pub use members::{MemberRole, Members, MembersChange, MembersRefusal};
 pub use message::{Append, AppendResponse, Health, Message};
 pub use rng::SplitMix64;
 pub use time::Time;
@@ -79,6 +81,10 @@ pub struct RecoveredLog {
     pub last_lsn: Lsn,
     /// `(epoch, first LSN of that epoch)` for the records `snapshot_lsn + 1 ..= last_lsn`.
     pub epoch_starts: Vec<(Epoch, Lsn)>,
+    /// The configuration in effect at the log's start (at or below `snapshot_lsn`), then
+    /// that of every config record in the log, by LSN (`members.rs`). Empty: the seed,
+    /// `Config::members` as voters, at LSN 0.
+    pub configs: Vec<(Lsn, Members)>,
 }
 
 /// How the node may take part in elections when it starts, as the shell found its data dir.
@@ -166,10 +172,6 @@ pub struct PeerStatus {
 /// The replication state machine of one node.
 pub struct Core {
     config: Config,
-    /// `members` without this node, in configuration order.
-    others: Vec<NodeId>,
-    majority: usize,
-    sync_replicas: usize,
     lease: Duration,
     rng: SplitMix64,
     st: State,
@@ -196,16 +198,10 @@ impl Core {
         rng_seed: u64,
     ) -> Result<Core, StartError> {
         config.validate()?;
-        let log = Core::new_check_log(log)?;
-        let majority = config.majority();
-        let sync_replicas = config.sync_replicas_effective();
+        let seed = Members::voters_of(&config.members)
+            .ok_or(StartError::Config(ConfigError::NodeIdTooLarge))?;
+        let log = Core::new_check_log(log, seed)?;
         let lease = config.lease();
-        let others: Vec<NodeId> = config
-            .members
-            .iter()
-            .copied()
-            .filter(|&id| id != config.node_id)
-            .collect();
         // A log may hold records of an epoch this node adopted but never persisted (adoption
         // from an append is not waited for); the epoch is at least that of its last record.
         let epoch = meta.epoch.max(log.last_epoch());
@@ -225,9 +221,6 @@ impl Core {
         // Never zero: zero in `AppendResponse::learner` means "a voter".
         let learner_nonce = rng.next_u64() | 1;
         let mut core = Core {
-            others,
-            majority,
-            sync_replicas,
             lease,
             rng,
             st: State {
@@ -263,16 +256,45 @@ impl Core {
                 persists_pending: VecDeque::new(),
                 held: Vec::new(),
                 reported: (Role::Backup, epoch, None),
+                members_reported: None,
             },
             config,
         };
+        // The shell reads the configuration it starts with from `members()`; changes are
+        // reported from here on.
+        core.st.members_reported = Some(core.st.log.configs.latest());
         core.reset_election_deadline(now);
         core.quarantine_defer_deadline();
         Ok(core)
     }
 
-    fn new_check_log(recovered: RecoveredLog) -> Result<Log, StartError> {
+    fn new_check_log(recovered: RecoveredLog, seed: Members) -> Result<Log, StartError> {
         let fail = |reason| Err(StartError::RecoveredLog { reason });
+        let mut configs = members::Configs {
+            entries: vec![(Lsn::ZERO, seed)],
+        };
+        if !recovered.configs.is_empty() {
+            configs.entries.clone_from(&recovered.configs);
+            if configs.entries[0].0 > recovered.snapshot_lsn {
+                // No configuration at the log's start was kept: the seed is.
+                configs.entries.insert(0, (Lsn::ZERO, seed));
+            }
+        }
+        for pair in configs.entries.windows(2) {
+            if pair[0].0 >= pair[1].0 || pair[1].0 <= recovered.snapshot_lsn {
+                return fail("configurations are not strictly increasing after the snapshot");
+            }
+        }
+        if configs.latest().0 > recovered.last_lsn.max(configs.entries[0].0) {
+            return fail("a config record past the end of the log");
+        }
+        if configs
+            .entries
+            .iter()
+            .any(|(_, members)| members.voter_count() == 0)
+        {
+            return fail("a configuration without voters");
+        }
         if recovered.last_lsn < recovered.snapshot_lsn {
             return fail("last_lsn is below snapshot_lsn");
         }
@@ -313,6 +335,7 @@ impl Core {
             last_lsn: recovered.last_lsn,
             durable_lsn: recovered.last_lsn,
             epoch_starts: recovered.epoch_starts,
+            configs,
         })
     }
 
@@ -328,9 +351,12 @@ impl Core {
             Input::Receive { now, from, message } => {
                 self.observe_time(now);
                 self.lease_check(out);
-                // Membership is static: a message from outside it, or from ourselves, is
-                // a misrouted frame and carries no authority.
-                if from != self.config.node_id && self.others.contains(&from) {
+                // A message from ourselves, or from an id no configuration can hold, is a
+                // misrouted frame and carries no authority. Messages from nodes outside our
+                // latest configuration are taken: a node being added knows the cluster
+                // before its log says it is a member, and a removed node's requests are
+                // refused on their merits (`members.rs`).
+                if from != self.config.node_id && Members::bit(from).is_some() {
                     self.founding_check(&message, out);
                     self.on_message(from, message, out);
                 }
@@ -357,12 +383,23 @@ impl Core {
             Input::PrefixTruncated { through } => self.on_prefix_truncated(through),
             Input::SnapshotSent { to, lsn, epoch } => self.on_snapshot_sent(to, lsn, epoch, out),
             Input::SnapshotFailed { to } => self.on_snapshot_failed(to),
-            Input::SnapshotInstalled { lsn, epoch } => self.on_snapshot_installed(lsn, epoch, out),
+            Input::SnapshotInstalled {
+                lsn,
+                epoch,
+                members_lsn,
+                members,
+            } => self.on_snapshot_installed(lsn, epoch, members_lsn, members, out),
+            Input::ProposeMembers { now, change } => {
+                self.observe_time(now);
+                self.lease_check(out);
+                self.on_propose_members(change, out);
+            }
             Input::LogDamaged => self.on_log_damaged(out),
             Input::LogRepaired => self.st.damaged = false,
             Input::AppHealth { expected, live } => self.on_app_health(expected, live),
             Input::SetPaused { paused, stamp } => self.on_set_paused(paused, stamp, out),
         }
+        self.members_report(out);
         self.report_role(out);
     }
 
@@ -372,6 +409,7 @@ impl Core {
                 self.switchover_check(out);
                 self.app_gone_check(out);
                 if self.st.role == Role::Primary {
+                    self.members_auto_promote(out);
                     self.primary_on_tick(out);
                 }
             }
@@ -570,8 +608,37 @@ impl Core {
         self.st.now = self.st.now.max(now);
     }
 
-    fn member_index(&self, id: NodeId) -> Option<usize> {
-        self.config.members.iter().position(|&m| m == id)
+    /// The latest configuration in the log: the one this node acts on (`members.rs`).
+    pub fn members(&self) -> Members {
+        self.st.log.configs.latest().1
+    }
+
+    /// The LSN of the config record of [`Core::members`] (0 for the seed).
+    pub fn members_lsn(&self) -> Lsn {
+        self.st.log.configs.latest().0
+    }
+
+    /// The configuration in effect at `lsn`, and the LSN of its record, if the log still
+    /// knows (at or above the configuration at its start).
+    pub fn members_at(&self, lsn: Lsn) -> (Lsn, Members) {
+        self.st.log.configs.at(lsn)
+    }
+
+    /// Votes needed to win, acknowledgements needed for the lease, in the latest configuration.
+    fn majority(&self) -> usize {
+        self.members().majority()
+    }
+
+    /// Backups whose durable acknowledgement commits a record, in the latest configuration:
+    /// `Config::sync_replicas_for`.
+    fn sync_replicas(&self) -> usize {
+        self.config.sync_replicas_for(&self.members())
+    }
+
+    /// The voters of the latest configuration other than this node.
+    fn other_voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.node_id;
+        self.members().voter_ids_owned().filter(move |&id| id != me)
     }
 
     fn peer_index(&self, id: NodeId) -> Option<usize> {

@@ -255,11 +255,16 @@ impl Core {
                         let (_, epoch_last) = log
                             .range_of_epoch(epoch)
                             .expect("epoch of a record in the log");
+                        // A config record ends its append (`Append::config`).
+                        let end = match log.configs.record_in(next, epoch_last) {
+                            Some((at, _)) => at,
+                            None => epoch_last,
+                        };
                         let mut count = self
                             .config
                             .append_records_max
                             .min(records_max - inflight_records)
-                            .min(Lsn::count_between(next, epoch_last));
+                            .min(Lsn::count_between(next, end));
                         while count > 1
                             && inflight_bytes + self.st.bytes.estimate(next, next.plus(count - 1))
                                 > bytes_max
@@ -280,6 +285,10 @@ impl Core {
                     .epoch_of(prev_lsn)
                     .expect("next_lsn - 1 is at or above the snapshot");
                 let last_lsn = prev_lsn.plus(count);
+                let config = match log.configs.record_in(last_lsn, last_lsn) {
+                    Some((_, members)) if count > 0 => Some(members),
+                    _ => None,
+                };
                 let append = Append {
                     epoch: self.st.epoch,
                     prev_lsn,
@@ -293,6 +302,7 @@ impl Core {
                     promote_through,
                     paused: self.st.paused,
                     pause_stamp: self.st.pause_stamp,
+                    config,
                 };
                 out.push(Action::Send {
                     to,
@@ -329,6 +339,7 @@ impl Core {
                 promote_through,
                 paused: self.st.paused,
                 pause_stamp: self.st.pause_stamp,
+                config: None,
             };
             out.push(Action::Send {
                 to,
@@ -355,7 +366,12 @@ impl Core {
     }
 
     pub(super) fn on_append(&mut self, from: NodeId, append: Append, out: &mut Vec<Action>) {
-        if append.first_lsn != append.prev_lsn.next() || append.last_lsn < append.prev_lsn {
+        if append.first_lsn != append.prev_lsn.next()
+            || append.last_lsn < append.prev_lsn
+            || append.config.is_some_and(|members| {
+                append.last_lsn == append.prev_lsn || members.voter_count() == 0
+            })
+        {
             return; // Malformed: not something a primary sends. Drop it.
         }
         if append.epoch < self.st.epoch {
@@ -458,6 +474,10 @@ impl Core {
                     out.push(Action::TruncateSuffix { keep_through });
                 }
                 self.st.log.append(differs_at, high, append.records_epoch);
+                if let Some(members) = append.config {
+                    // The record at `last_lsn` (== `high`) is a config record: in effect now.
+                    self.st.log.configs.push(high, members);
+                }
                 out.push(Action::WriteReceived {
                     first_lsn: differs_at,
                     last_lsn: high,
@@ -698,7 +718,14 @@ impl Core {
         peer.last_sent = Some(now);
     }
 
-    pub(super) fn on_snapshot_installed(&mut self, lsn: Lsn, epoch: Epoch, out: &mut Vec<Action>) {
+    pub(super) fn on_snapshot_installed(
+        &mut self,
+        lsn: Lsn,
+        epoch: Epoch,
+        members_lsn: Lsn,
+        members: super::Members,
+        out: &mut Vec<Action>,
+    ) {
         assert!(
             self.st.role != Role::Primary,
             "a primary installed a snapshot"
@@ -711,7 +738,13 @@ impl Core {
         if epoch > self.st.epoch {
             self.adopt_epoch(epoch, out);
         }
-        self.st.log.reset_to_snapshot(lsn, epoch);
+        assert!(
+            members_lsn <= lsn && members.voter_count() > 0,
+            "snapshot through {lsn} with configuration {members} of {members_lsn}"
+        );
+        self.st
+            .log
+            .reset_to_snapshot(lsn, epoch, members_lsn, members);
         // A snapshot holds only committed records, which every later primary has: the log
         // matches the current primary's through it.
         self.st.verified_lsn = lsn;

@@ -36,6 +36,8 @@ pub(crate) struct Log {
     /// `(epoch, first LSN of that epoch in the log)`, both strictly increasing. Empty exactly
     /// when the log holds no records; otherwise the first entry starts at `snapshot_lsn + 1`.
     pub epoch_starts: Vec<(Epoch, Lsn)>,
+    /// The configuration at the log's start and of every config record in it (`members.rs`).
+    pub configs: super::members::Configs,
 }
 
 impl Log {
@@ -123,6 +125,7 @@ impl Log {
         self.durable_lsn = self.durable_lsn.min(keep_through);
         self.epoch_starts
             .retain(|&(_, start)| start <= keep_through);
+        self.configs.truncate_suffix(keep_through);
     }
 
     /// Drops every record at or below `through` (now covered by a snapshot).
@@ -150,10 +153,19 @@ impl Log {
         }
         self.snapshot_lsn = through;
         self.snapshot_epoch = epoch;
+        self.configs.truncate_prefix(through);
     }
 
-    /// Replaces the whole log by a snapshot through `lsn` (of `epoch`).
-    pub fn reset_to_snapshot(&mut self, lsn: Lsn, epoch: Epoch) {
+    /// Replaces the whole log by a snapshot through `lsn` (of `epoch`), taken in
+    /// configuration `members` (in effect since `members_lsn`).
+    pub fn reset_to_snapshot(
+        &mut self,
+        lsn: Lsn,
+        epoch: Epoch,
+        members_lsn: Lsn,
+        members: super::Members,
+    ) {
+        self.configs.reset(members_lsn.min(lsn), members);
         self.snapshot_lsn = lsn;
         self.snapshot_epoch = epoch;
         self.last_lsn = lsn;
@@ -162,6 +174,7 @@ impl Log {
     }
 
     fn validate(&self) {
+        self.configs.validate(self.snapshot_lsn, self.last_lsn);
         assert!(
             self.durable_lsn <= self.last_lsn,
             "durable_lsn {} above last_lsn {}",
@@ -393,6 +406,8 @@ pub(crate) struct State {
     pub held: Vec<(u64, NodeId, super::Message)>,
 
     pub reported: (Role, Epoch, Option<NodeId>),
+    /// The latest configuration last reported with `Action::MembersChanged`.
+    pub members_reported: Option<(Lsn, super::Members)>,
 }
 
 impl State {

@@ -32,11 +32,12 @@ impl Core {
         };
         let refusal = if to == self.config.node_id {
             Some(SwitchoverRefusal::TargetIsSelf)
-        } else if !self.others.contains(&to) {
+        } else if !self.members().contains(to) {
             Some(SwitchoverRefusal::UnknownTarget)
-        } else if self
-            .peer_index(to)
-            .is_some_and(|i| self.st.peers[i].learner != 0)
+        } else if !self.members().is_voter(to)
+            || self
+                .peer_index(to)
+                .is_some_and(|i| self.st.peers[i].learner != 0)
         {
             Some(SwitchoverRefusal::TargetIsLearner)
         } else if self.target_cannot_stand(to) {

@@ -13,6 +13,7 @@ const N2: NodeId = NodeId(2);
 const N3: NodeId = NodeId(3);
 /// What a voter with no application reports: it may stand.
 const STANDS: Health = Health {
+    can_vote: true,
     app_live: false,
     can_stand: true,
     priority: 0,
@@ -41,6 +42,7 @@ fn log_of(runs: &[(u64, u64)]) -> RecoveredLog {
         next = last + 1;
     }
     RecoveredLog {
+        configs: Vec::new(),
         snapshot_lsn: Lsn::ZERO,
         snapshot_epoch: Epoch::ZERO,
         last_lsn: Lsn(next - 1),
@@ -87,6 +89,7 @@ fn append(
         promote_through: Lsn::ZERO,
         paused: false,
         pause_stamp: 0,
+        config: None,
     })
 }
 
@@ -1405,6 +1408,7 @@ fn learner_votes_only_after_promotion() {
                 promote_through: Lsn(3),
                 paused: false,
                 pause_stamp: 0,
+                config: None,
             }),
         )
     };
@@ -1694,6 +1698,7 @@ fn ack_with(lsn: u64, sent_ms: u64, health: Health) -> Message {
 }
 
 const LIVE: Health = Health {
+    can_vote: true,
     app_live: true,
     can_stand: true,
     priority: 0,
@@ -1979,6 +1984,7 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
         promote_through: Lsn::ZERO,
         paused: false,
         pause_stamp: 200,
+        config: None,
     });
     let out = receive(&mut core, 5002, N2, heartbeat);
     assert!(
@@ -2019,6 +2025,7 @@ fn a_backup_paused_before_its_primary_stays_paused() {
             promote_through: Lsn::ZERO,
             paused,
             pause_stamp,
+            config: None,
         })
     };
     let paused_changes = |out: &[Action]| -> Vec<(bool, u64, bool)> {

@@ -89,6 +89,8 @@ pub enum DiskError {
         first_lsn: Lsn,
         snapshot_lsn: Lsn,
     },
+    #[error("data dir {}: {reason}", .path.display())]
+    Members { path: PathBuf, reason: String },
     #[error(transparent)]
     Wal(#[from] wal::Error),
 }
@@ -121,6 +123,9 @@ pub struct Opened {
     /// The snapshots in use (the log continues after the last one), and how many were
     /// found damaged.
     pub snapshots: super::snapshot::store::Recovered,
+    /// The configurations of the log with their addresses: the one at its start (from
+    /// `members.json`, when the log no longer holds its record) and every config record.
+    pub members: super::members::Book,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -378,7 +383,7 @@ pub fn open_with(
         quarantine: fresh_path.exists(),
     };
     let snapshots = super::snapshot::store::recover(path, &mut wal)?;
-    let recovered = open_recovered_log(&wal, snapshots.installed.last());
+    let (recovered, members) = open_recovered_log(path, &wal, snapshots.installed.last())?;
     let (durable_tx, durable) = watch::channel(Progress {
         written_lsn: wal.last_lsn(),
         durable_lsn: wal.durable_lsn(),
@@ -426,6 +431,7 @@ pub fn open_with(
         recovered,
         recovery,
         snapshots,
+        members,
     })
 }
 
@@ -446,7 +452,32 @@ fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
 /// The log as the core sees it: after the snapshot, if there is one (`snapshot::store::recover`
 /// made the log continue it). Records the WAL still holds at or below the snapshot's LSN
 /// are kept for backups and applications that read them, but the core starts after them.
-fn open_recovered_log(wal: &Wal, snapshot: Option<&wal::snapshot::SnapshotInfo>) -> RecoveredLog {
+///
+/// The configurations: `members.json` (the one in effect at the log's start, once a cut
+/// dropped its record) and every config record the WAL holds, decoded; the core is given
+/// the one in effect at the snapshot and those after it.
+fn open_recovered_log(
+    path: &Path,
+    wal: &Wal,
+    snapshot: Option<&wal::snapshot::SnapshotInfo>,
+) -> Result<(RecoveredLog, super::members::Book), DiskError> {
+    let members_error = |reason: String| DiskError::Members {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut book = super::members::Book::default();
+    if let Some((lsn, record)) = super::members::load_start(path).map_err(members_error)? {
+        book.entries.insert(lsn, record);
+    }
+    let mut records = wal.reader().iter_from(wal.first_lsn())?;
+    for record in &mut records {
+        let record = record?;
+        if record.kind == wal::format::RecordKind::Config {
+            let decoded = super::members::ConfigRecord::decode(&record.payload())
+                .map_err(|e| members_error(format!("config record {}: {e}", record.lsn)))?;
+            book.entries.insert(record.lsn, decoded);
+        }
+    }
     let (snapshot_lsn, snapshot_epoch) =
         snapshot.map_or((Lsn::ZERO, Epoch::ZERO), |s| (s.lsn, s.epoch));
     assert!(
@@ -474,12 +505,24 @@ fn open_recovered_log(wal: &Wal, snapshot: Option<&wal::snapshot::SnapshotInfo>)
                 .map(|start| (start.epoch, start.first_lsn)),
         );
     }
-    RecoveredLog {
+    // The configuration at the snapshot, then the records after it; none known: the seed.
+    let mut configs = Vec::new();
+    if let Some((lsn, record)) = book.at(snapshot_lsn) {
+        configs.push((lsn, record.members));
+    }
+    configs.extend(
+        book.entries
+            .range(snapshot_lsn.next()..)
+            .map(|(&lsn, record)| (lsn, record.members)),
+    );
+    let recovered = RecoveredLog {
         snapshot_lsn,
         snapshot_epoch,
         last_lsn: wal.last_lsn(),
         epoch_starts,
-    }
+        configs,
+    };
+    Ok((recovered, book))
 }
 
 #[cfg(test)]

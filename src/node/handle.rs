@@ -42,6 +42,27 @@ pub enum Request {
         stamp: u64,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Change the membership (`core::members`); `addr` is the new member's peer address for
+    /// an add. Answered once the config record is committed, or refused.
+    Members {
+        change: crate::core::MembersChange,
+        addr: Option<crate::config::PeerAddr>,
+        reply: oneshot::Sender<MembersReply>,
+    },
+}
+
+/// How a membership change ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembersReply {
+    /// The config record at `lsn` is committed: the change is done.
+    Done { lsn: Lsn },
+    /// This node is not the primary; `primary` is the one it knows of.
+    NotPrimary { primary: Option<NodeId> },
+    /// Refused; nothing was written. One line for the operator.
+    Refused(String),
+    /// The primary stopped being primary before the record was committed: it may or may not
+    /// be; `members list` tells.
+    Unknown,
 }
 
 /// How a proposal ended.
@@ -318,6 +339,24 @@ impl NodeHandle {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Switchover { to, reply })
+            .await
+            .map_err(|_| NodeStopped)?;
+        answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// Asks for a membership change and waits until it is committed or refused.
+    pub async fn members_change(
+        &self,
+        change: crate::core::MembersChange,
+        addr: Option<crate::config::PeerAddr>,
+    ) -> Result<MembersReply, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Members {
+                change,
+                addr,
+                reply,
+            })
             .await
             .map_err(|_| NodeStopped)?;
         answer.await.map_err(|_| NodeStopped)

@@ -49,6 +49,7 @@ pub mod app_health;
 pub mod clock;
 pub mod disk;
 pub mod handle;
+pub mod members;
 pub mod metrics;
 pub mod notify;
 pub mod peer;
@@ -79,8 +80,8 @@ use clock::BootInstant;
 use metrics::Metrics;
 
 pub use handle::{
-    AppStatus, NodeHandle, NodeStatus, PeerStatus, Placement, ProposeOutcome, Request,
-    SwitchoverReply,
+    AppStatus, MembersReply, NodeHandle, NodeStatus, PeerStatus, Placement, ProposeOutcome,
+    Request, SwitchoverReply,
 };
 
 /// Requests queued from service tasks to the core loop, at most.
@@ -234,6 +235,10 @@ struct StepContext {
     /// Told when the proposal's records have their LSNs.
     placed: Option<oneshot::Sender<()>>,
     records: Option<VerifiedRecords>,
+    /// A membership change's answer (`Request::Members`).
+    members_reply: Option<oneshot::Sender<MembersReply>>,
+    /// The config record an append carries as its last record, decoded (`Append::config`).
+    config_record: Option<(Lsn, members::ConfigRecord)>,
 }
 
 /// The core loop's state.
@@ -287,6 +292,16 @@ struct Shell {
     epoch_start: Option<(Epoch, Lsn)>,
     /// Follow mode's state, copied into the node's.
     follow_status: Option<watch::Receiver<crate::follow::node::FollowStatus>>,
+    /// Every configuration of the log, with addresses (`members`).
+    book: members::Book,
+    /// The latest configuration as the core last reported it.
+    members_now: (Lsn, core::Members),
+    /// A membership change written and not yet committed: its LSN and who waits for it.
+    members_pending: Option<(Lsn, oneshot::Sender<MembersReply>)>,
+    /// The address of the member an add is about to write (`Request::Members`).
+    members_adding: Option<(NodeId, crate::config::PeerAddr)>,
+    /// The LSN of the configuration stored in `members.json`.
+    members_stored: Option<Lsn>,
 }
 
 /// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
@@ -322,12 +337,16 @@ impl Shell {
             // Follow-ups are independent of the original context.
             context.payloads = None;
             context.records = None;
+            context.config_record = None;
         }
         // A proposal the core neither accepted nor refused cannot happen; answer anyway.
         if let Some(reply) = context.reply.take() {
             let _ = reply.send(ProposeOutcome::Failed(
                 "the proposal was not handled".into(),
             ));
+        }
+        if let Some(reply) = context.members_reply.take() {
+            let _ = reply.send(MembersReply::Refused("the change was not handled".into()));
         }
         Ok(())
     }
@@ -417,6 +436,23 @@ impl Shell {
                     let _ = placed.send(());
                 }
             }
+            Action::WriteConfig {
+                lsn,
+                epoch,
+                members,
+            } => self.members_write(lsn, epoch, members, context)?,
+            Action::MembersRefused { reason } => {
+                if let Some(reply) = context.members_reply.take() {
+                    let answer = match reason {
+                        core::MembersRefusal::NotPrimary => MembersReply::NotPrimary {
+                            primary: self.primary,
+                        },
+                        other => MembersReply::Refused(other.to_string()),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+            Action::MembersChanged { lsn, members } => self.members_changed(lsn, members),
             Action::TruncateSuffix { keep_through } => {
                 assert!(
                     keep_through >= self.commit_lsn,
@@ -434,6 +470,7 @@ impl Shell {
                     .map_or(keep_through, |(_, queued)| queued.min(keep_through));
                 self.suffix_cut = Some((ticket, lowest));
                 self.cache.truncate_after(keep_through);
+                self.book.truncate_suffix(keep_through);
             }
             Action::WriteReceived {
                 first_lsn,
@@ -445,11 +482,26 @@ impl Shell {
                     .unwrap_or_else(|| unreachable!("WriteReceived answers an Append with records"))
                     .slice(first_lsn, last_lsn);
                 self.write(records)?;
+                if let Some((lsn, record)) = context.config_record.take() {
+                    if (first_lsn..=last_lsn).contains(&lsn) {
+                        self.book.entries.insert(lsn, record);
+                    }
+                }
             }
             Action::SendSnapshot { to } => self.snapshot_send(to),
             Action::Committed { lsn } => {
                 self.commit_lsn = lsn;
                 self.commit_tx.send_replace(lsn);
+                if self
+                    .members_pending
+                    .as_ref()
+                    .is_some_and(|(at, _)| *at <= lsn)
+                {
+                    if let Some((at, reply)) = self.members_pending.take() {
+                        info!(lsn = %at, members = %self.members_now.1, "membership change committed");
+                        let _ = reply.send(MembersReply::Done { lsn: at });
+                    }
+                }
                 while let Some(pending) = self.pending.front() {
                     if pending.last_lsn > lsn {
                         break;
@@ -485,6 +537,15 @@ impl Shell {
                     }
                     if let Some(pending) = self.pending.pop_back() {
                         let _ = pending.reply.send(ProposeOutcome::Unknown);
+                    }
+                }
+                if self
+                    .members_pending
+                    .as_ref()
+                    .is_some_and(|(at, _)| *at > after)
+                {
+                    if let Some((_, reply)) = self.members_pending.take() {
+                        let _ = reply.send(MembersReply::Unknown);
                     }
                 }
             }
@@ -664,14 +725,29 @@ impl Shell {
             mut message,
             mut records,
         } = inbound;
+        let mut config_record = None;
         if let Message::Append(append) = &mut message {
             self.note_append(from, append.epoch);
+            if let Some(verified) = &records {
+                match Shell::members_in_append(verified) {
+                    Ok(found) => {
+                        append.config = found.as_ref().map(|(_, record)| record.members);
+                        config_record = found;
+                    }
+                    Err(reason) => {
+                        warn!(peer = %from, %reason, "dropping an append with a bad config record");
+                        return Ok(());
+                    }
+                }
+            }
             if let Some(verified) = &records {
                 if !self.writer.has_room(verified.bytes().len()) {
                     debug!(peer = %from, first_lsn = %append.first_lsn, last_lsn = %append.last_lsn, "the disk is behind; taking an append in as a heartbeat");
                     Metrics::add(&self.metrics.appends_deferred, 1);
                     append.last_lsn = append.prev_lsn;
+                    append.config = None;
                     records = None;
+                    config_record = None;
                 }
             }
         }
@@ -679,6 +755,7 @@ impl Shell {
             Input::Receive { now, from, message },
             StepContext {
                 records,
+                config_record,
                 ..StepContext::default()
             },
         )
@@ -733,7 +810,7 @@ impl Shell {
                 payloads: Some(payloads),
                 reply: Some(reply),
                 placed,
-                records: None,
+                ..StepContext::default()
             },
         )
     }
@@ -1075,6 +1152,27 @@ pub async fn run(
         seed,
     )?;
 
+    // The configurations of the log, with addresses; the seed's, while the log has none.
+    let mut book = opened.members.clone();
+    let seed_members = core::Members::voters_of(&config.core.members)
+        .unwrap_or_else(|| unreachable!("Core::new checked the ids"));
+    if core.members_at(Lsn::ZERO).0 == Lsn::ZERO {
+        book.entries.insert(
+            Lsn::ZERO,
+            members::ConfigRecord {
+                members: seed_members,
+                addrs: config.peers.clone(),
+            },
+        );
+    } else if core.members() != seed_members {
+        warn!(
+            peers = %seed_members,
+            log = %core.members(),
+            config_lsn = %core.members_lsn(),
+            "--peers disagrees with the configuration in the log; following the log (--peers only seeds a new cluster)"
+        );
+    }
+
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (snapshot_tx, mut snapshot_rx) = mpsc::channel(REQUESTS_MAX);
@@ -1091,7 +1189,17 @@ pub async fn run(
         node_id: config.node_id,
         cluster_id,
         secret: config.secret.clone(),
-        peers: config.peers.clone(),
+        membership: Arc::new(std::sync::Mutex::new(peer::Membership {
+            lsn: core.members_lsn().get(),
+            ids: core.members().ids().collect(),
+            addrs: members::addrs_for(
+                &book,
+                core.members_lsn(),
+                core.members(),
+                config.node_id,
+                &config.peers,
+            ),
+        })),
         client_addr: config.client_addr,
         admin_addr: config.admin_addr,
         metrics: Arc::clone(&metrics),
@@ -1251,6 +1359,7 @@ pub async fn run(
 
     let mut durable_rx = opened.durable;
     let prefix_told = opened.recovered.snapshot_lsn;
+    let members_now = (core.members_lsn(), core.members());
     let mut shell = Shell {
         epoch: opened.persisted.epoch,
         core,
@@ -1285,6 +1394,11 @@ pub async fn run(
         app_told: None,
         epoch_start: None,
         follow_status,
+        book,
+        members_now,
+        members_pending: None,
+        members_adding: None,
+        members_stored: None,
         config,
     };
     if let Some(stamp) = shell.dir.paused() {
@@ -1382,6 +1496,30 @@ pub async fn run(
                         Err(e) => Err(e.to_string()),
                     });
                     result
+                }
+                Request::Members {
+                    change,
+                    addr,
+                    reply,
+                } => {
+                    if shell.members_pending.is_some() {
+                        let _ = reply.send(MembersReply::Refused(
+                            core::MembersRefusal::ChangePending.to_string(),
+                        ));
+                        Ok(())
+                    } else {
+                        shell.members_adding = addr.map(|addr| (change.node(), addr));
+                        let now = shell.now();
+                        let result = shell.step(
+                            Input::ProposeMembers { now, change },
+                            StepContext {
+                                members_reply: Some(reply),
+                                ..StepContext::default()
+                            },
+                        );
+                        shell.members_adding = None;
+                        result
+                    }
                 }
                 Request::Switchover { to, reply } => {
                     if shell.switchover.is_some() {

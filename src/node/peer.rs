@@ -92,6 +92,22 @@ struct PeerQueue {
     tx: mpsc::Sender<Queued>,
     /// Record bytes in `tx`, charged by [`Charge`].
     bytes: Arc<AtomicUsize>,
+    /// Where it is dialled.
+    addr: PeerAddr,
+    /// Stops its dial loop when it leaves the configuration or moves.
+    stop: CancellationToken,
+}
+
+/// The configuration as the transport knows it: the handshake's member list, and where to
+/// reach every other member.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    /// The LSN of the configuration's record; 0 for the seed of `--peers`.
+    pub lsn: u64,
+    /// Every member's id, this node's included, ascending.
+    pub ids: Vec<NodeId>,
+    /// Every other member's peer address.
+    pub addrs: BTreeMap<NodeId, PeerAddr>,
 }
 
 /// What the transport needs to know.
@@ -100,8 +116,9 @@ pub struct PeerConfig {
     pub node_id: NodeId,
     pub cluster_id: u64,
     pub secret: ClusterSecret,
-    /// Every member's peer address, this node's included: the member list of the handshake.
-    pub peers: BTreeMap<NodeId, PeerAddr>,
+    /// The latest configuration: the handshake's member list and every member's address,
+    /// changed by [`PeerNet::set_peers`].
+    pub membership: Arc<Mutex<Membership>>,
     /// This node's client port, told to peers in the handshake.
     pub client_addr: Option<SocketAddr>,
     /// This node's admin address, told to peers in the handshake.
@@ -131,17 +148,31 @@ pub(crate) async fn connect(addr: &PeerAddr) -> std::io::Result<(TcpStream, Sock
 }
 
 impl PeerConfig {
-    /// The member list (ids of `--peers`), ascending, as the handshake carries it.
-    pub fn members(&self) -> Vec<NodeId> {
-        self.peers.keys().copied().collect()
+    /// The latest configuration as the transport knows it.
+    pub fn membership(&self) -> Membership {
+        self.membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Where member `id` is, if it is one.
+    pub fn addr_of(&self, id: NodeId) -> Option<PeerAddr> {
+        self.membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .addrs
+            .get(&id)
+            .cloned()
     }
 }
 
-/// A member list as the handshake's tags cover it.
-fn member_bytes(members: &[NodeId]) -> Vec<u8> {
+/// A member list and its configuration's LSN as the handshake's tags cover them.
+fn member_bytes(members: &[NodeId], config_lsn: u64) -> Vec<u8> {
     members
         .iter()
         .flat_map(|id| id.get().to_le_bytes())
+        .chain(config_lsn.to_le_bytes())
         .collect()
 }
 
@@ -159,6 +190,8 @@ pub struct PeerNet {
     config: Arc<PeerConfig>,
     queues: BTreeMap<NodeId, PeerQueue>,
     connected: BTreeMap<NodeId, Arc<AtomicBool>>,
+    tracker: tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
     /// Client and admin addresses peers told us in their handshakes.
     client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
 }
@@ -171,7 +204,8 @@ pub struct Announced {
 }
 
 impl PeerNet {
-    /// Starts the dialling tasks and the accept loop. Inbound messages go to `inbound`.
+    /// Starts the accept loop, and the dialling tasks for the members `config.membership`
+    /// holds. Inbound messages go to `inbound`.
     pub fn start(
         config: Arc<PeerConfig>,
         listener: TcpListener,
@@ -180,48 +214,73 @@ impl PeerNet {
         shutdown: CancellationToken,
     ) -> PeerNet {
         let client_addrs = Arc::new(Mutex::new(BTreeMap::new()));
-        let mut queues = BTreeMap::new();
-        let mut connected = BTreeMap::new();
-        for (&peer, addr) in &config.peers {
-            if peer == config.node_id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
-            let flag = Arc::new(AtomicBool::new(false));
-            queues.insert(
-                peer,
-                PeerQueue {
-                    tx,
-                    bytes: Arc::new(AtomicUsize::new(0)),
-                },
-            );
-            connected.insert(peer, Arc::clone(&flag));
-            let span = tracing::info_span!("peer", peer = %peer, %addr, dir = "out");
-            tracker.spawn(
-                dial_loop(
-                    Arc::clone(&config),
-                    peer,
-                    addr.clone(),
-                    rx,
-                    flag,
-                    shutdown.clone(),
-                )
-                .instrument(span),
-            );
-        }
         tracker.spawn(accept_loop(
             Arc::clone(&config),
             listener,
             inbound,
             Arc::clone(&client_addrs),
             tracker.clone(),
-            shutdown,
+            shutdown.clone(),
         ));
-        PeerNet {
+        let membership = config.membership();
+        let mut net = PeerNet {
             config,
-            queues,
-            connected,
+            queues: BTreeMap::new(),
+            connected: BTreeMap::new(),
+            tracker: tracker.clone(),
+            shutdown,
             client_addrs,
+        };
+        net.set_peers(membership.lsn, &membership.ids, &membership.addrs);
+        net
+    }
+
+    /// Brings the dialled peers in line with a configuration: `ids` every member (this node
+    /// included), `addrs` where the others are. A peer that left, or moved to another address,
+    /// has its dial loop stopped (messages queued for it are dropped, as a network would);
+    /// a new one, or one at a new address, gets a fresh one.
+    pub fn set_peers(&mut self, lsn: u64, ids: &[NodeId], addrs: &BTreeMap<NodeId, PeerAddr>) {
+        {
+            let mut membership = self
+                .config
+                .membership
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            membership.lsn = lsn;
+            membership.ids = ids.to_vec();
+            membership.addrs = addrs.clone();
+        }
+        let own = self.config.node_id;
+        self.queues.retain(|id, queue| {
+            let keep = addrs.get(id) == Some(&queue.addr);
+            if !keep {
+                queue.stop.cancel();
+            }
+            keep
+        });
+        self.connected.retain(|id, _| addrs.contains_key(id));
+        for (&peer, addr) in addrs {
+            if peer == own || self.queues.contains_key(&peer) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
+            let flag = Arc::new(AtomicBool::new(false));
+            let stop = self.shutdown.child_token();
+            self.queues.insert(
+                peer,
+                PeerQueue {
+                    tx,
+                    bytes: Arc::new(AtomicUsize::new(0)),
+                    addr: addr.clone(),
+                    stop: stop.clone(),
+                },
+            );
+            self.connected.insert(peer, Arc::clone(&flag));
+            let span = tracing::info_span!("peer", peer = %peer, %addr, dir = "out");
+            self.tracker.spawn(
+                dial_loop(Arc::clone(&self.config), peer, addr.clone(), rx, flag, stop)
+                    .instrument(span),
+            );
         }
     }
 
@@ -412,14 +471,16 @@ pub(super) async fn dial_handshake(
     let mut reader = FramedRead::new(read, PeerCodec);
     let mut writer = BufWriter::new(write);
     let nonce_d = nonce();
-    let members = member_bytes(&config.members());
+    let view = config.membership();
+    let members = member_bytes(&view.ids, view.lsn);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         cluster_id: config.cluster_id,
         from: config.node_id,
         to: peer,
         nonce: nonce_d,
-        members: config.members(),
+        members: view.ids.clone(),
+        config_lsn: view.lsn,
         client_addr: config.client_addr,
         admin_addr: config.admin_addr,
     };
@@ -672,6 +733,7 @@ async fn accept_handshake(
             )));
         }
     };
+    let view = config.membership();
     let refusal = if hello.version != PROTOCOL_VERSION {
         Some(format!(
             "protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
@@ -684,12 +746,9 @@ async fn accept_handshake(
             "this is node {}, not node {}",
             config.node_id, hello.to
         ))
-    } else if hello.from == config.node_id || !config.peers.contains_key(&hello.from) {
-        Some(format!(
-            "node {} is not a member of this cluster",
-            hello.from
-        ))
-    } else if hello.members != config.members() {
+    } else if hello.from == config.node_id || crate::core::Members::bit(hello.from).is_none() {
+        Some(format!("node id {} cannot be a member", hello.from))
+    } else if hello.config_lsn == 0 && view.lsn == 0 && hello.members != view.ids {
         Some(format!(
             "node {} was started with members {} and node {} with members {}: nodes that \
              disagree about the members disagree about what a majority is, so they do not \
@@ -697,9 +756,21 @@ async fn accept_handshake(
             hello.from,
             member_list(&hello.members),
             config.node_id,
-            member_list(&config.members()),
+            member_list(&view.ids),
         ))
     } else {
+        if (hello.config_lsn, &hello.members) != (view.lsn, &view.ids) {
+            // Usual for a moment during a change (one node has the record, the other not
+            // yet); the log settles it (`core::members`).
+            info!(
+                peer = %hello.from,
+                peer_config_lsn = hello.config_lsn,
+                peer_members = %member_list(&hello.members),
+                config_lsn = view.lsn,
+                members = %member_list(&view.ids),
+                "a peer knows another configuration than this node"
+            );
+        }
         None
     };
     if let Some(reason) = refusal {
@@ -713,7 +784,7 @@ async fn accept_handshake(
         return Err(LinkError::Handshake(reason));
     }
     let ids = id_bytes(hello.from, hello.to);
-    let members = member_bytes(&hello.members);
+    let members = member_bytes(&hello.members, hello.config_lsn);
     let nonce_a = nonce();
     let tag = config
         .secret

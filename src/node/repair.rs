@@ -122,7 +122,7 @@ pub(super) async fn fetch(
     first: Lsn,
     last: Lsn,
 ) -> Result<Option<VerifiedRecords>, RepairError> {
-    let Some(addr) = config.peers.get(&peer).cloned() else {
+    let Some(addr) = config.addr_of(peer) else {
         return Err(RepairError::Connect(format!("node {peer} has no address")));
     };
     let connect = async {
@@ -264,7 +264,13 @@ async fn run_repair(repairer: &Repairer, lsn: Lsn, shutdown: &CancellationToken)
     warn!(lsn = %lsn, epoch = %epoch, "damaged record in the log: fetching it from a peer");
     let own = repairer.peer_config.node_id;
     loop {
-        for &peer in repairer.peer_config.peers.keys().filter(|&&id| id != own) {
+        let peers: Vec<NodeId> = repairer
+            .peer_config
+            .membership()
+            .addrs
+            .into_keys()
+            .collect();
+        for &peer in peers.iter().filter(|&&id| id != own) {
             let records = match fetch(&repairer.peer_config, peer, lsn, lsn).await {
                 Ok(Some(records)) => records,
                 Ok(None) => {

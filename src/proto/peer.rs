@@ -13,11 +13,14 @@
 //! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d | members) }
 //! ```
 //!
-//! `members` is the dialler's member list (the ids of `--peers`, ascending). The acceptor
-//! refuses a dialler whose list differs from its own: two nodes that disagree about the
-//! members disagree about what a majority is, and votes or acknowledgements exchanged
-//! between them could elect two primaries or commit on a quorum that a later election does
-//! not meet. The tags cover the list, so it cannot be altered on the way.
+//! `members` is the dialler's member list (the ids of its latest configuration, ascending)
+//! and the LSN of that configuration's record (0 for the seed of `--peers`). Two nodes that
+//! both still run on their seeds must have the same list, or the acceptor refuses: they
+//! disagree about what a majority is, and votes or acknowledgements exchanged between them
+//! could elect two primaries. Once a configuration is in the log, nodes may differ for a
+//! while (one has a record the other has not received yet), which `core::members` makes
+//! safe; the acceptor logs the difference once and goes on. The tags cover the list and the
+//! LSN, so neither can be altered on the way.
 //!
 //! Each side checks the other's tag (in constant time) over both nonces, so a recorded
 //! handshake cannot be replayed, and the two tags differ in their label, so one side's tag
@@ -39,7 +42,7 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
+//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), config_lsn u64, then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
 //! | 2 | Challenge | nonce (32 bytes), tag (32 bytes) |
 //! | 3 | Proof | tag (32 bytes) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
@@ -50,7 +53,7 @@
 //! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, pause_stamp u64, then the records |
 //! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64, health u8, priority u8 |
 //! | 22 | TimeoutNow | epoch u64 |
-//! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64 |
+//! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64, config_lsn u64, then the payload of the config record in effect at `lsn` (`node::members`) |
 //! | 33 | SnapshotChunk | offset u64, then one chunk exactly as in the snapshot file: len u32, crc u32, data |
 //! | 34 | SnapshotEnd | body_crc u32 |
 //! | 35 | SnapshotAck | offset u64 |
@@ -118,8 +121,10 @@ use crate::{Epoch, Lsn, NodeId};
 ///
 /// Version 2 added `Append::promote`, `Append::promote_through` and `AppendResponse::learner`
 /// (learners), and the repair frames. Version 3 added the health of pre-vote and append
-/// responses, `Append::paused`, and the admin address in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// responses, `Append::paused`, and the admin address in `Hello`. Version 4 added the
+/// member list to `Hello`. Version 5 added its configuration's LSN (`Hello::config_lsn`), the
+/// config record kind, and the `can_vote` health bit.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -143,8 +148,10 @@ pub struct Hello {
     pub from: NodeId,
     pub to: NodeId,
     pub nonce: [u8; NONCE_LEN],
-    /// The sender's member list, ascending.
+    /// The sender's member list, ascending: the ids of its latest configuration.
     pub members: Vec<NodeId>,
+    /// The LSN of that configuration's config record; 0 while it is the seed of `--peers`.
+    pub config_lsn: u64,
     /// Where the sender serves clients, so that a node can redirect clients to the primary.
     pub client_addr: Option<std::net::SocketAddr>,
     /// Where the sender serves its admin HTTP, so that operator commands pointed at any node
@@ -178,6 +185,10 @@ pub enum Frame {
         lsn: Lsn,
         snapshot_epoch: Epoch,
         body_len: u64,
+        /// The configuration in effect at `lsn`: the LSN of its record and the record's
+        /// payload (`node::members`).
+        config_lsn: Lsn,
+        config: Bytes,
     },
     /// One chunk as the snapshot file holds it (header included); not yet verified.
     SnapshotChunk {
@@ -250,13 +261,16 @@ fn get_bool(body: &mut Bytes) -> Result<bool, DecodeError> {
 const HEALTH_APP_LIVE: u8 = 1;
 const HEALTH_CAN_STAND: u8 = 2;
 const HEALTH_SAME_LOG: u8 = 4;
+const HEALTH_CAN_VOTE: u8 = 8;
 
 /// `health u8, priority u8` (module docs); the same-log bit only where `same_log_allowed`.
 fn get_health(body: &mut Bytes, same_log_allowed: bool) -> Result<(Health, bool), DecodeError> {
     let bits = body.get_u8();
     let priority = body.get_u8();
-    let known =
-        HEALTH_APP_LIVE | HEALTH_CAN_STAND | if same_log_allowed { HEALTH_SAME_LOG } else { 0 };
+    let known = HEALTH_APP_LIVE
+        | HEALTH_CAN_STAND
+        | HEALTH_CAN_VOTE
+        | if same_log_allowed { HEALTH_SAME_LOG } else { 0 };
     if bits & !known != 0 {
         return Err(DecodeError::BadHealth(bits));
     }
@@ -264,6 +278,7 @@ fn get_health(body: &mut Bytes, same_log_allowed: bool) -> Result<(Health, bool)
         app_live: bits & HEALTH_APP_LIVE != 0,
         can_stand: bits & HEALTH_CAN_STAND != 0,
         priority,
+        can_vote: bits & HEALTH_CAN_VOTE != 0,
     };
     Ok((health, bits & HEALTH_SAME_LOG != 0))
 }
@@ -278,6 +293,9 @@ fn put_health(dst: &mut BytesMut, health: Health, same_log: bool) {
     }
     if same_log {
         bits |= HEALTH_SAME_LOG;
+    }
+    if health.can_vote {
+        bits |= HEALTH_CAN_VOTE;
     }
     dst.put_u8(bits);
     dst.put_u8(health.priority);
@@ -347,7 +365,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             } else {
                 0
             };
-            let fixed = FIXED + 2 * count;
+            let fixed = FIXED + 2 * count + 8;
             if !(fixed..=fixed + 128).contains(&len) {
                 return Err(DecodeError::BadLength {
                     kind,
@@ -362,6 +380,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 to: node_id(body.get_u16_le())?,
                 nonce: get_array(body),
                 members: Vec::with_capacity(count),
+                config_lsn: 0,
                 client_addr: None,
                 admin_addr: None,
             };
@@ -369,6 +388,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             for _ in 0..count {
                 hello.members.push(node_id(body.get_u16_le())?);
             }
+            hello.config_lsn = body.get_u64_le();
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
             let (client, admin) = text.split_once(' ').unwrap_or((text, ""));
             let addr = |text: &str| -> Result<Option<std::net::SocketAddr>, DecodeError> {
@@ -468,6 +488,9 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 promote_through: Lsn(body.get_u64_le()),
                 paused: get_bool(body)?,
                 pause_stamp: body.get_u64_le(),
+                // Not on the wire: the receiver finds it in the records (a config record is
+                // always an append's last).
+                config: None,
             };
             if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
                 || append.last_lsn < append.prev_lsn
@@ -505,12 +528,20 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             })
         }
         32 => {
-            expect(32)?;
+            if len < 40 {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len,
+                    expected: 40,
+                });
+            }
             Frame::SnapshotBegin {
                 epoch: Epoch(body.get_u64_le()),
                 lsn: Lsn(body.get_u64_le()),
                 snapshot_epoch: Epoch(body.get_u64_le()),
                 body_len: body.get_u64_le(),
+                config_lsn: Lsn(body.get_u64_le()),
+                config: std::mem::take(body),
             }
         }
         33 => {
@@ -599,6 +630,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             for id in &hello.members {
                 dst.put_u16_le(id.get());
             }
+            dst.put_u64_le(hello.config_lsn);
             let addr = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.to_string());
             match (addr(hello.client_addr), addr(hello.admin_addr)) {
                 (None, None) => {}
@@ -709,12 +741,16 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             lsn,
             snapshot_epoch,
             body_len,
+            config_lsn,
+            config,
         } => {
             dst.put_u8(32);
             dst.put_u64_le(epoch.get());
             dst.put_u64_le(lsn.get());
             dst.put_u64_le(snapshot_epoch.get());
             dst.put_u64_le(*body_len);
+            dst.put_u64_le(config_lsn.get());
+            dst.put_slice(config);
         }
         Frame::SnapshotChunk { offset, raw } => {
             dst.put_u8(33);
@@ -858,6 +894,7 @@ mod tests {
                 promote_through: Lsn(7),
                 paused: false,
                 pause_stamp: 0,
+                config: None,
             }),
             records,
         }
@@ -872,6 +909,7 @@ mod tests {
             to: NodeId(3),
             nonce: [7; NONCE_LEN],
             members: vec![NodeId(1), NodeId(2), NodeId(3)],
+            config_lsn: 7,
             client_addr: Some("127.0.0.1:6379".parse().unwrap()),
             admin_addr: None,
         }));
@@ -882,6 +920,7 @@ mod tests {
             to: NodeId(1),
             nonce: [0; NONCE_LEN],
             members: Vec::new(),
+            config_lsn: 0,
             client_addr: None,
             admin_addr: None,
         }));
@@ -939,6 +978,8 @@ mod tests {
             lsn: Lsn(1000),
             snapshot_epoch: Epoch(4),
             body_len: 1 << 30,
+            config_lsn: Lsn(900),
+            config: Bytes::from_static(b"{}"),
         });
         round_trip(Frame::SnapshotChunk {
             offset: 262_144,

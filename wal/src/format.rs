@@ -38,6 +38,9 @@ pub enum RecordKind {
     /// Written by a new primary at the start of its epoch; carries no payload and is not
     /// handed to the application.
     EpochStart = 2,
+    /// A cluster configuration (the members and their addresses), written by the primary
+    /// when the membership changes; not handed to the application.
+    Config = 3,
 }
 
 impl RecordKind {
@@ -45,6 +48,7 @@ impl RecordKind {
         match byte {
             1 => Some(RecordKind::App),
             2 => Some(RecordKind::EpochStart),
+            3 => Some(RecordKind::Config),
             _ => None,
         }
     }

@@ -46,8 +46,12 @@ impl Shell {
                 }
                 self.snapshot_retain_and_truncate()?;
             }
-            Event::Received { info, reply } => {
-                let installed = self.snapshot_install(&info)?;
+            Event::Received {
+                info,
+                config,
+                reply,
+            } => {
+                let installed = self.snapshot_install(&info, config)?;
                 let _ = reply.send(installed);
             }
             Event::Sent { to, delivered } => {
@@ -63,7 +67,7 @@ impl Shell {
 
     /// Starts streaming the newest snapshot to `to` (`Action::SendSnapshot`).
     pub(crate) fn snapshot_send(&mut self, to: NodeId) {
-        let Some(addr) = self.config.peers.get(&to).cloned() else {
+        let Some(addr) = self.net.config().addr_of(to) else {
             self.followups.push_back(Input::SnapshotFailed { to });
             return;
         };
@@ -77,10 +81,11 @@ impl Shell {
         let peer_config = self.net.config();
         let epoch = self.core.epoch();
         let log = self.reader.clone();
+        let book = self.book.clone();
         tokio::spawn(async move {
             let delivered = tokio::select! {
                 _ = snapshots.cancel.cancelled() => return,
-                delivered = send(&snapshots, &peer_config, to, &addr, epoch, &log) => delivered,
+                delivered = send(&snapshots, &peer_config, to, &addr, epoch, &log, &book) => delivered,
             };
             let _ = snapshots.events.send(Event::Sent { to, delivered }).await;
         });
@@ -103,12 +108,26 @@ impl Shell {
     /// itself. The older snapshots are removed last: until then they are merely unused.
     ///
     /// [`recover`]: super::store::recover
-    fn snapshot_install(&mut self, info: &SnapshotInfo) -> Result<bool, NodeError> {
+    fn snapshot_install(
+        &mut self,
+        info: &SnapshotInfo,
+        config: (Lsn, crate::node::members::ConfigRecord),
+    ) -> Result<bool, NodeError> {
         if !self.core.snapshot_wanted(info.lsn, info.epoch) {
             info!(lsn = %info.lsn, "snapshot from the primary no longer needed; removing it");
             let _ = std::fs::remove_file(&info.path);
             return Ok(false);
         }
+        // The configuration at the snapshot goes to `members.json` before the log that
+        // holds the configurations is reset (`node::members`, crash argument).
+        let (config_lsn, record) = config;
+        let members = record.members;
+        let dir = self.config.data_dir.clone();
+        crate::node::blocking(|| crate::node::members::store_start(&dir, config_lsn, &record))
+            .map_err(|e| self.disk_failed(e))?;
+        self.members_stored = Some(config_lsn);
+        self.book.entries.clear();
+        self.book.entries.insert(config_lsn, record);
         // Subscriptions stop reading the old log before it goes and the commit LSN jumps.
         self.snapshots.reset_tx.send_replace(info.lsn);
         let writer = &self.writer;
@@ -121,6 +140,8 @@ impl Shell {
             Input::SnapshotInstalled {
                 lsn: info.lsn,
                 epoch: info.epoch,
+                members_lsn: config_lsn,
+                members,
             },
             StepContext::default(),
         )?;
@@ -178,6 +199,8 @@ impl Shell {
             // Nothing to cut, or a cut still queued (the next snapshot cuts further).
             return Ok(());
         }
+        // The configuration in effect at the cut must outlive its record (`node::members`).
+        self.members_store_start(cut.prev())?;
         // Queued, not waited for (the writer may be in a slow fsync): the loop hears that it
         // is done with the batch's durable progress, logs it then, and tells the core
         // (`Shell::prefix_catch_up`).

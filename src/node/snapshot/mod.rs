@@ -163,6 +163,8 @@ pub enum Event {
     /// wants it, and answer whether it did.
     Received {
         info: SnapshotInfo,
+        /// The configuration in effect at the snapshot, and the LSN of its record.
+        config: (Lsn, crate::node::members::ConfigRecord),
         reply: oneshot::Sender<bool>,
     },
     /// Whether the core wants the snapshot the primary offers.

@@ -141,6 +141,7 @@ pub async fn send(
     addr: &PeerAddr,
     epoch: Epoch,
     log: &wal::reader::Reader,
+    book: &crate::node::members::Book,
 ) -> Option<(Lsn, Epoch)> {
     loop {
         let Some(info) = snapshots.newest() else {
@@ -153,7 +154,12 @@ pub async fn send(
             warn!(peer = %to, lsn = %info.lsn, log_first_lsn = %log_first_lsn, "the newest usable snapshot ends before the log starts; waiting for a new snapshot");
             return None;
         }
-        match send_snapshot(snapshots, config, to, addr, epoch, &info).await {
+        let Some((config_lsn, record)) = book.at(info.lsn) else {
+            warn!(peer = %to, lsn = %info.lsn, "no configuration known at the snapshot; not sending it");
+            return None;
+        };
+        let member_config = (config_lsn, Bytes::from(record.encode()));
+        match send_snapshot(snapshots, config, to, addr, epoch, &info, &member_config).await {
             Ok(delivered) => return delivered,
             Err(damage) => snapshots.quarantine(&info, &damage).await,
         }
@@ -169,6 +175,7 @@ async fn send_snapshot(
     addr: &PeerAddr,
     epoch: Epoch,
     info: &SnapshotInfo,
+    member_config: &(Lsn, Bytes),
 ) -> Result<Option<(Lsn, Epoch)>, wal::Error> {
     let path = info.path.clone();
     let trailer = match on_blocking_thread(move || wal::snapshot::read_trailer(&path)).await {
@@ -182,7 +189,17 @@ async fn send_snapshot(
     info!(peer = %to, lsn = %info.lsn, body_len = info.body_len, "sending a snapshot to a backup");
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=SEND_ATTEMPTS_MAX {
-        match send_attempt(snapshots, config, to, addr, epoch, info, trailer.body_crc).await {
+        let sent = send_attempt(
+            snapshots,
+            config,
+            to,
+            addr,
+            epoch,
+            info,
+            trailer.body_crc,
+            member_config,
+        );
+        match sent.await {
             Ok(installed) => {
                 info!(peer = %to, lsn = %info.lsn, installed, "snapshot transfer done");
                 return Ok(Some((info.lsn, info.epoch)));
@@ -198,6 +215,7 @@ async fn send_snapshot(
     Ok(None)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_attempt(
     snapshots: &Arc<Snapshots>,
     config: &Arc<PeerConfig>,
@@ -206,6 +224,7 @@ async fn send_attempt(
     epoch: Epoch,
     info: &SnapshotInfo,
     body_crc: u32,
+    member_config: &(Lsn, Bytes),
 ) -> Result<bool, TransferError> {
     let stall = STALL_TIMEOUT;
     let connect = async {
@@ -229,6 +248,8 @@ async fn send_attempt(
             lsn: info.lsn,
             snapshot_epoch: info.epoch,
             body_len: info.body_len,
+            config_lsn: member_config.0,
+            config: member_config.1.clone(),
         },
     )
     .await?;
@@ -398,14 +419,21 @@ where
         lsn,
         snapshot_epoch: epoch,
         body_len,
+        config_lsn,
+        config,
         ..
     } = begin
     else {
         unreachable!("receive is called with a SnapshotBegin");
     };
-    if lsn == Lsn::ZERO || epoch == Epoch::ZERO {
-        return Err(format!("snapshot begin with lsn {lsn}, epoch {epoch}"));
+    if lsn == Lsn::ZERO || epoch == Epoch::ZERO || config_lsn > lsn {
+        return Err(format!(
+            "snapshot begin with lsn {lsn}, epoch {epoch}, configuration of lsn {config_lsn}"
+        ));
     }
+    let config = crate::node::members::ConfigRecord::decode(&config)
+        .map_err(|e| format!("the snapshot's configuration: {e}"))?;
+    let member_config = (config_lsn, config);
     let mut head = BytesMut::with_capacity(64);
     let (reply, answer) = oneshot::channel();
     let wanted = snapshots
@@ -435,6 +463,7 @@ where
         &mut head,
         &mut meter,
         body_len,
+        member_config,
     )
     .await;
     meter.done(snapshots);
@@ -504,6 +533,7 @@ async fn receive_body<R, W>(
     head: &mut BytesMut,
     meter: &mut Meter,
     body_len: u64,
+    member_config: (Lsn, crate::node::members::ConfigRecord),
 ) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
@@ -584,7 +614,11 @@ where
                 let (reply, answer) = oneshot::channel();
                 let installed = snapshots
                     .events
-                    .send(Event::Received { info, reply })
+                    .send(Event::Received {
+                        info,
+                        config: member_config.clone(),
+                        reply,
+                    })
                     .await
                     .is_ok()
                     && answer.await.unwrap_or(false);

@@ -1,0 +1,383 @@
+//! The shell's side of membership (`core::members` has the rules): what a config record
+//! holds, the address of every member as the log says, and the file that keeps the
+//! configuration of the log's start once a snapshot has replaced the record.
+//!
+//! A config record's payload is JSON: `{"voters":[1,2,3],"learners":[4],"addrs":{"1":
+//! "10.0.0.1:7101",...}}`, every member's peer address included, so that a node that reads
+//! the log knows where every member is. `--peers` seeds the first one (`Action::WriteConfig`
+//! after a new cluster's first election) and is otherwise a hint.
+//!
+//! # The configuration at the log's start (`members.json`)
+//! A snapshot replaces the records before it, config records included, so before the log's
+//! prefix is cut the configuration in effect at the cut is stored in `members.json` (tmp,
+//! fsync, rename, fsync the directory). A crash after the file and before the cut leaves
+//! both, which agree; recovery takes the record from the file when the log no longer holds
+//! it. A snapshot installed from the primary comes with the configuration in effect at its
+//! LSN, stored the same way before the log is reset.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PeerAddr;
+use crate::core::{MemberRole, Members};
+use crate::{Lsn, NodeId};
+
+/// The file in the data dir holding the configuration at the log's start.
+pub const MEMBERS_FILE: &str = "members.json";
+
+/// A configuration with every member's address: a config record's payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigRecord {
+    pub members: Members,
+    pub addrs: BTreeMap<NodeId, PeerAddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    voters: Vec<u16>,
+    learners: Vec<u16>,
+    addrs: BTreeMap<String, String>,
+}
+
+/// What is wrong with a config record's payload.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigRecordError {
+    #[error("config record is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("config record: {0}")]
+    Invalid(String),
+}
+
+impl ConfigRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let ids = |role| {
+            self.members
+                .ids()
+                .filter(|&id| self.members.role(id) == Some(role))
+                .map(NodeId::get)
+                .collect()
+        };
+        let wire = Wire {
+            voters: ids(MemberRole::Voter),
+            learners: ids(MemberRole::Learner),
+            addrs: self
+                .addrs
+                .iter()
+                .map(|(id, addr)| (id.get().to_string(), addr.to_string()))
+                .collect(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_else(|_| unreachable!("plain data serializes"))
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<ConfigRecord, ConfigRecordError> {
+        let wire: Wire = serde_json::from_slice(payload)?;
+        let invalid = |what: String| ConfigRecordError::Invalid(what);
+        let mut members = Members::default();
+        for (ids, role) in [
+            (&wire.voters, MemberRole::Voter),
+            (&wire.learners, MemberRole::Learner),
+        ] {
+            for &id in ids {
+                if members.contains(NodeId(id)) {
+                    return Err(invalid(format!("node {id} appears twice")));
+                }
+                members = members
+                    .with(NodeId(id), role)
+                    .ok_or_else(|| invalid(format!("node id {id} is outside 1..=64")))?;
+            }
+        }
+        if members.voter_count() == 0 {
+            return Err(invalid("no voters".into()));
+        }
+        let mut addrs = BTreeMap::new();
+        for (id, addr) in &wire.addrs {
+            let id: u16 = id
+                .parse()
+                .map_err(|_| invalid(format!("bad node id {id:?}")))?;
+            let addr = PeerAddr::parse(addr)
+                .map_err(|e| invalid(format!("address of node {id} ({addr:?}): {e}")))?;
+            addrs.insert(NodeId(id), addr);
+        }
+        for id in members.ids() {
+            if !addrs.contains_key(&id) {
+                return Err(invalid(format!("no address for node {id}")));
+            }
+        }
+        addrs.retain(|id, _| members.contains(*id));
+        Ok(ConfigRecord { members, addrs })
+    }
+
+    /// `members`, with the addresses of `book` (the ids it lacks are left out of `addrs`).
+    pub fn with_addrs(members: Members, book: &BTreeMap<NodeId, PeerAddr>) -> ConfigRecord {
+        ConfigRecord {
+            members,
+            addrs: members
+                .ids()
+                .filter_map(|id| book.get(&id).map(|addr| (id, addr.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// `members.json`: the configuration at the log's start and the LSN of its record.
+#[derive(Serialize, Deserialize)]
+struct StartFile {
+    lsn: u64,
+    record: serde_json::Value,
+}
+
+/// Stores the configuration in effect at the log's start (module docs): atomically.
+pub fn store_start(dir: &Path, lsn: Lsn, record: &ConfigRecord) -> wal::Result<()> {
+    let record: serde_json::Value = serde_json::from_slice(&record.encode())
+        .unwrap_or_else(|_| unreachable!("a config record's payload is JSON"));
+    let file = StartFile {
+        lsn: lsn.get(),
+        record,
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&file).unwrap_or_else(|_| unreachable!("plain data serializes"));
+    wal::fs::write_atomic(&dir.join(MEMBERS_FILE), &bytes)
+}
+
+/// Reads `members.json`, if there is one.
+pub fn load_start(dir: &Path) -> Result<Option<(Lsn, ConfigRecord)>, String> {
+    let path = dir.join(MEMBERS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let file: StartFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
+    let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some((Lsn(file.lsn), record)))
+}
+
+/// The configurations the shell knows: the one at the log's start and every config record
+/// in the log, with addresses; kept in step with the core's (`core::members::Configs`).
+#[derive(Clone, Debug, Default)]
+pub struct Book {
+    pub entries: BTreeMap<Lsn, ConfigRecord>,
+}
+
+impl Book {
+    pub fn latest(&self) -> Option<(Lsn, &ConfigRecord)> {
+        self.entries.iter().next_back().map(|(&lsn, r)| (lsn, r))
+    }
+
+    pub fn at(&self, lsn: Lsn) -> Option<(Lsn, &ConfigRecord)> {
+        self.entries
+            .range(..=lsn)
+            .next_back()
+            .map(|(&lsn, r)| (lsn, r))
+    }
+
+    pub fn truncate_suffix(&mut self, keep_through: Lsn) {
+        // The first entry (the log's start) stays whatever happens.
+        let first = self.entries.keys().next().copied();
+        self.entries
+            .retain(|&lsn, _| lsn <= keep_through || Some(lsn) == first);
+    }
+
+    /// Every address any configuration gives, the latest winning: where to reach a member.
+    pub fn addresses(&self) -> BTreeMap<NodeId, PeerAddr> {
+        let mut book = BTreeMap::new();
+        for record in self.entries.values() {
+            for (&id, addr) in &record.addrs {
+                book.insert(id, addr.clone());
+            }
+        }
+        book
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_record_round_trips_and_bad_ones_are_refused() {
+        let members = Members::voters_of(&[NodeId(1), NodeId(2)])
+            .and_then(|m| m.with(NodeId(4), MemberRole::Learner))
+            .unwrap();
+        let mut addrs = BTreeMap::new();
+        for (id, a) in [(1, "127.0.0.1:7101"), (2, "db-1.db:7101"), (4, "[::1]:9")] {
+            addrs.insert(NodeId(id), PeerAddr::parse(a).unwrap());
+        }
+        let record = ConfigRecord { members, addrs };
+        assert_eq!(ConfigRecord::decode(&record.encode()).unwrap(), record);
+        for bad in [
+            &br#"{"voters":[],"learners":[],"addrs":{}}"#[..],
+            br#"{"voters":[1],"learners":[1],"addrs":{"1":"a:1"}}"#,
+            br#"{"voters":[65],"learners":[],"addrs":{"65":"a:1"}}"#,
+            br#"{"voters":[1],"learners":[],"addrs":{}}"#,
+            br#"{"voters":[1],"learners":[],"addrs":{"1":"nope"}}"#,
+            b"not json",
+        ] {
+            assert!(
+                ConfigRecord::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_start_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_start(dir.path()).unwrap().is_none());
+        let members = Members::voters_of(&[NodeId(3)]).unwrap();
+        let mut addrs = BTreeMap::new();
+        addrs.insert(NodeId(3), PeerAddr::parse("127.0.0.1:1").unwrap());
+        let record = ConfigRecord { members, addrs };
+        store_start(dir.path(), Lsn(9), &record).unwrap();
+        assert_eq!(load_start(dir.path()).unwrap(), Some((Lsn(9), record)));
+    }
+}
+
+// The core loop's side.
+
+/// Where every member of `members` (the configuration of the record at `lsn`) but `own` is:
+/// as that record says, else as any configuration of the log says, else as `--peers` says.
+pub(super) fn addrs_for(
+    book: &Book,
+    lsn: Lsn,
+    members: Members,
+    own: NodeId,
+    seed: &BTreeMap<NodeId, PeerAddr>,
+) -> BTreeMap<NodeId, PeerAddr> {
+    let known = book.addresses();
+    let at = book.at(lsn).map(|(_, record)| &record.addrs);
+    let mut addrs = BTreeMap::new();
+    for id in members.ids().filter(|&id| id != own) {
+        let addr = at
+            .and_then(|a| a.get(&id))
+            .or_else(|| known.get(&id))
+            .or_else(|| seed.get(&id));
+        match addr {
+            Some(addr) => {
+                addrs.insert(id, addr.clone());
+            }
+            None => warn!(node = %id, "no address known for a member; not dialling it"),
+        }
+    }
+    addrs
+}
+
+use tracing::{info, warn};
+use wal::format::{RecordKind, VerifiedRecords};
+
+use super::{MembersReply, NodeError, StepContext};
+use crate::Epoch;
+
+impl super::Shell {
+    /// `Action::WriteConfig`: the config record, every member's address filled in from the
+    /// log's configurations (or the add's request, or `--peers` for the seed).
+    pub(super) fn members_write(
+        &mut self,
+        lsn: Lsn,
+        epoch: Epoch,
+        members: Members,
+        context: &mut StepContext,
+    ) -> Result<(), NodeError> {
+        let mut book = self.book.addresses();
+        for (&id, addr) in &self.config.peers {
+            book.entry(id).or_insert_with(|| addr.clone());
+        }
+        if let Some((id, addr)) = self.members_adding.take() {
+            book.insert(id, addr);
+        }
+        let record = ConfigRecord::with_addrs(members, &book);
+        assert_eq!(
+            record.addrs.len(),
+            members.len(),
+            "a config record for {members} without every member's address"
+        );
+        let payload = record.encode();
+        let records = VerifiedRecords::encode(
+            lsn,
+            epoch,
+            RecordKind::Config,
+            [&payload[..]],
+            wal::format::record_len(payload.len()),
+        )
+        .unwrap_or_else(|| unreachable!("one record was given"));
+        self.write(records)?;
+        info!(%lsn, %members, "configuration record written");
+        self.book.entries.insert(lsn, record);
+        if let Some(reply) = context.members_reply.take() {
+            if let Some((_, earlier)) = self.members_pending.replace((lsn, reply)) {
+                let _ = earlier.send(MembersReply::Unknown);
+            }
+        }
+        Ok(())
+    }
+
+    /// `Action::MembersChanged`: dial the members of the new configuration, at the addresses
+    /// the log gives, and stop dialling the others.
+    pub(super) fn members_changed(&mut self, lsn: Lsn, members: Members) {
+        let first = self.members_now.1.is_empty();
+        self.members_now = (lsn, members);
+        let addrs = addrs_for(
+            &self.book,
+            lsn,
+            members,
+            self.config.node_id,
+            &self.config.peers,
+        );
+        let ids: Vec<NodeId> = members.ids().collect();
+        self.net.set_peers(lsn.get(), &ids, &addrs);
+        if !first {
+            info!(%lsn, %members, "configuration changed");
+        }
+        if !members.contains(self.config.node_id) {
+            warn!(%members, "this node is not a member of the latest configuration it knows: it stands and votes for nothing");
+        }
+        self.publish_status();
+    }
+
+    /// Before the log's prefix is cut through `through`: store the configuration in effect
+    /// there, unless `members.json` already holds it (module docs).
+    pub(super) fn members_store_start(&mut self, through: Lsn) -> Result<(), NodeError> {
+        let Some((lsn, record)) = self.book.at(through) else {
+            return Ok(());
+        };
+        if self.members_stored == Some(lsn) {
+            return Ok(());
+        }
+        let record = record.clone();
+        let dir = self.config.data_dir.clone();
+        super::blocking(|| store_start(&dir, lsn, &record)).map_err(|e| self.disk_failed(e))?;
+        self.members_stored = Some(lsn);
+        // Entries before it are not needed any more.
+        self.book.entries.retain(|&at, _| at >= lsn);
+        Ok(())
+    }
+
+    /// The config record an append from the primary carries, checked: only as its last
+    /// record, and it must decode. `Err` says why the append is dropped.
+    pub(super) fn members_in_append(
+        records: &VerifiedRecords,
+    ) -> Result<Option<(Lsn, ConfigRecord)>, String> {
+        let last = records.last_lsn();
+        let mut found = None;
+        for record in records.iter() {
+            if record.kind != RecordKind::Config {
+                continue;
+            }
+            if record.lsn != last {
+                return Err(format!(
+                    "config record {} is not the last of its append",
+                    record.lsn
+                ));
+            }
+            let decoded = ConfigRecord::decode(record.payload)
+                .map_err(|e| format!("config record {}: {e}", record.lsn))?;
+            found = Some((record.lsn, decoded));
+        }
+        Ok(found)
+    }
+}
