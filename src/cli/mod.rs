@@ -7,6 +7,7 @@ mod admin_client;
 pub mod config_file;
 pub mod demo;
 pub mod docs;
+pub mod members;
 pub mod pause;
 pub mod run;
 pub mod snapshot;
@@ -80,6 +81,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Hand the primary role to another node (a planned switchover) and report the pause.
     Switchover(switchover::SwitchoverArgs),
+    /// The cluster's members: list them, add, remove or promote one (a change is a record in
+    /// the replicated log, sent to the primary, done once committed).
+    #[command(subcommand)]
+    Members(members::MembersCommand),
     /// Maintenance: stop automatic failover on every node (stored; a restart keeps it).
     Pause(pause::PauseArgs),
     /// End maintenance: automatic failover again on every node.
@@ -109,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(*args),
         Command::Status(args) => status::run(args),
         Command::Switchover(args) => switchover::run(args),
+        Command::Members(command) => members::run(command),
         Command::Pause(args) => pause::run(args, true),
         Command::Resume(args) => pause::run(args, false),
         Command::Wal(command) => wal::run(command),

@@ -51,10 +51,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::handle::{role_name, NodeHandle, NodeStatus};
+use super::handle::{role_name, MembersReply, NodeHandle, NodeStatus};
 use super::metrics::Metrics;
 use crate::config::AdminToken;
-use crate::core::{Role, SwitchoverOutcome, SwitchoverRefusal};
+use crate::core::{MembersChange, Role, SwitchoverOutcome, SwitchoverRefusal};
 use crate::NodeId;
 
 /// Admin connections served at once, at most; the next accept waits for one to end.
@@ -189,6 +189,10 @@ enum Endpoint {
     Ready,
     Pause,
     Resume,
+    Members,
+    MembersAdd,
+    MembersRemove,
+    MembersPromote,
 }
 
 impl Endpoint {
@@ -203,20 +207,20 @@ impl Endpoint {
             "/ready" => Endpoint::Ready,
             "/pause" => Endpoint::Pause,
             "/resume" => Endpoint::Resume,
+            "/members" => Endpoint::Members,
+            "/members/add" => Endpoint::MembersAdd,
+            "/members/remove" => Endpoint::MembersRemove,
+            "/members/promote" => Endpoint::MembersPromote,
             _ => return None,
         })
     }
 
     /// The methods the endpoint answers, as the `Allow` header spells them.
     fn allow(self) -> &'static str {
-        match self {
-            Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume => "POST",
-            Endpoint::Status
-            | Endpoint::Primary
-            | Endpoint::Replica
-            | Endpoint::Health
-            | Endpoint::Ready
-            | Endpoint::Metrics => "GET, HEAD",
+        if self.changes_state() {
+            "POST"
+        } else {
+            "GET, HEAD"
         }
     }
 
@@ -224,19 +228,20 @@ impl Endpoint {
     fn changes_state(self) -> bool {
         matches!(
             self,
-            Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume
+            Endpoint::Switchover
+                | Endpoint::Pause
+                | Endpoint::Resume
+                | Endpoint::MembersAdd
+                | Endpoint::MembersRemove
+                | Endpoint::MembersPromote
         )
     }
 
     fn allows(self, method: &Method) -> bool {
-        match self {
-            Endpoint::Switchover | Endpoint::Pause | Endpoint::Resume => method == Method::POST,
-            Endpoint::Status
-            | Endpoint::Primary
-            | Endpoint::Replica
-            | Endpoint::Health
-            | Endpoint::Ready
-            | Endpoint::Metrics => method == Method::GET || method == Method::HEAD,
+        if self.changes_state() {
+            method == Method::POST
+        } else {
+            method == Method::GET || method == Method::HEAD
         }
     }
 }
@@ -263,7 +268,7 @@ async fn respond(
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; the admin API has /status, /primary, /replica, /health, /ready, /metrics, POST /switchover[?to=N], POST /pause and POST /resume\n".into(),
+            "not found; the admin API has /status, /primary, /replica, /health, /ready, /metrics, /members, POST /switchover[?to=N], POST /pause, POST /resume, POST /members/add?id=N&addr=HOST:PORT, POST /members/remove?id=N and POST /members/promote?id=N\n".into(),
         );
     };
     if !endpoint.allows(request.method()) {
@@ -329,6 +334,21 @@ async fn respond(
             )
         }
         Endpoint::Switchover => switchover(node, request.uri().query()).await,
+        Endpoint::Members => {
+            let status = node.status();
+            let body = serde_json::json!({
+                "node_id": status.node_id,
+                "primary": status.primary,
+                "members": status.members,
+                "peers": status.peers,
+            });
+            let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+            body.push(b'\n');
+            with_type(StatusCode::OK, "application/json", body.into())
+        }
+        Endpoint::MembersAdd | Endpoint::MembersRemove | Endpoint::MembersPromote => {
+            members_change(node, endpoint, request.uri().query()).await
+        }
         Endpoint::Ready => {
             let (code, body) = ready_check(&node.status(), node.requests.is_closed());
             text(code, body)
@@ -535,6 +555,71 @@ fn switchover_target(query: Option<&str>) -> Result<Option<NodeId>, String> {
         Ok(id) if id >= 1 => Ok(Some(NodeId(id))),
         _ => Err(format!("to={value:?} is not a node id (1 or more)")),
     }
+}
+
+/// How long a membership change may take before the admin port answers that it does not
+/// know yet (the change may still commit).
+pub const MEMBERS_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// `POST /members/{add,remove,promote}?id=N[&addr=HOST:PORT]`: on the primary only; a
+/// backup answers 421 naming the primary (the `members` command asks the primary itself).
+async fn members_change(
+    node: &NodeHandle,
+    endpoint: Endpoint,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let bad = |message: String| text(StatusCode::BAD_REQUEST, format!("{message}\n"));
+    let id = match query_param(query, "id").map(str::parse::<u16>) {
+        Some(Ok(id)) if (1..=64).contains(&id) => NodeId(id),
+        Some(_) => return bad("id must be a node id from 1 to 64".into()),
+        None => return bad("id=N is required".into()),
+    };
+    let (change, addr) = match endpoint {
+        Endpoint::MembersAdd => {
+            let Some(addr) = query_param(query, "addr") else {
+                return bad("addr=HOST:PORT (the new member's peer address) is required".into());
+            };
+            let addr = addr
+                .replace("%5B", "[")
+                .replace("%5D", "]")
+                .replace("%3A", ":");
+            let addr = addr.as_str();
+            match crate::config::PeerAddr::parse(addr) {
+                Ok(addr) => (MembersChange::AddLearner(id), Some(addr)),
+                Err(reason) => return bad(format!("addr={addr:?}: {reason}")),
+            }
+        }
+        Endpoint::MembersRemove => (MembersChange::Remove(id), None),
+        _ => (MembersChange::Promote(id), None),
+    };
+    info!(?change, "membership change requested on the admin port");
+    let answer = tokio::time::timeout(MEMBERS_WAIT_MAX, node.members_change(change, addr)).await;
+    let (code, message) = match answer {
+        Ok(Ok(MembersReply::Done { lsn })) => {
+            (StatusCode::OK, format!("done: the configuration record at lsn {lsn} is committed"))
+        }
+        Ok(Ok(MembersReply::NotPrimary { primary })) => (
+            StatusCode::MISDIRECTED_REQUEST,
+            match primary {
+                Some(p) => format!("this node is not the primary; node {p} is"),
+                None => "this node is not the primary, and knows of none right now".into(),
+            },
+        ),
+        Ok(Ok(MembersReply::Refused(reason))) => (StatusCode::CONFLICT, format!("refused: {reason}")),
+        Ok(Ok(MembersReply::Unknown)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the primary stepped down before the change was committed; it may or may not be (see understudy members list)".into(),
+        ),
+        Ok(Err(stopped)) => (StatusCode::SERVICE_UNAVAILABLE, stopped.to_string()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not committed within {} s; it may still be (see understudy members list)",
+                MEMBERS_WAIT_MAX.as_secs()
+            ),
+        ),
+    };
+    text(code, format!("{message}\n"))
 }
 
 /// `POST /switchover?to=N`.

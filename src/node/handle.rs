@@ -132,6 +132,28 @@ pub struct PeerStatus {
     pub can_stand: bool,
     /// The peer's admin address, as it told this node when it connected.
     pub admin_addr: Option<SocketAddr>,
+    /// Its place in the latest configuration: `voter` or `learner` (`core::members`).
+    pub member: &'static str,
+}
+
+/// A member's place in a configuration, as `/status` names it.
+pub fn member_name(role: Option<crate::core::MemberRole>) -> &'static str {
+    match role {
+        Some(crate::core::MemberRole::Voter) => "voter",
+        Some(crate::core::MemberRole::Learner) => "learner",
+        None => "removed",
+    }
+}
+
+/// The configuration this node acts on (the latest in its log).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MembersStatus {
+    /// The LSN of its config record; 0 while the cluster runs on the seed of `--peers`.
+    pub config_lsn: u64,
+    /// Whether that record is committed (a change in progress is not).
+    pub committed: bool,
+    pub voters: Vec<u16>,
+    pub learners: Vec<u16>,
 }
 
 /// The node's state, published by the core loop whenever it changes (at most every few
@@ -184,6 +206,10 @@ pub struct NodeStatus {
     /// Follow mode (`--follow-dir`): the followed directory's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub follow: Option<crate::follow::node::FollowStatus>,
+    /// This node's place in the latest configuration: `voter`, `learner`, or `removed`.
+    pub member: &'static str,
+    /// The configuration this node acts on.
+    pub members: MembersStatus,
 }
 
 /// The application the sidecar runs with `--app-cmd`, as the supervisor last saw it
@@ -242,6 +268,8 @@ impl NodeStatus {
             ready_lag_max: 100,
             epoch_start_lsn: None,
             follow: None,
+            member: "voter",
+            members: MembersStatus::default(),
         }
     }
 }

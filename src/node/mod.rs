@@ -886,12 +886,12 @@ impl Shell {
         let now = BootInstant::now();
         let lease_held = status.role == Role::Primary
             && status.lease_until.is_some_and(|until| until > self.now());
-        let peers = self
-            .config
-            .peers
-            .iter()
-            .filter(|(&id, _)| id != self.config.node_id)
-            .map(|(&id, addr)| {
+        let (members_lsn, members) = self.members_now;
+        let addrs = self.net.config().membership().addrs;
+        let peers = members
+            .ids()
+            .filter(|&id| id != self.config.node_id)
+            .map(|id| {
                 let health = status
                     .peers
                     .iter()
@@ -907,7 +907,7 @@ impl Shell {
                 };
                 PeerStatus {
                     node_id: id.get(),
-                    addr: addr.to_string(),
+                    addr: addrs.get(&id).map(|a| a.to_string()).unwrap_or_default(),
                     connected: self.net.is_connected(id),
                     matched_lsn: matched.get(),
                     durable_lsn: matched.get(),
@@ -921,6 +921,7 @@ impl Shell {
                     app_live: health.app_live,
                     can_stand: health.can_stand,
                     admin_addr: self.net.admin_addr(id),
+                    member: handle::member_name(members.role(id)),
                 }
             })
             .collect();
@@ -959,6 +960,17 @@ impl Shell {
                 .filter(|&(epoch, _)| status.role == Role::Primary && epoch == status.epoch)
                 .map(|(_, lsn)| lsn.get()),
             follow: self.follow_status.as_ref().map(|f| f.borrow().clone()),
+            member: handle::member_name(members.role(self.config.node_id)),
+            members: handle::MembersStatus {
+                config_lsn: members_lsn.get(),
+                committed: members_lsn <= status.commit_lsn,
+                voters: members.voter_ids().map(NodeId::get).collect(),
+                learners: members
+                    .ids()
+                    .filter(|&id| !members.is_voter(id))
+                    .map(NodeId::get)
+                    .collect(),
+            },
         }));
     }
 
@@ -1253,6 +1265,8 @@ pub async fn run(
         ready_lag_max: config.ready_lag_max,
         epoch_start_lsn: None,
         follow: None,
+        member: "voter",
+        members: handle::MembersStatus::default(),
     }));
     let handle = NodeHandle {
         requests: requests_tx,

@@ -4,6 +4,8 @@
 //! a panicking test prints the tail of every node's log.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod journal;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,6 +113,8 @@ pub struct Node {
     pub env: Vec<(String, String)>,
     /// A secret file other than the cluster's, for this node only.
     pub secret: Option<PathBuf>,
+    /// `--peers` other than the cluster's, for this node only.
+    pub peers: Option<String>,
 }
 
 impl Node {
@@ -173,6 +177,7 @@ impl Cluster {
                 extra: Vec::new(),
                 env: Vec::new(),
                 secret: None,
+                peers: None,
             })
             .collect();
         let peers = nodes
@@ -219,7 +224,7 @@ impl Cluster {
             .arg("--peer-listen")
             .arg(node.peer_addr.to_string())
             .arg("--peers")
-            .arg(&self.peers)
+            .arg(node.peers.as_ref().unwrap_or(&self.peers))
             .arg("--app-socket")
             .arg(&node.app_socket)
             .arg("--cluster-secret-file")

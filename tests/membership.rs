@@ -1,0 +1,248 @@
+//! Membership changes on real processes, under writes: grow 3 -> 5 and shrink back, replace
+//! a killed node with a new one (new id, data dir and port), remove the primary. Every
+//! change goes through `understudy members`, and every acknowledged write must be in every
+//! remaining node's application at the end.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::journal::*;
+use support::{binary, http_get, output_within, wait_until, Cluster};
+
+/// `understudy members ARGS --admin <node id's admin port>`: (success, stdout + stderr).
+fn members(cluster: &Cluster, via: u16, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(binary());
+    command
+        .arg("members")
+        .args(args)
+        .arg("--admin")
+        .arg(cluster.node(via).admin_addr.to_string());
+    let output = output_within(command, Duration::from_secs(40));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `/members` of node `id`: (voters, learners, config committed).
+fn config_of(cluster: &Cluster, id: u16) -> Option<(Vec<u64>, Vec<u64>, bool)> {
+    let (code, body) = http_get(cluster.node(id).admin_addr, "/members")?;
+    if code != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let ids = |key: &str| -> Vec<u64> {
+        json["members"][key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    Some((
+        ids("voters"),
+        ids("learners"),
+        json["members"]["committed"].as_bool() == Some(true),
+    ))
+}
+
+/// Waits until node `id` reports exactly these voters and no learners, committed.
+fn wait_voters(cluster: &Cluster, id: u16, voters: &[u64], timeout: Duration) {
+    let ok = wait_until(timeout, || {
+        config_of(cluster, id)
+            .is_some_and(|(v, l, committed)| v == voters && l.is_empty() && committed)
+    });
+    assert!(
+        ok,
+        "node {id} did not reach voters {voters:?}: it has {:?}",
+        config_of(cluster, id)
+    );
+}
+
+/// The seed `--peers` of the first `count` nodes.
+fn seed(cluster: &Cluster, count: u16) -> String {
+    (1..=count)
+        .map(|id| format!("{id}={}", cluster.node(id).peer_addr))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A cluster of `total` node slots of which the first `initial` are the founding members;
+/// the others join an existing cluster (their `--peers` name everyone, themselves included).
+fn cluster_of(initial: u16, total: u16) -> Cluster {
+    let mut cluster = Cluster::new(total);
+    let founders = seed(&cluster, initial);
+    let everyone = cluster.peers.clone();
+    for id in 1..=total {
+        let node = cluster.node_mut(id);
+        if id <= initial {
+            node.peers = Some(founders.clone());
+        } else {
+            node.peers = Some(everyone.clone());
+            node.extra = vec!["--initial-cluster-state".into(), "existing".into()];
+        }
+    }
+    for id in 1..=initial {
+        cluster.start_node(id);
+    }
+    cluster
+}
+
+/// Adds node `id` through the CLI (asked on node `via`), starts it, connects its driver and
+/// waits until it is a voter of `voters`.
+async fn add_and_start(
+    cluster: &mut Cluster,
+    drivers: &Drivers,
+    via: u16,
+    id: u16,
+    voters: &[u64],
+) {
+    let member = format!("{id}={}", cluster.node(id).peer_addr);
+    let (ok, text) = members(cluster, via, &["add", &member]);
+    assert!(ok, "members add {member}: {text}");
+    cluster.start_node(id);
+    set_driver(
+        drivers,
+        id,
+        Some(connect(&cluster.node(id).app_socket).await),
+    );
+    // A learner until it has caught up and its quarantine is over, then a voter by itself.
+    wait_voters(cluster, via, voters, Duration::from_secs(20));
+}
+
+async fn finish(
+    drivers: &Drivers,
+    writers: (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::sync::Arc<std::sync::Mutex<Oracle>>,
+        Writers,
+    ),
+    remaining: &[u16],
+) {
+    let (stop, oracle, tasks) = writers;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    wait_converged(drivers, remaining).await;
+    let oracle = oracle.lock().unwrap();
+    assert!(
+        oracle.acked.len() > 200,
+        "too few writes: {}",
+        oracle.acked.len()
+    );
+    for &id in remaining {
+        let driver = driver(drivers, id).expect("a driver");
+        assert_all_acked_present(&oracle, &driver);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_three_to_five_under_writes_and_shrink_back() {
+    let mut cluster = cluster_of(3, 5);
+    let drivers = connect_some(&cluster, &[1, 2, 3]).await;
+    let primary = wait_primary(&drivers, None).await;
+    let writers = start_writers(&drivers, 2).await;
+    add_and_start(&mut cluster, &drivers, primary, 4, &[1, 2, 3, 4]).await;
+    add_and_start(&mut cluster, &drivers, primary, 5, &[1, 2, 3, 4, 5]).await;
+    // Five voters: two may be down and writes still commit.
+    let before = writers.1.lock().unwrap().acked.len();
+    let downs: Vec<u16> = (1..=5).filter(|&id| id != primary).take(2).collect();
+    for &id in &downs {
+        cluster.kill(id);
+        set_driver(&drivers, id, None);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || writers
+            .1
+            .lock()
+            .unwrap()
+            .acked
+            .len()
+            > before + 200),
+        "writes stopped with 3 of 5 voters up"
+    );
+    for &id in &downs {
+        cluster.start_node(id);
+        set_driver(
+            &drivers,
+            id,
+            Some(connect(&cluster.node(id).app_socket).await),
+        );
+    }
+    // Shrink back: 5 and 4 leave (whichever is primary now).
+    for (id, voters) in [(5u16, &[1u64, 2, 3, 4][..]), (4, &[1, 2, 3][..])] {
+        let via = wait_primary(&drivers, None).await;
+        let (ok, text) = members(&cluster, via, &["remove", &id.to_string()]);
+        assert!(ok, "members remove {id}: {text}");
+        let primary = wait_primary(&drivers, None).await;
+        wait_voters(&cluster, primary, voters, Duration::from_secs(10));
+        set_driver(&drivers, id, None);
+        cluster.kill(id);
+    }
+    let (ok, text) = members(&cluster, 2, &["list"]);
+    assert!(ok && text.contains("voter"), "members list: {text}");
+    finish(&drivers, writers, &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_replaced_by_a_new_one_on_a_new_port_under_writes() {
+    let mut cluster = cluster_of(3, 4);
+    let drivers = connect_some(&cluster, &[1, 2, 3]).await;
+    let primary = wait_primary(&drivers, None).await;
+    let writers = start_writers(&drivers, 2).await;
+    // A backup's machine dies for good.
+    let dead = (1..=3).find(|&id| id != primary).unwrap();
+    cluster.kill(dead);
+    set_driver(&drivers, dead, None);
+    let survivors: Vec<u64> = (1..=3u64).filter(|&id| id != u64::from(dead)).collect();
+    // The replace procedure: add the new node, wait until it votes, remove the dead one.
+    let mut with_new = survivors.clone();
+    with_new.push(u64::from(dead));
+    with_new.push(4);
+    with_new.sort_unstable();
+    add_and_start(&mut cluster, &drivers, primary, 4, &with_new).await;
+    let (ok, text) = members(&cluster, 4, &["remove", &dead.to_string()]);
+    assert!(ok, "members remove {dead}: {text}");
+    let mut after = survivors.clone();
+    after.push(4);
+    for id in after.iter().map(|&id| id as u16) {
+        wait_voters(&cluster, id, &after, Duration::from_secs(10));
+    }
+    // The new configuration survives the loss of its primary.
+    let primary = wait_primary(&drivers, None).await;
+    cluster.kill(primary);
+    set_driver(&drivers, primary, None);
+    let new_primary = wait_primary(&drivers, Some(primary)).await;
+    assert_ne!(new_primary, dead);
+    cluster.start_node(primary);
+    set_driver(
+        &drivers,
+        primary,
+        Some(connect(&cluster.node(primary).app_socket).await),
+    );
+    let remaining: Vec<u16> = after.iter().map(|&id| id as u16).collect();
+    finish(&drivers, writers, &remaining).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_primary_hands_over_first() {
+    let cluster = cluster_of(3, 3);
+    let drivers = connect_some(&cluster, &[1, 2, 3]).await;
+    let primary = wait_primary(&drivers, None).await;
+    let writers = start_writers(&drivers, 2).await;
+    let started = Instant::now();
+    let (ok, text) = members(&cluster, primary, &["remove", &primary.to_string()]);
+    assert!(ok, "members remove {primary}: {text}");
+    assert!(text.contains("handing over"), "{text}");
+    let new_primary = wait_primary(&drivers, Some(primary)).await;
+    let others: Vec<u64> = (1..=3u64).filter(|&id| id != u64::from(primary)).collect();
+    wait_voters(&cluster, new_primary, &others, Duration::from_secs(10));
+    eprintln!("removed the primary in {:?}", started.elapsed());
+    // A node removed stands for nothing: the two others keep the primary role between them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(wait_primary(&drivers, None).await, primary);
+    let remaining: Vec<u16> = others.iter().map(|&id| id as u16).collect();
+    finish(&drivers, writers, &remaining).await;
+}
