@@ -194,6 +194,11 @@ pub struct RunArgs {
     /// Never become primary: still vote and replicate.
     #[arg(long, env = "UNDERSTUDY_NO_FAILOVER")]
     pub no_failover: bool,
+    /// A witness: votes and keeps the log (two data nodes and a witness survive the loss of
+    /// either data node) but runs no application and serves no client; elected only when no
+    /// data node's log is as up to date, and then it hands over to one at once.
+    #[arg(long, env = "UNDERSTUDY_WITNESS", conflicts_with_all = ["app_cmd", "app_addr", "follow_dir"])]
+    pub witness: bool,
     /// Follow mode: replicate the application's own files in this directory (its
     /// write-ahead log: files that only grow, files installed by rename, deletions), for an
     /// application that does not use the app API. Needs --app-cmd and --app-addr: the
@@ -294,6 +299,7 @@ impl RunArgs {
         core.app_timeout = self.app_timeout.unwrap_or(self.failover_timeout);
         core.priority = self.priority;
         core.no_failover = self.no_failover;
+        core.witness = self.witness;
         core.validate()?;
         Ok(NodeConfig {
             node_id,

@@ -67,6 +67,10 @@ pub(crate) struct StatusView {
     /// Automatic failover paused here.
     #[serde(default)]
     pub(crate) paused: bool,
+    /// Its place in the configuration it knows: `voter`, `learner` or `removed` (absent
+    /// from nodes before membership changes).
+    #[serde(default)]
+    member: Option<String>,
     /// The application's liveness (absent from older nodes).
     #[serde(default)]
     pub(crate) app_health: Option<AppHealthView>,
@@ -342,6 +346,13 @@ fn own_row(view: &StatusView, primary_view: Option<&StatusView>) -> Row {
         Some("quarantined") => role.push_str(" (quarantined)"),
         _ => {}
     }
+    match view.member.as_deref() {
+        Some("learner") if view.standing.as_deref() != Some("learner") => {
+            role.push_str(" (learner member)")
+        }
+        Some("removed") => role.push_str(" (not a member)"),
+        _ => {}
+    }
     if view.paused {
         role.push_str(" (paused)");
     }
@@ -552,6 +563,7 @@ mod tests {
             peers: vec![peer(2, 100, 0), peer(3, 90, 10)],
             failed: None,
             standing: None,
+            member: None,
             paused: false,
             app_health: None,
             follow: None,
@@ -571,6 +583,7 @@ mod tests {
             peers: vec![peer(1, 0, 0), peer(if node_id == 2 { 3 } else { 2 }, 0, 0)],
             failed: None,
             standing: None,
+            member: None,
             paused: false,
             app_health: None,
             follow: None,

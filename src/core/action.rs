@@ -111,6 +111,8 @@ pub enum SwitchoverReason {
     Asked,
     /// The primary's application was gone for `app_timeout`.
     AppGone,
+    /// The primary is a witness: it serves nobody and hands over to a data node.
+    Witness,
 }
 
 /// Why a running node became a learner.

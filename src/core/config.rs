@@ -53,6 +53,10 @@ pub struct Config {
     pub priority: u8,
     /// Never become primary (never stand, take no hand-over); still vote and replicate.
     pub no_failover: bool,
+    /// A witness (`health.rs`, "Witness"): votes and keeps the log, runs no application,
+    /// never serves. It stands only after a data node had its chance, and only to bring a
+    /// data node up to date and hand over to it.
+    pub witness: bool,
     /// Rules switched off on purpose, so the simulator can show that its checker finds the
     /// resulting violations. Never set outside tests.
     #[doc(hidden)]
@@ -106,6 +110,7 @@ impl Config {
             app_timeout: Duration::from_millis(500),
             priority: 0,
             no_failover: false,
+            witness: false,
             unsafe_testing: TestKnobs::default(),
         }
     }

@@ -464,6 +464,7 @@ impl Core {
             || self.st.role != Role::Backup
             || self.st.primary != Some(from)
             || !self.can_stand()
+            || self.config.witness
         {
             return;
         }

@@ -2,6 +2,16 @@
 //! primary and does not stand for election while another node could serve; and the
 //! operator's controls over who serves (`priority`, `no_failover`, the pause).
 //!
+//! 6. **A witness** (`Config::witness`) votes, keeps the log and counts towards commit and
+//!    the lease like any voter, but runs no application and never serves: it reports that it
+//!    cannot stand, so nobody defers or hands over to it. Two data nodes and a witness
+//!    tolerate the loss of either data node: if the survivor's log is as up to date as the
+//!    witness's, it wins as usual; if not (the witness acknowledged records the survivor
+//!    lacks), the witness refuses it, and stands itself, but only after an extra failover
+//!    timeout (so a data node always stands first). Elected, it takes no writes (a client
+//!    hears "busy", as during a switchover) and at once hands over (`switchover.rs`) to the
+//!    best data node once that node holds every record; until one does it keeps trying.
+//!
 //! None of this touches safety. Every rule here only decides *whether* a node stands or a
 //! primary hands over; standing, voting and handing over go through the paths argued in
 //! `election.rs`, `lease.rs` and `switchover.rs`, unchanged. A wrong view of some node's
@@ -60,7 +70,7 @@ impl Core {
     pub(super) fn health(&self) -> Health {
         Health {
             app_live: self.st.app_live,
-            can_stand: self.can_stand(),
+            can_stand: self.can_stand() && !self.config.witness,
             priority: self.config.priority,
             can_vote: !self.st.learner && !self.quarantined(),
         }
@@ -111,6 +121,17 @@ impl Core {
     }
 
     /// Rule 1: on a primary's tick.
+    /// A witness that was elected hands over as soon as there is a data node to hand to
+    /// (rule 6).
+    pub(super) fn witness_check(&mut self, out: &mut Vec<Action>) {
+        if !self.config.witness || self.st.role != Role::Primary || self.st.switchover.is_some() {
+            return;
+        }
+        if let Some(to) = self.switchover_target(false) {
+            self.switchover_begin(to, SwitchoverReason::Witness, out);
+        }
+    }
+
     pub(super) fn app_gone_check(&mut self, out: &mut Vec<Action>) {
         if self.st.role != Role::Primary || self.st.paused || self.st.switchover.is_some() {
             return;

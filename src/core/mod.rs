@@ -407,6 +407,7 @@ impl Core {
         match self.st.role {
             Role::Primary => {
                 self.switchover_check(out);
+                self.witness_check(out);
                 self.app_gone_check(out);
                 if self.st.role == Role::Primary {
                     self.members_auto_promote(out);
@@ -751,7 +752,14 @@ impl Core {
     fn reset_election_deadline(&mut self, from: Time) {
         let jitter_ns = self.config.election_jitter.as_nanos().min(u64::MAX as u128) as u64;
         let jitter = Duration::from_nanos(self.rng.below(jitter_ns));
-        self.st.election_deadline = from + self.config.failover_timeout + jitter;
+        // A witness waits a whole failover timeout longer: a data node stands first
+        // (`health.rs`, rule 6).
+        let extra = if self.config.witness {
+            self.config.failover_timeout + self.config.election_jitter
+        } else {
+            Duration::ZERO
+        };
+        self.st.election_deadline = from + self.config.failover_timeout + jitter + extra;
     }
 
     fn set_commit(&mut self, lsn: Lsn, out: &mut Vec<Action>) {

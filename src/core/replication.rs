@@ -144,7 +144,8 @@ impl Core {
                 return;
             }
         }
-        if self.st.switchover.is_some() {
+        if self.st.switchover.is_some() || self.config.witness {
+            // A witness serves nobody: it hands over as soon as it can (`health.rs`).
             out.push(Action::ProposeRejected {
                 reason: Rejection::SwitchoverInProgress,
             });

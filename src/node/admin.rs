@@ -950,6 +950,7 @@ mod tests {
                 app_live: true,
                 can_stand: true,
                 admin_addr: None,
+                member: "voter",
             }],
             ..NodeStatus::for_tests(role)
         }

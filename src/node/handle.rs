@@ -194,6 +194,8 @@ pub struct NodeStatus {
     pub priority: u8,
     /// `--no-failover`: this node never becomes primary.
     pub no_failover: bool,
+    /// `--witness`: this node votes and keeps the log, and serves nobody.
+    pub witness: bool,
     /// This node's admin address (`--admin-listen`), if any.
     pub admin_addr: Option<SocketAddr>,
     /// `--ready-max-lag`, for `/ready` on a backup.
@@ -264,6 +266,7 @@ impl NodeStatus {
             paused: false,
             priority: 0,
             no_failover: false,
+            witness: false,
             admin_addr: None,
             ready_lag_max: 100,
             epoch_start_lsn: None,

@@ -584,6 +584,10 @@ impl Shell {
                 core::SwitchoverReason::Asked => {
                     info!(target_node = %to, "switchover: handing over once it has every record")
                 }
+                core::SwitchoverReason::Witness => info!(
+                    target_node = %to,
+                    "this witness was elected (no data node's log was as up to date): handing over to a data node once it has every record"
+                ),
                 core::SwitchoverReason::AppGone => warn!(
                     target_node = %to,
                     app_timeout_ms = self.config.core.app_timeout.as_millis() as u64,
@@ -953,6 +957,7 @@ impl Shell {
             paused: status.paused,
             priority: self.config.core.priority,
             no_failover: self.config.core.no_failover,
+            witness: self.config.core.witness,
             admin_addr: self.config.admin_addr,
             ready_lag_max: self.config.ready_lag_max,
             epoch_start_lsn: self
@@ -1261,6 +1266,7 @@ pub async fn run(
         paused: opened.dir.paused().is_some(),
         priority: config.core.priority,
         no_failover: config.core.no_failover,
+        witness: config.core.witness,
         admin_addr: config.admin_addr,
         ready_lag_max: config.ready_lag_max,
         epoch_start_lsn: None,
