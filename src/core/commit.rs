@@ -23,7 +23,9 @@ impl Core {
         if sync_replicas > 0 {
             // Learners do not count (`election.rs`, "Learners"), nor members that are not
             // voters of the latest configuration (`members.rs`): their copies are not ones a
-            // later election is bound to find.
+            // later election is bound to find. A voter just promoted from the configuration's
+            // learners reports its nonce until it has the config record; it counts if it
+            // could vote (`Health::can_vote`): its log is one it can vouch for.
             let members = self.members();
             let mut matched = [Lsn::ZERO; MEMBERS_MAX];
             let mut count = 0;
@@ -31,7 +33,9 @@ impl Core {
                 .st
                 .peers
                 .iter()
-                .filter(|peer| peer.learner == 0 && members.is_voter(peer.id))
+                .filter(|peer| {
+                    (peer.learner == 0 || peer.health.can_vote) && members.is_voter(peer.id)
+                })
             {
                 matched[count] = peer.match_lsn;
                 count += 1;

@@ -589,10 +589,16 @@ impl Core {
         if old_lease_echo {
             let sent_at = sent_at.min(now);
             peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
-        } else if response.learner == 0 && sent_at > super::Time::ZERO && sent_at <= now {
+        } else if (response.learner == 0 || response.health.can_vote)
+            && sent_at > super::Time::ZERO
+            && sent_at <= now
+        {
             // The echo of an append we sent in this epoch (backups forget other primaries'
             // send times), from a voter, which refuses votes for `failover_timeout` after it
-            // received it (`lease.rs`). A send time after `now` is not one of ours: ignored,
+            // received it (`lease.rs`). A member that is a learner of the configuration but
+            // could vote (`Health::can_vote`: not a wiped node awaiting promotion, nor
+            // quarantined) refuses the same way once the configuration makes it a voter, so
+            // its echo counts from the moment it does (`lease_until` counts voters only). A send time after `now` is not one of ours: ignored,
             // never clamped, for clamping would count the acknowledgement from its arrival.
             peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
         }
