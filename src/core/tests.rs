@@ -50,6 +50,11 @@ fn log_of(runs: &[(u64, u64)]) -> RecoveredLog {
     }
 }
 
+/// Every node of {1, 2, 3} a voter: the seed of the three-node tests.
+fn seed3() -> Members {
+    Members::voters_of(&[N1, N2, N3]).expect("ids in 1..=64")
+}
+
 fn step(core: &mut Core, input: Input) -> Vec<Action> {
     let mut out = Vec::new();
     core.step(input, &mut out);
@@ -66,6 +71,17 @@ fn receive(core: &mut Core, now: u64, from: NodeId, message: Message) -> Vec<Act
             message,
         },
     )
+}
+
+/// `message`, an append, with its last record a config record of `members`.
+fn with_config(message: Message, members: Members) -> Message {
+    match message {
+        Message::Append(append) => Message::Append(Append {
+            config: Some(members),
+            ..append
+        }),
+        other => panic!("not an append: {other:?}"),
+    }
 }
 
 fn append(
@@ -597,7 +613,8 @@ fn fresh_node_neither_votes_nor_stands_until_its_quarantine_ends() {
     assert!(voted(&receive(&mut fresh, 1051, N3, ask)));
 }
 
-/// On winning, the primary writes its epoch-start record and probes every backup with it.
+/// On winning, the primary writes its epoch-start record, then (its log holding only the
+/// seed) the seed's config record, and probes every backup once with both.
 #[test]
 fn elected_candidate_writes_epoch_start_and_probes_backups() {
     let mut core = new_core(
@@ -610,13 +627,22 @@ fn elected_candidate_writes_epoch_start_and_probes_backups() {
         },
     );
     let out = elect(&mut core);
-    let probe = append(2, (4, 1), 5, 2, 0, 601);
+    let probe = with_config(append(2, (4, 1), 6, 2, 0, 601), seed3());
     assert_eq!(
         out,
         vec![
             Action::WriteEpochStart {
                 lsn: Lsn(5),
                 epoch: Epoch(2)
+            },
+            Action::WriteConfig {
+                lsn: Lsn(6),
+                epoch: Epoch(2),
+                members: seed3()
+            },
+            Action::MembersChanged {
+                lsn: Lsn(6),
+                members: seed3()
             },
             Action::Send {
                 to: N2,
