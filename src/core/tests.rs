@@ -55,6 +55,15 @@ fn seed3() -> Members {
     Members::voters_of(&[N1, N2, N3]).expect("ids in 1..=64")
 }
 
+/// `log` whose records at the given LSNs are config records (after the seed at LSN 0).
+fn with_configs(mut log: RecoveredLog, configs: &[(u64, Members)]) -> RecoveredLog {
+    log.configs = configs
+        .iter()
+        .map(|&(lsn, members)| (Lsn(lsn), members))
+        .collect();
+    log
+}
+
 fn step(core: &mut Core, input: Input) -> Vec<Action> {
     let mut out = Vec::new();
     core.step(input, &mut out);
@@ -149,7 +158,8 @@ fn elect(core: &mut Core) -> Vec<Action> {
 }
 
 /// Node 1 of {1, 2, 3}, its log at epoch 1 through LSN 2, elected primary of epoch 2 at
-/// 600 ms with node 2's vote, its epoch-start record (LSN 3) durable.
+/// 600 ms with node 2's vote, its epoch-start record (LSN 3) and the seed's config record
+/// (LSN 4) durable.
 fn elected_primary() -> Core {
     let mut core = new_core(
         config(N1, &[1, 2, 3]),
@@ -164,7 +174,7 @@ fn elected_primary() -> Core {
     step(
         &mut core,
         Input::Durable {
-            lsn: Lsn(3),
+            lsn: Lsn(4),
             epoch: Epoch(2),
         },
     );
@@ -886,6 +896,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
     );
     elect(&mut core);
     // Votes were requested at 600 ms (when the persist completed): the lease runs to 1050 ms.
+    // The epoch start is at 5, the seed's config record at 6.
     let out = step(
         &mut core,
         Input::Propose {
@@ -897,8 +908,8 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
     assert_eq!(
         out[0],
         Action::WriteProposed {
-            first_lsn: Lsn(6),
-            last_lsn: Lsn(7),
+            first_lsn: Lsn(7),
+            last_lsn: Lsn(8),
             epoch: Epoch(2)
         }
     );
@@ -944,7 +955,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     step(
         &mut core,
         Input::Durable {
-            lsn: Lsn(5),
+            lsn: Lsn(6),
             epoch: Epoch(2),
         },
     );
@@ -969,21 +980,36 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
             reason: Rejection::SwitchoverInProgress
         }]
     );
-    let caught_up = Message::AppendResponse(AppendResponse {
-        epoch: Epoch(2),
-        accepted: true,
-        matched_lsn: Lsn(5),
-        matched_epoch: Epoch(2),
-        durable_lsn: Lsn(5),
-        sent_at: Duration::from_millis(601),
-        learner: 0,
-        health: STANDS,
-    });
-    let out = receive(&mut core, 620, N3, caught_up);
+    let caught_up_through = |lsn: u64| {
+        Message::AppendResponse(AppendResponse {
+            epoch: Epoch(2),
+            accepted: true,
+            matched_lsn: Lsn(lsn),
+            matched_epoch: Epoch(2),
+            durable_lsn: Lsn(lsn),
+            sent_at: Duration::from_millis(601),
+            learner: 0,
+            health: STANDS,
+        })
+    };
+    // Node 3 holds the epoch start but not yet the seed's config record (6): it is shipped,
+    // and the primary waits.
+    let out = receive(&mut core, 620, N3, caught_up_through(5));
     assert_eq!(
         out,
         vec![
             Action::Committed { lsn: Lsn(5) },
+            Action::Send {
+                to: N3,
+                message: with_config(append(2, (5, 2), 6, 2, 5, 620), seed3())
+            },
+        ]
+    );
+    let out = receive(&mut core, 620, N3, caught_up_through(6));
+    assert_eq!(
+        out,
+        vec![
+            Action::Committed { lsn: Lsn(6) },
             Action::Send {
                 to: N3,
                 message: Message::TimeoutNow { epoch: Epoch(2) }
@@ -1027,14 +1053,14 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     // The target, a backup of node 1 in epoch 2, stands at once.
     let mut target = new_core(
         config(N3, &[1, 2, 3]),
-        log_of(&[(1, 4), (2, 5)]),
+        with_configs(log_of(&[(1, 4), (2, 6)]), &[(6, seed3())]),
         PersistedMeta {
             epoch: Epoch(2),
             voted_for: None,
             learner: false,
         },
     );
-    receive(&mut target, 600, N1, append(2, (5, 2), 5, 2, 5, 600));
+    receive(&mut target, 600, N1, append(2, (6, 2), 6, 2, 6, 600));
     let out = receive(
         &mut target,
         621,
@@ -1066,7 +1092,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     );
     let ask = Message::VoteRequest {
         epoch: Epoch(3),
-        last_lsn: Lsn(5),
+        last_lsn: Lsn(6),
         last_epoch: Epoch(2),
         transfer: true,
     };
@@ -1086,7 +1112,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
 }
 
 /// A backup that needs records below the primary's snapshot gets `SendSnapshot`; once the
-/// snapshot is in, shipping resumes right after it.
+/// snapshot is in, shipping resumes right after it (here with the seed's config record, 6).
 #[test]
 fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
     let mut core = new_core(
@@ -1148,7 +1174,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         out,
         vec![Action::Send {
             to: N3,
-            message: append(2, (5, 2), 5, 2, 5, 660)
+            message: with_config(append(2, (5, 2), 6, 2, 5, 660), seed3())
         }]
     );
 }
@@ -1325,15 +1351,15 @@ fn primary_lease_ignores_future_send_times_and_learners() {
 #[test]
 fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
     let mut core = elected_primary();
-    receive(&mut core, 610, N2, ack(2, 3, 600, 0xabc));
+    receive(&mut core, 610, N2, ack(2, 4, 600, 0xabc));
     assert_eq!(
         core.commit_lsn(),
         Lsn(0),
         "the learner's copy does not commit"
     );
-    let out = receive(&mut core, 620, N3, ack(2, 3, 600, 0));
-    assert_eq!(core.commit_lsn(), Lsn(3), "the voter's copy does");
-    assert!(out.contains(&Action::Committed { lsn: Lsn(3) }), "{out:?}");
+    let out = receive(&mut core, 620, N3, ack(2, 4, 600, 0));
+    assert_eq!(core.commit_lsn(), Lsn(4), "the voter's copy does");
+    assert!(out.contains(&Action::Committed { lsn: Lsn(4) }), "{out:?}");
     let out = step(&mut core, Input::Tick { now: ms(660) });
     let promote = out.iter().find_map(|action| match action {
         Action::Send {
@@ -1342,7 +1368,7 @@ fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
         } if *to == N2 => Some((append.promote, append.promote_through)),
         _ => None,
     });
-    assert_eq!(promote, Some((0xabc, Lsn(3))), "{out:?}");
+    assert_eq!(promote, Some((0xabc, Lsn(4))), "{out:?}");
     let out = step(&mut core, Input::Switchover { to: Some(N2) });
     assert!(
         out.contains(&Action::Switchover {
@@ -1596,9 +1622,9 @@ fn damaged_log_makes_a_primary_step_down_and_stand_for_nothing_until_repaired() 
 #[test]
 fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_lacks() {
     let mut p = elected_primary();
-    receive(&mut p, 605, N2, ack(2, 3, 600, 0));
-    receive(&mut p, 606, N3, ack(2, 3, 600, 0));
-    assert_eq!(p.commit_lsn(), Lsn(3));
+    receive(&mut p, 605, N2, ack(2, 4, 600, 0));
+    receive(&mut p, 606, N3, ack(2, 4, 600, 0));
+    assert_eq!(p.commit_lsn(), Lsn(4));
     step(
         &mut p,
         Input::Propose {
@@ -1610,13 +1636,13 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
     step(
         &mut p,
         Input::Durable {
-            lsn: Lsn(4),
+            lsn: Lsn(5),
             epoch: Epoch(2),
         },
     );
-    // Node 2's old run acknowledges lsn 4 durable; the answer is held up. It crashes, and
-    // at restart its last record (4) fails its check and is cut: a learner with 1..=3.
-    let stale_ack = ack(2, 4, 620, 0);
+    // Node 2's old run acknowledges lsn 5 durable; the answer is held up. It crashes, and
+    // at restart its last record (5) fails its check and is cut: a learner with 1..=4.
+    let stale_ack = ack(2, 5, 620, 0);
     let mut y = Core::new(
         config(N2, &[1, 2, 3]),
         PersistedMeta {
@@ -1624,13 +1650,13 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
             voted_for: Some(N1),
             learner: true,
         },
-        log_of(&[(1, 2), (2, 3)]),
+        with_configs(log_of(&[(1, 2), (2, 4)]), &[(4, seed3())]),
         Start::LEARNER,
         Time::ZERO,
         99,
     )
     .expect("valid test setup");
-    let out = receive(&mut y, 10, N1, append(2, (3, 2), 3, 2, 3, 650));
+    let out = receive(&mut y, 10, N1, append(2, (4, 2), 4, 2, 4, 650));
     let answer = response_to(&out, N1);
     assert_ne!(answer.learner, 0);
     receive(&mut p, 660, N2, Message::AppendResponse(answer));
@@ -1638,18 +1664,19 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
     let to_y = append_to(&out, N2).expect("an append to node 2");
     assert_eq!(
         to_y.promote, 0,
-        "node 2 lacks lsn 4, which existed when it was first heard"
+        "node 2 lacks lsn 5, which existed when it was first heard"
     );
-    // The stale answer arrives and counts: lsn 4 commits with the copy node 2 had then.
+    // The stale answer arrives and counts: lsn 5 commits with the copy node 2 had then.
     receive(&mut p, 720, N2, stale_ack);
-    // The primary dies. Node 2, still a learner, does not vote for node 3, which lacks lsn 4.
+    assert_eq!(p.commit_lsn(), Lsn(5));
+    // The primary dies. Node 2, still a learner, does not vote for node 3, which lacks lsn 5.
     let out = receive(
         &mut y,
         800,
         N3,
         Message::VoteRequest {
             epoch: Epoch(3),
-            last_lsn: Lsn(3),
+            last_lsn: Lsn(4),
             last_epoch: Epoch(2),
             transfer: false,
         },
@@ -1688,25 +1715,26 @@ fn a_learner_is_promoted_when_commit_needs_it() {
     )
     .expect("valid test setup");
     elect(&mut p);
+    // The epoch start (3) and the seed's config record (4).
     step(
         &mut p,
         Input::Durable {
-            lsn: Lsn(3),
+            lsn: Lsn(4),
             epoch: Epoch(2),
         },
     );
-    receive(&mut p, 610, N2, ack(2, 3, 605, 0));
-    receive(&mut p, 611, N3, ack(2, 3, 605, 0x55));
+    receive(&mut p, 610, N2, ack(2, 4, 605, 0));
+    receive(&mut p, 611, N3, ack(2, 4, 605, 0x55));
     assert_eq!(p.commit_lsn(), Lsn(0), "the learner does not count");
     let out = step(&mut p, Input::Tick { now: ms(660) });
     let to_learner = append_to(&out, N3).expect("an append to node 3");
     assert_eq!(
         (to_learner.promote, to_learner.promote_through),
-        (0x55, Lsn(3))
+        (0x55, Lsn(4))
     );
-    // Promoted, it counts: the epoch start commits.
-    receive(&mut p, 670, N3, ack(2, 3, 660, 0));
-    assert_eq!(p.commit_lsn(), Lsn(3));
+    // Promoted, it counts: the epoch start and the config record commit.
+    receive(&mut p, 670, N3, ack(2, 4, 660, 0));
+    assert_eq!(p.commit_lsn(), Lsn(4));
 }
 
 /// A backup's acknowledgement of everything through `lsn` in epoch 2, reporting `health`.
@@ -1751,8 +1779,8 @@ fn primary_hands_over_when_its_application_is_gone() {
         },
     );
     // Node 2 caught up, application not live; node 3 caught up, live.
-    receive(&mut core, 610, N2, ack_with(3, 600, STANDS));
-    receive(&mut core, 610, N3, ack_with(3, 600, LIVE));
+    receive(&mut core, 610, N2, ack_with(4, 600, STANDS));
+    receive(&mut core, 610, N3, ack_with(4, 600, LIVE));
     step(
         &mut core,
         Input::AppHealth {
@@ -1774,8 +1802,8 @@ fn primary_hands_over_when_its_application_is_gone() {
             stamp: 10,
         },
     );
-    receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
-    receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
+    receive(&mut core, 1010, N3, ack_with(4, 1000, LIVE));
+    receive(&mut core, 1010, N2, ack_with(4, 1000, STANDS));
     let out = step(&mut core, Input::Tick { now: ms(1120) });
     assert_eq!(switchover_started(&out), None, "paused: {out:?}");
     step(
@@ -1805,8 +1833,8 @@ fn primary_hands_over_when_its_application_is_gone() {
 
     // The same without any live backup: it stays primary.
     let mut core = elected_primary();
-    receive(&mut core, 610, N2, ack_with(3, 600, STANDS));
-    receive(&mut core, 610, N3, ack_with(3, 600, STANDS));
+    receive(&mut core, 610, N2, ack_with(4, 600, STANDS));
+    receive(&mut core, 610, N3, ack_with(4, 600, STANDS));
     step(
         &mut core,
         Input::AppHealth {
@@ -1815,18 +1843,18 @@ fn primary_hands_over_when_its_application_is_gone() {
         },
     );
     step(&mut core, Input::Tick { now: ms(1000) });
-    receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
-    receive(&mut core, 1010, N3, ack_with(3, 1000, STANDS));
+    receive(&mut core, 1010, N2, ack_with(4, 1000, STANDS));
+    receive(&mut core, 1010, N3, ack_with(4, 1000, STANDS));
     let out = step(&mut core, Input::Tick { now: ms(1210) });
     assert_eq!(switchover_started(&out), None, "{out:?}");
     assert_eq!(core.role(), Role::Primary);
 
     // Nor does a node where no application is expected.
     let mut core = elected_primary();
-    receive(&mut core, 610, N3, ack_with(3, 600, LIVE));
+    receive(&mut core, 610, N3, ack_with(4, 600, LIVE));
     step(&mut core, Input::Tick { now: ms(1000) });
-    receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
-    receive(&mut core, 1010, N2, ack_with(3, 1000, LIVE));
+    receive(&mut core, 1010, N3, ack_with(4, 1000, LIVE));
+    receive(&mut core, 1010, N2, ack_with(4, 1000, LIVE));
     let out = step(&mut core, Input::Tick { now: ms(1210) });
     assert_eq!(switchover_started(&out), None, "{out:?}");
 }
