@@ -34,11 +34,13 @@
 //! configurations every pair of quorums meets, so the arguments of `election.rs` (one vote
 //! per node per epoch), `commit.rs` (commit set meets every election quorum) and `lease.rs`
 //! (the lease's majority meets every election's) go through unchanged: each needs only that
-//! two quorums counted by two nodes share a voter. A new primary whose predecessor's last
-//! change is still uncommitted commits it (with its epoch-start record) before writing its
-//! own, which is rule 1's second half: without it, two primaries in turn could each add a
-//! different voter to the same committed configuration, and their two configurations would
-//! differ by two voters.
+//! two quorums counted by two nodes share a voter. The commit set is the exception: with an
+//! even number of voters it is no majority (the primary alone of 2), so until the latest
+//! configuration's record is committed the primary counts commit in it and in the one before
+//! (`commit.rs`). A new primary whose predecessor's last change is still uncommitted commits
+//! it (with its epoch-start record) before writing its own, which is rule 1's second half:
+//! without it, two primaries in turn could each add a different voter to the same committed
+//! configuration, and their two configurations would differ by two voters.
 //!
 //! The simulator's `SIM_BREAK=members` switches rule 2 off (a change that adds two voters at
 //! once) and its checker finds the resulting two primaries of one epoch or the lost commit.

@@ -2606,6 +2606,89 @@ fn a_removed_member_is_no_longer_shipped_to_and_commit_needs_fewer_copies() {
     );
 }
 
+/// A removal's record is committed only with a copy that an election in the old
+/// configuration must find. In {1, 2} the primary alone would do (every election needs both
+/// votes), but nodes 2 and 3, still counting in {1, 2, 3} until they hold the record, could
+/// elect one of themselves without it; so until the record is committed, commit is also
+/// counted in the configuration before it.
+#[test]
+fn a_removal_commits_only_with_a_copy_the_old_configuration_would_find() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    let out = propose_members(&mut core, 620, MembersChange::Remove(N3));
+    let two = Members::voters_of(&[N1, N2]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(5), two)), "{out:?}");
+    let out = durable(&mut core, 5);
+    assert_eq!(
+        committed(&out),
+        None,
+        "durable on the primary alone: {out:?}"
+    );
+    propose(&mut core, 625);
+    let out = durable(&mut core, 6);
+    assert_eq!(committed(&out), None, "{out:?}");
+    let out = receive(&mut core, 630, N2, ack(2, 6, 625, 0));
+    assert_eq!(committed(&out), Some(Lsn(6)));
+    // Once it is committed, {1, 2} alone counts: node 1's copy commits.
+    propose(&mut core, 635);
+    let out = durable(&mut core, 7);
+    assert_eq!(committed(&out), Some(Lsn(7)));
+}
+
+/// Likewise for a promotion from three voters to four: node 4's copy alone (one backup of
+/// four) would commit in the new configuration, but nodes 2 and 3 are a majority of the old
+/// one; until the record is committed one of them must hold it too.
+#[test]
+fn a_promotion_commits_only_with_a_copy_the_old_configuration_would_find() {
+    let learner = plus(seed3(), N4, MemberRole::Learner);
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        with_configs(log_of(&[(1, 3)]), &[(3, learner)]),
+        meta_epoch_1(),
+    );
+    let out = elect(&mut core);
+    assert_eq!(config_written(&out), None);
+    durable(&mut core, 4);
+    for id in [N2, N3, N4] {
+        receive(&mut core, 610, id, ack(2, 4, 601, 0));
+    }
+    assert_eq!(core.commit_lsn(), Lsn(4));
+    let out = propose_members(&mut core, 620, MembersChange::Promote(N4));
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(5), four)), "{out:?}");
+    durable(&mut core, 5);
+    let out = receive(&mut core, 625, N4, ack(2, 5, 620, 0));
+    assert_eq!(committed(&out), None, "node 4's copy alone: {out:?}");
+    let out = receive(&mut core, 626, N3, ack(2, 5, 620, 0));
+    assert_eq!(committed(&out), Some(Lsn(5)));
+    // From now on node 4 counts like any voter.
+    propose(&mut core, 630);
+    durable(&mut core, 6);
+    let out = receive(&mut core, 635, N4, ack(2, 6, 630, 0));
+    assert_eq!(committed(&out), Some(Lsn(6)));
+}
+
+/// A new primary that was a learner in the configuration before its latest (its predecessor
+/// promoted it and did not commit the change) is no voter there: until that change commits,
+/// its own copy does not count towards the old configuration's commit set, which then needs
+/// one backup more (two of {1, 2, 3}: nodes 1 and 3 are a majority of it).
+#[test]
+fn a_primary_promoted_by_an_uncommitted_change_needs_one_more_copy_in_the_old_configuration() {
+    let learner = plus(seed3(), N4, MemberRole::Learner);
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    let mut core = new_core(
+        config(N4, &[1, 2, 3, 4]),
+        with_configs(log_of(&[(1, 4)]), &[(3, learner), (4, four)]),
+        meta_epoch_1(),
+    );
+    assert!(core.is_voter());
+    elect_with(&mut core, &[N2, N3]);
+    durable(&mut core, 5);
+    let out = receive(&mut core, 610, N2, ack(2, 5, 601, 0));
+    assert_eq!(committed(&out), None, "one voter of {{1, 2, 3}}: {out:?}");
+    let out = receive(&mut core, 611, N3, ack(2, 5, 601, 0));
+    assert_eq!(committed(&out), Some(Lsn(5)));
+}
+
 /// A backup acts on a configuration from the moment it writes its record (`Append::config`),
 /// and falls back to the one before when a new primary truncates that record; both are
 /// reported. Removed, it neither stands nor votes; restored, it stands again.
