@@ -42,8 +42,10 @@
 //! without it, two primaries in turn could each add a different voter to the same committed
 //! configuration, and their two configurations would differ by two voters.
 //!
-//! The simulator's `SIM_BREAK=members` switches rule 2 off (a change that adds two voters at
-//! once) and its checker finds the resulting two primaries of one epoch or the lost commit.
+//! The simulator's `SIM_BREAK=members` switches rule 2 off (`skip_single_change`: a change
+//! may follow the previous one before it is committed, so a second voter joins before the
+//! first one's record is) and its checker finds the resulting two primaries of one epoch or
+//! the lost commit.
 
 use wal::{Lsn, NodeId};
 
@@ -492,10 +494,16 @@ impl Core {
     /// are a majority of it.
     fn members_may_change(&self, current: &Members, next: &Members) -> Result<(), MembersRefusal> {
         let (latest_lsn, _) = self.st.log.configs.latest();
-        if self.st.commit_lsn < self.st.epoch_start_lsn || self.st.commit_lsn < latest_lsn {
+        // Every change names one node, so `current` and `next` never differ by more than one
+        // voter: the knob breaks rule 2 by letting a change follow the previous one before
+        // that is committed (the latest configuration is then two voters away from the
+        // committed one).
+        let skip_single_change = self.config.unsafe_testing.skip_single_change;
+        let previous_pending = self.st.commit_lsn < latest_lsn && !skip_single_change;
+        if self.st.commit_lsn < self.st.epoch_start_lsn || previous_pending {
             return Err(MembersRefusal::ChangePending);
         }
-        if !current.single_change_to(next) && !self.config.unsafe_testing.skip_single_change {
+        if !current.single_change_to(next) && !skip_single_change {
             return Err(MembersRefusal::MoreThanOneVoter);
         }
         if !next.is_voter(self.config.node_id) {

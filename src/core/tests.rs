@@ -2858,3 +2858,47 @@ fn a_node_that_is_not_a_voter_in_its_latest_configuration_neither_votes_nor_stan
         assert_eq!(voted, voter, "{members}: {out:?}");
     }
 }
+
+/// `unsafe_testing.skip_single_change` lets a second voter in before the first one's record
+/// is committed: the latest configuration is then two voters away from the committed one,
+/// which the rules never allow.
+#[test]
+fn skip_single_change_lets_two_voters_in_at_once() {
+    let learners = plus(
+        plus(seed3(), N4, MemberRole::Learner),
+        N5,
+        MemberRole::Learner,
+    );
+    for skip in [false, true] {
+        let mut cfg = config(N1, &[1, 2, 3]);
+        cfg.unsafe_testing.skip_single_change = skip;
+        let mut core = new_core(
+            cfg,
+            with_configs(log_of(&[(1, 3)]), &[(3, learners)]),
+            meta_epoch_1(),
+        );
+        elect(&mut core);
+        durable(&mut core, 4);
+        for id in [N2, N3, N4, N5] {
+            receive(&mut core, 610, id, ack(2, 4, 601, 0));
+        }
+        assert_eq!(core.commit_lsn(), Lsn(4));
+        let out = propose_members(&mut core, 620, MembersChange::Promote(N4));
+        assert_eq!(config_written(&out).map(|(lsn, _)| lsn), Some(Lsn(5)));
+        let out = propose_members(&mut core, 620, MembersChange::Promote(N5));
+        let (_, committed) = core.members_at(core.commit_lsn());
+        if skip {
+            assert_eq!(config_written(&out).map(|(lsn, _)| lsn), Some(Lsn(6)));
+            assert_eq!(core.members().voter_count(), 5);
+            assert!(!committed.single_change_to(&core.members()));
+        } else {
+            assert_eq!(
+                out,
+                vec![Action::MembersRefused {
+                    reason: MembersRefusal::ChangePending
+                }]
+            );
+            assert!(committed.single_change_to(&core.members()));
+        }
+    }
+}
