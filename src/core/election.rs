@@ -566,8 +566,10 @@ impl Core {
         if self.st.log.configs.latest().0 == Lsn::ZERO {
             self.members_write(members, out);
         }
+        // Every peer is new, probing with no probe out: this ships its probe, unless writing
+        // the seed's record above already did (a heartbeat besides it would be redundant).
         for i in 0..self.st.peers.len() {
-            self.replicate_to(i, true, out);
+            self.replicate_to(i, false, out);
         }
         self.commit_advance_primary(out);
     }

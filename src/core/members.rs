@@ -34,14 +34,18 @@
 //! configurations every pair of quorums meets, so the arguments of `election.rs` (one vote
 //! per node per epoch), `commit.rs` (commit set meets every election quorum) and `lease.rs`
 //! (the lease's majority meets every election's) go through unchanged: each needs only that
-//! two quorums counted by two nodes share a voter. A new primary whose predecessor's last
-//! change is still uncommitted commits it (with its epoch-start record) before writing its
-//! own, which is rule 1's second half: without it, two primaries in turn could each add a
-//! different voter to the same committed configuration, and their two configurations would
-//! differ by two voters.
+//! two quorums counted by two nodes share a voter. The commit set is the exception: with an
+//! even number of voters it is no majority (the primary alone of 2), so until the latest
+//! configuration's record is committed the primary counts commit in it and in the one before
+//! (`commit.rs`). A new primary whose predecessor's last change is still uncommitted commits
+//! it (with its epoch-start record) before writing its own, which is rule 1's second half:
+//! without it, two primaries in turn could each add a different voter to the same committed
+//! configuration, and their two configurations would differ by two voters.
 //!
-//! The simulator's `SIM_BREAK=members` switches rule 2 off (a change that adds two voters at
-//! once) and its checker finds the resulting two primaries of one epoch or the lost commit.
+//! The simulator's `SIM_BREAK=members` switches rule 2 off (`skip_single_change`: a change
+//! may follow the previous one before it is committed, so a second voter joins before the
+//! first one's record is) and its checker finds the resulting two primaries of one epoch or
+//! the lost commit.
 
 use wal::{Lsn, NodeId};
 
@@ -356,72 +360,6 @@ impl Configs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_majority_of_a_single_change_meets_every_majority_of_the_old() {
-        // Exhaustive over small voter sets: for C and C' one voter apart, every majority of
-        // C meets every majority of C'.
-        for voters in 1u64..(1 << 6) {
-            let c = Members::from_bits(voters, 0).unwrap();
-            for flip in 0..6 {
-                let next = Members::from_bits(voters ^ (1 << flip), 0).unwrap();
-                if next.voter_count() == 0 {
-                    continue;
-                }
-                assert!(c.single_change_to(&next));
-                for q1 in 0u64..(1 << 6) {
-                    if c.count_voters(q1) < c.majority() || q1 & !voters != 0 {
-                        continue;
-                    }
-                    for q2 in 0u64..(1 << 6) {
-                        if next.count_voters(q2) < next.majority() || q2 & !next.voters != 0 {
-                            continue;
-                        }
-                        assert_ne!(q1 & q2, 0, "{c} and {next}: {q1:b} and {q2:b} disjoint");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn two_voters_at_once_can_split() {
-        let c = Members::voters_of(&[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
-        let next = c
-            .with(NodeId(4), MemberRole::Voter)
-            .and_then(|m| m.with(NodeId(5), MemberRole::Voter))
-            .unwrap();
-        assert!(!c.single_change_to(&next));
-        // {1, 2} is a majority of C, {3, 4, 5} one of C': disjoint.
-        assert!(c.count_voters(0b00011) >= c.majority());
-        assert!(next.count_voters(0b11100) >= next.majority());
-    }
-
-    #[test]
-    fn configs_follow_truncation() {
-        let a = Members::voters_of(&[NodeId(1)]).unwrap();
-        let b = a.with(NodeId(2), MemberRole::Learner).unwrap();
-        let c = b.with(NodeId(2), MemberRole::Voter).unwrap();
-        let mut configs = Configs {
-            entries: vec![(Lsn::ZERO, a)],
-        };
-        configs.push(Lsn(3), b);
-        configs.push(Lsn(7), c);
-        assert_eq!(configs.at(Lsn(5)), (Lsn(3), b));
-        assert!(configs.truncate_suffix(Lsn(6)));
-        assert_eq!(configs.latest(), (Lsn(3), b));
-        configs.push(Lsn(8), c);
-        configs.truncate_prefix(Lsn(7));
-        assert_eq!(configs.entries, vec![(Lsn(3), b), (Lsn(8), c)]);
-        configs.truncate_prefix(Lsn(8));
-        assert_eq!(configs.entries, vec![(Lsn(8), c)]);
-        assert_eq!(b.to_string(), "1,2(learner)");
-    }
-}
-
 // The core's side: proposing a change, keeping the primary's peers in step with the
 // configuration, and promoting a caught-up learner.
 
@@ -490,10 +428,16 @@ impl Core {
     /// are a majority of it.
     fn members_may_change(&self, current: &Members, next: &Members) -> Result<(), MembersRefusal> {
         let (latest_lsn, _) = self.st.log.configs.latest();
-        if self.st.commit_lsn < self.st.epoch_start_lsn || self.st.commit_lsn < latest_lsn {
+        // Every change names one node, so `current` and `next` never differ by more than one
+        // voter: the knob breaks rule 2 by letting a change follow the previous one before
+        // that is committed (the latest configuration is then two voters away from the
+        // committed one).
+        let skip_single_change = self.config.unsafe_testing.skip_single_change;
+        let previous_pending = self.st.commit_lsn < latest_lsn && !skip_single_change;
+        if self.st.commit_lsn < self.st.epoch_start_lsn || previous_pending {
             return Err(MembersRefusal::ChangePending);
         }
-        if !current.single_change_to(next) && !self.config.unsafe_testing.skip_single_change {
+        if !current.single_change_to(next) && !skip_single_change {
             return Err(MembersRefusal::MoreThanOneVoter);
         }
         if !next.is_voter(self.config.node_id) {
@@ -612,5 +556,71 @@ impl Core {
         if self.members_may_change(&current, &next).is_ok() {
             self.members_write(next, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_majority_of_a_single_change_meets_every_majority_of_the_old() {
+        // Exhaustive over small voter sets: for C and C' one voter apart, every majority of
+        // C meets every majority of C'.
+        for voters in 1u64..(1 << 6) {
+            let c = Members::from_bits(voters, 0).unwrap();
+            for flip in 0..6 {
+                let next = Members::from_bits(voters ^ (1 << flip), 0).unwrap();
+                if next.voter_count() == 0 {
+                    continue;
+                }
+                assert!(c.single_change_to(&next));
+                for q1 in 0u64..(1 << 6) {
+                    if c.count_voters(q1) < c.majority() || q1 & !voters != 0 {
+                        continue;
+                    }
+                    for q2 in 0u64..(1 << 6) {
+                        if next.count_voters(q2) < next.majority() || q2 & !next.voters != 0 {
+                            continue;
+                        }
+                        assert_ne!(q1 & q2, 0, "{c} and {next}: {q1:b} and {q2:b} disjoint");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_voters_at_once_can_split() {
+        let c = Members::voters_of(&[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
+        let next = c
+            .with(NodeId(4), MemberRole::Voter)
+            .and_then(|m| m.with(NodeId(5), MemberRole::Voter))
+            .unwrap();
+        assert!(!c.single_change_to(&next));
+        // {1, 2} is a majority of C, {3, 4, 5} one of C': disjoint.
+        assert!(c.count_voters(0b00011) >= c.majority());
+        assert!(next.count_voters(0b11100) >= next.majority());
+    }
+
+    #[test]
+    fn configs_follow_truncation() {
+        let a = Members::voters_of(&[NodeId(1)]).unwrap();
+        let b = a.with(NodeId(2), MemberRole::Learner).unwrap();
+        let c = b.with(NodeId(2), MemberRole::Voter).unwrap();
+        let mut configs = Configs {
+            entries: vec![(Lsn::ZERO, a)],
+        };
+        configs.push(Lsn(3), b);
+        configs.push(Lsn(7), c);
+        assert_eq!(configs.at(Lsn(5)), (Lsn(3), b));
+        assert!(configs.truncate_suffix(Lsn(6)));
+        assert_eq!(configs.latest(), (Lsn(3), b));
+        configs.push(Lsn(8), c);
+        configs.truncate_prefix(Lsn(7));
+        assert_eq!(configs.entries, vec![(Lsn(3), b), (Lsn(8), c)]);
+        configs.truncate_prefix(Lsn(8));
+        assert_eq!(configs.entries, vec![(Lsn(8), c)]);
+        assert_eq!(b.to_string(), "1,2(learner)");
     }
 }

@@ -50,6 +50,20 @@ fn log_of(runs: &[(u64, u64)]) -> RecoveredLog {
     }
 }
 
+/// Every node of {1, 2, 3} a voter: the seed of the three-node tests.
+fn seed3() -> Members {
+    Members::voters_of(&[N1, N2, N3]).expect("ids in 1..=64")
+}
+
+/// `log` whose records at the given LSNs are config records (after the seed at LSN 0).
+fn with_configs(mut log: RecoveredLog, configs: &[(u64, Members)]) -> RecoveredLog {
+    log.configs = configs
+        .iter()
+        .map(|&(lsn, members)| (Lsn(lsn), members))
+        .collect();
+    log
+}
+
 fn step(core: &mut Core, input: Input) -> Vec<Action> {
     let mut out = Vec::new();
     core.step(input, &mut out);
@@ -66,6 +80,17 @@ fn receive(core: &mut Core, now: u64, from: NodeId, message: Message) -> Vec<Act
             message,
         },
     )
+}
+
+/// `message`, an append, with its last record a config record of `members`.
+fn with_config(message: Message, members: Members) -> Message {
+    match message {
+        Message::Append(append) => Message::Append(Append {
+            config: Some(members),
+            ..append
+        }),
+        other => panic!("not an append: {other:?}"),
+    }
 }
 
 fn append(
@@ -96,44 +121,57 @@ fn append(
 /// Node 1 of {1, 2, 3} with `log` elected primary of epoch `epoch + 1` at 600 ms, with node 2's
 /// vote. Returns the actions of the final step (the promotion).
 fn elect(core: &mut Core) -> Vec<Action> {
+    elect_with(core, &[N2])
+}
+
+/// The node elected primary of the epoch after its own at 600 ms (its vote requests leave then),
+/// with the pre-votes and votes of `voters`, enough for a majority. Returns the actions of the
+/// steps that counted the votes.
+fn elect_with(core: &mut Core, voters: &[NodeId]) -> Vec<Action> {
     let epoch = core.epoch();
     step(core, Input::Tick { now: ms(600) });
     let next = epoch.next();
-    receive(
-        core,
-        600,
-        N2,
-        Message::PreVoteResponse {
-            epoch: next,
-            granted: true,
-            voter_epoch: epoch,
-            health: STANDS,
-            same_log: false,
-        },
-    );
+    for &from in voters {
+        receive(
+            core,
+            600,
+            from,
+            Message::PreVoteResponse {
+                epoch: next,
+                granted: true,
+                voter_epoch: epoch,
+                health: STANDS,
+                same_log: false,
+            },
+        );
+    }
     step(
         core,
         Input::MetaPersisted {
             epoch: next,
-            voted_for: Some(N1),
+            voted_for: Some(core.config().node_id),
             learner: false,
         },
     );
-    let out = receive(
-        core,
-        601,
-        N2,
-        Message::VoteResponse {
-            epoch: next,
-            granted: true,
-        },
-    );
+    let mut out = Vec::new();
+    for &from in voters {
+        out.extend(receive(
+            core,
+            601,
+            from,
+            Message::VoteResponse {
+                epoch: next,
+                granted: true,
+            },
+        ));
+    }
     assert_eq!(core.role(), Role::Primary);
     out
 }
 
 /// Node 1 of {1, 2, 3}, its log at epoch 1 through LSN 2, elected primary of epoch 2 at
-/// 600 ms with node 2's vote, its epoch-start record (LSN 3) durable.
+/// 600 ms with node 2's vote, its epoch-start record (LSN 3) and the seed's config record
+/// (LSN 4) durable.
 fn elected_primary() -> Core {
     let mut core = new_core(
         config(N1, &[1, 2, 3]),
@@ -148,7 +186,7 @@ fn elected_primary() -> Core {
     step(
         &mut core,
         Input::Durable {
-            lsn: Lsn(3),
+            lsn: Lsn(4),
             epoch: Epoch(2),
         },
     );
@@ -597,7 +635,8 @@ fn fresh_node_neither_votes_nor_stands_until_its_quarantine_ends() {
     assert!(voted(&receive(&mut fresh, 1051, N3, ask)));
 }
 
-/// On winning, the primary writes its epoch-start record and probes every backup with it.
+/// On winning, the primary writes its epoch-start record, then (its log holding only the
+/// seed) the seed's config record, and probes every backup once with both.
 #[test]
 fn elected_candidate_writes_epoch_start_and_probes_backups() {
     let mut core = new_core(
@@ -610,13 +649,22 @@ fn elected_candidate_writes_epoch_start_and_probes_backups() {
         },
     );
     let out = elect(&mut core);
-    let probe = append(2, (4, 1), 5, 2, 0, 601);
+    let probe = with_config(append(2, (4, 1), 6, 2, 0, 601), seed3());
     assert_eq!(
         out,
         vec![
             Action::WriteEpochStart {
                 lsn: Lsn(5),
                 epoch: Epoch(2)
+            },
+            Action::WriteConfig {
+                lsn: Lsn(6),
+                epoch: Epoch(2),
+                members: seed3()
+            },
+            Action::MembersChanged {
+                lsn: Lsn(6),
+                members: seed3()
             },
             Action::Send {
                 to: N2,
@@ -860,6 +908,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
     );
     elect(&mut core);
     // Votes were requested at 600 ms (when the persist completed): the lease runs to 1050 ms.
+    // The epoch start is at 5, the seed's config record at 6.
     let out = step(
         &mut core,
         Input::Propose {
@@ -871,8 +920,8 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
     assert_eq!(
         out[0],
         Action::WriteProposed {
-            first_lsn: Lsn(6),
-            last_lsn: Lsn(7),
+            first_lsn: Lsn(7),
+            last_lsn: Lsn(8),
             epoch: Epoch(2)
         }
     );
@@ -918,7 +967,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     step(
         &mut core,
         Input::Durable {
-            lsn: Lsn(5),
+            lsn: Lsn(6),
             epoch: Epoch(2),
         },
     );
@@ -943,21 +992,36 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
             reason: Rejection::SwitchoverInProgress
         }]
     );
-    let caught_up = Message::AppendResponse(AppendResponse {
-        epoch: Epoch(2),
-        accepted: true,
-        matched_lsn: Lsn(5),
-        matched_epoch: Epoch(2),
-        durable_lsn: Lsn(5),
-        sent_at: Duration::from_millis(601),
-        learner: 0,
-        health: STANDS,
-    });
-    let out = receive(&mut core, 620, N3, caught_up);
+    let caught_up_through = |lsn: u64| {
+        Message::AppendResponse(AppendResponse {
+            epoch: Epoch(2),
+            accepted: true,
+            matched_lsn: Lsn(lsn),
+            matched_epoch: Epoch(2),
+            durable_lsn: Lsn(lsn),
+            sent_at: Duration::from_millis(601),
+            learner: 0,
+            health: STANDS,
+        })
+    };
+    // Node 3 holds the epoch start but not yet the seed's config record (6): it is shipped,
+    // and the primary waits.
+    let out = receive(&mut core, 620, N3, caught_up_through(5));
     assert_eq!(
         out,
         vec![
             Action::Committed { lsn: Lsn(5) },
+            Action::Send {
+                to: N3,
+                message: with_config(append(2, (5, 2), 6, 2, 5, 620), seed3())
+            },
+        ]
+    );
+    let out = receive(&mut core, 620, N3, caught_up_through(6));
+    assert_eq!(
+        out,
+        vec![
+            Action::Committed { lsn: Lsn(6) },
             Action::Send {
                 to: N3,
                 message: Message::TimeoutNow { epoch: Epoch(2) }
@@ -1001,14 +1065,14 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     // The target, a backup of node 1 in epoch 2, stands at once.
     let mut target = new_core(
         config(N3, &[1, 2, 3]),
-        log_of(&[(1, 4), (2, 5)]),
+        with_configs(log_of(&[(1, 4), (2, 6)]), &[(6, seed3())]),
         PersistedMeta {
             epoch: Epoch(2),
             voted_for: None,
             learner: false,
         },
     );
-    receive(&mut target, 600, N1, append(2, (5, 2), 5, 2, 5, 600));
+    receive(&mut target, 600, N1, append(2, (6, 2), 6, 2, 6, 600));
     let out = receive(
         &mut target,
         621,
@@ -1040,7 +1104,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     );
     let ask = Message::VoteRequest {
         epoch: Epoch(3),
-        last_lsn: Lsn(5),
+        last_lsn: Lsn(6),
         last_epoch: Epoch(2),
         transfer: true,
     };
@@ -1060,7 +1124,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
 }
 
 /// A backup that needs records below the primary's snapshot gets `SendSnapshot`; once the
-/// snapshot is in, shipping resumes right after it.
+/// snapshot is in, shipping resumes right after it (here with the seed's config record, 6).
 #[test]
 fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
     let mut core = new_core(
@@ -1122,7 +1186,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         out,
         vec![Action::Send {
             to: N3,
-            message: append(2, (5, 2), 5, 2, 5, 660)
+            message: with_config(append(2, (5, 2), 6, 2, 5, 660), seed3())
         }]
     );
 }
@@ -1230,7 +1294,17 @@ fn ack(epoch: u64, lsn: u64, sent_ms: u64, learner: u64) -> Message {
         durable_lsn: Lsn(lsn),
         sent_at: Duration::from_millis(sent_ms),
         learner,
-        health: STANDS,
+        // A node that reports a learner nonce here is one that cannot vouch for its log (a
+        // wiped node awaiting promotion): it can neither vote nor stand.
+        health: if learner == 0 {
+            STANDS
+        } else {
+            Health {
+                can_stand: false,
+                can_vote: false,
+                ..STANDS
+            }
+        },
     })
 }
 
@@ -1299,15 +1373,15 @@ fn primary_lease_ignores_future_send_times_and_learners() {
 #[test]
 fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
     let mut core = elected_primary();
-    receive(&mut core, 610, N2, ack(2, 3, 600, 0xabc));
+    receive(&mut core, 610, N2, ack(2, 4, 600, 0xabc));
     assert_eq!(
         core.commit_lsn(),
         Lsn(0),
         "the learner's copy does not commit"
     );
-    let out = receive(&mut core, 620, N3, ack(2, 3, 600, 0));
-    assert_eq!(core.commit_lsn(), Lsn(3), "the voter's copy does");
-    assert!(out.contains(&Action::Committed { lsn: Lsn(3) }), "{out:?}");
+    let out = receive(&mut core, 620, N3, ack(2, 4, 600, 0));
+    assert_eq!(core.commit_lsn(), Lsn(4), "the voter's copy does");
+    assert!(out.contains(&Action::Committed { lsn: Lsn(4) }), "{out:?}");
     let out = step(&mut core, Input::Tick { now: ms(660) });
     let promote = out.iter().find_map(|action| match action {
         Action::Send {
@@ -1316,7 +1390,7 @@ fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
         } if *to == N2 => Some((append.promote, append.promote_through)),
         _ => None,
     });
-    assert_eq!(promote, Some((0xabc, Lsn(3))), "{out:?}");
+    assert_eq!(promote, Some((0xabc, Lsn(4))), "{out:?}");
     let out = step(&mut core, Input::Switchover { to: Some(N2) });
     assert!(
         out.contains(&Action::Switchover {
@@ -1570,9 +1644,9 @@ fn damaged_log_makes_a_primary_step_down_and_stand_for_nothing_until_repaired() 
 #[test]
 fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_lacks() {
     let mut p = elected_primary();
-    receive(&mut p, 605, N2, ack(2, 3, 600, 0));
-    receive(&mut p, 606, N3, ack(2, 3, 600, 0));
-    assert_eq!(p.commit_lsn(), Lsn(3));
+    receive(&mut p, 605, N2, ack(2, 4, 600, 0));
+    receive(&mut p, 606, N3, ack(2, 4, 600, 0));
+    assert_eq!(p.commit_lsn(), Lsn(4));
     step(
         &mut p,
         Input::Propose {
@@ -1584,13 +1658,13 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
     step(
         &mut p,
         Input::Durable {
-            lsn: Lsn(4),
+            lsn: Lsn(5),
             epoch: Epoch(2),
         },
     );
-    // Node 2's old run acknowledges lsn 4 durable; the answer is held up. It crashes, and
-    // at restart its last record (4) fails its check and is cut: a learner with 1..=3.
-    let stale_ack = ack(2, 4, 620, 0);
+    // Node 2's old run acknowledges lsn 5 durable; the answer is held up. It crashes, and
+    // at restart its last record (5) fails its check and is cut: a learner with 1..=4.
+    let stale_ack = ack(2, 5, 620, 0);
     let mut y = Core::new(
         config(N2, &[1, 2, 3]),
         PersistedMeta {
@@ -1598,13 +1672,13 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
             voted_for: Some(N1),
             learner: true,
         },
-        log_of(&[(1, 2), (2, 3)]),
+        with_configs(log_of(&[(1, 2), (2, 4)]), &[(4, seed3())]),
         Start::LEARNER,
         Time::ZERO,
         99,
     )
     .expect("valid test setup");
-    let out = receive(&mut y, 10, N1, append(2, (3, 2), 3, 2, 3, 650));
+    let out = receive(&mut y, 10, N1, append(2, (4, 2), 4, 2, 4, 650));
     let answer = response_to(&out, N1);
     assert_ne!(answer.learner, 0);
     receive(&mut p, 660, N2, Message::AppendResponse(answer));
@@ -1612,18 +1686,19 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
     let to_y = append_to(&out, N2).expect("an append to node 2");
     assert_eq!(
         to_y.promote, 0,
-        "node 2 lacks lsn 4, which existed when it was first heard"
+        "node 2 lacks lsn 5, which existed when it was first heard"
     );
-    // The stale answer arrives and counts: lsn 4 commits with the copy node 2 had then.
+    // The stale answer arrives and counts: lsn 5 commits with the copy node 2 had then.
     receive(&mut p, 720, N2, stale_ack);
-    // The primary dies. Node 2, still a learner, does not vote for node 3, which lacks lsn 4.
+    assert_eq!(p.commit_lsn(), Lsn(5));
+    // The primary dies. Node 2, still a learner, does not vote for node 3, which lacks lsn 5.
     let out = receive(
         &mut y,
         800,
         N3,
         Message::VoteRequest {
             epoch: Epoch(3),
-            last_lsn: Lsn(3),
+            last_lsn: Lsn(4),
             last_epoch: Epoch(2),
             transfer: false,
         },
@@ -1662,25 +1737,26 @@ fn a_learner_is_promoted_when_commit_needs_it() {
     )
     .expect("valid test setup");
     elect(&mut p);
+    // The epoch start (3) and the seed's config record (4).
     step(
         &mut p,
         Input::Durable {
-            lsn: Lsn(3),
+            lsn: Lsn(4),
             epoch: Epoch(2),
         },
     );
-    receive(&mut p, 610, N2, ack(2, 3, 605, 0));
-    receive(&mut p, 611, N3, ack(2, 3, 605, 0x55));
+    receive(&mut p, 610, N2, ack(2, 4, 605, 0));
+    receive(&mut p, 611, N3, ack(2, 4, 605, 0x55));
     assert_eq!(p.commit_lsn(), Lsn(0), "the learner does not count");
     let out = step(&mut p, Input::Tick { now: ms(660) });
     let to_learner = append_to(&out, N3).expect("an append to node 3");
     assert_eq!(
         (to_learner.promote, to_learner.promote_through),
-        (0x55, Lsn(3))
+        (0x55, Lsn(4))
     );
-    // Promoted, it counts: the epoch start commits.
-    receive(&mut p, 670, N3, ack(2, 3, 660, 0));
-    assert_eq!(p.commit_lsn(), Lsn(3));
+    // Promoted, it counts: the epoch start and the config record commit.
+    receive(&mut p, 670, N3, ack(2, 4, 660, 0));
+    assert_eq!(p.commit_lsn(), Lsn(4));
 }
 
 /// A backup's acknowledgement of everything through `lsn` in epoch 2, reporting `health`.
@@ -1725,8 +1801,8 @@ fn primary_hands_over_when_its_application_is_gone() {
         },
     );
     // Node 2 caught up, application not live; node 3 caught up, live.
-    receive(&mut core, 610, N2, ack_with(3, 600, STANDS));
-    receive(&mut core, 610, N3, ack_with(3, 600, LIVE));
+    receive(&mut core, 610, N2, ack_with(4, 600, STANDS));
+    receive(&mut core, 610, N3, ack_with(4, 600, LIVE));
     step(
         &mut core,
         Input::AppHealth {
@@ -1748,8 +1824,8 @@ fn primary_hands_over_when_its_application_is_gone() {
             stamp: 10,
         },
     );
-    receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
-    receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
+    receive(&mut core, 1010, N3, ack_with(4, 1000, LIVE));
+    receive(&mut core, 1010, N2, ack_with(4, 1000, STANDS));
     let out = step(&mut core, Input::Tick { now: ms(1120) });
     assert_eq!(switchover_started(&out), None, "paused: {out:?}");
     step(
@@ -1779,8 +1855,8 @@ fn primary_hands_over_when_its_application_is_gone() {
 
     // The same without any live backup: it stays primary.
     let mut core = elected_primary();
-    receive(&mut core, 610, N2, ack_with(3, 600, STANDS));
-    receive(&mut core, 610, N3, ack_with(3, 600, STANDS));
+    receive(&mut core, 610, N2, ack_with(4, 600, STANDS));
+    receive(&mut core, 610, N3, ack_with(4, 600, STANDS));
     step(
         &mut core,
         Input::AppHealth {
@@ -1789,18 +1865,18 @@ fn primary_hands_over_when_its_application_is_gone() {
         },
     );
     step(&mut core, Input::Tick { now: ms(1000) });
-    receive(&mut core, 1010, N2, ack_with(3, 1000, STANDS));
-    receive(&mut core, 1010, N3, ack_with(3, 1000, STANDS));
+    receive(&mut core, 1010, N2, ack_with(4, 1000, STANDS));
+    receive(&mut core, 1010, N3, ack_with(4, 1000, STANDS));
     let out = step(&mut core, Input::Tick { now: ms(1210) });
     assert_eq!(switchover_started(&out), None, "{out:?}");
     assert_eq!(core.role(), Role::Primary);
 
     // Nor does a node where no application is expected.
     let mut core = elected_primary();
-    receive(&mut core, 610, N3, ack_with(3, 600, LIVE));
+    receive(&mut core, 610, N3, ack_with(4, 600, LIVE));
     step(&mut core, Input::Tick { now: ms(1000) });
-    receive(&mut core, 1010, N3, ack_with(3, 1000, LIVE));
-    receive(&mut core, 1010, N2, ack_with(3, 1000, LIVE));
+    receive(&mut core, 1010, N3, ack_with(4, 1000, LIVE));
+    receive(&mut core, 1010, N2, ack_with(4, 1000, LIVE));
     let out = step(&mut core, Input::Tick { now: ms(1210) });
     assert_eq!(switchover_started(&out), None, "{out:?}");
 }
@@ -2069,4 +2145,770 @@ fn a_backup_paused_before_its_primary_stays_paused() {
         },
     );
     assert_eq!(paused_changes(&out), [(true, 2001, false)]);
+}
+
+// Membership (`members.rs`).
+
+const N4: NodeId = NodeId(4);
+const N5: NodeId = NodeId(5);
+
+fn meta_epoch_1() -> PersistedMeta {
+    PersistedMeta {
+        epoch: Epoch(1),
+        voted_for: None,
+        learner: false,
+    }
+}
+
+/// `members` with `id` added (or moved) as `role`.
+fn plus(members: Members, id: NodeId, role: MemberRole) -> Members {
+    members.with(id, role).expect("id in 1..=64")
+}
+
+/// Node 1 of `cfg`'s members (every one a voter in the seed), its log at epoch 1 through
+/// LSN 2, elected primary of epoch 2 at 600 ms with every other member's vote. Its epoch start
+/// (3) and the seed's config record (4) are durable and, at 610 ms, acknowledged durable by
+/// every other member (echoing 601 ms: the lease runs to 1051 ms): both are committed.
+fn committed_primary(cfg: Config) -> Core {
+    let others: Vec<NodeId> = cfg.members.iter().copied().filter(|&id| id != N1).collect();
+    let mut core = new_core(cfg, log_of(&[(1, 2)]), meta_epoch_1());
+    elect_with(&mut core, &others);
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(4),
+            epoch: Epoch(2),
+        },
+    );
+    for &id in &others {
+        receive(&mut core, 610, id, ack(2, 4, 601, 0));
+    }
+    assert_eq!(core.commit_lsn(), Lsn(4));
+    core
+}
+
+fn propose_members(core: &mut Core, now: u64, change: MembersChange) -> Vec<Action> {
+    step(
+        core,
+        Input::ProposeMembers {
+            now: ms(now),
+            change,
+        },
+    )
+}
+
+/// The config record written among `out`, if any.
+fn config_written(out: &[Action]) -> Option<(Lsn, Members)> {
+    out.iter().find_map(|a| match a {
+        Action::WriteConfig {
+            lsn,
+            epoch,
+            members,
+        } => {
+            assert_eq!(*epoch, Epoch(2), "config records here are of epoch 2");
+            Some((*lsn, *members))
+        }
+        _ => None,
+    })
+}
+
+/// Every `MembersChanged` among `out`.
+fn members_changed(out: &[Action]) -> Vec<(Lsn, Members)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::MembersChanged { lsn, members } => Some((*lsn, *members)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn committed(out: &[Action]) -> Option<Lsn> {
+    out.iter().rev().find_map(|a| match a {
+        Action::Committed { lsn } => Some(*lsn),
+        _ => None,
+    })
+}
+
+fn sent_to(out: &[Action], to: NodeId) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::Send { to: dest, .. } if *dest == to))
+}
+
+fn durable(core: &mut Core, lsn: u64) -> Vec<Action> {
+    step(
+        core,
+        Input::Durable {
+            lsn: Lsn(lsn),
+            epoch: Epoch(2),
+        },
+    )
+}
+
+fn propose(core: &mut Core, now: u64) -> Vec<Action> {
+    step(
+        core,
+        Input::Propose {
+            now: ms(now),
+            count: 1,
+            bytes: 10,
+        },
+    )
+}
+
+/// Each change the rules forbid is refused with its reason, and nothing is written; a backup
+/// refuses every change.
+#[test]
+fn members_changes_are_refused_with_their_reason_and_write_nothing() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    let last = core.last_lsn();
+    for (change, reason) in [
+        (MembersChange::Remove(N1), MembersRefusal::RemovesPrimary),
+        (MembersChange::Remove(N4), MembersRefusal::NotAMember(N4)),
+        (MembersChange::Promote(N4), MembersRefusal::NotAMember(N4)),
+        (
+            MembersChange::AddLearner(N2),
+            MembersRefusal::AlreadyAMember(N2),
+        ),
+        (
+            MembersChange::Promote(N2),
+            MembersRefusal::AlreadyAVoter(N2),
+        ),
+        (
+            MembersChange::AddLearner(NodeId(65)),
+            MembersRefusal::BadId(NodeId(65)),
+        ),
+        (
+            MembersChange::AddLearner(NodeId(0)),
+            MembersRefusal::BadId(NodeId(0)),
+        ),
+    ] {
+        let out = propose_members(&mut core, 620, change);
+        assert_eq!(out, vec![Action::MembersRefused { reason }], "{change:?}");
+    }
+    assert_eq!(core.last_lsn(), last);
+    assert_eq!(core.members(), seed3());
+    assert_eq!(core.role(), Role::Primary);
+
+    let mut backup = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 2)]), meta_epoch_1());
+    assert_eq!(
+        propose_members(&mut backup, 100, MembersChange::AddLearner(N4)),
+        vec![Action::MembersRefused {
+            reason: MembersRefusal::NotPrimary
+        }]
+    );
+
+    // Nor during a switchover: node 3 lacks the record proposed last, so it is not over.
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    propose(&mut core, 615);
+    let out = step(&mut core, Input::Switchover { to: Some(N3) });
+    assert!(switchover_started(&out).is_some(), "{out:?}");
+    assert_eq!(
+        propose_members(&mut core, 620, MembersChange::AddLearner(N4)),
+        vec![Action::MembersRefused {
+            reason: MembersRefusal::SwitchoverInProgress
+        }]
+    );
+}
+
+/// One change at a time: none until the new primary's epoch start and the seed's config
+/// record after it are committed, and none while the previous change is uncommitted.
+#[test]
+fn a_change_waits_for_the_primarys_first_records_and_the_previous_change_to_commit() {
+    let pending = vec![Action::MembersRefused {
+        reason: MembersRefusal::ChangePending,
+    }];
+    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 2)]), meta_epoch_1());
+    elect(&mut core);
+    assert_eq!(
+        propose_members(&mut core, 602, MembersChange::AddLearner(N4)),
+        pending,
+        "nothing of epoch 2 is committed"
+    );
+    durable(&mut core, 4);
+    receive(&mut core, 605, N2, ack(2, 3, 601, 0));
+    assert_eq!(core.commit_lsn(), Lsn(3));
+    assert_eq!(
+        propose_members(&mut core, 606, MembersChange::AddLearner(N4)),
+        pending,
+        "the epoch start is committed, the seed's config record (4) is not"
+    );
+    receive(&mut core, 607, N2, ack(2, 4, 601, 0));
+    assert_eq!(core.commit_lsn(), Lsn(4));
+    let out = propose_members(&mut core, 608, MembersChange::AddLearner(N4));
+    let learner = plus(seed3(), N4, MemberRole::Learner);
+    assert_eq!(config_written(&out), Some((Lsn(5), learner)), "{out:?}");
+    assert_eq!(
+        propose_members(&mut core, 609, MembersChange::Remove(N3)),
+        pending,
+        "the learner's record (5) is not committed"
+    );
+    assert_eq!(
+        propose_members(&mut core, 609, MembersChange::AddLearner(N5)),
+        pending
+    );
+    durable(&mut core, 5);
+    receive(&mut core, 612, N2, ack(2, 5, 608, 0));
+    let out = propose_members(&mut core, 613, MembersChange::AddLearner(N5));
+    assert_eq!(
+        config_written(&out),
+        Some((Lsn(6), plus(learner, N5, MemberRole::Learner))),
+        "{out:?}"
+    );
+}
+
+/// A new primary whose log already holds a configuration (here at the log's start, under a
+/// snapshot through 4, so already committed) writes no seed record, and still changes
+/// nothing until its epoch-start record is committed.
+#[test]
+fn a_new_primary_changes_nothing_until_its_epoch_start_is_committed() {
+    let log = RecoveredLog {
+        snapshot_lsn: Lsn(4),
+        snapshot_epoch: Epoch(1),
+        last_lsn: Lsn(4),
+        epoch_starts: Vec::new(),
+        configs: vec![(Lsn(2), seed3())],
+    };
+    let mut core = new_core(config(N1, &[1, 2, 3]), log, meta_epoch_1());
+    let out = elect(&mut core);
+    assert_eq!(config_written(&out), None, "{out:?}");
+    assert_eq!(core.last_lsn(), Lsn(5), "the epoch start only");
+    assert_eq!(core.members_lsn(), Lsn(2));
+    assert!(core.commit_lsn() >= core.members_lsn());
+    assert_eq!(
+        propose_members(&mut core, 602, MembersChange::AddLearner(N4)),
+        vec![Action::MembersRefused {
+            reason: MembersRefusal::ChangePending
+        }]
+    );
+    durable(&mut core, 5);
+    receive(&mut core, 605, N2, ack(2, 5, 601, 0));
+    assert_eq!(core.commit_lsn(), Lsn(5));
+    let out = propose_members(&mut core, 606, MembersChange::AddLearner(N4));
+    assert_eq!(
+        config_written(&out),
+        Some((Lsn(6), plus(seed3(), N4, MemberRole::Learner))),
+        "{out:?}"
+    );
+}
+
+/// A change is refused when the voters of the configuration it leads to that answered within
+/// the failover timeout (the primary included) are fewer than its majority.
+#[test]
+fn a_change_that_leaves_too_few_reachable_voters_is_refused() {
+    // Removing: node 3 has been silent since 610 ms, node 2 answers.
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    receive(&mut core, 1000, N2, ack(2, 4, 990, 0));
+    assert_eq!(
+        propose_members(&mut core, 1150, MembersChange::Remove(N2)),
+        vec![Action::MembersRefused {
+            reason: MembersRefusal::NoQuorum {
+                reachable: 1,
+                voters: 2,
+                majority: 2
+            }
+        }]
+    );
+    let out = propose_members(&mut core, 1150, MembersChange::Remove(N3));
+    assert_eq!(
+        config_written(&out),
+        Some((Lsn(5), Members::voters_of(&[N1, N2]).unwrap())),
+        "{out:?}"
+    );
+
+    // Adding: a new primary of {1, 2, 3, 4} holds its lease on the votes of nodes 2 and 3
+    // and commits with node 2's copy, but node 3 has not answered an append yet: two of
+    // four voters are reachable, fewer than three.
+    let mut core = new_core(config(N1, &[1, 2, 3, 4]), log_of(&[(1, 2)]), meta_epoch_1());
+    elect_with(&mut core, &[N2, N3]);
+    durable(&mut core, 4);
+    receive(&mut core, 610, N2, ack(2, 4, 601, 0));
+    assert_eq!(core.commit_lsn(), Lsn(4));
+    assert_eq!(
+        propose_members(&mut core, 620, MembersChange::AddLearner(N5)),
+        vec![Action::MembersRefused {
+            reason: MembersRefusal::NoQuorum {
+                reachable: 2,
+                voters: 4,
+                majority: 3
+            }
+        }]
+    );
+    receive(&mut core, 630, N3, ack(2, 4, 601, 0));
+    let out = propose_members(&mut core, 631, MembersChange::AddLearner(N5));
+    assert!(config_written(&out).is_some(), "{out:?}");
+}
+
+/// `Promote` needs the learner heard from recently, able to vote (`Health::can_vote`), and
+/// within one append (`append_records_max`) of the end of the primary's log.
+#[test]
+fn promote_needs_a_caught_up_learner_that_can_vote() {
+    let mut cfg = config(N1, &[1, 2, 3]);
+    cfg.append_records_max = 2;
+    let mut core = committed_primary(cfg);
+    let out = propose_members(&mut core, 620, MembersChange::AddLearner(N4));
+    assert_eq!(config_written(&out).map(|(lsn, _)| lsn), Some(Lsn(5)));
+    durable(&mut core, 5);
+    receive(&mut core, 625, N2, ack(2, 5, 620, 0));
+    assert_eq!(core.commit_lsn(), Lsn(5));
+    let not_caught_up = |behind| {
+        vec![Action::MembersRefused {
+            reason: MembersRefusal::NotCaughtUp { id: N4, behind },
+        }]
+    };
+    assert_eq!(
+        propose_members(&mut core, 630, MembersChange::Promote(N4)),
+        not_caught_up(u64::MAX),
+        "never heard from"
+    );
+    // Its log is empty: it refuses the probe.
+    let empty = Message::AppendResponse(AppendResponse {
+        epoch: Epoch(2),
+        accepted: false,
+        matched_lsn: Lsn::ZERO,
+        matched_epoch: Epoch::ZERO,
+        durable_lsn: Lsn::ZERO,
+        sent_at: Duration::from_millis(620),
+        learner: 0x44,
+        health: STANDS,
+    });
+    receive(&mut core, 640, N4, empty);
+    assert_eq!(
+        propose_members(&mut core, 641, MembersChange::Promote(N4)),
+        not_caught_up(5),
+        "five records behind"
+    );
+    // Three records behind is more than one append of two.
+    receive(&mut core, 650, N4, ack_with(2, 640, STANDS));
+    assert_eq!(
+        propose_members(&mut core, 651, MembersChange::Promote(N4)),
+        not_caught_up(3)
+    );
+    // Two behind is close enough, but a wiped data dir's quarantine keeps it from voting.
+    let cannot_vote = Health {
+        can_vote: false,
+        ..STANDS
+    };
+    receive(&mut core, 660, N4, ack_with(3, 650, cannot_vote));
+    assert_eq!(
+        propose_members(&mut core, 661, MembersChange::Promote(N4)),
+        not_caught_up(u64::MAX),
+        "cannot vote yet"
+    );
+    receive(&mut core, 670, N4, ack_with(3, 660, STANDS));
+    let out = propose_members(&mut core, 671, MembersChange::Promote(N4));
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(6), four)), "{out:?}");
+    assert_eq!(members_changed(&out), vec![(Lsn(6), four)]);
+    assert_eq!(core.members(), four);
+}
+
+/// A learner is added with a config record, reported; it is shipped to, but counts neither
+/// for commit nor for the lease (even when its answers say it would vote); once caught up and
+/// able to vote it becomes a voter on the primary's tick, after the previous change committed.
+#[test]
+fn an_added_learner_is_shipped_to_counts_for_nothing_and_is_promoted_once_caught_up() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    let lease = core.status().lease_until;
+    assert_eq!(lease, Some(ms(1051)));
+    let learner = plus(seed3(), N4, MemberRole::Learner);
+    let out = propose_members(&mut core, 620, MembersChange::AddLearner(N4));
+    assert_eq!(
+        out[..2],
+        [
+            Action::WriteConfig {
+                lsn: Lsn(5),
+                epoch: Epoch(2),
+                members: learner
+            },
+            Action::MembersChanged {
+                lsn: Lsn(5),
+                members: learner
+            }
+        ],
+        "{out:?}"
+    );
+    assert_eq!(members_changed(&out).len(), 1);
+    // The new member is probed from the config record; the others get the record.
+    let probe = append_to(&out, N4).expect("an append to node 4");
+    assert_eq!(
+        (probe.prev_lsn, probe.last_lsn, probe.config),
+        (Lsn(4), Lsn(5), Some(learner))
+    );
+    for to in [N2, N3] {
+        let shipped = append_to(&out, to).expect("the record shipped");
+        assert_eq!((shipped.last_lsn, shipped.config), (Lsn(5), Some(learner)));
+    }
+    let peers: Vec<NodeId> = core.status().peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(peers, [N2, N3, N4]);
+
+    durable(&mut core, 5);
+    receive(&mut core, 630, N4, ack(2, 5, 620, 0));
+    assert_eq!(
+        core.commit_lsn(),
+        Lsn(4),
+        "a learner's copy commits nothing"
+    );
+    assert_eq!(core.status().lease_until, lease, "nor renews the lease");
+    let out = step(&mut core, Input::Tick { now: ms(640) });
+    assert_eq!(
+        config_written(&out),
+        None,
+        "caught up, but its record is not committed: {out:?}"
+    );
+    receive(&mut core, 650, N2, ack(2, 5, 620, 0));
+    assert_eq!(core.commit_lsn(), Lsn(5));
+    assert_eq!(core.status().lease_until, Some(ms(1070)));
+    // Still in a wiped data dir's quarantine: not yet.
+    let cannot_vote = Health {
+        can_vote: false,
+        ..STANDS
+    };
+    receive(&mut core, 655, N4, ack_with(5, 640, cannot_vote));
+    let out = step(&mut core, Input::Tick { now: ms(660) });
+    assert_eq!(config_written(&out), None, "{out:?}");
+    receive(&mut core, 665, N4, ack_with(5, 660, STANDS));
+    let out = step(&mut core, Input::Tick { now: ms(670) });
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(6), four)), "{out:?}");
+    assert_eq!(members_changed(&out), vec![(Lsn(6), four)]);
+    assert!(core.members().is_voter(N4));
+}
+
+/// Removing a member drops it from the primary's peers: nothing is sent to it any more and
+/// its answers are ignored; commit then needs the smaller configuration's backups (one of
+/// {2, 3, 4} rather than two of {2, 3, 4, 5}).
+#[test]
+fn a_removed_member_is_no_longer_shipped_to_and_commit_needs_fewer_copies() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3, 4, 5]));
+    propose(&mut core, 615);
+    durable(&mut core, 5);
+    let out = receive(&mut core, 616, N2, ack(2, 5, 615, 0));
+    assert_eq!(committed(&out), None, "two backups of five are needed");
+    let out = receive(&mut core, 617, N3, ack(2, 5, 615, 0));
+    assert_eq!(committed(&out), Some(Lsn(5)));
+
+    let out = propose_members(&mut core, 620, MembersChange::Remove(N5));
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(6), four)), "{out:?}");
+    assert_eq!(members_changed(&out), vec![(Lsn(6), four)]);
+    assert!(!sent_to(&out, N5), "{out:?}");
+    let peers: Vec<NodeId> = core.status().peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(peers, [N2, N3, N4]);
+    durable(&mut core, 6);
+    receive(&mut core, 625, N2, ack(2, 6, 620, 0));
+    receive(&mut core, 626, N3, ack(2, 6, 620, 0));
+    assert_eq!(core.commit_lsn(), Lsn(6));
+
+    let out = step(&mut core, Input::Tick { now: ms(700) });
+    assert!(!sent_to(&out, N5), "{out:?}");
+    for to in [N2, N3, N4] {
+        assert!(sent_to(&out, to), "heartbeat to {to}: {out:?}");
+    }
+    propose(&mut core, 710);
+    durable(&mut core, 7);
+    let out = receive(&mut core, 715, N5, ack(2, 7, 710, 0));
+    assert!(out.is_empty(), "a removed node's answer: {out:?}");
+    let out = receive(&mut core, 716, N2, ack(2, 7, 710, 0));
+    assert_eq!(
+        committed(&out),
+        Some(Lsn(7)),
+        "one backup of four is enough"
+    );
+}
+
+/// A removal's record is committed only with a copy that an election in the old
+/// configuration must find. In {1, 2} the primary alone would do (every election needs both
+/// votes), but nodes 2 and 3, still counting in {1, 2, 3} until they hold the record, could
+/// elect one of themselves without it; so until the record is committed, commit is also
+/// counted in the configuration before it.
+#[test]
+fn a_removal_commits_only_with_a_copy_the_old_configuration_would_find() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    let out = propose_members(&mut core, 620, MembersChange::Remove(N3));
+    let two = Members::voters_of(&[N1, N2]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(5), two)), "{out:?}");
+    let out = durable(&mut core, 5);
+    assert_eq!(
+        committed(&out),
+        None,
+        "durable on the primary alone: {out:?}"
+    );
+    propose(&mut core, 625);
+    let out = durable(&mut core, 6);
+    assert_eq!(committed(&out), None, "{out:?}");
+    let out = receive(&mut core, 630, N2, ack(2, 6, 625, 0));
+    assert_eq!(committed(&out), Some(Lsn(6)));
+    // Once it is committed, {1, 2} alone counts: node 1's copy commits.
+    propose(&mut core, 635);
+    let out = durable(&mut core, 7);
+    assert_eq!(committed(&out), Some(Lsn(7)));
+}
+
+/// Likewise for a promotion from three voters to four: node 4's copy alone (one backup of
+/// four) would commit in the new configuration, but nodes 2 and 3 are a majority of the old
+/// one; until the record is committed one of them must hold it too.
+#[test]
+fn a_promotion_commits_only_with_a_copy_the_old_configuration_would_find() {
+    let learner = plus(seed3(), N4, MemberRole::Learner);
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        with_configs(log_of(&[(1, 3)]), &[(3, learner)]),
+        meta_epoch_1(),
+    );
+    let out = elect(&mut core);
+    assert_eq!(config_written(&out), None);
+    durable(&mut core, 4);
+    for id in [N2, N3, N4] {
+        receive(&mut core, 610, id, ack(2, 4, 601, 0));
+    }
+    assert_eq!(core.commit_lsn(), Lsn(4));
+    let out = propose_members(&mut core, 620, MembersChange::Promote(N4));
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    assert_eq!(config_written(&out), Some((Lsn(5), four)), "{out:?}");
+    durable(&mut core, 5);
+    let out = receive(&mut core, 625, N4, ack(2, 5, 620, 0));
+    assert_eq!(committed(&out), None, "node 4's copy alone: {out:?}");
+    let out = receive(&mut core, 626, N3, ack(2, 5, 620, 0));
+    assert_eq!(committed(&out), Some(Lsn(5)));
+    // From now on node 4 counts like any voter.
+    propose(&mut core, 630);
+    durable(&mut core, 6);
+    let out = receive(&mut core, 635, N4, ack(2, 6, 630, 0));
+    assert_eq!(committed(&out), Some(Lsn(6)));
+}
+
+/// A new primary that was a learner in the configuration before its latest (its predecessor
+/// promoted it and did not commit the change) is no voter there: until that change commits,
+/// its own copy does not count towards the old configuration's commit set, which then needs
+/// one backup more (two of {1, 2, 3}: nodes 1 and 3 are a majority of it).
+#[test]
+fn a_primary_promoted_by_an_uncommitted_change_needs_one_more_copy_in_the_old_configuration() {
+    let learner = plus(seed3(), N4, MemberRole::Learner);
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    let mut core = new_core(
+        config(N4, &[1, 2, 3, 4]),
+        with_configs(log_of(&[(1, 4)]), &[(3, learner), (4, four)]),
+        meta_epoch_1(),
+    );
+    assert!(core.is_voter());
+    elect_with(&mut core, &[N2, N3]);
+    durable(&mut core, 5);
+    let out = receive(&mut core, 610, N2, ack(2, 5, 601, 0));
+    assert_eq!(committed(&out), None, "one voter of {{1, 2, 3}}: {out:?}");
+    let out = receive(&mut core, 611, N3, ack(2, 5, 601, 0));
+    assert_eq!(committed(&out), Some(Lsn(5)));
+}
+
+/// A backup acts on a configuration from the moment it writes its record (`Append::config`),
+/// and falls back to the one before when a new primary truncates that record; both are
+/// reported. Removed, it neither stands nor votes; restored, it stands again.
+#[test]
+fn a_backup_follows_config_records_as_written_and_truncated() {
+    let mut core = new_core(config(N3, &[1, 2, 3]), log_of(&[(1, 2)]), meta_epoch_1());
+    let two = Members::voters_of(&[N1, N2]).unwrap();
+    let out = receive(
+        &mut core,
+        1000,
+        N1,
+        with_config(append(2, (2, 1), 4, 2, 0, 900), two),
+    );
+    assert!(
+        out.contains(&Action::WriteReceived {
+            first_lsn: Lsn(3),
+            last_lsn: Lsn(4)
+        }),
+        "{out:?}"
+    );
+    assert_eq!(members_changed(&out), vec![(Lsn(4), two)]);
+    assert_eq!((core.members_lsn(), core.members()), (Lsn(4), two));
+    assert!(!core.is_voter());
+    let out = step(&mut core, Input::Tick { now: ms(1600) });
+    assert!(!pre_vote_sent(&out), "{out:?}");
+    let out = receive(
+        &mut core,
+        1601,
+        N2,
+        Message::VoteRequest {
+            epoch: Epoch(3),
+            last_lsn: Lsn(4),
+            last_epoch: Epoch(2),
+            transfer: false,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: N2,
+            message: Message::VoteResponse {
+                epoch: Epoch(2),
+                granted: false
+            }
+        }]
+    );
+
+    // Node 2, primary of epoch 3 without the record, overwrites it.
+    let out = receive(&mut core, 1700, N2, append(3, (3, 2), 4, 3, 3, 1650));
+    let truncated = out
+        .iter()
+        .position(|a| {
+            *a == Action::TruncateSuffix {
+                keep_through: Lsn(3),
+            }
+        })
+        .unwrap_or_else(|| panic!("no truncation: {out:?}"));
+    let reported = out
+        .iter()
+        .position(|a| matches!(a, Action::MembersChanged { .. }))
+        .unwrap_or_else(|| panic!("no report: {out:?}"));
+    assert!(truncated < reported, "{out:?}");
+    assert_eq!(members_changed(&out), vec![(Lsn::ZERO, seed3())]);
+    assert_eq!((core.members_lsn(), core.members()), (Lsn::ZERO, seed3()));
+    assert!(core.is_voter());
+    let out = step(&mut core, Input::Tick { now: ms(2300) });
+    assert!(pre_vote_sent(&out), "it stands again: {out:?}");
+}
+
+/// An installed snapshot brings the configuration in effect at its last record.
+#[test]
+fn an_installed_snapshot_sets_the_configuration() {
+    let mut core = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 2)]), meta_epoch_1());
+    let members = plus(
+        Members::voters_of(&[N1, N3, N4]).unwrap(),
+        N2,
+        MemberRole::Learner,
+    );
+    let out = step(
+        &mut core,
+        Input::SnapshotInstalled {
+            lsn: Lsn(10),
+            epoch: Epoch(2),
+            members_lsn: Lsn(7),
+            members,
+        },
+    );
+    assert_eq!(members_changed(&out), vec![(Lsn(7), members)]);
+    assert_eq!(core.members(), members);
+    assert_eq!(core.members_lsn(), Lsn(7));
+    assert_eq!(core.members_at(Lsn(10)), (Lsn(7), members));
+    assert_eq!(core.commit_lsn(), Lsn(10));
+    assert!(
+        !core.is_voter(),
+        "a learner in the snapshot's configuration"
+    );
+}
+
+/// A node that is a learner, or no member at all, in its own latest configuration neither
+/// stands, votes nor grants pre-votes; it still says it could vote (`Health::can_vote`), so
+/// that a primary may promote it.
+#[test]
+fn a_node_that_is_not_a_voter_in_its_latest_configuration_neither_votes_nor_stands() {
+    let two = Members::voters_of(&[N1, N2]).unwrap();
+    for (members, voter) in [
+        (seed3(), true),
+        (plus(two, N3, MemberRole::Learner), false),
+        (two, false),
+    ] {
+        let node = || {
+            new_core(
+                config(N3, &[1, 2, 3]),
+                with_configs(log_of(&[(1, 3)]), &[(3, members)]),
+                meta_epoch_1(),
+            )
+        };
+        let mut core = node();
+        assert_eq!(core.is_voter(), voter, "{members}");
+        let out = step(&mut core, Input::Tick { now: ms(600) });
+        assert_eq!(pre_vote_sent(&out), voter, "{members}: {out:?}");
+
+        let mut core = node();
+        let out = receive(
+            &mut core,
+            600,
+            N1,
+            Message::PreVoteRequest {
+                epoch: Epoch(2),
+                last_lsn: Lsn(3),
+                last_epoch: Epoch(1),
+            },
+        );
+        let health = match out[..] {
+            [Action::Send {
+                message:
+                    Message::PreVoteResponse {
+                        granted, health, ..
+                    },
+                ..
+            }] => {
+                assert_eq!(granted, voter, "{members}");
+                health
+            }
+            _ => panic!("{out:?}"),
+        };
+        assert_eq!(
+            (health.can_vote, health.can_stand),
+            (true, voter),
+            "{members}"
+        );
+        let out = receive(
+            &mut core,
+            600,
+            N1,
+            Message::VoteRequest {
+                epoch: Epoch(2),
+                last_lsn: Lsn(3),
+                last_epoch: Epoch(1),
+                transfer: false,
+            },
+        );
+        let voted = out.contains(&Action::PersistMeta {
+            epoch: Epoch(2),
+            voted_for: Some(N1),
+            learner: false,
+        });
+        assert_eq!(voted, voter, "{members}: {out:?}");
+    }
+}
+
+/// `unsafe_testing.skip_single_change` lets a second voter in before the first one's record
+/// is committed: the latest configuration is then two voters away from the committed one,
+/// which the rules never allow.
+#[test]
+fn skip_single_change_lets_two_voters_in_at_once() {
+    let learners = plus(
+        plus(seed3(), N4, MemberRole::Learner),
+        N5,
+        MemberRole::Learner,
+    );
+    for skip in [false, true] {
+        let mut cfg = config(N1, &[1, 2, 3]);
+        cfg.unsafe_testing.skip_single_change = skip;
+        let mut core = new_core(
+            cfg,
+            with_configs(log_of(&[(1, 3)]), &[(3, learners)]),
+            meta_epoch_1(),
+        );
+        elect(&mut core);
+        durable(&mut core, 4);
+        for id in [N2, N3, N4, N5] {
+            receive(&mut core, 610, id, ack(2, 4, 601, 0));
+        }
+        assert_eq!(core.commit_lsn(), Lsn(4));
+        let out = propose_members(&mut core, 620, MembersChange::Promote(N4));
+        assert_eq!(config_written(&out).map(|(lsn, _)| lsn), Some(Lsn(5)));
+        let out = propose_members(&mut core, 620, MembersChange::Promote(N5));
+        let (_, committed) = core.members_at(core.commit_lsn());
+        if skip {
+            assert_eq!(config_written(&out).map(|(lsn, _)| lsn), Some(Lsn(6)));
+            assert_eq!(core.members().voter_count(), 5);
+            assert!(!committed.single_change_to(&core.members()));
+        } else {
+            assert_eq!(
+                out,
+                vec![Action::MembersRefused {
+                    reason: MembersRefusal::ChangePending
+                }]
+            );
+            assert!(committed.single_change_to(&core.members()));
+        }
+    }
 }

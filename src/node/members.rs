@@ -194,50 +194,6 @@ impl Book {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_config_record_round_trips_and_bad_ones_are_refused() {
-        let members = Members::voters_of(&[NodeId(1), NodeId(2)])
-            .and_then(|m| m.with(NodeId(4), MemberRole::Learner))
-            .unwrap();
-        let mut addrs = BTreeMap::new();
-        for (id, a) in [(1, "127.0.0.1:7101"), (2, "db-1.db:7101"), (4, "[::1]:9")] {
-            addrs.insert(NodeId(id), PeerAddr::parse(a).unwrap());
-        }
-        let record = ConfigRecord { members, addrs };
-        assert_eq!(ConfigRecord::decode(&record.encode()).unwrap(), record);
-        for bad in [
-            &br#"{"voters":[],"learners":[],"addrs":{}}"#[..],
-            br#"{"voters":[1],"learners":[1],"addrs":{"1":"a:1"}}"#,
-            br#"{"voters":[65],"learners":[],"addrs":{"65":"a:1"}}"#,
-            br#"{"voters":[1],"learners":[],"addrs":{}}"#,
-            br#"{"voters":[1],"learners":[],"addrs":{"1":"nope"}}"#,
-            b"not json",
-        ] {
-            assert!(
-                ConfigRecord::decode(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn the_start_file_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(load_start(dir.path()).unwrap().is_none());
-        let members = Members::voters_of(&[NodeId(3)]).unwrap();
-        let mut addrs = BTreeMap::new();
-        addrs.insert(NodeId(3), PeerAddr::parse("127.0.0.1:1").unwrap());
-        let record = ConfigRecord { members, addrs };
-        store_start(dir.path(), Lsn(9), &record).unwrap();
-        assert_eq!(load_start(dir.path()).unwrap(), Some((Lsn(9), record)));
-    }
-}
-
 // The core loop's side.
 
 /// Where every member of `members` (the configuration of the record at `lsn`) but `own` is:
@@ -379,5 +335,49 @@ impl super::Shell {
             found = Some((record.lsn, decoded));
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_record_round_trips_and_bad_ones_are_refused() {
+        let members = Members::voters_of(&[NodeId(1), NodeId(2)])
+            .and_then(|m| m.with(NodeId(4), MemberRole::Learner))
+            .unwrap();
+        let mut addrs = BTreeMap::new();
+        for (id, a) in [(1, "127.0.0.1:7101"), (2, "db-1.db:7101"), (4, "[::1]:9")] {
+            addrs.insert(NodeId(id), PeerAddr::parse(a).unwrap());
+        }
+        let record = ConfigRecord { members, addrs };
+        assert_eq!(ConfigRecord::decode(&record.encode()).unwrap(), record);
+        for bad in [
+            &br#"{"voters":[],"learners":[],"addrs":{}}"#[..],
+            br#"{"voters":[1],"learners":[1],"addrs":{"1":"a:1"}}"#,
+            br#"{"voters":[65],"learners":[],"addrs":{"65":"a:1"}}"#,
+            br#"{"voters":[1],"learners":[],"addrs":{}}"#,
+            br#"{"voters":[1],"learners":[],"addrs":{"1":"nope"}}"#,
+            b"not json",
+        ] {
+            assert!(
+                ConfigRecord::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_start_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_start(dir.path()).unwrap().is_none());
+        let members = Members::voters_of(&[NodeId(3)]).unwrap();
+        let mut addrs = BTreeMap::new();
+        addrs.insert(NodeId(3), PeerAddr::parse("127.0.0.1:1").unwrap());
+        let record = ConfigRecord { members, addrs };
+        store_start(dir.path(), Lsn(9), &record).unwrap();
+        assert_eq!(load_start(dir.path()).unwrap(), Some((Lsn(9), record)));
     }
 }

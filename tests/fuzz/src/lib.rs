@@ -450,7 +450,9 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
             snapshot_epoch: Epoch(2),
             body_len: chunk_data.len() as u64,
             config_lsn: Lsn(2),
-            config: Bytes::from_static(br#"{"voters":[1],"learners":[],"addrs":{"1":"127.0.0.1:7101"}}"#),
+            config: Bytes::from_static(
+                br#"{"voters":[1],"learners":[],"addrs":{"1":"127.0.0.1:7101"}}"#,
+            ),
         },
         peer::Frame::SnapshotChunk {
             offset: 0,
