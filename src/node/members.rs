@@ -197,7 +197,9 @@ impl Book {
 // The core loop's side.
 
 /// Where every member of `members` (the configuration of the record at `lsn`) but `own` is:
-/// as that record says, else as any configuration of the log says, else as `--peers` says.
+/// as this node's `--peers` says, for the ids it names (each node may reach a peer by its own
+/// route: another interface, a proxy), else as that record says, else as any configuration
+/// of the log says (a member added later, which `--peers` does not name).
 pub(super) fn addrs_for(
     book: &Book,
     lsn: Lsn,
@@ -209,10 +211,10 @@ pub(super) fn addrs_for(
     let at = book.at(lsn).map(|(_, record)| &record.addrs);
     let mut addrs = BTreeMap::new();
     for id in members.ids().filter(|&id| id != own) {
-        let addr = at
-            .and_then(|a| a.get(&id))
-            .or_else(|| known.get(&id))
-            .or_else(|| seed.get(&id));
+        let addr = seed
+            .get(&id)
+            .or_else(|| at.and_then(|a| a.get(&id)))
+            .or_else(|| known.get(&id));
         match addr {
             Some(addr) => {
                 addrs.insert(id, addr.clone());
