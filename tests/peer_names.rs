@@ -176,15 +176,17 @@ fn spawn(cluster: &Cluster, id: u16, hosts: &Path) -> Child {
 
 fn hosts_file(node3_ip: &str) -> String {
     format!(
-        "127.0.0.1 localhost\n127.0.0.1 n1.understudy.test\n127.0.0.1 n2.understudy.test\n{node3_ip} n3.understudy.test\n"
+        "127.0.0.1 localhost\n127.0.0.1 n1.understudy.test\n127.0.0.1 n2.understudy.test\n{node3_ip} n3.understudy.test\n{node3_ip} n3b.understudy.test\n"
     )
 }
 
-#[test]
-fn a_peer_whose_name_moves_is_reached_at_its_new_address() {
+/// Three nodes that know each other as `nN.understudy.test` (node 3 at 127.0.0.3), each
+/// with the private `/etc/hosts` the test rewrites; returns once one of them replicates
+/// to both others.
+fn start_named() -> Option<(Cluster, Children, std::path::PathBuf, Vec<u16>)> {
     if !private_hosts_possible() {
         eprintln!("skipped: a private /etc/hosts needs root and unshare(1)");
-        return;
+        return None;
     }
     let mut cluster = Cluster::new(3);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.peer_addr.port()).collect();
@@ -210,21 +212,33 @@ fn a_peer_whose_name_moves_is_reached_at_its_new_address() {
         "no primary replicating to both backups with peers named in /etc/hosts:\n{}",
         cluster.logs_tail(30)
     );
+    Some((cluster, children, hosts, ports))
+}
 
-    // Node 3 goes down; if it was primary, another takes over.
+/// Kills node 3 and waits until nodes 1 and 2 have a primary between them.
+fn node3_down(cluster: &Cluster, children: &mut Children) {
     if let Some(mut child) = children.0[2].take() {
         let _ = child.kill();
         let _ = child.wait();
     }
     assert!(
         wait_until(Duration::from_secs(15), || replicating_primary(
-            &cluster,
+            cluster,
             &[1, 2]
         )
         .is_some()),
         "no primary among nodes 1 and 2 after node 3 went down:\n{}",
         cluster.logs_tail(30)
     );
+}
+
+#[test]
+fn a_peer_whose_name_moves_is_reached_at_its_new_address() {
+    let Some((mut cluster, mut children, hosts, ports)) = start_named() else {
+        return;
+    };
+    // Node 3 goes down; if it was primary, another takes over.
+    node3_down(&cluster, &mut children);
     // It comes back at another address, and its name is changed to it (in place: the
     // nodes' private /etc/hosts is this file).
     std::fs::write(&hosts, hosts_file("127.0.0.4")).unwrap();
@@ -247,6 +261,52 @@ fn a_peer_whose_name_moves_is_reached_at_its_new_address() {
         )
         .is_some()),
         "node 3 is not replicated to at its new address:\n{}",
+        cluster.logs_tail(30)
+    );
+}
+
+/// A peer that comes back at a new port, under a new name: `understudy members set-addr`
+/// puts its new address in the log, and every node dials it there (their `--peers` still
+/// name the old one).
+#[test]
+fn a_peer_back_at_a_new_port_under_a_new_name_is_reached_after_set_addr() {
+    let Some((mut cluster, mut children, hosts, ports)) = start_named() else {
+        return;
+    };
+    node3_down(&cluster, &mut children);
+    let port = free_port();
+    cluster.node_mut(3).peer_addr = format!("127.0.0.4:{port}").parse().unwrap();
+    // Node 3 is started with its new address; the others keep their --peers.
+    cluster.node_mut(3).peers = Some(cluster.peers.replace(
+        &format!("3=n3.understudy.test:{}", ports[2]),
+        &format!("3=n3b.understudy.test:{port}"),
+    ));
+    std::fs::write(&hosts, hosts_file("127.0.0.4")).unwrap();
+    children.0[2] = Some(spawn(&cluster, 3, &hosts));
+    let primary = [1u16, 2]
+        .into_iter()
+        .find(|&id| status(cluster.node(id).admin_addr).is_some_and(|v| v["role"] == "primary"))
+        .expect("a primary among nodes 1 and 2");
+    let mut command = Command::new(support::binary());
+    command
+        .args(["members", "set-addr"])
+        .arg(format!("3=n3b.understudy.test:{port}"))
+        .arg("--admin")
+        .arg(cluster.node(primary).admin_addr.to_string());
+    let output = support::output_within(command, Duration::from_secs(20));
+    assert!(
+        output.status.success(),
+        "members set-addr: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || replicating_primary(
+            &cluster,
+            &[1, 2, 3]
+        )
+        .is_some()),
+        "node 3 is not replicated to at its new port:\n{}",
         cluster.logs_tail(30)
     );
 }

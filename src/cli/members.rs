@@ -10,6 +10,7 @@
 //! - `remove ID`: a member leaves. Removing the primary hands over to the best backup first
 //!   (a switchover), then asks the new primary to remove it.
 //! - `promote ID`: a caught-up learner becomes a voter now.
+//! - `set-addr ID=HOST:PORT`: a member moved; every node dials it at the new address.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ pub enum MembersCommand {
     Remove(ChangeArgs),
     /// Make a caught-up learner a voter now.
     Promote(ChangeArgs),
+    /// Give a member a new peer address (it moved): ID=HOST:PORT. Every node dials it there,
+    /// whatever its own --peers says.
+    SetAddr(ChangeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +54,8 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct ChangeArgs {
-    /// `ID=HOST:PORT` for add (the new member's id and peer address), `ID` otherwise.
+    /// `ID=HOST:PORT` for add and set-addr (the member's id and peer address), `ID`
+    /// otherwise.
     #[arg(value_name = "MEMBER")]
     pub member: String,
     /// Any node's admin address (its --admin-listen); the primary's is found from it.
@@ -96,15 +101,14 @@ pub fn run(command: MembersCommand) -> anyhow::Result<()> {
         match command {
             MembersCommand::List(args) => list(args).await,
             MembersCommand::Add(args) => {
-                let (id, addr) = args
-                    .member
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("members add {}: give ID=HOST:PORT", args.member))?;
-                let id = parse_id(id)?;
-                crate::config::PeerAddr::parse(addr)
-                    .map_err(|e| anyhow!("members add {}: {addr:?}: {e}", args.member))?;
-                let target = format!("/members/add?id={id}&addr={}", encode(addr));
+                let (id, addr) = id_and_addr("add", &args.member)?;
+                let target = format!("/members/add?id={id}&addr={}", encode(&addr));
                 change(&args, &target, &format!("add node {id} at {addr}")).await
+            }
+            MembersCommand::SetAddr(args) => {
+                let (id, addr) = id_and_addr("set-addr", &args.member)?;
+                let target = format!("/members/set-addr?id={id}&addr={}", encode(&addr));
+                change(&args, &target, &format!("node {id} now at {addr}")).await
             }
             MembersCommand::Remove(args) => {
                 let id = parse_id(&args.member)?;
@@ -117,6 +121,17 @@ pub fn run(command: MembersCommand) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// `ID=HOST:PORT`, checked.
+fn id_and_addr(command: &str, member: &str) -> anyhow::Result<(u16, String)> {
+    let (id, addr) = member
+        .split_once('=')
+        .ok_or_else(|| anyhow!("members {command} {member}: give ID=HOST:PORT"))?;
+    let id = parse_id(id)?;
+    crate::config::PeerAddr::parse(addr)
+        .map_err(|e| anyhow!("members {command} {member}: {addr:?}: {e}"))?;
+    Ok((id, addr.to_string()))
 }
 
 fn parse_id(text: &str) -> anyhow::Result<u16> {

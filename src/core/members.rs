@@ -264,6 +264,8 @@ pub enum MembersChange {
     Promote(NodeId),
     /// A member leaves.
     Remove(NodeId),
+    /// A member's peer address changes (the shell writes it; the voters stay as they are).
+    SetAddr(NodeId),
 }
 
 impl MembersChange {
@@ -271,7 +273,8 @@ impl MembersChange {
         match *self {
             MembersChange::AddLearner(id)
             | MembersChange::Promote(id)
-            | MembersChange::Remove(id) => id,
+            | MembersChange::Remove(id)
+            | MembersChange::SetAddr(id) => id,
         }
     }
 }
@@ -409,6 +412,12 @@ impl Core {
                     current.with(id, MemberRole::Voter)
                 }
             },
+            MembersChange::SetAddr(id) => {
+                if !current.contains(id) {
+                    return Err(MembersRefusal::NotAMember(id));
+                }
+                Some(current)
+            }
             MembersChange::Remove(id) => {
                 if !current.contains(id) {
                     return Err(MembersRefusal::NotAMember(id));

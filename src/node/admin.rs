@@ -193,6 +193,7 @@ enum Endpoint {
     MembersAdd,
     MembersRemove,
     MembersPromote,
+    MembersSetAddr,
 }
 
 impl Endpoint {
@@ -211,6 +212,7 @@ impl Endpoint {
             "/members/add" => Endpoint::MembersAdd,
             "/members/remove" => Endpoint::MembersRemove,
             "/members/promote" => Endpoint::MembersPromote,
+            "/members/set-addr" => Endpoint::MembersSetAddr,
             _ => return None,
         })
     }
@@ -234,6 +236,7 @@ impl Endpoint {
                 | Endpoint::MembersAdd
                 | Endpoint::MembersRemove
                 | Endpoint::MembersPromote
+                | Endpoint::MembersSetAddr
         )
     }
 
@@ -268,7 +271,7 @@ async fn respond(
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; the admin API has /status, /primary, /replica, /health, /ready, /metrics, /members, POST /switchover[?to=N], POST /pause, POST /resume, POST /members/add?id=N&addr=HOST:PORT, POST /members/remove?id=N and POST /members/promote?id=N\n".into(),
+            "not found; the admin API has /status, /primary, /replica, /health, /ready, /metrics, /members, POST /switchover[?to=N], POST /pause, POST /resume, POST /members/add?id=N&addr=HOST:PORT, POST /members/remove?id=N, POST /members/promote?id=N and POST /members/set-addr?id=N&addr=HOST:PORT\n".into(),
         );
     };
     if !endpoint.allows(request.method()) {
@@ -346,9 +349,10 @@ async fn respond(
             body.push(b'\n');
             with_type(StatusCode::OK, "application/json", body.into())
         }
-        Endpoint::MembersAdd | Endpoint::MembersRemove | Endpoint::MembersPromote => {
-            members_change(node, endpoint, request.uri().query()).await
-        }
+        Endpoint::MembersAdd
+        | Endpoint::MembersRemove
+        | Endpoint::MembersPromote
+        | Endpoint::MembersSetAddr => members_change(node, endpoint, request.uri().query()).await,
         Endpoint::Ready => {
             let (code, body) = ready_check(&node.status(), node.requests.is_closed());
             text(code, body)
@@ -561,7 +565,7 @@ fn switchover_target(query: Option<&str>) -> Result<Option<NodeId>, String> {
 /// know yet (the change may still commit).
 pub const MEMBERS_WAIT_MAX: Duration = Duration::from_secs(10);
 
-/// `POST /members/{add,remove,promote}?id=N[&addr=HOST:PORT]`: on the primary only; a
+/// `POST /members/{add,remove,promote,set-addr}?id=N[&addr=HOST:PORT]`: on the primary only; a
 /// backup answers 421 naming the primary (the `members` command asks the primary itself).
 async fn members_change(
     node: &NodeHandle,
@@ -575,7 +579,7 @@ async fn members_change(
         None => return bad("id=N is required".into()),
     };
     let (change, addr) = match endpoint {
-        Endpoint::MembersAdd => {
+        Endpoint::MembersAdd | Endpoint::MembersSetAddr => {
             let Some(addr) = query_param(query, "addr") else {
                 return bad("addr=HOST:PORT (the new member's peer address) is required".into());
             };
@@ -584,8 +588,13 @@ async fn members_change(
                 .replace("%5D", "]")
                 .replace("%3A", ":");
             let addr = addr.as_str();
+            let change = if endpoint == Endpoint::MembersAdd {
+                MembersChange::AddLearner(id)
+            } else {
+                MembersChange::SetAddr(id)
+            };
             match crate::config::PeerAddr::parse(addr) {
-                Ok(addr) => (MembersChange::AddLearner(id), Some(addr)),
+                Ok(addr) => (change, Some(addr)),
                 Err(reason) => return bad(format!("addr={addr:?}: {reason}")),
             }
         }

@@ -32,6 +32,10 @@ pub const MEMBERS_FILE: &str = "members.json";
 pub struct ConfigRecord {
     pub members: Members,
     pub addrs: BTreeMap<NodeId, PeerAddr>,
+    /// The members whose address an operator gave (`members add`, `members set-addr`): it
+    /// overrides `--peers` everywhere. The others' addresses came from the first primary's
+    /// `--peers`, and each node's own `--peers` wins for them (`addrs_for`).
+    pub given: std::collections::BTreeSet<NodeId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +43,8 @@ struct Wire {
     voters: Vec<u16>,
     learners: Vec<u16>,
     addrs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    given: Vec<u16>,
 }
 
 /// What is wrong with a config record's payload.
@@ -67,6 +73,7 @@ impl ConfigRecord {
                 .iter()
                 .map(|(id, addr)| (id.get().to_string(), addr.to_string()))
                 .collect(),
+            given: self.given.iter().map(|id| id.get()).collect(),
         };
         serde_json::to_vec(&wire).unwrap_or_else(|_| unreachable!("plain data serializes"))
     }
@@ -106,7 +113,17 @@ impl ConfigRecord {
             }
         }
         addrs.retain(|id, _| members.contains(*id));
-        Ok(ConfigRecord { members, addrs })
+        let given = wire
+            .given
+            .iter()
+            .map(|&id| NodeId(id))
+            .filter(|&id| members.contains(id))
+            .collect();
+        Ok(ConfigRecord {
+            members,
+            addrs,
+            given,
+        })
     }
 
     /// `members`, with the addresses of `book` (the ids it lacks are left out of `addrs`).
@@ -117,6 +134,7 @@ impl ConfigRecord {
                 .ids()
                 .filter_map(|id| book.get(&id).map(|addr| (id, addr.clone())))
                 .collect(),
+            given: Default::default(),
         }
     }
 }
@@ -197,9 +215,9 @@ impl Book {
 // The core loop's side.
 
 /// Where every member of `members` (the configuration of the record at `lsn`) but `own` is:
-/// as this node's `--peers` says, for the ids it names (each node may reach a peer by its own
-/// route: another interface, a proxy), else as that record says, else as any configuration
-/// of the log says (a member added later, which `--peers` does not name).
+/// as that record says if an operator gave the address (`ConfigRecord::given`); else as this
+/// node's `--peers` says, for the ids it names (each node may reach a peer by its own route:
+/// another interface, a proxy); else as the record or any configuration of the log says.
 pub(super) fn addrs_for(
     book: &Book,
     lsn: Lsn,
@@ -208,12 +226,14 @@ pub(super) fn addrs_for(
     seed: &BTreeMap<NodeId, PeerAddr>,
 ) -> BTreeMap<NodeId, PeerAddr> {
     let known = book.addresses();
-    let at = book.at(lsn).map(|(_, record)| &record.addrs);
+    let at = book.at(lsn).map(|(_, record)| record);
     let mut addrs = BTreeMap::new();
     for id in members.ids().filter(|&id| id != own) {
-        let addr = seed
-            .get(&id)
-            .or_else(|| at.and_then(|a| a.get(&id)))
+        let logged = at.and_then(|record| record.addrs.get(&id));
+        let given = at.is_some_and(|record| record.given.contains(&id));
+        let addr = if given { logged } else { None }
+            .or_else(|| seed.get(&id))
+            .or(logged)
             .or_else(|| known.get(&id));
         match addr {
             Some(addr) => {
@@ -245,10 +265,20 @@ impl super::Shell {
         for (&id, addr) in &self.config.peers {
             book.entry(id).or_insert_with(|| addr.clone());
         }
+        let mut given: std::collections::BTreeSet<NodeId> = self
+            .book
+            .latest()
+            .map(|(_, record)| record.given.clone())
+            .unwrap_or_default();
         if let Some((id, addr)) = self.members_adding.take() {
+            // The latest record's address for it, not an older one: `addresses()` lets the
+            // newest record win, and this one is newer still.
             book.insert(id, addr);
+            given.insert(id);
         }
-        let record = ConfigRecord::with_addrs(members, &book);
+        let mut record = ConfigRecord::with_addrs(members, &book);
+        given.retain(|id| members.contains(*id));
+        record.given = given;
         assert_eq!(
             record.addrs.len(),
             members.len(),
@@ -353,7 +383,11 @@ mod tests {
         for (id, a) in [(1, "127.0.0.1:7101"), (2, "db-1.db:7101"), (4, "[::1]:9")] {
             addrs.insert(NodeId(id), PeerAddr::parse(a).unwrap());
         }
-        let record = ConfigRecord { members, addrs };
+        let record = ConfigRecord {
+            members,
+            addrs,
+            given: [NodeId(4)].into_iter().collect(),
+        };
         assert_eq!(ConfigRecord::decode(&record.encode()).unwrap(), record);
         for bad in [
             &br#"{"voters":[],"learners":[],"addrs":{}}"#[..],
@@ -378,7 +412,11 @@ mod tests {
         let members = Members::voters_of(&[NodeId(3)]).unwrap();
         let mut addrs = BTreeMap::new();
         addrs.insert(NodeId(3), PeerAddr::parse("127.0.0.1:1").unwrap());
-        let record = ConfigRecord { members, addrs };
+        let record = ConfigRecord {
+            members,
+            addrs,
+            given: Default::default(),
+        };
         store_start(dir.path(), Lsn(9), &record).unwrap();
         assert_eq!(load_start(dir.path()).unwrap(), Some((Lsn(9), record)));
     }

@@ -1179,6 +1179,7 @@ pub async fn run(
             members::ConfigRecord {
                 members: seed_members,
                 addrs: config.peers.clone(),
+                given: Default::default(),
             },
         );
     } else if core.members() != seed_members {
