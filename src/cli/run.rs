@@ -139,6 +139,11 @@ pub struct RunArgs {
     /// hold it without sending it.
     #[arg(long, env = "UNDERSTUDY_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: PathBuf,
+    /// During a secret rotation: the secret being replaced. Peers that hold only it are
+    /// still accepted (and spoken to with it), and a data dir made under it is taken and
+    /// moved to the new secret. Drop the flag once every node runs with the new secret.
+    #[arg(long, env = "UNDERSTUDY_PREVIOUS_CLUSTER_SECRET_FILE")]
+    pub previous_cluster_secret_file: Option<PathBuf>,
     /// A file holding the admin API's token (at least 16 bytes, readable by its owner
     /// only). With it, every request that changes state (POST /switchover, /pause,
     /// /resume) must carry `Authorization: Bearer <token>`; reads (/status, /primary,
@@ -281,6 +286,19 @@ impl RunArgs {
             }
         };
         let secret = ClusterSecret::load(&self.cluster_secret_file)?;
+        let previous_secret = match &self.previous_cluster_secret_file {
+            Some(path) => {
+                let previous = ClusterSecret::load(path)?;
+                if previous.cluster_id() == secret.cluster_id() {
+                    anyhow::bail!(
+                        "--previous-cluster-secret-file {} holds the same secret as --cluster-secret-file",
+                        path.display()
+                    );
+                }
+                Some(previous)
+            }
+            None => None,
+        };
         let admin_token = match &self.admin_token_file {
             Some(path) => Some(config::AdminToken::load(path)?),
             None => None,
@@ -306,6 +324,7 @@ impl RunArgs {
             data_dir: self.data_dir.clone(),
             peers,
             secret,
+            previous_secret,
             admin_token,
             core,
             fsync: self.fsync,

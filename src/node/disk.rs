@@ -255,6 +255,33 @@ pub fn open_with(
     segment_bytes_max: u64,
     initial: InitialClusterState,
 ) -> Result<Opened, DiskError> {
+    open_rotating(
+        path,
+        node_id,
+        (cluster_id, None),
+        fsync,
+        metrics,
+        segment_bytes_max,
+        initial,
+    )
+}
+
+/// [`open_with`] during a secret rotation: `cluster_ids` is the current secret's cluster id
+/// and the previous one's (`--previous-cluster-secret-file`); a data dir made under the
+/// previous secret is taken, and moved to the current one.
+pub fn open_rotating(
+    path: &Path,
+    node_id: NodeId,
+    cluster_ids: (u64, Option<u64>),
+    fsync: FsyncMode,
+    metrics: Arc<super::metrics::Metrics>,
+    segment_bytes_max: u64,
+    initial: InitialClusterState,
+) -> Result<Opened, DiskError> {
+    let (cluster_id, previous) = cluster_ids;
+    // Never equal to a stored id when there is no previous secret (ids of real secrets are
+    // HMAC outputs; the stored one is checked for equality with `cluster_id` first).
+    let previous_cluster_id = || previous.unwrap_or(cluster_id);
     wal::fs::ensure_dir(path)?;
     let lock_path = path.join("lock");
     let lock = OpenOptions::new()
@@ -287,14 +314,25 @@ pub fn open_with(
                     expected: node_id,
                 });
             }
-            if meta.cluster_id != cluster_id {
+            if meta.cluster_id == cluster_id {
+                meta
+            } else if meta.cluster_id == previous_cluster_id() {
+                // A secret rotation: the data dir was made under the previous secret. It
+                // belongs to the new one from now on (stored atomically), so that the
+                // previous secret can be dropped once every node has been restarted.
+                let meta = Meta { cluster_id, ..meta };
+                meta.store(&meta_path)?;
+                tracing::info!(
+                    "data dir moved from the previous cluster secret to the current one"
+                );
+                meta
+            } else {
                 return Err(DiskError::OtherCluster {
                     path: path.to_owned(),
                     found: meta.cluster_id,
                     expected: cluster_id,
                 });
             }
-            meta
         }
         None => {
             // Whatever the flag says, an empty data dir may be one that was wiped, whose

@@ -103,6 +103,9 @@ pub struct NodeConfig {
     /// Every member's peer address, this node's included.
     pub peers: BTreeMap<NodeId, crate::config::PeerAddr>,
     pub secret: ClusterSecret,
+    /// The secret being rotated out (`--previous-cluster-secret-file`): still accepted from
+    /// peers and for the data dir, never offered first.
+    pub previous_secret: Option<ClusterSecret>,
     /// The admin API's token (`--admin-token-file`): required by the requests that change
     /// state.
     pub admin_token: Option<crate::config::AdminToken>,
@@ -1123,11 +1126,15 @@ pub async fn run(
     let initial_cluster_state = config.initial_cluster_state;
     let metrics = Arc::new(Metrics::default());
     let disk_metrics = Arc::clone(&metrics);
+    let previous_cluster_id = config
+        .previous_secret
+        .as_ref()
+        .map(ClusterSecret::cluster_id);
     let opened = tokio::task::spawn_blocking(move || {
-        disk::open_with(
+        disk::open_rotating(
             &data_dir,
             node_id,
-            cluster_id,
+            (cluster_id, previous_cluster_id),
             fsync,
             disk_metrics,
             segment_bytes,
@@ -1207,6 +1214,10 @@ pub async fn run(
         node_id: config.node_id,
         cluster_id,
         secret: config.secret.clone(),
+        previous: config
+            .previous_secret
+            .as_ref()
+            .map(|secret| (secret.cluster_id(), secret.clone())),
         membership: Arc::new(std::sync::Mutex::new(peer::Membership {
             lsn: core.members_lsn().get(),
             ids: core.members().ids().collect(),

@@ -116,6 +116,9 @@ pub struct PeerConfig {
     pub node_id: NodeId,
     pub cluster_id: u64,
     pub secret: ClusterSecret,
+    /// The secret being rotated out (`--previous-cluster-secret-file`) and its cluster id:
+    /// accepted from peers that do not hold the new one yet, and used towards them.
+    pub previous: Option<(u64, ClusterSecret)>,
     /// The latest configuration: the handshake's member list and every member's address,
     /// changed by [`PeerNet::set_peers`].
     pub membership: Arc<Mutex<Membership>>,
@@ -481,6 +484,7 @@ pub(super) async fn dial_handshake(
         nonce: nonce_d,
         members: view.ids.clone(),
         config_lsn: view.lsn,
+        previous_cluster_id: config.previous.as_ref().map_or(0, |(id, _)| *id),
         client_addr: config.client_addr,
         admin_addr: config.admin_addr,
     };
@@ -488,20 +492,27 @@ pub(super) async fn dial_handshake(
     let ids = id_bytes(config.node_id, peer);
     match read_frame(&mut reader).await? {
         Frame::Challenge {
+            which,
             nonce: nonce_a,
             tag,
         } => {
-            if !config
-                .secret
-                .verify(&[ACCEPTOR_LABEL, &ids, &nonce_d, &nonce_a, &members], &tag)
-            {
+            // The acceptor holds the secret it names: the current one, or during a rotation
+            // the previous one.
+            let secret = match (which, &config.previous) {
+                (0, _) => &config.secret,
+                (_, Some((_, previous))) => previous,
+                (_, None) => {
+                    return Err(LinkError::Handshake(
+                        "the peer answered for a previous secret this node does not have".into(),
+                    ))
+                }
+            };
+            if !secret.verify(&[ACCEPTOR_LABEL, &ids, &nonce_d, &nonce_a, &members], &tag) {
                 return Err(LinkError::Handshake(
                     "the peer does not hold the cluster secret".into(),
                 ));
             }
-            let proof = config
-                .secret
-                .mac(&[DIALLER_LABEL, &ids, &nonce_a, &nonce_d, &members]);
+            let proof = secret.mac(&[DIALLER_LABEL, &ids, &nonce_a, &nonce_d, &members]);
             write_frame_half(&mut writer, &Frame::Proof { tag: proof }).await?;
         }
         Frame::Refuse { reason } => return Err(LinkError::Handshake(reason)),
@@ -734,12 +745,30 @@ async fn accept_handshake(
         }
     };
     let view = config.membership();
+    // The secret both hold: the dialler's current one if we hold it (as our current or our
+    // previous), else its previous one (a rotation under way on one side or the other).
+    let ours = |id: u64| -> Option<&ClusterSecret> {
+        if id == 0 {
+            None
+        } else if id == config.cluster_id {
+            Some(&config.secret)
+        } else {
+            config
+                .previous
+                .as_ref()
+                .filter(|(previous, _)| *previous == id)
+                .map(|(_, secret)| secret)
+        }
+    };
+    let shared = ours(hello.cluster_id)
+        .map(|secret| (0u8, secret))
+        .or_else(|| ours(hello.previous_cluster_id).map(|secret| (1u8, secret)));
     let refusal = if hello.version != PROTOCOL_VERSION {
         Some(format!(
             "protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
             hello.version
         ))
-    } else if hello.cluster_id != config.cluster_id {
+    } else if shared.is_none() {
         Some("another cluster (the cluster secrets differ)".to_owned())
     } else if hello.to != config.node_id {
         Some(format!(
@@ -783,15 +812,17 @@ async fn accept_handshake(
         .await;
         return Err(LinkError::Handshake(reason));
     }
+    let Some((which, secret)) = shared else {
+        unreachable!("refused above without a shared secret");
+    };
     let ids = id_bytes(hello.from, hello.to);
     let members = member_bytes(&hello.members, hello.config_lsn);
     let nonce_a = nonce();
-    let tag = config
-        .secret
-        .mac(&[ACCEPTOR_LABEL, &ids, &hello.nonce, &nonce_a, &members]);
+    let tag = secret.mac(&[ACCEPTOR_LABEL, &ids, &hello.nonce, &nonce_a, &members]);
     write_frame_half(
         writer,
         &Frame::Challenge {
+            which,
             nonce: nonce_a,
             tag,
         },
@@ -799,7 +830,7 @@ async fn accept_handshake(
     .await?;
     match read_frame(reader).await? {
         Frame::Proof { tag } => {
-            if !config.secret.verify(
+            if !secret.verify(
                 &[DIALLER_LABEL, &ids, &nonce_a, &hello.nonce, &members],
                 &tag,
             ) {

@@ -45,7 +45,8 @@
 //!   `Records` frames, never a record above the commit LSN: the app may apply what it
 //!   receives at once. `Records` carries WAL records exactly as `wal/FORMAT.md` lays them out
 //!   ("Record"), back to back; the app verifies each record's CRC (and that LSNs are dense)
-//!   before applying it, and skips epoch-start records (kind 2), which carry no payload.
+//!   before applying it, and skips epoch-start records (kind 2), which carry no payload, and
+//!   config records (kind 3: the membership, for the sidecars; `node::members`).
 //!   `from_lsn` may be above the sidecar's commit LSN (the stream then starts when the
 //!   commit LSN gets there). If the log no longer holds `from_lsn` (it was truncated after a
 //!   snapshot) the sidecar first streams its newest snapshot (below), then the records

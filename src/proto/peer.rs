@@ -42,8 +42,8 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), config_lsn u64, then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
-//! | 2 | Challenge | nonce (32 bytes), tag (32 bytes) |
+//! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), config_lsn u64, previous_cluster_id u64, then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
+//! | 2 | Challenge | which u8 (0: the secret of the Hello's cluster_id, 1: of its previous_cluster_id), nonce (32 bytes), tag (32 bytes) |
 //! | 3 | Proof | tag (32 bytes) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
 //! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
@@ -123,7 +123,8 @@ use crate::{Epoch, Lsn, NodeId};
 /// (learners), and the repair frames. Version 3 added the health of pre-vote and append
 /// responses, `Append::paused`, and the admin address in `Hello`. Version 4 added the
 /// member list to `Hello`. Version 5 added its configuration's LSN (`Hello::config_lsn`), the
-/// config record kind, and the `can_vote` health bit.
+/// config record kind, the `can_vote` health bit, and the previous secret of a rotation
+/// (`Hello::previous_cluster_id`, `Frame::Challenge::which`).
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
@@ -152,6 +153,9 @@ pub struct Hello {
     pub members: Vec<NodeId>,
     /// The LSN of that configuration's config record; 0 while it is the seed of `--peers`.
     pub config_lsn: u64,
+    /// The cluster id of the sender's previous secret (`--previous-cluster-secret-file`,
+    /// during a rotation), or 0.
+    pub previous_cluster_id: u64,
     /// Where the sender serves clients, so that a node can redirect clients to the primary.
     pub client_addr: Option<std::net::SocketAddr>,
     /// Where the sender serves its admin HTTP, so that operator commands pointed at any node
@@ -164,6 +168,9 @@ pub struct Hello {
 pub enum Frame {
     Hello(Hello),
     Challenge {
+        /// Which of the dialler's secrets the acceptor holds and the tags use: 0 for the one
+        /// of `Hello::cluster_id`, 1 for the one of `Hello::previous_cluster_id`.
+        which: u8,
         nonce: [u8; NONCE_LEN],
         tag: [u8; TAG_LEN],
     },
@@ -365,7 +372,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             } else {
                 0
             };
-            let fixed = FIXED + 2 * count + 8;
+            let fixed = FIXED + 2 * count + 16;
             if !(fixed..=fixed + 128).contains(&len) {
                 return Err(DecodeError::BadLength {
                     kind,
@@ -381,6 +388,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 nonce: get_array(body),
                 members: Vec::with_capacity(count),
                 config_lsn: 0,
+                previous_cluster_id: 0,
                 client_addr: None,
                 admin_addr: None,
             };
@@ -389,6 +397,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 hello.members.push(node_id(body.get_u16_le())?);
             }
             hello.config_lsn = body.get_u64_le();
+            hello.previous_cluster_id = body.get_u64_le();
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
             let (client, admin) = text.split_once(' ').unwrap_or((text, ""));
             let addr = |text: &str| -> Result<Option<std::net::SocketAddr>, DecodeError> {
@@ -403,8 +412,13 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             Frame::Hello(hello)
         }
         2 => {
-            expect(NONCE_LEN + TAG_LEN)?;
+            expect(1 + NONCE_LEN + TAG_LEN)?;
+            let which = body.get_u8();
+            if which > 1 {
+                return Err(DecodeError::BadBool(which));
+            }
             Frame::Challenge {
+                which,
                 nonce: get_array(body),
                 tag: get_array(body),
             }
@@ -631,6 +645,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u16_le(id.get());
             }
             dst.put_u64_le(hello.config_lsn);
+            dst.put_u64_le(hello.previous_cluster_id);
             let addr = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.to_string());
             match (addr(hello.client_addr), addr(hello.admin_addr)) {
                 (None, None) => {}
@@ -641,8 +656,9 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 }
             }
         }
-        Frame::Challenge { nonce, tag } => {
+        Frame::Challenge { which, nonce, tag } => {
             dst.put_u8(2);
+            dst.put_u8(*which);
             dst.put_slice(nonce);
             dst.put_slice(tag);
         }
@@ -910,6 +926,7 @@ mod tests {
             nonce: [7; NONCE_LEN],
             members: vec![NodeId(1), NodeId(2), NodeId(3)],
             config_lsn: 7,
+            previous_cluster_id: 0x0123_4567,
             client_addr: Some("127.0.0.1:6379".parse().unwrap()),
             admin_addr: None,
         }));
@@ -921,10 +938,12 @@ mod tests {
             nonce: [0; NONCE_LEN],
             members: Vec::new(),
             config_lsn: 0,
+            previous_cluster_id: 0,
             client_addr: None,
             admin_addr: None,
         }));
         round_trip(Frame::Challenge {
+            which: 1,
             nonce: [1; NONCE_LEN],
             tag: [2; TAG_LEN],
         });

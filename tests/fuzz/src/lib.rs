@@ -386,10 +386,12 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
             nonce: [7; peer::NONCE_LEN],
             members: vec![NodeId(1), NodeId(2), NodeId(3)],
             config_lsn: 2,
+            previous_cluster_id: 0,
             client_addr: Some("127.0.0.1:6379".parse().expect("a literal address")),
             admin_addr: None,
         }),
         peer::Frame::Challenge {
+            which: 0,
             nonce: [1; peer::NONCE_LEN],
             tag: [2; peer::TAG_LEN],
         },
