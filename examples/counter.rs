@@ -64,7 +64,14 @@ async fn main() -> ExitCode {
     match run(&socket, &steps).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("counter: {error}");
+            // The whole chain: "cannot connect to ...: No such file or directory".
+            let mut line = format!("counter: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                line.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{line}");
             ExitCode::FAILURE
         }
     }

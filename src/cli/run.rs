@@ -20,31 +20,10 @@ const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
 
 /// A byte count: digits, optionally followed by K, M, G (powers of 1000) or KiB, MiB, GiB.
 fn byte_count(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let multiplier: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} (use K, M, G, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a byte count"))?;
-    value
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text} is too large"))
+    // `parse-size`: fractions (1.5GiB), any case (1gib), K/KB = 1000, Ki/KiB = 1024.
+    parse_size::parse_size(text.trim()).map_err(|e| {
+        format!("{text:?} is not a byte count ({e}; write e.g. 64MiB, 1.5GiB or 500M)")
+    })
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -161,7 +140,13 @@ pub struct RunArgs {
     pub on_demote: Option<String>,
     /// When appends are made durable: every group-commit batch (always) or every 10 ms
     /// (batch).
-    #[arg(long, env = "UNDERSTUDY_FSYNC", value_enum, default_value = "always")]
+    #[arg(
+        long,
+        env = "UNDERSTUDY_FSYNC",
+        value_enum,
+        ignore_case = true,
+        default_value = "always"
+    )]
     pub fsync: FsyncMode,
     /// What an empty data dir is: `new` for a founding member of a new cluster (a voter from
     /// the start), `existing` for a node joining or rejoining one after its data dir was lost
@@ -170,6 +155,7 @@ pub struct RunArgs {
         long,
         env = "UNDERSTUDY_INITIAL_CLUSTER_STATE",
         value_enum,
+        ignore_case = true,
         default_value = "new"
     )]
     pub initial_cluster_state: config::InitialClusterState,
@@ -514,5 +500,40 @@ mod tests {
         assert!(redis_fsync_warning("redis-server --appendfsync everysec")
             .unwrap()
             .contains("appendfsync everysec"));
+    }
+
+    #[test]
+    fn byte_counts_take_fractions_and_any_case() {
+        assert_eq!(byte_count("1.5GiB"), Ok(3 << 29));
+        assert_eq!(byte_count("1gib"), Ok(1 << 30));
+        assert_eq!(byte_count("64MiB"), Ok(64 << 20));
+        assert_eq!(byte_count("500M"), Ok(500_000_000));
+        assert_eq!(byte_count(" 4096 "), Ok(4096));
+        let error = byte_count("lots").unwrap_err();
+        assert!(error.contains("is not a byte count"), "{error}");
+    }
+
+    #[test]
+    fn enum_flags_take_any_case() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "understudy",
+            "run",
+            "--node-id",
+            "1",
+            "--data-dir",
+            "/tmp/d",
+            "--peer-listen",
+            "127.0.0.1:1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--cluster-secret-file",
+            "/tmp/s",
+            "--fsync",
+            "Always",
+            "--initial-cluster-state",
+            "EXISTING",
+        ]);
+        assert!(cli.is_ok(), "{:?}", cli.err());
     }
 }

@@ -250,7 +250,8 @@ pub struct Snapshots {
     log_bytes: AtomicU64,
     pub metrics: SnapshotMetrics,
     cancel: CancellationToken,
-    /// Test knob: a pause before each chunk a sender sends (`UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS`).
+    /// Test knob: a pause before each chunk a sender sends (`UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS`,
+    /// honoured by builds with debug assertions only).
     chunk_delay: Option<Duration>,
 }
 
@@ -282,10 +283,16 @@ impl Snapshots {
             .store(recovered.corrupt as u64, Ordering::Relaxed);
         let installed = recovered.installed;
         let now = Instant::now();
-        let chunk_delay = std::env::var("UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS")
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map(Duration::from_millis);
+        // A test knob, read only by builds with debug assertions (the test builds): a
+        // release binary ignores it whatever its environment says.
+        let chunk_delay = if cfg!(debug_assertions) {
+            std::env::var("UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis)
+        } else {
+            None
+        };
         Snapshots {
             dir: data_dir.join(SNAPSHOTS_DIR),
             config,
