@@ -446,3 +446,69 @@ fn run_refuses_an_admin_port_that_is_taken() {
     let expected = format!("understudy: --admin-listen {addr}: cannot listen");
     assert!(err.lines().any(|line| line.starts_with(&expected)), "{err}");
 }
+
+/// `/metrics` of a primary and of a backup, read by the Prometheus project's own Python
+/// parser (Debian's python3-prometheus-client, which CI installs): every line parses, no
+/// family is declared twice, every sample belongs to its family.
+#[test]
+fn metrics_parse_with_the_prometheus_client_parser() {
+    const CHECK: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+names = []
+counters = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    names.append(family.name)
+    if family.type == "counter":
+        counters.append(family.name[:-len("_total")] if family.name.endswith("_total") else family.name)
+    for sample in family.samples:
+        suffix = sample.name[len(family.name):]
+        if not sample.name.startswith(family.name) or suffix not in ("", "_total", "_created", "_bucket", "_count", "_sum", "_info"):
+            sys.exit(f"sample {sample.name} is outside its family {family.name}")
+# OpenMetrics names a counter's family without `_total`: that name must be free too.
+twice = sorted({n for n in names if names.count(n) > 1} | {c for c in counters if c in names and c + "_total" in names})
+if twice:
+    sys.exit(f"families declared twice: {twice}")
+for wanted in ("understudy_lag_seconds", "understudy_peer_lag_seconds", "understudy_build_info", "process_open_fds"):
+    if wanted not in names:
+        sys.exit(f"no family {wanted}")
+print(len(names))
+"#;
+    let python = "/usr/bin/python3";
+    let available = std::process::Command::new(python)
+        .args(["-c", "import prometheus_client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        available,
+        "{python} with prometheus_client is needed (Debian: apt-get install python3-prometheus-client; .ci/run installs it)"
+    );
+    let cluster = start_cluster();
+    let primary = one_primary(&cluster);
+    let backup = (1..=3).find(|&id| id != primary).unwrap();
+    for id in [primary, backup] {
+        let (code, body) = get(cluster.node(id).admin_addr, "/metrics").expect("/metrics");
+        assert_eq!(code, 200);
+        let mut child = std::process::Command::new(python)
+            .args(["-c", CHECK])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "node {id}'s /metrics: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

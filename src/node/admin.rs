@@ -883,8 +883,24 @@ pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) 
         gauge(out, name, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    let own_lag: [(&str, &str, f64); 2] = [
+        (
+            "understudy_lag_records",
+            "On a backup: committed records (as its primary last said) not yet durable here; 0 on a primary.",
+            status.lag_records as f64,
+        ),
+        (
+            "understudy_lag_seconds",
+            "On a backup: seconds since it last held durably every record its primary had committed; 0 on a primary.",
+            status.lag_ms as f64 / 1000.0,
+        ),
+    ];
+    for (name, help, value) in own_lag {
+        gauge(out, name, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     type PeerValue = fn(&super::PeerStatus) -> Option<f64>;
-    let per_peer: [(&str, &str, PeerValue); 4] = [
+    let per_peer: [(&str, &str, PeerValue); 5] = [
         (
             "understudy_peer_lag_records",
             "Records the peer is behind this node's last LSN (on the primary; 0 elsewhere).",
@@ -894,6 +910,11 @@ pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) 
             "understudy_peer_lag_bytes",
             "Bytes of log the peer is behind, estimated (on the primary; 0 elsewhere).",
             |peer| Some(peer.lag_bytes as f64),
+        ),
+        (
+            "understudy_peer_lag_seconds",
+            "Seconds since the peer last held every record this node had, an upper bound on the age of the oldest record it lacks (on the primary; 0 elsewhere).",
+            |peer| Some(peer.lag_ms as f64 / 1000.0),
         ),
         (
             "understudy_peer_connected",
@@ -954,6 +975,7 @@ mod tests {
                 durable_lsn: 7,
                 lag_records: 3,
                 lag_bytes: 192,
+                lag_ms: 250,
                 last_heard_ms: Some(1500),
                 learner: false,
                 app_live: true,
@@ -1110,6 +1132,7 @@ mod tests {
             "understudy_lease_held 1\n",
             "understudy_peer_lag_records{peer=\"2\"} 3\n",
             "understudy_peer_lag_bytes{peer=\"2\"} 192\n",
+            "understudy_peer_lag_seconds{peer=\"2\"} 0.25\n",
             "understudy_peer_connected{peer=\"2\"} 1\n",
             "understudy_peer_last_heard_seconds{peer=\"2\"} 1.5\n",
             "# TYPE understudy_fsync_seconds histogram\n",

@@ -122,6 +122,9 @@ pub struct PeerStatus {
     pub lag_records: u64,
     /// On the primary: bytes of log the peer is behind, estimated.
     pub lag_bytes: u64,
+    /// On the primary: milliseconds since the peer last held every record this node had (0
+    /// while it does): an upper bound on the age of the oldest record it lacks.
+    pub lag_ms: u64,
     /// Milliseconds since this node last heard from the peer, if ever.
     pub last_heard_ms: Option<u64>,
     /// On the primary: the peer said it is a learner (it does not count towards commit).
@@ -178,6 +181,11 @@ pub struct NodeStatus {
     pub last_lsn: u64,
     pub durable_lsn: u64,
     pub commit_lsn: u64,
+    /// On a backup: committed records (as the primary last said) not yet durable here.
+    pub lag_records: u64,
+    /// On a backup: milliseconds since it last held durably every record its primary had
+    /// committed (0 while it does; measured from its start if never).
+    pub lag_ms: u64,
     /// Milliseconds since the last heartbeat from the primary (on a backup), if any.
     pub heartbeat_age_ms: Option<u64>,
     pub peers: Vec<PeerStatus>,
@@ -249,6 +257,8 @@ impl NodeStatus {
             last_lsn: 0,
             durable_lsn: 0,
             commit_lsn: 0,
+            lag_records: 0,
+            lag_ms: 0,
             heartbeat_age_ms: None,
             peers: Vec::new(),
             failed: None,

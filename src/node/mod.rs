@@ -305,6 +305,9 @@ struct Shell {
     members_adding: Option<(NodeId, crate::config::PeerAddr)>,
     /// The LSN of the configuration stored in `members.json`.
     members_stored: Option<Lsn>,
+    /// When each peer (on the primary), and this node (`None`, on a backup), was last seen
+    /// holding everything: the replication lag in seconds (`lag_clock`).
+    caught_up_at: std::cell::RefCell<BTreeMap<Option<NodeId>, BootInstant>>,
 }
 
 /// A prefix truncation the writer has queued (`Writer::queue_truncate_prefix`).
@@ -888,6 +891,18 @@ impl Shell {
         self.publish_status();
     }
 
+    /// Milliseconds since `who` (a peer, or this node for `None`) was last seen caught up; 0
+    /// while it is. Measured at every status publication (at least every 100 ms).
+    fn lag_clock(&self, who: Option<NodeId>, caught_up: bool, now: BootInstant) -> u64 {
+        let mut seen = self.caught_up_at.borrow_mut();
+        if caught_up {
+            seen.insert(who, now);
+            return 0;
+        }
+        let since = *seen.entry(who).or_insert(self.started);
+        u64::try_from(now.duration_since(since).as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn publish_status(&self) {
         let status = self.core.status();
         let now = BootInstant::now();
@@ -895,6 +910,14 @@ impl Shell {
             && status.lease_until.is_some_and(|until| until > self.now());
         let (members_lsn, members) = self.members_now;
         let addrs = self.net.config().membership().addrs;
+        let backup_lag = if status.role == Role::Primary {
+            0
+        } else {
+            status
+                .commit_lsn
+                .get()
+                .saturating_sub(status.durable_lsn.get())
+        };
         let peers = members
             .ids()
             .filter(|&id| id != self.config.node_id)
@@ -920,6 +943,7 @@ impl Shell {
                     durable_lsn: matched.get(),
                     lag_records: lag,
                     lag_bytes: lag * self.record_len_avg,
+                    lag_ms: self.lag_clock(Some(id), lag == 0, now),
                     last_heard_ms: self
                         .last_heard
                         .get(&id)
@@ -952,6 +976,8 @@ impl Shell {
             last_lsn: status.last_lsn.get(),
             durable_lsn: status.durable_lsn.get(),
             commit_lsn: status.commit_lsn.get(),
+            lag_records: backup_lag,
+            lag_ms: self.lag_clock(None, backup_lag == 0, now),
             heartbeat_age_ms,
             peers,
             failed: self.failed.clone(),
@@ -1270,6 +1296,8 @@ pub async fn run(
         last_lsn: opened.recovered.last_lsn.get(),
         durable_lsn: opened.recovered.last_lsn.get(),
         commit_lsn: 0,
+        lag_records: 0,
+        lag_ms: 0,
         heartbeat_age_ms: None,
         peers: Vec::new(),
         failed: None,
@@ -1431,6 +1459,7 @@ pub async fn run(
         members_pending: None,
         members_adding: None,
         members_stored: None,
+        caught_up_at: Default::default(),
         config,
     };
     if let Some(stamp) = shell.dir.paused() {
