@@ -333,3 +333,69 @@ async fn a_witness_cluster_survives_the_death_of_either_data_node() {
     assert!(body.contains("\"witness\": true"), "{body}");
     finish(&drivers, writers, &[1, 2]).await;
 }
+
+/// A change racing a failover: the primary is killed the moment it is asked to add a member.
+/// Whether or not the config record survived, the nodes left agree on one configuration,
+/// a later change goes through, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_racing_the_primarys_death_leaves_one_configuration() {
+    let mut cluster = cluster_of(3, 4);
+    let drivers = connect_some(&cluster, &[1, 2, 3]).await;
+    let primary = wait_primary(&drivers, None).await;
+    let writers = start_writers(&drivers, 2).await;
+    let member = format!("4={}", cluster.node(4).peer_addr);
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(["members", "add", &member, "--admin"])
+        .arg(cluster.node(primary).admin_addr.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut asked = command.spawn().expect("understudy members add");
+    std::thread::sleep(Duration::from_millis(5));
+    cluster.kill(primary);
+    set_driver(&drivers, primary, None);
+    let _ = asked.wait();
+    let survivor = wait_primary(&drivers, Some(primary)).await;
+    let others: Vec<u16> = (1..=3).filter(|&id| id != primary).collect();
+    // The survivors agree, committed, on one of the two configurations.
+    let agreed = wait_until(Duration::from_secs(10), || {
+        let configs: Vec<_> = others.iter().map(|&id| config_of(&cluster, id)).collect();
+        configs
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|(_, _, committed)| *committed))
+            && configs.windows(2).all(|pair| pair[0] == pair[1])
+    });
+    assert!(
+        agreed,
+        "the survivors disagree: {:?}",
+        others
+            .iter()
+            .map(|&id| config_of(&cluster, id))
+            .collect::<Vec<_>>()
+    );
+    let (voters, learners, _) = config_of(&cluster, survivor).unwrap();
+    assert_eq!(voters, vec![1, 2, 3]);
+    assert!(learners.is_empty() || learners == vec![4], "{learners:?}");
+    // The old primary comes back; the cluster takes the next change (adding 4, or promoting
+    // it once it runs).
+    cluster.start_node(primary);
+    set_driver(
+        &drivers,
+        primary,
+        Some(connect(&cluster.node(primary).app_socket).await),
+    );
+    if learners.is_empty() {
+        let via = wait_primary(&drivers, None).await;
+        let (ok, text) = members(&cluster, via, &["add", &member]);
+        assert!(ok, "members add after the race: {text}");
+    }
+    cluster.start_node(4);
+    set_driver(
+        &drivers,
+        4,
+        Some(connect(&cluster.node(4).app_socket).await),
+    );
+    let via = wait_primary(&drivers, None).await;
+    wait_voters(&cluster, via, &[1, 2, 3, 4], Duration::from_secs(20));
+    finish(&drivers, writers, &[1, 2, 3, 4]).await;
+}
