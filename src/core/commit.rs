@@ -6,8 +6,12 @@
 //! With `sync_replicas = members - majority` the primary and its `sync_replicas` backups are
 //! `members - majority + 1` nodes, which meets every majority: every later primary's voters
 //! include one of them, whose log the winner's must be at least as up to date as. That is
-//! invariant 1. Backups learn the commit LSN from the primary's appends, bounded by the
-//! prefix they verified against that primary (`replication.rs`).
+//! invariant 1. Counted in a configuration that a membership change may have just replaced,
+//! the set must also meet every majority of the configuration before, so it is never less
+//! than a majority of the latest one (`Config::sync_replicas_for`): for an even voter count
+//! that is one backup more than `members - majority`. Backups learn the commit LSN from the
+//! primary's appends, bounded by the prefix they verified against that primary
+//! (`replication.rs`).
 
 use wal::Lsn;
 

@@ -129,11 +129,19 @@ impl Config {
     }
 
     /// `sync_replicas` for a configuration whose voters may differ from the seed's: the safe
-    /// minimum for its voter count (`voters - majority`), or the configured value if higher
-    /// (or lower, with `allow_unsafe_sync_replicas`), never more than its backups.
+    /// minimum for its voter count, or the configured value if higher (or lower, with
+    /// `allow_unsafe_sync_replicas`), never more than its backups.
+    ///
+    /// The safe minimum is `majority - 1`, so that the primary and its backups are a majority
+    /// of the configuration: `voters - majority` (the static rule) equals it for an odd voter
+    /// count, but for an even one it is a half, which meets every majority of its own
+    /// configuration and not every majority of the one before it. With 4 voters after 3 (or
+    /// after 5), a record on 2 of `{1,2,3,4}` can be missed by an election that `{2,3}` win
+    /// under `{1,2,3}` (or `{3,4,5}` under `{1,...,5}`) while the new configuration is not
+    /// yet known to them (`members.rs`).
     pub fn sync_replicas_for(&self, members: &super::Members) -> usize {
         let voters = members.voter_count();
-        let safe_min = voters - members.majority();
+        let safe_min = members.majority() - 1;
         let wanted = match self.sync_replicas {
             None => safe_min,
             Some(configured) if self.allow_unsafe_sync_replicas => configured,

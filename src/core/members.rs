@@ -18,9 +18,9 @@
 //! 2. A change adds or removes at most one voter (learners come and go freely: they count
 //!    for nothing). The primary never removes itself; it hands over first.
 //! 3. Every quorum is counted in the counting node's latest configuration: a candidate's
-//!    votes, a primary's commit set (`sync_replicas` backups, recomputed for the voter count)
-//!    and its lease. A node that is not a voter in its own latest configuration neither votes
-//!    nor stands.
+//!    votes, a primary's commit set (`sync_replicas` backups, recomputed for the voter count,
+//!    and always a majority of it: `Config::sync_replicas_for`) and its lease. A node that is
+//!    not a voter in its own latest configuration neither votes nor stands.
 //!
 //! # Why two primaries still cannot serve in one epoch, and committed records survive
 //!
@@ -31,10 +31,12 @@
 //! consecutive ones: a primary writes `C''` only once `C'` is committed, so a majority of
 //! `C'` holds `C'`, and by the up-to-date rule (`election.rs`) every later primary's log
 //! holds it too, so no later candidate can still be counting in `C`. Among two consecutive
-//! configurations every pair of quorums meets, so the arguments of `election.rs` (one vote
-//! per node per epoch), `commit.rs` (commit set meets every election quorum) and `lease.rs`
-//! (the lease's majority meets every election's) go through unchanged: each needs only that
-//! two quorums counted by two nodes share a voter. A new primary whose predecessor's last
+//! configurations every pair of quorums meets (each quorum is a majority of its
+//! configuration, the commit set included: with an even voter count the static rule's
+//! `voters - majority` backups would make it only a half), so the arguments of
+//! `election.rs` (one vote per node per epoch), `commit.rs` (commit set meets every
+//! election quorum) and `lease.rs` (the lease's majority meets every election's) go through
+//! unchanged: each needs only that two quorums counted by two nodes share a voter. A new primary whose predecessor's last
 //! change is still uncommitted commits it (with its epoch-start record) before writing its
 //! own, which is rule 1's second half: without it, two primaries in turn could each add a
 //! different voter to the same committed configuration, and their two configurations would
