@@ -20,7 +20,9 @@
 //! 3. Every quorum is counted in the counting node's latest configuration: a candidate's
 //!    votes, a primary's commit set (`sync_replicas` backups, recomputed for the voter count,
 //!    and always a majority of it: `Config::sync_replicas_for`) and its lease. A node that is
-//!    not a voter in its own latest configuration neither votes nor stands.
+//!    not a voter in its own latest configuration does not stand; it still votes (unless a
+//!    learner by its start, or quarantined): the candidate decides whether the vote counts,
+//!    and a learner just made a voter by a record it has not received must be able to vote.
 //!
 //! # Why two primaries still cannot serve in one epoch, and committed records survive
 //!
