@@ -80,8 +80,9 @@ pub struct TestKnobs {
     /// primary, and the primary clamps a send time from the future to its own clock, so it
     /// counts an acknowledgement from when it arrived, not from when it was sent (invariant 4).
     pub old_lease_echo: bool,
-    /// Let a membership change add or remove more than one voter at once: the old and the new
-    /// configuration may then each have a majority that shares no node (`members.rs`).
+    /// Let a membership change add or remove more than one voter at once: a promotion (asked
+    /// for or automatic) makes every learner a voter in one config record, and the old and the
+    /// new configuration may then each have a majority that shares no node (`members.rs`).
     pub skip_single_change: bool,
 }
 

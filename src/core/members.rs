@@ -472,7 +472,7 @@ impl Core {
                             behind: behind.unwrap_or(u64::MAX),
                         });
                     }
-                    current.with(id, MemberRole::Voter)
+                    self.members_promotion(current, id)
                 }
             },
             MembersChange::Remove(id) => {
@@ -488,6 +488,16 @@ impl Core {
         let next = next.ok_or(MembersRefusal::BadId(id))?;
         self.members_may_change(&current, &next)?;
         Ok(next)
+    }
+
+    /// `current` with learner `id` a voter. With `TestKnobs::skip_single_change`, every
+    /// learner becomes a voter at once: the only way a change can add more than one voter,
+    /// which is what the knob lets the simulator show the danger of.
+    fn members_promotion(&self, current: Members, id: NodeId) -> Option<Members> {
+        if self.config.unsafe_testing.skip_single_change {
+            return Members::from_bits(current.voter_bits() | current.learner_bits(), 0);
+        }
+        current.with(id, MemberRole::Voter)
     }
 
     /// Rules 1 and 2 (module docs), and that the new configuration's voters that answer
@@ -610,7 +620,7 @@ impl Core {
                     .is_some_and(|behind| behind <= self.config.append_records_max)
         });
         let Some(id) = ready else { return };
-        let Some(next) = current.with(id, MemberRole::Voter) else {
+        let Some(next) = self.members_promotion(current, id) else {
             return;
         };
         if self.members_may_change(&current, &next).is_ok() {
