@@ -379,12 +379,13 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, PeerAddr>, ConfigError
     Ok(peers)
 }
 
-/// The smallest `--sync-replicas` that keeps every acknowledged write across a failover:
-/// the commit quorum (primary + this many backups) must meet every election majority, so
-/// `1 + s + majority > N`, i.e. `s = N - majority` (1 of 3, 1 of 4, 2 of 5).
+/// The smallest `--sync-replicas` that keeps every acknowledged write across a failover and
+/// across a membership change: the commit quorum (primary + this many backups) must be a
+/// majority, `s = majority - 1` (1 of 3, 2 of 4, 2 of 5; `core::members` says why a
+/// majority and not merely `N - majority`).
 pub fn safe_sync_replicas(nodes: usize) -> usize {
-    // The same rule as the core's `Config::sync_replicas_safe_min`: N minus a majority.
-    nodes.saturating_sub(nodes / 2 + 1)
+    // The same rule as the core's `Config::sync_replicas_safe_min`.
+    (nodes / 2 + 1).saturating_sub(1)
 }
 
 /// Checks a `--sync-replicas` value for a cluster of `nodes`.
@@ -483,8 +484,9 @@ mod tests {
     fn sync_replicas_below_a_majority_is_refused_in_plain_words() {
         assert_eq!(safe_sync_replicas(3), 1);
         assert_eq!(safe_sync_replicas(5), 2);
-        // Even clusters: a commit on 2 of 4 meets every election majority of 3.
-        assert_eq!(safe_sync_replicas(4), 1);
+        // Even clusters: 2 of 4 meets every majority of 4, but not every majority of the
+        // 3 or 5 voters before or after a membership change; a commit needs 3 of 4.
+        assert_eq!(safe_sync_replicas(4), 2);
         for nodes in 1..=9 {
             let mut core = crate::core::Config::new(
                 crate::NodeId(1),

@@ -198,7 +198,7 @@ fn start_named() -> Option<(Cluster, Children, std::path::PathBuf, Vec<u16>)> {
     cluster.node_mut(3).peer_addr = format!("127.0.0.3:{}", ports[2]).parse().unwrap();
     let hosts = cluster.dir.path().join("hosts");
     std::fs::write(&hosts, hosts_file("127.0.0.3")).unwrap();
-    let mut children = Children(
+    let children = Children(
         (1..=3)
             .map(|id| Some(spawn(&cluster, id, &hosts)))
             .collect(),

@@ -6,18 +6,12 @@
 //! With `sync_replicas = members - majority` the primary and its `sync_replicas` backups are
 //! `members - majority + 1` nodes, which meets every majority: every later primary's voters
 //! include one of them, whose log the winner's must be at least as up to date as. That is
-//! invariant 1. Backups learn the commit LSN from the primary's appends, bounded by the
-//! prefix they verified against that primary (`replication.rs`).
-//!
-//! With an even number of voters that commit set is not a majority (the primary alone of 2,
-//! 2 of 4), so it need not meet a majority of the configuration before or after a change
-//! (`members.rs`): removing node 3 from {1, 2, 3} would commit on node 1 alone, while nodes 2
-//! and 3, which lack the record, still count in {1, 2, 3} and may elect one of themselves.
-//! So while the latest configuration's record is not committed, a record also needs the
-//! commit set of the configuration before it (at most its safe minimum: a member removed
-//! from it is no longer a peer; one backup more if this node was not a voter there), which
-//! every election in that configuration meets. Once that record is committed, every later
-//! primary holds it and counts in it (`members.rs`).
+//! invariant 1. Counted in a configuration that a membership change may have just replaced,
+//! the set must also meet every majority of the configuration before, so it is never less
+//! than a majority of the latest one (`Config::sync_replicas_for`): for an even voter count
+//! that is one backup more than `members - majority`. Backups learn the commit LSN from the
+//! primary's appends, bounded by the prefix they verified against that primary
+//! (`replication.rs`).
 
 use wal::Lsn;
 
@@ -28,20 +22,13 @@ impl Core {
         if self.st.role != Role::Primary {
             return;
         }
-        let (latest_lsn, latest) = self.st.log.configs.latest();
-        let Some(mut candidate) = self.commit_reach(&latest, self.sync_replicas()) else {
+        // A majority of the latest configuration (`Config::sync_replicas_for`), which meets
+        // every majority of the one before it too (`members.rs`): no second count is needed
+        // while a change is uncommitted.
+        let (_, latest) = self.st.log.configs.latest();
+        let Some(candidate) = self.commit_reach(&latest, self.sync_replicas()) else {
             return;
         };
-        if latest_lsn > self.st.commit_lsn {
-            let (_, previous) = self.st.log.configs.at(latest_lsn.prev());
-            // At most its safe minimum: a member it has and the latest has not is no peer.
-            let safe_min = previous.voter_count() - previous.majority();
-            let sync_replicas = self.config.sync_replicas_for(&previous).min(safe_min);
-            let Some(reach) = self.commit_reach(&previous, sync_replicas) else {
-                return;
-            };
-            candidate = candidate.min(reach);
-        }
         // The current-epoch rule: our epoch's records are exactly epoch_start_lsn..=last_lsn.
         if candidate >= self.st.epoch_start_lsn && candidate > self.st.commit_lsn {
             self.set_commit(candidate, out);
@@ -57,8 +44,8 @@ impl Core {
     }
 
     /// The last LSN durable here and on `sync_replicas` voters of `members` among the peers
-    /// (one more if this node is not a voter of `members`: a new primary promoted by a change
-    /// its predecessor did not commit), or `None` if too few of them are peers. Learners do not
+    /// (one more if this node is not a voter of `members`, which a primary always is of its
+    /// latest configuration), or `None` if too few of them are peers. Learners do not
     /// count (`election.rs`, "Learners"), nor members that are not voters of `members`
     /// (`members.rs`): their copies are not ones a later election is bound to find. A voter
     /// just promoted from the configuration's learners reports its nonce until it has the

@@ -84,10 +84,10 @@ pub struct TestKnobs {
     /// primary, and the primary clamps a send time from the future to its own clock, so it
     /// counts an acknowledgement from when it arrived, not from when it was sent (invariant 4).
     pub old_lease_echo: bool,
-    /// Let a membership change add or remove more than one voter at once (a change may follow
-    /// the previous one before that is committed, so the latest configuration can be two
-    /// voters away from the committed one): the old and the new configuration may then each
-    /// have a majority that shares no node (`members.rs`).
+    /// Let a membership change add or remove more than one voter at once: a promotion (asked
+    /// for or automatic) makes every learner a voter in one config record, and a change may
+    /// follow the previous one before that is committed; the old and the new configuration
+    /// may then each have a majority that shares no node (`members.rs`).
     pub skip_single_change: bool,
 }
 
@@ -124,9 +124,12 @@ impl Config {
     }
 
     /// The smallest `sync_replicas` with which every commit quorum (primary + `sync_replicas`
-    /// backups) meets every election quorum (a majority): `1 + s + majority > n`.
+    /// backups) is a majority, so that it meets every election quorum of this configuration
+    /// and of the one before or after a membership change (`members.rs`): `majority - 1`.
+    /// For an odd member count that equals `n - majority`, the least that meets every majority
+    /// of a configuration that never changes; for an even one it is one more.
     pub fn sync_replicas_safe_min(&self) -> usize {
-        self.members.len() - self.majority()
+        self.majority() - 1
     }
 
     /// `sync_replicas` as configured, or the safe minimum.
@@ -136,11 +139,19 @@ impl Config {
     }
 
     /// `sync_replicas` for a configuration whose voters may differ from the seed's: the safe
-    /// minimum for its voter count (`voters - majority`), or the configured value if higher
-    /// (or lower, with `allow_unsafe_sync_replicas`), never more than its backups.
+    /// minimum for its voter count, or the configured value if higher (or lower, with
+    /// `allow_unsafe_sync_replicas`), never more than its backups.
+    ///
+    /// The safe minimum is `majority - 1`, so that the primary and its backups are a majority
+    /// of the configuration: `voters - majority` (the static rule) equals it for an odd voter
+    /// count, but for an even one it is a half, which meets every majority of its own
+    /// configuration and not every majority of the one before it. With 4 voters after 3 (or
+    /// after 5), a record on 2 of `{1,2,3,4}` can be missed by an election that `{2,3}` win
+    /// under `{1,2,3}` (or `{3,4,5}` under `{1,...,5}`) while the new configuration is not
+    /// yet known to them (`members.rs`).
     pub fn sync_replicas_for(&self, members: &super::Members) -> usize {
         let voters = members.voter_count();
-        let safe_min = voters - members.majority();
+        let safe_min = members.majority() - 1;
         let wanted = match self.sync_replicas {
             None => safe_min,
             Some(configured) if self.allow_unsafe_sync_replicas => configured,

@@ -131,10 +131,21 @@ impl Core {
         self.st.quarantine_until.is_some()
     }
 
-    /// Whether this node takes part in elections and counts towards commit and the lease:
-    /// neither a learner nor quarantined (module docs).
+    /// Whether this node counts towards commit and the lease and may stand: neither a
+    /// learner nor quarantined (module docs), and a voter of its own latest configuration.
+    /// Granting a vote asks less ([`Core::may_vote`]).
     pub(super) fn voter(&self) -> bool {
         !self.st.learner && !self.quarantined() && self.members().is_voter(self.config.node_id)
+    }
+
+    /// Whether this node may grant a (pre-)vote: neither a learner nor quarantined. Its own
+    /// configuration is not consulted: the candidate counts the vote in the candidate's latest
+    /// configuration (`members.rs`, rule 3), and a learner made a voter by a config record
+    /// that has not reached it yet must be able to vote for a candidate that holds the record,
+    /// or a cluster whose other voters cannot make a majority without it waits for ever (Raft
+    /// servers answer requests without consulting their configurations, Ongaro's thesis §4.1).
+    pub(super) fn may_vote(&self) -> bool {
+        !self.st.learner && !self.quarantined()
     }
 
     /// What this node puts in `AppendResponse::learner`: zero for a voter, else its nonce.
@@ -314,7 +325,7 @@ impl Core {
                 && self.st.role == Role::Backup);
         // A paused node grants no pre-vote: no automatic failover while paused (`health.rs`).
         let granted = would_vote
-            && self.voter()
+            && self.may_vote()
             && !self.st.paused
             && !self.heard_from_primary_recently()
             && self.election_log_ok(last_lsn, last_epoch);
@@ -393,7 +404,7 @@ impl Core {
             refuse(self, out);
             return;
         }
-        if !self.voter() {
+        if !self.may_vote() {
             // A learner may lack committed records; a fresh data dir may have voted in
             // `epoch` and forgotten it.
             refuse(self, out);

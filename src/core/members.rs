@@ -18,9 +18,11 @@
 //! 2. A change adds or removes at most one voter (learners come and go freely: they count
 //!    for nothing). The primary never removes itself; it hands over first.
 //! 3. Every quorum is counted in the counting node's latest configuration: a candidate's
-//!    votes, a primary's commit set (`sync_replicas` backups, recomputed for the voter count)
-//!    and its lease. A node that is not a voter in its own latest configuration neither votes
-//!    nor stands.
+//!    votes, a primary's commit set (`sync_replicas` backups, recomputed for the voter count,
+//!    and always a majority of it: `Config::sync_replicas_for`) and its lease. A node that is
+//!    not a voter in its own latest configuration does not stand; it still votes (unless a
+//!    learner by its start, or quarantined): the candidate decides whether the vote counts,
+//!    and a learner just made a voter by a record it has not received must be able to vote.
 //!
 //! # Why two primaries still cannot serve in one epoch, and committed records survive
 //!
@@ -31,20 +33,21 @@
 //! consecutive ones: a primary writes `C''` only once `C'` is committed, so a majority of
 //! `C'` holds `C'`, and by the up-to-date rule (`election.rs`) every later primary's log
 //! holds it too, so no later candidate can still be counting in `C`. Among two consecutive
-//! configurations every pair of quorums meets, so the arguments of `election.rs` (one vote
+//! configurations every pair of quorums meets (each quorum is a majority of its
+//! configuration, the commit set included: with an even voter count the static rule's
+//! `voters - majority` backups would make it only a half, which meets every majority of its
+//! own configuration but not of the one before), so the arguments of `election.rs` (one vote
 //! per node per epoch), `commit.rs` (commit set meets every election quorum) and `lease.rs`
 //! (the lease's majority meets every election's) go through unchanged: each needs only that
-//! two quorums counted by two nodes share a voter. The commit set is the exception: with an
-//! even number of voters it is no majority (the primary alone of 2), so until the latest
-//! configuration's record is committed the primary counts commit in it and in the one before
-//! (`commit.rs`). A new primary whose predecessor's last change is still uncommitted commits
-//! it (with its epoch-start record) before writing its own, which is rule 1's second half:
-//! without it, two primaries in turn could each add a different voter to the same committed
-//! configuration, and their two configurations would differ by two voters.
+//! two quorums counted by two nodes share a voter. A new primary whose predecessor's last
+//! change is still uncommitted commits it (with its epoch-start record) before writing its
+//! own, which is rule 1's second half: without it, two primaries in turn could each add a
+//! different voter to the same committed configuration, and their two configurations would
+//! differ by two voters.
 //!
-//! The simulator's `SIM_BREAK=members` switches rule 2 off (`skip_single_change`: a change
-//! may follow the previous one before it is committed, so a second voter joins before the
-//! first one's record is) and its checker finds the resulting two primaries of one epoch or
+//! The simulator's `SIM_BREAK=members` switches rule 2 off (`skip_single_change`: a
+//! promotion makes every learner a voter at once, and a change may follow the previous one
+//! before it is committed) and its checker finds the resulting two primaries of one epoch or
 //! the lost commit.
 
 use wal::{Lsn, NodeId};
@@ -409,7 +412,7 @@ impl Core {
                             behind: behind.unwrap_or(u64::MAX),
                         });
                     }
-                    current.with(id, MemberRole::Voter)
+                    self.members_promotion(current, id)
                 }
             },
             MembersChange::SetAddr(id) => {
@@ -431,6 +434,16 @@ impl Core {
         let next = next.ok_or(MembersRefusal::BadId(id))?;
         self.members_may_change(&current, &next)?;
         Ok(next)
+    }
+
+    /// `current` with learner `id` a voter. With `TestKnobs::skip_single_change`, every
+    /// learner becomes a voter at once: the only way a change can add more than one voter,
+    /// which is what the knob lets the simulator show the danger of.
+    fn members_promotion(&self, current: Members, id: NodeId) -> Option<Members> {
+        if self.config.unsafe_testing.skip_single_change {
+            return Members::from_bits(current.voter_bits() | current.learner_bits(), 0);
+        }
+        current.with(id, MemberRole::Voter)
     }
 
     /// Rules 1 and 2 (module docs), and that the new configuration's voters that answer
@@ -559,7 +572,7 @@ impl Core {
                     .is_some_and(|behind| behind <= self.config.append_records_max)
         });
         let Some(id) = ready else { return };
-        let Some(next) = current.with(id, MemberRole::Voter) else {
+        let Some(next) = self.members_promotion(current, id) else {
             return;
         };
         if self.members_may_change(&current, &next).is_ok() {

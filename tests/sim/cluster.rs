@@ -6,11 +6,26 @@
 //!    later restart (losing what was not synced), pause (a stalled process whose clock jumps
 //!    when it resumes), symmetric or asymmetric partitions, loss/duplication/delay changes,
 //!    switchover requests, and now and then a wiped data dir (log and metadata lost; the node
-//!    restarts fresh). Snapshots truncate logs all along.
-//! 2. **Heal**: faults removed, crashed nodes restarted. Within `HEAL_BOUND_MS` a primary must
-//!    commit, every client proposal must be resolved, and every node must catch up.
+//!    restarts fresh). Snapshots truncate logs all along. In most runs an operator also changes
+//!    the membership (see below).
+//! 2. **Heal**: faults removed, crashed members restarted. Within `HEAL_BOUND_MS` a primary must
+//!    commit, every client proposal must be resolved, and every member of its configuration
+//!    must catch up and vote.
 //! 3. **Clean failover**: the primary is killed on a quiet network; the time to the next commit
 //!    by a new primary is the failover time, bounded by `FAILOVER_BOUND_MS`.
+//!
+//! # Membership
+//! A run's node ids are its seed configuration (3 or 5 voters) and up to two spare ids that
+//! start outside it, not running. Every so often during the faults the operator asks the node
+//! it believes primary (sometimes another) for a change: a spare (or a removed node) added as
+//! a learner, which then starts as a new member joining with an empty data dir (or, removed
+//! and stopped earlier with its data kept, from that), a learner promoted (the primary also
+//! promotes caught-up learners on its own), a member removed, or the primary itself removed
+//! by first asking it to hand over and then asking the new primary. A newly added learner is
+//! now and then crashed while it catches up. A node whose removal is committed is stopped
+//! (its data dir kept or wiped) or left running, where it must not disrupt the cluster. The
+//! faults go on meanwhile, so changes race failovers, partitions and crashes. Voters are kept
+//! at three or more, so that the clean failover has a majority left.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -19,20 +34,27 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use understudy::core::{
-    Action, Config, Core, Input, Message, PersistedMeta, Role, SplitMix64, Start, TestKnobs,
+    Action, Config, Core, Input, MemberRole, Members, MembersChange, MembersRefusal, Message,
+    PersistedMeta, Role, SplitMix64, Start, TestKnobs,
 };
 use understudy::{Epoch, Lsn, NodeId};
 
 use crate::clock::Clock;
 use crate::disk::{Disk, Rec};
+use crate::invariants::committed_survive::{self, CommittedLog};
 use crate::invariants::{
-    committed_survive, lease::Lease, log_matching::LogMatching, one_primary::OnePrimary,
+    lease::Lease, log_matching::LogMatching, members::MembersCheck, one_primary::OnePrimary,
 };
 use crate::invariants::{violation, Violation};
 use crate::network::{Network, MS};
 use crate::workload::Workload;
 
 pub const FAULT_MS: u64 = 3_000;
+/// The fault phase with `SIM_BREAK=members`: long enough for two new members to be added,
+/// wait out their quarantine and be made voters at once, and for the split that follows.
+pub const FAULT_MS_BREAK_MEMBERS: u64 = 5_000;
+/// Fewest voters the operator leaves (a removal below is not asked for).
+const VOTERS_MIN: usize = 3;
 pub const CLIENT_MS_AFTER_HEAL: u64 = 500;
 pub const HEAL_BOUND_MS: u64 = 10_000;
 pub const FAILOVER_BOUND_MS: u64 = 5_000;
@@ -70,6 +92,17 @@ pub struct RunReport {
     pub rejected: u64,
     pub snapshots_installed: u64,
     pub elections: u64,
+    /// Voters of the seed configuration (`nodes` counts the spare ids too).
+    pub seed_voters: usize,
+    /// Membership changes written by a primary (asked for, or a learner promoted on its
+    /// own), not counting the seed's record.
+    pub members_changes: u64,
+    /// Refusals by reason: not primary, change pending, not caught up, no quorum, other.
+    pub members_refused: [u64; 5],
+    /// Config records committed, the first primary's record of the seed included.
+    pub members_committed: u64,
+    /// Voters of the configuration the run ended with.
+    pub final_voters: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +151,15 @@ enum Event {
     },
     Heal,
     StopClients,
+    /// The operator asks for a membership change.
+    Members,
+    /// A learner is crashed while it catches up (if it still runs as incarnation `inc`).
+    CrashLearner {
+        node: usize,
+        inc: u32,
+    },
+    /// The split made after a two-voter change (`SIM_BREAK=members`) ends.
+    SplitOver,
 }
 
 #[derive(Debug)]
@@ -161,6 +203,21 @@ struct Node {
     /// `Action::QuarantineEnded`. The first start of the cluster is not fresh, so runs elect
     /// their first primary without waiting out a quarantine.
     fresh: bool,
+    /// Kept out of the cluster by the operator (a spare never added, or a member removed and
+    /// stopped): not running, and not restarted until it is added again.
+    out: bool,
+    /// It has run at some point (a spare that never ran has an empty data dir that never voted).
+    started: bool,
+    /// Its removal from the configuration was seen, and whether to stop it decided.
+    removal_seen: bool,
+    /// The configuration its core last reported (`Action::MembersChanged`, or at start).
+    reported: (Lsn, Members),
+    /// The epoch-start record this incarnation last wrote (as primary).
+    epoch_start: Lsn,
+    /// The last epoch and vote this incarnation asked to persist.
+    vote_asked: (Epoch, Option<NodeId>),
+    /// Its commit LSN before the step being carried out.
+    commit_before: Lsn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,13 +252,31 @@ pub struct Sim {
     seq: u64,
     queue: BinaryHeap<Scheduled>,
     nodes: Vec<Node>,
-    members: Vec<NodeId>,
+    /// Every node id of the run, index `i` is id `i + 1`: the seed's voters, then the spares.
+    ids: Vec<NodeId>,
+    /// The seed configuration (`Config::members` of every node, plus its own id for a spare).
+    seed_members: Vec<NodeId>,
     config: Config,
     net: Network,
     work: Workload,
     one_primary: OnePrimary,
     log_matching: LogMatching,
     lease: Lease,
+    committed_log: CommittedLog,
+    members_check: MembersCheck,
+    /// The operator changes the membership in this run.
+    members_ops: bool,
+    /// `SIM_BREAK=members`: two voters made at once, and a split that exploits it.
+    break_members: bool,
+    /// A former primary to remove once another node is primary, and until when to try.
+    evict: Option<(usize, u64)>,
+    /// The config record the step being carried out wrote, if any.
+    written_config: Option<(Lsn, Members)>,
+    /// No network fault changes the partition before this (true) time: the split made for
+    /// `SIM_BREAK=members` holds.
+    hold_net_until: u64,
+    /// How long the fault phase lasts (`FAULT_MS`, longer with `SIM_BREAK=members`).
+    fault_ms: u64,
     trace: VecDeque<TraceEntry>,
     trace_len: usize,
     steps: u64,
@@ -223,8 +298,28 @@ pub struct Sim {
 impl Sim {
     pub fn new(seed: u64, options: RunOptions) -> Sim {
         let mut rng = SplitMix64::new(seed);
-        let size = if seed.is_multiple_of(2) { 3 } else { 5 };
+        let break_members = options.knobs.skip_single_change;
+        let size = if seed.is_multiple_of(2) || break_members {
+            3
+        } else {
+            5
+        };
+        // Spare ids outside the seed configuration: up to two with 3 voters, one with 5.
+        let spares = if options.scripted {
+            0
+        } else if break_members {
+            2
+        } else {
+            rng.below(if size == 3 { 3 } else { 2 }) as usize
+        };
         let members: Vec<NodeId> = (1..=size as u16).map(NodeId).collect();
+        let ids: Vec<NodeId> = (1..=(size + spares) as u16).map(NodeId).collect();
+        let members_ops = !options.scripted && (break_members || rng.below(4) != 0);
+        let fault_ms = if break_members {
+            FAULT_MS_BREAK_MEMBERS
+        } else {
+            FAULT_MS
+        };
         let mut config = Config::new(members[0], members.clone());
         // Small windows, so that pipelining, windows and probing are exercised.
         config.inflight_records_max = 4 + rng.below(60);
@@ -238,7 +333,7 @@ impl Sim {
                 Some((safe_min + 1 + rng.below(size as u64 - 1 - safe_min)) as usize);
         }
         config.unsafe_testing = options.knobs;
-        let mut net = Network::new(size);
+        let mut net = Network::new(ids.len());
         net.loss_ppm = rng.below(30_000);
         net.duplicate_ppm = rng.below(20_000);
         net.delay_max = MS + rng.below(10 * MS);
@@ -253,13 +348,25 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes: Vec::new(),
-            members: members.clone(),
+            ids: ids.clone(),
+            seed_members: members.clone(),
             config,
             net,
-            work: Workload::new(size),
-            one_primary: OnePrimary::new(size),
+            work: Workload::new(ids.len()),
+            one_primary: OnePrimary::new(ids.len()),
             log_matching: LogMatching::default(),
             lease: Lease::default(),
+            committed_log: CommittedLog::default(),
+            members_check: MembersCheck::new(
+                Members::voters_of(&members).expect("ids within 1..=64"),
+                !break_members,
+            ),
+            members_ops,
+            break_members,
+            evict: None,
+            written_config: None,
+            hold_net_until: 0,
+            fault_ms,
             trace: VecDeque::new(),
             trace_len: std::env::var("SIM_TRACE_LEN")
                 .ok()
@@ -270,17 +377,18 @@ impl Sim {
             delays: Vec::new(),
             done: Vec::new(),
             phase: Phase::Faults,
-            heal_at: FAULT_MS * MS,
+            heal_at: fault_ms * MS,
             heal_committed_at: None,
             failover_open: None,
             data_loss: None,
             report: RunReport {
                 seed,
-                nodes: size,
+                nodes: ids.len(),
+                seed_voters: size,
                 ..RunReport::default()
             },
         };
-        for (i, &id) in members.iter().enumerate() {
+        for (i, &id) in ids.iter().enumerate() {
             let rate_ppm = sim.rng.below(2 * DRIFT_PPM_MAX + 1) as i64 - DRIFT_PPM_MAX as i64;
             // Uptimes differ by minutes: each clock starts at its own reading.
             let clock = Clock::new(0, sim.rng.below(CLOCK_OFFSET_MAX_MS) * MS, rate_ppm);
@@ -295,9 +403,18 @@ impl Sim {
                 app_live: true,
                 priority: sim.rng.below(3) as u8,
                 fresh: false,
+                out: i >= size,
+                started: false,
+                removal_seen: false,
+                reported: (Lsn::ZERO, Members::default()),
+                epoch_start: Lsn::ZERO,
+                vote_asked: (Epoch::ZERO, None),
+                commit_before: Lsn::ZERO,
             });
-            sim.start_node(i)
-                .unwrap_or_else(|v| panic!("starting node {i}: {}", v.detail));
+            if i < size {
+                sim.start_node(i)
+                    .unwrap_or_else(|v| panic!("starting node {i}: {}", v.detail));
+            }
         }
         let first_client = sim.rng.below(20) * MS;
         sim.schedule(first_client, Event::Client);
@@ -307,6 +424,14 @@ impl Sim {
         } else {
             sim.schedule(first_fault, Event::Fault);
             sim.schedule(sim.heal_at, Event::Heal);
+        }
+        if sim.members_ops {
+            let first = if break_members {
+                20 * MS
+            } else {
+                100 * MS + sim.rng.below(1_000) * MS
+            };
+            sim.schedule(first, Event::Members);
         }
         sim
     }
@@ -380,14 +505,25 @@ impl Sim {
         let mut config = self.config.clone();
         config.node_id = n.id;
         config.priority = n.priority;
+        // The seed configuration; a spare's includes itself (its `--peers` names it), which
+        // it acts on only until its log holds the cluster's configuration, as a learner.
+        config.members.clone_from(&self.seed_members);
+        if !config.members.contains(&n.id) {
+            config.members.push(n.id);
+        }
         let now = n.clock.read(self.now);
         let start = Start {
             learner: n.disk.meta.learner,
             quarantine: n.fresh,
         };
-        let core = Core::new(config, n.disk.meta, n.disk.recover(), start, now, seed)
+        let recovered = n.disk.recover();
+        let core = Core::new(config, n.disk.meta, recovered, start, now, seed)
             .map_err(|err| violation("start", format!("node {node} cannot start: {err}")))?;
         self.one_primary.on_epoch(node, core.epoch())?;
+        n.reported = (core.members_lsn(), core.members());
+        n.epoch_start = Lsn::ZERO;
+        n.vote_asked = (n.disk.meta.epoch, n.disk.meta.voted_for);
+        n.started = true;
         n.core = Some(core);
         n.paused_until = 0;
         let inc = n.inc;
@@ -499,6 +635,9 @@ impl Sim {
         if knobs.old_lease_echo {
             env.push_str("SIM_BREAK=lease_echo ");
         }
+        if knobs.skip_single_change {
+            env.push_str("SIM_BREAK=members ");
+        }
         let _ = write!(
             s,
             "replay: {env}SIM_SEED={} cargo test --test sim",
@@ -543,15 +682,21 @@ impl Sim {
                 if converged {
                     self.report.heal_to_commit_ns =
                         self.heal_committed_at.unwrap_or(self.now) - self.heal_at;
-                    let n = self.nodes.len();
-                    if self.config.sync_replicas.is_some_and(|s| s > n - 2) {
+                    let primary = self.primary_node().expect("converged implies a primary");
+                    let members = self.nodes[primary]
+                        .core
+                        .as_ref()
+                        .expect("primary is alive")
+                        .members();
+                    self.report.final_voters = members.voter_count();
+                    let voters = members.voter_count();
+                    if voters < VOTERS_MIN || self.config.sync_replicas_for(&members) > voters - 2 {
                         // Every backup must hold a record before it commits: with one node
                         // killed nothing can commit, so there is no failover to time.
                         self.phase = Phase::Done;
                         return Ok(());
                     }
                     // Clean failover: kill the primary on a quiet network.
-                    let primary = self.primary_node().expect("converged implies a primary");
                     self.failover_open = None;
                     self.crash(primary);
                     self.phase = Phase::CleanFailover;
@@ -562,9 +707,12 @@ impl Sim {
             Phase::CleanFailover => {}
             Phase::Done => {}
         }
+        if matches!(self.phase, Phase::Heal | Phase::Drain) && self.steps.is_multiple_of(64) {
+            self.rejoin_out_members()?;
+        }
         let limit = match self.phase {
             Phase::Faults => u64::MAX,
-            Phase::Heal | Phase::Drain => FAULT_MS * MS + HEAL_BOUND_MS * MS,
+            Phase::Heal | Phase::Drain => self.fault_ms * MS + HEAL_BOUND_MS * MS,
             Phase::CleanFailover => self.heal_at + FAILOVER_BOUND_MS * MS,
             Phase::Done => u64::MAX,
         };
@@ -591,13 +739,18 @@ impl Sim {
                 Some(core) => {
                     let _ = write!(
                         s,
-                        "[n{i} {:?}{} e{} c{} l{}] ",
+                        "[n{i} {:?}{} e{} c{} l{} members {}@{}] ",
                         core.role(),
                         if core.is_voter() { "" } else { " (learner)" },
                         core.epoch(),
                         core.commit_lsn(),
-                        core.last_lsn()
+                        core.last_lsn(),
+                        core.members(),
+                        core.members_lsn()
                     );
+                }
+                None if n.out => {
+                    let _ = write!(s, "[n{i} out] ");
                 }
                 None => {
                     let _ = write!(s, "[n{i} down] ");
@@ -607,16 +760,29 @@ impl Sim {
         s
     }
 
+    /// The primary of the highest epoch, if any node is primary (a deposed one may not know
+    /// yet).
     fn primary_node(&self) -> Option<usize> {
-        (0..self.nodes.len()).find(|&i| {
-            self.nodes[i]
-                .core
-                .as_ref()
-                .is_some_and(|c| c.role() == Role::Primary)
-        })
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.role() == Role::Primary)
+            })
+            .max_by_key(|&i| self.nodes[i].core.as_ref().map(Core::epoch))
     }
 
-    /// No node paused, a primary whose whole log is committed, and every node holding all of it.
+    /// The node index of `id`.
+    fn index_of(&self, id: NodeId) -> usize {
+        let i = id.get() as usize - 1;
+        assert!(i < self.nodes.len(), "node id {id} outside the run");
+        i
+    }
+
+    /// No node paused, a primary whose whole log is committed, and every member of its
+    /// configuration holding all of it. Nodes outside the configuration (removed, still
+    /// running) are not waited for.
     fn converged(&self) -> bool {
         if self.nodes.iter().any(|n| n.paused_until > self.now) {
             return false; // A paused primary has stopped heartbeating: not a clean start.
@@ -629,12 +795,18 @@ impl Sim {
         if core.commit_lsn() != last {
             return false;
         }
-        // Every node a voter again, too: a learner or a quarantined node left over would make
-        // the clean failover wait for it, which is right, but not what is measured.
-        self.nodes.iter().all(|n| {
-            n.core.as_ref().is_some_and(|c| {
-                c.commit_lsn() == last && c.last_lsn() == last && c.is_voter() && !c.is_damaged()
-            })
+        // Every member a voter, too: a learner or a quarantined node left over would make the
+        // clean failover wait for it, which is right, but not what is measured.
+        core.members().ids_owned().all(|id| {
+            self.nodes[self.index_of(id)]
+                .core
+                .as_ref()
+                .is_some_and(|c| {
+                    c.commit_lsn() == last
+                        && c.last_lsn() == last
+                        && c.is_voter()
+                        && !c.is_damaged()
+                })
         })
     }
 
@@ -779,7 +951,7 @@ impl Sim {
                 }
             }
             Event::Restart { node } => {
-                if !self.alive(node) && self.phase == Phase::Faults {
+                if !self.alive(node) && !self.nodes[node].out && self.phase == Phase::Faults {
                     self.start_node(node)?;
                 }
             }
@@ -792,7 +964,20 @@ impl Sim {
                     let disk = &self.nodes[node].disk;
                     let through = core.commit_lsn().min(disk.durable_lsn());
                     if through > disk.snapshot_lsn {
-                        self.nodes[node].disk.snapshot_lsn = through;
+                        // The configuration at the cut is stored before the records go (the
+                        // shell's `members.json`); the records (kept here) must agree.
+                        let at = core.members_at(through);
+                        let by_records = disk.config_record_at(through);
+                        if by_records.map_or(at.0 != Lsn::ZERO, |rec| rec != at) {
+                            return Err(violation(
+                                "shell contract",
+                                format!(
+                                    "node {node} cuts its log through {through}: its core has \
+                                     configuration {at:?} there, its records {by_records:?}"
+                                ),
+                            ));
+                        }
+                        self.nodes[node].disk.truncate_prefix(through, at);
                         self.step_node(node, Input::PrefixTruncated { through }, None)?;
                     }
                 }
@@ -818,16 +1003,47 @@ impl Sim {
                 self.note(0, "heal", 0);
                 for node in 0..self.nodes.len() {
                     self.nodes[node].app_live = true;
+                    if self.nodes[node].out {
+                        continue;
+                    }
                     if !self.alive(node) {
                         self.start_node(node)?;
                     } else {
                         self.tell_app_health(node)?;
                     }
                 }
+                self.rejoin_out_members()?;
                 self.schedule(CLIENT_MS_AFTER_HEAL * MS, Event::StopClients);
             }
             Event::StopClients => {
                 self.phase = Phase::Drain;
+            }
+            Event::Members => {
+                if self.phase == Phase::Faults {
+                    self.members_op()?;
+                    let after = if self.break_members {
+                        20 * MS + self.rng.below(40 * MS)
+                    } else {
+                        30 * MS + self.rng.below(270 * MS)
+                    };
+                    self.schedule(after, Event::Members);
+                }
+            }
+            Event::SplitOver => {
+                self.net.heal();
+                if self.phase != Phase::Faults {
+                    self.net.calm();
+                }
+                self.note(0, "split over", 0);
+            }
+            Event::CrashLearner { node, inc } => {
+                let n = &self.nodes[node];
+                if self.phase == Phase::Faults && n.inc == inc && self.alive(node) {
+                    self.crash(node);
+                    self.note(node, "learner crashed", 0);
+                    let down = 20 * MS + self.rng.below(800 * MS);
+                    self.schedule(down, Event::Restart { node });
+                }
             }
         }
         Ok(())
@@ -864,14 +1080,44 @@ impl Sim {
             .as_ref()
             .is_some_and(|core| core.snapshot_wanted(lsn, epoch));
         if wanted {
+            // The configuration in effect at the snapshot, as the sender's core knows it; the
+            // sender's records (kept here) must agree.
+            let (members_lsn, members) = self.nodes[from]
+                .core
+                .as_ref()
+                .expect("alive")
+                .members_at(lsn);
+            let by_records = self.nodes[from].disk.config_record_at(lsn);
+            if by_records.map_or(members_lsn != Lsn::ZERO, |rec| {
+                rec != (members_lsn, members)
+            }) {
+                return Err(violation(
+                    "shell contract",
+                    format!(
+                        "node {from} sends a snapshot through {lsn} in configuration {members} of \
+                         lsn {members_lsn}, but its records say {by_records:?}"
+                    ),
+                ));
+            }
             let records: Vec<Rec> = self.nodes[from].disk.live[..lsn.get() as usize].to_vec();
             for rec in &records {
                 self.log_matching.on_write(to, rec)?;
             }
-            self.nodes[to].disk.install_snapshot(&records);
+            self.nodes[to]
+                .disk
+                .install_snapshot(&records, (members_lsn, members));
             self.report.snapshots_installed += 1;
             self.note(to, "snapshot installed", lsn.get());
-            self.step_node(to, Input::SnapshotInstalled { lsn, epoch }, None)?;
+            self.step_node(
+                to,
+                Input::SnapshotInstalled {
+                    lsn,
+                    epoch,
+                    members_lsn,
+                    members,
+                },
+                None,
+            )?;
         }
         if self.alive(from) && self.nodes[from].inc == from_inc {
             self.step_node(
@@ -889,8 +1135,13 @@ impl Sim {
 
     fn inject_fault(&mut self) -> Result<(), Violation> {
         let n = self.nodes.len();
-        let alive = (0..n).filter(|&i| self.alive(i)).count();
-        let majority = n / 2 + 1;
+        // Crashes mostly leave a majority of the voters running.
+        let voters = self.latest_members();
+        let alive = voters
+            .voter_ids()
+            .filter(|&id| self.alive(self.index_of(id)))
+            .count();
+        let majority = voters.majority();
         if let Some(node) = self.data_loss {
             // A voter again, and durably so: a promotion whose metadata write has not landed
             // yet is undone by a crash, and the node is a learner once more.
@@ -903,6 +1154,10 @@ impl Sim {
             {
                 self.data_loss = None;
             }
+            // ... or out of the cluster for good (its removal committed, the node stopped).
+            if n.out {
+                self.data_loss = None;
+            }
         }
         let pick_target = |sim: &mut Sim| -> usize {
             match sim.primary_node() {
@@ -910,7 +1165,10 @@ impl Sim {
                 _ => sim.rng.below(n as u64) as usize,
             }
         };
-        let roll = self.rng.below(100);
+        let mut roll = self.rng.below(100);
+        if self.now < self.hold_net_until && (40..=87).contains(&roll) {
+            roll = 100; // The split made for `SIM_BREAK=members` holds.
+        }
         match roll {
             0..=24 => {
                 let node = pick_target(self);
@@ -1008,6 +1266,292 @@ impl Sim {
         Ok(())
     }
 
+    /// `Action::Committed { lsn }` of `node`: its log agrees with the committed prefix, and
+    /// config records committed for the first time are checked; on a primary, the commit is
+    /// backed by enough voters of its latest configuration (unless a config record written
+    /// later in the step, in `rest`, changed the configuration since).
+    fn on_committed(&mut self, node: usize, lsn: Lsn, rest: &[Action]) -> Result<(), Violation> {
+        let disk = &self.nodes[node].disk;
+        let known = self.committed_log.on_committed(node, lsn, disk)?;
+        for (at, members) in disk.config_records_in(known.next(), lsn) {
+            self.members_check.on_committed_config(at, members)?;
+            self.report.members_committed += 1;
+        }
+        let core = self.nodes[node].core.as_ref().expect("alive");
+        let config_later = rest
+            .iter()
+            .any(|action| matches!(action, Action::WriteConfig { .. }));
+        if core.role() == Role::Primary && !config_later {
+            let members = core.members();
+            self.members_check.on_primary_commit(
+                node,
+                lsn,
+                &core.status(),
+                members,
+                self.config.sync_replicas,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `Action::WriteConfig` of `node`, primary of `epoch`.
+    fn write_config(
+        &mut self,
+        node: usize,
+        lsn: Lsn,
+        epoch: Epoch,
+        members: Members,
+    ) -> Result<(), Violation> {
+        let n = &self.nodes[node];
+        let core = n.core.as_ref().expect("alive");
+        let (previous_lsn, previous) = core.members_at(lsn.prev());
+        self.members_check.on_written(
+            node,
+            epoch,
+            lsn,
+            members,
+            (previous_lsn, previous),
+            n.commit_before,
+            n.epoch_start,
+        )?;
+        // Writing a record is serving: the lease must hold.
+        self.lease.on_serve(node, epoch, self.now)?;
+        self.write(node, lsn, epoch, 0, Some(members))?;
+        self.schedule_sync(node);
+        if members != previous {
+            self.report.members_changes += 1;
+        }
+        self.written_config = Some((lsn, members));
+        if self.break_members && !previous.single_change_to(&members) {
+            // The fault that a two-voter change cannot survive: the primary and the new voters
+            // (a majority of the new configuration) apart from the other old voters (a
+            // majority of the old one), each side free to elect.
+            let added = members.voter_bits() & !previous.voter_bits();
+            let side = (1u64 << node) | added; // bit i is node index i, id i + 1
+            self.net.heal();
+            self.net.split(side);
+            let hold = 2_000 * MS;
+            self.hold_net_until = self.now + hold;
+            self.schedule(hold, Event::SplitOver);
+            self.note(node, "split after a two-voter change, side", side);
+        }
+        Ok(())
+    }
+
+    /// The configuration the cluster acts on, as well as the simulator can tell: the primary's
+    /// latest, else that of the running node with the most advanced log, else the seed.
+    fn latest_members(&self) -> Members {
+        if let Some(p) = self.primary_node() {
+            return self.nodes[p].core.as_ref().expect("alive").members();
+        }
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .max_by_key(|core| (core.epoch_of(core.last_lsn()), core.last_lsn()))
+            .map_or_else(
+                || Members::voters_of(&self.seed_members).expect("ids within 1..=64"),
+                Core::members,
+            )
+    }
+
+    /// The operator asks for a membership change (module docs).
+    fn members_op(&mut self) -> Result<(), Violation> {
+        self.retire_removed();
+        self.rejoin_out_members()?;
+        let target = match self.work.believed_primary {
+            Some(p) if self.rng.below(100) < 85 => p,
+            _ => self.rng.below(self.nodes.len() as u64) as usize,
+        };
+        let up =
+            |sim: &Sim, node: usize| sim.alive(node) && sim.nodes[node].paused_until <= sim.now;
+        if !up(self, target) {
+            return Ok(());
+        }
+        // A node that knows of another primary redirects the operator's command there (the
+        // change is chosen against the configuration of the node that is asked in the end).
+        let known = self.nodes[target].core.as_ref().and_then(Core::primary);
+        let target = match known.map(|id| self.index_of(id)) {
+            Some(primary) if primary != target && up(self, primary) => primary,
+            _ => target,
+        };
+        let core = self.nodes[target].core.as_ref().expect("alive");
+        let members = core.members();
+        let is_primary = core.role() == Role::Primary;
+        let me = self.ids[target];
+        let outside: Vec<NodeId> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| !members.contains(id))
+            .collect();
+        let learners: Vec<NodeId> = members
+            .ids_owned()
+            .filter(|&id| members.role(id) == Some(MemberRole::Learner))
+            .collect();
+        let voters = members.voter_count();
+        let removable: Vec<NodeId> = members
+            .ids_owned()
+            .filter(|&id| id != me && (!members.is_voter(id) || voters > VOTERS_MIN))
+            .collect();
+        let pick = |sim: &mut Sim, ids: &[NodeId]| ids[sim.rng.below(ids.len() as u64) as usize];
+        let change = if let Some((old, until)) = self.evict {
+            // A former primary asked to hand over: removed on the next primary.
+            if self.now > until || !members.contains(self.ids[old]) && is_primary {
+                self.evict = None;
+                return Ok(());
+            }
+            if target == old {
+                return Ok(());
+            }
+            MembersChange::Remove(self.ids[old])
+        } else if self.break_members {
+            // Two new members as learners, made voters together (`skip_single_change`).
+            if let Some(&id) = outside.first() {
+                MembersChange::AddLearner(id)
+            } else if let Some(&id) = learners.first() {
+                MembersChange::Promote(id)
+            } else {
+                return Ok(());
+            }
+        } else {
+            match self.rng.below(100) {
+                0..=39 if !outside.is_empty() => MembersChange::AddLearner(pick(self, &outside)),
+                40..=54 if !learners.is_empty() => MembersChange::Promote(pick(self, &learners)),
+                55..=84 if !removable.is_empty() => MembersChange::Remove(pick(self, &removable)),
+                85..=99 if is_primary && voters > VOTERS_MIN => {
+                    // The primary is to leave: it hands over first.
+                    self.note(target, "primary to be removed: switchover", 0);
+                    self.evict = Some((target, self.now + 1_500 * MS));
+                    return self.step_node(target, Input::Switchover { to: None }, None);
+                }
+                _ => return Ok(()),
+            }
+        };
+        let (what, id) = match change {
+            MembersChange::AddLearner(id) => ("ask: add learner", id),
+            MembersChange::Promote(id) => ("ask: promote", id),
+            MembersChange::Remove(id) => ("ask: remove", id),
+            MembersChange::SetAddr(id) => ("ask: set address", id),
+        };
+        self.note(target, what, u64::from(id.get()));
+        self.written_config = None;
+        let now = self.local(target);
+        self.step_node(target, Input::ProposeMembers { now, change }, None)?;
+        if self.written_config.take().is_none() {
+            return Ok(());
+        }
+        match change {
+            MembersChange::AddLearner(id) => {
+                let node = self.index_of(id);
+                self.join(node)?;
+                if self.rng.below(4) == 0 {
+                    // It crashes while it catches up.
+                    let inc = self.nodes[node].inc;
+                    let after = 5 * MS + self.rng.below(400 * MS);
+                    self.schedule(after, Event::CrashLearner { node, inc });
+                }
+            }
+            MembersChange::Remove(id) if self.evict.is_some_and(|(old, _)| self.ids[old] == id) => {
+                self.evict = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Node `node` is a member (again): it runs. A node kept out starts, on an empty data dir
+    /// if it never ran (a new machine: a learner, quarantined or not, as it cannot have voted
+    /// before) or on what its data dir holds (wiped or kept when it was stopped).
+    fn join(&mut self, node: usize) -> Result<(), Violation> {
+        let n = &mut self.nodes[node];
+        n.removal_seen = false;
+        if !n.out {
+            return Ok(()); // Running, or down and about to restart.
+        }
+        n.out = false;
+        if !n.started {
+            n.disk = Disk::default();
+            n.disk.meta.learner = true;
+            n.fresh = self.break_members || self.rng.below(2) == 0;
+        }
+        self.note(node, "joins", u64::from(self.nodes[node].fresh));
+        self.start_node(node)
+    }
+
+    /// Nodes out of the primary's configuration, committed and latest alike (a removal
+    /// committed, or an addition that never was), are stopped, their data dir kept or wiped,
+    /// or left running: each decided once. Only the newest elected primary's word counts, once
+    /// it has committed a record of its epoch: no configuration it lacks can come back then
+    /// (a stale primary, paused or cut off, may not know of a newer configuration).
+    fn retire_removed(&mut self) {
+        let Some(p) = self.primary_node() else {
+            return;
+        };
+        let core = self.nodes[p].core.as_ref().expect("alive");
+        if core.epoch() != self.lease.highest_elected()
+            || core.commit_lsn() < self.nodes[p].epoch_start
+            || self.nodes[p].epoch_start == Lsn::ZERO
+        {
+            return;
+        }
+        let (latest, committed) = (core.members(), core.members_at(core.commit_lsn()).1);
+        for node in 0..self.nodes.len() {
+            let id = self.ids[node];
+            let n = &self.nodes[node];
+            if n.out || n.removal_seen || latest.contains(id) || committed.contains(id) {
+                continue;
+            }
+            self.nodes[node].removal_seen = true;
+            match self.rng.below(4) {
+                0 | 1 => self.note(node, "removed, left running", 0),
+                roll => {
+                    let wipe = roll == 3;
+                    self.crash(node);
+                    let n = &mut self.nodes[node];
+                    n.out = true;
+                    if wipe {
+                        n.disk = Disk::default();
+                        n.disk.meta.learner = true;
+                        n.fresh = true;
+                        self.one_primary.on_wiped(node);
+                    }
+                    if self.data_loss == Some(node) {
+                        self.data_loss = None;
+                    }
+                    self.note(node, "removed, stopped; data dir wiped", u64::from(wipe));
+                }
+            }
+        }
+    }
+
+    /// A node kept out that the primary's configuration holds after all (an addition the
+    /// simulator did not ask for cannot happen, but a removal may not be the last word) runs
+    /// again. Once the faults are over and no node is primary, so does one that any running
+    /// node's configuration holds: a cluster waiting for it would wait for ever.
+    fn rejoin_out_members(&mut self) -> Result<(), Violation> {
+        let members = match self.primary_node() {
+            Some(p) => self.nodes[p].core.as_ref().expect("alive").members(),
+            None if self.phase != Phase::Faults => {
+                let (voters, learners) = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref().map(Core::members))
+                    .fold((0, 0), |(v, l), m| {
+                        (v | m.voter_bits(), l | m.learner_bits())
+                    });
+                Members::from_bits(voters, learners & !voters).expect("disjoint")
+            }
+            None => return Ok(()),
+        };
+        for id in members.ids_owned() {
+            let node = self.index_of(id);
+            if self.nodes[node].out {
+                self.join(node)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The data dir of `node` is lost (log and metadata) and the node restarts on an empty one
     /// shortly after, as a node joining an existing cluster (`--initial-cluster-state
     /// existing`, the README's procedure): a quarantined learner. Nothing else is held back:
@@ -1087,10 +1631,9 @@ impl Sim {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         self.trace_push(node, TraceWhat::Input(input));
-        let core = self.nodes[node]
-            .core
-            .as_mut()
-            .expect("stepping a running node");
+        let n = &mut self.nodes[node];
+        n.commit_before = n.core.as_ref().map_or(Lsn::ZERO, Core::commit_lsn);
+        let core = n.core.as_mut().expect("stepping a running node");
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             core.step(input, &mut out);
             core.validate();
@@ -1109,15 +1652,50 @@ impl Sim {
         let epoch = core.epoch();
         self.one_primary.on_epoch(node, epoch)?;
         let mut result = Ok(());
-        for &action in &out {
+        for (i, &action) in out.iter().enumerate() {
             self.trace_push(node, TraceWhat::Action(action));
-            result = self.apply(node, action, input, records);
+            result = self.apply(node, action, input, records, &out[i + 1..]);
             if result.is_err() {
                 break;
             }
         }
         self.out = out;
-        result
+        result?;
+        self.check_members_known(node)
+    }
+
+    /// After a step of `node`: the configuration its core acts on is the one it last reported
+    /// (`Action::MembersChanged`), and the one its disk would recover.
+    fn check_members_known(&self, node: usize) -> Result<(), Violation> {
+        let n = &self.nodes[node];
+        let Some(core) = n.core.as_ref() else {
+            return Ok(());
+        };
+        let latest = (core.members_lsn(), core.members());
+        if n.reported != latest {
+            return Err(violation(
+                "shell contract",
+                format!(
+                    "node {node} acts on configuration {latest:?} but last reported {:?}",
+                    n.reported
+                ),
+            ));
+        }
+        let on_disk = n.disk.latest_config();
+        let agrees = match on_disk {
+            Some(found) => found == latest,
+            // No configuration on disk: the node's own seed.
+            None => latest.0 == Lsn::ZERO,
+        };
+        if !agrees {
+            return Err(violation(
+                "shell contract",
+                format!(
+                    "node {node} acts on configuration {latest:?}; its disk would recover {on_disk:?}"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn schedule_sync(&mut self, node: usize) {
@@ -1135,25 +1713,24 @@ impl Sim {
         lsn: Lsn,
         epoch: Epoch,
         payload: u64,
+        config: Option<Members>,
     ) -> Result<(), Violation> {
-        let rec = self.nodes[node].disk.append(lsn, epoch, payload);
+        let rec = self.nodes[node].disk.append(lsn, epoch, payload, config);
         self.log_matching.on_write(node, &rec)
     }
 
+    /// Carries out `action` of `node`'s step on `input`; `rest` are the step's actions after it.
     fn apply(
         &mut self,
         node: usize,
         action: Action,
         input: Input,
         records: Option<&[Rec]>,
+        rest: &[Action],
     ) -> Result<(), Violation> {
         match action {
             Action::Send { to, message } => {
-                let to = self
-                    .members
-                    .iter()
-                    .position(|&m| m == to)
-                    .expect("sending to a member");
+                let to = self.index_of(to);
                 let mut attached = None;
                 if let Message::Append(append) = message {
                     if append.last_lsn >= append.first_lsn {
@@ -1173,6 +1750,26 @@ impl Sim {
                                 }
                             }
                             lsn = lsn.next();
+                        }
+                        // A config record is carried as an append's last record, and only there
+                        // (`Append::config`, which a real shell derives from the record's kind).
+                        let last = recs.len() - 1;
+                        let misplaced = recs[..last].iter().find(|rec| rec.config.is_some());
+                        if misplaced.is_some() || recs[last].config != append.config {
+                            return Err(violation(
+                                "shell contract",
+                                format!(
+                                    "node {node} ships lsns {}..={} with config {:?}, but the config \
+                                     records of that range are at {:?}",
+                                    append.first_lsn,
+                                    append.last_lsn,
+                                    append.config,
+                                    recs.iter()
+                                        .filter(|rec| rec.config.is_some())
+                                        .map(|rec| rec.lsn)
+                                        .collect::<Vec<_>>()
+                                ),
+                            ));
                         }
                         attached = Some(recs);
                     }
@@ -1199,6 +1796,19 @@ impl Sim {
                 voted_for,
                 learner,
             } => {
+                if self.nodes[node].vote_asked != (epoch, voted_for) {
+                    self.nodes[node].vote_asked = (epoch, voted_for);
+                    if let Some(candidate) = voted_for {
+                        let core = self.nodes[node].core.as_ref().expect("alive");
+                        self.members_check.on_vote(
+                            node,
+                            self.ids[node],
+                            candidate,
+                            &core.status(),
+                            core.members(),
+                        )?;
+                    }
+                }
                 let disk = &mut self.nodes[node].disk;
                 disk.meta_queue.push_back(PersistedMeta {
                     epoch,
@@ -1212,8 +1822,27 @@ impl Sim {
                 }
             }
             Action::WriteEpochStart { lsn, epoch } => {
-                self.write(node, lsn, epoch, 0)?;
+                self.write(node, lsn, epoch, 0, None)?;
+                self.nodes[node].epoch_start = lsn;
                 self.schedule_sync(node);
+            }
+            Action::WriteConfig {
+                lsn,
+                epoch,
+                members,
+            } => self.write_config(node, lsn, epoch, members)?,
+            Action::MembersRefused { reason } => {
+                let i = match reason {
+                    MembersRefusal::NotPrimary => 0,
+                    MembersRefusal::ChangePending => 1,
+                    MembersRefusal::NotCaughtUp { .. } => 2,
+                    MembersRefusal::NoQuorum { .. } => 3,
+                    _ => 4,
+                };
+                self.report.members_refused[i] += 1;
+            }
+            Action::MembersChanged { lsn, members } => {
+                self.nodes[node].reported = (lsn, members);
             }
             Action::WriteProposed {
                 first_lsn,
@@ -1225,7 +1854,7 @@ impl Sim {
                 let mut lsn = first_lsn;
                 let mut payload = first_payload;
                 while lsn <= last_lsn {
-                    self.write(node, lsn, epoch, payload)?;
+                    self.write(node, lsn, epoch, payload, None)?;
                     lsn = lsn.next();
                     payload += 1;
                 }
@@ -1258,13 +1887,13 @@ impl Sim {
                 let mut lsn = first_lsn;
                 while lsn <= last_lsn {
                     let rec = recs[(lsn.get() - append.first_lsn.get()) as usize];
-                    self.write(node, lsn, rec.epoch, rec.payload)?;
+                    self.write(node, lsn, rec.epoch, rec.payload, rec.config)?;
                     lsn = lsn.next();
                 }
                 self.schedule_sync(node);
             }
             Action::SendSnapshot { to } => {
-                let to = self.members.iter().position(|&m| m == to).expect("member");
+                let to = self.index_of(to);
                 let from_inc = self.nodes[node].inc;
                 let after = 5 * MS + self.rng.below(30 * MS);
                 self.schedule(
@@ -1313,6 +1942,7 @@ impl Sim {
                 }
                 self.done = done;
                 result?;
+                self.on_committed(node, lsn, rest)?;
                 let core = self.nodes[node].core.as_ref().expect("alive");
                 if core.role() == Role::Primary {
                     if let Some((killed_at, epoch)) = self.failover_open {
@@ -1351,15 +1981,23 @@ impl Sim {
                     self.report.elections += 1;
                     self.one_primary.on_promoted(node, epoch)?;
                     self.lease.on_promoted(node, epoch, self.now);
-                    committed_survive::on_primary(
-                        &self.work.acked,
+                    let disk = &self.nodes[node].disk;
+                    committed_survive::on_primary(&self.work.acked, node, epoch, disk)?;
+                    self.committed_log.on_primary(node, epoch, disk)?;
+                    // Its votes, counted in its latest configuration (a config record written
+                    // on promotion is the seed's, which changes nothing).
+                    let counted = self.nodes[node].core.as_ref().expect("alive").members();
+                    let one_primary = &self.one_primary;
+                    self.members_check.on_promoted(
                         node,
+                        self.ids[node],
                         epoch,
-                        &self.nodes[node].disk,
+                        counted,
+                        |voter| one_primary.vote_of(voter, epoch),
                     )?;
                 }
                 if let Some(p) = primary {
-                    self.work.believed_primary = self.members.iter().position(|&m| m == p);
+                    self.work.believed_primary = Some(self.index_of(p));
                 }
             }
             Action::AppendsAbandoned { after } => self.work.abandoned(node, after),

@@ -10,27 +10,46 @@
 //! The log keeps every record, those covered by a snapshot included: a simulated snapshot is
 //! the record list up to its LSN. `snapshot_lsn` marks where the core's log starts; the
 //! snapshot is durable when taken (taken only through durable records) or installed.
+//!
+//! Config records (`members.rs` in the core) are records like the others, carrying their
+//! configuration. Recovery reads them only from the log after the snapshot, as a real shell
+//! must (it has replaced the records before): the configuration in effect at the snapshot is
+//! kept beside it (`snapshot_config`, the shell's `members.json`), written when a prefix is
+//! cut and when a snapshot is installed, durable at once like the snapshot itself.
 
 use std::collections::VecDeque;
 
-use understudy::core::{PersistedMeta, RecoveredLog};
+use understudy::core::{Members, PersistedMeta, RecoveredLog};
 use understudy::{Epoch, Lsn};
 
 /// A record as the simulator sees it: the payload is a unique id given by the workload (0 for
-/// epoch-start records); `prefix_hash` covers this record and every one before it, so equal
-/// hashes mean equal prefixes (invariant 3).
+/// epoch-start and config records); `config` is the configuration of a config record;
+/// `prefix_hash` covers this record and every one before it, so equal hashes mean equal
+/// prefixes (invariant 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rec {
     pub lsn: Lsn,
     pub epoch: Epoch,
     pub payload: u64,
+    pub config: Option<Members>,
     pub prefix_hash: u64,
 }
 
-pub fn prefix_hash(previous: u64, lsn: Lsn, epoch: Epoch, payload: u64) -> u64 {
+pub fn prefix_hash(
+    previous: u64,
+    lsn: Lsn,
+    epoch: Epoch,
+    payload: u64,
+    config: Option<Members>,
+) -> u64 {
     let mut h = previous ^ 0x9E37_79B9_7F4A_7C15;
     for x in [lsn.get(), epoch.get(), payload] {
         h = (h ^ x).wrapping_mul(0x100_0000_01B3).rotate_left(29);
+    }
+    if let Some(members) = config {
+        for x in [members.voter_bits(), members.learner_bits(), u64::MAX] {
+            h = (h ^ x).wrapping_mul(0x100_0000_01B3).rotate_left(29);
+        }
     }
     h
 }
@@ -42,6 +61,12 @@ pub struct Disk {
     /// `live[..synced] == durable[..synced]`.
     synced: usize,
     pub snapshot_lsn: Lsn,
+    /// The configuration in effect at `snapshot_lsn` and the LSN of its record (0: a seed),
+    /// stored when the prefix is cut or a snapshot installed; `None` while there is no
+    /// snapshot.
+    pub snapshot_config: Option<(Lsn, Members)>,
+    /// The LSNs of the config records in `live`, in order.
+    config_lsns: Vec<Lsn>,
     pub sync_scheduled: bool,
     pub meta: PersistedMeta,
     pub meta_queue: VecDeque<PersistedMeta>,
@@ -64,7 +89,7 @@ impl Disk {
     }
 
     /// Appends one record at the end; returns it with its prefix hash.
-    pub fn append(&mut self, lsn: Lsn, epoch: Epoch, payload: u64) -> Rec {
+    pub fn append(&mut self, lsn: Lsn, epoch: Epoch, payload: u64, config: Option<Members>) -> Rec {
         assert_eq!(
             lsn,
             self.last_lsn().next(),
@@ -74,10 +99,55 @@ impl Disk {
             lsn,
             epoch,
             payload,
-            prefix_hash: prefix_hash(self.hash_before(lsn), lsn, epoch, payload),
+            config,
+            prefix_hash: prefix_hash(self.hash_before(lsn), lsn, epoch, payload, config),
         };
         self.live.push(rec);
+        if config.is_some() {
+            self.config_lsns.push(lsn);
+        }
         rec
+    }
+
+    fn index_configs(&mut self) {
+        self.config_lsns.clear();
+        self.config_lsns.extend(
+            self.live
+                .iter()
+                .filter(|rec| rec.config.is_some())
+                .map(|rec| rec.lsn),
+        );
+    }
+
+    /// The config record in effect at `lsn` as the records say (the latest at or below it),
+    /// if any is left in `live`.
+    pub fn config_record_at(&self, lsn: Lsn) -> Option<(Lsn, Members)> {
+        let i = self.config_lsns.partition_point(|&at| at <= lsn);
+        let at = *self.config_lsns.get(i.checked_sub(1)?)?;
+        let members = self.record(at)?.config?;
+        Some((at, members))
+    }
+
+    /// The config records of `live` in `first..=last`.
+    pub fn config_records_in(
+        &self,
+        first: Lsn,
+        last: Lsn,
+    ) -> impl Iterator<Item = (Lsn, Members)> + '_ {
+        let from = self.config_lsns.partition_point(|&at| at < first);
+        self.config_lsns[from..]
+            .iter()
+            .take_while(move |&&at| at <= last)
+            .filter_map(|&at| Some((at, self.record(at)?.config?)))
+    }
+
+    /// The latest configuration of the log as a restarted node would find it: the last config
+    /// record after the snapshot, else the one stored with the snapshot (`None`: the seed).
+    pub fn latest_config(&self) -> Option<(Lsn, Members)> {
+        match self.config_lsns.last() {
+            Some(&at) if at > self.snapshot_lsn => self.config_record_at(at),
+            _ => self.snapshot_config,
+        }
     }
 
     pub fn truncate_suffix(&mut self, keep_through: Lsn) {
@@ -91,6 +161,17 @@ impl Disk {
         );
         self.live.truncate(keep_through.get() as usize);
         self.synced = self.synced.min(self.live.len());
+        while self.config_lsns.last().is_some_and(|&at| at > keep_through) {
+            self.config_lsns.pop();
+        }
+    }
+
+    /// The prefix through `through` is covered by a snapshot from now on, taken in
+    /// configuration `config` (the core's `members_at(through)`), which is stored with it.
+    pub fn truncate_prefix(&mut self, through: Lsn, config: (Lsn, Members)) {
+        assert!(through > self.snapshot_lsn && through <= self.durable_lsn());
+        self.snapshot_lsn = through;
+        self.snapshot_config = Some(config);
     }
 
     /// The sync completes: all of `live` is durable. Returns the last record.
@@ -105,12 +186,15 @@ impl Disk {
         Lsn(self.synced as u64)
     }
 
-    /// Replaces the whole log by a snapshot through `records.last()`, durably.
-    pub fn install_snapshot(&mut self, records: &[Rec]) {
+    /// Replaces the whole log by a snapshot through `records.last()`, durably, with the
+    /// configuration in effect there.
+    pub fn install_snapshot(&mut self, records: &[Rec], config: (Lsn, Members)) {
         self.live = records.to_vec();
         self.durable = records.to_vec();
         self.synced = records.len();
         self.snapshot_lsn = Lsn(records.len() as u64);
+        self.snapshot_config = Some(config);
+        self.index_configs();
     }
 
     /// The machine stopped: what survives.
@@ -119,6 +203,7 @@ impl Disk {
         self.synced = self.live.len();
         self.sync_scheduled = false;
         self.meta_queue.clear();
+        self.index_configs();
         assert!(
             self.snapshot_lsn <= self.last_lsn(),
             "snapshot beyond the durable log"
@@ -135,6 +220,7 @@ impl Disk {
         self.live.truncate(keep);
         self.durable.truncate(keep);
         self.synced = self.synced.min(keep);
+        self.index_configs();
     }
 
     /// The log description a restarted node gives its core.
@@ -151,11 +237,24 @@ impl Disk {
                 epoch_starts.push((rec.epoch, rec.lsn));
             }
         }
+        // The configuration kept with the snapshot, then every config record after it.
+        let first = self
+            .config_lsns
+            .partition_point(|&at| at <= self.snapshot_lsn);
+        let configs = self
+            .snapshot_config
+            .into_iter()
+            .chain(self.config_lsns[first..].iter().map(|&at| {
+                let members = self.record(at).and_then(|rec| rec.config);
+                (at, members.expect("indexed config record"))
+            }))
+            .collect();
         RecoveredLog {
             snapshot_lsn: self.snapshot_lsn,
             snapshot_epoch,
             last_lsn: self.last_lsn(),
             epoch_starts,
+            configs,
         }
     }
 }

@@ -82,6 +82,11 @@ impl OnePrimary {
         Ok(())
     }
 
+    /// The vote `node` persisted in `epoch`, if any (kept across wipes of its data dir).
+    pub fn vote_of(&self, node: usize, epoch: Epoch) -> Option<NodeId> {
+        self.votes.get(&(node, epoch)).copied()
+    }
+
     /// `node`'s data dir was wiped: its epoch legitimately starts again from zero, but the votes
     /// it cast stay cast.
     pub fn on_wiped(&mut self, node: usize) {
