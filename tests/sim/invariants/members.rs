@@ -151,8 +151,9 @@ impl MembersCheck {
 
     /// Node `node`, primary, reported every record through `lsn` committed; `status` is its
     /// core's view after the step, `members` its latest configuration and `sync_replicas` the
-    /// configured number of synchronous backups. The primary and the voters (not learners by
-    /// their start) it knows hold the record durably must be a majority of `members` (so that
+    /// configured number of synchronous backups. The primary and the voters of `members` (not
+    /// learners by their start: those report that they cannot vote) it knows hold the record
+    /// durably must be a majority of `members` (so that
     /// they meet every majority of the configuration before as well), and the configured
     /// number at least (as far as `members` has backups).
     pub fn on_primary_commit(
@@ -166,7 +167,14 @@ impl MembersCheck {
         let backups = status
             .peers
             .iter()
-            .filter(|peer| !peer.learner && members.is_voter(peer.node_id) && peer.match_lsn >= lsn)
+            .filter(|peer| {
+                // A learner by its start (a wiped node awaiting promotion) reports that it
+                // cannot vote; a member just promoted from the configuration's learners
+                // reports its nonce until it has the record, but can vote, and its copy
+                // counts (`commit.rs`).
+                let by_start = peer.learner && !peer.health.can_vote;
+                !by_start && members.is_voter(peer.node_id) && peer.match_lsn >= lsn
+            })
             .count();
         let sync_replicas = (members.majority() - 1)
             .max(sync_replicas.unwrap_or(0))
