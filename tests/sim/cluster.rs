@@ -1403,6 +1403,12 @@ impl Sim {
             if target == old {
                 return Ok(());
             }
+            // The configuration may have changed since the hand-over was asked for: never
+            // below the fewest voters the runs keep.
+            if members.is_voter(self.ids[old]) && voters <= VOTERS_MIN {
+                self.evict = None;
+                return Ok(());
+            }
             MembersChange::Remove(self.ids[old])
         } else if self.break_members {
             // Two new members as learners, made voters together (`skip_single_change`).
