@@ -138,6 +138,18 @@ impl Core {
         !self.st.learner && !self.quarantined() && self.members().is_voter(self.config.node_id)
     }
 
+    /// Whether this node may stand for election: it may vote ([`Core::may_vote`]) and is a
+    /// member of its own latest configuration, a voter or a learner of it. A learner of the
+    /// configuration (not a learner by its start) holds a log it can vouch for, and may be the
+    /// only node whose log a majority of the voters would elect: records of a primary whose
+    /// configuration's change promoting this node was then lost, say. Its own vote counts only
+    /// if it is a voter (the candidate counts voters of its latest configuration alone), so it
+    /// needs a majority of the voters besides itself (members.rs, rule 3). A node outside its
+    /// latest configuration (removed) does not stand.
+    pub(super) fn may_stand(&self) -> bool {
+        self.may_vote() && self.members().contains(self.config.node_id)
+    }
+
     /// Whether this node may grant a (pre-)vote: neither a learner nor quarantined. Its own
     /// configuration is not consulted: the candidate counts the vote in the candidate's latest
     /// configuration (`members.rs`, rule 3), and a learner made a voter by a config record
@@ -254,7 +266,8 @@ impl Core {
             voter_epoch_max: Epoch::ZERO,
             defer_to: None,
         });
-        if self.majority() == 1 {
+        let members = self.members();
+        if members.count_voters(own) >= members.majority() {
             self.election_start_vote(false, out);
             return;
         }
@@ -270,7 +283,10 @@ impl Core {
 
     /// Raises the epoch, votes for itself, and asks for votes once that is persisted.
     pub(super) fn election_start_vote(&mut self, transfer: bool, out: &mut Vec<Action>) {
-        assert!(!self.st.learner, "a learner stands for election");
+        assert!(
+            self.may_stand(),
+            "a node that may not stand stands for election"
+        );
         let now = self.st.now;
         self.reset_election_deadline(now);
         let reported = self

@@ -78,7 +78,7 @@ impl Core {
 
     /// May stand for election, or take a hand-over, at all (the pause aside).
     pub(super) fn can_stand(&self) -> bool {
-        self.voter() && !self.st.damaged && !self.config.no_failover
+        self.may_stand() && !self.st.damaged && !self.config.no_failover
     }
 
     pub(super) fn on_app_health(&mut self, expected: bool, live: bool) {

@@ -28,7 +28,8 @@
 //!    ([`Config::tolerated_drift_ppm`](super::Config::tolerated_drift_ppm)); then P's use of
 //!    B's acknowledgement ends before B can vote for anyone else.
 //! 5. A new primary needs votes from a majority; P's lease needs acknowledgements from a
-//!    majority; the two majorities share a node B. By 2-4, B cannot have voted while P's
+//!    majority (its own counting only if P is a voter of its configuration: a learner of it
+//!    may be primary, `members.rs` rule 3); the two majorities share a node B. By 2-4, B cannot have voted while P's
 //!    lease, as counted from B's acknowledgement, holds. So at any instant P believes its
 //!    lease holds, no primary of a higher epoch has been elected.
 //!
@@ -48,10 +49,14 @@ use super::{Action, Core, Role, Time};
 
 impl Core {
     /// Until when (local clock) the lease holds: the majority-th latest acknowledged send time
-    /// plus the lease. `None` when this node alone is a majority (the lease never lapses).
+    /// (counting our own if we are a voter) plus the lease. `None` when this node alone is a
+    /// majority (the lease never lapses).
     pub(super) fn lease_until(&self) -> Option<Time> {
         let members = self.members();
-        let needed = members.majority() - 1; // acknowledgements needed besides our own
+        // Acknowledgements needed besides our own, which counts only if we are a voter (a
+        // learner of the configuration may be primary: `election.rs`, `Core::may_stand`).
+        let own = usize::from(members.is_voter(self.config.node_id));
+        let needed = members.majority() - own;
         if needed == 0 {
             return None;
         }

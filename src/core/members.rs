@@ -19,10 +19,19 @@
 //!    for nothing). The primary never removes itself; it hands over first.
 //! 3. Every quorum is counted in the counting node's latest configuration: a candidate's
 //!    votes, a primary's commit set (`sync_replicas` backups, recomputed for the voter count,
-//!    and always a majority of it: `Config::sync_replicas_for`) and its lease. A node that is
-//!    not a voter in its own latest configuration does not stand; it still votes (unless a
-//!    learner by its start, or quarantined): the candidate decides whether the vote counts,
-//!    and a learner just made a voter by a record it has not received must be able to vote.
+//!    and always a majority of it: `Config::sync_replicas_for`) and its lease. A node counts
+//!    itself in these only as a voter of its own latest configuration. It votes unless a
+//!    learner by its start or quarantined, whatever its configuration says: the candidate
+//!    decides whether the vote counts, and a learner just made a voter by a record it has not
+//!    received must be able to vote. A learner of its own latest configuration (not one by
+//!    its start) may also stand, its own vote not counting (Ongaro's thesis, §4.2.2: a server
+//!    outside its latest configuration may still be needed as leader): its log may hold
+//!    records that the voters must not elect a node without (a primary's records that reached
+//!    only it, the primary's disk then lost, while the change that made it a voter was cut
+//!    from its log), and then no voter could be elected. Its quorums, a majority of the
+//!    voters without itself, meet every other quorum as a voter's do. As primary it counts
+//!    itself towards neither commit nor lease, and its first change makes it a voter (below).
+//!    A node outside its latest configuration (removed) does not stand.
 //!
 //! # Why two primaries still cannot serve in one epoch, and committed records survive
 //!
@@ -404,6 +413,9 @@ impl Core {
             MembersChange::Promote(id) => match current.role(id) {
                 None => return Err(MembersRefusal::NotAMember(id)),
                 Some(MemberRole::Voter) => return Err(MembersRefusal::AlreadyAVoter(id)),
+                Some(MemberRole::Learner) if id == self.config.node_id => {
+                    self.members_promotion(current, id)
+                }
                 Some(MemberRole::Learner) => {
                     let behind = self.members_behind(id);
                     if behind.is_none_or(|behind| behind > self.config.append_records_max) {
@@ -560,17 +572,25 @@ impl Core {
 
     /// On the primary's tick: a learner that has caught up (within one append of the end,
     /// heard from within the failover timeout) becomes a voter, when the rules allow a change.
+    /// A primary that is itself a learner of its configuration (module docs, rule 3) comes
+    /// first: it holds the whole log, and no other change may be made before (the primary is a
+    /// voter of every configuration it writes).
     pub(super) fn members_auto_promote(&mut self, out: &mut Vec<Action>) {
         if self.st.switchover.is_some() {
             return;
         }
         let current = self.members();
-        let ready = current.ids_owned().find(|&id| {
-            current.role(id) == Some(MemberRole::Learner)
-                && self
-                    .members_behind(id)
-                    .is_some_and(|behind| behind <= self.config.append_records_max)
-        });
+        let me = self.config.node_id;
+        let ready = if current.role(me) == Some(MemberRole::Learner) {
+            Some(me)
+        } else {
+            current.ids_owned().find(|&id| {
+                current.role(id) == Some(MemberRole::Learner)
+                    && self
+                        .members_behind(id)
+                        .is_some_and(|behind| behind <= self.config.append_records_max)
+            })
+        };
         let Some(id) = ready else { return };
         let Some(next) = self.members_promotion(current, id) else {
             return;

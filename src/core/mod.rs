@@ -625,11 +625,6 @@ impl Core {
         self.st.log.configs.at(lsn)
     }
 
-    /// Votes needed to win, acknowledgements needed for the lease, in the latest configuration.
-    fn majority(&self) -> usize {
-        self.members().majority()
-    }
-
     /// Backups whose durable acknowledgement commits a record, in the latest configuration:
     /// `Config::sync_replicas_for`.
     fn sync_replicas(&self) -> usize {

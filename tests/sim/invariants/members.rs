@@ -9,9 +9,10 @@
 //!   one voter (rule 2).
 //! - A node elected primary holds persisted votes of a majority of the voters of its latest
 //!   configuration, its own included; a node votes only while it is neither a learner by its
-//!   start nor quarantined, and for itself only as a voter of its own latest configuration; a
-//!   primary's commit is backed by voters of its latest configuration (what its core knows of
-//!   them) that make a majority of it with the primary.
+//!   start nor quarantined, and for itself only as a member (voter or learner) of its own
+//!   latest configuration, its own vote counting only as a voter; a primary's commit is backed
+//!   by voters of its latest configuration (what its core knows of them) that make a majority
+//!   of it with the primary (the primary counting only as a voter of it).
 //!
 //! `SIM_BREAK=members` switches rule 2 off in the core; the checks of rule 2 here are off with
 //! it, so that the test shows what the other invariants make of two-voter changes.
@@ -111,7 +112,8 @@ impl MembersCheck {
             .voter_ids()
             .filter(|v| vote_of(v.get() as usize - 1) == Some(id))
             .collect();
-        if !members.is_voter(id) || granted.len() < members.majority() {
+        // A learner of its configuration may stand; its own vote is not among the voters'.
+        if !members.contains(id) || granted.len() < members.majority() {
             return Err(violation(
                 NAME,
                 format!(
@@ -125,8 +127,8 @@ impl MembersCheck {
 
     /// Node `node` (id `id`) asked to persist a vote for `candidate`; `status` is its core's
     /// view. Another's candidacy gets its vote only if it is neither a learner by its start
-    /// nor quarantined; its own only if it is a voter of its own latest configuration too
-    /// (`members`; it stands).
+    /// nor quarantined; its own only if it is a member of its own latest configuration too
+    /// (`members`; it stands, a learner of it as well, counting its own vote only as a voter).
     pub fn on_vote(
         &self,
         node: usize,
@@ -136,7 +138,7 @@ impl MembersCheck {
         members: Members,
     ) -> Result<(), Violation> {
         let may_vote = !status.learner && !status.quarantined;
-        if !may_vote || (candidate == id && !members.is_voter(id)) {
+        if !may_vote || (candidate == id && !members.contains(id)) {
             return Err(violation(
                 NAME,
                 format!(
@@ -176,9 +178,13 @@ impl MembersCheck {
                 !by_start && members.is_voter(peer.node_id) && peer.match_lsn >= lsn
             })
             .count();
+        // A primary that is a learner of its configuration (it may stand: `members.rs`)
+        // counts for nothing itself: one backup more.
+        let own = usize::from(!members.is_voter(status.node_id));
         let sync_replicas = (members.majority() - 1)
             .max(sync_replicas.unwrap_or(0))
-            .min(members.voter_count() - 1);
+            .min(members.voter_count() - 1)
+            + own;
         if status.durable_lsn < lsn || backups < sync_replicas {
             return Err(violation(
                 NAME,
