@@ -354,9 +354,15 @@ impl Cluster {
             .arg(self.node(from).admin_addr.to_string())
             .arg("--to")
             .arg(to.to_string());
-        output_within(command, Duration::from_secs(20))
-            .status
-            .success()
+        let output = output_within(command, Duration::from_secs(20));
+        if !output.status.success() {
+            eprintln!(
+                "understudy switchover from {from} to {to}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        output.status.success()
     }
 }
 
