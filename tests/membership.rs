@@ -154,13 +154,7 @@ async fn grow_three_to_five_under_writes_and_shrink_back() {
         set_driver(&drivers, id, None);
     }
     assert!(
-        wait_until(Duration::from_secs(10), || writers
-            .1
-            .lock()
-            .unwrap()
-            .acked
-            .len()
-            > before + 200),
+        acked_beyond(&writers.1, before + 200, Duration::from_secs(10)),
         "writes stopped with 3 of 5 voters up"
     );
     for &id in &downs {
@@ -267,13 +261,7 @@ async fn a_witness_cluster_survives_the_death_of_either_data_node() {
         let survivor = wait_primary(&drivers, Some(primary)).await;
         assert_ne!(survivor, 3);
         assert!(
-            wait_until(Duration::from_secs(15), || writers
-                .1
-                .lock()
-                .unwrap()
-                .acked
-                .len()
-                > before + 200),
+            acked_beyond(&writers.1, before + 200, Duration::from_secs(15)),
             "round {round}: writes did not resume on node {survivor}"
         );
         cluster.start_node(primary);
@@ -292,13 +280,7 @@ async fn a_witness_cluster_survives_the_death_of_either_data_node() {
     cluster.pause(other, true);
     let before = writers.1.lock().unwrap().acked.len();
     assert!(
-        wait_until(Duration::from_secs(10), || writers
-            .1
-            .lock()
-            .unwrap()
-            .acked
-            .len()
-            > before + 200),
+        acked_beyond(&writers.1, before + 200, Duration::from_secs(10)),
         "writes did not commit on the primary and the witness"
     );
     cluster.kill(primary);
@@ -307,13 +289,7 @@ async fn a_witness_cluster_survives_the_death_of_either_data_node() {
     assert_eq!(wait_primary(&drivers, Some(primary)).await, other);
     let before = writers.1.lock().unwrap().acked.len();
     assert!(
-        wait_until(Duration::from_secs(15), || writers
-            .1
-            .lock()
-            .unwrap()
-            .acked
-            .len()
-            > before + 200),
+        acked_beyond(&writers.1, before + 200, Duration::from_secs(15)),
         "writes did not resume on node {other}"
     );
     let log = std::fs::read_to_string(&cluster.node(3).log).unwrap_or_default();

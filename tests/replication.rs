@@ -129,24 +129,7 @@ async fn switchover_moves_the_primary_and_loses_nothing() {
     let drivers = connect_all(&cluster).await;
     let old = wait_primary(&drivers, None).await;
     let target = (1..=3).find(|&id| id != old).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let oracle = Arc::new(Mutex::new(Oracle::default()));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            tokio::spawn(writer(
-                Arc::clone(&drivers),
-                w,
-                Arc::clone(&stop),
-                Arc::clone(&oracle),
-            ))
-        })
-        .collect();
-    assert!(wait_until(Duration::from_secs(10), || oracle
-        .lock()
-        .unwrap()
-        .acked
-        .len()
-        >= 100));
+    let (stop, oracle, writers) = start_writers_until(&drivers, 4, 100).await;
     let admin = cluster.node(old).admin_addr.to_string();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))

@@ -87,12 +87,7 @@ async fn the_secret_is_rotated_by_two_rolling_restarts_under_writes() {
     }
     let before = oracle.lock().unwrap().acked.len();
     assert!(
-        wait_until(Duration::from_secs(10), || oracle
-            .lock()
-            .unwrap()
-            .acked
-            .len()
-            > before + 100),
+        acked_beyond(&oracle, before + 100, Duration::from_secs(10)),
         "writes stopped after the rotation"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

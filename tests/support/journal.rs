@@ -158,6 +158,19 @@ pub async fn start_writers(
     Arc<Mutex<Oracle>>,
     Writers,
 ) {
+    start_writers_until(drivers, count, 200).await
+}
+
+/// [`start_writers`], waiting until `acked` writes are acknowledged.
+pub async fn start_writers_until(
+    drivers: &Drivers,
+    count: usize,
+    acked: usize,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<Mutex<Oracle>>,
+    Writers,
+) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let oracle = Arc::new(Mutex::new(Oracle::default()));
     let writers = (0..count)
@@ -170,13 +183,13 @@ pub async fn start_writers(
             ))
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(10), || oracle
-        .lock()
-        .unwrap()
-        .acked
-        .len()
-        >= 200));
+    assert!(acked_beyond(&oracle, acked - 1, Duration::from_secs(10)));
     (stop, oracle, writers)
+}
+
+/// Whether more than `count` writes are acknowledged within `timeout`.
+pub fn acked_beyond(oracle: &Mutex<Oracle>, count: usize, timeout: Duration) -> bool {
+    wait_until(timeout, || oracle.lock().unwrap().acked.len() > count)
 }
 
 /// Checks that every acknowledged command is in `driver`'s state at its LSN.
