@@ -70,9 +70,19 @@ fn the_entrypoint_takes_the_node_id_from_the_pods_ordinal() {
     // In place of understudy: a script that prints the environment it was given.
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("understudy");
-    std::fs::write(&fake, "#!/bin/sh\nenv\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by a child process: a file this (multi-threaded) test process held open for
+    // writing could be inherited by another test's fork, and executing it would then fail
+    // with ETXTBSY.
+    let made = Command::new("sh")
+        .args([
+            "-c",
+            "printf '#!/bin/sh\\nenv\\n' > \"$1\" && chmod 755 \"$1\"",
+            "sh",
+        ])
+        .arg(&fake)
+        .status()
+        .unwrap();
+    assert!(made.success());
     let run = |hostname: &str, node_id: Option<&str>| {
         let mut command = Command::new("sh");
         command
@@ -86,7 +96,11 @@ fn the_entrypoint_takes_the_node_id_from_the_pods_ordinal() {
         command.output().unwrap()
     };
     let out = run("understudy-2", None);
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNDERSTUDY_NODE_ID=3"));
     let out = run("understudy-0", None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNDERSTUDY_NODE_ID=1"));
