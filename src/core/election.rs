@@ -135,7 +135,7 @@ impl Core {
     /// learner nor quarantined (module docs), and a voter of its own latest configuration.
     /// Granting a vote asks less ([`Core::may_vote`]).
     pub(super) fn voter(&self) -> bool {
-        !self.st.learner && !self.quarantined() && self.members().is_voter(self.config.node_id)
+        !self.learner() && !self.quarantined() && self.members().is_voter(self.config.node_id)
     }
 
     /// Whether this node may stand for election: it may vote ([`Core::may_vote`]) and is a
@@ -157,7 +157,12 @@ impl Core {
     /// or a cluster whose other voters cannot make a majority without it waits for ever (Raft
     /// servers answer requests without consulting their configurations, Ongaro's thesis §4.1).
     pub(super) fn may_vote(&self) -> bool {
-        !self.st.learner && !self.quarantined()
+        !self.learner() && !self.quarantined()
+    }
+
+    /// A learner by its start (module docs), or promoted but not yet durably so.
+    pub(super) fn learner(&self) -> bool {
+        self.st.learner || self.st.learner_on_disk
     }
 
     /// What this node puts in `AppendResponse::learner`: zero for a voter, else its nonce.

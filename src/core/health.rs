@@ -72,7 +72,7 @@ impl Core {
             app_live: self.st.app_live,
             can_stand: self.can_stand() && !self.config.witness,
             priority: self.config.priority,
-            can_vote: !self.st.learner && !self.quarantined(),
+            can_vote: self.may_vote(),
         }
     }
 

@@ -227,6 +227,7 @@ impl Core {
                 epoch,
                 voted_for,
                 learner,
+                learner_on_disk: learner,
                 damaged: false,
                 app_live: false,
                 app_gone_since: None,
@@ -488,6 +489,7 @@ impl Core {
             "MetaPersisted out of order: the shell must report each PersistMeta once, in order"
         );
         self.st.persists_done += 1;
+        self.st.learner_on_disk = persisted.learner;
         let done = self.st.persists_done;
         self.st.held.retain(|&(seq, to, message)| {
             if seq <= done {
@@ -510,7 +512,7 @@ impl Core {
             epoch: st.epoch,
             primary: st.primary,
             voted_for: st.voted_for,
-            learner: st.learner,
+            learner: self.learner(),
             quarantined: st.quarantine_until.is_some(),
             damaged: st.damaged,
             paused: st.paused,

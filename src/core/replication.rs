@@ -574,18 +574,25 @@ impl Core {
             return; // Not an answer to anything we sent in this epoch.
         }
         let old_lease_echo = self.config.unsafe_testing.old_lease_echo;
+        let sent_at = super::Time::from_duration(response.sent_at);
         let peer = &mut self.st.peers[i];
         peer.last_ack = Some(now);
-        peer.learner = response.learner;
-        peer.health = response.health;
-        if response.learner != 0 && response.learner != peer.learner_seen {
-            // A run of this node we have not heard from before. Whatever an earlier run of it
-            // acknowledged (an answer that may still be on its way, and would count) is at
-            // or below our last LSN now: promote it only once it holds all of that again.
-            peer.learner_seen = response.learner;
-            peer.promote_through = last_lsn;
+        // A backup echoes the send time of the latest append it received, so within one run
+        // of it the echoes never go back, and a new run echoes appends sent after it started.
+        // (The old lease echo, a test knob, echoes other clocks: every answer is news then.)
+        if old_lease_echo || (sent_at >= peer.info_sent_at && sent_at <= now) {
+            peer.info_sent_at = sent_at;
+            peer.learner = response.learner;
+            peer.health = response.health;
+            if response.learner != 0 && response.learner != peer.learner_seen {
+                // A run of this node we have not heard from before. Whatever an earlier run of
+                // it acknowledged (an answer that may still be on its way, and would count) is
+                // at or below our last LSN now: promote it only once it holds all of that
+                // again.
+                peer.learner_seen = response.learner;
+                peer.promote_through = last_lsn;
+            }
         }
-        let sent_at = super::Time::from_duration(response.sent_at);
         if old_lease_echo {
             let sent_at = sent_at.min(now);
             peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));

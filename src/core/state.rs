@@ -265,6 +265,11 @@ pub(crate) struct Peer {
     pub promote_through: Lsn,
     /// What its latest response said of its fitness to serve (`health.rs`).
     pub health: super::Health,
+    /// The send time echoed by the response `learner` and `health` were taken from. A
+    /// response echoing an earlier one is older news (delayed in the network, or from an
+    /// earlier run of the node) and does not overwrite them: an earlier run's "I can vote"
+    /// must not make a voter of a wiped successor that cannot.
+    pub info_sent_at: Time,
 }
 
 impl Peer {
@@ -285,6 +290,7 @@ impl Peer {
             learner_seen: 0,
             promote_through: Lsn::ZERO,
             health: super::Health::default(),
+            info_sent_at: Time::ZERO,
         }
     }
 }
@@ -341,6 +347,12 @@ pub(crate) struct State {
     pub voted_for: Option<NodeId>,
     /// A learner neither votes, stands, nor counts towards commit or the lease (`election.rs`).
     pub learner: bool,
+    /// `learner` as last persisted (`Input::MetaPersisted`). A promotion takes effect only
+    /// once it is durable: a node that reported itself a voter and then lost the promotion in
+    /// a crash would come back a learner, and a configuration made with its vote counted
+    /// would have one voter fewer than the primary believed (the learner flag is read as
+    /// `learner || learner_on_disk`, [`Core::learner`]).
+    pub learner_on_disk: bool,
     /// A committed record of the local log is damaged and not yet repaired
     /// (`Input::LogDamaged`): the node neither stands nor takes a hand-over, since it could not
     /// ship that record; it still votes and acknowledges, its log's LSNs and epochs being

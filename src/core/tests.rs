@@ -1489,7 +1489,6 @@ fn learner_votes_only_after_promotion() {
     promote(&mut core, 2_150, nonce ^ 2);
     assert!(!core.is_voter());
     let out = promote(&mut core, 2_160, nonce);
-    assert!(core.is_voter());
     assert!(
         out.contains(&Action::Promoted { through: Lsn(3) }),
         "{out:?}"
@@ -1502,6 +1501,23 @@ fn learner_votes_only_after_promotion() {
         }),
         "{out:?}"
     );
+    // Not a voter until the promotion is durable: a crash before it lands brings the node
+    // back a learner, so until then it must not be counted as a voter.
+    assert!(!core.is_voter());
+    assert_eq!(response_to(&out, N1).learner, nonce, "not durably promoted");
+    // The epoch adopted from the append, then the promotion, reported durable in order.
+    for learner in [true, false] {
+        step(
+            &mut core,
+            Input::MetaPersisted {
+                epoch: Epoch(2),
+                voted_for: None,
+                learner,
+            },
+        );
+    }
+    assert!(core.is_voter());
+    let out = promote(&mut core, 2_170, nonce);
     assert_eq!(response_to(&out, N1).learner, 0, "a voter now");
 }
 
@@ -1688,9 +1704,11 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
         to_y.promote, 0,
         "node 2 lacks lsn 5, which existed when it was first heard"
     );
-    // The stale answer arrives and counts: lsn 5 commits with the copy node 2 had then.
+    // The stale answer arrives. It echoes an append older than the one the new run answered,
+    // so it is older news of what node 2 is: still a learner, it does not count, and lsn 5
+    // does not commit with the copy node 2 no longer holds.
     receive(&mut p, 720, N2, stale_ack);
-    assert_eq!(p.commit_lsn(), Lsn(5));
+    assert_eq!(p.commit_lsn(), Lsn(4));
     // The primary dies. Node 2, still a learner, does not vote for node 3, which lacks lsn 5.
     let out = receive(
         &mut y,
@@ -2493,6 +2511,14 @@ fn promote_needs_a_caught_up_learner_that_can_vote() {
         propose_members(&mut core, 661, MembersChange::Promote(N4)),
         not_caught_up(u64::MAX),
         "cannot vote yet"
+    );
+    // An answer to an earlier append (from an earlier run of the node, delayed in the
+    // network) that says it can vote is older news and changes nothing.
+    receive(&mut core, 665, N4, ack_with(3, 645, STANDS));
+    assert_eq!(
+        propose_members(&mut core, 666, MembersChange::Promote(N4)),
+        not_caught_up(u64::MAX),
+        "an older answer does not overrule a newer one"
     );
     receive(&mut core, 670, N4, ack_with(3, 660, STANDS));
     let out = propose_members(&mut core, 671, MembersChange::Promote(N4));
