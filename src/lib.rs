@@ -22,5 +22,6 @@ pub mod core;
 pub mod follow;
 pub mod node;
 pub mod proto;
+pub mod tls;
 
 pub use wal::{Epoch, Lsn, NodeId};

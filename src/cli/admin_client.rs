@@ -17,6 +17,37 @@ use tokio::net::TcpStream;
 
 use crate::config::AdminToken;
 
+/// `--tls-ca`: what an `https://` admin address's certificate must be signed by.
+static TLS_CA: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets `--tls-ca` for this process's admin requests (once, before any).
+pub fn set_tls_ca(ca: Option<std::path::PathBuf>) {
+    let _ = TLS_CA.set(ca);
+}
+
+/// An admin address as given: `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`.
+/// Returns whether it is HTTPS and the `HOST:PORT`.
+fn split_scheme(addr: &str) -> (bool, &str) {
+    if let Some(rest) = addr.strip_prefix("https://") {
+        (true, rest.trim_end_matches('/'))
+    } else if let Some(rest) = addr.strip_prefix("http://") {
+        (false, rest.trim_end_matches('/'))
+    } else {
+        (false, addr)
+    }
+}
+
+/// `addr` (an admin address a node announced, `HOST:PORT`) with the scheme of `reference`
+/// (the address the operator gave): the nodes of a cluster all serve HTTPS, or none does.
+pub fn same_scheme(reference: &str, addr: &str) -> String {
+    let (_, bare) = split_scheme(addr);
+    if split_scheme(reference).0 {
+        format!("https://{bare}")
+    } else {
+        bare.to_string()
+    }
+}
+
 /// An answer's body, at most. `/status` of a large cluster is a few KiB.
 const BODY_BYTES_MAX: usize = 4 << 20;
 
@@ -93,9 +124,32 @@ async fn request_exchange(
     target: &str,
     token: Option<&AdminToken>,
 ) -> anyhow::Result<Answer> {
-    let stream = TcpStream::connect(addr)
+    let (https, host_port) = split_scheme(addr);
+    let stream = TcpStream::connect(host_port)
         .await
         .map_err(|e| anyhow!("cannot reach the admin port {addr}: {}", io_words(&e)))?;
+    let stream = if https {
+        let Some(ca) = TLS_CA.get().and_then(Option::as_ref) else {
+            return Err(anyhow!(
+                "{addr}: an https:// admin address needs --tls-ca (the cluster's CA certificate; or UNDERSTUDY_TLS_CA)"
+            ));
+        };
+        let config = crate::tls::admin_client_config(ca)?;
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| anyhow!("{addr}: {host:?} is not a host name: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| anyhow!("the admin port {addr}: {}", crate::tls::describe(&e)))?;
+        tokio_util::either::Either::Right(stream)
+    } else {
+        tokio_util::either::Either::Left(stream)
+    };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .with_context(|| format!("admin port {addr}"))?;
@@ -105,7 +159,7 @@ async fn request_exchange(
     let mut request = Request::builder()
         .method(method)
         .uri(target)
-        .header(HOST, addr)
+        .header(HOST, host_port)
         .header(CONNECTION, "close");
     if let Some(token) = token {
         request = request.header(AUTHORIZATION, format!("Bearer {}", token.as_str()));

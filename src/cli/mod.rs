@@ -40,6 +40,11 @@ pub struct Cli {
         env = "UNDERSTUDY_LOG_LEVEL"
     )]
     pub log_level: String,
+    /// The cluster's CA certificate (PEM). For `run`, with --tls-cert and --tls-key: peers'
+    /// certificates must be signed by it. For the commands that reach admin ports: an
+    /// `https://` admin address's certificate must be signed by it.
+    #[arg(long, global = true, value_name = "FILE", env = "UNDERSTUDY_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// `--log-format`.
@@ -110,8 +115,12 @@ pub enum Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    admin_client::set_tls_ca(cli.tls_ca.clone());
     match cli.command {
-        Command::Run(args) => run::run(*args),
+        Command::Run(mut args) => {
+            args.tls_ca = cli.tls_ca;
+            run::run(*args)
+        }
         Command::Status(args) => status::run(args),
         Command::Switchover(args) => switchover::run(args),
         Command::Members(command) => members::run(command),

@@ -56,7 +56,7 @@ async fn run_async(admin: &str, token: Option<&AdminToken>, paused: bool) -> any
             continue;
         }
         match &peer.admin_addr {
-            Some(addr) => targets.push((peer.node_id, addr.clone())),
+            Some(addr) => targets.push((peer.node_id, admin_client::same_scheme(admin, addr))),
             None => unknown.push(peer.node_id),
         }
     }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -130,6 +131,17 @@ pub struct RunArgs {
     /// admin port may switch over or pause.
     #[arg(long, env = "UNDERSTUDY_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// This node's TLS certificate (PEM, its chain after it). With --tls-key and --tls-ca,
+    /// peer links use mutual TLS and the admin port serves HTTPS. A DNS name
+    /// `understudy-node-<ID>` in the certificate binds it to that node. Re-read on SIGHUP.
+    #[arg(long, env = "UNDERSTUDY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; readable by its owner only).
+    #[arg(long, env = "UNDERSTUDY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// --tls-ca, a flag of every command (`understudy --help`).
+    #[arg(skip)]
+    pub tls_ca: Option<PathBuf>,
     /// Shell command run when this node becomes primary (env: UNDERSTUDY_ROLE,
     /// UNDERSTUDY_EPOCH, UNDERSTUDY_PRIMARY, UNDERSTUDY_PRIMARY_ADDR).
     #[arg(long, env = "UNDERSTUDY_ON_PROMOTE")]
@@ -289,6 +301,14 @@ impl RunArgs {
             Some(path) => Some(config::AdminToken::load(path)?),
             None => None,
         };
+        let tls = crate::tls::TlsFiles::from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )?
+        .map(crate::tls::Tls::load)
+        .transpose()?
+        .map(Arc::new);
         let mut core = crate::core::Config::new(node_id, peers.keys().copied().collect());
         core.heartbeat_interval = self.heartbeat_interval;
         core.failover_timeout = self.failover_timeout;
@@ -312,6 +332,7 @@ impl RunArgs {
             secret,
             previous_secret,
             admin_token,
+            tls,
             core,
             fsync: self.fsync,
             initial_cluster_state: self.initial_cluster_state.into(),
@@ -412,7 +433,7 @@ async fn bind_tcp(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Resolves when SIGTERM or SIGINT arrives. SIGHUP, which would otherwise end the process
 /// at once (a closed terminal, a reload by a service manager), is answered with one log line:
 /// nothing the sidecar runs with can be reloaded yet, and it keeps running.
-async fn termination() {
+async fn termination(tls: Option<Arc<crate::tls::Tls>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
@@ -440,7 +461,13 @@ async fn termination() {
                 return;
             }
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                tracing::info!("SIGHUP: nothing to reload; still running (SIGTERM stops, handing over first)");
+                match &tls {
+                    None => tracing::info!("SIGHUP: nothing to reload; still running (SIGTERM stops, handing over first)"),
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "SIGHUP: TLS certificate, key and CA re-read; new connections use them, established ones keep theirs"),
+                        Err(e) => tracing::error!("SIGHUP: {e}; still using the TLS files read before"),
+                    },
+                }
             }
         }
     }
@@ -471,6 +498,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(addr) => Some(bind_tcp("client-listen", addr).await?),
             None => None,
         };
+        let tls = config.tls.clone();
         node::run(
             config,
             Listeners {
@@ -479,7 +507,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 admin,
                 client,
             },
-            termination(),
+            termination(tls),
         )
         .await?;
         Ok(())

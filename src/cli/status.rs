@@ -229,9 +229,12 @@ async fn gather(admins: &[String]) -> Gathered {
         round = gathered
             .answers
             .iter()
-            .flat_map(|a| a.view.peers.iter())
-            .filter(|peer| !known.contains(&peer.node_id))
-            .filter_map(|peer| peer.admin_addr.clone())
+            .flat_map(|a| a.view.peers.iter().map(move |peer| (&a.admin, peer)))
+            .filter(|(_, peer)| !known.contains(&peer.node_id))
+            .filter_map(|(asked, peer)| {
+                let addr = peer.admin_addr.as_deref()?;
+                Some(admin_client::same_scheme(asked, addr))
+            })
             .filter(|addr| asked.insert(addr.clone()))
             .collect();
         if round.is_empty() {

@@ -91,7 +91,8 @@ pub(crate) async fn primary_admin(admin: &str) -> anyhow::Result<String> {
     view.peers
         .iter()
         .find(|peer| peer.node_id == primary)
-        .and_then(|peer| peer.admin_addr.clone())
+        .and_then(|peer| peer.admin_addr.as_deref())
+        .map(|addr| admin_client::same_scheme(admin, addr))
         .ok_or_else(|| {
             anyhow!(
                 "node {} (at {admin}) follows primary {primary} but does not know its admin address (it has none, or has not connected to this node yet); ask the primary's admin port",

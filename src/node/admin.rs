@@ -104,11 +104,13 @@ pub async fn serve(
     listener: TcpListener,
     node: NodeHandle,
     token: Option<AdminToken>,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
 ) {
     let token = Arc::new(token);
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin server listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(%addr, scheme, "admin server listening");
     }
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let connections = TaskTracker::new();
@@ -144,11 +146,30 @@ pub async fn serve(
             let token = Arc::clone(&service_token);
             async move { Ok::<_, Infallible>(respond(&node, token.as_ref().as_ref(), request).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
+        let builder = builder.clone();
+        let acceptor = tls.as_ref().map(|tls| tls.admin_acceptor());
         connections.spawn(async move {
             // Held for as long as the connection lives.
             let _slot = slot;
+            let stream = match acceptor {
+                None => tokio_util::either::Either::Left(stream),
+                Some(acceptor) => {
+                    // The TLS handshake counts against the header read timeout's budget.
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => tokio_util::either::Either::Right(stream),
+                        Ok(Err(e)) => {
+                            debug!(%client, error = %crate::tls::describe(&e), "admin connection: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%client, "admin connection: TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let lifetime = tokio::time::sleep(CONNECTION_LIFETIME_MAX);
             tokio::pin!(lifetime);

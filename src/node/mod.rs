@@ -109,6 +109,8 @@ pub struct NodeConfig {
     /// The admin API's token (`--admin-token-file`): required by the requests that change
     /// state.
     pub admin_token: Option<crate::config::AdminToken>,
+    /// TLS for the peer links and the admin port (`--tls-cert`, `--tls-key`, `--tls-ca`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub core: core::Config,
     pub fsync: FsyncMode,
     /// Where this node's client port is, told to peers for redirects.
@@ -1260,6 +1262,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         snapshots: Arc::clone(&snapshots),
         reader: reader.clone(),
+        tls: config.tls.clone(),
     });
     let net = peer::PeerNet::start(
         Arc::clone(&peer_config),
@@ -1374,6 +1377,7 @@ pub async fn run(
             admin,
             handle.clone(),
             config.admin_token.clone(),
+            config.tls.clone(),
             cancel.clone(),
         ));
     }

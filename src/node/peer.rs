@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -39,6 +40,9 @@ const OUTBOUND_QUEUE_MAX: usize = 1024;
 /// into it and leaves in one `write`, rather than one per record run: a memcpy of a few
 /// KiB costs less than a syscall.
 const SEND_BUFFER_BYTES: usize = 256 << 10;
+/// A peer connection: plain TCP, or TLS over it (`--tls-cert`, [`crate::tls`]).
+pub(crate) type PeerStream = Either<TcpStream, tokio_rustls::TlsStream<TcpStream>>;
+
 /// A handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -131,6 +135,8 @@ pub struct PeerConfig {
     pub snapshots: Arc<super::snapshot::Snapshots>,
     /// The local log, for answering repair requests (`repair::serve`).
     pub reader: wal::reader::Reader,
+    /// Mutual TLS on every peer connection, when set.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Connects to a peer: resolves its name now (every call, so a peer that moved is found at
@@ -373,6 +379,8 @@ pub(super) enum LinkError {
     Handshake(String),
     #[error("handshake timed out")]
     Timeout,
+    #[error("{0}")]
+    Tls(String),
     #[error("connection closed")]
     Closed,
     #[error("snapshot transfer: {0}")]
@@ -380,7 +388,7 @@ pub(super) enum LinkError {
 }
 
 async fn read_frame(
-    stream: &mut FramedRead<tokio::io::ReadHalf<TcpStream>, PeerCodec>,
+    stream: &mut FramedRead<tokio::io::ReadHalf<PeerStream>, PeerCodec>,
 ) -> Result<Frame, LinkError> {
     match stream.next().await {
         Some(frame) => Ok(frame?),
@@ -464,12 +472,36 @@ async fn dial_loop(
     }
 }
 
+/// The dialler's side of TLS, when the node runs with it: the acceptor's certificate must be
+/// signed by the cluster's CA and, if it names nodes, name `peer` (`crate::tls`).
+async fn dial_tls(
+    config: &PeerConfig,
+    peer: NodeId,
+    stream: TcpStream,
+) -> Result<PeerStream, LinkError> {
+    let Some(tls) = &config.tls else {
+        return Ok(Either::Left(stream));
+    };
+    // The name is only sent (SNI); the certificate is checked against the CA and the node
+    // names, not a host name.
+    let name = rustls::pki_types::ServerName::IpAddress(stream.peer_addr()?.ip().into());
+    let stream = tls
+        .peer_connector()
+        .connect(name, stream)
+        .await
+        .map_err(|e| LinkError::Handshake(crate::tls::describe(&e)))?;
+    crate::tls::check_node_name(stream.get_ref().1.peer_certificates(), peer)
+        .map_err(|reason| LinkError::Handshake(format!("node {peer}: {reason}")))?;
+    Ok(Either::Right(stream.into()))
+}
+
 /// The dialler's side of the handshake (module docs).
 pub(super) async fn dial_handshake(
     config: &PeerConfig,
     peer: NodeId,
     stream: TcpStream,
-) -> Result<BufWriter<TcpStream>, LinkError> {
+) -> Result<BufWriter<PeerStream>, LinkError> {
+    let stream = dial_tls(config, peer, stream).await?;
     let (read, write) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read, PeerCodec);
     let mut writer = BufWriter::new(write);
@@ -490,7 +522,15 @@ pub(super) async fn dial_handshake(
     };
     write_frame_half(&mut writer, &Frame::Hello(hello)).await?;
     let ids = id_bytes(config.node_id, peer);
-    match read_frame(&mut reader).await? {
+    let answer = match read_frame(&mut reader).await {
+        // Under TLS 1.3 the acceptor checks this node's certificate after the dialler's side
+        // of the TLS handshake is done: its refusal arrives here, as an alert.
+        Err(LinkError::Decode(DecodeError::Io(words))) if config.tls.is_some() => {
+            return Err(LinkError::Handshake(words))
+        }
+        answer => answer?,
+    };
+    match answer {
         Frame::Challenge {
             which,
             nonce: nonce_a,
@@ -531,7 +571,7 @@ pub(super) async fn dial_handshake(
 }
 
 async fn write_frame_half(
-    writer: &mut BufWriter<tokio::io::WriteHalf<TcpStream>>,
+    writer: &mut BufWriter<tokio::io::WriteHalf<PeerStream>>,
     frame: &Frame,
 ) -> Result<(), LinkError> {
     let mut head = BytesMut::with_capacity(128);
@@ -545,7 +585,7 @@ async fn write_frame_half(
 /// Writes queued messages, flushing whenever the queue runs dry. Returns `Ok` when the
 /// queue closes (shutdown), `Err` when the connection breaks.
 async fn send_loop(
-    mut stream: BufWriter<TcpStream>,
+    mut stream: BufWriter<PeerStream>,
     queue: &mut mpsc::Receiver<Queued>,
 ) -> Result<(), LinkError> {
     let mut head = BytesMut::with_capacity(4096);
@@ -591,6 +631,9 @@ async fn accept_loop(
     tracker: tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) {
+    // Refusals already logged, by reason, and when: a peer refused for a reason that stands
+    // (another CA, another secret) dials again every second.
+    let refusals: Arc<Mutex<BTreeMap<String, tokio::time::Instant>>> = Arc::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -609,6 +652,7 @@ async fn accept_loop(
         let client_addrs = Arc::clone(&client_addrs);
         let shutdown = shutdown.clone();
         let metrics = Arc::clone(&config.metrics);
+        let refusals = Arc::clone(&refusals);
         let span = tracing::info_span!("peer", %remote, dir = "in");
         tracker.spawn(
             async move {
@@ -618,6 +662,15 @@ async fn accept_loop(
                 };
                 match result {
                     Ok(()) | Err(LinkError::Closed) => debug!("inbound connection closed"),
+                    Err(e @ (LinkError::Tls(_) | LinkError::Handshake(_))) => {
+                        super::metrics::Metrics::add(&metrics.peer_frames_refused, 1);
+                        let reason = e.to_string();
+                        if first_in_a_while(&refusals, &reason) {
+                            warn!(error = %reason, "inbound connection refused (logged again for this reason after a minute)");
+                        } else {
+                            debug!(error = %reason, "inbound connection refused");
+                        }
+                    }
                     Err(e) => {
                         super::metrics::Metrics::add(&metrics.peer_frames_refused, 1);
                         warn!(error = %e, "inbound connection dropped");
@@ -629,6 +682,19 @@ async fn accept_loop(
     }
 }
 
+/// Whether `reason` was not logged in the last minute (and notes that it is now).
+fn first_in_a_while(logged: &Mutex<BTreeMap<String, tokio::time::Instant>>, reason: &str) -> bool {
+    const QUIET: Duration = Duration::from_secs(60);
+    let now = tokio::time::Instant::now();
+    let mut logged = logged.lock().unwrap_or_else(|e| e.into_inner());
+    logged.retain(|_, at| now.duration_since(*at) < QUIET);
+    if logged.contains_key(reason) {
+        return false;
+    }
+    logged.insert(reason.to_owned(), now);
+    true
+}
+
 /// The acceptor's side of one connection: handshake, then receive frames.
 async fn serve_inbound(
     config: Arc<PeerConfig>,
@@ -637,15 +703,36 @@ async fn serve_inbound(
     client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
-    let (read, write) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(read, PeerCodec);
-    let mut writer = BufWriter::new(write);
-    let from = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        accept_handshake(&config, &mut reader, &mut writer),
-    )
-    .await
-    .map_err(|_| LinkError::Timeout)??;
+    let handshake = async {
+        // TLS first, when the node runs with it: the dialler's certificate must be signed
+        // by the cluster's CA; the node names it carries are checked against its hello.
+        let (stream, named) = match &config.tls {
+            None => (Either::Left(stream), Vec::new()),
+            Some(tls) => {
+                let stream = tls
+                    .peer_acceptor()
+                    .accept(stream)
+                    .await
+                    .map_err(|e| LinkError::Tls(crate::tls::describe(&e)))?;
+                let named = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(<[_]>::first)
+                    .map(crate::tls::named_nodes)
+                    .unwrap_or_default();
+                (Either::Right(stream.into()), named)
+            }
+        };
+        let (read, write) = tokio::io::split(stream);
+        let mut reader = FramedRead::new(read, PeerCodec);
+        let mut writer = BufWriter::new(write);
+        let from = accept_handshake(&config, &named, &mut reader, &mut writer).await?;
+        Ok::<_, LinkError>((from, reader, writer))
+    };
+    let (from, mut reader, writer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
     client_addrs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -733,8 +820,9 @@ async fn serve_inbound(
 /// The acceptor's side of the handshake. Returns the peer's id and client address.
 async fn accept_handshake(
     config: &PeerConfig,
-    reader: &mut FramedRead<tokio::io::ReadHalf<TcpStream>, PeerCodec>,
-    writer: &mut BufWriter<tokio::io::WriteHalf<TcpStream>>,
+    named: &[NodeId],
+    reader: &mut FramedRead<tokio::io::ReadHalf<PeerStream>, PeerCodec>,
+    writer: &mut BufWriter<tokio::io::WriteHalf<PeerStream>>,
 ) -> Result<(NodeId, Announced), LinkError> {
     let hello = match read_frame(reader).await? {
         Frame::Hello(hello) => hello,
@@ -777,6 +865,13 @@ async fn accept_handshake(
         ))
     } else if hello.from == config.node_id || crate::core::Members::bit(hello.from).is_none() {
         Some(format!("node id {} cannot be a member", hello.from))
+    } else if !named.is_empty() && !named.contains(&hello.from) {
+        let list: Vec<String> = named.iter().map(ToString::to_string).collect();
+        Some(format!(
+            "the dialler says it is node {} but its TLS certificate names node {}",
+            hello.from,
+            list.join(", ")
+        ))
     } else if hello.config_lsn == 0 && view.lsn == 0 && hello.members != view.ids {
         Some(format!(
             "node {} was started with members {} and node {} with members {}: nodes that \

@@ -253,7 +253,7 @@ pub enum DecodeError {
 
 impl From<std::io::Error> for DecodeError {
     fn from(e: std::io::Error) -> DecodeError {
-        DecodeError::Io(e.to_string())
+        DecodeError::Io(crate::tls::tls_words(&e).unwrap_or_else(|| e.to_string()))
     }
 }
 
