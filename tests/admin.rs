@@ -187,7 +187,7 @@ fn admin_endpoints_report_roles_status_and_metrics() {
     assert_eq!(backup["primary"], primary);
     assert!(backup["heartbeat_age_ms"].is_u64(), "{backup}");
 
-    // Prometheus text: the status as gauges, per-peer lag, then counters and histograms.
+    // OpenMetrics text: the status as gauges, per-peer lag, then counters and histograms.
     let (code_metrics, metrics) = get(admin(primary), "/metrics").expect("/metrics answers");
     assert_eq!(code_metrics, 200);
     let expected = [
@@ -202,12 +202,14 @@ fn admin_endpoints_report_roles_status_and_metrics() {
         format!("understudy_peer_connected{{peer=\"{}\"}} 1\n", backups[0]),
         "# TYPE understudy_fsync_seconds histogram\n".to_string(),
         "understudy_fsync_seconds_bucket{le=\"+Inf\"} ".to_string(),
+        "# TYPE understudy_appended_records counter\n".to_string(),
         "understudy_appended_records_total ".to_string(),
         "understudy_elections_total ".to_string(),
     ];
     for line in &expected {
         assert!(metrics.contains(line.as_str()), "no {line:?} in\n{metrics}");
     }
+    assert!(metrics.ends_with("\n# EOF\n"), "{metrics}");
 
     // Mistakes.
     assert_eq!(code(admin(primary), "/nope"), Some(404));
@@ -448,28 +450,30 @@ fn run_refuses_an_admin_port_that_is_taken() {
 }
 
 /// `/metrics` of a primary and of a backup, read by the Prometheus project's own Python
-/// parser (Debian's python3-prometheus-client, which CI installs): every line parses, no
-/// family is declared twice, every sample belongs to its family.
+/// OpenMetrics parser (Debian's python3-prometheus-client, which CI installs), the format
+/// the Content-Type names: every line parses, `# EOF` ends it, no family is declared twice
+/// (the parser refuses clashing names, a counter `x` and a gauge `x_total` included), and
+/// every sample belongs to a declared family.
 #[test]
 fn metrics_parse_with_the_prometheus_client_parser() {
     const CHECK: &str = r#"
 import sys
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 names = []
-counters = []
 for family in text_string_to_metric_families(sys.stdin.read()):
     names.append(family.name)
-    if family.type == "counter":
-        counters.append(family.name[:-len("_total")] if family.name.endswith("_total") else family.name)
+    # A sample under no declared family is taken as a family of its own, of type unknown.
+    if family.type == "unknown":
+        sys.exit(f"sample {family.name} belongs to no declared family")
     for sample in family.samples:
         suffix = sample.name[len(family.name):]
         if not sample.name.startswith(family.name) or suffix not in ("", "_total", "_created", "_bucket", "_count", "_sum", "_info"):
             sys.exit(f"sample {sample.name} is outside its family {family.name}")
-# OpenMetrics names a counter's family without `_total`: that name must be free too.
-twice = sorted({n for n in names if names.count(n) > 1} | {c for c in counters if c in names and c + "_total" in names})
+# OpenMetrics names a counter's family without `_total`: `x` and `x_total` would be one.
+twice = sorted({n for n in names if names.count(n) > 1 or n + "_total" in names})
 if twice:
     sys.exit(f"families declared twice: {twice}")
-for wanted in ("understudy_lag_seconds", "understudy_peer_lag_seconds", "understudy_build_info", "process_open_fds"):
+for wanted in ("understudy_lag_seconds", "understudy_peer_lag_seconds", "understudy_build_info", "process_open_fds", "process_cpu_seconds", "understudy_elections", "understudy_snapshot_lsn", "understudy_fsync_seconds"):
     if wanted not in names:
         sys.exit(f"no family {wanted}")
 print(len(names))
@@ -487,8 +491,15 @@ print(len(names))
     let primary = one_primary(&cluster);
     let backup = (1..=3).find(|&id| id != primary).unwrap();
     for id in [primary, backup] {
-        let (code, body) = get(cluster.node(id).admin_addr, "/metrics").expect("/metrics");
+        let (code, head, body) =
+            http(cluster.node(id).admin_addr, "GET", "/metrics").expect("/metrics");
         assert_eq!(code, 200);
+        assert!(
+            head.to_ascii_lowercase().contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{head}"
+        );
         let mut child = std::process::Command::new(python)
             .args(["-c", CHECK])
             .stdin(std::process::Stdio::piped())

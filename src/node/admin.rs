@@ -8,7 +8,7 @@
 //! | `GET /replica` | 200 `backup` on a backup following a primary it heard from within [`REPLICA_HEARTBEAT_AGE_MAX_MS`], else 503 and why |
 //! | `GET /health` | 200 `ok` while the node runs and its disk has not failed, else 503 and why (liveness of the sidecar) |
 //! | `GET /ready` | 200 and the role when the node can serve its role: its application live (when one is expected), and on a primary its lease held, on a backup a primary heard within [`REPLICA_HEARTBEAT_AGE_MAX_MS`] and at most `--ready-max-lag` committed records not yet durable here; else 503 and why |
-//! | `GET /metrics` | 200, Prometheus text: the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` with `--app-cmd`) |
+//! | `GET /metrics` | 200, OpenMetrics text rendered by prometheus-client: the build and the process, the status as gauges, then the node's counters and histograms (`understudy_app_restarts_total` with `--app-cmd`) and the snapshots' |
 //! | `POST /switchover?to=N` | a planned switchover to node N (without `to`, to the best backup: one whose application is live, then the most up to date, then the highest priority): 200 when handed over, 409 when refused, 503 when it timed out or the node is stopping; the body is a [`SwitchoverResponse`] |
 //! | `POST /pause[?stamp=MS]`, `POST /resume[?stamp=MS]` | stop or restart automatic failover on this node (stored in the data dir; a primary passes it to its backups, which take it when its stamp is newer than theirs): 200 `paused` / `resumed` once stored. `stamp` (default: now, in Unix milliseconds) orders commands; `understudy pause` gives every node the same one |
 //!
@@ -32,7 +32,7 @@
 //! core.
 
 use std::convert::Infallible;
-use std::fmt::Write;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -52,7 +53,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::handle::{role_name, MembersReply, NodeHandle, NodeStatus};
-use super::metrics::Metrics;
+use super::metrics::{self, encode_counter, encode_gauge, encode_gauges, Metrics};
+use super::snapshot::Snapshots;
 use crate::config::AdminToken;
 use crate::core::{MembersChange, Role, SwitchoverOutcome, SwitchoverRefusal};
 use crate::NodeId;
@@ -347,16 +349,18 @@ async fn respond(
             let (code, body) = health_check(&node.status(), node.requests.is_closed());
             text(code, body)
         }
-        Endpoint::Metrics => {
-            let mut out = String::with_capacity(8 << 10);
-            render_metrics(&node.status(), node.metrics(), &mut out);
-            node.snapshots().render_metrics(&mut out);
-            with_type(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                out.into(),
-            )
-        }
+        Endpoint::Metrics => match render_metrics(
+            node.status(),
+            node.metrics_arc(),
+            Some(Arc::clone(&node.snapshots)),
+        ) {
+            Ok(out) => with_type(StatusCode::OK, metrics::CONTENT_TYPE, out.into()),
+            // The encoder writes to a String, which does not fail: a formatting error only.
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the metrics: {e}\n"),
+            ),
+        },
         Endpoint::Switchover => switchover(node, request.uri().query()).await,
         Endpoint::Members => {
             let status = node.status();
@@ -773,27 +777,22 @@ fn switchover_words(
     }
 }
 
-/// Appends `# HELP` and `# TYPE gauge` for a metric.
-fn gauge(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-}
-
 /// `understudy_build_info` and the process's own figures (`process_*`, the names the
 /// Prometheus client libraries use), read from `/proc/self`; a figure that cannot be read
 /// is left out.
-fn render_process_metrics(out: &mut String) {
-    gauge(
-        out,
+fn encode_process_metrics(encoder: &mut DescriptorEncoder) -> fmt::Result {
+    encode_gauges(
+        encoder,
         "understudy_build_info",
         "Always 1; the version and the commit this binary was built from.",
-    );
-    let _ = writeln!(
-        out,
-        "understudy_build_info{{version=\"{}\",commit=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        env!("UNDERSTUDY_COMMIT")
-    );
+        [(
+            [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("UNDERSTUDY_COMMIT")),
+            ],
+            1u64,
+        )],
+    )?;
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     // SAFETY: as above.
@@ -808,67 +807,59 @@ fn render_process_metrics(out: &mut String) {
     // utime and stime are fields 14 and 15 of stat(5), starttime 22; `fields` starts at 3.
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
     if let (Some(user), Some(system), true) = (field(14), field(15), ticks > 0) {
-        let _ = writeln!(
-            out,
-            "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds."
-        );
-        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
-        let _ = writeln!(
-            out,
-            "process_cpu_seconds_total {}",
-            (user + system) as f64 / ticks as f64
-        );
+        encode_counter(
+            encoder,
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds.",
+            (user + system) as f64 / ticks as f64,
+        )?;
     }
     let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
     });
     if let (Some(start), Some(boot), true) = (field(22), boot, ticks > 0) {
-        gauge(
-            out,
+        encode_gauge(
+            encoder,
             "process_start_time_seconds",
             "Start time of the process since the Unix epoch, in seconds.",
-        );
-        let _ = writeln!(
-            out,
-            "process_start_time_seconds {}",
-            boot as f64 + start as f64 / ticks as f64
-        );
+            boot as f64 + start as f64 / ticks as f64,
+        )?;
     }
     let resident = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
-    if let (Some(pages), true) = (resident, page > 0) {
-        gauge(
-            out,
-            "process_resident_memory_bytes",
-            "Resident memory size, in bytes.",
-        );
-        let _ = writeln!(out, "process_resident_memory_bytes {}", pages * page as u64);
+    if let (Some(pages), Ok(page)) = (resident, u64::try_from(page)) {
+        if page > 0 {
+            encode_gauge(
+                encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size, in bytes.",
+                pages.saturating_mul(page),
+            )?;
+        }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        gauge(out, "process_open_fds", "Open file descriptors.");
-        let _ = writeln!(out, "process_open_fds {}", fds.count());
+        encode_gauge(
+            encoder,
+            "process_open_fds",
+            "Open file descriptors.",
+            fds.count() as u64,
+        )?;
     }
+    Ok(())
 }
 
-/// Renders `/metrics`: the status as gauges, then the node's counters and histograms.
-pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) {
-    render_process_metrics(out);
-    gauge(
-        out,
+/// The status as gauges: role, epoch, LSN pointers, lag, and each peer's.
+fn encode_status(status: &NodeStatus, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    encode_gauges(
+        encoder,
         "understudy_role",
         "The node's role: 1 for the current one, 0 for the others.",
-    );
-    for role in [Role::Primary, Role::Backup, Role::Candidate] {
-        let current = u8::from(status.role == role);
-        let _ = writeln!(
-            out,
-            "understudy_role{{role=\"{}\"}} {current}",
-            role_name(role)
-        );
-    }
-    let scalars: [(&str, &str, u64); 6] = [
+        [Role::Primary, Role::Backup, Role::Candidate]
+            .map(|role| ([("role", role_name(role))], u64::from(status.role == role))),
+    )?;
+    let scalars: [(&str, &str, u64); 7] = [
         (
             "understudy_epoch",
             "The node's current epoch.",
@@ -899,79 +890,93 @@ pub fn render_metrics(status: &NodeStatus, metrics: &Metrics, out: &mut String) 
             "1 once the node's disk failed and it stopped acknowledging.",
             u64::from(status.failed.is_some()),
         ),
-    ];
-    for (name, help, value) in scalars {
-        gauge(out, name, help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    let own_lag: [(&str, &str, f64); 2] = [
         (
             "understudy_lag_records",
             "On a backup: committed records (as its primary last said) not yet durable here; 0 on a primary.",
-            status.lag_records as f64,
-        ),
-        (
-            "understudy_lag_seconds",
-            "On a backup: seconds since it last held durably every record its primary had committed; 0 on a primary.",
-            status.lag_ms as f64 / 1000.0,
+            status.lag_records,
         ),
     ];
-    for (name, help, value) in own_lag {
-        gauge(out, name, help);
-        let _ = writeln!(out, "{name} {value}");
+    for (name, help, value) in scalars {
+        encode_gauge(encoder, name, help, value)?;
     }
-    type PeerValue = fn(&super::PeerStatus) -> Option<f64>;
-    let per_peer: [(&str, &str, PeerValue); 5] = [
-        (
-            "understudy_peer_lag_records",
-            "Records the peer is behind this node's last LSN (on the primary; 0 elsewhere).",
-            |peer| Some(peer.lag_records as f64),
-        ),
-        (
-            "understudy_peer_lag_bytes",
-            "Bytes of log the peer is behind, estimated (on the primary; 0 elsewhere).",
-            |peer| Some(peer.lag_bytes as f64),
-        ),
-        (
-            "understudy_peer_lag_seconds",
-            "Seconds since the peer last held every record this node had, an upper bound on the age of the oldest record it lacks (on the primary; 0 elsewhere).",
-            |peer| Some(peer.lag_ms as f64 / 1000.0),
-        ),
-        (
-            "understudy_peer_connected",
-            "1 while a peer connection is up.",
-            |peer| Some(f64::from(u8::from(peer.connected))),
-        ),
-        (
-            "understudy_peer_last_heard_seconds",
-            "Seconds since this node last heard from the peer (absent if never).",
-            |peer| peer.last_heard_ms.map(|ms| ms as f64 / 1000.0),
-        ),
-    ];
-    for (name, help, value) in per_peer {
-        gauge(out, name, help);
-        for peer in &status.peers {
-            if let Some(value) = value(peer) {
-                let _ = writeln!(out, "{name}{{peer=\"{}\"}} {value}", peer.node_id);
-            }
+    encode_gauge(
+        encoder,
+        "understudy_lag_seconds",
+        "On a backup: seconds since it last held durably every record its primary had committed; 0 on a primary.",
+        status.lag_ms as f64 / 1000.0,
+    )?;
+    let peers = &status.peers;
+    encode_gauges(
+        encoder,
+        "understudy_peer_lag_records",
+        "Records the peer is behind this node's last LSN (on the primary; 0 elsewhere).",
+        peers
+            .iter()
+            .map(|peer| ([("peer", peer.node_id)], peer.lag_records)),
+    )?;
+    encode_gauges(
+        encoder,
+        "understudy_peer_lag_bytes",
+        "Bytes of log the peer is behind, estimated (on the primary; 0 elsewhere).",
+        peers
+            .iter()
+            .map(|peer| ([("peer", peer.node_id)], peer.lag_bytes)),
+    )?;
+    encode_gauges(
+        encoder,
+        "understudy_peer_lag_seconds",
+        "Seconds since the peer last held every record this node had, an upper bound on the age of the oldest record it lacks (on the primary; 0 elsewhere).",
+        peers
+            .iter()
+            .map(|peer| ([("peer", peer.node_id)], peer.lag_ms as f64 / 1000.0)),
+    )?;
+    encode_gauges(
+        encoder,
+        "understudy_peer_connected",
+        "1 while a peer connection is up.",
+        peers
+            .iter()
+            .map(|peer| ([("peer", peer.node_id)], u64::from(peer.connected))),
+    )?;
+    encode_gauges(
+        encoder,
+        "understudy_peer_last_heard_seconds",
+        "Seconds since this node last heard from the peer (absent if never).",
+        peers.iter().filter_map(|peer| {
+            let ms = peer.last_heard_ms?;
+            Some(([("peer", peer.node_id)], ms as f64 / 1000.0))
+        }),
+    )
+}
+
+/// Renders `/metrics` with prometheus-client (OpenMetrics text, served as
+/// [`metrics::CONTENT_TYPE`]): the build and the process, the status as gauges, the node's
+/// counters and histograms, then the snapshots' when given. Everything is read when the
+/// registry encodes it.
+pub fn render_metrics(
+    status: Arc<NodeStatus>,
+    node_metrics: Arc<Metrics>,
+    snapshots: Option<Arc<Snapshots>>,
+) -> Result<String, fmt::Error> {
+    metrics::render(move |encoder| {
+        encode_process_metrics(encoder)?;
+        encode_status(&status, encoder)?;
+        node_metrics.encode(encoder)?;
+        if status.app.is_some() {
+            encode_counter(
+                encoder,
+                "understudy_app_restarts",
+                "Times the --app-cmd application was started again after it exited.",
+                node_metrics
+                    .app_restarts
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )?;
         }
-    }
-    metrics.render(out);
-    if status.app.is_some() {
-        let name = "understudy_app_restarts_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Times the --app-cmd application was started again after it exited."
-        );
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            metrics
-                .app_restarts
-                .load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
+        match &snapshots {
+            Some(snapshots) => snapshots.encode_metrics(encoder),
+            None => Ok(()),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -1108,11 +1113,10 @@ mod tests {
     /// it, `/status` has `app` and `/metrics` counts its restarts.
     #[test]
     fn app_is_reported_only_when_supervised() {
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         Metrics::add(&metrics.app_restarts, 2);
         let plain = status(Role::Backup);
-        let mut out = String::new();
-        render_metrics(&plain, &metrics, &mut out);
+        let out = render_metrics(Arc::new(plain.clone()), Arc::clone(&metrics), None).unwrap();
         assert!(!out.contains("understudy_app_restarts_total"), "{out}");
         let json = serde_json::to_value(&plain).unwrap();
         assert!(json.get("app").is_none(), "{json}");
@@ -1126,8 +1130,7 @@ mod tests {
             }),
             ..plain
         };
-        let mut out = String::new();
-        render_metrics(&supervised, &metrics, &mut out);
+        let out = render_metrics(Arc::new(supervised.clone()), metrics, None).unwrap();
         assert!(out.contains("\nunderstudy_app_restarts_total 2\n"), "{out}");
         let json = serde_json::to_value(&supervised).unwrap();
         assert_eq!(
@@ -1140,8 +1143,7 @@ mod tests {
     /// one-hot label set and peers labelled by id.
     #[test]
     fn metrics_render_status_gauges_then_counters() {
-        let mut out = String::new();
-        render_metrics(&status(Role::Primary), &Metrics::default(), &mut out);
+        let out = render_metrics(Arc::new(status(Role::Primary)), Arc::default(), None).unwrap();
         for line in [
             "understudy_role{role=\"primary\"} 1\n",
             "understudy_role{role=\"backup\"} 0\n",
@@ -1157,34 +1159,34 @@ mod tests {
             "understudy_peer_connected{peer=\"2\"} 1\n",
             "understudy_peer_last_heard_seconds{peer=\"2\"} 1.5\n",
             "# TYPE understudy_fsync_seconds histogram\n",
+            "# TYPE understudy_elections counter\n",
             "understudy_elections_total 0\n",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }
     }
 
-    /// What a strict parser (OpenMetrics) holds against a text exposition: every family
-    /// declared once, no family that another's samples also belong to (a counter `x_total`
-    /// is family `x`, a histogram's `_bucket`, `_sum` and `_count` are its own), and every
-    /// sample under a declared family of the right type.
+    /// What an OpenMetrics parser holds against the exposition: every family declared once
+    /// (a counter's family is its name without `_total`, a histogram's `_bucket`, `_sum`
+    /// and `_count` are its own), every sample under a declared family of the right type,
+    /// and `# EOF` at the end.
     #[test]
     fn metrics_declare_every_family_once_as_a_strict_parser_wants() {
-        let mut out = String::new();
-        render_metrics(&status(Role::Primary), &Metrics::default(), &mut out);
+        let out = render_metrics(Arc::new(status(Role::Primary)), Arc::default(), None).unwrap();
+        assert!(out.ends_with("\n# EOF\n"), "{out}");
         let mut families: std::collections::BTreeMap<String, String> = Default::default();
         for line in out.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-                // The family: a counter's name without its _total.
-                let family = match kind {
-                    "counter" => name.strip_suffix("_total").unwrap_or(name),
-                    _ => name,
-                };
+                let (family, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(
+                    !(kind == "counter" && family.ends_with("_total")),
+                    "counter family {family} is exposed as {family}_total"
+                );
                 assert!(
                     families
                         .insert(family.to_owned(), kind.to_owned())
                         .is_none(),
-                    "family {family} declared twice (last as {name} {kind})"
+                    "family {family} declared twice (last as {kind})"
                 );
             }
         }

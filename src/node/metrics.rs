@@ -1,12 +1,25 @@
-//! Counters and histograms the node keeps for `/metrics`. Plain atomics: the core loop, the
-//! WAL writer thread and service tasks update them without locks; the admin server reads
-//! them and renders the Prometheus text format.
+//! Counters and histograms the node keeps for `/metrics`, and the helpers that render them
+//! with prometheus-client. Plain atomics: the core loop, the WAL writer thread and service
+//! tasks update them without locks (prometheus-client's own histogram takes a lock per
+//! observation); at each scrape the admin server reads them into a registry of its own and
+//! prometheus-client writes the OpenMetrics text.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+    NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
 /// A fixed-bucket latency histogram (Prometheus `histogram` semantics: cumulative buckets
-/// rendered from per-bucket counts).
+/// encoded from per-bucket counts).
 #[derive(Debug)]
 pub struct Histogram {
     /// Upper bounds in seconds, ascending.
@@ -41,21 +54,22 @@ impl Histogram {
         );
     }
 
-    /// Appends the histogram in Prometheus text format.
-    pub fn render(&self, name: &str, help: &str, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    /// Encodes the histogram as the family `name` (`_bucket`, `_sum`, `_count`).
+    pub fn encode(&self, encoder: &mut DescriptorEncoder, name: &str, help: &str) -> fmt::Result {
+        // Per-bucket counts, upper bound first; the encoder makes them cumulative.
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.counts)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|&(_, count)| count).sum();
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
@@ -147,139 +161,197 @@ impl Metrics {
             .fetch_max(nanos, Ordering::Relaxed);
     }
 
-    /// Appends the counters and histograms in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Encodes the counters, gauges and histograms. Counter families are named without
+    /// `_total`: the encoder adds it to the sample (`understudy_elections` is exposed as
+    /// `understudy_elections_total`).
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let counters: [(&str, &str, &AtomicU64); 16] = [
             (
-                "understudy_appended_records_total",
+                "understudy_appended_records",
                 "Records accepted from the local application.",
                 &self.appended_records,
             ),
             (
-                "understudy_appended_bytes_total",
+                "understudy_appended_bytes",
                 "Payload bytes accepted from the local application.",
                 &self.appended_bytes,
             ),
             (
-                "understudy_committed_records_total",
+                "understudy_committed_records",
                 "Local appends acknowledged as committed.",
                 &self.committed_records,
             ),
             (
-                "understudy_elections_total",
+                "understudy_elections",
                 "Elections this node stood in.",
                 &self.elections,
             ),
             (
-                "understudy_promotions_total",
+                "understudy_promotions",
                 "Times this node became primary.",
                 &self.promotions,
             ),
             (
-                "understudy_peer_frames_refused_total",
+                "understudy_peer_frames_refused",
                 "Peer connections dropped for a bad handshake or frame.",
                 &self.peer_frames_refused,
             ),
             (
-                "understudy_client_connections_total",
+                "understudy_client_connections",
                 "Client-port connections accepted.",
                 &self.proxy_accepted,
             ),
             (
-                "understudy_client_connections_refused_total",
+                "understudy_client_connections_refused",
                 "Client-port connections refused over the limit.",
                 &self.proxy_refused,
             ),
             (
-                "understudy_client_connections_cut_total",
+                "understudy_client_connections_cut",
                 "Client-port connections closed because the primary changed.",
                 &self.proxy_closed_on_role_change,
             ),
             (
-                "understudy_proposals_refused_disk_behind_total",
+                "understudy_proposals_refused_disk_behind",
                 "Proposals refused because the WAL writer's queue was full.",
                 &self.proposals_refused_disk_behind,
             ),
             (
-                "understudy_appends_deferred_total",
+                "understudy_appends_deferred",
                 "Appends from the primary taken in as heartbeats, records dropped for the primary to resend, because the WAL writer's queue was full.",
                 &self.appends_deferred,
             ),
             (
-                "understudy_records_damaged_total",
+                "understudy_records_damaged",
                 "Damaged committed records found in the local log (checksum failures no crash explains).",
                 &self.records_damaged,
             ),
             (
-                "understudy_records_repaired_total",
+                "understudy_records_repaired",
                 "Damaged records rewritten from a peer's verified copy.",
                 &self.records_repaired,
             ),
             (
-                "understudy_app_upstream_failures_total",
+                "understudy_app_upstream_failures",
                 "Connections to the application's --app-addr that failed (client port and liveness probe).",
                 &self.app_upstream_failures,
             ),
             (
-                "understudy_app_detachments_total",
+                "understudy_app_detachments",
                 "Times the application's last subscribed app API connection closed.",
                 &self.app_detachments,
             ),
             (
-                "understudy_app_gone_total",
+                "understudy_app_gone",
                 "Times the application was found gone: detached, not answering pings, or unreachable at --app-addr.",
                 &self.app_gone,
             ),
         ];
         for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+            encode_counter(encoder, name, help, counter.load(Ordering::Relaxed))?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP understudy_client_connections_open Client-port connections open now."
-        );
         // Not `understudy_client_connections`: that is the family of the counter
-        // `understudy_client_connections_total`, and a strict parser refuses a family
-        // declared twice.
-        let _ = writeln!(out, "# TYPE understudy_client_connections_open gauge");
-        let _ = writeln!(
-            out,
-            "understudy_client_connections_open {}",
-            self.proxy_active.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP understudy_app_live 1 while the application is attached, answering and reachable."
-        );
-        let _ = writeln!(out, "# TYPE understudy_app_live gauge");
-        let _ = writeln!(
-            out,
-            "understudy_app_live {}",
-            self.app_live.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP understudy_heartbeat_gap_max_seconds On a backup: the longest time between two appends (heartbeats included) the core loop took in from the same primary in the same epoch, since start."
-        );
-        let _ = writeln!(out, "# TYPE understudy_heartbeat_gap_max_seconds gauge");
-        let _ = writeln!(
-            out,
-            "understudy_heartbeat_gap_max_seconds {}",
-            self.heartbeat_gap_max_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
-        self.fsync_latency.render(
+        // `understudy_client_connections_total`, and a family is declared once.
+        encode_gauge(
+            encoder,
+            "understudy_client_connections_open",
+            "Client-port connections open now.",
+            self.proxy_active.load(Ordering::Relaxed),
+        )?;
+        encode_gauge(
+            encoder,
+            "understudy_app_live",
+            "1 while the application is attached, answering and reachable.",
+            self.app_live.load(Ordering::Relaxed),
+        )?;
+        encode_gauge(
+            encoder,
+            "understudy_heartbeat_gap_max_seconds",
+            "On a backup: the longest time between two appends (heartbeats included) the core loop took in from the same primary in the same epoch, since start.",
+            self.heartbeat_gap_max_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )?;
+        self.fsync_latency.encode(
+            encoder,
             "understudy_fsync_seconds",
             "WAL fdatasync latency per group-commit batch.",
-            out,
-        );
-        self.commit_latency.render(
+        )?;
+        self.commit_latency.encode(
+            encoder,
             "understudy_commit_seconds",
             "Time from a local append to its commit, on the primary.",
-            out,
-        );
+        )
+    }
+}
+
+/// A counter family of one sample. `name` is the family's, without `_total`: the encoder
+/// names the sample `{name}_total`.
+pub fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeCounterValue,
+) -> fmt::Result {
+    debug_assert!(!name.ends_with("_total"), "{name}: the encoder adds _total");
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+/// A gauge family of one sample without labels.
+pub fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeGaugeValue,
+) -> fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// A gauge family with one sample per label set.
+pub fn encode_gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The OpenMetrics text, `# EOF` included, of the families `encode` writes, rendered by
+/// prometheus-client: `encode` is the one collector of a registry made for this call, so
+/// it reads the atomics and the status as they are now.
+pub fn render(
+    encode: impl Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
+) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Families(encode)));
+    let mut out = String::with_capacity(8 << 10);
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// The Content-Type of what [`render`] returns.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A closure as a prometheus-client [`Collector`].
+struct Families<F>(F);
+
+impl<F> fmt::Debug for Families<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Families")
+    }
+}
+
+impl<F> Collector for Families<F>
+where
+    F: Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        (self.0)(&mut encoder)
     }
 }
 
@@ -293,12 +365,17 @@ mod tests {
         histogram.observe(Duration::from_micros(500));
         histogram.observe(Duration::from_millis(5));
         histogram.observe(Duration::from_millis(50));
-        let mut out = String::new();
-        histogram.render("x", "help", &mut out);
+        let out = render(move |encoder| histogram.encode(encoder, "x", "help")).unwrap();
+        assert!(
+            out.starts_with("# HELP x help\n# TYPE x histogram\n"),
+            "{out}"
+        );
         assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.01\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+        assert!(out.contains("x_sum 0.0555\n"), "{out}");
+        assert!(out.ends_with("\n# EOF\n"), "{out}");
     }
 
     /// The heartbeat gap gauge keeps the largest gap observed, in seconds.
@@ -308,11 +385,23 @@ mod tests {
         metrics.observe_heartbeat_gap(Duration::from_millis(40));
         metrics.observe_heartbeat_gap(Duration::from_millis(250));
         metrics.observe_heartbeat_gap(Duration::from_millis(60));
-        let mut out = String::new();
-        metrics.render(&mut out);
+        let out = render(move |encoder| metrics.encode(encoder)).unwrap();
         assert!(
             out.contains("\nunderstudy_heartbeat_gap_max_seconds 0.25\n"),
             "{out}"
         );
+    }
+
+    /// Counters are exposed with `_total`, which the encoder adds to the family's name.
+    #[test]
+    fn counters_are_exposed_with_total() {
+        let metrics = Metrics::default();
+        Metrics::add(&metrics.elections, 2);
+        let out = render(move |encoder| metrics.encode(encoder)).unwrap();
+        assert!(
+            out.contains("# TYPE understudy_elections counter\nunderstudy_elections_total 2\n"),
+            "{out}"
+        );
+        assert!(!out.contains("_total_total"), "{out}");
     }
 }

@@ -384,34 +384,36 @@ impl Snapshots {
         }
     }
 
-    /// Appends the snapshot counters in Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Encodes the snapshot counters and the newest snapshot's LSN for `/metrics`
+    /// (counter families without `_total`, which the encoder adds).
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use crate::node::metrics::{encode_counter, encode_gauge};
         let m = &self.metrics;
         let counters: [(&str, &str, &AtomicU64); 10] = [
-            ("understudy_snapshots_taken_total", "Snapshots of the local application stored.", &m.taken),
-            ("understudy_snapshot_requests_unanswered_total", "Snapshot requests the application did not answer in time; the log is not truncated meanwhile.", &m.requests_unanswered),
-            ("understudy_snapshot_requests_declined_total", "Snapshot requests the application declined.", &m.requests_declined),
-            ("understudy_snapshot_uploads_abandoned_total", "Uploads of the application's snapshot that stalled or broke off before the end; the application is asked again.", &m.uploads_abandoned),
-            ("understudy_snapshots_installed_from_primary_total", "Snapshots received from the primary and installed.", &m.installed_from_primary),
-            ("understudy_snapshot_transfers_resumed_total", "Snapshot transfers resumed after a broken connection.", &m.transfers_resumed),
-            ("understudy_snapshot_sent_bytes_total", "Snapshot body bytes sent to backups and acknowledged.", &m.bytes_sent),
-            ("understudy_snapshot_received_bytes_total", "Snapshot body bytes received and verified.", &m.bytes_received),
-            ("understudy_snapshots_corrupt_total", "Snapshots found damaged and not used.", &m.corrupt_found),
-            ("understudy_log_segments_truncated_total", "Log segments deleted behind a snapshot.", &m.log_segments_truncated),
+            ("understudy_snapshots_taken", "Snapshots of the local application stored.", &m.taken),
+            ("understudy_snapshot_requests_unanswered", "Snapshot requests the application did not answer in time; the log is not truncated meanwhile.", &m.requests_unanswered),
+            ("understudy_snapshot_requests_declined", "Snapshot requests the application declined.", &m.requests_declined),
+            ("understudy_snapshot_uploads_abandoned", "Uploads of the application's snapshot that stalled or broke off before the end; the application is asked again.", &m.uploads_abandoned),
+            ("understudy_snapshots_installed_from_primary", "Snapshots received from the primary and installed.", &m.installed_from_primary),
+            ("understudy_snapshot_transfers_resumed", "Snapshot transfers resumed after a broken connection.", &m.transfers_resumed),
+            ("understudy_snapshot_sent_bytes", "Snapshot body bytes sent to backups and acknowledged.", &m.bytes_sent),
+            ("understudy_snapshot_received_bytes", "Snapshot body bytes received and verified.", &m.bytes_received),
+            ("understudy_snapshots_corrupt", "Snapshots found damaged and not used.", &m.corrupt_found),
+            ("understudy_log_segments_truncated", "Log segments deleted behind a snapshot.", &m.log_segments_truncated),
         ];
         for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+            encode_counter(encoder, name, help, counter.load(Ordering::Relaxed))?;
         }
         let lsn = self.newest().map_or(0, |info| info.lsn.get());
-        let _ = writeln!(
-            out,
-            "# HELP understudy_snapshot_lsn The LSN the newest snapshot covers."
-        );
-        let _ = writeln!(out, "# TYPE understudy_snapshot_lsn gauge");
-        let _ = writeln!(out, "understudy_snapshot_lsn {lsn}");
+        encode_gauge(
+            encoder,
+            "understudy_snapshot_lsn",
+            "The LSN the newest snapshot covers.",
+            lsn,
+        )
     }
 
     fn set_transfer(&self, status: Option<TransferStatus>, key: (u16, &'static str)) {
