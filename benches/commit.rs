@@ -6,7 +6,12 @@
 //! ```text
 //! cargo bench --bench commit                       # 1, 16 and 256 in flight, 128-byte records
 //! cargo bench --bench commit -- --inflight 256 --seconds 10 --record-len 1024
+//! cargo bench --bench commit -- --tls both         # plain, then mutual TLS, and the ratio
 //! ```
+//!
+//! `--tls on` runs the cluster with mutual TLS on its peer links (a throwaway CA made by
+//! the benchmark); `--tls both` runs plain and TLS clusters one after the other and prints
+//! TLS records/s over plain records/s for each N.
 //!
 //! Not a timed test: it measures, prints, and always exits 0 unless the cluster fails.
 
@@ -44,6 +49,8 @@ struct Options {
     inflight: Vec<usize>,
     seconds: f64,
     record_len: usize,
+    /// Which clusters to run: plain TCP, mutual TLS, or both.
+    tls: Vec<bool>,
 }
 
 fn options() -> Options {
@@ -51,6 +58,7 @@ fn options() -> Options {
         inflight: vec![1, 16, 256],
         seconds: 3.0,
         record_len: 128,
+        tls: vec![false],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -67,6 +75,13 @@ fn options() -> Options {
             "--record-len" => {
                 options.record_len = args.next().and_then(|v| v.parse().ok()).unwrap_or(128)
             }
+            "--tls" => {
+                options.tls = match args.next().as_deref() {
+                    Some("on") => vec![true],
+                    Some("both") => vec![false, true],
+                    _ => vec![false],
+                }
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -79,10 +94,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    runtime.block_on(run(options));
+    let mut rates = Vec::new();
+    for &tls in &options.tls {
+        rates.push(runtime.block_on(run(&options, tls)));
+    }
+    if let [plain, tls] = &rates[..] {
+        println!("TLS against plain, records/s:");
+        for ((inflight, plain), (_, tls)) in plain.iter().zip(tls) {
+            println!("{inflight:>9}  {:>6.2}x", tls / plain);
+        }
+    }
 }
 
-async fn run(options: Options) {
+/// Runs every in-flight count on a fresh cluster; returns (in flight, records/s) pairs.
+async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
     let mut cluster = support::Cluster::new(3);
     cluster.args = vec![
         "--heartbeat-interval".into(),
@@ -92,6 +117,9 @@ async fn run(options: Options) {
         "--fsync".into(),
         "always".into(),
     ];
+    if tls {
+        support::tls::secure(&mut cluster);
+    }
     for id in 1..=3 {
         cluster.start_node(id);
     }
@@ -116,7 +144,8 @@ async fn run(options: Options) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!(
-        "3 nodes, --fsync always, {}-byte records, {} s per run; primary is node {}",
+        "3 nodes, --fsync always, {}, {}-byte records, {} s per run; primary is node {}",
+        if tls { "mutual TLS" } else { "plain TCP" },
         options.record_len,
         options.seconds,
         primary.node_id()
@@ -126,15 +155,18 @@ async fn run(options: Options) {
         "in flight", "records/s", "p50", "p99", "p999"
     );
     let payload = Bytes::from(vec![b'x'; options.record_len]);
+    let mut rates = Vec::new();
     for &inflight in &options.inflight {
         // Warm up briefly, then measure.
         let _ = measure(&primary, &payload, inflight, 0.3).await;
         let (count, mut latencies, elapsed) =
             measure(&primary, &payload, inflight, options.seconds).await;
         latencies.sort_unstable();
+        let rate = count as f64 / elapsed.as_secs_f64();
+        rates.push((inflight, rate));
         println!(
             "{inflight:>9}  {:>12.0}  {:>7.2}ms  {:>7.2}ms  {:>7.2}ms",
-            count as f64 / elapsed.as_secs_f64(),
+            rate,
             percentile(&latencies, 0.50).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
             percentile(&latencies, 0.999).as_secs_f64() * 1e3,
@@ -144,4 +176,5 @@ async fn run(options: Options) {
     for id in 1..=3 {
         cluster.kill(id);
     }
+    rates
 }

@@ -8,94 +8,17 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
 use support::journal::*;
+use support::tls::{make_ca, make_node_cert, tls_flags, Ca};
 use support::{binary, output_within, wait_until, Cluster};
-
-/// A CA: its certificate (PEM, written to `ca.pem` in the dir) and what signs with it.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    pem_path: PathBuf,
-}
-
-fn make_ca(dir: &Path, name: &str) -> Ca {
-    let key = KeyPair::generate().expect("a CA key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let cert = params.self_signed(&key).expect("a self-signed CA");
-    let pem_path = dir.join(format!("{name}-ca.pem"));
-    std::fs::write(&pem_path, cert.pem()).expect("write the CA");
-    Ca {
-        cert,
-        key,
-        pem_path,
-    }
-}
-
-/// A certificate for node `id` signed by `ca` (names `understudy-node-<id>`, `localhost`
-/// and 127.0.0.1); returns the certificate and key files (the key private).
-fn make_node_cert(dir: &Path, ca: &Ca, id: u16, tag: &str) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().expect("a node key");
-    let mut params = CertificateParams::new(vec![
-        format!("understudy-node-{id}"),
-        "localhost".to_string(),
-    ])
-    .expect("node params");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("node {id}"));
-    let cert = params
-        .signed_by(&key, &ca.cert, &ca.key)
-        .expect("a signed node certificate");
-    let cert_path = dir.join(format!("node{id}-{tag}.pem"));
-    let key_path = dir.join(format!("node{id}-{tag}.key"));
-    std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
-    support::secret_file(dir, &format!("node{id}-{tag}.key"), &key.serialize_pem());
-    (cert_path, key_path)
-}
-
-fn tls_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
-    vec![
-        "--tls-cert".into(),
-        cert.display().to_string(),
-        "--tls-key".into(),
-        key.display().to_string(),
-        "--tls-ca".into(),
-        ca.display().to_string(),
-    ]
-}
 
 /// A three-node cluster, not started, each node with its own certificate from one CA.
 fn tls_cluster() -> (Cluster, Ca) {
-    let cluster = Cluster::new(3);
-    let ca = make_ca(cluster.dir.path(), "cluster");
-    let mut cluster = cluster;
-    for id in 1..=3 {
-        let (cert, key) = make_node_cert(cluster.dir.path(), &ca, id, "a");
-        cluster.node_mut(id).extra = tls_flags(&cert, &key, &ca.pem_path);
-    }
+    let mut cluster = Cluster::new(3);
+    let ca = support::tls::secure(&mut cluster);
     (cluster, ca)
 }
 
