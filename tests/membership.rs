@@ -167,9 +167,21 @@ async fn grow_three_to_five_under_writes_and_shrink_back() {
     }
     // Shrink back: 5 and 4 leave (whichever is primary now).
     for (id, voters) in [(5u16, &[1u64, 2, 3, 4][..]), (4, &[1, 2, 3][..])] {
-        let via = wait_primary(&drivers, None).await;
-        let (ok, text) = members(&cluster, via, &["remove", &id.to_string()]);
-        assert!(ok, "members remove {id}: {text}");
+        // The two restarted nodes may not have reached the primary yet: until they have, the
+        // primary refuses (too few reachable voters), and the operator asks again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let via = wait_primary(&drivers, None).await;
+            let (ok, text) = members(&cluster, via, &["remove", &id.to_string()]);
+            if ok {
+                break;
+            }
+            assert!(
+                text.contains("reachable voters") && std::time::Instant::now() < deadline,
+                "members remove {id}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let primary = wait_primary(&drivers, None).await;
         wait_voters(&cluster, primary, voters, Duration::from_secs(10));
         set_driver(&drivers, id, None);
