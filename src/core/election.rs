@@ -17,6 +17,25 @@
 //!    epoch-start record and starts shipping. Votes count only until the candidacy's election
 //!    deadline (`failover_timeout` + jitter after it started): a candidacy ends then, won or not.
 //!
+//! # Who stands first
+//!
+//! Two backups that stand at once split the votes and both wait again: that is most of a
+//! failover's tail. So a primary names in every append the backup it would hand over to now
+//! (`Append::successor`: heard from within the failover timeout, may stand, a live
+//! application first, then the most up to date, the highest priority, the lowest id). Should
+//! the primary go quiet, that backup stands after `T + J/4`, and every other one after
+//! `T + J/2` plus a random part of the remaining `J/2`: the successor's pre-vote and vote
+//! round trips are over before anyone else stands, unless it died with the primary. Its
+//! `J/4` is for the granters: each refuses a pre-vote until `T` has passed on its own clock
+//! since the primary's last append reached it, and those appends arrive at slightly
+//! different times and clocks run at slightly different rates; standing at `T` exactly, the
+//! successor was often refused and waited a whole `T` more. In the simulator (`SIM_REPORT=1`,
+//! 3,000 seeds each of 3 and 5 voters, `T` = 500 ms, `J` = 200 ms) a clean failover's median
+//! went from 614 / 589 ms to 582 / 576 ms and its p99 from 1,148 / 1,121 ms to 741 / 718 ms.
+//! The nomination is used once: a pre-vote that starts clears it, so a failed candidacy
+//! retries with the full random jitter. Every deadline stays within `T + J` of the last
+//! contact, which the quarantine below relies on; safety does not depend on who stands.
+//!
 //! # A fresh data dir
 //!
 //! A node whose data dir was lost (a replaced machine, a wiped disk) starts with no epoch and
@@ -257,6 +276,9 @@ impl Core {
 
     pub(super) fn election_start_pre_vote(&mut self, out: &mut Vec<Action>) {
         let now = self.st.now;
+        // The primary's nomination is used up: a retry waits a full random jitter, so that
+        // a successor whose candidacy failed does not collide with it again.
+        self.st.successor = None;
         self.reset_election_deadline(now);
         self.st.role = Role::Backup;
         self.st.primary = None;

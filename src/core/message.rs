@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use wal::{Epoch, Lsn};
+use wal::{Epoch, Lsn, NodeId};
 
 use super::Members;
 
@@ -88,6 +88,10 @@ pub struct Append {
     /// The record at `last_lsn` is a config record holding this configuration
     /// (`members.rs`). An append carries at most one, always as its last record.
     pub config: Option<Members>,
+    /// The backup this primary would hand over to now (`Core::switchover_target`): should
+    /// the primary go quiet, it stands first, the others a little later (`election.rs`,
+    /// "Who stands first"). A hint for timing only; it grants nothing.
+    pub successor: Option<NodeId>,
 }
 
 /// A backup's answer to an [`Append`], also sent unasked when its durable LSN advances.

@@ -176,6 +176,11 @@ impl Core {
     }
 
     pub(super) fn primary_on_tick(&mut self, out: &mut Vec<Action>) {
+        // Named in every append from now on: the backup that stands first if this primary
+        // goes quiet (a live application preferred, then as a switchover picks).
+        self.st.successor = self
+            .switchover_target(true)
+            .or_else(|| self.switchover_target(false));
         let now = self.st.now;
         let resend_after = self.resend_after();
         let heartbeat = self.config.heartbeat_interval;
@@ -304,6 +309,7 @@ impl Core {
                     paused: self.st.paused,
                     pause_stamp: self.st.pause_stamp,
                     config,
+                    successor: self.st.successor,
                 };
                 out.push(Action::Send {
                     to,
@@ -341,6 +347,7 @@ impl Core {
                 paused: self.st.paused,
                 pause_stamp: self.st.pause_stamp,
                 config: None,
+                successor: self.st.successor,
             };
             out.push(Action::Send {
                 to,
@@ -427,6 +434,8 @@ impl Core {
             append.sent_at
         };
         self.st.primary = Some(from);
+        // Before the deadline is set from it (`Core::reset_election_deadline`).
+        self.st.successor = append.successor;
         let now = self.st.now;
         self.st.last_primary_contact = Some(now);
         self.reset_election_deadline(now);

@@ -367,6 +367,10 @@ pub(crate) struct State {
     /// The stamp of the command that set `paused` (`Input::SetPaused`), or of the primary's
     /// pause this node adopted; 0 if none.
     pub pause_stamp: u64,
+    /// On a primary, the backup it names as its successor in every append; on a backup, the
+    /// one its primary named (`election.rs`, "Who stands first"). Cleared when an election
+    /// starts or the epoch changes.
+    pub successor: Option<NodeId>,
     /// The epoch in which this node last deferred standing to a better granter: it defers
     /// once per epoch (`health.rs`).
     pub deferred_in: Option<Epoch>,

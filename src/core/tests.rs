@@ -115,6 +115,7 @@ fn append(
         paused: false,
         pause_stamp: 0,
         config: None,
+        successor: None,
     })
 }
 
@@ -1186,7 +1187,14 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         out,
         vec![Action::Send {
             to: N3,
-            message: with_config(append(2, (5, 2), 6, 2, 5, 660), seed3())
+            message: match with_config(append(2, (5, 2), 6, 2, 5, 660), seed3()) {
+                // Node 2, heard from and able to stand, is the successor named.
+                Message::Append(append) => Message::Append(Append {
+                    successor: Some(N2),
+                    ..append
+                }),
+                other => other,
+            }
         }]
     );
 }
@@ -1483,6 +1491,7 @@ fn learner_votes_only_after_promotion() {
                 paused: false,
                 pause_stamp: 0,
                 config: None,
+                successor: None,
             }),
         )
     };
@@ -2079,6 +2088,7 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
         paused: false,
         pause_stamp: 200,
         config: None,
+        successor: None,
     });
     let out = receive(&mut core, 5002, N2, heartbeat);
     assert!(
@@ -2120,6 +2130,7 @@ fn a_backup_paused_before_its_primary_stays_paused() {
             paused,
             pause_stamp,
             config: None,
+            successor: None,
         })
     };
     let paused_changes = |out: &[Action]| -> Vec<(bool, u64, bool)> {
@@ -3040,4 +3051,82 @@ fn skip_single_change_lets_two_voters_in_at_once() {
             );
         }
     }
+}
+
+/// A primary names in every append the backup a switchover would pick: a live application
+/// first (node 3 here, though node 2 acknowledged more), else the most up to date.
+#[test]
+fn the_primary_names_its_successor_in_every_append() {
+    let mut p = elected_primary();
+    receive(&mut p, 605, N2, ack_with(4, 600, STANDS));
+    receive(&mut p, 606, N3, ack_with(3, 600, LIVE));
+    let out = step(&mut p, Input::Tick { now: ms(700) });
+    for to in [N2, N3] {
+        let append = append_to(&out, to).expect("a heartbeat");
+        assert_eq!(append.successor, Some(N3), "to {to}");
+    }
+    // Node 3's application goes away: node 2, the more up to date, is named.
+    receive(&mut p, 710, N3, ack_with(4, 700, STANDS));
+    let out = step(&mut p, Input::Tick { now: ms(800) });
+    assert_eq!(append_to(&out, N2).and_then(|a| a.successor), Some(N2));
+}
+
+/// The successor the primary named stands `failover_timeout` and a quarter of the jitter
+/// after the primary's last append; any other backup waits at least half the jitter. A
+/// failed candidacy retries with the whole random jitter.
+#[test]
+fn the_named_successor_stands_first() {
+    let backup = |node: NodeId| {
+        let mut cfg = config(node, &[1, 2, 3]);
+        cfg.election_jitter = Duration::from_millis(200);
+        new_core(
+            cfg,
+            log_of(&[(1, 2)]),
+            PersistedMeta {
+                epoch: Epoch(1),
+                voted_for: None,
+                learner: false,
+            },
+        )
+    };
+    let naming = |successor: NodeId| match append(1, (2, 1), 2, 1, 2, 1_000) {
+        Message::Append(append) => Message::Append(Append {
+            successor: Some(successor),
+            ..append
+        }),
+        other => other,
+    };
+    let mut two = backup(N2);
+    let mut three = backup(N3);
+    receive(&mut two, 1_000, N1, naming(N2));
+    receive(&mut three, 1_000, N1, naming(N2));
+    let t = two.config().failover_timeout.as_millis() as u64;
+    assert!(
+        !pre_vote_sent(&step(
+            &mut three,
+            Input::Tick {
+                now: ms(1_000 + t + 99)
+            }
+        )),
+        "another backup stood within half the jitter"
+    );
+    assert!(!pre_vote_sent(&step(
+        &mut two,
+        Input::Tick {
+            now: ms(1_000 + t + 49)
+        }
+    )));
+    let out = step(
+        &mut two,
+        Input::Tick {
+            now: ms(1_000 + t + 50),
+        },
+    );
+    assert!(
+        pre_vote_sent(&out),
+        "the successor did not stand at T + J/4: {out:?}"
+    );
+    // The nomination is used up: should this candidacy fail, the retry waits a random
+    // jitter like everyone's.
+    assert_eq!(two.st.successor, None);
 }

@@ -50,7 +50,7 @@
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64, health u8, priority u8 |
 //! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
 //! | 19 | VoteResponse | epoch u64, granted u8 |
-//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, pause_stamp u64, then the records |
+//! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, pause_stamp u64, successor u16 (0: none), then the records |
 //! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64, health u8, priority u8 |
 //! | 22 | TimeoutNow | epoch u64 |
 //! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64, config_lsn u64, then the payload of the config record in effect at `lsn` (`node::members`) |
@@ -124,8 +124,9 @@ use crate::{Epoch, Lsn, NodeId};
 /// responses, `Append::paused`, and the admin address in `Hello`. Version 4 added the
 /// member list to `Hello`. Version 5 added its configuration's LSN (`Hello::config_lsn`), the
 /// config record kind, the `can_vote` health bit, and the previous secret of a rotation
-/// (`Hello::previous_cluster_id`, `Frame::Challenge::which`).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// (`Hello::previous_cluster_id`, `Frame::Challenge::which`). Version 6 added
+/// `Append::successor`.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -138,7 +139,7 @@ pub const TAG_LEN: usize = 32;
 pub const ACCEPTOR_LABEL: &[u8] = b"understudy acceptor";
 pub const DIALLER_LABEL: &[u8] = b"understudy dialler";
 
-const APPEND_FIXED_LEN: usize = 10 * 8 + 1 + 8;
+const APPEND_FIXED_LEN: usize = 10 * 8 + 1 + 8 + 2;
 
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 
@@ -505,6 +506,10 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 // Not on the wire: the receiver finds it in the records (a config record is
                 // always an append's last).
                 config: None,
+                successor: match body.get_u16_le() {
+                    0 => None,
+                    id => Some(NodeId(id)),
+                },
             };
             if append.first_lsn.get() != append.prev_lsn.get().wrapping_add(1)
                 || append.last_lsn < append.prev_lsn
@@ -734,6 +739,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(append.promote_through.get());
                 dst.put_u8(u8::from(append.paused));
                 dst.put_u64_le(append.pause_stamp);
+                dst.put_u16_le(append.successor.map_or(0, NodeId::get));
                 records = attached.clone();
             }
             Message::AppendResponse(response) => {
@@ -911,6 +917,7 @@ mod tests {
                 paused: false,
                 pause_stamp: 0,
                 config: None,
+                successor: Some(NodeId(2)),
             }),
             records,
         }
