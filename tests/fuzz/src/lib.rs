@@ -425,6 +425,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 paused: false,
                 pause_stamp: 0,
                 config: None,
+                successor: Some(NodeId(2)),
             }),
             records: Bytes::from(records.clone()),
         },
