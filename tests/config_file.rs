@@ -38,7 +38,8 @@ fn flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults() {
         dir.path(),
         "node-id = 2\npeers = \"1=127.0.0.1:7101,2=127.0.0.1:7102\"\npeer-listen = \"127.0.0.1:7102\"\n\
          data-dir = \"/tmp/d\"\ncluster-secret-file = \"/tmp/s\"\n\
-         failover-timeout = \"900ms\"\npriority = 3\nno-failover = true\nheartbeat-interval = \"40ms\"\n",
+         failover-timeout = \"900ms\"\npriority = 3\nno-failover = true\nheartbeat-interval = \"40ms\"\n\
+         tls-ca = \"/tmp/ca.pem\"\n",
     );
     let out = understudy(
         &[
@@ -80,6 +81,17 @@ fn flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults() {
     assert_eq!(
         setting(&printed, "node-id"),
         Some(("\"2\"", "file")),
+        "{printed}"
+    );
+    // A global flag (a flag of every command) from the file too.
+    assert_eq!(
+        setting(&printed, "tls-ca"),
+        Some(("\"/tmp/ca.pem\"", "file")),
+        "{printed}"
+    );
+    assert_eq!(
+        setting(&printed, "log-level"),
+        Some(("\"info\"", "default")),
         "{printed}"
     );
     assert_eq!(

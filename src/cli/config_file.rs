@@ -138,10 +138,12 @@ pub fn print(matches: &ArgMatches, applied: &Applied) -> String {
     if let Some(file) = &applied.file {
         out.push_str(&format!("# file: {}\n", file.display()));
     }
-    for arg in run.get_arguments() {
+    // The flags of `run`, then the global ones (--log-format, --log-level, --tls-ca).
+    let mut seen = BTreeSet::new();
+    for arg in run.get_arguments().chain(command.get_arguments()) {
         let id = arg.get_id().as_str();
         let Some(long) = arg.get_long() else { continue };
-        if long == "config" || long == "print-config" || long == "help" {
+        if ["config", "print-config", "help", "version"].contains(&long) || !seen.insert(long) {
             continue;
         }
         let Some(source) = matches.value_source(id) else {
