@@ -294,3 +294,75 @@ fn tls_flags_are_checked_at_start() {
     assert!(stderr.contains("--tls-ca"), "{stderr}");
     assert!(stderr.contains("no certificate"), "{stderr}");
 }
+
+/// A node's own `/status` as the operator command reads it over HTTPS.
+fn own_status(cluster: &Cluster, id: u16, ca: &Path) -> serde_json::Value {
+    let out = status_json(cluster, id, ca);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    view["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node_id"] == id))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A backup stopped while the primary snapshots and cuts its log past it rejoins by a
+/// snapshot sent over the TLS peer link, under writes, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_crosses_a_tls_link() {
+    let (mut cluster, ca) = tls_cluster();
+    cluster.args.extend(
+        [
+            "--wal-segment-bytes",
+            "65536",
+            "--wal-retain-bytes",
+            "0",
+            "--snapshot-interval",
+            "300ms",
+            "--snapshots-retain",
+            "1",
+        ]
+        .map(String::from),
+    );
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    let drivers = connect_all(&cluster).await;
+    let primary = wait_primary(&drivers, None).await;
+    let backup = if primary == 1 { 2 } else { 1 };
+    let (stop, oracle, writers) = start_writers(&drivers, 2).await;
+    cluster.kill(backup);
+    set_driver(&drivers, backup, None);
+    let stopped_at = oracle.lock().unwrap().acked.len() as u64;
+    // The primary's log is cut past everything the backup could have had.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            own_status(&cluster, primary, &ca.pem_path)["first_lsn"]
+                .as_u64()
+                .is_some_and(|first| first > stopped_at + 400)
+        }),
+        "the primary's log was not cut past the stopped backup: {}",
+        cluster.logs_tail(10)
+    );
+    cluster.start_node(backup);
+    set_driver(
+        &drivers,
+        backup,
+        Some(connect(&cluster.node(backup).app_socket).await),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || log_of(&cluster, backup)
+            .contains("installed a snapshot from the primary")),
+        "the backup did not rejoin by a snapshot: {}",
+        cluster.logs_tail(10)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    wait_converged(&drivers, &[1, 2, 3]).await;
+    let oracle = oracle.lock().unwrap();
+    for id in 1..=3 {
+        assert_all_acked_present(&oracle, &driver(&drivers, id).expect("a driver"));
+    }
+}
