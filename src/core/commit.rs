@@ -12,6 +12,19 @@
 //! that is one backup more than `members - majority`. Backups learn the commit LSN from the
 //! primary's appends, bounded by the prefix they verified against that primary
 //! (`replication.rs`).
+//!
+//! Shipping does not wait for the primary's own fsync. A proposal's records are sent to the
+//! backups in the step that assigns their LSNs (`replication.rs`, `on_propose`; the shell
+//! takes their bytes from its cache of recent records), while the group-commit writer
+//! makes them durable locally; the primary's `durable_lsn` is then one more input of
+//! [`Core::commit_reach`], like a backup's acknowledgement. So a commit costs
+//! max(local fsync, round trip + remote fsync), not their sum. Nothing above changes: a
+//! record is committed only once the primary and `sync_replicas` voters hold it durably. A
+//! backup holding a record the primary has not yet made durable holds an uncommitted
+//! record, as any backup ahead of a commit does: no client was answered for it. If the
+//! primary crashes before its fsync, its recovered log may lack records a backup has; the
+//! next election goes to the more up-to-date log, and the suffix the loser must cut is
+//! uncommitted by definition (`replication.rs`, "Log matching").
 
 use wal::Lsn;
 
