@@ -17,7 +17,7 @@
 //! backups in the step that assigns their LSNs (`replication.rs`, `on_propose`; the shell
 //! takes their bytes from its cache of recent records), while the group-commit writer
 //! makes them durable locally; the primary's `durable_lsn` is then one more input of
-//! [`Core::commit_reach`], like a backup's acknowledgement. So a commit costs
+//! `Core::commit_reach`, like a backup's acknowledgement. So a commit costs
 //! max(local fsync, round trip + remote fsync), not their sum. Nothing above changes: a
 //! record is committed only once the primary and `sync_replicas` voters hold it durably. A
 //! backup holding a record the primary has not yet made durable holds an uncommitted
