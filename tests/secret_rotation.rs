@@ -90,17 +90,7 @@ async fn the_secret_is_rotated_by_two_rolling_restarts_under_writes() {
         acked_beyond(&oracle, before + 100, Duration::from_secs(10)),
         "writes stopped after the rotation"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    wait_converged(&drivers, &[1, 2, 3]).await;
-    {
-        let oracle = oracle.lock().unwrap();
-        for id in 1..=3 {
-            assert_all_acked_present(&oracle, &driver(&drivers, id).expect("a driver"));
-        }
-    }
+    stop_and_check(&drivers, &stop, &oracle, writers, &[1, 2, 3]).await;
     // The data dirs belong to the new secret now: the old one alone is refused at once.
     cluster.kill(1);
     cluster.node_mut(1).secret = Some(old);

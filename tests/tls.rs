@@ -163,16 +163,8 @@ async fn a_tls_cluster_fails_over_and_catches_up_and_speaks_https() {
         acked_beyond(&oracle, before + 100, Duration::from_secs(10)),
         "writes stopped after the reload"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    wait_converged(&drivers, &[1, 2, 3]).await;
-    let oracle = oracle.lock().unwrap();
-    assert!(!oracle.acked.is_empty());
-    for id in 1..=3 {
-        assert_all_acked_present(&oracle, &driver(&drivers, id).expect("a driver"));
-    }
+    let acked = stop_and_check(&drivers, &stop, &oracle, writers, &[1, 2, 3]).await;
+    assert!(acked > 0);
     // `status --json` over HTTPS parses and names the primary.
     let out = status_json(&cluster, 2, &ca.pem_path);
     let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
@@ -356,13 +348,5 @@ async fn a_snapshot_crosses_a_tls_link() {
         "the backup did not rejoin by a snapshot: {}",
         cluster.logs_tail(10)
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    wait_converged(&drivers, &[1, 2, 3]).await;
-    let oracle = oracle.lock().unwrap();
-    for id in 1..=3 {
-        assert_all_acked_present(&oracle, &driver(&drivers, id).expect("a driver"));
-    }
+    stop_and_check(&drivers, &stop, &oracle, writers, &[1, 2, 3]).await;
 }

@@ -260,3 +260,25 @@ pub async fn wait_converged(drivers: &Drivers, ids: &[u16]) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Stops the writers, waits until the drivers of `ids` have applied everything committed,
+/// and checks that every acknowledged write is in each of them. Returns how many writes
+/// were acknowledged.
+pub async fn stop_and_check(
+    drivers: &Drivers,
+    stop: &std::sync::atomic::AtomicBool,
+    oracle: &Mutex<Oracle>,
+    writers: Writers,
+    ids: &[u16],
+) -> usize {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    wait_converged(drivers, ids).await;
+    let oracle = oracle.lock().unwrap();
+    for &id in ids {
+        assert_all_acked_present(&oracle, &driver(drivers, id).expect("a driver"));
+    }
+    oracle.acked.len()
+}
