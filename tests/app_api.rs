@@ -16,10 +16,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use understudy::client::{BoxError, ClientError, Driver, ProposeError, Role, StateMachine};
+use understudy::client::{
+    BoxError, ClientError, Driver, ProposeError, ReadError, Role, StateMachine,
+};
 use understudy::core;
 use understudy::node::app_api::serve;
-use understudy::node::{NodeHandle, NodeStatus, ProposeOutcome, Request};
+use understudy::node::{NodeHandle, NodeStatus, ProposeOutcome, ReadOutcome, Request};
 use understudy::proto::app::{Frame, FrameReader, RejectReason, FRAME_LEN_MAX, PROTOCOL_VERSION};
 use understudy::{Epoch, Lsn, NodeId};
 use wal::format::decode_record;
@@ -152,6 +154,15 @@ impl Sidecar {
             }
         });
         proposals
+    }
+
+    /// The next lease read the server asks of the core.
+    async fn next_read(&mut self) -> tokio::sync::oneshot::Sender<ReadOutcome> {
+        let requests = self.requests.as_mut().expect("no core is running");
+        match within("a read", requests.recv()).await {
+            Some(Request::Read { reply }) => reply,
+            other => panic!("expected a read, got {other:?}"),
+        }
     }
 
     /// The next request the server makes of the core.
@@ -808,4 +819,149 @@ async fn driver_refuses_a_corrupt_record_and_stops() {
     assert_eq!(driver.propose("x").await, Err(ProposeError::Disconnected));
     drop(driver);
     within("the fake sidecar", fake).await.unwrap();
+}
+
+/// A lease read runs once the state has applied the index the sidecar answered, not before;
+/// reads asked for while one is out share the next request.
+#[tokio::test]
+async fn lease_read_waits_for_its_index_and_reads_asked_together_share_a_request() {
+    let mut sidecar = Sidecar::start();
+    sidecar.write(RecordKind::EpochStart, &[b""]);
+    sidecar.write(RecordKind::App, &[b"a", b"b"]);
+    sidecar.commit_through(Lsn(1));
+    let driver = Arc::new(
+        within("connect", Driver::connect(sidecar.socket(), Log::default()))
+            .await
+            .unwrap(),
+    );
+    within("the replay", driver.wait_applied(Lsn(1)))
+        .await
+        .unwrap();
+    let read = |driver: &Arc<Driver<Log>>| {
+        let driver = Arc::clone(driver);
+        tokio::spawn(async move { driver.read_linearizable(|log| log.0.len()).await })
+    };
+    let first = read(&driver);
+    let first_reply = sidecar.next_read().await;
+    let others: Vec<_> = (0..4).map(|_| read(&driver)).collect();
+    // Let the four queue behind the first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first_reply
+        .send(ReadOutcome::Index {
+            lsn: Lsn(3),
+            epoch: Epoch(1),
+        })
+        .unwrap();
+    sidecar
+        .next_read()
+        .await
+        .send(ReadOutcome::Index {
+            lsn: Lsn(3),
+            epoch: Epoch(1),
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !first.is_finished(),
+        "a read answered before its index is applied"
+    );
+    sidecar.commit_through(Lsn(3));
+    assert_eq!(within("the first read", first).await.unwrap(), Ok(2));
+    for other in others {
+        assert_eq!(within("a shared read", other).await.unwrap(), Ok(2));
+    }
+    let requests = sidecar.requests.as_mut().unwrap();
+    assert!(
+        requests.try_recv().is_err(),
+        "five reads took more than two requests"
+    );
+}
+
+/// A read whose node stops being primary of the read's epoch before its index is applied
+/// gives up; a read on a backup is refused with the primary's address.
+#[tokio::test]
+async fn lease_read_gives_up_on_a_role_change_and_is_refused_on_a_backup() {
+    let mut sidecar = Sidecar::start();
+    sidecar.write(RecordKind::EpochStart, &[b""]);
+    sidecar.commit_through(Lsn(1));
+    let driver = Arc::new(
+        within("connect", Driver::connect(sidecar.socket(), Log::default()))
+            .await
+            .unwrap(),
+    );
+    let reading = {
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move { driver.read_linearizable(|log| log.0.len()).await })
+    };
+    sidecar
+        .next_read()
+        .await
+        .send(ReadOutcome::Index {
+            lsn: Lsn(2),
+            epoch: Epoch(1),
+        })
+        .unwrap();
+    sidecar
+        .status
+        .send_replace(Arc::new(status(core::Role::Backup, 2, Some(2), None)));
+    assert_eq!(
+        within("the read", reading).await.unwrap(),
+        Err(ReadError::RoleChanged)
+    );
+
+    let reading = {
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move { driver.read_linearizable(|log| log.0.len()).await })
+    };
+    let addr: SocketAddr = "10.0.0.2:7000".parse().unwrap();
+    sidecar
+        .next_read()
+        .await
+        .send(ReadOutcome::NotPrimary {
+            primary: Some(NodeId(2)),
+            client_addr: Some(addr),
+        })
+        .unwrap();
+    assert_eq!(
+        within("the refusal", reading).await.unwrap(),
+        Err(ReadError::NotPrimary {
+            primary: Some(NodeId(2)),
+            client_addr: Some(addr),
+        })
+    );
+}
+
+/// `Read` on the wire: answered `ReadIndex` with the request id; a session of version 2
+/// that sends one is refused.
+#[tokio::test]
+async fn read_frame_is_answered_with_its_index_and_needs_version_3() {
+    let mut sidecar = Sidecar::start();
+    let mut app = Raw::hello(&sidecar.socket()).await;
+    app.send(Frame::Read { request_id: 9 }).await;
+    sidecar
+        .next_read()
+        .await
+        .send(ReadOutcome::Index {
+            lsn: Lsn(7),
+            epoch: Epoch(3),
+        })
+        .unwrap();
+    assert_eq!(
+        app.recv().await,
+        Some(Frame::ReadIndex {
+            request_id: 9,
+            lsn: Lsn(7),
+            epoch: Epoch(3),
+        })
+    );
+
+    let mut old = Raw::connect(&sidecar.socket()).await;
+    old.send(Frame::Hello { version: 2 }).await;
+    assert!(matches!(
+        old.recv().await,
+        Some(Frame::Welcome { version: 2, .. })
+    ));
+    old.send(Frame::Read { request_id: 1 }).await;
+    let message = old.expect_error_and_close().await;
+    assert!(message.contains("version 3"), "{message}");
 }

@@ -221,6 +221,18 @@ async fn commands_through_a_backup_port_reach_the_primary() {
     );
     assert_eq!(query::<i64>(&mut con, &["DBSIZE"]).await.unwrap(), 2);
 
+    // Reads write nothing to the log (lease reads): the primary's applied LSN stays put.
+    let driver = &kv.servers[usize::from(primary) - 1]
+        .as_ref()
+        .unwrap()
+        .driver;
+    let applied = driver.applied_lsn();
+    for _ in 0..20 {
+        let a: Option<String> = query(&mut con, &["GET", "a"]).await.unwrap();
+        assert_eq!(a.as_deref(), Some("6"));
+    }
+    assert_eq!(driver.applied_lsn(), applied, "a read wrote a record");
+
     // SET's conditions and expiry.
     let not_set: Option<String> = query(&mut con, &["SET", "a", "x", "NX"]).await.unwrap();
     assert_eq!(not_set, None);

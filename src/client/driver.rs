@@ -15,6 +15,11 @@
 //!   the commit round trip, as group commit is: the busier the application, the larger the
 //!   batches, and a lone proposal is sent at once.
 //!
+//! - The **read task** asks the sidecar for lease reads (`Read`), one at a time: the reads
+//!   that arrive while one is out wait and share the next, so a busy application asks once
+//!   per round trip to its sidecar. An index is only ever used by reads that were asked for
+//!   before it was requested, which is what makes sharing it sound.
+//!
 //! A proposer gets `apply`'s output for its record, which needs the record's LSN (from
 //! `Appended`) and the record applied (from `Records`). The two arrive in either order, on
 //! the one reader task:
@@ -44,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use wal::format::{decode_record, RecordKind, RECORD_PAYLOAD_LEN_MAX};
 
-use super::{ClientError, ProposeError, StateMachine};
+use super::{ClientError, ProposeError, ReadError, StateMachine};
 use crate::proto::app::{
     append_frame_len, Frame, FrameReader, FrameWriter, RejectReason, Role, APPEND_COUNT_MAX,
     FRAME_LEN_MAX, PROTOCOL_VERSION,
@@ -57,6 +62,12 @@ const PROPOSALS_QUEUED_MAX: usize = 4096;
 /// Appends sent and not yet answered, per driver. Two, so that one batch gathers while the
 /// one before it is committed and the one before that is being answered.
 pub const APPENDS_INFLIGHT_MAX: usize = 2;
+
+/// Lease reads waiting for the read task; `read_linearizable` waits for room beyond this.
+const READS_QUEUED_MAX: usize = 4096;
+
+/// Read request ids have this bit set, so that a `Rejected` tells a read from an append.
+const READ_REQUEST_ID_BIT: u64 = 1 << 63;
 
 /// How long the sidecar has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,12 +90,16 @@ pub struct RoleInfo {
 pub struct Driver<S: StateMachine> {
     shared: Arc<Shared<S>>,
     proposals: mpsc::Sender<Proposal<S::Output>>,
+    reads: mpsc::Sender<ReadReply>,
     node_id: NodeId,
     /// Stops both tasks when the driver is dropped.
     stop: CancellationToken,
 }
 
 type Reply<O> = oneshot::Sender<Result<O, ProposeError>>;
+
+/// A lease read's index (`ReadIndex`: the LSN to have applied, and the primary's epoch).
+type ReadReply = oneshot::Sender<Result<(Lsn, Epoch), ReadError>>;
 
 struct Proposal<O> {
     command: Bytes,
@@ -142,11 +157,18 @@ impl<S: StateMachine> Driver<S> {
         shared.socket_path = path.to_owned();
         let shared = Arc::new(shared);
         let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let (reads, reads_rx) = mpsc::channel(READS_QUEUED_MAX);
         let stop = CancellationToken::new();
         tokio::spawn(run_reader(frames, Arc::clone(&shared), stop.clone()));
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         tokio::spawn(run_ponger(
             Arc::clone(&sink),
+            Arc::clone(&shared),
+            stop.clone(),
+        ));
+        tokio::spawn(run_reads(
+            Arc::clone(&sink),
+            reads_rx,
             Arc::clone(&shared),
             stop.clone(),
         ));
@@ -160,6 +182,7 @@ impl<S: StateMachine> Driver<S> {
         Ok(Driver {
             shared,
             proposals,
+            reads,
             node_id,
             stop,
         })
@@ -189,6 +212,46 @@ impl<S: StateMachine> Driver<S> {
         // Every proposal the writer takes is answered; a reply dropped unanswered can only
         // mean the tasks ended abnormally after it may have been sent.
         answer.await.unwrap_or(Err(ProposeError::Unknown))
+    }
+
+    /// A linearizable read: runs `f` on the state once it reflects every write acknowledged
+    /// (by any node) before this call, and nothing uncommitted. Writes nothing to the log:
+    /// the sidecar answers from its lease with the LSN to wait for (`proto::app`, "Read"),
+    /// reads asked for at once share one request, and `f` runs as soon as that LSN is
+    /// applied here, usually at once on a primary.
+    ///
+    /// # Errors
+    /// Nothing is read on an error, and each may be retried: [`ReadError::NotPrimary`] on a
+    /// backup (read on the primary), [`ReadError::RoleChanged`] when this node stopped being
+    /// the primary of the read's epoch before its state got there.
+    pub async fn read_linearizable<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R, ReadError> {
+        let (reply, answer) = oneshot::channel();
+        self.reads
+            .send(reply)
+            .await
+            .map_err(|_| ReadError::Disconnected)?;
+        let (lsn, epoch) = answer.await.unwrap_or(Err(ReadError::Disconnected))?;
+        let mut applied = self.shared.applied.subscribe();
+        let mut role = self.shared.role.subscribe();
+        loop {
+            if *applied.borrow_and_update() >= lsn {
+                break;
+            }
+            {
+                // The `Role` frame of the read's epoch may still be on its way (the answer
+                // can overtake it): only a later epoch, or a step down in this one, ends it.
+                let role = role.borrow_and_update();
+                if role.epoch > epoch || (role.epoch == epoch && role.role != Role::Primary) {
+                    return Err(ReadError::RoleChanged);
+                }
+            }
+            tokio::select! {
+                _ = self.shared.closed.cancelled() => return Err(ReadError::Disconnected),
+                changed = applied.changed() => if changed.is_err() { return Err(ReadError::Disconnected) },
+                changed = role.changed() => if changed.is_err() { return Err(ReadError::Disconnected) },
+            }
+        }
+        Ok(self.read(f))
     }
 
     /// The role, epoch and primary as the sidecar last reported them.
@@ -405,6 +468,57 @@ async fn run_ponger<S: StateMachine>(
     }
 }
 
+/// Asks for lease reads one `Read` at a time: every read queued when a request goes out
+/// shares its answer. Ends when the driver is dropped or the connection ends; reads not
+/// answered then get `Disconnected` (their senders dropped).
+async fn run_reads<S: StateMachine>(
+    sink: Arc<tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>>,
+    mut reads: mpsc::Receiver<ReadReply>,
+    shared: Arc<Shared<S>>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<ReadReply> = Vec::new();
+    let mut next_request_id: u64 = 1;
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => None,
+            _ = shared.closed.cancelled() => None,
+            first = reads.recv() => first,
+        };
+        let Some(first) = first else { break };
+        batch.clear();
+        batch.push(first);
+        while let Ok(more) = reads.try_recv() {
+            batch.push(more);
+        }
+        let request_id = READ_REQUEST_ID_BIT | next_request_id;
+        next_request_id += 1;
+        let (reply, answer) = oneshot::channel();
+        *lock(&shared.read_inflight) = Some((request_id, reply));
+        let written = tokio::select! {
+            _ = stop.cancelled() => break,
+            written = async {
+                let mut sink = sink.lock().await;
+                sink.write_frame(&Frame::Read { request_id }).await?;
+                sink.flush().await
+            } => written,
+        };
+        if let Err(error) = written {
+            shared.fail(ClientError::Io(error));
+            break;
+        }
+        let answer = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = shared.closed.cancelled() => break,
+            answer = answer => answer.unwrap_or(Err(ReadError::Disconnected)),
+        };
+        for reply in batch.drain(..) {
+            let _ = reply.send(answer.clone());
+        }
+    }
+    lock(&shared.read_inflight).take();
+}
+
 /// Sends waiting proposals as one `Append` at a time, until the driver is dropped or the
 /// connection ends; then answers every proposal it did not send with `Disconnected`.
 async fn run_writer<S: StateMachine>(
@@ -534,6 +648,8 @@ struct Shared<S: StateMachine> {
     restoring: Mutex<Option<snapshot::Restoring>>,
     /// The nonce of the latest `Ping`, for the ponger.
     ping: watch::Sender<u64>,
+    /// The lease read the read task is waiting for, by request id.
+    read_inflight: Mutex<Option<(u64, ReadReply)>>,
 }
 
 struct Applied<S> {
@@ -603,6 +719,7 @@ impl<S: StateMachine> Shared<S> {
             socket_path: PathBuf::new(),
             restoring: Mutex::new(None),
             ping: watch::Sender::new(0),
+            read_inflight: Mutex::new(None),
         }
     }
 
@@ -640,6 +757,29 @@ impl<S: StateMachine> Shared<S> {
                 first_lsn,
                 last_lsn,
             } => self.on_appended(request_id, first_lsn, last_lsn),
+            Frame::ReadIndex {
+                request_id,
+                lsn,
+                epoch,
+            } => self.on_read_answer(request_id, Ok((lsn, epoch))),
+            Frame::Rejected {
+                request_id,
+                reason,
+                primary,
+                client_addr,
+                ..
+            } if request_id & READ_REQUEST_ID_BIT != 0 => {
+                let error = match reason {
+                    RejectReason::NotPrimary => ReadError::NotPrimary {
+                        primary,
+                        client_addr: client_addr.parse().ok(),
+                    },
+                    RejectReason::Busy | RejectReason::UnknownOutcome | RejectReason::Failed => {
+                        ReadError::Busy
+                    }
+                };
+                self.on_read_answer(request_id, Err(error))
+            }
             Frame::Rejected {
                 request_id,
                 reason,
@@ -704,6 +844,25 @@ impl<S: StateMachine> Shared<S> {
                 frame: frame.name(),
                 during: "while following the log",
             }),
+        }
+    }
+
+    /// Hands a `ReadIndex` or a read's `Rejected` to the read task.
+    fn on_read_answer(
+        &self,
+        request_id: u64,
+        answer: Result<(Lsn, Epoch), ReadError>,
+    ) -> Result<(), ClientError> {
+        let mut inflight = lock(&self.read_inflight);
+        match inflight.take() {
+            Some((id, reply)) if id == request_id => {
+                let _ = reply.send(answer);
+                Ok(())
+            }
+            other => {
+                *inflight = other;
+                Err(ClientError::UnknownRequest { request_id })
+            }
         }
     }
 

@@ -124,6 +124,28 @@ pub enum ProposeError {
     TooLarge { len: usize, max: usize },
 }
 
+/// Why a [`Driver::read`](driver::Driver::read_linearizable) could not be answered. Nothing
+/// was read; every case may be retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// This node is not the primary: read on `primary`, whose client port is `client_addr`
+    /// (each `None` when unknown).
+    #[error("this node is not the primary (primary: {})", primary.map_or("unknown".to_owned(), |p| p.to_string()))]
+    NotPrimary {
+        primary: Option<NodeId>,
+        client_addr: Option<SocketAddr>,
+    },
+    /// This node serves no reads right now (a witness handing over); retry shortly.
+    #[error("this node serves no reads now; retry shortly")]
+    Busy,
+    /// The node's role or epoch changed before the state got to the read's LSN: retry.
+    #[error("this node stopped being primary before the read could be answered; retry")]
+    RoleChanged,
+    /// The driver has no connection to the sidecar.
+    #[error("not connected to the sidecar")]
+    Disconnected,
+}
+
 /// Why the driver could not connect, or why its connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

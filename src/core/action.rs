@@ -68,6 +68,12 @@ pub enum Action {
     AppendsAbandoned { after: Lsn },
     /// The proposal was refused; nothing was written.
     ProposeRejected { reason: Rejection },
+    /// The answer to `Input::Read`: this node holds its lease, and a read of the state after
+    /// every record through `lsn` is applied is linearizable (`lease.rs`, "Reads"). `epoch`
+    /// is this primary's: the application gives up waiting if the role changes from it.
+    ReadIndex { lsn: Lsn, epoch: Epoch },
+    /// `Input::Read` refused: this node is not a primary that may serve reads.
+    ReadRefused { reason: Rejection },
     /// A node started with `Start::Fresh` has waited out its quarantine and votes from now on.
     /// The shell records it durably, so that a restart after this is `Start::Recovered`, and a
     /// restart before it is `Start::Fresh` again.

@@ -89,6 +89,10 @@ pub struct TestKnobs {
     /// follow the previous one before that is committed; the old and the new configuration
     /// may then each have a majority that shares no node (`members.rs`).
     pub skip_single_change: bool,
+    /// Answer a lease read with the commit LSN alone, not at least this primary's epoch
+    /// start: a new primary that has not committed its epoch start yet answers reads from
+    /// before writes the previous primary acknowledged (reads stop being linearizable).
+    pub skip_read_epoch_start: bool,
 }
 
 impl Config {

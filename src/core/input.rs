@@ -22,6 +22,10 @@ pub enum Input {
     /// The local application asks to append `count` records totalling `bytes` bytes. The core
     /// answers `WriteProposed` (with the LSNs) or `ProposeRejected`.
     Propose { now: Time, count: u64, bytes: u64 },
+    /// The local application asks for a lease read (`lease.rs`, "Reads"). The core answers
+    /// `ReadIndex` (the LSN the application must have applied before it answers) or
+    /// `ReadRefused`, in this step.
+    Read { now: Time },
     /// Every record at or below `lsn` is durable, and the record at `lsn` has `epoch`. The epoch
     /// lets the core ignore a report about records it has since truncated: two records with
     /// the same LSN and epoch are the same record (log matching), whatever happened between.

@@ -44,8 +44,39 @@
 //! Inputs without a clock reading (`Durable`, `MetaPersisted`) run at the last reading seen,
 //! which is earlier than the true time: a send time stamped from it is early, so the lease
 //! counted from it ends early. Errors only ever shorten the lease.
+//!
+//! # Reads
+//!
+//! A lease read (`Input::Read`, the app API's `Read`) writes nothing. A primary holding its
+//! lease answers `ReadIndex { lsn }` with `lsn = max(commit_lsn, epoch_start_lsn)`; the
+//! application answers the read from its state once it has applied every record through
+//! `lsn`. That answer is linearizable (it reflects every write acknowledged before the read
+//! arrived, and only committed writes):
+//!
+//! 1. When the core answers (true time `t`, which lies between the read's arrival and the
+//!    application's answer), this node holds its lease, so no primary of a higher epoch
+//!    exists (above, 5). A write acknowledged before `t` was committed either in this epoch,
+//!    by this node, at or below `commit_lsn`, or in an earlier epoch: then its record is in
+//!    this primary's log (it was elected with every committed record, invariant 1), below
+//!    the epoch start. Either way it is at or below `lsn`.
+//! 2. The application applies only committed records, in LSN order, so the state it answers
+//!    from holds every record through `lsn` of the one committed history, and nothing that
+//!    was not committed before it answered.
+//! 3. Reads in real-time order see non-decreasing LSNs: a later read on this primary gets a
+//!    commit LSN at least as high; on a later primary, at least its epoch start, which is
+//!    above every record in any earlier primary's log that could have been committed.
+//!
+//! Until its epoch-start record commits, a new primary's `commit_lsn` may lag what the
+//! previous primary acknowledged (a backup learns the commit LSN a heartbeat late): hence
+//! `max` with the epoch start, not `commit_lsn` alone (`TestKnobs::skip_read_epoch_start`
+//! takes it away, and the simulator's read check catches it). If the epoch start never
+//! commits (this node loses its role first) the application waits for an LSN that may hold
+//! another primary's record; point 2 still holds, and the driver gives up once the role
+//! report says the epoch changed. A switchover's target may stand without waiting out the
+//! lease, but only after `TimeoutNow`, and the old primary steps down in the same step that
+//! sends it: it answers no read after that.
 
-use super::{Action, Core, Role, Time};
+use super::{Action, Core, Rejection, Role, Time};
 
 impl Core {
     /// Until when (local clock) the lease holds: the majority-th latest acknowledged send time
@@ -90,6 +121,35 @@ impl Core {
             None => true,
             Some(until) => self.st.now < until,
         }
+    }
+
+    /// `Input::Read` (module docs, "Reads"). `lease_check` ran first in this step.
+    pub(super) fn on_read(&mut self, out: &mut Vec<Action>) {
+        if self.st.role != Role::Primary {
+            out.push(Action::ReadRefused {
+                reason: Rejection::NotPrimary {
+                    primary: self.st.primary,
+                },
+            });
+            return;
+        }
+        if self.config.witness {
+            // A witness serves nobody: it hands over as soon as it can (`health.rs`).
+            out.push(Action::ReadRefused {
+                reason: Rejection::SwitchoverInProgress,
+            });
+            return;
+        }
+        assert!(self.lease_valid(), "serving a read without a lease");
+        let lsn = if self.config.unsafe_testing.skip_read_epoch_start {
+            self.st.commit_lsn
+        } else {
+            self.st.commit_lsn.max(self.st.epoch_start_lsn)
+        };
+        out.push(Action::ReadIndex {
+            lsn,
+            epoch: self.st.epoch,
+        });
     }
 
     /// Steps a primary whose lease lapsed down to backup. Runs before every input that carries

@@ -368,6 +368,11 @@ impl Core {
                 self.lease_check(out);
                 self.on_propose(count, bytes, out);
             }
+            Input::Read { now } => {
+                self.observe_time(now);
+                self.lease_check(out);
+                self.on_read(out);
+            }
             Input::Durable { lsn, epoch } => self.on_durable(lsn, epoch, out),
             Input::MetaPersisted {
                 epoch,

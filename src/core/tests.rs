@@ -951,6 +951,71 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
     );
 }
 
+/// A lease read on a new primary is answered with its epoch start until that commits (its
+/// commit LSN may lag what the previous primary acknowledged), then with the commit LSN;
+/// a backup refuses with the primary it knows; a primary whose lease lapsed steps down
+/// and refuses. Nothing is written for a read.
+#[test]
+fn lease_read_index_is_the_commit_lsn_but_never_below_the_epoch_start() {
+    let read = |core: &mut Core, now: u64| step(core, Input::Read { now: ms(now) });
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        log_of(&[(1, 4)]),
+        PersistedMeta {
+            epoch: Epoch(1),
+            voted_for: None,
+            learner: false,
+        },
+    );
+    elect(&mut core);
+    // The epoch start is at 5, the seed's config record at 6; nothing committed here yet.
+    assert_eq!(core.commit_lsn(), Lsn::ZERO);
+    assert_eq!(
+        read(&mut core, 650),
+        vec![Action::ReadIndex {
+            lsn: Lsn(5),
+            epoch: Epoch(2)
+        }]
+    );
+    step(
+        &mut core,
+        Input::Durable {
+            lsn: Lsn(6),
+            epoch: Epoch(2),
+        },
+    );
+    receive(&mut core, 660, N2, ack(2, 6, 655, 0));
+    assert_eq!(core.commit_lsn(), Lsn(6));
+    assert_eq!(
+        read(&mut core, 670),
+        vec![Action::ReadIndex {
+            lsn: Lsn(6),
+            epoch: Epoch(2)
+        }]
+    );
+    assert_eq!(core.last_lsn(), Lsn(6), "a read writes nothing");
+    // The lease, counted from node 2's acknowledgement of the append sent at 655 ms, runs to
+    // 1105 ms: a read then finds it lapsed.
+    let out = read(&mut core, 1105);
+    assert_eq!(core.role(), Role::Backup);
+    assert!(
+        out.contains(&Action::ReadRefused {
+            reason: Rejection::NotPrimary { primary: None }
+        }),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::ReadIndex { .. })));
+
+    let mut backup = new_core(config(N2, &[1, 2, 3]), log_of(&[(1, 2)]), meta_epoch_1());
+    receive(&mut backup, 100, N1, append(1, (2, 1), 2, 1, 2, 90));
+    assert_eq!(
+        read(&mut backup, 110),
+        vec![Action::ReadRefused {
+            reason: Rejection::NotPrimary { primary: Some(N1) }
+        }]
+    );
+}
+
 /// Switchover: appends stop at once; when the target holds everything and all is committed,
 /// the primary sends `TimeoutNow` and steps down; the target stands without a pre-vote.
 #[test]

@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::core;
-use crate::node::handle::{NodeHandle, NodeStatus, ProposeOutcome, Request};
+use crate::node::handle::{NodeHandle, NodeStatus, ProposeOutcome, ReadOutcome, Request};
 use crate::proto::app::{
     CodecError, Frame, FrameReader, FrameWriter, RejectReason, Role, APPEND_COUNT_MAX,
     FRAME_LEN_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
@@ -288,6 +288,22 @@ async fn connection_read(
                     );
                 }
             }
+            Frame::Read { request_id } if version >= 3 => {
+                // Answered in line: the core answers a read in the step that takes it, so
+                // this waits only for the request queue.
+                let answer = tokio::select! {
+                    _ = closing.cancelled() => return Ended::Closing,
+                    answer = lease_read(node, request_id) => answer,
+                };
+                if outbox.send(answer).await.is_err() {
+                    return Ended::Closing;
+                }
+            }
+            Frame::Read { .. } => {
+                return Ended::Refused(format!(
+                    "Read needs app api version 3; this session speaks {version}"
+                ));
+            }
             Frame::Pong { applied_lsn, .. } => {
                 if let Some(attached) = &attached {
                     attached.answered(applied_lsn);
@@ -338,7 +354,8 @@ async fn connection_read(
             | Frame::RestoreBegin { .. }
             | Frame::RestoreChunk { .. }
             | Frame::RestoreEnd
-            | Frame::Ping { .. } => {
+            | Frame::Ping { .. }
+            | Frame::ReadIndex { .. } => {
                 return Ended::Refused(format!(
                     "{} is a sidecar-to-app frame; an app does not send it",
                     frame.name()
@@ -411,14 +428,6 @@ async fn append(
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
     let count = payloads.len();
-    let rejected =
-        |reason, primary: Option<NodeId>, client_addr: String, message: &str| Frame::Rejected {
-            request_id,
-            reason,
-            primary,
-            client_addr,
-            message: message.to_owned(),
-        };
     let answer = match node.propose(payloads).await {
         Ok(ProposeOutcome::Committed {
             first_lsn,
@@ -435,41 +444,98 @@ async fn append(
             primary,
             client_addr,
         }) => rejected(
+            request_id,
             RejectReason::NotPrimary,
             primary,
-            client_addr.map(|addr| addr.to_string()).unwrap_or_default(),
+            client_addr,
             "this node is not the primary",
         ),
         Ok(ProposeOutcome::Busy) => rejected(
+            request_id,
             RejectReason::Busy,
             None,
-            String::new(),
+            None,
             "the primary is handing over; retry on the new primary",
         ),
         Ok(ProposeOutcome::DiskBehind) => rejected(
+            request_id,
             RejectReason::Busy,
             None,
-            String::new(),
+            None,
             "the primary's disk is behind; nothing was written, retry shortly",
         ),
         Ok(ProposeOutcome::Unknown) => rejected(
+            request_id,
             RejectReason::UnknownOutcome,
             None,
-            String::new(),
+            None,
             "this node stopped being primary after taking the records; they may or may not be committed",
         ),
         Ok(ProposeOutcome::Failed(message)) => {
-            rejected(RejectReason::Failed, None, String::new(), &message)
+            rejected(request_id, RejectReason::Failed, None, None, &message)
         }
         Err(stopped) => rejected(
+            request_id,
             RejectReason::UnknownOutcome,
             None,
-            String::new(),
+            None,
             &stopped.to_string(),
         ),
     };
     if outbox.send(answer).await.is_err() {
         debug!(request_id, "app connection gone; append answer dropped");
+    }
+}
+
+/// A `Rejected` frame; `client_addr` is the primary's client port, when known.
+fn rejected(
+    request_id: u64,
+    reason: RejectReason,
+    primary: Option<NodeId>,
+    client_addr: Option<std::net::SocketAddr>,
+    message: &str,
+) -> Frame {
+    Frame::Rejected {
+        request_id,
+        reason,
+        primary,
+        client_addr: client_addr.map(|addr| addr.to_string()).unwrap_or_default(),
+        message: message.to_owned(),
+    }
+}
+
+/// A lease read's answer: `ReadIndex`, or `Rejected` as an append would be.
+async fn lease_read(node: &NodeHandle, request_id: u64) -> Frame {
+    match node.read_index().await {
+        Ok(ReadOutcome::Index { lsn, epoch }) => Frame::ReadIndex {
+            request_id,
+            lsn,
+            epoch,
+        },
+        Ok(ReadOutcome::NotPrimary {
+            primary,
+            client_addr,
+        }) => rejected(
+            request_id,
+            RejectReason::NotPrimary,
+            primary,
+            client_addr,
+            "this node is not the primary",
+        ),
+        Ok(ReadOutcome::Busy) => rejected(
+            request_id,
+            RejectReason::Busy,
+            None,
+            None,
+            "this node serves no reads (a witness handing over); retry on the new primary",
+        ),
+        Err(stopped) => rejected(
+            request_id,
+            RejectReason::NotPrimary,
+            None,
+            None,
+            &stopped.to_string(),
+        ),
     }
 }
 

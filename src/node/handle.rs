@@ -30,6 +30,9 @@ pub enum Request {
         /// placed before): a proposal refused before that (`reply` says why) drops it.
         placed: Option<oneshot::Sender<()>>,
     },
+    /// A lease read: answered at once with the LSN the application must have applied before
+    /// it answers the read (`core::lease`, "Reads"), or why this node cannot serve one.
+    Read { reply: oneshot::Sender<ReadOutcome> },
     /// Hand the primary role to `to`, or to the best backup (operator switchover).
     Switchover {
         to: Option<NodeId>,
@@ -87,6 +90,21 @@ pub enum ProposeOutcome {
     Unknown,
     /// The node cannot write (a failed disk); it will not acknowledge anything again.
     Failed(String),
+}
+
+/// How a lease read was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This node is primary in `epoch` and holds its lease: the read may be answered from the
+    /// state once every record through `lsn` is applied.
+    Index { lsn: Lsn, epoch: Epoch },
+    /// This node is not the primary (as `ProposeOutcome::NotPrimary`).
+    NotPrimary {
+        primary: Option<NodeId>,
+        client_addr: Option<SocketAddr>,
+    },
+    /// This node is primary but serves nobody (a witness handing over); retry shortly.
+    Busy,
 }
 
 /// Where a proposal stands once [`NodeHandle::propose_placed`] returns.
@@ -373,6 +391,16 @@ impl NodeHandle {
                 .map(Placement::Refused)
                 .map_err(|_| NodeStopped),
         }
+    }
+
+    /// Asks the core for a lease read's index (`Request::Read`).
+    pub async fn read_index(&self) -> Result<ReadOutcome, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Read { reply })
+            .await
+            .map_err(|_| NodeStopped)?;
+        answer.await.map_err(|_| NodeStopped)
     }
 
     /// Asks for a switchover to `to` (or the best backup) and waits for the outcome.

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub proxy_active: AtomicU64,
     /// Proposals refused because the WAL writer's queue was full (the disk is behind).
     pub proposals_refused_disk_behind: AtomicU64,
+    /// Lease reads asked of the core (the app API's `Read`), answered or refused.
+    pub lease_reads: AtomicU64,
     /// Appends from the primary taken in as heartbeats, their records dropped, because the
     /// WAL writer's queue was full.
     pub appends_deferred: AtomicU64,
@@ -134,6 +136,7 @@ impl Default for Metrics {
             proxy_closed_on_role_change: AtomicU64::new(0),
             proxy_active: AtomicU64::new(0),
             proposals_refused_disk_behind: AtomicU64::new(0),
+            lease_reads: AtomicU64::new(0),
             appends_deferred: AtomicU64::new(0),
             heartbeat_gap_max_nanos: AtomicU64::new(0),
             records_damaged: AtomicU64::new(0),
@@ -165,7 +168,7 @@ impl Metrics {
     /// `_total`: the encoder adds it to the sample (`understudy_elections` is exposed as
     /// `understudy_elections_total`).
     pub fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "understudy_appended_records",
                 "Records accepted from the local application.",
@@ -215,6 +218,11 @@ impl Metrics {
                 "understudy_proposals_refused_disk_behind",
                 "Proposals refused because the WAL writer's queue was full.",
                 &self.proposals_refused_disk_behind,
+            ),
+            (
+                "understudy_lease_reads",
+                "Lease reads asked of this node by its application (answered with a read index, or refused when not primary).",
+                &self.lease_reads,
             ),
             (
                 "understudy_appends_deferred",

@@ -81,7 +81,7 @@ use metrics::Metrics;
 
 pub use handle::{
     AppStatus, MembersReply, NodeHandle, NodeStatus, PeerStatus, Placement, ProposeOutcome,
-    Request, SwitchoverReply,
+    ReadOutcome, Request, SwitchoverReply,
 };
 
 /// Requests queued from service tasks to the core loop, at most.
@@ -240,6 +240,8 @@ struct StepContext {
     /// Told when the proposal's records have their LSNs.
     placed: Option<oneshot::Sender<()>>,
     records: Option<VerifiedRecords>,
+    /// A lease read's answer (`Request::Read`).
+    read_reply: Option<oneshot::Sender<ReadOutcome>>,
     /// A membership change's answer (`Request::Members`).
     members_reply: Option<oneshot::Sender<MembersReply>>,
     /// The config record an append carries as its last record, decoded (`Append::config`).
@@ -570,6 +572,23 @@ impl Shell {
                     },
                 };
                 if let Some(reply) = context.reply.take() {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Action::ReadIndex { lsn, epoch } => {
+                if let Some(reply) = context.read_reply.take() {
+                    let _ = reply.send(ReadOutcome::Index { lsn, epoch });
+                }
+            }
+            Action::ReadRefused { reason } => {
+                let outcome = match reason {
+                    Rejection::NotPrimary { primary } => ReadOutcome::NotPrimary {
+                        primary,
+                        client_addr: primary.and_then(|p| self.client_addr_of(p)),
+                    },
+                    Rejection::SwitchoverInProgress | Rejection::Empty => ReadOutcome::Busy,
+                };
+                if let Some(reply) = context.read_reply.take() {
                     let _ = reply.send(outcome);
                 }
             }
@@ -1554,6 +1573,17 @@ pub async fn run(
             Some(inbound) = inbound_rx.recv() => shell.on_inbound(inbound),
             Some(request) = requests_rx.recv() => match request {
                 Request::Propose { payloads, reply, placed } => shell.on_propose(payloads, reply, placed),
+                Request::Read { reply } => {
+                    Metrics::add(&shell.metrics.lease_reads, 1);
+                    let now = shell.now();
+                    shell.step(
+                        Input::Read { now },
+                        StepContext {
+                            read_reply: Some(reply),
+                            ..StepContext::default()
+                        },
+                    )
+                }
                 Request::SetPaused { paused, stamp, reply } => {
                     let result = shell.step(Input::SetPaused { paused, stamp }, StepContext::default());
                     let _ = reply.send(match &result {

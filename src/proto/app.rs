@@ -14,6 +14,7 @@
 //! app     -> sidecar  Subscribe { from_lsn }            answered by Role, then a stream of
 //!                                                       Records and Role frames
 //! app     -> sidecar  Status                            answered by StatusReply
+//! app     -> sidecar  Read { request_id }               answered by ReadIndex or Rejected
 //! app     -> sidecar  SnapshotOffer, SnapshotChunk…,    the app's snapshot (usually when
 //!                     SnapshotDone                      asked by SnapshotRequest)
 //! app     -> sidecar  SnapshotDecline                   "not now", to a SnapshotRequest
@@ -41,6 +42,17 @@
 //!   An app that disconnects with appends in flight loses nothing: the sidecar still sees
 //!   them through, and the records appear in the committed log (or do not, exactly as the
 //!   unseen answer would have said).
+//! - **Read** (version 3). A lease read: the sidecar answers at once, writing nothing, with
+//!   `ReadIndex { request_id, lsn, epoch }` when it is the primary of `epoch` and holds its
+//!   lease. The app answers the read from its state once it has applied every record
+//!   through `lsn` (epoch-start and config records count as applied when skipped); that
+//!   answer is linearizable: it reflects every write acknowledged anywhere before the read
+//!   reached the sidecar, and nothing uncommitted (`core::lease`, "Reads", has the
+//!   argument). If a `Role` frame reports another epoch or role before the app got there,
+//!   it gives up and the client retries. A node that is not the primary answers `Rejected`
+//!   with reason 1 (and the primary, as for appends); a witness, reason 2. Any number may
+//!   be in flight; the Rust driver sends one at a time, gathering the reads that arrive
+//!   while one is out into the next, so a busy application asks once per round trip.
 //! - **Subscribe.** Streams every committed record from `from_lsn` on, in LSN order, as
 //!   `Records` frames, never a record above the commit LSN: the app may apply what it
 //!   receives at once. `Records` carries WAL records exactly as `wal/FORMAT.md` lays them out
@@ -108,7 +120,7 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 0x01 | Hello | version u16 (this is version [`PROTOCOL_VERSION`] = 2; the sidecar also speaks 1, without pings) |
+//! | 0x01 | Hello | version u16 (this is version [`PROTOCOL_VERSION`] = 3; the sidecar also speaks 2, without `Read`, and 1, without pings) |
 //! | 0x02 | Append | request_id u64, count u32 (1 ..= [`APPEND_COUNT_MAX`]), then `count` times: len u32 (≤ 64 MiB, `wal::format::RECORD_PAYLOAD_LEN_MAX`), payload (len bytes) |
 //! | 0x03 | Subscribe | from_lsn u64 (≥ 1) |
 //! | 0x04 | Status | (empty) |
@@ -118,6 +130,7 @@
 //! | 0x13 | SnapshotDecline | (empty) |
 //! | 0x14 | SnapshotFetch | (empty) |
 //! | 0x05 | Pong | nonce u64, applied_lsn u64 |
+//! | 0x06 | Read | request_id u64 (version 3) |
 //!
 //! Sidecar to app:
 //!
@@ -131,6 +144,7 @@
 //! | 0x86 | StatusReply | json str (the node's status, as `GET /status` serves it) |
 //! | 0x87 | Error | message str |
 //! | 0x88 | Ping | nonce u64 |
+//! | 0x89 | ReadIndex | request_id u64, lsn u64, epoch u64 (version 3) |
 //! | 0x90 | SnapshotRequest | (empty) |
 //! | 0x91 | RestoreBegin | lsn u64, epoch u64, body_len u64 |
 //! | 0x92 | RestoreChunk | offset u64, data bytes… |
@@ -159,8 +173,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{Epoch, Lsn, NodeId};
 
-/// The protocol version this build speaks. Version 2 added `Ping` and `Pong`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks. Version 2 added `Ping` and `Pong`; version 3
+/// `Read` and `ReadIndex`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest version the sidecar still speaks (a session of it gets no pings).
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
@@ -288,6 +303,9 @@ pub enum Frame {
         nonce: u64,
         applied_lsn: Lsn,
     },
+    Read {
+        request_id: u64,
+    },
     // Sidecar to app.
     Welcome {
         version: u16,
@@ -339,6 +357,11 @@ pub enum Frame {
     Ping {
         nonce: u64,
     },
+    ReadIndex {
+        request_id: u64,
+        lsn: Lsn,
+        epoch: Epoch,
+    },
 }
 
 mod kind {
@@ -352,6 +375,7 @@ mod kind {
     pub const SNAPSHOT_DECLINE: u8 = 0x13;
     pub const SNAPSHOT_FETCH: u8 = 0x14;
     pub const PONG: u8 = 0x05;
+    pub const READ: u8 = 0x06;
     pub const WELCOME: u8 = 0x81;
     pub const APPENDED: u8 = 0x82;
     pub const REJECTED: u8 = 0x83;
@@ -360,6 +384,7 @@ mod kind {
     pub const STATUS_REPLY: u8 = 0x86;
     pub const ERROR: u8 = 0x87;
     pub const PING: u8 = 0x88;
+    pub const READ_INDEX: u8 = 0x89;
     pub const SNAPSHOT_REQUEST: u8 = 0x90;
     pub const RESTORE_BEGIN: u8 = 0x91;
     pub const RESTORE_CHUNK: u8 = 0x92;
@@ -390,6 +415,8 @@ impl Frame {
             Frame::SnapshotFetch => kind::SNAPSHOT_FETCH,
             Frame::Pong { .. } => kind::PONG,
             Frame::Ping { .. } => kind::PING,
+            Frame::Read { .. } => kind::READ,
+            Frame::ReadIndex { .. } => kind::READ_INDEX,
             Frame::Welcome { .. } => kind::WELCOME,
             Frame::Appended { .. } => kind::APPENDED,
             Frame::Rejected { .. } => kind::REJECTED,
@@ -437,6 +464,8 @@ impl Frame {
             Frame::RestoreBegin { .. } => 24,
             Frame::Pong { .. } => 16,
             Frame::Ping { .. } => 8,
+            Frame::Read { .. } => 8,
+            Frame::ReadIndex { .. } => 24,
         };
         1 + body
     }
@@ -563,6 +592,16 @@ impl Frame {
                 dst.put_u64_le(applied_lsn.get());
             }
             Frame::Ping { nonce } => dst.put_u64_le(*nonce),
+            Frame::Read { request_id } => dst.put_u64_le(*request_id),
+            Frame::ReadIndex {
+                request_id,
+                lsn,
+                epoch,
+            } => {
+                dst.put_u64_le(*request_id);
+                dst.put_u64_le(lsn.get());
+                dst.put_u64_le(epoch.get());
+            }
         }
     }
 }
@@ -585,6 +624,8 @@ fn name_of(type_byte: u8) -> &'static str {
         kind::SNAPSHOT_FETCH => "SnapshotFetch",
         kind::PONG => "Pong",
         kind::PING => "Ping",
+        kind::READ => "Read",
+        kind::READ_INDEX => "ReadIndex",
         kind::WELCOME => "Welcome",
         kind::APPENDED => "Appended",
         kind::REJECTED => "Rejected",
@@ -885,6 +926,14 @@ fn decode_frame(mut bytes: Bytes) -> Result<Frame, DecodeError> {
         },
         kind::PING => Frame::Ping {
             nonce: body.u64("nonce")?,
+        },
+        kind::READ => Frame::Read {
+            request_id: body.u64("request_id")?,
+        },
+        kind::READ_INDEX => Frame::ReadIndex {
+            request_id: body.u64("request_id")?,
+            lsn: Lsn(body.u64("lsn")?),
+            epoch: Epoch(body.u64("epoch")?),
         },
         other => return Err(DecodeError::UnknownType(other)),
     };
@@ -1265,6 +1314,14 @@ mod tests {
                 applied_lsn: Lsn(applied)
             }),
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+            any::<u64>().prop_map(|request_id| Frame::Read { request_id }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(request_id, lsn, epoch)| {
+                Frame::ReadIndex {
+                    request_id,
+                    lsn: Lsn(lsn),
+                    epoch: Epoch(epoch),
+                }
+            }),
             (any::<u16>(), 1u16.., any::<u32>(), any::<u32>()).prop_map(
                 |(version, node_id, frame_len_max, append_count_max)| Frame::Welcome {
                     version,
@@ -1349,7 +1406,7 @@ mod tests {
         /// Arbitrary bodies behind a valid length and a known type never panic either, and
         /// what decodes re-encodes to the same bytes.
         #[test]
-        fn decode_of_arbitrary_bodies_is_exact(type_byte in prop_oneof![0x01u8..=0x05, 0x10u8..=0x14, 0x81u8..=0x88, 0x90u8..=0x93], body in proptest::collection::vec(any::<u8>(), 0..80)) {
+        fn decode_of_arbitrary_bodies_is_exact(type_byte in prop_oneof![0x01u8..=0x06, 0x10u8..=0x14, 0x81u8..=0x89, 0x90u8..=0x93], body in proptest::collection::vec(any::<u8>(), 0..80)) {
             let mut bytes = ((body.len() + 1) as u32).to_le_bytes().to_vec();
             bytes.push(type_byte);
             bytes.extend_from_slice(&body);

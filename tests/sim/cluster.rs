@@ -90,6 +90,9 @@ pub struct RunReport {
     pub committed: usize,
     pub unknown: usize,
     pub rejected: u64,
+    /// Lease reads answered and refused.
+    pub reads: u64,
+    pub reads_refused: u64,
     pub snapshots_installed: u64,
     pub elections: u64,
     /// Voters of the seed configuration (`nodes` counts the spare ids too).
@@ -126,6 +129,9 @@ enum Event {
         inc: u32,
     },
     Client,
+    ClientRead {
+        node: usize,
+    },
     ClientRequest {
         node: usize,
         count: u64,
@@ -580,6 +586,8 @@ impl Sim {
                 self.report.committed = self.work.count(crate::workload::Outcome::Committed);
                 self.report.unknown = self.work.count(crate::workload::Outcome::Unknown);
                 self.report.rejected = self.work.rejected;
+                self.report.reads = self.work.reads_done;
+                self.report.reads_refused = self.work.reads_refused;
                 Ok(self.report)
             }
             Err(v) => Err(self.failure_message(&v)),
@@ -634,6 +642,9 @@ impl Sim {
         }
         if knobs.old_lease_echo {
             env.push_str("SIM_BREAK=lease_echo ");
+        }
+        if knobs.skip_read_epoch_start {
+            env.push_str("SIM_BREAK=read_index ");
         }
         if knobs.skip_single_change {
             env.push_str("SIM_BREAK=members ");
@@ -925,11 +936,27 @@ impl Sim {
                     Some(p) if self.rng.below(100) < 85 => p,
                     _ => self.rng.below(self.nodes.len() as u64) as usize,
                 };
-                let count = 1 + self.rng.below(4);
-                let bytes = count * (10 + self.rng.below(1_000));
-                self.handle(Event::ClientRequest { node, count, bytes })?;
+                if self.rng.below(100) < 30 {
+                    self.handle(Event::ClientRead { node })?;
+                } else {
+                    let count = 1 + self.rng.below(4);
+                    let bytes = count * (10 + self.rng.below(1_000));
+                    self.handle(Event::ClientRequest { node, count, bytes })?;
+                }
                 let after = 2 * MS + self.rng.below(18 * MS);
                 self.schedule(after, Event::Client);
+            }
+            Event::ClientRead { node } => {
+                if !self.alive(node) {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_until > self.now {
+                    let at = self.nodes[node].paused_until;
+                    self.schedule_at(at, Event::ClientRead { node });
+                    return Ok(());
+                }
+                let now = self.local(node);
+                self.step_node(node, Input::Read { now }, None)?;
             }
             Event::ClientRequest { node, count, bytes } => {
                 if !self.alive(node) {
@@ -1912,6 +1939,7 @@ impl Sim {
                 );
             }
             Action::Committed { lsn } => {
+                self.work.reads_committed(node, lsn, self.now);
                 let mut done = std::mem::take(&mut self.done);
                 self.work.committed(node, lsn, &mut done);
                 let mut result = Ok(());
@@ -1983,6 +2011,8 @@ impl Sim {
                 epoch,
                 primary,
             } => {
+                self.work
+                    .reads_role(node, (role == Role::Primary).then_some(epoch));
                 if role == Role::Primary {
                     self.report.elections += 1;
                     self.one_primary.on_promoted(node, epoch)?;
@@ -2008,6 +2038,17 @@ impl Sim {
             }
             Action::AppendsAbandoned { after } => self.work.abandoned(node, after),
             Action::ProposeRejected { .. } => self.work.rejected += 1,
+            Action::ReadIndex { lsn, epoch } => {
+                self.lease.on_serve(node, epoch, self.now)?;
+                let commit = self.nodes[node]
+                    .core
+                    .as_ref()
+                    .map_or(Lsn::ZERO, Core::commit_lsn);
+                self.work
+                    .read_answered(node, lsn, epoch, commit, self.now)
+                    .map_err(|detail| violation("6 (reads are linearizable)", detail))?;
+            }
+            Action::ReadRefused { .. } => self.work.reads_refused += 1,
             Action::Switchover { .. }
             | Action::SwitchoverStarted { .. }
             | Action::PauseChanged { .. }

@@ -21,7 +21,8 @@
 //! wiped), `learner` (every node a voter whatever its data dir lost) or `lease_echo` (the
 //! lease counted from a send time echoed across primaries and clamped to the receiver's
 //! clock) or `members` (membership changes of more than one voter at once: two learners made
-//! voters together, and the partition that such a change cannot survive). The
+//! voters together, and the partition that such a change cannot survive) or `read_index` (a
+//! lease read answered with the commit LSN alone, not at least the epoch start). The
 //! `checker_finds_*` tests do so and must find a violation, which shows the checker can fail.
 
 mod clock;
@@ -66,8 +67,9 @@ fn knobs_from_env() -> TestKnobs {
                 "learner" => knobs.skip_learner = true,
                 "lease_echo" => knobs.old_lease_echo = true,
                 "members" => knobs.skip_single_change = true,
+                "read_index" => knobs.skip_read_epoch_start = true,
                 other => panic!(
-                    "SIM_BREAK={other:?}: known rules are vote_log_check, lease, fresh_votes, learner, lease_echo and members"
+                    "SIM_BREAK={other:?}: known rules are vote_log_check, lease, fresh_votes, learner, lease_echo, members and read_index"
                 ),
             }
         }
@@ -187,11 +189,14 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
         let committed: usize = of_size.iter().map(|r| r.committed).sum();
         let unknown: usize = of_size.iter().map(|r| r.unknown).sum();
         let rejected: u64 = of_size.iter().map(|r| r.rejected).sum();
+        let reads: u64 = of_size.iter().map(|r| r.reads).sum();
+        let reads_refused: u64 = of_size.iter().map(|r| r.reads_refused).sum();
         let snapshots: u64 = of_size.iter().map(|r| r.snapshots_installed).sum();
         let elections: u64 = of_size.iter().map(|r| r.elections).sum();
         println!(
             "    proposals: {committed} committed, {unknown} unknown, {rejected} rejected; {elections} promotions, {snapshots} snapshots installed"
         );
+        println!("    lease reads: {reads} completed, {reads_refused} refused");
         let with_spares = of_size.iter().filter(|r| r.nodes > r.seed_voters).count();
         let changes: u64 = of_size.iter().map(|r| r.members_changes).sum();
         let committed: u64 = of_size.iter().map(|r| r.members_committed).sum();
@@ -309,6 +314,19 @@ fn checker_finds_lost_writes_without_vote_log_check() {
             ..TestKnobs::default()
         },
         "invariant",
+    );
+}
+
+/// Without the epoch start in a lease read's index, a new primary answers reads from before
+/// writes its predecessor acknowledged (its commit LSN lags until its epoch start commits).
+#[test]
+fn checker_finds_stale_reads_without_epoch_start_in_read_index() {
+    checker_finds(
+        TestKnobs {
+            skip_read_epoch_start: true,
+            ..TestKnobs::default()
+        },
+        "invariant 6",
     );
 }
 

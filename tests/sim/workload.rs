@@ -3,6 +3,16 @@
 //! committed (acknowledged to the client), or unknown (the node stepped down or crashed first).
 //! An unknown outcome is not a loss: the record may or may not survive. A committed one must
 //! (invariant 1).
+//!
+//! Reads are lease reads (`core::lease`, "Reads"): the core answers a read with an index,
+//! the LSN its application must have applied before it answers; the read completes once the
+//! node's commit LSN reaches the index while it is still primary of the index's epoch (the
+//! driver's rule: it gives up when a role report says otherwise), and is dropped when the
+//! node reports another role or epoch first, or crashes. The reads are linearizable when,
+//! at the moment the core answers, the index is at least the highest LSN acknowledged to
+//! any client so far (the read sees every write that completed before it) and at least the
+//! index of every read completed so far (reads in real-time order never go back); a read
+//! sees only committed records, as it completes only once its index is committed.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +46,14 @@ pub struct Workload {
     /// Every acknowledged record: LSN -> (epoch, payload id).
     pub acked: BTreeMap<Lsn, (Epoch, u64)>,
     pub believed_primary: Option<usize>,
+    /// Lease reads answered (by the core), completed, and refused.
+    pub reads: u64,
+    pub reads_done: u64,
+    pub reads_refused: u64,
+    /// Per node: the read indexes answered and not yet completed, with their epoch.
+    pub reads_pending: Vec<Vec<(Lsn, Epoch)>>,
+    /// The highest index of a completed read: (lsn, node, true time in ns).
+    pub read_done_max: (Lsn, usize, u64),
 }
 
 impl Workload {
@@ -43,6 +61,7 @@ impl Workload {
         Workload {
             next_payload: 1,
             pending: vec![Vec::new(); nodes],
+            reads_pending: vec![Vec::new(); nodes],
             ..Workload::default()
         }
     }
@@ -92,9 +111,64 @@ impl Workload {
 
     /// The node crashed: its clients' connections dropped, outcomes unknown.
     pub fn crashed(&mut self, node: usize) {
+        self.reads_role(node, None);
         for i in self.pending[node].drain(..) {
             self.ops[i].outcome = Outcome::Unknown;
         }
+    }
+
+    /// `node`'s core answered a read with index `lsn` in `epoch` at true time `now`, its
+    /// commit LSN being `commit`: `Err` with what makes it not linearizable (module docs).
+    pub fn read_answered(
+        &mut self,
+        node: usize,
+        lsn: Lsn,
+        epoch: Epoch,
+        commit: Lsn,
+        now: u64,
+    ) -> Result<(), String> {
+        self.reads += 1;
+        if let Some((&acked, &(epoch, payload))) = self.acked.last_key_value() {
+            if lsn < acked {
+                return Err(format!(
+                    "node {node} answered a read at lsn {lsn}, below lsn {acked} (epoch {epoch}, \
+                     payload {payload}) acknowledged before it"
+                ));
+            }
+        }
+        let (max, max_node, max_at) = self.read_done_max;
+        if lsn < max {
+            return Err(format!(
+                "node {node} answered a read at lsn {lsn} after a read on node {max_node} \
+                 completed at lsn {max} (t={}ms)",
+                max_at / 1_000_000
+            ));
+        }
+        self.reads_pending[node].push((lsn, epoch));
+        self.reads_committed(node, commit, now);
+        Ok(())
+    }
+
+    /// `node`'s commit LSN is `commit`: its reads with an index at or below it complete.
+    pub fn reads_committed(&mut self, node: usize, commit: Lsn, now: u64) {
+        let done_max = &mut self.read_done_max;
+        let done = &mut self.reads_done;
+        self.reads_pending[node].retain(|&(lsn, _)| {
+            if lsn > commit {
+                return true;
+            }
+            *done += 1;
+            if lsn > done_max.0 {
+                *done_max = (lsn, node, now);
+            }
+            false
+        });
+    }
+
+    /// `node` reported its role: reads answered in another epoch, or by a primary that is no
+    /// longer one, are given up. Also on a crash (`primary_in: None`).
+    pub fn reads_role(&mut self, node: usize, primary_in: Option<Epoch>) {
+        self.reads_pending[node].retain(|&(_, epoch)| primary_in == Some(epoch));
     }
 
     pub fn pending_count(&self) -> usize {

@@ -3,7 +3,8 @@
 //! Only writes go into the log, already resolved by the proposer into what `apply` needs
 //! to be deterministic: a `SET ... EX 10` carries its absolute expiry time, and every
 //! record carries the proposer's clock (`now_ms`), which `apply` uses instead of reading
-//! one. A record with no operations is the read barrier.
+//! one. A record with no operations changes nothing but the state's clock (earlier versions
+//! wrote one per read, as a barrier; logs that hold them still apply).
 //!
 //! ```text
 //! record   := version:u8 (= 1) | now_ms:u64 | op_count:u32 | op * op_count
@@ -126,7 +127,8 @@ impl Op {
 }
 
 impl Batch {
-    /// The read barrier: a record that changes nothing but the state's clock.
+    /// A record with no operations: it changes nothing but the state's clock.
+    #[cfg(test)]
     pub fn barrier(now_ms: u64) -> Batch {
         Batch {
             now_ms,

@@ -11,14 +11,12 @@
 //! # What a client is promised
 //! - **Writes** are answered with what `apply` returned for them, so only once they are
 //!   committed (on enough disks that no failover can lose them) and applied here.
-//! - **Reads** on the primary are linearizable: before answering, the server proposes a
-//!   read barrier (a record with no operations) and answers from the state after it is
-//!   applied. The barrier committing proves that this node was primary, under its lease,
-//!   after the read arrived, and everything committed before it is applied. A read thus
-//!   costs one commit round trip, shared by everything the driver batches with it; a
-//!   lease-based local read would need the lease's expiry, which the app API does not
-//!   report yet. Reads that directly follow writes in the same pipeline need no barrier:
-//!   those writes serve as one.
+//! - **Reads** on the primary are linearizable, and write nothing: the server asks its
+//!   sidecar for a lease read ([`Driver::read_linearizable`]), which answers at once, while
+//!   it holds its lease, with the LSN the state must reach, and answers from the state once
+//!   that is applied (usually at once). Reads asked for together share one request. Reads
+//!   that directly follow writes in the same pipeline need not ask: those writes committed
+//!   after the reads arrived, so the state after them is recent enough.
 //! - **On a backup** every read and write is answered `-NOTPRIMARY primary is node N at
 //!   ADDR`, ADDR being the primary's client port. Clients normally connect through
 //!   understudy's client port, which forwards to the primary's server and closes the
@@ -26,13 +24,14 @@
 //!   directly.
 //! - `-UNKNOWN` answers a write whose outcome is unknown (the primary changed after taking
 //!   it): it may or may not be committed. `-TRYAGAIN` answers a request that was not
-//!   carried out and may be retried (a switchover in progress, a read barrier lost).
+//!   carried out and may be retried (a switchover in progress, a read that could not be
+//!   confirmed before the primary changed).
 //!
 //! # Pipelining
 //! A connection's requests are handled a pipeline at a time: every complete request in the
 //! read buffer (up to [`PIPELINE_REQUESTS_MAX`]). Consecutive writes of a pipeline (with
 //! answers that need no state in between) become one record, so `redis-benchmark -P 16`
-//! costs one commit per 16 requests; a run of reads shares one barrier. Replies go out in
+//! costs one commit per 16 requests; a run of reads shares one lease read. Replies go out in
 //! request order. Requests are read again only once the pipeline's replies are written, so
 //! a connection's memory is one pipeline's requests and replies.
 
@@ -55,8 +54,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
-use understudy::client::{BoxError, ClientError, Driver, ProposeError, Role};
-use understudy::Lsn;
+use understudy::client::{BoxError, ClientError, Driver, ProposeError, ReadError, Role};
+use understudy::{Lsn, NodeId};
 
 use codec::{Batch, Op, HEADER_LEN, RECORD_LEN_MAX};
 use command::{Plan, Read};
@@ -344,7 +343,7 @@ struct Pipeline<'a> {
     writes: Vec<(usize, Op)>,
     reads: Vec<(usize, Read)>,
     /// The last record this pipeline proposed committed, and nothing was read since:
-    /// a read now needs no barrier of its own.
+    /// a read now needs no lease read of its own.
     fresh: bool,
 }
 
@@ -386,61 +385,74 @@ impl Pipeline<'_> {
         let replies = match result {
             Ok(replies) if replies.len() == indices.len() => replies,
             Ok(_) => vec![Reply::error(store::NOT_A_COMMAND); indices.len()],
-            Err(error) => vec![propose_error_reply(&error, false); indices.len()],
+            Err(error) => vec![propose_error_reply(&error); indices.len()],
         };
         for (index, reply) in indices.into_iter().zip(replies) {
             self.replies[index] = Some(reply);
         }
     }
 
-    /// Confirms this node is still primary with a barrier (unless a write just did) and
-    /// answers the waiting reads from the state after it.
+    /// Answers the waiting reads with a lease read (the state once it reflects every write
+    /// acknowledged before now), or, right after a write of this pipeline committed, from
+    /// the state as it is.
     async fn flush_reads(&mut self) {
         if self.reads.is_empty() {
             return;
         }
         let reads = std::mem::take(&mut self.reads);
-        if !self.fresh {
-            let barrier = Batch::barrier(self.now_ms).encode();
-            if let Err(error) = self.driver.propose(barrier).await {
-                let reply = propose_error_reply(&error, true);
-                for (index, _) in reads {
-                    self.replies[index] = Some(reply.clone());
-                }
-                return;
-            }
-        }
-        self.fresh = false;
         let replies = &mut self.replies;
-        self.driver.read(|store| {
+        let answer = |store: &Store| {
             let now_ms = wall_clock_ms().max(store.clock_ms());
             for (index, read) in &reads {
                 replies[*index] = Some(read.answer(store, now_ms));
             }
-        });
+        };
+        if std::mem::take(&mut self.fresh) {
+            self.driver.read(answer);
+            return;
+        }
+        if let Err(error) = self.driver.read_linearizable(answer).await {
+            let reply = read_error_reply(&error);
+            for (index, _) in &reads {
+                self.replies[*index] = Some(reply.clone());
+            }
+        }
     }
 }
 
-/// The answer to a request whose proposal failed (`barrier`: it was a read's barrier, so
-/// nothing the client asked for was written either way).
-fn propose_error_reply(error: &ProposeError, barrier: bool) -> Reply {
+/// The answer to reads whose lease read failed: nothing was read.
+fn read_error_reply(error: &ReadError) -> Reply {
+    Reply::error(match error {
+        ReadError::NotPrimary {
+            primary,
+            client_addr,
+        } => not_primary_message(*primary, *client_addr),
+        ReadError::Busy | ReadError::RoleChanged => {
+            "TRYAGAIN the read could not be confirmed on the primary; retry".to_owned()
+        }
+        ReadError::Disconnected => "ERR not connected to the sidecar".to_owned(),
+    })
+}
+
+/// `-NOTPRIMARY`'s message: where the primary is, as far as this node knows.
+fn not_primary_message(primary: Option<NodeId>, client_addr: Option<SocketAddr>) -> String {
+    match (primary, client_addr) {
+        (Some(primary), Some(addr)) => format!("NOTPRIMARY primary is node {primary} at {addr}"),
+        (Some(primary), None) => {
+            format!("NOTPRIMARY primary is node {primary} at an unknown address")
+        }
+        (None, _) => "NOTPRIMARY no primary is known; retry shortly".to_owned(),
+    }
+}
+
+/// The answer to a write whose proposal failed.
+fn propose_error_reply(error: &ProposeError) -> Reply {
     Reply::error(match error {
         ProposeError::NotPrimary {
             primary,
             client_addr,
-        } => match (primary, client_addr) {
-            (Some(primary), Some(addr)) => {
-                format!("NOTPRIMARY primary is node {primary} at {addr}")
-            }
-            (Some(primary), None) => {
-                format!("NOTPRIMARY primary is node {primary} at an unknown address")
-            }
-            (None, _) => "NOTPRIMARY no primary is known; retry shortly".to_owned(),
-        },
+        } => not_primary_message(*primary, *client_addr),
         ProposeError::Busy => "TRYAGAIN the primary is handing over; retry shortly".to_owned(),
-        ProposeError::Unknown if barrier => {
-            "TRYAGAIN the read could not be confirmed on the primary; retry".to_owned()
-        }
         ProposeError::Unknown => {
             "UNKNOWN the write may or may not be committed; read before retrying".to_owned()
         }
@@ -453,7 +465,7 @@ fn propose_error_reply(error: &ProposeError, barrier: bool) -> Reply {
 }
 
 /// INFO: `server`, `replication` and `keyspace` sections (all three by default). Read from
-/// this node's state without a barrier: a report, not a linearizable read.
+/// this node's state as it is: a report, not a linearizable read.
 fn info(driver: &Driver<Store>, sections: &[String]) -> Reply {
     let wants = |name: &str| {
         sections.is_empty()

@@ -8,8 +8,9 @@
 //! `apply` a key is expired when its `expire_at_ms <= clock_ms`: it is removed the moment a
 //! write touches it (SET NX sees it absent, INCR starts from 0, DEL does not count it), and
 //! each record also purges up to [`EXPIRED_PURGE_MAX`] expired keys in expiry order, so
-//! memory is reclaimed by the ordinary traffic (reads included: each read barrier is a
-//! record). Nothing else ever removes a key, so every node holds the same keys.
+//! memory is reclaimed by the ordinary write traffic (reads write no record, so a store
+//! that is only read keeps its expired keys in memory, unseen, until the next write).
+//! Nothing else ever removes a key, so every node holds the same keys.
 //!
 //! Reads run outside `apply`, on the primary, with `max(wall clock, clock_ms)`: a key whose
 //! time has passed is not returned, whether or not a record has purged it yet.
@@ -450,7 +451,7 @@ mod tests {
         assert_eq!(store.live_count(1_100), 0);
         assert_eq!(store.entries.len(), 1, "not purged without a record");
         apply(&mut store, 1_100, vec![]);
-        assert!(store.entries.is_empty(), "the barrier purged it");
+        assert!(store.entries.is_empty(), "the empty record purged it");
         apply(
             &mut store,
             2_000,
