@@ -7,7 +7,13 @@
 //! cargo bench --bench commit                       # 1, 16 and 256 in flight, 128-byte records
 //! cargo bench --bench commit -- --inflight 256 --seconds 10 --record-len 1024
 //! cargo bench --bench commit -- --tls both         # plain, then mutual TLS, and the ratio
+//! cargo bench --bench commit -- --half-peak        # then open loop at half the peak rate
 //! ```
+//!
+//! `--half-peak`: after the in-flight runs, proposals arrive on a schedule (open loop) at
+//! half the highest rate those runs reached, each on its own task, however many are in
+//! flight; a commit's latency counts from its scheduled time, so a stall delays every
+//! proposal due during it instead of hiding them (no coordinated omission).
 //!
 //! `--tls on` runs the cluster with mutual TLS on its peer links (a throwaway CA made by
 //! the benchmark); `--tls both` runs plain and TLS clusters one after the other and prints
@@ -51,6 +57,8 @@ struct Options {
     record_len: usize,
     /// Which clusters to run: plain TCP, mutual TLS, or both.
     tls: Vec<bool>,
+    /// Also run open loop at half the peak rate.
+    half_peak: bool,
 }
 
 fn options() -> Options {
@@ -59,6 +67,7 @@ fn options() -> Options {
         seconds: 3.0,
         record_len: 128,
         tls: vec![false],
+        half_peak: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -82,6 +91,7 @@ fn options() -> Options {
                     _ => vec![false],
                 }
             }
+            "--half-peak" => options.half_peak = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -172,9 +182,59 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
             percentile(&latencies, 0.999).as_secs_f64() * 1e3,
         );
     }
+    if options.half_peak {
+        let peak = rates.iter().map(|&(_, rate)| rate).fold(0.0, f64::max);
+        let rate = peak / 2.0;
+        let (count, mut latencies, elapsed) =
+            open_loop(&primary, &payload, rate, options.seconds).await;
+        latencies.sort_unstable();
+        println!(
+            "open loop at half the peak ({rate:.0}/s asked): {:.0} records/s, p50 {:.2}ms, p99 {:.2}ms, p999 {:.2}ms, max {:.2}ms",
+            count as f64 / elapsed.as_secs_f64(),
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.999).as_secs_f64() * 1e3,
+            latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
+    }
     drop(drivers);
     for id in 1..=3 {
         cluster.kill(id);
     }
     rates
+}
+
+/// Proposes `rate` records per second on a fixed schedule for `seconds`, each on a task of
+/// its own; returns the commits, their latencies from their scheduled times, and the time
+/// from the first scheduled proposal to the last commit.
+async fn open_loop(
+    driver: &Arc<Driver<Sink>>,
+    payload: &Bytes,
+    rate: f64,
+    seconds: f64,
+) -> (usize, Vec<Duration>, Duration) {
+    let total = (rate * seconds) as u64;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            // The timer's granularity is about a millisecond: proposals due within it go
+            // out together, each still timed from its own schedule.
+            if due - now > Duration::from_micros(500) {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let (driver, payload) = (Arc::clone(driver), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            driver.propose(payload).await.expect("committed");
+            due.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        latencies.push(task.await.expect("a proposer"));
+    }
+    (latencies.len(), latencies, started.elapsed())
 }
