@@ -43,8 +43,9 @@
 #   through a proxy, and three sidecars and three servers share the 2 cores with the load
 #   generator, where Redis is three processes. In understudy's favour: a pipelined batch of
 #   SETs is one record in its log, so it commits fewer, larger records.
-#   Sizes (environment): KV_REQUESTS (default 500000), KV_REQUESTS_UNPIPELINED (100000),
-#   KV_ROUNDS (1; with more, each figure is the median over the rounds and CPU is summed).
+#   Sizes (environment): KV_REQUESTS (default 300000), KV_REQUESTS_UNPIPELINED (50000),
+#   KV_ROUNDS (3); each figure is the median over the rounds, CPU the sum over them divided
+#   by the sum of the writes. The defaults take 3 minutes on 2 cores, after the builds.
 #   Binaries: built from this checkout (`cargo build --release --bin understudy --bin
 #   understudy-chaos --example kv`, `cargo bench --bench redis_load --no-run`), except those
 #   given as UNDERSTUDY_BIN, CHAOS_BIN, KV_BIN or LOAD_BIN (paths).
@@ -163,9 +164,9 @@ case $ONLY in
 --follow-only) KEYVALUE=0 E2E=0 ;;
 esac
 # The key-value comparison's sizes (see the header).
-KV_REQUESTS=${KV_REQUESTS:-500000}
-KV_REQUESTS_UNPIPELINED=${KV_REQUESTS_UNPIPELINED:-100000}
-KV_ROUNDS=${KV_ROUNDS:-1}
+KV_REQUESTS=${KV_REQUESTS:-300000}
+KV_REQUESTS_UNPIPELINED=${KV_REQUESTS_UNPIPELINED:-50000}
+KV_ROUNDS=${KV_ROUNDS:-3}
 for value in "$FAILOVERS" "$DOWN_AFTER_MS" "$REQUESTS" "$KV_REQUESTS" "$KV_REQUESTS_UNPIPELINED" "$KV_ROUNDS"; do
     [[ -z $value || $value =~ ^[1-9][0-9]*$ ]] || { echo "$usage" >&2; exit 2; }
 done
@@ -544,10 +545,10 @@ kv_run() {
     log "$pair $side: $rps/s, p50 $p50 ms, p99 $p99 ms, CPU $(((cpu_after - cpu_before) * 1000 / CLK_TCK)) ms$split (load average $load)"
 }
 
-# median LIST: the median of the space-separated numbers in LIST.
+# median LIST FORMAT: the median of the space-separated numbers in LIST, in printf's FORMAT.
 median() {
-    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g \
-        | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk -v f="$2\n" \
+        '{ v[NR] = $1 } END { if (NR % 2) printf f, v[(NR + 1) / 2]; else printf f, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # kv_cpu_us PAIR SIDE PER: CPU microseconds per SET (PER = sets) or per log record (records).
@@ -561,16 +562,16 @@ kv_verdict() {
     if [[ $(awk "BEGIN { print ($1) ? 1 : 0 }") -eq 1 ]]; then echo met; else echo "NOT met"; fi
 }
 
-# kv_row LABEL US REDIS PAIR TARGET: one line of the table, the ratio and both sides' load
-# averages (after each run of PAIR) beside it.
+# kv_row LABEL US REDIS PAIR TARGET: one line of the table, with the ratio, the target and
+# the 1-minute load average after each run of PAIR, understudy's then Redis's.
 kv_row() {
     local load
     load="$(tr -s ' ' ',' <<<"${KVF[$4,us,load]# }") / $(tr -s ' ' ',' <<<"${KVF[$4,redis,load]# }")"
-    printf '%-40s %11s %11s %7s  %-13s %s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" "$load" "$5"
+    printf '%-42s %10s %10s %6s  %-28s %s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" "$5" "$load"
 }
 
 kv_table() {
-    local pair label us redis target n
+    local pair label us redis target n records=()
     echo
     echo "key-value example through the primary's client port (3 understudy nodes, --fsync always,"
     echo "heartbeat 50 ms) vs Redis (primary appendonly yes, appendfsync always, 2 asynchronous replicas),"
@@ -578,7 +579,7 @@ kv_table() {
     machine_line
     echo "CPU: user + system of every process of the setup from /proc/PID/stat (3 sidecars + 3 kv servers;"
     echo "3 redis-servers), load generator excluded, replicas settled before and after each run"
-    printf '%-40s %11s %11s %7s  %-13s %s\n' figure understudy Redis ratio "load us/Redis" target
+    printf '%-42s %10s %10s %6s  %-28s %s\n' figure understudy Redis ratio target "load average (us / Redis)"
     for pair in set_p16 set_c50 set_c500 get_p16 get_c50 ack_c16 ack_c50; do
         case $pair in
         set_p16) label="SET -P 16 -c 50 (-n $KV_REQUESTS)" ;;
@@ -589,21 +590,21 @@ kv_table() {
         ack_c16) label="acked SET x16, 16 conns (-n $KV_REQUESTS)" ;;
         ack_c50) label="acked SET x16, 50 conns (-n $KV_REQUESTS)" ;;
         esac
-        us=$(median "${KVF[$pair,us,rps]}")
-        redis=$(median "${KVF[$pair,redis,rps]}")
+        us=$(median "${KVF[$pair,us,rps]}" %.0f)
+        redis=$(median "${KVF[$pair,redis,rps]}" %.0f)
         case $pair in
         set_*) target="understudy >= 1.0x: $(kv_verdict "$us >= $redis")" ;;
         get_*) target="understudy >= 0.7x: $(kv_verdict "$us >= 0.7 * $redis")" ;;
         ack_*) target="understudy >= 1.5x: $(kv_verdict "$us >= 1.5 * $redis")" ;;
         esac
         kv_row "$label: ops/s" "$us" "$redis" "$pair" "$target"
-        us=$(median "${KVF[$pair,us,p50]}")
-        redis=$(median "${KVF[$pair,redis,p50]}")
+        us=$(median "${KVF[$pair,us,p50]}" %.3f)
+        redis=$(median "${KVF[$pair,redis,p50]}" %.3f)
         target=
         [[ $pair == set_c50 || $pair == set_c500 ]] && target="understudy < 1 ms: $(kv_verdict "$us < 1")"
         kv_row "  p50 ms" "$us" "$redis" "$pair" "$target"
-        us=$(median "${KVF[$pair,us,p99]}")
-        redis=$(median "${KVF[$pair,redis,p99]}")
+        us=$(median "${KVF[$pair,us,p99]}" %.3f)
+        redis=$(median "${KVF[$pair,redis,p99]}" %.3f)
         target=
         [[ $pair == ack_* ]] && target="understudy lower: $(kv_verdict "$us < $redis")"
         kv_row "  p99 ms" "$us" "$redis" "$pair" "$target"
@@ -613,10 +614,13 @@ kv_table() {
             kv_row "  CPU us per SET" "$us" "$redis" "$pair" "understudy < 5 us: $(kv_verdict "$us < 5")"
             us=$(kv_cpu_us "$pair" us records)
             n=${KVF[$pair,us,records]}
-            kv_row "  CPU us per committed record" "$us" "$redis" "$pair" \
-                "understudy < 5 us: $(kv_verdict "$us < 5") ($n log records for ${KVF[$pair,us,sets]} SETs)"
+            kv_row "  CPU us per record (log record / SET)" "$us" "$redis" "$pair" \
+                "understudy < 5 us: $(kv_verdict "$us < 5")"
+            records+=("$pair: $n log records for ${KVF[$pair,us,sets]} SETs")
         fi
     done
+    echo "understudy's log records committed (a pipelined batch of writes is one record):"
+    printf '  %s\n' "${records[@]}"
     if [[ $KV_ROUNDS -gt 1 ]]; then
         echo "ops/s of each round (understudy / Redis):"
         for pair in set_p16 set_c50 set_c500 get_p16 get_c50 ack_c16 ack_c50; do
