@@ -1,8 +1,56 @@
 #!/usr/bin/env bash
-# redis_compare.sh: understudy's figures beside Redis's, from one run. Two comparisons, the
-# first then the second by default; --e2e-only or --follow-only runs one alone.
+# redis_compare.sh: understudy's figures beside Redis's, from one run. Three comparisons, one
+# after the other by default; --kv-only, --e2e-only or --follow-only runs one alone.
 #
-# Both use Redis on loopback from Debian's packages: a primary and two replicas (each with
+# 1. The key-value comparison (--kv-only): the key-value example (examples/kv) used as a
+#   Redis user would use Redis, against Redis run as its users run it; every figure is a
+#   pair, understudy's beside Redis's with the ratio understudy / Redis and the 1-minute
+#   load average read after each of the two runs. Both setups run on loopback at once; one
+#   is measured while the other idles, then the other.
+#   - understudy: three `understudy run` nodes started by tests/scripts/lib.sh, --fsync
+#     always, heartbeat 50 ms, failover timeout 500 ms, the key-value example beside each
+#     attached with --app-socket; clients connect to the primary's client port (one proxy
+#     hop). A SET is answered once its record is fsynced on the primary and on one backup
+#     and applied; a GET once a read barrier has committed the same way (linearizable
+#     reads). The server makes one record of a connection's consecutive pipelined writes.
+#   - Redis: a primary with `appendonly yes --appendfsync always` and two replicas with the
+#     same settings (asynchronous replication), `repl-diskless-sync-delay 0`, no Sentinel.
+#     A SET is answered once fsynced on the primary alone (Redis too fsyncs once per pass of
+#     its event loop, for every write of that pass); a GET from memory.
+#   Pairs, each run against understudy then Redis in odd rounds and the other way round in
+#   even ones (so that a drift in the machine's load weighs on both):
+#   a. `redis-benchmark -t set -d 128 -P 16 -c 50 -n KV_REQUESTS --csv` (one key, as
+#      redis-benchmark sends without -r): requests/s, p50, p99;
+#   b. the same unpipelined, at -c 50 and at -c 500 (-n KV_REQUESTS_UNPIPELINED);
+#   c. `-t get -d 128 -P 16 -c 50 -n KV_REQUESTS`, and unpipelined at -c 50: the key the
+#      SET runs wrote;
+#   d. writes acknowledged by a replica at equal pipelining, 16 and 50 connections, batches
+#      of 16 SETs of 128-byte values to random keys below 100000 (`redis_load load`,
+#      benches/redis_load.rs, KV_REQUESTS SETs): to Redis each batch followed by one
+#      `WAIT 1 0` (acknowledged once a replica has *received* the batch, not fsynced it),
+#      to the client port the batch alone (each reply is already a commit on two disks);
+#      ops/s, p50 and p99, a SET's latency from its batch's write to the reply that
+#      acknowledges it;
+#   e. CPU per committed write in a and b: the user + system time of every process of the
+#      setup (3 sidecars and 3 key-value servers; 3 redis-servers, their reaped children,
+#      such as AOF rewrites, included) from /proc/PID/stat, the load generator's excluded,
+#      read with every replica caught up before and after the run, divided by the SETs
+#      (Redis appends one record to its file per SET); for understudy also by the log
+#      records committed (the primary's last LSN, every node settled, before and after).
+#   What makes it unfair: understudy's writes wait for fsyncs on two disks and a replication
+#   round trip, Redis's in a-b for one fsync (and in d for a replica's receipt, no fsync);
+#   understudy's reads commit a barrier, Redis's read memory; understudy's clients pass
+#   through a proxy, and three sidecars and three servers share the 2 cores with the load
+#   generator, where Redis is three processes. In understudy's favour: a pipelined batch of
+#   SETs is one record in its log, so it commits fewer, larger records.
+#   Sizes (environment): KV_REQUESTS (default 300000), KV_REQUESTS_UNPIPELINED (50000),
+#   KV_ROUNDS (3); each figure is the median over the rounds, CPU the sum over them divided
+#   by the sum of the writes. The defaults take 3 minutes on 2 cores, after the builds.
+#   Binaries: built from this checkout (`cargo build --release --bin understudy --bin
+#   understudy-chaos --example kv`, `cargo bench --bench redis_load --no-run`), except those
+#   given as UNDERSTUDY_BIN, CHAOS_BIN, KV_BIN or LOAD_BIN (paths).
+#
+# The other two use Redis on loopback from Debian's packages: a primary and two replicas (each with
 # `appendonly yes`, `appendfsync always`) and three Sentinels (quorum 2, failover-timeout
 # 2 s) with `down-after-milliseconds` set by --down-after-ms. Its default, 750 ms, is the
 # tightest at which Sentinel never failed the primary over on its own on the machine of
@@ -20,7 +68,7 @@
 # failover within twice its failover-timeout of the last one it started or voted for, and
 # that wait would be counted as failover time).
 #
-# 1. The end-to-end comparison (--e2e-only), understudy's own log against Redis:
+# 2. The end-to-end comparison (--e2e-only), understudy's own log against Redis:
 #   - commit latency and throughput: `SET` then `WAIT 1 0` per operation (acknowledged once
 #     one replica has received it), through `cargo bench --bench e2e -- --redis-master`,
 #     for the same in-flight counts and sizes as understudy's run;
@@ -31,7 +79,7 @@
 #   then `cargo bench --bench e2e` for understudy (3 nodes, --fsync always, 500 ms failover
 #   timeout), and both side by side with the ratio understudy / Redis.
 #
-# 2. The follow-mode comparison (--follow-only): the same unmodified redis-server under
+# 3. The follow-mode comparison (--follow-only): the same unmodified redis-server under
 #   understudy's follow mode (3 `understudy run` nodes from target/release, failover timeout
 #   500 ms, Redis with `appendonly yes --appendfsync no`, its append-only directory as
 #   --follow-dir, Redis running on the primary only; every reply held by the client port
@@ -67,12 +115,12 @@
 #   then a table: figure | follow mode | Redis alone | Redis + Sentinel | follow/alone |
 #   follow/Sentinel.
 #
-# Run: benches/redis_compare.sh [--quick] [--e2e-only | --follow-only] [--failovers N]
-#        [--down-after-ms MS] [--requests N] [--keep]
+# Run: benches/redis_compare.sh [--quick] [--kv-only | --e2e-only | --follow-only]
+#        [--failovers N] [--down-after-ms MS] [--requests N] [--keep]
 #   --quick          shorter e2e runs; 200000 requests per throughput run and 3 follow-mode
-#                    and Sentinel kills in the second comparison
-#   --failovers N    kills per failover measurement (default: 5 in the first comparison,
-#                    10 in the second)
+#                    and Sentinel kills in the third comparison
+#   --failovers N    kills per failover measurement (default: 5 in the second comparison,
+#                    10 in the third)
 #   --down-after-ms  Sentinel's down-after-milliseconds (default 750, see above)
 #   --requests N     requests per throughput run (default 1000000)
 #   --keep           keep the temporary directory (data and logs) and say where it is
@@ -90,14 +138,16 @@ FAILOVERS=
 DOWN_AFTER_MS=
 REQUESTS=
 KEEP=0
-E2E=1
-FOLLOW=1
-usage="usage: $0 [--quick] [--e2e-only | --follow-only] [--failovers N] [--down-after-ms MS] [--requests N] [--keep]"
+ONLY=
+usage="usage: $0 [--quick] [--kv-only | --e2e-only | --follow-only] [--failovers N] [--down-after-ms MS] [--requests N] [--keep]"
 while [[ $# -gt 0 ]]; do
     case $1 in
     --quick) QUICK=(--quick); shift ;;
-    --e2e-only) FOLLOW=0; shift ;;
-    --follow-only) E2E=0; shift ;;
+    --kv-only | --e2e-only | --follow-only)
+        [[ -z $ONLY || $ONLY == "$1" ]] || { echo "$ONLY and $1 exclude each other" >&2; exit 2; }
+        ONLY=$1
+        shift
+        ;;
     --failovers) FAILOVERS=$2; shift 2 ;;
     --down-after-ms) DOWN_AFTER_MS=$2; shift 2 ;;
     --requests) REQUESTS=$2; shift 2 ;;
@@ -105,8 +155,19 @@ while [[ $# -gt 0 ]]; do
     *) echo "$usage" >&2; exit 2 ;;
     esac
 done
-[[ $E2E -eq 1 || $FOLLOW -eq 1 ]] || { echo "--e2e-only and --follow-only exclude each other" >&2; exit 2; }
-for value in "$FAILOVERS" "$DOWN_AFTER_MS" "$REQUESTS"; do
+KEYVALUE=1
+E2E=1
+FOLLOW=1
+case $ONLY in
+--kv-only) E2E=0 FOLLOW=0 ;;
+--e2e-only) KEYVALUE=0 FOLLOW=0 ;;
+--follow-only) KEYVALUE=0 E2E=0 ;;
+esac
+# The key-value comparison's sizes (see the header).
+KV_REQUESTS=${KV_REQUESTS:-300000}
+KV_REQUESTS_UNPIPELINED=${KV_REQUESTS_UNPIPELINED:-50000}
+KV_ROUNDS=${KV_ROUNDS:-3}
+for value in "$FAILOVERS" "$DOWN_AFTER_MS" "$REQUESTS" "$KV_REQUESTS" "$KV_REQUESTS_UNPIPELINED" "$KV_ROUNDS"; do
     [[ -z $value || $value =~ ^[1-9][0-9]*$ ]] || { echo "$usage" >&2; exit 2; }
 done
 E2E_FAILOVERS=${FAILOVERS:-5}
@@ -126,9 +187,12 @@ die() {
 }
 
 missing=()
-for tool in redis-server redis-sentinel redis-cli redis-benchmark; do
+for tool in redis-server redis-cli redis-benchmark; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+if [[ $E2E -eq 1 || $FOLLOW -eq 1 ]]; then
+    command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+fi
 if [[ $FOLLOW -eq 1 ]]; then
     for tool in curl jq; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 fi
@@ -176,7 +240,9 @@ trap 'exit 130' INT TERM
 # Ports: from a PID-derived start in 20000..32000, each one that nothing listens on.
 declare -A PORT
 next_port=$((20000 + ($$ * 7) % 11000))
-names=(r0 r1 r2 s0 s1 s2)
+names=()
+[[ $KEYVALUE -eq 1 ]] && names+=(kv0 kv1 kv2)
+[[ $E2E -eq 1 || $FOLLOW -eq 1 ]] && names+=(r0 r1 r2 s0 s1 s2)
 [[ $FOLLOW -eq 1 ]] && names+=(alone peer1 peer2 peer3 admin1 admin2 admin3 client1 client2 client3 app1 app2 app3)
 for name in "${names[@]}"; do
     while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do
@@ -300,24 +366,327 @@ sentinel_spacing() {
     fi
 }
 
-start_redis r0
-wait_port "${PORT[r0]}"
-start_redis r1 --replicaof 127.0.0.1 "${PORT[r0]}"
-start_redis r2 --replicaof 127.0.0.1 "${PORT[r0]}"
-wait_port "${PORT[r1]}"
-wait_port "${PORT[r2]}"
-for name in s0 s1 s2; do start_sentinel "$name" "${PORT[r0]}" "$DOWN_AFTER_MS"; done
-for name in s0 s1 s2; do wait_port "${PORT[$name]}"; done
-# Both replicas in sync and every Sentinel agreeing on the primary before anything is
-# measured.
-wait_replicas "${PORT[r0]}"
-log "redis: primary :${PORT[r0]}, replicas :${PORT[r1]} :${PORT[r2]}, sentinels :${PORT[s0]} :${PORT[s1]} :${PORT[s2]}"
+# start_redis_trio P: P0 the primary, P1 and P2 its replicas, each answering.
+start_redis_trio() {
+    start_redis "${1}0"
+    wait_port "${PORT[${1}0]}"
+    start_redis "${1}1" --replicaof 127.0.0.1 "${PORT[${1}0]}"
+    start_redis "${1}2" --replicaof 127.0.0.1 "${PORT[${1}0]}"
+    wait_port "${PORT[${1}1]}"
+    wait_port "${PORT[${1}2]}"
+}
+
+# start_redis_sentinel: r0-r2 and the Sentinels s0-s2, for the second and third comparisons.
+start_redis_sentinel() {
+    local name
+    start_redis_trio r
+    for name in s0 s1 s2; do start_sentinel "$name" "${PORT[r0]}" "$DOWN_AFTER_MS"; done
+    for name in s0 s1 s2; do wait_port "${PORT[$name]}"; done
+    # Both replicas in sync and every Sentinel agreeing on the primary before anything is
+    # measured.
+    wait_replicas "${PORT[r0]}"
+    log "redis: primary :${PORT[r0]}, replicas :${PORT[r1]} :${PORT[r2]}, sentinels :${PORT[s0]} :${PORT[s1]} :${PORT[s2]}"
+}
 
 machine_line() {
     echo "machine: $(nproc) cores, $(uname -sr), loopback; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-# ---- 1. the end-to-end comparison -------------------------------------------------------
+# cargo_build ARGS...: `cargo ARGS...` in $ROOT; its messages (JSON) kept for `built`.
+cargo_build() {
+    if ! (cd "$ROOT" && cargo "$@" --message-format=json) >"$WORK/build.out" 2>"$WORK/build.err"; then
+        tail -n 30 "$WORK/build.err" >&2
+        die "cargo $* failed"
+    fi
+}
+
+# built NAME: the executable NAME (a sed pattern for its file name) of the last cargo_build.
+built() {
+    local path
+    path=$(sed -n "s/.*\"executable\":\"\([^\"]*\/$1\)\".*/\1/p" "$WORK/build.out" | tail -n 1)
+    [[ -n $path && -x $path ]] || die "no executable $1 after the build"
+    echo "$path"
+}
+
+# csv_line FILE: requests/s, p50 and p99 (ms) from redis-benchmark's (or redis_load's) --csv
+# output in FILE, its first SET or GET line.
+csv_line() {
+    tr -d '"\r' <"$1" | awk -F, '$1 ~ /^(SET|GET)/ { printf "%.0f %s %s\n", $2, $5, $7; exit }'
+}
+
+# ratio A B: A / B to two places, or - when either is missing or B is 0.
+ratio() {
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a != "" && b != "" && b + 0 > 0) printf "%.2f", a / b; else print "-" }'
+}
+
+# ---- 1. the key-value comparison --------------------------------------------------------
+
+# build_kv_tools: the release sidecar, the chaos tool (for tests/scripts/lib.sh), the
+# key-value example and redis_load, each unless already given as UNDERSTUDY_BIN, CHAOS_BIN,
+# KV_BIN or LOAD_BIN.
+build_kv_tools() {
+    local targets=() bin
+    [[ -n ${UNDERSTUDY_BIN:-} ]] || targets+=(--bin understudy)
+    [[ -n ${CHAOS_BIN:-} ]] || targets+=(--bin understudy-chaos)
+    [[ -n ${KV_BIN:-} ]] || targets+=(--example kv)
+    if [[ ${#targets[@]} -gt 0 ]]; then
+        log "building: cargo build --release ${targets[*]}"
+        cargo_build build --release "${targets[@]}"
+        [[ -n ${UNDERSTUDY_BIN:-} ]] || UNDERSTUDY_BIN=$(built understudy)
+        [[ -n ${CHAOS_BIN:-} ]] || CHAOS_BIN=$(built understudy-chaos)
+        [[ -n ${KV_BIN:-} ]] || KV_BIN=$(built kv)
+    fi
+    if [[ -z ${LOAD_BIN:-} ]]; then
+        log "building: cargo bench --bench redis_load --no-run"
+        cargo_build bench --bench redis_load --no-run
+        LOAD_BIN=$(built 'redis_load-[^"]*')
+    fi
+    for bin in "$UNDERSTUDY_BIN" "$CHAOS_BIN" "$KV_BIN" "$LOAD_BIN"; do
+        [[ -x $bin ]] || die "not an executable: $bin"
+    done
+}
+
+# cpu_ticks PID...: the user and system CPU time of the processes PID..., with that of
+# their reaped children (Redis's AOF rewrites), in clock ticks: fields 14-17 of
+# /proc/PID/stat.
+cpu_ticks() {
+    local pid stat fields total=0
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
+        # The fields after the name (which may hold spaces), from the third on.
+        read -r -a fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12] + fields[13] + fields[14]))
+    done
+    echo "$total"
+}
+
+# kv_redis_settle: until both replicas of kv0 have everything it has (up to 30 s).
+kv_redis_settle() {
+    local acked
+    acked=$(redis-cli -p "${PORT[kv0]}" WAIT 2 30000 2>/dev/null || true)
+    [[ $acked =~ ^[0-9]+$ && $acked -ge 2 ]] || die "the replicas of :${PORT[kv0]} did not catch up within 30 s"
+}
+
+# kv_load PAIR SIDE PORT: pair PAIR's load at PORT, SIDE's (us or redis); --csv lines out.
+kv_load() {
+    local pair=$1 side=$2 port=$3
+    local bench=(redis-benchmark -h 127.0.0.1 -p "$port" -d 128 --csv)
+    local acked=("$LOAD_BIN" load --addr "127.0.0.1:$port" --pipeline 16 --value-len 128 --requests "$KV_REQUESTS")
+    # Redis: each batch of SETs acknowledged by one WAIT 1 0; the client port: by the replies.
+    [[ $side == us ]] || acked+=(--wait 1 --wait-per batch)
+    case $pair in
+    set_p16) "${bench[@]}" -t set -P 16 -c 50 -n "$KV_REQUESTS" ;;
+    set_c50) "${bench[@]}" -t set -c 50 -n "$KV_REQUESTS_UNPIPELINED" ;;
+    set_c500) "${bench[@]}" -t set -c 500 -n "$KV_REQUESTS_UNPIPELINED" ;;
+    get_p16) "${bench[@]}" -t get -P 16 -c 50 -n "$KV_REQUESTS" ;;
+    get_c50) "${bench[@]}" -t get -c 50 -n "$KV_REQUESTS_UNPIPELINED" ;;
+    ack_c16) "${acked[@]}" --connections 16 ;;
+    ack_c50) "${acked[@]}" --connections 50 ;;
+    esac
+}
+
+# KVF[PAIR,SIDE,FIGURE]: the key-value comparison's figures. rps, p50, p99 and load are
+# space-separated lists, one entry per round; cpu (clock ticks), sets and records are sums
+# over the rounds.
+declare -A KVF
+
+# kv_settle SIDE: until SIDE's replicas hold everything committed; for understudy, prints
+# the primary's last LSN (the log records written so far).
+kv_settle() {
+    if [[ $1 == us ]]; then
+        "$CHAOS" settle --admin "$ADMINS" --timeout 30s || die "the cluster did not settle"
+    else
+        kv_redis_settle
+    fi
+}
+
+# kv_run PAIR SIDE SETS: one run of pair PAIR against SIDE, which commits SETS writes.
+# The CPU time is read with the replicas settled before and after, so it holds all the
+# work of replicating the run's writes.
+kv_run() {
+    local pair=$1 side=$2 sets=$3 out="$WORK/kv-$1-$2.out" port lsn_before lsn_after
+    local cpu_before cpu_after sidecars_before sidecars_after split='' rps p50 p99 load
+    local -a pids sidecars
+    if [[ $side == us ]]; then
+        port=${CLIENT_PORT[$PRIMARY]}
+        sidecars=("${NODE_PID[@]}")
+        pids=("${sidecars[@]}" "${KV_PID[@]}")
+    else
+        port=${PORT[kv0]}
+        pids=("${PID[kv0]}" "${PID[kv1]}" "${PID[kv2]}")
+    fi
+    lsn_before=$(kv_settle "$side")
+    cpu_before=$(cpu_ticks "${pids[@]}")
+    [[ $side == us ]] && sidecars_before=$(cpu_ticks "${sidecars[@]}")
+    if ! kv_load "$pair" "$side" "$port" >"$out" 2>&1 || grep -qi 'error' "$out"; then
+        cat "$out" >&2
+        die "$pair against :$port ($side) failed"
+    fi
+    lsn_after=$(kv_settle "$side")
+    cpu_after=$(cpu_ticks "${pids[@]}")
+    if [[ $side == us ]]; then
+        sidecars_after=$(cpu_ticks "${sidecars[@]}")
+        split=", of it the sidecars $(((sidecars_after - sidecars_before) * 1000 / CLK_TCK)) ms"
+    fi
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    read -r rps p50 p99 < <(csv_line "$out") || true
+    [[ -n ${p99:-} ]] || { cat "$out" >&2; die "no figures in $out"; }
+    KVF[$pair,$side,rps]+=" $rps"
+    KVF[$pair,$side,p50]+=" $p50"
+    KVF[$pair,$side,p99]+=" $p99"
+    KVF[$pair,$side,load]+=" $load"
+    KVF[$pair,$side,cpu]=$((${KVF[$pair,$side,cpu]:-0} + cpu_after - cpu_before))
+    KVF[$pair,$side,sets]=$((${KVF[$pair,$side,sets]:-0} + sets))
+    if [[ $side == us ]]; then
+        KVF[$pair,$side,records]=$((${KVF[$pair,$side,records]:-0} + lsn_after - lsn_before))
+    else
+        KVF[$pair,$side,records]=${KVF[$pair,$side,sets]}
+    fi
+    log "$pair $side: $rps/s, p50 $p50 ms, p99 $p99 ms, CPU $(((cpu_after - cpu_before) * 1000 / CLK_TCK)) ms$split (load average $load)"
+}
+
+# median LIST FORMAT: the median of the space-separated numbers in LIST, in printf's FORMAT.
+median() {
+    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk -v f="$2\n" \
+        '{ v[NR] = $1 } END { if (NR % 2) printf f, v[(NR + 1) / 2]; else printf f, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# kv_cpu_us PAIR SIDE PER: CPU microseconds per SET (PER = sets) or per log record (records).
+kv_cpu_us() {
+    awk -v t="${KVF[$1,$2,cpu]}" -v n="${KVF[$1,$2,$3]}" -v hz="$CLK_TCK" \
+        'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / hz / n; else print "-" }'
+}
+
+# kv_verdict CONDITION: "met" or "NOT met", CONDITION an awk expression.
+kv_verdict() {
+    if [[ $(awk "BEGIN { print ($1) ? 1 : 0 }") -eq 1 ]]; then echo met; else echo "NOT met"; fi
+}
+
+# kv_row LABEL US REDIS PAIR TARGET: one line of the table, with the ratio, the target and
+# the 1-minute load average after each run of PAIR, understudy's then Redis's.
+kv_row() {
+    local load
+    load="$(tr -s ' ' ',' <<<"${KVF[$4,us,load]# }") / $(tr -s ' ' ',' <<<"${KVF[$4,redis,load]# }")"
+    printf '%-42s %10s %10s %6s  %-28s %s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" "$5" "$load"
+}
+
+kv_table() {
+    local pair label us redis target n records=()
+    echo
+    echo "key-value example through the primary's client port (3 understudy nodes, --fsync always,"
+    echo "heartbeat 50 ms) vs Redis (primary appendonly yes, appendfsync always, 2 asynchronous replicas),"
+    echo "$(date -u +%F\ %H:%M) UTC, $KV_ROUNDS round(s), medians over the rounds; -d 128 (128-byte values)"
+    machine_line
+    echo "CPU: user + system of every process of the setup from /proc/PID/stat (3 sidecars + 3 kv servers;"
+    echo "3 redis-servers), load generator excluded, replicas settled before and after each run"
+    printf '%-42s %10s %10s %6s  %-28s %s\n' figure understudy Redis ratio target "load average (us / Redis)"
+    for pair in set_p16 set_c50 set_c500 get_p16 get_c50 ack_c16 ack_c50; do
+        case $pair in
+        set_p16) label="SET -P 16 -c 50 (-n $KV_REQUESTS)" ;;
+        set_c50) label="SET -c 50 (-n $KV_REQUESTS_UNPIPELINED)" ;;
+        set_c500) label="SET -c 500 (-n $KV_REQUESTS_UNPIPELINED)" ;;
+        get_p16) label="GET -P 16 -c 50 (-n $KV_REQUESTS)" ;;
+        get_c50) label="GET -c 50 (-n $KV_REQUESTS_UNPIPELINED)" ;;
+        ack_c16) label="acked SET x16, 16 conns (-n $KV_REQUESTS)" ;;
+        ack_c50) label="acked SET x16, 50 conns (-n $KV_REQUESTS)" ;;
+        esac
+        us=$(median "${KVF[$pair,us,rps]}" %.0f)
+        redis=$(median "${KVF[$pair,redis,rps]}" %.0f)
+        case $pair in
+        set_*) target="understudy >= 1.0x: $(kv_verdict "$us >= $redis")" ;;
+        get_*) target="understudy >= 0.7x: $(kv_verdict "$us >= 0.7 * $redis")" ;;
+        ack_*) target="understudy >= 1.5x: $(kv_verdict "$us >= 1.5 * $redis")" ;;
+        esac
+        kv_row "$label: ops/s" "$us" "$redis" "$pair" "$target"
+        us=$(median "${KVF[$pair,us,p50]}" %.3f)
+        redis=$(median "${KVF[$pair,redis,p50]}" %.3f)
+        target=
+        [[ $pair == set_c50 || $pair == set_c500 ]] && target="understudy < 1 ms: $(kv_verdict "$us < 1")"
+        kv_row "  p50 ms" "$us" "$redis" "$pair" "$target"
+        us=$(median "${KVF[$pair,us,p99]}" %.3f)
+        redis=$(median "${KVF[$pair,redis,p99]}" %.3f)
+        target=
+        [[ $pair == ack_* ]] && target="understudy lower: $(kv_verdict "$us < $redis")"
+        kv_row "  p99 ms" "$us" "$redis" "$pair" "$target"
+        if [[ $pair == set_* ]]; then
+            us=$(kv_cpu_us "$pair" us sets)
+            redis=$(kv_cpu_us "$pair" redis sets)
+            kv_row "  CPU us per SET" "$us" "$redis" "$pair" "understudy < 5 us: $(kv_verdict "$us < 5")"
+            us=$(kv_cpu_us "$pair" us records)
+            n=${KVF[$pair,us,records]}
+            kv_row "  CPU us per record (log record / SET)" "$us" "$redis" "$pair" \
+                "understudy < 5 us: $(kv_verdict "$us < 5")"
+            records+=("$pair: $n log records for ${KVF[$pair,us,sets]} SETs")
+        fi
+    done
+    echo "understudy's log records committed (a pipelined batch of writes is one record):"
+    printf '  %s\n' "${records[@]}"
+    if [[ $KV_ROUNDS -gt 1 ]]; then
+        echo "ops/s of each round (understudy / Redis):"
+        for pair in set_p16 set_c50 set_c500 get_p16 get_c50 ack_c16 ack_c50; do
+            echo "  $pair:${KVF[$pair,us,rps]} /${KVF[$pair,redis,rps]}"
+        done
+    fi
+}
+
+# kv_measure: every pair, KV_ROUNDS times; in odd rounds understudy first, in even rounds
+# Redis first, so that a drift in the machine's load weighs on both alike.
+kv_measure() {
+    local round pair sides side sets
+    for round in $(seq 1 "$KV_ROUNDS"); do
+        sides=(us redis)
+        [[ $((round % 2)) -eq 1 ]] || sides=(redis us)
+        for pair in set_p16 set_c50 set_c500 get_p16 get_c50 ack_c16 ack_c50; do
+            case $pair in
+            set_p16 | ack_*) sets=$KV_REQUESTS ;;
+            set_c*) sets=$KV_REQUESTS_UNPIPELINED ;;
+            get_*) sets=0 ;;
+            esac
+            for side in "${sides[@]}"; do kv_run "$pair" "$side" "$sets"; done
+        done
+    done
+    kv_table
+}
+
+# kv_cluster: in a subshell of its own, the three nodes of tests/scripts/lib.sh, then
+# every measurement.
+kv_cluster() {
+    HEARTBEAT=50ms
+    FAILOVER_TIMEOUT_MS=500
+    # shellcheck source-path=SCRIPTDIR source=../tests/scripts/lib.sh
+    source "$ROOT/tests/scripts/lib.sh"
+    # Progress on standard error, as in the rest of this script.
+    log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; }
+    NODE_ARGS=(--fsync always)
+    [[ $KEEP -eq 0 ]] || UNDERSTUDY_KEEP_TEMP=1
+    setup plain
+    start_cluster
+    [[ $(redis-cli -p "${CLIENT_PORT[$PRIMARY]}" SET kv:probe 1) == OK ]] \
+        || die "no SET through node $PRIMARY's client port"
+    log "understudy: node $PRIMARY primary, client port :${CLIENT_PORT[$PRIMARY]}"
+    kv_measure
+    FAILED=0
+}
+
+kv_comparison() {
+    CLK_TCK=$(getconf CLK_TCK)
+    build_kv_tools
+    start_redis_trio kv
+    kv_redis_settle
+    log "redis: primary :${PORT[kv0]} (appendfsync always), replicas :${PORT[kv1]} :${PORT[kv2]}"
+    # The cluster lives in a subshell: tests/scripts/lib.sh starts it and kills it by PID on
+    # the subshell's exit (its EXIT trap), and its names (log, start_node, cleanup, WORK)
+    # stay in there.
+    (kv_cluster)
+    local name
+    for name in kv0 kv1 kv2; do
+        kill -9 "${PID[$name]}" 2>/dev/null || true
+        wait "${PID[$name]}" 2>/dev/null || true
+        unset "PID[$name]"
+    done
+}
+
+# ---- 2. the end-to-end comparison -------------------------------------------------------
 
 e2e_comparison() {
     local -A REDIS US
@@ -401,7 +770,7 @@ e2e_comparison() {
     echo "Sentinel moved the primary with no kill $moves times during its $E2E_FAILOVERS failovers"
 }
 
-# ---- 2. the follow-mode comparison ------------------------------------------------------
+# ---- 3. the follow-mode comparison ------------------------------------------------------
 
 declare -A FIG    # FIG[figure,column]: the follow-mode table
 NOTES=()
@@ -409,27 +778,17 @@ NOTES=()
 # build_follow_tools: the release sidecar and the redis_load bench program.
 build_follow_tools() {
     log "building: cargo build --release --bin understudy; cargo bench --bench redis_load --no-run"
-    if ! (cd "$ROOT" && cargo build --release --bin understudy --message-format=json) \
-        >"$WORK/build.out" 2>"$WORK/build.err"; then
-        tail -n 30 "$WORK/build.err" >&2
-        die "cargo build --release --bin understudy failed"
-    fi
-    US_BIN=$(sed -n 's/.*"executable":"\([^"]*\/understudy\)".*/\1/p' "$WORK/build.out" | tail -n 1)
-    if ! (cd "$ROOT" && cargo bench --bench redis_load --no-run --message-format=json) \
-        >"$WORK/build.out" 2>"$WORK/build.err"; then
-        tail -n 30 "$WORK/build.err" >&2
-        die "cargo bench --bench redis_load --no-run failed"
-    fi
-    LOAD_BIN=$(sed -n 's/.*"executable":"\([^"]*\/redis_load-[^"]*\)".*/\1/p' "$WORK/build.out" | tail -n 1)
-    [[ -x $US_BIN ]] || die "no understudy binary after the build"
-    [[ -x $LOAD_BIN ]] || die "no redis_load binary after the build"
+    cargo_build build --release --bin understudy
+    US_BIN=$(built understudy)
+    cargo_build bench --bench redis_load --no-run
+    LOAD_BIN=$(built 'redis_load-[^"]*')
 }
 
 # csv_figures NAME FILE: requests/s, p50 and p99 from redis-benchmark's (or redis_load's)
 # --csv output into FIG[rps,NAME], FIG[p50,NAME], FIG[p99,NAME].
 csv_figures() {
     local name=$1 file=$2 rps p50 p99
-    read -r rps p50 p99 < <(tr -d '"\r' <"$file" | awk -F, '$1 ~ /^SET/ { printf "%.0f %s %s\n", $2, $5, $7 }') || true
+    read -r rps p50 p99 < <(csv_line "$file") || true
     [[ -n ${p99:-} ]] || { cat "$file" >&2; die "no SET figures in $file"; }
     FIG[rps,$name]=$rps
     FIG[p50,$name]=$p50
@@ -708,11 +1067,6 @@ follow_mode() {
     fi
 }
 
-# ratio A B: A / B to two places, or - when either is missing or B is 0.
-ratio() {
-    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a != "" && b != "" && b + 0 > 0) printf "%.2f", a / b; else print "-" }'
-}
-
 follow_table() {
     echo
     echo "follow mode (3 understudy nodes, failover timeout 500 ms, Redis appendfsync no behind the"
@@ -777,6 +1131,8 @@ follow_comparison() {
     fi
 }
 
+if [[ $KEYVALUE -eq 1 ]]; then kv_comparison; fi
+if [[ $E2E -eq 1 || $FOLLOW -eq 1 ]]; then start_redis_sentinel; fi
 if [[ $E2E -eq 1 ]]; then e2e_comparison; fi
 if [[ $FOLLOW -eq 1 ]]; then follow_comparison; fi
 exit 0

@@ -3,20 +3,23 @@
 //!
 //! ```text
 //! redis_load load  --addr IP:PORT [--connections 50] [--pipeline 16] [--requests N]
-//!                  [--keyspace 100000] [--wait REPLICAS] [--name NAME]
+//!                  [--keyspace 100000] [--value-len 3] [--wait REPLICAS]
+//!                  [--wait-per set|batch] [--name NAME]
 //! redis_load writer --ports IP:PORT,... --acked FILE
 //! redis_load check  --addr IP:PORT --acked FILE
 //! redis_load probe  --since-ns NS (--ports IP:PORT,... | --sentinel IP:PORT --not PORT)
 //! ```
 //!
-//! - `load`: `SET key:<12 digits> xxx` (a random key below `--keyspace`, a 3-byte value, as
-//!   `redis-benchmark -t set -r` sends), with `--wait R` each `SET` followed by `WAIT R 0`
-//!   (the pair is acknowledged once R replicas have the write). Like `redis-benchmark -P`,
-//!   each connection writes `--pipeline` requests at once and reads all their replies before
-//!   writing the next batch; a request's latency runs from its batch's write to its last
-//!   reply (the `WAIT`'s). Prints one line in `redis-benchmark --csv`'s format: requests/s
-//!   and the latency columns in ms. Any reply other than `+OK` (and `WAIT`'s count short of
-//!   R) fails the run.
+//! - `load`: `SET key:<12 digits> xxx` (a random key below `--keyspace`, a value of
+//!   `--value-len` bytes, 3 by default, as `redis-benchmark -t set -r` sends), with `--wait
+//!   R` each `SET` followed by `WAIT R 0` (the pair is acknowledged once R replicas have the
+//!   write), or with `--wait-per batch` one `WAIT R 0` after each batch's `SET`s (every `SET`
+//!   of the batch is acknowledged by it). Like `redis-benchmark -P`, each connection writes
+//!   `--pipeline` requests at once and reads all their replies before writing the next
+//!   batch; a request's latency runs from its batch's write to the reply that acknowledges
+//!   it (its own, or the `WAIT`'s that follows it). Prints one line in `redis-benchmark
+//!   --csv`'s format: requests/s (`SET`s, not counting the `WAIT`s) and the latency columns
+//!   in ms. Any reply other than `+OK` (and `WAIT`'s count short of R) fails the run.
 //! - `writer`: `SET chk:<n> <n>` with n = 0, 1, 2, ..., one at a time, through the first of
 //!   `--ports` that answers (the next one after an error); every n acknowledged with `+OK`
 //!   is appended to `--acked`, one a line. Runs until SIGTERM or SIGINT, then prints its
@@ -109,13 +112,23 @@ fn load(flags: &std::collections::HashMap<String, String>) -> Result<(), Error> 
     let pipeline: usize = flag(flags, "pipeline", Some(16))?;
     let requests: usize = flag(flags, "requests", Some(100_000))?;
     let keyspace: u64 = flag(flags, "keyspace", Some(100_000))?;
+    let value_len: usize = flag(flags, "value-len", Some(3))?;
     let wait: u32 = flag(flags, "wait", Some(0))?;
-    let default_name = if wait > 0 {
-        format!("SET+WAIT {wait}")
-    } else {
-        "SET".into()
+    let wait_per: WaitPer = flag(flags, "wait-per", Some(WaitPer::Set))?;
+    let default_name = match (wait, wait_per) {
+        (0, _) => "SET".into(),
+        (_, WaitPer::Set) => format!("SET+WAIT {wait}"),
+        (_, WaitPer::Batch) => format!("SET x{pipeline}+WAIT {wait}"),
     };
     let name: String = flag(flags, "name", Some(default_name))?;
+    let load = Load {
+        requests,
+        pipeline,
+        keyspace,
+        value: vec![b'x'; value_len],
+        wait: (wait > 0).then_some((wait, wait_per)),
+    };
+    let load = Arc::new(load);
     // One thread, as redis-benchmark: on a small machine more would take cores from Redis.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,15 +148,7 @@ fn load(flags: &std::collections::HashMap<String, String>) -> Result<(), Error> 
             .enumerate()
             .map(|(index, stream)| {
                 let issued = Arc::clone(&issued);
-                tokio::spawn(connection(
-                    stream,
-                    index as u64,
-                    issued,
-                    requests,
-                    pipeline,
-                    keyspace,
-                    wait,
-                ))
+                tokio::spawn(connection(stream, index as u64, issued, Arc::clone(&load)))
             })
             .collect();
         let mut all = Vec::with_capacity(requests);
@@ -178,45 +183,79 @@ fn load(flags: &std::collections::HashMap<String, String>) -> Result<(), Error> 
     Ok(())
 }
 
+/// Where `load --wait R` puts its `WAIT R 0`s.
+#[derive(Clone, Copy)]
+enum WaitPer {
+    /// After every `SET`: a pair per request.
+    Set,
+    /// After the last `SET` of each batch.
+    Batch,
+}
+
+impl std::str::FromStr for WaitPer {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        match text {
+            "set" => Ok(WaitPer::Set),
+            "batch" => Ok(WaitPer::Batch),
+            _ => Err(()),
+        }
+    }
+}
+
+/// What every connection of `load` sends.
+struct Load {
+    requests: usize,
+    pipeline: usize,
+    keyspace: u64,
+    value: Vec<u8>,
+    /// The replicas `WAIT` asks for, and where it goes; `None`: no `WAIT`.
+    wait: Option<(u32, WaitPer)>,
+}
+
 /// One connection's share of the requests, a batch of `pipeline` at a time.
 async fn connection(
     stream: tokio::net::TcpStream,
     index: u64,
     issued: Arc<AtomicUsize>,
-    requests: usize,
-    pipeline: usize,
-    keyspace: u64,
-    wait: u32,
+    load: Arc<Load>,
 ) -> Result<Vec<Duration>, Error> {
     let (read, mut write) = stream.into_split();
     let mut read = tokio::io::BufReader::new(read);
     let mut latencies = Vec::new();
     // xorshift64*, a different seed per connection.
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (index + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let wait = load.wait.map_or(0, |(replicas, _)| replicas);
     let wait_arg = wait.to_string();
+    let wait_per_set = matches!(load.wait, Some((_, WaitPer::Set)));
+    let wait_per_batch = matches!(load.wait, Some((_, WaitPer::Batch)));
     let mut batch = Vec::new();
     let mut line = String::new();
     loop {
-        let first = issued.fetch_add(pipeline, Ordering::Relaxed);
-        if first >= requests {
+        let first = issued.fetch_add(load.pipeline, Ordering::Relaxed);
+        if first >= load.requests {
             return Ok(latencies);
         }
-        let count = pipeline.min(requests - first);
+        let count = load.pipeline.min(load.requests - first);
         batch.clear();
         for _ in 0..count {
             state ^= state >> 12;
             state ^= state << 25;
             state ^= state >> 27;
-            let mut number = state.wrapping_mul(0x2545_F491_4F6C_DD1D) % keyspace;
+            let mut number = state.wrapping_mul(0x2545_F491_4F6C_DD1D) % load.keyspace;
             let mut key = *b"key:000000000000";
             for digit in key[4..].iter_mut().rev() {
                 *digit = b'0' + (number % 10) as u8;
                 number /= 10;
             }
-            encode(&mut batch, &[b"SET", &key, b"xxx"]);
-            if wait > 0 {
+            encode(&mut batch, &[b"SET", &key, &load.value]);
+            if wait_per_set {
                 encode(&mut batch, &[b"WAIT", wait_arg.as_bytes(), b"0"]);
             }
+        }
+        if wait_per_batch {
+            encode(&mut batch, &[b"WAIT", wait_arg.as_bytes(), b"0"]);
         }
         let at = Instant::now();
         write.write_all(&batch).await?;
@@ -226,19 +265,37 @@ async fn connection(
             if line != "+OK\r\n" {
                 return Err(format!("SET answered {:?}", line.trim_end()).into());
             }
-            if wait > 0 {
-                line.clear();
-                read.read_line(&mut line).await?;
-                let acked: Option<u32> = line
-                    .strip_prefix(':')
-                    .and_then(|n| n.trim_end().parse().ok());
-                if acked.is_none_or(|acked| acked < wait) {
-                    return Err(format!("WAIT {wait} 0 answered {:?}", line.trim_end()).into());
-                }
+            if wait_per_set {
+                connection_wait_reply(&mut read, &mut line, wait).await?;
             }
-            latencies.push(at.elapsed());
+            if !wait_per_batch {
+                latencies.push(at.elapsed());
+            }
+        }
+        if wait_per_batch {
+            // The batch's SETs are acknowledged together, by this reply.
+            connection_wait_reply(&mut read, &mut line, wait).await?;
+            let took = at.elapsed();
+            latencies.extend(std::iter::repeat_n(took, count));
         }
     }
+}
+
+/// Reads the reply to `WAIT wait 0`; an error unless it counts `wait` replicas or more.
+async fn connection_wait_reply(
+    read: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut String,
+    wait: u32,
+) -> Result<(), Error> {
+    line.clear();
+    read.read_line(line).await?;
+    let acked: Option<u32> = line
+        .strip_prefix(':')
+        .and_then(|n| n.trim_end().parse().ok());
+    if acked.is_none_or(|acked| acked < wait) {
+        return Err(format!("WAIT {wait} 0 answered {:?}", line.trim_end()).into());
+    }
+    Ok(())
 }
 
 // ---- one command at a time, blocking -----------------------------------------------------

@@ -22,7 +22,9 @@ NODE_ARGS=()
 # 1: the sidecar runs the key-value server itself (--app-cmd).
 SUPERVISED=${SUPERVISED:-0}
 
-declare -A NODE_PID KV_PID PEER_PORT ADMIN_PORT CLIENT_PORT APP_PORT PROXY_PORT DATA_DIR
+# Global (-g) even when this file is sourced inside a function: the EXIT trap's cleanup reads
+# them after that function has returned.
+declare -gA NODE_PID KV_PID PEER_PORT ADMIN_PORT CLIENT_PORT APP_PORT PROXY_PORT DATA_DIR
 PROXY_PID=""
 WRITER_PID=""
 EXTRA_PIDS=()
