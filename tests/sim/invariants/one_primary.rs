@@ -2,8 +2,17 @@
 //! backwards on any node (the persisted epoch never decreases, and a restarted node starts at
 //! or above the last epoch it voted in). A node votes at most once in an epoch, across restarts
 //! and wipes of its data dir alike: every persisted vote is remembered here.
+//!
+//! One exception, which cannot make two primaries: a node's vote for itself, cast before its
+//! data dir was wiped, in an epoch it never became primary of. That vote counted only for
+//! its own candidacy, which ended with the wipe (a candidacy lives in memory), so whom it
+//! votes for in that epoch afterwards elects at most one primary there. It happens when a
+//! node stood in an epoch that no other node took up (its vote requests refused unread, as
+//! the primary's backups do), lost its disk, and an ordinary election later reached the
+//! same epoch. A vote for another candidate before a wipe stays binding (`core::election`,
+//! "A fresh data dir", has what the quarantine covers and what it does not).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use understudy::core::PersistedMeta;
 use understudy::{Epoch, NodeId};
@@ -18,6 +27,8 @@ pub struct OnePrimary {
     voted_epoch: Vec<Epoch>,
     /// Every vote ever persisted: `(node, epoch) -> candidate`.
     votes: HashMap<(usize, Epoch), NodeId>,
+    /// Votes cast before a wipe of the voter's data dir.
+    before_wipe: HashSet<(usize, Epoch)>,
 }
 
 impl OnePrimary {
@@ -26,6 +37,7 @@ impl OnePrimary {
             primary_of: HashMap::new(),
             voted_epoch: vec![Epoch::ZERO; nodes],
             votes: HashMap::new(),
+            before_wipe: HashSet::new(),
         }
     }
 
@@ -67,7 +79,9 @@ impl OnePrimary {
         if let Some(candidate) = new.voted_for {
             self.voted_epoch[node] = self.voted_epoch[node].max(new.epoch);
             match self.votes.insert((node, new.epoch), candidate) {
-                Some(earlier) if earlier != candidate => {
+                Some(earlier)
+                    if earlier != candidate && !self.lost_self_vote(node, new.epoch, earlier) =>
+                {
                     return Err(violation(
                         NAME,
                         format!(
@@ -82,6 +96,14 @@ impl OnePrimary {
         Ok(())
     }
 
+    /// Whether `node`'s vote for `candidate` in `epoch` is the exception of the module docs:
+    /// for itself, cast before a wipe, in an epoch it never became primary of.
+    fn lost_self_vote(&self, node: usize, epoch: Epoch, candidate: NodeId) -> bool {
+        usize::from(candidate.get()) == node + 1 // ids are indexes + 1 (`Cluster::index_of`)
+            && self.before_wipe.contains(&(node, epoch))
+            && self.primary_of.get(&epoch) != Some(&node)
+    }
+
     /// The vote `node` persisted in `epoch`, if any (kept across wipes of its data dir).
     pub fn vote_of(&self, node: usize, epoch: Epoch) -> Option<NodeId> {
         self.votes.get(&(node, epoch)).copied()
@@ -91,6 +113,13 @@ impl OnePrimary {
     /// it cast stay cast.
     pub fn on_wiped(&mut self, node: usize) {
         self.voted_epoch[node] = Epoch::ZERO;
+        self.before_wipe.extend(
+            self.votes
+                .keys()
+                .filter(|&&(voter, _)| voter == node)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
     }
 
     /// `node`'s core reports `epoch` (after any step, restarts included).
