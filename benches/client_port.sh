@@ -8,9 +8,16 @@
 #
 # proxy: `redis-benchmark -t set,get -d 128 -P 16 -c 50 -n $REQUESTS` against the
 #   primary's key-value server directly, through the primary's client port (one proxy hop)
-#   and through a backup's client port (two hops: the backup's proxy, then the primary's),
-#   $ROUNDS rounds in turn so that drift in the machine's load hits all three alike; and
-#   PING (`-t ping_mbulk`, 5 x $REQUESTS), which commits nothing, for the proxy's raw cost.
+#   and through a backup's client port (also one hop: on one host the backup's proxy
+#   connects straight to the primary's server), $ROUNDS rounds in turn so that drift in
+#   the machine's load hits all three alike; and PING (`-t ping_mbulk`, 5 x $REQUESTS),
+#   which commits nothing, for the proxy's raw cost. After each redis-benchmark run, the
+#   CPU seconds it cost the primary's and the backup's sidecars and the primary's server
+#   (from /proc/PID/stat): a figure that other work on the machine disturbs far less than
+#   throughput.
+#   `UNDERSTUDY_CLIENT_COPY=splice benches/client_port.sh proxy` runs the sidecars with the
+#   proxy's copy done by splice(2) instead of read/write (an internal switch for this
+#   measurement, see `copy_spliced` in src/node/proxy.rs).
 # failover: `understudy demo --trials $TRIALS`: kill -9 of the primary, time to the first
 #   acknowledged write through a backup's client port, min/median/max.
 #
@@ -53,6 +60,21 @@ if [[ $what == all || $what == proxy ]]; then
     backup=1
     [[ $primary == 1 ]] && backup=2
     echo "primary: node $primary; backup port: node $backup's"
+    # The processes listening on a port, and their CPU time in clock ticks (utime + stime).
+    pid_on() { ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\),.*/\1/p' | head -1; }
+    ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+    hz=$(getconf CLK_TCK)
+    watched=("$(pid_on "${client[$primary]}")" "$(pid_on "${client[$backup]}")" "$(pid_on "${app[$primary]}")")
+    # Runs redis-benchmark with the given arguments; prints its result lines and the CPU
+    # seconds the primary's sidecar, the backup's sidecar and the primary's server used.
+    bench() {
+        local before=() after=() i
+        for i in 0 1 2; do before[i]=$(ticks "${watched[i]}"); done
+        redis-benchmark -h 127.0.0.1 "$@" -q 2>&1 | tr '\r' '\n' | grep -E '^[A-Z_]+: .*requests per second'
+        for i in 0 1 2; do after[i]=$(ticks "${watched[i]}"); done
+        awk -v hz="$hz" -v p="$((after[0] - before[0]))" -v b="$((after[1] - before[1]))" \
+            -v s="$((after[2] - before[2]))" 'BEGIN { printf "cpu s: primary sidecar %.2f, backup sidecar %.2f, primary server %.2f\n", p / hz, b / hz, s / hz }'
+    }
     declare -A label=(
         [direct]="the primary's server directly (port ${app[$primary]})"
         [primary]="the primary's client port (${client[$primary]})"
@@ -62,11 +84,9 @@ if [[ $what == all || $what == proxy ]]; then
     for round in $(seq "$ROUNDS"); do
         for target in direct primary backup; do
             echo "-- round $round: ${label[$target]}, load $(cut -d' ' -f1 /proc/loadavg)"
-            redis-benchmark -h 127.0.0.1 -p "${port[$target]}" -t set,get -d 128 -P 16 -c 50 \
-                -n "$REQUESTS" -q 2>&1 | tr '\r' '\n' | grep -E '^(SET|GET): .*requests per second'
+            bench -p "${port[$target]}" -t set,get -d 128 -P 16 -c 50 -n "$REQUESTS"
             # PING commits nothing: the proxy's own cost, with nothing else to hide it.
-            redis-benchmark -h 127.0.0.1 -p "${port[$target]}" -t ping_mbulk -P 16 -c 50 \
-                -n "$((REQUESTS * 5))" -q 2>&1 | tr '\r' '\n' | grep -E '^PING.*requests per second'
+            bench -p "${port[$target]}" -t ping_mbulk -P 16 -c 50 -n "$((REQUESTS * 5))"
         done
     done
     kill -INT $demo

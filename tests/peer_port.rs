@@ -121,3 +121,57 @@ fn wrong_cluster_secret_is_refused() {
         "node 3 joined"
     );
 }
+
+/// A peer that speaks another protocol version (here the one before this build's, whose
+/// `Hello` has the same layout) is refused by number, in a reason both ends can log.
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_by_number() {
+    use understudy::proto::peer::{self, Frame, Hello, PROTOCOL_VERSION};
+    use understudy::NodeId;
+    let mut cluster = Cluster::new(1);
+    cluster.start_node(1);
+    let target = cluster.node(1).peer_addr;
+    let mut stream = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            stream = TcpStream::connect(target).ok();
+            stream.is_some()
+        }),
+        "the peer port does not listen"
+    );
+    let mut stream = stream.unwrap();
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION - 1,
+        cluster_id: 0x5eed,
+        from: NodeId(2),
+        to: NodeId(1),
+        nonce: [7; peer::NONCE_LEN],
+        members: vec![NodeId(1), NodeId(2)],
+        config_lsn: 0,
+        previous_cluster_id: 0,
+        client_addr: None,
+        admin_addr: None,
+    });
+    let mut bytes = bytes::BytesMut::new();
+    let records = peer::encode_head(&hello, &mut bytes);
+    assert!(records.is_empty());
+    stream.write_all(&bytes).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let expected = format!(
+        "protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
+        PROTOCOL_VERSION - 1
+    );
+    match peer::decode(&answer) {
+        Ok(Some((Frame::Refuse { reason }, _))) => assert_eq!(reason, expected),
+        other => panic!("expected a refusal, got {other:?} from {answer:?}"),
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || log_of(&cluster, 1)
+            .contains(&expected)),
+        "the refusal was not logged"
+    );
+}

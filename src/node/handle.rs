@@ -188,6 +188,10 @@ pub struct NodeStatus {
     pub primary: Option<u16>,
     /// The primary's client port, when known (for redirects).
     pub primary_client_addr: Option<SocketAddr>,
+    /// Another node's primary application, when it announced where it serves clients and
+    /// this node can reach it there: a backup's client port forwards to it directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_app_addr: Option<SocketAddr>,
     /// The primary is serving: it holds its lease.
     pub lease_held: bool,
     /// `voter`, or `learner` while this node cannot vouch for its log and votes (it neither
@@ -269,6 +273,7 @@ impl NodeStatus {
             epoch: 0,
             primary: None,
             primary_client_addr: None,
+            primary_app_addr: None,
             lease_held: false,
             standing: "voter",
             first_lsn: 1,

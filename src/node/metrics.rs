@@ -93,6 +93,11 @@ pub struct Metrics {
     pub proxy_refused: AtomicU64,
     pub proxy_closed_on_role_change: AtomicU64,
     pub proxy_active: AtomicU64,
+    /// On a backup: client-port connections forwarded straight to the primary's
+    /// application, and those that could not reach it there and went through the
+    /// primary's client port instead.
+    pub proxy_direct: AtomicU64,
+    pub proxy_direct_failed: AtomicU64,
     /// Proposals refused because the WAL writer's queue was full (the disk is behind).
     pub proposals_refused_disk_behind: AtomicU64,
     /// Lease reads asked of the core (the app API's `Read`), answered or refused.
@@ -135,6 +140,8 @@ impl Default for Metrics {
             proxy_refused: AtomicU64::new(0),
             proxy_closed_on_role_change: AtomicU64::new(0),
             proxy_active: AtomicU64::new(0),
+            proxy_direct: AtomicU64::new(0),
+            proxy_direct_failed: AtomicU64::new(0),
             proposals_refused_disk_behind: AtomicU64::new(0),
             lease_reads: AtomicU64::new(0),
             appends_deferred: AtomicU64::new(0),
@@ -168,7 +175,7 @@ impl Metrics {
     /// `_total`: the encoder adds it to the sample (`understudy_elections` is exposed as
     /// `understudy_elections_total`).
     pub fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let counters: [(&str, &str, &AtomicU64); 17] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "understudy_appended_records",
                 "Records accepted from the local application.",
@@ -213,6 +220,16 @@ impl Metrics {
                 "understudy_client_connections_cut",
                 "Client-port connections closed because the primary changed.",
                 &self.proxy_closed_on_role_change,
+            ),
+            (
+                "understudy_client_connections_direct",
+                "Client-port connections a backup forwarded straight to the primary's application.",
+                &self.proxy_direct,
+            ),
+            (
+                "understudy_client_connections_direct_failed",
+                "Client-port connections that could not reach the primary's application and went through the primary's client port instead.",
+                &self.proxy_direct_failed,
             ),
             (
                 "understudy_proposals_refused_disk_behind",

@@ -991,6 +991,10 @@ impl Shell {
             epoch: status.epoch.get(),
             primary: status.primary.map(|p| p.get()),
             primary_client_addr: status.primary.and_then(|p| self.client_addr_of(p)),
+            primary_app_addr: status
+                .primary
+                .filter(|&p| p != self.config.node_id)
+                .and_then(|p| self.net.app_addr(p)),
             lease_held,
             standing: handle::standing_name(status.learner, status.quarantined, status.damaged),
             first_lsn: status.snapshot_lsn.next().get(),
@@ -1278,6 +1282,10 @@ pub async fn run(
         })),
         client_addr: config.client_addr,
         admin_addr: config.admin_addr,
+        // In follow mode a reply must pass this node's client port, which holds it until
+        // the application's changes are committed (the reply barrier): the application is
+        // not announced, so backups forward to the client port instead.
+        app_addr: config.app_addr.filter(|_| config.follow.is_none()),
         metrics: Arc::clone(&metrics),
         snapshots: Arc::clone(&snapshots),
         reader: reader.clone(),
@@ -1312,6 +1320,7 @@ pub async fn run(
         epoch: opened.persisted.epoch.get(),
         primary: None,
         primary_client_addr: None,
+        primary_app_addr: None,
         lease_held: false,
         standing: handle::standing_name(opened.start.learner, opened.start.quarantine, false),
         first_lsn: 1,

@@ -28,8 +28,8 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::{ClusterSecret, PeerAddr};
 use crate::core::Message;
 use crate::proto::peer::{
-    encode_head, encode_message_head, DecodeError, Frame, Hello, PeerCodec, ACCEPTOR_LABEL,
-    DIALLER_LABEL, NONCE_LEN, PROTOCOL_VERSION,
+    addr_text, encode_head, encode_message_head, DecodeError, Frame, Hello, PeerCodec,
+    ACCEPTOR_LABEL, DIALLER_LABEL, NONCE_LEN, PROTOCOL_VERSION,
 };
 use crate::NodeId;
 
@@ -130,6 +130,10 @@ pub struct PeerConfig {
     pub client_addr: Option<SocketAddr>,
     /// This node's admin address, told to peers in the handshake.
     pub admin_addr: Option<SocketAddr>,
+    /// Where this node's application serves clients, told to peers in the handshake so
+    /// that their client ports forward to it directly while this node is primary. `None`
+    /// where clients must pass this node's own client port (follow mode: its reply barrier).
+    pub app_addr: Option<SocketAddr>,
     pub metrics: Arc<super::metrics::Metrics>,
     /// Where a snapshot connection's data goes (`snapshot::transfer::receive`).
     pub snapshots: Arc<super::snapshot::Snapshots>,
@@ -201,7 +205,7 @@ pub struct PeerNet {
     connected: BTreeMap<NodeId, Arc<AtomicBool>>,
     tracker: tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
-    /// Client and admin addresses peers told us in their handshakes.
+    /// Addresses peers told us in their handshakes.
     client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
 }
 
@@ -210,6 +214,29 @@ pub struct PeerNet {
 pub struct Announced {
     pub client: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub app: Option<SocketAddr>,
+    /// The address the peer's connection came from (its host, as this node sees it).
+    pub remote: Option<SocketAddr>,
+}
+
+impl Announced {
+    /// The peer's application address, if this node can reach it there. An address on
+    /// loopback (or the unspecified address, which a connect takes for this host) names the
+    /// peer's application only from the peer's own host: from anywhere else it would reach
+    /// whatever listens on that port here, this node's own application perhaps. So it is
+    /// used only when the peer's connection came from a loopback address too.
+    pub fn app_reachable(&self) -> Option<SocketAddr> {
+        let app = self.app?;
+        let local_only = |ip: std::net::IpAddr| {
+            let ip = ip.to_canonical();
+            ip.is_loopback() || ip.is_unspecified()
+        };
+        if !local_only(app.ip()) {
+            return Some(app);
+        }
+        let remote = self.remote?;
+        local_only(remote.ip()).then_some(app)
+    }
 }
 
 impl PeerNet {
@@ -339,6 +366,12 @@ impl PeerNet {
     /// The admin address `peer` announced, if it has connected to us.
     pub fn admin_addr(&self, peer: NodeId) -> Option<SocketAddr> {
         self.announced(peer).admin
+    }
+
+    /// The application address `peer` announced, if it has connected to us and this node
+    /// can reach it there ([`Announced::app_reachable`]).
+    pub fn app_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.announced(peer).app_reachable()
     }
 
     fn announced(&self, peer: NodeId) -> Announced {
@@ -552,8 +585,23 @@ pub(super) async fn dial_handshake(
                     "the peer does not hold the cluster secret".into(),
                 ));
             }
-            let proof = secret.mac(&[DIALLER_LABEL, &ids, &nonce_a, &nonce_d, &members]);
-            write_frame_half(&mut writer, &Frame::Proof { tag: proof }).await?;
+            let app = addr_text(config.app_addr);
+            let proof = secret.mac(&[
+                DIALLER_LABEL,
+                &ids,
+                &nonce_a,
+                &nonce_d,
+                &members,
+                app.as_bytes(),
+            ]);
+            write_frame_half(
+                &mut writer,
+                &Frame::Proof {
+                    tag: proof,
+                    app_addr: config.app_addr,
+                },
+            )
+            .await?;
         }
         Frame::Refuse { reason } => return Err(LinkError::Handshake(reason)),
         other => {
@@ -703,6 +751,7 @@ async fn serve_inbound(
     client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
+    let remote = stream.peer_addr().ok();
     let handshake = async {
         // TLS first, when the node runs with it: the dialler's certificate must be signed
         // by the cluster's CA; the node names it carries are checked against its hello.
@@ -730,14 +779,20 @@ async fn serve_inbound(
         let from = accept_handshake(&config, &named, &mut reader, &mut writer).await?;
         Ok::<_, LinkError>((from, reader, writer))
     };
-    let (from, mut reader, writer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| LinkError::Timeout)??;
+    let ((from, announced), mut reader, writer) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| LinkError::Timeout)??;
     client_addrs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(from.0, from.1);
-    let from = from.0;
+        .insert(
+            from,
+            Announced {
+                remote,
+                ..announced
+            },
+        );
     info!(peer = %from, "peer connected");
     loop {
         let frame = read_frame(&mut reader).await?;
@@ -817,7 +872,8 @@ async fn serve_inbound(
     }
 }
 
-/// The acceptor's side of the handshake. Returns the peer's id and client address.
+/// The acceptor's side of the handshake. Returns the peer's id and the addresses it
+/// announced.
 async fn accept_handshake(
     config: &PeerConfig,
     named: &[NodeId],
@@ -923,10 +979,18 @@ async fn accept_handshake(
         },
     )
     .await?;
-    match read_frame(reader).await? {
-        Frame::Proof { tag } => {
+    let app_addr = match read_frame(reader).await? {
+        Frame::Proof { tag, app_addr } => {
+            let app = addr_text(app_addr);
             if !secret.verify(
-                &[DIALLER_LABEL, &ids, &nonce_a, &hello.nonce, &members],
+                &[
+                    DIALLER_LABEL,
+                    &ids,
+                    &nonce_a,
+                    &hello.nonce,
+                    &members,
+                    app.as_bytes(),
+                ],
                 &tag,
             ) {
                 let reason = format!("node {} does not hold the cluster secret", hello.from);
@@ -939,18 +1003,74 @@ async fn accept_handshake(
                 .await;
                 return Err(LinkError::Handshake(reason));
             }
+            app_addr
         }
         other => {
             return Err(LinkError::Handshake(format!(
                 "expected proof, got {other:?}"
             )))
         }
-    }
+    };
     Ok((
         hello.from,
         Announced {
             client: hello.client_addr,
             admin: hello.admin_addr,
+            app: app_addr,
+            // Filled in by the caller, which holds the socket.
+            remote: None,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announced(app: &str, remote: &str) -> Announced {
+        Announced {
+            app: Some(app.parse().unwrap()),
+            remote: Some(remote.parse().unwrap()),
+            ..Announced::default()
+        }
+    }
+
+    /// An application address on loopback (or unspecified) is used only when the peer is on
+    /// this host (its connection came from loopback); any other address is used as given.
+    #[test]
+    fn a_loopback_application_address_is_reachable_only_from_its_own_host() {
+        let reachable = |app, remote| announced(app, remote).app_reachable();
+        let app = |addr: &str| Some(addr.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            reachable("127.0.0.1:6379", "127.0.0.1:40000"),
+            app("127.0.0.1:6379")
+        );
+        assert_eq!(
+            reachable("127.0.0.1:6379", "[::1]:40000"),
+            app("127.0.0.1:6379")
+        );
+        assert_eq!(
+            reachable("127.0.0.1:6379", "[::ffff:127.0.0.1]:40000"),
+            app("127.0.0.1:6379")
+        );
+        assert_eq!(reachable("127.0.0.1:6379", "10.0.0.7:40000"), None);
+        assert_eq!(reachable("[::1]:6379", "10.0.0.7:40000"), None);
+        assert_eq!(reachable("0.0.0.0:6379", "10.0.0.7:40000"), None);
+        assert_eq!(reachable("[::ffff:127.0.0.1]:6379", "10.0.0.7:40000"), None);
+        assert_eq!(
+            reachable("10.0.0.7:6379", "10.0.0.7:40000"),
+            app("10.0.0.7:6379")
+        );
+        assert_eq!(
+            reachable("10.0.0.7:6379", "127.0.0.1:40000"),
+            app("10.0.0.7:6379")
+        );
+        // Nothing announced, or no connection seen: nothing to reach.
+        assert_eq!(Announced::default().app_reachable(), None);
+        let unseen = Announced {
+            remote: None,
+            ..announced("127.0.0.1:6379", "127.0.0.1:1")
+        };
+        assert_eq!(unseen.app_reachable(), None);
+    }
 }

@@ -1,11 +1,28 @@
 //! The client port: a protocol-agnostic TCP proxy to whichever node is primary.
 //!
 //! On the primary (holding its lease) a connection is forwarded to the local application
-//! (`--app-addr`); on a backup, to the primary's client port (learned from the peer
-//! handshake). While no primary is known, a new connection is held for up to the hold time
-//! and then closed. Each connection remembers the `(role, epoch, primary)` it was routed
-//! under; the moment the node's status says otherwise (it stopped being primary, or the
-//! primary changed) the connection is closed, so no client keeps talking to a stale primary.
+//! (`--app-addr`). On a backup it is forwarded in one hop, straight to the primary's
+//! application, at the address the primary announced in the peer handshake
+//! (`proto::peer`, `Proof`), when this node can reach it there
+//! ([`super::peer::Announced::app_reachable`]: a loopback address only from the primary's
+//! own host). Otherwise, or when that connect fails, it goes to the primary's client port,
+//! which forwards it again (two hops); a failed address is skipped for
+//! [`DIRECT_RETRY_AFTER`] so that each new connection does not wait for it. While no
+//! primary is known, a new connection is held for up to the hold time and then closed.
+//! Each connection remembers the `(role, epoch, primary)` it was routed under; the moment
+//! the node's status says otherwise (it stopped being primary, or the primary changed) the
+//! connection is closed, so no client keeps talking to a stale primary.
+//!
+//! A connection a backup forwards straight to the primary's application bypasses the
+//! primary's client port, so the primary's sidecar does not cut it when its lease lapses:
+//! the backup cuts it once its own status names another primary (or none), and until then
+//! the application itself answers only while its sidecar is primary, as the app API's
+//! contract has it (a write commits only through a primary holding its lease; the example
+//! key-value server also commits a barrier before every read). Follow mode keeps two hops:
+//! there the primary's client port holds every reply until the application's changes are
+//! committed (the reply barrier), and serves only once the application does, so a primary
+//! in follow mode announces no application address and a backup in follow mode never
+//! forwards to one.
 //!
 //! Bytes are copied once each way through one buffer per direction
 //! (`copy_bidirectional_with_sizes`), in a task that does nothing else; both legs have
@@ -33,6 +50,13 @@ use crate::follow::ship::Shipper;
 /// Buffer per direction per connection.
 const BUFFER_LEN: usize = 64 << 10;
 
+/// How long a backup waits to connect to the primary's application before it goes through
+/// the primary's client port instead (at most the hold time).
+const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long an application address that could not be reached is skipped.
+const DIRECT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Limits of the client port.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxyLimits {
@@ -48,6 +72,9 @@ pub struct ProxyLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Route {
     target: SocketAddr,
+    /// Where to go when `target` cannot be reached: on a backup forwarding to the primary's
+    /// application, the primary's client port.
+    fallback: Option<SocketAddr>,
     role: Role,
     epoch: u64,
     primary: Option<u16>,
@@ -64,15 +91,21 @@ fn route(
         Some(serving) => serving,
         None => !status.app_health.expected || status.app_health.live,
     };
-    let target = match status.role {
+    let (target, fallback) = match status.role {
         // A primary whose application is gone holds new connections (up to the hold time)
         // until it is back or another node is primary, rather than failing them.
-        Role::Primary if status.lease_held && app_ok => app_addr?,
+        Role::Primary if status.lease_held && app_ok => (app_addr?, None),
         Role::Primary | Role::Candidate => return None,
-        Role::Backup => status.primary_client_addr?,
+        // One hop where the primary's application can be reached, never in follow mode
+        // (module docs: the reply barrier is the primary's client port's).
+        Role::Backup => match status.primary_app_addr.filter(|_| follow_serving.is_none()) {
+            Some(app) => (app, status.primary_client_addr),
+            None => (status.primary_client_addr?, None),
+        },
     };
     Some(Route {
         target,
+        fallback,
         role: status.role,
         epoch: status.epoch,
         primary: status.primary,
@@ -97,6 +130,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.connections_max));
+    let unreachable = Arc::new(Unreachable::default());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -120,13 +154,14 @@ pub async fn serve(
         let node = node.clone();
         let shutdown = shutdown.clone();
         let follow = follow.clone();
+        let unreachable = Arc::clone(&unreachable);
         let span = tracing::debug_span!("client", %remote);
         tokio::spawn(
             async move {
                 metrics.proxy_active.fetch_add(1, Ordering::Relaxed);
                 let outcome = tokio::select! {
                     _ = shutdown.cancelled() => "node stopping",
-                    outcome = carry(client, &node, app_addr, limits, follow) => outcome,
+                    outcome = carry(client, &node, app_addr, limits, follow, &unreachable) => outcome,
                 };
                 metrics.proxy_active.fetch_sub(1, Ordering::Relaxed);
                 if outcome == "role changed" {
@@ -149,6 +184,7 @@ async fn carry(
     app_addr: Option<SocketAddr>,
     limits: ProxyLimits,
     mut follow: Option<Serving>,
+    unreachable: &Unreachable,
 ) -> &'static str {
     let mut status = node.watch_status();
     // Wait (bounded) for somewhere to send it.
@@ -171,30 +207,9 @@ async fn carry(
             () = tokio::time::sleep_until(deadline) => return "no primary known",
         }
     };
-    let to_app = route.role == Role::Primary;
-    let upstream = match tokio::time::timeout(limits.hold, TcpStream::connect(route.target)).await {
-        Ok(Ok(upstream)) => {
-            if to_app {
-                node.app_health().reached(true);
-            }
-            upstream
-        }
-        Ok(Err(e)) => {
-            if to_app {
-                // Counted, and the application is unreachable until a connection succeeds.
-                node.app_health().reached(false);
-                warn!(target = %route.target, error = %e, "cannot reach the application at --app-addr");
-            } else {
-                debug!(target = %route.target, error = %e, "cannot reach the primary's client port");
-            }
-            return "upstream unreachable";
-        }
-        Err(_) => {
-            if to_app {
-                node.app_health().reached(false);
-            }
-            return "upstream connect timed out";
-        }
+    let upstream = match connect_upstream(&route, node, limits.hold, unreachable).await {
+        Ok(upstream) => upstream,
+        Err(outcome) => return outcome,
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
@@ -238,6 +253,94 @@ async fn carry(
     }
 }
 
+/// Connects to where `route` says; on a backup whose direct connect to the primary's
+/// application fails, to the primary's client port instead. Returns why not on failure.
+async fn connect_upstream(
+    route: &Route,
+    node: &NodeHandle,
+    hold: Duration,
+    unreachable: &Unreachable,
+) -> Result<TcpStream, &'static str> {
+    let started = tokio::time::Instant::now();
+    let metrics = node.metrics_arc();
+    if let Some(port) = route.fallback {
+        if !unreachable.recently(route.target) {
+            let timeout = hold.min(DIRECT_CONNECT_TIMEOUT);
+            let error = match tokio::time::timeout(timeout, TcpStream::connect(route.target)).await
+            {
+                Ok(Ok(upstream)) => {
+                    metrics.proxy_direct.fetch_add(1, Ordering::Relaxed);
+                    return Ok(upstream);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            if unreachable.note(route.target) {
+                info!(app = %route.target, %port, error, "cannot reach the primary's application directly; forwarding through its client port for a while");
+            }
+        }
+        metrics.proxy_direct_failed.fetch_add(1, Ordering::Relaxed);
+        let left = hold.saturating_sub(started.elapsed());
+        return match tokio::time::timeout(left, TcpStream::connect(port)).await {
+            Ok(Ok(upstream)) => Ok(upstream),
+            Ok(Err(e)) => {
+                debug!(target = %port, error = %e, "cannot reach the primary's client port");
+                Err("upstream unreachable")
+            }
+            Err(_) => Err("upstream connect timed out"),
+        };
+    }
+    let to_app = route.role == Role::Primary;
+    match tokio::time::timeout(hold, TcpStream::connect(route.target)).await {
+        Ok(Ok(upstream)) => {
+            if to_app {
+                node.app_health().reached(true);
+            }
+            Ok(upstream)
+        }
+        Ok(Err(e)) => {
+            if to_app {
+                // Counted, and the application is unreachable until a connection succeeds.
+                node.app_health().reached(false);
+                warn!(target = %route.target, error = %e, "cannot reach the application at --app-addr");
+            } else {
+                debug!(target = %route.target, error = %e, "cannot reach the primary's client port");
+            }
+            Err("upstream unreachable")
+        }
+        Err(_) => {
+            if to_app {
+                node.app_health().reached(false);
+            }
+            Err("upstream connect timed out")
+        }
+    }
+}
+
+/// The primary's application address a direct connect last failed to reach, and when:
+/// skipped for [`DIRECT_RETRY_AFTER`], so that an address that drops connects does not
+/// cost every new connection [`DIRECT_CONNECT_TIMEOUT`].
+#[derive(Default)]
+struct Unreachable(std::sync::Mutex<Option<(SocketAddr, Instant)>>);
+
+impl Unreachable {
+    /// Whether `addr` failed within the last [`DIRECT_RETRY_AFTER`].
+    fn recently(&self, addr: SocketAddr) -> bool {
+        let last = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|(failed, at)| failed == addr && at.elapsed() < DIRECT_RETRY_AFTER)
+    }
+
+    /// Notes that `addr` failed now; true unless it was already noted as failing recently
+    /// (for one log line per outage, not one per connection).
+    fn note(&self, addr: SocketAddr) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let known = last
+            .is_some_and(|(failed, at)| failed == addr && at.elapsed() < 2 * DIRECT_RETRY_AFTER);
+        *last = Some((addr, Instant::now()));
+        !known
+    }
+}
+
 /// Copies both ways until both sides are done (or one fails), through one buffer per
 /// direction.
 async fn copy_both_ways(
@@ -245,11 +348,106 @@ async fn copy_both_ways(
     upstream: TcpStream,
     active: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
+    if splice_switch() {
+        return copy_spliced(client, upstream, active).await;
+    }
     let mut client = Tracked::new(client, Arc::clone(&active));
     let mut upstream = Tracked::new(upstream, active);
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER_LEN, BUFFER_LEN)
         .await
         .map(|_| ())
+}
+
+/// An internal switch for measuring the copy, not a setting: `UNDERSTUDY_CLIENT_COPY=splice`
+/// makes [`copy_both_ways`] move bytes with splice(2) through a pipe per direction
+/// ([`copy_spliced`]) instead of read and write through a buffer. Read once.
+fn splice_switch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("UNDERSTUDY_CLIENT_COPY").is_some_and(|value| value == "splice")
+    })
+}
+
+/// Copies both ways with splice(2): socket to pipe, pipe to socket, so the bytes stay in
+/// the kernel. Each direction owns a pipe; it fills the pipe only when it is empty, so a
+/// splice into it never finds it full and an `EAGAIN` always means the socket is not ready.
+async fn copy_spliced(
+    client: TcpStream,
+    upstream: TcpStream,
+    active: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    tokio::try_join!(
+        splice_one_way(&client, &upstream, &active),
+        splice_one_way(&upstream, &client, &active),
+    )
+    .map(|_| ())
+}
+
+/// Bytes moved into a pipe at once: its default capacity.
+const PIPE_LEN: usize = 64 << 10;
+
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    active: &AtomicBool,
+) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use tokio::io::Interest;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened by pipe2 and are owned by nothing else.
+    let (pipe_read, pipe_write) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let splice = |from: i32, to: i32, len: usize| -> std::io::Result<usize> {
+        // SAFETY: splice between descriptors this function keeps open, without offsets
+        // (sockets and pipes have none).
+        let moved = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        usize::try_from(moved).map_err(|_| std::io::Error::last_os_error())
+    };
+    loop {
+        let filled = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), pipe_write.as_raw_fd(), PIPE_LEN)
+            }) {
+                Ok(filled) => break filled,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if filled == 0 {
+            // The sender is done: pass the end on, as the buffered copy does.
+            // SAFETY: shutdown of a socket this function borrows.
+            if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        active.store(true, Ordering::Relaxed);
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe_read.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
+                Ok(drained) => left -= drained,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Follow mode: copies like [`copy_both_ways`], but each piece of the application's
@@ -395,6 +593,48 @@ mod tests {
             route(&status(Role::Candidate, 4, None, false), Some(app), None),
             None
         );
+    }
+
+    /// A backup with a reachable address for the primary's application forwards there,
+    /// with the primary's client port to fall back on; without one, or in follow mode (where
+    /// the primary's client port holds replies for the reply barrier), to the client port.
+    #[test]
+    fn a_backup_forwards_to_the_primary_application_in_one_hop_except_in_follow_mode() {
+        let port: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let primary_app: SocketAddr = "10.0.0.1:6379".parse().unwrap();
+        let own_app: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        let mut backup = status(Role::Backup, 3, Some(2), false);
+        backup.primary_app_addr = Some(primary_app);
+        let direct = route(&backup, Some(own_app), None).unwrap();
+        assert_eq!((direct.target, direct.fallback), (primary_app, Some(port)));
+        for serving in [false, true] {
+            let follow = route(&backup, Some(own_app), Some(serving)).unwrap();
+            assert_eq!((follow.target, follow.fallback), (port, None));
+        }
+        // The primary's application without its client port: no fallback.
+        backup.primary_client_addr = None;
+        let direct = route(&backup, Some(own_app), None).unwrap();
+        assert_eq!((direct.target, direct.fallback), (primary_app, None));
+        // The primary itself goes to its own application, whatever it knows of others.
+        let mut primary = status(Role::Primary, 3, Some(1), true);
+        primary.primary_app_addr = Some(primary_app);
+        let local = route(&primary, Some(own_app), None).unwrap();
+        assert_eq!((local.target, local.fallback), (own_app, None));
+    }
+
+    /// An address that failed is skipped for a while, and logged once per outage.
+    #[test]
+    fn an_unreachable_application_is_skipped_for_a_while() {
+        let unreachable = Unreachable::default();
+        let app: SocketAddr = "10.0.0.1:6379".parse().unwrap();
+        let other: SocketAddr = "10.0.0.2:6379".parse().unwrap();
+        assert!(!unreachable.recently(app));
+        assert!(unreachable.note(app));
+        assert!(unreachable.recently(app));
+        assert!(!unreachable.recently(other));
+        assert!(!unreachable.note(app), "logged twice in one outage");
+        assert!(unreachable.note(other));
+        assert!(!unreachable.recently(app), "only the last failure is kept");
     }
 
     /// A connection is cut when the node stops being primary, loses its lease, or (on a

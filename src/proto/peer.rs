@@ -10,7 +10,7 @@
 //! ```text
 //! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, members, client_addr, admin_addr }
 //! acceptor -> dialler   Challenge { nonce_a, tag_a = HMAC(secret, "understudy acceptor" | from | to | nonce_d | nonce_a | members) }
-//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d | members) }
+//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d | members | app_addr), app_addr }
 //! ```
 //!
 //! `members` is the dialler's member list (the ids of its latest configuration, ascending)
@@ -26,6 +26,14 @@
 //! handshake cannot be replayed, and the two tags differ in their label, so one side's tag
 //! cannot be reflected back as the other's. A side that finds anything wrong (version,
 //! cluster id, node ids, tag) sends `Refuse { reason }` when it can and closes.
+//!
+//! The dialler's `app_addr` is where its application serves clients (`--app-addr`), which
+//! a backup's client port connects to directly while the dialler is primary
+//! (`node::proxy`). It travels in the `Proof`, not in the `Hello`, for two reasons: the
+//! `Hello` keeps the layout it has had since version 5, so that a node of any version since
+//! then reads this one's version field and refuses it by number (`protocol version 7 is not
+//! supported (this node speaks 6)`) rather than failing to decode the frame; and the
+//! dialler's tag covers it, so that nobody on the way can send a backup's clients elsewhere.
 //!
 //! # Frames
 //!
@@ -44,7 +52,7 @@
 //! |---|---|---|
 //! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), config_lsn u64, previous_cluster_id u64, then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
 //! | 2 | Challenge | which u8 (0: the secret of the Hello's cluster_id, 1: of its previous_cluster_id), nonce (32 bytes), tag (32 bytes) |
-//! | 3 | Proof | tag (32 bytes) |
+//! | 3 | Proof | tag (32 bytes), then the rest as UTF-8: the sender's application address (`IP:PORT`, or empty if it announces none) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
 //! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64, health u8, priority u8 |
@@ -125,8 +133,9 @@ use crate::{Epoch, Lsn, NodeId};
 /// member list to `Hello`. Version 5 added its configuration's LSN (`Hello::config_lsn`), the
 /// config record kind, the `can_vote` health bit, and the previous secret of a rotation
 /// (`Hello::previous_cluster_id`, `Frame::Challenge::which`). Version 6 added
-/// `Append::successor`.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// `Append::successor`. Version 7 added the application's address to `Proof` (and to the
+/// dialler's tag).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -177,6 +186,8 @@ pub enum Frame {
     },
     Proof {
         tag: [u8; TAG_LEN],
+        /// Where the dialler's application serves clients, if it announces it (module docs).
+        app_addr: Option<std::net::SocketAddr>,
     },
     Refuse {
         reason: String,
@@ -401,15 +412,8 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             hello.previous_cluster_id = body.get_u64_le();
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
             let (client, admin) = text.split_once(' ').unwrap_or((text, ""));
-            let addr = |text: &str| -> Result<Option<std::net::SocketAddr>, DecodeError> {
-                if text.is_empty() {
-                    Ok(None)
-                } else {
-                    text.parse().map(Some).map_err(|_| DecodeError::BadText)
-                }
-            };
-            hello.client_addr = addr(client)?;
-            hello.admin_addr = addr(admin)?;
+            hello.client_addr = parse_addr(client)?;
+            hello.admin_addr = parse_addr(admin)?;
             Frame::Hello(hello)
         }
         2 => {
@@ -425,9 +429,18 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             }
         }
         3 => {
-            expect(TAG_LEN)?;
+            if !(TAG_LEN..=TAG_LEN + ADDR_TEXT_LEN_MAX).contains(&len) {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len,
+                    expected: TAG_LEN,
+                });
+            }
+            let tag = get_array(body);
+            let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
             Frame::Proof {
-                tag: get_array(body),
+                tag,
+                app_addr: parse_addr(text)?,
             }
         }
         4 => {
@@ -619,6 +632,25 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
     })
 }
 
+/// The longest address text in a `Proof`: an IPv6 address with a zone index and a port
+/// (`[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535` is 59 bytes), with room.
+const ADDR_TEXT_LEN_MAX: usize = 64;
+
+/// An address as the frames carry it: `IP:PORT`, or empty for none. The dialler's tag covers
+/// these bytes (module docs).
+pub fn addr_text(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map(|addr| addr.to_string()).unwrap_or_default()
+}
+
+/// The inverse of [`addr_text`].
+fn parse_addr(text: &str) -> Result<Option<std::net::SocketAddr>, DecodeError> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        text.parse().map(Some).map_err(|_| DecodeError::BadText)
+    }
+}
+
 fn message(message: Message) -> Frame {
     Frame::Message {
         message,
@@ -651,14 +683,10 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             }
             dst.put_u64_le(hello.config_lsn);
             dst.put_u64_le(hello.previous_cluster_id);
-            let addr = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.to_string());
-            match (addr(hello.client_addr), addr(hello.admin_addr)) {
-                (None, None) => {}
-                (client, admin) => {
-                    dst.put_slice(client.unwrap_or_default().as_bytes());
-                    dst.put_u8(b' ');
-                    dst.put_slice(admin.unwrap_or_default().as_bytes());
-                }
+            if hello.client_addr.is_some() || hello.admin_addr.is_some() {
+                dst.put_slice(addr_text(hello.client_addr).as_bytes());
+                dst.put_u8(b' ');
+                dst.put_slice(addr_text(hello.admin_addr).as_bytes());
             }
         }
         Frame::Challenge { which, nonce, tag } => {
@@ -667,9 +695,10 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             dst.put_slice(nonce);
             dst.put_slice(tag);
         }
-        Frame::Proof { tag } => {
+        Frame::Proof { tag, app_addr } => {
             dst.put_u8(3);
             dst.put_slice(tag);
+            dst.put_slice(addr_text(*app_addr).as_bytes());
         }
         Frame::Refuse { reason } => {
             dst.put_u8(4);
@@ -954,7 +983,22 @@ mod tests {
             nonce: [1; NONCE_LEN],
             tag: [2; TAG_LEN],
         });
-        round_trip(Frame::Proof { tag: [3; TAG_LEN] });
+        round_trip(Frame::Proof {
+            tag: [3; TAG_LEN],
+            app_addr: None,
+        });
+        round_trip(Frame::Proof {
+            tag: [4; TAG_LEN],
+            app_addr: Some("[fe80::1%2]:6379".parse().unwrap()),
+        });
+        round_trip(Frame::Proof {
+            tag: [5; TAG_LEN],
+            app_addr: Some(
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+                    .parse()
+                    .unwrap(),
+            ),
+        });
         round_trip(Frame::Refuse {
             reason: "wrong cluster".into(),
         });
@@ -1023,6 +1067,80 @@ mod tests {
         round_trip(Frame::RepairRecords {
             records: Bytes::from_static(b"records"),
         });
+    }
+
+    /// The `Hello` is laid out, byte for byte, as versions 5 and 6 lay it out (written out
+    /// here by hand, not by the encoder), so that a node of those versions reads this one's
+    /// version and refuses it by number; and this node reads theirs.
+    #[test]
+    fn the_hello_keeps_the_layout_of_versions_5_and_6() {
+        let hello = |version| Hello {
+            version,
+            cluster_id: 0x0102_0304_0506_0708,
+            from: NodeId(1),
+            to: NodeId(2),
+            nonce: [9; NONCE_LEN],
+            members: vec![NodeId(1), NodeId(2)],
+            config_lsn: 3,
+            previous_cluster_id: 0,
+            client_addr: Some("127.0.0.1:7001".parse().unwrap()),
+            admin_addr: None,
+        };
+        let text = b"127.0.0.1:7001 ";
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&(1u32 + 2 + 8 + 2 + 2 + 32 + 1 + 4 + 8 + 8 + 15).to_le_bytes());
+        expected.push(1); // type
+        expected.extend_from_slice(&[6, 0]); // version
+        expected.extend_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]); // cluster_id
+        expected.extend_from_slice(&[1, 0, 2, 0]); // from, to
+        expected.extend_from_slice(&[9; NONCE_LEN]);
+        expected.extend_from_slice(&[2, 1, 0, 2, 0]); // members: count, ids
+        expected.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]); // config_lsn
+        expected.extend_from_slice(&[0; 8]); // previous_cluster_id
+        expected.extend_from_slice(text);
+        let mut buf = BytesMut::new();
+        PeerCodec.encode(Frame::Hello(hello(6)), &mut buf).unwrap();
+        assert_eq!(&buf[..], &expected[..]);
+        let (decoded, _) = decode(&expected).unwrap().unwrap();
+        assert_eq!(decoded, Frame::Hello(hello(6)));
+    }
+
+    /// The dialler's application address: a proof without one is the tag alone, as before
+    /// version 7; an address that does not parse, or is too long, is a bad frame.
+    #[test]
+    fn a_proof_carries_the_application_address_as_text() {
+        let mut buf = BytesMut::new();
+        PeerCodec
+            .encode(
+                Frame::Proof {
+                    tag: [1; TAG_LEN],
+                    app_addr: None,
+                },
+                &mut buf,
+            )
+            .unwrap();
+        assert_eq!(buf.len(), 4 + 1 + TAG_LEN);
+        let proof = |text: &[u8]| {
+            let mut buf = BytesMut::new();
+            buf.put_u32_le((1 + TAG_LEN + text.len()) as u32);
+            buf.put_u8(3);
+            buf.put_slice(&[1; TAG_LEN]);
+            buf.put_slice(text);
+            decode(&buf)
+        };
+        assert_eq!(
+            proof(b"10.1.2.3:6379").unwrap().unwrap().0,
+            Frame::Proof {
+                tag: [1; TAG_LEN],
+                app_addr: Some("10.1.2.3:6379".parse().unwrap()),
+            }
+        );
+        assert_eq!(proof(b"redis:6379"), Err(DecodeError::BadText));
+        assert_eq!(proof(b"10.1.2.3:6379 "), Err(DecodeError::BadText));
+        assert!(matches!(
+            proof(&[b'1'; ADDR_TEXT_LEN_MAX + 1]),
+            Err(DecodeError::BadLength { kind: 3, .. })
+        ));
     }
 
     #[test]

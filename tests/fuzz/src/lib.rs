@@ -397,6 +397,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         },
         peer::Frame::Proof {
             tag: [3; peer::TAG_LEN],
+            app_addr: Some("127.0.0.1:6380".parse().expect("a literal address")),
         },
         peer::Frame::Refuse {
             reason: "wrong cluster".into(),
