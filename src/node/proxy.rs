@@ -18,7 +18,8 @@
 //! the backup cuts it once its own status names another primary (or none), and until then
 //! the application itself answers only while its sidecar is primary, as the app API's
 //! contract has it (a write commits only through a primary holding its lease; the example
-//! key-value server also commits a barrier before every read). Follow mode keeps two hops:
+//! key-value server also asks its sidecar for a lease read before every read, which only a
+//! primary holding its lease answers). Follow mode keeps two hops:
 //! there the primary's client port holds every reply until the application's changes are
 //! committed (the reply barrier), and serves only once the application does, so a primary
 //! in follow mode announces no application address and a backup in follow mode never
