@@ -15,9 +15,6 @@
 #   CPU seconds it cost the primary's and the backup's sidecars and the primary's server
 #   (from /proc/PID/stat): a figure that other work on the machine disturbs far less than
 #   throughput.
-#   `UNDERSTUDY_CLIENT_COPY=splice benches/client_port.sh proxy` runs the sidecars with the
-#   proxy's copy done by splice(2) instead of read/write (an internal switch for this
-#   measurement, see `copy_spliced` in src/node/proxy.rs).
 # failover: `understudy demo --trials $TRIALS`: kill -9 of the primary, time to the first
 #   acknowledged write through a backup's client port, min/median/max.
 #

@@ -28,7 +28,10 @@
 //! Bytes are copied once each way through one buffer per direction
 //! (`copy_bidirectional_with_sizes`), in a task that does nothing else; both legs have
 //! TCP_NODELAY. A second task per connection watches the node's status and the idle time
-//! and ends the copy when either says so.
+//! and ends the copy when either says so. splice(2) through a pipe per direction, which
+//! keeps the bytes in the kernel, was measured against this copy and cost as much CPU
+//! (`benches/README.md`, "Client port and failover seen by a client"): with requests and
+//! replies of a few hundred bytes to a few KiB the copying is not what costs.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -349,106 +352,11 @@ async fn copy_both_ways(
     upstream: TcpStream,
     active: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    if splice_switch() {
-        return copy_spliced(client, upstream, active).await;
-    }
     let mut client = Tracked::new(client, Arc::clone(&active));
     let mut upstream = Tracked::new(upstream, active);
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER_LEN, BUFFER_LEN)
         .await
         .map(|_| ())
-}
-
-/// An internal switch for measuring the copy, not a setting: `UNDERSTUDY_CLIENT_COPY=splice`
-/// makes [`copy_both_ways`] move bytes with splice(2) through a pipe per direction
-/// ([`copy_spliced`]) instead of read and write through a buffer. Read once.
-fn splice_switch() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("UNDERSTUDY_CLIENT_COPY").is_some_and(|value| value == "splice")
-    })
-}
-
-/// Copies both ways with splice(2): socket to pipe, pipe to socket, so the bytes stay in
-/// the kernel. Each direction owns a pipe; it fills the pipe only when it is empty, so a
-/// splice into it never finds it full and an `EAGAIN` always means the socket is not ready.
-async fn copy_spliced(
-    client: TcpStream,
-    upstream: TcpStream,
-    active: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    tokio::try_join!(
-        splice_one_way(&client, &upstream, &active),
-        splice_one_way(&upstream, &client, &active),
-    )
-    .map(|_| ())
-}
-
-/// Bytes moved into a pipe at once: its default capacity.
-const PIPE_LEN: usize = 64 << 10;
-
-async fn splice_one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    active: &AtomicBool,
-) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use tokio::io::Interest;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just opened by pipe2 and are owned by nothing else.
-    let (pipe_read, pipe_write) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let splice = |from: i32, to: i32, len: usize| -> std::io::Result<usize> {
-        // SAFETY: splice between descriptors this function keeps open, without offsets
-        // (sockets and pipes have none).
-        let moved = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        usize::try_from(moved).map_err(|_| std::io::Error::last_os_error())
-    };
-    loop {
-        let filled = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe_write.as_raw_fd(), PIPE_LEN)
-            }) {
-                Ok(filled) => break filled,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if filled == 0 {
-            // The sender is done: pass the end on, as the buffered copy does.
-            // SAFETY: shutdown of a socket this function borrows.
-            if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            return Ok(());
-        }
-        active.store(true, Ordering::Relaxed);
-        let mut left = filled;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe_read.as_raw_fd(), to.as_raw_fd(), left)
-            }) {
-                Ok(drained) => left -= drained,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 /// Follow mode: copies like [`copy_both_ways`], but each piece of the application's
