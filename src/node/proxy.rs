@@ -55,7 +55,8 @@ use crate::follow::ship::Shipper;
 const BUFFER_LEN: usize = 64 << 10;
 
 /// How long a backup waits to connect to the primary's application before it goes through
-/// the primary's client port instead (at most the hold time).
+/// the primary's client port instead (at most half the hold time, which leaves the other
+/// half for that).
 const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long an application address that could not be reached is skipped.
@@ -269,7 +270,7 @@ async fn connect_upstream(
     let metrics = node.metrics_arc();
     if let Some(port) = route.fallback {
         if !unreachable.recently(route.target) {
-            let timeout = hold.min(DIRECT_CONNECT_TIMEOUT);
+            let timeout = (hold / 2).min(DIRECT_CONNECT_TIMEOUT);
             let error = match tokio::time::timeout(timeout, TcpStream::connect(route.target)).await
             {
                 Ok(Ok(upstream)) => {
