@@ -272,6 +272,13 @@ fn kill9_of_the_primary_loses_no_acknowledged_set_and_the_old_node_serves_again(
         0,
     );
     wait_acked(&writer, 300, &cluster);
+    // The writes pass the primary's client port (its reply barrier): a primary in follow
+    // mode announces no application address for backups to forward to directly.
+    for &id in &backups {
+        let seen = status(&cluster, id).expect("a backup's status");
+        assert!(seen["primary_client_addr"].is_string(), "{seen}");
+        assert!(seen["primary_app_addr"].is_null(), "{seen}");
+    }
 
     let redis = redis_pid(&cluster, primary).expect("the primary's Redis pid");
     let killed_at = Instant::now();

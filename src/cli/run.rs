@@ -63,7 +63,8 @@ pub struct RunArgs {
     #[arg(long, env = "UNDERSTUDY_CLIENT_LISTEN")]
     pub client_listen: Option<SocketAddr>,
     /// Where the local application serves clients (the client port forwards here on the
-    /// primary).
+    /// primary). Announced to the peers, whose client ports connect here directly while
+    /// this node is primary, if they can reach it (a loopback address only from this host).
     #[arg(long, env = "UNDERSTUDY_APP_ADDR")]
     pub app_addr: Option<SocketAddr>,
     /// Address of the admin HTTP server (/status, /primary, /metrics, ...).

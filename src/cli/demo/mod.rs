@@ -552,7 +552,7 @@ async fn scenario(
     )));
     screen.say(format!(
         "writing: SET demo:N value-N, one at a time, through node {through}'s client port \
-         {} (a backup's: it forwards to the primary's)",
+         {} (a backup's: it forwards to the primary's server)",
         ports.client(through)
     ));
     let since = Instant::now();
