@@ -10,9 +10,10 @@
 #   - understudy: three `understudy run` nodes started by tests/scripts/lib.sh, --fsync
 #     always, heartbeat 50 ms, failover timeout 500 ms, --app-timeout 5s (see kv_cluster),
 #     the key-value example beside each attached with --app-socket; clients connect to the
-#     primary's client port (one proxy hop). A SET is answered once its record is fsynced on the primary and on one backup
-#     and applied; a GET once a read barrier has committed the same way (linearizable
-#     reads). The server makes one record of a connection's consecutive pipelined writes.
+#     primary's client port (one proxy hop). A SET is answered once its record is fsynced
+#     on the primary and on one backup and applied; a GET once the server has applied the
+#     LSN its sidecar names for a lease read (linearizable, writing nothing). The server
+#     makes one record of a connection's consecutive pipelined writes.
 #   - Redis: a primary with `appendonly yes --appendfsync always` and two replicas with the
 #     same settings (asynchronous replication), `repl-diskless-sync-delay 0`, no Sentinel.
 #     A SET is answered once fsynced on the primary alone (Redis too fsyncs once per pass of
@@ -39,7 +40,7 @@
 #      records committed (the primary's last LSN, every node settled, before and after).
 #   What makes it unfair: understudy's writes wait for fsyncs on two disks and a replication
 #   round trip, Redis's in a-b for one fsync (and in d for a replica's receipt, no fsync);
-#   understudy's reads commit a barrier, Redis's read memory; understudy's clients pass
+#   understudy's reads ask the sidecar, Redis's read memory; understudy's clients pass
 #   through a proxy, and three sidecars and three servers share the 2 cores with the load
 #   generator, where Redis is three processes. In understudy's favour: a pipelined batch of
 #   SETs is one record in its log, so it commits fewer, larger records.
