@@ -156,6 +156,23 @@ impl Sidecar {
         proposals
     }
 
+    /// Writes a proposal's records, commits them and answers it, as the core would.
+    fn commit_proposal(
+        &self,
+        payloads: &[Bytes],
+        reply: tokio::sync::oneshot::Sender<ProposeOutcome>,
+    ) {
+        let payloads: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        let (first_lsn, last_lsn) = self.write(RecordKind::App, &payloads);
+        self.commit_through(last_lsn);
+        reply
+            .send(ProposeOutcome::Committed {
+                first_lsn,
+                last_lsn,
+            })
+            .unwrap();
+    }
+
     /// The next lease read the server asks of the core.
     async fn next_read(&mut self) -> tokio::sync::oneshot::Sender<ReadOutcome> {
         let requests = self.requests.as_mut().expect("no core is running");
@@ -564,16 +581,8 @@ async fn client_disconnecting_mid_append_loses_nothing() {
     drop(app);
     let (payloads, reply) = sidecar.next_proposal().await;
     assert_eq!(payloads, vec![Bytes::from_static(b"keep me")]);
-    let payloads: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
-    let (first_lsn, last_lsn) = sidecar.write(RecordKind::App, &payloads);
-    sidecar.commit_through(last_lsn);
     // The server's append task is still there to take the answer.
-    reply
-        .send(ProposeOutcome::Committed {
-            first_lsn,
-            last_lsn,
-        })
-        .unwrap();
+    sidecar.commit_proposal(&payloads, reply);
 
     let mut reader = Raw::hello(&sidecar.socket()).await;
     reader.send(Frame::Subscribe { from_lsn: Lsn(1) }).await;
@@ -677,6 +686,45 @@ async fn concurrent_proposals_are_batched_into_few_appends() {
     for (command, output) in outputs {
         assert_eq!(applied[output - 1].1, command.into_bytes());
     }
+}
+
+/// The driver keeps one append unanswered at a time: proposals made while it is wait in
+/// the driver, and go out together in one append once it is answered.
+#[tokio::test]
+async fn proposals_made_while_an_append_is_unanswered_go_out_together() {
+    let mut sidecar = Sidecar::start();
+    let driver = Arc::new(
+        within("connect", Driver::connect(sidecar.socket(), Log::default()))
+            .await
+            .unwrap(),
+    );
+    let propose = |command: &'static str| {
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move { driver.propose(command).await })
+    };
+    let first = propose("a");
+    let (payloads, reply) = sidecar.next_proposal().await;
+    assert_eq!(payloads, vec![Bytes::from_static(b"a")]);
+    let later = [propose("b"), propose("c")];
+    // Long enough for both to be proposed (this runtime has one thread, and it is free
+    // while this waits), and for a second append to arrive if the driver sent one.
+    let requests = sidecar.requests.as_mut().expect("no core is running");
+    let early = tokio::time::timeout(Duration::from_millis(200), requests.recv()).await;
+    assert!(
+        early.is_err(),
+        "a second append reached the core while the first was unanswered: {early:?}"
+    );
+    sidecar.commit_proposal(&payloads, reply);
+    assert_eq!(within("a's output", first).await.unwrap(), Ok(1));
+    let (payloads, reply) = sidecar.next_proposal().await;
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
+    );
+    sidecar.commit_proposal(&payloads, reply);
+    let [b, c] = later;
+    assert_eq!(within("b's output", b).await.unwrap(), Ok(2));
+    assert_eq!(within("c's output", c).await.unwrap(), Ok(3));
 }
 
 /// A proposal to a node that is not the primary fails with the primary and its address.

@@ -85,7 +85,11 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-#[tokio::main]
+/// One thread: the server's work per request is a few system calls and a map update, and a
+/// request crosses three tasks (its connection, the driver's writer, the driver's reader).
+/// On a multi-threaded runtime those hops are wake-ups between threads, a `futex` call
+/// each; on one thread they are queue pushes. The sidecar runs the same way.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -10,7 +10,7 @@
 //!   whose `apply` hangs stops the answers, and the sidecar finds the application hung.
 //! - The **writer task** takes proposals from a bounded queue and sends whatever is waiting
 //!   as one `Append`, registering its proposers under the request id first. At most
-//!   [`APPENDS_INFLIGHT_MAX`] appends are unanswered at once: while they are, new proposals
+//!   [`APPENDS_INFLIGHT_MAX`] (one) append is unanswered at once: while it is, new proposals
 //!   wait in the queue and go out together in the next `Append`. Batching is thus clocked by
 //!   the commit round trip, as group commit is: the busier the application, the larger the
 //!   batches, and a lone proposal is sent at once.
@@ -59,9 +59,15 @@ use crate::{Epoch, Lsn, NodeId};
 /// Proposals queued for the writer task; `propose` waits for room beyond this.
 const PROPOSALS_QUEUED_MAX: usize = 4096;
 
-/// Appends sent and not yet answered, per driver. Two, so that one batch gathers while the
-/// one before it is committed and the one before that is being answered.
-pub const APPENDS_INFLIGHT_MAX: usize = 2;
+/// Appends sent and not yet answered, per driver: one. A batch gathers while the one before
+/// it is committed, and goes out as soon as that one is answered. A second append in flight
+/// would not make the disks go faster: the sidecar's WAL writer syncs it after the first
+/// one's fsync anyway, as do the backups'. It would split the waiting proposals into two
+/// batches, and every batch costs the same system calls and wake-ups on every node (the
+/// frames in and out, a WAL write and fsync, a message to each backup and its answers),
+/// whatever its size. Measured against two in flight: larger batches, less CPU per record,
+/// and more records per second (`benches/README.md`, "Commit latency, unpipelined").
+pub const APPENDS_INFLIGHT_MAX: usize = 1;
 
 /// Lease reads waiting for the read task; `read_linearizable` waits for room beyond this.
 const READS_QUEUED_MAX: usize = 4096;

@@ -172,10 +172,9 @@ pub struct KvArgs {
 /// `understudy demo-kv`: the key-value server until SIGTERM/SIGINT or until its sidecar
 /// goes away.
 pub fn run_kv(args: KvArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, as the example's own `main` (which says why).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("kv")
         .build()
         .context("start the async runtime")?;
     runtime
