@@ -13,6 +13,32 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     file.sync_all().map_err(|e| Error::io(IoOp::Fsync, dir, e))
 }
 
+/// Reserves blocks for `file` up to `len` bytes without changing its length
+/// (`fallocate(2)` with `FALLOC_FL_KEEP_SIZE`), so that appends up to there write data into
+/// blocks that already exist: the fdatasync after an append then has the length to update
+/// but no block allocation to journal (FORMAT.md, "Writing").
+///
+/// The file's contents and length, and so everything recovery reads, are what they would be
+/// without it: the reserved blocks lie past the end of the file and read as nothing. It is
+/// an optimization only, so it is best effort: a filesystem without `fallocate` (or with
+/// no room left for the reservation) simply allocates as the appends come, and a full disk
+/// is reported by the append that does not fit, as before. Nothing about it needs to be
+/// durable, and a truncation may give the blocks back.
+pub fn preallocate(file: &File, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let Ok(len) = libc::off_t::try_from(len) else {
+            return;
+        };
+        // SAFETY: `fallocate` reads no memory of ours; the descriptor is open for writing
+        // and outlives the call.
+        let _ = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
+}
+
 /// `path` with `.tmp` appended to its file name.
 pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

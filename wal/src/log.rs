@@ -809,6 +809,7 @@ impl Wal {
         let active = open_for_append(&active_path)?;
         // What a previous process wrote may still be only in the page cache.
         io(IoOp::Fsync, &active_path, active.sync_data())?;
+        fs::preallocate(&active, options.segment_bytes_max);
         let active_first_lsn = last.first_lsn;
         let active_len = last.len;
         let active_has_records = last.last_lsn >= last.first_lsn;
@@ -1090,6 +1091,7 @@ impl Wal {
         let path = self.poison_on_error(result)?;
         let result = open_for_append(&path);
         self.active = self.poison_on_error(result)?;
+        fs::preallocate(&self.active, self.options.segment_bytes_max);
         self.active_path = path.clone();
         self.active_first_lsn = first_lsn;
         self.active_len = SEGMENT_HEADER_LEN as u64;
@@ -1213,6 +1215,8 @@ impl Wal {
         io(IoOp::Truncate, &path, file.set_len(cut_offset))?;
         // 3. Make the cut durable.
         io(IoOp::Fsync, &path, file.sync_all())?;
+        // The cut may have given back the blocks reserved past the old end.
+        fs::preallocate(&file, self.options.segment_bytes_max);
         self.active = file;
         self.active_path = path;
         self.active_first_lsn = first_lsn;
@@ -1335,6 +1339,7 @@ impl Wal {
         }
         let path = create_segment(&self.dir, next_lsn)?;
         self.active = open_for_append(&path)?;
+        fs::preallocate(&self.active, self.options.segment_bytes_max);
         self.active_path = path.clone();
         self.active_first_lsn = next_lsn;
         self.active_len = SEGMENT_HEADER_LEN as u64;

@@ -833,3 +833,52 @@ fn cut_all_interrupted_after_a_deletion_finds_the_same_damage_again() {
     assert_eq!(wal.last_lsn(), Lsn(lsn - 1));
     assert_eq!(wal.segment_paths(), segments[..1].to_vec());
 }
+
+/// The segment being appended to has blocks reserved past its end (FORMAT.md, "Writing"),
+/// and that changes neither its length nor what a reopen reads: a fresh log, a rolled
+/// segment and a reopened one. Where the filesystem has no `fallocate`, only the second
+/// half holds, and the test says so.
+#[test]
+fn active_segment_is_preallocated_without_changing_its_length() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes_max = 128 << 10;
+    let allocated = |path: &Path| fs::metadata(path).unwrap().blocks() * 512;
+    let (mut wal, _) = Wal::open(dir.path(), options(segment_bytes_max)).unwrap();
+    let first = wal.segment_paths()[0].clone();
+    assert_eq!(
+        fs::metadata(&first).unwrap().len(),
+        SEGMENT_HEADER_LEN as u64,
+        "a fresh segment is its header alone"
+    );
+    let supported = allocated(&first) >= segment_bytes_max;
+    if !supported {
+        eprintln!("this filesystem reserves no blocks past a file's end; checking lengths only");
+    }
+    // Enough records to roll once: the new active segment is reserved too.
+    let payloads: Vec<Vec<u8>> = (1..=4000).map(payload).collect();
+    wal.append(Epoch(1), RecordKind::App, payloads.iter().map(|p| &p[..]))
+        .unwrap();
+    wal.sync().unwrap();
+    let paths = wal.segment_paths();
+    assert!(paths.len() >= 2, "the records fill more than one segment");
+    let active = paths.last().unwrap().clone();
+    let active_len = fs::metadata(&active).unwrap().len();
+    assert!(active_len < segment_bytes_max);
+    if supported {
+        assert!(
+            allocated(&active) >= segment_bytes_max,
+            "the rolled-to segment is reserved"
+        );
+    }
+    let before = read_all(&wal);
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), options(segment_bytes_max)).unwrap();
+    assert_eq!(
+        recovery.torn, None,
+        "nothing past the records is read as a tail"
+    );
+    assert_eq!(fs::metadata(&active).unwrap().len(), active_len);
+    assert_eq!(read_all(&wal), before);
+    assert_eq!(wal.last_lsn(), Lsn(4000));
+}
