@@ -62,6 +62,7 @@ struct Sidecar {
     status: watch::Sender<Arc<NodeStatus>>,
     commit: Arc<watch::Sender<Lsn>>,
     requests: Option<mpsc::Receiver<Request>>,
+    node: NodeHandle,
 }
 
 impl Sidecar {
@@ -89,7 +90,7 @@ impl Sidecar {
             NodeHandle::for_tests(requests_tx, status_rx, commit_rx, wal.reader(), NodeId(1));
         let listener = UnixListener::bind(dir.path().join("app.sock")).unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, handle, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, handle.clone(), shutdown.clone()));
         Sidecar {
             dir,
             shutdown,
@@ -98,6 +99,7 @@ impl Sidecar {
             status,
             commit: Arc::new(commit),
             requests: Some(requests),
+            node: handle,
         }
     }
 
@@ -1012,4 +1014,88 @@ async fn read_frame_is_answered_with_its_index_and_needs_version_3() {
     old.send(Frame::Read { request_id: 1 }).await;
     let message = old.expect_error_and_close().await;
     assert!(message.contains("version 3"), "{message}");
+}
+
+/// `TakeClients` (version 4): the connection that asks is handed each client connection as
+/// a socket, which is then the application's alone; a second one is refused while the
+/// first is open; a version-3 session may not ask; and once the taker is gone, connections
+/// are declined (the client port proxies them).
+#[tokio::test]
+async fn client_connections_are_handed_to_the_connection_that_takes_them() {
+    use tokio::io::AsyncReadExt;
+    use understudy::client::clients::Clients;
+    use understudy::node::handoff::HandOver;
+
+    let sidecar = Sidecar::start();
+    let takers = sidecar.node.takers().clone();
+    assert!(!takers.any());
+    let mut clients = within("TakeClients", Clients::connect(&sidecar.socket()))
+        .await
+        .unwrap();
+    within("the taker registered", async {
+        while !takers.any() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let second = within("a second TakeClients", Clients::connect(&sidecar.socket())).await;
+    assert!(
+        matches!(&second, Err(ClientError::Refused { message }) if message.contains("already takes clients")),
+        "{:?}",
+        second.err()
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    assert!(matches!(takers.hand_over(accepted), HandOver::Handed));
+    let mut handed = within("the handed-over connection", clients.accept())
+        .await
+        .unwrap()
+        .expect("a connection");
+    assert_eq!(
+        handed.peer_addr().unwrap(),
+        client.local_addr().unwrap(),
+        "the client's own connection"
+    );
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    within("the request", handed.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    handed.write_all(b"pong").await.unwrap();
+    within("the reply", client.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"pong");
+    // The sidecar kept no copy: the application's close is the connection's end.
+    drop(handed);
+    let read = within("the close", client.read(&mut buf)).await.unwrap();
+    assert_eq!(read, 0);
+
+    let mut old = Raw::connect(&sidecar.socket()).await;
+    old.send(Frame::Hello { version: 3 }).await;
+    assert!(matches!(
+        old.recv().await,
+        Some(Frame::Welcome { version: 3, .. })
+    ));
+    old.send(Frame::TakeClients).await;
+    let message = old.expect_error_and_close().await;
+    assert!(message.contains("version 4"), "{message}");
+
+    drop(clients);
+    within("the taker gone", async {
+        while takers.any() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    assert!(matches!(takers.hand_over(accepted), HandOver::Declined(_)));
 }

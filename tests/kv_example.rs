@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use understudy::client::clients::Clients;
 use understudy::client::{Driver, Role};
 
 use server::{Config, ServeError, Store};
@@ -65,9 +66,15 @@ impl KvCluster {
             let driver = Arc::new(connect(&cluster.node(id).app_socket).await);
             let shutdown = CancellationToken::new();
             let addr = listener.local_addr().unwrap();
+            // As the example's binary does: the primary's client port hands its
+            // connections to the server.
+            let clients = Clients::connect(&cluster.node(id).app_socket)
+                .await
+                .expect("take the client port's connections");
             let task = tokio::spawn(server::serve(
                 listener,
                 Arc::clone(&driver),
+                Some(clients),
                 Config::default(),
                 shutdown.clone().cancelled_owned(),
             ));
@@ -444,6 +451,20 @@ async fn clients_of_a_demoted_primary_are_disconnected_and_reconnect_to_the_new_
     let mut through_other = redis_connect(other_port).await.unwrap();
     let mut acked = Vec::new();
     for i in 0..50 {
+        if i == 1 {
+            // The primary's client port handed its connection to the server instead of
+            // proxying it; the backup's went straight to the server in one hop.
+            assert_eq!(
+                kv.cluster
+                    .metric(old, "understudy_client_connections_handed_total"),
+                Some(1.0)
+            );
+            assert_eq!(
+                kv.cluster
+                    .metric(other, "understudy_client_connections_direct_total"),
+                Some(1.0)
+            );
+        }
         let (con, key) = if i % 2 == 0 {
             (&mut through_old, format!("old-{i}"))
         } else {
@@ -478,7 +499,7 @@ async fn clients_of_a_demoted_primary_are_disconnected_and_reconnect_to_the_new_
     assert_eq!(kv.kv(old).driver.role().role, Role::Backup);
 
     // Both connections were carried to the old primary's server: both are cut, promptly
-    // (not by a timeout).
+    // (not by a timeout); the handed-over one by the server itself.
     for con in [&mut through_old, &mut through_other] {
         let asked = Instant::now();
         let answer = eventually("the connection to be cut", || {

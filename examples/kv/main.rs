@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cargo run --release --example kv -- --app-socket PATH --listen ADDR [--connections-max N]
+//!     [--no-take-clients]
 //! ```
 //!
 //! `--app-socket` is the sidecar's `--app-socket`; `--listen` is where this server takes
@@ -14,6 +15,11 @@
 //! ports, not to `--listen`: a backup's client port forwards to the primary, and every
 //! client port closes its connections when the primary changes, so a client reconnects and
 //! lands on the new one.
+//!
+//! While its node is primary the server takes the connections made to that node's client
+//! port itself (app API `TakeClients`: the sidecar hands each accepted socket over instead
+//! of copying its bytes through a proxy) and closes them when the node stops being primary.
+//! `--no-take-clients` leaves them to the proxy.
 //!
 //! `understudy demo` runs three sidecars with this server beside each on loopback; with
 //! `--keep` it leaves them running: point `redis-cli -p PORT` at any client port it prints.
@@ -46,7 +52,8 @@ use std::process::ExitCode;
 
 use server::Config;
 
-const USAGE: &str = "usage: kv --app-socket PATH --listen ADDR [--connections-max N]";
+const USAGE: &str =
+    "usage: kv --app-socket PATH --listen ADDR [--connections-max N] [--no-take-clients]";
 
 struct Args {
     app_socket: PathBuf,
@@ -74,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
                     format!("--connections-max {text:?} is not a positive number"),
                 )?;
             }
+            "--no-take-clients" => config.take_clients = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }

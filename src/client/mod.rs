@@ -49,6 +49,7 @@
 //! constants and [`Role`]) and the `wal` record format, so an application in another
 //! language can do what it does from those docs.
 
+pub mod clients;
 mod driver;
 
 pub use driver::{Driver, RoleInfo, APPENDS_INFLIGHT_MAX};

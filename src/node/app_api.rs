@@ -104,8 +104,14 @@ pub async fn serve(listener: UnixListener, node: NodeHandle, shutdown: Cancellat
                 connection_id += 1;
                 let span = tracing::info_span!("app", connection = connection_id);
                 tracker.spawn(
-                    connection(stream, node.clone(), shutdown.child_token(), permit)
-                        .instrument(span),
+                    connection(
+                        stream,
+                        connection_id,
+                        node.clone(),
+                        shutdown.child_token(),
+                        permit,
+                    )
+                    .instrument(span),
                 );
             }
             Err(error) => {
@@ -132,6 +138,9 @@ enum Ended {
     Refused(String),
     /// Reading failed.
     Io(std::io::Error),
+    /// The application sent `TakeClients` (version 4) as its first frame: the connection
+    /// becomes one that receives client connections (`handoff`).
+    TakeClients(FrameReader<OwnedReadHalf>),
 }
 
 impl From<CodecError> for Ended {
@@ -147,6 +156,7 @@ impl From<CodecError> for Ended {
 /// connection must close; `_permit` is its connection slot.
 async fn connection(
     stream: UnixStream,
+    connection_id: u64,
     node: NodeHandle,
     closing: CancellationToken,
     _permit: OwnedSemaphorePermit,
@@ -160,6 +170,26 @@ async fn connection(
     let ended = connection_read(read, &node, &outbox, &closing, &reading).await;
     reading.cancel();
     match ended {
+        Ended::TakeClients(frames) => {
+            // The writer hands its half back once everything queued before (`Welcome`) is
+            // written, and nothing else writes to this connection but `handoff`.
+            let write = match outbox.send(Frame::TakeClients).await {
+                Ok(()) => writer.await.ok().flatten(),
+                Err(_) => None,
+            };
+            drop(outbox);
+            let (Some(write), Ok(read)) = (write, frames.into_inner()) else {
+                debug!("app connection closed while it began to take clients");
+                return;
+            };
+            match read.reunite(write) {
+                Ok(stream) => {
+                    super::handoff::serve(stream, &node.takers, connection_id, &closing).await
+                }
+                Err(error) => warn!(%error, "cannot reunite the app connection's halves"),
+            }
+            return;
+        }
         Ended::Eof => info!("app disconnected"),
         Ended::Closing => debug!("app connection closing"),
         Ended::Io(error) => info!(%error, "app connection failed"),
@@ -233,6 +263,7 @@ async fn connection_read(
     let inflight = Arc::new(Semaphore::new(APPENDS_INFLIGHT_MAX));
     let inflight_bytes = Arc::new(Semaphore::new(APPENDS_INFLIGHT_BYTES_MAX));
     let mut subscribed = false;
+    let mut first = true;
     // While subscribed: this connection counts towards the application's liveness
     // (`app_health`), and is pinged if its session speaks version 2.
     let mut attached: Option<super::app_health::Attached> = None;
@@ -246,7 +277,16 @@ async fn connection_read(
             Ok(None) => return Ended::Eof,
             Err(error) => return error.into(),
         };
+        let was_first = std::mem::replace(&mut first, false);
         match frame {
+            Frame::TakeClients if version >= 4 && was_first => {
+                return Ended::TakeClients(frames);
+            }
+            Frame::TakeClients => {
+                return Ended::Refused(format!(
+                    "TakeClients needs app api version 4 and must be the first frame after Welcome (this session speaks {version})"
+                ));
+            }
             Frame::Append {
                 request_id,
                 payloads,
@@ -355,7 +395,9 @@ async fn connection_read(
             | Frame::RestoreChunk { .. }
             | Frame::RestoreEnd
             | Frame::Ping { .. }
-            | Frame::ReadIndex { .. } => {
+            | Frame::ReadIndex { .. }
+            | Frame::ClientConnection
+            | Frame::TakingClients => {
                 return Ended::Refused(format!(
                     "{} is a sidecar-to-app frame; an app does not send it",
                     frame.name()
@@ -392,30 +434,40 @@ async fn connection_writer(
     write: OwnedWriteHalf,
     mut outbox: mpsc::Receiver<Frame>,
     closing: CancellationToken,
-) {
+) -> Option<OwnedWriteHalf> {
     let mut out = FrameWriter::new(write);
+    // Ok(true): hand the write half back (the connection takes clients now).
     let result = tokio::select! {
-        _ = closing.cancelled() => Ok(()),
+        _ = closing.cancelled() => Ok(false),
         result = async {
             while let Some(frame) = outbox.recv().await {
+                if let Frame::TakeClients = frame {
+                    // Not a frame to send: the reader's sign that this connection now takes
+                    // clients. Give the write half back with everything before it written.
+                    out.flush().await?;
+                    return Ok(true);
+                }
                 let fatal = matches!(frame, Frame::Error { .. });
                 out.write_frame(&frame).await?;
                 if fatal {
                     out.shutdown().await?;
-                    return Ok(());
+                    return Ok(false);
                 }
                 if outbox.is_empty() {
                     out.flush().await?;
                 }
             }
-            out.shutdown().await
+            out.shutdown().await.map(|()| false)
         } => result,
     };
-    if let Err(error) = result {
-        debug!(%error, "app connection write failed");
+    match result {
+        Ok(true) => return Some(out.into_inner()),
+        Ok(false) => {}
+        Err(error) => debug!(%error, "app connection write failed"),
     }
     // Whatever ended the writing ends the connection: stop reading and subscribing.
     closing.cancel();
+    None
 }
 
 /// Proposes one append and queues its answer. Runs to the end even if the connection is
@@ -751,6 +803,7 @@ impl NodeHandle {
                 Duration::from_millis(50),
                 Arc::new(crate::node::metrics::Metrics::default()),
             )),
+            takers: crate::node::handoff::Takers::default(),
         }
     }
 }

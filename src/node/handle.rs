@@ -347,6 +347,8 @@ pub struct NodeHandle {
     pub(crate) metrics: Arc<super::metrics::Metrics>,
     pub(crate) snapshots: Arc<super::snapshot::Snapshots>,
     pub(crate) app_health: Arc<super::app_health::AppHealth>,
+    /// The application connection that takes client connections, if any (`handoff`).
+    pub(crate) takers: super::handoff::Takers,
 }
 
 /// The core loop has stopped (the node is shutting down or failed).
@@ -357,6 +359,12 @@ pub struct NodeStopped;
 impl NodeHandle {
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// Where the application connection that takes client connections registers, and the
+    /// client port hands them over (`handoff`).
+    pub fn takers(&self) -> &super::handoff::Takers {
+        &self.takers
     }
 
     /// Proposes records and waits for the outcome.

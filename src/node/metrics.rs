@@ -98,6 +98,9 @@ pub struct Metrics {
     /// primary's client port instead.
     pub proxy_direct: AtomicU64,
     pub proxy_direct_failed: AtomicU64,
+    /// On a primary: client-port connections handed to the application itself (app API
+    /// `TakeClients`) instead of forwarded.
+    pub proxy_handed: AtomicU64,
     /// Proposals refused because the WAL writer's queue was full (the disk is behind).
     pub proposals_refused_disk_behind: AtomicU64,
     /// Lease reads asked of the core (the app API's `Read`), answered or refused.
@@ -142,6 +145,7 @@ impl Default for Metrics {
             proxy_active: AtomicU64::new(0),
             proxy_direct: AtomicU64::new(0),
             proxy_direct_failed: AtomicU64::new(0),
+            proxy_handed: AtomicU64::new(0),
             proposals_refused_disk_behind: AtomicU64::new(0),
             lease_reads: AtomicU64::new(0),
             appends_deferred: AtomicU64::new(0),
@@ -175,7 +179,7 @@ impl Metrics {
     /// `_total`: the encoder adds it to the sample (`understudy_elections` is exposed as
     /// `understudy_elections_total`).
     pub fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "understudy_appended_records",
                 "Records accepted from the local application.",
@@ -230,6 +234,11 @@ impl Metrics {
                 "understudy_client_connections_direct_failed",
                 "Client-port connections that could not reach the primary's application and went through the primary's client port instead.",
                 &self.proxy_direct_failed,
+            ),
+            (
+                "understudy_client_connections_handed",
+                "Client-port connections the primary handed to its application, which took them itself.",
+                &self.proxy_handed,
             ),
             (
                 "understudy_proposals_refused_disk_behind",

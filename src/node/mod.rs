@@ -33,6 +33,7 @@
 //! - [`peer`]: the authenticated peer transport.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`proxy`]: the client port, a TCP proxy to whichever node is primary.
+//! - [`handoff`]: the client port's connections handed to the application itself.
 //! - [`app_api`]: the local application's socket: append, subscribe, role events, and
 //!   snapshots uploaded and restored ([`app_api::snapshot`]).
 //! - [`admin`]: the admin HTTP server (`--admin-listen`): status, health checks, metrics.
@@ -49,6 +50,7 @@ pub mod app_health;
 pub mod clock;
 pub mod disk;
 pub mod handle;
+pub mod handoff;
 pub mod members;
 pub mod metrics;
 pub mod notify;
@@ -1354,6 +1356,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         snapshots: Arc::clone(&snapshots),
         app_health: Arc::clone(&app_health),
+        takers: handoff::Takers::default(),
     };
     // Follow mode: the channels between the follow task, the supervisor and the client port.
     let follow = config.follow.clone().map(|follow_config| {

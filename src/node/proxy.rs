@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::handle::{NodeHandle, NodeStatus};
+use super::handoff::HandOver;
 use crate::core::Role;
 use crate::follow::node::Serving;
 use crate::follow::ship::Shipper;
@@ -212,6 +213,20 @@ async fn carry(
             () = tokio::time::sleep_until(deadline) => return "no primary known",
         }
     };
+    // A primary whose application takes its clients itself hands the connection over and is
+    // out of its path (`handoff`); in follow mode the reply barrier needs the copy.
+    let mut client = client;
+    if route.role == Role::Primary && shipper.is_none() && follow.is_none() {
+        match node.takers.hand_over(client) {
+            HandOver::Handed => {
+                node.metrics_arc()
+                    .proxy_handed
+                    .fetch_add(1, Ordering::Relaxed);
+                return "handed to the application";
+            }
+            HandOver::Declined(stream) => client = stream,
+        }
+    }
     let upstream = match connect_upstream(&route, node, limits.hold, unreachable).await {
         Ok(upstream) => upstream,
         Err(outcome) => return outcome,

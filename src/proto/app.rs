@@ -131,6 +131,7 @@
 //! | 0x14 | SnapshotFetch | (empty) |
 //! | 0x05 | Pong | nonce u64, applied_lsn u64 |
 //! | 0x06 | Read | request_id u64 (version 3) |
+//! | 0x07 | TakeClients | (empty; version 4: the first frame after `Welcome` on a connection that only receives client connections, see below) |
 //!
 //! Sidecar to app:
 //!
@@ -145,10 +146,33 @@
 //! | 0x87 | Error | message str |
 //! | 0x88 | Ping | nonce u64 |
 //! | 0x89 | ReadIndex | request_id u64, lsn u64, epoch u64 (version 3) |
+//! | 0x8A | ClientConnection | (empty; version 4: carries one TCP socket as `SCM_RIGHTS` ancillary data, see below) |
+//! | 0x8B | TakingClients | (empty; version 4: `TakeClients` accepted) |
 //! | 0x90 | SnapshotRequest | (empty) |
 //! | 0x91 | RestoreBegin | lsn u64, epoch u64, body_len u64 |
 //! | 0x92 | RestoreChunk | offset u64, data bytes… |
 //! | 0x93 | RestoreEnd | (empty) |
+//!
+//! # Client connections (version 4)
+//!
+//! An application that serves its own clients may take the connections made to its
+//! primary's client port straight into its own hands, so that no proxy copies their bytes.
+//! It opens a second connection to the app socket and sends `Hello` (version 4), then
+//! `TakeClients`; it sends nothing more on that connection. The sidecar answers `Welcome`,
+//! then `TakingClients`, or `Error` if another connection already takes clients. From then on,
+//! while this node is primary, holds its lease and has no proxy-only mode (follow mode), the
+//! sidecar may hand it each connection accepted on the client port, instead of forwarding
+//! it: one `ClientConnection` frame, sent with one `sendmsg` that carries the accepted TCP
+//! socket as `SCM_RIGHTS` ancillary data. The application must read that connection with
+//! `recvmsg` (a plain `read` drops the socket); [`crate::client::clients`] does this. The
+//! sidecar keeps no copy of the socket: from the hand-over on, the connection is the
+//! application's, and so is closing it when its node stops being primary (as for the
+//! connections a backup's client port forwards straight to the application, the app API's
+//! contract keeps it safe meanwhile: nothing commits and no lease read is answered but
+//! through a primary holding its lease). Connections are handed over only while one such
+//! connection is open and its socket buffer has room; otherwise they are forwarded as
+//! before. At most one application connection takes clients; a second `TakeClients` is
+//! refused while the first is open.
 //!
 //! For example, `Appended { request_id: 7, first_lsn: 1, last_lsn: 2 }` is
 //!
@@ -174,8 +198,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::{Epoch, Lsn, NodeId};
 
 /// The protocol version this build speaks. Version 2 added `Ping` and `Pong`; version 3
-/// `Read` and `ReadIndex`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// `Read` and `ReadIndex`; version 4 `TakeClients` and `ClientConnection`.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest version the sidecar still speaks (a session of it gets no pings).
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
@@ -306,6 +330,7 @@ pub enum Frame {
     Read {
         request_id: u64,
     },
+    TakeClients,
     // Sidecar to app.
     Welcome {
         version: u16,
@@ -362,6 +387,8 @@ pub enum Frame {
         lsn: Lsn,
         epoch: Epoch,
     },
+    ClientConnection,
+    TakingClients,
 }
 
 mod kind {
@@ -376,6 +403,7 @@ mod kind {
     pub const SNAPSHOT_FETCH: u8 = 0x14;
     pub const PONG: u8 = 0x05;
     pub const READ: u8 = 0x06;
+    pub const TAKE_CLIENTS: u8 = 0x07;
     pub const WELCOME: u8 = 0x81;
     pub const APPENDED: u8 = 0x82;
     pub const REJECTED: u8 = 0x83;
@@ -385,6 +413,8 @@ mod kind {
     pub const ERROR: u8 = 0x87;
     pub const PING: u8 = 0x88;
     pub const READ_INDEX: u8 = 0x89;
+    pub const CLIENT_CONNECTION: u8 = 0x8A;
+    pub const TAKING_CLIENTS: u8 = 0x8B;
     pub const SNAPSHOT_REQUEST: u8 = 0x90;
     pub const RESTORE_BEGIN: u8 = 0x91;
     pub const RESTORE_CHUNK: u8 = 0x92;
@@ -416,6 +446,9 @@ impl Frame {
             Frame::Pong { .. } => kind::PONG,
             Frame::Ping { .. } => kind::PING,
             Frame::Read { .. } => kind::READ,
+            Frame::TakeClients => kind::TAKE_CLIENTS,
+            Frame::ClientConnection => kind::CLIENT_CONNECTION,
+            Frame::TakingClients => kind::TAKING_CLIENTS,
             Frame::ReadIndex { .. } => kind::READ_INDEX,
             Frame::Welcome { .. } => kind::WELCOME,
             Frame::Appended { .. } => kind::APPENDED,
@@ -444,7 +477,10 @@ impl Frame {
             | Frame::SnapshotDecline
             | Frame::SnapshotFetch
             | Frame::SnapshotRequest
-            | Frame::RestoreEnd => 0,
+            | Frame::RestoreEnd
+            | Frame::TakeClients
+            | Frame::ClientConnection
+            | Frame::TakingClients => 0,
             Frame::SnapshotOffer { .. } => 16,
             Frame::SnapshotChunk { data, .. } | Frame::RestoreChunk { data, .. } => 8 + data.len(),
             Frame::Welcome { .. } => 2 + 2 + 4 + 4,
@@ -520,7 +556,10 @@ impl Frame {
             | Frame::SnapshotDecline
             | Frame::SnapshotFetch
             | Frame::SnapshotRequest
-            | Frame::RestoreEnd => {}
+            | Frame::RestoreEnd
+            | Frame::TakeClients
+            | Frame::ClientConnection
+            | Frame::TakingClients => {}
             Frame::SnapshotOffer { lsn, epoch } => {
                 dst.put_u64_le(lsn.get());
                 dst.put_u64_le(epoch.get());
@@ -626,6 +665,9 @@ fn name_of(type_byte: u8) -> &'static str {
         kind::PING => "Ping",
         kind::READ => "Read",
         kind::READ_INDEX => "ReadIndex",
+        kind::TAKE_CLIENTS => "TakeClients",
+        kind::CLIENT_CONNECTION => "ClientConnection",
+        kind::TAKING_CLIENTS => "TakingClients",
         kind::WELCOME => "Welcome",
         kind::APPENDED => "Appended",
         kind::REJECTED => "Rejected",
@@ -836,6 +878,9 @@ fn decode_frame(mut bytes: Bytes) -> Result<Frame, DecodeError> {
             from_lsn: body.lsn("from_lsn")?,
         },
         kind::STATUS => Frame::Status,
+        kind::TAKE_CLIENTS => Frame::TakeClients,
+        kind::CLIENT_CONNECTION => Frame::ClientConnection,
+        kind::TAKING_CLIENTS => Frame::TakingClients,
         kind::SNAPSHOT_OFFER => Frame::SnapshotOffer {
             lsn: body.lsn("lsn")?,
             epoch: Epoch(body.u64("epoch")?),
@@ -1020,6 +1065,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream back, if nothing past the frames read so far was buffered from it.
+    pub fn into_inner(self) -> Result<R, FrameReader<R>> {
+        if self.buf.is_empty() {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
+
     /// The next frame, or `None` when the stream ended cleanly between frames.
     ///
     /// Cancel safety: cancelling loses nothing (bytes read stay buffered), so it may be
@@ -1061,6 +1115,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             buf: BytesMut::with_capacity(WRITE_BUFFER_LEN_MAX),
             bulk: Vec::new(),
         }
+    }
+
+    /// The stream back. Call after [`FrameWriter::flush`]: anything still buffered is
+    /// asserted not to be there.
+    pub fn into_inner(self) -> W {
+        assert!(
+            self.buf.is_empty() && self.bulk.is_empty(),
+            "a frame writer given up with unwritten bytes"
+        );
+        self.inner
     }
 
     /// Queues a frame, writing out what is buffered when it is large; call
@@ -1309,6 +1373,9 @@ mod tests {
             Just(Frame::SnapshotDone),
             Just(Frame::SnapshotDecline),
             Just(Frame::SnapshotFetch),
+            Just(Frame::TakeClients),
+            Just(Frame::ClientConnection),
+            Just(Frame::TakingClients),
             (any::<u64>(), any::<u64>()).prop_map(|(nonce, applied)| Frame::Pong {
                 nonce,
                 applied_lsn: Lsn(applied)

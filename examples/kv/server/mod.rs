@@ -54,8 +54,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
-use understudy::client::{BoxError, ClientError, Driver, ProposeError, ReadError, Role};
-use understudy::{Lsn, NodeId};
+use understudy::client::clients::Clients;
+use understudy::client::{BoxError, ClientError, Driver, ProposeError, ReadError, Role, RoleInfo};
+use understudy::{Epoch, Lsn, NodeId};
 
 use codec::{Batch, Op, HEADER_LEN, RECORD_LEN_MAX};
 use command::{Plan, Read};
@@ -83,12 +84,16 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 pub struct Config {
     /// Client connections served at once; more are answered an error and closed.
     pub connections_max: usize,
+    /// Take the connections made to the primary's client port from the sidecar and serve
+    /// them directly (app API `TakeClients`), rather than through its proxy.
+    pub take_clients: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            take_clients: true,
         }
     }
 }
@@ -111,6 +116,17 @@ pub async fn run(
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
     let driver = Arc::new(connect(app_socket).await?);
+    let clients = if config.take_clients {
+        match Clients::connect(app_socket).await {
+            Ok(clients) => Some(clients),
+            Err(error) => {
+                warn!(error = %error, "the sidecar does not hand its client port's connections over; they come through its proxy");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let role = driver.role();
     info!(
         node = %driver.node_id(),
@@ -119,7 +135,7 @@ pub async fn run(
         %listen,
         "serving"
     );
-    serve(listener, driver, config, shutdown).await?;
+    serve(listener, driver, clients, config, shutdown).await?;
     info!("shut down");
     Ok(())
 }
@@ -147,12 +163,17 @@ pub enum ServeError {
     SidecarLost(#[source] Arc<ClientError>),
 }
 
-/// Serves RESP clients on `listener` until `shutdown` completes (then `Ok`) or the driver
-/// loses its sidecar (then `Err`). Either way, every connection is closed before it
-/// returns; requests in flight are abandoned (a write already proposed may still commit).
+/// Serves RESP clients on `listener`, and those the sidecar hands over through `clients`
+/// (its client port's connections while this node is primary), until `shutdown` completes
+/// (then `Ok`) or the driver loses its sidecar (then `Err`). Either way, every connection
+/// is closed before it returns; requests in flight are abandoned (a write already proposed
+/// may still commit). A handed-over connection is closed as soon as this node stops being
+/// primary, or is primary of a later epoch, as the client port closes the connections it
+/// proxies: its client reconnects and finds the new primary.
 pub async fn serve(
     listener: TcpListener,
     driver: Arc<Driver<Store>>,
+    mut clients: Option<Clients>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -160,21 +181,52 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.connections_max));
     let sidecar_lost = driver.wait_applied(Lsn(u64::MAX));
+    let mut roles = driver.watch_role();
+    let mut era = Era::new(&stop, &roles.borrow_and_update());
     tokio::pin!(shutdown, sidecar_lost);
     let result = loop {
-        let accepted = tokio::select! {
+        let incoming = tokio::select! {
             () = &mut shutdown => break Ok(()),
             lost = &mut sidecar_lost => {
                 let error = lost.err().unwrap_or_else(|| Arc::new(ClientError::Closed));
                 break Err(ServeError::SidecarLost(error));
             }
-            accepted = listener.accept() => accepted,
+            changed = roles.changed() => {
+                if changed.is_ok() {
+                    era.update(&stop, &roles.borrow_and_update());
+                }
+                continue;
+            }
+            accepted = listener.accept() => Incoming::Accepted(accepted),
+            handed = handed(&mut clients) => Incoming::Handed(handed),
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
+        let (stream, peer, stop) = match incoming {
+            Incoming::Accepted(Ok((stream, peer))) => (stream, peer, stop.clone()),
+            Incoming::Accepted(Err(error)) => {
                 warn!(%error, "accept failed");
                 tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+            Incoming::Handed(Ok(Some(stream))) => {
+                // Handed over while primary; if this node has stopped being primary since,
+                // closing it makes its client reconnect to the new one.
+                let Some(era) = era.serving() else {
+                    debug!("a handed-over connection arrived after this node stopped being primary; closed");
+                    continue;
+                };
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                (stream, peer, era)
+            }
+            Incoming::Handed(Ok(None)) => {
+                info!("the sidecar stopped handing its client port's connections over");
+                clients = None;
+                continue;
+            }
+            Incoming::Handed(Err(error)) => {
+                warn!(error = %error, "taking client connections from the sidecar failed; they come through its proxy");
+                clients = None;
                 continue;
             }
         };
@@ -185,7 +237,6 @@ pub async fn serve(
             continue;
         };
         let driver = Arc::clone(&driver);
-        let stop = stop.clone();
         let span = tracing::debug_span!("client", %peer);
         connections.spawn(
             async move {
@@ -206,6 +257,51 @@ pub async fn serve(
         info!(error = %error.to_string(), "stopped serving");
     }
     result
+}
+
+/// A connection to serve: accepted from the listener, or handed over by the sidecar.
+enum Incoming {
+    Accepted(io::Result<(TcpStream, SocketAddr)>),
+    Handed(Result<Option<TcpStream>, ClientError>),
+}
+
+/// The next connection the sidecar hands over; never, without `clients`.
+async fn handed(clients: &mut Option<Clients>) -> Result<Option<TcpStream>, ClientError> {
+    match clients {
+        Some(clients) => clients.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stretch of time in which this node is primary of one epoch: handed-over connections
+/// live within it and are closed when it ends.
+struct Era {
+    token: CancellationToken,
+    role: Role,
+    epoch: Epoch,
+}
+
+impl Era {
+    fn new(stop: &CancellationToken, role: &RoleInfo) -> Era {
+        Era {
+            token: stop.child_token(),
+            role: role.role,
+            epoch: role.epoch,
+        }
+    }
+
+    /// A new role report: a change of role or epoch ends the era.
+    fn update(&mut self, stop: &CancellationToken, role: &RoleInfo) {
+        if (role.role, role.epoch) != (self.role, self.epoch) {
+            self.token.cancel();
+            *self = Era::new(stop, role);
+        }
+    }
+
+    /// The token to serve a handed-over connection under, while primary.
+    fn serving(&self) -> Option<CancellationToken> {
+        (self.role == Role::Primary).then(|| self.token.clone())
+    }
 }
 
 /// Reads pipelines of requests and answers them, until the client leaves, a protocol error
