@@ -7,8 +7,9 @@
 #   benches/client_port.sh failover     # the failover trials only
 #
 # proxy: `redis-benchmark -t set,get -d 128 -P 16 -c 50 -n $REQUESTS` against the
-#   primary's key-value server directly, through the primary's client port (one proxy hop)
-#   and through a backup's client port (also one hop: on one host the backup's proxy
+#   primary's key-value server directly, through the primary's client port (which hands
+#   each connection to the server, which takes them: no proxy; `kv --no-take-clients`
+#   would make it one proxy hop) and through a backup's client port (also one hop: on one host the backup's proxy
 #   connects straight to the primary's server), $ROUNDS rounds in turn so that drift in
 #   the machine's load hits all three alike; and PING (`-t ping_mbulk`, 5 x $REQUESTS),
 #   which commits nothing, for the proxy's raw cost. After each redis-benchmark run, the

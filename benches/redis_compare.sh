@@ -10,7 +10,7 @@
 #   - understudy: three `understudy run` nodes started by tests/scripts/lib.sh, --fsync
 #     always, heartbeat 50 ms, failover timeout 500 ms, --app-timeout 5s (see kv_cluster),
 #     the key-value example beside each attached with --app-socket; clients connect to the
-#     primary's client port (one proxy hop). A SET is answered once its record is fsynced
+#     primary's client port, which hands each connection to the server (no proxy). A SET is answered once its record is fsynced
 #     on the primary and on one backup and applied; a GET once the server has applied the
 #     LSN its sidecar names for a lease read (linearizable, writing nothing). The server
 #     makes one record of a connection's consecutive pipelined writes.
