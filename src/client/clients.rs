@@ -38,9 +38,10 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Connects to the app socket at `path` and asks for the client port's connections.
-    /// Fails with [`ClientError::Refused`] if another connection of this application
-    /// already takes them, or if the sidecar speaks an older version.
+    /// Connects to the app socket at `path` and asks for the client port's connections
+    /// (taking them over from an older connection that had them). Fails if the sidecar
+    /// speaks an older version ([`ClientError::UnsupportedVersion`] or
+    /// [`ClientError::Refused`]).
     pub async fn connect(path: &Path) -> Result<Clients, ClientError> {
         let mut stream =
             UnixStream::connect(path)

@@ -65,15 +65,20 @@ impl Takers {
             .is_some_and(|taker| !taker.queue.is_closed())
     }
 
-    /// Registers a connection as the one taking clients; `None` if another one already is.
-    fn register(&self, id: u64) -> Option<mpsc::Receiver<std::net::TcpStream>> {
-        let mut slot = self.lock();
-        if slot.as_ref().is_some_and(|taker| !taker.queue.is_closed()) {
-            return None;
-        }
+    /// Registers a connection as the one taking clients. One registered before is
+    /// replaced: its queue's sender is dropped, so its task ends and closes that connection
+    /// (what it had queued still goes out first). The newest wins so that an application
+    /// restarted in a hurry takes the connections over even before its old connection's end
+    /// has been noticed; there is one application per sidecar.
+    fn register(&self, id: u64) -> mpsc::Receiver<std::net::TcpStream> {
         let (queue, receiver) = mpsc::channel(QUEUE_LEN);
-        *slot = Some(Taker { id, queue });
-        Some(receiver)
+        if let Some(old) = self.lock().replace(Taker { id, queue }) {
+            info!(
+                old = old.id,
+                "a newer app connection takes the client connections over"
+            );
+        }
+        receiver
     }
 
     fn unregister(&self, id: u64) {
@@ -115,20 +120,10 @@ impl Takers {
 
 /// Serves an application connection that sent `TakeClients` (after `Welcome`, which is
 /// already written): sends it each client connection queued for it, until it closes the
-/// connection, a send fails, or `closing` is cancelled. Another connection already taking
-/// clients makes this one refused with an `Error` frame.
+/// connection, a send fails, a newer connection takes clients instead, or `closing` is
+/// cancelled.
 pub async fn serve(stream: UnixStream, takers: &Takers, id: u64, closing: &CancellationToken) {
-    let Some(mut queue) = takers.register(id) else {
-        warn!("a second app connection asked to take clients; refused");
-        let mut frame = bytes::BytesMut::new();
-        Frame::Error {
-            message: "another connection of this node's application already takes clients"
-                .to_owned(),
-        }
-        .encode(&mut frame);
-        let _ = send_all(&stream, &frame).await;
-        return;
-    };
+    let mut queue = takers.register(id);
     info!("the application takes the client port's connections");
     let mut taking = bytes::BytesMut::new();
     Frame::TakingClients.encode(&mut taking);
