@@ -495,13 +495,7 @@ async fn append(
         Ok(ProposeOutcome::NotPrimary {
             primary,
             client_addr,
-        }) => rejected(
-            request_id,
-            RejectReason::NotPrimary,
-            primary,
-            client_addr,
-            "this node is not the primary",
-        ),
+        }) => not_primary(request_id, primary, client_addr),
         Ok(ProposeOutcome::Busy) => rejected(
             request_id,
             RejectReason::Busy,
@@ -556,6 +550,21 @@ fn rejected(
     }
 }
 
+/// The `Rejected` frame of a request this node cannot serve: it is not the primary.
+fn not_primary(
+    request_id: u64,
+    primary: Option<NodeId>,
+    client_addr: Option<std::net::SocketAddr>,
+) -> Frame {
+    rejected(
+        request_id,
+        RejectReason::NotPrimary,
+        primary,
+        client_addr,
+        "this node is not the primary",
+    )
+}
+
 /// A lease read's answer: `ReadIndex`, or `Rejected` as an append would be.
 async fn lease_read(node: &NodeHandle, request_id: u64) -> Frame {
     match node.read_index().await {
@@ -567,13 +576,7 @@ async fn lease_read(node: &NodeHandle, request_id: u64) -> Frame {
         Ok(ReadOutcome::NotPrimary {
             primary,
             client_addr,
-        }) => rejected(
-            request_id,
-            RejectReason::NotPrimary,
-            primary,
-            client_addr,
-            "this node is not the primary",
-        ),
+        }) => not_primary(request_id, primary, client_addr),
         Ok(ReadOutcome::Busy) => rejected(
             request_id,
             RejectReason::Busy,

@@ -226,7 +226,8 @@ fn sendmsg_fd(socket: i32, bytes: &[u8], fd: i32) -> io::Result<usize> {
     };
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    // u64 elements: the control buffer must be aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
     // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;

@@ -185,7 +185,7 @@ pub async fn serve(
 
 /// Routes and carries one connection; returns why it ended.
 async fn carry(
-    client: TcpStream,
+    mut client: TcpStream,
     node: &NodeHandle,
     app_addr: Option<SocketAddr>,
     limits: ProxyLimits,
@@ -215,7 +215,6 @@ async fn carry(
     };
     // A primary whose application takes its clients itself hands the connection over and is
     // out of its path (`handoff`); in follow mode the reply barrier needs the copy.
-    let mut client = client;
     if route.role == Role::Primary && shipper.is_none() && follow.is_none() {
         match node.takers.hand_over(client) {
             HandOver::Handed => {
