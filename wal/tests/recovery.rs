@@ -882,3 +882,35 @@ fn active_segment_is_preallocated_without_changing_its_length() {
     assert_eq!(read_all(&wal), before);
     assert_eq!(wal.last_lsn(), Lsn(4000));
 }
+
+/// On tmpfs nothing is reserved (FORMAT.md, "Writing"): `fallocate` there would allocate
+/// and zero the whole segment's memory at once, a stall at every roll. Runs where `/dev/shm`
+/// is a tmpfs mount, and says so where it is not.
+#[test]
+fn nothing_is_reserved_on_tmpfs() {
+    use std::os::unix::fs::MetadataExt;
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let shm_is_tmpfs = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some("/dev/shm") && fields.next() == Some("tmpfs")
+    });
+    if !shm_is_tmpfs {
+        eprintln!("/dev/shm is not a tmpfs mount here; nothing to check");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let segment_bytes_max = 4 << 20;
+    let (mut wal, _) = Wal::open(dir.path(), options(segment_bytes_max)).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=100).map(payload).collect();
+    wal.append(Epoch(1), RecordKind::App, payloads.iter().map(|p| &p[..]))
+        .unwrap();
+    wal.sync().unwrap();
+    let active = wal.segment_paths().last().unwrap().clone();
+    let meta = fs::metadata(&active).unwrap();
+    assert!(
+        meta.blocks() * 512 < segment_bytes_max / 2,
+        "{} bytes allocated for a {}-byte segment on tmpfs",
+        meta.blocks() * 512,
+        meta.len()
+    );
+}
