@@ -243,3 +243,45 @@ proptest! {
         prop_assert_eq!(records.next_lsn(), Lsn(position).max(Lsn(model.len() as u64 + 1)));
     }
 }
+
+/// A segment's mapping is unmapped once the reader has moved on and the last record read
+/// from it is dropped (on a thread of its own, so a while later; the reader module's
+/// `Mapping`): kept neither by the reader nor leaked.
+#[test]
+fn a_segment_left_behind_is_unmapped_once_its_records_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 64 << 10);
+    append(&mut wal, 1, &payloads(200, 1000, b'a'));
+    let first = wal.segment_paths()[0].clone();
+    assert!(
+        wal.segment_paths().len() >= 3,
+        "the records fill several segments"
+    );
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .contains(first.to_str().unwrap())
+    };
+    let mut records = wal.reader().iter_from(Lsn(1)).unwrap();
+    let kept = records.next().unwrap().unwrap();
+    assert!(mapped(), "the first segment is mapped while read");
+    // Read on into the last segment: the reader's own mapping moves along.
+    for record in records.by_ref() {
+        record.unwrap();
+    }
+    assert!(
+        mapped(),
+        "a record read from the first segment still holds its mapping"
+    );
+    assert_eq!(kept.lsn, Lsn(1));
+    drop(kept);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mapped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first segment is still mapped 10 s after its last record was dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(records);
+}
