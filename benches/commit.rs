@@ -8,12 +8,22 @@
 //! cargo bench --bench commit -- --inflight 256 --seconds 10 --record-len 1024
 //! cargo bench --bench commit -- --tls both         # plain, then mutual TLS, and the ratio
 //! cargo bench --bench commit -- --half-peak        # then open loop at half the peak rate
+//! cargo bench --bench commit -- --runtime multi    # the application on a multi-thread runtime
 //! ```
 //!
 //! `--half-peak`: after the in-flight runs, proposals arrive on a schedule (open loop) at
 //! half the highest rate those runs reached, each on its own task, however many are in
 //! flight; a commit's latency counts from its scheduled time, so a stall delays every
 //! proposal due during it instead of hiding them (no coordinated omission).
+//!
+//! `--runtime current` (the default) runs the application, that is the proposers and the
+//! three drivers, on one thread, as the key-value example and the sidecar run;
+//! `--runtime multi` on tokio's multi-thread runtime, where the driver's tasks and the
+//! proposers wake each other across threads (measured in `benches/README.md`).
+//!
+//! The open loop's schedule is kept by a thread of its own that wakes every
+//! [`PACE_STEP`] and releases the proposals that have come due, so that a proposal waits for
+//! its schedule no longer than that (tokio's timer ticks in milliseconds).
 //!
 //! `--tls on` runs the cluster with mutual TLS on its peer links (a throwaway CA made by
 //! the benchmark); `--tls both` runs plain and TLS clusters one after the other and prints
@@ -59,6 +69,8 @@ struct Options {
     tls: Vec<bool>,
     /// Also run open loop at half the peak rate.
     half_peak: bool,
+    /// The application on a multi-thread runtime instead of one thread.
+    multi_thread: bool,
 }
 
 fn options() -> Options {
@@ -68,6 +80,7 @@ fn options() -> Options {
         record_len: 128,
         tls: vec![false],
         half_peak: false,
+        multi_thread: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -92,6 +105,13 @@ fn options() -> Options {
                 }
             }
             "--half-peak" => options.half_peak = true,
+            "--runtime" => {
+                options.multi_thread = match args.next().as_deref() {
+                    Some("current") => false,
+                    Some("multi") => true,
+                    other => panic!("--runtime current|multi, not {other:?}"),
+                }
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -100,10 +120,14 @@ fn options() -> Options {
 
 fn main() {
     let options = options();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = if options.multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("a runtime");
     let mut rates = Vec::new();
     for &tls in &options.tls {
         rates.push(runtime.block_on(run(&options, tls)));
@@ -130,6 +154,11 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
     if tls {
         support::tls::secure(&mut cluster);
     }
+    for node in &mut cluster.nodes {
+        // As in production: the tests' debug lines (one per append on the primary) are
+        // work this benchmark does not measure.
+        node.env.push(("RUST_LOG".into(), "info".into()));
+    }
     for id in 1..=3 {
         cluster.start_node(id);
     }
@@ -154,10 +183,11 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!(
-        "3 nodes, --fsync always, {}, {}-byte records, {} s per run; primary is node {}",
+        "3 nodes, --fsync always, {}, {}-byte records, {} s per run, {} runtime; primary is node {}",
         if tls { "mutual TLS" } else { "plain TCP" },
         options.record_len,
         options.seconds,
+        if options.multi_thread { "multi-thread" } else { "current-thread" },
         primary.node_id()
     );
     println!(
@@ -204,9 +234,14 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
     rates
 }
 
+/// How often the open loop's pacing thread releases the proposals that have come due.
+const PACE_STEP: Duration = Duration::from_micros(100);
+
 /// Proposes `rate` records per second on a fixed schedule for `seconds`, each on a task of
 /// its own; returns the commits, their latencies from their scheduled times, and the time
-/// from the first scheduled proposal to the last commit.
+/// from the first scheduled proposal to the last commit. A pacing thread sends the due
+/// times of the proposals that have come due, every [`PACE_STEP`], to this task, which
+/// starts them.
 async fn open_loop(
     driver: &Arc<Driver<Sink>>,
     payload: &Bytes,
@@ -215,23 +250,37 @@ async fn open_loop(
 ) -> (usize, Vec<Duration>, Duration) {
     let total = (rate * seconds) as u64;
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = started + Duration::from_secs_f64(i as f64 / rate);
-        let now = Instant::now();
-        if due > now {
-            // The timer's granularity is about a millisecond: proposals due within it go
-            // out together, each still timed from its own schedule.
-            if due - now > Duration::from_micros(500) {
-                tokio::time::sleep_until(due.into()).await;
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Instant>>();
+    let pacer = std::thread::spawn(move || {
+        let mut next = 0;
+        while next < total {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while next < total {
+                let at = started + Duration::from_secs_f64(next as f64 / rate);
+                if at > now {
+                    break;
+                }
+                due.push(at);
+                next += 1;
             }
+            if !due.is_empty() && due_tx.send(due).is_err() {
+                return;
+            }
+            std::thread::sleep(PACE_STEP);
         }
-        let (driver, payload) = (Arc::clone(driver), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            driver.propose(payload).await.expect("committed");
-            due.elapsed()
-        }));
+    });
+    let mut tasks = Vec::with_capacity(total as usize);
+    while let Some(due) = due_rx.recv().await {
+        for due in due {
+            let (driver, payload) = (Arc::clone(driver), payload.clone());
+            tasks.push(tokio::spawn(async move {
+                driver.propose(payload).await.expect("committed");
+                due.elapsed()
+            }));
+        }
     }
+    pacer.join().expect("the pacing thread");
     let mut latencies = Vec::with_capacity(tasks.len());
     for task in tasks {
         latencies.push(task.await.expect("a proposer"));

@@ -236,8 +236,8 @@ impl Cluster {
             .arg(node.client_addr.to_string())
             .args(&self.args)
             .args(&node.extra)
-            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,understudy=debug")
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         command
     }
