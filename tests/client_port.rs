@@ -244,6 +244,43 @@ fn a_backup_forwards_to_the_primary_application_in_one_hop_and_falls_back_to_its
     assert!(echoes(&mut held, b"and more\n"));
 }
 
+/// A node cut off from every peer (here both are killed) knows no primary and will not
+/// soon: once it has heard from neither for the failover timeout, a new connection to its
+/// client port is closed at once rather than held for `--client-hold` (10 s here). A node
+/// that still hears its peers holds one (the test above, while the application is away).
+#[test]
+fn a_node_cut_off_from_every_peer_closes_new_connections_at_once() {
+    let echo = Echo::start();
+    let mut cluster = Cluster::new(3);
+    let primary = start_with_app(
+        &mut cluster,
+        echo.addr,
+        &["--client-hold", "10s", "--app-timeout", "60s"],
+    );
+    assert!(echoes(
+        &mut connect(cluster.node(primary).client_addr),
+        b"served\n"
+    ));
+    for id in (1..=3).filter(|&id| id != primary) {
+        cluster.kill(id);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            http_get(cluster.node(primary).admin_addr, "/primary").map(|(code, _)| code)
+                != Some(200)
+        }),
+        "node {primary} still serves as primary with both peers killed"
+    );
+    let started = Instant::now();
+    let mut client = connect(cluster.node(primary).client_addr);
+    assert!(
+        closed_within(&mut client, Duration::from_secs(5)),
+        "a connection to a node cut off from its peers was held"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "closed only after {took:?}");
+}
+
 /// A local address of this machine that is not loopback, if it has one (the one the
 /// default route leaves from; a UDP connect sends nothing).
 fn non_loopback_ip() -> Option<IpAddr> {

@@ -81,7 +81,8 @@ pub struct RunArgs {
     #[arg(long, env = "UNDERSTUDY_CLIENT_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
     pub client_idle_timeout: Duration,
     /// How long a new client connection waits for a primary to be known (default: twice
-    /// the failover timeout).
+    /// the failover timeout). A node that has heard from none of its peers for the
+    /// failover timeout closes such a connection at once.
     #[arg(long, env = "UNDERSTUDY_CLIENT_HOLD", value_parser = duration)]
     pub client_hold: Option<Duration>,
     /// How often the primary sends heartbeats.
@@ -358,6 +359,7 @@ impl RunArgs {
                 connections_max: self.client_connections_max.max(1),
                 idle_timeout: self.client_idle_timeout,
                 hold: self.client_hold.unwrap_or(self.failover_timeout * 2),
+                cut_off_after: self.failover_timeout,
             },
             snapshot: node::snapshot::SnapshotConfig {
                 interval: self.snapshot_interval.max(Duration::from_millis(1)),

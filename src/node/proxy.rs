@@ -8,7 +8,10 @@
 //! own host). Otherwise, or when that connect fails, it goes to the primary's client port,
 //! which forwards it again (two hops); a failed address is skipped for
 //! [`DIRECT_RETRY_AFTER`] so that each new connection does not wait for it. While no
-//! primary is known, a new connection is held for up to the hold time and then closed.
+//! primary is known, a new connection is held for up to the hold time and then closed, or
+//! at once while the node is cut off: it has heard from none of its peers for a failover
+//! timeout (a partition, or every peer down), so it will not know a primary soon, and a
+//! client is better off trying another node.
 //! Each connection remembers the `(role, epoch, primary)` it was routed under; the moment
 //! the node's status says otherwise (it stopped being primary, or the primary changed) the
 //! connection is closed, so no client keeps talking to a stale primary.
@@ -72,6 +75,9 @@ pub struct ProxyLimits {
     pub idle_timeout: Duration,
     /// How long a new connection waits for a primary to be known.
     pub hold: Duration,
+    /// A node that has heard from none of its peers for this long (the failover timeout) is
+    /// cut off: a connection with nowhere to go is closed at once rather than held.
+    pub cut_off_after: Duration,
 }
 
 /// Where a connection goes, and the state it was routed under.
@@ -116,6 +122,22 @@ fn route(
         epoch: status.epoch,
         primary: status.primary,
     })
+}
+
+/// Whether `status` shows a node cut off from its peers: it has some, has heard from one
+/// of them at some point, and from none for `after`. A node that has never heard from any
+/// (just started) is not: its peers may be starting too.
+fn cut_off(status: &NodeStatus, after: Duration) -> bool {
+    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    let mut heard_once = false;
+    for peer in &status.peers {
+        match peer.last_heard_ms {
+            Some(ms) if ms < after_ms => return false,
+            Some(_) => heard_once = true,
+            None => {}
+        }
+    }
+    heard_once
 }
 
 /// Whether a connection routed as `route` may go on under `status`.
@@ -198,8 +220,14 @@ async fn carry(
     let (route, shipper) = loop {
         let shipper = follow.as_mut().and_then(|f| f.borrow_and_update().clone());
         let serving = follow.as_ref().map(|_| shipper.is_some());
-        if let Some(route) = route(&status.borrow_and_update(), app_addr, serving) {
-            break (route, shipper.filter(|_| route.role == Role::Primary));
+        {
+            let status = status.borrow_and_update();
+            if let Some(route) = route(&status, app_addr, serving) {
+                break (route, shipper.filter(|_| route.role == Role::Primary));
+            }
+            if cut_off(&status, limits.cut_off_after) {
+                return "cut off from every peer";
+            }
         }
         let serving_changed = async {
             match follow.as_mut() {
@@ -482,6 +510,7 @@ impl AsyncWrite for Tracked {
 
 #[cfg(test)]
 mod tests {
+    use super::super::handle::PeerStatus;
     use super::*;
 
     fn status(role: Role, epoch: u64, primary: Option<u16>, lease_held: bool) -> NodeStatus {
@@ -517,6 +546,29 @@ mod tests {
             route(&status(Role::Candidate, 4, None, false), Some(app), None),
             None
         );
+    }
+
+    /// Cut off: peers, some heard from once, none within the bound. Never heard from any
+    /// (a node just started) is not cut off, nor is one peer heard lately among silent ones.
+    #[test]
+    fn a_node_is_cut_off_once_no_peer_was_heard_from_for_the_failover_timeout() {
+        let after = Duration::from_millis(100);
+        let with = |heard: &[Option<u64>]| {
+            let mut status = status(Role::Backup, 3, None, false);
+            status.peers = heard
+                .iter()
+                .map(|&last_heard_ms| PeerStatus {
+                    last_heard_ms,
+                    ..PeerStatus::default()
+                })
+                .collect();
+            status
+        };
+        assert!(cut_off(&with(&[Some(100), Some(250)]), after));
+        assert!(cut_off(&with(&[Some(150), None]), after));
+        assert!(!cut_off(&with(&[Some(99), Some(250)]), after));
+        assert!(!cut_off(&with(&[None, None]), after));
+        assert!(!cut_off(&with(&[]), after), "a node without peers");
     }
 
     /// A backup with a reachable address for the primary's application forwards there,
