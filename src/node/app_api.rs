@@ -807,6 +807,7 @@ impl NodeHandle {
                 Arc::new(crate::node::metrics::Metrics::default()),
             )),
             takers: crate::node::handoff::Takers::default(),
+            last_heard: Arc::default(),
         }
     }
 }

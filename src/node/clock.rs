@@ -62,6 +62,32 @@ impl std::ops::Add<Duration> for BootInstant {
     }
 }
 
+/// When this node last heard from any peer, readable off the core loop (the client port
+/// asks whether the node is cut off): microseconds on the boot clock, 0 before the first.
+#[derive(Debug, Default)]
+pub struct LastHeard(std::sync::atomic::AtomicU64);
+
+impl LastHeard {
+    /// A message from a peer arrived at `at`.
+    pub fn note(&self, at: BootInstant) {
+        let micros = u64::try_from(at.0.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.0
+            .fetch_max(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long nothing has been heard from any peer; `None` before the first message.
+    pub fn silence(&self) -> Option<Duration> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            micros => Some(
+                BootInstant::now()
+                    .0
+                    .saturating_sub(Duration::from_micros(micros)),
+            ),
+        }
+    }
+}
+
 /// One `clock_gettime` of `clock`.
 fn read(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {

@@ -349,6 +349,8 @@ pub struct NodeHandle {
     pub(crate) app_health: Arc<super::app_health::AppHealth>,
     /// The application connection that takes client connections, if any (`handoff`).
     pub(crate) takers: super::handoff::Takers,
+    /// When a peer was last heard from, kept by the core loop.
+    pub(crate) last_heard: Arc<super::clock::LastHeard>,
 }
 
 /// The core loop has stopped (the node is shutting down or failed).
@@ -365,6 +367,11 @@ impl NodeHandle {
     /// client port hands them over (`handoff`).
     pub fn takers(&self) -> &super::handoff::Takers {
         &self.takers
+    }
+
+    /// How long this node has heard from none of its peers; `None` before it heard from one.
+    pub fn peer_silence(&self) -> Option<Duration> {
+        self.last_heard.silence()
     }
 
     /// Proposes records and waits for the outcome.

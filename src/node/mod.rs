@@ -272,6 +272,8 @@ struct Shell {
     commit_tx: watch::Sender<Lsn>,
     status_tx: watch::Sender<Arc<NodeStatus>>,
     last_heard: BTreeMap<NodeId, BootInstant>,
+    /// The latest of `last_heard`, shared with the client port through the node's handle.
+    last_heard_any: Arc<clock::LastHeard>,
     /// Average encoded record length, for lag in bytes.
     record_len_avg: u64,
     failed: Option<String>,
@@ -752,7 +754,9 @@ impl Shell {
     /// queue is taken in as a heartbeat (module docs).
     fn on_inbound(&mut self, inbound: peer::Inbound) -> Result<(), NodeError> {
         let now = self.now();
-        self.last_heard.insert(inbound.from, BootInstant::now());
+        let heard_at = BootInstant::now();
+        self.last_heard.insert(inbound.from, heard_at);
+        self.last_heard_any.note(heard_at);
         let peer::Inbound {
             from,
             mut message,
@@ -1347,6 +1351,7 @@ pub async fn run(
         member: "voter",
         members: handle::MembersStatus::default(),
     }));
+    let last_heard_any = Arc::new(clock::LastHeard::default());
     let handle = NodeHandle {
         requests: requests_tx,
         status: status_rx,
@@ -1357,6 +1362,7 @@ pub async fn run(
         snapshots: Arc::clone(&snapshots),
         app_health: Arc::clone(&app_health),
         takers: handoff::Takers::default(),
+        last_heard: Arc::clone(&last_heard_any),
     };
     // Follow mode: the channels between the follow task, the supervisor and the client port.
     let follow = config.follow.clone().map(|follow_config| {
@@ -1474,6 +1480,7 @@ pub async fn run(
         commit_tx,
         status_tx,
         last_heard: BTreeMap::new(),
+        last_heard_any,
         record_len_avg: 64,
         failed: None,
         metrics,

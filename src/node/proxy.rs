@@ -124,20 +124,17 @@ fn route(
     })
 }
 
-/// Whether `status` shows a node cut off from its peers: it has some, has heard from one
-/// of them at some point, and from none for `after`. A node that has never heard from any
-/// (just started) is not: its peers may be starting too.
-fn cut_off(status: &NodeStatus, after: Duration) -> bool {
-    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-    let mut heard_once = false;
-    for peer in &status.peers {
-        match peer.last_heard_ms {
-            Some(ms) if ms < after_ms => return false,
-            Some(_) => heard_once = true,
-            None => {}
-        }
+/// How much longer a node is to hear from none of its peers before it counts as cut off:
+/// zero when it already is, `None` when silence alone never makes it so. `has_peers`: it
+/// has some; `silence`: how long it has heard from none, `None` if it never heard from
+/// one (just started: its peers may be starting too); `after`: the failover timeout. In an
+/// ordinary election the candidates hear each other's votes, so only a node that nobody
+/// answers, partitioned off or with every peer down, stays silent that long.
+fn cut_off_in(has_peers: bool, silence: Option<Duration>, after: Duration) -> Option<Duration> {
+    if !has_peers {
+        return None;
     }
-    heard_once
+    silence.map(|silence| after.saturating_sub(silence))
 }
 
 /// Whether a connection routed as `route` may go on under `status`.
@@ -220,15 +217,27 @@ async fn carry(
     let (route, shipper) = loop {
         let shipper = follow.as_mut().and_then(|f| f.borrow_and_update().clone());
         let serving = follow.as_ref().map(|_| shipper.is_some());
-        {
+        let cut_off = {
             let status = status.borrow_and_update();
             if let Some(route) = route(&status, app_addr, serving) {
                 break (route, shipper.filter(|_| route.role == Role::Primary));
             }
-            if cut_off(&status, limits.cut_off_after) {
-                return "cut off from every peer";
-            }
+            cut_off_in(
+                !status.peers.is_empty(),
+                node.peer_silence(),
+                limits.cut_off_after,
+            )
+        };
+        if cut_off == Some(Duration::ZERO) {
+            return "cut off from every peer";
         }
+        // Look again when the silence would make it cut off (a message meanwhile resets it).
+        let cut_off_due = async {
+            match cut_off {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
         let serving_changed = async {
             match follow.as_mut() {
                 Some(f) => f.changed().await.is_ok(),
@@ -239,6 +248,7 @@ async fn carry(
             changed = status.changed() => if changed.is_err() { return "node stopping" },
             ok = serving_changed => if !ok { return "node stopping" },
             () = tokio::time::sleep_until(deadline) => return "no primary known",
+            () = cut_off_due => {}
         }
     };
     // A primary whose application takes its clients itself hands the connection over and is
@@ -510,7 +520,6 @@ impl AsyncWrite for Tracked {
 
 #[cfg(test)]
 mod tests {
-    use super::super::handle::PeerStatus;
     use super::*;
 
     fn status(role: Role, epoch: u64, primary: Option<u16>, lease_held: bool) -> NodeStatus {
@@ -548,27 +557,17 @@ mod tests {
         );
     }
 
-    /// Cut off: peers, some heard from once, none within the bound. Never heard from any
-    /// (a node just started) is not cut off, nor is one peer heard lately among silent ones.
+    /// Cut off once no peer was heard from for the bound; never by silence alone without
+    /// peers, or before the first peer was heard from (a node just started).
     #[test]
     fn a_node_is_cut_off_once_no_peer_was_heard_from_for_the_failover_timeout() {
         let after = Duration::from_millis(100);
-        let with = |heard: &[Option<u64>]| {
-            let mut status = status(Role::Backup, 3, None, false);
-            status.peers = heard
-                .iter()
-                .map(|&last_heard_ms| PeerStatus {
-                    last_heard_ms,
-                    ..PeerStatus::default()
-                })
-                .collect();
-            status
-        };
-        assert!(cut_off(&with(&[Some(100), Some(250)]), after));
-        assert!(cut_off(&with(&[Some(150), None]), after));
-        assert!(!cut_off(&with(&[Some(99), Some(250)]), after));
-        assert!(!cut_off(&with(&[None, None]), after));
-        assert!(!cut_off(&with(&[]), after), "a node without peers");
+        let ms = Duration::from_millis;
+        assert_eq!(cut_off_in(true, Some(ms(100)), after), Some(Duration::ZERO));
+        assert_eq!(cut_off_in(true, Some(ms(250)), after), Some(Duration::ZERO));
+        assert_eq!(cut_off_in(true, Some(ms(30)), after), Some(ms(70)));
+        assert_eq!(cut_off_in(true, None, after), None);
+        assert_eq!(cut_off_in(false, Some(ms(250)), after), None);
     }
 
     /// A backup with a reachable address for the primary's application forwards there,
