@@ -87,7 +87,7 @@ impl StateMachine for Store {
         out.put_u64_le(self.entries.len() as u64);
         // In key order, so that every node writes the same bytes for the same state.
         let mut entries: Vec<(&Bytes, &Entry)> = self.entries.iter().collect();
-        entries.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        entries.sort_unstable_by_key(|&(key, _)| key);
         for (key, entry) in entries {
             for blob in [key, &entry.value] {
                 out.put_u32_le(u32::try_from(blob.len()).expect("keys and values fit a record"));
