@@ -699,9 +699,13 @@ mod tests {
                 one.validate();
             }
             prop_assert_eq!(&one, &two);
+            // The same state, reached by another history, is the same snapshot bytes (the
+            // hash map's order differs; the snapshot sorts its keys).
+            prop_assert_eq!(one.snapshot(), two.snapshot());
             if let Some(restored) = restored {
                 restored.validate();
                 prop_assert_eq!(&one, &restored);
+                prop_assert_eq!(one.snapshot(), restored.snapshot());
             }
         }
 
