@@ -127,7 +127,7 @@ pub struct SwitchoverReply {
 }
 
 /// One peer as this node sees it.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PeerStatus {
     pub node_id: u16,
     pub addr: String,

@@ -159,21 +159,21 @@
 //! primary's client port straight into its own hands, so that no proxy copies their bytes.
 //! It opens a second connection to the app socket and sends `Hello` (version 4), then
 //! `TakeClients`; it sends nothing more on that connection. The sidecar answers `Welcome`,
-//! then `TakingClients`. From then on, while this node is primary, holds its lease and has no proxy-only mode (follow mode), the
-//! sidecar may hand it each connection accepted on the client port, instead of forwarding
-//! it: one `ClientConnection` frame, sent with one `sendmsg` that carries the accepted TCP
-//! socket as `SCM_RIGHTS` ancillary data. The application must read that connection with
-//! `recvmsg` (a plain `read` drops the socket); [`crate::client::clients`] does this. The
-//! sidecar keeps no copy of the socket: from the hand-over on, the connection is the
-//! application's, and so is closing it when its node stops being primary (as for the
-//! connections a backup's client port forwards straight to the application, the app API's
-//! contract keeps it safe meanwhile: nothing commits and no lease read is answered but
-//! through a primary holding its lease). Connections are handed over only while one such
-//! connection is open and its socket buffer has room; otherwise they are forwarded as
-//! before. One application connection takes clients at a time: a newer `TakeClients` takes
-//! over from the older one, whose connection the sidecar then closes (after the connections
-//! already queued for it), so that a restarted application takes over before the sidecar
-//! has noticed that its old connection ended.
+//! then `TakingClients`. From then on, while this node is primary, holds its lease and has
+//! no proxy-only mode (follow mode), the sidecar may hand it each connection accepted on
+//! the client port, instead of forwarding it: one `ClientConnection` frame, sent with one
+//! `sendmsg` that carries the accepted TCP socket as `SCM_RIGHTS` ancillary data. The
+//! application must read that connection with `recvmsg` (a plain `read` drops the socket);
+//! [`crate::client::clients`] does this. The sidecar keeps no copy of the socket: from the
+//! hand-over on, the connection is the application's, and so is closing it when its node
+//! stops being primary (as for the connections a backup's client port forwards straight to
+//! the application, the app API's contract keeps it safe meanwhile: nothing commits and no
+//! lease read is answered but through a primary holding its lease). Connections are handed
+//! over only while one such connection is open and its socket buffer has room; otherwise
+//! they are forwarded as before. One application connection takes clients at a time: a
+//! newer `TakeClients` takes over from the older one, whose connection the sidecar then
+//! closes (after the connections already queued for it), so that a restarted application
+//! takes over before the sidecar has noticed that its old connection ended.
 //!
 //! For example, `Appended { request_id: 7, first_lsn: 1, last_lsn: 2 }` is
 //!
