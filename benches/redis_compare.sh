@@ -667,6 +667,8 @@ kv_cluster() {
     # busy 2-core machine once missed them that long and the primary handed over mid-run;
     # Redis here has no failover at all, so neither side may move its primary while measured.
     NODE_ARGS=(--fsync always --app-timeout 5s)
+    # Not the crash scripts' debug line per run of records delivered: work not measured.
+    export RUST_LOG=${RUST_LOG:-info}
     [[ $KEEP -eq 0 ]] || UNDERSTUDY_KEEP_TEMP=1
     setup plain
     start_cluster

@@ -726,6 +726,16 @@ async fn subscription_stream(
                 batch.first_lsn,
                 batch.last_lsn
             );
+            // Checked by the crash scripts against each node's log at the end of a run
+            // (`tests/scripts/lib.sh`, `check_deliveries`): what was handed out as committed
+            // is what the log holds.
+            debug!(
+                target: "understudy::node::app_api::delivered",
+                first = %batch.first_lsn,
+                last = %batch.last_lsn,
+                epoch = %batch.last_epoch,
+                "records delivered"
+            );
             next = batch.last_lsn.next();
             if outbox
                 .send(Frame::Records { bytes: batch.bytes })

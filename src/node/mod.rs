@@ -288,7 +288,8 @@ struct Shell {
     prefix_cut: Option<PrefixCut>,
     /// A divergent suffix cut queued to the writer and not yet done: its ticket and the
     /// lowest `keep_through` queued. Until it is done the WAL may still hold the old records
-    /// after that LSN, so they are not read back for shipping.
+    /// after that LSN, so they are not read back for shipping, nor told to the log's readers
+    /// as committed (`publish_commit`).
     suffix_cut: Option<(u64, Lsn)>,
     /// The primary and epoch of the last append taken in, and when: for the heartbeat gap.
     last_append: Option<(NodeId, Epoch, BootInstant)>,
@@ -505,7 +506,7 @@ impl Shell {
             Action::SendSnapshot { to } => self.snapshot_send(to),
             Action::Committed { lsn } => {
                 self.commit_lsn = lsn;
-                self.commit_tx.send_replace(lsn);
+                self.publish_commit();
                 if self
                     .members_pending
                     .as_ref()
@@ -705,7 +706,37 @@ impl Shell {
             },
             StepContext::default(),
         )?;
+        // A suffix cut done, or records written that were committed before they were (a
+        // backup learns of a commit with the records): the readers look again.
+        self.publish_commit();
         self.prefix_catch_up()
+    }
+
+    /// Tells the log's readers (`commit_tx`: the application's record stream, follow mode's
+    /// replay, the scrubber, the snapshot schedule) how far the log is committed.
+    ///
+    /// # Correctness
+    /// A backup that takes in an append conflicting with its log queues the cut of its
+    /// divergent suffix and learns, in the same step, a commit LSN above the cut: the new
+    /// primary's records there are committed. Until the writer has done the cut, the WAL
+    /// still holds the old records at those LSNs, with right CRCs and LSNs, and a reader
+    /// told of the commit would hand them out as committed: the application would apply a
+    /// record that was never committed, in place of one that was, and a read of their bytes
+    /// after the file shrank faults (SIGBUS). So the readers are told at most the cut's
+    /// `keep_through` until the cut is done (never less than before: a cut is never below
+    /// the commit LSN). Sent on every writer report, changed or not, so that a reader that
+    /// found a committed record not yet written looks again once the writer has been.
+    fn publish_commit(&self) {
+        let visible = match self.suffix_cut {
+            Some((_, keep_through)) => self.commit_lsn.min(keep_through),
+            None => self.commit_lsn,
+        };
+        assert!(
+            visible >= *self.commit_tx.borrow(),
+            "the commit LSN told to readers went back from {} to {visible}",
+            *self.commit_tx.borrow()
+        );
+        self.commit_tx.send_replace(visible);
     }
 
     /// Tells the core how far the WAL's prefix is gone (`Input::PrefixTruncated`), but never

@@ -30,7 +30,7 @@ done
 
 NODE_ARGS=(--snapshot-interval 500ms --snapshot-after-bytes 512KiB --wal-retain-bytes 256KiB
     --wal-segment-bytes 64KiB)
-export RUST_LOG=info,understudy::node::snapshot=debug
+export RUST_LOG=info,understudy::node::snapshot=debug,understudy::node::app_api::delivered=debug
 
 # wait_log_line ID PATTERN SKIP: waits up to 20 s for a line matching PATTERN in node ID's
 # log beyond its first SKIP matching lines.

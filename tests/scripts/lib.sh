@@ -21,6 +21,9 @@ NODES=(1 2 3)
 NODE_ARGS=()
 # 1: the sidecar runs the key-value server itself (--app-cmd).
 SUPERVISED=${SUPERVISED:-0}
+# Logged by every node unless RUST_LOG says otherwise: each run of records its sidecar hands
+# the application as committed, for `check_deliveries`.
+DELIVERIES_LOG=understudy::node::app_api::delivered=debug
 
 # Global (-g) even when this file is sourced inside a function: the EXIT trap's cleanup reads
 # them after that function has returned.
@@ -143,7 +146,7 @@ start_node() {
     if [[ $SUPERVISED == 1 ]]; then
         app=(--app-cmd "exec $(kv_command "$id")")
     fi
-    RUST_LOG=${RUST_LOG:-info} "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
+    RUST_LOG=${RUST_LOG:-info,$DELIVERIES_LOG} "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
         --peer-listen "127.0.0.1:${PEER_PORT[$id]}" --peers "$(peers_of "$id")" \
         --cluster-secret-file "$WORK/secret" --app-socket "$WORK/n$id.sock" \
         --admin-listen "127.0.0.1:${ADMIN_PORT[$id]}" \
@@ -244,7 +247,7 @@ proxy() {
 # check_all: the end-of-run checks. Every node running, the cluster settled (one primary,
 # every node durable and committed through its last LSN), every acknowledged write
 # readable through a client port, then every log verified and identical through the
-# committed LSN.
+# committed LSN, and every record handed to an application as committed in its node's log.
 check_all() {
     local commit acked
     acked=$(wc -l <"$WORK/acked")
@@ -256,6 +259,7 @@ check_all() {
     log "all $acked acknowledged writes are readable from the primary"
     for id in "${NODES[@]}"; do kill_node "$id"; done
     check_logs "$commit"
+    check_deliveries
     FAILED=0
 }
 
@@ -286,6 +290,36 @@ check_logs() {
         fi
     done
     log "logs of nodes ${NODES[*]} verify and agree on lsn $low..$commit"
+}
+
+# check_deliveries: every run of records a node's sidecar handed its application as
+# committed (the debug lines of $DELIVERIES_LOG in its log, across its restarts) ends with
+# the record its log holds at that LSN, epoch for epoch. A committed record never changes,
+# so a mismatch is an uncommitted record applied as committed. Needs check_logs' dumps.
+check_deliveries() {
+    local id found total=0 bad
+    for id in "${NODES[@]}"; do
+        found=$(grep -c 'records delivered' "$WORK/n$id.log" || true)
+        total=$((total + found))
+        bad=$(awk '
+            FNR == NR { epoch[$1] = $2; next }
+            /records delivered/ {
+                last = ""; ep = ""
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^last=/) last = substr($i, 6)
+                    if ($i ~ /^epoch=/) ep = substr($i, 7)
+                }
+                if ((last in epoch) && epoch[last] != ep) {
+                    print "lsn " last " of epoch " ep ", where its log holds epoch " epoch[last]
+                    exit
+                }
+            }' "$WORK/dump-all.$id" "$WORK/n$id.log")
+        [[ -z $bad ]] || fail "node $id handed its application a record as committed that was not: $bad"
+    done
+    if [[ $total -eq 0 && -z ${RUST_LOG:-} ]]; then
+        fail "no node logged the records it delivered: check_deliveries checked nothing"
+    fi
+    log "$total runs of records delivered to the applications match the logs"
 }
 
 # start_watch: the role watcher in the background (two primaries in one epoch, elections);
