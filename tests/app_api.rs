@@ -729,6 +729,79 @@ async fn proposals_made_while_an_append_is_unanswered_go_out_together() {
     assert_eq!(within("c's output", c).await.unwrap(), Ok(3));
 }
 
+/// Gathering (src/client/driver/gather.rs): when an append of two or more proposals is
+/// answered and its proposers propose again at once, as clients that wait for each answer
+/// do, the next append waits for them and carries them with what was already waiting,
+/// instead of leaving them for the append after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposers_answered_and_back_at_once_join_the_next_append() {
+    let mut sidecar = Sidecar::start();
+    let driver = Arc::new(
+        within("connect", Driver::connect(sidecar.socket(), Log::default()))
+            .await
+            .unwrap(),
+    );
+    // A client that proposes `first`, and `then` as soon as `first` is answered.
+    let client = |first: &'static str, then: &'static str| {
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move {
+            let first = driver.propose(first).await;
+            let then = driver.propose(then).await;
+            (first, then)
+        })
+    };
+    let lone = {
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move { driver.propose("a").await })
+    };
+    let (payloads, reply) = sidecar.next_proposal().await;
+    assert_eq!(payloads, vec![Bytes::from_static(b"a")]);
+    let clients = [client("b", "b2"), client("c", "c2")];
+    // b and c are queued behind a (one append in flight).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sidecar.commit_proposal(&payloads, reply);
+    assert_eq!(within("a's output", lone).await.unwrap(), Ok(1));
+    let (payloads, reply) = sidecar.next_proposal().await;
+    let mut sent = payloads.clone();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
+    );
+    // d is waiting when b and c are answered; a round trip of 50 ms allows the longest
+    // wait (1 ms) for b and c's clients to come back.
+    let d = {
+        let driver = Arc::clone(&driver);
+        tokio::spawn(async move { driver.propose("d").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sidecar.commit_proposal(&payloads, reply);
+    let (payloads, reply) = sidecar.next_proposal().await;
+    let mut sent = payloads.clone();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![
+            Bytes::from_static(b"b2"),
+            Bytes::from_static(b"c2"),
+            Bytes::from_static(b"d")
+        ],
+        "the clients answered came back and went out with d, in one append"
+    );
+    assert_eq!(
+        payloads[0],
+        Bytes::from_static(b"d"),
+        "d waited first, goes first"
+    );
+    sidecar.commit_proposal(&payloads, reply);
+    assert_eq!(within("d's output", d).await.unwrap(), Ok(4));
+    for client in clients {
+        let (first, then) = within("a client", client).await.unwrap();
+        assert!(matches!(first, Ok(2 | 3)), "{first:?}");
+        assert!(matches!(then, Ok(5 | 6)), "{then:?}");
+    }
+}
+
 /// A proposal to a node that is not the primary fails with the primary and its address.
 #[tokio::test]
 async fn not_primary_rejection_carries_the_primary_and_its_address() {

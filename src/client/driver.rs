@@ -33,13 +33,15 @@
 //!   flight. Memory is bounded by the records committed while the oldest request is in
 //!   flight.
 
+mod gather;
 mod snapshot;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -49,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use wal::format::{decode_record, RecordKind, RECORD_PAYLOAD_LEN_MAX};
 
+use self::gather::{Gather, ShortTimer, Wait};
 use super::{ClientError, ProposeError, ReadError, StateMachine};
 use crate::proto::app::{
     append_frame_len, Frame, FrameReader, FrameWriter, RejectReason, Role, APPEND_COUNT_MAX,
@@ -211,6 +214,8 @@ impl<S: StateMachine> Driver<S> {
             });
         }
         let (reply, answer) = oneshot::channel();
+        // Counted before it is queued, so that the writer counts it once it has it.
+        self.shared.proposed.fetch_add(1, Ordering::Relaxed);
         self.proposals
             .send(Proposal { command, reply })
             .await
@@ -535,32 +540,48 @@ async fn run_writer<S: StateMachine>(
     stop: CancellationToken,
 ) {
     let window = Arc::new(Semaphore::new(APPENDS_INFLIGHT_MAX));
-    let mut carry: Option<Proposal<S::Output>> = None;
+    // Proposals taken off the queue and not sent yet, oldest first.
+    let mut pending: VecDeque<Proposal<S::Output>> = VecDeque::new();
     let mut next_request_id: u64 = 1;
-    loop {
-        let first = match carry.take() {
-            Some(proposal) => proposal,
-            None => {
-                let proposal = tokio::select! {
-                    _ = stop.cancelled() => None,
-                    _ = shared.closed.cancelled() => None,
-                    proposal = proposals.recv() => proposal,
-                };
-                let Some(proposal) = proposal else { break };
-                proposal
+    let mut gather = Gather::new();
+    let timer = if gather::enabled_by_env() {
+        match ShortTimer::new() {
+            Ok(timer) => Some(timer),
+            Err(error) => {
+                debug!(%error, "no short timer: batches go out without gathering");
+                None
             }
-        };
+        }
+    } else {
+        None
+    };
+    loop {
+        if pending.is_empty() {
+            let proposal = tokio::select! {
+                _ = stop.cancelled() => None,
+                _ = shared.closed.cancelled() => None,
+                proposal = proposals.recv() => proposal,
+            };
+            let Some(proposal) = proposal else { break };
+            pending.push_back(proposal);
+        }
         // Wait for room in the window; whatever arrives meanwhile joins this batch.
         let permit = tokio::select! {
             _ = stop.cancelled() => None,
             _ = shared.closed.cancelled() => None,
             permit = Arc::clone(&window).acquire_owned() => permit.ok(),
         };
-        let Some(permit) = permit else {
-            carry = Some(first);
-            break;
-        };
-        let (payloads, replies) = run_writer_batch(first, &mut proposals, &mut carry, limits);
+        let Some(permit) = permit else { break };
+        if let Some(timer) = &timer {
+            let waiting = pending.len() + proposals.len();
+            if let Some(wait) = gather.plan(Instant::now(), waiting, limits.append_count_max) {
+                let came_back =
+                    gather_proposals(&mut proposals, &mut pending, wait, &shared, limits, timer)
+                        .await;
+                gather.waited(wait, came_back);
+            }
+        }
+        let (payloads, replies) = run_writer_batch(&mut pending, &mut proposals, limits);
         if payloads.is_empty() {
             continue;
         }
@@ -586,10 +607,11 @@ async fn run_writer<S: StateMachine>(
             shared.fail(ClientError::Io(error));
             break;
         }
+        gather.sent(Instant::now(), count);
         debug!(request_id, count, "append sent");
     }
     proposals.close();
-    let unsent = carry
+    let unsent = pending
         .into_iter()
         .chain(std::iter::from_fn(|| proposals.try_recv().ok()));
     for proposal in unsent {
@@ -597,43 +619,79 @@ async fn run_writer<S: StateMachine>(
     }
 }
 
-/// Gathers `first` and whatever else is queued into one batch within `limits`; a proposal
-/// that does not fit is left in `carry` for the next batch. Proposals nobody waits for any
-/// more are dropped unsent.
+/// Takes proposals off the queue into `pending` until `wait.expected` have been made since
+/// the last append was answered, a whole batch is waiting, or `wait.timeout` has passed
+/// (gather.rs); how many were made since the answer. A timer that fails ends the wait.
+async fn gather_proposals<S: StateMachine>(
+    proposals: &mut mpsc::Receiver<Proposal<S::Output>>,
+    pending: &mut VecDeque<Proposal<S::Output>>,
+    wait: Wait,
+    shared: &Shared<S>,
+    limits: Limits,
+    timer: &ShortTimer,
+) -> usize {
+    let came_back = || {
+        let since = shared.proposed.load(Ordering::Relaxed);
+        let at_answer = shared.proposed_at_answer.load(Ordering::Relaxed);
+        usize::try_from(since.saturating_sub(at_answer)).unwrap_or(usize::MAX)
+    };
+    let done = |pending: &VecDeque<_>, proposals: &mpsc::Receiver<_>| {
+        came_back() >= wait.expected || pending.len() + proposals.len() >= limits.append_count_max
+    };
+    if done(pending, proposals) || timer.set(wait.timeout).is_err() {
+        return came_back();
+    }
+    loop {
+        tokio::select! {
+            biased;
+            proposal = proposals.recv() => match proposal {
+                Some(proposal) => pending.push_back(proposal),
+                None => break,
+            },
+            _ = timer.expired() => return came_back(),
+        }
+        if done(pending, proposals) {
+            break;
+        }
+    }
+    // Disarmed, so that a stale expiry does not wake the reactor for nothing.
+    let _ = timer.set(Duration::ZERO);
+    came_back()
+}
+
+/// Gathers the `pending` proposals and whatever else is queued into one batch within
+/// `limits`, oldest first; what does not fit stays in `pending` for the next batch.
+/// Proposals nobody waits for any more are dropped unsent.
 #[allow(clippy::type_complexity)]
 fn run_writer_batch<O>(
-    first: Proposal<O>,
+    pending: &mut VecDeque<Proposal<O>>,
     proposals: &mut mpsc::Receiver<Proposal<O>>,
-    carry: &mut Option<Proposal<O>>,
     limits: Limits,
 ) -> (Vec<Bytes>, Vec<Reply<O>>) {
     let mut payloads = Vec::new();
     let mut replies = Vec::new();
     let mut frame_len = append_frame_len(0, 0);
-    let mut next = Some(first);
-    while let Some(proposal) = next.take() {
-        if !proposal.reply.is_closed() {
-            let added = append_frame_len(1, proposal.command.len()) - append_frame_len(0, 0);
-            if payloads.len() == limits.append_count_max || frame_len + added > limits.frame_len_max
-            {
-                if payloads.is_empty() {
-                    // Too large for this sidecar even alone.
-                    let max = limits.frame_len_max.saturating_sub(append_frame_len(1, 0));
-                    let len = proposal.command.len();
-                    let _ = proposal
-                        .reply
-                        .send(Err(ProposeError::TooLarge { len, max }));
-                } else {
-                    *carry = Some(proposal);
-                    break;
-                }
-            } else {
-                frame_len += added;
-                payloads.push(proposal.command);
-                replies.push(proposal.reply);
-            }
+    while let Some(proposal) = pending.pop_front().or_else(|| proposals.try_recv().ok()) {
+        if proposal.reply.is_closed() {
+            continue;
         }
-        next = proposals.try_recv().ok();
+        let added = append_frame_len(1, proposal.command.len()) - append_frame_len(0, 0);
+        if payloads.len() == limits.append_count_max || frame_len + added > limits.frame_len_max {
+            if payloads.is_empty() {
+                // Too large for this sidecar even alone.
+                let max = limits.frame_len_max.saturating_sub(append_frame_len(1, 0));
+                let len = proposal.command.len();
+                let _ = proposal
+                    .reply
+                    .send(Err(ProposeError::TooLarge { len, max }));
+                continue;
+            }
+            pending.push_front(proposal);
+            break;
+        }
+        frame_len += added;
+        payloads.push(proposal.command);
+        replies.push(proposal.reply);
     }
     (payloads, replies)
 }
@@ -656,6 +714,10 @@ struct Shared<S: StateMachine> {
     ping: watch::Sender<u64>,
     /// The lease read the read task is waiting for, by request id.
     read_inflight: Mutex<Option<(u64, ReadReply)>>,
+    /// Proposals ever queued for the writer, and their number when the last append was
+    /// answered: what came since is who came back (gather.rs).
+    proposed: AtomicU64,
+    proposed_at_answer: AtomicU64,
 }
 
 struct Applied<S> {
@@ -722,6 +784,8 @@ impl<S: StateMachine> Shared<S> {
             }),
             failure: Mutex::new(None),
             closed: CancellationToken::new(),
+            proposed: AtomicU64::new(0),
+            proposed_at_answer: AtomicU64::new(0),
             socket_path: PathBuf::new(),
             restoring: Mutex::new(None),
             ping: watch::Sender::new(0),
@@ -902,6 +966,8 @@ impl<S: StateMachine> Shared<S> {
         // Only this task applies records, so the applied LSN cannot move meanwhile.
         let applied_lsn = *self.applied.borrow();
         let mut pending = lock(&self.pending);
+        self.proposed_at_answer
+            .store(self.proposed.load(Ordering::Relaxed), Ordering::Relaxed);
         let request = pending
             .requests
             .remove(&request_id)

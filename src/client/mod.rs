@@ -38,7 +38,14 @@
 //! Many `propose` calls may be in flight at once (from many tasks sharing the driver through
 //! an `Arc`). The driver keeps at most [`APPENDS_INFLIGHT_MAX`] `Append` frames unanswered
 //! and gathers whatever arrives meanwhile into the next one, so a busy application makes
-//! few round trips, not one per command.
+//! few round trips, not one per command. When an append of two or more commands is
+//! answered, the next one waits a moment (until as many commands have been proposed since,
+//! at most half the round trip and 1 ms) so that callers who propose again as soon as they
+//! are answered go out together with those already waiting, not one commit later; the
+//! driver stops waiting where that does not pay (callers on their own schedule), and
+//! `UNDERSTUDY_GATHER=off` in the application's environment turns it off. With
+//! `redis-benchmark -c 50` against the key-value example this took 20.7k to 25.6k SET/s and
+//! 52 to 40 us of CPU per SET (medians of 7 runs, `benches/README.md`).
 //!
 //! **Which runtime.** Every batch is a round of wake-ups between the proposers, the
 //! driver's writer and reader tasks and the socket. On a current-thread runtime they stay on
