@@ -25,6 +25,14 @@
 //! [`PACE_STEP`] and releases the proposals that have come due, so that a proposal waits for
 //! its schedule no longer than that (tokio's timer ticks in milliseconds).
 //!
+//! `--rate R` runs the open loop at R records per second instead (`--inflight 1` then
+//! keeps the in-flight runs short), so that runs on a machine whose peak varies compare.
+//!
+//! `--apps apart` runs each backup's driver on a thread and current-thread runtime of its
+//! own, as a deployment with one application process per node would; by default
+//! (`--apps shared`) the three drivers share the proposers' runtime, so that thread also
+//! receives, verifies and applies every record twice more.
+//!
 //! `--tls on` runs the cluster with mutual TLS on its peer links (a throwaway CA made by
 //! the benchmark); `--tls both` runs plain and TLS clusters one after the other and prints
 //! TLS records/s over plain records/s for each N.
@@ -70,8 +78,13 @@ struct Options {
     tls: Vec<bool>,
     /// Also run open loop at half the peak rate.
     half_peak: bool,
+    /// The open loop's rate instead of half the peak (records per second).
+    rate: Option<f64>,
     /// The application on a multi-thread runtime instead of one thread.
     multi_thread: bool,
+    /// Each backup's application (its driver) on a thread and runtime of its own, as in a
+    /// deployment where each node's application is a process of its own.
+    apps_apart: bool,
 }
 
 fn options() -> Options {
@@ -81,7 +94,9 @@ fn options() -> Options {
         record_len: 128,
         tls: vec![false],
         half_peak: false,
+        rate: None,
         multi_thread: false,
+        apps_apart: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -106,6 +121,17 @@ fn options() -> Options {
                 }
             }
             "--half-peak" => options.half_peak = true,
+            "--rate" => {
+                options.half_peak = true;
+                options.rate = args.next().and_then(|v| v.parse().ok());
+            }
+            "--apps" => {
+                options.apps_apart = match args.next().as_deref() {
+                    Some("shared") => false,
+                    Some("apart") => true,
+                    other => panic!("--apps shared|apart, not {other:?}"),
+                }
+            }
             "--runtime" => {
                 options.multi_thread = match args.next().as_deref() {
                     Some("current") => false,
@@ -163,17 +189,17 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
     for id in 1..=3 {
         cluster.start_node(id);
     }
+    // With --apps apart, the primary is found from the nodes' /metrics first, so that only
+    // its driver shares this runtime with the proposers.
+    let apart_primary = options.apps_apart.then(|| find_primary(&cluster));
     let mut drivers = Vec::new();
+    let mut apart = Vec::new();
     for node in &cluster.nodes {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let driver = loop {
-            match Driver::connect(&node.app_socket, Sink::default()).await {
-                Ok(driver) => break Arc::new(driver),
-                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
-        drivers.push(driver);
+        if apart_primary.is_some_and(|primary| primary != node.id) {
+            apart.push(AppApart::start(node.app_socket.clone()));
+        } else {
+            drivers.push(connect(&node.app_socket).await);
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let primary = loop {
@@ -184,11 +210,12 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!(
-        "3 nodes, --fsync always, {}, {}-byte records, {} s per run, {} runtime; primary is node {}",
+        "3 nodes, --fsync always, {}, {}-byte records, {} s per run, {} runtime{}; primary is node {}",
         if tls { "mutual TLS" } else { "plain TCP" },
         options.record_len,
         options.seconds,
         if options.multi_thread { "multi-thread" } else { "current-thread" },
+        if options.apps_apart { ", each backup's application on a thread of its own" } else { "" },
         primary.node_id()
     );
     println!(
@@ -215,24 +242,142 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
     }
     if options.half_peak {
         let peak = rates.iter().map(|&(_, rate)| rate).fold(0.0, f64::max);
-        let rate = peak / 2.0;
-        let (count, mut latencies, elapsed) =
+        let rate = options.rate.unwrap_or(peak / 2.0);
+        let primary_id = primary.node_id().0;
+        let before = commit_buckets(&cluster, primary_id);
+        let (count, mut latencies, mut lags, elapsed) =
             open_loop(&primary, &payload, rate, options.seconds).await;
+        lags.sort_unstable();
+        let after = commit_buckets(&cluster, primary_id);
         latencies.sort_unstable();
         println!(
-            "open loop at half the peak ({rate:.0}/s asked): {:.0} records/s, p50 {:.2}ms, p99 {:.2}ms, p999 {:.2}ms, max {:.2}ms",
+            "open loop at {} ({rate:.0}/s asked): {:.0} records/s, p50 {:.2}ms, p99 {:.2}ms, p999 {:.2}ms, max {:.2}ms",
+            if options.rate.is_some() { "a fixed rate" } else { "half the peak" },
             count as f64 / elapsed.as_secs_f64(),
             percentile(&latencies, 0.50).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
             percentile(&latencies, 0.999).as_secs_f64() * 1e3,
             latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         );
+        // Where the tail is: the primary's own commit latency (its /metrics, one sample per
+        // append, from the append's arrival to its commit) against what the application saw.
+        if let (Some(before), Some(after)) = (before, after) {
+            let appends = after[COMMIT_BOUNDS.len()] - before[COMMIT_BOUNDS.len()];
+            let shares: Vec<String> = COMMIT_BOUNDS
+                .iter()
+                .enumerate()
+                .map(|(i, bound)| {
+                    let within = after[i] - before[i];
+                    format!(
+                        "{:.2} % within {bound} s",
+                        100.0 * within / appends.max(1.0)
+                    )
+                })
+                .collect();
+            println!(
+                "  the primary's appends in the open loop: {appends:.0}; {}",
+                shares.join(", ")
+            );
+            println!(
+                "  of each latency, the wait to be proposed (pacing and this task): p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms",
+                percentile(&lags, 0.50).as_secs_f64() * 1e3,
+                percentile(&lags, 0.99).as_secs_f64() * 1e3,
+                lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            );
+        }
     }
     drop(drivers);
+    drop(apart);
     for id in 1..=3 {
         cluster.kill(id);
     }
     rates
+}
+
+/// Connects a driver to a node's app socket, retrying while the node starts.
+async fn connect(app_socket: &std::path::Path) -> Arc<Driver<Sink>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Driver::connect(app_socket, Sink::default()).await {
+            Ok(driver) => return Arc::new(driver),
+            Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The node that reports itself primary on `/metrics`, once one does.
+fn find_primary(cluster: &support::Cluster) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for node in &cluster.nodes {
+            if cluster.metric(node.id, "understudy_role{role=\"primary\"}") == Some(1.0) {
+                return node.id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no primary");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A backup's application on a thread and current-thread runtime of its own: its driver
+/// connects, applies the records it is sent, and is dropped when this is.
+struct AppApart {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppApart {
+    fn start(app_socket: std::path::PathBuf) -> AppApart {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (connected_tx, connected) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let driver = connect(&app_socket).await;
+                let _ = connected_tx.send(());
+                let _ = stopped.await;
+                drop(driver);
+            });
+        });
+        connected
+            .recv()
+            .expect("the backup's application connected");
+        AppApart {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for AppApart {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The bounds of the primary's commit histogram reported after the open loop.
+const COMMIT_BOUNDS: [&str; 4] = ["0.001", "0.0025", "0.005", "0.01"];
+
+/// The primary's cumulative commit histogram at [`COMMIT_BOUNDS`], then its count.
+fn commit_buckets(cluster: &support::Cluster, id: u16) -> Option<Vec<f64>> {
+    let mut buckets = COMMIT_BOUNDS
+        .iter()
+        .map(|bound| {
+            cluster.metric(
+                id,
+                &format!("understudy_commit_seconds_bucket{{le=\"{bound}\"}}"),
+            )
+        })
+        .collect::<Option<Vec<f64>>>()?;
+    buckets.push(cluster.metric(id, "understudy_commit_seconds_count")?);
+    Some(buckets)
 }
 
 /// How often the open loop's pacing thread releases the proposals that have come due.
@@ -240,7 +385,8 @@ const PACE_STEP: Duration = Duration::from_micros(100);
 
 /// Proposes `rate` records per second on a fixed schedule for `seconds`, each a future of
 /// its own, however many are in flight; returns the commits, their latencies from their
-/// scheduled times, and the time from the first scheduled proposal to the last commit. A
+/// scheduled times, how late after its scheduled time each was proposed, and the time from
+/// the first scheduled proposal to the last commit. A
 /// pacing thread sends the due times of the proposals that have come due, every
 /// [`PACE_STEP`], to this task, which starts them and polls them all.
 async fn open_loop(
@@ -248,7 +394,7 @@ async fn open_loop(
     payload: &Bytes,
     rate: f64,
     seconds: f64,
-) -> (usize, Vec<Duration>, Duration) {
+) -> (usize, Vec<Duration>, Vec<Duration>, Duration) {
     let total = (rate * seconds) as u64;
     let started = Instant::now();
     let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Instant>>();
@@ -276,6 +422,7 @@ async fn open_loop(
     // second it reached 150,000, with this thread the busiest on the machine).
     let mut in_flight = FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(total as usize);
+    let mut lags = Vec::with_capacity(total as usize);
     let mut pacing = true;
     loop {
         tokio::select! {
@@ -284,17 +431,21 @@ async fn open_loop(
                     for due in due {
                         let (driver, payload) = (Arc::clone(driver), payload.clone());
                         in_flight.push(async move {
+                            let lag = due.elapsed();
                             driver.propose(payload).await.expect("committed");
-                            due.elapsed()
+                            (due.elapsed(), lag)
                         });
                     }
                 }
                 None => pacing = false,
             },
-            Some(latency) = in_flight.next(), if !in_flight.is_empty() => latencies.push(latency),
+            Some((latency, lag)) = in_flight.next(), if !in_flight.is_empty() => {
+                latencies.push(latency);
+                lags.push(lag);
+            }
             else => break,
         }
     }
     pacer.join().expect("the pacing thread");
-    (latencies.len(), latencies, started.elapsed())
+    (latencies.len(), latencies, lags, started.elapsed())
 }
