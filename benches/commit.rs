@@ -25,8 +25,9 @@
 //! [`PACE_STEP`] and releases the proposals that have come due, so that a proposal waits for
 //! its schedule no longer than that (tokio's timer ticks in milliseconds).
 //!
-//! `--rate R` runs the open loop at R records per second instead (`--inflight 1` then
-//! keeps the in-flight runs short), so that runs on a machine whose peak varies compare.
+//! `--rate R` runs the open loop at R records per second instead of half the peak, so that
+//! runs on a machine whose peak varies compare (`--inflight 1` keeps the closed-loop run
+//! before it cheap).
 //!
 //! `--apps apart` runs each backup's driver on a thread and current-thread runtime of its
 //! own, as a deployment with one application process per node would; by default
@@ -367,16 +368,20 @@ const COMMIT_BOUNDS: [&str; 4] = ["0.001", "0.0025", "0.005", "0.01"];
 
 /// The primary's cumulative commit histogram at [`COMMIT_BOUNDS`], then its count.
 fn commit_buckets(cluster: &support::Cluster, id: u16) -> Option<Vec<f64>> {
+    let page = cluster.metrics(id)?;
     let mut buckets = COMMIT_BOUNDS
         .iter()
         .map(|bound| {
-            cluster.metric(
-                id,
+            support::metric_in(
+                &page,
                 &format!("understudy_commit_seconds_bucket{{le=\"{bound}\"}}"),
             )
         })
         .collect::<Option<Vec<f64>>>()?;
-    buckets.push(cluster.metric(id, "understudy_commit_seconds_count")?);
+    buckets.push(support::metric_in(
+        &page,
+        "understudy_commit_seconds_count",
+    )?);
     Some(buckets)
 }
 

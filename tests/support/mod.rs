@@ -333,16 +333,23 @@ impl Cluster {
     }
 }
 
+/// A sample of a `/metrics` page: the value of the line `name value`.
+pub fn metric_in(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 impl Cluster {
     /// A counter or gauge from node `id`'s `/metrics` (the line `name value`), if it
     /// answers and reports it.
     pub fn metric(&self, id: u16, name: &str) -> Option<f64> {
+        metric_in(&self.metrics(id)?, name)
+    }
+
+    /// Node `id`'s whole `/metrics` page, if it answers.
+    pub fn metrics(&self, id: u16) -> Option<String> {
         let (code, body) = http_get(self.node(id).admin_addr, "/metrics")?;
-        if code != 200 {
-            return None;
-        }
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        (code == 200).then_some(body)
     }
 
     /// Asks node `from`, the primary, to hand over to node `to` (`understudy switchover`);
