@@ -40,8 +40,7 @@
 //! and gathers whatever arrives meanwhile into the next one, so a busy application makes
 //! few round trips, not one per command. When an append of two or more commands is
 //! answered, the next one waits a moment (until as many commands have been proposed since,
-//! at most half the round trip and 1 ms, or the whole round trip if hardly anything was
-//! proposed while the append was out) so that callers who propose again as soon as they
+//! at most half the round trip and 1 ms) so that callers who propose again as soon as they
 //! are answered go out together with those already waiting, not one commit later; the
 //! driver stops waiting where that does not pay (callers on their own schedule), and
 //! `UNDERSTUDY_GATHER=off` in the application's environment turns it off. With

@@ -14,12 +14,7 @@
 //! many proposals as it carried have been made since the answer (its proposers, if they
 //! come back), until a whole batch is waiting, or until half the answered append's round
 //! trip has passed (at most [`GATHER_WAIT_MAX`]), whichever comes first, and then goes out
-//! with all of them. When fewer than a third as many proposals as the append carried were
-//! made while it was out, nobody but its own proposers is asking (one cohort: clients that
-//! each wait for their answer), and they may take a while to come back (50 connections
-//! served one after another by one thread take most of a round trip): the wait is then up
-//! to the whole round trip (still at most [`GATHER_WAIT_MAX`]), so that the cohort is not
-//! split again.
+//! with all of them.
 //!
 //! Where the proposers do not come back (an open loop: requests arriving on their own
 //! schedule), waiting buys larger batches at the price of latency. Such a loop brings
@@ -108,13 +103,7 @@ impl Gather {
             return None;
         }
         let round_trip = now.saturating_duration_since(sent_at);
-        let one_cohort = waiting.saturating_mul(3) < count;
-        let timeout = if one_cohort {
-            round_trip
-        } else {
-            round_trip / 2
-        }
-        .min(GATHER_WAIT_MAX);
+        let timeout = (round_trip / 2).min(GATHER_WAIT_MAX);
         if timeout.is_zero() {
             return None;
         }
@@ -277,7 +266,7 @@ mod tests {
         let mut gather = Gather::new();
         sent_ago(&mut gather, now, Duration::from_micros(800), 25);
         assert_eq!(
-            gather.plan(now, 9, MAX),
+            gather.plan(now, 20, MAX),
             Some(Wait {
                 expected: 25,
                 timeout: Duration::from_micros(400)
@@ -289,24 +278,6 @@ mod tests {
             gather.plan(now, 10, MAX),
             Some(Wait {
                 expected: 100,
-                timeout: GATHER_WAIT_MAX
-            })
-        );
-        // Fewer than a third as many made while it was out: one cohort, whose proposers
-        // may take the whole round trip to come back.
-        sent_ago(&mut gather, now, Duration::from_micros(800), 25);
-        assert_eq!(
-            gather.plan(now, 8, MAX),
-            Some(Wait {
-                expected: 25,
-                timeout: Duration::from_micros(800)
-            })
-        );
-        sent_ago(&mut gather, now, Duration::from_millis(30), 25);
-        assert_eq!(
-            gather.plan(now, 0, MAX),
-            Some(Wait {
-                expected: 25,
                 timeout: GATHER_WAIT_MAX
             })
         );
