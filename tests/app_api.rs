@@ -107,6 +107,13 @@ impl Sidecar {
         self.dir.path().join("app.sock")
     }
 
+    /// A driver of a [`Log`] connected to this sidecar.
+    async fn driver(&self) -> Driver<Log> {
+        within("connect", Driver::connect(self.socket(), Log::default()))
+            .await
+            .unwrap()
+    }
+
     /// Writes records in epoch 1; they are not committed until [`Sidecar::commit_through`].
     fn write(&self, kind: RecordKind, payloads: &[&[u8]]) -> (Lsn, Lsn) {
         write(&self.wal, kind, payloads)
@@ -618,9 +625,7 @@ async fn driver_applies_records_in_order_and_propose_returns_apply_output() {
     sidecar.commit_through(Lsn(3));
     sidecar.run_committing_core();
 
-    let driver = within("connect", Driver::connect(sidecar.socket(), Log::default()))
-        .await
-        .unwrap();
+    let driver = sidecar.driver().await;
     assert_eq!(driver.node_id(), NodeId(1));
     let role = driver.role();
     assert_eq!(role.role, Role::Primary);
@@ -654,11 +659,7 @@ async fn concurrent_proposals_are_batched_into_few_appends() {
     let (gate, gate_rx) = watch::channel(false);
     let appends = sidecar.run_committing_core_after(Some(gate_rx));
     let started = Arc::new(AtomicUsize::new(0));
-    let driver = Arc::new(
-        within("connect", Driver::connect(sidecar.socket(), Log::default()))
-            .await
-            .unwrap(),
-    );
+    let driver = Arc::new(sidecar.driver().await);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..PROPOSALS {
         let driver = Arc::clone(&driver);
@@ -695,11 +696,7 @@ async fn concurrent_proposals_are_batched_into_few_appends() {
 #[tokio::test]
 async fn proposals_made_while_an_append_is_unanswered_go_out_together() {
     let mut sidecar = Sidecar::start();
-    let driver = Arc::new(
-        within("connect", Driver::connect(sidecar.socket(), Log::default()))
-            .await
-            .unwrap(),
-    );
+    let driver = Arc::new(sidecar.driver().await);
     let propose = |command: &'static str| {
         let driver = Arc::clone(&driver);
         tokio::spawn(async move { driver.propose(command).await })
@@ -736,11 +733,7 @@ async fn proposals_made_while_an_append_is_unanswered_go_out_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposers_answered_and_back_at_once_join_the_next_append() {
     let mut sidecar = Sidecar::start();
-    let driver = Arc::new(
-        within("connect", Driver::connect(sidecar.socket(), Log::default()))
-            .await
-            .unwrap(),
-    );
+    let driver = Arc::new(sidecar.driver().await);
     // A client that proposes `first`, and `then` as soon as `first` is answered.
     let client = |first: &'static str, then: &'static str| {
         let driver = Arc::clone(&driver);
@@ -806,9 +799,7 @@ async fn proposers_answered_and_back_at_once_join_the_next_append() {
 #[tokio::test]
 async fn not_primary_rejection_carries_the_primary_and_its_address() {
     let mut sidecar = Sidecar::start();
-    let driver = within("connect", Driver::connect(sidecar.socket(), Log::default()))
-        .await
-        .unwrap();
+    let driver = sidecar.driver().await;
     let proposing = tokio::spawn(async move { driver.propose("x").await });
     let (_, reply) = sidecar.next_proposal().await;
     let addr: SocketAddr = "10.0.0.3:7000".parse().unwrap();
@@ -831,9 +822,7 @@ async fn not_primary_rejection_carries_the_primary_and_its_address() {
 #[tokio::test]
 async fn driver_follows_role_changes() {
     let sidecar = Sidecar::start();
-    let driver = within("connect", Driver::connect(sidecar.socket(), Log::default()))
-        .await
-        .unwrap();
+    let driver = sidecar.driver().await;
     let mut roles = driver.watch_role();
     sidecar
         .status
@@ -952,11 +941,7 @@ async fn lease_read_waits_for_its_index_and_reads_asked_together_share_a_request
     sidecar.write(RecordKind::EpochStart, &[b""]);
     sidecar.write(RecordKind::App, &[b"a", b"b"]);
     sidecar.commit_through(Lsn(1));
-    let driver = Arc::new(
-        within("connect", Driver::connect(sidecar.socket(), Log::default()))
-            .await
-            .unwrap(),
-    );
+    let driver = Arc::new(sidecar.driver().await);
     within("the replay", driver.wait_applied(Lsn(1)))
         .await
         .unwrap();
@@ -1007,11 +992,7 @@ async fn lease_read_gives_up_on_a_role_change_and_is_refused_on_a_backup() {
     let mut sidecar = Sidecar::start();
     sidecar.write(RecordKind::EpochStart, &[b""]);
     sidecar.commit_through(Lsn(1));
-    let driver = Arc::new(
-        within("connect", Driver::connect(sidecar.socket(), Log::default()))
-            .await
-            .unwrap(),
-    );
+    let driver = Arc::new(sidecar.driver().await);
     let reading = {
         let driver = Arc::clone(&driver);
         tokio::spawn(async move { driver.read_linearizable(|log| log.0.len()).await })
