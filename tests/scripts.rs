@@ -39,6 +39,11 @@ fn kv_example() -> PathBuf {
 }
 
 fn run_script(name: &str, args: &[&str]) {
+    run_script_with(name, args, &[]);
+}
+
+/// `run_script` with variables set in the script's environment.
+fn run_script_with(name: &str, args: &[&str], vars: &[(&str, &str)]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/scripts")
@@ -49,7 +54,8 @@ fn run_script(name: &str, args: &[&str]) {
         .args(args)
         .env("UNDERSTUDY_BIN", env!("CARGO_BIN_EXE_understudy"))
         .env("CHAOS_BIN", env!("CARGO_BIN_EXE_understudy-chaos"))
-        .env("KV_BIN", kv_example());
+        .env("KV_BIN", kv_example())
+        .envs(vars.iter().copied());
     let started = std::time::Instant::now();
     let output = support::output_within(command, Duration::from_secs(240));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -81,6 +87,14 @@ fn kill_primary_loses_no_acknowledged_write() {
 #[test]
 fn kill_random_node_repeatedly_loses_no_acknowledged_write() {
     run_script("kill_random.sh", &["--cycles", "3"]);
+}
+
+/// Every process in a time namespace of its own, its monotonic and boot-time clocks set
+/// back to 30 s after boot or ahead by up to a year, drawn again at each restart
+/// (`CLOCK_SKEW` in `lib.sh`).
+#[test]
+fn kill_random_node_with_skewed_clocks_loses_no_acknowledged_write() {
+    run_script_with("kill_random.sh", &["--cycles", "3"], &[("CLOCK_SKEW", "1")]);
 }
 
 #[test]

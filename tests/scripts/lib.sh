@@ -21,6 +21,13 @@ NODES=(1 2 3)
 NODE_ARGS=()
 # 1: the sidecar runs the key-value server itself (--app-cmd).
 SUPERVISED=${SUPERVISED:-0}
+# 1: every sidecar and every key-value server starts in a time namespace of its own
+# (`unshare --time`, root), its CLOCK_BOOTTIME and CLOCK_MONOTONIC moved by offsets drawn
+# at each start (see clock_offset): nodes whose clocks disagree by up to a year, a node
+# whose clocks read as if its machine had just booted, a sidecar and its application that
+# disagree with each other, and a restarted node whose clocks jump back or forward, as a
+# rebooted machine's do. Nothing may compare one process's reading with another's.
+CLOCK_SKEW=${CLOCK_SKEW:-0}
 # Logged by every node unless RUST_LOG says otherwise: each run of records its sidecar hands
 # the application as committed, for `check_deliveries`.
 DELIVERIES_LOG=understudy::node::app_api::delivered=debug
@@ -83,6 +90,10 @@ cleanup() {
 # every peer link too.
 setup() {
     binaries
+    if [[ $CLOCK_SKEW == 1 ]] && ! unshare --time --boottime 1 true 2>/dev/null; then
+        echo "CLOCK_SKEW=1 needs time namespaces (Linux 5.6 or later, as root): unshare --time failed"
+        exit 77
+    fi
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/understudy-script.XXXXXX")
     trap cleanup EXIT
     trap 'exit 130' INT TERM
@@ -138,15 +149,42 @@ peers_of() {
     echo "${list%,}"
 }
 
+# clock_offset: seconds to move a clock by in a new time namespace, drawn from $RANDOM:
+# back to 30 s after boot, none, a year ahead, or up to 11 days ahead.
+clock_offset() {
+    local up
+    up=$(cut -d. -f1 /proc/uptime)
+    case $((RANDOM % 4)) in
+    0) echo $((up > 60 ? 30 - up : 0)) ;;
+    1) echo 0 ;;
+    2) echo $((365 * 86400)) ;;
+    *) echo $((RANDOM * 29)) ;;
+    esac
+}
+
+# clocks_of WHAT: sets CLOCKS to the command prefix that starts a process in a time
+# namespace of its own with offsets from clock_offset (logged with WHAT), or to nothing
+# without CLOCK_SKEW=1.
+clocks_of() {
+    CLOCKS=()
+    [[ $CLOCK_SKEW == 1 ]] || return 0
+    local boot mono
+    boot=$(clock_offset)
+    mono=$(clock_offset)
+    CLOCKS=(unshare --time --boottime "$boot" --monotonic "$mono" --)
+    log "$1: CLOCK_BOOTTIME moved by ${boot} s, CLOCK_MONOTONIC by ${mono} s"
+}
+
 # start_node ID: the sidecar and its key-value server, logs appended to $WORK/nID.log.
 # With SUPERVISED=1 the sidecar runs the key-value server itself (--app-cmd).
 start_node() {
-    local id=$1 app=()
+    local id=$1 app=() CLOCKS
     mkdir -p "${DATA_DIR[$id]}"
     if [[ $SUPERVISED == 1 ]]; then
         app=(--app-cmd "exec $(kv_command "$id")")
     fi
-    RUST_LOG=${RUST_LOG:-info,$DELIVERIES_LOG} "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
+    clocks_of "node $id's sidecar"
+    RUST_LOG=${RUST_LOG:-info,$DELIVERIES_LOG} "${CLOCKS[@]}" "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
         --peer-listen "127.0.0.1:${PEER_PORT[$id]}" --peers "$(peers_of "$id")" \
         --cluster-secret-file "$WORK/secret" --app-socket "$WORK/n$id.sock" \
         --admin-listen "127.0.0.1:${ADMIN_PORT[$id]}" \
@@ -165,9 +203,10 @@ kv_command() {
 # start_app ID: node ID's key-value server alone (not supervised), log appended to
 # $WORK/nID.kv.log.
 start_app() {
-    local id=$1
+    local id=$1 CLOCKS
+    clocks_of "node $id's key-value server"
     # shellcheck disable=SC2046
-    $(kv_command "$id") >>"$WORK/n$id.kv.log" 2>&1 &
+    "${CLOCKS[@]}" $(kv_command "$id") >>"$WORK/n$id.kv.log" 2>&1 &
     KV_PID[$id]=$!
 }
 
