@@ -134,6 +134,23 @@ fn wiped_backup_catches_up_from_the_primary() {
     run_script("wipe_backup.sh", &[]);
 }
 
+/// A log that lost records while `meta` survived: the node is a learner (its log floor),
+/// so the cluster waits for the primary rather than elect the node that lacks the writes.
+#[test]
+fn wiped_log_with_meta_kept_makes_a_learner_and_loses_nothing() {
+    run_script("lose_log.sh", &["--mode", "wipe"]);
+}
+
+#[test]
+fn truncated_log_with_meta_kept_makes_a_learner_and_loses_nothing() {
+    run_script("lose_log.sh", &["--mode", "truncate"]);
+}
+
+#[test]
+fn deleted_segment_with_meta_kept_makes_a_learner_and_loses_nothing() {
+    run_script("lose_log.sh", &["--mode", "segment"]);
+}
+
 #[test]
 fn kill_during_a_snapshot_and_a_snapshot_transfer_loses_nothing() {
     run_script("kill_snapshot.sh", &["--cycles", "2"]);

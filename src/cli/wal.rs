@@ -113,8 +113,10 @@ fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> 
 fn verify(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
+    let mut floor = None;
     if dir.join("wal").is_dir() {
         verify_data_dir(dir, &mut out)?;
+        floor = Some(crate::node::disk::log_floor(dir)?);
     }
     let (dir, inspection) = open(dir)?;
     let mut bytes = 0;
@@ -156,6 +158,9 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
             )?;
         }
     }
+    if let Some(floor) = floor {
+        floor_line(&dir, floor, &inspection, &mut out)?;
+    }
     let elapsed = started.elapsed().as_secs_f64();
     match (inspection.first_lsn(), inspection.last_lsn()) {
         (Some(first), Some(last)) => {
@@ -175,6 +180,49 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
             )?;
         }
         _ => writeln!(out, "ok: {} holds no log", dir.display())?,
+    }
+    Ok(())
+}
+
+/// The log floor's line: where the log must reach for the node to vouch for it (the newest
+/// snapshot counts, since the node's log continues it).
+fn floor_line(
+    wal_dir: &Path,
+    floor: crate::node::disk::Floor,
+    inspection: &Inspection,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use crate::node::disk::Floor;
+    let data_dir = wal::fs::parent(wal_dir);
+    let path = data_dir.join("log-floor");
+    let floor = match floor {
+        Floor::Absent => return Ok(()),
+        Floor::Damaged => {
+            writeln!(
+                out,
+                "{}  damaged: the node will start as a learner",
+                path.display()
+            )?;
+            return Ok(());
+        }
+        Floor::At(floor) => floor,
+    };
+    let snapshots = data_dir.join("snapshots");
+    let mut reaches = inspection.last_lsn().unwrap_or(Lsn::ZERO);
+    if snapshots.is_dir() {
+        if let Some(newest) = wal::snapshot::list(&snapshots)?.last() {
+            reaches = reaches.max(newest.lsn);
+        }
+    }
+    if reaches < floor {
+        writeln!(
+            out,
+            "{}  lsn {floor}, but the log reaches only lsn {reaches}: records it held are gone; \
+             the node will start as a learner",
+            path.display()
+        )?;
+    } else {
+        writeln!(out, "{}  lsn {floor}  ok", path.display())?;
     }
     Ok(())
 }

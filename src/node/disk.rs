@@ -11,9 +11,34 @@
 //!   fsync-failed  present after a write or fsync of the log failed: the LSN through which
 //!               the log was durable before it (decimal). The next start cuts the log there
 //!               and starts as a learner (the page cache may hold records the disk lost)
+//!   log-floor   an LSN through which this log durably held committed records (decimal),
+//!               brought up to date every [`LOG_FLOOR_EVERY`] while it moves
 //!   wal/        the log segments
 //!   snapshots/  the newest snapshots (`super::snapshot::store`)
 //! ```
+//!
+//! # The log floor
+//!
+//! `meta` alone cannot tell a log that lost records from one that never had them: a `wal/`
+//! directory wiped while `meta` survived, a segment deleted, a file truncated on a record's
+//! boundary (which recovery cannot tell from the end of a log) all leave a shorter log that
+//! looks whole, and a node that voted with it could elect a candidate that lacks a record
+//! this node acknowledged. So the node keeps `log-floor`: `min(commit LSN, durable LSN)`
+//! from its status, stored atomically ([`wal::fs::write_atomic`]) whenever it moved, at most
+//! every [`LOG_FLOOR_EVERY`] and once more at shutdown. A start whose log (after the newest
+//! snapshot, which the log continues) ends below the floor, or whose floor file is damaged,
+//! starts as a learner, so it votes again only once a primary has found it holding every
+//! committed record.
+//!
+//! Why a log in good order never ends below its floor: the floor is at most the durable
+//! LSN when it is stored, so those records were fsynced first; it is at most the commit
+//! LSN, and committed records are never cut (a divergent suffix lies above every commit);
+//! a snapshot from the primary is installed only past the end of this node's log, and the
+//! log is then reset to continue it (a start that finds the snapshot and the old log sees
+//! its end at the snapshot's LSN at least). The ways left to end below it are the ones it
+//! is there to catch. What it cannot catch: a loss of records stored since its last update
+//! (at most [`LOG_FLOOR_EVERY`] of them), and a data dir that lost the floor file too (then
+//! `meta` is usually gone with it, and the node starts as a new or wiped one).
 //!
 //! Disk work never runs on the async worker threads: WAL writes and fsyncs happen on the
 //! writer's own thread (which batches everything queued while its last fsync ran), and
@@ -40,6 +65,11 @@ const FRESH_FILE_NAME: &str = "fresh";
 pub const PAUSED_FILE_NAME: &str = "paused";
 /// The marker of a failed log write or fsync (module docs).
 const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
+/// The log floor (module docs, "The log floor").
+const LOG_FLOOR_FILE_NAME: &str = "log-floor";
+/// How often the log floor is brought up to date while it moves: at most this much of the
+/// log can be lost undetected (module docs). Each update is an atomic install (two fsyncs).
+pub const LOG_FLOOR_EVERY: Duration = Duration::from_millis(200);
 
 /// What an empty data directory is, as `--initial-cluster-state` says (etcd's flag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -102,6 +132,7 @@ pub struct DataDir {
     meta: Meta,
     fresh_path: PathBuf,
     fsync_failed_path: PathBuf,
+    floor_path: PathBuf,
     /// Held for the life of the node; dropping it releases the flock.
     _lock: File,
 }
@@ -126,6 +157,9 @@ pub struct Opened {
     /// The configurations of the log with their addresses: the one at its start (from
     /// `members.json`, when the log no longer holds its record) and every config record.
     pub members: super::members::Book,
+    /// The log floor found at the start ([`Lsn::ZERO`] when there was none, or it was
+    /// damaged): [`keep_floor`] stores it again only once it rises above this.
+    pub floor: Lsn,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -138,6 +172,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
 impl DataDir {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the log floor is kept (module docs, "The log floor").
+    pub fn floor_path(&self) -> &Path {
+        &self.floor_path
     }
 
     /// Persists the epoch and vote (atomic install; see `wal::meta::Meta::store`).
@@ -304,6 +343,7 @@ pub fn open_rotating(
     let meta_path = path.join(wal::meta::META_FILE_NAME);
     let fresh_path = path.join(FRESH_FILE_NAME);
     let fsync_failed_path = path.join(FSYNC_FAILED_FILE_NAME);
+    let floor_path = path.join(LOG_FLOOR_FILE_NAME);
     let mut learner_reason = None;
     let mut meta = match Meta::load(&meta_path)? {
         Some(meta) => {
@@ -416,11 +456,43 @@ pub fn open_rotating(
         std::fs::remove_file(&fsync_failed_path).map_err(io(&fsync_failed_path))?;
         wal::fs::sync_dir(path)?;
     }
+    let snapshots = super::snapshot::store::recover(path, &mut wal)?;
+    // The log floor (module docs): a log that ends below it lost records this node may
+    // have acknowledged. The learner flag is stored before the node acts on anything; a
+    // crash before that finds the same short log and the same floor again.
+    let floor = match read_floor(&floor_path)? {
+        Floor::Absent => Lsn::ZERO,
+        Floor::At(floor) => {
+            if wal.last_lsn() < floor {
+                learner_reason = Some(format!(
+                    "its log ends at lsn {}, below lsn {floor}, through which it held committed \
+                     records ({}): segments deleted, truncated or wiped since; the node catches \
+                     up from the primary",
+                    wal.last_lsn(),
+                    floor_path.display()
+                ));
+            }
+            floor
+        }
+        Floor::Damaged => {
+            learner_reason = Some(format!(
+                "{} is damaged, so the node cannot tell whether its log lost records",
+                floor_path.display()
+            ));
+            Lsn::ZERO
+        }
+    };
+    if learner_reason.is_some() && !meta.learner {
+        meta = Meta {
+            learner: true,
+            ..meta
+        };
+        meta.store(&meta_path)?;
+    }
     let start = Start {
         learner: meta.learner,
         quarantine: fresh_path.exists(),
     };
-    let snapshots = super::snapshot::store::recover(path, &mut wal)?;
     let (recovered, members) = open_recovered_log(path, &wal, snapshots.installed.last())?;
     let (durable_tx, durable) = watch::channel(Progress {
         written_lsn: wal.last_lsn(),
@@ -462,6 +534,7 @@ pub fn open_rotating(
             meta,
             fresh_path,
             fsync_failed_path,
+            floor_path,
             _lock: lock,
         },
         writer,
@@ -470,7 +543,90 @@ pub fn open_rotating(
         recovery,
         snapshots,
         members,
+        floor,
     })
+}
+
+/// What the log floor file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    Absent,
+    At(Lsn),
+    /// Not a decimal LSN: the disk damaged it (it is only ever installed whole).
+    Damaged,
+}
+
+/// The log floor of the data directory `data_dir` (module docs, "The log floor").
+pub fn log_floor(data_dir: &Path) -> Result<Floor, DiskError> {
+    read_floor(&data_dir.join(LOG_FLOOR_FILE_NAME))
+}
+
+fn read_floor(path: &Path) -> Result<Floor, DiskError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Floor::Absent),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(Floor::Damaged),
+        Err(e) => return Err(io(path)(e)),
+    };
+    Ok(match text.trim().parse::<u64>() {
+        Ok(lsn) => Floor::At(Lsn(lsn)),
+        Err(_) => Floor::Damaged,
+    })
+}
+
+/// Stores the log floor (atomic install: the file and its directory entry fsynced).
+pub fn store_floor(path: &Path, floor: Lsn) -> Result<(), DiskError> {
+    wal::fs::write_atomic(path, format!("{}\n", floor.get()).as_bytes())?;
+    Ok(())
+}
+
+/// Keeps the log floor at `path` up to date from the node's status until `shutdown`, then
+/// stores it once more. `floor` is what the file holds now. The floor is
+/// `min(commit_lsn, durable_lsn)` of one status (module docs, "The log floor"); it is
+/// stored only when it rose, on a blocking thread, one store at a time. A store that fails
+/// is logged and tried again at the next tick: the node goes on (a floor that lags only
+/// catches less).
+pub async fn keep_floor(
+    mut status: watch::Receiver<Arc<super::handle::NodeStatus>>,
+    path: PathBuf,
+    mut floor: Lsn,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LOG_FLOOR_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        let last = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let now = {
+            let now = status.borrow_and_update();
+            Lsn(now.commit_lsn.min(now.durable_lsn))
+        };
+        if now > floor {
+            let store_path = path.clone();
+            match tokio::task::spawn_blocking(move || store_floor(&store_path, now)).await {
+                Ok(Ok(())) => {
+                    floor = now;
+                    if failing {
+                        tracing::info!(floor = %now, "log floor stored again");
+                        failing = false;
+                    }
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot store the log floor; trying again");
+                        failing = true;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the log floor's store did not finish"),
+            }
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// The durable LSN recorded by [`DataDir::record_fsync_failure`], if the marker is there.
@@ -756,6 +912,114 @@ mod tests {
             "still a learner until promoted"
         );
         assert_eq!(third.recovered.last_lsn, Lsn(3), "cut once");
+    }
+
+    /// The only segment file of `dir`'s log.
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+            .collect();
+        assert_eq!(segments.len(), 1, "one segment: {segments:?}");
+        segments.remove(0)
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    /// A log that lost records below its floor looks whole to recovery when it was cut on a
+    /// record's boundary or wiped: the floor makes the node a learner all the same, and it
+    /// stays one across a restart. A log that reaches its floor starts as it was.
+    #[test]
+    fn a_log_that_ends_below_its_floor_is_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        assert_eq!(first.floor, Lsn::ZERO, "no floor yet");
+        append_durable(&first, 1, b"record");
+        let segment = only_segment(dir.path());
+        let one = file_len(&segment);
+        append_durable(&first, 9, b"record");
+        let record_len = (file_len(&segment) - one) / 9;
+        store_floor(first.dir.floor_path(), Lsn(10)).unwrap();
+        drop(first);
+
+        let second = open_node().unwrap();
+        assert_eq!(second.start, Start::VOTER, "the log reaches its floor");
+        assert_eq!(second.floor, Lsn(10));
+        assert_eq!(second.learner_reason, None);
+        drop(second);
+
+        // Three records cut off on a record's boundary: recovery sees a whole log.
+        let cut_to = file_len(&segment) - 3 * record_len;
+        OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(cut_to)
+            .unwrap();
+        let third = open_node().unwrap();
+        assert!(third.recovery.torn.is_none(), "nothing torn to see");
+        assert_eq!(third.recovered.last_lsn, Lsn(7));
+        assert_eq!(third.start, Start::LEARNER);
+        let reason = third.learner_reason.clone().unwrap();
+        assert!(
+            reason.contains("ends at lsn 7, below lsn 10"),
+            "the reason names both: {reason}"
+        );
+        drop(third);
+        let fourth = open_node().unwrap();
+        assert_eq!(fourth.start, Start::LEARNER, "stored before acting on it");
+        drop(fourth);
+
+        // The whole log directory gone, `meta` kept.
+        std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+        std::fs::remove_file(dir.path().join(wal::meta::META_FILE_NAME)).unwrap();
+        let mut fifth = open_node().unwrap();
+        assert!(
+            fifth.start.learner,
+            "no meta and a floor above an empty log"
+        );
+        fifth.dir.quarantine_ended().unwrap();
+        drop(fifth);
+        let mut sixth = open_node().unwrap();
+        sixth.dir.quarantine_ended().unwrap();
+        assert_eq!(sixth.recovered.last_lsn, Lsn::ZERO);
+        assert_eq!(sixth.start, Start::LEARNER);
+    }
+
+    /// A wiped `wal/` beside a surviving `meta` of a voter: a learner. A damaged floor file
+    /// cannot vouch for the log either.
+    #[test]
+    fn a_wiped_log_or_a_damaged_floor_makes_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        append_durable(&first, 4, b"record");
+        store_floor(first.dir.floor_path(), Lsn(4)).unwrap();
+        let floor_path = first.dir.floor_path().to_path_buf();
+        drop(first);
+        std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+        let second = open_node().unwrap();
+        assert_eq!(second.recovered.last_lsn, Lsn::ZERO);
+        assert_eq!(second.start, Start::LEARNER);
+        drop(second);
+
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        append_durable(&first, 4, b"record");
+        drop(first);
+        std::fs::write(dir.path().join(floor_path.file_name().unwrap()), b"4x\n").unwrap();
+        let second = open_node().unwrap();
+        assert_eq!(second.start, Start::LEARNER);
+        assert_eq!(second.floor, Lsn::ZERO, "a damaged floor is stored anew");
+        assert!(second.learner_reason.unwrap().contains("damaged"));
     }
 
     /// A complete last record that fails its check may be one this node acknowledged long ago

@@ -1440,6 +1440,12 @@ pub async fn run(
         );
     }
     tracker.spawn(notify::run(handle.watch_status(), cancel.clone()));
+    tracker.spawn(disk::keep_floor(
+        handle.watch_status(),
+        opened.dir.floor_path().to_path_buf(),
+        opened.floor,
+        cancel.clone(),
+    ));
     if let Some(admin) = listeners.admin {
         tracker.spawn(admin::serve(
             admin,
