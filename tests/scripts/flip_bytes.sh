@@ -57,21 +57,13 @@ grep -q "$(basename "$sealed")" "$WORK/verify.flipped" \
     || fail "wal verify did not name the damaged segment: $(cat "$WORK/verify.flipped")"
 log "wal verify: $(grep -m1 -i "corrupt" "$WORK/verify.flipped")"
 start_node "$victim"
-for _ in $(seq 1 100); do
-    grep -q "starting as a learner" "$WORK/n$victim.log" && break
-    sleep 0.1
-done
-grep -q "starting as a learner" "$WORK/n$victim.log" \
+wait_log "$victim" "starting as a learner" \
     || fail "node $victim did not start as a learner on a damaged log"
 grep -i "starting as a learner" "$WORK/n$victim.log" | grep -q -i "corrupt" \
     || fail "node $victim did not say which damage made it a learner"
 log "node $victim started as a learner: $(grep -m1 -o 'reason=.*' "$WORK/n$victim.log" | cut -c1-200)"
 start_writer 2
-for _ in $(seq 1 150); do
-    grep -q "learner promoted" "$WORK/n$victim.log" && break
-    sleep 0.1
-done
-grep -q "learner promoted" "$WORK/n$victim.log" || fail "node $victim was never promoted back to a voter"
+wait_log "$victim" "learner promoted" 15 || fail "node $victim was never promoted back to a voter"
 log "node $victim caught up and votes again"
 sleep 1
 stop_writer

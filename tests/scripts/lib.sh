@@ -402,6 +402,17 @@ ms_since() {
     echo $((($(date +%s%N) - $1) / 1000000))
 }
 
+# wait_log ID TEXT [SECONDS]: waits up to SECONDS (default 10) for TEXT in node ID's log;
+# status 1 if it never comes.
+wait_log() {
+    local _
+    for _ in $(seq 1 $((${3:-10} * 10))); do
+        grep -q "$2" "$WORK/n$1.log" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # sleep_ms MS
 sleep_ms() {
     sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"

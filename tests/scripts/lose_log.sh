@@ -74,10 +74,7 @@ esac
 log "killed $a and $b; $MODE of node $b's log (floor $(cat "$floor_file")); meta kept"
 proxy heal all
 start_node "$b"
-for _ in $(seq 1 100); do
-    grep -q "starting as a learner" "$WORK/n$b.log" && break
-    sleep 0.1
-done
+wait_log "$b" "starting as a learner" || true
 grep "starting as a learner" "$WORK/n$b.log" | grep -q "below lsn" \
     || fail "node $b did not start as a learner below its log floor: $(grep -m1 'log recovered' "$WORK/n$b.log")"
 log "node $b: $(grep -m1 -o 'reason=its log ends at lsn [0-9]*, below lsn [0-9]*' "$WORK/n$b.log")"
@@ -88,11 +85,7 @@ fi
 log "no primary while node $a is down (waited $((4 * FAILOVER_TIMEOUT_MS)) ms)"
 start_node "$a"
 PRIMARY=$(wait_primary 15s) || fail "no primary once node $a was back"
-for _ in $(seq 1 100); do
-    grep -q "learner promoted" "$WORK/n$b.log" && break
-    sleep 0.1
-done
-grep -q "learner promoted" "$WORK/n$b.log" || fail "node $b was never promoted back to a voter"
+wait_log "$b" "learner promoted" || fail "node $b was never promoted back to a voter"
 log "node $PRIMARY is primary; node $b caught up and votes again"
 check_all
 log "PASS lose_log --mode $MODE"
