@@ -464,13 +464,20 @@ pub fn open_rotating(
         Floor::Absent => Lsn::ZERO,
         Floor::At(floor) => {
             if wal.last_lsn() < floor {
-                learner_reason = Some(format!(
+                let below = format!(
                     "its log ends at lsn {}, below lsn {floor}, through which it held committed \
-                     records ({}): segments deleted, truncated or wiped since; the node catches \
-                     up from the primary",
+                     records ({})",
                     wal.last_lsn(),
                     floor_path.display()
-                ));
+                );
+                // A cut made above (damage, a failed fsync) already says why the log is short.
+                learner_reason = Some(match learner_reason.take() {
+                    Some(first) => format!("{first} ({below})"),
+                    None => format!(
+                        "{below}: segments deleted, truncated or wiped since; the node catches \
+                         up from the primary"
+                    ),
+                });
             }
             floor
         }
