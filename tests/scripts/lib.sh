@@ -251,9 +251,12 @@ wait_exited() {
     return 1
 }
 
-# pause_node ID STOP|CONT: SIGSTOP or SIGCONT the sidecar and its application.
+# pause_node ID STOP|CONT: SIGSTOP or SIGCONT the sidecar and its application (with
+# SUPERVISED=1, the one its sidecar started).
 pause_node() {
-    kill -"$2" "${NODE_PID[$1]}" "${KV_PID[$1]}"
+    local app=${KV_PID[$1]:-}
+    if [[ -z $app && $SUPERVISED == 1 ]]; then app=$(app_pid "$1" || true); fi
+    kill -"$2" "${NODE_PID[$1]}" ${app:+"$app"}
 }
 
 # wait_primary [TIMEOUT]: prints the id of the single primary (holding its lease).
