@@ -12,7 +12,9 @@
 #     and answers arrive late, in order), or every link by up to half the failover timeout;
 #   - one link that resets its connection on 5-40 % of the chunks it forwards;
 #   - a node killed with SIGKILL (restarted when the fault ends);
-#   - a node stopped with SIGSTOP (continued when the fault ends).
+#   - a node stopped with SIGSTOP (continued when the fault ends);
+#   - a node's sidecar sent SIGTERM (a primary hands over first): it must exit within 10 s,
+#     and is restarted with its application when the fault ends.
 # With a chance of one in three a fault is left in place when the next one is drawn, so two
 # or three overlap; then everything is undone together. At the end every fault is undone,
 # and the checks are those of every script: never two primaries in one epoch, every
@@ -46,7 +48,7 @@ start_writer 3600
 sleep 1
 
 # Nodes killed or stopped by the faults in place, to restart or continue when undone.
-declare -A KILLED=() STOPPED=()
+declare -A KILLED=() STOPPED=() TERMED=()
 
 # pick_other ID: sets OTHER to one of the nodes other than ID, at random (not in a
 # subshell, so that $RANDOM follows the seed).
@@ -73,7 +75,11 @@ links_of() {
 inject() {
     local node link ms percent
     node=${NODES[RANDOM % ${#NODES[@]}]}
-    case $((RANDOM % 7)) in
+    if [[ -n ${KILLED[$node]:-} || -n ${STOPPED[$node]:-} || -n ${TERMED[$node]:-} ]]; then
+        DID="nothing (node $node already down)"
+        return
+    fi
+    case $((RANDOM % 8)) in
     0)
         for link in $(links_of "$node" both); do proxy partition "$link"; done
         DID="node $node cut off"
@@ -103,37 +109,39 @@ inject() {
         DID="link $link resets on ${percent} % of chunks"
         ;;
     5)
-        if [[ -n ${KILLED[$node]:-} || -n ${STOPPED[$node]:-} ]]; then
-            DID="nothing (node $node already down)"
-            return
-        fi
         kill_node "$node"
         KILLED[$node]=1
         DID="node $node killed"
         ;;
-    *)
-        if [[ -n ${KILLED[$node]:-} || -n ${STOPPED[$node]:-} ]]; then
-            DID="nothing (node $node already down)"
-            return
-        fi
+    6)
         pause_node "$node" STOP
         STOPPED[$node]=1
         DID="node $node stopped"
         ;;
+    *)
+        kill -TERM "${NODE_PID[$node]}"
+        TERMED[$node]=1
+        DID="node $node sent SIGTERM"
+        ;;
     esac
 }
 
-# undo_all: heals every link, takes every delay and drop away, continues every stopped node
-# and restarts every killed one.
+# undo_all: heals every link, takes every delay and drop away, continues every stopped node,
+# restarts every killed one, and every one sent SIGTERM once it has exited.
 undo_all() {
     local id
     proxy heal all
     proxy delay all 0
     proxy drop all 0
     for id in "${!STOPPED[@]}"; do pause_node "$id" CONT; done
-    for id in "${!KILLED[@]}"; do start_node "$id"; done
+    for id in "${!TERMED[@]}"; do
+        wait_exited "$id" || fail "node $id did not exit within 10 s of SIGTERM"
+        kill_node "$id"
+    done
+    for id in "${!KILLED[@]}" "${!TERMED[@]}"; do start_node "$id"; done
     STOPPED=()
     KILLED=()
+    TERMED=()
 }
 
 in_place=()
