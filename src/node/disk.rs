@@ -482,10 +482,14 @@ pub fn open_rotating(
             floor
         }
         Floor::Damaged => {
-            learner_reason = Some(format!(
+            let damaged = format!(
                 "{} is damaged, so the node cannot tell whether its log lost records",
                 floor_path.display()
-            ));
+            );
+            learner_reason = Some(match learner_reason.take() {
+                Some(first) => format!("{first} ({damaged})"),
+                None => damaged,
+            });
             Lsn::ZERO
         }
     };
@@ -982,7 +986,8 @@ mod tests {
         assert_eq!(fourth.start, Start::LEARNER, "stored before acting on it");
         drop(fourth);
 
-        // The whole log directory gone, `meta` kept.
+        // The log directory and `meta` gone, the floor kept: a wiped data dir that says it
+        // held records is a learner even as a founding member.
         std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
         std::fs::remove_file(dir.path().join(wal::meta::META_FILE_NAME)).unwrap();
         let mut fifth = open_node().unwrap();
