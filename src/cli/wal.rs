@@ -113,10 +113,9 @@ fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> 
 fn verify(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
-    let mut floor = None;
-    if dir.join("wal").is_dir() {
-        verify_data_dir(dir, &mut out)?;
-        floor = Some(crate::node::disk::log_floor(dir)?);
+    let data_dir = dir.join("wal").is_dir().then_some(dir);
+    if let Some(data_dir) = data_dir {
+        verify_data_dir(data_dir, &mut out)?;
     }
     let (dir, inspection) = open(dir)?;
     let mut bytes = 0;
@@ -158,8 +157,8 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
             )?;
         }
     }
-    if let Some(floor) = floor {
-        floor_line(&dir, floor, &inspection, &mut out)?;
+    if let Some(data_dir) = data_dir {
+        floor_line(data_dir, &inspection, &mut out)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     match (inspection.first_lsn(), inspection.last_lsn()) {
@@ -187,17 +186,15 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
 /// The log floor's line: where the log must reach for the node to vouch for it (the newest
 /// snapshot counts, since the node's log continues it).
 fn floor_line(
-    wal_dir: &Path,
-    floor: crate::node::disk::Floor,
+    data_dir: &Path,
     inspection: &Inspection,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    use crate::node::disk::Floor;
-    let data_dir = wal::fs::parent(wal_dir);
-    let path = data_dir.join("log-floor");
-    let floor = match floor {
-        Floor::Absent => return Ok(()),
-        Floor::Damaged => {
+    use crate::node::disk::{log_floor, LsnFile, LOG_FLOOR_FILE_NAME};
+    let path = data_dir.join(LOG_FLOOR_FILE_NAME);
+    let floor = match log_floor(data_dir)? {
+        LsnFile::Absent => return Ok(()),
+        LsnFile::Damaged => {
             writeln!(
                 out,
                 "{}  damaged: the node will start as a learner",
@@ -205,7 +202,7 @@ fn floor_line(
             )?;
             return Ok(());
         }
-        Floor::At(floor) => floor,
+        LsnFile::At(floor) => floor,
     };
     let snapshots = data_dir.join("snapshots");
     let mut reaches = inspection.last_lsn().unwrap_or(Lsn::ZERO);

@@ -66,7 +66,7 @@ pub const PAUSED_FILE_NAME: &str = "paused";
 /// The marker of a failed log write or fsync (module docs).
 const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
 /// The log floor (module docs, "The log floor").
-const LOG_FLOOR_FILE_NAME: &str = "log-floor";
+pub const LOG_FLOOR_FILE_NAME: &str = "log-floor";
 /// How often the log floor is brought up to date while it moves: at most this much of the
 /// log can be lost undetected (module docs). Each update is an atomic install (two fsyncs).
 pub const LOG_FLOOR_EVERY: Duration = Duration::from_millis(200);
@@ -132,7 +132,6 @@ pub struct DataDir {
     meta: Meta,
     fresh_path: PathBuf,
     fsync_failed_path: PathBuf,
-    floor_path: PathBuf,
     /// Held for the life of the node; dropping it releases the flock.
     _lock: File,
 }
@@ -175,8 +174,8 @@ impl DataDir {
     }
 
     /// Where the log floor is kept (module docs, "The log floor").
-    pub fn floor_path(&self) -> &Path {
-        &self.floor_path
+    pub fn floor_path(&self) -> PathBuf {
+        self.path.join(LOG_FLOOR_FILE_NAME)
     }
 
     /// Persists the epoch and vote (atomic install; see `wal::meta::Meta::store`).
@@ -417,13 +416,7 @@ pub fn open_rotating(
             learner_reason = Some(format!(
                 "{damage}; the log is cut just before it, and the node catches up from the primary"
             ));
-            if !meta.learner {
-                meta = Meta {
-                    learner: true,
-                    ..meta
-                };
-                meta.store(&meta_path)?;
-            }
+            store_learner(&mut meta, &meta_path)?;
             let options = wal::Options {
                 damage: wal::Damage::CutAll,
                 ..options
@@ -445,12 +438,8 @@ pub fn open_rotating(
             "a write or fsync of its log failed before it stopped; records after lsn {durable_lsn} were cut"
         ));
     }
-    if learner_reason.is_some() && !meta.learner {
-        meta = Meta {
-            learner: true,
-            ..meta
-        };
-        meta.store(&meta_path)?;
+    if learner_reason.is_some() {
+        store_learner(&mut meta, &meta_path)?;
     }
     if fsync_failed_path.exists() {
         std::fs::remove_file(&fsync_failed_path).map_err(io(&fsync_failed_path))?;
@@ -460,9 +449,9 @@ pub fn open_rotating(
     // The log floor (module docs): a log that ends below it lost records this node may
     // have acknowledged. The learner flag is stored before the node acts on anything; a
     // crash before that finds the same short log and the same floor again.
-    let floor = match read_floor(&floor_path)? {
-        Floor::Absent => Lsn::ZERO,
-        Floor::At(floor) => {
+    let floor = match read_lsn_file(&floor_path)? {
+        LsnFile::Absent => Lsn::ZERO,
+        LsnFile::At(floor) => {
             if wal.last_lsn() < floor {
                 let below = format!(
                     "its log ends at lsn {}, below lsn {floor}, through which it held committed \
@@ -481,7 +470,7 @@ pub fn open_rotating(
             }
             floor
         }
-        Floor::Damaged => {
+        LsnFile::Damaged => {
             let damaged = format!(
                 "{} is damaged, so the node cannot tell whether its log lost records",
                 floor_path.display()
@@ -493,12 +482,8 @@ pub fn open_rotating(
             Lsn::ZERO
         }
     };
-    if learner_reason.is_some() && !meta.learner {
-        meta = Meta {
-            learner: true,
-            ..meta
-        };
-        meta.store(&meta_path)?;
+    if learner_reason.is_some() {
+        store_learner(&mut meta, &meta_path)?;
     }
     let start = Start {
         learner: meta.learner,
@@ -545,7 +530,6 @@ pub fn open_rotating(
             meta,
             fresh_path,
             fsync_failed_path,
-            floor_path,
             _lock: lock,
         },
         writer,
@@ -558,9 +542,9 @@ pub fn open_rotating(
     })
 }
 
-/// What the log floor file holds.
+/// What a file holding one decimal LSN (the `fsync-failed` marker, the log floor) holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Floor {
+pub enum LsnFile {
     Absent,
     At(Lsn),
     /// Not a decimal LSN: the disk damaged it (it is only ever installed whole).
@@ -568,20 +552,20 @@ pub enum Floor {
 }
 
 /// The log floor of the data directory `data_dir` (module docs, "The log floor").
-pub fn log_floor(data_dir: &Path) -> Result<Floor, DiskError> {
-    read_floor(&data_dir.join(LOG_FLOOR_FILE_NAME))
+pub fn log_floor(data_dir: &Path) -> Result<LsnFile, DiskError> {
+    read_lsn_file(&data_dir.join(LOG_FLOOR_FILE_NAME))
 }
 
-fn read_floor(path: &Path) -> Result<Floor, DiskError> {
+fn read_lsn_file(path: &Path) -> Result<LsnFile, DiskError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Floor::Absent),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(Floor::Damaged),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LsnFile::Absent),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(LsnFile::Damaged),
         Err(e) => return Err(io(path)(e)),
     };
     Ok(match text.trim().parse::<u64>() {
-        Ok(lsn) => Floor::At(Lsn(lsn)),
-        Err(_) => Floor::Damaged,
+        Ok(lsn) => LsnFile::At(Lsn(lsn)),
+        Err(_) => LsnFile::Damaged,
     })
 }
 
@@ -642,16 +626,24 @@ pub async fn keep_floor(
 
 /// The durable LSN recorded by [`DataDir::record_fsync_failure`], if the marker is there.
 fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
-    };
-    match text.trim().parse::<u64>() {
-        Ok(lsn) => Ok(Some(Lsn(lsn))),
+    Ok(match read_lsn_file(path)? {
+        LsnFile::Absent => None,
+        LsnFile::At(lsn) => Some(lsn),
         // Damaged: trust nothing after the start of the log.
-        Err(_) => Ok(Some(Lsn::ZERO)),
+        LsnFile::Damaged => Some(Lsn::ZERO),
+    })
+}
+
+/// Stores the learner flag in `meta` (atomic install) unless it is already set.
+fn store_learner(meta: &mut Meta, meta_path: &Path) -> Result<(), DiskError> {
+    if !meta.learner {
+        *meta = Meta {
+            learner: true,
+            ..*meta
+        };
+        meta.store(meta_path)?;
     }
+    Ok(())
 }
 
 /// The log as the core sees it: after the snapshot, if there is one (`snapshot::store::recover`
@@ -955,7 +947,7 @@ mod tests {
         let one = file_len(&segment);
         append_durable(&first, 9, b"record");
         let record_len = (file_len(&segment) - one) / 9;
-        store_floor(first.dir.floor_path(), Lsn(10)).unwrap();
+        store_floor(&first.dir.floor_path(), Lsn(10)).unwrap();
         drop(first);
 
         let second = open_node().unwrap();
@@ -1012,8 +1004,8 @@ mod tests {
         let mut first = open_node().unwrap();
         first.dir.quarantine_ended().unwrap();
         append_durable(&first, 4, b"record");
-        store_floor(first.dir.floor_path(), Lsn(4)).unwrap();
-        let floor_path = first.dir.floor_path().to_path_buf();
+        store_floor(&first.dir.floor_path(), Lsn(4)).unwrap();
+        let floor_path = first.dir.floor_path();
         drop(first);
         std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
         let second = open_node().unwrap();

@@ -1442,7 +1442,7 @@ pub async fn run(
     tracker.spawn(notify::run(handle.watch_status(), cancel.clone()));
     tracker.spawn(disk::keep_floor(
         handle.watch_status(),
-        opened.dir.floor_path().to_path_buf(),
+        opened.dir.floor_path(),
         opened.floor,
         cancel.clone(),
     ));
