@@ -97,7 +97,8 @@ fn kill_random_node_with_skewed_clocks_loses_no_acknowledged_write() {
     run_script_with("kill_random.sh", &["--cycles", "3"], &[("CLOCK_SKEW", "1")]);
 }
 
-/// Cut nodes and links, delays, resets, kills and stops, overlapping, with skewed clocks.
+/// Cut nodes and links, delays, resets, kills, stops and SIGTERMs, overlapping, with skewed
+/// clocks.
 #[test]
 fn overlapping_faults_lose_no_acknowledged_write() {
     run_script_with("nemesis.sh", &["--steps", "12"], &[("CLOCK_SKEW", "1")]);
