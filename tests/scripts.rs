@@ -192,3 +192,14 @@ fn hung_supervised_application_is_killed_and_restarted_in_place() {
 fn follow_redis_kill_random_node_loses_no_acknowledged_set() {
     run_script("follow_redis.sh", &["--cycles", "2"]);
 }
+
+/// Follow mode again, the primary then a backup then a random node cut off by the fault
+/// proxy or frozen with SIGSTOP (sidecar and Redis together), with skewed clocks.
+#[test]
+fn follow_redis_partitioned_or_stopped_node_loses_no_acknowledged_set() {
+    run_script_with(
+        "follow_redis.sh",
+        &["--cycles", "3", "--faults", "partition,stop"],
+        &[("CLOCK_SKEW", "1")],
+    );
+}

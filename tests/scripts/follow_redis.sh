@@ -13,14 +13,25 @@
 #     increasing n, moving to the next node's client port when a connection fails, and
 #     recording n (and the time) only when the reply is `+OK`.
 #
-# Each cycle SIGKILLs one node's sidecar and its Redis (the pid from `app.pid` in its
-# /status, and any redis-server still on its port): the primary in cycle 1, a backup in
-# cycle 2, then a random node. It waits until exactly one node is primary with
-# `follow.state` "serving" (the failover time), pauses a random 0-400 ms, starts the killed
-# node again and waits until every node but the primary (the restarted one included) is a
+# Each cycle strikes one node: the primary in cycle 1, a backup in cycle 2, then a random
+# node, with a fault drawn from --faults (default "kill"):
+#
+#   - kill: SIGKILL of the node's sidecar and its Redis (the pid from `app.pid` in its
+#     /status, and any redis-server still on its port), a crashed machine;
+#   - partition: the fault proxy (on every peer link) cuts the node off from both others,
+#     both directions; its sidecar and Redis keep running, and clients still reach its
+#     client port;
+#   - stop: SIGSTOP of the sidecar and its Redis together for 1-4 x the failover timeout (a
+#     machine that froze), then SIGCONT.
+#
+# It waits until exactly one node is primary with `follow.state` "serving" (the failover
+# time; a struck primary must have been replaced), holds the fault a random 0-400 ms
+# more, undoes it (restarts the killed node, heals the links, continues the stopped
+# processes) and waits until every node but the primary (the struck one included) is a
 # backup in `follow.state` "standby" whose `applied_lsn` has reached the primary's
 # `commit_lsn` as read just before (under load the commit moves on; the exact match is
-# checked at the end, once quiet).
+# checked at the end, once quiet). A role watcher fails the run on two primaries in one
+# epoch. With CLOCK_SKEW=1 every sidecar (and so its Redis) has clocks of its own (lib.sh).
 #
 # At the end, with the loads stopped: every acknowledged key is read back through the
 # serving primary's client port (one redis-cli) and must hold its value; once every backup
@@ -30,9 +41,10 @@
 # node killed, the failover time, the new primary's Redis start time, the checking writer's
 # pause and the rejoin time, then a summary.
 #
-# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S]   (default 5 cycles; the
-#      seed is printed so a failing order can be replayed; `cargo test --test scripts`
-#      runs 2). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
+# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop]
+#      (default 5 cycles of kill; the seed is printed so a failing order can be replayed;
+#      `cargo test --test scripts` runs 2 kills, and 3 cycles of partition and stop with
+#      CLOCK_SKEW=1). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
 #      redis-server and redis-tools).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -40,14 +52,24 @@ source "$(dirname "$0")/lib.sh"
 
 CYCLES=5
 SEED=$$
+FAULTS=kill
 while [[ $# -gt 0 ]]; do
     case $1 in
     --cycles) CYCLES=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
-    *) echo "usage: $0 [--cycles N] [--seed S]" >&2; exit 2 ;;
+    --faults) FAULTS=$2; shift 2 ;;
+    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop]" >&2; exit 2 ;;
     esac
 done
 RANDOM=$SEED
+IFS=, read -r -a FAULT_LIST <<<"$FAULTS"
+for fault in "${FAULT_LIST[@]}"; do
+    case $fault in
+    kill | partition | stop) ;;
+    *) echo "--faults: unknown fault '$fault' (kill, partition, stop)" >&2; exit 2 ;;
+    esac
+done
+[[ ${#FAULT_LIST[@]} -gt 0 ]] || { echo "--faults: empty" >&2; exit 2; }
 for tool in redis-server redis-cli redis-benchmark; do
     command -v "$tool" >/dev/null \
         || fail "$tool is not on the PATH: install Debian's redis-server and redis-tools"
@@ -76,9 +98,10 @@ redis_command() {
 
 # start_follow_node ID: node ID's sidecar in follow mode, log appended to $WORK/nID.log.
 start_follow_node() {
-    local id=$1
+    local id=$1 CLOCKS
     mkdir -p "${DATA_DIR[$id]}" "$WORK/redis$id"
-    RUST_LOG=${RUST_LOG:-info} "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
+    clocks_of "node $id's sidecar and Redis"
+    RUST_LOG=${RUST_LOG:-info} "${CLOCKS[@]}" "$UNDERSTUDY" run --node-id "$id" --data-dir "${DATA_DIR[$id]}" \
         --peer-listen "127.0.0.1:${PEER_PORT[$id]}" --peers "$(peers_of "$id")" \
         --cluster-secret-file "$WORK/secret" \
         --admin-listen "127.0.0.1:${ADMIN_PORT[$id]}" \
@@ -141,11 +164,15 @@ serving_primary() {
     echo "${found[0]}"
 }
 
-# wait_serving TIMEOUT_S: waits for serving_primary and prints it; status 1 on timeout.
+# wait_serving TIMEOUT_S [NOT]: waits for serving_primary (other than node NOT, if given)
+# and prints it; status 1 on timeout.
 wait_serving() {
-    local deadline=$(($(now_ms) + $1 * 1000))
+    local deadline=$(($(now_ms) + $1 * 1000)) found
     while [[ $(now_ms) -lt $deadline ]]; do
-        serving_primary && return 0
+        if found=$(serving_primary) && [[ $found != "${2:-}" ]]; then
+            echo "$found"
+            return 0
+        fi
         sleep 0.02
     done
     return 1
@@ -178,6 +205,49 @@ kill_follow_node() {
     kill -9 "${NODE_PID[$id]}" "${pids[@]}" 2>/dev/null || true
     wait "${NODE_PID[$id]}" 2>/dev/null || true
     NODE_PID[$id]=""
+}
+
+# strike FAULT ID: applies FAULT (kill, partition, stop) to node ID; STRUCK_REDIS is the
+# Redis pid its status showed ("-" if none ran), STRUCK_MS the time of the fault. A stop is
+# held here for 1-4 x the failover timeout and undone before it returns.
+strike() {
+    local fault=$1 id=$2 other pids=() _
+    case $fault in
+    kill)
+        kill_follow_node "$id"
+        STRUCK_REDIS=$KILLED_REDIS
+        STRUCK_MS=$KILLED_MS
+        ;;
+    partition)
+        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        STRUCK_MS=$(now_ms)
+        for other in "${NODES[@]}"; do
+            [[ $other == "$id" ]] && continue
+            proxy partition "$id-$other"
+            proxy partition "$other-$id"
+        done
+        ;;
+    stop)
+        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        mapfile -t pids < <(redis_pids "$id")
+        STRUCK_MS=$(now_ms)
+        kill -STOP "${NODE_PID[$id]}" "${pids[@]}"
+        sleep_ms $((FAILOVER_TIMEOUT_MS + RANDOM % (3 * FAILOVER_TIMEOUT_MS)))
+        kill -CONT "${NODE_PID[$id]}" "${pids[@]}" 2>/dev/null || true
+        ;;
+    esac
+}
+
+# undo FAULT ID: ends a kill (starts the node again) or a partition (heals every link).
+undo() {
+    case $1 in
+    kill)
+        sweep_redis "$2"
+        start_follow_node "$2"
+        ;;
+    partition) proxy heal all ;;
+    stop) ;;
+    esac
 }
 
 sweep_redis() {
@@ -304,12 +374,13 @@ compare_dirs() {
     done
 }
 
-# serving_text ROLE PRIMARY SERVING_MS START_MS: what a cycle's kill did to the primary.
+# serving_text BEFORE PRIMARY SERVING_MS START_MS: what a cycle's fault did to the primary
+# (BEFORE: the primary when it struck).
 serving_text() {
-    if [[ $1 == primary ]]; then
+    if [[ $1 != "$2" ]]; then
         echo "node $2 serving after $3 ms (its Redis started in $4 ms)"
     else
-        echo "node $2 still serving ($3 ms after the kill)"
+        echo "node $2 still serving ($3 ms after the fault)"
     fi
 }
 
@@ -353,12 +424,13 @@ wait_quiet() {
     done
 }
 
-setup plain
-log "seed $SEED; redis: $(redis-server --version | awk '{print $3}')"
+if [[ ,$FAULTS, == *,partition,* ]]; then setup proxy; else setup plain; fi
+log "seed $SEED; faults $FAULTS; redis: $(redis-server --version | awk '{print $3}')"
 for id in "${NODES[@]}"; do start_follow_node "$id"; done
 PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no primary serving Redis after start"
 log "cluster up: node $PRIMARY is primary and its Redis serves"
 started_ms=$(now_ms)
+start_watch
 
 : >"$WORK/acked-keys"
 rm -f "$WORK/stop-checker" "$WORK/stop-bench"
@@ -383,19 +455,23 @@ for cycle in $(seq 1 "$CYCLES"); do
         role=primary
         kills_of_primary=$((kills_of_primary + 1))
     fi
-    kill_follow_node "$victim"
-    killed_ms=$KILLED_MS
-    if [[ $role == primary && $KILLED_REDIS == - ]]; then
+    fault=${FAULT_LIST[RANDOM % ${#FAULT_LIST[@]}]}
+    before=$PRIMARY
+    strike "$fault" "$victim"
+    killed_ms=$STRUCK_MS
+    if [[ $role == primary && $STRUCK_REDIS == - ]]; then
         fail "cycle $cycle: the primary (node $victim) showed no app.pid"
     fi
-    PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S") \
-        || fail "cycle $cycle: no primary serving Redis ${SERVE_TIMEOUT_S} s after killing node $victim"
+    # A node cut off cannot stay the primary; a stopped one, continued, may still be.
+    not=""
+    if [[ $role == primary && $fault == partition ]]; then not=$victim; fi
+    PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S" "$not") \
+        || fail "cycle $cycle: no primary serving Redis ${SERVE_TIMEOUT_S} s after the $fault of node $victim"
     serving_ms=$(($(now_ms) - killed_ms))
     read -r _ _ _ _ _ redis_start < <(node_status "$PRIMARY" || echo "- - - - - -")
     sleep "0.$((RANDOM % 5))"
-    sweep_redis "$victim"
     restarted_ms=$(now_ms)
-    start_follow_node "$victim"
+    undo "$fault" "$victim"
     deadline=$((restarted_ms + REJOIN_TIMEOUT_S * 1000))
     until backups_caught_up "$PRIMARY"; do
         [[ $(now_ms) -lt $deadline ]] \
@@ -408,8 +484,8 @@ for cycle in $(seq 1 "$CYCLES"); do
     done
     caught_up_ms=$(now_ms)
     rejoin_ms=$((caught_up_ms - restarted_ms))
-    echo "$cycle $victim $role $PRIMARY $killed_ms $serving_ms $redis_start $rejoin_ms $caught_up_ms" >>"$WORK/cycles"
-    log "cycle $cycle/$CYCLES: killed node $victim ($role, redis pid $KILLED_REDIS); $(serving_text "$role" "$PRIMARY" "$serving_ms" "$redis_start"); node $victim caught up as a backup $rejoin_ms ms after its restart"
+    echo "$cycle $victim $role $fault $before $PRIMARY $killed_ms $serving_ms $redis_start $rejoin_ms $caught_up_ms" >>"$WORK/cycles"
+    log "cycle $cycle/$CYCLES: $fault of node $victim ($role, redis pid $STRUCK_REDIS); $(serving_text "$before" "$PRIMARY" "$serving_ms" "$redis_start"); node $victim caught up as a backup $rejoin_ms ms after the fault was undone"
     sleep 1
 done
 
@@ -456,19 +532,20 @@ files=$(cd "$WORK/redis$PRIMARY/appendonlydir" && ls -A | tr '\n' ' ')
 bytes=$(cat "$WORK/redis$PRIMARY/appendonlydir"/* | wc -c)
 log "both backups' appendonlydir match the primary's byte for byte: $files($bytes bytes)"
 
+stop_watch
 for id in "${NODES[@]}"; do kill_follow_node "$id"; done
 check_logs "$COMMIT"
 FAILED=0
 
 # Summary: per cycle, with the checking writer's pause: the longest time between two
 # acknowledgements from the last one before the kill until the killed node caught up.
-log "summary: $CYCLES cycles ($kills_of_primary of the primary), $acked acknowledged writes, all present; ran $((ran_ms / 1000)) s under load"
-while read -r cycle victim role primary killed serving start rejoin caught; do
+log "summary: $CYCLES cycles ($kills_of_primary struck the primary), $acked acknowledged writes, all present; ran $((ran_ms / 1000)) s under load"
+while read -r cycle victim role fault before primary killed serving start rejoin caught; do
     pause=$(awk -v k="$killed" -v e="$caught" '
         $2 < k {before = $2; next}
         {if ($2 - before > max) max = $2 - before; before = $2}
         $2 > e {exit}
         END {if (max) print max}' "$WORK/acked-keys")
-    log "  cycle $cycle: node $victim ($role) killed; $(serving_text "$role" "$primary" "$serving" "$start"); writer paused ${pause:-?} ms; rejoined in $rejoin ms"
+    log "  cycle $cycle: $fault of node $victim ($role); $(serving_text "$before" "$primary" "$serving" "$start"); writer paused ${pause:-?} ms; rejoined in $rejoin ms"
 done <"$WORK/cycles"
 log "PASS follow_redis: $CYCLES cycles, seed $SEED"
