@@ -193,6 +193,27 @@ fn follow_redis_kill_random_node_loses_no_acknowledged_set() {
     run_script("follow_redis.sh", &["--cycles", "2"]);
 }
 
+/// Follow mode: both backups' copies of Redis's directory wiped, cut, changed or missing a
+/// file behind their sidecars' backs (while they run), then the primary killed: the backup
+/// promoted must find its copy is not the log's and rebuild it before Redis starts.
+#[test]
+fn follow_redis_damaged_copies_are_rebuilt_before_they_serve() {
+    for mode in ["wipe", "truncate", "flip", "drop"] {
+        run_script("follow_damage.sh", &["--mode", mode, "--keys", "1000"]);
+    }
+}
+
+/// The same, the backups restarted on their damaged copies before the primary is killed.
+#[test]
+fn follow_redis_damaged_copies_are_found_at_start() {
+    for mode in ["wipe", "truncate", "flip", "drop"] {
+        run_script(
+            "follow_damage.sh",
+            &["--mode", mode, "--keys", "1000", "--restart"],
+        );
+    }
+}
+
 /// Follow mode again, the primary then a backup then a random node cut off by the fault
 /// proxy or frozen with SIGSTOP (sidecar and Redis together), with skewed clocks.
 #[test]

@@ -9,7 +9,13 @@
 //!
 //! Writes are not synced one by one: [`Materializer::sync`] fsyncs every file written since
 //! the last sync and then the directory, so that whatever the caller records after it (the
-//! LSN materialized through) never runs ahead of the disk. An `Install` writes a temporary
+//! LSN materialized through) never runs ahead of the disk.
+//!
+//! The materializer also keeps what the directory must hold after the changes it applied,
+//! each file's length and CRC-32 ([`Contents`]), updated as it applies them (an append
+//! extends the file's CRC; a cut reads the kept part back). [`Materializer::verify`]
+//! compares the directory with it: a copy that lost a file, was cut short, grew, or had a
+//! byte changed behind the materializer's back is found before anything trusts it. An `Install` writes a temporary
 //! file ([`TEMP_PREFIX`]) and renames it over the name, so a reader of the directory never
 //! sees a half-written file; stale temporary files are removed when a materializer opens
 //! the directory.
@@ -43,6 +49,46 @@ pub enum MaterializeError {
     Missing { path: PathBuf, op: &'static str },
     #[error("{path}: cut back to {len} bytes, but the file holds only {holds}: the directory is not the log's")]
     Grow { path: PathBuf, len: u64, holds: u64 },
+    #[error("{path}: {what}: the directory is not the log's")]
+    Differs { path: PathBuf, what: String },
+}
+
+/// One file as the applied changes left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSum {
+    pub len: u64,
+    /// CRC-32 (crc32fast) of the whole content.
+    pub crc: u32,
+}
+
+impl FileSum {
+    const EMPTY: FileSum = FileSum { len: 0, crc: 0 };
+
+    fn of(data: &[u8]) -> FileSum {
+        FileSum::EMPTY.extended(data)
+    }
+
+    /// This file with `data` appended.
+    fn extended(self, data: &[u8]) -> FileSum {
+        let mut hasher = crc32fast::Hasher::new_with_initial(self.crc);
+        hasher.update(data);
+        FileSum {
+            len: self.len + data.len() as u64,
+            crc: hasher.finalize(),
+        }
+    }
+}
+
+/// What the directory holds after the changes applied: every followed file by name.
+pub type Contents = std::collections::BTreeMap<Bytes, FileSum>;
+
+/// How closely [`Materializer::verify`] looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Names and lengths: a few system calls per file.
+    Lengths,
+    /// Names, lengths and every byte.
+    Content,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError + '_ {
@@ -61,10 +107,13 @@ pub struct Materializer {
     /// Names added, removed or renamed since the last sync.
     dir_dirty: bool,
     next_temp: u64,
+    /// What the directory must hold: see [`Materializer::verify`].
+    contents: Contents,
 }
 
 impl Materializer {
-    /// Opens `dir` (creating it if needed) and removes stale temporary files.
+    /// Opens `dir` (creating it if needed) and removes stale temporary files. What it
+    /// holds is taken to be empty until [`Materializer::set_contents`] says otherwise.
     pub fn open(dir: &Path) -> Result<Materializer, MaterializeError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -83,11 +132,82 @@ impl Materializer {
             dirty: BTreeSet::new(),
             dir_dirty: false,
             next_temp: 0,
+            contents: Contents::new(),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What the directory must hold after the changes applied so far.
+    pub fn contents(&self) -> &Contents {
+        &self.contents
+    }
+
+    /// What the directory holds, as recorded when it was last known (the caller's state
+    /// file); [`Materializer::verify`] checks it.
+    pub fn set_contents(&mut self, contents: Contents) {
+        self.contents = contents;
+    }
+
+    /// Removes every followed file (not synced); the directory then must hold nothing.
+    pub fn clear(&mut self) -> Result<(), MaterializeError> {
+        remove_followed(&self.dir).map_err(io(&self.dir))?;
+        self.contents.clear();
+        self.dirty.clear();
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Compares the directory with what the applied changes left in it: the same names,
+    /// each file with the same length and, with [`Depth::Content`], the same CRC-32 (every
+    /// file is read; [`Depth::Lengths`] reads none). A difference is a
+    /// [`MaterializeError::Differs`] naming the first file found.
+    pub fn verify(&self, depth: Depth) -> Result<(), MaterializeError> {
+        let names = read_dir_names(&self.dir).map_err(io(&self.dir))?;
+        for name in &names {
+            if !self.contents.contains_key(name.as_slice()) {
+                return Err(MaterializeError::Differs {
+                    path: self.path(name),
+                    what: "a file the log never made".to_string(),
+                });
+            }
+        }
+        for (name, want) in &self.contents {
+            let path = self.path(name);
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(MaterializeError::Differs {
+                        path,
+                        what: format!("missing (the log made it {} bytes long)", want.len),
+                    })
+                }
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let len = file.metadata().map_err(io(&path))?.len();
+            if len != want.len {
+                return Err(MaterializeError::Differs {
+                    path,
+                    what: format!("{len} bytes long, the log made it {}", want.len),
+                });
+            }
+            if depth == Depth::Lengths {
+                continue;
+            }
+            let sum = sum_of(&mut file, &path)?;
+            if sum != *want {
+                return Err(MaterializeError::Differs {
+                    path,
+                    what: format!(
+                        "its content differs from the log's (CRC-32 {:08x}, the log's {:08x}, {} bytes read)",
+                        sum.crc, want.crc, sum.len
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, name: &[u8]) -> PathBuf {
@@ -124,9 +244,25 @@ impl Materializer {
                 if len == 0 {
                     self.dir_dirty = true;
                 }
+                let before = match self.contents.get(name) {
+                    Some(sum) if sum.len == *offset => *sum,
+                    None if *offset == 0 => FileSum::EMPTY,
+                    // The file on disk has the length the append expects, but not the one
+                    // the applied changes gave it.
+                    _ => {
+                        return Err(MaterializeError::Differs {
+                            path,
+                            what: format!(
+                                "an append at offset {offset} to a file the log made {} bytes long",
+                                self.contents.get(name).map_or(0, |sum| sum.len)
+                            ),
+                        })
+                    }
+                };
                 file.seek(SeekFrom::Start(*offset)).map_err(io(&path))?;
                 file.write_all(data).map_err(io(&path))?;
                 self.dirty.insert(name.clone());
+                self.contents.insert(name.clone(), before.extended(data));
             }
             Change::Install { name, data } => {
                 let path = self.path(name);
@@ -142,6 +278,7 @@ impl Materializer {
                 file.sync_data().map_err(io(&temp))?;
                 std::fs::rename(&temp, &path).map_err(io(&path))?;
                 self.dir_dirty = true;
+                self.contents.insert(name.clone(), FileSum::of(data));
             }
             Change::Delete { name } => {
                 let path = self.path(name);
@@ -157,6 +294,7 @@ impl Materializer {
                 }
                 self.dirty.remove(name);
                 self.dir_dirty = true;
+                self.contents.remove(name);
             }
             Change::Rename { name, to } => {
                 let from = self.path(name);
@@ -175,6 +313,17 @@ impl Materializer {
                     self.dirty.insert(to.clone());
                 }
                 self.dir_dirty = true;
+                match self.contents.remove(name) {
+                    Some(sum) => {
+                        self.contents.insert(to.clone(), sum);
+                    }
+                    None => {
+                        return Err(MaterializeError::Differs {
+                            path: from,
+                            what: "renamed, but the log never made it".to_string(),
+                        })
+                    }
+                }
             }
             Change::SetLen { name, len } => {
                 let path = self.path(name);
@@ -198,6 +347,10 @@ impl Materializer {
                 }
                 file.set_len(*len).map_err(io(&path))?;
                 self.dirty.insert(name.clone());
+                // The kept part's CRC: read back (a cut is rare; Redis never cuts its files).
+                let mut kept = File::open(&path).map_err(io(&path))?;
+                let sum = sum_of(&mut kept, &path)?;
+                self.contents.insert(name.clone(), sum);
             }
         }
         Ok(())
@@ -221,6 +374,19 @@ impl Materializer {
                 .map_err(io(&self.dir))?;
         }
         Ok(())
+    }
+}
+
+/// The length and CRC-32 of what `file` holds from its offset on, read in 1 MiB pieces.
+fn sum_of(file: &mut File, path: &Path) -> Result<FileSum, MaterializeError> {
+    let mut sum = FileSum::EMPTY;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            return Ok(sum);
+        }
+        sum = sum.extended(&buf[..n]);
     }
 }
 
@@ -352,7 +518,19 @@ mod tests {
                 apply_model(&mut model, &change);
             }
             materializer.sync().unwrap();
-            prop_assert_eq!(read_dir_contents(dir.path()).unwrap(), model);
+            prop_assert_eq!(read_dir_contents(dir.path()).unwrap(), model.clone());
+            // What it says the directory holds is what it holds.
+            prop_assert!(materializer.verify(Depth::Content).is_ok());
+            let sums: BTreeMap<Vec<u8>, FileSum> = model
+                .iter()
+                .map(|(name, data)| (name.clone(), FileSum::of(data)))
+                .collect();
+            let kept: BTreeMap<Vec<u8>, FileSum> = materializer
+                .contents()
+                .iter()
+                .map(|(name, sum)| (name.to_vec(), *sum))
+                .collect();
+            prop_assert_eq!(kept, sums);
         }
     }
 

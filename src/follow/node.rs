@@ -282,6 +282,16 @@ impl Follow {
                 continue;
             } else if !failing {
                 self.health.set_standby(Some(true));
+                // Current without a catch-up (a restart with nothing new committed).
+                self.status.send_if_modified(|s| {
+                    let changed = s.state != "standby" || s.applied_lsn != applied.get();
+                    if s.state != "standby" {
+                        s.since_ms = unix_ms();
+                    }
+                    s.state = "standby";
+                    s.applied_lsn = applied.get();
+                    changed
+                });
             }
             tokio::select! {
                 changed = commit.changed() => if changed.is_err() { return None },
@@ -308,18 +318,24 @@ impl Follow {
         let replay_for = Arc::clone(replay);
         let reader = self.node.reader();
         let dir = self.config.dir.clone();
-        let started = blocking(move || -> Result<(Lsn, Capture, _), String> {
+        let started = blocking(move || -> Result<(Lsn, Capture, _, Duration), String> {
             let mut replay = lock(&replay_for);
+            // The application must start on exactly what the log made of the directory.
+            let checking = Instant::now();
+            if let Some(differs) = replay.check().map_err(|e| e.to_string())? {
+                warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; rebuilding it from the log before the application starts");
+            }
+            let checked = checking.elapsed();
             let applied = replay
                 .catch_up(&reader, commit_lsn)
                 .map_err(|e| e.to_string())?;
             replay.mark_dirty().map_err(|e| e.to_string())?;
             let (tx, rx) = mpsc::channel();
             let capture = Capture::start(&dir, tx).map_err(|e| e.to_string())?;
-            Ok((applied, capture, rx))
+            Ok((applied, capture, rx, checked))
         })
         .await;
-        let (applied, capture, rx) = match started {
+        let (applied, capture, rx, checked) = match started {
             Ok(started) => started,
             Err(e) => {
                 error!(error = %e, "follow mode: cannot start serving the followed directory");
@@ -339,7 +355,7 @@ impl Follow {
                 return None;
             }
         };
-        info!(applied_lsn = %applied, "follow mode: promoted; directory at the commit LSN, starting the application");
+        info!(applied_lsn = %applied, check_ms = checked.as_millis() as u64, "follow mode: promoted; directory checked and at the commit LSN, starting the application");
         // From here the application's health counts: if it does not come up within
         // --app-timeout, the primary hands over.
         self.health.set_standby(None);
@@ -494,7 +510,12 @@ async fn answer_snapshot_requests(
         let (replay, reader, for_snapshots) =
             (Arc::clone(&replay), node.reader(), Arc::clone(&snapshots));
         let taken = blocking(move || -> Result<_, String> {
-            let replay = lock(&replay);
+            let mut replay = lock(&replay);
+            // A snapshot stands for the log before it: never one of a damaged copy.
+            if let Some(differs) = replay.check().map_err(|e| e.to_string())? {
+                warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
+                return Err(differs.to_string());
+            }
             let lsn = replay.applied();
             let epoch = reader
                 .epoch_at(lsn)

@@ -8,6 +8,22 @@
 //! changes after `L` too; applying them again would be refused (an append that does not
 //! land at the file's length), so a replay that finds the directory is not the log's
 //! rebuilds it: every followed file is removed and the whole committed log applied again.
+//!
+//! The state file also holds what the directory held at `L`: each file's name, length and
+//! CRC-32 (the materializer's [`Contents`]). A directory is checked against it when the
+//! node starts, before it is promoted (before the application is started on it) and before
+//! a snapshot is taken of it ([`Replay::check`]); one that differs (a file removed, cut,
+//! grown or changed behind the sidecar's back, or the changes of a crash after `L`) is
+//! rebuilt, never served or snapshotted. The format:
+//!
+//! ```text
+//! <L>                                 (or "dirty": rebuild before anything is applied)
+//! files <N>
+//! <len> <crc32, 8 hex digits> <name in hex>     (N lines, one per file)
+//! ```
+//!
+//! A state file without the `files` line (written before the contents were kept) names no
+//! contents to check against, and its directory is rebuilt once.
 //! A rebuild starts from the newest snapshot of the directory when there is one
 //! ([`Replay::set_base`]), and must when the log no longer reaches back to what the
 //! directory holds (a snapshot from the primary replaced it).
@@ -19,7 +35,7 @@ use wal::format::RecordKind;
 use wal::reader::Reader;
 
 use super::change::{Change, ChangeError};
-use super::materialize::{MaterializeError, Materializer};
+use super::materialize::{Contents, Depth, FileSum, MaterializeError, Materializer};
 use crate::Lsn;
 
 /// Why the directory could not be brought up to the commit LSN.
@@ -41,8 +57,8 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} holds {text:?}, not an LSN")]
-    BadState { path: PathBuf, text: String },
+    #[error("{path} is damaged: {what} (remove it, and the directory it describes is rebuilt from the log)")]
+    BadState { path: PathBuf, what: String },
     #[error("restoring the snapshot at lsn {lsn}: {source}")]
     Snapshot {
         lsn: Lsn,
@@ -81,22 +97,17 @@ impl Replay {
     /// ran) cannot be trusted to be the log's; its files are moved into a new directory
     /// beside it, `<dir>.understudy-old-<unix seconds>` (nothing is deleted), and
     /// [`Replay::moved_aside`] says where.
+    ///
+    /// A directory with a state file is checked against the contents it records
+    /// ([`Replay::check`]); if it differs it is rebuilt on the first catch-up.
     pub fn open(dir: &Path, state_path: &Path) -> Result<Replay, ReplayError> {
         let materializer = Materializer::open(dir)?;
-        let (applied, dirty, known) = match std::fs::read_to_string(state_path) {
-            Ok(text) if text.trim() == DIRTY => (Lsn::ZERO, true, true),
-            Ok(text) => (
-                Lsn(text
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| ReplayError::BadState {
-                        path: state_path.to_path_buf(),
-                        text: text.clone(),
-                    })?),
-                false,
-                true,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Lsn::ZERO, false, false),
+        let state = match std::fs::read_to_string(state_path) {
+            Ok(text) => Some(parse_state(&text).map_err(|what| ReplayError::BadState {
+                path: state_path.to_path_buf(),
+                what,
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(ReplayError::State {
                     path: state_path.to_path_buf(),
@@ -104,19 +115,52 @@ impl Replay {
                 })
             }
         };
+        let known = state.is_some();
+        let (applied, contents) = state.unwrap_or((None, None));
         let mut replay = Replay {
             materializer,
             state_path: state_path.to_path_buf(),
-            applied,
-            dirty,
+            applied: applied.unwrap_or(Lsn::ZERO),
+            dirty: known && (applied.is_none() || contents.is_none()),
             moved_aside: None,
             base: None,
         };
         if !known {
             replay.move_aside()?;
             replay.store(Lsn::ZERO)?;
+        } else if let Some(contents) = contents.filter(|_| !replay.dirty) {
+            replay.materializer.set_contents(contents);
+            if let Some(differs) = replay.check()? {
+                tracing::warn!(error = %differs, "the copy of the followed directory is not what the log made of it; rebuilding it from the log");
+            }
+        } else if applied.is_some() {
+            tracing::info!(dir = %dir.display(), "the followed directory's state file records no contents to check it against (an earlier version wrote it); rebuilding the directory from the log");
+            replay.applied = Lsn::ZERO;
         }
         Ok(replay)
+    }
+
+    /// Checks the directory against what the log made of it (every file read: see
+    /// [`Materializer::verify`]). One that differs is marked for a rebuild, durably (the
+    /// state file says dirty), and its first difference returned; it counts as holding
+    /// nothing ([`Replay::applied`] is 0) until rebuilt. A directory already marked is not
+    /// read.
+    pub fn check(&mut self) -> Result<Option<MaterializeError>, ReplayError> {
+        self.check_to(Depth::Content)
+    }
+
+    fn check_to(&mut self, depth: Depth) -> Result<Option<MaterializeError>, ReplayError> {
+        if self.dirty {
+            return Ok(None);
+        }
+        match self.materializer.verify(depth) {
+            Ok(()) => Ok(None),
+            Err(differs) => {
+                self.mark_dirty()?;
+                self.applied = Lsn::ZERO;
+                Ok(Some(differs))
+            }
+        }
     }
 
     /// The snapshot a rebuild starts from (the node's newest), if any.
@@ -187,7 +231,14 @@ impl Replay {
     /// Applies every record after [`Replay::applied`] through `commit`, syncs, records the
     /// LSN reached. A directory that is not the log's is rebuilt (from the newest snapshot, or else LSN 1: the log must
     /// still hold it). Returns the LSN reached.
+    ///
+    /// Every catch-up first checks the names and lengths of the directory's files (no file
+    /// read), so a copy that lost or cut a file while this node runs is rebuilt at the next
+    /// commit, not only when it is next promoted, snapshotted or started.
     pub fn catch_up(&mut self, reader: &Reader, commit: Lsn) -> Result<Lsn, ReplayError> {
+        if let Some(differs) = self.check_to(Depth::Lengths)? {
+            tracing::warn!(error = %differs, "the copy of the followed directory is not what the log made of it; rebuilding it from the log");
+        }
         // A log that no longer reaches back to what the directory holds (a snapshot from the
         // primary replaced it) needs the snapshot.
         let behind_log = self.applied.next() < reader.first_lsn();
@@ -245,10 +296,7 @@ impl Replay {
     /// ([`Replay::set_base`]); the directory is then at its LSN (else empty, at 0).
     pub fn rebuild(&mut self) -> Result<(), ReplayError> {
         let dir = self.materializer.dir().to_path_buf();
-        super::materialize::remove_followed(&dir).map_err(|source| ReplayError::State {
-            path: dir.clone(),
-            source,
-        })?;
+        self.materializer.clear()?;
         // The removals are durable before the state says so.
         wal::fs::sync_dir(&dir).map_err(|e| ReplayError::State {
             path: dir.clone(),
@@ -276,7 +324,17 @@ impl Replay {
     }
 
     fn store(&mut self, lsn: Lsn) -> Result<(), ReplayError> {
-        self.write_state(&lsn.get().to_string())?;
+        use std::fmt::Write as _;
+        let contents = self.materializer.contents();
+        let mut text = format!("{}\nfiles {}\n", lsn.get(), contents.len());
+        for (name, sum) in contents {
+            let _ = write!(text, "{} {:08x} ", sum.len, sum.crc);
+            for byte in name.iter() {
+                let _ = write!(text, "{byte:02x}");
+            }
+            text.push('\n');
+        }
+        self.write_state(&text)?;
         self.applied = lsn;
         Ok(())
     }
@@ -287,6 +345,54 @@ impl Replay {
             source: std::io::Error::other(e.to_string()),
         })
     }
+}
+
+/// A state file's text: the LSN (`None` for "dirty") and the contents (`None` when the
+/// file records none), or what is wrong with it.
+fn parse_state(text: &str) -> Result<(Option<Lsn>, Option<Contents>), String> {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("").trim();
+    if first == DIRTY {
+        return Ok((None, None));
+    }
+    let lsn = first
+        .parse::<u64>()
+        .map_err(|_| format!("its first line {first:?} is neither an LSN nor {DIRTY:?}"))?;
+    let Some(files) = lines.next() else {
+        return Ok((Some(Lsn(lsn)), None));
+    };
+    let count = files
+        .strip_prefix("files ")
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| format!("its second line {files:?} is not \"files <count>\""))?;
+    let mut contents = Contents::new();
+    for _ in 0..count {
+        let line = lines
+            .next()
+            .ok_or_else(|| format!("it names fewer than the {count} files it announces"))?;
+        let bad = || format!("the line {line:?} is not \"<len> <crc32> <name in hex>\"");
+        let mut fields = line.split(' ');
+        let (Some(len), Some(crc), Some(name), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad());
+        };
+        let len = len.parse::<u64>().map_err(|_| bad())?;
+        let crc = u32::from_str_radix(crc, 16).map_err(|_| bad())?;
+        if name.is_empty() || name.len() % 2 != 0 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let name = (0..name.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&name[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad())?;
+        contents.insert(bytes::Bytes::from(name), FileSum { len, crc });
+    }
+    if lines.next().is_some() {
+        return Err(format!("it names more than the {count} files it announces"));
+    }
+    Ok((Some(Lsn(lsn)), Some(contents)))
 }
 
 #[cfg(test)]
@@ -312,12 +418,48 @@ mod tests {
     #[test]
     fn committed_changes_are_materialized_and_a_directory_ahead_is_rebuilt() {
         let root = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(root.path().join("wal"), Options::default()).unwrap();
+        let (_wal, reader, dir, state, mut replay) = opened(root.path());
+        assert_eq!(replay.catch_up(&reader, Lsn(4)).unwrap(), Lsn(4));
+        let files = read_dir_contents(&dir).unwrap();
+        assert_eq!(files[&b"aof".to_vec()], b"SET a 1\nSET b 2\n");
+        assert_eq!(files[&b"man\xffifest".to_vec()], b"aof\n");
+        assert_eq!(first_line(&state), "4");
+        drop(replay);
+        // Reopened as it is: it checks out.
+        let mut replay = Replay::open(&dir, &state).unwrap();
+        assert_eq!(replay.applied(), Lsn(4));
+        assert!(replay.check().unwrap().is_none());
+        drop(replay);
+
+        // A crash after applying record 5 but before recording it: the directory is ahead,
+        // which the check at open finds (the aof is longer than recorded).
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("aof"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"SET c 3\n"))
+            .unwrap();
+        let mut replay = Replay::open(&dir, &state).unwrap();
+        assert_eq!(replay.applied(), Lsn::ZERO);
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), DIRTY);
+        assert_eq!(replay.catch_up(&reader, Lsn(5)).unwrap(), Lsn(5));
+        let files = read_dir_contents(&dir).unwrap();
+        assert_eq!(files[&b"aof".to_vec()], b"SET a 1\nSET b 2\nSET c 3\n");
+        assert_eq!(first_line(&state), "5");
+    }
+
+    fn first_line(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines().next().unwrap_or("").to_string()
+    }
+
+    /// A log of three appends and an installed file, synced, and its reader.
+    fn small_log(root: &Path) -> (Wal, Reader) {
+        let (mut wal, _) = Wal::open(root.join("wal"), Options::default()).unwrap();
         let payloads = [
             append("aof", 0, b"SET a 1\n"),
             append("aof", 8, b"SET b 2\n"),
             Change::Install {
-                name: Bytes::from_static(b"manifest"),
+                name: Bytes::from_static(b"man\xffifest"),
                 data: Bytes::from_static(b"aof\n"),
             }
             .encode()
@@ -330,27 +472,115 @@ mod tests {
             .unwrap();
         wal.sync().unwrap();
         let reader = wal.reader();
-        let dir = root.path().join("data");
-        let state = root.path().join("materialized");
-        let mut replay = Replay::open(&dir, &state).unwrap();
-        assert_eq!(replay.catch_up(&reader, Lsn(4)).unwrap(), Lsn(4));
-        let files = read_dir_contents(&dir).unwrap();
-        assert_eq!(files[&b"aof".to_vec()], b"SET a 1\nSET b 2\n");
-        assert_eq!(files[&b"manifest".to_vec()], b"aof\n");
-        assert_eq!(std::fs::read_to_string(&state).unwrap(), "4");
+        (wal, reader)
+    }
 
-        // A crash after applying record 5 but before recording it: the directory is ahead.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join("aof"))
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"SET c 3\n"))
-            .unwrap();
-        let mut replay = Replay::open(&dir, &state).unwrap();
-        assert_eq!(replay.applied(), Lsn(4));
+    /// [`small_log`] under `root`, and a replay of a directory beside it.
+    fn opened(root: &Path) -> (Wal, Reader, PathBuf, PathBuf, Replay) {
+        let (wal, reader) = small_log(root);
+        let dir = root.join("data");
+        let state = root.join("materialized");
+        let replay = Replay::open(&dir, &state).unwrap();
+        (wal, reader, dir, state, replay)
+    }
+
+    /// Each way a copy can be damaged behind the sidecar's back while its state file
+    /// survives: found by the check at open, or by a later check of a running replay, and
+    /// rebuilt to exactly the log's directory.
+    #[test]
+    fn a_copy_damaged_behind_the_sidecars_back_is_found_and_rebuilt() {
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 6] = [
+            ("every file removed", |dir| {
+                for name in crate::follow::materialize::read_dir_names(dir).unwrap() {
+                    std::fs::remove_file(dir.join(std::ffi::OsStr::from_bytes(&name))).unwrap();
+                }
+            }),
+            ("one file removed", |dir| {
+                std::fs::remove_file(dir.join("aof")).unwrap()
+            }),
+            ("a file cut short", |dir| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("aof"))
+                    .and_then(|f| f.set_len(12))
+                    .unwrap()
+            }),
+            ("a byte changed, same length", |dir| {
+                let mut data = std::fs::read(dir.join("aof")).unwrap();
+                data[5] ^= 0x01;
+                std::fs::write(dir.join("aof"), data).unwrap();
+            }),
+            ("a file added", |dir| {
+                std::fs::write(dir.join("stray"), b"x").unwrap()
+            }),
+            ("a file renamed", |dir| {
+                std::fs::rename(dir.join("aof"), dir.join("aof2")).unwrap()
+            }),
+        ];
+        for (what, damage) in damages {
+            for running in [false, true] {
+                let root = tempfile::tempdir().unwrap();
+                let (_wal, reader, dir, state, mut replay) = opened(root.path());
+                assert_eq!(replay.catch_up(&reader, Lsn(5)).unwrap(), Lsn(5));
+                let want = read_dir_contents(&dir).unwrap();
+                let mut replay = if running {
+                    damage(&dir);
+                    let differs = replay.check().unwrap();
+                    assert!(differs.is_some(), "{what}, running: not found");
+                    replay
+                } else {
+                    drop(replay);
+                    damage(&dir);
+                    Replay::open(&dir, &state).unwrap()
+                };
+                assert_eq!(replay.applied(), Lsn::ZERO, "{what}, running {running}");
+                assert_eq!(std::fs::read_to_string(&state).unwrap(), DIRTY);
+                assert_eq!(replay.catch_up(&reader, Lsn(5)).unwrap(), Lsn(5));
+                assert_eq!(
+                    read_dir_contents(&dir).unwrap(),
+                    want,
+                    "{what}, running {running}"
+                );
+                assert!(
+                    replay.check().unwrap().is_none(),
+                    "{what}: rebuilt, still differs"
+                );
+            }
+        }
+    }
+
+    /// A state file from before the contents were recorded (the LSN alone) has its
+    /// directory rebuilt once; a damaged one is refused with an error, never a panic.
+    #[test]
+    fn an_old_state_file_is_rebuilt_and_a_damaged_one_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (_wal, reader, dir, state, mut replay) = opened(root.path());
         assert_eq!(replay.catch_up(&reader, Lsn(5)).unwrap(), Lsn(5));
-        let files = read_dir_contents(&dir).unwrap();
-        assert_eq!(files[&b"aof".to_vec()], b"SET a 1\nSET b 2\nSET c 3\n");
-        assert_eq!(std::fs::read_to_string(&state).unwrap(), "5");
+        drop(replay);
+        std::fs::write(&state, "5").unwrap();
+        let mut replay = Replay::open(&dir, &state).unwrap();
+        assert_eq!(replay.applied(), Lsn::ZERO);
+        assert_eq!(replay.catch_up(&reader, Lsn(5)).unwrap(), Lsn(5));
+        assert!(replay.check().unwrap().is_none());
+        drop(replay);
+        let good = std::fs::read_to_string(&state).unwrap();
+        assert!(good.starts_with("5\nfiles 2\n"), "{good:?}");
+        for bad in [
+            "five",
+            "5\nfiles two\n",
+            "5\nfiles 2\n24 00000000 616f66\n",
+            "5\nfiles 1\n24 zz 616f66\n",
+            "5\nfiles 1\n24 00000000 6\u{e9}\n",
+            "5\nfiles 1\n24 00000000 616f66 extra\n",
+            "5\nfiles 0\n24 00000000 616f66\n",
+        ] {
+            std::fs::write(&state, bad).unwrap();
+            match Replay::open(&dir, &state) {
+                Err(ReplayError::BadState { .. }) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     /// A record damaged on disk (one byte of its payload flipped) is detected by its

@@ -24,7 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
 
 use super::change::{Change, ChangeError};
-use super::materialize::{read_dir_contents, remove_followed, MaterializeError, Materializer};
+use super::materialize::{read_dir_contents, MaterializeError, Materializer};
 
 /// Why a snapshot of the directory could not be written or restored.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub fn write_dir(dir: &Path, writer: &mut SnapshotWriter) -> Result<usize, DirSn
 /// Removes every followed file of the materializer's directory and applies the snapshot at
 /// `path` to it (not synced: the caller syncs before it records the LSN).
 pub fn restore_dir(path: &Path, materializer: &mut Materializer) -> Result<(), DirSnapshotError> {
-    remove_followed(materializer.dir()).map_err(DirSnapshotError::Read)?;
+    materializer.clear()?;
     let mut reader = SnapshotReader::open(path)?;
     let mut pending = BytesMut::new();
     // The body offset of `pending`'s first byte.
