@@ -215,12 +215,13 @@ fn follow_redis_damaged_copies_are_found_at_start() {
 }
 
 /// Follow mode again, the primary then a backup then a random node cut off by the fault
-/// proxy or frozen with SIGSTOP (sidecar and Redis together), with skewed clocks.
+/// proxy, frozen with SIGSTOP (sidecar and Redis together) or sent SIGTERM, with skewed
+/// clocks.
 #[test]
-fn follow_redis_partitioned_or_stopped_node_loses_no_acknowledged_set() {
+fn follow_redis_partitioned_stopped_or_terminated_node_loses_no_acknowledged_set() {
     run_script_with(
         "follow_redis.sh",
-        &["--cycles", "3", "--faults", "partition,stop"],
+        &["--cycles", "4", "--faults", "partition,stop,term"],
         &[("CLOCK_SKEW", "1")],
     );
 }

@@ -22,7 +22,9 @@
 #     both directions; its sidecar and Redis keep running, and clients still reach its
 #     client port;
 #   - stop: SIGSTOP of the sidecar and its Redis together for 1-4 x the failover timeout (a
-#     machine that froze), then SIGCONT.
+#     machine that froze), then SIGCONT;
+#   - term: SIGTERM of the sidecar (a primary hands over first): it must exit within 10 s
+#     and leave no Redis running.
 #
 # It waits until exactly one node is primary with `follow.state` "serving" (the failover
 # time; a struck primary must have been replaced), holds the fault a random 0-400 ms
@@ -41,10 +43,10 @@
 # node killed, the failover time, the new primary's Redis start time, the checking writer's
 # pause and the rejoin time, then a summary.
 #
-# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop]
+# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term]
 #      (default 5 cycles of kill; the seed is printed so a failing order can be replayed;
-#      `cargo test --test scripts` runs 2 kills, and 3 cycles of partition and stop with
-#      CLOCK_SKEW=1). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
+#      `cargo test --test scripts` runs 2 kills, and 4 cycles of partition, stop and term
+#      with CLOCK_SKEW=1). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
 #      redis-server and redis-tools).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -60,15 +62,15 @@ while [[ $# -gt 0 ]]; do
     --cycles) CYCLES=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --faults) FAULTS=$2; shift 2 ;;
-    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term]" >&2; exit 2 ;;
     esac
 done
 RANDOM=$SEED
 IFS=, read -r -a FAULT_LIST <<<"$FAULTS"
 for fault in "${FAULT_LIST[@]}"; do
     case $fault in
-    kill | partition | stop) ;;
-    *) echo "--faults: unknown fault '$fault' (kill, partition, stop)" >&2; exit 2 ;;
+    kill | partition | stop | term) ;;
+    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term)" >&2; exit 2 ;;
     esac
 done
 [[ ${#FAULT_LIST[@]} -gt 0 ]] || { echo "--faults: empty" >&2; exit 2; }
@@ -81,7 +83,7 @@ BENCH_LOOP_PID=""
 # The longest run of redis-benchmark before it is started again.
 BENCH_RUN_MS=5000
 
-# strike FAULT ID: applies FAULT (kill, partition, stop) to node ID; STRUCK_REDIS is the
+# strike FAULT ID: applies FAULT (kill, partition, stop, term) to node ID; STRUCK_REDIS is the
 # Redis pid its status showed ("-" if none ran), STRUCK_MS the time of the fault. A stop is
 # held here for 1-4 x the failover timeout and undone before it returns.
 strike() {
@@ -91,6 +93,15 @@ strike() {
         kill_follow_node "$id"
         STRUCK_REDIS=$KILLED_REDIS
         STRUCK_MS=$KILLED_MS
+        ;;
+    term)
+        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        STRUCK_MS=$(now_ms)
+        kill -TERM "${NODE_PID[$id]}"
+        wait_exited "$id" || fail "node $id did not exit within 10 s of SIGTERM"
+        wait "${NODE_PID[$id]}" 2>/dev/null || true
+        NODE_PID[$id]=""
+        [[ -z $(redis_pids "$id") ]] || fail "node $id exited on SIGTERM and left its Redis running"
         ;;
     partition)
         read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
@@ -112,10 +123,11 @@ strike() {
     esac
 }
 
-# undo FAULT ID: ends a kill (starts the node again) or a partition (heals every link).
+# undo FAULT ID: ends a kill or a SIGTERM (starts the node again) or a partition (heals
+# every link).
 undo() {
     case $1 in
-    kill)
+    kill | term)
         sweep_redis "$2"
         start_follow_node "$2"
         ;;
