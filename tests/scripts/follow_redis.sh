@@ -24,7 +24,9 @@
 #   - stop: SIGSTOP of the sidecar and its Redis together for 1-4 x the failover timeout (a
 #     machine that froze), then SIGCONT;
 #   - term: SIGTERM of the sidecar (a primary hands over first): it must exit within 10 s
-#     and leave no Redis running.
+#     and leave no Redis running;
+#   - delay: every link out of the node delayed by 1 ms to 2 x the failover timeout (its
+#     heartbeats, records and answers arrive late, in order).
 #
 # It waits until exactly one node is primary with `follow.state` "serving" (the failover
 # time; a struck primary must have been replaced), holds the fault a random 0-400 ms
@@ -43,7 +45,7 @@
 # node killed, the failover time, the new primary's Redis start time, the checking writer's
 # pause and the rejoin time, then a summary.
 #
-# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term]
+# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay]
 #      (default 5 cycles of kill; the seed is printed so a failing order can be replayed;
 #      `cargo test --test scripts` runs 2 kills, and 4 cycles of partition, stop and term
 #      with CLOCK_SKEW=1). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
@@ -62,15 +64,15 @@ while [[ $# -gt 0 ]]; do
     --cycles) CYCLES=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --faults) FAULTS=$2; shift 2 ;;
-    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay]" >&2; exit 2 ;;
     esac
 done
 RANDOM=$SEED
 IFS=, read -r -a FAULT_LIST <<<"$FAULTS"
 for fault in "${FAULT_LIST[@]}"; do
     case $fault in
-    kill | partition | stop | term) ;;
-    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term)" >&2; exit 2 ;;
+    kill | partition | stop | term | delay) ;;
+    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term, delay)" >&2; exit 2 ;;
     esac
 done
 [[ ${#FAULT_LIST[@]} -gt 0 ]] || { echo "--faults: empty" >&2; exit 2; }
@@ -83,7 +85,7 @@ BENCH_LOOP_PID=""
 # The longest run of redis-benchmark before it is started again.
 BENCH_RUN_MS=5000
 
-# strike FAULT ID: applies FAULT (kill, partition, stop, term) to node ID; STRUCK_REDIS is the
+# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay) to node ID; STRUCK_REDIS is the
 # Redis pid its status showed ("-" if none ran), STRUCK_MS the time of the fault. A stop is
 # held here for 1-4 x the failover timeout and undone before it returns.
 strike() {
@@ -102,6 +104,14 @@ strike() {
         wait "${NODE_PID[$id]}" 2>/dev/null || true
         NODE_PID[$id]=""
         [[ -z $(redis_pids "$id") ]] || fail "node $id exited on SIGTERM and left its Redis running"
+        ;;
+    delay)
+        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        STRUCK_MS=$(now_ms)
+        DELAY_MS=$((1 + RANDOM % (2 * FAILOVER_TIMEOUT_MS)))
+        for other in "${NODES[@]}"; do
+            [[ $other == "$id" ]] || proxy delay "$id-$other" "$DELAY_MS"
+        done
         ;;
     partition)
         read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
@@ -123,8 +133,8 @@ strike() {
     esac
 }
 
-# undo FAULT ID: ends a kill or a SIGTERM (starts the node again) or a partition (heals
-# every link).
+# undo FAULT ID: ends a kill or a SIGTERM (starts the node again), a partition (heals
+# every link) or a delay.
 undo() {
     case $1 in
     kill | term)
@@ -132,6 +142,7 @@ undo() {
         start_follow_node "$2"
         ;;
     partition) proxy heal all ;;
+    delay) proxy delay all 0 ;;
     stop) ;;
     esac
 }
@@ -230,7 +241,7 @@ serving_text() {
     fi
 }
 
-if [[ ,$FAULTS, == *,partition,* ]]; then setup proxy; else setup plain; fi
+if [[ ,$FAULTS, == *,partition,* || ,$FAULTS, == *,delay,* ]]; then setup proxy; else setup plain; fi
 log "seed $SEED; faults $FAULTS; redis: $(redis-server --version | awk '{print $3}')"
 for id in "${NODES[@]}"; do start_follow_node "$id"; done
 PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no primary serving Redis after start"
@@ -268,7 +279,8 @@ for cycle in $(seq 1 "$CYCLES"); do
     if [[ $role == primary && $STRUCK_REDIS == - ]]; then
         fail "cycle $cycle: the primary (node $victim) showed no app.pid"
     fi
-    # A node cut off cannot stay the primary; a stopped one, continued, may still be.
+    # A node cut off cannot stay the primary; a stopped one, continued, or a slow one
+    # may still be.
     not=""
     if [[ $role == primary && $fault == partition ]]; then not=$victim; fi
     PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S" "$not") \
