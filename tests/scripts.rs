@@ -152,6 +152,13 @@ fn deleted_segment_with_meta_kept_makes_a_learner_and_loses_nothing() {
     run_script("lose_log.sh", &["--mode", "segment"]);
 }
 
+/// The last 8 KiB of the log lost, the node killed under writes: the records it
+/// acknowledged last are below its floor too.
+#[test]
+fn log_tail_lost_right_after_acknowledging_makes_a_learner_and_loses_nothing() {
+    run_script("lose_log.sh", &["--mode", "tail"]);
+}
+
 #[test]
 fn kill_during_a_snapshot_and_a_snapshot_transfer_loses_nothing() {
     run_script("kill_snapshot.sh", &["--cycles", "2"]);

@@ -11,8 +11,8 @@
 //!   fsync-failed  present after a write or fsync of the log failed: the LSN through which
 //!               the log was durable before it (decimal). The next start cuts the log there
 //!               and starts as a learner (the page cache may hold records the disk lost)
-//!   log-floor   an LSN through which this log durably held committed records (decimal),
-//!               brought up to date every [`LOG_FLOOR_EVERY`] while it moves
+//!   log-floor   the highest LSN this log has reported durable (decimal, zero-padded):
+//!               the log's durable mark (`wal::mark`), kept by the WAL writer
 //!   wal/        the log segments
 //!   snapshots/  the newest snapshots (`super::snapshot::store`)
 //! ```
@@ -23,22 +23,25 @@
 //! directory wiped while `meta` survived, a segment deleted, a file truncated on a record's
 //! boundary (which recovery cannot tell from the end of a log) all leave a shorter log that
 //! looks whole, and a node that voted with it could elect a candidate that lacks a record
-//! this node acknowledged. So the node keeps `log-floor`: `min(commit LSN, durable LSN)`
-//! from its status, stored atomically ([`wal::fs::write_atomic`]) whenever it moved, at most
-//! every [`LOG_FLOOR_EVERY`] and once more at shutdown. A start whose log (after the newest
-//! snapshot, which the log continues) ends below the floor, or whose floor file is damaged,
-//! starts as a learner, so it votes again only once a primary has found it holding every
-//! committed record.
+//! this node acknowledged. So the node keeps `log-floor`, the log's durable mark
+//! ([`wal::mark`]): the WAL writer writes the durable LSN into it after every fsync, before
+//! the core hears of it (so before any acknowledgement of those records leaves), and lowers
+//! it, fsynced, before it cuts the log's end back (a divergent suffix, a reset to a
+//! snapshot). A start whose log (after the newest snapshot, which the log continues) ends
+//! below the floor, or whose floor file is damaged, starts as a learner, so it votes again
+//! only once a primary has found it holding every committed record.
 //!
-//! Why a log in good order never ends below its floor: the floor is at most the durable
-//! LSN when it is stored, so those records were fsynced first; it is at most the commit
-//! LSN, and committed records are never cut (a divergent suffix lies above every commit);
-//! a snapshot from the primary is installed only past the end of this node's log, and the
-//! log is then reset to continue it (a start that finds the snapshot and the old log sees
-//! its end at the snapshot's LSN at least). The ways left to end below it are the ones it
-//! is there to catch. What it cannot catch: a loss of records stored since its last update
-//! (at most [`LOG_FLOOR_EVERY`] of them), and a data dir that lost the floor file too (then
-//! `meta` is usually gone with it, and the node starts as a new or wiped one).
+//! Why a log in good order never ends below its floor: the floor is written only after the
+//! records through it were fsynced, and comes down before any cut of the log; a snapshot
+//! from the primary is installed only past the end of this node's log, and the log is then
+//! reset to continue it (a start that finds the snapshot and the old log sees its end at
+//! the snapshot's LSN at least). The ways left to end below it are the ones it is there to
+//! catch. Between fsyncs of the floor file itself ([`keep_floor`], every
+//! [`LOG_FLOOR_EVERY`] while it moves), a power loss can leave it older than the log (never
+//! newer: the log's fsync comes first), so that only a process that died, not a machine,
+//! has its latest value; what it cannot catch: a machine that lost its power and then the
+//! log records of its last [`LOG_FLOOR_EVERY`], and a data dir that lost the floor file too
+//! (then `meta` is usually gone with it, and the node starts as a new or wiped one).
 //!
 //! Disk work never runs on the async worker threads: WAL writes and fsyncs happen on the
 //! writer's own thread (which batches everything queued while its last fsync ran), and
@@ -52,6 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use wal::mark::DurableMark;
 use wal::meta::Meta;
 use wal::writer::{Progress, Writer, WriterOptions};
 use wal::{Epoch, Lsn, NodeId, SyncPolicy, Wal};
@@ -67,8 +71,8 @@ pub const PAUSED_FILE_NAME: &str = "paused";
 const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
 /// The log floor (module docs, "The log floor").
 pub const LOG_FLOOR_FILE_NAME: &str = "log-floor";
-/// How often the log floor is brought up to date while it moves: at most this much of the
-/// log can be lost undetected (module docs). Each update is an atomic install (two fsyncs).
+/// How often the log floor's file is fsynced while it moves (module docs): the WAL writer
+/// writes it after every fsync of the log, without syncing it.
 pub const LOG_FLOOR_EVERY: Duration = Duration::from_millis(200);
 
 /// What an empty data directory is, as `--initial-cluster-state` says (etcd's flag).
@@ -156,9 +160,8 @@ pub struct Opened {
     /// The configurations of the log with their addresses: the one at its start (from
     /// `members.json`, when the log no longer holds its record) and every config record.
     pub members: super::members::Book,
-    /// The log floor found at the start ([`Lsn::ZERO`] when there was none, or it was
-    /// damaged): [`keep_floor`] stores it again only once it rises above this.
-    pub floor: Lsn,
+    /// The log floor (module docs), kept by the writer; [`keep_floor`] fsyncs it.
+    pub floor: Arc<DurableMark>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -449,8 +452,8 @@ pub fn open_rotating(
     // The log floor (module docs): a log that ends below it lost records this node may
     // have acknowledged. The learner flag is stored before the node acts on anything; a
     // crash before that finds the same short log and the same floor again.
-    let floor = match read_lsn_file(&floor_path)? {
-        LsnFile::Absent => Lsn::ZERO,
+    match read_lsn_file(&floor_path)? {
+        LsnFile::Absent => {}
         LsnFile::At(floor) => {
             if wal.last_lsn() < floor {
                 let below = format!(
@@ -468,7 +471,6 @@ pub fn open_rotating(
                     ),
                 });
             }
-            floor
         }
         LsnFile::Damaged => {
             let damaged = format!(
@@ -479,12 +481,15 @@ pub fn open_rotating(
                 Some(first) => format!("{first} ({damaged})"),
                 None => damaged,
             });
-            Lsn::ZERO
         }
-    };
+    }
     if learner_reason.is_some() {
         store_learner(&mut meta, &meta_path)?;
     }
+    // From here the floor is the log's: every record of it is durable (opening fsynced
+    // them). A learner's flag is stored above, so a floor brought down to a short log's
+    // end does not let it vote again.
+    let floor = Arc::new(DurableMark::open(&floor_path, wal.durable_lsn())?);
     let start = Start {
         learner: meta.learner,
         quarantine: fresh_path.exists(),
@@ -504,6 +509,7 @@ pub fn open_rotating(
             FsyncMode::Batch => SyncPolicy::Batch,
         },
         sync_interval: Duration::from_millis(10),
+        mark: Some(Arc::clone(&floor)),
         ..WriterOptions::default()
     };
     let writer = Writer::spawn(
@@ -543,13 +549,7 @@ pub fn open_rotating(
 }
 
 /// What a file holding one decimal LSN (the `fsync-failed` marker, the log floor) holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LsnFile {
-    Absent,
-    At(Lsn),
-    /// Not a decimal LSN: the disk damaged it (it is only ever installed whole).
-    Damaged,
-}
+pub use wal::mark::MarkFile as LsnFile;
 
 /// The log floor of the data directory `data_dir` (module docs, "The log floor").
 pub fn log_floor(data_dir: &Path) -> Result<LsnFile, DiskError> {
@@ -557,36 +557,14 @@ pub fn log_floor(data_dir: &Path) -> Result<LsnFile, DiskError> {
 }
 
 fn read_lsn_file(path: &Path) -> Result<LsnFile, DiskError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LsnFile::Absent),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(LsnFile::Damaged),
-        Err(e) => return Err(io(path)(e)),
-    };
-    Ok(match text.trim().parse::<u64>() {
-        Ok(lsn) => LsnFile::At(Lsn(lsn)),
-        Err(_) => LsnFile::Damaged,
-    })
+    Ok(wal::mark::read(path)?)
 }
 
-/// Stores the log floor (atomic install: the file and its directory entry fsynced).
-pub fn store_floor(path: &Path, floor: Lsn) -> Result<(), DiskError> {
-    wal::fs::write_atomic(path, format!("{}\n", floor.get()).as_bytes())?;
-    Ok(())
-}
-
-/// Keeps the log floor at `path` up to date from the node's status until `shutdown`, then
-/// stores it once more. `floor` is what the file holds now. The floor is
-/// `min(commit_lsn, durable_lsn)` of one status (module docs, "The log floor"); it is
-/// stored only when it rose, on a blocking thread, one store at a time. A store that fails
-/// is logged and tried again at the next tick: the node goes on (a floor that lags only
-/// catches less).
-pub async fn keep_floor(
-    mut status: watch::Receiver<Arc<super::handle::NodeStatus>>,
-    path: PathBuf,
-    mut floor: Lsn,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+/// Fsyncs the log floor (module docs) every [`LOG_FLOOR_EVERY`] while it moves, on a
+/// blocking thread, and once more at `shutdown`. A sync that fails is logged and tried
+/// again at the next tick: the node goes on (the floor's latest value is in the page cache,
+/// and only a power loss would lose it).
+pub async fn keep_floor(floor: Arc<DurableMark>, shutdown: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(LOG_FLOOR_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -595,28 +573,21 @@ pub async fn keep_floor(
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = {
-            let now = status.borrow_and_update();
-            Lsn(now.commit_lsn.min(now.durable_lsn))
-        };
-        if now > floor {
-            let store_path = path.clone();
-            match tokio::task::spawn_blocking(move || store_floor(&store_path, now)).await {
-                Ok(Ok(())) => {
-                    floor = now;
-                    if failing {
-                        tracing::info!(floor = %now, "log floor stored again");
-                        failing = false;
-                    }
+        let syncing = Arc::clone(&floor);
+        match tokio::task::spawn_blocking(move || syncing.sync()).await {
+            Ok(Ok(())) => {
+                if failing {
+                    tracing::info!(floor = %floor.value(), "log floor synced again");
+                    failing = false;
                 }
-                Ok(Err(e)) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot store the log floor; trying again");
-                        failing = true;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "the log floor's store did not finish"),
             }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot sync the log floor; trying again");
+                    failing = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the log floor's sync did not finish"),
         }
         if last {
             return;
@@ -941,18 +912,19 @@ mod tests {
         let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
         let mut first = open_node().unwrap();
         first.dir.quarantine_ended().unwrap();
-        assert_eq!(first.floor, Lsn::ZERO, "no floor yet");
+        assert_eq!(first.floor.value(), Lsn::ZERO, "no floor yet");
         append_durable(&first, 1, b"record");
         let segment = only_segment(dir.path());
         let one = file_len(&segment);
         append_durable(&first, 9, b"record");
         let record_len = (file_len(&segment) - one) / 9;
-        store_floor(&first.dir.floor_path(), Lsn(10)).unwrap();
+        // The writer raised the floor with every fsync.
+        assert_eq!(log_floor(dir.path()).unwrap(), LsnFile::At(Lsn(10)));
         drop(first);
 
         let second = open_node().unwrap();
         assert_eq!(second.start, Start::VOTER, "the log reaches its floor");
-        assert_eq!(second.floor, Lsn(10));
+        assert_eq!(second.floor.value(), Lsn(10));
         assert_eq!(second.learner_reason, None);
         drop(second);
 
@@ -1004,7 +976,6 @@ mod tests {
         let mut first = open_node().unwrap();
         first.dir.quarantine_ended().unwrap();
         append_durable(&first, 4, b"record");
-        store_floor(&first.dir.floor_path(), Lsn(4)).unwrap();
         let floor_path = first.dir.floor_path();
         drop(first);
         std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
@@ -1022,8 +993,34 @@ mod tests {
         std::fs::write(dir.path().join(floor_path.file_name().unwrap()), b"4x\n").unwrap();
         let second = open_node().unwrap();
         assert_eq!(second.start, Start::LEARNER);
-        assert_eq!(second.floor, Lsn::ZERO, "a damaged floor is stored anew");
+        assert_eq!(
+            second.floor.value(),
+            Lsn(4),
+            "a damaged floor is stored anew, at the log's end"
+        );
         assert!(second.learner_reason.unwrap().contains("damaged"));
+    }
+
+    /// The writer brings the floor down before it cuts a divergent suffix, so a log cut on
+    /// purpose starts as a voter; records written after the cut raise it again.
+    #[test]
+    fn a_suffix_cut_lowers_the_floor_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        append_durable(&first, 10, b"record");
+        assert_eq!(log_floor(dir.path()).unwrap(), LsnFile::At(Lsn(10)));
+        let ticket = first.writer.queue_truncate_suffix(Lsn(6)).unwrap();
+        first.writer.sync().unwrap();
+        assert!(first.writer.control_done(ticket));
+        assert_eq!(log_floor(dir.path()).unwrap(), LsnFile::At(Lsn(6)));
+        drop(first);
+        let second = open_node().unwrap();
+        assert_eq!(second.recovered.last_lsn, Lsn(6));
+        assert_eq!(second.start, Start::VOTER, "a cut on purpose is no loss");
+        append_durable(&second, 3, b"again");
+        assert_eq!(log_floor(dir.path()).unwrap(), LsnFile::At(Lsn(9)));
     }
 
     /// A complete last record that fails its check may be one this node acknowledged long ago

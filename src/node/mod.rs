@@ -1440,12 +1440,7 @@ pub async fn run(
         );
     }
     tracker.spawn(notify::run(handle.watch_status(), cancel.clone()));
-    tracker.spawn(disk::keep_floor(
-        handle.watch_status(),
-        opened.dir.floor_path(),
-        opened.floor,
-        cancel.clone(),
-    ));
+    tracker.spawn(disk::keep_floor(Arc::clone(&opened.floor), cancel.clone()));
     if let Some(admin) = listeners.admin {
         tracker.spawn(admin::serve(
             admin,

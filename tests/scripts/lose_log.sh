@@ -8,14 +8,16 @@
 # one of three ways (MODE), the cut is healed and B is restarted beside C, A still down:
 #   wipe      B's `wal/` directory removed;
 #   truncate  B's newest segment cut to half its length;
-#   segment   B's newest segment removed (the log rolls every 1 MiB for this).
+#   segment   B's newest segment removed (the log rolls every 1 MiB for this);
+#   tail      A and B killed while the writes go on, and B's newest segment loses its
+#             last 8 KiB: the records B acknowledged last, within milliseconds of the kill.
 # `meta` says B is a voter; only the log floor (`<data-dir>/log-floor`) tells it that its
 # log lost committed records. Checks: B starts as a learner and says why; no primary is
 # elected while A is down (B's vote would elect C, which lacks the writes); once A is back a
 # primary is elected, B is promoted back to a voter, every acknowledged write is readable
 # and all logs agree on the committed prefix.
 #
-# Run: tests/scripts/lose_log.sh [--mode wipe|truncate|segment]   (default wipe; `cargo test
+# Run: tests/scripts/lose_log.sh [--mode wipe|truncate|segment|tail]   (default wipe; `cargo test
 #      --test scripts` runs each).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -25,13 +27,13 @@ MODE=wipe
 while [[ $# -gt 0 ]]; do
     case $1 in
     --mode) MODE=$2; shift 2 ;;
-    *) echo "usage: $0 [--mode wipe|truncate|segment]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--mode wipe|truncate|segment|tail]" >&2; exit 2 ;;
     esac
 done
 case $MODE in
-wipe | truncate) ;;
+wipe | truncate | tail) ;;
 segment) NODE_ARGS=(--wal-segment-bytes 1MiB --snapshot-interval 1h) ;;
-*) echo "usage: $0 [--mode wipe|truncate|segment]" >&2; exit 2 ;;
+*) echo "usage: $0 [--mode wipe|truncate|segment|tail]" >&2; exit 2 ;;
 esac
 
 setup proxy
@@ -55,14 +57,22 @@ for _ in $(seq 1 200); do
     fi
     sleep 0.1
 done
-stop_writer
 floor_file="${DATA_DIR[$b]}/log-floor"
-sleep 0.5 # one update of the floor after the last write
+if [[ $MODE == tail ]]; then
+    # Killed under the writes: the last records B acknowledged are milliseconds old.
+    kill_node "$a"
+    kill_node "$b"
+    stop_writer
+else
+    stop_writer
+    sleep 0.5
+    kill_node "$a"
+    kill_node "$b"
+fi
 [[ -s $floor_file ]] || fail "node $b keeps no log floor"
-kill_node "$a"
-kill_node "$b"
 newest=$(find "${DATA_DIR[$b]}/wal" -name '*.wal' | sort | tail -n 1)
 case $MODE in
+tail) truncate -s $(($(stat -c %s "$newest") - 8192)) "$newest" ;;
 wipe) rm -rf "${DATA_DIR[$b]}/wal" ;;
 truncate) truncate -s $(($(stat -c %s "$newest") / 2)) "$newest" ;;
 segment)

@@ -6,6 +6,8 @@
 //! - [`segment`]: one segment file: header, scanning and verifying its records.
 //! - [`wal`](mod@crate::log): the log: open with recovery, append, sync, truncate, read.
 //! - [`writer`]: the group-commit writer thread shared by many appenders.
+//! - [`mark`]: the durable mark, the highest LSN the log has reported durable, kept by the
+//!   writer beside the log so that a start can tell a log that lost records.
 //! - [`reader`]: iterating records from any LSN over memory-mapped segments; scrubbing them.
 //! - [`repair`]: rewriting damaged records in place with a peer's copies.
 //! - [`snapshot`]: snapshot files written and verified as streams of checksummed chunks.
@@ -17,6 +19,7 @@ pub mod error;
 pub mod format;
 pub mod fs;
 pub mod log;
+pub mod mark;
 pub mod meta;
 pub mod reader;
 pub mod repair;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::format::{encode_record, RecordKind, VerifiedRecords, RECORD_PAYLOAD_LEN_MAX};
 use crate::log::{SyncPolicy, Wal};
+use crate::mark::DurableMark;
 use crate::reader::Reader;
 use crate::types::{Epoch, Lsn};
 
@@ -43,6 +44,9 @@ pub struct WriterOptions {
     /// Appenders block while this many bytes are queued and not yet written
     /// (DESIGN invariant 7: memory is bounded by configuration, not by load).
     pub queue_bytes_max: usize,
+    /// The durable mark to keep ([`crate::mark`]): raised after every fsync before
+    /// `on_durable` hears of it, lowered (and fsynced) before every cut of the log's end.
+    pub mark: Option<Arc<DurableMark>>,
 }
 
 impl Default for WriterOptions {
@@ -51,6 +55,7 @@ impl Default for WriterOptions {
             sync: SyncPolicy::Always,
             sync_interval: Duration::from_millis(10),
             queue_bytes_max: 64 << 20,
+            mark: None,
         }
     }
 }
@@ -478,6 +483,14 @@ impl Drop for Writer {
     }
 }
 
+/// Lowers the durable mark (if any) to `lsn` before the log is cut there.
+fn lower_mark(shared: &Shared, lsn: Lsn) -> Result<()> {
+    match &shared.options.mark {
+        Some(mark) => mark.lower(lsn),
+        None => Ok(()),
+    }
+}
+
 /// The writer thread: take everything queued, write it, sync per policy, publish.
 fn run(mut wal: Wal, shared: &Shared) {
     let mut last_sync = Instant::now();
@@ -539,7 +552,9 @@ fn run(mut wal: Wal, shared: &Shared) {
                 Op::Received(records) => wal.append_encoded(&records).map(|_| ()),
                 Op::TruncateSuffix(lsn) => {
                     controls_done += 1;
-                    wal.truncate_suffix(lsn)
+                    // The mark comes down first: a crash between the two leaves it below
+                    // the log's end, never above.
+                    lower_mark(shared, lsn).and_then(|()| wal.truncate_suffix(lsn))
                 }
                 Op::TruncatePrefix(lsn) => {
                     controls_done += 1;
@@ -547,7 +562,7 @@ fn run(mut wal: Wal, shared: &Shared) {
                 }
                 Op::Reset(lsn) => {
                     controls_done += 1;
-                    wal.reset(lsn)
+                    lower_mark(shared, lsn.prev()).and_then(|()| wal.reset(lsn))
                 }
                 Op::Sync => {
                     controls_done += 1;
@@ -577,6 +592,13 @@ fn run(mut wal: Wal, shared: &Shared) {
             sync_duration = Some(last_sync - sync_started);
         } else if must_sync {
             last_sync = Instant::now();
+        }
+        // The mark names what is durable before anyone hears of it (an acknowledgement may
+        // follow at once). A mark that cannot be written fails the writer like an fsync.
+        if result.is_ok() {
+            if let Some(mark) = &shared.options.mark {
+                result = mark.raise(wal.durable_lsn());
+            }
         }
 
         let progress = {
