@@ -14,7 +14,10 @@
 #
 # With --restart the backups' sidecars are killed first and started again on the damaged
 # directory (a node restarted after its disk was tampered with); without it they keep
-# running. Then the primary is killed (sidecar and Redis): a backup is promoted and must
+# running. With --snapshot (not with --restart) the nodes take a snapshot every 500 ms
+# while the log moves, and more keys are written after the damage: each damaged backup must
+# refuse to snapshot its copy (a snapshot stands for the log before it, which would then be
+# truncated behind it) and say so in its log. Then the primary is killed (sidecar and Redis): a backup is promoted and must
 # serve every acknowledged key, which it can only do if it noticed that its copy is not the
 # log's and rebuilt it from the log before starting Redis. Finally the old primary is
 # started again (and, in flip mode without --restart, the backup that was not promoted
@@ -22,7 +25,8 @@
 # before a snapshot; a removed or cut file at its next catch-up), every copy must match the
 # new primary's byte for byte, and all logs verify and agree on the committed prefix.
 #
-# Run: tests/scripts/follow_damage.sh --mode wipe|truncate|flip|drop [--restart] [--keys N]
+# Run: tests/scripts/follow_damage.sh --mode wipe|truncate|flip|drop [--restart | --snapshot]
+#      [--keys N]
 #      (`cargo test --test scripts` runs every mode, with and without --restart). Needs
 #      redis-server and redis-cli on the PATH.
 set -euo pipefail
@@ -33,19 +37,25 @@ source "$(dirname "$0")/follow_lib.sh"
 
 MODE=""
 RESTART=0
+SNAPSHOT=0
 KEYS=2000
 while [[ $# -gt 0 ]]; do
     case $1 in
     --mode) MODE=$2; shift 2 ;;
     --restart) RESTART=1; shift ;;
+    --snapshot) SNAPSHOT=1; shift ;;
     --keys) KEYS=$2; shift 2 ;;
-    *) echo "usage: $0 --mode wipe|truncate|flip|drop [--restart] [--keys N]" >&2; exit 2 ;;
+    *) echo "usage: $0 --mode wipe|truncate|flip|drop [--restart | --snapshot] [--keys N]" >&2; exit 2 ;;
     esac
 done
 case $MODE in
 wipe | truncate | flip | drop) ;;
-*) echo "usage: $0 --mode wipe|truncate|flip|drop [--restart] [--keys N]" >&2; exit 2 ;;
+*) echo "usage: $0 --mode wipe|truncate|flip|drop [--restart | --snapshot] [--keys N]" >&2; exit 2 ;;
 esac
+if [[ $SNAPSHOT == 1 ]]; then
+    [[ $RESTART == 0 ]] || { echo "--snapshot and --restart do not go together" >&2; exit 2; }
+    NODE_ARGS=(--snapshot-interval 500ms)
+fi
 for tool in redis-server redis-cli; do
     command -v "$tool" >/dev/null \
         || fail "$tool is not on the PATH: install Debian's redis-server and redis-tools"
@@ -81,7 +91,7 @@ EOF
 }
 
 setup plain
-log "mode $MODE, restart $RESTART; redis: $(redis-server --version | awk '{print $3}')"
+log "mode $MODE, restart $RESTART, snapshot $SNAPSHOT; redis: $(redis-server --version | awk '{print $3}')"
 for id in "${NODES[@]}"; do start_follow_node "$id"; done
 PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no primary serving Redis after start"
 log "cluster up: node $PRIMARY is primary and its Redis serves"
@@ -103,6 +113,21 @@ for id in "${NODES[@]}"; do
     damage "$id"
     if [[ $RESTART == 1 ]]; then start_follow_node "$id"; fi
 done
+if [[ $SNAPSHOT == 1 ]]; then
+    # More writes, so the log moves and the schedule asks for snapshots of the damaged copies.
+    for round in 1 2 3; do
+        seq 1 50 | awk -v r="$round" '{print "SET more:" r ":" $1 " " $1}' \
+            | redis-cli -h 127.0.0.1 -p "${CLIENT_PORT[$PRIMARY]}" >/dev/null \
+            || fail "writing more keys failed"
+        sleep 0.7
+    done
+    for id in "${NODES[@]}"; do
+        [[ $id == "$PRIMARY" ]] && continue
+        grep -q "no snapshot of it" "$WORK/n$id.log" \
+            || fail "node $id did not refuse to snapshot its damaged copy: $(grep -c 'snapshot of the directory stored' "$WORK/n$id.log") snapshots stored"
+    done
+    log "both damaged backups refused to snapshot their copies"
+fi
 if [[ $RESTART == 1 ]]; then
     deadline=$(($(now_ms) + REJOIN_TIMEOUT_S * 1000))
     until backups_caught_up "$PRIMARY"; do
@@ -146,4 +171,4 @@ stop_watch
 for id in "${NODES[@]}"; do kill_follow_node "$id"; done
 check_logs "$COMMIT"
 FAILED=0
-log "PASS follow_damage: mode $MODE, restart $RESTART"
+log "PASS follow_damage: mode $MODE, restart $RESTART, snapshot $SNAPSHOT"

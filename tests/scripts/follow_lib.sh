@@ -22,7 +22,8 @@ redis_command() {
         "--daemonize no --loglevel warning"
 }
 
-# start_follow_node ID: node ID's sidecar in follow mode, log appended to $WORK/nID.log.
+# start_follow_node ID: node ID's sidecar in follow mode (with NODE_ARGS), log appended to
+# $WORK/nID.log.
 start_follow_node() {
     local id=$1 CLOCKS
     mkdir -p "${DATA_DIR[$id]}" "$WORK/redis$id"
@@ -36,7 +37,7 @@ start_follow_node() {
         --app-addr "127.0.0.1:${APP_PORT[$id]}" --follow-dir "$WORK/redis$id/appendonlydir" \
         --app-cmd "$(redis_command "$id")" --app-stop-timeout 2s \
         --app-ready-cmd "redis-cli -p ${APP_PORT[$id]} ping | grep -q PONG" \
-        >>"$WORK/n$id.log" 2>&1 &
+        "${NODE_ARGS[@]}" >>"$WORK/n$id.log" 2>&1 &
     NODE_PID[$id]=$!
 }
 
