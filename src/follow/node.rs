@@ -63,6 +63,8 @@ pub const RESTART_PAUSE: Duration = Duration::from_secs(1);
 const STANDBY_APPLY_EVERY: Duration = Duration::from_millis(25);
 /// The pause before a failed catch-up of the directory is tried again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
+/// How often a backup with nothing to apply checks its copy's names and lengths.
+const STANDBY_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often a starting application is tried at `--app-addr`.
 const APP_CONNECT_EVERY: Duration = Duration::from_millis(2);
 /// How long one run of `--app-ready-cmd` may take.
@@ -220,6 +222,8 @@ impl Follow {
         let mut reset = self.node.snapshots.watch_reset();
         let mut failing = false;
         let mut applied_at: Option<tokio::time::Instant> = None;
+        // The status changes with every heartbeat: the idle check keeps its own deadline.
+        let mut next_check = tokio::time::Instant::now() + STANDBY_CHECK_EVERY;
         loop {
             let commit_lsn = *commit.borrow_and_update();
             let now = status.borrow_and_update().clone();
@@ -298,6 +302,19 @@ impl Follow {
                 changed = status.changed() => if changed.is_err() { return None },
                 changed = reset.changed() => if changed.is_err() { return None },
                 () = cancel.cancelled() => return None,
+                // Nothing committed for a while: the copy's names and lengths are checked
+                // anyway, so a file removed or cut in a quiet cluster is rebuilt now, not at
+                // the next write or promotion. A copy marked for a rebuild meanwhile (a
+                // snapshot refused) counts as holding nothing, and the loop catches it up.
+                () = tokio::time::sleep_until(next_check), if !failing => {
+                    next_check = tokio::time::Instant::now() + STANDBY_CHECK_EVERY;
+                    let replay_for = Arc::clone(replay);
+                    match blocking(move || lock(&replay_for).check_lengths()).await {
+                        Ok(Some(differs)) => warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; rebuilding it from the log"),
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "follow mode: cannot check the copy of the followed directory"),
+                    }
+                }
             }
         }
     }

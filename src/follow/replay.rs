@@ -149,6 +149,11 @@ impl Replay {
         self.check_to(Depth::Content)
     }
 
+    /// [`Replay::check`] of names and lengths only (no file read).
+    pub fn check_lengths(&mut self) -> Result<Option<MaterializeError>, ReplayError> {
+        self.check_to(Depth::Lengths)
+    }
+
     fn check_to(&mut self, depth: Depth) -> Result<Option<MaterializeError>, ReplayError> {
         if self.dirty {
             return Ok(None);
@@ -236,7 +241,7 @@ impl Replay {
     /// read), so a copy that lost or cut a file while this node runs is rebuilt at the next
     /// commit, not only when it is next promoted, snapshotted or started.
     pub fn catch_up(&mut self, reader: &Reader, commit: Lsn) -> Result<Lsn, ReplayError> {
-        if let Some(differs) = self.check_to(Depth::Lengths)? {
+        if let Some(differs) = self.check_lengths()? {
             tracing::warn!(error = %differs, "the copy of the followed directory is not what the log made of it; rebuilding it from the log");
         }
         // A log that no longer reaches back to what the directory holds (a snapshot from the

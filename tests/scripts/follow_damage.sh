@@ -14,7 +14,8 @@
 #
 # With --restart the backups' sidecars are killed first and started again on the damaged
 # directory (a node restarted after its disk was tampered with); without it they keep
-# running. With --snapshot (not with --restart) the nodes take a snapshot every 500 ms
+# running (and, but for a flip, which keeps the file's length, must find the damage within
+# seconds with nothing written, and rebuild). With --snapshot (not with --restart) the nodes take a snapshot every 500 ms
 # while the log moves, and more keys are written after the damage: each damaged backup must
 # refuse to snapshot its copy (a snapshot stands for the log before it, which would then be
 # truncated behind it) and say so in its log. Then the primary is killed (sidecar and Redis): a backup is promoted and must
@@ -107,12 +108,28 @@ acked=$(wc -l <"$WORK/acked")
 wait_quiet
 log "$acked keys acknowledged; both backups applied commit lsn $COMMIT"
 
+declare -A REBUILDS_BEFORE=()
 for id in "${NODES[@]}"; do
     [[ $id == "$PRIMARY" ]] && continue
+    REBUILDS_BEFORE[$id]=$(grep -c "rebuilding the followed directory" "$WORK/n$id.log" || true)
     if [[ $RESTART == 1 ]]; then kill_follow_node "$id"; fi
     damage "$id"
     if [[ $RESTART == 1 ]]; then start_follow_node "$id"; fi
 done
+if [[ $RESTART == 0 && $SNAPSHOT == 0 && $MODE != flip ]]; then
+    # Nothing is written now: a running backup must still find a file removed or cut (its
+    # idle check of names and lengths) and rebuild its copy, before any promotion.
+    for id in "${NODES[@]}"; do
+        [[ $id == "$PRIMARY" ]] && continue
+        for _ in $(seq 1 100); do
+            [[ $(grep -c "rebuilding the followed directory" "$WORK/n$id.log" || true) -gt ${REBUILDS_BEFORE[$id]} ]] && break
+            sleep 0.1
+        done
+        [[ $(grep -c "rebuilding the followed directory" "$WORK/n$id.log" || true) -gt ${REBUILDS_BEFORE[$id]} ]] \
+            || fail "node $id did not notice its damaged copy while the cluster was quiet"
+    done
+    log "both backups found their damaged copies while the cluster was quiet and rebuilt them"
+fi
 if [[ $SNAPSHOT == 1 ]]; then
     # More writes, so the log moves and the schedule asks for snapshots of the damaged copies.
     for round in 1 2 3; do
