@@ -457,31 +457,28 @@ pub fn open_rotating(
         LsnFile::At(floor) => {
             if wal.last_lsn() < floor {
                 let below = format!(
-                    "its log ends at lsn {}, below lsn {floor}, through which it held committed \
-                     records ({})",
+                    "its log ends at lsn {}, below lsn {floor}, through which it had reported \
+                     its log durable ({})",
                     wal.last_lsn(),
                     floor_path.display()
                 );
                 // A cut made above (damage, a failed fsync) already says why the log is short.
-                learner_reason = Some(match learner_reason.take() {
-                    Some(first) => format!("{first} ({below})"),
-                    None => format!(
-                        "{below}: segments deleted, truncated or wiped since; the node catches \
-                         up from the primary"
-                    ),
-                });
+                add_reason(
+                    &mut learner_reason,
+                    below,
+                    ": segments deleted, truncated or wiped since; the node catches up from the \
+                     primary",
+                );
             }
         }
-        LsnFile::Damaged => {
-            let damaged = format!(
+        LsnFile::Damaged => add_reason(
+            &mut learner_reason,
+            format!(
                 "{} is damaged, so the node cannot tell whether its log lost records",
                 floor_path.display()
-            );
-            learner_reason = Some(match learner_reason.take() {
-                Some(first) => format!("{first} ({damaged})"),
-                None => damaged,
-            });
-        }
+            ),
+            "",
+        ),
     }
     if learner_reason.is_some() {
         store_learner(&mut meta, &meta_path)?;
@@ -548,6 +545,15 @@ pub fn open_rotating(
     })
 }
 
+/// Adds `reason` to the learner reason: after the one already there, in parentheses, or
+/// alone with `alone_tail` after it.
+fn add_reason(learner_reason: &mut Option<String>, reason: String, alone_tail: &str) {
+    *learner_reason = Some(match learner_reason.take() {
+        Some(first) => format!("{first} ({reason})"),
+        None => format!("{reason}{alone_tail}"),
+    });
+}
+
 /// What a file holding one decimal LSN (the `fsync-failed` marker, the log floor) holds.
 pub use wal::mark::MarkFile as LsnFile;
 
@@ -573,6 +579,12 @@ pub async fn keep_floor(floor: Arc<DurableMark>, shutdown: tokio_util::sync::Can
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
+        if floor.is_synced() {
+            if last {
+                return;
+            }
+            continue;
+        }
         let syncing = Arc::clone(&floor);
         match tokio::task::spawn_blocking(move || syncing.sync()).await {
             Ok(Ok(())) => {

@@ -125,6 +125,11 @@ impl DurableMark {
         Ok(())
     }
 
+    /// Whether the value last written is durable.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) == self.value.load(Ordering::Acquire)
+    }
+
     /// Makes the value last written durable, if it is not already.
     pub fn sync(&self) -> Result<()> {
         let value = self.value.load(Ordering::Acquire);
@@ -175,6 +180,11 @@ mod tests {
         assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(7)));
         mark.lower(Lsn(9)).expect("lower");
         assert_eq!(mark.value(), Lsn(7), "never up by lower");
+        assert!(mark.is_synced(), "a lowered mark is synced");
+        mark.raise(Lsn(8)).expect("raise");
+        assert!(!mark.is_synced(), "a raised one is not");
+        mark.sync().expect("sync");
+        assert!(mark.is_synced());
         std::fs::write(&path, b"4x\n").expect("write");
         assert_eq!(read(&path).expect("read"), MarkFile::Damaged);
     }
