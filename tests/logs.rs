@@ -32,7 +32,8 @@ fn run_until(extra: &[&str], until: &str) -> String {
 
 #[test]
 fn json_logs_are_one_object_per_line_with_fields_as_values() {
-    let text = run_until(&["--log-format", "json"], "role changed");
+    // The first role change a lone node logs may be to candidate; wait for the promotion.
+    let text = run_until(&["--log-format", "json"], r#""role":"primary""#);
     let lines: Vec<serde_json::Value> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
