@@ -130,12 +130,14 @@ fn sighup_does_not_stop_the_sidecar() {
     let mut cluster = Cluster::start(3);
     assert!(wait_until(Duration::from_secs(15), || primary_of(&cluster).is_some()));
     signal(&cluster, 2, libc::SIGHUP);
+    let log = cluster.node(2).log.clone();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = wait_until(Duration::from_secs(5), || read().contains("SIGHUP"));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         cluster.node_mut(2).is_running(),
         "SIGHUP stopped the sidecar"
     );
     assert!(status(&cluster, 2).is_some());
-    let log = std::fs::read_to_string(&cluster.node(2).log).unwrap_or_default();
-    assert!(log.contains("SIGHUP"), "{log}");
+    assert!(logged, "{}", read());
 }

@@ -283,10 +283,14 @@ fn a_peer_back_at_a_new_port_under_a_new_name_is_reached_after_set_addr() {
     ));
     std::fs::write(&hosts, hosts_file("127.0.0.4")).unwrap();
     children.0[2] = Some(spawn(&cluster, 3, &hosts));
-    let primary = [1u16, 2]
-        .into_iter()
-        .find(|&id| status(cluster.node(id).admin_addr).is_some_and(|v| v["role"] == "primary"))
-        .expect("a primary among nodes 1 and 2");
+    let mut primary = None;
+    wait_until(Duration::from_secs(10), || {
+        primary = [1u16, 2].into_iter().find(|&id| {
+            status(cluster.node(id).admin_addr).is_some_and(|v| v["role"] == "primary")
+        });
+        primary.is_some()
+    });
+    let primary = primary.expect("a primary among nodes 1 and 2");
     let mut command = Command::new(support::binary());
     command
         .args(["members", "set-addr"])

@@ -161,8 +161,15 @@ fn get(addr: SocketAddr, path: &str) -> Option<String> {
     support::http_get(addr, path).and_then(|(code, body)| (code == 200).then_some(body))
 }
 
+/// The node's `/status`; asked again for up to 5 s if the admin port does not answer (a
+/// loaded machine can keep one request waiting past its timeout).
 fn status(cluster: &Cluster, id: u16) -> serde_json::Value {
-    let body = get(cluster.node(id).admin_addr, "/status").expect("/status answers");
+    let mut body = None;
+    wait_until(Duration::from_secs(5), || {
+        body = get(cluster.node(id).admin_addr, "/status");
+        body.is_some()
+    });
+    let body = body.unwrap_or_else(|| panic!("node {id}: /status does not answer"));
     serde_json::from_str(&body).expect("/status is JSON")
 }
 
@@ -318,6 +325,12 @@ async fn node_with_an_empty_data_dir_joins_via_snapshot_and_converges() {
 /// of starting over; the backup then converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_transfer_cut_halfway_resumes() {
+    if !cfg!(debug_assertions) {
+        // The sender's pause between chunks is a knob only debug builds read: a release
+        // binary sends the few MiB too fast to cut halfway.
+        eprintln!("skipped: needs a build with debug assertions");
+        return;
+    }
     let mut cluster = keeping_one(cluster_every(3, "1s"));
     // Slow the sender down so that the transfer of a few MiB lasts long enough to cut.
     for node in &mut cluster.nodes {

@@ -256,8 +256,12 @@ WRITER_PID=$!
 bench_loop 2>>"$WORK/bench.err" &
 BENCH_LOOP_PID=$!
 EXTRA_PIDS+=("$BENCH_LOOP_PID")
-sleep 2
-[[ -s $WORK/acked-keys ]] || fail "the checking writer got no acknowledgement in 2 s"
+for _ in $(seq 1 200); do
+    [[ -s $WORK/acked-keys ]] && break
+    sleep 0.1
+done
+[[ -s $WORK/acked-keys ]] || fail "the checking writer got no acknowledgement in 20 s"
+sleep 1
 
 kills_of_primary=0
 : >"$WORK/cycles"
