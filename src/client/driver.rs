@@ -574,7 +574,9 @@ async fn run_writer<S: StateMachine>(
         let Some(permit) = permit else { break };
         if let Some(timer) = &timer {
             let waiting = pending.len() + proposals.len();
-            if let Some(wait) = gather.plan(Instant::now(), waiting, limits.append_count_max) {
+            let answered = *lock(&shared.answered_at);
+            let plan = gather.plan(Instant::now(), answered, waiting, limits.append_count_max);
+            if let Some(wait) = plan {
                 let came_back =
                     gather_proposals(&mut proposals, &mut pending, wait, &shared, limits, timer)
                         .await;
@@ -718,6 +720,8 @@ struct Shared<S: StateMachine> {
     /// answered: what came since is who came back (gather.rs).
     proposed: AtomicU64,
     proposed_at_answer: AtomicU64,
+    /// When the last append was answered (gather.rs).
+    answered_at: Mutex<Instant>,
 }
 
 struct Applied<S> {
@@ -786,6 +790,7 @@ impl<S: StateMachine> Shared<S> {
             closed: CancellationToken::new(),
             proposed: AtomicU64::new(0),
             proposed_at_answer: AtomicU64::new(0),
+            answered_at: Mutex::new(Instant::now()),
             socket_path: PathBuf::new(),
             restoring: Mutex::new(None),
             ping: watch::Sender::new(0),
@@ -968,6 +973,7 @@ impl<S: StateMachine> Shared<S> {
         let mut pending = lock(&self.pending);
         self.proposed_at_answer
             .store(self.proposed.load(Ordering::Relaxed), Ordering::Relaxed);
+        *lock(&self.answered_at) = Instant::now();
         let request = pending
             .requests
             .remove(&request_id)

@@ -90,21 +90,31 @@ impl Gather {
         }
     }
 
-    /// Called when the last append has been answered, with `waiting` proposals ready for
-    /// the next one and `count_max` the most one append may carry: the wait to make, if
-    /// any.
-    pub(super) fn plan(&mut self, now: Instant, waiting: usize, count_max: usize) -> Option<Wait> {
+    /// Called once the last append has been answered (at `answered`), with `waiting`
+    /// proposals ready for the next one and `count_max` the most one append may carry: the
+    /// wait to make, if any. The wait ends half the answered append's round trip after its
+    /// answer, not after `now`: a proposal made when the writer has been idle since (the
+    /// first after a quiet spell) goes out at once.
+    pub(super) fn plan(
+        &mut self,
+        now: Instant,
+        answered: Instant,
+        waiting: usize,
+        count_max: usize,
+    ) -> Option<Wait> {
         let (sent_at, count) = self.last_sent?;
         if count < 2 || waiting >= count_max {
             return None;
         }
-        if self.skipped < self.skip {
-            self.skipped += 1;
+        let round_trip = answered.saturating_duration_since(sent_at);
+        let timeout = (round_trip / 2)
+            .min(GATHER_WAIT_MAX)
+            .saturating_sub(now.saturating_duration_since(answered));
+        if timeout.is_zero() {
             return None;
         }
-        let round_trip = now.saturating_duration_since(sent_at);
-        let timeout = (round_trip / 2).min(GATHER_WAIT_MAX);
-        if timeout.is_zero() {
+        if self.skipped < self.skip {
+            self.skipped += 1;
             return None;
         }
         Some(Wait {
@@ -254,10 +264,10 @@ mod tests {
     fn a_lone_proposal_never_waits() {
         let now = Instant::now() + Duration::from_secs(1);
         let mut gather = Gather::new();
-        assert_eq!(gather.plan(now, 0, MAX), None, "nothing sent yet");
+        assert_eq!(gather.plan(now, now, 0, MAX), None, "nothing sent yet");
         sent_ago(&mut gather, now, Duration::from_micros(800), 1);
-        assert_eq!(gather.plan(now, 0, MAX), None);
-        assert_eq!(gather.plan(now, 5, MAX), None);
+        assert_eq!(gather.plan(now, now, 0, MAX), None);
+        assert_eq!(gather.plan(now, now, 5, MAX), None);
     }
 
     #[test]
@@ -266,7 +276,7 @@ mod tests {
         let mut gather = Gather::new();
         sent_ago(&mut gather, now, Duration::from_micros(800), 25);
         assert_eq!(
-            gather.plan(now, 20, MAX),
+            gather.plan(now, now, 20, MAX),
             Some(Wait {
                 expected: 25,
                 timeout: Duration::from_micros(400)
@@ -275,14 +285,38 @@ mod tests {
         // A slow round trip waits at most GATHER_WAIT_MAX.
         sent_ago(&mut gather, now, Duration::from_millis(30), 100);
         assert_eq!(
-            gather.plan(now, 10, MAX),
+            gather.plan(now, now, 10, MAX),
             Some(Wait {
                 expected: 100,
                 timeout: GATHER_WAIT_MAX
             })
         );
         // A full batch is already waiting: no reason to wait.
-        assert_eq!(gather.plan(now, MAX, MAX), None);
+        assert_eq!(gather.plan(now, now, MAX, MAX), None);
+    }
+
+    #[test]
+    fn the_wait_is_counted_from_the_answer() {
+        let now = Instant::now() + Duration::from_secs(1);
+        let mut gather = Gather::new();
+        // Sent 1.1 ms ago, answered 300 us ago: a round trip of 800 us, so 100 us are left
+        // of the 400 us wait.
+        sent_ago(&mut gather, now, Duration::from_micros(1100), 25);
+        let answered = now - Duration::from_micros(300);
+        assert_eq!(
+            gather.plan(now, answered, 0, MAX),
+            Some(Wait {
+                expected: 25,
+                timeout: Duration::from_micros(100)
+            })
+        );
+        // The writer idle since the answer: the first proposal after it goes at once, and
+        // that is not counted as a wait that did not pay.
+        let answered = now - Duration::from_secs(2);
+        sent_ago(&mut gather, now, Duration::from_secs(3), 25);
+        assert_eq!(gather.plan(now, answered, 1, MAX), None);
+        assert_eq!(gather.skip, 0);
+        assert!(gather.plan(now, now, 1, MAX).is_some());
     }
 
     #[test]
@@ -290,17 +324,17 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(1);
         let mut gather = Gather::new();
         sent_ago(&mut gather, now, Duration::from_micros(600), 30);
-        let wait = gather.plan(now, 0, MAX).expect("a wait");
+        let wait = gather.plan(now, now, 0, MAX).expect("a wait");
         // Two thirds came back: paid, and the next batch waits too.
         gather.waited(wait, 20);
-        let wait = gather.plan(now, 0, MAX).expect("still on");
+        let wait = gather.plan(now, now, 0, MAX).expect("still on");
         // Fewer: the next GATHER_PROBE_FIRST batches go without, then one probes.
         gather.waited(wait, 19);
         let mut skips = Vec::new();
         for _ in 0..12 {
             let mut skipped = 0;
             let wait = loop {
-                match gather.plan(now, 0, MAX) {
+                match gather.plan(now, now, 0, MAX) {
                     Some(wait) => break wait,
                     None => skipped += 1,
                 }
@@ -317,13 +351,13 @@ mod tests {
         assert_eq!(skips[0], GATHER_PROBE_FIRST);
         // A probe that pays turns it on at once.
         let wait = loop {
-            if let Some(wait) = gather.plan(now, 0, MAX) {
+            if let Some(wait) = gather.plan(now, now, 0, MAX) {
                 break wait;
             }
         };
         gather.waited(wait, 30);
-        assert!(gather.plan(now, 0, MAX).is_some());
-        assert!(gather.plan(now, 0, MAX).is_some());
+        assert!(gather.plan(now, now, 0, MAX).is_some());
+        assert!(gather.plan(now, now, 0, MAX).is_some());
     }
 
     #[tokio::test(flavor = "current_thread")]
