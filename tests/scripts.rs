@@ -227,6 +227,17 @@ fn follow_redis_damaged_copies_are_found_at_start() {
     }
 }
 
+/// The primary's own incremental AOF cut while Redis serves: the primary must not ship the
+/// cut (every copy would lose acknowledged keys, and no Redis could load the file), but
+/// rebuild its directory from the log and serve again; nothing is lost.
+#[test]
+fn follow_redis_primary_refuses_to_ship_a_cut_of_its_own_aof() {
+    run_script(
+        "follow_damage.sh",
+        &["--mode", "truncate", "--keys", "1000", "--on-primary"],
+    );
+}
+
 /// Follow mode again, the primary then a backup then a random node cut off by the fault
 /// proxy, frozen with SIGSTOP (sidecar and Redis together) or sent SIGTERM, with skewed
 /// clocks.

@@ -11,6 +11,18 @@
 //! seen. A file found longer with another tail (cut back and grown again before the capture
 //! read it, as an application that drops a torn tail at start-up does) is shipped whole.
 //!
+//! Cuts while the application serves. Once [`Capture::refuse_cuts`] is on (the follow node
+//! turns it on when the application it started accepts connections), a followed file found
+//! shorter than captured, or longer with other bytes where the captured tail was, stops
+//! capture with [`CaptureError::Cut`] instead of being shipped: what was cut away may be
+//! committed and acknowledged, and shipping the cut would remove it from every copy. A
+//! serving application does not cut its own log back (Redis does only when a write fails,
+//! and with `appendfsync always` it then exits); a cut then is damage to the primary's
+//! disk (a file truncated behind the application's back), and the follow node answers it
+//! as any capture failure: the application is stopped, the directory rebuilt from the
+//! committed log and the application started again on it. At start-up, before the
+//! application accepts connections, a cut is its own (a torn tail dropped) and is shipped.
+//!
 //! Order. Names (creations, renames, deletions) are captured in kernel order. A file is read
 //! by name only once every event queued by then is known, and only if none of them moves
 //! the name on (a rename away, a deletion, another file renamed over it): otherwise it is
@@ -64,6 +76,12 @@ pub enum CaptureError {
     RewrittenInPlace { path: PathBuf },
     #[error("the followed directory {path} was removed or moved away")]
     DirGone { path: PathBuf },
+    #[error("{path} was cut back below what was captured ({captured} bytes, now {now}) while the application served: what was cut away may be acknowledged, so it is not shipped")]
+    Cut {
+        path: PathBuf,
+        captured: u64,
+        now: u64,
+    },
 }
 
 /// What is known of one followed file.
@@ -121,6 +139,8 @@ pub(crate) struct Tracker {
     queue: std::collections::VecDeque<Event>,
     /// Reads whatever events the kernel has queued since.
     source: Option<EventSource>,
+    /// Whether a cut is refused ([`Capture::refuse_cuts`]) rather than shipped.
+    refuse_cuts: Arc<AtomicBool>,
 }
 
 /// Reads the events the kernel has queued (without waiting).
@@ -152,6 +172,7 @@ impl Tracker {
             moving: None,
             queue: std::collections::VecDeque::new(),
             source: None,
+            refuse_cuts: Arc::new(AtomicBool::new(false)),
         };
         for (name, (content, ino)) in tracker.read_all()? {
             tracker.files.insert(name, Tracked::of(&content, ino));
@@ -230,7 +251,15 @@ impl Tracker {
         }
         tracked.ino = ino;
         let size = metadata.len();
+        let refuse_cuts = self.refuse_cuts.load(Ordering::Relaxed);
         if size < tracked.len {
+            if refuse_cuts {
+                return Err(CaptureError::Cut {
+                    path,
+                    captured: tracked.len,
+                    now: size,
+                });
+            }
             // Cut back, and perhaps grown again since with other bytes below the old length:
             // shipped whole, which is right either way (a cut is rare: an application
             // dropping a torn tail at start-up).
@@ -256,7 +285,14 @@ impl Tracker {
             }
             // Longer, with other bytes where the captured tail was: cut back and grown
             // again before this read (or rewritten and grown: the two look the same here).
-            // Shipped whole, which is right either way.
+            // Shipped whole, which is right either way, unless cuts are refused.
+            if refuse_cuts {
+                return Err(CaptureError::Cut {
+                    path,
+                    captured: tracked.len,
+                    now: size,
+                });
+            }
             let mut content = Vec::new();
             file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
             file.read_to_end(&mut content).map_err(io(&path))?;
@@ -479,6 +515,17 @@ impl Tracker {
                     tracked.grow(grown);
                 }
             } else {
+                let cut = self
+                    .files
+                    .get(&name)
+                    .filter(|tracked| tracked.ino == 0 || tracked.ino == ino);
+                if let Some(tracked) = cut.filter(|_| self.refuse_cuts.load(Ordering::Relaxed)) {
+                    return Err(CaptureError::Cut {
+                        path: self.path(&name),
+                        captured: tracked.len,
+                        now: content.len() as u64,
+                    });
+                }
                 self.files.insert(name.clone(), Tracked::of(&content, ino));
                 out.push(Change::Install {
                     name: Bytes::from(name),
@@ -533,6 +580,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// stopped it) in order.
 pub struct Capture {
     stop: Arc<AtomicBool>,
+    refuse_cuts: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Barrier requests to the capture thread, and the eventfd that wakes it for them.
     barriers: mpsc::Sender<tokio::sync::oneshot::Sender<u64>>,
@@ -562,6 +610,7 @@ impl Capture {
         // Scanned after the watch is in place: a change made in between shows up in both,
         // and the tracker takes it once (a file already grown is not grown again).
         let tracker = Tracker::scan(dir)?;
+        let refuse_cuts = Arc::clone(&tracker.refuse_cuts);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         // SAFETY: eventfd(2) with valid flags; the descriptor it returns is owned below.
@@ -589,6 +638,7 @@ impl Capture {
             .map_err(io(dir))?;
         Ok(Capture {
             stop,
+            refuse_cuts,
             thread: Some(thread),
             barriers,
             wake,
@@ -617,6 +667,13 @@ impl Capture {
 }
 
 impl Capture {
+    /// From now on a followed file cut back below what was captured stops capture with
+    /// [`CaptureError::Cut`] instead of being shipped whole (see the module docs): for
+    /// while the application serves.
+    pub fn refuse_cuts(&self) {
+        self.refuse_cuts.store(true, Ordering::Relaxed);
+    }
+
     /// Asks the capture thread to stop (within `STOP_POLL`, 50 ms); its sender closes then.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -974,5 +1031,87 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("pages.db"), "{error}");
+    }
+
+    /// Cuts: shipped whole (as an application dropping a torn tail at start-up makes them)
+    /// until cuts are refused; then a cut, or a cut followed by more writes, stops the
+    /// capture with the file's name and nothing of it is shipped.
+    #[test]
+    fn a_cut_is_shipped_until_cuts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let capture = Capture::start(dir.path(), tx).unwrap();
+        let path = dir.path().join("log.aof");
+        let drain = |rx: &mpsc::Receiver<Result<Change, CaptureError>>| {
+            let mut changes = Vec::new();
+            while let Ok(change) = rx.recv_timeout(Duration::from_millis(300)) {
+                changes.push(change);
+            }
+            changes
+        };
+        std::fs::write(&path, b"SET a 1\nSET b 2\nSET c").unwrap();
+        assert!(drain(&rx).iter().all(Result::is_ok));
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(16).unwrap();
+        let changes = drain(&rx);
+        assert!(
+            changes.iter().any(|c| matches!(c, Ok(Change::Install { data, .. }) if &data[..] == b"SET a 1\nSET b 2\n")),
+            "the torn tail's cut is shipped whole: {changes:?}"
+        );
+        capture.refuse_cuts();
+        // Cut back and written again behind the application's back: refused.
+        file.set_len(8).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"SET d 4\nSET e 5\n")
+            .unwrap();
+        let changes = drain(&rx);
+        let error = changes
+            .iter()
+            .find_map(|c| c.as_ref().err())
+            .unwrap_or_else(|| panic!("no error: {changes:?}"));
+        assert!(
+            matches!(error, CaptureError::Cut { path: p, captured: 16, .. } if p == &path),
+            "{error}"
+        );
+        assert!(error.to_string().contains("log.aof"), "{error}");
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, Ok(Change::Install { .. }))),
+            "a refused cut was shipped: {changes:?}"
+        );
+    }
+
+    /// After lost events (a queue overflow), a file found cut back is refused the same way.
+    #[test]
+    fn a_rescan_refuses_a_cut_too() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("log.aof"), b"SET a 1\nSET b 2\n").unwrap();
+        let mut tracker = Tracker::scan(dir.path()).unwrap();
+        tracker.refuse_cuts.store(true, Ordering::Relaxed);
+        std::fs::write(dir.path().join("other"), b"new").unwrap();
+        let mut out = Vec::new();
+        tracker.rescan(&mut out).unwrap();
+        assert!(matches!(&out[..], [Change::Install { name, .. }] if &name[..] == b"other"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("log.aof"))
+            .unwrap();
+        file.set_len(4).unwrap();
+        let error = tracker.rescan(&mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CaptureError::Cut {
+                    captured: 16,
+                    now: 4,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 }

@@ -21,7 +21,8 @@
 //!   shipper stops (a proposal under way gets its outcome first), and the directory, marked
 //!   dirty, is rebuilt from the committed log before it is followed again: what the
 //!   application wrote and was never committed is gone with it.
-//! - **Capture failure while serving** (a file rewritten in place, the directory removed):
+//! - **Capture failure while serving** (a file rewritten in place or cut back, the
+//!   directory removed):
 //!   logged with the file's name, then the same as a demotion, and, still primary, a new
 //!   promotion after [`RESTART_PAUSE`]. Meanwhile the application is gone, so a primary that
 //!   keeps failing hands over after `--app-timeout` (the app-health rules).
@@ -389,6 +390,8 @@ impl Follow {
                 && self.ready().await
             {
                 self.health.reached(true);
+                // It serves now: a cut of one of its files is no longer its own start-up.
+                shipper.refuse_cuts();
                 break;
             }
             tokio::select! {

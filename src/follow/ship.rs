@@ -107,6 +107,13 @@ impl Shipper {
         })
     }
 
+    /// Cuts of followed files stop capture from now on ([`Capture::refuse_cuts`]).
+    pub fn refuse_cuts(&self) {
+        if let Some(capture) = &self.capture {
+            capture.refuse_cuts();
+        }
+    }
+
     /// Returns once shipping has ended, with why.
     pub async fn ended(&self) -> ShipError {
         let mut ended = self.ended.clone();

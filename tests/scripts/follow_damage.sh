@@ -26,8 +26,15 @@
 # before a snapshot; a removed or cut file at its next catch-up), every copy must match the
 # new primary's byte for byte, and all logs verify and agree on the committed prefix.
 #
+# With --on-primary (truncate mode only) the primary's own directory is damaged instead,
+# with Redis running and serving: its incremental AOF cut to half behind its back. The
+# primary must refuse to ship the cut (what was cut away is acknowledged), stop Redis,
+# rebuild the directory from the committed log and start Redis on it again, in the same
+# epoch; more keys are written after that, then the primary is killed and the new one must
+# serve every acknowledged key, old and new.
+#
 # Run: tests/scripts/follow_damage.sh --mode wipe|truncate|flip|drop [--restart | --snapshot]
-#      [--keys N]
+#      [--keys N]   or   tests/scripts/follow_damage.sh --mode truncate --on-primary
 #      (`cargo test --test scripts` runs every mode, with and without --restart). Needs
 #      redis-server and redis-cli on the PATH.
 set -euo pipefail
@@ -39,12 +46,14 @@ source "$(dirname "$0")/follow_lib.sh"
 MODE=""
 RESTART=0
 SNAPSHOT=0
+ON_PRIMARY=0
 KEYS=2000
 while [[ $# -gt 0 ]]; do
     case $1 in
     --mode) MODE=$2; shift 2 ;;
     --restart) RESTART=1; shift ;;
     --snapshot) SNAPSHOT=1; shift ;;
+    --on-primary) ON_PRIMARY=1; shift ;;
     --keys) KEYS=$2; shift 2 ;;
     *) echo "usage: $0 --mode wipe|truncate|flip|drop [--restart | --snapshot] [--keys N]" >&2; exit 2 ;;
     esac
@@ -53,6 +62,10 @@ case $MODE in
 wipe | truncate | flip | drop) ;;
 *) echo "usage: $0 --mode wipe|truncate|flip|drop [--restart | --snapshot] [--keys N]" >&2; exit 2 ;;
 esac
+if [[ $ON_PRIMARY == 1 ]]; then
+    [[ $MODE == truncate && $RESTART == 0 && $SNAPSHOT == 0 ]] \
+        || { echo "--on-primary goes only with --mode truncate, alone" >&2; exit 2; }
+fi
 if [[ $SNAPSHOT == 1 ]]; then
     [[ $RESTART == 0 ]] || { echo "--snapshot and --restart do not go together" >&2; exit 2; }
     NODE_ARGS=(--snapshot-interval 500ms)
@@ -92,7 +105,7 @@ EOF
 }
 
 setup plain
-log "mode $MODE, restart $RESTART, snapshot $SNAPSHOT; redis: $(redis-server --version | awk '{print $3}')"
+log "mode $MODE, restart $RESTART, snapshot $SNAPSHOT, on primary $ON_PRIMARY; redis: $(redis-server --version | awk '{print $3}')"
 for id in "${NODES[@]}"; do start_follow_node "$id"; done
 PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no primary serving Redis after start"
 log "cluster up: node $PRIMARY is primary and its Redis serves"
@@ -108,15 +121,47 @@ acked=$(wc -l <"$WORK/acked")
 wait_quiet
 log "$acked keys acknowledged; both backups applied commit lsn $COMMIT"
 
+# status_field ID FIELD: a top-level field of node ID's /status.
+status_field() {
+    admin_get "${ADMIN_PORT[$1]}" /status 2>/dev/null \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
+}
+
+# on_primary: the primary's own incremental AOF cut while Redis serves; the primary must
+# refuse to ship the cut, rebuild and serve again in the same epoch; then more keys.
+on_primary() {
+    local epoch started_again
+    epoch=$(status_field "$PRIMARY" epoch)
+    damage "$PRIMARY"
+    for _ in $(seq 1 100); do
+        grep -q "was cut back below what was captured" "$WORK/n$PRIMARY.log" && break
+        sleep 0.1
+    done
+    grep -q "was cut back below what was captured" "$WORK/n$PRIMARY.log" \
+        || fail "node $PRIMARY shipped or ignored the cut of its own AOF: no refusal in its log"
+    started_again=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no primary serving Redis after the cut"
+    [[ $started_again == "$PRIMARY" && $(status_field "$PRIMARY" epoch) == "$epoch" ]] \
+        || fail "node $started_again serves in epoch $(status_field "$started_again" epoch), not node $PRIMARY in epoch $epoch"
+    log "node $PRIMARY refused the cut, rebuilt its directory and serves again in epoch $epoch"
+    seq 1 500 | awk '{print "SET more:" $1 " " $1}' >"$WORK/more-sets"
+    redis-cli -h 127.0.0.1 -p "${CLIENT_PORT[$PRIMARY]}" <"$WORK/more-sets" >"$WORK/more-replies" \
+        || fail "writing more keys failed"
+    paste -d ' ' <(seq 1 500) "$WORK/more-replies" | awk '$2 == "OK" {print $1}' >"$WORK/more-acked"
+    [[ $(wc -l <"$WORK/more-acked") -eq 500 ]] || fail "only $(wc -l <"$WORK/more-acked") of 500 more SETs acknowledged"
+    wait_quiet
+}
+
 declare -A REBUILDS_BEFORE=()
+[[ $ON_PRIMARY == 1 ]] && on_primary
 for id in "${NODES[@]}"; do
+    [[ $ON_PRIMARY == 1 ]] && break
     [[ $id == "$PRIMARY" ]] && continue
     REBUILDS_BEFORE[$id]=$(grep -c "rebuilding the followed directory" "$WORK/n$id.log" || true)
     if [[ $RESTART == 1 ]]; then kill_follow_node "$id"; fi
     damage "$id"
     if [[ $RESTART == 1 ]]; then start_follow_node "$id"; fi
 done
-if [[ $RESTART == 0 && $SNAPSHOT == 0 && $MODE != flip ]]; then
+if [[ $RESTART == 0 && $SNAPSHOT == 0 && $MODE != flip && $ON_PRIMARY == 0 ]]; then
     # Nothing is written now: a running backup must still find a file removed or cut (its
     # idle check of names and lengths) and rebuild its copy, before any promotion.
     for id in "${NODES[@]}"; do
@@ -168,6 +213,14 @@ if [[ -s $WORK/lost ]]; then
     fail "$(wc -l <"$WORK/lost") of $acked acknowledged keys missing or wrong on node $PRIMARY, e.g. dmg:$(head -n 1 "$WORK/lost")"
 fi
 log "all $acked acknowledged keys read back from node $PRIMARY"
+if [[ $ON_PRIMARY == 1 ]]; then
+    sed 's/^\(.*\)$/GET more:\1/' "$WORK/more-acked" >"$WORK/more-gets"
+    redis-cli -h 127.0.0.1 -p "${CLIENT_PORT[$PRIMARY]}" <"$WORK/more-gets" >"$WORK/more-values" \
+        || fail "reading the later keys back failed"
+    paste -d ' ' "$WORK/more-acked" "$WORK/more-values" | awk '$1 != $2 {print $1}' >"$WORK/more-lost"
+    [[ -s $WORK/more-lost ]] && fail "$(wc -l <"$WORK/more-lost") later keys missing or wrong on node $PRIMARY, e.g. more:$(head -n 1 "$WORK/more-lost")"
+    log "the 500 keys written after the cut read back too"
+fi
 
 sweep_redis "$old"
 start_follow_node "$old"
@@ -188,4 +241,4 @@ stop_watch
 for id in "${NODES[@]}"; do kill_follow_node "$id"; done
 check_logs "$COMMIT"
 FAILED=0
-log "PASS follow_damage: mode $MODE, restart $RESTART, snapshot $SNAPSHOT"
+log "PASS follow_damage: mode $MODE, restart $RESTART, snapshot $SNAPSHOT, on primary $ON_PRIMARY"
