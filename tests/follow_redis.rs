@@ -156,7 +156,10 @@ fn command_anew(port: SocketAddr, args: &[&str]) -> String {
         });
         match attempt {
             Ok(reply) => return reply,
-            Err(error) => last = Some(error),
+            Err(error) => {
+                eprintln!("{}: {error}; sending it again on a new connection", args[0]);
+                last = Some(error);
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
