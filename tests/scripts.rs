@@ -249,3 +249,10 @@ fn follow_redis_partitioned_stopped_or_terminated_node_loses_no_acknowledged_set
         &[("CLOCK_SKEW", "1")],
     );
 }
+
+/// Follow mode: the primary's Redis killed alone (its sidecar left running), so the
+/// sidecar starts it again in place on its directory; nothing acknowledged is lost.
+#[test]
+fn follow_redis_primarys_redis_killed_alone_is_started_again_and_loses_nothing() {
+    run_script("follow_redis.sh", &["--cycles", "3", "--faults", "appkill"]);
+}

@@ -26,7 +26,11 @@
 #   - term: SIGTERM of the sidecar (a primary hands over first): it must exit within 10 s
 #     and leave no Redis running;
 #   - delay: every link out of the node delayed by 1 ms to 2 x the failover timeout (its
-#     heartbeats, records and answers arrive late, in order).
+#     heartbeats, records and answers arrive late, in order);
+#   - appkill: SIGKILL of the node's Redis alone, its sidecar left running (on a backup,
+#     where no Redis runs, nothing happens): the primary starts Redis again in place, on
+#     a directory its capture checked for cuts (a torn tail Redis drops as it loads makes
+#     the primary rebuild the directory from the log first), or hands over.
 #
 # It waits until exactly one node is primary with `follow.state` "serving" (the failover
 # time; a struck primary must have been replaced), holds the fault a random 0-400 ms
@@ -45,7 +49,7 @@
 # node killed, the failover time, the new primary's Redis start time, the checking writer's
 # pause and the rejoin time, then a summary.
 #
-# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay]
+# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay,appkill]
 #      (default 5 cycles of kill; the seed is printed so a failing order can be replayed;
 #      `cargo test --test scripts` runs 2 kills, and 4 cycles of partition, stop and term
 #      with CLOCK_SKEW=1). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
@@ -64,15 +68,15 @@ while [[ $# -gt 0 ]]; do
     --cycles) CYCLES=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --faults) FAULTS=$2; shift 2 ;;
-    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay,appkill]" >&2; exit 2 ;;
     esac
 done
 RANDOM=$SEED
 IFS=, read -r -a FAULT_LIST <<<"$FAULTS"
 for fault in "${FAULT_LIST[@]}"; do
     case $fault in
-    kill | partition | stop | term | delay) ;;
-    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term, delay)" >&2; exit 2 ;;
+    kill | partition | stop | term | delay | appkill) ;;
+    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term, delay, appkill)" >&2; exit 2 ;;
     esac
 done
 [[ ${#FAULT_LIST[@]} -gt 0 ]] || { echo "--faults: empty" >&2; exit 2; }
@@ -85,7 +89,7 @@ BENCH_LOOP_PID=""
 # The longest run of redis-benchmark before it is started again.
 BENCH_RUN_MS=5000
 
-# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay) to node ID; STRUCK_REDIS is the
+# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay, appkill) to node ID; STRUCK_REDIS is the
 # Redis pid its status showed ("-" if none ran), STRUCK_MS the time of the fault. A stop is
 # held here for 1-4 x the failover timeout and undone before it returns.
 strike() {
@@ -122,6 +126,12 @@ strike() {
             proxy partition "$other-$id"
         done
         ;;
+    appkill)
+        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        mapfile -t pids < <(redis_pids "$id")
+        STRUCK_MS=$(now_ms)
+        [[ ${#pids[@]} -eq 0 ]] || kill -9 "${pids[@]}" 2>/dev/null || true
+        ;;
     stop)
         read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
         mapfile -t pids < <(redis_pids "$id")
@@ -143,7 +153,7 @@ undo() {
         ;;
     partition) proxy heal all ;;
     delay) proxy delay all 0 ;;
-    stop) ;;
+    stop | appkill) ;;
     esac
 }
 
@@ -289,6 +299,19 @@ for cycle in $(seq 1 "$CYCLES"); do
     if [[ $role == primary && $fault == partition ]]; then not=$victim; fi
     PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S" "$not") \
         || fail "cycle $cycle: no primary serving Redis ${SERVE_TIMEOUT_S} s after the $fault of node $victim"
+    if [[ $fault == appkill && $role == primary ]]; then
+        # Served again only by another Redis: the one started in place, or another node's.
+        deadline=$((killed_ms + SERVE_TIMEOUT_S * 1000))
+        while :; do
+            if PRIMARY=$(serving_primary); then
+                read -r _ _ _ _ pid _ < <(node_status "$PRIMARY" || echo "- - - - - -")
+                [[ $pid != - && $pid != "$STRUCK_REDIS" ]] && break
+            fi
+            [[ $(now_ms) -lt $deadline ]] \
+                || fail "cycle $cycle: no Redis but the killed one served ${SERVE_TIMEOUT_S} s after the appkill of node $victim"
+            sleep 0.02
+        done
+    fi
     serving_ms=$(($(now_ms) - killed_ms))
     read -r _ _ _ _ _ redis_start < <(node_status "$PRIMARY" || echo "- - - - - -")
     sleep "0.$((RANDOM % 5))"
@@ -326,6 +349,13 @@ fi
 
 wait_quiet
 log "quiet: node $PRIMARY is primary at commit lsn $COMMIT; both backups applied it"
+
+# A Redis started again in place (appkill) answers -LOADING until it has read its files.
+deadline=$(($(now_ms) + SERVE_TIMEOUT_S * 1000))
+until [[ $(redis-cli -h 127.0.0.1 -p "${CLIENT_PORT[$PRIMARY]}" ping 2>/dev/null) == PONG ]]; do
+    [[ $(now_ms) -lt $deadline ]] || fail "node $PRIMARY's Redis did not answer PING within ${SERVE_TIMEOUT_S} s"
+    sleep 0.05
+done
 
 # Every acknowledged key, read back through the primary's client port.
 awk '{print "GET chk:" $1}' "$WORK/acked-keys" >"$WORK/gets"
