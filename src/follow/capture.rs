@@ -76,7 +76,7 @@ pub enum CaptureError {
     RewrittenInPlace { path: PathBuf },
     #[error("the followed directory {path} was removed or moved away")]
     DirGone { path: PathBuf },
-    #[error("{path} was cut back below what was captured ({captured} bytes, now {now}) while the application served: what was cut away may be acknowledged, so it is not shipped")]
+    #[error("{path} was cut back while the application served (captured {captured} bytes; it now holds {now}, without the captured end): what was cut away may be acknowledged, so the cut is not shipped")]
     Cut {
         path: PathBuf,
         captured: u64,

@@ -134,10 +134,10 @@ on_primary() {
     epoch=$(status_field "$PRIMARY" epoch)
     damage "$PRIMARY"
     for _ in $(seq 1 100); do
-        grep -q "was cut back below what was captured" "$WORK/n$PRIMARY.log" && break
+        grep -q "was cut back while the application served" "$WORK/n$PRIMARY.log" && break
         sleep 0.1
     done
-    grep -q "was cut back below what was captured" "$WORK/n$PRIMARY.log" \
+    grep -q "was cut back while the application served" "$WORK/n$PRIMARY.log" \
         || fail "node $PRIMARY shipped or ignored the cut of its own AOF: no refusal in its log"
     started_again=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no primary serving Redis after the cut"
     [[ $started_again == "$PRIMARY" && $(status_field "$PRIMARY" epoch) == "$epoch" ]] \
