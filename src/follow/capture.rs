@@ -251,42 +251,30 @@ impl Tracker {
         }
         tracked.ino = ino;
         let size = metadata.len();
-        let refuse_cuts = self.refuse_cuts.load(Ordering::Relaxed);
-        if size < tracked.len {
-            if refuse_cuts {
-                return Err(CaptureError::Cut {
-                    path,
-                    captured: tracked.len,
-                    now: size,
-                });
-            }
-            // Cut back, and perhaps grown again since with other bytes below the old length:
-            // shipped whole, which is right either way (a cut is rare: an application
-            // dropping a torn tail at start-up).
-            let mut content = Vec::new();
-            file.read_to_end(&mut content).map_err(io(&path))?;
-            *tracked = Tracked::of(&content, ino);
-            out.push(Change::Install {
-                name: Bytes::copy_from_slice(name),
-                data: Bytes::from(content),
-            });
-            return Ok(());
-        }
-        // The tail must be what was captured: a file that only grows.
-        let tail_start = tracked.len - tracked.tail.len() as u64;
-        let mut now = vec![0u8; (size - tail_start) as usize];
-        file.seek(SeekFrom::Start(tail_start)).map_err(io(&path))?;
-        let read = read_full(&mut file, &mut now).map_err(io(&path))?;
-        now.truncate(read);
-        if now.len() < tracked.tail.len() || now[..tracked.tail.len()] != tracked.tail[..] {
-            if size == tracked.len {
+        // Its bytes from where the captured tail starts, unless it is shorter than captured.
+        let mut now = Vec::new();
+        let cut = size < tracked.len || {
+            // The tail must be what was captured: a file that only grows.
+            let tail_start = tracked.len - tracked.tail.len() as u64;
+            now.resize((size - tail_start) as usize, 0);
+            file.seek(SeekFrom::Start(tail_start)).map_err(io(&path))?;
+            let read = read_full(&mut file, &mut now).map_err(io(&path))?;
+            now.truncate(read);
+            let other_tail =
+                now.len() < tracked.tail.len() || now[..tracked.tail.len()] != tracked.tail[..];
+            if other_tail && size == tracked.len {
                 // Same length, other bytes: written over in place.
                 return Err(CaptureError::RewrittenInPlace { path });
             }
-            // Longer, with other bytes where the captured tail was: cut back and grown
-            // again before this read (or rewritten and grown: the two look the same here).
-            // Shipped whole, which is right either way, unless cuts are refused.
-            if refuse_cuts {
+            other_tail
+        };
+        if cut {
+            // Shorter than captured, or longer with other bytes where the captured tail was:
+            // cut back (and perhaps grown again) before this read, or rewritten and grown,
+            // which look the same here. While the application serves that is refused (module
+            // docs); otherwise shipped whole, which is right either way (a cut is rare: an
+            // application dropping a torn tail at start-up).
+            if self.refuse_cuts.load(Ordering::Relaxed) {
                 return Err(CaptureError::Cut {
                     path,
                     captured: tracked.len,
