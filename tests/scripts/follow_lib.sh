@@ -120,12 +120,15 @@ redis_pids() {
 }
 
 # kill_follow_node ID: SIGKILL node ID's sidecar and its Redis together (a crashed
-# machine); KILLED_REDIS is the Redis pid its status showed ("-" if none ran), KILLED_MS
-# the time of the kill. sweep_redis ID afterwards kills a Redis the sidecar was starting as
+# machine); KILLED_REDIS is the Redis pid its status showed ("-" if none ran) and
+# KILLED_ROLE "primary" if that same status showed the serving primary ("backup" if not),
+# KILLED_MS the time of the kill. sweep_redis ID afterwards kills a Redis the sidecar was starting as
 # it died.
 kill_follow_node() {
-    local id=$1 pids=() _
-    read -r _ _ _ _ KILLED_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+    local id=$1 pids=() role state _
+    read -r role _ state _ KILLED_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+    KILLED_ROLE=backup
+    if [[ $role == primary && $state == serving ]]; then KILLED_ROLE=primary; fi
     if [[ $KILLED_REDIS != - ]]; then pids+=("$KILLED_REDIS"); fi
     mapfile -t -O "${#pids[@]}" pids < <(redis_pids "$id")
     KILLED_MS=$(now_ms)

@@ -89,19 +89,31 @@ BENCH_LOOP_PID=""
 # The longest run of redis-benchmark before it is started again.
 BENCH_RUN_MS=5000
 
-# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay, appkill) to node ID; STRUCK_REDIS is the
-# Redis pid its status showed ("-" if none ran), STRUCK_MS the time of the fault. A stop is
-# held here for 1-4 x the failover timeout and undone before it returns.
+# struck_status ID: node ID's status, read once as it is struck: STRUCK_REDIS is the Redis
+# pid it showed ("-" if none ran), STRUCK_ROLE "primary" if it was the serving primary and
+# "backup" if not. One read gives both, so a primary that stepped down a moment before (a
+# late failover after the previous cycle) is not taken for a primary without a Redis.
+struck_status() {
+    local role state _
+    read -r role _ state _ STRUCK_REDIS _ < <(node_status "$1" || echo "- - - - - -")
+    STRUCK_ROLE=backup
+    if [[ $role == primary && $state == serving ]]; then STRUCK_ROLE=primary; fi
+}
+
+# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay, appkill) to node ID;
+# STRUCK_REDIS and STRUCK_ROLE are as struck_status read them, STRUCK_MS the time of the
+# fault. A stop is held here for 1-4 x the failover timeout and undone before it returns.
 strike() {
-    local fault=$1 id=$2 other pids=() _
+    local fault=$1 id=$2 other pids=()
     case $fault in
     kill)
         kill_follow_node "$id"
         STRUCK_REDIS=$KILLED_REDIS
+        STRUCK_ROLE=$KILLED_ROLE
         STRUCK_MS=$KILLED_MS
         ;;
     term)
-        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        struck_status "$id"
         STRUCK_MS=$(now_ms)
         kill -TERM "${NODE_PID[$id]}"
         wait_exited "$id" || fail "node $id did not exit within 10 s of SIGTERM"
@@ -110,7 +122,7 @@ strike() {
         [[ -z $(redis_pids "$id") ]] || fail "node $id exited on SIGTERM and left its Redis running"
         ;;
     delay)
-        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        struck_status "$id"
         STRUCK_MS=$(now_ms)
         DELAY_MS=$((1 + RANDOM % (2 * FAILOVER_TIMEOUT_MS)))
         for other in "${NODES[@]}"; do
@@ -118,7 +130,7 @@ strike() {
         done
         ;;
     partition)
-        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        struck_status "$id"
         STRUCK_MS=$(now_ms)
         for other in "${NODES[@]}"; do
             [[ $other == "$id" ]] && continue
@@ -127,13 +139,13 @@ strike() {
         done
         ;;
     appkill)
-        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        struck_status "$id"
         mapfile -t pids < <(redis_pids "$id")
         STRUCK_MS=$(now_ms)
         [[ ${#pids[@]} -eq 0 ]] || kill -9 "${pids[@]}" 2>/dev/null || true
         ;;
     stop)
-        read -r _ _ _ _ STRUCK_REDIS _ < <(node_status "$id" || echo "- - - - - -")
+        struck_status "$id"
         mapfile -t pids < <(redis_pids "$id")
         STRUCK_MS=$(now_ms)
         kill -STOP "${NODE_PID[$id]}" "${pids[@]}"
@@ -276,22 +288,27 @@ sleep 1
 kills_of_primary=0
 : >"$WORK/cycles"
 for cycle in $(seq 1 "$CYCLES"); do
+    # The primary now: messages a delay held back can bring a failover after a cycle ended.
+    PRIMARY=$(wait_serving "$SERVE_TIMEOUT_S") \
+        || fail "cycle $cycle: no primary serving Redis before the fault"
     case $cycle in
     1) victim=$PRIMARY ;;
     2) victim=$(other_than "$PRIMARY") ;;
     *) victim=${NODES[RANDOM % ${#NODES[@]}]} ;;
     esac
-    role=backup
-    if [[ $victim == "$PRIMARY" ]]; then
-        role=primary
-        kills_of_primary=$((kills_of_primary + 1))
-    fi
     fault=${FAULT_LIST[RANDOM % ${#FAULT_LIST[@]}]}
-    before=$PRIMARY
     strike "$fault" "$victim"
     killed_ms=$STRUCK_MS
-    if [[ $role == primary && $STRUCK_REDIS == - ]]; then
-        fail "cycle $cycle: the primary (node $victim) showed no app.pid"
+    # The role is the one the struck node's status showed as it was struck, which a failover
+    # since the line above may have changed.
+    role=$STRUCK_ROLE
+    before=$PRIMARY
+    if [[ $role == primary ]]; then
+        before=$victim
+        kills_of_primary=$((kills_of_primary + 1))
+        [[ $STRUCK_REDIS != - ]] || fail "cycle $cycle: the primary (node $victim) showed no app.pid"
+    elif [[ $victim == "$PRIMARY" ]]; then
+        log "cycle $cycle: node $victim was no longer the serving primary when struck"
     fi
     # A node cut off cannot stay the primary; a stopped one, continued, or a slow one
     # may still be.
