@@ -259,6 +259,8 @@ pub enum DecodeError {
     BadRange { prev: u64, first: u64, last: u64 },
     #[error("node id 0")]
     NodeIdZero,
+    #[error("{what} {value} is beyond any real log or cluster")]
+    TooLarge { what: &'static str, value: u64 },
     #[error("reading the peer connection: {0}")]
     Io(String),
 }
@@ -267,6 +269,30 @@ impl From<std::io::Error> for DecodeError {
     fn from(e: std::io::Error) -> DecodeError {
         DecodeError::Io(crate::tls::tls_words(&e).unwrap_or_else(|| e.to_string()))
     }
+}
+
+/// An epoch off the wire, refused above [`Epoch::LIMIT`]: a peer's epoch is adopted and
+/// stored, and one at `u64::MAX` would make the next election's `next()` overflow on every
+/// node that heard it, at every start.
+fn get_epoch(body: &mut Bytes) -> Result<Epoch, DecodeError> {
+    let value = body.get_u64_le();
+    if value > Epoch::LIMIT.get() {
+        return Err(DecodeError::TooLarge {
+            what: "epoch",
+            value,
+        });
+    }
+    Ok(Epoch(value))
+}
+
+/// An LSN off the wire, refused above [`Lsn::LIMIT`] (the core takes `next()` of the LSNs
+/// it is sent).
+fn get_lsn(body: &mut Bytes) -> Result<Lsn, DecodeError> {
+    let value = body.get_u64_le();
+    if value > Lsn::LIMIT.get() {
+        return Err(DecodeError::TooLarge { what: "lsn", value });
+    }
+    Ok(Lsn(value))
 }
 
 fn get_bool(body: &mut Bytes) -> Result<bool, DecodeError> {
@@ -458,18 +484,15 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
         16 => {
             expect(24)?;
             message(Message::PreVoteRequest {
-                epoch: Epoch(body.get_u64_le()),
-                last_lsn: Lsn(body.get_u64_le()),
-                last_epoch: Epoch(body.get_u64_le()),
+                epoch: get_epoch(body)?,
+                last_lsn: get_lsn(body)?,
+                last_epoch: get_epoch(body)?,
             })
         }
         17 => {
             expect(19)?;
-            let (epoch, granted, voter_epoch) = (
-                Epoch(body.get_u64_le()),
-                get_bool(body)?,
-                Epoch(body.get_u64_le()),
-            );
+            let (epoch, granted, voter_epoch) =
+                (get_epoch(body)?, get_bool(body)?, get_epoch(body)?);
             let (health, same_log) = get_health(body, true)?;
             message(Message::PreVoteResponse {
                 epoch,
@@ -482,16 +505,16 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
         18 => {
             expect(25)?;
             message(Message::VoteRequest {
-                epoch: Epoch(body.get_u64_le()),
-                last_lsn: Lsn(body.get_u64_le()),
-                last_epoch: Epoch(body.get_u64_le()),
+                epoch: get_epoch(body)?,
+                last_lsn: get_lsn(body)?,
+                last_epoch: get_epoch(body)?,
                 transfer: get_bool(body)?,
             })
         }
         19 => {
             expect(9)?;
             message(Message::VoteResponse {
-                epoch: Epoch(body.get_u64_le()),
+                epoch: get_epoch(body)?,
                 granted: get_bool(body)?,
             })
         }
@@ -504,16 +527,16 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 });
             }
             let append = Append {
-                epoch: Epoch(body.get_u64_le()),
-                prev_lsn: Lsn(body.get_u64_le()),
-                prev_epoch: Epoch(body.get_u64_le()),
-                first_lsn: Lsn(body.get_u64_le()),
-                last_lsn: Lsn(body.get_u64_le()),
-                records_epoch: Epoch(body.get_u64_le()),
-                commit_lsn: Lsn(body.get_u64_le()),
+                epoch: get_epoch(body)?,
+                prev_lsn: get_lsn(body)?,
+                prev_epoch: get_epoch(body)?,
+                first_lsn: get_lsn(body)?,
+                last_lsn: get_lsn(body)?,
+                records_epoch: get_epoch(body)?,
+                commit_lsn: get_lsn(body)?,
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
                 promote: body.get_u64_le(),
-                promote_through: Lsn(body.get_u64_le()),
+                promote_through: get_lsn(body)?,
                 paused: get_bool(body)?,
                 pause_stamp: body.get_u64_le(),
                 // Not on the wire: the receiver finds it in the records (a config record is
@@ -543,11 +566,11 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
         21 => {
             expect(51)?;
             message(Message::AppendResponse(AppendResponse {
-                epoch: Epoch(body.get_u64_le()),
+                epoch: get_epoch(body)?,
                 accepted: get_bool(body)?,
-                matched_lsn: Lsn(body.get_u64_le()),
-                matched_epoch: Epoch(body.get_u64_le()),
-                durable_lsn: Lsn(body.get_u64_le()),
+                matched_lsn: get_lsn(body)?,
+                matched_epoch: get_epoch(body)?,
+                durable_lsn: get_lsn(body)?,
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
                 learner: body.get_u64_le(),
                 health: get_health(body, false)?.0,
@@ -556,7 +579,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
         22 => {
             expect(8)?;
             message(Message::TimeoutNow {
-                epoch: Epoch(body.get_u64_le()),
+                epoch: get_epoch(body)?,
             })
         }
         32 => {
@@ -568,11 +591,11 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 });
             }
             Frame::SnapshotBegin {
-                epoch: Epoch(body.get_u64_le()),
-                lsn: Lsn(body.get_u64_le()),
-                snapshot_epoch: Epoch(body.get_u64_le()),
+                epoch: get_epoch(body)?,
+                lsn: get_lsn(body)?,
+                snapshot_epoch: get_epoch(body)?,
                 body_len: body.get_u64_le(),
-                config_lsn: Lsn(body.get_u64_le()),
+                config_lsn: get_lsn(body)?,
                 config: std::mem::take(body),
             }
         }
@@ -611,8 +634,8 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
         }
         40 => {
             expect(16)?;
-            let first_lsn = Lsn(body.get_u64_le());
-            let last_lsn = Lsn(body.get_u64_le());
+            let first_lsn = get_lsn(body)?;
+            let last_lsn = get_lsn(body)?;
             if first_lsn == Lsn::ZERO || last_lsn < first_lsn {
                 return Err(DecodeError::BadRange {
                     prev: first_lsn.get().saturating_sub(1),
@@ -930,6 +953,12 @@ mod tests {
         }
     }
 
+    fn encode_to_vec(frame: &Frame) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        PeerCodec.encode(frame.clone(), &mut buf).unwrap();
+        buf.to_vec()
+    }
+
     fn append(records: Bytes) -> Frame {
         Frame::Message {
             message: Message::Append(Append {
@@ -950,6 +979,67 @@ mod tests {
             }),
             records,
         }
+    }
+
+    /// An epoch or LSN past the limit is refused where it is decoded: a peer's epoch at
+    /// `u64::MAX`, adopted and stored, would make every node that heard it panic at its next
+    /// election, and again at every start.
+    #[test]
+    fn epochs_and_lsns_past_the_limit_are_refused() {
+        let past = Epoch::LIMIT.get() + 1;
+        for epoch in [past, u64::MAX] {
+            let mut frame = append(Bytes::new());
+            if let Frame::Message {
+                message: Message::Append(a),
+                ..
+            } = &mut frame
+            {
+                a.epoch = Epoch(epoch);
+            }
+            let bytes = encode_to_vec(&frame);
+            assert!(matches!(
+                decode(&bytes),
+                Err(DecodeError::TooLarge { what: "epoch", value }) if value == epoch
+            ));
+        }
+        // An append "after" u64::MAX - 1, empty: the range check alone lets it through.
+        let mut frame = append(Bytes::new());
+        if let Frame::Message {
+            message: Message::Append(a),
+            ..
+        } = &mut frame
+        {
+            a.prev_lsn = Lsn(u64::MAX - 1);
+            a.first_lsn = Lsn(u64::MAX);
+            a.last_lsn = Lsn(u64::MAX - 1);
+        }
+        assert!(matches!(
+            decode(&encode_to_vec(&frame)),
+            Err(DecodeError::TooLarge { what: "lsn", .. })
+        ));
+        let vote = Frame::Message {
+            message: Message::VoteRequest {
+                epoch: Epoch(3),
+                last_lsn: Lsn(u64::MAX),
+                last_epoch: Epoch(2),
+                transfer: false,
+            },
+            records: Bytes::new(),
+        };
+        assert!(matches!(
+            decode(&encode_to_vec(&vote)),
+            Err(DecodeError::TooLarge { what: "lsn", .. })
+        ));
+        // The limit itself is a value like any other.
+        let mut frame = append(Bytes::new());
+        if let Frame::Message {
+            message: Message::Append(a),
+            ..
+        } = &mut frame
+        {
+            a.epoch = Epoch::LIMIT;
+        }
+        round_trip(frame);
     }
 
     #[test]
@@ -1222,7 +1312,7 @@ mod tests {
         }
 
         #[test]
-        fn appends_round_trip(records in proptest::collection::vec(any::<u8>(), 0..300), commit in any::<u64>()) {
+        fn appends_round_trip(records in proptest::collection::vec(any::<u8>(), 0..300), commit in 0..=Lsn::LIMIT.get()) {
             let mut frame = append(Bytes::from(records));
             if let Frame::Message { message: Message::Append(a), .. } = &mut frame {
                 a.commit_lsn = Lsn(commit);

@@ -15,6 +15,12 @@ macro_rules! number {
         impl $name {
             pub const ZERO: $name = $name(0);
 
+            /// The largest value that a peer, the application or a file may carry. No real
+            /// log or cluster comes near it (a billion a second for over a century); a
+            /// larger value is refused where it is decoded, so that [`Self::next`] on
+            /// anything read from outside cannot overflow.
+            pub const LIMIT: $name = $name(<$inner>::MAX >> 2);
+
             /// The number after this one. Panics on overflow, which only a bug can reach.
             #[inline]
             pub fn next(self) -> $name {
