@@ -18,6 +18,9 @@ use crate::NodeId;
 
 /// The smallest `--wal-segment-bytes`: a segment holds its header and some records.
 const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
+/// The largest `--wal-segment-bytes`: a reader maps a whole segment's length and the log
+/// reserves a segment's blocks ahead, so a segment is a unit of address space and of disk.
+const WAL_SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
 /// A byte count: digits, optionally followed by K, M, G (powers of 1000) or KiB, MiB, GiB.
 fn byte_count(text: &str) -> Result<u64, String> {
@@ -27,8 +30,22 @@ fn byte_count(text: &str) -> Result<u64, String> {
     })
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 50ms, 2s)"))
+/// The longest duration a flag takes. No timing here needs more, and the arithmetic on
+/// timings (a failover timeout's jitter, a heartbeat's multiples, deadlines on the clock)
+/// stays far from overflow below it.
+const DURATION_MAX: Duration = Duration::from_secs(10 * 31_557_600); // 10 years of 365.25 days
+
+/// A duration flag: `50ms`, `2s`, `1h 30m`, ..., at most [`DURATION_MAX`] (10 years).
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    let value =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 50ms, 2s)"))?;
+    if value > DURATION_MAX {
+        return Err(format!(
+            "{text:?} is longer than {} (write e.g. 50ms, 2s)",
+            humantime::format_duration(DURATION_MAX)
+        ));
+    }
+    Ok(value)
 }
 
 /// Flags of `understudy run`.
@@ -113,8 +130,8 @@ pub struct RunArgs {
     /// catches up from the log rather than by a snapshot (suffixes as above).
     #[arg(long, env = "UNDERSTUDY_WAL_RETAIN_BYTES", default_value = "64MiB", value_parser = byte_count)]
     pub wal_retain_bytes: u64,
-    /// Size at which a log segment is closed and the next one started; the log is
-    /// truncated in whole segments (suffixes as above).
+    /// Size at which a log segment is closed and the next one started, 4KiB to 4GiB; the
+    /// log is truncated in whole segments (suffixes as above).
     #[arg(long, env = "UNDERSTUDY_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = byte_count)]
     pub wal_segment_bytes: u64,
     /// A file holding the cluster's shared secret (at least 16 bytes); peers prove they
@@ -259,6 +276,12 @@ impl RunArgs {
         if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
             anyhow::bail!(
                 "--wal-segment-bytes {}: must be at least {WAL_SEGMENT_BYTES_MIN}",
+                self.wal_segment_bytes
+            );
+        }
+        if self.wal_segment_bytes > WAL_SEGMENT_BYTES_MAX {
+            anyhow::bail!(
+                "--wal-segment-bytes {}: must be at most 4GiB",
                 self.wal_segment_bytes
             );
         }
@@ -520,6 +543,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A duration too long for the arithmetic on timings (a failover timeout of 10^19 s
+    /// overflowed its jitter's `* 2`) is refused as the flag is read, in one line.
+    #[test]
+    fn duration_flags_have_a_ceiling() {
+        assert_eq!(duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(duration("3650days"), Ok(Duration::from_secs(3650 * 86_400)));
+        let error = duration("10000000000000000000s").unwrap_err();
+        assert!(error.contains("longer than 10years"), "{error}");
+        assert!(duration("3653days").is_err());
+        assert!(duration("fast").is_err());
+    }
 
     #[test]
     fn redis_without_a_safe_appendfsync_is_warned_of() {

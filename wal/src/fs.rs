@@ -20,10 +20,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 ///
 /// The file's contents and length, and so everything recovery reads, are what they would be
 /// without it: the reserved blocks lie past the end of the file and read as nothing. It is
-/// an optimization only, so it is best effort: a filesystem without `fallocate` (or with
-/// no room left for the reservation) simply allocates as the appends come, and a full disk
-/// is reported by the append that does not fit, as before. Nothing about it needs to be
-/// durable, and a truncation may give the blocks back.
+/// an optimization only, so it is best effort: a filesystem without `fallocate` simply
+/// allocates as the appends come, and a full disk is reported by the append that does not
+/// fit, as before. Nothing about it needs to be durable, and a truncation may give the
+/// blocks back.
+///
+/// A reservation must not take the room the rest of the data dir needs (a snapshot, `meta`):
+/// nothing is reserved while the filesystem has less than twice `len` free, and a
+/// reservation that fails is given back, since ext4 keeps the part of a failed `fallocate`
+/// it managed to allocate (a 1 TiB reservation on a 64 GiB disk filled it).
 ///
 /// Nothing is reserved on tmpfs: it has no blocks to allocate at fsync time, and there
 /// `fallocate` allocates and zeroes the memory pages at once, 64 MiB in about 20 ms on the
@@ -32,37 +37,68 @@ pub fn preallocate(file: &File, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let Ok(len) = libc::off_t::try_from(len) else {
+        let Ok(off_len) = libc::off_t::try_from(len) else {
             return;
         };
-        if is_tmpfs(file) {
+        let Some(stat) = statfs(file) else {
+            return;
+        };
+        #[allow(clippy::unnecessary_cast)] // `f_type`'s width differs between targets.
+        if stat.f_type as i64 == TMPFS_MAGIC {
+            return;
+        }
+        #[allow(clippy::unnecessary_cast)] // The fields' widths differ between targets.
+        let free = (stat.f_bavail as u64).saturating_mul(stat.f_bsize as u64);
+        if free / 2 < len {
             return;
         }
         // SAFETY: `fallocate` reads no memory of ours; the descriptor is open for writing
         // and outlives the call.
-        let _ = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+        let done =
+            unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, off_len) };
+        if done != 0 {
+            let Ok(size) = file.metadata().map(|m| m.len()) else {
+                return;
+            };
+            if let (Ok(from), Ok(count)) = (
+                libc::off_t::try_from(size),
+                libc::off_t::try_from(len.saturating_sub(size)),
+            ) {
+                if count > 0 {
+                    // SAFETY: as above. Punching past the end of the file (kept) gives the
+                    // blocks back and changes no byte the file holds.
+                    let _ = unsafe {
+                        libc::fallocate(
+                            file.as_raw_fd(),
+                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            from,
+                            count,
+                        )
+                    };
+                }
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, len);
 }
 
-/// Whether `file` lives on tmpfs (false when that cannot be told).
 #[cfg(target_os = "linux")]
-fn is_tmpfs(file: &File) -> bool {
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// `fstatfs(2)` of `file`'s filesystem; `None` if it fails.
+#[cfg(target_os = "linux")]
+fn statfs(file: &File) -> Option<libc::statfs> {
     use std::os::fd::AsRawFd;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `fstatfs` writes a `statfs` into the buffer we own and reads nothing else of
     // ours; the descriptor outlives the call. The buffer is read only when it succeeded.
     let done = unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) };
     if done != 0 {
-        return false;
+        return None;
     }
     // SAFETY: `fstatfs` returned 0, so it filled the buffer.
-    let stat = unsafe { stat.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // `f_type`'s width differs between targets.
-    let f_type = stat.f_type as i64;
-    f_type == TMPFS_MAGIC
+    Some(unsafe { stat.assume_init() })
 }
 
 /// `path` with `.tmp` appended to its file name.

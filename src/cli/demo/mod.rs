@@ -58,14 +58,11 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use tokio::task::JoinHandle;
 
+use super::run::duration;
 use act::Act;
 use cluster::{settled, Admins, App, Cluster, Ports, View, NODES};
 use screen::Screen;
 use writer::{Target, Writer};
-
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 3s)"))
-}
 
 /// Which application the demo's cluster replicates (`--app`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
