@@ -342,6 +342,19 @@ pub fn open_rotating(
         Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
     }
 
+    // A predecessor killed between a rename (or a deletion) and the fsync of its directory
+    // left a name only the page cache holds: this start would act on it (a vote stored in
+    // `meta`, a segment cut away), and a power loss later could bring the old name back
+    // under votes and acknowledgements already given. Make every name durable first.
+    for dir in [
+        path.to_owned(),
+        path.join("wal"),
+        path.join(super::snapshot::store::SNAPSHOTS_DIR),
+    ] {
+        if dir.is_dir() {
+            wal::fs::sync_dir(&dir)?;
+        }
+    }
     let meta_path = path.join(wal::meta::META_FILE_NAME);
     let fresh_path = path.join(FRESH_FILE_NAME);
     let fsync_failed_path = path.join(FSYNC_FAILED_FILE_NAME);
@@ -381,9 +394,23 @@ pub fn open_rotating(
             // node voted before and cannot know: mark the vote quarantine before `meta`
             // exists, so that a crash between the two still starts fresh next time. A node
             // joining an existing cluster may also have held records: a learner.
+            //
+            // So is one whose data dir holds a log or snapshots without `meta`: `meta` is
+            // stored before anything goes into `wal/` or `snapshots/`, so they were put
+            // there by hand (`meta` deleted after damage, a log copied from another node).
+            // Such a log may lack records this node acknowledged, and `--initial-cluster-state
+            // new` means nothing to a data dir that holds state.
+            let holds_state = holds_entries(&path.join("wal"))?
+                || holds_entries(&path.join(super::snapshot::store::SNAPSHOTS_DIR))?;
             wal::fs::write_atomic(&fresh_path, &[])?;
             let joining = initial == InitialClusterState::Existing;
-            if joining {
+            if holds_state {
+                learner_reason = Some(format!(
+                    "its data dir holds a log or snapshots but no {} (deleted, or the log \
+                     copied in): it cannot vouch for its log or its votes",
+                    wal::meta::META_FILE_NAME
+                ));
+            } else if joining {
                 learner_reason = Some("a new or wiped data dir joining an existing cluster".into());
             }
             // Record whose data dir this is before anything else goes in it.
@@ -392,7 +419,7 @@ pub fn open_rotating(
                 cluster_id,
                 epoch: Epoch::ZERO,
                 voted_for: None,
-                learner: joining,
+                learner: joining || holds_state,
             };
             meta.store(&meta_path)?;
             meta
@@ -507,6 +534,7 @@ pub fn open_rotating(
         },
         sync_interval: Duration::from_millis(10),
         mark: Some(Arc::clone(&floor)),
+        failure_marker: Some(fsync_failed_path.clone()),
         ..WriterOptions::default()
     };
     let writer = Writer::spawn(
@@ -618,6 +646,15 @@ fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
 }
 
 /// Stores the learner flag in `meta` (atomic install) unless it is already set.
+/// Whether directory `dir` exists and has anything in it.
+fn holds_entries(dir: &Path) -> Result<bool, DiskError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
 fn store_learner(meta: &mut Meta, meta_path: &Path) -> Result<(), DiskError> {
     if !meta.learner {
         *meta = Meta {
@@ -868,6 +905,33 @@ mod tests {
             Start::VOTER,
             "the data dir holds state: the flag is ignored"
         );
+    }
+
+    /// A data dir whose `meta` is gone but whose log is not starts as a learner whatever
+    /// `--initial-cluster-state` says: its log may lack records it acknowledged, and the
+    /// epoch it voted in is taken from the log (the vote quarantine covers the rest).
+    #[test]
+    fn a_log_without_meta_is_a_quarantined_learner_even_for_a_new_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first =
+            open_founding(dir.path(), wal::Options::default().segment_bytes_max).unwrap();
+        first.dir.quarantine_ended().unwrap();
+        append_durable(&first, 3, b"x");
+        drop(first);
+        std::fs::remove_file(dir.path().join(wal::meta::META_FILE_NAME)).unwrap();
+        let again = open_founding(dir.path(), wal::Options::default().segment_bytes_max).unwrap();
+        assert_eq!(again.start, Start::WIPED);
+        assert!(again.persisted.learner);
+        let reason = again.learner_reason.clone().unwrap();
+        assert!(
+            reason.contains("holds a log or snapshots but no meta"),
+            "{reason}"
+        );
+        assert_eq!(again.recovered.last_lsn, Lsn(3), "the log is kept");
+        drop(again);
+        // The flag is stored: still a learner after a restart.
+        let third = open_founding(dir.path(), wal::Options::default().segment_bytes_max).unwrap();
+        assert!(third.start.learner);
     }
 
     /// After a failed fsync the next start cuts the log back to what was durable before the

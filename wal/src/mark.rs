@@ -67,15 +67,19 @@ pub struct DurableMark {
 }
 
 impl DurableMark {
-    /// Opens (or creates) the mark at `path` and writes `value` into it, fsynced (with its
-    /// directory entry when the file is new). The caller has read what it held before.
+    /// Opens (or creates) the mark at `path` and writes `value` into it, fsynced. The caller
+    /// has read what it held before.
+    ///
+    /// A new mark is installed whole (temp file, fsync, rename, directory fsync): created in
+    /// place, a crash before its first write would leave an empty file, which the next start
+    /// reads as a damaged mark (and so as a node that lost records).
     pub fn open(path: &Path, value: Lsn) -> Result<DurableMark> {
-        let existed = path.exists();
+        if !path.exists() {
+            crate::fs::write_atomic(path, encode(value).as_bytes())?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(path)
             .map_err(|e| Error::io(IoOp::Open, path, e))?;
         let mark = DurableMark {
@@ -89,11 +93,6 @@ impl DurableMark {
             .set_len(MARK_LEN as u64)
             .map_err(|e| Error::io(IoOp::Truncate, path, e))?;
         mark.sync()?;
-        if !existed {
-            if let Some(dir) = path.parent() {
-                crate::fs::sync_dir(dir)?;
-            }
-        }
         Ok(mark)
     }
 
@@ -144,14 +143,20 @@ impl DurableMark {
     }
 
     fn write(&self, lsn: Lsn) -> Result<()> {
-        let text = format!("{:020}\n", lsn.get());
-        debug_assert_eq!(text.len(), MARK_LEN);
+        let text = encode(lsn);
         self.file
             .write_all_at(text.as_bytes(), 0)
             .map_err(|e| Error::io(IoOp::Write, &self.path, e))?;
         self.value.store(lsn.get(), Ordering::Release);
         Ok(())
     }
+}
+
+/// The file's content for `lsn`: [`MARK_LEN`] bytes.
+fn encode(lsn: Lsn) -> String {
+    let text = format!("{:020}\n", lsn.get());
+    debug_assert_eq!(text.len(), MARK_LEN);
+    text
 }
 
 #[cfg(test)]

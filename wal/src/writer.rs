@@ -24,6 +24,7 @@
 //! build never reads it.
 
 use std::mem;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +48,16 @@ pub struct WriterOptions {
     /// The durable mark to keep ([`crate::mark`]): raised after every fsync before
     /// `on_durable` hears of it, lowered (and fsynced) before every cut of the log's end.
     pub mark: Option<Arc<DurableMark>>,
+    /// A file the writer installs, on its own thread, the moment a write or fsync fails and
+    /// before anyone hears of the failure: it holds the durable LSN from before the failure
+    /// (decimal). The page cache may still show records the disk lost, and a later fsync
+    /// need not say so; the next start reads the file and cuts the log back to that LSN.
+    /// Written here, no kill between the failure and the caller's reaction can skip it.
+    pub failure_marker: Option<PathBuf>,
+    /// Tests only (debug builds): the fsync with this 1-based number fails as an `EIO`
+    /// would, and the writer with it.
+    #[cfg(debug_assertions)]
+    pub fail_sync_number: Option<u64>,
 }
 
 impl Default for WriterOptions {
@@ -56,6 +67,9 @@ impl Default for WriterOptions {
             sync_interval: Duration::from_millis(10),
             queue_bytes_max: 64 << 20,
             mark: None,
+            failure_marker: None,
+            #[cfg(debug_assertions)]
+            fail_sync_number: None,
         }
     }
 }
@@ -494,6 +508,8 @@ fn lower_mark(shared: &Shared, lsn: Lsn) -> Result<()> {
 /// The writer thread: take everything queued, write it, sync per policy, publish.
 fn run(mut wal: Wal, shared: &Shared) {
     let mut last_sync = Instant::now();
+    #[cfg(debug_assertions)]
+    let mut syncs = 0u64;
     let mut batch: Vec<Op> = Vec::new();
     loop {
         // Take the whole queue, or wait for work (or for the batch-sync deadline).
@@ -587,7 +603,22 @@ fn run(mut wal: Wal, shared: &Shared) {
             if let Some(delay) = shared.sync_delay {
                 std::thread::sleep(delay);
             }
-            result = wal.sync().map(|_| ());
+            #[cfg(debug_assertions)]
+            let fail = {
+                syncs += 1;
+                shared.options.fail_sync_number == Some(syncs)
+            };
+            #[cfg(not(debug_assertions))]
+            let fail = false;
+            result = if fail {
+                Err(crate::error::Error::io(
+                    crate::error::IoOp::Fsync,
+                    "(test) failed fsync",
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ))
+            } else {
+                wal.sync().map(|_| ())
+            };
             last_sync = Instant::now();
             sync_duration = Some(last_sync - sync_started);
         } else if must_sync {
@@ -601,13 +632,25 @@ fn run(mut wal: Wal, shared: &Shared) {
             }
         }
 
+        // The failure's marker is installed before the failure is published (the field's
+        // docs). A marker that cannot be installed is named in the failure.
+        let marker_failure = match (&result, &shared.options.failure_marker) {
+            (Err(_), Some(path)) => {
+                crate::fs::write_atomic(path, wal.durable_lsn().get().to_string().as_bytes()).err()
+            }
+            _ => None,
+        };
         let progress = {
             let mut state = shared.lock();
             if let Err(e) = result {
-                state.failure = Some(match std::error::Error::source(&e) {
+                let mut failure = match std::error::Error::source(&e) {
                     Some(source) => format!("{e}: {source}"),
                     None => e.to_string(),
-                });
+                };
+                if let Some(marker) = marker_failure {
+                    failure.push_str(&format!("; and the failure's marker: {marker}"));
+                }
+                state.failure = Some(failure);
             }
             state.written_lsn = written;
             state.durable_lsn = wal.durable_lsn();
@@ -680,5 +723,60 @@ mod tests {
         let mut expected = records(1, 3, 1).bytes().to_vec();
         expected.extend_from_slice(records(4, 2, 2).bytes());
         assert_eq!(&batch.bytes[..], &expected[..]);
+    }
+
+    /// A failed fsync installs the failure's marker, holding the LSN durable before it,
+    /// before anyone hears of the failure: `on_durable` finds it already there.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_failed_fsync_leaves_its_marker_before_it_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path().join("wal"), Options::default()).unwrap();
+        let marker = dir.path().join("fsync-failed");
+        let seen = Arc::new(Mutex::new(None));
+        let on_durable = {
+            let marker = marker.clone();
+            let seen = Arc::clone(&seen);
+            Box::new(move |progress: Progress| {
+                if progress.failed {
+                    let text = std::fs::read_to_string(&marker).ok();
+                    seen.lock()
+                        .unwrap()
+                        .get_or_insert((progress.durable_lsn, text));
+                }
+            })
+        };
+        let options = WriterOptions {
+            failure_marker: Some(marker.clone()),
+            fail_sync_number: Some(3),
+            ..WriterOptions::default()
+        };
+        let writer = Writer::spawn(wal, options, Some(on_durable)).unwrap();
+        writer.queue_encoded(records(1, 2, 1)).unwrap();
+        writer.wait_durable(Lsn(2)).unwrap();
+        writer.queue_encoded(records(3, 2, 1)).unwrap();
+        writer.wait_durable(Lsn(4)).unwrap();
+        assert!(!marker.exists(), "no failure yet");
+        writer.queue_encoded(records(5, 2, 1)).unwrap();
+        assert!(
+            writer.wait_durable(Lsn(6)).is_err(),
+            "the third fsync fails"
+        );
+        assert!(writer.failure().unwrap().contains("(test) failed fsync"));
+        // `on_durable` runs after the waiters are woken.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (durable, text) = loop {
+            if let Some(seen) = seen.lock().unwrap().clone() {
+                break seen;
+            }
+            assert!(Instant::now() < deadline, "the failure was never reported");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(durable, Lsn(4));
+        assert_eq!(
+            text.as_deref(),
+            Some("4"),
+            "the marker was there when it was reported"
+        );
     }
 }
