@@ -115,14 +115,16 @@ pub enum DiskError {
         found: u64,
         expected: u64,
     },
-    #[error("data dir {}: the log starts at lsn {first_lsn} but no snapshot covers the records before it; refusing to start with records missing (restore the snapshots, or empty the data dir to rejoin from the primary)", .path.display())]
+    #[error("data dir {}: the log starts at lsn {first_lsn} but no snapshot covers the records before it; refusing to start with records missing (restore the snapshots, or empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)", .path.display())]
     MissingSnapshot { path: PathBuf, first_lsn: Lsn },
-    #[error("data dir {}: the log starts at lsn {first_lsn} but the newest usable snapshot covers only through lsn {snapshot_lsn}; refusing to start with records missing (restore the snapshots, or empty the data dir to rejoin from the primary)", .path.display())]
+    #[error("data dir {}: the log starts at lsn {first_lsn} but the newest usable snapshot covers only through lsn {snapshot_lsn}; refusing to start with records missing (restore the snapshots, or empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)", .path.display())]
     LogGap {
         path: PathBuf,
         first_lsn: Lsn,
         snapshot_lsn: Lsn,
     },
+    #[error("{}: the node's epoch and vote are unreadable ({detail}); it must not vote from a guess. Move the file aside and start the node again: it keeps its log, starts as a learner and waits out the vote quarantine before it votes", .path.display())]
+    MetaDamaged { path: PathBuf, detail: String },
     #[error("data dir {}: {reason}", .path.display())]
     Members { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -360,7 +362,22 @@ pub fn open_rotating(
     let fsync_failed_path = path.join(FSYNC_FAILED_FILE_NAME);
     let floor_path = path.join(LOG_FLOOR_FILE_NAME);
     let mut learner_reason = None;
-    let mut meta = match Meta::load(&meta_path)? {
+    let loaded = match Meta::load(&meta_path) {
+        Err(wal::Error::Corrupt { reason, .. }) => {
+            return Err(DiskError::MetaDamaged {
+                path: meta_path,
+                detail: reason.to_string(),
+            })
+        }
+        Err(wal::Error::BadMagic { found, .. }) => {
+            return Err(DiskError::MetaDamaged {
+                path: meta_path,
+                detail: format!("not a metadata file: it starts {found:02x?}"),
+            })
+        }
+        other => other?,
+    };
+    let mut meta = match loaded {
         Some(meta) => {
             if meta.node_id != node_id {
                 return Err(DiskError::OtherNode {
@@ -907,7 +924,8 @@ mod tests {
         );
     }
 
-    /// A data dir whose `meta` is gone but whose log is not starts as a learner whatever
+    /// A damaged `meta` is refused, and the way out it names is sound: a data dir whose
+    /// `meta` is gone but whose log is not starts as a learner whatever
     /// `--initial-cluster-state` says: its log may lack records it acknowledged, and the
     /// epoch it voted in is taken from the log (the vote quarantine covers the rest).
     #[test]
@@ -918,7 +936,15 @@ mod tests {
         first.dir.quarantine_ended().unwrap();
         append_durable(&first, 3, b"x");
         drop(first);
-        std::fs::remove_file(dir.path().join(wal::meta::META_FILE_NAME)).unwrap();
+        // A damaged `meta` is refused with what to do: move it aside.
+        let meta = dir.path().join(wal::meta::META_FILE_NAME);
+        std::fs::write(&meta, b"damaged").unwrap();
+        let error = open_founding(dir.path(), wal::Options::default().segment_bytes_max)
+            .err()
+            .unwrap();
+        assert!(matches!(error, DiskError::MetaDamaged { .. }), "{error}");
+        assert!(error.to_string().contains("Move the file aside"), "{error}");
+        std::fs::remove_file(&meta).unwrap();
         let again = open_founding(dir.path(), wal::Options::default().segment_bytes_max).unwrap();
         assert_eq!(again.start, Start::WIPED);
         assert!(again.persisted.learner);
