@@ -1,6 +1,8 @@
 //! `understudy wal verify DIR` and `understudy wal dump DIR [--from LSN]`: offline looks at a
 //! log. Both are read-only: a damaged tail is reported, not cut (the node cuts it when it
-//! opens the log), and nothing in the directory is changed. A tail is either provably torn (a
+//! opens the log), and nothing in the directory is changed. `understudy wal vouch DIR
+//! --accept-data-loss` is the one that writes: the operator's way out of a cluster that
+//! cannot elect because too many of its nodes are learners. A tail is either provably torn (a
 //! crash cut the last record short: nothing acknowledged is lost) or suspect (the last record
 //! is whole but fails its check: it may have been acknowledged, so the node starts as a
 //! learner); both are reported, neither is an error.
@@ -37,6 +39,18 @@ pub enum WalCommand {
         #[arg(long, default_value_t = 32, value_name = "BYTES")]
         preview: usize,
     },
+    /// Make a stopped node that starts as a learner a voter again, vouching for its log by
+    /// hand. Only for a cluster that cannot elect because too many of its nodes are learners
+    /// and the copies that could hold their lost records are gone for good: records
+    /// acknowledged only by what the learners lost may be lost. Prints what it would do
+    /// unless --accept-data-loss is given.
+    Vouch {
+        /// The node's data directory (the node must be stopped).
+        dir: PathBuf,
+        /// Write the change: clear the learner flag and remove the log floor.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
 }
 
 pub fn run(command: WalCommand) -> anyhow::Result<()> {
@@ -48,7 +62,110 @@ pub fn run(command: WalCommand) -> anyhow::Result<()> {
             limit,
             preview,
         } => dump(&dir, from.map(Lsn), limit, preview),
+        WalCommand::Vouch {
+            dir,
+            accept_data_loss,
+        } => vouch(&dir, accept_data_loss, &mut std::io::stdout().lock()),
     }
+}
+
+/// `understudy wal vouch`: clears a stopped node's learner flag and removes its log floor,
+/// after printing what its data directory holds. Refuses a running node (its lock), a data
+/// dir without `meta`, and a log whose damaged tail the node has not cut yet (the next start
+/// would find it and make the node a learner again).
+fn vouch(dir: &Path, accept: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    use crate::node::disk::LOG_FLOOR_FILE_NAME;
+    use wal::meta::{Meta, META_FILE_NAME};
+    let meta_path = dir.join(META_FILE_NAME);
+    if !meta_path.is_file() {
+        bail!(
+            "{}: no metadata file; start the node once first (a data dir without it starts \
+             as a learner and writes a new one)",
+            meta_path.display()
+        );
+    }
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("open {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("{}: in use by a running node; stop it first", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("lock {}", lock_path.display()))
+        }
+    }
+    let Some(meta) = Meta::load(&meta_path)? else {
+        bail!("{}: no metadata file", meta_path.display());
+    };
+    let (_, inspection) = open(dir)?;
+    if let Some(torn) = inspection.torn.as_ref().filter(|t| !t.provably_torn) {
+        bail!(
+            "{}: the log's tail after lsn {} is damaged and not cut yet; start the node once \
+             (it cuts the tail and starts as a learner), stop it, then vouch for it",
+            dir.display(),
+            torn.last_lsn
+        );
+    }
+    let floor_path = dir.join(LOG_FLOOR_FILE_NAME);
+    let floor = wal::mark::read(&floor_path)?;
+    let last = inspection.last_lsn().unwrap_or(Lsn::ZERO);
+    let last_epoch = inspection
+        .epoch_starts
+        .last()
+        .map_or("none".to_owned(), |start| start.epoch.to_string());
+    writeln!(
+        out,
+        "node {}: epoch {}, {}, log through lsn {last} (last epoch {last_epoch}), log floor {}",
+        meta.node_id,
+        meta.epoch,
+        if meta.learner { "a learner" } else { "a voter" },
+        match floor {
+            wal::mark::MarkFile::Absent => "none".to_owned(),
+            wal::mark::MarkFile::At(lsn) => format!("lsn {lsn}"),
+            wal::mark::MarkFile::Damaged => "damaged".to_owned(),
+        }
+    )?;
+    let floor_above = match floor {
+        wal::mark::MarkFile::Absent => false,
+        wal::mark::MarkFile::At(lsn) => lsn > last,
+        wal::mark::MarkFile::Damaged => true,
+    };
+    if !meta.learner && !floor_above {
+        writeln!(out, "nothing to do: it starts as a voter")?;
+        return Ok(());
+    }
+    if !accept {
+        bail!(
+            "not changed. This makes the node vote with the log above: a record the cluster \
+             acknowledged that this log lacks is lost if the node helps elect a primary \
+             without it. Vouch only for the node with the longest log (`understudy wal \
+             verify`) among those left, then rerun with --accept-data-loss"
+        );
+    }
+    // The floor goes first: a crash after it leaves a learner whose next start finds no
+    // floor to hold against its log, which is what a vouch is meant to leave anyway; `meta`
+    // is then stored whole (FORMAT.md, "Node metadata").
+    if floor != wal::mark::MarkFile::Absent {
+        std::fs::remove_file(&floor_path)
+            .with_context(|| format!("remove {}", floor_path.display()))?;
+        wal::fs::sync_dir(dir)?;
+    }
+    Meta {
+        learner: false,
+        ..meta
+    }
+    .store(&meta_path)?;
+    writeln!(
+        out,
+        "node {} is a voter at its next start, with its log through lsn {last}",
+        meta.node_id
+    )?;
+    Ok(())
 }
 
 /// The log directory for `dir`: `dir/wal` if it is a data directory, else `dir` itself.
@@ -289,4 +406,86 @@ fn dump(
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FsyncMode;
+    use crate::node::disk;
+    use wal::{Epoch, NodeId};
+
+    fn open_node(dir: &Path) -> disk::Opened {
+        disk::open(dir, NodeId(1), 7, FsyncMode::Always, Default::default()).unwrap()
+    }
+
+    /// A learner is made a voter only with --accept-data-loss, only while stopped, and only
+    /// once its damaged tail is cut; its next start is then a voter's, with its log kept.
+    #[test]
+    fn vouch_makes_a_stopped_learner_a_voter_only_when_told_to() {
+        let dir = tempfile::tempdir().unwrap();
+        // `open` joins an existing cluster: a learner.
+        let first = open_node(dir.path());
+        assert!(first.start.learner);
+        for _ in 0..3 {
+            first
+                .writer
+                .append(Epoch(1), RecordKind::App, [&b"x"[..]])
+                .unwrap();
+        }
+        first.writer.sync().unwrap();
+        let error = vouch(dir.path(), true, &mut Vec::new()).unwrap_err();
+        assert!(
+            error.to_string().contains("in use by a running node"),
+            "{error}"
+        );
+        drop(first);
+
+        let mut out = Vec::new();
+        let error = vouch(dir.path(), false, &mut out).unwrap_err();
+        assert!(error.to_string().contains("--accept-data-loss"), "{error}");
+        let said = String::from_utf8(out).unwrap();
+        assert!(said.contains("a learner, log through lsn 3"), "{said}");
+        assert!(open_node(dir.path()).start.learner, "nothing changed");
+
+        let mut out = Vec::new();
+        vouch(dir.path(), true, &mut out).unwrap();
+        let again = open_node(dir.path());
+        assert!(!again.start.learner, "{:?}", again.learner_reason);
+        assert_eq!(again.recovered.last_lsn, Lsn(3));
+        drop(again);
+        let mut out = Vec::new();
+        vouch(dir.path(), false, &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("nothing to do"));
+    }
+
+    /// A data dir without `meta`, or with a suspect tail not yet cut, is refused.
+    #[test]
+    fn vouch_refuses_what_the_next_start_would_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = vouch(dir.path(), true, &mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("no metadata file"), "{error}");
+        let first = open_node(dir.path());
+        for _ in 0..3 {
+            first
+                .writer
+                .append(Epoch(1), RecordKind::App, [&b"record"[..]])
+                .unwrap();
+        }
+        first.writer.sync().unwrap();
+        drop(first);
+        // The last record's payload changed: a whole record failing its check.
+        let segment = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "wal"))
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&segment, bytes).unwrap();
+        let error = vouch(dir.path(), true, &mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("not cut yet"), "{error}");
+    }
 }
