@@ -13,6 +13,10 @@
 //!               and starts as a learner (the page cache may hold records the disk lost)
 //!   log-floor   the highest LSN this log has reported durable (decimal, zero-padded):
 //!               the log's durable mark (`wal::mark`), kept by the WAL writer
+//!   members.json  the configuration in effect at the log's start, once the log no longer
+//!               holds its record (`super::members`)
+//!   snapshot-members.json  the configuration in effect at the snapshot last received from
+//!               the primary, stored before the snapshot (`super::members`)
 //!   wal/        the log segments
 //!   snapshots/  the newest snapshots (`super::snapshot::store`)
 //! ```
@@ -127,6 +131,8 @@ pub enum DiskError {
     MetaDamaged { path: PathBuf, detail: String },
     #[error("data dir {}: {reason}", .path.display())]
     Members { path: PathBuf, reason: String },
+    #[error("data dir {}: the log does not continue the newest snapshot (lsn {snapshot_lsn}, received from the primary just before a stop), and the configuration in effect at that snapshot was not stored with it ({} is missing or belongs to another snapshot); refusing to start with a member set that may be stale (empty the data dir to rejoin from the primary)", .path.display(), super::members::SNAPSHOT_MEMBERS_FILE)]
+    SnapshotWithoutMembers { path: PathBuf, snapshot_lsn: Lsn },
     #[error(transparent)]
     Wal(#[from] wal::Error),
 }

@@ -14,6 +14,25 @@
 //! both, which agree; recovery takes the record from the file when the log no longer holds
 //! it. A snapshot installed from the primary comes with the configuration in effect at its
 //! LSN, stored the same way before the log is reset.
+//!
+//! # The configuration at a snapshot from the primary (`snapshot-members.json`)
+//! A snapshot received from the primary becomes durable under its final name before the core
+//! loop stores its configuration in `members.json` and resets the log after it; a node that
+//! stops in between (a crash, or a clean stop that closed the core loop first) finds the
+//! snapshot beside an old log that does not continue it, and start-up resets the log itself
+//! (`snapshot::store::recover`), dropping every config record the old log held. Neither the
+//! old `members.json` (from an earlier prefix cut) nor `--peers` then says which
+//! configuration is in effect at the snapshot. So the receiver stores that configuration,
+//! with the LSN and epoch of the snapshot it belongs to, in `snapshot-members.json` (tmp,
+//! fsync, rename, fsync the directory) *before* the snapshot's final name exists, and
+//! start-up takes it from there (and stores it in `members.json`) before it resets the log.
+//! `members.json` itself is not touched before the snapshot is in place: it must keep
+//! describing the old log's start for as long as a crash can leave the node on the old log.
+//!
+//! The file is only read for the snapshot it names (LSN and epoch both), and never needs
+//! removing: the configuration in effect at a committed LSN (a snapshot covers only committed
+//! records) never changes, so the file is right about its snapshot for ever, and the next
+//! snapshot received replaces it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -169,6 +188,77 @@ pub fn load_start(dir: &Path) -> Result<Option<(Lsn, ConfigRecord)>, String> {
     };
     let file: StartFile =
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
+    let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some((Lsn(file.lsn), record)))
+}
+
+/// The file in the data dir holding the configuration at the snapshot last received from the
+/// primary (module docs).
+pub const SNAPSHOT_MEMBERS_FILE: &str = "snapshot-members.json";
+
+/// `snapshot-members.json`: the snapshot a configuration belongs to, the LSN of the
+/// configuration's record and the record.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    snapshot_lsn: u64,
+    snapshot_epoch: u64,
+    lsn: u64,
+    record: serde_json::Value,
+}
+
+/// Stores the configuration in effect at the snapshot `(snapshot_lsn, snapshot_epoch)`
+/// received from the primary: that of the record at `lsn` (module docs).
+///
+/// # Durability
+/// Returns only once the file and its directory entry are fsynced (atomic install), so a
+/// caller that installs the snapshot afterwards never leaves a snapshot whose configuration
+/// is not on disk.
+pub fn store_at_snapshot(
+    dir: &Path,
+    (snapshot_lsn, snapshot_epoch): (Lsn, Epoch),
+    lsn: Lsn,
+    record: &ConfigRecord,
+) -> wal::Result<()> {
+    let record: serde_json::Value = serde_json::from_slice(&record.encode())
+        .unwrap_or_else(|_| unreachable!("a config record's payload is JSON"));
+    let file = SnapshotFile {
+        snapshot_lsn: snapshot_lsn.get(),
+        snapshot_epoch: snapshot_epoch.get(),
+        lsn: lsn.get(),
+        record,
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&file).unwrap_or_else(|_| unreachable!("plain data serializes"));
+    wal::fs::write_atomic(&dir.join(SNAPSHOT_MEMBERS_FILE), &bytes)
+}
+
+/// The configuration [`store_at_snapshot`] stored for the snapshot `(snapshot_lsn,
+/// snapshot_epoch)`: `None` when there is no `snapshot-members.json` or it belongs to
+/// another snapshot. `Err` when the file cannot be read or is not a configuration.
+pub fn load_at_snapshot(
+    dir: &Path,
+    (snapshot_lsn, snapshot_epoch): (Lsn, Epoch),
+) -> Result<Option<(Lsn, ConfigRecord)>, String> {
+    let path = dir.join(SNAPSHOT_MEMBERS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let file: SnapshotFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if file.snapshot_lsn != snapshot_lsn.get() || file.snapshot_epoch != snapshot_epoch.get() {
+        return Ok(None);
+    }
+    if file.lsn > file.snapshot_lsn {
+        return Err(format!(
+            "{}: the configuration's record (lsn {}) is after its snapshot (lsn {})",
+            path.display(),
+            file.lsn,
+            file.snapshot_lsn
+        ));
+    }
     let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
     let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some((Lsn(file.lsn), record)))

@@ -402,6 +402,11 @@ impl SnapshotWriter {
         self.lsn
     }
 
+    /// The epoch of the record at [`lsn`](SnapshotWriter::lsn).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
     /// Body bytes accepted so far: the offset the next chunk must start at.
     pub fn body_len(&self) -> u64 {
         self.body_len

@@ -101,13 +101,19 @@ impl Shell {
     /// and subscriptions could read the old log while it is being deleted. It happens only
     /// on a backup catching up, never on the primary.
     ///
-    /// Crash argument: 1. the snapshot file is installed (fsynced, renamed, directory
-    /// fsynced) before this runs; 2. the log is reset to start after it (segments deleted,
-    /// directory fsynced, an empty segment installed). A crash between 1 and 2 leaves the
-    /// old log beside a newer snapshot it does not continue; [`recover`] then resets the log
-    /// itself. The older snapshots are removed last: until then they are merely unused.
+    /// Crash argument: 1. before this runs, the configuration at the snapshot is stored in
+    /// `snapshot-members.json`, and then the snapshot file is installed (each fsynced,
+    /// renamed, directory fsynced; [`install_received`]); 2. the configuration goes to
+    /// `members.json` (atomic install); 3. the log is reset to start after the snapshot
+    /// (segments deleted, directory fsynced, an empty segment installed). A crash after 1
+    /// and before 3 (or a stop that never got here) leaves the old log beside a newer
+    /// snapshot it does not continue; [`recover`] then stores the configuration of 1 in
+    /// `members.json` and resets the log itself. After 3 `members.json` holds the
+    /// configuration at the snapshot. The older snapshots are removed last: until then they
+    /// are merely unused.
     ///
     /// [`recover`]: super::store::recover
+    /// [`install_received`]: super::store::install_received
     fn snapshot_install(
         &mut self,
         info: &SnapshotInfo,

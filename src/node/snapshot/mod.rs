@@ -25,11 +25,12 @@
 //!   resumable, every chunk verified.
 //!
 //! What they use of each other and of the rest of the node: [`store`] needs nothing of the
-//! node but `disk::DiskError`, and `disk` needs nothing here but [`store`]; [`schedule`]
-//! works on [`Snapshots`] alone; [`core_loop`] is the core loop's side, and starts
-//! transfers; [`transfer`] dials through the peer transport and is handed the snapshot
-//! connections it accepts (as `repair` is); the app API's part uses [`Snapshots`],
-//! [`schedule`] and [`store`]. Nothing here uses the app API or the node's handle.
+//! node but `disk::DiskError` and the configuration files of `members`, and `disk` needs
+//! nothing here but [`store`]; [`schedule`] works on [`Snapshots`] alone; [`core_loop`] is
+//! the core loop's side, and starts transfers; [`transfer`] dials through the peer
+//! transport and is handed the snapshot connections it accepts (as `repair` is); the app
+//! API's part uses [`Snapshots`], [`schedule`] and [`store`]. Nothing here uses the app API
+//! or the node's handle.
 //!
 //! # Which records the log keeps
 //!
@@ -236,6 +237,9 @@ struct State {
 
 /// The node's snapshots; see the module docs. Shared through an `Arc`.
 pub struct Snapshots {
+    /// The data dir: a snapshot received from the primary stores its configuration there
+    /// ([`store::install_received`]).
+    data_dir: PathBuf,
     dir: PathBuf,
     config: SnapshotConfig,
     state: Mutex<State>,
@@ -294,6 +298,7 @@ impl Snapshots {
             None
         };
         Snapshots {
+            data_dir: data_dir.to_owned(),
             dir: data_dir.join(SNAPSHOTS_DIR),
             config,
             state: Mutex::new(State {

@@ -1,8 +1,10 @@
 //! The snapshot files of a data dir: finding the snapshot the node starts from
-//! ([`recover`]), listing the files, reading one chunk by chunk, moving a damaged one aside
-//! and removing old ones. The file format, its verification and its atomic install are
-//! `wal::snapshot`'s; which snapshots are in use is [`Snapshots`](super::Snapshots)'s
-//! business. This file does the file work for both, and keeps no state.
+//! ([`recover`]), installing one received from the primary together with the configuration
+//! in effect at it (`install_received`), listing the files, reading one chunk by chunk,
+//! moving a damaged one aside and removing old ones. The file format, its verification and
+//! its atomic install are `wal::snapshot`'s; which snapshots are in use is
+//! [`Snapshots`](super::Snapshots)'s business. This file does the file work for both, and
+//! keeps no state.
 //!
 //! ```text
 //! <data-dir>/
@@ -15,10 +17,11 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
-use wal::snapshot::{SnapshotInfo, SnapshotReader};
+use wal::snapshot::{SnapshotInfo, SnapshotReader, SnapshotWriter};
 use wal::{Lsn, Wal};
 
 use crate::node::disk::DiskError;
+use crate::node::members;
 
 /// The directory of a data dir that holds the snapshots.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
@@ -60,7 +63,8 @@ pub struct Recovered {
 /// | no snapshot, log starts later | records were truncated | `DiskError::MissingSnapshot` |
 /// | log starts after the snapshot + 1 | a gap | `DiskError::LogGap` |
 /// | log holds the snapshot's LSN with its epoch, or starts right after it | | keep the log |
-/// | log ends before the snapshot, or holds its LSN in another epoch | a snapshot from the primary was installed and the node stopped before resetting the log | reset the log to start after the snapshot |
+/// | log ends before the snapshot, or holds its LSN in another epoch | a snapshot from the primary was installed and the node stopped before resetting the log | store the configuration at the snapshot in `members.json`, then reset the log to start after the snapshot |
+/// | ditto, and `snapshot-members.json` is missing or names another snapshot | the configuration at the snapshot is unknown | `DiskError::SnapshotWithoutMembers` |
 ///
 /// Temp files (`*.snap.tmp`) are removed first.
 pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
@@ -120,12 +124,72 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
         || (wal.last_lsn() >= lsn && wal.epoch_at(lsn) == Some(epoch));
     if !continues {
         warn!(snapshot_lsn = %lsn, log_last_lsn = %wal.last_lsn(), "the log does not continue the newest snapshot (installed from the primary just before a stop); resetting the log after it");
+        recover_members(data_dir, newest)?;
         wal.reset(lsn.next())?;
         // Older snapshots do not chain with the new log.
         installed.drain(..installed.len() - 1);
     }
     info!(snapshot_lsn = %lsn, log_first_lsn = %wal.first_lsn(), log_last_lsn = %wal.last_lsn(), "starting from a snapshot");
     Ok(Recovered { installed, corrupt })
+}
+
+/// Before [`recover`] resets the log after `snapshot`: stores the configuration in effect at
+/// the snapshot (which [`install_received`] stored beside it) in `members.json`, where
+/// start-up looks for the configuration at the log's start.
+///
+/// Crash argument: 1. `members.json` is installed (tmp, fsync, rename, fsync the directory);
+/// 2. the log is reset. A crash before 2 finds the same snapshot and old log, and does both
+/// again; after 2 the log continues the snapshot and `members.json` already holds the
+/// configuration at it, as after the core loop's install. Done the other way round, a crash
+/// between the two would leave a log that continues the snapshot beside a `members.json`
+/// from an earlier prefix cut, which nothing afterwards could tell from a right one.
+///
+/// A snapshot without its configuration (a data dir of a version that did not store it, the
+/// file deleted) is refused: the old `members.json` or `--peers` may name another voter set
+/// than the one in effect at the snapshot, and a voter that acts on a stale set can elect a
+/// second primary in an epoch or count a commit with the wrong majority.
+fn recover_members(data_dir: &Path, snapshot: &SnapshotInfo) -> Result<(), DiskError> {
+    let found =
+        members::load_at_snapshot(data_dir, (snapshot.lsn, snapshot.epoch)).map_err(|reason| {
+            DiskError::Members {
+                path: data_dir.to_owned(),
+                reason,
+            }
+        })?;
+    let Some((config_lsn, record)) = found else {
+        return Err(DiskError::SnapshotWithoutMembers {
+            path: data_dir.to_owned(),
+            snapshot_lsn: snapshot.lsn,
+        });
+    };
+    members::store_start(data_dir, config_lsn, &record)?;
+    info!(snapshot_lsn = %snapshot.lsn, config_lsn = %config_lsn, members = %record.members, "stored the configuration at the snapshot from the primary");
+    Ok(())
+}
+
+/// Installs a snapshot received from the primary, whose body `writer` holds whole, with the
+/// configuration in effect at it (`config`: the LSN of its record, and the record). Runs on
+/// a blocking thread.
+///
+/// # Durability
+/// Crash argument: 1. the configuration is stored in `snapshot-members.json` with the
+/// snapshot's LSN and epoch (tmp, fsync, rename, fsync the directory); 2. `writer.finish()`
+/// installs `snapshots/<lsn>.snap` (fsync, rename, fsync the directory). A crash before 2
+/// leaves the old snapshots and log, and a `snapshot-members.json` for a snapshot that does
+/// not exist, which nothing reads (`members.json` is untouched, so the old log's start
+/// keeps its configuration). From 2 on the configuration at the snapshot is on disk beside
+/// it: should the node stop before the core loop stores it in `members.json` and resets the
+/// log (a crash, or a clean stop that closed the core loop first), [`recover`] finds it and
+/// stores it before resetting the log itself. So no crash leaves the snapshot's name
+/// without its configuration.
+pub(crate) fn install_received(
+    data_dir: &Path,
+    writer: SnapshotWriter,
+    config: &(Lsn, members::ConfigRecord),
+) -> Result<SnapshotInfo, wal::Error> {
+    let snapshot = (writer.lsn(), writer.epoch());
+    members::store_at_snapshot(data_dir, snapshot, config.0, &config.1)?;
+    writer.finish()
 }
 
 /// The `<lsn>.snap` files of `dir`, ascending by LSN. Temp files and other files are left
@@ -211,5 +275,172 @@ fn snapshot_remove_now(dir: &Path, doomed: &[SnapshotInfo]) {
         if let Err(e) = wal::fs::sync_dir(dir) {
             warn!(error = %e, "cannot fsync the snapshot directory");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wal::format::RecordKind;
+    use wal::Epoch;
+
+    use super::*;
+    use crate::config::{FsyncMode, PeerAddr};
+    use crate::core::{Members, Start};
+    use crate::node::disk::{open_with, InitialClusterState, Opened};
+    use crate::node::members::ConfigRecord;
+    use crate::NodeId;
+
+    /// Opens `dir` as a founding member (a voter once its quarantine is over).
+    fn open_node(dir: &Path) -> Result<Opened, DiskError> {
+        open_with(
+            dir,
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+            wal::Options::default().segment_bytes_max,
+            InitialClusterState::New,
+        )
+    }
+
+    fn voters(ids: &[u16]) -> ConfigRecord {
+        let ids: Vec<NodeId> = ids.iter().map(|&id| NodeId(id)).collect();
+        let members = Members::voters_of(&ids).unwrap();
+        let addrs: BTreeMap<NodeId, PeerAddr> = ids
+            .iter()
+            .map(|&id| {
+                let addr = PeerAddr::parse(&format!("127.0.0.1:{}", 7100 + id.get())).unwrap();
+                (id, addr)
+            })
+            .collect();
+        ConfigRecord {
+            members,
+            addrs,
+            given: Default::default(),
+        }
+    }
+
+    /// A backup's data dir in the state a snapshot from the primary finds it in: a voter
+    /// whose log holds lsn 1..=5 of epoch 1 (the config record of voters {1,2,3} at lsn 1),
+    /// with `members.json` from an earlier prefix cut saying the same. Returns that record.
+    fn backup_behind(dir: &Path) -> ConfigRecord {
+        let old = voters(&[1, 2, 3]);
+        let mut opened = open_node(dir).unwrap();
+        opened.dir.quarantine_ended().unwrap();
+        let payload = old.encode();
+        opened
+            .writer
+            .append(Epoch(1), RecordKind::Config, [&payload[..]])
+            .unwrap();
+        for _ in 0..4 {
+            opened
+                .writer
+                .append(Epoch(1), RecordKind::App, [&b"record"[..]])
+                .unwrap();
+        }
+        opened.writer.sync().unwrap();
+        members::store_start(dir, Lsn(1), &old).unwrap();
+        old
+    }
+
+    /// A snapshot the primary sent, at lsn 20 of epoch 2, whole in its writer (not yet
+    /// installed).
+    fn received(dir: &Path) -> SnapshotWriter {
+        let mut writer =
+            SnapshotWriter::create(&dir.join(SNAPSHOTS_DIR), Lsn(20), Epoch(2)).unwrap();
+        writer.write(b"the application's state at lsn 20").unwrap();
+        writer
+    }
+
+    /// The crash point between a received snapshot's install and the core loop's: the
+    /// membership changed (voters {1,2,3} to {1,2,4} at lsn 12) between the backup's log and
+    /// the snapshot at lsn 20. The receiver installs the snapshot and the node stops before
+    /// the core loop stores the configuration or resets the log. Start-up must reset the log
+    /// after the snapshot with the configuration in effect at it, not the one of the old
+    /// `members.json` (before the fix it started as a voter of {1,2,3}: the config record at
+    /// lsn 12 was nowhere on disk). A crash before the snapshot's name exists leaves the old
+    /// state whole.
+    #[test]
+    fn a_snapshot_from_the_primary_left_uninstalled_starts_with_its_configuration() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path();
+        let old = backup_behind(dir);
+        let new = voters(&[1, 2, 4]);
+
+        // A crash after the configuration is stored and before the snapshot's name exists
+        // (the temp file it leaves is removed at start-up, as dropping the writer does).
+        members::store_at_snapshot(dir, (Lsn(20), Epoch(2)), Lsn(12), &new).unwrap();
+        drop(received(dir));
+        let opened = open_node(dir).unwrap();
+        assert_eq!(opened.recovered.snapshot_lsn, Lsn::ZERO);
+        assert_eq!(opened.recovered.last_lsn, Lsn(5), "the old log is kept");
+        assert_eq!(opened.recovered.configs, vec![(Lsn(1), old.members)]);
+        assert_eq!(
+            members::load_start(dir).unwrap(),
+            Some((Lsn(1), old.clone())),
+            "members.json still describes the old log's start"
+        );
+        drop(opened);
+
+        // The receive path's install, then a stop before the core loop's.
+        let info = install_received(dir, received(dir), &(Lsn(12), new.clone())).unwrap();
+        assert_eq!((info.lsn, info.epoch), (Lsn(20), Epoch(2)));
+        for restart in ["the start that resets the log", "the next start"] {
+            let opened = open_node(dir).unwrap();
+            assert_eq!(opened.start, Start::VOTER, "{restart}");
+            assert_eq!(opened.recovered.snapshot_lsn, Lsn(20), "{restart}");
+            assert_eq!(opened.recovered.last_lsn, Lsn(20), "{restart}");
+            assert_eq!(
+                opened.recovered.configs,
+                vec![(Lsn(12), new.members)],
+                "{restart}: the configuration at the snapshot"
+            );
+            assert_eq!(
+                opened.members.at(Lsn(20)),
+                Some((Lsn(12), &new)),
+                "{restart}"
+            );
+            assert_eq!(
+                members::load_start(dir).unwrap(),
+                Some((Lsn(12), new.clone())),
+                "{restart}: stored before the log was reset"
+            );
+        }
+    }
+
+    /// A snapshot the log does not continue, whose configuration was not stored with it (a
+    /// data dir of a version that did not store it) or was stored for another snapshot: the
+    /// node refuses to start rather than reset its log and vote with the old `members.json`,
+    /// and leaves the log as it was.
+    #[test]
+    fn a_snapshot_from_the_primary_without_its_configuration_is_refused() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path();
+        let old = backup_behind(dir);
+        received(dir).finish().unwrap();
+        let refused = |why: &str| match open_node(dir) {
+            Err(DiskError::SnapshotWithoutMembers { snapshot_lsn, .. }) => {
+                assert_eq!(snapshot_lsn, Lsn(20), "{why}")
+            }
+            Err(e) => panic!("{why}: {e}"),
+            Ok(_) => panic!("{why}: started"),
+        };
+        refused("no snapshot-members.json");
+        members::store_at_snapshot(dir, (Lsn(15), Epoch(2)), Lsn(12), &voters(&[1, 2, 4])).unwrap();
+        refused("snapshot-members.json of another lsn");
+        members::store_at_snapshot(dir, (Lsn(20), Epoch(3)), Lsn(12), &voters(&[1, 2, 4])).unwrap();
+        refused("snapshot-members.json of another epoch");
+        assert_eq!(members::load_start(dir).unwrap(), Some((Lsn(1), old)));
+        // The log is untouched: with the snapshot gone, the node starts on it as before.
+        std::fs::remove_file(
+            dir.join(SNAPSHOTS_DIR)
+                .join(wal::snapshot::file_name(Lsn(20))),
+        )
+        .unwrap();
+        let opened = open_node(dir).unwrap();
+        assert_eq!(opened.recovered.last_lsn, Lsn(5));
+        assert_eq!(opened.start, Start::VOTER);
     }
 }

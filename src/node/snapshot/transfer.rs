@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use wal::snapshot::{SnapshotInfo, SnapshotWriter};
 use wal::{Epoch, Lsn, NodeId};
 
-use super::store::{is_damage, read_chunks, READ_AHEAD_CHUNKS};
+use super::store::{install_received, is_damage, read_chunks, READ_AHEAD_CHUNKS};
 use super::{lock, on_blocking_thread, Event, Partial, SnapshotMetrics, Snapshots, TransferStatus};
 use crate::node::metrics::Metrics;
 use crate::node::peer::{dial_handshake, PeerConfig};
@@ -608,7 +608,11 @@ where
                         writer.body_crc()
                     ));
                 }
-                let info = on_blocking_thread(move || writer.finish())
+                // The configuration at the snapshot is durable before the snapshot's name
+                // is: the core loop may never get to store it (`install_received`).
+                let data_dir = snapshots.data_dir.clone();
+                let config = member_config.clone();
+                let info = on_blocking_thread(move || install_received(&data_dir, writer, &config))
                     .await
                     .map_err(|e| format!("cannot install the snapshot: {e}"))?;
                 let (reply, answer) = oneshot::channel();
