@@ -131,7 +131,7 @@ pub enum DiskError {
     MetaDamaged { path: PathBuf, detail: String },
     #[error("data dir {}: {reason}", .path.display())]
     Members { path: PathBuf, reason: String },
-    #[error("data dir {}: the log does not continue the newest snapshot (lsn {snapshot_lsn}, received from the primary just before a stop), and the configuration in effect at that snapshot was not stored with it ({} is missing or belongs to another snapshot); refusing to start with a member set that may be stale (empty the data dir to rejoin from the primary)", .path.display(), super::members::SNAPSHOT_MEMBERS_FILE)]
+    #[error("data dir {}: the log does not continue the newest snapshot (lsn {snapshot_lsn}: one received from the primary just before a stop, or the log was deleted), and the configuration in effect at that snapshot was not stored with it ({} is missing or belongs to another snapshot); refusing to start with a member set that may be stale (empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)", .path.display(), super::members::SNAPSHOT_MEMBERS_FILE)]
     SnapshotWithoutMembers { path: PathBuf, snapshot_lsn: Lsn },
     #[error(transparent)]
     Wal(#[from] wal::Error),

@@ -123,7 +123,7 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
     let continues = wal.first_lsn() == lsn.next()
         || (wal.last_lsn() >= lsn && wal.epoch_at(lsn) == Some(epoch));
     if !continues {
-        warn!(snapshot_lsn = %lsn, log_last_lsn = %wal.last_lsn(), "the log does not continue the newest snapshot (installed from the primary just before a stop); resetting the log after it");
+        warn!(snapshot_lsn = %lsn, log_last_lsn = %wal.last_lsn(), "the log does not continue the newest snapshot (one received from the primary just before a stop); resetting the log after it");
         recover_members(data_dir, newest)?;
         wal.reset(lsn.next())?;
         // Older snapshots do not chain with the new log.
