@@ -217,8 +217,10 @@ impl Replay {
             let name = std::ffi::OsStr::from_bytes(name);
             std::fs::rename(dir.join(name), aside.join(name)).map_err(state(&dir.join(name)))?;
         }
-        // Both directories durable before the state file says the directory is empty.
-        for synced in [&aside, &dir] {
+        // Both directories, and the new one's own name, durable before the state file says
+        // the directory is empty: the files moved aside are kept, not deleted.
+        let parent = wal::fs::parent(&aside).to_path_buf();
+        for synced in [&aside, &dir, &parent] {
             wal::fs::sync_dir(synced).map_err(|e| ReplayError::State {
                 path: synced.clone(),
                 source: std::io::Error::other(e.to_string()),

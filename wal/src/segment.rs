@@ -211,10 +211,10 @@ pub fn find_intact_after(bytes: &[u8], from: usize, after_lsn: Lsn) -> Option<(u
         let lsn = u64::from_le_bytes(word);
         let remaining_records = (bytes.len() - offset) as u64 / RECORD_HEADER_LEN as u64 + 1;
         if lsn > after_lsn.get() && lsn - after_lsn.get() <= remaining_records {
+            // Any kind: a config record after the damage proves it no torn tail as much as an
+            // application record does (`decode_record` refuses an unknown kind).
             if let Ok(Some((record, _))) = decode_record(at) {
-                if record.kind == RecordKind::App || record.kind == RecordKind::EpochStart {
-                    return Some((offset as u64, record.lsn));
-                }
+                return Some((offset as u64, record.lsn));
             }
         }
         offset += 1;
@@ -334,5 +334,17 @@ mod tests {
             find_intact_after(torn, second + RECORD_HEADER_LEN + 10, Lsn(2)),
             None
         );
+    }
+
+    /// A config record after the damage counts too: a damaged record followed only by a
+    /// membership change is no torn tail.
+    #[test]
+    fn intact_config_record_after_damage_is_found() {
+        let mut bytes = segment(1, &[1, 1]);
+        encode_record(&mut bytes, Lsn(3), Epoch(1), RecordKind::Config, b"{}");
+        let second = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 10;
+        bytes[second + 30] ^= 0xff;
+        let found = find_intact_after(&bytes, second, Lsn(1));
+        assert_eq!(found.map(|(_, lsn)| lsn), Some(Lsn(3)));
     }
 }

@@ -223,6 +223,8 @@ pub(super) fn quarantine_file(data_dir: &Path, path: &Path) -> Result<(), DiskEr
         path: path.to_owned(),
         source,
     })?;
+    // Both ends of the move: the file is evidence, kept, not deleted.
+    wal::fs::sync_dir(&aside)?;
     wal::fs::sync_dir(wal::fs::parent(path))?;
     Ok(())
 }
