@@ -58,8 +58,9 @@ fn one_primary(cluster: &Cluster, ids: &[u16], timeout: Duration) -> u16 {
     found[0]
 }
 
-/// Whether the cluster of nodes `ids` is idle and settled under `primary`: every other node
-/// is a backup of it in its epoch, with the same last LSN; the primary has every backup's
+/// Whether the cluster of nodes `ids` is idle and settled under `primary`: every node is a
+/// voter (none a learner or in its vote quarantine); every other node is a backup of it in
+/// its epoch, with the same last LSN; the primary has every backup's
 /// acknowledgement of that LSN (so none is more up to date than another in its eyes); and
 /// every node is connected to every other and knows its admin address (which `pause` and
 /// `switchover` use to find the others).
@@ -80,6 +81,12 @@ fn settled(cluster: &Cluster, primary: u16, ids: &[u16]) -> bool {
                 None => return false,
             }
         };
+        // A voter: a node that heard of the cluster's log in its vote quarantine is a learner
+        // until the primary promotes it, and a primary killed before that leaves no
+        // majority to elect the next one.
+        if view["standing"] != "voter" {
+            return false;
+        }
         if id != primary
             && (view["role"] != "backup"
                 || view["primary"].as_u64() != Some(u64::from(primary))

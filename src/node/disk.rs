@@ -353,17 +353,21 @@ pub fn open_rotating(
     // A predecessor killed between a rename (or a deletion) and the fsync of its directory
     // left a name only the page cache holds: this start would act on it (a vote stored in
     // `meta`, a segment cut away), and a power loss later could bring the old name back
-    // under votes and acknowledgements already given. Make every name durable first.
-    for dir in [
-        path.to_owned(),
-        path.join("wal"),
-        path.join(super::snapshot::store::SNAPSHOTS_DIR),
-    ] {
-        if dir.is_dir() {
-            wal::fs::sync_dir(&dir)?;
+    // under votes and acknowledgements already given. Make every name durable first. A
+    // data dir without `meta` is new (nothing to make durable) or starts as a learner in
+    // its vote quarantine (below), trusting nothing it holds.
+    let meta_path = path.join(wal::meta::META_FILE_NAME);
+    if meta_path.exists() {
+        for dir in [
+            path.to_owned(),
+            path.join("wal"),
+            path.join(super::snapshot::store::SNAPSHOTS_DIR),
+        ] {
+            if dir.is_dir() {
+                wal::fs::sync_dir(&dir)?;
+            }
         }
     }
-    let meta_path = path.join(wal::meta::META_FILE_NAME);
     let fresh_path = path.join(FRESH_FILE_NAME);
     let fsync_failed_path = path.join(FSYNC_FAILED_FILE_NAME);
     let floor_path = path.join(LOG_FLOOR_FILE_NAME);

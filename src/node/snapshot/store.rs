@@ -42,6 +42,13 @@ pub(super) fn is_damage(error: &wal::Error) -> bool {
     )
 }
 
+/// Whether `error` from reading a snapshot at start-up means the file itself is bad: damage
+/// ([`is_damage`]) or `EIO`, which is how a bad sector shows. Either moves the file aside.
+fn unreadable(error: &wal::Error) -> bool {
+    is_damage(error)
+        || matches!(error, wal::Error::Io { source, .. } if source.raw_os_error() == Some(libc::EIO))
+}
+
 // Start-up.
 
 /// What [`recover`] found.
@@ -87,6 +94,9 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
                 installed.push(info);
                 break;
             }
+            // An I/O error other than EIO (EACCES, EMFILE, ...) says nothing about the file's
+            // bytes: start-up stops with it, and nothing is moved aside.
+            Err(e) if !unreadable(&e) => return Err(e.into()),
             Err(e) => {
                 corrupt += 1;
                 recover_quarantine(data_dir, &path, &e)?;
@@ -97,6 +107,7 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
     for path in candidates.into_iter().rev() {
         match SnapshotReader::open(&path) {
             Ok(reader) => installed.insert(0, reader.info()),
+            Err(e) if !unreadable(&e) => return Err(e.into()),
             Err(e) => {
                 corrupt += 1;
                 recover_quarantine(data_dir, &path, &e)?;
