@@ -37,7 +37,10 @@
 //!
 //! Start: the directory is scanned and its files are taken as the state already captured
 //! (the caller made sure the log holds it). A queue overflow (`IN_Q_OVERFLOW`) rescans:
-//! files that grew are shipped as appends, others whole, vanished ones as deletions.
+//! files that grew are shipped as appends, others whole under staging names, and then one
+//! record renames the staged files into place and deletes the vanished ones, so that a
+//! committed prefix holds the directory from before the lost events or after them, not a
+//! mix (`Tracker::rescan`).
 //! Subdirectories and the materializer's temporary files are ignored.
 
 use std::collections::BTreeMap;
@@ -53,7 +56,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use inotify::{EventMask, Inotify, WatchMask};
 
-use super::change::{check_name, Change, TEMP_PREFIX};
+use super::change::{check_name, Change, STAGE_PREFIX, SWAP_LEN_MAX, TEMP_PREFIX};
 
 /// Bytes at the end of each followed file remembered to detect a rewrite in place.
 pub const TAIL_LEN: usize = 4096;
@@ -76,6 +79,8 @@ pub enum CaptureError {
     RewrittenInPlace { path: PathBuf },
     #[error("the followed directory {path} was removed or moved away")]
     DirGone { path: PathBuf },
+    #[error("after lost inotify events, the rescan of {path} found {files} files to replace or remove, more than one record can name")]
+    RescanTooLarge { path: PathBuf, files: usize },
     #[error("{path} was cut back while the application served (captured {captured} bytes; it now holds {now}, without the captured end): what was cut away may be acknowledged, so the cut is not shipped")]
     Cut {
         path: PathBuf,
@@ -469,7 +474,23 @@ impl Tracker {
         Ok(())
     }
 
-    /// After lost events: compares the directory with what was captured.
+    /// After lost events: compares the directory with what was captured, and ships the
+    /// difference so that every committed prefix of it is safe to restart from.
+    ///
+    /// The events lost held the order of the application's steps, which is what made each
+    /// prefix of the captured changes a directory the application could have left (module
+    /// docs). Without them, shipping files one by one could commit, say, a new manifest
+    /// without the base file it names, or the deletion of the old files without the new
+    /// ones: a primary lost at that moment would leave a backup that cannot restart, or one
+    /// without acknowledged writes. So, in this order:
+    /// 1. files that only grew: their new bytes as appends (a prefix then holds names as
+    ///    they were, with more bytes, as the normal path allows);
+    /// 2. every other file that differs: whole, under a staging name ([`STAGE_PREFIX`]),
+    ///    which the application never reads;
+    /// 3. one [`Change::Swap`]: each staged file renamed over its name, each vanished file
+    ///    deleted. It is one record, so a committed prefix holds all of it or none of it.
+    ///
+    /// A reply barrier asked after the overflow counts the whole rescan.
     fn rescan(&mut self, out: &mut Vec<Change>) -> Result<(), CaptureError> {
         let now = self.read_all()?;
         let gone: Vec<Vec<u8>> = self
@@ -478,25 +499,29 @@ impl Tracker {
             .filter(|name| !now.contains_key(*name))
             .cloned()
             .collect();
-        for name in gone {
-            self.files.remove(&name);
-            out.push(Change::Delete {
-                name: Bytes::from(name),
-            });
-        }
-        for (name, (content, ino)) in now {
-            let grew = self.files.get(&name).is_some_and(|tracked| {
+        let mut renames = Vec::new();
+        let mut staged = 0usize;
+        let mut stage_name = |files: &BTreeMap<Vec<u8>, Tracked>, now: &Scan| loop {
+            let name = format!("{STAGE_PREFIX}{staged}").into_bytes();
+            staged += 1;
+            if !files.contains_key(&name) && !now.contains_key(&name) {
+                return name;
+            }
+        };
+        let mut installs = Vec::new();
+        for (name, (content, ino)) in &now {
+            let grew = self.files.get(name).is_some_and(|tracked| {
                 let start = tracked.len as usize - tracked.tail.len();
-                (tracked.ino == 0 || tracked.ino == ino)
+                (tracked.ino == 0 || tracked.ino == *ino)
                     && content.len() as u64 >= tracked.len
                     && content[start..tracked.len as usize] == tracked.tail[..]
             });
             if grew {
-                let tracked = self.files.get_mut(&name).expect("checked above");
+                let tracked = self.files.get_mut(name).expect("checked above");
                 let grown = &content[tracked.len as usize..];
                 if !grown.is_empty() {
                     out.push(Change::Append {
-                        name: Bytes::copy_from_slice(&name),
+                        name: Bytes::copy_from_slice(name),
                         offset: tracked.len,
                         data: Bytes::copy_from_slice(grown),
                     });
@@ -505,22 +530,51 @@ impl Tracker {
             } else {
                 let cut = self
                     .files
-                    .get(&name)
-                    .filter(|tracked| tracked.ino == 0 || tracked.ino == ino);
+                    .get(name)
+                    .filter(|tracked| tracked.ino == 0 || tracked.ino == *ino);
                 if let Some(tracked) = cut.filter(|_| self.refuse_cuts.load(Ordering::Relaxed)) {
                     return Err(CaptureError::Cut {
-                        path: self.path(&name),
+                        path: self.path(name),
                         captured: tracked.len,
                         now: content.len() as u64,
                     });
                 }
-                self.files.insert(name.clone(), Tracked::of(&content, ino));
-                out.push(Change::Install {
-                    name: Bytes::from(name),
-                    data: Bytes::from(content),
+                let stage = Bytes::from(stage_name(&self.files, &now));
+                installs.push(Change::Install {
+                    name: stage.clone(),
+                    data: Bytes::copy_from_slice(content),
                 });
+                renames.push((stage, Bytes::copy_from_slice(name)));
             }
         }
+        if renames.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let swap = Change::Swap {
+            renames,
+            deletes: gone
+                .iter()
+                .map(|name| Bytes::copy_from_slice(name))
+                .collect(),
+        };
+        if swap.encode().len() > SWAP_LEN_MAX {
+            return Err(CaptureError::RescanTooLarge {
+                path: self.dir.clone(),
+                files: installs.len() + gone.len(),
+            });
+        }
+        // Only now, with nothing left to refuse, does the tracker take the new state.
+        for name in &gone {
+            self.files.remove(name);
+        }
+        if let Change::Swap { renames, .. } = &swap {
+            for (_, name) in renames {
+                let (content, ino) = &now[&name[..]];
+                self.files.insert(name.to_vec(), Tracked::of(content, *ino));
+            }
+        }
+        out.extend(installs);
+        out.push(swap);
         Ok(())
     }
 }
@@ -937,6 +991,7 @@ mod tests {
                     Change::Delete { name } => format!("D({})", String::from_utf8_lossy(name)),
                     Change::Rename { name, to } => format!("R({}->{})", String::from_utf8_lossy(name), String::from_utf8_lossy(to)),
                     Change::SetLen { name, len } => format!("S({},{})", String::from_utf8_lossy(name), len),
+                    Change::Swap { renames, deletes } => format!("W({},{})", renames.len(), deletes.len()),
                 };
                 let ops_short: Vec<String> = ops.iter().map(|op| match op {
                     Op::Append(f, d) => format!("a(f{f},{})", d.len()),
@@ -1083,7 +1138,11 @@ mod tests {
         std::fs::write(dir.path().join("other"), b"new").unwrap();
         let mut out = Vec::new();
         tracker.rescan(&mut out).unwrap();
-        assert!(matches!(&out[..], [Change::Install { name, .. }] if &name[..] == b"other"));
+        assert!(
+            matches!(&out[..], [Change::Install { name: staged, .. }, Change::Swap { renames, deletes }]
+                if renames[..] == [(staged.clone(), Bytes::from_static(b"other"))] && deletes.is_empty()),
+            "{out:?}"
+        );
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.path().join("log.aof"))
@@ -1101,5 +1160,109 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    /// After lost events, every committed prefix of what the rescan ships leaves a copy that
+    /// holds the directory from before them (the same names, files at least as long) or the
+    /// one after them, never a mix: here a Redis-like rewrite (a new base and incremental
+    /// file, the manifest replaced, the old files deleted), an append, and a file replaced
+    /// under its own name, all made while no event was read.
+    #[test]
+    fn every_prefix_of_a_rescan_is_the_directory_before_or_after_the_lost_events() {
+        use crate::follow::change::is_staged;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("aof");
+        std::fs::create_dir(&dir).unwrap();
+        let put = |name: &str, data: &[u8]| std::fs::write(dir.join(name), data).unwrap();
+        put("manifest", b"base.1 incr.1");
+        put("base.1", b"REDIS base one");
+        put("incr.1", b"SET a 1\n");
+        put("other", b"kept as is");
+        put("conf", b"old settings");
+        let before = read_dir_contents(&dir).unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        tracker.refuse_cuts.store(true, Ordering::Relaxed);
+
+        // The copy a backup holds of the directory before the lost events.
+        let copy = root.path().join("copy");
+        let mut materializer = Materializer::open(&copy).unwrap();
+        for (name, data) in &before {
+            materializer
+                .apply(&Change::Install {
+                    name: Bytes::copy_from_slice(name),
+                    data: Bytes::copy_from_slice(data),
+                })
+                .unwrap();
+        }
+
+        // What the application does meanwhile.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("incr.1"))
+            .unwrap()
+            .write_all(b"SET b 2\n")
+            .unwrap();
+        put("base.2", b"REDIS base two, with a and b");
+        put("incr.2", b"SET c 3\n");
+        put("manifest.tmp", b"base.2 incr.2");
+        std::fs::rename(dir.join("manifest.tmp"), dir.join("manifest")).unwrap();
+        std::fs::remove_file(dir.join("base.1")).unwrap();
+        std::fs::remove_file(dir.join("incr.1")).unwrap();
+        put("conf.tmp", b"new settings");
+        std::fs::rename(dir.join("conf.tmp"), dir.join("conf")).unwrap();
+        let after = read_dir_contents(&dir).unwrap();
+
+        let mut out = Vec::new();
+        tracker.rescan(&mut out).unwrap();
+        assert!(
+            matches!(out.last(), Some(Change::Swap { .. })),
+            "a rescan that replaces files ends with one swap: {out:?}"
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|c| matches!(c, Change::Swap { .. }))
+                .count(),
+            1
+        );
+        let visible = |copy: &Path| -> State {
+            read_dir_contents(copy)
+                .unwrap()
+                .into_iter()
+                .filter(|(name, _)| !is_staged(name))
+                .collect()
+        };
+        let last = out.len() - 1;
+        for (k, change) in out.iter().enumerate() {
+            let change = Change::decode(change.encode()).unwrap();
+            materializer.apply(&change).unwrap();
+            let seen = visible(&copy);
+            if k == last {
+                assert_eq!(seen, after, "after the whole rescan");
+            } else {
+                assert_eq!(
+                    seen.keys().collect::<Vec<_>>(),
+                    before.keys().collect::<Vec<_>>(),
+                    "after change {k} ({change:?}) the names are a mix"
+                );
+                for (name, content) in &seen {
+                    assert!(
+                        content.starts_with(&before[name]),
+                        "after change {k}, {} lost bytes it held",
+                        String::from_utf8_lossy(name)
+                    );
+                }
+            }
+        }
+        materializer.sync().unwrap();
+        assert_eq!(
+            read_dir_contents(&copy).unwrap(),
+            after,
+            "no staged file left"
+        );
+
+        // The tracker took the new state: a second rescan finds nothing to ship.
+        let mut again = Vec::new();
+        tracker.rescan(&mut again).unwrap();
+        assert!(again.is_empty(), "{again:?}");
     }
 }

@@ -18,6 +18,13 @@
 //! | 3 | `Delete` | (none) |
 //! | 4 | `Rename` | to_len u16, to (a name, as above): the file is renamed, replacing `to` |
 //! | 5 | `SetLen` | len u64: the file is cut back to `len` bytes |
+//! | 6 | `Swap` | no name after the op; renames u32, then each rename as name and to (names, as above); deletes u32, then each deleted name: the renames, then the deletions, as one change |
+//!
+//! `Swap` exists for what must reach the log as one record: after lost inotify events the
+//! capture rescans the directory and stages every file it must ship whole under a name of
+//! its own ([`STAGE_PREFIX`]), then puts all of them in place and removes every vanished
+//! file in one `Swap` (`capture.rs`, "rescan"). A committed prefix of the log then holds
+//! the directory as it was before the lost events or as it is after them, never a mix.
 //!
 //! The record around it carries the CRC, the LSN and the epoch; this layer adds no checksum
 //! of its own. A payload that does not decode exactly is refused with a [`ChangeError`].
@@ -40,7 +47,22 @@ pub const PIECE_LEN_MAX: usize = 16 << 20;
 /// (the application never sees it: it names its own files).
 pub const PART_NAME: &str = ".understudy-part";
 
+/// Names under which a rescan stages files before its `Swap` puts them in place. A committed
+/// prefix of the log that ends before the `Swap` leaves them behind, as one that ends inside
+/// a long install leaves [`PART_NAME`]; the follow node deletes both (as shipped changes)
+/// when it is promoted, before the application starts ([`is_staged`]).
+pub const STAGE_PREFIX: &str = ".understudy-part-";
+
+/// Whether `name` is one understudy builds a file under ([`PART_NAME`], [`STAGE_PREFIX`]).
+pub fn is_staged(name: &[u8]) -> bool {
+    name.starts_with(PART_NAME.as_bytes())
+}
+
+const _: () = assert!(STAGE_PREFIX.len() > PART_NAME.len());
+
 const _: () = assert!(PIECE_LEN_MAX < wal::format::RECORD_PAYLOAD_LEN_MAX - 1024);
+/// The longest encoded `Swap`: it is one record and is never cut into pieces.
+pub const SWAP_LEN_MAX: usize = PIECE_LEN_MAX;
 
 /// One change to the followed directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +87,12 @@ pub enum Change {
         name: Bytes,
         len: u64,
     },
+    /// Each `(name, to)` renamed (replacing `to`), in order, then each of `deletes`
+    /// deleted: one record, so that a committed prefix holds all of it or none.
+    Swap {
+        renames: Vec<(Bytes, Bytes)>,
+        deletes: Vec<Bytes>,
+    },
 }
 
 /// Why a payload is not a change.
@@ -83,14 +111,16 @@ pub enum ChangeError {
 }
 
 impl Change {
-    /// The file the change is about (for a rename, its old name).
-    pub fn name(&self) -> &Bytes {
+    /// The file the change is about (for a rename, its old name); `None` for a `Swap`,
+    /// which is about several.
+    pub fn name(&self) -> Option<&Bytes> {
         match self {
             Change::Append { name, .. }
             | Change::Install { name, .. }
             | Change::Delete { name }
             | Change::Rename { name, .. }
-            | Change::SetLen { name, .. } => name,
+            | Change::SetLen { name, .. } => Some(name),
+            Change::Swap { .. } => None,
         }
     }
 
@@ -98,9 +128,17 @@ impl Change {
     pub fn encode(&self) -> Bytes {
         let data_len = match self {
             Change::Append { data, .. } | Change::Install { data, .. } => data.len(),
+            Change::Swap { renames, deletes } => {
+                8 + renames
+                    .iter()
+                    .map(|(name, to)| 4 + name.len() + to.len())
+                    .chain(deletes.iter().map(|name| 2 + name.len()))
+                    .sum::<usize>()
+            }
             _ => 0,
         };
-        let mut out = BytesMut::with_capacity(2 + 2 + self.name().len() + 2 + 255 + 8 + data_len);
+        let name_len = self.name().map_or(0, Bytes::len);
+        let mut out = BytesMut::with_capacity(2 + 2 + name_len + 2 + 255 + 8 + data_len);
         out.put_u8(CHANGE_VERSION);
         let op = match self {
             Change::Append { .. } => 1,
@@ -108,9 +146,12 @@ impl Change {
             Change::Delete { .. } => 3,
             Change::Rename { .. } => 4,
             Change::SetLen { .. } => 5,
+            Change::Swap { .. } => 6,
         };
         out.put_u8(op);
-        put_name(&mut out, self.name());
+        if let Some(name) = self.name() {
+            put_name(&mut out, name);
+        }
         match self {
             Change::Append { offset, data, .. } => {
                 out.put_u64_le(*offset);
@@ -120,6 +161,17 @@ impl Change {
             Change::Delete { .. } => {}
             Change::Rename { to, .. } => put_name(&mut out, to),
             Change::SetLen { len, .. } => out.put_u64_le(*len),
+            Change::Swap { renames, deletes } => {
+                out.put_u32_le(u32::try_from(renames.len()).expect("a swap's renames fit a u32"));
+                for (name, to) in renames {
+                    put_name(&mut out, name);
+                    put_name(&mut out, to);
+                }
+                out.put_u32_le(u32::try_from(deletes.len()).expect("a swap's deletions fit a u32"));
+                for name in deletes {
+                    put_name(&mut out, name);
+                }
+            }
         }
         out.freeze()
     }
@@ -131,6 +183,29 @@ impl Change {
             return Err(ChangeError::Version(version));
         }
         let op = take_u8(&mut payload, "op")?;
+        if !(1..=6).contains(&op) {
+            return Err(ChangeError::UnknownOp(op));
+        }
+        if op == 6 {
+            // Counts come from the payload: entries are pushed as they decode, never
+            // reserved up front.
+            let mut renames = Vec::new();
+            for _ in 0..take_u32(&mut payload, "renames")? {
+                let name = take_name(&mut payload, "renamed name")?;
+                let to = take_name(&mut payload, "to")?;
+                renames.push((name, to));
+            }
+            let mut deletes = Vec::new();
+            for _ in 0..take_u32(&mut payload, "deletes")? {
+                deletes.push(take_name(&mut payload, "deleted name")?);
+            }
+            if !payload.is_empty() {
+                return Err(ChangeError::Trailing {
+                    extra: payload.len(),
+                });
+            }
+            return Ok(Change::Swap { renames, deletes });
+        }
         let name = take_name(&mut payload, "name")?;
         let change = match op {
             1 => {
@@ -245,6 +320,13 @@ fn take_u8(payload: &mut Bytes, field: &'static str) -> Result<u8, ChangeError> 
     Ok(payload.get_u8())
 }
 
+fn take_u32(payload: &mut Bytes, field: &'static str) -> Result<u32, ChangeError> {
+    if payload.remaining() < 4 {
+        return Err(ChangeError::Short { field });
+    }
+    Ok(payload.get_u32_le())
+}
+
 fn take_u64(payload: &mut Bytes, field: &'static str) -> Result<u64, ChangeError> {
     if payload.remaining() < 8 {
         return Err(ChangeError::Short { field });
@@ -288,6 +370,11 @@ mod tests {
             name().prop_map(|name| Change::Delete { name }),
             (name(), name()).prop_map(|(name, to)| Change::Rename { name, to }),
             (name(), any::<u64>()).prop_map(|(name, len)| Change::SetLen { name, len }),
+            (
+                proptest::collection::vec((name(), name()), 0..4),
+                proptest::collection::vec(name(), 0..4)
+            )
+                .prop_map(|(renames, deletes)| Change::Swap { renames, deletes }),
         ]
     }
 
@@ -311,7 +398,7 @@ mod tests {
             };
             let cut = cut.min(fixed_len);
             // Cutting into the fixed fields is an error; cutting data is another change.
-            if cut > 0 && matches!(change, Change::Delete { .. } | Change::Rename { .. } | Change::SetLen { .. }) {
+            if cut > 0 && matches!(change, Change::Delete { .. } | Change::Rename { .. } | Change::SetLen { .. } | Change::Swap { .. }) {
                 prop_assert!(Change::decode(encoded.slice(..encoded.len() - cut)).is_err());
             }
         }

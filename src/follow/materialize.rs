@@ -296,6 +296,20 @@ impl Materializer {
                 self.dir_dirty = true;
                 self.contents.remove(name);
             }
+            Change::Swap { renames, deletes } => {
+                // Applied as the renames and deletions it holds, in order; a crash halfway
+                // leaves a directory ahead of the LSN recorded, which the caller rebuilds
+                // (as after any change applied and not yet recorded).
+                for (name, to) in renames {
+                    self.apply(&Change::Rename {
+                        name: name.clone(),
+                        to: to.clone(),
+                    })?;
+                }
+                for name in deletes {
+                    self.apply(&Change::Delete { name: name.clone() })?;
+                }
+            }
             Change::Rename { name, to } => {
                 let from = self.path(name);
                 let to_path = self.path(to);
@@ -444,7 +458,20 @@ mod tests {
         } else {
             Some(names[a as usize % names.len()].clone())
         };
-        match (op % 5, existing) {
+        match (op % 6, existing) {
+            (5, Some(name)) => {
+                let to = format!("f{}", b % 6).into_bytes();
+                let other = names[(a as usize + 1) % names.len()];
+                let deletes = if *other != name && *other != to {
+                    vec![Bytes::from(other.clone())]
+                } else {
+                    Vec::new()
+                };
+                Change::Swap {
+                    renames: vec![(Bytes::from(name), Bytes::from(to))],
+                    deletes,
+                }
+            }
             (0, Some(name)) | (1, Some(name)) => Change::Append {
                 offset: model[&name].len() as u64,
                 name: Bytes::from(name),
@@ -493,6 +520,20 @@ mod tests {
             Change::SetLen { name, len } => {
                 if let Some(content) = model.get_mut(&name.to_vec()) {
                     content.truncate(*len as usize);
+                }
+            }
+            Change::Swap { renames, deletes } => {
+                for (name, to) in renames {
+                    apply_model(
+                        model,
+                        &Change::Rename {
+                            name: name.clone(),
+                            to: to.clone(),
+                        },
+                    );
+                }
+                for name in deletes {
+                    model.remove(&name.to_vec());
                 }
             }
         }

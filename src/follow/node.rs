@@ -35,6 +35,7 @@
 //!   restored into the copy.
 
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,6 +47,8 @@ use tracing::{debug, error, info, warn};
 use wal::snapshot::SnapshotWriter;
 
 use super::capture::Capture;
+use super::change::is_staged;
+use super::materialize::read_dir_names;
 use super::replay::{Replay, ReplayError};
 use super::ship::{ShipError, Shipper};
 use crate::core::Role;
@@ -350,6 +353,16 @@ impl Follow {
             replay.mark_dirty().map_err(|e| e.to_string())?;
             let (tx, rx) = mpsc::channel();
             let capture = Capture::start(&dir, tx).map_err(|e| e.to_string())?;
+            // Files left half-built by a log that ended inside a long install or a rescan
+            // (`change::is_staged`): removed under the capture, so that every copy removes
+            // them too, before the application sees the directory.
+            for name in read_dir_names(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+                if is_staged(&name) {
+                    let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+                    std::fs::remove_file(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
             Ok((applied, capture, rx, checked))
         })
         .await;

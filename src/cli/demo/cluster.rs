@@ -435,16 +435,17 @@ impl Cluster {
 /// The `--app-cmd` of node `id`'s sidecar: `binary` on `port` with its files in `dir`,
 /// append-only (`dir/appendonlydir`, the followed directory), no RDB snapshots.
 ///
-/// `--appendfsync no`: Redis then writes each change to its append-only file before it
+/// `--appendfsync always`: Redis then writes each change to its append-only file before it
 /// replies, which follow mode needs (the client port holds a reply until the changes
 /// already in the directory are committed, and the log, fsynced on a majority, is what makes
-/// them durable). With `everysec`, while its background fsync of the file is still running
-/// (a busy disk) Redis postpones its writes to the file for up to 2 s and replies all the
-/// same: those acknowledged writes are in no file, so nothing holds their replies, and a
-/// kill -9 loses them.
+/// them durable), and exits rather than replying when that write fails. With `no` it
+/// replies to the commands of a failed write all the same; with `everysec`, while its
+/// background fsync of the file is still running (a busy disk) Redis postpones its writes
+/// to the file for up to 2 s and replies all the same: those acknowledged writes are in no
+/// file, so nothing holds their replies, and a kill -9 loses them.
 fn redis_command(binary: &Path, port: u16, dir: &Path) -> String {
     format!(
-        "exec {} --port {port} --bind 127.0.0.1 --dir {} --appendonly yes --appendfsync no \
+        "exec {} --port {port} --bind 127.0.0.1 --dir {} --appendonly yes --appendfsync always \
          --save '' --protected-mode no --daemonize no --loglevel warning",
         shell_quote(&binary.to_string_lossy()),
         shell_quote(&dir.to_string_lossy()),
@@ -718,7 +719,7 @@ mod tests {
             "{command}"
         );
         assert!(
-            command.contains("--appendonly yes --appendfsync no --save ''"),
+            command.contains("--appendonly yes --appendfsync always --save ''"),
             "{command}"
         );
     }
