@@ -113,6 +113,26 @@ impl Core {
         Some(acks[needed - 1] + self.lease)
     }
 
+    /// Until when (local clock) this node may answer reads as primary: a reply produced by
+    /// the application before that moment reflects every acknowledged write and no other
+    /// primary's (module docs, "Reads"), which the client port checks before it releases a
+    /// reply in follow mode. `None` when it may not serve at all (not primary, or a
+    /// witness); [`Time::MAX`] when no lease is needed (this node alone is a majority, or
+    /// the unsafe test knob that skips the lease). The shell publishes it after every step.
+    pub fn serving_until(&self) -> Option<Time> {
+        if self.st.role != Role::Primary || self.config.witness {
+            return None;
+        }
+        if self.config.unsafe_testing.skip_lease {
+            return Some(Time::MAX);
+        }
+        match self.lease_until() {
+            None => Some(Time::MAX),
+            Some(until) if until > self.st.now => Some(until),
+            Some(_) => None,
+        }
+    }
+
     pub(super) fn lease_valid(&self) -> bool {
         if self.config.unsafe_testing.skip_lease {
             return true;

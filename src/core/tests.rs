@@ -927,6 +927,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
         }
     );
     assert_eq!(core.status().lease_until, Some(ms(1050)));
+    assert_eq!(core.serving_until(), Some(ms(1050)));
     let out = step(
         &mut core,
         Input::Propose {
@@ -949,6 +950,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
             },
         ]
     );
+    assert_eq!(core.serving_until(), None, "a backup serves no reads");
 }
 
 /// A lease read on a new primary is answered with its epoch start until that commits (its

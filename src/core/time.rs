@@ -16,6 +16,9 @@ pub struct Time(Duration);
 
 impl Time {
     pub const ZERO: Time = Time(Duration::ZERO);
+    /// Later than any reading: for a deadline that never comes (compare only; adding to it
+    /// overflows).
+    pub const MAX: Time = Time(Duration::MAX);
 
     pub const fn from_duration(since_origin: Duration) -> Time {
         Time(since_origin)

@@ -359,7 +359,7 @@ fn ship(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -372,7 +372,7 @@ mod tests {
 
     /// A stand-in for the core loop: refuses every third proposal, places the others at
     /// once and commits each `delay` later, in order, keeping the committed payloads.
-    fn fake_node(
+    pub(crate) fn fake_node(
         delay: Duration,
     ) -> (
         NodeHandle,

@@ -818,6 +818,7 @@ impl NodeHandle {
             )),
             takers: crate::node::handoff::Takers::default(),
             last_heard: Arc::default(),
+            serving_until: Arc::default(),
         }
     }
 }

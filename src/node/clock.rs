@@ -88,6 +88,40 @@ impl LastHeard {
     }
 }
 
+/// Until when this node may serve reads as primary, and in which epoch, readable off the
+/// core loop (the client port checks it before it releases a reply in follow mode). The
+/// core loop stores it after every step (`Core::serving_until`); between steps it goes
+/// stale only towards the past (a lease a later step would extend), never beyond what the
+/// core granted.
+#[derive(Debug, Default)]
+pub struct ServingUntil(std::sync::Mutex<Option<(u64, Option<BootInstant>)>>);
+
+impl ServingUntil {
+    /// Stores the deadline: `None` while this node may not serve; else the epoch and the
+    /// deadline, `None` for no bound.
+    pub fn set(&self, until: Option<(u64, Option<BootInstant>)>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+    }
+
+    /// Whether this node serves in `epoch` with its deadline still ahead of the clock,
+    /// read now.
+    pub fn holds_now(&self, epoch: u64) -> bool {
+        let until = *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match until {
+            Some((serving, deadline)) if serving == epoch => {
+                deadline.is_none_or(|deadline| BootInstant::now() < deadline)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One `clock_gettime` of `clock`.
 fn read(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {

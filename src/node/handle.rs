@@ -351,6 +351,8 @@ pub struct NodeHandle {
     pub(crate) takers: super::handoff::Takers,
     /// When a peer was last heard from, kept by the core loop.
     pub(crate) last_heard: Arc<super::clock::LastHeard>,
+    /// Until when this node may serve reads as primary, kept by the core loop.
+    pub(crate) serving_until: Arc<super::clock::ServingUntil>,
 }
 
 /// The core loop has stopped (the node is shutting down or failed).
@@ -367,6 +369,11 @@ impl NodeHandle {
     /// client port hands them over (`handoff`).
     pub fn takers(&self) -> &super::handoff::Takers {
         &self.takers
+    }
+
+    /// Until when this node may serve reads as primary (`Core::serving_until`).
+    pub fn serving_until(&self) -> Arc<super::clock::ServingUntil> {
+        Arc::clone(&self.serving_until)
     }
 
     /// How long this node has heard from none of its peers; `None` before it heard from one.

@@ -274,6 +274,9 @@ struct Shell {
     last_heard: BTreeMap<NodeId, BootInstant>,
     /// The latest of `last_heard`, shared with the client port through the node's handle.
     last_heard_any: Arc<clock::LastHeard>,
+    /// Until when this node may serve reads, shared with the client port; stored after
+    /// every step.
+    serving_until: Arc<clock::ServingUntil>,
     /// Average encoded record length, for lag in bytes.
     record_len_avg: u64,
     failed: Option<String>,
@@ -354,6 +357,13 @@ impl Shell {
             context.records = None;
             context.config_record = None;
         }
+        let until = self.core.serving_until().map(|until| {
+            (
+                self.core.epoch().get(),
+                (until != Time::MAX).then(|| self.started + until.as_duration()),
+            )
+        });
+        self.serving_until.set(until);
         // A proposal the core neither accepted nor refused cannot happen; answer anyway.
         if let Some(reply) = context.reply.take() {
             let _ = reply.send(ProposeOutcome::Failed(
@@ -1383,6 +1393,7 @@ pub async fn run(
         members: handle::MembersStatus::default(),
     }));
     let last_heard_any = Arc::new(clock::LastHeard::default());
+    let serving_until = Arc::new(clock::ServingUntil::default());
     let handle = NodeHandle {
         requests: requests_tx,
         status: status_rx,
@@ -1394,6 +1405,7 @@ pub async fn run(
         app_health: Arc::clone(&app_health),
         takers: handoff::Takers::default(),
         last_heard: Arc::clone(&last_heard_any),
+        serving_until: Arc::clone(&serving_until),
     };
     // Follow mode: the channels between the follow task, the supervisor and the client port.
     let follow = config.follow.clone().map(|follow_config| {
@@ -1513,6 +1525,7 @@ pub async fn run(
         status_tx,
         last_heard: BTreeMap::new(),
         last_heard_any,
+        serving_until,
         record_len_avg: 64,
         failed: None,
         metrics,

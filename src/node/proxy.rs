@@ -49,6 +49,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::clock::ServingUntil;
 use super::handle::{NodeHandle, NodeStatus};
 use super::handoff::HandOver;
 use crate::core::Role;
@@ -276,7 +277,13 @@ async fn carry(
     // the status watch and the timer on every read and write as well.
     let active = Arc::new(AtomicBool::new(false));
     let mut copy = AbortOnDrop(match shipper {
-        Some(shipper) => tokio::spawn(copy_held(client, upstream, Arc::clone(&active), shipper)),
+        Some(shipper) => tokio::spawn(copy_held(
+            client,
+            upstream,
+            Arc::clone(&active),
+            shipper,
+            (node.serving_until(), route.epoch),
+        )),
         None => tokio::spawn(copy_both_ways(client, upstream, Arc::clone(&active))),
     });
     let period = limits.idle_timeout.min(Duration::from_secs(1));
@@ -417,11 +424,25 @@ async fn copy_both_ways(
 /// to its directory before the piece arrived is committed. A barrier that fails (this node
 /// stopped serving) ends the connection: what the client has not received was never
 /// acknowledged.
+///
+/// Then, right before the piece goes to the client, this node must still hold its lease,
+/// read against the clock at that moment, in the epoch the connection was routed in
+/// ([`ServingUntil::holds_now`]); otherwise the connection ends. The barrier makes a read see nothing uncommitted; the lease makes it
+/// see everything committed. The application produced the piece before this check, at a
+/// moment when, by the lease, no other primary had been elected (`core::lease`, "Reads"),
+/// so its state then held every acknowledged write. The status watch that closes a
+/// connection when the lease lapses is not enough on its own: it comes a step and a
+/// publication later, and a node stopped (SIGSTOP) or starved past its lease would, when
+/// it runs again, release replies that the application computed while another primary
+/// was already taking writes, before its core loop noticed. A write's reply needs the
+/// check too: its change is committed, but the reply may carry a read of state (an INCR's
+/// result) that another primary has moved on from.
 async fn copy_held(
     client: TcpStream,
     upstream: TcpStream,
     active: Arc<AtomicBool>,
     shipper: Arc<Shipper>,
+    (serving, epoch): (Arc<ServingUntil>, u64),
 ) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
@@ -448,6 +469,11 @@ async fn copy_held(
                 .reply_barrier()
                 .await
                 .map_err(std::io::Error::other)?;
+            if !serving.holds_now(epoch) {
+                return Err(std::io::Error::other(
+                    "this node's lease lapsed before the reply could be released",
+                ));
+            }
             client_write.write_all(&buffer[..n]).await?;
         }
     };
@@ -643,5 +669,90 @@ mod tests {
             &on_backup,
             &status(Role::Candidate, 4, None, false)
         ));
+    }
+
+    /// Follow mode: a reply piece passes the reply barrier and then goes to the client only
+    /// while this node holds its lease, read against the clock at release, in the epoch the
+    /// connection was routed in; otherwise the connection ends and the piece never reaches
+    /// the client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_reply_is_released_only_under_a_lease_that_holds_at_release() {
+        use crate::follow::capture::Capture;
+        use crate::node::clock::BootInstant;
+        let (node, _log, _wal_dir) =
+            crate::follow::ship::tests::fake_node(Duration::from_millis(1));
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let capture = Capture::start(dir.path(), tx).unwrap();
+        let shipper =
+            Arc::new(Shipper::start(capture, rx, node, tokio::runtime::Handle::current()).unwrap());
+        // The application: answers every request with one line.
+        let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_addr = app.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = app.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 64];
+                    while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {
+                        if stream.write_all(b"+VALUE\r\n").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let serving = Arc::new(ServingUntil::default());
+        // One client connection through `copy_held`, routed in epoch 5; what it gets back
+        // for one request.
+        let ask = || {
+            let shipper = Arc::clone(&shipper);
+            let serving = Arc::clone(&serving);
+            let front = &front;
+            async move {
+                let mut client = TcpStream::connect(front_addr).await.unwrap();
+                let (proxied, _) = front.accept().await.unwrap();
+                let upstream = TcpStream::connect(app_addr).await.unwrap();
+                let copy = tokio::spawn(copy_held(
+                    proxied,
+                    upstream,
+                    Arc::new(AtomicBool::new(false)),
+                    shipper,
+                    (serving, 5),
+                ));
+                client.write_all(b"GET k\r\n").await.unwrap();
+                let mut got = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut got))
+                    .await
+                    .expect("the reply or the end of the connection");
+                copy.abort();
+                (read.unwrap_or(0), got)
+            }
+        };
+        let later = |ms: u64| Some(BootInstant::now() + Duration::from_millis(ms));
+
+        serving.set(Some((5, later(10_000))));
+        assert_eq!(ask().await, (8, b"+VALUE\r\n".to_vec()), "under a lease");
+        serving.set(Some((5, None)));
+        assert_eq!(ask().await.1, b"+VALUE\r\n".to_vec(), "no lease needed");
+
+        // Lapsed by the clock, though no step has cleared it yet.
+        serving.set(Some((5, later(20))));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(
+            ask().await,
+            (0, Vec::new()),
+            "released after the lease lapsed"
+        );
+        // Not primary, or primary again in a later epoch: the connection's epoch is over.
+        serving.set(None);
+        assert_eq!(ask().await, (0, Vec::new()), "released while not serving");
+        serving.set(Some((6, later(10_000))));
+        assert_eq!(
+            ask().await,
+            (0, Vec::new()),
+            "released under a later epoch's lease"
+        );
     }
 }
