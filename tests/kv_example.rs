@@ -50,12 +50,18 @@ impl KvCluster {
     /// Binds the servers' listeners first (each node's `--app-addr` must name one), then
     /// starts the nodes and connects a server to each.
     async fn start() -> KvCluster {
+        KvCluster::start_with(|_| (Vec::new(), Config::default())).await
+    }
+
+    /// As [`KvCluster::start`], with each node's extra flags and server config from `of`.
+    async fn start_with(of: impl Fn(u16) -> (Vec<String>, Config)) -> KvCluster {
         let mut cluster = Cluster::new(3);
         let mut listeners = Vec::new();
         for id in 1..=3 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             cluster.node_mut(id).extra = vec!["--app-addr".into(), addr.to_string()];
+            cluster.node_mut(id).extra.extend(of(id).0);
             listeners.push(listener);
         }
         for id in 1..=3 {
@@ -75,7 +81,7 @@ impl KvCluster {
                 listener,
                 Arc::clone(&driver),
                 Some(clients),
-                Config::default(),
+                of(id).1,
                 shutdown.clone().cancelled_owned(),
             ));
             servers.push(Some(Kv {
@@ -432,6 +438,79 @@ async fn killed_primary_loses_no_acknowledged_set_and_clients_move() {
         query::<i64>(&mut con, &["DBSIZE"]).await.unwrap(),
         acked.len() as i64 + 1
     );
+}
+
+/// A key that a read saw expired stays expired after a failover to a node whose clock is a
+/// minute behind: the read that judged it by the old primary's clock first put that time in
+/// the log (a barrier record), so the new primary's store clock is past the expiry too.
+/// Without that record the new primary, judging by its own clock, served the key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_seen_expired_stays_expired_on_a_primary_whose_clock_is_behind() {
+    let mut kv = KvCluster::start_with(|id| {
+        let config = Config {
+            clock_offset_ms: if id == 1 { 0 } else { -60_000 },
+            ..Config::default()
+        };
+        let flags = if id == 1 {
+            vec!["--priority".to_string(), "10".to_string()]
+        } else {
+            Vec::new()
+        };
+        (flags, config)
+    })
+    .await;
+    let old = kv.primary(None).await;
+    assert_eq!(old, 1, "the node of highest priority is the first primary");
+    let mut con = redis_connect(kv.cluster.node(old).client_addr)
+        .await
+        .unwrap();
+    let ok: String = query(&mut con, &["SET", "short", "v", "PX", "300"])
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let ok: String = query(&mut con, &["SET", "kept", "v"]).await.unwrap();
+    assert_eq!(ok, "OK");
+    let driver = &kv.kv(old).driver;
+    let applied = driver.applied_lsn();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No write since the SETs: only this node's clock says the key is gone.
+    let value: Option<String> = query(&mut con, &["GET", "short"]).await.unwrap();
+    assert_eq!(value, None, "expired by the primary's clock");
+    assert!(
+        driver.applied_lsn() > applied,
+        "the read that judged an expiry by the wall clock wrote no record"
+    );
+    let applied = driver.applied_lsn();
+    assert_eq!(query::<i64>(&mut con, &["DBSIZE"]).await.unwrap(), 1);
+    let value: Option<String> = query(&mut con, &["GET", "kept"]).await.unwrap();
+    assert_eq!(value.as_deref(), Some("v"));
+    assert_eq!(
+        driver.applied_lsn(),
+        applied,
+        "reads that no expiry decides wrote a record"
+    );
+
+    kv.kill(old).await;
+    let new = kv.primary(Some(old)).await;
+    let port = kv.cluster.node(new).client_addr;
+    let mut con = eventually("a connection to the new primary", || async move {
+        let mut con = redis_connect(port).await.ok()?;
+        let pong: String = query(&mut con, &["PING"]).await.ok()?;
+        (pong == "PONG").then_some(con)
+    })
+    .await;
+    let value: Option<String> = query(&mut con, &["GET", "short"]).await.unwrap();
+    assert_eq!(
+        value, None,
+        "a key a read saw expired is back on a primary whose clock is behind"
+    );
+    assert_eq!(
+        query::<i64>(&mut con, &["EXISTS", "short", "kept"])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(query::<i64>(&mut con, &["DBSIZE"]).await.unwrap(), 1);
 }
 
 /// A planned switchover demotes the primary without stopping it: a client connected

@@ -128,7 +128,6 @@ impl Op {
 
 impl Batch {
     /// A record with no operations: it changes nothing but the state's clock.
-    #[cfg(test)]
     pub fn barrier(now_ms: u64) -> Batch {
         Batch {
             now_ms,

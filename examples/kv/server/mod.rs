@@ -87,6 +87,9 @@ pub struct Config {
     /// Take the connections made to the primary's client port from the sidecar and serve
     /// them directly (app API `TakeClients`), rather than through its proxy.
     pub take_clients: bool,
+    /// How far this server's wall clock reads from the machine's, in milliseconds: 0 but
+    /// in tests of nodes whose clocks disagree. Expiry times count from the wall clock.
+    pub clock_offset_ms: i64,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
         Config {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             take_clients: true,
+            clock_offset_ms: 0,
         }
     }
 }
@@ -237,11 +241,12 @@ pub async fn serve(
             continue;
         };
         let driver = Arc::clone(&driver);
+        let clock = WallClock(config.clock_offset_ms);
         let span = tracing::debug_span!("client", %peer);
         connections.spawn(
             async move {
                 debug!("connected");
-                match serve_connection(stream, &driver, &stop).await {
+                match serve_connection(stream, &driver, clock, &stop).await {
                     Ok(()) => debug!("disconnected"),
                     Err(error) => debug!(%error, "connection failed"),
                 }
@@ -309,6 +314,7 @@ impl Era {
 async fn serve_connection(
     mut stream: TcpStream,
     driver: &Driver<Store>,
+    clock: WallClock,
     stop: &CancellationToken,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -345,7 +351,7 @@ async fn serve_connection(
         }
         let quit = tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            quit = execute(driver, requests, &mut out) => quit,
+            quit = execute(driver, clock, requests, &mut out) => quit,
         };
         if let Some(error) = &fatal {
             warn!(%error, "protocol error; closing the connection");
@@ -369,25 +375,34 @@ fn protocol_error(error: &ProtocolError) -> Reply {
     Reply::error(format!("ERR Protocol error: {}", error.message))
 }
 
-/// Milliseconds since the UNIX epoch on this machine's clock (0 before it).
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
+/// The wall clock this server reads: the machine's, moved by [`Config::clock_offset_ms`].
+#[derive(Debug, Clone, Copy)]
+struct WallClock(i64);
+
+impl WallClock {
+    /// Milliseconds since the UNIX epoch (0 before it).
+    fn now_ms(self) -> u64 {
+        let machine = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        machine.saturating_add_signed(self.0)
+    }
 }
 
 /// Handles one pipeline and appends its replies to `out`, in request order. True after
 /// QUIT (the requests after it are dropped, as Redis does).
 async fn execute(
     driver: &Driver<Store>,
+    clock: WallClock,
     requests: Vec<Result<Vec<Bytes>, ProtocolError>>,
     out: &mut BytesMut,
 ) -> bool {
     // The proposer's clock for this pipeline's writes: never behind the store's, so a
     // relative expiry counts from the time `apply` will judge it by.
-    let now_ms = wall_clock_ms().max(driver.read(Store::clock_ms));
+    let now_ms = clock.now_ms().max(driver.read(Store::clock_ms));
     let mut pipeline = Pipeline {
         driver,
+        clock,
         now_ms,
         replies: Vec::with_capacity(requests.len()),
         writes: Vec::new(),
@@ -404,7 +419,9 @@ async fn execute(
         pipeline.replies.push(None);
         match plan {
             Plan::Now(reply) => pipeline.replies[index] = Some(reply),
-            Plan::Info(sections) => pipeline.replies[index] = Some(info(driver, &sections)),
+            Plan::Info(sections) => {
+                pipeline.replies[index] = Some(info(driver, clock, &sections));
+            }
             Plan::Quit => {
                 pipeline.replies[index] = Some(Reply::ok());
                 quit = true;
@@ -434,6 +451,7 @@ async fn execute(
 /// to be carried out together (one of the two is always empty).
 struct Pipeline<'a> {
     driver: &'a Driver<Store>,
+    clock: WallClock,
     now_ms: u64,
     replies: Vec<Option<Reply>>,
     writes: Vec<(usize, Op)>,
@@ -491,24 +509,61 @@ impl Pipeline<'_> {
     /// Answers the waiting reads with a lease read (the state once it reflects every write
     /// acknowledged before now), or, right after a write of this pipeline committed, from
     /// the state as it is.
+    ///
+    /// Expiry is judged at `max(wall clock, store clock)`. When a read's answer depends on
+    /// this node's wall clock having passed an expiry that no record has reached yet (a
+    /// key that expired by this clock and not by the store's), the read is not answered
+    /// from it: a later primary whose clock is behind would show the key again. A barrier
+    /// record stamped with the wall clock goes first (it moves the store's clock, on every
+    /// node), and the reads are answered by the store's clock once it is applied. Under
+    /// writes the store's clock follows the wall clock, so that record is rare.
     async fn flush_reads(&mut self) {
         if self.reads.is_empty() {
             return;
         }
         let reads = std::mem::take(&mut self.reads);
         let replies = &mut self.replies;
+        let clock = self.clock;
+        let mut ahead = false;
         let answer = |store: &Store| {
-            let now_ms = wall_clock_ms().max(store.clock_ms());
+            let store_ms = store.clock_ms();
+            let now_ms = clock.now_ms().max(store_ms);
+            if now_ms > store_ms
+                && reads
+                    .iter()
+                    .any(|(_, read)| read.expiry_passed_between(store, store_ms, now_ms))
+            {
+                ahead = true;
+                return;
+            }
             for (index, read) in &reads {
                 replies[*index] = Some(read.answer(store, now_ms));
             }
         };
-        if std::mem::take(&mut self.fresh) {
+        let read = if std::mem::take(&mut self.fresh) {
             self.driver.read(answer);
-            return;
-        }
-        if let Err(error) = self.driver.read_linearizable(answer).await {
-            let reply = read_error_reply(&error);
+            Ok(())
+        } else {
+            self.driver.read_linearizable(answer).await
+        };
+        let read = match read {
+            Ok(()) if ahead => self
+                .driver
+                .propose(Batch::barrier(self.clock.now_ms()).encode())
+                .await
+                .map(|_| {
+                    self.driver.read(|store| {
+                        let now_ms = store.clock_ms();
+                        for (index, read) in &reads {
+                            self.replies[*index] = Some(read.answer(store, now_ms));
+                        }
+                    });
+                })
+                .map_err(|error| propose_error_reply(&error)),
+            Ok(()) => Ok(()),
+            Err(error) => Err(read_error_reply(&error)),
+        };
+        if let Err(reply) = read {
             for (index, _) in &reads {
                 self.replies[*index] = Some(reply.clone());
             }
@@ -562,7 +617,7 @@ fn propose_error_reply(error: &ProposeError) -> Reply {
 
 /// INFO: `server`, `replication` and `keyspace` sections (all three by default). Read from
 /// this node's state as it is: a report, not a linearizable read.
-fn info(driver: &Driver<Store>, sections: &[String]) -> Reply {
+fn info(driver: &Driver<Store>, clock: WallClock, sections: &[String]) -> Reply {
     let wants = |name: &str| {
         sections.is_empty()
             || sections
@@ -608,7 +663,7 @@ fn info(driver: &Driver<Store>, sections: &[String]) -> Reply {
     }
     if wants("keyspace") {
         let (keys, expires) = driver.read(|store| {
-            let now_ms = wall_clock_ms().max(store.clock_ms());
+            let now_ms = clock.now_ms().max(store.clock_ms());
             (store.live_count(now_ms), store.expiring_count(now_ms))
         });
         text.push_str("# Keyspace\r\n");

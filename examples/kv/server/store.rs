@@ -13,7 +13,11 @@
 //! Nothing else ever removes a key, so every node holds the same keys.
 //!
 //! Reads run outside `apply`, on the primary, with `max(wall clock, clock_ms)`: a key whose
-//! time has passed is not returned, whether or not a record has purged it yet.
+//! time has passed is not returned, whether or not a record has purged it yet. A read whose
+//! answer that wall clock decides (a key it reads expires after `clock_ms` and by the wall
+//! clock) first commits a barrier record stamped with the wall clock and answers by
+//! `clock_ms` once it is applied: otherwise a later primary whose clock is behind would
+//! show again a key a client was told is gone (`Pipeline::flush_reads` in `mod.rs`).
 //!
 //! A primary whose clock runs far ahead moves `clock_ms` ahead with it, and keys with a
 //! time to live then expire early; correcting that clock does not bring them back.
@@ -350,6 +354,26 @@ impl Store {
     /// The entry of a live key at `now_ms`.
     pub fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         self.entries.get(key).filter(|entry| entry.is_live(now_ms))
+    }
+
+    /// Whether `key` has an expiry in `(after_ms, through_ms]`: live at the first time, gone
+    /// at the second.
+    pub fn expires_between(&self, key: &[u8], after_ms: u64, through_ms: u64) -> bool {
+        self.entries
+            .get(key)
+            .and_then(|entry| entry.expire_at_ms)
+            .is_some_and(|at| after_ms < at && at <= through_ms)
+    }
+
+    /// Whether any key has an expiry in `(after_ms, through_ms]`.
+    pub fn any_expires_between(&self, after_ms: u64, through_ms: u64) -> bool {
+        let Some(from) = after_ms.checked_add(1) else {
+            return false;
+        };
+        self.expiries
+            .range((from, Bytes::new())..)
+            .next()
+            .is_some_and(|(at, _)| *at <= through_ms)
     }
 
     /// Live keys at `now_ms`.
