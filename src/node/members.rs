@@ -159,19 +159,56 @@ impl ConfigRecord {
 }
 
 /// `members.json`: the configuration at the log's start and the LSN of its record.
+///
+/// `crc32` is the CRC-32 of the LSN (8 bytes, little-endian) and the record's payload
+/// ([`ConfigRecord::encode`]): a byte of the file changed on the disk that still parses
+/// (a node id's digit, say, which would hand this node another voter set) is caught as
+/// damage. A file without it (written before it existed) is read as it is; unknown fields
+/// are refused, so a damaged field name cannot pass for such a file.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StartFile {
     lsn: u64,
     record: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32: Option<u32>,
+}
+
+/// The CRC-32 of `numbers` (each 8 bytes, little-endian) and `record`'s payload.
+fn members_crc(numbers: &[u64], record: &ConfigRecord) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for number in numbers {
+        hasher.update(&number.to_le_bytes());
+    }
+    hasher.update(&record.encode());
+    hasher.finalize()
+}
+
+/// Checks a members file's `crc32` against what it holds (none: an older file).
+fn check_crc(
+    path: &Path,
+    stored: Option<u32>,
+    numbers: &[u64],
+    record: &ConfigRecord,
+) -> Result<(), String> {
+    match stored {
+        Some(stored) if stored != members_crc(numbers, record) => Err(format!(
+            "{}: damaged (its checksum does not match what it holds); refusing to start with a member set that may not be the cluster's (empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Stores the configuration in effect at the log's start (module docs): atomically.
 pub fn store_start(dir: &Path, lsn: Lsn, record: &ConfigRecord) -> wal::Result<()> {
+    let record_in = record;
     let record: serde_json::Value = serde_json::from_slice(&record.encode())
         .unwrap_or_else(|_| unreachable!("a config record's payload is JSON"));
     let file = StartFile {
         lsn: lsn.get(),
         record,
+        crc32: Some(members_crc(&[lsn.get()], record_in)),
     };
     let bytes =
         serde_json::to_vec_pretty(&file).unwrap_or_else(|_| unreachable!("plain data serializes"));
@@ -190,6 +227,7 @@ pub fn load_start(dir: &Path) -> Result<Option<(Lsn, ConfigRecord)>, String> {
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
     let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
+    check_crc(&path, file.crc32, &[file.lsn], &record)?;
     Ok(Some((Lsn(file.lsn), record)))
 }
 
@@ -198,13 +236,17 @@ pub fn load_start(dir: &Path) -> Result<Option<(Lsn, ConfigRecord)>, String> {
 pub const SNAPSHOT_MEMBERS_FILE: &str = "snapshot-members.json";
 
 /// `snapshot-members.json`: the snapshot a configuration belongs to, the LSN of the
-/// configuration's record and the record.
+/// configuration's record and the record; `crc32` as in [`StartFile`], over the three
+/// numbers in this order and the record.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SnapshotFile {
     snapshot_lsn: u64,
     snapshot_epoch: u64,
     lsn: u64,
     record: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32: Option<u32>,
 }
 
 /// Stores the configuration in effect at the snapshot `(snapshot_lsn, snapshot_epoch)`
@@ -220,6 +262,10 @@ pub fn store_at_snapshot(
     lsn: Lsn,
     record: &ConfigRecord,
 ) -> wal::Result<()> {
+    let crc32 = members_crc(
+        &[snapshot_lsn.get(), snapshot_epoch.get(), lsn.get()],
+        record,
+    );
     let record: serde_json::Value = serde_json::from_slice(&record.encode())
         .unwrap_or_else(|_| unreachable!("a config record's payload is JSON"));
     let file = SnapshotFile {
@@ -227,6 +273,7 @@ pub fn store_at_snapshot(
         snapshot_epoch: snapshot_epoch.get(),
         lsn: lsn.get(),
         record,
+        crc32: Some(crc32),
     };
     let bytes =
         serde_json::to_vec_pretty(&file).unwrap_or_else(|_| unreachable!("plain data serializes"));
@@ -261,6 +308,12 @@ pub fn load_at_snapshot(
     }
     let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
     let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
+    check_crc(
+        &path,
+        file.crc32,
+        &[file.snapshot_lsn, file.snapshot_epoch, file.lsn],
+        &record,
+    )?;
     Ok(Some((Lsn(file.lsn), record)))
 }
 
@@ -509,5 +562,69 @@ mod tests {
         };
         store_start(dir.path(), Lsn(9), &record).unwrap();
         assert_eq!(load_start(dir.path()).unwrap(), Some((Lsn(9), record)));
+    }
+
+    /// A byte of a members file changed on the disk is found, even where the file still
+    /// parses as a configuration (a voter's id, the LSN); a file written before the
+    /// checksum existed is read as it is, and a damaged field name is not taken for one.
+    #[test]
+    fn a_members_file_changed_on_the_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = Members::voters_of(&[NodeId(3), NodeId(4), NodeId(5)]).unwrap();
+        let addrs = (3..=5)
+            .map(|id| {
+                (
+                    NodeId(id),
+                    PeerAddr::parse(&format!("127.0.0.1:700{id}")).unwrap(),
+                )
+            })
+            .collect();
+        let record = ConfigRecord {
+            members,
+            addrs,
+            given: Default::default(),
+        };
+        let path = dir.path().join(MEMBERS_FILE);
+        store_start(dir.path(), Lsn(9), &record).unwrap();
+        let good = std::fs::read_to_string(&path).unwrap();
+        assert!(good.contains("\"crc32\""), "{good}");
+        // Node 4's port: the file still parses and decodes, with another address.
+        let at = good.find("7004").expect("node 4's address is in the file") + 3;
+        let mut flipped = good.clone().into_bytes();
+        flipped[at] = b'6';
+        std::fs::write(&path, &flipped).unwrap();
+        let error = load_start(dir.path()).unwrap_err();
+        assert!(error.contains("damaged"), "{error}");
+        assert!(
+            error.contains("--initial-cluster-state existing"),
+            "{error}"
+        );
+
+        // Without the checksum (an older file): read as it is.
+        let mut old: serde_json::Value = serde_json::from_str(&good).unwrap();
+        old.as_object_mut().unwrap().remove("crc32");
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(
+            load_start(dir.path()).unwrap(),
+            Some((Lsn(9), record.clone()))
+        );
+        // Its name damaged: refused, not read as an older file.
+        std::fs::write(&path, good.replace("\"crc32\"", "\"crc3r\"")).unwrap();
+        assert!(load_start(dir.path()).is_err());
+
+        // The snapshot's file the same way.
+        store_at_snapshot(dir.path(), (Lsn(20), Epoch(2)), Lsn(9), &record).unwrap();
+        assert_eq!(
+            load_at_snapshot(dir.path(), (Lsn(20), Epoch(2))).unwrap(),
+            Some((Lsn(9), record))
+        );
+        let path = dir.path().join(SNAPSHOT_MEMBERS_FILE);
+        let good = std::fs::read_to_string(&path).unwrap();
+        let at = good.find("\"lsn\": 9").expect("the record's lsn") + 7;
+        let mut flipped = good.into_bytes();
+        flipped[at] = b'8';
+        std::fs::write(&path, &flipped).unwrap();
+        let error = load_at_snapshot(dir.path(), (Lsn(20), Epoch(2))).unwrap_err();
+        assert!(error.contains("damaged"), "{error}");
     }
 }

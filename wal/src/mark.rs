@@ -18,9 +18,13 @@
 //! [`DurableMark::sync`] makes the latest value durable (the caller does it now and then
 //! off the hot path, so that a power loss loses little of the mark).
 //!
-//! The file holds the LSN in decimal, zero-padded to [`MARK_LEN`] bytes with a newline, so
-//! that every write replaces the whole content in one `pwrite` of a few bytes within one
-//! sector. An older file that holds the LSN unpadded reads the same.
+//! The file holds the LSN in decimal, zero-padded to 20 digits, a space, the CRC-32 of those
+//! 20 digits in 8 lowercase hex digits, and a newline: [`MARK_LEN`] bytes, so that every
+//! write replaces the whole content in one `pwrite` of a few bytes within one sector. A
+//! byte changed on the disk reads as [`MarkFile::Damaged`], never as another LSN (a lower
+//! one would hide the loss the mark is there to catch). An older file of at most 21 bytes
+//! that holds the LSN alone (zero-padded or not, with a newline) reads as that LSN, and the
+//! next write gives it the checksum.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -30,8 +34,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, IoOp, Result};
 use crate::types::Lsn;
 
-/// The file's length: 20 decimal digits (any `u64`) and a newline.
-pub const MARK_LEN: usize = 21;
+/// The file's length: 20 decimal digits (any `u64`), a space, 8 hex digits of CRC-32 and a
+/// newline.
+pub const MARK_LEN: usize = 30;
+/// The longest file of the older format, without the checksum.
+const OLD_MARK_LEN_MAX: usize = 21;
 
 /// What a mark file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +57,41 @@ pub fn read(path: &Path) -> Result<MarkFile> {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(MarkFile::Damaged),
         Err(e) => return Err(Error::io(IoOp::Read, path, e)),
     };
-    Ok(match text.trim().parse::<u64>() {
+    Ok(decode(&text))
+}
+
+/// What a mark file's text says (module docs, the format).
+fn decode(text: &str) -> MarkFile {
+    if text.len() == MARK_LEN {
+        let bytes = text.as_bytes();
+        if bytes[20] != b' ' || bytes[MARK_LEN - 1] != b'\n' {
+            return MarkFile::Damaged;
+        }
+        let (digits, crc) = (&text[..20], &text[21..29]);
+        let lsn = digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse::<u64>().ok())
+            .flatten();
+        let crc = crc
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            .then(|| u32::from_str_radix(crc, 16).ok())
+            .flatten();
+        return match (lsn, crc) {
+            (Some(lsn), Some(crc)) if crc == crc32fast::hash(digits.as_bytes()) => {
+                MarkFile::At(Lsn(lsn))
+            }
+            _ => MarkFile::Damaged,
+        };
+    }
+    if text.len() > OLD_MARK_LEN_MAX {
+        return MarkFile::Damaged;
+    }
+    match text.trim().parse::<u64>() {
         Ok(lsn) => MarkFile::At(Lsn(lsn)),
         Err(_) => MarkFile::Damaged,
-    })
+    }
 }
 
 /// The open mark file and the value it was last given.
@@ -154,7 +192,8 @@ impl DurableMark {
 
 /// The file's content for `lsn`: [`MARK_LEN`] bytes.
 fn encode(lsn: Lsn) -> String {
-    let text = format!("{:020}\n", lsn.get());
+    let digits = format!("{:020}", lsn.get());
+    let text = format!("{digits} {:08x}\n", crc32fast::hash(digits.as_bytes()));
     debug_assert_eq!(text.len(), MARK_LEN);
     text
 }
@@ -192,5 +231,34 @@ mod tests {
         assert!(mark.is_synced());
         std::fs::write(&path, b"4x\n").expect("write");
         assert_eq!(read(&path).expect("read"), MarkFile::Damaged);
+    }
+
+    /// Every single-bit change of a mark file reads as damaged (or, where the checksum
+    /// cannot see it, as the same LSN): never as another LSN.
+    #[test]
+    fn a_mark_changed_on_the_disk_reads_as_damaged() {
+        for lsn in [0, 7, 123_456_789, u64::MAX] {
+            let good = encode(Lsn(lsn));
+            assert_eq!(decode(&good), MarkFile::At(Lsn(lsn)));
+            for at in 0..good.len() {
+                for bit in 0..8 {
+                    let mut bytes = good.clone().into_bytes();
+                    bytes[at] ^= 1 << bit;
+                    let read = match String::from_utf8(bytes) {
+                        Ok(text) => decode(&text),
+                        // `read` reads text that is not UTF-8 as damaged.
+                        Err(_) => MarkFile::Damaged,
+                    };
+                    assert!(
+                        matches!(read, MarkFile::Damaged) || read == MarkFile::At(Lsn(lsn)),
+                        "lsn {lsn}, byte {at} bit {bit}: read as {read:?}"
+                    );
+                }
+            }
+        }
+        // The file cut short, or grown by a byte: damaged.
+        let good = encode(Lsn(42));
+        assert_eq!(decode(&good[..MARK_LEN - 1]), MarkFile::Damaged);
+        assert_eq!(decode(&format!("{good}0")), MarkFile::Damaged);
     }
 }
