@@ -347,6 +347,10 @@ impl Tracker {
                 Event::MovedTo(to_cookie, _) if *to_cookie == cookie => {
                     self.moving = Some((cookie, from));
                 }
+                // Its MovedTo may be among the lost events: the rescan finds the old name
+                // gone and removes it in its one Swap, with the new name put in place, not
+                // in a deletion of its own before them.
+                Event::Overflow => {}
                 _ => {
                     if self.files.remove(&from).is_some() {
                         out.push(Change::Delete {
@@ -1264,5 +1268,29 @@ mod tests {
         let mut again = Vec::new();
         tracker.rescan(&mut again).unwrap();
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    /// A rename whose second event is among the lost ones: the old name is removed by the
+    /// rescan's Swap, together with the new name's arrival, not by a deletion before it (a
+    /// prefix holding neither name).
+    #[test]
+    fn a_rename_cut_by_an_overflow_is_shipped_whole_by_the_rescan() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data"), b"all the data").unwrap();
+        std::fs::write(dir.path().join("conf"), b"settings").unwrap();
+        let mut tracker = Tracker::scan(dir.path()).unwrap();
+        std::fs::rename(dir.path().join("data"), dir.path().join("data.1")).unwrap();
+        tracker
+            .queue
+            .extend([Event::MovedFrom(7, b"data".to_vec()), Event::Overflow]);
+        let mut out = Vec::new();
+        tracker.drain_queue(&mut out).unwrap();
+        assert!(
+            matches!(&out[..], [Change::Install { name: staged, data }, Change::Swap { renames, deletes }]
+                if &data[..] == b"all the data"
+                    && renames[..] == [(staged.clone(), Bytes::from_static(b"data.1"))]
+                    && deletes[..] == [Bytes::from_static(b"data")]),
+            "{out:?}"
+        );
     }
 }
