@@ -60,6 +60,9 @@ use super::change::{check_name, Change, STAGE_PREFIX, SWAP_LEN_MAX, TEMP_PREFIX}
 
 /// Bytes at the end of each followed file remembered to detect a rewrite in place.
 pub const TAIL_LEN: usize = 4096;
+/// Scans of a rescan that may meet a change of names before capture stops
+/// (`Tracker::rescan`).
+const RESCAN_TRIES: usize = 8;
 /// How often the capture thread checks whether it should stop.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long a rename's first event waits for its second before the file counts as moved
@@ -79,6 +82,8 @@ pub enum CaptureError {
     RewrittenInPlace { path: PathBuf },
     #[error("the followed directory {path} was removed or moved away")]
     DirGone { path: PathBuf },
+    #[error("after lost inotify events, the rescan of {path} found its files renamed, created or deleted during each of {tries} scans: no scan is one moment of the directory")]
+    RescanUnsettled { path: PathBuf, tries: usize },
     #[error("after lost inotify events, the rescan of {path} found {files} files to replace or remove, more than one record can name")]
     RescanTooLarge { path: PathBuf, files: usize },
     #[error("{path} was cut back while the application served (captured {captured} bytes; it now holds {now}, without the captured end): what was cut away may be acknowledged, so the cut is not shipped")]
@@ -495,8 +500,54 @@ impl Tracker {
     ///    deleted. It is one record, so a committed prefix holds all of it or none of it.
     ///
     /// A reply barrier asked after the overflow counts the whole rescan.
+    ///
+    /// The scan must be one moment of the directory, and the events behind the overflow
+    /// must not be played again over it. Every event queued when a scan starts happened
+    /// before it, so the scan covers it and the queue is dropped (a rename played again
+    /// over a directory that already holds it would move another file). A name that
+    /// changes while the files are read (a creation, rename or deletion, another overflow)
+    /// could leave the scan with a new manifest and no base file, so such an event makes
+    /// it scan again, up to [`RESCAN_TRIES`] times; then capture stops
+    /// ([`CaptureError::RescanUnsettled`]). Growth during the scan is not a change of
+    /// names: its events stay queued and are caught up after the rescan.
     fn rescan(&mut self, out: &mut Vec<Change>) -> Result<(), CaptureError> {
-        let now = self.read_all()?;
+        let mut tries = 0;
+        let now = loop {
+            self.refill();
+            if self
+                .queue
+                .iter()
+                .any(|event| matches!(event, Event::DirGone))
+            {
+                return Err(CaptureError::DirGone {
+                    path: self.dir.clone(),
+                });
+            }
+            self.queue.clear();
+            // Its MovedTo, if any, is covered too; the old name is tracked and the scan
+            // finds it gone.
+            self.moving = None;
+            let now = self.read_all()?;
+            self.refill();
+            let names_moved = self.queue.iter().any(|event| match event {
+                Event::Created(name)
+                | Event::MovedFrom(_, name)
+                | Event::MovedTo(_, name)
+                | Event::Deleted(name) => followed(name),
+                Event::Overflow | Event::DirGone => true,
+                Event::Modified(_) => false,
+            });
+            if !names_moved {
+                break now;
+            }
+            tries += 1;
+            if tries >= RESCAN_TRIES {
+                return Err(CaptureError::RescanUnsettled {
+                    path: self.dir.clone(),
+                    tries,
+                });
+            }
+        };
         let gone: Vec<Vec<u8>> = self
             .files
             .keys()
@@ -522,6 +573,7 @@ impl Tracker {
             });
             if grew {
                 let tracked = self.files.get_mut(name).expect("checked above");
+                tracked.ino = *ino;
                 let grown = &content[tracked.len as usize..];
                 if !grown.is_empty() {
                     out.push(Change::Append {
@@ -567,7 +619,8 @@ impl Tracker {
                 files: installs.len() + gone.len(),
             });
         }
-        // Only now, with nothing left to refuse, does the tracker take the new state.
+        // The tracker takes the staged files and the deletions only with the Swap (the
+        // grown files above are already shipped).
         for name in &gone {
             self.files.remove(name);
         }
@@ -1291,6 +1344,141 @@ mod tests {
                     && renames[..] == [(staged.clone(), Bytes::from_static(b"data.1"))]
                     && deletes[..] == [Bytes::from_static(b"data")]),
             "{out:?}"
+        );
+    }
+
+    /// The events behind an overflow happened before the rescan's scan, which holds them:
+    /// they are not played again over it. Here a log rotated (renamed to `log.1`, a new
+    /// `log` created) behind the overflow: playing its rename again would move the new
+    /// `log` over `log.1` on every copy, and later appends to `log.1` would be taken for
+    /// another file's and never shipped.
+    #[test]
+    fn events_behind_an_overflow_are_not_played_again_over_the_rescan() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("log"), b"old entries\n").unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        let copy = root.path().join("copy");
+        let mut materializer = Materializer::open(&copy).unwrap();
+        materializer
+            .apply(&Change::Install {
+                name: Bytes::from_static(b"log"),
+                data: Bytes::from_static(b"old entries\n"),
+            })
+            .unwrap();
+
+        std::fs::rename(dir.join("log"), dir.join("log.1")).unwrap();
+        std::fs::write(dir.join("log"), b"new entries\n").unwrap();
+        tracker.queue.extend([
+            Event::Overflow,
+            Event::MovedFrom(3, b"log".to_vec()),
+            Event::MovedTo(3, b"log.1".to_vec()),
+            Event::Created(b"log".to_vec()),
+            Event::Modified(b"log".to_vec()),
+        ]);
+        let mut out = Vec::new();
+        tracker.drain_queue(&mut out).unwrap();
+        for change in &out {
+            materializer.apply(change).unwrap();
+        }
+        assert_eq!(
+            read_dir_contents(&copy).unwrap(),
+            read_dir_contents(&dir).unwrap(),
+            "{out:?}"
+        );
+
+        // The rotated file grows: shipped.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("log.1"))
+            .unwrap()
+            .write_all(b"late entry\n")
+            .unwrap();
+        tracker.queue.push_back(Event::Modified(b"log.1".to_vec()));
+        let mut more = Vec::new();
+        tracker.drain_queue(&mut more).unwrap();
+        for change in &more {
+            materializer.apply(change).unwrap();
+        }
+        assert_eq!(
+            read_dir_contents(&copy).unwrap(),
+            read_dir_contents(&dir).unwrap(),
+            "{more:?}"
+        );
+    }
+
+    /// A name that changes while the rescan reads the files makes it scan again: what it
+    /// ships is one moment of the directory (here a new manifest and its base file, made
+    /// during the first scan, are both in the second). Names that never stop changing stop
+    /// the capture rather than ship a mix.
+    #[test]
+    fn a_rescan_scans_again_when_names_change_under_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("manifest"), b"base.1").unwrap();
+        std::fs::write(dir.join("base.1"), b"one").unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        // The source: its second call is the one right after the first scan; the
+        // application rewrote its files during that scan.
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let d = dir.clone();
+        tracker.source = Some(EventSource(Box::new(move || {
+            match seen.fetch_add(1, Ordering::SeqCst) {
+                1 => {
+                    std::fs::write(d.join("base.2"), b"two").unwrap();
+                    std::fs::write(d.join("m.tmp"), b"base.2").unwrap();
+                    std::fs::rename(d.join("m.tmp"), d.join("manifest")).unwrap();
+                    std::fs::remove_file(d.join("base.1")).unwrap();
+                    vec![
+                        Event::Created(b"base.2".to_vec()),
+                        Event::Modified(b"base.2".to_vec()),
+                        Event::Created(b"m.tmp".to_vec()),
+                        Event::MovedFrom(9, b"m.tmp".to_vec()),
+                        Event::MovedTo(9, b"manifest".to_vec()),
+                        Event::Deleted(b"base.1".to_vec()),
+                    ]
+                }
+                _ => Vec::new(),
+            }
+        })));
+        let mut out = Vec::new();
+        tracker.rescan(&mut out).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "scanned twice");
+        let copy = root.path().join("copy");
+        let mut materializer = Materializer::open(&copy).unwrap();
+        for (name, data) in [("manifest", &b"base.1"[..]), ("base.1", b"one")] {
+            materializer
+                .apply(&Change::Install {
+                    name: Bytes::from(name),
+                    data: Bytes::copy_from_slice(data),
+                })
+                .unwrap();
+        }
+        for change in &out {
+            materializer.apply(change).unwrap();
+        }
+        assert_eq!(
+            read_dir_contents(&copy).unwrap(),
+            read_dir_contents(&dir).unwrap()
+        );
+
+        // Names that change under every scan.
+        tracker.source = Some(EventSource(Box::new(|| {
+            vec![Event::Created(b"x".to_vec())]
+        })));
+        let error = tracker.rescan(&mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CaptureError::RescanUnsettled {
+                    tries: RESCAN_TRIES,
+                    ..
+                }
+            ),
+            "{error}"
         );
     }
 }

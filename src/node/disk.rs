@@ -9,10 +9,10 @@
 //!               joining an existing cluster) has not finished its vote quarantine
 //!               (`core::Start::quarantine`); empty
 //!   fsync-failed  present after a write or fsync of the log failed: the LSN through which
-//!               the log was durable before it (decimal). The next start cuts the log there
+//!               the log was durable before it (as `log-floor` holds one). The next start cuts the log there
 //!               and starts as a learner (the page cache may hold records the disk lost)
-//!   log-floor   the highest LSN this log has reported durable (decimal, zero-padded):
-//!               the log's durable mark (`wal::mark`), kept by the WAL writer
+//!   log-floor   the highest LSN this log has reported durable (decimal, zero-padded, and
+//!               its CRC-32): the log's durable mark (`wal::mark`), kept by the WAL writer
 //!   members.json  the configuration in effect at the log's start, once the log no longer
 //!               holds its record (`super::members`)
 //!   snapshot-members.json  the configuration in effect at the snapshot last received from
@@ -222,7 +222,7 @@ impl DataDir {
     pub fn record_fsync_failure(&self, durable_lsn: Lsn) -> Result<(), DiskError> {
         wal::fs::write_atomic(
             &self.fsync_failed_path,
-            durable_lsn.get().to_string().as_bytes(),
+            wal::mark::encode(durable_lsn).as_bytes(),
         )?;
         Ok(())
     }
@@ -664,7 +664,7 @@ pub async fn keep_floor(floor: Arc<DurableMark>, shutdown: tokio_util::sync::Can
 
 /// The durable LSN recorded by [`DataDir::record_fsync_failure`], if the marker is there.
 fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
-    Ok(match read_lsn_file(path)? {
+    Ok(match wal::mark::read_installed(path)? {
         LsnFile::Absent => None,
         LsnFile::At(lsn) => Some(lsn),
         // Damaged: trust nothing after the start of the log.

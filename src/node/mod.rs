@@ -347,6 +347,10 @@ impl Shell {
         while let Some(next) = input.take().or_else(|| self.followups.pop_front()) {
             let mut actions = std::mem::take(&mut self.actions);
             self.core.step(next, &mut actions);
+            // Before any action is carried out: a step that ends the lease (a step down, the
+            // hand-over of a switchover) is known to the client port before any message
+            // that lets another node stand leaves, and an action that fails cannot skip it.
+            self.publish_serving_until();
             let result = actions
                 .drain(..)
                 .try_for_each(|action| self.act(action, &mut context));
@@ -357,13 +361,6 @@ impl Shell {
             context.records = None;
             context.config_record = None;
         }
-        let until = self.core.serving_until().map(|until| {
-            (
-                self.core.epoch().get(),
-                (until != Time::MAX).then(|| self.started + until.as_duration()),
-            )
-        });
-        self.serving_until.set(until);
         // A proposal the core neither accepted nor refused cannot happen; answer anyway.
         if let Some(reply) = context.reply.take() {
             let _ = reply.send(ProposeOutcome::Failed(
@@ -374,6 +371,17 @@ impl Shell {
             let _ = reply.send(MembersReply::Refused("the change was not handled".into()));
         }
         Ok(())
+    }
+
+    /// Stores until when this node may serve reads (`clock::ServingUntil`).
+    fn publish_serving_until(&self) {
+        let until = self.core.serving_until().map(|until| {
+            (
+                self.core.epoch().get(),
+                (until != Time::MAX).then(|| self.started + until.as_duration()),
+            )
+        });
+        self.serving_until.set(until);
     }
 
     fn act(&mut self, action: Action, context: &mut StepContext) -> Result<(), NodeError> {
@@ -1717,8 +1725,10 @@ pub async fn run(
             run_hook(command, Role::Backup, shell.epoch, None, None);
         }
     }
-    // Stop: tell service tasks, answer anyone still waiting, then let the writer finish
+    // Stop: serve no reads from here on (the client port checks this before it releases
+    // a reply), tell service tasks, answer anyone still waiting, then let the writer finish
     // (dropping it writes and syncs everything queued).
+    shell.serving_until.set(None);
     cancel.cancel();
     for pending in shell.pending.drain(..) {
         let _ = pending.reply.send(ProposeOutcome::Unknown);

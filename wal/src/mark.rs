@@ -49,19 +49,32 @@ pub enum MarkFile {
     Damaged,
 }
 
-/// Reads the mark file at `path`.
+/// Reads the mark file at `path`, written in place by [`DurableMark`]: a file of the older
+/// format must end with its newline, since a new-format file cut short (a truncation on
+/// the disk) would otherwise read as a lower LSN.
 pub fn read(path: &Path) -> Result<MarkFile> {
+    read_as(path, true)
+}
+
+/// Reads a file of the same format that is only ever installed whole (`fs::write_atomic`),
+/// never written in place, such as the node's marker of a failed fsync: its older format
+/// had no newline.
+pub fn read_installed(path: &Path) -> Result<MarkFile> {
+    read_as(path, false)
+}
+
+fn read_as(path: &Path, old_needs_newline: bool) -> Result<MarkFile> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MarkFile::Absent),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(MarkFile::Damaged),
         Err(e) => return Err(Error::io(IoOp::Read, path, e)),
     };
-    Ok(decode(&text))
+    Ok(decode(&text, old_needs_newline))
 }
 
 /// What a mark file's text says (module docs, the format).
-fn decode(text: &str) -> MarkFile {
+fn decode(text: &str, old_needs_newline: bool) -> MarkFile {
     if text.len() == MARK_LEN {
         let bytes = text.as_bytes();
         if bytes[20] != b' ' || bytes[MARK_LEN - 1] != b'\n' {
@@ -85,7 +98,7 @@ fn decode(text: &str) -> MarkFile {
             _ => MarkFile::Damaged,
         };
     }
-    if text.len() > OLD_MARK_LEN_MAX {
+    if text.len() > OLD_MARK_LEN_MAX || (old_needs_newline && !text.ends_with('\n')) {
         return MarkFile::Damaged;
     }
     match text.trim().parse::<u64>() {
@@ -191,7 +204,7 @@ impl DurableMark {
 }
 
 /// The file's content for `lsn`: [`MARK_LEN`] bytes.
-fn encode(lsn: Lsn) -> String {
+pub fn encode(lsn: Lsn) -> String {
     let digits = format!("{:020}", lsn.get());
     let text = format!("{digits} {:08x}\n", crc32fast::hash(digits.as_bytes()));
     debug_assert_eq!(text.len(), MARK_LEN);
@@ -239,13 +252,13 @@ mod tests {
     fn a_mark_changed_on_the_disk_reads_as_damaged() {
         for lsn in [0, 7, 123_456_789, u64::MAX] {
             let good = encode(Lsn(lsn));
-            assert_eq!(decode(&good), MarkFile::At(Lsn(lsn)));
+            assert_eq!(decode(&good, true), MarkFile::At(Lsn(lsn)));
             for at in 0..good.len() {
                 for bit in 0..8 {
                     let mut bytes = good.clone().into_bytes();
                     bytes[at] ^= 1 << bit;
                     let read = match String::from_utf8(bytes) {
-                        Ok(text) => decode(&text),
+                        Ok(text) => decode(&text, true),
                         // `read` reads text that is not UTF-8 as damaged.
                         Err(_) => MarkFile::Damaged,
                     };
@@ -258,7 +271,20 @@ mod tests {
         }
         // The file cut short, or grown by a byte: damaged.
         let good = encode(Lsn(42));
-        assert_eq!(decode(&good[..MARK_LEN - 1]), MarkFile::Damaged);
-        assert_eq!(decode(&format!("{good}0")), MarkFile::Damaged);
+        for len in 0..MARK_LEN {
+            assert_eq!(
+                decode(&good[..len], true),
+                MarkFile::Damaged,
+                "cut to {len} bytes"
+            );
+        }
+        assert_eq!(decode(&format!("{good}0"), true), MarkFile::Damaged);
+        // The older format: with its newline; without it only where installed whole.
+        assert_eq!(
+            decode("00000000000000000042\n", true),
+            MarkFile::At(Lsn(42))
+        );
+        assert_eq!(decode("42", true), MarkFile::Damaged);
+        assert_eq!(decode("42", false), MarkFile::At(Lsn(42)));
     }
 }

@@ -636,7 +636,8 @@ fn run(mut wal: Wal, shared: &Shared) {
         // docs). A marker that cannot be installed is named in the failure.
         let marker_failure = match (&result, &shared.options.failure_marker) {
             (Err(_), Some(path)) => {
-                crate::fs::write_atomic(path, wal.durable_lsn().get().to_string().as_bytes()).err()
+                crate::fs::write_atomic(path, crate::mark::encode(wal.durable_lsn()).as_bytes())
+                    .err()
             }
             _ => None,
         };
@@ -775,7 +776,7 @@ mod tests {
         assert_eq!(durable, Lsn(4));
         assert_eq!(
             text.as_deref(),
-            Some("4"),
+            Some(crate::mark::encode(Lsn(4)).as_str()),
             "the marker was there when it was reported"
         );
     }
