@@ -7,9 +7,14 @@
 //! frame := len u32 (little-endian) | one encoded Change (change.rs), len bytes
 //! ```
 //!
-//! Each file is one `Install` ([`Change::into_pieces`] for a long one: an install under
-//! `PART_NAME`, appends, a rename), in name order. The snapshot file's own chunk checksums
-//! and trailer cover the body; frames add none.
+//! Each file is one `Install`, in name order; a long one is an install of its first piece
+//! under its own name and appends of the rest ([`PIECE_LEN_MAX`] each). Not the log's way
+//! ([`Change::into_pieces`] builds a long file under `PART_NAME` and renames it): a
+//! directory whose log stopped halfway through a long install holds a `PART_NAME` file of
+//! its own, which restoring another long file through that name would overwrite. Nobody
+//! reads the directory while it is restored, so a file need not appear whole at once.
+//! Snapshots written the other way restore as they are. The snapshot file's own chunk
+//! checksums and trailer cover the body; frames add none.
 //!
 //! A backup writes one of its copy of the directory at the LSN it has materialized (the
 //! copy is exactly the committed log's state there); a primary, whose directory is the
@@ -23,7 +28,7 @@ use std::path::Path;
 use bytes::{Buf, Bytes, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
 
-use super::change::{Change, ChangeError};
+use super::change::{Change, ChangeError, PIECE_LEN_MAX};
 use super::materialize::{read_dir_contents, MaterializeError, Materializer};
 
 /// Why a snapshot of the directory could not be written or restored.
@@ -50,11 +55,24 @@ pub fn write_dir(dir: &Path, writer: &mut SnapshotWriter) -> Result<usize, DirSn
     let files = read_dir_contents(dir).map_err(DirSnapshotError::Read)?;
     let count = files.len();
     for (name, data) in files {
-        let change = Change::Install {
-            name: Bytes::from(name),
-            data: Bytes::from(data),
-        };
-        for piece in change.into_pieces() {
+        let name = Bytes::from(name);
+        let data = Bytes::from(data);
+        let first = data.len().min(PIECE_LEN_MAX);
+        let mut pieces = vec![Change::Install {
+            name: name.clone(),
+            data: data.slice(..first),
+        }];
+        if first < data.len() {
+            pieces.extend(
+                Change::Append {
+                    name,
+                    offset: first as u64,
+                    data: data.slice(first..),
+                }
+                .into_pieces(),
+            );
+        }
+        for piece in pieces {
             let encoded = piece.encode();
             let len = u32::try_from(encoded.len())
                 .unwrap_or_else(|_| unreachable!("a piece is at most PIECE_LEN_MAX bytes"));
@@ -100,7 +118,7 @@ pub fn restore_dir(path: &Path, materializer: &mut Materializer) -> Result<(), D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::follow::change::PIECE_LEN_MAX;
+    use crate::follow::change::PART_NAME;
     use wal::{Epoch, Lsn};
 
     /// A directory written into a snapshot and restored into another (which held other
@@ -114,10 +132,13 @@ mod tests {
         std::fs::write(dir.join("empty"), b"").unwrap();
         let big: Vec<u8> = (0..PIECE_LEN_MAX + 4321).map(|i| (i % 253) as u8).collect();
         std::fs::write(dir.join("base"), &big).unwrap();
+        // Left by a log that stopped inside a long install: a file like any other here,
+        // which restoring `base` must not overwrite.
+        std::fs::write(dir.join(PART_NAME), &big[..PIECE_LEN_MAX + 10]).unwrap();
         let snapshots = root.path().join("snapshots");
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(42), Epoch(3)).unwrap();
-        assert_eq!(write_dir(&dir, &mut writer).unwrap(), 3);
+        assert_eq!(write_dir(&dir, &mut writer).unwrap(), 4);
         let info = writer.finish().unwrap();
 
         let copy = root.path().join("copy");
