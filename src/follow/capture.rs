@@ -266,13 +266,17 @@ impl Tracker {
         let cut = size < tracked.len || {
             // The tail must be what was captured: a file that only grows.
             let tail_start = tracked.len - tracked.tail.len() as u64;
-            now.resize((size - tail_start) as usize, 0);
+            let expected = (size - tail_start) as usize;
+            now.resize(expected, 0);
             file.seek(SeekFrom::Start(tail_start)).map_err(io(&path))?;
             let read = read_full(&mut file, &mut now).map_err(io(&path))?;
             now.truncate(read);
             let other_tail =
                 now.len() < tracked.tail.len() || now[..tracked.tail.len()] != tracked.tail[..];
-            if other_tail && size == tracked.len {
+            // Fewer bytes than its length said: cut back between the two, which is a cut,
+            // not a rewrite (its length was read before the cut).
+            let shrank = read < expected;
+            if other_tail && size == tracked.len && !shrank {
                 // Same length, other bytes: written over in place.
                 return Err(CaptureError::RewrittenInPlace { path });
             }

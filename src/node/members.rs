@@ -184,6 +184,14 @@ fn members_crc(numbers: &[u64], record: &ConfigRecord) -> u32 {
     hasher.finalize()
 }
 
+/// The error for a members file that does not hold what it should: damage, with the remedy.
+fn damaged(path: &Path, what: &str) -> String {
+    format!(
+        "{}: damaged ({what}); refusing to start with a member set that may not be the cluster's (empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)",
+        path.display()
+    )
+}
+
 /// Checks a members file's `crc32` against what it holds (none: an older file).
 fn check_crc(
     path: &Path,
@@ -192,10 +200,9 @@ fn check_crc(
     record: &ConfigRecord,
 ) -> Result<(), String> {
     match stored {
-        Some(stored) if stored != members_crc(numbers, record) => Err(format!(
-            "{}: damaged (its checksum does not match what it holds); refusing to start with a member set that may not be the cluster's (empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)",
-            path.display()
-        )),
+        Some(stored) if stored != members_crc(numbers, record) => {
+            Err(damaged(path, "its checksum does not match what it holds"))
+        }
         _ => Ok(()),
     }
 }
@@ -224,9 +231,9 @@ pub fn load_start(dir: &Path) -> Result<Option<(Lsn, ConfigRecord)>, String> {
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let file: StartFile =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| damaged(&path, &e.to_string()))?;
     let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
-    let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
+    let record = ConfigRecord::decode(&record).map_err(|e| damaged(&path, &e.to_string()))?;
     check_crc(&path, file.crc32, &[file.lsn], &record)?;
     Ok(Some((Lsn(file.lsn), record)))
 }
@@ -294,20 +301,21 @@ pub fn load_at_snapshot(
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let file: SnapshotFile =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| damaged(&path, &e.to_string()))?;
     if file.snapshot_lsn != snapshot_lsn.get() || file.snapshot_epoch != snapshot_epoch.get() {
         return Ok(None);
     }
     if file.lsn > file.snapshot_lsn {
-        return Err(format!(
-            "{}: the configuration's record (lsn {}) is after its snapshot (lsn {})",
-            path.display(),
-            file.lsn,
-            file.snapshot_lsn
+        return Err(damaged(
+            &path,
+            &format!(
+                "the configuration's record (lsn {}) is after its snapshot (lsn {})",
+                file.lsn, file.snapshot_lsn
+            ),
         ));
     }
     let record = serde_json::to_vec(&file.record).map_err(|e| e.to_string())?;
-    let record = ConfigRecord::decode(&record).map_err(|e| format!("{}: {e}", path.display()))?;
+    let record = ConfigRecord::decode(&record).map_err(|e| damaged(&path, &e.to_string()))?;
     check_crc(
         &path,
         file.crc32,

@@ -220,7 +220,6 @@ fn plan_set(key: Bytes, value: Bytes, options: &[Bytes], now_ms: u64) -> Plan {
 }
 
 impl Read {
-    /// The answer from `store` at `now_ms`.
     /// Whether this read's answer at `through_ms` differs from its answer at `after_ms`
     /// because a key it reads expires in between (for DBSIZE, any key).
     pub fn expiry_passed_between(&self, store: &Store, after_ms: u64, through_ms: u64) -> bool {
@@ -232,6 +231,7 @@ impl Read {
         }
     }
 
+    /// The answer from `store` at `now_ms`.
     pub fn answer(&self, store: &Store, now_ms: u64) -> Reply {
         let value = |key: &Bytes| match store.get(key, now_ms) {
             Some(value) => Reply::Bulk(value.clone()),
