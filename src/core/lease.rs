@@ -123,24 +123,21 @@ impl Core {
         if self.st.role != Role::Primary || self.config.witness {
             return None;
         }
+        let end = self.lease_end();
+        (self.st.now < end).then_some(end)
+    }
+
+    /// Until when the lease holds (local clock): [`Time::MAX`] when none is needed (this
+    /// node alone is a majority, or the unsafe test knob that skips the lease).
+    fn lease_end(&self) -> Time {
         if self.config.unsafe_testing.skip_lease {
-            return Some(Time::MAX);
+            return Time::MAX;
         }
-        match self.lease_until() {
-            None => Some(Time::MAX),
-            Some(until) if until > self.st.now => Some(until),
-            Some(_) => None,
-        }
+        self.lease_until().unwrap_or(Time::MAX)
     }
 
     pub(super) fn lease_valid(&self) -> bool {
-        if self.config.unsafe_testing.skip_lease {
-            return true;
-        }
-        match self.lease_until() {
-            None => true,
-            Some(until) => self.st.now < until,
-        }
+        self.st.now < self.lease_end()
     }
 
     /// `Input::Read` (module docs, "Reads"). `lease_check` ran first in this step.

@@ -558,30 +558,34 @@ impl Tracker {
             .filter(|name| !now.contains_key(*name))
             .cloned()
             .collect();
-        let mut renames = Vec::new();
+        // Staging names taken by no tracked file and no file found.
+        let taken: std::collections::BTreeSet<Vec<u8>> = now.keys().cloned().collect();
         let mut staged = 0usize;
-        let mut stage_name = |files: &BTreeMap<Vec<u8>, Tracked>, now: &Scan| loop {
+        let mut stage_name = |files: &BTreeMap<Vec<u8>, Tracked>| loop {
             let name = format!("{STAGE_PREFIX}{staged}").into_bytes();
             staged += 1;
-            if !files.contains_key(&name) && !now.contains_key(&name) {
-                return name;
+            if !files.contains_key(&name) && !taken.contains(&name) {
+                return Bytes::from(name);
             }
         };
         let mut installs = Vec::new();
-        for (name, (content, ino)) in &now {
-            let grew = self.files.get(name).is_some_and(|tracked| {
+        let mut renames = Vec::new();
+        // What the tracker holds of each staged file once the Swap puts it in place.
+        let mut replaced = Vec::new();
+        for (name, (content, ino)) in now {
+            let grew = self.files.get(&name).is_some_and(|tracked| {
                 let start = tracked.len as usize - tracked.tail.len();
-                (tracked.ino == 0 || tracked.ino == *ino)
+                (tracked.ino == 0 || tracked.ino == ino)
                     && content.len() as u64 >= tracked.len
                     && content[start..tracked.len as usize] == tracked.tail[..]
             });
             if grew {
-                let tracked = self.files.get_mut(name).expect("checked above");
-                tracked.ino = *ino;
+                let tracked = self.files.get_mut(&name).expect("checked above");
+                tracked.ino = ino;
                 let grown = &content[tracked.len as usize..];
                 if !grown.is_empty() {
                     out.push(Change::Append {
-                        name: Bytes::copy_from_slice(name),
+                        name: Bytes::copy_from_slice(&name),
                         offset: tracked.len,
                         data: Bytes::copy_from_slice(grown),
                     });
@@ -590,33 +594,32 @@ impl Tracker {
             } else {
                 let cut = self
                     .files
-                    .get(name)
-                    .filter(|tracked| tracked.ino == 0 || tracked.ino == *ino);
+                    .get(&name)
+                    .filter(|tracked| tracked.ino == 0 || tracked.ino == ino);
                 if let Some(tracked) = cut.filter(|_| self.refuse_cuts.load(Ordering::Relaxed)) {
                     return Err(CaptureError::Cut {
-                        path: self.path(name),
+                        path: self.path(&name),
                         captured: tracked.len,
                         now: content.len() as u64,
                     });
                 }
-                let stage = Bytes::from(stage_name(&self.files, &now));
+                let stage = stage_name(&self.files);
+                replaced.push((name.clone(), Tracked::of(&content, ino)));
+                renames.push((stage.clone(), Bytes::from(name)));
                 installs.push(Change::Install {
-                    name: stage.clone(),
-                    data: Bytes::copy_from_slice(content),
+                    name: stage,
+                    data: Bytes::from(content),
                 });
-                renames.push((stage, Bytes::copy_from_slice(name)));
             }
         }
         if renames.is_empty() && gone.is_empty() {
             return Ok(());
         }
-        let swap = Change::Swap {
-            renames,
-            deletes: gone
-                .iter()
-                .map(|name| Bytes::copy_from_slice(name))
-                .collect(),
-        };
+        let deletes = gone
+            .iter()
+            .map(|name| Bytes::copy_from_slice(name))
+            .collect();
+        let swap = Change::Swap { renames, deletes };
         if swap.encode().len() > SWAP_LEN_MAX {
             return Err(CaptureError::RescanTooLarge {
                 path: self.dir.clone(),
@@ -628,12 +631,7 @@ impl Tracker {
         for name in &gone {
             self.files.remove(name);
         }
-        if let Change::Swap { renames, .. } = &swap {
-            for (_, name) in renames {
-                let (content, ino) = &now[&name[..]];
-                self.files.insert(name.to_vec(), Tracked::of(content, *ino));
-            }
-        }
+        self.files.extend(replaced);
         out.extend(installs);
         out.push(swap);
         Ok(())

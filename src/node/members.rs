@@ -209,13 +209,13 @@ fn check_crc(
 
 /// Stores the configuration in effect at the log's start (module docs): atomically.
 pub fn store_start(dir: &Path, lsn: Lsn, record: &ConfigRecord) -> wal::Result<()> {
-    let record_in = record;
+    let crc32 = members_crc(&[lsn.get()], record);
     let record: serde_json::Value = serde_json::from_slice(&record.encode())
         .unwrap_or_else(|_| unreachable!("a config record's payload is JSON"));
     let file = StartFile {
         lsn: lsn.get(),
         record,
-        crc32: Some(members_crc(&[lsn.get()], record_in)),
+        crc32: Some(crc32),
     };
     let bytes =
         serde_json::to_vec_pretty(&file).unwrap_or_else(|_| unreachable!("plain data serializes"));
