@@ -295,6 +295,65 @@ async fn backup_stopped_during_two_snapshots_rejoins_via_snapshot_and_converges(
     nodes[usize::from(backup) - 1] = Some(b);
 }
 
+/// A backup's application applies, and snapshots, committed records before they are durable
+/// in the backup's log. A write or fsync of the log that fails leaves a marker, and the next
+/// start cuts the log back to what was durable before the failure: here below the
+/// application's snapshot. The node must start (as a learner, from its snapshot, its log
+/// reset after it with the configuration in effect there) and converge, not refuse to start
+/// on every try because the configuration at the snapshot is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_whose_log_is_cut_below_its_snapshot_after_a_failed_fsync_restarts_and_converges() {
+    let mut cluster = cluster(3);
+    let (mut nodes, primary) = start(&mut cluster).await;
+    let backup = if primary == 1 { 2 } else { 1 };
+    let p = node(&nodes, primary);
+    // Until the backup holds a snapshot that its log reaches back past (with two snapshots
+    // kept, the log keeps the records after the older one).
+    let mut written = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        write(&p, written, 100, 512).await;
+        written += 100;
+        wait_converged(&p, &node(&nodes, backup)).await;
+        let snapshot = snapshot_lsn(&cluster, backup);
+        if snapshot > 1 && first_lsn(&cluster, backup) <= snapshot {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {backup}: no snapshot inside its log (snapshot {snapshot}, first lsn {})",
+            first_lsn(&cluster, backup)
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    nodes[usize::from(backup) - 1] = None;
+    cluster.kill(backup);
+    // What a failed fsync leaves: the log was durable through lsn 1 before it.
+    let marker = cluster.node(backup).data_dir.join("fsync-failed");
+    std::fs::write(&marker, wal::mark::encode(Lsn(1))).unwrap();
+
+    cluster.start_node(backup);
+    let b = connect(&cluster.node(backup).app_socket).await;
+    write(&p, written, 20, 512).await;
+    wait_converged(&p, &b).await;
+    let log = log_of(&cluster, backup);
+    assert!(
+        log.contains("a write or fsync of its log failed"),
+        "the start did not cut the log: {log}"
+    );
+    assert!(
+        log.contains("resetting the log after it"),
+        "the cut did not go below the snapshot: {log}"
+    );
+    assert!(
+        !marker.exists(),
+        "the marker is removed once the cut is done"
+    );
+    let third = 6 - primary - backup;
+    wait_converged(&p, &node(&nodes, third)).await;
+    nodes[usize::from(backup) - 1] = Some(b);
+}
+
 /// A replacement machine: a node whose data dir is empty joins by a snapshot and converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_with_an_empty_data_dir_joins_via_snapshot_and_converges() {

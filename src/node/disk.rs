@@ -15,8 +15,8 @@
 //!               its CRC-32): the log's durable mark (`wal::mark`), kept by the WAL writer
 //!   members.json  the configuration in effect at the log's start, once the log no longer
 //!               holds its record (`super::members`)
-//!   snapshot-members.json  the configuration in effect at the snapshot last received from
-//!               the primary, stored before the snapshot (`super::members`)
+//!   snapshot-members.json  the configuration in effect at each of the newest snapshots,
+//!               stored before the snapshot (`super::members`)
 //!   wal/        the log segments
 //!   snapshots/  the newest snapshots (`super::snapshot::store`)
 //! ```
@@ -72,7 +72,7 @@ const FRESH_FILE_NAME: &str = "fresh";
 /// The marker of a paused node (`understudy pause`): no automatic failover.
 pub const PAUSED_FILE_NAME: &str = "paused";
 /// The marker of a failed log write or fsync (module docs).
-const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
+pub(crate) const FSYNC_FAILED_FILE_NAME: &str = "fsync-failed";
 /// The log floor (module docs, "The log floor").
 pub const LOG_FLOOR_FILE_NAME: &str = "log-floor";
 /// How often the log floor's file is fsynced while it moves (module docs): the WAL writer
@@ -131,7 +131,7 @@ pub enum DiskError {
     MetaDamaged { path: PathBuf, detail: String },
     #[error("data dir {}: {reason}", .path.display())]
     Members { path: PathBuf, reason: String },
-    #[error("data dir {}: the log does not continue the newest snapshot (lsn {snapshot_lsn}: one received from the primary just before a stop, or the log was deleted), and the configuration in effect at that snapshot was not stored with it ({} is missing or belongs to another snapshot); refusing to start with a member set that may be stale (empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)", .path.display(), super::members::SNAPSHOT_MEMBERS_FILE)]
+    #[error("data dir {}: the log does not continue the newest snapshot (lsn {snapshot_lsn}: one received from the primary just before a stop, a log cut back after a failed fsync, or the log was deleted), and the configuration in effect at that snapshot was not stored with it ({} is missing or has no entry for that snapshot); refusing to start with a member set that may be stale (empty the data dir and start it with --initial-cluster-state existing to rejoin from the primary)", .path.display(), super::members::SNAPSHOT_MEMBERS_FILE)]
     SnapshotWithoutMembers { path: PathBuf, snapshot_lsn: Lsn },
     #[error(transparent)]
     Wal(#[from] wal::Error),

@@ -15,24 +15,34 @@
 //! it. A snapshot installed from the primary comes with the configuration in effect at its
 //! LSN, stored the same way before the log is reset.
 //!
-//! # The configuration at a snapshot from the primary (`snapshot-members.json`)
-//! A snapshot received from the primary becomes durable under its final name before the core
-//! loop stores its configuration in `members.json` and resets the log after it; a node that
-//! stops in between (a crash, or a clean stop that closed the core loop first) finds the
-//! snapshot beside an old log that does not continue it, and start-up resets the log itself
-//! (`snapshot::store::recover`), dropping every config record the old log held. Neither the
-//! old `members.json` (from an earlier prefix cut) nor `--peers` then says which
-//! configuration is in effect at the snapshot. So the receiver stores that configuration,
-//! with the LSN and epoch of the snapshot it belongs to, in `snapshot-members.json` (tmp,
-//! fsync, rename, fsync the directory) *before* the snapshot's final name exists, and
-//! start-up takes it from there (and stores it in `members.json`) before it resets the log.
-//! `members.json` itself is not touched before the snapshot is in place: it must keep
-//! describing the old log's start for as long as a crash can leave the node on the old log.
+//! # The configuration at a snapshot (`snapshot-members.json`)
+//! Start-up can find the newest snapshot beside a log that does not continue it, and must
+//! then reset the log after the snapshot (`snapshot::store::recover`), dropping every config
+//! record the old log held. Neither the old `members.json` (from an earlier prefix cut) nor
+//! `--peers` then says which configuration is in effect at the snapshot. Two ways there:
+//! - A snapshot received from the primary becomes durable under its final name before the
+//!   core loop stores its configuration in `members.json` and resets the log after it; a
+//!   node that stops in between (a crash, or a clean stop that closed the core loop first)
+//!   finds the snapshot beside its old log.
+//! - A backup's application applies, and snapshots, committed records before they are
+//!   durable in the backup's own log. If a write or fsync of the log then fails, the next
+//!   start cuts the log back to what was durable before the failure (`disk`), which can be
+//!   below the application's snapshot.
 //!
-//! The file is only read for the snapshot it names (LSN and epoch both), and never needs
-//! removing: the configuration in effect at a committed LSN (a snapshot covers only committed
-//! records) never changes, so the file is right about its snapshot for ever, and the next
-//! snapshot received replaces it.
+//! So every snapshot's configuration, with the LSN and epoch of the snapshot it belongs to,
+//! goes to `snapshot-members.json` (tmp, fsync, rename, fsync the directory) *before* the
+//! snapshot's final name exists: by the receiver for one from the primary, by the upload for
+//! the application's own. Start-up takes it from there (and stores it in `members.json`)
+//! before it resets the log. `members.json` itself is not touched before the snapshot is in
+//! place: it must keep describing the old log's start for as long as a crash can leave the
+//! node on the old log.
+//!
+//! The file holds the [`SNAPSHOT_MEMBERS_KEPT`] newest entries by snapshot LSN (an upload
+//! and a receive can overlap, so one entry would not do); each is only read for the snapshot
+//! it names (LSN and epoch both), and none needs removing: the configuration in effect at a
+//! committed LSN (a snapshot covers only committed records) never changes, so an entry is
+//! right about its snapshot for ever. Only the newest snapshot's entry is ever read, and
+//! entries are written in snapshot order but for an overlap, so the newest few suffice.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PeerAddr;
 use crate::core::{MemberRole, Members};
+use crate::node::disk::DiskError;
 use crate::{Lsn, NodeId};
 
 /// The file in the data dir holding the configuration at the log's start.
@@ -238,16 +249,19 @@ pub fn load_start(dir: &Path) -> Result<Option<(Lsn, ConfigRecord)>, String> {
     Ok(Some((Lsn(file.lsn), record)))
 }
 
-/// The file in the data dir holding the configuration at the snapshot last received from the
-/// primary (module docs).
+/// The file in the data dir holding the configuration at each of the newest snapshots
+/// (module docs).
 pub const SNAPSHOT_MEMBERS_FILE: &str = "snapshot-members.json";
 
-/// `snapshot-members.json`: the snapshot a configuration belongs to, the LSN of the
-/// configuration's record and the record; `crc32` as in [`StartFile`], over the three
+/// How many snapshots `snapshot-members.json` keeps the configuration of.
+pub const SNAPSHOT_MEMBERS_KEPT: usize = 8;
+
+/// One entry of `snapshot-members.json`: the snapshot a configuration belongs to, the LSN of
+/// the configuration's record and the record; `crc32` as in [`StartFile`], over the three
 /// numbers in this order and the record.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SnapshotFile {
+struct SnapshotEntry {
     snapshot_lsn: u64,
     snapshot_epoch: u64,
     lsn: u64,
@@ -256,8 +270,51 @@ struct SnapshotFile {
     crc32: Option<u32>,
 }
 
-/// Stores the configuration in effect at the snapshot `(snapshot_lsn, snapshot_epoch)`
-/// received from the primary: that of the record at `lsn` (module docs).
+/// `snapshot-members.json` as written: the entries, ascending by snapshot LSN.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotsFile {
+    snapshots: Vec<SnapshotEntry>,
+}
+
+/// `snapshot-members.json` as read: the list, or the single entry a data dir of an earlier
+/// version holds (the snapshot last received from the primary).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnySnapshotsFile {
+    Many(SnapshotsFile),
+    One(SnapshotEntry),
+}
+
+/// Why `snapshot-members.json` could not be read.
+enum SnapshotsFileError {
+    Io(std::io::Error),
+    /// It does not parse (the message says why).
+    Damaged(String),
+}
+
+/// The entries of `snapshot-members.json` at `path`: none when it does not exist.
+fn read_snapshot_entries(path: &Path) -> Result<Vec<SnapshotEntry>, SnapshotsFileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SnapshotsFileError::Io(e)),
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(AnySnapshotsFile::Many(file)) => Ok(file.snapshots),
+        Ok(AnySnapshotsFile::One(entry)) => Ok(vec![entry]),
+        Err(e) => Err(SnapshotsFileError::Damaged(e.to_string())),
+    }
+}
+
+/// Serializes the read-modify-write of `snapshot-members.json` (an upload and a receive
+/// can store at once).
+static SNAPSHOT_MEMBERS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Stores the configuration in effect at the snapshot `(snapshot_lsn, snapshot_epoch)`:
+/// that of the record at `lsn` (module docs). It replaces an entry for the same snapshot
+/// LSN, and the oldest entries beyond [`SNAPSHOT_MEMBERS_KEPT`] go. A file found damaged is
+/// replaced (what it held could not be read at start-up either).
 ///
 /// # Durability
 /// Returns only once the file and its directory entry are fsynced (atomic install), so a
@@ -268,43 +325,61 @@ pub fn store_at_snapshot(
     (snapshot_lsn, snapshot_epoch): (Lsn, Epoch),
     lsn: Lsn,
     record: &ConfigRecord,
-) -> wal::Result<()> {
+) -> Result<(), DiskError> {
     let crc32 = members_crc(
         &[snapshot_lsn.get(), snapshot_epoch.get(), lsn.get()],
         record,
     );
     let record: serde_json::Value = serde_json::from_slice(&record.encode())
         .unwrap_or_else(|_| unreachable!("a config record's payload is JSON"));
-    let file = SnapshotFile {
+    let entry = SnapshotEntry {
         snapshot_lsn: snapshot_lsn.get(),
         snapshot_epoch: snapshot_epoch.get(),
         lsn: lsn.get(),
         record,
         crc32: Some(crc32),
     };
-    let bytes =
-        serde_json::to_vec_pretty(&file).unwrap_or_else(|_| unreachable!("plain data serializes"));
-    wal::fs::write_atomic(&dir.join(SNAPSHOT_MEMBERS_FILE), &bytes)
+    let path = dir.join(SNAPSHOT_MEMBERS_FILE);
+    let _held = SNAPSHOT_MEMBERS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut entries = match read_snapshot_entries(&path) {
+        Ok(entries) => entries,
+        Err(SnapshotsFileError::Io(source)) => return Err(DiskError::Io { path, source }),
+        Err(SnapshotsFileError::Damaged(reason)) => {
+            warn!(path = %path.display(), %reason, "the configurations at the snapshots are damaged; replacing them");
+            Vec::new()
+        }
+    };
+    entries.retain(|old| old.snapshot_lsn != entry.snapshot_lsn);
+    entries.push(entry);
+    entries.sort_by_key(|entry| entry.snapshot_lsn);
+    let excess = entries.len().saturating_sub(SNAPSHOT_MEMBERS_KEPT);
+    entries.drain(..excess);
+    let bytes = serde_json::to_vec_pretty(&SnapshotsFile { snapshots: entries })
+        .unwrap_or_else(|_| unreachable!("plain data serializes"));
+    wal::fs::write_atomic(&path, &bytes)?;
+    Ok(())
 }
 
 /// The configuration [`store_at_snapshot`] stored for the snapshot `(snapshot_lsn,
-/// snapshot_epoch)`: `None` when there is no `snapshot-members.json` or it belongs to
-/// another snapshot. `Err` when the file cannot be read or is not a configuration.
+/// snapshot_epoch)`: `None` when there is no `snapshot-members.json` or no entry for that
+/// snapshot. `Err` when the file cannot be read or the entry is not a configuration.
 pub fn load_at_snapshot(
     dir: &Path,
     (snapshot_lsn, snapshot_epoch): (Lsn, Epoch),
 ) -> Result<Option<(Lsn, ConfigRecord)>, String> {
     let path = dir.join(SNAPSHOT_MEMBERS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    let entries = match read_snapshot_entries(&path) {
+        Ok(entries) => entries,
+        Err(SnapshotsFileError::Io(e)) => return Err(format!("{}: {e}", path.display())),
+        Err(SnapshotsFileError::Damaged(reason)) => return Err(damaged(&path, &reason)),
     };
-    let file: SnapshotFile =
-        serde_json::from_slice(&bytes).map_err(|e| damaged(&path, &e.to_string()))?;
-    if file.snapshot_lsn != snapshot_lsn.get() || file.snapshot_epoch != snapshot_epoch.get() {
+    let Some(file) = entries.into_iter().find(|entry| {
+        entry.snapshot_lsn == snapshot_lsn.get() && entry.snapshot_epoch == snapshot_epoch.get()
+    }) else {
         return Ok(None);
-    }
+    };
     if file.lsn > file.snapshot_lsn {
         return Err(damaged(
             &path,
@@ -634,5 +709,69 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let error = load_at_snapshot(dir.path(), (Lsn(20), Epoch(2))).unwrap_err();
         assert!(error.contains("damaged"), "{error}");
+    }
+
+    /// `snapshot-members.json` keeps the newest entries by snapshot LSN, one per LSN (the
+    /// last stored wins), finds each by LSN and epoch, and reads the single entry of a data
+    /// dir of an earlier version. A damaged file is replaced by the next store.
+    #[test]
+    fn the_configurations_at_the_newest_snapshots_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |ids: &[u16]| {
+            let ids: Vec<NodeId> = ids.iter().map(|&id| NodeId(id)).collect();
+            let addrs = ids
+                .iter()
+                .map(|&id| {
+                    let addr = format!("127.0.0.1:{}", 7000 + id.get());
+                    (id, PeerAddr::parse(&addr).unwrap())
+                })
+                .collect();
+            ConfigRecord {
+                members: Members::voters_of(&ids).unwrap(),
+                addrs,
+                given: Default::default(),
+            }
+        };
+        let (a, b) = (record(&[1, 2, 3]), record(&[1, 2, 4]));
+        let at = |lsn: u64, epoch: u64| load_at_snapshot(dir.path(), (Lsn(lsn), Epoch(epoch)));
+        assert_eq!(at(10, 1).unwrap(), None, "no file");
+
+        // An upload and a receive overlapping: the older snapshot stored last.
+        store_at_snapshot(dir.path(), (Lsn(20), Epoch(2)), Lsn(15), &b).unwrap();
+        store_at_snapshot(dir.path(), (Lsn(10), Epoch(1)), Lsn(1), &a).unwrap();
+        assert_eq!(at(20, 2).unwrap(), Some((Lsn(15), b.clone())));
+        assert_eq!(at(10, 1).unwrap(), Some((Lsn(1), a.clone())));
+        assert_eq!(at(20, 1).unwrap(), None, "another epoch");
+        // The same LSN again: the last stored wins.
+        store_at_snapshot(dir.path(), (Lsn(20), Epoch(3)), Lsn(18), &a).unwrap();
+        assert_eq!(at(20, 2).unwrap(), None);
+        assert_eq!(at(20, 3).unwrap(), Some((Lsn(18), a.clone())));
+
+        // The newest SNAPSHOT_MEMBERS_KEPT stay.
+        for lsn in 100..100 + SNAPSHOT_MEMBERS_KEPT as u64 {
+            store_at_snapshot(dir.path(), (Lsn(lsn), Epoch(3)), Lsn(18), &a).unwrap();
+        }
+        assert_eq!(at(20, 3).unwrap(), None, "pushed out by newer ones");
+        assert_eq!(at(100, 3).unwrap(), Some((Lsn(18), a.clone())));
+        let newest = 99 + SNAPSHOT_MEMBERS_KEPT as u64;
+        assert_eq!(at(newest, 3).unwrap(), Some((Lsn(18), a.clone())));
+
+        // An earlier version's file: one entry, not in a list.
+        let path = dir.path().join(SNAPSHOT_MEMBERS_FILE);
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let one = file["snapshots"][0].clone();
+        assert_eq!(one["snapshot_lsn"], 100);
+        std::fs::write(&path, serde_json::to_vec(&one).unwrap()).unwrap();
+        assert_eq!(at(100, 3).unwrap(), Some((Lsn(18), a.clone())));
+        assert_eq!(at(101, 3).unwrap(), None);
+
+        // Damaged: refused at start-up, replaced by the next store.
+        std::fs::write(&path, b"{\"snapshots\": [").unwrap();
+        let error = at(100, 3).unwrap_err();
+        assert!(error.contains("damaged"), "{error}");
+        store_at_snapshot(dir.path(), (Lsn(200), Epoch(4)), Lsn(150), &b).unwrap();
+        assert_eq!(at(200, 4).unwrap(), Some((Lsn(150), b)));
+        assert_eq!(at(100, 3).unwrap(), None);
     }
 }

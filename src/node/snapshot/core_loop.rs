@@ -19,7 +19,7 @@ use wal::{Lsn, NodeId};
 
 use super::store::snapshot_remove;
 use super::transfer::send;
-use super::{lock, Event, SnapshotMetrics};
+use super::{lock, Committed, Event, SnapshotMetrics};
 use crate::core::Input;
 use crate::node::{NodeError, PrefixCut, Shell, StepContext, TailCache};
 
@@ -27,13 +27,19 @@ impl Shell {
     /// Carries out an [`Event`].
     pub(crate) fn on_snapshot_event(&mut self, event: Event) -> Result<(), NodeError> {
         match event {
-            Event::EpochOf { lsn, reply } => {
-                let epoch = if lsn <= self.core.commit_lsn() {
-                    self.core.epoch_of(lsn)
+            Event::CommittedAt { lsn, reply } => {
+                let committed = if lsn <= self.core.commit_lsn() {
+                    self.core.epoch_of(lsn).map(|epoch| Committed {
+                        epoch,
+                        config: self
+                            .book
+                            .at(lsn)
+                            .map(|(config_lsn, record)| (config_lsn, record.clone())),
+                    })
                 } else {
                     None
                 };
-                let _ = reply.send(epoch);
+                let _ = reply.send(committed);
             }
             Event::Wanted { lsn, epoch, reply } => {
                 let _ = reply.send(self.core.snapshot_wanted(lsn, epoch));

@@ -179,11 +179,21 @@ pub enum Event {
         to: NodeId,
         delivered: Option<(Lsn, Epoch)>,
     },
-    /// The epoch of the committed record at `lsn`, if the log still knows it.
-    EpochOf {
+    /// The epoch of the committed record at `lsn` and the configuration in effect at it,
+    /// if the log still knows them.
+    CommittedAt {
         lsn: Lsn,
-        reply: oneshot::Sender<Option<Epoch>>,
+        reply: oneshot::Sender<Option<Committed>>,
     },
+}
+
+/// A committed LSN as the core loop knows it ([`Event::CommittedAt`]).
+#[derive(Debug)]
+pub struct Committed {
+    pub epoch: Epoch,
+    /// The configuration in effect at the LSN: the LSN of its record, and the record
+    /// (`None` before the cluster's first configuration record).
+    pub config: Option<(Lsn, crate::node::members::ConfigRecord)>,
 }
 
 /// The scheduler's view of the current request to the application.
@@ -237,8 +247,8 @@ struct State {
 
 /// The node's snapshots; see the module docs. Shared through an `Arc`.
 pub struct Snapshots {
-    /// The data dir: a snapshot received from the primary stores its configuration there
-    /// ([`store::install_received`]).
+    /// The data dir: every snapshot stores its configuration there
+    /// ([`crate::node::members::store_at_snapshot`]).
     data_dir: PathBuf,
     dir: PathBuf,
     config: SnapshotConfig,
@@ -343,16 +353,22 @@ impl Snapshots {
         &self.dir
     }
 
+    /// The data dir the snapshots directory is in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The snapshot flags this node runs with.
     pub fn config(&self) -> &SnapshotConfig {
         &self.config
     }
 
-    /// The epoch of the committed record at `lsn`, asked of the core loop: `None` when `lsn`
-    /// is not committed, the log no longer holds it, or the loop is gone.
-    pub(crate) async fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
+    /// The epoch of the committed record at `lsn` and the configuration in effect at it,
+    /// asked of the core loop: `None` when `lsn` is not committed, the log no longer holds
+    /// it, or the loop is gone.
+    pub(crate) async fn committed_at(&self, lsn: Lsn) -> Option<Committed> {
         let (reply, answer) = oneshot::channel();
-        match self.events.send(Event::EpochOf { lsn, reply }).await {
+        match self.events.send(Event::CommittedAt { lsn, reply }).await {
             Ok(()) => answer.await.ok().flatten(),
             Err(_) => None,
         }

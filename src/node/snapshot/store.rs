@@ -70,8 +70,8 @@ pub struct Recovered {
 /// | no snapshot, log starts later | records were truncated | `DiskError::MissingSnapshot` |
 /// | log starts after the snapshot + 1 | a gap | `DiskError::LogGap` |
 /// | log holds the snapshot's LSN with its epoch, or starts right after it | | keep the log |
-/// | log ends before the snapshot, or holds its LSN in another epoch | a snapshot from the primary was installed and the node stopped before resetting the log | store the configuration at the snapshot in `members.json`, then reset the log to start after the snapshot |
-/// | ditto, and `snapshot-members.json` is missing or names another snapshot | the configuration at the snapshot is unknown | `DiskError::SnapshotWithoutMembers` |
+/// | log ends before the snapshot, or holds its LSN in another epoch | a snapshot from the primary was installed and the node stopped before resetting the log; or a backup's log was cut back after a failed fsync, below the snapshot its application took of records not yet durable here | store the configuration at the snapshot in `members.json`, then reset the log to start after the snapshot |
+/// | ditto, and `snapshot-members.json` has no entry for the snapshot | the configuration at the snapshot is unknown | `DiskError::SnapshotWithoutMembers` |
 ///
 /// Temp files (`*.snap.tmp`) are removed first.
 pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
@@ -134,7 +134,7 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
     let continues = wal.first_lsn() == lsn.next()
         || (wal.last_lsn() >= lsn && wal.epoch_at(lsn) == Some(epoch));
     if !continues {
-        warn!(snapshot_lsn = %lsn, log_last_lsn = %wal.last_lsn(), "the log does not continue the newest snapshot (one received from the primary just before a stop); resetting the log after it");
+        warn!(snapshot_lsn = %lsn, log_last_lsn = %wal.last_lsn(), "the log does not continue the newest snapshot (one received from the primary just before a stop, or the log was cut back after a failed fsync); resetting the log after it");
         recover_members(data_dir, newest)?;
         wal.reset(lsn.next())?;
         // Older snapshots do not chain with the new log.
@@ -145,7 +145,8 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
 }
 
 /// Before [`recover`] resets the log after `snapshot`: stores the configuration in effect at
-/// the snapshot (which [`install_received`] stored beside it) in `members.json`, where
+/// the snapshot (which [`install_received`], or the upload of the application's snapshot,
+/// stored beside it) in `members.json`, where
 /// start-up looks for the configuration at the log's start.
 ///
 /// Crash argument: 1. `members.json` is installed (tmp, fsync, rename, fsync the directory);
@@ -174,7 +175,7 @@ fn recover_members(data_dir: &Path, snapshot: &SnapshotInfo) -> Result<(), DiskE
         });
     };
     members::store_start(data_dir, config_lsn, &record)?;
-    info!(snapshot_lsn = %snapshot.lsn, config_lsn = %config_lsn, members = %record.members, "stored the configuration at the snapshot from the primary");
+    info!(snapshot_lsn = %snapshot.lsn, config_lsn = %config_lsn, members = %record.members, "stored the configuration at the snapshot");
     Ok(())
 }
 
@@ -197,10 +198,10 @@ pub(crate) fn install_received(
     data_dir: &Path,
     writer: SnapshotWriter,
     config: &(Lsn, members::ConfigRecord),
-) -> Result<SnapshotInfo, wal::Error> {
+) -> Result<SnapshotInfo, DiskError> {
     let snapshot = (writer.lsn(), writer.epoch());
     members::store_at_snapshot(data_dir, snapshot, config.0, &config.1)?;
-    writer.finish()
+    Ok(writer.finish()?)
 }
 
 /// The `<lsn>.snap` files of `dir`, ascending by LSN. Temp files and other files are left
@@ -455,5 +456,66 @@ mod tests {
         let opened = open_node(dir).unwrap();
         assert_eq!(opened.recovered.last_lsn, Lsn(5));
         assert_eq!(opened.start, Start::VOTER);
+    }
+
+    /// A backup's application applies, and snapshots, committed records before they are
+    /// durable in the backup's log; a write or fsync of the log that then fails makes the
+    /// next start cut the log back to what was durable, below the snapshot, and the config
+    /// record between the two goes with the cut. The upload stored the configuration at the
+    /// snapshot before the snapshot (as `upload_begin` does), so the start resets the log
+    /// after the snapshot with the configuration in effect at it and the node is a learner;
+    /// without that entry it refused to start, on every start after (a damaged marker, read
+    /// as "nothing durable", took the same path).
+    #[test]
+    fn a_log_cut_below_the_applications_snapshot_after_a_failed_fsync_resets_after_it() {
+        for marker in [Some(Lsn(2)), None] {
+            let data = tempfile::tempdir().unwrap();
+            let dir = data.path();
+            let old = voters(&[1, 2, 3]);
+            let new = voters(&[1, 2, 4]);
+            let mut opened = open_node(dir).unwrap();
+            opened.dir.quarantine_ended().unwrap();
+            let (old_payload, new_payload) = (old.encode(), new.encode());
+            let appends: [(RecordKind, &[u8]); 6] = [
+                (RecordKind::Config, &old_payload),
+                (RecordKind::App, b"record"),
+                (RecordKind::Config, &new_payload),
+                (RecordKind::App, b"record"),
+                (RecordKind::App, b"record"),
+                (RecordKind::App, b"record"),
+            ];
+            for (kind, payload) in appends {
+                opened.writer.append(Epoch(1), kind, [payload]).unwrap();
+            }
+            opened.writer.sync().unwrap();
+            drop(opened);
+            // The application's snapshot at lsn 5, its configuration stored first.
+            members::store_at_snapshot(dir, (Lsn(5), Epoch(1)), Lsn(3), &new).unwrap();
+            let mut writer =
+                SnapshotWriter::create(&dir.join(SNAPSHOTS_DIR), Lsn(5), Epoch(1)).unwrap();
+            writer.write(b"the application's state at lsn 5").unwrap();
+            writer.finish().unwrap();
+            // The log was durable through lsn 2 when a write or fsync failed.
+            let text = match marker {
+                Some(lsn) => wal::mark::encode(lsn),
+                None => "damaged".to_owned(),
+            };
+            std::fs::write(dir.join(crate::node::disk::FSYNC_FAILED_FILE_NAME), text).unwrap();
+            for restart in ["the start after the failure", "the next start"] {
+                let opened = open_node(dir).unwrap_or_else(|e| panic!("{marker:?} {restart}: {e}"));
+                assert_eq!(opened.start, Start::LEARNER, "{marker:?} {restart}");
+                assert_eq!(
+                    opened.recovered.snapshot_lsn,
+                    Lsn(5),
+                    "{marker:?} {restart}"
+                );
+                assert_eq!(opened.recovered.last_lsn, Lsn(5), "{marker:?} {restart}");
+                assert_eq!(
+                    opened.recovered.configs,
+                    vec![(Lsn(3), new.members)],
+                    "{marker:?} {restart}: the configuration at the snapshot, not members.json's"
+                );
+            }
+        }
     }
 }
