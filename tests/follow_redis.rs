@@ -601,6 +601,25 @@ fn snapshots_truncate_the_log_and_a_wiped_node_restores_from_one() {
         "the backups never truncated their logs behind a snapshot\n{}",
         cluster.logs_tail(30)
     );
+    // Each snapshot's configuration is stored with it: a start that cuts the log below it
+    // (after a failed fsync) resets the log after it with the right members.
+    for &id in &backups {
+        let snapshot = status(&cluster, id).expect("the backup's /status")["snapshot"]
+            ["snapshot_lsn"]
+            .as_u64()
+            .expect("a snapshot lsn");
+        let path = cluster.node(id).data_dir.join("snapshot-members.json");
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("snapshot-members.json"))
+                .expect("snapshot-members.json is JSON");
+        let entries = stored["snapshots"].as_array().expect("a list of snapshots");
+        assert!(
+            entries
+                .iter()
+                .any(|entry| entry["snapshot_lsn"].as_u64() == Some(snapshot)),
+            "node {id}: no configuration stored for its snapshot at lsn {snapshot}: {stored}"
+        );
+    }
     let redis = redis_pid(&cluster, primary).expect("the primary's Redis pid");
     cluster.kill(primary);
     kill9(redis);

@@ -49,7 +49,7 @@ use wal::snapshot::SnapshotWriter;
 use super::capture::Capture;
 use super::change::is_staged;
 use super::materialize::read_dir_names;
-use super::replay::{Replay, ReplayError};
+use super::replay::{AppliedLsn, Replay, ReplayError};
 use super::ship::{ShipError, Shipper};
 use crate::core::Role;
 use crate::node::app_health::AppHealth;
@@ -167,6 +167,8 @@ impl Follow {
                 "the followed directory held files this node never materialized (a new node, or its data dir was wiped); moved them aside, nothing deleted"
             );
         }
+        // The runtime reads how far the copy is without the lock; only blocking threads take it.
+        let applied = replay.applied_lsn();
         let replay = Arc::new(Mutex::new(replay));
         tokio::spawn(answer_snapshot_requests(
             self.node.clone(),
@@ -176,7 +178,7 @@ impl Follow {
         ));
         self.health.set_standby(Some(false));
         loop {
-            let Some(epoch) = self.standby(&replay, &cancel).await else {
+            let Some(epoch) = self.standby(&replay, &applied, &cancel).await else {
                 return Ok(());
             };
             let ready_at = Instant::now();
@@ -219,6 +221,7 @@ impl Follow {
     async fn standby(
         &self,
         replay: &Arc<Mutex<Replay>>,
+        applied_lsn: &AppliedLsn,
         cancel: &CancellationToken,
     ) -> Option<u64> {
         let mut status = self.node.watch_status();
@@ -234,7 +237,7 @@ impl Follow {
             if let Some(epoch) = ready_primary(&now, commit_lsn) {
                 return Some(epoch);
             }
-            let applied = lock(replay).applied();
+            let applied = applied_lsn.get();
             let log_moved_on = applied.next() < self.node.reader().first_lsn();
             let due = applied_at.map(|at| at + STANDBY_APPLY_EVERY);
             if commit_lsn > applied && !failing && !log_moved_on {
@@ -253,9 +256,13 @@ impl Follow {
                 applied_at = Some(tokio::time::Instant::now());
                 let replay_for = Arc::clone(replay);
                 let reader = self.node.reader();
-                lock(replay).set_base(newest_snapshot(&self.node));
-                let caught =
-                    blocking(move || lock(&replay_for).catch_up(&reader, commit_lsn)).await;
+                let base = newest_snapshot(&self.node);
+                let caught = blocking(move || {
+                    let mut replay = lock(&replay_for);
+                    replay.set_base(base);
+                    replay.catch_up(&reader, commit_lsn)
+                })
+                .await;
                 match caught {
                     Ok(applied) => {
                         if failing {
@@ -335,12 +342,13 @@ impl Follow {
     ) -> Option<Arc<Shipper>> {
         self.set_state("starting", None);
         let commit_lsn = *self.node.watch_commit().borrow();
-        lock(replay).set_base(newest_snapshot(&self.node));
+        let base = newest_snapshot(&self.node);
         let replay_for = Arc::clone(replay);
         let reader = self.node.reader();
         let dir = self.config.dir.clone();
         let started = blocking(move || -> Result<(Lsn, Capture, _, Duration), String> {
             let mut replay = lock(&replay_for);
+            replay.set_base(base);
             // The application must start on exactly what the log made of the directory.
             let checking = Instant::now();
             if let Some(differs) = replay.check().map_err(|e| e.to_string())? {
@@ -540,8 +548,8 @@ async fn answer_snapshot_requests(
             snapshots.request_declined();
             continue;
         }
-        let (replay, reader, for_snapshots) =
-            (Arc::clone(&replay), node.reader(), Arc::clone(&snapshots));
+        let (replay, for_snapshots) = (Arc::clone(&replay), Arc::clone(&snapshots));
+        let runtime = tokio::runtime::Handle::current();
         let taken = blocking(move || -> Result<_, String> {
             let mut replay = lock(&replay);
             // A snapshot stands for the log before it: never one of a damaged copy.
@@ -550,12 +558,18 @@ async fn answer_snapshot_requests(
                 return Err(differs.to_string());
             }
             let lsn = replay.applied();
-            let epoch = reader
-                .epoch_at(lsn)
-                .ok_or_else(|| format!("lsn {lsn} is not in the log"))?;
+            if lsn == Lsn::ZERO {
+                return Err("nothing applied yet".into());
+            }
             let guard = UploadGuard::claim(&for_snapshots, lsn)?;
             let written = (|| -> Result<_, String> {
-                let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, epoch)
+                // The core loop answers from its own state (it never waits for the replay,
+                // whose lock this holds); `None` once it is gone.
+                let committed = runtime
+                    .block_on(for_snapshots.committed_at(lsn))
+                    .ok_or_else(|| format!("lsn {lsn} is not committed or no longer in the log"))?;
+                for_snapshots.store_members_at(lsn, &committed)?;
+                let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, committed.epoch)
                     .map_err(|e| format!("cannot create the snapshot file: {e}"))?;
                 let files = super::snapshot::write_dir(replay.dir(), &mut writer)
                     .map_err(|e| e.to_string())?;
@@ -597,6 +611,10 @@ fn still_primary(status: &NodeStatus, epoch: u64) -> bool {
     status.role == Role::Primary && status.epoch == epoch
 }
 
+/// Takes the replay's lock: on a blocking thread only (`blocking`), never on the node's
+/// runtime, whose one thread also runs the core loop. A snapshot holds the lock while it
+/// reads the whole directory and asks the core loop for the configuration at its LSN: a
+/// runtime waiting for the lock would stop heartbeats for that long, and never answer.
 fn lock(replay: &Mutex<Replay>) -> std::sync::MutexGuard<'_, Replay> {
     // A panic aborts the process (`panic = "abort"`), so a poisoned lock cannot be seen.
     replay

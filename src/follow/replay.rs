@@ -30,6 +30,8 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use wal::format::RecordKind;
 use wal::reader::Reader;
@@ -74,12 +76,24 @@ pub enum ReplayError {
 /// followed again.
 const DIRTY: &str = "dirty";
 
+/// [`Replay::applied`], shared: see [`Replay::applied_lsn`].
+#[derive(Debug, Clone)]
+pub struct AppliedLsn(Arc<AtomicU64>);
+
+impl AppliedLsn {
+    pub fn get(&self) -> Lsn {
+        Lsn(self.0.load(Ordering::Acquire))
+    }
+}
+
 /// The directory and how far it is materialized.
 #[derive(Debug)]
 pub struct Replay {
     materializer: Materializer,
     state_path: PathBuf,
     applied: Lsn,
+    /// [`Replay::applied`], readable without the replay's lock ([`Replay::applied_lsn`]).
+    shared: AppliedLsn,
     /// The directory must be rebuilt before anything is applied.
     dirty: bool,
     /// Where files found in a directory never materialized here were moved (see
@@ -117,10 +131,12 @@ impl Replay {
         };
         let known = state.is_some();
         let (applied, contents) = state.unwrap_or((None, None));
+        let start = applied.unwrap_or(Lsn::ZERO);
         let mut replay = Replay {
             materializer,
             state_path: state_path.to_path_buf(),
-            applied: applied.unwrap_or(Lsn::ZERO),
+            applied: start,
+            shared: AppliedLsn(Arc::new(AtomicU64::new(start.get()))),
             dirty: known && (applied.is_none() || contents.is_none()),
             moved_aside: None,
             base: None,
@@ -135,7 +151,7 @@ impl Replay {
             }
         } else if applied.is_some() {
             tracing::info!(dir = %dir.display(), "the followed directory's state file records no contents to check it against (an earlier version wrote it); rebuilding the directory from the log");
-            replay.applied = Lsn::ZERO;
+            replay.set_applied(Lsn::ZERO);
         }
         Ok(replay)
     }
@@ -162,7 +178,7 @@ impl Replay {
             Ok(()) => Ok(None),
             Err(differs) => {
                 self.mark_dirty()?;
-                self.applied = Lsn::ZERO;
+                self.set_applied(Lsn::ZERO);
                 Ok(Some(differs))
             }
         }
@@ -233,6 +249,18 @@ impl Replay {
     /// The last LSN whose change is durable in the directory.
     pub fn applied(&self) -> Lsn {
         self.applied
+    }
+
+    /// [`Replay::applied`] as it changes, read without the replay's lock: the node's
+    /// runtime never waits for the lock, which a snapshot or a rebuild holds for as long
+    /// as it reads or writes the whole directory.
+    pub fn applied_lsn(&self) -> AppliedLsn {
+        self.shared.clone()
+    }
+
+    fn set_applied(&mut self, lsn: Lsn) {
+        self.applied = lsn;
+        self.shared.0.store(lsn.get(), Ordering::Release);
     }
 
     /// Applies every record after [`Replay::applied`] through `commit`, syncs, records the
@@ -342,7 +370,7 @@ impl Replay {
             text.push('\n');
         }
         self.write_state(&text)?;
-        self.applied = lsn;
+        self.set_applied(lsn);
         Ok(())
     }
 

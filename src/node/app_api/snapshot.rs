@@ -25,7 +25,6 @@ use wal::snapshot::SnapshotWriter;
 use wal::{Epoch, Lsn};
 
 use crate::node::handle::NodeHandle;
-use crate::node::members;
 use crate::node::snapshot::schedule::UploadGuard;
 use crate::node::snapshot::store::{read_chunks, READ_AHEAD_CHUNKS};
 use crate::node::snapshot::{on_blocking_thread, Committed, SnapshotMetrics, Snapshots};
@@ -115,19 +114,11 @@ async fn upload_begin(
         Some(Committed { epoch, .. }) if app_epoch != Epoch::ZERO && app_epoch != epoch => Err(
             format!("the application says lsn {lsn} has epoch {app_epoch}, the log says {epoch}"),
         ),
-        Some(Committed { epoch, config }) => {
-            // The configuration at the snapshot is stored before the snapshot can exist
-            // (`node::members`, "The configuration at a snapshot"): on a backup the snapshot
-            // may cover records not yet durable in the log, and a start after a failed
-            // fsync cuts the log below it and resets the log after it.
-            let snapshots_dir = snapshots.dir().to_owned();
-            let data_dir = snapshots.data_dir().to_owned();
+        Some(committed) => {
+            let snapshots = Arc::clone(snapshots);
             on_blocking_thread(move || {
-                if let Some((config_lsn, record)) = &config {
-                    members::store_at_snapshot(&data_dir, (lsn, epoch), *config_lsn, record)
-                        .map_err(|e| format!("cannot store the configuration at it: {e}"))?;
-                }
-                SnapshotWriter::create(&snapshots_dir, lsn, epoch)
+                snapshots.store_members_at(lsn, &committed)?;
+                SnapshotWriter::create(snapshots.dir(), lsn, committed.epoch)
                     .map_err(|e| format!("cannot create the snapshot file: {e}"))
             })
             .await

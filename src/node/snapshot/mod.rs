@@ -374,6 +374,26 @@ impl Snapshots {
         }
     }
 
+    /// Stores the configuration at a snapshot of the application's state through `lsn`
+    /// (`committed`: [`Snapshots::committed_at`]) before the snapshot is created
+    /// ([`crate::node::members`], "The configuration at a snapshot"): on a backup it may
+    /// cover records not yet durable in the log, and a start after a failed fsync then cuts
+    /// the log below it and resets the log after it. Blocking (an fsynced install).
+    pub(crate) fn store_members_at(&self, lsn: Lsn, committed: &Committed) -> Result<(), String> {
+        let Some((config_lsn, record)) = &committed.config else {
+            // Before the cluster's first config record: nothing to store (and no snapshot
+            // of it can be sent either, `transfer::send`).
+            return Ok(());
+        };
+        crate::node::members::store_at_snapshot(
+            &self.data_dir,
+            (lsn, committed.epoch),
+            *config_lsn,
+            record,
+        )
+        .map_err(|e| format!("cannot store the configuration at the snapshot: {e}"))
+    }
+
     /// The newest snapshot in use.
     pub fn newest(&self) -> Option<SnapshotInfo> {
         lock(&self.state).installed.last().cloned()
