@@ -10,7 +10,8 @@
 //!               (`core::Start::quarantine`); empty
 //!   fsync-failed  present after a write or fsync of the log failed: the LSN through which
 //!               the log was durable before it (as `log-floor` holds one). The next start cuts the log there
-//!               and starts as a learner (the page cache may hold records the disk lost)
+//!               and starts as a learner (the page cache may hold records the disk lost).
+//!               Written without fsync if its durable install fails (`wal::mark::install_marker`)
 //!   log-floor   the highest LSN this log has reported durable (decimal, zero-padded, and
 //!               its CRC-32): the log's durable mark (`wal::mark`), kept by the WAL writer
 //!   members.json  the configuration in effect at the log's start, once the log no longer
@@ -59,7 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use wal::mark::DurableMark;
+use wal::mark::{DurableMark, Installed};
 use wal::meta::Meta;
 use wal::writer::{Progress, Writer, WriterOptions};
 use wal::{Epoch, Lsn, NodeId, SyncPolicy, Wal};
@@ -218,13 +219,14 @@ impl DataDir {
     /// A write or fsync of the log failed: record through which LSN the log was durable
     /// before it, so that the next start cuts what came after (the page cache may still hold
     /// those records while the disk lost them, and a later fsync would not say so) and starts
-    /// as a learner. Called on the way out; the node stops acknowledging either way.
-    pub fn record_fsync_failure(&self, durable_lsn: Lsn) -> Result<(), DiskError> {
-        wal::fs::write_atomic(
+    /// as a learner. Called on the way out; the node stops acknowledging either way. A
+    /// marker that cannot be installed durably is written without fsync
+    /// ([`wal::mark::install_marker`]): a restart before a reboot still sees it.
+    pub fn record_fsync_failure(&self, durable_lsn: Lsn) -> Result<Installed, DiskError> {
+        Ok(wal::mark::install_marker(
             &self.fsync_failed_path,
-            wal::mark::encode(durable_lsn).as_bytes(),
-        )?;
-        Ok(())
+            durable_lsn,
+        )?)
     }
 
     /// The stamp of the pause stored here (`understudy pause`; the marker file

@@ -937,8 +937,14 @@ impl Shell {
     /// before the failure and start as a learner (`disk`, module docs).
     fn record_fsync_failure(&self) {
         let durable = self.writer.durable_lsn();
-        if let Err(e) = self.dir.record_fsync_failure(durable) {
-            error!(error = %e, durable_lsn = %durable, "cannot record the disk failure; before restarting this node, empty its data dir or restart it with --initial-cluster-state existing on an empty one");
+        match self.dir.record_fsync_failure(durable) {
+            Ok(wal::mark::Installed::Durably) => {}
+            Ok(wal::mark::Installed::NotDurably(e)) => {
+                error!(error = %e, durable_lsn = %durable, "the disk failure is recorded, but not durably: a restart before the machine reboots sees it; after a reboot, empty this node's data dir before restarting it (or restart it with --initial-cluster-state existing on an empty one)");
+            }
+            Err(e) => {
+                error!(error = %e, durable_lsn = %durable, "cannot record the disk failure; before restarting this node, empty its data dir or restart it with --initial-cluster-state existing on an empty one");
+            }
         }
     }
 

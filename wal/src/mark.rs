@@ -56,9 +56,9 @@ pub fn read(path: &Path) -> Result<MarkFile> {
     read_as(path, true)
 }
 
-/// Reads a file of the same format that is only ever installed whole (`fs::write_atomic`),
-/// never written in place, such as the node's marker of a failed fsync: its older format
-/// had no newline.
+/// Reads a file of the same format that is installed whole ([`install_marker`]), never
+/// written in place, such as the node's marker of a failed fsync: its older format had no
+/// newline.
 pub fn read_installed(path: &Path) -> Result<MarkFile> {
     read_as(path, false)
 }
@@ -203,6 +203,37 @@ impl DurableMark {
     }
 }
 
+/// How [`install_marker`] left the marker.
+#[derive(Debug)]
+pub enum Installed {
+    /// Installed atomically and fsynced: any later start sees it.
+    Durably,
+    /// The durable install failed (the error says why) and the marker was written without
+    /// it: a start before the machine restarts sees it, a start after may not.
+    NotDurably(Error),
+}
+
+/// Installs a marker of `lsn` at `path` that the next start must see, such as the node's
+/// marker of a failed fsync: atomically and durably if it can ([`crate::fs::write_atomic`]).
+/// If that fails (a disk that failed one fsync may fail the next), the marker is written
+/// directly, without fsync. That still serves the start the marker exists for: a start
+/// before the machine restarts, which would otherwise trust records that the page cache
+/// holds and the disk lost. After a restart the page cache is gone and the log reads
+/// as the disk holds it. A direct write cut short leaves a file that
+/// [`read_installed`] reads as damaged or as a lower LSN (a prefix of the zero-padded
+/// digits), never a higher one: a marker below the truth only makes the next start trust
+/// less. Fails only if neither write can create the file.
+pub fn install_marker(path: &Path, lsn: Lsn) -> Result<Installed> {
+    let text = encode(lsn);
+    match crate::fs::write_atomic(path, text.as_bytes()) {
+        Ok(()) => Ok(Installed::Durably),
+        Err(durable) => {
+            std::fs::write(path, text.as_bytes()).map_err(|e| Error::io(IoOp::Write, path, e))?;
+            Ok(Installed::NotDurably(durable))
+        }
+    }
+}
+
 /// The file's content for `lsn`: [`MARK_LEN`] bytes.
 pub fn encode(lsn: Lsn) -> String {
     let digits = format!("{:020}", lsn.get());
@@ -214,6 +245,52 @@ pub fn encode(lsn: Lsn) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_that_cannot_be_installed_durably_is_written_directly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fsync-failed");
+        assert!(matches!(
+            install_marker(&path, Lsn(7)).expect("install"),
+            Installed::Durably
+        ));
+        assert_eq!(read_installed(&path).expect("read"), MarkFile::At(Lsn(7)));
+        std::fs::remove_file(&path).expect("remove");
+        // The atomic install cannot create its temporary file: the marker is still there.
+        std::fs::create_dir(crate::fs::tmp_path(&path)).expect("block the temp file");
+        match install_marker(&path, Lsn(123_456)).expect("install") {
+            Installed::NotDurably(e) => assert!(e.to_string().contains(".tmp"), "{e}"),
+            Installed::Durably => panic!("said durable although the install failed"),
+        }
+        assert_eq!(
+            read_installed(&path).expect("read"),
+            MarkFile::At(Lsn(123_456))
+        );
+        // Neither can create it: an error.
+        let blocked = dir.path().join("a-dir");
+        std::fs::create_dir(crate::fs::tmp_path(&blocked)).expect("block the temp file");
+        std::fs::create_dir(&blocked).expect("block the file");
+        assert!(install_marker(&blocked, Lsn(1)).is_err());
+    }
+
+    #[test]
+    fn a_marker_cut_short_never_reads_higher() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fsync-failed");
+        for lsn in [0, 1, 9, 10, 123_456, u64::MAX / 3, u64::MAX] {
+            let text = encode(Lsn(lsn));
+            for len in 0..text.len() {
+                std::fs::write(&path, &text.as_bytes()[..len]).expect("write");
+                match read_installed(&path).expect("read") {
+                    MarkFile::At(read) => {
+                        assert!(read.get() <= lsn, "{len} bytes of {lsn} read as {read}")
+                    }
+                    MarkFile::Damaged => {}
+                    MarkFile::Absent => panic!("a present file read as absent"),
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_mark_rises_without_sync_lowers_with_it_and_reads_back() {

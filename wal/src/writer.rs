@@ -52,7 +52,8 @@ pub struct WriterOptions {
     /// before anyone hears of the failure: it holds the durable LSN from before the failure
     /// (decimal). The page cache may still show records the disk lost, and a later fsync
     /// need not say so; the next start reads the file and cuts the log back to that LSN.
-    /// Written here, no kill between the failure and the caller's reaction can skip it.
+    /// Written here, no kill between the failure and the caller's reaction can skip it;
+    /// without fsync if the durable install fails ([`crate::mark::install_marker`]).
     pub failure_marker: Option<PathBuf>,
     /// Tests only (debug builds): the fsync with this 1-based number fails as an `EIO`
     /// would, and the writer with it.
@@ -633,12 +634,15 @@ fn run(mut wal: Wal, shared: &Shared) {
         }
 
         // The failure's marker is installed before the failure is published (the field's
-        // docs). A marker that cannot be installed is named in the failure.
+        // docs). A marker installed without fsync, or not at all, is named in the failure.
         let marker_failure = match (&result, &shared.options.failure_marker) {
-            (Err(_), Some(path)) => {
-                crate::fs::write_atomic(path, crate::mark::encode(wal.durable_lsn()).as_bytes())
-                    .err()
-            }
+            (Err(_), Some(path)) => match crate::mark::install_marker(path, wal.durable_lsn()) {
+                Ok(crate::mark::Installed::Durably) => None,
+                Ok(crate::mark::Installed::NotDurably(e)) => Some(format!(
+                    "its marker is written but not durable (a start after a reboot may not see it): {e}"
+                )),
+                Err(e) => Some(format!("its marker cannot be written: {e}")),
+            },
             _ => None,
         };
         let progress = {
@@ -649,7 +653,7 @@ fn run(mut wal: Wal, shared: &Shared) {
                     None => e.to_string(),
                 };
                 if let Some(marker) = marker_failure {
-                    failure.push_str(&format!("; and the failure's marker: {marker}"));
+                    failure.push_str(&format!("; {marker}"));
                 }
                 state.failure = Some(failure);
             }
@@ -778,6 +782,35 @@ mod tests {
             text.as_deref(),
             Some(crate::mark::encode(Lsn(4)).as_str()),
             "the marker was there when it was reported"
+        );
+    }
+    /// A marker that cannot be installed durably is written anyway, and the failure says so.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_failed_fsync_whose_marker_cannot_be_installed_durably_still_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path().join("wal"), Options::default()).unwrap();
+        let marker = dir.path().join("fsync-failed");
+        // The atomic install's temporary file cannot be created.
+        std::fs::create_dir(crate::fs::tmp_path(&marker)).unwrap();
+        let options = WriterOptions {
+            failure_marker: Some(marker.clone()),
+            fail_sync_number: Some(2),
+            ..WriterOptions::default()
+        };
+        let writer = Writer::spawn(wal, options, None).unwrap();
+        writer.queue_encoded(records(1, 2, 1)).unwrap();
+        writer.wait_durable(Lsn(2)).unwrap();
+        writer.queue_encoded(records(3, 2, 1)).unwrap();
+        assert!(
+            writer.wait_durable(Lsn(4)).is_err(),
+            "the second fsync fails"
+        );
+        let failure = writer.failure().unwrap();
+        assert!(failure.contains("not durable"), "{failure}");
+        assert_eq!(
+            crate::mark::read_installed(&marker).unwrap(),
+            crate::mark::MarkFile::At(Lsn(2))
         );
     }
 }
