@@ -625,7 +625,8 @@ fn read_lsn_file(path: &Path) -> Result<LsnFile, DiskError> {
 
 /// Fsyncs the log floor (module docs) every [`LOG_FLOOR_EVERY`] while it moves, on a
 /// blocking thread, and once more at `shutdown`. A sync that fails is logged and tried
-/// again at the next tick: the node goes on (the floor's latest value is in the page cache,
+/// again at the next tick, the value written again first (`DurableMark::sync`: the failed
+/// sync may have dropped the page): the node goes on (the floor's latest value is in the page cache,
 /// and only a power loss would lose it).
 pub async fn keep_floor(floor: Arc<DurableMark>, shutdown: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(LOG_FLOOR_EVERY);

@@ -29,7 +29,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, IoOp, Result};
 use crate::types::Lsn;
@@ -115,6 +116,13 @@ pub struct DurableMark {
     value: AtomicU64,
     /// The value [`DurableMark::sync`] last made durable (`u64::MAX`: none yet).
     synced: AtomicU64,
+    /// A sync failed: the kernel may have dropped the written page (marked clean, never
+    /// written) and a later fsync need not say so, so the next sync writes the value again
+    /// first.
+    rewrite: AtomicBool,
+    /// Held over every write of the file and its value, so that a rewrite by
+    /// [`DurableMark::sync`] (another thread) never puts back a value a raise replaced.
+    writing: Mutex<()>,
 }
 
 impl DurableMark {
@@ -138,6 +146,8 @@ impl DurableMark {
             file,
             value: AtomicU64::new(value.get()),
             synced: AtomicU64::new(u64::MAX),
+            rewrite: AtomicBool::new(false),
+            writing: Mutex::new(()),
         };
         mark.write(value)?;
         mark.file
@@ -180,26 +190,46 @@ impl DurableMark {
         self.synced.load(Ordering::Acquire) == self.value.load(Ordering::Acquire)
     }
 
-    /// Makes the value last written durable, if it is not already.
+    /// Makes the value last written durable, if it is not already. After a failed sync
+    /// the value is written again before the next one (`rewrite`).
     pub fn sync(&self) -> Result<()> {
+        if self.rewrite.load(Ordering::Acquire) {
+            let _writing = self.lock_writing();
+            self.write_locked(self.value())?;
+        }
         let value = self.value.load(Ordering::Acquire);
-        if self.synced.load(Ordering::Acquire) == value {
+        if self.synced.load(Ordering::Acquire) == value && !self.rewrite.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(IoOp::Fsync, &self.path, e))?;
+        if let Err(e) = self.file.sync_data() {
+            self.rewrite.store(true, Ordering::Release);
+            return Err(Error::io(IoOp::Fsync, &self.path, e));
+        }
+        self.rewrite.store(false, Ordering::Release);
         self.synced.store(value, Ordering::Release);
         Ok(())
     }
 
     fn write(&self, lsn: Lsn) -> Result<()> {
+        let _writing = self.lock_writing();
+        self.write_locked(lsn)
+    }
+
+    fn write_locked(&self, lsn: Lsn) -> Result<()> {
         let text = encode(lsn);
         self.file
             .write_all_at(text.as_bytes(), 0)
             .map_err(|e| Error::io(IoOp::Write, &self.path, e))?;
         self.value.store(lsn.get(), Ordering::Release);
         Ok(())
+    }
+
+    fn lock_writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Nothing under the lock can leave the file and the value apart but a failed
+        // write, which the next write repeats: a poisoned lock is as good as any.
+        self.writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -245,6 +275,25 @@ pub fn encode(lsn: Lsn) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_after_a_failed_one_writes_the_value_again_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log-floor");
+        let mark = DurableMark::open(&path, Lsn(5)).expect("open");
+        mark.raise(Lsn(9)).expect("raise");
+        // A failed fsync may drop the written page: the file shows the older value again.
+        std::fs::write(&path, encode(Lsn(5))).expect("revert");
+        mark.rewrite.store(true, Ordering::Release);
+        mark.sync().expect("sync");
+        assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(9)));
+        assert!(mark.is_synced());
+        assert!(!mark.rewrite.load(Ordering::Acquire));
+        // Once synced, a sync writes nothing.
+        std::fs::write(&path, encode(Lsn(5))).expect("revert");
+        mark.sync().expect("sync");
+        assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(5)));
+    }
 
     #[test]
     fn a_marker_that_cannot_be_installed_durably_is_written_directly() {

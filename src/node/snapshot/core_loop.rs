@@ -127,7 +127,9 @@ impl Shell {
     ) -> Result<bool, NodeError> {
         if !self.core.snapshot_wanted(info.lsn, info.epoch) {
             info!(lsn = %info.lsn, "snapshot from the primary no longer needed; removing it");
-            let _ = std::fs::remove_file(&info.path);
+            // Removed with the directory fsynced after, as every snapshot is: one that came
+            // back after a crash would be taken for the newest at the next start.
+            snapshot_remove(&self.snapshots.dir, std::iter::once(info));
             return Ok(false);
         }
         // The configuration at the snapshot goes to `members.json` before the log that
