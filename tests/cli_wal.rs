@@ -147,6 +147,7 @@ fn verify_prints_the_metadata_and_whether_the_node_is_a_learner() {
         epoch: Epoch(4),
         voted_for: Some(wal::NodeId(3)),
         learner: true,
+        floor_kept: true,
     };
     meta.store(&meta_path).unwrap();
     let (code, out, err) = understudy(&["wal", "verify", dir.path().to_str().unwrap()]);
@@ -159,6 +160,7 @@ fn verify_prints_the_metadata_and_whether_the_node_is_a_learner() {
     // The same node as version 1 wrote it: bytes 34..36 reserved, so not a learner.
     let mut v1 = wal::meta::Meta {
         learner: false,
+        floor_kept: false,
         ..meta
     }
     .encode();

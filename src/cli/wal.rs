@@ -155,8 +155,11 @@ fn vouch(dir: &Path, accept: bool, out: &mut impl Write) -> anyhow::Result<()> {
             .with_context(|| format!("remove {}", floor_path.display()))?;
         wal::fs::sync_dir(dir)?;
     }
+    // The floor is gone on purpose: `meta` no longer says it is kept (the next start
+    // makes a new one at the vouched log's end and says so again).
     Meta {
         learner: false,
+        floor_kept: false,
         ..meta
     }
     .store(&meta_path)?;

@@ -4,7 +4,8 @@
 //! ```text
 //! <data-dir>/
 //!   lock        held (flock) while a node runs here: a second node on the same dir is refused
-//!   meta        node id, cluster id, epoch, vote (wal/FORMAT.md, "Node metadata")
+//!   meta        node id, cluster id, epoch, vote, learner and floor flags (wal/FORMAT.md,
+//!               "Node metadata")
 //!   fresh       present while a node that started without `meta` (a new or wiped data dir
 //!               joining an existing cluster) has not finished its vote quarantine
 //!               (`core::Start::quarantine`); empty
@@ -33,8 +34,9 @@
 //! the core hears of it (so before any acknowledgement of those records leaves), and lowers
 //! it, fsynced, before it cuts the log's end back (a divergent suffix, a reset to a
 //! snapshot). A start whose log (after the newest snapshot, which the log continues) ends
-//! below the floor, or whose floor file is damaged, starts as a learner, so it votes again
-//! only once a primary has found it holding every committed record.
+//! below the floor, or whose floor file is damaged, or missing while `meta` records that it
+//! is kept (`Meta::floor_kept`, stored once the floor is durable), starts as a learner, so
+//! it votes again only once a primary has found it holding every committed record.
 //!
 //! Why a log in good order never ends below its floor: the floor is written only after the
 //! records through it were fsynced, and comes down before any cut of the log; a snapshot
@@ -45,8 +47,8 @@
 //! [`LOG_FLOOR_EVERY`] while it moves), a power loss can leave it older than the log (never
 //! newer: the log's fsync comes first), so that only a process that died, not a machine,
 //! has its latest value; what it cannot catch: a machine that lost its power and then the
-//! log records of its last [`LOG_FLOOR_EVERY`], and a data dir that lost the floor file too
-//! (then `meta` is usually gone with it, and the node starts as a new or wiped one).
+//! log records of its last [`LOG_FLOOR_EVERY`], and a data dir of an earlier version that
+//! lost the floor file before its first start on this one (its `meta` has no flag yet).
 //!
 //! Disk work never runs on the async worker threads: WAL writes and fsyncs happen on the
 //! writer's own thread (which batches everything queued while its last fsync ran), and
@@ -449,6 +451,8 @@ pub fn open_rotating(
                 epoch: Epoch::ZERO,
                 voted_for: None,
                 learner: joining || holds_state,
+                // Set once the floor is there (below).
+                floor_kept: false,
             };
             meta.store(&meta_path)?;
             meta
@@ -509,6 +513,18 @@ pub fn open_rotating(
     // have acknowledged. The learner flag is stored before the node acts on anything; a
     // crash before that finds the same short log and the same floor again.
     match read_lsn_file(&floor_path)? {
+        LsnFile::Absent if meta.floor_kept => add_reason(
+            &mut learner_reason,
+            format!(
+                "{} is missing although its {} records that it keeps one, so the node \
+                 cannot tell whether its log lost records",
+                floor_path.display(),
+                wal::meta::META_FILE_NAME
+            ),
+            ": deleted, with whatever of the log it guarded; the node catches up from the \
+             primary",
+        ),
+        // A data dir that never kept one: a new one, or one of an earlier version.
         LsnFile::Absent => {}
         LsnFile::At(floor) => {
             if wal.last_lsn() < floor {
@@ -543,6 +559,16 @@ pub fn open_rotating(
     // them). A learner's flag is stored above, so a floor brought down to a short log's
     // end does not let it vote again.
     let floor = Arc::new(DurableMark::open(&floor_path, wal.durable_lsn())?);
+    // The floor is durable (opened or installed, fsynced): from now on `meta` says it is
+    // kept, so that a start that finds it missing knows it was lost. A crash before this
+    // store finds the floor and stores it then.
+    if !meta.floor_kept {
+        meta = Meta {
+            floor_kept: true,
+            ..meta
+        };
+        meta.store(&meta_path)?;
+    }
     let start = Start {
         learner: meta.learner,
         quarantine: fresh_path.exists(),
@@ -1114,6 +1140,48 @@ mod tests {
             "a damaged floor is stored anew, at the log's end"
         );
         assert!(second.learner_reason.unwrap().contains("damaged"));
+    }
+
+    /// `meta` records that the data dir keeps a floor: the log and the floor deleted together
+    /// (`meta` kept) make a learner, where a missing floor alone once passed unseen. A data
+    /// dir whose `meta` does not say so (an earlier version's) starts as it was and is given
+    /// the flag.
+    #[test]
+    fn a_floor_deleted_with_the_log_makes_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_node = || open_founding(dir.path(), wal::Options::default().segment_bytes_max);
+        let meta_path = dir.path().join(wal::meta::META_FILE_NAME);
+        let mut first = open_node().unwrap();
+        first.dir.quarantine_ended().unwrap();
+        assert!(Meta::load(&meta_path).unwrap().unwrap().floor_kept);
+        append_durable(&first, 4, b"record");
+        let floor_path = first.dir.floor_path();
+        drop(first);
+
+        // An earlier version's `meta` (no flag) and no floor: as it was.
+        let old = Meta {
+            floor_kept: false,
+            ..Meta::load(&meta_path).unwrap().unwrap()
+        };
+        old.store(&meta_path).unwrap();
+        std::fs::remove_file(&floor_path).unwrap();
+        let second = open_node().unwrap();
+        assert_eq!(second.start, Start::VOTER, "{:?}", second.learner_reason);
+        assert!(Meta::load(&meta_path).unwrap().unwrap().floor_kept);
+        assert_eq!(second.floor.value(), Lsn(4));
+        drop(second);
+
+        // The log and the floor deleted, `meta` kept.
+        std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+        std::fs::remove_file(&floor_path).unwrap();
+        let third = open_node().unwrap();
+        assert_eq!(third.recovered.last_lsn, Lsn::ZERO);
+        assert_eq!(third.start, Start::LEARNER);
+        let reason = third.learner_reason.clone().unwrap();
+        assert!(reason.contains("is missing"), "{reason}");
+        drop(third);
+        let fourth = open_node().unwrap();
+        assert_eq!(fourth.start, Start::LEARNER, "stored before acting on it");
     }
 
     /// The writer brings the floor down before it cuts a divergent suffix, so a log cut on

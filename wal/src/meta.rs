@@ -1,9 +1,11 @@
 //! The node metadata file (`<data-dir>/meta`, FORMAT.md "Node metadata"): the node's id, the
-//! cluster it belongs to, the highest epoch it has seen, its vote in that epoch and whether
-//! it is a learner, encoded in 40 bytes and replaced as a whole.
+//! cluster it belongs to, the highest epoch it has seen, its vote in that epoch, whether
+//! it is a learner and whether it keeps a log floor, encoded in 40 bytes and replaced as a
+//! whole.
 //!
 //! This module encodes, decodes, loads and atomically stores that file, and reads the files
-//! of every earlier version (version 1 had no learner flag: such a node is not a learner).
+//! of every earlier version (version 1 had no learner flag: such a node is not a learner;
+//! versions 1 and 2 had no floor flag: such a node keeps no floor yet).
 //! It does not decide anything: that the epoch never goes down, that a node votes once per
 //! epoch and when a node is or stops being a learner are the caller's rules (the core), which
 //! must store the new value *before* acting on it.
@@ -21,7 +23,7 @@ pub const META_FILE_NAME: &str = "meta";
 /// `USTDYMTA`: the first 8 bytes of a metadata file.
 pub const META_MAGIC: [u8; 8] = *b"USTDYMTA";
 /// The metadata format version this build writes (and reads).
-pub const META_VERSION: u16 = 2;
+pub const META_VERSION: u16 = 3;
 /// The oldest metadata format version this build still reads: every version from this one
 /// to [`META_VERSION`] is read; files are always written in [`META_VERSION`].
 pub const META_VERSION_MIN: u16 = 1;
@@ -37,7 +39,8 @@ const META_EPOCH_OFFSET: usize = 24;
 const META_VOTED_FOR_OFFSET: usize = 32;
 /// Version 2 on; reserved (zero) in version 1.
 const META_LEARNER_OFFSET: usize = 34;
-const META_RESERVED_B_OFFSET: usize = 35;
+/// Version 3 on; reserved (zero) in versions 1 and 2.
+const META_FLOOR_OFFSET: usize = 35;
 const META_CRC_OFFSET: usize = 36;
 
 const _: () = assert!(META_CRC_OFFSET + 4 == META_LEN);
@@ -58,6 +61,10 @@ pub struct Meta {
     /// holds every record through that primary's commit LSN. Cleared, like every change
     /// here, by a [`Meta::store`] of the whole file (FORMAT.md, "Node metadata").
     pub learner: bool,
+    /// This data dir keeps a log floor beside its log (the node's `log-floor`, durable
+    /// before this is stored): a start that finds none lost it, with whatever of the log it
+    /// guarded, and must not vouch for its log.
+    pub floor_kept: bool,
 }
 
 impl Meta {
@@ -79,9 +86,9 @@ impl Meta {
             );
         }
 
-        // Format (FORMAT.md, "Node metadata"): { magic: [u8; 8], version: u16 = 2,
+        // Format (FORMAT.md, "Node metadata"): { magic: [u8; 8], version: u16 = 3,
         // node_id: u16, reserved: u32, cluster_id: u64, epoch: u64, voted_for: u16,
-        // learner: u8 (0 or 1), reserved: u8, crc: u32 = crc32(bytes 0..36) }
+        // learner: u8 (0 or 1), floor_kept: u8 (0 or 1), crc: u32 = crc32(bytes 0..36) }
         let mut bytes = [0u8; META_LEN];
         bytes[..META_VERSION_OFFSET].copy_from_slice(&META_MAGIC);
         put(&mut bytes, META_VERSION_OFFSET, &META_VERSION.to_le_bytes());
@@ -103,18 +110,20 @@ impl Meta {
         let voted_for = self.voted_for.map_or(0, NodeId::get);
         put(&mut bytes, META_VOTED_FOR_OFFSET, &voted_for.to_le_bytes());
         put(&mut bytes, META_LEARNER_OFFSET, &[u8::from(self.learner)]);
+        put(&mut bytes, META_FLOOR_OFFSET, &[u8::from(self.floor_kept)]);
         let crc = crc32fast::hash(&bytes[..META_CRC_OFFSET]);
         put(&mut bytes, META_CRC_OFFSET, &crc.to_le_bytes());
         bytes
     }
 
     /// Decodes a whole metadata file of any version from [`META_VERSION_MIN`] to
-    /// [`META_VERSION`]; a version 1 file is not a learner. `path` only names the file in
-    /// errors.
+    /// [`META_VERSION`]; a version 1 file is not a learner, and a version 1 or 2 file keeps
+    /// no floor. `path` only names the file in errors.
     ///
     /// Checks, in order: magic (`Error::BadMagic`), version (`Error::UnsupportedVersion`),
-    /// length, CRC, reserved bytes (in version 1, the learner byte is one), `node_id ≥ 1`,
-    /// a learner byte of 0 or 1, no vote in epoch 0 (all `Error::Corrupt`). The magic and
+    /// length, CRC, reserved bytes (in version 1, the learner and floor bytes are; in
+    /// version 2, the floor byte), `node_id ≥ 1`, learner and floor bytes of 0 or 1, no vote
+    /// in epoch 0 (all `Error::Corrupt`). The magic and
     /// version come first so that a foreign file or a newer format is reported as such rather
     /// than as a bad length. Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Meta> {
@@ -179,10 +188,10 @@ impl Meta {
                 Corruption::BadField("reserved bytes 34..36 (version 1)"),
             ));
         }
-        if get::<1>(bytes, META_RESERVED_B_OFFSET) != [0] {
+        if version == 2 && get::<1>(bytes, META_FLOOR_OFFSET) != [0] {
             return Err(corrupt(
-                META_RESERVED_B_OFFSET,
-                Corruption::BadField("reserved byte 35"),
+                META_FLOOR_OFFSET,
+                Corruption::BadField("reserved byte 35 (version 2)"),
             ));
         }
 
@@ -193,16 +202,13 @@ impl Meta {
                 Corruption::BadField("node_id 0"),
             ));
         }
-        let learner = match get::<1>(bytes, META_LEARNER_OFFSET) {
-            [0] => false,
-            [1] => true,
-            [_] => {
-                return Err(corrupt(
-                    META_LEARNER_OFFSET,
-                    Corruption::BadField("learner flag other than 0 or 1"),
-                ))
-            }
+        let flag = |offset: usize, what: &'static str| match get::<1>(bytes, offset) {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [_] => Err(corrupt(offset, Corruption::BadField(what))),
         };
+        let learner = flag(META_LEARNER_OFFSET, "learner flag other than 0 or 1")?;
+        let floor_kept = flag(META_FLOOR_OFFSET, "floor flag other than 0 or 1")?;
         let epoch = u64::from_le_bytes(get(bytes, META_EPOCH_OFFSET));
         let voted_for = u16::from_le_bytes(get(bytes, META_VOTED_FOR_OFFSET));
         if epoch == 0 && voted_for != 0 {
@@ -217,6 +223,7 @@ impl Meta {
             epoch: Epoch(epoch),
             voted_for: (voted_for != 0).then_some(NodeId(voted_for)),
             learner,
+            floor_kept,
         })
     }
 
@@ -263,7 +270,7 @@ impl Meta {
     /// Returns only once the new content is durable; only then may the caller act on it
     /// (answer a vote, accept a new epoch, vote or count towards commit as a learner no
     /// more). On error the file holds the old or the new content; the caller must not act on
-    /// the new one. A version 1 file is replaced by a version 2 one.
+    /// the new one. A file of an earlier version is replaced by a version 3 one.
     ///
     /// Panics on the values [`Meta::encode`] refuses.
     pub fn store(&self, path: &Path) -> Result<()> {
@@ -305,6 +312,7 @@ mod tests {
             epoch: Epoch(42),
             voted_for: Some(NodeId(2)),
             learner: true,
+            floor_kept: true,
         }
     }
 
@@ -313,20 +321,25 @@ mod tests {
     fn encoding_follows_the_format_table() {
         let bytes = sample().encode();
         assert_eq!(&bytes[0..8], b"USTDYMTA");
-        assert_eq!(bytes[8..10], 2u16.to_le_bytes());
+        assert_eq!(bytes[8..10], 3u16.to_le_bytes());
         assert_eq!(bytes[10..12], 3u16.to_le_bytes());
         assert_eq!(bytes[12..16], [0; 4]);
         assert_eq!(bytes[16..24], 0x0123_4567_89ab_cdefu64.to_le_bytes());
         assert_eq!(bytes[24..32], 42u64.to_le_bytes());
         assert_eq!(bytes[32..34], 2u16.to_le_bytes());
         assert_eq!(bytes[34], 1);
-        assert_eq!(bytes[35], 0);
+        assert_eq!(bytes[35], 1);
         assert_eq!(bytes[36..40], crc32fast::hash(&bytes[..36]).to_le_bytes());
         let voter = Meta {
             learner: false,
             ..sample()
         };
         assert_eq!(voter.encode()[34], 0);
+        let no_floor = Meta {
+            floor_kept: false,
+            ..sample()
+        };
+        assert_eq!(no_floor.encode()[35], 0);
     }
 
     /// No vote is stored as voted_for 0 and read back as `None`.
@@ -361,7 +374,7 @@ mod tests {
     }
 
     /// A CRC-valid file with non-zero reserved bytes is refused (a later version may use them);
-    /// so is a learner byte other than 0 or 1.
+    /// so is a learner or floor byte other than 0 or 1.
     #[test]
     fn non_zero_reserved_bytes_are_corrupt_even_with_a_good_crc() {
         for (offset, value) in [
@@ -371,7 +384,8 @@ mod tests {
             (15, 1),
             (34, 2),
             (34, 0xff),
-            (35, 1),
+            (35, 2),
+            (35, 0xff),
         ] {
             let mut bytes = sample().encode();
             bytes[offset] = value;
@@ -414,6 +428,35 @@ mod tests {
                 "reserved byte {offset}"
             );
         }
+    }
+
+    /// In a version 2 file byte 35 is reserved: a 1 there is corruption, not a kept floor;
+    /// a 0 reads as a data dir that keeps no floor yet.
+    #[test]
+    fn version_2_reserved_byte_35_is_corrupt_and_a_version_2_file_keeps_no_floor() {
+        let as_version_2 = |floor: u8| {
+            let mut bytes = sample().encode();
+            bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+            bytes[35] = floor;
+            let crc = crc32fast::hash(&bytes[..36]);
+            bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        assert!(matches!(
+            Meta::decode(&as_version_2(1), Path::new("meta")),
+            Err(Error::Corrupt {
+                offset: 35,
+                reason: Corruption::BadField(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            Meta::decode(&as_version_2(0), Path::new("meta")).ok(),
+            Some(Meta {
+                floor_kept: false,
+                ..sample()
+            })
+        );
     }
 
     /// Storing a vote for node 0 is a bug: 0 on disk means "no vote".

@@ -1,5 +1,5 @@
 //! The node metadata file (FORMAT.md, "Node metadata"): round trips, files of version 1 read
-//! as not a learner, every kind of damage refused with an error naming the file, and the
+//! as not a learner and of versions 1 and 2 as keeping no floor, every kind of damage refused with an error naming the file, and the
 //! atomic replace.
 
 use std::path::{Path, PathBuf};
@@ -15,16 +15,31 @@ fn sample() -> Meta {
         epoch: Epoch(9),
         voted_for: Some(NodeId(3)),
         learner: false,
+        floor_kept: false,
     }
 }
 
-/// `meta` as version 1 wrote it (FORMAT.md's table without the learner byte); `meta` must not
-/// be a learner, which version 1 could not say.
+/// `meta` as version 1 wrote it (FORMAT.md's table without the learner and floor bytes);
+/// `meta` must be neither a learner nor keep a floor, which version 1 could not say.
 fn encode_v1(meta: &Meta) -> [u8; META_LEN] {
     assert!(!meta.learner);
+    encode_old(meta, 1)
+}
+
+/// `meta` as version 2 wrote it (without the floor byte); `meta` must not keep a floor.
+fn encode_v2(meta: &Meta) -> [u8; META_LEN] {
+    let mut bytes = encode_old(meta, 2);
+    bytes[34] = u8::from(meta.learner);
+    let crc = crc32fast::hash(&bytes[..36]);
+    bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn encode_old(meta: &Meta, version: u16) -> [u8; META_LEN] {
+    assert!(!meta.floor_kept);
     let mut bytes = [0u8; META_LEN];
     bytes[0..8].copy_from_slice(b"USTDYMTA");
-    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    bytes[8..10].copy_from_slice(&version.to_le_bytes());
     bytes[10..12].copy_from_slice(&meta.node_id.get().to_le_bytes());
     bytes[16..24].copy_from_slice(&meta.cluster_id.to_le_bytes());
     bytes[24..32].copy_from_slice(&meta.epoch.get().to_le_bytes());
@@ -50,15 +65,19 @@ fn arb_meta() -> impl Strategy<Value = Meta> {
         any::<u64>(),
         proptest::option::of(1u16..),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(node_id, cluster_id, epoch, voted_for, learner)| Meta {
-            node_id: NodeId(node_id),
-            cluster_id,
-            epoch: Epoch(epoch),
-            // No vote exists in epoch 0.
-            voted_for: voted_for.filter(|_| epoch != 0).map(NodeId),
-            learner,
-        })
+        .prop_map(
+            |(node_id, cluster_id, epoch, voted_for, learner, floor_kept)| Meta {
+                node_id: NodeId(node_id),
+                cluster_id,
+                epoch: Epoch(epoch),
+                // No vote exists in epoch 0.
+                voted_for: voted_for.filter(|_| epoch != 0).map(NodeId),
+                learner,
+                floor_kept,
+            },
+        )
 }
 
 proptest! {
@@ -74,18 +93,28 @@ proptest! {
     /// version 1 encoding, as not a learner.
     #[test]
     fn any_version_1_meta_decodes_to_itself(meta in arb_meta()) {
-        let meta = Meta { learner: false, ..meta };
+        let meta = Meta { learner: false, floor_kept: false, ..meta };
         prop_assert_eq!(Meta::decode(&encode_v1(&meta), Path::new("meta")).ok(), Some(meta));
     }
 
+    /// Any metadata that version 2 could hold (no floor) reads back the same from its
+    /// version 2 encoding, as keeping no floor.
+    #[test]
+    fn any_version_2_meta_decodes_to_itself(meta in arb_meta()) {
+        let meta = Meta { floor_kept: false, ..meta };
+        prop_assert_eq!(Meta::decode(&encode_v2(&meta), Path::new("meta")).ok(), Some(meta));
+    }
+
     /// The decoder is a fuzz target: any bytes give a value or an error, never a panic, and
-    /// a value only for bytes that re-encode to themselves (in version 1, to what version 1
-    /// would have written).
+    /// a value only for bytes that re-encode to themselves (in an older version, to what that
+    /// version would have written).
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
         if let Ok(meta) = Meta::decode(&bytes, Path::new("meta")) {
             if bytes[8..10] == META_VERSION.to_le_bytes() {
                 prop_assert_eq!(&meta.encode()[..], &bytes[..]);
+            } else if bytes[8..10] == 2u16.to_le_bytes() {
+                prop_assert_eq!(&encode_v2(&meta)[..], &bytes[..]);
             } else {
                 prop_assert_eq!(&encode_v1(&meta)[..], &bytes[..]);
             }
@@ -94,9 +123,9 @@ proptest! {
 }
 
 /// A version 1 file (every data dir before the learner flag) loads, as not a learner, and
-/// the next store writes it as version 2.
+/// the next store writes it in the current version.
 #[test]
-fn version_1_file_loads_as_not_a_learner_and_is_stored_as_version_2() {
+fn version_1_file_loads_as_not_a_learner_and_is_stored_in_the_current_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = meta_path(&dir);
     std::fs::write(&path, encode_v1(&sample())).expect("write");
@@ -110,8 +139,35 @@ fn version_1_file_loads_as_not_a_learner_and_is_stored_as_version_2() {
     };
     voted.store(&path).expect("store");
     let bytes = std::fs::read(&path).expect("read");
-    assert_eq!(bytes[8..10], 2u16.to_le_bytes());
+    assert_eq!(bytes[8..10], META_VERSION.to_le_bytes());
     assert_eq!(Meta::load(&path).expect("load"), Some(voted));
+}
+
+/// A version 2 file (every data dir before the floor flag) loads as keeping no floor, with
+/// its learner flag, and a store with the flag set writes it in the current version.
+#[test]
+fn version_2_file_loads_as_keeping_no_floor_and_stores_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = meta_path(&dir);
+    let learner = Meta {
+        learner: true,
+        ..sample()
+    };
+    std::fs::write(&path, encode_v2(&learner)).expect("write");
+    let loaded = Meta::load(&path).expect("load").expect("a meta");
+    assert_eq!(loaded, learner);
+    assert!(!loaded.floor_kept);
+    let kept = Meta {
+        floor_kept: true,
+        ..loaded
+    };
+    kept.store(&path).expect("store");
+    let bytes = std::fs::read(&path).expect("read");
+    assert_eq!(
+        (bytes[8..10].to_vec(), bytes[35]),
+        (3u16.to_le_bytes().to_vec(), 1)
+    );
+    assert_eq!(Meta::load(&path).expect("load"), Some(kept));
 }
 
 /// The learner flag is stored and loaded both ways: set (a wiped data dir, a suspect tail)
@@ -286,7 +342,7 @@ fn unknown_magic_is_bad_magic_naming_the_file() {
 fn unknown_version_is_unsupported_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = meta_path(&dir);
-    for version in [3u16, 0, u16::MAX] {
+    for version in [4u16, 0, u16::MAX] {
         let mut bytes = sample().encode();
         bytes[8..10].copy_from_slice(&version.to_le_bytes());
         let crc = crc32fast::hash(&bytes[..36]);
@@ -296,7 +352,7 @@ fn unknown_version_is_unsupported_naming_the_file() {
             Err(
                 err @ Error::UnsupportedVersion {
                     found,
-                    supported: 2,
+                    supported: 3,
                     ..
                 },
             ) => {

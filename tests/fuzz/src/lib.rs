@@ -268,7 +268,8 @@ pub fn snapshot(data: &[u8], dir: &Path) {
 
 /// The metadata file: whatever decodes re-encodes to exactly its bytes, or, for a file of an
 /// older version, to the same bytes in the current version (version 1 had no learner flag:
-/// it reads as not a learner), which decode to the same value.
+/// it reads as not a learner; versions 1 and 2 had no floor flag: they read as keeping no
+/// floor), which decode to the same value.
 pub fn meta(data: &[u8]) {
     use wal::meta::{Meta, META_VERSION};
     if let Ok(meta) = Meta::decode(data, Path::new("meta")) {
@@ -280,19 +281,25 @@ pub fn meta(data: &[u8]) {
                 "metadata does not re-encode to its bytes"
             );
         } else {
-            assert_eq!(
-                data[8..10],
-                1u16.to_le_bytes(),
-                "an unknown version decoded"
+            let version = u16::from_le_bytes([data[8], data[9]]);
+            assert!(
+                version == 1 || version == 2,
+                "an unknown version decoded: {version}"
             );
-            assert!(!meta.learner, "a version 1 file decoded as a learner");
+            if version == 1 {
+                assert!(!meta.learner, "a version 1 file decoded as a learner");
+            }
+            assert!(
+                !meta.floor_kept,
+                "a version {version} file decoded as keeping a floor"
+            );
             // The same bytes but for the version and the CRC over it.
             assert_eq!(encoded[..8], data[..8]);
             assert_eq!(encoded[8..10], META_VERSION.to_le_bytes());
             assert_eq!(
                 encoded[10..36],
                 data[10..36],
-                "version 1 metadata does not re-encode to the same fields in the current version"
+                "older metadata does not re-encode to the same fields in the current version"
             );
         }
         assert_eq!(
@@ -571,6 +578,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         epoch: Epoch(3),
         voted_for: Some(NodeId(1)),
         learner: false,
+        floor_kept: true,
     };
     seeds.push(("meta", meta.encode().to_vec()));
     let learner = wal::meta::Meta {
