@@ -152,6 +152,13 @@ fn deleted_segment_with_meta_kept_makes_a_learner_and_loses_nothing() {
     run_script("lose_log.sh", &["--mode", "segment"]);
 }
 
+/// The log and its floor deleted together, `meta` kept: `meta` records that a floor is kept,
+/// so the node is a learner all the same.
+#[test]
+fn log_and_floor_deleted_with_meta_kept_makes_a_learner_and_loses_nothing() {
+    run_script("lose_log.sh", &["--mode", "floor"]);
+}
+
 /// The last 8 KiB of the log lost, the node killed under writes: the records it
 /// acknowledged last are below its floor too.
 #[test]

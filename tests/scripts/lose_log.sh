@@ -10,14 +10,16 @@
 #   truncate  B's newest segment cut to half its length;
 #   segment   B's newest segment removed (the log rolls every 1 MiB for this);
 #   tail      A and B killed while the writes go on, and B's newest segment loses its
-#             last 8 KiB: the records B acknowledged last, within milliseconds of the kill.
+#             last 8 KiB: the records B acknowledged last, within milliseconds of the kill;
+#   floor     B's `wal/` directory and its log floor removed together.
 # `meta` says B is a voter; only the log floor (`<data-dir>/log-floor`) tells it that its
-# log lost committed records. Checks: B starts as a learner and says why; no primary is
+# log lost committed records, or, when the floor is gone too, `meta`'s record that the data
+# dir keeps one. Checks: B starts as a learner and says why; no primary is
 # elected while A is down (B's vote would elect C, which lacks the writes); once A is back a
 # primary is elected, B is promoted back to a voter, every acknowledged write is readable
 # and all logs agree on the committed prefix.
 #
-# Run: tests/scripts/lose_log.sh [--mode wipe|truncate|segment|tail]   (default wipe; `cargo test
+# Run: tests/scripts/lose_log.sh [--mode wipe|truncate|segment|tail|floor]   (default wipe; `cargo test
 #      --test scripts` runs each).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -27,13 +29,13 @@ MODE=wipe
 while [[ $# -gt 0 ]]; do
     case $1 in
     --mode) MODE=$2; shift 2 ;;
-    *) echo "usage: $0 [--mode wipe|truncate|segment|tail]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--mode wipe|truncate|segment|tail|floor]" >&2; exit 2 ;;
     esac
 done
 case $MODE in
-wipe | truncate | tail) ;;
+wipe | truncate | tail | floor) ;;
 segment) NODE_ARGS=(--wal-segment-bytes 1MiB --snapshot-interval 1h) ;;
-*) echo "usage: $0 [--mode wipe|truncate|segment|tail]" >&2; exit 2 ;;
+*) echo "usage: $0 [--mode wipe|truncate|segment|tail|floor]" >&2; exit 2 ;;
 esac
 
 setup proxy
@@ -85,6 +87,10 @@ newest=$(find "${DATA_DIR[$b]}/wal" -name '*.wal' | sort | tail -n 1)
 case $MODE in
 tail) truncate -s $(($(stat -c %s "$newest") - 8192)) "$newest" ;;
 wipe) rm -rf "${DATA_DIR[$b]}/wal" ;;
+floor)
+    floor_was=$(cat "$floor_file")
+    rm -rf "${DATA_DIR[$b]}/wal" "$floor_file"
+    ;;
 truncate) truncate -s $(($(stat -c %s "$newest") / 2)) "$newest" ;;
 segment)
     [[ $(find "${DATA_DIR[$b]}/wal" -name '*.wal' | wc -l) -ge 2 ]] \
@@ -92,13 +98,19 @@ segment)
     rm -f "$newest"
     ;;
 esac
-log "killed $a and $b; $MODE of node $b's log (floor $(cat "$floor_file")); meta kept"
+log "killed $a and $b; $MODE of node $b's log (floor ${floor_was:-$(cat "$floor_file")}); meta kept"
 proxy heal all
 start_node "$b"
 wait_log "$b" "starting as a learner" || true
-grep "starting as a learner" "$WORK/n$b.log" | grep -q "below lsn" \
-    || fail "node $b did not start as a learner below its log floor: $(grep -m1 'log recovered' "$WORK/n$b.log")"
-log "node $b: $(grep -m1 -o 'reason=its log ends at lsn [0-9]*, below lsn [0-9]*' "$WORK/n$b.log")"
+if [[ $MODE == floor ]]; then
+    grep "starting as a learner" "$WORK/n$b.log" | grep -q "log-floor is missing although its meta records that it keeps one" \
+        || fail "node $b did not start as a learner without its log floor: $(grep -m1 'log recovered' "$WORK/n$b.log")"
+    log "node $b: starts as a learner, its log floor missing"
+else
+    grep "starting as a learner" "$WORK/n$b.log" | grep -q "below lsn" \
+        || fail "node $b did not start as a learner below its log floor: $(grep -m1 'log recovered' "$WORK/n$b.log")"
+    log "node $b: $(grep -m1 -o 'reason=its log ends at lsn [0-9]*, below lsn [0-9]*' "$WORK/n$b.log")"
+fi
 if elected=$("$CHAOS" primary --admin "127.0.0.1:${ADMIN_PORT[$b]},127.0.0.1:${ADMIN_PORT[$c]}" \
     --timeout "$((4 * FAILOVER_TIMEOUT_MS))ms" 2>/dev/null); then
     fail "node $elected was elected while the only other holder of the writes was down"
