@@ -505,6 +505,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    crate::node::mark_runtime_thread();
     runtime.block_on(async {
         let peer = bind_tcp("peer-listen", args.peer_listen).await?;
         let app = bind_app_socket(&args.app_socket())?;

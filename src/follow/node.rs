@@ -616,6 +616,10 @@ fn still_primary(status: &NodeStatus, epoch: u64) -> bool {
 /// reads the whole directory and asks the core loop for the configuration at its LSN: a
 /// runtime waiting for the lock would stop heartbeats for that long, and never answer.
 fn lock(replay: &Mutex<Replay>) -> std::sync::MutexGuard<'_, Replay> {
+    debug_assert!(
+        !crate::node::on_runtime_thread(),
+        "the replay's lock taken on the node's runtime thread"
+    );
     // A panic aborts the process (`panic = "abort"`), so a poisoned lock cannot be seen.
     replay
         .lock()

@@ -81,6 +81,27 @@ use crate::{Epoch, Lsn, NodeId};
 use clock::BootInstant;
 use metrics::Metrics;
 
+thread_local! {
+    /// Set on the thread that runs the node's runtime (`understudy run`). That runtime has
+    /// one thread, which also runs the core loop: whatever waits on it (a lock a blocking
+    /// thread holds while it reads a whole directory, a synchronous wait for the core loop's
+    /// answer) stops heartbeats and acknowledgements for as long, or for ever.
+    static RUNTIME_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as the one that runs the node's runtime (see
+/// [`on_runtime_thread`]); called by `understudy run` before it enters the runtime.
+pub fn mark_runtime_thread() {
+    RUNTIME_THREAD.with(|marked| marked.set(true));
+}
+
+/// Whether the calling thread runs the node's runtime, where nothing may block for long.
+/// Checked by `debug_assert!` where a wait belongs on a blocking thread, so that the process
+/// tests (debug builds) fail on a wait moved back onto the runtime; a release build goes on.
+pub fn on_runtime_thread() -> bool {
+    RUNTIME_THREAD.with(std::cell::Cell::get)
+}
+
 pub use handle::{
     AppStatus, MembersReply, NodeHandle, NodeStatus, PeerStatus, Placement, ProposeOutcome,
     ReadOutcome, Request, SwitchoverReply,
