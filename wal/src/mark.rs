@@ -29,7 +29,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, IoOp, Result};
@@ -116,10 +116,13 @@ pub struct DurableMark {
     value: AtomicU64,
     /// The value [`DurableMark::sync`] last made durable (`u64::MAX`: none yet).
     synced: AtomicU64,
-    /// A sync failed: the kernel may have dropped the written page (marked clean, never
-    /// written) and a later fsync need not say so, so the next sync writes the value again
-    /// first.
-    rewrite: AtomicBool,
+    /// Syncs that failed so far. After one, the kernel may have dropped the written page
+    /// (marked clean, never written) and a later fsync need not say so, so the next sync
+    /// writes the value again first.
+    failures: AtomicU64,
+    /// The failures a sync has since covered: it began after them, wrote the value again,
+    /// and succeeded. Failures beyond it still need a rewrite (see [`DurableMark::sync`]).
+    covered: AtomicU64,
     /// Held over every write of the file and its value, so that a rewrite by
     /// [`DurableMark::sync`] (another thread) never puts back a value a raise replaced.
     writing: Mutex<()>,
@@ -146,7 +149,8 @@ impl DurableMark {
             file,
             value: AtomicU64::new(value.get()),
             synced: AtomicU64::new(u64::MAX),
-            rewrite: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
             writing: Mutex::new(()),
         };
         mark.write(value)?;
@@ -188,24 +192,42 @@ impl DurableMark {
     /// Whether the value last written is durable.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire) == self.value.load(Ordering::Acquire)
+            && !self.needs_rewrite()
+    }
+
+    fn needs_rewrite(&self) -> bool {
+        self.failures.load(Ordering::Acquire) > self.covered.load(Ordering::Acquire)
     }
 
     /// Makes the value last written durable, if it is not already. After a failed sync
-    /// the value is written again before the next one (`rewrite`).
+    /// the value is written again before the next one.
     pub fn sync(&self) -> Result<()> {
-        if self.rewrite.load(Ordering::Acquire) {
+        self.sync_with(File::sync_data)
+    }
+
+    /// [`DurableMark::sync`] with `sync_data` for the file's fsync.
+    ///
+    /// Two threads may sync at once (the floor's keeper, and the writer lowering it). The
+    /// kernel reports a failed writeback once per open file, to whichever fsync checks
+    /// first: the other can succeed although the page was dropped. So a success covers
+    /// only the failures counted before it began (it wrote the value again after them); one
+    /// counted meanwhile leaves the rewrite due, and the value not known durable.
+    fn sync_with(&self, sync_data: impl FnOnce(&File) -> std::io::Result<()>) -> Result<()> {
+        let failures = self.failures.load(Ordering::Acquire);
+        let rewrite = failures > self.covered.load(Ordering::Acquire);
+        if rewrite {
             let _writing = self.lock_writing();
             self.write_locked(self.value())?;
         }
         let value = self.value.load(Ordering::Acquire);
-        if self.synced.load(Ordering::Acquire) == value && !self.rewrite.load(Ordering::Acquire) {
+        if !rewrite && self.synced.load(Ordering::Acquire) == value {
             return Ok(());
         }
-        if let Err(e) = self.file.sync_data() {
-            self.rewrite.store(true, Ordering::Release);
+        if let Err(e) = sync_data(&self.file) {
+            self.failures.fetch_add(1, Ordering::AcqRel);
             return Err(Error::io(IoOp::Fsync, &self.path, e));
         }
-        self.rewrite.store(false, Ordering::Release);
+        self.covered.fetch_max(failures, Ordering::AcqRel);
         self.synced.store(value, Ordering::Release);
         Ok(())
     }
@@ -276,23 +298,59 @@ pub fn encode(lsn: Lsn) -> String {
 mod tests {
     use super::*;
 
+    /// A mark opened at 5 in `dir` and raised to 9, not synced since.
+    fn raised_from_5_to_9(dir: &Path) -> (PathBuf, DurableMark) {
+        let path = dir.join("log-floor");
+        let mark = DurableMark::open(&path, Lsn(5)).expect("open");
+        mark.raise(Lsn(9)).expect("raise");
+        (path, mark)
+    }
+
+    fn eio() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::EIO)
+    }
+
     #[test]
     fn a_sync_after_a_failed_one_writes_the_value_again_first() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("log-floor");
-        let mark = DurableMark::open(&path, Lsn(5)).expect("open");
-        mark.raise(Lsn(9)).expect("raise");
+        let (path, mark) = raised_from_5_to_9(dir.path());
         // A failed fsync may drop the written page: the file shows the older value again.
         std::fs::write(&path, encode(Lsn(5))).expect("revert");
-        mark.rewrite.store(true, Ordering::Release);
+        let failed = mark.sync_with(|_| Err(eio()));
+        assert!(failed.is_err());
+        assert!(!mark.is_synced());
         mark.sync().expect("sync");
         assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(9)));
         assert!(mark.is_synced());
-        assert!(!mark.rewrite.load(Ordering::Acquire));
+        assert!(!mark.needs_rewrite());
         // Once synced, a sync writes nothing.
         std::fs::write(&path, encode(Lsn(5))).expect("revert");
         mark.sync().expect("sync");
         assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(5)));
+    }
+
+    /// A sync that succeeds while another fails (the kernel told only the other of the
+    /// dropped page) leaves the rewrite due: the next sync writes the value again.
+    #[test]
+    fn a_sync_that_succeeds_beside_a_failed_one_leaves_the_rewrite_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, mark) = raised_from_5_to_9(dir.path());
+        mark.sync_with(|_| {
+            // Meanwhile, on another thread: a sync fails, and its failure drops the page.
+            let other = mark.sync_with(|_| Err(eio()));
+            assert!(other.is_err());
+            std::fs::write(&path, encode(Lsn(5))).expect("revert");
+            Ok(())
+        })
+        .expect("the first sync succeeds");
+        assert!(
+            !mark.is_synced(),
+            "a value known durable after a failed sync"
+        );
+        assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(5)));
+        mark.sync().expect("sync");
+        assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(9)));
+        assert!(mark.is_synced());
     }
 
     #[test]
