@@ -701,7 +701,6 @@ fn open_fsync_marker(path: &Path) -> Result<Option<Lsn>, DiskError> {
     })
 }
 
-/// Stores the learner flag in `meta` (atomic install) unless it is already set.
 /// Whether directory `dir` exists and has anything in it.
 fn holds_entries(dir: &Path) -> Result<bool, DiskError> {
     match std::fs::read_dir(dir) {
@@ -711,6 +710,7 @@ fn holds_entries(dir: &Path) -> Result<bool, DiskError> {
     }
 }
 
+/// Stores the learner flag in `meta` (atomic install) unless it is already set.
 fn store_learner(meta: &mut Meta, meta_path: &Path) -> Result<(), DiskError> {
     if !meta.learner {
         *meta = Meta {
