@@ -25,7 +25,8 @@
 # min/median/max.
 #
 # Run: tests/scripts/app_kill.sh [--mode kill|stop|supervised|supervised-stop] [--trials N]   (default
-#      kill, 3 trials; `cargo test --test scripts` runs one trial of each mode). Needs:
+#      kill, 3 trials, at most 5 in the supervised modes; `cargo test --test scripts` runs
+#      one trial of each mode). Needs:
 #      bash, coreutils; builds target/release binaries if missing.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -50,6 +51,14 @@ supervised | supervised-stop)
 *) fail "unknown mode $MODE" ;;
 esac
 PAUSE_MAX_MS=$((APP_TIMEOUT_MS + 1000))
+# The supervisor's restart pause doubles from 100 ms with every restart that follows a run
+# shorter than 30 s (src/node/supervise.rs), and trials come about 5 s apart: the sixth
+# hang's pause (3.2 s) plus the 2.5 s it takes to find the application hung outlasts
+# --app-timeout, and the primary rightly hands over an application that fails that often.
+if [[ $MODE == supervised* && $TRIALS -gt 5 ]]; then
+    echo "--trials $TRIALS: in the supervised modes at most 5 (restarts this close together back off past --app-timeout)" >&2
+    exit 2
+fi
 
 # epoch_of ID: node ID's epoch, from its /status (the first "epoch" field).
 epoch_of() {

@@ -11,6 +11,7 @@
 //! ```text
 //! cargo test --test sim                          # the default seeds (3- and 5-node runs)
 //! SIM_SEEDS=20000 cargo test --release --test sim   # more seeds
+//! SIM_FIRST_SEED=5000000 SIM_SEEDS=20000 cargo test --release --test sim   # other seeds
 //! SIM_SEED=1234 cargo test --test sim            # replay one seed (printed on failure)
 //! SIM_BREAK=lease SIM_SEED=7 cargo test --test sim   # replay with a rule switched off
 //! SIM_REPORT=1 cargo test --test sim -- --nocapture  # seeds/s and failover times
@@ -217,7 +218,8 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
     }
 }
 
-/// Every invariant holds on every default seed (or `SIM_SEEDS`, or the one `SIM_SEED`).
+/// Every invariant holds on every default seed (or `SIM_SEEDS` from `SIM_FIRST_SEED`, or
+/// the one `SIM_SEED`).
 #[test]
 fn simulated_clusters_keep_invariants() {
     let options = RunOptions {
@@ -227,11 +229,11 @@ fn simulated_clusters_keep_invariants() {
     let started = Instant::now();
     let (reports, failures) = match env_u64("SIM_SEED") {
         Some(seed) => run_seeds(std::iter::once(seed), options, true),
-        None => run_seeds(
-            0..env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS),
-            options,
-            false,
-        ),
+        None => {
+            let first = env_u64("SIM_FIRST_SEED").unwrap_or(0);
+            let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+            run_seeds(first..first.saturating_add(count), options, false)
+        }
     };
     if std::env::var_os("SIM_REPORT").is_some() || env_u64("SIM_SEED").is_some() {
         print_report(&reports, started.elapsed());
