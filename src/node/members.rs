@@ -339,6 +339,11 @@ pub fn store_at_snapshot(
         record,
         crc32: Some(crc32),
     };
+    // A lock an upload can hold over fsyncs: never waited for on the core loop's thread.
+    debug_assert!(
+        !crate::node::on_runtime_thread(),
+        "snapshot-members.json stored on the node's runtime thread"
+    );
     let path = dir.join(SNAPSHOT_MEMBERS_FILE);
     let _held = SNAPSHOT_MEMBERS_LOCK
         .lock()
