@@ -37,6 +37,7 @@
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +52,7 @@ use super::change::is_staged;
 use super::materialize::read_dir_names;
 use super::replay::{AppliedLsn, Replay, ReplayError};
 use super::ship::{ShipError, Shipper};
+use super::snapshot::DirSnapshotError;
 use crate::core::Role;
 use crate::node::app_health::AppHealth;
 use crate::node::snapshot::schedule::UploadGuard;
@@ -170,9 +172,13 @@ impl Follow {
         // The runtime reads how far the copy is without the lock; only blocking threads take it.
         let applied = replay.applied_lsn();
         let replay = Arc::new(Mutex::new(replay));
+        // Set while a promotion waits for the replay: a snapshot of the copy in progress
+        // gives up (and its lock) rather than hold up the failover.
+        let promoting = Arc::new(AtomicBool::new(false));
         tokio::spawn(answer_snapshot_requests(
             self.node.clone(),
             Arc::clone(&replay),
+            Arc::clone(&promoting),
             self.status.subscribe(),
             cancel.clone(),
         ));
@@ -182,7 +188,10 @@ impl Follow {
                 return Ok(());
             };
             let ready_at = Instant::now();
-            let Some(shipper) = self.promote(&replay, epoch, &cancel).await else {
+            promoting.store(true, Ordering::Release);
+            let promoted = self.promote(&replay, epoch, &cancel).await;
+            promoting.store(false, Ordering::Release);
+            let Some(shipper) = promoted else {
                 // Demoted or stopped while starting.
                 self.demote(&replay, None).await;
                 if cancel.is_cancelled() {
@@ -533,6 +542,7 @@ fn newest_snapshot(node: &NodeHandle) -> Option<(Lsn, PathBuf)> {
 async fn answer_snapshot_requests(
     node: NodeHandle,
     replay: Arc<Mutex<Replay>>,
+    promoting: Arc<AtomicBool>,
     status: watch::Receiver<FollowStatus>,
     cancel: CancellationToken,
 ) {
@@ -549,9 +559,13 @@ async fn answer_snapshot_requests(
             continue;
         }
         let (replay, for_snapshots) = (Arc::clone(&replay), Arc::clone(&snapshots));
+        let promoting = Arc::clone(&promoting);
         let runtime = tokio::runtime::Handle::current();
         let taken = blocking(move || -> Result<_, String> {
             let mut replay = lock(&replay);
+            if promoting.load(Ordering::Acquire) {
+                return Err(DirSnapshotError::Stopped.to_string());
+            }
             // A snapshot stands for the log before it: never one of a damaged copy.
             if let Some(differs) = replay.check().map_err(|e| e.to_string())? {
                 warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
@@ -571,7 +585,7 @@ async fn answer_snapshot_requests(
                 for_snapshots.store_members_at(lsn, &committed)?;
                 let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, committed.epoch)
                     .map_err(|e| format!("cannot create the snapshot file: {e}"))?;
-                let files = super::snapshot::write_dir(replay.dir(), &mut writer)
+                let files = super::snapshot::write_dir(replay.dir(), &mut writer, &promoting)
                     .map_err(|e| e.to_string())?;
                 let info = writer.finish().map_err(|e| e.to_string())?;
                 Ok((files, info))

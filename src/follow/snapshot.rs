@@ -24,6 +24,7 @@
 //! the newest snapshot and replaying the log after it is faster than replaying it all.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
@@ -48,10 +49,26 @@ pub enum DirSnapshotError {
     Truncated,
     #[error(transparent)]
     Materialize(#[from] MaterializeError),
+    #[error("stopped: this node is being promoted, and its promotion needs the directory")]
+    Stopped,
 }
 
 /// Writes every followed file of `dir` into `writer` as frames; returns how many files.
-pub fn write_dir(dir: &Path, writer: &mut SnapshotWriter) -> Result<usize, DirSnapshotError> {
+/// Gives up with [`DirSnapshotError::Stopped`] once `stop` is set (checked after the read
+/// and before every piece): a promotion waits for the directory, and a snapshot of a large
+/// one would hold up the failover for as long as it takes to write.
+pub fn write_dir(
+    dir: &Path,
+    writer: &mut SnapshotWriter,
+    stop: &AtomicBool,
+) -> Result<usize, DirSnapshotError> {
+    let stopped = || {
+        if stop.load(Ordering::Acquire) {
+            Err(DirSnapshotError::Stopped)
+        } else {
+            Ok(())
+        }
+    };
     let files = read_dir_contents(dir).map_err(DirSnapshotError::Read)?;
     let count = files.len();
     for (name, data) in files {
@@ -73,6 +90,7 @@ pub fn write_dir(dir: &Path, writer: &mut SnapshotWriter) -> Result<usize, DirSn
             );
         }
         for piece in pieces {
+            stopped()?;
             let encoded = piece.encode();
             let len = u32::try_from(encoded.len())
                 .unwrap_or_else(|_| unreachable!("a piece is at most PIECE_LEN_MAX bytes"));
@@ -138,7 +156,10 @@ mod tests {
         let snapshots = root.path().join("snapshots");
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(42), Epoch(3)).unwrap();
-        assert_eq!(write_dir(&dir, &mut writer).unwrap(), 4);
+        assert_eq!(
+            write_dir(&dir, &mut writer, &AtomicBool::new(false)).unwrap(),
+            4
+        );
         let info = writer.finish().unwrap();
 
         let copy = root.path().join("copy");
@@ -150,5 +171,25 @@ mod tests {
             read_dir_contents(&copy).unwrap(),
             read_dir_contents(&dir).unwrap()
         );
+    }
+
+    /// A snapshot asked to stop (a promotion waits) gives up before its next piece and
+    /// leaves no snapshot behind.
+    #[test]
+    fn a_snapshot_stops_when_asked_and_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("dir");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("appendonly.aof"), vec![7u8; 3 * PIECE_LEN_MAX]).unwrap();
+        let snapshots = root.path().join("snapshots");
+        std::fs::create_dir(&snapshots).unwrap();
+        let mut writer = SnapshotWriter::create(&snapshots, Lsn(9), Epoch(1)).unwrap();
+        let stopped = write_dir(&dir, &mut writer, &AtomicBool::new(true));
+        assert!(
+            matches!(stopped, Err(DirSnapshotError::Stopped)),
+            "{stopped:?}"
+        );
+        drop(writer);
+        assert_eq!(std::fs::read_dir(&snapshots).unwrap().count(), 0);
     }
 }
