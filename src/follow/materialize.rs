@@ -64,7 +64,7 @@ pub struct FileSum {
 impl FileSum {
     const EMPTY: FileSum = FileSum { len: 0, crc: 0 };
 
-    fn of(data: &[u8]) -> FileSum {
+    pub(super) fn of(data: &[u8]) -> FileSum {
         FileSum::EMPTY.extended(data)
     }
 

@@ -35,6 +35,42 @@ pub(crate) mod tests {
     use super::materialize::read_dir_contents;
     use super::replay::Replay;
 
+    /// A way to damage a copy behind the sidecar's back.
+    pub(crate) type Damage = fn(&std::path::Path);
+
+    /// Damages to a copy that holds a file `aof` of at least 13 bytes, with their names.
+    pub(crate) fn copy_damages() -> [(&'static str, Damage); 6] {
+        [
+            ("every file removed", |dir| {
+                for name in super::materialize::read_dir_names(dir).unwrap() {
+                    use std::os::unix::ffi::OsStrExt;
+                    std::fs::remove_file(dir.join(std::ffi::OsStr::from_bytes(&name))).unwrap();
+                }
+            }),
+            ("one file removed", |dir| {
+                std::fs::remove_file(dir.join("aof")).unwrap()
+            }),
+            ("a file cut short", |dir| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("aof"))
+                    .and_then(|f| f.set_len(12))
+                    .unwrap()
+            }),
+            ("a byte changed, same length", |dir| {
+                let mut data = std::fs::read(dir.join("aof")).unwrap();
+                data[5] ^= 0x01;
+                std::fs::write(dir.join("aof"), data).unwrap();
+            }),
+            ("a file added", |dir| {
+                std::fs::write(dir.join("stray"), b"x").unwrap()
+            }),
+            ("a file renamed", |dir| {
+                std::fs::rename(dir.join("aof"), dir.join("aof2")).unwrap()
+            }),
+        ]
+    }
+
     /// Appends `SET k<round> v` to `dir/aof` (creating it), as an application writes its log;
     /// returns the line.
     pub(crate) fn append_set(dir: &std::path::Path, round: u32) -> Vec<u8> {

@@ -50,6 +50,7 @@ use wal::snapshot::SnapshotWriter;
 use super::capture::Capture;
 use super::change::is_staged;
 use super::materialize::read_dir_names;
+use super::materialize::MaterializeError;
 use super::replay::{AppliedLsn, Replay, ReplayError};
 use super::ship::{ShipError, Shipper};
 use super::snapshot::DirSnapshotError;
@@ -566,11 +567,6 @@ async fn answer_snapshot_requests(
             if promoting.load(Ordering::Acquire) {
                 return Err(DirSnapshotError::Stopped.to_string());
             }
-            // A snapshot stands for the log before it: never one of a damaged copy.
-            if let Some(differs) = replay.check().map_err(|e| e.to_string())? {
-                warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
-                return Err(differs.to_string());
-            }
             let lsn = replay.applied();
             if lsn == Lsn::ZERO {
                 return Err("nothing applied yet".into());
@@ -585,8 +581,24 @@ async fn answer_snapshot_requests(
                 for_snapshots.store_members_at(lsn, &committed)?;
                 let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, committed.epoch)
                     .map_err(|e| format!("cannot create the snapshot file: {e}"))?;
-                let files = super::snapshot::write_dir(replay.dir(), &mut writer, &promoting)
-                    .map_err(|e| e.to_string())?;
+                // A snapshot stands for the log before it: never one of a damaged copy.
+                // Every file is checked as it is read for the snapshot, so damage made at
+                // any time before that read is found (a check made first, then a read,
+                // would let damage made between the two into the snapshot).
+                let files = match super::snapshot::write_dir(
+                    replay.dir(),
+                    replay.contents(),
+                    &mut writer,
+                    &promoting,
+                ) {
+                    Ok(files) => files,
+                    Err(DirSnapshotError::Materialize(differs @ MaterializeError::Differs { .. })) => {
+                        warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
+                        replay.differs_found().map_err(|e| e.to_string())?;
+                        return Err(differs.to_string());
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 let info = writer.finish().map_err(|e| e.to_string())?;
                 Ok((files, info))
             })();

@@ -177,11 +177,23 @@ impl Replay {
         match self.materializer.verify(depth) {
             Ok(()) => Ok(None),
             Err(differs) => {
-                self.mark_dirty()?;
-                self.set_applied(Lsn::ZERO);
+                self.differs_found()?;
                 Ok(Some(differs))
             }
         }
+    }
+
+    /// The copy was found not to be what the log made of it (a check, or a snapshot's
+    /// read): it holds nothing now, and the next catch-up rebuilds it.
+    pub fn differs_found(&mut self) -> Result<(), ReplayError> {
+        self.mark_dirty()?;
+        self.set_applied(Lsn::ZERO);
+        Ok(())
+    }
+
+    /// What the log made of the directory, file by file (the materializer's record).
+    pub fn contents(&self) -> &Contents {
+        self.materializer.contents()
     }
 
     /// The snapshot a rebuild starts from (the node's newest), if any.
@@ -524,36 +536,7 @@ mod tests {
     /// rebuilt to exactly the log's directory.
     #[test]
     fn a_copy_damaged_behind_the_sidecars_back_is_found_and_rebuilt() {
-        type Damage = fn(&Path);
-        let damages: [(&str, Damage); 6] = [
-            ("every file removed", |dir| {
-                for name in crate::follow::materialize::read_dir_names(dir).unwrap() {
-                    std::fs::remove_file(dir.join(std::ffi::OsStr::from_bytes(&name))).unwrap();
-                }
-            }),
-            ("one file removed", |dir| {
-                std::fs::remove_file(dir.join("aof")).unwrap()
-            }),
-            ("a file cut short", |dir| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("aof"))
-                    .and_then(|f| f.set_len(12))
-                    .unwrap()
-            }),
-            ("a byte changed, same length", |dir| {
-                let mut data = std::fs::read(dir.join("aof")).unwrap();
-                data[5] ^= 0x01;
-                std::fs::write(dir.join("aof"), data).unwrap();
-            }),
-            ("a file added", |dir| {
-                std::fs::write(dir.join("stray"), b"x").unwrap()
-            }),
-            ("a file renamed", |dir| {
-                std::fs::rename(dir.join("aof"), dir.join("aof2")).unwrap()
-            }),
-        ];
-        for (what, damage) in damages {
+        for (what, damage) in crate::follow::tests::copy_damages() {
             for running in [false, true] {
                 let root = tempfile::tempdir().unwrap();
                 let (_wal, reader, dir, state, mut replay) = opened(root.path());

@@ -23,6 +23,7 @@
 //! whenever it rebuilds its copy (after serving, or a copy found not the log's): restoring
 //! the newest snapshot and replaying the log after it is faster than replaying it all.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,7 +31,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
 
 use super::change::{Change, ChangeError, PIECE_LEN_MAX};
-use super::materialize::{read_dir_contents, MaterializeError, Materializer};
+use super::materialize::{read_dir_contents, Contents, FileSum, MaterializeError, Materializer};
 
 /// Why a snapshot of the directory could not be written or restored.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +55,19 @@ pub enum DirSnapshotError {
 }
 
 /// Writes every followed file of `dir` into `writer` as frames; returns how many files.
+///
+/// What is written is what was read, and what was read must be what the log made of the
+/// directory (`expected`, the materializer's record: the same names, each with the same
+/// length and CRC-32): a copy damaged behind the sidecar's back, even between an earlier
+/// check and this read, is refused ([`MaterializeError::Differs`]), never made a snapshot
+/// that later restores would take for the log's state.
+///
 /// Gives up with [`DirSnapshotError::Stopped`] once `stop` is set (checked after the read
 /// and before every piece): a promotion waits for the directory, and a snapshot of a large
 /// one would hold up the failover for as long as it takes to write.
 pub fn write_dir(
     dir: &Path,
+    expected: &Contents,
     writer: &mut SnapshotWriter,
     stop: &AtomicBool,
 ) -> Result<usize, DirSnapshotError> {
@@ -70,6 +79,7 @@ pub fn write_dir(
         }
     };
     let files = read_dir_contents(dir).map_err(DirSnapshotError::Read)?;
+    same_as_expected(dir, &files, expected)?;
     let count = files.len();
     for (name, data) in files {
         let name = Bytes::from(name);
@@ -99,6 +109,43 @@ pub fn write_dir(
         }
     }
     Ok(count)
+}
+
+/// Whether the files read from `dir` are exactly `expected`; the first difference otherwise.
+fn same_as_expected(
+    dir: &Path,
+    files: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    expected: &Contents,
+) -> Result<(), MaterializeError> {
+    let path = |name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
+    for (name, data) in files {
+        let Some(want) = expected.get(name.as_slice()) else {
+            return Err(MaterializeError::Differs {
+                path: path(name),
+                what: "a file the log never made".to_string(),
+            });
+        };
+        let found = FileSum::of(data);
+        if found != *want {
+            return Err(MaterializeError::Differs {
+                path: path(name),
+                what: format!(
+                    "read for a snapshot, {} bytes with CRC-32 {:08x}, the log made {} bytes with {:08x}",
+                    found.len, found.crc, want.len, want.crc
+                ),
+            });
+        }
+    }
+    if let Some(name) = expected
+        .keys()
+        .find(|name| !files.contains_key(name.as_ref()))
+    {
+        return Err(MaterializeError::Differs {
+            path: path(name),
+            what: "missing, read for a snapshot".to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Removes every followed file of the materializer's directory and applies the snapshot at
@@ -139,6 +186,46 @@ mod tests {
     use crate::follow::change::PART_NAME;
     use wal::{Epoch, Lsn};
 
+    /// The record a materializer that made `dir` as it stands would hold.
+    fn as_made(dir: &Path) -> Contents {
+        read_dir_contents(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(name, data)| (Bytes::from(name), FileSum::of(&data)))
+            .collect()
+    }
+
+    /// A copy changed behind the sidecar's back (every damage of `copy_damages`) after its
+    /// last check is refused when it is read for a snapshot, and no
+    /// snapshot is left: a restore would take the damage for the log's state.
+    #[test]
+    fn a_copy_changed_since_the_log_made_it_is_not_snapshotted() {
+        for (what, damage) in crate::follow::tests::copy_damages() {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("dir");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("aof"), b"SET k v\r\nSET k2 v2\r\n").unwrap();
+            std::fs::write(dir.join("manifest"), b"file aof\n").unwrap();
+            let made = as_made(&dir);
+            damage(&dir);
+            let snapshots = root.path().join("snapshots");
+            std::fs::create_dir(&snapshots).unwrap();
+            let mut writer = SnapshotWriter::create(&snapshots, Lsn(9), Epoch(1)).unwrap();
+            let refused = write_dir(&dir, &made, &mut writer, &AtomicBool::new(false));
+            assert!(
+                matches!(
+                    refused,
+                    Err(DirSnapshotError::Materialize(
+                        MaterializeError::Differs { .. }
+                    ))
+                ),
+                "{what}: {refused:?}"
+            );
+            drop(writer);
+            assert_eq!(std::fs::read_dir(&snapshots).unwrap().count(), 0, "{what}");
+        }
+    }
+
     /// A directory written into a snapshot and restored into another (which held other
     /// files) is equal to it, a file longer than a piece included.
     #[test]
@@ -157,7 +244,7 @@ mod tests {
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(42), Epoch(3)).unwrap();
         assert_eq!(
-            write_dir(&dir, &mut writer, &AtomicBool::new(false)).unwrap(),
+            write_dir(&dir, &as_made(&dir), &mut writer, &AtomicBool::new(false)).unwrap(),
             4
         );
         let info = writer.finish().unwrap();
@@ -184,7 +271,7 @@ mod tests {
         let snapshots = root.path().join("snapshots");
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(9), Epoch(1)).unwrap();
-        let stopped = write_dir(&dir, &mut writer, &AtomicBool::new(true));
+        let stopped = write_dir(&dir, &as_made(&dir), &mut writer, &AtomicBool::new(true));
         assert!(
             matches!(stopped, Err(DirSnapshotError::Stopped)),
             "{stopped:?}"
