@@ -125,13 +125,17 @@ fn vouch(dir: &Path, accept: bool, out: &mut impl Write) -> anyhow::Result<()> {
         meta.epoch,
         if meta.learner { "a learner" } else { "a voter" },
         match floor {
+            wal::mark::MarkFile::Absent if meta.floor_kept =>
+                "missing (its meta records that it keeps one)".to_owned(),
             wal::mark::MarkFile::Absent => "none".to_owned(),
             wal::mark::MarkFile::At(lsn) => format!("lsn {lsn}"),
             wal::mark::MarkFile::Damaged => "damaged".to_owned(),
         }
     )?;
+    // What the next start holds against the log (`node::disk`): a floor above its end,
+    // damaged, or missing although `meta` says it is kept.
     let floor_above = match floor {
-        wal::mark::MarkFile::Absent => false,
+        wal::mark::MarkFile::Absent => meta.floor_kept,
         wal::mark::MarkFile::At(lsn) => lsn > last,
         wal::mark::MarkFile::Damaged => true,
     };
@@ -313,7 +317,25 @@ fn floor_line(
     use crate::node::disk::{log_floor, LsnFile, LOG_FLOOR_FILE_NAME};
     let path = data_dir.join(LOG_FLOOR_FILE_NAME);
     let floor = match log_floor(data_dir)? {
-        LsnFile::Absent => return Ok(()),
+        LsnFile::Absent => {
+            // A `meta` that cannot be read is `verify`'s to report, not this line's.
+            let meta = wal::meta::Meta::load(&data_dir.join(wal::meta::META_FILE_NAME));
+            if matches!(
+                meta,
+                Ok(Some(wal::meta::Meta {
+                    floor_kept: true,
+                    ..
+                }))
+            ) {
+                writeln!(
+                    out,
+                    "{}  missing, although {} records that it keeps one: the node will start as a learner",
+                    path.display(),
+                    wal::meta::META_FILE_NAME
+                )?;
+            }
+            return Ok(());
+        }
         LsnFile::Damaged => {
             writeln!(
                 out,
@@ -422,6 +444,16 @@ mod tests {
         disk::open(dir, NodeId(1), 7, FsyncMode::Always, Default::default()).unwrap()
     }
 
+    /// Three records of epoch 1 appended to the node's log (not synced).
+    fn append_three(opened: &disk::Opened) {
+        for _ in 0..3 {
+            opened
+                .writer
+                .append(Epoch(1), RecordKind::App, [&b"x"[..]])
+                .unwrap();
+        }
+    }
+
     /// A learner is made a voter only with --accept-data-loss, only while stopped, and only
     /// once its damaged tail is cut; its next start is then a voter's, with its log kept.
     #[test]
@@ -430,12 +462,7 @@ mod tests {
         // `open` joins an existing cluster: a learner.
         let first = open_node(dir.path());
         assert!(first.start.learner);
-        for _ in 0..3 {
-            first
-                .writer
-                .append(Epoch(1), RecordKind::App, [&b"x"[..]])
-                .unwrap();
-        }
+        append_three(&first);
         first.writer.sync().unwrap();
         let error = vouch(dir.path(), true, &mut Vec::new()).unwrap_err();
         assert!(
@@ -460,6 +487,47 @@ mod tests {
         let mut out = Vec::new();
         vouch(dir.path(), false, &mut out).unwrap();
         assert!(String::from_utf8(out).unwrap().contains("nothing to do"));
+    }
+
+    /// A floor missing although `meta` records that it is kept makes the next start a
+    /// learner, and `vouch` sees it so: it refuses without --accept-data-loss, and with it
+    /// leaves a voter.
+    #[test]
+    fn vouch_sees_a_missing_floor_that_meta_says_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = disk::open_with(
+            dir.path(),
+            NodeId(1),
+            7,
+            FsyncMode::Always,
+            Default::default(),
+            wal::Options::default().segment_bytes_max,
+            disk::InitialClusterState::New,
+        )
+        .unwrap();
+        assert!(!first.start.learner);
+        append_three(&first);
+        first.writer.sync().unwrap();
+        drop(first);
+        std::fs::remove_file(dir.path().join(disk::LOG_FLOOR_FILE_NAME)).unwrap();
+
+        let mut out = Vec::new();
+        let (_, inspection) = open(dir.path()).unwrap();
+        floor_line(dir.path(), &inspection, &mut out).unwrap();
+        let said = String::from_utf8(out).unwrap();
+        assert!(said.contains("missing, although meta records"), "{said}");
+        let mut out = Vec::new();
+        assert!(vouch(dir.path(), false, &mut out).is_err());
+        let mut out = Vec::new();
+        vouch(dir.path(), true, &mut out).unwrap();
+        let said = String::from_utf8(out).unwrap();
+        assert!(said.contains("missing (its meta records"), "{said}");
+        let next = open_node(dir.path());
+        assert!(
+            !next.start.learner,
+            "vouch said {said:?}, but the next start is a learner: {:?}",
+            next.learner_reason
+        );
     }
 
     /// A data dir without `meta`, or with a suspect tail not yet cut, is refused.
