@@ -356,11 +356,28 @@ pub fn store_at_snapshot(
             Vec::new()
         }
     };
-    entries.retain(|old| old.snapshot_lsn != entry.snapshot_lsn);
+    let new = entry.snapshot_lsn;
+    entries.retain(|old| old.snapshot_lsn != new);
     entries.push(entry);
     entries.sort_by_key(|entry| entry.snapshot_lsn);
-    let excess = entries.len().saturating_sub(SNAPSHOT_MEMBERS_KEPT);
-    entries.drain(..excess);
+    // Over the limit, the entries of snapshots not on disk go first (an upload stores its
+    // entry before its file exists, and one that broke off leaves the entry behind: enough
+    // of those must not push out the entry of the snapshot a start will need), oldest
+    // first, then the oldest; never the entry being stored.
+    let snapshots = dir.join(super::snapshot::store::SNAPSHOTS_DIR);
+    let on_disk = |entry: &SnapshotEntry| {
+        snapshots
+            .join(wal::snapshot::file_name(Lsn(entry.snapshot_lsn)))
+            .exists()
+    };
+    while entries.len() > SNAPSHOT_MEMBERS_KEPT {
+        let victim = entries
+            .iter()
+            .position(|entry| entry.snapshot_lsn != new && !on_disk(entry))
+            .or_else(|| entries.iter().position(|entry| entry.snapshot_lsn != new))
+            .unwrap_or_else(|| unreachable!("more than one entry, one of them new"));
+        entries.remove(victim);
+    }
     let bytes = serde_json::to_vec_pretty(&SnapshotsFile { snapshots: entries })
         .unwrap_or_else(|_| unreachable!("plain data serializes"));
     wal::fs::write_atomic(&path, &bytes)?;

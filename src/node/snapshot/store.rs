@@ -518,4 +518,35 @@ mod tests {
             }
         }
     }
+
+    /// Uploads that stored their configuration and then broke off (no snapshot file) do not
+    /// push out the entry of the snapshot on disk: a start that must reset the log after it
+    /// (here a damaged fsync-failed marker: nothing after the log's start is trusted) finds
+    /// its configuration.
+    #[test]
+    fn abandoned_uploads_do_not_evict_the_configuration_of_the_snapshot_on_disk() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path();
+        let config = backup_behind(dir);
+        // The application's snapshot at lsn 5, its configuration stored first (upload_begin).
+        members::store_at_snapshot(dir, (Lsn(5), Epoch(1)), Lsn(1), &config).unwrap();
+        let mut writer =
+            SnapshotWriter::create(&dir.join(SNAPSHOTS_DIR), Lsn(5), Epoch(1)).unwrap();
+        writer.write(b"the application's state at lsn 5").unwrap();
+        writer.finish().unwrap();
+        for lsn in 10..10 + 2 * members::SNAPSHOT_MEMBERS_KEPT as u64 {
+            members::store_at_snapshot(dir, (Lsn(lsn), Epoch(1)), Lsn(1), &config).unwrap();
+        }
+        std::fs::write(
+            dir.join(crate::node::disk::FSYNC_FAILED_FILE_NAME),
+            "damaged",
+        )
+        .unwrap();
+        let opened = open_node(dir);
+        assert!(
+            opened.is_ok(),
+            "the node refuses to start: {}",
+            opened.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
 }
