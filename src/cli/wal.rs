@@ -199,13 +199,16 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// In a data directory, also checks the metadata file and every snapshot.
-fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+/// In a data directory, also checks the metadata file and every snapshot; returns whether
+/// the metadata records that the data dir keeps a log floor.
+fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<bool> {
     let meta_path = data_dir.join(wal::meta::META_FILE_NAME);
+    let mut floor_kept = false;
     if meta_path.exists() {
         let bytes =
             std::fs::read(&meta_path).with_context(|| format!("read {}", meta_path.display()))?;
         let meta = wal::meta::Meta::decode(&bytes, &meta_path)?;
+        floor_kept = meta.floor_kept;
         let vote = meta.voted_for.map_or("none".to_owned(), |n| n.to_string());
         let learner = if meta.learner { "  learner" } else { "" };
         writeln!(
@@ -231,16 +234,17 @@ fn verify_data_dir(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> 
             )?;
         }
     }
-    Ok(())
+    Ok(floor_kept)
 }
 
 fn verify(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
     let data_dir = dir.join("wal").is_dir().then_some(dir);
-    if let Some(data_dir) = data_dir {
-        verify_data_dir(data_dir, &mut out)?;
-    }
+    let floor_kept = match data_dir {
+        Some(data_dir) => verify_data_dir(data_dir, &mut out)?,
+        None => false,
+    };
     let (dir, inspection) = open(dir)?;
     let mut bytes = 0;
     for segment in &inspection.segments {
@@ -282,7 +286,7 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
         }
     }
     if let Some(data_dir) = data_dir {
-        floor_line(data_dir, &inspection, &mut out)?;
+        floor_line(data_dir, floor_kept, &inspection, &mut out)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     match (inspection.first_lsn(), inspection.last_lsn()) {
@@ -308,9 +312,11 @@ fn verify(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The log floor's line: where the log must reach for the node to vouch for it (the newest
-/// snapshot counts, since the node's log continues it).
+/// snapshot counts, since the node's log continues it), or that it is missing although
+/// `meta` records that it is kept (`floor_kept`).
 fn floor_line(
     data_dir: &Path,
+    floor_kept: bool,
     inspection: &Inspection,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -318,15 +324,7 @@ fn floor_line(
     let path = data_dir.join(LOG_FLOOR_FILE_NAME);
     let floor = match log_floor(data_dir)? {
         LsnFile::Absent => {
-            // A `meta` that cannot be read is `verify`'s to report, not this line's.
-            let meta = wal::meta::Meta::load(&data_dir.join(wal::meta::META_FILE_NAME));
-            if matches!(
-                meta,
-                Ok(Some(wal::meta::Meta {
-                    floor_kept: true,
-                    ..
-                }))
-            ) {
+            if floor_kept {
                 writeln!(
                     out,
                     "{}  missing, although {} records that it keeps one: the node will start as a learner",
@@ -513,7 +511,9 @@ mod tests {
 
         let mut out = Vec::new();
         let (_, inspection) = open(dir.path()).unwrap();
-        floor_line(dir.path(), &inspection, &mut out).unwrap();
+        let floor_kept = verify_data_dir(dir.path(), &mut Vec::new()).unwrap();
+        assert!(floor_kept, "meta records no floor kept");
+        floor_line(dir.path(), floor_kept, &inspection, &mut out).unwrap();
         let said = String::from_utf8(out).unwrap();
         assert!(said.contains("missing, although meta records"), "{said}");
         let mut out = Vec::new();

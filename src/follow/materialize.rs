@@ -20,7 +20,7 @@
 //! sees a half-written file; stale temporary files are removed when a materializer opens
 //! the directory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -64,7 +64,7 @@ pub struct FileSum {
 impl FileSum {
     const EMPTY: FileSum = FileSum { len: 0, crc: 0 };
 
-    pub(super) fn of(data: &[u8]) -> FileSum {
+    fn of(data: &[u8]) -> FileSum {
         FileSum::EMPTY.extended(data)
     }
 
@@ -208,6 +208,44 @@ impl Materializer {
             }
         }
         Ok(())
+    }
+
+    /// Reads every followed file and checks what was read against what the applied
+    /// changes left (names, lengths, CRC-32), as [`Materializer::verify`] checks the
+    /// directory. The bytes returned are the bytes checked: damage made at any time before
+    /// this read is found, where a check followed by a second read would let damage made
+    /// between the two through (a snapshot must never hold a damaged copy).
+    pub fn read_checked(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
+        let files = read_dir_contents(&self.dir).map_err(io(&self.dir))?;
+        for (name, data) in &files {
+            let Some(want) = self.contents.get(name.as_slice()) else {
+                return Err(MaterializeError::Differs {
+                    path: self.path(name),
+                    what: "a file the log never made".to_string(),
+                });
+            };
+            let found = FileSum::of(data);
+            if found != *want {
+                return Err(MaterializeError::Differs {
+                    path: self.path(name),
+                    what: format!(
+                        "read as {} bytes with CRC-32 {:08x}, the log made {} bytes with {:08x}",
+                        found.len, found.crc, want.len, want.crc
+                    ),
+                });
+            }
+        }
+        if let Some((name, want)) = self
+            .contents
+            .iter()
+            .find(|(name, _)| !files.contains_key(name.as_ref()))
+        {
+            return Err(MaterializeError::Differs {
+                path: self.path(name),
+                what: format!("missing (the log made it {} bytes long)", want.len),
+            });
+        }
+        Ok(files)
     }
 
     fn path(&self, name: &[u8]) -> PathBuf {
@@ -446,7 +484,37 @@ pub fn remove_followed(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
+
+    /// A copy changed behind the sidecar's back (every damage of `copy_damages`) after the
+    /// log made it is refused by the read a snapshot makes, which returns nothing then.
+    #[test]
+    fn a_read_for_a_snapshot_refuses_a_copy_changed_since_the_log_made_it() {
+        for (what, damage) in crate::follow::tests::copy_damages() {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("dir");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("aof"), b"SET k v\r\nSET k2 v2\r\n").unwrap();
+            std::fs::write(dir.join("manifest"), b"file aof\n").unwrap();
+            let mut materializer = Materializer::open(&dir).unwrap();
+            let made: Contents = read_dir_contents(&dir)
+                .unwrap()
+                .into_iter()
+                .map(|(name, data)| (Bytes::from(name), FileSum::of(&data)))
+                .collect();
+            materializer.set_contents(made);
+            assert_eq!(
+                materializer.read_checked().unwrap(),
+                read_dir_contents(&dir).unwrap(),
+                "{what}: before the damage"
+            );
+            damage(&dir);
+            let refused = materializer.read_checked();
+            assert!(
+                matches!(refused, Err(MaterializeError::Differs { .. })),
+                "{what}: {refused:?}"
+            );
+        }
+    }
 
     /// A change valid against `model`, chosen by `pick`.
     fn valid_change(model: &BTreeMap<Vec<u8>, Vec<u8>>, pick: (u8, u8, u8, Vec<u8>)) -> Change {

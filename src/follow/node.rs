@@ -573,6 +573,17 @@ async fn answer_snapshot_requests(
             }
             let guard = UploadGuard::claim(&for_snapshots, lsn)?;
             let written = (|| -> Result<_, String> {
+                // A snapshot stands for the log before it: never one of a damaged copy
+                // (read first: a refused one leaves no configuration stored for it).
+                let files = match replay.read_checked() {
+                    Ok(files) => files,
+                    Err(differs @ MaterializeError::Differs { .. }) => {
+                        warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
+                        replay.differs_found().map_err(|e| e.to_string())?;
+                        return Err(differs.to_string());
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 // The core loop answers from its own state (it never waits for the replay,
                 // whose lock this holds); `None` once it is gone.
                 let committed = runtime
@@ -581,24 +592,8 @@ async fn answer_snapshot_requests(
                 for_snapshots.store_members_at(lsn, &committed)?;
                 let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, committed.epoch)
                     .map_err(|e| format!("cannot create the snapshot file: {e}"))?;
-                // A snapshot stands for the log before it: never one of a damaged copy.
-                // Every file is checked as it is read for the snapshot, so damage made at
-                // any time before that read is found (a check made first, then a read,
-                // would let damage made between the two into the snapshot).
-                let files = match super::snapshot::write_dir(
-                    replay.dir(),
-                    replay.contents(),
-                    &mut writer,
-                    &promoting,
-                ) {
-                    Ok(files) => files,
-                    Err(DirSnapshotError::Materialize(differs @ MaterializeError::Differs { .. })) => {
-                        warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
-                        replay.differs_found().map_err(|e| e.to_string())?;
-                        return Err(differs.to_string());
-                    }
-                    Err(e) => return Err(e.to_string()),
-                };
+                let files = super::snapshot::write_dir(files, &mut writer, &promoting)
+                    .map_err(|e| e.to_string())?;
                 let info = writer.finish().map_err(|e| e.to_string())?;
                 Ok((files, info))
             })();

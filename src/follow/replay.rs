@@ -191,9 +191,12 @@ impl Replay {
         Ok(())
     }
 
-    /// What the log made of the directory, file by file (the materializer's record).
-    pub fn contents(&self) -> &Contents {
-        self.materializer.contents()
+    /// Every file of the copy, read and checked against what the log made of it
+    /// ([`Materializer::read_checked`]): what a snapshot of the copy writes.
+    pub fn read_checked(
+        &self,
+    ) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
+        self.materializer.read_checked()
     }
 
     /// The snapshot a rebuild starts from (the node's newest), if any.

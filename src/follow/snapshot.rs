@@ -23,7 +23,7 @@
 //! whenever it rebuilds its copy (after serving, or a copy found not the log's): restoring
 //! the newest snapshot and replaying the log after it is faster than replaying it all.
 
-use std::os::unix::ffi::OsStrExt;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,15 +31,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
 
 use super::change::{Change, ChangeError, PIECE_LEN_MAX};
-use super::materialize::{read_dir_contents, Contents, FileSum, MaterializeError, Materializer};
+use super::materialize::{MaterializeError, Materializer};
 
 /// Why a snapshot of the directory could not be written or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum DirSnapshotError {
     #[error("the snapshot file: {0}")]
     File(#[from] wal::Error),
-    #[error("reading the followed directory: {0}")]
-    Read(#[source] std::io::Error),
     #[error("the snapshot's frame at body offset {offset} is not a change: {source}")]
     NotAChange {
         offset: u64,
@@ -54,20 +52,14 @@ pub enum DirSnapshotError {
     Stopped,
 }
 
-/// Writes every followed file of `dir` into `writer` as frames; returns how many files.
+/// Writes `files` (name and content, as [`Materializer::read_checked`] returns them) into
+/// `writer` as frames; returns how many files.
 ///
-/// What is written is what was read, and what was read must be what the log made of the
-/// directory (`expected`, the materializer's record: the same names, each with the same
-/// length and CRC-32): a copy damaged behind the sidecar's back, even between an earlier
-/// check and this read, is refused ([`MaterializeError::Differs`]), never made a snapshot
-/// that later restores would take for the log's state.
-///
-/// Gives up with [`DirSnapshotError::Stopped`] once `stop` is set (checked after the read
-/// and before every piece): a promotion waits for the directory, and a snapshot of a large
-/// one would hold up the failover for as long as it takes to write.
+/// Gives up with [`DirSnapshotError::Stopped`] once `stop` is set (checked before every
+/// piece): a promotion waits for the directory, and a snapshot of a large one would hold up
+/// the failover for as long as it takes to write.
 pub fn write_dir(
-    dir: &Path,
-    expected: &Contents,
+    files: BTreeMap<Vec<u8>, Vec<u8>>,
     writer: &mut SnapshotWriter,
     stop: &AtomicBool,
 ) -> Result<usize, DirSnapshotError> {
@@ -78,8 +70,6 @@ pub fn write_dir(
             Ok(())
         }
     };
-    let files = read_dir_contents(dir).map_err(DirSnapshotError::Read)?;
-    same_as_expected(dir, &files, expected)?;
     let count = files.len();
     for (name, data) in files {
         let name = Bytes::from(name);
@@ -109,43 +99,6 @@ pub fn write_dir(
         }
     }
     Ok(count)
-}
-
-/// Whether the files read from `dir` are exactly `expected`; the first difference otherwise.
-fn same_as_expected(
-    dir: &Path,
-    files: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-    expected: &Contents,
-) -> Result<(), MaterializeError> {
-    let path = |name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
-    for (name, data) in files {
-        let Some(want) = expected.get(name.as_slice()) else {
-            return Err(MaterializeError::Differs {
-                path: path(name),
-                what: "a file the log never made".to_string(),
-            });
-        };
-        let found = FileSum::of(data);
-        if found != *want {
-            return Err(MaterializeError::Differs {
-                path: path(name),
-                what: format!(
-                    "read for a snapshot, {} bytes with CRC-32 {:08x}, the log made {} bytes with {:08x}",
-                    found.len, found.crc, want.len, want.crc
-                ),
-            });
-        }
-    }
-    if let Some(name) = expected
-        .keys()
-        .find(|name| !files.contains_key(name.as_ref()))
-    {
-        return Err(MaterializeError::Differs {
-            path: path(name),
-            what: "missing, read for a snapshot".to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// Removes every followed file of the materializer's directory and applies the snapshot at
@@ -184,47 +137,8 @@ pub fn restore_dir(path: &Path, materializer: &mut Materializer) -> Result<(), D
 mod tests {
     use super::*;
     use crate::follow::change::PART_NAME;
+    use crate::follow::materialize::read_dir_contents;
     use wal::{Epoch, Lsn};
-
-    /// The record a materializer that made `dir` as it stands would hold.
-    fn as_made(dir: &Path) -> Contents {
-        read_dir_contents(dir)
-            .unwrap()
-            .into_iter()
-            .map(|(name, data)| (Bytes::from(name), FileSum::of(&data)))
-            .collect()
-    }
-
-    /// A copy changed behind the sidecar's back (every damage of `copy_damages`) after its
-    /// last check is refused when it is read for a snapshot, and no
-    /// snapshot is left: a restore would take the damage for the log's state.
-    #[test]
-    fn a_copy_changed_since_the_log_made_it_is_not_snapshotted() {
-        for (what, damage) in crate::follow::tests::copy_damages() {
-            let root = tempfile::tempdir().unwrap();
-            let dir = root.path().join("dir");
-            std::fs::create_dir(&dir).unwrap();
-            std::fs::write(dir.join("aof"), b"SET k v\r\nSET k2 v2\r\n").unwrap();
-            std::fs::write(dir.join("manifest"), b"file aof\n").unwrap();
-            let made = as_made(&dir);
-            damage(&dir);
-            let snapshots = root.path().join("snapshots");
-            std::fs::create_dir(&snapshots).unwrap();
-            let mut writer = SnapshotWriter::create(&snapshots, Lsn(9), Epoch(1)).unwrap();
-            let refused = write_dir(&dir, &made, &mut writer, &AtomicBool::new(false));
-            assert!(
-                matches!(
-                    refused,
-                    Err(DirSnapshotError::Materialize(
-                        MaterializeError::Differs { .. }
-                    ))
-                ),
-                "{what}: {refused:?}"
-            );
-            drop(writer);
-            assert_eq!(std::fs::read_dir(&snapshots).unwrap().count(), 0, "{what}");
-        }
-    }
 
     /// A directory written into a snapshot and restored into another (which held other
     /// files) is equal to it, a file longer than a piece included.
@@ -244,7 +158,12 @@ mod tests {
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(42), Epoch(3)).unwrap();
         assert_eq!(
-            write_dir(&dir, &as_made(&dir), &mut writer, &AtomicBool::new(false)).unwrap(),
+            write_dir(
+                read_dir_contents(&dir).unwrap(),
+                &mut writer,
+                &AtomicBool::new(false)
+            )
+            .unwrap(),
             4
         );
         let info = writer.finish().unwrap();
@@ -271,7 +190,8 @@ mod tests {
         let snapshots = root.path().join("snapshots");
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(9), Epoch(1)).unwrap();
-        let stopped = write_dir(&dir, &as_made(&dir), &mut writer, &AtomicBool::new(true));
+        let files = read_dir_contents(&dir).unwrap();
+        let stopped = write_dir(files, &mut writer, &AtomicBool::new(true));
         assert!(
             matches!(stopped, Err(DirSnapshotError::Stopped)),
             "{stopped:?}"
