@@ -25,12 +25,16 @@ struct Echo {
 impl Echo {
     /// Listens on a free loopback port.
     fn start() -> Echo {
-        Echo::start_at(SocketAddr::from(([127, 0, 0, 1], support::free_port())))
+        Echo::serve(support::bound_listener())
     }
 
-    /// Listens on `addr` (again, after [`Echo::stop`]).
+    /// Listens on `addr` again, after [`Echo::stop`].
     fn start_at(addr: SocketAddr) -> Echo {
-        let listener = TcpListener::bind(addr).unwrap();
+        Echo::serve(TcpListener::bind(addr).unwrap())
+    }
+
+    fn serve(listener: TcpListener) -> Echo {
+        let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {

@@ -39,6 +39,21 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {low}..{high}");
 }
 
+/// A listener on a free loopback port from the same window as [`free_port`], bound once
+/// and kept: for a server the test itself runs, so that nothing can take the port between
+/// a check and the bind that counts. A port that turns out taken is skipped for the next.
+pub fn bound_listener() -> TcpListener {
+    let mut last = None;
+    for _ in 0..64 {
+        let port = free_port();
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return listener,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no loopback port could be bound: {last:?}");
+}
+
 /// The window `free_port` draws from: from 10000 up to the start of the ephemeral range
 /// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default on Linux).
 fn port_window() -> (u16, u16) {
