@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use wal::snapshot::SnapshotInfo;
 use wal::{Lsn, NodeId};
 
-use super::store::snapshot_remove;
+use super::store::{snapshot_remove, snapshot_remove_now};
 use super::transfer::send;
 use super::{lock, Committed, Event, SnapshotMetrics};
 use crate::core::Input;
@@ -44,12 +44,8 @@ impl Shell {
             Event::Wanted { lsn, epoch, reply } => {
                 let _ = reply.send(self.core.snapshot_wanted(lsn, epoch));
             }
-            Event::Taken(info) => {
-                {
-                    let mut state = lock(&self.snapshots.state);
-                    state.installed.push(info);
-                    state.installed.sort_by_key(|info| info.lsn);
-                }
+            Event::Taken => {
+                // Already listed (`UploadGuard::stored`); what is left is the retention.
                 self.snapshot_retain_and_truncate()?;
             }
             Event::Received {
@@ -128,8 +124,12 @@ impl Shell {
         if !self.core.snapshot_wanted(info.lsn, info.epoch) {
             info!(lsn = %info.lsn, "snapshot from the primary no longer needed; removing it");
             // Removed with the directory fsynced after, as every snapshot is: one that came
-            // back after a crash would be taken for the newest at the next start.
-            snapshot_remove(&self.snapshots.dir, std::iter::once(info));
+            // back after a crash would be taken for the newest at the next start. Removed
+            // here, not on a background thread: the receive still holds its LSN
+            // (`receiving`), so no upload of the same LSN can start before the file is gone;
+            // a removal that ran later could delete that upload's `<lsn>.snap`.
+            let (dir, doomed) = (&self.snapshots.dir, std::slice::from_ref(info));
+            crate::node::blocking(|| snapshot_remove_now(dir, doomed));
             return Ok(false);
         }
         // The configuration at the snapshot goes to `members.json` before the log that

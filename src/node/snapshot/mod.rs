@@ -158,8 +158,8 @@ impl SnapshotMetrics {
 /// What the core loop is told or asked (`Shell::on_snapshot_event`).
 #[derive(Debug)]
 pub enum Event {
-    /// The local application's snapshot is installed.
-    Taken(SnapshotInfo),
+    /// The local application's snapshot is installed and listed: apply the retention.
+    Taken,
     /// A snapshot from the primary is installed on disk; put it in use if the core still
     /// wants it, and answer whether it did.
     Received {
@@ -203,9 +203,9 @@ enum Request {
     Idle { not_before: Instant },
     /// Asked at this time; no answer yet.
     Asked { at: Instant },
-    /// The application is streaming its snapshot; the [`schedule::UploadGuard`] with this `id` owns
-    /// the request until the upload ends.
-    Uploading { id: u64 },
+    /// The application is streaming its snapshot through `lsn`; the
+    /// [`schedule::UploadGuard`] with this `id` owns the request until the upload ends.
+    Uploading { id: u64, lsn: Lsn },
 }
 
 impl Request {
@@ -337,8 +337,13 @@ impl Snapshots {
     #[doc(hidden)]
     pub fn detached() -> Snapshots {
         let (events, _) = mpsc::channel(1);
+        Snapshots::empty(Path::new("/nonexistent"), events)
+    }
+
+    /// A store for `data_dir` with no snapshots in it and the default configuration.
+    fn empty(data_dir: &Path, events: mpsc::Sender<Event>) -> Snapshots {
         Snapshots::new(
-            Path::new("/nonexistent"),
+            data_dir,
             SnapshotConfig::default(),
             Recovered {
                 installed: Vec::new(),

@@ -137,18 +137,18 @@ impl UploadGuard {
         if state.partial.as_ref().is_some_and(|p| p.lsn == lsn) {
             state.partial = None;
         }
-        Ok(UploadGuard::start(snapshots, &mut state))
+        Ok(UploadGuard::start(snapshots, &mut state, lsn))
     }
 
     /// Takes the request for a new upload (`state` is locked by the caller).
-    fn start(snapshots: &Arc<Snapshots>, state: &mut State) -> UploadGuard {
+    fn start(snapshots: &Arc<Snapshots>, state: &mut State, lsn: Lsn) -> UploadGuard {
         assert!(
             !matches!(state.request, Request::Uploading { .. }),
             "an upload started while another holds the request"
         );
         state.uploads_started += 1;
         let id = state.uploads_started;
-        state.request = Request::Uploading { id };
+        state.request = Request::Uploading { id, lsn };
         UploadGuard {
             snapshots: Arc::clone(snapshots),
             id,
@@ -156,13 +156,32 @@ impl UploadGuard {
         }
     }
 
-    /// The upload stored its snapshot (`info`): count it, give the request back, and hand
-    /// the snapshot to the core loop.
+    /// The upload stored its snapshot (`info`): count it, list it among the installed ones,
+    /// give the request back, and tell the core loop (which applies the retention).
+    ///
+    /// Listed before the request is given back, under the same lock as the checks of
+    /// [`UploadGuard::claim`] and of a receive's start: from the upload's claim on, there is
+    /// no moment at which a receive of this LSN could begin (and write, then install or
+    /// remove, the same `<lsn>.snap`) while this snapshot is not in the list.
     pub(crate) async fn stored(self, info: SnapshotInfo) {
         let snapshots = Arc::clone(&self.snapshots);
         SnapshotMetrics::add(&snapshots.metrics.taken);
+        {
+            let mut state = lock(&snapshots.state);
+            assert!(
+                state.request
+                    == Request::Uploading {
+                        id: self.id,
+                        lsn: info.lsn
+                    },
+                "an upload stored a snapshot it did not claim"
+            );
+            state.installed.retain(|old| old.path != info.path);
+            state.installed.push(info);
+            state.installed.sort_by_key(|installed| installed.lsn);
+        }
         self.finish(true);
-        let _ = snapshots.events.send(Event::Taken(info)).await;
+        let _ = snapshots.events.send(Event::Taken).await;
     }
 
     /// The upload ended with a snapshot stored, or was refused before any data (not the
@@ -189,7 +208,10 @@ impl UploadGuard {
 
     /// Back to idle, if the request is still this upload's.
     fn give_back(&self, taken: bool) {
-        let owned = lock(&self.snapshots.state).request == Request::Uploading { id: self.id };
+        let owned = matches!(
+            lock(&self.snapshots.state).request,
+            Request::Uploading { id, .. } if id == self.id
+        );
         if owned {
             self.snapshots.request_done(taken);
         }

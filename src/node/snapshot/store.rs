@@ -272,7 +272,9 @@ pub(super) fn snapshot_remove<'a>(dir: &Path, doomed: impl Iterator<Item = &'a S
     tokio::task::spawn_blocking(move || snapshot_remove_now(&dir, &doomed));
 }
 
-fn snapshot_remove_now(dir: &Path, doomed: &[SnapshotInfo]) {
+/// Removes snapshot files now, on the calling thread, and fsyncs the directory once if any
+/// went (best effort, as [`snapshot_remove`]).
+pub(super) fn snapshot_remove_now(dir: &Path, doomed: &[SnapshotInfo]) {
     let mut removed = false;
     for info in doomed {
         match std::fs::remove_file(&info.path) {

@@ -24,7 +24,9 @@ use wal::snapshot::{SnapshotInfo, SnapshotWriter};
 use wal::{Epoch, Lsn, NodeId};
 
 use super::store::{install_received, is_damage, read_chunks, READ_AHEAD_CHUNKS};
-use super::{lock, on_blocking_thread, Event, Partial, SnapshotMetrics, Snapshots, TransferStatus};
+use super::{
+    lock, on_blocking_thread, Event, Partial, Request, SnapshotMetrics, Snapshots, TransferStatus,
+};
 use crate::node::metrics::Metrics;
 use crate::node::peer::{dial_handshake, PeerConfig};
 use crate::proto::peer::{encode_head, Frame, PeerCodec};
@@ -497,6 +499,19 @@ async fn receive_writer(
     let partial = loop {
         {
             let mut state = lock(&snapshots.state);
+            // The primary asked whether the snapshot is wanted before this; since then an
+            // upload of the application's snapshot may have claimed (or stored) this LSN:
+            // its file has the same name. Checked under the lock `UploadGuard::claim` and
+            // `UploadGuard::stored` take, so the two never write one `<lsn>.snap`.
+            if let Some(newest) = state.installed.last().filter(|newest| newest.lsn >= lsn) {
+                return Err(format!("a snapshot through lsn {} is here now", newest.lsn));
+            }
+            if matches!(state.request, Request::Uploading { lsn: uploading, .. } if uploading == lsn)
+            {
+                return Err(format!(
+                    "the application is uploading its snapshot of lsn {lsn}"
+                ));
+            }
             if state.receiving.is_none() {
                 state.receiving = Some(lsn);
                 break state.partial.take();
@@ -635,5 +650,63 @@ where
             }
             other => return Err(format!("unexpected {other:?} during a snapshot transfer")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::snapshot::schedule::UploadGuard;
+    use crate::node::snapshot::store::SNAPSHOTS_DIR;
+
+    /// A receive and an upload of the application's snapshot never write the same
+    /// `<lsn>.snap`: a receive does not start while an upload of its LSN holds the request
+    /// or once that upload's snapshot is listed, and an upload is not claimed while the
+    /// receive holds the LSN. (Either writing the other's file would install a torn
+    /// snapshot, or remove one the node uses.)
+    #[tokio::test]
+    async fn a_receive_and_an_upload_of_one_lsn_exclude_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(SNAPSHOTS_DIR)).unwrap();
+        let (events, _events_rx) = mpsc::channel(8);
+        let snapshots = Arc::new(Snapshots::empty(dir.path(), events));
+        let (from, lsn, epoch) = (NodeId(1), Lsn(40), Epoch(2));
+
+        // An upload holds lsn 40: the receive is refused, and takes nothing.
+        let guard = UploadGuard::claim(&snapshots, lsn).unwrap();
+        let refused = receive_writer(&snapshots, from, lsn, epoch, 10)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("uploading"), "{refused}");
+        assert_eq!(lock(&snapshots.state).receiving, None);
+        // A receive of another LSN is not in its way.
+        let other = receive_writer(&snapshots, from, Lsn(41), epoch, 10)
+            .await
+            .unwrap();
+        drop(other);
+        lock(&snapshots.state).receiving = None;
+
+        // The upload stores its snapshot: listed at once, so the receive is still refused.
+        let mut writer = SnapshotWriter::create(snapshots.dir(), lsn, epoch).unwrap();
+        writer.write(b"state at 40").unwrap();
+        let info = writer.finish().unwrap();
+        guard.stored(info.clone()).await;
+        assert_eq!(lock(&snapshots.state).installed, vec![info.clone()]);
+        let refused = receive_writer(&snapshots, from, lsn, epoch, 10)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("through lsn 40"), "{refused}");
+        assert!(
+            info.path.exists(),
+            "a refused receive touched the stored snapshot"
+        );
+
+        // The other way: a receive holds lsn 50, and an upload of it is not claimed.
+        let receiving = receive_writer(&snapshots, from, Lsn(50), epoch, 10)
+            .await
+            .unwrap();
+        let refused = UploadGuard::claim(&snapshots, Lsn(50)).err().unwrap();
+        assert!(refused.contains("being received"), "{refused}");
+        drop(receiving);
     }
 }
