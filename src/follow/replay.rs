@@ -186,9 +186,7 @@ impl Replay {
     /// The copy was found not to be what the log made of it (a check, or a snapshot's
     /// read): it holds nothing now, and the next catch-up rebuilds it.
     pub fn differs_found(&mut self) -> Result<(), ReplayError> {
-        self.mark_dirty()?;
-        self.set_applied(Lsn::ZERO);
-        Ok(())
+        self.mark_dirty()
     }
 
     /// Every file of the copy, read and checked against what the log made of it
@@ -216,10 +214,14 @@ impl Replay {
     }
 
     /// Records that the application may write the directory from now on: whatever happens
-    /// next (a crash included), it is rebuilt before it is followed again.
+    /// next (a crash included), it is rebuilt before it is followed again. Until then it
+    /// holds no state of the log: [`Replay::applied`] is 0, as a reopen of the state file
+    /// says too, so that a standby (a demoted primary) rebuilds it at its first catch-up
+    /// and nothing takes it for the log's state at the LSN it was caught up to.
     pub fn mark_dirty(&mut self) -> Result<(), ReplayError> {
         self.write_state(DIRTY)?;
         self.dirty = true;
+        self.set_applied(Lsn::ZERO);
         Ok(())
     }
 
@@ -460,6 +462,34 @@ mod tests {
         }
         .encode()
         .to_vec()
+    }
+
+    /// A directory handed to the application (a promotion) holds no state of the log from
+    /// then on, in memory as on disk: applied is 0 at once, and the next catch-up (a
+    /// demoted node's first) rebuilds it, whatever the application wrote, even with no
+    /// new commit to apply.
+    #[test]
+    fn a_directory_marked_dirty_holds_nothing_until_rebuilt() {
+        let root = tempfile::tempdir().unwrap();
+        let (_wal, reader, dir, state, mut replay) = opened(root.path());
+        assert_eq!(replay.catch_up(&reader, Lsn(4)).unwrap(), Lsn(4));
+        let shared = replay.applied_lsn();
+        replay.mark_dirty().unwrap();
+        assert_eq!(replay.applied(), Lsn::ZERO);
+        assert_eq!(shared.get(), Lsn::ZERO);
+        assert_eq!(
+            Replay::open(&dir, &state).unwrap().applied(),
+            replay.applied(),
+            "memory and the state file disagree"
+        );
+        // The application writes; the node is demoted with nothing new committed.
+        std::fs::write(dir.join("aof"), b"SET a 1\nSET x uncommitted\n").unwrap();
+        assert_eq!(replay.catch_up(&reader, Lsn(4)).unwrap(), Lsn(4));
+        assert_eq!(
+            read_dir_contents(&dir).unwrap()[&b"aof".to_vec()],
+            b"SET a 1\nSET b 2\n"
+        );
+        assert_eq!(first_line(&state), "4");
     }
 
     /// Committed records reach the directory and the state file; records above the commit
