@@ -25,10 +25,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
 use super::change::{Change, TEMP_PREFIX};
+
+/// How much of a file [`Materializer::read_checked`] reads between two looks at its stop
+/// flag: 4 MiB, a few milliseconds from the page cache.
+const READ_PIECE: u64 = 4 << 20;
 
 /// Why a change could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,8 @@ pub enum MaterializeError {
     Grow { path: PathBuf, len: u64, holds: u64 },
     #[error("{path}: {what}: the directory is not the log's")]
     Differs { path: PathBuf, what: String },
+    #[error("stopped: this node is being promoted, and its promotion needs the directory")]
+    Stopped,
 }
 
 /// One file as the applied changes left it.
@@ -215,25 +222,52 @@ impl Materializer {
     /// directory. The bytes returned are the bytes checked: damage made at any time before
     /// this read is found, where a check followed by a second read would let damage made
     /// between the two through (a snapshot must never hold a damaged copy).
-    pub fn read_checked(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
-        let files = read_dir_contents(&self.dir).map_err(io(&self.dir))?;
-        for (name, data) in &files {
+    ///
+    /// Gives up with [`MaterializeError::Stopped`] once `stop` is set, checked before every
+    /// [`READ_PIECE`] bytes: a promotion waits for the directory, and reading a large one
+    /// whole would hold up the failover for as long as the read takes.
+    pub fn read_checked(
+        &self,
+        stop: &AtomicBool,
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
+        let mut files = BTreeMap::new();
+        for name in read_dir_names(&self.dir).map_err(io(&self.dir))? {
+            let path = self.path(&name);
             let Some(want) = self.contents.get(name.as_slice()) else {
                 return Err(MaterializeError::Differs {
-                    path: self.path(name),
+                    path,
                     what: "a file the log never made".to_string(),
                 });
             };
-            let found = FileSum::of(data);
+            let mut file = File::open(&path).map_err(io(&path))?;
+            let len = file.metadata().map_err(io(&path))?.len();
+            let mut content = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            // Summed piece by piece as read, while the piece is in the CPU's cache.
+            let mut found = FileSum::EMPTY;
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    return Err(MaterializeError::Stopped);
+                }
+                let start = content.len();
+                let read = (&mut file)
+                    .take(READ_PIECE)
+                    .read_to_end(&mut content)
+                    .map_err(io(&path))?;
+                if read == 0 {
+                    break;
+                }
+                found = found.extended(&content[start..]);
+            }
             if found != *want {
                 return Err(MaterializeError::Differs {
-                    path: self.path(name),
+                    path,
                     what: format!(
                         "read as {} bytes with CRC-32 {:08x}, the log made {} bytes with {:08x}",
                         found.len, found.crc, want.len, want.crc
                     ),
                 });
             }
+            files.insert(name, content);
         }
         if let Some((name, want)) = self
             .contents
@@ -503,17 +537,67 @@ mod tests {
                 .collect();
             materializer.set_contents(made);
             assert_eq!(
-                materializer.read_checked().unwrap(),
+                materializer.read_checked(&AtomicBool::new(false)).unwrap(),
                 read_dir_contents(&dir).unwrap(),
                 "{what}: before the damage"
             );
             damage(&dir);
-            let refused = materializer.read_checked();
+            let refused = materializer.read_checked(&AtomicBool::new(false));
             assert!(
                 matches!(refused, Err(MaterializeError::Differs { .. })),
                 "{what}: {refused:?}"
             );
         }
+    }
+
+    /// A read for a snapshot stops when asked (a promotion waits for the directory), within
+    /// a piece of a large file, with nothing returned; asked before, it reads nothing.
+    #[test]
+    fn a_read_for_a_snapshot_stops_when_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("dir");
+        std::fs::create_dir(&dir).unwrap();
+        let big = vec![7u8; 64 * READ_PIECE as usize];
+        std::fs::write(dir.join("aof"), &big).unwrap();
+        let mut materializer = Materializer::open(&dir).unwrap();
+        materializer.set_contents(Contents::from([(Bytes::from("aof"), FileSum::of(&big))]));
+        let stop = AtomicBool::new(false);
+        let started = std::time::Instant::now();
+        let whole = materializer.read_checked(&stop).unwrap();
+        let whole_took = started.elapsed();
+        assert_eq!(whole[&b"aof".to_vec()].len(), big.len());
+        drop(whole);
+
+        stop.store(true, Ordering::Release);
+        let refused = materializer.read_checked(&stop);
+        assert!(
+            matches!(refused, Err(MaterializeError::Stopped)),
+            "{:?}",
+            refused.map(|files| files.len())
+        );
+        // Asked while it reads: it stops within a piece, not at the end of the file.
+        stop.store(false, Ordering::Release);
+        let started = std::time::Instant::now();
+        let (refused, stopped_after) = std::thread::scope(|scope| {
+            let reading = scope.spawn(|| {
+                let refused = materializer.read_checked(&stop);
+                (refused, started.elapsed())
+            });
+            std::thread::sleep(whole_took / 8);
+            stop.store(true, Ordering::Release);
+            let asked = started.elapsed();
+            let (refused, ended) = reading.join().unwrap();
+            (refused, ended.saturating_sub(asked))
+        });
+        assert!(
+            matches!(refused, Err(MaterializeError::Stopped)),
+            "{:?}",
+            refused.map(|files| files.len())
+        );
+        assert!(
+            stopped_after < whole_took / 2,
+            "stopped {stopped_after:?} after it was asked; a whole read takes {whole_took:?}"
+        );
     }
 
     /// A change valid against `model`, chosen by `pick`.

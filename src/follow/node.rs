@@ -537,8 +537,8 @@ fn newest_snapshot(node: &NodeHandle) -> Option<(Lsn, PathBuf)> {
 }
 
 /// Answers the node's snapshot requests until `cancel`: on standby, with a snapshot of the
-/// copy of the directory at the LSN it holds (taken under the replay's lock, so nothing is
-/// applied meanwhile); otherwise (serving: the directory is the application's, at no LSN)
+/// copy of the directory at the LSN it holds (read under the replay's lock, so nothing is
+/// applied meanwhile, then written without it); otherwise (serving: the directory is the application's, at no LSN)
 /// by declining, and the node asks again later.
 async fn answer_snapshot_requests(
     node: NodeHandle,
@@ -563,29 +563,39 @@ async fn answer_snapshot_requests(
         let promoting = Arc::clone(&promoting);
         let runtime = tokio::runtime::Handle::current();
         let taken = blocking(move || -> Result<_, String> {
-            let mut replay = lock(&replay);
-            if promoting.load(Ordering::Acquire) {
-                return Err(DirSnapshotError::Stopped.to_string());
-            }
-            let lsn = replay.applied();
-            if lsn == Lsn::ZERO {
-                return Err("nothing applied yet".into());
-            }
-            let guard = UploadGuard::claim(&for_snapshots, lsn)?;
-            let written = (|| -> Result<_, String> {
-                // A snapshot stands for the log before it: never one of a damaged copy
-                // (read first: a refused one leaves no configuration stored for it).
-                let files = match replay.read_checked() {
-                    Ok(files) => files,
+            // The copy is read under the replay's lock (nothing is applied meanwhile, and a
+            // promotion waits: `promoting` makes the read give up), and let go of once read:
+            // the bytes read are the snapshot, whatever happens to the directory after.
+            let (guard, lsn, files) = {
+                let mut replay = lock(&replay);
+                if promoting.load(Ordering::Acquire) {
+                    return Err(DirSnapshotError::Stopped.to_string());
+                }
+                let lsn = replay.applied();
+                if lsn == Lsn::ZERO {
+                    return Err("nothing applied yet".into());
+                }
+                let guard = UploadGuard::claim(&for_snapshots, lsn)?;
+                // A snapshot stands for the log before it: never one of a damaged copy (read
+                // first: a refused one leaves no configuration stored for it).
+                match replay.read_checked(&promoting) {
+                    Ok(files) => (guard, lsn, files),
                     Err(differs @ MaterializeError::Differs { .. }) => {
                         warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
-                        replay.differs_found().map_err(|e| e.to_string())?;
-                        return Err(differs.to_string());
+                        let e = match replay.differs_found() {
+                            Ok(()) => differs.to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        guard.abandon(&e);
+                        return Err(e);
                     }
-                    Err(e) => return Err(e.to_string()),
-                };
-                // The core loop answers from its own state (it never waits for the replay,
-                // whose lock this holds); `None` once it is gone.
+                    Err(e) => {
+                        guard.abandon(&e.to_string());
+                        return Err(e.to_string());
+                    }
+                }
+            };
+            let written = (|| -> Result<_, String> {
                 let committed = runtime
                     .block_on(for_snapshots.committed_at(lsn))
                     .ok_or_else(|| format!("lsn {lsn} is not committed or no longer in the log"))?;

@@ -193,8 +193,9 @@ impl Replay {
     /// ([`Materializer::read_checked`]): what a snapshot of the copy writes.
     pub fn read_checked(
         &self,
+        stop: &std::sync::atomic::AtomicBool,
     ) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
-        self.materializer.read_checked()
+        self.materializer.read_checked(stop)
     }
 
     /// The snapshot a rebuild starts from (the node's newest), if any.
