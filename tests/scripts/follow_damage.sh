@@ -15,8 +15,10 @@
 # With --restart the backups' sidecars are killed first and started again on the damaged
 # directory (a node restarted after its disk was tampered with); without it they keep
 # running (and, but for a flip, which keeps the file's length, must find the damage within
-# seconds with nothing written, and rebuild). With --snapshot (not with --restart) the nodes take a snapshot every 500 ms
-# while the log moves, and more keys are written after the damage: each damaged backup must
+# seconds with nothing written, and rebuild). With --snapshot (flip mode only, not with
+# --restart: a damage that changes a name or a length is found first by the backup's own
+# check of names and lengths, at its next catch-up or idle check, and rebuilt before any
+# snapshot reads it) the nodes take a snapshot every 500 ms while the log moves, and more keys are written after the damage: each damaged backup must
 # refuse to snapshot its copy (a snapshot stands for the log before it, which would then be
 # truncated behind it) and say so in its log. Then the primary is killed (sidecar and Redis): a backup is promoted and must
 # serve every acknowledged key, which it can only do if it noticed that its copy is not the
@@ -68,6 +70,7 @@ if [[ $ON_PRIMARY == 1 ]]; then
 fi
 if [[ $SNAPSHOT == 1 ]]; then
     [[ $RESTART == 0 ]] || { echo "--snapshot and --restart do not go together" >&2; exit 2; }
+    [[ $MODE == flip ]] || { echo "--snapshot goes only with --mode flip (the backup's check of names and lengths finds the other damages before a snapshot reads them)" >&2; exit 2; }
     NODE_ARGS=(--snapshot-interval 500ms)
 fi
 for tool in redis-server redis-cli; do
