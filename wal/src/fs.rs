@@ -120,6 +120,19 @@ pub fn create_tmp(path: &Path) -> Result<(File, PathBuf)> {
     Ok((file, tmp))
 }
 
+/// Creates `path.tmp` for writing, failing if it exists (`IoOp::Create`, `AlreadyExists`):
+/// for a file that two writers of one process could otherwise share, where the second's
+/// truncation would put its bytes in the first's file. Pair with [`install`].
+pub fn create_tmp_new(path: &Path) -> Result<(File, PathBuf)> {
+    let tmp = tmp_path(path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io(IoOp::Create, &tmp, e))?;
+    Ok((file, tmp))
+}
+
 /// Finishes an atomic install of `tmp` as `path`.
 ///
 /// # Durability

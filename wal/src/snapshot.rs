@@ -365,7 +365,12 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     /// Starts the snapshot covering `..=lsn`, whose record at `lsn` has `epoch`, in `dir`
-    /// (which must exist). A leftover temp file for the same LSN is overwritten.
+    /// (which must exist).
+    ///
+    /// Fails if the temp file of the same LSN exists: a live writer holds it (a second one
+    /// would truncate the first's file and each would install the other's bytes; of two
+    /// writers of one LSN, the later is refused, whatever the caller's bookkeeping), or a
+    /// crash left it, which [`remove_temps`] deletes at the next start.
     ///
     /// Panics if `lsn` or `epoch` is 0: a snapshot covers at least one record, and records
     /// have epochs ≥ 1.
@@ -373,7 +378,7 @@ impl SnapshotWriter {
         assert!(lsn != Lsn::ZERO, "a snapshot at lsn 0 covers no record");
         assert!(epoch != Epoch::ZERO, "snapshot at lsn {lsn} with epoch 0");
         let path = dir.join(file_name(lsn));
-        let (mut file, tmp) = fs::create_tmp(&path)?;
+        let (mut file, tmp) = fs::create_tmp_new(&path)?;
         let mut writer = SnapshotWriter {
             file: None,
             tmp,

@@ -721,3 +721,28 @@ fn finishing_a_snapshot_at_an_installed_lsn_replaces_it() {
     assert_eq!(read_body(&info.path), b"second");
     assert_eq!(snapshot::list(dir.path()).expect("list").len(), 1);
 }
+
+/// Two live writers of one LSN never share a temp file: the second is refused while the
+/// first holds it (a shared file would hold both writers' bytes, and either install would
+/// put a torn snapshot in place); once the first is dropped or finished, the LSN is free.
+#[test]
+fn a_second_writer_of_one_lsn_is_refused_while_the_first_lives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = SnapshotWriter::create(dir.path(), Lsn(7), Epoch(1)).expect("first");
+    first.write(&body(3_000, 1)).expect("write");
+    match SnapshotWriter::create(dir.path(), Lsn(7), Epoch(1)) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
+        }
+        other => panic!("a second writer of lsn 7: {other:?}"),
+    }
+    // Another LSN is not in its way.
+    drop(SnapshotWriter::create(dir.path(), Lsn(8), Epoch(1)).expect("lsn 8"));
+    // The refusal left the first writer's file alone.
+    let info = first.finish().expect("finish");
+    read_checked(&info.path, &body(3_000, 1)).expect("the first writer's bytes, whole");
+    // Finished, or dropped, a writer frees its LSN.
+    let second = SnapshotWriter::create(dir.path(), Lsn(7), Epoch(1)).expect("after finish");
+    drop(second);
+    drop(SnapshotWriter::create(dir.path(), Lsn(7), Epoch(1)).expect("after a drop"));
+}
