@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use wal::snapshot::SnapshotInfo;
 use wal::{Lsn, NodeId};
 
-use super::store::{snapshot_remove, snapshot_remove_now};
+use super::store::snapshot_remove;
 use super::transfer::send;
 use super::{lock, Committed, Event, SnapshotMetrics};
 use crate::core::Input;
@@ -122,14 +122,9 @@ impl Shell {
         config: (Lsn, crate::node::members::ConfigRecord),
     ) -> Result<bool, NodeError> {
         if !self.core.snapshot_wanted(info.lsn, info.epoch) {
+            // The receive removes it (`transfer::remove_unwanted`) before it lets go of the
+            // LSN, off this loop.
             info!(lsn = %info.lsn, "snapshot from the primary no longer needed; removing it");
-            // Removed with the directory fsynced after, as every snapshot is: one that came
-            // back after a crash would be taken for the newest at the next start. Removed
-            // here, not on a background thread: the receive still holds its LSN
-            // (`receiving`), so no upload of the same LSN can start before the file is gone;
-            // a removal that ran later could delete that upload's `<lsn>.snap`.
-            let (dir, doomed) = (&self.snapshots.dir, std::slice::from_ref(info));
-            crate::node::blocking(|| snapshot_remove_now(dir, doomed));
             return Ok(false);
         }
         // The configuration at the snapshot goes to `members.json` before the log that

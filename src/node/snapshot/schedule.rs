@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use wal::snapshot::SnapshotInfo;
 use wal::Lsn;
 
@@ -163,10 +163,14 @@ impl UploadGuard {
     /// [`UploadGuard::claim`] and of a receive's start: from the upload's claim on, there is
     /// no moment at which a receive of this LSN could begin (and write, then install or
     /// remove, the same `<lsn>.snap`) while this snapshot is not in the list.
+    ///
+    /// Not listed, but removed, if a newer snapshot from the primary was put in use while
+    /// the upload ran: the log now starts after that one, so this older snapshot is
+    /// continued by no log (kept, it would be what the node falls back to if the newer one
+    /// were found damaged, with the records between the two missing).
     pub(crate) async fn stored(self, info: SnapshotInfo) {
         let snapshots = Arc::clone(&self.snapshots);
-        SnapshotMetrics::add(&snapshots.metrics.taken);
-        {
+        let overtaken = {
             let mut state = lock(&snapshots.state);
             assert!(
                 state.request
@@ -176,10 +180,24 @@ impl UploadGuard {
                     },
                 "an upload stored a snapshot it did not claim"
             );
-            state.installed.retain(|old| old.path != info.path);
-            state.installed.push(info);
-            state.installed.sort_by_key(|installed| installed.lsn);
+            let newer = state.installed.last().map(|newest| newest.lsn);
+            match newer.filter(|newer| *newer >= info.lsn) {
+                Some(newer) => Some((newer, info)),
+                None => {
+                    state.installed.push(info);
+                    None
+                }
+            }
+        };
+        if let Some((newer, info)) = overtaken {
+            info!(lsn = %info.lsn, newer = %newer, "a snapshot from the primary was put in use while the application's was stored; removing the application's");
+            // No writer of this LSN can start now (`claim` and a receive see the newer
+            // one), so the file removed is this upload's.
+            super::store::snapshot_remove(&snapshots.dir, std::iter::once(&info));
+            self.finish(false);
+            return;
         }
+        SnapshotMetrics::add(&snapshots.metrics.taken);
         self.finish(true);
         let _ = snapshots.events.send(Event::Taken).await;
     }

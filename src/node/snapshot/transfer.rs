@@ -23,7 +23,9 @@ use tracing::{debug, error, info, warn};
 use wal::snapshot::{SnapshotInfo, SnapshotWriter};
 use wal::{Epoch, Lsn, NodeId};
 
-use super::store::{install_received, is_damage, read_chunks, READ_AHEAD_CHUNKS};
+use super::store::{
+    install_received, is_damage, read_chunks, snapshot_remove_now, READ_AHEAD_CHUNKS,
+};
 use super::{
     lock, on_blocking_thread, Event, Partial, Request, SnapshotMetrics, Snapshots, TransferStatus,
 };
@@ -631,16 +633,26 @@ where
                     .await
                     .map_err(|e| format!("cannot install the snapshot: {e}"))?;
                 let (reply, answer) = oneshot::channel();
-                let installed = snapshots
-                    .events
-                    .send(Event::Received {
-                        info,
-                        config: member_config.clone(),
-                        reply,
-                    })
-                    .await
-                    .is_ok()
-                    && answer.await.unwrap_or(false);
+                let received = info.clone();
+                let sent = snapshots.events.send(Event::Received {
+                    info,
+                    config: member_config.clone(),
+                    reply,
+                });
+                let installed = match sent.await.map(|()| answer) {
+                    Ok(answer) => match answer.await {
+                        Ok(true) => true,
+                        Ok(false) => {
+                            remove_unwanted(snapshots, received).await;
+                            false
+                        }
+                        // The core loop failed while putting it in use: the file stays for
+                        // the next start (`store::recover`).
+                        Err(_) => false,
+                    },
+                    // The core loop is gone (the node stops): the next start decides.
+                    Err(_) => false,
+                };
                 let done = Frame::SnapshotDone { installed };
                 write_frame(out, head, &done)
                     .await
@@ -653,11 +665,33 @@ where
     }
 }
 
+/// Removes a received snapshot the core loop no longer wanted, with the directory fsynced
+/// after (as every snapshot is removed: one that came back after a crash would be taken for
+/// the newest at the next start), on a blocking thread, and returns once it is gone.
+///
+/// The receive calls this before it lets go of its LSN (`receiving`): until then no upload
+/// of the same LSN can start, and so nothing but this receive's file can be at the path. A
+/// removal that ran after could delete such an upload's `<lsn>.snap`, listed as in use.
+async fn remove_unwanted(snapshots: &Snapshots, received: SnapshotInfo) {
+    debug_assert_eq!(lock(&snapshots.state).receiving, Some(received.lsn));
+    let dir = snapshots.dir.clone();
+    on_blocking_thread(move || snapshot_remove_now(&dir, std::slice::from_ref(&received))).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::node::snapshot::schedule::UploadGuard;
     use crate::node::snapshot::store::SNAPSHOTS_DIR;
+
+    /// An empty store in a new data dir, and the core loop's end of its events.
+    fn store() -> (tempfile::TempDir, Arc<Snapshots>, mpsc::Receiver<Event>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(SNAPSHOTS_DIR)).unwrap();
+        let (events, events_rx) = mpsc::channel(8);
+        let snapshots = Arc::new(Snapshots::empty(dir.path(), events));
+        (dir, snapshots, events_rx)
+    }
 
     /// A receive and an upload of the application's snapshot never write the same
     /// `<lsn>.snap`: a receive does not start while an upload of its LSN holds the request
@@ -666,10 +700,7 @@ mod tests {
     /// snapshot, or remove one the node uses.)
     #[tokio::test]
     async fn a_receive_and_an_upload_of_one_lsn_exclude_each_other() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join(SNAPSHOTS_DIR)).unwrap();
-        let (events, _events_rx) = mpsc::channel(8);
-        let snapshots = Arc::new(Snapshots::empty(dir.path(), events));
+        let (_dir, snapshots, _events) = store();
         let (from, lsn, epoch) = (NodeId(1), Lsn(40), Epoch(2));
 
         // An upload holds lsn 40: the receive is refused, and takes nothing.
@@ -708,5 +739,33 @@ mod tests {
         let refused = UploadGuard::claim(&snapshots, Lsn(50)).err().unwrap();
         assert!(refused.contains("being received"), "{refused}");
         drop(receiving);
+    }
+
+    /// An upload that ends after a newer snapshot from the primary was put in use (the log
+    /// now starts after that one) is not listed but removed: kept, it would be what the
+    /// node falls back to, with no log continuing it.
+    #[tokio::test]
+    async fn an_upload_overtaken_by_a_snapshot_from_the_primary_is_removed() {
+        let (_dir, snapshots, _events) = store();
+        let guard = UploadGuard::claim(&snapshots, Lsn(40)).unwrap();
+        // Meanwhile the primary's snapshot through 50 is installed (`snapshot_install`).
+        let mut newer = SnapshotWriter::create(snapshots.dir(), Lsn(50), Epoch(2)).unwrap();
+        newer.write(b"state at 50").unwrap();
+        let newer = newer.finish().unwrap();
+        lock(&snapshots.state).installed = vec![newer.clone()];
+
+        let mut writer = SnapshotWriter::create(snapshots.dir(), Lsn(40), Epoch(2)).unwrap();
+        writer.write(b"state at 40").unwrap();
+        let info = writer.finish().unwrap();
+        guard.stored(info.clone()).await;
+        assert_eq!(lock(&snapshots.state).installed, vec![newer.clone()]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while info.path.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!info.path.exists(), "the overtaken snapshot is still there");
+        assert!(newer.path.exists());
+        // The request is free again.
+        assert!(UploadGuard::claim(&snapshots, Lsn(60)).is_ok());
     }
 }
