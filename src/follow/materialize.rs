@@ -551,13 +551,14 @@ mod tests {
     }
 
     /// A read for a snapshot stops when asked (a promotion waits for the directory), within
-    /// a piece of a large file, with nothing returned; asked before, it reads nothing.
+    /// a piece of a large file (64 MiB, 16 pieces), with nothing returned; asked before, it
+    /// reads nothing.
     #[test]
     fn a_read_for_a_snapshot_stops_when_asked() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("dir");
         std::fs::create_dir(&dir).unwrap();
-        let big = vec![7u8; 64 * READ_PIECE as usize];
+        let big = vec![7u8; 16 * READ_PIECE as usize];
         std::fs::write(dir.join("aof"), &big).unwrap();
         let mut materializer = Materializer::open(&dir).unwrap();
         materializer.set_contents(Contents::from([(Bytes::from("aof"), FileSum::of(&big))]));
@@ -575,7 +576,8 @@ mod tests {
             "{:?}",
             refused.map(|files| files.len())
         );
-        // Asked while it reads: it stops within a piece, not at the end of the file.
+        // Asked while it reads (an eighth of the way in): it stops within a piece, not at the
+        // end of the file.
         stop.store(false, Ordering::Release);
         let started = std::time::Instant::now();
         let (refused, stopped_after) = std::thread::scope(|scope| {

@@ -589,27 +589,41 @@ async fn answer_snapshot_requests(
                         guard.abandon(&e);
                         return Err(e);
                     }
+                    // Given way to a promotion: not the application's fault, nothing to warn of.
+                    Err(stopped @ MaterializeError::Stopped) => {
+                        guard.finish(false);
+                        return Err(stopped.to_string());
+                    }
                     Err(e) => {
                         guard.abandon(&e.to_string());
                         return Err(e.to_string());
                     }
                 }
             };
-            let written = (|| -> Result<_, String> {
+            // `Err((stopped, reason))`.
+            let written = (|| -> Result<_, (bool, String)> {
                 let committed = runtime
                     .block_on(for_snapshots.committed_at(lsn))
-                    .ok_or_else(|| format!("lsn {lsn} is not committed or no longer in the log"))?;
-                for_snapshots.store_members_at(lsn, &committed)?;
+                    .ok_or_else(|| {
+                        (false, format!("lsn {lsn} is not committed or no longer in the log"))
+                    })?;
+                for_snapshots
+                    .store_members_at(lsn, &committed)
+                    .map_err(|e| (false, e))?;
                 let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, committed.epoch)
-                    .map_err(|e| format!("cannot create the snapshot file: {e}"))?;
+                    .map_err(|e| (false, format!("cannot create the snapshot file: {e}")))?;
                 let files = super::snapshot::write_dir(files, &mut writer, &promoting)
-                    .map_err(|e| e.to_string())?;
-                let info = writer.finish().map_err(|e| e.to_string())?;
+                    .map_err(|e| (matches!(e, DirSnapshotError::Stopped), e.to_string()))?;
+                let info = writer.finish().map_err(|e| (false, e.to_string()))?;
                 Ok((files, info))
             })();
             match written {
                 Ok((files, info)) => Ok((guard, files, info)),
-                Err(e) => {
+                Err((true, e)) => {
+                    guard.finish(false);
+                    Err(e)
+                }
+                Err((false, e)) => {
                     guard.abandon(&e);
                     Err(e)
                 }
