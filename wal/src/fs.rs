@@ -141,20 +141,22 @@ pub fn create_tmp_new(path: &Path) -> Result<(File, PathBuf)> {
 /// 3. fsync the directory (the rename is on disk).
 ///
 /// A crash before 2 leaves the old `path` (or none) and a temp file that the next open
-/// removes; after 2 `path` is complete; 3 makes the switch survive power loss. On error the
-/// temp file is removed, best effort.
+/// removes; after 2 `path` is complete; 3 makes the switch survive power loss. On an error
+/// before the rename the temp file is removed, best effort; after it (3 failed), the temp
+/// name is no longer this file's, and is left alone: another writer may have created it
+/// since.
 pub fn install(file: File, tmp: &Path, path: &Path) -> Result<()> {
-    let result = (|| {
+    let renamed = (|| {
         file.sync_all()
             .map_err(|e| Error::io(IoOp::Fsync, tmp, e))?;
         drop(file);
-        std::fs::rename(tmp, path).map_err(|e| Error::io(IoOp::Rename, path, e))?;
-        sync_dir(parent(path))
+        std::fs::rename(tmp, path).map_err(|e| Error::io(IoOp::Rename, path, e))
     })();
-    if result.is_err() {
+    if renamed.is_err() {
         let _ = std::fs::remove_file(tmp);
+        return renamed;
     }
-    result
+    sync_dir(parent(path))
 }
 
 /// Writes `bytes` to `path` atomically (see [`install`]).
