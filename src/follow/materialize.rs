@@ -175,10 +175,7 @@ impl Materializer {
         let names = read_dir_names(&self.dir).map_err(io(&self.dir))?;
         for name in &names {
             if !self.contents.contains_key(name.as_slice()) {
-                return Err(MaterializeError::Differs {
-                    path: self.path(name),
-                    what: "a file the log never made".to_string(),
-                });
+                return Err(self.never_made(name));
             }
         }
         for (name, want) in &self.contents {
@@ -186,10 +183,7 @@ impl Materializer {
             let mut file = match File::open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(MaterializeError::Differs {
-                        path,
-                        what: format!("missing (the log made it {} bytes long)", want.len),
-                    })
+                    return Err(self.missing(name, want))
                 }
                 Err(e) => return Err(io(&path)(e)),
             };
@@ -234,10 +228,7 @@ impl Materializer {
         for name in read_dir_names(&self.dir).map_err(io(&self.dir))? {
             let path = self.path(&name);
             let Some(want) = self.contents.get(name.as_slice()) else {
-                return Err(MaterializeError::Differs {
-                    path,
-                    what: "a file the log never made".to_string(),
-                });
+                return Err(self.never_made(&name));
             };
             let mut file = File::open(&path).map_err(io(&path))?;
             let len = file.metadata().map_err(io(&path))?.len();
@@ -274,12 +265,23 @@ impl Materializer {
             .iter()
             .find(|(name, _)| !files.contains_key(name.as_ref()))
         {
-            return Err(MaterializeError::Differs {
-                path: self.path(name),
-                what: format!("missing (the log made it {} bytes long)", want.len),
-            });
+            return Err(self.missing(name, want));
         }
         Ok(files)
+    }
+
+    fn never_made(&self, name: &[u8]) -> MaterializeError {
+        MaterializeError::Differs {
+            path: self.path(name),
+            what: "a file the log never made".to_string(),
+        }
+    }
+
+    fn missing(&self, name: &[u8], want: &FileSum) -> MaterializeError {
+        MaterializeError::Differs {
+            path: self.path(name),
+            what: format!("missing (the log made it {} bytes long)", want.len),
+        }
     }
 
     fn path(&self, name: &[u8]) -> PathBuf {
