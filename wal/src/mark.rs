@@ -182,9 +182,21 @@ impl DurableMark {
     /// Writes `lsn` over the mark and fsyncs it, if the mark is higher: before the log is
     /// cut back to `lsn`.
     pub fn lower(&self, lsn: Lsn) -> Result<()> {
+        self.lower_with(lsn, File::sync_data)
+    }
+
+    /// [`DurableMark::lower`] with `sync_data` for the file's fsync.
+    fn lower_with(
+        &self,
+        lsn: Lsn,
+        sync_data: impl FnOnce(&File) -> std::io::Result<()>,
+    ) -> Result<()> {
         if lsn < self.value() {
             self.write(lsn)?;
-            self.sync()?;
+            // Always fsynced, even if `lsn` is the value last synced: a higher value
+            // written since (never synced) may have reached the disk by writeback, and
+            // the page now holding `lsn` must replace it there before the log is cut.
+            self.sync_with(sync_data, true)?;
         }
         Ok(())
     }
@@ -202,17 +214,22 @@ impl DurableMark {
     /// Makes the value last written durable, if it is not already. After a failed sync
     /// the value is written again before the next one.
     pub fn sync(&self) -> Result<()> {
-        self.sync_with(File::sync_data)
+        self.sync_with(File::sync_data, false)
     }
 
-    /// [`DurableMark::sync`] with `sync_data` for the file's fsync.
+    /// [`DurableMark::sync`] with `sync_data` for the file's fsync; `force` fsyncs even
+    /// when the value is the one last made durable.
     ///
     /// Two threads may sync at once (the floor's keeper, and the writer lowering it). The
     /// kernel reports a failed writeback once per open file, to whichever fsync checks
     /// first: the other can succeed although the page was dropped. So a success covers
     /// only the failures counted before it began (it wrote the value again after them); one
     /// counted meanwhile leaves the rewrite due, and the value not known durable.
-    fn sync_with(&self, sync_data: impl FnOnce(&File) -> std::io::Result<()>) -> Result<()> {
+    fn sync_with(
+        &self,
+        sync_data: impl FnOnce(&File) -> std::io::Result<()>,
+        force: bool,
+    ) -> Result<()> {
         let failures = self.failures.load(Ordering::Acquire);
         let rewrite = failures > self.covered.load(Ordering::Acquire);
         if rewrite {
@@ -220,7 +237,7 @@ impl DurableMark {
             self.write_locked(self.value())?;
         }
         let value = self.value.load(Ordering::Acquire);
-        if !rewrite && self.synced.load(Ordering::Acquire) == value {
+        if !force && !rewrite && self.synced.load(Ordering::Acquire) == value {
             return Ok(());
         }
         if let Err(e) = sync_data(&self.file) {
@@ -316,7 +333,7 @@ mod tests {
         let (path, mark) = raised_from_5_to_9(dir.path());
         // A failed fsync may drop the written page: the file shows the older value again.
         std::fs::write(&path, encode(Lsn(5))).expect("revert");
-        let failed = mark.sync_with(|_| Err(eio()));
+        let failed = mark.sync_with(|_| Err(eio()), false);
         assert!(failed.is_err());
         assert!(!mark.is_synced());
         mark.sync().expect("sync");
@@ -335,13 +352,16 @@ mod tests {
     fn a_sync_that_succeeds_beside_a_failed_one_leaves_the_rewrite_due() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, mark) = raised_from_5_to_9(dir.path());
-        mark.sync_with(|_| {
-            // Meanwhile, on another thread: a sync fails, and its failure drops the page.
-            let other = mark.sync_with(|_| Err(eio()));
-            assert!(other.is_err());
-            std::fs::write(&path, encode(Lsn(5))).expect("revert");
-            Ok(())
-        })
+        mark.sync_with(
+            |_| {
+                // Meanwhile, on another thread: a sync fails, and its failure drops the page.
+                let other = mark.sync_with(|_| Err(eio()), false);
+                assert!(other.is_err());
+                std::fs::write(&path, encode(Lsn(5))).expect("revert");
+                Ok(())
+            },
+            false,
+        )
         .expect("the first sync succeeds");
         assert!(
             !mark.is_synced(),
@@ -351,6 +371,26 @@ mod tests {
         mark.sync().expect("sync");
         assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(9)));
         assert!(mark.is_synced());
+    }
+
+    /// Lowered back to the value last synced, the mark is fsynced all the same: the higher
+    /// value written since may be what the disk holds.
+    #[test]
+    fn a_mark_lowered_to_its_synced_value_is_synced_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, mark) = raised_from_5_to_9(dir.path());
+        let mut fsynced = false;
+        mark.lower_with(Lsn(5), |file| {
+            fsynced = true;
+            file.sync_data()
+        })
+        .expect("lower");
+        assert!(fsynced, "lowered without an fsync");
+        assert_eq!(read(&path).expect("read"), MarkFile::At(Lsn(5)));
+        assert!(mark.is_synced());
+        // Not lower: nothing written, nothing synced.
+        mark.lower_with(Lsn(7), |_| panic!("synced a mark it did not lower"))
+            .expect("no-op");
     }
 
     #[test]
