@@ -11,6 +11,8 @@
 //!   `AppendsAbandoned` (its LSN is above `after`: outcome unknown, the client must check or
 //!   retry) or by the process ending. No other outcome exists, so no client waits forever.
 
+use std::time::Duration;
+
 use wal::{Epoch, Lsn, NodeId};
 
 use super::{Members, MembersRefusal, Message};
@@ -62,6 +64,14 @@ pub enum Action {
         role: Role,
         epoch: Epoch,
         primary: Option<NodeId>,
+    },
+    /// This primary's lease lapsed and it steps down (the `RoleChanged` follows): no
+    /// majority acknowledged an append sent within the lease, `lease` long. `acked_sent_ago`:
+    /// how long before now the append was sent whose acknowledgement a majority last held
+    /// (`None`: a majority never acknowledged one in this epoch). For the operator's log.
+    LeaseLapsed {
+        lease: Duration,
+        acked_sent_ago: Option<Duration>,
     },
     /// This node stopped being primary: every append it accepted above `after` has an unknown
     /// outcome (it may yet be committed by the next primary, or be truncated).

@@ -175,6 +175,18 @@ impl Core {
         match self.st.role {
             Role::Primary => {
                 if !self.lease_valid() {
+                    let acked_sent_ago =
+                        self.lease_until()
+                            .filter(|&end| end != Time::ZERO)
+                            .map(|end| {
+                                self.st.now.saturating_since(Time::from_duration(
+                                    end.as_duration() - self.lease,
+                                ))
+                            });
+                    out.push(Action::LeaseLapsed {
+                        lease: self.lease,
+                        acked_sent_ago,
+                    });
                     self.step_down(out);
                 }
             }

@@ -939,6 +939,11 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
     assert_eq!(
         out,
         vec![
+            // Counted from the vote requests, sent at 600 ms.
+            Action::LeaseLapsed {
+                lease: Duration::from_millis(450),
+                acked_sent_ago: Some(Duration::from_millis(450)),
+            },
             Action::AppendsAbandoned { after: Lsn::ZERO },
             Action::ProposeRejected {
                 reason: Rejection::NotPrimary { primary: None }

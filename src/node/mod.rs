@@ -580,6 +580,23 @@ impl Shell {
                 epoch,
                 primary,
             } => self.role_changed(role, epoch, primary),
+            Action::LeaseLapsed {
+                lease,
+                acked_sent_ago,
+            } => {
+                let lease_ms = lease.as_millis() as u64;
+                match acked_sent_ago {
+                    Some(ago) => warn!(
+                        lease_ms,
+                        acked_sent_ms_ago = ago.as_millis() as u64,
+                        "stepping down: the lease lapsed (no majority acknowledged an append sent within the lease; the latest a majority acknowledged was sent acked_sent_ms_ago before now): the backups are unreachable, paused, or too slow to answer"
+                    ),
+                    None => warn!(
+                        lease_ms,
+                        "stepping down: the lease lapsed (no majority acknowledged any append in this epoch)"
+                    ),
+                }
+            }
             Action::AppendsAbandoned { after } => {
                 let abandoned = self.pending.iter().filter(|p| p.last_lsn > after).count();
                 if abandoned > 0 {

@@ -2052,7 +2052,8 @@ impl Sim {
             Action::Switchover { .. }
             | Action::SwitchoverStarted { .. }
             | Action::PauseChanged { .. }
-            | Action::ElectionDeferred { .. } => {}
+            | Action::ElectionDeferred { .. }
+            | Action::LeaseLapsed { .. } => {}
             Action::QuarantineEnded => self.nodes[node].fresh = false,
             Action::Promoted { .. } | Action::BecameLearner { .. } => {}
         }
