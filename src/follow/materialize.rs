@@ -20,7 +20,7 @@
 //! sees a half-written file; stale temporary files are removed when a materializer opens
 //! the directory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -34,6 +34,8 @@ use super::change::{Change, TEMP_PREFIX};
 /// How much of a file [`Materializer::read_checked`] reads between two looks at its stop
 /// flag: 4 MiB, a few milliseconds from the page cache.
 const READ_PIECE: u64 = 4 << 20;
+// A piece read is one change of a snapshot (`snapshot::write_dir`).
+const _: () = assert!(READ_PIECE as usize <= super::change::PIECE_LEN_MAX);
 
 /// Why a change could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -211,43 +213,61 @@ impl Materializer {
         Ok(())
     }
 
-    /// Reads every followed file and checks what was read against what the applied
-    /// changes left (names, lengths, CRC-32), as [`Materializer::verify`] checks the
-    /// directory. The bytes returned are the bytes checked: damage made at any time before
-    /// this read is found, where a check followed by a second read would let damage made
-    /// between the two through (a snapshot must never hold a damaged copy).
+    /// Reads every followed file, in name order, [`READ_PIECE`] bytes at a time, and hands
+    /// each piece to `sink` as it is read (the file's name, the piece's offset in it, its
+    /// bytes; an empty file is one empty piece at offset 0); then checks what was read
+    /// against what the applied changes left (names, lengths, CRC-32), as
+    /// [`Materializer::verify`] checks the directory. Returns how many files were read.
+    ///
+    /// The bytes handed over are the bytes checked: damage made at any time before this read
+    /// is found, where a check followed by a second read would let damage made between the
+    /// two through (a snapshot must never hold a damaged copy). A file is checked once it has
+    /// been read whole, after its pieces went to `sink`: on an error, the caller discards
+    /// everything `sink` was given. Nothing is held in memory beyond one piece.
     ///
     /// Gives up with [`MaterializeError::Stopped`] once `stop` is set, checked before every
-    /// [`READ_PIECE`] bytes: a promotion waits for the directory, and reading a large one
-    /// whole would hold up the failover for as long as the read takes.
-    pub fn read_checked(
+    /// piece: a promotion waits for the directory, and reading a large one whole would hold
+    /// up the failover for as long as the read takes.
+    pub fn read_checked<E: From<MaterializeError>>(
         &self,
         stop: &AtomicBool,
-    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
-        let mut files = BTreeMap::new();
-        for name in read_dir_names(&self.dir).map_err(io(&self.dir))? {
-            let path = self.path(&name);
-            let Some(want) = self.contents.get(name.as_slice()) else {
-                return Err(self.never_made(&name));
+        mut sink: impl FnMut(&Bytes, u64, Bytes) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let names = read_dir_names(&self.dir).map_err(io(&self.dir))?;
+        for name in &names {
+            if !self.contents.contains_key(name.as_slice()) {
+                return Err(self.never_made(name).into());
+            }
+        }
+        for (name, want) in &self.contents {
+            let path = self.path(name);
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.missing(name, want).into())
+                }
+                Err(e) => return Err(io(&path)(e).into()),
             };
-            let mut file = File::open(&path).map_err(io(&path))?;
-            let len = file.metadata().map_err(io(&path))?.len();
-            let mut content = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
             // Summed piece by piece as read, while the piece is in the CPU's cache.
             let mut found = FileSum::EMPTY;
             loop {
                 if stop.load(Ordering::Acquire) {
-                    return Err(MaterializeError::Stopped);
+                    return Err(MaterializeError::Stopped.into());
                 }
-                let start = content.len();
+                let mut piece = Vec::with_capacity(READ_PIECE as usize);
                 let read = (&mut file)
                     .take(READ_PIECE)
-                    .read_to_end(&mut content)
+                    .read_to_end(&mut piece)
                     .map_err(io(&path))?;
+                if read == 0 && found.len > 0 {
+                    break;
+                }
+                let offset = found.len;
+                found = found.extended(&piece);
+                sink(name, offset, Bytes::from(piece))?;
                 if read == 0 {
                     break;
                 }
-                found = found.extended(&content[start..]);
             }
             if found != *want {
                 return Err(MaterializeError::Differs {
@@ -256,18 +276,11 @@ impl Materializer {
                         "read as {} bytes with CRC-32 {:08x}, the log made {} bytes with {:08x}",
                         found.len, found.crc, want.len, want.crc
                     ),
-                });
+                }
+                .into());
             }
-            files.insert(name, content);
         }
-        if let Some((name, want)) = self
-            .contents
-            .iter()
-            .find(|(name, _)| !files.contains_key(name.as_ref()))
-        {
-            return Err(self.missing(name, want));
-        }
-        Ok(files)
+        Ok(self.contents.len())
     }
 
     fn never_made(&self, name: &[u8]) -> MaterializeError {
@@ -516,10 +529,37 @@ pub fn remove_followed(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What the applied changes would have to leave for `dir` as it is: each file's length and
+/// CRC-32.
+#[cfg(test)]
+pub fn contents_of(dir: &Path) -> Contents {
+    read_dir_contents(dir)
+        .expect("read the directory")
+        .into_iter()
+        .map(|(name, data)| (Bytes::from(name), FileSum::of(&data)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// Every file `read_checked` hands over, put back together.
+    fn read_whole(
+        materializer: &Materializer,
+        stop: &AtomicBool,
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
+        let mut files: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        materializer.read_checked(stop, |name, offset, data| {
+            let file = files.entry(name.to_vec()).or_default();
+            assert_eq!(offset, file.len() as u64, "pieces out of order");
+            file.extend_from_slice(&data);
+            Ok::<_, MaterializeError>(())
+        })?;
+        Ok(files)
+    }
 
     /// A copy changed behind the sidecar's back (every damage of `copy_damages`) after the
     /// log made it is refused by the read a snapshot makes, which returns nothing then.
@@ -532,19 +572,14 @@ mod tests {
             std::fs::write(dir.join("aof"), b"SET k v\r\nSET k2 v2\r\n").unwrap();
             std::fs::write(dir.join("manifest"), b"file aof\n").unwrap();
             let mut materializer = Materializer::open(&dir).unwrap();
-            let made: Contents = read_dir_contents(&dir)
-                .unwrap()
-                .into_iter()
-                .map(|(name, data)| (Bytes::from(name), FileSum::of(&data)))
-                .collect();
-            materializer.set_contents(made);
+            materializer.set_contents(contents_of(&dir));
             assert_eq!(
-                materializer.read_checked(&AtomicBool::new(false)).unwrap(),
+                read_whole(&materializer, &AtomicBool::new(false)).unwrap(),
                 read_dir_contents(&dir).unwrap(),
                 "{what}: before the damage"
             );
             damage(&dir);
-            let refused = materializer.read_checked(&AtomicBool::new(false));
+            let refused = read_whole(&materializer, &AtomicBool::new(false));
             assert!(
                 matches!(refused, Err(MaterializeError::Differs { .. })),
                 "{what}: {refused:?}"
@@ -566,13 +601,13 @@ mod tests {
         materializer.set_contents(Contents::from([(Bytes::from("aof"), FileSum::of(&big))]));
         let stop = AtomicBool::new(false);
         let started = std::time::Instant::now();
-        let whole = materializer.read_checked(&stop).unwrap();
+        let whole = read_whole(&materializer, &stop).unwrap();
         let whole_took = started.elapsed();
         assert_eq!(whole[&b"aof".to_vec()].len(), big.len());
         drop(whole);
 
         stop.store(true, Ordering::Release);
-        let refused = materializer.read_checked(&stop);
+        let refused = read_whole(&materializer, &stop);
         assert!(
             matches!(refused, Err(MaterializeError::Stopped)),
             "{:?}",
@@ -584,7 +619,7 @@ mod tests {
         let started = std::time::Instant::now();
         let (refused, stopped_after) = std::thread::scope(|scope| {
             let reading = scope.spawn(|| {
-                let refused = materializer.read_checked(&stop);
+                let refused = read_whole(&materializer, &stop);
                 (refused, started.elapsed())
             });
             std::thread::sleep(whole_took / 8);

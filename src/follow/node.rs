@@ -564,9 +564,11 @@ async fn answer_snapshot_requests(
         let runtime = tokio::runtime::Handle::current();
         let taken = blocking(move || -> Result<_, String> {
             // The copy is read under the replay's lock (nothing is applied meanwhile, and a
-            // promotion waits: `promoting` makes the read give up), and let go of once read:
-            // the bytes read are the snapshot, whatever happens to the directory after.
-            let (guard, lsn, files) = {
+            // promotion waits: `promoting` makes the read give up) and written into the
+            // snapshot piece by piece as read: the bytes read and checked are the snapshot,
+            // whatever happens to the directory after, and a directory larger than memory
+            // is never held in it.
+            let (guard, lsn, committed, files, writer) = {
                 let mut replay = lock(&replay);
                 if promoting.load(Ordering::Acquire) {
                     return Err(DirSnapshotError::Stopped.to_string());
@@ -576,11 +578,30 @@ async fn answer_snapshot_requests(
                     return Err("nothing applied yet".into());
                 }
                 let guard = UploadGuard::claim(&for_snapshots, lsn)?;
-                // A snapshot stands for the log before it: never one of a damaged copy (read
-                // first: a refused one leaves no configuration stored for it).
-                match replay.read_checked(&promoting) {
-                    Ok(files) => (guard, lsn, files),
-                    Err(differs @ MaterializeError::Differs { .. }) => {
+                let Some(committed) = runtime.block_on(for_snapshots.committed_at(lsn)) else {
+                    let e = format!("lsn {lsn} is not committed or no longer in the log");
+                    guard.abandon(&e);
+                    return Err(e);
+                };
+                let mut writer = match SnapshotWriter::create(
+                    for_snapshots.dir(),
+                    lsn,
+                    committed.epoch,
+                ) {
+                    Ok(writer) => writer,
+                    Err(e) => {
+                        let e = format!("cannot create the snapshot file: {e}");
+                        guard.abandon(&e);
+                        return Err(e);
+                    }
+                };
+                // A snapshot stands for the log before it: never one of a damaged copy
+                // (dropped unfinished, the writer removes its file).
+                match replay.write_snapshot(&mut writer, &promoting) {
+                    Ok(files) => (guard, lsn, committed, files, writer),
+                    Err(DirSnapshotError::Materialize(
+                        differs @ MaterializeError::Differs { .. },
+                    )) => {
                         warn!(error = %differs, "follow mode: the copy of the followed directory is not what the log made of it; no snapshot of it, and it is rebuilt at the next catch-up");
                         let e = match replay.differs_found() {
                             Ok(()) => differs.to_string(),
@@ -590,7 +611,7 @@ async fn answer_snapshot_requests(
                         return Err(e);
                     }
                     // Given way to a promotion: not the application's fault, nothing to warn of.
-                    Err(stopped @ MaterializeError::Stopped) => {
+                    Err(stopped @ DirSnapshotError::Stopped) => {
                         guard.finish(false);
                         return Err(stopped.to_string());
                     }
@@ -600,30 +621,14 @@ async fn answer_snapshot_requests(
                     }
                 }
             };
-            // `Err((stopped, reason))`.
-            let written = (|| -> Result<_, (bool, String)> {
-                let committed = runtime
-                    .block_on(for_snapshots.committed_at(lsn))
-                    .ok_or_else(|| {
-                        (false, format!("lsn {lsn} is not committed or no longer in the log"))
-                    })?;
-                for_snapshots
-                    .store_members_at(lsn, &committed)
-                    .map_err(|e| (false, e))?;
-                let mut writer = SnapshotWriter::create(for_snapshots.dir(), lsn, committed.epoch)
-                    .map_err(|e| (false, format!("cannot create the snapshot file: {e}")))?;
-                let files = super::snapshot::write_dir(files, &mut writer, &promoting)
-                    .map_err(|e| (matches!(e, DirSnapshotError::Stopped), e.to_string()))?;
-                let info = writer.finish().map_err(|e| (false, e.to_string()))?;
-                Ok((files, info))
-            })();
-            match written {
-                Ok((files, info)) => Ok((guard, files, info)),
-                Err((true, e)) => {
-                    guard.finish(false);
-                    Err(e)
-                }
-                Err((false, e)) => {
+            // The copy checked whole: its configuration stored, then the file finished
+            // (a refused copy leaves no configuration stored for it).
+            let finished = for_snapshots
+                .store_members_at(lsn, &committed)
+                .and_then(|()| writer.finish().map_err(|e| e.to_string()));
+            match finished {
+                Ok(info) => Ok((guard, files, info)),
+                Err(e) => {
                     guard.abandon(&e);
                     Err(e)
                 }

@@ -189,13 +189,14 @@ impl Replay {
         self.mark_dirty()
     }
 
-    /// Every file of the copy, read and checked against what the log made of it
-    /// ([`Materializer::read_checked`]): what a snapshot of the copy writes.
-    pub fn read_checked(
+    /// Writes the copy into `writer` as it is read and checked against what the log made of
+    /// it ([`super::snapshot::write_dir`]): a snapshot of the copy at [`Replay::applied`].
+    pub fn write_snapshot(
         &self,
+        writer: &mut wal::snapshot::SnapshotWriter,
         stop: &std::sync::atomic::AtomicBool,
-    ) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, MaterializeError> {
-        self.materializer.read_checked(stop)
+    ) -> Result<usize, super::snapshot::DirSnapshotError> {
+        super::snapshot::write_dir(&self.materializer, writer, stop)
     }
 
     /// The snapshot a rebuild starts from (the node's newest), if any.

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Each file is one `Install`, in name order; a long one is an install of its first piece
-//! under its own name and appends of the rest ([`PIECE_LEN_MAX`] each). Not the log's way
+//! under its own name and appends of the rest (pieces of at most
+//! [`PIECE_LEN_MAX`](super::change::PIECE_LEN_MAX); this build writes 4 MiB, the pieces it
+//! reads the copy in, so that a snapshot never holds more than one in memory). Not the log's way
 //! ([`Change::into_pieces`] builds a long file under `PART_NAME` and renames it): a
 //! directory whose log stopped halfway through a long install holds a `PART_NAME` file of
 //! its own, which restoring another long file through that name would overwrite. Nobody
@@ -23,14 +25,13 @@
 //! whenever it rebuilds its copy (after serving, or a copy found not the log's): restoring
 //! the newest snapshot and replaying the log after it is faster than replaying it all.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use wal::snapshot::{SnapshotReader, SnapshotWriter};
 
-use super::change::{Change, ChangeError, PIECE_LEN_MAX};
+use super::change::{Change, ChangeError};
 use super::materialize::{MaterializeError, Materializer};
 
 /// Why a snapshot of the directory could not be written or restored.
@@ -52,53 +53,46 @@ pub enum DirSnapshotError {
     Stopped,
 }
 
-/// Writes `files` (name and content, as [`Materializer::read_checked`] returns them) into
-/// `writer` as frames; returns how many files.
+/// Writes the materializer's copy of the directory into `writer` as frames, each piece as
+/// it is read and checked ([`Materializer::read_checked`]: a file is an install of its first
+/// piece and appends of the rest); returns how many files. Holds one piece in memory, never
+/// the directory. On an error the writer holds a body that must not be finished: the caller
+/// drops it (which removes its file).
 ///
 /// Gives up with [`DirSnapshotError::Stopped`] once `stop` is set (checked before every
 /// piece): a promotion waits for the directory, and a snapshot of a large one would hold up
 /// the failover for as long as it takes to write.
 pub fn write_dir(
-    files: BTreeMap<Vec<u8>, Vec<u8>>,
+    materializer: &Materializer,
     writer: &mut SnapshotWriter,
     stop: &AtomicBool,
 ) -> Result<usize, DirSnapshotError> {
-    let stopped = || {
-        if stop.load(Ordering::Acquire) {
-            Err(DirSnapshotError::Stopped)
+    let written = materializer.read_checked(stop, |name, offset, data| {
+        let piece = if offset == 0 {
+            Change::Install {
+                name: name.clone(),
+                data,
+            }
         } else {
-            Ok(())
+            Change::Append {
+                name: name.clone(),
+                offset,
+                data,
+            }
+        };
+        let encoded = piece.encode();
+        let len = u32::try_from(encoded.len())
+            .unwrap_or_else(|_| unreachable!("a piece is at most PIECE_LEN_MAX bytes"));
+        writer.write(&len.to_le_bytes())?;
+        writer.write(&encoded)?;
+        Ok(())
+    });
+    match written {
+        Err(DirSnapshotError::Materialize(MaterializeError::Stopped)) => {
+            Err(DirSnapshotError::Stopped)
         }
-    };
-    let count = files.len();
-    for (name, data) in files {
-        let name = Bytes::from(name);
-        let data = Bytes::from(data);
-        let first = data.len().min(PIECE_LEN_MAX);
-        let mut pieces = vec![Change::Install {
-            name: name.clone(),
-            data: data.slice(..first),
-        }];
-        if first < data.len() {
-            pieces.extend(
-                Change::Append {
-                    name,
-                    offset: first as u64,
-                    data: data.slice(first..),
-                }
-                .into_pieces(),
-            );
-        }
-        for piece in pieces {
-            stopped()?;
-            let encoded = piece.encode();
-            let len = u32::try_from(encoded.len())
-                .unwrap_or_else(|_| unreachable!("a piece is at most PIECE_LEN_MAX bytes"));
-            writer.write(&len.to_le_bytes())?;
-            writer.write(&encoded)?;
-        }
+        other => other,
     }
-    Ok(count)
 }
 
 /// Removes every followed file of the materializer's directory and applies the snapshot at
@@ -136,8 +130,8 @@ pub fn restore_dir(path: &Path, materializer: &mut Materializer) -> Result<(), D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::follow::change::PART_NAME;
-    use crate::follow::materialize::read_dir_contents;
+    use crate::follow::change::{PART_NAME, PIECE_LEN_MAX};
+    use crate::follow::materialize::{contents_of, read_dir_contents};
     use wal::{Epoch, Lsn};
 
     /// A directory written into a snapshot and restored into another (which held other
@@ -157,13 +151,10 @@ mod tests {
         let snapshots = root.path().join("snapshots");
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(42), Epoch(3)).unwrap();
+        let mut source = Materializer::open(&dir).unwrap();
+        source.set_contents(contents_of(&dir));
         assert_eq!(
-            write_dir(
-                read_dir_contents(&dir).unwrap(),
-                &mut writer,
-                &AtomicBool::new(false)
-            )
-            .unwrap(),
+            write_dir(&source, &mut writer, &AtomicBool::new(false)).unwrap(),
             4
         );
         let info = writer.finish().unwrap();
@@ -190,8 +181,9 @@ mod tests {
         let snapshots = root.path().join("snapshots");
         std::fs::create_dir(&snapshots).unwrap();
         let mut writer = SnapshotWriter::create(&snapshots, Lsn(9), Epoch(1)).unwrap();
-        let files = read_dir_contents(&dir).unwrap();
-        let stopped = write_dir(files, &mut writer, &AtomicBool::new(true));
+        let mut source = Materializer::open(&dir).unwrap();
+        source.set_contents(contents_of(&dir));
+        let stopped = write_dir(&source, &mut writer, &AtomicBool::new(true));
         assert!(
             matches!(stopped, Err(DirSnapshotError::Stopped)),
             "{stopped:?}"
