@@ -69,8 +69,8 @@
 //!
 //! The shell keeps the quarantine across restarts: a node that restarts before it ended starts
 //! fresh again, so the wait is always measured from a start at or after the loss. The founding
-//! members of a new cluster (`--initial-cluster-state new`) have voted nowhere and start
-//! without it.
+//! members of a new cluster (`--initial-cluster-state new`) wait it out as well: an empty
+//! data dir cannot tell a founding start from a wiped one.
 //!
 //! # Learners
 //!
@@ -121,10 +121,11 @@
 //!
 //! A learner that is never promoted (no primary can be elected without it) keeps the cluster
 //! waiting rather than risk a committed record: that is the point. A founding member (its data
-//! dir created empty, for a new cluster) that is still in its quarantine, at epoch 0 with no
-//! log, turns learner the moment it hears of a cluster that has one (any append, any append
-//! response, a vote request from a node with a log): its empty data dir may be a wiped one
-//! started with `--initial-cluster-state new` by mistake.
+//! dir created empty, for a new cluster) that holds nothing yet turns learner the moment it
+//! hears of a cluster that has a log (`Core::founding_check`: during its quarantine any append
+//! or append response; at any time a vote request from a node with a log, or an append from
+//! a primary it did not vote for): its empty data dir may be a wiped one started with
+//! `--initial-cluster-state new` by mistake.
 
 use wal::{Epoch, Lsn, NodeId};
 
@@ -193,21 +194,47 @@ impl Core {
         }
     }
 
-    /// A founding member (epoch 0, nothing in its log, a voter) that hears of a cluster that
-    /// already has a log turns learner: its empty data dir may be a wiped one (module docs).
-    pub(super) fn founding_check(&mut self, message: &Message, out: &mut Vec<Action>) {
-        // A data dir created empty by this start or an earlier one still in its quarantine;
-        // a node that ran before with the same data dir is the member it says it is.
-        let founding = self.quarantined()
-            && self.st.epoch == Epoch::ZERO
-            && self.st.log.last_lsn == Lsn::ZERO
-            && self.st.log.snapshot_lsn == Lsn::ZERO
-            && !self.st.learner;
-        if !founding || self.config.unsafe_testing.skip_learner {
+    /// A founding member (its data dir created empty for a new cluster, a voter, nothing in
+    /// its log yet) that hears of a cluster that already has a log turns learner: its empty
+    /// data dir may be a wiped one (module docs, "Learners").
+    ///
+    /// While its quarantine runs, any append or append response is such news (no founding
+    /// member has voted yet, so no primary of a new cluster exists), and so is a vote or
+    /// pre-vote request from a candidate with a log. After it, until its log holds a record:
+    ///
+    /// - a vote or pre-vote request from a candidate with a log. An empty log passes the
+    ///   up-to-date check against any candidate, and a wiped node's vote would elect one
+    ///   that lacks records it acknowledged before the wipe.
+    /// - an append from a primary it did not vote for in that primary's epoch. Caught up
+    ///   from it, the node would count towards commit and votes with part of a log it may
+    ///   have held whole before the wipe. A founding member that voted for the first primary
+    ///   was part of the majority that elected it, which stays a majority of voters; one
+    ///   that did not is promoted like any learner once it holds what the primary committed.
+    pub(super) fn founding_check(
+        &mut self,
+        from: NodeId,
+        message: &Message,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.st.founding {
             return;
         }
+        if self.st.learner
+            || self.st.log.last_lsn > Lsn::ZERO
+            || self.st.log.snapshot_lsn > Lsn::ZERO
+        {
+            self.st.founding = false;
+            return;
+        }
+        if self.config.unsafe_testing.skip_learner {
+            return;
+        }
+        let quarantined = self.quarantined();
         let cluster_exists = match *message {
-            Message::Append(_) | Message::AppendResponse(_) => true,
+            Message::Append(ref append) => {
+                quarantined || !(self.st.epoch == append.epoch && self.st.voted_for == Some(from))
+            }
+            Message::AppendResponse(_) => quarantined,
             Message::PreVoteRequest {
                 last_lsn,
                 last_epoch,
@@ -223,6 +250,7 @@ impl Core {
             | Message::TimeoutNow { .. } => false,
         };
         if cluster_exists {
+            self.st.founding = false;
             self.st.learner = true;
             self.persist_meta(out);
             out.push(Action::BecameLearner {

@@ -217,6 +217,11 @@ impl Core {
             None
         };
         let learner = (start.learner || meta.learner) && !config.unsafe_testing.skip_learner;
+        let founding = quarantine_until.is_some()
+            && !learner
+            && epoch == Epoch::ZERO
+            && log.last_lsn == Lsn::ZERO
+            && log.snapshot_lsn == Lsn::ZERO;
         let mut rng = SplitMix64::new(rng_seed);
         // Never zero: zero in `AppendResponse::learner` means "a voter".
         let learner_nonce = rng.next_u64() | 1;
@@ -243,6 +248,7 @@ impl Core {
                 now,
                 last_primary_contact: Some(now),
                 quarantine_until,
+                founding,
                 election_deadline: now,
                 election: None,
                 peers: Vec::new(),
@@ -359,7 +365,7 @@ impl Core {
                 // before its log says it is a member, and a removed node's requests are
                 // refused on their merits (`members.rs`).
                 if from != self.config.node_id && Members::bit(from).is_some() {
-                    self.founding_check(&message, out);
+                    self.founding_check(from, &message, out);
                     self.on_message(from, message, out);
                 }
             }

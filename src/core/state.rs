@@ -396,6 +396,10 @@ pub(crate) struct State {
     /// A node started with a fresh data dir votes, pre-votes and stands only from this time
     /// on (`None` once it has passed, or when the data dir was recovered).
     pub quarantine_until: Option<Time>,
+    /// A founding member (its data dir created empty for a new cluster, a voter) that holds
+    /// nothing yet: it turns learner on hearing of a cluster that has a log
+    /// (`Core::founding_check`). Cleared once its log holds a record.
+    pub founding: bool,
     pub election_deadline: Time,
     pub election: Option<Election>,
 

@@ -1651,6 +1651,87 @@ fn founding_member_turns_learner_on_hearing_of_an_existing_cluster() {
     assert!(core.status().learner);
 }
 
+/// A founding member whose quarantine passed with nothing heard (its network came up late)
+/// still holds nothing: a vote request from a candidate with a log turns it learner rather
+/// than count its empty log as up to date. It may be a wiped node started with
+/// `--initial-cluster-state new` by mistake, and its vote would elect a candidate that lacks
+/// records it acknowledged before the wipe.
+#[test]
+fn a_founding_member_that_heard_nothing_in_its_quarantine_votes_for_no_candidate_with_a_log() {
+    let founding = || {
+        let mut core = Core::new(
+            config(N3, &[1, 2, 3]),
+            PersistedMeta::default(),
+            RecoveredLog::default(),
+            Start {
+                learner: false,
+                quarantine: true,
+            },
+            Time::ZERO,
+            7,
+        )
+        .expect("valid test setup");
+        step(&mut core, Input::Tick { now: ms(5_000) });
+        assert!(!core.status().quarantined);
+        core
+    };
+    let mut core = founding();
+    let out = receive(
+        &mut core,
+        5_001,
+        N2,
+        Message::VoteRequest {
+            epoch: Epoch(3),
+            last_lsn: Lsn(9),
+            last_epoch: Epoch(2),
+            transfer: false,
+        },
+    );
+    assert!(
+        vote_persisted(&out).is_none(),
+        "an empty data dir that cannot vouch for its log granted a vote: {out:?}"
+    );
+    assert!(out.contains(&Action::BecameLearner {
+        reason: LearnerReason::HeardOfCluster
+    }));
+    assert!(core.status().learner);
+
+    // The same through an append from a primary it never voted for: caught up from it, it
+    // would count with part of a log it may have held whole before.
+    let mut core = founding();
+    let out = receive(&mut core, 5_001, N1, append(2, (8, 2), 9, 2, 9, 5_000));
+    assert!(
+        out.contains(&Action::BecameLearner {
+            reason: LearnerReason::HeardOfCluster
+        }),
+        "{out:?}"
+    );
+
+    // A new cluster's first election after the quarantine is no such news: it votes for a
+    // candidate with an empty log, and takes the appends of the primary it voted for.
+    let mut core = founding();
+    let out = receive(
+        &mut core,
+        5_001,
+        N1,
+        Message::VoteRequest {
+            epoch: Epoch(1),
+            last_lsn: Lsn(0),
+            last_epoch: Epoch(0),
+            transfer: false,
+        },
+    );
+    assert!(vote_persisted(&out) == Some(N1), "{out:?}");
+    let out = receive(&mut core, 5_010, N1, append(1, (0, 0), 2, 1, 0, 5_009));
+    assert!(
+        !out.contains(&Action::BecameLearner {
+            reason: LearnerReason::HeardOfCluster
+        }),
+        "{out:?}"
+    );
+    assert!(!core.status().learner);
+}
+
 /// A candidate stands above every epoch its pre-vote granters report, never in one some
 /// node may already have voted in.
 #[test]
@@ -1688,6 +1769,14 @@ fn append_to(out: &[Action], to: NodeId) -> Option<Append> {
             to: dest,
             message: Message::Append(append),
         } if *dest == to => Some(*append),
+        _ => None,
+    })
+}
+
+/// The node a vote persisted in `out` is for, if one is.
+fn vote_persisted(out: &[Action]) -> Option<NodeId> {
+    out.iter().find_map(|a| match a {
+        Action::PersistMeta { voted_for, .. } => *voted_for,
         _ => None,
     })
 }
@@ -2096,16 +2185,7 @@ fn no_failover_and_pause_keep_a_node_from_standing() {
             transfer: false,
         },
     );
-    assert!(
-        out.iter().any(|a| matches!(
-            a,
-            Action::PersistMeta {
-                voted_for: Some(N2),
-                ..
-            }
-        )),
-        "it still votes: {out:?}"
-    );
+    assert!(vote_persisted(&out) == Some(N2), "it still votes: {out:?}");
 
     let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 4)]), meta);
     let out = step(
