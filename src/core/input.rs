@@ -29,7 +29,10 @@ pub enum Input {
     /// Every record at or below `lsn` is durable, and the record at `lsn` has `epoch`. The epoch
     /// lets the core ignore a report about records it has since truncated: two records with
     /// the same LSN and epoch are the same record (log matching), whatever happened between.
-    Durable { lsn: Lsn, epoch: Epoch },
+    /// `now` is read when the report is taken in: a primary commits (and the application
+    /// answers, reads that follow the write included) only while its lease holds then, not
+    /// at the last reading of an earlier input.
+    Durable { now: Time, lsn: Lsn, epoch: Epoch },
     /// The `PersistMeta` with these values is durable. One report per `PersistMeta`, in order.
     MetaPersisted {
         epoch: Epoch,

@@ -41,9 +41,12 @@
 //! switchover hand-over (`switchover.rs`) bypasses step 2, which is sound only because the
 //! old primary stops serving before it asks.
 //!
-//! Inputs without a clock reading (`Durable`, `MetaPersisted`) run at the last reading seen,
+//! The one input without a clock reading (`MetaPersisted`) runs at the last reading seen,
 //! which is earlier than the true time: a send time stamped from it is early, so the lease
-//! counted from it ends early. Errors only ever shorten the lease.
+//! counted from it ends early. Errors only ever shorten the lease. Every input that can
+//! commit carries its own reading and checks the lease first (`Durable` too: a local fsync
+//! that completes after the lease ended commits nothing, since the application answers the
+//! reads that follow a write once the write commits).
 //!
 //! # Reads
 //!

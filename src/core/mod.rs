@@ -379,7 +379,11 @@ impl Core {
                 self.lease_check(out);
                 self.on_read(out);
             }
-            Input::Durable { lsn, epoch } => self.on_durable(lsn, epoch, out),
+            Input::Durable { now, lsn, epoch } => {
+                self.observe_time(now);
+                self.lease_check(out);
+                self.on_durable(lsn, epoch, out);
+            }
             Input::MetaPersisted {
                 epoch,
                 voted_for,

@@ -187,6 +187,7 @@ fn elected_primary() -> Core {
     step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(4),
             epoch: Epoch(2),
         },
@@ -860,6 +861,7 @@ fn commit_needs_sync_replicas_and_a_current_epoch_record() {
     let out = step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(5),
             epoch: Epoch(2),
         },
@@ -987,6 +989,7 @@ fn lease_read_index_is_the_commit_lsn_but_never_below_the_epoch_start() {
     step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(6),
             epoch: Epoch(2),
         },
@@ -1040,6 +1043,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
     step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(6),
             epoch: Epoch(2),
         },
@@ -1213,6 +1217,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
     step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(5),
             epoch: Epoch(2),
         },
@@ -1539,6 +1544,7 @@ fn learner_votes_only_after_promotion() {
     step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(3),
             epoch: Epoch(2),
         },
@@ -1844,6 +1850,7 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
     step(
         &mut p,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(5),
             epoch: Epoch(2),
         },
@@ -1929,6 +1936,7 @@ fn a_learner_is_promoted_when_commit_needs_it() {
     step(
         &mut p,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(4),
             epoch: Epoch(2),
         },
@@ -2357,6 +2365,7 @@ fn committed_primary(cfg: Config) -> Core {
     step(
         &mut core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(4),
             epoch: Epoch(2),
         },
@@ -2419,6 +2428,7 @@ fn durable(core: &mut Core, lsn: u64) -> Vec<Action> {
     step(
         core,
         Input::Durable {
+            now: Time::ZERO,
             lsn: Lsn(lsn),
             epoch: Epoch(2),
         },
@@ -2434,6 +2444,35 @@ fn propose(core: &mut Core, now: u64) -> Vec<Action> {
             bytes: 10,
         },
     )
+}
+
+/// A local fsync that completes after the lease ended commits nothing: the report's own
+/// clock reading is checked, not the last one an earlier input brought. (The application
+/// answers reads that follow a write in its pipeline once the write commits; a commit after
+/// the lease could answer them after another primary took writes.)
+#[test]
+fn a_durable_report_after_the_lease_ended_commits_nothing() {
+    let mut core = elected_primary();
+    propose(&mut core, 700);
+    receive(&mut core, 710, N2, ack(2, 5, 700, 0));
+    assert_eq!(core.commit_lsn(), Lsn(4), "not durable here yet");
+    assert_eq!(core.status().lease_until, Some(ms(1150)));
+    step(&mut core, Input::Tick { now: ms(1149) });
+    assert_eq!(core.role(), Role::Primary);
+    let out = step(
+        &mut core,
+        Input::Durable {
+            now: ms(1160),
+            lsn: Lsn(5),
+            epoch: Epoch(2),
+        },
+    );
+    assert!(
+        !out.contains(&Action::Committed { lsn: Lsn(5) }),
+        "committed lsn 5 at 1160 ms, after the lease ended at 1150 ms: {out:?}"
+    );
+    assert_eq!(core.role(), Role::Backup);
+    assert_eq!(core.commit_lsn(), Lsn(4));
 }
 
 /// Each change the rules forbid is refused with its reason, and nothing is written; a backup

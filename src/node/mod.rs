@@ -757,6 +757,7 @@ impl Shell {
         self.controls_catch_up();
         self.step(
             Input::Durable {
+                now: self.now(),
                 lsn: progress.durable_lsn,
                 epoch: progress.durable_epoch,
             },

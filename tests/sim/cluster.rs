@@ -889,6 +889,7 @@ impl Sim {
                     self.step_node(
                         node,
                         Input::Durable {
+                            now: self.local(node),
                             lsn: rec.lsn,
                             epoch: rec.epoch,
                         },
