@@ -26,6 +26,10 @@ pub struct Config {
     /// How long a backup waits without hearing from the primary before it stands for election,
     /// and for how long after hearing from a primary a node refuses to vote for anyone else.
     pub failover_timeout: Duration,
+    /// The failover timeout this node's data dir last ran with, if longer than
+    /// `failover_timeout` (zero otherwise): its answers before this start promised to refuse
+    /// votes for that long, and primaries may count them so, so a start refuses votes for it.
+    pub previous_vote_wait: Duration,
     /// A backup waits `failover_timeout` plus a random extra in `0..election_jitter`, so that two
     /// backups rarely stand at the same moment.
     pub election_jitter: Duration,
@@ -106,6 +110,7 @@ impl Config {
             members,
             heartbeat_interval: Duration::from_millis(50),
             failover_timeout: Duration::from_millis(500),
+            previous_vote_wait: Duration::ZERO,
             election_jitter: Duration::from_millis(200),
             clock_drift_margin: Duration::from_millis(50),
             sync_replicas: None,
@@ -169,6 +174,26 @@ impl Config {
     pub fn lease(&self) -> Duration {
         self.failover_timeout
             .saturating_sub(self.clock_drift_margin)
+    }
+
+    /// How long after its send time an answer may count towards this node's lease when its
+    /// sender refuses votes for `vote_wait` (by its clock) after receipt: the lease itself
+    /// when `vote_wait` is at least this node's failover timeout, else `vote_wait` scaled
+    /// the same way (`vote_wait * lease / failover_timeout`). Step 4 of the argument in
+    /// `lease.rs` then holds with the voter's wait for `T`: nodes may run with different
+    /// failover timeouts (a rolling change of the setting), and a primary never counts an
+    /// answer longer than its sender keeps its promise.
+    pub fn lease_for(&self, vote_wait: Duration) -> Duration {
+        let lease = self.lease();
+        if vote_wait >= self.failover_timeout {
+            return lease;
+        }
+        let timeout = self.failover_timeout.as_nanos();
+        if timeout == 0 {
+            return Duration::ZERO;
+        }
+        let scaled = vote_wait.as_nanos() * lease.as_nanos() / timeout;
+        Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
     }
 
     /// The clock-rate error (in parts per million, either direction, any node) the lease

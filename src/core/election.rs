@@ -320,6 +320,7 @@ impl Core {
             requested_at: None,
             voter_epoch_max: Epoch::ZERO,
             defer_to: None,
+            vote_wait_min: std::time::Duration::MAX,
         });
         let members = self.members();
         if members.count_voters(own) >= members.majority() {
@@ -367,6 +368,7 @@ impl Core {
             requested_at: None,
             voter_epoch_max: Epoch::ZERO,
             defer_to: None,
+            vote_wait_min: std::time::Duration::MAX,
         });
         let message = Message::VoteRequest {
             epoch: self.st.epoch,
@@ -468,6 +470,7 @@ impl Core {
                 message: Message::VoteResponse {
                     epoch: core.st.epoch,
                     granted: false,
+                    vote_wait: core.config.failover_timeout,
                 },
             });
         };
@@ -515,6 +518,7 @@ impl Core {
         let reply = Message::VoteResponse {
             epoch,
             granted: true,
+            vote_wait: self.config.failover_timeout,
         };
         self.send_after_persist(seq, from, reply, out);
     }
@@ -524,6 +528,7 @@ impl Core {
         from: NodeId,
         epoch: Epoch,
         granted: bool,
+        vote_wait: std::time::Duration,
         out: &mut Vec<Action>,
     ) {
         if epoch > self.st.epoch {
@@ -536,6 +541,7 @@ impl Core {
         let bit = Core::member_bit(from);
         if let Some(election) = self.st.election.as_mut() {
             election.granted |= bit;
+            election.vote_wait_min = election.vote_wait_min.min(vote_wait);
         }
         self.election_check_won(out);
     }
@@ -632,6 +638,8 @@ impl Core {
         let now = self.st.now;
         self.st.peers.clear();
         let members = self.members();
+        // Every vote counts for as long as the granter that waits least keeps refusing.
+        let vote_end = requested_at + self.config.lease_for(election.vote_wait_min);
         for id in members.ids_owned() {
             if id == self.config.node_id {
                 continue;
@@ -639,6 +647,7 @@ impl Core {
             let mut peer = Peer::new(id, lsn, now);
             if election.granted & Core::member_bit(id) != 0 {
                 peer.lease_sent_at = Some(requested_at);
+                peer.lease_end = Some(vote_end);
             }
             self.st.peers.push(peer);
         }

@@ -26,7 +26,13 @@
 //!    `S + L / (1 - rho)`.
 //! 4. `L / (1 - rho) <= T / (1 + rho)` holds when `rho <= m / (2T - m)`
 //!    ([`Config::tolerated_drift_ppm`](super::Config::tolerated_drift_ppm)); then P's use of
-//!    B's acknowledgement ends before B can vote for anyone else.
+//!    B's acknowledgement ends before B can vote for anyone else. Nodes may run with
+//!    different failover timeouts: B's `T` is its own, which it sends with every answer
+//!    (`vote_wait`), and P counts the answer for `L_B = min(L, T_B * L / T_P)`
+//!    ([`Config::lease_for`](super::Config::lease_for)), for which the same inequality
+//!    holds at P's tolerated `rho`. A node restarted with a shorter `T` refuses votes for
+//!    the longer one it last ran with first (`Config::previous_vote_wait`), since its
+//!    earlier answers promised it.
 //! 5. A new primary needs votes from a majority; P's lease needs acknowledgements from a
 //!    majority (its own counting only if P is a voter of its configuration: a learner of it
 //!    may be primary, `members.rs` rule 3); the two majorities share a node B. By 2-4, B cannot have voted while P's
@@ -86,6 +92,13 @@ impl Core {
     /// (counting our own if we are a voter) plus the lease. `None` when this node alone is a
     /// majority (the lease never lapses).
     pub(super) fn lease_until(&self) -> Option<Time> {
+        self.majority_latest(|peer| peer.lease_end)
+    }
+
+    /// The majority-th latest of `at` over the voters (counting this node, if a voter, as
+    /// the latest of all); [`Time::ZERO`] if too few voters have one, `None` when this node
+    /// alone is a majority.
+    fn majority_latest(&self, at: impl Fn(&super::state::Peer) -> Option<Time>) -> Option<Time> {
         let members = self.members();
         // Acknowledgements needed besides our own, which counts only if we are a voter (a
         // learner of the configuration may be primary: `election.rs`, `Core::may_stand`).
@@ -103,7 +116,7 @@ impl Core {
             .iter()
             .filter(|peer| members.is_voter(peer.id))
         {
-            if let Some(at) = peer.lease_sent_at {
+            if let Some(at) = at(peer) {
                 sent[count] = at;
                 count += 1;
             }
@@ -113,7 +126,7 @@ impl Core {
         }
         let acks = &mut sent[..count];
         acks.sort_unstable_by(|a, b| b.cmp(a));
-        Some(acks[needed - 1] + self.lease)
+        Some(acks[needed - 1])
     }
 
     /// Until when (local clock) this node may answer reads as primary: a reply produced by
@@ -178,14 +191,10 @@ impl Core {
         match self.st.role {
             Role::Primary => {
                 if !self.lease_valid() {
-                    let acked_sent_ago =
-                        self.lease_until()
-                            .filter(|&end| end != Time::ZERO)
-                            .map(|end| {
-                                self.st.now.saturating_since(Time::from_duration(
-                                    end.as_duration() - self.lease,
-                                ))
-                            });
+                    let acked_sent_ago = self
+                        .majority_latest(|peer| peer.lease_sent_at)
+                        .filter(|&sent| sent != Time::ZERO)
+                        .map(|sent| self.st.now.saturating_since(sent));
                     out.push(Action::LeaseLapsed {
                         lease: self.lease,
                         acked_sent_ago,

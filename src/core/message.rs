@@ -43,9 +43,13 @@ pub enum Message {
         transfer: bool,
     },
     /// Sent only after the vote is persisted. `epoch` is the voter's current epoch.
+    /// `vote_wait`: how long, by its own clock, the voter refuses other candidates after
+    /// granting (its failover timeout), which bounds how long the vote may renew the
+    /// candidate's lease (`lease.rs`).
     VoteResponse {
         epoch: Epoch,
         granted: bool,
+        vote_wait: Duration,
     },
     Append(Append),
     AppendResponse(AppendResponse),
@@ -119,6 +123,10 @@ pub struct AppendResponse {
     /// Whether the backup could serve as primary: the primary hands over only to a backup
     /// whose app is live (`health.rs`).
     pub health: Health,
+    /// How long, by its own clock, the backup refuses votes after it received the append it
+    /// answers (its failover timeout): bounds how long the answer may count towards the
+    /// primary's lease (`lease.rs`).
+    pub vote_wait: Duration,
 }
 
 /// What a node says about its fitness to be primary, in pre-vote and append responses.

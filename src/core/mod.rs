@@ -246,7 +246,14 @@ impl Core {
                 role: Role::Backup,
                 primary: None,
                 now,
-                last_primary_contact: Some(now),
+                // A start refuses votes for the failover timeout (`lease.rs`), or for the one
+                // the data dir last ran with if that was longer: its earlier answers may still
+                // count towards a primary's lease for that long.
+                last_primary_contact: Some(
+                    now + config
+                        .previous_vote_wait
+                        .saturating_sub(config.failover_timeout),
+                ),
                 quarantine_until,
                 founding,
                 election_deadline: now,
@@ -472,9 +479,11 @@ impl Core {
                 last_epoch,
                 transfer,
             } => self.on_vote_request(from, epoch, last_lsn, last_epoch, transfer, out),
-            Message::VoteResponse { epoch, granted } => {
-                self.on_vote_response(from, epoch, granted, out)
-            }
+            Message::VoteResponse {
+                epoch,
+                granted,
+                vote_wait,
+            } => self.on_vote_response(from, epoch, granted, vote_wait, out),
             Message::Append(append) => self.on_append(from, append, out),
             Message::AppendResponse(response) => self.on_append_response(from, response, out),
             Message::TimeoutNow { epoch } => self.on_timeout_now(from, epoch, out),

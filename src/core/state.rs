@@ -256,6 +256,9 @@ pub(crate) struct Peer {
     /// The latest send time (our clock) of an append or vote request it answered in this epoch
     /// while a voter. A learner's acknowledgements renew nothing (`lease.rs`).
     pub lease_sent_at: Option<Time>,
+    /// Until when (our clock) its answers hold the lease: the latest of each counted answer's
+    /// send time plus [`Config::lease_for`](super::Config::lease_for) its `vote_wait`.
+    pub lease_end: Option<Time>,
     /// Its latest response said it is a learner (`AppendResponse::learner`, non-zero): it does
     /// not count towards commit or the lease, and is told to vote once it has caught up.
     pub learner: u64,
@@ -286,6 +289,7 @@ impl Peer {
             last_progress: now,
             last_ack: None,
             lease_sent_at: None,
+            lease_end: None,
             learner: 0,
             learner_seen: 0,
             promote_through: Lsn::ZERO,
@@ -319,6 +323,9 @@ pub(crate) struct Election {
     pub voter_epoch_max: Epoch,
     /// `Phase::PreVote`: a granter better fit to serve than this node (`health.rs`).
     pub defer_to: Option<NodeId>,
+    /// `Phase::Vote`: the shortest `vote_wait` of the votes granted so far, which bounds how
+    /// long they renew the lease once won (`Duration::MAX` while none is).
+    pub vote_wait_min: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -163,6 +163,7 @@ fn elect_with(core: &mut Core, voters: &[NodeId]) -> Vec<Action> {
             Message::VoteResponse {
                 epoch: next,
                 granted: true,
+                vote_wait: Duration::from_millis(500),
             },
         ));
     }
@@ -360,6 +361,7 @@ fn vote_is_persisted_before_reply() {
     let reply = Message::VoteResponse {
         epoch: Epoch(2),
         granted: true,
+        vote_wait: Duration::from_millis(500),
     };
     assert_eq!(
         out,
@@ -379,6 +381,7 @@ fn vote_is_persisted_before_reply() {
     let no = Message::VoteResponse {
         epoch: Epoch(2),
         granted: false,
+        vote_wait: Duration::from_millis(500),
     };
     assert_eq!(
         out,
@@ -422,7 +425,8 @@ fn vote_is_refused_to_a_candidate_with_a_stale_log() {
                     to: N1,
                     message: Message::VoteResponse {
                         epoch: Epoch(3),
-                        granted: false
+                        granted: false,
+                        vote_wait: Duration::from_millis(500),
                     }
                 },
                 Action::RoleChanged {
@@ -484,7 +488,8 @@ fn vote_is_refused_while_the_primary_was_heard_recently() {
             to: N3,
             message: Message::VoteResponse {
                 epoch: Epoch(1),
-                granted: false
+                granted: false,
+                vote_wait: Duration::from_millis(500),
             }
         }]
     );
@@ -544,7 +549,8 @@ fn restarted_node_refuses_votes_for_a_failover_timeout() {
             to: N3,
             message: Message::VoteResponse {
                 epoch: Epoch(1),
-                granted: false
+                granted: false,
+                vote_wait: Duration::from_millis(500),
             }
         }]
     );
@@ -708,6 +714,7 @@ fn append_mismatch_answers_with_hint_below_the_conflicting_epoch() {
         sent_at: Duration::from_millis(900),
         learner: 0,
         health: STANDS,
+        vote_wait: Duration::from_millis(500),
     };
     assert_eq!(
         out,
@@ -753,6 +760,7 @@ fn append_truncates_only_the_conflicting_suffix() {
         sent_at: Duration::from_millis(900),
         learner: 0,
         health: STANDS,
+        vote_wait: Duration::from_millis(500),
     };
     assert_eq!(
         out,
@@ -843,6 +851,7 @@ fn commit_needs_sync_replicas_and_a_current_epoch_record() {
             sent_at: Duration::from_millis(601),
             learner: 0,
             health: STANDS,
+            vote_wait: Duration::from_millis(500),
         })
     };
     // Node 2 holds the old records durably: not enough, none is of epoch 2.
@@ -1079,6 +1088,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
             sent_at: Duration::from_millis(601),
             learner: 0,
             health: STANDS,
+            vote_wait: Duration::from_millis(500),
         })
     };
     // Node 3 holds the epoch start but not yet the seed's config record (6): it is shipped,
@@ -1232,6 +1242,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
             sent_at: Duration::from_millis(601),
             learner: 0,
             health: STANDS,
+            vote_wait: Duration::from_millis(500),
         })
     };
     receive(&mut core, 602, N2, ack(5, 5));
@@ -1247,6 +1258,7 @@ fn snapshot_is_sent_when_a_backup_needs_truncated_records() {
         sent_at: Duration::from_millis(601),
         learner: 0,
         health: STANDS,
+        vote_wait: Duration::from_millis(500),
     });
     let out = receive(&mut core, 603, N3, empty);
     assert!(out.is_empty(), "{out:?}");
@@ -1351,6 +1363,7 @@ fn votes_arriving_after_the_lease_elect_nobody() {
         Message::VoteResponse {
             epoch: Epoch(2),
             granted: true,
+            vote_wait: Duration::from_millis(500),
         },
     );
     assert!(out.is_empty(), "{out:?}");
@@ -1390,6 +1403,7 @@ fn ack(epoch: u64, lsn: u64, sent_ms: u64, learner: u64) -> Message {
                 ..STANDS
             }
         },
+        vote_wait: Duration::from_millis(500),
     })
 }
 
@@ -1532,7 +1546,8 @@ fn learner_votes_only_after_promotion() {
             to: N3,
             message: Message::VoteResponse {
                 epoch: Epoch(1),
-                granted: false
+                granted: false,
+                vote_wait: Duration::from_millis(500),
             }
         }),
         "{refused:?}"
@@ -1966,6 +1981,7 @@ fn ack_with(lsn: u64, sent_ms: u64, health: Health) -> Message {
         sent_at: Duration::from_millis(sent_ms),
         learner: 0,
         health,
+        vote_wait: Duration::from_millis(500),
     })
 }
 
@@ -2690,6 +2706,7 @@ fn promote_needs_a_caught_up_learner_that_can_vote() {
         sent_at: Duration::from_millis(620),
         learner: 0x44,
         health: STANDS,
+        vote_wait: Duration::from_millis(500),
     });
     receive(&mut core, 640, N4, empty);
     assert_eq!(
@@ -3169,6 +3186,7 @@ fn a_learner_of_its_configuration_stands_counting_only_the_voters() {
             Message::VoteResponse {
                 epoch: Epoch(2),
                 granted: true,
+                vote_wait: Duration::from_millis(500),
             },
         )
     };
@@ -3320,4 +3338,220 @@ fn the_named_successor_stands_first() {
     // The nomination is used up: should this candidacy fail, the retry waits a random
     // jitter like everyone's.
     assert_eq!(two.st.successor, None);
+}
+
+/// A start whose data dir last ran with a longer failover timeout refuses votes for that
+/// long: its answers before the start promised as much, and a primary may count on them.
+#[test]
+fn a_start_after_a_longer_failover_timeout_refuses_votes_that_long() {
+    let mut cfg = config(N2, &[1, 2, 3]);
+    cfg.previous_vote_wait = Duration::from_millis(5000);
+    let mut core = new_core(cfg, log_of(&[(1, 4)]), PersistedMeta::default());
+    let request = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(4),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
+    let out = receive(&mut core, 4_999, N3, request);
+    assert_eq!(
+        vote_persisted(&out),
+        None,
+        "voted 4.999 s after start: {out:?}"
+    );
+    let out = receive(&mut core, 5_000, N3, request);
+    assert_eq!(vote_persisted(&out), Some(N3), "{out:?}");
+}
+
+/// Nodes that run with different failover timeouts (a rolling change of the setting): a
+/// primary counts each answer towards its lease only for as long as its sender refuses
+/// votes, so an old primary with a long timeout, cut off, answers no read once backups with
+/// a short one may have elected another primary.
+mod mixed_failover_timeouts {
+    use super::*;
+
+    /// A few cores wired by a message queue, each input's persists and writes completed at
+    /// once; `cut[i]` drops everything to and from node `i`.
+    struct Net {
+        cores: Vec<Core>,
+        queue: VecDeque<(NodeId, NodeId, Message)>,
+        cut: Vec<bool>,
+    }
+
+    fn index(id: NodeId) -> usize {
+        id.get() as usize - 1
+    }
+
+    impl Net {
+        fn new(configs: Vec<Config>) -> Net {
+            let n = configs.len();
+            let cores = configs
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    Core::new(
+                        c,
+                        PersistedMeta::default(),
+                        RecoveredLog::default(),
+                        Start::VOTER,
+                        Time::ZERO,
+                        i as u64 + 11,
+                    )
+                    .expect("valid")
+                })
+                .collect();
+            Net {
+                cores,
+                queue: VecDeque::new(),
+                cut: vec![false; n],
+            }
+        }
+
+        fn run(&mut self, i: usize, input: Input) -> Vec<Action> {
+            let me = self.cores[i].config().node_id;
+            let mut inputs = VecDeque::from([input]);
+            let mut all = Vec::new();
+            while let Some(input) = inputs.pop_front() {
+                let mut out = Vec::new();
+                self.cores[i].step(input, &mut out);
+                self.cores[i].validate();
+                // No reading of its own: the last input's.
+                let now = Time::ZERO;
+                for a in &out {
+                    match *a {
+                        Action::Send { to, message } if !self.cut[i] && !self.cut[index(to)] => {
+                            self.queue.push_back((me, to, message));
+                        }
+                        Action::PersistMeta {
+                            epoch,
+                            voted_for,
+                            learner,
+                        } => inputs.push_back(Input::MetaPersisted {
+                            epoch,
+                            voted_for,
+                            learner,
+                        }),
+                        Action::WriteEpochStart { lsn, epoch }
+                        | Action::WriteConfig { lsn, epoch, .. } => {
+                            inputs.push_back(Input::Durable { now, lsn, epoch })
+                        }
+                        Action::WriteProposed {
+                            last_lsn, epoch, ..
+                        } => inputs.push_back(Input::Durable {
+                            now,
+                            lsn: last_lsn,
+                            epoch,
+                        }),
+                        Action::WriteReceived { last_lsn, .. } => {
+                            let epoch = self.cores[i].epoch_of(last_lsn).expect("written");
+                            inputs.push_back(Input::Durable {
+                                now,
+                                lsn: last_lsn,
+                                epoch,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                all.extend(out);
+            }
+            all
+        }
+
+        fn deliver(&mut self, now: u64) {
+            let mut budget = 10_000;
+            while let Some((from, to, message)) = self.queue.pop_front() {
+                budget -= 1;
+                assert!(budget > 0, "message storm");
+                if self.cut[index(from)] || self.cut[index(to)] {
+                    continue;
+                }
+                self.run(
+                    index(to),
+                    Input::Receive {
+                        now: ms(now),
+                        from,
+                        message,
+                    },
+                );
+            }
+        }
+
+        fn tick(&mut self, nodes: &[usize], now: u64) {
+            for &i in nodes {
+                self.run(i, Input::Tick { now: ms(now) });
+            }
+            self.deliver(now);
+        }
+
+        fn primary_above(&self, epoch: Epoch) -> Option<usize> {
+            (0..self.cores.len())
+                .find(|&i| self.cores[i].role() == Role::Primary && self.cores[i].epoch() > epoch)
+        }
+    }
+
+    #[test]
+    fn an_old_primary_with_a_longer_timeout_answers_no_stale_read() {
+        let mut slow = config(N1, &[1, 2, 3]);
+        slow.failover_timeout = Duration::from_millis(5000);
+        slow.clock_drift_margin = Duration::from_millis(500);
+        let fast = |id| {
+            let mut c = config(id, &[1, 2, 3]);
+            c.election_jitter = Duration::from_millis(200);
+            c
+        };
+        let mut net = Net::new(vec![slow, fast(N2), fast(N3)]);
+        net.tick(&[0], 5000);
+        assert_eq!(net.cores[0].role(), Role::Primary);
+        let first = net.cores[0].epoch();
+        let mut now = 5000;
+        while now < 6000 {
+            now += 50;
+            net.tick(&[0, 1, 2], now);
+        }
+        assert!(net.cores[0].commit_lsn() > Lsn::ZERO);
+        // Each backup's answer counts for 500 ms x 4.5 / 5, not the primary's own 4.5 s.
+        let lease_until = net.cores[0].status().lease_until.expect("a lease");
+        assert!(
+            lease_until <= ms(now + 450),
+            "lease until {lease_until:?} at {now} ms"
+        );
+        net.cut[0] = true;
+        let mut new_primary = None;
+        while now < 8000 {
+            now += 10;
+            net.tick(&[0, 1, 2], now);
+            if let Some(p) = net.primary_above(first) {
+                if new_primary.is_none() {
+                    new_primary = Some(p);
+                    net.run(
+                        p,
+                        Input::Propose {
+                            now: ms(now),
+                            count: 1,
+                            bytes: 10,
+                        },
+                    );
+                    net.deliver(now);
+                }
+            }
+        }
+        let p = new_primary.expect("2 and 3 elected one of themselves");
+        let acked = net.cores[p].commit_lsn();
+        assert!(
+            acked > net.cores[0].last_lsn(),
+            "the new primary committed a write"
+        );
+        let out = net.run(0, Input::Read { now: ms(now) });
+        let stale = out
+            .iter()
+            .any(|a| matches!(a, Action::ReadIndex { lsn, .. } if *lsn < acked));
+        assert!(
+            !stale,
+            "node 1 (epoch {first}) answered a lease read below lsn {acked}, committed by node {} in epoch {}: {out:?}",
+            p + 1,
+            net.cores[p].epoch()
+        );
+        assert_ne!(net.cores[0].role(), Role::Primary);
+    }
 }

@@ -15,6 +15,10 @@
 //!               Written without fsync if its durable install fails (`wal::mark::install_marker`)
 //!   log-floor   the highest LSN this log has reported durable (decimal, zero-padded, and
 //!               its CRC-32): the log's durable mark (`wal::mark`), kept by the WAL writer
+//!   vote-wait   the failover timeout the node last ran with, in nanoseconds (decimal and a
+//!               newline), installed whole: its answers promised to refuse votes that long
+//!               after receipt, so a start with a shorter one waits out the longer first
+//!               ([`vote_wait_at_start`])
 //!   members.json  the configuration in effect at the log's start, once the log no longer
 //!               holds its record (`super::members`)
 //!   snapshot-members.json  the configuration in effect at each of the newest snapshots,
@@ -72,6 +76,8 @@ use crate::core::{PersistedMeta, RecoveredLog, Start};
 
 /// The marker of an unfinished vote quarantine (see [`Opened::start`]).
 const FRESH_FILE_NAME: &str = "fresh";
+/// The failover timeout the node last ran with ([`vote_wait_at_start`]).
+pub const VOTE_WAIT_FILE_NAME: &str = "vote-wait";
 /// The marker of a paused node (`understudy pause`): no automatic failover.
 pub const PAUSED_FILE_NAME: &str = "paused";
 /// The marker of a failed log write or fsync (module docs).
@@ -102,6 +108,8 @@ pub enum InitialClusterState {
 /// Why the data directory cannot be used. Each names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    #[error("{}: unreadable ({found:?}), so this node cannot know how long its answers before this start promised to refuse votes; if every node ran with the same --failover-timeout, remove the file and start again", .path.display())]
+    VoteWaitDamaged { path: PathBuf, found: String },
     #[error("data dir {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -275,6 +283,55 @@ impl DataDir {
         wal::fs::sync_dir(&self.path)?;
         Ok(())
     }
+}
+
+/// How long this start must refuse votes beyond `failover_timeout`'s own wait: the failover
+/// timeout the data dir last ran with, if it was longer (else zero), read from
+/// [`VOTE_WAIT_FILE_NAME`].
+///
+/// Every answer a node sends says how long it refuses votes after receipt (its failover
+/// timeout), and a primary counts the answer towards its lease for that long (`core::lease`).
+/// A restart with a shorter timeout must still keep the longer promise of its earlier run,
+/// which a primary may count on until then: so the file keeps the longer value until this
+/// start has waited it out ([`record_vote_wait`], called by the caller after the returned
+/// wait), and a crash before that finds it again. A longer or equal timeout is recorded at
+/// once. Recorded before the node sends anything, with an atomic install (temp file, fsync,
+/// rename, directory fsync).
+pub fn vote_wait_at_start(dir: &Path, failover_timeout: Duration) -> Result<Duration, DiskError> {
+    let path = dir.join(VOTE_WAIT_FILE_NAME);
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => match text.strip_suffix('\n').and_then(|t| t.parse::<u64>().ok()) {
+            Some(ns) => Duration::from_nanos(ns),
+            None => {
+                return Err(DiskError::VoteWaitDamaged {
+                    path,
+                    found: text.chars().take(40).collect(),
+                })
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Duration::ZERO,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(DiskError::VoteWaitDamaged {
+                path,
+                found: "not UTF-8".into(),
+            })
+        }
+        Err(e) => return Err(io(&path)(e)),
+    };
+    if previous > failover_timeout {
+        return Ok(previous);
+    }
+    if previous != failover_timeout {
+        record_vote_wait(dir, failover_timeout)?;
+    }
+    Ok(Duration::ZERO)
+}
+
+/// Records `failover_timeout` as the one this node runs with ([`vote_wait_at_start`]).
+pub fn record_vote_wait(dir: &Path, failover_timeout: Duration) -> Result<(), DiskError> {
+    let ns = u64::try_from(failover_timeout.as_nanos()).unwrap_or(u64::MAX);
+    wal::fs::write_atomic(&dir.join(VOTE_WAIT_FILE_NAME), format!("{ns}\n").as_bytes())?;
+    Ok(())
 }
 
 /// Opens (creating if needed, as a node joining an existing cluster) the data directory for
@@ -928,6 +985,42 @@ mod tests {
         assert_eq!(open_node().unwrap().start, Start::VOTER, "promoted");
         std::fs::remove_dir_all(&node).unwrap();
         assert_eq!(open_node().unwrap().start, Start::WIPED, "wiped");
+    }
+
+    /// The failover timeout a data dir last ran with: a longer one is kept (and returned, to
+    /// be waited out) until recorded anew; a shorter or equal one is replaced at once; a
+    /// damaged file is refused, never read as none.
+    #[test]
+    fn a_start_keeps_the_longer_vote_wait_of_the_run_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = Duration::from_millis;
+        let recorded = || std::fs::read_to_string(dir.path().join(VOTE_WAIT_FILE_NAME)).unwrap();
+        assert_eq!(
+            vote_wait_at_start(dir.path(), ms(5000)).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(recorded(), "5000000000\n");
+        // Restarted with a shorter timeout: its answers before promised 5 s.
+        assert_eq!(vote_wait_at_start(dir.path(), ms(500)).unwrap(), ms(5000));
+        assert_eq!(recorded(), "5000000000\n", "kept until waited out");
+        // A crash before that: the next start waits it out again.
+        assert_eq!(vote_wait_at_start(dir.path(), ms(500)).unwrap(), ms(5000));
+        record_vote_wait(dir.path(), ms(500)).unwrap();
+        assert_eq!(
+            vote_wait_at_start(dir.path(), ms(500)).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            vote_wait_at_start(dir.path(), ms(800)).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(recorded(), "800000000\n");
+        std::fs::write(dir.path().join(VOTE_WAIT_FILE_NAME), "80000000").unwrap();
+        let damaged = vote_wait_at_start(dir.path(), ms(500)).unwrap_err();
+        assert!(
+            matches!(damaged, DiskError::VoteWaitDamaged { .. }),
+            "{damaged}"
+        );
     }
 
     /// A founding member of a new cluster is a voter once the vote quarantine every empty

@@ -1303,10 +1303,43 @@ pub async fn run(
         epoch = %opened.persisted.epoch,
         "log recovered; joining as backup"
     );
+    // Recorded before the core sends anything (`disk::vote_wait_at_start`).
+    let failover_timeout = config.core.failover_timeout;
+    let vote_wait_dir = config.data_dir.clone();
+    let previous_vote_wait = tokio::task::spawn_blocking(move || {
+        disk::vote_wait_at_start(&vote_wait_dir, failover_timeout)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    if !previous_vote_wait.is_zero() {
+        info!(
+            previous_ms = previous_vote_wait.as_millis() as u64,
+            failover_timeout_ms = failover_timeout.as_millis() as u64,
+            "the data dir last ran with a longer --failover-timeout: not voting until that long after start (its answers before this start promised as much)"
+        );
+        let dir = config.data_dir.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(previous_vote_wait).await;
+            let recorded =
+                tokio::task::spawn_blocking(move || disk::record_vote_wait(&dir, failover_timeout))
+                    .await;
+            if let Ok(Err(e)) = recorded {
+                warn!(error = %e, "cannot record the failover timeout in the data dir; the next start waits the longer one again");
+            }
+        });
+    }
     let started = BootInstant::now();
+    // The learner nonce comes from this seed: `RandomState` keys are drawn from the
+    // operating system's random source, so two runs never share it by accident.
     let seed = u64::from(config.node_id.get())
         ^ started.since_boot().as_nanos() as u64
-        ^ std::process::id() as u64;
+        ^ std::process::id() as u64
+        ^ {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
     if let Some(reason) = &opened.learner_reason {
         warn!(%reason, "starting as a learner: replicating, but neither voting nor counting towards commit until the primary finds it caught up");
     }
@@ -1319,7 +1352,10 @@ pub async fn run(
         );
     }
     let core = Core::new(
-        config.core.clone(),
+        core::Config {
+            previous_vote_wait,
+            ..config.core.clone()
+        },
         opened.persisted,
         opened.recovered.clone(),
         opened.start,

@@ -57,9 +57,9 @@
 //! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64, health u8, priority u8 |
 //! | 18 | VoteRequest | epoch u64, last_lsn u64, last_epoch u64, transfer u8 |
-//! | 19 | VoteResponse | epoch u64, granted u8 |
+//! | 19 | VoteResponse | epoch u64, granted u8, vote_wait_ns u64 |
 //! | 20 | Append | epoch u64, prev_lsn u64, prev_epoch u64, first_lsn u64, last_lsn u64, records_epoch u64, commit_lsn u64, sent_at_ns u64, promote u64, promote_through u64, paused u8, pause_stamp u64, successor u16 (0: none), then the records |
-//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64, health u8, priority u8 |
+//! | 21 | AppendResponse | epoch u64, accepted u8, matched_lsn u64, matched_epoch u64, durable_lsn u64, sent_at_ns u64, learner u64, health u8, priority u8, vote_wait_ns u64 |
 //! | 22 | TimeoutNow | epoch u64 |
 //! | 32 | SnapshotBegin | epoch u64, lsn u64, snapshot_epoch u64, body_len u64, config_lsn u64, then the payload of the config record in effect at `lsn` (`node::members`) |
 //! | 33 | SnapshotChunk | offset u64, then one chunk exactly as in the snapshot file: len u32, crc u32, data |
@@ -134,8 +134,9 @@ use crate::{Epoch, Lsn, NodeId};
 /// config record kind, the `can_vote` health bit, and the previous secret of a rotation
 /// (`Hello::previous_cluster_id`, `Frame::Challenge::which`). Version 6 added
 /// `Append::successor`. Version 7 added the application's address to `Proof` (and to the
-/// dialler's tag).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// dialler's tag). Version 8 added `vote_wait` to `VoteResponse` and `AppendResponse` (how
+/// long the sender refuses votes: nodes may run with different failover timeouts).
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -512,10 +513,11 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             })
         }
         19 => {
-            expect(9)?;
+            expect(17)?;
             message(Message::VoteResponse {
                 epoch: get_epoch(body)?,
                 granted: get_bool(body)?,
+                vote_wait: std::time::Duration::from_nanos(body.get_u64_le()),
             })
         }
         20 => {
@@ -564,7 +566,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             }
         }
         21 => {
-            expect(51)?;
+            expect(59)?;
             message(Message::AppendResponse(AppendResponse {
                 epoch: get_epoch(body)?,
                 accepted: get_bool(body)?,
@@ -574,6 +576,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
                 sent_at: std::time::Duration::from_nanos(body.get_u64_le()),
                 learner: body.get_u64_le(),
                 health: get_health(body, false)?.0,
+                vote_wait: std::time::Duration::from_nanos(body.get_u64_le()),
             }))
         }
         22 => {
@@ -772,10 +775,15 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(last_epoch.get());
                 dst.put_u8(u8::from(*transfer));
             }
-            Message::VoteResponse { epoch, granted } => {
+            Message::VoteResponse {
+                epoch,
+                granted,
+                vote_wait,
+            } => {
                 dst.put_u8(19);
                 dst.put_u64_le(epoch.get());
                 dst.put_u8(u8::from(*granted));
+                dst.put_u64_le(duration_ns(*vote_wait));
             }
             Message::Append(append) => {
                 dst.put_u8(20);
@@ -804,6 +812,7 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
                 dst.put_u64_le(duration_ns(response.sent_at));
                 dst.put_u64_le(response.learner);
                 put_health(dst, response.health, false);
+                dst.put_u64_le(duration_ns(response.vote_wait));
             }
             Message::TimeoutNow { epoch } => {
                 dst.put_u8(22);
@@ -1114,6 +1123,7 @@ mod tests {
             Message::VoteResponse {
                 epoch: Epoch(4),
                 granted: false,
+                vote_wait: Duration::from_millis(500),
             },
             Message::AppendResponse(AppendResponse {
                 epoch: Epoch(4),
@@ -1124,6 +1134,7 @@ mod tests {
                 sent_at: Duration::from_millis(5),
                 learner: 77,
                 health: Health::default(),
+                vote_wait: Duration::from_millis(500),
             }),
             Message::TimeoutNow { epoch: Epoch(4) },
         ] {

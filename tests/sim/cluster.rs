@@ -271,6 +271,8 @@ pub struct Sim {
     committed_log: CommittedLog,
     members_check: MembersCheck,
     /// The operator changes the membership in this run.
+    /// Each start draws its node's failover timeout (250, 500 or 1000 ms).
+    mixed_timeouts: bool,
     members_ops: bool,
     /// `SIM_BREAK=members`: two voters made at once, and a split that exploits it.
     break_members: bool,
@@ -321,6 +323,7 @@ impl Sim {
         let members: Vec<NodeId> = (1..=size as u16).map(NodeId).collect();
         let ids: Vec<NodeId> = (1..=(size + spares) as u16).map(NodeId).collect();
         let members_ops = !options.scripted && (break_members || rng.below(4) != 0);
+        let mixed_timeouts = !options.scripted && rng.below(3) == 0;
         let fault_ms = if break_members {
             FAULT_MS_BREAK_MEMBERS
         } else {
@@ -368,6 +371,7 @@ impl Sim {
                 !break_members,
             ),
             members_ops,
+            mixed_timeouts,
             break_members,
             evict: None,
             written_config: None,
@@ -511,6 +515,18 @@ impl Sim {
         let mut config = self.config.clone();
         config.node_id = n.id;
         config.priority = n.priority;
+        if self.mixed_timeouts {
+            // Nodes (and runs of one node) with different failover timeouts: a rolling change
+            // of the setting. Each answer counts towards a lease only for as long as its
+            // sender refuses votes, and a restart waits out the longest timeout its disk ran
+            // with.
+            let timeout = Duration::from_millis([250, 500, 1000][(seed % 3) as usize]);
+            config.failover_timeout = timeout;
+            config.clock_drift_margin = timeout / 10;
+            config.app_timeout = timeout;
+            config.previous_vote_wait = n.disk.vote_wait;
+            n.disk.vote_wait = n.disk.vote_wait.max(timeout);
+        }
         // The seed configuration; a spare's includes itself (its `--peers` names it), which
         // it acts on only until its log holds the cluster's configuration, as a learner.
         config.members.clone_from(&self.seed_members);

@@ -70,6 +70,9 @@ pub struct Disk {
     pub sync_scheduled: bool,
     pub meta: PersistedMeta,
     pub meta_queue: VecDeque<PersistedMeta>,
+    /// The longest failover timeout a run on this disk used (the data dir's `vote-wait`,
+    /// never lowered here: the node lowers it only once it has waited the longer one out).
+    pub vote_wait: std::time::Duration,
 }
 
 impl Disk {

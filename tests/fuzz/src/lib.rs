@@ -447,6 +447,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
                 sent_at: std::time::Duration::from_millis(12),
                 learner: 0x5eed,
                 health: understudy::core::Health::default(),
+                vote_wait: std::time::Duration::from_millis(500),
             }),
             records: Bytes::new(),
         },
