@@ -25,6 +25,17 @@ fn primary(cluster: &mut Cluster) -> Option<u16> {
     found
 }
 
+/// Whether every node's `/status` says it is a voter.
+fn all_voters(cluster: &Cluster) -> bool {
+    cluster.nodes.iter().all(|node| {
+        support::http_get(node.admin_addr, "/status").is_some_and(|(code, body)| {
+            code == 200
+                && serde_json::from_str::<serde_json::Value>(&body)
+                    .is_ok_and(|v| v["standing"] == "voter")
+        })
+    })
+}
+
 fn log_of(cluster: &Cluster, id: u16) -> String {
     std::fs::read_to_string(&cluster.node(id).log).unwrap_or_default()
 }
@@ -69,15 +80,7 @@ fn garbage_and_oversized_frames_on_the_peer_port_are_dropped() {
     // primary's append reached it is a learner until that primary promotes it, and a
     // primary killed before then leaves one voter of three.
     assert!(
-        wait_until(Duration::from_secs(10), || cluster.nodes.iter().all(
-            |node| {
-                support::http_get(node.admin_addr, "/status").is_some_and(|(code, body)| {
-                    code == 200
-                        && serde_json::from_str::<serde_json::Value>(&body)
-                            .is_ok_and(|v| v["standing"] == "voter")
-                })
-            }
-        )),
+        wait_until(Duration::from_secs(10), || all_voters(&cluster)),
         "not every node became a voter"
     );
     let old = primary(&mut cluster).unwrap();
@@ -173,5 +176,70 @@ fn a_peer_of_another_protocol_version_is_refused_by_number() {
         wait_until(Duration::from_secs(5), || log_of(&cluster, 1)
             .contains(&expected)),
         "the refusal was not logged"
+    );
+}
+
+/// Nodes with different failover timeouts (a rolling change of the setting) form one cluster
+/// and fail over; a node restarted with a shorter timeout than it ran with says it waits out
+/// the longer one, and `<data-dir>/vote-wait` keeps the longer until then.
+#[test]
+fn nodes_with_different_failover_timeouts_fail_over_and_a_shorter_restart_waits_the_longer() {
+    let mut cluster = Cluster::new(3);
+    cluster.args = vec!["--heartbeat-interval".into(), "20ms".into()];
+    for (id, timeout) in [(1, "300ms"), (2, "600ms"), (3, "1s")] {
+        cluster.node_mut(id).extra = vec!["--failover-timeout".into(), timeout.into()];
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || primary(&mut cluster).is_some()),
+        "no primary"
+    );
+    let vote_wait = |cluster: &Cluster, id: u16| {
+        std::fs::read_to_string(cluster.node(id).data_dir.join("vote-wait")).unwrap_or_default()
+    };
+    assert_eq!(vote_wait(&cluster, 3), "1000000000\n");
+    // Every node a voter first (a founding member that missed the first election is a
+    // learner until the primary promotes it).
+    assert!(
+        wait_until(Duration::from_secs(10), || all_voters(&cluster)),
+        "not every node became a voter: {}",
+        cluster.logs_tail(20)
+    );
+    let old = primary(&mut cluster).expect("a primary");
+    cluster.kill(old);
+    assert!(
+        wait_until(Duration::from_secs(15), || primary(&mut cluster)
+            .is_some_and(|p| p != old)),
+        "no new primary after node {old} was killed"
+    );
+    // Node 3 again, with a shorter timeout than it ran with.
+    if old != 3 {
+        cluster.kill(3);
+    }
+    cluster.node_mut(3).extra = vec!["--failover-timeout".into(), "300ms".into()];
+    cluster.start_node(3);
+    assert!(
+        wait_until(Duration::from_secs(5), || log_of(&cluster, 3)
+            .contains("last ran with a longer --failover-timeout")),
+        "node 3 did not say it waits out its longer timeout"
+    );
+    assert_eq!(
+        vote_wait(&cluster, 3),
+        "1000000000\n",
+        "kept until waited out"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || vote_wait(&cluster, 3)
+            == "300000000\n"),
+        "the shorter timeout was not recorded after the longer one passed"
+    );
+    if old != 3 {
+        cluster.start_node(old);
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || primary(&mut cluster).is_some()),
+        "no primary at the end"
     );
 }
