@@ -598,8 +598,10 @@ impl Core {
         // The votes are our first lease (see `election_become_primary`). Votes that arrive
         // after that lease ran out (long network delays) elect nobody: other nodes may have
         // voted in a later epoch since, and a primary without a lease must not even call
-        // itself primary. The candidacy times out and starts over.
-        if self.st.now >= requested_at + self.lease && !self.config.unsafe_testing.skip_lease {
+        // itself primary. The candidacy times out and starts over. The votes hold the lease
+        // for as long as the granter that waits least keeps refusing (`Config::lease_for`).
+        let vote_lease_end = requested_at + self.config.lease_for(election.vote_wait_min);
+        if self.st.now >= vote_lease_end && !self.config.unsafe_testing.skip_lease {
             return;
         }
         self.election_become_primary(out);

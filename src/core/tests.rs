@@ -1323,51 +1323,69 @@ fn isolated_node_never_raises_its_epoch() {
 }
 
 /// Votes that arrive after the lease they would grant has run out elect nobody: in the
-/// meantime the voters may have voted in a later epoch.
+/// meantime the voters may have voted in a later epoch. A vote from a granter with a
+/// shorter failover timeout grants a shorter lease (`Config::lease_for`), and runs out
+/// sooner.
 #[test]
 fn votes_arriving_after_the_lease_elect_nobody() {
-    let mut core = new_core(
-        config(N1, &[1, 2, 3]),
-        log_of(&[(1, 4)]),
-        PersistedMeta {
-            epoch: Epoch(1),
-            voted_for: None,
-            learner: false,
-        },
-    );
-    step(&mut core, Input::Tick { now: ms(600) });
-    receive(
-        &mut core,
-        600,
-        N2,
-        Message::PreVoteResponse {
-            epoch: Epoch(2),
-            granted: true,
-            voter_epoch: Epoch(1),
-            health: STANDS,
-            same_log: false,
-        },
-    );
-    step(
-        &mut core,
-        Input::MetaPersisted {
-            epoch: Epoch(2),
-            voted_for: Some(N1),
-            learner: false,
-        },
-    );
-    let out = receive(
-        &mut core,
-        1050,
-        N2,
-        Message::VoteResponse {
-            epoch: Epoch(2),
-            granted: true,
-            vote_wait: Duration::from_millis(500),
-        },
-    );
+    // Node 1 asks for votes at 600 ms; node 2's vote, refusing others for `vote_wait`,
+    // arrives at `at`.
+    let vote_at = |at: u64, vote_wait: u64| {
+        let mut core = new_core(
+            config(N1, &[1, 2, 3]),
+            log_of(&[(1, 4)]),
+            PersistedMeta {
+                epoch: Epoch(1),
+                voted_for: None,
+                learner: false,
+            },
+        );
+        step(&mut core, Input::Tick { now: ms(600) });
+        receive(
+            &mut core,
+            600,
+            N2,
+            Message::PreVoteResponse {
+                epoch: Epoch(2),
+                granted: true,
+                voter_epoch: Epoch(1),
+                health: STANDS,
+                same_log: false,
+            },
+        );
+        step(
+            &mut core,
+            Input::MetaPersisted {
+                epoch: Epoch(2),
+                voted_for: Some(N1),
+                learner: false,
+            },
+        );
+        let out = receive(
+            &mut core,
+            at,
+            N2,
+            Message::VoteResponse {
+                epoch: Epoch(2),
+                granted: true,
+                vote_wait: Duration::from_millis(vote_wait),
+            },
+        );
+        (core, out)
+    };
+    // The lease of a vote from a node with this node's timeout (500 ms) is 450 ms.
+    let (core, out) = vote_at(1050, 500);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(core.role(), Role::Candidate);
+    let (core, _) = vote_at(1049, 500);
+    assert_eq!(core.role(), Role::Primary);
+    // From a node with a 250 ms timeout, 250 x 450 / 500 = 225 ms.
+    let (core, out) = vote_at(825, 250);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(core.role(), Role::Candidate);
+    let (core, _) = vote_at(824, 250);
+    assert_eq!(core.role(), Role::Primary);
+    assert_eq!(core.status().lease_until, Some(ms(825)));
 }
 
 /// The first `AppendResponse` sent to `to` among `out`.
