@@ -278,7 +278,10 @@ impl Core {
         // The shell reads the configuration it starts with from `members()`; changes are
         // reported from here on.
         core.st.members_reported = Some(core.st.log.configs.latest());
-        core.reset_election_deadline(now);
+        // Counted from the end of the start's refusal, as after hearing from a primary:
+        // standing is voting for itself, which the refusal forbids too.
+        let refusing_from = core.st.last_primary_contact.unwrap_or(now);
+        core.reset_election_deadline(refusing_from);
         core.quarantine_defer_deadline();
         Ok(core)
     }
@@ -450,6 +453,13 @@ impl Core {
                     // `no_failover`, or a paused one (`health.rs`).
                     let now = self.st.now;
                     self.reset_election_deadline(now);
+                } else if self.st.now >= self.st.election_deadline
+                    && self.heard_from_primary_recently()
+                {
+                    // Still bound by an answer it gave (or by a start's refusal): it may not
+                    // vote for anyone, itself included, until the wait is over (`lease.rs`).
+                    let from = self.st.last_primary_contact.unwrap_or(self.st.now);
+                    self.reset_election_deadline(from);
                 } else if self.st.now >= self.st.election_deadline {
                     self.election_start_pre_vote(out);
                 }

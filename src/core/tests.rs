@@ -3379,6 +3379,18 @@ fn a_start_after_a_longer_failover_timeout_refuses_votes_that_long() {
     );
     let out = receive(&mut core, 5_000, N3, request);
     assert_eq!(vote_persisted(&out), Some(N3), "{out:?}");
+
+    // Nor does it stand (a vote for itself) before then, though its own timeout is 500 ms.
+    let mut cfg = config(N2, &[1, 2, 3]);
+    cfg.previous_vote_wait = Duration::from_millis(5000);
+    let mut core = new_core(cfg, log_of(&[(1, 4)]), PersistedMeta::default());
+    for at in (100..5_000).step_by(100) {
+        let out = step(&mut core, Input::Tick { now: ms(at) });
+        assert!(!pre_vote_sent(&out), "stood {at} ms after start: {out:?}");
+    }
+    // The jitter is at most 200 ms.
+    let out = step(&mut core, Input::Tick { now: ms(5_200) });
+    assert!(pre_vote_sent(&out), "{out:?}");
 }
 
 /// Nodes that run with different failover timeouts (a rolling change of the setting): a
