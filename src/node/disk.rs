@@ -1015,12 +1015,14 @@ mod tests {
             Duration::ZERO
         );
         assert_eq!(recorded(), "800000000\n");
-        std::fs::write(dir.path().join(VOTE_WAIT_FILE_NAME), "80000000").unwrap();
-        let damaged = vote_wait_at_start(dir.path(), ms(500)).unwrap_err();
-        assert!(
-            matches!(damaged, DiskError::VoteWaitDamaged { .. }),
-            "{damaged}"
-        );
+        for damage in ["80000000", "5x0\n", "", "-1\n"] {
+            std::fs::write(dir.path().join(VOTE_WAIT_FILE_NAME), damage).unwrap();
+            let damaged = vote_wait_at_start(dir.path(), ms(500)).unwrap_err();
+            assert!(
+                matches!(damaged, DiskError::VoteWaitDamaged { .. }),
+                "{damage:?}: {damaged}"
+            );
+        }
     }
 
     /// A founding member of a new cluster is a voter once the vote quarantine every empty
