@@ -598,13 +598,19 @@ impl Core {
         // The votes are our first lease (see `election_become_primary`). Votes that arrive
         // after that lease ran out (long network delays) elect nobody: other nodes may have
         // voted in a later epoch since, and a primary without a lease must not even call
-        // itself primary. The candidacy times out and starts over. The votes hold the lease
-        // for as long as the granter that waits least keeps refusing (`Config::lease_for`).
-        let vote_lease_end = requested_at + self.config.lease_for(election.vote_wait_min);
-        if self.st.now >= vote_lease_end && !self.config.unsafe_testing.skip_lease {
+        // itself primary. The candidacy times out and starts over.
+        if self.st.now >= self.votes_lease_end(election, requested_at)
+            && !self.config.unsafe_testing.skip_lease
+        {
             return;
         }
         self.election_become_primary(out);
+    }
+
+    /// Until when the votes of `election`, requested at `requested_at`, hold the lease: every
+    /// vote for as long as the granter that waits least keeps refusing (`Config::lease_for`).
+    fn votes_lease_end(&self, election: &Election, requested_at: super::Time) -> super::Time {
+        requested_at + self.config.lease_for(election.vote_wait_min)
     }
 
     fn election_become_primary(&mut self, out: &mut Vec<Action>) {
@@ -640,8 +646,7 @@ impl Core {
         let now = self.st.now;
         self.st.peers.clear();
         let members = self.members();
-        // Every vote counts for as long as the granter that waits least keeps refusing.
-        let vote_end = requested_at + self.config.lease_for(election.vote_wait_min);
+        let vote_end = self.votes_lease_end(&election, requested_at);
         for id in members.ids_owned() {
             if id == self.config.node_id {
                 continue;

@@ -604,12 +604,8 @@ impl Core {
                 peer.promote_through = last_lsn;
             }
         }
-        let lease_len = self.config.lease_for(response.vote_wait);
-        if old_lease_echo {
-            let sent_at = sent_at.min(now);
-            peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
-            let end = sent_at + lease_len;
-            peer.lease_end = Some(peer.lease_end.map_or(end, |at| at.max(end)));
+        let counted = if old_lease_echo {
+            Some(sent_at.min(now))
         } else if (response.learner == 0 || response.health.can_vote)
             && sent_at > super::Time::ZERO
             && sent_at <= now
@@ -621,9 +617,14 @@ impl Core {
             // quarantined) refuses the same way once the configuration makes it a voter, so
             // its echo counts from the moment it does (`lease_until` counts voters only). A send time after `now` is not one of ours: ignored,
             // never clamped, for clamping would count the acknowledgement from its arrival.
+            Some(sent_at)
+        } else {
+            None
+        };
+        if let Some(sent_at) = counted {
             // It counts for as long as its sender keeps refusing votes (`Config::lease_for`).
+            let end = sent_at + self.config.lease_for(response.vote_wait);
             peer.lease_sent_at = Some(peer.lease_sent_at.map_or(sent_at, |at| at.max(sent_at)));
-            let end = sent_at + lease_len;
             peer.lease_end = Some(peer.lease_end.map_or(end, |at| at.max(end)));
         }
         if response.accepted {
