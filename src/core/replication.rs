@@ -218,6 +218,7 @@ impl Core {
         let now = self.st.now;
         let records_max = self.config.inflight_records_max;
         let bytes_max = self.config.inflight_bytes_max;
+        let append_bytes_max = self.config.append_bytes_max;
         let mut shipped = false;
         let to = self.st.peers[i].id;
         let (promote, promote_through) = self.replicate_promote(i);
@@ -271,10 +272,10 @@ impl Core {
                             .append_records_max
                             .min(records_max - inflight_records)
                             .min(Lsn::count_between(next, end));
-                        while count > 1
-                            && inflight_bytes + self.st.bytes.estimate(next, next.plus(count - 1))
-                                > bytes_max
-                        {
+                        while count > 1 && {
+                            let bytes = self.st.bytes.estimate(next, next.plus(count - 1));
+                            inflight_bytes + bytes > bytes_max || bytes > append_bytes_max
+                        } {
                             count /= 2;
                         }
                         (epoch, count)

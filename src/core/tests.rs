@@ -3585,3 +3585,56 @@ mod mixed_failover_timeouts {
         assert_ne!(net.cores[0].role(), Role::Primary);
     }
 }
+
+/// The window goes out in appends of at most `append_bytes_max` bytes (a heartbeat waits
+/// behind each on the link), and a record longer than that goes alone.
+#[test]
+fn appends_carry_at_most_append_bytes_max_and_a_longer_record_goes_alone() {
+    let mut p = elected_primary();
+    receive(&mut p, 605, N2, ack(2, 4, 600, 0));
+    receive(&mut p, 606, N3, ack(2, 4, 600, 0));
+    assert_eq!(p.commit_lsn(), Lsn(4));
+    let limit = p.config.append_bytes_max;
+    assert_eq!(limit, 1 << 20);
+    // Ten records of 300 kB: three to an append.
+    let out = step(
+        &mut p,
+        Input::Propose {
+            now: ms(620),
+            count: 10,
+            bytes: 3_000_000,
+        },
+    );
+    let appends: Vec<Append> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to,
+                message: Message::Append(append),
+            } if *to == N2 => Some(*append),
+            _ => None,
+        })
+        .collect();
+    assert!(!appends.is_empty(), "{out:?}");
+    let mut next = Lsn(5);
+    for append in &appends {
+        assert_eq!(append.first_lsn, next, "{appends:?}");
+        let count = append.last_lsn.get() + 1 - append.first_lsn.get();
+        assert!((1..=3).contains(&count), "{count} records: {appends:?}");
+        next = append.last_lsn.next();
+    }
+    // The window (2 MiB) holds six of them until node 2 answers.
+    assert_eq!(next, Lsn(11), "{appends:?}");
+    receive(&mut p, 630, N2, ack(2, 14, 620, 0));
+    // One record of 1.5 MB, alone, once the window is empty.
+    let out = step(
+        &mut p,
+        Input::Propose {
+            now: ms(640),
+            count: 1,
+            bytes: 1_500_000,
+        },
+    );
+    let long = append_to(&out, N2).expect("an append of the long record");
+    assert_eq!((long.first_lsn, long.last_lsn), (Lsn(15), Lsn(15)));
+}

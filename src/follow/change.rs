@@ -38,10 +38,18 @@ pub const NAME_LEN_MAX: usize = 255;
 /// Names the materializer uses for its own temporary files; never a followed file.
 pub const TEMP_PREFIX: &str = ".understudy-tmp-";
 
-/// The most data one change carries once cut into pieces ([`Change::into_pieces`]): a
-/// record's payload has a limit (`wal::format::RECORD_PAYLOAD_LEN_MAX`), and one proposal
-/// should not hold a whole large file.
+/// The most data one change carries in a snapshot's frame, and in the log's records of
+/// earlier builds, which cut long changes at this length: a record's payload has a limit
+/// (`wal::format::RECORD_PAYLOAD_LEN_MAX`).
 pub const PIECE_LEN_MAX: usize = 16 << 20;
+/// The most data one change carries once cut into pieces for the log
+/// ([`Change::into_pieces`]). A record is never split across two appends, and a heartbeat
+/// on a peer link waits behind the append before it: with 16 MiB records, a bulk load on a
+/// busy 2-core machine held heartbeats up for 150-220 ms, close to a failover timeout (and
+/// over the 100 ms one `benches/README.md` recommends). At 1 MiB the wait is a few
+/// milliseconds, and a record's header is still a ten-thousandth of it.
+pub const LOG_PIECE_LEN: usize = 1 << 20;
+const _: () = assert!(LOG_PIECE_LEN <= PIECE_LEN_MAX);
 /// The name a large installed file is built under, in pieces, before it is renamed into
 /// place. A committed prefix of the log that ends halfway through leaves such a file behind
 /// (the application never sees it: it names its own files).
@@ -238,17 +246,17 @@ impl Change {
 }
 
 impl Change {
-    /// This change as changes of at most [`PIECE_LEN_MAX`] bytes of data each, that
+    /// This change as changes of at most [`LOG_PIECE_LEN`] bytes of data each, that
     /// applied in order have the same effect: a long append as appends at increasing
     /// offsets; a long install as an install of its first piece under [`PART_NAME`],
     /// appends to it, and a rename over the name. Anything shorter is returned as it is.
     pub fn into_pieces(self) -> Vec<Change> {
         match self {
-            Change::Append { name, offset, data } if data.len() > PIECE_LEN_MAX => {
-                let mut pieces = Vec::with_capacity(data.len().div_ceil(PIECE_LEN_MAX));
+            Change::Append { name, offset, data } if data.len() > LOG_PIECE_LEN => {
+                let mut pieces = Vec::with_capacity(data.len().div_ceil(LOG_PIECE_LEN));
                 let mut at = 0;
                 while at < data.len() {
-                    let end = (at + PIECE_LEN_MAX).min(data.len());
+                    let end = (at + LOG_PIECE_LEN).min(data.len());
                     pieces.push(Change::Append {
                         name: name.clone(),
                         offset: offset + at as u64,
@@ -258,17 +266,17 @@ impl Change {
                 }
                 pieces
             }
-            Change::Install { name, data } if data.len() > PIECE_LEN_MAX => {
+            Change::Install { name, data } if data.len() > LOG_PIECE_LEN => {
                 let part = Bytes::from_static(PART_NAME.as_bytes());
                 let mut pieces = vec![Change::Install {
                     name: part.clone(),
-                    data: data.slice(..PIECE_LEN_MAX),
+                    data: data.slice(..LOG_PIECE_LEN),
                 }];
                 pieces.extend(
                     Change::Append {
                         name: part.clone(),
-                        offset: PIECE_LEN_MAX as u64,
-                        data: data.slice(PIECE_LEN_MAX..),
+                        offset: LOG_PIECE_LEN as u64,
+                        data: data.slice(LOG_PIECE_LEN..),
                     }
                     .into_pieces(),
                 );
@@ -409,7 +417,7 @@ mod tests {
     #[test]
     fn long_changes_are_cut_into_pieces_with_the_same_effect() {
         use crate::follow::materialize::{read_dir_contents, Materializer};
-        let data: Bytes = (0..PIECE_LEN_MAX * 2 + 12345)
+        let data: Bytes = (0..LOG_PIECE_LEN * 2 + 12345)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<u8>>()
             .into();
@@ -429,7 +437,7 @@ mod tests {
             },
             Change::Install {
                 name: Bytes::from_static(b"big"),
-                data: data.slice(5..PIECE_LEN_MAX + 7),
+                data: data.slice(5..LOG_PIECE_LEN + 7),
             },
         ];
         let whole = tempfile::tempdir().unwrap();
@@ -441,7 +449,7 @@ mod tests {
             whole_m.apply(&change).unwrap();
             for piece in change.into_pieces() {
                 let encoded = piece.encode();
-                assert!(encoded.len() <= PIECE_LEN_MAX + 1024);
+                assert!(encoded.len() <= LOG_PIECE_LEN + 1024);
                 assert_eq!(Change::decode(encoded), Ok(piece.clone()));
                 cut_m.apply(&piece).unwrap();
                 count += 1;

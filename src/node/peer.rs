@@ -25,6 +25,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::clock::BootInstant;
 use crate::config::{ClusterSecret, PeerAddr};
 use crate::core::Message;
 use crate::proto::peer::{
@@ -66,7 +67,7 @@ pub struct Outbound {
 }
 
 /// Record bytes queued for one peer, at most. The core keeps at most its in-flight window
-/// (8 MiB) unacknowledged per backup, so a connected link stays well below this; a peer
+/// (2 MiB) unacknowledged per backup, so a connected link stays well below this; a peer
 /// that is down or stalled would otherwise collect up to `OUTBOUND_QUEUE_MAX` resends of
 /// that window, each pinning its pages of the log. Past the bound a message with records is
 /// dropped, as a lossy network would; the core ships it again when the link makes progress.
@@ -141,6 +142,9 @@ pub struct PeerConfig {
     pub reader: wal::reader::Reader,
     /// Mutual TLS on every peer connection, when set.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The origin of the core's clock (`Shell::now`): an append's send time is read from it
+    /// again as the append leaves ([`send_loop`]).
+    pub started: BootInstant,
 }
 
 /// Connects to a peer: resolves its name now (every call, so a peer that moved is found at
@@ -469,7 +473,7 @@ async fn dial_loop(
                 was_up = true;
                 let result = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    result = send_loop(stream, &mut queue) => result,
+                    result = send_loop(stream, &mut queue, config.started) => result,
                 };
                 connected.store(false, Ordering::Relaxed);
                 match result {
@@ -632,9 +636,20 @@ async fn write_frame_half(
 
 /// Writes queued messages, flushing whenever the queue runs dry. Returns `Ok` when the
 /// queue closes (shutdown), `Err` when the connection breaks.
+///
+/// An append's send time (`Append::sent_at`, a reading of the core's clock, which runs from
+/// `started`) is read again just before its head is written. The core stamped it when it
+/// made the append; since then the append may have waited behind megabytes of earlier ones
+/// on this link (a follow-mode bulk load ships records of up to a MiB in appends of several),
+/// and a backup's answer counts towards the lease from the stamp it echoes (`lease.rs`). The
+/// later reading is still taken before the backup can receive the append, the one thing
+/// step 1 of the lease argument needs of it; readings taken in queue order never go back,
+/// so the echoes of one run of this node still only move forward; and the core's own
+/// reading for the answer comes after it, so the echo is never in the core's future.
 async fn send_loop(
     mut stream: BufWriter<PeerStream>,
     queue: &mut mpsc::Receiver<Queued>,
+    started: BootInstant,
 ) -> Result<(), LinkError> {
     let mut head = BytesMut::with_capacity(4096);
     let mut probe = [0u8; 1];
@@ -654,6 +669,10 @@ async fn send_loop(
             return Ok(());
         };
         loop {
+            if let Message::Append(append) = &mut outbound.message {
+                let leaving = crate::core::Time::from_duration(started.elapsed()).as_duration();
+                append.sent_at = append.sent_at.max(leaving);
+            }
             head.clear();
             let records_len: usize = outbound.records.iter().map(Bytes::len).sum();
             encode_message_head(&outbound.message, records_len, &mut head);
@@ -1033,6 +1052,93 @@ mod tests {
             remote: Some(remote.parse().unwrap()),
             ..Announced::default()
         }
+    }
+
+    /// An append's send time is read again as it leaves, so an append that waited in the
+    /// queue (behind megabytes of earlier ones) is not counted towards the lease from when
+    /// the core made it; a message that is not an append leaves as it was.
+    #[tokio::test]
+    async fn an_append_is_stamped_again_as_it_leaves() {
+        use crate::core::{Append, Time};
+        use wal::{Epoch, Lsn};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let started = BootInstant::now();
+        let made_at = Duration::from_millis(1);
+        let append = |sent_at| Append {
+            epoch: Epoch(3),
+            prev_lsn: Lsn(0),
+            prev_epoch: Epoch(0),
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(0),
+            records_epoch: Epoch(3),
+            commit_lsn: Lsn(0),
+            sent_at,
+            promote: 0,
+            promote_through: Lsn(0),
+            paused: false,
+            pause_stamp: 0,
+            config: None,
+            successor: None,
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let queued = Arc::new(AtomicUsize::new(0));
+        for message in [
+            Message::Append(append(made_at)),
+            Message::TimeoutNow { epoch: Epoch(3) },
+            // Made "later" than the clock reads: it keeps its own stamp.
+            Message::Append(append(Duration::from_secs(3600))),
+        ] {
+            let outbound = Outbound {
+                message,
+                records: Vec::new(),
+            };
+            let charge = Charge {
+                bytes: 0,
+                queued: Arc::clone(&queued),
+            };
+            tx.send(Queued {
+                outbound,
+                _charge: charge,
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        // The messages wait in the queue for a while before the link takes them.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let sending = tokio::spawn(async move {
+            let stream = BufWriter::new(Either::Left(client));
+            send_loop(stream, &mut rx, started).await
+        });
+        let mut reader = FramedRead::new(server, PeerCodec);
+        let mut got = Vec::new();
+        while let Some(frame) = reader.next().await {
+            match frame.unwrap() {
+                Frame::Message { message, .. } => got.push(message),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        let read_at = Time::from_duration(started.elapsed()).as_duration();
+        sending.await.unwrap().unwrap();
+        assert_eq!(got.len(), 3, "{got:?}");
+        let Message::Append(first) = &got[0] else {
+            panic!("not an append: {:?}", got[0]);
+        };
+        assert!(
+            first.sent_at >= Duration::from_millis(30) && first.sent_at <= read_at,
+            "stamped {:?}, read at {read_at:?}",
+            first.sent_at
+        );
+        assert_eq!(first.last_lsn, Lsn(0));
+        assert!(matches!(got[1], Message::TimeoutNow { epoch: Epoch(3) }));
+        let Message::Append(last) = &got[2] else {
+            panic!("not an append: {:?}", got[2]);
+        };
+        assert_eq!(last.sent_at, Duration::from_secs(3600));
     }
 
     /// An application address on loopback (or unspecified) is used only when the peer is on
