@@ -119,6 +119,14 @@ pub enum ChangeError {
 }
 
 impl Change {
+    /// The file data it carries: an append's or an install's bytes, 0 for the others.
+    pub fn data_len(&self) -> usize {
+        match self {
+            Change::Append { data, .. } | Change::Install { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+
     /// The file the change is about (for a rename, its old name); `None` for a `Swap`,
     /// which is about several.
     pub fn name(&self) -> Option<&Bytes> {

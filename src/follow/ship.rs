@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::capture::{Capture, CaptureError};
+use super::capture::{Backlog, Capture, CaptureError};
 use super::change::Change;
 use crate::node::{NodeHandle, Placement, ProposeOutcome};
 
@@ -87,10 +87,20 @@ impl Shipper {
             Arc::clone(&stopping),
         ));
         let thread_stopping = Arc::clone(&stopping);
+        let backlog = capture.backlog();
         let thread = std::thread::Builder::new()
             .name("follow-ship".into())
             .spawn(move || {
-                let error = ship(&changes, &node, &runtime, &flight_tx, &thread_stopping);
+                let error = ship(
+                    &changes,
+                    &backlog,
+                    &node,
+                    &runtime,
+                    &flight_tx,
+                    &thread_stopping,
+                );
+                // The capture must not wait for room that nobody will make.
+                backlog.close();
                 note_first(&first_error, error);
                 // Every placed proposal has its outcome before shipping counts as ended.
                 drop(flight_tx);
@@ -251,23 +261,24 @@ async fn count_commits(
 /// batch wrote nothing and is proposed again before any later one.
 fn ship(
     changes: &mpsc::Receiver<Result<Change, CaptureError>>,
+    backlog: &Backlog,
     node: &NodeHandle,
     runtime: &tokio::runtime::Handle,
     flight: &tokio::sync::mpsc::Sender<InFlight>,
     stopping: &AtomicBool,
 ) -> ShipError {
-    // Pieces not yet proposed, each with whether it is the last of its change.
-    let mut queue: std::collections::VecDeque<(Bytes, bool)> = std::collections::VecDeque::new();
+    // Pieces not yet proposed, each with whether it is the last of its change and the data
+    // bytes it holds of the capture's backlog (given back once it is in a proposal).
+    let mut queue: std::collections::VecDeque<(Bytes, bool, u64)> =
+        std::collections::VecDeque::new();
     let mut failed = None;
-    let take = |change: Change, queue: &mut std::collections::VecDeque<(Bytes, bool)>| {
+    let take = |change: Change, queue: &mut std::collections::VecDeque<(Bytes, bool, u64)>| {
         let pieces = change.into_pieces();
         let last = pieces.len() - 1;
-        queue.extend(
-            pieces
-                .into_iter()
-                .enumerate()
-                .map(|(i, piece)| (piece.encode(), i == last)),
-        );
+        queue.extend(pieces.into_iter().enumerate().map(|(i, piece)| {
+            let held = piece.data_len() as u64;
+            (piece.encode(), i == last, held)
+        }));
     };
     loop {
         if queue.is_empty() {
@@ -302,19 +313,23 @@ fn ship(
         let mut payloads = Vec::new();
         let mut bytes = 0;
         let mut ends = 0u64;
-        while let Some((payload, _)) = queue.front() {
+        let mut held = 0u64;
+        while let Some((payload, _, _)) = queue.front() {
             if !payloads.is_empty()
                 && (payloads.len() >= BATCH_CHANGES_MAX || bytes + payload.len() > BATCH_BYTES_MAX)
             {
                 break;
             }
-            let Some((payload, last)) = queue.pop_front() else {
+            let Some((payload, last, piece_held)) = queue.pop_front() else {
                 break;
             };
             bytes += payload.len();
             ends += u64::from(last);
+            held += piece_held;
             payloads.push(payload);
         }
+        // In a proposal now: the capture may read on.
+        backlog.take(held);
         // A refusal that wrote nothing (the disk is behind, a hand-over is starting) is
         // retried with the same batch, so the order holds; anything else ends shipping.
         let mut pause = RETRY_PAUSE_MIN;
