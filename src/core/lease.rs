@@ -8,7 +8,9 @@
 //! `failover_timeout`, `m` for `clock_drift_margin`, `L = T - m` for the lease.
 //!
 //! 1. The primary P stamps each append with its clock reading `s` when it leaves (true time
-//!    `S`). A backup B that answers it (in P's epoch) received it at true time `R >= S`, and
+//!    `S`): the core when it makes it, and the peer link again just before writing it
+//!    (`node::peer::send_loop`), later but still before any backup can receive it. A
+//!    backup B that answers it (in P's epoch) received it at true time `R >= S`, and
 //!    echoes `s` itself: the send time of the very append it answers (unasked, after a later
 //!    fsync, that of the latest append it received from P in this epoch). B forgets P's send
 //!    times when the epoch or the primary changes, and echoes zero when it refuses an append
