@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# follow_bulk.sh: a bulk load through follow mode, and what it costs the primary's sidecar.
+#
+# Starts the 3-node follow-mode cluster of tests/scripts/follow_redis.sh (an `understudy
+# run` sidecar per node, the system's redis-server under --app-cmd on the primary, its
+# appendonlydir followed; release binaries), then pipes SETS SETs of 64 KiB values
+# (`redis-cli --pipe`, distinct keys, about SETS x 64 KiB in all) into the primary's client
+# port, where each reply waits for its change to commit. Samples the primary's sidecar's
+# RssAnon every 50 ms. One line per run:
+#
+#   run 1: load 2743 ms, 149 MB/s; primary sidecar peak RssAnon 65 MB; backups' longest
+#          heartbeat gap 35 / 41 ms; stepped down: no
+#
+# "Stepped down" is any primary change during the load (the sidecar's warning, such as a
+# lapsed lease, is printed): nothing is killed, so every one is false. Ends with a summary
+# over the runs. A run whose load fails (its client connection cut by a step-down) is
+# counted, not fatal.
+#
+# Run: benches/follow_bulk.sh [--runs N] [--sets N] [--timeout-ms MS] [--heartbeat-ms MS]
+#      (defaults 6, 6400, 100, a tenth of the timeout: the recommended setting). A run takes
+#      5-10 s; the load file (SETS x 64 KiB) is written once under $TMPDIR and removed at the
+#      end, as is each run's directory. Needs redis-server and redis-cli (Debian's
+#      redis-server and redis-tools).
+set -euo pipefail
+
+RUNS=6
+SETS=6400
+TIMEOUT_MS=100
+HEARTBEAT_MS=
+ONE_RUN=
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --runs) RUNS=$2; shift 2 ;;
+    --sets) SETS=$2; shift 2 ;;
+    --timeout-ms) TIMEOUT_MS=$2; shift 2 ;;
+    --heartbeat-ms) HEARTBEAT_MS=$2; shift 2 ;;
+    --one-run) ONE_RUN=$2; shift 2 ;; # internal: one run, its load file given
+    *) echo "usage: $0 [--runs N] [--sets N] [--timeout-ms MS] [--heartbeat-ms MS]" >&2; exit 2 ;;
+    esac
+done
+HEARTBEAT_MS=${HEARTBEAT_MS:-$((TIMEOUT_MS / 10))}
+for tool in redis-server redis-cli; do
+    command -v "$tool" >/dev/null \
+        || { echo "$tool is not on the PATH: install Debian's redis-server and redis-tools" >&2; exit 1; }
+done
+
+if [[ -z $ONE_RUN ]]; then
+    # The load file, once: SETS commands of a 64 KiB value each, in RESP.
+    LOAD=$(mktemp "${TMPDIR:-/tmp}/understudy-bulk.XXXXXX")
+    trap 'rm -f "$LOAD"' EXIT
+    python3 - "$SETS" >"$LOAD" <<'PY'
+import sys
+n = int(sys.argv[1])
+value = b"x" * 65536
+out = sys.stdout.buffer
+for i in range(n):
+    key = b"bulk:%d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+PY
+    echo "follow-mode bulk load: $RUNS run(s) of $SETS SETs of 64 KiB ($(($(stat -c %s "$LOAD") / 1000000)) MB)," \
+        "--failover-timeout ${TIMEOUT_MS}ms, --heartbeat-interval ${HEARTBEAT_MS}ms; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    results=()
+    for run in $(seq 1 "$RUNS"); do
+        line=$("$0" --one-run "$LOAD" --sets "$SETS" --timeout-ms "$TIMEOUT_MS" --heartbeat-ms "$HEARTBEAT_MS" 2>/dev/null | tail -n 1) || true
+        [[ $line == result* ]] || line="result 0 0 0 0 0 failed-to-start"
+        read -r _ ms peak gap_a gap_b stepped why <<<"$line"
+        if [[ $ms -gt 0 ]]; then
+            took="load ${ms} ms, $((SETS * 65536 / 1000 / ms)) MB/s"
+        else
+            took="load did not finish"
+        fi
+        echo "run $run: $took; primary sidecar peak RssAnon $((peak / 1024)) MB;" \
+            "backups' longest heartbeat gap $gap_a / $gap_b ms; stepped down: $stepped${why:+ ($why)}"
+        results+=("$ms $peak $stepped")
+    done
+    printf '%s\n' "${results[@]}" | awk '
+        { n++; if ($2 > p) p = $2 }
+        $3 == "yes" { s++ }
+        $3 == "failed" { f++ }
+        $3 == "no" { k++; if (lo == "" || $1 < lo) lo = $1; if ($1 > hi) hi = $1 }
+        END {
+            printf "summary: %d run(s), %d stepped down, %d failed otherwise; load of the others %s-%s ms; peak RssAnon up to %d MB\n",
+                n, s, f, (k ? lo : "none"), (k ? hi : "none"), p / 1024
+        }'
+    exit 0
+fi
+
+# One run: its own cluster and directory.
+# shellcheck source-path=SCRIPTDIR source=../tests/scripts/lib.sh
+source "$(dirname "$0")/../tests/scripts/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=../tests/scripts/follow_lib.sh
+source "$(dirname "$0")/../tests/scripts/follow_lib.sh"
+FAILOVER_TIMEOUT_MS=$TIMEOUT_MS
+HEARTBEAT="${HEARTBEAT_MS}ms"
+setup plain
+for id in "${NODES[@]}"; do start_follow_node "$id"; done
+P=$(wait_serving "$SERVE_TIMEOUT_S") || fail "no serving primary within ${SERVE_TIMEOUT_S} s"
+(
+    peak=0
+    while kill -0 "${NODE_PID[$P]}" 2>/dev/null; do
+        rss=$(awk '/^RssAnon/ {print $2}' "/proc/${NODE_PID[$P]}/status" 2>/dev/null) || break
+        if [[ ${rss:-0} -gt $peak ]]; then
+            peak=$rss
+            echo "$peak" >"$WORK/peak"
+        fi
+        sleep 0.05
+    done
+) &
+EXTRA_PIDS+=($!)
+started=$(now_ms)
+loaded=yes
+redis-cli -p "${CLIENT_PORT[$P]}" --pipe --pipe-timeout 120 <"$ONE_RUN" >"$WORK/pipe.out" 2>&1 || loaded=no
+ms=$(($(now_ms) - started))
+grep -q "errors: 0, replies: $SETS" "$WORK/pipe.out" || loaded=no
+gaps=()
+for id in "${NODES[@]}"; do
+    [[ $id == "$P" ]] && continue
+    gap=$(admin_get "${ADMIN_PORT[$id]}" /metrics 2>/dev/null \
+        | awk '$1 == "understudy_heartbeat_gap_max_seconds" {printf "%d", $2 * 1000}') || true
+    gaps+=("${gap:--}")
+done
+stepped=no
+why=""
+if grep -q "stepping down" "$WORK/n$P.log" || [[ $(serving_primary || echo none) != "$P" ]]; then
+    stepped=yes
+    why=$(grep -o "stepping down: [^(]*" "$WORK/n$P.log" | head -n 1 | sed 's/ *$//') || true
+fi
+if [[ $loaded == no && $stepped == no ]]; then
+    stepped=failed
+    why="the load failed: $(tail -n 1 "$WORK/pipe.out")"
+fi
+FAILED=0
+echo "result $([[ $loaded == yes ]] && echo "$ms" || echo 0) $(cat "$WORK/peak" 2>/dev/null || echo 0) ${gaps[0]} ${gaps[1]} $stepped $why"
