@@ -426,15 +426,21 @@ impl Tracker {
                     return Ok(()); // Stopping: the rest is not wanted.
                 }
             }
-            let mut piece = vec![0; (size - tracked.len).min(READ_PIECE) as usize];
+            // The sink may have waited for shipping: the file may have been cut back and
+            // grown again meanwhile. Each piece is read with the captured tail before it, in
+            // one read, as the first was: other bytes there, or fewer, mean a cut, which the
+            // events that made it (queued since) show, as a cut, once this one is done.
+            let tail_len = tracked.tail.len();
+            let want = (size - tracked.len).min(READ_PIECE) as usize;
+            let mut piece = vec![0; tail_len + want];
+            file.seek(SeekFrom::Start(tracked.len - tail_len as u64))
+                .map_err(io(&path))?;
             let read = read_full(&mut file, &mut piece).map_err(io(&path))?;
             piece.truncate(read);
-            // A piece cut short: the file was cut back meanwhile, which its next event
-            // shows (as a cut).
-            grown = Bytes::from(piece);
-            if read == 0 {
+            if read <= tail_len || piece[..tail_len] != tracked.tail[..] {
                 return Ok(());
             }
+            grown = Bytes::from(piece).slice(tail_len..);
         }
     }
 
@@ -1333,6 +1339,62 @@ mod tests {
             "{:?}",
             asked.elapsed()
         );
+    }
+
+    /// A file cut back and grown again past what was captured, while capture waited for
+    /// room between two pieces of a long growth, is found cut: not shipped as appends.
+    #[test]
+    fn a_cut_while_capture_waits_between_pieces_is_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("appendonly.aof");
+        std::fs::write(&path, b"head").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let capture = Capture::start(dir.path(), tx).unwrap();
+        capture.refuse_cuts();
+        let backlog = capture.backlog();
+        let len = 2 * BACKLOG_BYTES_MAX as usize;
+        let append = |byte: u8| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(&vec![byte; len])
+                .unwrap()
+        };
+        append(1);
+        // Nothing taken: capture waits for room, partway through.
+        while rx.recv_timeout(Duration::from_millis(500)).is_ok() {}
+        assert!(backlog.bytes() > 0);
+        // Cut back, and grown again past where capture had got to, with other bytes.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4)
+            .unwrap();
+        append(2);
+        backlog.take(backlog.bytes());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cut was never reported"
+            );
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Ok(change)) => {
+                    if let Change::Append { data, .. } = &change {
+                        assert!(
+                            !data.contains(&2),
+                            "the regrown bytes were shipped as appends"
+                        );
+                    }
+                    backlog.take(change.data_len() as u64);
+                }
+                Ok(Err(CaptureError::Cut { .. } | CaptureError::RewrittenInPlace { .. })) => break,
+                Ok(Err(other)) => panic!("another error: {other}"),
+                Err(_) => {}
+            }
+        }
     }
 
     /// A file rewritten in place is refused, with its name.

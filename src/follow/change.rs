@@ -47,8 +47,10 @@ pub const PIECE_LEN_MAX: usize = 16 << 20;
 /// on a peer link waits behind the append before it: with 16 MiB records, a bulk load on a
 /// busy 2-core machine held heartbeats up for 150-220 ms, close to a failover timeout (and
 /// over the 100 ms one `benches/README.md` recommends). At 1 MiB the wait is a few
-/// milliseconds, and a record's header is still a ten-thousandth of it.
-pub const LOG_PIECE_LEN: usize = 1 << 20;
+/// milliseconds. A KiB short of it, so that the record (the piece, its change's header and
+/// name, the record's header) stays within an append of `Config::append_bytes_max` (1 MiB)
+/// and two within the default window (2 MiB), not one alone.
+pub const LOG_PIECE_LEN: usize = (1 << 20) - 1024;
 const _: () = assert!(LOG_PIECE_LEN <= PIECE_LEN_MAX);
 /// The name a large installed file is built under, in pieces, before it is renamed into
 /// place. A committed prefix of the log that ends halfway through leaves such a file behind

@@ -1685,26 +1685,10 @@ pub async fn run(
                 Ok(())
             }
             // Ticks come before messages and requests: under a flood of either, the
-            // primary must still send heartbeats and check its lease on time. But an answer
-            // that has arrived is taken in before the lease is judged: after the loop was
-            // held up (a busy machine), the tick is ready together with answers the peer
-            // links have read, or will read once they run. They run first (one yield), and
-            // what they queued by then, and no more, is taken in before the tick.
+            // primary must still send heartbeats and check its lease on time.
             _ = ticker.tick() => {
-                tokio::task::yield_now().await;
-                let mut taken = Ok(());
-                for _ in 0..inbound_rx.len() {
-                    let Ok(inbound) = inbound_rx.try_recv() else { break };
-                    taken = shell.on_inbound(inbound);
-                    if taken.is_err() {
-                        break;
-                    }
-                }
-                taken.and_then(|()| {
-                    let now = shell.now();
-                    shell.step(Input::Tick { now }, StepContext::default())
-                })
-                .and_then(|()| shell.app_health_check())
+                let now = shell.now();
+                shell.step(Input::Tick { now }, StepContext::default()).and_then(|()| shell.app_health_check())
             }
             _ = status_every.tick() => {
                 shell.publish_status();
