@@ -726,6 +726,39 @@ async fn proposals_made_while_an_append_is_unanswered_go_out_together() {
     assert_eq!(within("c's output", c).await.unwrap(), Ok(3));
 }
 
+/// One task can have several commands in flight with `submit`: they reach the log in the
+/// order they were queued, those queued while an append is unanswered go out together in
+/// the next, and each outcome is its own command's.
+#[tokio::test]
+async fn commands_submitted_by_one_task_are_logged_in_order_and_go_out_together() {
+    let mut sidecar = Sidecar::start();
+    let driver = sidecar.driver().await;
+    let mut outcomes = Vec::new();
+    for command in ["a", "b", "c", "d"] {
+        outcomes.push(within("submit", driver.submit(command)).await.unwrap());
+    }
+    // However the driver's writer split them (one append in flight at a time), they arrive
+    // in order, in at most two appends.
+    let mut sent = Vec::new();
+    let mut appends = 0;
+    while sent.len() < 4 {
+        let (payloads, reply) = sidecar.next_proposal().await;
+        appends += 1;
+        sent.extend(payloads.iter().cloned());
+        sidecar.commit_proposal(&payloads, reply);
+    }
+    assert_eq!(sent, [&b"a"[..], b"b", b"c", b"d"].map(Bytes::from_static));
+    assert!(appends <= 2, "4 queued commands took {appends} appends");
+    for (expected, outcome) in (1..).zip(outcomes) {
+        assert_eq!(within("an outcome", outcome).await, Ok(expected));
+    }
+    let too_large = vec![0u8; wal::format::RECORD_PAYLOAD_LEN_MAX + 1];
+    assert!(matches!(
+        driver.submit(too_large).await,
+        Err(ProposeError::TooLarge { .. })
+    ));
+}
+
 /// Gathering (src/client/driver/gather.rs): when an append of two or more proposals is
 /// answered and its proposers propose again at once, as clients that wait for each answer
 /// do, the next append waits for them and carries them with what was already waiting,

@@ -189,6 +189,60 @@ async fn query_error(con: &mut MultiplexedConnection, args: &[&str]) -> String {
     }
 }
 
+/// A long pipeline of large writes (a bulk load: megabytes read ahead at once, many records
+/// queued before the first commits) is carried out in request order: each INCR answers
+/// one more than the one before it, the last SET of a key wins, and the reads at the end
+/// see every write before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipeline_of_large_writes_is_applied_in_request_order() {
+    const SETS: usize = 128;
+    const KEYS: usize = 8;
+    let kv = KvCluster::start().await;
+    let primary = kv.primary(None).await;
+    let mut con = redis_connect(kv.kv(primary).addr).await.expect("connect");
+    let value = |i: usize| {
+        let mut value = format!("{i:08}").into_bytes();
+        value.resize(64 << 10, b'v');
+        value
+    };
+    let mut pipe = redis::pipe();
+    for i in 0..SETS {
+        pipe.cmd("SET")
+            .arg(format!("bulk:{}", i % KEYS))
+            .arg(value(i));
+        pipe.cmd("INCR").arg("bulk:count");
+    }
+    for key in 0..KEYS {
+        pipe.cmd("GET").arg(format!("bulk:{key}"));
+    }
+    pipe.cmd("GET").arg("bulk:count");
+    let replies: Vec<redis::Value> = tokio::time::timeout(DEADLINE, pipe.query_async(&mut con))
+        .await
+        .expect("the pipeline is answered in time")
+        .expect("the pipeline succeeds");
+    assert_eq!(replies.len(), 2 * SETS + KEYS + 1);
+    for i in 0..SETS {
+        assert_eq!(replies[2 * i], redis::Value::Okay, "SET {i}");
+        assert_eq!(
+            replies[2 * i + 1],
+            redis::Value::Int(i as i64 + 1),
+            "INCR {i}"
+        );
+    }
+    for key in 0..KEYS {
+        let last = SETS - KEYS + key;
+        assert_eq!(
+            replies[2 * SETS + key],
+            redis::Value::BulkString(value(last)),
+            "GET bulk:{key}"
+        );
+    }
+    assert_eq!(
+        replies[2 * SETS + KEYS],
+        redis::Value::BulkString(SETS.to_string().into_bytes())
+    );
+}
+
 /// Every kind of command, sent through a backup's client port, is carried out by the
 /// primary; a request straight to a backup's server is told where the primary is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

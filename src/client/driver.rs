@@ -115,6 +115,35 @@ struct Proposal<O> {
     reply: Reply<O>,
 }
 
+/// The outcome of a command queued by [`Driver::submit`]: what `apply` returned for it
+/// once it is committed and applied here, or why not. Dropping it does not withdraw the
+/// command.
+#[must_use = "the command is queued either way; its outcome is only known by waiting"]
+pub struct Submitted<O> {
+    answer: oneshot::Receiver<Result<O, ProposeError>>,
+}
+
+impl<O> std::future::Future for Submitted<O> {
+    type Output = Result<O, ProposeError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // Every proposal the writer takes is answered; a reply dropped unanswered can only
+        // mean the tasks ended abnormally after it may have been sent.
+        std::pin::Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(ProposeError::Unknown)))
+    }
+}
+
+impl<O> std::fmt::Debug for Submitted<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Submitted")
+    }
+}
+
 /// The limits the writer batches within: the lower of ours and the sidecar's.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -206,6 +235,22 @@ impl<S: StateMachine> Driver<S> {
     /// before it finishes does not withdraw a command already sent; its outcome is then
     /// unknown to the caller.
     pub async fn propose(&self, command: impl Into<Bytes>) -> Result<S::Output, ProposeError> {
+        self.submit(command).await?.await
+    }
+
+    /// Queues `command` for the log and returns once it is queued, with its outcome to
+    /// wait for: [`Driver::propose`] in two steps, so that one task can have several
+    /// commands in flight. Commands queued one after another by one task are written to
+    /// the log in that order; each still commits or fails on its own (a later one can
+    /// commit after an earlier one was refused, if the node was primary again between).
+    ///
+    /// # Errors
+    /// [`ProposeError::TooLarge`] and [`ProposeError::Disconnected`] here, before anything
+    /// is queued; the outcome's errors are [`Driver::propose`]'s.
+    pub async fn submit(
+        &self,
+        command: impl Into<Bytes>,
+    ) -> Result<Submitted<S::Output>, ProposeError> {
         let command = command.into();
         if command.len() > RECORD_PAYLOAD_LEN_MAX {
             return Err(ProposeError::TooLarge {
@@ -220,9 +265,7 @@ impl<S: StateMachine> Driver<S> {
             .send(Proposal { command, reply })
             .await
             .map_err(|_| ProposeError::Disconnected)?;
-        // Every proposal the writer takes is answered; a reply dropped unanswered can only
-        // mean the tasks ended abnormally after it may have been sent.
-        answer.await.unwrap_or(Err(ProposeError::Unknown))
+        Ok(Submitted { answer })
     }
 
     /// A linearizable read: runs `f` on the state once it reflects every write acknowledged

@@ -69,7 +69,7 @@
 pub mod clients;
 mod driver;
 
-pub use driver::{Driver, RoleInfo, APPENDS_INFLIGHT_MAX};
+pub use driver::{Driver, RoleInfo, Submitted, APPENDS_INFLIGHT_MAX};
 
 /// The node's role, as reported in [`RoleInfo`].
 pub use crate::proto::app::Role;

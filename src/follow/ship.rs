@@ -91,6 +91,9 @@ impl Shipper {
         let thread = std::thread::Builder::new()
             .name("follow-ship".into())
             .spawn(move || {
+                // The capture must not wait for room that nobody will make: the backlog is
+                // closed when this thread stops, a panic included.
+                let closing = ClosesBacklog(&backlog);
                 let error = ship(
                     &changes,
                     &backlog,
@@ -99,8 +102,7 @@ impl Shipper {
                     &flight_tx,
                     &thread_stopping,
                 );
-                // The capture must not wait for room that nobody will make.
-                backlog.close();
+                drop(closing);
                 note_first(&first_error, error);
                 // Every placed proposal has its outcome before shipping counts as ended.
                 drop(flight_tx);
@@ -191,6 +193,15 @@ impl Drop for Shipper {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Closes the capture's backlog when dropped, however the shipping thread ends.
+struct ClosesBacklog<'a>(&'a Backlog);
+
+impl Drop for ClosesBacklog<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
