@@ -216,13 +216,9 @@ fn lock(slot: &Mutex<Option<ShipError>>) -> std::sync::MutexGuard<'_, Option<Shi
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A placed proposal: how many changes it ends, its outcome to come (`None`: already
-/// committed), and whom to tell once its outcome is counted.
-type InFlight = (
-    u64,
-    Option<tokio::sync::oneshot::Receiver<ProposeOutcome>>,
-    Option<tokio::sync::oneshot::Sender<()>>,
-);
+/// A placed proposal: how many changes it ends, and its outcome to come (`None`: already
+/// committed).
+type InFlight = (u64, Option<tokio::sync::oneshot::Receiver<ProposeOutcome>>);
 
 /// Awaits the outcomes of placed proposals in the order they were placed (the log commits
 /// them in that order) and publishes how many changes are committed. The first outcome that
@@ -236,7 +232,7 @@ async fn count_commits(
 ) {
     let mut count = 0u64;
     let mut failed = false;
-    while let Some((ends, outcome, counted)) = flight.recv().await {
+    while let Some((ends, outcome)) = flight.recv().await {
         let outcome = match outcome {
             None => Ok(()),
             Some(outcome) => match outcome.await {
@@ -256,9 +252,6 @@ async fn count_commits(
                 note_first(&first_error, error);
                 stopping.store(true, Ordering::Relaxed);
             }
-        }
-        if let Some(counted) = counted {
-            let _ = counted.send(());
         }
     }
 }
@@ -361,23 +354,9 @@ fn ship(
                 }
                 Err(_) => return ShipError::NodeStopped,
             };
-            // A batch of the largest size (a piece of a long change) is not overlapped with
-            // the next: two of them at once are tens of MiB on the wire and on the disk
-            // together, which can hold up heartbeats on a small, busy machine; and a batch
-            // that large gains nothing from overlapping.
-            let (counted, counted_rx) = if bytes >= BATCH_BYTES_MAX {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                (Some(tx), Some(rx))
-            } else {
-                (None, None)
-            };
             // Waits while IN_FLIGHT_MAX proposals are waiting for their outcome.
-            if flight.blocking_send((ends, placed, counted)).is_err() {
+            if flight.blocking_send((ends, placed)).is_err() {
                 return ShipError::NodeStopped;
-            }
-            if let Some(counted_rx) = counted_rx {
-                // Its outcome always comes (a commit, or the node's refusal or stop).
-                let _ = runtime.block_on(counted_rx);
             }
             break;
         }
