@@ -84,6 +84,17 @@ fn kill_primary_loses_no_acknowledged_write() {
     run_script("kill_primary.sh", &["--cycles", "1"]);
 }
 
+/// Pipelines of 8 writes of 300 KB: the key-value server queues each as several records
+/// of up to a MiB at once, the primary ships them to the backups in appends of a MiB, and
+/// a kill can fall between them.
+#[test]
+fn kill_primary_under_pipelined_large_writes_loses_no_acknowledged_write() {
+    run_script(
+        "kill_primary.sh",
+        &["--cycles", "1", "--pipeline", "8", "--value-len", "300000"],
+    );
+}
+
 #[test]
 fn kill_random_node_repeatedly_loses_no_acknowledged_write() {
     run_script("kill_random.sh", &["--cycles", "3"]);

@@ -7,23 +7,28 @@
 # backup). At the end checks that every acknowledged write is readable from the current
 # primary and that all logs verify and agree on the committed prefix.
 #
-# Run: tests/scripts/kill_primary.sh [--cycles N]   (default 3; `cargo test --test scripts`
-#      runs 1). Needs: bash, coreutils; builds target/release binaries if missing.
+# Run: tests/scripts/kill_primary.sh [--cycles N] [--pipeline N] [--value-len BYTES]
+#      (defaults 3 cycles, one write at a time, short values; `cargo test --test scripts`
+#      runs 1 cycle, and 1 more with pipelines of 8 writes of 300 KB, which the key-value
+#      server splits into several records queued at once). Needs: bash, coreutils; builds
+#      target/release binaries if missing.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 CYCLES=3
+WRITER_FLAGS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
     --cycles) CYCLES=$2; shift 2 ;;
-    *) echo "usage: $0 [--cycles N]" >&2; exit 2 ;;
+    --pipeline | --value-len) WRITER_FLAGS+=("$1" "$2"); shift 2 ;;
+    *) echo "usage: $0 [--cycles N] [--pipeline N] [--value-len BYTES]" >&2; exit 2 ;;
     esac
 done
 
 setup plain
 start_cluster
-start_writer 3600
+start_writer 3600 "${WRITER_FLAGS[@]}"
 sleep 1
 for cycle in $(seq 1 "$CYCLES"); do
     old=$PRIMARY

@@ -28,7 +28,8 @@
 //!   link. It exits by itself after `--exit-after` (default 1h).
 //! - `ctl`: sends one command to a proxy's control port and prints the answer.
 //! - `write`: a write workload against the key-value example (RESP `SET`), one write at a
-//!   time, for `--duration`. Every write whose `+OK` arrived is appended to `--out` as
+//!   time (or `--pipeline N` writes sent together, then their N replies read), for
+//!   `--duration`. Every write whose `+OK` arrived is appended to `--out` as
 //!   `key value` before the next is sent; a write that failed or timed out is unknown (it
 //!   may or may not have committed) and is not recorded. On an error it moves to the next
 //!   client address. Keys are `<prefix><seq>` (default prefix `k<pid>-`), values `v<seq>`, padded with `.` to `--value-len` bytes.
@@ -531,14 +532,44 @@ mod resp {
         }
 
         pub fn call(&mut self, words: &[&[u8]]) -> Result<Reply, BoxError> {
-            let mut out = format!("*{}\r\n", words.len()).into_bytes();
-            for word in words {
-                out.extend_from_slice(format!("${}\r\n", word.len()).as_bytes());
-                out.extend_from_slice(word);
-                out.extend_from_slice(b"\r\n");
+            let mut replies = self.pipeline(&[words]);
+            replies.pop().unwrap_or_else(|| Err("no reply".into()))
+        }
+
+        /// Sends every command in one write, then reads their replies in order: one result
+        /// per command; after the first error (a reply that could not be read) the rest are
+        /// that error too.
+        pub fn pipeline(&mut self, commands: &[&[&[u8]]]) -> Vec<Result<Reply, BoxError>> {
+            let mut out = Vec::new();
+            for words in commands {
+                out.extend_from_slice(format!("*{}\r\n", words.len()).as_bytes());
+                for word in *words {
+                    out.extend_from_slice(format!("${}\r\n", word.len()).as_bytes());
+                    out.extend_from_slice(word);
+                    out.extend_from_slice(b"\r\n");
+                }
             }
-            self.writer.write_all(&out)?;
-            self.reply()
+            if let Err(error) = self.writer.write_all(&out) {
+                return commands
+                    .iter()
+                    .map(|_| Err(error.to_string().into()))
+                    .collect();
+            }
+            let mut replies = Vec::with_capacity(commands.len());
+            let mut broken: Option<String> = None;
+            for _ in commands {
+                match &broken {
+                    Some(error) => replies.push(Err(error.clone().into())),
+                    None => {
+                        let reply = self.reply();
+                        if let Err(error) = &reply {
+                            broken = Some(error.to_string());
+                        }
+                        replies.push(reply);
+                    }
+                }
+            }
+            replies
         }
 
         fn line(&mut self) -> Result<String, BoxError> {
@@ -605,6 +636,14 @@ mod workload {
             .unwrap_or("0")
             .parse()
             .map_err(|e| format!("--value-len: {e}"))?;
+        let pipeline: usize = flags
+            .get("--pipeline")
+            .unwrap_or("1")
+            .parse()
+            .map_err(|e| format!("--pipeline: {e}"))?;
+        if pipeline == 0 {
+            return Err("--pipeline: at least 1".into());
+        }
         let stop_file = flags.get("--stop-file").map(std::path::Path::new);
         let mut pauses = match flags.get("--pauses") {
             Some(path) => Some(
@@ -640,38 +679,58 @@ mod workload {
                     }
                 },
             };
-            seq += 1;
-            let key = format!("{prefix}{seq}");
-            let mut value = format!("v{seq}");
-            if value.len() < value_len {
-                value.extend(std::iter::repeat_n('.', value_len - value.len()));
+            let mut writes = Vec::with_capacity(pipeline);
+            for _ in 0..pipeline {
+                seq += 1;
+                let key = format!("{prefix}{seq}");
+                let mut value = format!("v{seq}");
+                if value.len() < value_len {
+                    value.extend(std::iter::repeat_n('.', value_len - value.len()));
+                }
+                writes.push((key, value));
             }
-            match current.call(&[b"SET", key.as_bytes(), value.as_bytes()]) {
-                Ok(Reply::Simple(ok)) if ok == "OK" => {
-                    // Recorded before the next write is sent: the file is the oracle. One
-                    // write(2) per line, so writers sharing the file (O_APPEND) never
-                    // interleave within a line.
-                    out.write_all(format!("{key} {value}\n").as_bytes())?;
-                    acked += 1;
-                    let pause = last_ack.elapsed();
-                    last_ack = Instant::now();
-                    max_pause = max_pause.max(pause);
-                    if let (Some(file), true) = (pauses.as_mut(), pause >= PAUSE_REPORTED_MIN) {
-                        let at = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or_default();
-                        file.write_all(
-                            format!("{} {}\n", at.as_millis(), pause.as_millis()).as_bytes(),
-                        )?;
+            let commands: Vec<[&[u8]; 3]> = writes
+                .iter()
+                .map(|(key, value)| [&b"SET"[..], key.as_bytes(), value.as_bytes()])
+                .collect();
+            let commands: Vec<&[&[u8]]> = commands.iter().map(|words| &words[..]).collect();
+            let mut failed = false;
+            for ((key, value), reply) in writes.iter().zip(current.pipeline(&commands)) {
+                if failed {
+                    unknown += 1;
+                    continue;
+                }
+                match reply {
+                    Ok(Reply::Simple(ok)) if ok == "OK" => {
+                        // Recorded before the next write is sent: the file is the oracle. One
+                        // write(2) per line, so writers sharing the file (O_APPEND) never
+                        // interleave within a line.
+                        out.write_all(format!("{key} {value}\n").as_bytes())?;
+                        acked += 1;
+                        let pause = last_ack.elapsed();
+                        last_ack = Instant::now();
+                        max_pause = max_pause.max(pause);
+                        if let (Some(file), true) = (pauses.as_mut(), pause >= PAUSE_REPORTED_MIN) {
+                            let at = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default();
+                            file.write_all(
+                                format!("{} {}\n", at.as_millis(), pause.as_millis()).as_bytes(),
+                            )?;
+                        }
+                    }
+                    Ok(_) | Err(_) => {
+                        // Refused, failed or timed out: it may or may not have committed, nor
+                        // may the rest of the pipeline.
+                        unknown += 1;
+                        failed = true;
                     }
                 }
-                Ok(_) | Err(_) => {
-                    // Refused, failed or timed out: it may or may not have committed.
-                    unknown += 1;
-                    conn = None;
-                    which += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            }
+            if failed {
+                conn = None;
+                which += 1;
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         out.sync_all()?;
