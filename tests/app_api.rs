@@ -759,6 +759,27 @@ async fn commands_submitted_by_one_task_are_logged_in_order_and_go_out_together(
     ));
 }
 
+/// A `Submitted` dropped before the driver sent its command withdraws it: the next append
+/// carries only the commands still waited for.
+#[tokio::test]
+async fn a_submitted_command_dropped_before_it_is_sent_is_withdrawn() {
+    let mut sidecar = Sidecar::start();
+    let driver = sidecar.driver().await;
+    let a = within("submit", driver.submit("a")).await.unwrap();
+    let (payloads, reply) = sidecar.next_proposal().await;
+    assert_eq!(payloads, vec![Bytes::from_static(b"a")]);
+    // b and c wait behind a (one append in flight); b's outcome is dropped.
+    let b = within("submit", driver.submit("b")).await.unwrap();
+    let c = within("submit", driver.submit("c")).await.unwrap();
+    drop(b);
+    sidecar.commit_proposal(&payloads, reply);
+    assert_eq!(within("a", a).await, Ok(1));
+    let (payloads, reply) = sidecar.next_proposal().await;
+    assert_eq!(payloads, vec![Bytes::from_static(b"c")]);
+    sidecar.commit_proposal(&payloads, reply);
+    assert_eq!(within("c", c).await, Ok(2));
+}
+
 /// Gathering (src/client/driver/gather.rs): when an append of two or more proposals is
 /// answered and its proposers propose again at once, as clients that wait for each answer
 /// do, the next append waits for them and carries them with what was already waiting,

@@ -116,9 +116,10 @@ struct Proposal<O> {
 }
 
 /// The outcome of a command queued by [`Driver::submit`]: what `apply` returned for it
-/// once it is committed and applied here, or why not. Dropping it does not withdraw the
-/// command.
-#[must_use = "the command is queued either way; its outcome is only known by waiting"]
+/// once it is committed and applied here, or why not. Dropping it withdraws the command if
+/// the driver has not sent it to the sidecar yet; once sent, it commits or not whether or
+/// not anyone waits, and its outcome is unknown to the caller.
+#[must_use = "a command whose outcome is dropped may be withdrawn, or commit unseen"]
 pub struct Submitted<O> {
     answer: oneshot::Receiver<Result<O, ProposeError>>,
 }
@@ -239,8 +240,9 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Queues `command` for the log and returns once it is queued, with its outcome to
-    /// wait for: [`Driver::propose`] in two steps, so that one task can have several
-    /// commands in flight. Commands queued one after another by one task are written to
+    /// wait for ([`Submitted`]; dropping it withdraws the command if it is not sent yet):
+    /// [`Driver::propose`] in two steps, so that one task can have several commands in
+    /// flight. Commands queued one after another by one task are written to
     /// the log in that order; each still commits or fails on its own (a later one can
     /// commit after an earlier one was refused, if the node was primary again between).
     ///

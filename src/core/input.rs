@@ -8,7 +8,7 @@ use wal::{Epoch, Lsn, NodeId};
 
 use super::{Members, MembersChange, Message, Time};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// The clock moved. The shell ticks at least every few milliseconds (a tenth of the
     /// heartbeat interval is plenty): heartbeats, elections and lease expiry happen on ticks.
@@ -21,7 +21,17 @@ pub enum Input {
     },
     /// The local application asks to append `count` records totalling `bytes` bytes. The core
     /// answers `WriteProposed` (with the LSNs) or `ProposeRejected`.
-    Propose { now: Time, count: u64, bytes: u64 },
+    ///
+    /// `runs` splits the records, in order, into runs of `(records, bytes)` that add up to
+    /// `count` and `bytes`; empty means one run. The core only knows sizes per run, and
+    /// spreads a run's bytes evenly over its records when it sizes appends and the window
+    /// (`replication.rs`): a large record among small ones needs a run of its own.
+    Propose {
+        now: Time,
+        count: u64,
+        bytes: u64,
+        runs: Vec<(u64, u64)>,
+    },
     /// The local application asks for a lease read (`lease.rs`, "Reads"). The core answers
     /// `ReadIndex` (the LSN the application must have applied before it answers) or
     /// `ReadRefused`, in this step.

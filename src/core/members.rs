@@ -529,7 +529,7 @@ impl Core {
         // No byte estimate: the record is small and the window has room for it.
         self.st
             .bytes
-            .push(lsn, 1, 64, self.config.inflight_records_max);
+            .push(lsn, 1, 64, &[], self.config.inflight_records_max);
         out.push(Action::WriteConfig {
             lsn,
             epoch,

@@ -379,10 +379,15 @@ impl Core {
                     self.on_message(from, message, out);
                 }
             }
-            Input::Propose { now, count, bytes } => {
+            Input::Propose {
+                now,
+                count,
+                bytes,
+                runs,
+            } => {
                 self.observe_time(now);
                 self.lease_check(out);
-                self.on_propose(count, bytes, out);
+                self.on_propose(count, bytes, &runs, out);
             }
             Input::Read { now } => {
                 self.observe_time(now);

@@ -23,7 +23,10 @@
 //! `inflight_records_max` and `inflight_bytes_max`. The core never sees payloads, so bytes are
 //! estimated: the primary keeps an index of the batches it accepted in its epoch (last LSN,
 //! running byte total), interpolates within a batch, and uses the average record size seen for
-//! records outside the index (earlier epochs, or pruned). The index holds at most
+//! records outside the index (earlier epochs, or pruned). A proposal is one batch, or one per
+//! run when it comes in runs (`Input::Propose`): the shell gives each large record a run of
+//! its own, so that a proposal of a few 1 MiB records among many small ones is not taken for
+//! records of the average size, several to an append. The index holds at most
 //! `inflight_records_max` batches.
 
 use std::collections::VecDeque;
@@ -57,12 +60,36 @@ impl ByteIndex {
         self.base_bytes = 0;
     }
 
-    pub fn push(&mut self, last_lsn: Lsn, count: u64, bytes: u64, batches_max: u64) {
-        let total = self
+    /// Indexes a batch of `count` records of `bytes` in all, ending at `last_lsn`, with one
+    /// entry per run of `runs` (`Input::Propose`; empty: one run).
+    pub fn push(
+        &mut self,
+        last_lsn: Lsn,
+        count: u64,
+        bytes: u64,
+        runs: &[(u64, u64)],
+        batches_max: u64,
+    ) {
+        let mut total = self
             .batches
             .back()
             .map_or(self.base_bytes, |&(_, total)| total);
-        self.batches.push_back((last_lsn, total + bytes));
+        if runs.is_empty() {
+            self.batches.push_back((last_lsn, total + bytes));
+        } else {
+            assert_eq!(
+                runs.iter()
+                    .fold((0, 0), |(c, b), &(rc, rb)| (c + rc, b + rb)),
+                (count, bytes),
+                "a proposal's runs add up to it"
+            );
+            let mut run_last = Lsn(last_lsn.get() - count);
+            for &(run_count, run_bytes) in runs.iter().filter(|&&(c, _)| c > 0) {
+                run_last = run_last.plus(run_count);
+                total += run_bytes;
+                self.batches.push_back((run_last, total));
+            }
+        }
         self.records_seen += count;
         self.bytes_seen += bytes;
         while self.batches.len() as u64 > batches_max {
@@ -126,7 +153,13 @@ impl ByteIndex {
 }
 
 impl Core {
-    pub(super) fn on_propose(&mut self, count: u64, bytes: u64, out: &mut Vec<Action>) {
+    pub(super) fn on_propose(
+        &mut self,
+        count: u64,
+        bytes: u64,
+        runs: &[(u64, u64)],
+        out: &mut Vec<Action>,
+    ) {
         if count == 0 {
             out.push(Action::ProposeRejected {
                 reason: Rejection::Empty,
@@ -157,9 +190,13 @@ impl Core {
         let last_lsn = first_lsn.plus(count - 1);
         let epoch = self.st.epoch;
         self.st.log.append(first_lsn, last_lsn, epoch);
-        self.st
-            .bytes
-            .push(last_lsn, count, bytes, self.config.inflight_records_max);
+        self.st.bytes.push(
+            last_lsn,
+            count,
+            bytes,
+            runs,
+            self.config.inflight_records_max,
+        );
         out.push(Action::WriteProposed {
             first_lsn,
             last_lsn,

@@ -927,6 +927,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
             now: ms(700),
             count: 2,
             bytes: 100,
+            runs: Vec::new(),
         },
     );
     assert_eq!(
@@ -945,6 +946,7 @@ fn lease_expiry_steps_down_and_abandons_pending_appends() {
             now: ms(1050),
             count: 1,
             bytes: 10,
+            runs: Vec::new(),
         },
     );
     assert_eq!(
@@ -1070,6 +1072,7 @@ fn switchover_hands_over_once_the_target_is_caught_up() {
             now: ms(610),
             count: 1,
             bytes: 1,
+            runs: Vec::new(),
         },
     );
     assert_eq!(
@@ -1878,6 +1881,7 @@ fn a_late_acknowledgement_of_an_earlier_run_never_commits_what_the_promoted_run_
             now: ms(620),
             count: 1,
             bytes: 10,
+            runs: Vec::new(),
         },
     );
     step(
@@ -2476,6 +2480,7 @@ fn propose(core: &mut Core, now: u64) -> Vec<Action> {
             now: ms(now),
             count: 1,
             bytes: 10,
+            runs: Vec::new(),
         },
     )
 }
@@ -3560,6 +3565,7 @@ mod mixed_failover_timeouts {
                             now: ms(now),
                             count: 1,
                             bytes: 10,
+                            runs: Vec::new(),
                         },
                     );
                     net.deliver(now);
@@ -3603,6 +3609,7 @@ fn appends_carry_at_most_append_bytes_max_and_a_longer_record_goes_alone() {
             now: ms(620),
             count: 10,
             bytes: 3_000_000,
+            runs: Vec::new(),
         },
     );
     let appends: Vec<Append> = out
@@ -3633,8 +3640,57 @@ fn appends_carry_at_most_append_bytes_max_and_a_longer_record_goes_alone() {
             now: ms(640),
             count: 1,
             bytes: 1_500_000,
+            runs: Vec::new(),
         },
     );
     let long = append_to(&out, N2).expect("an append of the long record");
     assert_eq!((long.first_lsn, long.last_lsn), (Lsn(15), Lsn(15)));
+}
+
+/// A proposal of a few long records among many short ones (an application's bulk writes
+/// queued with other clients' small ones, in one driver append) comes with a run per long
+/// record (`Input::Propose`): no append carries two of the long ones, and the window holds.
+#[test]
+fn long_records_among_short_ones_in_one_proposal_go_one_to_an_append() {
+    let mut p = elected_primary();
+    receive(&mut p, 605, N2, ack(2, 4, 600, 0));
+    receive(&mut p, 606, N3, ack(2, 4, 600, 0));
+    assert_eq!(p.commit_lsn(), Lsn(4));
+    // LSNs 5..=12 are 8 records of a KiB under 1 MiB (with their header), 13..=36 are 24
+    // of 128 bytes.
+    let long = (1u64 << 20) - 1024 + 28;
+    let mut runs = vec![(1, long); 8];
+    runs.push((24, 24 * 128));
+    let out = step(
+        &mut p,
+        Input::Propose {
+            now: ms(620),
+            count: 32,
+            bytes: 8 * long + 24 * 128,
+            runs,
+        },
+    );
+    let appends: Vec<Append> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to,
+                message: Message::Append(append),
+            } if *to == N2 => Some(*append),
+            _ => None,
+        })
+        .collect();
+    assert!(!appends.is_empty());
+    let mut shipped = 0;
+    for append in &appends {
+        let longs = (append.first_lsn.get()..=append.last_lsn.get())
+            .filter(|lsn| (5..=12).contains(lsn))
+            .count() as u64;
+        assert!(longs <= 1, "an append of {longs} long records: {appends:?}");
+        shipped += longs * long;
+    }
+    assert!(
+        shipped <= p.config.inflight_bytes_max,
+        "{shipped} bytes shipped at once: {appends:?}"
+    );
 }

@@ -930,7 +930,12 @@ impl Shell {
             return Ok(());
         }
         self.step(
-            Input::Propose { now, count, bytes },
+            Input::Propose {
+                now,
+                count,
+                bytes,
+                runs: runs_of(&payloads),
+            },
             StepContext {
                 payloads: Some(payloads),
                 reply: Some(reply),
@@ -1154,6 +1159,37 @@ impl Shell {
         }
         Ok(())
     }
+}
+
+/// Records at least this long (with their header) get a run of their own in
+/// `Input::Propose`, so that the core sizes appends and the window by them, not by the
+/// proposal's average record.
+const RUN_RECORD_LEN_MIN: usize = 64 << 10;
+
+/// The runs of a proposal for `Input::Propose`: each record of [`RUN_RECORD_LEN_MIN`] or
+/// more alone, the shorter ones between them together. Empty (no allocation) when no record
+/// is that long: one run.
+fn runs_of(payloads: &[Bytes]) -> Vec<(u64, u64)> {
+    let long = |p: &Bytes| wal::format::record_len(p.len()) >= RUN_RECORD_LEN_MIN;
+    if !payloads.iter().any(long) {
+        return Vec::new();
+    }
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut short_run = false;
+    for payload in payloads {
+        let len = wal::format::record_len(payload.len()) as u64;
+        if long(payload) {
+            runs.push((1, len));
+            short_run = false;
+        } else if let (true, Some(run)) = (short_run, runs.last_mut()) {
+            run.0 += 1;
+            run.1 += len;
+        } else {
+            runs.push((1, len));
+            short_run = true;
+        }
+    }
+    runs
 }
 
 /// Runs the client port on a thread and runtime of its own: client traffic is bulk copying
@@ -1834,4 +1870,33 @@ pub async fn run(
         info!("stopped");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_long_record_is_a_run_and_the_short_ones_between_share_one() {
+        let short = Bytes::from_static(b"short");
+        let long = Bytes::from(vec![0u8; RUN_RECORD_LEN_MIN]);
+        assert!(runs_of(&[short.clone(), short.clone()]).is_empty());
+        let payloads = [
+            short.clone(),
+            short.clone(),
+            long.clone(),
+            long.clone(),
+            short.clone(),
+        ];
+        let len = |p: &Bytes| wal::format::record_len(p.len()) as u64;
+        assert_eq!(
+            runs_of(&payloads),
+            [
+                (2, 2 * len(&short)),
+                (1, len(&long)),
+                (1, len(&long)),
+                (1, len(&short)),
+            ]
+        );
+    }
 }

@@ -235,14 +235,14 @@ enum Phase {
     Done,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum TraceWhat {
     Input(Input),
     Fault(&'static str, u64),
     Action(Action),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct TraceEntry {
     step: u64,
     at: u64,
@@ -629,10 +629,10 @@ impl Sim {
         let _ = writeln!(s, "  {}", v.detail);
         let _ = writeln!(s, "  last events (step, true time, node index, what):");
         for e in &self.trace {
-            let what = match e.what {
+            let what = match &e.what {
                 TraceWhat::Input(input) => format!("<- {}", compact(&format!("{input:?}"))),
                 TraceWhat::Action(action) => format!("   -> {}", compact(&format!("{action:?}"))),
-                TraceWhat::Fault(what, value) => format!("** {what} {value}"),
+                &TraceWhat::Fault(what, value) => format!("** {what} {value}"),
             };
             let _ = writeln!(
                 s,
@@ -985,7 +985,23 @@ impl Sim {
                     return Ok(());
                 }
                 let now = self.local(node);
-                self.step_node(node, Input::Propose { now, count, bytes }, None)?;
+                // Some requests come in runs, a long record first (without a draw, so that
+                // a seed replays as before).
+                let runs = if count >= 3 && count % 2 == 1 {
+                    vec![(1, bytes / 2), (count - 1, bytes - bytes / 2)]
+                } else {
+                    Vec::new()
+                };
+                self.step_node(
+                    node,
+                    Input::Propose {
+                        now,
+                        count,
+                        bytes,
+                        runs,
+                    },
+                    None,
+                )?;
             }
             Event::Fault => {
                 if self.phase == Phase::Faults {
@@ -1680,12 +1696,12 @@ impl Sim {
     ) -> Result<(), Violation> {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        self.trace_push(node, TraceWhat::Input(input));
+        self.trace_push(node, TraceWhat::Input(input.clone()));
         let n = &mut self.nodes[node];
         n.commit_before = n.core.as_ref().map_or(Lsn::ZERO, Core::commit_lsn);
         let core = n.core.as_mut().expect("stepping a running node");
         let stepped = catch_unwind(AssertUnwindSafe(|| {
-            core.step(input, &mut out);
+            core.step(input.clone(), &mut out);
             core.validate();
         }));
         if let Err(panic) = stepped {
@@ -1704,7 +1720,7 @@ impl Sim {
         let mut result = Ok(());
         for (i, &action) in out.iter().enumerate() {
             self.trace_push(node, TraceWhat::Action(action));
-            result = self.apply(node, action, input, records, &out[i + 1..]);
+            result = self.apply(node, action, &input, records, &out[i + 1..]);
             if result.is_err() {
                 break;
             }
@@ -1774,7 +1790,7 @@ impl Sim {
         &mut self,
         node: usize,
         action: Action,
-        input: Input,
+        input: &Input,
         records: Option<&[Rec]>,
         rest: &[Action],
     ) -> Result<(), Violation> {

@@ -31,12 +31,19 @@
 //! A connection's requests are handled a pipeline at a time: every complete request in the
 //! read buffer (up to [`PIPELINE_REQUESTS_MAX`]). Consecutive writes of a pipeline (with
 //! answers that need no state in between) become one record (or several of up to
-//! [`RECORD_SPLIT_LEN`]), so `redis-benchmark -P 16` costs one commit per 16 requests; a run of reads shares one lease read. Replies go out in
-//! request order. Requests are read again only once the pipeline's replies are written, so
-//! a connection's memory is one pipeline's requests and replies. A client that keeps the
-//! connection full (a bulk load) is read ahead up to [`PIPELINE_READ_LEN_MAX`] before its
-//! pipeline is handled, and the records of a long run of writes are all queued before the
-//! first commits: one commit round trip carries as much of the load as is there.
+//! [`RECORD_SPLIT_LEN`]), so `redis-benchmark -P 16` costs one commit per 16 requests; a
+//! run of reads shares one lease read. Replies go out in request order. Requests are read
+//! again only once the pipeline's replies are written, so a connection's memory is one
+//! pipeline's requests and replies. A client that keeps the connection full (a bulk load)
+//! is read ahead up to [`PIPELINE_READ_LEN_MAX`] before its pipeline is handled, and the
+//! records of a long run of writes are all queued before the first commits: one commit
+//! round trip carries as much of the load as is there.
+//!
+//! A pipeline's writes are applied in request order, and each is answered for itself. When
+//! they span several records, one record can be refused (`-TRYAGAIN`, say while the disk
+//! is behind) or end `-UNKNOWN` while a later one commits, as with Redis, where each
+//! command of a pipeline succeeds or fails on its own: a client that retries a refused
+//! write applies it after the later writes of its pipeline.
 
 pub mod codec;
 pub mod command;
