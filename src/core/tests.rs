@@ -1806,13 +1806,20 @@ fn candidate_stands_above_the_epochs_its_granters_report() {
 
 /// The first `Append` sent to `to` among `out`.
 fn append_to(out: &[Action], to: NodeId) -> Option<Append> {
-    out.iter().find_map(|action| match action {
-        Action::Send {
-            to: dest,
-            message: Message::Append(append),
-        } if *dest == to => Some(*append),
-        _ => None,
-    })
+    appends_to(out, to).into_iter().next()
+}
+
+/// Every append in `out` to `to`, in order.
+fn appends_to(out: &[Action], to: NodeId) -> Vec<Append> {
+    out.iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to: dest,
+                message: Message::Append(append),
+            } if *dest == to => Some(*append),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The node a vote persisted in `out` is for, if one is.
@@ -3612,16 +3619,7 @@ fn appends_carry_at_most_append_bytes_max_and_a_longer_record_goes_alone() {
             runs: Vec::new(),
         },
     );
-    let appends: Vec<Append> = out
-        .iter()
-        .filter_map(|action| match action {
-            Action::Send {
-                to,
-                message: Message::Append(append),
-            } if *to == N2 => Some(*append),
-            _ => None,
-        })
-        .collect();
+    let appends = appends_to(&out, N2);
     assert!(!appends.is_empty(), "{out:?}");
     let mut next = Lsn(5);
     for append in &appends {
@@ -3670,16 +3668,7 @@ fn long_records_among_short_ones_in_one_proposal_go_one_to_an_append() {
             runs,
         },
     );
-    let appends: Vec<Append> = out
-        .iter()
-        .filter_map(|action| match action {
-            Action::Send {
-                to,
-                message: Message::Append(append),
-            } if *to == N2 => Some(*append),
-            _ => None,
-        })
-        .collect();
+    let appends = appends_to(&out, N2);
     assert!(!appends.is_empty());
     let mut shipped = 0;
     for append in &appends {
