@@ -344,6 +344,9 @@ async fn serve_connection(
     stream.set_nodelay(true)?;
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::with_capacity(READ_LEN);
+    // The buffer was read ahead (`read_ready`): its allocation may be megabytes, more than
+    // its capacity shows once the parser has taken from it.
+    let mut read_ahead = false;
     let mut out = BytesMut::new();
     loop {
         let mut requests = Vec::new();
@@ -360,8 +363,9 @@ async fn serve_connection(
             }
         }
         if requests.is_empty() && fatal.is_none() {
-            if buf.is_empty() && buf.capacity() > BUFFER_KEEP_LEN_MAX {
+            if buf.is_empty() && (read_ahead || buf.capacity() > BUFFER_KEEP_LEN_MAX) {
                 buf = BytesMut::with_capacity(READ_LEN);
+                read_ahead = false;
             }
             buf.reserve(READ_LEN);
             let room = buf.capacity() - buf.len();
@@ -374,6 +378,7 @@ async fn serve_connection(
             }
             if read == room {
                 read_ready(&stream, &mut buf)?;
+                read_ahead = true;
             }
             continue;
         }
