@@ -74,21 +74,19 @@ impl ByteIndex {
             .batches
             .back()
             .map_or(self.base_bytes, |&(_, total)| total);
-        if runs.is_empty() {
-            self.batches.push_back((last_lsn, total + bytes));
-        } else {
-            assert_eq!(
-                runs.iter()
-                    .fold((0, 0), |(c, b), &(rc, rb)| (c + rc, b + rb)),
-                (count, bytes),
-                "a proposal's runs add up to it"
-            );
-            let mut run_last = Lsn(last_lsn.get() - count);
-            for &(run_count, run_bytes) in runs.iter().filter(|&&(c, _)| c > 0) {
-                run_last = run_last.plus(run_count);
-                total += run_bytes;
-                self.batches.push_back((run_last, total));
-            }
+        let one = [(count, bytes)];
+        let runs = if runs.is_empty() { &one[..] } else { runs };
+        assert!(
+            runs.iter().all(|&(records, _)| records > 0)
+                && runs.iter().map(|&(records, _)| records).sum::<u64>() == count
+                && runs.iter().map(|&(_, run_bytes)| run_bytes).sum::<u64>() == bytes,
+            "a proposal's runs are not empty and add up to it"
+        );
+        let mut run_last = Lsn(last_lsn.get() - count);
+        for &(records, run_bytes) in runs {
+            run_last = run_last.plus(records);
+            total += run_bytes;
+            self.batches.push_back((run_last, total));
         }
         self.records_seen += count;
         self.bytes_seen += bytes;

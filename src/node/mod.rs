@@ -1170,24 +1170,20 @@ const RUN_RECORD_LEN_MIN: usize = 64 << 10;
 /// more alone, the shorter ones between them together. Empty (no allocation) when no record
 /// is that long: one run.
 fn runs_of(payloads: &[Bytes]) -> Vec<(u64, u64)> {
-    let long = |p: &Bytes| wal::format::record_len(p.len()) >= RUN_RECORD_LEN_MIN;
-    if !payloads.iter().any(long) {
+    let len = |p: &Bytes| wal::format::record_len(p.len());
+    if payloads.iter().all(|p| len(p) < RUN_RECORD_LEN_MIN) {
         return Vec::new();
     }
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut short_run = false;
     for payload in payloads {
-        let len = wal::format::record_len(payload.len()) as u64;
-        if long(payload) {
-            runs.push((1, len));
-            short_run = false;
-        } else if let (true, Some(run)) = (short_run, runs.last_mut()) {
-            run.0 += 1;
-            run.1 += len;
-        } else {
-            runs.push((1, len));
-            short_run = true;
+        let len = len(payload);
+        let short = len < RUN_RECORD_LEN_MIN;
+        match runs.last_mut() {
+            Some(run) if short && short_run => *run = (run.0 + 1, run.1 + len as u64),
+            _ => runs.push((1, len as u64)),
         }
+        short_run = short;
     }
     runs
 }

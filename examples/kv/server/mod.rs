@@ -65,7 +65,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use understudy::client::clients::Clients;
-use understudy::client::{BoxError, ClientError, Driver, ProposeError, ReadError, Role, RoleInfo};
+use understudy::client::{
+    BoxError, ClientError, Driver, ProposeError, ReadError, Role, RoleInfo, Submitted,
+};
 use understudy::{Epoch, Lsn, NodeId};
 
 use codec::{Batch, Op, HEADER_LEN, RECORD_LEN_MAX};
@@ -519,7 +521,7 @@ impl Pipeline<'_> {
     /// long run of writes (a bulk load) takes one commit round trip, not one per record;
     /// the log has them in request order.
     async fn flush_writes(&mut self) {
-        let mut records: Vec<Vec<(usize, Op)>> = Vec::new();
+        let mut queued = Vec::new();
         let mut record: Vec<(usize, Op)> = Vec::new();
         let mut record_len = HEADER_LEN;
         for (index, op) in std::mem::take(&mut self.writes) {
@@ -532,23 +534,14 @@ impl Pipeline<'_> {
                 continue;
             }
             if !record.is_empty() && record_len + op_len > RECORD_SPLIT_LEN {
-                records.push(std::mem::take(&mut record));
+                queued.push(self.submit(std::mem::take(&mut record)).await);
                 record_len = HEADER_LEN;
             }
             record_len += op_len;
             record.push((index, op));
         }
         if !record.is_empty() {
-            records.push(record);
-        }
-        let mut queued = Vec::with_capacity(records.len());
-        for record in records {
-            let (indices, ops): (Vec<usize>, Vec<Op>) = record.into_iter().unzip();
-            let batch = Batch {
-                now_ms: self.now_ms,
-                ops,
-            };
-            queued.push((indices, self.driver.submit(batch.encode()).await));
+            queued.push(self.submit(record).await);
         }
         for (indices, submitted) in queued {
             let result = match submitted {
@@ -565,6 +558,19 @@ impl Pipeline<'_> {
                 self.replies[index] = Some(reply);
             }
         }
+    }
+
+    /// Queues one record of writes; the indices of their replies, and its outcome to come.
+    async fn submit(
+        &self,
+        record: Vec<(usize, Op)>,
+    ) -> (Vec<usize>, Result<Submitted<Vec<Reply>>, ProposeError>) {
+        let (indices, ops): (Vec<usize>, Vec<Op>) = record.into_iter().unzip();
+        let batch = Batch {
+            now_ms: self.now_ms,
+            ops,
+        };
+        (indices, self.driver.submit(batch.encode()).await)
     }
 
     /// Answers the waiting reads with a lease read (the state once it reflects every write
