@@ -56,7 +56,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use inotify::{EventMask, Inotify, WatchMask};
 
-use super::change::{check_name, Change, STAGE_PREFIX, SWAP_LEN_MAX, TEMP_PREFIX};
+use super::change::{
+    check_name, Change, LOG_PIECE_LEN, PART_NAME, STAGE_PREFIX, SWAP_LEN_MAX, TEMP_PREFIX,
+};
 
 /// Bytes at the end of each followed file remembered to detect a rewrite in place.
 pub const TAIL_LEN: usize = 4096;
@@ -124,8 +126,19 @@ impl Tracked {
     }
 }
 
-/// Every followed file of the directory: name, content and inode.
-type Scan = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+/// One followed file as a rescan found it: its inode, its length then, whether it only
+/// grew since it was captured, and the file itself, held open while it has anything to ship
+/// (so that what is shipped is the file the scan found, whatever the name holds by then).
+#[derive(Debug)]
+struct Found {
+    ino: u64,
+    len: u64,
+    grew: bool,
+    file: Option<File>,
+}
+
+/// Every followed file of the directory, as a rescan found it.
+type Scan = BTreeMap<Vec<u8>, Found>;
 
 /// One inotify event, as the tracker needs it.
 #[derive(Debug, Clone)]
@@ -280,8 +293,20 @@ impl Tracker {
             sink: None,
             refuse_cuts: Arc::new(AtomicBool::new(false)),
         };
-        for (name, (content, ino)) in tracker.read_all()? {
-            tracker.files.insert(name, Tracked::of(&content, ino));
+        for entry in std::fs::read_dir(&tracker.dir).map_err(io(&tracker.dir))? {
+            let entry = entry.map_err(io(&tracker.dir))?;
+            let name = entry.file_name().as_bytes().to_vec();
+            if !followed(&name) || !entry.file_type().map_err(io(&tracker.dir))?.is_file() {
+                continue;
+            }
+            let path = tracker.path(&name);
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let tracked = read_tail(&mut file).map_err(io(&path))?;
+            tracker.files.insert(name, tracked);
         }
         Ok(tracker)
     }
@@ -290,7 +315,9 @@ impl Tracker {
         self.dir.join(std::ffi::OsStr::from_bytes(name))
     }
 
-    fn read_all(&self) -> Result<Scan, CaptureError> {
+    /// The directory's followed files now, each compared with what was captured of it
+    /// ([`Found`]): a rescan's scan. Reads no more of a file than its captured tail.
+    fn scan_now(&self) -> Result<Scan, CaptureError> {
         let mut all = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let entry = entry.map_err(io(&self.dir))?;
@@ -298,27 +325,146 @@ impl Tracker {
             if !followed(&name) || !entry.file_type().map_err(io(&self.dir))?.is_file() {
                 continue;
             }
-            if let Some(content) = self.read_whole(&name)? {
-                all.insert(name, content);
-            }
+            let path = self.path(&name);
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let metadata = file.metadata().map_err(io(&path))?;
+            let (ino, len) = (
+                std::os::unix::fs::MetadataExt::ino(&metadata),
+                metadata.len(),
+            );
+            let grew = match self.files.get(&name) {
+                Some(tracked) if (tracked.ino == 0 || tracked.ino == ino) && len >= tracked.len => {
+                    let start = tracked.len - tracked.tail.len() as u64;
+                    let mut was = vec![0; tracked.tail.len()];
+                    file.seek(SeekFrom::Start(start)).map_err(io(&path))?;
+                    let read = read_full(&mut file, &mut was).map_err(io(&path))?;
+                    read == was.len() && was == tracked.tail
+                }
+                _ => false,
+            };
+            let unchanged = grew && self.files.get(&name).is_some_and(|t| t.len == len);
+            all.insert(
+                name,
+                Found {
+                    ino,
+                    len,
+                    grew,
+                    file: (!unchanged).then_some(file),
+                },
+            );
         }
         Ok(all)
     }
 
-    /// The whole file and its inode, or `None` if it is gone.
-    fn read_whole(&self, name: &[u8]) -> Result<Option<(Vec<u8>, u64)>, CaptureError> {
-        use std::os::unix::fs::MetadataExt;
+    /// Ships what `file` holds (from its start, to its end as read now) under `name`, a
+    /// piece of at most [`READ_PIECE`] at a time, each sent on through the sink before the
+    /// next is read: capture holds one piece of it, not the file (a rewritten Redis base file
+    /// may be gigabytes). With `whole`, every committed prefix of the log holds the file
+    /// under `name` whole or not at all: one `Install` when it fits one piece, otherwise
+    /// built under [`PART_NAME`] (which no other change names meanwhile: capture is this one
+    /// thread, and shipping keeps its order) and renamed over `name` by the last change.
+    /// Without it (a staging name, which nothing reads before a `Swap` puts it in place) the
+    /// first piece is an `Install` and the rest appends.
+    ///
+    /// Returns what is now captured of the file, or `None` once capture should stop.
+    fn ship_file(
+        &mut self,
+        name: &[u8],
+        file: &mut File,
+        ino: u64,
+        whole: bool,
+        out: &mut Vec<Change>,
+    ) -> Result<Option<Tracked>, CaptureError> {
         let path = self.path(name);
-        let mut content = Vec::new();
-        let read = File::open(&path).and_then(|mut f| {
-            let ino = f.metadata()?.ino();
-            f.read_to_end(&mut content)?;
-            Ok(ino)
+        file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
+        let hint = file.metadata().map_or(0, |m| m.len());
+        let mut tracked = Tracked::of(&[], ino);
+        let first = read_piece(file, hint).map_err(io(&path))?;
+        tracked.grow(&first);
+        if (first.len() as u64) < READ_PIECE {
+            out.push(Change::Install {
+                name: Bytes::copy_from_slice(name),
+                data: Bytes::from(first),
+            });
+            return Ok(Some(tracked));
+        }
+        let building = if whole {
+            Bytes::from_static(PART_NAME.as_bytes())
+        } else {
+            Bytes::copy_from_slice(name)
+        };
+        let first = Bytes::from(first);
+        out.push(Change::Install {
+            name: building.clone(),
+            data: first.slice(..LOG_PIECE_LEN),
         });
-        match read {
-            Ok(ino) => Ok(Some((content, ino))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path)(e)),
+        out.push(Change::Append {
+            name: building.clone(),
+            offset: LOG_PIECE_LEN as u64,
+            data: first.slice(LOG_PIECE_LEN..),
+        });
+        loop {
+            if !self.flush(out) {
+                return Ok(None);
+            }
+            let piece = read_piece(file, hint.saturating_sub(tracked.len)).map_err(io(&path))?;
+            if piece.is_empty() {
+                break;
+            }
+            tracked.grow(&piece);
+            out.push(Change::Append {
+                name: building.clone(),
+                offset: tracked.len - piece.len() as u64,
+                data: Bytes::from(piece),
+            });
+        }
+        if whole {
+            out.push(Change::Rename {
+                name: building,
+                to: Bytes::copy_from_slice(name),
+            });
+        }
+        Ok(Some(tracked))
+    }
+
+    /// Ships what followed file `name` (tracked, and open as `file`) holds past what was
+    /// captured of it, to its end as read now, as appends of at most [`READ_PIECE`], each
+    /// sent on through the sink before the next is read. `false` once capture should stop.
+    fn ship_growth(
+        &mut self,
+        name: &[u8],
+        file: &mut File,
+        out: &mut Vec<Change>,
+    ) -> Result<bool, CaptureError> {
+        let path = self.path(name);
+        let Some(from) = self.files.get(name).map(|tracked| tracked.len) else {
+            return Ok(true);
+        };
+        file.seek(SeekFrom::Start(from)).map_err(io(&path))?;
+        let hint = file.metadata().map_or(0, |m| m.len()).saturating_sub(from);
+        let mut shipped = 0u64;
+        loop {
+            let piece = read_piece(file, hint.saturating_sub(shipped)).map_err(io(&path))?;
+            if piece.is_empty() {
+                return Ok(true);
+            }
+            let Some(tracked) = self.files.get_mut(name) else {
+                return Ok(true);
+            };
+            tracked.grow(&piece);
+            shipped += piece.len() as u64;
+            out.push(Change::Append {
+                name: Bytes::copy_from_slice(name),
+                offset: tracked.len - piece.len() as u64,
+                data: Bytes::from(piece),
+            });
+            if !self.flush(out) {
+                return Ok(false);
+            }
         }
     }
 
@@ -392,14 +538,9 @@ impl Tracker {
                     now: size,
                 });
             }
-            let mut content = Vec::new();
-            file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
-            file.read_to_end(&mut content).map_err(io(&path))?;
-            *tracked = Tracked::of(&content, ino);
-            out.push(Change::Install {
-                name: Bytes::copy_from_slice(name),
-                data: Bytes::from(content),
-            });
+            if let Some(tracked) = self.ship_file(name, &mut file, ino, true, out)? {
+                self.files.insert(name.to_vec(), tracked);
+            }
             return Ok(());
         }
         // What it grew by, a piece at a time: each piece is sent on (the sink waits while
@@ -599,9 +740,16 @@ impl Tracker {
         Ok(())
     }
 
-    /// Ships file `name` whole, as it is now (if it still exists).
+    /// Ships file `name` whole, as it is now (if it still exists), a piece at a time
+    /// ([`Tracker::ship_file`]).
     fn install(&mut self, name: &[u8], out: &mut Vec<Change>) -> Result<(), CaptureError> {
-        let read = self.read_whole(name)?;
+        let path = self.path(name);
+        let opened = match File::open(&path) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        // Opened by name: sure to be this file only if nothing moved the name on before.
         self.refill();
         if self.moved_later(name) {
             // Read under a name that has moved on: known when its next name is read.
@@ -612,12 +760,12 @@ impl Tracker {
             });
             return Ok(());
         }
-        if let Some((content, ino)) = read {
-            self.files.insert(name.to_vec(), Tracked::of(&content, ino));
-            out.push(Change::Install {
-                name: Bytes::copy_from_slice(name),
-                data: Bytes::from(content),
-            });
+        if let Some(mut file) = opened {
+            let metadata = file.metadata().map_err(io(&path))?;
+            let ino = std::os::unix::fs::MetadataExt::ino(&metadata);
+            if let Some(tracked) = self.ship_file(name, &mut file, ino, true, out)? {
+                self.files.insert(name.to_vec(), tracked);
+            }
         }
         Ok(())
     }
@@ -666,7 +814,7 @@ impl Tracker {
             // Its MovedTo, if any, is covered too; the old name is tracked and the scan
             // finds it gone.
             self.moving = None;
-            let now = self.read_all()?;
+            let now = self.scan_now()?;
             self.refill();
             let names_moved = self.queue.iter().any(|event| match event {
                 Event::Created(name)
@@ -703,71 +851,71 @@ impl Tracker {
                 return Bytes::from(name);
             }
         };
-        let mut installs = Vec::new();
+        // Everything is decided before a byte is shipped: what grew, what is staged under
+        // which name, and that the Swap fits one record.
+        let mut grown = Vec::new();
+        let mut staging = Vec::new();
         let mut renames = Vec::new();
-        // What the tracker holds of each staged file once the Swap puts it in place.
-        let mut replaced = Vec::new();
-        for (name, (content, ino)) in now {
-            let grew = self.files.get(&name).is_some_and(|tracked| {
-                let start = tracked.len as usize - tracked.tail.len();
-                (tracked.ino == 0 || tracked.ino == ino)
-                    && content.len() as u64 >= tracked.len
-                    && content[start..tracked.len as usize] == tracked.tail[..]
-            });
-            if grew {
-                let tracked = self.files.get_mut(&name).expect("checked above");
-                tracked.ino = ino;
-                let grown = &content[tracked.len as usize..];
-                if !grown.is_empty() {
-                    out.push(Change::Append {
-                        name: Bytes::copy_from_slice(&name),
-                        offset: tracked.len,
-                        data: Bytes::copy_from_slice(grown),
-                    });
-                    tracked.grow(grown);
-                }
-            } else {
-                let cut = self
-                    .files
-                    .get(&name)
-                    .filter(|tracked| tracked.ino == 0 || tracked.ino == ino);
-                if let Some(tracked) = cut.filter(|_| self.refuse_cuts.load(Ordering::Relaxed)) {
-                    return Err(CaptureError::Cut {
-                        path: self.path(&name),
-                        captured: tracked.len,
-                        now: content.len() as u64,
-                    });
-                }
-                let stage = stage_name(&self.files);
-                replaced.push((name.clone(), Tracked::of(&content, ino)));
-                renames.push((stage.clone(), Bytes::from(name)));
-                installs.push(Change::Install {
-                    name: stage,
-                    data: Bytes::from(content),
+        for (name, found) in now {
+            let Some(file) = found.file else {
+                continue; // Unchanged.
+            };
+            if found.grew {
+                grown.push((name, file));
+                continue;
+            }
+            let cut = self
+                .files
+                .get(&name)
+                .filter(|tracked| tracked.ino == 0 || tracked.ino == found.ino);
+            if let Some(tracked) = cut.filter(|_| self.refuse_cuts.load(Ordering::Relaxed)) {
+                return Err(CaptureError::Cut {
+                    path: self.path(&name),
+                    captured: tracked.len,
+                    now: found.len,
                 });
             }
+            let stage = stage_name(&self.files);
+            renames.push((stage.clone(), Bytes::copy_from_slice(&name)));
+            staging.push((name, stage, file, found.ino));
         }
-        if renames.is_empty() && gone.is_empty() {
-            return Ok(());
-        }
-        let deletes = gone
+        let deletes: Vec<Bytes> = gone
             .iter()
             .map(|name| Bytes::copy_from_slice(name))
             .collect();
-        let swap = Change::Swap { renames, deletes };
-        if swap.encode().len() > SWAP_LEN_MAX {
+        let swap =
+            (!renames.is_empty() || !deletes.is_empty()).then(|| Change::Swap { renames, deletes });
+        if swap
+            .as_ref()
+            .is_some_and(|swap| swap.encode().len() > SWAP_LEN_MAX)
+        {
             return Err(CaptureError::RescanTooLarge {
                 path: self.dir.clone(),
-                files: installs.len() + gone.len(),
+                files: staging.len() + gone.len(),
             });
         }
+        for (name, mut file) in grown {
+            if !self.ship_growth(&name, &mut file, out)? {
+                return Ok(()); // Stopping.
+            }
+        }
+        // What the tracker holds of each staged file once the Swap puts it in place.
+        let mut replaced = Vec::new();
+        for (name, stage, mut file, ino) in staging {
+            match self.ship_file(&stage, &mut file, ino, false, out)? {
+                Some(tracked) => replaced.push((name, tracked)),
+                None => return Ok(()), // Stopping.
+            }
+        }
+        let Some(swap) = swap else {
+            return Ok(());
+        };
         // The tracker takes the staged files and the deletions only with the Swap (the
         // grown files above are already shipped).
         for name in &gone {
             self.files.remove(name);
         }
         self.files.extend(replaced);
-        out.extend(installs);
         out.push(swap);
         Ok(())
     }
@@ -799,6 +947,38 @@ fn to_event(event: inotify::Event<&std::ffi::OsStr>) -> Option<Event> {
     } else {
         None
     }
+}
+
+/// Reads on from `file`'s position, up to [`READ_PIECE`] bytes or to its end. `expected` is
+/// how many bytes are thought to be there: the buffer starts that long (at most a piece),
+/// so that a short file costs its length, not a piece.
+fn read_piece(file: &mut File, expected: u64) -> std::io::Result<Vec<u8>> {
+    let mut piece = Vec::with_capacity(expected.min(READ_PIECE) as usize);
+    file.by_ref().take(READ_PIECE).read_to_end(&mut piece)?;
+    Ok(piece)
+}
+
+/// What a file taken as captured already is known by: its length, its last [`TAIL_LEN`]
+/// bytes and its inode; nothing before the tail is read. A file that shrinks between its
+/// length and its tail is read again (a tail shorter than the length says would pass bytes
+/// that were there before for growth).
+fn read_tail(file: &mut File) -> std::io::Result<Tracked> {
+    const TRIES: usize = 8;
+    for _ in 0..TRIES {
+        let metadata = file.metadata()?;
+        let ino = std::os::unix::fs::MetadataExt::ino(&metadata);
+        let len = metadata.len();
+        let start = len.saturating_sub(TAIL_LEN as u64);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::with_capacity(TAIL_LEN);
+        file.by_ref().take(len - start).read_to_end(&mut tail)?;
+        if tail.len() as u64 == len - start {
+            return Ok(Tracked { len, tail, ino });
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "cut back while its tail was read, {TRIES} times"
+    )))
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -1338,6 +1518,150 @@ mod tests {
             "{:?}",
             asked.elapsed()
         );
+    }
+
+    /// A file renamed into the directory from outside (as Redis's rewritten base file is),
+    /// far larger than the backlog's bound, is read and sent a piece at a time like a long
+    /// growth, never whole: built under the part name and renamed over its name by the last
+    /// change, so that every prefix of the changes holds the old file or the new one whole.
+    #[test]
+    fn a_long_install_is_sent_in_pieces_within_the_backlog_bound_and_lands_whole() {
+        use crate::follow::change::is_staged;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("aof");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("base"), b"the old base").unwrap();
+        let copy = root.path().join("copy");
+        let mut materializer = Materializer::open(&copy).unwrap();
+        materializer
+            .apply(&Change::Install {
+                name: Bytes::from_static(b"base"),
+                data: Bytes::from_static(b"the old base"),
+            })
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let capture = Capture::start(&dir, tx).unwrap();
+        let backlog = capture.backlog();
+        let len = 2 * BACKLOG_BYTES_MAX as usize + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        std::fs::write(root.path().join("rewritten"), &data).unwrap();
+        std::fs::rename(root.path().join("rewritten"), dir.join("base")).unwrap();
+
+        // Nothing taken: capture holds back once the backlog is full.
+        let mut got = Vec::new();
+        while let Ok(change) = rx.recv_timeout(Duration::from_millis(500)) {
+            got.push(change.unwrap());
+        }
+        let held: u64 = got.iter().map(|c| c.data_len() as u64).sum();
+        assert!(
+            held > 0 && held <= BACKLOG_BYTES_MAX + READ_PIECE,
+            "{held} bytes sent with nothing taken"
+        );
+        assert_eq!(backlog.bytes(), held);
+        backlog.take(held);
+        let visible = |copy: &Path| -> State {
+            read_dir_contents(copy)
+                .unwrap()
+                .into_iter()
+                .filter(|(name, _)| !is_staged(name))
+                .collect()
+        };
+        let old: State = [(b"base".to_vec(), b"the old base".to_vec())].into();
+        let mut applied = 0;
+        loop {
+            for change in &got[applied..] {
+                assert!(change.data_len() as u64 <= READ_PIECE, "{change:?}");
+                materializer
+                    .apply(&Change::decode(change.encode()).unwrap())
+                    .unwrap();
+                if !matches!(change, Change::Rename { .. }) {
+                    assert_eq!(visible(&copy), old, "a prefix holds part of the new file");
+                }
+            }
+            applied = got.len();
+            if matches!(got.last(), Some(Change::Rename { .. })) {
+                break;
+            }
+            let change = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+            backlog.take(change.data_len() as u64);
+            got.push(change);
+        }
+        assert!(
+            matches!(&got[0], Change::Install { name, .. } if is_staged(name)),
+            "{:?}",
+            got[0]
+        );
+        assert!(got.len() > 2 * (BACKLOG_BYTES_MAX / READ_PIECE) as usize);
+        materializer.sync().unwrap();
+        let new: State = [(b"base".to_vec(), data)].into();
+        assert!(
+            read_dir_contents(&copy).unwrap() == new,
+            "the new file, whole"
+        );
+        drop(capture);
+    }
+
+    /// A rescan that ships a long growth and a long replaced file sends them on a piece at a
+    /// time (the sink takes each before the next is read), and what it ships still puts the
+    /// directory in place with its one Swap, last.
+    #[test]
+    fn a_rescan_ships_long_files_a_piece_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("log"), b"head\n").unwrap();
+        std::fs::write(dir.join("base"), b"old base").unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        let copy = root.path().join("copy");
+        let mut materializer = Materializer::open(&copy).unwrap();
+        for (name, data) in read_dir_contents(&dir).unwrap() {
+            materializer
+                .apply(&Change::Install {
+                    name: Bytes::from(name),
+                    data: Bytes::from(data),
+                })
+                .unwrap();
+        }
+        let long = |seed: usize| -> Vec<u8> {
+            (0..3 * READ_PIECE as usize + 99)
+                .map(|i| ((i + seed) % 241) as u8)
+                .collect()
+        };
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("log"))
+            .unwrap()
+            .write_all(&long(1))
+            .unwrap();
+        std::fs::write(root.path().join("new"), long(2)).unwrap();
+        std::fs::rename(root.path().join("new"), dir.join("base")).unwrap();
+
+        let shipped = Arc::new(Mutex::new((Vec::new(), 0usize)));
+        let sink = Arc::clone(&shipped);
+        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
+            let mut sink = sink.lock().unwrap();
+            let held: usize = out.iter().map(Change::data_len).sum();
+            sink.1 = sink.1.max(held);
+            sink.0.append(out);
+            true
+        })));
+        let mut out = Vec::new();
+        tracker.queue.push_back(Event::Overflow);
+        tracker.drain_queue(&mut out).unwrap();
+        let (mut changes, most) = std::mem::take(&mut *shipped.lock().unwrap());
+        let left: usize = out.iter().map(Change::data_len).sum();
+        assert!(
+            most.max(left) <= READ_PIECE as usize,
+            "{} bytes were held at once",
+            most.max(left)
+        );
+        changes.append(&mut out);
+        assert!(matches!(changes.last(), Some(Change::Swap { .. })));
+        for change in &changes {
+            materializer.apply(change).unwrap();
+        }
+        materializer.sync().unwrap();
+        assert!(read_dir_contents(&copy).unwrap() == read_dir_contents(&dir).unwrap());
     }
 
     /// A file cut back and grown again past what was captured, while capture waited for
