@@ -35,8 +35,14 @@
 //! rename. For an application that writes its log before it answers and installs other
 //! files by rename, what a restart needs is there.
 //!
+//! Memory. A file is never read whole: what a file grew by, and a file shipped whole (an
+//! install, a cut, a rescan's staged file), are read and sent on a piece (`READ_PIECE`) at
+//! a time within the [`Backlog`] bound, a file shipped whole built under the part name and
+//! renamed into place by its last change (`Tracker::ship_file`).
+//!
 //! Start: the directory is scanned and its files are taken as the state already captured
-//! (the caller made sure the log holds it). A queue overflow (`IN_Q_OVERFLOW`) rescans:
+//! (the caller made sure the log holds it; only each file's length and last [`TAIL_LEN`]
+//! bytes are read). A queue overflow (`IN_Q_OVERFLOW`) rescans:
 //! files that grew are shipped as appends, others whole under staging names, and then one
 //! record renames the staged files into place and deletes the vanished ones, so that a
 //! committed prefix holds the directory from before the lost events or after them, not a
