@@ -13,12 +13,17 @@
 #   run 1: client port 1215 ms 172 MB/s; server 1099 ms 190 MB/s; redis 734 ms 285 MB/s;
 #          stepped down: no
 #
+# With --connections N, N `redis-cli --pipe` send the same load at once (N times the bytes),
+# and the line adds the primary key-value server's peak RssAnon during the client-port
+# load (sampled every 50 ms): each connection that keeps its socket full is read ahead up to
+# 8 MiB, but at most 16 connections at a time.
+#
 # "Stepped down" is any primary change during the loads (nothing is killed, so every one is
 # false; the sidecar's warning is printed). Ends with the medians over the runs.
 #
 # Run: benches/kv_bulk.sh [--runs N] [--sets N] [--value-bytes N] [--timeout-ms MS]
-#      [--heartbeat-ms MS] [--no-redis]
-#      (defaults 3, 3200, 65536, 300, a tenth of the timeout). A run takes 10-20 s; the load
+#      [--heartbeat-ms MS] [--connections N] [--no-redis]
+#      (defaults 3, 3200, 65536, 300, a tenth of the timeout, 1). A run takes 10-20 s; the load
 #      file is written once under $TMPDIR and removed at the end, as is each run's
 #      directory. Needs redis-server and redis-cli (Debian's redis-server and redis-tools).
 set -euo pipefail
@@ -29,6 +34,7 @@ VALUE_BYTES=65536
 TIMEOUT_MS=300
 HEARTBEAT_MS=
 REDIS=1
+CONNECTIONS=1
 ONE_RUN=
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -37,10 +43,11 @@ while [[ $# -gt 0 ]]; do
     --value-bytes) VALUE_BYTES=$2; shift 2 ;;
     --timeout-ms) TIMEOUT_MS=$2; shift 2 ;;
     --heartbeat-ms) HEARTBEAT_MS=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
     --no-redis) REDIS=0; shift ;;
     --one-run) ONE_RUN=$2; shift 2 ;; # internal: one run, its load file given
     *)
-        echo "usage: $0 [--runs N] [--sets N] [--value-bytes N] [--timeout-ms MS] [--heartbeat-ms MS] [--no-redis]" >&2
+        echo "usage: $0 [--runs N] [--sets N] [--value-bytes N] [--timeout-ms MS] [--heartbeat-ms MS] [--connections N] [--no-redis]" >&2
         exit 2
         ;;
     esac
@@ -63,25 +70,26 @@ for i in range(n):
     key = b"bulk:%d" % i
     out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
 PY
-    BYTES=$(stat -c %s "$LOAD")
-    echo "key-value example bulk load: $RUNS run(s) of $SETS SETs of $VALUE_BYTES bytes ($((BYTES / 1000000)) MB on the wire)," \
+    BYTES=$(($(stat -c %s "$LOAD") * CONNECTIONS))
+    echo "key-value example bulk load: $RUNS run(s) of $SETS SETs of $VALUE_BYTES bytes on each of $CONNECTIONS connection(s) ($((BYTES / 1000000)) MB on the wire)," \
         "--failover-timeout ${TIMEOUT_MS}ms, --heartbeat-interval ${HEARTBEAT_MS}ms; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     # rate MS: "MS ms, R MB/s, S SET/s", or "failed" for 0.
     rate() {
         if [[ $1 -gt 0 ]]; then
-            echo "$1 ms $((BYTES / 1000 / $1)) MB/s $((SETS * 1000 / $1)) SET/s"
+            echo "$1 ms $((BYTES / 1000 / $1)) MB/s $((SETS * CONNECTIONS * 1000 / $1)) SET/s"
         else
             echo "failed"
         fi
     }
     results=()
     for run in $(seq 1 "$RUNS"); do
-        args=(--one-run "$LOAD" --sets "$SETS" --timeout-ms "$TIMEOUT_MS" --heartbeat-ms "$HEARTBEAT_MS")
+        args=(--one-run "$LOAD" --sets "$SETS" --timeout-ms "$TIMEOUT_MS" --heartbeat-ms "$HEARTBEAT_MS" --connections "$CONNECTIONS")
         [[ $REDIS == 1 ]] || args+=(--no-redis)
         line=$("$0" "${args[@]}" 2>/dev/null | tail -n 1) || true
-        [[ $line == result* ]] || line="result 0 0 0 failed-to-start"
-        read -r _ client server redis stepped why <<<"$line"
+        [[ $line == result* ]] || line="result 0 0 0 0 failed-to-start"
+        read -r _ client server redis peak stepped why <<<"$line"
         out="run $run: client port $(rate "$client"); server $(rate "$server")"
+        [[ $CONNECTIONS == 1 ]] || out+=" (the primary's server's peak RssAnon $((peak / 1024)) MB)"
         [[ $REDIS == 1 ]] && out+="; redis $(rate "$redis")"
         echo "$out; stepped down: $stepped${why:+ ($why)}"
         results+=("$client $server $redis $stepped")
@@ -113,19 +121,44 @@ FAILOVER_TIMEOUT_MS=$TIMEOUT_MS
 HEARTBEAT="${HEARTBEAT_MS}ms"
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# load PORT: pipes the load file into PORT; prints its milliseconds, 0 if not every reply
-# was a success.
+# load PORT: pipes the load file into PORT on each of CONNECTIONS connections at once;
+# prints the milliseconds until the last is done, 0 if not every reply was a success (the
+# last lines of a failed connection's output are left in $WORK/pipe.out).
 load() {
-    local started ms
+    local started ms c pids=() ok=1
     started=$(now_ms)
-    redis-cli -p "$1" --pipe --pipe-timeout 120 <"$ONE_RUN" >"$WORK/pipe.out" 2>&1 || true
+    for c in $(seq 1 "$CONNECTIONS"); do
+        redis-cli -p "$1" --pipe --pipe-timeout 120 <"$ONE_RUN" >"$WORK/pipe$c.out" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}" || true
     ms=$(($(now_ms) - started))
-    if grep -q "errors: 0, replies: $SETS" "$WORK/pipe.out"; then echo "$ms"; else echo 0; fi
+    for c in $(seq 1 "$CONNECTIONS"); do
+        if ! grep -q "errors: 0, replies: $SETS" "$WORK/pipe$c.out"; then
+            ok=0
+            cp "$WORK/pipe$c.out" "$WORK/pipe.out"
+        fi
+    done
+    if [[ $ok == 1 ]]; then echo "$ms"; else echo 0; fi
 }
 
 setup plain
 start_cluster
+KV_PRIMARY=$(app_pid "$PRIMARY") || fail "node $PRIMARY's key-value server is not running"
+(
+    peak=0
+    while kill -0 "$KV_PRIMARY" 2>/dev/null && [[ ! -e $WORK/loaded ]]; do
+        rss=$(awk '/^RssAnon/ {print $2}' "/proc/$KV_PRIMARY/status" 2>/dev/null) || break
+        if [[ ${rss:-0} -gt $peak ]]; then
+            peak=$rss
+            echo "$peak" >"$WORK/peak"
+        fi
+        sleep 0.05
+    done
+) &
+EXTRA_PIDS+=($!)
 client_ms=$(load "${CLIENT_PORT[$PRIMARY]}")
+touch "$WORK/loaded"
 why=$([[ $client_ms -gt 0 ]] || tail -n 1 "$WORK/pipe.out")
 server_ms=$(load "${APP_PORT[$PRIMARY]}")
 [[ $server_ms -gt 0 || -n $why ]] || why=$(tail -n 1 "$WORK/pipe.out")
@@ -155,4 +188,4 @@ if [[ $REDIS == 1 ]]; then
     redis_ms=$(load "${rports[0]}")
 fi
 FAILED=0
-echo "result $client_ms $server_ms $redis_ms $stepped $why"
+echo "result $client_ms $server_ms $redis_ms $(cat "$WORK/peak" 2>/dev/null || echo 0) $stepped $why"

@@ -37,7 +37,10 @@
 //! pipeline's requests and replies. A client that keeps the connection full (a bulk load)
 //! is read ahead up to [`PIPELINE_READ_LEN_MAX`] before its pipeline is handled, and the
 //! records of a long run of writes are all queued before the first commits: one commit
-//! round trip carries as much of the load as is there.
+//! round trip carries as much of the load as is there. At most
+//! [`READ_AHEAD_CONNECTIONS_MAX`] connections are read ahead at once (with their records,
+//! about 256 MiB in all); the others are read a buffer at a time, as a connection that does not keep its
+//! socket full always is.
 //!
 //! A pipeline's writes are applied in request order, and each is answered for itself. When
 //! they span several records, one record can be refused (`-TRYAGAIN`, say while the disk
@@ -81,6 +84,13 @@ pub const PIPELINE_REQUESTS_MAX: usize = 1024;
 /// A connection's read buffer is filled up to this by reads that do not wait, while the
 /// client keeps it full (see `read_ready`).
 pub const PIPELINE_READ_LEN_MAX: usize = 8 << 20;
+
+/// Connections whose buffers are read ahead ([`PIPELINE_READ_LEN_MAX`]) at once: a server
+/// with many bulk-loading clients holds at most this many read-ahead buffers and the
+/// records made of them (a copy: up to 16 MiB a turn, 256 MiB in all), not a pair per
+/// connection (10,000 connections would be 160 GiB). A connection keeps its turn until its
+/// read-ahead buffer is drained.
+pub const READ_AHEAD_CONNECTIONS_MAX: usize = 16;
 
 /// A run of writes becomes records of at most this many bytes (a longer write goes alone,
 /// up to [`RECORD_LEN_MAX`]). The sidecar ships a record whole, and whatever it sends a
@@ -210,6 +220,7 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.connections_max));
+    let read_ahead = Arc::new(Semaphore::new(READ_AHEAD_CONNECTIONS_MAX));
     let sidecar_lost = driver.wait_applied(Lsn(u64::MAX));
     let mut roles = driver.watch_role();
     let mut era = Era::new(&stop, &roles.borrow_and_update());
@@ -267,12 +278,13 @@ pub async fn serve(
             continue;
         };
         let driver = Arc::clone(&driver);
+        let read_ahead = Arc::clone(&read_ahead);
         let clock = WallClock(config.clock_offset_ms);
         let span = tracing::debug_span!("client", %peer);
         connections.spawn(
             async move {
                 debug!("connected");
-                match serve_connection(stream, &driver, clock, &stop).await {
+                match serve_connection(stream, &driver, &read_ahead, clock, &stop).await {
                     Ok(()) => debug!("disconnected"),
                     Err(error) => debug!(%error, "connection failed"),
                 }
@@ -340,15 +352,17 @@ impl Era {
 async fn serve_connection(
     mut stream: TcpStream,
     driver: &Driver<Store>,
+    read_ahead: &Arc<Semaphore>,
     clock: WallClock,
     stop: &CancellationToken,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::with_capacity(READ_LEN);
-    // The buffer was read ahead (`read_ready`): its allocation may be megabytes, more than
-    // its capacity shows once the parser has taken from it.
-    let mut read_ahead = false;
+    // While the buffer is read ahead (`read_ready`), its turn of the server's read-ahead
+    // budget: its allocation may be megabytes, more than its capacity shows once the parser
+    // has taken from it.
+    let mut ahead = None;
     let mut out = BytesMut::new();
     loop {
         let mut requests = Vec::new();
@@ -365,9 +379,9 @@ async fn serve_connection(
             }
         }
         if requests.is_empty() && fatal.is_none() {
-            if buf.is_empty() && (read_ahead || buf.capacity() > BUFFER_KEEP_LEN_MAX) {
+            if buf.is_empty() && (ahead.is_some() || buf.capacity() > BUFFER_KEEP_LEN_MAX) {
                 buf = BytesMut::with_capacity(READ_LEN);
-                read_ahead = false;
+                ahead = None;
             }
             buf.reserve(READ_LEN);
             let room = buf.capacity() - buf.len();
@@ -379,8 +393,7 @@ async fn serve_connection(
                 return Ok(());
             }
             if read == room {
-                read_ready(&stream, &mut buf)?;
-                read_ahead = true;
+                read_ahead_in_turn(&stream, &mut buf, read_ahead, &mut ahead)?;
             }
             continue;
         }
@@ -404,6 +417,24 @@ async fn serve_connection(
             return stream.shutdown().await;
         }
     }
+}
+
+/// After a read that filled the buffer's room: reads ahead ([`read_ready`]) if this
+/// connection holds a turn of the server's read-ahead budget (`ahead`), or can take one;
+/// otherwise leaves the buffer as it is, to be handled a read at a time.
+fn read_ahead_in_turn(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    budget: &Arc<Semaphore>,
+    ahead: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> io::Result<()> {
+    if ahead.is_none() {
+        *ahead = Arc::clone(budget).try_acquire_owned().ok();
+    }
+    if ahead.is_some() {
+        read_ready(stream, buf)?;
+    }
+    Ok(())
 }
 
 /// After a read that filled the buffer's room (the client is sending faster than one read
@@ -794,6 +825,49 @@ mod tests {
                 buf.len()
             );
         }
+        drop(stream);
+        client.await.unwrap();
+    }
+
+    /// Read-ahead takes a turn of the server's budget and keeps it: a connection that finds
+    /// every turn taken is not read ahead (its buffer holds what one read brought), and reads
+    /// ahead once a turn is given back.
+    #[tokio::test]
+    async fn a_connection_is_read_ahead_only_in_its_turn_of_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = vec![7u8; 4 << 20];
+        let client = tokio::spawn({
+            let sent = sent.clone();
+            async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let _ = stream.write_all(&sent).await;
+            }
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let budget = Arc::new(Semaphore::new(1));
+        let taken = Arc::clone(&budget).try_acquire_owned().unwrap();
+        let mut ahead = None;
+        // Every turn taken: a buffer of one read stays as it is, however much is waiting.
+        let mut buf = BytesMut::with_capacity(READ_LEN);
+        while buf.len() < READ_LEN {
+            stream.readable().await.unwrap();
+            let _ = stream.try_read_buf(&mut buf);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read_ahead_in_turn(&stream, &mut buf, &budget, &mut ahead).unwrap();
+        assert_eq!(buf.len(), READ_LEN, "read ahead without a turn");
+        assert!(ahead.is_none());
+        // A turn given back: taken, and the buffer read ahead.
+        drop(taken);
+        read_ahead_in_turn(&stream, &mut buf, &budget, &mut ahead).unwrap();
+        assert!(buf.len() > READ_LEN, "not read ahead in its turn");
+        assert!(ahead.is_some() && budget.available_permits() == 0);
+        // Kept while the connection reads ahead again.
+        read_ahead_in_turn(&stream, &mut buf, &budget, &mut ahead).unwrap();
+        assert_eq!(budget.available_permits(), 0);
+        drop(ahead);
+        assert_eq!(budget.available_permits(), 1);
         drop(stream);
         client.await.unwrap();
     }
