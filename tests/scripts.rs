@@ -274,3 +274,12 @@ fn follow_redis_partitioned_stopped_or_terminated_node_loses_no_acknowledged_set
 fn follow_redis_primarys_redis_killed_alone_is_started_again_and_loses_nothing() {
     run_script("follow_redis.sh", &["--cycles", "3", "--faults", "appkill"]);
 }
+
+/// Follow mode: the primary killed 0-400 ms after Redis began an append-only file rewrite,
+/// so some kills land while its new base file (10 MB and more, several of the capture's
+/// pieces) is renamed into the directory, shipped or committed; nothing acknowledged is
+/// lost, and the copies load.
+#[test]
+fn follow_redis_primary_killed_during_an_aof_rewrite_loses_no_acknowledged_set() {
+    run_script("follow_redis.sh", &["--cycles", "4", "--faults", "rewrite"]);
+}

@@ -31,6 +31,12 @@
 #     where no Redis runs, nothing happens): the primary starts Redis again in place, on
 #     a directory its capture checked for cuts (a torn tail Redis drops as it loads makes
 #     the primary rebuild the directory from the log first), or hands over.
+#   - rewrite: on a node whose Redis runs, BGREWRITEAOF (with `rdbcompression no`), then a
+#     kill as above 0-400 ms later: while Redis rewrites, renames its new base file into the
+#     directory or writes the new manifest, or while the sidecar ships the base file (longer
+#     than one 4 MiB piece of the capture: with this fault the run first loads 160 values of
+#     64 KiB through the client port) or commits it. On a backup, a kill. From cycle 3 on,
+#     this fault strikes the primary.
 #
 # It waits until exactly one node is primary with `follow.state` "serving" (the failover
 # time; a struck primary must have been replaced), holds the fault a random 0-400 ms
@@ -49,7 +55,7 @@
 # node killed, the failover time, the new primary's Redis start time, the checking writer's
 # pause and the rejoin time, then a summary.
 #
-# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay,appkill]
+# Run: tests/scripts/follow_redis.sh [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay,appkill,rewrite]
 #      (default 5 cycles of kill; the seed is printed so a failing order can be replayed;
 #      `cargo test --test scripts` runs 2 kills, and 4 cycles of partition, stop and term
 #      with CLOCK_SKEW=1). Needs redis-server, redis-cli and redis-benchmark on the PATH (Debian's
@@ -68,15 +74,15 @@ while [[ $# -gt 0 ]]; do
     --cycles) CYCLES=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --faults) FAULTS=$2; shift 2 ;;
-    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay,appkill]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--cycles N] [--seed S] [--faults kill,partition,stop,term,delay,appkill,rewrite]" >&2; exit 2 ;;
     esac
 done
 RANDOM=$SEED
 IFS=, read -r -a FAULT_LIST <<<"$FAULTS"
 for fault in "${FAULT_LIST[@]}"; do
     case $fault in
-    kill | partition | stop | term | delay | appkill) ;;
-    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term, delay, appkill)" >&2; exit 2 ;;
+    kill | partition | stop | term | delay | appkill | rewrite) ;;
+    *) echo "--faults: unknown fault '$fault' (kill, partition, stop, term, delay, appkill, rewrite)" >&2; exit 2 ;;
     esac
 done
 [[ ${#FAULT_LIST[@]} -gt 0 ]] || { echo "--faults: empty" >&2; exit 2; }
@@ -100,13 +106,22 @@ struck_status() {
     if [[ $role == primary && $state == serving ]]; then STRUCK_ROLE=primary; fi
 }
 
-# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay, appkill) to node ID;
+# strike FAULT ID: applies FAULT (kill, partition, stop, term, delay, appkill, rewrite) to node ID;
 # STRUCK_REDIS and STRUCK_ROLE are as struck_status read them, STRUCK_MS the time of the
 # fault. A stop is held here for 1-4 x the failover timeout and undone before it returns.
 strike() {
     local fault=$1 id=$2 other pids=()
     case $fault in
-    kill)
+    kill | rewrite)
+        if [[ $fault == rewrite ]]; then
+            struck_status "$id"
+            if [[ $STRUCK_REDIS != - ]]; then
+                redis-cli -p "${APP_PORT[$id]}" config set rdbcompression no >/dev/null 2>&1 || true
+                REWRITE=$(redis-cli -p "${APP_PORT[$id]}" bgrewriteaof 2>&1) || true
+                log "node $id's Redis: $REWRITE"
+                sleep_ms $((RANDOM % 400))
+            fi
+        fi
         kill_follow_node "$id"
         STRUCK_REDIS=$KILLED_REDIS
         STRUCK_ROLE=$KILLED_ROLE
@@ -159,7 +174,7 @@ strike() {
 # every link) or a delay.
 undo() {
     case $1 in
-    kill | term)
+    kill | term | rewrite)
         sweep_redis "$2"
         start_follow_node "$2"
         ;;
@@ -283,6 +298,21 @@ for _ in $(seq 1 200); do
     sleep 0.1
 done
 [[ -s $WORK/acked-keys ]] || fail "the checking writer got no acknowledgement in 20 s"
+if [[ ,$FAULTS, == *,rewrite,* ]]; then
+    # Enough data that a rewritten base file is several pieces of the capture: 160 values
+    # of 64 KiB (10 MB), acknowledged through the client port like any write.
+    python3 -c '
+import os, sys
+out = sys.stdout.buffer
+for i in range(160):
+    key, value = b"big:%d" % i, os.urandom(32768).hex().encode()
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+' >"$WORK/big.resp"
+    redis-cli -h 127.0.0.1 -p "${CLIENT_PORT[$PRIMARY]}" --pipe <"$WORK/big.resp" >"$WORK/big.out" 2>&1 \
+        && grep -q "errors: 0, replies: 160" "$WORK/big.out" \
+        || fail "loading the large values failed: $(tail -n 1 "$WORK/big.out")"
+    log "160 values of 64 KiB loaded through node $PRIMARY's client port"
+fi
 sleep 1
 
 kills_of_primary=0
@@ -297,6 +327,8 @@ for cycle in $(seq 1 "$CYCLES"); do
     *) victim=${NODES[RANDOM % ${#NODES[@]}]} ;;
     esac
     fault=${FAULT_LIST[RANDOM % ${#FAULT_LIST[@]}]}
+    # A rewrite happens where Redis runs: after cycle 2, always the primary's.
+    if [[ $fault == rewrite && $cycle -gt 2 ]]; then victim=$PRIMARY; fi
     strike "$fault" "$victim"
     killed_ms=$STRUCK_MS
     # The role is the one the struck node's status showed as it was struck, which a failover
