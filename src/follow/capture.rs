@@ -94,6 +94,8 @@ pub enum CaptureError {
     RescanUnsettled { path: PathBuf, tries: usize },
     #[error("after lost inotify events, the rescan of {path} found {files} files to replace or remove, more than one record can name")]
     RescanTooLarge { path: PathBuf, files: usize },
+    #[error("{path} was cut back between two pieces of it each of {tries} times it was shipped whole: it never held still long enough to be read")]
+    ChangedWhileShipped { path: PathBuf, tries: usize },
     #[error("{path} was cut back while the application served (captured {captured} bytes; it now holds {now}, without the captured end): what was cut away may be acknowledged, so the cut is not shipped")]
     Cut {
         path: PathBuf,
@@ -132,15 +134,16 @@ impl Tracked {
     }
 }
 
-/// One followed file as a rescan found it: its inode, its length then, whether it only
-/// grew since it was captured, and the file itself, held open while it has anything to ship
-/// (so that what is shipped is the file the scan found, whatever the name holds by then).
+/// One followed file as a rescan found it: its inode, its length then, and whether it only
+/// grew since it was captured. Nothing is held open: a rescan opens each file again by name
+/// when its turn comes, and takes it only if it is still the inode found
+/// (`Tracker::rescan`), so that a directory with more changed files than the process may
+/// hold open is rescanned all the same.
 #[derive(Debug)]
 struct Found {
     ino: u64,
     len: u64,
     grew: bool,
-    file: Option<File>,
 }
 
 /// Every followed file of the directory, as a rescan found it.
@@ -192,6 +195,12 @@ impl std::fmt::Debug for Sink {
         f.write_str("Sink")
     }
 }
+
+/// How many times a file shipped whole is started again from its beginning, found cut back
+/// between two of its pieces, before capture stops (`Tracker::ship_file`).
+const SHIP_TRIES: usize = 8;
+
+const _: () = assert!(READ_PIECE as usize > LOG_PIECE_LEN);
 
 /// How much of a file's growth capture reads at once: a bulk load that writes hundreds of
 /// megabytes between two looks at the file is read, and sent on, a piece at a time.
@@ -352,29 +361,27 @@ impl Tracker {
                 }
                 _ => false,
             };
-            let unchanged = grew && self.files.get(&name).is_some_and(|t| t.len == len);
-            all.insert(
-                name,
-                Found {
-                    ino,
-                    len,
-                    grew,
-                    file: (!unchanged).then_some(file),
-                },
-            );
+            all.insert(name, Found { ino, len, grew });
         }
         Ok(all)
     }
 
-    /// Ships what `file` holds (from its start, to its end as read now) under `name`, a
-    /// piece of at most [`READ_PIECE`] at a time, each sent on through the sink before the
-    /// next is read: capture holds one piece of it, not the file (a rewritten Redis base file
-    /// may be gigabytes). With `whole`, every committed prefix of the log holds the file
-    /// under `name` whole or not at all: one `Install` when it fits one piece, otherwise
-    /// built under [`PART_NAME`] (which no other change names meanwhile: capture is this one
-    /// thread, and shipping keeps its order) and renamed over `name` by the last change.
-    /// Without it (a staging name, which nothing reads before a `Swap` puts it in place) the
-    /// first piece is an `Install` and the rest appends.
+    /// Ships what `file` holds, from its start to the length it has as this begins, under
+    /// `name`, a piece of at most [`READ_PIECE`] at a time, each sent on through the sink
+    /// before the next is read: capture holds one piece of it, not the file (a rewritten
+    /// Redis base file may be gigabytes). With `whole`, every committed prefix of the log
+    /// holds the file under `name` whole or not at all: one `Install` when it fits one
+    /// piece, otherwise built under [`PART_NAME`] (which no other change names meanwhile:
+    /// capture is this one thread, and shipping keeps its order) and renamed over `name` by
+    /// the last change. Without it (a staging name, which nothing reads before a `Swap` puts
+    /// it in place) the first piece is an `Install` and the rest appends.
+    ///
+    /// The sink may wait between two pieces, for as long as shipping is behind. Each piece
+    /// after the first is read with the tail shipped before it, in one read ([`read_on`]):
+    /// a file cut back (and perhaps written again) meanwhile no longer holds that tail, and
+    /// is shipped again from its start, so that the bytes shipped are always a content the
+    /// file held, never the start of one and the rest of another. A file still changing so
+    /// after [`SHIP_TRIES`] starts stops capture ([`CaptureError::ChangedWhileShipped`]).
     ///
     /// Returns what is now captured of the file, or `None` once capture should stop.
     fn ship_file(
@@ -386,60 +393,73 @@ impl Tracker {
         out: &mut Vec<Change>,
     ) -> Result<Option<Tracked>, CaptureError> {
         let path = self.path(name);
-        file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
-        let hint = file.metadata().map_or(0, |m| m.len());
-        let mut tracked = Tracked::of(&[], ino);
-        let first = read_piece(file, hint).map_err(io(&path))?;
-        tracked.grow(&first);
-        if (first.len() as u64) < READ_PIECE {
+        'start: for _ in 0..SHIP_TRIES {
+            let size = file.metadata().map_err(io(&path))?.len();
+            let mut tracked = Tracked::of(&[], ino);
+            let first = read_on(file, &tracked, size.min(READ_PIECE))
+                .map_err(io(&path))?
+                .unwrap_or_default();
+            tracked.grow(&first);
+            if first.len() < READ_PIECE as usize || tracked.len >= size {
+                out.push(Change::Install {
+                    name: Bytes::copy_from_slice(name),
+                    data: first,
+                });
+                return Ok(Some(tracked));
+            }
+            let building = if whole {
+                Bytes::from_static(PART_NAME.as_bytes())
+            } else {
+                Bytes::copy_from_slice(name)
+            };
             out.push(Change::Install {
-                name: Bytes::copy_from_slice(name),
-                data: Bytes::from(first),
+                name: building.clone(),
+                data: first.slice(..LOG_PIECE_LEN),
             });
-            return Ok(Some(tracked));
-        }
-        let building = if whole {
-            Bytes::from_static(PART_NAME.as_bytes())
-        } else {
-            Bytes::copy_from_slice(name)
-        };
-        let first = Bytes::from(first);
-        out.push(Change::Install {
-            name: building.clone(),
-            data: first.slice(..LOG_PIECE_LEN),
-        });
-        out.push(Change::Append {
-            name: building.clone(),
-            offset: LOG_PIECE_LEN as u64,
-            data: first.slice(LOG_PIECE_LEN..),
-        });
-        loop {
-            if !self.flush(out) {
-                return Ok(None);
-            }
-            let piece = read_piece(file, hint.saturating_sub(tracked.len)).map_err(io(&path))?;
-            if piece.is_empty() {
-                break;
-            }
-            tracked.grow(&piece);
             out.push(Change::Append {
                 name: building.clone(),
-                offset: tracked.len - piece.len() as u64,
-                data: Bytes::from(piece),
+                offset: LOG_PIECE_LEN as u64,
+                data: first.slice(LOG_PIECE_LEN..),
             });
+            while tracked.len < size {
+                if !self.flush(out) {
+                    return Ok(None);
+                }
+                let want = (size - tracked.len).min(READ_PIECE);
+                let Some(piece) = read_on(file, &tracked, want).map_err(io(&path))? else {
+                    // Cut back since the last piece: from the start again.
+                    continue 'start;
+                };
+                if piece.is_empty() {
+                    break; // Cut back to exactly what was shipped: that is the file.
+                }
+                tracked.grow(&piece);
+                out.push(Change::Append {
+                    name: building.clone(),
+                    offset: tracked.len - piece.len() as u64,
+                    data: piece,
+                });
+            }
+            if whole {
+                out.push(Change::Rename {
+                    name: building,
+                    to: Bytes::copy_from_slice(name),
+                });
+            }
+            return Ok(Some(tracked));
         }
-        if whole {
-            out.push(Change::Rename {
-                name: building,
-                to: Bytes::copy_from_slice(name),
-            });
-        }
-        Ok(Some(tracked))
+        Err(CaptureError::ChangedWhileShipped {
+            path,
+            tries: SHIP_TRIES,
+        })
     }
 
-    /// Ships what followed file `name` (tracked, and open as `file`) holds past what was
-    /// captured of it, to its end as read now, as appends of at most [`READ_PIECE`], each
-    /// sent on through the sink before the next is read. `false` once capture should stop.
+    /// Ships what followed file `name` (tracked, and open as `file`) grew by past what was
+    /// captured of it, up to the length it has as this begins, as appends of at most
+    /// [`READ_PIECE`], each sent on through the sink before the next is read, and each read
+    /// with the captured tail before it ([`read_on`]). A file that no longer holds that
+    /// tail was cut back since: shipping stops there, and the events of the cut (queued
+    /// since) show it as a cut. `false` once capture should stop.
     fn ship_growth(
         &mut self,
         name: &[u8],
@@ -447,26 +467,24 @@ impl Tracker {
         out: &mut Vec<Change>,
     ) -> Result<bool, CaptureError> {
         let path = self.path(name);
-        let Some(from) = self.files.get(name).map(|tracked| tracked.len) else {
-            return Ok(true);
-        };
-        file.seek(SeekFrom::Start(from)).map_err(io(&path))?;
-        let hint = file.metadata().map_or(0, |m| m.len()).saturating_sub(from);
-        let mut shipped = 0u64;
+        let size = file.metadata().map_err(io(&path))?.len();
         loop {
-            let piece = read_piece(file, hint.saturating_sub(shipped)).map_err(io(&path))?;
-            if piece.is_empty() {
-                return Ok(true);
-            }
             let Some(tracked) = self.files.get_mut(name) else {
                 return Ok(true);
             };
+            if tracked.len >= size {
+                return Ok(true);
+            }
+            let want = (size - tracked.len).min(READ_PIECE);
+            let piece = match read_on(file, tracked, want).map_err(io(&path))? {
+                Some(piece) if !piece.is_empty() => piece,
+                _ => return Ok(true),
+            };
             tracked.grow(&piece);
-            shipped += piece.len() as u64;
             out.push(Change::Append {
                 name: Bytes::copy_from_slice(name),
                 offset: tracked.len - piece.len() as u64,
-                data: Bytes::from(piece),
+                data: piece,
             });
             if !self.flush(out) {
                 return Ok(false);
@@ -805,6 +823,28 @@ impl Tracker {
     /// names: its events stay queued and are caught up after the rescan.
     fn rescan(&mut self, out: &mut Vec<Change>) -> Result<(), CaptureError> {
         let mut tries = 0;
+        while !self.rescan_once(&mut tries, out)? {
+            tries += 1;
+            if tries >= RESCAN_TRIES {
+                return Err(CaptureError::RescanUnsettled {
+                    path: self.dir.clone(),
+                    tries,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One try of [`Tracker::rescan`], the scans of earlier tries counted in `tries`:
+    /// `false` if a file to be shipped whole was found moved on (another inode under its
+    /// name, or none) when its turn came, so the scan is not one moment any more; the
+    /// rescan then scans again (what this try shipped under staging names is replaced or
+    /// left unnamed, as a log cut short leaves it).
+    fn rescan_once(
+        &mut self,
+        tries: &mut usize,
+        out: &mut Vec<Change>,
+    ) -> Result<bool, CaptureError> {
         let now = loop {
             self.refill();
             if self
@@ -833,11 +873,11 @@ impl Tracker {
             if !names_moved {
                 break now;
             }
-            tries += 1;
-            if tries >= RESCAN_TRIES {
+            *tries += 1;
+            if *tries >= RESCAN_TRIES {
                 return Err(CaptureError::RescanUnsettled {
                     path: self.dir.clone(),
-                    tries,
+                    tries: *tries,
                 });
             }
         };
@@ -863,11 +903,13 @@ impl Tracker {
         let mut staging = Vec::new();
         let mut renames = Vec::new();
         for (name, found) in now {
-            let Some(file) = found.file else {
-                continue; // Unchanged.
-            };
             if found.grew {
-                grown.push((name, file));
+                if let Some(tracked) = self.files.get_mut(&name) {
+                    tracked.ino = found.ino;
+                    if found.len > tracked.len {
+                        grown.push((name, found.ino));
+                    }
+                }
                 continue;
             }
             let cut = self
@@ -883,7 +925,7 @@ impl Tracker {
             }
             let stage = stage_name(&self.files);
             renames.push((stage.clone(), Bytes::copy_from_slice(&name)));
-            staging.push((name, stage, file, found.ino));
+            staging.push((name, stage, found.ino));
         }
         let deletes: Vec<Bytes> = gone
             .iter()
@@ -900,21 +942,30 @@ impl Tracker {
                 files: staging.len() + gone.len(),
             });
         }
-        for (name, mut file) in grown {
+        // Each file opened by name when its turn comes, and taken only if it is the inode
+        // the scan found. A grown file found moved on is left to the events that moved it
+        // (its growth is not part of what the Swap puts in place).
+        for (name, ino) in grown {
+            let Some(mut file) = self.open_if(&name, ino)? else {
+                continue;
+            };
             if !self.ship_growth(&name, &mut file, out)? {
-                return Ok(()); // Stopping.
+                return Ok(true); // Stopping.
             }
         }
         // What the tracker holds of each staged file once the Swap puts it in place.
         let mut replaced = Vec::new();
-        for (name, stage, mut file, ino) in staging {
+        for (name, stage, ino) in staging {
+            let Some(mut file) = self.open_if(&name, ino)? else {
+                return Ok(false);
+            };
             match self.ship_file(&stage, &mut file, ino, false, out)? {
                 Some(tracked) => replaced.push((name, tracked)),
-                None => return Ok(()), // Stopping.
+                None => return Ok(true), // Stopping.
             }
         }
         let Some(swap) = swap else {
-            return Ok(());
+            return Ok(true);
         };
         // The tracker takes the staged files and the deletions only with the Swap (the
         // grown files above are already shipped).
@@ -923,7 +974,20 @@ impl Tracker {
         }
         self.files.extend(replaced);
         out.push(swap);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Followed file `name`, opened, if it is still inode `ino`; `None` if the name holds
+    /// another file now, or none.
+    fn open_if(&self, name: &[u8], ino: u64) -> Result<Option<File>, CaptureError> {
+        let path = self.path(name);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let metadata = file.metadata().map_err(io(&path))?;
+        Ok((std::os::unix::fs::MetadataExt::ino(&metadata) == ino).then_some(file))
     }
 }
 
@@ -955,13 +1019,22 @@ fn to_event(event: inotify::Event<&std::ffi::OsStr>) -> Option<Event> {
     }
 }
 
-/// Reads on from `file`'s position, up to [`READ_PIECE`] bytes or to its end. `expected` is
-/// how many bytes are thought to be there: the buffer starts that long (at most a piece),
-/// so that a short file costs its length, not a piece.
-fn read_piece(file: &mut File, expected: u64) -> std::io::Result<Vec<u8>> {
-    let mut piece = Vec::with_capacity(expected.min(READ_PIECE) as usize);
-    file.by_ref().take(READ_PIECE).read_to_end(&mut piece)?;
-    Ok(piece)
+/// The bytes of `file` that follow what `tracked` holds of it (its length and tail), at
+/// most `want`, read in one read together with the tail before them: `None` if the file
+/// no longer holds that tail there (cut back since, and perhaps written again), else the
+/// bytes (empty at the end of the file). The buffer is the tail plus `want` long at most,
+/// so a short file costs its length, not a piece.
+fn read_on(file: &mut File, tracked: &Tracked, want: u64) -> std::io::Result<Option<Bytes>> {
+    let tail_len = tracked.tail.len();
+    file.seek(SeekFrom::Start(tracked.len - tail_len as u64))?;
+    let mut read = Vec::with_capacity(tail_len + want as usize);
+    file.by_ref()
+        .take(tail_len as u64 + want)
+        .read_to_end(&mut read)?;
+    if read.len() < tail_len || read[..tail_len] != tracked.tail[..] {
+        return Ok(None);
+    }
+    Ok(Some(Bytes::from(read).slice(tail_len..)))
 }
 
 /// What a file taken as captured already is known by: its length, its last [`TAIL_LEN`]
@@ -2102,6 +2175,199 @@ mod tests {
                 }
             ),
             "{error}"
+        );
+    }
+
+    fn copy_of(dir: &Path, copy: &Path) -> Materializer {
+        let mut materializer = Materializer::open(copy).unwrap();
+        for (name, data) in read_dir_contents(dir).unwrap() {
+            materializer
+                .apply(&Change::Install {
+                    name: Bytes::from(name),
+                    data: Bytes::from(data),
+                })
+                .unwrap();
+        }
+        materializer
+    }
+
+    /// A file installed from outside, cut back and written again (longer, other bytes) while
+    /// capture waits in the sink between two pieces: the copy must not end up with the old
+    /// file's first piece followed by the new file's rest (a content no file ever held).
+    #[test]
+    fn an_install_cut_and_regrown_between_its_pieces_is_not_shipped_mixed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        let copy = root.path().join("copy");
+        let mut materializer = copy_of(&dir, &copy);
+        let len = 3 * READ_PIECE as usize + 99;
+        std::fs::write(root.path().join("new"), vec![1u8; len]).unwrap();
+        std::fs::rename(root.path().join("new"), dir.join("base")).unwrap();
+
+        let path = dir.join("base");
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shipped = Arc::new(Mutex::new(Vec::new()));
+        let (sink, seen) = (Arc::clone(&shipped), Arc::clone(&calls));
+        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                // While the sink waits for room: cut back and written again, longer.
+                std::fs::write(&path, vec![2u8; len + 10]).unwrap();
+            }
+            sink.lock().unwrap().append(out);
+            true
+        })));
+        let mut out = Vec::new();
+        tracker.queue.push_back(Event::MovedTo(1, b"base".to_vec()));
+        tracker.drain_queue(&mut out).unwrap();
+        // The events of the cut and the writes, handled after.
+        tracker.queue.push_back(Event::Modified(b"base".to_vec()));
+        tracker.queue.push_back(Event::Modified(b"base".to_vec()));
+        let result = tracker.drain_queue(&mut out);
+        let mut changes = std::mem::take(&mut *shipped.lock().unwrap());
+        changes.append(&mut out);
+        for change in &changes {
+            materializer.apply(change).unwrap();
+        }
+        let got = read_dir_contents(&copy).unwrap();
+        let want = read_dir_contents(&dir).unwrap();
+        let base = &got[&b"base"[..]];
+        let ones = base.iter().filter(|b| **b == 1).count();
+        assert!(
+            got == want,
+            "result {result:?}; copy's base: {} bytes, {ones} of them from the old file; the directory's: {} bytes, all new",
+            base.len(),
+            want[&b"base"[..]].len()
+        );
+    }
+
+    /// The same during a rescan's growth, with cuts refused (the application serving): a
+    /// cut must stop the capture, not be shipped as appends of the new bytes.
+    #[test]
+    fn a_rescans_growth_cut_and_regrown_between_its_pieces_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("log"), b"head\n").unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        tracker.refuse_cuts.store(true, Ordering::Relaxed);
+        let copy = root.path().join("copy");
+        let mut materializer = copy_of(&dir, &copy);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("log"))
+            .unwrap()
+            .write_all(&vec![1u8; 3 * READ_PIECE as usize])
+            .unwrap();
+
+        let path = dir.join("log");
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shipped = Arc::new(Mutex::new(Vec::new()));
+        let (sink, seen) = (Arc::clone(&shipped), Arc::clone(&calls));
+        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Cut back behind the application's back, and written again, longer.
+                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                file.set_len(5).unwrap();
+                drop(file);
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap()
+                    .write_all(&vec![2u8; 4 * READ_PIECE as usize])
+                    .unwrap();
+            }
+            sink.lock().unwrap().append(out);
+            true
+        })));
+        let mut out = Vec::new();
+        tracker.queue.push_back(Event::Overflow);
+        let first = tracker.drain_queue(&mut out);
+        tracker.queue.push_back(Event::Modified(b"log".to_vec()));
+        let second = tracker.drain_queue(&mut out);
+        let mut changes = std::mem::take(&mut *shipped.lock().unwrap());
+        changes.append(&mut out);
+        for change in &changes {
+            materializer.apply(change).unwrap();
+        }
+        let got = read_dir_contents(&copy).unwrap();
+        let want = read_dir_contents(&dir).unwrap();
+        let log = &got[&b"log"[..]];
+        assert!(
+            matches!(first, Err(CaptureError::Cut { .. }))
+                || matches!(second, Err(CaptureError::Cut { .. }))
+                || got == want,
+            "the cut was not refused ({first:?}, {second:?}); the copy's log: {} bytes, {} from before the cut, {} written after; the directory's: {} bytes; equal: {}",
+            log.len(),
+            log.iter().filter(|b| **b == 1).count(),
+            log.iter().filter(|b| **b == 2).count(),
+            want[&b"log"[..]].len(),
+            got == want
+        );
+    }
+
+    /// A rescan holds no file open beyond the one it reads: a directory with more changed
+    /// files than the process may hold open is rescanned all the same. Ignored because it
+    /// lowers RLIMIT_NOFILE for the whole test process; run it alone:
+    /// `cargo test --lib a_rescan_of_more_new_files -- --ignored`.
+    #[test]
+    #[ignore]
+    fn a_rescan_of_more_new_files_than_descriptors_allowed_is_shipped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        for i in 0..300 {
+            std::fs::write(dir.join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid pointers to rlimit structs.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) };
+        let low = libc::rlimit {
+            rlim_cur: 256,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: a valid rlimit, read by the call only.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) };
+        let mut out = Vec::new();
+        tracker.queue.push_back(Event::Overflow);
+        let result = tracker.drain_queue(&mut out);
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+        assert!(result.is_ok(), "300 new files, 256 descriptors: {result:?}");
+        assert!(matches!(out.last(), Some(Change::Swap { .. })));
+    }
+
+    /// A file the rescan finds grown (or unchanged) while its inode was unknown: the rescan
+    /// learns the inode , so that a later replacement by rename during
+    /// lost events is staged, not taken for a cut.
+    #[test]
+    fn a_rescan_learns_the_inode_of_a_grown_file() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        // Created, inode not known yet (as `Event::Created` leaves it when a later event
+        // moves the name on).
+        std::fs::write(dir.join("a"), b"first bytes").unwrap();
+        tracker.files.insert(b"a".to_vec(), Tracked::of(&[], 0));
+        tracker.refuse_cuts.store(true, Ordering::Relaxed);
+        let mut out = Vec::new();
+        tracker.queue.push_back(Event::Overflow);
+        tracker.drain_queue(&mut out).unwrap();
+        let ino = tracker.files[&b"a"[..]].ino;
+        // Replaced by rename, with the events lost again.
+        std::fs::write(dir.join("a.tmp"), b"another file").unwrap();
+        std::fs::rename(dir.join("a.tmp"), dir.join("a")).unwrap();
+        tracker.queue.push_back(Event::Overflow);
+        let second = tracker.drain_queue(&mut out);
+        assert!(
+            ino != 0 && second.is_ok(),
+            "inode after the rescan: {ino}; the second rescan: {second:?}"
         );
     }
 }
