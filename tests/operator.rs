@@ -111,6 +111,11 @@ fn settled(cluster: &Cluster, primary: u16, ids: &[u16]) -> bool {
             if id == primary && peer["matched_lsn"].as_u64() != last_lsn {
                 return false;
             }
+            // The primary's own view too: a learner promoted a moment ago stays one to the
+            // primary (which then passes it over in a switchover) until its next answer.
+            if id == primary && peer["learner"] != false {
+                return false;
+            }
         }
     }
     true
