@@ -308,19 +308,11 @@ impl Tracker {
             sink: None,
             refuse_cuts: Arc::new(AtomicBool::new(false)),
         };
-        for entry in std::fs::read_dir(&tracker.dir).map_err(io(&tracker.dir))? {
-            let entry = entry.map_err(io(&tracker.dir))?;
-            let name = entry.file_name().as_bytes().to_vec();
-            if !followed(&name) || !entry.file_type().map_err(io(&tracker.dir))?.is_file() {
+        for name in tracker.followed_names()? {
+            let Some(mut file) = tracker.open(&name)? else {
                 continue;
-            }
-            let path = tracker.path(&name);
-            let mut file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path)(e)),
             };
-            let tracked = read_tail(&mut file).map_err(io(&path))?;
+            let tracked = read_tail(&mut file).map_err(io(&tracker.path(&name)))?;
             tracker.files.insert(name, tracked);
         }
         Ok(tracker)
@@ -330,34 +322,47 @@ impl Tracker {
         self.dir.join(std::ffi::OsStr::from_bytes(name))
     }
 
+    /// The names of the directory's followed files (regular files, not the materializer's).
+    fn followed_names(&self) -> Result<Vec<Vec<u8>>, CaptureError> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            let name = entry.file_name().as_bytes().to_vec();
+            if followed(&name) && entry.file_type().map_err(io(&self.dir))?.is_file() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// File `name`, opened; `None` if it is gone.
+    fn open(&self, name: &[u8]) -> Result<Option<File>, CaptureError> {
+        let path = self.path(name);
+        match File::open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     /// The directory's followed files now, each compared with what was captured of it
     /// ([`Found`]): a rescan's scan. Reads no more of a file than its captured tail.
     fn scan_now(&self) -> Result<Scan, CaptureError> {
         let mut all = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let entry = entry.map_err(io(&self.dir))?;
-            let name = entry.file_name().as_bytes().to_vec();
-            if !followed(&name) || !entry.file_type().map_err(io(&self.dir))?.is_file() {
+        for name in self.followed_names()? {
+            let Some(mut file) = self.open(&name)? else {
                 continue;
-            }
-            let path = self.path(&name);
-            let mut file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path)(e)),
             };
+            let path = self.path(&name);
             let metadata = file.metadata().map_err(io(&path))?;
             let (ino, len) = (
                 std::os::unix::fs::MetadataExt::ino(&metadata),
                 metadata.len(),
             );
             let grew = match self.files.get(&name) {
+                // Still holds the captured tail where it was (nothing read past it).
                 Some(tracked) if (tracked.ino == 0 || tracked.ino == ino) && len >= tracked.len => {
-                    let start = tracked.len - tracked.tail.len() as u64;
-                    let mut was = vec![0; tracked.tail.len()];
-                    file.seek(SeekFrom::Start(start)).map_err(io(&path))?;
-                    let read = read_full(&mut file, &mut was).map_err(io(&path))?;
-                    read == was.len() && was == tracked.tail
+                    read_on(&mut file, tracked, 0).map_err(io(&path))?.is_some()
                 }
                 _ => false,
             };
@@ -767,12 +772,7 @@ impl Tracker {
     /// Ships file `name` whole, as it is now (if it still exists), a piece at a time
     /// ([`Tracker::ship_file`]).
     fn install(&mut self, name: &[u8], out: &mut Vec<Change>) -> Result<(), CaptureError> {
-        let path = self.path(name);
-        let opened = match File::open(&path) {
-            Ok(file) => Some(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io(&path)(e)),
-        };
+        let opened = self.open(name)?;
         // Opened by name: sure to be this file only if nothing moved the name on before.
         self.refill();
         if self.moved_later(name) {
@@ -785,7 +785,7 @@ impl Tracker {
             return Ok(());
         }
         if let Some(mut file) = opened {
-            let metadata = file.metadata().map_err(io(&path))?;
+            let metadata = file.metadata().map_err(io(&self.path(name)))?;
             let ino = std::os::unix::fs::MetadataExt::ino(&metadata);
             if let Some(tracked) = self.ship_file(name, &mut file, ino, true, out)? {
                 self.files.insert(name.to_vec(), tracked);
@@ -980,13 +980,10 @@ impl Tracker {
     /// Followed file `name`, opened, if it is still inode `ino`; `None` if the name holds
     /// another file now, or none.
     fn open_if(&self, name: &[u8], ino: u64) -> Result<Option<File>, CaptureError> {
-        let path = self.path(name);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
+        let Some(file) = self.open(name)? else {
+            return Ok(None);
         };
-        let metadata = file.metadata().map_err(io(&path))?;
+        let metadata = file.metadata().map_err(io(&self.path(name)))?;
         Ok((std::os::unix::fs::MetadataExt::ino(&metadata) == ino).then_some(file))
     }
 }
