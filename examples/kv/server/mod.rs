@@ -39,8 +39,8 @@
 //! records of a long run of writes are all queued before the first commits: one commit
 //! round trip carries as much of the load as is there. At most
 //! [`READ_AHEAD_CONNECTIONS_MAX`] connections are read ahead at once (with their records,
-//! about 256 MiB in all); the others are read a buffer at a time, as a connection that does not keep its
-//! socket full always is.
+//! about 256 MiB in all); the others are read a buffer at a time, as a connection that
+//! does not keep its socket full always is.
 //!
 //! A pipeline's writes are applied in request order, and each is answered for itself. When
 //! they span several records, one record can be refused (`-TRYAGAIN`, say while the disk
