@@ -109,7 +109,8 @@ impl Replay {
     /// A directory that holds files although this node never materialized it (no state
     /// file: a data dir that was wiped, or files that were there before the node first
     /// ran) cannot be trusted to be the log's; its files are moved into a new directory
-    /// beside it, `<dir>.understudy-old-<unix seconds>` (nothing is deleted), and
+    /// beside it, `<dir>.understudy-old-<unix seconds>` (with `-<n>` added when that name is
+    /// taken; nothing is deleted), and
     /// [`Replay::moved_aside`] says where.
     ///
     /// A directory with a state file is checked against the contents it records
@@ -240,14 +241,28 @@ impl Replay {
         let seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut aside = dir.clone().into_os_string();
-        aside.push(format!(".understudy-old-{seconds}"));
-        let aside = PathBuf::from(aside);
         let state = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ReplayError::State { path, source }
         };
-        std::fs::create_dir_all(&aside).map_err(state(&aside))?;
+        // A directory of its own, never one an earlier move made (the same second, or a
+        // clock set back): a rename into it would replace a file kept there.
+        let mut tries = 0u32;
+        let aside = loop {
+            let mut aside = dir.clone().into_os_string();
+            aside.push(format!(".understudy-old-{seconds}"));
+            if tries > 0 {
+                aside.push(format!("-{tries}"));
+            }
+            let aside = PathBuf::from(aside);
+            match std::fs::create_dir(&aside) {
+                Ok(()) => break aside,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 10_000 => {
+                    tries += 1;
+                }
+                Err(e) => return Err(state(&aside)(e)),
+            }
+        };
         for name in &files {
             let name = std::ffi::OsStr::from_bytes(name);
             std::fs::rename(dir.join(name), aside.join(name)).map_err(state(&dir.join(name)))?;
@@ -464,6 +479,29 @@ mod tests {
         }
         .encode()
         .to_vec()
+    }
+
+    /// Files the node never materialized are moved aside, never over files an earlier move
+    /// kept: two moves in the same second (or with the clock set back) get two directories.
+    #[test]
+    fn files_moved_aside_twice_in_a_second_are_all_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("appendonlydir");
+        let state = root.path().join("follow-state");
+        let mut asides = Vec::new();
+        for content in [&b"first"[..], b"second", b"third"] {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("a.aof"), content).unwrap();
+            let _ = std::fs::remove_file(&state);
+            let replay = Replay::open(&dir, &state).unwrap();
+            let aside = replay.moved_aside().unwrap().to_path_buf();
+            assert!(!asides.contains(&aside), "{} used twice", aside.display());
+            asides.push(aside);
+            assert!(read_dir_contents(&dir).unwrap().is_empty());
+        }
+        for (aside, content) in asides.iter().zip([&b"first"[..], b"second", b"third"]) {
+            assert_eq!(std::fs::read(aside.join("a.aof")).unwrap(), content);
+        }
     }
 
     /// A directory handed to the application (a promotion) holds no state of the log from
