@@ -2304,6 +2304,58 @@ mod tests {
         );
     }
 
+    /// A rescan decides what it stages from one scan, then opens each file when its turn
+    /// comes: a file replaced meanwhile (another inode under its name) is not shipped as
+    /// the scan's file, and the rescan scans again. Here a manifest is replaced by one that
+    /// names a file created after the scan: shipped in the scan's Swap, it would commit a
+    /// manifest naming a file the copy does not hold.
+    #[test]
+    fn a_rescan_whose_staged_file_is_replaced_while_another_ships_scans_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let mut tracker = Tracker::scan(&dir).unwrap();
+        let copy = root.path().join("copy");
+        let mut materializer = copy_of(&dir, &copy);
+        std::fs::write(dir.join("a"), vec![1u8; 2 * READ_PIECE as usize + 1]).unwrap();
+        std::fs::write(dir.join("m"), b"names a").unwrap();
+
+        let (temp, manifest, new) = (root.path().join("m.new"), dir.join("m"), dir.join("c"));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shipped = Arc::new(Mutex::new(Vec::new()));
+        let (sink, seen) = (Arc::clone(&shipped), Arc::clone(&calls));
+        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Between two pieces of "a": a new file, then a manifest naming it
+                // renamed over the old one, as Redis installs a rewrite.
+                std::fs::write(&new, b"new base").unwrap();
+                std::fs::write(&temp, b"names c").unwrap();
+                std::fs::rename(&temp, &manifest).unwrap();
+            }
+            sink.lock().unwrap().append(out);
+            true
+        })));
+        let mut out = Vec::new();
+        tracker.queue.push_back(Event::Overflow);
+        tracker.drain_queue(&mut out).unwrap();
+        let mut changes = std::mem::take(&mut *shipped.lock().unwrap());
+        changes.append(&mut out);
+        for (i, change) in changes.iter().enumerate() {
+            materializer.apply(change).unwrap();
+            let names_c = std::fs::read(copy.join("m")).is_ok_and(|m| m == b"names c");
+            assert!(
+                !names_c || copy.join("c").exists(),
+                "after change {i} of {} the copy's manifest names a file it lacks",
+                changes.len()
+            );
+        }
+        assert!(calls.load(Ordering::SeqCst) > 1);
+        assert_eq!(
+            read_dir_contents(&copy).unwrap(),
+            read_dir_contents(&dir).unwrap()
+        );
+    }
+
     /// A rescan holds no file open beyond the one it reads: a directory with more changed
     /// files than the process may hold open is rescanned all the same. Ignored because it
     /// lowers RLIMIT_NOFILE for the whole test process; run it alone:
