@@ -2356,9 +2356,28 @@ mod tests {
         );
     }
 
+    /// [`a_rescan_of_more_new_files_than_descriptors_allowed_is_shipped`], run in a test
+    /// process of its own, where lowering RLIMIT_NOFILE touches no other test.
+    #[test]
+    fn the_descriptor_limit_test_passes_in_a_process_of_its_own() {
+        let name = "follow::capture::tests::a_rescan_of_more_new_files_than_descriptors_allowed_is_shipped";
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", name, "--test-threads=1"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// A rescan holds no file open beyond the one it reads: a directory with more changed
     /// files than the process may hold open is rescanned all the same. Ignored because it
-    /// lowers RLIMIT_NOFILE for the whole test process; run it alone:
+    /// lowers RLIMIT_NOFILE for the whole test process; it runs in a process of its own
+    /// ([`the_descriptor_limit_test_passes_in_a_process_of_its_own`]), or alone by hand:
     /// `cargo test --lib a_rescan_of_more_new_files -- --ignored`.
     #[test]
     #[ignore]
@@ -2392,7 +2411,7 @@ mod tests {
     }
 
     /// A file the rescan finds grown (or unchanged) while its inode was unknown: the rescan
-    /// learns the inode , so that a later replacement by rename during
+    /// learns the inode, so that a later replacement by rename during
     /// lost events is staged, not taken for a cut.
     #[test]
     fn a_rescan_learns_the_inode_of_a_grown_file() {
