@@ -48,6 +48,11 @@ pub(crate) type PeerStream = Either<TcpStream, tokio_rustls::TlsStream<TcpStream
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a peer may stay out of reach (never reached since this node started, or since
+/// its link went down) before a warning says so: long enough for a cluster's nodes to start
+/// one after another, short enough that a wrong address or a name that does not resolve is
+/// in the log while the operator still looks.
+const UNREACHED_WARN_AFTER: Duration = Duration::from_secs(10);
 
 /// A message received from a peer, checked: for an `Append`, `records` holds exactly the
 /// records it names, every CRC verified.
@@ -447,6 +452,10 @@ async fn dial_loop(
     // The address last reached, to log when a name moves.
     let mut reached: Option<SocketAddr> = addr.socket_addr();
     let mut last_refusal: Option<String> = None;
+    // Since when the peer has been out of reach, and the last error warned about, so that
+    // an address that stays wrong is warned about once per error, not once per attempt.
+    let mut unreached_since = tokio::time::Instant::now();
+    let mut last_unreached: Option<String> = None;
     loop {
         let attempt = async {
             // A name is resolved again for every attempt: a peer that comes back at another
@@ -468,6 +477,7 @@ async fn dial_loop(
             Ok(stream) => {
                 info!("connected");
                 last_refusal = None;
+                last_unreached = None;
                 connected.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 was_up = true;
@@ -476,6 +486,7 @@ async fn dial_loop(
                     result = send_loop(stream, &mut queue, config.started) => result,
                 };
                 connected.store(false, Ordering::Relaxed);
+                unreached_since = tokio::time::Instant::now();
                 match result {
                     Ok(()) => return, // the queue closed: the node is stopping
                     Err(e) => warn!(error = %e, "disconnected"),
@@ -492,11 +503,17 @@ async fn dial_loop(
                 }
             }
             Err(e) => {
+                let error = e.to_string();
                 if was_up {
-                    info!(error = %e, "cannot reconnect");
+                    info!(%error, "cannot reconnect");
                     was_up = false;
+                } else if unreached_since.elapsed() >= UNREACHED_WARN_AFTER
+                    && last_unreached.as_deref() != Some(error.as_str())
+                {
+                    warn!(%error, out_of_reach_s = unreached_since.elapsed().as_secs(), "peer out of reach (logged again only if the error changes or after it was reached)");
+                    last_unreached = Some(error);
                 } else {
-                    debug!(error = %e, "cannot connect");
+                    debug!(%error, "cannot connect");
                 }
             }
         }
