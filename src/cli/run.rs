@@ -22,6 +22,11 @@ const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
 /// reserves a segment's blocks ahead, so a segment is a unit of address space and of disk.
 const WAL_SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
+/// The bounds of `--replication-window`: below 64 KiB one append of records would not fit;
+/// above 256 MiB the window's queue on a link would hold heartbeats up for seconds.
+const REPLICATION_WINDOW_MIN: u64 = 64 << 10;
+const REPLICATION_WINDOW_MAX: u64 = 256 << 20;
+
 /// A byte count: digits, optionally followed by K, M, G (powers of 1000) or KiB, MiB, GiB.
 fn byte_count(text: &str) -> Result<u64, String> {
     // `parse-size`: fractions (1.5GiB), any case (1gib), K/KB = 1000, Ki/KiB = 1024.
@@ -116,6 +121,13 @@ pub struct RunArgs {
     /// writes on failover.
     #[arg(long, env = "UNDERSTUDY_ALLOW_UNSAFE_SYNC_REPLICAS")]
     pub allow_unsafe_sync_replicas: bool,
+    /// Log shipped to one backup and not yet acknowledged, at most (bytes; suffixes K, M, G,
+    /// KiB, MiB, GiB; 64KiB to 256MiB). A backup a round trip R away catches up at most
+    /// this much per R (2MiB at 20 ms: 100 MB/s), so raise it for a distant backup. What
+    /// the window holds may queue on a link ahead of a heartbeat: on a busy machine with
+    /// a short --failover-timeout, keep it small.
+    #[arg(long, env = "UNDERSTUDY_REPLICATION_WINDOW", default_value = "2MiB", value_parser = byte_count)]
+    pub replication_window: u64,
     /// How often to ask the application for a snapshot (every node asks its own).
     #[arg(long, env = "UNDERSTUDY_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = duration)]
     pub snapshot_interval: Duration,
@@ -342,6 +354,16 @@ impl RunArgs {
         core.clock_drift_margin = self.failover_timeout / 10;
         core.sync_replicas = sync_replicas;
         core.allow_unsafe_sync_replicas = self.allow_unsafe_sync_replicas;
+        if !(REPLICATION_WINDOW_MIN..=REPLICATION_WINDOW_MAX).contains(&self.replication_window) {
+            anyhow::bail!(
+                "--replication-window {}: must be from 64KiB to 256MiB",
+                self.replication_window
+            );
+        }
+        core.inflight_bytes_max = self.replication_window;
+        // A record a window holds is at least a header's worth of the log: the default
+        // window's 4,096 records at 512 bytes each, and as many more per byte.
+        core.inflight_records_max = self.replication_window / 512;
         if self.app_timeout.is_some_and(|t| t.is_zero()) {
             anyhow::bail!("--app-timeout 0: must be more than zero");
         }
@@ -578,6 +600,56 @@ mod tests {
         assert_eq!(byte_count(" 4096 "), Ok(4096));
         let error = byte_count("lots").unwrap_err();
         assert!(error.contains("is not a byte count"), "{error}");
+    }
+
+    fn run_args(extra: &[&str], secret: &std::path::Path) -> anyhow::Result<NodeConfig> {
+        use clap::Parser;
+        let mut argv = vec![
+            "understudy",
+            "run",
+            "--node-id",
+            "1",
+            "--data-dir",
+            "/tmp/d",
+            "--peer-listen",
+            "127.0.0.1:1",
+            "--peers",
+            "1=127.0.0.1:1,2=127.0.0.1:2",
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        let crate::cli::Command::Run(args) = crate::cli::Cli::try_parse_from(argv)?.command else {
+            unreachable!("parsed as `run`");
+        };
+        args.config()
+    }
+
+    /// `--replication-window` sets the bytes and the records a backup's window holds (the
+    /// default is the core's own), within its bounds.
+    #[test]
+    fn the_replication_window_sets_the_backups_window() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a secret of more than sixteen bytes").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let default = crate::core::Config::new(wal::NodeId(1), vec![wal::NodeId(1)]);
+        let core = run_args(&[], &secret).unwrap().core;
+        assert_eq!(core.inflight_bytes_max, default.inflight_bytes_max);
+        assert_eq!(core.inflight_records_max, default.inflight_records_max);
+        let core = run_args(&["--replication-window", "32MiB"], &secret)
+            .unwrap()
+            .core;
+        assert_eq!(core.inflight_bytes_max, 32 << 20);
+        assert_eq!(core.inflight_records_max, 65_536);
+        for bad in ["32KiB", "1GiB"] {
+            let error = run_args(&["--replication-window", bad], &secret)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("must be from 64KiB to 256MiB"), "{error}");
+        }
     }
 
     #[test]
