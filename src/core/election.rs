@@ -130,7 +130,7 @@
 use wal::{Epoch, Lsn, NodeId};
 
 use super::state::{Election, Peer, Phase};
-use super::{Action, Core, Health, Message, Role};
+use super::{Action, Core, Health, Message, Role, Time};
 
 impl Core {
     /// Whether this node heard from a live primary (or is one) within `failover_timeout`.
@@ -138,11 +138,23 @@ impl Core {
     pub(super) fn heard_from_primary_recently(&self) -> bool {
         match self.st.role {
             Role::Primary => true,
-            Role::Backup | Role::Candidate => match self.st.last_primary_contact {
-                Some(contact) => self.st.now < contact + self.config.failover_timeout,
-                None => false,
-            },
+            Role::Backup | Role::Candidate => {
+                self.st.now < self.refusal_contact() + self.config.failover_timeout
+            }
         }
+    }
+
+    /// The contact a backup's refusal runs from: its last contact with a primary, or its
+    /// start's refusal if that runs longer. A contact after a restart must not shorten the
+    /// refusal the node's earlier run promised: with a failover timeout shortened at the
+    /// restart, a primary still counts that run's answers towards its lease for the longer
+    /// one.
+    pub(super) fn refusal_contact(&self) -> Time {
+        self.st
+            .last_primary_contact
+            .map_or(self.st.start_contact, |contact| {
+                contact.max(self.st.start_contact)
+            })
     }
 
     /// Whether this node started with a fresh data dir and has not yet waited out its

@@ -211,6 +211,13 @@ impl Core {
             None
         };
         let commit_lsn = log.snapshot_lsn;
+        // A start refuses votes for the failover timeout (`lease.rs`), or for the one the data
+        // dir last ran with if that was longer: its earlier answers may still count towards a
+        // primary's lease for that long.
+        let start_contact = now
+            + config
+                .previous_vote_wait
+                .saturating_sub(config.failover_timeout);
         let quarantine_until = if start.quarantine && !config.unsafe_testing.skip_fresh_quarantine {
             Some(now + config.fresh_quarantine())
         } else {
@@ -246,14 +253,8 @@ impl Core {
                 role: Role::Backup,
                 primary: None,
                 now,
-                // A start refuses votes for the failover timeout (`lease.rs`), or for the one
-                // the data dir last ran with if that was longer: its earlier answers may still
-                // count towards a primary's lease for that long.
-                last_primary_contact: Some(
-                    now + config
-                        .previous_vote_wait
-                        .saturating_sub(config.failover_timeout),
-                ),
+                last_primary_contact: Some(start_contact),
+                start_contact,
                 quarantine_until,
                 founding,
                 election_deadline: now,
@@ -463,7 +464,7 @@ impl Core {
                 {
                     // Still bound by an answer it gave (or by a start's refusal): it may not
                     // vote for anyone, itself included, until the wait is over (`lease.rs`).
-                    let from = self.st.last_primary_contact.unwrap_or(self.st.now);
+                    let from = self.refusal_contact();
                     self.reset_election_deadline(from);
                 } else if self.st.now >= self.st.election_deadline {
                     self.election_start_pre_vote(out);

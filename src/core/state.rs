@@ -400,6 +400,11 @@ pub(crate) struct State {
     /// When this node last heard from a live primary (an append of the current epoch), granted a
     /// vote, or started. It refuses votes until `failover_timeout` after it.
     pub last_primary_contact: Option<Time>,
+    /// The start's refusal, as a contact: the start, or later if the data dir last ran with
+    /// a longer failover timeout (`Config::previous_vote_wait`). Kept apart from
+    /// `last_primary_contact`, which a contact after the start moves to that contact's time:
+    /// the refusal its earlier run promised must not end sooner for it (`lease.rs`).
+    pub start_contact: Time,
     /// A node started with a fresh data dir votes, pre-votes and stands only from this time
     /// on (`None` once it has passed, or when the data dir was recovered).
     pub quarantine_until: Option<Time>,

@@ -3405,6 +3405,38 @@ fn a_start_after_a_longer_failover_timeout_refuses_votes_that_long() {
     assert!(pre_vote_sent(&out), "{out:?}");
 }
 
+/// The refusal a start promises for the longer failover timeout is not cut short by what
+/// the node hears after the start: an append from the primary (the contact it restarts its
+/// wait from is earlier than the start's), a step-down. Seed 7116964 of the simulator: a
+/// backup restarted with 250 ms instead of 1 s heard the primary's appends, then voted for
+/// a candidate 300 ms later while the paused primary still counted its earlier run's
+/// answers towards its lease; the primary served again in the old epoch after the new one
+/// was elected.
+#[test]
+fn an_append_after_a_start_does_not_shorten_its_longer_refusal() {
+    let mut cfg = config(N2, &[1, 2, 3]);
+    cfg.previous_vote_wait = Duration::from_millis(5000);
+    let mut core = new_core(cfg, log_of(&[(1, 4)]), meta_epoch_1());
+    // The primary of epoch 1 (node 1) is heard once, 10 ms after the start.
+    receive(&mut core, 10, N1, append(1, (4, 1), 4, 1, 4, 9));
+    let request = Message::VoteRequest {
+        epoch: Epoch(2),
+        last_lsn: Lsn(4),
+        last_epoch: Epoch(1),
+        transfer: false,
+    };
+    let out = receive(&mut core, 1_000, N3, request);
+    assert_eq!(
+        vote_persisted(&out),
+        None,
+        "voted 1 s after start, within the 5 s its previous run promised: {out:?}"
+    );
+    let out = receive(&mut core, 4_999, N3, request);
+    assert_eq!(vote_persisted(&out), None, "{out:?}");
+    let out = receive(&mut core, 5_000, N3, request);
+    assert_eq!(vote_persisted(&out), Some(N3), "{out:?}");
+}
+
 /// Nodes that run with different failover timeouts (a rolling change of the setting): a
 /// primary counts each answer towards its lease only for as long as its sender refuses
 /// votes, so an old primary with a long timeout, cut off, answers no read once backups with
