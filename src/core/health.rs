@@ -158,6 +158,7 @@ impl Core {
             .iter()
             .filter(|p| {
                 p.learner == 0
+                    && self.members().is_voter(p.id)
                     && p.health.can_stand
                     && (p.health.app_live || !live_only)
                     && p.last_ack

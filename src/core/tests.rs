@@ -1521,6 +1521,38 @@ fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
     );
 }
 
+/// A switchover without a named target (and so an automatic hand-over) goes to a voter of
+/// the primary's configuration, never to a learner of it, even one that answers as a node
+/// able to stand (a removed node re-added with its data dir, whose own configuration still
+/// makes it a voter) and has the only live application.
+#[test]
+fn a_switchover_without_target_passes_over_a_learner_of_the_configuration() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3]));
+    let out = propose_members(&mut core, 620, MembersChange::AddLearner(N4));
+    assert_eq!(config_written(&out).map(|(lsn, _)| lsn), Some(Lsn(5)));
+    durable(&mut core, 5);
+    receive(&mut core, 625, N2, ack(2, 5, 620, 0));
+    receive(&mut core, 626, N3, ack(2, 5, 620, 0));
+    assert_eq!(core.commit_lsn(), Lsn(5));
+    let Message::AppendResponse(mut answer) = ack(2, 5, 620, 0) else {
+        unreachable!()
+    };
+    answer.health.app_live = true;
+    receive(&mut core, 627, N4, Message::AppendResponse(answer));
+    let out = step(&mut core, Input::Switchover { to: None });
+    let told: Vec<NodeId> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to,
+                message: Message::TimeoutNow { .. },
+            } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![N2], "{out:?}");
+}
+
 /// A learner neither votes, pre-votes nor stands; promoted by the primary of its epoch once
 /// its log durably holds the commit LSN, it persists that and votes from then on.
 #[test]
