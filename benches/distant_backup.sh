@@ -49,15 +49,7 @@ command -v redis-cli >/dev/null \
 if [[ -z $ONE_RUN ]]; then
     LOAD=$(mktemp "${TMPDIR:-/tmp}/understudy-distant.XXXXXX")
     trap 'rm -f "$LOAD"' EXIT
-    python3 - "$SETS" "$VALUE_BYTES" >"$LOAD" <<'PY'
-import sys
-n, size = int(sys.argv[1]), int(sys.argv[2])
-value = b"x" * size
-out = sys.stdout.buffer
-for i in range(n):
-    key = b"far:%d" % i
-    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
-PY
+    python3 "$(dirname "$0")/set_load.py" "$SETS" "$VALUE_BYTES" far >"$LOAD"
     BYTES=$(stat -c %s "$LOAD")
     echo "a backup ${DELAY_MS} ms away each way: $RUNS run(s) per window of $SETS SETs of $VALUE_BYTES bytes ($((BYTES / 1000000)) MB);" \
         "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -58,15 +58,7 @@ if [[ -z $ONE_RUN ]]; then
     # The load file, once: SETS commands of a 64 KiB value each, in RESP.
     LOAD=$(mktemp "${TMPDIR:-/tmp}/understudy-bulk.XXXXXX")
     trap 'rm -f "$LOAD"' EXIT
-    python3 - "$SETS" >"$LOAD" <<'PY'
-import sys
-n = int(sys.argv[1])
-value = b"x" * 65536
-out = sys.stdout.buffer
-for i in range(n):
-    key = b"bulk:%d" % i
-    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
-PY
+    python3 "$(dirname "$0")/set_load.py" "$SETS" 65536 >"$LOAD"
     echo "follow-mode bulk load: $RUNS run(s) of $SETS SETs of 64 KiB ($(($(stat -c %s "$LOAD") / 1000000)) MB)," \
         "--failover-timeout ${TIMEOUT_MS}ms, --heartbeat-interval ${HEARTBEAT_MS}ms; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     results=()

@@ -61,15 +61,7 @@ done
 if [[ -z $ONE_RUN ]]; then
     LOAD=$(mktemp "${TMPDIR:-/tmp}/understudy-kv-bulk.XXXXXX")
     trap 'rm -f "$LOAD"' EXIT
-    python3 - "$SETS" "$VALUE_BYTES" >"$LOAD" <<'PY'
-import sys
-n, size = int(sys.argv[1]), int(sys.argv[2])
-value = b"x" * size
-out = sys.stdout.buffer
-for i in range(n):
-    key = b"bulk:%d" % i
-    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
-PY
+    python3 "$(dirname "$0")/set_load.py" "$SETS" "$VALUE_BYTES" >"$LOAD"
     BYTES=$(($(stat -c %s "$LOAD") * CONNECTIONS))
     echo "key-value example bulk load: $RUNS run(s) of $SETS SETs of $VALUE_BYTES bytes on each of $CONNECTIONS connection(s) ($((BYTES / 1000000)) MB on the wire)," \
         "--failover-timeout ${TIMEOUT_MS}ms, --heartbeat-interval ${HEARTBEAT_MS}ms; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
