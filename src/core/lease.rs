@@ -188,7 +188,11 @@ impl Core {
     }
 
     /// Steps a primary whose lease lapsed down to backup. Runs before every input that carries
-    /// a clock reading, so the primary never acts on an expired lease.
+    /// a clock reading, so nothing that needs the lease (a proposal served, a commit, a read
+    /// answered) is done on an expired one. The two inputs without a reading
+    /// (`MetaPersisted`, `SnapshotSent`) may still send appends: records of this epoch, a
+    /// commit LSN already reached and a learner's promotion bound (which rests on
+    /// `promote_through`, not on the lease), all of which a backup of a later epoch refuses.
     pub(super) fn lease_check(&mut self, out: &mut Vec<Action>) {
         match self.st.role {
             Role::Primary => {
