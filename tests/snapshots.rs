@@ -594,7 +594,7 @@ async fn damaged_newest_snapshot_on_the_primary_falls_back_to_the_one_before() {
         "the backup did not rejoin by a snapshot"
     );
     assert!(
-        log_of(&cluster, primary).contains("snapshot found damaged while sending"),
+        log_of(&cluster, primary).contains("snapshot found damaged while reading it"),
         "the sender did not report the damage"
     );
     assert!(cluster

@@ -374,12 +374,14 @@ async fn connection_read(
                 }
             }
             Frame::SnapshotDecline => snapshot::declined(&node.snapshots),
-            Frame::SnapshotFetch => match snapshot::restore_to_app(&node.snapshots, outbox).await {
-                Ok(Some(_)) => {}
-                Ok(None) if outbox.is_closed() => return Ended::Closing,
-                Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
-                Err(message) => return Ended::Refused(message),
-            },
+            Frame::SnapshotFetch => {
+                match snapshot::restore_to_app(&node.snapshots, &node.reader(), outbox).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) if outbox.is_closed() => return Ended::Closing,
+                    Ok(None) => return Ended::Refused("this node has no snapshot".to_owned()),
+                    Err(message) => return Ended::Refused(message),
+                }
+            }
             Frame::SnapshotChunk { .. } | Frame::SnapshotDone => {
                 return Ended::Refused(format!("{} without a SnapshotOffer", frame.name()));
             }
@@ -680,7 +682,7 @@ async fn subscription_stream(
     debug!(%from_lsn, %commit_lsn, "app subscribed");
     let mut next = from_lsn;
     if snapshot::restore_wanted(&node.snapshots, next, reader.first_lsn()) {
-        match snapshot::restore_to_app(&node.snapshots, outbox).await? {
+        match snapshot::restore_to_app(&node.snapshots, &reader, outbox).await? {
             Some(lsn) => next = lsn.next(),
             None => return Ok(()),
         }
@@ -707,7 +709,7 @@ async fn subscription_stream(
             // read failed because the old log is gone. Either way, restore instead.
             if reset.has_changed().unwrap_or(false) && *reset.borrow_and_update() >= next {
                 records = None;
-                match snapshot::restore_to_app(&node.snapshots, outbox).await? {
+                match snapshot::restore_to_app(&node.snapshots, &reader, outbox).await? {
                     Some(lsn) => next = lsn.next(),
                     None => return Ok(()),
                 }

@@ -26,7 +26,7 @@ use wal::{Epoch, Lsn};
 
 use crate::node::handle::NodeHandle;
 use crate::node::snapshot::schedule::UploadGuard;
-use crate::node::snapshot::store::{read_chunks, READ_AHEAD_CHUNKS};
+use crate::node::snapshot::store::{is_damage, read_chunks, READ_AHEAD_CHUNKS};
 use crate::node::snapshot::{on_blocking_thread, Committed, SnapshotMetrics, Snapshots};
 use crate::proto::app::{self, FrameReader};
 
@@ -197,16 +197,51 @@ pub fn restore_wanted(snapshots: &Snapshots, from_lsn: Lsn, log_first_lsn: Lsn) 
     }
 }
 
-/// Streams the newest snapshot (the one before it, if it fails to read) to the application
-/// as `RestoreBegin`, `RestoreChunk`s and `RestoreEnd`. Returns the LSN it covers (the log
-/// continues after it), `None` if there is none, or the message of an `Error` frame.
-/// `Ok(None)` is also returned when the connection is gone.
+/// Streams the newest snapshot to the application as `RestoreBegin`, `RestoreChunk`s and
+/// `RestoreEnd`. Returns the LSN it covers (the log continues after it), `None` if there is
+/// none, or the message of an `Error` frame. `Ok(None)` is also returned when the
+/// connection is gone.
+///
+/// The snapshot is read through and verified before `RestoreBegin` (a restore is rare, and
+/// the second read comes from the page cache): one found damaged is put aside
+/// ([`Snapshots::quarantine`], which also asks the application for a new one) and the one
+/// before it is streamed instead, if `log` still continues it. Damage that appears between
+/// the check and the read (it is read again chunk by chunk, each verified) also puts it
+/// aside, and ends the restore with an `Error` frame: the application, which applies a
+/// restore only at `RestoreEnd`, connects again and is restored from the one before it.
 pub async fn restore_to_app(
     snapshots: &Snapshots,
+    log: &wal::reader::Reader,
     outbox: &mpsc::Sender<app::Frame>,
 ) -> Result<Option<Lsn>, String> {
-    let Some(info) = snapshots.newest() else {
-        return Ok(None);
+    let mut fallback = false;
+    let info = loop {
+        let Some(info) = snapshots.newest() else {
+            return Ok(None);
+        };
+        // The newest snapshot is always continued by the log (it is cut only behind the
+        // oldest kept, and reset only to a snapshot installed); one before a damaged newest
+        // may not be.
+        if fallback && info.lsn.next() < log.first_lsn() {
+            return Err(format!(
+                "the newest usable snapshot (lsn {}) ends before the log starts (lsn {}); waiting for a new snapshot",
+                info.lsn,
+                log.first_lsn()
+            ));
+        }
+        let path = info.path.clone();
+        match tokio::task::spawn_blocking(move || wal::snapshot::verify(&path)).await {
+            Ok(Ok(_)) => break info,
+            Ok(Err(e)) if is_damage(&e) => {
+                snapshots.quarantine(&info, &e).await;
+                fallback = true;
+            }
+            Ok(Err(e)) => {
+                error!(path = %info.path.display(), error = %e, "cannot read the snapshot to restore the application from");
+                return Err(format!("snapshot at lsn {} failed to read: {e}", info.lsn));
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     };
     let (chunks, mut rx) = mpsc::channel(READ_AHEAD_CHUNKS);
     let path = info.path.clone();
@@ -236,6 +271,9 @@ pub async fn restore_to_app(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             error!(path = %info.path.display(), error = %e, "snapshot failed to read while restoring the application");
+            if is_damage(&e) {
+                snapshots.quarantine(&info, &e).await;
+            }
             return Err(format!("snapshot at lsn {} failed to read: {e}", info.lsn));
         }
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -244,4 +282,69 @@ pub async fn restore_to_app(
         return Ok(None);
     }
     Ok(Some(info.lsn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::snapshot::store::{Recovered, SNAPSHOTS_DIR};
+    use crate::node::snapshot::SnapshotConfig;
+    use tokio_util::sync::CancellationToken;
+    use wal::snapshot::SnapshotInfo;
+
+    fn write_snapshot(dir: &std::path::Path, lsn: u64, body: &[u8]) -> SnapshotInfo {
+        let mut writer = SnapshotWriter::create(dir, Lsn(lsn), Epoch(1)).unwrap();
+        writer.write(body).unwrap();
+        writer.finish().unwrap()
+    }
+
+    /// A newest snapshot damaged after start-up is put aside at the first restore, and the
+    /// application is restored from the one before it, now and at every later restore (it
+    /// was restored from nothing, with `RestoreBegin` and no `RestoreEnd`, every time).
+    #[tokio::test]
+    async fn a_restore_falls_back_to_the_snapshot_before_a_damaged_newest() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join(SNAPSHOTS_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = write_snapshot(&dir, 10, b"state at 10");
+        let new = write_snapshot(&dir, 20, b"state at 20, a longer body");
+        // One body byte flipped (header 48 bytes, chunk header 8).
+        let mut bytes = std::fs::read(&new.path).unwrap();
+        bytes[48 + 8 + 3] ^= 0xff;
+        std::fs::write(&new.path, bytes).unwrap();
+        let (events, _events_rx) = mpsc::channel(8);
+        let snapshots = Snapshots::new(
+            data.path(),
+            SnapshotConfig::default(),
+            Recovered {
+                installed: vec![old.clone(), new.clone()],
+                corrupt: 0,
+            },
+            events,
+            CancellationToken::new(),
+        );
+        let (_wal, _) = wal::Wal::open(data.path().join("wal"), wal::Options::default()).unwrap();
+        let log = _wal.reader();
+        for attempt in 0..2 {
+            let (outbox, mut frames) = mpsc::channel(64);
+            let restored = restore_to_app(&snapshots, &log, &outbox).await;
+            drop(outbox);
+            let mut names = Vec::new();
+            while let Some(frame) = frames.recv().await {
+                names.push(frame.name());
+            }
+            assert_eq!(
+                restored,
+                Ok(Some(old.lsn)),
+                "attempt {attempt}: frames sent {names:?}"
+            );
+            assert_eq!(names.first(), Some(&"RestoreBegin"));
+            assert_eq!(names.last(), Some(&"RestoreEnd"));
+        }
+        assert_eq!(snapshots.newest().map(|info| info.lsn), Some(old.lsn));
+        assert!(
+            !new.path.exists(),
+            "the damaged snapshot was not moved aside"
+        );
+    }
 }

@@ -479,7 +479,7 @@ impl Snapshots {
     /// at once. The snapshot before it, if one is kept, is the newest from now on (the log
     /// reaches back to the oldest kept: module docs). Logs one line. Nothing happens if
     /// another transfer already put it aside.
-    async fn quarantine(&self, info: &SnapshotInfo, error: &wal::Error) {
+    pub(crate) async fn quarantine(&self, info: &SnapshotInfo, error: &wal::Error) {
         let fallback = {
             let mut state = lock(&self.state);
             let Some(at) = state.installed.iter().position(|i| i.path == info.path) else {
@@ -498,7 +498,7 @@ impl Snapshots {
             lsn = %info.lsn,
             %error,
             fallback_lsn = fallback.map(|lsn| lsn.get()),
-            "snapshot found damaged while sending; moved to snapshots-corrupt/, using the one before it and asking the application for a new one"
+            "snapshot found damaged while reading it; moved to snapshots-corrupt/, using the one before it and asking the application for a new one"
         );
         let data_dir = wal::fs::parent(&self.dir).to_owned();
         let path = info.path.clone();

@@ -33,7 +33,7 @@ pub(crate) const READ_AHEAD_CHUNKS: usize = 4;
 
 /// Whether `error` says a snapshot file's bytes are damaged (as opposed to a failure to
 /// read them at all, which may pass).
-pub(super) fn is_damage(error: &wal::Error) -> bool {
+pub(crate) fn is_damage(error: &wal::Error) -> bool {
     matches!(
         error,
         wal::Error::Corrupt { .. }
@@ -136,12 +136,33 @@ pub fn recover(data_dir: &Path, wal: &mut Wal) -> Result<Recovered, DiskError> {
     if !continues {
         warn!(snapshot_lsn = %lsn, log_last_lsn = %wal.last_lsn(), "the log does not continue the newest snapshot (one received from the primary just before a stop, or the log was cut back after a failed fsync); resetting the log after it");
         recover_members(data_dir, newest)?;
+        lower_floor(data_dir, lsn)?;
         wal.reset(lsn.next())?;
         // Older snapshots do not chain with the new log.
         installed.drain(..installed.len() - 1);
     }
     info!(snapshot_lsn = %lsn, log_first_lsn = %wal.first_lsn(), log_last_lsn = %wal.last_lsn(), "starting from a snapshot");
     Ok(Recovered { installed, corrupt })
+}
+
+/// Before [`recover`] resets the log after a snapshot at `lsn`: lowers the log floor
+/// (`disk.rs`, "The log floor") to `lsn` if it is higher, fsynced, as the WAL writer does
+/// before a reset (`wal::writer`, `Op::Reset`). The records the reset removes are a suffix
+/// the primary's snapshot replaced; left above the new log's end, the floor would make the
+/// node take its own reset for lost records and start as a learner.
+///
+/// Crash argument, with [`recover_members`]: 1. `members.json`; 2. the floor; 3. the reset.
+/// A crash before 3 finds the same snapshot and old log and does it again; the floor can
+/// then only be lower than the log's end, never above it. A floor file that is missing or
+/// damaged is left as it is: start-up reads it next, as it would have.
+fn lower_floor(data_dir: &Path, lsn: Lsn) -> Result<(), DiskError> {
+    let path = data_dir.join(crate::node::disk::LOG_FLOOR_FILE_NAME);
+    if let wal::mark::MarkFile::At(floor) = wal::mark::read(&path)? {
+        if floor > lsn {
+            wal::mark::DurableMark::open(&path, lsn)?;
+        }
+    }
+    Ok(())
 }
 
 /// Before [`recover`] resets the log after `snapshot`: stores the configuration in effect at
@@ -368,6 +389,35 @@ mod tests {
             SnapshotWriter::create(&dir.join(SNAPSHOTS_DIR), Lsn(20), Epoch(2)).unwrap();
         writer.write(b"the application's state at lsn 20").unwrap();
         writer
+    }
+
+    /// The same crash point with a snapshot below the log's end: the primary's snapshot at
+    /// lsn 3 replaces this voter's records 1..=5 of epoch 1, which its log floor says were
+    /// durable. Start-up resets the log after the snapshot and lowers the floor first, as the
+    /// core loop's reset does: the node stays a voter (before, the floor at 5 above the new
+    /// log's end made it a learner that had lost records).
+    #[test]
+    fn a_snapshot_below_the_floor_installed_at_start_up_keeps_a_voter() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path();
+        let config = backup_behind(dir);
+        assert_eq!(
+            crate::node::disk::log_floor(dir).unwrap(),
+            wal::mark::MarkFile::At(Lsn(5))
+        );
+        let mut writer =
+            SnapshotWriter::create(&dir.join(SNAPSHOTS_DIR), Lsn(3), Epoch(2)).unwrap();
+        writer.write(b"the primary's state at lsn 3").unwrap();
+        install_received(dir, writer, &(Lsn(1), config)).unwrap();
+        let opened = open_node(dir).unwrap();
+        assert_eq!(opened.recovered.snapshot_lsn, Lsn(3));
+        assert_eq!(opened.recovered.last_lsn, Lsn(3));
+        assert_eq!(opened.start, Start::VOTER, "the node lost its vote");
+        drop(opened);
+        assert_eq!(
+            crate::node::disk::log_floor(dir).unwrap(),
+            wal::mark::MarkFile::At(Lsn(3))
+        );
     }
 
     /// The crash point between a received snapshot's install and the core loop's: the
