@@ -53,6 +53,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// one after another, short enough that a wrong address or a name that does not resolve is
 /// in the log while the operator still looks.
 const UNREACHED_WARN_AFTER: Duration = Duration::from_secs(10);
+/// Inbound connections in their handshake at once, at most; more are closed as they are
+/// accepted. Each holds a descriptor and a buffer of up to a handshake frame
+/// (`proto::peer::HANDSHAKE_FRAME_LEN_MAX`) for at most [`HANDSHAKE_TIMEOUT`]: without a
+/// bound, connections that never authenticate could use up the process's descriptors
+/// (which the log's segments and the other ports need too). Authenticated connections do
+/// not count.
+const HANDSHAKES_MAX: usize = 64;
 
 /// A message received from a peer, checked: for an `Append`, `records` holds exactly the
 /// records it names, every CRC verified.
@@ -557,7 +564,7 @@ pub(super) async fn dial_handshake(
 ) -> Result<BufWriter<PeerStream>, LinkError> {
     let stream = dial_tls(config, peer, stream).await?;
     let (read, write) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(read, PeerCodec);
+    let mut reader = FramedRead::new(read, PeerCodec::default());
     let mut writer = BufWriter::new(write);
     let nonce_d = nonce();
     let view = config.membership();
@@ -718,6 +725,7 @@ async fn accept_loop(
     // Refusals already logged, by reason, and when: a peer refused for a reason that stands
     // (another CA, another secret) dials again every second.
     let refusals: Arc<Mutex<BTreeMap<String, tokio::time::Instant>>> = Arc::default();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -731,6 +739,17 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+            // Closed at once: a peer dials again, with backoff.
+            let reason = format!(
+                "{HANDSHAKES_MAX} connections are in their handshake already; closing new ones until one ends"
+            );
+            if first_in_a_while(&refusals, &reason) {
+                warn!(%remote, %reason, "inbound connection refused (logged again after a minute)");
+            }
+            drop(stream);
+            continue;
+        };
         let config = Arc::clone(&config);
         let inbound = inbound.clone();
         let client_addrs = Arc::clone(&client_addrs);
@@ -742,7 +761,7 @@ async fn accept_loop(
             async move {
                 let result = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    result = serve_inbound(config, stream, inbound, client_addrs) => result,
+                    result = serve_inbound(config, stream, handshake, inbound, client_addrs) => result,
                 };
                 match result {
                     Ok(()) | Err(LinkError::Closed) => debug!("inbound connection closed"),
@@ -757,7 +776,12 @@ async fn accept_loop(
                     }
                     Err(e) => {
                         super::metrics::Metrics::add(&metrics.peer_frames_refused, 1);
-                        warn!(error = %e, "inbound connection dropped");
+                        let reason = e.to_string();
+                        if first_in_a_while(&refusals, &reason) {
+                            warn!(error = %reason, "inbound connection dropped (logged again for this reason after a minute)");
+                        } else {
+                            debug!(error = %reason, "inbound connection dropped");
+                        }
                     }
                 }
             }
@@ -783,6 +807,7 @@ fn first_in_a_while(logged: &Mutex<BTreeMap<String, tokio::time::Instant>>, reas
 async fn serve_inbound(
     config: Arc<PeerConfig>,
     stream: TcpStream,
+    handshake_turn: tokio::sync::OwnedSemaphorePermit,
     inbound: mpsc::Sender<Inbound>,
     client_addrs: Arc<Mutex<BTreeMap<NodeId, Announced>>>,
 ) -> Result<(), LinkError> {
@@ -810,15 +835,18 @@ async fn serve_inbound(
             }
         };
         let (read, write) = tokio::io::split(stream);
-        let mut reader = FramedRead::new(read, PeerCodec);
+        // Frames of a handshake's size until the dialler has proved it holds the secret.
+        let mut reader = FramedRead::new(read, PeerCodec::handshake());
         let mut writer = BufWriter::new(write);
         let from = accept_handshake(&config, &named, &mut reader, &mut writer).await?;
+        reader.decoder_mut().handshake_passed();
         Ok::<_, LinkError>((from, reader, writer))
     };
     let ((from, announced), mut reader, writer) =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| LinkError::Timeout)??;
+    drop(handshake_turn);
     client_addrs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1131,7 +1159,7 @@ mod tests {
             let stream = BufWriter::new(Either::Left(client));
             send_loop(stream, &mut rx, started).await
         });
-        let mut reader = FramedRead::new(server, PeerCodec);
+        let mut reader = FramedRead::new(server, PeerCodec::default());
         let mut got = Vec::new();
         while let Some(frame) = reader.next().await {
             match frame.unwrap() {

@@ -135,7 +135,7 @@ pub(super) async fn fetch(
         .await
         .map_err(|_| RepairError::Timeout(PEER_TIMEOUT))??;
     let (read, write) = tokio::io::split(stream.into_inner());
-    let mut frames = FramedRead::new(read, PeerCodec);
+    let mut frames = FramedRead::new(read, PeerCodec::default());
     let mut out = BufWriter::new(write);
     let mut head = BytesMut::with_capacity(32);
     let tail = encode_head(

@@ -894,8 +894,41 @@ pub fn encode_message_head(message: &Message, records_len: usize, dst: &mut Byte
 /// The tokio-util codec. Decoding splits the frame off the read buffer and hands the
 /// records out without a copy; encoding copies (use [`encode_head`] and a vectored write on
 /// the hot path to avoid copying records).
-#[derive(Debug, Default)]
-pub struct PeerCodec;
+#[derive(Debug)]
+pub struct PeerCodec {
+    /// The longest frame accepted: [`FRAME_LEN_MAX`], or [`HANDSHAKE_FRAME_LEN_MAX`] until
+    /// the peer has passed the handshake ([`PeerCodec::handshake`]).
+    max_len: usize,
+}
+
+/// The longest frame of the handshake (a `Hello` with the member list and its addresses, a
+/// `Challenge`, a `Proof`, a `Refuse`), with room to spare. A connection that has not proved
+/// it holds the cluster's secret is read at most this far: four bytes announcing a frame of
+/// 64 MiB are refused at once, not buffered until they arrive.
+pub const HANDSHAKE_FRAME_LEN_MAX: usize = 64 * 1024;
+
+impl Default for PeerCodec {
+    fn default() -> PeerCodec {
+        PeerCodec {
+            max_len: FRAME_LEN_MAX,
+        }
+    }
+}
+
+impl PeerCodec {
+    /// A codec for a connection's handshake: frames of at most [`HANDSHAKE_FRAME_LEN_MAX`].
+    /// [`PeerCodec::handshake_passed`] lifts the limit once the peer is authenticated.
+    pub fn handshake() -> PeerCodec {
+        PeerCodec {
+            max_len: HANDSHAKE_FRAME_LEN_MAX,
+        }
+    }
+
+    /// Accepts frames up to [`FRAME_LEN_MAX`] from now on.
+    pub fn handshake_passed(&mut self) {
+        self.max_len = FRAME_LEN_MAX;
+    }
+}
 
 /// The longest `Refuse` reason, in bytes: the sender cuts a longer one, the receiver refuses
 /// it (the peer may not have passed the handshake yet).
@@ -913,10 +946,10 @@ impl Decoder for PeerCodec {
             return Ok(None);
         }
         let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > FRAME_LEN_MAX {
+        if len > self.max_len {
             return Err(DecodeError::TooLong {
                 len,
-                max: FRAME_LEN_MAX,
+                max: self.max_len,
             });
         }
         if src.len() < 4 + len {
@@ -948,14 +981,64 @@ mod tests {
     use proptest::prelude::*;
     use std::time::Duration;
 
+    /// Until the handshake passes, a frame announced longer than a handshake frame is
+    /// refused at its length; after it, frames up to `FRAME_LEN_MAX` are waited for.
+    #[test]
+    fn a_handshake_codec_refuses_long_frames_until_the_handshake_passed() {
+        let announce = |len: usize| {
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&(len as u32).to_le_bytes());
+            buf.extend_from_slice(&[1u8; 16]);
+            buf
+        };
+        let mut codec = PeerCodec::handshake();
+        assert_eq!(
+            codec.decode(&mut announce(HANDSHAKE_FRAME_LEN_MAX + 1)),
+            Err(DecodeError::TooLong {
+                len: HANDSHAKE_FRAME_LEN_MAX + 1,
+                max: HANDSHAKE_FRAME_LEN_MAX
+            })
+        );
+        assert_eq!(
+            codec.decode(&mut announce(HANDSHAKE_FRAME_LEN_MAX)),
+            Ok(None)
+        );
+        codec.handshake_passed();
+        assert_eq!(codec.decode(&mut announce(FRAME_LEN_MAX)), Ok(None));
+        let mut hello = BytesMut::new();
+        PeerCodec::default()
+            .encode(
+                Frame::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    cluster_id: u64::MAX,
+                    from: NodeId(64),
+                    to: NodeId(63),
+                    nonce: [7; NONCE_LEN],
+                    members: (1..=64).map(NodeId).collect(),
+                    config_lsn: u64::MAX,
+                    previous_cluster_id: u64::MAX,
+                    client_addr: Some("[ffff::1]:65535".parse().unwrap()),
+                    admin_addr: Some("[ffff::1]:65535".parse().unwrap()),
+                }),
+                &mut hello,
+            )
+            .unwrap();
+        assert!(hello.len() < HANDSHAKE_FRAME_LEN_MAX, "{}", hello.len());
+    }
+
     fn round_trip(frame: Frame) {
         let mut buf = BytesMut::new();
-        PeerCodec.encode(frame.clone(), &mut buf).unwrap();
+        PeerCodec::default()
+            .encode(frame.clone(), &mut buf)
+            .unwrap();
         let (decoded, used) = decode(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(decoded, frame);
         let mut codec_buf = buf.clone();
-        assert_eq!(PeerCodec.decode(&mut codec_buf).unwrap(), Some(frame));
+        assert_eq!(
+            PeerCodec::default().decode(&mut codec_buf).unwrap(),
+            Some(frame)
+        );
         assert!(codec_buf.is_empty());
         for cut in 0..buf.len() {
             assert_eq!(decode(&buf[..cut]).unwrap(), None, "cut at {cut}");
@@ -964,7 +1047,9 @@ mod tests {
 
     fn encode_to_vec(frame: &Frame) -> Vec<u8> {
         let mut buf = BytesMut::new();
-        PeerCodec.encode(frame.clone(), &mut buf).unwrap();
+        PeerCodec::default()
+            .encode(frame.clone(), &mut buf)
+            .unwrap();
         buf.to_vec()
     }
 
@@ -1200,7 +1285,9 @@ mod tests {
         expected.extend_from_slice(&[0; 8]); // previous_cluster_id
         expected.extend_from_slice(text);
         let mut buf = BytesMut::new();
-        PeerCodec.encode(Frame::Hello(hello(6)), &mut buf).unwrap();
+        PeerCodec::default()
+            .encode(Frame::Hello(hello(6)), &mut buf)
+            .unwrap();
         assert_eq!(&buf[..], &expected[..]);
         let (decoded, _) = decode(&expected).unwrap().unwrap();
         assert_eq!(decoded, Frame::Hello(hello(6)));
@@ -1211,7 +1298,7 @@ mod tests {
     #[test]
     fn a_proof_carries_the_application_address_as_text() {
         let mut buf = BytesMut::new();
-        PeerCodec
+        PeerCodec::default()
             .encode(
                 Frame::Proof {
                     tag: [1; TAG_LEN],
@@ -1250,7 +1337,7 @@ mod tests {
         buf.put_u32_le(u32::MAX);
         buf.put_u8(20);
         assert!(matches!(
-            PeerCodec.decode(&mut buf),
+            PeerCodec::default().decode(&mut buf),
             Err(DecodeError::TooLong { .. })
         ));
         assert!(buf.capacity() < 1 << 20);
@@ -1264,7 +1351,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32_le((FRAME_LEN_MAX - 1) as u32);
         buf.put_u8(20);
-        assert_eq!(PeerCodec.decode(&mut buf), Ok(None));
+        assert_eq!(PeerCodec::default().decode(&mut buf), Ok(None));
         assert!(
             buf.capacity() <= 2 * RESERVE_STEP_LEN,
             "reserved {}",
@@ -1292,7 +1379,7 @@ mod tests {
         let mut buf = BytesMut::new();
         // One byte, then two-byte characters: byte 1024 falls inside a character.
         let reason = format!("a{}", "é".repeat(REFUSE_REASON_LEN_MAX));
-        PeerCodec
+        PeerCodec::default()
             .encode(Frame::Refuse { reason }, &mut buf)
             .unwrap();
         let (frame, _) = decode(&buf).unwrap().unwrap();
@@ -1307,7 +1394,9 @@ mod tests {
     #[test]
     fn append_with_an_inconsistent_range_is_refused() {
         let mut buf = BytesMut::new();
-        PeerCodec.encode(append(Bytes::new()), &mut buf).unwrap();
+        PeerCodec::default()
+            .encode(append(Bytes::new()), &mut buf)
+            .unwrap();
         // first_lsn is at 4 (len) + 1 (type) + 24.
         buf[29..37].copy_from_slice(&50u64.to_le_bytes());
         assert!(matches!(decode(&buf), Err(DecodeError::BadRange { .. })));
@@ -1319,7 +1408,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
             let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = PeerCodec.decode(&mut buf) {}
+            while let Ok(Some(_)) = PeerCodec::default().decode(&mut buf) {}
         }
 
         #[test]

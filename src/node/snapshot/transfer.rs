@@ -241,7 +241,7 @@ async fn send_attempt(
         .await
         .map_err(|_| TransferError::Stalled(stall * 2))??;
     let (read, write) = tokio::io::split(stream.into_inner());
-    let mut frames = FramedRead::new(read, PeerCodec);
+    let mut frames = FramedRead::new(read, PeerCodec::default());
     let mut out = BufWriter::new(write);
     let mut head = BytesMut::with_capacity(64);
     write_frame(

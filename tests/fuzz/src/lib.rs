@@ -27,7 +27,7 @@ pub fn peer_frame(data: &[u8]) {
     let mut offset = 0;
     loop {
         let plain = peer::decode(&data[offset..]);
-        let streamed = peer::PeerCodec.decode(&mut stream);
+        let streamed = peer::PeerCodec::default().decode(&mut stream);
         match (plain, streamed) {
             (Ok(Some((frame, used))), Ok(Some(streamed))) => {
                 assert_eq!(frame, streamed, "decode and PeerCodec disagree at {offset}");
@@ -59,7 +59,7 @@ pub fn peer_frame(data: &[u8]) {
 
 fn peer_frame_round_trip(frame: &peer::Frame) {
     let mut encoded = BytesMut::new();
-    peer::PeerCodec
+    peer::PeerCodec::default()
         .encode(frame.clone(), &mut encoded)
         .expect("encoding into memory cannot fail");
     match peer::decode(&encoded) {
@@ -478,7 +478,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
     ];
     for frame in peer_frames.into_iter().chain(snapshot_frames) {
         let mut one = BytesMut::new();
-        peer::PeerCodec
+        peer::PeerCodec::default()
             .encode(frame, &mut one)
             .expect("encoding into memory cannot fail");
         peer_stream.extend_from_slice(&one);
