@@ -18,13 +18,23 @@ fn main() -> ExitCode {
         }
     };
     let matches = Cli::command().get_matches_from(&args);
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    if let (Command::Run(run), Some(("run", run_matches))) = (&cli.command, matches.subcommand()) {
+    if let (Command::Run(run), Some(("run", run_matches))) =
+        (&mut cli.command, matches.subcommand())
+    {
         if run.print_config {
             print!("{}", config_file::print(run_matches, &applied));
+            // Then the checks `run` makes before it starts, so that a configuration it would
+            // refuse is not taken for a good one. Said, not failed on: the files it names
+            // (the secret, TLS) may be on the node and not where the configuration is looked
+            // at.
+            run.tls_ca.clone_from(&cli.tls_ca);
+            if let Err(err) = run.config() {
+                eprintln!("understudy: run would refuse this configuration here: {err:#}");
+            }
             return ExitCode::SUCCESS;
         }
     }

@@ -166,3 +166,29 @@ fn a_bad_config_file_is_refused_in_one_line_naming_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
 }
+
+/// `--print-config` prints what it merged, and says on standard error what `run` would
+/// refuse (before, it printed a configuration `run` then stopped on as if it were fine).
+#[test]
+fn print_config_says_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "node-id = 1\npeers = \"1=127.0.0.1:7101,2=127.0.0.1:7102\"\npeer-listen = \"127.0.0.1:7101\"\n\
+         data-dir = \"/tmp/d\"\ncluster-secret-file = \"/tmp/s\"\nheartbeat-interval = \"1s\"\n",
+    );
+    let out = understudy(&["run", "--config", &config, "--print-config"], &[]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        setting(&printed, "heartbeat-interval"),
+        Some(("\"1s\"", "file")),
+        "{printed}"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("run would refuse this configuration here")
+            && said.contains("--heartbeat-interval 1s must be at most a third"),
+        "{said}"
+    );
+}

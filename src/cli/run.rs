@@ -61,7 +61,8 @@ pub struct RunArgs {
     /// which beats the defaults. See examples/deploy/understudy.toml.
     #[arg(long, value_name = "FILE", env = "UNDERSTUDY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Print the merged configuration (each setting with where it came from) and exit.
+    /// Print the merged configuration (each setting with where it came from), then any error
+    /// `run` would stop at on this machine (on standard error), and exit.
     #[arg(long)]
     pub print_config: bool,
     /// This node's id (1 or more); must appear in --peers.
