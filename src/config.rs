@@ -243,11 +243,14 @@ impl AdminToken {
         std::str::from_utf8(&self.token).unwrap_or_default()
     }
 
-    /// Whether an `Authorization` header value is `Bearer <this token>`, compared in
-    /// constant time.
+    /// Whether an `Authorization` header value is `Bearer <this token>` (the scheme in any
+    /// case, as HTTP has it), the token compared in constant time.
     pub fn admits(&self, header: Option<&[u8]>) -> bool {
         use subtle::ConstantTimeEq;
-        let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+        let Some(given) = header.and_then(|h| {
+            let (scheme, rest) = h.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"Bearer ").then_some(rest)
+        }) else {
             return false;
         };
         let given = given.trim_ascii();
@@ -435,6 +438,38 @@ pub fn check_timing(heartbeat: Duration, failover: Duration) -> Result<(), Confi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token is admitted after the `Bearer` scheme in any case (HTTP's schemes are
+    /// case-insensitive), and nothing else is.
+    #[test]
+    fn the_admin_token_is_admitted_after_a_bearer_scheme_in_any_case() {
+        let token = AdminToken::from_text("0123456789abcdef0123").unwrap();
+        for header in [
+            &b"Bearer 0123456789abcdef0123"[..],
+            b"bearer 0123456789abcdef0123",
+            b"BEARER 0123456789abcdef0123 ",
+        ] {
+            assert!(
+                token.admits(Some(header)),
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        for header in [
+            &b"Basic 0123456789abcdef0123"[..],
+            b"Bearer 0123456789abcdef012",
+            b"Bearer0123456789abcdef0123",
+            b"Bearer",
+            b"",
+        ] {
+            assert!(
+                !token.admits(Some(header)),
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(!token.admits(None));
+    }
 
     #[test]
     fn peers_parse_and_refuse_duplicates() {
