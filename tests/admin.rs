@@ -523,3 +523,57 @@ print(len(names))
         );
     }
 }
+
+/// A client holding admin connections open without finishing a request takes at most
+/// `CONNECTIONS_PER_SOURCE_MAX` (16) of the 64 slots: a probe from another address is
+/// still answered at once (before, 64 such connections starved `/health` for the 10 s
+/// header timeout, and a client reconnecting kept it starved).
+#[test]
+fn one_source_holding_admin_connections_open_does_not_starve_another() {
+    let cluster = Cluster::start(1);
+    let admin = cluster.node(1).admin_addr;
+    assert!(wait_until(Duration::from_secs(10), || code(
+        admin, "/health"
+    ) == Some(200)));
+    let held: Vec<TcpStream> = (0..80)
+        .filter_map(|_| {
+            let mut stream = TcpStream::connect(admin).ok()?;
+            stream.write_all(b"GET /health HTTP/1.1\r\n").ok()?;
+            Some(stream)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A probe from another address of the loopback network.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let answer = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(admin))
+            .await
+            .ok()?
+            .ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&answer).into_owned())
+    });
+    drop(held);
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|answer| answer.starts_with("HTTP/1.1 200")),
+        "the probe got {answer:?} after {:?}",
+        started.elapsed()
+    );
+}

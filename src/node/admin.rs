@@ -21,7 +21,9 @@
 //! stay open, so load balancers and Prometheus need no secret.
 //!
 //! Limits: at most [`CONNECTIONS_MAX`] connections at once (the next accept waits for a free
-//! slot, as in mini-redis's server); a request's head must arrive within
+//! slot, as in mini-redis's server), and at most [`CONNECTIONS_PER_SOURCE_MAX`] from one IP
+//! address (more are closed as they are accepted, so that one client holding connections
+//! open cannot take every slot from a load balancer's probe); a request's head must arrive within
 //! [`HEADER_READ_TIMEOUT`], which also closes idle keep-alive connections; a connection lives
 //! at most [`CONNECTION_LIFETIME_MAX`]; a switchover is waited for at most
 //! [`SWITCHOVER_WAIT_MAX`] (the core gives up on its own after the failover timeout, far
@@ -61,6 +63,11 @@ use crate::NodeId;
 
 /// Admin connections served at once, at most; the next accept waits for one to end.
 pub const CONNECTIONS_MAX: usize = 64;
+/// Admin connections from one IP address at once, at most; more are closed as they are
+/// accepted. A probe, a scraper and an operator's commands need a few; a client that holds
+/// connections open without finishing a request (each for up to [`HEADER_READ_TIMEOUT`])
+/// would otherwise take all [`CONNECTIONS_MAX`] slots and starve `/health` and `/ready`.
+pub const CONNECTIONS_PER_SOURCE_MAX: usize = 16;
 /// A request's head (request line and headers) must arrive within this; an idle keep-alive
 /// connection is closed after it too.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +107,67 @@ pub struct SwitchoverResponse {
     pub message: String,
 }
 
+/// Open admin connections by source address, and when a refusal was last logged.
+#[derive(Default)]
+struct PerSource {
+    open: std::collections::HashMap<std::net::IpAddr, usize>,
+    refusal_logged: Option<std::time::Instant>,
+}
+
+/// One connection counted in [`PerSource`] while it lives.
+struct SourceTurn {
+    per_source: Arc<std::sync::Mutex<PerSource>>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn lock(per_source: &std::sync::Mutex<PerSource>) -> std::sync::MutexGuard<'_, PerSource> {
+        per_source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a connection from `ip`, unless [`CONNECTIONS_PER_SOURCE_MAX`] are open.
+    fn enter(
+        per_source: &Arc<std::sync::Mutex<PerSource>>,
+        ip: std::net::IpAddr,
+    ) -> Option<SourceTurn> {
+        let mut state = PerSource::lock(per_source);
+        let open = state.open.entry(ip).or_default();
+        if *open >= CONNECTIONS_PER_SOURCE_MAX {
+            return None;
+        }
+        *open += 1;
+        Some(SourceTurn {
+            per_source: Arc::clone(per_source),
+            ip,
+        })
+    }
+
+    fn first_refusal_in_a_while(per_source: &std::sync::Mutex<PerSource>) -> bool {
+        let mut state = PerSource::lock(per_source);
+        let now = std::time::Instant::now();
+        if state
+            .refusal_logged
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
+        {
+            return false;
+        }
+        state.refusal_logged = Some(now);
+        true
+    }
+}
+
+impl Drop for SourceTurn {
+    fn drop(&mut self) {
+        let mut state = PerSource::lock(&self.per_source);
+        if let Some(open) = state.open.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                state.open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves the admin HTTP API on `listener` until `shutdown` is cancelled, then gives open
 /// connections `SHUTDOWN_GRACE` to finish.
 pub async fn serve(
@@ -115,6 +183,7 @@ pub async fn serve(
         info!(%addr, scheme, "admin server listening");
     }
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let per_source = Arc::new(std::sync::Mutex::new(PerSource::default()));
     let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
@@ -141,6 +210,13 @@ pub async fn serve(
                 }
             },
         };
+        let Some(source) = PerSource::enter(&per_source, client.ip()) else {
+            if PerSource::first_refusal_in_a_while(&per_source) {
+                warn!(%client, "admin server: {CONNECTIONS_PER_SOURCE_MAX} connections from this address already; closing new ones (logged again after a minute)");
+            }
+            drop(stream);
+            continue;
+        };
         let service_node = node.clone();
         let service_token = Arc::clone(&token);
         let service = service_fn(move |request| {
@@ -154,6 +230,7 @@ pub async fn serve(
         connections.spawn(async move {
             // Held for as long as the connection lives.
             let _slot = slot;
+            let _source = source;
             let stream = match acceptor {
                 None => tokio_util::either::Either::Left(stream),
                 Some(acceptor) => {
