@@ -2101,6 +2101,47 @@ mod tests {
         );
     }
 
+    /// Gives `tracker` a sink that keeps what it ships and runs `between` at its first call
+    /// (after the first piece, while capture waits for room: between two pieces). Returns
+    /// what was shipped (taken with [`Shipped::with`]) and how many calls the sink had.
+    fn sink_between_pieces(
+        tracker: &mut Tracker,
+        between: impl FnOnce() + Send + 'static,
+    ) -> Shipped {
+        let shipped = Shipped::default();
+        let (sink, calls) = (Arc::clone(&shipped.changes), Arc::clone(&shipped.calls));
+        let mut between = Some(between);
+        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(between) = between.take() {
+                between();
+            }
+            sink.lock().unwrap().append(out);
+            true
+        })));
+        shipped
+    }
+
+    /// What a sink of [`sink_between_pieces`] shipped, and its calls.
+    #[derive(Default)]
+    struct Shipped {
+        changes: Arc<Mutex<Vec<Change>>>,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Shipped {
+        /// Every change in order: what the sink shipped, then `rest` (left in `out`).
+        fn with(&self, rest: &mut Vec<Change>) -> Vec<Change> {
+            let mut changes = std::mem::take(&mut *self.changes.lock().unwrap());
+            changes.append(rest);
+            changes
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
     /// A name that changes while the rescan reads the files makes it scan again: what it
     /// ships is one moment of the directory (here a new manifest and its base file, made
     /// during the first scan, are both in the second). Names that never stop changing stop
@@ -2204,17 +2245,10 @@ mod tests {
         std::fs::rename(root.path().join("new"), dir.join("base")).unwrap();
 
         let path = dir.join("base");
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let shipped = Arc::new(Mutex::new(Vec::new()));
-        let (sink, seen) = (Arc::clone(&shipped), Arc::clone(&calls));
-        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
-            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                // While the sink waits for room: cut back and written again, longer.
-                std::fs::write(&path, vec![2u8; len + 10]).unwrap();
-            }
-            sink.lock().unwrap().append(out);
-            true
-        })));
+        // While the sink waits for room: cut back and written again, longer.
+        let shipped = sink_between_pieces(&mut tracker, move || {
+            std::fs::write(&path, vec![2u8; len + 10]).unwrap();
+        });
         let mut out = Vec::new();
         tracker.queue.push_back(Event::MovedTo(1, b"base".to_vec()));
         tracker.drain_queue(&mut out).unwrap();
@@ -2222,8 +2256,7 @@ mod tests {
         tracker.queue.push_back(Event::Modified(b"base".to_vec()));
         tracker.queue.push_back(Event::Modified(b"base".to_vec()));
         let result = tracker.drain_queue(&mut out);
-        let mut changes = std::mem::take(&mut *shipped.lock().unwrap());
-        changes.append(&mut out);
+        let changes = shipped.with(&mut out);
         for change in &changes {
             materializer.apply(change).unwrap();
         }
@@ -2259,32 +2292,24 @@ mod tests {
             .unwrap();
 
         let path = dir.join("log");
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let shipped = Arc::new(Mutex::new(Vec::new()));
-        let (sink, seen) = (Arc::clone(&shipped), Arc::clone(&calls));
-        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
-            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                // Cut back behind the application's back, and written again, longer.
-                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-                file.set_len(5).unwrap();
-                drop(file);
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .unwrap()
-                    .write_all(&vec![2u8; 4 * READ_PIECE as usize])
-                    .unwrap();
-            }
-            sink.lock().unwrap().append(out);
-            true
-        })));
+        // Cut back behind the application's back, and written again, longer.
+        let shipped = sink_between_pieces(&mut tracker, move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(5).unwrap();
+            drop(file);
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(&vec![2u8; 4 * READ_PIECE as usize])
+                .unwrap();
+        });
         let mut out = Vec::new();
         tracker.queue.push_back(Event::Overflow);
         let first = tracker.drain_queue(&mut out);
         tracker.queue.push_back(Event::Modified(b"log".to_vec()));
         let second = tracker.drain_queue(&mut out);
-        let mut changes = std::mem::take(&mut *shipped.lock().unwrap());
-        changes.append(&mut out);
+        let changes = shipped.with(&mut out);
         for change in &changes {
             materializer.apply(change).unwrap();
         }
@@ -2321,25 +2346,17 @@ mod tests {
         std::fs::write(dir.join("m"), b"names a").unwrap();
 
         let (temp, manifest, new) = (root.path().join("m.new"), dir.join("m"), dir.join("c"));
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let shipped = Arc::new(Mutex::new(Vec::new()));
-        let (sink, seen) = (Arc::clone(&shipped), Arc::clone(&calls));
-        tracker.sink = Some(Sink(Box::new(move |out: &mut Vec<Change>| {
-            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                // Between two pieces of "a": a new file, then a manifest naming it
-                // renamed over the old one, as Redis installs a rewrite.
-                std::fs::write(&new, b"new base").unwrap();
-                std::fs::write(&temp, b"names c").unwrap();
-                std::fs::rename(&temp, &manifest).unwrap();
-            }
-            sink.lock().unwrap().append(out);
-            true
-        })));
+        // Between two pieces of "a": a new file, then a manifest naming it renamed over the
+        // old one, as Redis installs a rewrite.
+        let shipped = sink_between_pieces(&mut tracker, move || {
+            std::fs::write(&new, b"new base").unwrap();
+            std::fs::write(&temp, b"names c").unwrap();
+            std::fs::rename(&temp, &manifest).unwrap();
+        });
         let mut out = Vec::new();
         tracker.queue.push_back(Event::Overflow);
         tracker.drain_queue(&mut out).unwrap();
-        let mut changes = std::mem::take(&mut *shipped.lock().unwrap());
-        changes.append(&mut out);
+        let changes = shipped.with(&mut out);
         for (i, change) in changes.iter().enumerate() {
             materializer.apply(change).unwrap();
             let names_c = std::fs::read(copy.join("m")).is_ok_and(|m| m == b"names c");
@@ -2349,7 +2366,7 @@ mod tests {
                 changes.len()
             );
         }
-        assert!(calls.load(Ordering::SeqCst) > 1);
+        assert!(shipped.calls() > 1);
         assert_eq!(
             read_dir_contents(&copy).unwrap(),
             read_dir_contents(&dir).unwrap()

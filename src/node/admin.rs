@@ -107,62 +107,38 @@ pub struct SwitchoverResponse {
     pub message: String,
 }
 
-/// Open admin connections by source address, and when a refusal was last logged.
-#[derive(Default)]
-struct PerSource {
-    open: std::collections::HashMap<std::net::IpAddr, usize>,
-    refusal_logged: Option<std::time::Instant>,
-}
+/// Open admin connections, counted by source address.
+type OpenBySource = std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>;
 
-/// One connection counted in [`PerSource`] while it lives.
+/// One connection counted in an [`OpenBySource`] while it lives.
 struct SourceTurn {
-    per_source: Arc<std::sync::Mutex<PerSource>>,
+    open: Arc<OpenBySource>,
     ip: std::net::IpAddr,
 }
 
-impl PerSource {
-    fn lock(per_source: &std::sync::Mutex<PerSource>) -> std::sync::MutexGuard<'_, PerSource> {
-        per_source.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+impl SourceTurn {
     /// Counts a connection from `ip`, unless [`CONNECTIONS_PER_SOURCE_MAX`] are open.
-    fn enter(
-        per_source: &Arc<std::sync::Mutex<PerSource>>,
-        ip: std::net::IpAddr,
-    ) -> Option<SourceTurn> {
-        let mut state = PerSource::lock(per_source);
-        let open = state.open.entry(ip).or_default();
-        if *open >= CONNECTIONS_PER_SOURCE_MAX {
+    fn enter(open: &Arc<OpenBySource>, ip: std::net::IpAddr) -> Option<SourceTurn> {
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= CONNECTIONS_PER_SOURCE_MAX {
             return None;
         }
-        *open += 1;
+        *count += 1;
         Some(SourceTurn {
-            per_source: Arc::clone(per_source),
+            open: Arc::clone(open),
             ip,
         })
-    }
-
-    fn first_refusal_in_a_while(per_source: &std::sync::Mutex<PerSource>) -> bool {
-        let mut state = PerSource::lock(per_source);
-        let now = std::time::Instant::now();
-        if state
-            .refusal_logged
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
-        {
-            return false;
-        }
-        state.refusal_logged = Some(now);
-        true
     }
 }
 
 impl Drop for SourceTurn {
     fn drop(&mut self) {
-        let mut state = PerSource::lock(&self.per_source);
-        if let Some(open) = state.open.get_mut(&self.ip) {
-            *open -= 1;
-            if *open == 0 {
-                state.open.remove(&self.ip);
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
             }
         }
     }
@@ -183,7 +159,8 @@ pub async fn serve(
         info!(%addr, scheme, "admin server listening");
     }
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let per_source = Arc::new(std::sync::Mutex::new(PerSource::default()));
+    let open_by_source = Arc::new(OpenBySource::default());
+    let refusals = std::sync::Mutex::default();
     let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
@@ -210,9 +187,13 @@ pub async fn serve(
                 }
             },
         };
-        let Some(source) = PerSource::enter(&per_source, client.ip()) else {
-            if PerSource::first_refusal_in_a_while(&per_source) {
-                warn!(%client, "admin server: {CONNECTIONS_PER_SOURCE_MAX} connections from this address already; closing new ones (logged again after a minute)");
+        let Some(source) = SourceTurn::enter(&open_by_source, client.ip()) else {
+            let reason = format!(
+                "{CONNECTIONS_PER_SOURCE_MAX} connections from {} already; closing new ones",
+                client.ip()
+            );
+            if super::peer::first_in_a_while(&refusals, &reason) {
+                warn!(%client, "admin server: {reason} (logged again after a minute)");
             }
             drop(stream);
             continue;

@@ -791,7 +791,10 @@ async fn accept_loop(
 }
 
 /// Whether `reason` was not logged in the last minute (and notes that it is now).
-fn first_in_a_while(logged: &Mutex<BTreeMap<String, tokio::time::Instant>>, reason: &str) -> bool {
+pub(crate) fn first_in_a_while(
+    logged: &Mutex<BTreeMap<String, tokio::time::Instant>>,
+    reason: &str,
+) -> bool {
     const QUIET: Duration = Duration::from_secs(60);
     let now = tokio::time::Instant::now();
     let mut logged = logged.lock().unwrap_or_else(|e| e.into_inner());

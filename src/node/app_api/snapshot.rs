@@ -214,15 +214,13 @@ pub async fn restore_to_app(
     log: &wal::reader::Reader,
     outbox: &mpsc::Sender<app::Frame>,
 ) -> Result<Option<Lsn>, String> {
-    let mut fallback = false;
     let info = loop {
         let Some(info) = snapshots.newest() else {
             return Ok(None);
         };
-        // The newest snapshot is always continued by the log (it is cut only behind the
-        // oldest kept, and reset only to a snapshot installed); one before a damaged newest
-        // may not be.
-        if fallback && info.lsn.next() < log.first_lsn() {
+        // As `transfer::send` checks: one before a damaged newest may end before the log
+        // starts (the newest never does).
+        if info.lsn.next() < log.first_lsn() {
             return Err(format!(
                 "the newest usable snapshot (lsn {}) ends before the log starts (lsn {}); waiting for a new snapshot",
                 info.lsn,
@@ -232,10 +230,7 @@ pub async fn restore_to_app(
         let path = info.path.clone();
         match tokio::task::spawn_blocking(move || wal::snapshot::verify(&path)).await {
             Ok(Ok(_)) => break info,
-            Ok(Err(e)) if is_damage(&e) => {
-                snapshots.quarantine(&info, &e).await;
-                fallback = true;
-            }
+            Ok(Err(e)) if is_damage(&e) => snapshots.quarantine(&info, &e).await,
             Ok(Err(e)) => {
                 error!(path = %info.path.display(), error = %e, "cannot read the snapshot to restore the application from");
                 return Err(format!("snapshot at lsn {} failed to read: {e}", info.lsn));
@@ -323,8 +318,8 @@ mod tests {
             events,
             CancellationToken::new(),
         );
-        let (_wal, _) = wal::Wal::open(data.path().join("wal"), wal::Options::default()).unwrap();
-        let log = _wal.reader();
+        let (wal, _) = wal::Wal::open(data.path().join("wal"), wal::Options::default()).unwrap();
+        let log = wal.reader();
         for attempt in 0..2 {
             let (outbox, mut frames) = mpsc::channel(64);
             let restored = restore_to_app(&snapshots, &log, &outbox).await;
