@@ -182,3 +182,38 @@ fn data_dir_of_another_node_or_cluster_is_refused() {
     assert!(!output.status.success());
     assert!(err.contains("belongs to another cluster"), "{err}");
 }
+
+#[test]
+fn a_data_dir_is_made_private_and_an_open_one_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let mut cluster = support::Cluster::new(3);
+    // Two levels missing, and the app socket in the data dir (the default place).
+    let data = cluster.dir.path().join("state").join("node1");
+    cluster.node_mut(1).data_dir = data.clone();
+    cluster.node_mut(1).app_socket = data.join("app.sock");
+    cluster.start_node(1);
+    let started = support::wait_until(std::time::Duration::from_secs(10), || {
+        data.join("meta").exists()
+    });
+    assert!(started, "{}", cluster.logs_tail(20));
+    cluster.kill(1);
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(data.parent().unwrap()), 0o700);
+    let warning = "the data dir is open to other users of this machine (mode 755)";
+    assert!(!std::fs::read_to_string(&cluster.node(1).log)
+        .unwrap()
+        .contains(warning));
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cluster.start_node(1);
+    let warned = support::wait_until(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(&cluster.node(1).log)
+            .unwrap_or_default()
+            .contains(warning)
+    });
+    cluster.kill(1);
+    assert!(warned, "{}", cluster.logs_tail(20));
+    // Warned of, not changed: the operator may mean it.
+    assert_eq!(mode(&data), 0o755);
+}

@@ -68,7 +68,7 @@ pub struct RunArgs {
     /// This node's id (1 or more); must appear in --peers.
     #[arg(long, env = "UNDERSTUDY_NODE_ID")]
     pub node_id: u16,
-    /// Where this node keeps its log, snapshots and metadata.
+    /// Where this node keeps its log, snapshots and metadata (created with mode 700).
     #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Address to accept peer connections on (IP:PORT).
@@ -531,6 +531,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::node::mark_runtime_thread();
     runtime.block_on(async {
         let peer = bind_tcp("peer-listen", args.peer_listen).await?;
+        // Made before the app socket, which is in it by default, so that a data dir
+        // understudy creates is private (wal::fs::ensure_dir) and not the umask's.
+        wal::fs::ensure_dir(&args.data_dir)
+            .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
         let app = bind_app_socket(&args.app_socket())?;
         let admin = match args.admin_listen {
             Some(addr) => Some(bind_tcp("admin-listen", addr).await?),

@@ -376,6 +376,22 @@ pub fn open_with(
     )
 }
 
+/// A data dir that other users of the machine may enter holds the application's data in
+/// its log and snapshots for them to read: said at every start, as etcd does. Not refused:
+/// the operator may mean it (an application of another user reading its socket there).
+fn warn_if_not_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %path.display(),
+                "the data dir is open to other users of this machine (mode {mode:o}); its log and snapshots hold the application's data: chmod 700 it (a data dir understudy creates is 700)"
+            );
+        }
+    }
+}
+
 /// [`open_with`] during a secret rotation: `cluster_ids` is the current secret's cluster id
 /// and the previous one's (`--previous-cluster-secret-file`); a data dir made under the
 /// previous secret is taken, and moved to the current one.
@@ -393,6 +409,7 @@ pub fn open_rotating(
     // HMAC outputs; the stored one is checked for equality with `cluster_id` first).
     let previous_cluster_id = || previous.unwrap_or(cluster_id);
     wal::fs::ensure_dir(path)?;
+    warn_if_not_private(path);
     let lock_path = path.join("lock");
     let lock = OpenOptions::new()
         .read(true)

@@ -178,10 +178,55 @@ pub fn parent(path: &Path) -> &Path {
 }
 
 /// Creates `dir` (and parents) if missing, fsyncing the parent so the new entry is durable.
+/// Every directory it creates is private to its owner (mode 0700 whatever the umask): a
+/// log and its snapshots hold the application's data, and a data dir created readable by
+/// every user of the machine would stay so.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(IoOp::Create, dir, e))?;
-    sync_dir(parent(dir))
+    // The directories about to be made, deepest first: each one's entry in its parent is
+    // made durable, not only the last one's.
+    let made: Vec<&Path> = dir.ancestors().take_while(|a| !a.is_dir()).collect();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(IoOp::Create, dir, e))?;
+    for created in made {
+        sync_dir(parent(created))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn ensure_dir_makes_every_missing_directory_private_whatever_the_umask() {
+        let base = std::env::temp_dir().join(format!("wal-ensure-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deep = base.join("a").join("b");
+        ensure_dir(&deep).unwrap();
+        for d in [base.join("a"), deep.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        // An existing directory is left as its owner made it.
+        assert_eq!(
+            std::fs::metadata(&base).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        ensure_dir(&base).unwrap();
+        assert_eq!(
+            std::fs::metadata(&base).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
