@@ -860,9 +860,22 @@ async fn serve_inbound(
                 ..announced
             },
         );
-    info!(peer = %from, "peer connected");
+    // Said once the first frame shows a link (snapshot and repair connections, one per
+    // attempt, would say it several times a second while a transfer keeps failing).
+    let mut said = false;
     loop {
         let frame = read_frame(&mut reader).await?;
+        if !said {
+            said = true;
+            if matches!(
+                frame,
+                Frame::SnapshotBegin { .. } | Frame::RepairRequest { .. }
+            ) {
+                debug!(peer = %from, "peer connected for a snapshot or a repair");
+            } else {
+                info!(peer = %from, "peer connected");
+            }
+        }
         if let Frame::SnapshotBegin { .. } = frame {
             // A snapshot connection: it carries nothing else.
             return super::snapshot::transfer::receive(

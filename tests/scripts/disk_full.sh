@@ -35,8 +35,8 @@ script_cleanup() {
 
 setup plain
 for id in "${NODES[@]}"; do
-    mkdir -p "${DATA_DIR[$id]}"
-    if ! mount -t tmpfs -o "size=${DISK_MB}m" "understudy-disk-$id" "${DATA_DIR[$id]}"; then
+    mkdir -p -m 700 "${DATA_DIR[$id]}"
+    if ! mount -t tmpfs -o "size=${DISK_MB}m,mode=700" "understudy-disk-$id" "${DATA_DIR[$id]}"; then
         # Root without the capability to mount (a container): a privilege this run lacks.
         echo "SKIP disk_full: could not mount a tmpfs on ${DATA_DIR[$id]} (no mount privilege here?)"
         FAILED=0

@@ -179,7 +179,7 @@ clocks_of() {
 # With SUPERVISED=1 the sidecar runs the key-value server itself (--app-cmd).
 start_node() {
     local id=$1 app=() CLOCKS
-    mkdir -p "${DATA_DIR[$id]}"
+    mkdir -p -m 700 "${DATA_DIR[$id]}"
     if [[ $SUPERVISED == 1 ]]; then
         app=(--app-cmd "exec $(kv_command "$id")")
     fi

@@ -7,6 +7,22 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoOp, Result};
 
+/// The bytes an unprivileged writer may still write on the file system holding `path`
+/// (`statvfs`: available blocks times the fragment size).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs(3) writes into the zeroed struct it is given, and reads the
+    // NUL-terminated path, which outlives the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the fields' widths differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 /// Fsyncs a directory so that renames, creations and deletions in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let file = File::open(dir).map_err(|e| Error::io(IoOp::Open, dir, e))?;
@@ -228,5 +244,21 @@ mod tests {
             0o755
         );
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn free_bytes_reads_the_file_system_and_names_a_missing_path() {
+        let dir = std::env::temp_dir();
+        let free = free_bytes(&dir).unwrap();
+        // Not zero on the machine running the tests, and never more than its size.
+        assert!(free > 0);
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut stat) }, 0);
+        #[allow(clippy::unnecessary_cast)]
+        let size = stat.f_blocks as u64 * stat.f_frsize as u64;
+        assert!(free <= size, "{free} > {size}");
+        let missing = free_bytes(&dir.join("no-such-dir-for-free-bytes")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 }

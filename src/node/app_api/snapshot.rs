@@ -63,7 +63,13 @@ pub async fn upload<R: AsyncRead + Unpin>(
             (None, None)
         }
     };
-    let result = upload_body(&mut writer, frames, snapshots.config().answer_timeout()).await;
+    let result = upload_body(
+        snapshots,
+        &mut writer,
+        frames,
+        snapshots.config().answer_timeout(),
+    )
+    .await;
     let Some(guard) = guard else {
         // Not stored: only whether the application kept to the protocol matters.
         return result.map(|_| ()).map_err(|e| e.to_string());
@@ -73,11 +79,16 @@ pub async fn upload<R: AsyncRead + Unpin>(
             guard.abandon(&e.to_string());
             Err(e.to_string())
         }
-        Ok(false) => {
+        Ok(Body::Cut) => {
             guard.abandon("the application ended the upload before SnapshotDone");
             Ok(())
         }
-        Ok(true) => {
+        // The node's fault, not the application's: its connection stays.
+        Ok(Body::NotStored(reason)) => {
+            guard.abandon(&reason);
+            Ok(())
+        }
+        Ok(Body::Done) => {
             let Some(writer) = writer else {
                 unreachable!("upload_body puts the writer back after every chunk it writes");
             };
@@ -133,20 +144,35 @@ async fn upload_begin(
     }
 }
 
-/// Reads chunks until `SnapshotDone` (true) or `SnapshotDecline`/end of connection (false);
-/// gives up when no frame comes for `stall`.
+/// How an upload's frames ended.
+#[derive(Debug)]
+enum Body {
+    /// `SnapshotDone`, every chunk written.
+    Done,
+    /// The connection ended before `SnapshotDone`.
+    Cut,
+    /// The node could not store it: a write failed, or the disk had no room for the next
+    /// chunk and a log segment ([`Snapshots::room_for`]). The file is gone; the rest of the
+    /// application's frames were read and dropped.
+    NotStored(String),
+}
+
+/// Reads chunks until `SnapshotDone` or the end of the connection; gives up when no frame
+/// comes for `stall`. With no writer (an offer not wanted), the chunks are read and dropped.
 async fn upload_body<R: AsyncRead + Unpin>(
+    snapshots: &Arc<Snapshots>,
     writer: &mut Option<SnapshotWriter>,
     frames: &mut FrameReader<R>,
     stall: Duration,
-) -> Result<bool, UploadError> {
+) -> Result<Body, UploadError> {
+    let mut failed = None;
     loop {
         let frame = tokio::time::timeout(stall, frames.read_frame())
             .await
             .map_err(|_| UploadError::Stalled(stall))?
             .map_err(|e| UploadError::Protocol(format!("reading the snapshot: {e}")))?;
         match frame {
-            None => return Ok(false),
+            None => return Ok(failed.map_or(Body::Cut, Body::NotStored)),
             Some(app::Frame::SnapshotChunk { offset, data }) => {
                 let Some(mut w) = writer.take() else {
                     continue;
@@ -157,17 +183,26 @@ async fn upload_body<R: AsyncRead + Unpin>(
                         w.body_len()
                     )));
                 }
+                let store = Arc::clone(snapshots);
                 let (w, result) = on_blocking_thread(move || {
-                    let result = w.write(&data);
+                    let result = store.room_for(data.len() as u64).and_then(|()| {
+                        w.write(&data)
+                            .map_err(|e| format!("cannot write the snapshot: {e}"))
+                    });
                     (w, result)
                 })
                 .await;
-                result.map_err(|e| {
-                    UploadError::Protocol(format!("cannot write the snapshot: {e}"))
-                })?;
-                *writer = Some(w);
+                match result {
+                    Ok(()) => *writer = Some(w),
+                    Err(reason) => {
+                        // Dropping the writer removes its file, and gives the room back
+                        // before anything else of the node's needs it.
+                        on_blocking_thread(move || drop(w)).await;
+                        failed = Some(reason);
+                    }
+                }
             }
-            Some(app::Frame::SnapshotDone) => return Ok(true),
+            Some(app::Frame::SnapshotDone) => return Ok(failed.map_or(Body::Done, Body::NotStored)),
             Some(frame) => {
                 return Err(UploadError::Protocol(format!(
                     "{} in the middle of a snapshot",
@@ -291,6 +326,70 @@ mod tests {
         let mut writer = SnapshotWriter::create(dir, Lsn(lsn), Epoch(1)).unwrap();
         writer.write(body).unwrap();
         writer.finish().unwrap()
+    }
+
+    /// An upload the disk has no room for (with a log segment left) stops writing at the
+    /// chunk that would not fit, removes its file, reads the application's frames to their
+    /// end and says why; one with room is written whole.
+    #[tokio::test]
+    async fn an_upload_without_room_for_the_log_after_it_is_not_stored() {
+        let frames_of = |chunks: &[&[u8]]| {
+            let mut bytes = bytes::BytesMut::new();
+            let mut offset = 0;
+            for data in chunks {
+                app::Frame::SnapshotChunk {
+                    offset,
+                    data: bytes::Bytes::copy_from_slice(data),
+                }
+                .encode(&mut bytes);
+                offset += data.len() as u64;
+            }
+            app::Frame::SnapshotDone.encode(&mut bytes);
+            bytes.freeze()
+        };
+        let chunks: [&[u8]; 2] = [b"first", b"second"];
+        for (segment, room) in [(u64::MAX / 4, false), (4096, true)] {
+            let data = tempfile::tempdir().unwrap();
+            let dir = data.path().join(SNAPSHOTS_DIR);
+            std::fs::create_dir_all(&dir).unwrap();
+            let (events, _events_rx) = mpsc::channel(8);
+            let snapshots = Arc::new(Snapshots::new(
+                data.path(),
+                SnapshotConfig {
+                    wal_segment_bytes: segment,
+                    ..SnapshotConfig::default()
+                },
+                Recovered {
+                    installed: Vec::new(),
+                    corrupt: 0,
+                },
+                events,
+                CancellationToken::new(),
+            ));
+            let mut writer = Some(SnapshotWriter::create(&dir, Lsn(30), Epoch(1)).unwrap());
+            let stream = frames_of(&chunks);
+            let mut frames = FrameReader::new(&stream[..]);
+            let body = upload_body(&snapshots, &mut writer, &mut frames, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(
+                frames.read_frame().await.unwrap().is_none(),
+                "frames left unread"
+            );
+            let files = std::fs::read_dir(&dir).unwrap().count();
+            if room {
+                assert!(matches!(body, Body::Done), "{body:?}");
+                assert_eq!(writer.map(|w| w.body_len()), Some(11));
+                assert_eq!(files, 1);
+            } else {
+                let Body::NotStored(reason) = body else {
+                    panic!("stored without room: {body:?}");
+                };
+                assert!(reason.contains("not enough free space"), "{reason}");
+                assert!(writer.is_none());
+                assert_eq!(files, 0, "the snapshot's file is left behind");
+            }
+        }
     }
 
     /// A newest snapshot damaged after start-up is put aside at the first restore, and the

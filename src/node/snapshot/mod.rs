@@ -264,6 +264,9 @@ pub struct Snapshots {
     log_bytes: AtomicU64,
     pub metrics: SnapshotMetrics,
     cancel: CancellationToken,
+    /// Warnings of a transfer that fails again and again, by reason: each is logged once a
+    /// minute ([`crate::node::peer::first_in_a_while`]).
+    warned: Mutex<BTreeMap<String, tokio::time::Instant>>,
     /// Test knob: a pause before each chunk a sender sends (`UNDERSTUDY_TEST_SNAPSHOT_CHUNK_DELAY_MS`,
     /// honoured by builds with debug assertions only).
     chunk_delay: Option<Duration>,
@@ -328,6 +331,7 @@ impl Snapshots {
             log_bytes: AtomicU64::new(0),
             metrics,
             cancel,
+            warned: Mutex::new(BTreeMap::new()),
             chunk_delay,
         }
     }
@@ -366,6 +370,30 @@ impl Snapshots {
     /// The snapshot flags this node runs with.
     pub fn config(&self) -> &SnapshotConfig {
         &self.config
+    }
+
+    /// Whether the disk holding the snapshots has room for `bytes` more of a snapshot with
+    /// one log segment (`--wal-segment-bytes`) still free after them; `Err` says why not.
+    /// Blocking (`statvfs`).
+    ///
+    /// The log writes into its active segment and, when that is full, a new one, on the same
+    /// disk: a snapshot that took the last of the room would stop the node at its next
+    /// append (a write that fails is a disk failure, and the node stops), and every node
+    /// takes its snapshots at about the same size and time. With a segment's room left the
+    /// log can go on past one roll, and the snapshot, once stored, lets it delete segments.
+    /// A disk that cannot be asked is taken to have room: the writes will say.
+    pub(crate) fn room_for(&self, bytes: u64) -> Result<(), String> {
+        let Ok(free) = wal::fs::free_bytes(&self.dir) else {
+            return Ok(());
+        };
+        let reserve = self.config.wal_segment_bytes;
+        if free >= bytes.saturating_add(reserve) {
+            return Ok(());
+        }
+        Err(format!(
+            "not enough free space: {free} bytes free on the disk holding {}, {bytes} to write and {reserve} to leave for the log (a segment)",
+            self.dir.display()
+        ))
     }
 
     /// The epoch of the committed record at `lsn` and the configuration in effect at it,

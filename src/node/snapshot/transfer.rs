@@ -190,7 +190,11 @@ async fn send_snapshot(
             return Ok(None);
         }
     };
-    info!(peer = %to, lsn = %info.lsn, body_len = info.body_len, "sending a snapshot to a backup");
+    if crate::node::peer::first_in_a_while(&snapshots.warned, &format!("send {to} {}", info.lsn)) {
+        info!(peer = %to, lsn = %info.lsn, body_len = info.body_len, "sending a snapshot to a backup");
+    } else {
+        debug!(peer = %to, lsn = %info.lsn, body_len = info.body_len, "sending a snapshot to a backup again");
+    }
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=SEND_ATTEMPTS_MAX {
         let sent = send_attempt(
@@ -210,7 +214,14 @@ async fn send_snapshot(
             }
             Err(TransferError::Snapshot(e)) if is_damage(&e) => return Err(e),
             Err(e) => {
-                warn!(peer = %to, attempt, error = %e, "snapshot transfer broke off; it resumes where it stopped");
+                // A receiver that fails the same way every time (its disk too small for the
+                // snapshot, say) would be logged several times a second.
+                let reason = format!("send to {to}: {e}");
+                if crate::node::peer::first_in_a_while(&snapshots.warned, &reason) {
+                    warn!(peer = %to, attempt, error = %e, "snapshot transfer broke off; it resumes where it stopped (logged again for this error after a minute)");
+                } else {
+                    debug!(peer = %to, attempt, error = %e, "snapshot transfer broke off; it resumes where it stopped");
+                }
             }
         }
         tokio::time::sleep(backoff).await;
@@ -491,7 +502,7 @@ where
 /// older connection (its sender gave up on it and dialled again) is waited for, a bounded
 /// time: it ends as soon as it sees the old connection closed, and leaves what it received.
 async fn receive_writer(
-    snapshots: &Snapshots,
+    snapshots: &Arc<Snapshots>,
     from: NodeId,
     lsn: Lsn,
     epoch: Epoch,
@@ -526,6 +537,14 @@ async fn receive_writer(
     };
     if let Some(partial) = partial {
         if partial.lsn == lsn && partial.epoch == epoch && partial.body_len == body_len {
+            let rest = body_len.saturating_sub(partial.writer.body_len());
+            if let Err(refused) = room_for(snapshots, from, lsn, rest).await {
+                // Kept, to resume from once there is room.
+                let mut state = lock(&snapshots.state);
+                state.receiving = None;
+                state.partial = Some(partial);
+                return Err(refused);
+            }
             info!(peer = %from, %lsn, offset = partial.writer.body_len(), previous_sender = %partial.from, "resuming a snapshot receive");
             return Ok(partial.writer);
         }
@@ -533,12 +552,44 @@ async fn receive_writer(
         // Dropping the writer removes its temp file.
         on_blocking_thread(move || drop(partial)).await;
     }
+    if let Err(refused) = room_for(snapshots, from, lsn, body_len).await {
+        lock(&snapshots.state).receiving = None;
+        return Err(refused);
+    }
     let dir = snapshots.dir.clone();
     let created = on_blocking_thread(move || SnapshotWriter::create(&dir, lsn, epoch)).await;
     created.map_err(|e| {
         lock(&snapshots.state).receiving = None;
         format!("cannot create the snapshot file: {e}")
     })
+}
+
+/// Refuses a receive that has `bytes` left to write when the disk holding the snapshots has
+/// not that much room and a log segment's more ([`Snapshots::room_for`]). Without it, a
+/// backup whose disk was too small for the application's state wrote until the disk was
+/// full, dropped the file, and did it again at every attempt of the primary's (several a
+/// second), the disk full each time for everything else the node writes, and the cause
+/// only in a write error.
+async fn room_for(
+    snapshots: &Arc<Snapshots>,
+    from: NodeId,
+    lsn: Lsn,
+    bytes: u64,
+) -> Result<(), String> {
+    let store = Arc::clone(snapshots);
+    let Err(reason) = on_blocking_thread(move || store.room_for(bytes)).await else {
+        return Ok(());
+    };
+    if crate::node::peer::first_in_a_while(&snapshots.warned, "receive: no room") {
+        warn!(
+            peer = %from,
+            %lsn,
+            "cannot receive the snapshot this backup needs, {reason}: it stays behind until there is room (logged again after a minute)"
+        );
+    }
+    Err(format!(
+        "not enough free space for the snapshot of lsn {lsn} ({bytes} bytes to write)"
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -739,6 +790,49 @@ mod tests {
         let refused = UploadGuard::claim(&snapshots, Lsn(50)).err().unwrap();
         assert!(refused.contains("being received"), "{refused}");
         drop(receiving);
+    }
+
+    /// A receive the disk has no room for is refused before it writes anything, and a
+    /// partial receive is kept to resume from, not dropped.
+    #[tokio::test]
+    async fn a_receive_without_room_on_the_disk_is_refused_before_it_writes() {
+        let (_dir, snapshots, _events) = store();
+        let (from, lsn, epoch) = (NodeId(1), Lsn(40), Epoch(2));
+        let huge = u64::MAX / 2;
+        let refused = receive_writer(&snapshots, from, lsn, epoch, huge)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("not enough free space"), "{refused}");
+        assert_eq!(lock(&snapshots.state).receiving, None);
+        let files = std::fs::read_dir(snapshots.dir()).unwrap().count();
+        assert_eq!(files, 0, "a refused receive created a file");
+
+        // A partial receive of a snapshot that has room left is resumed...
+        let mut writer = receive_writer(&snapshots, from, lsn, epoch, 100)
+            .await
+            .unwrap();
+        writer.write(b"0123456789").unwrap();
+        let offset = writer.body_len();
+        {
+            let mut state = lock(&snapshots.state);
+            state.receiving = None;
+            state.partial = Some(Partial {
+                from,
+                lsn,
+                epoch,
+                body_len: huge,
+                writer,
+            });
+        }
+        // ...but one whose rest has no room is refused, and kept to resume from.
+        let refused = receive_writer(&snapshots, from, lsn, epoch, huge)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("not enough free space"), "{refused}");
+        let state = lock(&snapshots.state);
+        assert_eq!(state.receiving, None);
+        let kept = state.partial.as_ref().expect("the partial receive is kept");
+        assert_eq!((kept.lsn, kept.writer.body_len()), (lsn, offset));
     }
 
     /// An upload that ends after a newer snapshot from the primary was put in use (the log
