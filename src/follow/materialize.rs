@@ -507,6 +507,17 @@ pub fn read_dir_names(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
+/// The bytes the directory's files hold (temporary files of the materializer left out): about
+/// the body of a snapshot of it.
+pub fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for name in read_dir_names(dir)? {
+        let len = std::fs::metadata(dir.join(std::ffi::OsStr::from_bytes(&name)))?.len();
+        total = total.saturating_add(len);
+    }
+    Ok(total)
+}
+
 /// The directory's files and their contents (temporary files of the materializer left out),
 /// for comparing two directories.
 pub fn read_dir_contents(
@@ -811,5 +822,19 @@ mod tests {
             [&b"aof".to_vec()]
         );
         assert!(!dir.path().join(format!("{TEMP_PREFIX}1-1")).exists());
+    }
+
+    #[test]
+    fn dir_bytes_counts_the_files_and_not_the_temporary_ones_or_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.aof"), vec![1u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("manifest"), b"12345").unwrap();
+        std::fs::write(
+            dir.path().join(format!("{TEMP_PREFIX}9-9")),
+            vec![0u8; 4096],
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(dir_bytes(dir.path()).unwrap(), 1005);
     }
 }

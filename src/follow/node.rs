@@ -583,6 +583,14 @@ async fn answer_snapshot_requests(
                     guard.abandon(&e);
                     return Err(e);
                 };
+                // A snapshot that took the disk's last room would stop the node at its next
+                // append (`Snapshots::room_for`). The copy does not change while it is read.
+                if let Ok(bytes) = super::materialize::dir_bytes(replay.dir()) {
+                    if let Err(e) = for_snapshots.room_for(bytes) {
+                        guard.abandon(&e);
+                        return Err(e);
+                    }
+                }
                 let mut writer = match SnapshotWriter::create(
                     for_snapshots.dir(),
                     lsn,
