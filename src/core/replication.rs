@@ -627,7 +627,8 @@ impl Core {
         // A backup echoes the send time of the latest append it received, so within one run
         // of it the echoes never go back, and a new run echoes appends sent after it started.
         // (The old lease echo, a test knob, echoes other clocks: every answer is news then.)
-        if old_lease_echo || (sent_at >= peer.info_sent_at && sent_at <= now) {
+        let news = old_lease_echo || (sent_at >= peer.info_sent_at && sent_at <= now);
+        if news {
             peer.info_sent_at = sent_at;
             peer.learner = response.learner;
             peer.health = response.health;
@@ -638,11 +639,23 @@ impl Core {
                 // again.
                 peer.learner_seen = response.learner;
                 peer.promote_through = last_lsn;
+                // Nor does an earlier run's promise to refuse votes hold any more: a new run
+                // is a wiped data dir (a learner nonce), which lost that promise with its
+                // `vote-wait` file and waits out only its own quarantine, which a shorter
+                // `--failover-timeout` than the earlier run's makes shorter than the promise.
+                // Counted on, it could outlast the run's first vote for another primary.
+                // Forgotten, the lease rests on this run's answers from now on (shortening a
+                // lease is always safe). A run that votes before this primary hears of it is
+                // what the README's "do not shorten the setting and wipe a node in one
+                // restart" is for.
+                peer.lease_sent_at = None;
+                peer.lease_end = None;
             }
         }
         let counted = if old_lease_echo {
             Some(sent_at.min(now))
-        } else if (response.learner == 0 || response.health.can_vote)
+        } else if news
+            && (response.learner == 0 || response.health.can_vote)
             && sent_at > super::Time::ZERO
             && sent_at <= now
         {
@@ -653,6 +666,8 @@ impl Core {
             // quarantined) refuses the same way once the configuration makes it a voter, so
             // its echo counts from the moment it does (`lease_until` counts voters only). A send time after `now` is not one of ours: ignored,
             // never clamped, for clamping would count the acknowledgement from its arrival.
+            // An echo older than the latest one heard (`news`) is not counted either: it may
+            // be an earlier run's, whose promise a new run's forgot (above).
             Some(sent_at)
         } else {
             None

@@ -1493,6 +1493,9 @@ fn primary_lease_ignores_future_send_times_and_learners() {
 #[test]
 fn primary_commits_without_learners_and_promotes_them_once_caught_up() {
     let mut core = elected_primary();
+    // Node 3 holds the lease: node 2's vote for this primary came from a run of it that a
+    // learner's nonce says is over, and no longer counts.
+    receive(&mut core, 605, N3, ack(2, 0, 600, 0));
     receive(&mut core, 610, N2, ack(2, 4, 600, 0xabc));
     assert_eq!(
         core.commit_lsn(),
@@ -3596,35 +3599,18 @@ mod mixed_failover_timeouts {
         }
     }
 
-    #[test]
-    fn an_old_primary_with_a_longer_timeout_answers_no_stale_read() {
-        let mut slow = config(N1, &[1, 2, 3]);
-        slow.failover_timeout = Duration::from_millis(5000);
-        slow.clock_drift_margin = Duration::from_millis(500);
-        let fast = |id| {
-            let mut c = config(id, &[1, 2, 3]);
-            c.election_jitter = Duration::from_millis(200);
-            c
-        };
-        let mut net = Net::new(vec![slow, fast(N2), fast(N3)]);
-        net.tick(&[0], 5000);
-        assert_eq!(net.cores[0].role(), Role::Primary);
-        let first = net.cores[0].epoch();
-        let mut now = 5000;
-        while now < 6000 {
-            now += 50;
-            net.tick(&[0, 1, 2], now);
-        }
-        assert!(net.cores[0].commit_lsn() > Lsn::ZERO);
-        // Each backup's answer counts for 500 ms x 4.5 / 5, not the primary's own 4.5 s.
-        let lease_until = net.cores[0].status().lease_until.expect("a lease");
-        assert!(
-            lease_until <= ms(now + 450),
-            "lease until {lease_until:?} at {now} ms"
-        );
+    /// Cuts node 1 (primary of epoch `first`) off from the others at `now`, runs until
+    /// `until` ms, has the primary the other two elect commit a write, then asks node 1 for
+    /// a lease read: it must not answer below that write.
+    fn cut_node_1_and_read_from_it_after_a_commit_elsewhere(
+        net: &mut Net,
+        first: Epoch,
+        mut now: u64,
+        until: u64,
+    ) {
         net.cut[0] = true;
         let mut new_primary = None;
-        while now < 8000 {
+        while now < until {
             now += 10;
             net.tick(&[0, 1, 2], now);
             if let Some(p) = net.primary_above(first) {
@@ -3655,11 +3641,89 @@ mod mixed_failover_timeouts {
             .any(|a| matches!(a, Action::ReadIndex { lsn, .. } if *lsn < acked));
         assert!(
             !stale,
-            "node 1 (epoch {first}) answered a lease read below lsn {acked}, committed by node {} in epoch {}: {out:?}",
+            "node 1 (epoch {first}) answered a lease read below lsn {acked}, committed by node {} in epoch {} at or before {now} ms; node 1 lease_until {:?}: {out:?}",
             p + 1,
-            net.cores[p].epoch()
+            net.cores[p].epoch(),
+            net.cores[0].status().lease_until,
         );
+    }
+
+    /// A node of three with a 5 s failover timeout (and a 500 ms drift margin).
+    fn slow(id: NodeId) -> Config {
+        let mut c = config(id, &[1, 2, 3]);
+        c.failover_timeout = Duration::from_millis(5000);
+        c.clock_drift_margin = Duration::from_millis(500);
+        c
+    }
+
+    /// A node of three with the default 500 ms timeout and a 200 ms election jitter.
+    fn fast(id: NodeId) -> Config {
+        let mut c = config(id, &[1, 2, 3]);
+        c.election_jitter = Duration::from_millis(200);
+        c
+    }
+
+    /// Node 1 elected at 5 s and primary for a second, all three connected: its epoch, and
+    /// the time reached (ms).
+    fn node_1_primary_for_a_second(net: &mut Net) -> (Epoch, u64) {
+        net.tick(&[0], 5000);
+        assert_eq!(net.cores[0].role(), Role::Primary);
+        let first = net.cores[0].epoch();
+        let mut now = 5000;
+        while now < 6000 {
+            now += 50;
+            net.tick(&[0, 1, 2], now);
+        }
+        (first, now)
+    }
+
+    #[test]
+    fn an_old_primary_with_a_longer_timeout_answers_no_stale_read() {
+        let mut net = Net::new(vec![slow(N1), fast(N2), fast(N3)]);
+        let (first, now) = node_1_primary_for_a_second(&mut net);
+        assert!(net.cores[0].commit_lsn() > Lsn::ZERO);
+        // Each backup's answer counts for 500 ms x 4.5 / 5, not the primary's own 4.5 s.
+        let lease_until = net.cores[0].status().lease_until.expect("a lease");
+        assert!(
+            lease_until <= ms(now + 450),
+            "lease until {lease_until:?} at {now} ms"
+        );
+        cut_node_1_and_read_from_it_after_a_commit_elsewhere(&mut net, first, now, 8000);
         assert_ne!(net.cores[0].role(), Role::Primary);
+    }
+
+    /// A backup wiped and restarted with a shorter timeout (which the README says not to
+    /// do) lost its earlier run's promise to refuse votes. Once the primary hears its new
+    /// run, that promise no longer counts towards the lease: before, the primary still
+    /// answered lease reads on it after the new run had voted for another primary, which
+    /// committed a write.
+    #[test]
+    fn a_wiped_backup_heard_in_its_new_run_no_longer_holds_the_lease_with_its_old_promise() {
+        let mut net = Net::new(vec![slow(N1), slow(N2), fast(N3)]);
+        let (first, mut now) = node_1_primary_for_a_second(&mut net);
+        // Node 2's data dir is wiped; it restarts at once with a 500 ms timeout, as a node
+        // joining an existing cluster (a quarantined learner).
+        net.cores[1] = Core::new(
+            fast(N2),
+            PersistedMeta::default(),
+            RecoveredLog::default(),
+            Start::WIPED,
+            ms(now),
+            99,
+        )
+        .expect("valid");
+        // The primary catches it up and promotes it; its quarantine (1.45 s) ends.
+        while now < 7600 {
+            now += 50;
+            net.tick(&[0, 1, 2], now);
+        }
+        assert!(
+            net.cores[1].is_voter(),
+            "node 2 promoted and out of quarantine"
+        );
+        assert_eq!(net.cores[0].role(), Role::Primary);
+        // Node 1 is cut off from both.
+        cut_node_1_and_read_from_it_after_a_commit_elsewhere(&mut net, first, now, 9500);
     }
 }
 
