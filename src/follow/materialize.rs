@@ -611,9 +611,7 @@ mod tests {
         let mut materializer = Materializer::open(&dir).unwrap();
         materializer.set_contents(Contents::from([(Bytes::from("aof"), FileSum::of(&big))]));
         let stop = AtomicBool::new(false);
-        let started = std::time::Instant::now();
         let whole = read_whole(&materializer, &stop).unwrap();
-        let whole_took = started.elapsed();
         assert_eq!(whole[&b"aof".to_vec()].len(), big.len());
         drop(whole);
 
@@ -624,30 +622,36 @@ mod tests {
             "{:?}",
             refused.map(|files| files.len())
         );
-        // Asked while it reads (an eighth of the way in): it stops within a piece, not at the
-        // end of the file.
+        // Asked while it reads (once the second piece is in, from another thread): it stops
+        // before the next piece, not at the end of the file. Counted in pieces, not timed, so
+        // that a loaded machine cannot make it look late.
         stop.store(false, Ordering::Release);
-        let started = std::time::Instant::now();
-        let (refused, stopped_after) = std::thread::scope(|scope| {
-            let reading = scope.spawn(|| {
-                let refused = read_whole(&materializer, &stop);
-                (refused, started.elapsed())
+        let (asked_tx, asked_rx) = std::sync::mpsc::channel::<()>();
+        let (go_on_tx, go_on_rx) = std::sync::mpsc::channel::<()>();
+        let (stop_ref, reader) = (&stop, &materializer);
+        let (refused, pieces) = std::thread::scope(|scope| {
+            let reading = scope.spawn(move || {
+                let mut pieces = 0;
+                let refused = reader.read_checked(stop_ref, |_, _, _| {
+                    pieces += 1;
+                    if pieces == 2 {
+                        asked_tx.send(()).unwrap();
+                        go_on_rx.recv().unwrap();
+                    }
+                    Ok::<_, MaterializeError>(())
+                });
+                (refused, pieces)
             });
-            std::thread::sleep(whole_took / 8);
+            asked_rx.recv().unwrap();
             stop.store(true, Ordering::Release);
-            let asked = started.elapsed();
-            let (refused, ended) = reading.join().unwrap();
-            (refused, ended.saturating_sub(asked))
+            go_on_tx.send(()).unwrap();
+            reading.join().unwrap()
         });
         assert!(
             matches!(refused, Err(MaterializeError::Stopped)),
-            "{:?}",
-            refused.map(|files| files.len())
+            "{refused:?}"
         );
-        assert!(
-            stopped_after < whole_took / 2,
-            "stopped {stopped_after:?} after it was asked; a whole read takes {whole_took:?}"
-        );
+        assert_eq!(pieces, 2, "pieces read after the stop was asked");
     }
 
     /// A change valid against `model`, chosen by `pick`.
