@@ -473,7 +473,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 twice = sorted({n for n in names if names.count(n) > 1 or n + "_total" in names})
 if twice:
     sys.exit(f"families declared twice: {twice}")
-for wanted in ("understudy_lag_seconds", "understudy_peer_lag_seconds", "understudy_build_info", "process_open_fds", "process_cpu_seconds", "understudy_elections", "understudy_snapshot_lsn", "understudy_fsync_seconds"):
+for wanted in ("understudy_lag_seconds", "understudy_peer_lag_seconds", "understudy_build_info", "process_open_fds", "process_cpu_seconds", "understudy_elections", "understudy_snapshot_lsn", "understudy_data_dir_free_bytes", "understudy_fsync_seconds"):
     if wanted not in names:
         sys.exit(f"no family {wanted}")
 print(len(names))

@@ -487,7 +487,17 @@ impl Snapshots {
             "understudy_snapshot_lsn",
             "The LSN the newest snapshot covers.",
             lsn,
-        )
+        )?;
+        // Read at each scrape (statvfs); left out when the file system cannot be asked.
+        if let Ok(free) = wal::fs::free_bytes(&self.dir) {
+            encode_gauge(
+                encoder,
+                "understudy_data_dir_free_bytes",
+                "Bytes free on the disk holding the data dir. A snapshot is written only while it leaves one log segment free; the log stops the node when it cannot write.",
+                free,
+            )?;
+        }
+        Ok(())
     }
 
     fn set_transfer(&self, status: Option<TransferStatus>, key: (u16, &'static str)) {
