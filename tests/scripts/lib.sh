@@ -265,13 +265,16 @@ wait_primary() {
 }
 
 # start_writer SECONDS [FLAGS...]: the write workload in the background, acked writes
-# appended to $WORK/acked; it stops after SECONDS or once $WORK/stop-writer exists.
+# appended to $WORK/acked; it stops after SECONDS or once $WORK/stop-writer exists. Beside
+# it, a reader through every node's client port reads the last acknowledged write over and
+# over: a stale read (a write acknowledged before the read began and not seen) fails the
+# writer, and so stop_writer.
 start_writer() {
     local seconds=$1
     shift
     rm -f "$WORK/stop-writer"
     "$CHAOS" write --client "$CLIENTS" --out "$WORK/acked" --duration "${seconds}s" \
-        --stop-file "$WORK/stop-writer" "$@" >"$WORK/writer.out" 2>&1 &
+        --stop-file "$WORK/stop-writer" --read-through "$CLIENTS" "$@" >"$WORK/writer.out" 2>&1 &
     WRITER_PID=$!
 }
 

@@ -5,7 +5,7 @@
 //! understudy-chaos proxy --control ADDR --link NAME=LISTEN,TARGET ... [--exit-after D]
 //! understudy-chaos ctl ADDR COMMAND...
 //! understudy-chaos write --client ADDR[,ADDR...] --out FILE --duration D [--prefix P]
-//!                        [--value-len N] [--stop-file PATH]
+//!                        [--value-len N] [--stop-file PATH] [--read-through ADDR[,ADDR...]]
 //! understudy-chaos check --client ADDR --acked FILE [--timeout D]
 //! understudy-chaos primary --admin ADDR[,ADDR...] [--timeout D]
 //! understudy-chaos settle --admin ADDR[,ADDR...] [--timeout D] [--within N]
@@ -36,6 +36,12 @@
 //!   It stops early once `--stop-file` exists. Prints `acked N unknown M max_pause_ms P` at
 //!   the end, `P` the longest time between two acknowledgements; with `--pauses FILE`, each
 //!   pause of 20 ms or more is appended to FILE as `<unix ms at its end> <pause ms>`.
+//!   With `--read-through`, a reader per address meanwhile reads (`GET`) the last write
+//!   acknowledged before the read is sent, through that client port, over and over: the
+//!   value must be there (a linearizable read sees every write acknowledged before it
+//!   began). A refusal or an error is allowed; a read of nothing or of another value is a
+//!   stale read, and the writer fails at the end, naming them. Prints `reads R refused F
+//!   stale S` after the rest.
 //! - `check`: reads every key in an `--acked` file through a client port (`MGET`, in
 //!   batches) and fails, naming the first few, if any is missing or has another value.
 //! - `primary`: waits until exactly one node's `/primary` answers 200 and prints its id.
@@ -662,6 +668,14 @@ mod workload {
             .append(true)
             .open(out_path)
             .map_err(|e| format!("open {out_path}: {e}"))?;
+        let readers = Readers::start(
+            match flags.get("--read-through") {
+                Some(_) => flags.addrs("--read-through")?,
+                None => Vec::new(),
+            },
+            prefix.clone(),
+            value_len,
+        );
         let deadline = Instant::now() + duration;
         let (mut acked, mut unknown) = (0u64, 0u64);
         let mut which = 0usize;
@@ -682,12 +696,7 @@ mod workload {
             let mut writes = Vec::with_capacity(pipeline);
             for _ in 0..pipeline {
                 seq += 1;
-                let key = format!("{prefix}{seq}");
-                let mut value = format!("v{seq}");
-                if value.len() < value_len {
-                    value.extend(std::iter::repeat_n('.', value_len - value.len()));
-                }
-                writes.push((key, value));
+                writes.push((format!("{prefix}{seq}"), value_of(seq, value_len)));
             }
             let commands: Vec<[&[u8]; 3]> = writes
                 .iter()
@@ -695,7 +704,12 @@ mod workload {
                 .collect();
             let commands: Vec<&[&[u8]]> = commands.iter().map(|words| &words[..]).collect();
             let mut failed = false;
-            for ((key, value), reply) in writes.iter().zip(current.pipeline(&commands)) {
+            let first_seq = seq + 1 - writes.len() as u64;
+            for (((key, value), reply), this_seq) in writes
+                .iter()
+                .zip(current.pipeline(&commands))
+                .zip(first_seq..)
+            {
                 if failed {
                     unknown += 1;
                     continue;
@@ -707,6 +721,8 @@ mod workload {
                         // interleave within a line.
                         out.write_all(format!("{key} {value}\n").as_bytes())?;
                         acked += 1;
+                        // Published once acknowledged: a read sent from now on must see it.
+                        readers.acked.store(this_seq, Ordering::SeqCst);
                         let pause = last_ack.elapsed();
                         last_ack = Instant::now();
                         max_pause = max_pause.max(pause);
@@ -734,11 +750,154 @@ mod workload {
             }
         }
         out.sync_all()?;
+        let reads = readers.stop();
         println!(
-            "acked {acked} unknown {unknown} max_pause_ms {}",
-            max_pause.as_millis()
+            "acked {acked} unknown {unknown} max_pause_ms {} reads {} refused {} stale {}",
+            max_pause.as_millis(),
+            reads.reads,
+            reads.refused,
+            reads.stale.len()
         );
+        if !reads.stale.is_empty() {
+            return Err(format!(
+                "{} stale reads (a write acknowledged before the read began was not seen): {}",
+                reads.stale.len(),
+                reads
+                    .stale
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+            .into());
+        }
         Ok(())
+    }
+
+    /// The value written under sequence number `seq`: `v<seq>`, padded with `.`.
+    fn value_of(seq: u64, value_len: usize) -> String {
+        let mut value = format!("v{seq}");
+        if value.len() < value_len {
+            value.extend(std::iter::repeat_n('.', value_len - value.len()));
+        }
+        value
+    }
+
+    /// What the readers saw.
+    #[derive(Default)]
+    struct ReadTally {
+        reads: u64,
+        refused: u64,
+        stale: Vec<String>,
+    }
+
+    /// The readers of `--read-through`: a thread per client address, each reading the last
+    /// acknowledged write again and again until stopped.
+    struct Readers {
+        /// The sequence number of the last acknowledged write (0: none yet).
+        acked: Arc<AtomicU64>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<ReadTally>>,
+    }
+
+    impl Readers {
+        fn start(addrs: Vec<SocketAddr>, prefix: String, value_len: usize) -> Readers {
+            let acked = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let threads = addrs
+                .into_iter()
+                .map(|addr| {
+                    let (acked, stop, prefix) = (acked.clone(), stop.clone(), prefix.clone());
+                    std::thread::spawn(move || read_loop(addr, &acked, &stop, &prefix, value_len))
+                })
+                .collect();
+            Readers {
+                acked,
+                stop,
+                threads,
+            }
+        }
+
+        fn stop(self) -> ReadTally {
+            self.stop.store(true, Ordering::SeqCst);
+            let mut total = ReadTally::default();
+            for thread in self.threads {
+                let tally = thread.join().unwrap_or_else(|_| ReadTally {
+                    stale: vec!["a reader panicked".to_string()],
+                    ..ReadTally::default()
+                });
+                total.reads += tally.reads;
+                total.refused += tally.refused;
+                total.stale.extend(tally.stale);
+            }
+            total
+        }
+    }
+
+    /// Reads through `addr` until `stop`: each read asks for the write last acknowledged
+    /// when it is sent, and must find its value.
+    fn read_loop(
+        addr: SocketAddr,
+        acked: &AtomicU64,
+        stop: &std::sync::atomic::AtomicBool,
+        prefix: &str,
+        value_len: usize,
+    ) -> ReadTally {
+        let mut tally = ReadTally::default();
+        let mut conn: Option<Conn> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let seq = acked.load(Ordering::SeqCst);
+            if seq == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let current = match conn.as_mut() {
+                Some(c) => c,
+                None => match Conn::connect(addr, IO_TIMEOUT) {
+                    Ok(c) => conn.insert(c),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                },
+            };
+            let key = format!("{prefix}{seq}");
+            // Sent after `seq` was acknowledged: the read begins after that write ended.
+            let sent = std::time::SystemTime::now();
+            match current.call(&[b"GET", key.as_bytes()]) {
+                Ok(Reply::Bulk(found)) => {
+                    tally.reads += 1;
+                    let expected = value_of(seq, value_len);
+                    if found.as_deref() != Some(expected.as_bytes()) {
+                        let at = sent
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis();
+                        tally.stale.push(format!(
+                            "GET {key} through {addr} sent at unix ms {at} read {}",
+                            match found {
+                                None => "nothing".to_string(),
+                                Some(bytes) =>
+                                    String::from_utf8_lossy(&bytes).chars().take(40).collect(),
+                            }
+                        ));
+                    }
+                }
+                Ok(_) => {
+                    // Refused (not primary, no lease, try again): nothing was read.
+                    tally.refused += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    tally.refused += 1;
+                    conn = None;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tally
     }
 
     pub fn check(args: &[String]) -> Result<(), BoxError> {
