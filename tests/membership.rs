@@ -252,7 +252,10 @@ async fn removing_the_primary_hands_over_first() {
     let others: Vec<u64> = (1..=3u64).filter(|&id| id != u64::from(primary)).collect();
     wait_voters(&cluster, new_primary, &others, Duration::from_secs(10));
     eprintln!("removed the primary in {:?}", started.elapsed());
-    // A node removed stands for nothing: the two others keep the primary role between them.
+    // The removed node is told: the primary ships it the committed record that removed it,
+    // so its own latest configuration no longer holds it, and it stands for nothing.
+    wait_voters(&cluster, primary, &others, Duration::from_secs(10));
+    // The two others keep the primary role between them.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_ne!(wait_primary(&drivers, None).await, primary);
     let remaining: Vec<u16> = others.iter().map(|&id| id as u16).collect();

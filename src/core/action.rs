@@ -51,6 +51,11 @@ pub enum Action {
     /// one removed with a truncated suffix, or a snapshot installed): `members`, from the
     /// config record at `lsn` (0: the seed).
     MembersChanged { lsn: Lsn, members: Members },
+    /// On a primary: the nodes outside the latest configuration that it still ships to until
+    /// each durably holds the config record that removed it (`members.rs`, "Removed nodes"),
+    /// as a bit set (`Members::bit`). The shell keeps a link to them besides the members'.
+    /// Emitted whenever the set changes, and with an empty set when the node steps down.
+    PeersDeparting { ids: u64 },
     /// Drop every record after `keep_through` (an uncommitted, conflicting suffix).
     TruncateSuffix { keep_through: Lsn },
     /// Append records `first_lsn..=last_lsn` of the `Append` message being processed in this step.

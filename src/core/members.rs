@@ -54,6 +54,32 @@
 //! different voter to the same committed configuration, and their two configurations would
 //! differ by two voters.
 //!
+//! # Removed nodes
+//! The primary that writes a removal keeps the removed node among its peers
+//! (`Peer::departing`). Once the removal is committed it ships the node the log through that
+//! config record, and no further, with the commit LSN; once the node holds the record
+//! durably, the primary lets it go. Acting on its latest configuration, the node then no
+//! longer stands, and says so, instead of asking for pre-votes that every member refuses.
+//!
+//! Why only once committed: a removed node that holds its removal does not stand, so it must
+//! never be needed to. Given the record before it is committed, its log could be more up to
+//! date than the voters' that still count in the old configuration, where it is a voter: with
+//! {1, 2, 4, 5} removing 5, record on 4 and 5 only, 4 losing it in a crash, 1 and 2 need 5's
+//! vote and 5 refuses them for its longer log, but will not stand itself, and no one is
+//! elected (the simulator found this). Committed, the record is on a majority of the new
+//! configuration, whose voters elect among themselves without the removed node, and a voter
+//! still counting in the old configuration lacks a committed record and cannot be elected
+//! anyway. Nothing past the record is shipped, so the removed node's log never runs ahead of
+//! that majority's.
+//!
+//! A removed node counts for nothing meanwhile (commit, lease, switchover and successor all
+//! count the latest configuration's voters only), is never told to vote (`Append::promote`)
+//! nor sent a snapshot (one that would need it is let go at once), and one that has not taken
+//! its removal `DEPARTING_TIMEOUTS` failover timeouts after it was written (down, cut off) is
+//! let go too. Only the primary that wrote the removal does this; a later primary ships to
+//! members only, so a removed node that missed both learns nothing and keeps asking, refused,
+//! as before.
+//!
 //! The simulator's `SIM_BREAK=members` switches rule 2 off (`skip_single_change`: a
 //! promotion makes every learner a voter at once, and a change may follow the previous one
 //! before it is committed) and its checker finds the resulting two primaries of one epoch or
@@ -381,6 +407,10 @@ impl Configs {
 use super::state::Peer;
 use super::{Action, Core, Role};
 
+/// How many failover timeouts a primary keeps shipping to a removed node that has not taken
+/// the record removing it ("Removed nodes"): one that is down or cut off is let go then.
+const DEPARTING_TIMEOUTS: u32 = 20;
+
 impl Core {
     /// `Input::ProposeMembers`: the operator's change, checked against the rules.
     pub(super) fn on_propose_members(&mut self, change: MembersChange, out: &mut Vec<Action>) {
@@ -551,22 +581,70 @@ impl Core {
             return;
         }
         self.st.members_reported = Some(latest);
-        out.push(Action::MembersChanged {
-            lsn: latest.0,
-            members: latest.1,
-        });
+        // Peers first, so that the shell learns of a removed node still being shipped to
+        // (`Action::PeersDeparting`) while it still knows the node's address.
         if self.st.role == Role::Primary {
             let me = self.config.node_id;
-            self.st
-                .peers
-                .retain(|peer| latest.1.contains(peer.id) && peer.id != me);
-            let next = self.st.log.last_lsn;
             let now = self.st.now;
+            let give_up = now + self.config.failover_timeout * DEPARTING_TIMEOUTS;
+            let next = self.st.log.last_lsn;
+            self.st.peers.retain_mut(|peer| {
+                if peer.id == me {
+                    return false;
+                }
+                if latest.1.contains(peer.id) {
+                    if peer.departing.is_some() {
+                        // Added back before it was let go: known afresh, as any new member.
+                        // What it said before (its match, its fitness to vote) may be of a
+                        // run that has since lost its disk.
+                        *peer = Peer::new(peer.id, next, now);
+                    }
+                } else {
+                    // Removed: shipped to until it holds this record ("Removed nodes").
+                    let until = peer.departing.map_or(give_up, |(_, until)| until);
+                    peer.departing = Some((latest.0, until));
+                    peer.departing_told = false;
+                }
+                true
+            });
             for id in latest.1.ids_owned() {
                 if id != me && self.peer_index(id).is_none() {
                     self.st.peers.push(Peer::new(id, next, now));
                 }
             }
+            self.departing_report(out);
+        }
+        out.push(Action::MembersChanged {
+            lsn: latest.0,
+            members: latest.1,
+        });
+    }
+
+    /// On the primary's tick: lets go of the removed nodes that hold their removal (and were
+    /// sent its commit), and of those that did not take it in time.
+    pub(super) fn departing_check(&mut self, out: &mut Vec<Action>) {
+        let now = self.st.now;
+        let before = self.st.peers.len();
+        self.st.peers.retain(|peer| match peer.departing {
+            None => true,
+            Some((lsn, until)) => now < until && !(peer.departing_told && peer.match_lsn >= lsn),
+        });
+        if self.st.peers.len() != before {
+            self.departing_report(out);
+        }
+    }
+
+    /// Reports the departing peers to the shell if they changed (`Action::PeersDeparting`).
+    pub(super) fn departing_report(&mut self, out: &mut Vec<Action>) {
+        let ids = self
+            .st
+            .peers
+            .iter()
+            .filter(|peer| peer.departing.is_some())
+            .fold(0u64, |ids, peer| ids | Core::member_bit(peer.id));
+        if ids != self.st.departing_reported {
+            self.st.departing_reported = ids;
+            out.push(Action::PeersDeparting { ids });
         }
     }
 

@@ -273,6 +273,7 @@ impl Core {
                 held: Vec::new(),
                 reported: (Role::Backup, epoch, None),
                 members_reported: None,
+                departing_reported: 0,
             },
             config,
         };
@@ -775,6 +776,7 @@ impl Core {
         self.st.primary = None;
         self.st.switchover = None;
         self.st.peers.clear();
+        self.departing_report(out);
         self.st.bytes.clear();
         // We heard from no other primary: nothing for our refusal to protect.
         self.st.last_primary_contact = None;

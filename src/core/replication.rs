@@ -211,6 +211,7 @@ impl Core {
     }
 
     pub(super) fn primary_on_tick(&mut self, out: &mut Vec<Action>) {
+        self.departing_check(out);
         // Named in every append from now on: the backup that stands first if this primary
         // goes quiet (a live application preferred, then as a switchover picks).
         self.st.successor = self
@@ -257,11 +258,22 @@ impl Core {
         let mut shipped = false;
         let to = self.st.peers[i].id;
         let (promote, promote_through) = self.replicate_promote(i);
+        // A removed node is sent nothing until its removal is committed, then the log through
+        // that record and no further (`members.rs`, "Removed nodes").
+        let ship_through = match self.st.peers[i].departing {
+            Some((lsn, _)) if self.st.commit_lsn < lsn => return,
+            Some((lsn, _)) => lsn.min(self.st.log.last_lsn),
+            None => self.st.log.last_lsn,
+        };
         if self.st.peers[i].snapshot_pending {
             // Only heartbeats until the snapshot transfer answers.
         } else if self.st.peers[i].next_lsn <= self.st.log.snapshot_lsn {
-            // It needs records our snapshot replaced: the shell streams the snapshot.
-            if heartbeat_due {
+            if let Some((lsn, _)) = self.st.peers[i].departing {
+                // A removed node that would need a snapshot to reach its removal is not sent
+                // one: it is let go at the next tick (`members.rs`, "Removed nodes").
+                self.st.peers[i].departing = Some((lsn, now));
+            } else if heartbeat_due {
+                // It needs records our snapshot replaced: the shell streams the snapshot.
                 self.st.peers[i].snapshot_pending = true;
                 out.push(Action::SendSnapshot { to });
             }
@@ -274,7 +286,7 @@ impl Core {
                 if probing && peer.probe_sent_at.is_some() {
                     break; // One probe at a time.
                 }
-                if !probing && next > log.last_lsn {
+                if !probing && next > ship_through {
                     break; // Nothing more to ship.
                 }
                 // A probe ignores the window: it is one append, and the window counts from
@@ -293,10 +305,11 @@ impl Core {
                 // A probe past the end of our log is empty: it only checks the match at
                 // `next - 1`.
                 let (records_epoch, count) = match log.epoch_of(next) {
-                    Some(epoch) if next <= log.last_lsn => {
+                    Some(epoch) if next <= ship_through => {
                         let (_, epoch_last) = log
                             .range_of_epoch(epoch)
                             .expect("epoch of a record in the log");
+                        let epoch_last = epoch_last.min(ship_through);
                         // A config record ends its append (`Append::config`).
                         let end = match log.configs.record_in(next, epoch_last) {
                             Some((at, _)) => at,
@@ -354,6 +367,7 @@ impl Core {
                 shipped = true;
                 let peer = &mut self.st.peers[i];
                 peer.last_sent = Some(now);
+                peer.departing_told |= Core::departing_told_by(peer.departing, &append);
                 if probing {
                     peer.probe_sent_at = Some(now);
                     break;
@@ -389,8 +403,16 @@ impl Core {
                 to,
                 message: Message::Append(append),
             });
-            self.st.peers[i].last_sent = Some(now);
+            let peer = &mut self.st.peers[i];
+            peer.last_sent = Some(now);
+            peer.departing_told |= Core::departing_told_by(peer.departing, &append);
         }
+    }
+
+    /// Whether `append`, sent to a removed node, tells it that the record removing it is
+    /// committed: it reaches that record and carries a commit LSN at or past it.
+    fn departing_told_by(departing: Option<(Lsn, super::Time)>, append: &Append) -> bool {
+        departing.is_some_and(|(lsn, _)| append.last_lsn >= lsn && append.commit_lsn >= lsn)
     }
 
     /// `Append::promote` and `promote_through` for peer `i`: its learner nonce once it durably
@@ -399,7 +421,8 @@ impl Core {
     /// while its lease holds.
     fn replicate_promote(&self, i: usize) -> (u64, Lsn) {
         let peer = &self.st.peers[i];
-        if peer.learner != 0
+        if peer.departing.is_none()
+            && peer.learner != 0
             && peer.learner == peer.learner_seen
             && peer.match_lsn >= peer.promote_through
         {

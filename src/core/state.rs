@@ -273,6 +273,13 @@ pub(crate) struct Peer {
     /// earlier run of the node) and does not overwrite them: an earlier run's "I can vote"
     /// must not make a voter of a wiped successor that cannot.
     pub info_sent_at: Time,
+    /// A node the latest configuration no longer holds, shipped to until it durably holds
+    /// the config record that removed it (`members.rs`, "Removed nodes"): that record's LSN,
+    /// and when this primary stops trying.
+    pub departing: Option<(Lsn, Time)>,
+    /// While departing: an append carrying a commit LSN at or past the removal, and records
+    /// through it, has been sent (the node can then learn that its removal is committed).
+    pub departing_told: bool,
 }
 
 impl Peer {
@@ -295,6 +302,8 @@ impl Peer {
             promote_through: Lsn::ZERO,
             health: super::Health::default(),
             info_sent_at: Time::ZERO,
+            departing: None,
+            departing_told: false,
         }
     }
 }
@@ -440,6 +449,8 @@ pub(crate) struct State {
     pub reported: (Role, Epoch, Option<NodeId>),
     /// The latest configuration last reported with `Action::MembersChanged`.
     pub members_reported: Option<(Lsn, super::Members)>,
+    /// The departing peers last reported with `Action::PeersDeparting` (bit `id - 1`).
+    pub departing_reported: u64,
 }
 
 impl State {
@@ -507,7 +518,22 @@ impl State {
                         "epoch start record"
                     );
                 }
+                let (latest_lsn, latest) = log.configs.latest();
+                let mut departing = 0u64;
                 for peer in &self.peers {
+                    // A peer is a member of the latest configuration, or a removed node being
+                    // told of its removal (`members.rs`, "Removed nodes"), never both.
+                    match peer.departing {
+                        None => assert!(latest.contains(peer.id), "peer {} not a member", peer.id),
+                        Some((lsn, _)) => {
+                            assert!(
+                                !latest.contains(peer.id) && lsn <= latest_lsn,
+                                "departing peer {} a member, or removed past the latest configuration",
+                                peer.id
+                            );
+                            departing |= super::Members::bit(peer.id).unwrap_or(0);
+                        }
+                    }
                     assert!(
                         peer.match_lsn <= peer.acked_lsn,
                         "peer {} match above acked",
@@ -526,6 +552,10 @@ impl State {
                         log.last_lsn
                     );
                 }
+                assert_eq!(
+                    departing, self.departing_reported,
+                    "departing peers not as reported"
+                );
             }
             Role::Candidate => {
                 assert!(!self.learner, "a learner stands for election");
@@ -541,6 +571,10 @@ impl State {
                 assert!(self.switchover.is_none(), "candidate with a switchover");
             }
             Role::Backup => {
+                assert_eq!(
+                    self.departing_reported, 0,
+                    "a backup reports departing peers"
+                );
                 assert!(self.primary != Some(node_id), "backup thinks it is primary");
                 assert!(self.switchover.is_none(), "backup with a switchover");
                 if let Some(election) = &self.election {

@@ -2482,6 +2482,25 @@ fn config_written(out: &[Action]) -> Option<(Lsn, Members)> {
     })
 }
 
+/// The last `PeersDeparting` among `out`.
+fn departing(out: &[Action]) -> Option<u64> {
+    out.iter().rev().find_map(|a| match a {
+        Action::PeersDeparting { ids } => Some(*ids),
+        _ => None,
+    })
+}
+
+/// The last LSN of the last append with records sent to `to` among `out`.
+fn appended_through(out: &[Action], to: NodeId) -> Option<Lsn> {
+    out.iter().rev().find_map(|a| match a {
+        Action::Send {
+            to: dest,
+            message: Message::Append(append),
+        } if *dest == to && append.last_lsn >= append.first_lsn => Some(append.last_lsn),
+        _ => None,
+    })
+}
+
 /// Every `MembersChanged` among `out`.
 fn members_changed(out: &[Action]) -> Vec<(Lsn, Members)> {
     out.iter()
@@ -2884,11 +2903,13 @@ fn an_added_learner_is_shipped_to_counts_for_nothing_and_is_promoted_once_caught
     assert!(core.members().is_voter(N4));
 }
 
-/// Removing a member drops it from the primary's peers: nothing is sent to it any more and
-/// its answers are ignored; commit then counts a majority of the smaller configuration (two
-/// of {2, 3, 4}: a majority of four voters is three).
+/// Removing a member: the primary ships to it until it durably holds the record that removed
+/// it and has been sent an append saying that record is committed (`members.rs`, "Removed
+/// nodes"), then lets it go; its answers count for nothing meanwhile, and commit counts a
+/// majority of the smaller configuration (two of {2, 3, 4}: a majority of four voters is
+/// three).
 #[test]
-fn a_removed_member_is_no_longer_shipped_to_and_commit_needs_fewer_copies() {
+fn a_removed_member_is_told_of_its_removal_then_let_go_and_commit_needs_fewer_copies() {
     let mut core = committed_primary(config(N1, &[1, 2, 3, 4, 5]));
     propose(&mut core, 615);
     durable(&mut core, 5);
@@ -2896,36 +2917,127 @@ fn a_removed_member_is_no_longer_shipped_to_and_commit_needs_fewer_copies() {
     assert_eq!(committed(&out), None, "two backups of five are needed");
     let out = receive(&mut core, 617, N3, ack(2, 5, 615, 0));
     assert_eq!(committed(&out), Some(Lsn(5)));
+    receive(&mut core, 618, N5, ack(2, 5, 615, 0));
 
     let out = propose_members(&mut core, 620, MembersChange::Remove(N5));
     let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
     assert_eq!(config_written(&out), Some((Lsn(6), four)), "{out:?}");
     assert_eq!(members_changed(&out), vec![(Lsn(6), four)]);
-    assert!(!sent_to(&out, N5), "{out:?}");
-    let peers: Vec<NodeId> = core.status().peers.iter().map(|p| p.node_id).collect();
-    assert_eq!(peers, [N2, N3, N4]);
+    let departing_n5 = Members::bit(N5).unwrap();
+    assert_eq!(departing(&out), Some(departing_n5), "{out:?}");
+    let departing_at = out
+        .iter()
+        .position(|a| matches!(a, Action::PeersDeparting { .. }));
+    let changed_at = out
+        .iter()
+        .position(|a| matches!(a, Action::MembersChanged { .. }));
+    assert!(
+        departing_at < changed_at,
+        "the shell hears of the departing node while it still has its address: {out:?}"
+    );
+    assert!(
+        !sent_to(&out, N5),
+        "nothing goes to it until its removal is committed: {out:?}"
+    );
     durable(&mut core, 6);
-    receive(&mut core, 625, N2, ack(2, 6, 620, 0));
-    receive(&mut core, 626, N3, ack(2, 6, 620, 0));
-    assert_eq!(core.commit_lsn(), Lsn(6));
+    let out = receive(&mut core, 626, N2, ack(2, 6, 620, 0));
+    assert_eq!(committed(&out), None, "one backup of four: {out:?}");
+    let out = receive(&mut core, 627, N3, ack(2, 6, 620, 0));
+    assert_eq!(committed(&out), Some(Lsn(6)));
 
+    // Committed: the log through the removal goes to it, saying it is committed; once it
+    // holds the record, the next tick lets it go.
     let out = step(&mut core, Input::Tick { now: ms(700) });
+    assert_eq!(appended_through(&out, N5), Some(Lsn(6)), "{out:?}");
+    assert_eq!(departing(&out), None);
+    let out = propose(&mut core, 710);
+    assert!(!sent_to(&out, N5), "records past its removal: {out:?}");
+    let out = step(&mut core, Input::Tick { now: ms(760) });
+    assert_eq!(
+        departing(&out),
+        None,
+        "not let go before it holds it: {out:?}"
+    );
+    receive(&mut core, 765, N5, ack(2, 6, 700, 0));
+    let out = step(&mut core, Input::Tick { now: ms(820) });
+    assert_eq!(departing(&out), Some(0), "{out:?}");
     assert!(!sent_to(&out, N5), "{out:?}");
     for to in [N2, N3, N4] {
         assert!(sent_to(&out, to), "heartbeat to {to}: {out:?}");
     }
-    propose(&mut core, 710);
+    let peers: Vec<NodeId> = core.status().peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(peers, [N2, N3, N4]);
     durable(&mut core, 7);
-    let out = receive(&mut core, 715, N5, ack(2, 7, 710, 0));
+    let out = receive(&mut core, 825, N5, ack(2, 7, 820, 0));
     assert!(out.is_empty(), "a removed node's answer: {out:?}");
-    let out = receive(&mut core, 716, N2, ack(2, 7, 710, 0));
+    let out = receive(&mut core, 826, N2, ack(2, 7, 820, 0));
     assert_eq!(
         committed(&out),
         None,
         "one backup of four is not a majority"
     );
-    let out = receive(&mut core, 717, N4, ack(2, 7, 710, 0));
+    let out = receive(&mut core, 827, N4, ack(2, 7, 820, 0));
     assert_eq!(committed(&out), Some(Lsn(7)), "two backups of four are");
+}
+
+/// A removed node that never takes its removal (down, cut off) is shipped to for
+/// `DEPARTING_TIMEOUTS` failover timeouts, then let go; one re-added before that is a member
+/// again and stays.
+#[test]
+fn a_removed_member_that_never_answers_is_let_go_and_one_added_back_stays() {
+    let mut core = committed_primary(config(N1, &[1, 2, 3, 4]));
+    let out = propose_members(&mut core, 620, MembersChange::Remove(N4));
+    assert_eq!(departing(&out), Some(Members::bit(N4).unwrap()), "{out:?}");
+    for n in [N2, N3] {
+        receive(&mut core, 625, n, ack(2, 5, 620, 0));
+    }
+    durable(&mut core, 5);
+    assert_eq!(core.commit_lsn(), Lsn(5));
+    // 20 failover timeouts of 500 ms from the removal, the others answering throughout.
+    for at in (700..=10_600).step_by(100) {
+        let out = step(&mut core, Input::Tick { now: ms(at) });
+        assert!(sent_to(&out, N4), "still tried at {at} ms: {out:?}");
+        for n in [N2, N3] {
+            receive(&mut core, at + 1, n, ack(2, 5, at, 0));
+        }
+    }
+    let out = step(&mut core, Input::Tick { now: ms(10_620) });
+    assert_eq!(departing(&out), Some(0), "{out:?}");
+    assert!(!sent_to(&out, N4), "{out:?}");
+
+    // Removed, then added back as a learner before it was let go: a member, not departing,
+    // and known afresh: what it said before its removal (here: that it holds LSN 4 and can
+    // vote) may be of a run that has since lost its disk, and must not make it a voter.
+    let mut core = committed_primary(config(N1, &[1, 2, 3, 4]));
+    propose_members(&mut core, 620, MembersChange::Remove(N4));
+    for n in [N2, N3] {
+        receive(&mut core, 625, n, ack(2, 5, 620, 0));
+    }
+    durable(&mut core, 5);
+    let out = propose_members(&mut core, 630, MembersChange::AddLearner(N4));
+    assert!(config_written(&out).is_some(), "{out:?}");
+    assert_eq!(departing(&out), Some(0), "{out:?}");
+    assert!(sent_to(&out, N4), "{out:?}");
+    let n4 = |core: &Core| {
+        core.status()
+            .peers
+            .into_iter()
+            .find(|p| p.node_id == N4)
+            .expect("a peer")
+    };
+    assert_eq!(n4(&core).match_lsn, Lsn::ZERO);
+    assert!(n4(&core).last_ack.is_none());
+    for at in (700..=11_000).step_by(100) {
+        let out = step(&mut core, Input::Tick { now: ms(at) });
+        assert!(
+            sent_to(&out, N4),
+            "a member is never let go ({at} ms): {out:?}"
+        );
+        for n in [N2, N3] {
+            receive(&mut core, at + 1, n, ack(2, 6, at, 0));
+        }
+    }
+    assert_eq!(core.members().role(N4), Some(MemberRole::Learner));
 }
 
 /// A removal's record is committed only with a copy that an election in the old

@@ -553,26 +553,58 @@ impl super::Shell {
     }
 
     /// `Action::MembersChanged`: dial the members of the new configuration, at the addresses
-    /// the log gives, and stop dialling the others.
+    /// the log gives, and stop dialling the others (but the departing).
     pub(super) fn members_changed(&mut self, lsn: Lsn, members: Members) {
         let first = self.members_now.1.is_empty();
         self.members_now = (lsn, members);
-        let addrs = addrs_for(
+        self.dial_peers();
+        if !first {
+            info!(%lsn, %members, "configuration changed");
+        }
+        if !members.contains(self.config.node_id) {
+            warn!(%members, "this node is not a member of the latest configuration it knows (it was removed): it no longer stands for election nor counts for anything; stop it, or add it back with `understudy members add`");
+        }
+        self.publish_status();
+    }
+
+    /// `Action::PeersDeparting`: keep dialling these removed nodes, at the addresses they
+    /// were dialled at as members, until the core lets them go.
+    pub(super) fn peers_departing(&mut self, ids: u64) {
+        let departing = |id: NodeId| Members::bit(id).is_some_and(|bit| ids & bit != 0);
+        self.departing.retain(|&id, _| departing(id));
+        let known = self.book.addresses();
+        for id in (1..=crate::core::MEMBERS_MAX as u16).map(NodeId) {
+            if !departing(id) || self.departing.contains_key(&id) {
+                continue;
+            }
+            match self.net.addr_of(id).or_else(|| known.get(&id).cloned()) {
+                Some(addr) => {
+                    info!(node = %id, "shipping to a removed node until it holds its removal");
+                    self.departing.insert(id, addr);
+                }
+                None => {
+                    warn!(node = %id, "no address known for a removed node; it is not told of its removal")
+                }
+            }
+        }
+        self.dial_peers();
+    }
+
+    /// Points the transport at the latest configuration's members and the departing nodes.
+    fn dial_peers(&mut self) {
+        let (lsn, members) = self.members_now;
+        let mut addrs = addrs_for(
             &self.book,
             lsn,
             members,
             self.config.node_id,
             &self.config.peers,
         );
+        for (&id, addr) in &self.departing {
+            addrs.entry(id).or_insert_with(|| addr.clone());
+        }
         let ids: Vec<NodeId> = members.ids().collect();
         self.net.set_peers(lsn.get(), &ids, &addrs);
-        if !first {
-            info!(%lsn, %members, "configuration changed");
-        }
-        if !members.contains(self.config.node_id) {
-            warn!(%members, "this node is not a member of the latest configuration it knows: it stands and votes for nothing");
-        }
-        self.publish_status();
     }
 
     /// Before the log's prefix is cut through `through`: store the configuration in effect

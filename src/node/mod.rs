@@ -332,6 +332,9 @@ struct Shell {
     book: members::Book,
     /// The latest configuration as the core last reported it.
     members_now: (Lsn, core::Members),
+    /// Removed nodes the core still ships to until they hold their removal
+    /// (`Action::PeersDeparting`), with the addresses they were dialled at.
+    departing: BTreeMap<NodeId, crate::config::PeerAddr>,
     /// A membership change written and not yet committed: its LSN and who waits for it.
     members_pending: Option<(Lsn, oneshot::Sender<MembersReply>)>,
     /// The address of the member an add is about to write (`Request::Members`).
@@ -507,6 +510,7 @@ impl Shell {
                 }
             }
             Action::MembersChanged { lsn, members } => self.members_changed(lsn, members),
+            Action::PeersDeparting { ids } => self.peers_departing(ids),
             Action::TruncateSuffix { keep_through } => {
                 assert!(
                     keep_through >= self.commit_lsn,
@@ -1665,6 +1669,7 @@ pub async fn run(
         follow_status,
         book,
         members_now,
+        departing: BTreeMap::new(),
         members_pending: None,
         members_adding: None,
         members_stored: None,

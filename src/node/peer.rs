@@ -336,6 +336,11 @@ impl PeerNet {
         }
     }
 
+    /// Where the transport dials peer `id` now, if it does.
+    pub fn addr_of(&self, id: NodeId) -> Option<PeerAddr> {
+        self.config.addr_of(id)
+    }
+
     /// Queues a message for `to`; drops it if the queue is full, by count or by record bytes
     /// (as a lossy network would).
     pub fn send(&self, to: NodeId, outbound: Outbound) {

@@ -1910,6 +1910,8 @@ impl Sim {
             Action::MembersChanged { lsn, members } => {
                 self.nodes[node].reported = (lsn, members);
             }
+            // The simulated network reaches every node: nothing to dial.
+            Action::PeersDeparting { .. } => {}
             Action::WriteProposed {
                 first_lsn,
                 last_lsn,
