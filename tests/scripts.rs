@@ -182,6 +182,15 @@ fn kill_during_a_snapshot_and_a_snapshot_transfer_loses_nothing() {
     run_script("kill_snapshot.sh", &["--cycles", "2"]);
 }
 
+/// A member removed (a backup, then the primary, then a backup) while it keeps running must
+/// learn of its removal; then it is wiped, added back, becomes a voter again and takes over.
+/// The third node wiped catches up from a primary absent from some of the log's
+/// configurations.
+#[test]
+fn removed_members_learn_of_it_and_come_back_wiped_losing_nothing() {
+    run_script("membership_churn.sh", &["--cycles", "3"]);
+}
+
 #[test]
 fn rolling_restart_with_sigterm_loses_nothing() {
     run_script("rolling_restart.sh", &["--rounds", "1"]);

@@ -590,18 +590,35 @@ impl super::Shell {
         self.dial_peers();
     }
 
-    /// Points the transport at the latest configuration's members and the departing nodes.
-    fn dial_peers(&mut self) {
+    /// Points the transport at the latest configuration's members, the departing nodes, and
+    /// the primary this node follows even when its latest configuration does not hold it: a
+    /// node catching up replays the log's configurations, and one of them may predate the
+    /// primary's (re-)addition; its answers must still reach the primary, or the primary's
+    /// window fills and the node never gets past that record.
+    pub(super) fn dial_peers(&mut self) {
         let (lsn, members) = self.members_now;
-        let mut addrs = addrs_for(
-            &self.book,
-            lsn,
-            members,
-            self.config.node_id,
-            &self.config.peers,
-        );
+        let own = self.config.node_id;
+        let mut addrs = addrs_for(&self.book, lsn, members, own, &self.config.peers);
         for (&id, addr) in &self.departing {
             addrs.entry(id).or_insert_with(|| addr.clone());
+        }
+        if let Some(primary) = self
+            .primary
+            .filter(|&p| p != own && !addrs.contains_key(&p))
+        {
+            let addr = self
+                .net
+                .addr_of(primary)
+                .or_else(|| self.book.addresses().get(&primary).cloned())
+                .or_else(|| self.config.peers.get(&primary).cloned());
+            match addr {
+                Some(addr) => {
+                    addrs.insert(primary, addr);
+                }
+                None => {
+                    warn!(node = %primary, "no address known for the primary outside this node's configuration; its answers cannot reach it")
+                }
+            }
         }
         let ids: Vec<NodeId> = members.ids().collect();
         self.net.set_peers(lsn.get(), &ids, &addrs);
