@@ -43,13 +43,19 @@ start_cluster
 # Every node a voter before the cut: a node cut off before it caught up stays a learner
 # (an empty data dir in a cluster that has a log), and with the damaged one that would
 # leave a single voter, and no primary even once the old one is back.
+# (The status is read whole before grep: `admin_get | grep -q` fails under pipefail when
+# grep stops reading early and the writer gets SIGPIPE.)
+is_voter() {
+    local status
+    status=$(admin_get "${ADMIN_PORT[$1]}" /status 2>/dev/null) || return 1
+    grep -q '"standing": *"voter"' <<<"$status"
+}
 for id in "${NODES[@]}"; do
     for _ in $(seq 1 100); do
-        admin_get "${ADMIN_PORT[$id]}" /status 2>/dev/null | grep -q '"standing": *"voter"' && break
+        is_voter "$id" && break
         sleep 0.1
     done
-    admin_get "${ADMIN_PORT[$id]}" /status 2>/dev/null | grep -q '"standing": *"voter"' \
-        || fail "node $id is not a voter 10 s after the start"
+    is_voter "$id" || fail "node $id is not a voter 10 s after the start"
 done
 a=$PRIMARY
 b=$(other_than "$a")
