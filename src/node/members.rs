@@ -570,11 +570,12 @@ impl super::Shell {
     /// `Action::PeersDeparting`: keep dialling these removed nodes, at the addresses they
     /// were dialled at as members, until the core lets them go.
     pub(super) fn peers_departing(&mut self, ids: u64) {
-        let departing = |id: NodeId| Members::bit(id).is_some_and(|bit| ids & bit != 0);
-        self.departing.retain(|&id, _| departing(id));
+        // The bit set read as a configuration of learners, for its id iterator.
+        let departing = Members::from_bits(0, ids).unwrap_or_default();
+        self.departing.retain(|&id, _| departing.contains(id));
         let known = self.book.addresses();
-        for id in (1..=crate::core::MEMBERS_MAX as u16).map(NodeId) {
-            if !departing(id) || self.departing.contains_key(&id) {
+        for id in departing.ids() {
+            if self.departing.contains_key(&id) {
                 continue;
             }
             match self.net.addr_of(id).or_else(|| known.get(&id).cloned()) {
