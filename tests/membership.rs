@@ -404,3 +404,54 @@ async fn a_change_racing_the_primarys_death_leaves_one_configuration() {
     wait_voters(&cluster, via, &[1, 2, 3, 4], Duration::from_secs(20));
     finish(&drivers, writers, &[1, 2, 3, 4]).await;
 }
+
+/// A voter that was down while the cluster changed around it: it comes back knowing an old
+/// configuration that lacks the node that must now be elected, and must still answer it.
+///
+/// Voter V is down while node 4 is added and another founder removed, so the configuration
+/// is {primary, V, 4}. Then the primary dies and V comes back: only V and 4 are left, 4
+/// alone has the whole log, and 4 needs V's vote. V's log names 4 nowhere, so its answers
+/// reach 4 only because the transport dials back the address 4 announced in its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_behind_on_the_configuration_answers_a_candidate_it_does_not_know() {
+    let mut cluster = cluster_of(3, 4);
+    let drivers = connect_some(&cluster, &[1, 2, 3]).await;
+    let primary = wait_primary(&drivers, None).await;
+    let writers = start_writers(&drivers, 2).await;
+    let backups: Vec<u16> = (1..=3).filter(|&id| id != primary).collect();
+    let (behind, removed) = (backups[0], backups[1]);
+    cluster.kill(behind);
+    set_driver(&drivers, behind, None);
+    let mut four = vec![1u64, 2, 3, 4];
+    add_and_start(&mut cluster, &drivers, primary, 4, &four).await;
+    let (ok, text) = members(&cluster, primary, &["remove", &removed.to_string()]);
+    assert!(ok, "members remove {removed}: {text}");
+    four.retain(|&id| id != u64::from(removed));
+    wait_voters(&cluster, primary, &four, Duration::from_secs(10));
+    wait_voters(&cluster, 4, &four, Duration::from_secs(10));
+    cluster.kill(removed);
+    set_driver(&drivers, removed, None);
+    let before = writers.1.lock().unwrap().acked.len();
+    cluster.kill(primary);
+    set_driver(&drivers, primary, None);
+    cluster.start_node(behind);
+    set_driver(
+        &drivers,
+        behind,
+        Some(connect(&cluster.node(behind).app_socket).await),
+    );
+    assert_eq!(wait_primary(&drivers, Some(primary)).await, 4);
+    assert!(
+        acked_beyond(&writers.1, before + 200, Duration::from_secs(10)),
+        "writes did not resume under node 4"
+    );
+    // The node that was behind learns the configuration from its new primary.
+    wait_voters(&cluster, behind, &four, Duration::from_secs(10));
+    cluster.start_node(primary);
+    set_driver(
+        &drivers,
+        primary,
+        Some(connect(&cluster.node(primary).app_socket).await),
+    );
+    finish(&drivers, writers, &[primary, behind, 4]).await;
+}

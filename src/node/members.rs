@@ -595,7 +595,9 @@ impl super::Shell {
     /// the primary this node follows even when its latest configuration does not hold it: a
     /// node catching up replays the log's configurations, and one of them may predate the
     /// primary's (re-)addition; its answers must still reach the primary, or the primary's
-    /// window fills and the node never gets past that record.
+    /// window fills and the node never gets past that record. (The transport would also
+    /// answer it at the address it announced when it connected, `PeerNet::send`; dialling it
+    /// here keeps the link across configuration changes rather than until the next one.)
     pub(super) fn dial_peers(&mut self) {
         let (lsn, members) = self.members_now;
         let own = self.config.node_id;
@@ -617,7 +619,7 @@ impl super::Shell {
                     addrs.insert(primary, addr);
                 }
                 None => {
-                    warn!(node = %primary, "no address known for the primary outside this node's configuration; its answers cannot reach it")
+                    warn!(node = %primary, "no address known for the primary outside this node's configuration; answering it only at the address it announced, if it did")
                 }
             }
         }

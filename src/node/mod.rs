@@ -1460,6 +1460,7 @@ pub async fn run(
         })),
         client_addr: config.client_addr,
         admin_addr: config.admin_addr,
+        peer_addr: config.peers.get(&config.node_id).cloned(),
         // In follow mode a reply must pass this node's client port, which holds it until
         // the application's changes are committed (the reply barrier): the application is
         // not announced, so backups forward to the client port instead.

@@ -29,7 +29,7 @@ use super::clock::BootInstant;
 use crate::config::{ClusterSecret, PeerAddr};
 use crate::core::Message;
 use crate::proto::peer::{
-    addr_text, encode_head, encode_message_head, DecodeError, Frame, Hello, PeerCodec,
+    encode_head, encode_message_head, proof_text, DecodeError, Frame, Hello, PeerCodec,
     ACCEPTOR_LABEL, DIALLER_LABEL, NONCE_LEN, PROTOCOL_VERSION,
 };
 use crate::NodeId;
@@ -143,6 +143,10 @@ pub struct PeerConfig {
     pub client_addr: Option<SocketAddr>,
     /// This node's admin address, told to peers in the handshake.
     pub admin_addr: Option<SocketAddr>,
+    /// Where peers reach this node (its own entry in `--peers`), told to them in the
+    /// handshake so that one whose configuration does not name this node yet can still
+    /// answer it ([`PeerNet::send`]).
+    pub peer_addr: Option<PeerAddr>,
     /// Where this node's application serves clients, told to peers in the handshake so
     /// that their client ports forward to it directly while this node is primary. `None`
     /// where clients must pass this node's own client port (follow mode: its reply barrier).
@@ -226,11 +230,13 @@ pub struct PeerNet {
 }
 
 /// What a peer announced in its handshake.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Announced {
     pub client: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub app: Option<SocketAddr>,
+    /// Where it accepts peer connections.
+    pub peer: Option<PeerAddr>,
     /// The address the peer's connection came from (its host, as this node sees it).
     pub remote: Option<SocketAddr>,
 }
@@ -303,6 +309,8 @@ impl PeerNet {
             membership.addrs = addrs.clone();
         }
         let own = self.config.node_id;
+        // Links dialled only to answer a node outside the configuration go too: the next
+        // answer dials again, at the address announced by then.
         self.queues.retain(|id, queue| {
             let keep = addrs.get(id) == Some(&queue.addr);
             if !keep {
@@ -315,25 +323,39 @@ impl PeerNet {
             if peer == own || self.queues.contains_key(&peer) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
-            let flag = Arc::new(AtomicBool::new(false));
-            let stop = self.shutdown.child_token();
-            self.queues.insert(
-                peer,
-                PeerQueue {
-                    tx,
-                    bytes: Arc::new(AtomicUsize::new(0)),
-                    addr: addr.clone(),
-                    stop: stop.clone(),
-                },
-            );
-            self.connected.insert(peer, Arc::clone(&flag));
-            let span = tracing::info_span!("peer", peer = %peer, %addr, dir = "out");
-            self.tracker.spawn(
-                dial_loop(Arc::clone(&self.config), peer, addr.clone(), rx, flag, stop)
-                    .instrument(span),
-            );
+            self.link(peer, addr.clone());
         }
+    }
+
+    /// Starts dialling `peer` at `addr`, with a fresh queue.
+    fn link(&mut self, peer: NodeId, addr: PeerAddr) -> &PeerQueue {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
+        let flag = Arc::new(AtomicBool::new(false));
+        let stop = self.shutdown.child_token();
+        self.connected.insert(peer, Arc::clone(&flag));
+        let span = tracing::info_span!("peer", peer = %peer, %addr, dir = "out");
+        self.tracker.spawn(
+            dial_loop(
+                Arc::clone(&self.config),
+                peer,
+                addr.clone(),
+                rx,
+                flag,
+                stop.clone(),
+            )
+            .instrument(span),
+        );
+        let before = self.queues.insert(
+            peer,
+            PeerQueue {
+                tx,
+                bytes: Arc::new(AtomicUsize::new(0)),
+                addr,
+                stop,
+            },
+        );
+        assert!(before.is_none(), "peer {peer} linked twice");
+        &self.queues[&peer]
     }
 
     /// Where the transport dials peer `id` now, if it does.
@@ -343,9 +365,27 @@ impl PeerNet {
 
     /// Queues a message for `to`; drops it if the queue is full, by count or by record bytes
     /// (as a lossy network would).
-    pub fn send(&self, to: NodeId, outbound: Outbound) {
-        let Some(queue) = self.queues.get(&to) else {
+    ///
+    /// A node this one does not dial (outside its latest configuration, and neither
+    /// departing nor the primary it follows) is answered at the peer address it announced
+    /// when it connected: a candidate added while this node was down asks for its vote
+    /// before this node has the record that names it, and an election that needs this
+    /// node's vote would otherwise never end. Such a link lasts until the transport's
+    /// peers are next set ([`PeerNet::set_peers`]).
+    pub fn send(&mut self, to: NodeId, outbound: Outbound) {
+        if to == self.config.node_id {
             return;
+        }
+        let queue = match self.queues.get(&to) {
+            Some(queue) => queue,
+            None => {
+                let Some(addr) = self.announced(to).peer else {
+                    debug!(peer = %to, "no link to the peer and no address it announced; message dropped");
+                    return;
+                };
+                info!(peer = %to, %addr, "answering a node outside this node's configuration at the peer address it announced");
+                self.link(to, addr)
+            }
         };
         let bytes: usize = outbound.records.iter().map(Bytes::len).sum();
         if bytes > 0 {
@@ -400,7 +440,7 @@ impl PeerNet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&peer)
-            .copied()
+            .cloned()
             .unwrap_or_default()
     }
 }
@@ -618,20 +658,21 @@ pub(super) async fn dial_handshake(
                     "the peer does not hold the cluster secret".into(),
                 ));
             }
-            let app = addr_text(config.app_addr);
+            let text = proof_text(config.app_addr, config.peer_addr.as_ref());
             let proof = secret.mac(&[
                 DIALLER_LABEL,
                 &ids,
                 &nonce_a,
                 &nonce_d,
                 &members,
-                app.as_bytes(),
+                text.as_bytes(),
             ]);
             write_frame_half(
                 &mut writer,
                 &Frame::Proof {
                     tag: proof,
                     app_addr: config.app_addr,
+                    peer_addr: config.peer_addr.clone(),
                 },
             )
             .await?;
@@ -1064,9 +1105,13 @@ async fn accept_handshake(
         },
     )
     .await?;
-    let app_addr = match read_frame(reader).await? {
-        Frame::Proof { tag, app_addr } => {
-            let app = addr_text(app_addr);
+    let (app_addr, peer_addr) = match read_frame(reader).await? {
+        Frame::Proof {
+            tag,
+            app_addr,
+            peer_addr,
+        } => {
+            let text = proof_text(app_addr, peer_addr.as_ref());
             if !secret.verify(
                 &[
                     DIALLER_LABEL,
@@ -1074,7 +1119,7 @@ async fn accept_handshake(
                     &nonce_a,
                     &hello.nonce,
                     &members,
-                    app.as_bytes(),
+                    text.as_bytes(),
                 ],
                 &tag,
             ) {
@@ -1088,7 +1133,7 @@ async fn accept_handshake(
                 .await;
                 return Err(LinkError::Handshake(reason));
             }
-            app_addr
+            (app_addr, peer_addr)
         }
         other => {
             return Err(LinkError::Handshake(format!(
@@ -1102,6 +1147,7 @@ async fn accept_handshake(
             client: hello.client_addr,
             admin: hello.admin_addr,
             app: app_addr,
+            peer: peer_addr,
             // Filled in by the caller, which holds the socket.
             remote: None,
         },

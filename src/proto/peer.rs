@@ -10,7 +10,7 @@
 //! ```text
 //! dialler  -> acceptor  Hello     { version, cluster_id, from, to, nonce_d, members, client_addr, admin_addr }
 //! acceptor -> dialler   Challenge { nonce_a, tag_a = HMAC(secret, "understudy acceptor" | from | to | nonce_d | nonce_a | members) }
-//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d | members | app_addr), app_addr }
+//! dialler  -> acceptor  Proof     { tag_d = HMAC(secret, "understudy dialler"  | from | to | nonce_a | nonce_d | members | app_addr peer_addr), app_addr, peer_addr }
 //! ```
 //!
 //! `members` is the dialler's member list (the ids of its latest configuration, ascending)
@@ -35,6 +35,14 @@
 //! supported (this node speaks 6)`) rather than failing to decode the frame; and the
 //! dialler's tag covers it, so that nobody on the way can send a backup's clients elsewhere.
 //!
+//! The dialler's `peer_addr` is where it accepts peer connections (its own entry in
+//! `--peers`). A node sends only on connections it dials, and dials the members of its
+//! latest configuration; a node that is behind on the configuration would have no way to
+//! answer a member it has not heard of yet (a candidate added while it was down, whose vote
+//! requests reach it because the candidate knows it). The acceptor keeps the address, and
+//! its transport dials it back to answer (`node::peer`). The tag covers it for the same
+//! reason as `app_addr`: nobody on the way can point a node's answers elsewhere.
+//!
 //! # Frames
 //!
 //! All integers are little-endian. Every frame is
@@ -52,7 +60,7 @@
 //! |---|---|---|
 //! | 1 | Hello | version u16, cluster_id u64, from u16, to u16, nonce (32 bytes), members: count u8 then that many ids u16 (ascending), config_lsn u64, previous_cluster_id u64, then the rest as UTF-8: the sender's client address, one space, its admin address (each `IP:PORT`, or empty if it has no such port; no space when both are empty) |
 //! | 2 | Challenge | which u8 (0: the secret of the Hello's cluster_id, 1: of its previous_cluster_id), nonce (32 bytes), tag (32 bytes) |
-//! | 3 | Proof | tag (32 bytes), then the rest as UTF-8: the sender's application address (`IP:PORT`, or empty if it announces none) |
+//! | 3 | Proof | tag (32 bytes), then the rest as UTF-8: the sender's application address (`IP:PORT`, or empty if it announces none), then, if it announces one, a space and its peer address (`HOST:PORT`) |
 //! | 4 | Refuse | reason: UTF-8, the rest of the frame |
 //! | 16 | PreVoteRequest | epoch u64, last_lsn u64, last_epoch u64 |
 //! | 17 | PreVoteResponse | epoch u64, granted u8, voter_epoch u64, health u8, priority u8 |
@@ -122,6 +130,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::config::PeerAddr;
 use crate::core::{Append, AppendResponse, Health, Message};
 use crate::{Epoch, Lsn, NodeId};
 
@@ -135,8 +144,9 @@ use crate::{Epoch, Lsn, NodeId};
 /// (`Hello::previous_cluster_id`, `Frame::Challenge::which`). Version 6 added
 /// `Append::successor`. Version 7 added the application's address to `Proof` (and to the
 /// dialler's tag). Version 8 added `vote_wait` to `VoteResponse` and `AppendResponse` (how
-/// long the sender refuses votes: nodes may run with different failover timeouts).
-pub const PROTOCOL_VERSION: u16 = 8;
+/// long the sender refuses votes: nodes may run with different failover timeouts). Version 9
+/// added the dialler's peer address to `Proof` (and to the dialler's tag).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// The largest frame: one WAL record of the largest payload, plus headers.
 pub const FRAME_LEN_MAX: usize = wal::format::RECORD_PAYLOAD_LEN_MAX + 64 * 1024;
@@ -189,6 +199,8 @@ pub enum Frame {
         tag: [u8; TAG_LEN],
         /// Where the dialler's application serves clients, if it announces it (module docs).
         app_addr: Option<std::net::SocketAddr>,
+        /// Where the dialler accepts peer connections, if it announces it (module docs).
+        peer_addr: Option<PeerAddr>,
     },
     Refuse {
         reason: String,
@@ -456,7 +468,7 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             }
         }
         3 => {
-            if !(TAG_LEN..=TAG_LEN + ADDR_TEXT_LEN_MAX).contains(&len) {
+            if !(TAG_LEN..=TAG_LEN + PROOF_TEXT_LEN_MAX).contains(&len) {
                 return Err(DecodeError::BadLength {
                     kind,
                     len,
@@ -465,9 +477,18 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
             }
             let tag = get_array(body);
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::BadText)?;
+            let (app, peer) = match text.split_once(' ') {
+                Some((app, peer)) => (app, Some(peer)),
+                None => (text, None),
+            };
+            let peer_addr = match peer {
+                Some(peer) => Some(PeerAddr::parse(peer).map_err(|_| DecodeError::BadText)?),
+                None => None,
+            };
             Frame::Proof {
                 tag,
-                app_addr: parse_addr(text)?,
+                app_addr: parse_addr(app)?,
+                peer_addr,
             }
         }
         4 => {
@@ -661,6 +682,21 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, DecodeError> {
 /// The longest address text in a `Proof`: an IPv6 address with a zone index and a port
 /// (`[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535` is 59 bytes), with room.
 const ADDR_TEXT_LEN_MAX: usize = 64;
+/// The longest peer address text: a DNS name of 253 bytes, a colon and a port.
+const PEER_ADDR_TEXT_LEN_MAX: usize = 253 + 1 + 5;
+/// The longest text of a `Proof`: an application address, a space, a peer address.
+const PROOF_TEXT_LEN_MAX: usize = ADDR_TEXT_LEN_MAX + 1 + PEER_ADDR_TEXT_LEN_MAX;
+
+/// The text a `Proof` carries, which the dialler's tag covers: its application address
+/// ([`addr_text`]), then, if it announces one, a space and its peer address.
+pub fn proof_text(app_addr: Option<std::net::SocketAddr>, peer_addr: Option<&PeerAddr>) -> String {
+    let mut text = addr_text(app_addr);
+    if let Some(peer) = peer_addr {
+        text.push(' ');
+        text.push_str(&peer.to_string());
+    }
+    text
+}
 
 /// An address as the frames carry it: `IP:PORT`, or empty for none. The dialler's tag covers
 /// these bytes (module docs).
@@ -721,10 +757,14 @@ pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Bytes {
             dst.put_slice(nonce);
             dst.put_slice(tag);
         }
-        Frame::Proof { tag, app_addr } => {
+        Frame::Proof {
+            tag,
+            app_addr,
+            peer_addr,
+        } => {
             dst.put_u8(3);
             dst.put_slice(tag);
-            dst.put_slice(addr_text(*app_addr).as_bytes());
+            dst.put_slice(proof_text(*app_addr, peer_addr.as_ref()).as_bytes());
         }
         Frame::Refuse { reason } => {
             dst.put_u8(4);
@@ -1170,10 +1210,12 @@ mod tests {
         round_trip(Frame::Proof {
             tag: [3; TAG_LEN],
             app_addr: None,
+            peer_addr: None,
         });
         round_trip(Frame::Proof {
             tag: [4; TAG_LEN],
             app_addr: Some("[fe80::1%2]:6379".parse().unwrap()),
+            peer_addr: None,
         });
         round_trip(Frame::Proof {
             tag: [5; TAG_LEN],
@@ -1182,7 +1224,30 @@ mod tests {
                     .parse()
                     .unwrap(),
             ),
+            peer_addr: None,
         });
+        let longest_name = format!(
+            "{}.{}.{}.{}:65535",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        for (app, peer) in [
+            (None, "127.0.0.1:7001".to_owned()),
+            (Some("10.0.0.1:6379"), "[::1]:7001".to_owned()),
+            (Some("[fe80::1%2]:6379"), "node-2.example:7001".to_owned()),
+            (
+                Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"),
+                longest_name.clone(),
+            ),
+        ] {
+            round_trip(Frame::Proof {
+                tag: [6; TAG_LEN],
+                app_addr: app.map(|a| a.parse().unwrap()),
+                peer_addr: Some(PeerAddr::parse(&peer).unwrap()),
+            });
+        }
         round_trip(Frame::Refuse {
             reason: "wrong cluster".into(),
         });
@@ -1293,6 +1358,16 @@ mod tests {
         assert_eq!(decoded, Frame::Hello(hello(6)));
     }
 
+    /// A `Proof` frame of tag `[1; TAG_LEN]` and `text`, decoded.
+    fn decode_proof(text: &[u8]) -> Result<Option<Frame>, DecodeError> {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le((1 + TAG_LEN + text.len()) as u32);
+        buf.put_u8(3);
+        buf.put_slice(&[1; TAG_LEN]);
+        buf.put_slice(text);
+        decode(&buf).map(|frame| frame.map(|(frame, _)| frame))
+    }
+
     /// The dialler's application address: a proof without one is the tag alone, as before
     /// version 7; an address that does not parse, or is too long, is a bad frame.
     #[test]
@@ -1303,32 +1378,68 @@ mod tests {
                 Frame::Proof {
                     tag: [1; TAG_LEN],
                     app_addr: None,
+                    peer_addr: None,
                 },
                 &mut buf,
             )
             .unwrap();
         assert_eq!(buf.len(), 4 + 1 + TAG_LEN);
-        let proof = |text: &[u8]| {
-            let mut buf = BytesMut::new();
-            buf.put_u32_le((1 + TAG_LEN + text.len()) as u32);
-            buf.put_u8(3);
-            buf.put_slice(&[1; TAG_LEN]);
-            buf.put_slice(text);
-            decode(&buf)
-        };
+        let proof = decode_proof;
         assert_eq!(
-            proof(b"10.1.2.3:6379").unwrap().unwrap().0,
-            Frame::Proof {
+            proof(b"10.1.2.3:6379"),
+            Ok(Some(Frame::Proof {
                 tag: [1; TAG_LEN],
                 app_addr: Some("10.1.2.3:6379".parse().unwrap()),
-            }
+                peer_addr: None,
+            }))
         );
         assert_eq!(proof(b"redis:6379"), Err(DecodeError::BadText));
         assert_eq!(proof(b"10.1.2.3:6379 "), Err(DecodeError::BadText));
         assert!(matches!(
-            proof(&[b'1'; ADDR_TEXT_LEN_MAX + 1]),
+            proof(&[b'1'; PROOF_TEXT_LEN_MAX + 1]),
             Err(DecodeError::BadLength { kind: 3, .. })
         ));
+    }
+
+    /// Since version 9 the dialler's peer address follows its application address, after
+    /// one space; either may be given without the other, and the tag covers the same text.
+    #[test]
+    fn a_proof_carries_the_peer_address_after_the_application_address() {
+        let proof = decode_proof;
+        let peer = |text: &str| Some(PeerAddr::parse(text).unwrap());
+        assert_eq!(
+            proof(b"10.1.2.3:6379 node-2:7001"),
+            Ok(Some(Frame::Proof {
+                tag: [1; TAG_LEN],
+                app_addr: Some("10.1.2.3:6379".parse().unwrap()),
+                peer_addr: peer("node-2:7001"),
+            }))
+        );
+        assert_eq!(
+            proof(b" 127.0.0.1:7001"),
+            Ok(Some(Frame::Proof {
+                tag: [1; TAG_LEN],
+                app_addr: None,
+                peer_addr: peer("127.0.0.1:7001"),
+            }))
+        );
+        assert_eq!(
+            proof_text(None, peer("127.0.0.1:7001").as_ref()),
+            " 127.0.0.1:7001"
+        );
+        assert_eq!(
+            proof_text(
+                Some("10.1.2.3:6379".parse().unwrap()),
+                peer("[::1]:7001").as_ref()
+            ),
+            "10.1.2.3:6379 [::1]:7001"
+        );
+        assert_eq!(proof_text(None, None), "");
+        // A peer address that is not HOST:PORT, or a second space, is a bad frame.
+        assert_eq!(proof(b" node-2"), Err(DecodeError::BadText));
+        assert_eq!(proof(b" node-2:0"), Err(DecodeError::BadText));
+        assert_eq!(proof(b" a:1 b:2"), Err(DecodeError::BadText));
+        assert_eq!(proof(b"  a:1"), Err(DecodeError::BadText));
     }
 
     #[test]

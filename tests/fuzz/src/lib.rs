@@ -405,6 +405,7 @@ pub fn seeds(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         peer::Frame::Proof {
             tag: [3; peer::TAG_LEN],
             app_addr: Some("127.0.0.1:6380".parse().expect("a literal address")),
+            peer_addr: understudy::config::PeerAddr::parse("127.0.0.1:7002").ok(),
         },
         peer::Frame::Refuse {
             reason: "wrong cluster".into(),
