@@ -455,3 +455,35 @@ async fn a_voter_behind_on_the_configuration_answers_a_candidate_it_does_not_kno
     );
     finish(&drivers, writers, &[primary, behind, 4]).await;
 }
+
+/// A removed node that missed its removal (down when it was written) is told of it by the
+/// next primary, even though the primary that wrote it died before the node came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_primary_tells_a_node_removed_while_it_was_down() {
+    let mut cluster = cluster_of(4, 4);
+    let drivers = connect_some(&cluster, &[1, 2, 3, 4]).await;
+    let primary = wait_primary(&drivers, None).await;
+    let writers = start_writers(&drivers, 2).await;
+    let removed = (1..=4).find(|&id| id != primary).unwrap();
+    cluster.kill(removed);
+    set_driver(&drivers, removed, None);
+    let (ok, text) = members(&cluster, primary, &["remove", &removed.to_string()]);
+    assert!(ok, "members remove {removed}: {text}");
+    let three: Vec<u64> = (1..=4u64).filter(|&id| id != u64::from(removed)).collect();
+    wait_voters(&cluster, primary, &three, Duration::from_secs(10));
+    cluster.kill(primary);
+    set_driver(&drivers, primary, None);
+    let next = wait_primary(&drivers, Some(primary)).await;
+    cluster.start_node(removed);
+    // Its log still makes it a voter of four; the new primary ships it the removal.
+    wait_voters(&cluster, removed, &three, Duration::from_secs(10));
+    cluster.start_node(primary);
+    set_driver(
+        &drivers,
+        primary,
+        Some(connect(&cluster.node(primary).app_socket).await),
+    );
+    let remaining: Vec<u16> = three.iter().map(|&id| id as u16).collect();
+    assert!(remaining.contains(&next));
+    finish(&drivers, writers, &remaining).await;
+}

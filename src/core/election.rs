@@ -670,6 +670,20 @@ impl Core {
             }
             self.st.peers.push(peer);
         }
+        //    And a node that the latest configuration removed: told of its removal as the
+        //    primary that wrote it would have, had it lived to (`members.rs`, "Removed
+        //    nodes"); nothing goes to it before the epoch-start record commits the removal.
+        if let Some((removal, removed)) = self.st.log.configs.removed_by_latest() {
+            let give_up = now + self.config.failover_timeout * super::members::DEPARTING_TIMEOUTS;
+            for id in removed.ids_owned() {
+                if id != self.config.node_id {
+                    let mut peer = Peer::new(id, lsn, now);
+                    peer.departing = Some((removal, give_up));
+                    self.st.peers.push(peer);
+                }
+            }
+        }
+        self.departing_report(out);
         self.st.members_reported = Some(self.st.log.configs.latest());
         // 3. A cluster still on its seed writes the seed's record, so that the log holds the
         //    configuration from now on (`members.rs`). No change: safe at any time.

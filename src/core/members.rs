@@ -76,9 +76,13 @@
 //! count the latest configuration's voters only), is never told to vote (`Append::promote`)
 //! nor sent a snapshot (one that would need it is let go at once), and one that has not taken
 //! its removal `DEPARTING_TIMEOUTS` failover timeouts after it was written (down, cut off) is
-//! let go too. Only the primary that wrote the removal does this; a later primary ships to
-//! members only, so a removed node that missed both learns nothing and keeps asking, refused,
-//! as before.
+//! let go too. A primary elected with a removal as its latest configuration does the same
+//! (`election_become_primary`): the primary that wrote it may have failed before the removed
+//! node took the record, or before the record was committed, and the new one commits it with
+//! its epoch-start record. It may tell a node that was told already (it is let go on its first
+//! answer) or one long stopped (let go after the timeouts). Removals older than the latest
+//! configuration are not told again: a removed node that missed every primary of its removal
+//! learns nothing and keeps asking for pre-votes, refused.
 //!
 //! The simulator's `SIM_BREAK=members` switches rule 2 off (`skip_single_change`: a
 //! promotion makes every learner a voter at once, and a change may follow the previous one
@@ -339,6 +343,20 @@ impl Configs {
         self.entries[i.max(1) - 1]
     }
 
+    /// The latest config record's LSN and the members it removed (none, or one: changes are
+    /// single), if the log holds the configuration before it.
+    pub fn removed_by_latest(&self) -> Option<(Lsn, Members)> {
+        let [.., (_, before), (at, latest)] = self.entries[..] else {
+            return None;
+        };
+        let removed = Members::from_bits(
+            0,
+            (before.voter_bits() | before.learner_bits())
+                & !(latest.voter_bits() | latest.learner_bits()),
+        )?;
+        (!removed.is_empty()).then_some((at, removed))
+    }
+
     /// The first config record in `first..=last`, if any.
     pub fn record_in(&self, first: Lsn, last: Lsn) -> Option<(Lsn, Members)> {
         let i = self.entries.partition_point(|&(at, _)| at < first);
@@ -409,7 +427,7 @@ use super::{Action, Core, Role};
 
 /// How many failover timeouts a primary keeps shipping to a removed node that has not taken
 /// the record removing it ("Removed nodes"): one that is down or cut off is let go then.
-const DEPARTING_TIMEOUTS: u32 = 20;
+pub(super) const DEPARTING_TIMEOUTS: u32 = 20;
 
 impl Core {
     /// `Input::ProposeMembers`: the operator's change, checked against the rules.

@@ -2980,6 +2980,79 @@ fn a_removed_member_is_told_of_its_removal_then_let_go_and_commit_needs_fewer_co
     assert_eq!(committed(&out), Some(Lsn(7)), "two backups of four are");
 }
 
+/// A primary elected with a removal as its latest configuration tells the removed node, as
+/// the primary that wrote it would have: that one may have died before the node took the
+/// record. Nothing goes to the node before the epoch-start record commits the removal, then
+/// the log through the removal and no further; it is let go once it holds the record.
+#[test]
+fn a_new_primary_tells_the_node_its_latest_configuration_removed() {
+    const N4: NodeId = NodeId(4);
+    let three = Members::voters_of(&[N1, N2, N3]).unwrap();
+    // The seed {1, 2, 3, 4}; the record at LSN 5, of epoch 1, removed node 4.
+    let mut core = new_core(
+        config(N1, &[1, 2, 3, 4]),
+        with_configs(log_of(&[(1, 5)]), &[(5, three)]),
+        meta_epoch_1(),
+    );
+    let out = elect_with(&mut core, &[N2]);
+    assert_eq!(departing(&out), Some(Members::bit(N4).unwrap()), "{out:?}");
+    assert!(
+        !sent_to(&out, N4),
+        "nothing before the removal is committed: {out:?}"
+    );
+    let peers: Vec<NodeId> = core.status().peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(peers, [N2, N3, N4]);
+    let out = step(&mut core, Input::Tick { now: ms(620) });
+    assert!(!sent_to(&out, N4), "{out:?}");
+    // The epoch start (LSN 6) durable here and on node 2: the removal is committed.
+    durable(&mut core, 6);
+    let out = receive(&mut core, 625, N2, ack(2, 6, 601, 0));
+    assert_eq!(committed(&out), Some(Lsn(6)));
+    // Node 4 lacks the removal (the old primary never shipped it): its probe is refused, and
+    // the record at LSN 5 goes to it, with the commit, but not the epoch start at 6.
+    let out = step(&mut core, Input::Tick { now: ms(660) });
+    for append in appends_to(&out, N4) {
+        assert!(append.last_lsn <= Lsn(5), "past its removal: {append:?}");
+    }
+    let refusal = Message::AppendResponse(AppendResponse {
+        epoch: Epoch(2),
+        accepted: false,
+        matched_lsn: Lsn(4),
+        matched_epoch: Epoch(1),
+        durable_lsn: Lsn(4),
+        sent_at: Duration::from_millis(660),
+        learner: 0,
+        health: STANDS,
+        vote_wait: Duration::from_millis(500),
+    });
+    let mut out = receive(&mut core, 665, N4, refusal);
+    out.extend(step(&mut core, Input::Tick { now: ms(700) }));
+    assert_eq!(appended_through(&out, N4), Some(Lsn(5)), "{out:?}");
+    for append in appends_to(&out, N4) {
+        assert!(append.last_lsn <= Lsn(5), "past its removal: {append:?}");
+        assert!(append.commit_lsn >= Lsn(5), "{append:?}");
+    }
+    assert_eq!(departing(&out), None, "not let go before it holds it");
+    receive(&mut core, 705, N4, ack(2, 5, 700, 0));
+    let out = step(&mut core, Input::Tick { now: ms(760) });
+    assert_eq!(departing(&out), Some(0), "{out:?}");
+    let peers: Vec<NodeId> = core.status().peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(peers, [N2, N3]);
+
+    // A primary whose latest configuration added a node, or is the seed, has no one to tell.
+    let four = Members::voters_of(&[N1, N2, N3, N4]).unwrap();
+    let mut core = new_core(
+        config(N1, &[1, 2, 3]),
+        with_configs(log_of(&[(1, 5)]), &[(5, four)]),
+        meta_epoch_1(),
+    );
+    let out = elect_with(&mut core, &[N2, N3]);
+    assert_eq!(departing(&out), None, "{out:?}");
+    let mut core = new_core(config(N1, &[1, 2, 3]), log_of(&[(1, 2)]), meta_epoch_1());
+    let out = elect_with(&mut core, &[N2]);
+    assert_eq!(departing(&out), None, "{out:?}");
+}
+
 /// A removed node that never takes its removal (down, cut off) is shipped to for
 /// `DEPARTING_TIMEOUTS` failover timeouts, then let go; one re-added before that is a member
 /// again and stays.
