@@ -1735,6 +1735,7 @@ pub async fn run(
             }
             _ = status_every.tick() => {
                 shell.publish_status();
+                shell.net.close_idle_replies();
                 Ok(())
             }
             changed = durable_rx.changed() => {

@@ -60,6 +60,11 @@ const UNREACHED_WARN_AFTER: Duration = Duration::from_secs(10);
 /// (which the log's segments and the other ports need too). Authenticated connections do
 /// not count.
 const HANDSHAKES_MAX: usize = 64;
+/// A link dialled only to answer a node outside the configuration ([`PeerNet::send`]) is
+/// closed once nothing has been sent on it for this long: the node it answers may be gone for
+/// good (removed, and stopped), and its dial loop would otherwise go on, warning that the
+/// node is out of reach. An election asks again within a failover timeout or two.
+const REPLY_LINK_IDLE: Duration = Duration::from_secs(5);
 
 /// A message received from a peer, checked: for an `Append`, `records` holds exactly the
 /// records it names, every CRC verified.
@@ -223,6 +228,9 @@ pub struct PeerNet {
     config: Arc<PeerConfig>,
     queues: BTreeMap<NodeId, PeerQueue>,
     connected: BTreeMap<NodeId, Arc<AtomicBool>>,
+    /// The links dialled only to answer a node outside the configuration, and when each was
+    /// last sent on.
+    replies: BTreeMap<NodeId, tokio::time::Instant>,
     tracker: tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
     /// Addresses peers told us in their handshakes.
@@ -285,6 +293,7 @@ impl PeerNet {
             config,
             queues: BTreeMap::new(),
             connected: BTreeMap::new(),
+            replies: BTreeMap::new(),
             tracker: tracker.clone(),
             shutdown,
             client_addrs,
@@ -319,6 +328,8 @@ impl PeerNet {
             keep
         });
         self.connected.retain(|id, _| addrs.contains_key(id));
+        // A reply link kept above is to a member now, at the address it announced.
+        self.replies.clear();
         for (&peer, addr) in addrs {
             if peer == own || self.queues.contains_key(&peer) {
                 continue;
@@ -376,6 +387,9 @@ impl PeerNet {
         if to == self.config.node_id {
             return;
         }
+        if let Some(used) = self.replies.get_mut(&to) {
+            *used = tokio::time::Instant::now();
+        }
         let queue = match self.queues.get(&to) {
             Some(queue) => queue,
             None => {
@@ -384,6 +398,7 @@ impl PeerNet {
                     return;
                 };
                 info!(peer = %to, %addr, "answering a node outside this node's configuration at the peer address it announced");
+                self.replies.insert(to, tokio::time::Instant::now());
                 self.link(to, addr)
             }
         };
@@ -405,6 +420,26 @@ impl PeerNet {
         };
         if queue.tx.try_send(queued).is_err() {
             debug!(peer = %to, "outbound queue full or closed; message dropped");
+        }
+    }
+
+    /// Closes the links dialled only to answer a node outside the configuration that nothing
+    /// was sent on for [`REPLY_LINK_IDLE`]. Called periodically by the shell.
+    pub fn close_idle_replies(&mut self) {
+        let now = tokio::time::Instant::now();
+        let idle: Vec<NodeId> = self
+            .replies
+            .iter()
+            .filter(|&(_, &used)| now.duration_since(used) >= REPLY_LINK_IDLE)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in idle {
+            self.replies.remove(&id);
+            self.connected.remove(&id);
+            if let Some(queue) = self.queues.remove(&id) {
+                queue.stop.cancel();
+            }
+            debug!(peer = %id, "closed the idle link to a node outside the configuration");
         }
     }
 
