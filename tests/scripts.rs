@@ -191,6 +191,13 @@ fn removed_members_learn_of_it_and_come_back_wiped_losing_nothing() {
     run_script("membership_churn.sh", &["--cycles", "3"]);
 }
 
+/// Five nodes: a member removed while another is down, and the primary killed the moment the
+/// removal commits; the removed node must learn of it from whichever primary follows.
+#[test]
+fn a_removal_outlives_its_primary_and_reaches_the_removed_node() {
+    run_script("membership_kill.sh", &["--cycles", "2"]);
+}
+
 #[test]
 fn rolling_restart_with_sigterm_loses_nothing() {
     run_script("rolling_restart.sh", &["--rounds", "1"]);

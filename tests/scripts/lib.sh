@@ -1,12 +1,13 @@
 # shellcheck shell=bash
 # Shared by the crash-and-restart scripts in this folder; sourced, not run.
 #
-# It starts a 3-node cluster of real processes on loopback: for each node an `understudy
-# run` sidecar and the key-value example (`examples/kv`) beside it, optionally with the
-# fault proxy (`understudy-chaos proxy`) on every peer link. It runs a write workload that
-# records every acknowledged write, and checks at the end that every acknowledged write is
-# readable from the current primary and that all logs agree on the committed prefix
-# (`understudy wal verify` and `understudy wal dump`).
+# It starts a cluster of real processes on loopback, the nodes of $NODES (3 unless a script
+# sets it before `setup`): for each node an `understudy run` sidecar and the key-value
+# example (`examples/kv`) beside it, optionally with the fault proxy (`understudy-chaos
+# proxy`) on every peer link. It runs a write workload that records every acknowledged
+# write, and checks at the end that every acknowledged write is readable from the current
+# primary and that all logs agree on the committed prefix (`understudy wal verify` and
+# `understudy wal dump`).
 #
 # Binaries: $UNDERSTUDY_BIN, $CHAOS_BIN and $KV_BIN, or else target/release/{understudy,
 # understudy-chaos,examples/kv}, built if missing. Everything lives in one temporary
@@ -99,8 +100,9 @@ setup() {
     trap 'exit 130' INT TERM
     head -c 32 /dev/urandom | base64 >"$WORK/secret"
     chmod 600 "$WORK/secret"
-    local ports
-    read -r -a ports <<<"$("$CHAOS" ports 19)"
+    # Four ports per node, the proxy's control port, and one per directed link.
+    local ports n=${#NODES[@]}
+    read -r -a ports <<<"$("$CHAOS" ports $((n * 4 + 1 + n * (n - 1))))"
     local i=0
     for id in "${NODES[@]}"; do
         PEER_PORT[$id]=${ports[i++]}
