@@ -591,37 +591,16 @@ impl super::Shell {
         self.dial_peers();
     }
 
-    /// Points the transport at the latest configuration's members, the departing nodes, and
-    /// the primary this node follows even when its latest configuration does not hold it: a
-    /// node catching up replays the log's configurations, and one of them may predate the
-    /// primary's (re-)addition; its answers must still reach the primary, or the primary's
-    /// window fills and the node never gets past that record. (The transport would also
-    /// answer it at the address it announced when it connected, `PeerNet::send`; dialling it
-    /// here keeps the link across configuration changes rather than until the next one.)
-    pub(super) fn dial_peers(&mut self) {
+    /// Points the transport at the latest configuration's members and the departing nodes.
+    /// Any other node that writes to this one (a primary or a candidate that a configuration
+    /// replayed while catching up predates) is answered at the address it announced
+    /// (`PeerNet::send`).
+    fn dial_peers(&mut self) {
         let (lsn, members) = self.members_now;
         let own = self.config.node_id;
         let mut addrs = addrs_for(&self.book, lsn, members, own, &self.config.peers);
         for (&id, addr) in &self.departing {
             addrs.entry(id).or_insert_with(|| addr.clone());
-        }
-        if let Some(primary) = self
-            .primary
-            .filter(|&p| p != own && !addrs.contains_key(&p))
-        {
-            let addr = self
-                .net
-                .addr_of(primary)
-                .or_else(|| self.book.addresses().get(&primary).cloned())
-                .or_else(|| self.config.peers.get(&primary).cloned());
-            match addr {
-                Some(addr) => {
-                    addrs.insert(primary, addr);
-                }
-                None => {
-                    warn!(node = %primary, "no address known for the primary outside this node's configuration; answering it only at the address it announced, if it did")
-                }
-            }
         }
         let ids: Vec<NodeId> = members.ids().collect();
         self.net.set_peers(lsn.get(), &ids, &addrs);

@@ -1008,12 +1008,7 @@ impl Shell {
         info!(role = handle::role_name(role), epoch = %epoch, primary = primary.map(|p| p.get()), "role changed");
         self.role = role;
         self.epoch = epoch;
-        let primary_changed = self.primary != primary;
         self.primary = primary;
-        if primary_changed {
-            // A primary outside this node's latest configuration is dialled too.
-            self.dial_peers();
-        }
         let hook = match (was_primary, role == Role::Primary) {
             (false, true) => self.config.on_promote.clone(),
             (true, false) => self.config.on_demote.clone(),

@@ -318,18 +318,22 @@ impl PeerNet {
             membership.addrs = addrs.clone();
         }
         let own = self.config.node_id;
-        // Links dialled only to answer a node outside the configuration go too: the next
-        // answer dials again, at the address announced by then.
+        // A link dialled only to answer a node outside the configuration stays while it stays
+        // outside (until it is idle, `close_idle_replies`): a backup catching up replays the
+        // log's configurations, and one that predates its primary must not cut the link its
+        // answers take. One that became a member is a member's link from now on, if at the
+        // same address.
+        let replies = &mut self.replies;
+        replies.retain(|id, _| !addrs.contains_key(id));
         self.queues.retain(|id, queue| {
-            let keep = addrs.get(id) == Some(&queue.addr);
+            let keep = addrs.get(id) == Some(&queue.addr) || replies.contains_key(id);
             if !keep {
                 queue.stop.cancel();
             }
             keep
         });
-        self.connected.retain(|id, _| addrs.contains_key(id));
-        // A reply link kept above is to a member now, at the address it announced.
-        self.replies.clear();
+        self.connected
+            .retain(|id, _| addrs.contains_key(id) || replies.contains_key(id));
         for (&peer, addr) in addrs {
             if peer == own || self.queues.contains_key(&peer) {
                 continue;
@@ -381,8 +385,10 @@ impl PeerNet {
     /// departing nor the primary it follows) is answered at the peer address it announced
     /// when it connected: a candidate added while this node was down asks for its vote
     /// before this node has the record that names it, and an election that needs this
-    /// node's vote would otherwise never end. Such a link lasts until the transport's
-    /// peers are next set ([`PeerNet::set_peers`]).
+    /// node's vote would otherwise never end; and a backup catching up through a
+    /// configuration that predates its primary would otherwise go unheard, the primary's
+    /// window would fill, and it would never get past that record. Such a link lasts until
+    /// the node becomes a member or nothing was sent on it for [`REPLY_LINK_IDLE`].
     pub fn send(&mut self, to: NodeId, outbound: Outbound) {
         if to == self.config.node_id {
             return;
