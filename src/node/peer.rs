@@ -432,7 +432,11 @@ impl PeerNet {
     /// Closes the links dialled only to answer a node outside the configuration that nothing
     /// was sent on for [`REPLY_LINK_IDLE`]. Called periodically by the shell.
     pub fn close_idle_replies(&mut self) {
-        let now = tokio::time::Instant::now();
+        self.close_idle_replies_at(tokio::time::Instant::now());
+    }
+
+    /// [`PeerNet::close_idle_replies`] as of `now`.
+    fn close_idle_replies_at(&mut self, now: tokio::time::Instant) {
         let idle: Vec<NodeId> = self
             .replies
             .iter()
@@ -1331,5 +1335,110 @@ mod tests {
             ..announced("127.0.0.1:6379", "127.0.0.1:1")
         };
         assert_eq!(unseen.app_reachable(), None);
+    }
+
+    /// A node outside the configuration is answered on a link of its own, dialled at the
+    /// peer address it announced (and dropped if it announced none). A change of
+    /// configuration that still leaves it out keeps that link; every send keeps it open;
+    /// [`REPLY_LINK_IDLE`] with nothing sent on it closes it. One that becomes a member at
+    /// that address keeps the link as a member's, which idleness does not close.
+    #[tokio::test]
+    async fn a_reply_link_lasts_while_it_is_used_and_closes_when_idle() {
+        use wal::Epoch;
+        let data = tempfile::tempdir().unwrap();
+        let (wal, _) = wal::Wal::open(data.path().join("wal"), wal::Options::default()).unwrap();
+        let own = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Where node 3 says it listens: a listener of the test's, to see the dial arrive.
+        let announced = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let three_addr = PeerAddr::parse(&announced.local_addr().unwrap().to_string()).unwrap();
+        let (one, two, three) = (NodeId(1), NodeId(2), NodeId(3));
+        // Node 2 is a member that is never reached.
+        let members = BTreeMap::from([(two, PeerAddr::parse("127.0.0.1:1").unwrap())]);
+        let config = Arc::new(PeerConfig {
+            node_id: one,
+            cluster_id: 7,
+            secret: ClusterSecret::from_bytes(std::path::Path::new("test"), &[7; 32]).unwrap(),
+            previous: None,
+            membership: Arc::new(Mutex::new(Membership {
+                lsn: 0,
+                ids: vec![one, two],
+                addrs: members.clone(),
+            })),
+            client_addr: None,
+            admin_addr: None,
+            peer_addr: None,
+            app_addr: None,
+            metrics: Arc::new(super::super::metrics::Metrics::default()),
+            snapshots: Arc::new(super::super::snapshot::Snapshots::detached()),
+            reader: wal.reader(),
+            tls: None,
+            started: BootInstant::now(),
+        });
+        let (inbound, _inbound) = mpsc::channel(8);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let mut net = PeerNet::start(config, own, inbound, &tracker, shutdown.clone());
+        let message = || Outbound {
+            message: Message::TimeoutNow { epoch: Epoch(1) },
+            records: Vec::new(),
+        };
+        let linked = |net: &PeerNet| net.queues.contains_key(&three);
+
+        // Nothing announced: the message is dropped and nothing is dialled.
+        net.send(three, message());
+        assert!(!linked(&net) && !net.replies.contains_key(&three));
+
+        net.client_addrs.lock().unwrap().insert(
+            three,
+            Announced {
+                peer: Some(three_addr.clone()),
+                ..Announced::default()
+            },
+        );
+        net.send(three, message());
+        assert!(linked(&net) && net.replies.contains_key(&three));
+        let (_dialled, _) = tokio::time::timeout(Duration::from_secs(10), announced.accept())
+            .await
+            .expect("node 3 dialled at the address it announced")
+            .unwrap();
+        let stop = net.queues[&three].stop.clone();
+
+        // A new configuration that still leaves node 3 out keeps its link.
+        net.set_peers(5, &[one, two], &members);
+        assert!(linked(&net) && !stop.is_cancelled());
+
+        // Each send restarts the idle clock; a whole REPLY_LINK_IDLE without one closes it.
+        let first = tokio::time::Instant::now();
+        net.close_idle_replies_at(first + REPLY_LINK_IDLE - Duration::from_millis(100));
+        assert!(linked(&net));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        net.send(three, message());
+        let second = tokio::time::Instant::now();
+        net.close_idle_replies_at(first + REPLY_LINK_IDLE + Duration::from_millis(10));
+        assert!(
+            linked(&net) && !stop.is_cancelled(),
+            "a link used within the limit stays"
+        );
+        net.close_idle_replies_at(second + REPLY_LINK_IDLE);
+        assert!(!linked(&net) && !net.replies.contains_key(&three));
+        assert!(!net.connected.contains_key(&three) && stop.is_cancelled());
+
+        // Answered again, then made a member at that address: a member's link from then on.
+        net.send(three, message());
+        assert!(linked(&net) && net.replies.contains_key(&three));
+        let stop = net.queues[&three].stop.clone();
+        let mut with_three = members.clone();
+        with_three.insert(three, three_addr);
+        net.set_peers(6, &[one, two, three], &with_three);
+        assert!(linked(&net) && !net.replies.contains_key(&three));
+        net.close_idle_replies_at(tokio::time::Instant::now() + REPLY_LINK_IDLE * 2);
+        assert!(
+            linked(&net) && !stop.is_cancelled(),
+            "a member's link never idles out"
+        );
+
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 }
