@@ -124,7 +124,7 @@ async fn connect(socket: &Path) -> Node {
     }
 }
 
-async fn wait_primary(nodes: &[Option<Node>]) -> u16 {
+async fn wait_primary<S: StateMachine>(nodes: &[Option<Arc<Driver<S>>>]) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let primaries: Vec<u16> = nodes
@@ -893,4 +893,176 @@ async fn snapshot_upload_whose_connection_fails_midway_does_not_stop_later_snaps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_upload_that_stalls_midway_times_out_and_later_snapshots_are_taken() {
     snapshot_upload_left_midway(Midway::Stalls).await;
+}
+
+/// How long [`SlowBlob`]'s snapshot keeps its application's thread.
+const SLOW_SNAPSHOT: Duration = Duration::from_secs(1);
+
+/// [`Blob`], whose snapshot keeps the application's thread for [`SLOW_SNAPSHOT`], as a
+/// large state's does.
+#[derive(Default)]
+struct SlowBlob(Blob);
+
+impl StateMachine for SlowBlob {
+    type Output = u64;
+    fn apply(&mut self, lsn: Lsn, command: &[u8]) -> u64 {
+        self.0.apply(lsn, command)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        std::thread::sleep(SLOW_SNAPSHOT);
+        self.0.snapshot()
+    }
+    fn restore(&mut self, lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError> {
+        self.0.restore(lsn, snapshot)
+    }
+}
+
+/// An application on a thread and runtime of its own, as a process of its own would be,
+/// so that its snapshot stops it alone. Stopped when dropped.
+struct AppThread {
+    driver: Arc<Driver<SlowBlob>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppThread {
+    fn start(socket: PathBuf) -> AppThread {
+        let (connected_tx, connected) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let driver = loop {
+                    match Driver::connect(&socket, SlowBlob::default()).await {
+                        Ok(driver) => break Arc::new(driver),
+                        Err(e) if Instant::now() < deadline => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("cannot connect to {}: {e}", socket.display()),
+                    }
+                };
+                let _ = connected_tx.send(Arc::clone(&driver));
+                let _ = stopped.await;
+                drop(driver);
+            });
+        });
+        let driver = connected
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the application connected");
+        AppThread {
+            driver,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for AppThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An application that answers no ping for a second while it takes a snapshot the sidecar
+/// asked for is not gone: with `--app-timeout 100ms` (the hang bound is 250 ms), the
+/// primary keeps its role through several such snapshots, writes go on after each, and
+/// `/status` says the application is taking a snapshot meanwhile. Without the grace, the
+/// primary handed over at its first snapshot.
+#[test]
+fn a_snapshot_that_keeps_the_application_for_a_second_is_no_reason_to_hand_over() {
+    let mut cluster = Cluster::new(3);
+    cluster.args = [
+        "--heartbeat-interval",
+        "50ms",
+        "--failover-timeout",
+        "1s",
+        "--app-timeout",
+        "100ms",
+        "--snapshot-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    let apps: Vec<AppThread> = (1..=3)
+        .map(|id| AppThread::start(cluster.node(id).app_socket.clone()))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let nodes: Vec<Option<Arc<Driver<SlowBlob>>>> = apps
+            .iter()
+            .map(|app| Some(Arc::clone(&app.driver)))
+            .collect();
+        let primary = wait_primary(&nodes).await;
+        let driver = Arc::clone(&apps[usize::from(primary) - 1].driver);
+        let epoch = status(&cluster, primary)["epoch"].as_u64();
+        let mut next = 0;
+        let mut snapshots = vec![snapshot_lsn(&cluster, primary)];
+        let mut seen_taking = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Three snapshots on the primary, each through records written since the last.
+        while snapshots.len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the primary stored only the snapshots through {snapshots:?}"
+            );
+            let written = tokio::time::timeout(
+                Duration::from_secs(5),
+                driver.propose(format!("w{next}").into_bytes()),
+            )
+            .await;
+            match written {
+                Ok(Ok(_)) => next += 1,
+                Ok(Err(ProposeError::NotPrimary { .. })) | Ok(Err(ProposeError::Busy)) => {
+                    panic!(
+                        "node {primary} stopped being primary:\n{}",
+                        log_of(&cluster, primary)
+                    )
+                }
+                Ok(Err(e)) => panic!("write {next} failed: {e}"),
+                Err(_) => panic!("write {next} took over 5 s"),
+            }
+            let status = status(&cluster, primary);
+            seen_taking |= status["app_health"]["taking_snapshot"] == true;
+            assert_eq!(status["role"], "primary", "{status}");
+            let lsn = status["snapshot"]["snapshot_lsn"].as_u64().unwrap_or(0);
+            if lsn > *snapshots.last().unwrap_or(&0) {
+                snapshots.push(lsn);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = log_of(&cluster, primary);
+        assert!(
+            !log.contains("handing over"),
+            "the primary handed over:\n{log}"
+        );
+        assert!(
+            !log.contains("application gone"),
+            "the primary found its application gone:\n{log}"
+        );
+        assert_eq!(
+            status(&cluster, primary)["epoch"].as_u64(),
+            epoch,
+            "an election came between"
+        );
+        assert!(
+            seen_taking,
+            "/status never showed the application taking a snapshot"
+        );
+    });
+    drop(apps);
 }

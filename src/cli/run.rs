@@ -222,6 +222,11 @@ pub struct RunArgs {
     /// over to a backup whose application is live (default: the failover timeout).
     #[arg(long, env = "UNDERSTUDY_APP_TIMEOUT", value_parser = duration)]
     pub app_timeout: Option<Duration>,
+    /// How long the application may leave the sidecar's pings unanswered while it takes a
+    /// snapshot the sidecar asked for, before it counts as hung (for --app-timeout, and for
+    /// the restart of a hung --app-cmd application).
+    #[arg(long, env = "UNDERSTUDY_APP_SNAPSHOT_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub app_snapshot_timeout: Duration,
     /// A higher priority wins a tie between equally up-to-date candidates, and is preferred
     /// by a switchover without --to (0-255).
     #[arg(long, env = "UNDERSTUDY_PRIORITY", default_value_t = 0)]
@@ -369,6 +374,9 @@ impl RunArgs {
             anyhow::bail!("--app-timeout 0: must be more than zero");
         }
         core.app_timeout = self.app_timeout.unwrap_or(self.failover_timeout);
+        if self.app_snapshot_timeout.is_zero() {
+            anyhow::bail!("--app-snapshot-timeout 0: must be more than zero");
+        }
         core.priority = self.priority;
         core.no_failover = self.no_failover;
         core.witness = self.witness;
@@ -389,6 +397,7 @@ impl RunArgs {
             app_addr: self.app_addr,
             admin_addr: self.admin_listen,
             ready_lag_max: self.ready_max_lag,
+            app_snapshot_timeout: self.app_snapshot_timeout,
             follow,
             on_promote: self.on_promote.clone(),
             on_demote: self.on_demote.clone(),

@@ -364,6 +364,7 @@ async fn connection_read(
                 return Ended::Refused("Hello after the handshake".to_owned());
             }
             Frame::SnapshotOffer { lsn, epoch } => {
+                node.app_health.snapshot_done();
                 let upload = snapshot::upload(node, lsn, epoch, &mut frames);
                 let result = tokio::select! {
                     _ = closing.cancelled() => return Ended::Closing,
@@ -373,7 +374,10 @@ async fn connection_read(
                     return Ended::Refused(message);
                 }
             }
-            Frame::SnapshotDecline => snapshot::declined(&node.snapshots),
+            Frame::SnapshotDecline => {
+                node.app_health.snapshot_done();
+                snapshot::declined(&node.snapshots);
+            }
             Frame::SnapshotFetch => {
                 match snapshot::restore_to_app(&node.snapshots, &node.reader(), outbox).await {
                     Ok(Some(_)) => {}
@@ -767,6 +771,8 @@ async fn subscription_stream(
                     return Ok(());
                 }
                 requests.borrow_and_update();
+                // Its pings go unanswered while it takes the snapshot (app_health.rs).
+                node.app_health.snapshot_asked();
                 if outbox.send(Frame::SnapshotRequest).await.is_err() {
                     return Ok(());
                 }
@@ -816,6 +822,7 @@ impl NodeHandle {
                 false,
                 false,
                 Duration::from_millis(50),
+                Duration::from_secs(60),
                 Arc::new(crate::node::metrics::Metrics::default()),
             )),
             takers: crate::node::handoff::Takers::default(),

@@ -10,6 +10,16 @@
 //!   LSN it applied; a subscribed connection that has not answered for [`AppHealth::hang_after`]
 //!   (five heartbeat intervals, at least 250 ms) counts as hung. A version 1 session is not
 //!   pinged and counts as answering while it is attached.
+//! - **Snapshots the sidecar asks for.** The client library takes `StateMachine::snapshot`
+//!   on the application's thread, between two applies, and answers no ping meanwhile; a
+//!   large state takes longer than the hang bound. So from the moment the sidecar sends a
+//!   `SnapshotRequest` to an application that was answering, until the application offers
+//!   or declines the snapshot, silence is not a hang, for at most
+//!   [`AppHealth::snapshot_grace`] (`--app-snapshot-timeout`). Without this, a primary whose
+//!   application takes its snapshot would hand over (`--app-timeout`) at every snapshot,
+//!   to a backup whose application is as likely to be taking its own (every node asks at
+//!   the same log size), and a supervised application (`--app-cmd`) would be killed in the
+//!   middle of a snapshot longer than two seconds, and again at the next one.
 //! - **The client port** (`proxy`): a failed connection to `--app-addr` marks the
 //!   application unreachable at once and is counted; a successful one marks it reachable.
 //! - **A probe** ([`probe`]): with `--app-addr`, a TCP connection every heartbeat interval,
@@ -66,6 +76,10 @@ pub struct AppHealthStatus {
     /// While not live: why, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gone: Option<&'static str>,
+    /// Taking a snapshot the sidecar asked for, within `--app-snapshot-timeout`: pings
+    /// may go unanswered meanwhile. Shown only while true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub taking_snapshot: bool,
 }
 
 /// The shared liveness record. One per node.
@@ -76,6 +90,9 @@ pub struct AppHealth {
     pub ping_every: Duration,
     /// How long a pinged connection may go without answering.
     pub hang_after: Duration,
+    /// How long an application may go without answering while it takes a snapshot the
+    /// sidecar asked for (`--app-snapshot-timeout`).
+    pub snapshot_grace: Duration,
     expected_by_flags: bool,
     metrics: Arc<Metrics>,
 }
@@ -93,6 +110,9 @@ struct Inner {
     /// where `ready` says its copy of the followed directory is current. Such a node expects
     /// no application and counts as live when ready, so that a primary may hand over to it.
     standby: Option<bool>,
+    /// When the sidecar asked the application, then answering, for a snapshot it has not
+    /// offered or declined yet.
+    snapshot_asked: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -131,10 +151,12 @@ impl Drop for Attached {
 impl AppHealth {
     /// `expected`: the sidecar runs or serves the application (`--app-cmd`, `--app-addr`).
     /// `app_addr`: whether reachability is watched (it starts unknown, counted as not).
+    /// `snapshot_grace`: `--app-snapshot-timeout`.
     pub fn new(
         expected: bool,
         app_addr: bool,
         heartbeat: Duration,
+        snapshot_grace: Duration,
         metrics: Arc<Metrics>,
     ) -> AppHealth {
         AppHealth {
@@ -147,9 +169,11 @@ impl AppHealth {
                 live: false,
                 since: SystemTime::now(),
                 standby: None,
+                snapshot_asked: None,
             }),
             ping_every: heartbeat,
             hang_after: (heartbeat * HANG_AFTER_HEARTBEATS).max(HANG_AFTER_MIN),
+            snapshot_grace,
             expected_by_flags: expected,
             metrics,
         }
@@ -181,12 +205,50 @@ impl AppHealth {
         }
     }
 
+    /// The sidecar sent the application a `SnapshotRequest`: if the application is
+    /// answering now, its silence is no hang until it offers or declines the snapshot
+    /// ([`AppHealth::snapshot_done`]), for at most [`AppHealth::snapshot_grace`] from the
+    /// first such request (another request within it does not extend it). One that was
+    /// silent already gets no grace.
+    pub fn snapshot_asked(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if !self.taking_snapshot(&inner, now) && self.answering(&inner, now) {
+            inner.snapshot_asked = Some(now);
+        }
+    }
+
+    /// The application offered or declined the snapshot asked for: pings count again.
+    pub fn snapshot_done(&self) {
+        self.lock().snapshot_asked = None;
+    }
+
+    /// Whether the application may be silent now: a snapshot asked of it is being taken,
+    /// and the grace has not run out.
+    fn taking_snapshot(&self, inner: &Inner, now: Instant) -> bool {
+        inner
+            .snapshot_asked
+            .is_some_and(|asked| now.saturating_duration_since(asked) < self.snapshot_grace)
+    }
+
+    /// Whether every pinged subscription answered within the hang bound (true with none).
+    fn answering(&self, inner: &Inner, now: Instant) -> bool {
+        inner
+            .subscribed
+            .values()
+            .all(|s| !s.pinged || now.duration_since(s.last_answer) < self.hang_after)
+    }
+
     /// How long a pinged application has been silent: the shortest time since any pinged
     /// subscription last answered, once it is past the hang bound; `None` while one answers
-    /// within it, or none is pinged.
+    /// within it, none is pinged, or it is taking a snapshot the sidecar asked for (within
+    /// the grace).
     pub fn hung_for(&self) -> Option<Duration> {
         let now = Instant::now();
         let inner = self.lock();
+        if self.taking_snapshot(&inner, now) {
+            return None;
+        }
         let silence = inner
             .subscribed
             .values()
@@ -225,11 +287,8 @@ impl AppHealth {
         let now = Instant::now();
         let mut inner = self.lock();
         let attached = !inner.subscribed.is_empty();
-        let answering = attached
-            && inner
-                .subscribed
-                .values()
-                .all(|s| !s.pinged || now.duration_since(s.last_answer) < self.hang_after);
+        let taking_snapshot = attached && self.taking_snapshot(&inner, now);
+        let answering = attached && (taking_snapshot || self.answering(&inner, now));
         let reachable = inner.reachable;
         // An application that never attached to the app API but is watched at --app-addr
         // (one that does not speak the app API, such as an unmodified server) is judged by
@@ -284,6 +343,7 @@ impl AppHealth {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             gone,
+            taking_snapshot,
         }
     }
 }
@@ -317,8 +377,45 @@ mod tests {
             expected,
             app_addr,
             Duration::from_millis(10),
+            SNAPSHOT_GRACE,
             Arc::new(Metrics::default()),
         ))
+    }
+
+    const SNAPSHOT_GRACE: Duration = Duration::from_millis(600);
+
+    /// A snapshot the sidecar asked for excuses silence until the application offers or
+    /// declines it, for at most the grace; an application already silent gets none.
+    #[test]
+    fn silence_while_taking_an_asked_for_snapshot_is_no_hang_within_the_grace() {
+        let health = health(true, false);
+        let attached = health.attach(true);
+        health.snapshot_asked();
+        std::thread::sleep(health.hang_after + Duration::from_millis(20));
+        let status = health.evaluate();
+        assert!(status.live && status.answering && status.taking_snapshot);
+        assert_eq!(health.hung_for(), None);
+        // Offered: the silence counts again, at once.
+        health.snapshot_done();
+        let status = health.evaluate();
+        assert!(!status.live && !status.taking_snapshot);
+        assert!(health.hung_for().is_some());
+        // Asked while silent: no grace.
+        health.snapshot_asked();
+        assert!(!health.evaluate().live);
+        assert!(health.hung_for().is_some());
+        // Answering again, then asked: the grace runs out after SNAPSHOT_GRACE.
+        attached.answered(Lsn(3));
+        health.snapshot_asked();
+        std::thread::sleep(SNAPSHOT_GRACE - Duration::from_millis(100));
+        assert!(health.evaluate().live);
+        // A second request does not extend the grace.
+        health.snapshot_asked();
+        std::thread::sleep(Duration::from_millis(150));
+        let status = health.evaluate();
+        assert!(!status.live && !status.taking_snapshot);
+        assert_eq!(status.gone, Some("not answering pings on the app API"));
+        assert!(health.hung_for().is_some());
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl NodeStatus {
                 applied_lsn: 0,
                 since_ms: 0,
                 gone: None,
+                taking_snapshot: false,
             },
             paused: false,
             priority: 0,

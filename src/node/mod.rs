@@ -153,6 +153,9 @@ pub struct NodeConfig {
     pub scrub_interval: Duration,
     /// The application the sidecar runs itself (`--app-cmd`), if any.
     pub app_cmd: Option<supervise::AppCommand>,
+    /// How long the application may leave pings unanswered while it takes a snapshot the
+    /// sidecar asked for (`--app-snapshot-timeout`, `app_health.rs`).
+    pub app_snapshot_timeout: Duration,
     /// This node's admin address (`--admin-listen`), told to peers.
     pub admin_addr: Option<SocketAddr>,
     /// `/ready` on a backup: at most this many committed records not yet durable here.
@@ -1478,6 +1481,7 @@ pub async fn run(
         config.app_cmd.is_some() || config.app_addr.is_some(),
         config.app_addr.is_some(),
         config.core.heartbeat_interval,
+        config.app_snapshot_timeout,
         Arc::clone(&metrics),
     ));
     let app_view = app_health.evaluate();
