@@ -28,6 +28,7 @@
 
 pub mod snapshot;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -267,6 +268,7 @@ async fn connection_read(
     // While subscribed: this connection counts towards the application's liveness
     // (`app_health`), and is pinged if its session speaks version 2.
     let mut attached: Option<super::app_health::Attached> = None;
+    let nonces = Arc::new(PingNonces::default());
     loop {
         let frame = tokio::select! {
             _ = closing.cancelled() => return Ended::Closing,
@@ -316,15 +318,26 @@ async fn connection_read(
                 }
                 subscribed = true;
                 tokio::spawn(
-                    subscription(node.clone(), from_lsn, outbox.clone(), reading.clone())
-                        .in_current_span(),
+                    subscription(
+                        node.clone(),
+                        from_lsn,
+                        outbox.clone(),
+                        reading.clone(),
+                        Arc::clone(&nonces),
+                    )
+                    .in_current_span(),
                 );
                 let pinged = version >= 2;
                 attached = Some(node.app_health.attach(pinged));
                 if pinged {
                     tokio::spawn(
-                        ping(node.app_health.ping_every, outbox.clone(), reading.clone())
-                            .in_current_span(),
+                        ping(
+                            node.app_health.ping_every,
+                            outbox.clone(),
+                            reading.clone(),
+                            Arc::clone(&nonces),
+                        )
+                        .in_current_span(),
                     );
                 }
             }
@@ -344,9 +357,12 @@ async fn connection_read(
                     "Read needs app api version 3; this session speaks {version}"
                 ));
             }
-            Frame::Pong { applied_lsn, .. } => {
+            Frame::Pong { nonce, applied_lsn } => {
                 if let Some(attached) = &attached {
                     attached.answered(applied_lsn);
+                }
+                if nonces.answered_after_snapshot_request(nonce) {
+                    node.app_health.snapshot_done();
                 }
             }
             Frame::Status => {
@@ -413,10 +429,63 @@ async fn connection_read(
     }
 }
 
+/// The nonces of one connection's pings, shared by the task that sends them, the
+/// subscription that asks for snapshots and the reader that takes the answers. The client
+/// library takes a snapshot in the task that reads the connection, so an answer to a ping
+/// sent after a `SnapshotRequest` shows the application is past the snapshot: its silence
+/// counts again from then (`app_health.rs`), even if it never offers the snapshot.
+#[derive(Debug)]
+struct PingNonces {
+    /// The nonce of the last ping sent, or about to be: set before the ping is queued.
+    sent: AtomicU64,
+    /// While a snapshot request is outstanding: `sent` as read once the request was
+    /// queued; [`PingNonces::NONE`] otherwise.
+    snapshot_after: AtomicU64,
+}
+
+impl Default for PingNonces {
+    fn default() -> PingNonces {
+        PingNonces {
+            sent: AtomicU64::new(0),
+            snapshot_after: AtomicU64::new(PingNonces::NONE),
+        }
+    }
+}
+
+impl PingNonces {
+    const NONE: u64 = u64::MAX;
+
+    /// A `SnapshotRequest` was just queued. `sent` is read after it was, and a ping sets
+    /// `sent` before it is queued: every ping queued before the request has a nonce at most
+    /// this, so only an answer to one queued after it ends the wait (one queued after it
+    /// may also carry this nonce, which only makes the wait last a ping longer).
+    fn snapshot_requested(&self) {
+        self.snapshot_after
+            .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// A `Pong` with `nonce` came: true, once, if it answers a ping queued after the
+    /// outstanding snapshot request.
+    fn answered_after_snapshot_request(&self, nonce: u64) -> bool {
+        let after = self.snapshot_after.load(Ordering::SeqCst);
+        after != PingNonces::NONE
+            && nonce > after
+            && self
+                .snapshot_after
+                .compare_exchange(after, PingNonces::NONE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+}
+
 /// Sends `Ping` on a subscribed connection every `every`, with a nonce that grows, until the
 /// connection's reading ends or its outbox closes. A ping that finds the outbox full waits:
 /// an application that does not read its socket does not answer either.
-async fn ping(every: Duration, outbox: mpsc::Sender<Frame>, reading: CancellationToken) {
+async fn ping(
+    every: Duration,
+    outbox: mpsc::Sender<Frame>,
+    reading: CancellationToken,
+    nonces: Arc<PingNonces>,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
@@ -426,6 +495,7 @@ async fn ping(every: Duration, outbox: mpsc::Sender<Frame>, reading: Cancellatio
             _ = ticker.tick() => {}
         }
         nonce += 1;
+        nonces.sent.store(nonce, Ordering::SeqCst);
         tokio::select! {
             _ = reading.cancelled() => return,
             sent = outbox.send(Frame::Ping { nonce }) => if sent.is_err() { return },
@@ -652,10 +722,11 @@ async fn subscription(
     from_lsn: Lsn,
     outbox: mpsc::Sender<Frame>,
     stop: CancellationToken,
+    nonces: Arc<PingNonces>,
 ) {
     tokio::select! {
         _ = stop.cancelled() => {}
-        result = subscription_stream(&node, from_lsn, &outbox) => {
+        result = subscription_stream(&node, from_lsn, &outbox, &nonces) => {
             if let Err(message) = result {
                 warn!(%from_lsn, reason = %message, "app subscription ended");
                 let _ = outbox.send(Frame::Error { message }).await;
@@ -670,6 +741,7 @@ async fn subscription_stream(
     node: &NodeHandle,
     from_lsn: Lsn,
     outbox: &mpsc::Sender<Frame>,
+    nonces: &PingNonces,
 ) -> Result<(), String> {
     let mut commit = node.watch_commit();
     let mut status = node.watch_status();
@@ -776,6 +848,7 @@ async fn subscription_stream(
                 if outbox.send(Frame::SnapshotRequest).await.is_err() {
                     return Ok(());
                 }
+                nonces.snapshot_requested();
             }
         }
     }
@@ -829,5 +902,29 @@ impl NodeHandle {
             last_heard: Arc::default(),
             serving_until: Arc::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PingNonces;
+    use std::sync::atomic::Ordering;
+
+    /// Only an answer to a ping queued after the snapshot request ends the wait for it, and
+    /// only once; with no request outstanding, no answer does.
+    #[test]
+    fn an_answer_to_a_ping_sent_after_a_snapshot_request_ends_the_wait_once() {
+        let nonces = PingNonces::default();
+        assert!(!nonces.answered_after_snapshot_request(1));
+        nonces.sent.store(5, Ordering::SeqCst);
+        nonces.snapshot_requested();
+        assert!(!nonces.answered_after_snapshot_request(4));
+        assert!(!nonces.answered_after_snapshot_request(5));
+        assert!(nonces.answered_after_snapshot_request(6));
+        assert!(!nonces.answered_after_snapshot_request(7));
+        // A request before any ping was sent: the first ping's answer ends it.
+        let nonces = PingNonces::default();
+        nonces.snapshot_requested();
+        assert!(nonces.answered_after_snapshot_request(1));
     }
 }

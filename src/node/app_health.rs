@@ -14,7 +14,8 @@
 //!   on the application's thread, between two applies, and answers no ping meanwhile; a
 //!   large state takes longer than the hang bound. So from the moment the sidecar sends a
 //!   `SnapshotRequest` to an application that was answering, until the application offers
-//!   or declines the snapshot, silence is not a hang, for at most
+//!   or declines the snapshot or answers a ping sent after the request (`app_api.rs`,
+//!   `PingNonces`), silence is not a hang, for at most
 //!   [`AppHealth::snapshot_grace`] (`--app-snapshot-timeout`). Without this, a primary whose
 //!   application takes its snapshot would hand over (`--app-timeout`) at every snapshot,
 //!   to a backup whose application is as likely to be taking its own (every node asks at
@@ -218,7 +219,8 @@ impl AppHealth {
         }
     }
 
-    /// The application offered or declined the snapshot asked for: pings count again.
+    /// The application offered or declined the snapshot asked for, or answered a ping sent
+    /// after the request: pings count again.
     pub fn snapshot_done(&self) {
         self.lock().snapshot_asked = None;
     }
