@@ -455,6 +455,13 @@ impl Default for PingNonces {
 impl PingNonces {
     const NONE: u64 = u64::MAX;
 
+    /// A `SnapshotRequest` is about to be queued: the mark of an earlier one goes, so that
+    /// no answer coming meanwhile ends the wait for this one.
+    fn snapshot_requesting(&self) {
+        self.snapshot_after
+            .store(PingNonces::NONE, Ordering::SeqCst);
+    }
+
     /// A `SnapshotRequest` was just queued. `sent` is read after it was, and a ping sets
     /// `sent` before it is queued: every ping queued before the request has a nonce at most
     /// this, so only an answer to one queued after it ends the wait (one queued after it
@@ -844,6 +851,7 @@ async fn subscription_stream(
                 }
                 requests.borrow_and_update();
                 // Its pings go unanswered while it takes the snapshot (app_health.rs).
+                nonces.snapshot_requesting();
                 node.app_health.snapshot_asked();
                 if outbox.send(Frame::SnapshotRequest).await.is_err() {
                     return Ok(());
@@ -926,5 +934,14 @@ mod tests {
         let nonces = PingNonces::default();
         nonces.snapshot_requested();
         assert!(nonces.answered_after_snapshot_request(1));
+        // The mark of a request whose snapshot was offered (no answer consumed it) goes
+        // when the next request is made: an answer in between ends nothing.
+        nonces.sent.store(9, Ordering::SeqCst);
+        nonces.snapshot_requested();
+        nonces.snapshot_requesting();
+        assert!(!nonces.answered_after_snapshot_request(10));
+        nonces.snapshot_requested();
+        assert!(!nonces.answered_after_snapshot_request(9));
+        assert!(nonces.answered_after_snapshot_request(10));
     }
 }
