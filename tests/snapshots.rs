@@ -939,8 +939,7 @@ impl AppThread {
                 let driver = loop {
                     match Driver::connect(&socket, SlowBlob::default()).await {
                         Ok(driver) => break Arc::new(driver),
-                        Err(e) if Instant::now() < deadline => {
-                            let _ = e;
+                        Err(_) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                         Err(e) => panic!("cannot connect to {}: {e}", socket.display()),
