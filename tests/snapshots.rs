@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{output_within, wait_until, Cluster};
-use understudy::client::{BoxError, Driver, ProposeError, Role, StateMachine};
+use understudy::client::{BoxError, Capture, Driver, ProposeError, Role, StateMachine};
 use understudy::Lsn;
 
 /// The application: a count, a running FNV-1a digest, and every command's bytes.
@@ -895,15 +895,21 @@ async fn snapshot_upload_that_stalls_midway_times_out_and_later_snapshots_are_ta
     snapshot_upload_left_midway(Midway::Stalls).await;
 }
 
-/// How long [`SlowBlob`]'s snapshot keeps its application's thread.
+/// How long the snapshot of a [`Slow`] takes.
 const SLOW_SNAPSHOT: Duration = Duration::from_secs(1);
 
-/// [`Blob`], whose snapshot keeps the application's thread for [`SLOW_SNAPSHOT`], as a
-/// large state's does.
+/// [`Blob`], whose snapshot takes [`SLOW_SNAPSHOT`], as a large state's may: in `snapshot`,
+/// which keeps the application's thread (`IN_JOB` false), or in the job of a capture taken
+/// at once ([`StateMachine::capture`], `IN_JOB` true).
 #[derive(Default)]
-struct SlowBlob(Blob);
+struct Slow<const IN_JOB: bool>(Blob);
 
-impl StateMachine for SlowBlob {
+/// Its snapshot keeps the application's thread for [`SLOW_SNAPSHOT`].
+type SlowBlob = Slow<false>;
+/// Its snapshot is captured at once and encoded for [`SLOW_SNAPSHOT`] off that thread.
+type SlowJob = Slow<true>;
+
+impl<const IN_JOB: bool> StateMachine for Slow<IN_JOB> {
     type Output = u64;
     fn apply(&mut self, lsn: Lsn, command: &[u8]) -> u64 {
         self.0.apply(lsn, command)
@@ -912,6 +918,17 @@ impl StateMachine for SlowBlob {
         std::thread::sleep(SLOW_SNAPSHOT);
         self.0.snapshot()
     }
+    fn capture(&self) -> Capture {
+        if !IN_JOB {
+            let bytes = self.snapshot();
+            return Box::new(move || bytes);
+        }
+        let bytes = self.0.snapshot();
+        Box::new(move || {
+            std::thread::sleep(SLOW_SNAPSHOT);
+            bytes
+        })
+    }
     fn restore(&mut self, lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError> {
         self.0.restore(lsn, snapshot)
     }
@@ -919,14 +936,14 @@ impl StateMachine for SlowBlob {
 
 /// An application on a thread and runtime of its own, as a process of its own would be,
 /// so that its snapshot stops it alone. Stopped when dropped.
-struct AppThread {
-    driver: Arc<Driver<SlowBlob>>,
+struct AppThread<S: StateMachine> {
+    driver: Arc<Driver<S>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl AppThread {
-    fn start(socket: PathBuf) -> AppThread {
+impl<S: StateMachine + Default> AppThread<S> {
+    fn start(socket: PathBuf) -> AppThread<S> {
         let (connected_tx, connected) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -937,7 +954,7 @@ impl AppThread {
             runtime.block_on(async move {
                 let deadline = Instant::now() + Duration::from_secs(15);
                 let driver = loop {
-                    match Driver::connect(&socket, SlowBlob::default()).await {
+                    match Driver::connect(&socket, S::default()).await {
                         Ok(driver) => break Arc::new(driver),
                         Err(_) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -961,13 +978,48 @@ impl AppThread {
     }
 }
 
-impl Drop for AppThread {
+impl<S: StateMachine> Drop for AppThread<S> {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
+}
+
+/// Three nodes that snapshot every second (heartbeat 50 ms, failover timeout 1 s, then
+/// `args`), each with an [`AppThread`] of `S`.
+fn snapshotting_cluster<S: StateMachine + Default>(args: &[&str]) -> (Cluster, Vec<AppThread<S>>) {
+    let mut cluster = Cluster::new(3);
+    cluster.args = [
+        "--heartbeat-interval",
+        "50ms",
+        "--failover-timeout",
+        "1s",
+        "--snapshot-interval",
+        "1s",
+    ]
+    .iter()
+    .chain(args)
+    .map(|s| s.to_string())
+    .collect();
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    let apps = (1..=3)
+        .map(|id| AppThread::start(cluster.node(id).app_socket.clone()))
+        .collect();
+    (cluster, apps)
+}
+
+/// The primary among `apps`' nodes, once there is one, and its application's driver.
+async fn primary_of<S: StateMachine>(apps: &[AppThread<S>]) -> (u16, Arc<Driver<S>>) {
+    let nodes: Vec<Option<Arc<Driver<S>>>> = apps
+        .iter()
+        .map(|app| Some(Arc::clone(&app.driver)))
+        .collect();
+    let primary = wait_primary(&nodes).await;
+    (primary, Arc::clone(&apps[usize::from(primary) - 1].driver))
 }
 
 /// An application that answers no ping for a second while it takes a snapshot the sidecar
@@ -977,37 +1029,13 @@ impl Drop for AppThread {
 /// primary handed over at its first snapshot.
 #[test]
 fn a_snapshot_that_keeps_the_application_for_a_second_is_no_reason_to_hand_over() {
-    let mut cluster = Cluster::new(3);
-    cluster.args = [
-        "--heartbeat-interval",
-        "50ms",
-        "--failover-timeout",
-        "1s",
-        "--app-timeout",
-        "100ms",
-        "--snapshot-interval",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for id in 1..=3 {
-        cluster.start_node(id);
-    }
-    let apps: Vec<AppThread> = (1..=3)
-        .map(|id| AppThread::start(cluster.node(id).app_socket.clone()))
-        .collect();
+    let (cluster, apps) = snapshotting_cluster::<SlowBlob>(&["--app-timeout", "100ms"]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let nodes: Vec<Option<Arc<Driver<SlowBlob>>>> = apps
-            .iter()
-            .map(|app| Some(Arc::clone(&app.driver)))
-            .collect();
-        let primary = wait_primary(&nodes).await;
-        let driver = Arc::clone(&apps[usize::from(primary) - 1].driver);
+        let (primary, driver) = primary_of(&apps).await;
         let epoch = status(&cluster, primary)["epoch"].as_u64();
         let mut next = 0;
         let mut snapshots = vec![snapshot_lsn(&cluster, primary)];
@@ -1061,6 +1089,54 @@ fn a_snapshot_that_keeps_the_application_for_a_second_is_no_reason_to_hand_over(
         assert!(
             seen_taking,
             "/status never showed the application taking a snapshot"
+        );
+    });
+    drop(apps);
+}
+
+/// A snapshot whose encoding takes a second holds up no write: the driver captures the
+/// state between two applies and runs the capture's job on a blocking thread, so writes go
+/// on being committed and applied through it. Two snapshots are stored on the primary
+/// while one client writes without a pause, and no write takes half the job's time
+/// (encoded on the driver's task, every write made during a job waited for all of it).
+#[test]
+fn a_snapshot_encoded_off_the_apply_path_holds_up_no_write() {
+    let (cluster, apps) = snapshotting_cluster::<SlowJob>(&[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (primary, driver) = primary_of(&apps).await;
+        let mut snapshots = vec![snapshot_lsn(&cluster, primary)];
+        let mut slowest = Duration::ZERO;
+        let mut writes = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while snapshots.len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the primary stored only the snapshots through {snapshots:?}"
+            );
+            let started = Instant::now();
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                driver.propose(format!("w{writes}").into_bytes()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => writes += 1,
+                Ok(Err(e)) => panic!("write {writes} failed: {e}"),
+                Err(_) => panic!("write {writes} took over 5 s"),
+            }
+            slowest = slowest.max(started.elapsed());
+            let lsn = snapshot_lsn(&cluster, primary);
+            if lsn > *snapshots.last().unwrap_or(&0) {
+                snapshots.push(lsn);
+            }
+        }
+        assert!(
+            slowest < SLOW_SNAPSHOT / 2,
+            "a write took {slowest:?} while a snapshot was encoded ({writes} writes, snapshots through {snapshots:?})"
         );
     });
     drop(apps);

@@ -59,8 +59,10 @@
 //!
 //! It does not retry, redirect or reconnect: a [`ProposeError`] says what happened and what
 //! the caller may do, and a driver whose connection is gone stays gone (connect a new one,
-//! restoring from a snapshot of the old one's state if it has one). Snapshots requested by
-//! the sidecar are not served yet.
+//! restoring from a snapshot of the old one's state if it has one). When the sidecar asks
+//! for a snapshot, the driver captures the state between two applies
+//! ([`StateMachine::capture`]), encodes it on a blocking thread and uploads it on a
+//! connection of its own, while the log goes on being applied.
 //!
 //! It uses nothing of the sidecar but what [`crate::proto::app`] specifies (its frames,
 //! constants and [`Role`]) and the `wal` record format, so an application in another
@@ -99,6 +101,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///   state whose snapshot was taken at `lsn`.
 ///
 /// `apply` runs on the driver's task, with the state locked; keep it short and do not block.
+/// So does `capture` (or `snapshot`, which the default `capture` calls): nothing is applied
+/// and no ping is answered while it runs, so a state machine whose `snapshot` takes long
+/// should capture its state cheaply and leave the encoding to the job ([`Capture`]).
 pub trait StateMachine: Send + 'static {
     /// What `apply` returns; [`Driver::propose`] hands it to the proposer (on other nodes,
     /// and for records proposed by others, it is dropped).
@@ -109,10 +114,23 @@ pub trait StateMachine: Send + 'static {
 
     /// The state as bytes, for [`StateMachine::restore`].
     fn snapshot(&self) -> Vec<u8>;
+    /// The state now, as a job that returns exactly the bytes `snapshot` returns now. The
+    /// driver calls it between two applies and runs the job on a blocking thread
+    /// (`tokio::task::spawn_blocking`) while the log goes on being applied: only the
+    /// capture holds up the application. The default captures by calling `snapshot` at
+    /// once; override it when the state can be kept cheaply (reference-counted values, a
+    /// persistent map) and encoded later.
+    fn capture(&self) -> Capture {
+        let bytes = self.snapshot();
+        Box::new(move || bytes)
+    }
 
     /// Replaces the state with the one `snapshot` captured at `lsn`.
     fn restore(&mut self, lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError>;
 }
+
+/// A snapshot captured by [`StateMachine::capture`], to be encoded off the apply path.
+pub type Capture = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
 
 /// Why a proposal did not return `apply`'s output. Typed by what the caller does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,7 +6,8 @@
 //! - [`resp`]: the RESP2 request parser and reply encoder.
 //! - [`command`]: a request's arguments to a [`Plan`]: an answer, a read or a write.
 //! - [`codec`]: the binary record the writes are replicated as.
-//! - [`store`]: the state machine, with `apply`, `snapshot` and `restore`.
+//! - [`store`]: the state machine, with `apply`, `snapshot`, `capture` and `restore`.
+//! - `shards`: the store's map, in shards a snapshot's capture keeps without copying.
 //!
 //! # What a client is promised
 //! - **Writes** are answered with what `apply` returned for them, so only once they are
@@ -51,6 +52,7 @@
 pub mod codec;
 pub mod command;
 pub mod resp;
+mod shards;
 pub mod store;
 
 use std::future::Future;

@@ -1,9 +1,11 @@
 //! The driver's part of snapshots (the protocol is in [`crate::proto::app`]):
 //!
-//! - `SnapshotRequest` from the sidecar: the reader task takes `snapshot()` of the state
-//!   between two applies, so it covers exactly the applied LSN, and a task uploads it on a
-//!   connection of its own (`SnapshotOffer`, `SnapshotChunk`s, `SnapshotDone`), so that
-//!   the log keeps flowing meanwhile. With nothing applied yet it answers `SnapshotDecline`.
+//! - `SnapshotRequest` from the sidecar: the reader task takes `capture()` of the state
+//!   between two applies, so it covers exactly the applied LSN; a task runs the capture's
+//!   job on a blocking thread and uploads its bytes on a connection of its own
+//!   (`SnapshotOffer`, `SnapshotChunk`s, `SnapshotDone`), so that the log keeps being
+//!   applied meanwhile. With nothing applied yet it answers `SnapshotDecline`, and so it
+//!   does if the job panics (the sidecar then asks again at its next turn).
 //! - `RestoreBegin`, `RestoreChunk`s, `RestoreEnd`: the body is gathered and handed to
 //!   `restore` before any record after the snapshot's LSN is applied (the sidecar sends
 //!   those only after `RestoreEnd`, on the same connection, in order).
@@ -12,7 +14,7 @@
 //! side holds one snapshot in memory; the sidecar never does.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
@@ -34,22 +36,44 @@ pub(super) struct Restoring {
 }
 
 impl<S: StateMachine> Shared<S> {
-    /// Takes a snapshot at the applied LSN and uploads it (or declines) on a new connection.
+    /// Captures the state at the applied LSN, and uploads the capture's bytes (or declines)
+    /// on a new connection once its job has run on a blocking thread.
     pub(super) fn on_snapshot_request(&self) {
-        let offer = {
+        let started = Instant::now();
+        let captured = {
             let state = lock(&self.state);
             let restoring = lock(&self.restoring).is_some();
             (state.applied_lsn > Lsn::ZERO && !restoring).then(|| {
                 (
                     state.applied_lsn,
                     state.last_epoch,
-                    state.state_machine.snapshot(),
+                    state.state_machine.capture(),
                 )
             })
         };
+        let capture_took = started.elapsed();
         let path = self.socket_path.clone();
         tokio::spawn(async move {
-            let lsn = offer.as_ref().map(|(lsn, _, _)| *lsn);
+            let lsn = captured.as_ref().map(|(lsn, _, _)| *lsn);
+            let offer = match captured {
+                None => None,
+                Some((lsn, epoch, job)) => match tokio::task::spawn_blocking(job).await {
+                    Ok(body) => {
+                        debug!(
+                            %lsn,
+                            capture_ms = capture_took.as_secs_f64() * 1e3,
+                            encode_ms = (started.elapsed() - capture_took).as_secs_f64() * 1e3,
+                            body_len = body.len(),
+                            "snapshot captured and encoded"
+                        );
+                        Some((lsn, epoch, body))
+                    }
+                    Err(error) => {
+                        warn!(%lsn, %error, "the snapshot's encoding failed; declining it");
+                        None
+                    }
+                },
+            };
             match tokio::time::timeout(UPLOAD_TIMEOUT, upload(path, offer)).await {
                 Ok(Ok(())) => debug!(?lsn, "snapshot uploaded"),
                 Ok(Err(error)) => warn!(%error, "snapshot upload failed"),
