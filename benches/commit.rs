@@ -45,6 +45,7 @@ mod support;
 
 mod common;
 use common::{measure, percentile};
+use support::app_thread::AppThread;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,7 +198,7 @@ async fn run(options: &Options, tls: bool) -> Vec<(usize, f64)> {
     let mut apart = Vec::new();
     for node in &cluster.nodes {
         if apart_primary.is_some_and(|primary| primary != node.id) {
-            apart.push(AppApart::start(node.app_socket.clone()));
+            apart.push(AppThread::<Sink>::start(node.app_socket.clone()));
         } else {
             drivers.push(connect(&node.app_socket).await);
         }
@@ -318,48 +319,6 @@ fn find_primary(cluster: &support::Cluster) -> u16 {
         }
         assert!(Instant::now() < deadline, "no primary");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A backup's application on a thread and current-thread runtime of its own: its driver
-/// connects, applies the records it is sent, and is dropped when this is.
-struct AppApart {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl AppApart {
-    fn start(app_socket: std::path::PathBuf) -> AppApart {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (connected_tx, connected) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let driver = connect(&app_socket).await;
-                let _ = connected_tx.send(());
-                let _ = stopped.await;
-                drop(driver);
-            });
-        });
-        connected
-            .recv()
-            .expect("the backup's application connected");
-        AppApart {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for AppApart {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::app_thread::AppThread;
 use support::{output_within, wait_until, Cluster};
 use understudy::client::{BoxError, Capture, Driver, ProposeError, Role, StateMachine};
 use understudy::Lsn;
@@ -931,59 +932,6 @@ impl<const IN_JOB: bool> StateMachine for Slow<IN_JOB> {
     }
     fn restore(&mut self, lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError> {
         self.0.restore(lsn, snapshot)
-    }
-}
-
-/// An application on a thread and runtime of its own, as a process of its own would be,
-/// so that its snapshot stops it alone. Stopped when dropped.
-struct AppThread<S: StateMachine> {
-    driver: Arc<Driver<S>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl<S: StateMachine + Default> AppThread<S> {
-    fn start(socket: PathBuf) -> AppThread<S> {
-        let (connected_tx, connected) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let deadline = Instant::now() + Duration::from_secs(15);
-                let driver = loop {
-                    match Driver::connect(&socket, S::default()).await {
-                        Ok(driver) => break Arc::new(driver),
-                        Err(_) if Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(e) => panic!("cannot connect to {}: {e}", socket.display()),
-                    }
-                };
-                let _ = connected_tx.send(Arc::clone(&driver));
-                let _ = stopped.await;
-                drop(driver);
-            });
-        });
-        let driver = connected
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the application connected");
-        AppThread {
-            driver,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl<S: StateMachine> Drop for AppThread<S> {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! a panicking test prints the tail of every node's log.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod app_thread;
 pub mod journal;
 pub mod tls;
 
