@@ -935,9 +935,42 @@ impl<const IN_JOB: bool> StateMachine for Slow<IN_JOB> {
     }
 }
 
+/// [`Blob`], whose first capture's job panics (each application's first), as a state
+/// machine's encoding with a bug might; the later ones encode.
+#[derive(Default)]
+struct PanicsOnce {
+    blob: Blob,
+    captured: std::sync::atomic::AtomicBool,
+}
+
+impl StateMachine for PanicsOnce {
+    type Output = u64;
+    fn apply(&mut self, lsn: Lsn, command: &[u8]) -> u64 {
+        self.blob.apply(lsn, command)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.blob.snapshot()
+    }
+    fn capture(&self) -> Capture {
+        let bytes = self.blob.snapshot();
+        let first = !self
+            .captured
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        Box::new(move || {
+            assert!(!first, "the first snapshot's encoding fails");
+            bytes
+        })
+    }
+    fn restore(&mut self, lsn: Lsn, snapshot: &[u8]) -> Result<(), BoxError> {
+        self.blob.restore(lsn, snapshot)
+    }
+}
+
 /// Three nodes that snapshot every second (heartbeat 50 ms, failover timeout 1 s, then
-/// `args`), each with an [`AppThread`] of `S`.
-fn snapshotting_cluster<S: StateMachine + Default>(args: &[&str]) -> (Cluster, Vec<AppThread<S>>) {
+/// `args`), each with an [`AppThread`] of `S`; and a runtime for the test's own client.
+fn snapshotting_cluster<S: StateMachine + Default>(
+    args: &[&str],
+) -> (Cluster, Vec<AppThread<S>>, tokio::runtime::Runtime) {
     let mut cluster = Cluster::new(3);
     cluster.args = [
         "--heartbeat-interval",
@@ -957,7 +990,11 @@ fn snapshotting_cluster<S: StateMachine + Default>(args: &[&str]) -> (Cluster, V
     let apps = (1..=3)
         .map(|id| AppThread::start(cluster.node(id).app_socket.clone()))
         .collect();
-    (cluster, apps)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    (cluster, apps, runtime)
 }
 
 /// The primary among `apps`' nodes, once there is one, and its application's driver.
@@ -977,11 +1014,7 @@ async fn primary_of<S: StateMachine>(apps: &[AppThread<S>]) -> (u16, Arc<Driver<
 /// primary handed over at its first snapshot.
 #[test]
 fn a_snapshot_that_keeps_the_application_for_a_second_is_no_reason_to_hand_over() {
-    let (cluster, apps) = snapshotting_cluster::<SlowBlob>(&["--app-timeout", "100ms"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (cluster, apps, runtime) = snapshotting_cluster::<SlowBlob>(&["--app-timeout", "100ms"]);
     runtime.block_on(async {
         let (primary, driver) = primary_of(&apps).await;
         let epoch = status(&cluster, primary)["epoch"].as_u64();
@@ -1049,11 +1082,7 @@ fn a_snapshot_that_keeps_the_application_for_a_second_is_no_reason_to_hand_over(
 /// (encoded on the driver's task, every write made during a job waited for all of it).
 #[test]
 fn a_snapshot_encoded_off_the_apply_path_holds_up_no_write() {
-    let (cluster, apps) = snapshotting_cluster::<SlowJob>(&[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (cluster, apps, runtime) = snapshotting_cluster::<SlowJob>(&[]);
     runtime.block_on(async {
         let (primary, driver) = primary_of(&apps).await;
         let mut snapshots = vec![snapshot_lsn(&cluster, primary)];
@@ -1086,6 +1115,42 @@ fn a_snapshot_encoded_off_the_apply_path_holds_up_no_write() {
             slowest < SLOW_SNAPSHOT / 2,
             "a write took {slowest:?} while a snapshot was encoded ({writes} writes, snapshots through {snapshots:?})"
         );
+    });
+    drop(apps);
+}
+
+/// A capture whose job panics is declined, and nothing else is lost: the application
+/// stays connected and writes go on, the sidecar counts the decline, and the next
+/// snapshot it asks for is stored.
+#[test]
+fn a_snapshot_whose_encoding_panics_is_declined_and_the_next_is_stored() {
+    let (cluster, apps, runtime) = snapshotting_cluster::<PanicsOnce>(&[]);
+    runtime.block_on(async {
+        let (primary, driver) = primary_of(&apps).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut writes = 0u64;
+        while snapshot_lsn(&cluster, primary) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no snapshot stored after {writes} writes:\n{}",
+                log_of(&cluster, primary)
+            );
+            driver
+                .propose(format!("w{writes}").into_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("write {writes} failed: {e}"));
+            writes += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = log_of(&cluster, primary);
+        assert!(
+            log.contains("the application declined the snapshot request"),
+            "the panicking job's snapshot was not declined:\n{log}"
+        );
+        driver
+            .propose(b"after".to_vec())
+            .await
+            .expect("a write after the snapshot");
     });
     drop(apps);
 }
