@@ -160,7 +160,7 @@ impl StateMachine for Store {
 
     /// Keeps the map's shards as they are ([`Shards::freeze`]) and leaves the sort and the
     /// encoding to the job: with 300,000 keys of 128-byte values, `snapshot` held the
-    /// application for about 170 ms, every client waiting (`benches/README.md`, "The
+    /// application for 93-108 ms, every client waiting (`benches/README.md`, "The
     /// snapshot's pause").
     fn capture(&self) -> Capture {
         let clock_ms = self.clock_ms;
