@@ -10,9 +10,10 @@
 //!   LSN it applied; a subscribed connection that has not answered for [`AppHealth::hang_after`]
 //!   (five heartbeat intervals, at least 250 ms) counts as hung. A version 1 session is not
 //!   pinged and counts as answering while it is attached.
-//! - **Snapshots the sidecar asks for.** The client library takes `StateMachine::snapshot`
-//!   on the application's thread, between two applies, and answers no ping meanwhile; a
-//!   large state takes longer than the hang bound. So from the moment the sidecar sends a
+//! - **Snapshots the sidecar asks for.** The client library takes `StateMachine::capture`
+//!   on the application's thread, between two applies, and answers no ping meanwhile; for
+//!   a state machine that captures by encoding its whole state (the default calls
+//!   `snapshot`), a large state takes longer than the hang bound. So from the moment the sidecar sends a
 //!   `SnapshotRequest` to an application that was answering, until the application offers
 //!   or declines the snapshot or answers a ping sent after the request (`app_api.rs`,
 //!   `PingNonces`), silence is not a hang, for at most

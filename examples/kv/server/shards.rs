@@ -18,17 +18,14 @@ pub const SHARDS: usize = 1024;
 
 type Shard = HashMap<Key, Entry, KeyHasher>;
 
-/// A map of keys to entries, in shards (module docs).
+/// A map of keys to entries, in shards (module docs). A clone shares every shard, so it
+/// costs [`SHARDS`] reference counts, and keeps what the map held when it was taken: a
+/// write to either copies the shard it changes first.
+#[derive(Clone)]
 pub struct Shards {
     /// Picks a key's shard; seeded apart from the shards' own hasher, so that the keys of a
     /// shard do not share bits of the hash its map places them by.
     pick: KeyHasher,
-    shards: Box<[Arc<Shard>]>,
-    len: usize,
-}
-
-/// The shards as a capture holds them: what the map held at the capture.
-pub struct Frozen {
     shards: Box<[Arc<Shard>]>,
     len: usize,
 }
@@ -105,24 +102,6 @@ impl Shards {
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
         self.shards.iter().flat_map(|shard| shard.iter())
     }
-
-    /// The map as it is now, for a snapshot job: no entry is copied.
-    pub fn freeze(&self) -> Frozen {
-        Frozen {
-            shards: self.shards.clone(),
-            len: self.len,
-        }
-    }
-}
-
-impl Frozen {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.shards.iter().flat_map(|shard| shard.iter())
-    }
 }
 
 impl PartialEq for Shards {
@@ -174,7 +153,7 @@ mod tests {
             map.insert(key(&format!("key{i}")), entry(&format!("v{i}")));
         }
         let before = contents(map.iter().map(|(k, e)| (k.clone(), e.clone())));
-        let frozen = map.freeze();
+        let frozen = map.clone();
         for i in 0..2_500 {
             map.insert(key(&format!("key{i}")), entry("changed"));
             assert!(map.remove(format!("key{}", 2_500 + i).as_bytes()).is_some());

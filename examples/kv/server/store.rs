@@ -30,7 +30,7 @@ use understudy::Lsn;
 
 use super::codec::{self, Batch, Condition, Expiry, Op};
 use super::resp::Reply;
-use super::shards::{Frozen, Shards};
+use super::shards::Shards;
 
 /// Expired keys one record purges at most, so a record's cost stays bounded.
 pub const EXPIRED_PURGE_MAX: usize = 64;
@@ -158,13 +158,13 @@ impl StateMachine for Store {
         self.capture()()
     }
 
-    /// Keeps the map's shards as they are ([`Shards::freeze`]) and leaves the sort and the
+    /// Keeps the map as it is (a clone of [`Shards`] shares its shards) and leaves the sort and the
     /// encoding to the job: with 300,000 keys of 128-byte values, `snapshot` held the
     /// application for 93-108 ms, every client waiting (`benches/README.md`, "The
     /// snapshot's pause").
     fn capture(&self) -> Capture {
         let clock_ms = self.clock_ms;
-        let entries = self.entries.freeze();
+        let entries = self.entries.clone();
         Box::new(move || encode_snapshot(clock_ms, &entries))
     }
 
@@ -178,7 +178,7 @@ impl StateMachine for Store {
 ///
 /// Format: magic "USKVSNAP" | version:u16 | clock_ms:u64 | count:u64 |
 ///   (key_len:u32 key value_len:u32 value has_expiry:u8 [expire_at_ms:u64]) * count
-fn encode_snapshot(clock_ms: u64, frozen: &Frozen) -> Vec<u8> {
+fn encode_snapshot(clock_ms: u64, frozen: &Shards) -> Vec<u8> {
     // In key order, so that every node writes the same bytes for the same state.
     let mut entries: Vec<(&[u8], &Entry)> = Vec::with_capacity(frozen.len());
     entries.extend(frozen.iter().map(|(key, entry)| (key.as_bytes(), entry)));
