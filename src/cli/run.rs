@@ -129,11 +129,14 @@ pub struct RunArgs {
     /// a short --failover-timeout, keep it small.
     #[arg(long, env = "UNDERSTUDY_REPLICATION_WINDOW", default_value = "2MiB", value_parser = byte_count)]
     pub replication_window: u64,
-    /// How often to ask the application for a snapshot (every node asks its own).
+    /// How often to ask the application for a snapshot (every node asks its own). A node's
+    /// first request comes sooner, at a place in the cycle drawn from its id, so that the
+    /// nodes of a cluster do not all snapshot at once.
     #[arg(long, env = "UNDERSTUDY_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = duration)]
     pub snapshot_interval: Duration,
     /// Ask for a snapshot sooner, once this much log was written since the last one
-    /// (bytes; suffixes K, M, G, KiB, MiB, GiB).
+    /// (bytes; suffixes K, M, G, KiB, MiB, GiB). Staggered as the interval is: a node's
+    /// first count starts part-way.
     #[arg(long, env = "UNDERSTUDY_SNAPSHOT_AFTER_BYTES", default_value = "1GiB", value_parser = byte_count)]
     pub snapshot_after_bytes: u64,
     /// Snapshots to keep; the log reaches back to the oldest of them.
@@ -422,6 +425,7 @@ impl RunArgs {
                 retain: self.snapshots_retain as usize,
                 wal_retain_bytes: self.wal_retain_bytes,
                 wal_segment_bytes: self.wal_segment_bytes,
+                phase_per_mille: node::snapshot::stagger_phase(self.node_id),
             },
         })
     }

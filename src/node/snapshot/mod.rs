@@ -82,6 +82,28 @@ pub struct SnapshotConfig {
     /// Log segments are rolled at this size (`--wal-segment-bytes`); truncation deletes
     /// whole segments.
     pub wal_segment_bytes: u64,
+    /// How far into its first cycle the node starts, in thousandths of `interval` and of
+    /// `after_bytes` ([`stagger_phase`] of the node's id): its first snapshot comes that
+    /// much sooner than a whole cycle after start, and the ones after it a cycle apart, so
+    /// that the nodes of a cluster, started together and writing the same log, take theirs
+    /// at different moments. 0: the first one a whole cycle in.
+    pub phase_per_mille: u32,
+}
+
+/// The place of node `id` in the snapshot cycle, in thousandths (for
+/// [`SnapshotConfig::phase_per_mille`]): the fractional part of `id` times the golden ratio,
+/// which spreads any run of consecutive ids over the cycle with no two of them close
+/// (1, 2, 3 get 618, 236 and 854).
+///
+/// Why stagger: a snapshot costs its node CPU (the encoding) and disk (writing and syncing
+/// the whole state), and a commit waits for the primary and the fastest `--sync-replicas`
+/// backups. When every node snapshots at the same log size, the primary and all its
+/// backups are slowed at once and a commit has no fast backup to take; staggered, at most
+/// one of them is.
+pub fn stagger_phase(id: u16) -> u32 {
+    // Fibonacci hashing: 2^64 / golden ratio, times the id, wraps to the fraction.
+    let fraction = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((u128::from(fraction) * 1000) >> 64) as u32
 }
 
 impl Default for SnapshotConfig {
@@ -92,6 +114,7 @@ impl Default for SnapshotConfig {
             retain: 2,
             wal_retain_bytes: 64 << 20,
             wal_segment_bytes: wal::Options::default().segment_bytes_max,
+            phase_per_mille: 0,
         }
     }
 }
@@ -300,6 +323,18 @@ impl Snapshots {
             .store(recovered.corrupt as u64, Ordering::Relaxed);
         let installed = recovered.installed;
         let now = Instant::now();
+        assert!(
+            config.phase_per_mille < 1000,
+            "a phase is a fraction of a cycle"
+        );
+        let phase = f64::from(config.phase_per_mille) / 1000.0;
+        // The node's place in the cycle (see `stagger_phase`): as if its last snapshot had
+        // been taken that far back, in time and in log bytes. A clock too close to its start
+        // to go back that far (a machine just booted) starts at a whole cycle.
+        let last_taken = now
+            .checked_sub(config.interval.mul_f64(phase))
+            .unwrap_or(now);
+        let log_bytes = (config.after_bytes as f64 * phase) as u64;
         // A test knob, read only by builds with debug assertions (the test builds): a
         // release binary ignores it whatever its environment says.
         let chunk_delay = if cfg!(debug_assertions) {
@@ -322,13 +357,13 @@ impl Snapshots {
                 request: Request::Idle { not_before: now },
                 uploads_started: 0,
                 wanted_soon: false,
-                last_taken: now,
+                last_taken,
                 warning: None,
             }),
             request_tx: watch::Sender::new(0),
             reset_tx: watch::Sender::new(Lsn::ZERO),
             events,
-            log_bytes: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(log_bytes),
             metrics,
             cancel,
             warned: Mutex::new(BTreeMap::new()),
@@ -543,5 +578,113 @@ impl Snapshots {
         if let Err(e) = on_blocking_thread(move || quarantine_file(&data_dir, &path)).await {
             warn!(path = %info.path.display(), error = %e, "cannot move the damaged snapshot aside; it is no longer used");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Consecutive ids get places in the cycle that are spread out: for every cluster of
+    /// ids 1..=n, no two are closer than a third of an even spread.
+    #[test]
+    fn stagger_phases_of_consecutive_ids_are_spread() {
+        assert_eq!(
+            [1, 2, 3].map(stagger_phase),
+            [618, 236, 854],
+            "the golden ratio's fractions"
+        );
+        for n in 2..=9u16 {
+            let mut phases: Vec<u32> = (1..=n).map(stagger_phase).collect();
+            phases.sort_unstable();
+            let wrap = 1000 - phases[phases.len() - 1] + phases[0];
+            let closest = phases.windows(2).map(|w| w[1] - w[0]).fold(wrap, u32::min);
+            assert!(
+                closest * 3 * u32::from(n) >= 1000,
+                "{n} nodes: phases {phases:?}, two only {closest}/1000 apart"
+            );
+        }
+        assert!((1..=u16::MAX).all(|id| stagger_phase(id) < 1000));
+    }
+
+    fn store_with(config: SnapshotConfig) -> Arc<Snapshots> {
+        let (events, _) = mpsc::channel(1);
+        Arc::new(Snapshots::new(
+            Path::new("/nonexistent"),
+            config,
+            Recovered {
+                installed: Vec::new(),
+                corrupt: 0,
+            },
+            events,
+            CancellationToken::new(),
+        ))
+    }
+
+    /// A node late in its cycle asks for its first snapshot that much sooner than a whole
+    /// interval after start; one at phase 0 waits the whole interval. By bytes, its count
+    /// starts part-way.
+    #[tokio::test]
+    async fn a_staggered_node_asks_for_its_first_snapshot_sooner() {
+        let config = |phase_per_mille| SnapshotConfig {
+            interval: Duration::from_millis(1600),
+            phase_per_mille,
+            ..SnapshotConfig::default()
+        };
+        let late = store_with(config(900));
+        let whole = store_with(config(0));
+        assert_eq!(
+            late.log_bytes.load(Ordering::Relaxed),
+            (1u64 << 30) * 9 / 10
+        );
+        assert_eq!(whole.log_bytes.load(Ordering::Relaxed), 0);
+        let (_commit_tx, commit) = watch::channel(Lsn(5));
+        let mut requests = [late.watch_requests(), whole.watch_requests()];
+        let started = Instant::now();
+        for snapshots in [&late, &whole] {
+            tokio::spawn(schedule::schedule(Arc::clone(snapshots), commit.clone()));
+        }
+        // Due 160 ms in; the scheduler looks every 400 ms.
+        tokio::time::timeout(Duration::from_millis(1000), requests[0].changed())
+            .await
+            .expect("the node at 900/1000 asked within a second")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        assert!(
+            !requests[1].has_changed().unwrap(),
+            "the node at phase 0 asked before its interval"
+        );
+        late.cancel.cancel();
+        whole.cancel.cancel();
+    }
+
+    /// A node whose turn comes while nothing is committed skips that turn and keeps its
+    /// place in the cycle: it does not ask at the first commit, as every node of a cluster
+    /// started together would, all at once.
+    #[tokio::test]
+    async fn a_turn_with_nothing_to_snapshot_is_skipped_and_the_place_kept() {
+        let snapshots = store_with(SnapshotConfig {
+            interval: Duration::from_millis(1600),
+            after_bytes: u64::MAX,
+            phase_per_mille: 900,
+            ..SnapshotConfig::default()
+        });
+        let (commit_tx, commit) = watch::channel(Lsn::ZERO);
+        let mut requests = snapshots.watch_requests();
+        let started = Instant::now();
+        tokio::spawn(schedule::schedule(Arc::clone(&snapshots), commit));
+        // Due 160 ms in, with nothing committed: skipped (the scheduler looks every 400 ms).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        commit_tx.send_replace(Lsn(5));
+        // The next turn is a whole interval after the skipped one: 1,760 ms in.
+        let asked = tokio::time::timeout(Duration::from_millis(2400), requests.changed()).await;
+        let at = started.elapsed();
+        assert!(asked.is_ok(), "no request within 3 s");
+        assert!(
+            at >= Duration::from_millis(1700),
+            "asked {at:?} after start, at the first commit rather than at its turn"
+        );
+        snapshots.cancel.cancel();
     }
 }

@@ -38,10 +38,22 @@ pub async fn schedule(snapshots: Arc<Snapshots>, commit: watch::Receiver<Lsn>) {
         match state.request {
             Request::Idle { not_before } => {
                 let newest = state.installed.last().map_or(Lsn::ZERO, |info| info.lsn);
-                let due = now.duration_since(state.last_taken) >= config.interval
+                let since = now.duration_since(state.last_taken);
+                let due = since >= config.interval
                     || snapshots.log_bytes.load(Ordering::Relaxed) >= config.after_bytes
                     || state.wanted_soon;
-                if now >= not_before && due && commit_lsn > newest {
+                if due && commit_lsn <= newest {
+                    // Nothing to snapshot (nothing committed since the newest one): skip the
+                    // cycles gone by, keeping the node's place in the cycle (`stagger_phase`).
+                    // Asking at the first commit instead would line up every node that
+                    // waited, as a whole cluster started together does.
+                    let cycles = since.as_nanos() / config.interval.as_nanos().max(1);
+                    let skipped = u32::try_from(cycles).unwrap_or(u32::MAX);
+                    state.last_taken = state
+                        .last_taken
+                        .checked_add(config.interval.saturating_mul(skipped))
+                        .map_or(now, |t| t.min(now));
+                } else if now >= not_before && due {
                     state.request = Request::Asked { at: now };
                     drop(state);
                     debug!(%commit_lsn, "asking the application for a snapshot");
