@@ -93,6 +93,8 @@ pub struct RunReport {
     /// Lease reads answered and refused.
     pub reads: u64,
     pub reads_refused: u64,
+    /// Lease reads completed after their node stopped being the primary of their epoch.
+    pub reads_deposed: u64,
     pub snapshots_installed: u64,
     pub elections: u64,
     /// Voters of the seed configuration (`nodes` counts the spare ids too).
@@ -604,6 +606,7 @@ impl Sim {
                 self.report.rejected = self.work.rejected;
                 self.report.reads = self.work.reads_done;
                 self.report.reads_refused = self.work.reads_refused;
+                self.report.reads_deposed = self.work.reads_done_deposed;
                 Ok(self.report)
             }
             Err(v) => Err(self.failure_message(&v)),

@@ -201,7 +201,10 @@ fn print_report(reports: &[RunReport], elapsed: std::time::Duration) {
         println!(
             "    proposals: {committed} committed, {unknown} unknown, {rejected} rejected; {elections} promotions, {snapshots} snapshots installed"
         );
-        println!("    lease reads: {reads} completed, {reads_refused} refused");
+        let deposed: u64 = of_size.iter().map(|r| r.reads_deposed).sum();
+        println!(
+            "    lease reads: {reads} completed ({deposed} of them after their node stopped being primary of their epoch), {reads_refused} refused"
+        );
         let with_spares = of_size.iter().filter(|r| r.nodes > r.seed_voters).count();
         let changes: u64 = of_size.iter().map(|r| r.members_changes).sum();
         let committed: u64 = of_size.iter().map(|r| r.members_committed).sum();

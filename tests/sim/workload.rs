@@ -6,13 +6,19 @@
 //!
 //! Reads are lease reads (`core::lease`, "Reads"): the core answers a read with an index,
 //! the LSN its application must have applied before it answers; the read completes once the
-//! node's commit LSN reaches the index while it is still primary of the index's epoch (the
-//! driver's rule: it gives up when a role report says otherwise), and is dropped when the
-//! node reports another role or epoch first, or crashes. The reads are linearizable when,
-//! at the moment the core answers, the index is at least the highest LSN acknowledged to
-//! any client so far (the read sees every write that completed before it) and at least the
-//! index of every read completed so far (reads in real-time order never go back); a read
-//! sees only committed records, as it completes only once its index is committed.
+//! node's commit LSN reaches the index, and returns the state at that commit LSN (the
+//! application's state then: everything applied, at least the index). It completes so
+//! whatever the node's role has become meanwhile: the driver gives a read up on a role
+//! report of a later epoch or a step-down only if its state has not reached the index when
+//! it looks, and records and a role report that arrive together are looked at in either
+//! order, so a deposed primary may complete a read from records its new primary committed.
+//! The model lets every such read complete (a superset of what the driver does); a read is
+//! dropped only when its node crashes (the driver's connection ends). The reads are
+//! linearizable when, at the moment the core answers, the index is at least the highest
+//! LSN acknowledged to any client so far (the read sees every write that completed before
+//! it) and at least the state returned by every read completed so far (reads in real-time
+//! order never go back); a read sees only committed records, as it completes only at a
+//! committed LSN.
 
 use std::collections::BTreeMap;
 
@@ -52,8 +58,12 @@ pub struct Workload {
     pub reads_refused: u64,
     /// Per node: the read indexes answered and not yet completed, with their epoch.
     pub reads_pending: Vec<Vec<(Lsn, Epoch)>>,
-    /// The highest index of a completed read: (lsn, node, true time in ns).
+    /// The highest state a completed read returned: (lsn, node, true time in ns).
     pub read_done_max: (Lsn, usize, u64),
+    /// Reads completed after their node stopped being the primary of their epoch.
+    pub reads_done_deposed: u64,
+    /// Per node: the epoch it is primary of, if it is one.
+    pub primary_of: Vec<Option<Epoch>>,
 }
 
 impl Workload {
@@ -62,6 +72,7 @@ impl Workload {
             next_payload: 1,
             pending: vec![Vec::new(); nodes],
             reads_pending: vec![Vec::new(); nodes],
+            primary_of: vec![None; nodes],
             ..Workload::default()
         }
     }
@@ -111,7 +122,7 @@ impl Workload {
 
     /// The node crashed: its clients' connections dropped, outcomes unknown.
     pub fn crashed(&mut self, node: usize) {
-        self.reads_role(node, None);
+        self.reads_crashed(node);
         for i in self.pending[node].drain(..) {
             self.ops[i].outcome = Outcome::Unknown;
         }
@@ -140,7 +151,7 @@ impl Workload {
         if lsn < max {
             return Err(format!(
                 "node {node} answered a read at lsn {lsn} after a read on node {max_node} \
-                 completed at lsn {max} (t={}ms)",
+                 returned the state at lsn {max} (t={}ms)",
                 max_at / 1_000_000
             ));
         }
@@ -149,26 +160,38 @@ impl Workload {
         Ok(())
     }
 
-    /// `node`'s commit LSN is `commit`: its reads with an index at or below it complete.
+    /// `node`'s commit LSN is `commit`: its reads with an index at or below it complete,
+    /// returning the state at `commit`.
     pub fn reads_committed(&mut self, node: usize, commit: Lsn, now: u64) {
         let done_max = &mut self.read_done_max;
         let done = &mut self.reads_done;
-        self.reads_pending[node].retain(|&(lsn, _)| {
+        let deposed = &mut self.reads_done_deposed;
+        let primary_of = self.primary_of[node];
+        self.reads_pending[node].retain(|&(lsn, epoch)| {
             if lsn > commit {
                 return true;
             }
             *done += 1;
-            if lsn > done_max.0 {
-                *done_max = (lsn, node, now);
+            if primary_of != Some(epoch) {
+                *deposed += 1;
+            }
+            if commit > done_max.0 {
+                *done_max = (commit, node, now);
             }
             false
         });
     }
 
-    /// `node` reported its role: reads answered in another epoch, or by a primary that is no
-    /// longer one, are given up. Also on a crash (`primary_in: None`).
+    /// `node` reported its role: the primary of `primary_in`, or not a primary. Its pending
+    /// reads stay (module docs).
     pub fn reads_role(&mut self, node: usize, primary_in: Option<Epoch>) {
-        self.reads_pending[node].retain(|&(_, epoch)| primary_in == Some(epoch));
+        self.primary_of[node] = primary_in;
+    }
+
+    /// `node` crashed: its pending reads are dropped with the driver's connection.
+    pub fn reads_crashed(&mut self, node: usize) {
+        self.primary_of[node] = None;
+        self.reads_pending[node].clear();
     }
 
     pub fn pending_count(&self) -> usize {
