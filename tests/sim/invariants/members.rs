@@ -7,6 +7,11 @@
 //! - A primary writes a change only while the latest configuration in its log is committed
 //!   and a record of its own epoch is committed (rule 1), and a change adds or removes at most
 //!   one voter (rule 2).
+//! - The configuration a node counts a quorum in (its latest, elected or committing) is the
+//!   last committed configuration known anywhere or one voter from it: the checker holds the
+//!   committed configurations itself rather than trusting the counting node's log, so that a
+//!   node counting in a stale configuration (one that missed a committed change), or in one
+//!   two changes ahead, is caught even when its majority of that configuration looks whole.
 //! - A node elected primary holds persisted votes of a majority of the voters of its latest
 //!   configuration, its own included; a node votes only while it is neither a learner by its
 //!   start nor quarantined, and for itself only as a member (voter or learner) of its own
@@ -108,6 +113,7 @@ impl MembersCheck {
         members: Members,
         vote_of: impl Fn(usize) -> Option<NodeId>,
     ) -> Result<(), Violation> {
+        self.counted_in_use(node, "became primary", epoch, members)?;
         let granted: Vec<NodeId> = members
             .voter_ids()
             .filter(|v| vote_of(v.get() as usize - 1) == Some(id))
@@ -119,6 +125,30 @@ impl MembersCheck {
                 format!(
                     "node {node} became primary of epoch {epoch} in configuration {members} with \
                      persisted votes from only {granted:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Node `node`, about to be checked for a quorum of `members` (`what` it did in `epoch`):
+    /// `members` is the last committed configuration or one voter from it (module docs).
+    /// Off with rule 2, whose breaking is meant to show in the other invariants.
+    fn counted_in_use(
+        &self,
+        node: usize,
+        what: &str,
+        epoch: Epoch,
+        members: Members,
+    ) -> Result<(), Violation> {
+        let &(committed_lsn, committed) = self.committed.last().expect("the seed is first");
+        if self.single_change && !committed.single_change_to(&members) {
+            return Err(violation(
+                NAME,
+                format!(
+                    "node {node} {what} in epoch {epoch} counting in configuration {members}, \
+                     which is neither the last committed one, {committed} (lsn {committed_lsn}), \
+                     nor one voter from it"
                 ),
             ));
         }
@@ -166,6 +196,7 @@ impl MembersCheck {
         members: Members,
         sync_replicas: Option<usize>,
     ) -> Result<(), Violation> {
+        self.counted_in_use(node, "committed", status.epoch, members)?;
         let backups = status
             .peers
             .iter()
