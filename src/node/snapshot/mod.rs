@@ -645,15 +645,16 @@ mod tests {
         for snapshots in [&late, &whole] {
             tokio::spawn(schedule::schedule(Arc::clone(snapshots), commit.clone()));
         }
-        // Due 160 ms in; the scheduler looks every 400 ms.
-        tokio::time::timeout(Duration::from_millis(1000), requests[0].changed())
+        // Due 160 ms in; the scheduler looks every 400 ms. The node at phase 0 is due only
+        // 1,600 ms in.
+        tokio::time::timeout(Duration::from_millis(1400), requests[0].changed())
             .await
-            .expect("the node at 900/1000 asked within a second")
+            .expect("the node at 900/1000 asked within 1.4 s")
             .unwrap();
-        assert!(started.elapsed() < Duration::from_millis(1000));
         assert!(
             !requests[1].has_changed().unwrap(),
-            "the node at phase 0 asked before its interval"
+            "the node at phase 0 asked {:?} after start, before its interval",
+            started.elapsed()
         );
         late.cancel.cancel();
         whole.cancel.cancel();
