@@ -99,6 +99,57 @@ pub fn preallocate(file: &File, len: u64) {
     let _ = (file, len);
 }
 
+/// Write-behind for a long file written in one go (a snapshot): bytes `from..to` were just
+/// written to `file`; starts their writeback to the disk now, and waits for the writeback of
+/// `before..from`, the range started the time before (`sync_file_range(2)`). So at most
+/// two ranges of the file are dirty in the page cache at any time, not the whole file.
+///
+/// Why: on ext4 (data=ordered) the journal commit that another file's `fdatasync` forces,
+/// the log's at every commit, first writes out the data of every file with blocks
+/// allocated in that transaction. A snapshot of tens of MB left to the kernel's own
+/// writeback, then fsynced at its end, made one such commit carry all of it: every node's
+/// commits stalled together for tens of milliseconds (`benches/README.md`, "The snapshot's
+/// pause"). Written behind in ranges, a commit carries at most a range or two.
+///
+/// Durability is not its business: `sync_file_range` makes no metadata durable and is no
+/// substitute for the `fsync` the snapshot is installed after, which is unchanged. So it is
+/// best effort: a failure is ignored (the `fsync` reports a write error that matters), and
+/// on other systems it does nothing.
+pub fn write_behind(file: &File, before: u64, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let range = |a: u64, b: u64| {
+            Some((
+                libc::off64_t::try_from(a).ok()?,
+                libc::off64_t::try_from(b.checked_sub(a)?).ok()?,
+            ))
+        };
+        if let Some((start, len)) = range(from, to) {
+            // SAFETY: `sync_file_range` reads no memory of ours; the descriptor outlives
+            // the call.
+            let _ = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), start, len, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+        if let Some((start, len)) = range(before, from).filter(|&(_, len)| len > 0) {
+            // SAFETY: as above.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    start,
+                    len,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, before, from, to);
+}
+
 #[cfg(target_os = "linux")]
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 

@@ -361,7 +361,14 @@ pub struct SnapshotWriter {
     poisoned: bool,
     /// Set once the temp file is renamed (or given up by `finish`), so `Drop` leaves it be.
     done: bool,
+    /// Bytes of the file written so far, and where the last two write-behind ranges began
+    /// ([`fs::write_behind`]).
+    written: u64,
+    behind: [u64; 2],
 }
+
+/// The file is written behind in ranges of this many bytes ([`fs::write_behind`]).
+const WRITE_BEHIND_BYTES: u64 = 1 << 20;
 
 impl SnapshotWriter {
     /// Starts the snapshot covering `..=lsn`, whose record at `lsn` has `epoch`, in `dir`
@@ -390,6 +397,8 @@ impl SnapshotWriter {
             body_crc: crc32fast::Hasher::new(),
             poisoned: false,
             done: false,
+            written: 0,
+            behind: [0; 2],
         };
         // The header's place is held by zeros (which fail the magic check) until `finish`
         // knows body_len. Nobody reads a temp file, but an unfinished one must not look whole.
@@ -397,6 +406,7 @@ impl SnapshotWriter {
             // `writer`'s Drop removes the temp file.
             return Err(Error::io(IoOp::Write, &writer.tmp, e));
         }
+        writer.written = SNAPSHOT_HEADER_LEN as u64;
         writer.file = Some(file);
         writer.buf.resize(SNAPSHOT_CHUNK_HEADER_LEN, 0);
         Ok(writer)
@@ -600,6 +610,12 @@ impl SnapshotWriter {
         if let Err(e) = file.write_all(bytes) {
             self.poisoned = true;
             return Err(Error::io(IoOp::Write, &self.tmp, e));
+        }
+        self.written += bytes.len() as u64;
+        let [before, from] = self.behind;
+        if self.written - from >= WRITE_BEHIND_BYTES {
+            fs::write_behind(file, before, from, self.written);
+            self.behind = [from, self.written];
         }
         Ok(())
     }
@@ -1128,6 +1144,34 @@ fn list_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long body is written behind in ranges of `WRITE_BEHIND_BYTES` (the file is started
+    /// to the disk as it grows, not only at the final fsync), and the file is the same.
+    #[test]
+    fn a_long_snapshot_is_written_behind_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..5 * WRITE_BEHIND_BYTES + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut writer = SnapshotWriter::create(dir.path(), Lsn(9), Epoch(2)).unwrap();
+        for piece in body.chunks(100_000) {
+            writer.write(piece).unwrap();
+        }
+        let [before, from] = writer.behind;
+        assert!(
+            from >= 4 * WRITE_BEHIND_BYTES && from - before >= WRITE_BEHIND_BYTES,
+            "write-behind ranges {before}..{from} after {} bytes",
+            writer.written
+        );
+        let info = writer.finish().unwrap();
+        assert_eq!(info.body_len, body.len() as u64);
+        let mut reader = SnapshotReader::open(&info.path).unwrap();
+        let mut read = Vec::new();
+        while let Some(chunk) = reader.next_chunk().unwrap() {
+            read.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(read, body);
+    }
 
     /// The header encoding is the byte table of FORMAT.md, field by field.
     #[test]
