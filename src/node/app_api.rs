@@ -431,9 +431,9 @@ async fn connection_read(
 
 /// The nonces of one connection's pings, shared by the task that sends them, the
 /// subscription that asks for snapshots and the reader that takes the answers. The client
-/// library takes a snapshot's capture in the task that reads the connection, so an answer to a ping
-/// sent after a `SnapshotRequest` shows the application is past the snapshot: its silence
-/// counts again from then (`app_health.rs`), even if it never offers the snapshot.
+/// library takes a snapshot's capture in the task that reads the connection, so an answer
+/// to a ping sent after a `SnapshotRequest` shows the application is past the capture: its
+/// silence counts again from then (`app_health.rs`), even if it never offers the snapshot.
 #[derive(Debug)]
 struct PingNonces {
     /// The nonce of the last ping sent, or about to be: set before the ping is queued.

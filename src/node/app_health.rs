@@ -13,15 +13,14 @@
 //! - **Snapshots the sidecar asks for.** The client library takes `StateMachine::capture`
 //!   on the application's thread, between two applies, and answers no ping meanwhile; for
 //!   a state machine that captures by encoding its whole state (the default calls
-//!   `snapshot`), a large state takes longer than the hang bound. So from the moment the sidecar sends a
-//!   `SnapshotRequest` to an application that was answering, until the application offers
-//!   or declines the snapshot or answers a ping sent after the request (`app_api.rs`,
-//!   `PingNonces`), silence is not a hang, for at most
+//!   `snapshot`), a large state takes longer than the hang bound. So from the moment the
+//!   sidecar sends a `SnapshotRequest` to an application that was answering, until the
+//!   application offers or declines the snapshot or answers a ping sent after the request
+//!   (`app_api.rs`, `PingNonces`), silence is not a hang, for at most
 //!   [`AppHealth::snapshot_grace`] (`--app-snapshot-timeout`). Without this, a primary whose
 //!   application takes its snapshot would hand over (`--app-timeout`) at every snapshot,
-//!   to a backup whose application is as likely to be taking its own (every node asks at
-//!   the same log size), and a supervised application (`--app-cmd`) would be killed in the
-//!   middle of a snapshot longer than two seconds, and again at the next one.
+//!   and a supervised application (`--app-cmd`) would be killed in the middle of a
+//!   snapshot longer than two seconds, and again at the next one.
 //! - **The client port** (`proxy`): a failed connection to `--app-addr` marks the
 //!   application unreachable at once and is counted; a successful one marks it reachable.
 //! - **A probe** ([`probe`]): with `--app-addr`, a TCP connection every heartbeat interval,

@@ -158,9 +158,9 @@ impl StateMachine for Store {
         self.capture()()
     }
 
-    /// Keeps the map as it is (a clone of [`Shards`] shares its shards) and leaves the sort and the
-    /// encoding to the job: with 300,000 keys of 128-byte values, `snapshot` held the
-    /// application for 93-108 ms, every client waiting (`benches/README.md`, "The
+    /// Keeps the map as it is (a clone of [`Shards`] shares its shards) and leaves the sort
+    /// and the encoding to the job: with 300,000 keys of 128-byte values, `snapshot` held
+    /// the application for 93-108 ms, every client waiting (`benches/README.md`, "The
     /// snapshot's pause").
     fn capture(&self) -> Capture {
         let clock_ms = self.clock_ms;
@@ -174,14 +174,14 @@ impl StateMachine for Store {
     }
 }
 
-/// The snapshot of a store whose clock is `clock_ms` and which holds `entries`.
+/// The snapshot of a store whose clock is `clock_ms` and which holds `map`.
 ///
 /// Format: magic "USKVSNAP" | version:u16 | clock_ms:u64 | count:u64 |
 ///   (key_len:u32 key value_len:u32 value has_expiry:u8 [expire_at_ms:u64]) * count
-fn encode_snapshot(clock_ms: u64, frozen: &Shards) -> Vec<u8> {
+fn encode_snapshot(clock_ms: u64, map: &Shards) -> Vec<u8> {
     // In key order, so that every node writes the same bytes for the same state.
-    let mut entries: Vec<(&[u8], &Entry)> = Vec::with_capacity(frozen.len());
-    entries.extend(frozen.iter().map(|(key, entry)| (key.as_bytes(), entry)));
+    let mut entries: Vec<(&[u8], &Entry)> = Vec::with_capacity(map.len());
+    entries.extend(map.iter().map(|(key, entry)| (key.as_bytes(), entry)));
     entries.sort_unstable_by_key(|&(key, _)| key);
     let body: usize = entries
         .iter()
